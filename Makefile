@@ -1,0 +1,78 @@
+# tune.cu build. `make` builds every tool; `make test` builds and runs the GoogleTest suites;
+# `make bench` builds the Google Benchmark programs. See README.md.
+#
+# Conventions the rules below rely on (so adding a file never means editing this Makefile):
+#   - every .cpp/.cu under kernels/ model/ train/ data/ is library code, linked into every program,
+#     except files named main_<tool>.cpp, each of which becomes the program ./<tool>;
+#   - every tests/*.cpp and tests/*.cu goes into one test binary, build/tests/tune_tests;
+#   - every bench/bench_<name>.cpp (or .cu) becomes build/bench/bench_<name>.
+
+CUDA_HOME ?= /usr/local/cuda
+GPU_ARCH  ?= 90
+NVCC      := $(CUDA_HOME)/bin/nvcc
+
+ifeq ($(wildcard $(NVCC)),)
+$(error CUDA toolkit not found: no nvcc at $(NVCC); install the CUDA toolkit or set CUDA_HOME=/path/to/cuda)
+endif
+
+CXX      ?= g++
+BUILD    := build
+INCLUDES := -I. -I$(CUDA_HOME)/include
+WARN     := -Wall -Wextra -Werror
+CXXFLAGS ?= -O2 -g
+CXXFLAGS += -std=c++17 -fopenmp $(WARN) $(INCLUDES) -MMD -MP
+NVCCFLAGS ?= -O3
+NVCCFLAGS += -std=c++17 -arch=sm_$(GPU_ARCH) -lineinfo -Xptxas --warn-on-spills --Werror all-warnings \
+             -Xcompiler -fopenmp,-Wall,-Wextra,-Werror $(INCLUDES) -MMD -MP
+LDLIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart \
+            -lopenblas -lpcre2-8 -fopenmp -lpthread
+
+LIB_SRC   := $(filter-out %/main_%.cpp,$(wildcard kernels/*.cpp kernels/*/*.cpp model/*.cpp train/*.cpp data/*.cpp)) \
+             $(wildcard kernels/*.cu kernels/*/*.cu model/*.cu train/*.cu)
+TOOL_SRC  := $(wildcard */main_*.cpp)
+TOOLS     := $(patsubst main_%,%,$(basename $(notdir $(TOOL_SRC))))
+TEST_SRC  := $(wildcard tests/*.cpp tests/*.cu)
+BENCH_SRC := $(wildcard bench/bench_*.cpp bench/bench_*.cu)
+BENCHES   := $(addprefix $(BUILD)/,$(basename $(BENCH_SRC)))
+
+obj = $(addprefix $(BUILD)/,$(addsuffix .o,$(basename $(1))))
+LIB_OBJ := $(call obj,$(LIB_SRC))
+
+.PHONY: all test bench clean
+all: $(TOOLS)
+
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/libtune.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+# One rule per tool: ./train from train/main_train.cpp, ./tokenize from data/main_tokenize.cpp, ...
+define tool_rule
+$(1): $(call obj,$(filter %/main_$(1).cpp,$(TOOL_SRC))) $(BUILD)/libtune.a
+	$$(CXX) $$^ -o $$@ $$(LDLIBS)
+endef
+$(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
+
+$(BUILD)/tests/tune_tests: $(call obj,$(TEST_SRC)) $(BUILD)/libtune.a
+	$(CXX) $^ -o $@ -lgtest $(LDLIBS)
+
+# The tests run from the repository root (they read data/ and tests/fixtures/) and may call the tools.
+test: $(BUILD)/tests/tune_tests $(TOOLS)
+	./$(BUILD)/tests/tune_tests
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libtune.a
+	$(CXX) $^ -o $@ -lbenchmark $(LDLIBS)
+
+bench: $(BENCHES)
+
+clean:
+	rm -rf $(BUILD) $(TOOLS)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,54 @@
+// Shared vocabulary of tune.cu: dimension names, element types, and the error type for bad input.
+//
+// Dimension glossary (used in every shape comment in the project):
+//   B   batch size (sequences per micro-batch)      T   sequence length (positions)
+//   C   channels (embedding width, n_embd)          NH  attention heads
+//   HS  head size (C / NH)                          V   vocabulary size (real tokens)
+//   Vp  padded vocabulary size (V rounded up; rows V..Vp-1 are zero and take no part in the loss)
+//   L   layers (Transformer blocks)                 N   rows of a flattened (B, T) = B*T
+// Index arithmetic uses size_t: B*NH*T*T overflows int for realistic shapes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace tune {
+
+// Element types a buffer can hold. The CPU backend uses f32 (training) or f64 (gradient checks);
+// the CUDA backend adds bf16 and f16 working copies beside f32 master weights.
+enum class DType : uint8_t { f32 = 0, f64 = 1, bf16 = 2, f16 = 3 };
+
+inline size_t dtype_size(DType t) {
+    switch (t) {
+        case DType::f32: return 4;
+        case DType::f64: return 8;
+        case DType::bf16: return 2;
+        case DType::f16: return 2;
+    }
+    return 0;
+}
+
+inline const char* dtype_name(DType t) {
+    switch (t) {
+        case DType::f32: return "f32";
+        case DType::f64: return "f64";
+        case DType::bf16: return "bf16";
+        case DType::f16: return "f16";
+    }
+    return "?";
+}
+
+// Thrown for input from outside (files, command line, config): the message names the file, the
+// field and what was expected. Tools catch it at the top, print the message and exit non-zero.
+struct Error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Thrown for a bad command-line value: tools print it and exit with status 2.
+struct UsageError : Error {
+    using Error::Error;
+};
+
+}  // namespace tune
