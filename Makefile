@@ -16,6 +16,7 @@ $(error CUDA toolkit not found: no nvcc at $(NVCC); install the CUDA toolkit or 
 endif
 
 CXX      ?= g++
+MAKEFLAGS += -j$(shell nproc)
 BUILD    := build
 INCLUDES := -I. -I$(CUDA_HOME)/include
 WARN     := -Wall -Wextra -Werror
