@@ -1,0 +1,56 @@
+#include "data/fileio.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "kernels/common.h"
+
+namespace tune {
+
+std::vector<uint8_t> read_file_bytes(const std::string& path) {
+    std::ifstream f(path, std::ios::binary | std::ios::ate);
+    if (!f) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
+    std::streamsize n = f.tellg();
+    if (n < 0) throw Error(path + ": cannot read its size");
+    std::vector<uint8_t> bytes((size_t)n);
+    f.seekg(0);
+    if (n > 0 && !f.read(reinterpret_cast<char*>(bytes.data()), n)) throw Error(path + ": read failed");
+    return bytes;
+}
+
+void write_file_atomic(const std::string& path, const void* data, size_t bytes) {
+    const std::string tmp = path + ".tmp." + std::to_string(getpid());
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) throw Error(tmp + ": cannot create (" + std::strerror(errno) + ")");
+    const char* p = static_cast<const char*>(data);
+    size_t left = bytes;
+    while (left > 0) {
+        ssize_t w = ::write(fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            std::string err = std::strerror(errno);
+            ::close(fd);
+            ::unlink(tmp.c_str());
+            throw Error(tmp + ": write failed (" + err + ")");
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    // TEACH: without fsync the rename can reach the disk before the data does, and a power cut would
+    // leave an empty "new" file in place of the old good one.
+    if (::fsync(fd) != 0 || ::close(fd) != 0) {
+        ::unlink(tmp.c_str());
+        throw Error(tmp + ": fsync/close failed (" + std::strerror(errno) + ")");
+    }
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+        std::string err = std::strerror(errno);
+        ::unlink(tmp.c_str());
+        throw Error(path + ": rename from temporary file failed (" + err + ")");
+    }
+}
+
+}  // namespace tune

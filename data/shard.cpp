@@ -1,0 +1,133 @@
+#include "data/shard.h"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "data/fileio.h"
+#include "kernels/common.h"
+
+namespace tune {
+
+constexpr size_t kShardHeader = 32;
+
+void write_shard(const std::string& path, const std::vector<int32_t>& tokens, const std::vector<uint8_t>* mask,
+                 uint32_t vocab_size) {
+    if (mask && mask->size() != tokens.size()) throw Error(path + ": mask length differs from token count");
+    bool narrow = std::all_of(tokens.begin(), tokens.end(), [](int32_t t) { return t >= 0 && t < 65536; });
+    const uint32_t width = narrow ? 2 : 4;
+    std::vector<uint8_t> out(kShardHeader + tokens.size() * width + (mask ? tokens.size() : 0));
+    std::memcpy(out.data(), kShardMagic, 8);
+    store_u32(&out[8], kShardVersion);
+    store_u32(&out[12], width);
+    store_u64(&out[16], tokens.size());
+    store_u32(&out[24], mask ? 1 : 0);
+    store_u32(&out[28], vocab_size);
+    uint8_t* p = out.data() + kShardHeader;
+    for (int32_t t : tokens) {
+        for (uint32_t i = 0; i < width; i++) *p++ = (uint8_t)((uint32_t)t >> (8 * i));
+    }
+    if (mask) std::memcpy(p, mask->data(), mask->size());
+    write_file_atomic(path, out.data(), out.size());
+}
+
+Shard read_shard(const std::string& path, int vocab_size) {
+    std::vector<uint8_t> b = read_file_bytes(path);
+    if (b.size() < kShardHeader)
+        throw Error(path + ": not a token shard (" + std::to_string(b.size()) + " bytes, the header alone is 32)");
+    if (std::memcmp(b.data(), kShardMagic, 8) != 0)
+        throw Error(path + ": not a token shard (magic is not TUNETOK1; make shards with ./prepare)");
+    const uint32_t version = load_u32(&b[8]), width = load_u32(&b[12]), has_mask = load_u32(&b[24]);
+    const uint64_t n = load_u64(&b[16]);
+    if (version != kShardVersion)
+        throw Error(path + ": shard version " + std::to_string(version) + ", this build reads version " +
+                    std::to_string(kShardVersion));
+    if (width != 2 && width != 4) throw Error(path + ": token width " + std::to_string(width) + ", expected 2 or 4");
+    if (has_mask > 1) throw Error(path + ": has_mask field is " + std::to_string(has_mask) + ", expected 0 or 1");
+    const uint64_t body = b.size() - kShardHeader, per_token = width + has_mask;
+    if (n > body / per_token || n * per_token != body)
+        throw Error(path + ": header says " + std::to_string(n) + " tokens (" + std::to_string(n * per_token) +
+                    " bytes) but the file holds " + std::to_string(body) + " bytes after the header");
+    Shard s;
+    s.path = path;
+    s.tokens.resize(n);
+    const uint8_t* p = b.data() + kShardHeader;
+    for (uint64_t i = 0; i < n; i++, p += width) {
+        uint32_t v = width == 2 ? (uint32_t)(p[0] | p[1] << 8) : load_u32(p);
+        if (vocab_size > 0 && v >= (uint32_t)vocab_size)
+            throw Error(path + ": token " + std::to_string(i) + " has id " + std::to_string(v) +
+                        ", not below the vocabulary size " + std::to_string(vocab_size));
+        s.tokens[i] = (int32_t)v;
+    }
+    if (has_mask) s.mask.assign(p, p + n);
+    return s;
+}
+
+Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int T, bool shuffle, uint64_t seed,
+               int rank, int world_size)
+    : B_(B), T_(T), shuffle_(shuffle), seed_(seed), rank_(rank), world_(world_size) {
+    if (paths.empty()) throw Error("no data shards given");
+    for (const std::string& p : paths) {
+        shards_.push_back(read_shard(p, vocab_size));
+        const Shard& s = shards_.back();
+        if (s.tokens.size() < (size_t)T + 1)
+            throw Error(p + ": " + std::to_string(s.tokens.size()) + " tokens, shorter than one window of T+1 = " +
+                        std::to_string(T + 1));
+        for (uint64_t start = 0; start + T + 1 <= s.tokens.size(); start += T)
+            windows_.push_back({(uint32_t)(shards_.size() - 1), start});
+    }
+    if (windows_.size() < (size_t)world_size)
+        throw Error("the data has " + std::to_string(windows_.size()) + " windows of T+1 tokens, fewer than the " +
+                    std::to_string(world_size) + " ranks");
+    start_epoch();
+}
+
+size_t Loader::num_tokens() const {
+    size_t n = 0;
+    for (const Shard& s : shards_) n += s.tokens.size();
+    return n;
+}
+
+void Loader::start_epoch() {
+    order_.resize(windows_.size());
+    std::iota(order_.begin(), order_.end(), 0u);
+    if (!shuffle_) return;
+    // Fisher-Yates with our own generator: the order depends only on (seed, epoch).
+    Rng rng(seed_ ^ (0x5851F42D4C957F2Dull * (state_.epoch + 1)));
+    for (size_t i = order_.size() - 1; i > 0; i--) std::swap(order_[i], order_[rng.below(i + 1)]);
+}
+
+void Loader::set_state(const LoaderState& s) {
+    state_ = s;
+    start_epoch();
+}
+
+Batch Loader::next() {
+    Batch b;
+    b.B = B_;
+    b.T = T_;
+    b.inputs.resize((size_t)B_ * T_);
+    b.targets.resize(b.inputs.size());
+    b.weights.resize(b.inputs.size());
+    // Each rank takes every world_-th window; an epoch ends when a full round no longer fits.
+    const uint64_t per_round = (uint64_t)world_;
+    for (int row = 0; row < B_; row++) {
+        if (state_.cursor + per_round > order_.size()) {
+            state_.epoch++;
+            state_.cursor = 0;
+            start_epoch();
+        }
+        const Window& w = windows_[order_[state_.cursor + rank_]];
+        state_.cursor += per_round;
+        const Shard& s = shards_[w.shard];
+        for (int t = 0; t < T_; t++) {
+            size_t i = (size_t)row * T_ + t;
+            b.inputs[i] = s.tokens[w.start + t];
+            b.targets[i] = s.tokens[w.start + t + 1];
+            b.weights[i] = s.mask.empty() ? 1.0f : (float)s.mask[w.start + t + 1];
+        }
+    }
+    return b;
+}
+
+}  // namespace tune

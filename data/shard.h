@@ -1,0 +1,87 @@
+// Token shards: the files ./prepare writes and ./train reads.
+//
+// Layout (little-endian):
+//   offset  0  char[8]  magic "TUNETOK1"
+//           8  u32      version (1)
+//          12  u32      token width in bytes (2 or 4)
+//          16  u64      token count n
+//          24  u32      has_mask (0 or 1)
+//          28  u32      vocabulary size the ids were checked against (0 = unknown)
+//          32  tokens   n * width bytes
+//              mask     n bytes when has_mask: 1 = the loss counts this token as a target, 0 = it does not
+// Nothing may follow. A window of T+1 tokens gives inputs tokens[s..s+T-1], targets tokens[s+1..s+T]
+// and loss weights mask[s+1..s+T] (all 1 without a mask).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/rng.h"
+
+namespace tune {
+
+constexpr char kShardMagic[8] = {'T', 'U', 'N', 'E', 'T', 'O', 'K', '1'};
+constexpr uint32_t kShardVersion = 1;
+
+struct Shard {
+    std::string path;
+    std::vector<int32_t> tokens;
+    std::vector<uint8_t> mask;  // empty when the file has none
+};
+
+// Writes atomically (temporary file, fsync, rename). Token width is 2 when every id fits in 16 bits.
+void write_shard(const std::string& path, const std::vector<int32_t>& tokens, const std::vector<uint8_t>* mask,
+                 uint32_t vocab_size);
+
+// Reads and validates: magic, version, width, sizes against the file size, every id < vocab_size
+// (when vocab_size > 0). Throws tune::Error naming the file and the field.
+Shard read_shard(const std::string& path, int vocab_size);
+
+// One micro-batch: B rows of T positions, in host memory.
+struct Batch {
+    int B = 0, T = 0;
+    std::vector<int32_t> inputs;   // (B, T)
+    std::vector<int32_t> targets;  // (B, T)
+    std::vector<float> weights;    // (B, T) loss weight per target
+};
+
+// Loader position: everything needed to continue exactly where a run stopped.
+struct LoaderState {
+    uint64_t epoch = 0;
+    uint64_t cursor = 0;  // windows consumed by all ranks in this epoch
+};
+
+// Serves B x T windows from one or more shards. Windows start every T tokens inside each shard (they
+// never cross shards). Shuffled: each epoch visits the windows in a permutation drawn from (seed, epoch);
+// sequential: in file order. With world_size ranks, rank r takes windows r, r+W, r+2W, ... of the
+// epoch's order, so ranks see disjoint data.
+class Loader {
+   public:
+    Loader(const std::vector<std::string>& paths, int vocab_size, int B, int T, bool shuffle, uint64_t seed,
+           int rank = 0, int world_size = 1);
+
+    Batch next();
+    size_t num_windows() const { return windows_.size(); }
+    size_t num_tokens() const;
+    LoaderState state() const { return state_; }
+    void set_state(const LoaderState& s);
+
+   private:
+    void start_epoch();
+
+    struct Window {
+        uint32_t shard;
+        uint64_t start;
+    };
+    std::vector<Shard> shards_;
+    std::vector<Window> windows_;
+    std::vector<uint32_t> order_;  // this epoch's visiting order
+    int B_, T_;
+    bool shuffle_;
+    uint64_t seed_;
+    int rank_, world_;
+    LoaderState state_;
+};
+
+}  // namespace tune

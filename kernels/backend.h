@@ -1,0 +1,126 @@
+// The op interface: every layer's forward and backward, the optimizer update, and memory, behind one
+// abstract class with two implementations, the CPU reference (kernels/cpu/) and CUDA (kernels/cuda/).
+// The model (model/gpt2.cpp) calls these and nothing else; it never branches on the backend.
+//
+// Buffers are untyped `void*` here because their element type is the backend's choice, fixed when the
+// backend is made: float or double on the CPU, bf16/fp16/fp32 on CUDA (see act_dtype()). Shapes are in
+// the comments, in the vocabulary of kernels/common.h.
+//
+// Gradient contract (every backward op): parameter gradients are accumulated (+=) so micro-batches add
+// up; a null parameter-gradient pointer means the parameter is frozen and its gradient is skipped.
+// Activation gradients are written (=), except where an op says otherwise and why.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/common.h"
+
+namespace tune {
+
+// One contiguous run of trainable elements for the optimizer: `n` elements at `grad_offset` in the
+// gradient (and master/moment) arenas, updating the parameters at `param_offset` in the parameter
+// arena, with its own learning-rate multiplier and weight decay. One optimizer pass walks all segments.
+struct OptSegment {
+    size_t param_offset = 0;
+    size_t grad_offset = 0;
+    size_t n = 0;
+    float lr_scale = 1.0f;
+    float weight_decay = 0.0f;
+};
+
+struct AdamWStep {
+    float lr = 0;
+    float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
+    int t = 1;               // 1-based step for bias correction
+    float grad_scale = 1.0f;  // multiplies every gradient first (clipping coefficient / loss scale)
+};
+
+class Backend {
+   public:
+    virtual ~Backend() = default;
+
+    virtual std::string name() const = 0;  // "cpu", "cpu-f64", "cuda"
+    // Element type of activations, working weights and gradients.
+    virtual DType act_dtype() const = 0;
+    // Element type of master weights and Adam moments. When it differs from act_dtype() the optimizer
+    // keeps a master copy and writes the working copy from it; when equal, it updates weights in place.
+    virtual DType master_dtype() const = 0;
+    bool has_master() const { return act_dtype() != master_dtype(); }
+
+    // ---- memory ----
+    virtual void* alloc(size_t bytes) = 0;
+    virtual void free(void* p) = 0;
+    virtual void zero(void* p, size_t bytes) = 0;
+    // Host <-> backend copies converting between the host type and `dtype` (the buffer's element type).
+    virtual void upload(void* dst, DType dtype, const float* src, size_t n) = 0;
+    virtual void upload(void* dst, DType dtype, const double* src, size_t n) = 0;
+    virtual void download(float* dst, const void* src, DType dtype, size_t n) = 0;
+    virtual void download(double* dst, const void* src, DType dtype, size_t n) = 0;
+    virtual void upload_i32(int32_t* dst, const int32_t* src, size_t n) = 0;
+    virtual void upload_f32(float* dst, const float* src, size_t n) = 0;
+    virtual void synchronize() = 0;  // only at step boundaries; launchers never hide one
+
+    // ---- layers ----
+    // out(B,T,C) = wte[tokens] + wpe[t]
+    virtual void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,
+                                 int C) = 0;
+    // dwte(Vp,C) += scatter of dout by token, dwpe(maxT,C) += dout summed over B. Either may be null.
+    virtual void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, int B, int T,
+                                  int C) = 0;
+
+    // out(N,C) = (inp - mean) * rstd * weight + bias; saves mean(N), rstd(N).
+    virtual void layernorm_forward(void* out, void* mean, void* rstd, const void* inp, const void* weight,
+                                   const void* bias, size_t N, int C) = 0;
+    // dinp(N,C) is ACCUMULATED (+=): LayerNorm sits on the residual stream, whose gradient already holds
+    // the skip connection's share, so adding saves a pass. dweight, dbias (C) accumulate (may be null).
+    virtual void layernorm_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                                    const void* weight, const void* mean, const void* rstd, size_t N, int C) = 0;
+
+    // out(N,OC) = inp(N,IC) @ weight(OC,IC)^T + bias(OC); bias may be null.
+    virtual void matmul_forward(void* out, const void* inp, const void* weight, const void* bias, size_t N, int IC,
+                                int OC) = 0;
+    // dinp(N,IC) = dout @ weight (written; skipped when null), dweight(OC,IC) += dout^T @ inp,
+    // dbias(OC) += column sums of dout (either may be null).
+    virtual void matmul_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                                 const void* weight, size_t N, int IC, int OC) = 0;
+
+    // Causal self-attention. qkv(B,T,3C) holds q|k|v, heads contiguous inside each; out(B,T,C).
+    // `saved` is what backward needs beyond qkv; its size in elements is attention_saved_elems().
+    virtual size_t attention_saved_elems(int B, int T, int NH) const = 0;
+    virtual void attention_forward(void* out, void* saved, const void* qkv, int B, int T, int C, int NH) = 0;
+    // dqkv(B,T,3C) written.
+    virtual void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* saved, int B, int T,
+                                    int C, int NH) = 0;
+
+    // out = gelu_tanh(inp), n elements; backward writes dinp = dout * gelu'(inp).
+    virtual void gelu_forward(void* out, const void* inp, size_t n) = 0;
+    virtual void gelu_backward(void* dinp, const void* dout, const void* inp, size_t n) = 0;
+
+    // out = a + b, n elements (the residual connection; its backward is the identity on both sides).
+    virtual void residual_forward(void* out, const void* a, const void* b, size_t n) = 0;
+
+    // Softmax cross-entropy over the first V of Vp columns, fused with its backward.
+    // losses(N) = weights[i] * -log softmax(logits[i])[targets[i]]   (0 where weights[i] == 0)
+    // If dlogits is non-null: dlogits(N,Vp) = (softmax - onehot) * weights[i] * dloss, zero in the padding
+    // columns V..Vp-1. dlogits may alias logits (the usual case: the logits are not needed afterwards).
+    virtual void crossentropy_forward_backward(void* losses, void* dlogits, const void* logits,
+                                               const int32_t* targets, const float* weights, float dloss, size_t N,
+                                               int V, int Vp) = 0;
+
+    // ---- optimizer and reductions ----
+    // Sum of squares of n elements of `x` (element type act_dtype()), accumulated deterministically.
+    virtual double sum_squares(const void* x, size_t n) = 0;
+    // AdamW over every segment. params: act_dtype(); master, m, v: master_dtype() (master is null when
+    // !has_master()); grads: act_dtype(). Decoupled weight decay: p -= lr*lr_scale*(mhat/(sqrt(vhat)+eps) + wd*p).
+    virtual void adamw_update(void* params, void* master, const void* grads, void* m, void* v,
+                              const std::vector<OptSegment>& segments, const AdamWStep& step) = 0;
+};
+
+// The CPU reference backend in float (training) or double (gradient checks).
+std::unique_ptr<Backend> make_cpu_backend(DType dtype = DType::f32);
+
+}  // namespace tune

@@ -1,0 +1,93 @@
+#include "kernels/cpu/attention.h"
+
+#include <cmath>
+#include <vector>
+
+namespace tune::cpu {
+
+template <class T>
+void attention_forward(T* out, T* probs, const T* qkv, int B, int T_, int C, int NH) {
+    const int HS = C / NH;
+    const size_t C3 = 3 * (size_t)C;
+    const T scale = (T)(1.0 / std::sqrt((double)HS));
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T_; t++) {
+                const T* q = qkv + ((size_t)b * T_ + t) * C3 + (size_t)h * HS;
+                T* p = probs + (((size_t)b * NH + h) * T_ + t) * T_;
+                T maxv = -INFINITY;
+                for (int u = 0; u <= t; u++) {
+                    const T* k = qkv + ((size_t)b * T_ + u) * C3 + C + (size_t)h * HS;
+                    T s = 0;
+                    for (int i = 0; i < HS; i++) s += q[i] * k[i];
+                    p[u] = s * scale;
+                    if (p[u] > maxv) maxv = p[u];
+                }
+                T sum = 0;
+                for (int u = 0; u <= t; u++) {
+                    p[u] = std::exp(p[u] - maxv);  // subtracting the max keeps exp from overflowing
+                    sum += p[u];
+                }
+                for (int u = 0; u <= t; u++) p[u] /= sum;
+                for (int u = t + 1; u < T_; u++) p[u] = 0;  // the causal mask: the future gets no weight
+                T* o = out + ((size_t)b * T_ + t) * C + (size_t)h * HS;
+                for (int i = 0; i < HS; i++) o[i] = 0;
+                for (int u = 0; u <= t; u++) {
+                    const T* v = qkv + ((size_t)b * T_ + u) * C3 + 2 * (size_t)C + (size_t)h * HS;
+                    for (int i = 0; i < HS; i++) o[i] += p[u] * v[i];
+                }
+            }
+}
+
+template <class T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, int B, int T_, int C, int NH) {
+    const int HS = C / NH;
+    const size_t C3 = 3 * (size_t)C;
+    const T scale = (T)(1.0 / std::sqrt((double)HS));
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            // Each (b, h) touches only its own head's slice of dqkv, so threads never collide.
+            for (int t = 0; t < T_; t++)
+                for (int j = 0; j < 3; j++) {
+                    T* d = dqkv + ((size_t)b * T_ + t) * C3 + (size_t)j * C + (size_t)h * HS;
+                    for (int i = 0; i < HS; i++) d[i] = 0;
+                }
+            std::vector<T> dp(T_);
+            for (int t = 0; t < T_; t++) {
+                const T* p = probs + (((size_t)b * NH + h) * T_ + t) * T_;
+                const T* d_o = dout + ((size_t)b * T_ + t) * C + (size_t)h * HS;
+                T dot = 0;  // sum_u p[u] dp[u], the softmax backward's correction term
+                for (int u = 0; u <= t; u++) {
+                    const T* v = qkv + ((size_t)b * T_ + u) * C3 + 2 * (size_t)C + (size_t)h * HS;
+                    T* dv = dqkv + ((size_t)b * T_ + u) * C3 + 2 * (size_t)C + (size_t)h * HS;
+                    T s = 0;
+                    for (int i = 0; i < HS; i++) {
+                        s += d_o[i] * v[i];
+                        dv[i] += p[u] * d_o[i];
+                    }
+                    dp[u] = s;
+                    dot += p[u] * s;
+                }
+                const T* q = qkv + ((size_t)b * T_ + t) * C3 + (size_t)h * HS;
+                T* dq = dqkv + ((size_t)b * T_ + t) * C3 + (size_t)h * HS;
+                for (int u = 0; u <= t; u++) {
+                    T ds = p[u] * (dp[u] - dot) * scale;
+                    const T* k = qkv + ((size_t)b * T_ + u) * C3 + C + (size_t)h * HS;
+                    T* dk = dqkv + ((size_t)b * T_ + u) * C3 + C + (size_t)h * HS;
+                    for (int i = 0; i < HS; i++) {
+                        dq[i] += ds * k[i];
+                        dk[i] += ds * q[i];
+                    }
+                }
+            }
+        }
+}
+
+template void attention_forward<float>(float*, float*, const float*, int, int, int, int);
+template void attention_forward<double>(double*, double*, const double*, int, int, int, int);
+template void attention_backward<float>(float*, const float*, const float*, const float*, int, int, int, int);
+template void attention_backward<double>(double*, const double*, const double*, const double*, int, int, int, int);
+
+}  // namespace tune::cpu

@@ -1,0 +1,29 @@
+// Causal multi-head self-attention, CPU reference. qkv(B,T,3C) = [q | k | v], head h owning channels
+// h*HS .. h*HS+HS-1 of each third (the layout of GPT-2's c_attn output).
+//   forward:  s[t,u] = q[t].k[u] / sqrt(HS) for u <= t;  p = softmax_u(s);  out[t] = sum_u p[t,u] v[u]
+//   backward: dp[t,u] = dout[t].v[u];  dv[u] += p[t,u] dout[t]
+//             ds[t,u] = p[t,u] (dp[t,u] - sum_u' p[t,u'] dp[t,u'])
+//             dq[t] = sum_u ds[t,u] k[u] / sqrt(HS);  dk[u] += ds[t,u] q[t] / sqrt(HS)
+// Forward saves the probabilities p (B,NH,T,T) (entries above the diagonal are zero). The GPU's fused
+// kernel saves less; that is why `saved` is the backend's business. dqkv is written (=).
+#pragma once
+#include <cstddef>
+
+namespace tune::cpu {
+
+inline size_t attention_saved_elems(int B, int T, int NH) { return (size_t)B * NH * T * T; }
+
+template <class T>
+void attention_forward(T* out,        // (B, T, C)
+                       T* probs,      // (B, NH, T, T)
+                       const T* qkv,  // (B, T, 3C)
+                       int B, int T_, int C, int NH);
+
+template <class T>
+void attention_backward(T* dqkv,         // (B, T, 3C) written
+                        const T* dout,   // (B, T, C)
+                        const T* qkv,    // (B, T, 3C)
+                        const T* probs,  // (B, NH, T, T)
+                        int B, int T_, int C, int NH);
+
+}  // namespace tune::cpu

@@ -1,0 +1,132 @@
+// The CPU backend: the reference layers of kernels/cpu/ behind the Backend interface, in float
+// (a usable training backend) or double (for finite-difference gradient checks).
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/adamw.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/crossentropy.h"
+#include "kernels/cpu/encoder.h"
+#include "kernels/cpu/gelu.h"
+#include "kernels/cpu/layernorm.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/residual.h"
+
+namespace tune {
+namespace {
+
+template <class T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<float>() { return DType::f32; }
+template <>
+constexpr DType dtype_of<double>() { return DType::f64; }
+
+template <class Src>
+void convert_to(void* dst, DType dtype, const Src* src, size_t n) {
+    if (dtype == DType::f32)
+        for (size_t i = 0; i < n; i++) static_cast<float*>(dst)[i] = (float)src[i];
+    else if (dtype == DType::f64)
+        for (size_t i = 0; i < n; i++) static_cast<double*>(dst)[i] = (double)src[i];
+    else
+        throw Error(std::string("cpu backend: no buffers of type ") + dtype_name(dtype));
+}
+
+template <class Dst>
+void convert_from(Dst* dst, const void* src, DType dtype, size_t n) {
+    if (dtype == DType::f32)
+        for (size_t i = 0; i < n; i++) dst[i] = (Dst) static_cast<const float*>(src)[i];
+    else if (dtype == DType::f64)
+        for (size_t i = 0; i < n; i++) dst[i] = (Dst) static_cast<const double*>(src)[i];
+    else
+        throw Error(std::string("cpu backend: no buffers of type ") + dtype_name(dtype));
+}
+
+template <class T>
+class CpuBackend final : public Backend {
+   public:
+    std::string name() const override { return dtype_of<T>() == DType::f32 ? "cpu" : "cpu-f64"; }
+    DType act_dtype() const override { return dtype_of<T>(); }
+    DType master_dtype() const override { return dtype_of<T>(); }
+
+    void* alloc(size_t bytes) override {
+        void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!p) throw Error("cpu backend: out of memory allocating " + std::to_string(bytes) + " bytes");
+        return p;
+    }
+    void free(void* p) override { std::free(p); }
+    void zero(void* p, size_t bytes) override { std::memset(p, 0, bytes); }
+    void upload(void* dst, DType dtype, const float* src, size_t n) override { convert_to(dst, dtype, src, n); }
+    void upload(void* dst, DType dtype, const double* src, size_t n) override { convert_to(dst, dtype, src, n); }
+    void download(float* dst, const void* src, DType dtype, size_t n) override { convert_from(dst, src, dtype, n); }
+    void download(double* dst, const void* src, DType dtype, size_t n) override { convert_from(dst, src, dtype, n); }
+    void upload_i32(int32_t* dst, const int32_t* src, size_t n) override { std::memcpy(dst, src, n * 4); }
+    void upload_f32(float* dst, const float* src, size_t n) override { std::memcpy(dst, src, n * 4); }
+    void synchronize() override {}
+
+    void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T_,
+                         int C) override {
+        cpu::encoder_forward(t(out), tokens, t(wte), t(wpe), B, T_, C);
+    }
+    void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, int B, int T_,
+                          int C) override {
+        cpu::encoder_backward(t(dwte), t(dwpe), t(dout), tokens, B, T_, C);
+    }
+    void layernorm_forward(void* out, void* mean, void* rstd, const void* inp, const void* w, const void* b, size_t N,
+                           int C) override {
+        cpu::layernorm_forward(t(out), t(mean), t(rstd), t(inp), t(w), t(b), N, C);
+    }
+    void layernorm_backward(void* dinp, void* dw, void* db, const void* dout, const void* inp, const void* w,
+                            const void* mean, const void* rstd, size_t N, int C) override {
+        cpu::layernorm_backward(t(dinp), t(dw), t(db), t(dout), t(inp), t(w), t(mean), t(rstd), N, C);
+    }
+    void matmul_forward(void* out, const void* inp, const void* w, const void* b, size_t N, int IC,
+                        int OC) override {
+        cpu::matmul_forward(t(out), t(inp), t(w), t(b), N, IC, OC);
+    }
+    void matmul_backward(void* dinp, void* dw, void* db, const void* dout, const void* inp, const void* w, size_t N,
+                         int IC, int OC) override {
+        cpu::matmul_backward(t(dinp), t(dw), t(db), t(dout), t(inp), t(w), N, IC, OC);
+    }
+    size_t attention_saved_elems(int B, int T_, int NH) const override {
+        return cpu::attention_saved_elems(B, T_, NH);
+    }
+    void attention_forward(void* out, void* saved, const void* qkv, int B, int T_, int C, int NH) override {
+        cpu::attention_forward(t(out), t(saved), t(qkv), B, T_, C, NH);
+    }
+    void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* saved, int B, int T_, int C,
+                            int NH) override {
+        cpu::attention_backward(t(dqkv), t(dout), t(qkv), t(saved), B, T_, C, NH);
+    }
+    void gelu_forward(void* out, const void* inp, size_t n) override { cpu::gelu_forward(t(out), t(inp), n); }
+    void gelu_backward(void* dinp, const void* dout, const void* inp, size_t n) override {
+        cpu::gelu_backward(t(dinp), t(dout), t(inp), n);
+    }
+    void residual_forward(void* out, const void* a, const void* b, size_t n) override {
+        cpu::residual_forward(t(out), t(a), t(b), n);
+    }
+    void crossentropy_forward_backward(void* losses, void* dlogits, const void* logits, const int32_t* targets,
+                                       const float* weights, float dloss, size_t N, int V, int Vp) override {
+        cpu::crossentropy_forward_backward(t(losses), t(dlogits), t(logits), targets, weights, dloss, N, V, Vp);
+    }
+    double sum_squares(const void* x, size_t n) override { return cpu::sum_squares(t(x), n); }
+    void adamw_update(void* params, void*, const void* grads, void* m, void* v,
+                      const std::vector<OptSegment>& segments, const AdamWStep& step) override {
+        cpu::adamw_update(t(params), t(grads), t(m), t(v), segments, step);
+    }
+
+   private:
+    static T* t(void* p) { return static_cast<T*>(p); }
+    static const T* t(const void* p) { return static_cast<const T*>(p); }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(DType dtype) {
+    if (dtype == DType::f32) return std::make_unique<CpuBackend<float>>();
+    if (dtype == DType::f64) return std::make_unique<CpuBackend<double>>();
+    throw UsageError(std::string("the cpu backend computes in f32 or f64, not ") + dtype_name(dtype));
+}
+
+}  // namespace tune
