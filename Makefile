@@ -3,7 +3,8 @@
 #
 # Conventions the rules below rely on (so adding a file never means editing this Makefile):
 #   - every .cpp/.cu under kernels/ model/ train/ data/ is library code, linked into every program,
-#     except files named main_<tool>.cpp, each of which becomes the program ./<tool>;
+#     except files named main_<tool>.cpp, each of which becomes the program bin/<tool>
+#     (bin/, because the top-level folder train/ holds sources and a program cannot share its name);
 #   - every tests/*.cpp and tests/*.cu goes into one test binary, build/tests/tune_tests;
 #   - every bench/bench_<name>.cpp (or .cu) becomes build/bench/bench_<name>.
 
@@ -31,7 +32,7 @@ LDLIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcubl
 LIB_SRC   := $(filter-out %/main_%.cpp,$(wildcard kernels/*.cpp kernels/*/*.cpp model/*.cpp train/*.cpp data/*.cpp)) \
              $(wildcard kernels/*.cu kernels/*/*.cu model/*.cu train/*.cu)
 TOOL_SRC  := $(wildcard */main_*.cpp)
-TOOLS     := $(patsubst main_%,%,$(basename $(notdir $(TOOL_SRC))))
+TOOLS     := $(addprefix bin/,$(patsubst main_%,%,$(basename $(notdir $(TOOL_SRC)))))
 TEST_SRC  := $(wildcard tests/*.cpp tests/*.cu)
 BENCH_SRC := $(wildcard bench/bench_*.cpp bench/bench_*.cu)
 BENCHES   := $(addprefix $(BUILD)/,$(basename $(BENCH_SRC)))
@@ -54,9 +55,10 @@ $(BUILD)/libtune.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-# One rule per tool: ./train from train/main_train.cpp, ./tokenize from data/main_tokenize.cpp, ...
+# One rule per tool: bin/train from train/main_train.cpp, bin/tokenize from data/main_tokenize.cpp, ...
 define tool_rule
-$(1): $(call obj,$(filter %/main_$(1).cpp,$(TOOL_SRC))) $(BUILD)/libtune.a
+$(1): $(call obj,$(filter %/main_$(notdir $(1)).cpp,$(TOOL_SRC))) $(BUILD)/libtune.a
+	@mkdir -p bin
 	$$(CXX) $$^ -o $$@ $$(LDLIBS)
 endef
 $(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
@@ -74,6 +76,6 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libtune.a
 bench: $(BENCHES)
 
 clean:
-	rm -rf $(BUILD) $(TOOLS)
+	rm -rf $(BUILD) bin
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -123,4 +123,9 @@ class Backend {
 // The CPU reference backend in float (training) or double (gradient checks).
 std::unique_ptr<Backend> make_cpu_backend(DType dtype = DType::f32);
 
+// The CUDA backend on the current GPU, computing in `dtype` (f32, bf16 or f16) with FP32 master weights.
+std::unique_ptr<Backend> make_cuda_backend(DType dtype);
+// Number of usable CUDA devices; 0 when there is no GPU or no driver (never throws).
+int cuda_device_count();
+
 }  // namespace tune

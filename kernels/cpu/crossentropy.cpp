@@ -12,19 +12,24 @@ void crossentropy_forward_backward(T* losses, T* dlogits, const T* logits, const
         const T* z = logits + i * Vp;
         T maxv = z[0];
         for (int v = 1; v < V; v++) maxv = z[v] > maxv ? z[v] : maxv;
-        double sum = 0;
-        for (int v = 0; v < V; v++) sum += std::exp((double)(z[v] - maxv));
-        const double log_sum = std::log(sum);  // log-sum-exp = maxv + log_sum
         const float w = weights[i];
         const int y = targets[i];
-        losses[i] = w == 0.0f ? T(0) : (T)(w * (log_sum - (double)(z[y] - maxv)));
-        if (!dlogits) continue;
-        T* d = dlogits + i * Vp;  // may alias z: each element is read before it is overwritten
-        const double scale = (double)w * dloss;
+        const T zy = z[y];
+        // exp is the expensive part: compute it once, keeping the values in dlogits when there is one
+        // (z and d may be the same memory; each element is read before it is overwritten).
+        T* d = dlogits ? dlogits + i * Vp : nullptr;
+        double sum = 0;
         for (int v = 0; v < V; v++) {
-            double p = std::exp((double)(z[v] - maxv) - log_sum);
-            d[v] = (T)((p - (v == y ? 1.0 : 0.0)) * scale);
+            T e = std::exp(z[v] - maxv);
+            sum += e;
+            if (d) d[v] = e;
         }
+        const double log_sum = std::log(sum);  // log-sum-exp = maxv + log_sum
+        losses[i] = w == 0.0f ? T(0) : (T)(w * (log_sum - (double)(zy - maxv)));
+        if (!d) continue;
+        const T scale = (T)((double)w * dloss / sum);
+        for (int v = 0; v < V; v++) d[v] *= scale;
+        if (w != 0.0f) d[y] -= (T)((double)w * dloss);
         for (int v = V; v < Vp; v++) d[v] = 0;
     }
 }

@@ -1,0 +1,53 @@
+// Command-line options of ./train, declared once in a table that both the parser and --help read, so
+// the help text always shows the real defaults.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "train/optimizer.h"
+#include "train/schedule.h"
+
+namespace tune {
+
+struct TrainArgs {
+    // where and how
+    std::string device = "auto";  // auto | cpu | cuda
+    std::string precision = "fp32";
+    // model
+    std::string model = "tiny";  // preset used when training from scratch
+    std::string init;            // start from these weights
+    std::string resume;          // continue a run exactly from a resume checkpoint
+    // data
+    std::vector<std::string> train_data, val_data;
+    bool shuffle = true;
+    // batch
+    int batch = 4;  // B
+    int seq = 64;   // T
+    int grad_accum = 1;
+    int steps = 100;
+    int halt_at = 0;  // stop (with a resume checkpoint) once this many steps are done; 0 = run to the end
+    // optimizer
+    ScheduleConfig sched;
+    AdamWConfig adam;
+    float grad_clip = 1.0f;
+    int max_bad_steps = 10;  // consecutive non-finite steps before giving up
+    uint64_t seed = 1337;
+    // evaluation, logging, checkpoints
+    int val_every = 50;
+    int val_batches = 8;
+    int ckpt_every = 0;  // resume checkpoint every N steps (0: only at the end)
+    std::string out_dir = "runs/train";
+    bool quiet = false;
+};
+
+// Parses argv. Returns false when --help was asked for (print train_help()). Throws tune::UsageError
+// with a one-line message for an unknown flag, a missing or malformed value, or an out-of-range number.
+bool parse_train_args(int argc, char** argv, TrainArgs& args);
+std::string train_help();
+
+// Cross-field checks that need the model config (sequence length against block size, ...).
+void validate_train_args(const TrainArgs& args);
+
+}  // namespace tune

@@ -1,0 +1,47 @@
+// tune.cu checkpoints.
+//
+// Layout (little-endian):
+//   offset  0  char[8]  magic "TUNECKPT"
+//           8  u32      version (1)
+//          12  u32      header length H (bytes of JSON)
+//          16  JSON     {"kind": "weights"|"resume", "config": {...}, "tensors": [{"name", "shape", "offset",
+//                       "bytes"}...], "state": {...}}   (state only in resume checkpoints)
+//        16+H  data     every tensor as float32, at its offset from here; the file ends exactly at the last
+// A weights checkpoint holds the parameters (the FP32 master values where the backend keeps them). A resume
+// checkpoint adds Adam's moments (m/<name>, v/<name>) for trainable tensors and the training state:
+// step, optimizer step, RNG, data-loader position. Everything is validated before use, and files are
+// written atomically (data/fileio.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "data/shard.h"
+#include "model/config.h"
+#include "model/gpt2.h"
+#include "train/optimizer.h"
+
+namespace tune {
+
+constexpr char kCkptMagic[8] = {'T', 'U', 'N', 'E', 'C', 'K', 'P', 'T'};
+constexpr uint32_t kCkptVersion = 1;
+
+struct TrainState {
+    uint64_t step = 0;      // optimizer steps completed
+    uint64_t rng = 0;       // trainer RNG state
+    LoaderState loader;     // training data position
+    double loss_scale = 1;  // dynamic loss scale (FP16)
+    uint64_t skipped_steps = 0;
+};
+
+// Writes model weights; with opt and state, a resume checkpoint.
+void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state);
+
+// The config stored in a checkpoint (to build the model before loading it). Validates the header.
+ModelConfig checkpoint_config(const std::string& path);
+
+// Loads weights into the model (config must match); with opt and state also the optimizer state and
+// training state, which requires a resume checkpoint. Throws tune::Error naming the file and the problem.
+void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainState* state);
+
+}  // namespace tune

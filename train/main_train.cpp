@@ -1,0 +1,33 @@
+// ./train: fine-tune or train GPT-2. See ./train --help and README.md.
+#include <csignal>
+#include <cstdio>
+
+#include "train/trainer.h"
+
+static tune::Trainer* g_trainer = nullptr;
+
+// Ctrl-C finishes the current step and writes a resume checkpoint instead of losing the run.
+static void on_interrupt(int) {
+    if (g_trainer) g_trainer->request_stop();
+}
+
+int main(int argc, char** argv) {
+    try {
+        tune::TrainArgs args;
+        if (!tune::parse_train_args(argc, argv, args)) {
+            std::fputs(tune::train_help().c_str(), stdout);
+            return 0;
+        }
+        tune::Trainer trainer(args);
+        g_trainer = &trainer;
+        std::signal(SIGINT, on_interrupt);
+        std::signal(SIGTERM, on_interrupt);
+        return trainer.run();
+    } catch (const tune::UsageError& e) {
+        std::fprintf(stderr, "train: %s\n", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "train: error: %s\n", e.what());
+        return 1;
+    }
+}

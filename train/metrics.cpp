@@ -1,0 +1,157 @@
+#include "train/metrics.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#include "data/fileio.h"
+#include "kernels/common.h"
+
+namespace tune {
+
+static void make_dirs(const std::string& dir) {
+    std::string cur;
+    std::stringstream ss(dir);
+    std::string part;
+    if (!dir.empty() && dir[0] == '/') cur = "/";
+    while (std::getline(ss, part, '/')) {
+        if (part.empty()) continue;
+        cur += part + "/";
+        if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
+            throw Error(cur + ": cannot create directory (" + std::strerror(errno) + ")");
+    }
+}
+
+RunLog::RunLog(const std::string& dir, bool append) : dir_(dir) {
+    if (dir.empty()) return;
+    make_dirs(dir);
+    const std::string path = dir + "/metrics.jsonl";
+    f_ = std::fopen(path.c_str(), append ? "a" : "w");
+    if (!f_) throw Error(path + ": cannot open for appending (" + std::strerror(errno) + ")");
+}
+
+RunLog::~RunLog() {
+    if (f_) std::fclose(f_);
+}
+
+void RunLog::append(const std::string& line) {
+    if (!f_) return;
+    std::fputs(line.c_str(), f_);
+    std::fputc('\n', f_);
+    std::fflush(f_);
+}
+
+void RunLog::train_point(int step, double loss) { train_.points.push_back({(double)step, loss}); }
+void RunLog::val_point(int step, double loss) { val_.points.push_back({(double)step, loss}); }
+
+void RunLog::write_plot() const {
+    if (dir_.empty()) return;
+    write_line_chart_svg(dir_ + "/loss.svg", "loss", "step", "loss", {train_, val_});
+}
+
+// Tick values 1, 2, 5 x 10^k covering [lo, hi] with about `want` ticks.
+static std::vector<double> nice_ticks(double lo, double hi, int want) {
+    double span = hi - lo;
+    if (!(span > 0)) return {lo};
+    double raw = span / want, mag = std::pow(10.0, std::floor(std::log10(raw)));
+    double step = mag;
+    for (double m : {1.0, 2.0, 5.0, 10.0})
+        if (raw <= m * mag) {
+            step = m * mag;
+            break;
+        }
+    std::vector<double> t;
+    for (double v = std::ceil(lo / step) * step; v <= hi + 1e-9 * span; v += step) t.push_back(v);
+    return t;
+}
+
+static std::string fmt(double v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%g", v);
+    return b;
+}
+
+void write_line_chart_svg(const std::string& path, const std::string& title, const std::string& xlabel,
+                          const std::string& ylabel, const std::vector<Curve>& curves, bool log_x) {
+    const double W = 720, H = 440, left = 70, right = 20, top = 40, bottom = 55;
+    auto tx = [&](double x) { return log_x ? std::log10(x) : x; };
+    double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
+    for (const Curve& c : curves)
+        for (auto [x, y] : c.points) {
+            if (!std::isfinite(x) || !std::isfinite(y) || (log_x && x <= 0)) continue;
+            x0 = std::min(x0, tx(x));
+            x1 = std::max(x1, tx(x));
+            y0 = std::min(y0, y);
+            y1 = std::max(y1, y);
+        }
+    if (!std::isfinite(x0)) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
+    if (x1 == x0) x1 = x0 + 1;
+    if (y1 == y0) y1 = y0 + 1;
+    const double pad = 0.05 * (y1 - y0);
+    y0 -= pad;
+    y1 += pad;
+    auto px = [&](double x) { return left + (tx(x) - x0) / (x1 - x0) * (W - left - right); };
+    auto py = [&](double y) { return top + (y1 - y) / (y1 - y0) * (H - top - bottom); };
+
+    std::ostringstream s;
+    s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
+      << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
+    s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+    s << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << title << "</text>\n";
+    for (double v : nice_ticks(y0, y1, 6)) {
+        s << "<line x1=\"" << left << "\" x2=\"" << W - right << "\" y1=\"" << py(v) << "\" y2=\"" << py(v)
+          << "\" stroke=\"#e5e5e5\"/>\n";
+        s << "<text x=\"" << left - 6 << "\" y=\"" << py(v) + 4 << "\" text-anchor=\"end\">" << fmt(v) << "</text>\n";
+    }
+    for (double v : nice_ticks(x0, x1, 8)) {
+        double xv = log_x ? std::pow(10.0, v) : v;
+        double X = left + (v - x0) / (x1 - x0) * (W - left - right);
+        s << "<line x1=\"" << X << "\" x2=\"" << X << "\" y1=\"" << top << "\" y2=\"" << H - bottom
+          << "\" stroke=\"#e5e5e5\"/>\n";
+        s << "<text x=\"" << X << "\" y=\"" << H - bottom + 16 << "\" text-anchor=\"middle\">" << fmt(xv)
+          << "</text>\n";
+    }
+    s << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << W - left - right << "\" height=\""
+      << H - top - bottom << "\" fill=\"none\" stroke=\"#333\"/>\n";
+    s << "<text x=\"" << (left + W - right) / 2 << "\" y=\"" << H - 12 << "\" text-anchor=\"middle\">" << xlabel
+      << (log_x ? " (log scale)" : "") << "</text>\n";
+    s << "<text transform=\"translate(16," << (top + H - bottom) / 2 << ") rotate(-90)\" text-anchor=\"middle\">"
+      << ylabel << "</text>\n";
+    int legend = 0;
+    for (const Curve& c : curves) {
+        if (c.points.empty()) continue;
+        s << "<polyline fill=\"none\" stroke=\"" << c.color << "\" stroke-width=\"1.6\" points=\"";
+        for (auto [x, y] : c.points)
+            if (std::isfinite(x) && std::isfinite(y) && (!log_x || x > 0)) s << px(x) << "," << py(y) << " ";
+        s << "\"/>\n";
+        if (c.points.size() == 1)
+            s << "<circle cx=\"" << px(c.points[0].first) << "\" cy=\"" << py(c.points[0].second) << "\" r=\"3\" fill=\""
+              << c.color << "\"/>\n";
+        double ly = top + 16 + 18 * legend++;
+        s << "<line x1=\"" << W - right - 120 << "\" x2=\"" << W - right - 96 << "\" y1=\"" << ly << "\" y2=\"" << ly
+          << "\" stroke=\"" << c.color << "\" stroke-width=\"2\"/>\n";
+        s << "<text x=\"" << W - right - 90 << "\" y=\"" << ly + 4 << "\">" << c.label << "</text>\n";
+    }
+    s << "</svg>\n";
+    const std::string out = s.str();
+    write_file_atomic(path, out.data(), out.size());
+}
+
+std::string format_duration(double sec) {
+    if (!std::isfinite(sec) || sec < 0) return "?";
+    long s = std::lround(sec);
+    char b[32];
+    if (s >= 3600)
+        std::snprintf(b, sizeof b, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+    else if (s >= 60)
+        std::snprintf(b, sizeof b, "%ldm%02lds", s / 60, s % 60);
+    else
+        std::snprintf(b, sizeof b, "%lds", s);
+    return b;
+}
+
+}  // namespace tune

@@ -1,0 +1,46 @@
+// What a run leaves in its run directory: metrics.jsonl (one JSON object per line, appended and flushed
+// as the run goes, so nothing is lost on a crash) and loss.svg (train and validation loss against step,
+// redrawn at every validation and at the end; it opens in any browser).
+#pragma once
+
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace tune {
+
+struct Curve {
+    std::string label;
+    std::string color;  // CSS color
+    std::vector<std::pair<double, double>> points;  // (x, y)
+};
+
+// Writes a line chart as a standalone SVG file (atomically). Non-finite points are left out.
+void write_line_chart_svg(const std::string& path, const std::string& title, const std::string& xlabel,
+                          const std::string& ylabel, const std::vector<Curve>& curves, bool log_x = false);
+
+class RunLog {
+   public:
+    // Opens (creating the directory) dir/metrics.jsonl: appending when `append` (a resumed run), else
+    // starting it afresh. An empty dir logs nothing.
+    RunLog(const std::string& dir, bool append);
+    ~RunLog();
+
+    // Appends one JSON object (already serialised) as a line and flushes it.
+    void append(const std::string& json_line);
+    void train_point(int step, double loss);
+    void val_point(int step, double loss);
+    void write_plot() const;  // dir/loss.svg
+    const std::string& dir() const { return dir_; }
+
+   private:
+    std::string dir_;
+    FILE* f_ = nullptr;
+    Curve train_{"train", "#1f77b4", {}}, val_{"validation", "#d62728", {}};
+};
+
+// "1h02m", "3m05s", "12s"
+std::string format_duration(double seconds);
+
+}  // namespace tune

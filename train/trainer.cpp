@@ -1,0 +1,195 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+namespace tune {
+
+std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision, bool quiet) {
+    std::string dev = device;
+    if (dev == "auto") {
+        dev = cuda_device_count() > 0 ? "cuda" : "cpu";
+        if (dev == "cpu" && !quiet) std::printf("notice: no CUDA GPU found, training on the CPU backend\n");
+    }
+    if (dev == "cpu") {
+        if (precision != "fp32")
+            throw UsageError("--precision " + precision + ": the cpu backend computes in fp32 only");
+        return make_cpu_backend(DType::f32);
+    }
+    const DType dt = precision == "bf16" ? DType::bf16 : precision == "fp16" ? DType::f16 : DType::f32;
+    return make_cuda_backend(dt);
+}
+
+static double now_seconds() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+Trainer::Trainer(const TrainArgs& args) : args_(args) {
+    validate_train_args(args);
+    if (args.train_data.empty()) throw UsageError("--train-data: no training shards given (make them with ./prepare)");
+    args_.sched.total_steps = args.steps;
+    be_ = make_backend(args.device, args.precision, args.quiet);
+
+    const std::string& ckpt = !args.resume.empty() ? args.resume : args.init;
+    ModelConfig cfg = ckpt.empty() ? preset_config(args.model) : checkpoint_config(ckpt);
+    if (args.seq > cfg.block_size)
+        throw UsageError("--seq: " + std::to_string(args.seq) + " is above the model's block size " +
+                         std::to_string(cfg.block_size));
+    model_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq);
+    if (ckpt.empty()) model_->init_random(args.seed);
+    opt_ = std::make_unique<AdamW>(*model_, args.adam);
+    state_.rng = args.seed;
+    if (!args.resume.empty())
+        load_checkpoint(args.resume, *model_, opt_.get(), &state_);
+    else if (!args.init.empty())
+        load_checkpoint(args.init, *model_, opt_.get(), nullptr);
+
+    train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle, args.seed);
+    train_->set_state(state_.loader);
+    if (!args.val_data.empty())
+        val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0);
+}
+
+StepStats Trainer::step() {
+    const double t0 = now_seconds();
+    StepStats st;
+    st.step = (int)state_.step + 1;
+    // Load the whole step's micro-batches first: the loss is normalised by the counted tokens of all of
+    // them together, so every micro-batch's gradient is scaled by the same 1/count.
+    std::vector<Batch> batches;
+    for (int k = 0; k < args_.grad_accum; k++) batches.push_back(train_->next());
+    for (const Batch& b : batches)
+        for (float w : b.weights) st.counted += w != 0.0f;
+    const float dloss = st.counted ? 1.0f / (float)st.counted : 0.0f;
+
+    model_->zero_grads();
+    double loss_sum = 0;
+    for (const Batch& b : batches) {
+        model_->forward(b.inputs.data(), b.B, b.T);
+        loss_sum += model_->loss(b.targets.data(), b.weights.data(), dloss, true);
+        model_->backward();
+    }
+    st.loss = st.counted ? loss_sum / (double)st.counted : 0.0;
+    st.grad_norm = std::sqrt(be_->sum_squares(model_->grads().base(), model_->grads().elems()));
+    st.lr = lr_at(args_.sched, (int)state_.step);
+    // TEACH: a single NaN would poison every weight through Adam's moments. Skip the update instead and
+    // leave weights and optimizer state untouched.
+    st.skipped = !std::isfinite(st.loss) || !std::isfinite(st.grad_norm);
+    if (!st.skipped) {
+        float clip = 1.0f;
+        if (args_.grad_clip > 0 && st.grad_norm > args_.grad_clip) clip = (float)(args_.grad_clip / st.grad_norm);
+        opt_->step(st.lr, clip);
+        bad_in_a_row_ = 0;
+    } else {
+        state_.skipped_steps++;
+        bad_in_a_row_++;
+    }
+    state_.step++;
+    state_.loader = train_->state();
+    be_->synchronize();
+    st.seconds = now_seconds() - t0;
+    return st;
+}
+
+double Trainer::evaluate() {
+    if (!val_) return NAN;
+    val_->set_state(LoaderState{});  // always the same windows, so validation losses compare across steps
+    double sum = 0;
+    size_t counted = 0;
+    for (int i = 0; i < args_.val_batches; i++) {
+        Batch b = val_->next();
+        model_->forward(b.inputs.data(), b.B, b.T);
+        sum += model_->loss(b.targets.data(), b.weights.data(), 0.0f, false);
+        for (float w : b.weights) counted += w != 0.0f;
+    }
+    return counted ? sum / (double)counted : NAN;
+}
+
+void Trainer::save(const std::string& path, bool resume) {
+    save_checkpoint(path, *model_, opt_.get(), resume ? &state_ : nullptr);
+}
+
+static std::string mib(size_t bytes) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%9.2f MiB", bytes / 1048576.0);
+    return b;
+}
+
+void Trainer::print_memory_map() const {
+    const size_t p = model_->param_bytes(), g = model_->grad_bytes(), o = opt_->state_bytes(),
+                 a = model_->act_bytes();
+    std::printf("model: %s, %zu parameters, backend %s\n", model_->config().describe().c_str(),
+                num_parameters(model_->config()), be_->name().c_str());
+    std::printf("memory: parameters %s | gradients %s | optimizer %s | activations %s | total %s\n", mib(p).c_str(),
+                mib(g).c_str(), mib(o).c_str(), mib(a).c_str(), mib(p + g + o + a).c_str());
+}
+
+int Trainer::run() {
+    RunLog log(args_.out_dir, !args_.resume.empty());
+    if (!args_.quiet) {
+        print_memory_map();
+        std::printf("data: %zu training tokens in %zu windows of %d; run directory %s\n", train_->num_tokens(),
+                    train_->num_windows(), args_.seq, args_.out_dir.c_str());
+    }
+    const int last = args_.halt_at > 0 ? args_.halt_at : args_.steps;
+    const size_t tokens_per_step = (size_t)args_.batch * args_.seq * args_.grad_accum;
+    const double t_start = now_seconds();
+    const uint64_t first = state_.step;
+    double val = NAN;
+    auto validate = [&](int step) {
+        val = evaluate();
+        if (std::isnan(val)) return;
+        log.val_point(step, val);
+        char line[128];
+        std::snprintf(line, sizeof line, "{\"step\":%d,\"val_loss\":%.6f}", step, val);
+        log.append(line);
+        if (!args_.quiet) std::printf("step %d: validation loss %.4f\n", step, val);
+        log.write_plot();
+    };
+    if (state_.step == 0) validate(0);
+    while ((int)state_.step < last && !stop_requested_) {
+        StepStats st = step();
+        const double elapsed = now_seconds() - t_start;
+        const double per_step = elapsed / (double)(state_.step - first);
+        const double tok_s = tokens_per_step / st.seconds;
+        log.train_point(st.step, st.loss);
+        char line[512];
+        std::snprintf(line, sizeof line,
+                      "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
+                      "\"counted_tokens\":%zu,\"skipped\":%s,\"skipped_total\":%llu}",
+                      st.step, st.loss, st.lr, st.grad_norm, tok_s, st.counted, st.skipped ? "true" : "false",
+                      (unsigned long long)state_.skipped_steps);
+        log.append(line);
+        if (!args_.quiet)
+            std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %7.3f | %8.0f tok/s | ETA %s%s\n", st.step,
+                        args_.steps, st.loss, st.lr, st.grad_norm, tok_s,
+                        format_duration(per_step * (last - (int)state_.step)).c_str(),
+                        st.skipped ? " | SKIPPED (non-finite)" : "");
+        std::fflush(stdout);
+        if (bad_in_a_row_ >= args_.max_bad_steps) {
+            std::fprintf(stderr,
+                         "error: %d steps in a row had a non-finite loss or gradient; stopping. The weights are "
+                         "those of the last good step: %s/resume.ckpt\n",
+                         bad_in_a_row_, args_.out_dir.c_str());
+            if (!args_.out_dir.empty()) save(args_.out_dir + "/resume.ckpt", true);
+            return 1;
+        }
+        if (args_.val_every > 0 && st.step % args_.val_every == 0 && st.step != args_.steps) validate(st.step);
+        if (args_.ckpt_every > 0 && st.step % args_.ckpt_every == 0 && !args_.out_dir.empty())
+            save(args_.out_dir + "/resume.ckpt", true);
+    }
+    if ((int)state_.step == args_.steps) validate((int)state_.step);
+    log.write_plot();
+    if (!args_.out_dir.empty()) {
+        save(args_.out_dir + "/resume.ckpt", true);
+        save(args_.out_dir + "/model.ckpt", false);
+        if (!args_.quiet)
+            std::printf("done: %llu steps; wrote %s/{model.ckpt,resume.ckpt,metrics.jsonl,loss.svg}\n",
+                        (unsigned long long)state_.step, args_.out_dir.c_str());
+    }
+    return 0;
+}
+
+}  // namespace tune

@@ -1,0 +1,58 @@
+// The training loop: builds the backend, model, optimizer and data loaders from TrainArgs, runs steps
+// with gradient accumulation and clipping, evaluates, logs, and checkpoints. ./train is a thin wrapper;
+// tests drive the same class.
+#pragma once
+
+#include <memory>
+
+#include "data/shard.h"
+#include "kernels/backend.h"
+#include "model/gpt2.h"
+#include "train/args.h"
+#include "train/checkpoint.h"
+#include "train/metrics.h"
+#include "train/optimizer.h"
+
+namespace tune {
+
+struct StepStats {
+    int step = 0;            // 1-based index of the step just done
+    double loss = 0;         // mean loss over counted tokens of the step
+    double grad_norm = 0;    // global norm before clipping
+    float lr = 0;
+    size_t counted = 0;      // tokens with non-zero loss weight
+    double seconds = 0;
+    bool skipped = false;    // non-finite loss or gradient: no update
+};
+
+// Picks the backend from --device/--precision; prints a one-line notice when auto falls back to cpu.
+std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision, bool quiet);
+
+class Trainer {
+   public:
+    explicit Trainer(const TrainArgs& args);
+
+    StepStats step();                // one optimizer step
+    double evaluate();               // mean validation loss (NaN without validation data)
+    int run();                       // the whole job: steps, progress, metrics, plot, checkpoints
+    void save(const std::string& path, bool resume);
+    void request_stop() { stop_requested_ = true; }  // finish the current step, checkpoint, return
+
+    GPT2& model() { return *model_; }
+    AdamW& optimizer() { return *opt_; }
+    const TrainState& state() const { return state_; }
+
+   private:
+    void print_memory_map() const;
+
+    TrainArgs args_;
+    std::unique_ptr<Backend> be_;
+    std::unique_ptr<GPT2> model_;
+    std::unique_ptr<AdamW> opt_;
+    std::unique_ptr<Loader> train_, val_;
+    TrainState state_;
+    int bad_in_a_row_ = 0;
+    volatile bool stop_requested_ = false;
+};
+
+}  // namespace tune
