@@ -16,10 +16,19 @@ ifeq ($(wildcard $(NVCC)),)
 $(error CUDA toolkit not found: no nvcc at $(NVCC); install the CUDA toolkit or set CUDA_HOME=/path/to/cuda)
 endif
 
+# OpenBLAS built on OpenMP (Debian libopenblas-openmp-dev): it shares OpenMP's thread pool with our own
+# parallel loops. The pthread build's threads fight OpenMP's spinning threads and ran 100x slower here.
+MULTIARCH   := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+OPENBLAS_INC ?= /usr/include/$(MULTIARCH)/openblas-openmp
+OPENBLAS_LIB ?= /usr/lib/$(MULTIARCH)/openblas-openmp
+ifeq ($(wildcard $(OPENBLAS_INC)/cblas.h),)
+$(error OpenBLAS (OpenMP build) not found: no cblas.h in $(OPENBLAS_INC); apt-get install libopenblas-openmp-dev)
+endif
+
 CXX      ?= g++
 MAKEFLAGS += -j$(shell nproc)
 BUILD    := build
-INCLUDES := -I. -I$(CUDA_HOME)/include
+INCLUDES := -I. -I$(CUDA_HOME)/include -I$(OPENBLAS_INC)
 WARN     := -Wall -Wextra -Werror
 CXXFLAGS ?= -O2 -g
 CXXFLAGS += -std=c++17 -fopenmp $(WARN) $(INCLUDES) -MMD -MP
@@ -27,7 +36,7 @@ NVCCFLAGS ?= -O3
 NVCCFLAGS += -std=c++17 -arch=sm_$(GPU_ARCH) -lineinfo -Xptxas --warn-on-spills --Werror all-warnings \
              -Xcompiler -fopenmp,-Wall,-Wextra,-Werror $(INCLUDES) -MMD -MP
 LDLIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart \
-            -lopenblas -lpcre2-8 -fopenmp -lpthread
+            -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lpcre2-8 -fopenmp -lpthread
 
 LIB_SRC   := $(filter-out %/main_%.cpp,$(wildcard kernels/*.cpp kernels/*/*.cpp model/*.cpp train/*.cpp data/*.cpp)) \
              $(wildcard kernels/*.cu kernels/*/*.cu model/*.cu train/*.cu)

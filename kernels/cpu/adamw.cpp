@@ -1,4 +1,5 @@
 #include "kernels/cpu/adamw.h"
+#include "kernels/cpu/parallel.h"
 
 #include <algorithm>
 #include <cmath>
@@ -17,7 +18,7 @@ void adamw_update(T* params, const T* grads, T* m, T* v, const std::vector<OptSe
         T* vv = v + seg.grad_offset;
         const T lr = (T)((double)s.lr * seg.lr_scale);
         const T wd = (T)seg.weight_decay;
-#pragma omp parallel for
+#pragma omp parallel for if (seg.n >= kParallelMinElems)
         for (size_t i = 0; i < seg.n; i++) {
             T gi = g[i] * (T)s.grad_scale;
             mm[i] = (T)s.beta1 * mm[i] + (T)(1 - s.beta1) * gi;
@@ -35,7 +36,7 @@ double sum_squares(const T* x, size_t n) {
     constexpr size_t kChunk = 1 << 16;
     const size_t nchunks = (n + kChunk - 1) / kChunk;
     std::vector<double> partial(nchunks, 0.0);
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kParallelMinElems)
     for (size_t c = 0; c < nchunks; c++) {
         double s = 0;
         size_t end = std::min(n, (c + 1) * kChunk);

@@ -1,4 +1,5 @@
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/parallel.h"
 
 #include <cmath>
 #include <vector>
@@ -10,7 +11,7 @@ void attention_forward(T* out, T* probs, const T* qkv, int B, int T_, int C, int
     const int HS = C / NH;
     const size_t C3 = 3 * (size_t)C;
     const T scale = (T)(1.0 / std::sqrt((double)HS));
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if ((size_t)B * NH * T_ * T_ * HS >= kParallelMinElems)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T_; t++) {
@@ -45,7 +46,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, in
     const int HS = C / NH;
     const size_t C3 = 3 * (size_t)C;
     const T scale = (T)(1.0 / std::sqrt((double)HS));
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if ((size_t)B * NH * T_ * T_ * HS >= kParallelMinElems)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             // Each (b, h) touches only its own head's slice of dqkv, so threads never collide.

@@ -1,4 +1,5 @@
 #include "kernels/cpu/crossentropy.h"
+#include "kernels/cpu/parallel.h"
 
 #include <cmath>
 
@@ -7,7 +8,7 @@ namespace tune::cpu {
 template <class T>
 void crossentropy_forward_backward(T* losses, T* dlogits, const T* logits, const int32_t* targets,
                                    const float* weights, float dloss, size_t N, int V, int Vp) {
-#pragma omp parallel for
+#pragma omp parallel for if (N * Vp >= kParallelMinElems)
     for (size_t i = 0; i < N; i++) {
         const T* z = logits + i * Vp;
         T maxv = z[0];

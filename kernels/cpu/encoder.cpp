@@ -1,4 +1,5 @@
 #include "kernels/cpu/encoder.h"
+#include "kernels/cpu/parallel.h"
 
 #include <cstddef>
 
@@ -6,7 +7,7 @@ namespace tune::cpu {
 
 template <class T>
 void encoder_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int T_, int C) {
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if ((size_t)B * T_ * C >= kParallelMinElems)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T_; t++) {
             T* o = out + ((size_t)b * T_ + t) * C;

@@ -1,4 +1,5 @@
 #include "kernels/cpu/gelu.h"
+#include "kernels/cpu/parallel.h"
 
 #include <cmath>
 
@@ -8,7 +9,7 @@ static constexpr double kSqrt2OverPi = 0.79788456080286535588;  // sqrt(2/pi)
 
 template <class T>
 void gelu_forward(T* out, const T* inp, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kParallelMinElems)
     for (size_t i = 0; i < n; i++) {
         T x = inp[i];
         T u = (T)kSqrt2OverPi * (x + (T)0.044715 * x * x * x);
@@ -18,7 +19,7 @@ void gelu_forward(T* out, const T* inp, size_t n) {
 
 template <class T>
 void gelu_backward(T* dinp, const T* dout, const T* inp, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kParallelMinElems)
     for (size_t i = 0; i < n; i++) {
         T x = inp[i];
         T u = (T)kSqrt2OverPi * (x + (T)0.044715 * x * x * x);

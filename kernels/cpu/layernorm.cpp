@@ -1,4 +1,5 @@
 #include "kernels/cpu/layernorm.h"
+#include "kernels/cpu/parallel.h"
 
 #include <cmath>
 
@@ -6,7 +7,7 @@ namespace tune::cpu {
 
 template <class T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, size_t N, int C) {
-#pragma omp parallel for
+#pragma omp parallel for if (N * C >= kParallelMinElems)
     for (size_t i = 0; i < N; i++) {
         const T* x = inp + i * C;
         double m = 0;  // two-pass statistics in double: the reference favours accuracy over speed
@@ -26,7 +27,7 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
 template <class T>
 void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, const T* mean,
                         const T* rstd, size_t N, int C) {
-#pragma omp parallel for
+#pragma omp parallel for if (N * C >= kParallelMinElems)
     for (size_t i = 0; i < N; i++) {
         const T* x = inp + i * C;
         const T* d = dout + i * C;

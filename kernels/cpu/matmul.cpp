@@ -1,4 +1,5 @@
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/parallel.h"
 
 #include <cblas.h>
 
@@ -20,7 +21,7 @@ template <class T>
 void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, size_t N, int IC, int OC) {
     gemm(false, true, N, OC, IC, T(1), inp, IC, weight, IC, T(0), out, OC);
     if (!bias) return;
-#pragma omp parallel for
+#pragma omp parallel for if (N * OC >= kParallelMinElems)
     for (size_t i = 0; i < N; i++)
         for (int o = 0; o < OC; o++) out[i * OC + o] += bias[o];
 }
@@ -31,7 +32,7 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
     if (dinp) gemm(false, false, N, IC, OC, T(1), dout, OC, weight, IC, T(0), dinp, IC);
     if (dweight) gemm(true, false, OC, IC, N, T(1), dout, OC, inp, IC, T(1), dweight, IC);
     if (dbias) {
-#pragma omp parallel for
+#pragma omp parallel for if (N * OC >= kParallelMinElems)
         for (int o = 0; o < OC; o++) {
             T s = 0;
             for (size_t i = 0; i < N; i++) s += dout[i * OC + o];

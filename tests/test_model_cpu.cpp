@@ -1,0 +1,182 @@
+// The whole GPT-2 model on the CPU backend: parameter gradients against finite differences in double,
+// float against double, loss masking, micro-batch accumulation, and overfitting a fixed batch.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "tests/model_util.h"
+#include "tests/test_util.h"
+#include "train/optimizer.h"
+
+namespace tune::test {
+namespace {
+
+struct Data {
+    int B, T;
+    std::vector<int32_t> x, y;
+    std::vector<float> w;
+};
+
+Data random_data(int B, int T, int V, uint64_t seed, bool with_mask) {
+    Rng r(seed);
+    Data d{B, T, {}, {}, {}};
+    for (int i = 0; i < B * T; i++) {
+        d.x.push_back((int32_t)r.below(V));
+        d.y.push_back((int32_t)r.below(V));
+        d.w.push_back(with_mask && r.uniform() < 0.3 ? 0.0f : 1.0f);
+    }
+    return d;
+}
+
+size_t counted(const std::vector<float>& w) {
+    size_t n = 0;
+    for (float v : w) n += v != 0.0f;
+    return n;
+}
+
+// Mean loss over counted tokens, and (optionally) the gradients it leaves in the model.
+double mean_loss(GPT2& m, const Data& d, bool backward) {
+    const float dloss = 1.0f / (float)counted(d.w);
+    if (backward) m.zero_grads();
+    m.forward(d.x.data(), d.B, d.T);
+    double s = m.loss(d.y.data(), d.w.data(), dloss, backward);
+    if (backward) m.backward();
+    return s / (double)counted(d.w);
+}
+
+TEST(ModelCpu, ParameterGradientsMatchFiniteDifferencesF64_L2_C12_V37_B2_T7) {
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 2, 7);
+    m.init_random(42);
+    // Random (not unit/zero) LayerNorm parameters and biases, so every term of every gradient is exercised.
+    const Table& t = m.params().table();
+    for (size_t i = 0; i < t.size(); i++)
+        if (t[i].shape.size() == 1) set_tensor(m, m.params(), i, randn(t[i].numel, 100 + i, 0.3));
+    Data d = random_data(2, 7, 37, 7, true);
+    mean_loss(m, d, true);
+    Rng pick(5);
+    int checked = 0;
+    for (size_t i = 0; i < t.size(); i++) {
+        auto g = get_tensor(m, m.grads(), (size_t)m.grad_index()[i]);
+        auto p = get_tensor(m, m.params(), i);
+        size_t limit = t[i].numel;
+        if (t[i].name == "wte") limit = (size_t)37 * 12;  // padded rows are never used
+        for (int k = 0; k < 4; k++) {
+            size_t j = pick.below(limit);
+            const double h = 1e-5, old = p[j];
+            p[j] = old + h;
+            set_tensor(m, m.params(), i, p);
+            double lp = mean_loss(m, d, false);
+            p[j] = old - h;
+            set_tensor(m, m.params(), i, p);
+            double lm = mean_loss(m, d, false);
+            p[j] = old;
+            set_tensor(m, m.params(), i, p);
+            double num = (lp - lm) / (2 * h);
+            EXPECT_NEAR(g[j], num, 1e-6 * std::fabs(num) + 1e-9) << t[i].name << "[" << j << "]";
+            checked++;
+        }
+    }
+    EXPECT_EQ(checked, 4 * (int)t.size());
+}
+
+TEST(ModelCpu, FloatAndDoubleForwardAgree_L2_C12_V37_B3_T9) {
+    auto bf = make_cpu_backend(DType::f32), bd = make_cpu_backend(DType::f64);
+    GPT2 mf(small_config(), *bf, 3, 9), md(small_config(), *bd, 3, 9);
+    mf.init_random(3);
+    md.init_random(3);  // same float values from the same generator
+    Data d = random_data(3, 9, 37, 9, false);
+    const double lf = mean_loss(mf, d, false), ld = mean_loss(md, d, false);
+    EXPECT_NEAR(lf, ld, 1e-4 * std::fabs(ld));
+    for (int b = 0; b < 3; b++)
+        for (int t = 0; t < 9; t++) {
+            auto zf = mf.logits_row(b, t), zd = md.logits_row(b, t);
+            EXPECT_TRUE(near_rel(zf, zd, 1e-4)) << "position " << b << "," << t;
+        }
+}
+
+TEST(ModelCpu, MaskedTokensContributeNothingF64) {
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 2, 7);
+    m.init_random(11);
+    Data d = random_data(2, 7, 37, 3, true);
+    ASSERT_GT(counted(d.w), 0u);
+    ASSERT_LT(counted(d.w), d.w.size());
+    const double l1 = mean_loss(m, d, true);
+    std::vector<std::vector<double>> g1;
+    for (size_t i = 0; i < m.grads().table().size(); i++) g1.push_back(get_tensor(m, m.grads(), i));
+    // Change the targets of masked positions only: loss and every gradient must stay bit-identical.
+    Rng r(99);
+    for (size_t i = 0; i < d.y.size(); i++)
+        if (d.w[i] == 0.0f) d.y[i] = (int32_t)((d.y[i] + 1 + r.below(36)) % 37);
+    const double l2 = mean_loss(m, d, true);
+    EXPECT_EQ(l1, l2);
+    for (size_t i = 0; i < g1.size(); i++) EXPECT_EQ(g1[i], get_tensor(m, m.grads(), i)) << m.grads().table()[i].name;
+    auto losses = m.token_losses();
+    for (size_t i = 0; i < d.w.size(); i++) {
+        if (d.w[i] == 0.0f) {
+            EXPECT_EQ(losses[i], 0.0f);
+        }
+    }
+}
+
+TEST(ModelCpu, MicroBatchesAddUpToOneBigBatchF64_3x2_vs_6) {
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 big(small_config(), *be, 6, 7), small(small_config(), *be, 2, 7);
+    big.init_random(5);
+    small.init_random(5);
+    Data d = random_data(6, 7, 37, 21, true);
+    mean_loss(big, d, true);
+    // Three micro-batches of 2 rows, each scaled by 1/(counted tokens of all six rows).
+    const float dloss = 1.0f / (float)counted(d.w);
+    small.zero_grads();
+    for (int k = 0; k < 3; k++) {
+        const size_t off = (size_t)k * 2 * 7, n = 2 * 7;
+        std::vector<int32_t> x(d.x.begin() + off, d.x.begin() + off + n), y(d.y.begin() + off, d.y.begin() + off + n);
+        std::vector<float> w(d.w.begin() + off, d.w.begin() + off + n);
+        small.forward(x.data(), 2, 7);
+        small.loss(y.data(), w.data(), dloss, true);
+        small.backward();
+    }
+    for (size_t i = 0; i < big.grads().table().size(); i++)
+        EXPECT_TRUE(near_rel(get_tensor(small, small.grads(), i), get_tensor(big, big.grads(), i), 1e-12))
+            << big.grads().table()[i].name;
+}
+
+TEST(ModelCpu, TinyModelOverfitsAFixedBatchF32) {
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(64, 2, 4, 32, 16), *be, 4, 16);
+    m.init_random(1);
+    AdamWConfig ac;
+    ac.weight_decay = 0;
+    AdamW opt(m, ac);
+    Data d = random_data(4, 16, 64, 8, false);
+    const double start = mean_loss(m, d, true);
+    double loss = start;
+    for (int step = 0; step < 150; step++) {
+        loss = mean_loss(m, d, true);
+        opt.step(3e-3f, 1.0f);
+    }
+    EXPECT_NEAR(start, std::log(64.0), 0.3);  // random init predicts roughly uniformly
+    EXPECT_LT(loss, start / 10) << "start " << start << ", end " << loss;
+}
+
+TEST(ModelCpu, FrozenEmbeddingsGetNoGradientBufferAndBackwardStillRuns) {
+    auto be = make_cpu_backend(DType::f64);
+    Trainable tr;
+    tr.tensor.assign(gpt2_param_table(small_config()).size(), true);
+    tr.tensor[0] = tr.tensor[1] = false;  // wte, wpe
+    GPT2 m(small_config(), *be, 2, 7, &tr);
+    m.init_random(2);
+    EXPECT_EQ(m.grad_index()[0], -1);
+    EXPECT_EQ(m.grads().table().find("wte"), -1);
+    Data d = random_data(2, 7, 37, 4, false);
+    mean_loss(m, d, true);
+    auto g = get_tensor(m, m.grads(), 0);  // h.0.ln_1.weight
+    double s = 0;
+    for (double v : g) s += std::fabs(v);
+    EXPECT_GT(s, 0.0);
+}
+
+}  // namespace
+}  // namespace tune::test
