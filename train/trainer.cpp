@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <sstream>
 
+#include "model/weights.h"
+
 namespace tune {
 
 std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision, bool quiet) {
@@ -33,7 +35,9 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     be_ = make_backend(args.device, args.precision, args.quiet);
 
     const std::string& ckpt = !args.resume.empty() ? args.resume : args.init;
-    ModelConfig cfg = ckpt.empty() ? preset_config(args.model) : checkpoint_config(ckpt);
+    ModelConfig cfg = !args.resume.empty() ? checkpoint_config(args.resume)
+                      : !args.init.empty() ? weights_config(args.init)
+                                           : preset_config(args.model);
     if (args.seq > cfg.block_size)
         throw UsageError("--seq: " + std::to_string(args.seq) + " is above the model's block size " +
                          std::to_string(cfg.block_size));
@@ -43,8 +47,10 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     state_.rng = args.seed;
     if (!args.resume.empty())
         load_checkpoint(args.resume, *model_, opt_.get(), &state_);
-    else if (!args.init.empty())
-        load_checkpoint(args.init, *model_, opt_.get(), nullptr);
+    else if (!args.init.empty()) {
+        load_weights(args.init, *model_);
+        opt_->sync_master_from_params();
+    }
 
     train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle, args.seed);
     train_->set_state(state_.loader);
