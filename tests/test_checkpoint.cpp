@@ -1,0 +1,173 @@
+// Checkpoints: byte-identical round trips, one specific error per corrupted header field and per
+// truncation point, and a previous checkpoint that survives a failed write.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "data/fileio.h"
+#include "tests/model_util.h"
+#include "tests/test_util.h"
+#include "train/checkpoint.h"
+
+namespace tune::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+class CheckpointTest : public ::testing::Test {
+   protected:
+    void SetUp() override {
+        dir = temp_dir("ckpt");
+        be = make_cpu_backend(DType::f32);
+        model = std::make_unique<GPT2>(small_config(), *be, 2, 5);
+        model->init_random(7);
+        path = dir + "/a.ckpt";
+        save_checkpoint(path, *model, nullptr, nullptr);
+        bytes = slurp(path);
+    }
+    std::string load_error(const std::string& b) {
+        spit(dir + "/bad.ckpt", b);
+        GPT2 m(small_config(), *be, 2, 5);
+        return error_of([&] { load_checkpoint(dir + "/bad.ckpt", m, nullptr, nullptr); });
+    }
+    uint32_t header_len() const { return load_u32(reinterpret_cast<const uint8_t*>(bytes.data()) + 12); }
+
+    std::string dir, path, bytes;
+    std::unique_ptr<Backend> be;
+    std::unique_ptr<GPT2> model;
+};
+
+TEST_F(CheckpointTest, WeightsRoundTripIsByteIdentical) {
+    GPT2 other(small_config(), *be, 2, 5);
+    other.init_random(99);
+    load_checkpoint(path, other, nullptr, nullptr);
+    save_checkpoint(dir + "/b.ckpt", other, nullptr, nullptr);
+    EXPECT_EQ(slurp(dir + "/b.ckpt"), bytes);
+    for (size_t i = 0; i < model->params().table().size(); i++)
+        EXPECT_EQ(get_tensor(*model, model->params(), i), get_tensor(other, other.params(), i));
+}
+
+TEST_F(CheckpointTest, ResumeRoundTripKeepsOptimizerAndState) {
+    AdamW opt(*model, AdamWConfig{});
+    std::vector<int32_t> x = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, y = {2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+    std::vector<float> w(10, 1.0f);
+    for (int s = 0; s < 2; s++) {
+        model->zero_grads();
+        model->forward(x.data(), 2, 5);
+        model->loss(y.data(), w.data(), 0.1f, true);
+        model->backward();
+        opt.step(1e-3f, 1.0f);
+    }
+    TrainState st;
+    st.step = 2;
+    st.rng = 0xDEADBEEFCAFEull;
+    st.loader = {3, 17};
+    st.loss_scale = 4096;
+    st.skipped_steps = 1;
+    save_checkpoint(dir + "/r.ckpt", *model, &opt, &st);
+
+    GPT2 m2(small_config(), *be, 2, 5);
+    AdamW opt2(m2, AdamWConfig{});
+    TrainState st2;
+    load_checkpoint(dir + "/r.ckpt", m2, &opt2, &st2);
+    EXPECT_EQ(st2.step, 2u);
+    EXPECT_EQ(st2.rng, 0xDEADBEEFCAFEull);
+    EXPECT_EQ(st2.loader.epoch, 3u);
+    EXPECT_EQ(st2.loader.cursor, 17u);
+    EXPECT_EQ(st2.loss_scale, 4096);
+    EXPECT_EQ(st2.skipped_steps, 1u);
+    EXPECT_EQ(opt2.t(), 2);
+    save_checkpoint(dir + "/r2.ckpt", m2, &opt2, &st2);
+    EXPECT_EQ(slurp(dir + "/r2.ckpt"), slurp(dir + "/r.ckpt"));
+}
+
+TEST_F(CheckpointTest, WeightsOnlyCheckpointCannotResume) {
+    GPT2 m(small_config(), *be, 2, 5);
+    AdamW opt(m, AdamWConfig{});
+    TrainState st;
+    EXPECT_THAT(error_of([&] { load_checkpoint(path, m, &opt, &st); }), HasSubstr("weights only"));
+}
+
+TEST_F(CheckpointTest, BadMagicIsNamed) {
+    std::string b = bytes;
+    b[0] = 'X';
+    EXPECT_THAT(load_error(b), HasSubstr("bad magic"));
+    EXPECT_THAT(load_error(b), HasSubstr("bad.ckpt"));
+}
+
+TEST_F(CheckpointTest, WrongVersionIsNamed) {
+    std::string b = bytes;
+    store_u32(reinterpret_cast<uint8_t*>(&b[8]), 7);
+    EXPECT_THAT(load_error(b), HasSubstr("checkpoint version 7"));
+}
+
+TEST_F(CheckpointTest, HeaderLengthPastTheEndIsTruncation) {
+    std::string b = bytes;
+    store_u32(reinterpret_cast<uint8_t*>(&b[12]), 0x7FFFFFFF);  // must not allocate 2 GB
+    EXPECT_THAT(load_error(b), HasSubstr("header length 2147483647 runs past the end"));
+}
+
+TEST_F(CheckpointTest, GarbledHeaderIsNotJson) {
+    std::string b = bytes;
+    b[16] = '#';
+    EXPECT_THAT(load_error(b), HasSubstr("not a JSON object"));
+}
+
+TEST_F(CheckpointTest, EachConfigFieldCorruptedIsNamed) {
+    for (const char* field : {"n_layer", "n_head", "n_embd", "vocab_size", "block_size", "padded_vocab_size"}) {
+        // Set the field to -5 inside the JSON header and fix up the header length.
+        std::string b = bytes;
+        const std::string key = std::string("\"") + field + "\":";
+        size_t at = b.find(key);
+        ASSERT_NE(at, std::string::npos) << field;
+        size_t v = at + key.size(), end = b.find_first_of(",}", v);
+        b.replace(v, end - v, "-5");
+        store_u32(reinterpret_cast<uint8_t*>(&b[12]), (uint32_t)(header_len() + 2 - (end - v)));
+        EXPECT_THAT(load_error(b), HasSubstr(std::string("'") + field + "' is -5")) << field;
+    }
+}
+
+TEST_F(CheckpointTest, ConfigMismatchNamesBothConfigs) {
+    GPT2 bigger(small_config(37, 3), *be, 2, 5);
+    std::string err = error_of([&] { load_checkpoint(path, bigger, nullptr, nullptr); });
+    EXPECT_THAT(err, HasSubstr("does not match"));
+    EXPECT_THAT(err, HasSubstr("L=2"));
+    EXPECT_THAT(err, HasSubstr("L=3"));
+}
+
+TEST_F(CheckpointTest, TruncationAtSeveralOffsetsIsReported) {
+    const size_t hend = 16 + header_len();
+    for (size_t cut : {size_t(0), size_t(7), size_t(15), size_t(16) + 3, hend - 1, hend + 5, bytes.size() / 2,
+                       bytes.size() - 1}) {
+        std::string err = load_error(bytes.substr(0, cut));
+        EXPECT_FALSE(err.empty()) << "cut at " << cut;
+        EXPECT_TRUE(err.find("truncated") != std::string::npos || err.find("not a JSON object") != std::string::npos)
+            << "cut at " << cut << ": " << err;
+    }
+}
+
+TEST_F(CheckpointTest, TrailingBytesAreRejected) {
+    EXPECT_THAT(load_error(bytes + "extra"), HasSubstr("trailing bytes"));
+}
+
+TEST_F(CheckpointTest, MissingTensorIsNamed) {
+    std::string b = bytes;
+    size_t at = b.find("\"ln_f.bias\"");
+    ASSERT_NE(at, std::string::npos);
+    b[at + 1] = 'X';  // rename the tensor
+    EXPECT_THAT(load_error(b), HasSubstr("tensor 'ln_f.bias' is missing"));
+}
+
+TEST_F(CheckpointTest, FailedWriteLeavesThePreviousCheckpointLoadable) {
+    // A checkpoint path inside a directory that does not exist: the write fails, nothing is replaced.
+    EXPECT_FALSE(error_of([&] { save_checkpoint(dir + "/missing/x.ckpt", *model, nullptr, nullptr); }).empty());
+    // A stale temporary file from a crashed writer does not disturb the real file.
+    spit(path + ".tmp.12345", "half a checkpoint");
+    GPT2 m(small_config(), *be, 2, 5);
+    EXPECT_EQ(error_of([&] { load_checkpoint(path, m, nullptr, nullptr); }), "");
+    EXPECT_EQ(slurp(path), bytes);
+}
+
+}  // namespace
+}  // namespace tune::test
