@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <sys/wait.h>
 #include <fstream>
 #include <iterator>
 #include <cstdint>
@@ -113,6 +114,28 @@ std::string error_of(F&& fn) {
         return e.what();
     }
     return "";
+}
+
+}  // namespace tune::test
+
+namespace tune::test {
+
+struct CmdResult {
+    int rc = -1;
+    std::string out;  // stdout and stderr together
+};
+
+// Runs a shell command from the repository root (where the tests run) and captures its output.
+inline CmdResult run_cmd(const std::string& cmd) {
+    CmdResult r;
+    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+    if (!p) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+    int status = pclose(p);
+    r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return r;
 }
 
 }  // namespace tune::test

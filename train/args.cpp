@@ -192,7 +192,7 @@ bool parse_train_args(int argc, char** argv, TrainArgs& a) {
 std::string train_help() {
     TrainArgs defaults;
     std::ostringstream s;
-    s << "usage: ./train [options]\n"
+    s << "usage: bin/train [options]\n"
          "Trains or fine-tunes a GPT-2 model on token shards (see ./prepare) and writes a run directory.\n\n"
          "options (default in brackets):\n";
     for (const Option& o : options()) {

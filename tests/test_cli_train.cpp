@@ -1,0 +1,58 @@
+// bin/train as a user runs it: help, exit codes, error messages, and a short run that trains.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "data/shard.h"
+#include "tests/model_util.h"
+#include "tests/test_util.h"
+#include "train/checkpoint.h"
+
+namespace tune::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(TrainCli, HelpExitsZeroAndListsOptions) {
+    CmdResult r = run_cmd("bin/train --help");
+    EXPECT_EQ(r.rc, 0);
+    EXPECT_THAT(r.out, HasSubstr("usage: bin/train"));
+    EXPECT_THAT(r.out, HasSubstr("--train-data"));
+}
+
+TEST(TrainCli, UsageErrorsExitTwoWithOneLine) {
+    for (const char* args : {"--bogus", "--lr -1", "--batch 0", "--seq 100000 --device cpu", "--steps"}) {
+        CmdResult r = run_cmd(std::string("bin/train ") + args);
+        EXPECT_EQ(r.rc, 2) << args << ": " << r.out;
+        EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << args << ": " << r.out;
+    }
+}
+
+TEST(TrainCli, MissingDataFileIsNamedAndExitsOne) {
+    CmdResult r = run_cmd("bin/train --device cpu --train-data /nonexistent/x.bin --out ''");
+    EXPECT_EQ(r.rc, 1) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("/nonexistent/x.bin"));
+}
+
+TEST(TrainCli, ShortRunPrintsProgressAndMemoryMapAndLearns) {
+    std::string d = temp_dir("cli");
+    std::vector<int32_t> t;
+    for (int i = 0; i < 3000; i++) t.push_back((i * 5) % 37);  // a fixed cycle: easy to learn
+    write_shard(d + "/train.bin", t, nullptr, 37);
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+    m.init_random(1);
+    save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
+    CmdResult r = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
+                          "/train.bin --val-data " + d + "/train.bin --batch 2 --seq 15 --steps 30 --lr 1e-2 --out " +
+                          d + "/run");
+    ASSERT_EQ(r.rc, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("memory: parameters"));
+    EXPECT_THAT(r.out, HasSubstr("step    30/30 | loss"));
+    EXPECT_THAT(r.out, HasSubstr("tok/s | ETA"));
+    EXPECT_THAT(r.out, HasSubstr("validation loss"));
+    for (const char* f : {"metrics.jsonl", "loss.svg", "model.ckpt", "resume.ckpt"})
+        EXPECT_FALSE(slurp(d + "/run/" + f).empty()) << f;
+}
+
+}  // namespace
+}  // namespace tune::test
