@@ -96,6 +96,11 @@ class Backend {
     virtual void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* saved, int B, int T,
                                     int C, int NH) = 0;
 
+    // Generation with a KV cache: n new positions pos0..pos0+n-1 per row. Stores their keys and values
+    // in kcache/vcache (B, maxT, C) and writes out(B,n,C), each attending over cache positions 0..its own.
+    virtual void attention_forward_cached(void* out, void* kcache, void* vcache, const void* qkv, int B, int n,
+                                          int pos0, int maxT, int C, int NH) = 0;
+
     // out = gelu_tanh(inp), n elements; backward writes dinp = dout * gelu'(inp).
     virtual void gelu_forward(void* out, const void* inp, size_t n) = 0;
     virtual void gelu_backward(void* dinp, const void* dout, const void* inp, size_t n) = 0;

@@ -183,6 +183,48 @@ void GPT2::forward(const int32_t* tokens, int B, int T) {
     be_.matmul_forward(act(a_logits_), act(a_lnf_), params_.ptr(kWte), nullptr, N, C, Vp);
 }
 
+void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
+    const int C = cfg_.n_embd, NH = cfg_.n_head, Vp = cfg_.padded_vocab_size, maxT = cfg_.block_size;
+    assert(B <= B_ && n <= T_ && pos0 >= 0 && pos0 + n <= maxT);
+    if (!kv_.bytes()) {
+        Table t;
+        for (int l = 0; l < cfg_.n_layer; l++) {
+            t.add("h." + std::to_string(l) + ".k", {(size_t)B_, (size_t)maxT, (size_t)C});
+            t.add("h." + std::to_string(l) + ".v", {(size_t)B_, (size_t)maxT, (size_t)C});
+        }
+        kv_.allocate(be_, std::move(t), acts_.dtype());
+    }
+    cur_B_ = B;
+    cur_T_ = n;
+    const size_t N = (size_t)B * n;
+    be_.upload_i32(tokens_, tokens, N);
+    // Position embeddings start at row pos0.
+    const void* wpe = static_cast<const char*>(params_.ptr(kWpe)) + (size_t)pos0 * C * dtype_size(params_.dtype());
+    be_.encoder_forward(act(a_encoded_), tokens_, params_.ptr(kWte), wpe, B, n, C);
+    // No backward follows, so every block can use layer 0's activation buffers.
+    auto A = [&](int k) { return act(a_layer_[0] + k); };
+    void* x = act(a_encoded_);
+    void* tmp = scratch_.ptr(s_proj_);
+    for (int l = 0; l < cfg_.n_layer; l++) {
+        BlockPtrs p = block(params_, nullptr, l);
+        be_.layernorm_forward(A(kLn1), A(kLn1Mean), A(kLn1Rstd), x, p.ln1w, p.ln1b, N, C);
+        be_.matmul_forward(A(kQkv), A(kLn1), p.qkvw, p.qkvb, N, C, 3 * C);
+        be_.attention_forward_cached(A(kAtty), kv_.ptr(2 * l), kv_.ptr(2 * l + 1), A(kQkv), B, n, pos0, maxT, C, NH);
+        be_.matmul_forward(tmp, A(kAtty), p.attprojw, p.attprojb, N, C, C);
+        be_.residual_forward(A(kRes2), x, tmp, N * C);
+        be_.layernorm_forward(A(kLn2), A(kLn2Mean), A(kLn2Rstd), A(kRes2), p.ln2w, p.ln2b, N, C);
+        be_.matmul_forward(A(kFch), A(kLn2), p.fcw, p.fcb, N, C, 4 * C);
+        be_.gelu_forward(A(kFchGelu), A(kFch), N * 4 * C);
+        be_.matmul_forward(tmp, A(kFchGelu), p.fcprojw, p.fcprojb, N, 4 * C, C);
+        be_.residual_forward(A(kRes3), A(kRes2), tmp, N * C);
+        x = A(kRes3);
+    }
+    const int lnf = lnf_w(cfg_);
+    be_.layernorm_forward(act(a_lnf_), act(a_lnf_mean_), act(a_lnf_rstd_), x, params_.ptr(lnf),
+                          params_.ptr(lnf + 1), N, C);
+    be_.matmul_forward(act(a_logits_), act(a_lnf_), params_.ptr(kWte), nullptr, N, C, Vp);
+}
+
 double GPT2::loss(const int32_t* targets, const float* weights, float dloss, bool backward_prep) {
     const size_t N = (size_t)cur_B_ * cur_T_;
     be_.upload_i32(targets_, targets, N);

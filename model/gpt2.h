@@ -77,6 +77,10 @@ class GPT2 {
     // Cross-entropy on the last forward: returns sum_i weights[i] * loss_i (host, double). With
     // `backward_prep` the logits are replaced by d(loss)/d(logits) scaled by dloss, ready for backward().
     double loss(const int32_t* targets, const float* weights, float dloss, bool backward_prep);
+    // Generation: forward of n new tokens(B,n) at positions pos0..pos0+n-1, reading and extending the KV
+    // cache (allocated on first use for block_size positions), so each new token costs one position's work.
+    // Afterwards logits_row(b, i) gives the logits of new position i. Needs n <= max_T().
+    void forward_cached(const int32_t* tokens, int B, int n, int pos0);
     // Backward pass of the last forward; parameter gradients accumulate into grads().
     void backward();
     void zero_grads();
@@ -98,7 +102,7 @@ class GPT2 {
     ModelConfig cfg_;
     Backend& be_;
     int B_, T_;
-    Arena params_, grads_, acts_, scratch_;
+    Arena params_, grads_, acts_, scratch_, kv_;
     std::vector<int> grad_index_;
     int32_t* tokens_ = nullptr;   // (B, T) on the backend
     int32_t* targets_ = nullptr;  // (B, T)

@@ -86,6 +86,54 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, in
         }
 }
 
+template <class T>
+void attention_forward_cached(T* out, T* kcache, T* vcache, const T* qkv, int B, int n, int pos0, int maxT, int C,
+                              int NH) {
+    const int HS = C / NH;
+    const size_t C3 = 3 * (size_t)C;
+    const T scale = (T)(1.0 / std::sqrt((double)HS));
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < n; i++) {
+            const T* src = qkv + ((size_t)b * n + i) * C3;
+            T* k = kcache + ((size_t)b * maxT + pos0 + i) * C;
+            T* v = vcache + ((size_t)b * maxT + pos0 + i) * C;
+            for (int c = 0; c < C; c++) {
+                k[c] = src[C + c];
+                v[c] = src[2 * (size_t)C + c];
+            }
+        }
+    std::vector<T> p((size_t)pos0 + n);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int i = 0; i < n; i++) {
+                const int t = pos0 + i;  // absolute position of this query
+                const T* q = qkv + ((size_t)b * n + i) * C3 + (size_t)h * HS;
+                T maxv = -INFINITY;
+                for (int u = 0; u <= t; u++) {
+                    const T* k = kcache + ((size_t)b * maxT + u) * C + (size_t)h * HS;
+                    T s = 0;
+                    for (int j = 0; j < HS; j++) s += q[j] * k[j];
+                    p[u] = s * scale;
+                    if (p[u] > maxv) maxv = p[u];
+                }
+                T sum = 0;
+                for (int u = 0; u <= t; u++) {
+                    p[u] = std::exp(p[u] - maxv);
+                    sum += p[u];
+                }
+                T* o = out + ((size_t)b * n + i) * C + (size_t)h * HS;
+                for (int j = 0; j < HS; j++) o[j] = 0;
+                for (int u = 0; u <= t; u++) {
+                    const T* v = vcache + ((size_t)b * maxT + u) * C + (size_t)h * HS;
+                    const T w = p[u] / sum;
+                    for (int j = 0; j < HS; j++) o[j] += w * v[j];
+                }
+            }
+}
+
+template void attention_forward_cached<float>(float*, float*, float*, const float*, int, int, int, int, int, int);
+template void attention_forward_cached<double>(double*, double*, double*, const double*, int, int, int, int, int,
+                                               int);
 template void attention_forward<float>(float*, float*, const float*, int, int, int, int);
 template void attention_forward<double>(double*, double*, const double*, int, int, int, int);
 template void attention_backward<float>(float*, const float*, const float*, const float*, int, int, int, int);

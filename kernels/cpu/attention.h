@@ -26,4 +26,14 @@ void attention_backward(T* dqkv,         // (B, T, 3C) written
                         const T* probs,  // (B, NH, T, T)
                         int B, int T_, int C, int NH);
 
+// Incremental attention for generation with a KV cache: n new positions pos0..pos0+n-1 of each row.
+// Writes their keys and values into kcache/vcache at pos0.., then out[i] attends over cache positions
+// 0..pos0+i (causal). With pos0 = 0 and n = T this equals attention_forward; saves nothing (no backward).
+template <class T>
+void attention_forward_cached(T* out,        // (B, n, C)
+                              T* kcache,     // (B, maxT, C)
+                              T* vcache,     // (B, maxT, C)
+                              const T* qkv,  // (B, n, 3C)
+                              int B, int n, int pos0, int maxT, int C, int NH);
+
 }  // namespace tune::cpu

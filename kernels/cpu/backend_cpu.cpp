@@ -99,6 +99,10 @@ class CpuBackend final : public Backend {
                             int NH) override {
         cpu::attention_backward(t(dqkv), t(dout), t(qkv), t(saved), B, T_, C, NH);
     }
+    void attention_forward_cached(void* out, void* kcache, void* vcache, const void* qkv, int B, int n, int pos0,
+                                  int maxT, int C, int NH) override {
+        cpu::attention_forward_cached(t(out), t(kcache), t(vcache), t(qkv), B, n, pos0, maxT, C, NH);
+    }
     void gelu_forward(void* out, const void* inp, size_t n) override { cpu::gelu_forward(t(out), t(inp), n); }
     void gelu_backward(void* dinp, const void* dout, const void* inp, size_t n) override {
         cpu::gelu_backward(t(dinp), t(dout), t(inp), n);

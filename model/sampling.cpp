@@ -1,0 +1,71 @@
+#include "model/sampling.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <numeric>
+
+#include "kernels/common.h"
+
+namespace tune {
+
+int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConfig& cfg, Rng& rng) {
+    if (cfg.temperature <= 0) return (int32_t)(std::max_element(logits.begin(), logits.begin() + V) - logits.begin());
+    // Candidates sorted by logit, most likely first (partial sort when top_k limits them).
+    std::vector<int32_t> idx(V);
+    std::iota(idx.begin(), idx.end(), 0);
+    const int k = cfg.top_k > 0 ? std::min(cfg.top_k, V) : V;
+    auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), by_logit);
+    idx.resize(k);
+    std::vector<double> p(k);
+    const double maxv = logits[idx[0]];
+    double sum = 0;
+    for (int i = 0; i < k; i++) sum += p[i] = std::exp((logits[idx[i]] - maxv) / cfg.temperature);
+    // Nucleus: cut the tail once the kept mass reaches top_p.
+    int keep = k;
+    if (cfg.top_p < 1.0f) {
+        double mass = 0;
+        for (int i = 0; i < k; i++) {
+            mass += p[i] / sum;
+            if (mass >= cfg.top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    double kept = 0;
+    for (int i = 0; i < keep; i++) kept += p[i];
+    double r = rng.uniform() * kept;
+    for (int i = 0; i < keep; i++) {
+        r -= p[i];
+        if (r < 0) return idx[i];
+    }
+    return idx[keep - 1];
+}
+
+std::vector<int32_t> generate(GPT2& model, const std::vector<int32_t>& prompt, int max_new, const SamplingConfig& cfg,
+                              Rng& rng, int32_t stop_token, const std::function<void(int32_t)>& on_token) {
+    const int maxT = model.config().block_size;
+    if (prompt.empty()) throw Error("generate: the prompt is empty (give at least one token)");
+    if ((int)prompt.size() > model.max_T())
+        throw Error("generate: the prompt has " + std::to_string(prompt.size()) + " tokens, more than the " +
+                    std::to_string(model.max_T()) + " this model instance takes at once");
+    std::vector<int32_t> out;
+    model.forward_cached(prompt.data(), 1, (int)prompt.size(), 0);  // prefill: the whole prompt at once
+    int pos = (int)prompt.size();
+    std::vector<float> logits = model.logits_row(0, pos - 1);
+    while ((int)out.size() < max_new) {
+        int32_t next = sample_token(logits, model.config().vocab_size, cfg, rng);
+        if (next == stop_token) break;
+        out.push_back(next);
+        if (on_token) on_token(next);
+        if (pos >= maxT || (int)out.size() == max_new) break;  // the context is full
+        model.forward_cached(&next, 1, 1, pos);
+        pos++;
+        logits = model.logits_row(0, 0);
+    }
+    return out;
+}
+
+}  // namespace tune

@@ -1,0 +1,32 @@
+// Choosing the next token from logits, and the generation loop on top of GPT2::forward_cached.
+//   temperature: logits / temperature before the softmax (0 means greedy: always the most likely token)
+//   top_k:       keep only the k most likely tokens (0: all)
+//   top_p:       keep the smallest set of most likely tokens whose probabilities sum to >= p (1: all)
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "model/gpt2.h"
+#include "model/rng.h"
+
+namespace tune {
+
+struct SamplingConfig {
+    float temperature = 1.0f;
+    int top_k = 0;
+    float top_p = 1.0f;
+};
+
+// Picks a token id in [0, V) from logits (only the first V entries are read).
+int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConfig& cfg, Rng& rng);
+
+// Continues `prompt` by up to max_new tokens (fewer when the context is full or `stop_token` appears,
+// which is not included). Calls on_token for each new token as soon as it is chosen. Uses row 0 of the
+// model's batch; the model must have been built with max_T() >= the prompt length.
+std::vector<int32_t> generate(GPT2& model, const std::vector<int32_t>& prompt, int max_new,
+                              const SamplingConfig& cfg, Rng& rng, int32_t stop_token = -1,
+                              const std::function<void(int32_t)>& on_token = nullptr);
+
+}  // namespace tune
