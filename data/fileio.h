@@ -10,6 +10,7 @@
 namespace tune {
 
 std::vector<uint8_t> read_file_bytes(const std::string& path);  // throws tune::Error naming the file
+void make_dirs(const std::string& dir);                          // mkdir -p; throws tune::Error
 void write_file_atomic(const std::string& path, const void* data, size_t bytes);
 
 // Little-endian field access for binary headers.

@@ -1,6 +1,5 @@
 #include "train/metrics.h"
 
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -12,19 +11,6 @@
 #include "kernels/common.h"
 
 namespace tune {
-
-static void make_dirs(const std::string& dir) {
-    std::string cur;
-    std::stringstream ss(dir);
-    std::string part;
-    if (!dir.empty() && dir[0] == '/') cur = "/";
-    while (std::getline(ss, part, '/')) {
-        if (part.empty()) continue;
-        cur += part + "/";
-        if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
-            throw Error(cur + ": cannot create directory (" + std::strerror(errno) + ")");
-    }
-}
 
 RunLog::RunLog(const std::string& dir, bool append) : dir_(dir) {
     if (dir.empty()) return;

@@ -1,0 +1,208 @@
+#include "data/prepare.h"
+
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "data/fileio.h"
+#include "data/shard.h"
+#include "kernels/common.h"
+#include "model/rng.h"
+
+namespace tune {
+
+const char* const kDefaultTemplate =
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
+const char* const kDefaultTemplateNoInput =
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n";
+
+namespace {
+
+bool is_jsonl(const std::string& path) {
+    auto ends = [&](const char* s) {
+        size_t n = std::char_traits<char>::length(s);
+        return path.size() >= n && path.compare(path.size() - n, n, s) == 0;
+    };
+    return ends(".jsonl") || ends(".json");
+}
+
+std::string get_string(const nlohmann::json& j, const char* field, const std::string& where, bool allow_empty) {
+    if (!j.contains(field)) throw Error(where + ": missing field \"" + field + "\"");
+    if (!j[field].is_string()) throw Error(where + ": field \"" + field + "\" is not a string");
+    std::string s = j[field].get<std::string>();
+    if (!allow_empty && s.empty()) throw Error(where + ": field \"" + field + "\" is empty");
+    return s;
+}
+
+// prompt (mask 0) + completion (mask 1) + EOT (mask 1)
+Document prompt_completion(const Tokenizer& tok, const std::string& prompt, const std::string& completion) {
+    Document d;
+    tok.encode_append(prompt, d.tokens);
+    d.mask.assign(d.tokens.size(), 0);
+    tok.encode_append(completion, d.tokens);
+    d.tokens.push_back(tok.eot_token());
+    d.mask.resize(d.tokens.size(), 1);
+    return d;
+}
+
+Document plain(const Tokenizer& tok, const std::string& text) {
+    Document d;
+    tok.encode_append(text, d.tokens);
+    d.tokens.push_back(tok.eot_token());
+    d.mask.assign(d.tokens.size(), 1);
+    return d;
+}
+
+class Progress {
+   public:
+    Progress(size_t total, bool on) : total_(total), on_(on && total > (1 << 20)), tty_(isatty(2)), t0_(now()) {}
+    void update(size_t done, bool final = false) {
+        if (!on_) return;
+        double t = now();
+        if (!final && t - last_ < 0.5) return;
+        last_ = t;
+        double mbs = done / 1e6 / std::max(t - t0_, 1e-9);
+        double eta = mbs > 0 ? (total_ - done) / 1e6 / mbs : 0;
+        int width = 30, fill = (int)(width * (double)done / (double)total_);
+        std::fprintf(stderr, "%sprepare [%s%s] %5.1f%% %7.1f MB/s ETA %4.0fs%s", tty_ ? "\r" : "",
+                     std::string(fill, '#').c_str(), std::string(width - fill, '.').c_str(), 100.0 * done / total_,
+                     mbs, eta, tty_ && !final ? "" : "\n");
+    }
+
+   private:
+    static double now() {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    }
+    size_t total_;
+    bool on_, tty_;
+    double t0_, last_ = 0;
+};
+
+}  // namespace
+
+std::string fill_template(const std::string& tmpl, const std::string& instruction, const std::string& input) {
+    std::string out;
+    for (size_t i = 0; i < tmpl.size();) {
+        if (tmpl.compare(i, 13, "{instruction}") == 0) {
+            out += instruction;
+            i += 13;
+        } else if (tmpl.compare(i, 7, "{input}") == 0) {
+            out += input;
+            i += 7;
+        } else {
+            out += tmpl[i++];
+        }
+    }
+    return out;
+}
+
+Document document_from_json_line(const Tokenizer& tok, const std::string& line, const std::string& where,
+                                 const std::string& template_str) {
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded()) throw Error(where + ": not valid JSON");
+    if (!j.is_object()) throw Error(where + ": expected a JSON object");
+    if (j.contains("text")) return plain(tok, get_string(j, "text", where, false));
+    if (j.contains("prompt") || j.contains("completion"))
+        return prompt_completion(tok, get_string(j, "prompt", where, true), get_string(j, "completion", where, false));
+    if (j.contains("instruction") || j.contains("output")) {
+        const std::string ins = get_string(j, "instruction", where, false);
+        const std::string inp = j.contains("input") ? get_string(j, "input", where, true) : "";
+        const std::string out = get_string(j, "output", where, false);
+        const std::string& t = !template_str.empty() ? template_str
+                               : inp.empty()         ? std::string(kDefaultTemplateNoInput)
+                                                     : std::string(kDefaultTemplate);
+        return prompt_completion(tok, fill_template(t, ins, inp), out);
+    }
+    throw Error(where + ": expected fields \"text\", or \"prompt\"+\"completion\", or "
+                        "\"instruction\"+\"input\"+\"output\"");
+}
+
+PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
+    if (opt.inputs.empty()) throw UsageError("no input files given");
+    if (!(opt.val_frac >= 0 && opt.val_frac < 1)) throw UsageError("--val-frac: must be in [0, 1)");
+    // Gather the work items: whole text files, or single JSONL lines (with their file:line).
+    struct Item {
+        std::string text, where;
+        bool json;
+    };
+    std::vector<Item> items;
+    PrepareReport rep;
+    for (const std::string& path : opt.inputs) {
+        std::vector<uint8_t> bytes = read_file_bytes(path);
+        rep.input_bytes += bytes.size();
+        std::string all(bytes.begin(), bytes.end());
+        if (!is_jsonl(path)) {
+            items.push_back({std::move(all), path, false});
+            continue;
+        }
+        size_t line_no = 0, start = 0;
+        while (start < all.size()) {
+            size_t end = all.find('\n', start);
+            if (end == std::string::npos) end = all.size();
+            line_no++;
+            std::string line = all.substr(start, end - start);
+            start = end + 1;
+            if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines are fine
+            items.push_back({std::move(line), path + ":" + std::to_string(line_no), true});
+        }
+    }
+    // Tokenise in parallel; results land in order, so the output is the same for any thread count.
+    std::vector<Document> docs(items.size());
+    std::vector<std::string> errors(items.size());
+    std::atomic<size_t> done_bytes{0};
+    Progress progress(rep.input_bytes, opt.progress);
+#pragma omp parallel for schedule(dynamic, 16)
+    for (size_t i = 0; i < items.size(); i++) {
+        try {
+            docs[i] = items[i].json ? document_from_json_line(tok, items[i].text, items[i].where, opt.template_str)
+                                    : plain(tok, items[i].text);
+        } catch (const Error& e) {
+            errors[i] = e.what();
+        }
+        done_bytes += items[i].text.size();
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) progress.update(done_bytes);
+#endif
+    }
+    progress.update(rep.input_bytes, true);
+    std::vector<int32_t> train, val;
+    std::vector<uint8_t> train_mask, val_mask;
+    for (size_t i = 0; i < items.size(); i++) {
+        if (!errors[i].empty()) {
+            if (!opt.skip_bad) throw Error(errors[i] + " (--skip-bad skips such lines)");
+            rep.skipped++;
+            continue;
+        }
+        const bool to_val = Rng(opt.seed ^ (0x9E3779B97F4A7C15ull * (i + 1))).uniform() < opt.val_frac;
+        auto& t = to_val ? val : train;
+        auto& m = to_val ? val_mask : train_mask;
+        t.insert(t.end(), docs[i].tokens.begin(), docs[i].tokens.end());
+        m.insert(m.end(), docs[i].mask.begin(), docs[i].mask.end());
+        (to_val ? rep.val_docs : rep.train_docs)++;
+        for (uint8_t x : docs[i].mask) rep.counted_tokens += x;
+    }
+    rep.documents = rep.train_docs + rep.val_docs;
+    rep.train_tokens = train.size();
+    rep.val_tokens = val.size();
+    if (train.empty()) throw Error("no training documents were produced (all skipped or all in validation)");
+    make_dirs(opt.out_dir);
+    rep.train_path = opt.out_dir + "/train.bin";
+    write_shard(rep.train_path, train, &train_mask, (uint32_t)tok.vocab_size());
+    if (!val.empty()) {
+        rep.val_path = opt.out_dir + "/val.bin";
+        write_shard(rep.val_path, val, &val_mask, (uint32_t)tok.vocab_size());
+    }
+    return rep;
+}
+
+}  // namespace tune

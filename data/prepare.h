@@ -1,0 +1,57 @@
+// Dataset preparation: text and JSONL in, train/validation token shards (with loss masks) out.
+//
+// Inputs, recognised per file and per line:
+//   - a plain text file (not .jsonl/.json) is one document;
+//   - JSONL {"text": ...}: each line a document;
+//   - JSONL {"prompt": ..., "completion": ...}: the loss covers only the completion and its closing EOT;
+//   - JSONL {"instruction": ..., "input": ..., "output": ...} (Alpaca): instruction and input are
+//     written into a prompt template (placeholders {instruction} and {input}); the loss covers only the
+//     output and its EOT. This is the "prompt learning" of the fine-tuning literature.
+// Every document ends with EOT (50256). A document goes to validation with probability val_frac, drawn
+// from (seed, document index), so the split is deterministic and independent of thread count.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data/tokenizer.h"
+
+namespace tune {
+
+// Alpaca's own template, with and without an input section.
+extern const char* const kDefaultTemplate;
+extern const char* const kDefaultTemplateNoInput;
+
+struct PrepareOptions {
+    std::vector<std::string> inputs;
+    std::string out_dir = "data/prepared";
+    double val_frac = 0.05;
+    uint64_t seed = 1;
+    std::string template_str;  // empty: kDefaultTemplate / kDefaultTemplateNoInput
+    bool skip_bad = false;     // skip malformed lines (and count them) instead of stopping
+    bool progress = true;      // progress bar on stderr
+};
+
+struct PrepareReport {
+    size_t documents = 0, train_docs = 0, val_docs = 0, skipped = 0;
+    size_t train_tokens = 0, val_tokens = 0, counted_tokens = 0;  // counted: mask 1
+    size_t input_bytes = 0;
+    std::string train_path, val_path;
+};
+
+// One tokenised document: ids and per-token loss mask (1 = predicted with loss).
+struct Document {
+    std::vector<int32_t> tokens;
+    std::vector<uint8_t> mask;
+};
+
+// Turns one JSONL line into a document; throws tune::Error with `where` (file:line) and the reason.
+Document document_from_json_line(const Tokenizer& tok, const std::string& line, const std::string& where,
+                                 const std::string& template_str);
+// Fills a template's {instruction} and {input} placeholders.
+std::string fill_template(const std::string& tmpl, const std::string& instruction, const std::string& input);
+
+PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt);
+
+}  // namespace tune

@@ -1,0 +1,131 @@
+// Dataset preparation: documents become tokens + EOT with the right loss mask for each input kind,
+// malformed lines name file:line, and the train/validation split is deterministic.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "data/prepare.h"
+#include "data/shard.h"
+#include "tests/test_util.h"
+
+namespace tune::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+const Tokenizer& tok() {
+    static Tokenizer t = Tokenizer::load("data/gpt2");
+    return t;
+}
+
+std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+}
+
+TEST(Prepare, TextFileIsOneDocumentEndingInEotAllCounted) {
+    std::string d = temp_dir("prep");
+    spit(d + "/a.txt", "Hello world.\nSecond line.");
+    spit(d + "/b.txt", "Another document");
+    PrepareOptions o;
+    o.inputs = {d + "/a.txt", d + "/b.txt"};
+    o.out_dir = d + "/out";
+    o.val_frac = 0;
+    o.progress = false;
+    PrepareReport r = prepare_dataset(tok(), o);
+    Shard s = read_shard(r.train_path, 50257);
+    auto want = concat(concat(tok().encode("Hello world.\nSecond line."), {50256}),
+                       concat(tok().encode("Another document"), {50256}));
+    EXPECT_EQ(s.tokens, want);
+    EXPECT_EQ(s.mask, std::vector<uint8_t>(want.size(), 1));
+    EXPECT_EQ(r.documents, 2u);
+    EXPECT_TRUE(r.val_path.empty());
+}
+
+TEST(Prepare, PromptCompletionMasksThePrompt) {
+    Document doc = document_from_json_line(tok(), R"({"prompt":"Q: capital of France?\nA:","completion":" Paris"})",
+                                           "x.jsonl:1", "");
+    auto p = tok().encode("Q: capital of France?\nA:"), c = tok().encode(" Paris");
+    EXPECT_EQ(doc.tokens, concat(concat(p, c), {50256}));
+    std::vector<uint8_t> m(p.size(), 0);
+    m.resize(p.size() + c.size() + 1, 1);
+    EXPECT_EQ(doc.mask, m);
+}
+
+TEST(Prepare, AlpacaUsesTheTemplateAndMasksIt) {
+    const std::string t = "I: {instruction}\nIn: {input}\nOut:";
+    Document doc = document_from_json_line(tok(), R"({"instruction":"Add","input":"2 3","output":" 5"})", "x:1", t);
+    auto p = tok().encode("I: Add\nIn: 2 3\nOut:");
+    EXPECT_EQ(doc.tokens, concat(concat(p, tok().encode(" 5")), {50256}));
+    size_t counted = 0;
+    for (auto x : doc.mask) counted += x;
+    EXPECT_EQ(counted, tok().encode(" 5").size() + 1);
+    // The default template switches to the no-input form when the input is empty.
+    Document d2 = document_from_json_line(tok(), R"({"instruction":"Say hi","input":"","output":"hi"})", "x:2", "");
+    EXPECT_EQ(tok().decode(std::vector<int32_t>(d2.tokens.begin(), d2.tokens.end() - 2)),
+              fill_template(kDefaultTemplateNoInput, "Say hi", ""));
+}
+
+TEST(Prepare, MalformedLinesNameFileAndLine) {
+    auto err = [](const std::string& line) {
+        return error_of([&] { document_from_json_line(tok(), line, "f.jsonl:7", ""); });
+    };
+    EXPECT_THAT(err("{not json"), HasSubstr("f.jsonl:7: not valid JSON"));
+    EXPECT_THAT(err("[1,2]"), HasSubstr("expected a JSON object"));
+    EXPECT_THAT(err(R"({"prompt":"x"})"), HasSubstr("missing field \"completion\""));
+    EXPECT_THAT(err(R"({"prompt":"x","completion":""})"), HasSubstr("\"completion\" is empty"));
+    EXPECT_THAT(err(R"({"text":5})"), HasSubstr("\"text\" is not a string"));
+    EXPECT_THAT(err(R"({"foo":"bar"})"), HasSubstr("expected fields"));
+}
+
+TEST(Prepare, SkipBadCountsAndOtherwiseStops) {
+    std::string d = temp_dir("prep");
+    spit(d + "/x.jsonl", "{\"text\":\"good one\"}\n\nnot json\n{\"text\":\"good two\"}\n{\"prompt\":\"p\"}\n");
+    PrepareOptions o;
+    o.inputs = {d + "/x.jsonl"};
+    o.out_dir = d + "/out";
+    o.val_frac = 0;
+    o.progress = false;
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("x.jsonl:3: not valid JSON"));
+    o.skip_bad = true;
+    PrepareReport r = prepare_dataset(tok(), o);
+    EXPECT_EQ(r.skipped, 2u);
+    EXPECT_EQ(r.documents, 2u);
+}
+
+TEST(Prepare, SplitIsDeterministicBySeedAndFraction) {
+    std::string d = temp_dir("prep");
+    std::string lines;
+    for (int i = 0; i < 400; i++) lines += "{\"text\":\"document number " + std::to_string(i) + "\"}\n";
+    spit(d + "/x.jsonl", lines);
+    PrepareOptions o;
+    o.inputs = {d + "/x.jsonl"};
+    o.val_frac = 0.25;
+    o.progress = false;
+    o.out_dir = d + "/a";
+    PrepareReport a = prepare_dataset(tok(), o);
+    o.out_dir = d + "/b";
+    PrepareReport b = prepare_dataset(tok(), o);
+    EXPECT_EQ(slurp(a.val_path), slurp(b.val_path));
+    EXPECT_EQ(slurp(a.train_path), slurp(b.train_path));
+    EXPECT_NEAR((double)a.val_docs / 400, 0.25, 0.07);
+    o.seed = 2;
+    o.out_dir = d + "/c";
+    PrepareReport c = prepare_dataset(tok(), o);
+    EXPECT_NE(slurp(a.val_path), slurp(c.val_path));
+}
+
+TEST(PrepareCli, ReportsAndExitCodes) {
+    std::string d = temp_dir("prepcli");
+    spit(d + "/x.jsonl", "{\"prompt\":\"a\",\"completion\":\" b\"}\n");
+    CmdResult ok = run_cmd("bin/prepare --quiet --val-frac 0 --out " + d + "/o " + d + "/x.jsonl");
+    EXPECT_EQ(ok.rc, 0) << ok.out;
+    EXPECT_THAT(ok.out, HasSubstr("prepared 1 documents"));
+    EXPECT_EQ(run_cmd("bin/prepare --bogus x").rc, 2);
+    EXPECT_EQ(run_cmd("bin/prepare --help").rc, 0);
+    CmdResult missing = run_cmd("bin/prepare --quiet /nonexistent.txt");
+    EXPECT_EQ(missing.rc, 1);
+    EXPECT_THAT(missing.out, HasSubstr("/nonexistent.txt"));
+}
+
+}  // namespace
+}  // namespace tune::test
