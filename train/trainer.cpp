@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -22,6 +23,16 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
     }
     const DType dt = precision == "bf16" ? DType::bf16 : precision == "fp16" ? DType::f16 : DType::f32;
     return make_cuda_backend(dt);
+}
+
+LoadedModel load_model(const std::string& weights, const std::string& device, const std::string& precision, int B,
+                       int T) {
+    LoadedModel m;
+    m.be = make_backend(device, precision, true);
+    const ModelConfig cfg = weights_config(weights);
+    m.model = std::make_unique<GPT2>(cfg, *m.be, B, T > 0 ? std::min(T, cfg.block_size) : cfg.block_size);
+    load_weights(weights, *m.model);
+    return m;
 }
 
 static double now_seconds() {

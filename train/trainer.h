@@ -28,6 +28,15 @@ struct StepStats {
 // Picks the backend from --device/--precision; prints a one-line notice when auto falls back to cpu.
 std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision, bool quiet);
 
+// A model with its backend, loaded from weights (any format model/weights.h reads) for inference tools.
+struct LoadedModel {
+    std::unique_ptr<Backend> be;
+    std::unique_ptr<GPT2> model;
+};
+// T = 0 means the model's block size.
+LoadedModel load_model(const std::string& weights, const std::string& device, const std::string& precision, int B,
+                       int T);
+
 class Trainer {
    public:
     explicit Trainer(const TrainArgs& args);

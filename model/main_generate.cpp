@@ -1,0 +1,63 @@
+// bin/generate: continue a prompt with a trained model, streaming tokens as they are chosen.
+#include <cstdio>
+
+#include "data/fileio.h"
+#include "data/tokenizer.h"
+#include "model/sampling.h"
+#include "train/cli.h"
+#include "train/trainer.h"
+
+int main(int argc, char** argv) {
+    using namespace tune;
+    try {
+        std::string weights, prompt, prompt_file, device = "auto", vocab = "data/gpt2";
+        int max_new = 100, samples = 1;
+        uint64_t seed = 1;
+        SamplingConfig sc;
+        Cli cli("usage: bin/generate --model WEIGHTS [--prompt TEXT | --prompt-file F] [options]\n"
+                "Continues the prompt with the model (KV cache: each new token costs one position), stopping at\n"
+                "<|endoftext|> or after --max-new tokens.");
+        cli.option("--model", "WEIGHTS", "weights: a tune.cu checkpoint (model.ckpt, resume.ckpt)", &weights);
+        cli.option("--prompt", "TEXT", "the prompt", &prompt);
+        cli.option("--prompt-file", "F", "read the prompt from a file", &prompt_file);
+        cli.option("--max-new", "N", "most new tokens per sample", &max_new, 1, 1 << 20);
+        cli.option("--temperature", "T", "softmax temperature (0: greedy)", &sc.temperature, 0, 100);
+        cli.option("--top-k", "K", "sample among the K most likely tokens (0: all)", &sc.top_k, 0, 1 << 20);
+        cli.option("--top-p", "P", "sample within the smallest set of probability mass P (1: all)", &sc.top_p, 1e-6,
+                   1);
+        cli.option("--samples", "N", "how many continuations", &samples, 1, 1000);
+        cli.option("--seed", "S", "sampling seed", &seed);
+        cli.option("--device", "cpu|cuda|auto", "backend", &device);
+        cli.option("--vocab", "DIR", "GPT-2 vocabulary (encoder.json, vocab.bpe)", &vocab);
+        if (!cli.parse(argc, argv)) {
+            std::fputs(cli.help().c_str(), stdout);
+            return 0;
+        }
+        if (weights.empty()) throw UsageError("--model: which weights? (see --help)");
+        if (!prompt_file.empty()) {
+            std::vector<uint8_t> b = read_file_bytes(prompt_file);
+            prompt.assign(b.begin(), b.end());
+        }
+        Tokenizer tok = Tokenizer::load(vocab);
+        std::vector<int32_t> ids = tok.encode(prompt);
+        if (ids.empty()) ids.push_back(tok.eot_token());  // an empty prompt starts a fresh document
+        LoadedModel m = load_model(weights, device, "fp32", 1, 0);
+        Rng rng(seed);
+        for (int s = 0; s < samples; s++) {
+            if (samples > 1) std::printf("--- sample %d ---\n", s + 1);
+            std::fputs(prompt.c_str(), stdout);
+            generate(*m.model, ids, max_new, sc, rng, tok.eot_token(), [&](int32_t t) {
+                std::fputs(tok.decode(&t, 1).c_str(), stdout);
+                std::fflush(stdout);
+            });
+            std::printf("\n");
+        }
+        return 0;
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "generate: %s\n", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "generate: error: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,132 @@
+// Evaluation: multiple-choice scoring picks the ending the model finds most likely, by total and by mean
+// loss; loss/perplexity agree with the trainer's loss; the tools run.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "data/shard.h"
+#include "tests/model_util.h"
+#include "tests/test_util.h"
+#include "train/checkpoint.h"
+#include "train/eval.h"
+
+namespace tune::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Scores computed here independently: per ending, run a plain forward over context+ending and sum the
+// log-probabilities of the ending's tokens.
+std::pair<int, int> reference_choice(GPT2& m, const ChoiceExample& ex) {
+    double best_sum = INFINITY, best_mean = INFINITY;
+    int a = 0, b = 0;
+    for (size_t e = 0; e < ex.endings.size(); e++) {
+        std::vector<int32_t> seq = ex.context;
+        seq.insert(seq.end(), ex.endings[e].begin(), ex.endings[e].end());
+        const int T = (int)seq.size() - 1;
+        m.forward(seq.data(), 1, T);
+        double s = 0;
+        for (int t = (int)ex.context.size() - 1; t < T; t++) {
+            std::vector<float> z = m.logits_row(0, t);
+            double mx = -INFINITY, sum = 0;
+            for (int v = 0; v < m.config().vocab_size; v++) mx = std::max(mx, (double)z[v]);
+            for (int v = 0; v < m.config().vocab_size; v++) sum += std::exp(z[v] - mx);
+            s += std::log(sum) + mx - z[seq[t + 1]];
+        }
+        if (s < best_sum) best_sum = s, a = (int)e;
+        if (s / ex.endings[e].size() < best_mean) best_mean = s / ex.endings[e].size(), b = (int)e;
+    }
+    return {a, b};
+}
+
+TEST(MultipleChoice, MatchesAnIndependentScorer) {
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 3, 9), ref(small_config(), *be, 1, 9);
+    m.init_random(3);
+    ref.init_random(3);
+    Rng r(4);
+    std::vector<ChoiceExample> exs;
+    for (int i = 0; i < 12; i++) {
+        ChoiceExample ex;
+        for (int k = 0; k < 2 + (int)r.below(3); k++) ex.context.push_back((int32_t)r.below(37));
+        for (int e = 0; e < 3; e++) {
+            std::vector<int32_t> end;
+            for (int k = 0; k < 1 + (int)r.below(4); k++) end.push_back((int32_t)r.below(37));
+            ex.endings.push_back(end);
+        }
+        ex.label = (int)r.below(3);
+        exs.push_back(ex);
+    }
+    size_t correct = 0, correct_norm = 0;
+    for (const auto& ex : exs) {
+        auto [a, b] = reference_choice(ref, ex);
+        correct += a == ex.label;
+        correct_norm += b == ex.label;
+    }
+    ChoiceResult res = eval_multiple_choice(m, exs);
+    EXPECT_EQ(res.examples, 12u);
+    EXPECT_EQ(res.correct, correct);
+    EXPECT_EQ(res.correct_norm, correct_norm);
+    // And with the labels set to the reference's picks, accuracy is exactly 1.
+    for (auto& ex : exs) ex.label = reference_choice(ref, ex).first;
+    EXPECT_EQ(eval_multiple_choice(m, exs).acc(), 1.0);
+}
+
+TEST(MultipleChoice, FileErrorsNameTheLine) {
+    std::string d = temp_dir("mc");
+    Tokenizer tok = Tokenizer::load("data/gpt2");
+    spit(d + "/a.jsonl", "{\"context\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":0}\n{\"context\":\"x\"}\n");
+    EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/a.jsonl"); }), HasSubstr("a.jsonl:2"));
+    spit(d + "/b.jsonl", "{\"context\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":2}\n");
+    EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/b.jsonl"); }), HasSubstr("\"label\" 2"));
+    spit(d + "/c.jsonl", "{\"context\":\"A cat\",\"endings\":[\"sat\",\" flew\"],\"label\":1}\n");
+    auto ex = read_choice_file(tok, d + "/c.jsonl");
+    EXPECT_EQ(ex[0].endings[0], tok.encode(" sat"));  // joined with a space
+    EXPECT_EQ(ex[0].endings[1], tok.encode(" flew"));
+}
+
+TEST(EvalLoss, EqualsTheMeanTokenLossAndItsExp) {
+    std::string d = temp_dir("evloss");
+    std::vector<int32_t> t;
+    for (int i = 0; i < 200; i++) t.push_back((i * 7) % 37);
+    write_shard(d + "/v.bin", t, nullptr, 37);
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 2, 8);
+    m.init_random(2);
+    Loader l({d + "/v.bin"}, 37, 2, 8, false, 0);
+    LossResult r = eval_loss(m, l, 3);
+    // Recompute the same three batches by hand.
+    Loader l2({d + "/v.bin"}, 37, 2, 8, false, 0);
+    double s = 0;
+    for (int i = 0; i < 3; i++) {
+        Batch b = l2.next();
+        m.forward(b.inputs.data(), 2, 8);
+        s += m.loss(b.targets.data(), b.weights.data(), 0, false);
+    }
+    EXPECT_EQ(r.tokens, 48u);
+    EXPECT_NEAR(r.loss, s / 48, 1e-12);
+    EXPECT_NEAR(r.perplexity, std::exp(s / 48), 1e-9);
+}
+
+TEST(GenerateEvaluateCli, RunOnASavedModel) {
+    std::string d = temp_dir("gencli");
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(preset_config("tiny"), *be, 1, 1);
+    m.init_random(1);
+    save_checkpoint(d + "/m.ckpt", m, nullptr, nullptr);
+    CmdResult g = run_cmd("bin/generate --device cpu --model " + d + "/m.ckpt --prompt 'Once upon' --max-new 5 --seed 3");
+    EXPECT_EQ(g.rc, 0) << g.out;
+    EXPECT_THAT(g.out, HasSubstr("Once upon"));
+    CmdResult g2 = run_cmd("bin/generate --device cpu --model " + d + "/m.ckpt --prompt 'Once upon' --max-new 5 --seed 3");
+    EXPECT_EQ(g.out, g2.out);  // same seed, same text
+    spit(d + "/mc.jsonl", "{\"context\":\"The sky is\",\"endings\":[\"blue\",\"a fish\",\"loud\"],\"label\":0}\n");
+    CmdResult e = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d + "/mc.jsonl");
+    EXPECT_EQ(e.rc, 0) << e.out;
+    EXPECT_THAT(e.out, HasSubstr("multiple choice: 1 examples | acc"));
+    EXPECT_EQ(run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt").rc, 2);
+    EXPECT_EQ(run_cmd("bin/generate --prompt hi").rc, 2);
+}
+
+}  // namespace
+}  // namespace tune::test

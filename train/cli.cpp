@@ -1,0 +1,118 @@
+#include "train/cli.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+
+#include "kernels/common.h"
+
+namespace tune {
+
+int parse_int(const std::string& flag, const std::string& v, long lo, long hi) {
+    errno = 0;
+    char* end = nullptr;
+    long x = std::strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end || errno) throw UsageError(flag + ": expected an integer, got '" + v + "'");
+    if (x < lo || x > hi)
+        throw UsageError(flag + ": " + v + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return (int)x;
+}
+
+double parse_double(const std::string& flag, const std::string& v, double lo, double hi) {
+    errno = 0;
+    char* end = nullptr;
+    double x = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end || errno || !std::isfinite(x)) throw UsageError(flag + ": expected a number, got '" + v + "'");
+    if (x < lo || x > hi) {
+        std::ostringstream s;
+        s << flag << ": " << v << " is out of range [" << lo << ", " << hi << "]";
+        throw UsageError(s.str());
+    }
+    return x;
+}
+
+static std::string show(double v) {
+    std::ostringstream s;
+    s << v;
+    return s.str();
+}
+
+void Cli::flag(const std::string& name, const std::string& help, bool* target) {
+    opts_.push_back({name, "", help, *target ? "on" : "off", [target](const std::string&) { *target = true; }});
+}
+
+void Cli::option(const std::string& name, const std::string& metavar, const std::string& help, std::string* target) {
+    opts_.push_back({name, metavar, help, target->empty() ? "(none)" : *target,
+                     [target](const std::string& v) { *target = v; }});
+}
+
+void Cli::option(const std::string& name, const std::string& metavar, const std::string& help, int* target, long lo,
+                 long hi) {
+    opts_.push_back({name, metavar, help, std::to_string(*target),
+                     [=](const std::string& v) { *target = parse_int(name, v, lo, hi); }});
+}
+
+void Cli::option(const std::string& name, const std::string& metavar, const std::string& help, float* target,
+                 double lo, double hi) {
+    opts_.push_back({name, metavar, help, show(*target),
+                     [=](const std::string& v) { *target = (float)parse_double(name, v, lo, hi); }});
+}
+
+void Cli::option(const std::string& name, const std::string& metavar, const std::string& help, uint64_t* target) {
+    opts_.push_back({name, metavar, help, std::to_string(*target), [=](const std::string& v) {
+                         errno = 0;
+                         char* end = nullptr;
+                         unsigned long long x = std::strtoull(v.c_str(), &end, 10);
+                         if (v.empty() || *end || errno || v[0] == '-')
+                             throw UsageError(name + ": expected a non-negative integer, got '" + v + "'");
+                         *target = x;
+                     }});
+}
+
+void Cli::custom(const std::string& name, const std::string& metavar, const std::string& help,
+                 const std::string& shown, std::function<void(const std::string&)> set) {
+    opts_.push_back({name, metavar, help, shown, std::move(set)});
+}
+
+bool Cli::parse(int argc, char** argv, std::vector<std::string>* positional) const {
+    for (int i = 1; i < argc; i++) {
+        std::string arg = argv[i], value;
+        if (arg == "--help" || arg == "-h") return false;
+        if (arg.rfind("--", 0) != 0 || arg == "--") {
+            if (!positional) throw UsageError("unexpected argument '" + arg + "' (see --help)");
+            positional->push_back(arg);
+            continue;
+        }
+        bool has_inline = false;
+        if (size_t eq = arg.find('='); eq != std::string::npos) {
+            value = arg.substr(eq + 1);
+            arg = arg.substr(0, eq);
+            has_inline = true;
+        }
+        const Opt* opt = nullptr;
+        for (const Opt& o : opts_)
+            if (o.name == arg) opt = &o;
+        if (!opt) throw UsageError("unknown option '" + arg + "' (see --help)");
+        if (opt->metavar.empty() && has_inline) throw UsageError(arg + ": takes no value");
+        if (!opt->metavar.empty() && !has_inline) {
+            if (i + 1 >= argc) throw UsageError(arg + ": missing value " + opt->metavar);
+            value = argv[++i];
+        }
+        opt->set(value);
+    }
+    return true;
+}
+
+std::string Cli::help() const {
+    std::ostringstream s;
+    s << usage_ << "\n\noptions (default in brackets):\n";
+    for (const Opt& o : opts_) {
+        std::string left = "  " + o.name + (o.metavar.empty() ? "" : " " + o.metavar);
+        s << left << std::string(left.size() < 30 ? 30 - left.size() : 1, ' ') << o.help << " [" << o.shown << "]\n";
+    }
+    s << "  --help                      this text\n";
+    return s.str();
+}
+
+}  // namespace tune

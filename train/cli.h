@@ -1,0 +1,46 @@
+// A small command-line parser shared by every tool: options are declared once, with their help text and
+// the target they set, so --help always shows the real defaults. Bad input throws tune::UsageError with a
+// one-line message naming the flag; tools print it and exit 2.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace tune {
+
+int parse_int(const std::string& flag, const std::string& v, long lo, long hi);
+double parse_double(const std::string& flag, const std::string& v, double lo, double hi);
+
+class Cli {
+   public:
+    // `usage`: the first lines of --help ("usage: bin/x [options] FILE...\nWhat it does.").
+    explicit Cli(std::string usage) : usage_(std::move(usage)) {}
+
+    void flag(const std::string& name, const std::string& help, bool* target);
+    void option(const std::string& name, const std::string& metavar, const std::string& help, std::string* target);
+    void option(const std::string& name, const std::string& metavar, const std::string& help, int* target, long lo,
+                long hi);
+    void option(const std::string& name, const std::string& metavar, const std::string& help, float* target,
+                double lo, double hi);
+    void option(const std::string& name, const std::string& metavar, const std::string& help, uint64_t* target);
+    // Anything else: `shown` is the default printed by --help; `set` parses and stores (and may throw).
+    void custom(const std::string& name, const std::string& metavar, const std::string& help, const std::string& shown,
+                std::function<void(const std::string&)> set);
+
+    // Parses argv. Returns false when --help was asked for. Non-option arguments go to `positional`
+    // (an error when null). Accepts "--flag value" and "--flag=value".
+    bool parse(int argc, char** argv, std::vector<std::string>* positional = nullptr) const;
+    std::string help() const;
+
+   private:
+    struct Opt {
+        std::string name, metavar, help, shown;
+        std::function<void(const std::string&)> set;
+    };
+    std::string usage_;
+    std::vector<Opt> opts_;
+};
+
+}  // namespace tune

@@ -1,0 +1,110 @@
+#include "train/eval.h"
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "data/fileio.h"
+#include "kernels/common.h"
+
+namespace tune {
+
+LossResult eval_loss(GPT2& model, Loader& loader, int batches) {
+    if (batches <= 0) batches = (int)std::max<size_t>(1, loader.num_windows() / (size_t)model.max_B());
+    loader.set_state(LoaderState{});
+    double sum = 0;
+    LossResult r;
+    for (int i = 0; i < batches; i++) {
+        Batch b = loader.next();
+        model.forward(b.inputs.data(), b.B, b.T);
+        sum += model.loss(b.targets.data(), b.weights.data(), 0.0f, false);
+        for (float w : b.weights) r.tokens += w != 0.0f;
+    }
+    r.loss = r.tokens ? sum / (double)r.tokens : NAN;
+    r.perplexity = std::exp(r.loss);
+    return r;
+}
+
+std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::string& path) {
+    std::vector<uint8_t> bytes = read_file_bytes(path);
+    std::istringstream in(std::string(bytes.begin(), bytes.end()));
+    std::vector<ChoiceExample> out;
+    std::string line;
+    for (size_t n = 1; std::getline(in, line); n++) {
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        const std::string where = path + ":" + std::to_string(n);
+        nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+        if (j.is_discarded() || !j.is_object()) throw Error(where + ": not a JSON object");
+        if (!j.contains("context") || !j["context"].is_string()) throw Error(where + ": missing string \"context\"");
+        if (!j.contains("endings") || !j["endings"].is_array() || j["endings"].size() < 2)
+            throw Error(where + ": \"endings\" must be an array of at least two strings");
+        if (!j.contains("label") || !j["label"].is_number_integer()) throw Error(where + ": missing integer \"label\"");
+        ChoiceExample ex;
+        const std::string ctx = j["context"].get<std::string>();
+        ex.context = tok.encode(ctx);
+        for (const auto& e : j["endings"]) {
+            if (!e.is_string() || e.get<std::string>().empty()) throw Error(where + ": an ending is not a non-empty string");
+            std::string end = e.get<std::string>();
+            // The ending continues the context: join with a space unless one side already has it.
+            if (!ctx.empty() && !std::isspace((unsigned char)ctx.back()) && !std::isspace((unsigned char)end[0]))
+                end = " " + end;
+            ex.endings.push_back(tok.encode(end));
+        }
+        ex.label = j["label"].get<int>();
+        if (ex.label < 0 || ex.label >= (int)ex.endings.size())
+            throw Error(where + ": \"label\" " + std::to_string(ex.label) + " is not the index of an ending");
+        if (ex.context.empty()) throw Error(where + ": \"context\" is empty");
+        out.push_back(std::move(ex));
+    }
+    if (out.empty()) throw Error(path + ": no examples");
+    return out;
+}
+
+ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>& examples) {
+    ChoiceResult r;
+    const int maxT = model.max_T();
+    for (const ChoiceExample& ex : examples) {
+        const int B = (int)ex.endings.size();
+        if (B > model.max_B())
+            throw Error("an example has " + std::to_string(B) + " endings; the model was built for " +
+                        std::to_string(model.max_B()));
+        size_t longest = 0;
+        for (const auto& e : ex.endings) longest = std::max(longest, e.size());
+        if ((int)longest >= maxT) throw Error("an ending is longer than the context window");
+        // Row b: context (cut from the left to fit) + ending b, padded; weights mark the ending's targets.
+        const size_t keep = std::min(ex.context.size(), (size_t)maxT + 1 - longest);
+        const std::vector<int32_t> ctx(ex.context.end() - keep, ex.context.end());
+        int T = 0;
+        for (const auto& e : ex.endings) T = std::max(T, (int)(ctx.size() + e.size()) - 1);
+        std::vector<int32_t> x((size_t)B * T, 0), y((size_t)B * T, 0);
+        std::vector<float> w((size_t)B * T, 0.0f);
+        for (int b = 0; b < B; b++) {
+            std::vector<int32_t> seq = ctx;
+            seq.insert(seq.end(), ex.endings[b].begin(), ex.endings[b].end());
+            for (size_t t = 0; t + 1 < seq.size(); t++) {
+                x[(size_t)b * T + t] = seq[t];
+                y[(size_t)b * T + t] = seq[t + 1];
+                w[(size_t)b * T + t] = t + 1 >= ctx.size() ? 1.0f : 0.0f;
+            }
+        }
+        model.forward(x.data(), B, T);
+        model.loss(y.data(), w.data(), 0.0f, false);
+        std::vector<float> losses = model.token_losses();
+        int best = 0, best_norm = 0;
+        double best_sum = INFINITY, best_mean = INFINITY;
+        for (int b = 0; b < B; b++) {
+            double s = 0;
+            for (int t = 0; t < T; t++) s += losses[(size_t)b * T + t];
+            const double mean = s / (double)ex.endings[b].size();
+            if (s < best_sum) best_sum = s, best = b;
+            if (mean < best_mean) best_mean = mean, best_norm = b;
+        }
+        r.examples++;
+        r.correct += best == ex.label;
+        r.correct_norm += best_norm == ex.label;
+    }
+    return r;
+}
+
+}  // namespace tune

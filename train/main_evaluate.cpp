@@ -1,0 +1,62 @@
+// bin/evaluate: validation loss and perplexity on token shards, and multiple-choice accuracy.
+#include <cstdio>
+#include <sstream>
+
+#include "train/cli.h"
+#include "train/eval.h"
+#include "train/trainer.h"
+
+int main(int argc, char** argv) {
+    using namespace tune;
+    try {
+        std::string weights, data, choices, device = "auto", vocab = "data/gpt2";
+        int batch = 4, seq = 256, batches = 0;
+        Cli cli("usage: bin/evaluate --model WEIGHTS [--data SHARDS] [--choices FILE.jsonl] [options]\n"
+                "Loss and perplexity on token shards (counted tokens only), and multiple-choice accuracy on a JSONL\n"
+                "of {\"context\", \"endings\": [...], \"label\"}: acc by total ending loss, acc_norm by mean loss.");
+        cli.option("--model", "WEIGHTS", "weights: a tune.cu checkpoint", &weights);
+        cli.option("--data", "SHARDS", "comma-separated token shards for loss and perplexity", &data);
+        cli.option("--choices", "FILE", "multiple-choice JSONL", &choices);
+        cli.option("--batch", "B", "sequences per batch (loss)", &batch, 1, 1 << 16);
+        cli.option("--seq", "T", "tokens per sequence (loss; at most the block size)", &seq, 1, 1 << 20);
+        cli.option("--batches", "N", "batches to evaluate (0: one pass over the data)", &batches, 0, 1 << 30);
+        cli.option("--device", "cpu|cuda|auto", "backend", &device);
+        cli.option("--vocab", "DIR", "GPT-2 vocabulary", &vocab);
+        if (!cli.parse(argc, argv)) {
+            std::fputs(cli.help().c_str(), stdout);
+            return 0;
+        }
+        if (weights.empty()) throw UsageError("--model: which weights? (see --help)");
+        if (data.empty() && choices.empty()) throw UsageError("nothing to evaluate: give --data and/or --choices");
+        if (!data.empty()) {
+            std::vector<std::string> paths;
+            std::stringstream ss(data);
+            for (std::string p; std::getline(ss, p, ',');)
+                if (!p.empty()) paths.push_back(p);
+            LoadedModel m = load_model(weights, device, "fp32", batch, seq);
+            if (seq > m.model->config().block_size)
+                throw UsageError("--seq: " + std::to_string(seq) + " is above the block size " +
+                                 std::to_string(m.model->config().block_size));
+            Loader loader(paths, m.model->config().vocab_size, batch, seq, false, 0);
+            LossResult r = eval_loss(*m.model, loader, batches);
+            std::printf("loss %.4f | perplexity %.3f | %zu tokens\n", r.loss, r.perplexity, r.tokens);
+        }
+        if (!choices.empty()) {
+            Tokenizer tok = Tokenizer::load(vocab);
+            std::vector<ChoiceExample> ex = read_choice_file(tok, choices);
+            size_t most = 0;
+            for (const auto& e : ex) most = std::max(most, e.endings.size());
+            LoadedModel m = load_model(weights, device, "fp32", (int)most, 0);
+            ChoiceResult r = eval_multiple_choice(*m.model, ex);
+            std::printf("multiple choice: %zu examples | acc %.4f | acc_norm %.4f\n", r.examples, r.acc(),
+                        r.acc_norm());
+        }
+        return 0;
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "evaluate: %s\n", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "evaluate: error: %s\n", e.what());
+        return 1;
+    }
+}
