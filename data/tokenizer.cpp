@@ -1,10 +1,10 @@
 // GPT-2 byte-level BPE tokenizer (see tokenizer.h for the algorithm and the choices it makes).
 //
-// Data layout after load():
-//   token_bytes_   (V,) the raw bytes of each token; decode() concatenates these
-//   byte_id_       (256,) the one-byte token of each byte value
-//   merges_        pair of token ids (left, right) -> (rank, merged id); open addressing, no erase
-//   cache_         piece bytes -> its token ids; 64 locked shards, each cleared when it fills
+// Data layout after load() (Tokenizer::Impl):
+//   token_bytes  (V,) the raw bytes of each token; decode() concatenates these
+//   byte_id      (256,) the one-byte token of each byte value
+//   merges       pair of token ids (left, right) -> (rank, merged id); open addressing, no erase
+//   cache        piece bytes -> its token ids; 64 locked shards, each cleared when it fills
 // Pre-tokenisation is PCRE2, JIT-compiled once in load(); each thread has its own match data.
 #include "data/tokenizer.h"
 
@@ -17,7 +17,6 @@
 #include <array>
 #include <cassert>
 #include <cerrno>
-#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -70,7 +69,7 @@ std::string pcre2_split_pattern() {
 constexpr const char* kEndOfText = "<|endoftext|>";
 
 constexpr size_t kCacheShards = 64;            // power of two; shard = hash & (kCacheShards - 1)
-constexpr size_t kCacheEntriesPerShard = 8192;  // ~0.5M pieces in all before a shard is cleared
+constexpr size_t kCacheEntriesPerShard = 4096;  // 256K pieces (~30 MB) in all; a full shard is cleared
 constexpr size_t kCacheMaxPieceBytes = 256;     // longer pieces are rare; caching them buys nothing
 constexpr size_t kShortPieceBytes = 64;         // up to here, the quadratic merge loop is fastest
 
@@ -184,13 +183,10 @@ struct Tokenizer::Impl {
             shift = 64 - bits;
         }
         // Returns false if the pair is already present (the caller reports the duplicate).
-        bool insert(int32_t a, int32_t b, Merge m, Merge* existing) {
+        bool insert(int32_t a, int32_t b, Merge m) {
             uint64_t k = key(a, b);
             for (size_t s = slot(k);; s = (s + 1) & mask) {
-                if (keys[s] == k) {
-                    *existing = vals[s];
-                    return false;
-                }
+                if (keys[s] == k) return false;
                 if (keys[s] == kEmpty) {
                     keys[s] = k;
                     vals[s] = m;
@@ -240,7 +236,7 @@ void Tokenizer::Impl::load_encoder(const std::string& path, std::unordered_map<s
         throw Error(path + ": not valid JSON: " + e.what());
     }
     if (!j.is_object() || j.empty())
-        throw Error(path + ": expected a JSON object mapping token strings to ids, got " +
+        throw Error(path + ": expected a non-empty JSON object mapping token strings to ids, got " +
                     std::string(j.type_name()));
 
     const size_t n = j.size();
@@ -310,8 +306,7 @@ void Tokenizer::Impl::load_merges(const std::string& path,
         int32_t a = find(left, line.substr(0, sp));
         int32_t b = find(right, line.substr(sp + 1));
         int32_t merged = find(left + right, std::string(line.substr(0, sp)) + std::string(line.substr(sp + 1)));
-        Merge existing{};
-        if (!merges.insert(a, b, Merge{rank, merged}, &existing))
+        if (!merges.insert(a, b, Merge{rank, merged}))
             throw Error(where + ": merge \"" + std::string(line) + "\" repeats an earlier line");
         ++rank;
     }
