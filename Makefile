@@ -38,7 +38,7 @@ NVCCFLAGS += -std=c++17 -arch=sm_$(GPU_ARCH) -lineinfo -Xptxas --warn-on-spills 
 LDLIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart \
             -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lpcre2-8 -fopenmp -lpthread
 
-LIB_SRC   := $(filter-out %/main_%.cpp,$(wildcard kernels/*.cpp kernels/*/*.cpp model/*.cpp train/*.cpp data/*.cpp)) \
+LIB_SRC   := $(filter-out $(wildcard */main_*.cpp),$(wildcard kernels/*.cpp kernels/*/*.cpp model/*.cpp train/*.cpp data/*.cpp)) \
              $(wildcard kernels/*.cu kernels/*/*.cu model/*.cu train/*.cu)
 TOOL_SRC  := $(wildcard */main_*.cpp)
 TOOLS     := $(addprefix bin/,$(patsubst main_%,%,$(basename $(notdir $(TOOL_SRC)))))

@@ -1,4 +1,4 @@
-// ./tokenize: GPT-2 token ids of a text file, or (--decode) the text of a list of token ids.
+// bin/tokenize: GPT-2 token ids of a text file, or (--decode) the text of a list of token ids.
 // Exit status: 0 ok, 1 bad data (vocabulary files, ids), 2 bad command line (flags, input file).
 #include <cerrno>
 #include <charconv>
@@ -14,8 +14,8 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: ./tokenize [--vocab DIR] [FILE]\n"
-    "       ./tokenize --decode [--vocab DIR] [FILE]\n"
+    "usage: bin/tokenize [--vocab DIR] [FILE]\n"
+    "       bin/tokenize --decode [--vocab DIR] [FILE]\n"
     "\n"
     "Encode (default): reads FILE (any bytes; UTF-8 text normally) and prints its GPT-2 token ids on\n"
     "one line, separated by single spaces. The text \"<|endoftext|>\" is encoded as ordinary text;\n"
@@ -51,7 +51,7 @@ Args parse_args(int argc, char** argv) {
         } else if (arg.substr(0, 8) == "--vocab=") {
             a.vocab = std::string(arg.substr(8));
         } else if (arg.size() > 1 && arg[0] == '-') {
-            throw tune::UsageError("unknown option '" + std::string(arg) + "' (see ./tokenize --help)");
+            throw tune::UsageError("unknown option '" + std::string(arg) + "' (see bin/tokenize --help)");
         } else {
             if (have_input)
                 throw tune::UsageError("one input file at most, got '" + a.input + "' and '" + std::string(arg) + "'");

@@ -579,9 +579,9 @@ TEST(Tokenizer, BadVocabularyFilesAreReportedWithFileAndProblem) {
     }
 }
 
-// The ./tokenize tool, when it has been built (make tokenize; `make test` builds it first).
+// The bin/tokenize tool (`make test` builds it first).
 TEST(Tokenizer, TokenizeToolEncodesDecodesAndReportsBadInput) {
-    if (access("./tokenize", X_OK) != 0) GTEST_SKIP() << "./tokenize not built: make tokenize";
+    ASSERT_EQ(access("bin/tokenize", X_OK), 0) << "bin/tokenize not built: make test builds it first";
     TempDir dir("tool");
     const std::string text = "Hello world\n\xFF it's 2024 \xE4\xB8\xAD\n";
     const fs::path in = dir.path / "in.txt", ids = dir.path / "ids.txt", err = dir.path / "err.txt";
@@ -590,15 +590,15 @@ TEST(Tokenizer, TokenizeToolEncodesDecodesAndReportsBadInput) {
     const std::string q_err = " 2>" + shell_quote(err.string());
 
     std::string out;
-    ASSERT_EQ(run("./tokenize " + q_in + " >" + q_ids), 0);
+    ASSERT_EQ(run("bin/tokenize " + q_in + " >" + q_ids), 0);
     std::string expected;
     for (int32_t id : gpt2().encode(text)) expected += (expected.empty() ? "" : " ") + std::to_string(id);
     EXPECT_EQ(read_file(ids), expected + "\n");
-    ASSERT_EQ(run("./tokenize --decode " + q_ids, &out), 0);
+    ASSERT_EQ(run("bin/tokenize --decode " + q_ids, &out), 0);
     EXPECT_EQ(out, text);
-    ASSERT_EQ(run("./tokenize - < " + q_in + " | ./tokenize --decode", &out), 0);
+    ASSERT_EQ(run("bin/tokenize - < " + q_in + " | bin/tokenize --decode", &out), 0);
     EXPECT_EQ(out, text);
-    ASSERT_EQ(run("printf '15496\\n995' | ./tokenize --decode --vocab data/gpt2", &out), 0);
+    ASSERT_EQ(run("printf '15496\\n995' | bin/tokenize --decode --vocab data/gpt2", &out), 0);
     EXPECT_EQ(out, "Hello world");
 
     struct Bad {
@@ -607,14 +607,14 @@ TEST(Tokenizer, TokenizeToolEncodesDecodesAndReportsBadInput) {
         std::string message;
     };
     const std::vector<Bad> bad = {
-        {"./tokenize --frobnicate", 2, "unknown option"},
-        {"./tokenize /nonexistent/file.txt", 2, "/nonexistent/file.txt"},
-        {"./tokenize a b", 2, "one input file"},
-        {"./tokenize --vocab", 2, "--vocab"},
-        {"echo '15496 hello' | ./tokenize --decode", 1, "'hello' is not an integer"},
-        {"echo '15496 50257' | ./tokenize --decode", 1, "'50257' is out of range"},
-        {"echo '-3' | ./tokenize --decode", 1, "out of range"},
-        {"echo hi | ./tokenize --vocab /nonexistent", 1, "/nonexistent/encoder.json"},
+        {"bin/tokenize --frobnicate", 2, "unknown option"},
+        {"bin/tokenize /nonexistent/file.txt", 2, "/nonexistent/file.txt"},
+        {"bin/tokenize a b", 2, "one input file"},
+        {"bin/tokenize --vocab", 2, "--vocab"},
+        {"echo '15496 hello' | bin/tokenize --decode", 1, "'hello' is not an integer"},
+        {"echo '15496 50257' | bin/tokenize --decode", 1, "'50257' is out of range"},
+        {"echo '-3' | bin/tokenize --decode", 1, "out of range"},
+        {"echo hi | bin/tokenize --vocab /nonexistent", 1, "/nonexistent/encoder.json"},
     };
     for (const Bad& b : bad) {
         EXPECT_EQ(run(b.cmd + " >/dev/null" + q_err), b.status) << b.cmd;
@@ -622,6 +622,6 @@ TEST(Tokenizer, TokenizeToolEncodesDecodesAndReportsBadInput) {
         EXPECT_NE(msg.find(b.message), std::string::npos) << b.cmd << " said: " << msg;
         EXPECT_EQ(std::count(msg.begin(), msg.end(), '\n'), 1) << b.cmd << " said: " << msg;
     }
-    ASSERT_EQ(run("./tokenize --help", &out), 0);
+    ASSERT_EQ(run("bin/tokenize --help", &out), 0);
     EXPECT_NE(out.find("--decode"), std::string::npos);
 }
