@@ -79,7 +79,8 @@ Cli train_cli(TrainArgs& a) {
     c.option("--ckpt-every", "N", "write a resume checkpoint every N steps (0: only at the end)", &a.ckpt_every, 0,
              INT_MAX);
     c.option("--out", "DIR", "run directory: metrics.jsonl, loss.svg, model.ckpt, resume.ckpt", &a.out_dir);
-    c.flag("--quiet", "no per-step progress lines", &a.quiet);
+    c.option("--log-every", "N", "a progress line every N steps", &a.log_every, 1, INT_MAX);
+    c.flag("--quiet", "no progress lines", &a.quiet);
     return c;
 }
 

@@ -39,6 +39,7 @@ struct TrainArgs {
     int val_batches = 8;
     int ckpt_every = 0;  // resume checkpoint every N steps (0: only at the end)
     std::string out_dir = "runs/train";
+    int log_every = 1;  // a progress line every N steps
     bool quiet = false;
 };
 

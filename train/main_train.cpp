@@ -2,6 +2,7 @@
 #include <csignal>
 #include <cstdio>
 
+#include "train/default_job.h"
 #include "train/trainer.h"
 
 static tune::Trainer* g_trainer = nullptr;
@@ -13,6 +14,7 @@ static void on_interrupt(int) {
 
 int main(int argc, char** argv) {
     try {
+        if (argc == 1) return tune::run_default_job(tune::DefaultJobOptions{});  // the embedded demo
         tune::TrainArgs args;
         if (!tune::parse_train_args(argc, argv, args)) {
             std::fputs(tune::train_help().c_str(), stdout);

@@ -179,7 +179,7 @@ int Trainer::run() {
                       st.step, st.loss, st.lr, st.grad_norm, tok_s, st.counted, st.skipped ? "true" : "false",
                       (unsigned long long)state_.skipped_steps);
         log.append(line);
-        if (!args_.quiet)
+        if (!args_.quiet && (st.step % args_.log_every == 0 || st.step == last || st.skipped))
             std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %7.3f | %8.0f tok/s | ETA %s%s\n", st.step,
                         args_.steps, st.loss, st.lr, st.grad_norm, tok_s,
                         format_duration(per_step * (last - (int)state_.step)).c_str(),

@@ -1,0 +1,165 @@
+#include "train/default_job.h"
+
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "data/fileio.h"
+#include "data/prepare.h"
+#include "data/synthetic.h"
+#include "model/sampling.h"
+#include "train/eval.h"
+#include "train/trainer.h"
+
+namespace tune {
+
+namespace {
+
+void write_text(const std::string& path, const std::string& s) { write_file_atomic(path, s.data(), s.size()); }
+
+std::string jsonl(const std::vector<TaskExample>& ex) {
+    std::string out;
+    for (const auto& e : ex) out += nlohmann::json{{"prompt", e.prompt}, {"completion", e.completion}}.dump() + "\n";
+    return out;
+}
+
+// Exact match of greedy continuations against the expected answers; also returns a few samples.
+double task_accuracy(GPT2& m, const Tokenizer& tok, const std::vector<TaskExample>& ex,
+                     std::vector<std::string>* samples) {
+    SamplingConfig greedy;
+    greedy.temperature = 0;
+    Rng rng(0);
+    size_t hits = 0;
+    for (size_t i = 0; i < ex.size(); i++) {
+        const std::vector<int32_t> want = tok.encode(ex[i].completion);
+        std::vector<int32_t> got = generate(m, tok.encode(ex[i].prompt), (int)want.size() + 1, greedy, rng,
+                                            tok.eot_token());
+        const std::string text = tok.decode(got);
+        hits += text == ex[i].completion;
+        if (samples && samples->size() < 4)
+            samples->push_back(ex[i].prompt + text + (text == ex[i].completion ? "   [correct]" : "   [expected" +
+                                                                                                   ex[i].completion +
+                                                                                                   "]"));
+    }
+    return ex.empty() ? 0 : (double)hits / (double)ex.size();
+}
+
+struct Losses {
+    double task, base;
+};
+
+Losses measure(const std::string& weights, const std::string& device, const std::string& data) {
+    LoadedModel m = load_model(weights, device, "fp32", 8, 32);
+    Loader task({data + "/task/val.bin"}, m.model->config().vocab_size, 8, 32, false, 0);
+    Loader base({data + "/base/val.bin"}, m.model->config().vocab_size, 8, 32, false, 0);
+    return {eval_loss(*m.model, task, 4).loss, eval_loss(*m.model, base, 4).loss};
+}
+
+}  // namespace
+
+int run_default_job(const DefaultJobOptions& opt) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string data = opt.out_dir + "/data";
+    make_dirs(data);
+    std::printf("tune.cu default job: pretrain a tiny GPT-2 on a synthetic corpus, then fine-tune it to reverse\n"
+                "three words. Everything is generated here; results and plots go to %s/.\n\n",
+                opt.out_dir.c_str());
+
+    // 1. Data.
+    std::vector<TaskExample> train_ex, test_ex;
+    synthetic_task(7, 2400, 100, train_ex, test_ex);
+    write_text(data + "/base.txt", synthetic_corpus(1, 12000));
+    write_text(data + "/task.jsonl", jsonl(train_ex));
+    Tokenizer tok = Tokenizer::load("data/gpt2");
+    PrepareOptions po;
+    po.progress = false;
+    po.val_frac = 0.1;
+    po.inputs = {data + "/base.txt"};
+    po.out_dir = data + "/base";
+    // One text file is one document; split the corpus into lines so there is something to validate on.
+    {
+        std::vector<uint8_t> b = read_file_bytes(data + "/base.txt");
+        std::string all(b.begin(), b.end()), lines;
+        size_t start = 0;
+        while (start < all.size()) {
+            size_t end = all.find('\n', start);
+            if (end == std::string::npos) end = all.size();
+            lines += nlohmann::json{{"text", all.substr(start, end - start)}}.dump() + "\n";
+            start = end + 1;
+        }
+        write_text(data + "/base.jsonl", lines);
+        po.inputs = {data + "/base.jsonl"};
+    }
+    PrepareReport base_rep = prepare_dataset(tok, po);
+    po.inputs = {data + "/task.jsonl"};
+    po.out_dir = data + "/task";
+    PrepareReport task_rep = prepare_dataset(tok, po);
+    std::printf("data: base corpus %zu tokens, task %zu examples (%zu tokens, %zu with loss), %zu held out\n\n",
+                base_rep.train_tokens, train_ex.size(), task_rep.train_tokens, task_rep.counted_tokens,
+                test_ex.size());
+
+    // 2. Pretrain.
+    TrainArgs base;
+    base.device = opt.device;
+    base.model = "tiny";
+    base.train_data = {base_rep.train_path};
+    base.val_data = {base_rep.val_path};
+    base.batch = 8;
+    base.seq = 64;
+    base.steps = opt.base_steps;
+    base.sched.lr = 2e-3f;
+    base.sched.warmup = 10;
+    base.val_every = 50;
+    base.val_batches = 4;
+    base.log_every = 25;
+    base.out_dir = opt.out_dir + "/base";
+    base.quiet = opt.quiet;
+    std::printf("== 1/2 pretraining on the base corpus\n");
+    if (int rc = Trainer(base).run()) return rc;
+
+    // 3. Fine-tune.
+    TrainArgs ft = base;
+    ft.model.clear();
+    ft.init = base.out_dir + "/model.ckpt";
+    ft.train_data = {task_rep.train_path};
+    ft.val_data = {task_rep.val_path};
+    ft.seq = 32;
+    ft.steps = opt.finetune_steps;
+    ft.sched.lr = 1e-3f;
+    ft.out_dir = opt.out_dir + "/finetune";
+    Losses before = measure(ft.init, opt.device, data);
+    std::vector<std::string> samples_before;
+    double acc_before;
+    {
+        LoadedModel m = load_model(ft.init, opt.device, "fp32", 1, 32);
+        acc_before = task_accuracy(*m.model, tok, test_ex, &samples_before);
+    }
+    std::printf("\n== 2/2 fine-tuning on the task (loss on the answers only)\n");
+    if (int rc = Trainer(ft).run()) return rc;
+
+    // 4. Report.
+    Losses after = measure(ft.out_dir + "/model.ckpt", opt.device, data);
+    std::vector<std::string> samples;
+    LoadedModel m = load_model(ft.out_dir + "/model.ckpt", opt.device, "fp32", 1, 32);
+    const double acc = task_accuracy(*m.model, tok, test_ex, &samples);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("\n== report (%.0f s)\n", secs);
+    std::printf("                          before fine-tuning   after fine-tuning\n");
+    std::printf("task loss (answers)       %10.4f           %10.4f\n", before.task, after.task);
+    std::printf("base-corpus loss          %10.4f           %10.4f   (what it forgot)\n", before.base, after.base);
+    std::printf("held-out exact match      %9.1f%%           %9.1f%%   (%zu examples, greedy)\n", 100 * acc_before,
+                100 * acc, test_ex.size());
+    std::printf("\nsamples after fine-tuning:\n");
+    for (const auto& s : samples) std::printf("  %s\n", s.c_str());
+    std::printf("\nloss curves: %s/base/loss.svg and %s/finetune/loss.svg\n", opt.out_dir.c_str(),
+                opt.out_dir.c_str());
+    nlohmann::json report{{"task_loss_before", before.task}, {"task_loss_after", after.task},
+                          {"base_loss_before", before.base}, {"base_loss_after", after.base},
+                          {"accuracy_before", acc_before},   {"accuracy_after", acc},
+                          {"seconds", secs}};
+    const std::string r = report.dump(2) + "\n";
+    write_text(opt.out_dir + "/report.json", r);
+    return 0;
+}
+
+}  // namespace tune
