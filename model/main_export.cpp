@@ -1,0 +1,100 @@
+// ./export: converts GPT-2 weights between formats. See ./export --help.
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "kernels/backend.h"
+#include "model/hf_gpt2.h"
+#include "model/llmc.h"
+#include "model/weights.h"
+
+namespace {
+
+const char* kHelp =
+    "usage: export WEIGHTS [--hf DIR] [--llmc FILE]\n"
+    "Reads GPT-2 weights and writes them in other formats (at least one of --hf, --llmc).\n"
+    "\n"
+    "WEIGHTS is anything ./train --init reads, recognised by its content:\n"
+    "  a tune.cu checkpoint (weights or resume; only the weights are exported),\n"
+    "  a Hugging Face GPT-2 directory (config.json + model.safetensors) or its model.safetensors,\n"
+    "  an llm.c model file (gpt2_124M.bin: fp32, or gpt2_124M_bf16.bin: bf16).\n"
+    "\n"
+    "options:\n"
+    "  --hf DIR      write DIR/model.safetensors (float32, Hugging Face names and layout) and DIR/config.json;\n"
+    "                transformers.GPT2LMHeadModel.from_pretrained(DIR) loads it. DIR is created if needed and\n"
+    "                those two files are replaced; nothing else in DIR is touched (copy the tokenizer files\n"
+    "                of the original model there yourself if you need them)\n"
+    "  --llmc FILE   write an llm.c model file, version 3 (float32), which llm.c's train_gpt2 loads\n"
+    "  --help        this text\n"
+    "\n"
+    "The conversion is exact for float32 input (float16/bfloat16 input is widened exactly to float32).\n"
+    "Exit status: 0 done, 1 a file could not be read or written, 2 bad command line.\n";
+
+struct ExportArgs {
+    std::string input, hf_dir, llmc_file;
+};
+
+// False when --help was asked for.
+bool parse(int argc, char** argv, ExportArgs& a) {
+    for (int i = 1; i < argc; i++) {
+        const std::string arg = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) throw tune::UsageError(arg + ": expects a value");
+            return argv[++i];
+        };
+        if (arg == "--help" || arg == "-h") return false;
+        if (arg == "--hf") {
+            a.hf_dir = value();
+        } else if (arg == "--llmc") {
+            a.llmc_file = value();
+        } else if (arg.size() > 1 && arg[0] == '-') {
+            throw tune::UsageError("unknown option '" + arg + "' (see --help)");
+        } else if (a.input.empty()) {
+            a.input = arg;
+        } else {
+            throw tune::UsageError("one input only: got '" + a.input + "' and '" + arg + "'");
+        }
+    }
+    if (a.input.empty()) throw tune::UsageError("no input weights given (see --help)");
+    if (a.hf_dir.empty() && a.llmc_file.empty())
+        throw tune::UsageError("nothing to write: give --hf DIR and/or --llmc FILE");
+    return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        ExportArgs args;
+        if (!parse(argc, argv, args)) {
+            std::fputs(kHelp, stdout);
+            return 0;
+        }
+        const tune::WeightsFormat format = tune::weights_format(args.input);
+        const tune::ModelConfig cfg = tune::weights_config(args.input);
+        auto be = tune::make_cpu_backend(tune::DType::f32);
+        // No gradients: export only needs the parameters (and a forward pass of one token's activations).
+        tune::Trainable frozen;
+        frozen.tensor.assign(tune::gpt2_param_table(cfg).size(), false);
+        tune::GPT2 model(cfg, *be, 1, 1, &frozen);
+        tune::load_weights(args.input, model);
+        std::printf("export: read %s (%s, %s)\n", args.input.c_str(), tune::weights_format_name(format),
+                    cfg.describe().c_str());
+        if (!args.hf_dir.empty()) {
+            tune::export_hf(model, args.hf_dir);
+            std::printf("export: wrote %s/model.safetensors and %s/config.json\n", args.hf_dir.c_str(),
+                        args.hf_dir.c_str());
+        }
+        if (!args.llmc_file.empty()) {
+            tune::export_llmc(model, args.llmc_file);
+            std::printf("export: wrote %s (llm.c version 3, float32)\n", args.llmc_file.c_str());
+        }
+        return 0;
+    } catch (const tune::UsageError& e) {
+        std::fprintf(stderr, "export: %s\n", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "export: error: %s\n", e.what());
+        return 1;
+    }
+}
