@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
         Cli cli("usage: bin/generate --model WEIGHTS [--prompt TEXT | --prompt-file F] [options]\n"
                 "Continues the prompt with the model (KV cache: each new token costs one position), stopping at\n"
                 "<|endoftext|> or after --max-new tokens.");
-        cli.option("--model", "WEIGHTS", "weights: a tune.cu checkpoint (model.ckpt, resume.ckpt)", &weights);
+        cli.option("--model", "WEIGHTS", "weights: tune.cu checkpoint, Hugging Face GPT-2 directory, or llm.c .bin", &weights);
         cli.option("--prompt", "TEXT", "the prompt", &prompt);
         cli.option("--prompt-file", "F", "read the prompt from a file", &prompt_file);
         cli.option("--max-new", "N", "most new tokens per sample", &max_new, 1, 1 << 20);

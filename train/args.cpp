@@ -45,7 +45,10 @@ Cli train_cli(TrainArgs& a) {
                  preset_config(v);  // throws for an unknown name
                  a.model = v;
              });
-    c.option("--init", "WEIGHTS", "start from these weights (checkpoint) instead of random initialisation", &a.init);
+    c.option("--init", "WEIGHTS",
+             "start from these weights: a tune.cu checkpoint, a Hugging Face GPT-2 directory (or its "
+             "model.safetensors), or an llm.c .bin",
+             &a.init);
     c.option("--resume", "CKPT", "continue exactly where a resume checkpoint left off (same options otherwise)",
              &a.resume);
     c.custom("--train-data", "FILES", "comma-separated token shards to train on (made by bin/prepare)", "(none)",

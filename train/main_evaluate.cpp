@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
         Cli cli("usage: bin/evaluate --model WEIGHTS [--data SHARDS] [--choices FILE.jsonl] [options]\n"
                 "Loss and perplexity on token shards (counted tokens only), and multiple-choice accuracy on a JSONL\n"
                 "of {\"context\", \"endings\": [...], \"label\"}: acc by total ending loss, acc_norm by mean loss.");
-        cli.option("--model", "WEIGHTS", "weights: a tune.cu checkpoint", &weights);
+        cli.option("--model", "WEIGHTS", "weights: tune.cu checkpoint, Hugging Face GPT-2 directory, or llm.c .bin", &weights);
         cli.option("--data", "SHARDS", "comma-separated token shards for loss and perplexity", &data);
         cli.option("--choices", "FILE", "multiple-choice JSONL", &choices);
         cli.option("--batch", "B", "sequences per batch (loss)", &batch, 1, 1 << 16);
