@@ -36,7 +36,7 @@ Shard read_shard(const std::string& path, int vocab_size) {
     if (b.size() < kShardHeader)
         throw Error(path + ": not a token shard (" + std::to_string(b.size()) + " bytes, the header alone is 32)");
     if (std::memcmp(b.data(), kShardMagic, 8) != 0)
-        throw Error(path + ": not a token shard (magic is not TUNETOK1; make shards with ./prepare)");
+        throw Error(path + ": not a token shard (magic is not TUNETOK1; make shards with bin/prepare)");
     const uint32_t version = load_u32(&b[8]), width = load_u32(&b[12]), has_mask = load_u32(&b[24]);
     const uint64_t n = load_u64(&b[16]);
     if (version != kShardVersion)

@@ -1,4 +1,4 @@
-// Token shards: the files ./prepare writes and ./train reads.
+// Token shards: the files bin/prepare writes and bin/train reads.
 //
 // Layout (little-endian):
 //   offset  0  char[8]  magic "TUNETOK1"

@@ -108,6 +108,11 @@ class Backend {
     // out = a + b, n elements (the residual connection; its backward is the identity on both sides).
     virtual void residual_forward(void* out, const void* a, const void* b, size_t n) = 0;
 
+    // Row selection, for running the LM head only on the positions whose loss counts:
+    // gather: out(n,C) = inp[rows[i]];  scatter: out(N,C) = 0 except out[rows[i]] = inp(i) (rows distinct).
+    virtual void gather_rows(void* out, const void* inp, const int32_t* rows, size_t n, int C) = 0;
+    virtual void scatter_rows(void* out, const void* inp, const int32_t* rows, size_t n, size_t N, int C) = 0;
+
     // Softmax cross-entropy over the first V of Vp columns, fused with its backward.
     // losses(N) = weights[i] * -log softmax(logits[i])[targets[i]]   (0 where weights[i] == 0)
     // If dlogits is non-null: dlogits(N,Vp) = (softmax - onehot) * weights[i] * dloss, zero in the padding

@@ -97,17 +97,21 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
     s_d3C_ = stab.add("d_3C", {N, 3 * C});
     s_d4C_a_ = stab.add("d_4C_a", {N, 4 * C});
     s_d4C_b_ = stab.add("d_4C_b", {N, 4 * C});
+    s_lnf_rows_ = stab.add("lnf_counted_rows", {N, C});
+    s_dlnf_rows_ = stab.add("d_lnf_counted_rows", {N, C});
     scratch_.allocate(be, std::move(stab), dt);
 
     tokens_ = static_cast<int32_t*>(be.alloc(N * sizeof(int32_t)));
     targets_ = static_cast<int32_t*>(be.alloc(N * sizeof(int32_t)));
     weights_ = static_cast<float*>(be.alloc(N * sizeof(float)));
+    rows_dev_ = static_cast<int32_t*>(be.alloc(N * sizeof(int32_t)));
 }
 
 GPT2::~GPT2() {
     be_.free(tokens_);
     be_.free(targets_);
     be_.free(weights_);
+    be_.free(rows_dev_);
 }
 
 BlockPtrs GPT2::block(const Arena& a, const std::vector<int>* index, int l) const {
@@ -151,7 +155,7 @@ void GPT2::init_random(uint64_t seed) {
     }
 }
 
-void GPT2::forward(const int32_t* tokens, int B, int T) {
+void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {
     assert(B <= B_ && T <= T_);
     cur_B_ = B;
     cur_T_ = T;
@@ -180,7 +184,20 @@ void GPT2::forward(const int32_t* tokens, int B, int T) {
     const int lnf = lnf_w(cfg_);
     be_.layernorm_forward(act(a_lnf_), act(a_lnf_mean_), act(a_lnf_rstd_), x, params_.ptr(lnf),
                           params_.ptr(lnf + 1), N, C);
-    be_.matmul_forward(act(a_logits_), act(a_lnf_), params_.ptr(kWte), nullptr, N, C, Vp);
+    // TEACH: the LM head is the widest matmul of a small model (Vp columns). Positions whose loss weight
+    // is zero (prompt tokens in fine-tuning) need no logits at all, so it runs on the counted rows only.
+    rows_.clear();
+    for (size_t i = 0; i < N; i++)
+        if (!weights || weights[i] != 0.0f) rows_.push_back((int32_t)i);
+    compact_ = rows_.size() < N;
+    if (rows_.empty()) return;
+    const void* head_in = act(a_lnf_);
+    if (compact_) {
+        be_.upload_i32(rows_dev_, rows_.data(), rows_.size());
+        be_.gather_rows(scratch_.ptr(s_lnf_rows_), act(a_lnf_), rows_dev_, rows_.size(), C);
+        head_in = scratch_.ptr(s_lnf_rows_);
+    }
+    be_.matmul_forward(act(a_logits_), head_in, params_.ptr(kWte), nullptr, rows_.size(), C, Vp);
 }
 
 void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
@@ -223,17 +240,28 @@ void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
     be_.layernorm_forward(act(a_lnf_), act(a_lnf_mean_), act(a_lnf_rstd_), x, params_.ptr(lnf),
                           params_.ptr(lnf + 1), N, C);
     be_.matmul_forward(act(a_logits_), act(a_lnf_), params_.ptr(kWte), nullptr, N, C, Vp);
+    rows_.resize(N);
+    for (size_t i = 0; i < N; i++) rows_[i] = (int32_t)i;
+    compact_ = false;
 }
 
 double GPT2::loss(const int32_t* targets, const float* weights, float dloss, bool backward_prep) {
-    const size_t N = (size_t)cur_B_ * cur_T_;
-    be_.upload_i32(targets_, targets, N);
-    be_.upload_f32(weights_, weights, N);
+    // The loss covers the rows the LM head ran on (all rows, or the counted ones; see forward()).
+    const size_t n = rows_.size();
+    if (n == 0) return 0.0;
+    std::vector<int32_t> t(n);
+    std::vector<float> w(n);
+    for (size_t i = 0; i < n; i++) {
+        t[i] = targets[rows_[i]];
+        w[i] = weights[rows_[i]];
+    }
+    be_.upload_i32(targets_, t.data(), n);
+    be_.upload_f32(weights_, w.data(), n);
     void* logits = act(a_logits_);
     be_.crossentropy_forward_backward(act(a_losses_), backward_prep ? logits : nullptr, logits, targets_, weights_,
-                                      dloss, N, cfg_.vocab_size, cfg_.padded_vocab_size);
-    std::vector<double> losses(N);
-    be_.download(losses.data(), act(a_losses_), acts_.dtype(), N);
+                                      dloss, n, cfg_.vocab_size, cfg_.padded_vocab_size);
+    std::vector<double> losses(n);
+    be_.download(losses.data(), act(a_losses_), acts_.dtype(), n);
     double sum = 0;
     for (double v : losses) sum += v;
     return sum;
@@ -251,8 +279,18 @@ void GPT2::backward() {
     const int L = cfg_.n_layer;
     void* x_last = L > 0 ? act(a_layer_[L - 1] + kRes3) : act(a_encoded_);
 
-    // LM head and final LayerNorm. The logits buffer now holds dlogits (see loss()).
-    be_.matmul_backward(dC, pgrad(kWte), nullptr, act(a_logits_), act(a_lnf_), params_.ptr(kWte), N, C, Vp);
+    // LM head and final LayerNorm. The logits buffer now holds dlogits of the rows the head ran on.
+    const size_t n = rows_.size();
+    if (n == 0) {
+        be_.zero(dC, N * C * dtype_size(acts_.dtype()));
+    } else if (compact_) {
+        void* dlnf_rows = scratch_.ptr(s_dlnf_rows_);
+        be_.matmul_backward(dlnf_rows, pgrad(kWte), nullptr, act(a_logits_), scratch_.ptr(s_lnf_rows_),
+                            params_.ptr(kWte), n, C, Vp);
+        be_.scatter_rows(dC, dlnf_rows, rows_dev_, n, N, C);
+    } else {
+        be_.matmul_backward(dC, pgrad(kWte), nullptr, act(a_logits_), act(a_lnf_), params_.ptr(kWte), N, C, Vp);
+    }
     be_.zero(dres, N * C * dtype_size(acts_.dtype()));
     const int lnf = lnf_w(cfg_);
     be_.layernorm_backward(dres, pgrad(lnf), pgrad(lnf + 1), dC, x_last, params_.ptr(lnf), act(a_lnf_mean_),
@@ -282,12 +320,14 @@ void GPT2::zero_grads() {
 }
 
 std::vector<float> GPT2::token_losses() const {
-    std::vector<float> out((size_t)cur_B_ * cur_T_);
-    be_.download(out.data(), act(a_losses_), acts_.dtype(), out.size());
+    std::vector<float> out((size_t)cur_B_ * cur_T_, 0.0f), rows(rows_.size());
+    be_.download(rows.data(), act(a_losses_), acts_.dtype(), rows.size());
+    for (size_t i = 0; i < rows_.size(); i++) out[rows_[i]] = rows[i];
     return out;
 }
 
 std::vector<float> GPT2::logits_row(int b, int t) const {
+    assert(!compact_ && "logits_row needs a forward without loss weights");
     const size_t Vp = cfg_.padded_vocab_size;
     std::vector<float> out(Vp);
     const char* base = static_cast<const char*>(act(a_logits_));

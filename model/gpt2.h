@@ -72,10 +72,14 @@ class GPT2 {
     // in the seed. Padded vocabulary rows stay zero.
     void init_random(uint64_t seed);
 
-    // Forward pass on tokens(B,T) (host memory) up to the logits.
-    void forward(const int32_t* tokens, int B, int T);
-    // Cross-entropy on the last forward: returns sum_i weights[i] * loss_i (host, double). With
-    // `backward_prep` the logits are replaced by d(loss)/d(logits) scaled by dloss, ready for backward().
+    // Forward pass on tokens(B,T) (host memory) up to the logits. With loss weights(B,T), the LM head runs
+    // only on the positions whose weight is non-zero (the others contribute nothing to the loss or any
+    // gradient): in supervised fine-tuning the prompt tokens then cost no LM-head work. logits_row() needs
+    // a forward without weights.
+    void forward(const int32_t* tokens, int B, int T, const float* weights = nullptr);
+    // Cross-entropy on the last forward (pass the same weights it got): returns sum_i weights[i] * loss_i
+    // (host, double). With `backward_prep` the logits are replaced by d(loss)/d(logits) scaled by dloss,
+    // ready for backward().
     double loss(const int32_t* targets, const float* weights, float dloss, bool backward_prep);
     // Generation: forward of n new tokens(B,n) at positions pos0..pos0+n-1, reading and extending the KV
     // cache (allocated on first use for block_size positions), so each new token costs one position's work.
@@ -108,12 +112,17 @@ class GPT2 {
     int32_t* targets_ = nullptr;  // (B, T)
     float* weights_ = nullptr;    // (B, T)
     int cur_B_ = 0, cur_T_ = 0;
+    // Rows the LM head ran on in the last forward; `compact_` when that is a subset of all B*T rows.
+    std::vector<int32_t> rows_;
+    int32_t* rows_dev_ = nullptr;  // (B*T) on the backend
+    bool compact_ = false;
     // Activation table indices
     size_t a_encoded_ = 0, a_lnf_ = 0, a_lnf_mean_ = 0, a_lnf_rstd_ = 0, a_logits_ = 0, a_losses_ = 0;
     std::vector<size_t> a_layer_;  // first activation index of each layer (see LayerAct in gpt2.cpp)
     int lowest_trainable_layer_ = 0;  // backward stops below it (-1: embeddings train, go all the way)
     // Backward scratch indices
-    size_t s_proj_ = 0, s_dres_ = 0, s_dC_ = 0, s_d3C_ = 0, s_d4C_a_ = 0, s_d4C_b_ = 0;
+    size_t s_proj_ = 0, s_dres_ = 0, s_dC_ = 0, s_d3C_ = 0, s_d4C_a_ = 0, s_d4C_b_ = 0, s_lnf_rows_ = 0,
+           s_dlnf_rows_ = 0;
 };
 
 }  // namespace tune

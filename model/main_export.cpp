@@ -1,4 +1,4 @@
-// ./export: converts GPT-2 weights between formats. See ./export --help.
+// bin/export: converts GPT-2 weights between formats. See bin/export --help.
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -14,7 +14,7 @@ const char* kHelp =
     "usage: export WEIGHTS [--hf DIR] [--llmc FILE]\n"
     "Reads GPT-2 weights and writes them in other formats (at least one of --hf, --llmc).\n"
     "\n"
-    "WEIGHTS is anything ./train --init reads, recognised by its content:\n"
+    "WEIGHTS is anything bin/train --init reads, recognised by its content:\n"
     "  a tune.cu checkpoint (weights or resume; only the weights are exported),\n"
     "  a Hugging Face GPT-2 directory (config.json + model.safetensors) or its model.safetensors,\n"
     "  an llm.c model file (gpt2_124M.bin: fp32, or gpt2_124M_bf16.bin: bf16).\n"

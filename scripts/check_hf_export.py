@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks that Hugging Face transformers loads a directory written by tune.cu's export_hf (./export --hf)
+"""Checks that Hugging Face transformers loads a directory written by tune.cu's export_hf (bin/export --hf)
 and computes the same logits tune.cu did. Driven by tests/test_hf_weights.cpp (HfExportPython), which
 skips when torch or transformers is missing; needs `pip install torch transformers safetensors numpy`.
 

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Downloads OpenAI's GPT-2 weights and vocabulary from Hugging Face, for ./train --init and ./export.
+# Downloads OpenAI's GPT-2 weights and vocabulary from Hugging Face, for bin/train --init and bin/export.
 #
 #   scripts/download_gpt2.sh [MODEL] [DIR]
 #
 # MODEL (default gpt2):
 #   gpt2 | gpt2-medium | gpt2-large | gpt2-xl
 #       the Hugging Face repository openai-community/MODEL (124M, 355M, 774M, 1.5B parameters):
-#       config.json + model.safetensors (the weights; ./train --init DIR reads them), and the
+#       config.json + model.safetensors (the weights; bin/train --init DIR reads them), and the
 #       vocabulary: vocab.json + merges.txt (GPT-2's byte-level BPE), tokenizer.json,
 #       tokenizer_config.json, generation_config.json where the repository has them.
 #       Sizes of model.safetensors: about 0.55, 1.5, 3.3 and 6.4 GB.
 #   llmc
 #       llm.c's GPT-2 124M files from the Hugging Face dataset karpathy/llmc-starter-pack:
-#       gpt2_124M.bin (float32) and gpt2_124M_bf16.bin (bfloat16), both readable by ./train --init.
+#       gpt2_124M.bin (float32) and gpt2_124M_bf16.bin (bfloat16), both readable by bin/train --init.
 # DIR (default models/MODEL): created if needed. Files already there are not downloaded again
 # (an interrupted download resumes where it stopped).
 #

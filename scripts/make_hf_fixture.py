@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds tests/fixtures/hf_tiny/: a tiny random GPT-2 saved by Hugging Face transformers, and what
 transformers computes with it on one batch. tests/test_hf_weights.cpp loads the model through
-model/weights.h (the code ./train --init uses) and must reproduce these numbers.
+model/weights.h (the code bin/train --init uses) and must reproduce these numbers.
 
 Run by hand, never in CI (CI has no torch); only its output is committed:
 

@@ -1,10 +1,10 @@
 // Weights from the ecosystem (model/weights.h, model/hf_gpt2.h, model/llmc.h):
 //   - the Hugging Face fixture (tests/fixtures/hf_tiny, made by scripts/make_hf_fixture.py with transformers),
-//     loaded through weights_config/load_weights as ./train --init does, reproduces transformers' logits,
+//     loaded through weights_config/load_weights as bin/train --init does, reproduces transformers' logits,
 //     loss and every parameter gradient, in float32 and in float64;
 //   - export -> import is bit-identical, for Hugging Face and llm.c files; bf16 inputs widen exactly;
 //   - each way an input can be malformed is refused with a message naming the file and what is wrong;
-//   - the ./export tool's exit codes, and (optional, when python has torch and transformers)
+//   - the bin/export tool's exit codes, and (optional, when python has torch and transformers)
 //     transformers loading our export (scripts/check_hf_export.py).
 // Comparisons with transformers use the relative L2 error per tensor, ||ours - ref||_2 / ||ref||_2.
 #include <gtest/gtest.h>
@@ -725,7 +725,7 @@ TEST_F(LlmcFile, ConfigMismatchIsNamed) {
     EXPECT_MENTIONS(error_of([&] { load_weights(dir_.file("good.bin"), other); }), "does not match the model's");
 }
 
-// ---- the ./export tool ----
+// ---- the bin/export tool ----
 
 int run_tool(const std::string& args, std::string* out) {
     TempDir d;

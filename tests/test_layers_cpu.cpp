@@ -199,6 +199,24 @@ TEST(ResidualCpu, AddsElementwiseF64) {
     for (size_t i = 0; i < 17; i++) EXPECT_EQ(out[i], a[i] + b[i]);
 }
 
+TEST(RowsCpu, GatherThenScatterPlacesRowsAndZeroesTheRestF64) {
+    const size_t N = 7;
+    const int C = 5;
+    auto x = randn(N * C, 31);
+    std::vector<int32_t> rows = {6, 0, 3};
+    std::vector<double> g(rows.size() * C), s(N * C);
+    poison(g);
+    poison(s);
+    cpu::gather_rows(g.data(), x.data(), rows.data(), rows.size(), C);
+    for (size_t i = 0; i < rows.size(); i++)
+        for (int c = 0; c < C; c++) EXPECT_EQ(g[i * C + c], x[rows[i] * C + c]);
+    cpu::scatter_rows(s.data(), g.data(), rows.data(), rows.size(), N, C);
+    for (size_t r = 0; r < N; r++) {
+        bool kept = r == 0 || r == 3 || r == 6;
+        for (int c = 0; c < C; c++) EXPECT_EQ(s[r * C + c], kept ? x[r * C + c] : 0.0) << r;
+    }
+}
+
 TEST(CrossEntropyCpu, GradientsMatchFiniteDifferencesF64_N6_V11_Vp16) {
     const size_t N = 6;
     const int V = 11, Vp = 16;

@@ -143,6 +143,50 @@ TEST(ModelCpu, MicroBatchesAddUpToOneBigBatchF64_3x2_vs_6) {
             << big.grads().table()[i].name;
 }
 
+TEST(ModelCpu, LmHeadOnCountedRowsOnlyGivesTheSameLossAndGradientsF64) {
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 2, 7);
+    m.init_random(13);
+    Data d = random_data(2, 7, 37, 17, true);
+    ASSERT_LT(counted(d.w), d.w.size());
+    const float dloss = 1.0f / (float)counted(d.w);
+    auto run = [&](bool pass_weights) {
+        m.zero_grads();
+        m.forward(d.x.data(), 2, 7, pass_weights ? d.w.data() : nullptr);
+        double l = m.loss(d.y.data(), d.w.data(), dloss, true);
+        m.backward();
+        std::vector<std::vector<double>> g;
+        for (size_t i = 0; i < m.grads().table().size(); i++) g.push_back(get_tensor(m, m.grads(), i));
+        return std::make_pair(l, g);
+    };
+    auto full = run(false), rows = run(true);
+    EXPECT_NEAR(rows.first, full.first, 1e-12 * std::fabs(full.first));
+    for (size_t i = 0; i < full.second.size(); i++)
+        EXPECT_TRUE(near_rel(rows.second[i], full.second[i], 1e-12)) << m.grads().table()[i].name;
+    auto tl = m.token_losses();
+    for (size_t i = 0; i < d.w.size(); i++) {
+        if (d.w[i] == 0.0f) {
+            EXPECT_EQ(tl[i], 0.0f);
+        } else {
+            EXPECT_GT(tl[i], 0.0f);
+        }
+    }
+}
+
+TEST(ModelCpu, MicroBatchWithNoCountedTokenAddsNothingF64) {
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 2, 7);
+    m.init_random(14);
+    Data d = random_data(2, 7, 37, 18, false);
+    std::fill(d.w.begin(), d.w.end(), 0.0f);
+    m.zero_grads();
+    m.forward(d.x.data(), 2, 7, d.w.data());
+    EXPECT_EQ(m.loss(d.y.data(), d.w.data(), 1.0f, true), 0.0);
+    m.backward();
+    for (size_t i = 0; i < m.grads().table().size(); i++)
+        for (double v : get_tensor(m, m.grads(), i)) ASSERT_EQ(v, 0.0) << m.grads().table()[i].name;
+}
+
 TEST(ModelCpu, TinyModelOverfitsAFixedBatchF32) {
     auto be = make_cpu_backend(DType::f32);
     GPT2 m(small_config(64, 2, 4, 32, 16), *be, 4, 16);

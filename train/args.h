@@ -1,4 +1,4 @@
-// Command-line options of ./train, declared once in a table that both the parser and --help read, so
+// Command-line options of bin/train, declared once in a table that both the parser and --help read, so
 // the help text always shows the real defaults.
 #pragma once
 

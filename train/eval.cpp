@@ -17,7 +17,7 @@ LossResult eval_loss(GPT2& model, Loader& loader, int batches) {
     LossResult r;
     for (int i = 0; i < batches; i++) {
         Batch b = loader.next();
-        model.forward(b.inputs.data(), b.B, b.T);
+        model.forward(b.inputs.data(), b.B, b.T, b.weights.data());
         sum += model.loss(b.targets.data(), b.weights.data(), 0.0f, false);
         for (float w : b.weights) r.tokens += w != 0.0f;
     }
@@ -88,7 +88,7 @@ ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>&
                 w[(size_t)b * T + t] = t + 1 >= ctx.size() ? 1.0f : 0.0f;
             }
         }
-        model.forward(x.data(), B, T);
+        model.forward(x.data(), B, T, w.data());
         model.loss(y.data(), w.data(), 0.0f, false);
         std::vector<float> losses = model.token_losses();
         int best = 0, best_norm = 0;

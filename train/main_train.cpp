@@ -1,4 +1,4 @@
-// ./train: fine-tune or train GPT-2. See ./train --help and README.md.
+// bin/train: fine-tune or train GPT-2. See bin/train --help and README.md.
 #include <csignal>
 #include <cstdio>
 

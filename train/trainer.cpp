@@ -41,7 +41,7 @@ static double now_seconds() {
 
 Trainer::Trainer(const TrainArgs& args) : args_(args) {
     validate_train_args(args);
-    if (args.train_data.empty()) throw UsageError("--train-data: no training shards given (make them with ./prepare)");
+    if (args.train_data.empty()) throw UsageError("--train-data: no training shards given (make them with bin/prepare)");
     args_.sched.total_steps = args.steps;
     be_ = make_backend(args.device, args.precision, args.quiet);
 
@@ -84,7 +84,7 @@ StepStats Trainer::step() {
     model_->zero_grads();
     double loss_sum = 0;
     for (const Batch& b : batches) {
-        model_->forward(b.inputs.data(), b.B, b.T);
+        model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
         loss_sum += model_->loss(b.targets.data(), b.weights.data(), dloss, true);
         model_->backward();
     }
@@ -117,7 +117,7 @@ double Trainer::evaluate() {
     size_t counted = 0;
     for (int i = 0; i < args_.val_batches; i++) {
         Batch b = val_->next();
-        model_->forward(b.inputs.data(), b.B, b.T);
+        model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
         sum += model_->loss(b.targets.data(), b.weights.data(), 0.0f, false);
         for (float w : b.weights) counted += w != 0.0f;
     }

@@ -1,5 +1,5 @@
 // The training loop: builds the backend, model, optimizer and data loaders from TrainArgs, runs steps
-// with gradient accumulation and clipping, evaluates, logs, and checkpoints. ./train is a thin wrapper;
+// with gradient accumulation and clipping, evaluates, logs, and checkpoints. bin/train is a thin wrapper;
 // tests drive the same class.
 #pragma once
 

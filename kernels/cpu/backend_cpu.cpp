@@ -110,6 +110,12 @@ class CpuBackend final : public Backend {
     void residual_forward(void* out, const void* a, const void* b, size_t n) override {
         cpu::residual_forward(t(out), t(a), t(b), n);
     }
+    void gather_rows(void* out, const void* inp, const int32_t* rows, size_t n, int C) override {
+        cpu::gather_rows(t(out), t(inp), rows, n, C);
+    }
+    void scatter_rows(void* out, const void* inp, const int32_t* rows, size_t n, size_t N, int C) override {
+        cpu::scatter_rows(t(out), t(inp), rows, n, N, C);
+    }
     void crossentropy_forward_backward(void* losses, void* dlogits, const void* logits, const int32_t* targets,
                                        const float* weights, float dloss, size_t N, int V, int Vp) override {
         cpu::crossentropy_forward_backward(t(losses), t(dlogits), t(logits), targets, weights, dloss, N, V, Vp);

@@ -1,13 +1,22 @@
-// Residual connection, CPU reference.
+// Residual connection and row gather/scatter, CPU reference.
 //   forward:  out = a + b
 //   backward: da = db = dout. The model passes the residual stream's gradient straight through, so
 //             there is no backward function: see model/gpt2.cpp.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace tune::cpu {
 
 template <class T>
 void residual_forward(T* out, const T* a, const T* b, size_t n);
+
+// Row gather and scatter (the LM head runs only on positions whose loss counts; see model/gpt2.cpp).
+//   gather:  out(n,C) = inp[rows[i], :]
+//   scatter: out(N,C) = 0, then out[rows[i], :] = inp(i, :)        (rows distinct)
+template <class T>
+void gather_rows(T* out, const T* inp, const int32_t* rows, size_t n, int C);
+template <class T>
+void scatter_rows(T* out, const T* inp, const int32_t* rows, size_t n, size_t N, int C);
 
 }  // namespace tune::cpu
