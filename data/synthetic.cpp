@@ -1,7 +1,7 @@
 #include "data/synthetic.h"
 
 #include <algorithm>
-#include <array>
+#include <set>
 
 #include "model/rng.h"
 
@@ -11,7 +11,7 @@ namespace {
 
 // Every word here is a single GPT-2 token with its leading space, so the task is about order, not spelling.
 const char* const kAdjectives[] = {"red", "blue", "green", "small", "big", "old", "young", "happy", "quiet", "fast"};
-const char* const kNouns[] = {"cat", "dog", "fox", "bird", "fish", "horse", "tree", "house", "car", "boat"};
+const char* const kNouns[] = {"cat", "dog", "fox", "bird", "fish", "horse", "cow", "pig", "sheep", "duck"};
 const char* const kVerbs[] = {"sees", "likes", "finds", "follows", "watches", "hears", "wants", "helps"};
 const char* const kPlaces[] = {"park", "river", "garden", "city", "forest", "field", "road", "hill"};
 
@@ -45,26 +45,20 @@ std::string synthetic_corpus(uint64_t seed, size_t sentences) {
 
 void synthetic_task(uint64_t seed, size_t train, size_t test, std::vector<TaskExample>& train_out,
                     std::vector<TaskExample>& test_out) {
-    // The word pool: adjectives and nouns together (20 words, 6840 ordered triples of distinct words).
-    std::vector<std::string> words;
-    for (const char* w : kAdjectives) words.push_back(w);
-    for (const char* w : kNouns) words.push_back(w);
-    std::vector<std::array<int, 3>> triples;
-    for (int a = 0; a < (int)words.size(); a++)
-        for (int b = 0; b < (int)words.size(); b++)
-            for (int c = 0; c < (int)words.size(); c++)
-                if (a != b && b != c && a != c) triples.push_back({a, b, c});
+    // 10 x 10 adjective pairs x 10 animals x 3 places = 3000 distinct prompts.
+    const size_t total = std::min(train + test, (size_t)3000);
     Rng r(seed);
-    for (size_t i = triples.size() - 1; i > 0; i--) std::swap(triples[i], triples[r.below(i + 1)]);
-    train = std::min(train, triples.size() - std::min(test, triples.size()));
-    auto make = [&](const std::array<int, 3>& t) {
-        return TaskExample{"Reverse: " + words[t[0]] + " " + words[t[1]] + " " + words[t[2]] + "\nAnswer:",
-                           " " + words[t[2]] + " " + words[t[1]] + " " + words[t[0]]};
-    };
+    std::set<std::string> seen;
     train_out.clear();
     test_out.clear();
-    for (size_t i = 0; i < test && i < triples.size(); i++) test_out.push_back(make(triples[i]));
-    for (size_t i = 0; i < train; i++) train_out.push_back(make(triples[test_out.size() + i]));
+    while (train_out.size() + test_out.size() < total) {
+        std::vector<std::string> w = {pick(kAdjectives, r), pick(kAdjectives, r)};
+        const std::string animal = pick(kNouns, r);
+        w.insert(w.begin() + (long)r.below(3), animal);
+        TaskExample ex{"Which word is an animal? " + w[0] + " " + w[1] + " " + w[2] + "\nAnswer:", " " + animal};
+        if (!seen.insert(ex.prompt).second) continue;
+        (test_out.size() < test ? test_out : train_out).push_back(ex);
+    }
 }
 
 }  // namespace tune

@@ -1,5 +1,6 @@
 #include "train/default_job.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -59,10 +60,11 @@ Losses measure(const std::string& weights, const std::string& device, const std:
 
 int run_default_job(const DefaultJobOptions& opt) {
     const auto t0 = std::chrono::steady_clock::now();
+    auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
     const std::string data = opt.out_dir + "/data";
     make_dirs(data);
-    std::printf("tune.cu default job: pretrain a tiny GPT-2 on a synthetic corpus, then fine-tune it to reverse\n"
-                "three words. Everything is generated here; results and plots go to %s/.\n\n",
+    std::printf("tune.cu default job: pretrain a tiny GPT-2 on a synthetic corpus, then fine-tune it to answer\n"
+                "\"Which word is an animal?\". Everything is generated here; results and plots go to %s/.\n\n",
                 opt.out_dir.c_str());
 
     // 1. Data.
@@ -104,17 +106,17 @@ int run_default_job(const DefaultJobOptions& opt) {
     base.model = "tiny";
     base.train_data = {base_rep.train_path};
     base.val_data = {base_rep.val_path};
-    base.batch = 8;
+    base.batch = 4;
     base.seq = 64;
     base.steps = opt.base_steps;
     base.sched.lr = 2e-3f;
-    base.sched.warmup = 10;
+    base.sched.warmup = std::min(10, opt.base_steps);
     base.val_every = 50;
     base.val_batches = 4;
     base.log_every = 25;
     base.out_dir = opt.out_dir + "/base";
     base.quiet = opt.quiet;
-    std::printf("== 1/2 pretraining on the base corpus\n");
+    std::printf("== 1/2 pretraining on the base corpus (at %.0f s)\n", elapsed());
     if (int rc = Trainer(base).run()) return rc;
 
     // 3. Fine-tune.
@@ -123,9 +125,13 @@ int run_default_job(const DefaultJobOptions& opt) {
     ft.init = base.out_dir + "/model.ckpt";
     ft.train_data = {task_rep.train_path};
     ft.val_data = {task_rep.val_path};
+    ft.batch = 8;
     ft.seq = 32;
     ft.steps = opt.finetune_steps;
-    ft.sched.lr = 1e-3f;
+    ft.sched.lr = 1e-2f;
+    ft.sched.warmup = std::min(10, opt.finetune_steps);
+    ft.val_every = 100;
+    ft.log_every = 50;
     ft.out_dir = opt.out_dir + "/finetune";
     Losses before = measure(ft.init, opt.device, data);
     std::vector<std::string> samples_before;
@@ -134,15 +140,16 @@ int run_default_job(const DefaultJobOptions& opt) {
         LoadedModel m = load_model(ft.init, opt.device, "fp32", 1, 32);
         acc_before = task_accuracy(*m.model, tok, test_ex, &samples_before);
     }
-    std::printf("\n== 2/2 fine-tuning on the task (loss on the answers only)\n");
+    std::printf("\n== 2/2 fine-tuning on the task, loss on the answers only (at %.0f s)\n", elapsed());
     if (int rc = Trainer(ft).run()) return rc;
 
     // 4. Report.
+    std::printf("\n== measuring (at %.0f s)\n", elapsed());
     Losses after = measure(ft.out_dir + "/model.ckpt", opt.device, data);
     std::vector<std::string> samples;
     LoadedModel m = load_model(ft.out_dir + "/model.ckpt", opt.device, "fp32", 1, 32);
     const double acc = task_accuracy(*m.model, tok, test_ex, &samples);
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double secs = elapsed();
     std::printf("\n== report (%.0f s)\n", secs);
     std::printf("                          before fine-tuning   after fine-tuning\n");
     std::printf("task loss (answers)       %10.4f           %10.4f\n", before.task, after.task);

@@ -1,6 +1,6 @@
 // The embedded default job: what bin/train does with no arguments. Everything it needs is generated
 // here, deterministically (data/synthetic.h), so it runs on a fresh clone without downloads:
-//   1. base corpus and an instruction task (reverse three words), written as text/JSONL and prepared
+//   1. base corpus and an instruction task (pick the animal), written as text/JSONL and prepared
 //      into token shards with prompt masking (bin/prepare's code);
 //   2. pretrain a tiny GPT-2 on the base corpus;
 //   3. fine-tune it on the task, with the loss on the answers only;
@@ -15,8 +15,8 @@ namespace tune {
 struct DefaultJobOptions {
     std::string out_dir = "runs/default";
     std::string device = "auto";
-    int base_steps = 150;
-    int finetune_steps = 250;
+    int base_steps = 100;
+    int finetune_steps = 500;
     bool quiet = false;
 };
 

@@ -1,0 +1,53 @@
+// The embedded default job end to end, shortened to a few steps (the full job's accuracy is a result
+// written in bench/README.md, not a unit test): data is generated, both stages train, the report is
+// written. And the synthetic task keeps its promises.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "data/synthetic.h"
+#include "tests/test_util.h"
+#include "train/default_job.h"
+
+namespace tune::test {
+namespace {
+
+TEST(DefaultJob, ShortRunWritesDataCheckpointsAndReport) {
+    DefaultJobOptions o;
+    o.out_dir = temp_dir("defjob");
+    o.device = "cpu";
+    o.base_steps = 3;
+    o.finetune_steps = 3;
+    o.quiet = true;
+    ASSERT_EQ(run_default_job(o), 0);
+    auto r = nlohmann::json::parse(slurp(o.out_dir + "/report.json"));
+    for (const char* k : {"task_loss_before", "task_loss_after", "base_loss_before", "base_loss_after",
+                          "accuracy_before", "accuracy_after"})
+        ASSERT_TRUE(r.contains(k)) << k;
+    EXPECT_LT(r["task_loss_after"].get<double>(), r["task_loss_before"].get<double>());
+    for (const char* f : {"/base/model.ckpt", "/finetune/model.ckpt", "/finetune/loss.svg", "/data/task/train.bin"})
+        EXPECT_FALSE(slurp(o.out_dir + f).empty()) << f;
+}
+
+TEST(SyntheticTask, HeldOutPromptsNeverAppearInTrainingAndAnswersAreTheAnimal) {
+    std::vector<TaskExample> train, test;
+    synthetic_task(7, 2400, 100, train, test);
+    ASSERT_EQ(train.size(), 2400u);
+    ASSERT_EQ(test.size(), 100u);
+    std::set<std::string> seen;
+    for (const auto& e : train) seen.insert(e.prompt);
+    EXPECT_EQ(seen.size(), train.size());
+    for (const auto& e : test) {
+        EXPECT_EQ(seen.count(e.prompt), 0u) << e.prompt;
+        // The answer word appears in the prompt.
+        EXPECT_NE(e.prompt.find(e.completion.substr(1)), std::string::npos);
+    }
+    std::vector<TaskExample> again_train, again_test;
+    synthetic_task(7, 2400, 100, again_train, again_test);
+    EXPECT_EQ(again_test[5].prompt, test[5].prompt);
+    EXPECT_EQ(synthetic_corpus(1, 50), synthetic_corpus(1, 50));
+}
+
+}  // namespace
+}  // namespace tune::test
