@@ -18,7 +18,7 @@ using ::testing::HasSubstr;
 class CheckpointTest : public ::testing::Test {
    protected:
     void SetUp() override {
-        dir = temp_dir("ckpt");
+        dir = tmp.path();
         be = make_cpu_backend(DType::f32);
         model = std::make_unique<GPT2>(small_config(), *be, 2, 5);
         model->init_random(7);
@@ -33,6 +33,7 @@ class CheckpointTest : public ::testing::Test {
     }
     uint32_t header_len() const { return load_u32(reinterpret_cast<const uint8_t*>(bytes.data()) + 12); }
 
+    TempDir tmp{"ckpt"};
     std::string dir, path, bytes;
     std::unique_ptr<Backend> be;
     std::unique_ptr<GPT2> model;

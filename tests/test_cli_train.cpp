@@ -34,7 +34,8 @@ TEST(TrainCli, MissingDataFileIsNamedAndExitsOne) {
 }
 
 TEST(TrainCli, ShortRunPrintsProgressAndMemoryMapAndLearns) {
-    std::string d = temp_dir("cli");
+    TempDir tmp("cli");
+    const std::string d = tmp.path();
     std::vector<int32_t> t;
     for (int i = 0; i < 3000; i++) t.push_back((i * 5) % 37);  // a fixed cycle: easy to learn
     write_shard(d + "/train.bin", t, nullptr, 37);

@@ -15,7 +15,8 @@ namespace {
 
 TEST(DefaultJob, ShortRunWritesDataCheckpointsAndReport) {
     DefaultJobOptions o;
-    o.out_dir = temp_dir("defjob");
+    TempDir tmp("defjob");
+    o.out_dir = tmp.path();
     o.device = "cpu";
     o.base_steps = 3;
     o.finetune_steps = 3;

@@ -74,7 +74,8 @@ TEST(MultipleChoice, MatchesAnIndependentScorer) {
 }
 
 TEST(MultipleChoice, FileErrorsNameTheLine) {
-    std::string d = temp_dir("mc");
+    TempDir tmp("mc");
+    const std::string d = tmp.path();
     Tokenizer tok = Tokenizer::load("data/gpt2");
     spit(d + "/a.jsonl", "{\"context\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":0}\n{\"context\":\"x\"}\n");
     EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/a.jsonl"); }), HasSubstr("a.jsonl:2"));
@@ -87,7 +88,8 @@ TEST(MultipleChoice, FileErrorsNameTheLine) {
 }
 
 TEST(EvalLoss, EqualsTheMeanTokenLossAndItsExp) {
-    std::string d = temp_dir("evloss");
+    TempDir tmp("evloss");
+    const std::string d = tmp.path();
     std::vector<int32_t> t;
     for (int i = 0; i < 200; i++) t.push_back((i * 7) % 37);
     write_shard(d + "/v.bin", t, nullptr, 37);
@@ -110,7 +112,8 @@ TEST(EvalLoss, EqualsTheMeanTokenLossAndItsExp) {
 }
 
 TEST(GenerateEvaluateCli, RunOnASavedModel) {
-    std::string d = temp_dir("gencli");
+    TempDir tmp("gencli");
+    const std::string d = tmp.path();
     auto be = make_cpu_backend(DType::f32);
     GPT2 m(preset_config("tiny"), *be, 1, 1);
     m.init_random(1);

@@ -39,25 +39,7 @@ using json = nlohmann::json;
 
 const std::string kFixture = "tests/fixtures/hf_tiny";
 
-// A fresh directory under $TMPDIR (or /tmp), removed with everything in it at scope exit.
-class TempDir {
-   public:
-    TempDir() {
-        const char* base = std::getenv("TMPDIR");
-        std::string templ = std::string(base && *base ? base : "/tmp") + "/tune_hf_XXXXXX";
-        if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed for " + templ);
-        path_ = templ;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    std::string file(const std::string& name) const { return path_ + "/" + name; }
-    const std::string& path() const { return path_; }
-
-   private:
-    std::string path_;
-};
+using tune::test::TempDir;
 
 // The message of the tune::Error that f throws, or "(no error)".
 std::string error_of(const std::function<void()>& f) {

@@ -23,7 +23,8 @@ std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& 
 }
 
 TEST(Prepare, TextFileIsOneDocumentEndingInEotAllCounted) {
-    std::string d = temp_dir("prep");
+    TempDir tmp("prep");
+    const std::string d = tmp.path();
     spit(d + "/a.txt", "Hello world.\nSecond line.");
     spit(d + "/b.txt", "Another document");
     PrepareOptions o;
@@ -78,7 +79,8 @@ TEST(Prepare, MalformedLinesNameFileAndLine) {
 }
 
 TEST(Prepare, SkipBadCountsAndOtherwiseStops) {
-    std::string d = temp_dir("prep");
+    TempDir tmp("prep");
+    const std::string d = tmp.path();
     spit(d + "/x.jsonl", "{\"text\":\"good one\"}\n\nnot json\n{\"text\":\"good two\"}\n{\"prompt\":\"p\"}\n");
     PrepareOptions o;
     o.inputs = {d + "/x.jsonl"};
@@ -93,7 +95,8 @@ TEST(Prepare, SkipBadCountsAndOtherwiseStops) {
 }
 
 TEST(Prepare, SplitIsDeterministicBySeedAndFraction) {
-    std::string d = temp_dir("prep");
+    TempDir tmp("prep");
+    const std::string d = tmp.path();
     std::string lines;
     for (int i = 0; i < 400; i++) lines += "{\"text\":\"document number " + std::to_string(i) + "\"}\n";
     spit(d + "/x.jsonl", lines);
@@ -115,7 +118,8 @@ TEST(Prepare, SplitIsDeterministicBySeedAndFraction) {
 }
 
 TEST(PrepareCli, ReportsAndExitCodes) {
-    std::string d = temp_dir("prepcli");
+    TempDir tmp("prepcli");
+    const std::string d = tmp.path();
     spit(d + "/x.jsonl", "{\"prompt\":\"a\",\"completion\":\" b\"}\n");
     CmdResult ok = run_cmd("bin/prepare --quiet --val-frac 0 --out " + d + "/o " + d + "/x.jsonl");
     EXPECT_EQ(ok.rc, 0) << ok.out;

@@ -3,6 +3,7 @@
 // way a file can be malformed (each checks the message names what is wrong), exact bf16/f16 -> f32
 // widening, and the writer's atomic replace.
 #include "data/safetensors.h"
+#include "tests/test_util.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -31,25 +32,7 @@ using tune::SafetensorsDtype;
 using tune::SafetensorsFile;
 using tune::SafetensorsWriter;
 
-// A fresh directory under $TMPDIR (or /tmp), removed with everything in it at scope exit.
-class TempDir {
-public:
-    TempDir() {
-        const char* base = std::getenv("TMPDIR");
-        std::string templ = std::string(base && *base ? base : "/tmp") + "/tune_safetensors_XXXXXX";
-        if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed for " + templ);
-        path_ = templ;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    std::string file(const std::string& name) const { return path_ + "/" + name; }
-    const std::string& path() const { return path_; }
-
-private:
-    std::string path_;
-};
+using tune::test::TempDir;
 
 std::string read_whole(const std::string& path) {
     std::ifstream f(path, std::ios::binary);

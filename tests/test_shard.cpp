@@ -21,7 +21,8 @@ std::vector<int32_t> iota_tokens(size_t n, int32_t mod) {
 }
 
 TEST(Shard, RoundTripWithMaskAnd16BitTokens) {
-    std::string d = temp_dir("shard");
+    TempDir tmp("shard");
+    const std::string d = tmp.path();
     auto t = iota_tokens(1000, 50257);
     std::vector<uint8_t> m(t.size());
     for (size_t i = 0; i < m.size(); i++) m[i] = i % 3 == 0;
@@ -33,7 +34,8 @@ TEST(Shard, RoundTripWithMaskAnd16BitTokens) {
 }
 
 TEST(Shard, WideTokensUse32Bits) {
-    std::string d = temp_dir("shard");
+    TempDir tmp("shard");
+    const std::string d = tmp.path();
     std::vector<int32_t> t = {1, 70000, 5};
     write_shard(d + "/a.bin", t, nullptr, 0);
     EXPECT_EQ(read_shard(d + "/a.bin", 0).tokens, t);
@@ -41,7 +43,8 @@ TEST(Shard, WideTokensUse32Bits) {
 }
 
 TEST(Shard, EachMalformedFieldHasItsError) {
-    std::string d = temp_dir("shard");
+    TempDir tmp("shard");
+    const std::string d = tmp.path();
     write_shard(d + "/a.bin", iota_tokens(100, 50), nullptr, 50);
     const std::string good = slurp(d + "/a.bin");
     auto err = [&](std::string b, int vocab = 50) {
@@ -69,14 +72,16 @@ TEST(Shard, EachMalformedFieldHasItsError) {
 }
 
 TEST(Loader, ShardShorterThanOneWindowIsNamed) {
-    std::string d = temp_dir("loader");
+    TempDir tmp("loader");
+    const std::string d = tmp.path();
     write_shard(d + "/short.bin", iota_tokens(8, 50), nullptr, 50);
     EXPECT_THAT(error_of([&] { Loader l({d + "/short.bin"}, 50, 1, 8, false, 0); }),
                 HasSubstr("short.bin: 8 tokens, shorter than one window of T+1 = 9"));
 }
 
 TEST(Loader, SequentialWindowsAreShiftedTargetsWithMaskWeights) {
-    std::string d = temp_dir("loader");
+    TempDir tmp("loader");
+    const std::string d = tmp.path();
     auto t = iota_tokens(50, 1000);
     std::vector<uint8_t> m(50);
     for (size_t i = 0; i < 50; i++) m[i] = i % 2;
@@ -92,7 +97,8 @@ TEST(Loader, SequentialWindowsAreShiftedTargetsWithMaskWeights) {
 }
 
 TEST(Loader, ShuffleIsDeterministicAndVisitsEveryWindowOncePerEpoch) {
-    std::string d = temp_dir("loader");
+    TempDir tmp("loader");
+    const std::string d = tmp.path();
     write_shard(d + "/a.bin", iota_tokens(5 * 20 + 1, 1000), nullptr, 1000);  // 20 windows of T=5
     Loader a({d + "/a.bin"}, 1000, 4, 5, true, 42), b({d + "/a.bin"}, 1000, 4, 5, true, 42);
     std::multiset<int32_t> starts;
@@ -111,7 +117,8 @@ TEST(Loader, ShuffleIsDeterministicAndVisitsEveryWindowOncePerEpoch) {
 }
 
 TEST(Loader, RanksSeeDisjointWindows) {
-    std::string d = temp_dir("loader");
+    TempDir tmp("loader");
+    const std::string d = tmp.path();
     write_shard(d + "/a.bin", iota_tokens(4 * 30 + 1, 1000), nullptr, 1000);  // 30 windows of T=4
     std::set<int32_t> seen;
     for (int rank = 0; rank < 3; rank++) {
@@ -125,7 +132,8 @@ TEST(Loader, RanksSeeDisjointWindows) {
 }
 
 TEST(Loader, SavedPositionContinuesExactlyAcrossEpochs) {
-    std::string d = temp_dir("loader");
+    TempDir tmp("loader");
+    const std::string d = tmp.path();
     write_shard(d + "/a.bin", iota_tokens(3 * 10 + 1, 1000), nullptr, 1000);
     Loader a({d + "/a.bin"}, 1000, 3, 3, true, 5);
     for (int i = 0; i < 4; i++) a.next();  // 12 windows: into the second epoch

@@ -31,7 +31,7 @@ std::vector<int32_t> pattern_tokens(size_t n, uint64_t seed) {
 
 struct TrainerFixture : ::testing::Test {
     void SetUp() override {
-        dir = temp_dir("trainer");
+        dir = tmp.path();
         write_shard(dir + "/train.bin", pattern_tokens(4000, 1), nullptr, 37);
         write_shard(dir + "/val.bin", pattern_tokens(800, 2), nullptr, 37);
         auto be = make_cpu_backend(DType::f32);
@@ -67,6 +67,7 @@ struct TrainerFixture : ::testing::Test {
         }
         return out;
     }
+    TempDir tmp{"trainer"};
     std::string dir;
 };
 

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <sys/wait.h>
 #include <fstream>
 #include <iterator>
@@ -86,14 +87,28 @@ inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
     return s;
 }
 
-// A fresh directory under /tmp for one test's files.
-inline std::string temp_dir(const std::string& tag) {
-    std::string tmpl = "/tmp/tune_test_" + tag + "_XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back(0);
-    if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed for " + tmpl);
-    return std::string(buf.data());
-}
+// A fresh directory under $TMPDIR (or /tmp) for one test's files, removed with everything in it at
+// scope exit.
+class TempDir {
+   public:
+    explicit TempDir(const std::string& tag = "tmp") {
+        const char* base = std::getenv("TMPDIR");
+        std::string templ = std::string(base && *base ? base : "/tmp") + "/tune_test_" + tag + "_XXXXXX";
+        if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed for " + templ);
+        path_ = templ;
+    }
+    ~TempDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    std::string file(const std::string& name) const { return path_ + "/" + name; }
+    const std::string& path() const { return path_; }
+
+   private:
+    std::string path_;
+};
 
 inline std::string slurp(const std::string& path) {
     std::ifstream f(path, std::ios::binary);

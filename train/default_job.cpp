@@ -128,7 +128,7 @@ int run_default_job(const DefaultJobOptions& opt) {
     ft.batch = 8;
     ft.seq = 32;
     ft.steps = opt.finetune_steps;
-    ft.sched.lr = 1e-2f;
+    ft.sched.lr = 5e-3f;
     ft.sched.warmup = std::min(10, opt.finetune_steps);
     ft.val_every = 100;
     ft.log_every = 50;
