@@ -1,5 +1,6 @@
 #include "model/gpt2.h"
 
+#include <algorithm>
 #include <cassert>
 #include <cmath>
 
@@ -155,23 +156,29 @@ void GPT2::init_random(uint64_t seed) {
     }
 }
 
-void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {
-    assert(B <= B_ && T <= T_);
-    cur_B_ = B;
-    cur_T_ = T;
+void GPT2::trunk_forward(int B, int T, int pos0) {
     const size_t N = (size_t)B * T;
-    const int C = cfg_.n_embd, NH = cfg_.n_head, Vp = cfg_.padded_vocab_size;
-    be_.upload_i32(tokens_, tokens, N);
-
-    be_.encoder_forward(act(a_encoded_), tokens_, params_.ptr(kWte), params_.ptr(kWpe), B, T, C);
+    const int C = cfg_.n_embd, NH = cfg_.n_head;
+    const bool cached = pos0 >= 0;
+    // Position embeddings start at row pos0 when generating (0 otherwise).
+    const void* wpe =
+        static_cast<const char*>(params_.ptr(kWpe)) + (size_t)std::max(pos0, 0) * C * dtype_size(params_.dtype());
+    be_.encoder_forward(act(a_encoded_), tokens_, params_.ptr(kWte), wpe, B, T, C);
     void* x = act(a_encoded_);  // the residual stream entering the block
     void* tmp = scratch_.ptr(s_proj_);
     for (int l = 0; l < cfg_.n_layer; l++) {
         BlockPtrs p = block(params_, nullptr, l);
-        auto A = [&](int k) { return act(a_layer_[l] + k); };
+        // Training keeps every block's activations for backward; generation has no backward, so every
+        // block can reuse layer 0's buffers.
+        const size_t first = a_layer_[cached ? 0 : l];
+        auto A = [&](int k) { return act(first + k); };
         be_.layernorm_forward(A(kLn1), A(kLn1Mean), A(kLn1Rstd), x, p.ln1w, p.ln1b, N, C);
         be_.matmul_forward(A(kQkv), A(kLn1), p.qkvw, p.qkvb, N, C, 3 * C);
-        be_.attention_forward(A(kAtty), A(kAttSaved), A(kQkv), B, T, C, NH);
+        if (cached)
+            be_.attention_forward_cached(A(kAtty), kv_.ptr(2 * l), kv_.ptr(2 * l + 1), A(kQkv), B, T, pos0,
+                                         cfg_.block_size, C, NH);
+        else
+            be_.attention_forward(A(kAtty), A(kAttSaved), A(kQkv), B, T, C, NH);
         be_.matmul_forward(tmp, A(kAtty), p.attprojw, p.attprojb, N, C, C);
         be_.residual_forward(A(kRes2), x, tmp, N * C);
         be_.layernorm_forward(A(kLn2), A(kLn2Mean), A(kLn2Rstd), A(kRes2), p.ln2w, p.ln2b, N, C);
@@ -184,6 +191,15 @@ void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {
     const int lnf = lnf_w(cfg_);
     be_.layernorm_forward(act(a_lnf_), act(a_lnf_mean_), act(a_lnf_rstd_), x, params_.ptr(lnf),
                           params_.ptr(lnf + 1), N, C);
+}
+
+void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {
+    assert(B <= B_ && T <= T_);
+    cur_B_ = B;
+    cur_T_ = T;
+    const size_t N = (size_t)B * T;
+    be_.upload_i32(tokens_, tokens, N);
+    trunk_forward(B, T, -1);
     // TEACH: the LM head is the widest matmul of a small model (Vp columns). Positions whose loss weight
     // is zero (prompt tokens in fine-tuning) need no logits at all, so it runs on the counted rows only.
     rows_.clear();
@@ -194,14 +210,15 @@ void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {
     const void* head_in = act(a_lnf_);
     if (compact_) {
         be_.upload_i32(rows_dev_, rows_.data(), rows_.size());
-        be_.gather_rows(scratch_.ptr(s_lnf_rows_), act(a_lnf_), rows_dev_, rows_.size(), C);
+        be_.gather_rows(scratch_.ptr(s_lnf_rows_), act(a_lnf_), rows_dev_, rows_.size(), cfg_.n_embd);
         head_in = scratch_.ptr(s_lnf_rows_);
     }
-    be_.matmul_forward(act(a_logits_), head_in, params_.ptr(kWte), nullptr, rows_.size(), C, Vp);
+    be_.matmul_forward(act(a_logits_), head_in, params_.ptr(kWte), nullptr, rows_.size(), cfg_.n_embd,
+                       cfg_.padded_vocab_size);
 }
 
 void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
-    const int C = cfg_.n_embd, NH = cfg_.n_head, Vp = cfg_.padded_vocab_size, maxT = cfg_.block_size;
+    const int C = cfg_.n_embd, maxT = cfg_.block_size;
     assert(B <= B_ && n <= T_ && pos0 >= 0 && pos0 + n <= maxT);
     if (!kv_.bytes()) {
         Table t;
@@ -215,31 +232,8 @@ void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
     cur_T_ = n;
     const size_t N = (size_t)B * n;
     be_.upload_i32(tokens_, tokens, N);
-    // Position embeddings start at row pos0.
-    const void* wpe = static_cast<const char*>(params_.ptr(kWpe)) + (size_t)pos0 * C * dtype_size(params_.dtype());
-    be_.encoder_forward(act(a_encoded_), tokens_, params_.ptr(kWte), wpe, B, n, C);
-    // No backward follows, so every block can use layer 0's activation buffers.
-    auto A = [&](int k) { return act(a_layer_[0] + k); };
-    void* x = act(a_encoded_);
-    void* tmp = scratch_.ptr(s_proj_);
-    for (int l = 0; l < cfg_.n_layer; l++) {
-        BlockPtrs p = block(params_, nullptr, l);
-        be_.layernorm_forward(A(kLn1), A(kLn1Mean), A(kLn1Rstd), x, p.ln1w, p.ln1b, N, C);
-        be_.matmul_forward(A(kQkv), A(kLn1), p.qkvw, p.qkvb, N, C, 3 * C);
-        be_.attention_forward_cached(A(kAtty), kv_.ptr(2 * l), kv_.ptr(2 * l + 1), A(kQkv), B, n, pos0, maxT, C, NH);
-        be_.matmul_forward(tmp, A(kAtty), p.attprojw, p.attprojb, N, C, C);
-        be_.residual_forward(A(kRes2), x, tmp, N * C);
-        be_.layernorm_forward(A(kLn2), A(kLn2Mean), A(kLn2Rstd), A(kRes2), p.ln2w, p.ln2b, N, C);
-        be_.matmul_forward(A(kFch), A(kLn2), p.fcw, p.fcb, N, C, 4 * C);
-        be_.gelu_forward(A(kFchGelu), A(kFch), N * 4 * C);
-        be_.matmul_forward(tmp, A(kFchGelu), p.fcprojw, p.fcprojb, N, 4 * C, C);
-        be_.residual_forward(A(kRes3), A(kRes2), tmp, N * C);
-        x = A(kRes3);
-    }
-    const int lnf = lnf_w(cfg_);
-    be_.layernorm_forward(act(a_lnf_), act(a_lnf_mean_), act(a_lnf_rstd_), x, params_.ptr(lnf),
-                          params_.ptr(lnf + 1), N, C);
-    be_.matmul_forward(act(a_logits_), act(a_lnf_), params_.ptr(kWte), nullptr, N, C, Vp);
+    trunk_forward(B, n, pos0);
+    be_.matmul_forward(act(a_logits_), act(a_lnf_), params_.ptr(kWte), nullptr, N, C, cfg_.padded_vocab_size);
     rows_.resize(N);
     for (size_t i = 0; i < N; i++) rows_[i] = (int32_t)i;
     compact_ = false;

@@ -100,6 +100,9 @@ class GPT2 {
 
    private:
     BlockPtrs block(const Arena& a, const std::vector<int>* index, int l) const;
+    // Embeddings, every block and the final LayerNorm over the uploaded tokens(B,T). pos0 < 0: training,
+    // full causal attention saving what backward needs; pos0 >= 0: generation against the KV cache.
+    void trunk_forward(int B, int T, int pos0);
     void* act(size_t idx) const { return acts_.ptr(idx); }
     void* pgrad(int param_idx) const;  // gradient of a parameter tensor, null when frozen
 
