@@ -1,0 +1,226 @@
+#include "kernels/attention.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/device_util.cuh"
+#include "kernels/matmul.h"
+
+namespace tune::cuda {
+namespace {
+
+constexpr int kPermuteThreads = 256;
+constexpr int kSoftmaxRowsPerBlock = 8;  // one warp per row
+constexpr int kSoftmaxThreads = 32 * kSoftmaxRowsPerBlock;
+
+// (B, T, parts*C) -> parts x (B, NH, T, HS): out[p][b][h][t][d] = in[b][t][p*C + h*HS + d].
+template <class T>
+__global__ void attention_split_heads(T* out, const T* in, int B, int T_, int NH, int HS, int parts) {
+    const size_t C = (size_t)NH * HS;
+    const size_t per_part = (size_t)B * T_ * C;
+    const size_t total = per_part * parts;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t d = i % HS;
+        const size_t t = (i / HS) % T_;
+        const size_t bh = (i / ((size_t)HS * T_)) % ((size_t)B * NH);
+        const size_t p = i / per_part;
+        const size_t b = bh / NH, h = bh % NH;
+        out[i] = in[(b * T_ + t) * parts * C + p * C + h * HS + d];
+    }
+}
+
+// parts x (B, NH, T, HS) -> (B, T, parts*C), the inverse of attention_split_heads.
+template <class T>
+__global__ void attention_merge_heads(T* out, const T* in, int B, int T_, int NH, int HS, int parts) {
+    const size_t C = (size_t)NH * HS;
+    const size_t per_part = (size_t)B * T_ * C;
+    const size_t total = per_part * parts;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t pc = i % (parts * C);
+        const size_t bt = i / (parts * C);
+        const size_t p = pc / C, c = pc % C;
+        const size_t h = c / HS, d = c % HS;
+        const size_t b = bt / T_, t = bt % T_;
+        out[i] = in[p * per_part + ((b * NH + h) * T_ + t) * HS + d];
+    }
+}
+
+// probs[row, u] = softmax over u <= t of scores[row, u]; 0 for u > t. Row = (b*NH + h)*T + t.
+template <class T>
+__global__ void attention_softmax_causal(T* probs, const float* scores, size_t rows, int T_) {
+    const int lane = threadIdx.x % 32;
+    for (size_t row = (size_t)blockIdx.x * kSoftmaxRowsPerBlock + threadIdx.x / 32; row < rows;
+         row += (size_t)gridDim.x * kSoftmaxRowsPerBlock) {
+        const int t = (int)(row % T_);
+        const float* s = scores + row * T_;
+        T* p = probs + row * T_;
+        float m = -INFINITY;
+        for (int u = lane; u <= t; u += 32) m = fmaxf(m, s[u]);
+        m = warp_max(m);
+        float sum = 0.0f;
+        for (int u = lane; u <= t; u += 32) sum += expf(s[u] - m);
+        sum = warp_sum(sum);
+        for (int u = lane; u < T_; u += 32) p[u] = from_f32<T>(u <= t ? expf(s[u] - m) / sum : 0.0f);
+    }
+}
+
+// dscores[row, u] = P (dP - sum_u' P dP) * scale for u <= t; 0 above the diagonal.
+template <class T>
+__global__ void attention_softmax_backward_causal(T* dscores, const float* dprobs, const T* probs, size_t rows, int T_,
+                                                  float scale) {
+    const int lane = threadIdx.x % 32;
+    for (size_t row = (size_t)blockIdx.x * kSoftmaxRowsPerBlock + threadIdx.x / 32; row < rows;
+         row += (size_t)gridDim.x * kSoftmaxRowsPerBlock) {
+        const int t = (int)(row % T_);
+        const float* dp = dprobs + row * T_;
+        const T* p = probs + row * T_;
+        T* ds = dscores + row * T_;
+        float dot = 0.0f;
+        for (int u = lane; u <= t; u += 32) dot += to_f32(p[u]) * dp[u];
+        dot = warp_sum(dot);
+        for (int u = lane; u < T_; u += 32) ds[u] = from_f32<T>(u <= t ? to_f32(p[u]) * (dp[u] - dot) * scale : 0.0f);
+    }
+}
+
+// Row-major per head: D(T,T) = alpha * X(T,HS) Y(T,HS)^T, D in fp32 (scores, dP).
+template <class T>
+void gemm_x_yt(Gemm& gemm, float* D, const T* X, const T* Y, int BH, int T_, int HS, float alpha) {
+    GemmArgs g;
+    g.trans_a = true;
+    g.m = T_;
+    g.n = T_;
+    g.k = HS;
+    g.A = Y;
+    g.lda = HS;
+    g.stride_a = (int64_t)T_ * HS;
+    g.B = X;
+    g.ldb = HS;
+    g.stride_b = (int64_t)T_ * HS;
+    g.D = D;
+    g.ldd = T_;
+    g.stride_d = (int64_t)T_ * T_;
+    g.ab_type = cuda_type<T>();
+    g.d_type = CUDA_R_32F;
+    g.batch = BH;
+    g.alpha = alpha;
+    gemm.run(g);
+}
+
+// Row-major per head: D(T,HS) = P(T,T) Y(T,HS), or with transpose_p, P^T(T,T) Y(T,HS).
+template <class T>
+void gemm_p_y(Gemm& gemm, T* D, const T* P, const T* Y, int BH, int T_, int HS, bool transpose_p) {
+    GemmArgs g;
+    g.trans_b = transpose_p;
+    g.m = HS;
+    g.n = T_;
+    g.k = T_;
+    g.A = Y;
+    g.lda = HS;
+    g.stride_a = (int64_t)T_ * HS;
+    g.B = P;
+    g.ldb = T_;
+    g.stride_b = (int64_t)T_ * T_;
+    g.D = D;
+    g.ldd = HS;
+    g.stride_d = (int64_t)T_ * HS;
+    g.ab_type = g.d_type = cuda_type<T>();
+    g.batch = BH;
+    gemm.run(g);
+}
+
+template <class T>
+void split_heads(T* out, const T* in, int B, int T_, int NH, int HS, int parts, cudaStream_t stream) {
+    const size_t total = (size_t)B * T_ * NH * HS * parts;
+    attention_split_heads<T>
+        <<<grid_1d(total, kPermuteThreads), kPermuteThreads, 0, stream>>>(out, in, B, T_, NH, HS, parts);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void merge_heads(T* out, const T* in, int B, int T_, int NH, int HS, int parts, cudaStream_t stream) {
+    const size_t total = (size_t)B * T_ * NH * HS * parts;
+    attention_merge_heads<T>
+        <<<grid_1d(total, kPermuteThreads), kPermuteThreads, 0, stream>>>(out, in, B, T_, NH, HS, parts);
+    CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+template <class T>
+void attention_forward(T* out, T* probs, const T* qkv, int B, int T_, int C, int NH, Gemm& gemm, Scratch& scratch) {
+    NvtxRange range("attention_forward");
+    if (B == 0 || T_ == 0 || C == 0) return;
+    const int HS = C / NH, BH = B * NH;
+    const size_t head_elems = (size_t)B * T_ * C, rows = (size_t)BH * T_;
+    cudaStream_t stream = gemm.stream();
+    Carve sizes(nullptr);
+    sizes.take<T>(3 * head_elems);
+    sizes.take<T>(head_elems);
+    sizes.take<float>(rows * T_);
+    Carve carve(scratch.get(sizes.bytes()));
+    T* q = carve.take<T>(3 * head_elems);  // q | k | v, each (B, NH, T, HS)
+    T* o = carve.take<T>(head_elems);      // (B, NH, T, HS)
+    float* scores = carve.take<float>(rows * T_);
+    const T* k = q + head_elems;
+    const T* v = q + 2 * head_elems;
+
+    split_heads(q, qkv, B, T_, NH, HS, 3, stream);
+    gemm_x_yt(gemm, scores, q, k, BH, T_, HS, (float)(1.0 / std::sqrt((double)HS)));
+    attention_softmax_causal<T>
+        <<<grid_1d(rows, kSoftmaxRowsPerBlock, kMaxGridX), kSoftmaxThreads, 0, stream>>>(probs, scores, rows, T_);
+    CUDA_CHECK_LAUNCH();
+    gemm_p_y(gemm, o, probs, v, BH, T_, HS, false);
+    merge_heads(out, o, B, T_, NH, HS, 1, stream);
+}
+
+template <class T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, int B, int T_, int C, int NH, Gemm& gemm,
+                        Scratch& scratch) {
+    NvtxRange range("attention_backward");
+    if (B == 0 || T_ == 0 || C == 0) return;
+    const int HS = C / NH, BH = B * NH;
+    const size_t head_elems = (size_t)B * T_ * C, rows = (size_t)BH * T_;
+    cudaStream_t stream = gemm.stream();
+    Carve sizes(nullptr);
+    sizes.take<T>(3 * head_elems);
+    sizes.take<T>(head_elems);
+    sizes.take<T>(3 * head_elems);
+    sizes.take<float>(rows * T_);
+    sizes.take<T>(rows * T_);
+    Carve carve(scratch.get(sizes.bytes()));
+    T* q = carve.take<T>(3 * head_elems);   // q | k | v
+    T* dout_h = carve.take<T>(head_elems);  // dout split into heads
+    T* dq = carve.take<T>(3 * head_elems);  // dq | dk | dv
+    float* dprobs = carve.take<float>(rows * T_);
+    T* dscores = carve.take<T>(rows * T_);
+    const T* k = q + head_elems;
+    const T* v = q + 2 * head_elems;
+    T* dk = dq + head_elems;
+    T* dv = dq + 2 * head_elems;
+    const float scale = (float)(1.0 / std::sqrt((double)HS));
+
+    split_heads(q, qkv, B, T_, NH, HS, 3, stream);
+    split_heads(dout_h, dout, B, T_, NH, HS, 1, stream);
+    gemm_x_yt(gemm, dprobs, dout_h, v, BH, T_, HS, 1.0f);  // dP = dout v^T
+    gemm_p_y(gemm, dv, probs, dout_h, BH, T_, HS, true);   // dv = P^T dout
+    attention_softmax_backward_causal<T>
+        <<<grid_1d(rows, kSoftmaxRowsPerBlock, kMaxGridX), kSoftmaxThreads, 0, stream>>>(dscores, dprobs, probs, rows,
+                                                                                         T_, scale);
+    CUDA_CHECK_LAUNCH();
+    gemm_p_y(gemm, dq, dscores, k, BH, T_, HS, false);  // dq = dS k
+    gemm_p_y(gemm, dk, dscores, q, BH, T_, HS, true);   // dk = dS^T q
+    merge_heads(dqkv, dq, B, T_, NH, HS, 3, stream);
+}
+
+#define TUNE_INSTANTIATE(T)                                                                    \
+    template void attention_forward<T>(T*, T*, const T*, int, int, int, int, Gemm&, Scratch&); \
+    template void attention_backward<T>(T*, const T*, const T*, const T*, int, int, int, int, Gemm&, Scratch&);
+TUNE_INSTANTIATE(float)
+TUNE_INSTANTIATE(__nv_bfloat16)
+TUNE_INSTANTIATE(__half)
+#undef TUNE_INSTANTIATE
+
+}  // namespace tune::cuda

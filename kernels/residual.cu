@@ -1,0 +1,58 @@
+#include "kernels/residual.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/device_util.cuh"
+
+namespace tune::cuda {
+namespace {
+
+constexpr int kResidualThreads = 256;
+
+template <class T>
+__global__ void residual_forward_packed(T* out, const T* a, const T* b, size_t npacks) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < npacks; i += (size_t)gridDim.x * blockDim.x) {
+        Pack<T> x = load_pack(a + i * kPack<T>), y = load_pack(b + i * kPack<T>), r;
+#pragma unroll
+        for (int j = 0; j < kPack<T>; j++) r.v[j] = from_f32<T>(to_f32(x.v[j]) + to_f32(y.v[j]));
+        store_pack(out + i * kPack<T>, r);
+    }
+}
+
+template <class T>
+__global__ void residual_forward_scalar(T* out, const T* a, const T* b, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
+}
+
+}  // namespace
+
+template <class T>
+void residual_forward(T* out, const T* a, const T* b, size_t n, cudaStream_t stream) {
+    NvtxRange range("residual_forward");
+    if (n == 0) return;
+    size_t done = 0;
+    if (aligned16(out) && aligned16(a) && aligned16(b)) {
+        const size_t npacks = n / kPack<T>;
+        if (npacks) {
+            residual_forward_packed<T>
+                <<<grid_1d(npacks, kResidualThreads), kResidualThreads, 0, stream>>>(out, a, b, npacks);
+            CUDA_CHECK_LAUNCH();
+        }
+        done = npacks * kPack<T>;
+    }
+    if (done < n) {
+        residual_forward_scalar<T><<<grid_1d(n - done, kResidualThreads), kResidualThreads, 0, stream>>>(
+            out + done, a + done, b + done, n - done);
+        CUDA_CHECK_LAUNCH();
+    }
+}
+
+template void residual_forward<float>(float*, const float*, const float*, size_t, cudaStream_t);
+template void residual_forward<__nv_bfloat16>(__nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, size_t,
+                                              cudaStream_t);
+template void residual_forward<__half>(__half*, const __half*, const __half*, size_t, cudaStream_t);
+
+}  // namespace tune::cuda
