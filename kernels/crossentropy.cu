@@ -71,7 +71,8 @@ __global__ void crossentropy_forward_backward_block_per_row(T* losses, T* dlogit
         const float scale = w * dloss;
         for (int v = threadIdx.x; v < Vp; v += blockDim.x) {
             float g = 0.0f;
-            if (v < V) g = (expf(to_f32(z[v]) - m) / s - (v == y ? 1.0f : 0.0f)) * scale;
+            // scale == 0 (a masked row) writes +0 exactly, whatever the target, so masked rows add nothing.
+            if (v < V && scale != 0.0f) g = (expf(to_f32(z[v]) - m) / s - (v == y ? 1.0f : 0.0f)) * scale;
             d[v] = from_f32<T>(g);
         }
     }
