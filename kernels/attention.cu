@@ -49,45 +49,47 @@ __global__ void attention_merge_heads(T* out, const T* in, int B, int T_, int NH
 }
 
 // probs[row, u] = softmax over u <= t of scores[row, u]; 0 for u > t. Row = (b*NH + h)*T + t.
-template <class T>
-__global__ void attention_softmax_causal(T* probs, const float* scores, size_t rows, int T_) {
+// S is the scores' type: float, or T where cuBLASLt cannot write fp32 from T inputs.
+template <class T, class S>
+__global__ void attention_softmax_causal(T* probs, const S* scores, size_t rows, int T_) {
     const int lane = threadIdx.x % 32;
     for (size_t row = (size_t)blockIdx.x * kSoftmaxRowsPerBlock + threadIdx.x / 32; row < rows;
          row += (size_t)gridDim.x * kSoftmaxRowsPerBlock) {
         const int t = (int)(row % T_);
-        const float* s = scores + row * T_;
+        const S* s = scores + row * T_;
         T* p = probs + row * T_;
         float m = -INFINITY;
-        for (int u = lane; u <= t; u += 32) m = fmaxf(m, s[u]);
+        for (int u = lane; u <= t; u += 32) m = fmaxf(m, to_f32(s[u]));
         m = warp_max(m);
         float sum = 0.0f;
-        for (int u = lane; u <= t; u += 32) sum += expf(s[u] - m);
+        for (int u = lane; u <= t; u += 32) sum += expf(to_f32(s[u]) - m);
         sum = warp_sum(sum);
-        for (int u = lane; u < T_; u += 32) p[u] = from_f32<T>(u <= t ? expf(s[u] - m) / sum : 0.0f);
+        for (int u = lane; u < T_; u += 32) p[u] = from_f32<T>(u <= t ? expf(to_f32(s[u]) - m) / sum : 0.0f);
     }
 }
 
 // dscores[row, u] = P (dP - sum_u' P dP) * scale for u <= t; 0 above the diagonal.
-template <class T>
-__global__ void attention_softmax_backward_causal(T* dscores, const float* dprobs, const T* probs, size_t rows, int T_,
+template <class T, class S>
+__global__ void attention_softmax_backward_causal(T* dscores, const S* dprobs, const T* probs, size_t rows, int T_,
                                                   float scale) {
     const int lane = threadIdx.x % 32;
     for (size_t row = (size_t)blockIdx.x * kSoftmaxRowsPerBlock + threadIdx.x / 32; row < rows;
          row += (size_t)gridDim.x * kSoftmaxRowsPerBlock) {
         const int t = (int)(row % T_);
-        const float* dp = dprobs + row * T_;
+        const S* dp = dprobs + row * T_;
         const T* p = probs + row * T_;
         T* ds = dscores + row * T_;
         float dot = 0.0f;
-        for (int u = lane; u <= t; u += 32) dot += to_f32(p[u]) * dp[u];
+        for (int u = lane; u <= t; u += 32) dot += to_f32(p[u]) * to_f32(dp[u]);
         dot = warp_sum(dot);
-        for (int u = lane; u < T_; u += 32) ds[u] = from_f32<T>(u <= t ? to_f32(p[u]) * (dp[u] - dot) * scale : 0.0f);
+        for (int u = lane; u < T_; u += 32) ds[u] = from_f32<T>(u <= t ? to_f32(p[u]) * (to_f32(dp[u]) - dot) * scale : 0.0f);
     }
 }
 
-// Row-major per head: D(T,T) = alpha * X(T,HS) Y(T,HS)^T, D in fp32 (scores, dP).
+// Row-major per head: D(T,T) = alpha * X(T,HS) Y(T,HS)^T (scores, dP), in fp32 into D's memory (room for
+// BH*T*T floats). Returns false when cuBLASLt has no fp32-output kernel for T inputs: D then holds T values.
 template <class T>
-void gemm_x_yt(Gemm& gemm, float* D, const T* X, const T* Y, int BH, int T_, int HS, float alpha) {
+bool gemm_x_yt(Gemm& gemm, void* D, const T* X, const T* Y, int BH, int T_, int HS, float alpha) {
     GemmArgs g;
     g.trans_a = true;
     g.m = T_;
@@ -106,7 +108,10 @@ void gemm_x_yt(Gemm& gemm, float* D, const T* X, const T* Y, int BH, int T_, int
     g.d_type = CUDA_R_32F;
     g.batch = BH;
     g.alpha = alpha;
+    if (gemm.try_run(g)) return true;
+    g.d_type = cuda_type<T>();
     gemm.run(g);
+    return false;
 }
 
 // Row-major per head: D(T,HS) = P(T,T) Y(T,HS), or with transpose_p, P^T(T,T) Y(T,HS).
@@ -168,9 +173,13 @@ void attention_forward(T* out, T* probs, const T* qkv, int B, int T_, int C, int
     const T* v = q + 2 * head_elems;
 
     split_heads(q, qkv, B, T_, NH, HS, 3, stream);
-    gemm_x_yt(gemm, scores, q, k, BH, T_, HS, (float)(1.0 / std::sqrt((double)HS)));
-    attention_softmax_causal<T>
-        <<<grid_1d(rows, kSoftmaxRowsPerBlock, kMaxGridX), kSoftmaxThreads, 0, stream>>>(probs, scores, rows, T_);
+    const unsigned grid = grid_1d(rows, kSoftmaxRowsPerBlock, kMaxGridX);
+    if (gemm_x_yt(gemm, scores, q, k, BH, T_, HS, (float)(1.0 / std::sqrt((double)HS)))) {
+        attention_softmax_causal<T, float><<<grid, kSoftmaxThreads, 0, stream>>>(probs, scores, rows, T_);
+    } else {
+        attention_softmax_causal<T, T>
+            <<<grid, kSoftmaxThreads, 0, stream>>>(probs, reinterpret_cast<const T*>(scores), rows, T_);
+    }
     CUDA_CHECK_LAUNCH();
     gemm_p_y(gemm, o, probs, v, BH, T_, HS, false);
     merge_heads(out, o, B, T_, NH, HS, 1, stream);
@@ -204,11 +213,16 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, in
 
     split_heads(q, qkv, B, T_, NH, HS, 3, stream);
     split_heads(dout_h, dout, B, T_, NH, HS, 1, stream);
-    gemm_x_yt(gemm, dprobs, dout_h, v, BH, T_, HS, 1.0f);  // dP = dout v^T
-    gemm_p_y(gemm, dv, probs, dout_h, BH, T_, HS, true);   // dv = P^T dout
-    attention_softmax_backward_causal<T>
-        <<<grid_1d(rows, kSoftmaxRowsPerBlock, kMaxGridX), kSoftmaxThreads, 0, stream>>>(dscores, dprobs, probs, rows,
-                                                                                         T_, scale);
+    const bool f32_dprobs = gemm_x_yt(gemm, dprobs, dout_h, v, BH, T_, HS, 1.0f);  // dP = dout v^T
+    gemm_p_y(gemm, dv, probs, dout_h, BH, T_, HS, true);                            // dv = P^T dout
+    const unsigned grid = grid_1d(rows, kSoftmaxRowsPerBlock, kMaxGridX);
+    if (f32_dprobs) {
+        attention_softmax_backward_causal<T, float>
+            <<<grid, kSoftmaxThreads, 0, stream>>>(dscores, dprobs, probs, rows, T_, scale);
+    } else {
+        attention_softmax_backward_causal<T, T><<<grid, kSoftmaxThreads, 0, stream>>>(
+            dscores, reinterpret_cast<const T*>(dprobs), probs, rows, T_, scale);
+    }
     CUDA_CHECK_LAUNCH();
     gemm_p_y(gemm, dq, dscores, k, BH, T_, HS, false);  // dq = dS k
     gemm_p_y(gemm, dk, dscores, q, BH, T_, HS, true);   // dk = dS^T q

@@ -14,7 +14,7 @@ void* Scratch::get(size_t bytes) {
     ptr_ = nullptr;
     bytes_ = 0;
     // Shapes are fixed after the first step, so growth happens a handful of times; round to whole MiB.
-    const size_t want = align_up(bytes, size_t(1) << 20);
+    const size_t want = align_up(bytes ? bytes : 1, size_t(1) << 20);
     CUDA_CHECK(cudaMallocAsync(&ptr_, want, stream_));
     bytes_ = want;
     return ptr_;
