@@ -124,16 +124,17 @@ bool Gemm::try_run(const GemmArgs& g) {
         int found = 0;
         const cublasStatus_t st =
             cublasLtMatmulAlgoGetHeuristic(handle_, op.d, a.d, b.d, d.d, d.d, pref.d, 1, &result, &found);
+        // Any failure here (NOT_SUPPORTED, INVALID_VALUE for a type combination, no result) means "no kernel
+        // for this problem": the caller may fall back; run() reports the status.
         Entry e;
-        // NOT_SUPPORTED (or no result) means "no kernel for this combination": a fallback, not an error.
-        if (st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
+        e.status = st != CUBLAS_STATUS_SUCCESS ? st : found > 0 ? result.state : CUBLAS_STATUS_NOT_SUPPORTED;
+        if (e.status == CUBLAS_STATUS_SUCCESS) {
             e.supported = true;
             e.algo = result.algo;
-        } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
-            CUBLAS_CHECK(st);
         }
         it = cache_.emplace(key, e).first;
     }
+    last_status_ = it->second.status;
     if (!it->second.supported) return false;
     CUBLAS_CHECK(cublasLtMatmul(handle_, op.d, &g.alpha, g.A, a.d, g.B, b.d, &g.beta, g.D, d.d, g.D, d.d,
                                 &it->second.algo, workspace_, kWorkspaceBytes, stream_));
@@ -141,7 +142,9 @@ bool Gemm::try_run(const GemmArgs& g) {
 }
 
 void Gemm::run(const GemmArgs& g) {
-    if (!try_run(g)) throw Error("cublaslt: no algorithm for the product " + describe(g));
+    if (!try_run(g))
+        throw Error(std::string("cublaslt: no algorithm for the product ") + describe(g) + " (heuristic: " +
+                    cublasLtGetStatusName(last_status_) + ")");
 }
 
 }  // namespace tune::cuda

@@ -54,6 +54,7 @@ class Gemm {
    private:
     struct Entry {
         bool supported = false;
+        cublasStatus_t status = CUBLAS_STATUS_SUCCESS;  // the heuristic's verdict
         cublasLtMatmulAlgo_t algo{};
     };
     using Key = std::array<int64_t, 20>;
@@ -62,6 +63,7 @@ class Gemm {
     cublasLtHandle_t handle_ = nullptr;
     void* workspace_ = nullptr;
     std::map<Key, Entry> cache_;
+    cublasStatus_t last_status_ = CUBLAS_STATUS_SUCCESS;
 };
 
 }  // namespace tune::cuda
