@@ -318,4 +318,20 @@ std::unique_ptr<Backend> make_cuda_backend(DType dtype, const CudaOptions& optio
 
 std::unique_ptr<Backend> make_cuda_backend(DType dtype) { return make_cuda_backend(dtype, CudaOptions{}); }
 
+double cuda_peak_flops(DType dtype) {
+    if (cuda_device_count() == 0) return 0.0;
+    int dev = 0, major = 0, minor = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 0.0;
+    }
+    const bool tensor = dtype == DType::bf16 || dtype == DType::f16;
+    if (major == 9 && minor == 0) return (tensor ? 989.4e12 : 67e12) * sms / 132.0;
+    if (major == 8 && minor == 0) return (tensor ? 312e12 : 19.5e12) * sms / 108.0;
+    return 0.0;
+}
+
 }  // namespace tune
