@@ -75,12 +75,12 @@ Gemm::Gemm(cudaStream_t stream) : stream_(stream) {
 }
 
 Gemm::~Gemm() {
+    if (classic_) cublasDestroy(classic_);
     if (workspace_) cudaFree(workspace_);
     if (handle_) cublasLtDestroy(handle_);
 }
 
-bool Gemm::try_run(const GemmArgs& g) {
-    if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return true;  // nothing to compute
+bool Gemm::run_lt(const GemmArgs& g) {
     const size_t ab = elem_size(g.ab_type), de = elem_size(g.d_type);
     const uint32_t align_a = alignment_of(g.A, g.lda, g.stride_a, ab);
     const uint32_t align_b = alignment_of(g.B, g.ldb, g.stride_b, ab);
@@ -139,6 +139,37 @@ bool Gemm::try_run(const GemmArgs& g) {
     CUBLAS_CHECK(cublasLtMatmul(handle_, op.d, &g.alpha, g.A, a.d, g.B, b.d, &g.beta, g.D, d.d, g.D, d.d,
                                 &it->second.algo, workspace_, kWorkspaceBytes, stream_));
     return true;
+}
+
+bool Gemm::run_classic(const GemmArgs& g) {
+    constexpr int64_t kIntMax = 2147483647;
+    if (g.m > kIntMax || g.n > kIntMax || g.k > kIntMax || g.lda > kIntMax || g.ldb > kIntMax || g.ldd > kIntMax)
+        return false;
+    if (!classic_) {
+        CUBLAS_CHECK(cublasCreate(&classic_));
+        CUBLAS_CHECK(cublasSetStream(classic_, stream_));
+        // Default math mode: fp32 products stay fp32 (TF32 would need CUBLAS_TF32_TENSOR_OP_MATH).
+        CUBLAS_CHECK(cublasSetMathMode(classic_, CUBLAS_DEFAULT_MATH));
+    }
+    const cublasOperation_t ta = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasStatus_t st = cublasGemmStridedBatchedEx(
+        classic_, ta, tb, (int)g.m, (int)g.n, (int)g.k, &g.alpha, g.A, g.ab_type, (int)g.lda, g.stride_a, g.B,
+        g.ab_type, (int)g.ldb, g.stride_b, &g.beta, g.D, g.d_type, (int)g.ldd, g.stride_d, g.batch,
+        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
+        last_status_ = st;
+        return false;
+    }
+    CUBLAS_CHECK(st);
+    return true;
+}
+
+bool Gemm::try_run(const GemmArgs& g) {
+    if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return true;  // nothing to compute
+    if (run_lt(g)) return true;
+    // No cuBLASLt kernel (an awkward leading dimension or alignment): classic cuBLAS covers every shape and
+    // type pair we use, except a fused bias, which the caller then adds itself.
+    return !g.bias && run_classic(g);
 }
 
 void Gemm::run(const GemmArgs& g) {

@@ -5,12 +5,14 @@
 // the layer files spell out how each row-major product maps onto this.
 //
 // Accumulation is always FP32 (CUBLAS_COMPUTE_32F): no TF32 for fp32 inputs, so fp32 results match a
-// float reference to ~1e-6. The heuristic's first choice is cached per problem shape, type and alignment,
+// float reference to ~1e-6. Shapes cuBLASLt has no kernel for (awkward leading dimensions, tiny head sizes)
+// go to classic cuBLAS's cublasGemmStridedBatchedEx with the same compute type, on the same stream. The heuristic's first choice is cached per problem shape, type and alignment,
 // so every call of a shape runs the same algorithm with the same workspace: on one GPU, the same bits
 // every run (cuBLAS's reproducibility guarantee for a fixed algorithm, stream and workspace).
 #pragma once
 
 #include <cublasLt.h>
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <array>
@@ -44,14 +46,19 @@ class Gemm {
     Gemm(const Gemm&) = delete;
     Gemm& operator=(const Gemm&) = delete;
 
-    // Enqueues the product. Returns false, doing nothing, when cuBLASLt has no algorithm for it (for
-    // instance a bias epilogue it cannot fuse here); the caller then falls back. Throws on real errors.
+    // Enqueues the product: cuBLASLt's cached heuristic choice, or, when cuBLASLt has no kernel for the
+    // shape, classic cuBLAS (cublasGemmStridedBatchedEx, same FP32 compute). Returns false, doing nothing,
+    // when neither can (a bias epilogue cuBLASLt cannot fuse here, a type pair cuBLAS lacks): the caller
+    // then falls back. Throws on real errors.
     bool try_run(const GemmArgs& g);
     // As try_run, but an unsupported problem throws tune::Error describing it.
     void run(const GemmArgs& g);
     cudaStream_t stream() const { return stream_; }
 
    private:
+    bool run_lt(const GemmArgs& g);
+    bool run_classic(const GemmArgs& g);
+
     struct Entry {
         bool supported = false;
         cublasStatus_t status = CUBLAS_STATUS_SUCCESS;  // the heuristic's verdict
@@ -61,6 +68,7 @@ class Gemm {
 
     cudaStream_t stream_;
     cublasLtHandle_t handle_ = nullptr;
+    cublasHandle_t classic_ = nullptr;  // made on first use
     void* workspace_ = nullptr;
     std::map<Key, Entry> cache_;
     cublasStatus_t last_status_ = CUBLAS_STATUS_SUCCESS;
