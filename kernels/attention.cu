@@ -4,6 +4,9 @@
 #include <cuda_fp16.h>
 
 #include <cmath>
+#include <string>
+
+#include "kernels/common.h"
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_util.cuh"
@@ -15,6 +18,8 @@ namespace {
 constexpr int kPermuteThreads = 256;
 constexpr int kSoftmaxRowsPerBlock = 8;  // one warp per row
 constexpr int kSoftmaxThreads = 32 * kSoftmaxRowsPerBlock;
+constexpr int kCachedThreads = 128;
+constexpr size_t kCachedMaxSmem = 48 * 1024;  // default dynamic shared memory limit: maxT up to ~12K
 
 // (B, T, parts*C) -> parts x (B, NH, T, HS): out[p][b][h][t][d] = in[b][t][p*C + h*HS + d].
 template <class T>
@@ -82,7 +87,60 @@ __global__ void attention_softmax_backward_causal(T* dscores, const S* dprobs, c
         float dot = 0.0f;
         for (int u = lane; u <= t; u += 32) dot += to_f32(p[u]) * to_f32(dp[u]);
         dot = warp_sum(dot);
-        for (int u = lane; u < T_; u += 32) ds[u] = from_f32<T>(u <= t ? to_f32(p[u]) * (to_f32(dp[u]) - dot) * scale : 0.0f);
+        for (int u = lane; u < T_; u += 32)
+            ds[u] = from_f32<T>(u <= t ? to_f32(p[u]) * (to_f32(dp[u]) - dot) * scale : 0.0f);
+    }
+}
+
+// kcache/vcache[b, pos0 + i, :] = k/v of qkv[b, i]: one element per thread.
+template <class T>
+__global__ void attention_store_kv(T* kcache, T* vcache, const T* qkv, int B, int n, int pos0, int maxT, int C) {
+    const size_t total = (size_t)B * n * C;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total; e += (size_t)gridDim.x * blockDim.x) {
+        const size_t c = e % C, bi = e / C;
+        const size_t b = bi / n, i = bi % n;
+        const T* src = qkv + bi * 3 * C;
+        const size_t dst = (b * maxT + pos0 + i) * C + c;
+        kcache[dst] = src[C + c];
+        vcache[dst] = src[2 * (size_t)C + c];
+    }
+}
+
+// Block = one (b, h, i). Dynamic shared memory: q (HS floats), then the scores (pos0 + n floats).
+template <class T>
+__global__ void attention_forward_cached_block_per_query(T* out, const T* kcache, const T* vcache, const T* qkv, int n,
+                                                         int pos0, int maxT, int C, int NH, float scale) {
+    extern __shared__ float smem[];
+    __shared__ float reduce[32];
+    const int HS = C / NH;
+    float* q = smem;
+    float* p = smem + HS;
+    const int i = blockIdx.x % n, h = (blockIdx.x / n) % NH, b = blockIdx.x / (n * NH);
+    const int t = pos0 + i;  // absolute position of this query: it sees cache positions 0..t
+    const T* qsrc = qkv + ((size_t)b * n + i) * 3 * C + (size_t)h * HS;
+    for (int j = threadIdx.x; j < HS; j += blockDim.x) q[j] = to_f32(qsrc[j]);
+    __syncthreads();
+    const T* kb = kcache + (size_t)b * maxT * C + (size_t)h * HS;
+    const T* vb = vcache + (size_t)b * maxT * C + (size_t)h * HS;
+    float m = -INFINITY;
+    for (int u = threadIdx.x; u <= t; u += blockDim.x) {
+        float s = 0.0f;
+        for (int j = 0; j < HS; j++) s += q[j] * to_f32(kb[(size_t)u * C + j]);
+        p[u] = s * scale;
+        m = fmaxf(m, p[u]);
+    }
+    m = block_max(m, reduce);
+    float sum = 0.0f;
+    for (int u = threadIdx.x; u <= t; u += blockDim.x) {
+        p[u] = expf(p[u] - m);
+        sum += p[u];
+    }
+    sum = block_sum(sum, reduce);  // its barriers also publish every p[u] to the whole block
+    T* o = out + ((size_t)b * n + i) * C + (size_t)h * HS;
+    for (int j = threadIdx.x; j < HS; j += blockDim.x) {
+        float acc = 0.0f;
+        for (int u = 0; u <= t; u++) acc += p[u] * to_f32(vb[(size_t)u * C + j]);
+        o[j] = from_f32<T>(acc / sum);
     }
 }
 
@@ -214,14 +272,14 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, in
     split_heads(q, qkv, B, T_, NH, HS, 3, stream);
     split_heads(dout_h, dout, B, T_, NH, HS, 1, stream);
     const bool f32_dprobs = gemm_x_yt(gemm, dprobs, dout_h, v, BH, T_, HS, 1.0f);  // dP = dout v^T
-    gemm_p_y(gemm, dv, probs, dout_h, BH, T_, HS, true);                            // dv = P^T dout
+    gemm_p_y(gemm, dv, probs, dout_h, BH, T_, HS, true);                           // dv = P^T dout
     const unsigned grid = grid_1d(rows, kSoftmaxRowsPerBlock, kMaxGridX);
     if (f32_dprobs) {
         attention_softmax_backward_causal<T, float>
             <<<grid, kSoftmaxThreads, 0, stream>>>(dscores, dprobs, probs, rows, T_, scale);
     } else {
-        attention_softmax_backward_causal<T, T><<<grid, kSoftmaxThreads, 0, stream>>>(
-            dscores, reinterpret_cast<const T*>(dprobs), probs, rows, T_, scale);
+        attention_softmax_backward_causal<T, T>
+            <<<grid, kSoftmaxThreads, 0, stream>>>(dscores, reinterpret_cast<const T*>(dprobs), probs, rows, T_, scale);
     }
     CUDA_CHECK_LAUNCH();
     gemm_p_y(gemm, dq, dscores, k, BH, T_, HS, false);  // dq = dS k
@@ -229,8 +287,29 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, in
     merge_heads(dqkv, dq, B, T_, NH, HS, 3, stream);
 }
 
-#define TUNE_INSTANTIATE(T)                                                                    \
-    template void attention_forward<T>(T*, T*, const T*, int, int, int, int, Gemm&, Scratch&); \
+template <class T>
+void attention_forward_cached(T* out, T* kcache, T* vcache, const T* qkv, int B, int n, int pos0, int maxT, int C,
+                              int NH, cudaStream_t stream) {
+    NvtxRange range("attention_forward_cached");
+    if (B == 0 || n == 0 || C == 0) return;
+    if (pos0 < 0 || pos0 + n > maxT) throw Error("attention_forward_cached: positions beyond the cache");
+    const int HS = C / NH;
+    attention_store_kv<T><<<grid_1d((size_t)B * n * C, kPermuteThreads), kPermuteThreads, 0, stream>>>(
+        kcache, vcache, qkv, B, n, pos0, maxT, C);
+    CUDA_CHECK_LAUNCH();
+    const size_t smem = (size_t)(HS + pos0 + n) * sizeof(float);
+    if (smem > kCachedMaxSmem)
+        throw Error("attention_forward_cached: " + std::to_string(pos0 + n) + " positions do not fit shared memory");
+    const size_t blocks = (size_t)B * NH * n;
+    if (blocks > kMaxGridX) throw Error("attention_forward_cached: too many queries for one launch");
+    attention_forward_cached_block_per_query<T><<<(unsigned)blocks, kCachedThreads, smem, stream>>>(
+        out, kcache, vcache, qkv, n, pos0, maxT, C, NH, (float)(1.0 / std::sqrt((double)HS)));
+    CUDA_CHECK_LAUNCH();
+}
+
+#define TUNE_INSTANTIATE(T)                                                                                      \
+    template void attention_forward<T>(T*, T*, const T*, int, int, int, int, Gemm&, Scratch&);                   \
+    template void attention_forward_cached<T>(T*, T*, T*, const T*, int, int, int, int, int, int, cudaStream_t); \
     template void attention_backward<T>(T*, const T*, const T*, const T*, int, int, int, int, Gemm&, Scratch&);
 TUNE_INSTANTIATE(float)
 TUNE_INSTANTIATE(__nv_bfloat16)

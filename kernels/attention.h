@@ -33,6 +33,18 @@ void attention_forward(T* out,        // (B, T, C)
                        const T* qkv,  // (B, T, 3C)
                        int B, int T_, int C, int NH, Gemm& gemm, Scratch& scratch);
 
+// Incremental attention for generation with a KV cache: n new positions pos0..pos0+n-1 of each row. Copies
+// their keys and values into kcache/vcache at pos0.., then out[i] attends over cache positions 0..pos0+i.
+// Saves nothing (no backward). One block per (b, h, i): scores in shared memory (pos0+n floats), softmax
+// with block reductions in fixed order, then one thread per head channel sums p[u] v[u] in order of u.
+// Correct and deterministic, not fast: decoding is latency-bound and not yet a target.
+template <class T>
+void attention_forward_cached(T* out,        // (B, n, C)
+                              T* kcache,     // (B, maxT, C)
+                              T* vcache,     // (B, maxT, C)
+                              const T* qkv,  // (B, n, 3C)
+                              int B, int n, int pos0, int maxT, int C, int NH, cudaStream_t stream);
+
 template <class T>
 void attention_backward(T* dqkv,         // (B, T, 3C) written
                         const T* dout,   // (B, T, C)

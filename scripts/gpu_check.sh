@@ -71,7 +71,7 @@ stage env 30 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max
   python3 -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)' 2>/dev/null || echo 'no torch'"
 
 # ---- 1. build ----
-stage build 240 "make -j$NPROC build/tests/tune_tests bin/train bench"
+stage build 240 "make -j$NPROC all build/tests/tune_tests bench"  # all: the tool tests run bin/*
 
 # Runtime libraries: the binaries carry an rpath to \$CUDA_HOME/lib64. Only when something is still missing,
 # add the lib directories of pip's nvidia-* wheels (cuBLAS, NCCL, cuDNN) to LD_LIBRARY_PATH.

@@ -278,6 +278,63 @@ TEST_P(CudaOps, AttentionIsCausal_FutureTokensDoNotChangeThePast_T9) {
     for (size_t i = 0; i < (size_t)(T - 1) * C; i++) EXPECT_EQ(out1[i], out2[i]) << "position " << i / C;
 }
 
+// Prefill of 5 positions then decode steps of 1 and a chunk of 3, B=2, HS=12 and HS=64: the cache holds exactly
+// the keys and values written so far, and each output matches the reference's.
+TEST_P(CudaOps, AttentionForwardCachedPrefillThenDecode_B2_maxT11) {
+    for (AttShape s : {AttShape{2, 0, 36, 3}, AttShape{2, 0, 128, 2}}) {
+        const int maxT = 11;
+        const size_t cache = (size_t)s.B * maxT * s.C;
+        Twin kc(gpu(), ref(), cache), vc(gpu(), ref(), cache);
+        kc.set(std::vector<double>(cache, 0.0));
+        vc.set(std::vector<double>(cache, 0.0));
+        int pos0 = 0;
+        for (int n : {5, 1, 3, 1}) {
+            const size_t n_qkv = (size_t)s.B * n * 3 * s.C, n_out = (size_t)s.B * n * s.C;
+            Twin qkv(gpu(), ref(), n_qkv), out(gpu(), ref(), n_out);
+            qkv.set(randn(n_qkv, 10 + pos0, 1.5));
+            out.poison();
+            gpu().attention_forward_cached(out.g(), kc.g(), vc.g(), qkv.g(), s.B, n, pos0, maxT, s.C, s.NH);
+            ref().attention_forward_cached(out.r(), kc.r(), vc.r(), qkv.r(), s.B, n, pos0, maxT, s.C, s.NH);
+            const std::string where = "C=" + std::to_string(s.C) + " pos0=" + std::to_string(pos0) +
+                                      " n=" + std::to_string(n);
+            EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out " << where;
+            EXPECT_TRUE(same_bits(kc.gpu.get(), kc.ref.get())) << "k cache " << where;  // copies, exact
+            EXPECT_TRUE(same_bits(vc.gpu.get(), vc.ref.get())) << "v cache " << where;
+            pos0 += n;
+        }
+    }
+}
+
+// With pos0 = 0 and n = T, cached attention is ordinary causal attention.
+TEST_P(CudaOps, AttentionForwardCachedEqualsFullForward_B2_T13_C36) {
+    const int B = 2, T = 13, C = 36, NH = 3;
+    Buffer qkv(gpu(), dt(), (size_t)B * T * 3 * C), full(gpu(), dt(), (size_t)B * T * C),
+        cached(gpu(), dt(), (size_t)B * T * C), kc(gpu(), dt(), (size_t)B * T * C), vc(gpu(), dt(), (size_t)B * T * C),
+        saved(gpu(), dt(), gpu().attention_saved_elems(B, T, NH));
+    qkv.set(randn(qkv.n(), 5, 1.5));
+    gpu().attention_forward(full.p(), saved.p(), qkv.p(), B, T, C, NH);
+    gpu().attention_forward_cached(cached.p(), kc.p(), vc.p(), qkv.p(), B, T, 0, T, C, NH);
+    EXPECT_TRUE(near_rel(cached.get(), full.get(), op_tol(dt())));
+}
+
+// ---------------------------------------------------------------- gather, scatter
+TEST_P(CudaOps, GatherAndScatterRows_N23_n9_C37) {
+    const size_t N = 23, n = 9;
+    const int C = 37;
+    const std::vector<int32_t> rows = {22, 0, 5, 6, 13, 1, 19, 7, 11};  // distinct, unordered
+    I32Twin r(gpu(), ref(), rows);
+    Twin x(gpu(), ref(), N * C), g(gpu(), ref(), n * C), s(gpu(), ref(), N * C);
+    x.set(randn(N * C, 1));
+    g.poison();
+    s.poison();  // scatter must write every element: the rows not listed become zero
+    gpu().gather_rows(g.g(), x.g(), r.g, n, C);
+    ref().gather_rows(g.r(), x.r(), r.r, n, C);
+    EXPECT_TRUE(same_bits(g.gpu.get(), g.ref.get())) << "gather copies exactly";
+    gpu().scatter_rows(s.g(), g.g(), r.g, n, N, C);
+    ref().scatter_rows(s.r(), g.r(), r.r, n, N, C);
+    EXPECT_TRUE(same_bits(s.gpu.get(), s.ref.get())) << "scatter copies exactly and zeroes the rest";
+}
+
 // ---------------------------------------------------------------- gelu, residual
 // n = 1001: packs plus a scalar tail; n = 4096: packs only; offset 1: misaligned, scalar only.
 struct EwShape {

@@ -201,6 +201,14 @@ class CudaBackend final : public Backend {
             cuda::attention_backward(t<E>(dqkv), t<E>(dout), t<E>(qkv), t<E>(saved), B, T, C, NH, *gemm_, *scratch_);
         });
     }
+    void attention_forward_cached(void* out, void* kcache, void* vcache, const void* qkv, int B, int n, int pos0,
+                                  int maxT, int C, int NH) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::attention_forward_cached(t<E>(out), t<E>(kcache), t<E>(vcache), t<E>(qkv), B, n, pos0, maxT, C, NH,
+                                           stream_);
+        });
+    }
     void gelu_forward(void* out, const void* inp, size_t n) override {
         dispatch([&](auto tag) {
             using E = decltype(tag);
@@ -217,6 +225,18 @@ class CudaBackend final : public Backend {
         dispatch([&](auto tag) {
             using E = decltype(tag);
             cuda::residual_forward(t<E>(out), t<E>(a), t<E>(b), n, stream_);
+        });
+    }
+    void gather_rows(void* out, const void* inp, const int32_t* rows, size_t n, int C) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::gather_rows(t<E>(out), t<E>(inp), rows, n, C, stream_);
+        });
+    }
+    void scatter_rows(void* out, const void* inp, const int32_t* rows, size_t n, size_t N, int C) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::scatter_rows(t<E>(out), t<E>(inp), rows, n, N, C, stream_);
         });
     }
     void crossentropy_forward_backward(void* losses, void* dlogits, const void* logits, const int32_t* targets,

@@ -85,6 +85,17 @@ __device__ __forceinline__ F block_sum(F v, F* shared) {
     return warp_sum(v);
 }
 
+// Max over the whole block, returned to every thread; same contract as block_sum.
+__device__ __forceinline__ float block_max(float v, float* shared) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? shared[lane] : -INFINITY;
+    return warp_max(v);
+}
+
 // ---- grid sizing ----
 constexpr size_t kMaxGridX = 2147483647u;  // gridDim.x limit
 // Blocks to cover `work` items at `per_block` each, at least 1, at most `cap` (kernels use grid-stride
