@@ -1,4 +1,4 @@
-// CUDA device discovery, and the entry point of the CUDA backend.
+// CUDA device discovery. The backend itself is in kernels/cuda/backend_cuda.cu.
 #include <cuda_runtime.h>
 
 #include "kernels/backend.h"
@@ -12,10 +12,6 @@ int cuda_device_count() {
         return 0;
     }
     return n;
-}
-
-std::unique_ptr<Backend> make_cuda_backend(DType) {
-    throw Error("the CUDA backend is not part of this build yet; use --device cpu");
 }
 
 }  // namespace tune

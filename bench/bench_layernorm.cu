@@ -1,0 +1,46 @@
+// LayerNorm forward and backward at GPT-2 124M training shapes (N = B*T = 32*1024 rows, C = 768).
+// Memory bound: the roofline is HBM bandwidth.
+#include "bench/bench_util.cuh"
+#include "kernels/layernorm.h"
+
+namespace tune::bench {
+namespace {
+
+constexpr size_t kN = 32 * 1024;
+constexpr int kC = 768;
+
+template <class T>
+void BM_LayerNormForward(benchmark::State& state) {
+    Context* ctx = context(state);
+    if (!ctx) return;
+    DeviceArray<T> inp(*ctx, kN * kC, 1), out(*ctx, kN * kC, 2), w(*ctx, kC, 3), b(*ctx, kC, 4), mean(*ctx, kN, 5),
+        rstd(*ctx, kN, 6);
+    const double bytes = 2.0 * kN * kC * sizeof(T);  // read inp, write out (parameters and stats are noise)
+    run_timed(state, *ctx, bytes, 0, 0, [&] {
+        cuda::layernorm_forward(out.p, mean.p, rstd.p, inp.p, w.p, b.p, kN, kC, ctx->stream);
+    });
+}
+
+template <class T>
+void BM_LayerNormBackward(benchmark::State& state) {
+    Context* ctx = context(state);
+    if (!ctx) return;
+    DeviceArray<T> inp(*ctx, kN * kC, 1), dout(*ctx, kN * kC, 2), dinp(*ctx, kN * kC, 3), w(*ctx, kC, 4),
+        dw(*ctx, kC, 5), db(*ctx, kC, 6), mean(*ctx, kN, 7, 0.1f), rstd(*ctx, kN, 8, 2.0f);
+    // dinp pass: read dout, inp, dinp, write dinp; parameter pass: read dout, inp again.
+    const double bytes = 6.0 * kN * kC * sizeof(T);
+    run_timed(state, *ctx, bytes, 0, 0, [&] {
+        cuda::layernorm_backward(dinp.p, dw.p, db.p, dout.p, inp.p, w.p, mean.p, rstd.p, kN, kC, *ctx->scratch,
+                                 ctx->stream);
+    });
+}
+
+BENCHMARK(BM_LayerNormForward<__nv_bfloat16>)->Name("layernorm_forward/bf16/N32768_C768")->UseManualTime()->MinTime(0.2);
+BENCHMARK(BM_LayerNormForward<float>)->Name("layernorm_forward/f32/N32768_C768")->UseManualTime()->MinTime(0.2);
+BENCHMARK(BM_LayerNormBackward<__nv_bfloat16>)->Name("layernorm_backward/bf16/N32768_C768")->UseManualTime()->MinTime(0.2);
+BENCHMARK(BM_LayerNormBackward<float>)->Name("layernorm_backward/f32/N32768_C768")->UseManualTime()->MinTime(0.2);
+
+}  // namespace
+}  // namespace tune::bench
+
+BENCHMARK_MAIN();

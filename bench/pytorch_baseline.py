@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""GPT-2 124M training throughput in PyTorch: the baseline tune.cu's CUDA backend is measured against.
+
+bf16 autocast over fp32 parameters, fused AdamW, torch.compile, scaled_dot_product_attention (flash), tied
+LM head over the padded vocabulary (50304, like tune.cu's Vp), gradient clipping at 1.0, synthetic tokens.
+Prints one JSON line: tokens/s (median step after warm-up), step time, peak memory.
+
+  python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json out.json
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=12, help="timed steps after warm-up")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation happens here)")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--json", help="also write the result here")
+    args = ap.parse_args()
+
+    try:
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+    except ImportError as e:
+        print(json.dumps({"skipped": f"PyTorch not installed: {e}"}))
+        return 0
+    if not torch.cuda.is_available():
+        print(json.dumps({"skipped": "PyTorch sees no CUDA GPU"}))
+        return 0
+
+    V, VP, MAXT, L, NH, C = 50257, 50304, 1024, 12, 12, 768
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(C)
+            self.c_attn = nn.Linear(C, 3 * C)
+            self.c_proj = nn.Linear(C, C)
+            self.ln_2 = nn.LayerNorm(C)
+            self.c_fc = nn.Linear(C, 4 * C)
+            self.mlp_proj = nn.Linear(4 * C, C)
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(VP, C)
+            self.wpe = nn.Embedding(MAXT, C)
+            self.h = nn.ModuleList(Block() for _ in range(L))
+            self.ln_f = nn.LayerNorm(C)
+            for name, p in self.named_parameters():
+                if p.dim() == 2:
+                    std = 0.02 / math.sqrt(2 * L) if name.endswith("c_proj.weight") or "mlp_proj" in name else 0.02
+                    nn.init.normal_(p, 0.0, std)
+                elif name.endswith("bias"):
+                    nn.init.zeros_(p)
+
+        def forward(self, idx, targets):
+            T = idx.shape[1]
+            x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+            for block in self.h:
+                x = block(x)
+            logits = F.linear(self.ln_f(x), self.wte.weight)  # tied LM head
+            return F.cross_entropy(logits.float().view(-1, VP), targets.view(-1))
+
+    torch.manual_seed(0)
+    dev = "cuda"
+    model = GPT().to(dev)
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    step_model = model if args.no_compile else torch.compile(model)
+    data = torch.randint(0, V, (args.batch, args.seq + 1), device=dev)
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+    def step():
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            loss = step_model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - t0
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    loss = None
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        loss = step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    result = {
+        "framework": f"pytorch {torch.__version__}",
+        "gpu": torch.cuda.get_device_name(),
+        "batch": args.batch,
+        "seq": args.seq,
+        "compile": not args.no_compile,
+        "warmup_s": round(warmup_s, 1),
+        "step_ms": round(med * 1e3, 2),
+        "tokens_per_s": round(args.batch * args.seq / med, 1),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "final_loss": round(float(loss), 4),
+    }
+    line = json.dumps(result)
+    print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+#include "kernels/crossentropy.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/device_util.cuh"
+
+namespace tune::cuda {
+namespace {
+
+constexpr int kCrossEntropyThreads = 512;
+constexpr size_t kMaxRowBlocks = 65535u * 16u;  // rows beyond this are taken by a grid-stride loop
+
+// Merge two (max, sum of exp(x - max)) pairs. An empty side has max = -inf and sum = 0.
+__device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2) {
+    if (m2 == -INFINITY) return;
+    if (m == -INFINITY) {
+        m = m2;
+        s = s2;
+        return;
+    }
+    const float mm = fmaxf(m, m2);
+    s = s * expf(m - mm) + s2 * expf(m2 - mm);
+    m = mm;
+}
+
+template <class T>
+__global__ void crossentropy_forward_backward_block_per_row(T* losses, T* dlogits, const T* logits,
+                                                            const int32_t* targets, const float* weights, float dloss,
+                                                            size_t N, int V, int Vp) {
+    __shared__ float shared_m[32], shared_s[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    for (size_t row = blockIdx.x; row < N; row += gridDim.x) {
+        const T* z = logits + row * Vp;
+        const int y = targets[row];
+        const float w = weights[row];
+        const bool y_ok = y >= 0 && y < V;
+        const float zy = y_ok ? to_f32(z[y]) : 0.0f;  // read before any thread overwrites the row
+
+        float m = -INFINITY, s = 0.0f;
+        for (int v = threadIdx.x; v < V; v += blockDim.x) {
+            const float x = to_f32(z[v]);
+            if (x > m) {
+                s = s * expf(m - x) + 1.0f;  // expf(-inf) = 0 on the first element
+                m = x;
+            } else {
+                s += expf(x - m);
+            }
+        }
+        // Warp, then block: a butterfly (same result in every lane), then warp 0 over the warps in order.
+        for (int o = 16; o > 0; o >>= 1) {
+            const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+            online_merge(m, s, m2, s2);
+        }
+        __syncthreads();  // the previous row's readers of shared_m/shared_s are done
+        if (lane == 0) {
+            shared_m[warp] = m;
+            shared_s[warp] = s;
+        }
+        __syncthreads();
+        m = -INFINITY;
+        s = 0.0f;
+        for (int k = 0; k < nwarps; k++) online_merge(m, s, shared_m[k], shared_s[k]);
+        const float lse = m + logf(s);  // log-sum-exp; every thread holds the same value
+
+        if (threadIdx.x == 0) losses[row] = from_f32<T>(w == 0.0f ? 0.0f : y_ok ? w * (lse - zy) : NAN);
+        if (!dlogits) continue;
+        __syncthreads();  // every thread has finished reading the row before anyone writes it
+        T* d = dlogits + row * Vp;
+        const float scale = w * dloss;
+        for (int v = threadIdx.x; v < Vp; v += blockDim.x) {
+            float g = 0.0f;
+            // scale == 0 (a masked row) writes +0 exactly, whatever the target, so masked rows add nothing.
+            if (v < V && scale != 0.0f) g = (expf(to_f32(z[v]) - m) / s - (v == y ? 1.0f : 0.0f)) * scale;
+            d[v] = from_f32<T>(g);
+        }
+    }
+}
+
+}  // namespace
+
+template <class T>
+void crossentropy_forward_backward(T* losses, T* dlogits, const T* logits, const int32_t* targets, const float* weights,
+                                   float dloss, size_t N, int V, int Vp, cudaStream_t stream) {
+    NvtxRange range("crossentropy_forward_backward");
+    if (N == 0) return;
+    crossentropy_forward_backward_block_per_row<T><<<grid_1d(N, 1, kMaxRowBlocks), kCrossEntropyThreads, 0, stream>>>(
+        losses, dlogits, logits, targets, weights, dloss, N, V, Vp);
+    CUDA_CHECK_LAUNCH();
+}
+
+template void crossentropy_forward_backward<float>(float*, float*, const float*, const int32_t*, const float*, float,
+                                                   size_t, int, int, cudaStream_t);
+template void crossentropy_forward_backward<__nv_bfloat16>(__nv_bfloat16*, __nv_bfloat16*, const __nv_bfloat16*,
+                                                           const int32_t*, const float*, float, size_t, int, int,
+                                                           cudaStream_t);
+template void crossentropy_forward_backward<__half>(__half*, __half*, const __half*, const int32_t*, const float*,
+                                                    float, size_t, int, int, cudaStream_t);
+
+}  // namespace tune::cuda

@@ -1,0 +1,357 @@
+// The CUDA backend: the layers of kernels/<layer>.cu behind the Backend interface. One stream carries every
+// kernel, copy and cuBLASLt call, so the order of operations is the program order and nothing else; the host
+// waits only where the interface returns data (download, sum_squares) and in synchronize().
+// Activations, working weights and gradients are act_dtype() (f32, bf16 or f16); master weights and Adam
+// moments are f32. Each Backend method picks the template instance for the element type.
+#include "kernels/cuda/backend_cuda.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/adamw.h"
+#include "kernels/attention.h"
+#include "kernels/crossentropy.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/cublaslt.h"
+#include "kernels/cuda/scratch.h"
+#include "kernels/encoder.h"
+#include "kernels/gelu.h"
+#include "kernels/layernorm.h"
+#include "kernels/matmul.h"
+#include "kernels/residual.h"
+
+namespace tune {
+namespace {
+
+// Host-side conversion into the buffer's element type (round to nearest even, like the device kernels).
+template <class Src>
+std::vector<unsigned char> to_device_type(DType dtype, const Src* src, size_t n) {
+    std::vector<unsigned char> out(n * dtype_size(dtype));
+    switch (dtype) {
+        case DType::f32: {
+            float* d = reinterpret_cast<float*>(out.data());
+            for (size_t i = 0; i < n; i++) d[i] = (float)src[i];
+            break;
+        }
+        case DType::bf16: {
+            __nv_bfloat16* d = reinterpret_cast<__nv_bfloat16*>(out.data());
+            for (size_t i = 0; i < n; i++)
+                d[i] =
+                    std::is_same_v<Src, double> ? __double2bfloat16((double)src[i]) : __float2bfloat16((float)src[i]);
+            break;
+        }
+        case DType::f16: {
+            __half* d = reinterpret_cast<__half*>(out.data());
+            for (size_t i = 0; i < n; i++)
+                d[i] = std::is_same_v<Src, double> ? __double2half((double)src[i]) : __float2half((float)src[i]);
+            break;
+        }
+        case DType::f64:
+            throw Error("cuda backend: no f64 buffers (use the cpu backend for double precision)");
+    }
+    return out;
+}
+
+template <class Dst>
+void from_device_type(Dst* dst, const unsigned char* src, DType dtype, size_t n) {
+    switch (dtype) {
+        case DType::f32: {
+            const float* s = reinterpret_cast<const float*>(src);
+            for (size_t i = 0; i < n; i++) dst[i] = (Dst)s[i];
+            break;
+        }
+        case DType::bf16: {
+            const __nv_bfloat16* s = reinterpret_cast<const __nv_bfloat16*>(src);
+            for (size_t i = 0; i < n; i++) dst[i] = (Dst)__bfloat162float(s[i]);
+            break;
+        }
+        case DType::f16: {
+            const __half* s = reinterpret_cast<const __half*>(src);
+            for (size_t i = 0; i < n; i++) dst[i] = (Dst)__half2float(s[i]);
+            break;
+        }
+        case DType::f64:
+            throw Error("cuda backend: no f64 buffers (use the cpu backend for double precision)");
+    }
+}
+
+class CudaBackend final : public Backend {
+   public:
+    CudaBackend(DType dtype, const CudaOptions& options) : dtype_(dtype), options_(options) {
+        if (dtype != DType::f32 && dtype != DType::bf16 && dtype != DType::f16)
+            throw UsageError(std::string("the cuda backend computes in f32, bf16 or f16, not ") + dtype_name(dtype));
+        if (cuda_device_count() == 0) throw Error("cuda backend: no CUDA GPU found (use --device cpu)");
+        CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+        gemm_ = std::make_unique<cuda::Gemm>(stream_);
+        scratch_ = std::make_unique<cuda::Scratch>(stream_);
+        adamw_table_ = std::make_unique<cuda::AdamWTable>();
+        CUDA_CHECK(cudaMalloc(&d_sum_, sizeof(double)));
+        CUDA_CHECK(cudaMallocHost(&h_sum_, sizeof(double)));
+    }
+
+    ~CudaBackend() override {
+        // Nothing here may throw. Queued work finishes before its buffers and the stream go away.
+        cudaStreamSynchronize(stream_);
+        scratch_.reset();
+        adamw_table_.reset();
+        gemm_.reset();
+        cudaFree(d_sum_);
+        cudaFreeHost(h_sum_);
+        cudaStreamSynchronize(stream_);
+        cudaStreamDestroy(stream_);
+    }
+
+    std::string name() const override { return "cuda"; }
+    DType act_dtype() const override { return dtype_; }
+    DType master_dtype() const override { return DType::f32; }
+
+    // ---- memory ----
+    void* alloc(size_t bytes) override {
+        void* p = nullptr;
+        const cudaError_t err = cudaMalloc(&p, bytes ? bytes : 1);
+        if (err != cudaSuccess) {
+            cudaGetLastError();
+            size_t free_b = 0, total_b = 0;
+            cudaMemGetInfo(&free_b, &total_b);
+            throw Error("cuda backend: out of memory allocating " + std::to_string(bytes) + " bytes (" +
+                        std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) + " MiB)");
+        }
+        return p;
+    }
+    void free(void* p) override {
+        if (!p) return;
+        CUDA_CHECK(cudaStreamSynchronize(stream_));  // kernels still queued may read it
+        CUDA_CHECK(cudaFree(p));
+    }
+    void zero(void* p, size_t bytes) override {
+        if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+    }
+    void upload(void* dst, DType dtype, const float* src, size_t n) override { upload_any(dst, dtype, src, n); }
+    void upload(void* dst, DType dtype, const double* src, size_t n) override { upload_any(dst, dtype, src, n); }
+    void download(float* dst, const void* src, DType dtype, size_t n) override { download_any(dst, src, dtype, n); }
+    void download(double* dst, const void* src, DType dtype, size_t n) override { download_any(dst, src, dtype, n); }
+    void upload_i32(int32_t* dst, const int32_t* src, size_t n) override {
+        if (n) CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    }
+    void upload_f32(float* dst, const float* src, size_t n) override {
+        if (n) CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    }
+    void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+    // ---- layers ----
+    void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,
+                         int C) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::encoder_forward(t<E>(out), tokens, t<E>(wte), t<E>(wpe), B, T, C, stream_);
+        });
+    }
+    void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, int B, int T,
+                          int C) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::encoder_backward(t<E>(dwte), t<E>(dwpe), t<E>(dout), tokens, B, T, C, *scratch_, stream_);
+        });
+    }
+    void layernorm_forward(void* out, void* mean, void* rstd, const void* inp, const void* w, const void* b, size_t N,
+                           int C) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::layernorm_forward(t<E>(out), t<E>(mean), t<E>(rstd), t<E>(inp), t<E>(w), t<E>(b), N, C, stream_);
+        });
+    }
+    void layernorm_backward(void* dinp, void* dw, void* db, const void* dout, const void* inp, const void* w,
+                            const void* mean, const void* rstd, size_t N, int C) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::layernorm_backward(t<E>(dinp), t<E>(dw), t<E>(db), t<E>(dout), t<E>(inp), t<E>(w), t<E>(mean),
+                                     t<E>(rstd), N, C, *scratch_, stream_);
+        });
+    }
+    void matmul_forward(void* out, const void* inp, const void* w, const void* b, size_t N, int IC, int OC) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::matmul_forward(t<E>(out), t<E>(inp), t<E>(w), t<E>(b), N, IC, OC, *gemm_);
+        });
+    }
+    void matmul_backward(void* dinp, void* dw, void* db, const void* dout, const void* inp, const void* w, size_t N,
+                         int IC, int OC) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::matmul_backward(t<E>(dinp), t<E>(dw), t<E>(db), t<E>(dout), t<E>(inp), t<E>(w), N, IC, OC, *gemm_,
+                                  *scratch_);
+        });
+    }
+    size_t attention_saved_elems(int B, int T, int NH) const override { return cuda::attention_saved_elems(B, T, NH); }
+    void attention_forward(void* out, void* saved, const void* qkv, int B, int T, int C, int NH) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::attention_forward(t<E>(out), t<E>(saved), t<E>(qkv), B, T, C, NH, *gemm_, *scratch_);
+        });
+    }
+    void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* saved, int B, int T, int C,
+                            int NH) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::attention_backward(t<E>(dqkv), t<E>(dout), t<E>(qkv), t<E>(saved), B, T, C, NH, *gemm_, *scratch_);
+        });
+    }
+    void attention_forward_cached(void* out, void* kcache, void* vcache, const void* qkv, int B, int n, int pos0,
+                                  int maxT, int C, int NH) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::attention_forward_cached(t<E>(out), t<E>(kcache), t<E>(vcache), t<E>(qkv), B, n, pos0, maxT, C, NH,
+                                           stream_);
+        });
+    }
+    void gelu_forward(void* out, const void* inp, size_t n) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::gelu_forward(t<E>(out), t<E>(inp), n, stream_);
+        });
+    }
+    void gelu_backward(void* dinp, const void* dout, const void* inp, size_t n) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::gelu_backward(t<E>(dinp), t<E>(dout), t<E>(inp), n, stream_);
+        });
+    }
+    void residual_forward(void* out, const void* a, const void* b, size_t n) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::residual_forward(t<E>(out), t<E>(a), t<E>(b), n, stream_);
+        });
+    }
+    void gather_rows(void* out, const void* inp, const int32_t* rows, size_t n, int C) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::gather_rows(t<E>(out), t<E>(inp), rows, n, C, stream_);
+        });
+    }
+    void scatter_rows(void* out, const void* inp, const int32_t* rows, size_t n, size_t N, int C) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::scatter_rows(t<E>(out), t<E>(inp), rows, n, N, C, stream_);
+        });
+    }
+    void crossentropy_forward_backward(void* losses, void* dlogits, const void* logits, const int32_t* targets,
+                                       const float* weights, float dloss, size_t N, int V, int Vp) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::crossentropy_forward_backward(t<E>(losses), t<E>(dlogits), t<E>(logits), targets, weights, dloss, N,
+                                                V, Vp, stream_);
+        });
+    }
+
+    // ---- optimizer and reductions ----
+    double sum_squares(const void* x, size_t n) override {
+        if (n == 0) return 0.0;
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::sum_squares(d_sum_, t<E>(x), n, *scratch_, stream_);
+        });
+        CUDA_CHECK(cudaMemcpyAsync(h_sum_, d_sum_, sizeof(double), cudaMemcpyDeviceToHost, stream_));
+        CUDA_CHECK(cudaStreamSynchronize(stream_));  // the interface returns the value: the one wait it needs
+        return *h_sum_;
+    }
+    void adamw_update(void* params, void* master, const void* grads, void* m, void* v,
+                      const std::vector<OptSegment>& segments, const AdamWStep& step) override {
+        if (has_master() && !master)
+            throw Error("cuda backend: adamw_update needs fp32 master weights for " + std::string(dtype_name(dtype_)) +
+                        " parameters");
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::adamw_update(t<E>(params), static_cast<float*>(master), t<E>(grads), static_cast<float*>(m),
+                               static_cast<float*>(v), segments, step, options_.stochastic_rounding, options_.seed,
+                               *adamw_table_, stream_);
+        });
+    }
+
+   private:
+    template <class F>
+    void dispatch(F&& f) {
+        switch (dtype_) {
+            case DType::bf16:
+                f(__nv_bfloat16{});
+                return;
+            case DType::f16:
+                f(__half{});
+                return;
+            default:
+                f(float{});
+                return;
+        }
+    }
+    template <class E>
+    static E* t(void* p) {
+        return static_cast<E*>(p);
+    }
+    template <class E>
+    static const E* t(const void* p) {
+        return static_cast<const E*>(p);
+    }
+
+    template <class Src>
+    void upload_any(void* dst, DType dtype, const Src* src, size_t n) {
+        if (n == 0) return;
+        if constexpr (std::is_same_v<Src, float>) {
+            if (dtype == DType::f32) {
+                CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+                return;
+            }
+        }
+        const std::vector<unsigned char> staged = to_device_type(dtype, src, n);
+        // Pageable source: staged by the driver before cudaMemcpyAsync returns, so `staged` may be freed.
+        CUDA_CHECK(cudaMemcpyAsync(dst, staged.data(), staged.size(), cudaMemcpyHostToDevice, stream_));
+    }
+
+    template <class Dst>
+    void download_any(Dst* dst, const void* src, DType dtype, size_t n) {
+        if (n == 0) return;
+        if (dtype == DType::f64) throw Error("cuda backend: no f64 buffers (use the cpu backend for double precision)");
+        std::vector<unsigned char> staged(n * dtype_size(dtype));
+        CUDA_CHECK(cudaMemcpyAsync(staged.data(), src, staged.size(), cudaMemcpyDeviceToHost, stream_));
+        CUDA_CHECK(cudaStreamSynchronize(stream_));
+        from_device_type(dst, staged.data(), dtype, n);
+    }
+
+    DType dtype_;
+    CudaOptions options_;
+    cudaStream_t stream_ = nullptr;
+    std::unique_ptr<cuda::Gemm> gemm_;
+    std::unique_ptr<cuda::Scratch> scratch_;
+    std::unique_ptr<cuda::AdamWTable> adamw_table_;
+    double* d_sum_ = nullptr;  // sum_squares result on the device
+    double* h_sum_ = nullptr;  // pinned host copy
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(DType dtype, const CudaOptions& options) {
+    return std::make_unique<CudaBackend>(dtype, options);
+}
+
+std::unique_ptr<Backend> make_cuda_backend(DType dtype) { return make_cuda_backend(dtype, CudaOptions{}); }
+
+double cuda_peak_flops(DType dtype) {
+    if (cuda_device_count() == 0) return 0.0;
+    int dev = 0, major = 0, minor = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 0.0;
+    }
+    const bool tensor = dtype == DType::bf16 || dtype == DType::f16;
+    if (major == 9 && minor == 0) return (tensor ? 989.4e12 : 67e12) * sms / 132.0;
+    if (major == 8 && minor == 0) return (tensor ? 312e12 : 19.5e12) * sms / 108.0;
+    return 0.0;
+}
+
+}  // namespace tune

@@ -1,0 +1,108 @@
+// Device-side helpers shared by the CUDA layers (included by .cu files only): element conversions
+// (every kernel loads bf16/fp16/fp32 and computes in fp32), 16-byte packs for vectorised loads, warp and
+// block reductions in a fixed order, and grid sizing in size_t.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+namespace tune::cuda {
+
+// ---- element conversions: load as fp32, store rounded to nearest (even) ----
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+
+template <class T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) {
+    return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float x) {
+    return __float2half_rn(x);
+}
+
+// ---- 16-byte packs: one 128-bit load or store moves kPack<T> elements ----
+template <class T>
+constexpr int kPack = 16 / (int)sizeof(T);
+
+template <class T>
+struct alignas(16) Pack {
+    T v[kPack<T>];
+};
+
+template <class T>
+__device__ __forceinline__ Pack<T> load_pack(const T* p) {  // p must be 16-byte aligned
+    Pack<T> r;
+    *reinterpret_cast<int4*>(&r) = *reinterpret_cast<const int4*>(p);
+    return r;
+}
+
+template <class T>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T>& r) {  // p must be 16-byte aligned
+    *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(&r);
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// ---- reductions ----
+// TEACH: the xor butterfly leaves the identical sum in every lane (each step adds a pair of values that
+// both partners hold, and float addition is commutative), and its order never changes between runs.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the whole block, returned to every thread. `shared` holds at least 32 values. blockDim.x must
+// be a multiple of 32. Contains __syncthreads: every thread of the block must call it.
+template <class F>
+__device__ __forceinline__ F block_sum(F v, F* shared) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();  // `shared` may still be read by a previous call
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? shared[lane] : F(0);
+    return warp_sum(v);
+}
+
+// Max over the whole block, returned to every thread; same contract as block_sum.
+__device__ __forceinline__ float block_max(float v, float* shared) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? shared[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+// ---- grid sizing ----
+constexpr size_t kMaxGridX = 2147483647u;  // gridDim.x limit
+// Blocks to cover `work` items at `per_block` each, at least 1, at most `cap` (kernels use grid-stride
+// loops wherever the cap can bind).
+inline unsigned grid_1d(size_t work, size_t per_block, size_t cap = 65535u * 32u) {
+    size_t g = (work + per_block - 1) / per_block;
+    return (unsigned)std::max<size_t>(1, std::min(g, cap));
+}
+
+}  // namespace tune::cuda

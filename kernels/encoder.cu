@@ -1,0 +1,146 @@
+#include "kernels/encoder.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cub/device/device_radix_sort.cuh>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/device_util.cuh"
+
+namespace tune::cuda {
+namespace {
+
+constexpr int kEncoderThreads = 256;
+constexpr int kWpeThreads = 256;
+constexpr int kWteRunThreads = 128;  // channels per block of the run-sum kernel; grid.y covers the rest
+
+// One 16-byte pack per thread: C % kPack == 0 and every pointer 16-byte aligned.
+template <class T>
+__global__ void encoder_forward_packed(T* out, const int32_t* tokens, const T* wte, const T* wpe, size_t N, int T_,
+                                       int C) {
+    const int packs_per_row = C / kPack<T>;
+    const size_t total = N * packs_per_row;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t row = i / packs_per_row;
+        const int c = (int)(i % packs_per_row) * kPack<T>;
+        const int t = (int)(row % T_);
+        const Pack<T> we = load_pack(wte + (size_t)tokens[row] * C + c);
+        const Pack<T> pe = load_pack(wpe + (size_t)t * C + c);
+        Pack<T> o;
+#pragma unroll
+        for (int j = 0; j < kPack<T>; j++) o.v[j] = from_f32<T>(to_f32(we.v[j]) + to_f32(pe.v[j]));
+        store_pack(out + row * C + c, o);
+    }
+}
+
+template <class T>
+__global__ void encoder_forward_scalar(T* out, const int32_t* tokens, const T* wte, const T* wpe, size_t N, int T_,
+                                       int C) {
+    const size_t total = N * C;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t row = i / C;
+        const int c = (int)(i % C);
+        const int t = (int)(row % T_);
+        out[i] = from_f32<T>(to_f32(wte[(size_t)tokens[row] * C + c]) + to_f32(wpe[(size_t)t * C + c]));
+    }
+}
+
+// dwpe[t, c] += sum_b dout[b, t, c]: one thread per (t, c), b in order.
+template <class T>
+__global__ void encoder_backward_wpe(T* dwpe, const T* dout, int B, int T_, int C) {
+    const size_t total = (size_t)T_ * C;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int b = 0; b < B; b++) s += to_f32(dout[(size_t)b * total + i]);
+        dwpe[i] = from_f32<T>(to_f32(dwpe[i]) + s);
+    }
+}
+
+__global__ void iota_i32(int32_t* x, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) x[i] = i;
+}
+
+// Block x = one index of the sorted order; only the first index of each token's run works: it sums the
+// run's rows of dout (positions ascending, thanks to the stable sort) for its channel slice.
+template <class T>
+__global__ void encoder_backward_wte_runs(T* dwte, const T* dout, const int32_t* sorted_tokens,
+                                          const int32_t* sorted_pos, int N, int C) {
+    const int i = blockIdx.x;
+    const int tok = sorted_tokens[i];
+    if (i > 0 && sorted_tokens[i - 1] == tok) return;  // not the start of a run: the start's block does it
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float s = 0.0f;
+    for (int j = i; j < N && sorted_tokens[j] == tok; j++) s += to_f32(dout[(size_t)sorted_pos[j] * C + c]);
+    T* g = dwte + (size_t)tok * C + c;
+    *g = from_f32<T>(to_f32(*g) + s);
+}
+
+}  // namespace
+
+template <class T>
+void encoder_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int T_, int C,
+                     cudaStream_t stream) {
+    NvtxRange range("encoder_forward");
+    const size_t N = (size_t)B * T_;
+    if (N == 0 || C == 0) return;
+    if (C % kPack<T> == 0 && aligned16(out) && aligned16(wte) && aligned16(wpe)) {
+        const size_t packs = N * (C / kPack<T>);
+        encoder_forward_packed<T>
+            <<<grid_1d(packs, kEncoderThreads), kEncoderThreads, 0, stream>>>(out, tokens, wte, wpe, N, T_, C);
+    } else {
+        encoder_forward_scalar<T>
+            <<<grid_1d(N * C, kEncoderThreads), kEncoderThreads, 0, stream>>>(out, tokens, wte, wpe, N, T_, C);
+    }
+    CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void encoder_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int T_, int C, Scratch& scratch,
+                      cudaStream_t stream) {
+    NvtxRange range("encoder_backward");
+    const int N = B * T_;
+    if (N == 0 || C == 0) return;
+    if (dwpe) {
+        encoder_backward_wpe<T><<<grid_1d((size_t)T_ * C, kWpeThreads), kWpeThreads, 0, stream>>>(dwpe, dout, B, T_, C);
+        CUDA_CHECK_LAUNCH();
+    }
+    if (!dwte) return;
+
+    // Sort (token, position) by token. Tokens are non-negative, so their bits sort as unsigned.
+    const unsigned* keys_in = reinterpret_cast<const unsigned*>(tokens);
+    size_t cub_bytes = 0;
+    CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, cub_bytes, keys_in, (unsigned*)nullptr, (const int32_t*)nullptr,
+                                               (int32_t*)nullptr, N, 0, 32, stream));
+    Carve sizes(nullptr);
+    sizes.take<unsigned>(N);
+    sizes.take<int32_t>(N);
+    sizes.take<int32_t>(N);
+    sizes.take<char>(cub_bytes);
+    Carve c(scratch.get(sizes.bytes()));
+    unsigned* keys_out = c.take<unsigned>(N);
+    int32_t* pos_in = c.take<int32_t>(N);
+    int32_t* pos_out = c.take<int32_t>(N);
+    void* cub_tmp = c.take<char>(cub_bytes);
+
+    iota_i32<<<grid_1d(N, kEncoderThreads), kEncoderThreads, 0, stream>>>(pos_in, N);
+    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(
+        cub::DeviceRadixSort::SortPairs(cub_tmp, cub_bytes, keys_in, keys_out, pos_in, pos_out, N, 0, 32, stream));
+    CUDA_CHECK_LAUNCH();
+    const dim3 grid((unsigned)N, (unsigned)((C + kWteRunThreads - 1) / kWteRunThreads));
+    encoder_backward_wte_runs<T>
+        <<<grid, kWteRunThreads, 0, stream>>>(dwte, dout, reinterpret_cast<const int32_t*>(keys_out), pos_out, N, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+#define TUNE_INSTANTIATE(T)                                                                                \
+    template void encoder_forward<T>(T*, const int32_t*, const T*, const T*, int, int, int, cudaStream_t); \
+    template void encoder_backward<T>(T*, T*, const T*, const int32_t*, int, int, int, Scratch&, cudaStream_t);
+TUNE_INSTANTIATE(float)
+TUNE_INSTANTIATE(__nv_bfloat16)
+TUNE_INSTANTIATE(__half)
+#undef TUNE_INSTANTIATE
+
+}  // namespace tune::cuda

@@ -1,0 +1,35 @@
+// Token + position embeddings on CUDA. Reference: kernels/cpu/encoder.h.
+//   forward:  out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
+//   backward: dwte[v,:] += sum over positions (b,t) with tokens[b,t] == v of dout[b,t,:]
+//             dwpe[t,:] += sum over b of dout[b,t,:]
+// Saves nothing (backward needs only the tokens). Gradients accumulate (+=); a null table is frozen.
+//
+// Determinism: no float atomics. dwpe: one thread per (t, c) sums over b in order. dwte: the (token,
+// position) pairs are radix-sorted by token on the device (a stable sort, so positions stay ascending
+// inside each token's run); one block per run then sums its rows in that order, in fp32, and adds the
+// total to dwte once. The same tokens give the same bits every run, however often a token repeats.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/scratch.h"
+
+namespace tune::cuda {
+
+template <class T>
+void encoder_forward(T* out,                 // (B, T, C)
+                     const int32_t* tokens,  // (B, T), each in [0, Vp)
+                     const T* wte,           // (Vp, C)
+                     const T* wpe,           // (maxT, C), maxT >= T
+                     int B, int T_, int C, cudaStream_t stream);
+
+template <class T>
+void encoder_backward(T* dwte,                // (Vp, C) accumulated, or null
+                      T* dwpe,                // (maxT, C) accumulated, or null
+                      const T* dout,          // (B, T, C)
+                      const int32_t* tokens,  // (B, T)
+                      int B, int T_, int C, Scratch& scratch, cudaStream_t stream);
+
+}  // namespace tune::cuda

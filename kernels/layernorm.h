@@ -1,0 +1,45 @@
+// LayerNorm over the channel dimension on CUDA (eps = 1e-5 as in GPT-2). Reference: kernels/cpu/layernorm.h.
+//   forward:  mean = avg(x), rstd = 1/sqrt(var(x) + eps), n = (x - mean)*rstd, out = n*w + b
+//   backward: dn = dout*w
+//             dx += rstd * (dn - avg(dn) - n*avg(dn*n))
+//             dw += sum_rows(dout*n), db += sum_rows(dout)
+// Forward saves mean and rstd per row, in the activation type. So that backward differentiates exactly the
+// function forward computed, forward rounds mean and rstd to that type first and normalises with the
+// rounded values (a no-op in fp32; in bf16 it moves the output by far less than its own rounding).
+// dinp is ACCUMULATED (+=): LayerNorm reads the residual stream, whose gradient buffer already holds the
+// skip connection's share. dweight/dbias accumulate; null = frozen.
+//
+// Algorithms: forward and the dinp part of backward are one warp per row (two-pass statistics in fp32,
+// row re-read from L1/L2). dweight/dbias are column sums over N rows: a fixed grid of row slices writes
+// fp32 partial sums, and a second kernel adds the slices in order: deterministic, no atomics.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "kernels/cuda/scratch.h"
+
+namespace tune::cuda {
+
+template <class T>
+void layernorm_forward(T* out,           // (N, C)
+                       T* mean,          // (N)
+                       T* rstd,          // (N)
+                       const T* inp,     // (N, C)
+                       const T* weight,  // (C)
+                       const T* bias,    // (C)
+                       size_t N, int C, cudaStream_t stream);
+
+template <class T>
+void layernorm_backward(T* dinp,          // (N, C) accumulated
+                        T* dweight,       // (C) accumulated, or null
+                        T* dbias,         // (C) accumulated, or null
+                        const T* dout,    // (N, C)
+                        const T* inp,     // (N, C)
+                        const T* weight,  // (C)
+                        const T* mean,    // (N)
+                        const T* rstd,    // (N)
+                        size_t N, int C, Scratch& scratch, cudaStream_t stream);
+
+}  // namespace tune::cuda

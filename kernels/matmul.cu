@@ -1,0 +1,156 @@
+#include "kernels/matmul.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/device_util.cuh"
+
+namespace tune::cuda {
+namespace {
+
+constexpr int kBiasAddThreads = 256;
+// Bias-gradient column sums: blocks of 32 output channels x 8 row lanes over a fixed slice of rows.
+constexpr int kColChannels = 32;
+constexpr int kColRowLanes = 8;
+constexpr size_t kMinRowsPerSlice = 256;
+constexpr size_t kMaxSlices = 1024;
+constexpr int kFinalizeThreads = 256;
+
+// Fallback when cuBLASLt cannot fuse the bias: out[i, o] += bias[o].
+template <class T>
+__global__ void add_bias_rows(T* out, const T* bias, size_t N, int OC) {
+    const size_t total = N * OC;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = from_f32<T>(to_f32(out[i]) + to_f32(bias[i % OC]));
+}
+
+template <class T>
+__global__ void bias_grad_partials(float* partial, const T* dout, size_t N, int OC, size_t rows_per_slice) {
+    __shared__ float s[kColRowLanes][kColChannels];
+    const int tx = threadIdx.x % kColChannels, ty = threadIdx.x / kColChannels;
+    const int o = blockIdx.x * kColChannels + tx;
+    const size_t slice = blockIdx.y;
+    const size_t r0 = slice * rows_per_slice, r1 = min(N, r0 + rows_per_slice);
+    float acc = 0.0f;
+    if (o < OC)
+        for (size_t r = r0 + ty; r < r1; r += kColRowLanes) acc += to_f32(dout[r * OC + o]);
+    s[ty][tx] = acc;
+    __syncthreads();
+    if (ty == 0 && o < OC) {
+        float sum = 0.0f;
+        for (int k = 0; k < kColRowLanes; k++) sum += s[k][tx];
+        partial[slice * OC + o] = sum;
+    }
+}
+
+template <class T>
+__global__ void bias_grad_finalize(T* dbias, const float* partial, int OC, int slices) {
+    const int o = blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= OC) return;
+    float sum = 0.0f;
+    for (int s = 0; s < slices; s++) sum += partial[(size_t)s * OC + o];
+    dbias[o] = from_f32<T>(to_f32(dbias[o]) + sum);
+}
+
+}  // namespace
+
+template <>
+cudaDataType_t cuda_type<float>() {
+    return CUDA_R_32F;
+}
+template <>
+cudaDataType_t cuda_type<__nv_bfloat16>() {
+    return CUDA_R_16BF;
+}
+template <>
+cudaDataType_t cuda_type<__half>() {
+    return CUDA_R_16F;
+}
+
+template <class T>
+void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, size_t N, int IC, int OC, Gemm& gemm) {
+    NvtxRange range("matmul_forward");
+    if (N == 0 || OC == 0) return;
+    GemmArgs g;
+    g.trans_a = true;
+    g.m = OC;
+    g.n = (int64_t)N;
+    g.k = IC;
+    g.A = weight;
+    g.lda = IC;
+    g.B = inp;
+    g.ldb = IC;
+    g.D = out;
+    g.ldd = OC;
+    g.ab_type = g.d_type = cuda_type<T>();
+    g.bias = bias;
+    if (bias && gemm.try_run(g)) return;
+    g.bias = nullptr;
+    gemm.run(g);
+    if (bias) {
+        add_bias_rows<T><<<grid_1d(N * OC, kBiasAddThreads), kBiasAddThreads, 0, gemm.stream()>>>(out, bias, N, OC);
+        CUDA_CHECK_LAUNCH();
+    }
+}
+
+template <class T>
+void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, size_t N, int IC,
+                     int OC, Gemm& gemm, Scratch& scratch) {
+    NvtxRange range("matmul_backward");
+    if (N == 0) return;
+    if (dinp) {
+        GemmArgs g;
+        g.m = IC;
+        g.n = (int64_t)N;
+        g.k = OC;
+        g.A = weight;
+        g.lda = IC;
+        g.B = dout;
+        g.ldb = OC;
+        g.D = dinp;
+        g.ldd = IC;
+        g.ab_type = g.d_type = cuda_type<T>();
+        gemm.run(g);
+    }
+    if (dweight) {
+        GemmArgs g;
+        g.trans_b = true;
+        g.m = IC;
+        g.n = OC;
+        g.k = (int64_t)N;
+        g.A = inp;
+        g.lda = IC;
+        g.B = dout;
+        g.ldb = OC;
+        g.D = dweight;
+        g.ldd = IC;
+        g.ab_type = g.d_type = cuda_type<T>();
+        g.beta = 1.0f;
+        gemm.run(g);
+    }
+    if (dbias && OC > 0) {
+        const size_t rows_per_slice = std::max(kMinRowsPerSlice, (N + kMaxSlices - 1) / kMaxSlices);
+        const int slices = (int)((N + rows_per_slice - 1) / rows_per_slice);
+        float* partial = static_cast<float*>(scratch.get((size_t)slices * OC * sizeof(float)));
+        const dim3 grid((unsigned)((OC + kColChannels - 1) / kColChannels), (unsigned)slices);
+        bias_grad_partials<T>
+            <<<grid, kColChannels * kColRowLanes, 0, gemm.stream()>>>(partial, dout, N, OC, rows_per_slice);
+        CUDA_CHECK_LAUNCH();
+        bias_grad_finalize<T>
+            <<<grid_1d(OC, kFinalizeThreads), kFinalizeThreads, 0, gemm.stream()>>>(dbias, partial, OC, slices);
+        CUDA_CHECK_LAUNCH();
+    }
+}
+
+#define TUNE_INSTANTIATE(T)                                                                     \
+    template void matmul_forward<T>(T*, const T*, const T*, const T*, size_t, int, int, Gemm&); \
+    template void matmul_backward<T>(T*, T*, T*, const T*, const T*, const T*, size_t, int, int, Gemm&, Scratch&);
+TUNE_INSTANTIATE(float)
+TUNE_INSTANTIATE(__nv_bfloat16)
+TUNE_INSTANTIATE(__half)
+#undef TUNE_INSTANTIATE
+
+}  // namespace tune::cuda

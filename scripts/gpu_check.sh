@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# The one command for a machine with an NVIDIA GPU (sized for one H200, under 6 minutes):
+#   1. build (reusing a carried build/ and bin/: make is incremental),
+#   2. every test (the CUDA suites and the CPU ones they compare against),
+#   3. GPT-2 124M training throughput: bin/train --device cuda --precision bf16 --batch 32 --seq 1024 on a
+#      synthetic shard, against bench/pytorch_baseline.py (PyTorch, bf16 autocast, fused AdamW, compile, SDPA),
+#   4. the kernel benchmarks (build/bench/bench_*),
+#   5. compute-sanitizer memcheck, racecheck, initcheck and synccheck over the kernel tests (a filtered gtest
+#      run) and memcheck over one training step,
+# and prints a compact table last. Every stage runs under a timeout and its exit status is recorded; the
+# script never stops early and never hangs: stages are cut to fit GPU_CHECK_BUDGET (345 s by default).
+# Exit status: 0 when every stage that ran passed.
+#
+#   scripts/gpu_check.sh [LOG_DIR]      (default: $OUT when set, else ./gpu_check_out)
+# Whole log: LOG_DIR/gpu_check.log; per-stage logs and JSON results beside it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+LOG_DIR=${1:-${OUT:-$ROOT/gpu_check_out}}
+mkdir -p "$LOG_DIR"
+LOG_DIR=$(cd "$LOG_DIR" && pwd)
+LOG="$LOG_DIR/gpu_check.log"
+: >"$LOG"
+rm -f "$LOG_DIR"/pytorch.json "$LOG_DIR"/bench_*.json "$LOG_DIR"/tests.xml  # no stale results from a previous run
+WORK=$(mktemp -d /tmp/tune_gpu_check.XXXXXX)  # shards and run directories: large, not worth copying back
+T_START=$(date +%s)
+
+say() { echo "$*" | tee -a "$LOG"; }
+
+NAMES=()
+RESULTS=()
+TIMES=()
+# stage NAME LIMIT_SECONDS COMMAND: runs COMMAND (a bash string) with a timeout, output to the log and to
+# LOG_DIR/NAME.log; records pass / FAIL(rc) / TIMEOUT / skip (rc 77).
+# A stage never runs past the whole script's budget (GPU_CHECK_BUDGET seconds, default 345): its limit is cut
+# to what is left, and with under 10 s left it is recorded as skipped without running.
+BUDGET=${GPU_CHECK_BUDGET:-345}
+stage() {
+    local name=$1 limit=$2 cmd=$3 t0 rc result left
+    t0=$(date +%s)
+    left=$((BUDGET - (t0 - T_START)))
+    if [ "$left" -lt 10 ]; then
+        say "=== [$name] skipped: the ${BUDGET}s budget is spent"
+        NAMES+=("$name")
+        RESULTS+=("skip(time)")
+        TIMES+=(0)
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    say ""
+    say "=== [$name] (limit ${limit}s) $cmd"
+    timeout --kill-after=15 "$limit" bash -c "$cmd" 2>&1 | tee "$LOG_DIR/$name.log" >>"$LOG"
+    rc=${PIPESTATUS[0]}
+    case $rc in
+        0) result=pass ;;
+        77) result=skip ;;
+        124 | 137) result=TIMEOUT ;;
+        *) result="FAIL($rc)" ;;
+    esac
+    NAMES+=("$name")
+    RESULTS+=("$result")
+    TIMES+=($(($(date +%s) - t0)))
+    say "=== [$name] $result in $(($(date +%s) - t0))s"
+}
+
+# ---- environment ----
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export PATH="$CUDA_HOME/bin:$PATH"
+NPROC=$(nproc)
+stage env 30 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nvcc --version | tail -2; \
+  python3 -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)' 2>/dev/null || echo 'no torch'"
+
+# ---- 1. build ----
+stage build 240 "make -j$NPROC all build/tests/tune_tests bench"  # all: the tool tests run bin/*
+
+# Runtime libraries: the binaries carry an rpath to \$CUDA_HOME/lib64. Only when something is still missing,
+# add the lib directories of pip's nvidia-* wheels (cuBLAS, NCCL, cuDNN) to LD_LIBRARY_PATH.
+if [ -x bin/train ] && ldd bin/train | grep -q "not found"; then
+    WHEEL_LIBS=$(python3 - <<'PY' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+    print(":".join(sorted({d for p in nvidia.__path__ for d in glob.glob(os.path.join(p, "*", "lib"))})))
+except ImportError:
+    pass
+PY
+)
+    if [ -n "$WHEEL_LIBS" ]; then
+        export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WHEEL_LIBS"
+        say "LD_LIBRARY_PATH += $WHEEL_LIBS"
+    fi
+    ldd bin/train | grep "not found" | tee -a "$LOG"
+fi
+
+# ---- 2. tests ----
+stage tests 240 "./build/tests/tune_tests --gtest_output=xml:$LOG_DIR/tests.xml"
+
+# ---- 3. training throughput: tune.cu vs PyTorch ----
+python3 - "$WORK/synthetic.bin" <<'PY' || say "could not write the synthetic shard"
+# A TUNETOK1 shard (data/shard.h) of 4M random GPT-2 token ids, 16-bit, no mask.
+import random, struct, sys, array
+n, V = 1 << 22, 50257
+rng = random.Random(0)
+toks = array.array("H", (rng.randrange(V) for _ in range(n)))
+with open(sys.argv[1], "wb") as f:
+    f.write(b"TUNETOK1" + struct.pack("<IIQII", 1, 2, n, 0, V))
+    f.write(toks.tobytes())
+PY
+MEM_BASE=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null | head -1)
+nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 250 >"$WORK/mem.txt" 2>/dev/null &
+MEM_PID=$!
+stage train_gpt2 150 "bin/train --device cuda --precision bf16 --model gpt2 --batch 32 --seq 1024 --steps 12 \
+  --train-data $WORK/synthetic.bin --lr 1e-4 --warmup 0 --val-every 0 --out $WORK/run_gpt2"
+kill "$MEM_PID" 2>/dev/null
+wait "$MEM_PID" 2>/dev/null
+# Exit 77 (skip) when PyTorch or its GPU is missing; a crash keeps its own status.
+stage pytorch_gpt2 150 "python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json $LOG_DIR/pytorch.json \
+  || exit \$?; test -s $LOG_DIR/pytorch.json || exit 77"
+
+# ---- 4. kernel benchmarks ----
+for b in build/bench/bench_*; do
+    [ -x "$b" ] || continue
+    n=$(basename "$b")
+    stage "$n" 60 "$b --benchmark_out=$LOG_DIR/$n.json --benchmark_out_format=json"
+done
+
+# ---- 5. compute-sanitizer ----
+SAN=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer "$CUDA_HOME"/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+SAN_ARGS="--error-exitcode 1 --print-limit 20"
+# The kernel tests, small shapes, fp32 and bf16; racecheck (slow on cuBLAS's shared-memory kernels) only over
+# the layers whose kernels use shared memory or warp shuffles of their own.
+KERNEL_TESTS='Dtypes/CudaOps.*/f32:Dtypes/CudaOps.*/bf16'
+SMEM_TESTS='Dtypes/CudaOps.LayerNorm*/bf16:Dtypes/CudaOps.Encoder*/bf16:Dtypes/CudaOps.CrossEntropy*/bf16:Dtypes/CudaOps.SumSquares*/bf16:Dtypes/CudaOps.Attention*/bf16'
+if [ -n "$SAN" ]; then
+    stage memcheck 75 "$SAN --tool memcheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
+    stage racecheck 45 "$SAN --tool racecheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$SMEM_TESTS'"
+    stage initcheck 45 "$SAN --tool initcheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
+    stage synccheck 30 "$SAN --tool synccheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
+    stage memcheck_train_step 60 "$SAN --tool memcheck $SAN_ARGS bin/train --device cuda --precision bf16 --model tiny \
+      --batch 2 --seq 64 --steps 1 --train-data $WORK/synthetic.bin --val-every 0 --out $WORK/run_sanitized"
+else
+    stage sanitizers 5 "echo 'compute-sanitizer not found (looked on PATH and under $CUDA_HOME)'; exit 77"
+fi
+
+# ---- summary ----
+tok_s() {  # median tokens/s of ./train's progress lines after the first two (warm-up) steps
+    grep -o '[0-9]* tok/s' "$1" 2>/dev/null | awk 'NR > 2 {print $1}' | sort -n |
+        awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "n/a"}'
+}
+TUNE_TOKS=$(tok_s "$LOG_DIR/train_gpt2.log")
+TUNE_MEM=$(awk -v base="${MEM_BASE:-0}" 'BEGIN {m = 0} {if ($1 > m) m = $1} END {if (m) printf "%.1f", (m - base) / 1024; else print "n/a"}' "$WORK/mem.txt" 2>/dev/null)
+PT_TOKS=$(python3 -c "import json; print(json.load(open('$LOG_DIR/pytorch.json')).get('tokens_per_s', 'n/a'))" 2>/dev/null || echo n/a)
+PT_MEM=$(python3 -c "import json; print(json.load(open('$LOG_DIR/pytorch.json')).get('peak_mem_gib', 'n/a'))" 2>/dev/null || echo n/a)
+TEST_LINE=$(grep -h '^tests:' "$LOG_DIR/tests.log" 2>/dev/null | tail -1)
+FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$LOG_DIR/tests.log" 2>/dev/null | sed 's/\[  FAILED  \] //' | sort -u | head -10)
+
+{
+    echo ""
+    echo "================ gpu_check summary ($(($(date +%s) - T_START))s, logs in $LOG_DIR)"
+    printf '%-24s %-12s %6s\n' stage result seconds
+    for i in "${!NAMES[@]}"; do printf '%-24s %-12s %6s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}"; done
+    echo "${TEST_LINE:-tests: n/a}"
+    [ -n "$FAILED_TESTS" ] && echo "failed tests:" && echo "$FAILED_TESTS" | sed 's/^/  /'
+    echo "GPT-2 124M, B=32 T=1024, bf16:"
+    printf '  %-28s %12s tok/s   peak %s GiB (nvidia-smi, whole process)\n' "tune.cu bin/train" "$TUNE_TOKS" "$TUNE_MEM"
+    printf '  %-28s %12s tok/s   peak %s GiB (torch max allocated)\n' "PyTorch compile+SDPA" "$PT_TOKS" "$PT_MEM"
+    if [[ "$TUNE_TOKS" =~ ^[0-9.]+$ && "$PT_TOKS" =~ ^[0-9.]+$ ]]; then
+        awk -v a="$TUNE_TOKS" -v b="$PT_TOKS" 'BEGIN {printf "  tune.cu / PyTorch = %.2f\n", a / b}'
+    fi
+    echo "kernel benchmarks (TB/s, %HBM, TFLOP/s, %peak):"
+    for j in "$LOG_DIR"/bench_*.json; do
+        [ -s "$j" ] || continue
+        python3 - "$j" <<'PY' 2>/dev/null
+import json, os, sys
+rows = json.load(open(sys.argv[1])).get("benchmarks", [])
+errors = [b for b in rows if b.get("error_occurred")]
+if rows and len(errors) == len(rows):
+    print(f"  {os.path.basename(sys.argv[1])[:-5]}: all skipped ({errors[0].get('error_message', '')})")
+for b in rows:
+    if len(errors) == len(rows):
+        break
+    name = b["name"].replace("/min_time:0.200", "").replace("/manual_time", "")
+    if b.get("error_occurred"):
+        print(f"  {name[:64]:64s} ERROR {b.get('error_message', '')}")
+        continue
+    cols = [f"{k} {b[k]:.1f}" for k in ("TB/s", "%HBM", "TFLOP/s", "%peak") if k in b]
+    print(f"  {name[:64]:64s} {b['real_time']:9.1f} {b['time_unit']}  " + "  ".join(cols))
+PY
+    done
+} | tee -a "$LOG"
+
+rm -rf "$WORK"
+for r in "${RESULTS[@]}"; do
+    case $r in pass | skip | "skip(time)") ;; *) exit 1 ;; esac
+done
+exit 0

@@ -1,0 +1,579 @@
+// Every CUDA layer against the f64 CPU reference on the same (GPU-rounded) inputs, in fp32, bf16 and fp16:
+// forward and backward, awkward shapes (not multiples of 32, T not a power of two, V not a multiple of 128),
+// outputs poisoned with NaN first, accumulating gradients pre-filled so += is checked, frozen (null)
+// gradients, misaligned pointers for the vectorised paths, and run-to-run bit equality where the
+// backend promises determinism. Tolerances (max-norm relative): 1e-5 in fp32, 2e-2 in bf16/fp16.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/backend_cuda.h"
+#include "model/rng.h"
+#include "tests/test_cuda_util.h"
+#include "tests/test_util.h"
+
+namespace tune::test {
+namespace {
+
+class CudaOps : public CudaTest {};
+
+std::vector<int32_t> random_ints(size_t n, int below, uint64_t seed) {
+    Rng r(seed);
+    std::vector<int32_t> v(n);
+    for (auto& x : v) x = (int32_t)r.below(below);
+    return v;
+}
+
+// ---------------------------------------------------------------- encoder
+TEST_P(CudaOps, EncoderForward_B3_T7_C37and64_V11) {
+    for (int C : {37, 64}) {  // 37: scalar path; 64: 16-byte packs
+        const int B = 3, T = 7, V = 11, maxT = 9;
+        Twin out(gpu(), ref(), (size_t)B * T * C), wte(gpu(), ref(), (size_t)V * C), wpe(gpu(), ref(), (size_t)maxT * C);
+        wte.set(randn(wte.gpu.n(), 1));
+        wpe.set(randn(wpe.gpu.n(), 2));
+        out.poison();
+        I32Twin tok(gpu(), ref(), random_ints((size_t)B * T, V, 3));
+        gpu().encoder_forward(out.g(), tok.g, wte.g(), wpe.g(), B, T, C);
+        ref().encoder_forward(out.r(), tok.r, wte.r(), wpe.r(), B, T, C);
+        EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "C=" << C;
+    }
+}
+
+// Many repeats (V=5), one token everywhere, and long runs (N=1200): dwte accumulates per token in order.
+TEST_P(CudaOps, EncoderBackwardAccumulatesAndIsDeterministic_RepeatedTokens) {
+    struct Shape {
+        int B, T, C, V;
+        bool all_same;
+    };
+    for (const Shape& s : {Shape{2, 7, 13, 5, false}, Shape{3, 5, 40, 9, true}, Shape{4, 300, 70, 3, false}}) {
+        const int maxT = s.T + 2;
+        Twin dwte(gpu(), ref(), (size_t)s.V * s.C), dwpe(gpu(), ref(), (size_t)maxT * s.C),
+            dout(gpu(), ref(), (size_t)s.B * s.T * s.C);
+        const auto dwte0 = randn(dwte.gpu.n(), 4), dwpe0 = randn(dwpe.gpu.n(), 5);
+        dwte.set(dwte0);
+        dwpe.set(dwpe0);
+        dout.set(randn(dout.gpu.n(), 6));
+        std::vector<int32_t> toks = random_ints((size_t)s.B * s.T, s.V, 7);
+        if (s.all_same) std::fill(toks.begin(), toks.end(), s.V - 1);
+        I32Twin tok(gpu(), ref(), toks);
+        gpu().encoder_backward(dwte.g(), dwpe.g(), dout.g(), tok.g, s.B, s.T, s.C);
+        ref().encoder_backward(dwte.r(), dwpe.r(), dout.r(), tok.r, s.B, s.T, s.C);
+        const auto g1 = dwte.gpu.get();
+        EXPECT_TRUE(near_rel(g1, dwte.ref.get(), op_tol(dt()))) << "dwte B=" << s.B << " T=" << s.T;
+        EXPECT_TRUE(near_rel(dwpe.gpu.get(), dwpe.ref.get(), op_tol(dt()))) << "dwpe B=" << s.B << " T=" << s.T;
+        // Same inputs again: bit-identical.
+        dwte.gpu.set(dwte0);
+        gpu().encoder_backward(dwte.g(), nullptr, dout.g(), tok.g, s.B, s.T, s.C);
+        EXPECT_TRUE(same_bits(dwte.gpu.get(), g1)) << "dwte differs between two identical runs";
+    }
+}
+
+TEST_P(CudaOps, EncoderBackwardFrozenTables_B2_T9_C21) {
+    const int B = 2, T = 9, C = 21, V = 6;
+    Twin dwte(gpu(), ref(), (size_t)V * C), dwpe(gpu(), ref(), (size_t)T * C), dout(gpu(), ref(), (size_t)B * T * C);
+    const auto w0 = dwte.set(randn(dwte.gpu.n(), 1));
+    dwpe.set(randn(dwpe.gpu.n(), 2));
+    dout.set(randn(dout.gpu.n(), 3));
+    I32Twin tok(gpu(), ref(), random_ints((size_t)B * T, V, 4));
+    gpu().encoder_backward(nullptr, dwpe.g(), dout.g(), tok.g, B, T, C);  // wte frozen
+    ref().encoder_backward(nullptr, dwpe.r(), dout.r(), tok.r, B, T, C);
+    EXPECT_TRUE(near_rel(dwpe.gpu.get(), dwpe.ref.get(), op_tol(dt())));
+    EXPECT_TRUE(same_bits(dwte.gpu.get(), w0)) << "a null dwte must leave the buffer alone";
+    gpu().encoder_backward(dwte.g(), nullptr, dout.g(), tok.g, B, T, C);  // wpe frozen
+    ref().encoder_backward(dwte.r(), nullptr, dout.r(), tok.r, B, T, C);
+    EXPECT_TRUE(near_rel(dwte.gpu.get(), dwte.ref.get(), op_tol(dt())));
+}
+
+// ---------------------------------------------------------------- layernorm
+struct LnShape {
+    size_t N;
+    int C;
+};
+
+TEST_P(CudaOps, LayerNormForward_N37_C71_and_N19_C768) {
+    for (LnShape s : {LnShape{37, 71}, LnShape{19, 768}}) {
+        Twin x(gpu(), ref(), s.N * s.C), w(gpu(), ref(), s.C), b(gpu(), ref(), s.C), out(gpu(), ref(), s.N * s.C),
+            mean(gpu(), ref(), s.N), rstd(gpu(), ref(), s.N);
+        auto xv = randn(x.gpu.n(), 1);
+        for (auto& v : xv) v = v * 2 + 0.5;  // non-zero mean, non-unit variance
+        x.set(xv);
+        w.set(randn(s.C, 2));
+        b.set(randn(s.C, 3));
+        out.poison();
+        mean.poison();
+        rstd.poison();
+        gpu().layernorm_forward(out.g(), mean.g(), rstd.g(), x.g(), w.g(), b.g(), s.N, s.C);
+        ref().layernorm_forward(out.r(), mean.r(), rstd.r(), x.r(), w.r(), b.r(), s.N, s.C);
+        EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out C=" << s.C;
+        EXPECT_TRUE(near_rel(mean.gpu.get(), mean.ref.get(), op_tol(dt()))) << "mean C=" << s.C;
+        EXPECT_TRUE(near_rel(rstd.gpu.get(), rstd.ref.get(), op_tol(dt()))) << "rstd C=" << s.C;
+    }
+}
+
+// dinp accumulates; dweight/dbias accumulate over N = 700 rows (three row slices) or stay untouched when null.
+TEST_P(CudaOps, LayerNormBackwardAccumulates_N700_C71_and_N37_C768) {
+    for (LnShape s : {LnShape{700, 71}, LnShape{37, 768}}) {
+        for (int frozen = 0; frozen < 3; frozen++) {  // 0: both train; 1: dweight null; 2: both null
+            Twin x(gpu(), ref(), s.N * s.C), w(gpu(), ref(), s.C), b(gpu(), ref(), s.C), out(gpu(), ref(), s.N * s.C),
+                mean(gpu(), ref(), s.N), rstd(gpu(), ref(), s.N), dout(gpu(), ref(), s.N * s.C),
+                dinp(gpu(), ref(), s.N * s.C), dw(gpu(), ref(), s.C), db(gpu(), ref(), s.C);
+            auto xv = randn(x.gpu.n(), 1);
+            for (auto& v : xv) v = v * 3 - 1;
+            x.set(xv);
+            w.set(randn(s.C, 2));
+            b.set(randn(s.C, 3));
+            gpu().layernorm_forward(out.g(), mean.g(), rstd.g(), x.g(), w.g(), b.g(), s.N, s.C);
+            // Both backends differentiate at the statistics the GPU saved.
+            mean.ref.set(mean.gpu.get());
+            rstd.ref.set(rstd.gpu.get());
+            dout.set(randn(dout.gpu.n(), 4));
+            dinp.set(randn(dinp.gpu.n(), 5));
+            const auto dw0 = dw.set(randn(s.C, 6)), db0 = db.set(randn(s.C, 7));
+            void* gdw = frozen >= 1 ? nullptr : dw.g();
+            void* rdw = frozen >= 1 ? nullptr : dw.r();
+            void* gdb = frozen >= 2 ? nullptr : db.g();
+            void* rdb = frozen >= 2 ? nullptr : db.r();
+            gpu().layernorm_backward(dinp.g(), gdw, gdb, dout.g(), x.g(), w.g(), mean.g(), rstd.g(), s.N, s.C);
+            ref().layernorm_backward(dinp.r(), rdw, rdb, dout.r(), x.r(), w.r(), mean.r(), rstd.r(), s.N, s.C);
+            EXPECT_TRUE(near_rel(dinp.gpu.get(), dinp.ref.get(), op_tol(dt()))) << "dinp C=" << s.C;
+            if (gdw) {
+                EXPECT_TRUE(near_rel(dw.gpu.get(), dw.ref.get(), op_tol(dt()))) << "dweight C=" << s.C;
+            } else {
+                EXPECT_TRUE(same_bits(dw.gpu.get(), dw0)) << "null dweight touched";
+            }
+            if (gdb) {
+                EXPECT_TRUE(near_rel(db.gpu.get(), db.ref.get(), op_tol(dt()))) << "dbias C=" << s.C;
+            } else {
+                EXPECT_TRUE(same_bits(db.gpu.get(), db0)) << "null dbias touched";
+            }
+        }
+    }
+}
+
+TEST_P(CudaOps, LayerNormBackwardIsDeterministic_N1000_C768) {
+    const size_t N = 1000;
+    const int C = 768;
+    Twin x(gpu(), ref(), N * C), w(gpu(), ref(), C), b(gpu(), ref(), C), out(gpu(), ref(), N * C),
+        mean(gpu(), ref(), N), rstd(gpu(), ref(), N), dout(gpu(), ref(), N * C), dinp(gpu(), ref(), N * C),
+        dw(gpu(), ref(), C), db(gpu(), ref(), C);
+    x.set(randn(N * C, 1));
+    w.set(randn(C, 2));
+    b.set(randn(C, 3));
+    dout.set(randn(N * C, 4));
+    gpu().layernorm_forward(out.g(), mean.g(), rstd.g(), x.g(), w.g(), b.g(), N, C);
+    std::vector<double> first[3];
+    for (int run = 0; run < 2; run++) {
+        dinp.gpu.set(std::vector<double>(N * C, 0.0));
+        dw.gpu.set(std::vector<double>(C, 0.0));
+        db.gpu.set(std::vector<double>(C, 0.0));
+        gpu().layernorm_backward(dinp.g(), dw.g(), db.g(), dout.g(), x.g(), w.g(), mean.g(), rstd.g(), N, C);
+        std::vector<double> now[3] = {dinp.gpu.get(), dw.gpu.get(), db.gpu.get()};
+        for (int k = 0; k < 3; k++) {
+            if (run == 0) {
+                first[k] = now[k];
+            } else {
+                EXPECT_TRUE(same_bits(first[k], now[k])) << "output " << k;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- matmul
+struct MmShape {
+    size_t N;
+    int IC, OC;
+};
+
+TEST_P(CudaOps, MatmulForwardWithAndWithoutBias_Awkward_and_Aligned) {
+    for (MmShape s : {MmShape{37, 45, 29}, MmShape{19, 128, 384}, MmShape{67, 768, 200}}) {
+        for (bool with_bias : {true, false}) {
+            Twin x(gpu(), ref(), s.N * s.IC), w(gpu(), ref(), (size_t)s.OC * s.IC), b(gpu(), ref(), s.OC),
+                out(gpu(), ref(), s.N * s.OC);
+            x.set(randn(x.gpu.n(), 1));
+            w.set(randn(w.gpu.n(), 2, 0.1));
+            b.set(randn(s.OC, 3));
+            out.poison();
+            gpu().matmul_forward(out.g(), x.g(), w.g(), with_bias ? b.g() : nullptr, s.N, s.IC, s.OC);
+            ref().matmul_forward(out.r(), x.r(), w.r(), with_bias ? b.r() : nullptr, s.N, s.IC, s.OC);
+            EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt())))
+                << "N=" << s.N << " IC=" << s.IC << " OC=" << s.OC << " bias=" << with_bias;
+        }
+    }
+}
+
+TEST_P(CudaOps, MatmulBackwardWritesDinpAccumulatesDweightDbias_N700_IC45_OC29_and_N37_IC128_OC384) {
+    for (MmShape s : {MmShape{700, 45, 29}, MmShape{37, 128, 384}}) {
+        for (int variant = 0; variant < 3; variant++) {  // 0: all; 1: dinp null; 2: dweight and dbias null
+            Twin x(gpu(), ref(), s.N * s.IC), w(gpu(), ref(), (size_t)s.OC * s.IC), dout(gpu(), ref(), s.N * s.OC),
+                dinp(gpu(), ref(), s.N * s.IC), dw(gpu(), ref(), (size_t)s.OC * s.IC), db(gpu(), ref(), s.OC);
+            x.set(randn(x.gpu.n(), 1));
+            w.set(randn(w.gpu.n(), 2, 0.1));
+            dout.set(randn(dout.gpu.n(), 3));
+            dinp.poison();
+            const auto dw0 = dw.set(randn(dw.gpu.n(), 4)), db0 = db.set(randn(s.OC, 5));
+            const bool with_dinp = variant != 1, with_params = variant != 2;
+            gpu().matmul_backward(with_dinp ? dinp.g() : nullptr, with_params ? dw.g() : nullptr,
+                                  with_params ? db.g() : nullptr, dout.g(), x.g(), w.g(), s.N, s.IC, s.OC);
+            ref().matmul_backward(with_dinp ? dinp.r() : nullptr, with_params ? dw.r() : nullptr,
+                                  with_params ? db.r() : nullptr, dout.r(), x.r(), w.r(), s.N, s.IC, s.OC);
+            const std::string where = "N=" + std::to_string(s.N) + " IC=" + std::to_string(s.IC) +
+                                      " OC=" + std::to_string(s.OC) + " variant " + std::to_string(variant);
+            if (with_dinp) {
+                EXPECT_TRUE(near_rel(dinp.gpu.get(), dinp.ref.get(), op_tol(dt()))) << "dinp " << where;
+            } else {
+                for (double v : dinp.gpu.get()) ASSERT_TRUE(std::isnan(v)) << "null dinp written " << where;
+            }
+            if (with_params) {
+                EXPECT_TRUE(near_rel(dw.gpu.get(), dw.ref.get(), op_tol(dt()))) << "dweight " << where;
+                EXPECT_TRUE(near_rel(db.gpu.get(), db.ref.get(), op_tol(dt()))) << "dbias " << where;
+            } else {
+                EXPECT_TRUE(same_bits(dw.gpu.get(), dw0)) << "null dweight touched " << where;
+                EXPECT_TRUE(same_bits(db.gpu.get(), db0)) << "null dbias touched " << where;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- attention
+struct AttShape {
+    int B, T, C, NH;
+};
+
+TEST_P(CudaOps, AttentionForwardAndBackward_HS12_T13_and_HS64_T67_and_T1) {
+    for (AttShape s : {AttShape{2, 13, 36, 3}, AttShape{2, 67, 128, 2}, AttShape{3, 1, 8, 2}}) {
+        const size_t n_qkv = (size_t)s.B * s.T * 3 * s.C, n_out = (size_t)s.B * s.T * s.C;
+        Twin qkv(gpu(), ref(), n_qkv), out(gpu(), ref(), n_out), dout(gpu(), ref(), n_out), dqkv(gpu(), ref(), n_qkv);
+        Buffer saved_g(gpu(), gpu().act_dtype(), gpu().attention_saved_elems(s.B, s.T, s.NH));
+        Buffer saved_r(ref(), DType::f64, ref().attention_saved_elems(s.B, s.T, s.NH));
+        qkv.set(randn(n_qkv, 1, 1.5));  // scores of a few units: a softmax far from uniform
+        out.poison();
+        saved_g.poison();
+        gpu().attention_forward(out.g(), saved_g.p(), qkv.g(), s.B, s.T, s.C, s.NH);
+        ref().attention_forward(out.r(), saved_r.p(), qkv.r(), s.B, s.T, s.C, s.NH);
+        const std::string where = "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) +
+                                  " C=" + std::to_string(s.C) + " NH=" + std::to_string(s.NH);
+        EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out " << where;
+        dout.set(randn(n_out, 2));
+        dqkv.poison();
+        gpu().attention_backward(dqkv.g(), dout.g(), qkv.g(), saved_g.p(), s.B, s.T, s.C, s.NH);
+        ref().attention_backward(dqkv.r(), dout.r(), qkv.r(), saved_r.p(), s.B, s.T, s.C, s.NH);
+        EXPECT_TRUE(near_rel(dqkv.gpu.get(), dqkv.ref.get(), op_tol(dt()))) << "dqkv " << where;
+    }
+}
+
+TEST_P(CudaOps, AttentionIsCausal_FutureTokensDoNotChangeThePast_T9) {
+    const int B = 1, T = 9, C = 8, NH = 2;
+    Buffer qkv(gpu(), dt(), (size_t)B * T * 3 * C), out(gpu(), dt(), (size_t)B * T * C),
+        saved(gpu(), dt(), gpu().attention_saved_elems(B, T, NH));
+    auto v = randn(qkv.n(), 3);
+    qkv.set(v);
+    gpu().attention_forward(out.p(), saved.p(), qkv.p(), B, T, C, NH);
+    const auto out1 = out.get();
+    for (int c = 0; c < 3 * C; c++) v[(size_t)(T - 1) * 3 * C + c] += 10.0;
+    qkv.set(v);
+    gpu().attention_forward(out.p(), saved.p(), qkv.p(), B, T, C, NH);
+    const auto out2 = out.get();
+    for (size_t i = 0; i < (size_t)(T - 1) * C; i++) EXPECT_EQ(out1[i], out2[i]) << "position " << i / C;
+}
+
+// Prefill of 5 positions then decode steps of 1 and a chunk of 3, B=2, HS=12 and HS=64: the cache holds exactly
+// the keys and values written so far, and each output matches the reference's.
+TEST_P(CudaOps, AttentionForwardCachedPrefillThenDecode_B2_maxT11) {
+    for (AttShape s : {AttShape{2, 0, 36, 3}, AttShape{2, 0, 128, 2}}) {
+        const int maxT = 11;
+        const size_t cache = (size_t)s.B * maxT * s.C;
+        Twin kc(gpu(), ref(), cache), vc(gpu(), ref(), cache);
+        kc.set(std::vector<double>(cache, 0.0));
+        vc.set(std::vector<double>(cache, 0.0));
+        int pos0 = 0;
+        for (int n : {5, 1, 3, 1}) {
+            const size_t n_qkv = (size_t)s.B * n * 3 * s.C, n_out = (size_t)s.B * n * s.C;
+            Twin qkv(gpu(), ref(), n_qkv), out(gpu(), ref(), n_out);
+            qkv.set(randn(n_qkv, 10 + pos0, 1.5));
+            out.poison();
+            gpu().attention_forward_cached(out.g(), kc.g(), vc.g(), qkv.g(), s.B, n, pos0, maxT, s.C, s.NH);
+            ref().attention_forward_cached(out.r(), kc.r(), vc.r(), qkv.r(), s.B, n, pos0, maxT, s.C, s.NH);
+            const std::string where = "C=" + std::to_string(s.C) + " pos0=" + std::to_string(pos0) +
+                                      " n=" + std::to_string(n);
+            EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out " << where;
+            EXPECT_TRUE(same_bits(kc.gpu.get(), kc.ref.get())) << "k cache " << where;  // copies, exact
+            EXPECT_TRUE(same_bits(vc.gpu.get(), vc.ref.get())) << "v cache " << where;
+            pos0 += n;
+        }
+    }
+}
+
+// With pos0 = 0 and n = T, cached attention is ordinary causal attention.
+TEST_P(CudaOps, AttentionForwardCachedEqualsFullForward_B2_T13_C36) {
+    const int B = 2, T = 13, C = 36, NH = 3;
+    Buffer qkv(gpu(), dt(), (size_t)B * T * 3 * C), full(gpu(), dt(), (size_t)B * T * C),
+        cached(gpu(), dt(), (size_t)B * T * C), kc(gpu(), dt(), (size_t)B * T * C), vc(gpu(), dt(), (size_t)B * T * C),
+        saved(gpu(), dt(), gpu().attention_saved_elems(B, T, NH));
+    qkv.set(randn(qkv.n(), 5, 1.5));
+    gpu().attention_forward(full.p(), saved.p(), qkv.p(), B, T, C, NH);
+    gpu().attention_forward_cached(cached.p(), kc.p(), vc.p(), qkv.p(), B, T, 0, T, C, NH);
+    EXPECT_TRUE(near_rel(cached.get(), full.get(), op_tol(dt())));
+}
+
+// ---------------------------------------------------------------- gather, scatter
+TEST_P(CudaOps, GatherAndScatterRows_N23_n9_C37) {
+    const size_t N = 23, n = 9;
+    const int C = 37;
+    const std::vector<int32_t> rows = {22, 0, 5, 6, 13, 1, 19, 7, 11};  // distinct, unordered
+    I32Twin r(gpu(), ref(), rows);
+    Twin x(gpu(), ref(), N * C), g(gpu(), ref(), n * C), s(gpu(), ref(), N * C);
+    x.set(randn(N * C, 1));
+    g.poison();
+    s.poison();  // scatter must write every element: the rows not listed become zero
+    gpu().gather_rows(g.g(), x.g(), r.g, n, C);
+    ref().gather_rows(g.r(), x.r(), r.r, n, C);
+    EXPECT_TRUE(same_bits(g.gpu.get(), g.ref.get())) << "gather copies exactly";
+    gpu().scatter_rows(s.g(), g.g(), r.g, n, N, C);
+    ref().scatter_rows(s.r(), g.r(), r.r, n, N, C);
+    EXPECT_TRUE(same_bits(s.gpu.get(), s.ref.get())) << "scatter copies exactly and zeroes the rest";
+}
+
+// ---------------------------------------------------------------- gelu, residual
+// n = 1001: packs plus a scalar tail; n = 4096: packs only; offset 1: misaligned, scalar only.
+struct EwShape {
+    size_t n, offset;
+};
+
+TEST_P(CudaOps, GeluForwardBackward_n1001_n4096_Misaligned) {
+    for (EwShape s : {EwShape{1001, 0}, EwShape{4096, 0}, EwShape{4096, 1}}) {
+        Twin x(gpu(), ref(), s.n, s.offset), y(gpu(), ref(), s.n, s.offset), dy(gpu(), ref(), s.n, s.offset),
+            dx(gpu(), ref(), s.n, s.offset);
+        x.set(randn(s.n, 1, 2.0));
+        dy.set(randn(s.n, 2));
+        y.poison();
+        dx.poison();
+        gpu().gelu_forward(y.g(), x.g(), s.n);
+        ref().gelu_forward(y.r(), x.r(), s.n);
+        gpu().gelu_backward(dx.g(), dy.g(), x.g(), s.n);
+        ref().gelu_backward(dx.r(), dy.r(), x.r(), s.n);
+        EXPECT_TRUE(near_rel(y.gpu.get(), y.ref.get(), op_tol(dt()))) << "n=" << s.n << " offset " << s.offset;
+        EXPECT_TRUE(near_rel(dx.gpu.get(), dx.ref.get(), op_tol(dt()))) << "n=" << s.n << " offset " << s.offset;
+    }
+}
+
+TEST_P(CudaOps, ResidualForward_n1001_n4096_Misaligned) {
+    for (EwShape s : {EwShape{1001, 0}, EwShape{4096, 0}, EwShape{4096, 1}}) {
+        Twin a(gpu(), ref(), s.n, s.offset), b(gpu(), ref(), s.n, s.offset), out(gpu(), ref(), s.n, s.offset);
+        a.set(randn(s.n, 1));
+        b.set(randn(s.n, 2));
+        out.poison();
+        gpu().residual_forward(out.g(), a.g(), b.g(), s.n);
+        ref().residual_forward(out.r(), a.r(), b.r(), s.n);
+        EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "n=" << s.n << " offset " << s.offset;
+    }
+}
+
+// ---------------------------------------------------------------- cross-entropy
+struct CeShape {
+    size_t N;
+    int V, Vp;
+};
+
+std::vector<float> ce_weights(size_t N) {
+    const float pattern[] = {1.0f, 0.0f, 0.5f, 2.0f, 1.0f, 0.0f, 1.0f};
+    std::vector<float> w(N);
+    for (size_t i = 0; i < N; i++) w[i] = pattern[i % 7];
+    return w;
+}
+
+TEST_P(CudaOps, CrossEntropySeparateInPlaceAndEval_N23_V75_Vp128_and_N5_V50257_Vp50304) {
+    for (CeShape s : {CeShape{23, 75, 128}, CeShape{5, 50257, 50304}}) {
+        const float dloss = 1.0f / 17.0f;
+        const auto w = ce_weights(s.N);
+        I32Twin y(gpu(), ref(), random_ints(s.N, s.V, 2));
+        F32Twin wt(gpu(), ref(), w);
+        auto zv = randn(s.N * s.Vp, 1, 3.0);
+        for (size_t i = 0; i < s.N; i++)  // padding logits hold garbage: they must take no part
+            for (int v = s.V; v < s.Vp; v++) zv[i * s.Vp + v] = 1e3;
+        const std::string where = "N=" + std::to_string(s.N) + " V=" + std::to_string(s.V);
+        for (int mode = 0; mode < 3; mode++) {  // 0: separate dlogits; 1: in place; 2: no dlogits
+            Twin z(gpu(), ref(), s.N * s.Vp), dz(gpu(), ref(), s.N * s.Vp), loss(gpu(), ref(), s.N);
+            z.set(zv);
+            dz.poison();
+            loss.poison();
+            void* gd = mode == 0 ? dz.g() : mode == 1 ? z.g() : nullptr;
+            void* rd = mode == 0 ? dz.r() : mode == 1 ? z.r() : nullptr;
+            gpu().crossentropy_forward_backward(loss.g(), gd, z.g(), y.g, wt.g, dloss, s.N, s.V, s.Vp);
+            ref().crossentropy_forward_backward(loss.r(), rd, z.r(), y.r, wt.r, dloss, s.N, s.V, s.Vp);
+            const auto gl = loss.gpu.get();
+            EXPECT_TRUE(near_rel(gl, loss.ref.get(), op_tol(dt()))) << "losses " << where << " mode " << mode;
+            for (size_t i = 0; i < s.N; i++) {
+                if (w[i] == 0.0f) {
+                    EXPECT_EQ(gl[i], 0.0) << "a weight-0 row must have loss exactly 0, row " << i;
+                }
+            }
+            if (mode == 2) continue;
+            const Buffer& gout = mode == 0 ? dz.gpu : z.gpu;
+            const Buffer& rout = mode == 0 ? dz.ref : z.ref;
+            const auto gd_v = gout.get();
+            EXPECT_TRUE(near_rel(gd_v, rout.get(), op_tol(dt()))) << "dlogits " << where << " mode " << mode;
+            for (size_t i = 0; i < s.N; i++)
+                for (int v = s.V; v < s.Vp; v++)
+                    ASSERT_EQ(gd_v[i * s.Vp + v], 0.0) << "padding column " << v << " row " << i << " " << where;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- sum of squares
+TEST_P(CudaOps, SumSquaresMatchesDoubleAndIsDeterministic_n100003_n5M_Misaligned) {
+    for (EwShape s : {EwShape{100003, 0}, EwShape{5000000, 0}, EwShape{100003, 3}}) {
+        Twin x(gpu(), ref(), s.n, s.offset);
+        x.set(randn(s.n, 9));
+        const double g1 = gpu().sum_squares(x.g(), s.n), g2 = gpu().sum_squares(x.g(), s.n);
+        const double want = ref().sum_squares(x.r(), s.n);
+        // The inputs are exactly representable and both sums run in double: only summation order differs.
+        EXPECT_NEAR(g1, want, 1e-9 * want) << "n=" << s.n;
+        EXPECT_EQ(g1, g2) << "sum_squares is not deterministic";
+    }
+    EXPECT_EQ(gpu().sum_squares(nullptr, 0), 0.0);
+}
+
+// ---------------------------------------------------------------- AdamW
+// Three segments with gaps between them in both arenas, different lr scales and weight decays, three steps.
+TEST_P(CudaOps, AdamWOverSegmentsMatchesReferenceAndLeavesGapsAlone) {
+    const size_t P = 300, G = 250;
+    const std::vector<OptSegment> segs = {{0, 0, 100, 1.0f, 0.1f}, {130, 120, 77, 0.5f, 0.0f}, {220, 210, 33, 2.0f, 0.05f}};
+    Buffer params(gpu(), dt(), P), grads(gpu(), dt(), G), m(gpu(), DType::f32, G), v(gpu(), DType::f32, G),
+        master(gpu(), DType::f32, G);
+    Buffer rparams(ref(), DType::f64, P), rgrads(ref(), DType::f64, G), rm(ref(), DType::f64, G),
+        rv(ref(), DType::f64, G);
+    params.set(randn(P, 1));
+    const auto p0 = params.get();
+    rparams.set(p0);
+    // The master copy starts as the working weights, as AdamW::sync_master_from_params does.
+    std::vector<double> master0(G, 0.0);
+    for (const auto& s : segs)
+        for (size_t i = 0; i < s.n; i++) master0[s.grad_offset + i] = p0[s.param_offset + i];
+    master.set(master0);
+    m.set(std::vector<double>(G, 0.0));
+    v.set(std::vector<double>(G, 0.0));
+    rm.set(std::vector<double>(G, 0.0));
+    rv.set(std::vector<double>(G, 0.0));
+    for (int t = 1; t <= 3; t++) {
+        grads.set(randn(G, 10 + t, 0.3));
+        rgrads.set(grads.get());
+        AdamWStep st;
+        st.lr = 1e-2f;
+        st.t = t;
+        st.grad_scale = 0.7f;
+        gpu().adamw_update(params.p(), gpu().has_master() ? master.p() : nullptr, grads.p(), m.p(), v.p(), segs, st);
+        ref().adamw_update(rparams.p(), nullptr, rgrads.p(), rm.p(), rv.p(), segs, st);
+    }
+    const double tol = 1e-5;  // master, moments and the update are fp32 whatever the activation type
+    EXPECT_TRUE(near_rel(m.get(), rm.get(), tol));
+    EXPECT_TRUE(near_rel(v.get(), rv.get(), tol));
+    const auto gp = params.get(), rp = rparams.get();
+    if (gpu().has_master()) {
+        const auto gm = master.get();
+        std::vector<double> want_master(G, 0.0), got_master(G, 0.0);
+        for (const auto& s : segs)
+            for (size_t i = 0; i < s.n; i++) {
+                want_master[s.grad_offset + i] = rp[s.param_offset + i];
+                got_master[s.grad_offset + i] = gm[s.grad_offset + i];
+            }
+        EXPECT_TRUE(near_rel(got_master, want_master, tol));
+        // The working copy is the master rounded to nearest.
+        Buffer rounded(gpu(), dt(), G);
+        rounded.set(gm);
+        const auto r = rounded.get();
+        for (const auto& s : segs)
+            for (size_t i = 0; i < s.n; i++)
+                ASSERT_EQ(gp[s.param_offset + i], r[s.grad_offset + i]) << "param " << s.param_offset + i;
+    } else {
+        EXPECT_TRUE(near_rel(gp, rp, tol));
+    }
+    // Parameters outside every segment are untouched.
+    std::vector<bool> in_seg(P, false);
+    for (const auto& s : segs)
+        for (size_t i = 0; i < s.n; i++) in_seg[s.param_offset + i] = true;
+    for (size_t i = 0; i < P; i++)
+        if (!in_seg[i]) {
+            ASSERT_EQ(gp[i], p0[i]) << "gap element " << i << " changed";
+        }
+}
+
+// bf16 only: stochastic rounding picks one of the two bf16 neighbours of the master value, reproducibly.
+TEST_P(CudaOps, AdamWStochasticRoundingIsBoundedAndReproducible) {
+    if (dt() != DType::bf16) {
+        GTEST_SKIP() << "stochastic rounding applies to bf16 working weights only";
+    }
+    const size_t n = 4096;
+    const std::vector<OptSegment> segs = {{0, 0, n, 1.0f, 0.0f}};
+    std::vector<double> results[2];
+    for (int run = 0; run < 2; run++) {
+        CudaOptions opt;
+        opt.stochastic_rounding = true;
+        opt.seed = 1234;
+        auto be = make_cuda_backend(DType::bf16, opt);
+        Buffer params(*be, DType::bf16, n), grads(*be, DType::bf16, n), m(*be, DType::f32, n), v(*be, DType::f32, n),
+            master(*be, DType::f32, n);
+        params.set(randn(n, 1));
+        master.set(params.get());
+        grads.set(randn(n, 2));
+        AdamWStep st;
+        st.lr = 1e-3f;
+        be->adamw_update(params.p(), master.p(), grads.p(), m.p(), v.p(), segs, st);
+        const auto p = params.get(), mm = master.get();
+        Buffer nearest(*be, DType::bf16, n);
+        nearest.set(mm);
+        const auto rn = nearest.get();
+        int differs = 0;
+        for (size_t i = 0; i < n; i++) {
+            const double ulp = std::ldexp(1.0, std::ilogb(mm[i]) - 7);  // bf16 keeps 8 significant bits
+            ASSERT_LT(std::fabs(p[i] - mm[i]), ulp) << "element " << i << " is not a neighbour of its master";
+            differs += p[i] != rn[i];
+        }
+        EXPECT_GT(differs, 0) << "stochastic rounding never differed from round-to-nearest";
+        results[run] = p;
+    }
+    EXPECT_TRUE(same_bits(results[0], results[1])) << "same seed, different rounding";
+}
+
+// ---------------------------------------------------------------- memory
+// Round v to `bits` significant bits, ties to even (std::nearbyint in the default rounding mode): the
+// reference for normal numbers in every type's range.
+double round_significant(double v, int bits) {
+    if (!std::isfinite(v) || v == 0.0) return v;
+    int e = 0;
+    const double m = std::frexp(v, &e);  // v = m * 2^e, 0.5 <= |m| < 1
+    return std::ldexp(std::nearbyint(std::ldexp(m, bits)), e - bits);
+}
+
+TEST_P(CudaOps, UploadDownloadRoundToNearestEvenAndZero) {
+    // 1 + 2^-8 and 1 + 3*2^-8 are ties between bf16 neighbours (they go to the even one: 1 and 1 + 2^-6);
+    // 1 + 2^-11 and 1 + 3*2^-11 likewise for fp16.
+    const std::vector<double> x = {1.0,  1.0 + std::ldexp(1, -8), 1.0 + 3 * std::ldexp(1, -8), 1.0 + std::ldexp(1, -11),
+                                   1.0 + 3 * std::ldexp(1, -11), -2.5, 0.1, 1e-3, 300.0, 1234.567, INFINITY, -INFINITY};
+    const int bits = dt() == DType::f32 ? 24 : dt() == DType::bf16 ? 8 : 11;
+    if (dt() == DType::bf16) {
+        EXPECT_EQ(round_significant(1.0 + std::ldexp(1, -8), bits), 1.0);
+        EXPECT_EQ(round_significant(1.0 + 3 * std::ldexp(1, -8), bits), 1.0 + std::ldexp(1, -6));
+    }
+    Buffer b(gpu(), dt(), x.size());
+    b.set(x);
+    const auto got_d = b.get();
+    std::vector<float> xf(x.begin(), x.end()), got_f(x.size());
+    gpu().upload(b.p(), dt(), xf.data(), xf.size());
+    gpu().download(got_f.data(), b.p(), dt(), got_f.size());
+    for (size_t i = 0; i < x.size(); i++) {
+        EXPECT_EQ(got_d[i], round_significant(x[i], bits)) << "double upload of " << x[i];
+        EXPECT_EQ((double)got_f[i], round_significant(x[i], bits)) << "float upload of " << x[i];
+    }
+    Buffer nan(gpu(), dt(), 1);
+    nan.poison();
+    EXPECT_TRUE(std::isnan(nan.get()[0]));
+    gpu().zero(b.p(), x.size() * dtype_size(dt()));
+    for (double v : b.get()) EXPECT_EQ(v, 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaOps, ::testing::Values(DType::f32, DType::bf16, DType::f16), dtype_param_name);
+
+}  // namespace
+}  // namespace tune::test
