@@ -15,8 +15,8 @@ namespace tune {
 struct DefaultJobOptions {
     std::string out_dir = "runs/default";
     std::string device = "auto";
-    int base_steps = 100;
-    int finetune_steps = 500;
+    int base_steps = 150;
+    int finetune_steps = 700;
     bool quiet = false;
 };
 
