@@ -120,6 +120,35 @@ TEST_F(TrainerFixture, NonFiniteStepsAreSkippedThenTheRunStops) {
     EXPECT_LT(t.state().step, 20u);
 }
 
+TEST_F(TrainerFixture, PowerOfTwoLossScalingIsExactInF32) {
+    TrainArgs plain = args("plain");
+    ASSERT_EQ(Trainer(plain).run(), 0);
+    TrainArgs scaled = args("scaled");
+    scaled.loss_scaling = "on";
+    scaled.loss_scale = 1024;  // scaling by a power of two and back changes no bit in fp32
+    ASSERT_EQ(Trainer(scaled).run(), 0);
+    EXPECT_EQ(losses(plain.out_dir), losses(scaled.out_dir));
+    EXPECT_EQ(slurp(plain.out_dir + "/model.ckpt"), slurp(scaled.out_dir + "/model.ckpt"));
+}
+
+TEST(LossScale, HalvesOnOverflowAndDoublesAfterTheWindowOfCleanSteps) {
+    TrainState s;
+    s.loss_scale = 65536;
+    update_loss_scale(s, false);
+    EXPECT_EQ(s.loss_scale, 32768);
+    for (uint64_t i = 0; i + 1 < kLossScaleWindow; i++) update_loss_scale(s, true);
+    EXPECT_EQ(s.loss_scale, 32768);  // one clean step short of the window
+    update_loss_scale(s, true);
+    EXPECT_EQ(s.loss_scale, 65536);
+    EXPECT_EQ(s.loss_scale_clean, 0u);
+    for (int i = 0; i < 10; i++) update_loss_scale(s, true);
+    update_loss_scale(s, false);  // an overflow restarts the count
+    EXPECT_EQ(s.loss_scale_clean, 0u);
+    s.loss_scale = 1;
+    update_loss_scale(s, false);
+    EXPECT_EQ(s.loss_scale, 1);  // never below 1
+}
+
 TEST(Schedule, CosineMatchesItsFormulaAtChosenSteps) {
     ScheduleConfig s;
     s.kind = "cosine";

@@ -74,6 +74,9 @@ Cli train_cli(TrainArgs& a) {
     c.option("--weight-decay", "WD", "decoupled weight decay on 2-D matmul weights", &a.adam.weight_decay, 0, 10);
     c.flag("--decay-embeddings", "also apply weight decay to wte and wpe", &a.adam.decay_embeddings);
     c.option("--grad-clip", "NORM", "clip the global gradient norm to NORM (0: off)", &a.grad_clip, 0, 1e9);
+    c.custom("--loss-scaling", "auto|on|off", "dynamic loss scaling (auto: on for fp16)", a.loss_scaling,
+             one_of("--loss-scaling", {"auto", "on", "off"}, &a.loss_scaling));
+    c.option("--loss-scale", "S", "initial dynamic loss scale", &a.loss_scale, 1, 3e38);
     c.option("--max-bad-steps", "N", "stop after N consecutive steps with a NaN/Inf loss or gradient (each is skipped)",
              &a.max_bad_steps, 1, INT_MAX);
     c.option("--seed", "S", "seed for initialisation and data order", &a.seed);

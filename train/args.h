@@ -32,6 +32,8 @@ struct TrainArgs {
     ScheduleConfig sched;
     AdamWConfig adam;
     float grad_clip = 1.0f;
+    std::string loss_scaling = "auto";  // auto (on for fp16) | on | off
+    float loss_scale = 65536.0f;        // initial dynamic loss scale
     int max_bad_steps = 10;  // consecutive non-finite steps before giving up
     uint64_t seed = 1337;
     // evaluation, logging, checkpoints

@@ -138,6 +138,7 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
                            {"loader_epoch", state->loader.epoch},
                            {"loader_cursor", state->loader.cursor},
                            {"loss_scale", state->loss_scale},
+                           {"loss_scale_clean", state->loss_scale_clean},
                            {"skipped_steps", state->skipped_steps}};
     }
     header["tensors"] = w.tensors;
@@ -180,6 +181,7 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     state->loader.epoch = u64("loader_epoch");
     state->loader.cursor = u64("loader_cursor");
     state->skipped_steps = u64("skipped_steps");
+    state->loss_scale_clean = u64("loss_scale_clean");
     opt->set_t((int)u64("opt_t"));
     if (!s.contains("loss_scale") || !s["loss_scale"].is_number()) f.fail("state field 'loss_scale' is missing");
     state->loss_scale = s["loss_scale"].get<double>();

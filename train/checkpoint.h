@@ -30,7 +30,8 @@ struct TrainState {
     uint64_t step = 0;      // optimizer steps completed
     uint64_t rng = 0;       // trainer RNG state
     LoaderState loader;     // training data position
-    double loss_scale = 1;  // dynamic loss scale (FP16)
+    double loss_scale = 1;           // dynamic loss scale (FP16; 1 otherwise)
+    uint64_t loss_scale_clean = 0;   // clean steps since the scale last changed
     uint64_t skipped_steps = 0;
 };
 

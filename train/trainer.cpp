@@ -4,8 +4,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <sstream>
 
+#include "kernels/cuda/backend_cuda.h"
 #include "model/weights.h"
 
 namespace tune {
@@ -35,6 +37,16 @@ LoadedModel load_model(const std::string& weights, const std::string& device, co
     return m;
 }
 
+void update_loss_scale(TrainState& s, bool gradients_finite) {
+    if (!gradients_finite) {
+        s.loss_scale = std::max(1.0, s.loss_scale * 0.5);
+        s.loss_scale_clean = 0;
+    } else if (++s.loss_scale_clean >= kLossScaleWindow) {
+        s.loss_scale *= 2.0;
+        s.loss_scale_clean = 0;
+    }
+}
+
 static double now_seconds() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -56,6 +68,10 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (ckpt.empty()) model_->init_random(args.seed);
     opt_ = std::make_unique<AdamW>(*model_, args.adam);
     state_.rng = args.seed;
+    dynamic_loss_scale_ = args.loss_scaling == "on" || (args.loss_scaling == "auto" && be_->act_dtype() == DType::f16);
+    state_.loss_scale = dynamic_loss_scale_ ? args.loss_scale : 1.0;  // a resume checkpoint overrides it
+    flops_per_token_ = 6.0 * (double)num_parameters(cfg) + 12.0 * cfg.n_layer * cfg.n_embd * (double)args.seq;
+    if (be_->name() == "cuda") peak_flops_ = cuda_peak_flops(be_->act_dtype());
     if (!args.resume.empty())
         load_checkpoint(args.resume, *model_, opt_.get(), &state_);
     else if (!args.init.empty()) {
@@ -79,7 +95,9 @@ StepStats Trainer::step() {
     for (int k = 0; k < args_.grad_accum; k++) batches.push_back(train_->next());
     for (const Batch& b : batches)
         for (float w : b.weights) st.counted += w != 0.0f;
-    const float dloss = st.counted ? 1.0f / (float)st.counted : 0.0f;
+    const double scale = state_.loss_scale;
+    st.loss_scale = scale;
+    const float dloss = st.counted ? (float)(scale / (double)st.counted) : 0.0f;
 
     model_->zero_grads();
     double loss_sum = 0;
@@ -89,19 +107,24 @@ StepStats Trainer::step() {
         model_->backward();
     }
     st.loss = st.counted ? loss_sum / (double)st.counted : 0.0;
-    st.grad_norm = std::sqrt(be_->sum_squares(model_->grads().base(), model_->grads().elems()));
+    const double raw_norm = std::sqrt(be_->sum_squares(model_->grads().base(), model_->grads().elems()));
+    st.grad_norm = raw_norm / scale;  // the gradients still carry the loss scale
     st.lr = lr_at(args_.sched, (int)state_.step);
     // TEACH: a single NaN would poison every weight through Adam's moments. Skip the update instead and
     // leave weights and optimizer state untouched.
-    st.skipped = !std::isfinite(st.loss) || !std::isfinite(st.grad_norm);
+    st.skipped = !std::isfinite(st.loss) || !std::isfinite(raw_norm);
+    // With FP16, an overflowing gradient is the loss scale's fault rather than the model's: lower the
+    // scale and do not count it towards --max-bad-steps until the scale is down to 1.
+    const bool scale_overflow = dynamic_loss_scale_ && scale > 1 && std::isfinite(st.loss) && !std::isfinite(raw_norm);
+    if (dynamic_loss_scale_) update_loss_scale(state_, std::isfinite(raw_norm));
     if (!st.skipped) {
-        float clip = 1.0f;
-        if (args_.grad_clip > 0 && st.grad_norm > args_.grad_clip) clip = (float)(args_.grad_clip / st.grad_norm);
-        opt_->step(st.lr, clip);
+        double clip = 1.0;
+        if (args_.grad_clip > 0 && st.grad_norm > args_.grad_clip) clip = args_.grad_clip / st.grad_norm;
+        opt_->step(st.lr, (float)(clip / scale));
         bad_in_a_row_ = 0;
     } else {
         state_.skipped_steps++;
-        bad_in_a_row_++;
+        if (!scale_overflow) bad_in_a_row_++;
     }
     state_.step++;
     state_.loader = train_->state();
@@ -171,17 +194,24 @@ int Trainer::run() {
         const double elapsed = now_seconds() - t_start;
         const double per_step = elapsed / (double)(state_.step - first);
         const double tok_s = tokens_per_step / st.seconds;
+        const double mfu = peak_flops_ > 0 ? 100.0 * tok_s * flops_per_token_ / peak_flops_ : 0.0;
+        char mfu_text[48] = "";
+        if (peak_flops_ > 0) std::snprintf(mfu_text, sizeof mfu_text, " | MFU %4.1f%%", mfu);
+        if (dynamic_loss_scale_)
+            std::snprintf(mfu_text + std::strlen(mfu_text), sizeof mfu_text - std::strlen(mfu_text), " | scale %g",
+                          st.loss_scale);
         log.train_point(st.step, st.loss);
         char line[512];
         std::snprintf(line, sizeof line,
                       "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
-                      "\"counted_tokens\":%zu,\"skipped\":%s,\"skipped_total\":%llu}",
+                      "\"counted_tokens\":%zu,\"skipped\":%s,\"skipped_total\":%llu,\"loss_scale\":%g,"
+                      "\"mfu_percent\":%.2f}",
                       st.step, st.loss, st.lr, st.grad_norm, tok_s, st.counted, st.skipped ? "true" : "false",
-                      (unsigned long long)state_.skipped_steps);
+                      (unsigned long long)state_.skipped_steps, st.loss_scale, mfu);
         log.append(line);
         if (!args_.quiet && (st.step % args_.log_every == 0 || st.step == last || st.skipped))
-            std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %7.3f | %8.0f tok/s | ETA %s%s\n", st.step,
-                        args_.steps, st.loss, st.lr, st.grad_norm, tok_s,
+            std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %7.3f | %8.0f tok/s%s | ETA %s%s\n", st.step,
+                        args_.steps, st.loss, st.lr, st.grad_norm, tok_s, mfu_text,
                         format_duration(per_step * (last - (int)state_.step)).c_str(),
                         st.skipped ? " | SKIPPED (non-finite)" : "");
         std::fflush(stdout);

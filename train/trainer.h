@@ -23,7 +23,15 @@ struct StepStats {
     size_t counted = 0;      // tokens with non-zero loss weight
     double seconds = 0;
     bool skipped = false;    // non-finite loss or gradient: no update
+    double loss_scale = 1;   // FP16 dynamic loss scale this step used (1 otherwise)
 };
+
+// FP16 dynamic loss scaling, with PyTorch GradScaler's semantics: dloss is multiplied by the scale so
+// small gradients survive fp16's range, and the optimizer divides it back out. The scale starts at 2^16,
+// halves (and the step is skipped) when a gradient overflows, and doubles after kLossScaleWindow clean
+// steps in a row. Its state lives in TrainState, so resume continues it exactly.
+constexpr uint64_t kLossScaleWindow = 2000;
+void update_loss_scale(TrainState& state, bool gradients_finite);
 
 // Picks the backend from --device/--precision; prints a one-line notice when auto falls back to cpu.
 std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision, bool quiet);
@@ -61,6 +69,9 @@ class Trainer {
     std::unique_ptr<Loader> train_, val_;
     TrainState state_;
     int bad_in_a_row_ = 0;
+    bool dynamic_loss_scale_ = false;  // see update_loss_scale
+    double flops_per_token_ = 0;  // 6N + 12 L C T (the PaLM convention), for MFU
+    double peak_flops_ = 0;       // the GPU's peak in the compute precision; 0 on the CPU (no MFU)
     volatile bool stop_requested_ = false;
 };
 
