@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <cstdio>
 
 #include "model/rng.h"
 
@@ -166,7 +167,10 @@ void GPT2::trunk_forward(int B, int T, int pos0) {
     be_.encoder_forward(act(a_encoded_), tokens_, params_.ptr(kWte), wpe, B, T, C);
     void* x = act(a_encoded_);  // the residual stream entering the block
     void* tmp = scratch_.ptr(s_proj_);
+    char range[48];
     for (int l = 0; l < cfg_.n_layer; l++) {
+        std::snprintf(range, sizeof range, "layer %d / forward", l);
+        be_.range_push(range);
         BlockPtrs p = block(params_, nullptr, l);
         // Training keeps every block's activations for backward; generation has no backward, so every
         // block can reuse layer 0's buffers.
@@ -187,6 +191,7 @@ void GPT2::trunk_forward(int B, int T, int pos0) {
         be_.matmul_forward(tmp, A(kFchGelu), p.fcprojw, p.fcprojb, N, 4 * C, C);
         be_.residual_forward(A(kRes3), A(kRes2), tmp, N * C);
         x = A(kRes3);
+        be_.range_pop();
     }
     const int lnf = lnf_w(cfg_);
     be_.layernorm_forward(act(a_lnf_), act(a_lnf_mean_), act(a_lnf_rstd_), x, params_.ptr(lnf),
@@ -290,7 +295,10 @@ void GPT2::backward() {
     be_.layernorm_backward(dres, pgrad(lnf), pgrad(lnf + 1), dC, x_last, params_.ptr(lnf), act(a_lnf_mean_),
                            act(a_lnf_rstd_), N, C);
 
+    char range[48];
     for (int l = L - 1; l >= 0 && l >= lowest_trainable_layer_; l--) {
+        std::snprintf(range, sizeof range, "layer %d / backward", l);
+        be_.range_push(range);
         BlockPtrs p = block(params_, nullptr, l);
         BlockPtrs g = block(grads_, &grad_index_, l);
         auto A = [&](int k) { return act(a_layer_[l] + k); };
@@ -305,6 +313,7 @@ void GPT2::backward() {
         be_.attention_backward(d3C, dC, A(kQkv), A(kAttSaved), B, T, C, NH);
         be_.matmul_backward(dC, g.qkvw, g.qkvb, d3C, A(kLn1), p.qkvw, N, C, 3 * C);
         be_.layernorm_backward(dres, g.ln1w, g.ln1b, dC, x_in, p.ln1w, A(kLn1Mean), A(kLn1Rstd), N, C);
+        be_.range_pop();
     }
     if (lowest_trainable_layer_ < 0) be_.encoder_backward(pgrad(kWte), pgrad(kWpe), dres, tokens_, B, T, C);
 }

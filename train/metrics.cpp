@@ -56,6 +56,7 @@ static std::vector<double> nice_ticks(double lo, double hi, int want) {
 }
 
 static std::string fmt(double v) {
+    if (v == 0) v = 0;  // -0 (from rounding a tick) prints as 0
     char b[32];
     std::snprintf(b, sizeof b, "%g", v);
     return b;

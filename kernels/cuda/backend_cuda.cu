@@ -142,6 +142,8 @@ class CudaBackend final : public Backend {
         if (n) CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
     }
     void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+    void range_push(const char* name) override { nvtxRangePushA(name); }
+    void range_pop() override { nvtxRangePop(); }
 
     // ---- layers ----
     void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,
