@@ -27,10 +27,20 @@ TEST(TrainCli, UsageErrorsExitTwoWithOneLine) {
     }
 }
 
-TEST(TrainCli, MissingDataFileIsNamedAndExitsOne) {
-    CmdResult r = run_cmd("bin/train --device cpu --train-data /nonexistent/x.bin --out ''");
+TEST(TrainCli, MissingFileIsAUsageErrorNamingIt) {
+    for (const char* flag : {"--train-data", "--init", "--resume"}) {
+        CmdResult r = run_cmd(std::string("bin/train --device cpu ") + flag + " /nonexistent/x.bin --out ''");
+        EXPECT_EQ(r.rc, 2) << r.out;
+        EXPECT_THAT(r.out, HasSubstr(std::string(flag) + ": no such file or directory: /nonexistent/x.bin"));
+    }
+}
+
+TEST(TrainCli, MalformedDataFileIsNamedAndExitsOne) {
+    TempDir tmp("cli");
+    spit(tmp.file("bad.bin"), "not a shard at all, just text");
+    CmdResult r = run_cmd("bin/train --device cpu --train-data " + tmp.file("bad.bin") + " --out ''");
     EXPECT_EQ(r.rc, 1) << r.out;
-    EXPECT_THAT(r.out, HasSubstr("/nonexistent/x.bin"));
+    EXPECT_THAT(r.out, HasSubstr("bad.bin: not a token shard"));
 }
 
 TEST(TrainCli, ShortRunPrintsProgressAndMemoryMapAndLearns) {

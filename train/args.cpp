@@ -1,6 +1,7 @@
 #include "train/args.h"
 
 #include <climits>
+#include <filesystem>
 #include <sstream>
 
 #include "kernels/common.h"
@@ -107,6 +108,17 @@ void validate_train_args(const TrainArgs& a) {
         throw UsageError("--warmup: " + std::to_string(a.sched.warmup) + " is more than --steps " +
                          std::to_string(a.steps));
     if (!a.init.empty() && !a.resume.empty()) throw UsageError("--init and --resume: give one, not both");
+    // Files named on the command line must exist: a typo is a usage error (exit 2), while a file that
+    // exists but is malformed is reported by its reader (exit 1).
+    auto must_exist = [](const char* flag, const std::string& path) {
+        std::error_code ec;
+        if (!path.empty() && !std::filesystem::exists(path, ec))
+            throw UsageError(std::string(flag) + ": no such file or directory: " + path);
+    };
+    for (const auto& p : a.train_data) must_exist("--train-data", p);
+    for (const auto& p : a.val_data) must_exist("--val-data", p);
+    must_exist("--init", a.init);
+    must_exist("--resume", a.resume);
 }
 
 }  // namespace tune
