@@ -14,7 +14,7 @@
 #   scripts/gpu_check.sh [LOG_DIR]      (default: $OUT when set, else ./gpu_check_out)
 # Whole log: LOG_DIR/gpu_check.log; per-stage logs and JSON results beside it.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
 LOG_DIR=${1:-${OUT:-$ROOT/gpu_check_out}}
 mkdir -p "$LOG_DIR"
