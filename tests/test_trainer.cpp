@@ -164,6 +164,64 @@ TEST(Schedule, CosineMatchesItsFormulaAtChosenSteps) {
     EXPECT_FLOAT_EQ(lr_at(s, 109), 0.1f);  // the floor at the last step
 }
 
+TEST(Schedule, LinearDecaysToTheFloor) {
+    ScheduleConfig s;
+    s.kind = "linear";
+    s.lr = 2.0f;
+    s.min_frac = 0.25f;
+    s.total_steps = 11;
+    EXPECT_FLOAT_EQ(lr_at(s, 0), 2.0f);
+    EXPECT_FLOAT_EQ(lr_at(s, 5), 1.25f);  // halfway: (2 + 0.5) / 2
+    EXPECT_FLOAT_EQ(lr_at(s, 10), 0.5f);
+}
+
+TEST(Schedule, CyclicalTriangularFamilyMatchesSmith2017) {
+    ScheduleConfig s;
+    s.lr = 1.0f;        // max_lr
+    s.min_frac = 0.1f;  // base_lr 0.1
+    s.half_cycle = 4;
+    s.total_steps = 100;
+    s.kind = "triangular";
+    // t = 0: base; t = 4: peak; t = 8: base again; t = 2: halfway up; t = 12: second peak, same height.
+    EXPECT_FLOAT_EQ(lr_at(s, 0), 0.1f);
+    EXPECT_FLOAT_EQ(lr_at(s, 2), 0.55f);
+    EXPECT_FLOAT_EQ(lr_at(s, 4), 1.0f);
+    EXPECT_FLOAT_EQ(lr_at(s, 8), 0.1f);
+    EXPECT_FLOAT_EQ(lr_at(s, 12), 1.0f);
+    s.kind = "triangular2";  // the amplitude halves every cycle
+    EXPECT_FLOAT_EQ(lr_at(s, 4), 1.0f);
+    EXPECT_FLOAT_EQ(lr_at(s, 12), 0.55f);
+    EXPECT_FLOAT_EQ(lr_at(s, 20), 0.325f);
+    s.kind = "exp_range";
+    s.gamma = 0.9f;
+    EXPECT_NEAR(lr_at(s, 4), 0.1 + 0.9 * std::pow(0.9, 4), 1e-6);
+    EXPECT_NEAR(lr_at(s, 12), 0.1 + 0.9 * std::pow(0.9, 12), 1e-6);
+}
+
+TEST(Schedule, SlantedTriangularMatchesUlmfit) {
+    ScheduleConfig s;
+    s.kind = "stlr";
+    s.lr = 0.01f;
+    s.cut_frac = 0.1f;
+    s.ratio = 32;
+    s.total_steps = 1000;  // cut = 100
+    EXPECT_FLOAT_EQ(lr_at(s, 0), 0.01f / 32);               // the lowest rate
+    EXPECT_FLOAT_EQ(lr_at(s, 50), 0.01f * (1 + 0.5f * 31) / 32);
+    EXPECT_FLOAT_EQ(lr_at(s, 100), 0.01f);                  // the peak at the cut
+    // after the cut: p = 1 - (t - cut) / (cut * (1/cut_frac - 1)) = 1 - 450/900 = 0.5 at t = 550
+    EXPECT_FLOAT_EQ(lr_at(s, 550), 0.01f * (1 + 0.5f * 31) / 32);
+    EXPECT_NEAR(lr_at(s, 999), 0.01 * (1 + (1 - 899.0 / 900) * 31) / 32, 1e-9);
+}
+
+TEST(Schedule, UnknownKindsAndBadNumbersAreUsageErrors) {
+    ScheduleConfig s;
+    s.kind = "sawtooth";
+    EXPECT_THAT(error_of([&] { validate_schedule(s); }), HasSubstr("sawtooth"));
+    s.kind = "stlr";
+    s.cut_frac = 1.5f;
+    EXPECT_THAT(error_of([&] { validate_schedule(s); }), HasSubstr("--cut-frac"));
+}
+
 TEST(Schedule, ConstantHoldsAfterWarmup) {
     ScheduleConfig s;
     s.kind = "constant";

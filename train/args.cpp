@@ -65,10 +65,19 @@ Cli train_cli(TrainArgs& a) {
     c.option("--halt-at", "STEP", "stop once STEP steps are done, writing a resume checkpoint (0: run to the end)",
              &a.halt_at, 0, INT_MAX);
     c.option("--lr", "LR", "peak learning rate", &a.sched.lr, 1e-12, 10);
-    c.custom("--schedule", "constant|cosine", "learning-rate schedule after warmup", a.sched.kind,
-             one_of("--schedule", {"constant", "cosine"}, &a.sched.kind));
+    c.custom("--schedule", "KIND",
+             "learning-rate schedule: constant, cosine, linear, triangular, triangular2, exp_range (cyclical), "
+             "stlr (slanted triangular)",
+             a.sched.kind,
+             one_of("--schedule", {"constant", "cosine", "linear", "triangular", "triangular2", "exp_range", "stlr"},
+                    &a.sched.kind));
     c.option("--warmup", "N", "steps of linear warmup", &a.sched.warmup, 0, INT_MAX);
-    c.option("--min-lr-frac", "F", "cosine floor as a fraction of --lr", &a.sched.min_frac, 0, 1);
+    c.option("--min-lr-frac", "F", "floor of cosine/linear decay, base of cyclical schedules, as a fraction of --lr",
+             &a.sched.min_frac, 0, 1);
+    c.option("--half-cycle", "N", "cyclical schedules: steps from base to peak", &a.sched.half_cycle, 1, INT_MAX);
+    c.option("--gamma", "G", "exp_range: amplitude factor per step", &a.sched.gamma, 1e-9, 1);
+    c.option("--cut-frac", "F", "stlr: fraction of steps spent rising", &a.sched.cut_frac, 1e-6, 0.999999);
+    c.option("--ratio", "R", "stlr: peak / lowest learning rate", &a.sched.ratio, 1, 1e9);
     c.option("--beta1", "B1", "Adam beta1", &a.adam.beta1, 0, 0.999999);
     c.option("--beta2", "B2", "Adam beta2", &a.adam.beta2, 0, 0.999999999);
     c.option("--eps", "EPS", "Adam epsilon", &a.adam.eps, 1e-30, 1);
