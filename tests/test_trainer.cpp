@@ -131,6 +131,22 @@ TEST_F(TrainerFixture, PowerOfTwoLossScalingIsExactInF32) {
     EXPECT_EQ(slurp(plain.out_dir + "/model.ckpt"), slurp(scaled.out_dir + "/model.ckpt"));
 }
 
+TEST_F(TrainerFixture, LrFindSweepsExponentiallyAndSuggestsARateInsideTheRange) {
+    TrainArgs a = args("lrfind");
+    a.sched.warmup = 0;
+    Trainer t(a);
+    const double lr = t.lr_find(60, 1e-5, 1.0);
+    EXPECT_GT(lr, 1e-5);
+    EXPECT_LT(lr, 1.0);
+    std::istringstream in(slurp(a.out_dir + "/lr_find.jsonl"));
+    std::vector<double> rates;
+    for (std::string line; std::getline(in, line);) rates.push_back(nlohmann::json::parse(line)["lr"].get<double>());
+    ASSERT_GE(rates.size(), 12u);
+    EXPECT_NEAR(rates[0], 1e-5, 1e-12);
+    EXPECT_NEAR(rates[1] / rates[0], std::pow(1e5, 1.0 / 59), 1e-6);  // a constant ratio: exponential
+    EXPECT_THAT(slurp(a.out_dir + "/lr_find.svg"), HasSubstr("log scale"));
+}
+
 TEST(LossScale, HalvesOnOverflowAndDoublesAfterTheWindowOfCleanSteps) {
     TrainState s;
     s.loss_scale = 65536;

@@ -95,6 +95,10 @@ Cli train_cli(TrainArgs& a) {
     c.option("--ckpt-every", "N", "write a resume checkpoint every N steps (0: only at the end)", &a.ckpt_every, 0,
              INT_MAX);
     c.option("--out", "DIR", "run directory: metrics.jsonl, loss.svg, model.ckpt, resume.ckpt", &a.out_dir);
+    c.flag("--lr-find", "learning-rate range test over --steps steps (exponential from --lr-find-lo to --lr-find-hi): "
+           "writes lr_find.svg and prints a suggested --lr", &a.lr_find);
+    c.option("--lr-find-lo", "LR", "lr-find: lowest rate", &a.lr_find_lo, 1e-12, 10);
+    c.option("--lr-find-hi", "LR", "lr-find: highest rate", &a.lr_find_hi, 1e-12, 100);
     c.option("--log-every", "N", "a progress line every N steps", &a.log_every, 1, INT_MAX);
     c.flag("--quiet", "no progress lines", &a.quiet);
     return c;

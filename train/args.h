@@ -42,6 +42,8 @@ struct TrainArgs {
     int ckpt_every = 0;  // resume checkpoint every N steps (0: only at the end)
     std::string out_dir = "runs/train";
     int log_every = 1;  // a progress line every N steps
+    bool lr_find = false;  // run a learning-rate range test instead of training
+    float lr_find_lo = 1e-7f, lr_find_hi = 1.0f;
     bool quiet = false;
 };
 

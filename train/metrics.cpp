@@ -12,10 +12,10 @@
 
 namespace tune {
 
-RunLog::RunLog(const std::string& dir, bool append) : dir_(dir) {
+RunLog::RunLog(const std::string& dir, bool append, const std::string& file) : dir_(dir) {
     if (dir.empty()) return;
     make_dirs(dir);
-    const std::string path = dir + "/metrics.jsonl";
+    const std::string path = dir + "/" + file;
     f_ = std::fopen(path.c_str(), append ? "a" : "w");
     if (!f_) throw Error(path + ": cannot open for appending (" + std::strerror(errno) + ")");
 }

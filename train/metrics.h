@@ -24,7 +24,7 @@ class RunLog {
    public:
     // Opens (creating the directory) dir/metrics.jsonl: appending when `append` (a resumed run), else
     // starting it afresh. An empty dir logs nothing.
-    RunLog(const std::string& dir, bool append);
+    RunLog(const std::string& dir, bool append, const std::string& file = "metrics.jsonl");
     ~RunLog();
 
     // Appends one JSON object (already serialised) as a line and flushes it.

@@ -85,7 +85,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0);
 }
 
-StepStats Trainer::step() {
+StepStats Trainer::step(float lr) {
     const double t0 = now_seconds();
     StepStats st;
     st.step = (int)state_.step + 1;
@@ -109,7 +109,7 @@ StepStats Trainer::step() {
     st.loss = st.counted ? loss_sum / (double)st.counted : 0.0;
     const double raw_norm = std::sqrt(be_->sum_squares(model_->grads().base(), model_->grads().elems()));
     st.grad_norm = raw_norm / scale;  // the gradients still carry the loss scale
-    st.lr = lr_at(args_.sched, (int)state_.step);
+    st.lr = lr >= 0 ? lr : lr_at(args_.sched, (int)state_.step);
     // TEACH: a single NaN would poison every weight through Adam's moments. Skip the update instead and
     // leave weights and optimizer state untouched.
     st.skipped = !std::isfinite(st.loss) || !std::isfinite(raw_norm);
@@ -145,6 +145,42 @@ double Trainer::evaluate() {
         for (float w : b.weights) counted += w != 0.0f;
     }
     return counted ? sum / (double)counted : NAN;
+}
+
+double Trainer::lr_find(int steps, double lo, double hi) {
+    RunLog log(args_.out_dir, false, "lr_find.jsonl");
+    Curve curve{"smoothed loss", "#1f77b4", {}};
+    std::vector<double> lrs, smooth;
+    double avg = 0, best = INFINITY;
+    const double beta = 0.9;  // loss smoothing (with bias correction, as in the fastai implementation)
+    for (int i = 0; i < steps; i++) {
+        const double lr = lo * std::pow(hi / lo, steps > 1 ? (double)i / (steps - 1) : 0.0);
+        StepStats st = step((float)lr);
+        if (!std::isfinite(st.loss)) break;
+        avg = beta * avg + (1 - beta) * st.loss;
+        const double sm = avg / (1 - std::pow(beta, i + 1));
+        lrs.push_back(lr);
+        smooth.push_back(sm);
+        curve.points.push_back({lr, sm});
+        char line[160];
+        std::snprintf(line, sizeof line, "{\"lr\":%.9g,\"loss\":%.6f,\"smoothed\":%.6f}", lr, st.loss, sm);
+        log.append(line);
+        if (!args_.quiet && (i % args_.log_every == 0))
+            std::printf("lr-find %4d/%d | lr %.3e | loss %.4f | smoothed %.4f\n", i + 1, steps, lr, st.loss, sm);
+        best = std::min(best, sm);
+        if (i > 10 && sm > 4 * best) break;  // diverged: the rest of the range is useless
+    }
+    // Steepest descent of the smoothed loss per unit of log(lr), ignoring the noisy first tenth.
+    double suggestion = lrs.empty() ? NAN : lrs[0];
+    double steepest = INFINITY;
+    for (size_t i = std::max<size_t>(1, lrs.size() / 10); i + 1 < lrs.size(); i++) {
+        const double slope = (smooth[i + 1] - smooth[i - 1]) / std::log(lrs[i + 1] / lrs[i - 1]);
+        if (slope < steepest) steepest = slope, suggestion = lrs[i];
+    }
+    if (!args_.out_dir.empty())
+        write_line_chart_svg(args_.out_dir + "/lr_find.svg", "learning-rate range test", "learning rate", "loss",
+                             {curve}, true);
+    return suggestion;
 }
 
 void Trainer::save(const std::string& path, bool resume) {

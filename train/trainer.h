@@ -49,7 +49,12 @@ class Trainer {
    public:
     explicit Trainer(const TrainArgs& args);
 
-    StepStats step();                // one optimizer step
+    StepStats step(float lr = -1);   // one optimizer step (at this learning rate, else the schedule's)
+    // Learning-rate range test: `steps` steps with the rate rising exponentially from lo to hi, stopping
+    // early once the smoothed loss exceeds 4x its best. Writes lr_find.svg (loss against rate) and
+    // lr_find.jsonl to the run directory and returns the suggested rate: where the smoothed loss falls
+    // fastest. The model's weights are changed by the test; start the real run afresh.
+    double lr_find(int steps, double lo, double hi);
     double evaluate();               // mean validation loss (NaN without validation data)
     int run();                       // the whole job: steps, progress, metrics, plot, checkpoints
     void save(const std::string& path, bool resume);
