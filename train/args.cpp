@@ -58,6 +58,12 @@ Cli train_cli(TrainArgs& a) {
              [&a](const std::string& v) { a.val_data = split_list(v); });
     c.custom("--sequential", "", "read training windows in file order instead of shuffling", "off",
              [&a](const std::string&) { a.shuffle = false; });
+    c.option("--train-top", "K", "train only the top K blocks and the final LayerNorm (0: everything)", &a.train_top, 0,
+             1 << 20);
+    c.option("--train-only", "PATTERNS", "train only parameters matching these comma-separated patterns "
+             "(e.g. 'h.11.*,ln_f.*')", &a.train_only);
+    c.option("--lr-layer-factor", "F", "discriminative rates: block l at lr * F^(L-1-l), e.g. 0.385 = 1/2.6 (0: off)",
+             &a.lr_layer_factor, 0, 1);
     c.option("--batch", "B", "sequences per micro-batch", &a.batch, 1, 1 << 20);
     c.option("--seq", "T", "tokens per sequence (at most the model's block size)", &a.seq, 1, 1 << 20);
     c.option("--grad-accum", "K", "micro-batches per optimizer step", &a.grad_accum, 1, 1 << 20);

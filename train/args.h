@@ -22,6 +22,10 @@ struct TrainArgs {
     // data
     std::vector<std::string> train_data, val_data;
     bool shuffle = true;
+    // which parameters train (train/select.h)
+    int train_top = 0;            // only the top k blocks + ln_f (0: all)
+    std::string train_only;       // comma-separated name patterns
+    float lr_layer_factor = 0;    // discriminative rates: block l at lr * factor^(L-1-l) (0: off)
     // batch
     int batch = 4;  // B
     int seq = 64;   // T

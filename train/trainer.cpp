@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/backend_cuda.h"
 #include "model/weights.h"
+#include "train/select.h"
 
 namespace tune {
 
@@ -64,9 +65,11 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (args.seq > cfg.block_size)
         throw UsageError("--seq: " + std::to_string(args.seq) + " is above the model's block size " +
                          std::to_string(cfg.block_size));
-    model_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq);
+    const Trainable trainable = select_trainable(cfg, args.train_top, args.train_only);
+    model_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &trainable);
     if (ckpt.empty()) model_->init_random(args.seed);
     opt_ = std::make_unique<AdamW>(*model_, args.adam);
+    if (args.lr_layer_factor > 0) apply_discriminative_lr(*model_, *opt_, args.lr_layer_factor);
     state_.rng = args.seed;
     dynamic_loss_scale_ = args.loss_scaling == "on" || (args.loss_scaling == "auto" && be_->act_dtype() == DType::f16);
     state_.loss_scale = dynamic_loss_scale_ ? args.loss_scale : 1.0;  // a resume checkpoint overrides it
@@ -196,8 +199,10 @@ static std::string mib(size_t bytes) {
 void Trainer::print_memory_map() const {
     const size_t p = model_->param_bytes(), g = model_->grad_bytes(), o = opt_->state_bytes(),
                  a = model_->act_bytes();
-    std::printf("model: %s, %zu parameters, backend %s\n", model_->config().describe().c_str(),
-                num_parameters(model_->config()), be_->name().c_str());
+    size_t trainable = 0;
+    for (const TensorInfo& t : model_->grads().table().tensors()) trainable += t.numel;
+    std::printf("model: %s, %zu parameters (%zu trainable), backend %s\n", model_->config().describe().c_str(),
+                num_parameters(model_->config()), trainable, be_->name().c_str());
     std::printf("memory: parameters %s | gradients %s | optimizer %s | activations %s | total %s\n", mib(p).c_str(),
                 mib(g).c_str(), mib(o).c_str(), mib(a).c_str(), mib(p + g + o + a).c_str());
 }
