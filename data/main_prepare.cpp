@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string>
 
+#include "train/cli.h"
 #include "data/fileio.h"
 #include "data/prepare.h"
 #include "kernels/common.h"
@@ -27,7 +28,7 @@ static const char* kHelp =
 
 int main(int argc, char** argv) {
     using namespace tune;
-    try {
+    return tune::run_tool("prepare", [&]() -> int {
         PrepareOptions opt;
         std::string vocab = "data/gpt2";
         for (int i = 1; i < argc; i++) {
@@ -80,11 +81,5 @@ int main(int argc, char** argv) {
         std::printf("  tokens with loss: %zu of %zu\n", r.counted_tokens, r.train_tokens + r.val_tokens);
         if (r.skipped) std::printf("  skipped %zu malformed lines (--skip-bad)\n", r.skipped);
         return 0;
-    } catch (const UsageError& e) {
-        std::fprintf(stderr, "prepare: %s\n", e.what());
-        return 2;
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "prepare: error: %s\n", e.what());
-        return 1;
-    }
+    });
 }

@@ -3,6 +3,7 @@
 #include <memory>
 #include <string>
 
+#include "train/cli.h"
 #include "kernels/backend.h"
 #include "model/hf_gpt2.h"
 #include "model/llmc.h"
@@ -64,7 +65,7 @@ bool parse(int argc, char** argv, ExportArgs& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    try {
+    return tune::run_tool("export", [&]() -> int {
         ExportArgs args;
         if (!parse(argc, argv, args)) {
             std::fputs(kHelp, stdout);
@@ -90,11 +91,5 @@ int main(int argc, char** argv) {
             std::printf("export: wrote %s (llm.c version 3, float32)\n", args.llmc_file.c_str());
         }
         return 0;
-    } catch (const tune::UsageError& e) {
-        std::fprintf(stderr, "export: %s\n", e.what());
-        return 2;
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "export: error: %s\n", e.what());
-        return 1;
-    }
+    });
 }

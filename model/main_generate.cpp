@@ -9,7 +9,7 @@
 
 int main(int argc, char** argv) {
     using namespace tune;
-    try {
+    return tune::run_tool("generate", [&]() -> int {
         std::string weights, prompt, prompt_file, device = "auto", vocab = "data/gpt2";
         int max_new = 100, samples = 1;
         uint64_t seed = 1;
@@ -53,11 +53,5 @@ int main(int argc, char** argv) {
             std::printf("\n");
         }
         return 0;
-    } catch (const UsageError& e) {
-        std::fprintf(stderr, "generate: %s\n", e.what());
-        return 2;
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "generate: error: %s\n", e.what());
-        return 1;
-    }
+    });
 }

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <sstream>
 
@@ -30,6 +31,18 @@ double parse_double(const std::string& flag, const std::string& v, double lo, do
         throw UsageError(s.str());
     }
     return x;
+}
+
+int run_tool(const char* name, const std::function<int()>& body) {
+    try {
+        return body();
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "%s: %s\n", name, e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s: error: %s\n", name, e.what());
+        return 1;
+    }
 }
 
 static std::string show(double v) {

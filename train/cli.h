@@ -11,6 +11,10 @@
 namespace tune {
 
 int parse_int(const std::string& flag, const std::string& v, long lo, long hi);
+
+// Runs a tool's main body with the exit-code contract every tool shares: a tune::UsageError prints
+// "NAME: message" and exits 2; any other error prints "NAME: error: message" and exits 1.
+int run_tool(const char* name, const std::function<int()>& body);
 double parse_double(const std::string& flag, const std::string& v, double lo, double hi);
 
 class Cli {

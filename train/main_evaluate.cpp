@@ -8,7 +8,7 @@
 
 int main(int argc, char** argv) {
     using namespace tune;
-    try {
+    return tune::run_tool("evaluate", [&]() -> int {
         std::string weights, data, choices, device = "auto", vocab = "data/gpt2";
         int batch = 4, seq = 256, batches = 0;
         Cli cli("usage: bin/evaluate --model WEIGHTS [--data SHARDS] [--choices FILE.jsonl] [options]\n"
@@ -52,11 +52,5 @@ int main(int argc, char** argv) {
                         r.acc_norm());
         }
         return 0;
-    } catch (const UsageError& e) {
-        std::fprintf(stderr, "evaluate: %s\n", e.what());
-        return 2;
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "evaluate: error: %s\n", e.what());
-        return 1;
-    }
+    });
 }

@@ -2,6 +2,7 @@
 #include <csignal>
 #include <cstdio>
 
+#include "train/cli.h"
 #include "train/default_job.h"
 #include "train/trainer.h"
 
@@ -13,7 +14,7 @@ static void on_interrupt(int) {
 }
 
 int main(int argc, char** argv) {
-    try {
+    return tune::run_tool("train", [&]() -> int {
         if (argc == 1) return tune::run_default_job(tune::DefaultJobOptions{});  // the embedded demo
         tune::TrainArgs args;
         if (!tune::parse_train_args(argc, argv, args)) {
@@ -31,11 +32,5 @@ int main(int argc, char** argv) {
             return 0;
         }
         return trainer.run();
-    } catch (const tune::UsageError& e) {
-        std::fprintf(stderr, "train: %s\n", e.what());
-        return 2;
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "train: error: %s\n", e.what());
-        return 1;
-    }
+    });
 }
