@@ -6,6 +6,7 @@
 
 #include "kernels/backend.h"
 #include "model/gpt2.h"
+#include "model/rng.h"
 
 namespace tune::test {
 
@@ -20,6 +21,30 @@ inline ModelConfig small_config(int V = 37, int L = 2, int NH = 3, int C = 12, i
     c.padded_vocab_size = pad_vocab(V);
     c.block_size = maxT;
     return c;
+}
+
+// A random batch: inputs x, targets y, loss weights w (about 30% zero when masked).
+struct Data {
+    int B, T;
+    std::vector<int32_t> x, y;
+    std::vector<float> w;
+};
+
+inline Data random_data(int B, int T, int V, uint64_t seed, bool with_mask) {
+    Rng r(seed);
+    Data d{B, T, {}, {}, {}};
+    for (int i = 0; i < B * T; i++) {
+        d.x.push_back((int32_t)r.below(V));
+        d.y.push_back((int32_t)r.below(V));
+        d.w.push_back(with_mask && r.uniform() < 0.3 ? 0.0f : 1.0f);
+    }
+    return d;
+}
+
+inline size_t counted(const std::vector<float>& w) {
+    size_t n = 0;
+    for (float v : w) n += v != 0.0f;
+    return n;
 }
 
 inline std::vector<double> get_tensor(GPT2& m, const Arena& a, size_t i) {

@@ -20,29 +20,6 @@ namespace {
 
 class CudaModel : public CudaTest {};
 
-struct Data {
-    int B, T;
-    std::vector<int32_t> x, y;
-    std::vector<float> w;
-};
-
-Data random_data(int B, int T, int V, uint64_t seed, bool with_mask) {
-    Rng r(seed);
-    Data d{B, T, {}, {}, {}};
-    for (int i = 0; i < B * T; i++) {
-        d.x.push_back((int32_t)r.below(V));
-        d.y.push_back((int32_t)r.below(V));
-        d.w.push_back(with_mask && r.uniform() < 0.3 ? 0.0f : 1.0f);
-    }
-    return d;
-}
-
-size_t counted(const std::vector<float>& w) {
-    size_t n = 0;
-    for (float v : w) n += v != 0.0f;
-    return n;
-}
-
 double mean_loss(GPT2& m, const Data& d, bool backward) {
     const float dloss = 1.0f / (float)counted(d.w);
     if (backward) m.zero_grads();
