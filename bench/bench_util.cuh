@@ -18,6 +18,7 @@
 #include "kernels/backend.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cublaslt.h"
+#include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/scratch.h"
 
 namespace tune::bench {
@@ -56,19 +57,10 @@ inline Context* context(benchmark::State& state) {
     return &ctx;
 }
 
-__device__ inline uint32_t hash32(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return (uint32_t)x;
-}
-
 template <class T>
 __global__ void fill_uniform(T* p, size_t n, uint64_t seed, float scale) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float u = (float)(hash32(seed * 0x9E3779B97F4A7C15ull + i) >> 8) * (1.0f / 16777216.0f);
+        const float u = (float)(tune::cuda::mix_bits(seed * 0x9E3779B97F4A7C15ull + i) >> 8) * (1.0f / 16777216.0f);
         p[i] = (T)((2.0f * u - 1.0f) * scale);
     }
 }
@@ -76,7 +68,7 @@ __global__ void fill_uniform(T* p, size_t n, uint64_t seed, float scale) {
 template <class I>
 __global__ void fill_tokens(I* p, size_t n, uint64_t seed, int below) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        p[i] = (I)(hash32(seed * 0x9E3779B97F4A7C15ull + i) % (uint32_t)below);
+        p[i] = (I)(tune::cuda::mix_bits(seed * 0x9E3779B97F4A7C15ull + i) % (uint32_t)below);
 }
 
 // A device array of n elements of T, filled with uniform values in [-scale, scale].

@@ -19,15 +19,6 @@ constexpr int kSumSqFinalThreads = 1024;
 constexpr size_t kSumSqMaxBlocks = kSumSqFinalThreads;  // one final-block thread per partial
 constexpr size_t kSumSqElemsPerThread = 16;             // before the grid reaches its cap
 
-__device__ __forceinline__ uint32_t mix_bits(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return (uint32_t)x;
-}
-
 template <class T>
 __device__ __forceinline__ T round_to(float x, bool /*stochastic*/, uint64_t /*key*/) {
     return from_f32<T>(x);  // fp32: exact; fp16: round to nearest even

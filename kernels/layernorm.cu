@@ -12,13 +12,7 @@ namespace {
 constexpr float kEps = 1e-5f;
 constexpr int kRowsPerBlock = 8;  // warps per block in the warp-per-row kernels
 constexpr int kRowThreads = 32 * kRowsPerBlock;
-// Parameter-gradient column sums: blocks of 32 channels x kColRowLanes row lanes; each block column owns a
-// slice of rows. The slice length depends only on N, so the partial sums (and their order) are fixed.
-constexpr int kColChannels = 32;
-constexpr int kColRowLanes = 8;
-constexpr size_t kMinRowsPerSlice = 256;
-constexpr size_t kMaxSlices = 1024;
-constexpr int kFinalizeThreads = 256;
+// Parameter gradients use the deterministic column-sum plan of kernels/cuda/device_util.cuh.
 
 template <class T>
 __global__ void layernorm_forward_warp_per_row(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias,
@@ -145,8 +139,7 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
     CUDA_CHECK_LAUNCH();
     if (!dweight && !dbias) return;
 
-    const size_t rows_per_slice = std::max(kMinRowsPerSlice, (N + kMaxSlices - 1) / kMaxSlices);
-    const int slices = (int)((N + rows_per_slice - 1) / rows_per_slice);
+    const auto [rows_per_slice, slices] = column_slices(N);
     Carve sizes(nullptr);
     sizes.take<float>((size_t)slices * C);
     sizes.take<float>((size_t)slices * C);

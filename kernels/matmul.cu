@@ -12,12 +12,7 @@ namespace tune::cuda {
 namespace {
 
 constexpr int kBiasAddThreads = 256;
-// Bias-gradient column sums: blocks of 32 output channels x 8 row lanes over a fixed slice of rows.
-constexpr int kColChannels = 32;
-constexpr int kColRowLanes = 8;
-constexpr size_t kMinRowsPerSlice = 256;
-constexpr size_t kMaxSlices = 1024;
-constexpr int kFinalizeThreads = 256;
+// Bias gradients use the deterministic column-sum plan of kernels/cuda/device_util.cuh.
 
 // Fallback when cuBLASLt cannot fuse the bias: out[i, o] += bias[o].
 template <class T>
@@ -132,8 +127,7 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
         gemm.run(g);
     }
     if (dbias && OC > 0) {
-        const size_t rows_per_slice = std::max(kMinRowsPerSlice, (N + kMaxSlices - 1) / kMaxSlices);
-        const int slices = (int)((N + rows_per_slice - 1) / rows_per_slice);
+        const auto [rows_per_slice, slices] = column_slices(N);
         float* partial = static_cast<float*>(scratch.get((size_t)slices * OC * sizeof(float)));
         const dim3 grid((unsigned)((OC + kColChannels - 1) / kColChannels), (unsigned)slices);
         bias_grad_partials<T>

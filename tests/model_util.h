@@ -47,6 +47,16 @@ inline size_t counted(const std::vector<float>& w) {
     return n;
 }
 
+// Mean loss over the counted tokens of one batch; with `backward`, also leaves its gradients in the model.
+inline double mean_loss(GPT2& m, const Data& d, bool backward) {
+    const float dloss = 1.0f / (float)counted(d.w);
+    if (backward) m.zero_grads();
+    m.forward(d.x.data(), d.B, d.T);
+    const double s = m.loss(d.y.data(), d.w.data(), dloss, backward);
+    if (backward) m.backward();
+    return s / (double)counted(d.w);
+}
+
 inline std::vector<double> get_tensor(GPT2& m, const Arena& a, size_t i) {
     std::vector<double> v(a.table()[i].numel);
     m.backend().download(v.data(), a.ptr(i), a.dtype(), v.size());

@@ -20,15 +20,6 @@ namespace {
 
 class CudaModel : public CudaTest {};
 
-double mean_loss(GPT2& m, const Data& d, bool backward) {
-    const float dloss = 1.0f / (float)counted(d.w);
-    if (backward) m.zero_grads();
-    m.forward(d.x.data(), d.B, d.T);
-    const double s = m.loss(d.y.data(), d.w.data(), dloss, backward);
-    if (backward) m.backward();
-    return s / (double)counted(d.w);
-}
-
 void copy_params(GPT2& from, GPT2& to) {
     for (size_t i = 0; i < from.params().table().size(); i++)
         set_tensor(to, to.params(), i, get_tensor(from, from.params(), i));

@@ -12,15 +12,6 @@ namespace tune::test {
 namespace {
 
 // Mean loss over counted tokens, and (optionally) the gradients it leaves in the model.
-double mean_loss(GPT2& m, const Data& d, bool backward) {
-    const float dloss = 1.0f / (float)counted(d.w);
-    if (backward) m.zero_grads();
-    m.forward(d.x.data(), d.B, d.T);
-    double s = m.loss(d.y.data(), d.w.data(), dloss, backward);
-    if (backward) m.backward();
-    return s / (double)counted(d.w);
-}
-
 TEST(ModelCpu, ParameterGradientsMatchFiniteDifferencesF64_L2_C12_V37_B2_T7) {
     auto be = make_cpu_backend(DType::f64);
     GPT2 m(small_config(), *be, 2, 7);

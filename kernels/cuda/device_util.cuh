@@ -105,4 +105,35 @@ inline unsigned grid_1d(size_t work, size_t per_block, size_t cap = 65535u * 32u
     return (unsigned)std::max<size_t>(1, std::min(g, cap));
 }
 
+// ---- deterministic column sums (parameter gradients of LayerNorm, bias gradients of matmul) ----
+// Blocks of kColChannels columns x kColRowLanes row lanes, each block column owning a fixed slice of rows;
+// a second kernel adds the slices' fp32 partials in order. The slicing depends only on N, so the partial
+// sums and their order (and so the bits of the result) are the same on every run.
+constexpr int kColChannels = 32;
+constexpr int kColRowLanes = 8;
+constexpr size_t kMinRowsPerSlice = 256;
+constexpr size_t kMaxSlices = 1024;
+constexpr int kFinalizeThreads = 256;
+
+struct ColumnSlices {
+    size_t rows_per_slice;
+    int slices;
+};
+inline ColumnSlices column_slices(size_t N) {
+    const size_t rows = std::max(kMinRowsPerSlice, (N + kMaxSlices - 1) / kMaxSlices);
+    return {rows, (int)((N + rows - 1) / rows)};
+}
+
+// ---- hashing ----
+// A 64-to-32-bit mixer (MurmurHash3's finaliser): random bits from an index, for stochastic rounding and
+// for filling benchmark inputs.
+__device__ __forceinline__ uint32_t mix_bits(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return (uint32_t)x;
+}
+
 }  // namespace tune::cuda
