@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "data/fileio.h"
 #include "data/prepare.h"
@@ -70,28 +71,21 @@ int run_default_job(const DefaultJobOptions& opt) {
     // 1. Data.
     std::vector<TaskExample> train_ex, test_ex;
     synthetic_task(7, 2400, 100, train_ex, test_ex);
-    write_text(data + "/base.txt", synthetic_corpus(1, 12000));
+    // The corpus as JSONL, a document per line of text, so whole documents can go to validation.
+    {
+        const std::string corpus = synthetic_corpus(1, 12000);
+        std::string lines;
+        std::istringstream in(corpus);
+        for (std::string line; std::getline(in, line);) lines += nlohmann::json{{"text", line}}.dump() + "\n";
+        write_text(data + "/base.jsonl", lines);
+    }
     write_text(data + "/task.jsonl", jsonl(train_ex));
     Tokenizer tok = Tokenizer::load("data/gpt2");
     PrepareOptions po;
     po.progress = false;
     po.val_frac = 0.1;
-    po.inputs = {data + "/base.txt"};
+    po.inputs = {data + "/base.jsonl"};
     po.out_dir = data + "/base";
-    // One text file is one document; split the corpus into lines so there is something to validate on.
-    {
-        std::vector<uint8_t> b = read_file_bytes(data + "/base.txt");
-        std::string all(b.begin(), b.end()), lines;
-        size_t start = 0;
-        while (start < all.size()) {
-            size_t end = all.find('\n', start);
-            if (end == std::string::npos) end = all.size();
-            lines += nlohmann::json{{"text", all.substr(start, end - start)}}.dump() + "\n";
-            start = end + 1;
-        }
-        write_text(data + "/base.jsonl", lines);
-        po.inputs = {data + "/base.jsonl"};
-    }
     PrepareReport base_rep = prepare_dataset(tok, po);
     po.inputs = {data + "/task.jsonl"};
     po.out_dir = data + "/task";
