@@ -30,6 +30,10 @@ struct OptSegment {
     size_t n = 0;
     float lr_scale = 1.0f;
     float weight_decay = 0.0f;
+    // Optimizer steps taken before this segment started training (gradual unfreezing): its Adam bias
+    // correction uses t - t_offset, so a newly unfrozen block starts with the same bias correction a
+    // block training from step 1 had.
+    int t_offset = 0;
 };
 
 struct AdamWStep {
@@ -123,6 +127,43 @@ class Backend {
     virtual void crossentropy_forward_backward(void* losses, void* dlogits, const void* logits,
                                                const int32_t* targets, const float* weights, float dloss, size_t N,
                                                int V, int Vp) = 0;
+
+    // ---- fine-tuning pieces (kernels/finetune.h, reference kernels/cpu/finetune.h) ----
+    // out = s * inp, n elements; out may alias inp.
+    virtual void scale(void* out, const void* inp, float s, size_t n) = 0;
+    // Inverted dropout with a counter-based mask: out[i] = inp[i] / (1 - p) where keep(seed, i), else 0.
+    // keep(seed, i) = (dropout_hash(seed, i) >= p * 2^32), dropout_hash from kernels/common.h, so the CPU and
+    // CUDA masks are identical. Calling it again on dout with the same seed is the backward (the mask is
+    // regenerated, never stored). out may alias inp. p = 0 copies.
+    virtual void dropout(void* out, const void* inp, float p, uint64_t seed, size_t n) = 0;
+    // Virtual-token rows (soft prompts, prefix tuning): for every sequence b and j < P,
+    //   x[b, j, col0 : col0+w] = src[j * src_ld : j * src_ld + w]          x (B, T, W), src (P, src_ld)
+    virtual void prefix_rows_forward(void* x, const void* src, int src_ld, int B, int T, int P, int W, int col0,
+                                     int w) = 0;
+    // Its backward: dsrc[j, 0:w] += sum over b of dx[b, j, col0 : col0+w] (skipped when dsrc is null), and then
+    // those entries of dx are set to zero: the overwritten values never reached the output through whatever
+    // produced x, so nothing may flow back into it. dsrc has leading dimension src_ld.
+    virtual void prefix_rows_backward(void* dsrc, void* dx, int src_ld, int B, int T, int P, int W, int col0,
+                                      int w) = 0;
+    // Knowledge distillation, temperature tau, over the first V of Vp columns, fused with its backward:
+    //   q = softmax(teacher_logits[i] / tau),  p = softmax(logits[i] / tau)
+    //   losses(N)    = weights[i] * tau^2 * KL(q || p) = weights[i] * tau^2 * sum_v q_v (log q_v - log p_v)
+    //   dlogits(N,Vp) = weights[i] * dloss * tau * (p - q), zero in the padding columns (when non-null).
+    // dlogits may alias teacher_logits (not logits).
+    virtual void distill_forward_backward(void* losses, void* dlogits, const void* logits,
+                                          const void* teacher_logits, const float* weights, float tau, float dloss,
+                                          size_t N, int V, int Vp) = 0;
+    // Anchor penalty (L2-SP, EWC) over the optimizer's segments: with w the current weights (master when
+    // has_master(), else params at param_offset), a = anchor and F = fisher (1 when fisher is null), all three
+    // master_dtype() and laid out like the gradient arena:
+    //   returns  sum_i F_i (w_i - a_i)^2                    (deterministic reduction, double)
+    //   grads_i += grad_mult * lambda * F_i * (w_i - a_i)   (grads: act_dtype(), gradient-arena layout)
+    // The caller adds lambda/2 times the returned sum to the loss.
+    virtual double anchor_penalty(void* grads, const void* params, const void* master, const void* anchor,
+                                  const void* fisher, const std::vector<OptSegment>& segments, float lambda,
+                                  float grad_mult) = 0;
+    // out[i] += s * x[i]^2 (EWC's Fisher estimate); out: master_dtype(), x: act_dtype(), n elements.
+    virtual void accumulate_squares(void* out, const void* x, float s, size_t n) = 0;
 
     // ---- optimizer and reductions ----
     // Sum of squares of n elements of `x` (element type act_dtype()), accumulated deterministically.

@@ -40,6 +40,21 @@ inline const char* dtype_name(DType t) {
     return "?";
 }
 
+// The counter-based hash behind dropout masks (Backend::dropout), identical on the host and the device:
+// SplitMix64's finaliser of (seed + golden-ratio step * (i + 1)), top 32 bits.
+#if defined(__CUDACC__)
+#define TUNE_HOST_DEVICE __host__ __device__
+#else
+#define TUNE_HOST_DEVICE
+#endif
+TUNE_HOST_DEVICE inline uint32_t dropout_hash(uint64_t seed, uint64_t i) {
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull * (i + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (uint32_t)(z >> 32);
+}
+
 // Thrown for input from outside (files, command line, config): the message names the file, the
 // field and what was expected. Tools catch it at the top, print the message and exit non-zero.
 struct Error : std::runtime_error {

@@ -9,9 +9,9 @@ namespace tune::cpu {
 template <class T>
 void adamw_update(T* params, const T* grads, T* m, T* v, const std::vector<OptSegment>& segments,
                   const AdamWStep& s) {
-    const double bc1 = 1.0 - std::pow((double)s.beta1, s.t);
-    const double bc2 = 1.0 - std::pow((double)s.beta2, s.t);
     for (const OptSegment& seg : segments) {
+        const double bc1 = 1.0 - std::pow((double)s.beta1, s.t - seg.t_offset);
+        const double bc2 = 1.0 - std::pow((double)s.beta2, s.t - seg.t_offset);
         T* p = params + seg.param_offset;
         const T* g = grads + seg.grad_offset;
         T* mm = m + seg.grad_offset;

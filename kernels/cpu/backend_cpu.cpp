@@ -8,6 +8,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/crossentropy.h"
 #include "kernels/cpu/encoder.h"
+#include "kernels/cpu/finetune.h"
 #include "kernels/cpu/gelu.h"
 #include "kernels/cpu/layernorm.h"
 #include "kernels/cpu/matmul.h"
@@ -119,6 +120,31 @@ class CpuBackend final : public Backend {
     void crossentropy_forward_backward(void* losses, void* dlogits, const void* logits, const int32_t* targets,
                                        const float* weights, float dloss, size_t N, int V, int Vp) override {
         cpu::crossentropy_forward_backward(t(losses), t(dlogits), t(logits), targets, weights, dloss, N, V, Vp);
+    }
+    void scale(void* out, const void* inp, float s, size_t n) override { cpu::scale(t(out), t(inp), s, n); }
+    void dropout(void* out, const void* inp, float p, uint64_t seed, size_t n) override {
+        cpu::dropout(t(out), t(inp), p, seed, n);
+    }
+    void prefix_rows_forward(void* x, const void* src, int src_ld, int B, int T_, int P, int W, int col0,
+                             int w) override {
+        cpu::prefix_rows_forward(t(x), t(src), src_ld, B, T_, P, W, col0, w);
+    }
+    void prefix_rows_backward(void* dsrc, void* dx, int src_ld, int B, int T_, int P, int W, int col0,
+                              int w) override {
+        cpu::prefix_rows_backward(t(dsrc), t(dx), src_ld, B, T_, P, W, col0, w);
+    }
+    void distill_forward_backward(void* losses, void* dlogits, const void* logits, const void* teacher,
+                                  const float* weights, float tau, float dloss, size_t N, int V, int Vp) override {
+        cpu::distill_forward_backward(t(losses), t(dlogits), t(logits), t(teacher), weights, tau, dloss, N, V, Vp);
+    }
+    double anchor_penalty(void* grads, const void* params, const void* master, const void* anchor,
+                          const void* fisher, const std::vector<OptSegment>& segments, float lambda,
+                          float grad_mult) override {
+        return cpu::anchor_penalty(t(grads), t(params), t(master), t(anchor), t(fisher), segments, lambda,
+                                   grad_mult);
+    }
+    void accumulate_squares(void* out, const void* x, float s, size_t n) override {
+        cpu::accumulate_squares(t(out), t(x), s, n);
     }
     double sum_squares(const void* x, size_t n) override { return cpu::sum_squares(t(x), n); }
     void adamw_update(void* params, void*, const void* grads, void* m, void* v,

@@ -1,0 +1,52 @@
+// Pieces the fine-tuning methods add to the model, CPU reference (CUDA: kernels/finetune.h).
+//   scale:     out = s * inp
+//   dropout:   out[i] = keep(seed, i) ? inp[i] / (1 - p) : 0; keep from dropout_hash (kernels/common.h), so
+//              the mask is a pure function of (seed, i): the backward is the same call on dout.
+//   prefix rows (soft prompts, prefix tuning): x[b, j, col0:col0+w] = src[j, 0:w] for j < P;
+//              backward: dsrc[j] += sum_b dx[b, j, col0:col0+w], then those dx entries are zeroed.
+//   distillation: losses_i = w_i tau^2 KL(q || p), dlogits_i = w_i dloss tau (p - q),
+//              p = softmax(z / tau), q = softmax(z_teacher / tau), over the first V columns.
+//   anchor penalty (L2-SP, EWC): returns sum F (w - a)^2; grads += grad_mult * lambda * F * (w - a).
+//   accumulate_squares: out += s * x^2.
+// Saves nothing; the gradient contract is in each line above (dsrc and grads accumulate, the rest write).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/backend.h"
+
+namespace tune::cpu {
+
+template <class T>
+void scale(T* out, const T* inp, float s, size_t n);
+
+template <class T>
+void dropout(T* out, const T* inp, float p, uint64_t seed, size_t n);
+
+template <class T>
+void prefix_rows_forward(T* x,          // (B, T, W)
+                         const T* src,  // (P, src_ld)
+                         int src_ld, int B, int T_, int P, int W, int col0, int w);
+template <class T>
+void prefix_rows_backward(T* dsrc,  // (P, src_ld) accumulated; may be null
+                          T* dx,    // (B, T, W) prefix entries zeroed
+                          int src_ld, int B, int T_, int P, int W, int col0, int w);
+
+template <class T>
+void distill_forward_backward(T* losses,                // (N)
+                              T* dlogits,               // (N, Vp) or null; may alias teacher_logits
+                              const T* logits,          // (N, Vp)
+                              const T* teacher_logits,  // (N, Vp)
+                              const float* weights,     // (N)
+                              float tau, float dloss, size_t N, int V, int Vp);
+
+// params are used (at param_offset) only when master is null.
+template <class T>
+double anchor_penalty(T* grads, const T* params, const T* master, const T* anchor, const T* fisher,
+                      const std::vector<OptSegment>& segments, float lambda, float grad_mult);
+
+template <class T>
+void accumulate_squares(T* out, const T* x, float s, size_t n);
+
+}  // namespace tune::cpu
