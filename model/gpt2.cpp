@@ -18,8 +18,29 @@ static int lnf_w(const ModelConfig& c) { return kFirstBlock + c.n_layer * kTenso
 // What each block saves for backward, in activation-table order.
 enum LayerAct { kLn1, kLn1Mean, kLn1Rstd, kQkv, kAtty, kAttSaved, kRes2, kLn2, kLn2Mean, kLn2Rstd, kFch, kFchGelu,
                 kRes3, kActsPerLayer };
+static const char* const kActNames[kActsPerLayer] = {"ln1", "ln1_mean", "ln1_rstd", "qkv",      "atty",
+                                                    "att_saved", "residual2", "ln2", "ln2_mean", "ln2_rstd",
+                                                    "fch", "fch_gelu", "residual3"};
 
-Table gpt2_param_table(const ModelConfig& cfg) {
+// LoRA sites: input and output widths in units of C.
+static const int kSiteIn[kLoraSites] = {1, 1, 1, 4};
+static const int kSiteOut[kLoraSites] = {3, 1, 4, 1};
+static const int kSiteWeight[kLoraSites] = {kQkvw, kAttProjw, kFcw, kFcProjw};
+
+const char* recompute_name(Recompute r) {
+    return r == Recompute::none ? "none" : r == Recompute::selective ? "selective" : "full";
+}
+
+Recompute parse_recompute(const std::string& name) {
+    if (name == "none") return Recompute::none;
+    if (name == "selective") return Recompute::selective;
+    if (name == "full") return Recompute::full;
+    throw UsageError("--recompute: expected one of none, selective, full, got '" + name + "'");
+}
+
+size_t num_base_tensors(const ModelConfig& cfg) { return (size_t)kFirstBlock + cfg.n_layer * kTensorsPerBlock + 2; }
+
+Table gpt2_param_table(const ModelConfig& cfg, const PeftConfig& peft) {
     const size_t C = cfg.n_embd;
     Table t;
     t.add("wte", {(size_t)cfg.padded_vocab_size, C});
@@ -41,55 +62,116 @@ Table gpt2_param_table(const ModelConfig& cfg) {
     }
     t.add("ln_f.weight", {C});
     t.add("ln_f.bias", {C});
+    const size_t r = peft.lora_rank;
+    for (int l = 0; l < cfg.n_layer && peft.lora(); l++)
+        for (int s = 0; s < kLoraSites; s++) {
+            if (!peft.lora_at(s)) continue;
+            const std::string h = "h." + std::to_string(l) + "." + lora_site_name(s) + ".";
+            t.add(h + "lora_A", {r, kSiteIn[s] * C});
+            t.add(h + "lora_B", {kSiteOut[s] * C, r});
+        }
+    const size_t P = peft.n_virtual, H = peft.hidden, KV = 2 * C * cfg.n_layer;
+    switch (peft.virt) {
+        case Virtual::none: break;
+        case Virtual::prompt: t.add("prompt.embedding", {P, C}); break;
+        case Virtual::prefix_kv: t.add("prefix.kv", {P, KV}); break;
+        case Virtual::ptune:
+        case Virtual::prefix: {
+            const std::string n = peft.virt == Virtual::ptune ? "ptune." : "prefix.";
+            const size_t out = peft.virt == Virtual::ptune ? C : KV;
+            t.add(n + "input", {P, C});
+            t.add(n + "fc.weight", {H, C});
+            t.add(n + "fc.bias", {H});
+            t.add(n + "proj.weight", {out, H});
+            t.add(n + "proj.bias", {out});
+            break;
+        }
+    }
     return t;
 }
 
-GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* trainable)
-    : cfg_(cfg), be_(be), B_(B), T_(T) {
+GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* trainable, const ModelOptions& opts)
+    : cfg_(cfg), be_(be), opts_(opts), B_(B), T_(T) {
     validate_config(cfg, "model");
-    assert(B > 0 && T > 0 && T <= cfg.block_size);
-    const size_t N = (size_t)B * T, C = cfg.n_embd;
+    validate_peft(opts.peft, cfg, "model");
+    P_ = opts.peft.virtual_tokens();
+    assert(B > 0 && T > 0 && T + P_ <= cfg.block_size);
+    const int L = cfg.n_layer;
+    const size_t Tt = (size_t)T + P_, N = (size_t)B * Tt, C = cfg.n_embd;
     const DType dt = be.act_dtype();
+    const PeftConfig& pf = opts.peft;
 
-    Table ptab = gpt2_param_table(cfg);
+    Table ptab = gpt2_param_table(cfg, pf);
+    n_base_ = tune::num_base_tensors(cfg);
+    lora_.assign((size_t)L * kLoraSites, Lora{});
+    for (int l = 0; l < L; l++)
+        for (int s = 0; s < kLoraSites; s++) {
+            const std::string h = "h." + std::to_string(l) + "." + lora_site_name(s) + ".";
+            lora_[l * kLoraSites + s].a = ptab.find(h + "lora_A");
+            lora_[l * kLoraSites + s].b = ptab.find(h + "lora_B");
+        }
+    if (P_ > 0) virt_first_ = (int)ptab.size() - (pf.virt == Virtual::ptune || pf.virt == Virtual::prefix ? 5 : 1);
+
     Table gtab;
     grad_index_.assign(ptab.size(), -1);
-    for (size_t i = 0; i < ptab.size(); i++)
-        if (!trainable || trainable->tensor.at(i)) grad_index_[i] = (int)gtab.add(ptab[i].name, ptab[i].shape);
-    // Backward can stop below the lowest block that trains, unless the embeddings train.
-    lowest_trainable_layer_ = cfg.n_layer;
-    if (grad_index_[kWte] >= 0 || grad_index_[kWpe] >= 0) lowest_trainable_layer_ = -1;
-    for (int l = cfg.n_layer - 1; l >= 0 && lowest_trainable_layer_ >= 0; l--)
-        for (int k = 0; k < kTensorsPerBlock; k++)
-            if (grad_index_[block_param(l, k)] >= 0) lowest_trainable_layer_ = l;
+    for (size_t i = 0; i < ptab.size(); i++) {
+        const bool trains = !trainable || i >= trainable->tensor.size() || trainable->tensor[i];
+        if (trains) grad_index_[i] = (int)gtab.add(ptab[i].name, ptab[i].shape);
+    }
+    // Backward can stop below the lowest block that trains, unless something beneath needs d(encoded).
+    embed_grads_ = grad_index_[kWte] >= 0 || grad_index_[kWpe] >= 0;
+    lowest_layer_ = L;
+    if (embed_grads_ || pf.virt == Virtual::prompt || pf.virt == Virtual::ptune) lowest_layer_ = -1;
+    if (pf.virt == Virtual::prefix || pf.virt == Virtual::prefix_kv) lowest_layer_ = std::min(lowest_layer_, 0);
+    for (int l = L - 1; l >= 0; l--) {
+        bool trains = false;
+        for (int k = 0; k < kTensorsPerBlock; k++) trains = trains || grad_index_[block_param(l, k)] >= 0;
+        for (int s = 0; s < kLoraSites; s++) trains = trains || lora_[l * kLoraSites + s].a >= 0;
+        if (trains) lowest_layer_ = std::min(lowest_layer_, l);
+    }
     params_.allocate(be, std::move(ptab), dt);
     grads_.allocate(be, std::move(gtab), dt);
 
+    // Activations. With recomputation some of each block's buffers are one buffer shared by all blocks.
+    const size_t saved = be.attention_saved_elems(B, (int)Tt, cfg.n_head);
+    const std::vector<size_t> shapes[kActsPerLayer] = {{N, C}, {N}, {N}, {N, 3 * C}, {N, C},     {saved},   {N, C},
+                                                       {N, C}, {N}, {N}, {N, 4 * C}, {N, 4 * C}, {N, C}};
+    auto shared = [&](int k) {
+        if (opts.recompute == Recompute::full) return k != kRes3;
+        if (opts.recompute == Recompute::selective) return k == kLn1 || k == kLn2 || k == kFchGelu;
+        return false;
+    };
     Table atab;
     a_encoded_ = atab.add("encoded", {N, C});
-    const size_t saved = be.attention_saved_elems(B, T, cfg.n_head);
-    for (int l = 0; l < cfg.n_layer; l++) {
+    act_index_.assign((size_t)L * kActsPerLayerMax, 0);
+    static_assert(kActsPerLayer <= 13, "kActsPerLayerMax in gpt2.h");
+    for (int l = 0; l < L; l++) {
         const std::string h = "h." + std::to_string(l) + ".";
-        a_layer_.push_back(atab.size());
-        atab.add(h + "ln1", {N, C});
-        atab.add(h + "ln1_mean", {N});
-        atab.add(h + "ln1_rstd", {N});
-        atab.add(h + "qkv", {N, 3 * C});
-        atab.add(h + "atty", {N, C});
-        atab.add(h + "att_saved", {saved});
-        atab.add(h + "residual2", {N, C});
-        atab.add(h + "ln2", {N, C});
-        atab.add(h + "ln2_mean", {N});
-        atab.add(h + "ln2_rstd", {N});
-        atab.add(h + "fch", {N, 4 * C});
-        atab.add(h + "fch_gelu", {N, 4 * C});
-        atab.add(h + "residual3", {N, C});
+        for (int k = 0; k < kActsPerLayer; k++)
+            act_index_[(size_t)l * kActsPerLayerMax + k] =
+                shared(k) && l > 0 ? act_index_[k] : atab.add((shared(k) ? "shared." : h) + kActNames[k], shapes[k]);
+        for (int s = 0; s < kLoraSites; s++) {
+            Lora& lr = lora_[l * kLoraSites + s];
+            if (lr.a < 0) continue;
+            const bool sh = opts.recompute == Recompute::full && l > 0;
+            lr.act_u = sh ? lora_[s].act_u
+                          : atab.add((opts.recompute == Recompute::full ? std::string("shared.") : h) +
+                                         lora_site_name(s) + ".lora_u",
+                                     {N, (size_t)pf.lora_rank});
+        }
     }
     a_lnf_ = atab.add("lnf", {N, C});
     a_lnf_mean_ = atab.add("lnf_mean", {N});
     a_lnf_rstd_ = atab.add("lnf_rstd", {N});
-    a_logits_ = atab.add("logits", {N, (size_t)cfg.padded_vocab_size});
-    a_losses_ = atab.add("losses", {N});
+    a_logits_ = atab.add("logits", {(size_t)B * T, (size_t)cfg.padded_vocab_size});
+    a_losses_ = atab.add("losses", {(size_t)B * T});
+    const size_t H = pf.hidden, W = pf.virt == Virtual::ptune ? C : 2 * C * L;
+    const bool net = pf.virt == Virtual::ptune || pf.virt == Virtual::prefix;
+    if (net) {
+        a_virt_h_ = atab.add("virtual.fc", {(size_t)P_, H});
+        a_virt_hg_ = atab.add("virtual.fc_gelu", {(size_t)P_, H});
+        a_virt_out_ = atab.add("virtual.out", {(size_t)P_, W});
+    }
     acts_.allocate(be, std::move(atab), dt);
 
     Table stab;  // forward scratch and backward's activation gradients: nothing here outlives a pass
@@ -99,14 +181,27 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
     s_d3C_ = stab.add("d_3C", {N, 3 * C});
     s_d4C_a_ = stab.add("d_4C_a", {N, 4 * C});
     s_d4C_b_ = stab.add("d_4C_b", {N, 4 * C});
-    s_lnf_rows_ = stab.add("lnf_counted_rows", {N, C});
-    s_dlnf_rows_ = stab.add("d_lnf_counted_rows", {N, C});
+    s_lnf_rows_ = stab.add("lnf_counted_rows", {(size_t)B * T, C});
+    s_dlnf_rows_ = stab.add("d_lnf_counted_rows", {(size_t)B * T, C});
+    s_kl_losses_ = stab.add("distill_losses", {(size_t)B * T});
+    if (pf.lora()) {
+        s_lora_tmp_ = stab.add("lora_out", {N, 4 * C});
+        s_lora_drop_ = stab.add("lora_dropout_in", {N, 4 * C});
+        s_lora_dx_ = stab.add("lora_dx", {N, 4 * C});
+        s_lora_du_ = stab.add("lora_du", {N, (size_t)pf.lora_rank});
+    }
+    if (net) {
+        s_virt_dout_ = stab.add("virtual.d_out", {(size_t)P_, W});
+        s_virt_dh_ = stab.add("virtual.d_fc_gelu", {(size_t)P_, H});
+        s_virt_dh2_ = stab.add("virtual.d_fc", {(size_t)P_, H});
+        s_virt_din_ = stab.add("virtual.d_input", {(size_t)P_, C});
+    }
     scratch_.allocate(be, std::move(stab), dt);
 
     tokens_ = static_cast<int32_t*>(be.alloc(N * sizeof(int32_t)));
-    targets_ = static_cast<int32_t*>(be.alloc(N * sizeof(int32_t)));
-    weights_ = static_cast<float*>(be.alloc(N * sizeof(float)));
-    rows_dev_ = static_cast<int32_t*>(be.alloc(N * sizeof(int32_t)));
+    targets_ = static_cast<int32_t*>(be.alloc((size_t)B * T * sizeof(int32_t)));
+    weights_ = static_cast<float*>(be.alloc((size_t)B * T * sizeof(float)));
+    rows_dev_ = static_cast<int32_t*>(be.alloc((size_t)B * T * sizeof(int32_t)));
 }
 
 GPT2::~GPT2() {
@@ -137,7 +232,7 @@ void GPT2::init_random(uint64_t seed) {
     const Table& t = params_.table();
     const int L = cfg_.n_layer;
     std::vector<float> host;
-    for (size_t i = 0; i < t.size(); i++) {
+    for (size_t i = 0; i < n_base_; i++) {
         const TensorInfo& ti = t[i];
         host.assign(ti.numel, 0.0f);
         const bool is_weight = ti.name.size() > 7 && ti.name.compare(ti.name.size() - 7, 7, ".weight") == 0;
@@ -157,64 +252,229 @@ void GPT2::init_random(uint64_t seed) {
     }
 }
 
-void GPT2::trunk_forward(int B, int T, int pos0) {
-    const size_t N = (size_t)B * T;
+void GPT2::init_peft(uint64_t seed, const std::vector<int32_t>& init_tokens) {
+    Rng rng(seed ^ 0x70656674ull);  // "peft": a stream apart from init_random's
+    const Table& t = params_.table();
+    const size_t C = cfg_.n_embd;
+    std::vector<float> host;
+    for (const Lora& lr : lora_) {
+        if (lr.a < 0) continue;
+        // TEACH: B = 0 makes the update B A zero, so the first forward is exactly the base model's; A must
+        // then be non-zero, or B's gradient (dy^T (x A^T)) would be zero too and nothing would ever train.
+        const TensorInfo& a = t[lr.a];
+        const double bound = 1.0 / std::sqrt((double)a.shape[1]);
+        host.resize(a.numel);
+        for (float& v : host) v = (float)((2.0 * rng.uniform() - 1.0) * bound);
+        be_.upload(params_.ptr(lr.a), params_.dtype(), host.data(), host.size());
+        host.assign(t[lr.b].numel, 0.0f);
+        be_.upload(params_.ptr(lr.b), params_.dtype(), host.data(), host.size());
+    }
+    const Virtual kind = opts_.peft.virt;
+    if (kind == Virtual::none) return;
+    // The virtual positions' input vectors: token embeddings (+ their position's embedding) or random ones
+    // with the spread of the real embeddings.
+    std::vector<float> wte((size_t)cfg_.vocab_size * C), wpe((size_t)P_ * C);
+    be_.download(wte.data(), params_.ptr(kWte), params_.dtype(), wte.size());
+    be_.download(wpe.data(), params_.ptr(kWpe), params_.dtype(), wpe.size());
+    std::vector<float> rows((size_t)P_ * C);
+    if (!init_tokens.empty()) {
+        for (int j = 0; j < P_; j++) {
+            const int32_t tok = init_tokens[j % init_tokens.size()];
+            assert(tok >= 0 && tok < cfg_.vocab_size);
+            for (size_t c = 0; c < C; c++) rows[j * C + c] = wte[tok * C + c] + wpe[j * C + c];
+        }
+    } else {
+        double sum = 0, sq = 0;
+        for (float v : wte) sum += v, sq += (double)v * v;
+        const double mean = sum / wte.size(), sigma = std::sqrt(std::max(0.0, sq / wte.size() - mean * mean));
+        for (float& v : rows) v = (float)(rng.normal() * sigma);
+    }
+    auto put = [&](int idx, const std::vector<float>& v) { be_.upload(params_.ptr(idx), params_.dtype(), v.data(), v.size()); };
+    auto normal = [&](int idx, double std) {
+        std::vector<float> v(t[idx].numel);
+        for (float& x : v) x = (float)(rng.normal() * std);
+        put(idx, v);
+    };
+    switch (kind) {
+        case Virtual::prompt: put(virt_first_, rows); break;
+        case Virtual::ptune:
+        case Virtual::prefix:
+            put(virt_first_, rows);
+            normal(virt_first_ + 1, 0.02);
+            put(virt_first_ + 2, std::vector<float>(t[virt_first_ + 2].numel, 0.0f));
+            normal(virt_first_ + 3, 0.02);
+            put(virt_first_ + 4, std::vector<float>(t[virt_first_ + 4].numel, 0.0f));
+            break;
+        case Virtual::prefix_kv: normal(virt_first_, 0.02); break;
+        case Virtual::none: break;
+    }
+}
+
+uint64_t GPT2::dropout_key(int l, int s) const {
+    Rng r(dropout_seed_ * 0x100000001b3ull + (uint64_t)(l * kLoraSites + s));
+    return r.next_u64();
+}
+
+void GPT2::lora_forward(int l, int s, void* y, const void* x, size_t N, int IC, int OC, int l_act) {
+    const Lora& lr = lora_[l * kLoraSites + s];
+    if (lr.a < 0) return;
+    const int r = opts_.peft.lora_rank;
+    const void* xin = x;
+    if (training_ && opts_.peft.lora_dropout > 0) {
+        be_.dropout(scratch_.ptr(s_lora_drop_), x, opts_.peft.lora_dropout, dropout_key(l, s), N * IC);
+        xin = scratch_.ptr(s_lora_drop_);
+    }
+    // u = (alpha/r) x A^T is kept (N, r): backward needs it for dB, and it is tiny.
+    void* u = act(lora_[l_act * kLoraSites + s].act_u);
+    void* branch = scratch_.ptr(s_lora_tmp_);
+    be_.matmul_forward(u, xin, params_.ptr(lr.a), nullptr, N, IC, r);
+    be_.scale(u, u, opts_.peft.lora_scale(), N * r);
+    be_.matmul_forward(branch, u, params_.ptr(lr.b), nullptr, N, r, OC);
+    be_.residual_forward(y, y, branch, N * OC);
+}
+
+void GPT2::lora_backward(int l, int s, void* dx, const void* dy, const void* x, size_t N, int IC, int OC) {
+    const Lora& lr = lora_[l * kLoraSites + s];
+    if (lr.a < 0) return;
+    const int r = opts_.peft.lora_rank;
+    const void* xin = x;
+    if (training_ && opts_.peft.lora_dropout > 0) {  // the same mask as the forward: same key
+        be_.dropout(scratch_.ptr(s_lora_drop_), x, opts_.peft.lora_dropout, dropout_key(l, s), N * IC);
+        xin = scratch_.ptr(s_lora_drop_);
+    }
+    void* du = scratch_.ptr(s_lora_du_);
+    void* dxl = scratch_.ptr(s_lora_dx_);
+    // y += u B^T:  du = dy B, dB += dy^T u;  u = s x A^T:  dA += s du^T x, dx += s du A.
+    be_.matmul_backward(du, pgrad(lr.b), nullptr, dy, act(lr.act_u), params_.ptr(lr.b), N, r, OC);
+    be_.scale(du, du, opts_.peft.lora_scale(), N * r);
+    be_.matmul_backward(dxl, pgrad(lr.a), nullptr, du, xin, params_.ptr(lr.a), N, IC, r);
+    be_.residual_forward(dx, dx, dxl, N * IC);
+}
+
+const void* GPT2::virtual_source() {
+    const Virtual kind = opts_.peft.virt;
+    if (kind == Virtual::prompt || kind == Virtual::prefix_kv) return params_.ptr(virt_first_);
+    const int C = cfg_.n_embd, H = opts_.peft.hidden;
+    const int W = kind == Virtual::ptune ? C : 2 * C * cfg_.n_layer;
+    void* h = act(a_virt_h_);
+    void* hg = act(a_virt_hg_);
+    void* out = act(a_virt_out_);
+    const int f = virt_first_;  // input, fc.weight, fc.bias, proj.weight, proj.bias
+    be_.matmul_forward(h, params_.ptr(f), params_.ptr(f + 1), params_.ptr(f + 2), P_, C, H);
+    be_.gelu_forward(hg, h, (size_t)P_ * H);
+    be_.matmul_forward(out, hg, params_.ptr(f + 3), params_.ptr(f + 4), P_, H, W);
+    if (kind == Virtual::ptune) be_.residual_forward(out, out, params_.ptr(f), (size_t)P_ * C);
+    return out;
+}
+
+void GPT2::virtual_backward(void* dout) {
+    const Virtual kind = opts_.peft.virt;
+    if (kind != Virtual::ptune && kind != Virtual::prefix) return;
+    const int C = cfg_.n_embd, H = opts_.peft.hidden;
+    const int W = kind == Virtual::ptune ? C : 2 * C * cfg_.n_layer;
+    const int f = virt_first_;
+    void* dhg = scratch_.ptr(s_virt_dh_);
+    void* dh = scratch_.ptr(s_virt_dh2_);
+    void* din = scratch_.ptr(s_virt_din_);
+    be_.matmul_backward(dhg, pgrad(f + 3), pgrad(f + 4), dout, act(a_virt_hg_), params_.ptr(f + 3), P_, H, W);
+    be_.gelu_backward(dh, dhg, act(a_virt_h_), (size_t)P_ * H);
+    be_.matmul_backward(din, pgrad(f + 1), pgrad(f + 2), dh, params_.ptr(f), params_.ptr(f + 1), P_, C, H);
+    if (void* du = pgrad(f)) {
+        be_.residual_forward(du, du, din, (size_t)P_ * C);
+        if (kind == Virtual::ptune) be_.residual_forward(du, du, dout, (size_t)P_ * C);  // the skip connection
+    }
+}
+
+void GPT2::block_forward(int l, int l_act, const void* x_in, int B, int Tt, int pos0) {
+    const size_t N = (size_t)B * Tt;
     const int C = cfg_.n_embd, NH = cfg_.n_head;
+    const bool cached = pos0 >= 0;
+    BlockPtrs p = block(params_, nullptr, l);
+    auto a = [&](int k) { return A(l_act, k); };
+    void* tmp = scratch_.ptr(s_proj_);
+    be_.layernorm_forward(a(kLn1), a(kLn1Mean), a(kLn1Rstd), x_in, p.ln1w, p.ln1b, N, C);
+    be_.matmul_forward(a(kQkv), a(kLn1), p.qkvw, p.qkvb, N, C, 3 * C);
+    lora_forward(l, kLoraQkv, a(kQkv), a(kLn1), N, C, 3 * C, l_act);
+    const Virtual kind = opts_.peft.virt;
+    if ((kind == Virtual::prefix || kind == Virtual::prefix_kv) && pos0 <= 0) {
+        // Prefix tuning: the virtual positions' keys and values are this layer's slice of the prefix.
+        const int KV = 2 * C * cfg_.n_layer;
+        const void* src = static_cast<const char*>(virt_src_) + (size_t)l * 2 * C * dtype_size(acts_.dtype());
+        be_.prefix_rows_forward(a(kQkv), src, KV, B, Tt, P_, 3 * C, C, 2 * C);
+    }
+    if (cached)
+        be_.attention_forward_cached(a(kAtty), kv_.ptr(2 * l), kv_.ptr(2 * l + 1), a(kQkv), B, Tt, pos0,
+                                     cfg_.block_size, C, NH);
+    else
+        be_.attention_forward(a(kAtty), a(kAttSaved), a(kQkv), B, Tt, C, NH);
+    be_.matmul_forward(tmp, a(kAtty), p.attprojw, p.attprojb, N, C, C);
+    lora_forward(l, kLoraAttnProj, tmp, a(kAtty), N, C, C, l_act);
+    be_.residual_forward(a(kRes2), x_in, tmp, N * C);
+    be_.layernorm_forward(a(kLn2), a(kLn2Mean), a(kLn2Rstd), a(kRes2), p.ln2w, p.ln2b, N, C);
+    be_.matmul_forward(a(kFch), a(kLn2), p.fcw, p.fcb, N, C, 4 * C);
+    lora_forward(l, kLoraMlpUp, a(kFch), a(kLn2), N, C, 4 * C, l_act);
+    be_.gelu_forward(a(kFchGelu), a(kFch), N * 4 * C);
+    be_.matmul_forward(tmp, a(kFchGelu), p.fcprojw, p.fcprojb, N, 4 * C, C);
+    lora_forward(l, kLoraMlpDown, tmp, a(kFchGelu), N, 4 * C, C, l_act);
+    be_.residual_forward(a(kRes3), a(kRes2), tmp, N * C);
+}
+
+void GPT2::trunk_forward(int B, int Tt, int pos0) {
+    const size_t N = (size_t)B * Tt;
+    const int C = cfg_.n_embd;
     const bool cached = pos0 >= 0;
     // Position embeddings start at row pos0 when generating (0 otherwise).
     const void* wpe =
         static_cast<const char*>(params_.ptr(kWpe)) + (size_t)std::max(pos0, 0) * C * dtype_size(params_.dtype());
-    be_.encoder_forward(act(a_encoded_), tokens_, params_.ptr(kWte), wpe, B, T, C);
-    void* x = act(a_encoded_);  // the residual stream entering the block
-    void* tmp = scratch_.ptr(s_proj_);
+    be_.encoder_forward(act(a_encoded_), tokens_, params_.ptr(kWte), wpe, B, Tt, C);
+    // The buffers start with the virtual positions in training (pos0 < 0) and in generation's prefill (0).
+    if (P_ > 0 && pos0 <= 0) {
+        virt_src_ = virtual_source();
+        if (opts_.peft.virt == Virtual::prompt || opts_.peft.virt == Virtual::ptune)
+            be_.prefix_rows_forward(act(a_encoded_), virt_src_, C, B, Tt, P_, C, 0, C);
+    }
+    const void* x = act(a_encoded_);  // the residual stream entering the block
     char range[48];
     for (int l = 0; l < cfg_.n_layer; l++) {
         std::snprintf(range, sizeof range, "layer %d / forward", l);
         be_.range_push(range);
-        BlockPtrs p = block(params_, nullptr, l);
-        // Training keeps every block's activations for backward; generation has no backward, so every
-        // block can reuse layer 0's buffers.
-        const size_t first = a_layer_[cached ? 0 : l];
-        auto A = [&](int k) { return act(first + k); };
-        be_.layernorm_forward(A(kLn1), A(kLn1Mean), A(kLn1Rstd), x, p.ln1w, p.ln1b, N, C);
-        be_.matmul_forward(A(kQkv), A(kLn1), p.qkvw, p.qkvb, N, C, 3 * C);
-        if (cached)
-            be_.attention_forward_cached(A(kAtty), kv_.ptr(2 * l), kv_.ptr(2 * l + 1), A(kQkv), B, T, pos0,
-                                         cfg_.block_size, C, NH);
-        else
-            be_.attention_forward(A(kAtty), A(kAttSaved), A(kQkv), B, T, C, NH);
-        be_.matmul_forward(tmp, A(kAtty), p.attprojw, p.attprojb, N, C, C);
-        be_.residual_forward(A(kRes2), x, tmp, N * C);
-        be_.layernorm_forward(A(kLn2), A(kLn2Mean), A(kLn2Rstd), A(kRes2), p.ln2w, p.ln2b, N, C);
-        be_.matmul_forward(A(kFch), A(kLn2), p.fcw, p.fcb, N, C, 4 * C);
-        be_.gelu_forward(A(kFchGelu), A(kFch), N * 4 * C);
-        be_.matmul_forward(tmp, A(kFchGelu), p.fcprojw, p.fcprojb, N, 4 * C, C);
-        be_.residual_forward(A(kRes3), A(kRes2), tmp, N * C);
-        x = A(kRes3);
+        // Training keeps every block's activations for backward (unless recomputing); generation has no
+        // backward, so every block can reuse layer 0's buffers.
+        const int l_act = cached ? 0 : l;
+        block_forward(l, l_act, x, B, Tt, pos0);
+        x = A(l_act, kRes3);
         be_.range_pop();
     }
     const int lnf = lnf_w(cfg_);
-    be_.layernorm_forward(act(a_lnf_), act(a_lnf_mean_), act(a_lnf_rstd_), x, params_.ptr(lnf),
-                          params_.ptr(lnf + 1), N, C);
+    be_.layernorm_forward(act(a_lnf_), act(a_lnf_mean_), act(a_lnf_rstd_), x, params_.ptr(lnf), params_.ptr(lnf + 1),
+                          N, C);
 }
 
 void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {
     assert(B <= B_ && T <= T_);
     cur_B_ = B;
     cur_T_ = T;
+    const int Tt = T + P_;
     const size_t N = (size_t)B * T;
-    be_.upload_i32(tokens_, tokens, N);
-    trunk_forward(B, T, -1);
-    // TEACH: the LM head is the widest matmul of a small model (Vp columns). Positions whose loss weight
-    // is zero (prompt tokens in fine-tuning) need no logits at all, so it runs on the counted rows only.
+    tokens_host_.assign((size_t)B * Tt, 0);  // virtual slots hold token 0; their rows are overwritten
+    for (int b = 0; b < B; b++)
+        std::copy(tokens + (size_t)b * T, tokens + (size_t)(b + 1) * T, tokens_host_.begin() + (size_t)b * Tt + P_);
+    be_.upload_i32(tokens_, tokens_host_.data(), tokens_host_.size());
+    trunk_forward(B, Tt, -1);
+    // LM head: logits = lnf @ wte^T, the tied embedding matrix as the head (Vp columns). Positions whose loss
+    // weight is zero (prompt tokens in fine-tuning, virtual tokens) need no logits at all: it runs on the
+    // counted rows only.
     rows_.clear();
     for (size_t i = 0; i < N; i++)
         if (!weights || weights[i] != 0.0f) rows_.push_back((int32_t)i);
     compact_ = rows_.size() < N;
+    gathered_ = compact_ || P_ > 0;
     if (rows_.empty()) return;
     const void* head_in = act(a_lnf_);
-    if (compact_) {
-        be_.upload_i32(rows_dev_, rows_.data(), rows_.size());
+    if (gathered_) {
+        std::vector<int32_t> inner(rows_.size());
+        for (size_t k = 0; k < rows_.size(); k++) inner[k] = (int32_t)((rows_[k] / T) * Tt + P_ + rows_[k] % T);
+        be_.upload_i32(rows_dev_, inner.data(), inner.size());
         be_.gather_rows(scratch_.ptr(s_lnf_rows_), act(a_lnf_), rows_dev_, rows_.size(), cfg_.n_embd);
         head_in = scratch_.ptr(s_lnf_rows_);
     }
@@ -224,7 +484,7 @@ void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {
 
 void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
     const int C = cfg_.n_embd, maxT = cfg_.block_size;
-    assert(B <= B_ && n <= T_ && pos0 >= 0 && pos0 + n <= maxT);
+    assert(B <= B_ && n <= T_ && pos0 >= 0 && pos0 + n + P_ <= maxT);
     if (!kv_.bytes()) {
         Table t;
         for (int l = 0; l < cfg_.n_layer; l++) {
@@ -236,18 +496,30 @@ void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
     cur_B_ = B;
     cur_T_ = n;
     const size_t N = (size_t)B * n;
-    be_.upload_i32(tokens_, tokens, N);
-    trunk_forward(B, n, pos0);
-    be_.matmul_forward(act(a_logits_), act(a_lnf_), params_.ptr(kWte), nullptr, N, C, cfg_.padded_vocab_size);
     rows_.resize(N);
     for (size_t i = 0; i < N; i++) rows_[i] = (int32_t)i;
     compact_ = false;
+    // The prefill (pos0 = 0) runs the virtual tokens first; later calls sit P_ positions further on.
+    gathered_ = P_ > 0 && pos0 == 0;
+    const int Tt = gathered_ ? n + P_ : n;
+    tokens_host_.assign((size_t)B * Tt, 0);
+    for (int b = 0; b < B; b++)
+        std::copy(tokens + (size_t)b * n, tokens + (size_t)(b + 1) * n, tokens_host_.begin() + (size_t)b * Tt + (Tt - n));
+    be_.upload_i32(tokens_, tokens_host_.data(), tokens_host_.size());
+    trunk_forward(B, Tt, pos0 == 0 ? 0 : pos0 + P_);
+    const void* head_in = act(a_lnf_);
+    if (gathered_) {
+        std::vector<int32_t> inner(N);
+        for (size_t k = 0; k < N; k++) inner[k] = (int32_t)((k / n) * Tt + P_ + k % n);
+        be_.upload_i32(rows_dev_, inner.data(), N);
+        be_.gather_rows(scratch_.ptr(s_lnf_rows_), act(a_lnf_), rows_dev_, N, C);
+        head_in = scratch_.ptr(s_lnf_rows_);
+    }
+    be_.matmul_forward(act(a_logits_), head_in, params_.ptr(kWte), nullptr, N, C, cfg_.padded_vocab_size);
 }
 
-double GPT2::loss(const int32_t* targets, const float* weights, float dloss, bool backward_prep) {
-    // The loss covers the rows the LM head ran on (all rows, or the counted ones; see forward()).
+void GPT2::upload_targets(const int32_t* targets, const float* weights) {
     const size_t n = rows_.size();
-    if (n == 0) return 0.0;
     std::vector<int32_t> t(n);
     std::vector<float> w(n);
     for (size_t i = 0; i < n; i++) {
@@ -256,33 +528,102 @@ double GPT2::loss(const int32_t* targets, const float* weights, float dloss, boo
     }
     be_.upload_i32(targets_, t.data(), n);
     be_.upload_f32(weights_, w.data(), n);
-    void* logits = act(a_logits_);
-    be_.crossentropy_forward_backward(act(a_losses_), backward_prep ? logits : nullptr, logits, targets_, weights_,
-                                      dloss, n, cfg_.vocab_size, cfg_.padded_vocab_size);
-    std::vector<double> losses(n);
-    be_.download(losses.data(), act(a_losses_), acts_.dtype(), n);
+}
+
+static double sum_of(Backend& be, const void* x, DType dt, size_t n) {
+    std::vector<double> v(n);
+    be.download(v.data(), x, dt, n);
     double sum = 0;
-    for (double v : losses) sum += v;
+    for (double e : v) sum += e;
     return sum;
 }
 
-void GPT2::backward() {
-    const int B = cur_B_, T = cur_T_;
-    const size_t N = (size_t)B * T;
-    const int C = cfg_.n_embd, NH = cfg_.n_head, Vp = cfg_.padded_vocab_size;
-    void* dres = scratch_.ptr(s_dres_);  // gradient of the residual stream, flowing down the blocks
+double GPT2::loss(const int32_t* targets, const float* weights, float dloss, bool backward_prep) {
+    // The loss covers the rows the LM head ran on (all rows, or the counted ones; see forward()).
+    const size_t n = rows_.size();
+    if (n == 0) return 0.0;
+    upload_targets(targets, weights);
+    void* logits = act(a_logits_);
+    be_.crossentropy_forward_backward(act(a_losses_), backward_prep ? logits : nullptr, logits, targets_, weights_,
+                                      dloss, n, cfg_.vocab_size, cfg_.padded_vocab_size);
+    return sum_of(be_, act(a_losses_), acts_.dtype(), n);
+}
+
+std::pair<double, double> GPT2::loss_distill(const int32_t* targets, const float* weights, float dloss,
+                                             void* teacher_logits, float alpha, float tau) {
+    const size_t n = rows_.size();
+    if (n == 0) return {0.0, 0.0};
+    upload_targets(targets, weights);
+    void* logits = act(a_logits_);
+    const int V = cfg_.vocab_size, Vp = cfg_.padded_vocab_size;
+    // The distillation gradient goes into the teacher's buffer (its logits are read first, row by row), the
+    // cross-entropy's into ours, and then they are added.
+    be_.distill_forward_backward(scratch_.ptr(s_kl_losses_), teacher_logits, logits, teacher_logits, weights_, tau,
+                                 dloss * alpha, n, V, Vp);
+    be_.crossentropy_forward_backward(act(a_losses_), logits, logits, targets_, weights_, dloss * (1.0f - alpha), n, V,
+                                      Vp);
+    be_.residual_forward(logits, logits, teacher_logits, n * Vp);
+    return {sum_of(be_, act(a_losses_), acts_.dtype(), n), sum_of(be_, scratch_.ptr(s_kl_losses_), acts_.dtype(), n)};
+}
+
+void GPT2::block_backward(int l, const void* x_in, int B, int Tt) {
+    const size_t N = (size_t)B * Tt;
+    const int C = cfg_.n_embd, NH = cfg_.n_head;
+    BlockPtrs p = block(params_, nullptr, l);
+    BlockPtrs g = block(grads_, &grad_index_, l);
+    auto a = [&](int k) { return A(l, k); };
+    // Recomputation: the same ops on the same inputs give the same bits as the forward did.
+    if (opts_.recompute == Recompute::full) {
+        block_forward(l, l, x_in, B, Tt, -1);
+    } else if (opts_.recompute == Recompute::selective) {
+        be_.layernorm_forward(a(kLn1), a(kLn1Mean), a(kLn1Rstd), x_in, p.ln1w, p.ln1b, N, C);
+        be_.layernorm_forward(a(kLn2), a(kLn2Mean), a(kLn2Rstd), a(kRes2), p.ln2w, p.ln2b, N, C);
+        be_.gelu_forward(a(kFchGelu), a(kFch), N * 4 * C);
+    }
+    void* dres = scratch_.ptr(s_dres_);  // d x_out on entry, d x_in on exit
     void* dC = scratch_.ptr(s_dC_);
     void* d3C = scratch_.ptr(s_d3C_);
     void* d4Ca = scratch_.ptr(s_d4C_a_);
     void* d4Cb = scratch_.ptr(s_d4C_b_);
+    // MLP: x_out = x2 + fcproj(gelu(fc(ln2(x2)))); dres holds d x_out.
+    be_.matmul_backward(d4Ca, g.fcprojw, g.fcprojb, dres, a(kFchGelu), p.fcprojw, N, 4 * C, C);
+    lora_backward(l, kLoraMlpDown, d4Ca, dres, a(kFchGelu), N, 4 * C, C);
+    be_.gelu_backward(d4Cb, d4Ca, a(kFch), N * 4 * C);
+    be_.matmul_backward(dC, g.fcw, g.fcb, d4Cb, a(kLn2), p.fcw, N, C, 4 * C);
+    lora_backward(l, kLoraMlpUp, dC, d4Cb, a(kLn2), N, C, 4 * C);
+    be_.layernorm_backward(dres, g.ln2w, g.ln2b, dC, a(kRes2), p.ln2w, a(kLn2Mean), a(kLn2Rstd), N, C);
+    // Attention: x2 = x_in + attproj(attention(qkv(ln1(x_in)))); dres now holds d x2.
+    be_.matmul_backward(dC, g.attprojw, g.attprojb, dres, a(kAtty), p.attprojw, N, C, C);
+    lora_backward(l, kLoraAttnProj, dC, dres, a(kAtty), N, C, C);
+    be_.attention_backward(d3C, dC, a(kQkv), a(kAttSaved), B, Tt, C, NH);
+    const Virtual kind = opts_.peft.virt;
+    if (kind == Virtual::prefix || kind == Virtual::prefix_kv) {
+        void* dsrc = kind == Virtual::prefix ? scratch_.ptr(s_virt_dout_) : pgrad(virt_first_);
+        if (dsrc) dsrc = static_cast<char*>(dsrc) + (size_t)l * 2 * C * dtype_size(acts_.dtype());
+        be_.prefix_rows_backward(dsrc, d3C, 2 * C * cfg_.n_layer, B, Tt, P_, 3 * C, C, 2 * C);
+    }
+    be_.matmul_backward(dC, g.qkvw, g.qkvb, d3C, a(kLn1), p.qkvw, N, C, 3 * C);
+    lora_backward(l, kLoraQkv, dC, d3C, a(kLn1), N, C, 3 * C);
+    be_.layernorm_backward(dres, g.ln1w, g.ln1b, dC, x_in, p.ln1w, a(kLn1Mean), a(kLn1Rstd), N, C);
+}
+
+void GPT2::backward() {
+    const int B = cur_B_, Tt = cur_T_ + P_;
+    const size_t N = (size_t)B * Tt;
+    const int C = cfg_.n_embd, Vp = cfg_.padded_vocab_size;
+    void* dres = scratch_.ptr(s_dres_);  // gradient of the residual stream, flowing down the blocks
+    void* dC = scratch_.ptr(s_dC_);
     const int L = cfg_.n_layer;
-    void* x_last = L > 0 ? act(a_layer_[L - 1] + kRes3) : act(a_encoded_);
+    void* x_last = L > 0 ? A(L - 1, kRes3) : act(a_encoded_);
+    const Virtual kind = opts_.peft.virt;
+    if (kind == Virtual::prefix || kind == Virtual::ptune)
+        be_.zero(scratch_.ptr(s_virt_dout_), scratch_.table()[s_virt_dout_].numel * dtype_size(scratch_.dtype()));
 
     // LM head and final LayerNorm. The logits buffer now holds dlogits of the rows the head ran on.
     const size_t n = rows_.size();
     if (n == 0) {
         be_.zero(dC, N * C * dtype_size(acts_.dtype()));
-    } else if (compact_) {
+    } else if (gathered_) {
         void* dlnf_rows = scratch_.ptr(s_dlnf_rows_);
         be_.matmul_backward(dlnf_rows, pgrad(kWte), nullptr, act(a_logits_), scratch_.ptr(s_lnf_rows_),
                             params_.ptr(kWte), n, C, Vp);
@@ -295,27 +636,23 @@ void GPT2::backward() {
     be_.layernorm_backward(dres, pgrad(lnf), pgrad(lnf + 1), dC, x_last, params_.ptr(lnf), act(a_lnf_mean_),
                            act(a_lnf_rstd_), N, C);
 
+    const int stop = std::max(lowest_layer_, backward_floor_);
     char range[48];
-    for (int l = L - 1; l >= 0 && l >= lowest_trainable_layer_; l--) {
+    for (int l = L - 1; l >= 0 && l >= stop; l--) {
         std::snprintf(range, sizeof range, "layer %d / backward", l);
         be_.range_push(range);
-        BlockPtrs p = block(params_, nullptr, l);
-        BlockPtrs g = block(grads_, &grad_index_, l);
-        auto A = [&](int k) { return act(a_layer_[l] + k); };
-        void* x_in = l == 0 ? act(a_encoded_) : act(a_layer_[l - 1] + kRes3);
-        // MLP: x_out = x2 + fcproj(gelu(fc(ln2(x2)))); dres holds d x_out.
-        be_.matmul_backward(d4Ca, g.fcprojw, g.fcprojb, dres, A(kFchGelu), p.fcprojw, N, 4 * C, C);
-        be_.gelu_backward(d4Cb, d4Ca, A(kFch), N * 4 * C);
-        be_.matmul_backward(dC, g.fcw, g.fcb, d4Cb, A(kLn2), p.fcw, N, C, 4 * C);
-        be_.layernorm_backward(dres, g.ln2w, g.ln2b, dC, A(kRes2), p.ln2w, A(kLn2Mean), A(kLn2Rstd), N, C);
-        // Attention: x2 = x_in + attproj(attention(qkv(ln1(x_in)))); dres now holds d x2.
-        be_.matmul_backward(dC, g.attprojw, g.attprojb, dres, A(kAtty), p.attprojw, N, C, C);
-        be_.attention_backward(d3C, dC, A(kQkv), A(kAttSaved), B, T, C, NH);
-        be_.matmul_backward(dC, g.qkvw, g.qkvb, d3C, A(kLn1), p.qkvw, N, C, 3 * C);
-        be_.layernorm_backward(dres, g.ln1w, g.ln1b, dC, x_in, p.ln1w, A(kLn1Mean), A(kLn1Rstd), N, C);
+        block_backward(l, l == 0 ? act(a_encoded_) : A(l - 1, kRes3), B, Tt);
         be_.range_pop();
     }
-    if (lowest_trainable_layer_ < 0) be_.encoder_backward(pgrad(kWte), pgrad(kWpe), dres, tokens_, B, T, C);
+    if (stop >= 0) return;
+    if (kind == Virtual::prefix) virtual_backward(scratch_.ptr(s_virt_dout_));
+    if (kind == Virtual::prompt || kind == Virtual::ptune) {
+        // dres = d(encoded): the virtual rows' share goes to the prompt (and is zeroed before the embeddings).
+        void* dsrc = kind == Virtual::ptune ? scratch_.ptr(s_virt_dout_) : pgrad(virt_first_);
+        be_.prefix_rows_backward(dsrc, dres, C, B, Tt, P_, C, 0, C);
+        virtual_backward(scratch_.ptr(s_virt_dout_));
+    }
+    if (embed_grads_) be_.encoder_backward(pgrad(kWte), pgrad(kWpe), dres, tokens_, B, Tt, C);
 }
 
 void GPT2::zero_grads() {
@@ -335,6 +672,50 @@ std::vector<float> GPT2::logits_row(int b, int t) const {
     std::vector<float> out(Vp);
     const char* base = static_cast<const char*>(act(a_logits_));
     be_.download(out.data(), base + ((size_t)b * cur_T_ + t) * Vp * dtype_size(acts_.dtype()), acts_.dtype(), Vp);
+    return out;
+}
+
+std::vector<float> GPT2::merged_base_tensor(size_t i) const {
+    const TensorInfo& ti = params_.table()[i];
+    std::vector<float> w(ti.numel);
+    be_.download(w.data(), params_.ptr(i), params_.dtype(), w.size());
+    if (i < (size_t)kFirstBlock || i >= (size_t)lnf_w(cfg_)) return w;
+    const int l = ((int)i - kFirstBlock) / kTensorsPerBlock, k = ((int)i - kFirstBlock) % kTensorsPerBlock;
+    for (int s = 0; s < kLoraSites; s++) {
+        const Lora& lr = lora_[l * kLoraSites + s];
+        if (kSiteWeight[s] != k || lr.a < 0) continue;
+        const size_t r = opts_.peft.lora_rank, IC = ti.shape[1], OC = ti.shape[0];
+        std::vector<float> a(r * IC), bm(OC * r);
+        be_.download(a.data(), params_.ptr(lr.a), params_.dtype(), a.size());
+        be_.download(bm.data(), params_.ptr(lr.b), params_.dtype(), bm.size());
+        const double sc = opts_.peft.lora_scale();
+        for (size_t o = 0; o < OC; o++)
+            for (size_t c = 0; c < IC; c++) {
+                double acc = 0;
+                for (size_t q = 0; q < r; q++) acc += (double)bm[o * r + q] * a[q * IC + c];
+                w[o * IC + c] = (float)((double)w[o * IC + c] + sc * acc);
+            }
+    }
+    return w;
+}
+
+PeftConfig GPT2::folded_virtual_config() const {
+    PeftConfig f;  // no LoRA: a folded model's LoRA is merged into its base weights
+    f.virt = opts_.peft.virt == Virtual::ptune    ? Virtual::prompt
+             : opts_.peft.virt == Virtual::prefix ? Virtual::prefix_kv
+                                                  : opts_.peft.virt;
+    f.n_virtual = opts_.peft.n_virtual;
+    return f;
+}
+
+std::vector<float> GPT2::folded_virtual_tensor() {
+    if (P_ == 0) return {};
+    const void* src = virtual_source();
+    const size_t W = opts_.peft.virt == Virtual::prompt || opts_.peft.virt == Virtual::ptune
+                         ? (size_t)cfg_.n_embd
+                         : (size_t)2 * cfg_.n_embd * cfg_.n_layer;
+    std::vector<float> out((size_t)P_ * W);
+    be_.download(out.data(), src, params_.dtype(), out.size());
     return out;
 }
 

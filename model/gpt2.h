@@ -1,4 +1,5 @@
-// GPT-2, exactly as OpenAI's and Hugging Face's GPT2LMHeadModel:
+// GPT-2, exactly as OpenAI's and Hugging Face's GPT2LMHeadModel, plus the parameter-efficient additions of
+// model/peft.h (LoRA, virtual tokens) and activation recomputation:
 //   x = wte[tokens] + wpe[positions]
 //   for each of L blocks (pre-LN):
 //       x = x + attn_proj(causal_self_attention(c_attn(LN1(x))))
@@ -12,11 +13,13 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/backend.h"
 #include "model/arena.h"
 #include "model/config.h"
+#include "model/peft.h"
 
 namespace tune {
 
@@ -38,23 +41,51 @@ struct BlockPtrs {
 };
 constexpr int kTensorsPerBlock = 12;
 
-// The parameter table of a config: wte, wpe, then h.<l>.* for each block, then ln_f.*.
-Table gpt2_param_table(const ModelConfig& cfg);
+// The parameter table of a config: wte, wpe, then h.<l>.* for each block, then ln_f.* (the base tensors,
+// num_base_tensors(cfg) of them), then the PEFT tensors in the order LoRA (by block, then site: lora_A,
+// lora_B), virtual tokens (model/peft.h).
+Table gpt2_param_table(const ModelConfig& cfg, const PeftConfig& peft = PeftConfig{});
+size_t num_base_tensors(const ModelConfig& cfg);
 
-// Which parameter tensors train. Default: all of them.
+// Which parameter tensors train. Default: all of them. Tensors past the end of `tensor` (the PEFT ones when
+// the mask was made for the base table) train.
 struct Trainable {
     std::vector<bool> tensor;  // indexed like the parameter table
+};
+
+// Activation checkpointing. What backward needs but forward did not keep is recomputed from what it did:
+//   none       every block keeps all its activations;
+//   selective  the LayerNorm outputs and the GELU output (the cheap element-wise ones: 2C + 4C of each
+//              block's 15C + attention per token) share one buffer across blocks and are recomputed;
+//   full       only each block's output (its successor's input) is kept; backward reruns the block's forward
+//              before its backward.
+// Every kernel is deterministic, so the recomputed values and hence the gradients are bit-identical.
+enum class Recompute { none, selective, full };
+const char* recompute_name(Recompute r);
+Recompute parse_recompute(const std::string& name);  // throws UsageError
+
+struct ModelOptions {
+    PeftConfig peft;
+    Recompute recompute = Recompute::none;
 };
 
 class GPT2 {
    public:
     // Allocates parameters, gradients and activations for micro-batches of up to B sequences of up to T.
-    GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* trainable = nullptr);
+    // T counts real tokens; virtual tokens (peft) come on top and need T + P <= block size.
+    GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* trainable = nullptr,
+         const ModelOptions& opts = ModelOptions{});
     ~GPT2();
     GPT2(const GPT2&) = delete;
     GPT2& operator=(const GPT2&) = delete;
 
     const ModelConfig& config() const { return cfg_; }
+    const PeftConfig& peft() const { return opts_.peft; }
+    Recompute recompute() const { return opts_.recompute; }
+    size_t num_base_tensors() const { return n_base_; }
+    int virtual_tokens() const { return P_; }
+    // Real positions a sequence can have: the block size less the virtual tokens.
+    int max_positions() const { return cfg_.block_size - P_; }
     Backend& backend() { return be_; }
     int max_B() const { return B_; }
     int max_T() const { return T_; }
@@ -71,7 +102,25 @@ class GPT2 {
     // projections that write into the residual stream, zero biases, unit LayerNorm gains. Deterministic
     // in the seed. Padded vocabulary rows stay zero.
     void init_random(uint64_t seed);
+    // PEFT initialisation (model/peft.h): LoRA A Kaiming-uniform, B zero; virtual-token inputs from the token
+    // embeddings of `init_tokens` (cycled; + the position embedding of each virtual position), or, when empty,
+    // N(0, sigma) with sigma the standard deviation of the token embeddings; network weights N(0, 0.02),
+    // biases zero. Call after the base weights are in place. Deterministic in the seed.
+    void init_peft(uint64_t seed, const std::vector<int32_t>& init_tokens);
+    // Dropout (LoRA's) is on only in training forwards: `seed` keys this forward's masks.
+    void set_training(bool on, uint64_t seed = 0) {
+        training_ = on;
+        dropout_seed_ = seed;
+    }
+    // Backward stops below this block and updates nothing beneath it (gradual unfreezing); -1: no limit.
+    void set_backward_floor(int layer) { backward_floor_ = layer; }
 
+    // The base tensor i as exported: with LoRA merged in (W + alpha/r B A, computed in double). Host floats.
+    std::vector<float> merged_base_tensor(size_t i) const;
+    // Virtual tokens in their folded form (ptune -> prompt, prefix -> prefix_kv; others as they are): the
+    // config and the single tensor, computed by the same ops the forward uses.
+    PeftConfig folded_virtual_config() const;
+    std::vector<float> folded_virtual_tensor();
     // Forward pass on tokens(B,T) (host memory) up to the logits. With loss weights(B,T), the LM head runs
     // only on the positions whose weight is non-zero (the others contribute nothing to the loss or any
     // gradient): in supervised fine-tuning the prompt tokens then cost no LM-head work. logits_row() needs
@@ -92,6 +141,18 @@ class GPT2 {
     // Per-token losses of the last loss() call (B*T, weighted), and the logits of the last forward.
     std::vector<float> token_losses() const;
     std::vector<float> logits_row(int b, int t) const;  // (Vp) of one position
+    // The LM head's output of the last forward: (rows, Vp), one row per position whose loss counts, in order
+    // (knowledge distillation reads the teacher's); after loss(backward_prep) it holds dlogits.
+    void* logits_buffer() const { return act(a_logits_); }
+    size_t logits_rows() const { return rows_.size(); }
+    const std::vector<int32_t>& counted_rows() const { return rows_; }  // their indices in (B, T)
+    // Cross-entropy of the last forward with its dlogits scaled by dloss, plus (alpha-weighted) distillation
+    // from `teacher_logits` (rows like logits_buffer()) at temperature tau:
+    //   loss = (1 - alpha) CE + alpha tau^2 KL(teacher || student).
+    // Returns the two weighted sums (CE, KL) over the rows; gradients ready for backward(). teacher_logits is
+    // overwritten.
+    std::pair<double, double> loss_distill(const int32_t* targets, const float* weights, float dloss,
+                                           void* teacher_logits, float alpha, float tau);
 
     // Bytes per category, for the memory map.
     size_t param_bytes() const { return params_.bytes(); }
@@ -99,30 +160,65 @@ class GPT2 {
     size_t act_bytes() const { return acts_.bytes() + scratch_.bytes(); }
 
    private:
+    struct Lora {  // parameter indices of one LoRA site, -1 when absent
+        int a = -1, b = -1;
+        size_t act_u = 0;  // activation index of its (N, r) bottleneck (scaled by alpha/r)
+    };
     BlockPtrs block(const Arena& a, const std::vector<int>* index, int l) const;
-    // Embeddings, every block and the final LayerNorm over the uploaded tokens(B,T). pos0 < 0: training,
+    // Embeddings, every block and the final LayerNorm over the uploaded tokens(B,Tt). pos0 < 0: training,
     // full causal attention saving what backward needs; pos0 >= 0: generation against the KV cache.
-    void trunk_forward(int B, int T, int pos0);
+    void trunk_forward(int B, int Tt, int pos0);
+    // One block's forward from x_in (B*Tt rows); `l_act` picks the activation set it writes (generation
+    // reuses layer 0's).
+    void block_forward(int l, int l_act, const void* x_in, int B, int Tt, int pos0);
+    void block_backward(int l, const void* x_in, int B, int Tt);
+    // y(N,OC) += LoRA branch of site s of block l on x(N,IC); and its backward (dx(N,IC) accumulates).
+    void lora_forward(int l, int s, void* y, const void* x, size_t N, int IC, int OC, int l_act);
+    void lora_backward(int l, int s, void* dx, const void* dy, const void* x, size_t N, int IC, int OC);
+    uint64_t dropout_key(int l, int s) const;
+    void upload_targets(const int32_t* targets, const float* weights);  // of the rows_ the head ran on
+    // The virtual-token source: prompt embeddings (P, C) or prefix keys/values (P, L*2C), computed by the
+    // reparameterising network when there is one.
+    const void* virtual_source();
+    void virtual_backward(void* dsrc);  // backpropagates d source into the network's parameters
     void* act(size_t idx) const { return acts_.ptr(idx); }
+    void* A(int l, int k) const { return acts_.ptr(act_index_[(size_t)l * kActsPerLayerMax + k]); }
     void* pgrad(int param_idx) const;  // gradient of a parameter tensor, null when frozen
+    void* param(int idx) const { return idx < 0 ? nullptr : params_.ptr(idx); }
 
+    static constexpr int kActsPerLayerMax = 13;
     ModelConfig cfg_;
     Backend& be_;
-    int B_, T_;
+    ModelOptions opts_;
+    int B_, T_;  // T_ real tokens; the buffers hold T_ + P_ positions
+    int P_ = 0;  // virtual tokens
+    size_t n_base_ = 0;
     Arena params_, grads_, acts_, scratch_, kv_;
     std::vector<int> grad_index_;
+    std::vector<size_t> act_index_;  // (L, kActsPerLayerMax): activation-table index of each block's buffers
+    std::vector<Lora> lora_;         // (L, kLoraSites)
+    int virt_first_ = -1;            // first virtual-token parameter index
+    bool training_ = false;
+    uint64_t dropout_seed_ = 0;
+    int backward_floor_ = -1;
+    bool embed_grads_ = false;  // wte or wpe trains
+    size_t a_virt_h_ = 0, a_virt_hg_ = 0, a_virt_out_ = 0, s_virt_dout_ = 0, s_virt_dh_ = 0, s_virt_dh2_ = 0,
+           s_virt_din_ = 0, s_kl_losses_ = 0;
+    const void* virt_src_ = nullptr;  // this forward's virtual-token source (see virtual_source)
+    size_t s_lora_tmp_ = 0, s_lora_drop_ = 0, s_lora_dx_ = 0, s_lora_du_ = 0;
+    std::vector<int32_t> tokens_host_;  // (B, Tt): real tokens after P_ placeholder slots
     int32_t* tokens_ = nullptr;   // (B, T) on the backend
     int32_t* targets_ = nullptr;  // (B, T)
     float* weights_ = nullptr;    // (B, T)
-    int cur_B_ = 0, cur_T_ = 0;
-    // Rows the LM head ran on in the last forward; `compact_` when that is a subset of all B*T rows.
+    int cur_B_ = 0, cur_T_ = 0;  // real tokens of the last forward; its buffers hold cur_T_ + P_ positions
+    // Rows the LM head ran on in the last forward, as indices into the caller's (B, T); `compact_` when that
+    // is a strict subset. `gathered_` when the head's input was gathered (compact, or virtual tokens present).
     std::vector<int32_t> rows_;
-    int32_t* rows_dev_ = nullptr;  // (B*T) on the backend
-    bool compact_ = false;
+    int32_t* rows_dev_ = nullptr;  // (B*T) their indices into the (B, T+P) buffers
+    bool compact_ = false, gathered_ = false;
     // Activation table indices
     size_t a_encoded_ = 0, a_lnf_ = 0, a_lnf_mean_ = 0, a_lnf_rstd_ = 0, a_logits_ = 0, a_losses_ = 0;
-    std::vector<size_t> a_layer_;  // first activation index of each layer (see LayerAct in gpt2.cpp)
-    int lowest_trainable_layer_ = 0;  // backward stops below it (-1: embeddings train, go all the way)
+    int lowest_layer_ = 0;  // backward stops below it (-1: the embeddings or the prompt need d encoded)
     // Backward scratch indices
     size_t s_proj_ = 0, s_dres_ = 0, s_dC_ = 0, s_d3C_ = 0, s_d4C_a_ = 0, s_d4C_b_ = 0, s_lnf_rows_ = 0,
            s_dlnf_rows_ = 0;

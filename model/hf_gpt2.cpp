@@ -279,7 +279,7 @@ void load_hf_gpt2(const std::string& path, GPT2& model) {
                                         "): an untied LM head, which tune.cu's GPT-2 (head tied to wte) cannot hold");
     }
     std::vector<float> host;
-    for (size_t i = 0; i < t.size(); i++) {
+    for (size_t i = 0; i < model.num_base_tensors(); i++) {  // PEFT tensors, if any, are not GPT-2's
         const std::vector<float> v = ck.read(ck.params[i]);
         const HfTensor& h = ck.hf[i];
         host.assign(t[i].numel, 0.0f);  // wte's padded rows stay zero
@@ -299,14 +299,16 @@ void export_hf(const GPT2& model, const std::string& dir) {
     fs::create_directories(dir, ec);
     if (ec) throw Error(dir + ": cannot create the directory (" + ec.message() + ")");
     const ModelConfig& c = model.config();
-    Backend& be = const_cast<GPT2&>(model).backend();
     const Table& t = model.params().table();
+    if (model.virtual_tokens() > 0)
+        throw Error(dir + ": this model has " + std::string(virtual_name(model.peft().virt)) +
+                    " virtual tokens, which a Hugging Face GPT-2 cannot hold; export the base model and keep the "
+                    "adapter checkpoint beside it");
     std::vector<std::vector<float>> data(t.size());  // the writer borrows these until write()
     std::vector<float> ours;
     SafetensorsWriter w;
-    for (size_t i = 0; i < t.size(); i++) {
-        ours.resize(t[i].numel);
-        be.download(ours.data(), model.params().ptr(i), model.params().dtype(), ours.size());
+    for (size_t i = 0; i < model.num_base_tensors(); i++) {
+        ours = model.merged_base_tensor(i);  // LoRA, if any, merged in
         const HfTensor h = hf_tensor_of(c, t[i]);
         std::vector<float>& v = data[i];
         if (h.transposed) {

@@ -174,8 +174,10 @@ void load_llmc(const std::string& path, GPT2& model) {
 
 void export_llmc(const GPT2& model, const std::string& path) {
     const ModelConfig& c = model.config();
-    Backend& be = const_cast<GPT2&>(model).backend();
     const Table& t = model.params().table();
+    if (model.virtual_tokens() > 0)
+        throw Error(path + ": this model has " + std::string(virtual_name(model.peft().virt)) +
+                    " virtual tokens, which an llm.c model file cannot hold");
     size_t total = 0;
     const auto layout = llmc_layout((size_t)c.padded_vocab_size, (size_t)c.block_size, (size_t)c.n_embd);
     for (const Slab& s : layout) total += s.numel * (s.per_layer ? (size_t)c.n_layer : 1);
@@ -191,8 +193,7 @@ void export_llmc(const GPT2& model, const std::string& path) {
             const int i = t.find(table_name(s, l));
             if (i < 0 || t[i].numel != s.numel)
                 throw std::logic_error("llm.c layout disagrees with the parameter table at " + table_name(s, l));
-            host.resize(s.numel);
-            be.download(host.data(), model.params().ptr(i), model.params().dtype(), host.size());
+            host = model.merged_base_tensor(i);  // LoRA, if any, merged in
             for (float v : host) {
                 uint32_t bits;
                 std::memcpy(&bits, &v, 4);

@@ -46,7 +46,7 @@ int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConf
 
 std::vector<int32_t> generate(GPT2& model, const std::vector<int32_t>& prompt, int max_new, const SamplingConfig& cfg,
                               Rng& rng, int32_t stop_token, const std::function<void(int32_t)>& on_token) {
-    const int maxT = model.config().block_size;
+    const int maxT = model.max_positions();  // virtual tokens, if any, take the first positions
     if (prompt.empty()) throw Error("generate: the prompt is empty (give at least one token)");
     if ((int)prompt.size() > model.max_T())
         throw Error("generate: the prompt has " + std::to_string(prompt.size()) + " tokens, more than the " +
