@@ -348,6 +348,8 @@ void GPT2::lora_backward(int l, int s, void* dx, const void* dy, const void* x, 
     be_.matmul_backward(du, pgrad(lr.b), nullptr, dy, act(lr.act_u), params_.ptr(lr.b), N, r, OC);
     be_.scale(du, du, opts_.peft.lora_scale(), N * r);
     be_.matmul_backward(dxl, pgrad(lr.a), nullptr, du, xin, params_.ptr(lr.a), N, IC, r);
+    if (xin != x)  // through the dropout: the same mask and scale again
+        be_.dropout(dxl, dxl, opts_.peft.lora_dropout, dropout_key(l, s), N * IC);
     be_.residual_forward(dx, dx, dxl, N * IC);
 }
 
@@ -644,8 +646,8 @@ void GPT2::backward() {
         block_backward(l, l == 0 ? act(a_encoded_) : A(l - 1, kRes3), B, Tt);
         be_.range_pop();
     }
+    if (kind == Virtual::prefix && stop <= 0) virtual_backward(scratch_.ptr(s_virt_dout_));  // every layer's share is in
     if (stop >= 0) return;
-    if (kind == Virtual::prefix) virtual_backward(scratch_.ptr(s_virt_dout_));
     if (kind == Virtual::prompt || kind == Virtual::ptune) {
         // dres = d(encoded): the virtual rows' share goes to the prompt (and is zeroed before the embeddings).
         void* dsrc = kind == Virtual::ptune ? scratch_.ptr(s_virt_dout_) : pgrad(virt_first_);
