@@ -8,11 +8,12 @@
 #include "model/hf_gpt2.h"
 #include "model/llmc.h"
 #include "model/weights.h"
+#include "train/trainer.h"
 
 namespace {
 
 const char* kHelp =
-    "usage: export WEIGHTS [--hf DIR] [--llmc FILE]\n"
+    "usage: export WEIGHTS [--adapter FILE] [--hf DIR] [--llmc FILE]\n"
     "Reads GPT-2 weights and writes them in other formats (at least one of --hf, --llmc).\n"
     "\n"
     "WEIGHTS is anything bin/train --init reads, recognised by its content:\n"
@@ -26,13 +27,15 @@ const char* kHelp =
     "                those two files are replaced; nothing else in DIR is touched (copy the tokenizer files\n"
     "                of the original model there yourself if you need them)\n"
     "  --llmc FILE   write an llm.c model file, version 3 (float32), which llm.c's train_gpt2 loads\n"
+    "  --adapter F   a LoRA adapter checkpoint (bin/train's adapter.ckpt) to merge into WEIGHTS first\n"
+    "                (W + alpha/r B A); models with virtual tokens cannot be exported to either format\n"
     "  --help        this text\n"
     "\n"
     "The conversion is exact for float32 input (float16/bfloat16 input is widened exactly to float32).\n"
     "Exit status: 0 done, 1 a file could not be read or written, 2 bad command line.\n";
 
 struct ExportArgs {
-    std::string input, hf_dir, llmc_file;
+    std::string input, hf_dir, llmc_file, adapter;
 };
 
 // False when --help was asked for.
@@ -48,6 +51,8 @@ bool parse(int argc, char** argv, ExportArgs& a) {
             a.hf_dir = value();
         } else if (arg == "--llmc") {
             a.llmc_file = value();
+        } else if (arg == "--adapter") {
+            a.adapter = value();
         } else if (arg.size() > 1 && arg[0] == '-') {
             throw tune::UsageError("unknown option '" + arg + "' (see --help)");
         } else if (a.input.empty()) {
@@ -73,12 +78,9 @@ int main(int argc, char** argv) {
         }
         const tune::WeightsFormat format = tune::weights_format(args.input);
         const tune::ModelConfig cfg = tune::weights_config(args.input);
-        auto be = tune::make_cpu_backend(tune::DType::f32);
-        // No gradients: export only needs the parameters (and a forward pass of one token's activations).
-        tune::Trainable frozen;
-        frozen.tensor.assign(tune::gpt2_param_table(cfg).size(), false);
-        tune::GPT2 model(cfg, *be, 1, 1, &frozen);
-        tune::load_weights(args.input, model);
+        // Export needs only the parameters: a one-token model on the CPU, with no gradient buffers.
+        tune::LoadedModel m = tune::load_model(args.input, "cpu", "fp32", 1, 1, args.adapter);
+        tune::GPT2& model = *m.model;
         std::printf("export: read %s (%s, %s)\n", args.input.c_str(), tune::weights_format_name(format),
                     cfg.describe().c_str());
         if (!args.hf_dir.empty()) {

@@ -10,7 +10,7 @@
 int main(int argc, char** argv) {
     using namespace tune;
     return tune::run_tool("generate", [&]() -> int {
-        std::string weights, prompt, prompt_file, device = "auto", vocab = "data/gpt2";
+        std::string weights, adapter, prompt, prompt_file, device = "auto", vocab = "data/gpt2";
         int max_new = 100, samples = 1;
         uint64_t seed = 1;
         SamplingConfig sc;
@@ -27,6 +27,8 @@ int main(int argc, char** argv) {
                    1);
         cli.option("--samples", "N", "how many continuations", &samples, 1, 1000);
         cli.option("--seed", "S", "sampling seed", &seed);
+        cli.option("--adapter", "FILE", "an adapter checkpoint (LoRA, virtual tokens: bin/train's adapter.ckpt) on top "
+                   "of --model", &adapter);
         cli.option("--device", "cpu|cuda|auto", "backend", &device);
         cli.option("--vocab", "DIR", "GPT-2 vocabulary (encoder.json, vocab.bpe)", &vocab);
         if (!cli.parse(argc, argv)) {
@@ -41,7 +43,7 @@ int main(int argc, char** argv) {
         Tokenizer tok = Tokenizer::load(vocab);
         std::vector<int32_t> ids = tok.encode(prompt);
         if (ids.empty()) ids.push_back(tok.eot_token());  // an empty prompt starts a fresh document
-        LoadedModel m = load_model(weights, device, "fp32", 1, 0);
+        LoadedModel m = load_model(weights, device, "fp32", 1, 0, adapter);
         Rng rng(seed);
         for (int s = 0; s < samples; s++) {
             if (samples > 1) std::printf("--- sample %d ---\n", s + 1);

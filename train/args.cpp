@@ -64,6 +64,47 @@ Cli train_cli(TrainArgs& a) {
              "(e.g. 'h.11.*,ln_f.*')", &a.train_only);
     c.option("--lr-layer-factor", "F", "discriminative rates: block l at lr * F^(L-1-l), e.g. 0.385 = 1/2.6 (0: off)",
              &a.lr_layer_factor, 0, 1);
+    c.option("--unfreeze-every", "N", "gradual unfreezing (ULMFiT): train the top block (and ln_f) first, one more block "
+             "every N steps, the embeddings last (0: off)", &a.unfreeze_every, 0, INT_MAX);
+    c.option("--lora-rank", "R", "LoRA rank r: trains low-rank updates of the --lora-targets layers, base frozen (0: off)",
+             &a.peft.lora_rank, 0, 1 << 16);
+    c.option("--lora-alpha", "A", "LoRA scale: the update is multiplied by A / r", &a.peft.lora_alpha, 1e-6, 1e6);
+    c.option("--lora-dropout", "P", "dropout on the LoRA branch's input during training", &a.peft.lora_dropout, 0,
+             0.99);
+    c.custom("--lora-targets", "LIST", "layers LoRA adapts: all, or some of qkv, attn_proj, mlp_up, mlp_down", "all",
+             [&a](const std::string& v) { a.peft.lora_targets = parse_lora_targets(v, "--lora-targets"); });
+    c.custom("--virtual", "KIND",
+             "virtual tokens before every sequence, base frozen: prompt (soft prompt tuning), ptune (P-tuning: "
+             "made by a small network, folded into a prompt at the end), prefix (prefix tuning: every layer's "
+             "keys and values, through a network)",
+             "none", [&a](const std::string& v) {
+                 if (v != "none" && v != "prompt" && v != "ptune" && v != "prefix")
+                     throw UsageError("--virtual: expected one of none, prompt, ptune, prefix, got '" + v + "'");
+                 a.peft.virt = parse_virtual(v, "--virtual");
+             });
+    c.option("--virtual-tokens", "P", "number of virtual tokens", &a.peft.n_virtual, 1, 1 << 16);
+    c.option("--virtual-hidden", "H", "hidden width of the ptune/prefix network", &a.peft.hidden, 1, 1 << 20);
+    c.option("--virtual-init", "HOW", "virtual-token start: random, vocab (embeddings of random common tokens), or "
+             "text:WORDS (the embeddings of WORDS' tokens)", &a.virtual_init);
+    c.custom("--recompute", "MODE", "activation checkpointing: none, selective (LayerNorm and GELU outputs), full "
+             "(whole blocks)", "none", [&a](const std::string& v) { a.recompute = parse_recompute(v); });
+    c.option("--l2sp", "LAMBDA", "L2-SP: add LAMBDA/2 * |theta - theta0|^2 over trainable parameters (0: off)",
+             &a.l2sp, 0, 1e12);
+    c.option("--ewc", "LAMBDA", "EWC: add LAMBDA/2 * sum F (theta - theta0)^2 with the diagonal Fisher F (0: off)",
+             &a.ewc, 0, 1e12);
+    c.option("--fisher", "FILE", "EWC's Fisher (safetensors): read when it exists, else estimated on --fisher-data "
+             "and written there", &a.fisher);
+    c.custom("--fisher-data", "FILES", "comma-separated base-data shards for the Fisher estimate", "(none)",
+             [&a](const std::string& v) { a.fisher_data = split_list(v); });
+    c.option("--fisher-batches", "N", "micro-batches of the Fisher estimate", &a.fisher_batches, 1, INT_MAX);
+    c.option("--distill", "ALPHA", "knowledge distillation: loss = (1-ALPHA) CE + ALPHA T^2 KL(teacher || student) "
+             "(0: off)", &a.distill, 0, 1);
+    c.option("--distill-temp", "T", "distillation temperature", &a.distill_temp, 1e-3, 1e3);
+    c.option("--teacher", "WEIGHTS", "distillation teacher (default: the --init weights)", &a.teacher);
+    c.custom("--replay-data", "FILES", "comma-separated base-data shards mixed into training (replay)", "(none)",
+             [&a](const std::string& v) { a.replay_data = split_list(v); });
+    c.option("--replay-frac", "F", "fraction of micro-batches drawn from --replay-data", &a.replay_frac, 0, 1);
+    c.option("--replay-weight", "W", "loss weight of replayed tokens", &a.replay_weight, 0, 1e6);
     c.option("--batch", "B", "sequences per micro-batch", &a.batch, 1, 1 << 20);
     c.option("--seq", "T", "tokens per sequence (at most the model's block size)", &a.seq, 1, 1 << 20);
     c.option("--grad-accum", "K", "micro-batches per optimizer step", &a.grad_accum, 1, 1 << 20);
@@ -137,6 +178,23 @@ void validate_train_args(const TrainArgs& a) {
     for (const auto& p : a.train_data) must_exist("--train-data", p);
     for (const auto& p : a.val_data) must_exist("--val-data", p);
     must_exist("--init", a.init);
+    must_exist("--teacher", a.teacher);
+    for (const auto& p : a.fisher_data) must_exist("--fisher-data", p);
+    for (const auto& p : a.replay_data) must_exist("--replay-data", p);
+    if (a.peft.virt != Virtual::none && a.peft.n_virtual < 1)
+        throw UsageError("--virtual " + std::string(virtual_name(a.peft.virt)) + " needs --virtual-tokens P");
+    if ((a.peft.virt == Virtual::ptune || a.peft.virt == Virtual::prefix) && a.peft.hidden < 1)
+        throw UsageError("--virtual " + std::string(virtual_name(a.peft.virt)) + " needs --virtual-hidden H");
+    if (a.virtual_init != "random" && a.virtual_init != "vocab" && a.virtual_init.rfind("text:", 0) != 0)
+        throw UsageError("--virtual-init: expected random, vocab or text:WORDS, got '" + a.virtual_init + "'");
+    if (a.ewc > 0 && a.fisher.empty()) throw UsageError("--ewc needs --fisher FILE (read, or written by the estimate)");
+    if (a.ewc > 0 && a.fisher_data.empty() && !std::filesystem::exists(a.fisher))
+        throw UsageError("--ewc: --fisher " + a.fisher + " does not exist yet; give --fisher-data to estimate it");
+    if (a.replay_frac > 0 && a.replay_data.empty()) throw UsageError("--replay-frac needs --replay-data");
+    if (a.distill > 0 && a.teacher.empty() && a.init.empty() && a.resume.empty())
+        throw UsageError("--distill needs a teacher: --teacher WEIGHTS, or --init (the starting model is the default)");
+    if (a.unfreeze_every > 0 && a.peft.any())
+        throw UsageError("--unfreeze-every works on the model's own blocks; it does not combine with LoRA or virtual tokens");
     must_exist("--resume", a.resume);
 }
 

@@ -6,12 +6,15 @@
 #include <string>
 #include <vector>
 
+#include "model/gpt2.h"
+#include "model/peft.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
 
 namespace tune {
 
 struct TrainArgs {
+    TrainArgs() { peft.lora_targets = kLoraAll; }  // --lora-rank alone adapts every site
     // where and how
     std::string device = "auto";  // auto | cpu | cuda
     std::string precision = "fp32";
@@ -26,6 +29,23 @@ struct TrainArgs {
     int train_top = 0;            // only the top k blocks + ln_f (0: all)
     std::string train_only;       // comma-separated name patterns
     float lr_layer_factor = 0;    // discriminative rates: block l at lr * factor^(L-1-l) (0: off)
+    int unfreeze_every = 0;       // gradual unfreezing: one more block every N steps (0: off)
+    // parameter-efficient methods (model/peft.h); the base model is frozen when any is on
+    PeftConfig peft;
+    std::string virtual_init = "vocab";  // random | vocab | text:SOME TEXT
+    Recompute recompute = Recompute::none;
+    // keeping what the model knew
+    float l2sp = 0;                  // lambda of L2-SP (0: off)
+    float ewc = 0;                   // lambda of EWC (0: off)
+    std::string fisher;              // EWC's Fisher file: read if it exists, else estimated and written
+    std::vector<std::string> fisher_data;  // base-data shards for the estimate
+    int fisher_batches = 16;
+    float distill = 0;               // alpha of knowledge distillation (0: off)
+    float distill_temp = 2.0f;       // tau
+    std::string teacher;             // teacher weights (default: the starting weights, --init)
+    std::vector<std::string> replay_data;  // base-data shards to replay
+    float replay_frac = 0;           // fraction of micro-batches drawn from them
+    float replay_weight = 1.0f;      // loss weight of replayed tokens
     // batch
     int batch = 4;  // B
     int seq = 64;   // T

@@ -11,6 +11,13 @@ using json = nlohmann::json;
 
 namespace {
 
+json peft_json(const PeftConfig& p) {
+    json j{{"virtual", virtual_name(p.virt)}, {"n_virtual", p.virtual_tokens()}, {"hidden", p.hidden}};
+    if (p.lora())
+        j.update({{"lora_rank", p.lora_rank}, {"lora_alpha", p.lora_alpha}, {"lora_targets", lora_targets_string(p.lora_targets)}});
+    return j;
+}
+
 json config_json(const ModelConfig& c) {
     return json{{"block_size", c.block_size}, {"vocab_size", c.vocab_size}, {"padded_vocab_size", c.padded_vocab_size},
                 {"n_layer", c.n_layer},       {"n_head", c.n_head},         {"n_embd", c.n_embd}};
@@ -23,6 +30,7 @@ struct CkptFile {
     json header;
     size_t data_start = 0;
     ModelConfig config;
+    PeftConfig peft;
 
     [[noreturn]] void fail(const std::string& what) const { throw Error(path + ": " + what); }
 
@@ -48,8 +56,8 @@ struct CkptFile {
         header = json::parse(bytes.begin() + 16, bytes.begin() + data_start, nullptr, false);
         if (header.is_discarded() || !header.is_object()) fail("header is not a JSON object");
         if (!header.contains("kind") || !header["kind"].is_string() ||
-            (header["kind"] != "weights" && header["kind"] != "resume"))
-            fail("header field 'kind' must be \"weights\" or \"resume\"");
+            (header["kind"] != "weights" && header["kind"] != "resume" && header["kind"] != "adapter"))
+            fail("header field 'kind' must be \"weights\", \"resume\" or \"adapter\"");
         if (!header.contains("config") || !header["config"].is_object()) fail("header field 'config' is missing");
         const json& c = header["config"];
         config.block_size = get_int(c, "block_size", "config");
@@ -59,6 +67,27 @@ struct CkptFile {
         config.n_head = get_int(c, "n_head", "config");
         config.n_embd = get_int(c, "n_embd", "config");
         validate_config(config, path);
+        if (header.contains("peft")) {
+            const json& p = header["peft"];
+            if (!p.is_object() || !p.contains("virtual") || !p["virtual"].is_string())
+                fail("header field 'peft' must be an object with a string 'virtual'");
+            peft.virt = parse_virtual(p["virtual"].get<std::string>(), path + ": peft field 'virtual'");
+            peft.n_virtual = get_int(p, "n_virtual", "peft");
+            peft.hidden = get_int(p, "hidden", "peft");
+            if (p.contains("lora_rank")) {
+                peft.lora_rank = get_int(p, "lora_rank", "peft");
+                if (!p.contains("lora_alpha") || !p["lora_alpha"].is_number()) fail("peft field 'lora_alpha' is missing");
+                peft.lora_alpha = p["lora_alpha"].get<float>();
+                if (!p.contains("lora_targets") || !p["lora_targets"].is_string())
+                    fail("peft field 'lora_targets' is missing");
+                try {
+                    peft.lora_targets = parse_lora_targets(p["lora_targets"].get<std::string>(), "peft field 'lora_targets'");
+                } catch (const Error& e) {
+                    fail(e.what());
+                }
+            }
+            validate_peft(peft, config, path);
+        }
         if (!header.contains("tensors") || !header["tensors"].is_array()) fail("header field 'tensors' is missing");
         // Every tensor must lie inside the data region, and together they must fill it exactly.
         const size_t data_bytes = bytes.size() - data_start;
@@ -111,36 +140,8 @@ std::vector<float> fetch(Backend& be, const Arena& a, size_t i) {
     return v;
 }
 
-}  // namespace
-
-void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state) {
-    GPT2& m = const_cast<GPT2&>(model);
-    Backend& be = m.backend();
-    Writer w;
-    const Table& ptab = model.params().table();
-    const std::vector<int>& gidx = model.grad_index();
-    for (size_t i = 0; i < ptab.size(); i++) {
-        // The master copy is the true value of a trainable tensor when the backend keeps one.
-        const bool master = opt && opt->master().bytes() && gidx[i] >= 0;
-        w.add(ptab[i].name, ptab[i].shape, master ? fetch(be, opt->master(), gidx[i]) : fetch(be, model.params(), i));
-    }
-    json header{{"kind", "weights"}, {"config", config_json(model.config())}};
-    if (opt && state) {
-        header["kind"] = "resume";
-        const Table& gtab = model.grads().table();
-        for (size_t g = 0; g < gtab.size(); g++) {
-            w.add("m/" + gtab[g].name, gtab[g].shape, fetch(be, opt->m(), g));
-            w.add("v/" + gtab[g].name, gtab[g].shape, fetch(be, opt->v(), g));
-        }
-        header["state"] = {{"step", state->step},
-                           {"opt_t", opt->t()},
-                           {"rng", state->rng},
-                           {"loader_epoch", state->loader.epoch},
-                           {"loader_cursor", state->loader.cursor},
-                           {"loss_scale", state->loss_scale},
-                           {"loss_scale_clean", state->loss_scale_clean},
-                           {"skipped_steps", state->skipped_steps}};
-    }
+void write_checkpoint(const std::string& path, const json& header_in, const Writer& w) {
+    json header = header_in;
     header["tensors"] = w.tensors;
     const std::string h = header.dump();
     std::vector<uint8_t> out(16 + h.size() + w.data.size());
@@ -152,23 +153,113 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
     write_file_atomic(path, out.data(), out.size());
 }
 
-ModelConfig checkpoint_config(const std::string& path) { return CkptFile(path).config; }
+}  // namespace
 
-void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainState* state) {
+void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state,
+                     const Arena* anchor) {
+    GPT2& m = const_cast<GPT2&>(model);
+    Backend& be = m.backend();
+    Writer w;
+    const Table& ptab = model.params().table();
+    const std::vector<int>& gidx = model.grad_index();
+    for (size_t i = 0; i < ptab.size(); i++) {
+        // The master copy is the true value of a trainable tensor when the backend keeps one.
+        const bool master = opt && opt->master().bytes() && gidx[i] >= 0;
+        w.add(ptab[i].name, ptab[i].shape, master ? fetch(be, opt->master(), gidx[i]) : fetch(be, model.params(), i));
+    }
+    json header{{"kind", "weights"}, {"config", config_json(model.config())}};
+    if (model.peft().any()) header["peft"] = peft_json(model.peft());
+    if (opt && state) {
+        header["kind"] = "resume";
+        const Table& gtab = model.grads().table();
+        for (size_t g = 0; g < gtab.size(); g++) {
+            w.add("m/" + gtab[g].name, gtab[g].shape, fetch(be, opt->m(), g));
+            w.add("v/" + gtab[g].name, gtab[g].shape, fetch(be, opt->v(), g));
+        }
+        if (anchor)
+            for (size_t g = 0; g < gtab.size(); g++) w.add("anchor/" + gtab[g].name, gtab[g].shape, fetch(be, *anchor, g));
+        std::vector<bool> active;
+        for (size_t g = 0; g < gtab.size(); g++) active.push_back(opt->active(g));
+        header["state"] = {{"step", state->step},
+                           {"opt_t", opt->t()},
+                           {"opt_active", active},
+                           {"opt_t_offsets", opt->t_offsets()},
+                           {"rng", state->rng},
+                           {"loader_epoch", state->loader.epoch},
+                           {"loader_cursor", state->loader.cursor},
+                           {"replay_epoch", state->replay_loader.epoch},
+                           {"replay_cursor", state->replay_loader.cursor},
+                           {"init", state->init},
+                           {"loss_scale", state->loss_scale},
+                           {"loss_scale_clean", state->loss_scale_clean},
+                           {"skipped_steps", state->skipped_steps}};
+    }
+    write_checkpoint(path, header, w);
+}
+
+void save_merged(const std::string& path, GPT2& model) {
+    Writer w;
+    const Table& ptab = model.params().table();
+    for (size_t i = 0; i < model.num_base_tensors(); i++) w.add(ptab[i].name, ptab[i].shape, model.merged_base_tensor(i));
+    json header{{"kind", "weights"}, {"config", config_json(model.config())}};
+    if (model.virtual_tokens() > 0) {
+        const PeftConfig f = model.folded_virtual_config();
+        const Table t = gpt2_param_table(model.config(), f);
+        w.add(t[t.size() - 1].name, t[t.size() - 1].shape, model.folded_virtual_tensor());
+        header["peft"] = peft_json(f);
+    }
+    write_checkpoint(path, header, w);
+}
+
+void save_adapter(const std::string& path, GPT2& model) {
+    if (!model.peft().any()) throw Error(path + ": the model has no LoRA or virtual tokens to save as an adapter");
+    Writer w;
+    const Table& ptab = model.params().table();
+    PeftConfig out = model.peft();
+    size_t end = ptab.size();  // the LoRA tensors end where the virtual-token ones begin
+    if (model.virtual_tokens() > 0) {
+        out.virt = model.folded_virtual_config().virt;
+        out.hidden = 0;
+        end -= model.peft().virt == Virtual::ptune || model.peft().virt == Virtual::prefix ? 5 : 1;
+    }
+    Backend& be = model.backend();
+    for (size_t i = model.num_base_tensors(); i < end; i++) w.add(ptab[i].name, ptab[i].shape, fetch(be, model.params(), i));
+    if (model.virtual_tokens() > 0) {
+        const Table t = gpt2_param_table(model.config(), out);
+        w.add(t[t.size() - 1].name, t[t.size() - 1].shape, model.folded_virtual_tensor());
+    }
+    json header{{"kind", "adapter"}, {"config", config_json(model.config())}, {"peft", peft_json(out)}};
+    write_checkpoint(path, header, w);
+}
+
+ModelConfig checkpoint_config(const std::string& path) { return CkptFile(path).config; }
+PeftConfig checkpoint_peft(const std::string& path) { return CkptFile(path).peft; }
+bool is_adapter_checkpoint(const std::string& path) { return CkptFile(path).header["kind"] == "adapter"; }
+
+void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainState* state, Arena* anchor) {
     CkptFile f(path);
     if (f.config != model.config())
         f.fail("config " + f.config.describe() + " does not match the model's " + model.config().describe());
+    if (f.header["kind"] == "adapter")
+        f.fail("is an adapter checkpoint (PEFT tensors only): give it with --adapter, on top of base weights");
+    const bool base_only = !f.peft.any();
+    if (!base_only && !(f.peft == model.peft()))
+        f.fail("holds a model with " + f.peft.describe() + ", but this model was built with " + model.peft().describe());
     Backend& be = model.backend();
     const Table& ptab = model.params().table();
-    for (size_t i = 0; i < ptab.size(); i++)
+    const size_t n = base_only ? model.num_base_tensors() : ptab.size();
+    for (size_t i = 0; i < n; i++)
         be.upload(model.params().ptr(i), model.params().dtype(), f.find(ptab[i].name, ptab[i].numel), ptab[i].numel);
     if (opt) opt->sync_master_from_params();
     if (!opt || !state) return;
     if (f.header["kind"] != "resume") f.fail("holds weights only; --resume needs a resume checkpoint");
+    if (base_only && model.peft().any()) f.fail("was not written with " + model.peft().describe() + "; resume with the options it was");
     const Table& gtab = model.grads().table();
     for (size_t g = 0; g < gtab.size(); g++) {
         be.upload(opt->m().ptr(g), opt->m().dtype(), f.find("m/" + gtab[g].name, gtab[g].numel), gtab[g].numel);
         be.upload(opt->v().ptr(g), opt->v().dtype(), f.find("v/" + gtab[g].name, gtab[g].numel), gtab[g].numel);
+        if (anchor)
+            be.upload(anchor->ptr(g), anchor->dtype(), f.find("anchor/" + gtab[g].name, gtab[g].numel), gtab[g].numel);
     }
     if (!f.header.contains("state") || !f.header["state"].is_object()) f.fail("resume checkpoint without 'state'");
     const json& s = f.header["state"];
@@ -180,11 +271,37 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     state->rng = u64("rng");
     state->loader.epoch = u64("loader_epoch");
     state->loader.cursor = u64("loader_cursor");
+    state->replay_loader.epoch = u64("replay_epoch");
+    state->replay_loader.cursor = u64("replay_cursor");
     state->skipped_steps = u64("skipped_steps");
     state->loss_scale_clean = u64("loss_scale_clean");
     opt->set_t((int)u64("opt_t"));
     if (!s.contains("loss_scale") || !s["loss_scale"].is_number()) f.fail("state field 'loss_scale' is missing");
     state->loss_scale = s["loss_scale"].get<double>();
+    if (!s.contains("init") || !s["init"].is_string()) f.fail("state field 'init' is missing");
+    state->init = s["init"].get<std::string>();
+    if (!s.contains("opt_active") || !s["opt_active"].is_array() || !s.contains("opt_t_offsets") ||
+        !s["opt_t_offsets"].is_array())
+        f.fail("state fields 'opt_active' and 'opt_t_offsets' are missing");
+    try {
+        opt->restore_activity(s["opt_active"].get<std::vector<bool>>(), s["opt_t_offsets"].get<std::vector<int>>());
+    } catch (const std::exception& e) {
+        f.fail(std::string("state fields 'opt_active'/'opt_t_offsets': ") + e.what());
+    }
+}
+
+void load_adapter(const std::string& path, GPT2& model) {
+    CkptFile f(path);
+    if (f.header["kind"] != "adapter") f.fail("is not an adapter checkpoint (bin/train writes adapter.ckpt with LoRA or --virtual)");
+    if (f.config != model.config())
+        f.fail("was trained on a model with config " + f.config.describe() + ", not this base model's " +
+               model.config().describe());
+    if (!(f.peft == model.peft()))
+        f.fail("holds " + f.peft.describe() + ", but the model was built with " + model.peft().describe());
+    Backend& be = model.backend();
+    const Table& ptab = model.params().table();
+    for (size_t i = model.num_base_tensors(); i < ptab.size(); i++)
+        be.upload(model.params().ptr(i), model.params().dtype(), f.find(ptab[i].name, ptab[i].numel), ptab[i].numel);
 }
 
 }  // namespace tune

@@ -4,13 +4,16 @@
 //   offset  0  char[8]  magic "TUNECKPT"
 //           8  u32      version (1)
 //          12  u32      header length H (bytes of JSON)
-//          16  JSON     {"kind": "weights"|"resume", "config": {...}, "tensors": [{"name", "shape", "offset",
-//                       "bytes"}...], "state": {...}}   (state only in resume checkpoints)
+//          16  JSON     {"kind": "weights"|"resume"|"adapter", "config": {...}, "peft": {...}, "tensors":
+//                       [{"name", "shape", "offset", "bytes"}...], "state": {...}}   (state only in resume
+//                       checkpoints; peft only when the model has LoRA or virtual tokens)
 //        16+H  data     every tensor as float32, at its offset from here; the file ends exactly at the last
 // A weights checkpoint holds the parameters (the FP32 master values where the backend keeps them). A resume
-// checkpoint adds Adam's moments (m/<name>, v/<name>) for trainable tensors and the training state:
-// step, optimizer step, RNG, data-loader position. Everything is validated before use, and files are
-// written atomically (data/fileio.h).
+// checkpoint adds Adam's moments (m/<name>, v/<name>) for trainable tensors, the L2-SP/EWC anchor
+// (anchor/<name>) when there is one, and the training state: step, optimizer step, RNG, data-loader positions.
+// An adapter checkpoint holds only the PEFT tensors (LoRA A and B, folded virtual tokens): a few hundred KB
+// to put on top of a base model. Everything is validated before use, and files are written atomically
+// (data/fileio.h).
 #pragma once
 
 #include <cstdint>
@@ -33,16 +36,31 @@ struct TrainState {
     double loss_scale = 1;           // dynamic loss scale (FP16; 1 otherwise)
     uint64_t loss_scale_clean = 0;   // clean steps since the scale last changed
     uint64_t skipped_steps = 0;
+    LoaderState replay_loader;       // replay data position
+    std::string init;                // the --init weights the run started from (the default teacher)
 };
 
-// Writes model weights; with opt and state, a resume checkpoint.
-void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state);
+// Writes model weights as they are (LoRA unmerged, virtual tokens unfolded); with opt and state, a resume
+// checkpoint (with `anchor`, the L2-SP/EWC reference weights in gradient-arena layout, when non-null).
+void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state,
+                     const Arena* anchor = nullptr);
+// Writes the model for use anywhere: LoRA merged into the base weights, virtual tokens folded (a plain GPT-2
+// when there are none).
+void save_merged(const std::string& path, GPT2& model);
+// Writes only the PEFT tensors (LoRA A and B unmerged, virtual tokens folded). Needs a model with PEFT.
+void save_adapter(const std::string& path, GPT2& model);
 
-// The config stored in a checkpoint (to build the model before loading it). Validates the header.
+// The config and PEFT config stored in a checkpoint (to build the model before loading it). Validates the header.
 ModelConfig checkpoint_config(const std::string& path);
+PeftConfig checkpoint_peft(const std::string& path);
+bool is_adapter_checkpoint(const std::string& path);
 
 // Loads weights into the model (config must match); with opt and state also the optimizer state and
-// training state, which requires a resume checkpoint. Throws tune::Error naming the file and the problem.
-void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainState* state);
+// training state, which requires a resume checkpoint. A checkpoint without PEFT tensors loads into a model
+// with them (only the base tensors: initialise the rest); otherwise the PEFT configs must match. Throws
+// tune::Error naming the file and the problem.
+void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainState* state, Arena* anchor = nullptr);
+// Loads an adapter checkpoint's tensors into a model built with its PEFT config (checkpoint_peft).
+void load_adapter(const std::string& path, GPT2& model);
 
 }  // namespace tune

@@ -9,7 +9,7 @@
 int main(int argc, char** argv) {
     using namespace tune;
     return tune::run_tool("evaluate", [&]() -> int {
-        std::string weights, data, choices, device = "auto", vocab = "data/gpt2";
+        std::string weights, adapter, data, choices, device = "auto", vocab = "data/gpt2";
         int batch = 4, seq = 256, batches = 0;
         Cli cli("usage: bin/evaluate --model WEIGHTS [--data SHARDS] [--choices FILE.jsonl] [options]\n"
                 "Loss and perplexity on token shards (counted tokens only), and multiple-choice accuracy on a JSONL\n"
@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
         cli.option("--batch", "B", "sequences per batch (loss)", &batch, 1, 1 << 16);
         cli.option("--seq", "T", "tokens per sequence (loss; at most the block size)", &seq, 1, 1 << 20);
         cli.option("--batches", "N", "batches to evaluate (0: one pass over the data)", &batches, 0, 1 << 30);
+        cli.option("--adapter", "FILE", "an adapter checkpoint (LoRA, virtual tokens: bin/train's adapter.ckpt) on top "
+                   "of --model", &adapter);
         cli.option("--device", "cpu|cuda|auto", "backend", &device);
         cli.option("--vocab", "DIR", "GPT-2 vocabulary", &vocab);
         if (!cli.parse(argc, argv)) {
@@ -33,7 +35,7 @@ int main(int argc, char** argv) {
             std::stringstream ss(data);
             for (std::string p; std::getline(ss, p, ',');)
                 if (!p.empty()) paths.push_back(p);
-            LoadedModel m = load_model(weights, device, "fp32", batch, seq);
+            LoadedModel m = load_model(weights, device, "fp32", batch, seq, adapter);
             if (seq > m.model->config().block_size)
                 throw UsageError("--seq: " + std::to_string(seq) + " is above the block size " +
                                  std::to_string(m.model->config().block_size));
@@ -46,7 +48,7 @@ int main(int argc, char** argv) {
             std::vector<ChoiceExample> ex = read_choice_file(tok, choices);
             size_t most = 0;
             for (const auto& e : ex) most = std::max(most, e.endings.size());
-            LoadedModel m = load_model(weights, device, "fp32", (int)most, 0);
+            LoadedModel m = load_model(weights, device, "fp32", (int)most, 0, adapter);
             ChoiceResult r = eval_multiple_choice(*m.model, ex);
             std::printf("multiple choice: %zu examples | acc %.4f | acc_norm %.4f\n", r.examples, r.acc(),
                         r.acc_norm());

@@ -1,5 +1,7 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
+
 namespace tune {
 
 bool decays(const TensorInfo& t, bool decay_embeddings) {
@@ -24,6 +26,7 @@ AdamW::AdamW(GPT2& model, const AdamWConfig& cfg) : model_(model), cfg_(cfg) {
         s.weight_decay = decays(ptab[i], cfg.decay_embeddings) ? cfg.weight_decay : 0.0f;
         segments_.push_back(s);
     }
+    active_.assign(segments_.size(), true);
     sync_master_from_params();
 }
 
@@ -43,6 +46,32 @@ void AdamW::sync_master_from_params() {
 
 void AdamW::set_lr_scale(size_t grad_tensor, float scale) { segments_.at(grad_tensor).lr_scale = scale; }
 
+void AdamW::set_active(size_t g, bool on) {
+    if (on && !active_.at(g)) segments_[g].t_offset = t_;
+    active_.at(g) = on;
+}
+
+std::vector<OptSegment> AdamW::active_segments() const {
+    std::vector<OptSegment> out;
+    for (size_t g = 0; g < segments_.size(); g++)
+        if (active_[g]) out.push_back(segments_[g]);
+    return out;
+}
+
+std::vector<int> AdamW::t_offsets() const {
+    std::vector<int> out;
+    for (const OptSegment& s : segments_) out.push_back(s.t_offset);
+    return out;
+}
+
+void AdamW::restore_activity(const std::vector<bool>& active, const std::vector<int>& t_offsets) {
+    if (active.size() != segments_.size() || t_offsets.size() != segments_.size())
+        throw Error("optimizer state: " + std::to_string(active.size()) + " activity flags for " +
+                    std::to_string(segments_.size()) + " trainable tensors");
+    active_ = active;
+    for (size_t g = 0; g < segments_.size(); g++) segments_[g].t_offset = t_offsets[g];
+}
+
 void AdamW::step(float lr, float grad_scale) {
     t_++;
     AdamWStep s;
@@ -52,8 +81,9 @@ void AdamW::step(float lr, float grad_scale) {
     s.eps = cfg_.eps;
     s.t = t_;
     s.grad_scale = grad_scale;
+    const bool all = std::find(active_.begin(), active_.end(), false) == active_.end();
     model_.backend().adamw_update(model_.params().base(), master_.bytes() ? master_.base() : nullptr,
-                                  model_.grads().base(), m_.base(), v_.base(), segments_, s);
+                                  model_.grads().base(), m_.base(), v_.base(), all ? segments_ : active_segments(), s);
 }
 
 }  // namespace tune

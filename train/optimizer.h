@@ -37,6 +37,14 @@ class AdamW {
     Arena& master() { return master_; }  // empty unless the backend keeps master weights
     const std::vector<OptSegment>& segments() const { return segments_; }
     void set_lr_scale(size_t grad_tensor, float scale);  // per-tensor multiplier (discriminative rates)
+    // Gradual unfreezing: an inactive tensor is not updated. A tensor made active starts its own Adam bias
+    // correction from this point (OptSegment::t_offset = updates done so far).
+    void set_active(size_t grad_tensor, bool on);
+    bool active(size_t grad_tensor) const { return active_.at(grad_tensor); }
+    std::vector<OptSegment> active_segments() const;
+    // For checkpoints: each tensor's t_offset, and restoring them with the active flags.
+    std::vector<int> t_offsets() const;
+    void restore_activity(const std::vector<bool>& active, const std::vector<int>& t_offsets);
     size_t state_bytes() const { return m_.bytes() + v_.bytes() + master_.bytes(); }
     // After the parameters were overwritten (checkpoint load), refresh the master copy from them.
     void sync_master_from_params();
@@ -46,6 +54,7 @@ class AdamW {
     AdamWConfig cfg_;
     Arena m_, v_, master_;
     std::vector<OptSegment> segments_;  // one per trainable tensor, in gradient-table order
+    std::vector<bool> active_;
     int t_ = 0;
 };
 

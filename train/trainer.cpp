@@ -5,9 +5,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <sstream>
 
+#include "data/safetensors.h"
+#include "data/tokenizer.h"
 #include "kernels/cuda/backend_cuda.h"
+#include "model/rng.h"
 #include "model/weights.h"
 #include "train/select.h"
 
@@ -29,13 +33,33 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
 }
 
 LoadedModel load_model(const std::string& weights, const std::string& device, const std::string& precision, int B,
-                       int T) {
+                       int T, const std::string& adapter) {
     LoadedModel m;
     m.be = make_backend(device, precision, true);
     const ModelConfig cfg = weights_config(weights);
-    m.model = std::make_unique<GPT2>(cfg, *m.be, B, T > 0 ? std::min(T, cfg.block_size) : cfg.block_size);
+    ModelOptions o;
+    if (weights_format(weights) == WeightsFormat::tune_checkpoint) o.peft = checkpoint_peft(weights);
+    if (!adapter.empty()) {
+        if (o.peft.any())
+            throw Error(adapter + ": the base weights " + weights + " already carry " + o.peft.describe() +
+                        "; an adapter goes on plain base weights");
+        if (checkpoint_config(adapter) != cfg)
+            throw Error(adapter + ": trained on a model with config " + checkpoint_config(adapter).describe() +
+                        ", not the base model's " + cfg.describe());
+        o.peft = checkpoint_peft(adapter);
+    }
+    const int room = cfg.block_size - o.peft.virtual_tokens();
+    Trainable none;
+    none.tensor.assign(gpt2_param_table(cfg, o.peft).size(), false);  // inference: no gradient buffers
+    m.model = std::make_unique<GPT2>(cfg, *m.be, B, T > 0 ? std::min(T, room) : room, &none, o);
     load_weights(weights, *m.model);
+    if (!adapter.empty()) load_adapter(adapter, *m.model);
     return m;
+}
+
+bool is_replay_batch(uint64_t mb, double frac) {
+    if (frac <= 0) return false;
+    return (uint64_t)std::floor((double)(mb + 1) * frac) > (uint64_t)std::floor((double)mb * frac);
 }
 
 void update_loss_scale(TrainState& s, bool gradients_finite) {
@@ -65,8 +89,15 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (args.seq > cfg.block_size)
         throw UsageError("--seq: " + std::to_string(args.seq) + " is above the model's block size " +
                          std::to_string(cfg.block_size));
-    const Trainable trainable = select_trainable(cfg, args.train_top, args.train_only);
-    model_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &trainable);
+    ModelOptions mo;
+    mo.peft = args.peft;
+    if (mo.peft.lora_rank == 0) mo.peft.lora_targets = 0;
+    mo.recompute = args.recompute;
+    Trainable trainable = select_trainable(cfg, args.train_top, args.train_only);
+    // PEFT trains only its own tensors, unless the base selection was asked for explicitly.
+    if (mo.peft.any() && args.train_top == 0 && args.train_only.empty())
+        trainable.tensor.assign(num_base_tensors(cfg), false);
+    model_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &trainable, mo);
     if (ckpt.empty()) model_->init_random(args.seed);
     opt_ = std::make_unique<AdamW>(*model_, args.adam);
     if (args.lr_layer_factor > 0) apply_discriminative_lr(*model_, *opt_, args.lr_layer_factor);
@@ -75,27 +106,167 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     state_.loss_scale = dynamic_loss_scale_ ? args.loss_scale : 1.0;  // a resume checkpoint overrides it
     flops_per_token_ = 6.0 * (double)num_parameters(cfg) + 12.0 * cfg.n_layer * cfg.n_embd * (double)args.seq;
     if (be_->name() == "cuda") peak_flops_ = cuda_peak_flops(be_->act_dtype());
-    if (!args.resume.empty())
-        load_checkpoint(args.resume, *model_, opt_.get(), &state_);
-    else if (!args.init.empty()) {
-        load_weights(args.init, *model_);
+    const bool anchored = args.l2sp > 0 || args.ewc > 0;
+    if (anchored) anchor_.allocate(*be_, model_->grads().table(), be_->master_dtype());
+    if (!args.resume.empty()) {
+        load_checkpoint(args.resume, *model_, opt_.get(), &state_, anchored ? &anchor_ : nullptr);
+    } else {
+        if (!args.init.empty()) load_weights(args.init, *model_);
+        if (mo.peft.any()) model_->init_peft(args.seed, virtual_init_tokens());
         opt_->sync_master_from_params();
+        state_.init = args.init;
+        if (anchored) capture_anchor();
+    }
+    if (args.ewc > 0) load_or_estimate_fisher(args.fisher, args.fisher_data, args.fisher_batches);
+    if (args.distill > 0) {
+        const std::string teacher = !args.teacher.empty() ? args.teacher : state_.init;
+        if (teacher.empty())
+            throw UsageError("--distill: no teacher; the run started from random weights, so give --teacher WEIGHTS");
+        if (weights_config(teacher) != cfg)
+            throw Error(teacher + ": the teacher's config " + weights_config(teacher).describe() +
+                        " differs from the student's " + cfg.describe());
+        Trainable none;
+        none.tensor.assign(num_base_tensors(cfg), false);
+        teacher_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &none);
+        load_weights(teacher, *teacher_);
     }
 
     train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle, args.seed);
     train_->set_state(state_.loader);
     if (!args.val_data.empty())
         val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0);
+    if (!args.replay_data.empty() && args.replay_frac > 0) {
+        replay_ = std::make_unique<Loader>(args.replay_data, cfg.vocab_size, args.batch, args.seq, args.shuffle,
+                                           args.seed + 1);
+        replay_->set_state(state_.replay_loader);
+    }
+}
+
+std::vector<int32_t> Trainer::virtual_init_tokens() const {
+    const std::string& how = args_.virtual_init;
+    if (model_->virtual_tokens() == 0 || how == "random") return {};
+    if (how.rfind("text:", 0) == 0) {
+        const std::string text = how.substr(5);
+        std::vector<int32_t> ids = Tokenizer::load().encode(text);
+        if (ids.empty()) throw UsageError("--virtual-init: the text after 'text:' is empty");
+        for (int32_t id : ids)
+            if (id >= model_->config().vocab_size)
+                throw UsageError("--virtual-init: token " + std::to_string(id) + " of the text is outside the model's "
+                                 "vocabulary of " + std::to_string(model_->config().vocab_size));
+        return ids;
+    }
+    // TEACH: Lester et al. found initialising from real token embeddings beats random vectors; GPT-2's ids are
+    // roughly in merge (frequency) order, so sampling the first 5000 draws common tokens.
+    Rng rng(args_.seed ^ 0x766f636162ull);
+    std::vector<int32_t> ids;
+    const int range = std::min(model_->config().vocab_size, 5000);
+    for (int j = 0; j < model_->virtual_tokens(); j++) ids.push_back((int32_t)rng.below(range));
+    return ids;
+}
+
+void Trainer::capture_anchor() {
+    const Table& ptab = model_->params().table();
+    const std::vector<int>& gidx = model_->grad_index();
+    std::vector<double> host;
+    for (size_t i = 0; i < ptab.size(); i++) {
+        if (gidx[i] < 0) continue;
+        host.resize(ptab[i].numel);
+        if (opt_->master().bytes())
+            be_->download(host.data(), opt_->master().ptr(gidx[i]), opt_->master().dtype(), host.size());
+        else
+            be_->download(host.data(), model_->params().ptr(i), model_->params().dtype(), host.size());
+        be_->upload(anchor_.ptr(gidx[i]), anchor_.dtype(), host.data(), host.size());
+    }
+}
+
+void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector<std::string>& data, int batches) {
+    const Table& g = model_->grads().table();
+    fisher_.allocate(*be_, g, be_->master_dtype());
+    std::error_code ec;
+    if (std::filesystem::exists(path, ec)) {
+        SafetensorsFile f(path);
+        for (size_t i = 0; i < g.size(); i++) {
+            const SafetensorsTensorInfo* t = f.find(g[i].name);
+            if (!t)
+                throw Error(path + ": no Fisher values for trainable tensor '" + g[i].name +
+                            "' (estimated for other parameters? delete the file to estimate it again)");
+            if (t->numel() != g[i].numel)
+                throw Error(path + ": tensor '" + g[i].name + "' holds " + std::to_string(t->numel()) +
+                            " values, the model's has " + std::to_string(g[i].numel));
+            const std::vector<float> v = f.read_f32(g[i].name);
+            be_->upload(fisher_.ptr(i), fisher_.dtype(), v.data(), v.size());
+        }
+        if (!args_.quiet) std::printf("ewc: Fisher read from %s\n", path.c_str());
+        return;
+    }
+    if (data.empty()) throw UsageError("--fisher " + path + " does not exist and no --fisher-data was given to estimate it");
+    Loader base(data, model_->config().vocab_size, args_.batch, args_.seq, true, args_.seed + 2);
+    const size_t n = model_->grads().elems();
+    for (int k = 0; k < batches; k++) {
+        Batch b = base.next();
+        size_t counted = 0;
+        for (float w : b.weights) counted += w != 0.0f;
+        if (!counted) continue;
+        model_->zero_grads();
+        model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
+        model_->loss(b.targets.data(), b.weights.data(), 1.0f / (float)counted, true);
+        model_->backward();
+        be_->accumulate_squares(fisher_.base(), model_->grads().base(), 1.0f / (float)batches, n);
+        if (!args_.quiet) std::printf("\rewc: estimating the Fisher on %s: batch %d/%d", data[0].c_str(), k + 1, batches);
+    }
+    model_->zero_grads();
+    // Written as safetensors (F32, gradient-table names): readable by anything that reads safetensors.
+    std::vector<std::vector<float>> host(g.size());
+    SafetensorsWriter w;
+    double total = 0, maxv = 0;
+    size_t count = 0;
+    for (size_t i = 0; i < g.size(); i++) {
+        host[i].resize(g[i].numel);
+        be_->download(host[i].data(), fisher_.ptr(i), fisher_.dtype(), host[i].size());
+        for (float v : host[i]) total += v, maxv = std::max(maxv, (double)v), count++;
+        std::vector<uint64_t> shape(g[i].shape.begin(), g[i].shape.end());
+        w.add(g[i].name, SafetensorsDtype::F32, shape, host[i].data(), host[i].size() * sizeof(float));
+    }
+    w.set_metadata("format", "tune.cu ewc fisher");
+    w.set_metadata("batches", std::to_string(batches));
+    w.write(path);
+    if (!args_.quiet)
+        std::printf("\rewc: Fisher estimated on %d batches (mean %.3g, max %.3g), written to %s\n", batches,
+                    count ? total / count : 0.0, maxv, path.c_str());
+}
+
+void Trainer::update_unfreezing(StepStats& st) {
+    if (args_.unfreeze_every <= 0) return;
+    // ULMFiT: the top block (with ln_f) trains first; every N steps one more block below joins; once every
+    // block trains, the embeddings (wte is also the tied LM head) join last.
+    const int L = model_->config().n_layer;
+    const int k = (int)(state_.step / (uint64_t)args_.unfreeze_every);
+    const int floor = L - 1 - k >= 0 ? L - 1 - k : -1;
+    const Table& g = model_->grads().table();
+    for (size_t i = 0; i < g.size(); i++) opt_->set_active(i, param_layer(g[i].name, L) >= floor);
+    model_->set_backward_floor(floor);
+    st.frozen_below = floor;
 }
 
 StepStats Trainer::step(float lr) {
     const double t0 = now_seconds();
     StepStats st;
     st.step = (int)state_.step + 1;
+    update_unfreezing(st);
     // Load the whole step's micro-batches first: the loss is normalised by the counted tokens of all of
     // them together, so every micro-batch's gradient is scaled by the same 1/count.
     std::vector<Batch> batches;
-    for (int k = 0; k < args_.grad_accum; k++) batches.push_back(train_->next());
+    for (int k = 0; k < args_.grad_accum; k++) {
+        const uint64_t mb = state_.step * (uint64_t)args_.grad_accum + (uint64_t)k;
+        if (replay_ && is_replay_batch(mb, args_.replay_frac)) {
+            // Replay: base data mixed in so the model keeps rehearsing what it knew, at its own loss weight.
+            batches.push_back(replay_->next());
+            for (float& w : batches.back().weights) w *= args_.replay_weight;
+            st.replay_batches++;
+        } else {
+            batches.push_back(train_->next());
+        }
+    }
     for (const Batch& b : batches)
         for (float w : b.weights) st.counted += w != 0.0f;
     const double scale = state_.loss_scale;
@@ -103,14 +274,54 @@ StepStats Trainer::step(float lr) {
     const float dloss = st.counted ? (float)(scale / (double)st.counted) : 0.0f;
 
     model_->zero_grads();
-    double loss_sum = 0;
-    for (const Batch& b : batches) {
-        model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
-        loss_sum += model_->loss(b.targets.data(), b.weights.data(), dloss, true);
+    double loss_sum = 0, kl_sum = 0;
+    for (size_t k = 0; k < batches.size(); k++) {
+        const Batch& b = batches[k];
+        // Dropout masks: a function of (seed, micro-batch), so a resumed run draws the same ones.
+        Rng key(args_.seed ^ ((state_.step * (uint64_t)args_.grad_accum + k) * 0x9E3779B97F4A7C15ull));
+        model_->set_training(true, key.next_u64());
+        if (teacher_) {
+            teacher_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
+            model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
+            const float a = args_.distill;
+            auto [ce, kl] =
+                model_->loss_distill(b.targets.data(), b.weights.data(), dloss, teacher_->logits_buffer(), a, args_.distill_temp);
+            loss_sum += (1.0 - a) * ce + a * kl;
+            kl_sum += kl;
+        } else {
+            model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
+            loss_sum += model_->loss(b.targets.data(), b.weights.data(), dloss, true);
+        }
         model_->backward();
     }
+    model_->set_training(false);
     st.loss = st.counted ? loss_sum / (double)st.counted : 0.0;
-    const double raw_norm = std::sqrt(be_->sum_squares(model_->grads().base(), model_->grads().elems()));
+    st.kl = st.counted ? kl_sum / (double)st.counted : 0.0;
+    // L2-SP / EWC: lambda/2 sum F (theta - theta_0)^2, its gradient added (times the loss scale, like every
+    // gradient here) before the norm is taken, so clipping sees the whole objective.
+    if (anchor_.bytes()) {
+        const std::vector<OptSegment> segs = opt_->active_segments();
+        void* master = opt_->master().bytes() ? opt_->master().base() : nullptr;
+        if (args_.l2sp > 0)
+            st.penalty += 0.5 * args_.l2sp *
+                          be_->anchor_penalty(model_->grads().base(), model_->params().base(), master, anchor_.base(),
+                                              nullptr, segs, args_.l2sp, (float)scale);
+        if (args_.ewc > 0)
+            st.penalty += 0.5 * args_.ewc *
+                          be_->anchor_penalty(model_->grads().base(), model_->params().base(), master, anchor_.base(),
+                                              fisher_.base(), segs, args_.ewc, (float)scale);
+    }
+    // The norm covers what this step updates: with gradual unfreezing, the active tensors (a contiguous
+    // tail of the gradient arena: the unfrozen blocks and ln_f).
+    size_t norm_from = 0;
+    if (st.frozen_below >= 0) {
+        const Table& g = model_->grads().table();
+        for (size_t i = g.size(); i-- > 0;)
+            if (opt_->active(i)) norm_from = g[i].offset;
+    }
+    const char* gbase = static_cast<const char*>(model_->grads().base());
+    const double raw_norm = std::sqrt(be_->sum_squares(gbase + norm_from * dtype_size(model_->grads().dtype()),
+                                                       model_->grads().elems() - norm_from));
     st.grad_norm = raw_norm / scale;  // the gradients still carry the loss scale
     st.lr = lr >= 0 ? lr : lr_at(args_.sched, (int)state_.step);
     // TEACH: a single NaN would poison every weight through Adam's moments. Skip the update instead and
@@ -131,6 +342,7 @@ StepStats Trainer::step(float lr) {
     }
     state_.step++;
     state_.loader = train_->state();
+    if (replay_) state_.replay_loader = replay_->state();
     be_->synchronize();
     st.seconds = now_seconds() - t0;
     return st;
@@ -187,7 +399,7 @@ double Trainer::lr_find(int steps, double lo, double hi) {
 }
 
 void Trainer::save(const std::string& path, bool resume) {
-    save_checkpoint(path, *model_, opt_.get(), resume ? &state_ : nullptr);
+    save_checkpoint(path, *model_, opt_.get(), resume ? &state_ : nullptr, anchor_.bytes() ? &anchor_ : nullptr);
 }
 
 static std::string mib(size_t bytes) {
@@ -203,8 +415,12 @@ void Trainer::print_memory_map() const {
     for (const TensorInfo& t : model_->grads().table().tensors()) trainable += t.numel;
     std::printf("model: %s, %zu parameters (%zu trainable), backend %s\n", model_->config().describe().c_str(),
                 num_parameters(model_->config()), trainable, be_->name().c_str());
-    std::printf("memory: parameters %s | gradients %s | optimizer %s | activations %s | total %s\n", mib(p).c_str(),
-                mib(g).c_str(), mib(o).c_str(), mib(a).c_str(), mib(p + g + o + a).c_str());
+    const size_t r = anchor_.bytes() + fisher_.bytes() +
+                     (teacher_ ? teacher_->param_bytes() + teacher_->act_bytes() : 0);
+    std::printf("memory: parameters %s | gradients %s | optimizer %s | activations %s (recompute %s)%s%s | total %s\n",
+                mib(p).c_str(), mib(g).c_str(), mib(o).c_str(), mib(a).c_str(), recompute_name(model_->recompute()),
+                r ? " | retention " : "", r ? mib(r).c_str() : "", mib(p + g + o + a + r).c_str());
+    if (model_->peft().any()) std::printf("peft: %s (base frozen)\n", model_->peft().describe().c_str());
 }
 
 int Trainer::run() {
@@ -246,9 +462,11 @@ int Trainer::run() {
         std::snprintf(line, sizeof line,
                       "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
                       "\"counted_tokens\":%zu,\"skipped\":%s,\"skipped_total\":%llu,\"loss_scale\":%g,"
-                      "\"mfu_percent\":%.2f}",
+                      "\"mfu_percent\":%.2f,\"penalty\":%.6g,\"distill_kl\":%.6g,\"replay_batches\":%d,"
+                      "\"frozen_below\":%d}",
                       st.step, st.loss, st.lr, st.grad_norm, tok_s, st.counted, st.skipped ? "true" : "false",
-                      (unsigned long long)state_.skipped_steps, st.loss_scale, mfu);
+                      (unsigned long long)state_.skipped_steps, st.loss_scale, mfu, st.penalty, st.kl,
+                      st.replay_batches, st.frozen_below);
         log.append(line);
         if (!args_.quiet && (st.step % args_.log_every == 0 || st.step == last || st.skipped))
             std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %7.3f | %8.0f tok/s%s | ETA %s%s\n", st.step,
@@ -272,10 +490,18 @@ int Trainer::run() {
     log.write_plot();
     if (!args_.out_dir.empty()) {
         save(args_.out_dir + "/resume.ckpt", true);
-        save(args_.out_dir + "/model.ckpt", false);
+        if (model_->peft().any()) {
+            // The adapter alone (small, goes on the base with --adapter), and a model usable anywhere:
+            // LoRA merged into the base weights, virtual tokens folded.
+            save_adapter(args_.out_dir + "/adapter.ckpt", *model_);
+            save_merged(args_.out_dir + "/model.ckpt", *model_);
+        } else {
+            save(args_.out_dir + "/model.ckpt", false);
+        }
         if (!args_.quiet)
-            std::printf("done: %llu steps; wrote %s/{model.ckpt,resume.ckpt,metrics.jsonl,loss.svg}\n",
-                        (unsigned long long)state_.step, args_.out_dir.c_str());
+            std::printf("done: %llu steps; wrote %s/{model.ckpt,%sresume.ckpt,metrics.jsonl,loss.svg}\n",
+                        (unsigned long long)state_.step, args_.out_dir.c_str(),
+                        model_->peft().any() ? "adapter.ckpt," : "");
     }
     return 0;
 }

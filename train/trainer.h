@@ -24,6 +24,10 @@ struct StepStats {
     double seconds = 0;
     bool skipped = false;    // non-finite loss or gradient: no update
     double loss_scale = 1;   // FP16 dynamic loss scale this step used (1 otherwise)
+    double penalty = 0;      // L2-SP + EWC terms added to the loss (already in the gradients)
+    double kl = 0;           // distillation term per counted token (tau^2 KL), when distilling
+    int replay_batches = 0;  // micro-batches drawn from the replay data
+    int frozen_below = -1;   // gradual unfreezing: blocks below this one did not train (-1: none frozen)
 };
 
 // FP16 dynamic loss scaling, with PyTorch GradScaler's semantics: dloss is multiplied by the scale so
@@ -41,9 +45,14 @@ struct LoadedModel {
     std::unique_ptr<Backend> be;
     std::unique_ptr<GPT2> model;
 };
-// T = 0 means the model's block size.
+// T = 0 means the model's block size (less any virtual tokens). `adapter`: an adapter checkpoint to put on
+// top of `weights` (LoRA, virtual tokens).
 LoadedModel load_model(const std::string& weights, const std::string& device, const std::string& precision, int B,
-                       int T);
+                       int T, const std::string& adapter = "");
+
+// Whether micro-batch number mb (counting from 0 over the whole run) is drawn from the replay data: exactly
+// a fraction `frac` of them, evenly spread and deterministic (nothing to save for resume).
+bool is_replay_batch(uint64_t mb, double frac);
 
 class Trainer {
    public:
@@ -64,14 +73,26 @@ class Trainer {
     AdamW& optimizer() { return *opt_; }
     const TrainState& state() const { return state_; }
 
+    // EWC's Fisher: read from `path`, or estimated on `data` (`batches` micro-batches at the current weights)
+    // and written there. F_i = mean over batches of (d mean-loss / d theta_i)^2, the empirical Fisher of
+    // mini-batch gradients (see docs/finetuning.md).
+    void load_or_estimate_fisher(const std::string& path, const std::vector<std::string>& data, int batches);
+    const Arena& fisher() const { return fisher_; }
+    const Arena& anchor() const { return anchor_; }
+
    private:
     void print_memory_map() const;
+    void update_unfreezing(StepStats& st);
+    void capture_anchor();  // theta_0 := the current trainable weights
+    std::vector<int32_t> virtual_init_tokens() const;
 
     TrainArgs args_;
     std::unique_ptr<Backend> be_;
     std::unique_ptr<GPT2> model_;
     std::unique_ptr<AdamW> opt_;
-    std::unique_ptr<Loader> train_, val_;
+    std::unique_ptr<Loader> train_, val_, replay_;
+    std::unique_ptr<GPT2> teacher_;  // knowledge distillation
+    Arena anchor_, fisher_;           // L2-SP / EWC: theta_0 and F, gradient-arena layout, master dtype
     TrainState state_;
     int bad_in_a_row_ = 0;
     bool dynamic_loss_scale_ = false;  // see update_loss_scale
