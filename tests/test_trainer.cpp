@@ -11,65 +11,13 @@
 #include "data/shard.h"
 #include "tests/model_util.h"
 #include "tests/test_util.h"
+#include "tests/trainer_util.h"
 #include "train/trainer.h"
 
 namespace tune::test {
 namespace {
 
 using ::testing::HasSubstr;
-
-// A learnable token stream over V=37: runs of consecutive ids (mod V) with random starts.
-std::vector<int32_t> pattern_tokens(size_t n, uint64_t seed) {
-    Rng r(seed);
-    std::vector<int32_t> t;
-    while (t.size() < n) {
-        int32_t s = (int32_t)r.below(37);
-        for (int k = 0; k < 6 && t.size() < n; k++) t.push_back((s + k) % 37);
-    }
-    return t;
-}
-
-struct TrainerFixture : ::testing::Test {
-    void SetUp() override {
-        dir = tmp.path();
-        write_shard(dir + "/train.bin", pattern_tokens(4000, 1), nullptr, 37);
-        write_shard(dir + "/val.bin", pattern_tokens(800, 2), nullptr, 37);
-        auto be = make_cpu_backend(DType::f32);
-        GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
-        m.init_random(3);
-        save_checkpoint(dir + "/init.ckpt", m, nullptr, nullptr);
-    }
-    TrainArgs args(const std::string& out) const {
-        TrainArgs a;
-        a.device = "cpu";
-        a.init = dir + "/init.ckpt";
-        a.train_data = {dir + "/train.bin"};
-        a.val_data = {dir + "/val.bin"};
-        a.batch = 3;
-        a.seq = 13;
-        a.grad_accum = 2;
-        a.steps = 8;
-        a.sched.lr = 3e-3f;
-        a.sched.warmup = 2;
-        a.val_every = 4;
-        a.val_batches = 2;
-        a.out_dir = dir + "/" + out;
-        a.quiet = true;
-        return a;
-    }
-    static std::vector<double> losses(const std::string& run_dir) {
-        std::vector<double> out;
-        std::istringstream in(slurp(run_dir + "/metrics.jsonl"));
-        std::string line;
-        while (std::getline(in, line)) {
-            auto j = nlohmann::json::parse(line);
-            if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-        }
-        return out;
-    }
-    TempDir tmp{"trainer"};
-    std::string dir;
-};
 
 TEST_F(TrainerFixture, ResumeIsBitExact_8Steps_vs_4PlusResume4) {
     TrainArgs full = args("full");

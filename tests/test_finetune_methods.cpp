@@ -1,0 +1,347 @@
+// The fine-tuning methods through the training loop (CPU backend): what trains and what stays frozen, the
+// checkpoints each method writes and how they load, gradual unfreezing, L2-SP/EWC penalties against their
+// formulas, distillation with alpha = 0, replay, recomputation, and bit-exact resume with all of them on.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "data/safetensors.h"
+#include "model/sampling.h"
+#include "tests/trainer_util.h"
+#include "train/select.h"
+
+namespace tune::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+using Methods = TrainerFixture;
+
+// Every parameter tensor of a trained model, by name (master values: the checkpoint's).
+std::map<std::string, std::vector<float>> tensors_of(const std::string& ckpt) {
+    const ModelConfig c = checkpoint_config(ckpt);
+    auto be = make_cpu_backend(DType::f32);
+    ModelOptions o;
+    o.peft = checkpoint_peft(ckpt);
+    GPT2 m(c, *be, 1, 1, nullptr, o);
+    load_checkpoint(ckpt, m, nullptr, nullptr);
+    std::map<std::string, std::vector<float>> out;
+    for (size_t i = 0; i < m.params().table().size(); i++) {
+        std::vector<float> v(m.params().table()[i].numel);
+        be->download(v.data(), m.params().ptr(i), DType::f32, v.size());
+        out[m.params().table()[i].name] = v;
+    }
+    return out;
+}
+
+// Logits of every position of one fixed batch.
+std::vector<float> logits_of(GPT2& m) {
+    const Data d = random_data(2, 10, 37, 99, false);
+    m.forward(d.x.data(), d.B, d.T);
+    std::vector<float> out;
+    for (int b = 0; b < d.B; b++)
+        for (int t = 0; t < d.T; t++) {
+            auto r = m.logits_row(b, t);
+            out.insert(out.end(), r.begin(), r.begin() + 37);
+        }
+    return out;
+}
+
+TEST_F(Methods, LoraFreezesTheBaseWritesASmallAdapterAndMergesExactly) {
+    TrainArgs a = args("lora");
+    a.peft.lora_rank = 4;
+    a.peft.lora_alpha = 8;
+    a.peft.lora_dropout = 0.1f;
+    a.sched.lr = 1e-2f;
+    ASSERT_EQ(Trainer(a).run(), 0);
+    const auto init = tensors_of(dir + "/init.ckpt"), after = tensors_of(a.out_dir + "/resume.ckpt");
+    for (const auto& [name, v] : init) EXPECT_EQ(after.at(name), v) << name << " changed but the base is frozen";
+    EXPECT_NE(after.at("h.0.attn.c_attn.lora_B"), std::vector<float>(after.at("h.0.attn.c_attn.lora_B").size(), 0.0f));
+    // The adapter is a fraction of the model.
+    EXPECT_LT(slurp(a.out_dir + "/adapter.ckpt").size() * 3, slurp(dir + "/init.ckpt").size());
+    // Base + adapter == the merged model.ckpt (a plain GPT-2).
+    EXPECT_FALSE(checkpoint_peft(a.out_dir + "/model.ckpt").any());
+    LoadedModel with = load_model(dir + "/init.ckpt", "cpu", "fp32", 2, 10, a.out_dir + "/adapter.ckpt");
+    LoadedModel merged = load_model(a.out_dir + "/model.ckpt", "cpu", "fp32", 2, 10);
+    LoadedModel base = load_model(dir + "/init.ckpt", "cpu", "fp32", 2, 10);
+    const auto lw = logits_of(*with.model), lm = logits_of(*merged.model), lb = logits_of(*base.model);
+    EXPECT_TRUE(near_rel(lm, lw, 1e-5));
+    EXPECT_FALSE(near_rel(lb, lw, 1e-3)) << "the adapter changed nothing";
+}
+
+TEST_F(Methods, PromptTuningChangesOnlyThePromptAndGeneratesFromTheAdapter) {
+    for (Virtual v : {Virtual::prompt, Virtual::ptune, Virtual::prefix}) {
+        SCOPED_TRACE(virtual_name(v));
+        TrainArgs a = args(std::string("virt_") + virtual_name(v));
+        a.peft.virt = v;
+        a.peft.n_virtual = 3;
+        a.peft.hidden = 8;
+        a.virtual_init = v == Virtual::prefix ? "random" : "vocab";
+        a.sched.lr = 1e-2f;
+        ASSERT_EQ(Trainer(a).run(), 0);
+        const auto init = tensors_of(dir + "/init.ckpt"), after = tensors_of(a.out_dir + "/resume.ckpt");
+        size_t peft_tensors = 0;
+        for (const auto& [name, t] : after) {
+            if (init.count(name))
+                EXPECT_EQ(t, init.at(name)) << name;
+            else
+                peft_tensors++;
+        }
+        EXPECT_EQ(peft_tensors, v == Virtual::prompt ? 1u : 5u);
+        // The folded forms, in the adapter and the full model, give the trained model's logits.
+        const PeftConfig folded = checkpoint_peft(a.out_dir + "/adapter.ckpt");
+        EXPECT_EQ(folded.virt, v == Virtual::prefix ? Virtual::prefix_kv : Virtual::prompt);
+        LoadedModel with = load_model(dir + "/init.ckpt", "cpu", "fp32", 2, 10, a.out_dir + "/adapter.ckpt");
+        LoadedModel full = load_model(a.out_dir + "/model.ckpt", "cpu", "fp32", 2, 10);
+        ModelOptions o;
+        o.peft = a.peft;
+        auto be = make_cpu_backend(DType::f32);
+        GPT2 trained(checkpoint_config(dir + "/init.ckpt"), *be, 2, 10, nullptr, o);
+        load_checkpoint(a.out_dir + "/resume.ckpt", trained, nullptr, nullptr);
+        const auto want = logits_of(trained);
+        EXPECT_TRUE(near_rel(logits_of(*with.model), want, 1e-5));
+        EXPECT_TRUE(near_rel(logits_of(*full.model), want, 1e-5));
+        // Generation runs with the virtual tokens in front (positions shift by P).
+        Rng rng(1);
+        auto out = generate(*with.model, {1, 2, 3}, 4, SamplingConfig{0.0f, 0, 1.0f}, rng);
+        EXPECT_EQ(out.size(), 4u);
+    }
+}
+
+TEST_F(Methods, GradualUnfreezingTrainsTheTopBlockFirstThenOneMorePerPeriod) {
+    TrainArgs a = args("unfreeze");
+    a.unfreeze_every = 3;
+    a.steps = 3;
+    a.val_every = 0;
+    ASSERT_EQ(Trainer(a).run(), 0);
+    auto init = tensors_of(dir + "/init.ckpt"), after = tensors_of(a.out_dir + "/resume.ckpt");
+    for (const auto& [name, v] : init) {
+        const int layer = param_layer(name, 2);
+        if (layer >= 1)
+            EXPECT_NE(after.at(name), v) << name << " should train in the first period";
+        else
+            EXPECT_EQ(after.at(name), v) << name << " should still be frozen";
+    }
+    // Steps 4..6: block 0 joins with its own Adam bias correction; the embeddings still wait.
+    TrainArgs b = args("unfreeze");
+    b.unfreeze_every = 3;
+    b.steps = 6;
+    b.val_every = 0;
+    b.init.clear();
+    b.resume = a.out_dir + "/resume.ckpt";
+    ASSERT_EQ(Trainer(b).run(), 0);
+    auto later = tensors_of(b.out_dir + "/resume.ckpt");
+    EXPECT_NE(later.at("h.0.mlp.c_fc.weight"), init.at("h.0.mlp.c_fc.weight"));
+    EXPECT_EQ(later.at("wte"), init.at("wte"));
+    EXPECT_EQ(metric(b.out_dir, "frozen_below").back(), 0.0);
+}
+
+TEST(UnfreezeOptimizer, ANewlyActiveSegmentStartsItsOwnBiasCorrection) {
+    // A segment activated after k updates moves exactly like a fresh one: the same first step size.
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 1, 3);
+    m.init_random(1);
+    AdamW opt(m, AdamWConfig{});
+    const size_t g = 5;  // some block tensor
+    for (size_t i = 0; i < m.grads().table().size(); i++) opt.set_active(i, i != g);
+    set_tensor(m, m.grads(), g, std::vector<double>(m.grads().table()[g].numel, 0.5));
+    opt.step(1e-3f, 1.0f);
+    opt.step(1e-3f, 1.0f);
+    const int p = [&] {
+        for (size_t i = 0; i < m.grad_index().size(); i++)
+            if (m.grad_index()[i] == (int)g) return (int)i;
+        return -1;
+    }();
+    const auto before = get_tensor(m, m.params(), p);
+    opt.set_active(g, true);
+    opt.step(1e-3f, 1.0f);
+    const auto after = get_tensor(m, m.params(), p);
+    // First Adam step with a constant gradient: mhat/sqrt(vhat) = 1, so the move is lr (no decay on a bias;
+    // on a weight, lr * (1 + wd * p)).
+    const bool decayed = m.params().table()[p].shape.size() == 2;
+    for (size_t i = 0; i < after.size(); i++) {
+        const double want = before[i] - 1e-3 * (1.0 + (decayed ? 0.1 * before[i] : 0.0));
+        ASSERT_NEAR(after[i], want, 1e-9) << i;
+    }
+}
+
+TEST_F(Methods, L2spPenaltyMatchesItsFormulaAndPullsTowardsTheStart) {
+    TrainArgs a = args("l2sp");
+    a.l2sp = 0.5f;
+    a.steps = 4;
+    Trainer t(a);
+    for (int i = 0; i < 3; i++) t.step();
+    // The penalty the step reports, against lambda/2 |theta - theta_0|^2 computed here from the weights.
+    const auto init = tensors_of(dir + "/init.ckpt");
+    double want = 0;
+    GPT2& m = t.model();
+    for (size_t i = 0; i < m.params().table().size(); i++) {
+        std::vector<float> v(m.params().table()[i].numel);
+        m.backend().download(v.data(), m.params().ptr(i), DType::f32, v.size());
+        const auto& w0 = init.at(m.params().table()[i].name);
+        for (size_t k = 0; k < v.size(); k++) want += ((double)v[k] - w0[k]) * ((double)v[k] - w0[k]);
+    }
+    const StepStats st = t.step();
+    EXPECT_NEAR(st.penalty, 0.25 * want, 1e-6 * 0.25 * want + 1e-12);
+    EXPECT_GT(st.penalty, 0.0);
+    // A strong pull keeps the weights nearer the start than plain training does.
+    auto distance = [&](const std::string& ckpt) {
+        auto after = tensors_of(ckpt);
+        double d = 0;
+        for (const auto& [n, v] : init)
+            for (size_t k = 0; k < v.size(); k++) d += (after.at(n)[k] - v[k]) * (after.at(n)[k] - v[k]);
+        return d;
+    };
+    TrainArgs plain = args("plain"), pulled = args("pulled");
+    pulled.l2sp = 50;
+    plain.sched.lr = pulled.sched.lr = 1e-2f;
+    plain.steps = pulled.steps = 20;
+    ASSERT_EQ(Trainer(plain).run(), 0);
+    ASSERT_EQ(Trainer(pulled).run(), 0);
+    EXPECT_LT(distance(pulled.out_dir + "/model.ckpt"), 0.5 * distance(plain.out_dir + "/model.ckpt"));
+}
+
+TEST_F(Methods, EwcEstimatesWritesAndRereadsTheFisherAndWeighsThePenaltyByIt) {
+    TrainArgs a = args("ewc");
+    a.ewc = 2.0f;
+    a.fisher = dir + "/fisher.safetensors";
+    a.fisher_data = {dir + "/val.bin"};
+    a.fisher_batches = 3;
+    Trainer t(a);
+    // The file holds one non-negative, not all-zero tensor per trainable parameter.
+    SafetensorsFile f(a.fisher);
+    EXPECT_EQ(f.tensors().size(), t.model().grads().table().size());
+    std::vector<float> fc = f.read_f32("h.1.mlp.c_fc.weight");
+    double sum = 0;
+    for (float v : fc) {
+        ASSERT_GE(v, 0.0f);
+        sum += v;
+    }
+    EXPECT_GT(sum, 0.0);
+    // The penalty after some steps: lambda/2 sum F (theta - theta_0)^2, computed here.
+    for (int i = 0; i < 3; i++) t.step();
+    const auto init = tensors_of(dir + "/init.ckpt");
+    double want = 0;
+    GPT2& m = t.model();
+    for (size_t i = 0; i < m.params().table().size(); i++) {
+        const std::string& name = m.params().table()[i].name;
+        std::vector<float> v(m.params().table()[i].numel);
+        m.backend().download(v.data(), m.params().ptr(i), DType::f32, v.size());
+        const std::vector<float> F = f.read_f32(name);
+        for (size_t k = 0; k < v.size(); k++) want += F[k] * ((double)v[k] - init.at(name)[k]) * ((double)v[k] - init.at(name)[k]);
+    }
+    EXPECT_NEAR(t.step().penalty, want, 1e-5 * want + 1e-15);
+    // A second run reads the file instead of estimating (no --fisher-data needed).
+    TrainArgs b = args("ewc2");
+    b.ewc = 2.0f;
+    b.fisher = a.fisher;
+    Trainer again(b);
+    CmdResult bad = run_cmd("bin/train --device cpu --init " + dir + "/init.ckpt --train-data " + dir +
+                            "/train.bin --seq 13 --ewc 1 --fisher " + a.fisher + " --lora-rank 2 --out ''");
+    EXPECT_EQ(bad.rc, 1) << bad.out;
+    EXPECT_THAT(bad.out, HasSubstr("no Fisher values for trainable tensor 'h.0.attn.c_attn.lora_A'"));
+}
+
+TEST_F(Methods, DistillationWithAlphaZeroIsPlainTrainingAndWithAlphaReportsKl) {
+    TrainArgs plain = args("plain"), d0 = args("d0"), d5 = args("d5");
+    d0.distill = 0.0f;  // off
+    d5.distill = 0.5f;
+    // alpha = 0 through the distillation path (a teacher present) must equal plain training: force it on.
+    ASSERT_EQ(Trainer(plain).run(), 0);
+    TrainArgs forced = args("forced");
+    forced.distill = 1e-30f;  // the teacher runs; (1 - alpha) rounds to 1 in float and alpha*KL adds ~0
+    ASSERT_EQ(Trainer(forced).run(), 0);
+    const auto lp = losses(plain.out_dir), lf = losses(forced.out_dir);
+    ASSERT_EQ(lp.size(), lf.size());
+    for (size_t i = 0; i < lp.size(); i++) EXPECT_NEAR(lf[i], lp[i], 1e-9) << i;
+    ASSERT_EQ(Trainer(d5).run(), 0);
+    const auto kl = metric(d5.out_dir, "distill_kl");
+    ASSERT_FALSE(kl.empty());
+    EXPECT_EQ(kl.front(), 0.0);  // step 1: student == teacher
+    EXPECT_GT(kl.back(), 0.0);
+}
+
+TEST(Replay, ExactlyTheFractionOfMicroBatchesEvenlySpread) {
+    for (double frac : {0.0, 0.1, 0.25, 1.0 / 3, 0.5, 1.0}) {
+        int n = 0;
+        for (uint64_t mb = 0; mb < 1200; mb++) n += is_replay_batch(mb, frac);
+        EXPECT_EQ(n, (int)std::floor(1200 * frac + 1e-9)) << frac;
+    }
+    EXPECT_FALSE(is_replay_batch(0, 0.5));
+    EXPECT_TRUE(is_replay_batch(1, 0.5));
+}
+
+TEST_F(Methods, ReplayDrawsItsShareFromTheBaseData) {
+    TrainArgs a = args("replay");
+    a.replay_data = {dir + "/val.bin"};
+    a.replay_frac = 0.25f;
+    a.replay_weight = 0.5f;
+    ASSERT_EQ(Trainer(a).run(), 0);
+    double total = 0;
+    for (double r : metric(a.out_dir, "replay_batches")) total += r;
+    EXPECT_EQ(total, 0.25 * a.steps * a.grad_accum);
+}
+
+TEST_F(Methods, RecomputationGivesBitIdenticalTraining) {
+    TrainArgs none = args("none"), sel = args("selective"), full = args("full");
+    sel.recompute = Recompute::selective;
+    full.recompute = Recompute::full;
+    for (TrainArgs* a : {&none, &sel, &full}) ASSERT_EQ(Trainer(*a).run(), 0);
+    EXPECT_EQ(losses(sel.out_dir), losses(none.out_dir));
+    EXPECT_EQ(losses(full.out_dir), losses(none.out_dir));
+    EXPECT_EQ(slurp(full.out_dir + "/model.ckpt"), slurp(none.out_dir + "/model.ckpt"));
+}
+
+TEST_F(Methods, ResumeIsBitExactWithLoraL2spDistillReplayAndRecompute) {
+    auto setup = [&](const std::string& out) {
+        TrainArgs a = args(out);
+        a.peft.lora_rank = 2;
+        a.peft.lora_dropout = 0.2f;
+        a.l2sp = 0.1f;
+        a.distill = 0.3f;
+        a.replay_data = {dir + "/val.bin"};
+        a.replay_frac = 0.5f;
+        a.recompute = Recompute::full;
+        return a;
+    };
+    TrainArgs whole = setup("whole");
+    ASSERT_EQ(Trainer(whole).run(), 0);
+    TrainArgs first = setup("split");
+    first.halt_at = 4;
+    ASSERT_EQ(Trainer(first).run(), 0);
+    TrainArgs second = setup("split");
+    second.init.clear();
+    second.resume = second.out_dir + "/resume.ckpt";
+    ASSERT_EQ(Trainer(second).run(), 0);  // the teacher comes from the checkpoint's record of --init
+    EXPECT_EQ(losses(whole.out_dir), losses(second.out_dir));
+    EXPECT_EQ(slurp(whole.out_dir + "/adapter.ckpt"), slurp(second.out_dir + "/adapter.ckpt"));
+}
+
+TEST(MethodsCli, FlagsAreValidatedWithClearMessages) {
+    struct Case {
+        const char* args;
+        const char* message;
+    } cases[] = {
+        {"--virtual prompt", "--virtual prompt needs --virtual-tokens P"},
+        {"--virtual ptune --virtual-tokens 4", "--virtual ptune needs --virtual-hidden H"},
+        {"--virtual soft", "--virtual: expected one of none, prompt, ptune, prefix, got 'soft'"},
+        {"--lora-rank 4 --lora-targets qkv,ffn", "--lora-targets: unknown LoRA target 'ffn'"},
+        {"--ewc 1", "--ewc needs --fisher FILE"},
+        {"--replay-frac 0.5", "--replay-frac needs --replay-data"},
+        {"--distill 0.5", "--distill needs a teacher"},
+        {"--recompute some", "--recompute: expected one of none, selective, full, got 'some'"},
+        {"--unfreeze-every 5 --lora-rank 2", "does not combine with LoRA or virtual tokens"},
+    };
+    TempDir tmp("mcli");
+    write_shard(tmp.file("t.bin"), pattern_tokens(500, 1), nullptr, 37);
+    for (const Case& c : cases) {
+        CmdResult r = run_cmd(std::string("bin/train --device cpu --train-data ") + tmp.file("t.bin") + " " + c.args);
+        EXPECT_EQ(r.rc, 2) << c.args << ": " << r.out;
+        EXPECT_THAT(r.out, HasSubstr(c.message)) << c.args;
+    }
+}
+
+}  // namespace
+}  // namespace tune::test
