@@ -25,7 +25,8 @@ std::string jsonl(const std::vector<TaskExample>& ex) {
     return out;
 }
 
-// Exact match of greedy continuations against the expected answers; also returns a few samples.
+}  // namespace
+
 double task_accuracy(GPT2& m, const Tokenizer& tok, const std::vector<TaskExample>& ex,
                      std::vector<std::string>* samples) {
     SamplingConfig greedy;
@@ -46,18 +47,45 @@ double task_accuracy(GPT2& m, const Tokenizer& tok, const std::vector<TaskExampl
     return ex.empty() ? 0 : (double)hits / (double)ex.size();
 }
 
-struct Losses {
-    double task, base;
-};
-
-Losses measure(const std::string& weights, const std::string& device, const std::string& data) {
-    LoadedModel m = load_model(weights, device, "fp32", 8, 32);
-    Loader task({data + "/task/val.bin"}, m.model->config().vocab_size, 8, 32, false, 0);
-    Loader base({data + "/base/val.bin"}, m.model->config().vocab_size, 8, 32, false, 0);
+TaskAndBaseLoss measure_losses(const std::string& weights, const std::string& device, const DefaultData& d,
+                               const std::string& adapter) {
+    LoadedModel m = load_model(weights, device, "fp32", 8, 32, adapter);
+    Loader task({d.task_val}, m.model->config().vocab_size, 8, 32, false, 0);
+    Loader base({d.base_val}, m.model->config().vocab_size, 8, 32, false, 0);
     return {eval_loss(*m.model, task, 4).loss, eval_loss(*m.model, base, 4).loss};
 }
 
-}  // namespace
+DefaultData prepare_default_data(const Tokenizer& tok, const std::string& data) {
+    make_dirs(data);
+    DefaultData d;
+    synthetic_task(7, 2400, 100, d.train, d.test);
+    // The corpus as JSONL, a document per line of text, so whole documents can go to validation.
+    {
+        const std::string corpus = synthetic_corpus(1, 12000);
+        std::string lines;
+        std::istringstream in(corpus);
+        for (std::string line; std::getline(in, line);) lines += nlohmann::json{{"text", line}}.dump() + "\n";
+        write_text(data + "/base.jsonl", lines);
+    }
+    write_text(data + "/task.jsonl", jsonl(d.train));
+    PrepareOptions po;
+    po.progress = false;
+    po.val_frac = 0.1;
+    po.inputs = {data + "/base.jsonl"};
+    po.out_dir = data + "/base";
+    PrepareReport base_rep = prepare_dataset(tok, po);
+    po.inputs = {data + "/task.jsonl"};
+    po.out_dir = data + "/task";
+    PrepareReport task_rep = prepare_dataset(tok, po);
+    d.base_train = base_rep.train_path;
+    d.base_val = base_rep.val_path;
+    d.task_train = task_rep.train_path;
+    d.task_val = task_rep.val_path;
+    d.base_tokens = base_rep.train_tokens;
+    d.task_tokens = task_rep.train_tokens;
+    d.task_counted = task_rep.counted_tokens;
+    return d;
+}
 
 int run_default_job(const DefaultJobOptions& opt) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -69,37 +97,18 @@ int run_default_job(const DefaultJobOptions& opt) {
                 opt.out_dir.c_str());
 
     // 1. Data.
-    std::vector<TaskExample> train_ex, test_ex;
-    synthetic_task(7, 2400, 100, train_ex, test_ex);
-    // The corpus as JSONL, a document per line of text, so whole documents can go to validation.
-    {
-        const std::string corpus = synthetic_corpus(1, 12000);
-        std::string lines;
-        std::istringstream in(corpus);
-        for (std::string line; std::getline(in, line);) lines += nlohmann::json{{"text", line}}.dump() + "\n";
-        write_text(data + "/base.jsonl", lines);
-    }
-    write_text(data + "/task.jsonl", jsonl(train_ex));
     Tokenizer tok = Tokenizer::load("data/gpt2");
-    PrepareOptions po;
-    po.progress = false;
-    po.val_frac = 0.1;
-    po.inputs = {data + "/base.jsonl"};
-    po.out_dir = data + "/base";
-    PrepareReport base_rep = prepare_dataset(tok, po);
-    po.inputs = {data + "/task.jsonl"};
-    po.out_dir = data + "/task";
-    PrepareReport task_rep = prepare_dataset(tok, po);
+    const DefaultData d = prepare_default_data(tok, data);
+    const std::vector<TaskExample>& test_ex = d.test;
     std::printf("data: base corpus %zu tokens, task %zu examples (%zu tokens, %zu with loss), %zu held out\n\n",
-                base_rep.train_tokens, train_ex.size(), task_rep.train_tokens, task_rep.counted_tokens,
-                test_ex.size());
+                d.base_tokens, d.train.size(), d.task_tokens, d.task_counted, test_ex.size());
 
     // 2. Pretrain.
     TrainArgs base;
     base.device = opt.device;
     base.model = "tiny";
-    base.train_data = {base_rep.train_path};
-    base.val_data = {base_rep.val_path};
+    base.train_data = {d.base_train};
+    base.val_data = {d.base_val};
     base.batch = 4;
     base.seq = 64;
     base.steps = opt.base_steps;
@@ -117,8 +126,8 @@ int run_default_job(const DefaultJobOptions& opt) {
     TrainArgs ft = base;
     ft.model.clear();
     ft.init = base.out_dir + "/model.ckpt";
-    ft.train_data = {task_rep.train_path};
-    ft.val_data = {task_rep.val_path};
+    ft.train_data = {d.task_train};
+    ft.val_data = {d.task_val};
     ft.batch = 8;
     ft.seq = 32;
     ft.steps = opt.finetune_steps;
@@ -127,7 +136,7 @@ int run_default_job(const DefaultJobOptions& opt) {
     ft.val_every = 100;
     ft.log_every = 50;
     ft.out_dir = opt.out_dir + "/finetune";
-    Losses before = measure(ft.init, opt.device, data);
+    const TaskAndBaseLoss before = measure_losses(ft.init, opt.device, d);
     std::vector<std::string> samples_before;
     double acc_before;
     {
@@ -139,7 +148,7 @@ int run_default_job(const DefaultJobOptions& opt) {
 
     // 4. Report.
     std::printf("\n== measuring (at %.0f s)\n", elapsed());
-    Losses after = measure(ft.out_dir + "/model.ckpt", opt.device, data);
+    const TaskAndBaseLoss after = measure_losses(ft.out_dir + "/model.ckpt", opt.device, d);
     std::vector<std::string> samples;
     LoadedModel m = load_model(ft.out_dir + "/model.ckpt", opt.device, "fp32", 1, 32);
     const double acc = task_accuracy(*m.model, tok, test_ex, &samples);

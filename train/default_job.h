@@ -9,8 +9,34 @@
 #pragma once
 
 #include <string>
+#include <vector>
+
+#include "data/synthetic.h"
+#include "data/tokenizer.h"
+#include "model/gpt2.h"
 
 namespace tune {
+
+// The default job's data, prepared into DIR/base/{train,val}.bin and DIR/task/{train,val}.bin; the held-out
+// task examples (never trained on) in `test`.
+struct DefaultData {
+    std::string base_train, base_val, task_train, task_val;
+    std::vector<TaskExample> train, test;
+    size_t base_tokens = 0, task_tokens = 0, task_counted = 0;
+};
+DefaultData prepare_default_data(const Tokenizer& tok, const std::string& dir);
+
+// Exact match of greedy continuations against the expected answers; `samples` (optional) gets a few.
+double task_accuracy(GPT2& m, const Tokenizer& tok, const std::vector<TaskExample>& ex,
+                     std::vector<std::string>* samples = nullptr);
+
+// Mean loss over 4 validation batches of the task (answers only) and of the base corpus. `adapter`: an
+// adapter checkpoint on top of `weights`.
+struct TaskAndBaseLoss {
+    double task, base;
+};
+TaskAndBaseLoss measure_losses(const std::string& weights, const std::string& device, const DefaultData& d,
+                               const std::string& adapter = "");
 
 struct DefaultJobOptions {
     std::string out_dir = "runs/default";

@@ -1,0 +1,246 @@
+// The fine-tuning methods side by side: every method starts from the same base model (pretrained here on the
+// default job's synthetic corpus), fine-tunes on the same task (pick the animal, loss on the answers only)
+// for the same number of steps, and is measured for what it costs and what it keeps:
+//   trainable parameters, gradient + optimizer memory, time per step, held-out task accuracy (greedy exact
+//   match on prompts never trained on), and the base-corpus loss before -> after (how much it forgot).
+// Writes runs/methods/results.json and the table in docs/finetuning.md (between its markers).
+//
+// Not a Google Benchmark: each "iteration" is a whole training run and the result is a table of outcomes,
+// not a timing distribution. On the CPU machine (tiny model) it takes about 15 minutes; on a GPU run it
+// with --device cuda --model small (or larger) and more steps.
+//
+//   build/bench/bench_finetune_methods [--device cpu|cuda] [--model tiny] [--base-steps 150] [--steps 700]
+//                                      [--only full,lora,...] [--doc docs/finetuning.md] [--out runs/methods]
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "data/fileio.h"
+#include "train/cli.h"
+#include "train/default_job.h"
+#include "train/trainer.h"
+
+using namespace tune;
+
+namespace {
+
+std::string slurp_text(const std::string& path) {
+    const std::vector<uint8_t> b = read_file_bytes(path);
+    return std::string(b.begin(), b.end());
+}
+
+struct Method {
+    std::string key, name, settings;
+    std::function<void(TrainArgs&)> apply;
+};
+
+struct Result {
+    std::string key, name, settings;
+    size_t trainable = 0, grad_opt_bytes = 0;
+    double ms_per_step = 0, accuracy = 0, base_before = 0, base_after = 0, task_after = 0;
+};
+
+std::vector<Method> methods(int steps, int L, const std::string& fisher, const DefaultData& d) {
+    const int period = std::max(1, steps / (L + 2));  // every block and then the embeddings get their turn
+    return {
+        {"full", "Full fine-tuning", "lr 5e-3", [](TrainArgs&) {}},
+        {"top1", "Frozen except the top block", "--train-top 1", [](TrainArgs& a) { a.train_top = 1; }},
+        {"ulmfit", "Gradual unfreezing + discriminative LR",
+         "--unfreeze-every " + std::to_string(period) + " --lr-layer-factor 0.385 --schedule stlr",
+         [period](TrainArgs& a) {
+             a.unfreeze_every = period;
+             a.lr_layer_factor = 1 / 2.6f;
+             a.sched.kind = "stlr";
+         }},
+        {"lora", "LoRA r=8 (all four sites)", "--lora-rank 8 --lora-alpha 16 --lr 1e-2",
+         [](TrainArgs& a) {
+             a.peft.lora_rank = 8;
+             a.peft.lora_alpha = 16;
+             a.sched.lr = 1e-2f;
+         }},
+        {"prompt", "Soft prompt tuning, 16 tokens", "--virtual prompt --virtual-tokens 16 --lr 3e-2",
+         [](TrainArgs& a) {
+             a.peft.virt = Virtual::prompt;
+             a.peft.n_virtual = 16;
+             a.sched.lr = 3e-2f;
+         }},
+        {"ptune", "P-tuning, 16 tokens, H=128", "--virtual ptune --virtual-tokens 16 --virtual-hidden 128 --lr 1e-2",
+         [](TrainArgs& a) {
+             a.peft.virt = Virtual::ptune;
+             a.peft.n_virtual = 16;
+             a.peft.hidden = 128;
+             a.sched.lr = 1e-2f;
+         }},
+        {"prefix", "Prefix tuning, 8 tokens, H=128", "--virtual prefix --virtual-tokens 8 --virtual-hidden 128 --lr 1e-2",
+         [](TrainArgs& a) {
+             a.peft.virt = Virtual::prefix;
+             a.peft.n_virtual = 8;
+             a.peft.hidden = 128;
+             a.sched.lr = 1e-2f;
+         }},
+        {"l2sp", "Full + L2-SP", "--l2sp 1", [](TrainArgs& a) { a.l2sp = 1.0f; }},
+        {"ewc", "Full + EWC", "--ewc 1e4 (Fisher: 32 base batches)",
+         [fisher, d](TrainArgs& a) {
+             a.ewc = 1e4f;
+             a.fisher = fisher;
+             a.fisher_data = {d.base_train};
+             a.fisher_batches = 32;
+         }},
+        {"distill", "Full + distillation from the base", "--distill 0.5 --distill-temp 2",
+         [](TrainArgs& a) {
+             a.distill = 0.5f;
+             a.distill_temp = 2.0f;
+         }},
+        {"replay", "Full + replay of base data", "--replay-frac 0.25",
+         [d](TrainArgs& a) {
+             a.replay_data = {d.base_train};
+             a.replay_frac = 0.25f;
+         }},
+    };
+}
+
+double mean_ms_per_step(const std::string& run_dir, size_t tokens_per_step) {
+    std::istringstream in(slurp_text(run_dir + "/metrics.jsonl"));
+    double sum = 0;
+    int n = 0;
+    for (std::string line; std::getline(in, line);) {
+        auto j = nlohmann::json::parse(line);
+        if (j.contains("tokens_per_s") && j["tokens_per_s"].get<double>() > 0) {
+            sum += 1000.0 * (double)tokens_per_step / j["tokens_per_s"].get<double>();
+            n++;
+        }
+    }
+    return n ? sum / n : 0;
+}
+
+std::string table(const std::vector<Result>& rs, const std::string& machine, double acc_base) {
+    std::ostringstream os;
+    os << "| Method | Settings | Trainable params | Grad + optimizer memory | ms / step | Task accuracy | "
+          "Base-corpus loss before → after |\n|---|---|---:|---:|---:|---:|---|\n";
+    char buf[512];
+    for (const Result& r : rs) {
+        std::snprintf(buf, sizeof buf, "| %s | `%s` | %zu | %.1f KiB | %.1f | %.0f%% | %.3f → %.3f |\n", r.name.c_str(),
+                      r.settings.c_str(), r.trainable, r.grad_opt_bytes / 1024.0, r.ms_per_step, 100 * r.accuracy,
+                      r.base_before, r.base_after);
+        os << buf;
+    }
+    std::snprintf(buf, sizeof buf, "\nBase model before fine-tuning: task accuracy %.0f%%. Measured on %s.\n",
+                  100 * acc_base, machine.c_str());
+    os << buf;
+    return os.str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    return run_tool("bench_finetune_methods", [&]() -> int {
+        std::string device = "cpu", model = "tiny", only, doc = "docs/finetuning.md", out = "runs/methods",
+                    machine = "this machine";
+        int base_steps = 150, steps = 700;
+        Cli cli("usage: build/bench/bench_finetune_methods [options]\n"
+                "Fine-tunes one base model with every method and writes the comparison table.");
+        cli.option("--device", "cpu|cuda", "backend", &device);
+        cli.option("--model", "PRESET", "base model preset (pretrained here)", &model);
+        cli.option("--base-steps", "N", "pretraining steps", &base_steps, 1, 1 << 30);
+        cli.option("--steps", "N", "fine-tuning steps per method", &steps, 1, 1 << 30);
+        cli.option("--only", "KEYS", "comma-separated subset: full,top1,ulmfit,lora,prompt,ptune,prefix,l2sp,ewc,"
+                   "distill,replay", &only);
+        cli.option("--doc", "FILE", "markdown file whose methods table is replaced ('' : none)", &doc);
+        cli.option("--out", "DIR", "run directories and results.json", &out);
+        cli.option("--machine", "TEXT", "machine description for the table", &machine);
+        if (!cli.parse(argc, argv)) {
+            std::fputs(cli.help().c_str(), stdout);
+            return 0;
+        }
+        const auto t0 = std::chrono::steady_clock::now();
+        auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+        Tokenizer tok = Tokenizer::load("data/gpt2");
+        const DefaultData d = prepare_default_data(tok, out + "/data");
+
+        TrainArgs base;
+        base.device = device;
+        base.model = model;
+        base.train_data = {d.base_train};
+        base.val_data = {d.base_val};
+        base.batch = 4;
+        base.seq = 64;
+        base.steps = base_steps;
+        base.sched.lr = 2e-3f;
+        base.sched.warmup = std::min(10, base_steps);
+        base.val_every = 0;
+        base.out_dir = out + "/base";
+        base.quiet = true;
+        std::printf("pretraining the base model (%s, %d steps)...\n", model.c_str(), base_steps);
+        if (int rc = Trainer(base).run()) return rc;
+        const std::string base_ckpt = base.out_dir + "/model.ckpt";
+        const TaskAndBaseLoss before = measure_losses(base_ckpt, device, d);
+        double acc_base;
+        {
+            LoadedModel m = load_model(base_ckpt, device, "fp32", 1, 32);
+            acc_base = task_accuracy(*m.model, tok, d.test);
+        }
+        std::printf("base: task accuracy %.0f%%, base-corpus loss %.3f (%.0f s)\n", 100 * acc_base, before.base,
+                    elapsed());
+
+        std::vector<Result> results;
+        const int L = preset_config(model).n_layer;
+        for (const Method& meth : methods(steps, L, out + "/fisher.safetensors", d)) {
+            if (!only.empty() && ("," + only + ",").find("," + meth.key + ",") == std::string::npos) continue;
+            TrainArgs ft = base;
+            ft.model.clear();
+            ft.init = base_ckpt;
+            ft.train_data = {d.task_train};
+            ft.val_data = {d.task_val};
+            ft.batch = 8;
+            ft.seq = 32;
+            ft.steps = steps;
+            ft.sched.lr = 5e-3f;
+            ft.sched.warmup = std::min(10, steps);
+            ft.out_dir = out + "/" + meth.key;
+            meth.apply(ft);
+            Result r{meth.key, meth.name, meth.settings};
+            {
+                Trainer t(ft);
+                for (const TensorInfo& ti : t.model().grads().table().tensors()) r.trainable += ti.numel;
+                r.grad_opt_bytes = t.model().grad_bytes() + t.optimizer().state_bytes();
+                if (int rc = t.run()) return rc;
+            }
+            r.ms_per_step = mean_ms_per_step(ft.out_dir, (size_t)ft.batch * ft.seq);
+            const TaskAndBaseLoss after = measure_losses(ft.out_dir + "/model.ckpt", device, d);
+            r.base_before = before.base;
+            r.base_after = after.base;
+            r.task_after = after.task;
+            LoadedModel m = load_model(ft.out_dir + "/model.ckpt", device, "fp32", 1, 32);
+            r.accuracy = task_accuracy(*m.model, tok, d.test);
+            std::printf("%-42s acc %5.1f%%  base loss %.3f -> %.3f  %8zu trainable  %7.1f ms/step  (%.0f s)\n",
+                        meth.name.c_str(), 100 * r.accuracy, r.base_before, r.base_after, r.trainable, r.ms_per_step,
+                        elapsed());
+            std::fflush(stdout);
+            results.push_back(r);
+        }
+        nlohmann::json j = nlohmann::json::array();
+        for (const Result& r : results)
+            j.push_back({{"method", r.key},           {"trainable", r.trainable},   {"grad_opt_bytes", r.grad_opt_bytes},
+                         {"ms_per_step", r.ms_per_step}, {"accuracy", r.accuracy}, {"base_loss_before", r.base_before},
+                         {"base_loss_after", r.base_after}, {"task_loss_after", r.task_after}});
+        const std::string js = nlohmann::json{{"model", model}, {"steps", steps}, {"device", device},
+                                              {"base_accuracy", acc_base}, {"results", j}}.dump(2) + "\n";
+        write_file_atomic(out + "/results.json", js.data(), js.size());
+        const std::string t = table(results, machine, acc_base);
+        std::fputs(t.c_str(), stdout);
+        if (!doc.empty()) {
+            const std::string begin = "<!-- methods-table:begin -->", end = "<!-- methods-table:end -->";
+            std::string text = slurp_text(doc);
+            const size_t a = text.find(begin), b = text.find(end);
+            if (a == std::string::npos || b == std::string::npos || b < a)
+                throw Error(doc + ": no '" + begin + "' ... '" + end + "' markers to put the table between");
+            text = text.substr(0, a + begin.size()) + "\n" + t + text.substr(b);
+            write_file_atomic(doc, text.data(), text.size());
+            std::printf("wrote the table into %s (%.0f s in all)\n", doc.c_str(), elapsed());
+        }
+        return 0;
+    });
+}
