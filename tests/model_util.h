@@ -7,6 +7,7 @@
 #include "kernels/backend.h"
 #include "model/gpt2.h"
 #include "model/rng.h"
+#include "tests/test_util.h"
 
 namespace tune::test {
 
@@ -65,6 +66,12 @@ inline std::vector<double> get_tensor(GPT2& m, const Arena& a, size_t i) {
 
 inline void set_tensor(GPT2& m, Arena& a, size_t i, const std::vector<double>& v) {
     m.backend().upload(a.ptr(i), a.dtype(), v.data(), v.size());
+}
+
+// Random values in every PEFT tensor (so LoRA's B is non-zero and every path carries signal).
+inline void randomise_peft(GPT2& m, uint64_t seed) {
+    const Table& t = m.params().table();
+    for (size_t i = m.num_base_tensors(); i < t.size(); i++) set_tensor(m, m.params(), i, randn(t[i].numel, seed + i, 0.3));
 }
 
 }  // namespace tune::test

@@ -54,12 +54,6 @@ std::vector<double> all_logits(GPT2& m, const Data& d) {
     return out;
 }
 
-// Random values in every PEFT tensor (so LoRA B is non-zero and every path carries signal).
-void randomise_peft(GPT2& m, uint64_t seed) {
-    const Table& t = m.params().table();
-    for (size_t i = m.num_base_tensors(); i < t.size(); i++) set_tensor(m, m.params(), i, randn(t[i].numel, seed + i, 0.3));
-}
-
 // Finite differences in double on 3 random entries of every PEFT tensor.
 void check_peft_gradients(GPT2& m, const Data& d) {
     mean_loss(m, d, true);
