@@ -124,6 +124,23 @@ inline ColumnSlices column_slices(size_t N) {
     return {rows, (int)((N + rows - 1) / rows)};
 }
 
+// ---- segment tables ----
+// One launch over many segments (AdamW, the anchor penalty): the host lays the segments' blocks end to end in
+// a table sorted by `first_block`, and each block finds its own entry by binary search: the last of `count`
+// entries with first_block <= block.
+template <class Entry>
+__device__ __forceinline__ int segment_of_block(const Entry* table, int count, size_t block) {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (table[mid].first_block <= block)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
 // ---- hashing ----
 // A 64-to-32-bit mixer (MurmurHash3's finaliser): random bits from an index, for stochastic rounding and
 // for filling benchmark inputs.
