@@ -96,6 +96,20 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
     return warp_max(v);
 }
 
+// ---- online softmax statistics ----
+// Merge two (max, sum of exp(x - max)) pairs. An empty side has max = -inf and sum = 0.
+__device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2) {
+    if (m2 == -INFINITY) return;
+    if (m == -INFINITY) {
+        m = m2;
+        s = s2;
+        return;
+    }
+    const float mm = fmaxf(m, m2);
+    s = s * expf(m - mm) + s2 * expf(m2 - mm);
+    m = mm;
+}
+
 // ---- grid sizing ----
 constexpr size_t kMaxGridX = 2147483647u;  // gridDim.x limit
 // Blocks to cover `work` items at `per_block` each, at least 1, at most `cap` (kernels use grid-stride
