@@ -38,20 +38,15 @@ __device__ __forceinline__ __nv_bfloat16 round_to<__nv_bfloat16>(float x, bool s
 template <class T>
 __global__ void adamw_update_segments(T* params, float* master, const T* grads, float* m, float* v,
                                       const AdamWTable::Entry* table, int count, float lr, float beta1, float beta2,
-                                      float eps, float bc1, float bc2, float grad_scale, bool stochastic,
-                                      uint64_t seed_step) {
-    // The segment whose block range holds this block: last entry with first_block <= blockIdx.x.
-    int lo = 0, hi = count - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (table[mid].first_block <= blockIdx.x)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    const AdamWTable::Entry seg = table[lo];
+                                      float eps, int t, float grad_scale, bool stochastic, uint64_t seed_step) {
+    const AdamWTable::Entry seg = table[segment_of_block(table, count, blockIdx.x)];
     const size_t start = (blockIdx.x - seg.first_block) * kAdamElemsPerBlock;
     const float seg_lr = lr * seg.lr_scale;
+    // TEACH: 1 - b^k written as -expm1(k log b). With b close to 1 (0.999) and k small, the direct form
+    // subtracts two nearly equal numbers and loses most of fp32's digits; this one stays within a few ulp of
+    // the reference's double-precision value for every b and k.
+    const float steps = (float)(t - seg.t_offset);  // this segment's own step count
+    const float bc1 = -expm1f(steps * logf(beta1)), bc2 = -expm1f(steps * logf(beta2));
     for (int k = 0; k < kAdamElemsPerThread; k++) {
         const size_t i = start + (size_t)k * blockDim.x + threadIdx.x;
         if (i >= seg.n) break;
@@ -114,18 +109,13 @@ const AdamWTable::Entry* AdamWTable::prepare(const std::vector<OptSegment>& segm
     size_t blocks = 0;
     for (const OptSegment& s : segments) {
         if (s.n == 0) continue;
-        entries.push_back(Entry{s.param_offset, s.grad_offset, s.n, blocks, s.lr_scale, s.weight_decay});
+        entries.push_back(Entry{s.param_offset, s.grad_offset, s.n, blocks, s.lr_scale, s.weight_decay, s.t_offset});
         blocks += (s.n + elems_per_block - 1) / elems_per_block;
     }
     if (blocks > kMaxGridX) throw Error("adamw: " + std::to_string(blocks) + " blocks exceed the grid limit");
     *total_blocks = (unsigned)blocks;
     *count = (int)entries.size();
-    const bool same = elems_per_block == elems_per_block_ && entries.size() == host_.size() &&
-                      std::equal(entries.begin(), entries.end(), host_.begin(), [](const Entry& a, const Entry& b) {
-                          return a.param_offset == b.param_offset && a.grad_offset == b.grad_offset && a.n == b.n &&
-                                 a.first_block == b.first_block && a.lr_scale == b.lr_scale &&
-                                 a.weight_decay == b.weight_decay;
-                      });
+    const bool same = elems_per_block == elems_per_block_ && entries == host_;
     if (same || entries.empty()) return device_;
     if (entries.size() > capacity_) {
         // Stream-ordered, like every buffer the launchers touch: an update already queued that reads the old
@@ -152,12 +142,9 @@ void adamw_update(T* params, float* master, const T* grads, float* m, float* v, 
     int count = 0;
     const AdamWTable::Entry* dev = table.prepare(segments, kAdamElemsPerBlock, stream, &blocks, &count);
     if (count == 0) return;
-    // Bias corrections in double on the host, as the reference does.
-    const float bc1 = (float)(1.0 - std::pow((double)step.beta1, step.t));
-    const float bc2 = (float)(1.0 - std::pow((double)step.beta2, step.t));
     const uint64_t seed_step = seed * 0x9E3779B97F4A7C15ull + ((uint64_t)(uint32_t)step.t << 40);
     adamw_update_segments<T><<<blocks, kAdamThreads, 0, stream>>>(params, master, grads, m, v, dev, count, step.lr,
-                                                                  step.beta1, step.beta2, step.eps, bc1, bc2,
+                                                                  step.beta1, step.beta2, step.eps, step.t,
                                                                   step.grad_scale, stochastic_rounding, seed_step);
     CUDA_CHECK_LAUNCH();
 }

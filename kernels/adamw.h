@@ -1,7 +1,7 @@
 // AdamW (decoupled weight decay) and the gradient-norm reduction on CUDA. Reference: kernels/cpu/adamw.h.
 // For each element, with g = grad * grad_scale and lr' = lr * lr_scale of its segment:
 //   m = b1 m + (1-b1) g;   v = b2 v + (1-b2) g^2
-//   mhat = m / (1 - b1^t); vhat = v / (1 - b2^t)
+//   mhat = m / (1 - b1^t'); vhat = v / (1 - b2^t')     t' = t - t_offset of the segment
 //   p -= lr' * (mhat / (sqrt(vhat) + eps) + wd * p)
 // With FP32 master weights (bf16/fp16 activations) the update runs on the master copy and the same kernel
 // writes the working copy, rounded to nearest even, or stochastically (bf16 only; fp16 always rounds to
@@ -9,8 +9,9 @@
 // bit. Without a master (fp32 training) the parameters update in place. Moments are always fp32.
 //
 // One launch covers every segment: the host turns the segment list into a table of (offsets, n, lr_scale,
-// wd, first block) kept on the device (re-uploaded only when the list changes), and each block finds its
-// segment by binary search. Elements of the arenas outside every segment are never touched.
+// wd, t_offset, first block) kept on the device (re-uploaded only when the list changes), and each block
+// finds its segment by binary search and computes its segment's bias corrections from t - t_offset (so the
+// table stays the same from step to step). Elements of the arenas outside every segment are never touched.
 //
 // sum_squares: a fixed grid (a function of n only) accumulates x^2 in double per thread, reduces each
 // block in a fixed tree, then one block adds the block sums in a fixed tree: the same bits every run.
@@ -33,13 +34,20 @@ class AdamWTable {
     struct Entry {
         size_t param_offset, grad_offset, n, first_block;
         float lr_scale, weight_decay;
+        int t_offset;
+        bool operator==(const Entry& o) const {
+            return param_offset == o.param_offset && grad_offset == o.grad_offset && n == o.n &&
+                   first_block == o.first_block && lr_scale == o.lr_scale && weight_decay == o.weight_decay &&
+                   t_offset == o.t_offset;
+        }
     };
     AdamWTable() = default;
     ~AdamWTable();
     AdamWTable(const AdamWTable&) = delete;
     AdamWTable& operator=(const AdamWTable&) = delete;
 
-    // Device table for `segments` (uploading it on `stream` if it changed); sets the block count.
+    // Device table for `segments` (uploading it on `stream` if it changed); sets the block count. Every field
+    // of an entry is part of the list's identity: a changed lr_scale or t_offset uploads a new table.
     const Entry* prepare(const std::vector<OptSegment>& segments, size_t elems_per_block, cudaStream_t stream,
                          unsigned* total_blocks, int* count);
 

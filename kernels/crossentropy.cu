@@ -12,19 +12,6 @@ namespace {
 constexpr int kCrossEntropyThreads = 512;
 constexpr size_t kMaxRowBlocks = 65535u * 16u;  // rows beyond this are taken by a grid-stride loop
 
-// Merge two (max, sum of exp(x - max)) pairs. An empty side has max = -inf and sum = 0.
-__device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2) {
-    if (m2 == -INFINITY) return;
-    if (m == -INFINITY) {
-        m = m2;
-        s = s2;
-        return;
-    }
-    const float mm = fmaxf(m, m2);
-    s = s * expf(m - mm) + s2 * expf(m2 - mm);
-    m = mm;
-}
-
 template <class T>
 __global__ void crossentropy_forward_backward_block_per_row(T* losses, T* dlogits, const T* logits,
                                                             const int32_t* targets, const float* weights, float dloss,

@@ -1,6 +1,6 @@
 // The CUDA backend: the layers of kernels/<layer>.cu behind the Backend interface. One stream carries every
 // kernel, copy and cuBLASLt call, so the order of operations is the program order and nothing else; the host
-// waits only where the interface returns data (download, sum_squares) and in synchronize().
+// waits only where the interface returns data (download, sum_squares, anchor_penalty) and in synchronize().
 // Activations, working weights and gradients are act_dtype() (f32, bf16 or f16); master weights and Adam
 // moments are f32. Each Backend method picks the template instance for the element type.
 #include "kernels/cuda/backend_cuda.h"
@@ -20,6 +20,7 @@
 #include "kernels/cuda/cublaslt.h"
 #include "kernels/cuda/scratch.h"
 #include "kernels/encoder.h"
+#include "kernels/finetune.h"
 #include "kernels/gelu.h"
 #include "kernels/layernorm.h"
 #include "kernels/matmul.h"
@@ -90,6 +91,7 @@ class CudaBackend final : public Backend {
         gemm_ = std::make_unique<cuda::Gemm>(stream_);
         scratch_ = std::make_unique<cuda::Scratch>(stream_);
         adamw_table_ = std::make_unique<cuda::AdamWTable>();
+        anchor_table_ = std::make_unique<cuda::AdamWTable>();
         CUDA_CHECK(cudaMalloc(&d_sum_, sizeof(double)));
         CUDA_CHECK(cudaMallocHost(&h_sum_, sizeof(double)));
     }
@@ -99,6 +101,7 @@ class CudaBackend final : public Backend {
         cudaStreamSynchronize(stream_);
         scratch_.reset();
         adamw_table_.reset();
+        anchor_table_.reset();
         gemm_.reset();
         cudaFree(d_sum_);
         cudaFreeHost(h_sum_);
@@ -250,38 +253,66 @@ class CudaBackend final : public Backend {
         });
     }
 
+    // ---- fine-tuning pieces ----
+    void scale(void* out, const void* inp, float s, size_t n) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::scale(t<E>(out), t<E>(inp), s, n, stream_);
+        });
+    }
+    void dropout(void* out, const void* inp, float p, uint64_t seed, size_t n) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::dropout(t<E>(out), t<E>(inp), p, seed, n, stream_);
+        });
+    }
+    void prefix_rows_forward(void* x, const void* src, int src_ld, int B, int T, int P, int W, int col0,
+                             int w) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::prefix_rows_forward(t<E>(x), t<E>(src), src_ld, B, T, P, W, col0, w, stream_);
+        });
+    }
+    void prefix_rows_backward(void* dsrc, void* dx, int src_ld, int B, int T, int P, int W, int col0,
+                              int w) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::prefix_rows_backward(t<E>(dsrc), t<E>(dx), src_ld, B, T, P, W, col0, w, stream_);
+        });
+    }
+    void distill_forward_backward(void* losses, void* dlogits, const void* logits, const void* teacher_logits,
+                                  const float* weights, float tau, float dloss, size_t N, int V, int Vp) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::distill_forward_backward(t<E>(losses), t<E>(dlogits), t<E>(logits), t<E>(teacher_logits), weights,
+                                           tau, dloss, N, V, Vp, stream_);
+        });
+    }
+    double anchor_penalty(void* grads, const void* params, const void* master, const void* anchor, const void* fisher,
+                          const std::vector<OptSegment>& segments, float lambda, float grad_mult) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::anchor_penalty(d_sum_, t<E>(grads), t<E>(params), static_cast<const float*>(master),
+                                 static_cast<const float*>(anchor), static_cast<const float*>(fisher), segments,
+                                 lambda, grad_mult, *anchor_table_, *scratch_, stream_);
+        });
+        return read_sum();
+    }
+    void accumulate_squares(void* out, const void* x, float s, size_t n) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::accumulate_squares(static_cast<float*>(out), t<E>(x), s, n, stream_);
+        });
+    }
+
     // ---- optimizer and reductions ----
-    // TODO(kernels helper): CUDA versions of the fine-tuning ops land with their parity tests.
-    void scale(void*, const void*, float, size_t) override { throw Error("cuda backend: scale not built yet"); }
-    void dropout(void*, const void*, float, uint64_t, size_t) override {
-        throw Error("cuda backend: dropout not built yet");
-    }
-    void prefix_rows_forward(void*, const void*, int, int, int, int, int, int, int) override {
-        throw Error("cuda backend: prefix_rows_forward not built yet");
-    }
-    void prefix_rows_backward(void*, void*, int, int, int, int, int, int, int) override {
-        throw Error("cuda backend: prefix_rows_backward not built yet");
-    }
-    void distill_forward_backward(void*, void*, const void*, const void*, const float*, float, float, size_t, int,
-                                  int) override {
-        throw Error("cuda backend: distill_forward_backward not built yet");
-    }
-    double anchor_penalty(void*, const void*, const void*, const void*, const void*, const std::vector<OptSegment>&,
-                          float, float) override {
-        throw Error("cuda backend: anchor_penalty not built yet");
-    }
-    void accumulate_squares(void*, const void*, float, size_t) override {
-        throw Error("cuda backend: accumulate_squares not built yet");
-    }
     double sum_squares(const void* x, size_t n) override {
         if (n == 0) return 0.0;
         dispatch([&](auto tag) {
             using E = decltype(tag);
             cuda::sum_squares(d_sum_, t<E>(x), n, *scratch_, stream_);
         });
-        CUDA_CHECK(cudaMemcpyAsync(h_sum_, d_sum_, sizeof(double), cudaMemcpyDeviceToHost, stream_));
-        CUDA_CHECK(cudaStreamSynchronize(stream_));  // the interface returns the value: the one wait it needs
-        return *h_sum_;
+        return read_sum();
     }
     void adamw_update(void* params, void* master, const void* grads, void* m, void* v,
                       const std::vector<OptSegment>& segments, const AdamWStep& step) override {
@@ -297,6 +328,13 @@ class CudaBackend final : public Backend {
     }
 
    private:
+    // The reduction a launcher left in d_sum_, for the methods that return it.
+    double read_sum() {
+        CUDA_CHECK(cudaMemcpyAsync(h_sum_, d_sum_, sizeof(double), cudaMemcpyDeviceToHost, stream_));
+        CUDA_CHECK(cudaStreamSynchronize(stream_));  // the interface returns the value: the one wait it needs
+        return *h_sum_;
+    }
+
     template <class F>
     void dispatch(F&& f) {
         switch (dtype_) {
@@ -350,6 +388,7 @@ class CudaBackend final : public Backend {
     std::unique_ptr<cuda::Gemm> gemm_;
     std::unique_ptr<cuda::Scratch> scratch_;
     std::unique_ptr<cuda::AdamWTable> adamw_table_;
+    std::unique_ptr<cuda::AdamWTable> anchor_table_;  // its own, so the optimizer's cached table survives
     double* d_sum_ = nullptr;  // sum_squares result on the device
     double* h_sum_ = nullptr;  // pinned host copy
 };

@@ -96,6 +96,20 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
     return warp_max(v);
 }
 
+// ---- online softmax statistics ----
+// Merge two (max, sum of exp(x - max)) pairs. An empty side has max = -inf and sum = 0.
+__device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2) {
+    if (m2 == -INFINITY) return;
+    if (m == -INFINITY) {
+        m = m2;
+        s = s2;
+        return;
+    }
+    const float mm = fmaxf(m, m2);
+    s = s * expf(m - mm) + s2 * expf(m2 - mm);
+    m = mm;
+}
+
 // ---- grid sizing ----
 constexpr size_t kMaxGridX = 2147483647u;  // gridDim.x limit
 // Blocks to cover `work` items at `per_block` each, at least 1, at most `cap` (kernels use grid-stride
@@ -122,6 +136,23 @@ struct ColumnSlices {
 inline ColumnSlices column_slices(size_t N) {
     const size_t rows = std::max(kMinRowsPerSlice, (N + kMaxSlices - 1) / kMaxSlices);
     return {rows, (int)((N + rows - 1) / rows)};
+}
+
+// ---- segment tables ----
+// One launch over many segments (AdamW, the anchor penalty): the host lays the segments' blocks end to end in
+// a table sorted by `first_block`, and each block finds its own entry by binary search: the last of `count`
+// entries with first_block <= block.
+template <class Entry>
+__device__ __forceinline__ int segment_of_block(const Entry* table, int count, size_t block) {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (table[mid].first_block <= block)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
 }
 
 // ---- hashing ----
