@@ -4,11 +4,12 @@
 #   2. every test (the CUDA suites and the CPU ones they compare against),
 #   3. GPT-2 124M training throughput: bin/train --device cuda --precision bf16 --batch 32 --seq 1024 on a
 #      synthetic shard, against bench/pytorch_baseline.py (PyTorch, bf16 autocast, fused AdamW, compile, SDPA),
-#   4. the kernel benchmarks (build/bench/bench_*),
+#   4. the kernel benchmarks (build/bench/bench_*), activation recomputation's memory and time for GPT-2 124M
+#      and XL (bench_recompute), and the fine-tuning methods table on a small model (bench_finetune_methods),
 #   5. compute-sanitizer memcheck, racecheck, initcheck and synccheck over the kernel tests (a filtered gtest
 #      run) and memcheck over one training step,
 # and prints a compact table last. Every stage runs under a timeout and its exit status is recorded; the
-# script never stops early and never hangs: stages are cut to fit GPU_CHECK_BUDGET (345 s by default).
+# script never stops early and never hangs: stages are cut to fit GPU_CHECK_BUDGET (420 s by default).
 # Exit status: 0 when every stage that ran passed.
 #
 #   scripts/gpu_check.sh [LOG_DIR]      (default: $OUT when set, else ./gpu_check_out)
@@ -32,9 +33,9 @@ RESULTS=()
 TIMES=()
 # stage NAME LIMIT_SECONDS COMMAND: runs COMMAND (a bash string) with a timeout, output to the log and to
 # LOG_DIR/NAME.log; records pass / FAIL(rc) / TIMEOUT / skip (rc 77).
-# A stage never runs past the whole script's budget (GPU_CHECK_BUDGET seconds, default 345): its limit is cut
+# A stage never runs past the whole script's budget (GPU_CHECK_BUDGET seconds, default 420): its limit is cut
 # to what is left, and with under 10 s left it is recorded as skipped without running.
-BUDGET=${GPU_CHECK_BUDGET:-345}
+BUDGET=${GPU_CHECK_BUDGET:-420}
 stage() {
     local name=$1 limit=$2 cmd=$3 t0 rc result left
     t0=$(date +%s)
@@ -121,16 +122,23 @@ stage pytorch_gpt2 150 "python3 bench/pytorch_baseline.py --batch 32 --seq 1024 
 for b in build/bench/bench_*; do
     [ -x "$b" ] || continue
     n=$(basename "$b")
+    case $n in bench_recompute | bench_finetune_methods) continue ;; esac  # experiments, not Google Benchmarks: below
     stage "$n" 60 "$b --benchmark_out=$LOG_DIR/$n.json --benchmark_out_format=json"
 done
+
+# Activation recomputation: bytes per token, memory in use, largest batch and step time per mode (docs/scaling.md).
+stage recompute 120 "build/bench/bench_recompute --models gpt2,gpt2-xl --json $LOG_DIR/recompute.json"
+# Every fine-tuning method on the GPU, small model (the CPU table in docs/finetuning.md uses the tiny one).
+stage methods 90 "build/bench/bench_finetune_methods --device cuda --model small --steps 300 --doc '' \
+  --out $WORK/methods --machine 'one H200' && cp $WORK/methods/results.json $LOG_DIR/methods.json"
 
 # ---- 5. compute-sanitizer ----
 SAN=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer "$CUDA_HOME"/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
 SAN_ARGS="--error-exitcode 1 --print-limit 20"
 # The kernel tests, small shapes, fp32 and bf16; racecheck (slow on cuBLAS's shared-memory kernels) only over
 # the layers whose kernels use shared memory or warp shuffles of their own.
-KERNEL_TESTS='Dtypes/CudaOps.*/f32:Dtypes/CudaOps.*/bf16'
-SMEM_TESTS='Dtypes/CudaOps.LayerNorm*/bf16:Dtypes/CudaOps.Encoder*/bf16:Dtypes/CudaOps.CrossEntropy*/bf16:Dtypes/CudaOps.SumSquares*/bf16:Dtypes/CudaOps.Attention*/bf16'
+KERNEL_TESTS='Dtypes/CudaOps.*/f32:Dtypes/CudaOps.*/bf16:Dtypes/CudaFinetune.*/f32:Dtypes/CudaFinetune.*/bf16'
+SMEM_TESTS='Dtypes/CudaOps.LayerNorm*/bf16:Dtypes/CudaOps.Encoder*/bf16:Dtypes/CudaOps.CrossEntropy*/bf16:Dtypes/CudaOps.SumSquares*/bf16:Dtypes/CudaOps.Attention*/bf16:Dtypes/CudaFinetune.*/bf16'
 if [ -n "$SAN" ]; then
     stage memcheck 75 "$SAN --tool memcheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
     stage racecheck 45 "$SAN --tool racecheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$SMEM_TESTS'"
@@ -166,6 +174,17 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$LOG_DIR/tests.log" 2>/dev/null |
     printf '  %-28s %12s tok/s   peak %s GiB (torch max allocated)\n' "PyTorch compile+SDPA" "$PT_TOKS" "$PT_MEM"
     if [[ "$TUNE_TOKS" =~ ^[0-9.]+$ && "$PT_TOKS" =~ ^[0-9.]+$ ]]; then
         awk -v a="$TUNE_TOKS" -v b="$PT_TOKS" 'BEGIN {printf "  tune.cu / PyTorch = %.2f\n", a / b}'
+    fi
+    if [ -s "$LOG_DIR/recompute.json" ]; then
+        echo "activation recomputation (bf16, T=1024):"
+        python3 -c "import json; print(json.load(open('$LOG_DIR/recompute.json'))['table'])" 2>/dev/null | sed 's/^/  /'
+    fi
+    if [ -s "$LOG_DIR/methods.json" ]; then
+        echo "fine-tuning methods (small model, 300 steps): method acc base-loss-after ms/step"
+        python3 -c "
+import json
+for r in json.load(open('$LOG_DIR/methods.json'))['results']:
+    print(f\"  {r['method']:8s} {100 * r['accuracy']:5.0f}% {r['base_loss_after']:7.3f} {r['ms_per_step']:8.1f}\")" 2>/dev/null
     fi
     echo "kernel benchmarks (TB/s, %HBM, TFLOP/s, %peak):"
     for j in "$LOG_DIR"/bench_*.json; do

@@ -1,0 +1,134 @@
+// Activation checkpointing on the GPU: for GPT-2 124M and GPT-2 XL (1558M) at T=1024, bf16, each
+// --recompute mode's activation bytes per token (from the arena: exact), the device memory in use after a
+// training step (cudaMemGetInfo: parameters, gradients, optimizer state, activations, workspaces), the
+// largest micro-batch that trains, and the time of a training step (forward + backward + AdamW).
+// Writes a JSON file and a markdown table for docs/scaling.md.
+//
+// Not a Google Benchmark: "the largest batch that fits" is found by trying to allocate and step, which is
+// an experiment with outcomes, not a timing loop. Exits 77 (skipped) without a GPU.
+//
+//   build/bench/bench_recompute [--models gpt2,gpt2-xl] [--seq 1024] [--json FILE] [--max-batch 256]
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "data/fileio.h"
+#include "kernels/backend.h"
+#include "model/rng.h"
+#include "train/cli.h"
+#include "train/optimizer.h"
+
+using namespace tune;
+
+namespace {
+
+size_t device_used() {
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    return total_b - free_b;
+}
+
+struct Probe {
+    bool fits = false;
+    size_t act_bytes = 0, used = 0;
+    double step_ms = 0;
+};
+
+// Builds the model and optimizer for B sequences and runs `steps` timed training steps after one warm-up.
+Probe try_batch(const ModelConfig& cfg, Recompute mode, int B, int T, int steps) {
+    Probe p;
+    try {
+        auto be = make_cuda_backend(DType::bf16);
+        const size_t base = device_used();
+        ModelOptions o;
+        o.recompute = mode;
+        GPT2 m(cfg, *be, B, T, nullptr, o);  // zero weights: memory and time do not depend on the values
+        AdamW opt(m, AdamWConfig{});
+        Rng r(2);
+        std::vector<int32_t> x((size_t)B * T), y((size_t)B * T);
+        for (size_t i = 0; i < x.size(); i++) x[i] = (int32_t)r.below(cfg.vocab_size), y[i] = (int32_t)r.below(cfg.vocab_size);
+        std::vector<float> w(x.size(), 1.0f);
+        auto step = [&] {
+            m.zero_grads();
+            m.forward(x.data(), B, T, w.data());
+            m.loss(y.data(), w.data(), 1.0f / (float)x.size(), true);
+            m.backward();
+            opt.step(1e-5f, 1.0f);
+            be->synchronize();
+        };
+        step();
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int s = 0; s < steps; s++) step();
+        p.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
+        p.act_bytes = m.act_bytes();
+        p.used = device_used() - base;
+        p.fits = true;
+    } catch (const Error&) {
+        cudaGetLastError();
+    }
+    return p;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    return run_tool("bench_recompute", [&]() -> int {
+        std::string models = "gpt2,gpt2-xl", json_path = "recompute.json";
+        int T = 1024, max_batch = 256, timed_B = 8;
+        Cli cli("usage: build/bench/bench_recompute [options]\nMemory and time of each --recompute mode on the GPU.");
+        cli.option("--models", "LIST", "comma-separated presets", &models);
+        cli.option("--seq", "T", "sequence length", &T, 1, 1 << 20);
+        cli.option("--max-batch", "B", "largest batch to try", &max_batch, 1, 1 << 20);
+        cli.option("--timed-batch", "B", "batch of the timed steps", &timed_B, 1, 1 << 20);
+        cli.option("--json", "FILE", "results", &json_path);
+        if (!cli.parse(argc, argv)) {
+            std::fputs(cli.help().c_str(), stdout);
+            return 0;
+        }
+        if (cuda_device_count() == 0) {
+            std::printf("no CUDA GPU: skipped\n");
+            return 77;
+        }
+        nlohmann::json out = nlohmann::json::array();
+        std::ostringstream md;
+        md << "| Model | --recompute | Activations / token | Device memory in use, B=" << timed_B
+           << " | Largest batch (T=" << T << ") | Step time, B=" << timed_B << " | vs none |\n"
+           << "|---|---|---:|---:|---:|---:|---:|\n";
+        std::stringstream ss(models);
+        for (std::string name; std::getline(ss, name, ',');) {
+            const ModelConfig cfg = preset_config(name);
+            double none_ms = 0;
+            for (Recompute mode : {Recompute::none, Recompute::selective, Recompute::full}) {
+                const Probe timed = try_batch(cfg, mode, timed_B, T, 3);
+                // Largest batch: double until it fails, then bisect.
+                int lo = 0, hi = 1;
+                while (hi <= max_batch && try_batch(cfg, mode, hi, T, 0).fits) lo = hi, hi *= 2;
+                hi = std::min(hi, max_batch + 1);
+                while (hi - lo > 1) {
+                    const int mid = (lo + hi) / 2;
+                    (try_batch(cfg, mode, mid, T, 0).fits ? lo : hi) = mid;
+                }
+                if (mode == Recompute::none) none_ms = timed.step_ms;
+                const double per_token = timed.fits ? (double)timed.act_bytes / ((double)timed_B * T) : 0;
+                char row[256];
+                std::snprintf(row, sizeof row, "| %s | %s | %.1f KiB | %.2f GiB | %d | %.1f ms | %.2fx |\n", name.c_str(),
+                              recompute_name(mode), per_token / 1024, timed.used / 1073741824.0, lo, timed.step_ms,
+                              none_ms > 0 ? timed.step_ms / none_ms : 0.0);
+                md << row;
+                std::fputs(row, stdout);
+                std::fflush(stdout);
+                out.push_back({{"model", name}, {"recompute", recompute_name(mode)}, {"act_bytes_per_token", per_token},
+                               {"used_bytes", timed.used}, {"fits", timed.fits}, {"max_batch", lo},
+                               {"step_ms", timed.step_ms}, {"batch", timed_B}, {"seq", T}});
+            }
+        }
+        const std::string j = nlohmann::json{{"results", out}, {"table", md.str()}}.dump(2) + "\n";
+        write_file_atomic(json_path, j.data(), j.size());
+        std::printf("\n%s", md.str().c_str());
+        return 0;
+    });
+}
