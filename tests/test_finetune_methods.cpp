@@ -69,6 +69,11 @@ TEST_F(Methods, LoraFreezesTheBaseWritesASmallAdapterAndMergesExactly) {
     const auto lw = logits_of(*with.model), lm = logits_of(*merged.model), lb = logits_of(*base.model);
     EXPECT_TRUE(near_rel(lm, lw, 1e-5));
     EXPECT_FALSE(near_rel(lb, lw, 1e-3)) << "the adapter changed nothing";
+    // bin/export merges the adapter into a Hugging Face checkpoint that reads back as the adapted model.
+    CmdResult r = run_cmd("bin/export " + dir + "/init.ckpt --adapter " + a.out_dir + "/adapter.ckpt --hf " + dir + "/hf");
+    ASSERT_EQ(r.rc, 0) << r.out;
+    LoadedModel hf = load_model(dir + "/hf", "cpu", "fp32", 2, 10);
+    EXPECT_TRUE(near_rel(logits_of(*hf.model), lw, 1e-5));
 }
 
 TEST_F(Methods, PromptTuningChangesOnlyThePromptAndGeneratesFromTheAdapter) {
