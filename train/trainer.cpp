@@ -89,6 +89,10 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (args.seq > cfg.block_size)
         throw UsageError("--seq: " + std::to_string(args.seq) + " is above the model's block size " +
                          std::to_string(cfg.block_size));
+    const int P = args.peft.virtual_tokens();
+    if (args.seq + P > cfg.block_size)
+        throw UsageError("--seq: " + std::to_string(args.seq) + " real tokens after " + std::to_string(P) +
+                         " virtual ones exceed the model's block size " + std::to_string(cfg.block_size));
     ModelOptions mo;
     mo.peft = args.peft;
     if (mo.peft.lora_rank == 0) mo.peft.lora_targets = 0;
@@ -127,7 +131,10 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
                         " differs from the student's " + cfg.describe());
         Trainable none;
         none.tensor.assign(num_base_tensors(cfg), false);
-        teacher_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &none);
+        // Forward only: full recomputation's layout keeps one block's activations instead of L.
+        ModelOptions to;
+        to.recompute = Recompute::full;
+        teacher_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &none, to);
         load_weights(teacher, *teacher_);
     }
 
