@@ -17,7 +17,6 @@ __global__ void crossentropy_forward_backward_block_per_row(T* losses, T* dlogit
                                                             const int32_t* targets, const float* weights, float dloss,
                                                             size_t N, int V, int Vp) {
     __shared__ float shared_m[32], shared_s[32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
     for (size_t row = blockIdx.x; row < N; row += gridDim.x) {
         const T* z = logits + row * Vp;
         const int y = targets[row];
@@ -35,20 +34,7 @@ __global__ void crossentropy_forward_backward_block_per_row(T* losses, T* dlogit
                 s += expf(x - m);
             }
         }
-        // Warp, then block: a butterfly (same result in every lane), then warp 0 over the warps in order.
-        for (int o = 16; o > 0; o >>= 1) {
-            const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-            online_merge(m, s, m2, s2);
-        }
-        __syncthreads();  // the previous row's readers of shared_m/shared_s are done
-        if (lane == 0) {
-            shared_m[warp] = m;
-            shared_s[warp] = s;
-        }
-        __syncthreads();
-        m = -INFINITY;
-        s = 0.0f;
-        for (int k = 0; k < nwarps; k++) online_merge(m, s, shared_m[k], shared_s[k]);
+        block_online_merge(m, s, shared_m, shared_s);  // the same (max, sum) in every thread
         const float lse = m + logf(s);  // log-sum-exp; every thread holds the same value
 
         if (threadIdx.x == 0) losses[row] = from_f32<T>(w == 0.0f ? 0.0f : y_ok ? w * (lse - zy) : NAN);

@@ -103,25 +103,6 @@ __global__ void prefix_rows_sum_over_batch(T* dsrc, T* dx, int src_ld, int B, in
 }
 
 // ---------------------------------------------------------------- distillation
-// The block's (max, sum of exp) from each thread's pair: a butterfly in each warp, then every thread merges
-// the warps' pairs in order, so all threads hold the same values. Contains __syncthreads.
-__device__ __forceinline__ void block_online_merge(float& m, float& s, float* shared_m, float* shared_s) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
-    for (int o = 16; o > 0; o >>= 1) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-        online_merge(m, s, m2, s2);
-    }
-    __syncthreads();  // the previous row's readers of shared_m/shared_s are done
-    if (lane == 0) {
-        shared_m[warp] = m;
-        shared_s[warp] = s;
-    }
-    __syncthreads();
-    m = -INFINITY;
-    s = 0.0f;
-    for (int k = 0; k < nwarps; k++) online_merge(m, s, shared_m[k], shared_s[k]);
-}
-
 __device__ __forceinline__ void online_add(float& m, float& s, float x) {
     if (x > m) {
         s = s * expf(m - x) + 1.0f;  // expf(-inf) = 0 on the first element

@@ -17,13 +17,6 @@
 namespace tune::test {
 namespace {
 
-constexpr double kGradTol = 1e-6;
-
-std::vector<double> sub(const std::vector<double>& a, const std::vector<double>& b) {
-    std::vector<double> r(a.size());
-    for (size_t i = 0; i < a.size(); i++) r[i] = a[i] - b[i];
-    return r;
-}
 
 bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;

@@ -16,13 +16,6 @@
 namespace tune::test {
 namespace {
 
-constexpr double kGradTol = 1e-6;
-
-std::vector<double> sub(const std::vector<double>& a, const std::vector<double>& b) {
-    std::vector<double> r(a.size());
-    for (size_t i = 0; i < a.size(); i++) r[i] = a[i] - b[i];
-    return r;
-}
 
 TEST(LayerNormCpu, GradientsMatchFiniteDifferencesF64_N7_C13) {
     const size_t N = 7;

@@ -81,6 +81,15 @@ inline std::vector<double> numeric_grad(std::vector<double>& x, const std::funct
     return g;
 }
 
+// Relative tolerance of analytic gradients against finite differences in double.
+constexpr double kGradTol = 1e-6;
+
+inline std::vector<double> sub(const std::vector<double>& a, const std::vector<double>& b) {
+    std::vector<double> r(a.size());
+    for (size_t i = 0; i < a.size(); i++) r[i] = a[i] - b[i];
+    return r;
+}
+
 inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
     double s = 0;
     for (size_t i = 0; i < a.size(); i++) s += a[i] * b[i];
