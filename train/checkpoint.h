@@ -35,8 +35,11 @@ struct TrainState {
     uint64_t skipped_steps = 0;
 };
 
-// Writes model weights; with opt and state, a resume checkpoint.
-void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state);
+// Writes model weights; with opt and state, a resume checkpoint. With a sharded (ZeRO) optimizer every rank
+// calls it (the state is gathered to rank 0) and only rank 0 passes write = true. The file is the same
+// whatever the number of ranks, so a run can resume with another.
+void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state,
+                     bool write = true);
 
 // The config stored in a checkpoint (to build the model before loading it). Validates the header.
 ModelConfig checkpoint_config(const std::string& path);
