@@ -314,6 +314,7 @@ void GPT2::backward() {
         be_.matmul_backward(dC, g.qkvw, g.qkvb, d3C, A(kLn1), p.qkvw, N, C, 3 * C);
         be_.layernorm_backward(dres, g.ln1w, g.ln1b, dC, x_in, p.ln1w, A(kLn1Mean), A(kLn1Rstd), N, C);
         be_.range_pop();
+        if (layer_grads_hook_) layer_grads_hook_(l);  // DIST
     }
     if (lowest_trainable_layer_ < 0) be_.encoder_backward(pgrad(kWte), pgrad(kWpe), dres, tokens_, B, T, C);
 }

@@ -107,6 +107,11 @@ Cli train_cli(TrainArgs& a) {
     c.option("--lr-find-hi", "LR", "lr-find: highest rate", &a.lr_find_hi, 1e-12, 100);
     c.option("--log-every", "N", "a progress line every N steps", &a.log_every, 1, INT_MAX);
     c.flag("--quiet", "no progress lines", &a.quiet);
+    // DIST
+    c.option("--zero", "0|1", "data parallel: 1 shards the optimizer state (Adam moments, FP32 master weights) "
+             "across ranks (ZeRO-1); 0 replicates it", &a.zero, 0, 1);
+    c.option("--comm-timeout", "S", "data parallel: seconds a collective may wait for the other ranks before "
+             "the job stops, naming the rank that did not answer", &a.comm_timeout, 1, 1e6);
     return c;
 }
 

@@ -56,7 +56,13 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     validate_train_args(args);
     if (args.train_data.empty()) throw UsageError("--train-data: no training shards given (make them with bin/prepare)");
     args_.sched.total_steps = args.steps;
-    be_ = make_backend(args.device, args.precision, args.quiet);
+    // DIST: a multi-rank GPU run picks its GPU before the backend exists; rank 0 alone prints and writes.
+    const LaunchInfo launch = launch_info();
+    select_local_device(launch, args.device);
+    be_ = make_backend(args.device, args.precision, args.quiet || launch.rank != 0);
+    Comm& comm = process_comm(*be_, args.comm_timeout);
+    writer_ = comm.rank() == 0;
+    if (!writer_) args_.quiet = true;
 
     const std::string& ckpt = !args.resume.empty() ? args.resume : args.init;
     ModelConfig cfg = !args.resume.empty() ? checkpoint_config(args.resume)
@@ -68,7 +74,8 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     const Trainable trainable = select_trainable(cfg, args.train_top, args.train_only);
     model_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &trainable);
     if (ckpt.empty()) model_->init_random(args.seed);
-    opt_ = std::make_unique<AdamW>(*model_, args.adam);
+    if (comm.kind() != "single") dp_ = std::make_unique<DataParallel>(comm, *model_, args.zero);  // DIST
+    opt_ = std::make_unique<AdamW>(*model_, args.adam, dp_ ? dp_->optimizer_shard() : OptimizerShard{});
     if (args.lr_layer_factor > 0) apply_discriminative_lr(*model_, *opt_, args.lr_layer_factor);
     state_.rng = args.seed;
     dynamic_loss_scale_ = args.loss_scaling == "on" || (args.loss_scaling == "auto" && be_->act_dtype() == DType::f16);
@@ -82,22 +89,28 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         opt_->sync_master_from_params();
     }
 
-    train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle, args.seed);
+    // DIST: rank r reads windows r, r+N, r+2N, ... of the shared order (data/shard.h), so N ranks x B windows
+    // are the windows one rank would read as a batch of N*B.
+    const int rank = dp_ ? dp_->rank() : 0, world = dp_ ? dp_->world() : 1;
+    train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle, args.seed,
+                                      rank, world);
     train_->set_state(state_.loader);
     if (!args.val_data.empty())
-        val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0);
+        val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0, rank, world);
 }
 
 StepStats Trainer::step(float lr) {
     const double t0 = now_seconds();
     StepStats st;
     st.step = (int)state_.step + 1;
+    if (dp_) dp_->start_step(st.step);  // DIST
     // Load the whole step's micro-batches first: the loss is normalised by the counted tokens of all of
     // them together, so every micro-batch's gradient is scaled by the same 1/count.
     std::vector<Batch> batches;
     for (int k = 0; k < args_.grad_accum; k++) batches.push_back(train_->next());
     for (const Batch& b : batches)
         for (float w : b.weights) st.counted += w != 0.0f;
+    if (dp_) st.counted = dp_->sum((uint64_t)st.counted, "counted tokens");  // DIST: one 1/count on every rank
     const double scale = state_.loss_scale;
     st.loss_scale = scale;
     const float dloss = st.counted ? (float)(scale / (double)st.counted) : 0.0f;
@@ -107,10 +120,16 @@ StepStats Trainer::step(float lr) {
     for (const Batch& b : batches) {
         model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
         loss_sum += model_->loss(b.targets.data(), b.weights.data(), dloss, true);
+        if (dp_ && &b == &batches.back()) dp_->arm();  // DIST: reduce each layer's bucket as backward ends it
         model_->backward();
     }
+    if (dp_) {  // DIST: gradients and loss summed over ranks
+        dp_->finish_gradients();
+        loss_sum = dp_->sum(loss_sum, "loss");
+    }
     st.loss = st.counted ? loss_sum / (double)st.counted : 0.0;
-    const double raw_norm = std::sqrt(be_->sum_squares(model_->grads().base(), model_->grads().elems()));
+    const double raw_norm = std::sqrt(dp_ ? dp_->grad_sum_squares()
+                                          : be_->sum_squares(model_->grads().base(), model_->grads().elems()));
     st.grad_norm = raw_norm / scale;  // the gradients still carry the loss scale
     st.lr = lr >= 0 ? lr : lr_at(args_.sched, (int)state_.step);
     // TEACH: a single NaN would poison every weight through Adam's moments. Skip the update instead and
@@ -147,11 +166,15 @@ double Trainer::evaluate() {
         sum += model_->loss(b.targets.data(), b.weights.data(), 0.0f, false);
         for (float w : b.weights) counted += w != 0.0f;
     }
+    if (dp_) {  // DIST
+        sum = dp_->sum(sum, "validation loss");
+        counted = dp_->sum((uint64_t)counted, "validation tokens");
+    }
     return counted ? sum / (double)counted : NAN;
 }
 
 double Trainer::lr_find(int steps, double lo, double hi) {
-    RunLog log(args_.out_dir, false, "lr_find.jsonl");
+    RunLog log(writer_ ? args_.out_dir : "", false, "lr_find.jsonl");
     Curve curve{"smoothed loss", "#1f77b4", {}};
     std::vector<double> lrs, smooth;
     double avg = 0, best = INFINITY;
@@ -180,14 +203,14 @@ double Trainer::lr_find(int steps, double lo, double hi) {
         const double slope = (smooth[i + 1] - smooth[i - 1]) / std::log(lrs[i + 1] / lrs[i - 1]);
         if (slope < steepest) steepest = slope, suggestion = lrs[i];
     }
-    if (!args_.out_dir.empty())
+    if (!args_.out_dir.empty() && writer_)
         write_line_chart_svg(args_.out_dir + "/lr_find.svg", "learning-rate range test", "learning rate", "loss",
                              {curve}, true);
     return suggestion;
 }
 
 void Trainer::save(const std::string& path, bool resume) {
-    save_checkpoint(path, *model_, opt_.get(), resume ? &state_ : nullptr);
+    save_checkpoint(path, *model_, opt_.get(), resume ? &state_ : nullptr, writer_);
 }
 
 static std::string mib(size_t bytes) {
@@ -205,17 +228,18 @@ void Trainer::print_memory_map() const {
                 num_parameters(model_->config()), trainable, be_->name().c_str());
     std::printf("memory: parameters %s | gradients %s | optimizer %s | activations %s | total %s\n", mib(p).c_str(),
                 mib(g).c_str(), mib(o).c_str(), mib(a).c_str(), mib(p + g + o + a).c_str());
+    if (dp_) std::printf("data parallel: %s (memory above is per rank)\n", dp_->describe().c_str());
 }
 
 int Trainer::run() {
-    RunLog log(args_.out_dir, !args_.resume.empty());
+    RunLog log(writer_ ? args_.out_dir : "", !args_.resume.empty());
     if (!args_.quiet) {
         print_memory_map();
         std::printf("data: %zu training tokens in %zu windows of %d; run directory %s\n", train_->num_tokens(),
                     train_->num_windows(), args_.seq, args_.out_dir.c_str());
     }
     const int last = args_.halt_at > 0 ? args_.halt_at : args_.steps;
-    const size_t tokens_per_step = (size_t)args_.batch * args_.seq * args_.grad_accum;
+    const size_t tokens_per_step = (size_t)args_.batch * args_.seq * args_.grad_accum * (dp_ ? dp_->world() : 1);
     const double t_start = now_seconds();
     const uint64_t first = state_.step;
     double val = NAN;
@@ -230,7 +254,9 @@ int Trainer::run() {
         log.write_plot();
     };
     if (state_.step == 0) validate(0);
-    while ((int)state_.step < last && !stop_requested_) {
+    // DIST: a stop (Ctrl-C) reaches ranks at different moments; they stop together when any asks.
+    auto stop = [&] { return dp_ ? dp_->any(stop_requested_, "stop request") : (bool)stop_requested_; };
+    while ((int)state_.step < last && !stop()) {
         StepStats st = step();
         const double elapsed = now_seconds() - t_start;
         const double per_step = elapsed / (double)(state_.step - first);
@@ -269,6 +295,17 @@ int Trainer::run() {
             save(args_.out_dir + "/resume.ckpt", true);
     }
     if ((int)state_.step == args_.steps) validate((int)state_.step);
+    if (dp_) {  // DIST: every replica must hold the same weights
+        uint64_t hash = 0;
+        const bool agree = dp_->replicas_agree(&hash);
+        char line[128];
+        std::snprintf(line, sizeof line, "{\"step\":%llu,\"weights_hash\":\"%016llx\",\"ranks\":%d,\"ranks_agree\":%s}",
+                      (unsigned long long)state_.step, (unsigned long long)hash, dp_->world(), agree ? "true" : "false");
+        log.append(line);
+        if (!agree) throw Error("the ranks' weights differ after training (a bug in data parallelism)");
+        if (!args_.quiet) std::printf("weights: identical on all %d ranks (hash %016llx)\n", dp_->world(),
+                                      (unsigned long long)hash);
+    }
     log.write_plot();
     if (!args_.out_dir.empty()) {
         save(args_.out_dir + "/resume.ckpt", true);
