@@ -104,9 +104,13 @@ double DataParallel::grad_sum_squares() {
 
 bool DataParallel::replicas_agree(uint64_t* hash) {
     Arena& p = model_.params();
-    std::vector<float> host(p.elems());
-    model_.backend().download(host.data(), p.base(), p.dtype(), host.size());
-    const uint64_t mine = hash_bytes(host.data(), host.size() * sizeof(float));
+    uint64_t mine = hash_bytes(nullptr, 0);
+    std::vector<float> host;
+    for (size_t i = 0; i < p.table().size(); i++) {  // a tensor at a time: host memory stays small
+        host.resize(p.table()[i].numel);
+        model_.backend().download(host.data(), p.ptr(i), p.dtype(), host.size());
+        mine = hash_bytes(host.data(), host.size() * sizeof(float), mine);
+    }
     std::vector<uint64_t> all(world());
     all[rank()] = mine;
     comm_.all_gather_host(all.data(), sizeof(uint64_t), "replica check");

@@ -32,8 +32,9 @@ int main(int argc, char** argv) {
         std::signal(SIGTERM, on_interrupt);
         if (args.lr_find) {
             const double lr = trainer.lr_find(args.steps, args.lr_find_lo, args.lr_find_hi);
-            std::printf("suggested learning rate: %.3g (steepest descent of the smoothed loss); plot: %s/lr_find.svg\n",
-                        lr, args.out_dir.c_str());
+            if (tune::launch_info().rank == 0)
+                std::printf("suggested learning rate: %.3g (steepest descent of the smoothed loss); plot: %s/lr_find.svg\n",
+                            lr, args.out_dir.c_str());
             return 0;
         }
         return trainer.run();
