@@ -42,8 +42,9 @@ LDLIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcubl
 # or pkg-config; NCCL from nccl.h under NCCL_HOME (default: the CUDA toolkit). Either may be missing: the build
 # then leaves that path out and says why at run time, and the multi-rank tests skip.
 MPICXX    ?= mpicxx
-MPI_CFLAGS := $(shell $(MPICXX) --showme:compile 2>/dev/null || pkg-config --cflags ompi 2>/dev/null)
-MPI_LIBS   := $(shell $(MPICXX) --showme:link 2>/dev/null || pkg-config --libs ompi 2>/dev/null)
+PKG_CONFIG ?= pkg-config
+MPI_CFLAGS := $(shell $(MPICXX) --showme:compile 2>/dev/null || $(PKG_CONFIG) --cflags ompi 2>/dev/null)
+MPI_LIBS   := $(shell $(MPICXX) --showme:link 2>/dev/null || $(PKG_CONFIG) --libs ompi 2>/dev/null)
 ifneq ($(strip $(MPI_LIBS)),)
 MPI_DEFS  := -DTUNE_HAVE_MPI -DOMPI_SKIP_MPICXX=1 -DMPICH_SKIP_MPICXX=1 \
              $(patsubst -I%,-isystem %,$(filter -I%,$(MPI_CFLAGS))) $(filter-out -I%,$(MPI_CFLAGS))
