@@ -416,7 +416,11 @@ TEST_F(DistFixture, AHangingRankTimesOutAndIsNamed) {
 TEST(DistNccl, EveryCollectiveOnOneRank) {
     if (!built_with_nccl()) GTEST_SKIP() << "built without NCCL (nccl.h not found)";
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU";
+    // Equal pieces go through ncclReduceScatter/ncclAllGather; TUNE_NCCL_GROUPED forces the grouped
+    // ncclReduce/ncclBroadcast path that uneven pieces take.
+    for (const char* grouped : {(const char*)nullptr, "1"})
     for (DType dt : {DType::f32, DType::bf16}) {
+        EnvVars env({std::pair<std::string, const char*>("TUNE_NCCL_GROUPED", grouped)});
         auto be = make_cuda_backend(dt);
         std::unique_ptr<Comm> c = make_nccl_comm(LaunchInfo{}, *be, 60);
         ASSERT_EQ(c->world(), 1);
@@ -465,13 +469,16 @@ TEST(DistNccl, OneRankNcclTrainingEqualsThePlainRun) {
     save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
     const std::string args = " --device cuda --precision bf16 --init " + d + "/init.ckpt --train-data " + d +
                              "/train.bin --batch 4 --seq 13 --steps 4 --val-every 0 --quiet --out " + d;
-    for (const char* zero : {"0", "1"}) {
-        CmdResult plain = run_cmd("bin/train" + args + "/plain");
-        CmdResult nccl = run_cmd("TUNE_NCCL_ONE_RANK=1 bin/train --zero " + std::string(zero) + args + "/nccl");
-        ASSERT_EQ(plain.rc, 0) << plain.out;
+    CmdResult plain = run_cmd("bin/train" + args + "/plain");
+    ASSERT_EQ(plain.rc, 0) << plain.out;
+    for (const char* variant : {"--zero 0", "--zero 1", "--zero 1 (grouped)"}) {
+        const std::string v = variant;
+        const std::string env = v.find("grouped") != std::string::npos ? "TUNE_NCCL_GROUPED=1 " : "";
+        CmdResult nccl = run_cmd(env + "TUNE_NCCL_ONE_RANK=1 bin/train " + v.substr(0, 8) + args + "/nccl");
         ASSERT_EQ(nccl.rc, 0) << nccl.out;
-        EXPECT_EQ(slurp(d + "/plain/model.ckpt"), slurp(d + "/nccl/model.ckpt")) << "--zero " << zero;
-        EXPECT_THAT(slurp(d + "/nccl/metrics.jsonl"), HasSubstr("\"ranks_agree\":true"));
+        EXPECT_EQ(slurp(d + "/plain/model.ckpt"), slurp(d + "/nccl/model.ckpt")) << variant;
+        EXPECT_EQ(slurp(d + "/plain/resume.ckpt"), slurp(d + "/nccl/resume.ckpt")) << variant;
+        EXPECT_THAT(slurp(d + "/nccl/metrics.jsonl"), HasSubstr("\"ranks_agree\":true")) << variant;
     }
 }
 

@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -71,6 +72,8 @@ class NcclComm final : public Comm {
    public:
     NcclComm(const LaunchInfo& li, Backend& be, double timeout_s) : rank_(li.rank), world_(li.world) {
         timeout_s_ = timeout_s;
+        // Test hook: the grouped per-owner path even for equal pieces, so one GPU can exercise it too.
+        grouped_only_ = std::getenv("TUNE_NCCL_GROUPED") != nullptr;
         CUDA_CHECK(cudaGetDevice(&device_));
         int lo = 0, hi = 0;
         CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
@@ -229,7 +232,8 @@ class NcclComm final : public Comm {
         ~HostWait() { c.remove_pending(id); }
     };
 
-    static bool equal(const std::vector<size_t>& counts) {
+    bool equal(const std::vector<size_t>& counts) const {
+        if (grouped_only_) return false;
         for (size_t c : counts)
             if (c != counts[0]) return false;
         return counts[0] > 0;
@@ -315,6 +319,7 @@ class NcclComm final : public Comm {
     }
 
     int rank_, world_, device_ = 0;
+    bool grouped_only_ = false;
     std::atomic<ncclComm_t> comm_{nullptr};  // the watchdog polls it
     cudaStream_t stream_ = nullptr, compute_ = nullptr;
     cudaEvent_t ready_ = nullptr, done_ = nullptr;
