@@ -14,6 +14,12 @@
 //      all-gathered (ZeRO-1, in AdamW).
 // Communication per step (ring algorithms, gradient bytes G): all-reduce 2(N-1)/N x G per rank; ZeRO-1 the
 // same, as a reduce-scatter of the gradients plus an all-gather of the parameters (docs/scaling.md).
+//
+// For whoever adds to the step: a term added to the gradients outside backward (an L2-SP/EWC penalty) must
+// come after finish_gradients(), computed the same way on every rank, or it is counted once per rank; under
+// ZeRO-1 only the rank's own piece of the gradients is read, and AdamW's master weights hold only that
+// piece. Any other data source (replay) must be sliced by rank like the training Loader, and random draws
+// (dropout) seeded per rank.
 #pragma once
 
 #include <string>
