@@ -38,6 +38,30 @@ NVCCFLAGS += -std=c++17 -arch=sm_$(GPU_ARCH) -lineinfo -Xptxas --warn-on-spills 
 LDLIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart \
             -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lpcre2-8 -fopenmp -lpthread
 
+# Data parallelism (train/dist*.cpp). MPI from `mpicxx --showme` (OpenMPI; Debian: openmpi-bin libopenmpi-dev)
+# or pkg-config; NCCL from nccl.h under NCCL_HOME (default: the CUDA toolkit). Either may be missing: the build
+# then leaves that path out and says why at run time, and the multi-rank tests skip.
+MPICXX    ?= mpicxx
+PKG_CONFIG ?= pkg-config
+MPI_CFLAGS := $(shell $(MPICXX) --showme:compile 2>/dev/null || $(PKG_CONFIG) --cflags ompi 2>/dev/null)
+MPI_LIBS   := $(shell $(MPICXX) --showme:link 2>/dev/null || $(PKG_CONFIG) --libs ompi 2>/dev/null)
+ifneq ($(strip $(MPI_LIBS)),)
+MPI_DEFS  := -DTUNE_HAVE_MPI -DOMPI_SKIP_MPICXX=1 -DMPICH_SKIP_MPICXX=1 \
+             $(patsubst -I%,-isystem %,$(filter -I%,$(MPI_CFLAGS))) $(filter-out -I%,$(MPI_CFLAGS))
+LDLIBS    += $(MPI_LIBS)
+endif
+NCCL_HOME ?= $(CUDA_HOME)
+ifneq ($(wildcard $(NCCL_HOME)/include/nccl.h),)
+NCCL_DEFS := -DTUNE_HAVE_NCCL -isystem $(NCCL_HOME)/include
+LDLIBS    += -L$(NCCL_HOME)/lib64 -L$(NCCL_HOME)/lib -Wl,-rpath,$(NCCL_HOME)/lib64 -Wl,-rpath,$(NCCL_HOME)/lib -lnccl
+endif
+# Only the files that use them see these flags; a stamp rebuilds them when what was found changes.
+DIST_STAMP := $(BUILD)/dist-config.stamp
+$(shell mkdir -p $(BUILD) && (echo '$(MPI_DEFS) $(NCCL_DEFS)' | cmp -s - $(DIST_STAMP) || echo '$(MPI_DEFS) $(NCCL_DEFS)' >$(DIST_STAMP)))
+$(BUILD)/train/dist_mpi.o: CXXFLAGS += $(MPI_DEFS)
+$(BUILD)/train/dist_nccl.o: CXXFLAGS += $(NCCL_DEFS)
+$(BUILD)/train/dist_mpi.o $(BUILD)/train/dist_nccl.o: $(DIST_STAMP)
+
 LIB_SRC   := $(filter-out $(wildcard */main_*.cpp),$(wildcard kernels/*.cpp kernels/*/*.cpp model/*.cpp train/*.cpp data/*.cpp)) \
              $(wildcard kernels/*.cu kernels/*/*.cu model/*.cu train/*.cu)
 TOOL_SRC  := $(wildcard */main_*.cpp)

@@ -60,7 +60,8 @@ __global__ void adamw_update_segments(T* params, float* master, const T* grads, 
         float p = master ? master[gi] : to_f32(params[pi]);
         p -= seg_lr * (mhat / (sqrtf(vhat) + eps) + seg.weight_decay * p);
         if (master) master[gi] = p;
-        params[pi] = round_to<T>(p, stochastic, seed_step ^ (uint64_t)gi);
+        // Keyed by the parameter's index, which is the same whichever rank's ZeRO shard updates it.
+        params[pi] = round_to<T>(p, stochastic, seed_step ^ (uint64_t)pi);
     }
 }
 

@@ -645,6 +645,7 @@ void GPT2::backward() {
         be_.range_push(range);
         block_backward(l, l == 0 ? act(a_encoded_) : A(l - 1, kRes3), B, Tt);
         be_.range_pop();
+        if (layer_grads_hook_) layer_grads_hook_(l);  // DIST
     }
     if (kind == Virtual::prefix && stop <= 0) virtual_backward(scratch_.ptr(s_virt_dout_));  // every layer's share is in
     if (stop >= 0) return;

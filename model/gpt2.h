@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -137,6 +138,9 @@ class GPT2 {
     // Backward pass of the last forward; parameter gradients accumulate into grads().
     void backward();
     void zero_grads();
+    // DIST: backward calls hook(l) as soon as layer l's parameter gradients are complete for this pass, so
+    // data parallelism can start reducing them while the layers below compute (train/data_parallel.h).
+    void set_layer_grads_hook(std::function<void(int)> hook) { layer_grads_hook_ = std::move(hook); }
 
     // Per-token losses of the last loss() call (B*T, weighted), and the logits of the last forward.
     std::vector<float> token_losses() const;
@@ -219,6 +223,7 @@ class GPT2 {
     // Activation table indices
     size_t a_encoded_ = 0, a_lnf_ = 0, a_lnf_mean_ = 0, a_lnf_rstd_ = 0, a_logits_ = 0, a_losses_ = 0;
     int lowest_layer_ = 0;  // backward stops below it (-1: the embeddings or the prompt need d encoded)
+    std::function<void(int)> layer_grads_hook_;  // DIST: see set_layer_grads_hook
     // Backward scratch indices
     size_t s_proj_ = 0, s_dres_ = 0, s_dC_ = 0, s_d3C_ = 0, s_d4C_a_ = 0, s_d4C_b_ = 0, s_lnf_rows_ = 0,
            s_dlnf_rows_ = 0;

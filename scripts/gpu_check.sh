@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The one command for a machine with an NVIDIA GPU (sized for one H200, under 6 minutes):
+# The one command for a machine with an NVIDIA GPU (sized for one H200, about 7 minutes):
 #   1. build (reusing a carried build/ and bin/: make is incremental),
 #   2. every test (the CUDA suites and the CPU ones they compare against),
 #   3. GPT-2 124M training throughput: bin/train --device cuda --precision bf16 --batch 32 --seq 1024 on a
 #      synthetic shard, against bench/pytorch_baseline.py (PyTorch, bf16 autocast, fused AdamW, compile, SDPA),
 #   4. the kernel benchmarks (build/bench/bench_*), activation recomputation's memory and time for GPT-2 124M
 #      and XL (bench_recompute), and the fine-tuning methods table on a small model (bench_finetune_methods),
+#      the one-rank NCCL path of data parallelism (every collective),
 #   5. compute-sanitizer memcheck, racecheck, initcheck and synccheck over the kernel tests (a filtered gtest
 #      run) and memcheck over one training step,
 # and prints a compact table last. Every stage runs under a timeout and its exit status is recorded; the
@@ -95,6 +96,11 @@ fi
 
 # ---- 2. tests ----
 stage tests 240 "./build/tests/tune_tests --gtest_output=xml:$LOG_DIR/tests.xml"
+# Data parallelism on one GPU: every NCCL collective with one rank, and one-rank NCCL training (ZeRO-0 and 1)
+# byte-identical to the plain run (also inside `tests`; here on its own line of the summary). Several GPUs:
+# scripts/multi_gpu_check.sh.
+stage nccl_one_rank 60 "./build/tests/tune_tests --gtest_filter='DistNccl.*' >$WORK/nccl.txt 2>&1; rc=\$?; \
+  cat $WORK/nccl.txt; [ \$rc -ne 0 ] && exit \$rc; grep -q 'SKIPPED \\]' $WORK/nccl.txt && exit 77; exit 0"
 
 # ---- 3. training throughput: tune.cu vs PyTorch ----
 python3 - "$WORK/synthetic.bin" <<'PY' || say "could not write the synthetic shard"

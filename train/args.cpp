@@ -148,6 +148,11 @@ Cli train_cli(TrainArgs& a) {
     c.option("--lr-find-hi", "LR", "lr-find: highest rate", &a.lr_find_hi, 1e-12, 100);
     c.option("--log-every", "N", "a progress line every N steps", &a.log_every, 1, INT_MAX);
     c.flag("--quiet", "no progress lines", &a.quiet);
+    // DIST
+    c.option("--zero", "0|1", "data parallel: 1 shards the optimizer state (Adam moments, FP32 master weights) "
+             "across ranks (ZeRO-1); 0 replicates it", &a.zero, 0, 1);
+    c.option("--comm-timeout", "S", "data parallel: seconds a collective may wait for the other ranks before "
+             "the job stops, naming the rank that did not answer", &a.comm_timeout, 1, 1e6);
     return c;
 }
 
@@ -191,6 +196,8 @@ void validate_train_args(const TrainArgs& a) {
     if (a.ewc > 0 && a.fisher_data.empty() && !std::filesystem::exists(a.fisher))
         throw UsageError("--ewc: --fisher " + a.fisher + " does not exist yet; give --fisher-data to estimate it");
     if (a.replay_frac > 0 && a.replay_data.empty()) throw UsageError("--replay-frac needs --replay-data");
+    if (a.zero > 0 && (a.l2sp > 0 || a.ewc > 0))
+        throw UsageError("--zero 1 with --l2sp/--ewc: the penalty needs every master weight on every rank; use --zero 0");
     if (a.distill > 0 && a.teacher.empty() && a.init.empty() && a.resume.empty())
         throw UsageError("--distill needs a teacher: --teacher WEIGHTS, or --init (the starting model is the default)");
     if (a.unfreeze_every > 0 && a.peft.any())

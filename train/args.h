@@ -69,6 +69,9 @@ struct TrainArgs {
     bool lr_find = false;  // run a learning-rate range test instead of training
     float lr_find_lo = 1e-7f, lr_find_hi = 1.0f;
     bool quiet = false;
+    // DIST: data parallelism (train/dist.h, train/data_parallel.h)
+    int zero = 0;                // 1: shard the optimizer state across ranks
+    float comm_timeout = 600;    // seconds a collective may wait before the job stops
 };
 
 // Parses argv. Returns false when --help was asked for (print train_help()). Throws tune::UsageError

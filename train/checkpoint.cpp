@@ -156,16 +156,22 @@ void write_checkpoint(const std::string& path, const json& header_in, const Writ
 }  // namespace
 
 void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state,
-                     const Arena* anchor) {
+                     const Arena* anchor, bool write) {
     GPT2& m = const_cast<GPT2&>(model);
     Backend& be = m.backend();
     Writer w;
     const Table& ptab = model.params().table();
     const std::vector<int>& gidx = model.grad_index();
+    // DIST: a sharded optimizer's state_tensor() is a gather every rank takes part in; only the writer keeps it.
     for (size_t i = 0; i < ptab.size(); i++) {
         // The master copy is the true value of a trainable tensor when the backend keeps one.
-        const bool master = opt && opt->master().bytes() && gidx[i] >= 0;
-        w.add(ptab[i].name, ptab[i].shape, master ? fetch(be, opt->master(), gidx[i]) : fetch(be, model.params(), i));
+        const bool master = opt && be.has_master() && gidx[i] >= 0;
+        if (master) {
+            std::vector<float> v = opt->state_tensor(AdamW::State::master, gidx[i]);
+            if (write) w.add(ptab[i].name, ptab[i].shape, v);
+        } else if (write) {
+            w.add(ptab[i].name, ptab[i].shape, fetch(be, model.params(), i));
+        }
     }
     json header{{"kind", "weights"}, {"config", config_json(model.config())}};
     if (model.peft().any()) header["peft"] = peft_json(model.peft());
@@ -173,10 +179,12 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
         header["kind"] = "resume";
         const Table& gtab = model.grads().table();
         for (size_t g = 0; g < gtab.size(); g++) {
-            w.add("m/" + gtab[g].name, gtab[g].shape, fetch(be, opt->m(), g));
-            w.add("v/" + gtab[g].name, gtab[g].shape, fetch(be, opt->v(), g));
+            std::vector<float> mg = opt->state_tensor(AdamW::State::m, g), vg = opt->state_tensor(AdamW::State::v, g);
+            if (!write) continue;
+            w.add("m/" + gtab[g].name, gtab[g].shape, mg);
+            w.add("v/" + gtab[g].name, gtab[g].shape, vg);
         }
-        if (anchor)
+        if (anchor && write)
             for (size_t g = 0; g < gtab.size(); g++) w.add("anchor/" + gtab[g].name, gtab[g].shape, fetch(be, *anchor, g));
         std::vector<bool> active;
         for (size_t g = 0; g < gtab.size(); g++) active.push_back(opt->active(g));
@@ -194,7 +202,7 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
                            {"loss_scale_clean", state->loss_scale_clean},
                            {"skipped_steps", state->skipped_steps}};
     }
-    write_checkpoint(path, header, w);
+    if (write) write_checkpoint(path, header, w);
 }
 
 void save_merged(const std::string& path, GPT2& model) {
@@ -256,8 +264,8 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     if (base_only && model.peft().any()) f.fail("was not written with " + model.peft().describe() + "; resume with the options it was");
     const Table& gtab = model.grads().table();
     for (size_t g = 0; g < gtab.size(); g++) {
-        be.upload(opt->m().ptr(g), opt->m().dtype(), f.find("m/" + gtab[g].name, gtab[g].numel), gtab[g].numel);
-        be.upload(opt->v().ptr(g), opt->v().dtype(), f.find("v/" + gtab[g].name, gtab[g].numel), gtab[g].numel);
+        opt->set_state_tensor(AdamW::State::m, g, f.find("m/" + gtab[g].name, gtab[g].numel));
+        opt->set_state_tensor(AdamW::State::v, g, f.find("v/" + gtab[g].name, gtab[g].numel));
         if (anchor)
             be.upload(anchor->ptr(g), anchor->dtype(), f.find("anchor/" + gtab[g].name, gtab[g].numel), gtab[g].numel);
     }

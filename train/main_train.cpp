@@ -4,6 +4,7 @@
 
 #include "train/cli.h"
 #include "train/default_job.h"
+#include "train/dist.h"
 #include "train/trainer.h"
 
 static tune::Trainer* g_trainer = nullptr;
@@ -14,8 +15,12 @@ static void on_interrupt(int) {
 }
 
 int main(int argc, char** argv) {
-    return tune::run_tool("train", [&]() -> int {
-        if (argc == 1) return tune::run_default_job(tune::DefaultJobOptions{});  // the embedded demo
+    const int rc = tune::run_tool("train", [&]() -> int {
+        if (argc == 1) {
+            if (tune::launch_info().world > 1)
+                throw tune::UsageError("the default job runs in one process; give options to train data-parallel");
+            return tune::run_default_job(tune::DefaultJobOptions{});  // the embedded demo
+        }
         tune::TrainArgs args;
         if (!tune::parse_train_args(argc, argv, args)) {
             std::fputs(tune::train_help().c_str(), stdout);
@@ -27,10 +32,17 @@ int main(int argc, char** argv) {
         std::signal(SIGTERM, on_interrupt);
         if (args.lr_find) {
             const double lr = trainer.lr_find(args.steps, args.lr_find_lo, args.lr_find_hi);
-            std::printf("suggested learning rate: %.3g (steepest descent of the smoothed loss); plot: %s/lr_find.svg\n",
-                        lr, args.out_dir.c_str());
+            if (tune::launch_info().rank == 0)
+                std::printf("suggested learning rate: %.3g (steepest descent of the smoothed loss); plot: %s/lr_find.svg\n",
+                            lr, args.out_dir.c_str());
             return 0;
         }
         return trainer.run();
     });
+    // Data parallel: shut MPI/NCCL down, or on failure stop the other ranks instead of leaving them waiting.
+    tune::run_tool("train", [&] {
+        tune::finish_distributed(rc);
+        return 0;
+    });
+    return rc;
 }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "train/dist.h"
+
 namespace tune {
 
 bool decays(const TensorInfo& t, bool decay_embeddings) {
@@ -9,12 +11,42 @@ bool decays(const TensorInfo& t, bool decay_embeddings) {
     return t.shape.size() == 2;
 }
 
-AdamW::AdamW(GPT2& model, const AdamWConfig& cfg) : model_(model), cfg_(cfg) {
+std::vector<OptSegment> clip_segments(const std::vector<OptSegment>& segments, size_t lo, size_t hi) {
+    std::vector<OptSegment> out;
+    for (const OptSegment& s : segments) {
+        const size_t a = std::max(lo, s.grad_offset), b = std::min(hi, s.grad_offset + s.n);
+        if (a >= b) continue;
+        OptSegment c = s;
+        c.param_offset = s.param_offset + (a - s.grad_offset);
+        c.grad_offset = a - lo;
+        c.n = b - a;
+        out.push_back(c);
+    }
+    return out;
+}
+
+AdamW::AdamW(GPT2& model, const AdamWConfig& cfg, const OptimizerShard& shard)
+    : model_(model), cfg_(cfg), shard_(shard) {
     Backend& be = model.backend();
     const Table& gtab = model.grads().table();
-    m_.allocate(be, gtab, be.master_dtype());
-    v_.allocate(be, gtab, be.master_dtype());
-    if (be.has_master()) master_.allocate(be, gtab, be.master_dtype());
+    lo_ = 0;
+    hi_ = gtab.total();
+    if (sharded()) {
+        const int r = shard.comm->rank();
+        if (shard.bounds.size() != (size_t)shard.comm->world() + 1 || shard.bounds.back() != gtab.total())
+            throw Error("ZeRO: the partition does not cover the gradient arena");
+        lo_ = shard.bounds[r];
+        hi_ = shard.bounds[r + 1];
+        Table own;
+        own.add("shard", {hi_ - lo_});
+        m_.allocate(be, own, be.master_dtype());
+        v_.allocate(be, own, be.master_dtype());
+        if (be.has_master()) master_.allocate(be, own, be.master_dtype());
+    } else {
+        m_.allocate(be, gtab, be.master_dtype());
+        v_.allocate(be, gtab, be.master_dtype());
+        if (be.has_master()) master_.allocate(be, gtab, be.master_dtype());
+    }
     const Table& ptab = model.params().table();
     const std::vector<int>& gidx = model.grad_index();
     for (size_t i = 0; i < ptab.size(); i++) {
@@ -40,7 +72,7 @@ void AdamW::sync_master_from_params() {
         if (gidx[i] < 0) continue;
         host.resize(ptab[i].numel);
         be.download(host.data(), model_.params().ptr(i), model_.params().dtype(), host.size());
-        be.upload(master_.ptr(gidx[i]), master_.dtype(), host.data(), host.size());
+        set_state_tensor(State::master, gidx[i], host.data());
     }
 }
 
@@ -72,6 +104,42 @@ void AdamW::restore_activity(const std::vector<bool>& active, const std::vector<
     for (size_t g = 0; g < segments_.size(); g++) segments_[g].t_offset = t_offsets[g];
 }
 
+Arena& AdamW::state_arena(State which) { return which == State::m ? m_ : which == State::v ? v_ : master_; }
+
+std::vector<float> AdamW::state_tensor(State which, size_t g) {
+    Backend& be = model_.backend();
+    const Arena& a = state_arena(which);
+    const TensorInfo& t = model_.grads().table()[g];
+    std::vector<float> out(t.numel);
+    if (!sharded()) {
+        be.download(out.data(), a.ptr(g), a.dtype(), t.numel);
+        return out;
+    }
+    const size_t lo = std::max(lo_, t.offset), hi = std::min(hi_, t.offset + t.numel);
+    if (lo < hi)
+        be.download(out.data() + (lo - t.offset), static_cast<const char*>(a.base()) + (lo - lo_) * dtype_size(a.dtype()),
+                    a.dtype(), hi - lo);
+    // The tensor's pieces lie back to back in rank order, as gather_host wants them.
+    std::vector<size_t> bytes = piece_counts(shard_.bounds, t.offset, t.offset + t.numel);
+    for (size_t& b : bytes) b *= sizeof(float);
+    shard_.comm->gather_host(out.data(), bytes, 0, "checkpoint: gather of the sharded optimizer state");
+    return out;
+}
+
+void AdamW::set_state_tensor(State which, size_t g, const float* values) {
+    Backend& be = model_.backend();
+    Arena& a = state_arena(which);
+    const TensorInfo& t = model_.grads().table()[g];
+    if (!sharded()) {
+        be.upload(a.ptr(g), a.dtype(), values, t.numel);
+        return;
+    }
+    const size_t lo = std::max(lo_, t.offset), hi = std::min(hi_, t.offset + t.numel);
+    if (lo < hi)
+        be.upload(static_cast<char*>(a.base()) + (lo - lo_) * dtype_size(a.dtype()), a.dtype(), values + (lo - t.offset),
+                  hi - lo);
+}
+
 void AdamW::step(float lr, float grad_scale) {
     t_++;
     AdamWStep s;
@@ -82,8 +150,45 @@ void AdamW::step(float lr, float grad_scale) {
     s.t = t_;
     s.grad_scale = grad_scale;
     const bool all = std::find(active_.begin(), active_.end(), false) == active_.end();
-    model_.backend().adamw_update(model_.params().base(), master_.bytes() ? master_.base() : nullptr,
-                                  model_.grads().base(), m_.base(), v_.base(), all ? segments_ : active_segments(), s);
+    const std::vector<OptSegment> segs = all ? segments_ : active_segments();  // gradual unfreezing
+    if (!sharded()) {
+        model_.backend().adamw_update(model_.params().base(), master_.bytes() ? master_.base() : nullptr,
+                                      model_.grads().base(), m_.base(), v_.base(), segs, s);
+        return;
+    }
+    // The own range, as if the arenas started there: grads shifted by lo_, the state arenas hold just it.
+    char* grads = static_cast<char*>(model_.grads().base()) + lo_ * dtype_size(model_.grads().dtype());
+    const std::vector<OptSegment> own = clip_segments(segs, lo_, hi_);
+    if (!own.empty())  // a range of alignment padding only has nothing to update
+        model_.backend().adamw_update(model_.params().base(), master_.bytes() ? master_.base() : nullptr, grads,
+                                      m_.base(), v_.base(), own, s);
+    all_gather_params();
+}
+
+void AdamW::all_gather_params() {
+    Comm& comm = *shard_.comm;
+    Backend& be = model_.backend();
+    Arena& params = model_.params();
+    Arena& grads = model_.grads();
+    const std::vector<size_t> counts = piece_counts(shard_.bounds, 0, grads.elems());
+    const Table &ptab = params.table(), &gtab = grads.table();
+    bool same_layout = ptab.size() == gtab.size() && ptab.total() == gtab.total();
+    for (size_t i = 0; same_layout && i < ptab.size(); i++) same_layout = ptab[i].offset == gtab[i].offset;
+    if (same_layout) {  // everything trains: the parameter arena is laid out like the gradient arena
+        comm.all_gather(params.base(), params.dtype(), counts, "ZeRO-1 parameter all-gather");
+        comm.join();
+        return;
+    }
+    // Frozen tensors: pack the own parameters into the (spent) gradient arena, all-gather it, unpack.
+    // Backend::scale by 1 is an exact copy.
+    const size_t es = dtype_size(params.dtype());
+    char* p = static_cast<char*>(params.base());
+    char* g = static_cast<char*>(grads.base());
+    for (const OptSegment& s : clip_segments(segments_, lo_, hi_))
+        be.scale(g + (lo_ + s.grad_offset) * es, p + s.param_offset * es, 1.0f, s.n);
+    comm.all_gather(grads.base(), grads.dtype(), counts, "ZeRO-1 parameter all-gather");
+    comm.join();
+    for (const OptSegment& s : segments_) be.scale(p + s.param_offset * es, g + s.grad_offset * es, 1.0f, s.n);
 }
 
 }  // namespace tune

@@ -80,7 +80,13 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     validate_train_args(args);
     if (args.train_data.empty()) throw UsageError("--train-data: no training shards given (make them with bin/prepare)");
     args_.sched.total_steps = args.steps;
-    be_ = make_backend(args.device, args.precision, args.quiet);
+    // DIST: a multi-rank GPU run picks its GPU before the backend exists; rank 0 alone prints and writes.
+    const LaunchInfo launch = launch_info();
+    select_local_device(launch, args.device);
+    be_ = make_backend(args.device, args.precision, args.quiet || launch.rank != 0);
+    Comm& comm = process_comm(*be_, args.comm_timeout);
+    writer_ = comm.rank() == 0;
+    if (!writer_) args_.quiet = true;
 
     const std::string& ckpt = !args.resume.empty() ? args.resume : args.init;
     ModelConfig cfg = !args.resume.empty() ? checkpoint_config(args.resume)
@@ -103,7 +109,8 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         trainable.tensor.assign(num_base_tensors(cfg), false);
     model_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &trainable, mo);
     if (ckpt.empty()) model_->init_random(args.seed);
-    opt_ = std::make_unique<AdamW>(*model_, args.adam);
+    if (comm.kind() != "single") dp_ = std::make_unique<DataParallel>(comm, *model_, args.zero);  // DIST
+    opt_ = std::make_unique<AdamW>(*model_, args.adam, dp_ ? dp_->optimizer_shard() : OptimizerShard{});
     if (args.lr_layer_factor > 0) apply_discriminative_lr(*model_, *opt_, args.lr_layer_factor);
     state_.rng = args.seed;
     dynamic_loss_scale_ = args.loss_scaling == "on" || (args.loss_scaling == "auto" && be_->act_dtype() == DType::f16);
@@ -138,13 +145,17 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         load_weights(teacher, *teacher_);
     }
 
-    train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle, args.seed);
+    // DIST: rank r reads windows r, r+N, r+2N, ... of the shared order (data/shard.h), so N ranks x B windows
+    // are the windows one rank would read as a batch of N*B.
+    const int rank = dp_ ? dp_->rank() : 0, world = dp_ ? dp_->world() : 1;
+    train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle, args.seed,
+                                      rank, world);
     train_->set_state(state_.loader);
     if (!args.val_data.empty())
-        val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0);
+        val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0, rank, world);
     if (!args.replay_data.empty() && args.replay_frac > 0) {
         replay_ = std::make_unique<Loader>(args.replay_data, cfg.vocab_size, args.batch, args.seq, args.shuffle,
-                                           args.seed + 1);
+                                           args.seed + 1, rank, world);  // sliced by rank like the training data
         replay_->set_state(state_.replay_loader);
     }
 }
@@ -236,7 +247,7 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
     }
     w.set_metadata("format", "tune.cu ewc fisher");
     w.set_metadata("batches", std::to_string(batches));
-    w.write(path);
+    if (writer_) w.write(path);  // every rank estimated the same values from the same batches
     if (!args_.quiet)
         std::printf("\rewc: Fisher estimated on %d batches (mean %.3g, max %.3g), written to %s\n", batches,
                     count ? total / count : 0.0, maxv, path.c_str());
@@ -259,6 +270,7 @@ StepStats Trainer::step(float lr) {
     const double t0 = now_seconds();
     StepStats st;
     st.step = (int)state_.step + 1;
+    if (dp_) dp_->start_step(st.step);  // DIST
     update_unfreezing(st);
     // Load the whole step's micro-batches first: the loss is normalised by the counted tokens of all of
     // them together, so every micro-batch's gradient is scaled by the same 1/count.
@@ -276,16 +288,20 @@ StepStats Trainer::step(float lr) {
     }
     for (const Batch& b : batches)
         for (float w : b.weights) st.counted += w != 0.0f;
+    if (dp_) st.counted = dp_->sum((uint64_t)st.counted, "counted tokens");  // DIST: one 1/count on every rank
     const double scale = state_.loss_scale;
     st.loss_scale = scale;
     const float dloss = st.counted ? (float)(scale / (double)st.counted) : 0.0f;
 
     model_->zero_grads();
     double loss_sum = 0, kl_sum = 0;
+    const uint64_t rank = dp_ ? (uint64_t)dp_->rank() : 0;
     for (size_t k = 0; k < batches.size(); k++) {
         const Batch& b = batches[k];
-        // Dropout masks: a function of (seed, micro-batch), so a resumed run draws the same ones.
-        Rng key(args_.seed ^ ((state_.step * (uint64_t)args_.grad_accum + k) * 0x9E3779B97F4A7C15ull));
+        // Dropout masks: a function of (seed, micro-batch, rank), so a resumed run draws the same ones and
+        // every rank its own.
+        Rng key(args_.seed ^ ((state_.step * (uint64_t)args_.grad_accum + k) * 0x9E3779B97F4A7C15ull) ^
+                (rank << 48));
         model_->set_training(true, key.next_u64());
         if (teacher_) {
             teacher_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
@@ -299,13 +315,20 @@ StepStats Trainer::step(float lr) {
             model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
             loss_sum += model_->loss(b.targets.data(), b.weights.data(), dloss, true);
         }
+        if (dp_ && k + 1 == batches.size()) dp_->arm();  // DIST: reduce each layer's bucket as backward ends it
         model_->backward();
     }
     model_->set_training(false);
+    if (dp_) {  // DIST: gradients and losses summed over ranks
+        dp_->finish_gradients();
+        loss_sum = dp_->sum(loss_sum, "loss");
+        if (teacher_) kl_sum = dp_->sum(kl_sum, "distillation loss");
+    }
     st.loss = st.counted ? loss_sum / (double)st.counted : 0.0;
     st.kl = st.counted ? kl_sum / (double)st.counted : 0.0;
     // L2-SP / EWC: lambda/2 sum F (theta - theta_0)^2, its gradient added (times the loss scale, like every
-    // gradient here) before the norm is taken, so clipping sees the whole objective.
+    // gradient here) before the norm is taken, so clipping sees the whole objective. After the reduction over
+    // ranks, identically on each (ZeRO-1, whose ranks hold only a piece of the master weights, is refused).
     if (anchor_.bytes()) {
         const std::vector<OptSegment> segs = opt_->active_segments();
         void* master = opt_->master().bytes() ? opt_->master().base() : nullptr;
@@ -319,7 +342,7 @@ StepStats Trainer::step(float lr) {
                                               fisher_.base(), segs, args_.ewc, (float)scale);
     }
     // The norm covers what this step updates: with gradual unfreezing, the active tensors (a contiguous
-    // tail of the gradient arena: the unfrozen blocks and ln_f).
+    // tail of the gradient arena: the unfrozen blocks and ln_f). Data parallelism takes the whole arena.
     size_t norm_from = 0;
     if (st.frozen_below >= 0) {
         const Table& g = model_->grads().table();
@@ -327,8 +350,10 @@ StepStats Trainer::step(float lr) {
             if (opt_->active(i)) norm_from = g[i].offset;
     }
     const char* gbase = static_cast<const char*>(model_->grads().base());
-    const double raw_norm = std::sqrt(be_->sum_squares(gbase + norm_from * dtype_size(model_->grads().dtype()),
-                                                       model_->grads().elems() - norm_from));
+    const double raw_norm =
+        std::sqrt(dp_ ? dp_->grad_sum_squares()
+                      : be_->sum_squares(gbase + norm_from * dtype_size(model_->grads().dtype()),
+                                         model_->grads().elems() - norm_from));
     st.grad_norm = raw_norm / scale;  // the gradients still carry the loss scale
     st.lr = lr >= 0 ? lr : lr_at(args_.sched, (int)state_.step);
     // TEACH: a single NaN would poison every weight through Adam's moments. Skip the update instead and
@@ -366,11 +391,15 @@ double Trainer::evaluate() {
         sum += model_->loss(b.targets.data(), b.weights.data(), 0.0f, false);
         for (float w : b.weights) counted += w != 0.0f;
     }
+    if (dp_) {  // DIST
+        sum = dp_->sum(sum, "validation loss");
+        counted = dp_->sum((uint64_t)counted, "validation tokens");
+    }
     return counted ? sum / (double)counted : NAN;
 }
 
 double Trainer::lr_find(int steps, double lo, double hi) {
-    RunLog log(args_.out_dir, false, "lr_find.jsonl");
+    RunLog log(writer_ ? args_.out_dir : "", false, "lr_find.jsonl");
     Curve curve{"smoothed loss", "#1f77b4", {}};
     std::vector<double> lrs, smooth;
     double avg = 0, best = INFINITY;
@@ -399,14 +428,15 @@ double Trainer::lr_find(int steps, double lo, double hi) {
         const double slope = (smooth[i + 1] - smooth[i - 1]) / std::log(lrs[i + 1] / lrs[i - 1]);
         if (slope < steepest) steepest = slope, suggestion = lrs[i];
     }
-    if (!args_.out_dir.empty())
+    if (!args_.out_dir.empty() && writer_)
         write_line_chart_svg(args_.out_dir + "/lr_find.svg", "learning-rate range test", "learning rate", "loss",
                              {curve}, true);
     return suggestion;
 }
 
 void Trainer::save(const std::string& path, bool resume) {
-    save_checkpoint(path, *model_, opt_.get(), resume ? &state_ : nullptr, anchor_.bytes() ? &anchor_ : nullptr);
+    save_checkpoint(path, *model_, opt_.get(), resume ? &state_ : nullptr, anchor_.bytes() ? &anchor_ : nullptr,
+                    writer_);
 }
 
 static std::string mib(size_t bytes) {
@@ -428,17 +458,18 @@ void Trainer::print_memory_map() const {
                 mib(p).c_str(), mib(g).c_str(), mib(o).c_str(), mib(a).c_str(), recompute_name(model_->recompute()),
                 r ? " | retention " : "", r ? mib(r).c_str() : "", mib(p + g + o + a + r).c_str());
     if (model_->peft().any()) std::printf("peft: %s (base frozen)\n", model_->peft().describe().c_str());
+    if (dp_) std::printf("data parallel: %s (memory above is per rank)\n", dp_->describe().c_str());
 }
 
 int Trainer::run() {
-    RunLog log(args_.out_dir, !args_.resume.empty());
+    RunLog log(writer_ ? args_.out_dir : "", !args_.resume.empty());
     if (!args_.quiet) {
         print_memory_map();
         std::printf("data: %zu training tokens in %zu windows of %d; run directory %s\n", train_->num_tokens(),
                     train_->num_windows(), args_.seq, args_.out_dir.c_str());
     }
     const int last = args_.halt_at > 0 ? args_.halt_at : args_.steps;
-    const size_t tokens_per_step = (size_t)args_.batch * args_.seq * args_.grad_accum;
+    const size_t tokens_per_step = (size_t)args_.batch * args_.seq * args_.grad_accum * (dp_ ? dp_->world() : 1);
     const double t_start = now_seconds();
     const uint64_t first = state_.step;
     double val = NAN;
@@ -453,7 +484,9 @@ int Trainer::run() {
         log.write_plot();
     };
     if (state_.step == 0) validate(0);
-    while ((int)state_.step < last && !stop_requested_) {
+    // DIST: a stop (Ctrl-C) reaches ranks at different moments; they stop together when any asks.
+    auto stop = [&] { return dp_ ? dp_->any(stop_requested_, "stop request") : (bool)stop_requested_; };
+    while ((int)state_.step < last && !stop()) {
         StepStats st = step();
         const double elapsed = now_seconds() - t_start;
         const double per_step = elapsed / (double)(state_.step - first);
@@ -494,14 +527,25 @@ int Trainer::run() {
             save(args_.out_dir + "/resume.ckpt", true);
     }
     if ((int)state_.step == args_.steps) validate((int)state_.step);
+    if (dp_) {  // DIST: every replica must hold the same weights
+        uint64_t hash = 0;
+        const bool agree = dp_->replicas_agree(&hash);
+        char line[128];
+        std::snprintf(line, sizeof line, "{\"step\":%llu,\"weights_hash\":\"%016llx\",\"ranks\":%d,\"ranks_agree\":%s}",
+                      (unsigned long long)state_.step, (unsigned long long)hash, dp_->world(), agree ? "true" : "false");
+        log.append(line);
+        if (!agree) throw Error("the ranks' weights differ after training (a bug in data parallelism)");
+        if (!args_.quiet) std::printf("weights: identical on all %d ranks (hash %016llx)\n", dp_->world(),
+                                      (unsigned long long)hash);
+    }
     log.write_plot();
     if (!args_.out_dir.empty()) {
         save(args_.out_dir + "/resume.ckpt", true);
         if (model_->peft().any()) {
             // The adapter alone (small, goes on the base with --adapter), and a model usable anywhere:
             // LoRA merged into the base weights, virtual tokens folded.
-            save_adapter(args_.out_dir + "/adapter.ckpt", *model_);
-            save_merged(args_.out_dir + "/model.ckpt", *model_);
+            if (writer_) save_adapter(args_.out_dir + "/adapter.ckpt", *model_);
+            if (writer_) save_merged(args_.out_dir + "/model.ckpt", *model_);
         } else {
             save(args_.out_dir + "/model.ckpt", false);
         }

@@ -10,6 +10,7 @@
 #include "model/gpt2.h"
 #include "train/args.h"
 #include "train/checkpoint.h"
+#include "train/data_parallel.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
 
@@ -89,6 +90,8 @@ class Trainer {
     TrainArgs args_;
     std::unique_ptr<Backend> be_;
     std::unique_ptr<GPT2> model_;
+    std::unique_ptr<DataParallel> dp_;  // DIST: null in a single process; see train/data_parallel.h
+    bool writer_ = true;                // DIST: this process writes logs, plots and checkpoints (rank 0)
     std::unique_ptr<AdamW> opt_;
     std::unique_ptr<Loader> train_, val_, replay_;
     std::unique_ptr<GPT2> teacher_;  // knowledge distillation

@@ -145,6 +145,7 @@ class CudaBackend final : public Backend {
         if (n) CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
     }
     void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+    cudaStream_t stream() const { return stream_; }
     void range_push(const char* name) override { nvtxRangePushA(name); }
     void range_pop() override { nvtxRangePop(); }
 
@@ -400,6 +401,12 @@ std::unique_ptr<Backend> make_cuda_backend(DType dtype, const CudaOptions& optio
 }
 
 std::unique_ptr<Backend> make_cuda_backend(DType dtype) { return make_cuda_backend(dtype, CudaOptions{}); }
+
+void* cuda_stream_of(Backend& be) {
+    auto* cb = dynamic_cast<CudaBackend*>(&be);
+    if (!cb) throw Error("cuda_stream_of: the " + be.name() + " backend has no CUDA stream");
+    return cb->stream();
+}
 
 double cuda_peak_flops(DType dtype) {
     if (cuda_device_count() == 0) return 0.0;

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Data parallelism on a machine with several GPUs (NCCL), the check that one GPU cannot run. Each stage runs
+# under a timeout; a table comes last. Exit status 0 when every stage passed.
+#   1. build;
+#   2. equivalence: mpirun -np N with --batch B against one GPU with --batch N*B (fp32): losses within
+#      tolerance, every rank's weights identical (the replica hash in metrics.jsonl);
+#   3. --zero 1 against --zero 0 (losses within tolerance: NCCL's reduce-scatter and all-reduce may add in
+#      different orders), and bf16 with --zero 1;
+#   4. the launch without mpirun: RANK/WORLD_SIZE/LOCAL_RANK with a rendezvous file, and with MASTER_ADDR/PORT;
+#   5. resume: N ranks halted and resumed (same losses), and N ranks -> 1 rank (optimizer shards
+#      re-partitioned, data position kept) against one GPU that changes its batch at the same step;
+#   6. failure: a rank that hangs (--comm-timeout 20) or dies must end the job within a minute;
+#   7. throughput: GPT-2 124M bf16 on 1 and N GPUs, tokens/s and scaling efficiency.
+#
+#   scripts/multi_gpu_check.sh [LOG_DIR]        (default: $OUT when set, else ./multi_gpu_check_out)
+#   NGPU=4 scripts/multi_gpu_check.sh           use 4 of the GPUs (default: all that nvidia-smi lists)
+#   DEVICE=cpu NGPU=2 scripts/multi_gpu_check.sh   the same plumbing on the cpu backend (MPI), no GPU needed;
+#                                               stages that need NCCL are skipped
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$(pwd)
+LOG_DIR=${1:-${OUT:-$ROOT/multi_gpu_check_out}}
+mkdir -p "$LOG_DIR"
+LOG_DIR=$(cd "$LOG_DIR" && pwd)
+LOG="$LOG_DIR/multi_gpu_check.log"
+: >"$LOG"
+WORK=$(mktemp -d /tmp/tune_multi_gpu.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+DEVICE=${DEVICE:-cuda}
+NGPU=${NGPU:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export PATH="$CUDA_HOME/bin:$PATH"
+MPIRUN="mpirun --allow-run-as-root --oversubscribe --mca btl self,vader --mca btl_vader_single_copy_mechanism none"
+[ "$DEVICE" = cpu ] && MPIRUN="$MPIRUN -x OMP_NUM_THREADS=1"
+
+say() { echo "$*" | tee -a "$LOG"; }
+NAMES=()
+RESULTS=()
+stage() {  # stage NAME LIMIT COMMAND: pass / FAIL(rc) / TIMEOUT / skip (rc 77)
+    local name=$1 limit=$2 cmd=$3 rc result t0
+    t0=$(date +%s)
+    say ""
+    say "=== [$name] (limit ${limit}s) $cmd"
+    timeout --kill-after=10 "$limit" bash -c "$cmd" 2>&1 | tee "$LOG_DIR/$name.log" >>"$LOG"
+    rc=${PIPESTATUS[0]}
+    case $rc in 0) result=pass ;; 77) result=skip ;; 124 | 137) result=TIMEOUT ;; *) result="FAIL($rc)" ;; esac
+    NAMES+=("$name")
+    RESULTS+=("$result $(($(date +%s) - t0))s")
+    say "=== [$name] $result"
+}
+
+if [ "$NGPU" -lt 2 ]; then
+    say "multi_gpu_check: needs at least 2 GPUs (found $NGPU); run scripts/gpu_check.sh on one"
+    exit 77
+fi
+N=$NGPU
+
+stage build 600 "make -j$(nproc) all"
+
+# A masked shard (loss on about half the tokens, in spans: ranks count different numbers of tokens) over a
+# small vocabulary, and random GPT-2 tokens for the throughput runs. Every run starts from --model tiny's
+# random initialisation with the default seed, so from the same weights.
+python3 - "$WORK" <<'PY' || say "could not write the shards"
+import array, random, struct, sys
+d = sys.argv[1]
+rng = random.Random(7)
+toks, mask = [], []
+while len(toks) < 200000:
+    s, m = rng.randrange(37), 1 if rng.random() < 0.5 else 0
+    for k in range(6):
+        toks.append((s + k) % 37); mask.append(m)
+def shard(path, t, m, V):
+    with open(path, "wb") as f:
+        f.write(b"TUNETOK1" + struct.pack("<IIQII", 1, 2, len(t), 1 if m else 0, V))
+        f.write(array.array("H", t).tobytes())
+        if m: f.write(bytes(m))
+shard(d + "/train.bin", toks, mask, 37)
+shard(d + "/val.bin", toks[:20000], None, 37)
+shard(d + "/gpt2.bin", [rng.randrange(50257) for _ in range(1 << 22)], None, 50257)
+PY
+
+RUN="--device $DEVICE --model tiny --train-data $WORK/train.bin --val-data $WORK/val.bin --seq 32 --lr 1e-3 \
+  --warmup 2 --val-every 5 --val-batches 2 --steps 10 --quiet"
+B=4
+COMPARE="python3 $ROOT/scripts/compare_runs.py"
+
+stage equivalence 300 "bin/train $RUN --batch $((N * B)) --grad-accum 2 --out $WORK/one && \
+  $MPIRUN -np $N bin/train $RUN --batch $B --grad-accum 2 --out $WORK/dp && \
+  $COMPARE $WORK/one $WORK/dp --loss-tol 1e-4 --ranks $N"
+stage zero1 300 "$MPIRUN -np $N bin/train $RUN --batch $B --zero 1 --out $WORK/z1 && \
+  $MPIRUN -np $N bin/train $RUN --batch $B --zero 0 --out $WORK/z0 && \
+  $COMPARE $WORK/z0 $WORK/z1 --loss-tol 1e-5 --ranks $N"
+if [ "$DEVICE" = cuda ]; then
+    stage bf16_zero1 300 "$MPIRUN -np $N bin/train $RUN --precision bf16 --batch $B --zero 1 --out $WORK/bf16 && \
+      $COMPARE $WORK/bf16 $WORK/bf16 --ranks $N"
+    # Without mpirun: one process per GPU, started as Slurm's srun or any launcher would.
+    launch() {  # launch OUT_DIR: N processes with RANK/LOCAL_RANK/WORLD_SIZE, waited for
+        echo "for r in \$(seq 0 $((N - 1))); do RANK=\$r LOCAL_RANK=\$r WORLD_SIZE=$N bin/train $RUN --batch $B \
+          --grad-accum 2 --out $1 & done; fail=0; for p in \$(jobs -p); do wait \$p || fail=1; done; [ \$fail = 0 ]"
+    }
+    stage env_file 300 "rm -f $WORK/rdv.id; export TUNE_RENDEZVOUS_FILE=$WORK/rdv.id; $(launch "$WORK/envf") && \
+      $COMPARE $WORK/one $WORK/envf --loss-tol 1e-4 --ranks $N"
+    stage env_tcp 300 "export MASTER_ADDR=127.0.0.1 MASTER_PORT=29517; $(launch "$WORK/envt") && \
+      $COMPARE $WORK/one $WORK/envt --loss-tol 1e-4 --ranks $N"
+fi
+# Halted at 5 and resumed with the same ranks: the losses of the uninterrupted run, exactly.
+stage resume_same 300 "$MPIRUN -np $N bin/train $RUN --batch $B --zero 1 --halt-at 5 --out $WORK/half && \
+  cp $WORK/half/resume.ckpt $WORK/step5.ckpt && \
+  $MPIRUN -np $N bin/train $RUN --batch $B --zero 1 --resume $WORK/step5.ckpt --out $WORK/half && \
+  $COMPARE $WORK/z1 $WORK/half --loss-tol 0 --ranks $N"
+# The N-rank ZeRO-1 checkpoint resumed by one process with the combined batch: as one process all along.
+stage resume_to_one 300 "bin/train $RUN --batch $((N * B)) --resume $WORK/step5.ckpt --out $WORK/to_one && \
+  bin/train $RUN --batch $((N * B)) --out $WORK/one_b && \
+  $COMPARE $WORK/one_b $WORK/to_one --loss-tol 1e-4 --from-step 6"
+stage dead_rank 90 "t0=\$(date +%s); TUNE_TEST_FAIL=1:3:die $MPIRUN -x TUNE_TEST_FAIL -np $N bin/train $RUN \
+    --steps 50 --batch $B --comm-timeout 20 --out $WORK/dead >$WORK/dead.txt 2>&1; rc=\$?; cat $WORK/dead.txt; \
+  echo \"ended with status \$rc after \$((\$(date +%s) - t0)) s\"; [ \$rc -ne 0 ] && grep -q 'rank 1' $WORK/dead.txt"
+stage hung_rank 90 "t0=\$(date +%s); TUNE_TEST_FAIL=1:3:hang $MPIRUN -x TUNE_TEST_FAIL -np $N bin/train $RUN \
+    --steps 50 --batch $B --comm-timeout 20 --out $WORK/hung >$WORK/hung.txt 2>&1; rc=\$?; cat $WORK/hung.txt; \
+  echo \"ended with status \$rc after \$((\$(date +%s) - t0)) s\"; [ \$rc -ne 0 ] && \
+  grep -q 'timed out\\|has not finished' $WORK/hung.txt"
+if [ "$DEVICE" = cuda ]; then
+    GPT2="--device cuda --precision bf16 --model gpt2 --seq 1024 --batch 16 --steps 12 --train-data $WORK/gpt2.bin \
+      --lr 1e-4 --warmup 0 --val-every 0"
+    stage gpt2_1gpu 240 "bin/train $GPT2 --out $WORK/g1"
+    stage gpt2_ngpu 240 "$MPIRUN -np $N bin/train $GPT2 --out $WORK/gn"
+    stage gpt2_ngpu_zero1 240 "$MPIRUN -np $N bin/train $GPT2 --zero 1 --out $WORK/gz"
+fi
+
+tok_s() {  # median tokens/s after the two warm-up steps
+    grep -o '[0-9]* tok/s' "$1" 2>/dev/null | awk 'NR > 2 {print $1}' | sort -n |
+        awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "n/a"}'
+}
+{
+    echo ""
+    echo "================ multi_gpu_check summary: $N ranks, device $DEVICE, logs in $LOG_DIR"
+    for i in "${!NAMES[@]}"; do printf '%-20s %s\n' "${NAMES[$i]}" "${RESULTS[$i]}"; done
+    if [ "$DEVICE" = cuda ]; then
+        T1=$(tok_s "$LOG_DIR/gpt2_1gpu.log") TN=$(tok_s "$LOG_DIR/gpt2_ngpu.log") TZ=$(tok_s "$LOG_DIR/gpt2_ngpu_zero1.log")
+        echo "GPT-2 124M bf16, B=16 T=1024 per GPU: 1 GPU $T1 tok/s; $N GPUs $TN tok/s (ZeRO-1: $TZ)"
+        if [[ "$T1" =~ ^[0-9.]+$ && "$TN" =~ ^[0-9.]+$ ]]; then
+            awk -v a="$TN" -v b="$T1" -v n="$N" 'BEGIN {printf "scaling efficiency %.0f%%\n", 100 * a / (n * b)}'
+        fi
+    fi
+} | tee -a "$LOG"
+for r in "${RESULTS[@]}"; do
+    case $r in pass* | skip*) ;; *) exit 1 ;; esac
+done
+exit 0

@@ -1,0 +1,486 @@
+// Data parallelism. Without a GPU: the pieces (partition, buckets, clipped optimizer segments, launch
+// variables, rendezvous) in-process, and then bin/train under `mpirun -np 2` and `-np 3` on the cpu
+// backend against one process with the combined batch: losses equal to float tolerance, every rank's
+// weights identical (hash), ZeRO-1 byte-identical to ZeRO-0, resume across world sizes, and a rank that
+// dies or hangs ending the job within bounded time, named. The mpirun tests skip without MPI.
+// With a GPU: every NCCL collective on one rank, and one-rank NCCL training equal to a plain run.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <optional>
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "data/shard.h"
+#include "kernels/cuda/backend_cuda.h"
+#include "tests/model_util.h"
+#include "tests/test_util.h"
+#include "train/checkpoint.h"
+#include "train/data_parallel.h"
+#include "train/dist.h"
+#include "train/optimizer.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace tune::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+// ---------------------------------------------------------------------------------------------------------
+// The pieces
+
+TEST(DistPartition, PiecesCoverEverythingAlignedAndBalanced) {
+    for (size_t n : {0ul, 1ul, 63ul, 64ul, 1000ul, 123457ul}) {
+        for (int w : {1, 2, 3, 7}) {
+            const std::vector<size_t> b = partition_bounds(n, w, 64);
+            ASSERT_EQ(b.size(), (size_t)w + 1);
+            EXPECT_EQ(b.front(), 0u);
+            EXPECT_EQ(b.back(), n);
+            for (int r = 0; r < w; r++) {
+                EXPECT_LE(b[r], b[r + 1]);
+                if (r > 0 && b[r] != n) {
+                    EXPECT_EQ(b[r] % 64, 0u) << n << " " << w;
+                }
+                if (n >= (size_t)w * 256) {
+                    EXPECT_LE(b[r + 1] - b[r], n / w + 64) << n << " " << w;
+                }
+            }
+        }
+    }
+}
+
+TEST(DistPartition, PieceCountsOfARangeFollowThePartition) {
+    const std::vector<size_t> b = {0, 64, 128, 200};
+    EXPECT_EQ(piece_counts(b, 0, 200), (std::vector<size_t>{64, 64, 72}));
+    EXPECT_EQ(piece_counts(b, 70, 150), (std::vector<size_t>{0, 58, 22}));
+    EXPECT_EQ(piece_counts(b, 10, 20), (std::vector<size_t>{10, 0, 0}));
+    EXPECT_EQ(piece_counts(b, 150, 150), (std::vector<size_t>{0, 0, 0}));
+}
+
+TEST(DistBuckets, OneBucketPerLayerPlusTheRestCoveringTheArenaOnce) {
+    const ModelConfig cfg = small_config(37, 3, 3, 24, 16);
+    const Table t = gpt2_param_table(cfg);
+    const std::vector<GradBucket> buckets = grad_buckets(t);
+    ASSERT_EQ(buckets.size(), 4u);  // wte/wpe/ln_f and h.0, h.1, h.2
+    std::vector<int> seen(t.total(), 0);
+    for (const GradBucket& b : buckets) {
+        EXPECT_GE(b.layer, -1);
+        for (const auto& [lo, hi] : b.ranges)
+            for (size_t i = lo; i < hi; i++) seen[i]++;
+        if (b.layer >= 0) {
+            EXPECT_EQ(b.ranges.size(), 1u) << "a layer's tensors are contiguous";
+        }
+    }
+    for (size_t i = 0; i < seen.size(); i++) ASSERT_EQ(seen[i], 1) << "element " << i;
+    // Every tensor sits in its own layer's bucket.
+    for (const TensorInfo& ti : t.tensors()) {
+        const int want = ti.name.rfind("h.", 0) == 0 ? std::atoi(ti.name.c_str() + 2) : -1;
+        bool found = false;
+        for (const GradBucket& b : buckets)
+            for (const auto& [lo, hi] : b.ranges)
+                if (ti.offset >= lo && ti.offset + ti.numel <= hi) found = b.layer == want;
+        EXPECT_TRUE(found) << ti.name;
+    }
+}
+
+TEST(DistZero, ClippedSegmentsTileTheRangeAndKeepParameterOffsetsInStep) {
+    std::vector<OptSegment> segs(3);
+    segs[0].param_offset = 0, segs[0].grad_offset = 0, segs[0].n = 100;
+    segs[1].param_offset = 500, segs[1].grad_offset = 128, segs[1].n = 50, segs[1].lr_scale = 0.5f;
+    segs[2].param_offset = 700, segs[2].grad_offset = 192, segs[2].n = 64, segs[2].weight_decay = 0.1f;
+    const std::vector<OptSegment> c = clip_segments(segs, 64, 200);
+    ASSERT_EQ(c.size(), 3u);
+    EXPECT_EQ(c[0].grad_offset, 0u);
+    EXPECT_EQ(c[0].param_offset, 64u);
+    EXPECT_EQ(c[0].n, 36u);
+    EXPECT_EQ(c[1].grad_offset, 64u);
+    EXPECT_EQ(c[1].param_offset, 500u);
+    EXPECT_EQ(c[1].n, 50u);
+    EXPECT_FLOAT_EQ(c[1].lr_scale, 0.5f);
+    EXPECT_EQ(c[2].grad_offset, 128u);
+    EXPECT_EQ(c[2].param_offset, 700u);
+    EXPECT_EQ(c[2].n, 8u);
+    EXPECT_FLOAT_EQ(c[2].weight_decay, 0.1f);
+    EXPECT_TRUE(clip_segments(segs, 100, 128).empty());
+}
+
+// Sets environment variables for its lifetime, restoring what was there.
+class EnvVars {
+   public:
+    explicit EnvVars(std::vector<std::pair<std::string, const char*>> vars) {
+        for (auto& [k, v] : vars) {
+            const char* old = std::getenv(k.c_str());
+            saved_.push_back({k, old ? std::optional<std::string>(old) : std::nullopt});
+            if (v)
+                setenv(k.c_str(), v, 1);
+            else
+                unsetenv(k.c_str());
+        }
+    }
+    ~EnvVars() {
+        for (auto& [k, v] : saved_) {
+            if (v)
+                setenv(k.c_str(), v->c_str(), 1);
+            else
+                unsetenv(k.c_str());
+        }
+    }
+
+   private:
+    std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
+
+TEST(DistLaunch, EnvironmentVariablesGiveRankWorldAndRendezvous) {
+    {
+        EnvVars e({{"OMPI_COMM_WORLD_SIZE", nullptr}, {"WORLD_SIZE", nullptr}});
+        EXPECT_EQ(launch_info().kind, LaunchInfo::Kind::single);
+    }
+    {
+        EnvVars e({{"OMPI_COMM_WORLD_SIZE", nullptr}, {"WORLD_SIZE", "4"}, {"RANK", "3"}, {"LOCAL_RANK", "1"},
+                   {"TUNE_RENDEZVOUS_FILE", "/shared/job.id"}, {"MASTER_ADDR", nullptr}, {"MASTER_PORT", nullptr}});
+        const LaunchInfo li = launch_info();
+        EXPECT_EQ(li.kind, LaunchInfo::Kind::env);
+        EXPECT_EQ(li.rank, 3);
+        EXPECT_EQ(li.world, 4);
+        EXPECT_EQ(li.local_rank, 1);
+        EXPECT_EQ(li.rendezvous_file, "/shared/job.id");
+    }
+    {
+        EnvVars e({{"OMPI_COMM_WORLD_SIZE", "3"}, {"OMPI_COMM_WORLD_RANK", "2"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "0"}});
+        const LaunchInfo li = launch_info();
+        EXPECT_EQ(li.kind, LaunchInfo::Kind::mpi);
+        EXPECT_EQ(li.rank, 2);
+        EXPECT_EQ(li.world, 3);
+    }
+}
+
+TEST(DistLaunch, MalformedVariablesAreNamed) {
+    {
+        EnvVars e({{"OMPI_COMM_WORLD_SIZE", nullptr}, {"WORLD_SIZE", "2"}, {"RANK", "2"}});
+        EXPECT_THAT(error_of([] { launch_info(); }), HasSubstr("RANK"));
+    }
+    {
+        EnvVars e({{"OMPI_COMM_WORLD_SIZE", nullptr}, {"WORLD_SIZE", "2"}, {"RANK", "0"},
+                   {"TUNE_RENDEZVOUS_FILE", nullptr}, {"MASTER_ADDR", nullptr}, {"MASTER_PORT", nullptr}});
+        EXPECT_THAT(error_of([] { launch_info(); }), HasSubstr("TUNE_RENDEZVOUS_FILE"));
+    }
+    {
+        EnvVars e({{"OMPI_COMM_WORLD_SIZE", nullptr}, {"WORLD_SIZE", "two"}});
+        EXPECT_THAT(error_of([] { launch_info(); }), HasSubstr("WORLD_SIZE"));
+    }
+}
+
+// Runs the rendezvous of `world` ranks in threads; returns what each received.
+std::vector<std::string> rendezvous_threads(LaunchInfo base, int world) {
+    std::vector<std::string> got(world);
+    std::vector<std::string> errors(world);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < world; r++)
+        threads.emplace_back([&, r] {
+            LaunchInfo li = base;
+            li.kind = LaunchInfo::Kind::env;
+            li.rank = r;
+            li.world = world;
+            const std::string payload = r == 0 ? std::string("the id of rank 0, 32 bytes long!") : std::string(32, '?');
+            try {
+                got[r] = rendezvous(li, payload, 20);
+            } catch (const std::exception& e) {
+                errors[r] = e.what();
+            }
+        });
+    for (auto& t : threads) t.join();
+    for (int r = 0; r < world; r++) EXPECT_EQ(errors[r], "") << "rank " << r;
+    return got;
+}
+
+TEST(DistRendezvous, SharedFileGivesEveryRankRankZerosBytes) {
+    TempDir tmp("rdv");
+    LaunchInfo li;
+    li.rendezvous_file = tmp.file("job.id");
+    for (const std::string& s : rendezvous_threads(li, 3)) EXPECT_EQ(s, "the id of rank 0, 32 bytes long!");
+    // A file left by an earlier run is refused rather than read by ranks of the new one.
+    li.kind = LaunchInfo::Kind::env;
+    li.world = 2;
+    EXPECT_THAT(error_of([&] { rendezvous(li, std::string(32, 'x'), 1); }), HasSubstr("already exists"));
+}
+
+TEST(DistRendezvous, TcpGivesEveryRankRankZerosBytes) {
+    // A port that was free a moment ago.
+    const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    ASSERT_EQ(::bind(s, (sockaddr*)&a, sizeof a), 0);
+    ASSERT_EQ(::getsockname(s, (sockaddr*)&a, &len), 0);
+    const int port = ntohs(a.sin_port);
+    ::close(s);
+    LaunchInfo li;
+    li.master_addr = "127.0.0.1";
+    li.master_port = port;
+    for (const std::string& got : rendezvous_threads(li, 3)) EXPECT_EQ(got, "the id of rank 0, 32 bytes long!");
+}
+
+TEST(DistLaunch, CpuBackendWithoutMpirunExplainsHowToStart) {
+    TempDir tmp("dist");
+    write_shard(tmp.file("t.bin"), std::vector<int32_t>(200, 1), nullptr, 37);
+    CmdResult r = run_cmd("WORLD_SIZE=2 RANK=1 TUNE_RENDEZVOUS_FILE=" + tmp.file("id") +
+                          " bin/train --device cpu --model tiny --train-data " + tmp.file("t.bin") + " --out ''");
+    EXPECT_EQ(r.rc, 2) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("mpirun"));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// bin/train under mpirun
+
+// Options that make OpenMPI work in a container, as root, with more ranks than cores; one OpenMP thread per
+// rank so 3 ranks share 2 cores without spinning against each other.
+std::string mpirun(int n) {
+    return "timeout 120 mpirun --allow-run-as-root --oversubscribe --mca btl self,vader "
+           "--mca btl_vader_single_copy_mechanism none -x OMP_NUM_THREADS=1 -np " +
+           std::to_string(n) + " ";
+}
+
+struct DistFixture : ::testing::Test {
+    void SetUp() override {
+        if (!built_with_mpi()) GTEST_SKIP() << "built without MPI (apt-get install openmpi-bin libopenmpi-dev)";
+        if (run_cmd("command -v mpirun").rc != 0) GTEST_SKIP() << "mpirun not found (apt-get install openmpi-bin)";
+        dir = tmp.path();
+        // Learnable runs with a loss mask over about half the tokens in spans, so ranks count different numbers
+        // of tokens: the normalisation must use the global count for the equivalence to hold.
+        Rng r(7);
+        std::vector<int32_t> t;
+        std::vector<uint8_t> mask;
+        while (t.size() < 4000) {
+            const int32_t s = (int32_t)r.below(37);
+            const uint8_t m = r.uniform() < 0.5 ? 1 : 0;
+            for (int k = 0; k < 6; k++) t.push_back((s + k) % 37), mask.push_back(m);
+        }
+        write_shard(dir + "/train.bin", t, &mask, 37);
+        std::vector<int32_t> v(t.begin(), t.begin() + 800);
+        write_shard(dir + "/val.bin", v, nullptr, 37);
+        auto be = make_cpu_backend(DType::f32);
+        GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+        m.init_random(3);
+        save_checkpoint(dir + "/init.ckpt", m, nullptr, nullptr);
+    }
+    // bin/train with the test's data (from init.ckpt unless resuming); `extra` sets batch, steps, ...
+    std::string train(const std::string& extra, const std::string& out) const {
+        const std::string init = extra.find("--resume") == std::string::npos ? " --init " + dir + "/init.ckpt" : "";
+        return "bin/train --device cpu" + init + " --train-data " + dir + "/train.bin --val-data " +
+               dir + "/val.bin --seq 13 --lr 3e-3 --warmup 2 --val-batches 2 --quiet " + extra + " --out " + dir +
+               "/" + out;
+    }
+    void run_ok(const std::string& cmd) const {
+        CmdResult r = run_cmd(cmd);
+        ASSERT_EQ(r.rc, 0) << cmd << "\n" << r.out;
+    }
+    std::vector<nlohmann::json> metrics(const std::string& run) const {
+        std::vector<nlohmann::json> out;
+        std::istringstream in(slurp(dir + "/" + run + "/metrics.jsonl"));
+        std::string line;
+        while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
+        return out;
+    }
+    std::vector<double> series(const std::string& run, const char* key) const {
+        std::vector<double> v;
+        for (const auto& j : metrics(run))
+            if (j.contains(key)) v.push_back(j[key].get<double>());
+        return v;
+    }
+    // Every parameter of a checkpoint, in table order.
+    std::vector<double> weights(const std::string& run) const {
+        auto be = make_cpu_backend(DType::f32);
+        GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+        load_checkpoint(dir + "/" + run + "/model.ckpt", m, nullptr, nullptr);
+        std::vector<double> w(m.params().elems());
+        be->download(w.data(), m.params().base(), m.params().dtype(), w.size());
+        return w;
+    }
+    void expect_ranks_agree(const std::string& run, int world) const {
+        const auto m = metrics(run);
+        ASSERT_FALSE(m.empty());
+        const auto& last = m.back();
+        ASSERT_TRUE(last.contains("ranks_agree")) << last.dump();
+        EXPECT_TRUE(last["ranks_agree"].get<bool>()) << run;
+        EXPECT_EQ(last["ranks"].get<int>(), world);
+    }
+    TempDir tmp{"dist"};
+    std::string dir;
+};
+
+#define RUN_OK(cmd) ASSERT_NO_FATAL_FAILURE(run_ok(cmd))
+
+// The same sums in another order (per rank, then across ranks) in float: the losses agree to the 6 decimals
+// metrics.jsonl prints and the weights to a few parts in a million of the largest (measured: 3e-6).
+constexpr double kLossTol = 1e-5;
+constexpr double kWeightTol = 5e-5;
+
+TEST_F(DistFixture, TwoRanksEqualOneRankWithTheCombinedBatch_MaskedTokensGradAccum) {
+    const std::string common = "--grad-accum 2 --steps 6 --val-every 3";
+    RUN_OK("OMP_NUM_THREADS=1 " + train(common + " --batch 4", "one"));
+    RUN_OK(mpirun(2) + train(common + " --batch 2", "two"));
+    const auto a = series("one", "loss"), b = series("two", "loss");
+    ASSERT_EQ(a.size(), 6u);
+    EXPECT_TRUE(near_rel(b, a, kLossTol));
+    EXPECT_EQ(series("one", "counted_tokens"), series("two", "counted_tokens"));
+    EXPECT_TRUE(near_rel(series("two", "val_loss"), series("one", "val_loss"), kLossTol));
+    EXPECT_TRUE(near_rel(series("two", "grad_norm"), series("one", "grad_norm"), 1e-4));
+    EXPECT_TRUE(near_rel(weights("two"), weights("one"), kWeightTol));
+    expect_ranks_agree("two", 2);
+}
+
+TEST_F(DistFixture, ThreeRanksZero1IsByteIdenticalToZero0AndEqualsOneRank) {
+    const std::string common = "--steps 5 --val-every 0";
+    RUN_OK("OMP_NUM_THREADS=1 " + train(common + " --batch 6", "one"));
+    RUN_OK(mpirun(3) + train(common + " --batch 2 --zero 0", "z0"));
+    RUN_OK(mpirun(3) + train(common + " --batch 2 --zero 1", "z1"));
+    EXPECT_EQ(series("z0", "loss"), series("z1", "loss"));
+    EXPECT_EQ(slurp(dir + "/z0/model.ckpt"), slurp(dir + "/z1/model.ckpt"));
+    // The sharded Adam state gathered into the resume checkpoint is the replicated one, byte for byte.
+    EXPECT_EQ(slurp(dir + "/z0/resume.ckpt"), slurp(dir + "/z1/resume.ckpt"));
+    EXPECT_TRUE(near_rel(series("z1", "loss"), series("one", "loss"), kLossTol));
+    EXPECT_TRUE(near_rel(weights("z1"), weights("one"), kWeightTol));
+    expect_ranks_agree("z1", 3);
+}
+
+TEST_F(DistFixture, Zero1WithFrozenLayersEqualsZero0) {
+    // Frozen tensors make the parameter and gradient layouts differ: the all-gather packs and unpacks.
+    const std::string common = "--steps 4 --val-every 0 --batch 2 --train-top 1";
+    RUN_OK(mpirun(2) + train(common + " --zero 0", "z0"));
+    RUN_OK(mpirun(2) + train(common + " --zero 1", "z1"));
+    EXPECT_EQ(slurp(dir + "/z0/model.ckpt"), slurp(dir + "/z1/model.ckpt"));
+    expect_ranks_agree("z1", 2);
+}
+
+TEST_F(DistFixture, ResumeIsBitExactWithTheSameRanksAndContinuesWithOthers) {
+    const std::string common = "--steps 6 --val-every 0 --zero 1";
+    // 2 ranks, uninterrupted vs halted at 3 and resumed: byte-identical.
+    RUN_OK(mpirun(2) + train(common + " --batch 2", "full"));
+    RUN_OK(mpirun(2) + train(common + " --batch 2 --halt-at 3", "split"));
+    std::filesystem::copy_file(dir + "/split/resume.ckpt", dir + "/step3.ckpt");
+    RUN_OK(mpirun(2) + train(common + " --batch 2 --resume " + dir + "/step3.ckpt", "split"));
+    EXPECT_EQ(series("full", "loss"), series("split", "loss"));
+    EXPECT_EQ(slurp(dir + "/full/model.ckpt"), slurp(dir + "/split/model.ckpt"));
+    // 2 ranks for 3 steps, then 3 ranks: the optimizer shards are re-partitioned and the data continues where
+    // it stopped, exactly as one process that changes its batch from 4 to 6 windows at step 3.
+    RUN_OK(mpirun(3) + train(common + " --batch 2 --resume " + dir + "/step3.ckpt", "grow"));
+    RUN_OK("OMP_NUM_THREADS=1 " + train(common + " --batch 4 --halt-at 3", "one"));
+    RUN_OK("OMP_NUM_THREADS=1 " + train(common + " --batch 6 --resume " + dir + "/one/resume.ckpt", "one"));
+    std::vector<double> grown = series("split", "loss");
+    grown.resize(3);
+    for (double l : series("grow", "loss")) grown.push_back(l);
+    EXPECT_TRUE(near_rel(grown, series("one", "loss"), kLossTol));
+    EXPECT_TRUE(near_rel(weights("grow"), weights("one"), kWeightTol));
+    expect_ranks_agree("grow", 3);
+}
+
+TEST_F(DistFixture, ADeadRankEndsTheJobQuicklyNamingIt) {
+    const auto t0 = std::chrono::steady_clock::now();
+    CmdResult r = run_cmd("TUNE_TEST_FAIL=1:3:die " + mpirun(2) + "-x TUNE_TEST_FAIL " +
+                          train("--steps 20 --batch 2 --val-every 0", "dead"));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(r.rc, 0) << r.out;
+    EXPECT_NE(r.rc, 124) << "timed out: " << r.out;
+    EXPECT_LT(secs, 60) << r.out;
+    // Named by someone other than the dying rank itself (mpirun: "process rank 1 ... exited on signal 9").
+    std::string others;
+    std::istringstream lines(r.out);
+    for (std::string line; std::getline(lines, line);)
+        if (line.find("TUNE_TEST_FAIL") == std::string::npos) others += line + "\n";
+    EXPECT_THAT(others, HasSubstr("rank 1")) << r.out;
+}
+
+TEST_F(DistFixture, AHangingRankTimesOutAndIsNamed) {
+    const auto t0 = std::chrono::steady_clock::now();
+    CmdResult r = run_cmd("TUNE_TEST_FAIL=1:3:hang " + mpirun(2) + "-x TUNE_TEST_FAIL " +
+                          train("--steps 20 --batch 2 --val-every 0 --comm-timeout 2", "hung"));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(r.rc, 0) << r.out;
+    EXPECT_NE(r.rc, 124) << "timed out: " << r.out;
+    EXPECT_LT(secs, 60) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("rank 0: collective"));
+    EXPECT_THAT(r.out, HasSubstr("no answer from rank 1"));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// NCCL, one rank (the multi-GPU run is scripts/multi_gpu_check.sh)
+
+TEST(DistNccl, EveryCollectiveOnOneRank) {
+    if (!built_with_nccl()) GTEST_SKIP() << "built without NCCL (nccl.h not found)";
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU";
+    // Equal pieces go through ncclReduceScatter/ncclAllGather; TUNE_NCCL_GROUPED forces the grouped
+    // ncclReduce/ncclBroadcast path that uneven pieces take.
+    for (const char* grouped : {(const char*)nullptr, "1"})
+    for (DType dt : {DType::f32, DType::bf16}) {
+        EnvVars env({std::pair<std::string, const char*>("TUNE_NCCL_GROUPED", grouped)});
+        auto be = make_cuda_backend(dt);
+        std::unique_ptr<Comm> c = make_nccl_comm(LaunchInfo{}, *be, 60);
+        ASSERT_EQ(c->world(), 1);
+        const size_t n = 1000;
+        std::vector<float> x(n);
+        for (size_t i = 0; i < n; i++) x[i] = (float)(i % 17) - 8.0f;  // exact in bf16
+        void* buf = be->alloc(n * dtype_size(dt));
+        std::vector<float> got(n);
+        auto check = [&](const char* what) {
+            c->join();
+            std::fill(got.begin(), got.end(), NAN);
+            be->download(got.data(), buf, dt, n);
+            EXPECT_EQ(got, x) << what << " " << dtype_name(dt);
+        };
+        be->upload(buf, dt, x.data(), n);
+        c->allreduce_sum(buf, dt, n, "test all-reduce");
+        check("all-reduce");
+        c->reduce_scatter_sum(buf, dt, {n}, "test reduce-scatter");
+        check("reduce-scatter");
+        c->all_gather(buf, dt, {n}, "test all-gather");
+        check("all-gather");
+        c->broadcast(buf, dt, n, 0, "test broadcast");
+        check("broadcast");
+        EXPECT_EQ(c->sum(2.5, "test sum"), 2.5);
+        EXPECT_EQ(c->sum((uint64_t)7, "test sum"), 7u);
+        EXPECT_TRUE(c->any(true, "test any"));
+        c->barrier("test barrier");
+        std::vector<float> h = {1, 2, 3};
+        c->gather_host(h.data(), {h.size() * sizeof(float)}, 0, "test gather");
+        EXPECT_EQ(h, (std::vector<float>{1, 2, 3}));
+        be->free(buf);
+    }
+}
+
+TEST(DistNccl, OneRankNcclTrainingEqualsThePlainRun) {
+    if (!built_with_nccl()) GTEST_SKIP() << "built without NCCL (nccl.h not found)";
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU";
+    TempDir tmp("nccl");
+    const std::string d = tmp.path();
+    std::vector<int32_t> t;
+    for (int i = 0; i < 4000; i++) t.push_back((i * 5) % 37);
+    write_shard(d + "/train.bin", t, nullptr, 37);
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+    m.init_random(1);
+    save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
+    const std::string args = " --device cuda --precision bf16 --init " + d + "/init.ckpt --train-data " + d +
+                             "/train.bin --batch 4 --seq 13 --steps 4 --val-every 0 --quiet --out " + d;
+    CmdResult plain = run_cmd("bin/train" + args + "/plain");
+    ASSERT_EQ(plain.rc, 0) << plain.out;
+    for (const char* variant : {"--zero 0", "--zero 1", "--zero 1 (grouped)"}) {
+        const std::string v = variant;
+        const std::string env = v.find("grouped") != std::string::npos ? "TUNE_NCCL_GROUPED=1 " : "";
+        CmdResult nccl = run_cmd(env + "TUNE_NCCL_ONE_RANK=1 bin/train " + v.substr(0, 8) + args + "/nccl");
+        ASSERT_EQ(nccl.rc, 0) << nccl.out;
+        EXPECT_EQ(slurp(d + "/plain/model.ckpt"), slurp(d + "/nccl/model.ckpt")) << variant;
+        EXPECT_EQ(slurp(d + "/plain/resume.ckpt"), slurp(d + "/nccl/resume.ckpt")) << variant;
+        EXPECT_THAT(slurp(d + "/nccl/metrics.jsonl"), HasSubstr("\"ranks_agree\":true")) << variant;
+    }
+}
+
+}  // namespace
+}  // namespace tune::test

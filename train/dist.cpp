@@ -1,0 +1,334 @@
+#include "train/dist.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+#include "data/fileio.h"
+#include "train/cli.h"
+
+namespace tune {
+
+// ---------------------------------------------------------------------------------------------------------
+// Derived collectives: every rank gathers every rank's value and adds them up in rank order.
+
+double Comm::sum(double x, const char* what) {
+    std::vector<double> all(world());
+    all[rank()] = x;
+    all_gather_host(all.data(), sizeof(double), what);
+    double s = 0;
+    for (double v : all) s += v;
+    return s;
+}
+
+uint64_t Comm::sum(uint64_t x, const char* what) {
+    std::vector<uint64_t> all(world());
+    all[rank()] = x;
+    all_gather_host(all.data(), sizeof(uint64_t), what);
+    uint64_t s = 0;
+    for (uint64_t v : all) s += v;
+    return s;
+}
+
+bool Comm::any(bool x, const char* what) { return sum((uint64_t)x, what) > 0; }
+
+void Comm::barrier(const char* what) {
+    std::vector<uint8_t> all(world());
+    all_gather_host(all.data(), 1, what);
+}
+
+namespace {
+
+// One process: every collective is the identity.
+class SingleComm final : public Comm {
+   public:
+    int rank() const override { return 0; }
+    int world() const override { return 1; }
+    std::string kind() const override { return "single"; }
+    void bind(Backend&) override {}
+    void allreduce_sum(void*, DType, size_t, const char*) override {}
+    void reduce_scatter_sum(void*, DType, const std::vector<size_t>&, const char*) override {}
+    void all_gather(void*, DType, const std::vector<size_t>&, const char*) override {}
+    void broadcast(void*, DType, size_t, int, const char*) override {}
+    void all_gather_host(void*, size_t, const char*) override {}
+    void gather_host(void*, const std::vector<size_t>&, int, const char*) override {}
+    [[noreturn]] void abort(const std::string& why) override {
+        std::fprintf(stderr, "rank 0: %s\n", why.c_str());
+        std::fflush(stderr);
+        std::_Exit(1);
+    }
+};
+
+std::unique_ptr<Comm> g_comm;
+
+int env_int(const char* name, int lo, int hi) {
+    const char* v = std::getenv(name);
+    if (!v) throw UsageError(std::string("environment: ") + name + " is not set");
+    return parse_int(std::string("environment variable ") + name, v, lo, hi);
+}
+
+double now_s() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+LaunchInfo launch_info() {
+    LaunchInfo li;
+    if (std::getenv("OMPI_COMM_WORLD_SIZE")) {
+        li.kind = LaunchInfo::Kind::mpi;
+        li.world = env_int("OMPI_COMM_WORLD_SIZE", 1, 1 << 20);
+        li.rank = env_int("OMPI_COMM_WORLD_RANK", 0, li.world - 1);
+        li.local_rank = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK") ? env_int("OMPI_COMM_WORLD_LOCAL_RANK", 0, 1 << 20) : 0;
+        return li;
+    }
+    if (!std::getenv("WORLD_SIZE")) return li;
+    li.world = env_int("WORLD_SIZE", 1, 1 << 20);
+    if (li.world == 1) return li;
+    li.kind = LaunchInfo::Kind::env;
+    li.rank = env_int("RANK", 0, li.world - 1);
+    li.local_rank = std::getenv("LOCAL_RANK") ? env_int("LOCAL_RANK", 0, 1 << 20) : 0;
+    if (const char* f = std::getenv("TUNE_RENDEZVOUS_FILE")) li.rendezvous_file = f;
+    if (const char* a = std::getenv("MASTER_ADDR")) li.master_addr = a;
+    if (std::getenv("MASTER_PORT")) li.master_port = env_int("MASTER_PORT", 1, 65535);
+    if (li.rendezvous_file.empty() && (li.master_addr.empty() || li.master_port == 0))
+        throw UsageError("environment: WORLD_SIZE=" + std::to_string(li.world) +
+                         " needs a rendezvous: TUNE_RENDEZVOUS_FILE (a path on a shared file system) or MASTER_ADDR "
+                         "and MASTER_PORT (where rank 0 listens)");
+    return li;
+}
+
+void select_local_device(const LaunchInfo& li, const std::string& device) {
+    const bool nccl_one = std::getenv("TUNE_NCCL_ONE_RANK") != nullptr;
+    if (device == "cpu" || (li.world == 1 && !nccl_one)) return;
+    if (cuda_device_count() == 0) return;  // make_backend reports a missing GPU for --device cuda
+    cuda_select_device(li.local_rank);
+}
+
+Comm& process_comm(Backend& be, double timeout_s) {
+    if (!g_comm) {
+        const LaunchInfo li = launch_info();
+        const bool gpu = be.name() == "cuda";
+        const bool nccl_one = gpu && std::getenv("TUNE_NCCL_ONE_RANK") != nullptr;
+        if (li.world == 1 && !nccl_one) {
+            g_comm = std::make_unique<SingleComm>();
+        } else if (gpu) {
+            if (!built_with_nccl())
+                throw Error("a multi-process GPU run needs NCCL, and this build has none (nccl.h was not found: set "
+                            "NCCL_HOME or install NCCL, then rebuild)");
+            g_comm = make_nccl_comm(li, be, timeout_s);
+        } else {
+            if (li.kind != LaunchInfo::Kind::mpi)
+                throw UsageError("the cpu backend runs data-parallel over MPI: start it with mpirun -np " +
+                                 std::to_string(li.world) + " (RANK/WORLD_SIZE launches need --device cuda and NCCL)");
+            if (!built_with_mpi())
+                throw Error("started by mpirun, but this build has no MPI (apt-get install libopenmpi-dev, then make "
+                            "clean && make)");
+            g_comm = make_mpi_comm(li);
+        }
+    }
+    g_comm->set_timeout(timeout_s);
+    g_comm->bind(be);
+    return *g_comm;
+}
+
+void finish_distributed(int rc) {
+    if (g_comm && g_comm->world() > 1 && rc != 0)
+        g_comm->abort("exiting with status " + std::to_string(rc) + "; stopping every rank");
+    g_comm.reset();  // NCCL: ncclCommDestroy
+    mpi_finish(rc == 0);
+}
+
+std::vector<size_t> partition_bounds(size_t n, int world, size_t align) {
+    std::vector<size_t> b(world + 1, n);
+    b[0] = 0;
+    for (int r = 1; r < world; r++) {
+        size_t x = (size_t)((unsigned __int128)n * r / world);
+        x = (x + align / 2) / align * align;
+        b[r] = std::clamp(x, b[r - 1], n);
+    }
+    return b;
+}
+
+std::vector<size_t> piece_counts(const std::vector<size_t>& bounds, size_t begin, size_t end) {
+    std::vector<size_t> c(bounds.size() - 1, 0);
+    for (size_t r = 0; r + 1 < bounds.size(); r++) {
+        const size_t lo = std::max(begin, bounds[r]), hi = std::min(end, bounds[r + 1]);
+        c[r] = hi > lo ? hi - lo : 0;
+    }
+    return c;
+}
+
+uint64_t hash_bytes(const void* p, size_t n, uint64_t h) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+void maybe_inject_failure(int rank, int step) {
+    const char* spec = std::getenv("TUNE_TEST_FAIL");
+    if (!spec) return;
+    int r = -1, s = -1;
+    char mode[8] = "";
+    if (std::sscanf(spec, "%d:%d:%7s", &r, &s, mode) != 3 || r != rank || s != step) return;
+    std::fprintf(stderr, "rank %d: TUNE_TEST_FAIL: %s at step %d\n", rank, mode, step);
+    std::fflush(stderr);
+    if (std::strcmp(mode, "die") == 0) std::raise(SIGKILL);
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));  // hang: alive, but never answers again
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Rendezvous
+
+namespace {
+
+std::string rendezvous_file(const LaunchInfo& li, const std::string& payload, double timeout_s) {
+    namespace fs = std::filesystem;
+    const std::string& path = li.rendezvous_file;
+    if (li.rank == 0) {
+        std::error_code ec;
+        if (fs::exists(path, ec))
+            throw Error("TUNE_RENDEZVOUS_FILE " + path + " already exists (left by an earlier run?): remove it or "
+                        "name a new file for each run, e.g. with the job id in it");
+        write_file_atomic(path, payload.data(), payload.size());
+        return payload;
+    }
+    const double deadline = now_s() + timeout_s;
+    for (;;) {
+        std::error_code ec;
+        if (fs::exists(path, ec) && fs::file_size(path, ec) == payload.size() && !ec) {
+            std::vector<uint8_t> b = read_file_bytes(path);
+            return std::string(b.begin(), b.end());
+        }
+        if (now_s() > deadline)
+            throw Error("rank " + std::to_string(li.rank) + ": rank 0 did not write TUNE_RENDEZVOUS_FILE " + path +
+                        " within " + std::to_string((int)timeout_s) + " s (is it on a file system every node shares?)");
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+}
+
+struct Fd {
+    int fd = -1;
+    explicit Fd(int f = -1) : fd(f) {}
+    ~Fd() {
+        if (fd >= 0) ::close(fd);
+    }
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+};
+
+void send_all(int fd, const char* p, size_t n) {
+    while (n) {
+        ssize_t k = ::send(fd, p, n, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) throw Error(std::string("rendezvous: send failed: ") + std::strerror(errno));
+        p += k, n -= (size_t)k;
+    }
+}
+
+// Waits up to the deadline for fd to be readable (or writable when `out`).
+bool wait_fd(int fd, bool out, double deadline) {
+    for (;;) {
+        const double left = deadline - now_s();
+        if (left <= 0) return false;
+        pollfd pfd{fd, (short)(out ? POLLOUT : POLLIN), 0};
+        int k = ::poll(&pfd, 1, (int)std::min(left * 1000.0 + 1, 1000.0));
+        if (k > 0) return true;
+        if (k < 0 && errno != EINTR) return false;
+    }
+}
+
+std::string rendezvous_tcp(const LaunchInfo& li, const std::string& payload, double timeout_s) {
+    const double deadline = now_s() + timeout_s;
+    const std::string where = li.master_addr + ":" + std::to_string(li.master_port);
+    if (li.rank == 0) {
+        Fd srv(::socket(AF_INET6, SOCK_STREAM, 0));
+        bool v6 = srv.fd >= 0;
+        if (!v6) srv.fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        if (srv.fd < 0) throw Error(std::string("rendezvous: socket: ") + std::strerror(errno));
+        int one = 1, zero = 0;
+        ::setsockopt(srv.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        int rc;
+        if (v6) {
+            ::setsockopt(srv.fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);  // also IPv4 clients
+            sockaddr_in6 a{};
+            a.sin6_family = AF_INET6;
+            a.sin6_addr = in6addr_any;
+            a.sin6_port = htons((uint16_t)li.master_port);
+            rc = ::bind(srv.fd, (sockaddr*)&a, sizeof a);
+        } else {
+            sockaddr_in a{};
+            a.sin_family = AF_INET;
+            a.sin_addr.s_addr = htonl(INADDR_ANY);
+            a.sin_port = htons((uint16_t)li.master_port);
+            rc = ::bind(srv.fd, (sockaddr*)&a, sizeof a);
+        }
+        if (rc != 0 || ::listen(srv.fd, 128) != 0)
+            throw Error("rendezvous: rank 0 cannot listen on port " + std::to_string(li.master_port) + ": " +
+                        std::strerror(errno));
+        for (int served = 1; served < li.world;) {
+            if (!wait_fd(srv.fd, false, deadline))
+                throw Error("rendezvous: only " + std::to_string(served - 1) + " of " + std::to_string(li.world - 1) +
+                            " ranks connected to rank 0 on port " + std::to_string(li.master_port) + " within " +
+                            std::to_string((int)timeout_s) + " s");
+            Fd c(::accept(srv.fd, nullptr, nullptr));
+            if (c.fd < 0) continue;
+            send_all(c.fd, payload.data(), payload.size());
+            served++;
+        }
+        return payload;
+    }
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    const std::string port = std::to_string(li.master_port);
+    for (;;) {
+        if (::getaddrinfo(li.master_addr.c_str(), port.c_str(), &hints, &res) == 0) {
+            for (addrinfo* ai = res; ai; ai = ai->ai_next) {
+                Fd s(::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol));
+                if (s.fd < 0 || ::connect(s.fd, ai->ai_addr, ai->ai_addrlen) != 0) continue;
+                std::string got(payload.size(), '\0');
+                size_t have = 0;
+                while (have < got.size() && wait_fd(s.fd, false, deadline)) {
+                    ssize_t k = ::recv(s.fd, &got[have], got.size() - have, 0);
+                    if (k <= 0) break;
+                    have += (size_t)k;
+                }
+                if (have == got.size()) {
+                    ::freeaddrinfo(res);
+                    return got;
+                }
+            }
+            ::freeaddrinfo(res);
+            res = nullptr;
+        }
+        if (now_s() > deadline)
+            throw Error("rank " + std::to_string(li.rank) + ": no rendezvous with rank 0 at " + where + " within " +
+                        std::to_string((int)timeout_s) + " s (MASTER_ADDR/MASTER_PORT reachable? rank 0 started?)");
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+}
+
+}  // namespace
+
+std::string rendezvous(const LaunchInfo& li, const std::string& payload, double timeout_s) {
+    if (li.world == 1) return payload;
+    return li.rendezvous_file.empty() ? rendezvous_tcp(li, payload, timeout_s)
+                                      : rendezvous_file(li, payload, timeout_s);
+}
+
+}  // namespace tune

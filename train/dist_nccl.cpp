@@ -1,0 +1,354 @@
+// The NCCL communicator of the cuda backend.
+//
+// Streams: every collective on backend buffers is queued on the communicator's own stream after an event
+// on the backend's stream, so a gradient bucket's all-reduce runs while backward computes the layers below
+// it; join() makes the backend's stream wait for everything queued so far. Pieces of equal size use
+// ncclReduceScatter / ncclAllGather; uneven ones (a bucket cut by the ZeRO partition) a group of ncclReduce /
+// ncclBroadcast calls, one per owner, which NCCL runs together.
+//
+// Failures: a watchdog thread checks every pending collective (an event after it on the comm stream) and
+// ncclCommGetAsyncError. A collective pending longer than the timeout, or an asynchronous NCCL error, prints
+// "rank R: ..." naming the collective, aborts the communicator (so no kernel waits forever) and exits; under
+// mpirun, mpirun then stops the other ranks and names this one. NCCL cannot say which peer failed to arrive.
+//
+// Built only when the Makefile found nccl.h (TUNE_HAVE_NCCL).
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "kernels/common.h"
+#include "kernels/cuda/backend_cuda.h"
+#include "kernels/cuda/check.h"
+#include "train/dist.h"
+
+namespace tune {
+
+void cuda_select_device(int local_rank) {
+    const int n = cuda_device_count();
+    const int dev = n == 1 ? 0 : local_rank;  // one visible GPU: the launcher already gave each rank its own
+    if (dev >= n)
+        throw Error("local rank " + std::to_string(local_rank) + " has no GPU: only " + std::to_string(n) +
+                    " are visible (one process per GPU)");
+    CUDA_CHECK(cudaSetDevice(dev));
+}
+
+}  // namespace tune
+
+#ifdef TUNE_HAVE_NCCL
+#include <nccl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <list>
+#include <mutex>
+#include <thread>
+
+namespace tune {
+
+bool built_with_nccl() { return true; }
+
+namespace {
+
+double now_s() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+ncclDataType_t nccl_type(DType dt) {
+    switch (dt) {
+        case DType::f32: return ncclFloat32;
+        case DType::f64: return ncclFloat64;
+        case DType::bf16: return ncclBfloat16;
+        case DType::f16: return ncclFloat16;
+    }
+    throw Error("NCCL: unknown element type");
+}
+
+class NcclComm final : public Comm {
+   public:
+    NcclComm(const LaunchInfo& li, Backend& be, double timeout_s) : rank_(li.rank), world_(li.world) {
+        timeout_s_ = timeout_s;
+        // Test hook: the grouped per-owner path even for equal pieces, so one GPU can exercise it too.
+        grouped_only_ = std::getenv("TUNE_NCCL_GROUPED") != nullptr;
+        CUDA_CHECK(cudaGetDevice(&device_));
+        int lo = 0, hi = 0;
+        CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+        CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, hi));  // collectives first
+        CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+        watchdog_ = std::thread([this] { watch(); });
+
+        ncclUniqueId id;
+        std::memset(&id, 0, sizeof id);
+        if (rank_ == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+        std::string bytes(reinterpret_cast<const char*>(&id), sizeof id);
+        if (li.kind == LaunchInfo::Kind::mpi)
+            mpi_broadcast_bytes(bytes, 0);
+        else if (li.kind == LaunchInfo::Kind::env)
+            bytes = rendezvous(li, bytes, timeout_s);
+        std::memcpy(&id, bytes.data(), sizeof id);
+        {
+            HostWait w(*this, "NCCL initialisation (every rank must join)");
+            ncclComm_t c = nullptr;
+            check(ncclCommInitRank(&c, world_, id, rank_), "ncclCommInitRank");
+            comm_ = c;
+        }
+        // Every rank has joined, so every rank has read the id: the file has done its job.
+        if (li.kind == LaunchInfo::Kind::env && rank_ == 0 && !li.rendezvous_file.empty()) {
+            std::error_code ec;
+            std::filesystem::remove(li.rendezvous_file, ec);
+        }
+        bind(be);
+    }
+
+    ~NcclComm() override {
+        stop_ = true;
+        if (watchdog_.joinable()) watchdog_.join();
+        if (comm_) {
+            cudaStreamSynchronize(stream_);
+            ncclCommDestroy(comm_);
+        }
+        for (Pending& p : pending_)
+            if (p.ev) cudaEventDestroy(p.ev);
+        if (stage_) cudaFree(stage_);
+        cudaEventDestroy(ready_);
+        cudaEventDestroy(done_);
+        cudaStreamDestroy(stream_);
+    }
+
+    int rank() const override { return rank_; }
+    int world() const override { return world_; }
+    std::string kind() const override { return "nccl"; }
+    void bind(Backend& be) override { compute_ = static_cast<cudaStream_t>(cuda_stream_of(be)); }
+
+    void allreduce_sum(void* buf, DType dt, size_t n, const char* what) override {
+        after_compute();
+        check(ncclAllReduce(buf, buf, n, nccl_type(dt), ncclSum, comm_, stream_), what);
+        pending(what);
+    }
+
+    void reduce_scatter_sum(void* buf, DType dt, const std::vector<size_t>& counts, const char* what) override {
+        char* b = static_cast<char*>(buf);
+        const size_t es = dtype_size(dt);
+        after_compute();
+        if (equal(counts)) {
+            check(ncclReduceScatter(b, b + rank_ * counts[0] * es, counts[0], nccl_type(dt), ncclSum, comm_, stream_),
+                  what);
+        } else {
+            check(ncclGroupStart(), what);
+            size_t off = 0;
+            for (int r = 0; r < world_; off += counts[r], r++)
+                if (counts[r])
+                    check(ncclReduce(b + off * es, b + off * es, counts[r], nccl_type(dt), ncclSum, r, comm_, stream_),
+                          what);
+            check(ncclGroupEnd(), what);
+        }
+        pending(what);
+    }
+
+    void all_gather(void* buf, DType dt, const std::vector<size_t>& counts, const char* what) override {
+        char* b = static_cast<char*>(buf);
+        const size_t es = dtype_size(dt);
+        after_compute();
+        if (equal(counts)) {
+            check(ncclAllGather(b + rank_ * counts[0] * es, b, counts[0], nccl_type(dt), comm_, stream_), what);
+        } else {
+            check(ncclGroupStart(), what);
+            size_t off = 0;
+            for (int r = 0; r < world_; off += counts[r], r++)
+                if (counts[r])
+                    check(ncclBroadcast(b + off * es, b + off * es, counts[r], nccl_type(dt), r, comm_, stream_), what);
+            check(ncclGroupEnd(), what);
+        }
+        pending(what);
+    }
+
+    void broadcast(void* buf, DType dt, size_t n, int root, const char* what) override {
+        after_compute();
+        check(ncclBroadcast(buf, buf, n, nccl_type(dt), root, comm_, stream_), what);
+        pending(what);
+    }
+
+    void join() override {
+        CUDA_CHECK(cudaEventRecord(done_, stream_));
+        CUDA_CHECK(cudaStreamWaitEvent(compute_, done_, 0));
+    }
+
+    void all_gather_host(void* buf, size_t bytes, const char* what) override {
+        char* d = stage((size_t)world_ * bytes);
+        char* h = static_cast<char*>(buf);
+        CUDA_CHECK(cudaMemcpyAsync(d + rank_ * bytes, h + rank_ * bytes, bytes, cudaMemcpyHostToDevice, stream_));
+        check(ncclAllGather(d + rank_ * bytes, d, bytes, ncclUint8, comm_, stream_), what);
+        CUDA_CHECK(cudaMemcpyAsync(h, d, (size_t)world_ * bytes, cudaMemcpyDeviceToHost, stream_));
+        wait_stream(what);
+    }
+
+    void gather_host(void* buf, const std::vector<size_t>& bytes, int root, const char* what) override {
+        std::vector<size_t> off(world_ + 1, 0);
+        for (int r = 0; r < world_; r++) off[r + 1] = off[r] + bytes[r];
+        char* d = stage(off[world_]);
+        char* h = static_cast<char*>(buf);
+        if (rank_ != root && bytes[rank_])
+            CUDA_CHECK(cudaMemcpyAsync(d + off[rank_], h + off[rank_], bytes[rank_], cudaMemcpyHostToDevice, stream_));
+        check(ncclGroupStart(), what);
+        if (rank_ == root) {
+            for (int q = 0; q < world_; q++)
+                if (q != root && bytes[q]) check(ncclRecv(d + off[q], bytes[q], ncclUint8, q, comm_, stream_), what);
+        } else if (bytes[rank_]) {
+            check(ncclSend(d + off[rank_], bytes[rank_], ncclUint8, root, comm_, stream_), what);
+        }
+        check(ncclGroupEnd(), what);
+        if (rank_ == root)
+            for (int q = 0; q < world_; q++)
+                if (q != root && bytes[q])
+                    CUDA_CHECK(cudaMemcpyAsync(h + off[q], d + off[q], bytes[q], cudaMemcpyDeviceToHost, stream_));
+        wait_stream(what);
+    }
+
+    [[noreturn]] void abort(const std::string& why) override {
+        std::fprintf(stderr, "rank %d: %s\n", rank_, why.c_str());
+        std::fflush(stderr);
+        if (comm_) ncclCommAbort(comm_);  // releases every kernel still waiting for a peer
+        std::_Exit(1);                     // under mpirun, mpirun stops the others
+    }
+
+   private:
+    struct Pending {
+        std::string what;
+        double t0;
+        cudaEvent_t ev;  // done when it completes; null: a host thread is blocked until it is removed
+        uint64_t id;
+    };
+
+    // Registers a blocking host wait with the watchdog for its lifetime.
+    struct HostWait {
+        NcclComm& c;
+        uint64_t id;
+        HostWait(NcclComm& comm, const std::string& what) : c(comm), id(comm.add_pending(what, nullptr)) {}
+        ~HostWait() { c.remove_pending(id); }
+    };
+
+    bool equal(const std::vector<size_t>& counts) const {
+        if (grouped_only_) return false;
+        for (size_t c : counts)
+            if (c != counts[0]) return false;
+        return counts[0] > 0;
+    }
+
+    void check(ncclResult_t r, const std::string& what) {
+        if (r == ncclSuccess) return;
+        const char* last = comm_ ? ncclGetLastError(comm_) : nullptr;
+        throw Error("rank " + std::to_string(rank_) + ": NCCL " + what + ": " + ncclGetErrorString(r) +
+                    (last && *last ? std::string(" (") + last + ")" : std::string()));
+    }
+
+    void after_compute() {
+        CUDA_CHECK(cudaEventRecord(ready_, compute_));
+        CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+    }
+
+    void pending(const char* what) {
+        cudaEvent_t ev = nullptr;
+        CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventRecord(ev, stream_));
+        add_pending(what, ev);
+    }
+
+    void wait_stream(const char* what) {
+        HostWait w(*this, what);
+        CUDA_CHECK(cudaStreamSynchronize(stream_));
+    }
+
+    char* stage(size_t bytes) {
+        if (bytes > stage_bytes_) {
+            CUDA_CHECK(cudaStreamSynchronize(stream_));
+            if (stage_) CUDA_CHECK(cudaFree(stage_));
+            stage_ = nullptr;
+            CUDA_CHECK(cudaMalloc(&stage_, bytes));
+            stage_bytes_ = bytes;
+        }
+        return static_cast<char*>(stage_);
+    }
+
+    uint64_t add_pending(const std::string& what, cudaEvent_t ev) {
+        std::lock_guard<std::mutex> lock(mu_);
+        pending_.push_back({what, now_s(), ev, ++next_id_});
+        return next_id_;
+    }
+    void remove_pending(uint64_t id) {
+        std::lock_guard<std::mutex> lock(mu_);
+        pending_.remove_if([id](const Pending& p) { return p.id == id; });
+    }
+
+    void watch() {
+        cudaSetDevice(device_);
+        while (!stop_) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            std::string late;
+            double age = 0;
+            {
+                std::lock_guard<std::mutex> lock(mu_);
+                for (auto it = pending_.begin(); it != pending_.end();) {
+                    if (it->ev && cudaEventQuery(it->ev) == cudaSuccess) {
+                        cudaEventDestroy(it->ev);
+                        it = pending_.erase(it);
+                        continue;
+                    }
+                    if (late.empty() && now_s() - it->t0 > timeout_s_.load()) late = it->what, age = now_s() - it->t0;
+                    ++it;
+                }
+            }
+            if (!late.empty()) {
+                char msg[512];
+                std::snprintf(msg, sizeof msg,
+                              "collective '%s' has not finished after %.0f s (--comm-timeout %g): another rank died "
+                              "or hangs; aborting NCCL and stopping",
+                              late.c_str(), age, timeout_s_.load());
+                abort(msg);
+            }
+            ncclResult_t async = ncclSuccess;
+            if (comm_ && ncclCommGetAsyncError(comm_, &async) == ncclSuccess && async != ncclSuccess &&
+                async != ncclInProgress)
+                abort(std::string("NCCL reported an asynchronous error: ") + ncclGetErrorString(async) +
+                      " (a peer rank died or the network failed)");
+        }
+    }
+
+    int rank_, world_, device_ = 0;
+    bool grouped_only_ = false;
+    std::atomic<ncclComm_t> comm_{nullptr};  // the watchdog polls it
+    cudaStream_t stream_ = nullptr, compute_ = nullptr;
+    cudaEvent_t ready_ = nullptr, done_ = nullptr;
+    void* stage_ = nullptr;
+    size_t stage_bytes_ = 0;
+    std::mutex mu_;
+    std::list<Pending> pending_;
+    uint64_t next_id_ = 0;
+    std::atomic<bool> stop_{false};
+    std::thread watchdog_;
+};
+
+}  // namespace
+
+std::unique_ptr<Comm> make_nccl_comm(const LaunchInfo& li, Backend& be, double timeout_s) {
+    return std::make_unique<NcclComm>(li, be, timeout_s);
+}
+
+}  // namespace tune
+
+#else  // no NCCL in this build
+
+namespace tune {
+
+bool built_with_nccl() { return false; }
+std::unique_ptr<Comm> make_nccl_comm(const LaunchInfo&, Backend&, double) {
+    throw Error("this build has no NCCL (nccl.h not found under CUDA_HOME or NCCL_HOME)");
+}
+
+}  // namespace tune
+
+#endif
