@@ -337,6 +337,27 @@ TEST_F(DistFixture, TwoRanksEqualOneRankWithTheCombinedBatch_MaskedTokensGradAcc
     expect_ranks_agree("two", 2);
 }
 
+// The fine-tuning methods that touch the step (LoRA, an L2-SP penalty added after the reduction, a teacher,
+// replay batches sliced by rank) keep the equivalence, and ZeRO-1 stays byte-identical to ZeRO-0.
+TEST_F(DistFixture, FineTuningMethodsUnderTwoRanksEqualOneRank_LoraL2spDistillReplay) {
+    const std::string common = "--steps 5 --val-every 0 --lora-rank 2 --l2sp 0.5 --distill 0.3 --replay-data " + dir +
+                               "/val.bin --replay-frac 0.5 --grad-accum 2";
+    RUN_OK("OMP_NUM_THREADS=1 " + train(common + " --batch 4", "one"));
+    RUN_OK(mpirun(2) + train(common + " --batch 2", "two"));
+    ASSERT_EQ(series("one", "loss").size(), 5u);
+    ASSERT_GT(series("one", "penalty").back(), 0.0);
+    EXPECT_TRUE(near_rel(series("two", "loss"), series("one", "loss"), kLossTol));
+    EXPECT_TRUE(near_rel(series("two", "penalty"), series("one", "penalty"), 1e-4));
+    EXPECT_TRUE(near_rel(series("two", "distill_kl"), series("one", "distill_kl"), 1e-4));
+    EXPECT_EQ(series("two", "replay_batches"), series("one", "replay_batches"));
+    expect_ranks_agree("two", 2);
+    const std::string lora = "--steps 4 --val-every 0 --lora-rank 2 --distill 0.3 --batch 2";
+    RUN_OK(mpirun(2) + train(lora + " --zero 0", "lz0"));
+    RUN_OK(mpirun(2) + train(lora + " --zero 1", "lz1"));
+    EXPECT_EQ(slurp(dir + "/lz0/adapter.ckpt"), slurp(dir + "/lz1/adapter.ckpt"));
+    EXPECT_EQ(slurp(dir + "/lz0/resume.ckpt"), slurp(dir + "/lz1/resume.ckpt"));
+}
+
 TEST_F(DistFixture, ThreeRanksZero1IsByteIdenticalToZero0AndEqualsOneRank) {
     const std::string common = "--steps 5 --val-every 0";
     RUN_OK("OMP_NUM_THREADS=1 " + train(common + " --batch 6", "one"));
