@@ -43,7 +43,18 @@ struct Result {
     double ms_per_step = 0, accuracy = 0, base_before = 0, base_after = 0, task_after = 0;
 };
 
-std::vector<Method> methods(int steps, int L, const std::string& fisher, const DefaultData& d) {
+// The knobs a sweep may turn (defaults: the values the table uses).
+struct Knobs {
+    float l2sp = 1.0f, ewc = 1e4f, prompt_lr = 3e-2f, ptune_lr = 1e-2f, prefix_lr = 1e-2f, lora_lr = 1e-2f;
+};
+
+std::string num(float v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%g", v);
+    return b;
+}
+
+std::vector<Method> methods(int steps, int L, const std::string& fisher, const DefaultData& d, const Knobs& k) {
     const int period = std::max(1, steps / (L + 2));  // every block and then the embeddings get their turn
     return {
         {"full", "Full fine-tuning", "lr 5e-3", [](TrainArgs&) {}},
@@ -55,36 +66,38 @@ std::vector<Method> methods(int steps, int L, const std::string& fisher, const D
              a.lr_layer_factor = 1 / 2.6f;
              a.sched.kind = "stlr";
          }},
-        {"lora", "LoRA r=8 (all four sites)", "--lora-rank 8 --lora-alpha 16 --lr 1e-2",
-         [](TrainArgs& a) {
+        {"lora", "LoRA r=8 (all four sites)", "--lora-rank 8 --lora-alpha 16 --lr " + num(k.lora_lr),
+         [k](TrainArgs& a) {
              a.peft.lora_rank = 8;
              a.peft.lora_alpha = 16;
-             a.sched.lr = 1e-2f;
+             a.sched.lr = k.lora_lr;
          }},
-        {"prompt", "Soft prompt tuning, 16 tokens", "--virtual prompt --virtual-tokens 16 --lr 3e-2",
-         [](TrainArgs& a) {
+        {"prompt", "Soft prompt tuning, 16 tokens", "--virtual prompt --virtual-tokens 16 --lr " + num(k.prompt_lr),
+         [k](TrainArgs& a) {
              a.peft.virt = Virtual::prompt;
              a.peft.n_virtual = 16;
-             a.sched.lr = 3e-2f;
+             a.sched.lr = k.prompt_lr;
          }},
-        {"ptune", "P-tuning, 16 tokens, H=128", "--virtual ptune --virtual-tokens 16 --virtual-hidden 128 --lr 1e-2",
-         [](TrainArgs& a) {
+        {"ptune", "P-tuning, 16 tokens, H=128",
+         "--virtual ptune --virtual-tokens 16 --virtual-hidden 128 --lr " + num(k.ptune_lr),
+         [k](TrainArgs& a) {
              a.peft.virt = Virtual::ptune;
              a.peft.n_virtual = 16;
              a.peft.hidden = 128;
-             a.sched.lr = 1e-2f;
+             a.sched.lr = k.ptune_lr;
          }},
-        {"prefix", "Prefix tuning, 8 tokens, H=128", "--virtual prefix --virtual-tokens 8 --virtual-hidden 128 --lr 1e-2",
-         [](TrainArgs& a) {
+        {"prefix", "Prefix tuning, 8 tokens, H=128",
+         "--virtual prefix --virtual-tokens 8 --virtual-hidden 128 --lr " + num(k.prefix_lr),
+         [k](TrainArgs& a) {
              a.peft.virt = Virtual::prefix;
              a.peft.n_virtual = 8;
              a.peft.hidden = 128;
-             a.sched.lr = 1e-2f;
+             a.sched.lr = k.prefix_lr;
          }},
-        {"l2sp", "Full + L2-SP", "--l2sp 1", [](TrainArgs& a) { a.l2sp = 1.0f; }},
-        {"ewc", "Full + EWC", "--ewc 1e4 (Fisher: 32 base batches)",
-         [fisher, d](TrainArgs& a) {
-             a.ewc = 1e4f;
+        {"l2sp", "Full + L2-SP", "--l2sp " + num(k.l2sp), [k](TrainArgs& a) { a.l2sp = k.l2sp; }},
+        {"ewc", "Full + EWC", "--ewc " + num(k.ewc) + " (Fisher: 32 base batches)",
+         [fisher, d, k](TrainArgs& a) {
+             a.ewc = k.ewc;
              a.fisher = fisher;
              a.fisher_data = {d.base_train};
              a.fisher_batches = 32;
@@ -140,6 +153,7 @@ int main(int argc, char** argv) {
         std::string device = "cpu", model = "tiny", only, doc = "docs/finetuning.md", out = "runs/methods",
                     machine = "this machine";
         int base_steps = 150, steps = 700;
+        Knobs knobs;
         Cli cli("usage: build/bench/bench_finetune_methods [options]\n"
                 "Fine-tunes one base model with every method and writes the comparison table.");
         cli.option("--device", "cpu|cuda", "backend", &device);
@@ -151,6 +165,12 @@ int main(int argc, char** argv) {
         cli.option("--doc", "FILE", "markdown file whose methods table is replaced ('' : none)", &doc);
         cli.option("--out", "DIR", "run directories and results.json", &out);
         cli.option("--machine", "TEXT", "machine description for the table", &machine);
+        cli.option("--l2sp", "LAMBDA", "L2-SP strength", &knobs.l2sp, 0, 1e12);
+        cli.option("--ewc", "LAMBDA", "EWC strength", &knobs.ewc, 0, 1e12);
+        cli.option("--lora-lr", "LR", "LoRA learning rate", &knobs.lora_lr, 1e-9, 10);
+        cli.option("--prompt-lr", "LR", "soft prompt learning rate", &knobs.prompt_lr, 1e-9, 10);
+        cli.option("--ptune-lr", "LR", "P-tuning learning rate", &knobs.ptune_lr, 1e-9, 10);
+        cli.option("--prefix-lr", "LR", "prefix tuning learning rate", &knobs.prefix_lr, 1e-9, 10);
         if (!cli.parse(argc, argv)) {
             std::fputs(cli.help().c_str(), stdout);
             return 0;
@@ -187,7 +207,7 @@ int main(int argc, char** argv) {
 
         std::vector<Result> results;
         const int L = preset_config(model).n_layer;
-        for (const Method& meth : methods(steps, L, out + "/fisher.safetensors", d)) {
+        for (const Method& meth : methods(steps, L, out + "/fisher.safetensors", d, knobs)) {
             if (!only.empty() && ("," + only + ",").find("," + meth.key + ",") == std::string::npos) continue;
             TrainArgs ft = base;
             ft.model.clear();
