@@ -45,7 +45,7 @@ struct Result {
 
 // The knobs a sweep may turn (defaults: the values the table uses).
 struct Knobs {
-    float l2sp = 1.0f, ewc = 1e4f, prompt_lr = 3e-2f, ptune_lr = 1e-2f, prefix_lr = 1e-2f, lora_lr = 1e-2f;
+    float l2sp = 0.01f, ewc = 1e3f, prompt_lr = 3e-2f, ptune_lr = 1e-2f, prefix_lr = 1e-2f, lora_lr = 1e-2f;
 };
 
 std::string num(float v) {
