@@ -95,7 +95,9 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
     validate_config(cfg, "model");
     validate_peft(opts.peft, cfg, "model");
     P_ = opts.peft.virtual_tokens();
-    assert(B > 0 && T > 0 && T + P_ <= cfg.block_size);
+    if (B <= 0 || T <= 0 || T + P_ > cfg.block_size)
+        throw Error("model: " + std::to_string(B) + " sequences of " + std::to_string(T) + " tokens after " +
+                    std::to_string(P_) + " virtual ones do not fit the block size " + std::to_string(cfg.block_size));
     const int L = cfg.n_layer;
     const size_t Tt = (size_t)T + P_, N = (size_t)B * Tt, C = cfg.n_embd;
     const DType dt = be.act_dtype();
@@ -110,7 +112,7 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
             lora_[l * kLoraSites + s].a = ptab.find(h + "lora_A");
             lora_[l * kLoraSites + s].b = ptab.find(h + "lora_B");
         }
-    if (P_ > 0) virt_first_ = (int)ptab.size() - (pf.virt == Virtual::ptune || pf.virt == Virtual::prefix ? 5 : 1);
+    if (P_ > 0) virt_first_ = (int)ptab.size() - pf.virtual_tensors();
 
     Table gtab;
     grad_index_.assign(ptab.size(), -1);
@@ -165,7 +167,7 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
     a_lnf_rstd_ = atab.add("lnf_rstd", {N});
     a_logits_ = atab.add("logits", {(size_t)B * T, (size_t)cfg.padded_vocab_size});
     a_losses_ = atab.add("losses", {(size_t)B * T});
-    const size_t H = pf.hidden, W = pf.virt == Virtual::ptune ? C : 2 * C * L;
+    const size_t H = pf.hidden, W = pf.virtual_width(cfg);
     const bool net = pf.virt == Virtual::ptune || pf.virt == Virtual::prefix;
     if (net) {
         a_virt_h_ = atab.add("virtual.fc", {(size_t)P_, H});
@@ -357,7 +359,7 @@ const void* GPT2::virtual_source() {
     const Virtual kind = opts_.peft.virt;
     if (kind == Virtual::prompt || kind == Virtual::prefix_kv) return params_.ptr(virt_first_);
     const int C = cfg_.n_embd, H = opts_.peft.hidden;
-    const int W = kind == Virtual::ptune ? C : 2 * C * cfg_.n_layer;
+    const int W = opts_.peft.virtual_width(cfg_);
     void* h = act(a_virt_h_);
     void* hg = act(a_virt_hg_);
     void* out = act(a_virt_out_);
@@ -373,7 +375,7 @@ void GPT2::virtual_backward(void* dout) {
     const Virtual kind = opts_.peft.virt;
     if (kind != Virtual::ptune && kind != Virtual::prefix) return;
     const int C = cfg_.n_embd, H = opts_.peft.hidden;
-    const int W = kind == Virtual::ptune ? C : 2 * C * cfg_.n_layer;
+    const int W = opts_.peft.virtual_width(cfg_);
     const int f = virt_first_;
     void* dhg = scratch_.ptr(s_virt_dh_);
     void* dh = scratch_.ptr(s_virt_dh2_);
@@ -714,9 +716,7 @@ PeftConfig GPT2::folded_virtual_config() const {
 std::vector<float> GPT2::folded_virtual_tensor() {
     if (P_ == 0) return {};
     const void* src = virtual_source();
-    const size_t W = opts_.peft.virt == Virtual::prompt || opts_.peft.virt == Virtual::ptune
-                         ? (size_t)cfg_.n_embd
-                         : (size_t)2 * cfg_.n_embd * cfg_.n_layer;
+    const size_t W = opts_.peft.virtual_width(cfg_);
     std::vector<float> out((size_t)P_ * W);
     be_.download(out.data(), src, params_.dtype(), out.size());
     return out;

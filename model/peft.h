@@ -43,6 +43,14 @@ struct PeftConfig {
     bool lora_at(int site) const { return lora() && (lora_targets >> site & 1u); }
     float lora_scale() const { return lora_alpha / (float)lora_rank; }
     int virtual_tokens() const { return virt == Virtual::none ? 0 : n_virtual; }
+    // Parameter tensors of the virtual-token kind: the network's five (input, fc, proj), or the one table.
+    int virtual_tensors() const {
+        return virt == Virtual::none ? 0 : virt == Virtual::ptune || virt == Virtual::prefix ? 5 : 1;
+    }
+    // Width of each virtual position's source row: an input vector (C) or every layer's key and value (2LC).
+    int virtual_width(const ModelConfig& c) const {
+        return virt == Virtual::prompt || virt == Virtual::ptune ? c.n_embd : 2 * c.n_embd * c.n_layer;
+    }
     bool any() const { return lora() || virt != Virtual::none; }
     bool operator==(const PeftConfig& o) const;
     std::string describe() const;  // "LoRA r=8 alpha=16 on qkv,mlp_up; prompt P=20"

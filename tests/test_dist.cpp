@@ -351,6 +351,12 @@ TEST_F(DistFixture, FineTuningMethodsUnderTwoRanksEqualOneRank_LoraL2spDistillRe
     EXPECT_TRUE(near_rel(series("two", "distill_kl"), series("one", "distill_kl"), 1e-4));
     EXPECT_EQ(series("two", "replay_batches"), series("one", "replay_batches"));
     expect_ranks_agree("two", 2);
+    // Gradual unfreezing: the frozen tied embedding's head gradient is zeroed before the norm on every rank.
+    const std::string unfreeze = "--steps 5 --val-every 0 --unfreeze-every 2 --grad-clip 0.5";
+    RUN_OK("OMP_NUM_THREADS=1 " + train(unfreeze + " --batch 4", "u1"));
+    RUN_OK(mpirun(2) + train(unfreeze + " --batch 2", "u2"));
+    EXPECT_TRUE(near_rel(series("u2", "grad_norm"), series("u1", "grad_norm"), 1e-4));
+    EXPECT_TRUE(near_rel(series("u2", "loss"), series("u1", "loss"), kLossTol));
     const std::string lora = "--steps 4 --val-every 0 --lora-rank 2 --distill 0.3 --batch 2";
     RUN_OK(mpirun(2) + train(lora + " --zero 0", "lz0"));
     RUN_OK(mpirun(2) + train(lora + " --zero 1", "lz1"));

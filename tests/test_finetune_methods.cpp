@@ -319,6 +319,7 @@ TEST_F(Methods, ResumeIsBitExactWithLoraL2spDistillReplayAndRecompute) {
     TrainArgs second = setup("split");
     second.init.clear();
     second.resume = second.out_dir + "/resume.ckpt";
+    second.peft = TrainArgs().peft;  // LoRA's rank, alpha and dropout come from the checkpoint
     ASSERT_EQ(Trainer(second).run(), 0);  // the teacher comes from the checkpoint's record of --init
     EXPECT_EQ(losses(whole.out_dir), losses(second.out_dir));
     EXPECT_EQ(slurp(whole.out_dir + "/adapter.ckpt"), slurp(second.out_dir + "/adapter.ckpt"));
@@ -338,6 +339,8 @@ TEST(MethodsCli, FlagsAreValidatedWithClearMessages) {
         {"--distill 0.5", "--distill needs a teacher"},
         {"--recompute some", "--recompute: expected one of none, selective, full, got 'some'"},
         {"--unfreeze-every 5 --lora-rank 2", "does not combine with LoRA or virtual tokens"},
+        {"--virtual-tokens 4", "--virtual-tokens/--virtual-hidden has no effect without --virtual"},
+        {"--teacher /dev/null", "--teacher has no effect without --distill"},
     };
     TempDir tmp("mcli");
     write_shard(tmp.file("t.bin"), pattern_tokens(500, 1), nullptr, 37);

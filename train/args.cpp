@@ -196,6 +196,17 @@ void validate_train_args(const TrainArgs& a) {
     if (a.ewc > 0 && a.fisher_data.empty() && !std::filesystem::exists(a.fisher))
         throw UsageError("--ewc: --fisher " + a.fisher + " does not exist yet; give --fisher-data to estimate it");
     if (a.replay_frac > 0 && a.replay_data.empty()) throw UsageError("--replay-frac needs --replay-data");
+    // Settings of a method that is not switched on are a mistake, not something to ignore.
+    auto needs = [](bool given, bool on, const char* flag, const char* what) {
+        if (given && !on) throw UsageError(std::string(flag) + " has no effect without " + what);
+    };
+    needs(a.peft.n_virtual != 0 || a.peft.hidden != 0, a.peft.virt != Virtual::none, "--virtual-tokens/--virtual-hidden",
+          "--virtual");
+    needs(a.peft.lora_dropout > 0 || a.peft.lora_targets != kLoraAll, a.peft.lora_rank > 0,
+          "--lora-dropout/--lora-targets", "--lora-rank");
+    needs(!a.teacher.empty(), a.distill > 0, "--teacher", "--distill");
+    needs(!a.replay_data.empty(), a.replay_frac > 0, "--replay-data", "--replay-frac");
+    needs(!a.fisher.empty() || !a.fisher_data.empty(), a.ewc > 0, "--fisher/--fisher-data", "--ewc");
     if (a.zero > 0 && (a.l2sp > 0 || a.ewc > 0))
         throw UsageError("--zero 1 with --l2sp/--ewc: the penalty needs every master weight on every rank; use --zero 0");
     if (a.distill > 0 && a.teacher.empty() && a.init.empty() && a.resume.empty())

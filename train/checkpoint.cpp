@@ -14,7 +14,10 @@ namespace {
 json peft_json(const PeftConfig& p) {
     json j{{"virtual", virtual_name(p.virt)}, {"n_virtual", p.virtual_tokens()}, {"hidden", p.hidden}};
     if (p.lora())
-        j.update({{"lora_rank", p.lora_rank}, {"lora_alpha", p.lora_alpha}, {"lora_targets", lora_targets_string(p.lora_targets)}});
+        j.update({{"lora_rank", p.lora_rank},
+                  {"lora_alpha", p.lora_alpha},
+                  {"lora_targets", lora_targets_string(p.lora_targets)},
+                  {"lora_dropout", p.lora_dropout}});  // a training setting, kept so --resume needs no flags
     return j;
 }
 
@@ -78,6 +81,10 @@ struct CkptFile {
                 peft.lora_rank = get_int(p, "lora_rank", "peft");
                 if (!p.contains("lora_alpha") || !p["lora_alpha"].is_number()) fail("peft field 'lora_alpha' is missing");
                 peft.lora_alpha = p["lora_alpha"].get<float>();
+                if (p.contains("lora_dropout")) {
+                    if (!p["lora_dropout"].is_number()) fail("peft field 'lora_dropout' is not a number");
+                    peft.lora_dropout = p["lora_dropout"].get<float>();
+                }
                 if (!p.contains("lora_targets") || !p["lora_targets"].is_string())
                     fail("peft field 'lora_targets' is missing");
                 try {
@@ -228,7 +235,7 @@ void save_adapter(const std::string& path, GPT2& model) {
     if (model.virtual_tokens() > 0) {
         out.virt = model.folded_virtual_config().virt;
         out.hidden = 0;
-        end -= model.peft().virt == Virtual::ptune || model.peft().virt == Virtual::prefix ? 5 : 1;
+        end -= model.peft().virtual_tensors();
     }
     Backend& be = model.backend();
     for (size_t i = model.num_base_tensors(); i < end; i++) w.add(ptab[i].name, ptab[i].shape, fetch(be, model.params(), i));
@@ -258,7 +265,15 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     const size_t n = base_only ? model.num_base_tensors() : ptab.size();
     for (size_t i = 0; i < n; i++)
         be.upload(model.params().ptr(i), model.params().dtype(), f.find(ptab[i].name, ptab[i].numel), ptab[i].numel);
-    if (opt) opt->sync_master_from_params();
+    if (opt) {
+        opt->sync_master_from_params();
+        // The file holds the FP32 master values: give them to the master copy unrounded, so a bf16/fp16 run
+        // resumes exactly (the working copy above is their rounding, as it was when saved).
+        if (be.has_master())
+            for (size_t i = 0; i < n; i++)
+                if (model.grad_index()[i] >= 0)
+                    opt->set_state_tensor(AdamW::State::master, model.grad_index()[i], f.find(ptab[i].name, ptab[i].numel));
+    }
     if (!opt || !state) return;
     if (f.header["kind"] != "resume") f.fail("holds weights only; --resume needs a resume checkpoint");
     if (base_only && model.peft().any()) f.fail("was not written with " + model.peft().describe() + "; resume with the options it was");
@@ -279,22 +294,26 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     state->rng = u64("rng");
     state->loader.epoch = u64("loader_epoch");
     state->loader.cursor = u64("loader_cursor");
-    state->replay_loader.epoch = u64("replay_epoch");
-    state->replay_loader.cursor = u64("replay_cursor");
+    // Fields added with the fine-tuning methods: absent in older resume checkpoints, which had none of them.
+    auto u64_or = [&](const char* k, uint64_t dflt) { return s.contains(k) ? u64(k) : dflt; };
+    state->replay_loader.epoch = u64_or("replay_epoch", 0);
+    state->replay_loader.cursor = u64_or("replay_cursor", 0);
     state->skipped_steps = u64("skipped_steps");
     state->loss_scale_clean = u64("loss_scale_clean");
     opt->set_t((int)u64("opt_t"));
     if (!s.contains("loss_scale") || !s["loss_scale"].is_number()) f.fail("state field 'loss_scale' is missing");
     state->loss_scale = s["loss_scale"].get<double>();
-    if (!s.contains("init") || !s["init"].is_string()) f.fail("state field 'init' is missing");
-    state->init = s["init"].get<std::string>();
-    if (!s.contains("opt_active") || !s["opt_active"].is_array() || !s.contains("opt_t_offsets") ||
-        !s["opt_t_offsets"].is_array())
-        f.fail("state fields 'opt_active' and 'opt_t_offsets' are missing");
-    try {
-        opt->restore_activity(s["opt_active"].get<std::vector<bool>>(), s["opt_t_offsets"].get<std::vector<int>>());
-    } catch (const std::exception& e) {
-        f.fail(std::string("state fields 'opt_active'/'opt_t_offsets': ") + e.what());
+    if (s.contains("init") && !s["init"].is_string()) f.fail("state field 'init' is not a string");
+    state->init = s.value("init", std::string());
+    if (s.contains("opt_active") || s.contains("opt_t_offsets")) {
+        if (!s.contains("opt_active") || !s["opt_active"].is_array() || !s.contains("opt_t_offsets") ||
+            !s["opt_t_offsets"].is_array())
+            f.fail("state fields 'opt_active' and 'opt_t_offsets' must both be arrays");
+        try {
+            opt->restore_activity(s["opt_active"].get<std::vector<bool>>(), s["opt_t_offsets"].get<std::vector<int>>());
+        } catch (const std::exception& e) {
+            f.fail(std::string("state fields 'opt_active'/'opt_t_offsets': ") + e.what());
+        }
     }
 }
 

@@ -12,6 +12,8 @@ namespace tune {
 int param_layer(const std::string& name, int n_layer) {
     if (name.rfind("h.", 0) == 0) return std::stoi(name.substr(2));
     if (name.rfind("ln_f.", 0) == 0) return n_layer;
+    // Virtual tokens sit before the embeddings in the sequence but train like the top of the model.
+    if (name.rfind("prompt.", 0) == 0 || name.rfind("ptune.", 0) == 0 || name.rfind("prefix.", 0) == 0) return n_layer;
     return -1;  // wte, wpe
 }
 

@@ -20,7 +20,7 @@ namespace tune {
 // or both are given.
 Trainable select_trainable(const ModelConfig& cfg, int top_k, const std::string& patterns);
 
-// The block a parameter belongs to: 0..L-1 for h.<l>.*, -1 for the embeddings, L for ln_f.
+// The block a parameter belongs to: 0..L-1 for h.<l>.*, -1 for the embeddings, L for ln_f and virtual tokens.
 int param_layer(const std::string& name, int n_layer);
 
 // Sets each trainable tensor's learning-rate multiplier to factor^(L-1-layer).

@@ -102,6 +102,8 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     ModelOptions mo;
     mo.peft = args.peft;
     if (mo.peft.lora_rank == 0) mo.peft.lora_targets = 0;
+    // A resumed PEFT run needs no repeated PEFT flags: the checkpoint says what it was built with.
+    if (!args.resume.empty() && !mo.peft.any()) mo.peft = checkpoint_peft(args.resume);
     mo.recompute = args.recompute;
     Trainable trainable = select_trainable(cfg, args.train_top, args.train_only);
     // PEFT trains only its own tensors, unless the base selection was asked for explicitly.
@@ -123,7 +125,10 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         load_checkpoint(args.resume, *model_, opt_.get(), &state_, anchored ? &anchor_ : nullptr);
     } else {
         if (!args.init.empty()) load_weights(args.init, *model_);
-        if (mo.peft.any()) model_->init_peft(args.seed, virtual_init_tokens());
+        // A starting checkpoint with these PEFT tensors already holds them (load_checkpoint loaded them).
+        const bool has_peft = !args.init.empty() && weights_format(args.init) == WeightsFormat::tune_checkpoint &&
+                              checkpoint_peft(args.init).any();
+        if (mo.peft.any() && !has_peft) model_->init_peft(args.seed, virtual_init_tokens());
         opt_->sync_master_from_params();
         state_.init = args.init;
         if (anchored) capture_anchor();
@@ -220,16 +225,19 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
     if (data.empty()) throw UsageError("--fisher " + path + " does not exist and no --fisher-data was given to estimate it");
     Loader base(data, model_->config().vocab_size, args_.batch, args_.seq, true, args_.seed + 2);
     const size_t n = model_->grads().elems();
+    // Each squared gradient is weighted 1/batches; the loss scale keeps fp16 gradients from underflowing and
+    // is divided back out of the square.
+    const double scale = dynamic_loss_scale_ ? args_.loss_scale : 1.0;
     for (int k = 0; k < batches; k++) {
         Batch b = base.next();
         size_t counted = 0;
         for (float w : b.weights) counted += w != 0.0f;
-        if (!counted) continue;
+        if (!counted) throw Error(data[0] + ": a Fisher batch without a single counted token (all masked)");
         model_->zero_grads();
         model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
-        model_->loss(b.targets.data(), b.weights.data(), 1.0f / (float)counted, true);
+        model_->loss(b.targets.data(), b.weights.data(), (float)(scale / (double)counted), true);
         model_->backward();
-        be_->accumulate_squares(fisher_.base(), model_->grads().base(), 1.0f / (float)batches, n);
+        be_->accumulate_squares(fisher_.base(), model_->grads().base(), (float)(1.0 / (batches * scale * scale)), n);
         if (!args_.quiet) std::printf("\rewc: estimating the Fisher on %s: batch %d/%d", data[0].c_str(), k + 1, batches);
     }
     model_->zero_grads();
@@ -324,6 +332,13 @@ StepStats Trainer::step(float lr) {
         loss_sum = dp_->sum(loss_sum, "loss");
         if (teacher_) kl_sum = dp_->sum(kl_sum, "distillation loss");
     }
+    // Gradual unfreezing: a frozen tensor may still have received gradient (the tied embedding, from the LM
+    // head); zero it so the norm and clipping see exactly what this step updates, on one rank or many.
+    if (st.frozen_below >= 0) {
+        const Table& g = model_->grads().table();
+        for (size_t i = 0; i < g.size(); i++)
+            if (!opt_->active(i)) be_->zero(model_->grads().ptr(i), g[i].numel * dtype_size(model_->grads().dtype()));
+    }
     st.loss = st.counted ? loss_sum / (double)st.counted : 0.0;
     st.kl = st.counted ? kl_sum / (double)st.counted : 0.0;
     // L2-SP / EWC: lambda/2 sum F (theta - theta_0)^2, its gradient added (times the loss scale, like every
@@ -341,19 +356,8 @@ StepStats Trainer::step(float lr) {
                           be_->anchor_penalty(model_->grads().base(), model_->params().base(), master, anchor_.base(),
                                               fisher_.base(), segs, args_.ewc, (float)scale);
     }
-    // The norm covers what this step updates: with gradual unfreezing, the active tensors (a contiguous
-    // tail of the gradient arena: the unfrozen blocks and ln_f). Data parallelism takes the whole arena.
-    size_t norm_from = 0;
-    if (st.frozen_below >= 0) {
-        const Table& g = model_->grads().table();
-        for (size_t i = g.size(); i-- > 0;)
-            if (opt_->active(i)) norm_from = g[i].offset;
-    }
-    const char* gbase = static_cast<const char*>(model_->grads().base());
-    const double raw_norm =
-        std::sqrt(dp_ ? dp_->grad_sum_squares()
-                      : be_->sum_squares(gbase + norm_from * dtype_size(model_->grads().dtype()),
-                                         model_->grads().elems() - norm_from));
+    const double raw_norm = std::sqrt(dp_ ? dp_->grad_sum_squares()
+                                          : be_->sum_squares(model_->grads().base(), model_->grads().elems()));
     st.grad_norm = raw_norm / scale;  // the gradients still carry the loss scale
     st.lr = lr >= 0 ? lr : lr_at(args_.sched, (int)state_.step);
     // TEACH: a single NaN would poison every weight through Adam's moments. Skip the update instead and
