@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 
 #include "tests/model_util.h"
 #include "tests/test_util.h"
@@ -54,6 +55,22 @@ std::vector<double> all_logits(GPT2& m, const Data& d) {
     return out;
 }
 
+// Central difference of `objective` in element j of parameter tensor i against the analytic gradient.
+void expect_fd(GPT2& m, size_t i, size_t j, double analytic, const std::function<double()>& objective) {
+    auto p = get_tensor(m, m.params(), i);
+    const double h = 1e-5, old = p[j];
+    p[j] = old + h;
+    set_tensor(m, m.params(), i, p);
+    const double lp = objective();
+    p[j] = old - h;
+    set_tensor(m, m.params(), i, p);
+    const double lm = objective();
+    p[j] = old;
+    set_tensor(m, m.params(), i, p);
+    const double num = (lp - lm) / (2 * h);
+    EXPECT_NEAR(analytic, num, kGradTol * std::fabs(num) + 1e-9) << m.params().table()[i].name << "[" << j << "]";
+}
+
 // Finite differences in double on 3 random entries of every PEFT tensor.
 void check_peft_gradients(GPT2& m, const Data& d) {
     mean_loss(m, d, true);
@@ -62,22 +79,10 @@ void check_peft_gradients(GPT2& m, const Data& d) {
     int checked = 0;
     for (size_t i = m.num_base_tensors(); i < t.size(); i++) {
         ASSERT_GE(m.grad_index()[i], 0) << t[i].name;
-        auto g = get_tensor(m, m.grads(), (size_t)m.grad_index()[i]);
-        auto p = get_tensor(m, m.params(), i);
-        for (int k = 0; k < 3; k++) {
+        const auto g = get_tensor(m, m.grads(), (size_t)m.grad_index()[i]);
+        for (int k = 0; k < 3; k++, checked++) {
             const size_t j = pick.below(t[i].numel);
-            const double h = 1e-5, old = p[j];
-            p[j] = old + h;
-            set_tensor(m, m.params(), i, p);
-            const double lp = mean_loss(m, d, false);
-            p[j] = old - h;
-            set_tensor(m, m.params(), i, p);
-            const double lm = mean_loss(m, d, false);
-            p[j] = old;
-            set_tensor(m, m.params(), i, p);
-            const double num = (lp - lm) / (2 * h);
-            EXPECT_NEAR(g[j], num, 1e-6 * std::fabs(num) + 1e-9) << t[i].name << "[" << j << "]";
-            checked++;
+            expect_fd(m, i, j, g[j], [&] { return mean_loss(m, d, false); });
         }
     }
     EXPECT_GT(checked, 0);
@@ -328,21 +333,10 @@ TEST(PeftModel, DistillationGradientMatchesFiniteDifferencesAndAlphaZeroIsPlainC
     Rng pick(3);
     for (const char* name : {"h.1.mlp.c_proj.weight", "ln_f.weight", "wte"}) {
         const int i = t.find(name);
-        auto g = get_tensor(m, m.grads(), (size_t)m.grad_index()[i]);
-        auto p = get_tensor(m, m.params(), i);
+        const auto g = get_tensor(m, m.grads(), (size_t)m.grad_index()[i]);
         for (int k = 0; k < 3; k++) {
             const size_t j = pick.below(name == std::string("wte") ? 37 * 12 : t[i].numel);
-            const double h = 1e-5, old = p[j];
-            p[j] = old + h;
-            set_tensor(m, m.params(), i, p);
-            const double lp = objective(0.6f, 2.0f, false);
-            p[j] = old - h;
-            set_tensor(m, m.params(), i, p);
-            const double lm = objective(0.6f, 2.0f, false);
-            p[j] = old;
-            set_tensor(m, m.params(), i, p);
-            const double num = (lp - lm) / (2 * h);
-            EXPECT_NEAR(g[j], num, 1e-6 * std::fabs(num) + 1e-9) << name << "[" << j << "]";
+            expect_fd(m, (size_t)i, j, g[j], [&] { return objective(0.6f, 2.0f, false); });
         }
     }
     // Student == teacher: the distillation term is zero.
