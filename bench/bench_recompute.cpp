@@ -124,10 +124,11 @@ int main(int argc, char** argv) {
                 out.push_back({{"model", name}, {"recompute", recompute_name(mode)}, {"act_bytes_per_token", per_token},
                                {"used_bytes", timed.used}, {"fits", timed.fits}, {"max_batch", lo},
                                {"step_ms", timed.step_ms}, {"batch", timed_B}, {"seq", T}});
+                // Written after every row: a run cut short by a time limit keeps what it measured.
+                const std::string j = nlohmann::json{{"results", out}, {"table", md.str()}}.dump(2) + "\n";
+                write_file_atomic(json_path, j.data(), j.size());
             }
         }
-        const std::string j = nlohmann::json{{"results", out}, {"table", md.str()}}.dump(2) + "\n";
-        write_file_atomic(json_path, j.data(), j.size());
         std::printf("\n%s", md.str().c_str());
         return 0;
     });

@@ -2,13 +2,13 @@
 # The one command for a machine with an NVIDIA GPU (sized for one H200, about 7 minutes):
 #   1. build (reusing a carried build/ and bin/: make is incremental),
 #   2. every test (the CUDA suites and the CPU ones they compare against),
-#   3. GPT-2 124M training throughput: bin/train --device cuda --precision bf16 --batch 32 --seq 1024 on a
-#      synthetic shard, against bench/pytorch_baseline.py (PyTorch, bf16 autocast, fused AdamW, compile, SDPA),
-#   4. the kernel benchmarks (build/bench/bench_*), activation recomputation's memory and time for GPT-2 124M
-#      and XL (bench_recompute), and the fine-tuning methods table on a small model (bench_finetune_methods),
-#      the one-rank NCCL path of data parallelism (every collective),
-#   5. compute-sanitizer memcheck, racecheck, initcheck and synccheck over the kernel tests (a filtered gtest
+#      and the one-rank NCCL path of data parallelism (every collective),
+#   3. compute-sanitizer memcheck, racecheck, initcheck and synccheck over the kernel tests (a filtered gtest
 #      run) and memcheck over one training step,
+#   4. GPT-2 124M training throughput: bin/train --device cuda --precision bf16 --batch 32 --seq 1024 on a
+#      synthetic shard, against bench/pytorch_baseline.py (PyTorch, bf16 autocast, fused AdamW, compile, SDPA),
+#   5. the kernel benchmarks (build/bench/bench_*), activation recomputation's memory and time for GPT-2 124M
+#      and XL (bench_recompute), and the fine-tuning methods table on a small model (bench_finetune_methods),
 # and prints a compact table last. Every stage runs under a timeout and its exit status is recorded; the
 # script never stops early and never hangs: stages are cut to fit GPU_CHECK_BUDGET (420 s by default).
 # Exit status: 0 when every stage that ran passed.
@@ -102,7 +102,7 @@ stage tests 240 "./build/tests/tune_tests --gtest_output=xml:$LOG_DIR/tests.xml"
 stage nccl_one_rank 60 "./build/tests/tune_tests --gtest_filter='DistNccl.*' >$WORK/nccl.txt 2>&1; rc=\$?; \
   cat $WORK/nccl.txt; [ \$rc -ne 0 ] && exit \$rc; grep -q 'SKIPPED \\]' $WORK/nccl.txt && exit 77; exit 0"
 
-# ---- 3. training throughput: tune.cu vs PyTorch ----
+# A synthetic shard for the training stages.
 python3 - "$WORK/synthetic.bin" <<'PY' || say "could not write the synthetic shard"
 # A TUNETOK1 shard (data/shard.h) of 4M random GPT-2 token ids, 16-bit, no mask.
 import random, struct, sys, array
@@ -113,33 +113,8 @@ with open(sys.argv[1], "wb") as f:
     f.write(b"TUNETOK1" + struct.pack("<IIQII", 1, 2, n, 0, V))
     f.write(toks.tobytes())
 PY
-MEM_BASE=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null | head -1)
-nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 250 >"$WORK/mem.txt" 2>/dev/null &
-MEM_PID=$!
-stage train_gpt2 150 "bin/train --device cuda --precision bf16 --model gpt2 --batch 32 --seq 1024 --steps 12 \
-  --train-data $WORK/synthetic.bin --lr 1e-4 --warmup 0 --val-every 0 --out $WORK/run_gpt2"
-kill "$MEM_PID" 2>/dev/null
-wait "$MEM_PID" 2>/dev/null
-# Exit 77 (skip) when PyTorch or its GPU is missing; a crash keeps its own status.
-stage pytorch_gpt2 150 "python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json $LOG_DIR/pytorch.json \
-  || exit \$?; test -s $LOG_DIR/pytorch.json || exit 77"
 
-# ---- 4. kernel benchmarks ----
-for b in build/bench/bench_*; do
-    [ -x "$b" ] || continue
-    n=$(basename "$b")
-    # experiments (not Google Benchmarks) run below; the CPU benchmarks are measured on the CPU machine
-    case $n in bench_recompute | bench_finetune_methods | bench_tokenizer | bench_train_cpu) continue ;; esac
-    stage "$n" 60 "$b --benchmark_out=$LOG_DIR/$n.json --benchmark_out_format=json"
-done
-
-# Activation recomputation: bytes per token, memory in use, largest batch and step time per mode (docs/scaling.md).
-stage recompute 120 "build/bench/bench_recompute --models gpt2,gpt2-xl --json $LOG_DIR/recompute.json"
-# Every fine-tuning method on the GPU, small model (the CPU table in docs/finetuning.md uses the tiny one).
-stage methods 90 "build/bench/bench_finetune_methods --device cuda --model small --steps 300 --doc '' \
-  --out $WORK/methods --machine 'one H200' && cp $WORK/methods/results.json $LOG_DIR/methods.json"
-
-# ---- 5. compute-sanitizer ----
+# ---- 3. compute-sanitizer (correctness first: before the measurements, so a short budget cuts those) ----
 SAN=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer "$CUDA_HOME"/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
 SAN_ARGS="--error-exitcode 1 --print-limit 20"
 # The kernel tests, small shapes, fp32 and bf16; racecheck (slow on cuBLAS's shared-memory kernels) only over
@@ -156,6 +131,33 @@ if [ -n "$SAN" ]; then
 else
     stage sanitizers 5 "echo 'compute-sanitizer not found (looked on PATH and under $CUDA_HOME)'; exit 77"
 fi
+
+# ---- 4. training throughput: tune.cu vs PyTorch ----
+MEM_BASE=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null | head -1)
+nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 250 >"$WORK/mem.txt" 2>/dev/null &
+MEM_PID=$!
+stage train_gpt2 150 "bin/train --device cuda --precision bf16 --model gpt2 --batch 32 --seq 1024 --steps 12 \
+  --train-data $WORK/synthetic.bin --lr 1e-4 --warmup 0 --val-every 0 --out $WORK/run_gpt2"
+kill "$MEM_PID" 2>/dev/null
+wait "$MEM_PID" 2>/dev/null
+# Exit 77 (skip) when PyTorch or its GPU is missing; a crash keeps its own status.
+stage pytorch_gpt2 150 "python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json $LOG_DIR/pytorch.json \
+  || exit \$?; test -s $LOG_DIR/pytorch.json || exit 77"
+
+# ---- 5. kernel benchmarks, recomputation, the methods table ----
+for b in build/bench/bench_*; do
+    [ -x "$b" ] || continue
+    n=$(basename "$b")
+    # experiments (not Google Benchmarks) run below; the CPU benchmarks are measured on the CPU machine
+    case $n in bench_recompute | bench_finetune_methods | bench_tokenizer | bench_train_cpu) continue ;; esac
+    stage "$n" 60 "$b --benchmark_out=$LOG_DIR/$n.json --benchmark_out_format=json"
+done
+
+# Activation recomputation: bytes per token, memory in use, largest batch and step time per mode (docs/scaling.md).
+stage recompute 150 "build/bench/bench_recompute --models gpt2,gpt2-xl --json $LOG_DIR/recompute.json"
+# Every fine-tuning method on the GPU, small model (the CPU table in docs/finetuning.md uses the tiny one).
+stage methods 90 "build/bench/bench_finetune_methods --device cuda --model small --steps 300 --doc '' \
+  --out $WORK/methods --machine 'one H200' && cp $WORK/methods/results.json $LOG_DIR/methods.json"
 
 # ---- summary ----
 tok_s() {  # median tokens/s of ./train's progress lines after the first two (warm-up) steps
