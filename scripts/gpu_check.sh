@@ -153,6 +153,13 @@ for b in build/bench/bench_*; do
     stage "$n" 60 "$b --benchmark_out=$LOG_DIR/$n.json --benchmark_out_format=json"
 done
 
+# Data parallelism's overlap on one GPU (through NCCL with one rank): the step with the per-layer gradient
+# reduction overlapping backward, and with every bucket reduced after backward (docs/scaling.md).
+for ov in on off; do
+    stage "overlap_$ov" 60 "TUNE_NCCL_ONE_RANK=1 bin/train --device cuda --precision bf16 --model gpt2 --batch 16 \
+      --seq 1024 --steps 10 --train-data $WORK/synthetic.bin --lr 1e-4 --warmup 0 --val-every 0 --comm-overlap $ov \
+      --out $WORK/run_overlap_$ov"
+done
 # Activation recomputation: bytes per token, memory in use, largest batch and step time per mode (docs/scaling.md).
 stage recompute 150 "build/bench/bench_recompute --models gpt2,gpt2-xl --json $LOG_DIR/recompute.json"
 # Every fine-tuning method on the GPU, small model (the CPU table in docs/finetuning.md uses the tiny one).
@@ -184,6 +191,8 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$LOG_DIR/tests.log" 2>/dev/null |
     if [[ "$TUNE_TOKS" =~ ^[0-9.]+$ && "$PT_TOKS" =~ ^[0-9.]+$ ]]; then
         awk -v a="$TUNE_TOKS" -v b="$PT_TOKS" 'BEGIN {printf "  tune.cu / PyTorch = %.2f\n", a / b}'
     fi
+    echo "one-rank NCCL, GPT-2 124M B=16 T=1024 bf16: overlap on $(tok_s "$LOG_DIR/overlap_on.log") tok/s," \
+        "off $(tok_s "$LOG_DIR/overlap_off.log") tok/s"
     if [ -s "$LOG_DIR/recompute.json" ]; then
         echo "activation recomputation (bf16, T=1024):"
         python3 -c "import json; print(json.load(open('$LOG_DIR/recompute.json'))['table'])" 2>/dev/null | sed 's/^/  /'

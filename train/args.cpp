@@ -153,6 +153,11 @@ Cli train_cli(TrainArgs& a) {
              "across ranks (ZeRO-1); 0 replicates it", &a.zero, 0, 1);
     c.option("--comm-timeout", "S", "data parallel: seconds a collective may wait for the other ranks before "
              "the job stops, naming the rank that did not answer", &a.comm_timeout, 1, 1e6);
+    c.custom("--comm-overlap", "on|off", "data parallel: reduce each layer's gradients while backward goes on (off: all "
+             "after backward, to measure what the overlap saves)", "on", [&a](const std::string& v) {
+                 if (v != "on" && v != "off") throw UsageError("--comm-overlap: expected on or off, got '" + v + "'");
+                 a.comm_overlap = v == "on";
+             });
     return c;
 }
 

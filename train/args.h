@@ -72,6 +72,7 @@ struct TrainArgs {
     // DIST: data parallelism (train/dist.h, train/data_parallel.h)
     int zero = 0;                // 1: shard the optimizer state across ranks
     float comm_timeout = 600;    // seconds a collective may wait before the job stops
+    bool comm_overlap = true;    // reduce each layer's gradients while backward continues (off: all at the end)
 };
 
 // Parses argv. Returns false when --help was asked for (print train_help()). Throws tune::UsageError

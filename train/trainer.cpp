@@ -323,7 +323,8 @@ StepStats Trainer::step(float lr) {
             model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
             loss_sum += model_->loss(b.targets.data(), b.weights.data(), dloss, true);
         }
-        if (dp_ && k + 1 == batches.size()) dp_->arm();  // DIST: reduce each layer's bucket as backward ends it
+        // DIST: reduce each layer's bucket as backward ends it (unarmed, finish_gradients reduces them all)
+        if (dp_ && k + 1 == batches.size() && args_.comm_overlap) dp_->arm();
         model_->backward();
     }
     model_->set_training(false);
