@@ -33,6 +33,7 @@ struct TrainArgs {
     // parameter-efficient methods (model/peft.h); the base model is frozen when any is on
     PeftConfig peft;
     std::string virtual_init = "vocab";  // random | vocab | text:SOME TEXT
+    std::string vocab = "data/gpt2";     // GPT-2 vocabulary, for --virtual-init text:...
     Recompute recompute = Recompute::none;
     // keeping what the model knew
     float l2sp = 0;                  // lambda of L2-SP (0: off)

@@ -170,7 +170,7 @@ std::vector<int32_t> Trainer::virtual_init_tokens() const {
     if (model_->virtual_tokens() == 0 || how == "random") return {};
     if (how.rfind("text:", 0) == 0) {
         const std::string text = how.substr(5);
-        std::vector<int32_t> ids = Tokenizer::load().encode(text);
+        std::vector<int32_t> ids = Tokenizer::load(args_.vocab).encode(text);
         if (ids.empty()) throw UsageError("--virtual-init: the text after 'text:' is empty");
         for (int32_t id : ids)
             if (id >= model_->config().vocab_size)
