@@ -382,6 +382,11 @@ TEST(MethodsCli, GenerateRunsWithEveryMethodsAdapterAndModel) {
             EXPECT_THAT(r.out, HasSubstr("The fox")) << weights;
         }
     }
+    // A checkpoint that is not an adapter, given as one, is refused by name.
+    r = run_cmd("bin/generate --device cpu --model " + d + "/base/model.ckpt --adapter " + d +
+                "/base/model.ckpt --prompt x");
+    EXPECT_EQ(r.rc, 1) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("is not an adapter checkpoint"));
     // An adapter on the wrong base is refused by name.
     r = run_cmd("bin/generate --device cpu --model " + d + "/m/model.ckpt --adapter " + d + "/m/adapter.ckpt --prompt x");
     EXPECT_EQ(r.rc, 1) << r.out;
