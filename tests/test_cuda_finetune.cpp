@@ -143,22 +143,10 @@ TEST_P(CudaFinetune, PrefixRowsForwardBackward_Awkward_and_Wide) {
 }
 
 // ---------------------------------------------------------------- distillation
-struct DistillShape {
-    size_t N;
-    int V, Vp;
-};
-
-std::vector<float> distill_weights(size_t N) {
-    const float pattern[] = {1.0f, 0.0f, 0.5f, 2.0f, 1.0f, 0.0f, 1.0f};
-    std::vector<float> w(N);
-    for (size_t i = 0; i < N; i++) w[i] = pattern[i % 7];
-    return w;
-}
-
 TEST_P(CudaFinetune, DistillSeparateInPlaceAndEval_N23_V75_Vp128_and_N5_V50257_Vp50304) {
-    for (DistillShape s : {DistillShape{23, 75, 128}, DistillShape{5, 50257, 50304}}) {
+    for (LogitRows s : {LogitRows{23, 75, 128}, LogitRows{5, 50257, 50304}}) {
         const float tau = 2.0f, dloss = 1.0f / 17.0f;
-        const auto w = distill_weights(s.N);
+        const auto w = row_weights(s.N);
         F32Twin wt(gpu(), ref(), w);
         auto zv = randn(s.N * s.Vp, 1, 3.0), ztv = randn(s.N * s.Vp, 2, 3.0);
         for (size_t i = 0; i < s.N; i++)  // padding logits hold garbage: they must take no part
@@ -199,7 +187,7 @@ TEST_P(CudaFinetune, DistillSeparateInPlaceAndEval_N23_V75_Vp128_and_N5_V50257_V
 TEST_P(CudaFinetune, DistillOfTeacherWithItselfIsZero_N9_V75_Vp80) {
     const size_t N = 9;
     const int V = 75, Vp = 80;
-    F32Twin wt(gpu(), ref(), distill_weights(N));
+    F32Twin wt(gpu(), ref(), row_weights(N));
     Buffer z(gpu(), dt(), N * Vp), zt(gpu(), dt(), N * Vp), dz(gpu(), dt(), N * Vp), loss(gpu(), dt(), N);
     const auto zv = randn(N * Vp, 1, 3.0);
     z.set(zv);

@@ -371,22 +371,10 @@ TEST_P(CudaOps, ResidualForward_n1001_n4096_Misaligned) {
 }
 
 // ---------------------------------------------------------------- cross-entropy
-struct CeShape {
-    size_t N;
-    int V, Vp;
-};
-
-std::vector<float> ce_weights(size_t N) {
-    const float pattern[] = {1.0f, 0.0f, 0.5f, 2.0f, 1.0f, 0.0f, 1.0f};
-    std::vector<float> w(N);
-    for (size_t i = 0; i < N; i++) w[i] = pattern[i % 7];
-    return w;
-}
-
 TEST_P(CudaOps, CrossEntropySeparateInPlaceAndEval_N23_V75_Vp128_and_N5_V50257_Vp50304) {
-    for (CeShape s : {CeShape{23, 75, 128}, CeShape{5, 50257, 50304}}) {
+    for (LogitRows s : {LogitRows{23, 75, 128}, LogitRows{5, 50257, 50304}}) {
         const float dloss = 1.0f / 17.0f;
-        const auto w = ce_weights(s.N);
+        const auto w = row_weights(s.N);
         I32Twin y(gpu(), ref(), random_ints(s.N, s.V, 2));
         F32Twin wt(gpu(), ref(), w);
         auto zv = randn(s.N * s.Vp, 1, 3.0);

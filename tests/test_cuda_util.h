@@ -131,4 +131,18 @@ class CudaTest : public ::testing::TestWithParam<DType> {
     std::unique_ptr<Backend> gpu_, ref_;
 };
 
+// Rows of logits for the softmax-based ops (cross-entropy, distillation): N rows of V real columns, Vp padded.
+struct LogitRows {
+    size_t N;
+    int V, Vp;
+};
+
+// Per-row loss weights with zeros (skipped rows), fractions and weights above 1.
+inline std::vector<float> row_weights(size_t N) {
+    const float pattern[] = {1.0f, 0.0f, 0.5f, 2.0f, 1.0f, 0.0f, 1.0f};
+    std::vector<float> w(N);
+    for (size_t i = 0; i < N; i++) w[i] = pattern[i % 7];
+    return w;
+}
+
 }  // namespace tune::test
