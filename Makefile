@@ -108,6 +108,40 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libtune.a
 
 bench: $(BENCHES)
 
+# ---- The CUDA emulator (tests/emu/cuda_emu.h): the CUDA tests on the CPU ----
+# Each kernels/**/*.cu is translated (launch syntax only) and compiled by g++ with the emulator's header;
+# tests/emu/*.cpp stand in for libcudart, libcublas(Lt) and libnccl. The host objects and the test objects
+# are the ones `make test` builds. -fno-strict-aliasing: the kernels' 16-byte pack loads pun types, which
+# nvcc allows and g++'s optimiser would not.
+EMU      := $(BUILD)/emu
+EMU_CU   := $(filter %.cu,$(LIB_SRC))
+EMU_OBJ  := $(addprefix $(EMU)/,$(addsuffix .o,$(basename $(EMU_CU)))) \
+            $(addprefix $(EMU)/,$(addsuffix .o,$(basename $(wildcard tests/emu/*.cpp))))
+EMU_HOST := $(filter-out $(call obj,$(EMU_CU)),$(LIB_OBJ))
+EMU_CXXFLAGS := $(filter-out -Werror,$(CXXFLAGS)) -Werror -fno-strict-aliasing -Wno-unknown-pragmas \
+                -Wno-sign-compare -Wno-uninitialized -Wno-maybe-uninitialized -Itests/emu/include
+EMU_LDLIBS := -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lpcre2-8 -fopenmp -lpthread $(MPI_LIBS)
+# What runs under the emulator: every test that needs a GPU (the rest already ran in `make test`).
+EMU_FILTER ?= Cuda*:*/Cuda*:DistNccl*:-DistNccl.OneRankNcclTrainingEqualsThePlainRun
+
+$(EMU)/%.cpp: %.cu scripts/cuda_emu_translate.py
+	@mkdir -p $(dir $@)
+	python3 scripts/cuda_emu_translate.py $< $@
+
+$(EMU)/kernels/%.o: $(EMU)/kernels/%.cpp tests/emu/cuda_emu.h
+	$(CXX) $(EMU_CXXFLAGS) -include tests/emu/cuda_emu.h -c $< -o $@
+
+$(EMU)/tests/emu/%.o: tests/emu/%.cpp tests/emu/cuda_emu.h
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) $(NCCL_DEFS) -c $< -o $@
+
+$(EMU)/tune_tests_emu: $(call obj,$(TEST_SRC)) $(EMU_HOST) $(EMU_OBJ)
+	$(CXX) $^ -o $@ -lgtest $(EMU_LDLIBS)
+
+.PHONY: test-emu
+test-emu: $(EMU)/tune_tests_emu $(TOOLS)
+	./$(EMU)/tune_tests_emu --gtest_filter='$(EMU_FILTER)'
+
 clean:
 	rm -rf $(BUILD) bin
 

@@ -1,0 +1,189 @@
+// The CUDA emulator's device side: what a kernel file needs to compile as plain C++ and run on the CPU.
+//
+// Why: no session so far has had a GPU, yet every kernel needs its parity test to run before it is
+// trusted. The emulator lets the CUDA tests (tests/test_cuda_*.cpp) run here and in CI against the CPU
+// reference: `make test-emu` translates each kernels/**/*.cu (scripts/cuda_emu_translate.py rewrites the
+// launch syntax `k<<<grid, block, smem, stream>>>(args)` and `extern __shared__` arrays, nothing else),
+// compiles it with g++ and this header force-included, and links tests/emu/*.cpp in place of libcudart,
+// libcublas(Lt) and libnccl.
+//
+// How a launch runs: blocks one after another; within a block every CUDA thread is a fiber (ucontext) on
+// the launching thread, run in thread order until it finishes or reaches a barrier. __syncthreads()
+// releases when every live thread of the block has reached it; a warp shuffle is a rendezvous of the
+// warp's lanes. `__shared__` variables become function statics, shared by the block that is running.
+//
+// What it checks that a GPU run would also check: indexing, reductions and their order, the bf16/fp16
+// rounding (cuda_bf16.h's own host conversions), cuBLAS(Lt) argument validity and layouts. It reports a
+// __syncthreads() that some live threads never reach (deadlock), and a shuffle whose mask names a lane
+// that does not exist or has exited. What it cannot check: data races (a block's fibers interleave
+// only at barriers), memory-model and timing effects, real cuBLAS algorithms, speed.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __shared__
+#undef __constant__
+#undef __forceinline__
+#undef __noinline__
+#undef __launch_bounds__
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __constant__ static
+#define __forceinline__ inline
+#define __noinline__
+#define __launch_bounds__(...)
+
+namespace emu {
+
+// The running CUDA thread's coordinates (valid only inside a kernel).
+const uint3& thread_idx();
+const uint3& block_idx();
+const dim3& block_dim();
+const dim3& grid_dim();
+
+void sync_block();                // __syncthreads
+void sync_warp(unsigned mask);    // rendezvous of the lanes named by mask
+void* warp_exchange_slot();       // this lane's 16-byte slot in its warp's exchange area
+void* warp_lane_slot(int lane);   // lane `lane`'s slot in the same warp
+int lane_id();
+void* dynamic_shared(size_t align);  // the launch's dynamic shared memory (extern __shared__)
+
+// One launch: runs `body` for every thread of every block, as described above. `name` names the kernel in
+// error messages.
+void run_grid(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream, const char* name, void (*body)(void*),
+              void* ctx);
+
+template <class T>
+T* dynamic_smem() {
+    return static_cast<T*>(dynamic_shared(alignof(T) < 16 ? 16 : alignof(T)));
+}
+
+template <class T>
+T shfl_xor(unsigned mask, T v, int lane_mask, int width) {
+    static_assert(sizeof(T) <= 16 && std::is_trivially_copyable<T>::value, "shuffle of a large or non-trivial type");
+    std::memcpy(warp_exchange_slot(), &v, sizeof v);
+    sync_warp(mask);
+    const int lane = lane_id();
+    const int src = lane ^ lane_mask;
+    T r = v;
+    if (src / width == lane / width) std::memcpy(&r, warp_lane_slot(src), sizeof r);
+    sync_warp(mask);  // every lane has read before any lane writes its next value
+    return r;
+}
+
+// `k<<<cfg>>>(args)` is translated to `k ^ ::emu::Config(cfg)(args)`: the call binds first and holds the
+// arguments; ^ then launches the kernel with them, converted to its parameter types as a real launch does.
+template <class... A>
+struct BoundLaunch {
+    dim3 grid, block;
+    size_t smem;
+    cudaStream_t stream;
+    std::tuple<std::decay_t<A>...> args;
+};
+
+struct Config {
+    dim3 grid, block;
+    size_t smem;
+    cudaStream_t stream;
+    Config(dim3 g, dim3 b, size_t s = 0, cudaStream_t st = nullptr) : grid(g), block(b), smem(s), stream(st) {}
+    template <class... A>
+    BoundLaunch<A...> operator()(A&&... a) const {
+        return BoundLaunch<A...>{grid, block, smem, stream, std::tuple<std::decay_t<A>...>(std::forward<A>(a)...)};
+    }
+};
+
+template <class... P, class... A>
+void operator^(void (*kernel)(P...), BoundLaunch<A...>&& launch) {
+    static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
+    struct Ctx {
+        void (*kernel)(P...);
+        std::tuple<std::decay_t<P>...> params;
+    };
+    Ctx ctx{kernel, std::make_from_tuple<std::tuple<std::decay_t<P>...>>(std::move(launch.args))};
+    // Each thread gets its own copy of the parameters, as on the GPU (a kernel may modify them).
+    auto body = [](void* p) {
+        Ctx& c = *static_cast<Ctx*>(p);
+        std::tuple<std::decay_t<P>...> mine = c.params;
+        std::apply(c.kernel, std::move(mine));
+    };
+    run_grid(launch.grid, launch.block, launch.smem, launch.stream, __PRETTY_FUNCTION__, body, &ctx);
+}
+
+}  // namespace emu
+
+#define threadIdx (::emu::thread_idx())
+#define blockIdx (::emu::block_idx())
+#define blockDim (::emu::block_dim())
+#define gridDim (::emu::grid_dim())
+#ifndef warpSize
+#define warpSize 32
+#endif
+
+inline void __syncthreads() { ::emu::sync_block(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::sync_warp(mask); }
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    return ::emu::shfl_xor(mask, v, lane_mask, width);
+}
+
+template <class T>
+inline T __ldg(const T* p) {
+    return *p;
+}
+
+// Fast-math intrinsics: the CPU computes them exactly, which is within their documented error.
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __saturatef(float x) { return x < 0.f ? 0.f : x > 1.f ? 1.f : x; }
+
+// CUDA's global min/max overloads (any mix of arithmetic types, in their common type).
+template <class A, class B, class = std::enable_if_t<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value>>
+inline std::common_type_t<A, B> min(A a, B b) {
+    return b < a ? b : a;
+}
+template <class A, class B, class = std::enable_if_t<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value>>
+inline std::common_type_t<A, B> max(A a, B b) {
+    return a < b ? b : a;
+}
+
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, sizeof u);
+    return u;
+}
+inline float __uint_as_float(unsigned u) {
+    float x;
+    std::memcpy(&x, &u, sizeof x);
+    return x;
+}
+inline int __float_as_int(float x) {
+    int u;
+    std::memcpy(&u, &x, sizeof u);
+    return u;
+}
+inline float __int_as_float(int u) {
+    float x;
+    std::memcpy(&x, &u, sizeof x);
+    return x;
+}
