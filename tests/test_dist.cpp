@@ -500,12 +500,12 @@ TEST(DistNccl, OneRankNcclTrainingEqualsThePlainRun) {
     save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
     const std::string args = " --device cuda --precision bf16 --init " + d + "/init.ckpt --train-data " + d +
                              "/train.bin --batch 4 --seq 13 --steps 4 --val-every 0 --quiet --out " + d;
-    CmdResult plain = run_cmd("bin/train" + args + "/plain");
+    CmdResult plain = run_cmd(cuda_tool("train") + args + "/plain");
     ASSERT_EQ(plain.rc, 0) << plain.out;
     for (const char* variant : {"--zero 0", "--zero 1", "--zero 1 (grouped)"}) {
         const std::string v = variant;
         const std::string env = v.find("grouped") != std::string::npos ? "TUNE_NCCL_GROUPED=1 " : "";
-        CmdResult nccl = run_cmd(env + "TUNE_NCCL_ONE_RANK=1 bin/train " + v.substr(0, 8) + args + "/nccl");
+        CmdResult nccl = run_cmd(env + "TUNE_NCCL_ONE_RANK=1 " + cuda_tool("train") + " " + v.substr(0, 8) + args + "/nccl");
         ASSERT_EQ(nccl.rc, 0) << nccl.out;
         EXPECT_EQ(slurp(d + "/plain/model.ckpt"), slurp(d + "/nccl/model.ckpt")) << variant;
         EXPECT_EQ(slurp(d + "/plain/resume.ckpt"), slurp(d + "/nccl/resume.ckpt")) << variant;

@@ -162,4 +162,11 @@ inline CmdResult run_cmd(const std::string& cmd) {
     return r;
 }
 
+// Path of a tool for a test that runs it on the CUDA backend: bin/<name>, or $TUNE_TEST_BIN/<name> where the
+// CUDA emulator's build (`make test-emu`) points it at tools linked against the emulator.
+inline std::string cuda_tool(const std::string& name) {
+    const char* dir = std::getenv("TUNE_TEST_BIN");
+    return std::string(dir && *dir ? dir : "bin") + "/" + name;
+}
+
 }  // namespace tune::test

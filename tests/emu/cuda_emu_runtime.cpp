@@ -93,6 +93,17 @@ void yield_to_scheduler() {
     if (!_setjmp(l.current->ctx)) _longjmp(l.scheduler, 1);
 }
 
+// CUDA_EMU_ORDER=reverse runs each block's threads last to first. A missing barrier (a thread reading what
+// another writes in the same phase) reads stale or poisoned data in one order or the other, so running the
+// tests both ways finds races that a GPU would show only sometimes.
+bool reverse_order() {
+    static const bool r = [] {
+        const char* e = std::getenv("CUDA_EMU_ORDER");
+        return e && std::string(e) == "reverse";
+    }();
+    return r;
+}
+
 // Runs `f` until it finishes or waits. Its own function, so no caller's locals live across the _setjmp.
 __attribute__((noinline)) void resume(Launch& l, Fiber& f) {
     l.current = &f;
@@ -178,9 +189,10 @@ void run_block(Launch& l) {
                       (unsigned)(t / (l.block.x * l.block.y))};
         f.state = State::ready;
     }
+    const bool reverse = reverse_order();
     for (;;) {
-        for (int t = 0; t < l.nthreads; ++t) {
-            Fiber& f = l.fibers[t];
+        for (int i = 0; i < l.nthreads; ++i) {
+            Fiber& f = l.fibers[reverse ? l.nthreads - 1 - i : i];
             if (f.state != State::ready) continue;
             resume(l, f);
         }
