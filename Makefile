@@ -119,13 +119,15 @@ EMU      := $(BUILD)/emu
 EMU_CU   := $(filter %.cu,$(LIB_SRC))
 EMU_OBJ  := $(addprefix $(EMU)/,$(addsuffix .o,$(basename $(EMU_CU)))) \
             $(addprefix $(EMU)/,$(addsuffix .o,$(basename $(wildcard tests/emu/*.cpp))))
+EMU_SELF := $(addprefix $(EMU)/,$(addsuffix .cu.o,$(basename $(wildcard tests/emu/*.cu))))  # its own tests
 EMU_HOST := $(filter-out $(call obj,$(EMU_CU)),$(LIB_OBJ))
 EMU_CXXFLAGS := $(filter-out -Werror,$(CXXFLAGS)) -Werror -fno-strict-aliasing -Wno-unknown-pragmas \
                 -Wno-sign-compare -Wno-uninitialized -Wno-maybe-uninitialized -Itests/emu/include
 EMU_LDLIBS := -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lpcre2-8 -fopenmp -lpthread $(MPI_LIBS)
 # What runs under the emulator: every test that needs a GPU (the rest already ran in `make test`).
-EMU_FILTER ?= Cuda*:*/Cuda*:DistNccl*
+EMU_FILTER ?= Cuda*:*/Cuda*:DistNccl*:CudaEmu*
 
+.PRECIOUS: $(EMU)/%.cpp
 $(EMU)/%.cpp: %.cu scripts/cuda_emu_translate.py
 	@mkdir -p $(dir $@)
 	python3 scripts/cuda_emu_translate.py $< $@
@@ -137,7 +139,10 @@ $(EMU)/tests/emu/%.o: tests/emu/%.cpp tests/emu/cuda_emu.h
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) $(NCCL_DEFS) -c $< -o $@
 
-$(EMU)/tune_tests_emu: $(call obj,$(TEST_SRC)) $(EMU_HOST) $(EMU_OBJ)
+$(EMU)/tests/emu/%.cu.o: $(EMU)/tests/emu/%.cpp tests/emu/cuda_emu.h
+	$(CXX) $(EMU_CXXFLAGS) -include tests/emu/cuda_emu.h -c $< -o $@
+
+$(EMU)/tune_tests_emu: $(call obj,$(TEST_SRC)) $(EMU_SELF) $(EMU_HOST) $(EMU_OBJ)
 	$(CXX) $^ -o $@ -lgtest $(EMU_LDLIBS)
 
 # The tools linked the same way, in $(EMU)/bin: `build/emu/bin/train --device cuda` trains on the emulator.

@@ -10,7 +10,7 @@
 // How a launch runs: blocks one after another; within a block every CUDA thread is a fiber (ucontext) on
 // the launching thread, run in thread order until it finishes or reaches a barrier. __syncthreads()
 // releases when every live thread of the block has reached it; a warp shuffle is a rendezvous of the
-// warp's lanes. `__shared__` variables become function statics, shared by the block that is running.
+// warp's lanes. `__shared__` variables become per-block storage that starts as NaN bytes in every block.
 //
 // What it checks that a GPU run would also check: indexing, reductions and their order, the bf16/fp16
 // rounding (cuda_bf16.h's own host conversions), cuBLAS(Lt) argument validity and layouts. It reports a
@@ -62,10 +62,25 @@ void* warp_lane_slot(int lane);   // lane `lane`'s slot in the same warp
 int lane_id();
 void* dynamic_shared(size_t align);  // the launch's dynamic shared memory (extern __shared__)
 
+// Runs each block's threads last to first (true) or first to last; returns the previous setting. The
+// environment variable CUDA_EMU_ORDER=reverse sets it at start.
+bool set_reverse_order(bool reverse);
+
 // One launch: runs `body` for every thread of every block, as described above. `name` names the kernel in
 // error messages.
 void run_grid(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream, const char* name, void (*body)(void*),
               void* ctx);
+
+// The block's instance of one `__shared__` variable (the translator rewrites each declaration to this; `key`
+// is a static unique to the declaration and its template instance). Filled with 0xFF bytes (NaN) when a
+// block first asks for it, so a read of shared memory this block never wrote shows, as on a GPU it would be
+// garbage.
+void* block_shared_bytes(const void* key, size_t bytes, size_t align);
+template <class T>
+T& block_shared(const void* key) {
+    static_assert(std::is_trivially_default_constructible<T>::value, "__shared__ of a type with a constructor");
+    return *static_cast<T*>(block_shared_bytes(key, sizeof(T), alignof(T)));
+}
 
 template <class T>
 T* dynamic_smem() {

@@ -20,6 +20,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace emu {
@@ -47,8 +48,16 @@ struct Fiber {
     unsigned warp_mask = 0;
 };
 
+struct SharedRegion {
+    void* data = nullptr;
+    size_t bytes = 0;
+    uint64_t block = 0;  // the block that last poisoned it
+};
+
 struct Launch {
     const char* name = nullptr;
+    uint64_t block_serial = 0;  // counts blocks over all launches
+    std::unordered_map<const void*, SharedRegion> shared;
     void (*body)(void*) = nullptr;
     void* ctx = nullptr;
     dim3 grid, block;
@@ -96,13 +105,14 @@ void yield_to_scheduler() {
 // CUDA_EMU_ORDER=reverse runs each block's threads last to first. A missing barrier (a thread reading what
 // another writes in the same phase) reads stale or poisoned data in one order or the other, so running the
 // tests both ways finds races that a GPU would show only sometimes.
-bool reverse_order() {
-    static const bool r = [] {
+bool& reverse_flag() {
+    static bool r = [] {
         const char* e = std::getenv("CUDA_EMU_ORDER");
         return e && std::string(e) == "reverse";
     }();
     return r;
 }
+bool reverse_order() { return reverse_flag(); }
 
 // Runs `f` until it finishes or waits. Its own function, so no caller's locals live across the _setjmp.
 __attribute__((noinline)) void resume(Launch& l, Fiber& f) {
@@ -217,6 +227,12 @@ cudaError_t g_last_error = cudaSuccess;
 
 }  // namespace
 
+bool set_reverse_order(bool reverse) {
+    const bool was = reverse_flag();
+    reverse_flag() = reverse;
+    return was;
+}
+
 const uint3& thread_idx() { return current().tid; }
 const uint3& block_idx() {
     current();
@@ -261,6 +277,22 @@ void* warp_lane_slot(int lane) {
     return &launch().exchange[(size_t)t * 16];
 }
 
+void* block_shared_bytes(const void* key, size_t bytes, size_t align) {
+    current();
+    Launch& l = launch();
+    SharedRegion& r = l.shared[key];
+    if (!r.data) {
+        r.data = std::aligned_alloc(align < 64 ? 64 : align, (bytes + 63) / 64 * 64);
+        r.bytes = bytes;
+    }
+    if (r.bytes != bytes) fail("one __shared__ declaration seen with two sizes");
+    if (r.block != l.block_serial) {
+        std::memset(r.data, 0xFF, bytes);
+        r.block = l.block_serial;
+    }
+    return r.data;
+}
+
 void* dynamic_shared(size_t align) {
     Launch& l = launch();
     current();
@@ -298,6 +330,7 @@ void run_grid(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t, const char
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
                 l.block_idx = uint3{x, y, z};
+                ++l.block_serial;
                 if (smem_bytes) {
                     std::fill(smem.begin(), smem.end(), 0xFF);
                     l.dynamic_shared.swap(smem);
