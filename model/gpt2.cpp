@@ -140,7 +140,8 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
                                                        {N, C}, {N}, {N}, {N, 4 * C}, {N, 4 * C}, {N, C}};
     auto shared = [&](int k) {
         if (opts.recompute == Recompute::full) return k != kRes3;
-        if (opts.recompute == Recompute::selective) return k == kLn1 || k == kLn2 || k == kFchGelu;
+        if (opts.recompute == Recompute::selective)
+            return k == kLn1 || k == kLn2 || k == kFchGelu || k == kAttSaved;
         return false;
     };
     Table atab;
@@ -583,6 +584,9 @@ void GPT2::block_backward(int l, const void* x_in, int B, int Tt) {
         be_.layernorm_forward(a(kLn1), a(kLn1Mean), a(kLn1Rstd), x_in, p.ln1w, p.ln1b, N, C);
         be_.layernorm_forward(a(kLn2), a(kLn2Mean), a(kLn2Rstd), a(kRes2), p.ln2w, p.ln2b, N, C);
         be_.gelu_forward(a(kFchGelu), a(kFch), N * 4 * C);
+        // TEACH: the attention probabilities (NH·T per token, as much as the rest of the block together)
+        // come back from the kept QKV; the output this also recomputes is kept already, so it goes to scratch.
+        be_.attention_forward(scratch_.ptr(s_proj_), a(kAttSaved), a(kQkv), B, Tt, C, NH);
     }
     void* dres = scratch_.ptr(s_dres_);  // d x_out on entry, d x_in on exit
     void* dC = scratch_.ptr(s_dC_);

@@ -56,8 +56,10 @@ struct Trainable {
 
 // Activation checkpointing. What backward needs but forward did not keep is recomputed from what it did:
 //   none       every block keeps all its activations;
-//   selective  the LayerNorm outputs and the GELU output (the cheap element-wise ones: 2C + 4C of each
-//              block's 15C + attention per token) share one buffer across blocks and are recomputed;
+//   selective  the LayerNorm outputs, the GELU output and the attention probabilities (2C + 4C + NH·T of
+//              each block's 16C + NH·T per token) share one buffer across blocks and are recomputed, the
+//              probabilities from the kept QKV (Korthikanti et al. 2022: the attention core is the large,
+//              cheap part);
 //   full       only each block's output (its successor's input) is kept; backward reruns the block's forward
 //              before its backward.
 // Every kernel is deterministic, so the recomputed values and hence the gradients are bit-identical.

@@ -87,7 +87,7 @@ Cli train_cli(TrainArgs& a) {
     c.option("--virtual-init", "HOW", "virtual-token start: random, vocab (embeddings of random common tokens), or "
              "text:WORDS (the embeddings of WORDS' tokens)", &a.virtual_init);
     c.option("--vocab", "DIR", "GPT-2 vocabulary (encoder.json, vocab.bpe) for --virtual-init text:", &a.vocab);
-    c.custom("--recompute", "MODE", "activation checkpointing: none, selective (LayerNorm and GELU outputs), full "
+    c.custom("--recompute", "MODE", "activation checkpointing: none, selective (LayerNorm, GELU and attention probabilities), full "
              "(whole blocks)", "none", [&a](const std::string& v) { a.recompute = parse_recompute(v); });
     c.option("--l2sp", "LAMBDA", "L2-SP: add LAMBDA/2 * |theta - theta0|^2 over trainable parameters (0: off)",
              &a.l2sp, 0, 1e12);

@@ -347,6 +347,9 @@ void run_grid(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t, const char
 // The runtime API, as far as the project uses it.
 namespace {
 
+size_t g_device_bytes = 0;
+constexpr size_t kDeviceMemory = size_t(143) << 30;  // an H200's 141 GiB, roughly
+
 struct Allocation {
     size_t bytes;
     bool device;
@@ -359,10 +362,12 @@ std::map<uintptr_t, Allocation>& allocations() {
     static std::map<uintptr_t, Allocation> a;
     return a;
 }
-size_t g_device_bytes = 0;
-constexpr size_t kDeviceMemory = size_t(143) << 30;  // an H200's 141 GiB, roughly
 
 void* allocate(size_t bytes, bool device) {
+    if (device) {  // an H200's capacity: what does not fit there fails here too
+        std::lock_guard<std::mutex> lock(alloc_mutex());
+        if (bytes > kDeviceMemory - g_device_bytes) return nullptr;
+    }
     void* p = nullptr;
     if (posix_memalign(&p, emu::kDeviceAlign, bytes ? bytes : 1) != 0) return nullptr;
     std::memset(p, 0xFF, bytes);
