@@ -115,15 +115,18 @@ bench: $(BENCHES)
 # tests/emu/*.cpp stand in for libcudart, libcublas(Lt) and libnccl. The host objects and the test objects
 # are the ones `make test` builds. -fno-strict-aliasing: the kernels' 16-byte pack loads pun types, which
 # nvcc allows and g++'s optimiser would not.
+# `make test-emu EMU=build/emu-asan EMU_SAN=-fsanitize=address`: the kernels under AddressSanitizer, where
+# every device allocation is a host allocation with red zones (compute-sanitizer's memcheck, roughly).
 EMU      := $(BUILD)/emu
+EMU_SAN  ?=
 EMU_CU   := $(filter %.cu,$(LIB_SRC))
 EMU_OBJ  := $(addprefix $(EMU)/,$(addsuffix .o,$(basename $(EMU_CU)))) \
             $(addprefix $(EMU)/,$(addsuffix .o,$(basename $(wildcard tests/emu/*.cpp))))
 EMU_SELF := $(addprefix $(EMU)/,$(addsuffix .cu.o,$(basename $(wildcard tests/emu/*.cu))))  # its own tests
 EMU_HOST := $(filter-out $(call obj,$(EMU_CU)),$(LIB_OBJ))
 EMU_CXXFLAGS := $(filter-out -Werror,$(CXXFLAGS)) -Werror -fno-strict-aliasing -Wno-unknown-pragmas \
-                -Wno-sign-compare -Wno-uninitialized -Wno-maybe-uninitialized -Itests/emu/include
-EMU_LDLIBS := -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lpcre2-8 -fopenmp -lpthread $(MPI_LIBS)
+                -Wno-sign-compare -Wno-uninitialized -Wno-maybe-uninitialized -Itests/emu/include $(EMU_SAN)
+EMU_LDLIBS := $(EMU_SAN) -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lpcre2-8 -fopenmp -lpthread $(MPI_LIBS)
 # What runs under the emulator: every test that needs a GPU (the rest already ran in `make test`).
 EMU_FILTER ?= Cuda*:*/Cuda*:DistNccl*:CudaEmu*
 

@@ -146,4 +146,16 @@ TEST(CudaEmuDeathTest, ShuffleNamingAbsentLanesAborts) {
     cudaFree(out);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+// Under AddressSanitizer (`make test-emu EMU_SAN=-fsanitize=address ...`) device allocations have red zones:
+// a kernel's out-of-bounds write is caught where it happens, as compute-sanitizer's memcheck would.
+__global__ void write_past_end(int* out) { out[threadIdx.x] = 1; }
+
+TEST(CudaEmuDeathTest, OutOfBoundsDeviceWriteIsCaughtUnderAsan) {
+    int* out = device_array<int>(33);
+    EXPECT_DEATH(write_past_end<<<1, 34>>>(out), "heap-buffer-overflow");
+    cudaFree(out);
+}
+#endif
+
 }  // namespace
