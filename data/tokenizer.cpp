@@ -19,6 +19,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <mutex>
@@ -425,7 +426,21 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
-Tokenizer Tokenizer::load(const std::string& dir) {
+namespace {
+
+std::string locate_vocab_dir(const std::string& dir) {
+    std::error_code ec;
+    if (dir.empty() || dir[0] == '/' || std::filesystem::exists(dir + "/encoder.json", ec)) return dir;
+    const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (ec) return dir;
+    const std::filesystem::path beside = exe.parent_path().parent_path() / dir;
+    return std::filesystem::exists(beside / "encoder.json", ec) ? beside.string() : dir;
+}
+
+}  // namespace
+
+Tokenizer Tokenizer::load(const std::string& given) {
+    const std::string dir = locate_vocab_dir(given);
     auto impl = std::make_unique<Impl>();
     std::unordered_map<std::string, int32_t> bytes_to_id;
     impl->load_encoder(dir + "/encoder.json", bytes_to_id);

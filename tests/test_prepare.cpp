@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "data/prepare.h"
 #include "data/shard.h"
 #include "tests/test_util.h"
@@ -129,6 +131,19 @@ TEST(PrepareCli, ReportsAndExitCodes) {
     CmdResult missing = run_cmd("bin/prepare --quiet /nonexistent.txt");
     EXPECT_EQ(missing.rc, 1);
     EXPECT_THAT(missing.out, HasSubstr("/nonexistent.txt"));
+}
+
+// The tools find the shipped vocabulary (data/gpt2) beside themselves when run from another directory;
+// a vocabulary given explicitly that does not exist is still an error naming it.
+TEST(PrepareCli, FindsTheShippedVocabularyFromAnotherDirectory) {
+    TempDir tmp("prepcwd");
+    const std::string d = tmp.path(), root = std::filesystem::current_path().string();
+    spit(d + "/x.jsonl", "{\"prompt\":\"a\",\"completion\":\" b\"}\n");
+    CmdResult ok = run_cmd("cd " + d + " && " + root + "/bin/prepare --quiet --val-frac 0 --out o x.jsonl");
+    EXPECT_EQ(ok.rc, 0) << ok.out;
+    CmdResult bad = run_cmd("cd " + d + " && " + root + "/bin/prepare --quiet --vocab nowhere --out o x.jsonl");
+    EXPECT_EQ(bad.rc, 1) << bad.out;
+    EXPECT_THAT(bad.out, HasSubstr("nowhere/encoder.json"));
 }
 
 }  // namespace
