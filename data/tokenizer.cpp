@@ -433,8 +433,10 @@ std::string locate_vocab_dir(const std::string& dir) {
     if (dir.empty() || dir[0] == '/' || std::filesystem::exists(dir + "/encoder.json", ec)) return dir;
     const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
     if (ec) return dir;
-    const std::filesystem::path beside = exe.parent_path().parent_path() / dir;
-    return std::filesystem::exists(beside / "encoder.json", ec) ? beside.string() : dir;
+    // bin/train finds <repo>/data/gpt2 one level up; build/emu/bin/train three.
+    for (std::filesystem::path p = exe.parent_path(); p.has_relative_path(); p = p.parent_path())
+        if (std::filesystem::exists(p / dir / "encoder.json", ec)) return (p / dir).string();
+    return dir;
 }
 
 }  // namespace

@@ -34,7 +34,7 @@ namespace tune {
 class Tokenizer {
 public:
     // Reads DIR/encoder.json (token string -> id) and DIR/vocab.bpe (merges in rank order). A relative DIR
-    // that is not under the working directory is looked for beside the program too (bin/../DIR), so the
+    // that is not under the working directory is looked for above the program too (bin/../DIR), so the
     // tools find the shipped vocabulary when they are run from anywhere.
     // Throws tune::Error naming the file, the line or entry, and what is wrong.
     static Tokenizer load(const std::string& dir = "data/gpt2");
