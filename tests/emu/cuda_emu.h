@@ -94,8 +94,8 @@ T shfl_xor(unsigned mask, T v, int lane_mask, int width) {
     sync_warp(mask);
     const int lane = lane_id();
     const int src = lane ^ lane_mask;
-    T r = v;
-    if (src / width == lane / width) std::memcpy(&r, warp_lane_slot(src), sizeof r);
+    T r = v;  // CUDA: a source in a later group of `width` lanes gives the caller's own value back
+    if (src < (lane / width + 1) * width) std::memcpy(&r, warp_lane_slot(src), sizeof r);
     sync_warp(mask);  // every lane has read before any lane writes its next value
     return r;
 }
