@@ -1,0 +1,49 @@
+// The training loop on the CUDA backend: resume is bit-exact in every precision (fp16 with its dynamic loss
+// scale in the checkpoint), as it is on the CPU (tests/test_trainer.cpp).
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "tests/test_cuda_util.h"
+#include "tests/trainer_util.h"
+
+namespace tune::test {
+namespace {
+
+class CudaTrainer : public TrainerFixture {
+   protected:
+    void SetUp() override {
+        if (cuda_device_count() == 0) GTEST_SKIP() << kNoGpu;
+        TrainerFixture::SetUp();
+    }
+    TrainArgs gpu_args(const std::string& precision, const std::string& out) const {
+        TrainArgs a = args(precision + "_" + out);
+        a.device = "cuda";
+        a.precision = precision;
+        return a;
+    }
+};
+
+TEST_F(CudaTrainer, ResumeIsBitExact_Fp32Bf16Fp16_8Steps_vs_4PlusResume4) {
+    for (const std::string p : {"fp32", "bf16", "fp16"}) {
+        SCOPED_TRACE(p);
+        ASSERT_EQ(Trainer(gpu_args(p, "full")).run(), 0);
+        TrainArgs first = gpu_args(p, "split");
+        first.halt_at = 4;
+        ASSERT_EQ(Trainer(first).run(), 0);
+        TrainArgs second = gpu_args(p, "split");
+        second.init.clear();
+        second.resume = second.out_dir + "/resume.ckpt";
+        ASSERT_EQ(Trainer(second).run(), 0);
+
+        const std::string full = dir + "/" + p + "_full", split = dir + "/" + p + "_split";
+        const auto a = losses(full), b = losses(split);
+        ASSERT_EQ(a.size(), 8u);
+        EXPECT_EQ(a, b);
+        EXPECT_EQ(metric(full, "loss_scale"), metric(split, "loss_scale"));
+        EXPECT_EQ(slurp(full + "/model.ckpt"), slurp(split + "/model.ckpt"));
+    }
+}
+
+}  // namespace
+}  // namespace tune::test
