@@ -182,23 +182,16 @@ inline std::common_type_t<A, B> max(A a, B b) {
     return a < b ? b : a;
 }
 
-inline unsigned __float_as_uint(float x) {
-    unsigned u;
-    std::memcpy(&u, &x, sizeof u);
-    return u;
+namespace emu {
+template <class To, class From>
+To bits_as(From x) {
+    static_assert(sizeof(To) == sizeof(From), "reinterpretation between types of different sizes");
+    To r;
+    std::memcpy(&r, &x, sizeof r);
+    return r;
 }
-inline float __uint_as_float(unsigned u) {
-    float x;
-    std::memcpy(&x, &u, sizeof x);
-    return x;
-}
-inline int __float_as_int(float x) {
-    int u;
-    std::memcpy(&u, &x, sizeof u);
-    return u;
-}
-inline float __int_as_float(int u) {
-    float x;
-    std::memcpy(&x, &u, sizeof x);
-    return x;
-}
+}  // namespace emu
+inline unsigned __float_as_uint(float x) { return ::emu::bits_as<unsigned>(x); }
+inline float __uint_as_float(unsigned u) { return ::emu::bits_as<float>(u); }
+inline int __float_as_int(float x) { return ::emu::bits_as<int>(x); }
+inline float __int_as_float(int u) { return ::emu::bits_as<float>(u); }

@@ -450,38 +450,35 @@ cudaError_t cudaGetLastError(void) {
 }
 cudaError_t cudaPeekAtLastError(void) { return emu::g_last_error; }
 
-const char* cudaGetErrorString(cudaError_t e) {
-    switch (e) {
-        case cudaSuccess:
-            return "no error (cuda-emu)";
-        case cudaErrorInvalidValue:
-            return "invalid argument (cuda-emu)";
-        case cudaErrorMemoryAllocation:
-            return "out of memory (cuda-emu)";
-        case cudaErrorInvalidConfiguration:
-            return "invalid configuration argument (cuda-emu)";
-        case cudaErrorInvalidResourceHandle:
-            return "invalid resource handle (cuda-emu)";
-        default:
-            return "error (cuda-emu)";
-    }
+}  // extern "C"
+
+namespace {
+struct ErrorText {
+    cudaError_t code;
+    const char* name;
+    const char* text;
+};
+// The errors the emulator returns; anything else is reported as unknown.
+constexpr ErrorText kErrors[] = {
+    {cudaSuccess, "cudaSuccess", "no error (cuda-emu)"},
+    {cudaErrorInvalidValue, "cudaErrorInvalidValue", "invalid argument (cuda-emu)"},
+    {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory (cuda-emu)"},
+    {cudaErrorInvalidConfiguration, "cudaErrorInvalidConfiguration", "invalid configuration argument (cuda-emu)"},
+    {cudaErrorInvalidResourceHandle, "cudaErrorInvalidResourceHandle", "invalid resource handle (cuda-emu)"},
+    {cudaErrorInvalidDevice, "cudaErrorInvalidDevice", "invalid device ordinal (cuda-emu)"},
+};
+const ErrorText& error_text(cudaError_t e) {
+    static constexpr ErrorText unknown{cudaErrorUnknown, "cudaErrorUnknown", "unknown error (cuda-emu)"};
+    for (const ErrorText& t : kErrors)
+        if (t.code == e) return t;
+    return unknown;
 }
-const char* cudaGetErrorName(cudaError_t e) {
-    switch (e) {
-        case cudaSuccess:
-            return "cudaSuccess";
-        case cudaErrorInvalidValue:
-            return "cudaErrorInvalidValue";
-        case cudaErrorMemoryAllocation:
-            return "cudaErrorMemoryAllocation";
-        case cudaErrorInvalidConfiguration:
-            return "cudaErrorInvalidConfiguration";
-        case cudaErrorInvalidResourceHandle:
-            return "cudaErrorInvalidResourceHandle";
-        default:
-            return "cudaErrorUnknown";
-    }
-}
+}  // namespace
+
+extern "C" {
+
+const char* cudaGetErrorString(cudaError_t e) { return error_text(e).text; }
+const char* cudaGetErrorName(cudaError_t e) { return error_text(e).name; }
 
 cudaError_t cudaGetDeviceCount(int* count) {
     *count = 1;
@@ -560,16 +557,13 @@ cudaError_t cudaMemset(void* p, int value, size_t bytes) {
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
 
-cudaError_t cudaStreamCreate(cudaStream_t* s) {
-    *s = reinterpret_cast<cudaStream_t>(new Stream);
+cudaError_t cudaStreamCreateWithPriority(cudaStream_t* s, unsigned int, int priority) {
+    *s = reinterpret_cast<cudaStream_t>(new Stream{priority});
     return cudaSuccess;
 }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) { return cudaStreamCreate(s); }
-cudaError_t cudaStreamCreateWithPriority(cudaStream_t* s, unsigned int, int priority) {
-    Stream* st = new Stream;
-    st->priority = priority;
-    *s = reinterpret_cast<cudaStream_t>(st);
-    return cudaSuccess;
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithPriority(s, 0, 0); }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
+    return cudaStreamCreateWithPriority(s, flags, 0);
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
     delete reinterpret_cast<Stream*>(s);
@@ -579,16 +573,11 @@ cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
 
-cudaError_t cudaEventCreate(cudaEvent_t* e) {
-    *e = reinterpret_cast<cudaEvent_t>(new Event);
-    return cudaSuccess;
-}
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int flags) {
-    Event* ev = new Event;
-    ev->flags = flags;
-    *e = reinterpret_cast<cudaEvent_t>(ev);
+    *e = reinterpret_cast<cudaEvent_t>(new Event{flags});
     return cudaSuccess;
 }
+cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
     delete reinterpret_cast<Event*>(e);
     return cudaSuccess;
