@@ -18,7 +18,8 @@ LAUNCH = re.compile(r"<<<(.*?)>>>(\s*)\(", re.DOTALL)
 EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s+)?([\w:]+)\s+(\w+)\s*\[\s*\]\s*;")
 
 
-SHARED = re.compile(r"(?<![\w])__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s+)?([\w:]+)\s+([^;]+);")
+# One line only ([ \t], [^;\n]): a "__shared__" in a comment must not swallow the next line's code.
+SHARED = re.compile(r"(?<![\w])__shared__[ \t]+(?:__align__[ \t]*\([ \t]*\d+[ \t]*\)[ \t]+)?([\w:]+)[ \t]+([^;\n]+);")
 DECLARATOR = re.compile(r"\s*(\w+)\s*((?:\[[^\]]+\])+)\s*$")
 
 

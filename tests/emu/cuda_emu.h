@@ -14,8 +14,8 @@
 //
 // What it checks that a GPU run would also check: indexing, reductions and their order, the bf16/fp16
 // rounding (cuda_bf16.h's own host conversions), cuBLAS(Lt) argument validity and layouts. It reports a
-// __syncthreads() that some live threads never reach (deadlock), and a shuffle whose mask names a lane
-// that does not exist or has exited. What it cannot check: data races (a block's fibers interleave
+// __syncthreads() that some live threads never reach (deadlock), and a shuffle that reads from a lane that
+// does not exist, has exited or is not in its mask. What it cannot check: data races (a block's fibers interleave
 // only at barriers), memory-model and timing effects, real cuBLAS algorithms, speed.
 #pragma once
 

@@ -14,6 +14,7 @@
 #include <setjmp.h>
 #include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -135,8 +136,12 @@ void fiber_main() {
 }
 
 void make_fiber(Fiber& f) {
-    f.stack = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (f.stack == MAP_FAILED) fail("cannot map a fiber stack");
+    // One inaccessible page below the stack: a kernel that overflows it faults in its own fiber.
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    char* region = static_cast<char*>(
+        mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+    if (region == MAP_FAILED || mprotect(region, page, PROT_NONE) != 0) fail("cannot map a fiber stack");
+    f.stack = region + page;
     getcontext(&f.start);
     f.start.uc_stack.ss_sp = f.stack;
     f.start.uc_stack.ss_size = kStackBytes;
@@ -170,7 +175,7 @@ bool release_barriers(Launch& l) {
                 wanted |= f.warp_mask;
             }
         }
-        if (waiting && (wanted & ~waiting) == 0) {
+        if (waiting && (wanted & lanes_present(l, w) & ~waiting) == 0) {
             for (int lane = 0; lane < 32 && w * 32 + lane < l.nthreads; ++lane)
                 if (waiting >> lane & 1u) l.fibers[w * 32 + lane].state = State::ready;
             released = true;
@@ -255,16 +260,10 @@ void sync_block() {
 
 void sync_warp(unsigned mask) {
     Fiber& f = current();
-    const Launch& l = launch();
-    const int lane = f.linear % 32, warp = f.linear / 32;
+    const int lane = f.linear % 32;
     if (!(mask >> lane & 1u)) fail("a warp operation whose mask leaves out the calling lane " + std::to_string(lane));
-    const unsigned present = lanes_present(l, warp);
-    if (mask & ~present) {
-        char buf[96];
-        std::snprintf(buf, sizeof buf, "a warp operation with mask %08x in warp %d, where only lanes %08x exist", mask,
-                      warp, present);
-        fail(buf);
-    }
+    // Lanes the mask names that do not exist or have exited take no part (CUDA: only the non-exited ones
+    // named must arrive); a shuffle that reads from one of them fails in warp_lane_slot.
     f.warp_mask = mask;
     f.state = State::at_warp_barrier;
     yield_to_scheduler();
@@ -272,9 +271,12 @@ void sync_warp(unsigned mask) {
 
 void* warp_exchange_slot() { return &launch().exchange[(size_t)current().linear * 16]; }
 void* warp_lane_slot(int lane) {
-    const int t = current().linear / 32 * 32 + lane;
-    if (lane < 0 || lane >= 32 || t >= launch().nthreads) fail("a shuffle from lane " + std::to_string(lane) + " that does not exist");
-    return &launch().exchange[(size_t)t * 16];
+    const Fiber& f = current();
+    Launch& l = launch();
+    const int t = f.linear / 32 * 32 + lane;
+    if (lane < 0 || lane >= 32 || t >= l.nthreads || l.fibers[t].state == State::done || !(f.warp_mask >> lane & 1u))
+        fail("a shuffle from lane " + std::to_string(lane) + ", which does not exist, has exited or is not in the mask");
+    return &l.exchange[(size_t)t * 16];
 }
 
 void* block_shared_bytes(const void* key, size_t bytes, size_t align) {
@@ -322,10 +324,9 @@ void run_grid(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t, const char
     l.block = block;
     l.nthreads = (int)nthreads;
     if (l.fibers.size() < (size_t)kMaxThreads) l.fibers.resize(kMaxThreads);
-    l.exchange.assign((size_t)kMaxThreads * 16, 0);
+    l.exchange.assign((size_t)kMaxThreads * 16, 0xFF);
     l.dynamic_shared.clear();
-    // 16 spare bytes so the data can start 16-byte aligned whatever the vector's own alignment.
-    std::vector<unsigned char> smem(smem_bytes ? smem_bytes + 16 : 0, 0xFF);
+    std::vector<unsigned char> smem(smem_bytes, 0xFF);  // operator new: 16-byte aligned, checked on use
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {

@@ -37,9 +37,10 @@ __global__ void divergent_barrier(float* out) {
     out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (float)threadIdx.x, 1);
 }
 
-// A full-warp shuffle in a block whose last warp has 16 lanes.
-__global__ void shuffle_full_mask(float* out) {
-    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (float)threadIdx.x, 1);
+// Full-warp shuffles in a block whose last warp has 16 lanes: xor 1 stays among them (allowed: lanes that
+// do not exist take no part), xor 16 reads lanes that do not exist.
+__global__ void shuffle_full_mask(float* out, int lane_mask) {
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (float)threadIdx.x, lane_mask);
 }
 
 __global__ void write_index(int* out) { out[blockIdx.x * blockDim.x + threadIdx.x] = (int)(blockIdx.x * 1000 + threadIdx.x); }
@@ -140,9 +141,12 @@ TEST(CudaEmuDeathTest, BarrierNotEveryThreadReachesAborts) {
     cudaFree(out);
 }
 
-TEST(CudaEmuDeathTest, ShuffleNamingAbsentLanesAborts) {
+TEST(CudaEmuDeathTest, ShuffleFromAnAbsentLaneAborts) {
     float* out = device_array<float>(48);
-    EXPECT_DEATH(shuffle_full_mask<<<1, 48>>>(out), "only lanes");
+    shuffle_full_mask<<<1, 48>>>(out, 1);
+    const std::vector<float> got = download(out, 48);
+    for (int t = 0; t < 48; t++) ASSERT_EQ(got[t], (float)(t ^ 1)) << t;
+    EXPECT_DEATH(shuffle_full_mask<<<1, 48>>>(out, 16), "does not exist, has exited or is not in the mask");
     cudaFree(out);
 }
 
