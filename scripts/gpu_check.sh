@@ -14,6 +14,9 @@
 # Exit status: 0 when every stage that ran passed.
 #
 #   scripts/gpu_check.sh [LOG_DIR]      (default: $OUT when set, else ./gpu_check_out)
+#   GPU_CHECK_STAGES=build,recompute,methods scripts/gpu_check.sh   only these stages (shell patterns:
+#                                       bench_*); a second call finishes what the budget cut from a first
+#   GPU_CHECK_SKIP=racecheck,initcheck  every stage but these
 # Whole log: LOG_DIR/gpu_check.log; per-stage logs and JSON results beside it.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -37,8 +40,24 @@ TIMES=()
 # A stage never runs past the whole script's budget (GPU_CHECK_BUDGET seconds, default 420): its limit is cut
 # to what is left, and with under 10 s left it is recorded as skipped without running.
 BUDGET=${GPU_CHECK_BUDGET:-420}
+# selected NAME: whether GPU_CHECK_STAGES (default: every stage) names the stage and GPU_CHECK_SKIP does not.
+selected() {
+    local p skip=() only=()
+    IFS=, read -ra skip <<<"${GPU_CHECK_SKIP:-}"
+    IFS=, read -ra only <<<"${GPU_CHECK_STAGES:-}"
+    for p in "${skip[@]}"; do [[ $1 == $p ]] && return 1; done  # unquoted right side: a shell pattern
+    [ ${#only[@]} -eq 0 ] && return 0
+    for p in "${only[@]}"; do [[ $1 == $p ]] && return 0; done
+    return 1
+}
 stage() {
     local name=$1 limit=$2 cmd=$3 t0 rc result left
+    if ! selected "$name"; then
+        NAMES+=("$name")
+        RESULTS+=("skip(sel)")
+        TIMES+=(0)
+        return
+    fi
     t0=$(date +%s)
     left=$((BUDGET - (t0 - T_START)))
     if [ "$left" -lt 10 ]; then
@@ -242,6 +261,6 @@ PY
 
 rm -rf "$WORK"
 for r in "${RESULTS[@]}"; do
-    case $r in pass | skip | "skip(time)") ;; *) exit 1 ;; esac
+    case $r in pass | skip | "skip(time)" | "skip(sel)") ;; *) exit 1 ;; esac
 done
 exit 0
