@@ -117,7 +117,9 @@ bench: $(BENCHES)
 # are the ones `make test` builds. -fno-strict-aliasing: the kernels' 16-byte pack loads pun types, which
 # nvcc allows and g++'s optimiser would not.
 # `make test-emu EMU=build/emu-asan EMU_SAN=-fsanitize=address`: the kernels under AddressSanitizer, where
-# every device allocation is a host allocation with red zones (compute-sanitizer's memcheck, roughly).
+# every device allocation is a host allocation with red zones (compute-sanitizer's memcheck, roughly);
+# EMU_SAN="-fsanitize=undefined -fno-sanitize-recover=undefined" also catches misaligned vector loads (a
+# GPU's "misaligned address" fault) and integer overflow in index arithmetic.
 EMU      := $(BUILD)/emu
 EMU_SAN  ?=
 EMU_CU   := $(filter %.cu,$(LIB_SRC))

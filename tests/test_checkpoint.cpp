@@ -49,6 +49,24 @@ TEST_F(CheckpointTest, WeightsRoundTripIsByteIdentical) {
         EXPECT_EQ(get_tensor(*model, model->params(), i), get_tensor(other, other.params(), i));
 }
 
+// The float data starts 64-byte aligned (the header is padded with spaces); a file whose header was not
+// padded, as before 2026-11-30, with its data at an odd offset, still loads the same values.
+TEST_F(CheckpointTest, DataIsAlignedAndUnpaddedOldFilesStillLoad) {
+    EXPECT_EQ((16 + header_len()) % 64, 0u);
+    std::string h = bytes.substr(16, header_len());
+    while (!h.empty() && h.back() == ' ') h.pop_back();
+    if ((16 + h.size()) % 4 == 0) h += ' ';
+    std::string old = bytes.substr(0, 16) + h + bytes.substr(16 + header_len());
+    store_u32(reinterpret_cast<uint8_t*>(&old[12]), (uint32_t)h.size());
+    ASSERT_NE((16 + h.size()) % 4, 0u);
+    spit(dir + "/old.ckpt", old);
+    GPT2 other(small_config(), *be, 2, 5);
+    other.init_random(99);
+    load_checkpoint(dir + "/old.ckpt", other, nullptr, nullptr);
+    for (size_t i = 0; i < model->params().table().size(); i++)
+        EXPECT_EQ(get_tensor(*model, model->params(), i), get_tensor(other, other.params(), i));
+}
+
 TEST_F(CheckpointTest, ResumeRoundTripKeepsOptimizerAndState) {
     AdamW opt(*model, AdamWConfig{});
     std::vector<int32_t> x = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, y = {2, 3, 4, 5, 6, 7, 8, 9, 10, 11};

@@ -57,6 +57,11 @@ struct CkptFile {
                  std::to_string(bytes.size()) + " bytes)");
         data_start = 16 + (size_t)hlen;
         header = json::parse(bytes.begin() + 16, bytes.begin() + data_start, nullptr, false);
+        if (data_start % alignof(float) != 0) {  // written before headers were padded: align the float data
+            const size_t pad = alignof(float) - data_start % alignof(float);
+            bytes.insert(bytes.begin() + (std::ptrdiff_t)data_start, pad, uint8_t(0));
+            data_start += pad;
+        }
         if (header.is_discarded() || !header.is_object()) fail("header is not a JSON object");
         if (!header.contains("kind") || !header["kind"].is_string() ||
             (header["kind"] != "weights" && header["kind"] != "resume" && header["kind"] != "adapter"))
@@ -150,7 +155,10 @@ std::vector<float> fetch(Backend& be, const Arena& a, size_t i) {
 void write_checkpoint(const std::string& path, const json& header_in, const Writer& w) {
     json header = header_in;
     header["tensors"] = w.tensors;
-    const std::string h = header.dump();
+    std::string h = header.dump();
+    // Spaces after the JSON (still valid JSON) so the float data starts 64-byte aligned in the file, and so
+    // in the reader's buffer: the tensors are read in place as floats.
+    h.append((64 - (16 + h.size()) % 64) % 64, ' ');
     std::vector<uint8_t> out(16 + h.size() + w.data.size());
     std::memcpy(out.data(), kCkptMagic, 8);
     store_u32(&out[8], kCkptVersion);
