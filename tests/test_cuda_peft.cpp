@@ -113,9 +113,11 @@ TEST_P(CudaPeft, DistillationMatchesCpu_Alpha06_Tau2) {
         kl[k++] = s->loss_distill(d.y.data(), d.w.data(), dloss, t->logits_buffer(), 0.6f, 2.0f).second;
         s->backward();
     }
-    // The KL term is a small difference of log-probabilities of size log V, so its error is relative to
-    // log V, not to the KL itself (the emulator's fp32 was off by 3e-5 of the KL, 3e-7 of log V).
-    EXPECT_NEAR(kl[0], kl[1], tol_for(dt(), 1e-5) * std::log(37.0));
+    // The KL term is a small difference of log-probabilities of size log V, so in fp32 its error is relative
+    // to log V, not to the KL itself (the emulator's fp32 was off by 3e-5 of the KL, 3e-7 of log V). In
+    // bf16/fp16 the inputs' rounding dominates and 6e-2 of the KL holds.
+    const double kl_tol = dt() == DType::f32 ? 1e-5 * std::log(37.0) : tol_for(dt(), 0) * std::fabs(kl[1]);
+    EXPECT_NEAR(kl[0], kl[1], kl_tol);
     for (size_t i = 0; i < gs.grads().table().size(); i++)
         EXPECT_TRUE(near_rel(get_tensor(gs, gs.grads(), i), get_tensor(rs, rs.grads(), i), tol_for(dt(), 1e-4)))
             << gs.grads().table()[i].name;
