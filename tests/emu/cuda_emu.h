@@ -41,6 +41,8 @@
 #define __global__
 #define __device__
 #define __host__
+// The translator rewrites every __shared__ declaration of a .cu file into per-block storage; this fallback
+// only reaches headers, which it does not translate (none declares __shared__ today).
 #define __shared__ static
 #define __constant__ static
 #define __forceinline__ inline

@@ -113,7 +113,6 @@ bool& reverse_flag() {
     }();
     return r;
 }
-bool reverse_order() { return reverse_flag(); }
 
 // Runs `f` until it finishes or waits. Its own function, so no caller's locals live across the _setjmp.
 __attribute__((noinline)) void resume(Launch& l, Fiber& f) {
@@ -204,7 +203,7 @@ void run_block(Launch& l) {
                       (unsigned)(t / (l.block.x * l.block.y))};
         f.state = State::ready;
     }
-    const bool reverse = reverse_order();
+    const bool reverse = reverse_flag();
     for (;;) {
         for (int i = 0; i < l.nthreads; ++i) {
             Fiber& f = l.fibers[reverse ? l.nthreads - 1 - i : i];
@@ -325,19 +324,14 @@ void run_grid(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t, const char
     l.nthreads = (int)nthreads;
     if (l.fibers.size() < (size_t)kMaxThreads) l.fibers.resize(kMaxThreads);
     l.exchange.assign((size_t)kMaxThreads * 16, 0xFF);
-    l.dynamic_shared.clear();
-    std::vector<unsigned char> smem(smem_bytes, 0xFF);  // operator new: 16-byte aligned, checked on use
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
                 l.block_idx = uint3{x, y, z};
                 ++l.block_serial;
-                if (smem_bytes) {
-                    std::fill(smem.begin(), smem.end(), 0xFF);
-                    l.dynamic_shared.swap(smem);
-                }
+                // NaN in every block; operator new's storage is 16-byte aligned (checked on use)
+                l.dynamic_shared.assign(smem_bytes, 0xFF);
                 run_block(l);
-                if (smem_bytes) l.dynamic_shared.swap(smem);
             }
     l.name = nullptr;
 }
