@@ -55,12 +55,28 @@ ifneq ($(wildcard $(NCCL_HOME)/include/nccl.h),)
 NCCL_DEFS := -DTUNE_HAVE_NCCL -isystem $(NCCL_HOME)/include
 LDLIBS    += -L$(NCCL_HOME)/lib64 -L$(NCCL_HOME)/lib -Wl,-rpath,$(NCCL_HOME)/lib64 -Wl,-rpath,$(NCCL_HOME)/lib -lnccl
 endif
+# cuDNN's fused attention (kernels/cuda/attention_cudnn.cpp) through the header-only cuDNN frontend, which pip
+# installs (nvidia-cudnn-frontend; .ci/run does) under site-packages/include; CUDNN_FE_INC=/path overrides.
+# Without it the build leaves that path out, says so at run time, and --attention auto uses cuBLAS. cuDNN itself
+# (and NVRTC, which it uses to compile kernels) is loaded at run time, so the tools start without it.
+# `make cudnn-frontend-copy` puts a copy under build/ for a machine without pip's copy (the GPU machine: carry
+# build/cudnn_frontend).
+CUDNN_FE_COPY := $(BUILD)/cudnn_frontend/include
+CUDNN_FE_PIP := $(shell python3 -c "import importlib.metadata as m; d = m.distribution('nvidia-cudnn-frontend'); \
+    print(next(d.locate_file(f).parent for f in d.files if f.name == 'cudnn_frontend.h'))" 2>/dev/null)
+CUDNN_FE_INC ?= $(if $(wildcard $(CUDNN_FE_PIP)/cudnn_frontend.h),$(CUDNN_FE_PIP),$(CUDNN_FE_COPY))
+ifneq ($(wildcard $(CUDNN_FE_INC)/cudnn_frontend.h),)
+CUDNN_DEFS := -DTUNE_HAVE_CUDNN_FE -DNV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING -isystem $(CUDNN_FE_INC)
+endif
 # Only the files that use them see these flags; a stamp rebuilds them when what was found changes.
 DIST_STAMP := $(BUILD)/dist-config.stamp
-$(shell mkdir -p $(BUILD) && (echo '$(MPI_DEFS) $(NCCL_DEFS)' | cmp -s - $(DIST_STAMP) || echo '$(MPI_DEFS) $(NCCL_DEFS)' >$(DIST_STAMP)))
+$(shell mkdir -p $(BUILD) && (echo '$(MPI_DEFS) $(NCCL_DEFS) $(CUDNN_DEFS)' | cmp -s - $(DIST_STAMP) || echo '$(MPI_DEFS) $(NCCL_DEFS) $(CUDNN_DEFS)' >$(DIST_STAMP)))
 $(BUILD)/train/dist_mpi.o: CXXFLAGS += $(MPI_DEFS)
 $(BUILD)/train/dist_nccl.o: CXXFLAGS += $(NCCL_DEFS)
-$(BUILD)/train/dist_mpi.o $(BUILD)/train/dist_nccl.o: $(DIST_STAMP)
+# -O1 -g0: host glue whose speed does not matter; the frontend's templates would add 60 MB of debug info and
+# double the compile time.
+$(BUILD)/kernels/cuda/attention_cudnn.o: CXXFLAGS += $(CUDNN_DEFS) -O1 -g0
+$(BUILD)/train/dist_mpi.o $(BUILD)/train/dist_nccl.o $(BUILD)/kernels/cuda/attention_cudnn.o: $(DIST_STAMP)
 
 LIB_SRC   := $(filter-out $(wildcard */main_*.cpp),$(wildcard kernels/*.cpp kernels/*/*.cpp model/*.cpp train/*.cpp data/*.cpp)) \
              $(wildcard kernels/*.cu kernels/*/*.cu model/*.cu train/*.cu)
@@ -73,7 +89,7 @@ BENCHES   := $(addprefix $(BUILD)/,$(basename $(BENCH_SRC)))
 obj = $(addprefix $(BUILD)/,$(addsuffix .o,$(basename $(1))))
 LIB_OBJ := $(call obj,$(LIB_SRC))
 
-.PHONY: all test bench clean
+.PHONY: all test bench clean cudnn-frontend-copy
 all: $(TOOLS)
 
 $(BUILD)/%.o: %.cpp
@@ -110,6 +126,11 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libtune.a
 
 bench: $(BENCHES)
 
+cudnn-frontend-copy:
+	@test -f $(CUDNN_FE_PIP)/cudnn_frontend.h || { echo "no pip copy of the cuDNN frontend: pip install nvidia-cudnn-frontend"; exit 1; }
+	rm -rf $(CUDNN_FE_COPY) && mkdir -p $(CUDNN_FE_COPY)
+	cp -r $(CUDNN_FE_PIP)/cudnn_frontend* $(CUDNN_FE_PIP)/cudnn_backend_base.h $(CUDNN_FE_COPY)/
+
 # ---- The CUDA emulator (tests/emu/cuda_emu.h): the CUDA tests on the CPU ----
 # Each kernels/**/*.cu is translated (launch syntax and __shared__ declarations: scripts/cuda_emu_translate.py)
 # and compiled by g++ with the emulator's header;
@@ -126,7 +147,10 @@ EMU_CU   := $(filter %.cu,$(LIB_SRC))
 EMU_OBJ  := $(addprefix $(EMU)/,$(addsuffix .o,$(basename $(EMU_CU)))) \
             $(addprefix $(EMU)/,$(addsuffix .o,$(basename $(wildcard tests/emu/*.cpp))))
 EMU_SELF := $(addprefix $(EMU)/,$(addsuffix .cu.o,$(basename $(wildcard tests/emu/*.cu))))  # its own tests
-EMU_HOST := $(filter-out $(call obj,$(EMU_CU)),$(LIB_OBJ))
+# Host objects are shared with the real build, except the cuDNN attention, which the emulator compiles
+# without cuDNN (it reports itself unsupported there, so the backend takes the cuBLAS path).
+EMU_NATIVE := $(BUILD)/kernels/cuda/attention_cudnn.o
+EMU_HOST := $(filter-out $(call obj,$(EMU_CU)) $(EMU_NATIVE),$(LIB_OBJ)) $(EMU)/kernels/cuda/attention_cudnn.o
 EMU_CXXFLAGS := $(CXXFLAGS) -fno-strict-aliasing -Wno-unknown-pragmas \
                 -Wno-sign-compare -Wno-uninitialized -Wno-maybe-uninitialized -Itests/emu/include $(EMU_SAN)
 EMU_LDLIBS := $(EMU_SAN) -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lpcre2-8 -fopenmp -lpthread $(MPI_LIBS)
@@ -137,6 +161,10 @@ EMU_FILTER ?= Cuda*:*/Cuda*:DistNccl*
 $(EMU)/%.cpp: %.cu scripts/cuda_emu_translate.py
 	@mkdir -p $(dir $@)
 	python3 scripts/cuda_emu_translate.py $< $@
+
+$(EMU)/kernels/cuda/attention_cudnn.o: kernels/cuda/attention_cudnn.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -DTUNE_CUDA_EMULATOR $(EMU_SAN) -c $< -o $@
 
 $(EMU)/kernels/%.o: $(EMU)/kernels/%.cpp tests/emu/cuda_emu.h
 	$(CXX) $(EMU_CXXFLAGS) -include tests/emu/cuda_emu.h -c $< -o $@

@@ -7,7 +7,8 @@
 // Not a Google Benchmark: "the largest batch that fits" is found by trying to allocate and step, which is
 // an experiment with outcomes, not a timing loop. Exits 77 (skipped) without a GPU.
 //
-//   build/bench/bench_recompute [--models gpt2,gpt2-xl] [--seq 1024] [--json FILE] [--max-batch 256]
+//   build/bench/bench_recompute [--models gpt2,gpt2-xl] [--seq 1024] [--attention auto|cudnn|matmul]
+//                               [--json FILE] [--max-batch 256]
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -18,6 +19,7 @@
 
 #include "data/fileio.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/backend_cuda.h"
 #include "model/rng.h"
 #include "train/cli.h"
 #include "train/optimizer.h"
@@ -39,10 +41,12 @@ struct Probe {
 };
 
 // Builds the model and optimizer for B sequences and runs `steps` timed training steps after one warm-up.
-Probe try_batch(const ModelConfig& cfg, Recompute mode, int B, int T, int steps) {
+Probe try_batch(const ModelConfig& cfg, Recompute mode, int B, int T, int steps, AttentionImpl attention) {
     Probe p;
     try {
-        auto be = make_cuda_backend(DType::bf16);
+        CudaOptions co;
+        co.attention = attention;
+        auto be = make_cuda_backend(DType::bf16, co);
         const size_t base = device_used();
         ModelOptions o;
         o.recompute = mode;
@@ -77,24 +81,34 @@ Probe try_batch(const ModelConfig& cfg, Recompute mode, int B, int T, int steps)
 
 int main(int argc, char** argv) {
     return run_tool("bench_recompute", [&]() -> int {
-        std::string models = "gpt2,gpt2-xl", json_path = "recompute.json";
+        std::string models = "gpt2,gpt2-xl", json_path = "recompute.json", attention_name = "auto";
         int T = 1024, max_batch = 256, timed_B = 8;
         Cli cli("usage: build/bench/bench_recompute [options]\nMemory and time of each --recompute mode on the GPU.");
         cli.option("--models", "LIST", "comma-separated presets", &models);
         cli.option("--seq", "T", "sequence length", &T, 1, 1 << 20);
         cli.option("--max-batch", "B", "largest batch to try", &max_batch, 1, 1 << 20);
         cli.option("--timed-batch", "B", "batch of the timed steps", &timed_B, 1, 1 << 20);
+        cli.option("--attention", "KIND", "auto, cudnn or matmul (bin/train --attention)", &attention_name);
         cli.option("--json", "FILE", "results", &json_path);
         if (!cli.parse(argc, argv)) {
             std::fputs(cli.help().c_str(), stdout);
             return 0;
         }
+        const AttentionImpl attention = parse_attention_impl(attention_name);
         if (cuda_device_count() == 0) {
             std::printf("no CUDA GPU: skipped\n");
             return 77;
         }
         nlohmann::json out = nlohmann::json::array();
         std::ostringstream md;
+        {
+            CudaOptions co;
+            co.attention = attention;
+            auto probe = make_cuda_backend(DType::bf16, co);
+            const ModelConfig first = preset_config(models.substr(0, models.find(',')));
+            probe->attention_saved_elems(1, T, first.n_embd, first.n_head);  // decides the path
+            md << "Attention: " << probe->attention_path(first.n_embd, first.n_head) << ".\n\n";
+        }
         md << "| Model | --recompute | Activations / token | Device memory in use, B=" << timed_B
            << " | Largest batch (T=" << T << ") | Step time, B=" << timed_B << " | vs none |\n"
            << "|---|---|---:|---:|---:|---:|---:|\n";
@@ -103,14 +117,14 @@ int main(int argc, char** argv) {
             const ModelConfig cfg = preset_config(name);
             double none_ms = 0;
             for (Recompute mode : {Recompute::none, Recompute::selective, Recompute::full}) {
-                const Probe timed = try_batch(cfg, mode, timed_B, T, 3);
+                const Probe timed = try_batch(cfg, mode, timed_B, T, 3, attention);
                 // Largest batch: double until it fails, then bisect.
                 int lo = 0, hi = 1;
-                while (hi <= max_batch && try_batch(cfg, mode, hi, T, 0).fits) lo = hi, hi *= 2;
+                while (hi <= max_batch && try_batch(cfg, mode, hi, T, 0, attention).fits) lo = hi, hi *= 2;
                 hi = std::min(hi, max_batch + 1);
                 while (hi - lo > 1) {
                     const int mid = (lo + hi) / 2;
-                    (try_batch(cfg, mode, mid, T, 0).fits ? lo : hi) = mid;
+                    (try_batch(cfg, mode, mid, T, 0, attention).fits ? lo : hi) = mid;
                 }
                 if (mode == Recompute::none) none_ms = timed.step_ms;
                 const double per_token = timed.fits ? (double)timed.act_bytes / ((double)timed_B * T) : 0;

@@ -7,7 +7,9 @@
 // Forward saves P (B,NH,T,T) in the activation type (zeros above the diagonal): attention_saved_elems.
 // dqkv is written (=).
 //
-// Algorithm (correctness first; a fused flash-attention kernel is the next step, see docs/profiling.md):
+// This is the fp32 path and the fallback; bf16/fp16 go to cuDNN's fused flash attention where it runs
+// (kernels/cuda/attention_cudnn.h, chosen by CudaOptions::attention).
+// Algorithm (correctness first):
 // the heads are split out of qkv into contiguous (B,NH,T,HS) q, k, v; the scores and the two products per
 // pass are strided-batched cuBLASLt GEMMs over B*NH heads with FP32 accumulation; scores and dP are kept in
 // fp32 so the softmax and its backward read unrounded values; one warp per row does the causal softmax and

@@ -96,12 +96,19 @@ class Backend {
                                  const void* weight, size_t N, int IC, int OC) = 0;
 
     // Causal self-attention. qkv(B,T,3C) holds q|k|v, heads contiguous inside each; out(B,T,C).
-    // `saved` is what backward needs beyond qkv; its size in elements is attention_saved_elems().
-    virtual size_t attention_saved_elems(int B, int T, int NH) const = 0;
+    // `saved` is what backward needs beyond qkv and out; its size in elements is attention_saved_elems(): the
+    // probabilities (B,NH,T,T) where attention is materialised, the softmax statistics (B,NH,T) where it is fused
+    // (CUDA bf16/fp16 through cuDNN). Every shape with the same C and NH takes the same path in one backend.
+    virtual size_t attention_saved_elems(int B, int T, int C, int NH) const = 0;
     virtual void attention_forward(void* out, void* saved, const void* qkv, int B, int T, int C, int NH) = 0;
-    // dqkv(B,T,3C) written.
-    virtual void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* saved, int B, int T,
-                                    int C, int NH) = 0;
+    // Which attention runs for this C and NH, for the logs: "cudnn (fused)" or "matmul (T x T probabilities)".
+    virtual std::string attention_path(int C, int NH) const {
+        (void)C, (void)NH;
+        return "matmul (T x T probabilities)";
+    }
+    // dqkv(B,T,3C) written; out is the forward's output.
+    virtual void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const void* saved,
+                                    int B, int T, int C, int NH) = 0;
 
     // Generation with a KV cache: n new positions pos0..pos0+n-1 per row. Stores their keys and values
     // in kcache/vcache (B, maxT, C) and writes out(B,n,C), each attending over cache positions 0..its own.

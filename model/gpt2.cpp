@@ -135,13 +135,14 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
     grads_.allocate(be, std::move(gtab), dt);
 
     // Activations. With recomputation some of each block's buffers are one buffer shared by all blocks.
-    const size_t saved = be.attention_saved_elems(B, (int)Tt, cfg.n_head);
+    const size_t saved = be.attention_saved_elems(B, (int)Tt, cfg.n_embd, cfg.n_head);
+    recompute_attention_ = opts.recompute == Recompute::selective && saved > N * C;
     const std::vector<size_t> shapes[kActsPerLayer] = {{N, C}, {N}, {N}, {N, 3 * C}, {N, C},     {saved},   {N, C},
                                                        {N, C}, {N}, {N}, {N, 4 * C}, {N, 4 * C}, {N, C}};
     auto shared = [&](int k) {
         if (opts.recompute == Recompute::full) return k != kRes3;
         if (opts.recompute == Recompute::selective)
-            return k == kLn1 || k == kLn2 || k == kFchGelu || k == kAttSaved;
+            return k == kLn1 || k == kLn2 || k == kFchGelu || (k == kAttSaved && recompute_attention_);
         return false;
     };
     Table atab;
@@ -586,7 +587,7 @@ void GPT2::block_backward(int l, const void* x_in, int B, int Tt) {
         be_.gelu_forward(a(kFchGelu), a(kFch), N * 4 * C);
         // TEACH: the attention probabilities (NH·T per token, as much as the rest of the block together)
         // come back from the kept QKV; the output this also recomputes is kept already, so it goes to scratch.
-        be_.attention_forward(scratch_.ptr(s_proj_), a(kAttSaved), a(kQkv), B, Tt, C, NH);
+        if (recompute_attention_) be_.attention_forward(scratch_.ptr(s_proj_), a(kAttSaved), a(kQkv), B, Tt, C, NH);
     }
     void* dres = scratch_.ptr(s_dres_);  // d x_out on entry, d x_in on exit
     void* dC = scratch_.ptr(s_dC_);
@@ -603,7 +604,7 @@ void GPT2::block_backward(int l, const void* x_in, int B, int Tt) {
     // Attention: x2 = x_in + attproj(attention(qkv(ln1(x_in)))); dres now holds d x2.
     be_.matmul_backward(dC, g.attprojw, g.attprojb, dres, a(kAtty), p.attprojw, N, C, C);
     lora_backward(l, kLoraAttnProj, dC, dres, a(kAtty), N, C, C);
-    be_.attention_backward(d3C, dC, a(kQkv), a(kAttSaved), B, Tt, C, NH);
+    be_.attention_backward(d3C, dC, a(kQkv), a(kAtty), a(kAttSaved), B, Tt, C, NH);
     const Virtual kind = opts_.peft.virt;
     if (kind == Virtual::prefix || kind == Virtual::prefix_kv) {
         void* dsrc = kind == Virtual::prefix ? scratch_.ptr(s_virt_dout_) : pgrad(virt_first_);

@@ -59,7 +59,8 @@ struct Trainable {
 //   selective  the LayerNorm outputs, the GELU output and the attention probabilities (2C + 4C + NH·T of
 //              each block's 16C + NH·T per token) share one buffer across blocks and are recomputed, the
 //              probabilities from the kept QKV (Korthikanti et al. 2022: the attention core is the large,
-//              cheap part);
+//              cheap part). Where attention is fused (cuDNN) it keeps only NH softmax statistics per token,
+//              so those stay per block and only the LayerNorm and GELU outputs are recomputed;
 //   full       only each block's output (its successor's input) is kept; backward reruns the block's forward
 //              before its backward.
 // Every kernel is deterministic, so the recomputed values and hence the gradients are bit-identical.
@@ -224,6 +225,7 @@ class GPT2 {
     bool compact_ = false, gathered_ = false;
     // Activation table indices
     size_t a_encoded_ = 0, a_lnf_ = 0, a_lnf_mean_ = 0, a_lnf_rstd_ = 0, a_logits_ = 0, a_losses_ = 0;
+    bool recompute_attention_ = false;  // selective, and attention saves more than C per token
     int lowest_layer_ = 0;  // backward stops below it (-1: the embeddings or the prompt need d encoded)
     std::function<void(int)> layer_grads_hook_;  // DIST: see set_layer_grads_hook
     // Backward scratch indices

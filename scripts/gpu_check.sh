@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command for a machine with an NVIDIA GPU (sized for one H200, about 7 minutes):
-#   1. build (reusing a carried build/ and bin/: make is incremental),
+#   1. build (reusing a carried build/ and bin/: make is incremental; the cuDNN frontend's headers come from pip
+#      or from build/cudnn_frontend, which `make cudnn-frontend-copy` fills on a machine that has them),
 #   2. every test (the CUDA suites and the CPU ones they compare against),
 #      and the one-rank NCCL path of data parallelism (every collective),
 #   3. compute-sanitizer memcheck, racecheck, initcheck and synccheck over the kernel tests (a filtered gtest
@@ -93,10 +94,14 @@ stage env 30 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max
 
 # ---- 1. build ----
 stage build 240 "make -j$NPROC all build/tests/tune_tests bench"  # all: the tool tests run bin/*
+grep -q TUNE_HAVE_CUDNN_FE build/dist-config.stamp 2>/dev/null ||
+    say "WARNING: built without the cuDNN frontend headers, so without cuDNN attention (carry build/cudnn_frontend)"
 
 # Runtime libraries: the binaries carry an rpath to \$CUDA_HOME/lib64. Only when something is still missing,
-# add the lib directories of pip's nvidia-* wheels (cuBLAS, NCCL, cuDNN) to LD_LIBRARY_PATH.
-if [ -x bin/train ] && ldd bin/train | grep -q "not found"; then
+# add the lib directories of pip's nvidia-* wheels (cuBLAS, NCCL, cuDNN) to LD_LIBRARY_PATH. cuDNN (and the NVRTC
+# it compiles kernels with) is loaded at run time, so ldd does not list it: look for it separately.
+have_cudnn() { [ -e "$CUDA_HOME/lib64/libcudnn.so.9" ] || ldconfig -p 2>/dev/null | grep -q 'libcudnn.so.9 '; }
+if [ -x bin/train ] && { ldd bin/train | grep -q "not found" || ! have_cudnn; }; then
     WHEEL_LIBS=$(python3 - <<'PY' 2>/dev/null
 import glob, os
 try:
@@ -138,7 +143,7 @@ SAN=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer "$CU
 SAN_ARGS="--error-exitcode 1 --print-limit 20"
 # The kernel tests, small shapes, fp32 and bf16; racecheck (slow on cuBLAS's shared-memory kernels) only over
 # the layers whose kernels use shared memory or warp shuffles of their own.
-KERNEL_TESTS='Dtypes/CudaOps.*/f32:Dtypes/CudaOps.*/bf16:Dtypes/CudaFinetune.*/f32:Dtypes/CudaFinetune.*/bf16'
+KERNEL_TESTS='Dtypes/CudaOps.*/f32:Dtypes/CudaOps.*/bf16:Dtypes/CudaFinetune.*/f32:Dtypes/CudaFinetune.*/bf16:Paths/CudaAttentionPath.*/bf16_*'
 SMEM_TESTS='Dtypes/CudaOps.LayerNorm*/bf16:Dtypes/CudaOps.Encoder*/bf16:Dtypes/CudaOps.CrossEntropy*/bf16:Dtypes/CudaOps.SumSquares*/bf16:Dtypes/CudaOps.Attention*/bf16:Dtypes/CudaFinetune.*/bf16'
 if [ -n "$SAN" ]; then
     stage memcheck 75 "$SAN --tool memcheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
@@ -167,8 +172,9 @@ train_gpt2 train_gpt2
 # Exit 77 (skip) when PyTorch or its GPU is missing; a crash keeps its own status.
 stage pytorch_gpt2 150 "python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json $LOG_DIR/pytorch.json \
   || exit \$?; test -s $LOG_DIR/pytorch.json || exit 77"
-# The same run recomputing the attention probabilities, LayerNorm and GELU in backward: less memory, ~6% more work.
-train_gpt2 train_gpt2_selective "--recompute selective"
+# The same run with the cuBLAS attention, which writes the T x T scores out and keeps the probabilities
+# (the default above is cuDNN's fused attention where it runs: its log says which ran).
+train_gpt2 train_gpt2_matmul "--attention matmul"
 
 # ---- 5. kernel benchmarks, recomputation, the methods table ----
 for b in build/bench/bench_*; do
@@ -203,8 +209,9 @@ peak_gib() {  # the highest device memory sampled during a train_gpt2 stage, les
 }
 TUNE_TOKS=$(tok_s "$LOG_DIR/train_gpt2.log")
 TUNE_MEM=$(peak_gib train_gpt2)
-SEL_TOKS=$(tok_s "$LOG_DIR/train_gpt2_selective.log")
-SEL_MEM=$(peak_gib train_gpt2_selective)
+MM_TOKS=$(tok_s "$LOG_DIR/train_gpt2_matmul.log")
+MM_MEM=$(peak_gib train_gpt2_matmul)
+TUNE_ATT=$(grep -o 'attention [a-z]* ([^)]*)' "$LOG_DIR/train_gpt2.log" 2>/dev/null | head -1)
 PT_TOKS=$(python3 -c "import json; print(json.load(open('$LOG_DIR/pytorch.json')).get('tokens_per_s', 'n/a'))" 2>/dev/null || echo n/a)
 PT_MEM=$(python3 -c "import json; print(json.load(open('$LOG_DIR/pytorch.json')).get('peak_mem_gib', 'n/a'))" 2>/dev/null || echo n/a)
 TEST_LINE=$(grep -h '^tests:' "$LOG_DIR/tests.log" 2>/dev/null | tail -1)
@@ -218,8 +225,9 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$LOG_DIR/tests.log" 2>/dev/null |
     echo "${TEST_LINE:-tests: n/a}"
     [ -n "$FAILED_TESTS" ] && echo "failed tests:" && echo "$FAILED_TESTS" | sed 's/^/  /'
     echo "GPT-2 124M, B=32 T=1024, bf16:"
-    printf '  %-28s %12s tok/s   peak %s GiB (nvidia-smi, whole process)\n' "tune.cu bin/train" "$TUNE_TOKS" "$TUNE_MEM"
-    printf '  %-28s %12s tok/s   peak %s GiB\n' "  --recompute selective" "$SEL_TOKS" "$SEL_MEM"
+    printf '  %-28s %12s tok/s   peak %s GiB (nvidia-smi, whole process; %s)\n' "tune.cu bin/train" "$TUNE_TOKS" \
+        "$TUNE_MEM" "${TUNE_ATT:-attention n/a}"
+    printf '  %-28s %12s tok/s   peak %s GiB\n' "  --attention matmul" "$MM_TOKS" "$MM_MEM"
     printf '  %-28s %12s tok/s   peak %s GiB (torch max allocated)\n' "PyTorch compile+SDPA" "$PT_TOKS" "$PT_MEM"
     if [[ "$TUNE_TOKS" =~ ^[0-9.]+$ && "$PT_TOKS" =~ ^[0-9.]+$ ]]; then
         awk -v a="$TUNE_TOKS" -v b="$PT_TOKS" 'BEGIN {printf "  tune.cu / PyTorch = %.2f\n", a / b}'

@@ -245,8 +245,8 @@ TEST_P(CudaOps, AttentionForwardAndBackward_HS12_T13_and_HS64_T67_and_T1) {
     for (AttShape s : {AttShape{2, 13, 36, 3}, AttShape{2, 67, 128, 2}, AttShape{3, 1, 8, 2}}) {
         const size_t n_qkv = (size_t)s.B * s.T * 3 * s.C, n_out = (size_t)s.B * s.T * s.C;
         Twin qkv(gpu(), ref(), n_qkv), out(gpu(), ref(), n_out), dout(gpu(), ref(), n_out), dqkv(gpu(), ref(), n_qkv);
-        Buffer saved_g(gpu(), gpu().act_dtype(), gpu().attention_saved_elems(s.B, s.T, s.NH));
-        Buffer saved_r(ref(), DType::f64, ref().attention_saved_elems(s.B, s.T, s.NH));
+        Buffer saved_g(gpu(), gpu().act_dtype(), gpu().attention_saved_elems(s.B, s.T, s.C, s.NH));
+        Buffer saved_r(ref(), DType::f64, ref().attention_saved_elems(s.B, s.T, s.C, s.NH));
         qkv.set(randn(n_qkv, 1, 1.5));  // scores of a few units: a softmax far from uniform
         out.poison();
         saved_g.poison();
@@ -257,8 +257,8 @@ TEST_P(CudaOps, AttentionForwardAndBackward_HS12_T13_and_HS64_T67_and_T1) {
         EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out " << where;
         dout.set(randn(n_out, 2));
         dqkv.poison();
-        gpu().attention_backward(dqkv.g(), dout.g(), qkv.g(), saved_g.p(), s.B, s.T, s.C, s.NH);
-        ref().attention_backward(dqkv.r(), dout.r(), qkv.r(), saved_r.p(), s.B, s.T, s.C, s.NH);
+        gpu().attention_backward(dqkv.g(), dout.g(), qkv.g(), out.g(), saved_g.p(), s.B, s.T, s.C, s.NH);
+        ref().attention_backward(dqkv.r(), dout.r(), qkv.r(), out.r(), saved_r.p(), s.B, s.T, s.C, s.NH);
         EXPECT_TRUE(near_rel(dqkv.gpu.get(), dqkv.ref.get(), op_tol(dt()))) << "dqkv " << where;
     }
 }
@@ -266,7 +266,7 @@ TEST_P(CudaOps, AttentionForwardAndBackward_HS12_T13_and_HS64_T67_and_T1) {
 TEST_P(CudaOps, AttentionIsCausal_FutureTokensDoNotChangeThePast_T9) {
     const int B = 1, T = 9, C = 8, NH = 2;
     Buffer qkv(gpu(), dt(), (size_t)B * T * 3 * C), out(gpu(), dt(), (size_t)B * T * C),
-        saved(gpu(), dt(), gpu().attention_saved_elems(B, T, NH));
+        saved(gpu(), dt(), gpu().attention_saved_elems(B, T, C, NH));
     auto v = randn(qkv.n(), 3);
     qkv.set(v);
     gpu().attention_forward(out.p(), saved.p(), qkv.p(), B, T, C, NH);
@@ -310,7 +310,7 @@ TEST_P(CudaOps, AttentionForwardCachedEqualsFullForward_B2_T13_C36) {
     const int B = 2, T = 13, C = 36, NH = 3;
     Buffer qkv(gpu(), dt(), (size_t)B * T * 3 * C), full(gpu(), dt(), (size_t)B * T * C),
         cached(gpu(), dt(), (size_t)B * T * C), kc(gpu(), dt(), (size_t)B * T * C), vc(gpu(), dt(), (size_t)B * T * C),
-        saved(gpu(), dt(), gpu().attention_saved_elems(B, T, NH));
+        saved(gpu(), dt(), gpu().attention_saved_elems(B, T, C, NH));
     qkv.set(randn(qkv.n(), 5, 1.5));
     gpu().attention_forward(full.p(), saved.p(), qkv.p(), B, T, C, NH);
     gpu().attention_forward_cached(cached.p(), kc.p(), vc.p(), qkv.p(), B, T, 0, T, C, NH);

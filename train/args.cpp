@@ -41,6 +41,12 @@ Cli train_cli(TrainArgs& a) {
              one_of("--device", {"cpu", "cuda", "auto"}, &a.device));
     c.custom("--precision", "fp32|bf16|fp16", "compute precision (the cpu backend computes in fp32)", a.precision,
              one_of("--precision", {"fp32", "bf16", "fp16"}, &a.precision));
+    c.custom("--attention", "auto|cudnn|matmul", "cuda attention: cudnn = cuDNN's fused flash attention (bf16/fp16; "
+             "saves NH floats per token, not NH*T), matmul = cuBLAS products with the T x T probabilities kept, "
+             "auto = cudnn where it runs, else matmul", a.attention,
+             one_of("--attention", {"auto", "cudnn", "matmul"}, &a.attention));
+    c.flag("--stochastic-rounding", "bf16: round the working weights from the fp32 master stochastically "
+           "(reproducible: the bits hash the element, the step and --seed)", &a.stochastic_rounding);
     c.custom("--model", "PRESET", "model to train from random initialisation (tiny, small, gpt2, gpt2-medium, ...)",
              a.model, [&a](const std::string& v) {
                  preset_config(v);  // throws for an unknown name
@@ -87,8 +93,8 @@ Cli train_cli(TrainArgs& a) {
     c.option("--virtual-init", "HOW", "virtual-token start: random, vocab (embeddings of random common tokens), or "
              "text:WORDS (the embeddings of WORDS' tokens)", &a.virtual_init);
     c.option("--vocab", "DIR", "GPT-2 vocabulary (encoder.json, vocab.bpe) for --virtual-init text:", &a.vocab);
-    c.custom("--recompute", "MODE", "activation checkpointing: none, selective (LayerNorm, GELU and attention probabilities), full "
-             "(whole blocks)", "none", [&a](const std::string& v) { a.recompute = parse_recompute(v); });
+    c.custom("--recompute", "MODE", "activation checkpointing: none, selective (LayerNorm, GELU and, with --attention matmul, "
+             "the attention probabilities), full (whole blocks)", "none", [&a](const std::string& v) { a.recompute = parse_recompute(v); });
     c.option("--l2sp", "LAMBDA", "L2-SP: add LAMBDA/2 * |theta - theta0|^2 over trainable parameters (0: off)",
              &a.l2sp, 0, 1e12);
     c.option("--ewc", "LAMBDA", "EWC: add LAMBDA/2 * sum F (theta - theta0)^2 with the diagonal Fisher F (0: off)",
@@ -179,6 +185,11 @@ void validate_train_args(const TrainArgs& a) {
         throw UsageError("--warmup: " + std::to_string(a.sched.warmup) + " is more than --steps " +
                          std::to_string(a.steps));
     if (!a.init.empty() && !a.resume.empty()) throw UsageError("--init and --resume: give one, not both");
+    if (a.stochastic_rounding && a.precision != "bf16")
+        throw UsageError("--stochastic-rounding: rounds to bf16 only, and --precision is " + a.precision);
+    if (a.attention == "cudnn" && (a.device == "cpu" || a.precision == "fp32"))
+        throw UsageError("--attention cudnn: cuDNN attention runs on --device cuda in bf16 or fp16, not " + a.device +
+                         " " + a.precision);
     // Files named on the command line must exist: a typo is a usage error (exit 2), while a file that
     // exists but is malformed is reported by its reader (exit 1).
     auto must_exist = [](const char* flag, const std::string& path) {

@@ -18,6 +18,8 @@ struct TrainArgs {
     // where and how
     std::string device = "auto";  // auto | cpu | cuda
     std::string precision = "fp32";
+    std::string attention = "auto";  // auto | cudnn | matmul (kernels/cuda/backend_cuda.h)
+    bool stochastic_rounding = false;
     // model
     std::string model = "tiny";  // preset used when training from scratch
     std::string init;            // start from these weights

@@ -17,7 +17,8 @@
 
 namespace tune {
 
-std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision, bool quiet) {
+std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision, bool quiet,
+                                      const CudaOptions& cuda) {
     std::string dev = device;
     if (dev == "auto") {
         dev = cuda_device_count() > 0 ? "cuda" : "cpu";
@@ -29,7 +30,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
         return make_cpu_backend(DType::f32);
     }
     const DType dt = precision == "bf16" ? DType::bf16 : precision == "fp16" ? DType::f16 : DType::f32;
-    return make_cuda_backend(dt);
+    return make_cuda_backend(dt, cuda);
 }
 
 LoadedModel load_model(const std::string& weights, const std::string& device, const std::string& precision, int B,
@@ -83,7 +84,11 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     // DIST: a multi-rank GPU run picks its GPU before the backend exists; rank 0 alone prints and writes.
     const LaunchInfo launch = launch_info();
     select_local_device(launch, args.device);
-    be_ = make_backend(args.device, args.precision, args.quiet || launch.rank != 0);
+    CudaOptions cuda;
+    cuda.attention = parse_attention_impl(args.attention);
+    cuda.stochastic_rounding = args.stochastic_rounding;
+    cuda.seed = args.seed;
+    be_ = make_backend(args.device, args.precision, args.quiet || launch.rank != 0, cuda);
     Comm& comm = process_comm(*be_, args.comm_timeout);
     writer_ = comm.rank() == 0;
     if (!writer_) args_.quiet = true;
@@ -455,8 +460,10 @@ void Trainer::print_memory_map() const {
                  a = model_->act_bytes();
     size_t trainable = 0;
     for (const TensorInfo& t : model_->grads().table().tensors()) trainable += t.numel;
-    std::printf("model: %s, %zu parameters (%zu trainable), backend %s\n", model_->config().describe().c_str(),
-                num_parameters(model_->config()), trainable, be_->name().c_str());
+    const ModelConfig& cfg = model_->config();
+    std::printf("model: %s, %zu parameters (%zu trainable), backend %s, attention %s\n", cfg.describe().c_str(),
+                num_parameters(cfg), trainable, be_->name().c_str(),
+                be_->attention_path(cfg.n_embd, cfg.n_head).c_str());
     const size_t r = anchor_.bytes() + fisher_.bytes() +
                      (teacher_ ? teacher_->param_bytes() + teacher_->act_bytes() : 0);
     std::printf("memory: parameters %s | gradients %s | optimizer %s | activations %s (recompute %s)%s%s | total %s\n",

@@ -7,6 +7,7 @@
 
 #include "data/shard.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/backend_cuda.h"
 #include "model/gpt2.h"
 #include "train/args.h"
 #include "train/checkpoint.h"
@@ -39,7 +40,8 @@ constexpr uint64_t kLossScaleWindow = 2000;
 void update_loss_scale(TrainState& state, bool gradients_finite);
 
 // Picks the backend from --device/--precision; prints a one-line notice when auto falls back to cpu.
-std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision, bool quiet);
+std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision, bool quiet,
+                                      const CudaOptions& cuda = {});
 
 // A model with its backend, loaded from weights (any format model/weights.h reads) for inference tools.
 struct LoadedModel {

@@ -90,14 +90,14 @@ class CpuBackend final : public Backend {
                          int IC, int OC) override {
         cpu::matmul_backward(t(dinp), t(dw), t(db), t(dout), t(inp), t(w), N, IC, OC);
     }
-    size_t attention_saved_elems(int B, int T_, int NH) const override {
+    size_t attention_saved_elems(int B, int T_, int, int NH) const override {
         return cpu::attention_saved_elems(B, T_, NH);
     }
     void attention_forward(void* out, void* saved, const void* qkv, int B, int T_, int C, int NH) override {
         cpu::attention_forward(t(out), t(saved), t(qkv), B, T_, C, NH);
     }
-    void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* saved, int B, int T_, int C,
-                            int NH) override {
+    void attention_backward(void* dqkv, const void* dout, const void* qkv, const void*, const void* saved, int B,
+                            int T_, int C, int NH) override {
         cpu::attention_backward(t(dqkv), t(dout), t(qkv), t(saved), B, T_, C, NH);
     }
     void attention_forward_cached(void* out, void* kcache, void* vcache, const void* qkv, int B, int n, int pos0,

@@ -9,12 +9,16 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdio>
 #include <cstring>
+#include <map>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
+#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/crossentropy.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cublaslt.h"
@@ -90,6 +94,7 @@ class CudaBackend final : public Backend {
         CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         gemm_ = std::make_unique<cuda::Gemm>(stream_);
         scratch_ = std::make_unique<cuda::Scratch>(stream_);
+        cudnn_ = std::make_unique<cuda::CudnnAttention>(stream_);
         adamw_table_ = std::make_unique<cuda::AdamWTable>();
         anchor_table_ = std::make_unique<cuda::AdamWTable>();
         CUDA_CHECK(cudaMalloc(&d_sum_, sizeof(double)));
@@ -99,6 +104,7 @@ class CudaBackend final : public Backend {
     ~CudaBackend() override {
         // Nothing here may throw. Queued work finishes before its buffers and the stream go away.
         cudaStreamSynchronize(stream_);
+        cudnn_.reset();
         scratch_.reset();
         adamw_table_.reset();
         anchor_table_.reset();
@@ -193,15 +199,30 @@ class CudaBackend final : public Backend {
                                   *scratch_);
         });
     }
-    size_t attention_saved_elems(int B, int T, int NH) const override { return cuda::attention_saved_elems(B, T, NH); }
+    // TEACH: cuDNN's fused attention keeps the T x T scores on chip and saves only each row's log-sum-exp;
+    // the cuBLAS path writes them out and saves the probabilities, NH*T values per token per layer.
+    size_t attention_saved_elems(int B, int T, int C, int NH) const override {
+        if (!fused_attention(B, T, C, NH)) return cuda::attention_saved_elems(B, T, NH);
+        const size_t es = dtype_size(dtype_);
+        return (cuda::cudnn_attention_saved_floats(B, T, NH) * sizeof(float) + es - 1) / es;
+    }
+    std::string attention_path(int C, int NH) const override {
+        auto it = fused_.find({C, NH});
+        return it != fused_.end() && it->second ? "cudnn (fused)" : Backend::attention_path(C, NH);
+    }
     void attention_forward(void* out, void* saved, const void* qkv, int B, int T, int C, int NH) override {
+        if (fused_attention(B, T, C, NH))
+            return cudnn_->forward(out, static_cast<float*>(saved), qkv, dtype_, B, T, C, NH, *scratch_);
         dispatch([&](auto tag) {
             using E = decltype(tag);
             cuda::attention_forward(t<E>(out), t<E>(saved), t<E>(qkv), B, T, C, NH, *gemm_, *scratch_);
         });
     }
-    void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* saved, int B, int T, int C,
-                            int NH) override {
+    void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const void* saved, int B,
+                            int T, int C, int NH) override {
+        if (fused_attention(B, T, C, NH))
+            return cudnn_->backward(dqkv, dout, qkv, out, static_cast<const float*>(saved), dtype_, B, T, C, NH,
+                                    *scratch_);
         dispatch([&](auto tag) {
             using E = decltype(tag);
             cuda::attention_backward(t<E>(dqkv), t<E>(dout), t<E>(qkv), t<E>(saved), B, T, C, NH, *gemm_, *scratch_);
@@ -383,11 +404,30 @@ class CudaBackend final : public Backend {
         from_device_type(dst, staged.data(), dtype, n);
     }
 
+    // Whether attention goes to cuDNN: decided at the first shape seen for each (C, NH) and kept, so a buffer
+    // sized by attention_saved_elems() always matches the path that fills it.
+    bool fused_attention(int B, int T, int C, int NH) const {
+        if (options_.attention == AttentionImpl::matmul) return false;
+        if (dtype_ == DType::f32 && options_.attention == AttentionImpl::automatic) return false;
+        const std::pair<int, int> key{C, NH};
+        if (auto it = fused_.find(key); it != fused_.end()) return it->second;
+        const std::string why = cudnn_->unsupported(dtype_, B, T, C, NH);
+        if (!why.empty() && options_.attention == AttentionImpl::cudnn) throw UsageError("--attention cudnn: " + why);
+        static bool told = false;  // once per process: tests make many backends
+        if (!why.empty() && !told) {
+            told = true;
+            std::fprintf(stderr, "notice: %s; attention takes the cuBLAS path\n", why.c_str());
+        }
+        return fused_[key] = why.empty();
+    }
+
     DType dtype_;
     CudaOptions options_;
     cudaStream_t stream_ = nullptr;
     std::unique_ptr<cuda::Gemm> gemm_;
     std::unique_ptr<cuda::Scratch> scratch_;
+    std::unique_ptr<cuda::CudnnAttention> cudnn_;
+    mutable std::map<std::pair<int, int>, bool> fused_;  // (C, NH) -> attention through cuDNN
     std::unique_ptr<cuda::AdamWTable> adamw_table_;
     std::unique_ptr<cuda::AdamWTable> anchor_table_;  // its own, so the optimizer's cached table survives
     double* d_sum_ = nullptr;  // sum_squares result on the device
@@ -395,6 +435,21 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+const char* attention_impl_name(AttentionImpl a) {
+    switch (a) {
+        case AttentionImpl::automatic: return "auto";
+        case AttentionImpl::cudnn: return "cudnn";
+        case AttentionImpl::matmul: return "matmul";
+    }
+    return "?";
+}
+
+AttentionImpl parse_attention_impl(const std::string& name) {
+    for (AttentionImpl a : {AttentionImpl::automatic, AttentionImpl::cudnn, AttentionImpl::matmul})
+        if (name == attention_impl_name(a)) return a;
+    throw UsageError("--attention " + name + ": expected auto, cudnn or matmul");
+}
 
 std::unique_ptr<Backend> make_cuda_backend(DType dtype, const CudaOptions& options) {
     return std::make_unique<CudaBackend>(dtype, options);

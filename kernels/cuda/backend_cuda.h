@@ -3,16 +3,25 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "kernels/backend.h"
 
 namespace tune {
+
+// Which attention kernels run: automatic = cuDNN's fused flash attention where it supports the shape and type
+// (bf16/fp16; kernels/cuda/attention_cudnn.h), else the cuBLAS path (kernels/attention.h); cudnn = cuDNN or an
+// error saying why not; matmul = always the cuBLAS path (materialised T x T scores).
+enum class AttentionImpl { automatic, cudnn, matmul };
+const char* attention_impl_name(AttentionImpl a);
+AttentionImpl parse_attention_impl(const std::string& name);  // throws UsageError
 
 struct CudaOptions {
     // bf16 working weights written from the fp32 master by stochastic rounding instead of round-to-nearest
     // (reproducible: the random bits hash the element, the step and `seed`). Ignored for fp32 and fp16.
     bool stochastic_rounding = false;
     uint64_t seed = 0;
+    AttentionImpl attention = AttentionImpl::automatic;
 };
 
 std::unique_ptr<Backend> make_cuda_backend(DType dtype, const CudaOptions& options);

@@ -1,0 +1,55 @@
+// Causal attention through cuDNN's fused flash attention (SDPA, cuDNN 9 graph API via the header-only cuDNN
+// frontend). Same layout and math as kernels/attention.h; the T x T scores live only in on-chip memory.
+//   forward:  out = softmax(q k^T / sqrt(HS), causal) v; saves stats (B,NH,T) fp32, the log-sum-exp of each
+//             score row, which with out itself is all backward needs.
+//   backward: dqkv (B,T,3C) written from dout, qkv, out and stats; cuDNN's deterministic algorithm, so two
+//             runs give the same bits (the bit-identical-runs rule).
+// bf16 and fp16 only (cuDNN has no fp32 SDPA); HS a multiple of 8 up to what the GPU's engines support.
+// Each shape's graph is built once (a few hundred ms: heuristics and kernel compilation) and cached.
+// Built only when the cuDNN frontend headers were found (Makefile: CUDNN_FE_INC); otherwise, and on the CUDA
+// emulator, unsupported() says so and the backend keeps the cuBLAS path.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "kernels/common.h"
+#include "kernels/cuda/scratch.h"
+
+namespace tune::cuda {
+
+// Saved state per call, in floats: the stats (B, NH, T).
+inline size_t cudnn_attention_saved_floats(int B, int T, int NH) { return (size_t)B * NH * T; }
+
+class CudnnAttention {
+   public:
+    explicit CudnnAttention(cudaStream_t stream);
+    ~CudnnAttention();
+    CudnnAttention(const CudnnAttention&) = delete;
+    CudnnAttention& operator=(const CudnnAttention&) = delete;
+
+    // Empty when cuDNN runs forward and backward of this shape and element type; otherwise why not (the
+    // message cuDNN gave, or what is missing). Builds and caches both graphs on success.
+    std::string unsupported(DType dtype, int B, int T, int C, int NH);
+
+    void forward(void* out,        // (B, T, C)
+                 float* stats,     // (B, NH, T) saved
+                 const void* qkv,  // (B, T, 3C)
+                 DType dtype, int B, int T, int C, int NH, Scratch& scratch);
+
+    void backward(void* dqkv,          // (B, T, 3C) written
+                  const void* dout,    // (B, T, C)
+                  const void* qkv,     // (B, T, 3C)
+                  const void* out,     // (B, T, C) from forward
+                  const float* stats,  // (B, NH, T) from forward
+                  DType dtype, int B, int T, int C, int NH, Scratch& scratch);
+
+   private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tune::cuda

@@ -1,0 +1,152 @@
+// The two CUDA attention paths, each chosen explicitly (CudaOptions::attention), against the f64 CPU reference:
+// cuDNN's fused flash attention (bf16/fp16) and the cuBLAS path (materialised scores). The backend's default
+// (auto) is covered by CudaOps.Attention* in test_cuda_layers.cpp and by the whole-model tests.
+// Without cuDNN (the CUDA emulator, a build without the frontend headers) the cuDNN cases skip with the reason.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <tuple>
+
+#include "kernels/cuda/backend_cuda.h"
+#include "tests/test_cuda_util.h"
+
+namespace tune::test {
+namespace {
+
+struct AttShape {
+    int B, T, C, NH;
+};
+
+std::string where(const AttShape& s) {
+    return "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " C=" + std::to_string(s.C) +
+           " NH=" + std::to_string(s.NH);
+}
+
+class CudaAttentionPath : public ::testing::TestWithParam<std::tuple<DType, AttentionImpl>> {
+   protected:
+    void SetUp() override {
+        if (cuda_device_count() == 0) GTEST_SKIP() << kNoGpu;
+        CudaOptions o;
+        o.attention = impl();
+        gpu_ = make_cuda_backend(dt(), o);
+        ref_ = make_cpu_backend(DType::f64);
+    }
+    DType dt() const { return std::get<0>(GetParam()); }
+    AttentionImpl impl() const { return std::get<1>(GetParam()); }
+    bool cudnn() const { return impl() == AttentionImpl::cudnn; }
+    // The saved size, or a skip (reported by the caller's GTEST_SKIP) when cuDNN was asked for and cannot run.
+    bool saved_elems(const AttShape& s, size_t* n, std::string* why) {
+        try {
+            *n = gpu_->attention_saved_elems(s.B, s.T, s.C, s.NH);
+            return true;
+        } catch (const UsageError& e) {
+            *why = e.what();
+            return false;
+        }
+    }
+    std::unique_ptr<Backend> gpu_, ref_;
+};
+
+// Head sizes 64 (GPT-2), 16 and 128; T prime, 1, and past 128 (several of cuDNN's tiles, the last partial).
+TEST_P(CudaAttentionPath, ForwardAndBackwardMatchReference_HS64_T67_HS16_T37_HS64_T1_HS128_T131) {
+    for (AttShape s : {AttShape{2, 67, 128, 2}, AttShape{3, 37, 48, 3}, AttShape{2, 1, 64, 1}, AttShape{1, 131, 256, 2}}) {
+        size_t n_saved = 0;
+        std::string why;
+        if (!saved_elems(s, &n_saved, &why)) GTEST_SKIP() << why;
+        const size_t n_qkv = (size_t)s.B * s.T * 3 * s.C, n_out = (size_t)s.B * s.T * s.C;
+        Twin qkv(*gpu_, *ref_, n_qkv), out(*gpu_, *ref_, n_out), dout(*gpu_, *ref_, n_out), dqkv(*gpu_, *ref_, n_qkv);
+        Buffer saved_g(*gpu_, dt(), n_saved);
+        Buffer saved_r(*ref_, DType::f64, ref_->attention_saved_elems(s.B, s.T, s.C, s.NH));
+        qkv.set(randn(n_qkv, 7, 1.5));  // scores of a few units: a softmax far from uniform
+        out.poison();
+        saved_g.poison();
+        gpu_->attention_forward(out.g(), saved_g.p(), qkv.g(), s.B, s.T, s.C, s.NH);
+        ref_->attention_forward(out.r(), saved_r.p(), qkv.r(), s.B, s.T, s.C, s.NH);
+        EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out " << where(s);
+        dout.set(randn(n_out, 8));
+        dqkv.poison();
+        gpu_->attention_backward(dqkv.g(), dout.g(), qkv.g(), out.g(), saved_g.p(), s.B, s.T, s.C, s.NH);
+        ref_->attention_backward(dqkv.r(), dout.r(), qkv.r(), out.r(), saved_r.p(), s.B, s.T, s.C, s.NH);
+        EXPECT_TRUE(near_rel(dqkv.gpu.get(), dqkv.ref.get(), op_tol(dt()))) << "dqkv " << where(s);
+    }
+}
+
+// The rule: the same inputs give the same bits, run after run (cuDNN's deterministic backward).
+TEST_P(CudaAttentionPath, TwoRunsAreBitIdentical_B4_T200_C128_NH2) {
+    const AttShape s{4, 200, 128, 2};
+    size_t n_saved = 0;
+    std::string why;
+    if (!saved_elems(s, &n_saved, &why)) GTEST_SKIP() << why;
+    const size_t n_qkv = (size_t)s.B * s.T * 3 * s.C, n_out = (size_t)s.B * s.T * s.C;
+    Buffer qkv(*gpu_, dt(), n_qkv), out(*gpu_, dt(), n_out), dout(*gpu_, dt(), n_out), dqkv(*gpu_, dt(), n_qkv),
+        saved(*gpu_, dt(), n_saved);
+    qkv.set(randn(n_qkv, 9, 1.5));
+    dout.set(randn(n_out, 10));
+    std::vector<double> first[2];
+    for (int run = 0; run < 2; run++) {
+        out.poison();
+        dqkv.poison();
+        gpu_->attention_forward(out.p(), saved.p(), qkv.p(), s.B, s.T, s.C, s.NH);
+        gpu_->attention_backward(dqkv.p(), dout.p(), qkv.p(), out.p(), saved.p(), s.B, s.T, s.C, s.NH);
+        if (run == 0) {
+            first[0] = out.get();
+            first[1] = dqkv.get();
+        } else {
+            EXPECT_TRUE(same_bits(out.get(), first[0])) << "out";
+            EXPECT_TRUE(same_bits(dqkv.get(), first[1])) << "dqkv";
+        }
+    }
+}
+
+// What each path keeps for backward: NH*T probabilities per token, or NH fp32 statistics.
+TEST_P(CudaAttentionPath, SavedStateIsProbabilitiesOrStatistics_B2_T300_C128_NH2) {
+    const AttShape s{2, 300, 128, 2};
+    size_t n_saved = 0;
+    std::string why;
+    if (!saved_elems(s, &n_saved, &why)) GTEST_SKIP() << why;
+    const size_t rows = (size_t)s.B * s.NH * s.T;
+    EXPECT_EQ(n_saved * dtype_size(dt()), cudnn() ? rows * sizeof(float) : rows * s.T * dtype_size(dt()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, CudaAttentionPath,
+                         ::testing::Combine(::testing::Values(DType::bf16, DType::f16),
+                                            ::testing::Values(AttentionImpl::cudnn, AttentionImpl::matmul)),
+                         [](const auto& info) {
+                             return std::string(dtype_name(std::get<0>(info.param))) + "_" +
+                                    attention_impl_name(std::get<1>(info.param));
+                         });
+
+// --attention cudnn says why it cannot run, instead of quietly taking the other path.
+TEST(CudaAttentionChoice, CudnnRefusesFp32AndHeadSizesNotAMultipleOf8) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << kNoGpu;
+    CudaOptions o;
+    o.attention = AttentionImpl::cudnn;
+    auto f32 = make_cuda_backend(DType::f32, o);
+    try {
+        f32->attention_saved_elems(2, 16, 128, 2);
+        ADD_FAILURE() << "fp32 accepted";
+    } catch (const UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("no f32"), std::string::npos) << e.what();
+    }
+    auto bf16 = make_cuda_backend(DType::bf16, o);
+    try {
+        bf16->attention_saved_elems(2, 16, 36, 3);  // HS = 12
+        ADD_FAILURE() << "head size 12 accepted";
+    } catch (const UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("36/3 is not a multiple of 8"), std::string::npos) << e.what();
+    }
+    // auto takes the cuBLAS path for both: the probabilities, B*NH*T*T.
+    auto automatic = make_cuda_backend(DType::bf16);
+    EXPECT_EQ(automatic->attention_saved_elems(2, 16, 36, 3), (size_t)2 * 3 * 16 * 16);
+    EXPECT_EQ(make_cuda_backend(DType::f32)->attention_saved_elems(2, 16, 128, 2), (size_t)2 * 2 * 16 * 16);
+}
+
+TEST(CudaAttentionChoice, ParseNamesAndRejectsOthers) {
+    EXPECT_EQ(parse_attention_impl("auto"), AttentionImpl::automatic);
+    EXPECT_EQ(parse_attention_impl("cudnn"), AttentionImpl::cudnn);
+    EXPECT_EQ(parse_attention_impl("matmul"), AttentionImpl::matmul);
+    EXPECT_THROW(parse_attention_impl("flash"), UsageError);
+}
+
+}  // namespace
+}  // namespace tune::test
