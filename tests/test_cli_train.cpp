@@ -20,7 +20,9 @@ TEST(TrainCli, HelpExitsZeroAndListsOptions) {
 }
 
 TEST(TrainCli, UsageErrorsExitTwoWithOneLine) {
-    for (const char* args : {"--bogus", "--lr -1", "--batch 0", "--seq 100000 --device cpu", "--steps"}) {
+    for (const char* args : {"--bogus", "--lr -1", "--batch 0", "--seq 100000 --device cpu", "--steps",
+                             "--attention flash", "--attention cudnn --device cpu", "--attention cudnn --precision fp32",
+                             "--stochastic-rounding --precision fp16"}) {
         CmdResult r = run_cmd(std::string("bin/train ") + args);
         EXPECT_EQ(r.rc, 2) << args << ": " << r.out;
         EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << args << ": " << r.out;

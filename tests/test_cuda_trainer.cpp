@@ -45,5 +45,28 @@ TEST_F(CudaTrainer, ResumeIsBitExact_Fp32Bf16Fp16_8Steps_vs_4PlusResume4) {
     }
 }
 
+// Stochastic rounding hashes the step into its random bits: a resumed run must use the same steps' bits.
+TEST_F(CudaTrainer, ResumeIsBitExactWithStochasticRounding_Bf16_8Steps_vs_4PlusResume4) {
+    TrainArgs full = gpu_args("bf16", "sr_full");
+    full.stochastic_rounding = true;
+    ASSERT_EQ(Trainer(full).run(), 0);
+    TrainArgs first = gpu_args("bf16", "sr_split");
+    first.stochastic_rounding = true;
+    first.halt_at = 4;
+    ASSERT_EQ(Trainer(first).run(), 0);
+    TrainArgs second = first;
+    second.halt_at = 0;
+    second.init.clear();
+    second.resume = second.out_dir + "/resume.ckpt";
+    ASSERT_EQ(Trainer(second).run(), 0);
+    const std::string a = dir + "/bf16_sr_full", b = dir + "/bf16_sr_split";
+    EXPECT_EQ(losses(a), losses(b));
+    EXPECT_EQ(slurp(a + "/model.ckpt"), slurp(b + "/model.ckpt"));
+    // And it is on: the weights differ from round-to-nearest's.
+    TrainArgs nearest = gpu_args("bf16", "sr_nearest");
+    ASSERT_EQ(Trainer(nearest).run(), 0);
+    EXPECT_NE(slurp(a + "/model.ckpt"), slurp(dir + "/bf16_sr_nearest/model.ckpt"));
+}
+
 }  // namespace
 }  // namespace tune::test

@@ -124,6 +124,11 @@ struct CkptFile {
     }
 
     // Copies the named tensor (float32 in the file) into dst after checking its size.
+    bool has(const std::string& name) const {
+        for (const json& t : header["tensors"])
+            if (t["name"] == name) return true;
+        return false;
+    }
     const float* find(const std::string& name, size_t numel) const {
         for (const json& t : header["tensors"]) {
             if (t["name"] != name) continue;
@@ -192,6 +197,9 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
     if (model.peft().any()) header["peft"] = peft_json(model.peft());
     if (opt && state) {
         header["kind"] = "resume";
+        if (state->working_copy && be.has_master() && write)
+            for (size_t i = 0; i < ptab.size(); i++)
+                if (gidx[i] >= 0) w.add("working/" + ptab[i].name, ptab[i].shape, fetch(be, model.params(), i));
         const Table& gtab = model.grads().table();
         for (size_t g = 0; g < gtab.size(); g++) {
             std::vector<float> mg = opt->state_tensor(AdamW::State::m, g), vg = opt->state_tensor(AdamW::State::v, g);
@@ -285,6 +293,11 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     if (!opt || !state) return;
     if (f.header["kind"] != "resume") f.fail("holds weights only; --resume needs a resume checkpoint");
     if (base_only && model.peft().any()) f.fail("was not written with " + model.peft().describe() + "; resume with the options it was");
+    // Working weights stored beside the master ones (stochastic rounding) replace their rounding to nearest.
+    for (size_t i = 0; i < n; i++)
+        if (model.grad_index()[i] >= 0 && f.has("working/" + ptab[i].name))
+            be.upload(model.params().ptr(i), model.params().dtype(),
+                      f.find("working/" + ptab[i].name, ptab[i].numel), ptab[i].numel);
     const Table& gtab = model.grads().table();
     for (size_t g = 0; g < gtab.size(); g++) {
         opt->set_state_tensor(AdamW::State::m, g, f.find("m/" + gtab[g].name, gtab[g].numel));

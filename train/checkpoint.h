@@ -38,6 +38,9 @@ struct TrainState {
     uint64_t skipped_steps = 0;
     LoaderState replay_loader;       // replay data position
     std::string init;                // the --init weights the run started from (the default teacher)
+    // Also store the bf16/fp16 working weights of trainable tensors: with stochastic rounding they are not the
+    // rounding of the master weights to nearest, which is what resume otherwise rebuilds them as.
+    bool working_copy = false;
 };
 
 // Writes model weights as they are (LoRA unmerged, virtual tokens unfolded); with opt and state, a resume

@@ -122,6 +122,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     state_.rng = args.seed;
     dynamic_loss_scale_ = args.loss_scaling == "on" || (args.loss_scaling == "auto" && be_->act_dtype() == DType::f16);
     state_.loss_scale = dynamic_loss_scale_ ? args.loss_scale : 1.0;  // a resume checkpoint overrides it
+    state_.working_copy = args.stochastic_rounding;
     flops_per_token_ = 6.0 * (double)num_parameters(cfg) + 12.0 * cfg.n_layer * cfg.n_embd * (double)args.seq;
     if (be_->name() == "cuda") peak_flops_ = cuda_peak_flops(be_->act_dtype());
     const bool anchored = args.l2sp > 0 || args.ewc > 0;
