@@ -59,14 +59,19 @@ endif
 # installs (nvidia-cudnn-frontend; .ci/run does) under site-packages/include; CUDNN_FE_INC=/path overrides.
 # Without it the build leaves that path out, says so at run time, and --attention auto uses cuBLAS. cuDNN itself
 # (and NVRTC, which it uses to compile kernels) is loaded at run time, so the tools start without it.
-# `make cudnn-frontend-copy` puts a copy under build/ for a machine without pip's copy (the GPU machine: carry
-# build/cudnn_frontend).
+# `make cudnn-frontend-copy` puts a copy (with the toolkit's cudnn*.h) under build/ for a machine without pip's
+# copy (the GPU machine: carry build/cudnn_frontend).
 CUDNN_FE_COPY := $(BUILD)/cudnn_frontend/include
 CUDNN_FE_PIP := $(shell python3 -c "import importlib.metadata as m; d = m.distribution('nvidia-cudnn-frontend'); \
     print(next(d.locate_file(f).parent for f in d.files if f.name == 'cudnn_frontend.h'))" 2>/dev/null)
 CUDNN_FE_INC ?= $(if $(wildcard $(CUDNN_FE_PIP)/cudnn_frontend.h),$(CUDNN_FE_PIP),$(CUDNN_FE_COPY))
-ifneq ($(wildcard $(CUDNN_FE_INC)/cudnn_frontend.h),)
-CUDNN_DEFS := -DTUNE_HAVE_CUDNN_FE -DNV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING -isystem $(CUDNN_FE_INC)
+# cudnn.h, which the frontend includes: the toolkit's, else that of pip's cuDNN wheel (the runtime's own version,
+# on a machine that has cuDNN only as a wheel), else the copy's.
+CUDNN_H_PIP := $(shell python3 -c "import os, nvidia.cudnn as c; print(os.path.join(list(c.__path__)[0], 'include'))" \
+    2>/dev/null)
+CUDNN_H_INC ?= $(firstword $(foreach d,$(CUDA_HOME)/include $(CUDNN_H_PIP) $(CUDNN_FE_COPY),$(if $(wildcard $(d)/cudnn.h),$(d))))
+ifneq ($(and $(wildcard $(CUDNN_FE_INC)/cudnn_frontend.h),$(CUDNN_H_INC)),)
+CUDNN_DEFS := -DTUNE_HAVE_CUDNN_FE -DNV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING -isystem $(CUDNN_H_INC) -isystem $(CUDNN_FE_INC)
 endif
 # Only the files that use them see these flags; a stamp rebuilds them when what was found changes.
 DIST_STAMP := $(BUILD)/dist-config.stamp
@@ -130,6 +135,7 @@ cudnn-frontend-copy:
 	@test -f $(CUDNN_FE_PIP)/cudnn_frontend.h || { echo "no pip copy of the cuDNN frontend: pip install nvidia-cudnn-frontend"; exit 1; }
 	rm -rf $(CUDNN_FE_COPY) && mkdir -p $(CUDNN_FE_COPY)
 	cp -r $(CUDNN_FE_PIP)/cudnn_frontend* $(CUDNN_FE_PIP)/cudnn_backend_base.h $(CUDNN_FE_COPY)/
+	cp $(CUDA_HOME)/include/cudnn*.h $(CUDNN_FE_COPY)/  # cudnn.h for a machine whose cuDNN has no headers
 
 # ---- The CUDA emulator (tests/emu/cuda_emu.h): the CUDA tests on the CPU ----
 # Each kernels/**/*.cu is translated (launch syntax and __shared__ declarations: scripts/cuda_emu_translate.py)

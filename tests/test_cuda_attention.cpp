@@ -7,6 +7,7 @@
 #include <string>
 #include <tuple>
 
+#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "tests/test_cuda_util.h"
 
@@ -146,6 +147,23 @@ TEST(CudaAttentionChoice, ParseNamesAndRejectsOthers) {
     EXPECT_EQ(parse_attention_impl("cudnn"), AttentionImpl::cudnn);
     EXPECT_EQ(parse_attention_impl("matmul"), AttentionImpl::matmul);
     EXPECT_THROW(parse_attention_impl("flash"), UsageError);
+}
+
+// Without a GPU: the cuDNN frontend's own validation of our graph descriptions for Hopper (sm_90), so a
+// layout or attribute mistake shows up here and not in the first minutes on an H200. Needs libcudnn.so.9
+// (the CUDA toolkit's) and a build with the frontend headers; skips without them.
+TEST(CudnnGraph, AttentionGraphsValidateForHopper_TheTestShapesAndGpt2AndGpt2Xl) {
+    for (DType dt : {DType::bf16, DType::f16}) {
+        for (AttShape s : {AttShape{2, 67, 128, 2}, AttShape{3, 37, 48, 3}, AttShape{1, 131, 256, 2},
+                           AttShape{32, 1024, 768, 12}, AttShape{8, 1024, 1600, 25}}) {
+            const std::string why = cuda::CudnnAttention::validate_for(90, dt, s.B, s.T, s.C, s.NH);
+            if (why.find("cannot load") != std::string::npos || why.find("built without") != std::string::npos)
+                GTEST_SKIP() << why;
+            EXPECT_EQ(why, "") << dtype_name(dt) << " " << where(s);
+        }
+    }
+    EXPECT_NE(cuda::CudnnAttention::validate_for(90, DType::bf16, 2, 16, 36, 3).find("not a multiple of 8"),
+              std::string::npos);
 }
 
 }  // namespace

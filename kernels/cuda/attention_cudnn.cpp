@@ -1,7 +1,9 @@
 // cuDNN fused attention: see attention_cudnn.h. Host code only; the kernels are cuDNN's.
 #include "kernels/cuda/attention_cudnn.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <tuple>
 #include <vector>
@@ -50,9 +52,25 @@ struct Shape {
     }
 };
 
-struct Graphs {
-    std::shared_ptr<fe::graph::Graph> fwd, bwd;
-    int64_t fwd_workspace = 0, bwd_workspace = 0;
+// Loads cuDNN for the frontend (once); empty, or why it could not.
+std::string load_cudnn() {
+    // The frontend loads a libcudart of its own choosing (the first of .so.12 and .so.13 it finds): make it the
+    // one this program is linked against. A value the user set is kept.
+    setenv("CUDNN_FRONTEND_CUDART_LIB_NAME", ("libcudart.so." + std::to_string(CUDART_VERSION / 1000)).c_str(), 0);
+    if (cudnn_frontend::cudnn_dlhandle) return "";
+    for (const char* lib : {"libcudnn.so.9", "libcudnn.so"})
+        if ((cudnn_frontend::cudnn_dlhandle = dlopen(lib, RTLD_NOW | RTLD_GLOBAL))) return "";
+    const char* err = dlerror();
+    return std::string("cannot load libcudnn.so.9 (") + (err ? err : "not found") +
+           "; add cuDNN 9's lib directory to LD_LIBRARY_PATH)";
+}
+
+// One pass's graph, built on first use, or why it could not be.
+struct Pass {
+    bool tried = false;
+    std::shared_ptr<fe::graph::Graph> graph;
+    int64_t workspace = 0;
+    std::string failed;
 };
 
 std::string check_status(const fe::error_t& st, const char* what) {
@@ -63,9 +81,11 @@ std::string check_status(const fe::error_t& st, const char* what) {
 // One graph: the forward (q, k, v -> out, stats) or the backward (q, k, v, out, dout, stats -> dq, dk, dv).
 // q, k and v are read in place from qkv (B, T, 3C): dims (B, NH, T, HS) with strides (T*3C, HS, 3C, 1), the
 // pointers offset by 0, C and 2C; out and dout (B, T, C) likewise with row stride C.
-std::shared_ptr<fe::graph::Graph> build_graph(cudnnHandle_t handle, const Shape& s, bool backward,
-                                              int64_t* workspace, std::string* why) {
+// sm > 0: for a GPU of that compute capability instead of the current one (set before any node is made: the
+// nodes take the graph's context when created).
+std::shared_ptr<fe::graph::Graph> describe_graph(const Shape& s, bool backward, int sm = 0) {
     auto g = std::make_shared<fe::graph::Graph>();
+    if (sm > 0) g->set_sm_version(sm);
     g->set_io_data_type(s.dtype == DType::bf16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF)
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
         .set_compute_data_type(fe::DataType_t::FLOAT);
@@ -105,7 +125,12 @@ std::shared_ptr<fe::graph::Graph> build_graph(cudnnHandle_t handle, const Shape&
         dk->set_output(true).set_uid(kDK).set_dim(dims).set_stride(qkv_stride);
         dv->set_output(true).set_uid(kDV).set_dim(dims).set_stride(qkv_stride);
     }
-    const char* pass = backward ? "backward" : "forward";
+    return g;
+}
+
+std::shared_ptr<fe::graph::Graph> build_graph(cudnnHandle_t handle, const Shape& s, bool backward, int64_t* workspace,
+                                              std::string* why) {
+    auto g = describe_graph(s, backward);
     std::string err;
     if ((err = check_status(g->validate(), "validate")).empty() &&
         (err = check_status(g->build_operation_graph(handle), "build_operation_graph")).empty() &&
@@ -114,8 +139,22 @@ std::shared_ptr<fe::graph::Graph> build_graph(cudnnHandle_t handle, const Shape&
         (err = check_status(g->build_plans(), "build_plans")).empty() &&
         (err = check_status(g->get_workspace_size(*workspace), "get_workspace_size")).empty())
         return g;
-    *why = std::string("cuDNN attention ") + pass + ": " + err;
+    *why = err;
     return nullptr;
+}
+
+// build_graph, with the frontend's exceptions (no engine fits, a symbol or library it cannot load) turned into
+// a reason like its error codes, so they lead to the fallback too.
+std::shared_ptr<fe::graph::Graph> try_build_graph(cudnnHandle_t handle, const Shape& s, bool backward,
+                                                  int64_t* workspace, std::string* why) {
+    std::shared_ptr<fe::graph::Graph> g;
+    try {
+        g = build_graph(handle, s, backward, workspace, why);
+    } catch (const std::exception& e) {
+        *why = e.what();
+    }
+    if (!g) *why = std::string("cuDNN attention ") + (backward ? "backward" : "forward") + ": " + *why;
+    return g;
 }
 
 }  // namespace
@@ -123,58 +162,59 @@ std::shared_ptr<fe::graph::Graph> build_graph(cudnnHandle_t handle, const Shape&
 struct CudnnAttention::Impl {
     cudaStream_t stream;
     cudnnHandle_t handle = nullptr;
-    std::string no_handle;  // why cudnnCreate failed, once it has
-    std::map<Shape, Graphs> graphs;
-    std::map<Shape, std::string> failed;
+    std::string no_handle;  // why cuDNN could not be loaded or started, once it has not
+    std::map<Shape, Pass> passes[2];  // forward, backward
+    int64_t largest_workspace = 0;
 
-    // The graphs of this shape, built on first use; nullptr and *why set when cuDNN cannot run it.
-    const Graphs* get(const Shape& s, std::string* why) {
-        if (auto it = graphs.find(s); it != graphs.end()) return &it->second;
-        if (auto it = failed.find(s); it != failed.end()) return *why = it->second, nullptr;
-        *why = shape_unsupported(s.dtype, s.C, s.NH);
-        if (why->empty() && !handle && no_handle.empty()) open_handle();
-        if (why->empty() && !no_handle.empty()) *why = "cuDNN attention: " + no_handle;
-        Graphs gr;
-        if (why->empty()) {
-            NvtxRange range("cuDNN attention: build graphs");
-            gr.fwd = build_graph(handle, s, false, &gr.fwd_workspace, why);
-            if (gr.fwd) gr.bwd = build_graph(handle, s, true, &gr.bwd_workspace, why);
+    // The graph of one pass of this shape, built on first use; nullptr and *why set when cuDNN cannot run it.
+    const Pass* get(const Shape& s, bool backward, std::string* why) {
+        Pass& p = passes[backward][s];
+        if (!p.tried) {
+            p.tried = true;
+            p.failed = shape_unsupported(s.dtype, s.C, s.NH);
+            if (p.failed.empty() && !handle && no_handle.empty()) open_handle();
+            if (p.failed.empty() && !no_handle.empty()) p.failed = "cuDNN attention: " + no_handle;
+            if (p.failed.empty()) {
+                NvtxRange range("cuDNN attention: build graph");
+                p.graph = try_build_graph(handle, s, backward, &p.workspace, &p.failed);
+                largest_workspace = std::max(largest_workspace, p.workspace);
+            }
         }
-        if (!why->empty()) return failed[s] = *why, nullptr;
-        return &(graphs[s] = std::move(gr));
+        if (!p.graph) *why = p.failed;
+        return p.graph ? &p : nullptr;
     }
 
     void open_handle() {
-        if (!cudnn_frontend::cudnn_dlhandle) {
-            for (const char* lib : {"libcudnn.so.9", "libcudnn.so"})
-                if ((cudnn_frontend::cudnn_dlhandle = dlopen(lib, RTLD_NOW | RTLD_GLOBAL))) break;
-            if (!cudnn_frontend::cudnn_dlhandle) {
-                const char* err = dlerror();
-                no_handle = std::string("cannot load libcudnn.so.9 (") + (err ? err : "not found") +
-                            "; add cuDNN 9's lib directory to LD_LIBRARY_PATH)";
-                return;
-            }
+        if (!(no_handle = load_cudnn()).empty()) return;
+        try {
+            cudnnStatus_t st = fe::detail::create_handle(&handle);
+            if (st == CUDNN_STATUS_SUCCESS) st = fe::detail::set_stream(handle, stream);
+            if (st != CUDNN_STATUS_SUCCESS) no_handle = std::string("cudnnCreate: ") + fe::detail::get_error_string(st);
+        } catch (const std::exception& e) {
+            no_handle = std::string("cudnnCreate: ") + e.what();
         }
-        cudnnStatus_t st = fe::detail::create_handle(&handle);
-        if (st == CUDNN_STATUS_SUCCESS) st = fe::detail::set_stream(handle, stream);
-        if (st != CUDNN_STATUS_SUCCESS) no_handle = std::string("cudnnCreate: ") + fe::detail::get_error_string(st);
-        if (st != CUDNN_STATUS_SUCCESS && handle) fe::detail::destroy_handle(handle);
-        if (st != CUDNN_STATUS_SUCCESS) handle = nullptr;
+        if (!no_handle.empty() && handle) fe::detail::destroy_handle(handle);
+        if (!no_handle.empty()) handle = nullptr;
     }
 
-    const Graphs& need(const Shape& s) {
+    const Pass& need(const Shape& s, bool backward) {
         std::string why;
-        const Graphs* g = get(s, &why);
-        if (!g) throw Error(why + " (B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " C=" +
+        const Pass* p = get(s, backward, &why);
+        if (!p) throw Error(why + " (B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " C=" +
                             std::to_string(s.C) + " NH=" + std::to_string(s.NH) + "; --attention matmul avoids it)");
-        return *g;
+        return *p;
     }
 
-    void run(const fe::graph::Graph& g, int64_t workspace, std::unordered_map<int64_t, void*>& pack,
-             Scratch& scratch) {
-        void* ws = workspace > 0 ? scratch.get((size_t)workspace) : nullptr;
-        fe::error_t st = g.execute(handle, pack, ws);
-        if (!st.is_good()) throw Error("cuDNN attention: execute: " + st.get_message());
+    void run(const Pass& p, std::unordered_map<int64_t, void*>& pack, Scratch& scratch) {
+        void* ws = p.workspace > 0 ? scratch.get((size_t)p.workspace) : nullptr;
+        std::string err;
+        try {
+            fe::error_t st = p.graph->execute(handle, pack, ws);
+            if (!st.is_good()) err = st.get_message();
+        } catch (const std::exception& e) {
+            err = e.what();
+        }
+        if (!err.empty()) throw Error("cuDNN attention: execute: " + err);
         CUDA_CHECK_LAUNCH();
     }
 };
@@ -182,33 +222,69 @@ struct CudnnAttention::Impl {
 CudnnAttention::CudnnAttention(cudaStream_t stream) : impl_(std::make_unique<Impl>()) { impl_->stream = stream; }
 
 CudnnAttention::~CudnnAttention() {
+    for (auto& p : impl_->passes) p.clear();  // the plans before the handle they were built on
     if (impl_->handle) fe::detail::destroy_handle(impl_->handle);
 }
 
 std::string CudnnAttention::unsupported(DType dtype, int B, int T, int C, int NH) {
+    // T = 1 runs without cuDNN (below); whether cuDNN runs is asked of the smallest shape it builds.
+    const Shape s{dtype, B, std::max(T, 2), C, NH};
     std::string why;
-    impl_->get(Shape{dtype, B, T, C, NH}, &why);
+    if (impl_->get(s, false, &why)) impl_->get(s, true, &why);
     return why;
 }
 
+size_t CudnnAttention::workspace_bytes() const { return (size_t)impl_->largest_workspace; }
+
+std::string CudnnAttention::validate_for(int sm, DType dtype, int B, int T, int C, int NH) {
+    if (std::string why = shape_unsupported(dtype, C, NH); !why.empty()) return why;
+    if (std::string why = load_cudnn(); !why.empty()) return "cuDNN attention: " + why;
+    for (bool backward : {false, true}) {
+        std::string err;
+        try {
+            auto g = describe_graph(Shape{dtype, B, T, C, NH}, backward, sm);
+            err = check_status(g->validate(), "validate");
+        } catch (const std::exception& e) {
+            err = e.what();
+        }
+        if (!err.empty()) return std::string("cuDNN attention ") + (backward ? "backward" : "forward") + ": " + err;
+    }
+    return "";
+}
+
+// TEACH: with one position the softmax is a single 1, so out = v exactly, and backward gives dv = dout and
+// dq = dk = 0 (dS = P * (dP - rowsum(P * dP)) vanishes). cuDNN's backward does not take T = 1, so these
+// strided copies stand in for it; the statistics are not needed and are zeroed.
 void CudnnAttention::forward(void* out, float* stats, const void* qkv, DType dtype, int B, int T, int C, int NH,
                              Scratch& scratch) {
     NvtxRange range("attention forward (cuDNN)");
-    const Graphs& g = impl_->need(Shape{dtype, B, T, C, NH});
     const size_t es = dtype_size(dtype);
     char* base = const_cast<char*>(static_cast<const char*>(qkv));
+    if (T == 1) {
+        CUDA_CHECK(cudaMemcpy2DAsync(out, C * es, base + 2 * C * es, 3 * C * es, C * es, B, cudaMemcpyDeviceToDevice,
+                                     impl_->stream));
+        CUDA_CHECK(cudaMemsetAsync(stats, 0, cudnn_attention_saved_floats(B, T, NH) * sizeof(float), impl_->stream));
+        return;
+    }
+    const Pass& p = impl_->need(Shape{dtype, B, T, C, NH}, false);
     std::unordered_map<int64_t, void*> pack{
         {kQ, base}, {kK, base + C * es}, {kV, base + 2 * C * es}, {kO, out}, {kStats, stats}};
-    impl_->run(*g.fwd, g.fwd_workspace, pack, scratch);
+    impl_->run(p, pack, scratch);
 }
 
 void CudnnAttention::backward(void* dqkv, const void* dout, const void* qkv, const void* out, const float* stats,
                               DType dtype, int B, int T, int C, int NH, Scratch& scratch) {
     NvtxRange range("attention backward (cuDNN)");
-    const Graphs& g = impl_->need(Shape{dtype, B, T, C, NH});
     const size_t es = dtype_size(dtype);
     char* base = const_cast<char*>(static_cast<const char*>(qkv));
     char* dbase = static_cast<char*>(dqkv);
+    if (T == 1) {
+        CUDA_CHECK(cudaMemset2DAsync(dbase, 3 * C * es, 0, 2 * C * es, B, impl_->stream));
+        CUDA_CHECK(cudaMemcpy2DAsync(dbase + 2 * C * es, 3 * C * es, dout, C * es, C * es, B, cudaMemcpyDeviceToDevice,
+                                     impl_->stream));
+        return;
+    }
+    const Pass& p = impl_->need(Shape{dtype, B, T, C, NH}, true);
     std::unordered_map<int64_t, void*> pack{{kQ, base},
                                             {kK, base + C * es},
                                             {kV, base + 2 * C * es},
@@ -218,7 +294,7 @@ void CudnnAttention::backward(void* dqkv, const void* dout, const void* qkv, con
                                             {kDQ, dbase},
                                             {kDK, dbase + C * es},
                                             {kDV, dbase + 2 * C * es}};
-    impl_->run(*g.bwd, g.bwd_workspace, pack, scratch);
+    impl_->run(p, pack, scratch);
 }
 
 #else  // built without the cuDNN frontend headers, or for the CUDA emulator
@@ -227,6 +303,12 @@ struct CudnnAttention::Impl {};
 
 CudnnAttention::CudnnAttention(cudaStream_t) {}
 CudnnAttention::~CudnnAttention() = default;
+
+size_t CudnnAttention::workspace_bytes() const { return 0; }
+
+std::string CudnnAttention::validate_for(int, DType dtype, int B, int T, int C, int NH) {
+    return CudnnAttention(nullptr).unsupported(dtype, B, T, C, NH);
+}
 
 std::string CudnnAttention::unsupported(DType dtype, int, int, int C, int NH) {
     if (std::string why = shape_unsupported(dtype, C, NH); !why.empty()) return why;

@@ -5,7 +5,8 @@
 //   backward: dqkv (B,T,3C) written from dout, qkv, out and stats; cuDNN's deterministic algorithm, so two
 //             runs give the same bits (the bit-identical-runs rule).
 // bf16 and fp16 only (cuDNN has no fp32 SDPA); HS a multiple of 8 up to what the GPU's engines support.
-// Each shape's graph is built once (a few hundred ms: heuristics and kernel compilation) and cached.
+// Each shape's graph is built once (a few hundred ms: heuristics and kernel compilation) and cached. T = 1
+// (which cuDNN's backward rejects) is done with copies: attention over one position is the identity on v.
 // Built only when the cuDNN frontend headers were found (Makefile: CUDNN_FE_INC); otherwise, and on the CUDA
 // emulator, unsupported() says so and the backend keeps the cuBLAS path.
 #pragma once
@@ -32,8 +33,17 @@ class CudnnAttention {
     CudnnAttention& operator=(const CudnnAttention&) = delete;
 
     // Empty when cuDNN runs forward and backward of this shape and element type; otherwise why not (the
-    // message cuDNN gave, or what is missing). Builds and caches both graphs on success.
+    // message cuDNN gave, or what is missing). Builds and caches both graphs. Other shapes build theirs on
+    // first use, each pass on its own (evaluation never builds a backward).
     std::string unsupported(DType dtype, int B, int T, int C, int NH);
+    // The largest workspace any graph built so far asks for (it comes from the backend's Scratch). The
+    // deterministic backward's is about B*NH*T*T*2 bytes: like one layer's probabilities, but not kept.
+    size_t workspace_bytes() const;
+
+    // Whether the frontend accepts this shape's two graphs for a GPU of compute capability `sm` (90: Hopper),
+    // checked without one: dims, strides, types and attributes against its rules, not engine support. Empty,
+    // or why not. Loads cuDNN. For tests on machines without a GPU.
+    static std::string validate_for(int sm, DType dtype, int B, int T, int C, int NH);
 
     void forward(void* out,        // (B, T, C)
                  float* stats,     // (B, NH, T) saved

@@ -208,7 +208,8 @@ class CudaBackend final : public Backend {
     }
     std::string attention_path(int C, int NH) const override {
         auto it = fused_.find({C, NH});
-        return it != fused_.end() && it->second ? "cudnn (fused)" : Backend::attention_path(C, NH);
+        if (it == fused_.end() || !it->second) return Backend::attention_path(C, NH);
+        return "cudnn (fused; workspace " + std::to_string(cudnn_->workspace_bytes() >> 20) + " MiB)";
     }
     void attention_forward(void* out, void* saved, const void* qkv, int B, int T, int C, int NH) override {
         if (fused_attention(B, T, C, NH))
