@@ -2,8 +2,8 @@
 # The one command for a machine with an NVIDIA GPU (sized for one H200, about 7 minutes):
 #   1. build (reusing a carried build/ and bin/: make is incremental; the cuDNN frontend's headers come from pip
 #      or from build/cudnn_frontend, which `make cudnn-frontend-copy` fills on a machine that has them),
-#   2. every test (the CUDA suites and the CPU ones they compare against),
-#      and the one-rank NCCL path of data parallelism (every collective),
+#   2. every GPU test (the CUDA suites against the CPU reference, the cuDNN graph check; the CPU-only suites
+#      run in CI), and the one-rank NCCL path of data parallelism (every collective),
 #   3. compute-sanitizer memcheck, racecheck, initcheck and synccheck over the kernel tests (a filtered gtest
 #      run) and memcheck over one training step,
 #   4. GPT-2 124M training throughput: bin/train --device cuda --precision bf16 --batch 32 --seq 1024 on a
@@ -15,6 +15,8 @@
 # Exit status: 0 when every stage that ran passed.
 #
 #   scripts/gpu_check.sh [LOG_DIR]      (default: $OUT when set, else ./gpu_check_out)
+#   From a machine that has pip's cuDNN frontend to one that has not (this project's H200): run
+#   `make cudnn-frontend-copy` first and carry build/cudnn_frontend, or the build leaves cuDNN attention out.
 #   GPU_CHECK_STAGES=build,recompute,methods scripts/gpu_check.sh   only these stages (shell patterns:
 #                                       bench_*); a second call finishes what the budget cut from a first
 #   GPU_CHECK_SKIP=racecheck,initcheck  every stage but these
@@ -119,7 +121,10 @@ PY
 fi
 
 # ---- 2. tests ----
-stage tests 240 "./build/tests/tune_tests --gtest_output=xml:$LOG_DIR/tests.xml"
+# The tests that need the GPU (the CPU-only ones pass in CI and would only spend device time here): every
+# CUDA suite, the cuDNN graph check and NCCL with one rank. GPU_CHECK_TESTS='*' runs them all.
+stage tests 240 "./build/tests/tune_tests --gtest_filter='${GPU_CHECK_TESTS:-Cuda*:*/Cuda*:Cudnn*:DistNccl*}' \
+  --gtest_output=xml:$LOG_DIR/tests.xml"
 # Data parallelism on one GPU: every NCCL collective with one rank, and one-rank NCCL training (ZeRO-0 and 1)
 # byte-identical to the plain run (also inside `tests`; here on its own line of the summary). Several GPUs:
 # scripts/multi_gpu_check.sh.
