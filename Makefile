@@ -82,6 +82,8 @@ $(BUILD)/train/dist_nccl.o: CXXFLAGS += $(NCCL_DEFS)
 # double the compile time.
 $(BUILD)/kernels/cuda/attention_cudnn.o: CXXFLAGS += $(CUDNN_DEFS) -O1 -g0
 $(BUILD)/train/dist_mpi.o $(BUILD)/train/dist_nccl.o $(BUILD)/kernels/cuda/attention_cudnn.o: $(DIST_STAMP)
+# -MMD leaves out -isystem headers: a frontend upgraded in place rebuilds through its version header.
+$(BUILD)/kernels/cuda/attention_cudnn.o: $(wildcard $(CUDNN_FE_INC)/cudnn_frontend_version.h)
 
 LIB_SRC   := $(filter-out $(wildcard */main_*.cpp),$(wildcard kernels/*.cpp kernels/*/*.cpp model/*.cpp train/*.cpp data/*.cpp)) \
              $(wildcard kernels/*.cu kernels/*/*.cu model/*.cu train/*.cu)
@@ -135,7 +137,8 @@ cudnn-frontend-copy:
 	@test -f $(CUDNN_FE_PIP)/cudnn_frontend.h || { echo "no pip copy of the cuDNN frontend: pip install nvidia-cudnn-frontend"; exit 1; }
 	rm -rf $(CUDNN_FE_COPY) && mkdir -p $(CUDNN_FE_COPY)
 	cp -r $(CUDNN_FE_PIP)/cudnn_frontend* $(CUDNN_FE_PIP)/cudnn_backend_base.h $(CUDNN_FE_COPY)/
-	cp $(CUDA_HOME)/include/cudnn*.h $(CUDNN_FE_COPY)/  # cudnn.h for a machine whose cuDNN has no headers
+	@test -n "$(CUDNN_H_INC)" || { echo "no cudnn.h (in $(CUDA_HOME)/include or pip's cuDNN wheel) to copy"; exit 1; }
+	cp $(CUDNN_H_INC)/cudnn*.h $(CUDNN_FE_COPY)/  # cudnn.h for a machine whose cuDNN has no headers
 
 # ---- The CUDA emulator (tests/emu/cuda_emu.h): the CUDA tests on the CPU ----
 # Each kernels/**/*.cu is translated (launch syntax and __shared__ declarations: scripts/cuda_emu_translate.py)

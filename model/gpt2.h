@@ -60,7 +60,8 @@ struct Trainable {
 //              each block's 16C + NH·T per token) share one buffer across blocks and are recomputed, the
 //              probabilities from the kept QKV (Korthikanti et al. 2022: the attention core is the large,
 //              cheap part). Where attention is fused (cuDNN) it keeps only NH softmax statistics per token,
-//              so those stay per block and only the LayerNorm and GELU outputs are recomputed;
+//              so those stay per block and only the LayerNorm and GELU outputs are recomputed (the rule:
+//              attention's saved state is recomputed when it is more than C values per token);
 //   full       only each block's output (its successor's input) is kept; backward reruns the block's forward
 //              before its backward.
 // Every kernel is deterministic, so the recomputed values and hence the gradients are bit-identical.

@@ -103,28 +103,35 @@ grep -q TUNE_HAVE_CUDNN_FE build/dist-config.stamp 2>/dev/null ||
 # Runtime libraries: the binaries carry an rpath to \$CUDA_HOME/lib64. Only when something is still missing,
 # add the lib directories of pip's nvidia-* wheels (cuBLAS, NCCL, cuDNN) to LD_LIBRARY_PATH. cuDNN (and the NVRTC
 # it compiles kernels with) is loaded at run time, so ldd does not list it: look for it separately.
+# When only those are missing, only their directories are added (the wheels' cuBLAS must not shadow the toolkit's).
 have_cudnn() { [ -e "$CUDA_HOME/lib64/libcudnn.so.9" ] || ldconfig -p 2>/dev/null | grep -q 'libcudnn.so.9 '; }
 if [ -x bin/train ] && { ldd bin/train | grep -q "not found" || ! have_cudnn; }; then
-    WHEEL_LIBS=$(python3 - <<'PY' 2>/dev/null
+    ONLY=$(ldd bin/train | grep -q "not found" || echo "libcudnn.so.9 libnvrtc.so*")
+    WHEEL_LIBS=$(ONLY="$ONLY" python3 - <<'PY' 2>/dev/null
 import glob, os
+only = os.environ.get("ONLY", "").split()
 try:
     import nvidia
-    print(":".join(sorted({d for p in nvidia.__path__ for d in glob.glob(os.path.join(p, "*", "lib"))})))
+    dirs = {d for p in nvidia.__path__ for d in glob.glob(os.path.join(p, "*", "lib"))}
+    if only:
+        dirs = {d for d in dirs if any(glob.glob(os.path.join(d, name)) for name in only)}
+    print(":".join(sorted(dirs)))
 except ImportError:
     pass
 PY
 )
-    if [ -n "$WHEEL_LIBS" ]; then
-        export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WHEEL_LIBS"
-        say "LD_LIBRARY_PATH += $WHEEL_LIBS"
-    fi
+    # The toolkit's lib64 last: libraries that cuDNN opens itself (NVRTC) find it there when no wheel has them.
+    WHEEL_LIBS="${WHEEL_LIBS:+$WHEEL_LIBS:}$CUDA_HOME/lib64"
+    export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WHEEL_LIBS"
+    say "LD_LIBRARY_PATH += $WHEEL_LIBS"
     ldd bin/train | grep "not found" | tee -a "$LOG"
 fi
 
 # ---- 2. tests ----
 # The tests that need the GPU (the CPU-only ones pass in CI and would only spend device time here): every
 # CUDA suite, the cuDNN graph check and NCCL with one rank. GPU_CHECK_TESTS='*' runs them all.
-stage tests 240 "./build/tests/tune_tests --gtest_filter='${GPU_CHECK_TESTS:-Cuda*:*/Cuda*:Cudnn*:DistNccl*}' \
+# TUNE_REQUIRE_CUDNN: here a cuDNN that cannot run fails its tests instead of skipping them.
+stage tests 240 "TUNE_REQUIRE_CUDNN=1 ./build/tests/tune_tests --gtest_filter='${GPU_CHECK_TESTS:-Cuda*:*/Cuda*:Cudnn*:DistNccl*}' \
   --gtest_output=xml:$LOG_DIR/tests.xml"
 # Data parallelism on one GPU: every NCCL collective with one rank, and one-rank NCCL training (ZeRO-0 and 1)
 # byte-identical to the plain run (also inside `tests`; here on its own line of the summary). Several GPUs:
@@ -147,15 +154,17 @@ PY
 # ---- 3. compute-sanitizer (correctness first: before the measurements, so a short budget cuts those) ----
 SAN=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer "$CUDA_HOME"/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
 SAN_ARGS="--error-exitcode 1 --print-limit 20"
-# The kernel tests, small shapes, fp32 and bf16; racecheck (slow on cuBLAS's shared-memory kernels) only over
-# the layers whose kernels use shared memory or warp shuffles of their own.
-KERNEL_TESTS='Dtypes/CudaOps.*/f32:Dtypes/CudaOps.*/bf16:Dtypes/CudaFinetune.*/f32:Dtypes/CudaFinetune.*/bf16:Paths/CudaAttentionPath.*/bf16_*'
+# The kernel tests, small shapes, fp32 and bf16; memcheck also over cuDNN's attention. The other checkers look
+# at our own kernels only (TUNE_CUDA_ATTENTION=matmul: no cuDNN kernels, whose internals they may misread), and
+# racecheck (slow on cuBLAS's shared-memory kernels) only at the layers with shared memory or shuffles of their own.
+KERNEL_TESTS='Dtypes/CudaOps.*/f32:Dtypes/CudaOps.*/bf16:Dtypes/CudaFinetune.*/f32:Dtypes/CudaFinetune.*/bf16'
 SMEM_TESTS='Dtypes/CudaOps.LayerNorm*/bf16:Dtypes/CudaOps.Encoder*/bf16:Dtypes/CudaOps.CrossEntropy*/bf16:Dtypes/CudaOps.SumSquares*/bf16:Dtypes/CudaOps.Attention*/bf16:Dtypes/CudaFinetune.*/bf16'
+OWN=TUNE_CUDA_ATTENTION=matmul
 if [ -n "$SAN" ]; then
-    stage memcheck 75 "$SAN --tool memcheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
-    stage racecheck 45 "$SAN --tool racecheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$SMEM_TESTS'"
-    stage initcheck 45 "$SAN --tool initcheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
-    stage synccheck 30 "$SAN --tool synccheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
+    stage memcheck 75 "$SAN --tool memcheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS:Paths/CudaAttentionPath.*/bf16_*'"
+    stage racecheck 45 "$OWN $SAN --tool racecheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$SMEM_TESTS'"
+    stage initcheck 45 "$OWN $SAN --tool initcheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
+    stage synccheck 30 "$OWN $SAN --tool synccheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
     stage memcheck_train_step 60 "$SAN --tool memcheck $SAN_ARGS bin/train --device cuda --precision bf16 --model tiny \
       --batch 2 --seq 64 --steps 1 --train-data $WORK/synthetic.bin --val-every 0 --out $WORK/run_sanitized"
 else

@@ -93,8 +93,9 @@ Cli train_cli(TrainArgs& a) {
     c.option("--virtual-init", "HOW", "virtual-token start: random, vocab (embeddings of random common tokens), or "
              "text:WORDS (the embeddings of WORDS' tokens)", &a.virtual_init);
     c.option("--vocab", "DIR", "GPT-2 vocabulary (encoder.json, vocab.bpe) for --virtual-init text:", &a.vocab);
-    c.custom("--recompute", "MODE", "activation checkpointing: none, selective (LayerNorm, GELU and, with --attention matmul, "
-             "the attention probabilities), full (whole blocks)", "none", [&a](const std::string& v) { a.recompute = parse_recompute(v); });
+    c.custom("--recompute", "MODE", "activation checkpointing: none, selective (LayerNorm and GELU outputs, and the attention "
+             "probabilities where attention keeps them: fp32, the cpu backend, --attention matmul), full (whole blocks)",
+             "none", [&a](const std::string& v) { a.recompute = parse_recompute(v); });
     c.option("--l2sp", "LAMBDA", "L2-SP: add LAMBDA/2 * |theta - theta0|^2 over trainable parameters (0: off)",
              &a.l2sp, 0, 1e12);
     c.option("--ewc", "LAMBDA", "EWC: add LAMBDA/2 * sum F (theta - theta0)^2 with the diagonal Fisher F (0: off)",

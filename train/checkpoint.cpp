@@ -123,12 +123,13 @@ struct CkptFile {
                  std::to_string(data_bytes));
     }
 
-    // Copies the named tensor (float32 in the file) into dst after checking its size.
+    // Whether the file holds a tensor of this name.
     bool has(const std::string& name) const {
         for (const json& t : header["tensors"])
             if (t["name"] == name) return true;
         return false;
     }
+    // The named tensor (float32 in the file), after checking its size; a missing one is an error.
     const float* find(const std::string& name, size_t numel) const {
         for (const json& t : header["tensors"]) {
             if (t["name"] != name) continue;
@@ -293,9 +294,11 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     if (!opt || !state) return;
     if (f.header["kind"] != "resume") f.fail("holds weights only; --resume needs a resume checkpoint");
     if (base_only && model.peft().any()) f.fail("was not written with " + model.peft().describe() + "; resume with the options it was");
-    // Working weights stored beside the master ones (stochastic rounding) replace their rounding to nearest.
+    // bf16 working weights stored beside the master ones (stochastic rounding) replace their rounding to
+    // nearest; a run resumed in another precision rounds the masters as usual.
+    const bool bf16_working = be.has_master() && model.params().dtype() == DType::bf16;
     for (size_t i = 0; i < n; i++)
-        if (model.grad_index()[i] >= 0 && f.has("working/" + ptab[i].name))
+        if (bf16_working && model.grad_index()[i] >= 0 && f.has("working/" + ptab[i].name))
             be.upload(model.params().ptr(i), model.params().dtype(),
                       f.find("working/" + ptab[i].name, ptab[i].numel), ptab[i].numel);
     const Table& gtab = model.grads().table();

@@ -10,7 +10,8 @@
 //        16+H  data     every tensor as float32, at its offset from here; the file ends exactly at the last
 // A weights checkpoint holds the parameters (the FP32 master values where the backend keeps them). A resume
 // checkpoint adds Adam's moments (m/<name>, v/<name>) for trainable tensors, the L2-SP/EWC anchor
-// (anchor/<name>) when there is one, and the training state: step, optimizer step, RNG, data-loader positions.
+// (anchor/<name>) when there is one, the bf16 working weights of trainable tensors (working/<name>) when
+// they were stochastically rounded, and the training state: step, optimizer step, RNG, data-loader positions.
 // An adapter checkpoint holds only the PEFT tensors (LoRA A and B, folded virtual tokens): a few hundred KB
 // to put on top of a base model. Everything is validated before use, and files are written atomically
 // (data/fileio.h).

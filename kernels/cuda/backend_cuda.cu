@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <type_traits>
@@ -453,7 +454,14 @@ AttentionImpl parse_attention_impl(const std::string& name) {
 }
 
 std::unique_ptr<Backend> make_cuda_backend(DType dtype, const CudaOptions& options) {
-    return std::make_unique<CudaBackend>(dtype, options);
+    CudaOptions o = options;
+    if (const char* env = std::getenv("TUNE_CUDA_ATTENTION"); env && *env && o.attention == AttentionImpl::automatic) {
+        const std::string v = env;
+        if (v != "auto" && v != "cudnn" && v != "matmul")
+            throw UsageError("TUNE_CUDA_ATTENTION=" + v + ": expected auto, cudnn or matmul");
+        o.attention = parse_attention_impl(v);
+    }
+    return std::make_unique<CudaBackend>(dtype, o);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(DType dtype) { return make_cuda_backend(dtype, CudaOptions{}); }

@@ -11,7 +11,9 @@ namespace tune {
 
 // Which attention kernels run: automatic = cuDNN's fused flash attention where it supports the shape and type
 // (bf16/fp16; kernels/cuda/attention_cudnn.h), else the cuBLAS path (kernels/attention.h); cudnn = cuDNN or an
-// error saying why not; matmul = always the cuBLAS path (materialised T x T scores).
+// error saying why not; matmul = always the cuBLAS path (materialised T x T scores). The environment variable
+// TUNE_CUDA_ATTENTION=auto|cudnn|matmul sets it for backends left on automatic (scripts/gpu_check.sh runs the
+// race and init checkers over our own kernels this way).
 enum class AttentionImpl { automatic, cudnn, matmul };
 const char* attention_impl_name(AttentionImpl a);
 AttentionImpl parse_attention_impl(const std::string& name);  // throws UsageError
