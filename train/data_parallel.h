@@ -9,7 +9,9 @@
 //      the ZeRO partition (ZeRO-1). On a GPU this overlaps the backward pass of the layers below; what is
 //      left (embeddings, final LayerNorm) follows when backward returns;
 //   3. the gradient norm is the sum over the partition's pieces of their sums of squares, added in rank
-//      order: the same bits with ZeRO-0 and ZeRO-1, on every rank;
+//      order: the same bits on every rank, and for ZeRO-0 and ZeRO-1 whenever their reduced gradients are
+//      (always over MPI; NCCL may add 3 or more ranks' values in another order in a reduce-scatter than in an
+//      all-reduce, so there the two can differ in the last bits);
 //   4. the update: every rank updates everything (ZeRO-0), or its own piece and then the parameters are
 //      all-gathered (ZeRO-1, in AdamW).
 // Communication per step (ring algorithms, gradient bytes G): all-reduce 2(N-1)/N x G per rank; ZeRO-1 the

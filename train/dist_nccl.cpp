@@ -92,6 +92,9 @@ class NcclComm final : public Comm {
             bytes = rendezvous(li, bytes, timeout_s);
         std::memcpy(&id, bytes.data(), sizeof id);
         {
+            // Connections made here, under the watchdog, and not lazily inside the first collectives (which
+            // would stall the host in step 1's overlapped backward). A value the user set is kept.
+            setenv("NCCL_RUNTIME_CONNECT", "0", 0);
             HostWait w(*this, "NCCL initialisation (every rank must join)");
             ncclComm_t c = nullptr;
             check(ncclCommInitRank(&c, world_, id, rank_), "ncclCommInitRank");
@@ -126,12 +129,14 @@ class NcclComm final : public Comm {
     void bind(Backend& be) override { compute_ = static_cast<cudaStream_t>(cuda_stream_of(be)); }
 
     void allreduce_sum(void* buf, DType dt, size_t n, const char* what) override {
+        HostWait enqueue(*this, what);  // an NCCL call may block the host until its peers answer
         after_compute();
         check(ncclAllReduce(buf, buf, n, nccl_type(dt), ncclSum, comm_, stream_), what);
         pending(what);
     }
 
     void reduce_scatter_sum(void* buf, DType dt, const std::vector<size_t>& counts, const char* what) override {
+        HostWait enqueue(*this, what);  // an NCCL call may block the host until its peers answer
         char* b = static_cast<char*>(buf);
         const size_t es = dtype_size(dt);
         after_compute();
@@ -151,6 +156,7 @@ class NcclComm final : public Comm {
     }
 
     void all_gather(void* buf, DType dt, const std::vector<size_t>& counts, const char* what) override {
+        HostWait enqueue(*this, what);  // an NCCL call may block the host until its peers answer
         char* b = static_cast<char*>(buf);
         const size_t es = dtype_size(dt);
         after_compute();
@@ -168,6 +174,7 @@ class NcclComm final : public Comm {
     }
 
     void broadcast(void* buf, DType dt, size_t n, int root, const char* what) override {
+        HostWait enqueue(*this, what);  // an NCCL call may block the host until its peers answer
         after_compute();
         check(ncclBroadcast(buf, buf, n, nccl_type(dt), root, comm_, stream_), what);
         pending(what);
@@ -179,6 +186,7 @@ class NcclComm final : public Comm {
     }
 
     void all_gather_host(void* buf, size_t bytes, const char* what) override {
+        HostWait enqueue(*this, what);  // an NCCL call may block the host until its peers answer
         char* d = stage((size_t)world_ * bytes);
         char* h = static_cast<char*>(buf);
         CUDA_CHECK(cudaMemcpyAsync(d + rank_ * bytes, h + rank_ * bytes, bytes, cudaMemcpyHostToDevice, stream_));
@@ -188,6 +196,7 @@ class NcclComm final : public Comm {
     }
 
     void gather_host(void* buf, const std::vector<size_t>& bytes, int root, const char* what) override {
+        HostWait enqueue(*this, what);  // an NCCL call may block the host until its peers answer
         std::vector<size_t> off(world_ + 1, 0);
         for (int r = 0; r < world_; r++) off[r + 1] = off[r] + bytes[r];
         char* d = stage(off[world_]);
@@ -288,16 +297,20 @@ class NcclComm final : public Comm {
         cudaSetDevice(device_);
         while (!stop_) {
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
-            std::string late;
+            std::string late, failed;
             double age = 0;
             {
                 std::lock_guard<std::mutex> lock(mu_);
                 for (auto it = pending_.begin(); it != pending_.end();) {
-                    if (it->ev && cudaEventQuery(it->ev) == cudaSuccess) {
+                    const cudaError_t q = it->ev ? cudaEventQuery(it->ev) : cudaErrorNotReady;
+                    if (q == cudaSuccess) {
                         cudaEventDestroy(it->ev);
                         it = pending_.erase(it);
                         continue;
                     }
+                    // A CUDA error (a fault in any kernel: it is sticky) will never let the event complete.
+                    if (q != cudaErrorNotReady && failed.empty())
+                        failed = "CUDA error while collective '" + it->what + "' was pending: " + cudaGetErrorString(q);
                     if (late.empty() && now_s() - it->t0 > timeout_s_.load()) late = it->what, age = now_s() - it->t0;
                     ++it;
                 }
@@ -310,6 +323,7 @@ class NcclComm final : public Comm {
                               late.c_str(), age, timeout_s_.load());
                 abort(msg);
             }
+            if (!failed.empty()) abort(failed);
             ncclResult_t async = ncclSuccess;
             if (comm_ && ncclCommGetAsyncError(comm_, &async) == ncclSuccess && async != ncclSuccess &&
                 async != ncclInProgress)

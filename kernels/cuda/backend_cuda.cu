@@ -135,7 +135,9 @@ class CudaBackend final : public Backend {
     }
     void free(void* p) override {
         if (!p) return;
-        CUDA_CHECK(cudaStreamSynchronize(stream_));  // kernels still queued may read it
+        // Kernels still queued may read it, on this stream or on a data-parallel collective's (an error can
+        // unwind between a bucket's reduction and the join that would have waited for it).
+        CUDA_CHECK(cudaDeviceSynchronize());
         CUDA_CHECK(cudaFree(p));
     }
     void zero(void* p, size_t bytes) override {
