@@ -97,6 +97,11 @@ stage env 30 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max
 
 # ---- 1. build ----
 stage build 240 "make -j$NPROC all build/tests/tune_tests bench"  # all: the tool tests run bin/*
+# A cuDNN frontend that does not compile against this machine's cuDNN headers must not cost every other check:
+# build once more without it (its tests then fail, under TUNE_REQUIRE_CUDNN, and say why).
+if [ "${RESULTS[${#RESULTS[@]} - 1]}" != pass ] && [ "${RESULTS[${#RESULTS[@]} - 1]}" != "skip(sel)" ]; then
+    stage build_without_cudnn 200 "make -j$NPROC CUDNN_FE_INC=/nonexistent all build/tests/tune_tests bench"
+fi
 grep -q TUNE_HAVE_CUDNN_FE build/dist-config.stamp 2>/dev/null ||
     say "WARNING: built without the cuDNN frontend headers, so without cuDNN attention (carry build/cudnn_frontend)"
 
