@@ -2,6 +2,7 @@
 // Memory bound: the roofline is HBM bandwidth.
 #include "bench/bench_util.cuh"
 #include "kernels/layernorm.h"
+#include "kernels/residual.h"
 
 namespace tune::bench {
 namespace {
@@ -21,6 +22,25 @@ void BM_LayerNormForward(benchmark::State& state) {
     });
 }
 
+// The attention residual and LN2 of a block: fused (one kernel: read a and b, write the sum and the output)
+// against the two launchers (the second reads the sum back), counted with the fused kernel's bytes.
+template <class T, bool kFused>
+void BM_ResidualLayerNorm(benchmark::State& state) {
+    Context* ctx = context(state);
+    if (!ctx) return;
+    DeviceArray<T> a(*ctx, kN * kC, 1), b(*ctx, kN * kC, 2), res(*ctx, kN * kC, 3), out(*ctx, kN * kC, 4),
+        w(*ctx, kC, 5), bias(*ctx, kC, 6), mean(*ctx, kN, 7), rstd(*ctx, kN, 8);
+    const double bytes = 4.0 * kN * kC * sizeof(T);
+    run_timed(state, *ctx, bytes, 0, 0, [&] {
+        if (kFused) {
+            cuda::residual_layernorm_forward(res.p, out.p, mean.p, rstd.p, a.p, b.p, w.p, bias.p, kN, kC, ctx->stream);
+        } else {
+            cuda::residual_forward(res.p, a.p, b.p, kN * kC, ctx->stream);
+            cuda::layernorm_forward(out.p, mean.p, rstd.p, res.p, w.p, bias.p, kN, kC, ctx->stream);
+        }
+    });
+}
+
 template <class T>
 void BM_LayerNormBackward(benchmark::State& state) {
     Context* ctx = context(state);
@@ -37,6 +57,8 @@ void BM_LayerNormBackward(benchmark::State& state) {
 
 BENCHMARK(BM_LayerNormForward<__nv_bfloat16>)->Name("layernorm_forward/bf16/N32768_C768")->UseManualTime()->MinTime(0.2);
 BENCHMARK(BM_LayerNormForward<float>)->Name("layernorm_forward/f32/N32768_C768")->UseManualTime()->MinTime(0.2);
+BENCHMARK(BM_ResidualLayerNorm<__nv_bfloat16, true>)->Name("residual_layernorm_forward/bf16/N32768_C768")->UseManualTime()->MinTime(0.2);
+BENCHMARK(BM_ResidualLayerNorm<__nv_bfloat16, false>)->Name("residual_then_layernorm_forward/bf16/N32768_C768")->UseManualTime()->MinTime(0.2);
 BENCHMARK(BM_LayerNormBackward<__nv_bfloat16>)->Name("layernorm_backward/bf16/N32768_C768")->UseManualTime()->MinTime(0.2);
 BENCHMARK(BM_LayerNormBackward<float>)->Name("layernorm_backward/f32/N32768_C768")->UseManualTime()->MinTime(0.2);
 

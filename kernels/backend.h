@@ -82,6 +82,13 @@ class Backend {
     // out(N,C) = (inp - mean) * rstd * weight + bias; saves mean(N), rstd(N).
     virtual void layernorm_forward(void* out, void* mean, void* rstd, const void* inp, const void* weight,
                                    const void* bias, size_t N, int C) = 0;
+    // res = a + b, then out/mean/rstd = LayerNorm(res): the same values as residual_forward followed by
+    // layernorm_forward (which is what this default does); the CUDA backend fuses them into one pass.
+    virtual void residual_layernorm_forward(void* res, void* out, void* mean, void* rstd, const void* a, const void* b,
+                                            const void* weight, const void* bias, size_t N, int C) {
+        residual_forward(res, a, b, N * (size_t)C);
+        layernorm_forward(out, mean, rstd, res, weight, bias, N, C);
+    }
     // dinp(N,C) is ACCUMULATED (+=): LayerNorm sits on the residual stream, whose gradient already holds
     // the skip connection's share, so adding saves a pass. dweight, dbias (C) accumulate (may be null).
     virtual void layernorm_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,

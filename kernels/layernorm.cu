@@ -14,6 +14,29 @@ constexpr int kRowsPerBlock = 8;  // warps per block in the warp-per-row kernels
 constexpr int kRowThreads = 32 * kRowsPerBlock;
 // Parameter gradients use the deterministic column-sum plan of kernels/cuda/device_util.cuh.
 
+// One row's LayerNorm by one warp, given this lane's sum s of x[lane], x[lane + 32], ... (its first pass).
+// The fused residual kernel gets s while it writes x, so both kernels compute the same bits.
+template <class T>
+__device__ __forceinline__ void layernorm_row(T* out, T* mean, T* rstd, const T* x, float s, const T* weight,
+                                              const T* bias, size_t row, int C, int lane) {
+    const float m = warp_sum(s) / (float)C;
+    float v = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        const float d = to_f32(x[c]) - m;
+        v += d * d;
+    }
+    const float var = warp_sum(v) / (float)C;
+    const T m_saved = from_f32<T>(m), r_saved = from_f32<T>(1.0f / sqrtf(var + kEps));
+    const float mr = to_f32(m_saved), rr = to_f32(r_saved);
+    T* o = out + row * C;
+    for (int c = lane; c < C; c += 32)
+        o[c] = from_f32<T>((to_f32(x[c]) - mr) * rr * to_f32(weight[c]) + to_f32(bias[c]));
+    if (lane == 0) {
+        mean[row] = m_saved;
+        rstd[row] = r_saved;
+    }
+}
+
 template <class T>
 __global__ void layernorm_forward_warp_per_row(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias,
                                                size_t N, int C) {
@@ -24,22 +47,27 @@ __global__ void layernorm_forward_warp_per_row(T* out, T* mean, T* rstd, const T
         const T* x = inp + row * C;
         float s = 0.0f;
         for (int c = lane; c < C; c += 32) s += to_f32(x[c]);
-        const float m = warp_sum(s) / (float)C;
-        float v = 0.0f;
+        layernorm_row(out, mean, rstd, x, s, weight, bias, row, C, lane);
+    }
+}
+
+// TEACH: the residual sum is written and normalised in one pass over the row. Unfused, LayerNorm would read
+// back from memory the row the residual kernel had just written; here each lane re-reads only its own
+// elements, which it wrote a moment ago (still in L1), so the warp needs no barrier between the two.
+template <class T>
+__global__ void residual_layernorm_forward_warp_per_row(T* res, T* out, T* mean, T* rstd, const T* a, const T* b,
+                                                        const T* weight, const T* bias, size_t N, int C) {
+    const int lane = threadIdx.x % 32;
+    for (size_t row = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32; row < N;
+         row += (size_t)gridDim.x * kRowsPerBlock) {
+        T* x = res + row * C;
+        float s = 0.0f;
         for (int c = lane; c < C; c += 32) {
-            const float d = to_f32(x[c]) - m;
-            v += d * d;
+            const T v = from_f32<T>(to_f32(a[row * C + c]) + to_f32(b[row * C + c]));  // as residual_forward
+            x[c] = v;
+            s += to_f32(v);
         }
-        const float var = warp_sum(v) / (float)C;
-        const T m_saved = from_f32<T>(m), r_saved = from_f32<T>(1.0f / sqrtf(var + kEps));
-        const float mr = to_f32(m_saved), rr = to_f32(r_saved);
-        T* o = out + row * C;
-        for (int c = lane; c < C; c += 32)
-            o[c] = from_f32<T>((to_f32(x[c]) - mr) * rr * to_f32(weight[c]) + to_f32(bias[c]));
-        if (lane == 0) {
-            mean[row] = m_saved;
-            rstd[row] = r_saved;
-        }
+        layernorm_row(out, mean, rstd, x, s, weight, bias, row, C, lane);
     }
 }
 
@@ -130,6 +158,16 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
 }
 
 template <class T>
+void residual_layernorm_forward(T* res, T* out, T* mean, T* rstd, const T* a, const T* b, const T* weight,
+                                const T* bias, size_t N, int C, cudaStream_t stream) {
+    NvtxRange range("residual_layernorm_forward");
+    if (N == 0 || C == 0) return;
+    residual_layernorm_forward_warp_per_row<T><<<grid_1d(N, kRowsPerBlock, kMaxGridX), kRowThreads, 0, stream>>>(
+        res, out, mean, rstd, a, b, weight, bias, N, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
 void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, const T* mean,
                         const T* rstd, size_t N, int C, Scratch& scratch, cudaStream_t stream) {
     NvtxRange range("layernorm_backward");
@@ -157,6 +195,8 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
 
 #define TUNE_INSTANTIATE(T)                                                                                        \
     template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, size_t, int, cudaStream_t);       \
+    template void residual_layernorm_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*, size_t, int, \
+                                                cudaStream_t);                                                     \
     template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, size_t, int, \
                                         Scratch&, cudaStream_t);
 TUNE_INSTANTIATE(float)

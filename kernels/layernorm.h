@@ -9,6 +9,9 @@
 // dinp is ACCUMULATED (+=): LayerNorm reads the residual stream, whose gradient buffer already holds the
 // skip connection's share. dweight/dbias accumulate; null = frozen.
 //
+// The residual add before a LayerNorm is fused into it where the model has both in one block
+// (residual_layernorm_forward: the sum is written and normalised in one pass); in backward the skip
+// connection's gradient is fused by accumulating dinp.
 // Algorithms: forward and the dinp part of backward are one warp per row (two-pass statistics in fp32,
 // row re-read from L1/L2). dweight/dbias are column sums over N rows: a fixed grid of row slices writes
 // fp32 partial sums, and a second kernel adds the slices in order: deterministic, no atomics.
@@ -30,6 +33,19 @@ void layernorm_forward(T* out,           // (N, C)
                        const T* weight,  // (C)
                        const T* bias,    // (C)
                        size_t N, int C, cudaStream_t stream);
+
+// res = a + b (the residual connection, rounded as residual_forward rounds it), then out = LayerNorm(res):
+// the same bits as residual_forward followed by layernorm_forward, with one pass over memory fewer.
+template <class T>
+void residual_layernorm_forward(T* res,           // (N, C)
+                                T* out,           // (N, C)
+                                T* mean,          // (N)
+                                T* rstd,          // (N)
+                                const T* a,       // (N, C)
+                                const T* b,       // (N, C)
+                                const T* weight,  // (C)
+                                const T* bias,    // (C)
+                                size_t N, int C, cudaStream_t stream);
 
 template <class T>
 void layernorm_backward(T* dinp,          // (N, C) accumulated

@@ -415,8 +415,10 @@ void GPT2::block_forward(int l, int l_act, const void* x_in, int B, int Tt, int 
         be_.attention_forward(a(kAtty), a(kAttSaved), a(kQkv), B, Tt, C, NH);
     be_.matmul_forward(tmp, a(kAtty), p.attprojw, p.attprojb, N, C, C);
     lora_forward(l, kLoraAttnProj, tmp, a(kAtty), N, C, C, l_act);
-    be_.residual_forward(a(kRes2), x_in, tmp, N * C);
-    be_.layernorm_forward(a(kLn2), a(kLn2Mean), a(kLn2Rstd), a(kRes2), p.ln2w, p.ln2b, N, C);
+    // The attention's residual sum and the LayerNorm that reads it, in one pass on the GPU. (The MLP's residual
+    // feeds the next block's LayerNorm across the block boundary and stays separate, so that a block can be
+    // recomputed on its own.)
+    be_.residual_layernorm_forward(a(kRes2), a(kLn2), a(kLn2Mean), a(kLn2Rstd), x_in, tmp, p.ln2w, p.ln2b, N, C);
     be_.matmul_forward(a(kFch), a(kLn2), p.fcw, p.fcb, N, C, 4 * C);
     lora_forward(l, kLoraMlpUp, a(kFch), a(kLn2), N, C, 4 * C, l_act);
     be_.gelu_forward(a(kFchGelu), a(kFch), N * 4 * C);

@@ -112,6 +112,37 @@ TEST_P(CudaOps, LayerNormForward_N37_C71_and_N19_C768) {
     }
 }
 
+// The fused residual + LayerNorm: the residual sum and the LayerNorm of it against the reference, and the same
+// bits as the two unfused launchers (so recomputation, which re-runs LayerNorm alone on the kept sum, agrees).
+TEST_P(CudaOps, ResidualLayerNormForwardEqualsTheTwoOps_N37_C71_and_N19_C768) {
+    for (LnShape s : {LnShape{37, 71}, LnShape{19, 768}}) {
+        const size_t n = s.N * s.C;
+        Twin a(gpu(), ref(), n), b(gpu(), ref(), n), w(gpu(), ref(), s.C), bias(gpu(), ref(), s.C),
+            res(gpu(), ref(), n), out(gpu(), ref(), n), mean(gpu(), ref(), s.N), rstd(gpu(), ref(), s.N);
+        auto av = randn(n, 11);
+        for (auto& v : av) v = v * 2 + 0.5;
+        a.set(av);
+        b.set(randn(n, 12));
+        w.set(randn(s.C, 13));
+        bias.set(randn(s.C, 14));
+        for (Twin* t : {&res, &out, &mean, &rstd}) t->poison();
+        gpu().residual_layernorm_forward(res.g(), out.g(), mean.g(), rstd.g(), a.g(), b.g(), w.g(), bias.g(), s.N, s.C);
+        ref().residual_layernorm_forward(res.r(), out.r(), mean.r(), rstd.r(), a.r(), b.r(), w.r(), bias.r(), s.N, s.C);
+        const std::string where = "C=" + std::to_string(s.C);
+        EXPECT_TRUE(near_rel(res.gpu.get(), res.ref.get(), op_tol(dt()))) << "res " << where;
+        EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out " << where;
+        EXPECT_TRUE(near_rel(mean.gpu.get(), mean.ref.get(), op_tol(dt()))) << "mean " << where;
+        EXPECT_TRUE(near_rel(rstd.gpu.get(), rstd.ref.get(), op_tol(dt()))) << "rstd " << where;
+        Buffer res2(gpu(), dt(), n), out2(gpu(), dt(), n), mean2(gpu(), dt(), s.N), rstd2(gpu(), dt(), s.N);
+        gpu().residual_forward(res2.p(), a.g(), b.g(), n);
+        gpu().layernorm_forward(out2.p(), mean2.p(), rstd2.p(), res2.p(), w.g(), bias.g(), s.N, s.C);
+        EXPECT_TRUE(same_bits(res.gpu.get(), res2.get())) << "res " << where;
+        EXPECT_TRUE(same_bits(out.gpu.get(), out2.get())) << "out " << where;
+        EXPECT_TRUE(same_bits(mean.gpu.get(), mean2.get())) << "mean " << where;
+        EXPECT_TRUE(same_bits(rstd.gpu.get(), rstd2.get())) << "rstd " << where;
+    }
+}
+
 // dinp accumulates; dweight/dbias accumulate over N = 700 rows (three row slices) or stay untouched when null.
 TEST_P(CudaOps, LayerNormBackwardAccumulates_N700_C71_and_N37_C768) {
     for (LnShape s : {LnShape{700, 71}, LnShape{37, 768}}) {

@@ -180,6 +180,14 @@ class CudaBackend final : public Backend {
             cuda::layernorm_forward(t<E>(out), t<E>(mean), t<E>(rstd), t<E>(inp), t<E>(w), t<E>(b), N, C, stream_);
         });
     }
+    void residual_layernorm_forward(void* res, void* out, void* mean, void* rstd, const void* a, const void* b,
+                                    const void* w, const void* bias, size_t N, int C) override {
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            cuda::residual_layernorm_forward(t<E>(res), t<E>(out), t<E>(mean), t<E>(rstd), t<E>(a), t<E>(b), t<E>(w),
+                                             t<E>(bias), N, C, stream_);
+        });
+    }
     void layernorm_backward(void* dinp, void* dw, void* db, const void* dout, const void* inp, const void* w,
                             const void* mean, const void* rstd, size_t N, int C) override {
         dispatch([&](auto tag) {
