@@ -54,38 +54,74 @@ selected() {
     for p in "${only[@]}"; do [[ $1 == $p ]] && return 0; done
     return 1
 }
-stage() {
-    local name=$1 limit=$2 cmd=$3 t0 rc result left
-    if ! selected "$name"; then
-        NAMES+=("$name")
-        RESULTS+=("skip(sel)")
-        TIMES+=(0)
-        return
+record() { NAMES+=("$1"); RESULTS+=("$2"); TIMES+=("$3"); }
+result_of() {
+    case $1 in
+        0) echo pass ;;
+        77) echo skip ;;
+        124 | 137) echo TIMEOUT ;;
+        *) echo "FAIL($1)" ;;
+    esac
+}
+# limit_for NAME LIMIT: sets LIMIT to the limit cut to the budget left, or records the stage as skipped and
+# fails (in this shell, not in a $(...): it records).
+limit_for() {
+    local left
+    if ! selected "$1"; then
+        record "$1" "skip(sel)" 0
+        return 1
     fi
-    t0=$(date +%s)
-    left=$((BUDGET - (t0 - T_START)))
+    left=$((BUDGET - ($(date +%s) - T_START)))
     if [ "$left" -lt 10 ]; then
-        say "=== [$name] skipped: the ${BUDGET}s budget is spent"
-        NAMES+=("$name")
-        RESULTS+=("skip(time)")
-        TIMES+=(0)
-        return
+        say "=== [$1] skipped: the ${BUDGET}s budget is spent"
+        record "$1" "skip(time)" 0
+        return 1
     fi
-    [ "$limit" -gt "$left" ] && limit=$left
+    LIMIT=$(($2 < left ? $2 : left))
+}
+stage() {
+    local name=$1 cmd=$3 t0 rc result limit
+    limit_for "$name" "$2" || return 0
+    limit=$LIMIT
+    t0=$(date +%s)
     say ""
     say "=== [$name] (limit ${limit}s) $cmd"
     timeout --kill-after=15 "$limit" bash -c "$cmd" 2>&1 | tee "$LOG_DIR/$name.log" >>"$LOG"
     rc=${PIPESTATUS[0]}
-    case $rc in
-        0) result=pass ;;
-        77) result=skip ;;
-        124 | 137) result=TIMEOUT ;;
-        *) result="FAIL($rc)" ;;
-    esac
-    NAMES+=("$name")
-    RESULTS+=("$result")
-    TIMES+=($(($(date +%s) - t0)))
+    result=$(result_of "$rc")
+    record "$name" "$result" $(($(date +%s) - t0))
     say "=== [$name] $result in $(($(date +%s) - t0))s"
+}
+# stage_bg NAME LIMIT COMMAND: like stage, but started in the background; stage_wait collects every background
+# stage (its log is appended to the whole log then). For checks that are bound by the host, like
+# compute-sanitizer: several at once on 16 cores take about the time of the slowest.
+BG_NAMES=()
+BG_PIDS=()
+stage_bg() {
+    local name=$1 cmd=$3 limit
+    limit_for "$name" "$2" || return 0
+    limit=$LIMIT
+    say "=== [$name] (background, limit ${limit}s) $cmd"
+    (
+        t0=$(date +%s)
+        timeout --kill-after=15 "$limit" bash -c "$cmd" >"$LOG_DIR/$name.log" 2>&1
+        echo "$? $(($(date +%s) - t0))" >"$WORK/bg_$name"
+    ) &
+    BG_PIDS+=($!)
+    BG_NAMES+=("$name")
+}
+stage_wait() {
+    local name rc secs result
+    [ ${#BG_PIDS[@]} -gt 0 ] && wait "${BG_PIDS[@]}"
+    for name in "${BG_NAMES[@]}"; do
+        read -r rc secs <"$WORK/bg_$name" 2>/dev/null || { rc=1; secs=0; }
+        result=$(result_of "$rc")
+        cat "$LOG_DIR/$name.log" >>"$LOG"
+        record "$name" "$result" "$secs"
+        say "=== [$name] $result in ${secs}s"
+    done
+    BG_NAMES=()
+    BG_PIDS=()
 }
 
 # ---- environment ----
@@ -166,12 +202,14 @@ KERNEL_TESTS='Dtypes/CudaOps.*/f32:Dtypes/CudaOps.*/bf16:Dtypes/CudaFinetune.*/f
 SMEM_TESTS='Dtypes/CudaOps.LayerNorm*/bf16:Dtypes/CudaOps.Encoder*/bf16:Dtypes/CudaOps.CrossEntropy*/bf16:Dtypes/CudaOps.SumSquares*/bf16:Dtypes/CudaOps.Attention*/bf16:Dtypes/CudaFinetune.*/bf16'
 OWN=TUNE_CUDA_ATTENTION=matmul
 if [ -n "$SAN" ]; then
-    stage memcheck 75 "$SAN --tool memcheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS:Paths/CudaAttentionPath.*/bf16_*'"
-    stage racecheck 45 "$OWN $SAN --tool racecheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$SMEM_TESTS'"
-    stage initcheck 45 "$OWN $SAN --tool initcheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
-    stage synccheck 30 "$OWN $SAN --tool synccheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
-    stage memcheck_train_step 60 "$SAN --tool memcheck $SAN_ARGS bin/train --device cuda --precision bf16 --model tiny \
+    # All five at once (each its own process; compute-sanitizer is bound by the host), then collected.
+    stage_bg memcheck 90 "$SAN --tool memcheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS:Paths/CudaAttentionPath.*/bf16_*'"
+    stage_bg racecheck 90 "$OWN $SAN --tool racecheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$SMEM_TESTS'"
+    stage_bg initcheck 90 "$OWN $SAN --tool initcheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
+    stage_bg synccheck 90 "$OWN $SAN --tool synccheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
+    stage_bg memcheck_train_step 90 "$SAN --tool memcheck $SAN_ARGS bin/train --device cuda --precision bf16 --model tiny \
       --batch 2 --seq 64 --steps 1 --train-data $WORK/synthetic.bin --val-every 0 --out $WORK/run_sanitized"
+    stage_wait
 else
     stage sanitizers 5 "echo 'compute-sanitizer not found (looked on PATH and under $CUDA_HOME)'; exit 77"
 fi
