@@ -122,6 +122,7 @@ def main():
         "step_ms": round(med * 1e3, 2),
         "tokens_per_s": round(args.batch * args.seq / med, 1),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),  # the caching allocator's pool
         "final_loss": round(float(loss), 4),
     }
     line = json.dumps(result)

@@ -216,19 +216,24 @@ fi
 
 # ---- 4. training throughput: tune.cu vs PyTorch ----
 MEM_BASE=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null | head -1)
-# train_gpt2 NAME [OPTIONS]: the GPT-2 124M run, with the device memory sampled every 250 ms into mem_NAME.txt.
-train_gpt2() {
-    local name=$1 extra=${2:-} pid
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 250 >"$WORK/mem_$name.txt" 2>/dev/null &
+# sampled NAME LIMIT COMMAND: a stage with the device memory sampled every 250 ms into mem_NAME.txt (the whole
+# process, CUDA context and allocator caches included, the same way for tune.cu and PyTorch).
+sampled() {
+    local pid
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 250 >"$WORK/mem_$1.txt" 2>/dev/null &
     pid=$!
-    stage "$name" 150 "bin/train --device cuda --precision bf16 --model gpt2 --batch 32 --seq 1024 --steps 12 \
-      --train-data $WORK/synthetic.bin --lr 1e-4 --warmup 0 --val-every 0 $extra --out $WORK/run_$name"
+    stage "$1" "$2" "$3"
     kill "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
 }
+# train_gpt2 NAME [OPTIONS]: the GPT-2 124M run.
+train_gpt2() {
+    sampled "$1" 150 "bin/train --device cuda --precision bf16 --model gpt2 --batch 32 --seq 1024 --steps 12 \
+      --train-data $WORK/synthetic.bin --lr 1e-4 --warmup 0 --val-every 0 ${2:-} --out $WORK/run_$1"
+}
 train_gpt2 train_gpt2
 # Exit 77 (skip) when PyTorch or its GPU is missing; a crash keeps its own status.
-stage pytorch_gpt2 150 "python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json $LOG_DIR/pytorch.json \
+sampled pytorch_gpt2 150 "python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json $LOG_DIR/pytorch.json \
   || exit \$?; test -s $LOG_DIR/pytorch.json || exit 77"
 # The same run with the cuBLAS attention, which writes the T x T scores out and keeps the probabilities
 # (the default above is cuDNN's fused attention where it runs: its log says which ran).
@@ -261,7 +266,7 @@ tok_s() {  # median tokens/s of ./train's progress lines after the first two (wa
     grep -o '[0-9]* tok/s' "$1" 2>/dev/null | awk 'NR > 2 {print $1}' | sort -n |
         awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "n/a"}'
 }
-peak_gib() {  # the highest device memory sampled during a train_gpt2 stage, less what was in use before
+peak_gib() {  # the highest device memory sampled during a sampled stage, less what was in use before
     awk -v base="${MEM_BASE:-0}" 'BEGIN {m = 0} {if ($1 > m) m = $1} END {if (m) printf "%.1f", (m - base) / 1024; else print "n/a"}' \
         "$WORK/mem_$1.txt" 2>/dev/null || echo n/a
 }
@@ -272,6 +277,7 @@ MM_MEM=$(peak_gib train_gpt2_matmul)
 TUNE_ATT=$(grep -o 'attention [a-z]* ([^)]*)' "$LOG_DIR/train_gpt2.log" 2>/dev/null | head -1)
 PT_TOKS=$(python3 -c "import json; print(json.load(open('$LOG_DIR/pytorch.json')).get('tokens_per_s', 'n/a'))" 2>/dev/null || echo n/a)
 PT_MEM=$(python3 -c "import json; print(json.load(open('$LOG_DIR/pytorch.json')).get('peak_mem_gib', 'n/a'))" 2>/dev/null || echo n/a)
+PT_SMI=$(peak_gib pytorch_gpt2)
 TEST_LINE=$(grep -h '^tests:' "$LOG_DIR/tests.log" 2>/dev/null | tail -1)
 FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$LOG_DIR/tests.log" 2>/dev/null | sed 's/\[  FAILED  \] //' | sort -u | head -10)
 
@@ -286,9 +292,14 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$LOG_DIR/tests.log" 2>/dev/null |
     printf '  %-28s %12s tok/s   peak %s GiB (nvidia-smi, whole process; %s)\n' "tune.cu bin/train" "$TUNE_TOKS" \
         "$TUNE_MEM" "${TUNE_ATT:-attention n/a}"
     printf '  %-28s %12s tok/s   peak %s GiB\n' "  --attention matmul" "$MM_TOKS" "$MM_MEM"
-    printf '  %-28s %12s tok/s   peak %s GiB (torch max allocated)\n' "PyTorch compile+SDPA" "$PT_TOKS" "$PT_MEM"
+    printf '  %-28s %12s tok/s   peak %s GiB (nvidia-smi, whole process; torch max allocated %s GiB)\n' \
+        "PyTorch compile+SDPA" "$PT_TOKS" "$PT_SMI" "$PT_MEM"
     if [[ "$TUNE_TOKS" =~ ^[0-9.]+$ && "$PT_TOKS" =~ ^[0-9.]+$ ]]; then
-        awk -v a="$TUNE_TOKS" -v b="$PT_TOKS" 'BEGIN {printf "  tune.cu / PyTorch = %.2f\n", a / b}'
+        awk -v a="$TUNE_TOKS" -v b="$PT_TOKS" 'BEGIN {printf "  tune.cu / PyTorch: tokens/s %.2f", a / b}'
+        if [[ "$TUNE_MEM" =~ ^[0-9.]+$ && "$PT_SMI" =~ ^[0-9.]+$ ]]; then
+            awk -v a="$TUNE_MEM" -v b="$PT_SMI" 'BEGIN {printf ", peak memory %.2f", a / b}'
+        fi
+        echo
     fi
     echo "one-rank NCCL, GPT-2 124M B=16 T=1024 bf16: overlap on $(tok_s "$LOG_DIR/overlap_on.log") tok/s," \
         "off $(tok_s "$LOG_DIR/overlap_off.log") tok/s"
