@@ -457,20 +457,16 @@ const char* attention_impl_name(AttentionImpl a) {
     return "?";
 }
 
-AttentionImpl parse_attention_impl(const std::string& name) {
+AttentionImpl parse_attention_impl(const std::string& name, const std::string& where) {
     for (AttentionImpl a : {AttentionImpl::automatic, AttentionImpl::cudnn, AttentionImpl::matmul})
         if (name == attention_impl_name(a)) return a;
-    throw UsageError("--attention " + name + ": expected auto, cudnn or matmul");
+    throw UsageError(where + name + ": expected auto, cudnn or matmul");
 }
 
 std::unique_ptr<Backend> make_cuda_backend(DType dtype, const CudaOptions& options) {
     CudaOptions o = options;
-    if (const char* env = std::getenv("TUNE_CUDA_ATTENTION"); env && *env && o.attention == AttentionImpl::automatic) {
-        const std::string v = env;
-        if (v != "auto" && v != "cudnn" && v != "matmul")
-            throw UsageError("TUNE_CUDA_ATTENTION=" + v + ": expected auto, cudnn or matmul");
-        o.attention = parse_attention_impl(v);
-    }
+    if (const char* env = std::getenv("TUNE_CUDA_ATTENTION"); env && *env && o.attention == AttentionImpl::automatic)
+        o.attention = parse_attention_impl(env, "TUNE_CUDA_ATTENTION=");
     return std::make_unique<CudaBackend>(dtype, o);
 }
 

@@ -16,7 +16,8 @@ namespace tune {
 // race and init checkers over our own kernels this way).
 enum class AttentionImpl { automatic, cudnn, matmul };
 const char* attention_impl_name(AttentionImpl a);
-AttentionImpl parse_attention_impl(const std::string& name);  // throws UsageError
+// Throws UsageError naming `where` (the flag or variable the name came from).
+AttentionImpl parse_attention_impl(const std::string& name, const std::string& where = "--attention ");
 
 struct CudaOptions {
     // bf16 working weights written from the fp32 master by stochastic rounding instead of round-to-nearest
