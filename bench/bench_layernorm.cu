@@ -22,7 +22,7 @@ void BM_LayerNormForward(benchmark::State& state) {
     });
 }
 
-// The attention residual and LN2 of a block: fused (one kernel: read a and b, write the sum and the output)
+// A residual add and the LayerNorm after it (every LayerNorm of the model but the first): fused (one kernel: read a and b, write the sum and the output)
 // against the two launchers (the second reads the sum back), counted with the fused kernel's bytes.
 template <class T, bool kFused>
 void BM_ResidualLayerNorm(benchmark::State& state) {

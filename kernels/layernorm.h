@@ -9,9 +9,9 @@
 // dinp is ACCUMULATED (+=): LayerNorm reads the residual stream, whose gradient buffer already holds the
 // skip connection's share. dweight/dbias accumulate; null = frozen.
 //
-// The residual add before a LayerNorm is fused into it where the model has both in one block
-// (residual_layernorm_forward: the sum is written and normalised in one pass); in backward the skip
-// connection's gradient is fused by accumulating dinp.
+// The residual add before a LayerNorm is fused into it (residual_layernorm_forward: the sum is written and
+// normalised in one pass): in the model, every LayerNorm but block 0's ln_1, which reads the embeddings. In
+// backward the skip connection's gradient is fused by accumulating dinp.
 // Algorithms: forward and the dinp part of backward are one warp per row (two-pass statistics in fp32,
 // row re-read from L1/L2). dweight/dbias are column sums over N rows: a fixed grid of row slices writes
 // fp32 partial sums, and a second kernel adds the slices in order: deterministic, no atomics.

@@ -391,14 +391,14 @@ void GPT2::virtual_backward(void* dout) {
     }
 }
 
-void GPT2::block_forward(int l, int l_act, const void* x_in, int B, int Tt, int pos0) {
+void GPT2::block_forward(int l, int l_act, const void* x_in, int B, int Tt, int pos0, bool chain, int l_act_next) {
     const size_t N = (size_t)B * Tt;
     const int C = cfg_.n_embd, NH = cfg_.n_head;
     const bool cached = pos0 >= 0;
     BlockPtrs p = block(params_, nullptr, l);
     auto a = [&](int k) { return A(l_act, k); };
     void* tmp = scratch_.ptr(s_proj_);
-    be_.layernorm_forward(a(kLn1), a(kLn1Mean), a(kLn1Rstd), x_in, p.ln1w, p.ln1b, N, C);
+    if (!chain || l == 0) be_.layernorm_forward(a(kLn1), a(kLn1Mean), a(kLn1Rstd), x_in, p.ln1w, p.ln1b, N, C);
     be_.matmul_forward(a(kQkv), a(kLn1), p.qkvw, p.qkvb, N, C, 3 * C);
     lora_forward(l, kLoraQkv, a(kQkv), a(kLn1), N, C, 3 * C, l_act);
     const Virtual kind = opts_.peft.virt;
@@ -415,16 +415,24 @@ void GPT2::block_forward(int l, int l_act, const void* x_in, int B, int Tt, int 
         be_.attention_forward(a(kAtty), a(kAttSaved), a(kQkv), B, Tt, C, NH);
     be_.matmul_forward(tmp, a(kAtty), p.attprojw, p.attprojb, N, C, C);
     lora_forward(l, kLoraAttnProj, tmp, a(kAtty), N, C, C, l_act);
-    // The attention's residual sum and the LayerNorm that reads it, in one pass on the GPU. (The MLP's residual
-    // feeds the next block's LayerNorm across the block boundary and stays separate, so that a block can be
-    // recomputed on its own.)
+    // Each residual sum and the LayerNorm that reads it, in one pass on the GPU.
     be_.residual_layernorm_forward(a(kRes2), a(kLn2), a(kLn2Mean), a(kLn2Rstd), x_in, tmp, p.ln2w, p.ln2b, N, C);
     be_.matmul_forward(a(kFch), a(kLn2), p.fcw, p.fcb, N, C, 4 * C);
     lora_forward(l, kLoraMlpUp, a(kFch), a(kLn2), N, C, 4 * C, l_act);
     be_.gelu_forward(a(kFchGelu), a(kFch), N * 4 * C);
     be_.matmul_forward(tmp, a(kFchGelu), p.fcprojw, p.fcprojb, N, 4 * C, C);
     lora_forward(l, kLoraMlpDown, tmp, a(kFchGelu), N, 4 * C, C, l_act);
-    be_.residual_forward(a(kRes3), a(kRes2), tmp, N * C);
+    if (!chain) {
+        be_.residual_forward(a(kRes3), a(kRes2), tmp, N * C);
+    } else if (l + 1 < cfg_.n_layer) {  // the next block's ln_1 (its activations are not written yet)
+        const BlockPtrs q = block(params_, nullptr, l + 1);
+        be_.residual_layernorm_forward(a(kRes3), A(l_act_next, kLn1), A(l_act_next, kLn1Mean),
+                                       A(l_act_next, kLn1Rstd), a(kRes2), tmp, q.ln1w, q.ln1b, N, C);
+    } else {
+        const int lnf = lnf_w(cfg_);
+        be_.residual_layernorm_forward(a(kRes3), act(a_lnf_), act(a_lnf_mean_), act(a_lnf_rstd_), a(kRes2), tmp,
+                                       params_.ptr(lnf), params_.ptr(lnf + 1), N, C);
+    }
 }
 
 void GPT2::trunk_forward(int B, int Tt, int pos0) {
@@ -449,13 +457,13 @@ void GPT2::trunk_forward(int B, int Tt, int pos0) {
         // Training keeps every block's activations for backward (unless recomputing); generation has no
         // backward, so every block can reuse layer 0's buffers.
         const int l_act = cached ? 0 : l;
-        block_forward(l, l_act, x, B, Tt, pos0);
+        block_forward(l, l_act, x, B, Tt, pos0, true, cached ? 0 : l + 1);  // also the next LayerNorm (ln_f last)
         x = A(l_act, kRes3);
         be_.range_pop();
     }
-    const int lnf = lnf_w(cfg_);
-    be_.layernorm_forward(act(a_lnf_), act(a_lnf_mean_), act(a_lnf_rstd_), x, params_.ptr(lnf), params_.ptr(lnf + 1),
-                          N, C);
+    if (cfg_.n_layer == 0)
+        be_.layernorm_forward(act(a_lnf_), act(a_lnf_mean_), act(a_lnf_rstd_), x, params_.ptr(lnf_w(cfg_)),
+                              params_.ptr(lnf_w(cfg_) + 1), N, C);
 }
 
 void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {

@@ -177,8 +177,11 @@ class GPT2 {
     // full causal attention saving what backward needs; pos0 >= 0: generation against the KV cache.
     void trunk_forward(int B, int Tt, int pos0);
     // One block's forward from x_in (B*Tt rows); `l_act` picks the activation set it writes (generation
-    // reuses layer 0's).
-    void block_forward(int l, int l_act, const void* x_in, int B, int Tt, int pos0);
+    // reuses layer 0's). In the forward pass (chain = true) each block's last residual add is fused with the
+    // LayerNorm that reads it, the next block's ln_1 (into activation set l_act_next) or ln_f, and each block
+    // after the first finds its ln_1 done; recomputation (chain = false) runs one block on its own.
+    void block_forward(int l, int l_act, const void* x_in, int B, int Tt, int pos0, bool chain = false,
+                       int l_act_next = 0);
     void block_backward(int l, const void* x_in, int B, int Tt);
     // y(N,OC) += LoRA branch of site s of block l on x(N,IC); and its backward (dx(N,IC) accumulates).
     void lora_forward(int l, int s, void* y, const void* x, size_t N, int IC, int OC, int l_act);
