@@ -5,7 +5,9 @@
 // Writes a JSON file and a markdown table for docs/scaling.md.
 //
 // Not a Google Benchmark: "the largest batch that fits" is found by trying to allocate and step, which is
-// an experiment with outcomes, not a timing loop. Exits 77 (skipped) without a GPU.
+// an experiment with outcomes, not a timing loop. The search starts from a guess made with the timed run's
+// memory (each try builds a model and steps it, seconds for gpt2-xl: it must be a few tries, not a dozen).
+// Exits 77 (skipped) without a GPU.
 //
 //   build/bench/bench_recompute [--models gpt2,gpt2-xl] [--seq 1024] [--attention auto|cudnn|matmul]
 //                               [--json FILE] [--max-batch 256]
@@ -34,11 +36,50 @@ size_t device_used() {
     return total_b - free_b;
 }
 
+size_t device_free() {
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    return free_b;
+}
+
 struct Probe {
     bool fits = false;
     size_t act_bytes = 0, used = 0;
+    size_t avail = 0;  // device memory free before the model was built
     double step_ms = 0;
 };
+
+// The largest B <= max_batch that trains, searched outwards from `guess` in doubling steps and then bisected.
+// Every answer is an experiment: B trained and B + 1 did not (or B = max_batch; 0: not even one sequence).
+template <class Fits>
+int largest_batch(int guess, int max_batch, Fits fits) {
+    guess = std::min(std::max(guess, 1), max_batch);
+    int lo = 0, hi = max_batch + 1;  // lo trained (or is 0), hi did not (or is past max_batch)
+    if (fits(guess)) {
+        lo = guess;
+        for (int step = 1; lo + step <= max_batch; step *= 2) {
+            if (!fits(lo + step)) {
+                hi = lo + step;
+                break;
+            }
+            lo += step;
+        }
+    } else {
+        hi = guess;
+        for (int step = 1; hi - step >= 1; step *= 2) {
+            if (fits(hi - step)) {
+                lo = hi - step;
+                break;
+            }
+            hi -= step;
+        }
+    }
+    while (hi - lo > 1) {
+        const int mid = lo + (hi - lo) / 2;
+        (fits(mid) ? lo : hi) = mid;
+    }
+    return lo;
+}
 
 // Builds the model and optimizer for B sequences and runs `steps` timed training steps after one warm-up.
 Probe try_batch(const ModelConfig& cfg, Recompute mode, int B, int T, int steps, AttentionImpl attention) {
@@ -48,6 +89,7 @@ Probe try_batch(const ModelConfig& cfg, Recompute mode, int B, int T, int steps,
         co.attention = attention;
         auto be = make_cuda_backend(DType::bf16, co);
         const size_t base = device_used();
+        p.avail = device_free();
         ModelOptions o;
         o.recompute = mode;
         GPT2 m(cfg, *be, B, T, nullptr, o);  // zero weights: memory and time do not depend on the values
@@ -118,14 +160,17 @@ int main(int argc, char** argv) {
             double none_ms = 0;
             for (Recompute mode : {Recompute::none, Recompute::selective, Recompute::full}) {
                 const Probe timed = try_batch(cfg, mode, timed_B, T, 3, attention);
-                // Largest batch: double until it fails, then bisect.
-                int lo = 0, hi = 1;
-                while (hi <= max_batch && try_batch(cfg, mode, hi, T, 0, attention).fits) lo = hi, hi *= 2;
-                hi = std::min(hi, max_batch + 1);
-                while (hi - lo > 1) {
-                    const int mid = (lo + hi) / 2;
-                    (try_batch(cfg, mode, mid, T, 0, attention).fits ? lo : hi) = mid;
+                // Largest batch: first guessed from the timed run (activations grow with B, the rest does not,
+                // roughly), then found by trying batches around the guess: a few tries instead of a dozen.
+                int guess = 1;
+                if (timed.fits && timed.act_bytes > 0 && timed.avail > timed.used) {
+                    const double per_seq = (double)timed.act_bytes / timed_B;
+                    const double fixed = (double)timed.used - (double)timed.act_bytes;
+                    guess = (int)std::min<double>(max_batch, std::max(1.0, ((double)timed.avail - fixed) / per_seq));
                 }
+                const int lo = largest_batch(guess, max_batch, [&](int b) {
+                    return try_batch(cfg, mode, b, T, 0, attention).fits;
+                });
                 if (mode == Recompute::none) none_ms = timed.step_ms;
                 const double per_token = timed.fits ? (double)timed.act_bytes / ((double)timed_B * T) : 0;
                 char row[256];
