@@ -306,11 +306,8 @@ CudnnAttention::~CudnnAttention() = default;
 
 size_t CudnnAttention::workspace_bytes() const { return 0; }
 
-std::string CudnnAttention::validate_for(int, DType dtype, int B, int T, int C, int NH) {
-    return CudnnAttention(nullptr).unsupported(dtype, B, T, C, NH);
-}
-
-std::string CudnnAttention::unsupported(DType dtype, int, int, int C, int NH) {
+namespace {
+std::string absent(DType dtype, int C, int NH) {
     if (std::string why = shape_unsupported(dtype, C, NH); !why.empty()) return why;
 #ifdef TUNE_CUDA_EMULATOR
     return "cuDNN attention: the CUDA emulator has no cuDNN";
@@ -319,14 +316,19 @@ std::string CudnnAttention::unsupported(DType dtype, int, int, int C, int NH) {
            "rebuild)";
 #endif
 }
+}  // namespace
 
-void CudnnAttention::forward(void*, float*, const void*, DType dtype, int B, int T, int C, int NH, Scratch&) {
-    throw Error(unsupported(dtype, B, T, C, NH));
+std::string CudnnAttention::validate_for(int, DType dtype, int, int, int C, int NH) { return absent(dtype, C, NH); }
+
+std::string CudnnAttention::unsupported(DType dtype, int, int, int C, int NH) { return absent(dtype, C, NH); }
+
+void CudnnAttention::forward(void*, float*, const void*, DType dtype, int, int, int C, int NH, Scratch&) {
+    throw Error(absent(dtype, C, NH));
 }
 
-void CudnnAttention::backward(void*, const void*, const void*, const void*, const float*, DType dtype, int B, int T,
-                              int C, int NH, Scratch&) {
-    throw Error(unsupported(dtype, B, T, C, NH));
+void CudnnAttention::backward(void*, const void*, const void*, const void*, const float*, DType dtype, int, int, int C,
+                              int NH, Scratch&) {
+    throw Error(absent(dtype, C, NH));
 }
 
 #endif
