@@ -10,7 +10,7 @@
 // Exits 77 (skipped) without a GPU.
 //
 //   build/bench/bench_recompute [--models gpt2,gpt2-xl] [--seq 1024] [--attention auto|cudnn|matmul]
-//                               [--json FILE] [--max-batch 256]
+//                               [--head-chunk 8192] [--json FILE] [--max-batch 256]
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -45,6 +45,7 @@ size_t device_free() {
 struct Probe {
     bool fits = false;
     size_t act_bytes = 0, used = 0;
+    size_t logits_bytes = 0;  // the LM head's logits buffer, part of act_bytes (fixed once B*T > --head-chunk)
     size_t avail = 0;  // device memory free before the model was built
     double step_ms = 0;
 };
@@ -82,7 +83,8 @@ int largest_batch(int guess, int max_batch, Fits fits) {
 }
 
 // Builds the model and optimizer for B sequences and runs `steps` timed training steps after one warm-up.
-Probe try_batch(const ModelConfig& cfg, Recompute mode, int B, int T, int steps, AttentionImpl attention) {
+Probe try_batch(const ModelConfig& cfg, Recompute mode, int B, int T, int steps, AttentionImpl attention,
+                size_t head_chunk) {
     Probe p;
     try {
         CudaOptions co;
@@ -92,6 +94,7 @@ Probe try_batch(const ModelConfig& cfg, Recompute mode, int B, int T, int steps,
         p.avail = device_free();
         ModelOptions o;
         o.recompute = mode;
+        o.head_chunk = head_chunk;
         GPT2 m(cfg, *be, B, T, nullptr, o);  // zero weights: memory and time do not depend on the values
         AdamW opt(m, AdamWConfig{});
         Rng r(2);
@@ -111,6 +114,7 @@ Probe try_batch(const ModelConfig& cfg, Recompute mode, int B, int T, int steps,
         for (int s = 0; s < steps; s++) step();
         p.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
         p.act_bytes = m.act_bytes();
+        p.logits_bytes = m.head_rows() * (size_t)cfg.padded_vocab_size * dtype_size(DType::bf16);
         p.used = device_used() - base;
         p.fits = true;
     } catch (const Error&) {
@@ -124,13 +128,15 @@ Probe try_batch(const ModelConfig& cfg, Recompute mode, int B, int T, int steps,
 int main(int argc, char** argv) {
     return run_tool("bench_recompute", [&]() -> int {
         std::string models = "gpt2,gpt2-xl", json_path = "recompute.json", attention_name = "auto";
-        int T = 1024, max_batch = 256, timed_B = 8;
+        int T = 1024, max_batch = 256, timed_B = 8, head_chunk = 8192;
         Cli cli("usage: build/bench/bench_recompute [options]\nMemory and time of each --recompute mode on the GPU.");
         cli.option("--models", "LIST", "comma-separated presets", &models);
         cli.option("--seq", "T", "sequence length", &T, 1, 1 << 20);
         cli.option("--max-batch", "B", "largest batch to try", &max_batch, 1, 1 << 20);
         cli.option("--timed-batch", "B", "batch of the timed steps", &timed_B, 1, 1 << 20);
         cli.option("--attention", "KIND", "auto, cudnn or matmul (bin/train --attention)", &attention_name);
+        cli.option("--head-chunk", "ROWS", "rows of logits kept at once, 0: all (bin/train --head-chunk)", &head_chunk, 0,
+                   1 << 30);
         cli.option("--json", "FILE", "results", &json_path);
         if (!cli.parse(argc, argv)) {
             std::fputs(cli.help().c_str(), stdout);
@@ -151,6 +157,11 @@ int main(int argc, char** argv) {
             probe->attention_saved_elems(1, T, first.n_embd, first.n_head);  // decides the path
             md << "Attention: " << probe->attention_path(first.n_embd, first.n_head) << ".\n\n";
         }
+        md << "Activations per token without the LM head's logits; "
+           << (head_chunk ? "they are one buffer of " + std::to_string(head_chunk) + " rows (--head-chunk), " +
+                                std::to_string(head_chunk * 50304ull * 2 / 1048576) + " MiB at Vp = 50304, counted in the "
+                                "memory in use."
+                          : std::string("--head-chunk 0 keeps them for every token (Vp values each): add them.")) << "\n\n";
         md << "| Model | --recompute | Activations / token | Device memory in use, B=" << timed_B
            << " | Largest batch (T=" << T << ") | Step time, B=" << timed_B << " | vs none |\n"
            << "|---|---|---:|---:|---:|---:|---:|\n";
@@ -159,20 +170,26 @@ int main(int argc, char** argv) {
             const ModelConfig cfg = preset_config(name);
             double none_ms = 0;
             for (Recompute mode : {Recompute::none, Recompute::selective, Recompute::full}) {
-                const Probe timed = try_batch(cfg, mode, timed_B, T, 3, attention);
+                const Probe timed = try_batch(cfg, mode, timed_B, T, 3, attention, (size_t)head_chunk);
                 // Largest batch: first guessed from the timed run (activations grow with B, the rest does not,
                 // roughly), then found by trying batches around the guess: a few tries instead of a dozen.
                 int guess = 1;
+                // The logits grow with B only up to --head-chunk rows.
+                const double logits_row = (double)cfg.padded_vocab_size * dtype_size(DType::bf16);
+                const double per_seq = ((double)timed.act_bytes - (double)timed.logits_bytes) / timed_B +
+                                       (head_chunk ? 0.0 : T * logits_row);
                 if (timed.fits && timed.act_bytes > 0 && timed.avail > timed.used) {
-                    const double per_seq = (double)timed.act_bytes / timed_B;
-                    const double fixed = (double)timed.used - (double)timed.act_bytes;
+                    const double fixed = (double)timed.used - (double)timed.act_bytes +
+                                         (head_chunk ? (double)head_chunk * logits_row : 0.0);
                     guess = (int)std::min<double>(max_batch, std::max(1.0, ((double)timed.avail - fixed) / per_seq));
                 }
                 const int lo = largest_batch(guess, max_batch, [&](int b) {
-                    return try_batch(cfg, mode, b, T, 0, attention).fits;
+                    return try_batch(cfg, mode, b, T, 0, attention, (size_t)head_chunk).fits;
                 });
                 if (mode == Recompute::none) none_ms = timed.step_ms;
-                const double per_token = timed.fits ? (double)timed.act_bytes / ((double)timed_B * T) : 0;
+                const double per_token = timed.fits ? ((double)timed.act_bytes - (double)timed.logits_bytes) /
+                                                          ((double)timed_B * T)
+                                                    : 0;
                 char row[256];
                 std::snprintf(row, sizeof row, "| %s | %s | %.1f KiB | %.2f GiB | %d | %.1f ms | %.2fx |\n", name.c_str(),
                               recompute_name(mode), per_token / 1024, timed.used / 1073741824.0, lo, timed.step_ms,

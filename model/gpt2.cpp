@@ -167,7 +167,8 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
     a_lnf_ = atab.add("lnf", {N, C});
     a_lnf_mean_ = atab.add("lnf_mean", {N});
     a_lnf_rstd_ = atab.add("lnf_rstd", {N});
-    a_logits_ = atab.add("logits", {(size_t)B * T, (size_t)cfg.padded_vocab_size});
+    head_rows_ = opts.head_chunk ? std::min((size_t)B * T, opts.head_chunk) : (size_t)B * T;
+    a_logits_ = atab.add("logits", {head_rows_, (size_t)cfg.padded_vocab_size});
     a_losses_ = atab.add("losses", {(size_t)B * T});
     const size_t H = pf.hidden, W = pf.virtual_width(cfg);
     const bool net = pf.virt == Virtual::ptune || pf.virt == Virtual::prefix;
@@ -466,6 +467,14 @@ void GPT2::trunk_forward(int B, int Tt, int pos0) {
                               params_.ptr(lnf_w(cfg_) + 1), N, C);
 }
 
+static double sum_of(Backend& be, const void* x, DType dt, size_t n) {
+    std::vector<double> v(n);
+    be.download(v.data(), x, dt, n);
+    double sum = 0;
+    for (double e : v) sum += e;
+    return sum;
+}
+
 void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {
     assert(B <= B_ && T <= T_);
     cur_B_ = B;
@@ -485,17 +494,52 @@ void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {
         if (!weights || weights[i] != 0.0f) rows_.push_back((int32_t)i);
     compact_ = rows_.size() < N;
     gathered_ = compact_ || P_ > 0;
+    head_deferred_ = rows_.size() > head_rows_;
+    head_backward_done_ = false;
     if (rows_.empty()) return;
-    const void* head_in = act(a_lnf_);
     if (gathered_) {
         std::vector<int32_t> inner(rows_.size());
         for (size_t k = 0; k < rows_.size(); k++) inner[k] = (int32_t)((rows_[k] / T) * Tt + P_ + rows_[k] % T);
         be_.upload_i32(rows_dev_, inner.data(), inner.size());
         be_.gather_rows(scratch_.ptr(s_lnf_rows_), act(a_lnf_), rows_dev_, rows_.size(), cfg_.n_embd);
-        head_in = scratch_.ptr(s_lnf_rows_);
     }
-    be_.matmul_forward(act(a_logits_), head_in, params_.ptr(kWte), nullptr, rows_.size(), cfg_.n_embd,
+    if (head_deferred_) return;  // loss() runs the head a chunk at a time
+    be_.matmul_forward(act(a_logits_), head_input(), params_.ptr(kWte), nullptr, rows_.size(), cfg_.n_embd,
                        cfg_.padded_vocab_size);
+}
+
+const void* GPT2::head_input() const { return gathered_ ? scratch_.ptr(s_lnf_rows_) : act(a_lnf_); }
+
+void* GPT2::logits_buffer() const {
+    if (head_deferred_)
+        throw Error("model: the logits of " + std::to_string(rows_.size()) + " rows were computed " +
+                    std::to_string(head_rows_) + " at a time and not kept (ModelOptions::head_chunk)");
+    return act(a_logits_);
+}
+
+// The deferred head (ModelOptions::head_chunk): per chunk of rows, logits -> losses (and dlogits in place) ->
+// with backward_prep, d head input (written) and d wte (accumulated), before the next chunk reuses the buffer.
+// Chunks are balanced: ceil(n / head_rows_) of them, of equal size give or take one row.
+double GPT2::loss_chunked(float dloss, bool backward_prep) {
+    const size_t n = rows_.size(), es = dtype_size(acts_.dtype());
+    const int C = cfg_.n_embd, V = cfg_.vocab_size, Vp = cfg_.padded_vocab_size;
+    const size_t chunks = (n + head_rows_ - 1) / head_rows_;
+    const char* in = static_cast<const char*>(head_input());
+    // d head input: the counted rows' buffer when the head's input was gathered, else d lnf itself.
+    char* din = static_cast<char*>(gathered_ ? scratch_.ptr(s_dlnf_rows_) : scratch_.ptr(s_dC_));
+    char* losses = static_cast<char*>(act(a_losses_));
+    void* logits = act(a_logits_);
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t r0 = n * c / chunks, rows = n * (c + 1) / chunks - r0;
+        be_.matmul_forward(logits, in + r0 * C * es, params_.ptr(kWte), nullptr, rows, C, Vp);
+        be_.crossentropy_forward_backward(losses + r0 * es, backward_prep ? logits : nullptr, logits, targets_ + r0,
+                                          weights_ + r0, dloss, rows, V, Vp);
+        if (backward_prep)
+            be_.matmul_backward(din + r0 * C * es, pgrad(kWte), nullptr, logits, in + r0 * C * es, params_.ptr(kWte),
+                                rows, C, Vp);
+    }
+    head_backward_done_ = backward_prep;
+    return sum_of(be_, act(a_losses_), acts_.dtype(), n);
 }
 
 void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
@@ -512,6 +556,10 @@ void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
     cur_B_ = B;
     cur_T_ = n;
     const size_t N = (size_t)B * n;
+    if (N > head_rows_)
+        throw Error("model: generation of " + std::to_string(N) + " positions at once needs that many rows of logits; " +
+                    "this model keeps " + std::to_string(head_rows_) + " (ModelOptions::head_chunk)");
+    head_deferred_ = head_backward_done_ = false;
     rows_.resize(N);
     for (size_t i = 0; i < N; i++) rows_[i] = (int32_t)i;
     compact_ = false;
@@ -546,19 +594,12 @@ void GPT2::upload_targets(const int32_t* targets, const float* weights) {
     be_.upload_f32(weights_, w.data(), n);
 }
 
-static double sum_of(Backend& be, const void* x, DType dt, size_t n) {
-    std::vector<double> v(n);
-    be.download(v.data(), x, dt, n);
-    double sum = 0;
-    for (double e : v) sum += e;
-    return sum;
-}
-
 double GPT2::loss(const int32_t* targets, const float* weights, float dloss, bool backward_prep) {
     // The loss covers the rows the LM head ran on (all rows, or the counted ones; see forward()).
     const size_t n = rows_.size();
     if (n == 0) return 0.0;
     upload_targets(targets, weights);
+    if (head_deferred_) return loss_chunked(dloss, backward_prep);
     void* logits = act(a_logits_);
     be_.crossentropy_forward_backward(act(a_losses_), backward_prep ? logits : nullptr, logits, targets_, weights_,
                                       dloss, n, cfg_.vocab_size, cfg_.padded_vocab_size);
@@ -570,7 +611,7 @@ std::pair<double, double> GPT2::loss_distill(const int32_t* targets, const float
     const size_t n = rows_.size();
     if (n == 0) return {0.0, 0.0};
     upload_targets(targets, weights);
-    void* logits = act(a_logits_);
+    void* logits = logits_buffer();  // distillation needs every row's logits at once
     const int V = cfg_.vocab_size, Vp = cfg_.padded_vocab_size;
     // The distillation gradient goes into the teacher's buffer (its logits are read first, row by row), the
     // cross-entropy's into ours, and then they are added.
@@ -640,14 +681,18 @@ void GPT2::backward() {
 
     // LM head and final LayerNorm. The logits buffer now holds dlogits of the rows the head ran on.
     const size_t n = rows_.size();
+    if (head_deferred_ && !head_backward_done_)
+        throw Error("model: backward() after a forward whose LM head was deferred needs loss(..., backward_prep) "
+                    "first (ModelOptions::head_chunk)");
     if (n == 0) {
         be_.zero(dC, N * C * dtype_size(acts_.dtype()));
     } else if (gathered_) {
         void* dlnf_rows = scratch_.ptr(s_dlnf_rows_);
-        be_.matmul_backward(dlnf_rows, pgrad(kWte), nullptr, act(a_logits_), scratch_.ptr(s_lnf_rows_),
-                            params_.ptr(kWte), n, C, Vp);
+        if (!head_deferred_)  // else loss() did it, chunk by chunk
+            be_.matmul_backward(dlnf_rows, pgrad(kWte), nullptr, act(a_logits_), scratch_.ptr(s_lnf_rows_),
+                                params_.ptr(kWte), n, C, Vp);
         be_.scatter_rows(dC, dlnf_rows, rows_dev_, n, N, C);
-    } else {
+    } else if (!head_deferred_) {  // else loss() wrote dC, chunk by chunk
         be_.matmul_backward(dC, pgrad(kWte), nullptr, act(a_logits_), act(a_lnf_), params_.ptr(kWte), N, C, Vp);
     }
     be_.zero(dres, N * C * dtype_size(acts_.dtype()));
@@ -690,7 +735,7 @@ std::vector<float> GPT2::logits_row(int b, int t) const {
     assert(!compact_ && "logits_row needs a forward without loss weights");
     const size_t Vp = cfg_.padded_vocab_size;
     std::vector<float> out(Vp);
-    const char* base = static_cast<const char*>(act(a_logits_));
+    const char* base = static_cast<const char*>(logits_buffer());
     be_.download(out.data(), base + ((size_t)b * cur_T_ + t) * Vp * dtype_size(acts_.dtype()), acts_.dtype(), Vp);
     return out;
 }

@@ -69,9 +69,18 @@ enum class Recompute { none, selective, full };
 const char* recompute_name(Recompute r);
 Recompute parse_recompute(const std::string& name);  // throws UsageError
 
+// The LM head in chunks. Its logits are (rows, Vp): at Vp = 50304 that is 98 KiB per token in bf16, more than
+// all of gpt2's blocks keep with fused attention and full recomputation. With head_chunk = R > 0 the model
+// keeps logits for at most R rows: when a forward has more counted rows, the head is deferred to loss(), which
+// runs it R rows (or fewer, balanced) at a time: logits, cross-entropy fused with its gradient, then at once
+// the head's backward for those rows (d lnf written, d wte accumulated), so the chunk's buffer can take the
+// next chunk. backward() then starts below the head. What needs all the logits at once (logits_row,
+// logits_buffer, loss_distill) needs head_chunk = 0 (the default) or a forward with at most R counted rows.
+// In bf16/fp16 each chunk adds one rounding of the wte gradient (it is accumulated in the working type).
 struct ModelOptions {
     PeftConfig peft;
     Recompute recompute = Recompute::none;
+    size_t head_chunk = 0;  // rows of logits kept at once; 0: every row
 };
 
 class GPT2 {
@@ -94,6 +103,7 @@ class GPT2 {
     Backend& backend() { return be_; }
     int max_B() const { return B_; }
     int max_T() const { return T_; }
+    size_t head_rows() const { return head_rows_; }  // rows of logits kept at once (ModelOptions::head_chunk)
 
     Arena& params() { return params_; }
     Arena& grads() { return grads_; }
@@ -129,11 +139,13 @@ class GPT2 {
     // Forward pass on tokens(B,T) (host memory) up to the logits. With loss weights(B,T), the LM head runs
     // only on the positions whose weight is non-zero (the others contribute nothing to the loss or any
     // gradient): in supervised fine-tuning the prompt tokens then cost no LM-head work. logits_row() needs
-    // a forward without weights.
+    // a forward without weights. With more counted rows than ModelOptions::head_chunk the head waits for
+    // loss().
     void forward(const int32_t* tokens, int B, int T, const float* weights = nullptr);
     // Cross-entropy on the last forward (pass the same weights it got): returns sum_i weights[i] * loss_i
     // (host, double). With `backward_prep` the logits are replaced by d(loss)/d(logits) scaled by dloss,
-    // ready for backward().
+    // ready for backward(); a chunked head (see ModelOptions::head_chunk) also runs its backward here, so
+    // the wte gradient has the head's share on return.
     double loss(const int32_t* targets, const float* weights, float dloss, bool backward_prep);
     // Generation: forward of n new tokens(B,n) at positions pos0..pos0+n-1, reading and extending the KV
     // cache (allocated on first use for block_size positions), so each new token costs one position's work.
@@ -151,7 +163,7 @@ class GPT2 {
     std::vector<float> logits_row(int b, int t) const;  // (Vp) of one position
     // The LM head's output of the last forward: (rows, Vp), one row per position whose loss counts, in order
     // (knowledge distillation reads the teacher's); after loss(backward_prep) it holds dlogits.
-    void* logits_buffer() const { return act(a_logits_); }
+    void* logits_buffer() const;
     size_t logits_rows() const { return rows_.size(); }
     const std::vector<int32_t>& counted_rows() const { return rows_; }  // their indices in (B, T)
     // Cross-entropy of the last forward with its dlogits scaled by dloss, plus (alpha-weighted) distillation
@@ -188,6 +200,8 @@ class GPT2 {
     void lora_backward(int l, int s, void* dx, const void* dy, const void* x, size_t N, int IC, int OC);
     uint64_t dropout_key(int l, int s) const;
     void upload_targets(const int32_t* targets, const float* weights);  // of the rows_ the head ran on
+    const void* head_input() const;  // (rows_, C): the LM head's input rows
+    double loss_chunked(float dloss, bool backward_prep);
     // The virtual-token source: prompt embeddings (P, C) or prefix keys/values (P, L*2C), computed by the
     // reparameterising network when there is one.
     const void* virtual_source();
@@ -227,6 +241,9 @@ class GPT2 {
     std::vector<int32_t> rows_;
     int32_t* rows_dev_ = nullptr;  // (B*T) their indices into the (B, T+P) buffers
     bool compact_ = false, gathered_ = false;
+    size_t head_rows_ = 0;        // rows the logits buffer holds (ModelOptions::head_chunk, or B*T)
+    bool head_deferred_ = false;  // the last forward left the head to loss() (more counted rows than head_rows_)
+    bool head_backward_done_ = false;  // ... and loss(backward_prep) ran its backward
     // Activation table indices
     size_t a_encoded_ = 0, a_lnf_ = 0, a_lnf_mean_ = 0, a_lnf_rstd_ = 0, a_logits_ = 0, a_losses_ = 0;
     bool recompute_attention_ = false;  // selective, and attention saves more than C per token

@@ -185,6 +185,49 @@ TEST_P(CudaModel, CompactLmHeadOnCountedRowsMatchesCpuAndFullHead_L2_C12) {
     }
 }
 
+// The LM head in chunks (ModelOptions::head_chunk, loss() runs head forward, cross-entropy and head backward
+// 5 or 7 rows at a time into one small logits buffer), over two micro-batches, every row and the counted rows
+// gathered: same losses and gradients as the reference running the whole head, and as the GPU doing so.
+TEST_P(CudaModel, ChunkedLmHeadMatchesCpuAndWholeHead_L2_C12_B3_T9_Chunks5_7) {
+    for (bool compact : {false, true})
+        for (size_t chunk : {5, 7}) {
+            SCOPED_TRACE(std::string(compact ? "counted rows" : "every row") + ", chunk " + std::to_string(chunk));
+            ModelOptions o;
+            o.head_chunk = chunk;
+            GPT2 g(small_config(), gpu(), 3, 9, nullptr, o), r(small_config(), ref(), 3, 9),
+                g_whole(small_config(), gpu(), 3, 9);
+            g.init_random(23);
+            randomize_vectors(g, 400);
+            copy_params(g, r);
+            copy_params(g, g_whole);
+            const Data d1 = random_data(3, 9, 37, 24, true), d2 = random_data(3, 9, 37, 25, true);
+            // Scaled up as fp16 loss scaling would: two micro-batches halve gradients that are tiny already.
+            const float dloss = 256.0f / (float)(counted(d1.w) + counted(d2.w));
+            auto run = [&](GPT2& m) {
+                m.zero_grads();
+                std::vector<double> losses;
+                for (const Data* d : {&d1, &d2}) {
+                    m.forward(d->x.data(), d->B, d->T, compact ? d->w.data() : nullptr);
+                    losses.push_back(m.loss(d->y.data(), d->w.data(), dloss, true));
+                    const auto tl = m.token_losses();
+                    losses.insert(losses.end(), tl.begin(), tl.end());
+                    m.backward();
+                }
+                return losses;
+            };
+            const auto lg = run(g), lr = run(r), lw = run(g_whole);
+            const Tolerances tol = dt() == DType::f32 ? Tolerances{1e-5, 1e-6, 1e-4} : Tolerances{3e-2, 1e-2, 5e-2};
+            EXPECT_TRUE(near_rel(lg, lr, tol.loss)) << "losses vs cpu";
+            EXPECT_TRUE(near_rel(lg, lw, tol.loss)) << "losses vs whole head";
+            for (size_t i = 0; i < g.grads().table().size(); i++) {
+                const auto gg = get_tensor(g, g.grads(), i);
+                EXPECT_TRUE(near_rel(gg, get_tensor(r, r.grads(), i), tol.grads)) << "vs cpu " << g.grads().table()[i].name;
+                EXPECT_TRUE(near_rel(gg, get_tensor(g_whole, g_whole.grads(), i), tol.grads))
+                    << "vs whole head " << g.grads().table()[i].name;
+            }
+        }
+}
+
 // Generation: a prefill of 4 positions then 5 single-token steps through the KV cache give the logits of a
 // full forward over the same tokens (on the GPU), and the reference's cached logits.
 TEST_P(CudaModel, KvCachedGenerationMatchesFullForwardAndCpu_prefill4_then_1x5) {

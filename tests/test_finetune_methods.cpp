@@ -299,6 +299,22 @@ TEST_F(Methods, RecomputationGivesBitIdenticalTraining) {
     EXPECT_EQ(slurp(full.out_dir + "/model.ckpt"), slurp(none.out_dir + "/model.ckpt"));
 }
 
+// --head-chunk: 3 x 13 = 39 rows per micro-batch, so chunks of 7 run the LM head 6 times inside each loss.
+// Only the order in which the wte gradient is summed changes: the same training within float rounding, and
+// validation (a loss without backward) goes through the chunks too.
+TEST_F(Methods, LmHeadInChunksTrainsLikeTheWholeHead) {
+    TrainArgs whole = args("whole"), chunked = args("chunked");
+    whole.head_chunk = 0;
+    chunked.head_chunk = 7;
+    for (TrainArgs* a : {&whole, &chunked}) ASSERT_EQ(Trainer(*a).run(), 0);
+    const auto lw = losses(whole.out_dir), lc = losses(chunked.out_dir);
+    ASSERT_EQ(lw.size(), (size_t)whole.steps);
+    EXPECT_TRUE(near_rel(lc, lw, 1e-5));
+    const auto vw = metric(whole.out_dir, "val_loss"), vc = metric(chunked.out_dir, "val_loss");
+    ASSERT_FALSE(vw.empty());
+    EXPECT_TRUE(near_rel(vc, vw, 1e-5));
+}
+
 TEST_F(Methods, ResumeIsBitExactWithLoraL2spDistillReplayAndRecompute) {
     auto setup = [&](const std::string& out) {
         TrainArgs a = args(out);

@@ -141,6 +141,78 @@ TEST(ModelCpu, LmHeadOnCountedRowsOnlyGivesTheSameLossAndGradientsF64) {
     }
 }
 
+// ModelOptions::head_chunk: the LM head run a few rows at a time inside loss() gives the same losses and
+// gradients as the whole head, for every way the head's input is formed (every row; the counted rows
+// gathered; virtual tokens before the real ones), with chunk sizes that do not divide the rows, over two
+// micro-batches (so the wte gradient must accumulate across chunks and passes), and keeps less memory.
+TEST(ModelCpu, ChunkedLmHeadGivesTheSameLossesAndGradientsF64_Rows_Counted_Prompt_Chunks1_5_7) {
+    auto be = make_cpu_backend(DType::f64);
+    const ModelConfig c = small_config();
+    for (int variant = 0; variant < 3; variant++) {  // every row, counted rows, soft prompt
+        SCOPED_TRACE("variant " + std::to_string(variant));
+        ModelOptions o;
+        if (variant == 2) {
+            o.peft.virt = Virtual::prompt;
+            o.peft.n_virtual = 2;
+        }
+        const Data d1 = random_data(2, 7, 37, 40 + variant, true), d2 = random_data(2, 7, 37, 50 + variant, true);
+        auto run = [&](size_t chunk, size_t* act_bytes) {
+            ModelOptions oc = o;
+            oc.head_chunk = chunk;
+            GPT2 m(c, *be, 2, 7, nullptr, oc);
+            m.init_random(15);
+            if (variant == 2) randomise_peft(m, 16);
+            m.zero_grads();
+            std::vector<double> out;
+            for (const Data* d : {&d1, &d2}) {
+                m.forward(d->x.data(), 2, 7, variant == 1 ? d->w.data() : nullptr);
+                out.push_back(m.loss(d->y.data(), d->w.data(), 0.1f, true));
+                const auto tl = m.token_losses();
+                out.insert(out.end(), tl.begin(), tl.end());
+                m.backward();
+            }
+            for (size_t i = 0; i < m.grads().table().size(); i++) {
+                const auto g = get_tensor(m, m.grads(), i);
+                out.insert(out.end(), g.begin(), g.end());
+            }
+            *act_bytes = m.act_bytes();
+            return out;
+        };
+        size_t whole_bytes = 0, bytes = 0;
+        const auto whole = run(0, &whole_bytes);
+        for (size_t chunk : {1, 5, 7, 14}) {
+            SCOPED_TRACE("chunk " + std::to_string(chunk));
+            const auto got = run(chunk, &bytes);
+            EXPECT_TRUE(near_rel(got, whole, 1e-12));
+            if (chunk < 14) {
+                EXPECT_LT(bytes, whole_bytes);
+            } else {
+                EXPECT_EQ(bytes, whole_bytes);
+            }
+        }
+    }
+}
+
+TEST(ModelCpu, ChunkedLmHeadRefusesWhatNeedsEveryLogit) {
+    auto be = make_cpu_backend(DType::f64);
+    ModelOptions o;
+    o.head_chunk = 4;
+    GPT2 m(small_config(), *be, 2, 7, nullptr, o);
+    m.init_random(17);
+    const Data d = random_data(2, 7, 37, 18, false);
+    m.forward(d.x.data(), 2, 7);
+    EXPECT_THROW(m.logits_buffer(), Error);
+    EXPECT_THROW(m.logits_row(0, 0), Error);
+    EXPECT_THROW(m.backward(), Error);  // the head's backward runs in loss(backward_prep)
+    m.loss(d.y.data(), d.w.data(), 1.0f, false);
+    EXPECT_THROW(m.backward(), Error);
+    EXPECT_THROW(m.forward_cached(d.x.data(), 1, 5, 0), Error);  // 5 positions, 4 rows of logits
+    m.forward_cached(d.x.data(), 1, 4, 0);                        // fits: logits_row works again
+    EXPECT_EQ(m.logits_row(0, 3).size(), (size_t)small_config().padded_vocab_size);
+    m.forward(d.x.data(), 1, 4);  // at most 4 rows: no chunking, the logits are there
+    EXPECT_NO_THROW(m.logits_buffer());
+}
+
 TEST(ModelCpu, MicroBatchWithNoCountedTokenAddsNothingF64) {
     auto be = make_cpu_backend(DType::f64);
     GPT2 m(small_config(), *be, 2, 7);

@@ -37,6 +37,7 @@ struct TrainArgs {
     std::string virtual_init = "vocab";  // random | vocab | text:SOME TEXT
     std::string vocab = "data/gpt2";     // GPT-2 vocabulary, for --virtual-init text:...
     Recompute recompute = Recompute::none;
+    int head_chunk = 8192;  // rows of LM-head logits kept at once (ModelOptions::head_chunk; 0: all)
     // keeping what the model knew
     float l2sp = 0;                  // lambda of L2-SP (0: off)
     float ewc = 0;                   // lambda of EWC (0: off)

@@ -110,6 +110,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     // A resumed PEFT run needs no repeated PEFT flags: the checkpoint says what it was built with.
     if (!args.resume.empty() && !mo.peft.any()) mo.peft = checkpoint_peft(args.resume);
     mo.recompute = args.recompute;
+    mo.head_chunk = args.distill > 0 ? 0 : (size_t)args.head_chunk;  // distillation reads every logit
     Trainable trainable = select_trainable(cfg, args.train_top, args.train_only);
     // PEFT trains only its own tensors, unless the base selection was asked for explicitly.
     if (mo.peft.any() && args.train_top == 0 && args.train_only.empty())
@@ -467,8 +468,10 @@ void Trainer::print_memory_map() const {
                 be_->attention_path(cfg.n_embd, cfg.n_head).c_str());
     const size_t r = anchor_.bytes() + fisher_.bytes() +
                      (teacher_ ? teacher_->param_bytes() + teacher_->act_bytes() : 0);
-    std::printf("memory: parameters %s | gradients %s | optimizer %s | activations %s (recompute %s)%s%s | total %s\n",
+    std::printf("memory: parameters %s | gradients %s | optimizer %s | activations %s (recompute %s, logits of %zu rows)"
+                "%s%s | total %s\n",
                 mib(p).c_str(), mib(g).c_str(), mib(o).c_str(), mib(a).c_str(), recompute_name(model_->recompute()),
+                model_->head_rows(),
                 r ? " | retention " : "", r ? mib(r).c_str() : "", mib(p + g + o + a + r).c_str());
     if (model_->peft().any()) std::printf("peft: %s (base frozen)\n", model_->peft().describe().c_str());
     if (dp_) std::printf("data parallel: %s (memory above is per rank)\n", dp_->describe().c_str());
