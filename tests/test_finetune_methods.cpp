@@ -357,6 +357,15 @@ TEST(MethodsCli, FlagsAreValidatedWithClearMessages) {
         {"--unfreeze-every 5 --lora-rank 2", "does not combine with LoRA or virtual tokens"},
         {"--virtual-tokens 4", "--virtual-tokens/--virtual-hidden has no effect without --virtual"},
         {"--teacher /dev/null", "--teacher has no effect without --distill"},
+        {"--lora-alpha 8", "--lora-alpha has no effect without --lora-rank"},
+        {"--distill-temp 5", "--distill-temp has no effect without --distill"},
+        {"--gamma 0.5", "--gamma has no effect without --schedule exp_range"},
+        {"--schedule triangular --gamma 0.5", "--gamma has no effect without --schedule exp_range"},
+        {"--half-cycle 7", "--half-cycle has no effect without a cyclical --schedule"},
+        {"--cut-frac 0.5", "--cut-frac/--ratio has no effect without --schedule stlr"},
+        {"--lr-find-lo 1e-3", "--lr-find-lo/--lr-find-hi has no effect without --lr-find"},
+        {"--lr-find --lr-find-lo 1 --lr-find-hi 0.1", "--lr-find-lo 1.000000 must be below --lr-find-hi 0.100000"},
+        {"--init /dev/null --model gpt2", "--model gpt2 has no effect with --init or --resume"},
     };
     TempDir tmp("mcli");
     write_shard(tmp.file("t.bin"), pattern_tokens(500, 1), nullptr, 37);

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -36,6 +38,99 @@ TEST_F(TrainerFixture, ResumeIsBitExact_8Steps_vs_4PlusResume4) {
     EXPECT_EQ(a, b);  // identical to the last printed digit...
     // ...and the weights byte for byte.
     EXPECT_EQ(slurp(dir + "/full/model.ckpt"), slurp(dir + "/split/model.ckpt"));
+}
+
+// A stop request (Ctrl-C, SIGTERM) ends the run unfinished: status 130, resume.ckpt but no model.ckpt
+// (the name of a finished run's weights), and resuming it gives the run that was never stopped.
+TEST_F(TrainerFixture, InterruptedRunSaysSoKeepsNoModelAndResumesExactly) {
+    TrainArgs full = args("full");
+    ASSERT_EQ(Trainer(full).run(), 0);
+    TrainArgs first = args("stopped");
+    first.halt_at = 3;
+    ASSERT_EQ(Trainer(first).run(), 0);
+    std::filesystem::remove(first.out_dir + "/model.ckpt");
+    TrainArgs again = args("stopped");
+    again.init.clear();
+    again.resume = again.out_dir + "/resume.ckpt";
+    {
+        Trainer t(again);
+        t.request_stop();  // as the signal handler does, before the first step
+        EXPECT_EQ(t.run(), Trainer::kInterrupted);
+        EXPECT_EQ(t.state().step, 3u);
+    }
+    EXPECT_FALSE(std::filesystem::exists(again.out_dir + "/model.ckpt"));
+    ASSERT_TRUE(std::filesystem::exists(again.out_dir + "/resume.ckpt"));
+    ASSERT_EQ(Trainer(again).run(), 0);
+    EXPECT_EQ(losses(again.out_dir), losses(full.out_dir));
+    EXPECT_EQ(slurp(full.out_dir + "/model.ckpt"), slurp(again.out_dir + "/model.ckpt"));
+}
+
+// A crash after the last checkpoint leaves metrics of steps the resumed run does again (and perhaps a
+// torn line): the resumed run's metrics.jsonl holds each step once, as an uninterrupted run's does, and
+// its plot starts at step 1, not at the resume.
+TEST_F(TrainerFixture, ResumeAfterACrashKeepsEachStepOnceInMetricsAndPlot) {
+    TrainArgs full = args("full");
+    full.val_every = 2;
+    ASSERT_EQ(Trainer(full).run(), 0);
+    TrainArgs first = args("crashed");
+    first.val_every = 2;
+    first.halt_at = 4;
+    ASSERT_EQ(Trainer(first).run(), 0);
+    {  // what a crash at step 6 would have left after the step-4 checkpoint
+        std::ofstream m(first.out_dir + "/metrics.jsonl", std::ios::app);
+        m << "{\"step\":5,\"loss\":9.5}\n{\"step\":6,\"loss\":9.25}\n{\"step\":6,\"val_loss\":9.0}\n{\"step\":7,\"lo";
+    }
+    TrainArgs second = args("crashed");
+    second.val_every = 2;
+    second.init.clear();
+    second.resume = second.out_dir + "/resume.ckpt";
+    ASSERT_EQ(Trainer(second).run(), 0);
+    EXPECT_EQ(losses(second.out_dir), losses(full.out_dir));
+    EXPECT_EQ(metric(second.out_dir, "val_loss"), metric(full.out_dir, "val_loss"));
+    // The plot has the whole run's points at the same x positions as the uninterrupted run's (the y values
+    // read back from metrics.jsonl carry its 6 decimals, so they may differ in the last pixel digit).
+    auto xs = [](const std::string& svg) {
+        std::vector<std::string> out;
+        for (size_t at = svg.find("points=\""); at != std::string::npos; at = svg.find("points=\"", at + 1)) {
+            std::istringstream pts(svg.substr(at + 8, svg.find('"', at + 8) - at - 8));
+            for (std::string xy; pts >> xy;) out.push_back(xy.substr(0, xy.find(',')));
+        }
+        return out;
+    };
+    const auto got = xs(slurp(second.out_dir + "/loss.svg")), want = xs(slurp(full.out_dir + "/loss.svg"));
+    EXPECT_EQ(got.size(), 8u + 5u);  // 8 training steps, validation at 0, 2, 4, 6, 8
+    EXPECT_EQ(got, want);
+}
+
+// Resuming with options that change the run says which, and what they were; --steps at or below the
+// checkpoint's step is refused.
+TEST_F(TrainerFixture, ResumeWithChangedOptionsNamesThemAndRefusesStepsAlreadyDone) {
+    TrainArgs first = args("changed");
+    first.halt_at = 4;
+    ASSERT_EQ(Trainer(first).run(), 0);
+    TrainArgs same = args("changed");
+    same.init.clear();
+    same.resume = same.out_dir + "/resume.ckpt";
+    testing::internal::CaptureStderr();
+    { Trainer t(same); }
+    EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+    TrainArgs changed = same;
+    changed.sched.lr = 1e-2f;
+    changed.batch = 2;
+    testing::internal::CaptureStderr();
+    { Trainer t(changed); }
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_THAT(err, HasSubstr("--batch 2 (was 3)"));
+    EXPECT_THAT(err, HasSubstr("--lr 0.00999999978 (was 0.00300000003)"));
+    TrainArgs fewer = same;
+    fewer.steps = 3;
+    fewer.sched.warmup = 0;
+    try {
+        Trainer t(fewer);
+        FAIL() << "--steps 3 below the checkpoint's step 4 was accepted";
+    } catch (const UsageError& e) {
+        EXPECT_THAT(e.what(), HasSubstr("is at step 4 already"));
+    }
 }
 
 TEST_F(TrainerFixture, TrainingLowersTheLossAndWritesItsRunDirectory) {

@@ -228,6 +228,23 @@ void validate_train_args(const TrainArgs& a) {
     needs(!a.teacher.empty(), a.distill > 0, "--teacher", "--distill");
     needs(!a.replay_data.empty(), a.replay_frac > 0, "--replay-data", "--replay-frac");
     needs(!a.fisher.empty() || !a.fisher_data.empty(), a.ewc > 0, "--fisher/--fisher-data", "--ewc");
+    const TrainArgs d;  // the defaults: a value other than its default was given
+    needs(a.peft.lora_alpha != d.peft.lora_alpha, a.peft.lora_rank > 0, "--lora-alpha", "--lora-rank");
+    needs(a.distill_temp != d.distill_temp, a.distill > 0, "--distill-temp", "--distill");
+    const std::string& k = a.sched.kind;
+    const bool cyclical = k == "triangular" || k == "triangular2" || k == "exp_range";
+    needs(a.sched.half_cycle != d.sched.half_cycle, cyclical, "--half-cycle",
+          "a cyclical --schedule (triangular, triangular2, exp_range)");
+    needs(a.sched.gamma != d.sched.gamma, k == "exp_range", "--gamma", "--schedule exp_range");
+    needs(a.sched.cut_frac != d.sched.cut_frac || a.sched.ratio != d.sched.ratio, k == "stlr", "--cut-frac/--ratio",
+          "--schedule stlr");
+    needs(a.lr_find_lo != d.lr_find_lo || a.lr_find_hi != d.lr_find_hi, a.lr_find, "--lr-find-lo/--lr-find-hi",
+          "--lr-find");
+    if (a.lr_find && !(a.lr_find_lo < a.lr_find_hi))
+        throw UsageError("--lr-find-lo " + std::to_string(a.lr_find_lo) + " must be below --lr-find-hi " +
+                         std::to_string(a.lr_find_hi));
+    if (!a.model.empty() && a.model != d.model && (!a.init.empty() || !a.resume.empty()))
+        throw UsageError("--model " + a.model + " has no effect with --init or --resume: the weights carry their config");
     if (a.zero > 0 && (a.l2sp > 0 || a.ewc > 0))
         throw UsageError("--zero 1 with --l2sp/--ewc: the penalty needs every master weight on every rank; use --zero 0");
     if (a.distill > 0 && a.teacher.empty() && a.init.empty() && a.resume.empty())

@@ -224,7 +224,8 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
                            {"init", state->init},
                            {"loss_scale", state->loss_scale},
                            {"loss_scale_clean", state->loss_scale_clean},
-                           {"skipped_steps", state->skipped_steps}};
+                           {"skipped_steps", state->skipped_steps},
+                           {"options", state->options}};
     }
     if (write) write_checkpoint(path, header, w);
 }
@@ -329,6 +330,14 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     state->loss_scale = s["loss_scale"].get<double>();
     if (s.contains("init") && !s["init"].is_string()) f.fail("state field 'init' is not a string");
     state->init = s.value("init", std::string());
+    state->options.clear();
+    if (s.contains("options")) {
+        if (!s["options"].is_object()) f.fail("state field 'options' is not an object");
+        for (const auto& [k, v] : s["options"].items()) {
+            if (!v.is_string()) f.fail("state field 'options': '" + k + "' is not a string");
+            state->options[k] = v.get<std::string>();
+        }
+    }
     if (s.contains("opt_active") || s.contains("opt_t_offsets")) {
         if (!s.contains("opt_active") || !s["opt_active"].is_array() || !s.contains("opt_t_offsets") ||
             !s["opt_t_offsets"].is_array())

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "data/shard.h"
@@ -42,6 +43,9 @@ struct TrainState {
     // Also store the bf16/fp16 working weights of trainable tensors: with stochastic rounding they are not the
     // rounding of the master weights to nearest, which is what resume otherwise rebuilds them as.
     bool working_copy = false;
+    // The options that shape the run's trajectory, as flag -> value ("--batch" -> "4"): a resume compares
+    // them with its own and names what changed (older checkpoints have none).
+    std::map<std::string, std::string> options;
 };
 
 // Writes model weights as they are (LoRA unmerged, virtual tokens unfolded); with opt and state, a resume

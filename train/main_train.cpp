@@ -9,7 +9,8 @@
 
 static tune::Trainer* g_trainer = nullptr;
 
-// Ctrl-C finishes the current step and writes a resume checkpoint instead of losing the run.
+// Ctrl-C (or SIGTERM, which schedulers send before killing a job) finishes the current step and writes a
+// resume checkpoint instead of losing the run; the exit status is then 130.
 static void on_interrupt(int) {
     if (g_trainer) g_trainer->request_stop();
 }
@@ -39,9 +40,10 @@ int main(int argc, char** argv) {
         }
         return trainer.run();
     });
-    // Data parallel: shut MPI/NCCL down, or on failure stop the other ranks instead of leaving them waiting.
+    // Data parallel: shut MPI/NCCL down, or on failure stop the other ranks instead of leaving them waiting
+    // (an interrupted run stopped every rank together, in order).
     tune::run_tool("train", [&] {
-        tune::finish_distributed(rc);
+        tune::finish_distributed(rc == tune::Trainer::kInterrupted ? 0 : rc);
         return 0;
     });
     return rc;

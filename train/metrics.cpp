@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "data/fileio.h"
@@ -12,11 +14,27 @@
 
 namespace tune {
 
-RunLog::RunLog(const std::string& dir, bool append, const std::string& file) : dir_(dir) {
+RunLog::RunLog(const std::string& dir, long long resume_step, const std::string& file) : dir_(dir) {
     if (dir.empty()) return;
     make_dirs(dir);
     const std::string path = dir + "/" + file;
-    f_ = std::fopen(path.c_str(), append ? "a" : "w");
+    if (resume_step >= 0 && std::filesystem::exists(path)) {
+        const std::vector<uint8_t> bytes = read_file_bytes(path);
+        std::istringstream in(std::string(bytes.begin(), bytes.end()));
+        std::string kept;
+        for (std::string line; std::getline(in, line);) {
+            const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+            if (j.is_discarded() || !j.is_object()) continue;  // torn by a crash mid-line
+            if (j.contains("step") && j["step"].is_number() && j["step"].get<long long>() > resume_step) continue;
+            kept += line + "\n";
+            if (j.contains("step") && j.contains("loss") && j["loss"].is_number())
+                train_point(j["step"].get<int>(), j["loss"].get<double>());
+            if (j.contains("step") && j.contains("val_loss") && j["val_loss"].is_number())
+                val_point(j["step"].get<int>(), j["val_loss"].get<double>());
+        }
+        write_file_atomic(path, kept.data(), kept.size());
+    }
+    f_ = std::fopen(path.c_str(), resume_step >= 0 ? "a" : "w");
     if (!f_) throw Error(path + ": cannot open for appending (" + std::strerror(errno) + ")");
 }
 

@@ -33,6 +33,54 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
     return make_cuda_backend(dt, cuda);
 }
 
+// What decides a run's trajectory besides its weights and state, for resume to compare (TrainState::options).
+// Not here: what gives the same bits however it is set (--recompute, --attention, the number of ranks,
+// --zero, logging and checkpoint intervals) and PEFT settings (read from the checkpoint).
+static std::map<std::string, std::string> trajectory_options(const TrainArgs& a) {
+    auto num = [](double v) {
+        char b[32];
+        std::snprintf(b, sizeof b, "%.9g", v);
+        return std::string(b);
+    };
+    std::string data;
+    for (const auto& p : a.train_data) data += (data.empty() ? "" : ",") + p;
+    return {{"--train-data", data},
+            {"--batch", std::to_string(a.batch)},
+            {"--seq", std::to_string(a.seq)},
+            {"--grad-accum", std::to_string(a.grad_accum)},
+            {"--seed", std::to_string(a.seed)},
+            {"--shuffle", a.shuffle ? "on" : "off"},
+            {"--precision", a.precision},
+            {"--steps", std::to_string(a.steps)},
+            {"--schedule", a.sched.kind},
+            {"--lr", num(a.sched.lr)},
+            {"--warmup", std::to_string(a.sched.warmup)},
+            {"--grad-clip", num(a.grad_clip)},
+            {"--weight-decay", num(a.adam.weight_decay)},
+            {"--head-chunk", std::to_string(a.head_chunk)},
+            {"--train-top", std::to_string(a.train_top)},
+            {"--train-only", a.train_only},
+            {"--l2sp", num(a.l2sp)},
+            {"--ewc", num(a.ewc)},
+            {"--distill", num(a.distill)},
+            {"--replay-frac", num(a.replay_frac)}};
+}
+
+// A resume with other options still runs, but is no longer the run that was checkpointed: say what changed.
+static void note_changed_options(const std::string& ckpt, const std::map<std::string, std::string>& was,
+                                 const std::map<std::string, std::string>& now) {
+    if (was.empty()) return;  // written before checkpoints recorded them
+    std::string changed;
+    for (const auto& [flag, value] : now) {
+        auto it = was.find(flag);
+        if (it != was.end() && it->second != value)
+            changed += std::string(changed.empty() ? "" : ", ") + flag + " " + value + " (was " + it->second + ")";
+    }
+    if (!changed.empty() && launch_info().rank == 0)
+        std::fprintf(stderr, "note: resuming %s with changed options: %s; the run goes on, but not as it would have "
+                     "with the options it was checkpointed with\n", ckpt.c_str(), changed.c_str());
+}
+
 LoadedModel load_model(const std::string& weights, const std::string& device, const std::string& precision, int B,
                        int T, const std::string& adapter) {
     LoadedModel m;
@@ -121,6 +169,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     opt_ = std::make_unique<AdamW>(*model_, args.adam, dp_ ? dp_->optimizer_shard() : OptimizerShard{});
     if (args.lr_layer_factor > 0) apply_discriminative_lr(*model_, *opt_, args.lr_layer_factor);
     state_.rng = args.seed;
+    state_.options = trajectory_options(args);
     dynamic_loss_scale_ = args.loss_scaling == "on" || (args.loss_scaling == "auto" && be_->act_dtype() == DType::f16);
     state_.loss_scale = dynamic_loss_scale_ ? args.loss_scale : 1.0;  // a resume checkpoint overrides it
     state_.working_copy = args.stochastic_rounding;
@@ -130,6 +179,11 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (anchored) anchor_.allocate(*be_, model_->grads().table(), be_->master_dtype());
     if (!args.resume.empty()) {
         load_checkpoint(args.resume, *model_, opt_.get(), &state_, anchored ? &anchor_ : nullptr);
+        if ((int)state_.step > args.steps)
+            throw UsageError("--steps " + std::to_string(args.steps) + ": " + args.resume + " is at step " +
+                             std::to_string(state_.step) + " already; give --steps above it to train on");
+        note_changed_options(args.resume, state_.options, trajectory_options(args));
+        state_.options = trajectory_options(args);
     } else {
         if (!args.init.empty()) load_weights(args.init, *model_);
         // A starting checkpoint with these PEFT tensors already holds them (load_checkpoint loaded them).
@@ -410,13 +464,22 @@ double Trainer::evaluate() {
     return counted ? sum / (double)counted : NAN;
 }
 
+bool Trainer::stop_now() {
+    const bool mine = stop_requested_ != 0;
+    return dp_ ? dp_->any(mine, "stop request") : mine;
+}
+
 double Trainer::lr_find(int steps, double lo, double hi) {
-    RunLog log(writer_ ? args_.out_dir : "", false, "lr_find.jsonl");
+    RunLog log(writer_ ? args_.out_dir : "", -1, "lr_find.jsonl");
     Curve curve{"smoothed loss", "#1f77b4", {}};
     std::vector<double> lrs, smooth;
     double avg = 0, best = INFINITY;
     const double beta = 0.9;  // loss smoothing (with bias correction, as in the fastai implementation)
     for (int i = 0; i < steps; i++) {
+        if (stop_now()) {
+            if (!args_.quiet) std::printf("lr-find: interrupted after %d of %d steps\n", i, steps);
+            break;
+        }
         const double lr = lo * std::pow(hi / lo, steps > 1 ? (double)i / (steps - 1) : 0.0);
         StepStats st = step((float)lr);
         if (!std::isfinite(st.loss)) break;
@@ -478,7 +541,7 @@ void Trainer::print_memory_map() const {
 }
 
 int Trainer::run() {
-    RunLog log(writer_ ? args_.out_dir : "", !args_.resume.empty());
+    RunLog log(writer_ ? args_.out_dir : "", args_.resume.empty() ? -1 : (long long)state_.step);
     if (!args_.quiet) {
         print_memory_map();
         std::printf("data: %zu training tokens in %zu windows of %d; run directory %s\n", train_->num_tokens(),
@@ -500,9 +563,12 @@ int Trainer::run() {
         log.write_plot();
     };
     if (state_.step == 0) validate(0);
-    // DIST: a stop (Ctrl-C) reaches ranks at different moments; they stop together when any asks.
-    auto stop = [&] { return dp_ ? dp_->any(stop_requested_, "stop request") : (bool)stop_requested_; };
-    while ((int)state_.step < last && !stop()) {
+    bool interrupted = false;
+    while ((int)state_.step < last) {
+        if (stop_now()) {
+            interrupted = true;
+            break;
+        }
         StepStats st = step();
         const double elapsed = now_seconds() - t_start;
         const double per_step = elapsed / (double)(state_.step - first);
@@ -555,6 +621,16 @@ int Trainer::run() {
                                       (unsigned long long)hash);
     }
     log.write_plot();
+    if (interrupted) {
+        // Not a finished run: no model.ckpt (a finished run's name), and a status scripts can see.
+        if (!args_.out_dir.empty()) save(args_.out_dir + "/resume.ckpt", true);
+        if (writer_)
+            std::fprintf(stderr, "train: interrupted after step %llu of %d%s%s%s\n",
+                         (unsigned long long)state_.step, args_.steps,
+                         args_.out_dir.empty() ? "" : "; continue with the same options and --resume ",
+                         args_.out_dir.c_str(), args_.out_dir.empty() ? "" : "/resume.ckpt");
+        return kInterrupted;
+    }
     if (!args_.out_dir.empty()) {
         save(args_.out_dir + "/resume.ckpt", true);
         if (model_->peft().any()) {

@@ -3,6 +3,7 @@
 // tests drive the same class.
 #pragma once
 
+#include <csignal>
 #include <memory>
 
 #include "data/shard.h"
@@ -68,9 +69,14 @@ class Trainer {
     // fastest. The model's weights are changed by the test; start the real run afresh.
     double lr_find(int steps, double lo, double hi);
     double evaluate();               // mean validation loss (NaN without validation data)
-    int run();                       // the whole job: steps, progress, metrics, plot, checkpoints
+    // The whole job: steps, progress, metrics, plot, checkpoints. Returns 0 when every step ran, or
+    // kInterrupted when a stop was requested: resume.ckpt is then written and model.ckpt is not.
+    int run();
+    static constexpr int kInterrupted = 130;  // the shell's status for Ctrl-C (128 + SIGINT)
     void save(const std::string& path, bool resume);
-    void request_stop() { stop_requested_ = true; }  // finish the current step, checkpoint, return
+    // Finish the current step, write a resume checkpoint, return (run) or stop the sweep (lr_find).
+    // Async-signal-safe: called from the SIGINT/SIGTERM handler.
+    void request_stop() { stop_requested_ = 1; }
 
     GPT2& model() { return *model_; }
     AdamW& optimizer() { return *opt_; }
@@ -103,7 +109,8 @@ class Trainer {
     bool dynamic_loss_scale_ = false;  // see update_loss_scale
     double flops_per_token_ = 0;  // 6N + 12 L C T (the PaLM convention), for MFU
     double peak_flops_ = 0;       // the GPU's peak in the compute precision; 0 on the CPU (no MFU)
-    volatile bool stop_requested_ = false;
+    volatile std::sig_atomic_t stop_requested_ = 0;
+    bool stop_now();  // DIST: a stop reaches ranks at different moments; they stop together when any asks
 };
 
 }  // namespace tune
