@@ -76,6 +76,42 @@ TEST_F(Methods, LoraFreezesTheBaseWritesASmallAdapterAndMergesExactly) {
     EXPECT_TRUE(near_rel(logits_of(*hf.model), lw, 1e-5));
 }
 
+// LoRA with the top block trained too (--train-top 1): the adapter keeps that block's trained tensors, so
+// base + adapter is still the merged model; and an adapter goes only on the base it was trained on: not on
+// the merged model.ckpt (which holds it already) nor on other weights of the same shape.
+TEST_F(Methods, LoraWithTrainedBaseBlockKeepsItInTheAdapterAndRefusesOtherBases) {
+    TrainArgs a = args("lora_top");
+    a.peft.lora_rank = 2;
+    a.train_top = 1;
+    a.sched.lr = 1e-2f;
+    ASSERT_EQ(Trainer(a).run(), 0);
+    const auto init = tensors_of(dir + "/init.ckpt"), after = tensors_of(a.out_dir + "/resume.ckpt");
+    EXPECT_NE(after.at("h.1.mlp.c_fc.weight"), init.at("h.1.mlp.c_fc.weight")) << "the top block did not train";
+    EXPECT_EQ(after.at("h.0.mlp.c_fc.weight"), init.at("h.0.mlp.c_fc.weight")) << "a frozen block trained";
+    LoadedModel with = load_model(dir + "/init.ckpt", "cpu", "fp32", 2, 10, a.out_dir + "/adapter.ckpt");
+    auto tensor = [&](const char* name) {
+        const int i = with.model->params().table().find(name);
+        std::vector<float> v(with.model->params().table()[i].numel);
+        with.be->download(v.data(), with.model->params().ptr(i), DType::f32, v.size());
+        return v;
+    };
+    EXPECT_EQ(tensor("h.1.mlp.c_fc.weight"), after.at("h.1.mlp.c_fc.weight"));
+    EXPECT_EQ(tensor("h.0.mlp.c_fc.weight"), init.at("h.0.mlp.c_fc.weight"));
+    LoadedModel merged = load_model(a.out_dir + "/model.ckpt", "cpu", "fp32", 2, 10);
+    EXPECT_TRUE(near_rel(logits_of(*merged.model), logits_of(*with.model), 1e-5));
+    try {
+        load_model(a.out_dir + "/model.ckpt", "cpu", "fp32", 2, 10, a.out_dir + "/adapter.ckpt");
+        FAIL() << "the adapter went onto the merged model, which holds it already";
+    } catch (const Error& e) {
+        EXPECT_THAT(e.what(), HasSubstr("was trained on other base weights"));
+    }
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 other(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+    other.init_random(99);
+    save_checkpoint(dir + "/other.ckpt", other, nullptr, nullptr);
+    EXPECT_THROW(load_model(dir + "/other.ckpt", "cpu", "fp32", 2, 10, a.out_dir + "/adapter.ckpt"), Error);
+}
+
 TEST_F(Methods, PromptTuningChangesOnlyThePromptAndGeneratesFromTheAdapter) {
     for (Virtual v : {Virtual::prompt, Virtual::ptune, Virtual::prefix}) {
         SCOPED_TRACE(virtual_name(v));

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/fileio.h"
+#include "train/dist.h"
 
 namespace tune {
 
@@ -225,7 +226,8 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
                            {"loss_scale", state->loss_scale},
                            {"loss_scale_clean", state->loss_scale_clean},
                            {"skipped_steps", state->skipped_steps},
-                           {"options", state->options}};
+                           {"options", state->options},
+                           {"base_fingerprint", state->base_fingerprint}};
     }
     if (write) write_checkpoint(path, header, w);
 }
@@ -244,10 +246,41 @@ void save_merged(const std::string& path, GPT2& model) {
     write_checkpoint(path, header, w);
 }
 
-void save_adapter(const std::string& path, GPT2& model) {
+static std::string hex64(uint64_t v) {
+    char b[20];
+    std::snprintf(b, sizeof b, "%016llx", (unsigned long long)v);
+    return b;
+}
+
+uint64_t base_fingerprint(GPT2& model) {
+    if (model.params().dtype() == DType::f16) return 0;
+    const Table& ptab = model.params().table();
+    uint64_t h = hash_bytes(nullptr, 0);
+    std::vector<uint16_t> bf;
+    for (size_t i = 0; i < model.num_base_tensors(); i++) {
+        const std::vector<float> v = fetch(model.backend(), model.params(), i);
+        bf.resize(v.size());
+        for (size_t k = 0; k < v.size(); k++) {  // round to nearest even, as the bf16 conversion does
+            uint32_t u;
+            std::memcpy(&u, &v[k], 4);
+            bf[k] = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+        }
+        h = hash_bytes(ptab[i].name.data(), ptab[i].name.size(), h);
+        h = hash_bytes(bf.data(), bf.size() * sizeof(uint16_t), h);
+    }
+    return h ? h : 1;
+}
+
+void save_adapter(const std::string& path, GPT2& model, uint64_t base_fp) {
     if (!model.peft().any()) throw Error(path + ": the model has no LoRA or virtual tokens to save as an adapter");
     Writer w;
     const Table& ptab = model.params().table();
+    json trained_base = json::array();
+    for (size_t i = 0; i < model.num_base_tensors(); i++)
+        if (model.grad_index()[i] >= 0) {
+            w.add(ptab[i].name, ptab[i].shape, fetch(model.backend(), model.params(), i));
+            trained_base.push_back(ptab[i].name);
+        }
     PeftConfig out = model.peft();
     size_t end = ptab.size();  // the LoRA tensors end where the virtual-token ones begin
     if (model.virtual_tokens() > 0) {
@@ -262,6 +295,8 @@ void save_adapter(const std::string& path, GPT2& model) {
         w.add(t[t.size() - 1].name, t[t.size() - 1].shape, model.folded_virtual_tensor());
     }
     json header{{"kind", "adapter"}, {"config", config_json(model.config())}, {"peft", peft_json(out)}};
+    if (!trained_base.empty()) header["base_tensors"] = trained_base;
+    if (base_fp) header["base_fingerprint"] = hex64(base_fp);
     write_checkpoint(path, header, w);
 }
 
@@ -330,6 +365,7 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     state->loss_scale = s["loss_scale"].get<double>();
     if (s.contains("init") && !s["init"].is_string()) f.fail("state field 'init' is not a string");
     state->init = s.value("init", std::string());
+    state->base_fingerprint = u64_or("base_fingerprint", 0);
     state->options.clear();
     if (s.contains("options")) {
         if (!s["options"].is_object()) f.fail("state field 'options' is not an object");
@@ -358,10 +394,27 @@ void load_adapter(const std::string& path, GPT2& model) {
                model.config().describe());
     if (!(f.peft == model.peft()))
         f.fail("holds " + f.peft.describe() + ", but the model was built with " + model.peft().describe());
+    if (f.header.contains("base_fingerprint")) {
+        if (!f.header["base_fingerprint"].is_string()) f.fail("header field 'base_fingerprint' is not a string");
+        const std::string want = f.header["base_fingerprint"].get<std::string>();
+        const uint64_t have = base_fingerprint(model);
+        if (have && hex64(have) != want)
+            f.fail("was trained on other base weights (fingerprint " + want + ") than these (" + hex64(have) +
+                   "); a merged model.ckpt holds its adapter already: give the base weights the run started from");
+    }
     Backend& be = model.backend();
     const Table& ptab = model.params().table();
     for (size_t i = model.num_base_tensors(); i < ptab.size(); i++)
         be.upload(model.params().ptr(i), model.params().dtype(), f.find(ptab[i].name, ptab[i].numel), ptab[i].numel);
+    if (f.header.contains("base_tensors")) {  // base tensors that trained beside the adapter replace the base's
+        if (!f.header["base_tensors"].is_array()) f.fail("header field 'base_tensors' is not an array");
+        for (const json& n : f.header["base_tensors"]) {
+            const int i = n.is_string() ? ptab.find(n.get<std::string>()) : -1;
+            if (i < 0 || (size_t)i >= model.num_base_tensors())
+                f.fail("header field 'base_tensors' names " + n.dump() + ", not a base tensor of this model");
+            be.upload(model.params().ptr(i), model.params().dtype(), f.find(ptab[i].name, ptab[i].numel), ptab[i].numel);
+        }
+    }
 }
 
 }  // namespace tune

@@ -46,6 +46,7 @@ struct TrainState {
     // The options that shape the run's trajectory, as flag -> value ("--batch" -> "4"): a resume compares
     // them with its own and names what changed (older checkpoints have none).
     std::map<std::string, std::string> options;
+    uint64_t base_fingerprint = 0;  // PEFT runs: base_fingerprint() of the weights the run started from
 };
 
 // Writes model weights as they are (LoRA unmerged, virtual tokens unfolded); with opt and state, a resume
@@ -57,8 +58,14 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
 // Writes the model for use anywhere: LoRA merged into the base weights, virtual tokens folded (a plain GPT-2
 // when there are none).
 void save_merged(const std::string& path, GPT2& model);
-// Writes only the PEFT tensors (LoRA A and B unmerged, virtual tokens folded). Needs a model with PEFT.
-void save_adapter(const std::string& path, GPT2& model);
+// Writes only the PEFT tensors (LoRA A and B unmerged, virtual tokens folded), and the base tensors that
+// trained beside them (--train-top/--train-only with LoRA: what PEFT libraries call modules to save), with
+// the fingerprint of the base weights the run started from (base_fingerprint; 0: unknown). Needs PEFT.
+void save_adapter(const std::string& path, GPT2& model, uint64_t base_fingerprint);
+// A fingerprint of the model's base tensors (everything but PEFT) as they are now: a hash of their values
+// rounded to bf16, so an fp32 and a bf16 load of the same weights agree. 0 (unknown) for fp16 models, whose
+// rounding of small values differs. Reads every base tensor back to the host: seconds for gpt2-xl.
+uint64_t base_fingerprint(GPT2& model);
 
 // The config and PEFT config stored in a checkpoint (to build the model before loading it). Validates the header.
 ModelConfig checkpoint_config(const std::string& path);
@@ -70,7 +77,9 @@ bool is_adapter_checkpoint(const std::string& path);
 // with them (only the base tensors: initialise the rest); otherwise the PEFT configs must match. Throws
 // tune::Error naming the file and the problem.
 void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainState* state, Arena* anchor = nullptr);
-// Loads an adapter checkpoint's tensors into a model built with its PEFT config (checkpoint_peft).
+// Loads an adapter checkpoint's tensors into a model built with its PEFT config (checkpoint_peft) and
+// holding its base weights: refused when the adapter records another base (a merged model.ckpt, which has
+// its adapter in it already, or other weights); the trained base tensors it holds replace the base's.
 void load_adapter(const std::string& path, GPT2& model);
 
 }  // namespace tune

@@ -189,6 +189,8 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         // A starting checkpoint with these PEFT tensors already holds them (load_checkpoint loaded them).
         const bool has_peft = !args.init.empty() && weights_format(args.init) == WeightsFormat::tune_checkpoint &&
                               checkpoint_peft(args.init).any();
+        // Which base an adapter belongs on: load_adapter refuses others (a merged model.ckpt above all).
+        if (mo.peft.any()) state_.base_fingerprint = base_fingerprint(*model_);
         if (mo.peft.any() && !has_peft) model_->init_peft(args.seed, virtual_init_tokens());
         opt_->sync_master_from_params();
         state_.init = args.init;
@@ -536,7 +538,15 @@ void Trainer::print_memory_map() const {
                 mib(p).c_str(), mib(g).c_str(), mib(o).c_str(), mib(a).c_str(), recompute_name(model_->recompute()),
                 model_->head_rows(),
                 r ? " | retention " : "", r ? mib(r).c_str() : "", mib(p + g + o + a + r).c_str());
-    if (model_->peft().any()) std::printf("peft: %s (base frozen)\n", model_->peft().describe().c_str());
+    if (model_->peft().any()) {
+        size_t base_trains = 0;
+        for (size_t i = 0; i < model_->num_base_tensors(); i++) base_trains += model_->grad_index()[i] >= 0;
+        if (base_trains)
+            std::printf("peft: %s, and %zu base tensors train too (kept in adapter.ckpt beside it)\n",
+                        model_->peft().describe().c_str(), base_trains);
+        else
+            std::printf("peft: %s (base frozen)\n", model_->peft().describe().c_str());
+    }
     if (dp_) std::printf("data parallel: %s (memory above is per rank)\n", dp_->describe().c_str());
 }
 
@@ -636,7 +646,7 @@ int Trainer::run() {
         if (model_->peft().any()) {
             // The adapter alone (small, goes on the base with --adapter), and a model usable anywhere:
             // LoRA merged into the base weights, virtual tokens folded.
-            if (writer_) save_adapter(args_.out_dir + "/adapter.ckpt", *model_);
+            if (writer_) save_adapter(args_.out_dir + "/adapter.ckpt", *model_, state_.base_fingerprint);
             if (writer_) save_merged(args_.out_dir + "/model.ckpt", *model_);
         } else {
             save(args_.out_dir + "/model.ckpt", false);
