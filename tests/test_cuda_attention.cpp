@@ -4,6 +4,7 @@
 // Without cuDNN (the CUDA emulator, a build without the frontend headers) the cuDNN cases skip with the reason.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <tuple>
@@ -118,6 +119,42 @@ TEST_P(CudaAttentionPath, SavedStateIsProbabilitiesOrStatistics_B2_T300_C128_NH2
     EXPECT_EQ(n_saved * dtype_size(dt()), cudnn() ? rows * sizeof(float) : rows * s.T * dtype_size(dt()));
 }
 
+// A batch whose deterministic-backward workspace would pass 1 GiB is done in several cuDNN calls (gpt2's
+// heads at T = 1024, B = 50: two calls of 25): the same as the cuBLAS path, within the dtype's tolerance,
+// every sequence (the last ones come from the second call).
+TEST_P(CudaAttentionPath, BackwardInSeveralCallsMatchesTheCublasPath_Gpt2Heads_B50_T1024) {
+    if (!cudnn()) GTEST_SKIP() << "the cuBLAS path is this test's reference";
+    const AttShape s{50, 1024, 768, 12};
+    ASSERT_EQ(cuda::CudnnAttention::backward_batch(s.B, s.T, s.NH), 25);
+    size_t n_saved = 0;
+    std::string why;
+    if (!saved_elems(s, &n_saved, &why)) SKIP_WITHOUT_CUDNN(why);
+    CudaOptions o;
+    o.attention = AttentionImpl::matmul;
+    auto other = make_cuda_backend(dt(), o);
+    const size_t n_qkv = (size_t)s.B * s.T * 3 * s.C, n_out = (size_t)s.B * s.T * s.C;
+    const std::vector<double> qkv_v = randn(n_qkv, 11, 1.5), dout_v = randn(n_out, 12);
+    std::vector<double> result[2];
+    Backend* backends[2] = {gpu_.get(), other.get()};
+    for (int k = 0; k < 2; k++) {
+        Backend& be = *backends[k];
+        Buffer qkv(be, dt(), n_qkv), out(be, dt(), n_out), dout(be, dt(), n_out), dqkv(be, dt(), n_qkv),
+            saved(be, dt(), be.attention_saved_elems(s.B, s.T, s.C, s.NH));
+        qkv.set(qkv_v);
+        dout.set(dout_v);
+        dqkv.poison();
+        be.attention_forward(out.p(), saved.p(), qkv.p(), s.B, s.T, s.C, s.NH);
+        be.attention_backward(dqkv.p(), dout.p(), qkv.p(), out.p(), saved.p(), s.B, s.T, s.C, s.NH);
+        result[k] = dqkv.get();
+    }
+    const size_t per_seq = (size_t)s.T * 3 * s.C;
+    for (int b : {0, 24, 25, 49}) {
+        const std::vector<double> got(result[0].begin() + b * per_seq, result[0].begin() + (b + 1) * per_seq),
+            want(result[1].begin() + b * per_seq, result[1].begin() + (b + 1) * per_seq);
+        EXPECT_TRUE(near_rel(got, want, op_tol(dt()))) << "dqkv of sequence " << b;
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Paths, CudaAttentionPath,
                          ::testing::Combine(::testing::Values(DType::bf16, DType::f16),
                                             ::testing::Values(AttentionImpl::cudnn, AttentionImpl::matmul)),
@@ -156,6 +193,30 @@ TEST(CudaAttentionChoice, ParseNamesAndRejectsOthers) {
     EXPECT_EQ(parse_attention_impl("cudnn"), AttentionImpl::cudnn);
     EXPECT_EQ(parse_attention_impl("matmul"), AttentionImpl::matmul);
     EXPECT_THROW(parse_attention_impl("flash"), UsageError);
+}
+
+// How many sequences one cuDNN backward call takes: all of them while the dP workspace (B*NH*T'^2*2 bytes,
+// T' = T rounded up to 128) stays within 1 GiB, else equal calls under it that cover the batch.
+TEST(CudnnGraph, BackwardBatchBoundsTheWorkspace_Gpt2_Gpt2Xl_Awkward) {
+    EXPECT_EQ(cuda::CudnnAttention::backward_batch(32, 1024, 12), 32);  // gpt2 at B=32: 0.75 GiB, one call
+    EXPECT_EQ(cuda::CudnnAttention::backward_batch(100, 1024, 12), 34);
+    EXPECT_EQ(cuda::CudnnAttention::backward_batch(32, 1024, 25), 16);  // gpt2-xl: 1.56 GiB, two calls
+    EXPECT_EQ(cuda::CudnnAttention::backward_batch(1, 1 << 16, 64), 1);  // one sequence is never split
+    EXPECT_EQ(cuda::CudnnAttention::backward_batch(0, 1024, 12), 0);
+    for (int B : {1, 7, 33, 171, 342, 513})
+        for (int NH : {12, 25})
+            for (int T : {67, 1000, 1024, 2048}) {
+                const int per_call = cuda::CudnnAttention::backward_batch(B, T, NH);
+                const double Tp = std::ceil(T / 128.0) * 128, bytes = per_call * NH * Tp * Tp * 2;
+                EXPECT_GE(per_call, 1);
+                EXPECT_LE(per_call, B);
+                if (per_call > 1) {
+                    EXPECT_LE(bytes, 1024.0 * 1024 * 1024) << B << " " << T << " " << NH;
+                }
+                // Calls of per_call sequences, the last one shorter: as few as the bound allows.
+                const int calls = (B + per_call - 1) / per_call;
+                EXPECT_LE((calls - 1) * per_call, B);
+            }
 }
 
 // Without a GPU: the cuDNN frontend's own validation of our graph descriptions for Hopper (sm_90), so a

@@ -34,7 +34,21 @@ std::string shape_unsupported(DType dtype, int C, int NH) {
     return "";
 }
 
+// The bound on the deterministic backward's dP workspace per call (see backward_batch).
+constexpr double kBackwardWorkspaceBytes = 1024.0 * 1024 * 1024;
+
 }  // namespace
+
+// TEACH: on Hopper, cuDNN's deterministic SDPA backward writes dP = dO V^T for the whole call to global memory
+// (its workspace), so that dQ can be summed in a fixed order: B*NH*T*T values, the very matrix flash attention
+// exists to avoid keeping. Splitting the batch keeps it to one slice; every (sequence, head) is independent.
+int CudnnAttention::backward_batch(int B, int T, int NH) {
+    if (B <= 1) return B;
+    const double Tp = std::ceil(T / 128.0) * 128, per_sequence = (double)NH * Tp * Tp * 2;
+    const int most = std::max(1, (int)std::floor(kBackwardWorkspaceBytes / per_sequence));  // under the bound
+    const int calls = (B + most - 1) / most;
+    return (B + calls - 1) / calls;  // equal calls of at most `most`
+}
 
 #ifdef TUNE_HAVE_CUDNN_FE
 namespace fe = cudnn_frontend;
@@ -228,9 +242,10 @@ CudnnAttention::~CudnnAttention() {
 
 std::string CudnnAttention::unsupported(DType dtype, int B, int T, int C, int NH) {
     // T = 1 runs without cuDNN (below); whether cuDNN runs is asked of the smallest shape it builds.
-    const Shape s{dtype, B, std::max(T, 2), C, NH};
+    const int T2 = std::max(T, 2);
     std::string why;
-    if (impl_->get(s, false, &why)) impl_->get(s, true, &why);
+    if (impl_->get(Shape{dtype, B, T2, C, NH}, false, &why))
+        impl_->get(Shape{dtype, backward_batch(B, T2, NH), T2, C, NH}, true, &why);
     return why;
 }
 
@@ -242,7 +257,7 @@ std::string CudnnAttention::validate_for(int sm, DType dtype, int B, int T, int 
     for (bool backward : {false, true}) {
         std::string err;
         try {
-            auto g = describe_graph(Shape{dtype, B, T, C, NH}, backward, sm);
+            auto g = describe_graph(Shape{dtype, backward ? backward_batch(B, T, NH) : B, T, C, NH}, backward, sm);
             err = check_status(g->validate(), "validate");
         } catch (const std::exception& e) {
             err = e.what();
@@ -284,17 +299,22 @@ void CudnnAttention::backward(void* dqkv, const void* dout, const void* qkv, con
                                      impl_->stream));
         return;
     }
-    const Pass& p = impl_->need(Shape{dtype, B, T, C, NH}, true);
-    std::unordered_map<int64_t, void*> pack{{kQ, base},
-                                            {kK, base + C * es},
-                                            {kV, base + 2 * C * es},
-                                            {kO, const_cast<void*>(out)},
-                                            {kDO, const_cast<void*>(dout)},
-                                            {kStats, const_cast<float*>(stats)},
-                                            {kDQ, dbase},
-                                            {kDK, dbase + C * es},
-                                            {kDV, dbase + 2 * C * es}};
-    impl_->run(p, pack, scratch);
+    const int per_call = backward_batch(B, T, NH);
+    for (int b0 = 0; b0 < B; b0 += per_call) {
+        const int nb = std::min(per_call, B - b0);
+        const Pass& p = impl_->need(Shape{dtype, nb, T, C, NH}, true);
+        const size_t row3 = (size_t)b0 * T * 3 * C * es, row = (size_t)b0 * T * C * es;  // sequence b0's offsets
+        std::unordered_map<int64_t, void*> pack{{kQ, base + row3},
+                                                {kK, base + row3 + C * es},
+                                                {kV, base + row3 + 2 * C * es},
+                                                {kO, static_cast<char*>(const_cast<void*>(out)) + row},
+                                                {kDO, static_cast<char*>(const_cast<void*>(dout)) + row},
+                                                {kStats, const_cast<float*>(stats) + (size_t)b0 * NH * T},
+                                                {kDQ, dbase + row3},
+                                                {kDK, dbase + row3 + C * es},
+                                                {kDV, dbase + row3 + 2 * C * es}};
+        impl_->run(p, pack, scratch);
+    }
 }
 
 #else  // built without the cuDNN frontend headers, or for the CUDA emulator

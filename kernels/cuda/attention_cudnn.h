@@ -37,8 +37,13 @@ class CudnnAttention {
     // first use, each pass on its own (evaluation never builds a backward).
     std::string unsupported(DType dtype, int B, int T, int C, int NH);
     // The largest workspace any graph built so far asks for (it comes from the backend's Scratch). The
-    // deterministic backward's is about B*NH*T*T*2 bytes: like one layer's probabilities, but not kept.
+    // deterministic backward's is about B*NH*T*T*2 bytes (dP, like one layer's probabilities, not kept), so
+    // backward runs on backward_batch() sequences at a time, which bounds it near 1 GiB.
     size_t workspace_bytes() const;
+    // Sequences per backward call: all B while B*NH*T'*T'*2 bytes (T' = T rounded up to 128) is at most
+    // 1 GiB, else B split into equal calls under it (gpt2 at T=1024: 42 sequences a call, gpt2-xl: 20).
+    // Each (sequence, head) is computed on its own, so the split changes no value.
+    static int backward_batch(int B, int T, int NH);
 
     // Whether the frontend accepts this shape's two graphs for a GPU of compute capability `sm` (90: Hopper),
     // checked without one: dims, strides, types and attributes against its rules, not engine support. Empty,
