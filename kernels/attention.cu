@@ -19,7 +19,9 @@ constexpr int kPermuteThreads = 256;
 constexpr int kSoftmaxRowsPerBlock = 8;  // one warp per row
 constexpr int kSoftmaxThreads = 32 * kSoftmaxRowsPerBlock;
 constexpr int kCachedThreads = 128;
-constexpr size_t kCachedMaxSmem = 48 * 1024;  // default dynamic shared memory limit: maxT up to ~12K
+// The default limit of shared memory per block (48 KB) covers static and dynamic together: the kernel's
+// static `reduce` takes 32 floats of it. maxT up to ~12K.
+constexpr size_t kCachedMaxSmem = 48 * 1024 - 32 * sizeof(float);
 
 // (B, T, parts*C) -> parts x (B, NH, T, HS): out[p][b][h][t][d] = in[b][t][p*C + h*HS + d].
 template <class T>

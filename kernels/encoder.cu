@@ -13,7 +13,8 @@ namespace {
 
 constexpr int kEncoderThreads = 256;
 constexpr int kWpeThreads = 256;
-constexpr int kWteRunThreads = 128;  // channels per block of the run-sum kernel; grid.y covers the rest
+constexpr int kWteRunThreads = 128;  // channels per block of the run-sum kernels; grid.y covers the rest
+constexpr int kWteSegment = 128;     // sorted rows per block of the first run-sum pass
 
 // One 16-byte pack per thread: C % kPack == 0 and every pointer 16-byte aligned.
 template <class T>
@@ -61,18 +62,53 @@ __global__ void iota_i32(int32_t* x, int n) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) x[i] = i;
 }
 
-// Block x = one index of the sorted order; only the first index of each token's run works: it sums the
-// run's rows of dout (positions ascending, thanks to the stable sort) for its channel slice.
+// TEACH: after a stable sort by token, each token's rows of dout form one run (positions ascending). Summing
+// a run in one thread is deterministic but serial: real text has tokens ("the", ",", <|endoftext|>) with
+// thousands of rows per batch. So the sorted order is cut into segments of kWteSegment rows, one block each
+// (per slice of channels), which sums every group of equal tokens inside it in order:
+//   - a group that is a whole run goes into dwte at once;
+//   - a run that crosses segment ends leaves partial sums: `tail` of the segment where it starts, `head` of
+//     each later segment it covers; the join kernel adds them in segment order.
+// A token's run has one owner either way, so no two blocks write one row of dwte: no atomics, fixed order.
 template <class T>
-__global__ void encoder_backward_wte_runs(T* dwte, const T* dout, const int32_t* sorted_tokens,
-                                          const int32_t* sorted_pos, int N, int C) {
-    const int i = blockIdx.x;
-    const int tok = sorted_tokens[i];
-    if (i > 0 && sorted_tokens[i - 1] == tok) return;  // not the start of a run: the start's block does it
+__global__ void encoder_backward_wte_segments(T* dwte, float* head, float* tail, const T* dout,
+                                              const int32_t* sorted_tokens, const int32_t* sorted_pos, int N, int C) {
     const int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= C) return;
-    float s = 0.0f;
-    for (int j = i; j < N && sorted_tokens[j] == tok; j++) s += to_f32(dout[(size_t)sorted_pos[j] * C + c]);
+    const int seg = blockIdx.x, i0 = seg * kWteSegment, i1 = min(N, i0 + kWteSegment);
+    for (int i = i0; i < i1;) {
+        const int tok = sorted_tokens[i];
+        float s = 0.0f;
+        int j = i;
+        for (; j < i1 && sorted_tokens[j] == tok; j++) s += to_f32(dout[(size_t)sorted_pos[j] * C + c]);
+        const bool from_before = i == i0 && i0 > 0 && sorted_tokens[i0 - 1] == tok;
+        const bool into_next = j == i1 && i1 < N && sorted_tokens[i1] == tok;
+        if (from_before) {
+            head[(size_t)seg * C + c] = s;
+        } else if (into_next) {
+            tail[(size_t)seg * C + c] = s;
+        } else {
+            T* g = dwte + (size_t)tok * C + c;
+            *g = from_f32<T>(to_f32(*g) + s);
+        }
+        i = j;
+    }
+}
+
+// One block per segment whose last run starts in it and goes on: its tail plus the heads of the segments the
+// run covers, in order, into dwte.
+template <class T>
+__global__ void encoder_backward_wte_join(T* dwte, const float* head, const float* tail, const int32_t* sorted_tokens,
+                                          int N, int C) {
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    const int seg = blockIdx.x, i0 = seg * kWteSegment, i1 = min(N, i0 + kWteSegment);
+    const int tok = sorted_tokens[i1 - 1];
+    const bool into_next = i1 < N && sorted_tokens[i1] == tok;
+    const bool from_before = i0 > 0 && sorted_tokens[i0] == tok && sorted_tokens[i0 - 1] == tok;
+    if (!into_next || from_before) return;  // no run starts here and goes on
+    float s = tail[(size_t)seg * C + c];
+    for (int k = seg + 1; k * kWteSegment < N && sorted_tokens[k * kWteSegment] == tok; k++) s += head[(size_t)k * C + c];
     T* g = dwte + (size_t)tok * C + c;
     *g = from_f32<T>(to_f32(*g) + s);
 }
@@ -113,25 +149,33 @@ void encoder_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, in
     size_t cub_bytes = 0;
     CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, cub_bytes, keys_in, (unsigned*)nullptr, (const int32_t*)nullptr,
                                                (int32_t*)nullptr, N, 0, 32, stream));
+    const int segments = (N + kWteSegment - 1) / kWteSegment;
     Carve sizes(nullptr);
     sizes.take<unsigned>(N);
     sizes.take<int32_t>(N);
     sizes.take<int32_t>(N);
     sizes.take<char>(cub_bytes);
+    sizes.take<float>((size_t)segments * C);
+    sizes.take<float>((size_t)segments * C);
     Carve c(scratch.get(sizes.bytes()));
     unsigned* keys_out = c.take<unsigned>(N);
     int32_t* pos_in = c.take<int32_t>(N);
     int32_t* pos_out = c.take<int32_t>(N);
     void* cub_tmp = c.take<char>(cub_bytes);
+    float* head = c.take<float>((size_t)segments * C);  // (segments, C) partial sums of runs crossing segments
+    float* tail = c.take<float>((size_t)segments * C);
 
     iota_i32<<<grid_1d(N, kEncoderThreads), kEncoderThreads, 0, stream>>>(pos_in, N);
     CUDA_CHECK_LAUNCH();
     CUDA_CHECK(
         cub::DeviceRadixSort::SortPairs(cub_tmp, cub_bytes, keys_in, keys_out, pos_in, pos_out, N, 0, 32, stream));
     CUDA_CHECK_LAUNCH();
-    const dim3 grid((unsigned)N, (unsigned)((C + kWteRunThreads - 1) / kWteRunThreads));
-    encoder_backward_wte_runs<T>
-        <<<grid, kWteRunThreads, 0, stream>>>(dwte, dout, reinterpret_cast<const int32_t*>(keys_out), pos_out, N, C);
+    const int32_t* sorted_tokens = reinterpret_cast<const int32_t*>(keys_out);
+    const dim3 grid((unsigned)segments, (unsigned)((C + kWteRunThreads - 1) / kWteRunThreads));
+    encoder_backward_wte_segments<T>
+        <<<grid, kWteRunThreads, 0, stream>>>(dwte, head, tail, dout, sorted_tokens, pos_out, N, C);
+    CUDA_CHECK_LAUNCH();
+    encoder_backward_wte_join<T><<<grid, kWteRunThreads, 0, stream>>>(dwte, head, tail, sorted_tokens, N, C);
     CUDA_CHECK_LAUNCH();
 }
 

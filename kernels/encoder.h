@@ -6,8 +6,10 @@
 //
 // Determinism: no float atomics. dwpe: one thread per (t, c) sums over b in order. dwte: the (token,
 // position) pairs are radix-sorted by token on the device (a stable sort, so positions stay ascending
-// inside each token's run); one block per run then sums its rows in that order, in fp32, and adds the
-// total to dwte once. The same tokens give the same bits every run, however often a token repeats.
+// inside each token's run); the sorted rows are summed in fp32 in segments of 128 (one block each), a run
+// that crosses segments by partial sums added in segment order, and each run's total is added to dwte once.
+// The same tokens give the same bits every run, however often a token repeats; a frequent token costs
+// run/128 serial steps, not run.
 #pragma once
 
 #include <cuda_runtime.h>

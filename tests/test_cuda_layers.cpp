@@ -41,13 +41,15 @@ TEST_P(CudaOps, EncoderForward_B3_T7_C37and64_V11) {
     }
 }
 
-// Many repeats (V=5), one token everywhere, and long runs (N=1200): dwte accumulates per token in order.
+// Many repeats (V=5), one token everywhere, long runs (N=1200), and runs that end exactly on the 128-row segments
+// of the sorted order and one row either side (N=817): dwte accumulates per token in a fixed order.
 TEST_P(CudaOps, EncoderBackwardAccumulatesAndIsDeterministic_RepeatedTokens) {
     struct Shape {
         int B, T, C, V;
         bool all_same;
     };
-    for (const Shape& s : {Shape{2, 7, 13, 5, false}, Shape{3, 5, 40, 9, true}, Shape{4, 300, 70, 3, false}}) {
+    for (const Shape& s : {Shape{2, 7, 13, 5, false}, Shape{3, 5, 40, 9, true}, Shape{4, 300, 70, 3, false},
+                           Shape{19, 43, 9, 6, false}}) {
         const int maxT = s.T + 2;
         Twin dwte(gpu(), ref(), (size_t)s.V * s.C), dwpe(gpu(), ref(), (size_t)maxT * s.C),
             dout(gpu(), ref(), (size_t)s.B * s.T * s.C);
@@ -57,6 +59,13 @@ TEST_P(CudaOps, EncoderBackwardAccumulatesAndIsDeterministic_RepeatedTokens) {
         dout.set(randn(dout.gpu.n(), 6));
         std::vector<int32_t> toks = random_ints((size_t)s.B * s.T, s.V, 7);
         if (s.all_same) std::fill(toks.begin(), toks.end(), s.V - 1);
+        if (s.B * s.T == 817) {  // runs ending exactly on and just off the 128-row segments of the sorted order
+            toks.clear();
+            const int counts[] = {128, 256, 1, 127, 300, 5};
+            for (int v = 0; v < 6; v++) toks.insert(toks.end(), counts[v], v);
+            Rng r(8);
+            for (size_t i = toks.size() - 1; i > 0; i--) std::swap(toks[i], toks[r.below(i + 1)]);
+        }
         I32Twin tok(gpu(), ref(), toks);
         gpu().encoder_backward(dwte.g(), dwpe.g(), dout.g(), tok.g, s.B, s.T, s.C);
         ref().encoder_backward(dwte.r(), dwpe.r(), dout.r(), tok.r, s.B, s.T, s.C);
