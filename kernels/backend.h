@@ -102,6 +102,15 @@ class Backend {
     virtual void matmul_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
                                  const void* weight, size_t N, int IC, int OC) = 0;
 
+    // matmul_backward of the layer after a GELU, with the GELU's backward applied to dinp: dinp(N,IC) =
+    // (dout @ weight) * gelu'(pre(N,IC)), where inp = gelu(pre). dweight and dbias as in matmul_backward.
+    // CUDA applies gelu' in the dinp GEMM's epilogue where cuBLASLt offers it (one pass over dinp less).
+    virtual void matmul_backward_gelu(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                                      const void* weight, const void* pre, size_t N, int IC, int OC) {
+        matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
+        gelu_backward(dinp, dinp, pre, N * (size_t)IC);
+    }
+
     // Causal self-attention. qkv(B,T,3C) holds q|k|v, heads contiguous inside each; out(B,T,C).
     // `saved` is what backward needs beyond qkv and out; its size in elements is attention_saved_elems(): the
     // probabilities (B,NH,T,T) where attention is materialised, the softmax statistics (B,NH,T) where it is fused
@@ -122,7 +131,7 @@ class Backend {
     virtual void attention_forward_cached(void* out, void* kcache, void* vcache, const void* qkv, int B, int n,
                                           int pos0, int maxT, int C, int NH) = 0;
 
-    // out = gelu_tanh(inp), n elements; backward writes dinp = dout * gelu'(inp).
+    // out = gelu_tanh(inp), n elements; backward writes dinp = dout * gelu'(inp) (dinp may be dout).
     virtual void gelu_forward(void* out, const void* inp, size_t n) = 0;
     virtual void gelu_backward(void* dinp, const void* dout, const void* inp, size_t n) = 0;
 

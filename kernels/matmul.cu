@@ -139,9 +139,35 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
     }
 }
 
-#define TUNE_INSTANTIATE(T)                                                                     \
-    template void matmul_forward<T>(T*, const T*, const T*, const T*, size_t, int, int, Gemm&); \
-    template void matmul_backward<T>(T*, T*, T*, const T*, const T*, const T*, size_t, int, int, Gemm&, Scratch&);
+template <class T>
+bool matmul_backward_gelu(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, const T* pre,
+                          size_t N, int IC, int OC, Gemm& gemm, Scratch& scratch) {
+    NvtxRange range("matmul_backward_gelu");
+    if (N == 0) return true;
+    GemmArgs g;  // dinp^T(IC,N) = W^T(IC,OC) @ dout^T(OC,N), times gelu'(pre^T) in the epilogue
+    g.m = IC;
+    g.n = (int64_t)N;
+    g.k = OC;
+    g.A = weight;
+    g.lda = IC;
+    g.B = dout;
+    g.ldb = OC;
+    g.D = dinp;
+    g.ldd = IC;
+    g.ab_type = g.d_type = cuda_type<T>();
+    g.dgelu = true;
+    g.aux = const_cast<T*>(pre);
+    g.ldaux = IC;
+    if (!gemm.try_run(g)) return false;
+    matmul_backward<T>(nullptr, dweight, dbias, dout, inp, weight, N, IC, OC, gemm, scratch);
+    return true;
+}
+
+#define TUNE_INSTANTIATE(T)                                                                                      \
+    template void matmul_forward<T>(T*, const T*, const T*, const T*, size_t, int, int, Gemm&);                  \
+    template void matmul_backward<T>(T*, T*, T*, const T*, const T*, const T*, size_t, int, int, Gemm&, Scratch&); \
+    template bool matmul_backward_gelu<T>(T*, T*, T*, const T*, const T*, const T*, const T*, size_t, int, int, Gemm&, \
+                                          Scratch&);
 TUNE_INSTANTIATE(float)
 TUNE_INSTANTIATE(__nv_bfloat16)
 TUNE_INSTANTIATE(__half)

@@ -12,6 +12,8 @@
 // FP32 accumulation everywhere (no TF32). The bias is fused as cuBLASLt's BIAS epilogue when it offers one
 // for the shape, else added by a separate kernel. dbias is a column sum over rows in fixed slices, reduced
 // in a fixed order (deterministic, no atomics), not cuBLASLt's BGRAD epilogue, which cannot accumulate.
+// The MLP's GELU backward rides on the next layer's dinp GEMM as cuBLASLt's DGELU epilogue (below). Its
+// forward stays a kernel of its own: see GPT2::block_forward.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -38,6 +40,20 @@ void matmul_backward(T* dinp,          // (N, IC) written, or null
                      const T* inp,     // (N, IC)
                      const T* weight,  // (OC, IC)
                      size_t N, int IC, int OC, Gemm& gemm, Scratch& scratch);
+
+// matmul_backward for the layer after the GELU, its dinp GEMM with the GELU's backward as epilogue
+// (cuBLASLt's DGELU): dinp = (dout @ W) * gelu'(pre), one pass instead of writing dout @ W and reading it
+// back. Returns false (having done nothing) where cuBLASLt has no such kernel (IC not a multiple of 8, an
+// unaligned pre); the caller then runs matmul_backward and gelu_backward.
+template <class T>
+bool matmul_backward_gelu(T* dinp,          // (N, IC) written
+                          T* dweight,       // (OC, IC) accumulated, or null
+                          T* dbias,         // (OC) accumulated, or null
+                          const T* dout,    // (N, OC)
+                          const T* inp,     // (N, IC) gelu(pre)
+                          const T* weight,  // (OC, IC)
+                          const T* pre,     // (N, IC)
+                          size_t N, int IC, int OC, Gemm& gemm, Scratch& scratch);
 
 // The cuBLAS element type of T (CUDA_R_32F, CUDA_R_16BF, CUDA_R_16F).
 template <class T>

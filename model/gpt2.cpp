@@ -418,6 +418,10 @@ void GPT2::block_forward(int l, int l_act, const void* x_in, int B, int Tt, int 
     lora_forward(l, kLoraAttnProj, tmp, a(kAtty), N, C, C, l_act);
     // Each residual sum and the LayerNorm that reads it, in one pass on the GPU.
     be_.residual_layernorm_forward(a(kRes2), a(kLn2), a(kLn2Mean), a(kLn2Rstd), x_in, tmp, p.ln2w, p.ln2b, N, C);
+    // TEACH: the GELU stays a kernel of its own here. cuBLASLt could apply it in the GEMM's epilogue (writing
+    // pre-activation and GELU in one pass), but from the unrounded fp32 sum: selective recomputation, which
+    // rebuilds the GELU output from the kept pre-activation, could then not give the same bits. Backward has
+    // no such problem: its GELU gradient rides on the next GEMM (matmul_backward_gelu).
     be_.matmul_forward(a(kFch), a(kLn2), p.fcw, p.fcb, N, C, 4 * C);
     lora_forward(l, kLoraMlpUp, a(kFch), a(kLn2), N, C, 4 * C, l_act);
     be_.gelu_forward(a(kFchGelu), a(kFch), N * 4 * C);
@@ -646,9 +650,13 @@ void GPT2::block_backward(int l, const void* x_in, int B, int Tt) {
     void* d4Ca = scratch_.ptr(s_d4C_a_);
     void* d4Cb = scratch_.ptr(s_d4C_b_);
     // MLP: x_out = x2 + fcproj(gelu(fc(ln2(x2)))); dres holds d x_out.
-    be_.matmul_backward(d4Ca, g.fcprojw, g.fcprojb, dres, a(kFchGelu), p.fcprojw, N, 4 * C, C);
-    lora_backward(l, kLoraMlpDown, d4Ca, dres, a(kFchGelu), N, 4 * C, C);
-    be_.gelu_backward(d4Cb, d4Ca, a(kFch), N * 4 * C);
+    if (lora_[l * kLoraSites + kLoraMlpDown].a < 0) {  // the GELU's backward rides on the dinp GEMM
+        be_.matmul_backward_gelu(d4Cb, g.fcprojw, g.fcprojb, dres, a(kFchGelu), p.fcprojw, a(kFch), N, 4 * C, C);
+    } else {  // LoRA's share of d(gelu output) must be in before the GELU's backward
+        be_.matmul_backward(d4Ca, g.fcprojw, g.fcprojb, dres, a(kFchGelu), p.fcprojw, N, 4 * C, C);
+        lora_backward(l, kLoraMlpDown, d4Ca, dres, a(kFchGelu), N, 4 * C, C);
+        be_.gelu_backward(d4Cb, d4Ca, a(kFch), N * 4 * C);
+    }
     be_.matmul_backward(dC, g.fcw, g.fcb, d4Cb, a(kLn2), p.fcw, N, C, 4 * C);
     lora_backward(l, kLoraMlpUp, dC, d4Cb, a(kLn2), N, C, 4 * C);
     be_.layernorm_backward(dres, g.ln2w, g.ln2b, dC, a(kRes2), p.ln2w, a(kLn2Mean), a(kLn2Rstd), N, C);

@@ -276,6 +276,32 @@ TEST_P(CudaOps, MatmulBackwardWritesDinpAccumulatesDweightDbias_N700_IC45_OC29_a
     }
 }
 
+// The MLP's down-projection backward with the GELU's backward applied to dinp (cuBLASLt's DGELU epilogue
+// where IC is a multiple of 8, else the two unfused ops): against the reference's matmul_backward followed
+// by gelu_backward. pre spans the GELU's curved part (|x| up to ~3).
+TEST_P(CudaOps, MatmulBackwardGeluMatchesMatmulThenGeluBackward_N37_IC128_OC96_and_N19_IC44_OC24) {
+    for (MmShape s : {MmShape{37, 128, 96}, MmShape{19, 44, 24}}) {
+        Twin pre(gpu(), ref(), s.N * s.IC), x(gpu(), ref(), s.N * s.IC), w(gpu(), ref(), (size_t)s.OC * s.IC),
+            dout(gpu(), ref(), s.N * s.OC), dinp(gpu(), ref(), s.N * s.IC), dw(gpu(), ref(), (size_t)s.OC * s.IC),
+            db(gpu(), ref(), s.OC);
+        pre.set(randn(pre.gpu.n(), 11, 1.5));
+        gpu().gelu_forward(x.g(), pre.g(), s.N * s.IC);
+        ref().gelu_forward(x.r(), pre.r(), s.N * s.IC);
+        w.set(randn(w.gpu.n(), 12, 0.1));
+        dout.set(randn(dout.gpu.n(), 13));
+        dinp.poison();
+        dw.set(randn(dw.gpu.n(), 14));
+        db.set(randn(s.OC, 15));
+        gpu().matmul_backward_gelu(dinp.g(), dw.g(), db.g(), dout.g(), x.g(), w.g(), pre.g(), s.N, s.IC, s.OC);
+        ref().matmul_backward(dinp.r(), dw.r(), db.r(), dout.r(), x.r(), w.r(), s.N, s.IC, s.OC);
+        ref().gelu_backward(dinp.r(), dinp.r(), pre.r(), s.N * s.IC);
+        const std::string where = "N=" + std::to_string(s.N) + " IC=" + std::to_string(s.IC) + " OC=" + std::to_string(s.OC);
+        EXPECT_TRUE(near_rel(dinp.gpu.get(), dinp.ref.get(), op_tol(dt()))) << "dinp " << where;
+        EXPECT_TRUE(near_rel(dw.gpu.get(), dw.ref.get(), op_tol(dt()))) << "dweight " << where;
+        EXPECT_TRUE(near_rel(db.gpu.get(), db.ref.get(), op_tol(dt()))) << "dbias " << where;
+    }
+}
+
 // ---------------------------------------------------------------- attention
 struct AttShape {
     int B, T, C, NH;

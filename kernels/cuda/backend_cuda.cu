@@ -210,6 +210,16 @@ class CudaBackend final : public Backend {
                                   *scratch_);
         });
     }
+    void matmul_backward_gelu(void* dinp, void* dw, void* db, const void* dout, const void* inp, const void* w,
+                              const void* pre, size_t N, int IC, int OC) override {
+        bool fused = false;
+        dispatch([&](auto tag) {
+            using E = decltype(tag);
+            fused = cuda::matmul_backward_gelu(t<E>(dinp), t<E>(dw), t<E>(db), t<E>(dout), t<E>(inp), t<E>(w),
+                                               t<E>(pre), N, IC, OC, *gemm_, *scratch_);
+        });
+        if (!fused) Backend::matmul_backward_gelu(dinp, dw, db, dout, inp, w, pre, N, IC, OC);
+    }
     // TEACH: cuDNN's fused attention keeps the T x T scores on chip and saves only each row's log-sum-exp;
     // the cuBLAS path writes them out and saves the probabilities, NH*T values per token per layer.
     size_t attention_saved_elems(int B, int T, int C, int NH) const override {

@@ -64,7 +64,7 @@ std::string describe(const GemmArgs& g) {
            " ta=" + std::to_string(g.trans_a) + " tb=" + std::to_string(g.trans_b) + " lda=" + std::to_string(g.lda) +
            " ldb=" + std::to_string(g.ldb) + " ldd=" + std::to_string(g.ldd) + " batch=" + std::to_string(g.batch) +
            " ab_type=" + std::to_string((int)g.ab_type) + " d_type=" + std::to_string((int)g.d_type) +
-           (g.bias ? " +bias" : "");
+           (g.bias ? " +bias" : "") + (g.dgelu ? " +dgelu" : "");
 }
 
 }  // namespace
@@ -86,19 +86,30 @@ bool Gemm::run_lt(const GemmArgs& g) {
     const uint32_t align_b = alignment_of(g.B, g.ldb, g.stride_b, ab);
     const uint32_t align_d = alignment_of(g.D, g.ldd, g.stride_d, de);
     const uint32_t align_bias = g.bias ? alignment_of(g.bias, 0, 0, de) : 0;
-    const Key key = {g.trans_a,      g.trans_b,         g.m,     g.n,        g.k,       g.lda,     g.stride_a,
-                     g.ldb,          g.stride_b,        g.ldd,   g.stride_d, g.ab_type, g.d_type,  g.batch,
-                     g.beta != 0.0f, g.bias != nullptr, align_a, align_b,    align_d,   align_bias};
+    const bool aux = g.dgelu;
+    if (aux && (!g.aux || g.batch != 1 || g.ldaux % 8 != 0 || g.ldaux < g.m)) return false;
+    const uint32_t align_aux = aux ? alignment_of(g.aux, g.ldaux, 0, de) : 0;
+    const Key key = {g.trans_a,   g.trans_b,      g.m,        g.n,       g.k,      g.lda,     g.stride_a,
+                     g.ldb,       g.stride_b,     g.ldd,      g.stride_d, g.ab_type, g.d_type, g.batch,
+                     g.beta != 0, g.bias != nullptr, align_a, align_b,    align_d,  align_bias, g.dgelu,
+                     align_aux};
 
     OpDesc op;
     CUBLAS_CHECK(cublasLtMatmulDescCreate(&op.d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t ta = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    if (g.bias) {
-        const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    if (g.dgelu && g.bias) return false;  // not a combination cuBLASLt has (DGELU_BGRAD writes a bias gradient)
+    const cublasLtEpilogue_t epi = g.dgelu ? CUBLASLT_EPILOGUE_DGELU
+                                   : g.bias ? CUBLASLT_EPILOGUE_BIAS
+                                            : CUBLASLT_EPILOGUE_DEFAULT;
+    if (epi != CUBLASLT_EPILOGUE_DEFAULT)
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    if (g.bias)
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof g.bias));
+    if (aux) {
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &g.aux, sizeof g.aux));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &g.ldaux, sizeof g.ldaux));
     }
     Layout a, b, d;
     make_layout(a, g.ab_type, g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k, g.lda, g.batch, g.stride_a);
@@ -168,8 +179,8 @@ bool Gemm::try_run(const GemmArgs& g) {
     if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return true;  // nothing to compute
     if (run_lt(g)) return true;
     // No cuBLASLt kernel (an awkward leading dimension or alignment): classic cuBLAS covers every shape and
-    // type pair we use, except a fused bias, which the caller then adds itself.
-    return !g.bias && run_classic(g);
+    // type pair we use, but no epilogue: the caller then adds the bias or applies the GELU itself.
+    return !g.bias && !g.dgelu && run_classic(g);
 }
 
 void Gemm::run(const GemmArgs& g) {

@@ -35,6 +35,12 @@ struct GemmArgs {
     int batch = 1;
     float alpha = 1.0f, beta = 0.0f;
     const void* bias = nullptr;  // (m) or null; fused as the BIAS epilogue
+    // The DGELU epilogue (gradient of cuBLASLt's tanh GELU): D = product * gelu'(aux), aux (m,n) with leading
+    // dimension ldaux. One problem only (batch 1) and ldaux a multiple of 8 (cuBLASLt's rule); otherwise, or
+    // without a kernel, try_run returns false.
+    bool dgelu = false;
+    void* aux = nullptr;
+    int64_t ldaux = 0;
 };
 
 class Gemm {
@@ -48,7 +54,7 @@ class Gemm {
 
     // Enqueues the product: cuBLASLt's cached heuristic choice, or, when cuBLASLt has no kernel for the
     // shape, classic cuBLAS (cublasGemmStridedBatchedEx, same FP32 compute). Returns false, doing nothing,
-    // when neither can (a bias epilogue cuBLASLt cannot fuse here, a type pair cuBLAS lacks): the caller
+    // when neither can (a bias or DGELU epilogue cuBLASLt cannot fuse here, a type pair cuBLAS lacks): the caller
     // then falls back. Throws on real errors.
     bool try_run(const GemmArgs& g);
     // As try_run, but an unsupported problem throws tune::Error describing it.
@@ -64,7 +70,7 @@ class Gemm {
         cublasStatus_t status = CUBLAS_STATUS_SUCCESS;  // the heuristic's verdict
         cublasLtMatmulAlgo_t algo{};
     };
-    using Key = std::array<int64_t, 20>;
+    using Key = std::array<int64_t, 22>;
 
     cudaStream_t stream_;
     cublasLtHandle_t handle_ = nullptr;

@@ -22,14 +22,18 @@
 //     kMinAlignmentBytes): otherwise NOT_SUPPORTED, so the caller's classic-cuBLAS fallback runs.
 //   - cublasLtMatmul with one of those algorithms checks the pointers it is actually given against that 16
 //     bytes: on a GPU a misaligned vectorized load faults, here the call returns INVALID_VALUE.
-//   - Only what the project needs is emulated (epilogues DEFAULT and BIAS, COMPUTE_32F with fp32 scale, column
-//     order, strided batches); anything else answers NOT_SUPPORTED rather than computing something else.
+//   - Only what the project needs is emulated (epilogues DEFAULT, BIAS and DGELU with the tanh GELU,
+//     COMPUTE_32F with fp32 scale, column order, strided batches); anything else answers NOT_SUPPORTED rather
+//     than computing something else. DGELU keeps cuBLASLt's documented rules: an aux leading dimension
+//     divisible by 8 and no smaller than D's rows (else INVALID_VALUE), aux of D's type, one problem (no
+//     batch), and like every operand an aux pointer 16-byte aligned.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <thread>
@@ -67,7 +71,19 @@ struct MatmulDesc {
     const void* bias = nullptr;
     int64_t bias_batch_stride = 0;  // elements; 0: one bias for every batch
     int32_t bias_type = -1;         // -1: D's type
+    void* aux = nullptr;            // DGELU: the GELU's argument
+    int64_t aux_ld = 0;
+    int32_t aux_type = -1;  // -1: D's type
 };
+
+bool has_bias(uint32_t e) { return e == CUBLASLT_EPILOGUE_BIAS; }
+bool has_aux(uint32_t e) { return e == CUBLASLT_EPILOGUE_DGELU; }
+
+// The derivative of GPT-2's GELU (tanh approximation), in double.
+double gelu_tanh_grad(double x) {
+    const double k = 0.7978845608028654, t = std::tanh(k * (x + 0.044715 * x * x * x));
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
+}
 
 struct Layout {
     cudaDataType_t type;
@@ -154,6 +170,9 @@ struct Problem {
     double alpha = 1, beta = 0;
     const void* bias = nullptr;  // (m) of d_type, or null
     int64_t bias_stride = 0;
+    uint32_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+    const void* aux = nullptr;  // (m, n) of d_type, leading dimension aux_ld: see MatmulDesc
+    int64_t aux_ld = 0;
 };
 
 // Runs body(lo, hi) over [0, n) split across threads when the work is large enough to pay for them. Each
@@ -214,6 +233,7 @@ void compute(const Problem& p) {
                     // C is read element by element just before D is written, so C == D (in place) is safe.
                     if (p.beta != 0.0) acc += p.beta * load(p.C.type, at(p.C.p, bi * p.C.stride, ce), i + j * p.C.ld);
                     if (bias) acc += load(p.d_type, bias, i);
+                    if (p.aux) acc *= gelu_tanh_grad(load(p.d_type, p.aux, i + j * p.aux_ld));
                     store(p.d_type, D, i + j * p.ldd, acc);
                 }
             }
@@ -237,8 +257,13 @@ cublasStatus_t check_lt(const MatmulDesc* op, const Layout* A, const Layout* B, 
     if (op->pointer_mode != CUBLASLT_POINTER_MODE_HOST && op->pointer_mode != CUBLASLT_POINTER_MODE_DEVICE)
         return CUBLAS_STATUS_NOT_SUPPORTED;
     if (!supported_types(A->type, B->type, C->type, D->type)) return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (op->epilogue == CUBLASLT_EPILOGUE_BIAS && op->bias_type != -1 && op->bias_type != (int32_t)D->type)
+    if (has_bias(op->epilogue) && op->bias_type != -1 && op->bias_type != (int32_t)D->type)
         return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (has_aux(op->epilogue)) {
+        if (op->aux_type != -1 && op->aux_type != (int32_t)D->type) return CUBLAS_STATUS_NOT_SUPPORTED;
+        if (D->batch != 1) return CUBLAS_STATUS_NOT_SUPPORTED;
+        if (op->aux_ld % 8 != 0 || op->aux_ld < (int64_t)D->rows) return CUBLAS_STATUS_INVALID_VALUE;
+    }
     constexpr uint64_t kIntMax = 2147483647;  // "usually only values that fit int32_t are supported"
     for (const Layout* l : {A, B, C, D}) {
         if (l->rows > kIntMax || l->cols > kIntMax) return CUBLAS_STATUS_NOT_SUPPORTED;
@@ -262,6 +287,8 @@ cublasStatus_t check_lt(const MatmulDesc* op, const Layout* A, const Layout* B, 
     p.ldd = D->ld;
     p.stride_d = D->stride;
     p.bias_stride = op->bias_batch_stride;
+    p.epilogue = op->epilogue;
+    p.aux_ld = op->aux_ld;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -273,8 +300,9 @@ bool lt_kernel_fits(const MatmulDesc* op, const Layout* A, const Layout* B, cons
            aligned(b, B->ld, B->stride, B->batch, elem_size(B->type), kMinAlignmentBytes) &&
            aligned(c, C->ld, C->stride, C->batch, elem_size(C->type), kMinAlignmentBytes) &&
            aligned(d, D->ld, D->stride, D->batch, elem_size(de), kMinAlignmentBytes) &&
-           (op->epilogue != CUBLASLT_EPILOGUE_BIAS ||
-            aligned(op->bias, 0, op->bias_batch_stride, D->batch, elem_size(de), kMinAlignmentBytes));
+           (!has_bias(op->epilogue) ||
+            aligned(op->bias, 0, op->bias_batch_stride, D->batch, elem_size(de), kMinAlignmentBytes)) &&
+           (!has_aux(op->epilogue) || aligned(op->aux, op->aux_ld, 0, 1, elem_size(de), kMinAlignmentBytes));
 }
 
 }  // namespace
@@ -373,13 +401,16 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc, cublasL
         case CUBLASLT_MATMUL_DESC_EPILOGUE: {
             uint32_t v;
             if (!read_attr(v, buf, size)) return CUBLAS_STATUS_INVALID_VALUE;
-            if (v != CUBLASLT_EPILOGUE_DEFAULT && v != CUBLASLT_EPILOGUE_BIAS) return CUBLAS_STATUS_NOT_SUPPORTED;
+            if (v != CUBLASLT_EPILOGUE_DEFAULT && !has_bias(v) && !has_aux(v)) return CUBLAS_STATUS_NOT_SUPPORTED;
             d->epilogue = v;
             return CUBLAS_STATUS_SUCCESS;
         }
         case CUBLASLT_MATMUL_DESC_BIAS_POINTER: ok = read_attr(d->bias, buf, size); break;
         case CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE: ok = read_attr(d->bias_batch_stride, buf, size); break;
         case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: ok = read_attr(d->bias_type, buf, size); break;
+        case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER: ok = read_attr(d->aux, buf, size); break;
+        case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD: ok = read_attr(d->aux_ld, buf, size); break;
+        case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE: ok = read_attr(d->aux_type, buf, size); break;
         default: return CUBLAS_STATUS_NOT_SUPPORTED;  // an attribute the emulator does not implement
     }
     return ok ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
@@ -521,8 +552,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     if (!alpha || !beta) return CUBLAS_STATUS_INVALID_VALUE;
     p.alpha = *static_cast<const float*>(alpha);
     p.beta = *static_cast<const float*>(beta);
-    const bool bias = op->epilogue == CUBLASLT_EPILOGUE_BIAS;
-    if (!d || (p.beta != 0.0 && !c) || (bias && !op->bias)) return CUBLAS_STATUS_INVALID_VALUE;
+    const bool bias = has_bias(op->epilogue);
+    if (!d || (p.beta != 0.0 && !c) || (bias && !op->bias) || (has_aux(op->epilogue) && !op->aux))
+        return CUBLAS_STATUS_INVALID_VALUE;
     if (p.alpha != 0.0 && p.k > 0 && (!a || !b)) return CUBLAS_STATUS_INVALID_VALUE;
     // In place (C == D) the documentation requires C's layout to be D's.
     if (c == d && (C->ld != D->ld || C->stride != D->stride)) return CUBLAS_STATUS_INVALID_VALUE;
@@ -537,6 +569,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     p.C.p = c;
     p.D = d;
     p.bias = bias ? op->bias : nullptr;
+    p.aux = has_aux(op->epilogue) ? op->aux : nullptr;
     compute(p);
     return CUBLAS_STATUS_SUCCESS;
 }
