@@ -27,13 +27,40 @@ void make_dirs(const std::string& dir) {
 }
 
 std::vector<uint8_t> read_file_bytes(const std::string& path) {
-    std::ifstream f(path, std::ios::binary | std::ios::ate);
-    if (!f) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
-    std::streamsize n = f.tellg();
-    if (n < 0) throw Error(path + ": cannot read its size");
-    std::vector<uint8_t> bytes((size_t)n);
-    f.seekg(0);
-    if (n > 0 && !f.read(reinterpret_cast<char*>(bytes.data()), n)) throw Error(path + ": read failed");
+    // TEACH: std::ifstream opens a directory without complaint on Linux, and tellg() then reports a size
+    // near 2^63, so a directory given where a file belongs used to end in std::bad_alloc. fstat first.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+        const std::string err = std::strerror(errno);
+        ::close(fd);
+        throw Error(path + ": cannot stat (" + err + ")");
+    }
+    if (S_ISDIR(st.st_mode)) {
+        ::close(fd);
+        throw Error(path + ": is a directory, not a file");
+    }
+    // Read until end of file rather than trusting st_size, so pipes (<(...), /dev/stdin) work too; a regular
+    // file is read straight into a buffer of its size.
+    std::vector<uint8_t> bytes(S_ISREG(st.st_mode) ? (size_t)st.st_size : 0);
+    size_t have = 0;
+    uint8_t more[1 << 16];
+    for (;;) {
+        const bool room = have < bytes.size();
+        const ssize_t got = room ? ::read(fd, bytes.data() + have, bytes.size() - have) : ::read(fd, more, sizeof more);
+        if (got == 0) break;
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            const std::string err = std::strerror(errno);
+            ::close(fd);
+            throw Error(path + ": read failed (" + err + ")");
+        }
+        if (!room) bytes.insert(bytes.end(), more, more + got);
+        have += (size_t)got;
+    }
+    bytes.resize(have);
+    ::close(fd);
     return bytes;
 }
 

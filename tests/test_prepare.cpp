@@ -133,6 +133,21 @@ TEST(PrepareCli, ReportsAndExitCodes) {
     EXPECT_THAT(missing.out, HasSubstr("/nonexistent.txt"));
 }
 
+// A directory given where a file belongs is named as such, not reported as std::bad_alloc.
+TEST(PrepareCli, DirectoryGivenAsAFileIsNamed) {
+    TempDir tmp("prepdir");
+    const std::string d = tmp.path();
+    std::filesystem::create_directory(d + "/notes");
+    spit(d + "/x.jsonl", "{\"text\":\"a\"}\n");
+    CmdResult in = run_cmd("bin/prepare --quiet --out " + d + "/o " + d + "/notes");
+    EXPECT_EQ(in.rc, 1) << in.out;
+    EXPECT_THAT(in.out, HasSubstr(d + "/notes: is a directory, not a file"));
+    EXPECT_THAT(in.out, ::testing::Not(HasSubstr("bad_alloc")));
+    CmdResult t = run_cmd("bin/prepare --quiet --template-file " + d + "/notes --out " + d + "/o " + d + "/x.jsonl");
+    EXPECT_EQ(t.rc, 1) << t.out;
+    EXPECT_THAT(t.out, HasSubstr(d + "/notes: is a directory, not a file"));
+}
+
 // The tools find the shipped vocabulary (data/gpt2) beside themselves when run from another directory;
 // a vocabulary given explicitly that does not exist is still an error naming it.
 TEST(PrepareCli, FindsTheShippedVocabularyFromAnotherDirectory) {
