@@ -55,10 +55,12 @@ int main(int argc, char** argv) {
                 if (v.empty() || *end) throw UsageError("--seed: expected an integer, got '" + v + "'");
             } else if (a == "--template") {
                 opt.template_str = value();
+                check_template(opt.template_str, "--template");
             } else if (a == "--template-file") {
                 std::string path = value();
                 std::vector<uint8_t> b = read_file_bytes(path);
                 opt.template_str.assign(b.begin(), b.end());
+                check_template(opt.template_str, "--template-file " + path);
             } else if (a == "--skip-bad") {
                 opt.skip_bad = true;
             } else if (a == "--vocab") {

@@ -90,6 +90,15 @@ class Progress {
 
 }  // namespace
 
+void check_template(const std::string& tmpl, const std::string& flag) {
+    if (tmpl.find("{instruction}") == std::string::npos) {
+        const std::string shown = tmpl.size() > 60 ? tmpl.substr(0, 57) + "..." : tmpl;
+        throw UsageError(flag + ": the template '" + shown +
+                         "' has no {instruction} placeholder, so every example's instruction would be dropped "
+                         "(placeholders: {instruction} and {input})");
+    }
+}
+
 std::string fill_template(const std::string& tmpl, const std::string& instruction, const std::string& input) {
     std::string out;
     for (size_t i = 0; i < tmpl.size();) {
@@ -130,6 +139,7 @@ Document document_from_json_line(const Tokenizer& tok, const std::string& line, 
 PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     if (opt.inputs.empty()) throw UsageError("no input files given");
     if (!(opt.val_frac >= 0 && opt.val_frac < 1)) throw UsageError("--val-frac: must be in [0, 1)");
+    if (!opt.template_str.empty()) check_template(opt.template_str, "--template");
     // Gather the work items: whole text files, or single JSONL lines (with their file:line).
     struct Item {
         std::string text, where;

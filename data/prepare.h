@@ -49,6 +49,9 @@ struct Document {
 // Turns one JSONL line into a document; throws tune::Error with `where` (file:line) and the reason.
 Document document_from_json_line(const Tokenizer& tok, const std::string& line, const std::string& where,
                                  const std::string& template_str);
+// Throws tune::UsageError naming `flag` and the template when it lacks {instruction}: filling it would
+// silently drop every example's instruction.
+void check_template(const std::string& tmpl, const std::string& flag);
 // Fills a template's {instruction} and {input} placeholders.
 std::string fill_template(const std::string& tmpl, const std::string& instruction, const std::string& input);
 

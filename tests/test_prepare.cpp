@@ -148,6 +148,33 @@ TEST(PrepareCli, DirectoryGivenAsAFileIsNamed) {
     EXPECT_THAT(t.out, HasSubstr(d + "/notes: is a directory, not a file"));
 }
 
+// A template without {instruction} would drop every instruction: a usage error naming the flag and value.
+TEST(PrepareCli, TemplateWithoutInstructionIsAUsageError) {
+    TempDir tmp("preptmpl");
+    const std::string d = tmp.path();
+    spit(d + "/alp.jsonl", "{\"instruction\":\"Add\",\"input\":\"2 3\",\"output\":\" 5\"}\n"
+                           "{\"instruction\":\"Say hi\",\"output\":\" hi\"}\n");
+    CmdResult r = run_cmd("bin/prepare --quiet --val-frac 0 --template 'no placeholders' --out " + d + "/o " + d +
+                          "/alp.jsonl");
+    EXPECT_EQ(r.rc, 2) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("--template: the template 'no placeholders' has no {instruction} placeholder"));
+    EXPECT_FALSE(std::filesystem::exists(d + "/o/train.bin"));
+    spit(d + "/t.txt", "Input: {input}\nAnswer:");
+    CmdResult f = run_cmd("bin/prepare --quiet --val-frac 0 --template-file " + d + "/t.txt --out " + d + "/o " + d +
+                          "/alp.jsonl");
+    EXPECT_EQ(f.rc, 2) << f.out;
+    EXPECT_THAT(f.out, HasSubstr("--template-file " + d + "/t.txt: the template 'Input: {input}"));
+    CmdResult ok = run_cmd("bin/prepare --quiet --val-frac 0 --template 'Do: {instruction} {input} =>' --out " + d +
+                           "/o " + d + "/alp.jsonl");
+    EXPECT_EQ(ok.rc, 0) << ok.out;
+    PrepareOptions o;
+    o.inputs = {d + "/alp.jsonl"};
+    o.out_dir = d + "/lib";
+    o.template_str = "no placeholders";
+    o.progress = false;
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("has no {instruction} placeholder"));
+}
+
 // The tools find the shipped vocabulary (data/gpt2) beside themselves when run from another directory;
 // a vocabulary given explicitly that does not exist is still an error naming it.
 TEST(PrepareCli, FindsTheShippedVocabularyFromAnotherDirectory) {
