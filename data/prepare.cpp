@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -208,9 +209,18 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     make_dirs(opt.out_dir);
     rep.train_path = opt.out_dir + "/train.bin";
     write_shard(rep.train_path, train, &train_mask, (uint32_t)tok.vocab_size());
+    const std::string val_path = opt.out_dir + "/val.bin";
     if (!val.empty()) {
-        rep.val_path = opt.out_dir + "/val.bin";
+        rep.val_path = val_path;
         write_shard(rep.val_path, val, &val_mask, (uint32_t)tok.vocab_size());
+    } else if (std::filesystem::exists(val_path)) {
+        // A val.bin from an earlier run would pass for this data's validation split (--val-data) while
+        // holding other documents: the directory must describe one run.
+        std::error_code ec;
+        if (!std::filesystem::remove(val_path, ec) || ec)
+            throw Error(val_path + ": left by an earlier run and cannot be removed (" + ec.message() +
+                        "); this run has no validation split, so remove it or choose another --out");
+        rep.removed_stale_val = val_path;
     }
     return rep;
 }

@@ -37,7 +37,8 @@ struct PrepareReport {
     size_t documents = 0, train_docs = 0, val_docs = 0, skipped = 0;
     size_t train_tokens = 0, val_tokens = 0, counted_tokens = 0;  // counted: mask 1
     size_t input_bytes = 0;
-    std::string train_path, val_path;
+    std::string train_path, val_path;  // val_path empty: no document was drawn for validation
+    std::string removed_stale_val;     // a val.bin of an earlier run that this one removed
 };
 
 // One tokenised document: ids and per-token loss mask (1 = predicted with loss).
