@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -93,6 +95,23 @@ void write_file_atomic(const std::string& path, const void* data, size_t bytes) 
         ::unlink(tmp.c_str());
         throw Error(path + ": rename from temporary file failed (" + err + ")");
     }
+}
+
+std::string shown_bytes(const std::vector<uint8_t>& bytes, size_t n) {
+    std::string out = "\"";
+    for (size_t i = 0; i < std::min(n, bytes.size()); i++) {
+        const uint8_t c = bytes[i];
+        if (c == '\n') out += "\\n";
+        else if (c == '\t') out += "\\t";
+        else if (c == '"' || c == '\\') out += std::string("\\") + (char)c;
+        else if (c >= 0x20 && c < 0x7f) out += (char)c;
+        else {
+            char hex[5];
+            std::snprintf(hex, sizeof hex, "\\x%02x", c);
+            out += hex;
+        }
+    }
+    return out + "\"";
 }
 
 }  // namespace tune
