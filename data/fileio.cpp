@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <sstream>
 
 #include "kernels/common.h"
@@ -69,7 +68,20 @@ std::vector<uint8_t> read_file_bytes(const std::string& path) {
 void write_file_atomic(const std::string& path, const void* data, size_t bytes) {
     const std::string tmp = path + ".tmp." + std::to_string(getpid());
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) throw Error(tmp + ": cannot create (" + std::strerror(errno) + ")");
+    if (fd < 0) {
+        // Name the file asked for, not the temporary one the user never chose; the usual cause is the directory.
+        const int err = errno;
+        const size_t slash = path.find_last_of('/');
+        const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+        struct stat st;
+        if (::stat(dir.c_str(), &st) != 0) {
+            if (errno == ENOENT) throw Error(path + ": cannot write: the directory " + dir + " does not exist");
+            throw Error(path + ": cannot write: the directory " + dir + " cannot be reached (" + std::strerror(errno) +
+                        ")");
+        }
+        if (!S_ISDIR(st.st_mode)) throw Error(path + ": cannot write: " + dir + " is not a directory");
+        throw Error(path + ": cannot write (" + std::strerror(err) + ", creating the temporary file " + tmp + ")");
+    }
     const char* p = static_cast<const char*>(data);
     size_t left = bytes;
     while (left > 0) {
@@ -79,7 +91,7 @@ void write_file_atomic(const std::string& path, const void* data, size_t bytes) 
             std::string err = std::strerror(errno);
             ::close(fd);
             ::unlink(tmp.c_str());
-            throw Error(tmp + ": write failed (" + err + ")");
+            throw Error(path + ": write failed (" + err + ")");
         }
         p += w;
         left -= (size_t)w;
@@ -87,8 +99,9 @@ void write_file_atomic(const std::string& path, const void* data, size_t bytes) 
     // TEACH: without fsync the rename can reach the disk before the data does, and a power cut would
     // leave an empty "new" file in place of the old good one.
     if (::fsync(fd) != 0 || ::close(fd) != 0) {
+        const std::string err = std::strerror(errno);  // before unlink can change errno
         ::unlink(tmp.c_str());
-        throw Error(tmp + ": fsync/close failed (" + std::strerror(errno) + ")");
+        throw Error(path + ": fsync/close failed (" + err + ")");
     }
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
         std::string err = std::strerror(errno);

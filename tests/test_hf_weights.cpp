@@ -739,6 +739,24 @@ TEST(ExportTool, ExitCodesAndConversion) {
     EXPECT_TRUE(bit_identical(load_params(dir.file("m.bin")), load_params(kFixture)));
 }
 
+// A write into a directory that does not exist names the file asked for and the directory, not the
+// temporary file the atomic write goes through.
+TEST(ExportTool, MissingOutputDirectoryIsNamed) {
+    if (!fs::exists("bin/export")) GTEST_SKIP() << "bin/export not built (make bin/export, or make test)";
+    TempDir dir;
+    std::string out;
+    const std::string want = dir.file("none/x.bin");
+    EXPECT_EQ(run_tool(kFixture + " --llmc '" + want + "'", &out), 1) << out;
+    EXPECT_MENTIONS(out, want + ": cannot write: the directory " + dir.file("none") + " does not exist");
+    EXPECT_EQ(out.find(".tmp."), std::string::npos) << out;
+    // And the same from the library, for every writer that goes through write_file_atomic.
+    const std::string msg = error_of([&] { write_file_atomic(want, "x", 1); });
+    EXPECT_EQ(msg, want + ": cannot write: the directory " + dir.file("none") + " does not exist");
+    spit(dir.file("file"), "x");
+    EXPECT_MENTIONS(error_of([&] { write_file_atomic(dir.file("file/x.bin"), "x", 1); }),
+                    dir.file("file/x.bin") + ": cannot write: " + dir.file("file") + " is not a directory");
+}
+
 // ---- transformers loads our export (optional: needs torch and transformers) ----
 
 TEST(ExportHfPython, TransformersLoadsExportAndMatchesLogits_L2_C12_V37_B2_T5) {
