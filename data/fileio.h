@@ -12,6 +12,8 @@ namespace tune {
 std::vector<uint8_t> read_file_bytes(const std::string& path);  // throws tune::Error naming the file
 void make_dirs(const std::string& dir);                          // mkdir -p; throws tune::Error
 void write_file_atomic(const std::string& path, const void* data, size_t bytes);
+// The first n bytes as a quoted C string ("hi\n", "\x7fELF"), for messages about a file's magic.
+std::string shown_bytes(const std::vector<uint8_t>& bytes, size_t n);
 
 // Little-endian field access for binary headers.
 inline uint32_t load_u32(const uint8_t* p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }

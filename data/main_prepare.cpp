@@ -55,10 +55,12 @@ int main(int argc, char** argv) {
                 if (v.empty() || *end) throw UsageError("--seed: expected an integer, got '" + v + "'");
             } else if (a == "--template") {
                 opt.template_str = value();
+                check_template(opt.template_str, "--template");
             } else if (a == "--template-file") {
                 std::string path = value();
                 std::vector<uint8_t> b = read_file_bytes(path);
                 opt.template_str.assign(b.begin(), b.end());
+                check_template(opt.template_str, "--template-file " + path);
             } else if (a == "--skip-bad") {
                 opt.skip_bad = true;
             } else if (a == "--vocab") {
@@ -77,7 +79,18 @@ int main(int argc, char** argv) {
         std::printf("prepared %zu documents (%zu train, %zu validation) from %.1f MB\n", r.documents, r.train_docs,
                     r.val_docs, r.input_bytes / 1e6);
         std::printf("  %s: %zu tokens\n", r.train_path.c_str(), r.train_tokens);
-        if (!r.val_path.empty()) std::printf("  %s: %zu tokens\n", r.val_path.c_str(), r.val_tokens);
+        if (!r.val_path.empty()) {
+            std::printf("  %s: %zu tokens\n", r.val_path.c_str(), r.val_tokens);
+        } else if (opt.val_frac == 0) {
+            std::printf("  no validation split (--val-frac 0): no val.bin\n");
+        } else {
+            // Each document goes to validation with probability --val-frac, so a few documents often give none.
+            std::printf("  no validation split: %zu document%s, none drawn for validation at --val-frac %g, so no "
+                        "val.bin (use a larger --val-frac or more documents)\n",
+                        r.documents, r.documents == 1 ? "" : "s", opt.val_frac);
+        }
+        if (!r.removed_stale_val.empty())
+            std::printf("  removed %s of an earlier run, which did not hold this data\n", r.removed_stale_val.c_str());
         std::printf("  tokens with loss: %zu of %zu\n", r.counted_tokens, r.train_tokens + r.val_tokens);
         if (r.skipped) std::printf("  skipped %zu malformed lines (--skip-bad)\n", r.skipped);
         return 0;

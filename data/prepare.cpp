@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -90,6 +91,15 @@ class Progress {
 
 }  // namespace
 
+void check_template(const std::string& tmpl, const std::string& flag) {
+    if (tmpl.find("{instruction}") == std::string::npos) {
+        const std::string shown = tmpl.size() > 60 ? tmpl.substr(0, 57) + "..." : tmpl;
+        throw UsageError(flag + ": the template '" + shown +
+                         "' has no {instruction} placeholder, so every example's instruction would be dropped "
+                         "(placeholders: {instruction} and {input})");
+    }
+}
+
 std::string fill_template(const std::string& tmpl, const std::string& instruction, const std::string& input) {
     std::string out;
     for (size_t i = 0; i < tmpl.size();) {
@@ -130,6 +140,7 @@ Document document_from_json_line(const Tokenizer& tok, const std::string& line, 
 PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     if (opt.inputs.empty()) throw UsageError("no input files given");
     if (!(opt.val_frac >= 0 && opt.val_frac < 1)) throw UsageError("--val-frac: must be in [0, 1)");
+    if (!opt.template_str.empty()) check_template(opt.template_str, "--template");
     // Gather the work items: whole text files, or single JSONL lines (with their file:line).
     struct Item {
         std::string text, where;
@@ -198,9 +209,18 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     make_dirs(opt.out_dir);
     rep.train_path = opt.out_dir + "/train.bin";
     write_shard(rep.train_path, train, &train_mask, (uint32_t)tok.vocab_size());
+    const std::string val_path = opt.out_dir + "/val.bin";
     if (!val.empty()) {
-        rep.val_path = opt.out_dir + "/val.bin";
+        rep.val_path = val_path;
         write_shard(rep.val_path, val, &val_mask, (uint32_t)tok.vocab_size());
+    } else if (std::filesystem::exists(val_path)) {
+        // A val.bin from an earlier run would pass for this data's validation split (--val-data) while
+        // holding other documents: the directory must describe one run.
+        std::error_code ec;
+        if (!std::filesystem::remove(val_path, ec) || ec)
+            throw Error(val_path + ": left by an earlier run and cannot be removed (" + ec.message() +
+                        "); this run has no validation split, so remove it or choose another --out");
+        rep.removed_stale_val = val_path;
     }
     return rep;
 }

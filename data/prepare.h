@@ -37,7 +37,8 @@ struct PrepareReport {
     size_t documents = 0, train_docs = 0, val_docs = 0, skipped = 0;
     size_t train_tokens = 0, val_tokens = 0, counted_tokens = 0;  // counted: mask 1
     size_t input_bytes = 0;
-    std::string train_path, val_path;
+    std::string train_path, val_path;  // val_path empty: no document was drawn for validation
+    std::string removed_stale_val;     // a val.bin of an earlier run that this one removed
 };
 
 // One tokenised document: ids and per-token loss mask (1 = predicted with loss).
@@ -49,6 +50,9 @@ struct Document {
 // Turns one JSONL line into a document; throws tune::Error with `where` (file:line) and the reason.
 Document document_from_json_line(const Tokenizer& tok, const std::string& line, const std::string& where,
                                  const std::string& template_str);
+// Throws tune::UsageError naming `flag` and the template when it lacks {instruction}: filling it would
+// silently drop every example's instruction.
+void check_template(const std::string& tmpl, const std::string& flag);
 // Fills a template's {instruction} and {input} placeholders.
 std::string fill_template(const std::string& tmpl, const std::string& instruction, const std::string& input);
 

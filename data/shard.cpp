@@ -102,6 +102,16 @@ void Loader::set_state(const LoaderState& s) {
     start_epoch();
 }
 
+void Loader::fill_row(Batch& b, int row, const Window& w) const {
+    const Shard& s = shards_[w.shard];
+    for (int t = 0; t < T_; t++) {
+        size_t i = (size_t)row * T_ + t;
+        b.inputs[i] = s.tokens[w.start + t];
+        b.targets[i] = s.tokens[w.start + t + 1];
+        b.weights[i] = s.mask.empty() ? 1.0f : (float)s.mask[w.start + t + 1];
+    }
+}
+
 Batch Loader::next() {
     Batch b;
     b.B = B_;
@@ -117,17 +127,28 @@ Batch Loader::next() {
             state_.cursor = 0;
             start_epoch();
         }
-        const Window& w = windows_[order_[state_.cursor + rank_]];
+        fill_row(b, row, windows_[order_[state_.cursor + rank_]]);
         state_.cursor += per_round;
-        const Shard& s = shards_[w.shard];
-        for (int t = 0; t < T_; t++) {
-            size_t i = (size_t)row * T_ + t;
-            b.inputs[i] = s.tokens[w.start + t];
-            b.targets[i] = s.tokens[w.start + t + 1];
-            b.weights[i] = s.mask.empty() ? 1.0f : (float)s.mask[w.start + t + 1];
-        }
     }
     return b;
+}
+
+bool Loader::next_in_epoch(Batch& b) {
+    const uint64_t per_round = (uint64_t)world_;
+    int rows = 0;
+    while (rows < B_ && state_.cursor + per_round <= order_.size()) {
+        rows++;
+        state_.cursor += per_round;
+    }
+    if (rows == 0) return false;
+    b.B = rows;
+    b.T = T_;
+    b.inputs.resize((size_t)rows * T_);
+    b.targets.resize(b.inputs.size());
+    b.weights.resize(b.inputs.size());
+    const uint64_t first = state_.cursor - (uint64_t)rows * per_round;
+    for (int row = 0; row < rows; row++) fill_row(b, row, windows_[order_[first + row * per_round + rank_]]);
+    return true;
 }
 
 }  // namespace tune

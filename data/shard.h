@@ -62,18 +62,25 @@ class Loader {
            int rank = 0, int world_size = 1);
 
     Batch next();
+    // Like next(), but never starts a new epoch: the next min(B, windows left) windows of this rank's
+    // epoch (so the last batch may be smaller), or false when none are left. Evaluation uses it, so
+    // that no window is counted twice and none is left out.
+    bool next_in_epoch(Batch& b);
     size_t num_windows() const { return windows_.size(); }
+    size_t windows_per_epoch() const { return windows_.size() / (size_t)world_; }  // this rank's
+    int B() const { return B_; }
     size_t num_tokens() const;
     LoaderState state() const { return state_; }
     void set_state(const LoaderState& s);
 
    private:
-    void start_epoch();
-
     struct Window {
         uint32_t shard;
         uint64_t start;
     };
+    void start_epoch();
+    void fill_row(Batch& b, int row, const Window& w) const;
+
     std::vector<Shard> shards_;
     std::vector<Window> windows_;
     std::vector<uint32_t> order_;  // this epoch's visiting order

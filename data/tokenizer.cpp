@@ -20,15 +20,14 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <mutex>
 #include <queue>
-#include <sstream>
 #include <stdexcept>
 #include <unordered_map>
 #include <utility>
 
+#include "data/fileio.h"
 #include "kernels/common.h"
 
 namespace tune {
@@ -100,12 +99,8 @@ std::array<int, kMaxStandIn> codepoint_to_byte_table() {
 }
 
 std::string read_whole_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw Error(path + ": cannot open: " + std::strerror(errno));
-    std::ostringstream ss;
-    ss << f.rdbuf();
-    if (f.bad()) throw Error(path + ": read failed");
-    return ss.str();
+    const std::vector<uint8_t> bytes = read_file_bytes(path);  // names the file, and says so for a directory
+    return std::string(bytes.begin(), bytes.end());
 }
 
 // Decodes one UTF-8 string of stand-in characters into the bytes they stand for. `where` names the

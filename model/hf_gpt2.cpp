@@ -144,7 +144,9 @@ struct HfCheckpoint {
             const fs::path dir(path);
             config_path = (dir / "config.json").string();
             if (!fs::exists(config_path, ec))
-                throw Error(path + ": directory without config.json, so not a Hugging Face model directory");
+                throw Error(path + ": directory without config.json, so not a Hugging Face model directory "
+                                   "(to get GPT-2's weights there: scripts/download_gpt2.sh gpt2 " + path +
+                            ", or gpt2-medium, gpt2-large, gpt2-xl)");
             const fs::path single = dir / "model.safetensors", index = dir / "model.safetensors.index.json";
             if (fs::exists(single, ec)) {
                 weight_files.push_back(single.string());

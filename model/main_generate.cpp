@@ -16,9 +16,14 @@ int main(int argc, char** argv) {
         SamplingConfig sc;
         Cli cli("usage: bin/generate --model WEIGHTS [--prompt TEXT | --prompt-file F] [options]\n"
                 "Continues the prompt with the model (KV cache: each new token costs one position), stopping at\n"
-                "<|endoftext|> or after --max-new tokens.");
+                "<|endoftext|>, after --max-new tokens, or when the model's context (its block_size positions,\n"
+                "prompt included) is full, which it notes on stderr.");
         cli.option("--model", "WEIGHTS", "weights: tune.cu checkpoint, Hugging Face GPT-2 directory, or llm.c .bin", &weights);
-        cli.option("--prompt", "TEXT", "the prompt", &prompt);
+        bool have_prompt = false;  // --prompt '' is a prompt too, so emptiness cannot tell
+        cli.custom("--prompt", "TEXT", "the prompt", "(none)", [&](const std::string& v) {
+            prompt = v;
+            have_prompt = true;
+        });
         cli.option("--prompt-file", "F", "read the prompt from a file", &prompt_file);
         cli.option("--max-new", "N", "most new tokens per sample", &max_new, 1, 1 << 20);
         cli.option("--temperature", "T", "softmax temperature (0: greedy)", &sc.temperature, 0, 100);
@@ -36,6 +41,9 @@ int main(int argc, char** argv) {
             return 0;
         }
         if (weights.empty()) throw UsageError("--model: which weights? (see --help)");
+        if (have_prompt && !prompt_file.empty())
+            throw UsageError("--prompt and --prompt-file: give one, not both (the prompt is '" + prompt + "', the file " +
+                             prompt_file + ")");
         if (!prompt_file.empty()) {
             std::vector<uint8_t> b = read_file_bytes(prompt_file);
             prompt.assign(b.begin(), b.end());
@@ -48,11 +56,19 @@ int main(int argc, char** argv) {
         for (int s = 0; s < samples; s++) {
             if (samples > 1) std::printf("--- sample %d ---\n", s + 1);
             std::fputs(prompt.c_str(), stdout);
-            generate(*m.model, ids, max_new, sc, rng, tok.eot_token(), [&](int32_t t) {
-                std::fputs(tok.decode(&t, 1).c_str(), stdout);
-                std::fflush(stdout);
-            });
+            GenerateStop why = GenerateStop::max_new;
+            const std::vector<int32_t> got = generate(
+                *m.model, ids, max_new, sc, rng, tok.eot_token(),
+                [&](int32_t t) {
+                    std::fputs(tok.decode(&t, 1).c_str(), stdout);
+                    std::fflush(stdout);
+                },
+                &why);
             std::printf("\n");
+            std::fflush(stdout);
+            if (why == GenerateStop::context_full)
+                std::fprintf(stderr, "note: stopped at the model's context of %d tokens after %zu new tokens, fewer than "
+                             "--max-new %d\n", m.model->max_positions(), got.size(), max_new);
         }
         return 0;
     });

@@ -45,26 +45,37 @@ int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConf
 }
 
 std::vector<int32_t> generate(GPT2& model, const std::vector<int32_t>& prompt, int max_new, const SamplingConfig& cfg,
-                              Rng& rng, int32_t stop_token, const std::function<void(int32_t)>& on_token) {
+                              Rng& rng, int32_t stop_token, const std::function<void(int32_t)>& on_token,
+                              GenerateStop* stopped) {
     const int maxT = model.max_positions();  // virtual tokens, if any, take the first positions
-    if (prompt.empty()) throw Error("generate: the prompt is empty (give at least one token)");
+    // No "generate:" prefix: the tools print "NAME: error: " before the message themselves.
+    if (prompt.empty()) throw Error("the prompt is empty (give at least one token)");
     if ((int)prompt.size() > model.max_T())
-        throw Error("generate: the prompt has " + std::to_string(prompt.size()) + " tokens, more than the " +
+        throw Error("the prompt has " + std::to_string(prompt.size()) + " tokens, more than the " +
                     std::to_string(model.max_T()) + " this model instance takes at once");
     std::vector<int32_t> out;
+    GenerateStop why = GenerateStop::max_new;
     model.forward_cached(prompt.data(), 1, (int)prompt.size(), 0);  // prefill: the whole prompt at once
     int pos = (int)prompt.size();
     std::vector<float> logits = model.logits_row(0, pos - 1);
     while ((int)out.size() < max_new) {
         int32_t next = sample_token(logits, model.config().vocab_size, cfg, rng);
-        if (next == stop_token) break;
+        if (next == stop_token) {
+            why = GenerateStop::stop_token;
+            break;
+        }
         out.push_back(next);
         if (on_token) on_token(next);
-        if (pos >= maxT || (int)out.size() == max_new) break;  // the context is full
+        if ((int)out.size() == max_new) break;
+        if (pos >= maxT) {  // no position left to feed `next` back in
+            why = GenerateStop::context_full;
+            break;
+        }
         model.forward_cached(&next, 1, 1, pos);
         pos++;
         logits = model.logits_row(0, 0);
     }
+    if (stopped) *stopped = why;
     return out;
 }
 

@@ -22,11 +22,17 @@ struct SamplingConfig {
 // Picks a token id in [0, V) from logits (only the first V entries are read).
 int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConfig& cfg, Rng& rng);
 
+// Why generate() stopped: max_new tokens made, `stop_token` chosen, or every position of the model's
+// context (max_positions()) used before max_new was reached.
+enum class GenerateStop { max_new, stop_token, context_full };
+
 // Continues `prompt` by up to max_new tokens (fewer when the context is full or `stop_token` appears,
-// which is not included). Calls on_token for each new token as soon as it is chosen. Uses row 0 of the
-// model's batch; the model must have been built with max_T() >= the prompt length.
+// which is not included). Calls on_token for each new token as soon as it is chosen, and stores why it
+// stopped in *stopped when given. Uses row 0 of the model's batch; the model must have been built with
+// max_T() >= the prompt length.
 std::vector<int32_t> generate(GPT2& model, const std::vector<int32_t>& prompt, int max_new,
                               const SamplingConfig& cfg, Rng& rng, int32_t stop_token = -1,
-                              const std::function<void(int32_t)>& on_token = nullptr);
+                              const std::function<void(int32_t)>& on_token = nullptr,
+                              GenerateStop* stopped = nullptr);
 
 }  // namespace tune

@@ -17,7 +17,9 @@
 # (an interrupted download resumes where it stopped).
 #
 # Needs curl or wget and internet access. Exit status: 0 all required files are there, 1 a download
-# failed, 2 bad arguments.
+# failed, 2 bad arguments. On failure it removes what this run created (the files it downloaded, the
+# directories it made), so no empty or half-filled model directory is left for bin/train --init to
+# trip over; a partly downloaded file (NAME.part) stays, with a note, so that a rerun resumes it.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -38,7 +40,6 @@ case "$model" in
 esac
 [ $# -le 2 ] || { echo "download_gpt2.sh: at most two arguments, MODEL and DIR (see --help)" >&2; exit 2; }
 dir="${2:-models/$model}"
-mkdir -p "$dir"
 
 if command -v curl >/dev/null 2>&1; then
   # -f: an HTTP error is a failure, not a saved error page; -L: Hugging Face redirects to its CDN;
@@ -51,13 +52,42 @@ else
   exit 1
 fi
 
+# What this run creates, so that a failure can take back exactly that and nothing the user had before.
+made_dirs=()   # directories mkdir made, outermost first
+made_files=()  # files downloaded whole by this run
+parts=()       # NAME.part files this run started
+d="$dir"
+while [ ! -e "$d" ]; do made_dirs=("$d" "${made_dirs[@]}"); d=$(dirname "$d"); done
+mkdir -p "$dir"
+
+cleanup() {
+  local rc=$?
+  [ "$rc" -eq 0 ] && return
+  local f i
+  for f in "${made_files[@]}"; do rm -f "$f"; done
+  for f in "${parts[@]}"; do
+    if [ -s "$f" ]; then
+      echo "download_gpt2.sh: kept the partial download $f ($(wc -c < "$f") bytes): run again to resume it, or remove it" >&2
+    else
+      rm -f "$f"
+    fi
+  done
+  # Innermost first; rmdir leaves a directory that still holds something (a kept .part, a user's file).
+  for ((i = ${#made_dirs[@]} - 1; i >= 0; i--)); do rmdir "${made_dirs[i]}" 2>/dev/null || break; done
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
 # Downloads into NAME.part and renames when complete, so a file under its final name is always whole.
 get() {
   local name="$1" dest="$dir/$1"
   if [ -s "$dest" ]; then echo "have $dest"; return 0; fi
   echo "downloading $base/$name"
+  [ -e "$dest.part" ] || parts+=("$dest.part")
   if fetch "$base/$name" "$dest.part"; then
     mv "$dest.part" "$dest"
+    made_files+=("$dest")
   else
     return 1
   fi

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "data/fileio.h"
+#include "data/shard.h"
 #include "tests/model_util.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
@@ -111,8 +112,30 @@ TEST_F(CheckpointTest, WeightsOnlyCheckpointCannotResume) {
 TEST_F(CheckpointTest, BadMagicIsNamed) {
     std::string b = bytes;
     b[0] = 'X';
-    EXPECT_THAT(load_error(b), HasSubstr("bad magic"));
-    EXPECT_THAT(load_error(b), HasSubstr("bad.ckpt"));
+    EXPECT_THAT(load_error(b), HasSubstr("bad.ckpt: not a tune.cu checkpoint: it starts with \"XUNECKPT\""));
+}
+
+// A short file that does not start like a checkpoint is another kind of file, not a truncated checkpoint:
+// the message says so and shows its first bytes; a short file that does start like one is truncated.
+TEST_F(CheckpointTest, ShortFileOfAnotherKindIsNotCalledTruncated) {
+    const std::string text = load_error("hello\n");
+    EXPECT_THAT(text, HasSubstr("bad.ckpt: not a tune.cu checkpoint: it starts with \"hello\\n\""));
+    EXPECT_THAT(text, HasSubstr("(6 bytes in all), where a checkpoint starts with \"TUNECKPT\""));
+    EXPECT_THAT(text, ::testing::Not(HasSubstr("truncated")));
+    EXPECT_THAT(load_error(std::string("\x7f" "ELF\x02\x01\x01\0\0", 9)),
+                HasSubstr("starts with \"\\x7fELF\\x02\\x01\\x01\\x00\""));
+    EXPECT_THAT(load_error(bytes.substr(0, 6)), HasSubstr("truncated: 6 bytes"));
+    EXPECT_THAT(load_error(""), HasSubstr("bad.ckpt: empty file (0 bytes), not a tune.cu checkpoint"));
+}
+
+TEST(CheckpointCli, TextFileGivenAsCheckpointIsNamed) {
+    TempDir tmp("ckptcli");
+    spit(tmp.file("notes.txt"), "hello\n");
+    write_shard(tmp.file("train.bin"), std::vector<int32_t>(100, 1), nullptr, 37);
+    CmdResult r = run_cmd("bin/train --device cpu --out '' --train-data " + tmp.file("train.bin") + " --resume " +
+                          tmp.file("notes.txt"));
+    EXPECT_EQ(r.rc, 1) << r.out;
+    EXPECT_THAT(r.out, HasSubstr(tmp.file("notes.txt") + ": not a tune.cu checkpoint: it starts with \"hello\\n\""));
 }
 
 TEST_F(CheckpointTest, WrongVersionIsNamed) {
@@ -161,7 +184,8 @@ TEST_F(CheckpointTest, TruncationAtSeveralOffsetsIsReported) {
                        bytes.size() - 1}) {
         std::string err = load_error(bytes.substr(0, cut));
         EXPECT_FALSE(err.empty()) << "cut at " << cut;
-        EXPECT_TRUE(err.find("truncated") != std::string::npos || err.find("not a JSON object") != std::string::npos)
+        EXPECT_TRUE(err.find("truncated") != std::string::npos || err.find("not a JSON object") != std::string::npos ||
+                    (cut == 0 && err.find("empty file") != std::string::npos))
             << "cut at " << cut << ": " << err;
     }
 }

@@ -37,6 +37,29 @@ TEST(TrainCli, MissingFileIsAUsageErrorNamingIt) {
     }
 }
 
+// A directory where a shard or checkpoint belongs is a usage error naming the flag and the path (the
+// reader used to end in std::bad_alloc).
+TEST(TrainCli, DirectoryGivenAsDataOrCheckpointIsAUsageErrorNamingIt) {
+    TempDir tmp("cli");
+    const std::string notes = tmp.path();
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(), *be, 1, 1);
+    m.init_random(1);
+    save_checkpoint(tmp.file("init.ckpt"), m, nullptr, nullptr);
+    std::vector<int32_t> t(200, 1);
+    write_shard(tmp.file("train.bin"), t, nullptr, 37);
+    const std::string init =
+        " --init " + tmp.file("init.ckpt") + " --train-data " + tmp.file("train.bin") + " --batch 1 --seq 8";
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"--train-data", ""}, {"--val-data", init}, {"--resume", " --train-data " + tmp.file("train.bin")}};  // flag, the other options it needs
+    for (const auto& [flag, other] : cases) {
+        CmdResult r = run_cmd("bin/train --device cpu --out ''" + other + " " + flag + " " + notes);
+        EXPECT_EQ(r.rc, 2) << flag << ": " << r.out;
+        EXPECT_THAT(r.out, HasSubstr(flag + ": " + notes + ": is a directory, not a file")) << flag;
+        EXPECT_THAT(r.out, ::testing::Not(HasSubstr("bad_alloc"))) << flag;
+    }
+}
+
 TEST(TrainCli, MalformedDataFileIsNamedAndExitsOne) {
     TempDir tmp("cli");
     spit(tmp.file("bad.bin"), "not a shard at all, just text");

@@ -111,6 +111,86 @@ TEST(EvalLoss, EqualsTheMeanTokenLossAndItsExp) {
     EXPECT_NEAR(r.perplexity, std::exp(s / 48), 1e-9);
 }
 
+// One pass covers every window once: the last batch is smaller when B does not divide the windows, and
+// asking for more batches than a pass holds stops at the end of the pass instead of counting tokens again.
+TEST(EvalLoss, OnePassCountsEveryWindowOnce_24windows_B5_T8) {
+    TempDir tmp("evpass");
+    const std::string d = tmp.path();
+    std::vector<int32_t> t;
+    for (int i = 0; i < 200; i++) t.push_back((i * 11) % 37);  // windows start at 0, 8, ..., 184: 24 of them
+    write_shard(d + "/v.bin", t, nullptr, 37);
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 5, 8);
+    m.init_random(2);
+    Loader l5({d + "/v.bin"}, 37, 5, 8, false, 0), l1({d + "/v.bin"}, 37, 1, 8, false, 0);
+    const LossResult by5 = eval_loss(m, l5, 0), by1 = eval_loss(m, l1, 0);
+    EXPECT_EQ(by5.tokens, 24u * 8);  // 5 + 5 + 5 + 5 + 4 windows
+    EXPECT_EQ(by5.batches, 5u);
+    EXPECT_EQ(by5.pass_batches, 5u);
+    EXPECT_EQ(by1.tokens, 24u * 8);
+    EXPECT_EQ(by1.batches, 24u);
+    EXPECT_NEAR(by5.loss, by1.loss, 1e-12);
+    const LossResult more = eval_loss(m, l5, 1000);
+    EXPECT_EQ(more.tokens, 24u * 8);
+    EXPECT_EQ(more.batches, 5u);
+    EXPECT_NEAR(more.loss, by5.loss, 1e-12);
+    const LossResult two = eval_loss(m, l5, 2);
+    EXPECT_EQ(two.tokens, 10u * 8);
+    EXPECT_EQ(two.batches, 2u);
+    EXPECT_EQ(two.pass_batches, 5u);
+}
+
+TEST(EvalLoss, LastPartialBatchCountsOnlyMaskedTargets) {
+    TempDir tmp("evmask");
+    const std::string d = tmp.path();
+    std::vector<int32_t> t;
+    std::vector<uint8_t> mask;
+    for (int i = 0; i < 50; i++) {
+        t.push_back((i * 5) % 37);
+        mask.push_back(i % 3 != 0);
+    }
+    write_shard(d + "/v.bin", t, &mask, 37);
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 4, 7);
+    m.init_random(3);
+    Loader l({d + "/v.bin"}, 37, 4, 7, false, 0);  // windows at 0, 7, ..., 42: 7 of them, batches of 4 + 3
+    const LossResult r = eval_loss(m, l, 0);
+    size_t want = 0;
+    for (int w = 0; w < 7; w++)
+        for (int k = 1; k <= 7; k++) want += mask[(size_t)w * 7 + k];
+    EXPECT_EQ(r.tokens, want);
+    EXPECT_EQ(r.batches, 2u);
+    EXPECT_TRUE(std::isfinite(r.loss));
+}
+
+TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
+    TempDir tmp("evcli");
+    const std::string d = tmp.path();
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(preset_config("tiny"), *be, 1, 1);
+    m.init_random(1);
+    save_checkpoint(d + "/m.ckpt", m, nullptr, nullptr);
+    std::vector<int32_t> t;
+    for (int i = 0; i < 474; i++) t.push_back((i * 13) % 1000);  // windows of 33 every 32 tokens: 14 of them
+    write_shard(d + "/v.bin", t, nullptr, 50257);
+    const std::string ev = "bin/evaluate --device cpu --model " + d + "/m.ckpt --data " + d + "/v.bin --seq 32 ";
+    CmdResult many = run_cmd(ev + "--batch 4 --batches 1000");
+    EXPECT_EQ(many.rc, 0) << many.out;
+    EXPECT_THAT(many.out, HasSubstr("| 448 tokens (one pass: 4 batches, fewer than the 1000 asked)"));
+    CmdResult pass4 = run_cmd(ev + "--batch 4");
+    EXPECT_THAT(pass4.out, HasSubstr("| 448 tokens (one pass: 4 batches)"));
+    CmdResult pass1 = run_cmd(ev + "--batch 1");
+    EXPECT_THAT(pass1.out, HasSubstr("| 448 tokens (one pass: 14 batches)"));
+    CmdResult two = run_cmd(ev + "--batch 4 --batches 2");
+    EXPECT_THAT(two.out, HasSubstr("| 256 tokens (2 of the 4 batches of a pass)"));
+    CmdResult dir = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --data " + d);
+    EXPECT_EQ(dir.rc, 1) << dir.out;
+    EXPECT_THAT(dir.out, HasSubstr(d + ": is a directory, not a file"));
+    CmdResult choices = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d);
+    EXPECT_EQ(choices.rc, 1) << choices.out;
+    EXPECT_THAT(choices.out, HasSubstr(d + ": is a directory, not a file"));
+}
+
 TEST(GenerateEvaluateCli, RunOnASavedModel) {
     TempDir tmp("gencli");
     const std::string d = tmp.path();

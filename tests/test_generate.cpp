@@ -1,5 +1,6 @@
 // Generation: the KV-cached forward equals a full forward over the same prefix, and the sampler obeys
 // temperature, top-k and top-p.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <map>
@@ -7,9 +8,12 @@
 #include "model/sampling.h"
 #include "tests/model_util.h"
 #include "tests/test_util.h"
+#include "train/checkpoint.h"
 
 namespace tune::test {
 namespace {
+
+using ::testing::HasSubstr;
 
 TEST(KvCache, CachedLogitsEqualFullForwardF64_prefill4_then_1x5) {
     auto be = make_cpu_backend(DType::f64);
@@ -103,6 +107,72 @@ TEST(Generate, StopsAtTheStopTokenAndIsDeterministicInTheSeed) {
     Rng r4(1);
     auto stopped = generate(m, prompt, 6, c, r4, g[2]);  // stop at the third greedy token
     EXPECT_EQ(stopped, std::vector<int32_t>(g.begin(), g.begin() + 2));
+}
+
+// generate() says why it stopped, so the tool can tell a full context from a finished --max-new.
+TEST(Generate, ReportsWhyItStopped_block9_prompt3) {
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(), *be, 1, 9);
+    m.init_random(5);
+    SamplingConfig greedy;
+    greedy.temperature = 0;
+    const std::vector<int32_t> prompt = {1, 2, 3};
+    Rng r(1);
+    GenerateStop why = GenerateStop::stop_token;
+    auto all = generate(m, prompt, 100, greedy, r, -1, nullptr, &why);
+    EXPECT_EQ(all.size(), 7u);  // positions 3..8 fed back, and the last token chosen at position 8
+    EXPECT_EQ(why, GenerateStop::context_full);
+    why = GenerateStop::context_full;
+    auto exact = generate(m, prompt, 7, greedy, r, -1, nullptr, &why);
+    EXPECT_EQ(exact, all);
+    EXPECT_EQ(why, GenerateStop::max_new);  // everything asked for was made
+    auto fewer = generate(m, prompt, 4, greedy, r, -1, nullptr, &why);
+    EXPECT_EQ(fewer.size(), 4u);
+    EXPECT_EQ(why, GenerateStop::max_new);
+    generate(m, prompt, 100, greedy, r, all[0], nullptr, &why);
+    EXPECT_EQ(why, GenerateStop::stop_token);
+    // The tools put their own "generate: error:" in front of messages, so the library does not.
+    const std::string err = error_of([&] { generate(m, std::vector<int32_t>(10, 1), 1, greedy, r); });
+    EXPECT_EQ(err.rfind("the prompt has 10 tokens, more than the 9", 0), 0u) << err;
+}
+
+TEST(GenerateCli, NotesTheContextLimitAndRefusesTwoPrompts) {
+    TempDir tmp("gencli");
+    const std::string d = tmp.path();
+    auto be = make_cpu_backend(DType::f32);
+    ModelConfig cfg = preset_config("tiny");
+    cfg.block_size = 16;
+    GPT2 m(cfg, *be, 1, 1);
+    m.init_random(1);
+    save_checkpoint(d + "/m.ckpt", m, nullptr, nullptr);
+    const std::string gen = "bin/generate --device cpu --model " + d + "/m.ckpt ";
+    CmdResult help = run_cmd("bin/generate --help");
+    EXPECT_THAT(help.out, HasSubstr("when the model's context"));
+    // A prompt of 4 tokens and --max-new 400 on a 16-position model: the context ends it, and the tool says so.
+    CmdResult full = run_cmd(gen + "--prompt 'Once upon a time' --max-new 400 --temperature 0");
+    EXPECT_EQ(full.rc, 0) << full.out;
+    EXPECT_THAT(full.out, HasSubstr("note: stopped at the model's context of 16 tokens after 13 new tokens, fewer "
+                                    "than --max-new 400"));
+    CmdResult some = run_cmd(gen + "--prompt 'Once upon a time' --max-new 5 --temperature 0 --top-k 1");
+    EXPECT_EQ(some.rc, 0) << some.out;
+    EXPECT_THAT(some.out, ::testing::Not(HasSubstr("note: stopped")));
+    spit(d + "/a.txt", "from the file");
+    CmdResult both = run_cmd(gen + "--prompt hi --prompt-file " + d + "/a.txt");
+    EXPECT_EQ(both.rc, 2) << both.out;
+    EXPECT_THAT(both.out, HasSubstr("--prompt and --prompt-file: give one, not both"));
+    CmdResult empty_and_file = run_cmd(gen + "--prompt '' --prompt-file " + d + "/a.txt");
+    EXPECT_EQ(empty_and_file.rc, 2) << empty_and_file.out;
+    CmdResult file = run_cmd(gen + "--prompt-file " + d + "/a.txt --max-new 2");
+    EXPECT_EQ(file.rc, 0) << file.out;
+    EXPECT_THAT(file.out, HasSubstr("from the file"));
+    std::string words;
+    for (int i = 0; i < 30; i++) words += " word";
+    CmdResult long_prompt = run_cmd(gen + "--prompt '" + words + "'");
+    EXPECT_EQ(long_prompt.rc, 1) << long_prompt.out;
+    EXPECT_THAT(long_prompt.out, HasSubstr("generate: error: the prompt has 30 tokens, more than the 16"));
+    CmdResult dir = run_cmd(gen + "--prompt-file " + d);
+    EXPECT_EQ(dir.rc, 1) << dir.out;
+    EXPECT_THAT(dir.out, HasSubstr(d + ": is a directory, not a file"));
 }
 
 }  // namespace

@@ -389,6 +389,8 @@ TEST(HfWeights, ConfigNotJsonOrAbsentIsNamed) {
     EXPECT_MENTIONS(error_of([&] { weights_config(dir.path()); }), dir.file("config.json") + ": not valid JSON");
     fs::remove(dir.file("config.json"));
     EXPECT_MENTIONS(error_of([&] { weights_config(dir.path()); }), "directory without config.json");
+    // The message says how to get the weights, since an empty model directory usually means a failed download.
+    EXPECT_MENTIONS(error_of([&] { weights_config(dir.path()); }), "scripts/download_gpt2.sh gpt2 " + dir.path());
     EXPECT_MENTIONS(error_of([&] { weights_config(dir.file("model.safetensors")); }),
                     "needs its config.json beside it");
 }
@@ -737,6 +739,79 @@ TEST(ExportTool, ExitCodesAndConversion) {
     EXPECT_EQ(run_tool(kFixture + " --hf '" + dir.file("hf") + "' --llmc '" + dir.file("m.bin") + "'", &out), 0) << out;
     EXPECT_TRUE(bit_identical(load_params(dir.file("hf")), load_params(kFixture)));
     EXPECT_TRUE(bit_identical(load_params(dir.file("m.bin")), load_params(kFixture)));
+}
+
+// A write into a directory that does not exist names the file asked for and the directory, not the
+// temporary file the atomic write goes through.
+TEST(ExportTool, MissingOutputDirectoryIsNamed) {
+    if (!fs::exists("bin/export")) GTEST_SKIP() << "bin/export not built (make bin/export, or make test)";
+    TempDir dir;
+    std::string out;
+    const std::string want = dir.file("none/x.bin");
+    EXPECT_EQ(run_tool(kFixture + " --llmc '" + want + "'", &out), 1) << out;
+    EXPECT_MENTIONS(out, want + ": cannot write: the directory " + dir.file("none") + " does not exist");
+    EXPECT_EQ(out.find(".tmp."), std::string::npos) << out;
+    // And the same from the library, for every writer that goes through write_file_atomic.
+    const std::string msg = error_of([&] { write_file_atomic(want, "x", 1); });
+    EXPECT_EQ(msg, want + ": cannot write: the directory " + dir.file("none") + " does not exist");
+    spit(dir.file("file"), "x");
+    EXPECT_MENTIONS(error_of([&] { write_file_atomic(dir.file("file/x.bin"), "x", 1); }),
+                    dir.file("file/x.bin") + ": cannot write: " + dir.file("file") + " is not a directory");
+}
+
+// ---- scripts/download_gpt2.sh, with a stand-in curl (no network) ----
+
+// A curl that fails like a machine without internet (FAKE_CURL=offline), fails after part of
+// model.safetensors (partial), or "downloads" a few bytes (ok).
+void write_fake_curl(const std::string& dir) {
+    fs::create_directories(dir);
+    spit(dir + "/curl",
+         "#!/bin/sh\n"
+         "out=; url=\n"
+         "while [ $# -gt 0 ]; do case \"$1\" in -o) out=$2; shift 2;; -C|--retry) shift 2;; *) url=$1; shift;; esac; done\n"
+         "case \"$FAKE_CURL:$url\" in\n"
+         "  offline:*) echo 'curl: (6) Could not resolve host: huggingface.co' >&2; exit 6;;\n"
+         "  partial:*/model.safetensors) printf abcde >> \"$out\"; exit 18;;\n"
+         "  *) printf '{}' > \"$out\";;\n"
+         "esac\n");
+    fs::permissions(dir + "/curl", fs::perms::owner_all);
+}
+
+CmdResult download(const std::string& fake_bin, const std::string& mode, const std::string& dest) {
+    return run_cmd("PATH='" + fake_bin + "':\"$PATH\" FAKE_CURL=" + mode + " scripts/download_gpt2.sh gpt2 '" + dest +
+                   "'");
+}
+
+TEST(DownloadScript, FailedDownloadRemovesWhatItCreatedAndNothingElse) {
+    TempDir tmp;
+    const std::string bin = tmp.file("fakebin");
+    write_fake_curl(bin);
+    // Offline into a new nested directory: nothing is left, not even the parent it made.
+    CmdResult off = download(bin, "offline", tmp.file("a/b/gpt2"));
+    EXPECT_EQ(off.rc, 1) << off.out;
+    EXPECT_MENTIONS(off.out, "failed to download");
+    EXPECT_FALSE(fs::exists(tmp.file("a"))) << off.out;
+    // Offline into a directory the user already has: it and its contents stay, nothing is added.
+    fs::create_directories(tmp.file("mine"));
+    spit(tmp.file("mine/notes.txt"), "mine");
+    CmdResult kept = download(bin, "offline", tmp.file("mine"));
+    EXPECT_EQ(kept.rc, 1) << kept.out;
+    std::vector<std::string> left;
+    for (const auto& e : fs::directory_iterator(tmp.file("mine"))) left.push_back(e.path().filename().string());
+    EXPECT_EQ(left, std::vector<std::string>{"notes.txt"});
+    // Cut off in the middle of the weights: config.json (this run's) goes, the partial download stays for a
+    // rerun to resume, and the tools then point at the script.
+    CmdResult part = download(bin, "partial", tmp.file("p/gpt2"));
+    EXPECT_EQ(part.rc, 1) << part.out;
+    EXPECT_FALSE(fs::exists(tmp.file("p/gpt2/config.json"))) << part.out;
+    EXPECT_EQ(slurp(tmp.file("p/gpt2/model.safetensors.part")), "abcde");
+    EXPECT_MENTIONS(part.out, "kept the partial download " + tmp.file("p/gpt2/model.safetensors.part"));
+    EXPECT_MENTIONS(error_of([&] { weights_config(tmp.file("p/gpt2")); }), "scripts/download_gpt2.sh");
+    // A download that works keeps everything.
+    CmdResult ok = download(bin, "ok", tmp.file("ok/gpt2"));
+    EXPECT_EQ(ok.rc, 0) << ok.out;
+    for (const char* f : {"config.json", "model.safetensors", "vocab.json", "merges.txt"})
+        EXPECT_EQ(slurp(tmp.file(std::string("ok/gpt2/") + f)), "{}") << f;
 }
 
 // ---- transformers loads our export (optional: needs torch and transformers) ----

@@ -133,6 +133,91 @@ TEST(PrepareCli, ReportsAndExitCodes) {
     EXPECT_THAT(missing.out, HasSubstr("/nonexistent.txt"));
 }
 
+// A directory given where a file belongs is named as such, not reported as std::bad_alloc.
+TEST(PrepareCli, DirectoryGivenAsAFileIsNamed) {
+    TempDir tmp("prepdir");
+    const std::string d = tmp.path();
+    std::filesystem::create_directory(d + "/notes");
+    spit(d + "/x.jsonl", "{\"text\":\"a\"}\n");
+    CmdResult in = run_cmd("bin/prepare --quiet --out " + d + "/o " + d + "/notes");
+    EXPECT_EQ(in.rc, 1) << in.out;
+    EXPECT_THAT(in.out, HasSubstr(d + "/notes: is a directory, not a file"));
+    EXPECT_THAT(in.out, ::testing::Not(HasSubstr("bad_alloc")));
+    CmdResult t = run_cmd("bin/prepare --quiet --template-file " + d + "/notes --out " + d + "/o " + d + "/x.jsonl");
+    EXPECT_EQ(t.rc, 1) << t.out;
+    EXPECT_THAT(t.out, HasSubstr(d + "/notes: is a directory, not a file"));
+}
+
+// Re-running into the same directory without a validation split removes the old val.bin, so
+// --val-data never reads another run's documents; the tool says why there is no val.bin.
+TEST(PrepareCli, NoValidationSplitRemovesAStaleValBinAndSaysWhy) {
+    TempDir tmp("prepval");
+    const std::string d = tmp.path();
+    std::string lines;
+    for (int i = 0; i < 100; i++) lines += "{\"text\":\"document number " + std::to_string(i) + "\"}\n";
+    spit(d + "/many.jsonl", lines);
+    spit(d + "/a.txt", "A single note.");
+    CmdResult first = run_cmd("bin/prepare --quiet --val-frac 0.2 --out " + d + "/o " + d + "/many.jsonl");
+    ASSERT_EQ(first.rc, 0) << first.out;
+    ASSERT_TRUE(std::filesystem::exists(d + "/o/val.bin"));
+    CmdResult zero = run_cmd("bin/prepare --quiet --val-frac 0 --out " + d + "/o " + d + "/a.txt");
+    ASSERT_EQ(zero.rc, 0) << zero.out;
+    EXPECT_FALSE(std::filesystem::exists(d + "/o/val.bin")) << zero.out;
+    EXPECT_THAT(zero.out, HasSubstr("no validation split (--val-frac 0)"));
+    EXPECT_THAT(zero.out, HasSubstr("removed " + d + "/o/val.bin of an earlier run"));
+    // One document at the default fraction: none drawn for validation (seed 1), and the tool says why.
+    CmdResult one = run_cmd("bin/prepare --quiet --out " + d + "/o " + d + "/a.txt");
+    ASSERT_EQ(one.rc, 0) << one.out;
+    EXPECT_FALSE(std::filesystem::exists(d + "/o/val.bin"));
+    EXPECT_THAT(one.out, HasSubstr("no validation split: 1 document, none drawn for validation at --val-frac 0.05"));
+    EXPECT_THAT(one.out, ::testing::Not(HasSubstr("removed")));  // nothing stale this time
+}
+
+// The library does the same for callers other than the tool.
+TEST(Prepare, NoValidationSplitRemovesAStaleValBin) {
+    TempDir tmp("prepval");
+    const std::string d = tmp.path();
+    std::filesystem::create_directory(d + "/out");
+    spit(d + "/out/val.bin", "old");
+    spit(d + "/a.txt", "A single note.");
+    PrepareOptions o;
+    o.inputs = {d + "/a.txt"};
+    o.out_dir = d + "/out";
+    o.val_frac = 0;
+    o.progress = false;
+    PrepareReport r = prepare_dataset(tok(), o);
+    EXPECT_TRUE(r.val_path.empty());
+    EXPECT_EQ(r.removed_stale_val, d + "/out/val.bin");
+    EXPECT_FALSE(std::filesystem::exists(d + "/out/val.bin"));
+}
+
+// A template without {instruction} would drop every instruction: a usage error naming the flag and value.
+TEST(PrepareCli, TemplateWithoutInstructionIsAUsageError) {
+    TempDir tmp("preptmpl");
+    const std::string d = tmp.path();
+    spit(d + "/alp.jsonl", "{\"instruction\":\"Add\",\"input\":\"2 3\",\"output\":\" 5\"}\n"
+                           "{\"instruction\":\"Say hi\",\"output\":\" hi\"}\n");
+    CmdResult r = run_cmd("bin/prepare --quiet --val-frac 0 --template 'no placeholders' --out " + d + "/o " + d +
+                          "/alp.jsonl");
+    EXPECT_EQ(r.rc, 2) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("--template: the template 'no placeholders' has no {instruction} placeholder"));
+    EXPECT_FALSE(std::filesystem::exists(d + "/o/train.bin"));
+    spit(d + "/t.txt", "Input: {input}\nAnswer:");
+    CmdResult f = run_cmd("bin/prepare --quiet --val-frac 0 --template-file " + d + "/t.txt --out " + d + "/o " + d +
+                          "/alp.jsonl");
+    EXPECT_EQ(f.rc, 2) << f.out;
+    EXPECT_THAT(f.out, HasSubstr("--template-file " + d + "/t.txt: the template 'Input: {input}"));
+    CmdResult ok = run_cmd("bin/prepare --quiet --val-frac 0 --template 'Do: {instruction} {input} =>' --out " + d +
+                           "/o " + d + "/alp.jsonl");
+    EXPECT_EQ(ok.rc, 0) << ok.out;
+    PrepareOptions o;
+    o.inputs = {d + "/alp.jsonl"};
+    o.out_dir = d + "/lib";
+    o.template_str = "no placeholders";
+    o.progress = false;
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("has no {instruction} placeholder"));
+}
+
 // The tools find the shipped vocabulary (data/gpt2) beside themselves when run from another directory;
 // a vocabulary given explicitly that does not exist is still an error naming it.
 TEST(PrepareCli, FindsTheShippedVocabularyFromAnotherDirectory) {

@@ -3,7 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <set>
+#include <thread>
 
 #include "data/fileio.h"
 #include "data/shard.h"
@@ -69,6 +72,26 @@ TEST(Shard, EachMalformedFieldHasItsError) {
     EXPECT_THAT(err(good, 49), HasSubstr("id 49, not below the vocabulary size 49"));
     EXPECT_THAT(err(good, 49), HasSubstr("b.bin"));
     EXPECT_EQ(err(good), "");
+}
+
+// Every reader goes through read_file_bytes: a directory is named as one (it used to throw
+// std::bad_alloc from tellg()), and a pipe, whose size is unknown, is read to its end.
+TEST(FileIo, DirectoryIsNamedAndPipesAreReadWhole) {
+    TempDir tmp("fileio");
+    const std::string d = tmp.path();
+    EXPECT_EQ(error_of([&] { read_file_bytes(d); }), d + ": is a directory, not a file");
+    EXPECT_EQ(error_of([&] { read_shard(d, 50); }), d + ": is a directory, not a file");
+    EXPECT_THAT(error_of([&] { read_file_bytes(d + "/none"); }), HasSubstr(d + "/none: cannot open (No such file"));
+    spit(d + "/f", std::string(100000, 'x') + "end");
+    std::vector<uint8_t> b = read_file_bytes(d + "/f");
+    EXPECT_EQ(std::string(b.begin(), b.end()), std::string(100000, 'x') + "end");
+    spit(d + "/empty", "");
+    EXPECT_TRUE(read_file_bytes(d + "/empty").empty());
+    ASSERT_EQ(::mkfifo((d + "/pipe").c_str(), 0600), 0);
+    std::thread writer([&] { spit(d + "/pipe", std::string(70000, 'p')); });  // opens once the reader does
+    const std::vector<uint8_t> piped = read_file_bytes(d + "/pipe");
+    writer.join();
+    EXPECT_EQ(std::string(piped.begin(), piped.end()), std::string(70000, 'p'));
 }
 
 TEST(Loader, ShardShorterThanOneWindowIsNamed) {

@@ -201,12 +201,20 @@ void validate_train_args(const TrainArgs& a) {
         if (!path.empty() && !std::filesystem::exists(path, ec))
             throw UsageError(std::string(flag) + ": no such file or directory: " + path);
     };
-    for (const auto& p : a.train_data) must_exist("--train-data", p);
-    for (const auto& p : a.val_data) must_exist("--val-data", p);
+    // Shards and checkpoints are single files; weights (--init, --teacher) may be a Hugging Face directory.
+    auto must_be_file = [&](const char* flag, const std::string& path, const char* what) {
+        must_exist(flag, path);
+        std::error_code ec;
+        if (!path.empty() && std::filesystem::is_directory(path, ec))
+            throw UsageError(std::string(flag) + ": " + path + ": is a directory, not a file (expected " + what + ")");
+    };
+    const char* shard = "a token shard made by bin/prepare";
+    for (const auto& p : a.train_data) must_be_file("--train-data", p, shard);
+    for (const auto& p : a.val_data) must_be_file("--val-data", p, shard);
     must_exist("--init", a.init);
     must_exist("--teacher", a.teacher);
-    for (const auto& p : a.fisher_data) must_exist("--fisher-data", p);
-    for (const auto& p : a.replay_data) must_exist("--replay-data", p);
+    for (const auto& p : a.fisher_data) must_be_file("--fisher-data", p, shard);
+    for (const auto& p : a.replay_data) must_be_file("--replay-data", p, shard);
     if (a.peft.virt != Virtual::none && a.peft.n_virtual < 1)
         throw UsageError("--virtual " + std::string(virtual_name(a.peft.virt)) + " needs --virtual-tokens P");
     if ((a.peft.virt == Virtual::ptune || a.peft.virt == Virtual::prefix) && a.peft.hidden < 1)
@@ -251,7 +259,7 @@ void validate_train_args(const TrainArgs& a) {
         throw UsageError("--distill needs a teacher: --teacher WEIGHTS, or --init (the starting model is the default)");
     if (a.unfreeze_every > 0 && a.peft.any())
         throw UsageError("--unfreeze-every works on the model's own blocks; it does not combine with LoRA or virtual tokens");
-    must_exist("--resume", a.resume);
+    must_be_file("--resume", a.resume, "a resume.ckpt written by bin/train");
 }
 
 }  // namespace tune

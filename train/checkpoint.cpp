@@ -1,5 +1,6 @@
 #include "train/checkpoint.h"
 
+#include <algorithm>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
@@ -45,9 +46,15 @@ struct CkptFile {
     }
 
     explicit CkptFile(const std::string& p) : path(p), bytes(read_file_bytes(p)) {
+        // The magic first: a short file that does not start like a checkpoint is some other file, not a
+        // truncated checkpoint.
+        if (bytes.empty()) fail("empty file (0 bytes), not a tune.cu checkpoint");
+        const size_t head = std::min(bytes.size(), sizeof kCkptMagic);
+        if (std::memcmp(bytes.data(), kCkptMagic, head) != 0)
+            fail("not a tune.cu checkpoint: it starts with " + shown_bytes(bytes, sizeof kCkptMagic) + " (" +
+                 std::to_string(bytes.size()) + " bytes in all), where a checkpoint starts with \"TUNECKPT\"");
         if (bytes.size() < 16)
             fail("truncated: " + std::to_string(bytes.size()) + " bytes, shorter than the 16-byte header");
-        if (std::memcmp(bytes.data(), kCkptMagic, 8) != 0) fail("not a tune.cu checkpoint (bad magic)");
         const uint32_t version = load_u32(&bytes[8]);
         if (version != kCkptVersion)
             fail("checkpoint version " + std::to_string(version) + ", this build reads version " +

@@ -11,15 +11,18 @@
 namespace tune {
 
 LossResult eval_loss(GPT2& model, Loader& loader, int batches) {
-    if (batches <= 0) batches = (int)std::max<size_t>(1, loader.num_windows() / (size_t)model.max_B());
+    LossResult r;
+    const size_t B = (size_t)loader.B();
+    r.pass_batches = (loader.windows_per_epoch() + B - 1) / B;
+    const size_t want = batches <= 0 ? r.pass_batches : std::min(r.pass_batches, (size_t)batches);
     loader.set_state(LoaderState{});
     double sum = 0;
-    LossResult r;
-    for (int i = 0; i < batches; i++) {
-        Batch b = loader.next();
+    Batch b;
+    while (r.batches < want && loader.next_in_epoch(b)) {
         model.forward(b.inputs.data(), b.B, b.T, b.weights.data());
         sum += model.loss(b.targets.data(), b.weights.data(), 0.0f, false);
         for (float w : b.weights) r.tokens += w != 0.0f;
+        r.batches++;
     }
     r.loss = r.tokens ? sum / (double)r.tokens : NAN;
     r.perplexity = std::exp(r.loss);

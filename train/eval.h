@@ -14,12 +14,17 @@
 namespace tune {
 
 struct LossResult {
-    double loss = 0;        // mean over counted tokens
-    double perplexity = 0;  // exp(loss)
-    size_t tokens = 0;      // counted tokens
+    double loss = 0;          // mean over counted tokens
+    double perplexity = 0;    // exp(loss)
+    size_t tokens = 0;        // counted tokens
+    size_t batches = 0;       // batches evaluated
+    size_t pass_batches = 0;  // batches in one pass over the data (the last may hold fewer windows)
 };
 
-// Mean loss over `batches` micro-batches from the loader (all of an epoch when batches <= 0).
+// Mean loss over the first `batches` batches of one pass over the loader's windows, from the start of
+// its first epoch; batches <= 0, or more than one pass holds, means the whole pass. It never wraps
+// around: a window counted twice would weigh its tokens double. The last batch of a pass may be
+// smaller than the loader's B, so every window counts.
 LossResult eval_loss(GPT2& model, Loader& loader, int batches);
 
 struct ChoiceResult {

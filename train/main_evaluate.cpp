@@ -19,7 +19,8 @@ int main(int argc, char** argv) {
         cli.option("--choices", "FILE", "multiple-choice JSONL", &choices);
         cli.option("--batch", "B", "sequences per batch (loss)", &batch, 1, 1 << 16);
         cli.option("--seq", "T", "tokens per sequence (loss; at most the block size)", &seq, 1, 1 << 20);
-        cli.option("--batches", "N", "batches to evaluate (0: one pass over the data)", &batches, 0, 1 << 30);
+        cli.option("--batches", "N", "batches to evaluate, at most one pass: no token counts twice (0: one pass, "
+                   "the last batch smaller when the windows do not divide evenly)", &batches, 0, 1 << 30);
         cli.option("--adapter", "FILE", "an adapter checkpoint (LoRA, virtual tokens: bin/train's adapter.ckpt) on top "
                    "of --model", &adapter);
         cli.option("--device", "cpu|cuda|auto", "backend", &device);
@@ -41,7 +42,16 @@ int main(int argc, char** argv) {
                                  std::to_string(m.model->config().block_size));
             Loader loader(paths, m.model->config().vocab_size, batch, seq, false, 0);
             LossResult r = eval_loss(*m.model, loader, batches);
-            std::printf("loss %.4f | perplexity %.3f | %zu tokens\n", r.loss, r.perplexity, r.tokens);
+            std::string scope;
+            if (batches > 0 && (size_t)batches > r.pass_batches)
+                scope = "one pass: " + std::to_string(r.batches) + " batches, fewer than the " + std::to_string(batches) +
+                        " asked";
+            else if (r.batches == r.pass_batches)
+                scope = "one pass: " + std::to_string(r.batches) + " batches";
+            else
+                scope = std::to_string(r.batches) + " of the " + std::to_string(r.pass_batches) + " batches of a pass";
+            std::printf("loss %.4f | perplexity %.3f | %zu tokens (%s)\n", r.loss, r.perplexity, r.tokens,
+                        scope.c_str());
         }
         if (!choices.empty()) {
             Tokenizer tok = Tokenizer::load(vocab);
