@@ -70,6 +70,10 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
     for (const std::string& p : paths) {
         shards_.push_back(read_shard(p, vocab_size));
         const Shard& s = shards_.back();
+        // A mask with no 1 would train on nothing and report a loss of 0: a broken preparation, not data.
+        if (!s.mask.empty() && std::all_of(s.mask.begin(), s.mask.end(), [](uint8_t m) { return m == 0; }))
+            throw Error(p + ": the loss mask is 0 at every one of its " + std::to_string(s.mask.size()) +
+                        " tokens: no token would count (were the answers left out when it was prepared?)");
         if (s.tokens.size() < (size_t)T + 1)
             throw Error(p + ": " + std::to_string(s.tokens.size()) + " tokens, shorter than one window of T+1 = " +
                         std::to_string(T + 1));

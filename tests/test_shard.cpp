@@ -102,6 +102,18 @@ TEST(Loader, ShardShorterThanOneWindowIsNamed) {
                 HasSubstr("short.bin: 8 tokens, shorter than one window of T+1 = 9"));
 }
 
+TEST(Loader, ShardWhoseMaskCountsNothingIsNamed) {
+    TempDir tmp("shard");
+    const std::vector<uint8_t> none(40, 0);
+    write_shard(tmp.file("none.bin"), std::vector<int32_t>(40, 3), &none, 37);
+    EXPECT_THAT(error_of([&] { Loader l({tmp.file("none.bin")}, 37, 2, 8, false, 0); }),
+                HasSubstr("none.bin: the loss mask is 0 at every one of its 40 tokens"));
+    std::vector<uint8_t> one = none;
+    one[17] = 1;
+    write_shard(tmp.file("one.bin"), std::vector<int32_t>(40, 3), &one, 37);
+    EXPECT_NO_THROW(Loader({tmp.file("one.bin")}, 37, 2, 8, false, 0));
+}
+
 TEST(Loader, SequentialWindowsAreShiftedTargetsWithMaskWeights) {
     TempDir tmp("loader");
     const std::string d = tmp.path();
