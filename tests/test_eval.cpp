@@ -85,6 +85,17 @@ TEST(MultipleChoice, FileErrorsNameTheLine) {
     auto ex = read_choice_file(tok, d + "/c.jsonl");
     EXPECT_EQ(ex[0].endings[0], tok.encode(" sat"));  // joined with a space
     EXPECT_EQ(ex[0].endings[1], tok.encode(" flew"));
+    // HellaSwag's own lines (context in "ctx", other fields beside) read as they come.
+    spit(d + "/hs.jsonl", "{\"ind\": 24, \"ctx_a\": \"A man\", \"ctx\": \"A man is sitting\", \"endings\": [\"on a roof.\", "
+                          "\"in a tree.\", \"on a horse.\", \"down.\"], \"label\": 3}\n");
+    ex = read_choice_file(tok, d + "/hs.jsonl");
+    ASSERT_EQ(ex.size(), 1u);
+    EXPECT_EQ(ex[0].context, tok.encode("A man is sitting"));
+    EXPECT_EQ(ex[0].endings[3], tok.encode(" down."));
+    EXPECT_EQ(ex[0].label, 3);
+    spit(d + "/none.jsonl", "{\"endings\":[\"sat\",\"flew\"],\"label\":0}\n");
+    EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/none.jsonl"); }),
+                HasSubstr("none.jsonl:1: missing string \"context\" (or HellaSwag's \"ctx\")"));
 }
 
 TEST(EvalLoss, EqualsTheMeanTokenLossAndItsExp) {

@@ -39,12 +39,15 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
         const std::string where = path + ":" + std::to_string(n);
         nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
         if (j.is_discarded() || !j.is_object()) throw Error(where + ": not a JSON object");
-        if (!j.contains("context") || !j["context"].is_string()) throw Error(where + ": missing string \"context\"");
+        // HellaSwag's own files call the context "ctx": read them as they come.
+        const char* ctx_key = j.contains("context") || !j.contains("ctx") ? "context" : "ctx";
+        if (!j.contains(ctx_key) || !j[ctx_key].is_string())
+            throw Error(where + ": missing string \"context\" (or HellaSwag's \"ctx\")");
         if (!j.contains("endings") || !j["endings"].is_array() || j["endings"].size() < 2)
             throw Error(where + ": \"endings\" must be an array of at least two strings");
         if (!j.contains("label") || !j["label"].is_number_integer()) throw Error(where + ": missing integer \"label\"");
         ChoiceExample ex;
-        const std::string ctx = j["context"].get<std::string>();
+        const std::string ctx = j[ctx_key].get<std::string>();
         ex.context = tok.encode(ctx);
         for (const auto& e : j["endings"]) {
             if (!e.is_string() || e.get<std::string>().empty()) throw Error(where + ": an ending is not a non-empty string");
