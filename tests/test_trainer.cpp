@@ -133,6 +133,23 @@ TEST_F(TrainerFixture, ResumeWithChangedOptionsNamesThemAndRefusesStepsAlreadyDo
     }
 }
 
+// Validation covers at most one pass over the validation windows, each once: val.bin's 800 tokens make 61
+// windows of 13 (+1), 21 batches of 3 (the last of 1), so --val-batches 1000 gives the loss of 21, and 20 leaves
+// the last window out.
+TEST_F(TrainerFixture, ValidationCountsEachWindowOnceAtMost) {
+    auto val_at_start = [&](int batches) {
+        TrainArgs a = args("val" + std::to_string(batches));
+        a.steps = 1;
+        a.sched.warmup = 0;
+        a.val_batches = batches;
+        EXPECT_EQ(Trainer(a).run(), 0);
+        return metric(a.out_dir, "val_loss").at(0);
+    };
+    const double all = val_at_start(21);
+    EXPECT_EQ(val_at_start(1000), all);
+    EXPECT_NE(val_at_start(20), all);
+}
+
 TEST_F(TrainerFixture, TrainingLowersTheLossAndWritesItsRunDirectory) {
     TrainArgs a = args("run");
     a.steps = 60;

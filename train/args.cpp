@@ -149,7 +149,7 @@ Cli train_cli(TrainArgs& a) {
              &a.max_bad_steps, 1, INT_MAX);
     c.option("--seed", "S", "seed for initialisation and data order", &a.seed);
     c.option("--val-every", "N", "validation loss every N steps (0: only at the end)", &a.val_every, 0, INT_MAX);
-    c.option("--val-batches", "M", "micro-batches per validation", &a.val_batches, 1, INT_MAX);
+    c.option("--val-batches", "M", "micro-batches per validation (at most one pass over --val-data: no window twice)", &a.val_batches, 1, INT_MAX);
     c.option("--ckpt-every", "N", "write a resume checkpoint every N steps (0: only at the end)", &a.ckpt_every, 0,
              INT_MAX);
     c.option("--out", "DIR", "run directory: metrics.jsonl, loss.svg, model.ckpt, resume.ckpt", &a.out_dir);

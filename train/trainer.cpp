@@ -453,8 +453,8 @@ double Trainer::evaluate() {
     val_->set_state(LoaderState{});  // always the same windows, so validation losses compare across steps
     double sum = 0;
     size_t counted = 0;
-    for (int i = 0; i < args_.val_batches; i++) {
-        Batch b = val_->next();
+    Batch b;
+    for (int i = 0; i < args_.val_batches && val_->next_in_epoch(b); i++) {  // one pass at most: no window twice
         model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
         sum += model_->loss(b.targets.data(), b.weights.data(), 0.0f, false);
         for (float w : b.weights) counted += w != 0.0f;
