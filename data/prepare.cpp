@@ -128,6 +128,9 @@ Document document_from_json_line(const Tokenizer& tok, const std::string& line, 
         const std::string ins = get_string(j, "instruction", where, false);
         const std::string inp = j.contains("input") ? get_string(j, "input", where, true) : "";
         const std::string out = get_string(j, "output", where, false);
+        if (!inp.empty() && !template_str.empty() && template_str.find("{input}") == std::string::npos)
+            throw Error(where + ": has an \"input\", but the template has no {input} placeholder: it would be "
+                                "dropped (add {input} to the template, or leave --template out)");
         const std::string& t = !template_str.empty() ? template_str
                                : inp.empty()         ? std::string(kDefaultTemplateNoInput)
                                                      : std::string(kDefaultTemplate);

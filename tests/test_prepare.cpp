@@ -66,6 +66,13 @@ TEST(Prepare, AlpacaUsesTheTemplateAndMasksIt) {
     Document d2 = document_from_json_line(tok(), R"({"instruction":"Say hi","input":"","output":"hi"})", "x:2", "");
     EXPECT_EQ(tok().decode(std::vector<int32_t>(d2.tokens.begin(), d2.tokens.end() - 2)),
               fill_template(kDefaultTemplateNoInput, "Say hi", ""));
+    // A template without {input} takes examples without one, and refuses to drop one that has it.
+    const std::string no_input = "Q: {instruction}\nA:";
+    EXPECT_NO_THROW(document_from_json_line(tok(), R"({"instruction":"Say hi","input":"","output":"hi"})", "x:3", no_input));
+    EXPECT_THAT(error_of([&] {
+                    document_from_json_line(tok(), R"({"instruction":"Add","input":"2 3","output":" 5"})", "x:4", no_input);
+                }),
+                HasSubstr("x:4: has an \"input\", but the template has no {input} placeholder"));
 }
 
 TEST(Prepare, MalformedLinesNameFileAndLine) {
