@@ -203,15 +203,18 @@ TEST(CudnnGraph, BackwardBatchBoundsTheWorkspace_Gpt2_Gpt2Xl_Awkward) {
     EXPECT_EQ(cuda::CudnnAttention::backward_batch(32, 1024, 25), 16);  // gpt2-xl: 1.56 GiB, two calls
     EXPECT_EQ(cuda::CudnnAttention::backward_batch(1, 1 << 16, 64), 1);  // one sequence is never split
     EXPECT_EQ(cuda::CudnnAttention::backward_batch(0, 1024, 12), 0);
-    for (int B : {1, 7, 33, 171, 342, 513})
+    EXPECT_EQ(cuda::CudnnAttention::backward_batch(22, 1023, 25), 12);  // NH*T odd: calls of 4k sequences
+    for (int B : {1, 7, 22, 33, 171, 342, 513})
         for (int NH : {12, 25})
-            for (int T : {67, 1000, 1024, 2048}) {
+            for (int T : {67, 1000, 1022, 1023, 1024, 2048}) {
                 const int per_call = cuda::CudnnAttention::backward_batch(B, T, NH);
                 const double Tp = std::ceil(T / 128.0) * 128, bytes = per_call * NH * Tp * Tp * 2;
+                const std::string where = std::to_string(B) + " " + std::to_string(T) + " " + std::to_string(NH);
                 EXPECT_GE(per_call, 1);
                 EXPECT_LE(per_call, B);
-                if (per_call > 1) {
-                    EXPECT_LE(bytes, 1024.0 * 1024 * 1024) << B << " " << T << " " << NH;
+                if (per_call < B) {  // several calls: each within the bound, each one's stats 16-byte aligned
+                    EXPECT_LE(bytes, 1024.0 * 1024 * 1024) << where;
+                    EXPECT_EQ((int64_t)per_call * NH * T * 4 % 16, 0) << where;
                 }
                 // Calls of per_call sequences, the last one shorter: as few as the bound allows.
                 const int calls = (B + per_call - 1) / per_call;

@@ -401,7 +401,7 @@ TEST(MethodsCli, FlagsAreValidatedWithClearMessages) {
         {"--cut-frac 0.5", "--cut-frac/--ratio has no effect without --schedule stlr"},
         {"--lr-find-lo 1e-3", "--lr-find-lo/--lr-find-hi has no effect without --lr-find"},
         {"--lr-find --lr-find-lo 1 --lr-find-hi 0.1", "--lr-find-lo 1.000000 must be below --lr-find-hi 0.100000"},
-        {"--init /dev/null --model gpt2", "--model gpt2 has no effect with --init or --resume"},
+        {"--init /dev/null --model gpt2", "--model gpt2 has no effect with --init"},
     };
     TempDir tmp("mcli");
     write_shard(tmp.file("t.bin"), pattern_tokens(500, 1), nullptr, 37);

@@ -49,8 +49,7 @@ TEST_F(TrainerFixture, InterruptedRunSaysSoKeepsNoModelAndResumesExactly) {
     first.halt_at = 3;
     ASSERT_EQ(Trainer(first).run(), 0);
     std::filesystem::remove(first.out_dir + "/model.ckpt");
-    TrainArgs again = args("stopped");
-    again.init.clear();
+    TrainArgs again = args("stopped");  // the same command with --resume, as the run's last line says
     again.resume = again.out_dir + "/resume.ckpt";
     {
         Trainer t(again);
@@ -60,6 +59,15 @@ TEST_F(TrainerFixture, InterruptedRunSaysSoKeepsNoModelAndResumesExactly) {
     }
     EXPECT_FALSE(std::filesystem::exists(again.out_dir + "/model.ckpt"));
     ASSERT_TRUE(std::filesystem::exists(again.out_dir + "/resume.ckpt"));
+    TrainArgs other = again;  // another starting point than the run had is refused
+    other.init = dir + "/other.ckpt";
+    {
+        auto be = make_cpu_backend(DType::f32);
+        GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+        m.init_random(4);
+        save_checkpoint(other.init, m, nullptr, nullptr);
+    }
+    EXPECT_THAT(error_of([&] { Trainer t(other); }), HasSubstr("continues a run that started from"));
     ASSERT_EQ(Trainer(again).run(), 0);
     EXPECT_EQ(losses(again.out_dir), losses(full.out_dir));
     EXPECT_EQ(slurp(full.out_dir + "/model.ckpt"), slurp(again.out_dir + "/model.ckpt"));

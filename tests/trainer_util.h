@@ -63,7 +63,7 @@ struct TrainerFixture : ::testing::Test {
         std::string line;
         while (std::getline(in, line)) {
             auto j = nlohmann::json::parse(line);
-            if (j.contains(field)) out.push_back(j[field].get<double>());
+            if (j.contains(field)) out.push_back(j[field].is_null() ? NAN : j[field].get<double>());
         }
         return out;
     }
@@ -73,7 +73,7 @@ struct TrainerFixture : ::testing::Test {
         std::string line;
         while (std::getline(in, line)) {
             auto j = nlohmann::json::parse(line);
-            if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+            if (j.contains("loss")) out.push_back(j["loss"].is_null() ? NAN : j["loss"].get<double>());
         }
         return out;
     }

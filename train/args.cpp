@@ -188,7 +188,6 @@ void validate_train_args(const TrainArgs& a) {
     if (a.sched.warmup > a.steps)
         throw UsageError("--warmup: " + std::to_string(a.sched.warmup) + " is more than --steps " +
                          std::to_string(a.steps));
-    if (!a.init.empty() && !a.resume.empty()) throw UsageError("--init and --resume: give one, not both");
     if (a.stochastic_rounding && a.precision != "bf16")
         throw UsageError("--stochastic-rounding: rounds to bf16 only, and --precision is " + a.precision);
     if (a.attention == "cudnn" && (a.device == "cpu" || a.precision == "fp32"))
@@ -251,8 +250,8 @@ void validate_train_args(const TrainArgs& a) {
     if (a.lr_find && !(a.lr_find_lo < a.lr_find_hi))
         throw UsageError("--lr-find-lo " + std::to_string(a.lr_find_lo) + " must be below --lr-find-hi " +
                          std::to_string(a.lr_find_hi));
-    if (!a.model.empty() && a.model != d.model && (!a.init.empty() || !a.resume.empty()))
-        throw UsageError("--model " + a.model + " has no effect with --init or --resume: the weights carry their config");
+    if (!a.model.empty() && a.model != d.model && !a.init.empty() && a.resume.empty())
+        throw UsageError("--model " + a.model + " has no effect with --init: the weights carry their config");
     if (a.zero > 0 && (a.l2sp > 0 || a.ewc > 0))
         throw UsageError("--zero 1 with --l2sp/--ewc: the penalty needs every master weight on every rank; use --zero 0");
     if (a.distill > 0 && a.teacher.empty() && a.init.empty() && a.resume.empty())

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
         std::signal(SIGTERM, on_interrupt);
         if (args.lr_find) {
             const double lr = trainer.lr_find(args.steps, args.lr_find_lo, args.lr_find_hi);
+            if (trainer.stop_requested()) return tune::Trainer::kInterrupted;  // a partial sweep suggests nothing
             if (tune::launch_info().rank == 0)
                 std::printf("suggested learning rate: %.3g (steepest descent of the smoothed loss); plot: %s/lr_find.svg\n",
                             lr, args.out_dir.c_str());

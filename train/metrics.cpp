@@ -24,7 +24,11 @@ RunLog::RunLog(const std::string& dir, long long resume_step, const std::string&
         std::string kept;
         for (std::string line; std::getline(in, line);) {
             const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-            if (j.is_discarded() || !j.is_object()) continue;  // torn by a crash mid-line
+            if (j.is_discarded() || !j.is_object()) {
+                if (in.peek() == EOF) break;  // the last line, torn by a crash in mid-write
+                kept += line + "\n";          // something else's line: not ours to drop
+                continue;
+            }
             if (j.contains("step") && j["step"].is_number() && j["step"].get<long long>() > resume_step) continue;
             kept += line + "\n";
             if (j.contains("step") && j.contains("loss") && j["loss"].is_number())

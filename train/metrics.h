@@ -24,7 +24,8 @@ class RunLog {
    public:
     // Opens (creating the directory) dir/metrics.jsonl afresh, or for a run resumed after `resume_step`
     // steps (resume_step >= 0) continues it: the lines of later steps (written before a crash or an
-    // interruption, after the checkpoint) are dropped, as is a torn last line, and the curves of loss.svg
+    // interruption, after the checkpoint) are dropped, as is a torn last line (any other line that is not
+    // JSON is kept as it is), and the curves of loss.svg
     // start from the kept lines, so the plot shows the whole run. An empty dir logs nothing.
     RunLog(const std::string& dir, long long resume_step = -1, const std::string& file = "metrics.jsonl");
     ~RunLog();

@@ -33,6 +33,12 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
     return make_cuda_backend(dt, cuda);
 }
 
+// Whether two paths name the same file (as given, or through links and relative paths).
+static bool same_file(const std::string& a, const std::string& b) {
+    std::error_code ec;
+    return a == b || std::filesystem::equivalent(a, b, ec);
+}
+
 // What decides a run's trajectory besides its weights and state, for resume to compare (TrainState::options).
 // Not here: what gives the same bits however it is set (--recompute, --attention, the number of ranks,
 // --zero, logging and checkpoint intervals) and PEFT settings (read from the checkpoint).
@@ -145,6 +151,10 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     ModelConfig cfg = !args.resume.empty() ? checkpoint_config(args.resume)
                       : !args.init.empty() ? weights_config(args.init)
                                            : preset_config(args.model);
+    // The same command with --resume added continues the run: --model and --init may stay, if they agree.
+    if (!args.resume.empty() && !args.model.empty() && args.model != TrainArgs().model &&
+        preset_config(args.model) != cfg)
+        throw UsageError("--model " + args.model + ": " + args.resume + " holds a model with config " + cfg.describe());
     if (args.seq > cfg.block_size)
         throw UsageError("--seq: " + std::to_string(args.seq) + " is above the model's block size " +
                          std::to_string(cfg.block_size));
@@ -179,6 +189,10 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (anchored) anchor_.allocate(*be_, model_->grads().table(), be_->master_dtype());
     if (!args.resume.empty()) {
         load_checkpoint(args.resume, *model_, opt_.get(), &state_, anchored ? &anchor_ : nullptr);
+        if (!args.init.empty() && !same_file(args.init, state_.init))
+            throw UsageError("--init " + args.init + ": " + args.resume + " continues a run that started from " +
+                             (state_.init.empty() ? std::string("random weights") : state_.init) +
+                             "; give that --init, or none");
         if ((int)state_.step > args.steps)
             throw UsageError("--steps " + std::to_string(args.steps) + ": " + args.resume + " is at step " +
                              std::to_string(state_.step) + " already; give --steps above it to train on");
@@ -468,7 +482,17 @@ double Trainer::evaluate() {
 
 bool Trainer::stop_now() {
     const bool mine = stop_requested_ != 0;
-    return dp_ ? dp_->any(mine, "stop request") : mine;
+    stopped_ = dp_ ? dp_->any(mine, "stop request") : mine;
+    return stopped_;
+}
+
+// A number for metrics.jsonl: `fmt` (one printf conversion), or null where it is NaN or infinite, which JSON
+// has no literal for (a skipped step's loss, an overflowing fp16 gradient norm).
+static std::string jnum(const char* fmt, double v) {
+    if (!std::isfinite(v)) return "null";
+    char b[48];
+    std::snprintf(b, sizeof b, fmt, v);
+    return b;
 }
 
 double Trainer::lr_find(int steps, double lo, double hi) {
@@ -491,7 +515,8 @@ double Trainer::lr_find(int steps, double lo, double hi) {
         smooth.push_back(sm);
         curve.points.push_back({lr, sm});
         char line[160];
-        std::snprintf(line, sizeof line, "{\"lr\":%.9g,\"loss\":%.6f,\"smoothed\":%.6f}", lr, st.loss, sm);
+        std::snprintf(line, sizeof line, "{\"lr\":%.9g,\"loss\":%s,\"smoothed\":%s}", lr,
+                      jnum("%.6f", st.loss).c_str(), jnum("%.6f", sm).c_str());
         log.append(line);
         if (!args_.quiet && (i % args_.log_every == 0))
             std::printf("lr-find %4d/%d | lr %.3e | loss %.4f | smoothed %.4f\n", i + 1, steps, lr, st.loss, sm);
@@ -567,7 +592,7 @@ int Trainer::run() {
         if (std::isnan(val)) return;
         log.val_point(step, val);
         char line[128];
-        std::snprintf(line, sizeof line, "{\"step\":%d,\"val_loss\":%.6f}", step, val);
+        std::snprintf(line, sizeof line, "{\"step\":%d,\"val_loss\":%s}", step, jnum("%.6f", val).c_str());
         log.append(line);
         if (!args_.quiet) std::printf("step %d: validation loss %.4f\n", step, val);
         log.write_plot();
@@ -592,12 +617,13 @@ int Trainer::run() {
         log.train_point(st.step, st.loss);
         char line[512];
         std::snprintf(line, sizeof line,
-                      "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
+                      "{\"step\":%d,\"loss\":%s,\"lr\":%.6g,\"grad_norm\":%s,\"tokens_per_s\":%.1f,"
                       "\"counted_tokens\":%zu,\"skipped\":%s,\"skipped_total\":%llu,\"loss_scale\":%g,"
-                      "\"mfu_percent\":%.2f,\"penalty\":%.6g,\"distill_kl\":%.6g,\"replay_batches\":%d,"
+                      "\"mfu_percent\":%.2f,\"penalty\":%s,\"distill_kl\":%s,\"replay_batches\":%d,"
                       "\"frozen_below\":%d}",
-                      st.step, st.loss, st.lr, st.grad_norm, tok_s, st.counted, st.skipped ? "true" : "false",
-                      (unsigned long long)state_.skipped_steps, st.loss_scale, mfu, st.penalty, st.kl,
+                      st.step, jnum("%.6f", st.loss).c_str(), st.lr, jnum("%.6g", st.grad_norm).c_str(), tok_s,
+                      st.counted, st.skipped ? "true" : "false", (unsigned long long)state_.skipped_steps,
+                      st.loss_scale, mfu, jnum("%.6g", st.penalty).c_str(), jnum("%.6g", st.kl).c_str(),
                       st.replay_batches, st.frozen_below);
         log.append(line);
         if (!args_.quiet && (st.step % args_.log_every == 0 || st.step == last || st.skipped))
@@ -637,7 +663,7 @@ int Trainer::run() {
         if (writer_)
             std::fprintf(stderr, "train: interrupted after step %llu of %d%s%s%s\n",
                          (unsigned long long)state_.step, args_.steps,
-                         args_.out_dir.empty() ? "" : "; continue with the same options and --resume ",
+                         args_.out_dir.empty() ? "" : "; to continue, run the same command with --resume ",
                          args_.out_dir.c_str(), args_.out_dir.empty() ? "" : "/resume.ckpt");
         return kInterrupted;
     }

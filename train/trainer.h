@@ -77,6 +77,7 @@ class Trainer {
     // Finish the current step, write a resume checkpoint, return (run) or stop the sweep (lr_find).
     // Async-signal-safe: called from the SIGINT/SIGTERM handler.
     void request_stop() { stop_requested_ = 1; }
+    bool stop_requested() const { return stop_requested_ != 0 || stopped_; }  // here or, DIST, on any rank
 
     GPT2& model() { return *model_; }
     AdamW& optimizer() { return *opt_; }
@@ -110,6 +111,7 @@ class Trainer {
     double flops_per_token_ = 0;  // 6N + 12 L C T (the PaLM convention), for MFU
     double peak_flops_ = 0;       // the GPU's peak in the compute precision; 0 on the CPU (no MFU)
     volatile std::sig_atomic_t stop_requested_ = 0;
+    bool stopped_ = false;  // stop_now() said yes
     bool stop_now();  // DIST: a stop reaches ranks at different moments; they stop together when any asks
 };
 

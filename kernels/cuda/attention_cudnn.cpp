@@ -46,8 +46,15 @@ int CudnnAttention::backward_batch(int B, int T, int NH) {
     if (B <= 1) return B;
     const double Tp = std::ceil(T / 128.0) * 128, per_sequence = (double)NH * Tp * Tp * 2;
     const int most = std::max(1, (int)std::floor(kBackwardWorkspaceBytes / per_sequence));  // under the bound
-    const int calls = (B + most - 1) / most;
-    return (B + calls - 1) / calls;  // equal calls of at most `most`
+    if (B <= most) return B;
+    // Every call after the first starts its fp32 stats at sequence b0, NH*T floats each: a multiple of `align`
+    // sequences keeps that pointer 16-byte aligned, as the graph's tensors are declared (and the others are:
+    // their rows are multiples of C bf16 values).
+    const int rows = (int)(((int64_t)NH * T) % 4), align = rows == 0 ? 1 : rows == 2 ? 2 : 4;
+    const int most_aligned = std::max(align, most / align * align);  // past the bound only when one align is
+    const int calls = (B + most_aligned - 1) / most_aligned;
+    const int per_call = (B + calls - 1) / calls;
+    return std::min(B, (per_call + align - 1) / align * align);  // equal calls, the last one shorter
 }
 
 #ifdef TUNE_HAVE_CUDNN_FE

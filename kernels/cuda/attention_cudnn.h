@@ -41,7 +41,8 @@ class CudnnAttention {
     // backward runs on backward_batch() sequences at a time, which bounds it near 1 GiB.
     size_t workspace_bytes() const;
     // Sequences per backward call: all B while B*NH*T'*T'*2 bytes (T' = T rounded up to 128) is at most
-    // 1 GiB, else B split into equal calls under it (gpt2 at T=1024: 42 sequences a call, gpt2-xl: 20).
+    // 1 GiB, else B split into equal calls under it (gpt2 at T=1024: 42 sequences a call, gpt2-xl: 20),
+    // a multiple of what keeps each call's stats pointer 16-byte aligned (4 sequences when NH*T is odd).
     // Each (sequence, head) is computed on its own, so the split changes no value.
     static int backward_batch(int B, int T, int NH);
 
