@@ -610,20 +610,46 @@ double GPT2::loss(const int32_t* targets, const float* weights, float dloss, boo
     return sum_of(be_, act(a_losses_), acts_.dtype(), n);
 }
 
-std::pair<double, double> GPT2::loss_distill(const int32_t* targets, const float* weights, float dloss,
-                                             void* teacher_logits, float alpha, float tau) {
+std::pair<double, double> GPT2::loss_distill(const int32_t* targets, const float* weights, float dloss, GPT2& teacher,
+                                             float alpha, float tau) {
     const size_t n = rows_.size();
     if (n == 0) return {0.0, 0.0};
+    if (teacher.rows_ != rows_ || teacher.cfg_.padded_vocab_size != cfg_.padded_vocab_size ||
+        teacher.acts_.dtype() != acts_.dtype())
+        throw Error("model: distillation needs a teacher of the same vocabulary whose last forward ran on the same "
+                    "tokens and loss weights");
     upload_targets(targets, weights);
-    void* logits = logits_buffer();  // distillation needs every row's logits at once
-    const int V = cfg_.vocab_size, Vp = cfg_.padded_vocab_size;
-    // The distillation gradient goes into the teacher's buffer (its logits are read first, row by row), the
-    // cross-entropy's into ours, and then they are added.
-    be_.distill_forward_backward(scratch_.ptr(s_kl_losses_), teacher_logits, logits, teacher_logits, weights_, tau,
-                                 dloss * alpha, n, V, Vp);
-    be_.crossentropy_forward_backward(act(a_losses_), logits, logits, targets_, weights_, dloss * (1.0f - alpha), n, V,
-                                      Vp);
-    be_.residual_forward(logits, logits, teacher_logits, n * Vp);
+    const int C = cfg_.n_embd, V = cfg_.vocab_size, Vp = cfg_.padded_vocab_size;
+    const size_t es = dtype_size(acts_.dtype());
+    // Rows per chunk: whatever both logits buffers hold (all n when neither head was deferred).
+    const size_t most = std::min({n, head_deferred_ ? head_rows_ : n, teacher.head_deferred_ ? teacher.head_rows_ : n});
+    const size_t chunks = (n + most - 1) / most;
+    char* z_all = static_cast<char*>(act(a_logits_));
+    char* zt_all = static_cast<char*>(teacher.act(teacher.a_logits_));
+    const char* in = static_cast<const char*>(head_input());
+    char* din = static_cast<char*>(gathered_ ? scratch_.ptr(s_dlnf_rows_) : scratch_.ptr(s_dC_));
+    char* losses = static_cast<char*>(act(a_losses_));
+    char* kl = static_cast<char*>(scratch_.ptr(s_kl_losses_));
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t r0 = n * c / chunks, rows = n * (c + 1) / chunks - r0;
+        // A deferred head makes this chunk's logits at the start of its buffer; a whole one has them at row r0.
+        char* z = head_deferred_ ? z_all : z_all + r0 * Vp * es;
+        char* zt = teacher.head_deferred_ ? zt_all : zt_all + r0 * Vp * es;
+        if (head_deferred_) be_.matmul_forward(z, in + r0 * C * es, params_.ptr(kWte), nullptr, rows, C, Vp);
+        if (teacher.head_deferred_)
+            be_.matmul_forward(zt, static_cast<const char*>(teacher.head_input()) + r0 * C * es,
+                               teacher.params_.ptr(kWte), nullptr, rows, C, Vp);
+        // The distillation gradient goes into the teacher's buffer (its logits are read first, row by row), the
+        // cross-entropy's into ours, and then they are added.
+        be_.distill_forward_backward(kl + r0 * es, zt, z, zt, weights_ + r0, tau, dloss * alpha, rows, V, Vp);
+        be_.crossentropy_forward_backward(losses + r0 * es, z, z, targets_ + r0, weights_ + r0, dloss * (1.0f - alpha),
+                                          rows, V, Vp);
+        be_.residual_forward(z, z, zt, rows * Vp);
+        if (head_deferred_)
+            be_.matmul_backward(din + r0 * C * es, pgrad(kWte), nullptr, z, in + r0 * C * es, params_.ptr(kWte), rows,
+                                C, Vp);
+    }
+    head_backward_done_ = head_deferred_;
     return {sum_of(be_, act(a_losses_), acts_.dtype(), n), sum_of(be_, scratch_.ptr(s_kl_losses_), acts_.dtype(), n)};
 }
 

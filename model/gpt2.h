@@ -74,8 +74,9 @@ Recompute parse_recompute(const std::string& name);  // throws UsageError
 // keeps logits for at most R rows: when a forward has more counted rows, the head is deferred to loss(), which
 // runs it R rows (or fewer, balanced) at a time: logits, cross-entropy fused with its gradient, then at once
 // the head's backward for those rows (d lnf written, d wte accumulated), so the chunk's buffer can take the
-// next chunk. backward() then starts below the head. What needs all the logits at once (logits_row,
-// logits_buffer, loss_distill) needs head_chunk = 0 (the default) or a forward with at most R counted rows.
+// next chunk. backward() then starts below the head. Distillation does the same with the teacher's logits,
+// chunk by chunk beside the student's. What needs all the logits at once (logits_row, logits_buffer) needs
+// head_chunk = 0 (the default) or a forward with at most R counted rows.
 // In bf16/fp16 each chunk adds one rounding of the wte gradient (it is accumulated in the working type).
 struct ModelOptions {
     PeftConfig peft;
@@ -167,12 +168,13 @@ class GPT2 {
     size_t logits_rows() const { return rows_.size(); }
     const std::vector<int32_t>& counted_rows() const { return rows_; }  // their indices in (B, T)
     // Cross-entropy of the last forward with its dlogits scaled by dloss, plus (alpha-weighted) distillation
-    // from `teacher_logits` (rows like logits_buffer()) at temperature tau:
+    // from `teacher`, whose last forward ran on the same tokens and weights, at temperature tau:
     //   loss = (1 - alpha) CE + alpha tau^2 KL(teacher || student).
-    // Returns the two weighted sums (CE, KL) over the rows; gradients ready for backward(). teacher_logits is
-    // overwritten.
-    std::pair<double, double> loss_distill(const int32_t* targets, const float* weights, float dloss,
-                                           void* teacher_logits, float alpha, float tau);
+    // Returns the two weighted sums (CE, KL) over the rows; gradients ready for backward(). The teacher's
+    // logits buffer is used as scratch. Either head may be chunked (ModelOptions::head_chunk): the teacher's
+    // logits are then made chunk by chunk beside the student's.
+    std::pair<double, double> loss_distill(const int32_t* targets, const float* weights, float dloss, GPT2& teacher,
+                                           float alpha, float tau);
 
     // Bytes per category, for the memory map.
     size_t param_bytes() const { return params_.bytes(); }

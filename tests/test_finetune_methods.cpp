@@ -339,16 +339,26 @@ TEST_F(Methods, RecomputationGivesBitIdenticalTraining) {
 // Only the order in which the wte gradient is summed changes: the same training within float rounding, and
 // validation (a loss without backward) goes through the chunks too.
 TEST_F(Methods, LmHeadInChunksTrainsLikeTheWholeHead) {
-    TrainArgs whole = args("whole"), chunked = args("chunked");
-    whole.head_chunk = 0;
-    chunked.head_chunk = 7;
-    for (TrainArgs* a : {&whole, &chunked}) ASSERT_EQ(Trainer(*a).run(), 0);
-    const auto lw = losses(whole.out_dir), lc = losses(chunked.out_dir);
-    ASSERT_EQ(lw.size(), (size_t)whole.steps);
-    EXPECT_TRUE(near_rel(lc, lw, 1e-5));
-    const auto vw = metric(whole.out_dir, "val_loss"), vc = metric(chunked.out_dir, "val_loss");
-    ASSERT_FALSE(vw.empty());
-    EXPECT_TRUE(near_rel(vc, vw, 1e-5));
+    for (float distill : {0.0f, 0.5f}) {  // with distillation the teacher's head is chunked too
+        SCOPED_TRACE("distill " + std::to_string(distill));
+        TrainArgs whole = args("whole" + std::to_string(distill)), chunked = args("chunked" + std::to_string(distill));
+        whole.head_chunk = 0;
+        chunked.head_chunk = 7;
+        whole.distill = chunked.distill = distill;
+        for (TrainArgs* a : {&whole, &chunked}) ASSERT_EQ(Trainer(*a).run(), 0);
+        const auto lw = losses(whole.out_dir), lc = losses(chunked.out_dir);
+        ASSERT_EQ(lw.size(), (size_t)whole.steps);
+        EXPECT_TRUE(near_rel(lc, lw, 1e-5));
+        const auto vw = metric(whole.out_dir, "val_loss"), vc = metric(chunked.out_dir, "val_loss");
+        ASSERT_FALSE(vw.empty());
+        EXPECT_TRUE(near_rel(vc, vw, 1e-5));
+        if (distill > 0) {
+            const auto kw = metric(whole.out_dir, "distill_kl"), kc = metric(chunked.out_dir, "distill_kl");
+            ASSERT_EQ(kw.size(), lw.size());
+            EXPECT_TRUE(near_rel(kc, kw, 1e-4));
+            EXPECT_GT(kw.back(), 0.0);
+        }
+    }
 }
 
 TEST_F(Methods, ResumeIsBitExactWithLoraL2spDistillReplayAndRecompute) {

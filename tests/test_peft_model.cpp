@@ -311,7 +311,7 @@ TEST(PeftModel, DistillationGradientMatchesFiniteDifferencesAndAlphaZeroIsPlainC
         if (backward) m.zero_grads();
         teacher.forward(d.x.data(), d.B, d.T, d.w.data());
         m.forward(d.x.data(), d.B, d.T, d.w.data());
-        auto [ce, kl] = m.loss_distill(d.y.data(), d.w.data(), (float)(1.0 / n), teacher.logits_buffer(), alpha, tau);
+        auto [ce, kl] = m.loss_distill(d.y.data(), d.w.data(), (float)(1.0 / n), teacher, alpha, tau);
         if (backward) m.backward();
         return ((1 - alpha) * ce + alpha * kl) / n;
     };
@@ -343,7 +343,46 @@ TEST(PeftModel, DistillationGradientMatchesFiniteDifferencesAndAlphaZeroIsPlainC
     for (size_t i = 0; i < t.size(); i++) set_tensor(m, m.params(), i, get_tensor(teacher, teacher.params(), i));
     teacher.forward(d.x.data(), d.B, d.T, d.w.data());
     m.forward(d.x.data(), d.B, d.T, d.w.data());
-    EXPECT_NEAR(m.loss_distill(d.y.data(), d.w.data(), 1.0f, teacher.logits_buffer(), 0.5f, 3.0f).second, 0.0, 1e-12);
+    EXPECT_NEAR(m.loss_distill(d.y.data(), d.w.data(), 1.0f, teacher, 0.5f, 3.0f).second, 0.0, 1e-12);
+}
+
+// Distillation with either head in chunks (ModelOptions::head_chunk: the teacher's logits made chunk by
+// chunk beside the student's): the same CE, KL and gradients as with both heads whole, every row counted or
+// the counted rows gathered, and with a soft prompt on the student.
+TEST(PeftModel, DistillationWithChunkedHeadsEqualsWholeHeadsF64) {
+    auto be = make_cpu_backend(DType::f64);
+    const ModelConfig c = small_config(37, 2, 3, 12, 12);
+    for (int variant = 0; variant < 3; variant++) {  // every row; counted rows; soft prompt on the student
+        const Data d = random_data(2, 7, 37, 30 + variant, true);
+        auto run = [&](size_t student_chunk, size_t teacher_chunk) {
+            ModelOptions so, to;
+            so.head_chunk = student_chunk;
+            to.head_chunk = teacher_chunk;
+            if (variant == 2) so.peft = virtual_cfg(Virtual::prompt, 3);
+            GPT2 teacher(c, *be, 2, 7, nullptr, to), m(c, *be, 2, 7, nullptr, so);
+            teacher.init_random(40);
+            m.init_random(41);
+            if (variant == 2) randomise_peft(m, 42);
+            m.zero_grads();
+            const float* w = variant == 0 ? nullptr : d.w.data();
+            teacher.forward(d.x.data(), d.B, d.T, w);
+            m.forward(d.x.data(), d.B, d.T, w);
+            auto [ce, kl] = m.loss_distill(d.y.data(), d.w.data(), 0.1f, teacher, 0.6f, 2.0f);
+            m.backward();
+            std::vector<double> out = {ce, kl};
+            for (size_t i = 0; i < m.grads().table().size(); i++) {
+                const auto g = get_tensor(m, m.grads(), i);
+                out.insert(out.end(), g.begin(), g.end());
+            }
+            return out;
+        };
+        const auto whole = run(0, 0);
+        for (auto [sc, tc] : {std::pair<size_t, size_t>{4, 4}, {5, 0}, {0, 3}, {3, 7}}) {
+            SCOPED_TRACE("variant " + std::to_string(variant) + ", student chunk " + std::to_string(sc) +
+                         ", teacher chunk " + std::to_string(tc));
+            EXPECT_TRUE(near_rel(run(sc, tc), whole, 1e-12));
+        }
+    }
 }
 
 TEST(PeftModel, BackwardFloorLeavesLowerBlocksWithoutGradient) {

@@ -98,7 +98,7 @@ Cli train_cli(TrainArgs& a) {
              "none", [&a](const std::string& v) { a.recompute = parse_recompute(v); });
     c.option("--head-chunk", "ROWS", "rows of LM-head logits kept at once; a micro-batch with more counted tokens "
              "runs the head in chunks inside the loss, saving Vp values per token (98 KiB in bf16) for one "
-             "chunk's buffer (0: keep every row; --distill always does)", &a.head_chunk, 0, INT_MAX);
+             "chunk's buffer, and the same for --distill's teacher (0: keep every row)", &a.head_chunk, 0, INT_MAX);
     c.option("--l2sp", "LAMBDA", "L2-SP: add LAMBDA/2 * |theta - theta0|^2 over trainable parameters (0: off)",
              &a.l2sp, 0, 1e12);
     c.option("--ewc", "LAMBDA", "EWC: add LAMBDA/2 * sum F (theta - theta0)^2 with the diagonal Fisher F (0: off)",

@@ -168,7 +168,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     // A resumed PEFT run needs no repeated PEFT flags: the checkpoint says what it was built with.
     if (!args.resume.empty() && !mo.peft.any()) mo.peft = checkpoint_peft(args.resume);
     mo.recompute = args.recompute;
-    mo.head_chunk = args.distill > 0 ? 0 : (size_t)args.head_chunk;  // distillation reads every logit
+    mo.head_chunk = (size_t)args.head_chunk;
     Trainable trainable = select_trainable(cfg, args.train_top, args.train_only);
     // PEFT trains only its own tensors, unless the base selection was asked for explicitly.
     if (mo.peft.any() && args.train_top == 0 && args.train_only.empty())
@@ -223,6 +223,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         // Forward only: full recomputation's layout keeps one block's activations instead of L.
         ModelOptions to;
         to.recompute = Recompute::full;
+        to.head_chunk = (size_t)args.head_chunk;
         teacher_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &none, to);
         load_weights(teacher, *teacher_);
     }
@@ -393,7 +394,7 @@ StepStats Trainer::step(float lr) {
             model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
             const float a = args_.distill;
             auto [ce, kl] =
-                model_->loss_distill(b.targets.data(), b.weights.data(), dloss, teacher_->logits_buffer(), a, args_.distill_temp);
+                model_->loss_distill(b.targets.data(), b.weights.data(), dloss, *teacher_, a, args_.distill_temp);
             loss_sum += (1.0 - a) * ce + a * kl;
             kl_sum += kl;
         } else {
