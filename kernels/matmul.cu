@@ -91,25 +91,33 @@ void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, size_t
     }
 }
 
+namespace {
+
+// dinp^T(IC,N) = W^T(IC,OC) @ dout^T(OC,N): the input gradient's product, plain or with an epilogue.
+template <class T>
+GemmArgs dinp_product(T* dinp, const T* dout, const T* weight, size_t N, int IC, int OC) {
+    GemmArgs g;
+    g.m = IC;
+    g.n = (int64_t)N;
+    g.k = OC;
+    g.A = weight;
+    g.lda = IC;
+    g.B = dout;
+    g.ldb = OC;
+    g.D = dinp;
+    g.ldd = IC;
+    g.ab_type = g.d_type = cuda_type<T>();
+    return g;
+}
+
+}  // namespace
+
 template <class T>
 void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, size_t N, int IC,
                      int OC, Gemm& gemm, Scratch& scratch) {
     NvtxRange range("matmul_backward");
     if (N == 0) return;
-    if (dinp) {
-        GemmArgs g;
-        g.m = IC;
-        g.n = (int64_t)N;
-        g.k = OC;
-        g.A = weight;
-        g.lda = IC;
-        g.B = dout;
-        g.ldb = OC;
-        g.D = dinp;
-        g.ldd = IC;
-        g.ab_type = g.d_type = cuda_type<T>();
-        gemm.run(g);
-    }
+    if (dinp) gemm.run(dinp_product(dinp, dout, weight, N, IC, OC));
     if (dweight) {
         GemmArgs g;
         g.trans_b = true;
@@ -144,17 +152,7 @@ bool matmul_backward_gelu(T* dinp, T* dweight, T* dbias, const T* dout, const T*
                           size_t N, int IC, int OC, Gemm& gemm, Scratch& scratch) {
     NvtxRange range("matmul_backward_gelu");
     if (N == 0) return true;
-    GemmArgs g;  // dinp^T(IC,N) = W^T(IC,OC) @ dout^T(OC,N), times gelu'(pre^T) in the epilogue
-    g.m = IC;
-    g.n = (int64_t)N;
-    g.k = OC;
-    g.A = weight;
-    g.lda = IC;
-    g.B = dout;
-    g.ldb = OC;
-    g.D = dinp;
-    g.ldd = IC;
-    g.ab_type = g.d_type = cuda_type<T>();
+    GemmArgs g = dinp_product(dinp, dout, weight, N, IC, OC);  // times gelu'(pre^T) in the epilogue
     g.dgelu = true;
     g.aux = const_cast<T*>(pre);
     g.ldaux = IC;

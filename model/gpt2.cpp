@@ -521,31 +521,6 @@ void* GPT2::logits_buffer() const {
     return act(a_logits_);
 }
 
-// The deferred head (ModelOptions::head_chunk): per chunk of rows, logits -> losses (and dlogits in place) ->
-// with backward_prep, d head input (written) and d wte (accumulated), before the next chunk reuses the buffer.
-// Chunks are balanced: ceil(n / head_rows_) of them, of equal size give or take one row.
-double GPT2::loss_chunked(float dloss, bool backward_prep) {
-    const size_t n = rows_.size(), es = dtype_size(acts_.dtype());
-    const int C = cfg_.n_embd, V = cfg_.vocab_size, Vp = cfg_.padded_vocab_size;
-    const size_t chunks = (n + head_rows_ - 1) / head_rows_;
-    const char* in = static_cast<const char*>(head_input());
-    // d head input: the counted rows' buffer when the head's input was gathered, else d lnf itself.
-    char* din = static_cast<char*>(gathered_ ? scratch_.ptr(s_dlnf_rows_) : scratch_.ptr(s_dC_));
-    char* losses = static_cast<char*>(act(a_losses_));
-    void* logits = act(a_logits_);
-    for (size_t c = 0; c < chunks; c++) {
-        const size_t r0 = n * c / chunks, rows = n * (c + 1) / chunks - r0;
-        be_.matmul_forward(logits, in + r0 * C * es, params_.ptr(kWte), nullptr, rows, C, Vp);
-        be_.crossentropy_forward_backward(losses + r0 * es, backward_prep ? logits : nullptr, logits, targets_ + r0,
-                                          weights_ + r0, dloss, rows, V, Vp);
-        if (backward_prep)
-            be_.matmul_backward(din + r0 * C * es, pgrad(kWte), nullptr, logits, in + r0 * C * es, params_.ptr(kWte),
-                                rows, C, Vp);
-    }
-    head_backward_done_ = backward_prep;
-    return sum_of(be_, act(a_losses_), acts_.dtype(), n);
-}
-
 void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
     const int C = cfg_.n_embd, maxT = cfg_.block_size;
     assert(B <= B_ && n <= T_ && pos0 >= 0 && pos0 + n + P_ <= maxT);
@@ -600,33 +575,37 @@ void GPT2::upload_targets(const int32_t* targets, const float* weights) {
 
 double GPT2::loss(const int32_t* targets, const float* weights, float dloss, bool backward_prep) {
     // The loss covers the rows the LM head ran on (all rows, or the counted ones; see forward()).
-    const size_t n = rows_.size();
-    if (n == 0) return 0.0;
+    if (rows_.empty()) return 0.0;
     upload_targets(targets, weights);
-    if (head_deferred_) return loss_chunked(dloss, backward_prep);
-    void* logits = act(a_logits_);
-    be_.crossentropy_forward_backward(act(a_losses_), backward_prep ? logits : nullptr, logits, targets_, weights_,
-                                      dloss, n, cfg_.vocab_size, cfg_.padded_vocab_size);
-    return sum_of(be_, act(a_losses_), acts_.dtype(), n);
+    return head_loss(dloss, backward_prep, nullptr, 0.0f, 1.0f).first;
 }
 
 std::pair<double, double> GPT2::loss_distill(const int32_t* targets, const float* weights, float dloss, GPT2& teacher,
                                              float alpha, float tau) {
-    const size_t n = rows_.size();
-    if (n == 0) return {0.0, 0.0};
+    if (rows_.empty()) return {0.0, 0.0};
     if (teacher.rows_ != rows_ || teacher.cfg_.padded_vocab_size != cfg_.padded_vocab_size ||
         teacher.acts_.dtype() != acts_.dtype())
         throw Error("model: distillation needs a teacher of the same vocabulary whose last forward ran on the same "
                     "tokens and loss weights");
     upload_targets(targets, weights);
+    return head_loss(dloss, true, &teacher, alpha, tau);
+}
+
+// The loss over the head's rows, a chunk of rows at a time where a head was deferred (ModelOptions::head_chunk),
+// else in one piece over the logits forward() made: logits (deferred heads) -> distillation from the teacher's
+// logits into the teacher's buffer, if any -> cross-entropy with dlogits in place -> their sum -> with
+// backward_prep, a deferred head's backward for those rows (d head input written, d wte accumulated), before
+// the next chunk reuses the buffers. Chunks are balanced: equal sizes give or take one row.
+std::pair<double, double> GPT2::head_loss(float dloss, bool backward_prep, GPT2* teacher, float alpha, float tau) {
+    const size_t n = rows_.size(), es = dtype_size(acts_.dtype());
     const int C = cfg_.n_embd, V = cfg_.vocab_size, Vp = cfg_.padded_vocab_size;
-    const size_t es = dtype_size(acts_.dtype());
-    // Rows per chunk: whatever both logits buffers hold (all n when neither head was deferred).
-    const size_t most = std::min({n, head_deferred_ ? head_rows_ : n, teacher.head_deferred_ ? teacher.head_rows_ : n});
+    const bool t_deferred = teacher && teacher->head_deferred_;
+    const size_t most = std::min({n, head_deferred_ ? head_rows_ : n, t_deferred ? teacher->head_rows_ : n});
     const size_t chunks = (n + most - 1) / most;
     char* z_all = static_cast<char*>(act(a_logits_));
-    char* zt_all = static_cast<char*>(teacher.act(teacher.a_logits_));
+    char* zt_all = teacher ? static_cast<char*>(teacher->act(teacher->a_logits_)) : nullptr;
     const char* in = static_cast<const char*>(head_input());
+    // d head input: the counted rows' buffer when the head's input was gathered, else d lnf itself.
     char* din = static_cast<char*>(gathered_ ? scratch_.ptr(s_dlnf_rows_) : scratch_.ptr(s_dC_));
     char* losses = static_cast<char*>(act(a_losses_));
     char* kl = static_cast<char*>(scratch_.ptr(s_kl_losses_));
@@ -634,23 +613,29 @@ std::pair<double, double> GPT2::loss_distill(const int32_t* targets, const float
         const size_t r0 = n * c / chunks, rows = n * (c + 1) / chunks - r0;
         // A deferred head makes this chunk's logits at the start of its buffer; a whole one has them at row r0.
         char* z = head_deferred_ ? z_all : z_all + r0 * Vp * es;
-        char* zt = teacher.head_deferred_ ? zt_all : zt_all + r0 * Vp * es;
         if (head_deferred_) be_.matmul_forward(z, in + r0 * C * es, params_.ptr(kWte), nullptr, rows, C, Vp);
-        if (teacher.head_deferred_)
-            be_.matmul_forward(zt, static_cast<const char*>(teacher.head_input()) + r0 * C * es,
-                               teacher.params_.ptr(kWte), nullptr, rows, C, Vp);
-        // The distillation gradient goes into the teacher's buffer (its logits are read first, row by row), the
-        // cross-entropy's into ours, and then they are added.
-        be_.distill_forward_backward(kl + r0 * es, zt, z, zt, weights_ + r0, tau, dloss * alpha, rows, V, Vp);
-        be_.crossentropy_forward_backward(losses + r0 * es, z, z, targets_ + r0, weights_ + r0, dloss * (1.0f - alpha),
-                                          rows, V, Vp);
-        be_.residual_forward(z, z, zt, rows * Vp);
-        if (head_deferred_)
+        float ce_scale = dloss;
+        char* zt = nullptr;
+        if (teacher) {
+            zt = t_deferred ? zt_all : zt_all + r0 * Vp * es;
+            if (t_deferred)
+                be_.matmul_forward(zt, static_cast<const char*>(teacher->head_input()) + r0 * C * es,
+                                   teacher->params_.ptr(kWte), nullptr, rows, C, Vp);
+            // The distillation gradient goes into the teacher's buffer (its logits are read first, row by row),
+            // the cross-entropy's into ours, and then they are added.
+            be_.distill_forward_backward(kl + r0 * es, zt, z, zt, weights_ + r0, tau, dloss * alpha, rows, V, Vp);
+            ce_scale = dloss * (1.0f - alpha);
+        }
+        be_.crossentropy_forward_backward(losses + r0 * es, backward_prep ? z : nullptr, z, targets_ + r0,
+                                          weights_ + r0, ce_scale, rows, V, Vp);
+        if (teacher) be_.residual_forward(z, z, zt, rows * Vp);
+        if (head_deferred_ && backward_prep)
             be_.matmul_backward(din + r0 * C * es, pgrad(kWte), nullptr, z, in + r0 * C * es, params_.ptr(kWte), rows,
                                 C, Vp);
     }
-    head_backward_done_ = head_deferred_;
-    return {sum_of(be_, act(a_losses_), acts_.dtype(), n), sum_of(be_, scratch_.ptr(s_kl_losses_), acts_.dtype(), n)};
+    head_backward_done_ = head_deferred_ && backward_prep;
+    return {sum_of(be_, act(a_losses_), acts_.dtype(), n),
+            teacher ? sum_of(be_, scratch_.ptr(s_kl_losses_), acts_.dtype(), n) : 0.0};
 }
 
 void GPT2::block_backward(int l, const void* x_in, int B, int Tt) {

@@ -203,7 +203,8 @@ class GPT2 {
     uint64_t dropout_key(int l, int s) const;
     void upload_targets(const int32_t* targets, const float* weights);  // of the rows_ the head ran on
     const void* head_input() const;  // (rows_, C): the LM head's input rows
-    double loss_chunked(float dloss, bool backward_prep);
+    // loss() and loss_distill() after their checks: see the definition. Returns (CE, KL) sums.
+    std::pair<double, double> head_loss(float dloss, bool backward_prep, GPT2* teacher, float alpha, float tau);
     // The virtual-token source: prompt embeddings (P, C) or prefix keys/values (P, L*2C), computed by the
     // reparameterising network when there is one.
     const void* virtual_source();
