@@ -110,6 +110,17 @@ TEST_F(Methods, LoraWithTrainedBaseBlockKeepsItInTheAdapterAndRefusesOtherBases)
     other.init_random(99);
     save_checkpoint(dir + "/other.ckpt", other, nullptr, nullptr);
     EXPECT_THROW(load_model(dir + "/other.ckpt", "cpu", "fp32", 2, 10, a.out_dir + "/adapter.ckpt"), Error);
+    // A run that starts from that run's checkpoint (its LoRA and its trained block) writes an adapter that still
+    // belongs on the original base: the fingerprint carries over.
+    TrainArgs b = args("lora_top_again");
+    b.init = a.out_dir + "/resume.ckpt";
+    b.peft.lora_rank = 2;
+    b.train_top = 1;
+    b.sched.lr = 1e-2f;
+    ASSERT_EQ(Trainer(b).run(), 0);
+    LoadedModel again = load_model(dir + "/init.ckpt", "cpu", "fp32", 2, 10, b.out_dir + "/adapter.ckpt");
+    LoadedModel again_merged = load_model(b.out_dir + "/model.ckpt", "cpu", "fp32", 2, 10);
+    EXPECT_TRUE(near_rel(logits_of(*again_merged.model), logits_of(*again.model), 1e-5));
 }
 
 TEST_F(Methods, PromptTuningChangesOnlyThePromptAndGeneratesFromTheAdapter) {

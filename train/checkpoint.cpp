@@ -311,6 +311,13 @@ ModelConfig checkpoint_config(const std::string& path) { return CkptFile(path).c
 PeftConfig checkpoint_peft(const std::string& path) { return CkptFile(path).peft; }
 bool is_adapter_checkpoint(const std::string& path) { return CkptFile(path).header["kind"] == "adapter"; }
 
+uint64_t checkpoint_base_fingerprint(const std::string& path) {
+    const CkptFile f(path);
+    if (!f.header.contains("state") || !f.header["state"].is_object()) return 0;
+    const json& v = f.header["state"].value("base_fingerprint", json(0));
+    return v.is_number_unsigned() ? v.get<uint64_t>() : 0;
+}
+
 void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainState* state, Arena* anchor) {
     CkptFile f(path);
     if (f.config != model.config())

@@ -66,6 +66,8 @@ void save_adapter(const std::string& path, GPT2& model, uint64_t base_fingerprin
 // rounded to bf16, so an fp32 and a bf16 load of the same weights agree. 0 (unknown) for fp16 models, whose
 // rounding of small values differs. Reads every base tensor back to the host: seconds for gpt2-xl.
 uint64_t base_fingerprint(GPT2& model);
+// The base fingerprint a resume checkpoint's run recorded (TrainState::base_fingerprint); 0 for other files.
+uint64_t checkpoint_base_fingerprint(const std::string& path);
 
 // The config and PEFT config stored in a checkpoint (to build the model before loading it). Validates the header.
 ModelConfig checkpoint_config(const std::string& path);

@@ -203,8 +203,10 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         // A starting checkpoint with these PEFT tensors already holds them (load_checkpoint loaded them).
         const bool has_peft = !args.init.empty() && weights_format(args.init) == WeightsFormat::tune_checkpoint &&
                               checkpoint_peft(args.init).any();
-        // Which base an adapter belongs on: load_adapter refuses others (a merged model.ckpt above all).
-        if (mo.peft.any()) state_.base_fingerprint = base_fingerprint(*model_);
+        // Which base an adapter belongs on: load_adapter refuses others (a merged model.ckpt above all). A start
+        // from a PEFT checkpoint continues its run, whose base tensors may have trained: its record stands.
+        if (mo.peft.any())
+            state_.base_fingerprint = has_peft ? checkpoint_base_fingerprint(args.init) : base_fingerprint(*model_);
         if (mo.peft.any() && !has_peft) model_->init_peft(args.seed, virtual_init_tokens());
         opt_->sync_master_from_params();
         state_.init = args.init;
