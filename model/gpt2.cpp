@@ -583,10 +583,10 @@ double GPT2::loss(const int32_t* targets, const float* weights, float dloss, boo
 std::pair<double, double> GPT2::loss_distill(const int32_t* targets, const float* weights, float dloss, GPT2& teacher,
                                              float alpha, float tau) {
     if (rows_.empty()) return {0.0, 0.0};
-    if (teacher.rows_ != rows_ || teacher.cfg_.padded_vocab_size != cfg_.padded_vocab_size ||
-        teacher.acts_.dtype() != acts_.dtype())
-        throw Error("model: distillation needs a teacher of the same vocabulary whose last forward ran on the same "
-                    "tokens and loss weights");
+    if (teacher.rows_ != rows_ || teacher.cfg_.vocab_size != cfg_.vocab_size ||
+        teacher.cfg_.padded_vocab_size != cfg_.padded_vocab_size || &teacher.be_ != &be_)
+        throw Error("model: distillation needs a teacher of the same vocabulary, on the same backend, whose last "
+                    "forward ran on the same tokens and loss weights");
     upload_targets(targets, weights);
     return head_loss(dloss, true, &teacher, alpha, tau);
 }
@@ -618,9 +618,10 @@ std::pair<double, double> GPT2::head_loss(float dloss, bool backward_prep, GPT2*
         char* zt = nullptr;
         if (teacher) {
             zt = t_deferred ? zt_all : zt_all + r0 * Vp * es;
+            const int Ct = teacher->cfg_.n_embd;  // a teacher may be wider than its student
             if (t_deferred)
-                be_.matmul_forward(zt, static_cast<const char*>(teacher->head_input()) + r0 * C * es,
-                                   teacher->params_.ptr(kWte), nullptr, rows, C, Vp);
+                be_.matmul_forward(zt, static_cast<const char*>(teacher->head_input()) + r0 * Ct * es,
+                                   teacher->params_.ptr(kWte), nullptr, rows, Ct, Vp);
             // The distillation gradient goes into the teacher's buffer (its logits are read first, row by row),
             // the cross-entropy's into ours, and then they are added.
             be_.distill_forward_backward(kl + r0 * es, zt, z, zt, weights_ + r0, tau, dloss * alpha, rows, V, Vp);

@@ -110,12 +110,12 @@ TEST_F(Methods, LoraWithTrainedBaseBlockKeepsItInTheAdapterAndRefusesOtherBases)
     other.init_random(99);
     save_checkpoint(dir + "/other.ckpt", other, nullptr, nullptr);
     EXPECT_THROW(load_model(dir + "/other.ckpt", "cpu", "fp32", 2, 10, a.out_dir + "/adapter.ckpt"), Error);
-    // A run that starts from that run's checkpoint (its LoRA and its trained block) writes an adapter that still
-    // belongs on the original base: the fingerprint carries over.
+    // A run that starts from that run's checkpoint (its LoRA and its trained block), training only LoRA now,
+    // writes an adapter that still belongs on the original base: the fingerprint carries over, and so does the
+    // block the first run trained (frozen here, but not the base's).
     TrainArgs b = args("lora_top_again");
     b.init = a.out_dir + "/resume.ckpt";
     b.peft.lora_rank = 2;
-    b.train_top = 1;
     b.sched.lr = 1e-2f;
     ASSERT_EQ(Trainer(b).run(), 0);
     LoadedModel again = load_model(dir + "/init.ckpt", "cpu", "fp32", 2, 10, b.out_dir + "/adapter.ckpt");

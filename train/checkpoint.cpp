@@ -234,7 +234,8 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
                            {"loss_scale_clean", state->loss_scale_clean},
                            {"skipped_steps", state->skipped_steps},
                            {"options", state->options},
-                           {"base_fingerprint", state->base_fingerprint}};
+                           {"base_fingerprint", state->base_fingerprint},
+                           {"trained_base", state->trained_base}};
     }
     if (write) write_checkpoint(path, header, w);
 }
@@ -278,13 +279,13 @@ uint64_t base_fingerprint(GPT2& model) {
     return h ? h : 1;
 }
 
-void save_adapter(const std::string& path, GPT2& model, uint64_t base_fp) {
+void save_adapter(const std::string& path, GPT2& model, uint64_t base_fp, const std::vector<std::string>& also) {
     if (!model.peft().any()) throw Error(path + ": the model has no LoRA or virtual tokens to save as an adapter");
     Writer w;
     const Table& ptab = model.params().table();
     json trained_base = json::array();
     for (size_t i = 0; i < model.num_base_tensors(); i++)
-        if (model.grad_index()[i] >= 0) {
+        if (model.grad_index()[i] >= 0 || std::find(also.begin(), also.end(), ptab[i].name) != also.end()) {
             w.add(ptab[i].name, ptab[i].shape, fetch(model.backend(), model.params(), i));
             trained_base.push_back(ptab[i].name);
         }
@@ -311,11 +312,18 @@ ModelConfig checkpoint_config(const std::string& path) { return CkptFile(path).c
 PeftConfig checkpoint_peft(const std::string& path) { return CkptFile(path).peft; }
 bool is_adapter_checkpoint(const std::string& path) { return CkptFile(path).header["kind"] == "adapter"; }
 
-uint64_t checkpoint_base_fingerprint(const std::string& path) {
+bool checkpoint_base_lineage(const std::string& path, uint64_t* base_fp, std::vector<std::string>* trained_base) {
     const CkptFile f(path);
-    if (!f.header.contains("state") || !f.header["state"].is_object()) return 0;
-    const json& v = f.header["state"].value("base_fingerprint", json(0));
-    return v.is_number_unsigned() ? v.get<uint64_t>() : 0;
+    if (!f.header.contains("state") || !f.header["state"].is_object()) return false;
+    const json& s = f.header["state"];
+    if (!s.contains("base_fingerprint") || !s["base_fingerprint"].is_number_unsigned() ||
+        s["base_fingerprint"].get<uint64_t>() == 0 || !s.contains("trained_base") || !s["trained_base"].is_array())
+        return false;
+    for (const json& n : s["trained_base"])
+        if (!n.is_string()) f.fail("state field 'trained_base' holds a non-string");
+    *base_fp = s["base_fingerprint"].get<uint64_t>();
+    *trained_base = s["trained_base"].get<std::vector<std::string>>();
+    return true;
 }
 
 void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainState* state, Arena* anchor) {
@@ -380,6 +388,14 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     if (s.contains("init") && !s["init"].is_string()) f.fail("state field 'init' is not a string");
     state->init = s.value("init", std::string());
     state->base_fingerprint = u64_or("base_fingerprint", 0);
+    state->trained_base.clear();
+    if (s.contains("trained_base")) {
+        if (!s["trained_base"].is_array()) f.fail("state field 'trained_base' is not an array");
+        for (const json& n : s["trained_base"]) {
+            if (!n.is_string()) f.fail("state field 'trained_base' holds a non-string");
+            state->trained_base.push_back(n.get<std::string>());
+        }
+    }
     state->options.clear();
     if (s.contains("options")) {
         if (!s["options"].is_object()) f.fail("state field 'options' is not an object");

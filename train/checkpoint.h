@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "data/shard.h"
 #include "model/config.h"
@@ -47,6 +48,9 @@ struct TrainState {
     // them with its own and names what changed (older checkpoints have none).
     std::map<std::string, std::string> options;
     uint64_t base_fingerprint = 0;  // PEFT runs: base_fingerprint() of the weights the run started from
+    // PEFT runs: the base tensors that trained in this run or in the PEFT runs it started from (--init of
+    // their checkpoint): an adapter must carry them all to rebuild the model on the original base.
+    std::vector<std::string> trained_base;
 };
 
 // Writes model weights as they are (LoRA unmerged, virtual tokens unfolded); with opt and state, a resume
@@ -59,15 +63,18 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
 // when there are none).
 void save_merged(const std::string& path, GPT2& model);
 // Writes only the PEFT tensors (LoRA A and B unmerged, virtual tokens folded), and the base tensors that
-// trained beside them (--train-top/--train-only with LoRA: what PEFT libraries call modules to save), with
-// the fingerprint of the base weights the run started from (base_fingerprint; 0: unknown). Needs PEFT.
-void save_adapter(const std::string& path, GPT2& model, uint64_t base_fingerprint);
+// trained beside them (--train-top/--train-only with LoRA: what PEFT libraries call modules to save) or in
+// the runs this one started from (`trained_base`, by name), with the fingerprint of the base weights the
+// first of those runs started from (base_fingerprint; 0: unknown). Needs PEFT.
+void save_adapter(const std::string& path, GPT2& model, uint64_t base_fingerprint,
+                  const std::vector<std::string>& trained_base = {});
 // A fingerprint of the model's base tensors (everything but PEFT) as they are now: a hash of their values
 // rounded to bf16, so an fp32 and a bf16 load of the same weights agree. 0 (unknown) for fp16 models, whose
 // rounding of small values differs. Reads every base tensor back to the host: seconds for gpt2-xl.
 uint64_t base_fingerprint(GPT2& model);
-// The base fingerprint a resume checkpoint's run recorded (TrainState::base_fingerprint); 0 for other files.
-uint64_t checkpoint_base_fingerprint(const std::string& path);
+// What a resume checkpoint's PEFT run recorded of its base (TrainState::base_fingerprint and trained_base):
+// false, leaving both alone, for other files and for checkpoints written before it was recorded.
+bool checkpoint_base_lineage(const std::string& path, uint64_t* base_fingerprint, std::vector<std::string>* trained_base);
 
 // The config and PEFT config stored in a checkpoint (to build the model before loading it). Validates the header.
 ModelConfig checkpoint_config(const std::string& path);

@@ -204,12 +204,24 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         const bool has_peft = !args.init.empty() && weights_format(args.init) == WeightsFormat::tune_checkpoint &&
                               checkpoint_peft(args.init).any();
         // Which base an adapter belongs on: load_adapter refuses others (a merged model.ckpt above all). A start
-        // from a PEFT checkpoint continues its run, whose base tensors may have trained: its record stands.
-        if (mo.peft.any())
-            state_.base_fingerprint = has_peft ? checkpoint_base_fingerprint(args.init) : base_fingerprint(*model_);
+        // from a PEFT run's checkpoint continues that run, whose base tensors may have trained: its record of
+        // the original base stands, and the tensors it trained go into this run's adapter too. Without such a
+        // record the base as loaded is the base (an adapter then refuses the original: safe, if strict).
+        if (mo.peft.any()) {
+            state_.trained_base.clear();
+            if (!has_peft || !checkpoint_base_lineage(args.init, &state_.base_fingerprint, &state_.trained_base))
+                state_.base_fingerprint = base_fingerprint(*model_);
+            const Table& pt = model_->params().table();
+            for (size_t i = 0; i < model_->num_base_tensors(); i++)
+                if (model_->grad_index()[i] >= 0 &&
+                    std::find(state_.trained_base.begin(), state_.trained_base.end(), pt[i].name) ==
+                        state_.trained_base.end())
+                    state_.trained_base.push_back(pt[i].name);
+        }
         if (mo.peft.any() && !has_peft) model_->init_peft(args.seed, virtual_init_tokens());
         opt_->sync_master_from_params();
-        state_.init = args.init;
+        // Absolute, so a resume from another directory (same --init, or the default --distill teacher) finds it.
+        state_.init = args.init.empty() ? std::string() : std::filesystem::absolute(args.init).string();
         if (anchored) capture_anchor();
     }
     if (args.ewc > 0) load_or_estimate_fisher(args.fisher, args.fisher_data, args.fisher_batches);
@@ -620,14 +632,15 @@ int Trainer::run() {
         log.train_point(st.step, st.loss);
         char line[512];
         std::snprintf(line, sizeof line,
-                      "{\"step\":%d,\"loss\":%s,\"lr\":%.6g,\"grad_norm\":%s,\"tokens_per_s\":%.1f,"
+                      "{\"step\":%d,\"loss\":%s,\"lr\":%.6g,\"grad_norm\":%s,\"tokens_per_s\":%s,"
                       "\"counted_tokens\":%zu,\"skipped\":%s,\"skipped_total\":%llu,\"loss_scale\":%g,"
-                      "\"mfu_percent\":%.2f,\"penalty\":%s,\"distill_kl\":%s,\"replay_batches\":%d,"
+                      "\"mfu_percent\":%s,\"penalty\":%s,\"distill_kl\":%s,\"replay_batches\":%d,"
                       "\"frozen_below\":%d}",
-                      st.step, jnum("%.6f", st.loss).c_str(), st.lr, jnum("%.6g", st.grad_norm).c_str(), tok_s,
-                      st.counted, st.skipped ? "true" : "false", (unsigned long long)state_.skipped_steps,
-                      st.loss_scale, mfu, jnum("%.6g", st.penalty).c_str(), jnum("%.6g", st.kl).c_str(),
-                      st.replay_batches, st.frozen_below);
+                      st.step, jnum("%.6f", st.loss).c_str(), st.lr, jnum("%.6g", st.grad_norm).c_str(),
+                      jnum("%.1f", tok_s).c_str(), st.counted, st.skipped ? "true" : "false",
+                      (unsigned long long)state_.skipped_steps, st.loss_scale, jnum("%.2f", mfu).c_str(),
+                      jnum("%.6g", st.penalty).c_str(), jnum("%.6g", st.kl).c_str(), st.replay_batches,
+                      st.frozen_below);
         log.append(line);
         if (!args_.quiet && (st.step % args_.log_every == 0 || st.step == last || st.skipped))
             std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %7.3f | %8.0f tok/s%s | ETA %s%s\n", st.step,
@@ -675,7 +688,8 @@ int Trainer::run() {
         if (model_->peft().any()) {
             // The adapter alone (small, goes on the base with --adapter), and a model usable anywhere:
             // LoRA merged into the base weights, virtual tokens folded.
-            if (writer_) save_adapter(args_.out_dir + "/adapter.ckpt", *model_, state_.base_fingerprint);
+            if (writer_)
+                save_adapter(args_.out_dir + "/adapter.ckpt", *model_, state_.base_fingerprint, state_.trained_base);
             if (writer_) save_merged(args_.out_dir + "/model.ckpt", *model_);
         } else {
             save(args_.out_dir + "/model.ckpt", false);
