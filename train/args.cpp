@@ -56,7 +56,8 @@ Cli train_cli(TrainArgs& a) {
              "start from these weights: a tune.cu checkpoint, a Hugging Face GPT-2 directory (or its "
              "model.safetensors), or an llm.c .bin",
              &a.init);
-    c.option("--resume", "CKPT", "continue exactly where a resume checkpoint left off (same options otherwise)",
+    c.option("--resume", "CKPT", "continue exactly where a resume checkpoint left off: add it to the run's own command "
+             "(--init and --model may stay; options that differ are named)",
              &a.resume);
     c.custom("--train-data", "FILES", "comma-separated token shards to train on (made by bin/prepare)", "(none)",
              [&a](const std::string& v) { a.train_data = split_list(v); });
