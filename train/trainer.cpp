@@ -179,7 +179,8 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     opt_ = std::make_unique<AdamW>(*model_, args.adam, dp_ ? dp_->optimizer_shard() : OptimizerShard{});
     if (args.lr_layer_factor > 0) apply_discriminative_lr(*model_, *opt_, args.lr_layer_factor);
     state_.rng = args.seed;
-    state_.options = trajectory_options(args);
+    const std::map<std::string, std::string> options = trajectory_options(args);
+    state_.options = options;
     dynamic_loss_scale_ = args.loss_scaling == "on" || (args.loss_scaling == "auto" && be_->act_dtype() == DType::f16);
     state_.loss_scale = dynamic_loss_scale_ ? args.loss_scale : 1.0;  // a resume checkpoint overrides it
     state_.working_copy = args.stochastic_rounding;
@@ -196,8 +197,8 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         if ((int)state_.step > args.steps)
             throw UsageError("--steps " + std::to_string(args.steps) + ": " + args.resume + " is at step " +
                              std::to_string(state_.step) + " already; give --steps above it to train on");
-        note_changed_options(args.resume, state_.options, trajectory_options(args));
-        state_.options = trajectory_options(args);
+        note_changed_options(args.resume, state_.options, options);  // state_.options: the checkpoint's
+        state_.options = options;
     } else {
         if (!args.init.empty()) load_weights(args.init, *model_);
         // A starting checkpoint with these PEFT tensors already holds them (load_checkpoint loaded them).
