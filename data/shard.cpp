@@ -77,8 +77,12 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
         if (s.tokens.size() < (size_t)T + 1)
             throw Error(p + ": " + std::to_string(s.tokens.size()) + " tokens, shorter than one window of T+1 = " +
                         std::to_string(T + 1));
-        for (uint64_t start = 0; start + T + 1 <= s.tokens.size(); start += T)
-            windows_.push_back({(uint32_t)(shards_.size() - 1), start});
+        const uint32_t shard = (uint32_t)(shards_.size() - 1);
+        const uint64_t n = s.tokens.size();
+        uint64_t start = 0;
+        for (; start + T + 1 <= n; start += T) windows_.push_back({shard, 0, start});
+        const uint64_t counted_to = start;  // targets 1 .. start are in the windows so far
+        if (counted_to < n - 1) windows_.push_back({shard, (uint32_t)(counted_to - (n - T - 1)), n - T - 1});
     }
     if (windows_.size() < (size_t)world_size)
         throw Error("the data has " + std::to_string(windows_.size()) + " windows of T+1 tokens, fewer than the " +
@@ -112,7 +116,7 @@ void Loader::fill_row(Batch& b, int row, const Window& w) const {
         size_t i = (size_t)row * T_ + t;
         b.inputs[i] = s.tokens[w.start + t];
         b.targets[i] = s.tokens[w.start + t + 1];
-        b.weights[i] = s.mask.empty() ? 1.0f : (float)s.mask[w.start + t + 1];
+        b.weights[i] = t < (int)w.skip ? 0.0f : s.mask.empty() ? 1.0f : (float)s.mask[w.start + t + 1];
     }
 }
 

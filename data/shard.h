@@ -74,8 +74,13 @@ class Loader {
     void set_state(const LoaderState& s);
 
    private:
+    // A window is T inputs from `start` and the T targets after them. The windows of a shard step by T, and
+    // when the last of them stops short of the shard's end one more window ends exactly there; it overlaps
+    // the one before, so its first `skip` targets, already counted there, get weight 0. Every target of a
+    // shard is then counted exactly once an epoch: with a small fine-tuning set, the tail is not noise.
     struct Window {
         uint32_t shard;
+        uint32_t skip;
         uint64_t start;
     };
     void start_epoch();

@@ -124,25 +124,25 @@ TEST(EvalLoss, EqualsTheMeanTokenLossAndItsExp) {
 
 // One pass covers every window once: the last batch is smaller when B does not divide the windows, and
 // asking for more batches than a pass holds stops at the end of the pass instead of counting tokens again.
-TEST(EvalLoss, OnePassCountsEveryWindowOnce_24windows_B5_T8) {
+TEST(EvalLoss, OnePassCountsEveryTargetOnce_25windows_B5_T8) {
     TempDir tmp("evpass");
     const std::string d = tmp.path();
     std::vector<int32_t> t;
-    for (int i = 0; i < 200; i++) t.push_back((i * 11) % 37);  // windows start at 0, 8, ..., 184: 24 of them
+    for (int i = 0; i < 200; i++) t.push_back((i * 11) % 37);  // windows at 0, 8, ..., 184 and the tail at 191
     write_shard(d + "/v.bin", t, nullptr, 37);
     auto be = make_cpu_backend(DType::f64);
     GPT2 m(small_config(), *be, 5, 8);
     m.init_random(2);
     Loader l5({d + "/v.bin"}, 37, 5, 8, false, 0), l1({d + "/v.bin"}, 37, 1, 8, false, 0);
     const LossResult by5 = eval_loss(m, l5, 0), by1 = eval_loss(m, l1, 0);
-    EXPECT_EQ(by5.tokens, 24u * 8);  // 5 + 5 + 5 + 5 + 4 windows
+    EXPECT_EQ(by5.tokens, 199u);  // every target once: 24 windows of 8 and the tail's last 7
     EXPECT_EQ(by5.batches, 5u);
     EXPECT_EQ(by5.pass_batches, 5u);
-    EXPECT_EQ(by1.tokens, 24u * 8);
-    EXPECT_EQ(by1.batches, 24u);
+    EXPECT_EQ(by1.tokens, 199u);
+    EXPECT_EQ(by1.batches, 25u);
     EXPECT_NEAR(by5.loss, by1.loss, 1e-12);
     const LossResult more = eval_loss(m, l5, 1000);
-    EXPECT_EQ(more.tokens, 24u * 8);
+    EXPECT_EQ(more.tokens, 199u);
     EXPECT_EQ(more.batches, 5u);
     EXPECT_NEAR(more.loss, by5.loss, 1e-12);
     const LossResult two = eval_loss(m, l5, 2);
@@ -182,16 +182,16 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
     m.init_random(1);
     save_checkpoint(d + "/m.ckpt", m, nullptr, nullptr);
     std::vector<int32_t> t;
-    for (int i = 0; i < 474; i++) t.push_back((i * 13) % 1000);  // windows of 33 every 32 tokens: 14 of them
+    for (int i = 0; i < 474; i++) t.push_back((i * 13) % 1000);  // 14 windows of 33 every 32 tokens and a tail
     write_shard(d + "/v.bin", t, nullptr, 50257);
     const std::string ev = "bin/evaluate --device cpu --model " + d + "/m.ckpt --data " + d + "/v.bin --seq 32 ";
     CmdResult many = run_cmd(ev + "--batch 4 --batches 1000");
     EXPECT_EQ(many.rc, 0) << many.out;
-    EXPECT_THAT(many.out, HasSubstr("| 448 tokens (one pass: 4 batches, fewer than the 1000 asked)"));
+    EXPECT_THAT(many.out, HasSubstr("| 473 tokens (one pass: 4 batches, fewer than the 1000 asked)"));
     CmdResult pass4 = run_cmd(ev + "--batch 4");
-    EXPECT_THAT(pass4.out, HasSubstr("| 448 tokens (one pass: 4 batches)"));
+    EXPECT_THAT(pass4.out, HasSubstr("| 473 tokens (one pass: 4 batches)"));
     CmdResult pass1 = run_cmd(ev + "--batch 1");
-    EXPECT_THAT(pass1.out, HasSubstr("| 448 tokens (one pass: 14 batches)"));
+    EXPECT_THAT(pass1.out, HasSubstr("| 473 tokens (one pass: 15 batches)"));
     CmdResult two = run_cmd(ev + "--batch 4 --batches 2");
     EXPECT_THAT(two.out, HasSubstr("| 256 tokens (2 of the 4 batches of a pass)"));
     CmdResult dir = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --data " + d);

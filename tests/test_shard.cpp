@@ -5,6 +5,7 @@
 
 #include <sys/stat.h>
 
+#include <map>
 #include <set>
 #include <thread>
 
@@ -129,6 +130,50 @@ TEST(Loader, SequentialWindowsAreShiftedTargetsWithMaskWeights) {
             EXPECT_EQ(b.targets[row * 7 + i], row * 7 + i + 1);
             EXPECT_EQ(b.weights[row * 7 + i], (float)((row * 7 + i + 1) % 2));
         }
+}
+
+// Shards whose length does not fit whole windows: the last window ends at the shard's last token and counts
+// only the targets no window before it counted, so an epoch counts every target exactly once, weighted by
+// its mask. Token values name (shard, position), so the test sees which target each weight belongs to.
+TEST(Loader, AnEpochCountsEveryTargetOnceTailsIncluded) {
+    TempDir tmp("loader");
+    const std::string d = tmp.path();
+    const int T = 8;
+    const std::vector<size_t> lengths = {23, 9, 41, 17, 30};  // 9, 17 and 41 (kT+1) fit exactly
+    std::vector<std::string> paths;
+    std::vector<std::vector<uint8_t>> masks;
+    for (size_t s = 0; s < lengths.size(); s++) {
+        std::vector<int32_t> tok(lengths[s]);
+        std::vector<uint8_t> m(lengths[s]);
+        for (size_t i = 0; i < lengths[s]; i++) {
+            tok[i] = (int32_t)(s * 100 + i);
+            m[i] = (uint8_t)((i * 7 + s) % 3 != 0);
+        }
+        masks.push_back(m);
+        paths.push_back(d + "/s" + std::to_string(s) + ".bin");
+        write_shard(paths.back(), tok, s % 2 ? nullptr : &m, 1000);  // odd shards have no mask: all count
+    }
+    for (bool shuffle : {false, true}) {
+        Loader l(paths, 1000, 3, T, shuffle, 11);
+        std::map<int32_t, float> weight;  // target token -> summed weight over the epoch
+        Batch b;
+        while (l.next_in_epoch(b))
+            for (size_t i = 0; i < b.targets.size(); i++) {
+                weight[b.targets[i]] += b.weights[i];
+                if (i % T) {
+                    EXPECT_EQ(b.inputs[i], b.targets[i - 1]);
+                }
+            }
+        for (size_t s = 0; s < lengths.size(); s++)
+            for (size_t i = 1; i < lengths[s]; i++) {
+                const int32_t tok = (int32_t)(s * 100 + i);
+                const float want = s % 2 ? 1.0f : (float)masks[s][i];
+                EXPECT_EQ(weight[tok], want) << "shard " << s << " target " << i << (shuffle ? " shuffled" : "");
+            }
+        EXPECT_EQ(weight.count(0), 0u) << "a shard's first token is never a target";
+    }
+    // 3 + 1 + 5 + 2 + 4 windows: 23 and 30 tokens each end in an overlapping tail window.
+    EXPECT_EQ(Loader(paths, 1000, 3, T, false, 0).num_windows(), 15u);
 }
 
 TEST(Loader, ShuffleIsDeterministicAndVisitsEveryWindowOncePerEpoch) {
