@@ -19,7 +19,10 @@ void BM_CrossEntropy(benchmark::State& state) {
     DeviceArray<float> weights(*ctx, kN, 3);
     Tokens targets(*ctx, kN, kV, 4);
     std::vector<float> ones(kN, 1.0f);
-    CUDA_CHECK(cudaMemcpy(weights.p, ones.data(), kN * sizeof(float), cudaMemcpyHostToDevice));
+    // On the context's stream, after the random fill queued there (a plain cudaMemcpy runs on the legacy
+    // stream, which does not wait for a non-blocking one).
+    CUDA_CHECK(cudaMemcpyAsync(weights.p, ones.data(), kN * sizeof(float), cudaMemcpyHostToDevice, ctx->stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
     // In place, as training runs it: the timed loop keeps overwriting the same buffer with gradients, which
     // costs the same as fresh logits (every value is finite).
     run_timed(state, *ctx, 3.0 * kN * kVp * sizeof(T), 0, 0, [&] {

@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_util.cuh"
@@ -151,6 +152,9 @@ template <class T>
 bool matmul_backward_gelu(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, const T* pre,
                           size_t N, int IC, int OC, Gemm& gemm, Scratch& scratch) {
     NvtxRange range("matmul_backward_gelu");
+    // fp32 keeps the separate GELU backward: cuBLASLt's epilogue may approximate gelu' more loosely than the
+    // 1e-5 fp32 parity the CPU reference is held to, and fp32 runs are for checking, not for speed.
+    if (std::is_same<T, float>::value) return false;
     if (N == 0) return true;
     GemmArgs g = dinp_product(dinp, dout, weight, N, IC, OC);  // times gelu'(pre^T) in the epilogue
     g.dgelu = true;

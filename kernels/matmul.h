@@ -43,8 +43,9 @@ void matmul_backward(T* dinp,          // (N, IC) written, or null
 
 // matmul_backward for the layer after the GELU, its dinp GEMM with the GELU's backward as epilogue
 // (cuBLASLt's DGELU): dinp = (dout @ W) * gelu'(pre), one pass instead of writing dout @ W and reading it
-// back. Returns false (having done nothing) where cuBLASLt has no such kernel (IC not a multiple of 8, an
-// unaligned pre); the caller then runs matmul_backward and gelu_backward.
+// back. Returns false (having done nothing) for fp32 (held to the reference's exact gelu') and where cuBLASLt
+// has no such kernel (IC not a multiple of 8, an unaligned pre); the caller then runs matmul_backward and
+// gelu_backward.
 template <class T>
 bool matmul_backward_gelu(T* dinp,          // (N, IC) written
                           T* dweight,       // (OC, IC) accumulated, or null

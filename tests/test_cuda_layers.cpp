@@ -276,8 +276,8 @@ TEST_P(CudaOps, MatmulBackwardWritesDinpAccumulatesDweightDbias_N700_IC45_OC29_a
     }
 }
 
-// The MLP's down-projection backward with the GELU's backward applied to dinp (cuBLASLt's DGELU epilogue
-// where IC is a multiple of 8, else the two unfused ops): against the reference's matmul_backward followed
+// The MLP's down-projection backward with the GELU's backward applied to dinp (cuBLASLt's DGELU epilogue in
+// bf16 and fp16 where IC is a multiple of 8, else the two unfused ops): against the reference's matmul_backward followed
 // by gelu_backward. pre spans the GELU's curved part (|x| up to ~3).
 TEST_P(CudaOps, MatmulBackwardGeluMatchesMatmulThenGeluBackward_N37_IC128_OC96_and_N19_IC44_OC24) {
     for (MmShape s : {MmShape{37, 128, 96}, MmShape{19, 44, 24}}) {
