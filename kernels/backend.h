@@ -67,6 +67,9 @@ class Backend {
     virtual void upload_i32(int32_t* dst, const int32_t* src, size_t n) = 0;
     virtual void upload_f32(float* dst, const float* src, size_t n) = 0;
     virtual void synchronize() = 0;  // only at step boundaries; launchers never hide one
+    // The memory the backend holds itself, beside what was allocated through alloc() (its workspaces), and
+    // the device's total use, in one line for the memory map; "" where there is nothing to add (the CPU).
+    virtual std::string memory_note() const { return ""; }
     // Profiler ranges around groups of ops ("layer 7 / backward"): NVTX on CUDA, nothing on the CPU.
     virtual void range_push(const char* /*name*/) {}
     virtual void range_pop() {}

@@ -111,6 +111,7 @@ class GPT2 {
     const Arena& params() const { return params_; }
     const Arena& grads() const { return grads_; }
     const Arena& acts() const { return acts_; }
+    const Arena& scratch() const { return scratch_; }  // one pass's temporaries (activation gradients)
     // grad_index()[i] is the gradient-table index of parameter tensor i, or -1 when it is frozen.
     const std::vector<int>& grad_index() const { return grad_index_; }
 

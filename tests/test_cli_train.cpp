@@ -11,6 +11,7 @@ namespace tune::test {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST(TrainCli, HelpExitsZeroAndListsOptions) {
     CmdResult r = run_cmd("bin/train --help");
@@ -88,6 +89,35 @@ TEST(TrainCli, ShortRunPrintsProgressAndMemoryMapAndLearns) {
     EXPECT_THAT(r.out, HasSubstr("validation loss"));
     for (const char* f : {"metrics.jsonl", "loss.svg", "model.ckpt", "resume.ckpt"})
         EXPECT_FALSE(slurp(d + "/run/" + f).empty()) << f;
+}
+
+// --memory-map: every tensor with its bytes, and no training. Sizes computed here from the config: a frozen
+// model (LoRA) has no gradient rows for its base tensors, and an f32 (4C, C) = (96, 24) weight is 9216 bytes.
+TEST(TrainCli, MemoryMapListsEveryTensorAndDoesNotTrain) {
+    TempDir tmp("cli");
+    const std::string d = tmp.path();
+    std::vector<int32_t> t;
+    for (int i = 0; i < 300; i++) t.push_back((i * 5) % 37);
+    write_shard(d + "/train.bin", t, nullptr, 37);
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);  // V=37, L=2, NH=3, C=24, maxT=16
+    m.init_random(1);
+    save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
+    const std::string cmd = "bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
+                            "/train.bin --batch 2 --seq 15 --memory-map --out " + d + "/run";
+    CmdResult full = run_cmd(cmd);
+    ASSERT_EQ(full.rc, 0) << full.out;
+    EXPECT_THAT(full.out, HasSubstr("memory: parameters"));
+    EXPECT_THAT(full.out, HasSubstr("parameters: f32, 28 tensors"));  // wte, wpe, 12 per block, ln_f
+    EXPECT_THAT(full.out, ::testing::ContainsRegex(" 9216 +\\(96, 24\\) +h\\.1\\.mlp\\.c_fc\\.weight"));
+    EXPECT_THAT(full.out, ::testing::ContainsRegex("gradients \\(trainable tensors only\\): f32, 28 tensors"));
+    EXPECT_THAT(full.out, ::testing::ContainsRegex(" 2880 +\\(30, 24\\) +h\\.0\\.ln1[^_]"));  // B*T rows of C
+    EXPECT_THAT(full.out, Not(HasSubstr("step ")));
+    EXPECT_TRUE(slurp(d + "/run/metrics.jsonl").empty()) << "--memory-map trained";
+    CmdResult lora = run_cmd(cmd + " --lora-rank 2");
+    ASSERT_EQ(lora.rc, 0) << lora.out;
+    EXPECT_THAT(lora.out, HasSubstr("gradients (trainable tensors only): f32, 16 tensors"));  // A and B, 4 sites, 2 blocks
+    EXPECT_THAT(lora.out, ::testing::ContainsRegex(" 192 +\\(2, 24\\) +h\\.0\\.attn\\.c_attn\\.lora_A"));
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // The training loop on the CUDA backend: resume is bit-exact in every precision (fp16 with its dynamic loss
 // scale in the checkpoint), as it is on the CPU (tests/test_trainer.cpp).
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -23,6 +24,19 @@ class CudaTrainer : public TrainerFixture {
         return a;
     }
 };
+
+// The memory map's line after the first step: the backend's own workspaces, which grew during the step.
+TEST_F(CudaTrainer, MemoryNoteNamesTheWorkspacesAfterAStep_Bf16) {
+    TrainArgs a = gpu_args("bf16", "note");
+    a.steps = 1;
+    Trainer t(a);
+    ASSERT_EQ(t.run(), 0);
+    const std::string note = t.backend().memory_note();
+    EXPECT_THAT(note, ::testing::HasSubstr("backend workspaces "));
+    EXPECT_THAT(note, ::testing::HasSubstr("cuBLASLt 32 MiB"));
+    EXPECT_THAT(note, ::testing::HasSubstr(" in use (every process"));
+    EXPECT_EQ(make_cpu_backend(DType::f32)->memory_note(), "") << "the CPU has nothing to add";
+}
 
 TEST_F(CudaTrainer, ResumeIsBitExact_Fp32Bf16Fp16_8Steps_vs_4PlusResume4) {
     for (const std::string p : {"fp32", "bf16", "fp16"}) {

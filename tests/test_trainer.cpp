@@ -172,6 +172,8 @@ TEST_F(TrainerFixture, TrainingLowersTheLossAndWritesItsRunDirectory) {
     EXPECT_THAT(svg, HasSubstr("polyline"));
     EXPECT_THAT(svg, HasSubstr("validation"));
     EXPECT_THAT(slurp(a.out_dir + "/metrics.jsonl"), HasSubstr("\"val_loss\""));
+    EXPECT_THAT(slurp(a.out_dir + "/metrics.jsonl"), HasSubstr("\"mfu_percent\":null"))  // the CPU has no peak rate
+        << "an MFU without a peak rate to divide by";
     EXPECT_FALSE(slurp(a.out_dir + "/model.ckpt").empty());
 }
 

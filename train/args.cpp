@@ -154,6 +154,8 @@ Cli train_cli(TrainArgs& a) {
     c.option("--ckpt-every", "N", "write a resume checkpoint every N steps (0: only at the end)", &a.ckpt_every, 0,
              INT_MAX);
     c.option("--out", "DIR", "run directory: metrics.jsonl, loss.svg, model.ckpt, resume.ckpt", &a.out_dir);
+    c.flag("--memory-map", "print where every byte goes (each tensor of each arena: offset, bytes, shape, name) "
+           "and exit without training", &a.memory_map);
     c.flag("--lr-find", "learning-rate range test over --steps steps (exponential from --lr-find-lo to --lr-find-hi): "
            "writes lr_find.svg and prints a suggested --lr", &a.lr_find);
     c.option("--lr-find-lo", "LR", "lr-find: lowest rate", &a.lr_find_lo, 1e-12, 10);

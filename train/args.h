@@ -71,6 +71,7 @@ struct TrainArgs {
     std::string out_dir = "runs/train";
     int log_every = 1;  // a progress line every N steps
     bool lr_find = false;  // run a learning-rate range test instead of training
+    bool memory_map = false;  // print every tensor of every arena, then exit without training
     float lr_find_lo = 1e-7f, lr_find_hi = 1.0f;
     bool quiet = false;
     // DIST: data parallelism (train/dist.h, train/data_parallel.h)

@@ -31,6 +31,10 @@ int main(int argc, char** argv) {
         g_trainer = &trainer;
         std::signal(SIGINT, on_interrupt);
         std::signal(SIGTERM, on_interrupt);
+        if (args.memory_map) {
+            if (tune::launch_info().rank == 0) trainer.print_memory_detail();  // rank 0 speaks for all
+            return 0;
+        }
         if (args.lr_find) {
             const double lr = trainer.lr_find(args.steps, args.lr_find_lo, args.lr_find_hi);
             if (trainer.stop_requested()) return tune::Trainer::kInterrupted;  // a partial sweep suggests nothing

@@ -591,6 +591,40 @@ void Trainer::print_memory_map() const {
     if (dp_) std::printf("data parallel: %s (memory above is per rank)\n", dp_->describe().c_str());
 }
 
+// One arena as a table: each tensor's offset and size (the gap after a tensor, up to the next 64-element
+// boundary, counted in the arena's total but not in the tensor's bytes).
+static void print_arena(const char* title, const Arena& a) {
+    if (!a.bytes()) return;
+    const size_t esize = dtype_size(a.dtype());
+    std::printf("%s: %s, %zu tensors, %s\n", title, dtype_name(a.dtype()), a.table().size(), mib(a.bytes()).c_str());
+    std::printf("  %12s %12s  %-18s %s\n", "offset MiB", "bytes", "shape", "name");
+    for (const TensorInfo& t : a.table().tensors()) {
+        std::string shape = "(";
+        for (size_t i = 0; i < t.shape.size(); i++) shape += (i ? ", " : "") + std::to_string(t.shape[i]);
+        shape += ")";
+        std::printf("  %12.3f %12zu  %-18s %s\n", t.offset * esize / 1048576.0, t.numel * esize, shape.c_str(),
+                    t.name.c_str());
+    }
+}
+
+void Trainer::print_memory_detail() const {
+    print_memory_map();
+    print_arena("parameters", model_->params());
+    print_arena("gradients (trainable tensors only)", model_->grads());
+    if (opt_->state_bytes())
+        std::printf("optimizer: Adam moments m and v%s, laid out like the gradients, %s in all\n",
+                    be_->has_master() ? " and the fp32 master weights" : "", mib(opt_->state_bytes()).c_str());
+    print_arena("activations (kept from forward for backward)", model_->acts());
+    print_arena("scratch (one pass's activation gradients)", model_->scratch());
+    print_arena("L2-SP/EWC anchor", anchor_);
+    print_arena("EWC Fisher", fisher_);
+    if (teacher_)
+        std::printf("distillation teacher: parameters %s, activations %s\n", mib(teacher_->param_bytes()).c_str(),
+                    mib(teacher_->act_bytes()).c_str());
+    const std::string note = be_->memory_note();
+    if (!note.empty()) std::printf("not yet counted (they grow in the first step): %s\n", note.c_str());
+}
+
 int Trainer::run() {
     RunLog log(writer_ ? args_.out_dir : "", args_.resume.empty() ? -1 : (long long)state_.step);
     if (!args_.quiet) {
@@ -639,7 +673,8 @@ int Trainer::run() {
                       "\"frozen_below\":%d}",
                       st.step, jnum("%.6f", st.loss).c_str(), st.lr, jnum("%.6g", st.grad_norm).c_str(),
                       jnum("%.1f", tok_s).c_str(), st.counted, st.skipped ? "true" : "false",
-                      (unsigned long long)state_.skipped_steps, st.loss_scale, jnum("%.2f", mfu).c_str(),
+                      (unsigned long long)state_.skipped_steps, st.loss_scale,
+                      peak_flops_ > 0 ? jnum("%.2f", mfu).c_str() : "null",  // no peak rate known: no MFU
                       jnum("%.6g", st.penalty).c_str(), jnum("%.6g", st.kl).c_str(), st.replay_batches,
                       st.frozen_below);
         log.append(line);
@@ -648,6 +683,11 @@ int Trainer::run() {
                         args_.steps, st.loss, st.lr, st.grad_norm, tok_s, mfu_text,
                         format_duration(per_step * (last - (int)state_.step)).c_str(),
                         st.skipped ? " | SKIPPED (non-finite)" : "");
+        if (!args_.quiet && state_.step == first + 1) {
+            // What the backend holds beside the arenas above (its workspaces grow to their size in the first step).
+            const std::string note = be_->memory_note();
+            if (!note.empty()) std::printf("memory after the first step: %s\n", note.c_str());
+        }
         std::fflush(stdout);
         if (bad_in_a_row_ >= args_.max_bad_steps) {
             std::fprintf(stderr,

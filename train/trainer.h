@@ -80,6 +80,7 @@ class Trainer {
     bool stop_requested() const { return stop_requested_ != 0 || stopped_; }  // here or, DIST, on any rank
 
     GPT2& model() { return *model_; }
+    Backend& backend() { return *be_; }
     AdamW& optimizer() { return *opt_; }
     const TrainState& state() const { return state_; }
 
@@ -89,6 +90,8 @@ class Trainer {
     void load_or_estimate_fisher(const std::string& path, const std::vector<std::string>& data, int batches);
     const Arena& fisher() const { return fisher_; }
     const Arena& anchor() const { return anchor_; }
+    // --memory-map: the memory map, then every tensor of every arena in address order.
+    void print_memory_detail() const;
 
    private:
     void print_memory_map() const;

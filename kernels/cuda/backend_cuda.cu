@@ -143,6 +143,17 @@ class CudaBackend final : public Backend {
     void zero(void* p, size_t bytes) override {
         if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
     }
+    std::string memory_note() const override {
+        auto mib = [](size_t b) { return std::to_string((b + (1 << 19)) >> 20) + " MiB"; };
+        const size_t scratch = scratch_->capacity(), gemm = cuda::Gemm::kWorkspaceBytes;
+        std::string note = "backend workspaces " + mib(scratch + gemm) + " (scratch " + mib(scratch) +
+                           ", with cuDNN's; cuBLASLt " + mib(gemm) + ")";
+        size_t free_b = 0, total_b = 0;
+        if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
+            note += "; the device has " + mib(total_b - free_b) + " of " + mib(total_b) +
+                    " in use (every process, CUDA context included)";
+        return note;
+    }
     void upload(void* dst, DType dtype, const float* src, size_t n) override { upload_any(dst, dtype, src, n); }
     void upload(void* dst, DType dtype, const double* src, size_t n) override { upload_any(dst, dtype, src, n); }
     void download(float* dst, const void* src, DType dtype, size_t n) override { download_any(dst, src, dtype, n); }
