@@ -9,6 +9,7 @@
 #   - every bench/bench_<name>.cpp (or .cu) becomes build/bench/bench_<name>.
 
 CUDA_HOME ?= /usr/local/cuda
+comma := ,
 GPU_ARCH  ?= 90
 NVCC      := $(CUDA_HOME)/bin/nvcc
 
@@ -29,12 +30,16 @@ CXX      ?= g++
 MAKEFLAGS += -j$(shell nproc)
 BUILD    := build
 INCLUDES := -I. -I$(CUDA_HOME)/include -I$(OPENBLAS_INC)
-WARN     := -Wall -Wextra -Werror
+# Warnings are errors here and in CI. WERROR=0 keeps them warnings: for another compiler (a newer g++ warns
+# about more), where a build that runs matters more than a clean one (scripts/gpu_check.sh's fallback build).
+WERROR   ?= 1
+WARN     := -Wall -Wextra $(if $(filter 1,$(WERROR)),-Werror)
 CXXFLAGS ?= -O2 -g
 CXXFLAGS += -std=c++17 -fopenmp $(WARN) $(INCLUDES) -MMD -MP
 NVCCFLAGS ?= -O3
-NVCCFLAGS += -std=c++17 -arch=sm_$(GPU_ARCH) -lineinfo -Xptxas --warn-on-spills --Werror all-warnings \
-             -Xcompiler -fopenmp,-Wall,-Wextra,-Werror $(INCLUDES) -MMD -MP
+NVCCFLAGS += -std=c++17 -arch=sm_$(GPU_ARCH) -lineinfo -Xptxas --warn-on-spills \
+             $(if $(filter 1,$(WERROR)),--Werror all-warnings) \
+             -Xcompiler -fopenmp,-Wall,-Wextra$(if $(filter 1,$(WERROR)),$(comma)-Werror) $(INCLUDES) -MMD -MP
 LDLIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart \
             -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lpcre2-8 -fopenmp -lpthread
 
@@ -96,7 +101,7 @@ BENCHES   := $(addprefix $(BUILD)/,$(basename $(BENCH_SRC)))
 obj = $(addprefix $(BUILD)/,$(addsuffix .o,$(basename $(1))))
 LIB_OBJ := $(call obj,$(LIB_SRC))
 
-.PHONY: all test bench clean cudnn-frontend-copy
+.PHONY: all test bench clean cudnn-frontend-copy device-bundle
 all: $(TOOLS)
 
 $(BUILD)/%.o: %.cpp
@@ -132,6 +137,11 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libtune.a
 	$(CXX) $^ -o $@ -lbenchmark $(LDLIBS)
 
 bench: $(BENCHES)
+
+# Everything scripts/gpu_check.sh runs, built here, with the libraries a GPU machine without this project's
+# build packages lacks: build/device/bundle.tar.xz (carry build/device to the H200).
+device-bundle:
+	scripts/device_bundle.sh build/device
 
 cudnn-frontend-copy:
 	@test -f $(CUDNN_FE_PIP)/cudnn_frontend.h || { echo "no pip copy of the cuDNN frontend: pip install nvidia-cudnn-frontend"; exit 1; }

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The one command for a machine with an NVIDIA GPU (on one H200 it stops within 6 minutes):
-#   1. build (reusing a carried build/ and bin/: make is incremental; the cuDNN frontend's headers come from pip
-#      or from build/cudnn_frontend, which `make cudnn-frontend-copy` fills on a machine that has them),
+#   1. build, or unpack a carried build: build/device/bundle.tar.xz from `make device-bundle`
+#      (scripts/device_bundle.sh) holds the programs and the libraries a machine without this project's build
+#      packages lacks; it is used when its sources hash matches the sources here (else the script builds, and
+#      falls back to the bundle when that fails). Building needs the packages of README.md; the cuDNN frontend's
+#      headers come from pip or from build/cudnn_frontend, which `make cudnn-frontend-copy` fills,
 #   2. every GPU test (the CUDA suites against the CPU reference, the cuDNN graph check; the CPU-only suites
 #      run in CI), and the one-rank NCCL path of data parallelism (every collective),
 #   3. compute-sanitizer memcheck, racecheck, initcheck and synccheck over the kernel tests (a filtered gtest
@@ -16,12 +19,13 @@
 # Exit status: 0 when every stage that ran passed.
 #
 #   scripts/gpu_check.sh [LOG_DIR]      (default: $OUT when set, else ./gpu_check_out)
-#   From a machine that has pip's cuDNN frontend to one that has not (this project's H200): run
-#   `make cudnn-frontend-copy` first and carry build/cudnn_frontend, or the build leaves cuDNN attention out.
+#   This project's H200 (device tool): `make device-bundle` here, then
+#   run(command="scripts/gpu_check.sh", carry=["build/device", "build/cudnn_frontend"]).
 #   GPU_CHECK_STAGES=build,recompute,methods scripts/gpu_check.sh   only these stages (shell patterns:
 #                                       bench_*); a second call finishes what the budget cut from a first
 #   GPU_CHECK_SKIP=racecheck,initcheck  every stage but these
-# Whole log: LOG_DIR/gpu_check.log; per-stage logs and JSON results beside it.
+# Whole log: LOG_DIR/gpu_check.log; per-stage logs and JSON results in LOG_DIR/stages/. When LOG_DIR is the
+# device tool's $OUT (which brings back at most 8 files), stages/ is packed into LOG_DIR/stages.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
@@ -30,7 +34,9 @@ mkdir -p "$LOG_DIR"
 LOG_DIR=$(cd "$LOG_DIR" && pwd)
 LOG="$LOG_DIR/gpu_check.log"
 : >"$LOG"
-rm -f "$LOG_DIR"/pytorch.json "$LOG_DIR"/bench_*.json "$LOG_DIR"/tests.xml  # no stale results from a previous run
+SD="$LOG_DIR/stages"
+rm -rf "$SD" "$LOG_DIR/stages.tar.gz"  # no stale results from a previous run
+mkdir -p "$SD"
 WORK=$(mktemp -d /tmp/tune_gpu_check.XXXXXX)  # shards and run directories: large, not worth copying back
 T_START=$(date +%s)
 
@@ -40,7 +46,7 @@ NAMES=()
 RESULTS=()
 TIMES=()
 # stage NAME LIMIT_SECONDS COMMAND: runs COMMAND (a bash string) with a timeout, output to the log and to
-# LOG_DIR/NAME.log; records pass / FAIL(rc) / TIMEOUT / skip (rc 77).
+# LOG_DIR/stages/NAME.log; records pass / FAIL(rc) / TIMEOUT / skip (rc 77).
 # A stage never runs past the whole script's budget (GPU_CHECK_BUDGET seconds, default 345): its limit is cut
 # to what is left, and with under 10 s left it is recorded as skipped without running.
 BUDGET=${GPU_CHECK_BUDGET:-345}
@@ -86,7 +92,7 @@ stage() {
     t0=$(date +%s)
     say ""
     say "=== [$name] (limit ${limit}s) $cmd"
-    timeout --kill-after=15 "$limit" bash -c "$cmd" 2>&1 | tee "$LOG_DIR/$name.log" >>"$LOG"
+    timeout --kill-after=15 "$limit" bash -c "$cmd" 2>&1 | tee "$SD/$name.log" >>"$LOG"
     rc=${PIPESTATUS[0]}
     result=$(result_of "$rc")
     record "$name" "$result" $(($(date +%s) - t0))
@@ -104,7 +110,7 @@ stage_bg() {
     say "=== [$name] (background, limit ${limit}s) $cmd"
     (
         t0=$(date +%s)
-        timeout --kill-after=15 "$limit" bash -c "$cmd" >"$LOG_DIR/$name.log" 2>&1
+        timeout --kill-after=15 "$limit" bash -c "$cmd" >"$SD/$name.log" 2>&1
         echo "$? $(($(date +%s) - t0))" >"$WORK/bg_$name"
     ) &
     BG_PIDS+=($!)
@@ -116,7 +122,7 @@ stage_wait() {
     for name in "${BG_NAMES[@]}"; do
         read -r rc secs <"$WORK/bg_$name" 2>/dev/null || { rc=1; secs=0; }
         result=$(result_of "$rc")
-        cat "$LOG_DIR/$name.log" >>"$LOG"
+        cat "$SD/$name.log" >>"$LOG"
         record "$name" "$result" "$secs"
         say "=== [$name] $result in ${secs}s"
     done
@@ -131,41 +137,85 @@ NPROC=$(nproc)
 stage env 30 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nvcc --version | tail -2; \
   python3 -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)' 2>/dev/null || echo 'no torch'"
 
-# ---- 1. build ----
-stage build 240 "make -j$NPROC all build/tests/tune_tests bench"  # all: the tool tests run bin/*
-# A cuDNN frontend that does not compile against this machine's cuDNN headers must not cost every other check:
-# build once more without it (its tests then fail, under TUNE_REQUIRE_CUDNN, and say why).
-if [ "${RESULTS[${#RESULTS[@]} - 1]}" != pass ] && [ "${RESULTS[${#RESULTS[@]} - 1]}" != "skip(sel)" ]; then
-    stage build_without_cudnn 200 "make -j$NPROC CUDNN_FE_INC=/nonexistent all build/tests/tune_tests bench"
+# ---- 1. build, or the carried bundle ----
+BUNDLE=build/device/bundle.tar.xz
+BUNDLE_LIB=$ROOT/build/device/lib
+# Not a stage: whatever GPU_CHECK_STAGES selects needs the programs.
+unpack_bundle() {
+    local t0 rc
+    t0=$(date +%s)
+    say "=== [unpack] $BUNDLE ($(head -1 build/device/bundle.manifest 2>/dev/null))"
+    tar -xJf "$BUNDLE" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    record unpack "$(result_of "$rc")" $(($(date +%s) - t0))
+}
+build_here() {
+    stage build 240 "make -j$NPROC WERROR=0 all build/tests/tune_tests bench"  # all: the tool tests run bin/*
+    # A cuDNN frontend that does not compile against this machine's cuDNN headers must not cost every other
+    # check: build once more without it (its tests then fail, under TUNE_REQUIRE_CUDNN, and say why).
+    if [ "${RESULTS[${#RESULTS[@]} - 1]}" != pass ] && [ "${RESULTS[${#RESULTS[@]} - 1]}" != "skip(sel)" ]; then
+        stage build_without_cudnn 200 "make -j$NPROC WERROR=0 CUDNN_FE_INC=/nonexistent all build/tests/tune_tests bench"
+    fi
+}
+if [ -s "$BUNDLE" ]; then
+    WANT=$(sed -n 's/^sources //p' build/device/bundle.manifest 2>/dev/null)
+    HAVE=$(scripts/device_bundle.sh --hash)
+    if [ "$WANT" = "$HAVE" ]; then
+        say "the carried build matches these sources ($HAVE): no build here"
+        unpack_bundle
+        record build carried 0
+    elif selected build; then
+        say "WARNING: the carried build was made from other sources (bundle $WANT, here $HAVE): building"
+        build_here
+        if [ "${RESULTS[${#RESULTS[@]} - 1]}" != pass ]; then
+            say "WARNING: the build failed; testing the carried build instead, which is NOT these sources"
+            unpack_bundle
+        fi
+    else
+        say "WARNING: the carried build was made from other sources (bundle $WANT, here $HAVE); build not selected"
+        unpack_bundle
+    fi
+else
+    build_here
 fi
 grep -q TUNE_HAVE_CUDNN_FE build/dist-config.stamp 2>/dev/null ||
     say "WARNING: built without the cuDNN frontend headers, so without cuDNN attention (carry build/cudnn_frontend)"
+HAVE_NCCL=$(grep -q TUNE_HAVE_NCCL build/dist-config.stamp 2>/dev/null && echo 1)
 
-# Runtime libraries: the binaries carry an rpath to \$CUDA_HOME/lib64. Only when something is still missing,
-# add the lib directories of pip's nvidia-* wheels (cuBLAS, NCCL, cuDNN) to LD_LIBRARY_PATH. cuDNN (and the NVRTC
-# it compiles kernels with) is loaded at run time, so ldd does not list it: look for it separately.
-# When only those are missing, only their directories are added (the wheels' cuBLAS must not shadow the toolkit's).
-have_cudnn() { [ -e "$CUDA_HOME/lib64/libcudnn.so.9" ] || ldconfig -p 2>/dev/null | grep -q 'libcudnn.so.9 '; }
-if [ -x bin/train ] && { ldd bin/train | grep -q "not found" || ! have_cudnn; }; then
-    ONLY=$(ldd bin/train | grep -q "not found" || echo "libcudnn.so.9 libnvrtc.so*")
-    WHEEL_LIBS=$(ONLY="$ONLY" python3 - <<'PY' 2>/dev/null
+# Runtime libraries. The programs carry an rpath to $CUDA_HOME/lib64 (the toolkit: cuBLAS, cudart). The bundle's
+# own libraries come first. Then, for each library still missing (ldd's "not found", like NCCL where the
+# toolkit has none) and for cuDNN and NVRTC (loaded at run time, so ldd does not list them) where the toolkit
+# lacks them: a link to the copy in pip's nvidia-* wheels, in a folder of links to just those. A whole wheel
+# folder is never added: nvidia/cu13/lib also holds a cuBLAS and a cudart that must not shadow the toolkit's.
+[ -d "$BUNDLE_LIB" ] && export LD_LIBRARY_PATH="$BUNDLE_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ -x bin/train ]; then
+    NEED=$(ldd bin/train build/tests/tune_tests 2>/dev/null | awk '/not found/ {print $1}' | sort -u | tr '\n' ' ')
+    [ -e "$CUDA_HOME/lib64/libcudnn.so.9" ] || ldconfig -p 2>/dev/null | grep -q 'libcudnn.so.9 ' ||
+        NEED="$NEED libcudnn*.so*"
+    ls "$CUDA_HOME"/lib64/libnvrtc.so.* >/dev/null 2>&1 || NEED="$NEED libnvrtc*.so*"
+    if [ -n "${NEED// /}" ]; then
+        LINKS="$WORK/libs"
+        mkdir -p "$LINKS"
+        NEED="$NEED" LINKS="$LINKS" python3 - <<'PY' 2>&1 | tee -a "$LOG"
 import glob, os
-only = os.environ.get("ONLY", "").split()
 try:
     import nvidia
-    dirs = {d for p in nvidia.__path__ for d in glob.glob(os.path.join(p, "*", "lib"))}
-    if only:
-        dirs = {d for d in dirs if any(glob.glob(os.path.join(d, name)) for name in only)}
-    print(":".join(sorted(dirs)))
 except ImportError:
-    pass
+    raise SystemExit("no pip nvidia-* wheels to find " + os.environ["NEED"] + " in")
+dirs = sorted({d for p in nvidia.__path__ for d in glob.glob(os.path.join(p, "*", "lib"))})
+for pattern in os.environ["NEED"].split():
+    found = [f for d in dirs for f in glob.glob(os.path.join(d, pattern))]
+    for f in found:
+        link = os.path.join(os.environ["LINKS"], os.path.basename(f))
+        if not os.path.exists(link):
+            os.symlink(f, link)
+    print(f"{pattern}: {len(found)} file(s) from the pip wheels" if found else f"{pattern}: not in the pip wheels")
 PY
-)
-    # The toolkit's lib64 last: libraries that cuDNN opens itself (NVRTC) find it there when no wheel has them.
-    WHEEL_LIBS="${WHEEL_LIBS:+$WHEEL_LIBS:}$CUDA_HOME/lib64"
-    export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WHEEL_LIBS"
-    say "LD_LIBRARY_PATH += $WHEEL_LIBS"
-    ldd bin/train | grep "not found" | tee -a "$LOG"
+        # The toolkit's lib64 last: libraries that cuDNN opens itself (NVRTC) find it there when no wheel has them.
+        export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$LINKS:$CUDA_HOME/lib64"
+    fi
+    say "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+    ldd bin/train build/tests/tune_tests 2>/dev/null | grep "not found" | sort -u | tee -a "$LOG"
 fi
 
 # ---- 2. tests ----
@@ -173,7 +223,7 @@ fi
 # CUDA suite, the cuDNN graph check and NCCL with one rank. GPU_CHECK_TESTS='*' runs them all.
 # TUNE_REQUIRE_CUDNN: here a cuDNN that cannot run fails its tests instead of skipping them.
 stage tests 240 "TUNE_REQUIRE_CUDNN=1 ./build/tests/tune_tests --gtest_filter='${GPU_CHECK_TESTS:-Cuda*:*/Cuda*:Cudnn*:DistNccl*}' \
-  --gtest_output=xml:$LOG_DIR/tests.xml"
+  --gtest_output=xml:$SD/tests.xml"
 # Data parallelism on one GPU: every NCCL collective with one rank, and one-rank NCCL training (ZeRO-0 and 1)
 # byte-identical to the plain run (also inside `tests`; here on its own line of the summary). Several GPUs:
 # scripts/multi_gpu_check.sh.
@@ -194,7 +244,9 @@ PY
 
 # ---- 3. compute-sanitizer (correctness first: before the measurements, so a short budget cuts those) ----
 SAN=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer "$CUDA_HOME"/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
-SAN_ARGS="--error-exitcode 1 --print-limit 20"
+# --report-api-errors no: the libraries' own probing calls (cuDNN, cuBLAS, the driver's cuGetProcAddress) fail
+# by design and would count as errors; every call of ours is checked by the program itself.
+SAN_ARGS="--error-exitcode 1 --print-limit 20 --report-api-errors no"
 # The kernel tests, small shapes, fp32 and bf16; memcheck also over cuDNN's attention (not the gpt2-sized split
 # backward check, whose cuBLAS reference would take minutes under memcheck). The other checkers look
 # at our own kernels only (TUNE_CUDA_ATTENTION=matmul: no cuDNN kernels, whose internals they may misread), and
@@ -234,8 +286,8 @@ train_gpt2() {
 }
 train_gpt2 train_gpt2
 # Exit 77 (skip) when PyTorch or its GPU is missing; a crash keeps its own status.
-sampled pytorch_gpt2 150 "python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json $LOG_DIR/pytorch.json \
-  || exit \$?; test -s $LOG_DIR/pytorch.json || exit 77"
+sampled pytorch_gpt2 150 "python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json $SD/pytorch.json \
+  || exit \$?; test -s $SD/pytorch.json || exit 77"
 # The same run with the cuBLAS attention, which writes the T x T scores out and keeps the probabilities
 # (the default above is cuDNN's fused attention where it runs: its log says which ran).
 train_gpt2 train_gpt2_matmul "--attention matmul"
@@ -246,21 +298,22 @@ for b in build/bench/bench_*; do
     n=$(basename "$b")
     # experiments (not Google Benchmarks) run below; the CPU benchmarks are measured on the CPU machine
     case $n in bench_recompute | bench_finetune_methods | bench_tokenizer | bench_train_cpu) continue ;; esac
-    stage "$n" 60 "$b --benchmark_out=$LOG_DIR/$n.json --benchmark_out_format=json"
+    stage "$n" 60 "$b --benchmark_out=$SD/$n.json --benchmark_out_format=json"
 done
 
 # Data parallelism's overlap on one GPU (through NCCL with one rank): the step with the per-layer gradient
 # reduction overlapping backward, and with every bucket reduced after backward (docs/scaling.md).
 for ov in on off; do
-    stage "overlap_$ov" 60 "TUNE_NCCL_ONE_RANK=1 bin/train --device cuda --precision bf16 --model gpt2 --batch 16 \
+    stage "overlap_$ov" 60 "[ -n '$HAVE_NCCL' ] || { echo 'built without NCCL (no nccl.h): skipped'; exit 77; }
+      TUNE_NCCL_ONE_RANK=1 bin/train --device cuda --precision bf16 --model gpt2 --batch 16 \
       --seq 1024 --steps 10 --train-data $WORK/synthetic.bin --lr 1e-4 --warmup 0 --val-every 0 --comm-overlap $ov \
       --out $WORK/run_overlap_$ov"
 done
 # Activation recomputation: bytes per token, memory in use, largest batch and step time per mode (docs/scaling.md).
-stage recompute 150 "build/bench/bench_recompute --models gpt2,gpt2-xl --json $LOG_DIR/recompute.json"
+stage recompute 150 "build/bench/bench_recompute --models gpt2,gpt2-xl --json $SD/recompute.json"
 # Every fine-tuning method on the GPU, small model (the CPU table in docs/finetuning.md uses the tiny one).
-stage methods 90 "build/bench/bench_finetune_methods --device cuda --model small --steps 300 --doc '' \
-  --out $WORK/methods --machine 'one H200' && cp $WORK/methods/results.json $LOG_DIR/methods.json"
+stage methods 90 "build/bench/bench_finetune_methods --device cuda --model small --steps 300 --seeds 1 --doc '' \
+  --out $WORK/methods --machine 'one H200' && cp $WORK/methods/results.json $SD/methods.json"
 
 # ---- summary ----
 tok_s() {  # median tokens/s of ./train's progress lines after the first two (warm-up) steps
@@ -271,16 +324,16 @@ peak_gib() {  # the highest device memory sampled during a sampled stage, less w
     awk -v base="${MEM_BASE:-0}" 'BEGIN {m = 0} {if ($1 > m) m = $1} END {if (m) printf "%.1f", (m - base) / 1024; else print "n/a"}' \
         "$WORK/mem_$1.txt" 2>/dev/null || echo n/a
 }
-TUNE_TOKS=$(tok_s "$LOG_DIR/train_gpt2.log")
+TUNE_TOKS=$(tok_s "$SD/train_gpt2.log")
 TUNE_MEM=$(peak_gib train_gpt2)
-MM_TOKS=$(tok_s "$LOG_DIR/train_gpt2_matmul.log")
+MM_TOKS=$(tok_s "$SD/train_gpt2_matmul.log")
 MM_MEM=$(peak_gib train_gpt2_matmul)
-TUNE_ATT=$(grep -o 'attention [a-z]* ([^)]*)' "$LOG_DIR/train_gpt2.log" 2>/dev/null | head -1)
-PT_TOKS=$(python3 -c "import json; print(json.load(open('$LOG_DIR/pytorch.json')).get('tokens_per_s', 'n/a'))" 2>/dev/null || echo n/a)
-PT_MEM=$(python3 -c "import json; print(json.load(open('$LOG_DIR/pytorch.json')).get('peak_mem_gib', 'n/a'))" 2>/dev/null || echo n/a)
+TUNE_ATT=$(grep -o 'attention [a-z]* ([^)]*)' "$SD/train_gpt2.log" 2>/dev/null | head -1)
+PT_TOKS=$(python3 -c "import json; print(json.load(open('$SD/pytorch.json')).get('tokens_per_s', 'n/a'))" 2>/dev/null || echo n/a)
+PT_MEM=$(python3 -c "import json; print(json.load(open('$SD/pytorch.json')).get('peak_mem_gib', 'n/a'))" 2>/dev/null || echo n/a)
 PT_SMI=$(peak_gib pytorch_gpt2)
-TEST_LINE=$(grep -h '^tests:' "$LOG_DIR/tests.log" 2>/dev/null | tail -1)
-FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$LOG_DIR/tests.log" 2>/dev/null | sed 's/\[  FAILED  \] //' | sort -u | head -10)
+TEST_LINE=$(grep -h '^tests:' "$SD/tests.log" 2>/dev/null | tail -1)
+FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$SD/tests.log" 2>/dev/null | sed 's/\[  FAILED  \] //' | sort -u | head -10)
 
 {
     echo ""
@@ -302,21 +355,22 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$LOG_DIR/tests.log" 2>/dev/null |
         fi
         echo
     fi
-    echo "one-rank NCCL, GPT-2 124M B=16 T=1024 bf16: overlap on $(tok_s "$LOG_DIR/overlap_on.log") tok/s," \
-        "off $(tok_s "$LOG_DIR/overlap_off.log") tok/s"
-    if [ -s "$LOG_DIR/recompute.json" ]; then
+    echo "one-rank NCCL, GPT-2 124M B=16 T=1024 bf16: overlap on $(tok_s "$SD/overlap_on.log") tok/s," \
+        "off $(tok_s "$SD/overlap_off.log") tok/s"
+    if [ -s "$SD/recompute.json" ]; then
         echo "activation recomputation (bf16, T=1024):"
-        python3 -c "import json; print(json.load(open('$LOG_DIR/recompute.json'))['table'])" 2>/dev/null | sed 's/^/  /'
+        python3 -c "import json; print(json.load(open('$SD/recompute.json'))['table'])" 2>/dev/null | sed 's/^/  /'
     fi
-    if [ -s "$LOG_DIR/methods.json" ]; then
+    if [ -s "$SD/methods.json" ]; then
         echo "fine-tuning methods (small model, 300 steps): method acc base-loss-after ms/step"
         python3 -c "
 import json
-for r in json.load(open('$LOG_DIR/methods.json'))['results']:
-    print(f\"  {r['method']:8s} {100 * r['accuracy']:5.0f}% {r['base_loss_after']:7.3f} {r['ms_per_step']:8.1f}\")" 2>/dev/null
+for r in json.load(open('$SD/methods.json'))['results']:
+    s = r['per_seed']
+    print(f\"  {r['method']:8s} {100 * s['accuracy'][0]:5.0f}% {s['base_loss_after'][0]:7.3f} {s['ms_per_step'][0]:8.1f}\")" 2>/dev/null
     fi
     echo "kernel benchmarks (TB/s, %HBM, TFLOP/s, %peak):"
-    for j in "$LOG_DIR"/bench_*.json; do
+    for j in "$SD"/bench_*.json; do
         [ -s "$j" ] || continue
         python3 - "$j" <<'PY' 2>/dev/null
 import json, os, sys
@@ -338,7 +392,11 @@ PY
 } | tee -a "$LOG"
 
 rm -rf "$WORK"
+# The device tool brings back at most 8 files from $OUT: there, the per-stage files travel as one archive.
+if [ -n "${OUT:-}" ] && [ "$LOG_DIR" = "$(cd "$OUT" 2>/dev/null && pwd)" ]; then
+    tar -C "$LOG_DIR" -czf "$LOG_DIR/stages.tar.gz" stages && rm -rf "$SD"
+fi
 for r in "${RESULTS[@]}"; do
-    case $r in pass | skip | "skip(time)" | "skip(sel)") ;; *) exit 1 ;; esac
+    case $r in pass | skip | carried | "skip(time)" | "skip(sel)") ;; *) exit 1 ;; esac
 done
 exit 0
