@@ -11,6 +11,7 @@
 //
 //   build/bench/bench_finetune_methods [--device cpu|cuda] [--model tiny] [--base-steps 150] [--steps 700]
 //                                      [--only full,lora,...] [--doc docs/finetuning.md] [--out runs/methods]
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -37,11 +38,26 @@ struct Method {
     std::function<void(TrainArgs&)> apply;
 };
 
+// One method over every fine-tuning seed. With one tiny model and one synthetic task, a method's accuracy
+// can swing by tens of points with nothing but the data order changed, so the table reports the spread.
 struct Result {
     std::string key, name, settings;
     size_t trainable = 0, grad_opt_bytes = 0;
-    double ms_per_step = 0, accuracy = 0, base_before = 0, base_after = 0, task_after = 0;
+    double base_before = 0;
+    std::vector<double> ms_per_step, accuracy, base_after, task_after;  // one per seed
 };
+
+double mean(const std::vector<double>& v) {
+    double s = 0;
+    for (double x : v) s += x;
+    return v.empty() ? 0 : s / (double)v.size();
+}
+double lowest(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
+double highest(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
 
 // The knobs a sweep may turn (defaults: the values the table uses).
 struct Knobs {
@@ -129,19 +145,33 @@ double mean_ms_per_step(const std::string& run_dir, size_t tokens_per_step) {
     return n ? sum / n : 0;
 }
 
-std::string table(const std::vector<Result>& rs, const std::string& machine, double acc_base) {
+std::string table(const std::vector<Result>& rs, const std::string& machine, double acc_base, int seeds) {
     std::ostringstream os;
     os << "| Method | Settings | Trainable params | Grad + optimizer memory | ms / step | Task accuracy | "
           "Base-corpus loss before → after |\n|---|---|---:|---:|---:|---:|---|\n";
     char buf[512];
     for (const Result& r : rs) {
-        std::snprintf(buf, sizeof buf, "| %s | `%s` | %zu | %.1f KiB | %.1f | %.0f%% | %.3f → %.3f |\n", r.name.c_str(),
-                      r.settings.c_str(), r.trainable, r.grad_opt_bytes / 1024.0, r.ms_per_step, 100 * r.accuracy,
-                      r.base_before, r.base_after);
+        // mean (lowest-highest over the seeds); one seed prints its value alone
+        char acc[64], after[64];
+        if (seeds > 1) {
+            std::snprintf(acc, sizeof acc, "%.0f%% (%.0f-%.0f)", 100 * mean(r.accuracy), 100 * lowest(r.accuracy),
+                          100 * highest(r.accuracy));
+            std::snprintf(after, sizeof after, "%.2f (%.2f-%.2f)", mean(r.base_after), lowest(r.base_after),
+                          highest(r.base_after));
+        } else {
+            std::snprintf(acc, sizeof acc, "%.0f%%", 100 * mean(r.accuracy));
+            std::snprintf(after, sizeof after, "%.3f", mean(r.base_after));
+        }
+        std::snprintf(buf, sizeof buf, "| %s | `%s` | %zu | %.1f KiB | %.1f | %s | %.3f → %s |\n", r.name.c_str(),
+                      r.settings.c_str(), r.trainable, r.grad_opt_bytes / 1024.0, median(r.ms_per_step), acc,
+                      r.base_before, after);
         os << buf;
     }
-    std::snprintf(buf, sizeof buf, "\nBase model before fine-tuning: task accuracy %.0f%%. Measured on %s.\n",
-                  100 * acc_base, machine.c_str());
+    std::snprintf(buf, sizeof buf,
+                  "\nBase model before fine-tuning: task accuracy %.0f%%. Each method fine-tuned with %d seed%s "
+                  "(data order and initialisation)%s; ms / step is the median. Measured on %s.\n",
+                  100 * acc_base, seeds, seeds > 1 ? "s" : "", seeds > 1 ? ": mean (lowest-highest)" : "",
+                  machine.c_str());
     os << buf;
     return os.str();
 }
@@ -152,7 +182,7 @@ int main(int argc, char** argv) {
     return run_tool("bench_finetune_methods", [&]() -> int {
         std::string device = "cpu", model = "tiny", only, doc = "docs/finetuning.md", out = "runs/methods",
                     machine = "this machine";
-        int base_steps = 150, steps = 700;
+        int base_steps = 150, steps = 700, seeds = 3;
         Knobs knobs;
         Cli cli("usage: build/bench/bench_finetune_methods [options]\n"
                 "Fine-tunes one base model with every method and writes the comparison table.");
@@ -160,6 +190,8 @@ int main(int argc, char** argv) {
         cli.option("--model", "PRESET", "base model preset (pretrained here)", &model);
         cli.option("--base-steps", "N", "pretraining steps", &base_steps, 1, 1 << 30);
         cli.option("--steps", "N", "fine-tuning steps per method", &steps, 1, 1 << 30);
+        cli.option("--seeds", "N", "fine-tuning runs per method, seeds 1..N (the table shows mean and range)", &seeds, 1,
+                   100);
         cli.option("--only", "KEYS", "comma-separated subset: full,top1,ulmfit,lora,prompt,ptune,prefix,l2sp,ewc,"
                    "distill,replay", &only);
         cli.option("--doc", "FILE", "markdown file whose methods table is replaced ('' : none)", &doc);
@@ -209,47 +241,61 @@ int main(int argc, char** argv) {
         const int L = preset_config(model).n_layer;
         for (const Method& meth : methods(steps, L, out + "/fisher.safetensors", d, knobs)) {
             if (!only.empty() && ("," + only + ",").find("," + meth.key + ",") == std::string::npos) continue;
-            TrainArgs ft = base;
-            ft.model.clear();
-            ft.init = base_ckpt;
-            ft.train_data = {d.task_train};
-            ft.val_data = {d.task_val};
-            ft.batch = 8;
-            ft.seq = 32;
-            ft.steps = steps;
-            ft.sched.lr = 5e-3f;
-            ft.sched.warmup = std::min(10, steps);
-            ft.out_dir = out + "/" + meth.key;
-            meth.apply(ft);
-            Result r{meth.key, meth.name, meth.settings};
-            {
-                Trainer t(ft);
-                for (const TensorInfo& ti : t.model().grads().table().tensors()) r.trainable += ti.numel;
-                r.grad_opt_bytes = t.model().grad_bytes() + t.optimizer().state_bytes();
-                if (int rc = t.run()) return rc;
-            }
-            r.ms_per_step = mean_ms_per_step(ft.out_dir, (size_t)ft.batch * ft.seq);
-            const TaskAndBaseLoss after = measure_losses(ft.out_dir + "/model.ckpt", device, d);
+            Result r;
+            r.key = meth.key;
+            r.name = meth.name;
+            r.settings = meth.settings;
             r.base_before = before.base;
-            r.base_after = after.base;
-            r.task_after = after.task;
-            LoadedModel m = load_model(ft.out_dir + "/model.ckpt", device, "fp32", 1, 32);
-            r.accuracy = task_accuracy(*m.model, tok, d.test);
-            std::printf("%-42s acc %5.1f%%  base loss %.3f -> %.3f  %8zu trainable  %7.1f ms/step  (%.0f s)\n",
-                        meth.name.c_str(), 100 * r.accuracy, r.base_before, r.base_after, r.trainable, r.ms_per_step,
-                        elapsed());
-            std::fflush(stdout);
+            for (int seed = 1; seed <= seeds; seed++) {
+                TrainArgs ft = base;
+                ft.model.clear();
+                ft.init = base_ckpt;
+                ft.train_data = {d.task_train};
+                ft.val_data = {d.task_val};
+                ft.batch = 8;
+                ft.seq = 32;
+                ft.steps = steps;
+                ft.seed = (uint64_t)seed;
+                ft.sched.lr = 5e-3f;
+                ft.sched.warmup = std::min(10, steps);
+                ft.out_dir = out + "/" + meth.key + (seeds > 1 ? "/seed" + std::to_string(seed) : "");
+                meth.apply(ft);
+                {
+                    Trainer t(ft);
+                    r.trainable = 0;
+                    for (const TensorInfo& ti : t.model().grads().table().tensors()) r.trainable += ti.numel;
+                    r.grad_opt_bytes = t.model().grad_bytes() + t.optimizer().state_bytes();
+                    if (int rc = t.run()) return rc;
+                }
+                r.ms_per_step.push_back(mean_ms_per_step(ft.out_dir, (size_t)ft.batch * ft.seq));
+                const TaskAndBaseLoss after = measure_losses(ft.out_dir + "/model.ckpt", device, d);
+                r.base_after.push_back(after.base);
+                r.task_after.push_back(after.task);
+                LoadedModel m = load_model(ft.out_dir + "/model.ckpt", device, "fp32", 1, 32);
+                r.accuracy.push_back(task_accuracy(*m.model, tok, d.test));
+                std::printf("%-42s seed %d  acc %5.1f%%  base loss %.3f -> %.3f  %8zu trainable  %7.1f ms/step  "
+                            "(%.0f s)\n",
+                            meth.name.c_str(), seed, 100 * r.accuracy.back(), r.base_before, r.base_after.back(),
+                            r.trainable, r.ms_per_step.back(), elapsed());
+                std::fflush(stdout);
+            }
             results.push_back(r);
         }
         nlohmann::json j = nlohmann::json::array();
         for (const Result& r : results)
-            j.push_back({{"method", r.key},           {"trainable", r.trainable},   {"grad_opt_bytes", r.grad_opt_bytes},
-                         {"ms_per_step", r.ms_per_step}, {"accuracy", r.accuracy}, {"base_loss_before", r.base_before},
-                         {"base_loss_after", r.base_after}, {"task_loss_after", r.task_after}});
-        const std::string js = nlohmann::json{{"model", model}, {"steps", steps}, {"device", device},
-                                              {"base_accuracy", acc_base}, {"results", j}}.dump(2) + "\n";
+            j.push_back({{"method", r.key},
+                         {"trainable", r.trainable},
+                         {"grad_opt_bytes", r.grad_opt_bytes},
+                         {"base_loss_before", r.base_before},
+                         {"per_seed", {{"ms_per_step", r.ms_per_step},
+                                       {"accuracy", r.accuracy},
+                                       {"base_loss_after", r.base_after},
+                                       {"task_loss_after", r.task_after}}}});
+        const std::string js = nlohmann::json{{"model", model},       {"steps", steps},   {"seeds", seeds},
+                                              {"device", device},     {"base_accuracy", acc_base},
+                                              {"results", j}}.dump(2) + "\n";
         write_file_atomic(out + "/results.json", js.data(), js.size());
-        const std::string t = table(results, machine, acc_base);
+        const std::string t = table(results, machine, acc_base, seeds);
         std::fputs(t.c_str(), stdout);
         if (!doc.empty()) {
             const std::string begin = "<!-- methods-table:begin -->", end = "<!-- methods-table:end -->";
