@@ -28,7 +28,7 @@ class CudaTrainer : public TrainerFixture {
 // The memory map's line after the first step: the backend's own workspaces, which grew during the step.
 TEST_F(CudaTrainer, MemoryNoteNamesTheWorkspacesAfterAStep_Bf16) {
     TrainArgs a = gpu_args("bf16", "note");
-    a.steps = 1;
+    a.steps = 2;
     Trainer t(a);
     ASSERT_EQ(t.run(), 0);
     const std::string note = t.backend().memory_note();
