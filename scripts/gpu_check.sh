@@ -138,17 +138,7 @@ stage env 30 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max
   python3 -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)' 2>/dev/null || echo 'no torch'"
 
 # ---- 1. build, or the carried bundle ----
-BUNDLE=build/device/bundle.tar.xz
-BUNDLE_LIB=$ROOT/build/device/lib
-# Not a stage: whatever GPU_CHECK_STAGES selects needs the programs.
-unpack_bundle() {
-    local t0 rc
-    t0=$(date +%s)
-    say "=== [unpack] $BUNDLE ($(head -1 build/device/bundle.manifest 2>/dev/null))"
-    tar -xJf "$BUNDLE" 2>&1 | tee -a "$LOG"
-    rc=${PIPESTATUS[0]}
-    record unpack "$(result_of "$rc")" $(($(date +%s) - t0))
-}
+source scripts/device_env.sh
 build_here() {
     stage build 240 "make -j$NPROC WERROR=0 all build/tests/tune_tests bench"  # all: the tool tests run bin/*
     # A cuDNN frontend that does not compile against this machine's cuDNN headers must not cost every other
@@ -157,66 +147,12 @@ build_here() {
         stage build_without_cudnn 200 "make -j$NPROC WERROR=0 CUDNN_FE_INC=/nonexistent all build/tests/tune_tests bench"
     fi
 }
-if [ -s "$BUNDLE" ]; then
-    WANT=$(sed -n 's/^sources //p' build/device/bundle.manifest 2>/dev/null)
-    HAVE=$(scripts/device_bundle.sh --hash)
-    if [ "$WANT" = "$HAVE" ]; then
-        say "the carried build matches these sources ($HAVE): no build here"
-        unpack_bundle
-        record build carried 0
-    elif selected build; then
-        say "WARNING: the carried build was made from other sources (bundle $WANT, here $HAVE): building"
-        build_here
-        if [ "${RESULTS[${#RESULTS[@]} - 1]}" != pass ]; then
-            say "WARNING: the build failed; testing the carried build instead, which is NOT these sources"
-            unpack_bundle
-        fi
-    else
-        say "WARNING: the carried build was made from other sources (bundle $WANT, here $HAVE); build not selected"
-        unpack_bundle
-    fi
-else
-    build_here
-fi
+build_or_unpack build_here
 grep -q TUNE_HAVE_CUDNN_FE build/dist-config.stamp 2>/dev/null ||
     say "WARNING: built without the cuDNN frontend headers, so without cuDNN attention (carry build/cudnn_frontend)"
 HAVE_NCCL=$(grep -q TUNE_HAVE_NCCL build/dist-config.stamp 2>/dev/null && echo 1)
 
-# Runtime libraries. The programs carry an rpath to $CUDA_HOME/lib64 (the toolkit: cuBLAS, cudart). The bundle's
-# own libraries come first. Then, for each library still missing (ldd's "not found", like NCCL where the
-# toolkit has none) and for cuDNN and NVRTC (loaded at run time, so ldd does not list them) where the toolkit
-# lacks them: a link to the copy in pip's nvidia-* wheels, in a folder of links to just those. A whole wheel
-# folder is never added: nvidia/cu13/lib also holds a cuBLAS and a cudart that must not shadow the toolkit's.
-[ -d "$BUNDLE_LIB" ] && export LD_LIBRARY_PATH="$BUNDLE_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-if [ -x bin/train ]; then
-    NEED=$(ldd bin/train build/tests/tune_tests 2>/dev/null | awk '/not found/ {print $1}' | sort -u | tr '\n' ' ')
-    [ -e "$CUDA_HOME/lib64/libcudnn.so.9" ] || ldconfig -p 2>/dev/null | grep -q 'libcudnn.so.9 ' ||
-        NEED="$NEED libcudnn*.so*"
-    ls "$CUDA_HOME"/lib64/libnvrtc.so.* >/dev/null 2>&1 || NEED="$NEED libnvrtc*.so*"
-    if [ -n "${NEED// /}" ]; then
-        LINKS="$WORK/libs"
-        mkdir -p "$LINKS"
-        NEED="$NEED" LINKS="$LINKS" python3 - <<'PY' 2>&1 | tee -a "$LOG"
-import glob, os
-try:
-    import nvidia
-except ImportError:
-    raise SystemExit("no pip nvidia-* wheels to find " + os.environ["NEED"] + " in")
-dirs = sorted({d for p in nvidia.__path__ for d in glob.glob(os.path.join(p, "*", "lib"))})
-for pattern in os.environ["NEED"].split():
-    found = [f for d in dirs for f in glob.glob(os.path.join(d, pattern))]
-    for f in found:
-        link = os.path.join(os.environ["LINKS"], os.path.basename(f))
-        if not os.path.exists(link):
-            os.symlink(f, link)
-    print(f"{pattern}: {len(found)} file(s) from the pip wheels" if found else f"{pattern}: not in the pip wheels")
-PY
-        # The toolkit's lib64 last: libraries that cuDNN opens itself (NVRTC) find it there when no wheel has them.
-        export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$LINKS:$CUDA_HOME/lib64"
-    fi
-    say "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
-    ldd bin/train build/tests/tune_tests 2>/dev/null | grep "not found" | sort -u | tee -a "$LOG"
-fi
+set_library_path
 
 # ---- 2. tests ----
 # The tests that need the GPU (the CPU-only ones pass in CI and would only spend device time here): every

@@ -55,7 +55,38 @@ if [ "$NGPU" -lt 2 ]; then
 fi
 N=$NGPU
 
-stage build 600 "make -j$(nproc) all"
+# The programs: built here, or the bundle `make device-bundle` made elsewhere (scripts/device_env.sh).
+record() { NAMES+=("$1"); RESULTS+=("$2 ${3}s"); }
+selected() { return 0; }
+build_here() { stage build 600 "make -j$(nproc) WERROR=0 all"; }
+source scripts/device_env.sh
+build_or_unpack build_here
+set_library_path
+
+# Several processes: mpirun where OpenMPI is installed. Without it (a GPU machine with no MPI), the same N
+# processes through the environment launch (RANK/LOCAL_RANK/WORLD_SIZE and a rendezvous file), as Slurm would
+# start them; the CPU backend's data parallelism needs MPI itself.
+# par [-x NAME] ARGS: the command that runs bin/train ARGS on N ranks and fails if any rank fails; -x NAME
+# passes the environment variable NAME to every rank (the environment launch passes the whole environment).
+if command -v mpirun >/dev/null 2>&1; then
+    par() {
+        local x=""
+        [ "$1" = -x ] && { x="-x $2"; shift 2; }
+        echo "$MPIRUN $x -np $N bin/train $*"
+    }
+else
+    [ "$DEVICE" = cpu ] && { say "multi_gpu_check: DEVICE=cpu needs mpirun (OpenMPI)"; exit 77; }
+    say "no mpirun: the multi-process stages start their ranks through RANK/WORLD_SIZE and a rendezvous file"
+    # The first rank to fail takes the others down, as mpirun (or srun --kill-on-bad-exit) would: a rank the
+    # test hangs would otherwise outlive the job.
+    par() {
+        [ "$1" = -x ] && shift 2
+        local f="$WORK/rdv.$RANDOM$RANDOM"
+        echo "rm -f $f; pids=(); for r in \$(seq 0 $((N - 1))); do TUNE_RENDEZVOUS_FILE=$f RANK=\$r LOCAL_RANK=\$r \
+          WORLD_SIZE=$N bin/train $* & pids+=(\$!); done; fail=0; for p in \${pids[@]}; do \
+          wait -n || { fail=1; kill \${pids[@]} 2>/dev/null; }; done; [ \$fail = 0 ]"
+    }
+fi
 
 # A masked shard (loss on about half the tokens, in spans: ranks count different numbers of tokens) over a
 # small vocabulary, and random GPT-2 tokens for the throughput runs. Every run starts from --model tiny's
@@ -85,13 +116,13 @@ B=4
 COMPARE="python3 $ROOT/scripts/compare_runs.py"
 
 stage equivalence 300 "bin/train $RUN --batch $((N * B)) --grad-accum 2 --out $WORK/one && \
-  $MPIRUN -np $N bin/train $RUN --batch $B --grad-accum 2 --out $WORK/dp && \
+  $(par $RUN --batch $B --grad-accum 2 --out $WORK/dp) && \
   $COMPARE $WORK/one $WORK/dp --loss-tol 1e-4 --ranks $N"
-stage zero1 300 "$MPIRUN -np $N bin/train $RUN --batch $B --zero 1 --out $WORK/z1 && \
-  $MPIRUN -np $N bin/train $RUN --batch $B --zero 0 --out $WORK/z0 && \
+stage zero1 300 "$(par $RUN --batch $B --zero 1 --out $WORK/z1) && \
+  $(par $RUN --batch $B --zero 0 --out $WORK/z0) && \
   $COMPARE $WORK/z0 $WORK/z1 --loss-tol 1e-5 --ranks $N"
 if [ "$DEVICE" = cuda ]; then
-    stage bf16_zero1 300 "$MPIRUN -np $N bin/train $RUN --precision bf16 --batch $B --zero 1 --out $WORK/bf16 && \
+    stage bf16_zero1 300 "$(par $RUN --precision bf16 --batch $B --zero 1 --out $WORK/bf16) && \
       $COMPARE $WORK/bf16 $WORK/bf16 --ranks $N"
     # Without mpirun: one process per GPU, started as Slurm's srun or any launcher would.
     launch() {  # launch OUT_DIR: N processes with RANK/LOCAL_RANK/WORLD_SIZE, waited for
@@ -104,27 +135,27 @@ if [ "$DEVICE" = cuda ]; then
       $COMPARE $WORK/one $WORK/envt --loss-tol 1e-4 --ranks $N"
 fi
 # Halted at 5 and resumed with the same ranks: the losses of the uninterrupted run, exactly.
-stage resume_same 300 "$MPIRUN -np $N bin/train $RUN --batch $B --zero 1 --halt-at 5 --out $WORK/half && \
+stage resume_same 300 "$(par $RUN --batch $B --zero 1 --halt-at 5 --out $WORK/half) && \
   cp $WORK/half/resume.ckpt $WORK/step5.ckpt && \
-  $MPIRUN -np $N bin/train $RUN --batch $B --zero 1 --resume $WORK/step5.ckpt --out $WORK/half && \
+  $(par $RUN --batch $B --zero 1 --resume $WORK/step5.ckpt --out $WORK/half) && \
   $COMPARE $WORK/z1 $WORK/half --loss-tol 0 --ranks $N"
 # The N-rank ZeRO-1 checkpoint resumed by one process with the combined batch: as one process all along.
 stage resume_to_one 300 "bin/train $RUN --batch $((N * B)) --resume $WORK/step5.ckpt --out $WORK/to_one && \
   bin/train $RUN --batch $((N * B)) --out $WORK/one_b && \
   $COMPARE $WORK/one_b $WORK/to_one --loss-tol 1e-4 --from-step 6"
-stage dead_rank 90 "t0=\$(date +%s); TUNE_TEST_FAIL=1:3:die $MPIRUN -x TUNE_TEST_FAIL -np $N bin/train $RUN \
-    --steps 50 --batch $B --comm-timeout 20 --out $WORK/dead >$WORK/dead.txt 2>&1; rc=\$?; cat $WORK/dead.txt; \
+stage dead_rank 90 "t0=\$(date +%s); export TUNE_TEST_FAIL=1:3:die; ( $(par -x TUNE_TEST_FAIL $RUN \
+    --steps 50 --batch $B --comm-timeout 20 --out $WORK/dead) ) >$WORK/dead.txt 2>&1; rc=\$?; cat $WORK/dead.txt; \
   echo \"ended with status \$rc after \$((\$(date +%s) - t0)) s\"; [ \$rc -ne 0 ] && grep -q 'rank 1' $WORK/dead.txt"
-stage hung_rank 90 "t0=\$(date +%s); TUNE_TEST_FAIL=1:3:hang $MPIRUN -x TUNE_TEST_FAIL -np $N bin/train $RUN \
-    --steps 50 --batch $B --comm-timeout 20 --out $WORK/hung >$WORK/hung.txt 2>&1; rc=\$?; cat $WORK/hung.txt; \
+stage hung_rank 90 "t0=\$(date +%s); export TUNE_TEST_FAIL=1:3:hang; ( $(par -x TUNE_TEST_FAIL $RUN \
+    --steps 50 --batch $B --comm-timeout 20 --out $WORK/hung) ) >$WORK/hung.txt 2>&1; rc=\$?; cat $WORK/hung.txt; \
   echo \"ended with status \$rc after \$((\$(date +%s) - t0)) s\"; [ \$rc -ne 0 ] && \
   grep -q 'timed out\\|has not finished' $WORK/hung.txt"
 if [ "$DEVICE" = cuda ]; then
     GPT2="--device cuda --precision bf16 --model gpt2 --seq 1024 --batch 16 --steps 12 --train-data $WORK/gpt2.bin \
       --lr 1e-4 --warmup 0 --val-every 0"
     stage gpt2_1gpu 240 "bin/train $GPT2 --out $WORK/g1"
-    stage gpt2_ngpu 240 "$MPIRUN -np $N bin/train $GPT2 --out $WORK/gn"
-    stage gpt2_ngpu_zero1 240 "$MPIRUN -np $N bin/train $GPT2 --zero 1 --out $WORK/gz"
+    stage gpt2_ngpu 240 "$(par $GPT2 --out $WORK/gn)"
+    stage gpt2_ngpu_zero1 240 "$(par $GPT2 --zero 1 --out $WORK/gz)"
 fi
 
 tok_s() {  # median tokens/s after the two warm-up steps
