@@ -27,12 +27,12 @@ void make_dirs(const std::string& dir) {
     }
 }
 
-std::vector<uint8_t> read_file_bytes(const std::string& path) {
+// Opens `path` for reading with the errors every reader here gives: missing, unreadable, a directory.
+static int open_for_read(const std::string& path, struct stat& st) {
     // TEACH: std::ifstream opens a directory without complaint on Linux, and tellg() then reports a size
     // near 2^63, so a directory given where a file belongs used to end in std::bad_alloc. fstat first.
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
-    struct stat st;
     if (::fstat(fd, &st) != 0) {
         const std::string err = std::strerror(errno);
         ::close(fd);
@@ -42,72 +42,153 @@ std::vector<uint8_t> read_file_bytes(const std::string& path) {
         ::close(fd);
         throw Error(path + ": is a directory, not a file");
     }
+    return fd;
+}
+
+// read(2) that retries on EINTR and throws, naming `path`, on a real error.
+static size_t read_some(int fd, void* to, size_t bytes, const std::string& path) {
+    for (;;) {
+        const ssize_t got = ::read(fd, to, bytes);
+        if (got >= 0) return (size_t)got;
+        if (errno == EINTR) continue;
+        throw Error(path + ": read failed (" + std::strerror(errno) + ")");
+    }
+}
+
+std::vector<uint8_t> read_file_bytes(const std::string& path) {
+    struct stat st;
+    const int fd = open_for_read(path, st);
     // Read until end of file rather than trusting st_size, so pipes (<(...), /dev/stdin) work too; a regular
     // file is read straight into a buffer of its size.
     std::vector<uint8_t> bytes(S_ISREG(st.st_mode) ? (size_t)st.st_size : 0);
     size_t have = 0;
     uint8_t more[1 << 16];
-    for (;;) {
-        const bool room = have < bytes.size();
-        const ssize_t got = room ? ::read(fd, bytes.data() + have, bytes.size() - have) : ::read(fd, more, sizeof more);
-        if (got == 0) break;
-        if (got < 0) {
-            if (errno == EINTR) continue;
-            const std::string err = std::strerror(errno);
-            ::close(fd);
-            throw Error(path + ": read failed (" + err + ")");
+    try {
+        for (;;) {
+            const bool room = have < bytes.size();
+            const size_t got = room ? read_some(fd, bytes.data() + have, bytes.size() - have, path)
+                                    : read_some(fd, more, sizeof more, path);
+            if (got == 0) break;
+            if (!room) bytes.insert(bytes.end(), more, more + got);
+            have += got;
         }
-        if (!room) bytes.insert(bytes.end(), more, more + got);
-        have += (size_t)got;
+    } catch (...) {
+        ::close(fd);
+        throw;
     }
     bytes.resize(have);
     ::close(fd);
     return bytes;
 }
 
-void write_file_atomic(const std::string& path, const void* data, size_t bytes) {
-    const std::string tmp = path + ".tmp." + std::to_string(getpid());
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        // Name the file asked for, not the temporary one the user never chose; the usual cause is the directory.
-        const int err = errno;
-        const size_t slash = path.find_last_of('/');
-        const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-        struct stat st;
-        if (::stat(dir.c_str(), &st) != 0) {
-            if (errno == ENOENT) throw Error(path + ": cannot write: the directory " + dir + " does not exist");
-            throw Error(path + ": cannot write: the directory " + dir + " cannot be reached (" + std::strerror(errno) +
-                        ")");
+size_t file_size_or_zero(const std::string& path) {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) ? (size_t)st.st_size : 0;
+}
+
+LineReader::LineReader(const std::string& path) : path_(path), buf_(1 << 20) {
+    struct stat st;
+    fd_ = open_for_read(path, st);
+}
+
+LineReader::~LineReader() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
+bool LineReader::next(std::string& line) {
+    line.clear();
+    for (;;) {
+        const char* nl = static_cast<const char*>(std::memchr(buf_.data() + begin_, '\n', end_ - begin_));
+        if (nl) {
+            const size_t n = (size_t)(nl - (buf_.data() + begin_));
+            line.append(buf_.data() + begin_, n);
+            begin_ += n + 1;
+            consumed_ += n + 1;
+            return true;
         }
-        if (!S_ISDIR(st.st_mode)) throw Error(path + ": cannot write: " + dir + " is not a directory");
-        throw Error(path + ": cannot write (" + std::strerror(err) + ", creating the temporary file " + tmp + ")");
+        // No newline in what is buffered: keep it and read more (a line longer than the buffer grows `line`).
+        line.append(buf_.data() + begin_, end_ - begin_);
+        consumed_ += end_ - begin_;
+        begin_ = end_ = 0;
+        if (eof_) return !line.empty();
+        end_ = read_some(fd_, buf_.data(), buf_.size(), path_);
+        eof_ = end_ == 0;
     }
+}
+
+AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_(path + ".tmp." + std::to_string(getpid())) {
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ >= 0) return;
+    // Name the file asked for, not the temporary one the user never chose; the usual cause is the directory.
+    const int err = errno;
+    const size_t slash = path.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    struct stat st;
+    if (::stat(dir.c_str(), &st) != 0) {
+        if (errno == ENOENT) throw Error(path + ": cannot write: the directory " + dir + " does not exist");
+        throw Error(path + ": cannot write: the directory " + dir + " cannot be reached (" + std::strerror(errno) +
+                    ")");
+    }
+    if (!S_ISDIR(st.st_mode)) throw Error(path + ": cannot write: " + dir + " is not a directory");
+    throw Error(path + ": cannot write (" + std::strerror(err) + ", creating the temporary file " + tmp_ + ")");
+}
+
+AtomicFile::~AtomicFile() {
+    if (fd_ < 0) return;
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
+}
+
+void AtomicFile::write(const void* data, size_t bytes) {
     const char* p = static_cast<const char*>(data);
-    size_t left = bytes;
-    while (left > 0) {
-        ssize_t w = ::write(fd, p, left);
+    while (bytes > 0) {
+        const ssize_t w = ::write(fd_, p, bytes);
         if (w < 0) {
             if (errno == EINTR) continue;
-            std::string err = std::strerror(errno);
-            ::close(fd);
-            ::unlink(tmp.c_str());
-            throw Error(path + ": write failed (" + err + ")");
+            throw Error(path_ + ": write failed (" + std::strerror(errno) + ")");
         }
         p += w;
-        left -= (size_t)w;
+        bytes -= (size_t)w;
     }
+}
+
+void AtomicFile::write_at(uint64_t offset, const void* data, size_t bytes) {
+    const char* p = static_cast<const char*>(data);
+    while (bytes > 0) {
+        const ssize_t w = ::pwrite(fd_, p, bytes, (off_t)offset);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            throw Error(path_ + ": write failed (" + std::strerror(errno) + ")");
+        }
+        p += w;
+        offset += (uint64_t)w;
+        bytes -= (size_t)w;
+    }
+}
+
+void AtomicFile::commit() {
     // TEACH: without fsync the rename can reach the disk before the data does, and a power cut would
     // leave an empty "new" file in place of the old good one.
-    if (::fsync(fd) != 0 || ::close(fd) != 0) {
-        const std::string err = std::strerror(errno);  // before unlink can change errno
-        ::unlink(tmp.c_str());
-        throw Error(path + ": fsync/close failed (" + err + ")");
+    const int fd = fd_;
+    fd_ = -1;
+    std::string err;  // taken before unlink can change errno
+    if (::fsync(fd) != 0) err = std::strerror(errno);
+    if (::close(fd) != 0 && err.empty()) err = std::strerror(errno);
+    if (!err.empty()) {
+        ::unlink(tmp_.c_str());
+        throw Error(path_ + ": fsync/close failed (" + err + ")");
     }
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        std::string err = std::strerror(errno);
-        ::unlink(tmp.c_str());
-        throw Error(path + ": rename from temporary file failed (" + err + ")");
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+        const std::string err = std::strerror(errno);
+        ::unlink(tmp_.c_str());
+        throw Error(path_ + ": rename from temporary file failed (" + err + ")");
     }
+}
+
+void write_file_atomic(const std::string& path, const void* data, size_t bytes) {
+    AtomicFile f(path);
+    f.write(data, bytes);
+    f.commit();
 }
 
 std::string shown_bytes(const std::vector<uint8_t>& bytes, size_t n) {

@@ -12,6 +12,47 @@ namespace tune {
 std::vector<uint8_t> read_file_bytes(const std::string& path);  // throws tune::Error naming the file
 void make_dirs(const std::string& dir);                          // mkdir -p; throws tune::Error
 void write_file_atomic(const std::string& path, const void* data, size_t bytes);
+
+// A file read line by line in bounded memory, whatever its size (pipes too), with read_file_bytes' errors.
+class LineReader {
+   public:
+    explicit LineReader(const std::string& path);
+    ~LineReader();
+    LineReader(const LineReader&) = delete;
+    LineReader& operator=(const LineReader&) = delete;
+    // The next line without its '\n' (a last line without one counts); false at the end of the file.
+    bool next(std::string& line);
+    size_t bytes_read() const { return consumed_; }
+
+   private:
+    std::string path_;
+    int fd_ = -1;
+    std::vector<char> buf_;
+    size_t begin_ = 0, end_ = 0, consumed_ = 0;
+    bool eof_ = false;
+};
+
+// The size of a regular file, or 0 for anything else (a pipe, a missing file: its reader reports that).
+size_t file_size_or_zero(const std::string& path);
+
+// A file written piece by piece, atomically: the pieces go into a temporary file beside `path`, and commit()
+// fsyncs it and renames it into place. Destroyed without commit() (an error on the way), it removes the
+// temporary file, so the final name only ever holds a whole file. Errors name `path`, not the temporary.
+class AtomicFile {
+   public:
+    explicit AtomicFile(const std::string& path);
+    ~AtomicFile();
+    AtomicFile(const AtomicFile&) = delete;
+    AtomicFile& operator=(const AtomicFile&) = delete;
+    void write(const void* data, size_t bytes);
+    void write_at(uint64_t offset, const void* data, size_t bytes);  // overwrite bytes already written
+    void commit();
+    const std::string& path() const { return path_; }
+
+   private:
+    std::string path_, tmp_;
+    int fd_ = -1;
+};
 // The first n bytes as a quoted C string ("hi\n", "\x7fELF"), for messages about a file's magic.
 std::string shown_bytes(const std::vector<uint8_t>& bytes, size_t n);
 

@@ -144,78 +144,89 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     if (opt.inputs.empty()) throw UsageError("no input files given");
     if (!(opt.val_frac >= 0 && opt.val_frac < 1)) throw UsageError("--val-frac: must be in [0, 1)");
     if (!opt.template_str.empty()) check_template(opt.template_str, "--template");
-    // Gather the work items: whole text files, or single JSONL lines (with their file:line).
+    PrepareReport rep;
+    size_t total_bytes = 0;  // for the progress bar; pipes count 0
+    for (const std::string& path : opt.inputs) total_bytes += file_size_or_zero(path);
+
+    // TEACH: the data streams through in chunks of about chunk_bytes of text: read, tokenised in parallel,
+    // appended to the shards, forgotten. Memory stays bounded whatever the size of the corpus (the loss mask
+    // waits in a scratch file until the shard is finished), and the output is the same bytes as reading
+    // everything first would give: documents keep their order and their global index, which alone decides
+    // the validation split.
     struct Item {
         std::string text, where;
         bool json;
     };
     std::vector<Item> items;
-    PrepareReport rep;
-    for (const std::string& path : opt.inputs) {
-        std::vector<uint8_t> bytes = read_file_bytes(path);
-        rep.input_bytes += bytes.size();
-        std::string all(bytes.begin(), bytes.end());
-        if (!is_jsonl(path)) {
-            items.push_back({std::move(all), path, false});
-            continue;
-        }
-        size_t line_no = 0, start = 0;
-        while (start < all.size()) {
-            size_t end = all.find('\n', start);
-            if (end == std::string::npos) end = all.size();
-            line_no++;
-            std::string line = all.substr(start, end - start);
-            start = end + 1;
-            if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines are fine
-            items.push_back({std::move(line), path + ":" + std::to_string(line_no), true});
-        }
-    }
-    // Tokenise in parallel; results land in order, so the output is the same for any thread count.
-    std::vector<Document> docs(items.size());
-    std::vector<std::string> errors(items.size());
-    std::atomic<size_t> done_bytes{0};
-    Progress progress(rep.input_bytes, opt.progress);
-#pragma omp parallel for schedule(dynamic, 16)
-    for (size_t i = 0; i < items.size(); i++) {
-        try {
-            docs[i] = items[i].json ? document_from_json_line(tok, items[i].text, items[i].where, opt.template_str)
-                                    : plain(tok, items[i].text);
-        } catch (const Error& e) {
-            errors[i] = e.what();
-        }
-        done_bytes += items[i].text.size();
-#ifdef _OPENMP
-        if (omp_get_thread_num() == 0) progress.update(done_bytes);
-#endif
-    }
-    progress.update(rep.input_bytes, true);
-    std::vector<int32_t> train, val;
-    std::vector<uint8_t> train_mask, val_mask;
-    for (size_t i = 0; i < items.size(); i++) {
-        if (!errors[i].empty()) {
-            if (!opt.skip_bad) throw Error(errors[i] + " (--skip-bad skips such lines)");
-            rep.skipped++;
-            continue;
-        }
-        const bool to_val = Rng(opt.seed ^ (0x9E3779B97F4A7C15ull * (i + 1))).uniform() < opt.val_frac;
-        auto& t = to_val ? val : train;
-        auto& m = to_val ? val_mask : train_mask;
-        t.insert(t.end(), docs[i].tokens.begin(), docs[i].tokens.end());
-        m.insert(m.end(), docs[i].mask.begin(), docs[i].mask.end());
-        (to_val ? rep.val_docs : rep.train_docs)++;
-        for (uint8_t x : docs[i].mask) rep.counted_tokens += x;
-    }
-    rep.documents = rep.train_docs + rep.val_docs;
-    rep.train_tokens = train.size();
-    rep.val_tokens = val.size();
-    if (train.empty()) throw Error("no training documents were produced (all skipped or all in validation)");
+    size_t chunk_bytes = 0, index = 0, done_bytes = 0;
     make_dirs(opt.out_dir);
     rep.train_path = opt.out_dir + "/train.bin";
-    write_shard(rep.train_path, train, &train_mask, (uint32_t)tok.vocab_size());
     const std::string val_path = opt.out_dir + "/val.bin";
-    if (!val.empty()) {
+    ShardWriter train(rep.train_path, (uint32_t)tok.vocab_size());
+    std::unique_ptr<ShardWriter> val;  // made at the first validation document
+    Progress progress(total_bytes, opt.progress);
+    auto flush = [&] {
+        std::vector<Document> docs(items.size());
+        std::vector<std::string> errors(items.size());
+#pragma omp parallel for schedule(dynamic, 16)
+        for (size_t i = 0; i < items.size(); i++) {
+            try {
+                docs[i] = items[i].json ? document_from_json_line(tok, items[i].text, items[i].where, opt.template_str)
+                                        : plain(tok, items[i].text);
+            } catch (const Error& e) {
+                errors[i] = e.what();
+            }
+        }
+        for (size_t i = 0; i < items.size(); i++, index++) {
+            if (!errors[i].empty()) {
+                if (!opt.skip_bad) throw Error(errors[i] + " (--skip-bad skips such lines)");
+                rep.skipped++;
+                continue;
+            }
+            const bool to_val = Rng(opt.seed ^ (0x9E3779B97F4A7C15ull * (index + 1))).uniform() < opt.val_frac;
+            if (to_val && !val) val = std::make_unique<ShardWriter>(val_path, (uint32_t)tok.vocab_size());
+            (to_val ? *val : train).append(docs[i].tokens, docs[i].mask);
+            (to_val ? rep.val_docs : rep.train_docs)++;
+            for (uint8_t x : docs[i].mask) rep.counted_tokens += x;
+        }
+        items.clear();
+        chunk_bytes = 0;
+        progress.update(done_bytes);
+    };
+    auto add = [&](std::string text, std::string where, bool json) {
+        chunk_bytes += text.size();
+        items.push_back({std::move(text), std::move(where), json});
+        if (chunk_bytes >= opt.chunk_bytes) flush();
+    };
+    for (const std::string& path : opt.inputs) {
+        if (!is_jsonl(path)) {  // one document: read whole
+            std::vector<uint8_t> bytes = read_file_bytes(path);
+            rep.input_bytes += bytes.size();
+            done_bytes += bytes.size();
+            add(std::string(bytes.begin(), bytes.end()), path, false);
+            continue;
+        }
+        LineReader in(path);
+        size_t line_no = 0;
+        for (std::string line; in.next(line);) {
+            line_no++;
+            done_bytes = rep.input_bytes + in.bytes_read();
+            if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines are fine
+            add(std::move(line), path + ":" + std::to_string(line_no), true);
+        }
+        rep.input_bytes += in.bytes_read();
+        done_bytes = rep.input_bytes;
+    }
+    flush();
+    progress.update(done_bytes, true);
+    rep.documents = rep.train_docs + rep.val_docs;
+    rep.train_tokens = train.tokens();
+    rep.val_tokens = val ? val->tokens() : 0;
+    if (!rep.train_tokens) throw Error("no training documents were produced (all skipped or all in validation)");
+    train.finish();
+    if (val) {
         rep.val_path = val_path;
-        write_shard(rep.val_path, val, &val_mask, (uint32_t)tok.vocab_size());
+        val->finish();
     } else if (std::filesystem::exists(val_path)) {
         // A val.bin from an earlier run would pass for this data's validation split (--val-data) while
         // holding other documents: the directory must describe one run.

@@ -31,6 +31,7 @@ struct PrepareOptions {
     std::string template_str;  // empty: kDefaultTemplate / kDefaultTemplateNoInput
     bool skip_bad = false;     // skip malformed lines (and count them) instead of stopping
     bool progress = true;      // progress bar on stderr
+    size_t chunk_bytes = size_t(32) << 20;  // text tokenised at a time: bounds memory, not the result
 };
 
 struct PrepareReport {

@@ -1,6 +1,7 @@
 #include "data/shard.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <numeric>
 
@@ -29,6 +30,55 @@ void write_shard(const std::string& path, const std::vector<int32_t>& tokens, co
     }
     if (mask) std::memcpy(p, mask->data(), mask->size());
     write_file_atomic(path, out.data(), out.size());
+}
+
+ShardWriter::ShardWriter(const std::string& path, uint32_t vocab_size)
+    : file_(std::make_unique<AtomicFile>(path)), vocab_(vocab_size), width_(vocab_size <= 65536 ? 2 : 4) {
+    mask_ = std::tmpfile();
+    if (!mask_) throw Error(path + ": cannot create a scratch file for the loss mask (" + std::strerror(errno) + ")");
+    uint8_t header[kShardHeader] = {};
+    file_->write(header, sizeof header);  // filled in by finish(), when the count is known
+}
+
+ShardWriter::~ShardWriter() {
+    if (mask_) std::fclose(mask_);
+}
+
+void ShardWriter::append(const std::vector<int32_t>& tokens, const std::vector<uint8_t>& mask) {
+    if (mask.size() != tokens.size()) throw Error(file_->path() + ": mask length differs from token count");
+    packed_.resize(tokens.size() * width_);
+    uint8_t* p = packed_.data();
+    for (int32_t t : tokens) {
+        if (t < 0 || (uint32_t)t >= vocab_)
+            throw Error(file_->path() + ": token id " + std::to_string(t) + " outside the vocabulary of " +
+                        std::to_string(vocab_));
+        for (uint32_t i = 0; i < width_; i++) *p++ = (uint8_t)((uint32_t)t >> (8 * i));
+    }
+    file_->write(packed_.data(), packed_.size());
+    if (!mask.empty() && std::fwrite(mask.data(), 1, mask.size(), mask_) != mask.size())
+        throw Error(file_->path() + ": writing the scratch copy of the loss mask failed (" + std::strerror(errno) + ")");
+    n_ += tokens.size();
+}
+
+void ShardWriter::finish() {
+    std::rewind(mask_);
+    std::vector<uint8_t> block(1 << 20);
+    for (uint64_t left = n_; left > 0;) {
+        const size_t want = (size_t)std::min<uint64_t>(left, block.size());
+        if (std::fread(block.data(), 1, want, mask_) != want)
+            throw Error(file_->path() + ": reading back the scratch copy of the loss mask failed");
+        file_->write(block.data(), want);
+        left -= want;
+    }
+    uint8_t header[kShardHeader];
+    std::memcpy(header, kShardMagic, 8);
+    store_u32(&header[8], kShardVersion);
+    store_u32(&header[12], width_);
+    store_u64(&header[16], n_);
+    store_u32(&header[24], 1);
+    store_u32(&header[28], vocab_);
+    file_->write_at(0, header, sizeof header);
+    file_->commit();
 }
 
 Shard read_shard(const std::string& path, int vocab_size) {

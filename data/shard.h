@@ -14,9 +14,12 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "data/fileio.h"
 #include "model/rng.h"
 
 namespace tune {
@@ -33,6 +36,29 @@ struct Shard {
 // Writes atomically (temporary file, fsync, rename). Token width is 2 when every id fits in 16 bits.
 void write_shard(const std::string& path, const std::vector<int32_t>& tokens, const std::vector<uint8_t>* mask,
                  uint32_t vocab_size);
+
+// A shard written as it is produced, in bounded memory (bin/prepare on any amount of data): the tokens go to
+// the file at once, the mask (which follows every token in the layout) to a scratch file until finish(),
+// which appends it, fills in the count, and renames the file into place. Always with a mask; token width 2
+// when vocab_size fits 16 bits. The same bytes as write_shard of everything appended. Nothing is left under
+// `path` (or beside it) unless finish() completes.
+class ShardWriter {
+   public:
+    ShardWriter(const std::string& path, uint32_t vocab_size);
+    ~ShardWriter();
+    ShardWriter(const ShardWriter&) = delete;
+    ShardWriter& operator=(const ShardWriter&) = delete;
+    void append(const std::vector<int32_t>& tokens, const std::vector<uint8_t>& mask);
+    void finish();
+    uint64_t tokens() const { return n_; }
+
+   private:
+    std::unique_ptr<AtomicFile> file_;
+    std::FILE* mask_ = nullptr;  // anonymous scratch file (std::tmpfile)
+    uint32_t vocab_, width_;
+    uint64_t n_ = 0;
+    std::vector<uint8_t> packed_;
+};
 
 // Reads and validates: magic, version, width, sizes against the file size, every id < vocab_size
 // (when vocab_size > 0). Throws tune::Error naming the file and the field.

@@ -126,6 +126,44 @@ TEST(Prepare, SplitIsDeterministicBySeedAndFraction) {
     EXPECT_NE(slurp(a.val_path), slurp(c.val_path));
 }
 
+// The corpus streams through in chunks (bounded memory): any chunk size gives the same shards, a line or
+// document at a time included, and an error in a later chunk leaves no shard and no temporary file behind.
+TEST(Prepare, ChunkSizeDoesNotChangeTheShardsAndAFailureLeavesNothing) {
+    TempDir tmp("prep");
+    const std::string d = tmp.path();
+    std::string lines;
+    for (int i = 0; i < 300; i++) {
+        if (i % 3 == 0) lines += "{\"text\":\"plain document " + std::to_string(i) + "\"}\n";
+        if (i % 3 == 1) lines += "{\"prompt\":\"Q" + std::to_string(i) + ":\",\"completion\":\" A\"}\n";
+        if (i % 3 == 2) lines += "{\"instruction\":\"Say " + std::to_string(i) + "\",\"input\":\"\",\"output\":\"ok\"}\n";
+    }
+    spit(d + "/x.jsonl", lines);
+    spit(d + "/y.txt", "A text file is one document.");
+    PrepareOptions o;
+    o.inputs = {d + "/x.jsonl", d + "/y.txt"};
+    o.val_frac = 0.2;
+    o.progress = false;
+    o.out_dir = d + "/whole";
+    const PrepareReport whole = prepare_dataset(tok(), o);
+    for (size_t chunk : {size_t(1), size_t(100), size_t(4096)}) {
+        o.chunk_bytes = chunk;
+        o.out_dir = d + "/chunk" + std::to_string(chunk);
+        const PrepareReport r = prepare_dataset(tok(), o);
+        EXPECT_EQ(slurp(r.train_path), slurp(whole.train_path)) << "chunk " << chunk;
+        EXPECT_EQ(slurp(r.val_path), slurp(whole.val_path)) << "chunk " << chunk;
+        EXPECT_EQ(r.counted_tokens, whole.counted_tokens);
+        EXPECT_EQ(r.input_bytes, whole.input_bytes);
+    }
+    EXPECT_EQ(whole.documents, 301u);
+    EXPECT_EQ(whole.input_bytes, lines.size() + 28);
+    spit(d + "/z.jsonl", lines + "not json\n");
+    o.inputs = {d + "/z.jsonl"};
+    o.chunk_bytes = 100;  // the bad line comes long after the first chunks were written
+    o.out_dir = d + "/failed";
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("z.jsonl:301: not valid JSON"));
+    EXPECT_TRUE(std::filesystem::is_empty(d + "/failed")) << "a shard or temporary file was left behind";
+}
+
 TEST(PrepareCli, ReportsAndExitCodes) {
     TempDir tmp("prepcli");
     const std::string d = tmp.path();

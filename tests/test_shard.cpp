@@ -5,6 +5,9 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <filesystem>
+
 #include <map>
 #include <set>
 #include <thread>
@@ -93,6 +96,79 @@ TEST(FileIo, DirectoryIsNamedAndPipesAreReadWhole) {
     const std::vector<uint8_t> piped = read_file_bytes(d + "/pipe");
     writer.join();
     EXPECT_EQ(std::string(piped.begin(), piped.end()), std::string(70000, 'p'));
+}
+
+// The line reader of bin/prepare: lines across its 1 MiB buffer, a last line without '\n', CRLF kept as
+// data (JSON ignores the \r), empty lines, a pipe, and read_file_bytes' errors.
+TEST(FileIo, LineReaderSplitsAnySizeAndNamesBadPaths) {
+    TempDir tmp("fileio");
+    const std::string d = tmp.path();
+    const std::string longline(3 << 20, 'L');  // three buffers' worth
+    spit(d + "/f", "a\n\nb\r\n" + longline + "\nlast");
+    std::vector<std::string> got;
+    LineReader r(d + "/f");
+    for (std::string line; r.next(line);) got.push_back(line);
+    EXPECT_EQ(got, (std::vector<std::string>{"a", "", "b\r", longline, "last"}));
+    EXPECT_EQ(r.bytes_read(), 6 + longline.size() + 1 + 4);  // "a\n", "\n", "b\r\n", the long line, "last"
+    spit(d + "/nl", "x\n");
+    LineReader one(d + "/nl");
+    std::string line;
+    EXPECT_TRUE(one.next(line));
+    EXPECT_EQ(line, "x");
+    EXPECT_FALSE(one.next(line)) << "a final newline is not an extra empty line";
+    EXPECT_EQ(error_of([&] { LineReader x(d); }), d + ": is a directory, not a file");
+    EXPECT_THAT(error_of([&] { LineReader x(d + "/none"); }), HasSubstr(d + "/none: cannot open (No such file"));
+    ASSERT_EQ(::mkfifo((d + "/pipe").c_str(), 0600), 0);
+    std::thread writer([&] { spit(d + "/pipe", "p1\np2"); });
+    LineReader p(d + "/pipe");
+    std::vector<std::string> piped;
+    for (std::string l; p.next(l);) piped.push_back(l);
+    writer.join();
+    EXPECT_EQ(piped, (std::vector<std::string>{"p1", "p2"}));
+    EXPECT_EQ(file_size_or_zero(d + "/f"), 6 + longline.size() + 1 + 4);
+    EXPECT_EQ(file_size_or_zero(d + "/pipe"), 0u);
+}
+
+// ShardWriter writes what write_shard writes for the same tokens, appended in pieces, and leaves nothing
+// behind when it is abandoned before finish().
+TEST(Shard, WriterInPiecesEqualsWriteShardAndAbandonedLeavesNothing) {
+    TempDir tmp("shardw");
+    const std::string d = tmp.path();
+    std::vector<int32_t> all;
+    std::vector<uint8_t> mask;
+    {
+        ShardWriter w(d + "/w.bin", 50257);
+        Rng rng(5);
+        for (int piece = 0; piece < 7; piece++) {
+            std::vector<int32_t> t(rng.below(3000));
+            std::vector<uint8_t> m(t.size());
+            for (size_t i = 0; i < t.size(); i++) {
+                t[i] = (int32_t)rng.below(50257);
+                m[i] = (uint8_t)(rng.below(3) != 0);
+            }
+            w.append(t, m);
+            all.insert(all.end(), t.begin(), t.end());
+            mask.insert(mask.end(), m.begin(), m.end());
+        }
+        EXPECT_EQ(w.tokens(), all.size());
+        EXPECT_FALSE(std::filesystem::exists(d + "/w.bin")) << "visible before finish()";
+        w.finish();
+    }
+    write_shard(d + "/ref.bin", all, &mask, 50257);
+    EXPECT_EQ(slurp(d + "/w.bin"), slurp(d + "/ref.bin"));
+    EXPECT_THAT(error_of([&] {
+                    ShardWriter w(d + "/bad.bin", 100);
+                    w.append({5, 100}, {1, 1});
+                }),
+                HasSubstr("bad.bin: token id 100 outside the vocabulary of 100"));
+    {
+        ShardWriter w(d + "/gone.bin", 50257);
+        w.append({1, 2, 3}, {1, 1, 1});
+    }
+    std::vector<std::string> left;
+    for (const auto& e : std::filesystem::directory_iterator(d)) left.push_back(e.path().filename().string());
+    std::sort(left.begin(), left.end());
+    EXPECT_EQ(left, (std::vector<std::string>{"ref.bin", "w.bin"})) << "a temporary file was left behind";
 }
 
 TEST(Loader, ShardShorterThanOneWindowIsNamed) {
