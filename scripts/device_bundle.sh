@@ -8,7 +8,7 @@
 #
 # DIR/bundle.tar.xz holds, stripped of debug info (the CUDA line info stays, for compute-sanitizer):
 #   bin/*, build/tests/tune_tests, the GPU benchmarks and the two experiment programs of build/bench/, the
-#   build's configuration stamp, and build/device/lib/: every shared library they load that a machine with
+#   build's configuration stamp, and build/bundle_lib/: every shared library they load that a machine with
 #   the CUDA toolkit may lack (OpenBLAS with its Fortran runtime, OpenMP, PCRE2, OpenMPI, Google Benchmark).
 #   Left out: the C and C++ runtimes and the toolkit's own libraries (there wherever nvcc is), and NCCL and
 #   cuDNN, which the GPU machine has as pip wheels (gpu_check.sh finds them).
@@ -27,11 +27,14 @@ source_hash() {
 }
 [ "${1:-}" = --hash ] && { source_hash; exit 0; }
 
+# The sources hashed before the build and again after packing: an edit in between would pair a manifest
+# with programs built from other sources.
+HASH_BEFORE=$(source_hash)
 make all build/tests/tune_tests bench
 
 STAGE=$(mktemp -d /tmp/tune_bundle.XXXXXX)
 trap 'rm -rf "$STAGE"' EXIT
-mkdir -p "$STAGE/bin" "$STAGE/build/tests" "$STAGE/build/bench" "$STAGE/build/device/lib"
+mkdir -p "$STAGE/bin" "$STAGE/build/tests" "$STAGE/build/bench" "$STAGE/build/bundle_lib"
 PROGRAMS=(bin/* build/tests/tune_tests)
 for b in build/bench/bench_*; do
     [[ $b == *.o || $b == *.d ]] && continue
@@ -51,17 +54,23 @@ ldd "${PROGRAMS[@]}" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}'
             libc.so* | libm.so* | libdl.so* | librt.so* | libpthread.so* | libstdc++.so* | libgcc_s.so* | libz.so* | \
                 libudev.so* | libcud* | libcublas* | libnccl* | libnvrtc* | libnvToolsExt*) continue ;;
         esac
-        cp -L "$path" "$STAGE/build/device/lib/$name"
+        cp -L "$path" "$STAGE/build/bundle_lib/$name"
     done
 
 mkdir -p "$DIR"
+rm -rf "$DIR/lib"  # an older layout's libraries: not to be carried again
 tar -C "$STAGE" -cf - bin build | xz -T0 -6 >"$DIR/bundle.tar.xz.tmp"
+if [ "$(source_hash)" != "$HASH_BEFORE" ]; then
+    rm -f "$DIR/bundle.tar.xz.tmp"
+    echo "device_bundle: the sources changed while the bundle was being built; run it again" >&2
+    exit 1
+fi
 mv "$DIR/bundle.tar.xz.tmp" "$DIR/bundle.tar.xz"
 {
     echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo '+changes')"
-    echo "sources $(source_hash)"
+    echo "sources $HASH_BEFORE"
     echo "built $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -n)"
 } >"$DIR/bundle.manifest"
-echo "$DIR/bundle.tar.xz: $(du -h "$DIR/bundle.tar.xz" | cut -f1), $(ls "$STAGE/build/device/lib" | wc -l) libraries:" \
-    "$(ls "$STAGE/build/device/lib" | tr '\n' ' ')"
+echo "$DIR/bundle.tar.xz: $(du -h "$DIR/bundle.tar.xz" | cut -f1), $(ls "$STAGE/build/bundle_lib" | wc -l) libraries:" \
+    "$(ls "$STAGE/build/bundle_lib" | tr '\n' ' ')"
 cat "$DIR/bundle.manifest"

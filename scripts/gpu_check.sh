@@ -135,7 +135,8 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH="$CUDA_HOME/bin:$PATH"
 NPROC=$(nproc)
 stage env 30 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nvcc --version | tail -2; \
-  python3 -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)' 2>/dev/null || echo 'no torch'"
+  python3 -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)' 2>/dev/null || echo 'no torch'; \
+  python3 -m pip list 2>/dev/null | grep -iE '^nvidia-(cudnn|nccl)' || echo 'no pip cuDNN/NCCL wheels'"
 
 # ---- 1. build, or the carried bundle ----
 source scripts/device_env.sh
@@ -152,6 +153,7 @@ grep -q TUNE_HAVE_CUDNN_FE build/dist-config.stamp 2>/dev/null ||
     say "WARNING: built without the cuDNN frontend headers, so without cuDNN attention (carry build/cudnn_frontend)"
 HAVE_NCCL=$(grep -q TUNE_HAVE_NCCL build/dist-config.stamp 2>/dev/null && echo 1)
 
+ORIG_LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}  # PyTorch runs with what it was given, not with our libraries
 set_library_path
 
 # ---- 2. tests ----
@@ -222,7 +224,7 @@ train_gpt2() {
 }
 train_gpt2 train_gpt2
 # Exit 77 (skip) when PyTorch or its GPU is missing; a crash keeps its own status.
-sampled pytorch_gpt2 150 "python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json $SD/pytorch.json \
+sampled pytorch_gpt2 150 "LD_LIBRARY_PATH='$ORIG_LD_LIBRARY_PATH' python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json $SD/pytorch.json \
   || exit \$?; test -s $SD/pytorch.json || exit 77"
 # The same run with the cuBLAS attention, which writes the T x T scores out and keeps the probabilities
 # (the default above is cuDNN's fused attention where it runs: its log says which ran).

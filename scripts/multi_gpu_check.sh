@@ -82,9 +82,11 @@ else
     par() {
         [ "$1" = -x ] && shift 2
         local f="$WORK/rdv.$RANDOM$RANDOM"
-        echo "rm -f $f; pids=(); for r in \$(seq 0 $((N - 1))); do TUNE_RENDEZVOUS_FILE=$f RANK=\$r LOCAL_RANK=\$r \
+        # One ( ) group, so that `A && $(par ...) && B` chains on the ranks' result; SIGKILL, because bin/train
+        # takes SIGTERM as "finish this step", which a hung rank never does.
+        echo "( rm -f $f; pids=(); for r in \$(seq 0 $((N - 1))); do TUNE_RENDEZVOUS_FILE=$f RANK=\$r LOCAL_RANK=\$r \
           WORLD_SIZE=$N bin/train $* & pids+=(\$!); done; fail=0; for p in \${pids[@]}; do \
-          wait -n || { fail=1; kill \${pids[@]} 2>/dev/null; }; done; [ \$fail = 0 ]"
+          wait -n || { fail=1; kill -KILL \${pids[@]} 2>/dev/null; }; done; [ \$fail = 0 ] )"
     }
 fi
 

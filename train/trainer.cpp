@@ -622,7 +622,7 @@ void Trainer::print_memory_detail() const {
         std::printf("distillation teacher: parameters %s, activations %s\n", mib(teacher_->param_bytes()).c_str(),
                     mib(teacher_->act_bytes()).c_str());
     const std::string note = be_->memory_note();
-    if (!note.empty()) std::printf("not yet counted (they grow in the first step): %s\n", note.c_str());
+    if (!note.empty()) std::printf("the backend's own, before a step (its scratch grows in the first): %s\n", note.c_str());
 }
 
 int Trainer::run() {
@@ -684,7 +684,7 @@ int Trainer::run() {
                         format_duration(per_step * (last - (int)state_.step)).c_str(),
                         st.skipped ? " | SKIPPED (non-finite)" : "");
         if (!args_.quiet && state_.step == first + 1) {
-            // What the backend holds beside the arenas above (its workspaces grow to their size in the first step).
+            // What the backend holds beside the arenas above (its scratch grows to its size in the first step).
             const std::string note = be_->memory_note();
             if (!note.empty()) std::printf("memory after the first step: %s\n", note.c_str());
         }
