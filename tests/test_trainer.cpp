@@ -20,6 +20,7 @@ namespace tune::test {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST_F(TrainerFixture, ResumeIsBitExact_8Steps_vs_4PlusResume4) {
     TrainArgs full = args("full");
@@ -130,6 +131,19 @@ TEST_F(TrainerFixture, ResumeWithChangedOptionsNamesThemAndRefusesStepsAlreadyDo
     const std::string err = testing::internal::GetCapturedStderr();
     EXPECT_THAT(err, HasSubstr("--batch 2 (was 3)"));
     EXPECT_THAT(err, HasSubstr("--lr 0.00999999978 (was 0.00300000003)"));
+    EXPECT_THAT(err, Not(HasSubstr("windows"))) << "the data did not change";
+    TrainArgs shorter = same;
+    shorter.seq = same.seq - 1;  // the same data cut into more windows
+    testing::internal::CaptureStderr();
+    size_t windows = 0;
+    {
+        Trainer t(shorter);
+        windows = Loader(shorter.train_data, 37, 1, shorter.seq, false, 0).num_windows();
+    }
+    EXPECT_THAT(testing::internal::GetCapturedStderr(),
+                HasSubstr("over training data of " + std::to_string(windows) + " windows of " +
+                          std::to_string(shorter.seq) + "+1 tokens, where the checkpoint had " +
+                          std::to_string(Loader(same.train_data, 37, 1, same.seq, false, 0).num_windows())));
     TrainArgs fewer = same;
     fewer.steps = 3;
     fewer.sched.warmup = 0;

@@ -229,6 +229,8 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
                            {"loader_cursor", state->loader.cursor},
                            {"replay_epoch", state->replay_loader.epoch},
                            {"replay_cursor", state->replay_loader.cursor},
+                           {"loader_windows", state->loader_windows},
+                           {"replay_windows", state->replay_windows},
                            {"init", state->init},
                            {"loss_scale", state->loss_scale},
                            {"loss_scale_clean", state->loss_scale_clean},
@@ -380,6 +382,8 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     auto u64_or = [&](const char* k, uint64_t dflt) { return s.contains(k) ? u64(k) : dflt; };
     state->replay_loader.epoch = u64_or("replay_epoch", 0);
     state->replay_loader.cursor = u64_or("replay_cursor", 0);
+    state->loader_windows = u64_or("loader_windows", 0);
+    state->replay_windows = u64_or("replay_windows", 0);
     state->skipped_steps = u64("skipped_steps");
     state->loss_scale_clean = u64("loss_scale_clean");
     opt->set_t((int)u64("opt_t"));

@@ -40,6 +40,9 @@ struct TrainState {
     uint64_t loss_scale_clean = 0;   // clean steps since the scale last changed
     uint64_t skipped_steps = 0;
     LoaderState replay_loader;       // replay data position
+    // The windows of the training and replay data when saved (0: unknown, or no replay): a resume onto data
+    // cut into other windows keeps its position in the epoch but not its order, and says so.
+    uint64_t loader_windows = 0, replay_windows = 0;
     std::string init;                // the --init weights the run started from (the default teacher)
     // Also store the bf16/fp16 working weights of trainable tensors: with stochastic rounding they are not the
     // rounding of the master weights to nearest, which is what resume otherwise rebuilds them as.

@@ -87,6 +87,17 @@ static void note_changed_options(const std::string& ckpt, const std::map<std::st
                      "with the options it was checkpointed with\n", ckpt.c_str(), changed.c_str());
 }
 
+// The loader's position is an index into the epoch's order of windows: over data cut into another number of
+// windows (other files, another --seq, a loader that counts shard tails) it points somewhere else.
+static void note_changed_windows(const std::string& ckpt, const char* which, uint64_t was, size_t now, int T) {
+    if (ckpt.empty() || was == 0 || was == now || launch_info().rank != 0) return;
+    std::fprintf(stderr,
+                 "note: resuming %s over %s data of %zu windows of %d+1 tokens, where the checkpoint had %llu: the "
+                 "data changed (or --seq, or how the loader cuts shards); the run keeps its place in the epoch, not "
+                 "the order an uninterrupted run would have read\n",
+                 ckpt.c_str(), which, now, T, (unsigned long long)was);
+}
+
 LoadedModel load_model(const std::string& weights, const std::string& device, const std::string& precision, int B,
                        int T, const std::string& adapter) {
     LoadedModel m;
@@ -256,6 +267,8 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
                                            args.seed + 1, rank, world);  // sliced by rank like the training data
         replay_->set_state(state_.replay_loader);
     }
+    note_changed_windows(args.resume, "training", state_.loader_windows, train_->num_windows(), args.seq);
+    if (replay_) note_changed_windows(args.resume, "replay", state_.replay_windows, replay_->num_windows(), args.seq);
 }
 
 std::vector<int32_t> Trainer::virtual_init_tokens() const {
@@ -472,7 +485,9 @@ StepStats Trainer::step(float lr) {
     }
     state_.step++;
     state_.loader = train_->state();
+    state_.loader_windows = train_->num_windows();
     if (replay_) state_.replay_loader = replay_->state();
+    state_.replay_windows = replay_ ? replay_->num_windows() : 0;
     be_->synchronize();
     st.seconds = now_seconds() - t0;
     return st;
