@@ -1,6 +1,7 @@
 #include "data/fileio.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -55,11 +56,9 @@ static size_t read_some(int fd, void* to, size_t bytes, const std::string& path)
     }
 }
 
-std::vector<uint8_t> read_file_bytes(const std::string& path) {
-    struct stat st;
-    const int fd = open_for_read(path, st);
-    // Read until end of file rather than trusting st_size, so pipes (<(...), /dev/stdin) work too; a regular
-    // file is read straight into a buffer of its size.
+// Everything left in an open file, which is closed after: read until the end rather than trusting st_size, so
+// pipes (<(...), /dev/stdin) work too; a regular file is read straight into a buffer of its size.
+static std::vector<uint8_t> read_rest(int fd, const struct stat& st, const std::string& path) {
     std::vector<uint8_t> bytes(S_ISREG(st.st_mode) ? (size_t)st.st_size : 0);
     size_t have = 0;
     uint8_t more[1 << 16];
@@ -79,6 +78,31 @@ std::vector<uint8_t> read_file_bytes(const std::string& path) {
     bytes.resize(have);
     ::close(fd);
     return bytes;
+}
+
+std::vector<uint8_t> read_file_bytes(const std::string& path) {
+    struct stat st;
+    const int fd = open_for_read(path, st);
+    return read_rest(fd, st, path);
+}
+
+MappedFile::MappedFile(const std::string& path) {
+    struct stat st;
+    const int fd = open_for_read(path, st);
+    if (S_ISREG(st.st_mode) && st.st_size > 0) {
+        void* p = ::mmap(nullptr, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        const int err = errno;
+        ::close(fd);  // the mapping keeps the file
+        if (p == MAP_FAILED) throw Error(path + ": cannot map (" + std::strerror(err) + ")");
+        map_ = p;
+        size_ = (size_t)st.st_size;
+        return;
+    }
+    copy_ = read_rest(fd, st, path);  // a pipe (read from this open, to its end), or an empty file
+}
+
+MappedFile::~MappedFile() {
+    if (map_) ::munmap(map_, size_);
 }
 
 size_t file_size_or_zero(const std::string& path) {

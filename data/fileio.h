@@ -32,6 +32,25 @@ class LineReader {
     bool eof_ = false;
 };
 
+// A whole file's bytes, read-only. A regular file is memory-mapped: its pages live in the kernel's page cache,
+// are read when first touched, and are shared by every process that maps the same file (the ranks of a
+// data-parallel job on one node hold one copy). Anything else (a pipe) is read into memory. Errors as
+// read_file_bytes.
+class MappedFile {
+   public:
+    explicit MappedFile(const std::string& path);
+    ~MappedFile();
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+    const uint8_t* data() const { return map_ ? static_cast<const uint8_t*>(map_) : copy_.data(); }
+    size_t size() const { return map_ ? size_ : copy_.size(); }
+
+   private:
+    void* map_ = nullptr;
+    size_t size_ = 0;
+    std::vector<uint8_t> copy_;
+};
+
 // The size of a regular file, or 0 for anything else (a pipe, a missing file: its reader reports that).
 size_t file_size_or_zero(const std::string& path);
 

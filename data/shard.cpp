@@ -81,11 +81,23 @@ void ShardWriter::finish() {
     file_->commit();
 }
 
+std::vector<int32_t> Shard::tokens() const {
+    std::vector<int32_t> t(n);
+    for (size_t i = 0; i < n; i++) t[i] = token(i);
+    return t;
+}
+
+std::vector<uint8_t> Shard::mask_vector() const {
+    return mask_bytes ? std::vector<uint8_t>(mask_bytes, mask_bytes + n) : std::vector<uint8_t>();
+}
+
 Shard read_shard(const std::string& path, int vocab_size) {
-    std::vector<uint8_t> b = read_file_bytes(path);
-    if (b.size() < kShardHeader)
-        throw Error(path + ": not a token shard (" + std::to_string(b.size()) + " bytes, the header alone is 32)");
-    if (std::memcmp(b.data(), kShardMagic, 8) != 0)
+    auto file = std::make_shared<const MappedFile>(path);
+    const uint8_t* b = file->data();
+    const size_t size = file->size();
+    if (size < kShardHeader)
+        throw Error(path + ": not a token shard (" + std::to_string(size) + " bytes, the header alone is 32)");
+    if (std::memcmp(b, kShardMagic, 8) != 0)
         throw Error(path + ": not a token shard (magic is not TUNETOK1; make shards with bin/prepare)");
     const uint32_t version = load_u32(&b[8]), width = load_u32(&b[12]), has_mask = load_u32(&b[24]);
     const uint64_t n = load_u64(&b[16]);
@@ -94,22 +106,23 @@ Shard read_shard(const std::string& path, int vocab_size) {
                     std::to_string(kShardVersion));
     if (width != 2 && width != 4) throw Error(path + ": token width " + std::to_string(width) + ", expected 2 or 4");
     if (has_mask > 1) throw Error(path + ": has_mask field is " + std::to_string(has_mask) + ", expected 0 or 1");
-    const uint64_t body = b.size() - kShardHeader, per_token = width + has_mask;
+    const uint64_t body = size - kShardHeader, per_token = width + has_mask;
     if (n > body / per_token || n * per_token != body)
         throw Error(path + ": header says " + std::to_string(n) + " tokens (" + std::to_string(n * per_token) +
                     " bytes) but the file holds " + std::to_string(body) + " bytes after the header");
     Shard s;
     s.path = path;
-    s.tokens.resize(n);
-    const uint8_t* p = b.data() + kShardHeader;
-    for (uint64_t i = 0; i < n; i++, p += width) {
-        uint32_t v = width == 2 ? (uint32_t)(p[0] | p[1] << 8) : load_u32(p);
-        if (vocab_size > 0 && v >= (uint32_t)vocab_size)
-            throw Error(path + ": token " + std::to_string(i) + " has id " + std::to_string(v) +
-                        ", not below the vocabulary size " + std::to_string(vocab_size));
-        s.tokens[i] = (int32_t)v;
-    }
-    if (has_mask) s.mask.assign(p, p + n);
+    s.n = n;
+    s.width = width;
+    s.token_bytes = b + kShardHeader;
+    s.mask_bytes = has_mask ? s.token_bytes + n * width : nullptr;
+    s.file = std::move(file);
+    // Every id is checked once here: the model indexes its embedding with them.
+    if (vocab_size > 0)
+        for (uint64_t i = 0; i < n; i++)
+            if ((uint32_t)s.token(i) >= (uint32_t)vocab_size)
+                throw Error(path + ": token " + std::to_string(i) + " has id " + std::to_string((uint32_t)s.token(i)) +
+                            ", not below the vocabulary size " + std::to_string(vocab_size));
     return s;
 }
 
@@ -121,14 +134,14 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
         shards_.push_back(read_shard(p, vocab_size));
         const Shard& s = shards_.back();
         // A mask with no 1 would train on nothing and report a loss of 0: a broken preparation, not data.
-        if (!s.mask.empty() && std::all_of(s.mask.begin(), s.mask.end(), [](uint8_t m) { return m == 0; }))
-            throw Error(p + ": the loss mask is 0 at every one of its " + std::to_string(s.mask.size()) +
+        if (s.has_mask() && std::all_of(s.mask_bytes, s.mask_bytes + s.n, [](uint8_t m) { return m == 0; }))
+            throw Error(p + ": the loss mask is 0 at every one of its " + std::to_string(s.n) +
                         " tokens: no token would count (were the answers left out when it was prepared?)");
-        if (s.tokens.size() < (size_t)T + 1)
-            throw Error(p + ": " + std::to_string(s.tokens.size()) + " tokens, shorter than one window of T+1 = " +
+        if (s.size() < (size_t)T + 1)
+            throw Error(p + ": " + std::to_string(s.size()) + " tokens, shorter than one window of T+1 = " +
                         std::to_string(T + 1));
         const uint32_t shard = (uint32_t)(shards_.size() - 1);
-        const uint64_t n = s.tokens.size();
+        const uint64_t n = s.size();
         uint64_t start = 0;
         for (; start + T + 1 <= n; start += T) windows_.push_back({shard, 0, start});
         const uint64_t counted_to = start;  // targets 1 .. start are in the windows so far
@@ -142,7 +155,7 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
 
 size_t Loader::num_tokens() const {
     size_t n = 0;
-    for (const Shard& s : shards_) n += s.tokens.size();
+    for (const Shard& s : shards_) n += s.size();
     return n;
 }
 
@@ -164,9 +177,9 @@ void Loader::fill_row(Batch& b, int row, const Window& w) const {
     const Shard& s = shards_[w.shard];
     for (int t = 0; t < T_; t++) {
         size_t i = (size_t)row * T_ + t;
-        b.inputs[i] = s.tokens[w.start + t];
-        b.targets[i] = s.tokens[w.start + t + 1];
-        b.weights[i] = t < (int)w.skip ? 0.0f : s.mask.empty() ? 1.0f : (float)s.mask[w.start + t + 1];
+        b.inputs[i] = s.token(w.start + t);
+        b.targets[i] = s.token(w.start + t + 1);
+        b.weights[i] = t < (int)w.skip ? 0.0f : (float)s.mask(w.start + t + 1);
     }
 }
 

@@ -27,10 +27,27 @@ namespace tune {
 constexpr char kShardMagic[8] = {'T', 'U', 'N', 'E', 'T', 'O', 'K', '1'};
 constexpr uint32_t kShardVersion = 1;
 
+// A shard as read: its file stays memory-mapped (MappedFile), and tokens are decoded from it when asked for,
+// so holding a shard costs page cache, shared between processes, rather than 5 bytes a token of private
+// memory.
 struct Shard {
     std::string path;
-    std::vector<int32_t> tokens;
-    std::vector<uint8_t> mask;  // empty when the file has none
+    std::shared_ptr<const MappedFile> file;
+    const uint8_t* token_bytes = nullptr;  // n * width, inside file
+    const uint8_t* mask_bytes = nullptr;   // n, or null when the file has no mask
+    uint64_t n = 0;
+    uint32_t width = 2;
+
+    size_t size() const { return n; }
+    int32_t token(size_t i) const {
+        const uint8_t* p = token_bytes + i * width;
+        return width == 2 ? (int32_t)(p[0] | p[1] << 8) : (int32_t)load_u32(p);
+    }
+    bool has_mask() const { return mask_bytes != nullptr; }
+    uint8_t mask(size_t i) const { return mask_bytes ? mask_bytes[i] : 1; }
+    // Copies, for tests and tools.
+    std::vector<int32_t> tokens() const;
+    std::vector<uint8_t> mask_vector() const;  // empty when the file has no mask
 };
 
 // Writes atomically (temporary file, fsync, rename). Token width is 2 when every id fits in 16 bits.

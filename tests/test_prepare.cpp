@@ -38,8 +38,8 @@ TEST(Prepare, TextFileIsOneDocumentEndingInEotAllCounted) {
     Shard s = read_shard(r.train_path, 50257);
     auto want = concat(concat(tok().encode("Hello world.\nSecond line."), {50256}),
                        concat(tok().encode("Another document"), {50256}));
-    EXPECT_EQ(s.tokens, want);
-    EXPECT_EQ(s.mask, std::vector<uint8_t>(want.size(), 1));
+    EXPECT_EQ(s.tokens(), want);
+    EXPECT_EQ(s.mask_vector(), std::vector<uint8_t>(want.size(), 1));
     EXPECT_EQ(r.documents, 2u);
     EXPECT_TRUE(r.val_path.empty());
 }

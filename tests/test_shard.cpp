@@ -35,9 +35,36 @@ TEST(Shard, RoundTripWithMaskAnd16BitTokens) {
     for (size_t i = 0; i < m.size(); i++) m[i] = i % 3 == 0;
     write_shard(d + "/a.bin", t, &m, 50257);
     Shard s = read_shard(d + "/a.bin", 50257);
-    EXPECT_EQ(s.tokens, t);
-    EXPECT_EQ(s.mask, m);
+    EXPECT_EQ(s.tokens(), t);
+    EXPECT_EQ(s.mask_vector(), m);
     EXPECT_EQ(slurp(d + "/a.bin").size(), 32 + 2 * t.size() + t.size());
+}
+
+// A shard stays memory-mapped: its copies share the mapping and outlive the first, and a shard that comes
+// through a pipe (no file to map) is read into memory instead, with the same tokens.
+TEST(Shard, MappedShardOutlivesItsFirstCopyAndPipesAreRead) {
+    TempDir tmp("shard");
+    const std::string d = tmp.path();
+    auto t = iota_tokens(5000, 50257);
+    std::vector<uint8_t> m(t.size());
+    for (size_t i = 0; i < m.size(); i++) m[i] = (uint8_t)(i % 5 != 0);
+    write_shard(d + "/a.bin", t, &m, 50257);
+    Shard kept;
+    {
+        Shard first = read_shard(d + "/a.bin", 50257);
+        kept = first;
+    }
+    EXPECT_EQ(kept.tokens(), t);
+    EXPECT_EQ(kept.mask_vector(), m);
+    EXPECT_EQ(kept.token(4999), t[4999]);
+    EXPECT_EQ(kept.mask(5), 0);
+    ASSERT_EQ(::mkfifo((d + "/pipe").c_str(), 0600), 0);
+    const std::string bytes = slurp(d + "/a.bin");
+    std::thread writer([&] { spit(d + "/pipe", bytes); });
+    const Shard piped = read_shard(d + "/pipe", 50257);
+    writer.join();
+    EXPECT_EQ(piped.tokens(), t);
+    EXPECT_EQ(piped.mask_vector(), m);
 }
 
 TEST(Shard, WideTokensUse32Bits) {
@@ -45,7 +72,7 @@ TEST(Shard, WideTokensUse32Bits) {
     const std::string d = tmp.path();
     std::vector<int32_t> t = {1, 70000, 5};
     write_shard(d + "/a.bin", t, nullptr, 0);
-    EXPECT_EQ(read_shard(d + "/a.bin", 0).tokens, t);
+    EXPECT_EQ(read_shard(d + "/a.bin", 0).tokens(), t);
     EXPECT_EQ(slurp(d + "/a.bin").size(), 32u + 12u);
 }
 
