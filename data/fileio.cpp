@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -91,18 +92,44 @@ MappedFile::MappedFile(const std::string& path) {
     const int fd = open_for_read(path, st);
     if (S_ISREG(st.st_mode) && st.st_size > 0) {
         void* p = ::mmap(nullptr, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        const int err = errno;
-        ::close(fd);  // the mapping keeps the file
-        if (p == MAP_FAILED) throw Error(path + ": cannot map (" + std::strerror(err) + ")");
-        map_ = p;
-        size_ = (size_t)st.st_size;
-        return;
+        if (p != MAP_FAILED) {
+            ::close(fd);  // the mapping keeps the file
+            map_ = p;
+            size_ = (size_t)st.st_size;
+            return;
+        }
+        // Some file systems (FUSE mounts) cannot map: read it instead.
     }
-    copy_ = read_rest(fd, st, path);  // a pipe (read from this open, to its end), or an empty file
+    copy_ = read_rest(fd, st, path);  // a pipe (from this open, to its end), an empty file, or one not mappable
 }
 
 MappedFile::~MappedFile() {
     if (map_) ::munmap(map_, size_);
+}
+
+void check_readable(const std::string& path) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0 || ::access(path.c_str(), R_OK) != 0)
+        throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
+    if (S_ISDIR(st.st_mode)) throw Error(path + ": is a directory, not a file");
+}
+
+std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for_path) {
+    static std::atomic<uint64_t> counter{0};
+    for (int attempt = 0; attempt < 100; attempt++) {
+        const std::string name = dir + "/.scratch." + std::to_string(getpid()) + "." + std::to_string(counter++);
+        const int fd = ::open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 && errno == EEXIST) continue;
+        if (fd < 0) throw Error(for_path + ": cannot create a scratch file in " + dir + " (" + std::strerror(errno) + ")");
+        ::unlink(name.c_str());  // nameless from here on: nothing to clean up, whatever ends the process
+        std::FILE* f = ::fdopen(fd, "w+b");
+        if (!f) {
+            ::close(fd);
+            throw Error(for_path + ": cannot open a scratch file in " + dir + " (" + std::strerror(errno) + ")");
+        }
+        return f;
+    }
+    throw Error(for_path + ": cannot create a scratch file in " + dir + ": every name tried exists");
 }
 
 size_t file_size_or_zero(const std::string& path) {
@@ -140,8 +167,15 @@ bool LineReader::next(std::string& line) {
     }
 }
 
-AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_(path + ".tmp." + std::to_string(getpid())) {
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+AtomicFile::AtomicFile(const std::string& path) : path_(path) {
+    // A name no other writer uses: two AtomicFiles for one path in a process, or a reused pid, must not share
+    // (and truncate) one temporary file. O_EXCL makes sure.
+    static std::atomic<uint64_t> counter{0};
+    for (int attempt = 0; attempt < 100; attempt++) {
+        tmp_ = path + ".tmp." + std::to_string(getpid()) + "." + std::to_string(counter++);
+        fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd_ >= 0 || errno != EEXIST) break;
+    }
     if (fd_ >= 0) return;
     // Name the file asked for, not the temporary one the user never chose; the usual cause is the directory.
     const int err = errno;
@@ -158,9 +192,8 @@ AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_(path + ".tmp
 }
 
 AtomicFile::~AtomicFile() {
-    if (fd_ < 0) return;
-    ::close(fd_);
-    ::unlink(tmp_.c_str());
+    if (fd_ >= 0) ::close(fd_);
+    if (!tmp_.empty()) ::unlink(tmp_.c_str());  // never committed
 }
 
 void AtomicFile::write(const void* data, size_t bytes) {
@@ -190,21 +223,31 @@ void AtomicFile::write_at(uint64_t offset, const void* data, size_t bytes) {
     }
 }
 
-void AtomicFile::commit() {
+void AtomicFile::sync() {
     // TEACH: without fsync the rename can reach the disk before the data does, and a power cut would
     // leave an empty "new" file in place of the old good one.
+    if (synced_) return;
     const int fd = fd_;
     fd_ = -1;
+    synced_ = true;
     std::string err;  // taken before unlink can change errno
     if (::fsync(fd) != 0) err = std::strerror(errno);
     if (::close(fd) != 0 && err.empty()) err = std::strerror(errno);
     if (!err.empty()) {
         ::unlink(tmp_.c_str());
+        tmp_.clear();
         throw Error(path_ + ": fsync/close failed (" + err + ")");
     }
-    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+}
+
+void AtomicFile::commit() {
+    sync();
+    if (tmp_.empty()) throw Error(path_ + ": already failed to write");
+    const std::string tmp = tmp_;
+    tmp_.clear();  // renamed or removed below: nothing left for the destructor
+    if (::rename(tmp.c_str(), path_.c_str()) != 0) {
         const std::string err = std::strerror(errno);
-        ::unlink(tmp_.c_str());
+        ::unlink(tmp.c_str());
         throw Error(path_ + ": rename from temporary file failed (" + err + ")");
     }
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,12 @@ class MappedFile {
 
 // The size of a regular file, or 0 for anything else (a pipe, a missing file: its reader reports that).
 size_t file_size_or_zero(const std::string& path);
+// Throws what a reader would (missing, unreadable, a directory) without opening the file, so a pipe is not
+// consumed: for checking every input before hours of work on the first ones.
+void check_readable(const std::string& path);
+// A scratch file in `dir` (the same file system as what is written there) with no name: gone when closed, or
+// when the process dies. Read and write; errors name `for_path`.
+std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for_path);
 
 // A file written piece by piece, atomically: the pieces go into a temporary file beside `path`, and commit()
 // fsyncs it and renames it into place. Destroyed without commit() (an error on the way), it removes the
@@ -65,12 +72,14 @@ class AtomicFile {
     AtomicFile& operator=(const AtomicFile&) = delete;
     void write(const void* data, size_t bytes);
     void write_at(uint64_t offset, const void* data, size_t bytes);  // overwrite bytes already written
-    void commit();
+    void sync();    // everything on disk (fsync, close); the final name still holds what it held
+    void commit();  // sync() if not done, then the rename: the final name holds the new file
     const std::string& path() const { return path_; }
 
    private:
-    std::string path_, tmp_;
+    std::string path_, tmp_;  // tmp_ empty: nothing to remove
     int fd_ = -1;
+    bool synced_ = false;
 };
 // The first n bytes as a quoted C string ("hi\n", "\x7fELF"), for messages about a file's magic.
 std::string shown_bytes(const std::vector<uint8_t>& bytes, size_t n);

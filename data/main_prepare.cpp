@@ -1,4 +1,5 @@
 // bin/prepare: text and JSONL files -> train.bin / val.bin token shards with loss masks.
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -75,6 +76,11 @@ int main(int argc, char** argv) {
         }
         if (opt.inputs.empty()) throw UsageError("no input files (see bin/prepare --help)");
         Tokenizer tok = Tokenizer::load(vocab);
+        // Ctrl-C or a scheduler's SIGTERM: stop at the next chunk and remove the partial shards.
+        static volatile std::sig_atomic_t stop = 0;
+        std::signal(SIGINT, [](int) { stop = 1; });
+        std::signal(SIGTERM, [](int) { stop = 1; });
+        opt.stop = &stop;
         PrepareReport r = prepare_dataset(tok, opt);
         std::printf("prepared %zu documents (%zu train, %zu validation) from %.1f MB\n", r.documents, r.train_docs,
                     r.val_docs, r.input_bytes / 1e6);

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -67,8 +68,14 @@ Document plain(const Tokenizer& tok, const std::string& text) {
 class Progress {
    public:
     Progress(size_t total, bool on) : total_(total), on_(on && total > (1 << 20)), tty_(isatty(2)), t0_(now()) {}
+    ~Progress() {  // stopped by an error: end the bar's line, so the message gets its own
+        if (on_ && tty_ && shown_ && !finished_) std::fputc('\n', stderr);
+    }
     void update(size_t done, bool final = false) {
         if (!on_) return;
+        done = std::min(done, total_);
+        shown_ = true;
+        finished_ = final;
         double t = now();
         if (!final && t - last_ < 0.5) return;
         last_ = t;
@@ -85,7 +92,7 @@ class Progress {
         return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
     }
     size_t total_;
-    bool on_, tty_;
+    bool on_, tty_, shown_ = false, finished_ = false;
     double t0_, last_ = 0;
 };
 
@@ -145,8 +152,15 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     if (!(opt.val_frac >= 0 && opt.val_frac < 1)) throw UsageError("--val-frac: must be in [0, 1)");
     if (!opt.template_str.empty()) check_template(opt.template_str, "--template");
     PrepareReport rep;
-    size_t total_bytes = 0;  // for the progress bar; pipes count 0
-    for (const std::string& path : opt.inputs) total_bytes += file_size_or_zero(path);
+    // Every input checked first: a misspelt last file must not wait for hours of work on the others.
+    size_t total_bytes = 0;  // for the progress bar, which needs every size (a pipe has none)
+    bool sizes_known = true;
+    for (const std::string& path : opt.inputs) {
+        check_readable(path);
+        const size_t size = file_size_or_zero(path);
+        total_bytes += size;
+        sizes_known = sizes_known && (size > 0 || std::filesystem::is_regular_file(path));
+    }
 
     // TEACH: the data streams through in chunks of about chunk_bytes of text: read, tokenised in parallel,
     // appended to the shards, forgotten. Memory stays bounded whatever the size of the corpus (the loss mask
@@ -164,8 +178,10 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     const std::string val_path = opt.out_dir + "/val.bin";
     ShardWriter train(rep.train_path, (uint32_t)tok.vocab_size());
     std::unique_ptr<ShardWriter> val;  // made at the first validation document
-    Progress progress(total_bytes, opt.progress);
+    Progress progress(total_bytes, opt.progress && sizes_known);
     auto flush = [&] {
+        if (opt.stop && *opt.stop)
+            throw Error("interrupted: no shard written (" + std::to_string(index) + " documents were done)");
         std::vector<Document> docs(items.size());
         std::vector<std::string> errors(items.size());
 #pragma omp parallel for schedule(dynamic, 16)
@@ -223,10 +239,13 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     rep.train_tokens = train.tokens();
     rep.val_tokens = val ? val->tokens() : 0;
     if (!rep.train_tokens) throw Error("no training documents were produced (all skipped or all in validation)");
-    train.finish();
+    // Both complete on disk before either takes its name: a failure leaves no new train.bin beside an old val.bin.
+    train.seal();
+    if (val) val->seal();
+    train.commit();
     if (val) {
         rep.val_path = val_path;
-        val->finish();
+        val->commit();
     } else if (std::filesystem::exists(val_path)) {
         // A val.bin from an earlier run would pass for this data's validation split (--val-data) while
         // holding other documents: the directory must describe one run.

@@ -11,6 +11,7 @@
 // from (seed, document index), so the split is deterministic and independent of thread count.
 #pragma once
 
+#include <csignal>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -32,6 +33,8 @@ struct PrepareOptions {
     bool skip_bad = false;     // skip malformed lines (and count them) instead of stopping
     bool progress = true;      // progress bar on stderr
     size_t chunk_bytes = size_t(32) << 20;  // text tokenised at a time: bounds memory, not the result
+    // Set (by a signal handler) to stop before the next chunk, with an error and no file left behind.
+    const volatile std::sig_atomic_t* stop = nullptr;
 };
 
 struct PrepareReport {

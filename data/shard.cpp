@@ -34,8 +34,8 @@ void write_shard(const std::string& path, const std::vector<int32_t>& tokens, co
 
 ShardWriter::ShardWriter(const std::string& path, uint32_t vocab_size)
     : file_(std::make_unique<AtomicFile>(path)), vocab_(vocab_size), width_(vocab_size <= 65536 ? 2 : 4) {
-    mask_ = std::tmpfile();
-    if (!mask_) throw Error(path + ": cannot create a scratch file for the loss mask (" + std::strerror(errno) + ")");
+    const size_t slash = path.find_last_of('/');
+    mask_ = anonymous_scratch_file(slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash), path);
     uint8_t header[kShardHeader] = {};
     file_->write(header, sizeof header);  // filled in by finish(), when the count is known
 }
@@ -60,7 +60,10 @@ void ShardWriter::append(const std::vector<int32_t>& tokens, const std::vector<u
     n_ += tokens.size();
 }
 
-void ShardWriter::finish() {
+void ShardWriter::seal() {
+    if (sealed_) return;
+    if (std::fflush(mask_) != 0)
+        throw Error(file_->path() + ": writing the scratch copy of the loss mask failed (" + std::strerror(errno) + ")");
     std::rewind(mask_);
     std::vector<uint8_t> block(1 << 20);
     for (uint64_t left = n_; left > 0;) {
@@ -78,6 +81,12 @@ void ShardWriter::finish() {
     store_u32(&header[24], 1);
     store_u32(&header[28], vocab_);
     file_->write_at(0, header, sizeof header);
+    file_->sync();
+    sealed_ = true;
+}
+
+void ShardWriter::commit() {
+    seal();
     file_->commit();
 }
 

@@ -55,10 +55,11 @@ void write_shard(const std::string& path, const std::vector<int32_t>& tokens, co
                  uint32_t vocab_size);
 
 // A shard written as it is produced, in bounded memory (bin/prepare on any amount of data): the tokens go to
-// the file at once, the mask (which follows every token in the layout) to a scratch file until finish(),
-// which appends it, fills in the count, and renames the file into place. Always with a mask; token width 2
-// when vocab_size fits 16 bits. The same bytes as write_shard of everything appended. Nothing is left under
-// `path` (or beside it) unless finish() completes.
+// the file at once, the mask (which follows every token in the layout) to a nameless scratch file beside it
+// until seal(), which appends it and fills in the count; commit() then renames the file into place. Always
+// with a mask; token width 2 when vocab_size fits 16 bits (then the same bytes as write_shard of everything
+// appended). Nothing is left under `path` unless commit() is reached; the temporary file beside it is
+// removed on any error (a killed process leaves `path.tmp.PID.N`).
 class ShardWriter {
    public:
     ShardWriter(const std::string& path, uint32_t vocab_size);
@@ -66,14 +67,16 @@ class ShardWriter {
     ShardWriter(const ShardWriter&) = delete;
     ShardWriter& operator=(const ShardWriter&) = delete;
     void append(const std::vector<int32_t>& tokens, const std::vector<uint8_t>& mask);
-    void finish();
+    void seal();    // mask, header, fsync: complete on disk, not yet under its name
+    void commit();  // seal() if not done, then the rename
     uint64_t tokens() const { return n_; }
 
    private:
     std::unique_ptr<AtomicFile> file_;
-    std::FILE* mask_ = nullptr;  // anonymous scratch file (std::tmpfile)
+    std::FILE* mask_ = nullptr;  // nameless scratch file in the shard's directory
     uint32_t vocab_, width_;
     uint64_t n_ = 0;
+    bool sealed_ = false;
     std::vector<uint8_t> packed_;
 };
 

@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <thread>
+
+#include <sys/stat.h>
 
 #include "data/prepare.h"
 #include "data/shard.h"
@@ -162,6 +165,40 @@ TEST(Prepare, ChunkSizeDoesNotChangeTheShardsAndAFailureLeavesNothing) {
     o.out_dir = d + "/failed";
     EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("z.jsonl:301: not valid JSON"));
     EXPECT_TRUE(std::filesystem::is_empty(d + "/failed")) << "a shard or temporary file was left behind";
+}
+
+// What a long run meets: a missing input is named before any work (not after hours on the first files, and
+// not behind a bad line of an earlier file); a pipe among the inputs leaves the progress bar off instead of
+// overrunning it; a stop request (bin/prepare's SIGINT/SIGTERM) ends the run with no file left behind.
+TEST(Prepare, MissingInputsFirstPipesWithProgressAndAStopLeaveNothing) {
+    TempDir tmp("prep");
+    const std::string d = tmp.path();
+    std::string lines;
+    for (int i = 0; i < 30000; i++) lines += "{\"text\":\"document number " + std::to_string(i) + " of many\"}\n";
+    spit(d + "/big.jsonl", lines);  // over the 1 MB a progress bar needs
+    spit(d + "/bad.jsonl", "not json\n");
+    PrepareOptions o;
+    o.val_frac = 0;
+    o.out_dir = d + "/out";
+    o.inputs = {d + "/bad.jsonl", d + "/missing.jsonl"};
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("missing.jsonl: cannot open (No such file"));
+    o.inputs = {d + "/big.jsonl", d};
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr(d + ": is a directory, not a file"));
+    ASSERT_EQ(::mkfifo((d + "/pipe.txt").c_str(), 0600), 0);
+    // A fifth of the file's size again: a bar that counted it against the file sizes alone would run past its end.
+    std::thread writer([&] { spit(d + "/pipe.txt", std::string(lines.size() / 5, 'x')); });
+    o.inputs = {d + "/big.jsonl", d + "/pipe.txt"};
+    o.progress = true;
+    PrepareReport r;
+    EXPECT_NO_THROW(r = prepare_dataset(tok(), o));
+    writer.join();
+    EXPECT_EQ(r.documents, 30001u);
+    volatile std::sig_atomic_t stop = 1;
+    o.inputs = {d + "/big.jsonl"};
+    o.out_dir = d + "/stopped";
+    o.stop = &stop;
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("interrupted: no shard written"));
+    EXPECT_TRUE(std::filesystem::is_empty(d + "/stopped"));
 }
 
 TEST(PrepareCli, ReportsAndExitCodes) {

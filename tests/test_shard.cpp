@@ -157,7 +157,7 @@ TEST(FileIo, LineReaderSplitsAnySizeAndNamesBadPaths) {
 }
 
 // ShardWriter writes what write_shard writes for the same tokens, appended in pieces, and leaves nothing
-// behind when it is abandoned before finish().
+// behind when it is abandoned before commit().
 TEST(Shard, WriterInPiecesEqualsWriteShardAndAbandonedLeavesNothing) {
     TempDir tmp("shardw");
     const std::string d = tmp.path();
@@ -178,8 +178,8 @@ TEST(Shard, WriterInPiecesEqualsWriteShardAndAbandonedLeavesNothing) {
             mask.insert(mask.end(), m.begin(), m.end());
         }
         EXPECT_EQ(w.tokens(), all.size());
-        EXPECT_FALSE(std::filesystem::exists(d + "/w.bin")) << "visible before finish()";
-        w.finish();
+        EXPECT_FALSE(std::filesystem::exists(d + "/w.bin")) << "visible before commit()";
+        w.commit();
     }
     write_shard(d + "/ref.bin", all, &mask, 50257);
     EXPECT_EQ(slurp(d + "/w.bin"), slurp(d + "/ref.bin"));
@@ -196,6 +196,30 @@ TEST(Shard, WriterInPiecesEqualsWriteShardAndAbandonedLeavesNothing) {
     for (const auto& e : std::filesystem::directory_iterator(d)) left.push_back(e.path().filename().string());
     std::sort(left.begin(), left.end());
     EXPECT_EQ(left, (std::vector<std::string>{"ref.bin", "w.bin"})) << "a temporary file was left behind";
+}
+
+// Two atomic writers of one path in one process each get their own temporary file: whichever commits last
+// is the file, and the other's abandoning or committing never touches it.
+TEST(FileIo, TwoAtomicFilesForOnePathDoNotShareATemporary) {
+    TempDir tmp("fileio");
+    const std::string p = tmp.file("y.bin");
+    {
+        AtomicFile a(p), b(p);
+        a.write("A", 1);
+        b.write("BB", 2);
+        a.commit();
+        EXPECT_EQ(slurp(p), "A");
+        b.commit();
+    }
+    EXPECT_EQ(slurp(p), "BB");
+    {
+        AtomicFile a(p);
+        a.write("CCC", 3);
+        { AtomicFile b(p); }  // abandoned first
+        a.commit();
+    }
+    EXPECT_EQ(slurp(p), "CCC");
+    EXPECT_EQ(std::distance(std::filesystem::directory_iterator(tmp.path()), {}), 1) << "a temporary was left";
 }
 
 TEST(Loader, ShardShorterThanOneWindowIsNamed) {
