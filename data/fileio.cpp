@@ -81,6 +81,13 @@ static std::vector<uint8_t> read_rest(int fd, const struct stat& st, const std::
     return bytes;
 }
 
+std::string directory_of(const std::string& path) {
+    const size_t slash = path.rfind('/');
+    if (slash == std::string::npos) return ".";
+    if (slash == 0) return "/";
+    return path.substr(0, slash);
+}
+
 std::vector<uint8_t> read_file_bytes(const std::string& path) {
     struct stat st;
     const int fd = open_for_read(path, st);
@@ -179,8 +186,7 @@ AtomicFile::AtomicFile(const std::string& path) : path_(path) {
     if (fd_ >= 0) return;
     // Name the file asked for, not the temporary one the user never chose; the usual cause is the directory.
     const int err = errno;
-    const size_t slash = path.find_last_of('/');
-    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    const std::string dir = directory_of(path);
     struct stat st;
     if (::stat(dir.c_str(), &st) != 0) {
         if (errno == ENOENT) throw Error(path + ": cannot write: the directory " + dir + " does not exist");

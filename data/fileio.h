@@ -12,6 +12,7 @@ namespace tune {
 
 std::vector<uint8_t> read_file_bytes(const std::string& path);  // throws tune::Error naming the file
 void make_dirs(const std::string& dir);                          // mkdir -p; throws tune::Error
+std::string directory_of(const std::string& path);               // "a/b/c" -> "a/b", "c" -> ".", "/c" -> "/"
 void write_file_atomic(const std::string& path, const void* data, size_t bytes);
 
 // A file read line by line in bounded memory, whatever its size (pipes too), with read_file_bytes' errors.

@@ -16,6 +16,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "data/fileio.h"
+
 namespace tune {
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -249,13 +251,6 @@ bool write_all(int fd, const void* data, size_t n) {
         n -= static_cast<size_t>(w);
     }
     return true;
-}
-
-std::string directory_of(const std::string& path) {
-    size_t slash = path.rfind('/');
-    if (slash == std::string::npos) return ".";
-    if (slash == 0) return "/";
-    return path.substr(0, slash);
 }
 
 // nlohmann's dump() throws on invalid UTF-8; both the writer and the reader need valid JSON strings.

@@ -34,8 +34,7 @@ void write_shard(const std::string& path, const std::vector<int32_t>& tokens, co
 
 ShardWriter::ShardWriter(const std::string& path, uint32_t vocab_size)
     : file_(std::make_unique<AtomicFile>(path)), vocab_(vocab_size), width_(vocab_size <= 65536 ? 2 : 4) {
-    const size_t slash = path.find_last_of('/');
-    mask_ = anonymous_scratch_file(slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash), path);
+    mask_ = anonymous_scratch_file(directory_of(path), path);
     uint8_t header[kShardHeader] = {};
     file_->write(header, sizeof header);  // filled in by finish(), when the count is known
 }
