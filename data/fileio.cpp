@@ -121,22 +121,27 @@ void check_readable(const std::string& path) {
     if (S_ISDIR(st.st_mode)) throw Error(path + ": is a directory, not a file");
 }
 
-std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for_path) {
+int open_unique(const std::string& prefix, int flags, mode_t mode, std::string* name) {
     static std::atomic<uint64_t> counter{0};
     for (int attempt = 0; attempt < 100; attempt++) {
-        const std::string name = dir + "/.scratch." + std::to_string(getpid()) + "." + std::to_string(counter++);
-        const int fd = ::open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0 && errno == EEXIST) continue;
-        if (fd < 0) throw Error(for_path + ": cannot create a scratch file in " + dir + " (" + std::strerror(errno) + ")");
-        ::unlink(name.c_str());  // nameless from here on: nothing to clean up, whatever ends the process
-        std::FILE* f = ::fdopen(fd, "w+b");
-        if (!f) {
-            ::close(fd);
-            throw Error(for_path + ": cannot open a scratch file in " + dir + " (" + std::strerror(errno) + ")");
-        }
-        return f;
+        *name = prefix + "." + std::to_string(getpid()) + "." + std::to_string(counter++);
+        const int fd = ::open(name->c_str(), flags | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+        if (fd >= 0 || errno != EEXIST) return fd;
     }
-    throw Error(for_path + ": cannot create a scratch file in " + dir + ": every name tried exists");
+    return -1;  // errno is EEXIST
+}
+
+std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for_path) {
+    std::string name;
+    const int fd = open_unique(dir + "/.scratch", O_RDWR, 0600, &name);
+    if (fd < 0) throw Error(for_path + ": cannot create a scratch file in " + dir + " (" + std::strerror(errno) + ")");
+    ::unlink(name.c_str());  // nameless from here on: nothing to clean up, whatever ends the process
+    std::FILE* f = ::fdopen(fd, "w+b");
+    if (!f) {
+        ::close(fd);
+        throw Error(for_path + ": cannot open a scratch file in " + dir + " (" + std::strerror(errno) + ")");
+    }
+    return f;
 }
 
 size_t file_size_or_zero(const std::string& path) {
@@ -175,14 +180,8 @@ bool LineReader::next(std::string& line) {
 }
 
 AtomicFile::AtomicFile(const std::string& path) : path_(path) {
-    // A name no other writer uses: two AtomicFiles for one path in a process, or a reused pid, must not share
-    // (and truncate) one temporary file. O_EXCL makes sure.
-    static std::atomic<uint64_t> counter{0};
-    for (int attempt = 0; attempt < 100; attempt++) {
-        tmp_ = path + ".tmp." + std::to_string(getpid()) + "." + std::to_string(counter++);
-        fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (fd_ >= 0 || errno != EEXIST) break;
-    }
+    // Two AtomicFiles for one path in a process, or a reused pid, must not share (and truncate) one temporary.
+    fd_ = open_unique(path + ".tmp", O_WRONLY, 0644, &tmp_);
     if (fd_ >= 0) return;
     // Name the file asked for, not the temporary one the user never chose; the usual cause is the directory.
     const int err = errno;
@@ -203,16 +202,8 @@ AtomicFile::~AtomicFile() {
 }
 
 void AtomicFile::write(const void* data, size_t bytes) {
-    const char* p = static_cast<const char*>(data);
-    while (bytes > 0) {
-        const ssize_t w = ::write(fd_, p, bytes);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            throw Error(path_ + ": write failed (" + std::strerror(errno) + ")");
-        }
-        p += w;
-        bytes -= (size_t)w;
-    }
+    write_at(end_, data, bytes);
+    end_ += bytes;
 }
 
 void AtomicFile::write_at(uint64_t offset, const void* data, size_t bytes) {

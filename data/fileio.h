@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <sys/types.h>
+
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -58,6 +60,10 @@ size_t file_size_or_zero(const std::string& path);
 // Throws what a reader would (missing, unreadable, a directory) without opening the file, so a pipe is not
 // consumed: for checking every input before hours of work on the first ones.
 void check_readable(const std::string& path);
+// Creates and opens a file named `prefix` + ".PID.N" that no other writer (thread or process) is using:
+// O_EXCL, with N counting up past names that exist. Sets *name; returns the descriptor, or -1 with errno set
+// (after 100 names that all exist: EEXIST).
+int open_unique(const std::string& prefix, int flags, mode_t mode, std::string* name);
 // A scratch file in `dir` (the same file system as what is written there) with no name: gone when closed, or
 // when the process dies. Read and write; errors name `for_path`.
 std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for_path);
@@ -80,6 +86,7 @@ class AtomicFile {
    private:
     std::string path_, tmp_;  // tmp_ empty: nothing to remove
     int fd_ = -1;
+    uint64_t end_ = 0;  // where write() appends
     bool synced_ = false;
 };
 // The first n bytes as a quoted C string ("hi\n", "\x7fELF"), for messages about a file's magic.

@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -635,16 +634,11 @@ void SafetensorsWriter::write(const std::string& path) const {
         fail(path, "header would be " + std::to_string(h.size()) + " bytes, over the " +
                        std::to_string(SafetensorsFile::kMaxHeaderBytes) + "-byte limit readers enforce");
 
-    // A name no other writer (thread or process) uses at the same time; O_EXCL makes sure.
-    static std::atomic<uint64_t> counter{0};
+    // A name no other writer (thread or process) uses at the same time.
     std::string tmp;
-    int fd = -1;
-    for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
-        tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-        fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (fd < 0 && errno != EEXIST) fail(path, "cannot create temporary file " + tmp + ": " + sys_error(errno));
-    }
-    if (fd < 0) fail(path, "cannot create a temporary file beside it: every name tried exists");
+    int fd = open_unique(path + ".tmp", O_WRONLY, 0666, &tmp);
+    if (fd < 0 && errno == EEXIST) fail(path, "cannot create a temporary file beside it: every name tried exists");
+    if (fd < 0) fail(path, "cannot create temporary file " + tmp + ": " + sys_error(errno));
 
     auto abandon = [&](const std::string& what) {
         int err = errno;

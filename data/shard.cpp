@@ -12,18 +12,23 @@ namespace tune {
 
 constexpr size_t kShardHeader = 32;
 
+// The 32-byte header of data/shard.h's layout, in one place for both writers.
+static void store_shard_header(uint8_t* h, uint32_t width, uint64_t n, bool has_mask, uint32_t vocab_size) {
+    std::memcpy(h, kShardMagic, 8);
+    store_u32(&h[8], kShardVersion);
+    store_u32(&h[12], width);
+    store_u64(&h[16], n);
+    store_u32(&h[24], has_mask ? 1 : 0);
+    store_u32(&h[28], vocab_size);
+}
+
 void write_shard(const std::string& path, const std::vector<int32_t>& tokens, const std::vector<uint8_t>* mask,
                  uint32_t vocab_size) {
     if (mask && mask->size() != tokens.size()) throw Error(path + ": mask length differs from token count");
     bool narrow = std::all_of(tokens.begin(), tokens.end(), [](int32_t t) { return t >= 0 && t < 65536; });
     const uint32_t width = narrow ? 2 : 4;
     std::vector<uint8_t> out(kShardHeader + tokens.size() * width + (mask ? tokens.size() : 0));
-    std::memcpy(out.data(), kShardMagic, 8);
-    store_u32(&out[8], kShardVersion);
-    store_u32(&out[12], width);
-    store_u64(&out[16], tokens.size());
-    store_u32(&out[24], mask ? 1 : 0);
-    store_u32(&out[28], vocab_size);
+    store_shard_header(out.data(), width, tokens.size(), mask != nullptr, vocab_size);
     uint8_t* p = out.data() + kShardHeader;
     for (int32_t t : tokens) {
         for (uint32_t i = 0; i < width; i++) *p++ = (uint8_t)((uint32_t)t >> (8 * i));
@@ -73,12 +78,7 @@ void ShardWriter::seal() {
         left -= want;
     }
     uint8_t header[kShardHeader];
-    std::memcpy(header, kShardMagic, 8);
-    store_u32(&header[8], kShardVersion);
-    store_u32(&header[12], width_);
-    store_u64(&header[16], n_);
-    store_u32(&header[24], 1);
-    store_u32(&header[28], vocab_);
+    store_shard_header(header, width_, n_, true, vocab_);
     file_->write_at(0, header, sizeof header);
     file_->sync();
     sealed_ = true;
