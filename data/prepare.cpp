@@ -5,6 +5,7 @@
 #include <omp.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -57,13 +58,16 @@ Document prompt_completion(const Tokenizer& tok, const std::string& prompt, cons
     return d;
 }
 
-Document plain(const Tokenizer& tok, const std::string& text) {
+// A plain document, or one piece of it (cut_plain_text): EOT only after the last piece.
+Document plain(const Tokenizer& tok, const std::string& text, bool last = true) {
     Document d;
     tok.encode_append(text, d.tokens);
-    d.tokens.push_back(tok.eot_token());
+    if (last) d.tokens.push_back(tok.eot_token());
     d.mask.assign(d.tokens.size(), 1);
     return d;
 }
+
+bool graphic_ascii(char c) { return c > ' ' && c < 0x7f; }
 
 class Progress {
    public:
@@ -97,6 +101,14 @@ class Progress {
 };
 
 }  // namespace
+
+size_t plain_text_cut(const std::string& text, const std::string& next_line) {
+    const size_t n = text.size();
+    if (next_line.empty() || !graphic_ascii(next_line[0]) || n < 2 || text[n - 1] != '\n') return std::string::npos;
+    if (graphic_ascii(text[n - 2])) return n;                                    // "x\n" | "y"
+    if (n >= 3 && text[n - 2] == '\r' && graphic_ascii(text[n - 3])) return n - 1;  // "x\r" | "\ny"
+    return std::string::npos;
+}
 
 void check_template(const std::string& tmpl, const std::string& flag) {
     if (tmpl.find("{instruction}") == std::string::npos) {
@@ -170,9 +182,11 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     struct Item {
         std::string text, where;
         bool json;
+        bool first = true, last = true;  // a plain document comes in pieces: where it starts and ends
     };
     std::vector<Item> items;
     size_t chunk_bytes = 0, index = 0, done_bytes = 0;
+    bool doc_to_val = false;  // the split of the document being written (a plain one spans chunks)
     make_dirs(opt.out_dir);
     rep.train_path = opt.out_dir + "/train.bin";
     const std::string val_path = opt.out_dir + "/val.bin";
@@ -188,38 +202,61 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
         for (size_t i = 0; i < items.size(); i++) {
             try {
                 docs[i] = items[i].json ? document_from_json_line(tok, items[i].text, items[i].where, opt.template_str)
-                                        : plain(tok, items[i].text);
+                                        : plain(tok, items[i].text, items[i].last);
             } catch (const Error& e) {
                 errors[i] = e.what();
             }
         }
-        for (size_t i = 0; i < items.size(); i++, index++) {
+        for (size_t i = 0; i < items.size(); i++) {
+            const size_t doc = index;
+            if (items[i].last) index++;
             if (!errors[i].empty()) {
                 if (!opt.skip_bad) throw Error(errors[i] + " (--skip-bad skips such lines)");
                 rep.skipped++;
                 continue;
             }
-            const bool to_val = Rng(opt.seed ^ (0x9E3779B97F4A7C15ull * (index + 1))).uniform() < opt.val_frac;
-            if (to_val && !val) val = std::make_unique<ShardWriter>(val_path, (uint32_t)tok.vocab_size());
-            (to_val ? *val : train).append(docs[i].tokens, docs[i].mask);
-            (to_val ? rep.val_docs : rep.train_docs)++;
+            if (items[i].first) doc_to_val = Rng(opt.seed ^ (0x9E3779B97F4A7C15ull * (doc + 1))).uniform() < opt.val_frac;
+            if (doc_to_val && !val) val = std::make_unique<ShardWriter>(val_path, (uint32_t)tok.vocab_size());
+            (doc_to_val ? *val : train).append(docs[i].tokens, docs[i].mask);
+            if (items[i].last) (doc_to_val ? rep.val_docs : rep.train_docs)++;
             for (uint8_t x : docs[i].mask) rep.counted_tokens += x;
         }
         items.clear();
         chunk_bytes = 0;
         progress.update(done_bytes);
     };
-    auto add = [&](std::string text, std::string where, bool json) {
+    auto add = [&](std::string text, std::string where, bool json, bool first = true, bool last = true) {
         chunk_bytes += text.size();
-        items.push_back({std::move(text), std::move(where), json});
+        items.push_back({std::move(text), std::move(where), json, first, last});
         if (chunk_bytes >= opt.chunk_bytes) flush();
     };
+    // A plain text file is one document, cut into pieces of about this size where plain_text_cut allows, so
+    // that it streams and its pieces are tokenised in parallel like the lines of a JSONL file.
+    const size_t piece_bytes = std::max<size_t>(opt.chunk_bytes / kPiecesPerChunk, 1);
     for (const std::string& path : opt.inputs) {
-        if (!is_jsonl(path)) {  // one document: read whole
-            std::vector<uint8_t> bytes = read_file_bytes(path);
-            rep.input_bytes += bytes.size();
-            done_bytes += bytes.size();
-            add(std::string(bytes.begin(), bytes.end()), path, false);
+        if (!is_jsonl(path)) {
+            LineReader in(path);
+            std::string piece;
+            bool first = true;
+            size_t consumed = 0;
+            for (std::string line; in.next(line);) {
+                const bool newline = in.bytes_read() - consumed > line.size();  // the last line may lack one
+                consumed = in.bytes_read();
+                done_bytes = rep.input_bytes + consumed;
+                const size_t cut = piece.size() >= piece_bytes ? plain_text_cut(piece, line) : std::string::npos;
+                if (cut != std::string::npos) {
+                    std::string rest = piece.substr(cut);
+                    piece.resize(cut);
+                    add(std::move(piece), path, false, first, false);
+                    first = false;
+                    piece = std::move(rest);
+                }
+                piece += line;
+                if (newline) piece += '\n';
+            }
+            rep.input_bytes += in.bytes_read();
+            done_bytes = rep.input_bytes;
+            add(std::move(piece), path, false, first, true);
             continue;
         }
         LineReader in(path);

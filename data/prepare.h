@@ -1,7 +1,7 @@
 // Dataset preparation: text and JSONL in, train/validation token shards (with loss masks) out.
 //
 // Inputs, recognised per file and per line:
-//   - a plain text file (not .jsonl/.json) is one document;
+//   - a plain text file (not .jsonl/.json) is one document (streamed in pieces: plain_text_cut);
 //   - JSONL {"text": ...}: each line a document;
 //   - JSONL {"prompt": ..., "completion": ...}: the loss covers only the completion and its closing EOT;
 //   - JSONL {"instruction": ..., "input": ..., "output": ...} (Alpaca): instruction and input are
@@ -61,5 +61,16 @@ void check_template(const std::string& tmpl, const std::string& flag);
 std::string fill_template(const std::string& tmpl, const std::string& instruction, const std::string& input);
 
 PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt);
+
+// TEACH: a long text is tokenised in pieces, which gives the same tokens as the whole only where no
+// pre-tokenisation piece (see data/tokenizer.h) crosses the cut and none would end differently at the end of
+// a text. A line break between two printable ASCII characters is such a place: "x\ny" pre-tokenises as
+// "x" "\n" "y" whole and cut after the "\n" ('\n' never joins a word, unlike a space, and a lone
+// whitespace run at the end of a text is still one piece). With CRLF the cut goes between '\r' and '\n'
+// ("x" "\r" "\n" "y" either way): after the pair, the text's end would make "\r\n" one piece.
+// `text` ends where `next_line` begins (text ends in '\n'): returns where to cut text, or npos when its end
+// is no such place.
+size_t plain_text_cut(const std::string& text, const std::string& next_line);
+constexpr size_t kPiecesPerChunk = 16;  // a plain text's pieces per chunk: tokenised in parallel
 
 }  // namespace tune

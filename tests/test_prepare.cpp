@@ -10,6 +10,7 @@
 
 #include "data/prepare.h"
 #include "data/shard.h"
+#include "model/rng.h"
 #include "tests/test_util.h"
 
 namespace tune::test {
@@ -165,6 +166,64 @@ TEST(Prepare, ChunkSizeDoesNotChangeTheShardsAndAFailureLeavesNothing) {
     o.out_dir = d + "/failed";
     EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("z.jsonl:301: not valid JSON"));
     EXPECT_TRUE(std::filesystem::is_empty(d + "/failed")) << "a shard or temporary file was left behind";
+}
+
+// A plain text file streams in pieces cut only where tokenising the pieces gives the whole text's tokens.
+// The rule follows GPT-2's pattern, not its merges: most whitespace pieces happen to give the same tokens
+// however they are cut (GPT-2 has few whitespace merges), but "\n\n" is one token. Random texts of awkward
+// fragments give the same shards at every chunk size.
+TEST(Prepare, PlainTextCutsKeepTheTokensOfTheWholeText) {
+    auto split_equals_whole = [](const std::string& a, const std::string& b) {
+        return concat(tok().encode(a), tok().encode(b)) == tok().encode(a + b);
+    };
+    EXPECT_EQ(plain_text_cut("one\n", "two"), 4u);
+    EXPECT_TRUE(split_equals_whole("one\n", "two"));
+    EXPECT_EQ(plain_text_cut("one\r\n", "two"), 4u);
+    EXPECT_TRUE(split_equals_whole("one\r", "\ntwo"));
+    EXPECT_EQ(plain_text_cut("one\n\n", "two"), std::string::npos);
+    EXPECT_FALSE(split_equals_whole("one\n\n", "two")) << "whole: \\n \\n two; cut: \\n\\n (one token) two";
+    EXPECT_EQ(plain_text_cut("one\n", " two"), std::string::npos);
+    EXPECT_EQ(plain_text_cut("one \n", "two"), std::string::npos);
+    EXPECT_EQ(plain_text_cut("\xc3\xa9\n", "two"), std::string::npos);  // not ASCII: might be Unicode whitespace
+    EXPECT_EQ(plain_text_cut("one\n", ""), std::string::npos);
+
+    const std::vector<std::string> parts = {"\n", "\n", "\r\n", " ", "  ", "\t", "word", "Word", "'s", "12",
+                                            "!?", "\xc3\xa9t\xc3\xa9", "\xe3\x80\x80", "\xff", "\xc3", ".", "x"};
+    Rng rng(7);
+    TempDir tmp("prep");
+    const std::string d = tmp.path();
+    PrepareOptions o;
+    o.val_frac = 0.5;  // whole documents go one way or the other, whatever their pieces
+    o.progress = false;
+    for (int f = 0; f < 6; f++) {
+        std::string text;
+        while (text.size() < 3000) text += parts[rng.next_u64() % parts.size()];
+        if (f % 2) text += "\n";  // with and without a last line break
+        o.inputs.push_back(d + "/t" + std::to_string(f) + ".txt");
+        spit(o.inputs.back(), text);
+    }
+    o.out_dir = d + "/whole";
+    const PrepareReport whole = prepare_dataset(tok(), o);
+    ASSERT_FALSE(whole.val_path.empty());
+    EXPECT_EQ(whole.documents, 6u);
+    size_t cuts = 0;
+    for (size_t chunk : {size_t(1), size_t(7), size_t(500)}) {
+        o.chunk_bytes = chunk;
+        o.out_dir = d + "/chunk" + std::to_string(chunk);
+        const PrepareReport r = prepare_dataset(tok(), o);
+        EXPECT_EQ(slurp(r.train_path), slurp(whole.train_path)) << "chunk " << chunk;
+        EXPECT_EQ(slurp(r.val_path), slurp(whole.val_path)) << "chunk " << chunk;
+        EXPECT_EQ(r.documents, 6u);
+        EXPECT_EQ(r.counted_tokens, whole.counted_tokens);
+    }
+    for (const std::string& in : o.inputs) {  // the texts do have places to cut (else the loop tests nothing)
+        const std::string text = slurp(in);
+        for (size_t i = text.find('\n'); i != std::string::npos; i = text.find('\n', i + 1)) {
+            const size_t eol = text.find('\n', i + 1);
+            cuts += plain_text_cut(text.substr(0, i + 1), text.substr(i + 1, eol - i - 1)) != std::string::npos;
+        }
+    }
+    EXPECT_GT(cuts, 20u);
 }
 
 // What a long run meets: a missing input is named before any work (not after hours on the first files, and
