@@ -135,7 +135,7 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH="$CUDA_HOME/bin:$PATH"
 NPROC=$(nproc)
 stage env 30 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nvcc --version | tail -2; \
-  python3 -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)' 2>/dev/null || echo 'no torch'; \
+  python3 -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version())' 2>/dev/null || echo 'no torch'; \
   python3 -m pip list 2>/dev/null | grep -iE '^nvidia-(cudnn|nccl)' || echo 'no pip cuDNN/NCCL wheels'"
 
 # ---- 1. build, or the carried bundle ----
@@ -155,6 +155,8 @@ HAVE_NCCL=$(grep -q TUNE_HAVE_NCCL build/dist-config.stamp 2>/dev/null && echo 1
 
 ORIG_LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}  # PyTorch runs with what it was given, not with our libraries
 set_library_path
+# The cuDNN version our programs load, and each attention graph's build time (in the stage logs and summary).
+export TUNE_CUDNN_LOG=1
 
 # ---- 2. tests ----
 # The tests that need the GPU (the CPU-only ones pass in CI and would only spend device time here): every
@@ -279,6 +281,9 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$SD/tests.log" 2>/dev/null | sed 
     printf '%-24s %-12s %6s\n' stage result seconds
     for i in "${!NAMES[@]}"; do printf '%-24s %-12s %6s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}"; done
     echo "${TEST_LINE:-tests: n/a}"
+    grep -h -m1 '^cuDNN attention: cuDNN' "$SD"/*.log 2>/dev/null | head -1
+    cat "$SD"/*.log 2>/dev/null | awk '/^cuDNN attention: .* graph .* in [0-9]+ ms$/ {n++; t += $(NF - 1); if ($(NF - 1) > m) m = $(NF - 1)}
+        END {if (n) printf "cuDNN graph builds: %d, %.1f s in all, the slowest %d ms\n", n, t / 1000, m}'
     [ -n "$FAILED_TESTS" ] && echo "failed tests:" && echo "$FAILED_TESTS" | sed 's/^/  /'
     echo "GPT-2 124M, B=32 T=1024, bf16:"
     printf '  %-28s %12s tok/s   peak %s GiB (nvidia-smi, whole process; %s)\n' "tune.cu bin/train" "$TUNE_TOKS" \

@@ -2,7 +2,9 @@
 #include "kernels/cuda/attention_cudnn.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <tuple>
@@ -93,6 +95,17 @@ struct Pass {
     int64_t workspace = 0;
     std::string failed;
 };
+
+// TUNE_CUDNN_LOG=1 (scripts/gpu_check.sh sets it): the cuDNN version loaded and how long each graph took to
+// build, on stderr. A graph is built once per backend and shape, so slow builds show in tests and benchmarks
+// that make many backends or shapes.
+bool cudnn_log() {
+    static const bool on = [] {
+        const char* v = std::getenv("TUNE_CUDNN_LOG");
+        return v && *v && std::string(v) != "0";
+    }();
+    return on;
+}
 
 std::string check_status(const fe::error_t& st, const char* what) {
     fe::error_t s = st;  // get_message() is not const
@@ -197,7 +210,14 @@ struct CudnnAttention::Impl {
             if (p.failed.empty() && !no_handle.empty()) p.failed = "cuDNN attention: " + no_handle;
             if (p.failed.empty()) {
                 NvtxRange range("cuDNN attention: build graph");
+                const auto t0 = std::chrono::steady_clock::now();
                 p.graph = try_build_graph(handle, s, backward, &p.workspace, &p.failed);
+                if (cudnn_log())
+                    std::fprintf(stderr, "cuDNN attention: %s graph %s B=%d T=%d C=%d NH=%d: %s in %.0f ms\n",
+                                 backward ? "backward" : "forward", dtype_name(s.dtype), s.B, s.T, s.C, s.NH,
+                                 p.graph ? "built" : p.failed.c_str(),
+                                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                                     .count());
                 largest_workspace = std::max(largest_workspace, p.workspace);
             }
         }
@@ -216,6 +236,15 @@ struct CudnnAttention::Impl {
         }
         if (!no_handle.empty() && handle) fe::detail::destroy_handle(handle);
         if (!no_handle.empty()) handle = nullptr;
+        static bool logged = false;  // once per process, not per backend
+        if (cudnn_log() && !logged) {
+            logged = true;
+            if (handle)
+                std::fprintf(stderr, "cuDNN attention: cuDNN %ld loaded (built against %d)\n",
+                             (long)fe::detail::get_backend_version(), CUDNN_VERSION);
+            else
+                std::fprintf(stderr, "cuDNN attention: %s\n", no_handle.c_str());
+        }
     }
 
     const Pass& need(const Shape& s, bool backward) {

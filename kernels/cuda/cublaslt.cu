@@ -90,6 +90,9 @@ bool Gemm::run_lt(const GemmArgs& g) {
     if (aux && (!g.aux || g.batch != 1 || g.ldaux % 8 != 0 || g.ldaux < g.m)) return false;
     const uint32_t align_aux = aux ? alignment_of(g.aux, g.ldaux, 0, de) : 0;
     if (aux && align_aux < 16) return false;  // no preference attribute promises aux's alignment: ask for 16 bytes
+    // Nor the bias's: a heuristic's kernel may assume 16 bytes and fault ("misaligned address", sticky for the
+    // process). Arena tensors always are; a caller's odd pointer takes the separate bias kernel instead.
+    if (g.bias && align_bias < 16) return false;
     const Key key = {g.trans_a,   g.trans_b,      g.m,        g.n,       g.k,      g.lda,     g.stride_a,
                      g.ldb,       g.stride_b,     g.ldd,      g.stride_d, g.ab_type, g.d_type, g.batch,
                      g.beta != 0, g.bias != nullptr, align_a, align_b,    align_d,  align_bias, g.dgelu,
