@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
         std::vector<int32_t> ids = tok.encode(prompt);
         if (ids.empty()) ids.push_back(tok.eot_token());  // an empty prompt starts a fresh document
         LoadedModel m = load_model(weights, device, "fp32", 1, 0, adapter);
+        check_prompt(*m.model, ids);  // before the prompt is printed: no partial output on an error
         Rng rng(seed);
         for (int s = 0; s < samples; s++) {
             if (samples > 1) std::printf("--- sample %d ---\n", s + 1);

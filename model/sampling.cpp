@@ -44,15 +44,31 @@ int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConf
     return idx[keep - 1];
 }
 
+void check_prompt(const GPT2& model, const std::vector<int32_t>& prompt) {
+    // No "generate:" prefix: the tools print "NAME: error: " before the message themselves.
+    if (prompt.empty()) throw Error("the prompt is empty (give at least one token)");
+    const int V = model.config().vocab_size;
+    for (size_t i = 0; i < prompt.size(); i++)
+        if (prompt[i] < 0 || prompt[i] >= V)
+            throw Error("prompt token " + std::to_string(i) + " has id " + std::to_string(prompt[i]) +
+                        ", not below the model's vocabulary size " + std::to_string(V) +
+                        " (a model trained with another tokenizer than --vocab's?)");
+    if ((int)prompt.size() > model.max_T()) {
+        const int P = model.virtual_tokens();
+        throw Error("the prompt has " + std::to_string(prompt.size()) + " tokens, more than the model's context of " +
+                    std::to_string(model.max_T()) + " positions" +
+                    (P ? " (block size " + std::to_string(model.config().block_size) + " less " + std::to_string(P) +
+                             " virtual tokens)"
+                       : "") +
+                    ": shorten the prompt");
+    }
+}
+
 std::vector<int32_t> generate(GPT2& model, const std::vector<int32_t>& prompt, int max_new, const SamplingConfig& cfg,
                               Rng& rng, int32_t stop_token, const std::function<void(int32_t)>& on_token,
                               GenerateStop* stopped) {
     const int maxT = model.max_positions();  // virtual tokens, if any, take the first positions
-    // No "generate:" prefix: the tools print "NAME: error: " before the message themselves.
-    if (prompt.empty()) throw Error("the prompt is empty (give at least one token)");
-    if ((int)prompt.size() > model.max_T())
-        throw Error("the prompt has " + std::to_string(prompt.size()) + " tokens, more than the " +
-                    std::to_string(model.max_T()) + " this model instance takes at once");
+    check_prompt(model, prompt);
     std::vector<int32_t> out;
     GenerateStop why = GenerateStop::max_new;
     model.forward_cached(prompt.data(), 1, (int)prompt.size(), 0);  // prefill: the whole prompt at once

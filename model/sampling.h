@@ -22,6 +22,10 @@ struct SamplingConfig {
 // Picks a token id in [0, V) from logits (only the first V entries are read).
 int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConfig& cfg, Rng& rng);
 
+// Throws tune::Error when the prompt cannot be generated from: empty, an id outside the model's vocabulary, or
+// longer than its context. generate() checks this first; a tool may call it before printing anything.
+void check_prompt(const GPT2& model, const std::vector<int32_t>& prompt);
+
 // Why generate() stopped: max_new tokens made, `stop_token` chosen, or every position of the model's
 // context (max_positions()) used before max_new was reached.
 enum class GenerateStop { max_new, stop_token, context_full };

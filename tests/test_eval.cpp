@@ -93,6 +93,12 @@ TEST(MultipleChoice, FileErrorsNameTheLine) {
     EXPECT_EQ(ex[0].context, tok.encode("A man is sitting"));
     EXPECT_EQ(ex[0].endings[3], tok.encode(" down."));
     EXPECT_EQ(ex[0].label, 3);
+    // The Hugging Face hub's HellaSwag gives the label as a string.
+    spit(d + "/s.jsonl", "{\"ctx\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":\"1\"}\n");
+    EXPECT_EQ(read_choice_file(tok, d + "/s.jsonl")[0].label, 1);
+    spit(d + "/s2.jsonl", "{\"ctx\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":\"one\"}\n");
+    EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/s2.jsonl"); }),
+                HasSubstr("s2.jsonl:1: \"label\" is \"one\", not an integer"));
     spit(d + "/none.jsonl", "{\"endings\":[\"sat\",\"flew\"],\"label\":0}\n");
     EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/none.jsonl"); }),
                 HasSubstr("none.jsonl:1: missing string \"context\" (or HellaSwag's \"ctx\")"));
@@ -202,6 +208,34 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
     EXPECT_THAT(choices.out, HasSubstr(d + ": is a directory, not a file"));
 }
 
+// Virtual tokens take positions of the model's context: the default --seq shrinks to what is left (saying so),
+// and an explicit --seq beyond it is a usage error instead of a failed assertion.
+TEST(EvaluateCli, SeqLeavesRoomForVirtualTokens_block256_P8) {
+    TempDir tmp("evvirt");
+    const std::string d = tmp.path();
+    auto be = make_cpu_backend(DType::f32);
+    ModelOptions o;
+    o.peft.virt = Virtual::prompt;
+    o.peft.n_virtual = 8;
+    GPT2 m(preset_config("tiny"), *be, 1, 1, nullptr, o);
+    m.init_random(1);
+    m.init_peft(1, {});
+    save_checkpoint(d + "/m.ckpt", m, nullptr, nullptr);
+    std::vector<int32_t> t;
+    for (int i = 0; i < 1000; i++) t.push_back((i * 13) % 1000);
+    write_shard(d + "/v.bin", t, nullptr, 50257);
+    const std::string ev = "bin/evaluate --device cpu --model " + d + "/m.ckpt --data " + d + "/v.bin ";
+    CmdResult def = run_cmd(ev);
+    EXPECT_EQ(def.rc, 0) << def.out;
+    EXPECT_THAT(def.out, HasSubstr("note: --seq 248, the model's context of 248 tokens (block size 256 less 8 "
+                                   "virtual tokens)"));
+    EXPECT_THAT(def.out, HasSubstr("| 999 tokens (one pass"));
+    CmdResult over = run_cmd(ev + "--seq 249");
+    EXPECT_EQ(over.rc, 2) << over.out;
+    EXPECT_THAT(over.out, HasSubstr("--seq: 249 is above the model's context of 248 tokens"));
+    EXPECT_EQ(run_cmd(ev + "--seq 248").rc, 0);
+}
+
 TEST(GenerateEvaluateCli, RunOnASavedModel) {
     TempDir tmp("gencli");
     const std::string d = tmp.path();
@@ -219,6 +253,20 @@ TEST(GenerateEvaluateCli, RunOnASavedModel) {
     EXPECT_EQ(e.rc, 0) << e.out;
     EXPECT_THAT(e.out, HasSubstr("multiple choice: 1 examples | acc"));
     EXPECT_EQ(run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt").rc, 2);
+    // A context longer than the model's (256 positions) loses its start, and the tool says so; an ending that
+    // leaves no room is named with its line.
+    std::string words;
+    for (int i = 0; i < 300; i++) words += " word";
+    spit(d + "/long.jsonl", "{\"context\":\"" + words + "\",\"endings\":[\"blue\",\"a fish\"],\"label\":0}\n"
+                            "{\"context\":\"The sky is\",\"endings\":[\"blue\",\"a fish\"],\"label\":0}\n");
+    CmdResult cut = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d + "/long.jsonl");
+    EXPECT_EQ(cut.rc, 0) << cut.out;
+    EXPECT_THAT(cut.out, HasSubstr("note: 1 of 2 contexts were longer than the model's context of 256 positions"));
+    spit(d + "/end.jsonl", "{\"context\":\"The sky is\",\"endings\":[\"blue\",\"" + words + "\"],\"label\":0}\n");
+    CmdResult end = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d + "/end.jsonl");
+    EXPECT_EQ(end.rc, 1) << end.out;
+    EXPECT_THAT(end.out, HasSubstr("end.jsonl:1: an ending of 300 tokens leaves no room for the context in the "
+                                   "model's 256 positions"));
     EXPECT_EQ(run_cmd("bin/generate --prompt hi").rc, 2);
 }
 

@@ -169,7 +169,18 @@ TEST(GenerateCli, NotesTheContextLimitAndRefusesTwoPrompts) {
     for (int i = 0; i < 30; i++) words += " word";
     CmdResult long_prompt = run_cmd(gen + "--prompt '" + words + "'");
     EXPECT_EQ(long_prompt.rc, 1) << long_prompt.out;
-    EXPECT_THAT(long_prompt.out, HasSubstr("generate: error: the prompt has 30 tokens, more than the 16"));
+    EXPECT_THAT(long_prompt.out, HasSubstr("generate: error: the prompt has 30 tokens, more than the model's "
+                                           "context of 16 positions: shorten the prompt"));
+    EXPECT_THAT(long_prompt.out, ::testing::Not(HasSubstr("word word"))) << "the prompt was printed before the error";
+    // A model with a smaller vocabulary than the tokenizer's: ids it has no row for are refused, not read.
+    cfg.vocab_size = 97;
+    cfg.padded_vocab_size = 128;
+    GPT2 small(cfg, *be, 1, 1);
+    small.init_random(1);
+    save_checkpoint(d + "/small.ckpt", small, nullptr, nullptr);
+    CmdResult ids = run_cmd("bin/generate --device cpu --model " + d + "/small.ckpt --prompt 'hello' --max-new 3");
+    EXPECT_EQ(ids.rc, 1) << ids.out;
+    EXPECT_THAT(ids.out, HasSubstr("prompt token 0 has id 31373, not below the model's vocabulary size 97"));
     CmdResult dir = run_cmd(gen + "--prompt-file " + d);
     EXPECT_EQ(dir.rc, 1) << dir.out;
     EXPECT_THAT(dir.out, HasSubstr(d + ": is a directory, not a file"));

@@ -1,6 +1,8 @@
 #include "train/eval.h"
 
 #include <algorithm>
+#include <climits>
+#include <cstdlib>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -45,8 +47,23 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
             throw Error(where + ": missing string \"context\" (or HellaSwag's \"ctx\")");
         if (!j.contains("endings") || !j["endings"].is_array() || j["endings"].size() < 2)
             throw Error(where + ": \"endings\" must be an array of at least two strings");
-        if (!j.contains("label") || !j["label"].is_number_integer()) throw Error(where + ": missing integer \"label\"");
+        // An integer, or a string holding one (HellaSwag's files on the Hugging Face hub have "label": "3").
+        if (!j.contains("label")) throw Error(where + ": missing \"label\" (the index of the right ending)");
+        const nlohmann::json& lj = j["label"];
+        int label = -1;
+        bool label_ok = lj.is_number_integer();
+        if (label_ok) {
+            label = lj.get<int>();
+        } else if (lj.is_string()) {
+            const std::string v = lj.get<std::string>();
+            char* end = nullptr;
+            const long l = std::strtol(v.c_str(), &end, 10);
+            label_ok = !v.empty() && *end == 0 && l >= INT_MIN && l <= INT_MAX;
+            label = (int)l;
+        }
+        if (!label_ok) throw Error(where + ": \"label\" is " + lj.dump() + ", not an integer (the index of the right ending)");
         ChoiceExample ex;
+        ex.where = where;
         const std::string ctx = j[ctx_key].get<std::string>();
         ex.context = tok.encode(ctx);
         for (const auto& e : j["endings"]) {
@@ -57,7 +74,7 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
                 end = " " + end;
             ex.endings.push_back(tok.encode(end));
         }
-        ex.label = j["label"].get<int>();
+        ex.label = label;
         if (ex.label < 0 || ex.label >= (int)ex.endings.size())
             throw Error(where + ": \"label\" " + std::to_string(ex.label) + " is not the index of an ending");
         if (ex.context.empty()) throw Error(where + ": \"context\" is empty");
@@ -70,16 +87,28 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
 ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>& examples) {
     ChoiceResult r;
     const int maxT = model.max_T();
+    const int V = model.config().vocab_size;
     for (const ChoiceExample& ex : examples) {
         const int B = (int)ex.endings.size();
         if (B > model.max_B())
-            throw Error("an example has " + std::to_string(B) + " endings; the model was built for " +
+            throw Error(ex.where + ": " + std::to_string(B) + " endings; the model was built for " +
                         std::to_string(model.max_B()));
         size_t longest = 0;
         for (const auto& e : ex.endings) longest = std::max(longest, e.size());
-        if ((int)longest >= maxT) throw Error("an ending is longer than the context window");
+        if ((int)longest >= maxT)
+            throw Error(ex.where + ": an ending of " + std::to_string(longest) + " tokens leaves no room for the "
+                        "context in the model's " + std::to_string(maxT) + " positions");
+        auto check_ids = [&](const std::vector<int32_t>& ids) {
+            for (int32_t id : ids)
+                if (id < 0 || id >= V)
+                    throw Error(ex.where + ": token id " + std::to_string(id) + " is not below the model's vocabulary "
+                                "size " + std::to_string(V) + " (a model trained with another tokenizer than --vocab's?)");
+        };
+        check_ids(ex.context);
+        for (const auto& e : ex.endings) check_ids(e);
         // Row b: context (cut from the left to fit) + ending b, padded; weights mark the ending's targets.
         const size_t keep = std::min(ex.context.size(), (size_t)maxT + 1 - longest);
+        r.contexts_cut += keep < ex.context.size();
         const std::vector<int32_t> ctx(ex.context.end() - keep, ex.context.end());
         int T = 0;
         for (const auto& e : ex.endings) T = std::max(T, (int)(ctx.size() + e.size()) - 1);

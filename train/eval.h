@@ -29,6 +29,7 @@ LossResult eval_loss(GPT2& model, Loader& loader, int batches);
 
 struct ChoiceResult {
     size_t examples = 0, correct = 0, correct_norm = 0;
+    size_t contexts_cut = 0;  // examples whose context lost its start to fit the model's context
     double acc() const { return examples ? (double)correct / examples : 0; }
     double acc_norm() const { return examples ? (double)correct_norm / examples : 0; }
 };
@@ -37,6 +38,7 @@ struct ChoiceExample {
     std::vector<int32_t> context;
     std::vector<std::vector<int32_t>> endings;
     int label = 0;
+    std::string where;  // file:line, for messages
 };
 
 // Parses and tokenises the JSONL file; errors name file:line and the field.

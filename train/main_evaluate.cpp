@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
     return tune::run_tool("evaluate", [&]() -> int {
         std::string weights, adapter, data, choices, device = "auto", vocab = "data/gpt2";
         int batch = 4, seq = 256, batches = 0;
+        bool seq_given = false;
         Cli cli("usage: bin/evaluate --model WEIGHTS [--data SHARDS] [--choices FILE.jsonl] [options]\n"
                 "Loss and perplexity on token shards (counted tokens only), and multiple-choice accuracy on a JSONL\n"
                 "of {\"context\", \"endings\": [...], \"label\"}: acc by total ending loss, acc_norm by mean loss.");
@@ -18,7 +19,11 @@ int main(int argc, char** argv) {
         cli.option("--data", "SHARDS", "comma-separated token shards for loss and perplexity", &data);
         cli.option("--choices", "FILE", "multiple-choice JSONL", &choices);
         cli.option("--batch", "B", "sequences per batch (loss)", &batch, 1, 1 << 16);
-        cli.option("--seq", "T", "tokens per sequence (loss; at most the block size)", &seq, 1, 1 << 20);
+        cli.custom("--seq", "T", "tokens per sequence (loss; at most the model's context: its block size less any "
+                   "virtual tokens, which also caps the default)", "256", [&](const std::string& v) {
+                       seq = parse_int("--seq", v, 1, 1 << 20);
+                       seq_given = true;
+                   });
         cli.option("--batches", "N", "batches to evaluate, at most one pass: no token counts twice (0: one pass, "
                    "the last batch smaller when the windows do not divide evenly)", &batches, 0, 1 << 30);
         cli.option("--adapter", "FILE", "an adapter checkpoint (LoRA, virtual tokens: bin/train's adapter.ckpt) on top "
@@ -37,9 +42,18 @@ int main(int argc, char** argv) {
             for (std::string p; std::getline(ss, p, ',');)
                 if (!p.empty()) paths.push_back(p);
             LoadedModel m = load_model(weights, device, "fp32", batch, seq, adapter);
-            if (seq > m.model->config().block_size)
-                throw UsageError("--seq: " + std::to_string(seq) + " is above the block size " +
-                                 std::to_string(m.model->config().block_size));
+            const int room = m.model->max_positions();
+            if (seq > room) {
+                const int P = m.model->virtual_tokens();
+                const std::string context =
+                    P ? "the model's context of " + std::to_string(room) + " tokens (block size " +
+                            std::to_string(m.model->config().block_size) + " less " + std::to_string(P) +
+                            " virtual tokens)"
+                      : "the model's block size " + std::to_string(room);
+                if (seq_given) throw UsageError("--seq: " + std::to_string(seq) + " is above " + context);
+                std::fprintf(stderr, "note: --seq %d, %s\n", room, context.c_str());
+                seq = room;
+            }
             Loader loader(paths, m.model->config().vocab_size, batch, seq, false, 0);
             LossResult r = eval_loss(*m.model, loader, batches);
             std::string scope;
@@ -62,6 +76,10 @@ int main(int argc, char** argv) {
             ChoiceResult r = eval_multiple_choice(*m.model, ex);
             std::printf("multiple choice: %zu examples | acc %.4f | acc_norm %.4f\n", r.examples, r.acc(),
                         r.acc_norm());
+            if (r.contexts_cut)
+                std::fprintf(stderr, "note: %zu of %zu contexts were longer than the model's context of %d positions "
+                             "(with their ending): their first tokens were left out\n", r.contexts_cut, r.examples,
+                             m.model->max_T());
         }
         return 0;
     });
