@@ -91,6 +91,35 @@ TEST(TrainCli, ShortRunPrintsProgressAndMemoryMapAndLearns) {
         EXPECT_FALSE(slurp(d + "/run/" + f).empty()) << f;
 }
 
+// A resume names every option that changes the run's trajectory, by its flag, with values as they were typed
+// (0.005, not 0.00499999989); an unchanged resume names none.
+TEST(TrainCli, ResumeNamesChangedOptionsByTheirFlags) {
+    TempDir tmp("cliresume");
+    const std::string d = tmp.path();
+    std::vector<int32_t> t;
+    for (int i = 0; i < 2000; i++) t.push_back((i * 5) % 37);
+    write_shard(d + "/train.bin", t, nullptr, 37);
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+    m.init_random(1);
+    save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
+    const std::string base = "bin/train --device cpu --quiet --init " + d + "/init.ckpt --train-data " + d +
+                             "/train.bin --batch 2 --seq 15 --steps 6 --lr 1e-3 --out " + d + "/run";
+    CmdResult first = run_cmd(base + " --halt-at 2");
+    ASSERT_EQ(first.rc, 0) << first.out;
+    const std::string resume = " --resume " + d + "/run/resume.ckpt --halt-at 4";
+    CmdResult same = run_cmd(base + resume);
+    ASSERT_EQ(same.rc, 0) << same.out;
+    EXPECT_THAT(same.out, Not(HasSubstr("changed options")));
+    CmdResult changed = run_cmd("bin/train --device cpu --quiet --init " + d + "/init.ckpt --train-data " + d +
+                                "/train.bin --batch 2 --seq 15 --steps 6 --lr 0.005 --out " + d + "/run --sequential "
+                                "--min-lr-frac 0.5 --beta2 0.5 --eps 1e-3" + resume);
+    ASSERT_EQ(changed.rc, 0) << changed.out;
+    for (const char* part : {"--lr 0.005 (was 0.001)", "--sequential on (was off)", "--min-lr-frac 0.5 (was 0.1)",
+                             "--beta2 0.5 (was 0.95)", "--eps 0.001 (was 1e-08)"})
+        EXPECT_THAT(changed.out, HasSubstr(part));
+}
+
 // --memory-map: every tensor with its bytes, and no training. Sizes computed here from the config: a frozen
 // model (LoRA) has no gradient rows for its base tensors, and an f32 (4C, C) = (96, 24) weight is 9216 bytes.
 TEST(TrainCli, MemoryMapListsEveryTensorAndDoesNotTrain) {

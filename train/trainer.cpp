@@ -39,48 +39,87 @@ static bool same_file(const std::string& a, const std::string& b) {
     return a == b || std::filesystem::equivalent(a, b, ec);
 }
 
-// What decides a run's trajectory besides its weights and state, for resume to compare (TrainState::options).
-// Not here: what gives the same bits however it is set (--recompute, --attention, the number of ranks,
-// --zero, logging and checkpoint intervals) and PEFT settings (read from the checkpoint).
+// A float option as its shortest decimal that reads back as the same float: "0.005", not "0.00499999989".
+static std::string float_text(double v) {
+    char b[32];
+    for (int digits = 1; digits <= 9; digits++) {
+        std::snprintf(b, sizeof b, "%.*g", digits, v);
+        if ((float)std::strtod(b, nullptr) == (float)v) break;
+    }
+    return b;
+}
+
+// What decides a run's trajectory besides its weights and state, for resume to compare (TrainState::options),
+// keyed by the flag that sets it. Not here: what gives the same bits however it is set (--recompute,
+// --attention, the number of ranks, --zero, logging, validation and checkpoint intervals) and PEFT settings
+// (read from the checkpoint).
 static std::map<std::string, std::string> trajectory_options(const TrainArgs& a) {
-    auto num = [](double v) {
-        char b[32];
-        std::snprintf(b, sizeof b, "%.9g", v);
-        return std::string(b);
+    auto list = [](const std::vector<std::string>& v) {
+        std::string s;
+        for (const auto& p : v) s += (s.empty() ? "" : ",") + p;
+        return s;
     };
-    std::string data;
-    for (const auto& p : a.train_data) data += (data.empty() ? "" : ",") + p;
-    return {{"--train-data", data},
+    auto on = [](bool b) { return std::string(b ? "on" : "off"); };
+    return {{"--train-data", list(a.train_data)},
             {"--batch", std::to_string(a.batch)},
             {"--seq", std::to_string(a.seq)},
             {"--grad-accum", std::to_string(a.grad_accum)},
             {"--seed", std::to_string(a.seed)},
-            {"--shuffle", a.shuffle ? "on" : "off"},
+            {"--sequential", on(!a.shuffle)},
             {"--precision", a.precision},
+            {"--stochastic-rounding", on(a.stochastic_rounding)},
+            {"--loss-scaling", a.loss_scaling},
             {"--steps", std::to_string(a.steps)},
             {"--schedule", a.sched.kind},
-            {"--lr", num(a.sched.lr)},
+            {"--lr", float_text(a.sched.lr)},
             {"--warmup", std::to_string(a.sched.warmup)},
-            {"--grad-clip", num(a.grad_clip)},
-            {"--weight-decay", num(a.adam.weight_decay)},
+            {"--min-lr-frac", float_text(a.sched.min_frac)},
+            {"--half-cycle", std::to_string(a.sched.half_cycle)},
+            {"--gamma", float_text(a.sched.gamma)},
+            {"--cut-frac", float_text(a.sched.cut_frac)},
+            {"--ratio", float_text(a.sched.ratio)},
+            {"--beta1", float_text(a.adam.beta1)},
+            {"--beta2", float_text(a.adam.beta2)},
+            {"--eps", float_text(a.adam.eps)},
+            {"--weight-decay", float_text(a.adam.weight_decay)},
+            {"--decay-embeddings", on(a.adam.decay_embeddings)},
+            {"--grad-clip", float_text(a.grad_clip)},
             {"--head-chunk", std::to_string(a.head_chunk)},
             {"--train-top", std::to_string(a.train_top)},
             {"--train-only", a.train_only},
-            {"--l2sp", num(a.l2sp)},
-            {"--ewc", num(a.ewc)},
-            {"--distill", num(a.distill)},
-            {"--replay-frac", num(a.replay_frac)}};
+            {"--lr-layer-factor", float_text(a.lr_layer_factor)},
+            {"--unfreeze-every", std::to_string(a.unfreeze_every)},
+            {"--l2sp", float_text(a.l2sp)},
+            {"--ewc", float_text(a.ewc)},
+            {"--fisher", a.fisher},
+            {"--distill", float_text(a.distill)},
+            {"--distill-temp", float_text(a.distill_temp)},
+            {"--teacher", a.teacher},
+            {"--replay-data", list(a.replay_data)},
+            {"--replay-frac", float_text(a.replay_frac)},
+            {"--replay-weight", float_text(a.replay_weight)}};
+}
+
+// Whether two recorded values are the same setting: equal text, or equal as floats (checkpoints written before
+// float_text recorded "%.9g": 0.00100000005 is --lr 0.001).
+static bool same_setting(const std::string& a, const std::string& b) {
+    if (a == b) return true;
+    char *ea = nullptr, *eb = nullptr;
+    const double x = std::strtod(a.c_str(), &ea), y = std::strtod(b.c_str(), &eb);
+    return !a.empty() && !b.empty() && *ea == 0 && *eb == 0 && (float)x == (float)y;
 }
 
 // A resume with other options still runs, but is no longer the run that was checkpointed: say what changed.
+// Options the checkpoint did not record (it was written by an older version) are not compared.
 static void note_changed_options(const std::string& ckpt, const std::map<std::string, std::string>& was,
                                  const std::map<std::string, std::string>& now) {
     if (was.empty()) return;  // written before checkpoints recorded them
     std::string changed;
     for (const auto& [flag, value] : now) {
         auto it = was.find(flag);
-        if (it != was.end() && it->second != value)
-            changed += std::string(changed.empty() ? "" : ", ") + flag + " " + value + " (was " + it->second + ")";
+        if (it != was.end() && !same_setting(it->second, value))
+            changed += std::string(changed.empty() ? "" : ", ") + flag + " " + (value.empty() ? "(none)" : value) +
+                       " (was " + (it->second.empty() ? "(none)" : it->second) + ")";
     }
     if (!changed.empty() && launch_info().rank == 0)
         std::fprintf(stderr, "note: resuming %s with changed options: %s; the run goes on, but not as it would have "
