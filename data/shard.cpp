@@ -145,11 +145,17 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
         if (s.has_mask() && std::all_of(s.mask_bytes, s.mask_bytes + s.n, [](uint8_t m) { return m == 0; }))
             throw Error(p + ": the loss mask is 0 at every one of its " + std::to_string(s.n) +
                         " tokens: no token would count (were the answers left out when it was prepared?)");
-        if (s.size() < (size_t)T + 1)
-            throw Error(p + ": " + std::to_string(s.size()) + " tokens, shorter than one window of T+1 = " +
-                        std::to_string(T + 1));
+        if (s.size() < 2)
+            throw Error(p + ": " + std::to_string(s.size()) + " token" + (s.size() == 1 ? "" : "s") +
+                        ", so nothing to predict (a shard needs at least 2)");
         const uint32_t shard = (uint32_t)(shards_.size() - 1);
         const uint64_t n = s.size();
+        if (n < (uint64_t)T + 1) {  // one window, padded past the shard's end (fill_row)
+            windows_.push_back({shard, 0, 0});
+            short_shards_.push_back(p + ": " + std::to_string(n) + " tokens, shorter than one window of T+1 = " +
+                                    std::to_string(T + 1) + ": one window, padded (the padding counts nothing)");
+            continue;
+        }
         uint64_t start = 0;
         for (; start + T + 1 <= n; start += T) windows_.push_back({shard, 0, start});
         const uint64_t counted_to = start;  // targets 1 .. start are in the windows so far
@@ -185,6 +191,15 @@ void Loader::fill_row(Batch& b, int row, const Window& w) const {
     const Shard& s = shards_[w.shard];
     for (int t = 0; t < T_; t++) {
         size_t i = (size_t)row * T_ + t;
+        if (w.start + t + 1 >= s.size()) {
+            // TEACH: a shard shorter than a window is padded: token 0 in and out with weight 0. Attention is
+            // causal, so positions after the real ones change nothing before them, and weight 0 keeps them out
+            // of the loss and every gradient.
+            b.inputs[i] = w.start + t < s.size() ? s.token(w.start + t) : 0;
+            b.targets[i] = 0;
+            b.weights[i] = 0.0f;
+            continue;
+        }
         b.inputs[i] = s.token(w.start + t);
         b.targets[i] = s.token(w.start + t + 1);
         b.weights[i] = t < (int)w.skip ? 0.0f : (float)s.mask(w.start + t + 1);

@@ -99,7 +99,7 @@ struct LoaderState {
 };
 
 // Serves B x T windows from one or more shards. Windows start every T tokens inside each shard (they
-// never cross shards). Shuffled: each epoch visits the windows in a permutation drawn from (seed, epoch);
+// never cross shards); a shard shorter than T+1 tokens is one window, padded with weight 0. Shuffled: each epoch visits the windows in a permutation drawn from (seed, epoch);
 // sequential: in file order. With world_size ranks, rank r takes windows r, r+W, r+2W, ... of the
 // epoch's order, so ranks see disjoint data.
 class Loader {
@@ -116,6 +116,9 @@ class Loader {
     size_t windows_per_epoch() const { return windows_.size() / (size_t)world_; }  // this rank's
     int B() const { return B_; }
     size_t num_tokens() const;
+    // Shards shorter than one window of T+1 tokens, each served as one padded window: a line per shard saying
+    // so, for the tools to print.
+    const std::vector<std::string>& short_shards() const { return short_shards_; }
     LoaderState state() const { return state_; }
     void set_state(const LoaderState& s);
 
@@ -135,6 +138,7 @@ class Loader {
     std::vector<Shard> shards_;
     std::vector<Window> windows_;
     std::vector<uint32_t> order_;  // this epoch's visiting order
+    std::vector<std::string> short_shards_;
     int B_, T_;
     bool shuffle_;
     uint64_t seed_;

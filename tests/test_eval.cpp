@@ -15,6 +15,7 @@ namespace tune::test {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // Scores computed here independently: per ending, run a plain forward over context+ending and sum the
 // log-probabilities of the ending's tokens.
@@ -234,6 +235,30 @@ TEST(EvaluateCli, SeqLeavesRoomForVirtualTokens_block256_P8) {
     EXPECT_EQ(over.rc, 2) << over.out;
     EXPECT_THAT(over.out, HasSubstr("--seq: 249 is above the model's context of 248 tokens"));
     EXPECT_EQ(run_cmd(ev + "--seq 248").rc, 0);
+}
+
+// A validation split shorter than one window is evaluated whole, padded: the same loss over the same targets
+// as a window that fits it exactly, and a note says so.
+TEST(EvaluateCli, ShardShorterThanAWindowIsPaddedAndCountsTheSame_n40_T39_T100) {
+    TempDir tmp("evshort");
+    const std::string d = tmp.path();
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(preset_config("tiny"), *be, 1, 1);
+    m.init_random(1);
+    save_checkpoint(d + "/m.ckpt", m, nullptr, nullptr);
+    std::vector<int32_t> t;
+    for (int i = 0; i < 40; i++) t.push_back((i * 37) % 1000);
+    write_shard(d + "/v.bin", t, nullptr, 50257);
+    const std::string ev = "bin/evaluate --device cpu --model " + d + "/m.ckpt --data " + d + "/v.bin ";
+    CmdResult exact = run_cmd(ev + "--seq 39");
+    CmdResult padded = run_cmd(ev + "--seq 100");
+    ASSERT_EQ(exact.rc, 0) << exact.out;
+    ASSERT_EQ(padded.rc, 0) << padded.out;
+    EXPECT_THAT(exact.out, Not(HasSubstr("padded")));
+    EXPECT_THAT(padded.out, HasSubstr("v.bin: 40 tokens, shorter than one window of T+1 = 101: one window, padded"));
+    const auto loss_line = [](const std::string& out) { return out.substr(out.find("loss ")); };
+    EXPECT_EQ(loss_line(padded.out), loss_line(exact.out));
+    EXPECT_THAT(exact.out, HasSubstr("| 39 tokens"));
 }
 
 TEST(GenerateEvaluateCli, RunOnASavedModel) {

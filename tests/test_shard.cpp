@@ -222,12 +222,31 @@ TEST(FileIo, TwoAtomicFilesForOnePathDoNotShareATemporary) {
     EXPECT_EQ(std::distance(std::filesystem::directory_iterator(tmp.path()), {}), 1) << "a temporary was left";
 }
 
-TEST(Loader, ShardShorterThanOneWindowIsNamed) {
+// A shard shorter than one window (a small validation split) is one window, padded: token 0 in and out with
+// weight 0 past its end, the mask kept before it; a shard with nothing to predict is named.
+TEST(Loader, ShardShorterThanOneWindowIsOnePaddedWindow_n8_T10) {
     TempDir tmp("loader");
     const std::string d = tmp.path();
-    write_shard(d + "/short.bin", iota_tokens(8, 50), nullptr, 50);
-    EXPECT_THAT(error_of([&] { Loader l({d + "/short.bin"}, 50, 1, 8, false, 0); }),
-                HasSubstr("short.bin: 8 tokens, shorter than one window of T+1 = 9"));
+    const std::vector<uint8_t> mask = {1, 1, 0, 1, 1, 1, 0, 1};
+    write_shard(d + "/short.bin", iota_tokens(8, 50), &mask, 50);
+    Loader l({d + "/short.bin"}, 50, 2, 10, false, 0);
+    ASSERT_EQ(l.num_windows(), 1u);
+    ASSERT_EQ(l.short_shards().size(), 1u);
+    EXPECT_THAT(l.short_shards()[0], HasSubstr("short.bin: 8 tokens, shorter than one window of T+1 = 11: one "
+                                               "window, padded"));
+    Batch b;
+    ASSERT_TRUE(l.next_in_epoch(b));
+    ASSERT_EQ(b.B, 1);
+    const std::vector<int32_t> tokens = iota_tokens(8, 50);
+    for (int t = 0; t < 10; t++) {
+        EXPECT_EQ(b.inputs[t], t < 8 ? tokens[t] : 0) << t;
+        EXPECT_EQ(b.targets[t], t < 7 ? tokens[t + 1] : 0) << t;
+        EXPECT_EQ(b.weights[t], t < 7 ? (float)mask[t + 1] : 0.0f) << t;
+    }
+    EXPECT_FALSE(l.next_in_epoch(b));
+    write_shard(d + "/one.bin", iota_tokens(1, 50), nullptr, 50);
+    EXPECT_THAT(error_of([&] { Loader one({d + "/one.bin"}, 50, 1, 8, false, 0); }),
+                HasSubstr("one.bin: 1 token, so nothing to predict"));
 }
 
 TEST(Loader, ShardWhoseMaskCountsNothingIsNamed) {

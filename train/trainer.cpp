@@ -306,6 +306,10 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
                                            args.seed + 1, rank, world);  // sliced by rank like the training data
         replay_->set_state(state_.replay_loader);
     }
+    if (rank == 0)
+        for (const Loader* l : {train_.get(), val_.get(), replay_.get()})
+            if (l)
+                for (const std::string& line : l->short_shards()) std::fprintf(stderr, "note: %s\n", line.c_str());
     note_changed_windows(args.resume, "training", state_.loader_windows, train_->num_windows(), args.seq);
     if (replay_) note_changed_windows(args.resume, "replay", state_.replay_windows, replay_->num_windows(), args.seq);
 }
