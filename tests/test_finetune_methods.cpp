@@ -121,6 +121,27 @@ TEST_F(Methods, LoraWithTrainedBaseBlockKeepsItInTheAdapterAndRefusesOtherBases)
     LoadedModel again = load_model(dir + "/init.ckpt", "cpu", "fp32", 2, 10, b.out_dir + "/adapter.ckpt");
     LoadedModel again_merged = load_model(b.out_dir + "/model.ckpt", "cpu", "fp32", 2, 10);
     EXPECT_TRUE(near_rel(logits_of(*again_merged.model), logits_of(*again.model), 1e-5));
+    // The adapter alone trained further (--adapter on the --init base): it starts as base + adapter, takes its
+    // PEFT settings from the file, and what it writes still belongs on the original base, the trained block
+    // carried over.
+    TrainArgs c = args("lora_adapter_again");
+    c.adapter = a.out_dir + "/adapter.ckpt";
+    c.sched.lr = 1e-2f;
+    {
+        Trainer t(c);
+        EXPECT_EQ(t.model().peft(), checkpoint_peft(c.adapter));
+        EXPECT_EQ(logits_of(t.model()), logits_of(*with.model));
+        ASSERT_EQ(t.run(), 0);
+    }
+    LoadedModel further = load_model(dir + "/init.ckpt", "cpu", "fp32", 2, 10, c.out_dir + "/adapter.ckpt");
+    EXPECT_FALSE(near_rel(logits_of(*further.model), logits_of(*with.model), 1e-3)) << "the adapter did not train";
+    const auto trained = tensors_of(c.out_dir + "/resume.ckpt");
+    EXPECT_EQ(trained.at("h.1.mlp.c_fc.weight"), after.at("h.1.mlp.c_fc.weight"));
+    LoadedModel further_merged = load_model(c.out_dir + "/model.ckpt", "cpu", "fp32", 2, 10);
+    EXPECT_TRUE(near_rel(logits_of(*further_merged.model), logits_of(*further.model), 1e-5));
+    TrainArgs wrong = c;
+    wrong.peft.lora_rank = 4;
+    EXPECT_THAT(error_of([&] { Trainer t(wrong); }), HasSubstr("but the flags ask for LoRA r=4"));
 }
 
 TEST_F(Methods, PromptTuningChangesOnlyThePromptAndGeneratesFromTheAdapter) {

@@ -130,7 +130,7 @@ TEST_F(TrainerFixture, ResumeWithChangedOptionsNamesThemAndRefusesStepsAlreadyDo
     { Trainer t(changed); }
     const std::string err = testing::internal::GetCapturedStderr();
     EXPECT_THAT(err, HasSubstr("--batch 2 (was 3)"));
-    EXPECT_THAT(err, HasSubstr("--lr 0.00999999978 (was 0.00300000003)"));
+    EXPECT_THAT(err, HasSubstr("--lr 0.01 (was 0.003)"));
     EXPECT_THAT(err, Not(HasSubstr("windows"))) << "the data did not change";
     TrainArgs shorter = same;
     shorter.seq = same.seq - 1;  // the same data cut into more windows

@@ -24,6 +24,7 @@ struct TrainArgs {
     std::string model = "tiny";  // preset used when training from scratch
     std::string init;            // start from these weights
     std::string resume;          // continue a run exactly from a resume checkpoint
+    std::string adapter;         // go on training this adapter (LoRA, virtual tokens) on the --init base
     // data
     std::vector<std::string> train_data, val_data;
     bool shuffle = true;

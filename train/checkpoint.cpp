@@ -333,7 +333,8 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     if (f.config != model.config())
         f.fail("config " + f.config.describe() + " does not match the model's " + model.config().describe());
     if (f.header["kind"] == "adapter")
-        f.fail("is an adapter checkpoint (PEFT tensors only): give it with --adapter, on top of base weights");
+        f.fail("is an adapter checkpoint (PEFT tensors only): give it with --adapter, with the base weights it was "
+               "trained on as --init (bin/train) or --model (bin/generate, bin/evaluate, bin/export)");
     const bool base_only = !f.peft.any();
     if (!base_only && !(f.peft == model.peft()))
         f.fail("holds a model with " + f.peft.describe() + ", but this model was built with " + model.peft().describe());
@@ -420,7 +421,7 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     }
 }
 
-void load_adapter(const std::string& path, GPT2& model) {
+void load_adapter(const std::string& path, GPT2& model, std::vector<std::string>* base_tensors) {
     CkptFile f(path);
     if (f.header["kind"] != "adapter") f.fail("is not an adapter checkpoint (bin/train writes adapter.ckpt with LoRA or --virtual)");
     if (f.config != model.config())
@@ -447,6 +448,7 @@ void load_adapter(const std::string& path, GPT2& model) {
             if (i < 0 || (size_t)i >= model.num_base_tensors())
                 f.fail("header field 'base_tensors' names " + n.dump() + ", not a base tensor of this model");
             be.upload(model.params().ptr(i), model.params().dtype(), f.find(ptab[i].name, ptab[i].numel), ptab[i].numel);
+            if (base_tensors) base_tensors->push_back(ptab[i].name);
         }
     }
 }

@@ -92,6 +92,8 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
 // Loads an adapter checkpoint's tensors into a model built with its PEFT config (checkpoint_peft) and
 // holding its base weights: refused when the adapter records another base (a merged model.ckpt, which has
 // its adapter in it already, or other weights); the trained base tensors it holds replace the base's.
-void load_adapter(const std::string& path, GPT2& model);
+// `base_tensors`, when given, receives the names of the base tensors the adapter replaced (those that trained
+// beside it).
+void load_adapter(const std::string& path, GPT2& model, std::vector<std::string>* base_tensors = nullptr);
 
 }  // namespace tune

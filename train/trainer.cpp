@@ -61,6 +61,7 @@ static std::map<std::string, std::string> trajectory_options(const TrainArgs& a)
     };
     auto on = [](bool b) { return std::string(b ? "on" : "off"); };
     return {{"--train-data", list(a.train_data)},
+            {"--adapter", a.adapter},
             {"--batch", std::to_string(a.batch)},
             {"--seq", std::to_string(a.seq)},
             {"--grad-accum", std::to_string(a.grad_accum)},
@@ -215,8 +216,20 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     ModelOptions mo;
     mo.peft = args.peft;
     if (mo.peft.lora_rank == 0) mo.peft.lora_targets = 0;
-    // A resumed PEFT run needs no repeated PEFT flags: the checkpoint says what it was built with.
+    // A resumed PEFT run needs no repeated PEFT flags: the checkpoint says what it was built with; nor does an
+    // adapter trained further, but flags that say otherwise are a mistake.
     if (!args.resume.empty() && !mo.peft.any()) mo.peft = checkpoint_peft(args.resume);
+    if (!args.adapter.empty()) {
+        const PeftConfig held = checkpoint_peft(args.adapter);
+        if (mo.peft.any() && !(mo.peft == held))
+            throw UsageError("--adapter " + args.adapter + " holds " + held.describe() + ", but the flags ask for " +
+                             mo.peft.describe() + ": leave the LoRA and --virtual flags out (they come with it)");
+        mo.peft = held;
+        if (args.seq + mo.peft.virtual_tokens() > cfg.block_size)
+            throw UsageError("--seq: " + std::to_string(args.seq) + " real tokens after the adapter's " +
+                             std::to_string(mo.peft.virtual_tokens()) + " virtual ones exceed the model's block size " +
+                             std::to_string(cfg.block_size));
+    }
     mo.recompute = args.recompute;
     mo.head_chunk = (size_t)args.head_chunk;
     Trainable trainable = select_trainable(cfg, args.train_top, args.train_only);
@@ -251,17 +264,30 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         state_.options = options;
     } else {
         if (!args.init.empty()) load_weights(args.init, *model_);
-        // A starting checkpoint with these PEFT tensors already holds them (load_checkpoint loaded them).
-        const bool has_peft = !args.init.empty() && weights_format(args.init) == WeightsFormat::tune_checkpoint &&
-                              checkpoint_peft(args.init).any();
+        // A starting checkpoint with these PEFT tensors already holds them (load_checkpoint loaded them); so does
+        // an adapter trained further (load_adapter checks that it belongs on this base).
+        uint64_t adapter_base = 0;  // the base as loaded, before the adapter replaces any of its tensors
+        std::vector<std::string> adapter_trained_base;
+        if (!args.adapter.empty()) {
+            adapter_base = base_fingerprint(*model_);
+            load_adapter(args.adapter, *model_, &adapter_trained_base);
+        }
+        const bool has_peft = !args.adapter.empty() || (!args.init.empty() &&
+                                                        weights_format(args.init) == WeightsFormat::tune_checkpoint &&
+                                                        checkpoint_peft(args.init).any());
         // Which base an adapter belongs on: load_adapter refuses others (a merged model.ckpt above all). A start
         // from a PEFT run's checkpoint continues that run, whose base tensors may have trained: its record of
         // the original base stands, and the tensors it trained go into this run's adapter too. Without such a
         // record the base as loaded is the base (an adapter then refuses the original: safe, if strict).
         if (mo.peft.any()) {
             state_.trained_base.clear();
-            if (!has_peft || !checkpoint_base_lineage(args.init, &state_.base_fingerprint, &state_.trained_base))
+            if (!args.adapter.empty()) {
+                state_.base_fingerprint = adapter_base;
+                state_.trained_base = adapter_trained_base;
+            } else if (!has_peft ||
+                       !checkpoint_base_lineage(args.init, &state_.base_fingerprint, &state_.trained_base)) {
                 state_.base_fingerprint = base_fingerprint(*model_);
+            }
             const Table& pt = model_->params().table();
             for (size_t i = 0; i < model_->num_base_tensors(); i++)
                 if (model_->grad_index()[i] >= 0 &&
