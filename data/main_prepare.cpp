@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
     return tune::run_tool("prepare", [&]() -> int {
         PrepareOptions opt;
         std::string vocab = "data/gpt2";
+        bool template_given = false, template_from_file = false;
         for (int i = 1; i < argc; i++) {
             std::string a = argv[i];
             auto value = [&]() -> std::string {
@@ -55,9 +56,13 @@ int main(int argc, char** argv) {
                 opt.seed = std::strtoull(v.c_str(), &end, 10);
                 if (v.empty() || *end) throw UsageError("--seed: expected an integer, got '" + v + "'");
             } else if (a == "--template") {
+                if (template_from_file) throw UsageError("--template and --template-file: give one, not both");
+                template_given = true;
                 opt.template_str = value();
                 check_template(opt.template_str, "--template");
             } else if (a == "--template-file") {
+                if (template_given) throw UsageError("--template and --template-file: give one, not both");
+                template_from_file = true;
                 std::string path = value();
                 std::vector<uint8_t> b = read_file_bytes(path);
                 opt.template_str.assign(b.begin(), b.end());
@@ -81,6 +86,7 @@ int main(int argc, char** argv) {
         std::signal(SIGINT, [](int) { stop = 1; });
         std::signal(SIGTERM, [](int) { stop = 1; });
         opt.stop = &stop;
+        opt.note = [](const std::string& what) { std::fprintf(stderr, "note: %s\n", what.c_str()); };
         PrepareReport r = prepare_dataset(tok, opt);
         std::printf("prepared %zu documents (%zu train, %zu validation) from %.1f MB\n", r.documents, r.train_docs,
                     r.val_docs, r.input_bytes / 1e6);

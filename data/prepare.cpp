@@ -1,5 +1,6 @@
 #include "data/prepare.h"
 
+#include <signal.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -8,6 +9,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -159,6 +162,36 @@ Document document_from_json_line(const Tokenizer& tok, const std::string& line, 
                         "\"instruction\"+\"input\"+\"output\"");
 }
 
+namespace {
+
+// The first line of a file, at most 64 KiB of it ("" for a pipe: it is not read twice).
+std::string first_line(const std::string& path) {
+    if (!std::filesystem::is_regular_file(path)) return "";
+    std::ifstream in(path, std::ios::binary);
+    std::string line(65536, '\0');
+    in.read(&line[0], (std::streamsize)line.size());
+    line.resize((size_t)in.gcount());
+    return line.substr(0, line.find('\n'));
+}
+
+// Temporaries beside the shards (train.bin.tmp.PID.N) whose process is gone: a killed run's. Removed, and said.
+void remove_stale_temporaries(const std::string& dir, const PrepareOptions& opt) {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string name = e.path().filename().string();
+        for (const char* prefix : {"train.bin.tmp.", "val.bin.tmp."}) {
+            if (name.rfind(prefix, 0) != 0) continue;
+            const long pid = std::strtol(name.c_str() + std::strlen(prefix), nullptr, 10);
+            if (pid <= 0 || pid == (long)getpid() || !(::kill((pid_t)pid, 0) != 0 && errno == ESRCH)) continue;
+            if (std::filesystem::remove(e.path(), ec) && opt.note)
+                opt.note(e.path().string() + ": left by a run that was killed (process " + std::to_string(pid) +
+                         " is gone): removed");
+        }
+    }
+}
+
+}  // namespace
+
 PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     if (opt.inputs.empty()) throw UsageError("no input files given");
     if (!(opt.val_frac >= 0 && opt.val_frac < 1)) throw UsageError("--val-frac: must be in [0, 1)");
@@ -172,6 +205,20 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
         const size_t size = file_size_or_zero(path);
         total_bytes += size;
         sizes_known = sizes_known && (size > 0 || std::filesystem::is_regular_file(path));
+    }
+    if (opt.note) {
+        for (size_t i = 0; i < opt.inputs.size(); i++) {
+            const size_t times = (size_t)std::count(opt.inputs.begin(), opt.inputs.end(), opt.inputs[i]);
+            if (times > 1 && std::find(opt.inputs.begin(), opt.inputs.end(), opt.inputs[i]) == opt.inputs.begin() + i)
+                opt.note(opt.inputs[i] + ": given " + std::to_string(times) + " times, so its documents are in the "
+                         "shards " + std::to_string(times) + " times");
+            if (is_jsonl(opt.inputs[i])) continue;
+            const nlohmann::json j = nlohmann::json::parse(first_line(opt.inputs[i]), nullptr, false);
+            if (j.is_object() && (j.contains("text") || j.contains("prompt") || j.contains("instruction")))
+                opt.note(opt.inputs[i] + ": read as plain text (one document, every token with loss), as its name "
+                         "does not end in .jsonl, but its first line is a JSONL record: name it .jsonl to read a "
+                         "document per line");
+        }
     }
 
     // TEACH: the data streams through in chunks of about chunk_bytes of text: read, tokenised in parallel,
@@ -188,6 +235,7 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     size_t chunk_bytes = 0, index = 0, done_bytes = 0;
     bool doc_to_val = false;  // the split of the document being written (a plain one spans chunks)
     make_dirs(opt.out_dir);
+    remove_stale_temporaries(opt.out_dir, opt);
     rep.train_path = opt.out_dir + "/train.bin";
     const std::string val_path = opt.out_dir + "/val.bin";
     ShardWriter train(rep.train_path, (uint32_t)tok.vocab_size());
@@ -256,6 +304,13 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
             }
             rep.input_bytes += in.bytes_read();
             done_bytes = rep.input_bytes;
+            if (in.bytes_read() == 0) {  // like an empty "text" field: malformed, not a document of nothing
+                if (!opt.skip_bad)
+                    throw Error(path + ": empty: a plain text file is one document, and this one has no text "
+                                       "(--skip-bad skips it)");
+                rep.skipped++;
+                continue;
+            }
             add(std::move(piece), path, false, first, true);
             continue;
         }
@@ -269,6 +324,7 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
         }
         rep.input_bytes += in.bytes_read();
         done_bytes = rep.input_bytes;
+        if (!opt.skip_bad && opt.note && in.bytes_read() == 0) opt.note(path + ": empty: no documents in it");
     }
     flush();
     progress.update(done_bytes, true);

@@ -13,6 +13,7 @@
 
 #include <csignal>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,9 @@ struct PrepareOptions {
     size_t chunk_bytes = size_t(32) << 20;  // text tokenised at a time: bounds memory, not the result
     // Set (by a signal handler) to stop before the next chunk, with an error and no file left behind.
     const volatile std::sig_atomic_t* stop = nullptr;
+    // Told what a user should know but that does not stop the run (an input given twice, a .txt file that looks
+    // like JSONL, temporaries of a killed run removed), as soon as it is found.
+    std::function<void(const std::string&)> note;
 };
 
 struct PrepareReport {

@@ -7,6 +7,8 @@
 #include <thread>
 
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "data/prepare.h"
 #include "data/shard.h"
@@ -226,6 +228,52 @@ TEST(Prepare, PlainTextCutsKeepTheTokensOfTheWholeText) {
     EXPECT_GT(cuts, 20u);
 }
 
+// What a user should hear about without the run stopping, and an empty text file, which is refused like an
+// empty "text" field: an input given twice, a .txt file holding JSONL, an empty JSONL, temporaries of a killed
+// run (removed; a live process's are left alone).
+TEST(Prepare, NotesWhatItNoticesAndRefusesAnEmptyTextFile) {
+    TempDir tmp("prepnote");
+    const std::string d = tmp.path();
+    spit(d + "/empty.txt", "");
+    spit(d + "/a.txt", "Some text.");
+    spit(d + "/chat.txt", "{\"prompt\":\"Q\",\"completion\":\" A\"}\n");
+    spit(d + "/none.jsonl", "");
+    std::vector<std::string> notes;
+    PrepareOptions o;
+    o.val_frac = 0;
+    o.progress = false;
+    o.out_dir = d + "/out";
+    o.note = [&](const std::string& s) { notes.push_back(s); };
+    o.inputs = {d + "/a.txt", d + "/empty.txt"};
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }),
+                HasSubstr("empty.txt: empty: a plain text file is one document, and this one has no text"));
+    o.skip_bad = true;
+    EXPECT_EQ(prepare_dataset(tok(), o).skipped, 1u);
+    o.skip_bad = false;
+
+    const pid_t child = fork();
+    if (child == 0) _exit(0);
+    ASSERT_GT(child, 0);
+    waitpid(child, nullptr, 0);  // a process id that is gone
+    const std::string dead = d + "/out/train.bin.tmp." + std::to_string(child) + ".0";
+    const std::string live = d + "/out/val.bin.tmp." + std::to_string(getppid()) + ".0";
+    spit(dead, "partial");
+    spit(live, "partial");
+    notes.clear();
+    o.inputs = {d + "/a.txt", d + "/chat.txt", d + "/a.txt", d + "/none.jsonl"};
+    const PrepareReport r = prepare_dataset(tok(), o);
+    EXPECT_EQ(r.documents, 3u);
+    const std::string all = ::testing::PrintToString(notes);
+    EXPECT_THAT(all, HasSubstr("a.txt: given 2 times, so its documents are in the shards 2 times"));
+    EXPECT_THAT(all, HasSubstr("chat.txt: read as plain text (one document, every token with loss)"));
+    EXPECT_THAT(all, HasSubstr("none.jsonl: empty: no documents in it"));
+    EXPECT_THAT(all, HasSubstr(dead + ": left by a run that was killed (process " + std::to_string(child) +
+                               " is gone): removed"));
+    EXPECT_EQ(notes.size(), 4u) << all;
+    EXPECT_FALSE(std::filesystem::exists(dead));
+    EXPECT_TRUE(std::filesystem::exists(live));
+}
+
 // What a long run meets: a missing input is named before any work (not after hours on the first files, and
 // not behind a bad line of an earlier file); a pipe among the inputs leaves the progress bar off instead of
 // overrunning it; a stop request (bin/prepare's SIGINT/SIGTERM) ends the run with no file left behind.
@@ -348,6 +396,10 @@ TEST(PrepareCli, TemplateWithoutInstructionIsAUsageError) {
                           "/alp.jsonl");
     EXPECT_EQ(f.rc, 2) << f.out;
     EXPECT_THAT(f.out, HasSubstr("--template-file " + d + "/t.txt: the template 'Input: {input}"));
+    CmdResult both = run_cmd("bin/prepare --quiet --template 'Do: {instruction}' --template-file " + d + "/t.txt --out " +
+                             d + "/o " + d + "/alp.jsonl");
+    EXPECT_EQ(both.rc, 2) << both.out;
+    EXPECT_THAT(both.out, HasSubstr("--template and --template-file: give one, not both"));
     CmdResult ok = run_cmd("bin/prepare --quiet --val-frac 0 --template 'Do: {instruction} {input} =>' --out " + d +
                            "/o " + d + "/alp.jsonl");
     EXPECT_EQ(ok.rc, 0) << ok.out;

@@ -34,6 +34,9 @@ double parse_double(const std::string& flag, const std::string& v, double lo, do
 }
 
 int run_tool(const char* name, const std::function<int()>& body) {
+    // Line-buffered even into a pipe or file, so a log holds stdout's lines and stderr's messages in the order
+    // they happened (an error after the lines that led to it).
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);
     try {
         return body();
     } catch (const UsageError& e) {

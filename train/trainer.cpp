@@ -1,5 +1,7 @@
 #include "train/trainer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -403,6 +405,7 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
     // Each squared gradient is weighted 1/batches; the loss scale keeps fp16 gradients from underflowing and
     // is divided back out of the square.
     const double scale = dynamic_loss_scale_ ? args_.loss_scale : 1.0;
+    const bool tty = isatty(fileno(stdout));
     for (int k = 0; k < batches; k++) {
         Batch b = base.next();
         size_t counted = 0;
@@ -413,7 +416,13 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
         model_->loss(b.targets.data(), b.weights.data(), (float)(scale / (double)counted), true);
         model_->backward();
         be_->accumulate_squares(fisher_.base(), model_->grads().base(), (float)(1.0 / (batches * scale * scale)), n);
-        if (!args_.quiet) std::printf("\rewc: estimating the Fisher on %s: batch %d/%d", data[0].c_str(), k + 1, batches);
+        // On a terminal the count rewrites itself; into a log, a line every tenth of the way (and the last).
+        if (!args_.quiet && tty) {
+            std::printf("\rewc: estimating the Fisher on %s: batch %d/%d", data[0].c_str(), k + 1, batches);
+            std::fflush(stdout);
+        } else if (!args_.quiet && ((k + 1) % std::max(1, batches / 10) == 0 || k + 1 == batches)) {
+            std::printf("ewc: estimating the Fisher on %s: batch %d/%d\n", data[0].c_str(), k + 1, batches);
+        }
     }
     model_->zero_grads();
     // Written as safetensors (F32, gradient-table names): readable by anything that reads safetensors.
@@ -432,7 +441,7 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
     w.set_metadata("batches", std::to_string(batches));
     if (writer_) w.write(path);  // every rank estimated the same values from the same batches
     if (!args_.quiet)
-        std::printf("\rewc: Fisher estimated on %d batches (mean %.3g, max %.3g), written to %s\n", batches,
+        std::printf("%sewc: Fisher estimated on %d batches (mean %.3g, max %.3g), written to %s\n", tty ? "\r" : "", batches,
                     count ? total / count : 0.0, maxv, path.c_str());
 }
 
