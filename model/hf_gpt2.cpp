@@ -297,15 +297,15 @@ void load_hf_gpt2(const std::string& path, GPT2& model) {
 }
 
 void export_hf(const GPT2& model, const std::string& dir) {
+    if (model.virtual_tokens() > 0)  // before the directory is made: a refusal leaves nothing behind
+        throw Error(dir + ": this model has " + std::string(virtual_name(model.peft().virt)) +
+                    " virtual tokens, which a Hugging Face GPT-2 cannot hold; export the base model and keep the "
+                    "adapter checkpoint beside it");
     std::error_code ec;
     fs::create_directories(dir, ec);
     if (ec) throw Error(dir + ": cannot create the directory (" + ec.message() + ")");
     const ModelConfig& c = model.config();
     const Table& t = model.params().table();
-    if (model.virtual_tokens() > 0)
-        throw Error(dir + ": this model has " + std::string(virtual_name(model.peft().virt)) +
-                    " virtual tokens, which a Hugging Face GPT-2 cannot hold; export the base model and keep the "
-                    "adapter checkpoint beside it");
     std::vector<std::vector<float>> data(t.size());  // the writer borrows these until write()
     std::vector<float> ours;
     SafetensorsWriter w;

@@ -528,6 +528,21 @@ TEST(ExportHf, RoundTripIsBitIdentical_L2_NH3_C12_V37) {
     EXPECT_EQ(f.metadata().at("format"), "pt");
 }
 
+// Virtual tokens have no place in a Hugging Face GPT-2: refused before anything is written.
+TEST(ExportHf, VirtualTokensAreRefusedLeavingNoDirectory_P4) {
+    TempDir dir;
+    auto be = make_cpu_backend(DType::f32);
+    ModelOptions o;
+    o.peft.virt = Virtual::prompt;
+    o.peft.n_virtual = 4;
+    GPT2 m(small_config(), *be, 1, 1, nullptr, o);
+    randomize(m, 11);
+    EXPECT_NE(error_of([&] { export_hf(m, dir.file("out")); })
+                  .find("out: this model has prompt virtual tokens, which a Hugging Face GPT-2 cannot hold"),
+              std::string::npos);
+    EXPECT_FALSE(std::filesystem::exists(dir.file("out")));
+}
+
 TEST(ExportHf, FixtureReexportsToSameValues) {
     TempDir dir;
     auto be = make_cpu_backend(DType::f32);
