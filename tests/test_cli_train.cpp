@@ -2,6 +2,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "data/shard.h"
 #include "tests/model_util.h"
 #include "tests/test_util.h"
@@ -79,10 +81,14 @@ TEST(TrainCli, ShortRunPrintsProgressAndMemoryMapAndLearns) {
     GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
     m.init_random(1);
     save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
+    std::filesystem::create_directories(d + "/run");
+    spit(d + "/run/adapter.ckpt", "an earlier LoRA run's");  // would pass for this run's
     CmdResult r = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
                           "/train.bin --val-data " + d + "/train.bin --batch 2 --seq 15 --steps 30 --lr 1e-2 --out " +
                           d + "/run");
     ASSERT_EQ(r.rc, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("note: removed " + d + "/run/adapter.ckpt of an earlier run"));
+    EXPECT_FALSE(std::filesystem::exists(d + "/run/adapter.ckpt"));
     EXPECT_THAT(r.out, HasSubstr("memory: parameters"));
     EXPECT_THAT(r.out, HasSubstr("step    30/30 | loss"));
     EXPECT_THAT(r.out, HasSubstr("tok/s | ETA"));

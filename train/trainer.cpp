@@ -827,6 +827,12 @@ int Trainer::run() {
             if (writer_) save_merged(args_.out_dir + "/model.ckpt", *model_);
         } else {
             save(args_.out_dir + "/model.ckpt", false);
+            // An earlier PEFT run's adapter beside this run's model would pass for this run's: the directory
+            // must describe one run.
+            const std::string stale = args_.out_dir + "/adapter.ckpt";
+            std::error_code ec;
+            if (writer_ && std::filesystem::exists(stale, ec) && std::filesystem::remove(stale, ec))
+                std::fprintf(stderr, "note: removed %s of an earlier run (this run trains no adapter)\n", stale.c_str());
         }
         if (!args_.quiet)
             std::printf("done: %llu steps; wrote %s/{model.ckpt,%sresume.ckpt,metrics.jsonl,loss.svg}\n",
