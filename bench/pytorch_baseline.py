@@ -6,6 +6,9 @@ LM head over the padded vocabulary (50304, like tune.cu's Vp), gradient clipping
 Prints one JSON line: tokens/s (median step after warm-up), step time, peak memory.
 
   python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json out.json
+
+`--device cpu --tiny` runs the same code on a 2-layer model on the CPU: a dry run of the script for a machine
+without a GPU (its numbers mean nothing).
 """
 import argparse
 import json
@@ -23,6 +26,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation happens here)")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of the script")
+    ap.add_argument("--tiny", action="store_true", help="2 layers, 2 heads, 64 channels (with --device cpu)")
     args = ap.parse_args()
 
     try:
@@ -32,11 +37,14 @@ def main():
     except ImportError as e:
         print(json.dumps({"skipped": f"PyTorch not installed: {e}"}))
         return 0
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"skipped": "PyTorch sees no CUDA GPU"}))
         return 0
+    cuda = args.device == "cuda"
 
     V, VP, MAXT, L, NH, C = 50257, 50304, 1024, 12, 12, 768
+    if args.tiny:
+        L, NH, C = 2, 2, 64
 
     class Block(nn.Module):
         def __init__(self):
@@ -79,18 +87,18 @@ def main():
             return F.cross_entropy(logits.float().view(-1, VP), targets.view(-1))
 
     torch.manual_seed(0)
-    dev = "cuda"
+    dev = args.device
     model = GPT().to(dev)
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
+                            lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=cuda)
     step_model = model if args.no_compile else torch.compile(model)
     data = torch.randint(0, V, (args.batch, args.seq + 1), device=dev)
     x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
     def step():
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        with torch.autocast(device_type=dev, dtype=torch.bfloat16):
             loss = step_model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -101,29 +109,33 @@ def main():
     t0 = time.perf_counter()
     for _ in range(args.warmup):
         step()
-    torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
     warmup_s = time.perf_counter() - t0
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     loss = None
     for _ in range(args.steps):
         t = time.perf_counter()
         loss = step()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
     result = {
         "framework": f"pytorch {torch.__version__}",
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if cuda else "none (cpu dry run)",
+        "layers": L,
         "batch": args.batch,
         "seq": args.seq,
         "compile": not args.no_compile,
         "warmup_s": round(warmup_s, 1),
         "step_ms": round(med * 1e3, 2),
         "tokens_per_s": round(args.batch * args.seq / med, 1),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),  # the caching allocator's pool
-        "final_loss": round(float(loss), 4),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        # the caching allocator's pool
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
+        "final_loss": round(float(loss.detach()), 4),
     }
     line = json.dumps(result)
     print(line)
