@@ -133,7 +133,7 @@ TEST(Generate, ReportsWhyItStopped_block9_prompt3) {
     EXPECT_EQ(why, GenerateStop::stop_token);
     // The tools put their own "generate: error:" in front of messages, so the library does not.
     const std::string err = error_of([&] { generate(m, std::vector<int32_t>(10, 1), 1, greedy, r); });
-    EXPECT_EQ(err.rfind("the prompt has 10 tokens, more than the 9", 0), 0u) << err;
+    EXPECT_EQ(err.rfind("the prompt has 10 tokens, more than the model's context of 9 positions", 0), 0u) << err;
 }
 
 TEST(GenerateCli, NotesTheContextLimitAndRefusesTwoPrompts) {
