@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -191,75 +192,125 @@ std::shared_ptr<fe::graph::Graph> try_build_graph(cudnnHandle_t handle, const Sh
     return g;
 }
 
+// TEACH: building a graph costs a few hundred ms (heuristics, and kernels compiled at run time by NVRTC), so the
+// graphs are kept for the whole process, per GPU, shape and pass, with one cuDNN handle per GPU, as PyTorch does:
+// a new backend (a test makes several; bench_recompute one per batch size) reuses what an earlier one built.
+// Every use first points the handle at the calling backend's stream. Never destroyed: a static destructor
+// would run after the CUDA runtime's own teardown, and the process's end frees it all anyway.
+struct SharedGraphs {
+    std::mutex mu;                          // the handle's stream is set per use: one user at a time
+    std::map<int, cudnnHandle_t> handle;    // by device
+    std::map<int, std::string> no_handle;   // by device: why cuDNN could not be loaded or started there
+    std::map<std::tuple<int, Shape, bool>, Pass> passes;  // (device, shape, backward)
+};
+
+SharedGraphs& shared_graphs() {
+    static SharedGraphs* g = new SharedGraphs();
+    return *g;
+}
+
+// The device's handle (made on first use), or why there is none. Caller holds mu.
+std::string device_handle(SharedGraphs& g, int device, cudnnHandle_t* out) {
+    if (g.handle.count(device)) {
+        *out = g.handle[device];
+        return "";
+    }
+    if (g.no_handle.count(device)) return g.no_handle[device];
+    std::string why = load_cudnn();
+    cudnnHandle_t h = nullptr;
+    if (why.empty()) {
+        try {
+            const cudnnStatus_t st = fe::detail::create_handle(&h);
+            if (st != CUDNN_STATUS_SUCCESS) why = std::string("cudnnCreate: ") + fe::detail::get_error_string(st);
+        } catch (const std::exception& e) {
+            why = std::string("cudnnCreate: ") + e.what();
+        }
+        if (!why.empty() && h) fe::detail::destroy_handle(h);
+    }
+    if (cudnn_log()) {
+        if (why.empty())
+            std::fprintf(stderr, "cuDNN attention: cuDNN %ld loaded on GPU %d (built against %d)\n",
+                         (long)fe::detail::get_backend_version(), device, CUDNN_VERSION);
+        else
+            std::fprintf(stderr, "cuDNN attention: %s\n", why.c_str());
+    }
+    if (!why.empty()) {
+        g.no_handle[device] = why;
+        return why;
+    }
+    *out = g.handle[device] = h;
+    return "";
+}
+
 }  // namespace
 
 struct CudnnAttention::Impl {
     cudaStream_t stream;
-    cudnnHandle_t handle = nullptr;
-    std::string no_handle;  // why cuDNN could not be loaded or started, once it has not
-    std::map<Shape, Pass> passes[2];  // forward, backward
-    int64_t largest_workspace = 0;
+    int64_t largest_workspace = 0;  // of the graphs this backend used
 
-    // The graph of one pass of this shape, built on first use; nullptr and *why set when cuDNN cannot run it.
-    const Pass* get(const Shape& s, bool backward, std::string* why) {
-        Pass& p = passes[backward][s];
+    // The graph of one pass of this shape, built on first use in the process; nullptr and *why set when cuDNN
+    // cannot run it. Returns with g.mu held in *lock, the handle pointed at this backend's stream.
+    const Pass* get(const Shape& s, bool backward, std::string* why, std::unique_lock<std::mutex>* lock,
+                    cudnnHandle_t* handle) {
+        SharedGraphs& g = shared_graphs();
+        *lock = std::unique_lock<std::mutex>(g.mu);
+        int device = 0;
+        CUDA_CHECK(cudaGetDevice(&device));
+        Pass& p = g.passes[{device, s, backward}];
+        std::string no_handle;
+        if (!p.tried || p.graph) {
+            no_handle = shape_unsupported(s.dtype, s.C, s.NH);
+            if (no_handle.empty()) no_handle = device_handle(g, device, handle);
+            if (no_handle.empty()) {
+                const cudnnStatus_t st = fe::detail::set_stream(*handle, stream);
+                if (st != CUDNN_STATUS_SUCCESS)
+                    throw Error(std::string("cuDNN attention: cudnnSetStream: ") + fe::detail::get_error_string(st));
+            }
+        }
         if (!p.tried) {
             p.tried = true;
-            p.failed = shape_unsupported(s.dtype, s.C, s.NH);
-            if (p.failed.empty() && !handle && no_handle.empty()) open_handle();
-            if (p.failed.empty() && !no_handle.empty()) p.failed = "cuDNN attention: " + no_handle;
+            p.failed = no_handle.empty() || no_handle.rfind("cuDNN attention", 0) == 0 ? no_handle
+                                                                                    : "cuDNN attention: " + no_handle;
             if (p.failed.empty()) {
                 NvtxRange range("cuDNN attention: build graph");
                 const auto t0 = std::chrono::steady_clock::now();
-                p.graph = try_build_graph(handle, s, backward, &p.workspace, &p.failed);
+                p.graph = try_build_graph(*handle, s, backward, &p.workspace, &p.failed);
                 if (cudnn_log())
                     std::fprintf(stderr, "cuDNN attention: %s graph %s B=%d T=%d C=%d NH=%d: %s in %.0f ms\n",
                                  backward ? "backward" : "forward", dtype_name(s.dtype), s.B, s.T, s.C, s.NH,
                                  p.graph ? "built" : p.failed.c_str(),
                                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                                      .count());
-                largest_workspace = std::max(largest_workspace, p.workspace);
             }
         }
-        if (!p.graph) *why = p.failed;
-        return p.graph ? &p : nullptr;
+        if (!p.graph) {
+            *why = p.failed;
+            return nullptr;
+        }
+        largest_workspace = std::max(largest_workspace, p.workspace);
+        return &p;
     }
 
-    void open_handle() {
-        if (!(no_handle = load_cudnn()).empty()) return;
-        try {
-            cudnnStatus_t st = fe::detail::create_handle(&handle);
-            if (st == CUDNN_STATUS_SUCCESS) st = fe::detail::set_stream(handle, stream);
-            if (st != CUDNN_STATUS_SUCCESS) no_handle = std::string("cudnnCreate: ") + fe::detail::get_error_string(st);
-        } catch (const std::exception& e) {
-            no_handle = std::string("cudnnCreate: ") + e.what();
-        }
-        if (!no_handle.empty() && handle) fe::detail::destroy_handle(handle);
-        if (!no_handle.empty()) handle = nullptr;
-        static bool logged = false;  // once per process, not per backend
-        if (cudnn_log() && !logged) {
-            logged = true;
-            if (handle)
-                std::fprintf(stderr, "cuDNN attention: cuDNN %ld loaded (built against %d)\n",
-                             (long)fe::detail::get_backend_version(), CUDNN_VERSION);
-            else
-                std::fprintf(stderr, "cuDNN attention: %s\n", no_handle.c_str());
-        }
-    }
-
-    const Pass& need(const Shape& s, bool backward) {
+    // Whether cuDNN runs this pass (building its graph if needed); empty, or why not.
+    std::string check(const Shape& s, bool backward) {
         std::string why;
-        const Pass* p = get(s, backward, &why);
+        std::unique_lock<std::mutex> lock;
+        cudnnHandle_t handle = nullptr;
+        get(s, backward, &why, &lock, &handle);
+        return why;
+    }
+
+    void run(const Shape& s, bool backward, std::unordered_map<int64_t, void*>& pack, Scratch& scratch) {
+        std::string why;
+        std::unique_lock<std::mutex> lock;
+        cudnnHandle_t handle = nullptr;
+        const Pass* p = get(s, backward, &why, &lock, &handle);
         if (!p) throw Error(why + " (B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " C=" +
                             std::to_string(s.C) + " NH=" + std::to_string(s.NH) + "; --attention matmul avoids it)");
-        return *p;
-    }
-
-    void run(const Pass& p, std::unordered_map<int64_t, void*>& pack, Scratch& scratch) {
-        void* ws = p.workspace > 0 ? scratch.get((size_t)p.workspace) : nullptr;
+        void* ws = p->workspace > 0 ? scratch.get((size_t)p->workspace) : nullptr;
         std::string err;
         try {
-            fe::error_t st = p.graph->execute(handle, pack, ws);
+            fe::error_t st = p->graph->execute(handle, pack, ws);
             if (!st.is_good()) err = st.get_message();
         } catch (const std::exception& e) {
             err = e.what();
@@ -271,17 +322,13 @@ struct CudnnAttention::Impl {
 
 CudnnAttention::CudnnAttention(cudaStream_t stream) : impl_(std::make_unique<Impl>()) { impl_->stream = stream; }
 
-CudnnAttention::~CudnnAttention() {
-    for (auto& p : impl_->passes) p.clear();  // the plans before the handle they were built on
-    if (impl_->handle) fe::detail::destroy_handle(impl_->handle);
-}
+CudnnAttention::~CudnnAttention() = default;  // the graphs and the handle stay for the next backend
 
 std::string CudnnAttention::unsupported(DType dtype, int B, int T, int C, int NH) {
     // T = 1 runs without cuDNN (below); whether cuDNN runs is asked of the smallest shape it builds.
     const int T2 = std::max(T, 2);
-    std::string why;
-    if (impl_->get(Shape{dtype, B, T2, C, NH}, false, &why))
-        impl_->get(Shape{dtype, backward_batch(B, T2, NH), T2, C, NH}, true, &why);
+    std::string why = impl_->check(Shape{dtype, B, T2, C, NH}, false);
+    if (why.empty()) why = impl_->check(Shape{dtype, backward_batch(B, T2, NH), T2, C, NH}, true);
     return why;
 }
 
@@ -317,10 +364,9 @@ void CudnnAttention::forward(void* out, float* stats, const void* qkv, DType dty
         CUDA_CHECK(cudaMemsetAsync(stats, 0, cudnn_attention_saved_floats(B, T, NH) * sizeof(float), impl_->stream));
         return;
     }
-    const Pass& p = impl_->need(Shape{dtype, B, T, C, NH}, false);
     std::unordered_map<int64_t, void*> pack{
         {kQ, base}, {kK, base + C * es}, {kV, base + 2 * C * es}, {kO, out}, {kStats, stats}};
-    impl_->run(p, pack, scratch);
+    impl_->run(Shape{dtype, B, T, C, NH}, false, pack, scratch);
 }
 
 void CudnnAttention::backward(void* dqkv, const void* dout, const void* qkv, const void* out, const float* stats,
@@ -338,7 +384,6 @@ void CudnnAttention::backward(void* dqkv, const void* dout, const void* qkv, con
     const int per_call = backward_batch(B, T, NH);
     for (int b0 = 0; b0 < B; b0 += per_call) {
         const int nb = std::min(per_call, B - b0);
-        const Pass& p = impl_->need(Shape{dtype, nb, T, C, NH}, true);
         const size_t row3 = (size_t)b0 * T * 3 * C * es, row = (size_t)b0 * T * C * es;  // sequence b0's offsets
         std::unordered_map<int64_t, void*> pack{{kQ, base + row3},
                                                 {kK, base + row3 + C * es},
@@ -349,7 +394,7 @@ void CudnnAttention::backward(void* dqkv, const void* dout, const void* qkv, con
                                                 {kDQ, dbase + row3},
                                                 {kDK, dbase + row3 + C * es},
                                                 {kDV, dbase + row3 + 2 * C * es}};
-        impl_->run(p, pack, scratch);
+        impl_->run(Shape{dtype, nb, T, C, NH}, true, pack, scratch);
     }
 }
 

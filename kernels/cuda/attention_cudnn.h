@@ -5,7 +5,8 @@
 //   backward: dqkv (B,T,3C) written from dout, qkv, out and stats; cuDNN's deterministic algorithm, so two
 //             runs give the same bits (the bit-identical-runs rule).
 // bf16 and fp16 only (cuDNN has no fp32 SDPA); HS a multiple of 8 up to what the GPU's engines support.
-// Each shape's graph is built once (a few hundred ms: heuristics and kernel compilation) and cached. T = 1
+// Each shape's graph is built once per process and GPU (a few hundred ms: heuristics and kernel compilation) and
+// kept for every backend after it, with one cuDNN handle per GPU (TUNE_CUDNN_LOG=1 prints each build). T = 1
 // (which cuDNN's backward rejects) is done with copies: attention over one position is the identity on v.
 // Built only when the cuDNN frontend headers were found (Makefile: CUDNN_FE_INC); otherwise, and on the CUDA
 // emulator, unsupported() says so and the backend keeps the cuBLAS path.
@@ -36,7 +37,7 @@ class CudnnAttention {
     // message cuDNN gave, or what is missing). Builds and caches both graphs. Other shapes build theirs on
     // first use, each pass on its own (evaluation never builds a backward).
     std::string unsupported(DType dtype, int B, int T, int C, int NH);
-    // The largest workspace any graph built so far asks for (it comes from the backend's Scratch). The
+    // The largest workspace any graph this backend ran or checked asks for (from the backend's Scratch). The
     // deterministic backward's is about B*NH*T*T*2 bytes (dP, like one layer's probabilities, not kept), so
     // backward runs on backward_batch() sequences at a time, which bounds it near 1 GiB.
     size_t workspace_bytes() const;
