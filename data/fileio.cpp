@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <sstream>
@@ -121,10 +122,21 @@ void check_readable(const std::string& path) {
     if (S_ISDIR(st.st_mode)) throw Error(path + ": is a directory, not a file");
 }
 
+std::string host_name() {
+    static const std::string host = [] {
+        char buf[256] = {0};
+        std::string h = ::gethostname(buf, sizeof buf - 1) == 0 ? buf : "";
+        for (char& c : h)
+            if (!std::isalnum((unsigned char)c) && c != '-') c = '-';  // no '.': names split on them
+        return h.empty() ? std::string("host") : h;
+    }();
+    return host;
+}
+
 int open_unique(const std::string& prefix, int flags, mode_t mode, std::string* name) {
     static std::atomic<uint64_t> counter{0};
     for (int attempt = 0; attempt < 100; attempt++) {
-        *name = prefix + "." + std::to_string(getpid()) + "." + std::to_string(counter++);
+        *name = prefix + "." + host_name() + "." + std::to_string(getpid()) + "." + std::to_string(counter++);
         const int fd = ::open(name->c_str(), flags | O_CREAT | O_EXCL | O_CLOEXEC, mode);
         if (fd >= 0 || errno != EEXIST) return fd;
     }

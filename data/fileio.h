@@ -60,10 +60,13 @@ size_t file_size_or_zero(const std::string& path);
 // Throws what a reader would (missing, unreadable, a directory) without opening the file, so a pipe is not
 // consumed: for checking every input before hours of work on the first ones.
 void check_readable(const std::string& path);
-// Creates and opens a file named `prefix` + ".PID.N" that no other writer (thread or process) is using:
-// O_EXCL, with N counting up past names that exist. Sets *name; returns the descriptor, or -1 with errno set
-// (after 100 names that all exist: EEXIST).
+// Creates and opens a file named `prefix` + ".HOST.PID.N" that no other writer (thread or process, on any host
+// sharing the directory) is using: O_EXCL, with N counting up past names that exist. Sets *name; returns the
+// descriptor, or -1 with errno set (after 100 names that all exist: EEXIST).
 int open_unique(const std::string& prefix, int flags, mode_t mode, std::string* name);
+// This machine's name as open_unique writes it (letters, digits and '-'), so a leftover's process id can be
+// checked on the host that made it and no other.
+std::string host_name();
 // A scratch file in `dir` (the same file system as what is written there) with no name: gone when closed, or
 // when the process dies. Read and write; errors name `for_path`.
 std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for_path);

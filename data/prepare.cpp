@@ -108,9 +108,7 @@ class Progress {
 size_t plain_text_cut(const std::string& text, const std::string& next_line) {
     const size_t n = text.size();
     if (next_line.empty() || !graphic_ascii(next_line[0]) || n < 2 || text[n - 1] != '\n') return std::string::npos;
-    if (graphic_ascii(text[n - 2])) return n;                                    // "x\n" | "y"
-    if (n >= 3 && text[n - 2] == '\r' && graphic_ascii(text[n - 3])) return n - 1;  // "x\r" | "\ny"
-    return std::string::npos;
+    return n - 1;  // "...x" | "\ny..."
 }
 
 void check_template(const std::string& tmpl, const std::string& flag) {
@@ -174,18 +172,24 @@ std::string first_line(const std::string& path) {
     return line.substr(0, line.find('\n'));
 }
 
-// Temporaries beside the shards (train.bin.tmp.PID.N) whose process is gone: a killed run's. Removed, and said.
+// Temporaries beside the shards (train.bin.tmp.HOST.PID.N) made on this host by a process that is gone: a
+// killed run's. Removed, and said. Another host's (a shared file system) are left alone: its process ids mean
+// nothing here.
 void remove_stale_temporaries(const std::string& dir, const PrepareOptions& opt) {
     std::error_code ec;
+    const std::string here = host_name() + ".";
     for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
         const std::string name = e.path().filename().string();
         for (const char* prefix : {"train.bin.tmp.", "val.bin.tmp."}) {
-            if (name.rfind(prefix, 0) != 0) continue;
-            const long pid = std::strtol(name.c_str() + std::strlen(prefix), nullptr, 10);
-            if (pid <= 0 || pid == (long)getpid() || !(::kill((pid_t)pid, 0) != 0 && errno == ESRCH)) continue;
+            const size_t p = std::strlen(prefix);
+            if (name.rfind(prefix, 0) != 0 || name.compare(p, here.size(), here) != 0) continue;
+            char* end = nullptr;
+            const long pid = std::strtol(name.c_str() + p + here.size(), &end, 10);
+            if (pid <= 0 || *end != '.' || pid == (long)getpid() || !(::kill((pid_t)pid, 0) != 0 && errno == ESRCH))
+                continue;
             if (std::filesystem::remove(e.path(), ec) && opt.note)
                 opt.note(e.path().string() + ": left by a run that was killed (process " + std::to_string(pid) +
-                         " is gone): removed");
+                         " on this host is gone): removed");
         }
     }
 }
@@ -207,9 +211,17 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
         sizes_known = sizes_known && (size > 0 || std::filesystem::is_regular_file(path));
     }
     if (opt.note) {
+        std::vector<std::string> canon;  // "./a.txt" and "a.txt" are one file; a pipe is never read twice anyway
+        for (const std::string& path : opt.inputs) {
+            std::error_code ec;
+            canon.push_back(std::filesystem::is_regular_file(path, ec)
+                                ? std::filesystem::weakly_canonical(path, ec).string()
+                                : "pipe:" + path);
+        }
         for (size_t i = 0; i < opt.inputs.size(); i++) {
-            const size_t times = (size_t)std::count(opt.inputs.begin(), opt.inputs.end(), opt.inputs[i]);
-            if (times > 1 && std::find(opt.inputs.begin(), opt.inputs.end(), opt.inputs[i]) == opt.inputs.begin() + i)
+            const size_t times = (size_t)std::count(canon.begin(), canon.end(), canon[i]);
+            if (times > 1 && canon[i].rfind("pipe:", 0) != 0 &&
+                std::find(canon.begin(), canon.end(), canon[i]) == canon.begin() + i)
                 opt.note(opt.inputs[i] + ": given " + std::to_string(times) + " times, so its documents are in the "
                          "shards " + std::to_string(times) + " times");
             if (is_jsonl(opt.inputs[i])) continue;

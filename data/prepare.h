@@ -68,10 +68,12 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt);
 
 // TEACH: a long text is tokenised in pieces, which gives the same tokens as the whole only where no
 // pre-tokenisation piece (see data/tokenizer.h) crosses the cut and none would end differently at the end of
-// a text. A line break between two printable ASCII characters is such a place: "x\ny" pre-tokenises as
-// "x" "\n" "y" whole and cut after the "\n" ('\n' never joins a word, unlike a space, and a lone
-// whitespace run at the end of a text is still one piece). With CRLF the cut goes between '\r' and '\n'
-// ("x" "\r" "\n" "y" either way): after the pair, the text's end would make "\r\n" one piece.
+// a text. Just before a line break that a printable ASCII character follows is such a place. In the whole text
+// that '\n' is a piece of its own: '\n' never joins a word (only a space does), and \s+(?!\S) stops short of
+// the last whitespace before a non-space, leaving it to \s+ alone. Whatever whitespace comes before it is one
+// piece either way (at a text's end \s+(?!\S) takes the whole run, which is where it stopped in the whole).
+// Cutting after the '\n' instead would not do: "x\n\ny" is "x" "\n" "\n" "y" whole, but "x\n\n" alone ends in
+// the one piece "\n\n", a token of its own.
 // `text` ends where `next_line` begins (text ends in '\n'): returns where to cut text, or npos when its end
 // is no such place.
 size_t plain_text_cut(const std::string& text, const std::string& next_line);

@@ -161,9 +161,6 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
         const uint64_t counted_to = start;  // targets 1 .. start are in the windows so far
         if (counted_to < n - 1) windows_.push_back({shard, (uint32_t)(counted_to - (n - T - 1)), n - T - 1});
     }
-    if (windows_.size() < (size_t)world_size)
-        throw Error("the data has " + std::to_string(windows_.size()) + " windows of T+1 tokens, fewer than the " +
-                    std::to_string(world_size) + " ranks");
     start_epoch();
 }
 
@@ -215,6 +212,9 @@ Batch Loader::next() {
     b.weights.resize(b.inputs.size());
     // Each rank takes every world_-th window; an epoch ends when a full round no longer fits.
     const uint64_t per_round = (uint64_t)world_;
+    if (order_.size() < per_round)
+        throw Error("the training data has " + std::to_string(order_.size()) + " windows of T+1 tokens, fewer than "
+                    "the " + std::to_string(world_) + " ranks: every rank needs one a step");
     for (int row = 0; row < B_; row++) {
         if (state_.cursor + per_round > order_.size()) {
             state_.epoch++;
@@ -228,20 +228,22 @@ Batch Loader::next() {
 }
 
 bool Loader::next_in_epoch(Batch& b) {
+    // Rounds of world_ windows, rank r taking the r-th of each; the last round may be partial, and the ranks past
+    // its end take none: across the ranks, one pass counts every window once.
     const uint64_t per_round = (uint64_t)world_;
-    int rows = 0;
-    while (rows < B_ && state_.cursor + per_round <= order_.size()) {
-        rows++;
+    std::vector<uint64_t> mine;  // positions in this epoch's order
+    while ((int)mine.size() < B_ && state_.cursor < order_.size()) {
+        if (state_.cursor + rank_ < order_.size()) mine.push_back(state_.cursor + rank_);
         state_.cursor += per_round;
     }
-    if (rows == 0) return false;
+    if (mine.empty()) return false;
+    const int rows = (int)mine.size();
     b.B = rows;
     b.T = T_;
     b.inputs.resize((size_t)rows * T_);
     b.targets.resize(b.inputs.size());
     b.weights.resize(b.inputs.size());
-    const uint64_t first = state_.cursor - (uint64_t)rows * per_round;
-    for (int row = 0; row < rows; row++) fill_row(b, row, windows_[order_[first + row * per_round + rank_]]);
+    for (int row = 0; row < rows; row++) fill_row(b, row, windows_[order_[mine[row]]]);
     return true;
 }
 

@@ -59,7 +59,7 @@ void write_shard(const std::string& path, const std::vector<int32_t>& tokens, co
 // until seal(), which appends it and fills in the count; commit() then renames the file into place. Always
 // with a mask; token width 2 when vocab_size fits 16 bits (then the same bytes as write_shard of everything
 // appended). Nothing is left under `path` unless commit() is reached; the temporary file beside it is
-// removed on any error (a killed process leaves `path.tmp.PID.N`).
+// removed on any error (a killed process leaves `path.tmp.HOST.PID.N`).
 class ShardWriter {
    public:
     ShardWriter(const std::string& path, uint32_t vocab_size);
@@ -110,10 +110,14 @@ class Loader {
     Batch next();
     // Like next(), but never starts a new epoch: the next min(B, windows left) windows of this rank's
     // epoch (so the last batch may be smaller), or false when none are left. Evaluation uses it, so
-    // that no window is counted twice and none is left out.
+    // that no window is counted twice and none is left out, over all ranks together: the last round may be
+    // partial, and a rank may have fewer windows than another, or none (next() needs at least one per rank).
     bool next_in_epoch(Batch& b);
     size_t num_windows() const { return windows_.size(); }
-    size_t windows_per_epoch() const { return windows_.size() / (size_t)world_; }  // this rank's
+    // This rank's windows in one pass of next_in_epoch (the last round may be partial).
+    size_t windows_per_epoch() const {
+        return windows_.size() > (size_t)rank_ ? (windows_.size() - rank_ + world_ - 1) / world_ : 0;
+    }
     int B() const { return B_; }
     size_t num_tokens() const;
     // Shards shorter than one window of T+1 tokens, each served as one padded window: a line per shard saying

@@ -357,6 +357,35 @@ TEST(Loader, RanksSeeDisjointWindows) {
     EXPECT_EQ(seen.size(), 30u);
 }
 
+// Evaluation over ranks: one pass of next_in_epoch on every rank counts every window once, the last round
+// partial (10 windows on 3 ranks: 4, 3 and 3), even with fewer windows than ranks (a short validation split).
+TEST(Loader, OnePassOverRanksCountsEveryWindowOnce_10windows_3ranks_and_1window_2ranks) {
+    TempDir tmp("loader");
+    const std::string d = tmp.path();
+    write_shard(d + "/a.bin", iota_tokens(4 * 10 + 1, 1000), nullptr, 1000);  // 10 windows of T=4
+    std::multiset<int32_t> seen;
+    for (int rank = 0; rank < 3; rank++) {
+        Loader l({d + "/a.bin"}, 1000, 2, 4, false, 0, rank, 3);
+        EXPECT_EQ(l.windows_per_epoch(), rank == 0 ? 4u : 3u);
+        Batch b;
+        size_t rows = 0;
+        while (l.next_in_epoch(b)) {
+            for (int r = 0; r < b.B; r++) seen.insert(b.inputs[r * 4]);
+            rows += b.B;
+        }
+        EXPECT_EQ(rows, l.windows_per_epoch()) << "rank " << rank;
+    }
+    EXPECT_EQ(seen.size(), 10u);
+    EXPECT_EQ(std::set<int32_t>(seen.begin(), seen.end()).size(), 10u) << "a window was counted twice";
+    write_shard(d + "/short.bin", iota_tokens(3, 1000), nullptr, 1000);
+    Loader r0({d + "/short.bin"}, 1000, 2, 4, false, 0, 0, 2), r1({d + "/short.bin"}, 1000, 2, 4, false, 0, 1, 2);
+    Batch b;
+    EXPECT_TRUE(r0.next_in_epoch(b));
+    EXPECT_FALSE(r1.next_in_epoch(b));
+    EXPECT_THAT(error_of([&] { r1.next(); }), HasSubstr("the training data has 1 windows of T+1 tokens, fewer than "
+                                                        "the 2 ranks"));
+}
+
 TEST(Loader, SavedPositionContinuesExactlyAcrossEpochs) {
     TempDir tmp("loader");
     const std::string d = tmp.path();

@@ -60,7 +60,9 @@ Cli train_cli(TrainArgs& a) {
              "(--init and --model may stay; options that differ are named)",
              &a.resume);
     c.option("--adapter", "FILE", "go on training this adapter (an adapter.ckpt: LoRA, virtual tokens) on the --init "
-             "base it was trained on, with fresh optimizer state; its PEFT settings come with it", &a.adapter);
+             "base it was trained on, with fresh optimizer state; its PEFT settings come with it (with --resume it "
+             "may stay: the resume checkpoint holds the adapter; --distill's default teacher is the base without it)",
+             &a.adapter);
     c.custom("--train-data", "FILES", "comma-separated token shards to train on (made by bin/prepare)", "(none)",
              [&a](const std::string& v) { a.train_data = split_list(v); });
     c.custom("--val-data", "FILES", "comma-separated token shards for validation loss", "(none)",
@@ -261,12 +263,11 @@ void validate_train_args(const TrainArgs& a) {
         throw UsageError("--zero 1 with --l2sp/--ewc: the penalty needs every master weight on every rank; use --zero 0");
     if (a.distill > 0 && a.teacher.empty() && a.init.empty() && a.resume.empty())
         throw UsageError("--distill needs a teacher: --teacher WEIGHTS, or --init (the starting model is the default)");
-    if (a.unfreeze_every > 0 && a.peft.any())
-        throw UsageError("--unfreeze-every works on the model's own blocks; it does not combine with LoRA or virtual tokens");
+    if (a.unfreeze_every > 0 && (a.peft.any() || !a.adapter.empty()))
+        throw UsageError("--unfreeze-every works on the model's own blocks; it does not combine with LoRA or virtual "
+                         "tokens" + std::string(a.adapter.empty() ? "" : " (--adapter brings them)"));
     must_be_file("--resume", a.resume, "a resume.ckpt written by bin/train");
     must_be_file("--adapter", a.adapter, "an adapter.ckpt written by bin/train");
-    if (!a.adapter.empty() && !a.resume.empty())
-        throw UsageError("--adapter with --resume: a resume checkpoint holds its adapter already; give one of them");
     if (!a.adapter.empty() && a.init.empty())
         throw UsageError("--adapter " + a.adapter + " needs --init: the base weights it was trained on");
 }

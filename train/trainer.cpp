@@ -103,10 +103,13 @@ static std::map<std::string, std::string> trajectory_options(const TrainArgs& a)
             {"--replay-weight", float_text(a.replay_weight)}};
 }
 
-// Whether two recorded values are the same setting: equal text, or equal as floats (checkpoints written before
-// float_text recorded "%.9g": 0.00100000005 is --lr 0.001).
+// Whether two recorded values are the same setting: equal text, or, for numbers written as floats, equal as floats
+// (checkpoints written before float_text recorded "%.9g": 0.00100000005 is --lr 0.001). Integers (a seed above
+// 2^24) compare as text.
 static bool same_setting(const std::string& a, const std::string& b) {
     if (a == b) return true;
+    auto floaty = [](const std::string& v) { return v.find_first_of(".eE") != std::string::npos; };
+    if (!floaty(a) && !floaty(b)) return false;
     char *ea = nullptr, *eb = nullptr;
     const double x = std::strtod(a.c_str(), &ea), y = std::strtod(b.c_str(), &eb);
     return !a.empty() && !b.empty() && *ea == 0 && *eb == 0 && (float)x == (float)y;
@@ -334,6 +337,13 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
                                            args.seed + 1, rank, world);  // sliced by rank like the training data
         replay_->set_state(state_.replay_loader);
     }
+    // Every rank takes a window of its own each micro-batch (validation may leave ranks without).
+    for (const auto& [l, flag] : {std::pair<const Loader*, const char*>{train_.get(), "--train-data"},
+                                  {replay_.get(), "--replay-data"}})
+        if (l && l->num_windows() < (size_t)world)
+            throw Error(std::string(flag) + ": " + std::to_string(l->num_windows()) + " windows of --seq " +
+                        std::to_string(args.seq) + "+1 tokens, fewer than the " + std::to_string(world) +
+                        " ranks: every rank needs one a step");
     if (rank == 0)
         for (const Loader* l : {train_.get(), val_.get(), replay_.get()})
             if (l)
@@ -401,6 +411,14 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
     }
     if (data.empty()) throw UsageError("--fisher " + path + " does not exist and no --fisher-data was given to estimate it");
     Loader base(data, model_->config().vocab_size, args_.batch, args_.seq, true, args_.seed + 2);
+    if (writer_) {
+        for (const std::string& line : base.short_shards()) std::fprintf(stderr, "note: %s\n", line.c_str());
+        const size_t wanted = (size_t)batches * (size_t)args_.batch;
+        if (base.num_windows() < wanted)
+            std::fprintf(stderr, "note: --fisher-data has %zu windows of --seq %d+1 tokens; %d batches of %d take %zu, "
+                         "so the estimate sees windows more than once (fewer --fisher-batches, or more data)\n",
+                         base.num_windows(), args_.seq, batches, args_.batch, wanted);
+    }
     const size_t n = model_->grads().elems();
     // Each squared gradient is weighted 1/batches; the loss scale keeps fp16 gradients from underflowing and
     // is divided back out of the square.
@@ -417,10 +435,10 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
         model_->backward();
         be_->accumulate_squares(fisher_.base(), model_->grads().base(), (float)(1.0 / (batches * scale * scale)), n);
         // On a terminal the count rewrites itself; into a log, a line every tenth of the way (and the last).
-        if (!args_.quiet && tty) {
+        if (!args_.quiet && tty) {  // (below: a line every tenth of the batches)
             std::printf("\rewc: estimating the Fisher on %s: batch %d/%d", data[0].c_str(), k + 1, batches);
             std::fflush(stdout);
-        } else if (!args_.quiet && ((k + 1) % std::max(1, batches / 10) == 0 || k + 1 == batches)) {
+        } else if (!args_.quiet && ((k + 1) % ((batches + 9) / 10) == 0 || k + 1 == batches)) {
             std::printf("ewc: estimating the Fisher on %s: batch %d/%d\n", data[0].c_str(), k + 1, batches);
         }
     }
