@@ -110,7 +110,7 @@ TEST(TrainCli, ResumeNamesChangedOptionsByTheirFlags) {
     m.init_random(1);
     save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
     const std::string base = "bin/train --device cpu --quiet --init " + d + "/init.ckpt --train-data " + d +
-                             "/train.bin --batch 2 --seq 15 --steps 6 --lr 1e-3 --out " + d + "/run";
+                             "/train.bin --batch 2 --seq 15 --steps 6 --lr 1e-3 --seed 1234567890 --out " + d + "/run";
     CmdResult first = run_cmd(base + " --halt-at 2");
     ASSERT_EQ(first.rc, 0) << first.out;
     const std::string resume = " --resume " + d + "/run/resume.ckpt --halt-at 4";
@@ -118,11 +118,13 @@ TEST(TrainCli, ResumeNamesChangedOptionsByTheirFlags) {
     ASSERT_EQ(same.rc, 0) << same.out;
     EXPECT_THAT(same.out, Not(HasSubstr("changed options")));
     CmdResult changed = run_cmd("bin/train --device cpu --quiet --init " + d + "/init.ckpt --train-data " + d +
-                                "/train.bin --batch 2 --seq 15 --steps 6 --lr 0.005 --out " + d + "/run --sequential "
+                                "/train.bin --batch 2 --seq 15 --steps 6 --lr 0.005 --seed 1234567891 --out " + d +
+                                "/run --sequential "
                                 "--min-lr-frac 0.5 --beta2 0.5 --eps 1e-3" + resume);
     ASSERT_EQ(changed.rc, 0) << changed.out;
     for (const char* part : {"--lr 0.005 (was 0.001)", "--sequential on (was off)", "--min-lr-frac 0.5 (was 0.1)",
-                             "--beta2 0.5 (was 0.95)", "--eps 0.001 (was 1e-08)"})
+                             "--beta2 0.5 (was 0.95)", "--eps 0.001 (was 1e-08)",
+                             "--seed 1234567891 (was 1234567890)"})  // equal as floats, not as seeds
         EXPECT_THAT(changed.out, HasSubstr(part));
 }
 

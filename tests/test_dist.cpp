@@ -337,6 +337,20 @@ TEST_F(DistFixture, TwoRanksEqualOneRankWithTheCombinedBatch_MaskedTokensGradAcc
     expect_ranks_agree("two", 2);
 }
 
+// A validation split shorter than one window (one padded window) on two ranks: one rank evaluates it, the
+// other nothing, and the loss is the one-rank run's.
+TEST_F(DistFixture, ShortValidationSplitOnTwoRanksEqualsOneRank) {
+    std::vector<int32_t> v;
+    for (int i = 0; i < 10; i++) v.push_back((i * 5) % 37);
+    write_shard(dir + "/short.bin", v, nullptr, 37);
+    const std::string common = "--steps 2 --val-every 1 --val-data " + dir + "/short.bin";
+    RUN_OK("OMP_NUM_THREADS=1 " + train(common + " --batch 4", "one"));
+    RUN_OK(mpirun(2) + train(common + " --batch 2", "two"));
+    const auto a = series("one", "val_loss"), b = series("two", "val_loss");
+    ASSERT_EQ(a.size(), 3u);  // before step 1, after it, at the end
+    EXPECT_TRUE(near_rel(b, a, kLossTol));
+}
+
 // The fine-tuning methods that touch the step (LoRA, an L2-SP penalty added after the reduction, a teacher,
 // replay batches sliced by rank) keep the equivalence, and ZeRO-1 stays byte-identical to ZeRO-0.
 TEST_F(DistFixture, FineTuningMethodsUnderTwoRanksEqualOneRank_LoraL2spDistillReplay) {

@@ -16,6 +16,7 @@ namespace tune::test {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 using Methods = TrainerFixture;
 
@@ -139,6 +140,20 @@ TEST_F(Methods, LoraWithTrainedBaseBlockKeepsItInTheAdapterAndRefusesOtherBases)
     EXPECT_EQ(trained.at("h.1.mlp.c_fc.weight"), after.at("h.1.mlp.c_fc.weight"));
     LoadedModel further_merged = load_model(c.out_dir + "/model.ckpt", "cpu", "fp32", 2, 10);
     EXPECT_TRUE(near_rel(logits_of(*further_merged.model), logits_of(*further.model), 1e-5));
+    // Resumed with its own command (--adapter still there): the run goes on as it was, nothing reported changed.
+    TrainArgs halted = c;
+    halted.out_dir = dir + "/lora_adapter_halted";
+    halted.halt_at = 2;
+    ASSERT_EQ(Trainer(halted).run(), 0);
+    TrainArgs resumed = halted;
+    resumed.halt_at = 0;
+    resumed.resume = halted.out_dir + "/resume.ckpt";
+    testing::internal::CaptureStderr();
+    const int rc = Trainer(resumed).run();
+    const std::string err = testing::internal::GetCapturedStderr();
+    ASSERT_EQ(rc, 0) << err;
+    EXPECT_THAT(err, Not(HasSubstr("changed options")));
+    EXPECT_EQ(tensors_of(resumed.out_dir + "/resume.ckpt"), trained) << "the resumed run is not the uninterrupted one";
     TrainArgs wrong = c;
     wrong.peft.lora_rank = 4;
     EXPECT_THAT(error_of([&] { Trainer t(wrong); }), HasSubstr("but the flags ask for LoRA r=4"));
@@ -433,6 +448,7 @@ TEST(MethodsCli, FlagsAreValidatedWithClearMessages) {
         {"--distill 0.5", "--distill needs a teacher"},
         {"--recompute some", "--recompute: expected one of none, selective, full, got 'some'"},
         {"--unfreeze-every 5 --lora-rank 2", "does not combine with LoRA or virtual tokens"},
+        {"--unfreeze-every 5 --adapter x.ckpt", "does not combine with LoRA or virtual tokens (--adapter brings them)"},
         {"--virtual-tokens 4", "--virtual-tokens/--virtual-hidden has no effect without --virtual"},
         {"--teacher /dev/null", "--teacher has no effect without --distill"},
         {"--lora-alpha 8", "--lora-alpha has no effect without --lora-rank"},
