@@ -282,8 +282,9 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$SD/tests.log" 2>/dev/null | sed 
     for i in "${!NAMES[@]}"; do printf '%-24s %-12s %6s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}"; done
     echo "${TEST_LINE:-tests: n/a}"
     grep -h -m1 '^cuDNN attention: cuDNN' "$SD"/*.log 2>/dev/null | head -1
-    cat "$SD"/*.log 2>/dev/null | awk '/^cuDNN attention: .* graph .* in [0-9]+ ms$/ {n++; t += $(NF - 1); if ($(NF - 1) > m) m = $(NF - 1)}
-        END {if (n) printf "cuDNN graph builds: %d, %.1f s in all, the slowest %d ms\n", n, t / 1000, m}'
+    cat "$SD"/*.log 2>/dev/null | awk '/^cuDNN attention: .* graph .* in [0-9]+ ms$/ {t += $(NF - 1); if ($(NF - 1) > m) m = $(NF - 1);
+        if (/: built in /) n++; else f++}
+        END {if (n + f) printf "cuDNN graph builds: %d built, %d refused, %.1f s in all, the slowest %d ms\n", n, f, t / 1000, m}'
     [ -n "$FAILED_TESTS" ] && echo "failed tests:" && echo "$FAILED_TESTS" | sed 's/^/  /'
     echo "GPT-2 124M, B=32 T=1024, bf16:"
     printf '  %-28s %12s tok/s   peak %s GiB (nvidia-smi, whole process; %s)\n' "tune.cu bin/train" "$TUNE_TOKS" \
