@@ -98,8 +98,8 @@ struct Pass {
 };
 
 // TUNE_CUDNN_LOG=1 (scripts/gpu_check.sh sets it): the cuDNN version loaded and how long each graph took to
-// build, on stderr. A graph is built once per backend and shape, so slow builds show in tests and benchmarks
-// that make many backends or shapes.
+// build, on stderr. A graph is built once per process, GPU and shape (SharedGraphs), so the builds a test process
+// or benchmark pays for show.
 bool cudnn_log() {
     static const bool on = [] {
         const char* v = std::getenv("TUNE_CUDNN_LOG");
@@ -209,8 +209,10 @@ SharedGraphs& shared_graphs() {
     return *g;
 }
 
-// The device's handle (made on first use), or why there is none. Caller holds mu.
-std::string device_handle(SharedGraphs& g, int device, cudnnHandle_t* out) {
+// The device's handle (made on first use), or why there is none. Caller holds mu. Only a cuDNN that cannot be
+// loaded is remembered; a failed cudnnCreate (out of memory, say) is tried again by the next user (*transient).
+std::string device_handle(SharedGraphs& g, int device, cudnnHandle_t* out, bool* transient) {
+    *transient = false;
     if (g.handle.count(device)) {
         *out = g.handle[device];
         return "";
@@ -219,6 +221,7 @@ std::string device_handle(SharedGraphs& g, int device, cudnnHandle_t* out) {
     std::string why = load_cudnn();
     cudnnHandle_t h = nullptr;
     if (why.empty()) {
+        *transient = true;  // from here on, a failure is cudnnCreate's
         try {
             const cudnnStatus_t st = fe::detail::create_handle(&h);
             if (st != CUDNN_STATUS_SUCCESS) why = std::string("cudnnCreate: ") + fe::detail::get_error_string(st);
@@ -235,9 +238,10 @@ std::string device_handle(SharedGraphs& g, int device, cudnnHandle_t* out) {
             std::fprintf(stderr, "cuDNN attention: %s\n", why.c_str());
     }
     if (!why.empty()) {
-        g.no_handle[device] = why;
+        if (!*transient) g.no_handle[device] = why;
         return why;
     }
+    *transient = false;
     *out = g.handle[device] = h;
     return "";
 }
@@ -259,8 +263,13 @@ struct CudnnAttention::Impl {
         Pass& p = g.passes[{device, s, backward}];
         std::string no_handle;
         if (!p.tried || p.graph) {
+            bool transient = false;
             no_handle = shape_unsupported(s.dtype, s.C, s.NH);
-            if (no_handle.empty()) no_handle = device_handle(g, device, handle);
+            if (no_handle.empty()) no_handle = device_handle(g, device, handle, &transient);
+            if (transient) {  // not this shape's fault: the next use tries again
+                *why = "cuDNN attention: " + no_handle;
+                return nullptr;
+            }
             if (no_handle.empty()) {
                 const cudnnStatus_t st = fe::detail::set_stream(*handle, stream);
                 if (st != CUDNN_STATUS_SUCCESS)
@@ -322,7 +331,17 @@ struct CudnnAttention::Impl {
 
 CudnnAttention::CudnnAttention(cudaStream_t stream) : impl_(std::make_unique<Impl>()) { impl_->stream = stream; }
 
-CudnnAttention::~CudnnAttention() = default;  // the graphs and the handle stay for the next backend
+// The graphs and the handle stay for the next backend. The handle must not keep pointing at this backend's
+// stream, which the backend destroys next: it goes back to the default stream.
+CudnnAttention::~CudnnAttention() {
+    SharedGraphs& g = shared_graphs();
+    std::lock_guard<std::mutex> lock(g.mu);
+    for (auto& [device, handle] : g.handle) {
+        cudaStream_t current = nullptr;
+        if (fe::detail::get_stream(handle, &current) == CUDNN_STATUS_SUCCESS && current == impl_->stream)
+            fe::detail::set_stream(handle, nullptr);  // a destructor reports nothing; the next use sets its own
+    }
+}
 
 std::string CudnnAttention::unsupported(DType dtype, int B, int T, int C, int NH) {
     // T = 1 runs without cuDNN (below); whether cuDNN runs is asked of the smallest shape it builds.
