@@ -131,6 +131,11 @@ Shard read_shard(const std::string& path, int vocab_size) {
             if ((uint32_t)s.token(i) >= (uint32_t)vocab_size)
                 throw Error(path + ": token " + std::to_string(i) + " has id " + std::to_string((uint32_t)s.token(i)) +
                             ", not below the vocabulary size " + std::to_string(vocab_size));
+    if (s.mask_bytes)  // a weight of 7 would count a token seven times
+        for (uint64_t i = 0; i < n; i++)
+            if (s.mask_bytes[i] > 1)
+                throw Error(path + ": the loss mask of token " + std::to_string(i) + " is " +
+                            std::to_string(s.mask_bytes[i]) + ", expected 0 or 1");
     return s;
 }
 

@@ -33,6 +33,13 @@ class CheckpointTest : public ::testing::Test {
         return error_of([&] { load_checkpoint(dir + "/bad.ckpt", m, nullptr, nullptr); });
     }
     uint32_t header_len() const { return load_u32(reinterpret_cast<const uint8_t*>(bytes.data()) + 12); }
+    // The file as written before checksums (or edited by hand): the field blanked out, the JSON still valid.
+    static std::string without_checksum(std::string b) {
+        const size_t at = b.find("\"checksum\":\"");
+        EXPECT_NE(at, std::string::npos);
+        if (at != std::string::npos) b.replace(at, 30, std::string(30, ' '));  // "checksum":"<16 hex>",
+        return b;
+    }
 
     TempDir tmp{"ckpt"};
     std::string dir, path, bytes;
@@ -54,7 +61,7 @@ TEST_F(CheckpointTest, WeightsRoundTripIsByteIdentical) {
 // padded, as before 2026-11-30, with its data at an odd offset, still loads the same values.
 TEST_F(CheckpointTest, DataIsAlignedAndUnpaddedOldFilesStillLoad) {
     EXPECT_EQ((16 + header_len()) % 64, 0u);
-    std::string h = bytes.substr(16, header_len());
+    std::string h = without_checksum(bytes).substr(16, header_len());
     while (!h.empty() && h.back() == ' ') h.pop_back();
     if ((16 + h.size()) % 4 == 0) h += ' ';
     std::string old = bytes.substr(0, 16) + h + bytes.substr(16 + header_len());
@@ -159,7 +166,7 @@ TEST_F(CheckpointTest, GarbledHeaderIsNotJson) {
 TEST_F(CheckpointTest, EachConfigFieldCorruptedIsNamed) {
     for (const char* field : {"n_layer", "n_head", "n_embd", "vocab_size", "block_size", "padded_vocab_size"}) {
         // Set the field to -5 inside the JSON header and fix up the header length.
-        std::string b = bytes;
+        std::string b = without_checksum(bytes);  // edited by hand: the fields are still checked one by one
         const std::string key = std::string("\"") + field + "\":";
         size_t at = b.find(key);
         ASSERT_NE(at, std::string::npos) << field;
@@ -190,12 +197,31 @@ TEST_F(CheckpointTest, TruncationAtSeveralOffsetsIsReported) {
     }
 }
 
+// Any byte changed after writing, in the header or the data, is caught by the checksum, also where every
+// field still reads as valid (a layer count of 1 instead of 2 would load another model).
+TEST_F(CheckpointTest, AnyChangedByteFailsTheChecksum) {
+    std::string b = bytes;
+    const size_t at = b.find("\"n_layer\":2");
+    ASSERT_NE(at, std::string::npos);
+    b[at + 10] = '1';
+    GPT2 one(small_config(37, 1), *be, 2, 5);
+    spit(dir + "/bad.ckpt", b);
+    EXPECT_THAT(error_of([&] { load_checkpoint(dir + "/bad.ckpt", one, nullptr, nullptr); }),
+                HasSubstr("bad.ckpt: checksum mismatch"));
+    for (size_t pos : {size_t(16) + header_len() + 5, bytes.size() / 2, bytes.size() - 1}) {
+        std::string c = bytes;
+        c[pos] ^= 0x10;
+        EXPECT_THAT(load_error(c), HasSubstr("checksum mismatch")) << "byte " << pos;
+    }
+    EXPECT_EQ(load_error(without_checksum(bytes)), "") << "a file without a checksum (written before them) loads";
+}
+
 TEST_F(CheckpointTest, TrailingBytesAreRejected) {
     EXPECT_THAT(load_error(bytes + "extra"), HasSubstr("trailing bytes"));
 }
 
 TEST_F(CheckpointTest, MissingTensorIsNamed) {
-    std::string b = bytes;
+    std::string b = without_checksum(bytes);
     size_t at = b.find("\"ln_f.bias\"");
     ASSERT_NE(at, std::string::npos);
     b[at + 1] = 'X';  // rename the tensor

@@ -103,6 +103,11 @@ TEST(Shard, EachMalformedFieldHasItsError) {
     EXPECT_THAT(err(good, 49), HasSubstr("id 49, not below the vocabulary size 49"));
     EXPECT_THAT(err(good, 49), HasSubstr("b.bin"));
     EXPECT_EQ(err(good), "");
+    std::vector<uint8_t> mask(100, 1);
+    write_shard(d + "/m.bin", iota_tokens(100, 50), &mask, 50);
+    std::string m = slurp(d + "/m.bin");
+    m[m.size() - 100 + 42] = 7;  // the mask follows the tokens: token 42's weight would count it seven times
+    EXPECT_THAT(err(m), HasSubstr("the loss mask of token 42 is 7, expected 0 or 1"));
 }
 
 // Every reader goes through read_file_bytes: a directory is named as one (it used to throw

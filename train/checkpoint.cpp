@@ -29,6 +29,45 @@ json config_json(const ModelConfig& c) {
 }
 
 // A parsed, validated checkpoint file held in memory.
+// A checksum of the whole file, written into its header ("checksum", 16 hex digits) with those digits counted as
+// '0's: any byte changed after writing (a damaged disk, a truncated copy patched by hand, an edited header) is
+// caught when the file is read, instead of loading other weights or another run's state. 64-bit words mixed by
+// multiply and rotate: about 0.3 s per GB, which a 1.5 GB resume checkpoint of GPT-2 124M can afford.
+constexpr const char kChecksumField[] = "\"checksum\":\"";
+constexpr size_t kChecksumDigits = 16;
+
+uint64_t checksum64(const uint8_t* p, size_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ n;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ull;
+        h ^= h >> 31;
+    }
+    for (; i < n; i++) h = (h ^ p[i]) * 0x94D049BB133111EBull;
+    return h ^ (h >> 29);
+}
+
+// Where the checksum's digits sit in the header bytes [16, 16 + hlen), or 0 when the header has none.
+size_t checksum_position(const std::vector<uint8_t>& bytes, size_t header_end) {
+    const size_t flen = sizeof kChecksumField - 1;
+    const auto begin = bytes.begin() + 16, end = bytes.begin() + (std::ptrdiff_t)header_end;
+    const auto it = std::search(begin, end, kChecksumField, kChecksumField + flen);
+    if (it == end || (size_t)(end - it) < flen + kChecksumDigits) return 0;
+    return (size_t)(it - bytes.begin()) + flen;
+}
+
+// The checksum of `bytes` with the digits at `pos` counted as '0's.
+uint64_t file_checksum(std::vector<uint8_t>& bytes, size_t pos) {
+    char saved[kChecksumDigits];
+    std::memcpy(saved, &bytes[pos], kChecksumDigits);
+    std::memset(&bytes[pos], '0', kChecksumDigits);
+    const uint64_t h = checksum64(bytes.data(), bytes.size());
+    std::memcpy(&bytes[pos], saved, kChecksumDigits);
+    return h;
+}
+
 struct CkptFile {
     std::string path;
     std::vector<uint8_t> bytes;
@@ -65,6 +104,9 @@ struct CkptFile {
                  std::to_string(bytes.size()) + " bytes)");
         data_start = 16 + (size_t)hlen;
         header = json::parse(bytes.begin() + 16, bytes.begin() + data_start, nullptr, false);
+        // Checked last (below), after the structure: a truncated file is named as truncated.
+        const bool has_checksum = !header.is_discarded() && header.is_object() && header.contains("checksum");
+        const uint64_t checksum = has_checksum ? file_checksum_at(data_start) : 0;
         if (data_start % alignof(float) != 0) {  // written before headers were padded: align the float data
             const size_t pad = alignof(float) - data_start % alignof(float);
             bytes.insert(bytes.begin() + (std::ptrdiff_t)data_start, pad, uint8_t(0));
@@ -129,6 +171,19 @@ struct CkptFile {
         if (expect_offset != data_bytes)
             fail("trailing bytes: the tensors end at " + std::to_string(expect_offset) + " but the data region holds " +
                  std::to_string(data_bytes));
+        if (has_checksum) {  // files written before 2026-12-01 have none
+            char want[kChecksumDigits + 1];
+            std::snprintf(want, sizeof want, "%016llx", (unsigned long long)checksum);
+            if (!header["checksum"].is_string() || header["checksum"].get<std::string>() != want)
+                fail("checksum mismatch: the file changed after it was written (damaged, or edited by hand), so "
+                     "nothing in it can be trusted");
+        }
+    }
+
+    // The checksum of the file as read (before any realignment), 0 when the header has no checksum digits.
+    uint64_t file_checksum_at(size_t header_end) {
+        const size_t pos = checksum_position(bytes, header_end);
+        return pos ? file_checksum(bytes, pos) : 0;
     }
 
     // Whether the file holds a tensor of this name.
@@ -169,6 +224,7 @@ std::vector<float> fetch(Backend& be, const Arena& a, size_t i) {
 void write_checkpoint(const std::string& path, const json& header_in, const Writer& w) {
     json header = header_in;
     header["tensors"] = w.tensors;
+    header["checksum"] = std::string(kChecksumDigits, '0');  // filled in below, once every byte is in place
     std::string h = header.dump();
     // Spaces after the JSON (still valid JSON) so the float data starts 64-byte aligned in the file, and so
     // in the reader's buffer: the tensors are read in place as floats.
@@ -179,6 +235,10 @@ void write_checkpoint(const std::string& path, const json& header_in, const Writ
     store_u32(&out[12], (uint32_t)h.size());
     std::memcpy(&out[16], h.data(), h.size());
     if (!w.data.empty()) std::memcpy(&out[16 + h.size()], w.data.data(), w.data.size());
+    const size_t pos = checksum_position(out, 16 + h.size());
+    char digits[kChecksumDigits + 1];
+    std::snprintf(digits, sizeof digits, "%016llx", (unsigned long long)file_checksum(out, pos));
+    std::memcpy(&out[pos], digits, kChecksumDigits);
     write_file_atomic(path, out.data(), out.size());
 }
 
