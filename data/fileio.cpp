@@ -3,14 +3,18 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <cctype>
+#include <cerrno>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <sstream>
 
 #include "kernels/common.h"
@@ -131,6 +135,24 @@ std::string host_name() {
         return h.empty() ? std::string("host") : h;
     }();
     return host;
+}
+
+std::vector<std::string> remove_dead_temporaries(const std::string& dir, const std::vector<std::string>& names) {
+    std::vector<std::string> removed;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string file = e.path().filename().string();
+        for (const std::string& name : names) {
+            const std::string prefix = name + ".tmp." + host_name() + ".";
+            if (file.rfind(prefix, 0) != 0) continue;
+            char* end = nullptr;
+            const long pid = std::strtol(file.c_str() + prefix.size(), &end, 10);
+            if (pid <= 0 || *end != '.' || pid == (long)getpid() || !(::kill((pid_t)pid, 0) != 0 && errno == ESRCH))
+                continue;
+            if (std::filesystem::remove(e.path(), ec)) removed.push_back(e.path().string());
+        }
+    }
+    return removed;
 }
 
 int open_unique(const std::string& prefix, int flags, mode_t mode, std::string* name) {

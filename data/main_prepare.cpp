@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
                 return 0;
             } else if (a == "--out") {
                 opt.out_dir = value();
+                if (opt.out_dir.empty()) throw UsageError("--out: empty (an unset variable?); give the output directory");
             } else if (a == "--val-frac") {
                 std::string v = value();
                 char* end = nullptr;
@@ -85,9 +86,17 @@ int main(int argc, char** argv) {
         static volatile std::sig_atomic_t stop = 0;
         std::signal(SIGINT, [](int) { stop = 1; });
         std::signal(SIGTERM, [](int) { stop = 1; });
+        std::signal(SIGHUP, [](int) { stop = 1; });
         opt.stop = &stop;
         opt.note = [](const std::string& what) { std::fprintf(stderr, "note: %s\n", what.c_str()); };
-        PrepareReport r = prepare_dataset(tok, opt);
+        PrepareReport r;
+        try {
+            r = prepare_dataset(tok, opt);
+        } catch (const Error& e) {
+            if (!stop) throw;
+            std::fprintf(stderr, "prepare: %s\n", e.what());  // like bin/train: a stop is not a failure
+            return 130;
+        }
         std::printf("prepared %zu documents (%zu train, %zu validation) from %.1f MB\n", r.documents, r.train_docs,
                     r.val_docs, r.input_bytes / 1e6);
         std::printf("  %s: %zu tokens\n", r.train_path.c_str(), r.train_tokens);

@@ -172,28 +172,6 @@ std::string first_line(const std::string& path) {
     return line.substr(0, line.find('\n'));
 }
 
-// Temporaries beside the shards (train.bin.tmp.HOST.PID.N) made on this host by a process that is gone: a
-// killed run's. Removed, and said. Another host's (a shared file system) are left alone: its process ids mean
-// nothing here.
-void remove_stale_temporaries(const std::string& dir, const PrepareOptions& opt) {
-    std::error_code ec;
-    const std::string here = host_name() + ".";
-    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
-        const std::string name = e.path().filename().string();
-        for (const char* prefix : {"train.bin.tmp.", "val.bin.tmp."}) {
-            const size_t p = std::strlen(prefix);
-            if (name.rfind(prefix, 0) != 0 || name.compare(p, here.size(), here) != 0) continue;
-            char* end = nullptr;
-            const long pid = std::strtol(name.c_str() + p + here.size(), &end, 10);
-            if (pid <= 0 || *end != '.' || pid == (long)getpid() || !(::kill((pid_t)pid, 0) != 0 && errno == ESRCH))
-                continue;
-            if (std::filesystem::remove(e.path(), ec) && opt.note)
-                opt.note(e.path().string() + ": left by a run that was killed (process " + std::to_string(pid) +
-                         " on this host is gone): removed");
-        }
-    }
-}
-
 }  // namespace
 
 PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
@@ -247,7 +225,8 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     size_t chunk_bytes = 0, index = 0, done_bytes = 0;
     bool doc_to_val = false;  // the split of the document being written (a plain one spans chunks)
     make_dirs(opt.out_dir);
-    remove_stale_temporaries(opt.out_dir, opt);
+    for (const std::string& path : remove_dead_temporaries(opt.out_dir, {"train.bin", "val.bin"}))
+        if (opt.note) opt.note(path + ": left by a run that was killed (its process on this host is gone): removed");
     rep.train_path = opt.out_dir + "/train.bin";
     const std::string val_path = opt.out_dir + "/val.bin";
     ShardWriter train(rep.train_path, (uint32_t)tok.vocab_size());

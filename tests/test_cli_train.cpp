@@ -2,8 +2,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <filesystem>
 
+#include "data/fileio.h"
 #include "data/shard.h"
 #include "tests/model_util.h"
 #include "tests/test_util.h"
@@ -126,6 +130,49 @@ TEST(TrainCli, ResumeNamesChangedOptionsByTheirFlags) {
                              "--beta2 0.5 (was 0.95)", "--eps 0.001 (was 1e-08)",
                              "--seed 1234567891 (was 1234567890)"})  // equal as floats, not as seeds
         EXPECT_THAT(changed.out, HasSubstr(part));
+}
+
+// The run directory's edges: a killed run's checkpoint temporaries on this host are removed (another host's
+// stay), an --out that is a file is refused, an empty --out says that nothing will be written, and SIGHUP (a
+// closed terminal) saves the run like Ctrl-C.
+TEST(TrainCli, RunDirectoryTemporariesFilesEmptyOutAndHangup) {
+    TempDir tmp("cliedges");
+    const std::string d = tmp.path();
+    std::vector<int32_t> t;
+    for (int i = 0; i < 2000; i++) t.push_back((i * 5) % 37);
+    write_shard(d + "/train.bin", t, nullptr, 37);
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+    m.init_random(1);
+    save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
+    const std::string base = "bin/train --device cpu --quiet --init " + d + "/init.ckpt --train-data " + d +
+                             "/train.bin --batch 2 --seq 15 ";
+    const pid_t child = fork();
+    if (child == 0) _exit(0);
+    ASSERT_GT(child, 0);
+    waitpid(child, nullptr, 0);  // a process id that is gone
+    std::filesystem::create_directories(d + "/run");
+    const std::string dead = d + "/run/resume.ckpt.tmp." + host_name() + "." + std::to_string(child) + ".3";
+    const std::string other = d + "/run/resume.ckpt.tmp.another-host." + std::to_string(child) + ".3";
+    spit(dead, "half a checkpoint");
+    spit(other, "half a checkpoint");
+    CmdResult r = run_cmd(base + "--steps 2 --out " + d + "/run");
+    ASSERT_EQ(r.rc, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("note: removed " + dead + ", left by a run that was killed"));
+    EXPECT_FALSE(std::filesystem::exists(dead));
+    EXPECT_TRUE(std::filesystem::exists(other));
+    spit(d + "/afile", "x");
+    CmdResult f = run_cmd(base + "--steps 2 --out " + d + "/afile");
+    EXPECT_EQ(f.rc, 2) << f.out;
+    EXPECT_THAT(f.out, HasSubstr("--out " + d + "/afile: is a file, not a directory"));
+    CmdResult none = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
+                             "/train.bin --batch 2 --seq 15 --steps 1 --out ''");
+    EXPECT_EQ(none.rc, 0) << none.out;
+    EXPECT_THAT(none.out, HasSubstr("note: --out is empty: this run writes nothing"));
+    CmdResult hup = run_cmd("timeout --preserve-status -s HUP 3 " + base + "--steps 100000 --out " + d + "/hup");
+    EXPECT_EQ(hup.rc, 130) << hup.out;
+    EXPECT_THAT(hup.out, HasSubstr("interrupted after step"));
+    EXPECT_FALSE(slurp(d + "/hup/resume.ckpt").empty());
 }
 
 // --memory-map: every tensor with its bytes, and no training. Sizes computed here from the config: a frozen

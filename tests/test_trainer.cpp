@@ -172,6 +172,37 @@ TEST_F(TrainerFixture, ValidationCountsEachWindowOnceAtMost) {
     EXPECT_NE(val_at_start(20), all);
 }
 
+// What a run must not lose or get wrong when it is stopped or resumed at its edges: a stop request during
+// validation ends it at once without logging a partial loss (a scheduler's SIGTERM grace period is short);
+// a resume of a finished run (to write model.ckpt again, say after a full disk) logs its last validation
+// once; a metrics line that cannot be written stops the run naming the file.
+TEST_F(TrainerFixture, StopDuringValidationResumeOfAFinishedRunAndAFullDisk) {
+    TrainArgs a = args("stopped");
+    {
+        Trainer t(a);
+        t.request_stop();  // arrives before the step-0 validation ends
+        EXPECT_EQ(t.run(), Trainer::kInterrupted);
+    }
+    EXPECT_TRUE(metric(a.out_dir, "val_loss").empty()) << "a validation cut short was logged";
+    EXPECT_FALSE(slurp(a.out_dir + "/resume.ckpt").empty());
+
+    TrainArgs done = args("finished");
+    ASSERT_EQ(Trainer(done).run(), 0);
+    const std::vector<double> vals = metric(done.out_dir, "val_loss");
+    const std::string model = slurp(done.out_dir + "/model.ckpt");
+    std::filesystem::remove(done.out_dir + "/model.ckpt");
+    TrainArgs again = done;
+    again.resume = done.out_dir + "/resume.ckpt";
+    ASSERT_EQ(Trainer(again).run(), 0);
+    EXPECT_EQ(metric(done.out_dir, "val_loss").size(), vals.size()) << "the last validation was logged twice";
+    EXPECT_EQ(slurp(done.out_dir + "/model.ckpt"), model);
+
+    TrainArgs full = args("full");
+    std::filesystem::create_directories(full.out_dir);
+    std::filesystem::create_symlink("/dev/full", full.out_dir + "/metrics.jsonl");
+    EXPECT_THAT(error_of([&] { Trainer(full).run(); }), HasSubstr("metrics.jsonl: write failed (No space left"));
+}
+
 TEST_F(TrainerFixture, TrainingLowersTheLossAndWritesItsRunDirectory) {
     TrainArgs a = args("run");
     a.steps = 60;

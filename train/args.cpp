@@ -157,7 +157,8 @@ Cli train_cli(TrainArgs& a) {
     c.option("--val-batches", "M", "micro-batches per validation (at most one pass over --val-data: no window twice)", &a.val_batches, 1, INT_MAX);
     c.option("--ckpt-every", "N", "write a resume checkpoint every N steps (0: only at the end)", &a.ckpt_every, 0,
              INT_MAX);
-    c.option("--out", "DIR", "run directory: metrics.jsonl, loss.svg, model.ckpt, resume.ckpt", &a.out_dir);
+    c.option("--out", "DIR", "run directory: metrics.jsonl, loss.svg, model.ckpt, resume.ckpt ('': write nothing)",
+             &a.out_dir);
     c.flag("--memory-map", "print where every byte goes (each tensor of each arena: offset, bytes, shape, name) "
            "and exit without training", &a.memory_map);
     c.flag("--lr-find", "learning-rate range test over --steps steps (exponential from --lr-find-lo to --lr-find-hi): "
@@ -268,6 +269,9 @@ void validate_train_args(const TrainArgs& a) {
                          "tokens" + std::string(a.adapter.empty() ? "" : " (--adapter brings them)"));
     must_be_file("--resume", a.resume, "a resume.ckpt written by bin/train");
     must_be_file("--adapter", a.adapter, "an adapter.ckpt written by bin/train");
+    std::error_code ec;
+    if (!a.out_dir.empty() && std::filesystem::exists(a.out_dir, ec) && !std::filesystem::is_directory(a.out_dir, ec))
+        throw UsageError("--out " + a.out_dir + ": is a file, not a directory");
     if (!a.adapter.empty() && a.init.empty())
         throw UsageError("--adapter " + a.adapter + " needs --init: the base weights it was trained on");
 }

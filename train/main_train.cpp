@@ -9,8 +9,9 @@
 
 static tune::Trainer* g_trainer = nullptr;
 
-// Ctrl-C (or SIGTERM, which schedulers send before killing a job) finishes the current step and writes a
-// resume checkpoint instead of losing the run; the exit status is then 130.
+// Ctrl-C (or SIGTERM, which schedulers send before killing a job, or SIGHUP, a closed terminal) finishes the
+// current step (cutting a validation short) and writes a resume checkpoint instead of losing the run; the exit
+// status is then 130.
 static void on_interrupt(int) {
     if (g_trainer) g_trainer->request_stop();
 }
@@ -31,6 +32,7 @@ int main(int argc, char** argv) {
         g_trainer = &trainer;
         std::signal(SIGINT, on_interrupt);
         std::signal(SIGTERM, on_interrupt);
+        std::signal(SIGHUP, on_interrupt);  // the terminal or ssh session went away: same as Ctrl-C
         if (args.memory_map) {
             if (tune::launch_info().rank == 0) trainer.print_memory_detail();  // rank 0 speaks for all
             return 0;

@@ -39,7 +39,10 @@ RunLog::RunLog(const std::string& dir, long long resume_step, const std::string&
         write_file_atomic(path, kept.data(), kept.size());
     }
     f_ = std::fopen(path.c_str(), resume_step >= 0 ? "a" : "w");
-    if (!f_) throw Error(path + ": cannot open for appending (" + std::strerror(errno) + ")");
+    if (!f_)
+        throw Error(path + ": cannot open for " + (resume_step >= 0 ? "appending" : "writing") + " (" +
+                    std::strerror(errno) + ")");
+    path_ = path;
 }
 
 RunLog::~RunLog() {
@@ -48,9 +51,14 @@ RunLog::~RunLog() {
 
 void RunLog::append(const std::string& line) {
     if (!f_) return;
-    std::fputs(line.c_str(), f_);
-    std::fputc('\n', f_);
-    std::fflush(f_);
+    if (std::fputs(line.c_str(), f_) < 0 || std::fputc('\n', f_) == EOF || std::fflush(f_) != 0)
+        throw Error(path_ + ": write failed (" + std::strerror(errno) + ")");
+}
+
+bool RunLog::has_val(int step) const {
+    for (const auto& p : val_.points)
+        if (p.first == (double)step) return true;
+    return false;
 }
 
 void RunLog::train_point(int step, double loss) { train_.points.push_back({(double)step, loss}); }

@@ -30,15 +30,17 @@ class RunLog {
     RunLog(const std::string& dir, long long resume_step = -1, const std::string& file = "metrics.jsonl");
     ~RunLog();
 
-    // Appends one JSON object (already serialised) as a line and flushes it.
+    // Appends one JSON object (already serialised) as a line and flushes it; a failed write (a full disk) throws,
+    // naming the file, instead of leaving a log with steps missing.
     void append(const std::string& json_line);
     void train_point(int step, double loss);
     void val_point(int step, double loss);
     void write_plot() const;  // dir/loss.svg
     const std::string& dir() const { return dir_; }
+    bool has_val(int step) const;  // a validation loss of this step is in the log (kept from before a resume)
 
    private:
-    std::string dir_;
+    std::string dir_, path_;
     FILE* f_ = nullptr;
     Curve train_{"train", "#1f77b4", {}}, val_{"validation", "#d62728", {}};
 };

@@ -595,7 +595,10 @@ double Trainer::evaluate() {
     double sum = 0;
     size_t counted = 0;
     Batch b;
+    bool stopped = false;
     for (int i = 0; i < args_.val_batches && val_->next_in_epoch(b); i++) {  // one pass at most: no window twice
+        // A stop request (SIGTERM: a scheduler's grace period is short) ends validation at once, unlogged.
+        if ((stopped = stop_requested_ != 0)) break;
         model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
         sum += model_->loss(b.targets.data(), b.weights.data(), 0.0f, false);
         for (float w : b.weights) counted += w != 0.0f;
@@ -603,8 +606,9 @@ double Trainer::evaluate() {
     if (dp_) {  // DIST
         sum = dp_->sum(sum, "validation loss");
         counted = dp_->sum((uint64_t)counted, "validation tokens");
+        stopped = dp_->any(stopped, "validation stopped");
     }
-    return counted ? sum / (double)counted : NAN;
+    return counted && !stopped ? sum / (double)counted : NAN;
 }
 
 bool Trainer::stop_now() {
@@ -737,6 +741,13 @@ void Trainer::print_memory_detail() const {
 }
 
 int Trainer::run() {
+    if (writer_ && args_.out_dir.empty() && !args_.quiet)
+        std::fprintf(stderr, "note: --out is empty: this run writes nothing (no checkpoint, metrics or plot)\n");
+    if (writer_ && !args_.out_dir.empty() && std::filesystem::is_directory(args_.out_dir))
+        for (const std::string& path : remove_dead_temporaries(args_.out_dir, {"resume.ckpt", "model.ckpt", "adapter.ckpt",
+                                                                               "metrics.jsonl", "loss.svg"}))
+            std::fprintf(stderr, "note: removed %s, left by a run that was killed (its process on this host is gone)\n",
+                         path.c_str());
     RunLog log(writer_ ? args_.out_dir : "", args_.resume.empty() ? -1 : (long long)state_.step);
     if (!args_.quiet) {
         print_memory_map();
@@ -812,7 +823,8 @@ int Trainer::run() {
         if (args_.ckpt_every > 0 && st.step % args_.ckpt_every == 0 && !args_.out_dir.empty())
             save(args_.out_dir + "/resume.ckpt", true);
     }
-    if ((int)state_.step == args_.steps) validate((int)state_.step);
+    // (A resume of a finished run, to write its model.ckpt again, has that validation in the log already.)
+    if ((int)state_.step == args_.steps && !log.has_val(args_.steps)) validate((int)state_.step);
     if (dp_) {  // DIST: every replica must hold the same weights
         uint64_t hash = 0;
         const bool agree = dp_->replicas_agree(&hash);
