@@ -137,22 +137,25 @@ std::string host_name() {
     return host;
 }
 
-std::vector<std::string> remove_dead_temporaries(const std::string& dir, const std::vector<std::string>& names) {
+std::vector<std::string> remove_dead_temporaries(const std::string& dir) {
     std::vector<std::string> removed;
+    const std::string mark = ".tmp." + host_name() + ".";
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
         const std::string file = e.path().filename().string();
-        for (const std::string& name : names) {
-            const std::string prefix = name + ".tmp." + host_name() + ".";
-            if (file.rfind(prefix, 0) != 0) continue;
-            char* end = nullptr;
-            const long pid = std::strtol(file.c_str() + prefix.size(), &end, 10);
-            if (pid <= 0 || *end != '.' || pid == (long)getpid() || !(::kill((pid_t)pid, 0) != 0 && errno == ESRCH))
-                continue;
-            if (std::filesystem::remove(e.path(), ec)) removed.push_back(e.path().string());
-        }
+        const size_t at = file.find(mark);
+        if (at == std::string::npos || at == 0) continue;
+        char* end = nullptr;
+        const long pid = std::strtol(file.c_str() + at + mark.size(), &end, 10);
+        if (pid <= 0 || *end != '.' || pid == (long)getpid() || !(::kill((pid_t)pid, 0) != 0 && errno == ESRCH))
+            continue;
+        if (std::filesystem::remove(e.path(), ec)) removed.push_back(e.path().string());
     }
     return removed;
+}
+
+std::string dead_temporary_note(const std::string& path) {
+    return path + ": left by a run that was killed (its process on this host is gone): removed";
 }
 
 int open_unique(const std::string& prefix, int flags, mode_t mode, std::string* name) {

@@ -67,10 +67,12 @@ int open_unique(const std::string& prefix, int flags, mode_t mode, std::string* 
 // This machine's name as open_unique writes it (letters, digits and '-'), so a leftover's process id can be
 // checked on the host that made it and no other.
 std::string host_name();
-// Removes the temporaries open_unique made in `dir` for any of `names` (NAME.tmp.HOST.PID.N) on this host by a
-// process that is gone (a killed run's), and returns their paths. Another host's are left alone: its process
-// ids mean nothing here.
-std::vector<std::string> remove_dead_temporaries(const std::string& dir, const std::vector<std::string>& names);
+// Removes the temporaries AtomicFile left in `dir` (NAME.tmp.HOST.PID.N) on this host by a process that is
+// gone (a killed run's), and returns their paths. Another host's are left alone: its process ids mean nothing
+// here. A missing directory has none.
+std::vector<std::string> remove_dead_temporaries(const std::string& dir);
+// What the tools say about each: "PATH: left by a run that was killed (...): removed".
+std::string dead_temporary_note(const std::string& path);
 // A scratch file in `dir` (the same file system as what is written there) with no name: gone when closed, or
 // when the process dies. Read and write; errors name `for_path`.
 std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for_path);

@@ -1,6 +1,5 @@
 #include "data/prepare.h"
 
-#include <signal.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -9,8 +8,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstring>
-#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -225,8 +222,8 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     size_t chunk_bytes = 0, index = 0, done_bytes = 0;
     bool doc_to_val = false;  // the split of the document being written (a plain one spans chunks)
     make_dirs(opt.out_dir);
-    for (const std::string& path : remove_dead_temporaries(opt.out_dir, {"train.bin", "val.bin"}))
-        if (opt.note) opt.note(path + ": left by a run that was killed (its process on this host is gone): removed");
+    for (const std::string& path : remove_dead_temporaries(opt.out_dir))
+        if (opt.note) opt.note(dead_temporary_note(path));
     rep.train_path = opt.out_dir + "/train.bin";
     const std::string val_path = opt.out_dir + "/val.bin";
     ShardWriter train(rep.train_path, (uint32_t)tok.vocab_size());

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
+#include <set>
 
 #include "data/fileio.h"
 #include "kernels/common.h"
@@ -167,6 +169,12 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
         if (counted_to < n - 1) windows_.push_back({shard, (uint32_t)(counted_to - (n - T - 1)), n - T - 1});
     }
     start_epoch();
+}
+
+void Loader::note_short_shards() const {
+    static std::set<std::string> said;
+    for (const std::string& line : short_shards_)
+        if (said.insert(line).second) std::fprintf(stderr, "note: %s\n", line.c_str());
 }
 
 size_t Loader::num_tokens() const {

@@ -123,6 +123,8 @@ class Loader {
     // Shards shorter than one window of T+1 tokens, each served as one padded window: a line per shard saying
     // so, for the tools to print.
     const std::vector<std::string>& short_shards() const { return short_shards_; }
+    // Prints them on stderr as notes, each once per process (the same file may feed several loaders).
+    void note_short_shards() const;
     LoaderState state() const { return state_; }
     void set_state(const LoaderState& s);
 

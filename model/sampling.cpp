@@ -44,15 +44,18 @@ int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConf
     return idx[keep - 1];
 }
 
+void check_token_ids(const std::vector<int32_t>& ids, int V, const std::string& what) {
+    for (size_t i = 0; i < ids.size(); i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            throw Error(what + " token " + std::to_string(i) + " has id " + std::to_string(ids[i]) +
+                        ", not below the model's vocabulary size " + std::to_string(V) +
+                        " (a model trained with another tokenizer than --vocab's?)");
+}
+
 void check_prompt(const GPT2& model, const std::vector<int32_t>& prompt) {
     // No "generate:" prefix: the tools print "NAME: error: " before the message themselves.
     if (prompt.empty()) throw Error("the prompt is empty (give at least one token)");
-    const int V = model.config().vocab_size;
-    for (size_t i = 0; i < prompt.size(); i++)
-        if (prompt[i] < 0 || prompt[i] >= V)
-            throw Error("prompt token " + std::to_string(i) + " has id " + std::to_string(prompt[i]) +
-                        ", not below the model's vocabulary size " + std::to_string(V) +
-                        " (a model trained with another tokenizer than --vocab's?)");
+    check_token_ids(prompt, model.config().vocab_size, "prompt");
     if ((int)prompt.size() > model.max_T()) {
         const int P = model.virtual_tokens();
         throw Error("the prompt has " + std::to_string(prompt.size()) + " tokens, more than the model's context of " +

@@ -22,6 +22,9 @@ struct SamplingConfig {
 // Picks a token id in [0, V) from logits (only the first V entries are read).
 int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConfig& cfg, Rng& rng);
 
+// Throws tune::Error naming `what` ("prompt", "x.jsonl:3: ending 2") and the first id outside [0, V): the
+// model has no embedding row for it (a model trained with another tokenizer than the tools' --vocab).
+void check_token_ids(const std::vector<int32_t>& ids, int V, const std::string& what);
 // Throws tune::Error when the prompt cannot be generated from: empty, an id outside the model's vocabulary, or
 // longer than its context. generate() checks this first; a tool may call it before printing anything.
 void check_prompt(const GPT2& model, const std::vector<int32_t>& prompt);

@@ -158,7 +158,7 @@ TEST(TrainCli, RunDirectoryTemporariesFilesEmptyOutAndHangup) {
     spit(other, "half a checkpoint");
     CmdResult r = run_cmd(base + "--steps 2 --out " + d + "/run");
     ASSERT_EQ(r.rc, 0) << r.out;
-    EXPECT_THAT(r.out, HasSubstr("note: removed " + dead + ", left by a run that was killed"));
+    EXPECT_THAT(r.out, HasSubstr("note: " + dead + ": left by a run that was killed"));
     EXPECT_FALSE(std::filesystem::exists(dead));
     EXPECT_TRUE(std::filesystem::exists(other));
     spit(d + "/afile", "x");

@@ -9,6 +9,7 @@
 
 #include "data/fileio.h"
 #include "kernels/common.h"
+#include "model/sampling.h"
 
 namespace tune {
 
@@ -98,14 +99,9 @@ ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>&
         if ((int)longest >= maxT)
             throw Error(ex.where + ": an ending of " + std::to_string(longest) + " tokens leaves no room for the "
                         "context in the model's " + std::to_string(maxT) + " positions");
-        auto check_ids = [&](const std::vector<int32_t>& ids) {
-            for (int32_t id : ids)
-                if (id < 0 || id >= V)
-                    throw Error(ex.where + ": token id " + std::to_string(id) + " is not below the model's vocabulary "
-                                "size " + std::to_string(V) + " (a model trained with another tokenizer than --vocab's?)");
-        };
-        check_ids(ex.context);
-        for (const auto& e : ex.endings) check_ids(e);
+        check_token_ids(ex.context, V, ex.where + ": context");
+        for (size_t e = 0; e < ex.endings.size(); e++)
+            check_token_ids(ex.endings[e], V, ex.where + ": ending " + std::to_string(e));
         // Row b: context (cut from the left to fit) + ending b, padded; weights mark the ending's targets.
         const size_t keep = std::min(ex.context.size(), (size_t)maxT + 1 - longest);
         r.contexts_cut += keep < ex.context.size();

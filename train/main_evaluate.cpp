@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
                 seq = room;
             }
             Loader loader(paths, m.model->config().vocab_size, batch, seq, false, 0);
-            for (const std::string& line : loader.short_shards()) std::fprintf(stderr, "note: %s\n", line.c_str());
+            loader.note_short_shards();
             LossResult r = eval_loss(*m.model, loader, batches);
             std::string scope;
             if (batches > 0 && (size_t)batches > r.pass_batches)

@@ -63,7 +63,6 @@ static std::map<std::string, std::string> trajectory_options(const TrainArgs& a)
     };
     auto on = [](bool b) { return std::string(b ? "on" : "off"); };
     return {{"--train-data", list(a.train_data)},
-            {"--adapter", a.adapter},
             {"--batch", std::to_string(a.batch)},
             {"--seq", std::to_string(a.seq)},
             {"--grad-accum", std::to_string(a.grad_accum)},
@@ -346,8 +345,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
                         " ranks: every rank needs one a step");
     if (rank == 0)
         for (const Loader* l : {train_.get(), val_.get(), replay_.get()})
-            if (l)
-                for (const std::string& line : l->short_shards()) std::fprintf(stderr, "note: %s\n", line.c_str());
+            if (l) l->note_short_shards();
     note_changed_windows(args.resume, "training", state_.loader_windows, train_->num_windows(), args.seq);
     if (replay_) note_changed_windows(args.resume, "replay", state_.replay_windows, replay_->num_windows(), args.seq);
 }
@@ -412,7 +410,7 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
     if (data.empty()) throw UsageError("--fisher " + path + " does not exist and no --fisher-data was given to estimate it");
     Loader base(data, model_->config().vocab_size, args_.batch, args_.seq, true, args_.seed + 2);
     if (writer_) {
-        for (const std::string& line : base.short_shards()) std::fprintf(stderr, "note: %s\n", line.c_str());
+        base.note_short_shards();
         const size_t wanted = (size_t)batches * (size_t)args_.batch;
         if (base.num_windows() < wanted)
             std::fprintf(stderr, "note: --fisher-data has %zu windows of --seq %d+1 tokens; %d batches of %d take %zu, "
@@ -743,11 +741,9 @@ void Trainer::print_memory_detail() const {
 int Trainer::run() {
     if (writer_ && args_.out_dir.empty() && !args_.quiet)
         std::fprintf(stderr, "note: --out is empty: this run writes nothing (no checkpoint, metrics or plot)\n");
-    if (writer_ && !args_.out_dir.empty() && std::filesystem::is_directory(args_.out_dir))
-        for (const std::string& path : remove_dead_temporaries(args_.out_dir, {"resume.ckpt", "model.ckpt", "adapter.ckpt",
-                                                                               "metrics.jsonl", "loss.svg"}))
-            std::fprintf(stderr, "note: removed %s, left by a run that was killed (its process on this host is gone)\n",
-                         path.c_str());
+    if (writer_ && !args_.out_dir.empty())
+        for (const std::string& path : remove_dead_temporaries(args_.out_dir))
+            std::fprintf(stderr, "note: %s\n", dead_temporary_note(path).c_str());
     RunLog log(writer_ ? args_.out_dir : "", args_.resume.empty() ? -1 : (long long)state_.step);
     if (!args_.quiet) {
         print_memory_map();
@@ -760,6 +756,9 @@ int Trainer::run() {
     const uint64_t first = state_.step;
     double val = NAN;
     auto validate = [&](int step) {
+        // A resumed run has the validations of its checkpoint's step in the log already (a resume of a finished
+        // run, to write model.ckpt again; one stopped before its first step).
+        if (log.has_val(step)) return;
         val = evaluate();
         if (std::isnan(val)) return;
         log.val_point(step, val);
@@ -823,8 +822,7 @@ int Trainer::run() {
         if (args_.ckpt_every > 0 && st.step % args_.ckpt_every == 0 && !args_.out_dir.empty())
             save(args_.out_dir + "/resume.ckpt", true);
     }
-    // (A resume of a finished run, to write its model.ckpt again, has that validation in the log already.)
-    if ((int)state_.step == args_.steps && !log.has_val(args_.steps)) validate((int)state_.step);
+    if ((int)state_.step == args_.steps) validate((int)state_.step);
     if (dp_) {  // DIST: every replica must hold the same weights
         uint64_t hash = 0;
         const bool agree = dp_->replicas_agree(&hash);
@@ -861,7 +859,7 @@ int Trainer::run() {
             // must describe one run.
             const std::string stale = args_.out_dir + "/adapter.ckpt";
             std::error_code ec;
-            if (writer_ && std::filesystem::exists(stale, ec) && std::filesystem::remove(stale, ec))
+            if (writer_ && std::filesystem::remove(stale, ec))
                 std::fprintf(stderr, "note: removed %s of an earlier run (this run trains no adapter)\n", stale.c_str());
         }
         if (!args_.quiet)
