@@ -32,6 +32,9 @@ void make_dirs(const std::string& dir) {
         if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
             throw Error(cur + ": cannot create directory (" + std::strerror(errno) + ")");
     }
+    struct stat st;  // EEXIST above is also what a file of that name gives
+    if (!dir.empty() && ::stat(dir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode))
+        throw Error(dir + ": is a file, not a directory");
 }
 
 // Opens `path` for reading with the errors every reader here gives: missing, unreadable, a directory.

@@ -251,6 +251,10 @@ TEST(Prepare, NotesWhatItNoticesAndRefusesAnEmptyTextFile) {
     o.progress = false;
     o.out_dir = d + "/out";
     o.note = [&](const std::string& s) { notes.push_back(s); };
+    o.inputs = {d + "/a.txt"};
+    o.out_dir = d + "/a.txt";
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("a.txt: is a file, not a directory"));
+    o.out_dir = d + "/out";
     o.inputs = {d + "/a.txt", d + "/empty.txt"};
     EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }),
                 HasSubstr("empty.txt: empty: a plain text file is one document, and this one has no text"));
