@@ -101,11 +101,8 @@ TEST(TrainCli, ShortRunPrintsProgressAndMemoryMapAndLearns) {
         EXPECT_FALSE(slurp(d + "/run/" + f).empty()) << f;
 }
 
-// A resume names every option that changes the run's trajectory, by its flag, with values as they were typed
-// (0.005, not 0.00499999989); an unchanged resume names none.
-TEST(TrainCli, ResumeNamesChangedOptionsByTheirFlags) {
-    TempDir tmp("cliresume");
-    const std::string d = tmp.path();
+// d/train.bin (a fixed cycle over V=37, 2000 tokens) and d/init.ckpt (a small random model) for short runs.
+void write_cycle_data(const std::string& d) {
     std::vector<int32_t> t;
     for (int i = 0; i < 2000; i++) t.push_back((i * 5) % 37);
     write_shard(d + "/train.bin", t, nullptr, 37);
@@ -113,6 +110,14 @@ TEST(TrainCli, ResumeNamesChangedOptionsByTheirFlags) {
     GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
     m.init_random(1);
     save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
+}
+
+// A resume names every option that changes the run's trajectory, by its flag, with values as they were typed
+// (0.005, not 0.00499999989); an unchanged resume names none.
+TEST(TrainCli, ResumeNamesChangedOptionsByTheirFlags) {
+    TempDir tmp("cliresume");
+    const std::string d = tmp.path();
+    write_cycle_data(d);
     const std::string base = "bin/train --device cpu --quiet --init " + d + "/init.ckpt --train-data " + d +
                              "/train.bin --batch 2 --seq 15 --steps 6 --lr 1e-3 --seed 1234567890 --out " + d + "/run";
     CmdResult first = run_cmd(base + " --halt-at 2");
@@ -138,13 +143,7 @@ TEST(TrainCli, ResumeNamesChangedOptionsByTheirFlags) {
 TEST(TrainCli, RunDirectoryTemporariesFilesEmptyOutAndHangup) {
     TempDir tmp("cliedges");
     const std::string d = tmp.path();
-    std::vector<int32_t> t;
-    for (int i = 0; i < 2000; i++) t.push_back((i * 5) % 37);
-    write_shard(d + "/train.bin", t, nullptr, 37);
-    auto be = make_cpu_backend(DType::f32);
-    GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
-    m.init_random(1);
-    save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
+    write_cycle_data(d);
     const std::string base = "bin/train --device cpu --quiet --init " + d + "/init.ckpt --train-data " + d +
                              "/train.bin --batch 2 --seq 15 ";
     const pid_t child = fork();
