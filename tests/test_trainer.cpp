@@ -172,6 +172,23 @@ TEST_F(TrainerFixture, ValidationCountsEachWindowOnceAtMost) {
     EXPECT_NE(val_at_start(20), all);
 }
 
+// --ckpt-minutes: the resume checkpoint is also written by the clock (here after every step), changing nothing
+// in the run; the default's half hour writes none in a short run, and 0 turns it off.
+TEST_F(TrainerFixture, ResumeCheckpointsByTheClockChangeNothing) {
+    TrainArgs often = args("clock"), never = args("noclock"), usual = args("usual");
+    often.ckpt_minutes = 1e-9f;
+    never.ckpt_minutes = 0;
+    Trainer a(often), b(never), c(usual);
+    ASSERT_EQ(a.run(), 0);
+    ASSERT_EQ(b.run(), 0);
+    ASSERT_EQ(c.run(), 0);
+    EXPECT_EQ(a.resume_checkpoints_written(), often.steps + 1);  // every step, and the end
+    EXPECT_EQ(b.resume_checkpoints_written(), 1);
+    EXPECT_EQ(c.resume_checkpoints_written(), 1);
+    EXPECT_EQ(metric(often.out_dir, "loss"), metric(never.out_dir, "loss"));
+    EXPECT_EQ(slurp(often.out_dir + "/model.ckpt"), slurp(never.out_dir + "/model.ckpt"));
+}
+
 // What a run must not lose or get wrong when it is stopped or resumed at its edges: a stop request during
 // validation ends it at once without logging a partial loss (a scheduler's SIGTERM grace period is short);
 // a resume of a finished run (to write model.ckpt again, say after a full disk) logs its last validation

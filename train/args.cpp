@@ -155,6 +155,8 @@ Cli train_cli(TrainArgs& a) {
     c.option("--seed", "S", "seed for initialisation and data order", &a.seed);
     c.option("--val-every", "N", "validation loss every N steps (0: only at the end)", &a.val_every, 0, INT_MAX);
     c.option("--val-batches", "M", "micro-batches per validation (at most one pass over --val-data: no window twice)", &a.val_batches, 1, INT_MAX);
+    c.option("--ckpt-minutes", "M", "also write the resume checkpoint whenever M minutes have passed since the last "
+             "one, so a kill -9 or an out-of-memory kill loses at most that much (0: off)", &a.ckpt_minutes, 0, 1e9);
     c.option("--ckpt-every", "N", "write a resume checkpoint every N steps (0: only at the end)", &a.ckpt_every, 0,
              INT_MAX);
     c.option("--out", "DIR", "run directory: metrics.jsonl, loss.svg, model.ckpt, resume.ckpt ('': write nothing)",

@@ -69,6 +69,7 @@ struct TrainArgs {
     int val_every = 50;
     int val_batches = 8;
     int ckpt_every = 0;  // resume checkpoint every N steps (0: only at the end)
+    float ckpt_minutes = 30;  // ... and whenever this long has passed since the last one (0: off)
     std::string out_dir = "runs/train";
     int log_every = 1;  // a progress line every N steps
     bool lr_find = false;  // run a learning-rate range test instead of training

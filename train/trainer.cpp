@@ -666,6 +666,7 @@ double Trainer::lr_find(int steps, double lo, double hi) {
 }
 
 void Trainer::save(const std::string& path, bool resume) {
+    resume_written_ += resume;
     save_checkpoint(path, *model_, opt_.get(), resume ? &state_ : nullptr, anchor_.bytes() ? &anchor_ : nullptr,
                     writer_);
 }
@@ -753,6 +754,7 @@ int Trainer::run() {
     const int last = args_.halt_at > 0 ? args_.halt_at : args_.steps;
     const size_t tokens_per_step = (size_t)args_.batch * args_.seq * args_.grad_accum * (dp_ ? dp_->world() : 1);
     const double t_start = now_seconds();
+    double last_checkpoint = t_start;  // --ckpt-minutes counts from here
     const uint64_t first = state_.step;
     double val = NAN;
     auto validate = [&](int step) {
@@ -819,8 +821,16 @@ int Trainer::run() {
             return 1;
         }
         if (args_.val_every > 0 && st.step % args_.val_every == 0 && st.step != args_.steps) validate(st.step);
-        if (args_.ckpt_every > 0 && st.step % args_.ckpt_every == 0 && !args_.out_dir.empty())
+        // By steps, or by the clock (rank 0's: every rank must take part in the save, so they agree first).
+        bool due = args_.ckpt_every > 0 && st.step % args_.ckpt_every == 0;
+        if (args_.ckpt_minutes > 0 && !args_.out_dir.empty()) {
+            const bool late = writer_ && now_seconds() - last_checkpoint >= args_.ckpt_minutes * 60.0;
+            due = (dp_ ? dp_->any(late, "checkpoint clock") : late) || due;
+        }
+        if (due && !args_.out_dir.empty()) {
             save(args_.out_dir + "/resume.ckpt", true);
+            last_checkpoint = now_seconds();
+        }
     }
     if ((int)state_.step == args_.steps) validate((int)state_.step);
     if (dp_) {  // DIST: every replica must hold the same weights

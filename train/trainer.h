@@ -74,6 +74,7 @@ class Trainer {
     int run();
     static constexpr int kInterrupted = 130;  // the shell's status for Ctrl-C (128 + SIGINT)
     void save(const std::string& path, bool resume);
+    int resume_checkpoints_written() const { return resume_written_; }  // by run(), this process
     // Finish the current step, write a resume checkpoint, return (run) or stop the sweep (lr_find).
     // Async-signal-safe: called from the SIGINT/SIGTERM handler.
     void request_stop() { stop_requested_ = 1; }
@@ -110,6 +111,7 @@ class Trainer {
     Arena anchor_, fisher_;           // L2-SP / EWC: theta_0 and F, gradient-arena layout, master dtype
     TrainState state_;
     int bad_in_a_row_ = 0;
+    int resume_written_ = 0;
     bool dynamic_loss_scale_ = false;  // see update_loss_scale
     double flops_per_token_ = 0;  // 6N + 12 L C T (the PaLM convention), for MFU
     double peak_flops_ = 0;       // the GPU's peak in the compute precision; 0 on the CPU (no MFU)
