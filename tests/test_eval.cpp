@@ -181,13 +181,18 @@ TEST(EvalLoss, LastPartialBatchCountsOnlyMaskedTargets) {
     EXPECT_TRUE(std::isfinite(r.loss));
 }
 
-TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
-    TempDir tmp("evcli");
-    const std::string d = tmp.path();
+// A random tiny GPT-2 (seed 1) saved as a checkpoint, for the tools to load.
+void save_tiny_model(const std::string& path) {
     auto be = make_cpu_backend(DType::f32);
     GPT2 m(preset_config("tiny"), *be, 1, 1);
     m.init_random(1);
-    save_checkpoint(d + "/m.ckpt", m, nullptr, nullptr);
+    save_checkpoint(path, m, nullptr, nullptr);
+}
+
+TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
+    TempDir tmp("evcli");
+    const std::string d = tmp.path();
+    save_tiny_model(d + "/m.ckpt");
     std::vector<int32_t> t;
     for (int i = 0; i < 474; i++) t.push_back((i * 13) % 1000);  // 14 windows of 33 every 32 tokens and a tail
     write_shard(d + "/v.bin", t, nullptr, 50257);
@@ -242,10 +247,7 @@ TEST(EvaluateCli, SeqLeavesRoomForVirtualTokens_block256_P8) {
 TEST(EvaluateCli, ShardShorterThanAWindowIsPaddedAndCountsTheSame_n40_T39_T100) {
     TempDir tmp("evshort");
     const std::string d = tmp.path();
-    auto be = make_cpu_backend(DType::f32);
-    GPT2 m(preset_config("tiny"), *be, 1, 1);
-    m.init_random(1);
-    save_checkpoint(d + "/m.ckpt", m, nullptr, nullptr);
+    save_tiny_model(d + "/m.ckpt");
     std::vector<int32_t> t;
     for (int i = 0; i < 40; i++) t.push_back((i * 37) % 1000);
     write_shard(d + "/v.bin", t, nullptr, 50257);
@@ -264,10 +266,7 @@ TEST(EvaluateCli, ShardShorterThanAWindowIsPaddedAndCountsTheSame_n40_T39_T100) 
 TEST(GenerateEvaluateCli, RunOnASavedModel) {
     TempDir tmp("gencli");
     const std::string d = tmp.path();
-    auto be = make_cpu_backend(DType::f32);
-    GPT2 m(preset_config("tiny"), *be, 1, 1);
-    m.init_random(1);
-    save_checkpoint(d + "/m.ckpt", m, nullptr, nullptr);
+    save_tiny_model(d + "/m.ckpt");
     CmdResult g = run_cmd("bin/generate --device cpu --model " + d + "/m.ckpt --prompt 'Once upon' --max-new 5 --seed 3");
     EXPECT_EQ(g.rc, 0) << g.out;
     EXPECT_THAT(g.out, HasSubstr("Once upon"));
