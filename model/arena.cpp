@@ -31,10 +31,18 @@ void Arena::allocate(Backend& be, Table table, DType dtype) {
     be_ = &be;
     table_ = std::move(table);
     dtype_ = dtype;
+    held_ = true;
     if (bytes() > 0) {
         base_ = be.alloc(bytes());
         be.zero(base_, bytes());
     }
+}
+
+void Arena::describe(Table table, DType dtype) {
+    release();
+    table_ = std::move(table);
+    dtype_ = dtype;
+    held_ = false;
 }
 
 void Arena::release() {
@@ -43,7 +51,7 @@ void Arena::release() {
 }
 
 void* Arena::ptr(size_t i) const {
-    assert(i < table_.size());
+    assert(i < table_.size() && held_);
     return static_cast<char*>(base_) + table_[i].offset * dtype_size(dtype_);
 }
 

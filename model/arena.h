@@ -46,10 +46,14 @@ class Arena {
     ~Arena();
 
     void allocate(Backend& be, Table table, DType dtype);
+    // The table alone, without memory (ZeRO-2's gradients live elsewhere: GPT2::grad_ptr): bytes() is 0, ptr() and
+    // base() are not to be used, elems() and table() describe the layout.
+    void describe(Table table, DType dtype);
     void release();
     void* ptr(size_t i) const;  // start of tensor i
     void* base() const { return base_; }
-    size_t bytes() const { return table_.total() * dtype_size(dtype_); }
+    size_t bytes() const { return held_ ? table_.total() * dtype_size(dtype_) : 0; }
+    bool holds_memory() const { return held_; }
     size_t elems() const { return table_.total(); }
     const Table& table() const { return table_; }
     DType dtype() const { return dtype_; }
@@ -59,6 +63,7 @@ class Arena {
     Table table_;
     DType dtype_ = DType::f32;
     void* base_ = nullptr;
+    bool held_ = true;  // false after describe()
 };
 
 }  // namespace tune

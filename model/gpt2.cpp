@@ -4,6 +4,7 @@
 #include <cassert>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 #include "model/rng.h"
 
@@ -90,6 +91,31 @@ Table gpt2_param_table(const ModelConfig& cfg, const PeftConfig& peft) {
     return t;
 }
 
+static int layer_of(const std::string& name) {
+    if (name.compare(0, 2, "h.") != 0) return -1;
+    char* end = nullptr;
+    const long l = std::strtol(name.c_str() + 2, &end, 10);
+    return end != name.c_str() + 2 && *end == '.' ? (int)l : -1;
+}
+
+std::vector<GradBucket> grad_buckets(const Table& t) {
+    std::vector<GradBucket> out;
+    for (size_t i = 0; i < t.size(); i++) {
+        const int layer = layer_of(t[i].name);
+        const size_t begin = t[i].offset, end = i + 1 < t.size() ? t[i + 1].offset : t.total();
+        size_t b = 0;
+        while (b < out.size() && out[b].layer != layer) b++;
+        if (b == out.size()) out.push_back(GradBucket{layer, {}});
+        auto& r = out[b].ranges;
+        if (!r.empty() && r.back().second == begin)
+            r.back().second = end;
+        else
+            r.push_back({begin, end});
+    }
+    return out;
+}
+
+
 GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* trainable, const ModelOptions& opts)
     : cfg_(cfg), be_(be), opts_(opts), B_(B), T_(T) {
     validate_config(cfg, "model");
@@ -132,7 +158,41 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
         if (trains) lowest_layer_ = std::min(lowest_layer_, l);
     }
     params_.allocate(be, std::move(ptab), dt);
-    grads_.allocate(be, std::move(gtab), dt);
+    buckets_ = tune::grad_buckets(gtab);
+    layer_bucket_.assign(L, -1);
+    tensor_bucket_.assign(gtab.size(), -1);
+    tensor_slot_offset_.assign(gtab.size(), 0);
+    range_slot_offset_.assign(buckets_.size(), {});
+    for (size_t b = 0; b < buckets_.size(); b++) {
+        const GradBucket& bk = buckets_[b];
+        if (bk.layer >= 0) layer_bucket_.at(bk.layer) = (int)b;
+        size_t off = 0;  // the bucket's ranges back to back, each on an alignment boundary
+        for (const auto& [begin, end] : bk.ranges) {
+            range_slot_offset_[b].push_back(off);
+            for (size_t g = 0; g < gtab.size(); g++)
+                if (gtab[g].offset >= begin && gtab[g].offset < end) {
+                    tensor_bucket_[g] = (int)b;
+                    tensor_slot_offset_[g] = off + (gtab[g].offset - begin);
+                }
+            off += (end - begin + Table::kAlign - 1) / Table::kAlign * Table::kAlign;
+        }
+        if (bk.layer < 0)
+            rest_elems_ = off;
+        else
+            slot_elems_ = std::max(slot_elems_, off);
+    }
+    if (opts.grad_slots > 0) {
+        // TEACH: ZeRO-2 on one rank's memory: the blocks' gradients never exist all at once. Block l's are
+        // written into a slot, reduced to their owners while block l-1 computes, and the slot is reused.
+        grad_mem_bytes_ = (rest_elems_ + (size_t)opts.grad_slots * slot_elems_) * dtype_size(dt);
+        if (grad_mem_bytes_) {
+            grad_mem_ = be.alloc(grad_mem_bytes_);
+            be.zero(grad_mem_, grad_mem_bytes_);
+        }
+        grads_.describe(std::move(gtab), dt);
+    } else {
+        grads_.allocate(be, std::move(gtab), dt);
+    }
 
     // Activations. With recomputation some of each block's buffers are one buffer shared by all blocks.
     const size_t saved = be.attention_saved_elems(B, (int)Tt, cfg.n_embd, cfg.n_head);
@@ -210,6 +270,7 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
 }
 
 GPT2::~GPT2() {
+    if (grad_mem_) be_.free(grad_mem_);
     be_.free(tokens_);
     be_.free(targets_);
     be_.free(weights_);
@@ -229,7 +290,33 @@ BlockPtrs GPT2::block(const Arena& a, const std::vector<int>* index, int l) cons
 
 void* GPT2::pgrad(int param_idx) const {
     int g = grad_index_[param_idx];
-    return g < 0 ? nullptr : grads_.ptr(g);
+    return g < 0 ? nullptr : grad_ptr(g);
+}
+
+void* GPT2::bucket_memory(size_t b) const {
+    const int layer = buckets_[b].layer;
+    const size_t at = layer < 0 ? 0 : rest_elems_ + (size_t)(layer % opts_.grad_slots) * slot_elems_;
+    return static_cast<char*>(grad_mem_) + at * dtype_size(grads_.dtype());
+}
+
+void* GPT2::grad_ptr(size_t g) const {
+    if (!opts_.grad_slots) return grads_.ptr(g);
+    return static_cast<char*>(bucket_memory(tensor_bucket_[g])) + tensor_slot_offset_[g] * dtype_size(grads_.dtype());
+}
+
+void* GPT2::grad_range(size_t b, size_t k) const {
+    const size_t es = dtype_size(grads_.dtype());
+    if (!opts_.grad_slots) return static_cast<char*>(grads_.base()) + buckets_[b].ranges[k].first * es;
+    return static_cast<char*>(bucket_memory(b)) + range_slot_offset_[b][k] * es;
+}
+
+void GPT2::zero_slot(int layer) {
+    const int b = layer_bucket_[layer];
+    if (b < 0) return;
+    const GradBucket& bk = buckets_[b];
+    const size_t last = bk.ranges.size() - 1;
+    const size_t n = range_slot_offset_[b][last] + (bk.ranges[last].second - bk.ranges[last].first);
+    be_.zero(bucket_memory(b), n * dtype_size(grads_.dtype()));
 }
 
 void GPT2::init_random(uint64_t seed) {
@@ -643,7 +730,13 @@ void GPT2::block_backward(int l, const void* x_in, int B, int Tt) {
     const size_t N = (size_t)B * Tt;
     const int C = cfg_.n_embd, NH = cfg_.n_head;
     BlockPtrs p = block(params_, nullptr, l);
-    BlockPtrs g = block(grads_, &grad_index_, l);
+    BlockPtrs g;
+    {
+        void* q[kTensorsPerBlock];
+        for (int k = 0; k < kTensorsPerBlock; k++) q[k] = pgrad(block_param(l, k));
+        g = BlockPtrs{q[kLn1w], q[kLn1b], q[kQkvw], q[kQkvb], q[kAttProjw], q[kAttProjb],
+                      q[kLn2w], q[kLn2b], q[kFcw],  q[kFcb],  q[kFcProjw],  q[kFcProjb]};
+    }
     auto a = [&](int k) { return A(l, k); };
     // Recomputation: the same ops on the same inputs give the same bits as the forward did.
     if (opts_.recompute == Recompute::full) {
@@ -725,6 +818,10 @@ void GPT2::backward() {
     for (int l = L - 1; l >= 0 && l >= stop; l--) {
         std::snprintf(range, sizeof range, "layer %d / backward", l);
         be_.range_push(range);
+        if (opts_.grad_slots) {  // ZeRO-2: the owner empties the slot, then it starts from zero
+            if (layer_start_hook_) layer_start_hook_(l);
+            zero_slot(l);
+        }
         block_backward(l, l == 0 ? act(a_encoded_) : A(l - 1, kRes3), B, Tt);
         be_.range_pop();
         if (layer_grads_hook_) layer_grads_hook_(l);  // DIST
@@ -742,6 +839,7 @@ void GPT2::backward() {
 
 void GPT2::zero_grads() {
     if (grads_.bytes()) be_.zero(grads_.base(), grads_.bytes());
+    if (grad_mem_) be_.zero(grad_mem_, rest_elems_ * dtype_size(grads_.dtype()));  // slots: zeroed as taken
 }
 
 std::vector<float> GPT2::token_losses() const {

@@ -54,6 +54,15 @@ struct Trainable {
     std::vector<bool> tensor;  // indexed like the parameter table
 };
 
+// Gradient buckets: the ranges of the gradient arena that become final together. Layer l's bucket holds the
+// tensors named h.<l>.*; layer -1 holds the rest (embeddings, ln_f, virtual tokens), final only when backward returns.
+// Consecutive tensors of one bucket merge into one range (alignment gaps included).
+struct GradBucket {
+    int layer = -1;
+    std::vector<std::pair<size_t, size_t>> ranges;  // [begin, end) in elements
+};
+std::vector<GradBucket> grad_buckets(const Table& grad_table);
+
 // Activation checkpointing. What backward needs but forward did not keep is recomputed from what it did:
 //   none       every block keeps all its activations;
 //   selective  the LayerNorm outputs, the GELU output and the attention probabilities (2C + 4C + NH·T of
@@ -82,6 +91,13 @@ struct ModelOptions {
     PeftConfig peft;
     Recompute recompute = Recompute::none;
     size_t head_chunk = 0;  // rows of logits kept at once; 0: every row
+    // ZeRO-2's gradient slots (train/data_parallel.h). 0: every gradient lives in one arena for the whole step.
+    // K > 0: only the rest bucket (embeddings, ln_f, virtual tokens: those receive gradient at both ends of
+    // backward) has memory of its own; the blocks share K block-sized slots, block l taking slot l % K, zeroed
+    // as its backward starts. Whoever owns the slots must empty slot l % K (reduce it, keep its share) in the
+    // layer-start hook, before block l overwrites what block l + K left there. grads() then describes the layout
+    // and holds no memory; grad_ptr() and grad_range() say where a gradient is.
+    int grad_slots = 0;
 };
 
 class GPT2 {
@@ -159,6 +175,16 @@ class GPT2 {
     // DIST: backward calls hook(l) as soon as layer l's parameter gradients are complete for this pass, so
     // data parallelism can start reducing them while the layers below compute (train/data_parallel.h).
     void set_layer_grads_hook(std::function<void(int)> hook) { layer_grads_hook_ = std::move(hook); }
+    // DIST (ZeRO-2): backward calls hook(l) before layer l's backward takes its gradient slot (ModelOptions).
+    void set_layer_start_hook(std::function<void(int)> hook) { layer_start_hook_ = std::move(hook); }
+
+    // Gradient memory. The buckets of the gradient table (one per block that trains, one for the rest) and where
+    // range k of bucket b lies: at its table offset in grads() normally; with slots, the ranges of a bucket lie
+    // back to back (each on a 64-element boundary) in the rest's memory or in its layer's slot.
+    int grad_slots() const { return opts_.grad_slots; }
+    const std::vector<GradBucket>& grad_bucket_list() const { return buckets_; }
+    void* grad_range(size_t b, size_t k) const;
+    void* grad_ptr(size_t g) const;  // gradient tensor g (an index into grads().table())
 
     // Per-token losses of the last loss() call (B*T, weighted), and the logits of the last forward.
     std::vector<float> token_losses() const;
@@ -179,7 +205,7 @@ class GPT2 {
 
     // Bytes per category, for the memory map.
     size_t param_bytes() const { return params_.bytes(); }
-    size_t grad_bytes() const { return grads_.bytes(); }
+    size_t grad_bytes() const { return grads_.bytes() + grad_mem_bytes_; }
     size_t act_bytes() const { return acts_.bytes() + scratch_.bytes(); }
 
    private:
@@ -253,6 +279,17 @@ class GPT2 {
     bool recompute_attention_ = false;  // selective, and attention saves more than C per token
     int lowest_layer_ = 0;  // backward stops below it (-1: the embeddings or the prompt need d encoded)
     std::function<void(int)> layer_grads_hook_;  // DIST: see set_layer_grads_hook
+    std::function<void(int)> layer_start_hook_;  // DIST: see set_layer_start_hook
+    // Gradient buckets and, with slots, where each lives (ModelOptions::grad_slots)
+    std::vector<GradBucket> buckets_;
+    std::vector<int> layer_bucket_;           // (L) the bucket of block l, -1 when nothing in it trains
+    std::vector<int> tensor_bucket_;          // (gradient tensors) the bucket of each
+    std::vector<size_t> tensor_slot_offset_;  // (gradient tensors) its offset in its bucket's memory
+    std::vector<std::vector<size_t>> range_slot_offset_;  // (buckets, ranges) offset of each range in it
+    void* grad_mem_ = nullptr;  // slots: the rest's memory (rest_elems_), then the K slots (slot_elems_ each)
+    size_t grad_mem_bytes_ = 0, rest_elems_ = 0, slot_elems_ = 0;
+    void* bucket_memory(size_t b) const;
+    void zero_slot(int layer);
     // Backward scratch indices
     size_t s_proj_ = 0, s_dres_ = 0, s_dC_ = 0, s_d3C_ = 0, s_d4C_a_ = 0, s_d4C_b_ = 0, s_lnf_rows_ = 0,
            s_dlnf_rows_ = 0;

@@ -111,6 +111,63 @@ TEST(DistZero, ClippedSegmentsTileTheRangeAndKeepParameterOffsetsInStep) {
     EXPECT_TRUE(clip_segments(segs, 100, 128).empty());
 }
 
+// ZeRO-2's gradient slots in one process. With one rank every reduction is the identity, so what is tested is
+// the slots: three blocks share two (block 0 takes block 2's, which must be kept first), LoRA puts a second
+// range into each block's bucket, and the rank's piece must end up holding the whole arena's gradients: bit for
+// bit with one micro-batch, to rounding with two (their sum is taken in another order).
+void expect_zero2_slots_hold_the_arenas_gradients(Backend& be, double tol_two_micro_batches) {
+    const ModelConfig cfg = small_config(37, 3, 3, 24, 16);
+    ModelOptions plain;
+    plain.peft.lora_rank = 2;
+    plain.peft.lora_targets = (1u << kLoraQkv) | (1u << kLoraMlpDown);
+    ModelOptions slots = plain;
+    slots.grad_slots = 2;
+    GPT2 a(cfg, be, 2, 11, nullptr, plain), b(cfg, be, 2, 11, nullptr, slots);  // everything trains, base too
+    a.init_random(5);
+    a.init_peft(5, {});
+    randomise_peft(a, 9);
+    for (size_t i = 0; i < a.params().table().size(); i++) set_tensor(b, b.params(), i, get_tensor(a, a.params(), i));
+    Comm& comm = process_comm(be, 60);
+    ASSERT_EQ(comm.world(), 1);
+    DataParallel dp(comm, b, 2);
+    EXPECT_EQ(b.grads().bytes(), 0u) << "no whole gradient arena";
+    EXPECT_LT(b.grad_bytes(), a.grad_bytes());
+    for (int micro : {1, 2}) {
+        a.zero_grads();
+        dp.zero_gradients();
+        for (int k = 0; k < micro; k++) {
+            const Data d = random_data(2, 11, 37, 100 + k, true);
+            for (GPT2* m : {&a, &b}) {
+                m->forward(d.x.data(), d.B, d.T, d.w.data());
+                m->loss(d.y.data(), d.w.data(), 1.0f / (float)counted(d.w), true);
+                m->backward();
+            }
+            dp.backward_done();
+        }
+        dp.finish_gradients();
+        std::vector<double> want(a.grads().elems()), got(want.size(), NAN);
+        be.download(want.data(), a.grads().base(), a.grads().dtype(), want.size());
+        be.download(got.data(), dp.optimizer_shard().grads, a.grads().dtype(), got.size());
+        if (micro == 1) {
+            EXPECT_EQ(got, want);
+            EXPECT_EQ(dp.grad_sum_squares(), be.sum_squares(a.grads().base(), want.size()));
+        } else {
+            EXPECT_TRUE(near_rel(got, want, tol_two_micro_batches));
+        }
+    }
+}
+
+TEST(DistZero2, SlotsHoldTheWholeArenasGradients_CpuF32_L3TwoSlotsLora) {
+    auto be = make_cpu_backend(DType::f32);
+    expect_zero2_slots_hold_the_arenas_gradients(*be, 1e-6);
+}
+
+TEST(CudaZero2, SlotsHoldTheWholeArenasGradients_Bf16_L3TwoSlotsLora) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU";
+    auto be = make_cuda_backend(DType::bf16);
+    expect_zero2_slots_hold_the_arenas_gradients(*be, 1e-2);
+}
+
 // Sets environment variables for its lifetime, restoring what was there.
 class EnvVars {
    public:
@@ -405,6 +462,44 @@ TEST_F(DistFixture, Zero1WithFrozenLayersEqualsZero0) {
     expect_ranks_agree("z1", 2);
 }
 
+// ZeRO-2 with one micro-batch per step takes the ZeRO-1 sums (plus a zero): the same bytes. Three ranks cut the
+// buckets unevenly; frozen tensors and LoRA give buckets of two ranges and make the parameter all-gather go
+// through the gradient memory bucket by bucket; gradual unfreezing zeroes a frozen tensor's piece.
+TEST_F(DistFixture, Zero2IsByteIdenticalToZero1WithOneMicroBatch_ThreeRanksFrozenLoraUnfreezing) {
+    const std::string common = "--steps 4 --val-every 0 --batch 2";
+    for (const std::string& extra : {std::string(""), std::string(" --train-top 1 --lora-rank 2"),
+                                     std::string(" --unfreeze-every 2 --grad-clip 0.5")}) {
+        SCOPED_TRACE(extra);
+        RUN_OK(mpirun(3) + train(common + extra + " --zero 1", "z1"));
+        RUN_OK(mpirun(3) + train(common + extra + " --zero 2", "z2"));
+        EXPECT_EQ(series("z1", "loss"), series("z2", "loss"));
+        EXPECT_EQ(series("z1", "grad_norm"), series("z2", "grad_norm"));
+        EXPECT_EQ(slurp(dir + "/z1/model.ckpt"), slurp(dir + "/z2/model.ckpt"));
+        EXPECT_EQ(slurp(dir + "/z1/resume.ckpt"), slurp(dir + "/z2/resume.ckpt"));
+        expect_ranks_agree("z2", 3);
+    }
+}
+
+// With several micro-batches ZeRO-2 reduces each one and adds the pieces: the sums agree with ZeRO-1 and with one
+// process to rounding. A chunked LM head (its wte gradient written before backward), distillation and replay
+// ride along; --comm-overlap off waits for each bucket as it is reduced: the same bytes as with overlap.
+TEST_F(DistFixture, Zero2WithGradAccumAgreesWithZero1AndOneRank_HeadChunkDistillReplay) {
+    const std::string common = "--steps 5 --val-every 0 --grad-accum 3 --head-chunk 5 --distill 0.3 --replay-data " +
+                               dir + "/val.bin --replay-frac 0.3";
+    RUN_OK("OMP_NUM_THREADS=1 " + train(common + " --batch 4", "one"));
+    RUN_OK(mpirun(2) + train(common + " --batch 2 --zero 1", "z1"));
+    RUN_OK(mpirun(2) + train(common + " --batch 2 --zero 2", "z2"));
+    RUN_OK(mpirun(2) + train(common + " --batch 2 --zero 2 --comm-overlap off", "z2off"));
+    ASSERT_EQ(series("z2", "loss").size(), 5u);
+    EXPECT_TRUE(near_rel(series("z2", "loss"), series("z1", "loss"), kLossTol));
+    EXPECT_TRUE(near_rel(series("z2", "loss"), series("one", "loss"), kLossTol));
+    EXPECT_TRUE(near_rel(series("z2", "grad_norm"), series("z1", "grad_norm"), 1e-4));
+    EXPECT_TRUE(near_rel(weights("z2"), weights("z1"), kWeightTol));
+    EXPECT_TRUE(near_rel(weights("z2"), weights("one"), kWeightTol));
+    EXPECT_EQ(slurp(dir + "/z2/model.ckpt"), slurp(dir + "/z2off/model.ckpt"));
+    expect_ranks_agree("z2", 2);
+}
+
 TEST_F(DistFixture, ResumeIsBitExactWithTheSameRanksAndContinuesWithOthers) {
     const std::string common = "--steps 6 --val-every 0 --zero 1";
     // 2 ranks, uninterrupted vs halted at 3 and resumed: byte-identical.
@@ -425,6 +520,9 @@ TEST_F(DistFixture, ResumeIsBitExactWithTheSameRanksAndContinuesWithOthers) {
     EXPECT_TRUE(near_rel(grown, series("one", "loss"), kLossTol));
     EXPECT_TRUE(near_rel(weights("grow"), weights("one"), kWeightTol));
     expect_ranks_agree("grow", 3);
+    // The same checkpoint continued under ZeRO-2 (one micro-batch per step): the ZeRO-1 run's bytes.
+    RUN_OK(mpirun(3) + train("--steps 6 --val-every 0 --zero 2 --batch 2 --resume " + dir + "/step3.ckpt", "grow2"));
+    EXPECT_EQ(slurp(dir + "/grow/model.ckpt"), slurp(dir + "/grow2/model.ckpt"));
 }
 
 TEST_F(DistFixture, ADeadRankEndsTheJobQuicklyNamingIt) {
@@ -516,7 +614,7 @@ TEST(DistNccl, OneRankNcclTrainingEqualsThePlainRun) {
                              "/train.bin --batch 4 --seq 13 --steps 4 --val-every 0 --quiet --out " + d;
     CmdResult plain = run_cmd(cuda_tool("train") + args + "/plain");
     ASSERT_EQ(plain.rc, 0) << plain.out;
-    for (const char* variant : {"--zero 0", "--zero 1", "--zero 1 (grouped)"}) {
+    for (const char* variant : {"--zero 0", "--zero 1", "--zero 1 (grouped)", "--zero 2", "--zero 2 (grouped)"}) {
         const std::string v = variant;
         const std::string env = v.find("grouped") != std::string::npos ? "TUNE_NCCL_GROUPED=1 " : "";
         CmdResult nccl = run_cmd(env + "TUNE_NCCL_ONE_RANK=1 " + cuda_tool("train") + " " + v.substr(0, 8) + args + "/nccl");

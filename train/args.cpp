@@ -170,12 +170,13 @@ Cli train_cli(TrainArgs& a) {
     c.option("--log-every", "N", "a progress line every N steps", &a.log_every, 1, INT_MAX);
     c.flag("--quiet", "no progress lines", &a.quiet);
     // DIST
-    c.option("--zero", "0|1", "data parallel: 1 shards the optimizer state (Adam moments, FP32 master weights) "
-             "across ranks (ZeRO-1); 0 replicates it", &a.zero, 0, 1);
+    c.option("--zero", "0|1|2", "data parallel: 1 shards the optimizer state (Adam moments, FP32 master weights) "
+             "across ranks (ZeRO-1); 2 shards the reduced gradients too, and the blocks' gradients share two slots "
+             "(ZeRO-2); 0 replicates everything", &a.zero, 0, 2);
     c.option("--comm-timeout", "S", "data parallel: seconds a collective may wait for the other ranks before "
              "the job stops, naming the rank that did not answer", &a.comm_timeout, 1, 1e6);
     c.custom("--comm-overlap", "on|off", "data parallel: reduce each layer's gradients while backward goes on (off: all "
-             "after backward, to measure what the overlap saves)", "on", [&a](const std::string& v) {
+             "after backward, to measure what the overlap saves; with --zero 2 each is waited for as its layer ends)", "on", [&a](const std::string& v) {
                  if (v != "on" && v != "off") throw UsageError("--comm-overlap: expected on or off, got '" + v + "'");
                  a.comm_overlap = v == "on";
              });
@@ -263,7 +264,8 @@ void validate_train_args(const TrainArgs& a) {
     if (!a.model.empty() && a.model != d.model && !a.init.empty() && a.resume.empty())
         throw UsageError("--model " + a.model + " has no effect with --init: the weights carry their config");
     if (a.zero > 0 && (a.l2sp > 0 || a.ewc > 0))
-        throw UsageError("--zero 1 with --l2sp/--ewc: the penalty needs every master weight on every rank; use --zero 0");
+        throw UsageError("--zero " + std::to_string(a.zero) +
+                         " with --l2sp/--ewc: the penalty needs every master weight on every rank; use --zero 0");
     if (a.distill > 0 && a.teacher.empty() && a.init.empty() && a.resume.empty())
         throw UsageError("--distill needs a teacher: --teacher WEIGHTS, or --init (the starting model is the default)");
     if (a.unfreeze_every > 0 && (a.peft.any() || !a.adapter.empty()))

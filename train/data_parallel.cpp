@@ -1,43 +1,35 @@
 #include "train/data_parallel.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
 namespace tune {
 
-static int layer_of(const std::string& name) {
-    if (name.compare(0, 2, "h.") != 0) return -1;
-    char* end = nullptr;
-    const long l = std::strtol(name.c_str() + 2, &end, 10);
-    return end != name.c_str() + 2 && *end == '.' ? (int)l : -1;
-}
-
-std::vector<GradBucket> grad_buckets(const Table& t) {
-    std::vector<GradBucket> out;
-    for (size_t i = 0; i < t.size(); i++) {
-        const int layer = layer_of(t[i].name);
-        const size_t begin = t[i].offset, end = i + 1 < t.size() ? t[i + 1].offset : t.total();
-        size_t b = 0;
-        while (b < out.size() && out[b].layer != layer) b++;
-        if (b == out.size()) out.push_back(GradBucket{layer, {}});
-        auto& r = out[b].ranges;
-        if (!r.empty() && r.back().second == begin)
-            r.back().second = end;
-        else
-            r.push_back({begin, end});
-    }
-    return out;
-}
-
-DataParallel::DataParallel(Comm& comm, GPT2& model, int zero) : comm_(comm), model_(model), zero_(zero) {
+DataParallel::DataParallel(Comm& comm, GPT2& model, int zero, bool overlap)
+    : comm_(comm), model_(model), zero_(zero), overlap_(overlap) {
     // Piece boundaries on 64-element multiples, like every tensor in an arena (vector alignment).
     bounds_ = partition_bounds(model.grads().elems(), comm.world(), Table::kAlign);
-    buckets_ = grad_buckets(model.grads().table());
+    buckets_ = model.grad_bucket_list();
     reduced_.assign(buckets_.size(), false);
+    if ((zero_ == 2) != (model.grad_slots() > 0))
+        throw Error("ZeRO-2 needs a model built with gradient slots (ModelOptions::grad_slots), and only ZeRO-2 does");
+    if (zero_ == 2) {
+        acc_bytes_ = (bounds_[rank() + 1] - bounds_[rank()]) * dtype_size(model.grads().dtype());
+        if (acc_bytes_) acc_ = model.backend().alloc(acc_bytes_);
+        zero_gradients();
+        slot_bucket_.assign(model.grad_slots(), -1);
+        slot_mark_.assign(model.grad_slots(), 0);
+        model_.set_layer_start_hook([this](int l) { on_layer_start(l); });
+    }
     model_.set_layer_grads_hook([this](int l) { on_layer_done(l); });
 }
 
-DataParallel::~DataParallel() { model_.set_layer_grads_hook(nullptr); }
+DataParallel::~DataParallel() {
+    model_.set_layer_grads_hook(nullptr);
+    model_.set_layer_start_hook(nullptr);
+    if (acc_) model_.backend().free(acc_);
+}
 
 OptimizerShard DataParallel::optimizer_shard() {
     OptimizerShard s;
@@ -45,50 +37,125 @@ OptimizerShard DataParallel::optimizer_shard() {
         s.comm = &comm_;
         s.bounds = bounds_;
     }
+    if (zero_ == 2) s.grads = acc_;
     return s;
 }
 
 std::string DataParallel::describe() const {
     std::string s = std::to_string(world()) + " ranks over " + comm_.kind() + ", ZeRO-" + std::to_string(zero_);
-    if (zero_ >= 1) s += " (optimizer state: this rank's 1/" + std::to_string(world()) + ")";
+    if (zero_ == 1) s += " (optimizer state: this rank's 1/" + std::to_string(world()) + ")";
+    if (zero_ == 2)
+        s += " (optimizer state and reduced gradients: this rank's 1/" + std::to_string(world()) + "; " +
+             std::to_string(model_.grad_slots()) + " gradient slots for the blocks)";
     s += ", " + std::to_string(buckets_.size()) + " gradient buckets";
     return s;
 }
 
 void DataParallel::start_step(int step) { maybe_inject_failure(rank(), step); }
 
+void DataParallel::zero_gradients() {
+    model_.zero_grads();
+    if (acc_) model_.backend().zero(acc_, acc_bytes_);
+}
+
 void DataParallel::on_layer_done(int layer) {
+    if (zero_ == 2) {
+        for (size_t b = 0; b < buckets_.size(); b++) {
+            if (buckets_[b].layer != layer || layer < 0) continue;
+            reduce(b);
+            const int slot = layer % model_.grad_slots();
+            if (!overlap_) {
+                comm_.join();
+                settle(b);
+                continue;
+            }
+            slot_bucket_[slot] = (int)b;
+            slot_mark_[slot] = comm_.mark();
+        }
+        return;
+    }
     if (!armed_) return;
     for (size_t b = 0; b < buckets_.size(); b++)
         if (buckets_[b].layer == layer && layer >= 0 && !reduced_[b]) reduce(b);
 }
 
+// ZeRO-2: layer l is about to take its slot: what an earlier layer left there must be reduced and kept first.
+void DataParallel::on_layer_start(int layer) {
+    const int slot = layer % model_.grad_slots();
+    if (slot_bucket_[slot] < 0) return;
+    comm_.wait(slot_mark_[slot]);
+    settle((size_t)slot_bucket_[slot]);
+    slot_bucket_[slot] = -1;
+}
+
+void DataParallel::settle(size_t b) {
+    const size_t lo = bounds_[rank()], hi = bounds_[rank() + 1];
+    const size_t es = dtype_size(model_.grads().dtype());
+    for (size_t k = 0; k < buckets_[b].ranges.size(); k++) {
+        const auto [begin, end] = buckets_[b].ranges[k];
+        const size_t a = std::max(begin, lo), e = std::min(end, hi);
+        if (a >= e) continue;
+        char* own = static_cast<char*>(acc_) + (a - lo) * es;
+        const char* reduced = static_cast<const char*>(model_.grad_range(b, k)) + (a - begin) * es;
+        model_.backend().residual_forward(own, own, reduced, e - a);
+    }
+}
+
+void DataParallel::backward_done() {
+    if (zero_ != 2) return;
+    for (size_t b = 0; b < buckets_.size(); b++)
+        if (buckets_[b].layer < 0) reduce(b);
+    comm_.join();
+    for (int& b : slot_bucket_) {
+        if (b >= 0) settle((size_t)b);
+        b = -1;
+    }
+    for (size_t b = 0; b < buckets_.size(); b++)
+        if (buckets_[b].layer < 0) settle(b);
+    model_.zero_grads();  // the rest's memory, for the next micro-batch (the slots are zeroed as they are taken)
+}
+
 void DataParallel::reduce(size_t b) {
-    Arena& g = model_.grads();
-    const size_t es = dtype_size(g.dtype());
-    char* base = static_cast<char*>(g.base());
+    const DType dt = model_.grads().dtype();
     const std::string what = zero_ >= 1 ? "gradient reduce-scatter, bucket " : "gradient all-reduce, bucket ";
     const std::string name = what + (buckets_[b].layer >= 0 ? "h." + std::to_string(buckets_[b].layer) : "rest");
-    for (const auto& [begin, end] : buckets_[b].ranges) {
+    for (size_t k = 0; k < buckets_[b].ranges.size(); k++) {
+        const auto [begin, end] = buckets_[b].ranges[k];
+        void* buf = model_.grad_range(b, k);
         if (zero_ >= 1)
-            comm_.reduce_scatter_sum(base + begin * es, g.dtype(), piece_counts(bounds_, begin, end), name.c_str());
+            comm_.reduce_scatter_sum(buf, dt, piece_counts(bounds_, begin, end), name.c_str());
         else
-            comm_.allreduce_sum(base + begin * es, g.dtype(), end - begin, name.c_str());
+            comm_.allreduce_sum(buf, dt, end - begin, name.c_str());
     }
     reduced_[b] = true;
 }
 
 void DataParallel::finish_gradients() {
-    for (size_t b = buckets_.size(); b-- > 0;)
-        if (!reduced_[b]) reduce(b);
+    if (zero_ != 2)
+        for (size_t b = buckets_.size(); b-- > 0;)
+            if (!reduced_[b]) reduce(b);
     comm_.join();
     armed_ = false;
     reduced_.assign(buckets_.size(), false);
 }
 
+void DataParallel::zero_grad_tensor(size_t g) {
+    const TensorInfo& t = model_.grads().table()[g];
+    const size_t es = dtype_size(model_.grads().dtype());
+    if (zero_ != 2) {
+        model_.backend().zero(model_.grads().ptr(g), t.numel * es);
+        return;
+    }
+    const size_t lo = bounds_[rank()], hi = bounds_[rank() + 1];
+    const size_t a = std::max(t.offset, lo), e = std::min(t.offset + t.numel, hi);
+    if (a < e) model_.backend().zero(static_cast<char*>(acc_) + (a - lo) * es, (e - a) * es);
+}
+
 double DataParallel::grad_sum_squares() {
     Arena& g = model_.grads();
     Backend& be = model_.backend();
+    if (zero_ == 2) return comm_.sum(acc_ ? be.sum_squares(acc_, bounds_[rank() + 1] - bounds_[rank()]) : 0.0,
+                                     "gradient norm");
     const size_t es = dtype_size(g.dtype());
     const char* base = static_cast<const char*>(g.base());
     auto piece = [&](int r) {

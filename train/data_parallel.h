@@ -13,13 +13,21 @@
 //      (always over MPI; NCCL may add 3 or more ranks' values in another order in a reduce-scatter than in an
 //      all-reduce, so there the two can differ in the last bits);
 //   4. the update: every rank updates everything (ZeRO-0), or its own piece and then the parameters are
-//      all-gathered (ZeRO-1, in AdamW).
+//      all-gathered (ZeRO-1 and 2, in AdamW).
 // Communication per step (ring algorithms, gradient bytes G): all-reduce 2(N-1)/N x G per rank; ZeRO-1 the
 // same, as a reduce-scatter of the gradients plus an all-gather of the parameters (docs/scaling.md).
 //
+// ZeRO-2 also shards the gradients. The model keeps no whole gradient arena (ModelOptions::grad_slots): block
+// l's gradients are written into a slot, and every backward (not only the step's last) reduce-scatters each
+// bucket as it ends; before the slot is taken again (block l-2 with two slots), the bucket's reduced piece
+// is added into this rank's piece of the step's gradients (acc_), which is all the optimizer and the norm
+// read. With one micro-batch per step that is 0 + the ZeRO-1 sum: the same bits. With K micro-batches the
+// sums are taken in another order (over ranks, then micro-batches), so they agree to rounding. Cost: the
+// reduce-scatter runs K times per step instead of once.
+//
 // For whoever adds to the step: a term added to the gradients outside backward (an L2-SP/EWC penalty) must
 // come after finish_gradients(), computed the same way on every rank, or it is counted once per rank; under
-// ZeRO-1 only the rank's own piece of the gradients is read, and AdamW's master weights hold only that
+// ZeRO-1 and 2 only the rank's own piece of the gradients is read, and AdamW's master weights hold only that
 // piece. Any other data source (replay) must be sliced by rank like the training Loader, and random draws
 // (dropout) seeded per rank.
 #pragma once
@@ -34,19 +42,13 @@
 
 namespace tune {
 
-// Gradient buckets: the ranges of the gradient arena that become final together. Layer l's bucket holds the
-// tensors named h.<l>.*; layer -1 holds the rest (embeddings, ln_f), final only when backward returns.
-// Consecutive tensors of one bucket merge into one range (alignment gaps included).
-struct GradBucket {
-    int layer = -1;
-    std::vector<std::pair<size_t, size_t>> ranges;  // [begin, end) in elements
-};
-std::vector<GradBucket> grad_buckets(const Table& grad_table);
 
 class DataParallel {
    public:
-    // zero: 0 (replicated optimizer state) or 1 (sharded, see OptimizerShard).
-    DataParallel(Comm& comm, GPT2& model, int zero);
+    // zero: 0 (replicated optimizer state), 1 (sharded, see OptimizerShard) or 2 (gradients sharded too: the
+    // model must have been built with gradient slots, ModelOptions::grad_slots). overlap: reduce buckets while
+    // backward goes on (--comm-overlap); off, the same sums are taken after backward (ZeRO-2: as each bucket ends).
+    DataParallel(Comm& comm, GPT2& model, int zero, bool overlap = true);
     ~DataParallel();
     DataParallel(const DataParallel&) = delete;
     DataParallel& operator=(const DataParallel&) = delete;
@@ -55,37 +57,53 @@ class DataParallel {
     int rank() const { return comm_.rank(); }
     int world() const { return comm_.world(); }
     int zero() const { return zero_; }
-    // The shard to build AdamW with: the partition under ZeRO-1, none otherwise.
+    // The shard to build AdamW with: the partition under ZeRO-1 and 2 (2: with this rank's reduced gradients),
+    // none otherwise.
     OptimizerShard optimizer_shard();
     std::string describe() const;
+    size_t grad_shard_bytes() const { return acc_bytes_; }  // ZeRO-2: this rank's piece of the step's gradients
 
     void start_step(int step);  // TUNE_TEST_FAIL injection (train/dist.h)
-    // The next backward is the step's last: reduce each layer's bucket as backward finishes it.
+    // The step's gradients start from zero (the model's, and under ZeRO-2 this rank's piece).
+    void zero_gradients();
+    // The next backward is the step's last: reduce each layer's bucket as backward finishes it (ZeRO-0 and 1;
+    // ZeRO-2 reduces every backward's buckets, as it must).
     void arm() { armed_ = true; }
-    // Reduces the buckets still pending and waits: afterwards the gradients (under ZeRO-1, those of this rank's
-    // piece) hold the sums over ranks.
+    // After each backward. ZeRO-2: the rest bucket is reduced too, every bucket's share of this rank's piece is
+    // added to it, and the model's gradient memory is free for the next micro-batch. Otherwise nothing.
+    void backward_done();
+    // Reduces the buckets still pending and waits: afterwards the gradients of this rank's piece (all of them
+    // under ZeRO-0) hold the sums over ranks.
     void finish_gradients();
-    // Sum of squares of the reduced gradients: the same value on every rank and for ZeRO-0 and 1.
+    // Zeroes the reduced gradient of one gradient tensor (this rank's part of it, under ZeRO-2).
+    void zero_grad_tensor(size_t g);
+    // Sum of squares of the reduced gradients: the same value on every rank and for ZeRO-0, 1 and 2.
     double grad_sum_squares();
-
     uint64_t sum(uint64_t x, const char* what) { return comm_.sum(x, what); }
     double sum(double x, const char* what) { return comm_.sum(x, what); }
     bool any(bool x, const char* what) { return comm_.any(x, what); }
-
     // Hash of this replica's parameters, and whether every rank's equals it (a collective).
     bool replicas_agree(uint64_t* hash);
 
    private:
     void reduce(size_t bucket);
     void on_layer_done(int layer);
+    void on_layer_start(int layer);
+    void settle(size_t bucket);  // ZeRO-2: add the reduced bucket's own part into acc_
 
     Comm& comm_;
     GPT2& model_;
     int zero_;
+    bool overlap_;
     std::vector<size_t> bounds_;  // the ZeRO partition of the gradient arena (also the norm's pieces)
     std::vector<GradBucket> buckets_;
     std::vector<bool> reduced_;
     bool armed_ = false;
+    // ZeRO-2
+    void* acc_ = nullptr;  // (bounds_[rank+1] - bounds_[rank]) this rank's piece, summed over ranks and micro-batches
+    size_t acc_bytes_ = 0;
+    std::vector<int> slot_bucket_;     // (slots) the bucket reduced in each slot and not yet settled, or -1
+    std::vector<uint64_t> slot_mark_;  // (slots) the comm mark after its reduction
 };
 
 }  // namespace tune

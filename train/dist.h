@@ -66,6 +66,10 @@ class Comm {
     virtual void all_gather(void* buf, DType dtype, const std::vector<size_t>& counts, const char* what) = 0;
     virtual void broadcast(void* buf, DType dtype, size_t n, int root, const char* what) = 0;
     virtual void join() {}
+    // A point after the collectives queued so far, and a wait for it: wait(mark()) orders later backend ops
+    // after those collectives only (join() waits for all). Synchronous communicators need neither.
+    virtual uint64_t mark() { return 0; }
+    virtual void wait(uint64_t /*mark*/) {}
 
     // ---- host memory, synchronous ----
     // buf holds world * bytes: each rank fills its own slot (at rank * bytes); afterwards all are filled.

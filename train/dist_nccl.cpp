@@ -120,6 +120,8 @@ class NcclComm final : public Comm {
         if (stage_) cudaFree(stage_);
         cudaEventDestroy(ready_);
         cudaEventDestroy(done_);
+        for (cudaEvent_t ev : marks_)
+            if (ev) cudaEventDestroy(ev);
         cudaStreamDestroy(stream_);
     }
 
@@ -183,6 +185,21 @@ class NcclComm final : public Comm {
     void join() override {
         CUDA_CHECK(cudaEventRecord(done_, stream_));
         CUDA_CHECK(cudaStreamWaitEvent(compute_, done_, 0));
+    }
+
+    // Marks are events recorded on the comm stream, kept in a ring: a mark older than the ring is waited for
+    // as join() (everything), which is later than asked, never earlier.
+    uint64_t mark() override {
+        const uint64_t id = marks_made_++;
+        cudaEvent_t& ev = marks_[id % kMarks];
+        if (!ev) CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventRecord(ev, stream_));
+        return id;
+    }
+
+    void wait(uint64_t id) override {
+        if (id >= marks_made_ || marks_made_ - id > kMarks) return join();
+        CUDA_CHECK(cudaStreamWaitEvent(compute_, marks_[id % kMarks], 0));
     }
 
     void all_gather_host(void* buf, size_t bytes, const char* what) override {
@@ -337,6 +354,9 @@ class NcclComm final : public Comm {
     std::atomic<ncclComm_t> comm_{nullptr};  // the watchdog polls it
     cudaStream_t stream_ = nullptr, compute_ = nullptr;
     cudaEvent_t ready_ = nullptr, done_ = nullptr;
+    static constexpr uint64_t kMarks = 8;
+    cudaEvent_t marks_[kMarks] = {};
+    uint64_t marks_made_ = 0;
     void* stage_ = nullptr;
     size_t stage_bytes_ = 0;
     std::mutex mu_;

@@ -157,7 +157,8 @@ void AdamW::step(float lr, float grad_scale) {
         return;
     }
     // The own range, as if the arenas started there: grads shifted by lo_, the state arenas hold just it.
-    char* grads = static_cast<char*>(model_.grads().base()) + lo_ * dtype_size(model_.grads().dtype());
+    char* grads = shard_.grads ? static_cast<char*>(shard_.grads)
+                               : static_cast<char*>(model_.grads().base()) + lo_ * dtype_size(model_.grads().dtype());
     const std::vector<OptSegment> own = clip_segments(segs, lo_, hi_);
     if (!own.empty())  // a range of alignment padding only has nothing to update
         model_.backend().adamw_update(model_.params().base(), master_.bytes() ? master_.base() : nullptr, grads,
@@ -183,6 +184,24 @@ void AdamW::all_gather_params() {
     // Backend::scale by 1 is an exact copy.
     const size_t es = dtype_size(params.dtype());
     char* p = static_cast<char*>(params.base());
+    if (!grads.holds_memory()) {  // ZeRO-2: no whole arena; each bucket's memory (the rest's, a slot) in turn
+        const std::vector<GradBucket>& buckets = model_.grad_bucket_list();
+        for (size_t b = 0; b < buckets.size(); b++)
+            for (size_t k = 0; k < buckets[b].ranges.size(); k++) {
+                const auto [begin, end] = buckets[b].ranges[k];
+                char* stage = static_cast<char*>(model_.grad_range(b, k));
+                const size_t a = std::max(begin, lo_), e = std::min(end, hi_);
+                if (a < e)
+                    for (const OptSegment& s : clip_segments(segments_, a, e))
+                        be.scale(stage + (a - begin + s.grad_offset) * es, p + s.param_offset * es, 1.0f, s.n);
+                comm.all_gather(stage, grads.dtype(), piece_counts(shard_.bounds, begin, end),
+                                "ZeRO-2 parameter all-gather");
+                comm.join();
+                for (const OptSegment& s : clip_segments(segments_, begin, end))
+                    be.scale(p + s.param_offset * es, stage + s.grad_offset * es, 1.0f, s.n);
+            }
+        return;
+    }
     char* g = static_cast<char*>(grads.base());
     for (const OptSegment& s : clip_segments(segments_, lo_, hi_))
         be.scale(g + (lo_ + s.grad_offset) * es, p + s.param_offset * es, 1.0f, s.n);

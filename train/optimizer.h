@@ -2,7 +2,7 @@
 // backend computes in lower precision) lives in arenas that mirror the gradient table, so frozen
 // parameters cost no optimizer memory. One update is one pass over the segment list.
 //
-// ZeRO-1 (an OptimizerShard): the gradient arena's elements are split into one contiguous range per rank,
+// ZeRO-1 and 2 (an OptimizerShard): the gradient arena's elements are split into one contiguous range per rank,
 // and each rank keeps the state of its range only (a 1/N share of m, v and master), laid out like the
 // gradient arena shifted to start at the range. A step updates the parameters of that range from the
 // reduced gradients there, then all-gathers the parameters so every replica holds them all.
@@ -21,6 +21,7 @@ class Comm;
 struct OptimizerShard {
     Comm* comm = nullptr;        // null: no sharding
     std::vector<size_t> bounds;  // world+1 element offsets into the gradient arena; rank r owns [b[r], b[r+1])
+    void* grads = nullptr;       // ZeRO-2: the own range's reduced gradients; null: in the model's arena
 };
 
 // The pieces of `segments` inside [lo, hi) of the gradient arena, with grad_offset relative to lo (and

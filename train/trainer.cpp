@@ -236,13 +236,15 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     }
     mo.recompute = args.recompute;
     mo.head_chunk = (size_t)args.head_chunk;
+    if (args.zero == 2 && comm.kind() != "single") mo.grad_slots = 2;  // ZeRO-2 (train/data_parallel.h)
     Trainable trainable = select_trainable(cfg, args.train_top, args.train_only);
     // PEFT trains only its own tensors, unless the base selection was asked for explicitly.
     if (mo.peft.any() && args.train_top == 0 && args.train_only.empty())
         trainable.tensor.assign(num_base_tensors(cfg), false);
     model_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &trainable, mo);
     if (ckpt.empty()) model_->init_random(args.seed);
-    if (comm.kind() != "single") dp_ = std::make_unique<DataParallel>(comm, *model_, args.zero);  // DIST
+    if (comm.kind() != "single")  // DIST
+        dp_ = std::make_unique<DataParallel>(comm, *model_, args.zero, args.comm_overlap);
     opt_ = std::make_unique<AdamW>(*model_, args.adam, dp_ ? dp_->optimizer_shard() : OptimizerShard{});
     if (args.lr_layer_factor > 0) apply_discriminative_lr(*model_, *opt_, args.lr_layer_factor);
     state_.rng = args.seed;
@@ -501,7 +503,10 @@ StepStats Trainer::step(float lr) {
     st.loss_scale = scale;
     const float dloss = st.counted ? (float)(scale / (double)st.counted) : 0.0f;
 
-    model_->zero_grads();
+    if (dp_)
+        dp_->zero_gradients();
+    else
+        model_->zero_grads();
     double loss_sum = 0, kl_sum = 0;
     const uint64_t rank = dp_ ? (uint64_t)dp_->rank() : 0;
     for (size_t k = 0; k < batches.size(); k++) {
@@ -526,6 +531,7 @@ StepStats Trainer::step(float lr) {
         // DIST: reduce each layer's bucket as backward ends it (unarmed, finish_gradients reduces them all)
         if (dp_ && k + 1 == batches.size() && args_.comm_overlap) dp_->arm();
         model_->backward();
+        if (dp_) dp_->backward_done();  // ZeRO-2: this micro-batch's gradients reduced into the rank's piece
     }
     model_->set_training(false);
     if (dp_) {  // DIST: gradients and losses summed over ranks
@@ -537,8 +543,13 @@ StepStats Trainer::step(float lr) {
     // head); zero it so the norm and clipping see exactly what this step updates, on one rank or many.
     if (st.frozen_below >= 0) {
         const Table& g = model_->grads().table();
-        for (size_t i = 0; i < g.size(); i++)
-            if (!opt_->active(i)) be_->zero(model_->grads().ptr(i), g[i].numel * dtype_size(model_->grads().dtype()));
+        for (size_t i = 0; i < g.size(); i++) {
+            if (opt_->active(i)) continue;
+            if (dp_)
+                dp_->zero_grad_tensor(i);
+            else
+                be_->zero(model_->grads().ptr(i), g[i].numel * dtype_size(model_->grads().dtype()));
+        }
     }
     st.loss = st.counted ? loss_sum / (double)st.counted : 0.0;
     st.kl = st.counted ? kl_sum / (double)st.counted : 0.0;
@@ -678,8 +689,8 @@ static std::string mib(size_t bytes) {
 }
 
 void Trainer::print_memory_map() const {
-    const size_t p = model_->param_bytes(), g = model_->grad_bytes(), o = opt_->state_bytes(),
-                 a = model_->act_bytes();
+    const size_t p = model_->param_bytes(), g = model_->grad_bytes() + (dp_ ? dp_->grad_shard_bytes() : 0),
+                 o = opt_->state_bytes(), a = model_->act_bytes();
     size_t trainable = 0;
     for (const TensorInfo& t : model_->grads().table().tensors()) trainable += t.numel;
     const ModelConfig& cfg = model_->config();
@@ -725,6 +736,14 @@ void Trainer::print_memory_detail() const {
     print_memory_map();
     print_arena("parameters", model_->params());
     print_arena("gradients (trainable tensors only)", model_->grads());
+    if (model_->grad_slots()) {  // ZeRO-2: the table above has no memory of its own
+        const Arena& gr = model_->grads();
+        std::printf("gradients (ZeRO-2): %s, laid out as %.2f MiB of trainable tensors; held: the embeddings' "
+                    "and final LayerNorm's (all of backward) and %d block slots, %s, plus this rank's reduced "
+                    "piece, %s\n",
+                    dtype_name(gr.dtype()), gr.elems() * dtype_size(gr.dtype()) / 1048576.0, model_->grad_slots(),
+                    mib(model_->grad_bytes()).c_str(), mib(dp_ ? dp_->grad_shard_bytes() : 0).c_str());
+    }
     if (opt_->state_bytes())
         std::printf("optimizer: Adam moments m and v%s, laid out like the gradients, %s in all\n",
                     be_->has_master() ? " and the fp32 master weights" : "", mib(opt_->state_bytes()).c_str());
