@@ -5,7 +5,7 @@
 #   2. equivalence: mpirun -np N with --batch B against one GPU with --batch N*B (fp32): losses within
 #      tolerance, every rank's weights identical (the replica hash in metrics.jsonl);
 #   3. --zero 1 against --zero 0 (losses within tolerance: NCCL's reduce-scatter and all-reduce may add in
-#      different orders), and bf16 with --zero 1;
+#      different orders), --zero 2 against --zero 1, and bf16 with --zero 1 and 2;
 #   4. the launch without mpirun: RANK/WORLD_SIZE/LOCAL_RANK with a rendezvous file, and with MASTER_ADDR/PORT;
 #   5. resume: N ranks halted and resumed (same losses), and N ranks -> 1 rank (optimizer shards
 #      re-partitioned, data position kept) against one GPU that changes its batch at the same step;
@@ -123,9 +123,16 @@ stage equivalence 300 "bin/train $RUN --batch $((N * B)) --grad-accum 2 --out $W
 stage zero1 300 "$(par $RUN --batch $B --zero 1 --out $WORK/z1) && \
   $(par $RUN --batch $B --zero 0 --out $WORK/z0) && \
   $COMPARE $WORK/z0 $WORK/z1 --loss-tol 1e-5 --ranks $N"
+# ZeRO-2 with one micro-batch per step takes ZeRO-1's sums; with several, in another order (to rounding).
+stage zero2 300 "$(par $RUN --batch $B --zero 2 --out $WORK/z2) && \
+  $COMPARE $WORK/z1 $WORK/z2 --loss-tol 1e-5 --ranks $N && \
+  $(par $RUN --batch $B --zero 2 --grad-accum 2 --out $WORK/z2acc) && \
+  $COMPARE $WORK/dp $WORK/z2acc --loss-tol 1e-4 --ranks $N"
 if [ "$DEVICE" = cuda ]; then
     stage bf16_zero1 300 "$(par $RUN --precision bf16 --batch $B --zero 1 --out $WORK/bf16) && \
       $COMPARE $WORK/bf16 $WORK/bf16 --ranks $N"
+    stage bf16_zero2 300 "$(par $RUN --precision bf16 --batch $B --zero 2 --out $WORK/bf16z2) && \
+      $COMPARE $WORK/bf16 $WORK/bf16z2 --loss-tol 1e-5 --ranks $N"
     # Without mpirun: one process per GPU, started as Slurm's srun or any launcher would.
     launch() {  # launch OUT_DIR: N processes with RANK/LOCAL_RANK/WORLD_SIZE, waited for
         echo "for r in \$(seq 0 $((N - 1))); do RANK=\$r LOCAL_RANK=\$r WORLD_SIZE=$N bin/train $RUN --batch $B \
@@ -158,6 +165,7 @@ if [ "$DEVICE" = cuda ]; then
     stage gpt2_1gpu 240 "bin/train $GPT2 --out $WORK/g1"
     stage gpt2_ngpu 240 "$(par $GPT2 --out $WORK/gn)"
     stage gpt2_ngpu_zero1 240 "$(par $GPT2 --zero 1 --out $WORK/gz)"
+    stage gpt2_ngpu_zero2 240 "$(par $GPT2 --zero 2 --out $WORK/gz2)"
 fi
 
 tok_s() {  # median tokens/s after the two warm-up steps
@@ -170,7 +178,8 @@ tok_s() {  # median tokens/s after the two warm-up steps
     for i in "${!NAMES[@]}"; do printf '%-20s %s\n' "${NAMES[$i]}" "${RESULTS[$i]}"; done
     if [ "$DEVICE" = cuda ]; then
         T1=$(tok_s "$LOG_DIR/gpt2_1gpu.log") TN=$(tok_s "$LOG_DIR/gpt2_ngpu.log") TZ=$(tok_s "$LOG_DIR/gpt2_ngpu_zero1.log")
-        echo "GPT-2 124M bf16, B=16 T=1024 per GPU: 1 GPU $T1 tok/s; $N GPUs $TN tok/s (ZeRO-1: $TZ)"
+        TZ2=$(tok_s "$LOG_DIR/gpt2_ngpu_zero2.log")
+        echo "GPT-2 124M bf16, B=16 T=1024 per GPU: 1 GPU $T1 tok/s; $N GPUs $TN tok/s (ZeRO-1: $TZ, ZeRO-2: $TZ2)"
         if [[ "$T1" =~ ^[0-9.]+$ && "$TN" =~ ^[0-9.]+$ ]]; then
             awk -v a="$TN" -v b="$T1" -v n="$N" 'BEGIN {printf "scaling efficiency %.0f%%\n", 100 * a / (n * b)}'
         fi
