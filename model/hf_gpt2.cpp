@@ -11,6 +11,7 @@
 
 #include "data/fileio.h"
 #include "data/safetensors.h"
+#include "model/weights.h"
 
 namespace tune {
 
@@ -284,6 +285,8 @@ void load_hf_gpt2(const std::string& path, GPT2& model) {
     for (size_t i = 0; i < model.num_base_tensors(); i++) {  // PEFT tensors, if any, are not GPT-2's
         const std::vector<float> v = ck.read(ck.params[i]);
         const HfTensor& h = ck.hf[i];
+        const std::string bad = non_finite_weight(ck.params[i].info->name, h.shape, v.data(), v.size());
+        if (!bad.empty()) throw Error(ck.files[ck.params[i].file].path() + ": " + bad);
         host.assign(t[i].numel, 0.0f);  // wte's padded rows stay zero
         if (h.transposed) {
             const size_t in = h.shape[0], out = h.shape[1];

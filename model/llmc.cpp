@@ -7,6 +7,7 @@
 
 #include "data/fileio.h"
 #include "data/safetensors.h"
+#include "model/weights.h"
 
 namespace tune {
 
@@ -167,6 +168,8 @@ void load_llmc(const std::string& path, GPT2& model) {
             const size_t n = s.name == "wte" ? (size_t)c.vocab_size * c.n_embd : s.numel;
             host.assign(t[i].numel, 0.0f);
             f.read_f32(elem, host.data(), n);
+            const std::string bad = non_finite_weight(table_name(s, l), t[i].shape, host.data(), n);
+            if (!bad.empty()) f.fail(bad);
             be.upload(model.params().ptr(i), model.params().dtype(), host.data(), host.size());
         }
     }

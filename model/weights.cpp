@@ -1,5 +1,6 @@
 #include "model/weights.h"
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -54,6 +55,17 @@ void load_weights(const std::string& path, GPT2& model) {
         case WeightsFormat::hf_gpt2: return load_hf_gpt2(path, model);
         case WeightsFormat::llmc: return load_llmc(path, model);
     }
+}
+
+std::string non_finite_weight(const std::string& tensor, const std::vector<size_t>& shape, const float* v, size_t n) {
+    size_t k = 0;
+    while (k < n && std::isfinite(v[k])) k++;
+    if (k == n) return "";
+    std::string where = "element " + std::to_string(k);
+    if (shape.size() == 2)
+        where += " (row " + std::to_string(k / shape[1]) + ", column " + std::to_string(k % shape[1]) + ")";
+    return "tensor '" + tensor + "' holds " + (std::isnan(v[k]) ? "nan" : v[k] > 0 ? "inf" : "-inf") + " at " + where +
+           "; a weight must be a finite number";
 }
 
 }  // namespace tune

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "model/config.h"
 #include "model/gpt2.h"
@@ -26,5 +27,10 @@ ModelConfig weights_config(const std::string& path);
 
 // Loads the weights at `path` into `model`, whose config must equal weights_config(path).
 void load_weights(const std::string& path, GPT2& model);
+
+// What every loader says of a weight that is not a finite number: "tensor 'NAME' holds nan at element K" (with
+// its row and column in a matrix), or "" when all n values are finite. Refused where it is read, because a NaN
+// or Inf weight would otherwise surface only as a NaN loss, every step skipped.
+std::string non_finite_weight(const std::string& tensor, const std::vector<size_t>& shape, const float* v, size_t n);
 
 }  // namespace tune

@@ -228,6 +228,21 @@ TEST_F(CheckpointTest, MissingTensorIsNamed) {
     EXPECT_THAT(load_error(b), HasSubstr("tensor 'ln_f.bias' is missing"));
 }
 
+// A NaN or Inf weight (written by some other tool; tune.cu skips the steps that would make one) is refused where
+// it is read, naming the tensor and the element, instead of surfacing as a NaN loss on every step.
+TEST_F(CheckpointTest, NonFiniteWeightIsNamedWithItsElement) {
+    const int i = model->params().table().find("h.1.mlp.c_proj.weight");  // (C, 4C) = (12, 48)
+    ASSERT_GE(i, 0);
+    std::vector<double> w = get_tensor(*model, model->params(), i);
+    w[100] = INFINITY;
+    set_tensor(*model, model->params(), i, w);
+    save_checkpoint(dir + "/inf.ckpt", *model, nullptr, nullptr);
+    GPT2 m(small_config(), *be, 2, 5);
+    const std::string msg = error_of([&] { load_checkpoint(dir + "/inf.ckpt", m, nullptr, nullptr); });
+    EXPECT_THAT(msg, HasSubstr(dir + "/inf.ckpt: tensor 'h.1.mlp.c_proj.weight' holds inf at element 100 (row 2, "
+                               "column 4); a weight must be a finite number"));
+}
+
 TEST_F(CheckpointTest, FailedWriteLeavesThePreviousCheckpointLoadable) {
     // A checkpoint path inside a directory that does not exist: the write fails, nothing is replaced.
     EXPECT_FALSE(error_of([&] { save_checkpoint(dir + "/missing/x.ckpt", *model, nullptr, nullptr); }).empty());

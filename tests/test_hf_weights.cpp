@@ -419,6 +419,19 @@ TEST(HfWeights, WrongShapeIsNamedWithBothShapes) {
     EXPECT_MENTIONS(msg, "Conv1D");
 }
 
+TEST(HfWeights, NonFiniteWeightIsNamedWithItsElement) {
+    TempDir dir;
+    copy_fixture(dir, nullptr, [](std::vector<RawTensor>& ts) {
+        RawTensor* t = find_raw(ts, "transformer.h.1.attn.c_proj.weight");  // (24, 24), F32
+        ASSERT_EQ(t->dtype, SafetensorsDtype::F32);
+        const float nan = NAN;
+        std::memcpy(t->bytes.data() + 30 * 4, &nan, 4);
+    });
+    const std::string msg = error_of([&] { load_params(dir.path()); });
+    EXPECT_MENTIONS(msg, dir.file("model.safetensors"));
+    EXPECT_MENTIONS(msg, "tensor 'transformer.h.1.attn.c_proj.weight' holds nan at element 30 (row 1, column 6)");
+}
+
 TEST(HfWeights, WrongDtypeIsNamed) {
     TempDir dir;
     copy_fixture(dir, nullptr, [](std::vector<RawTensor>& ts) {
@@ -716,6 +729,16 @@ TEST_F(LlmcFile, BadHeaderFieldsAreNamed) {
     set_header(b, 5, 8);
     set_header(b, 4, 2147483647);
     EXPECT_MENTIONS(error_of([&] { weights_config(write(b)); }), "overflow");
+}
+
+TEST_F(LlmcFile, NonFiniteWeightIsNamedWithItsElement) {
+    std::vector<uint8_t> b = good_;
+    const float inf = -INFINITY;  // wte comes first: (V, C) = (37, 12)
+    uint32_t bits;
+    std::memcpy(&bits, &inf, 4);
+    store_u32(&b[1024 + 4 * 29], bits);
+    const std::string msg = error_of([&] { load_params(write(b)); });
+    EXPECT_MENTIONS(msg, "llm.c model file: tensor 'wte' holds -inf at element 29 (row 2, column 5)");
 }
 
 TEST_F(LlmcFile, ConfigMismatchIsNamed) {

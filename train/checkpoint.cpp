@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/fileio.h"
+#include "model/weights.h"
 #include "train/dist.h"
 
 namespace tune {
@@ -203,6 +204,13 @@ struct CkptFile {
             return reinterpret_cast<const float*>(bytes.data() + data_start + t["offset"].get<size_t>());
         }
         fail("tensor '" + name + "' is missing");
+    }
+    // A parameter tensor: found, and every value finite.
+    const float* weight(const std::string& name, const TensorInfo& t) const {
+        const float* v = find(name, t.numel);
+        const std::string bad = non_finite_weight(name, t.shape, v, t.numel);
+        if (!bad.empty()) fail(bad);
+        return v;
     }
 };
 
@@ -403,7 +411,7 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     const Table& ptab = model.params().table();
     const size_t n = base_only ? model.num_base_tensors() : ptab.size();
     for (size_t i = 0; i < n; i++)
-        be.upload(model.params().ptr(i), model.params().dtype(), f.find(ptab[i].name, ptab[i].numel), ptab[i].numel);
+        be.upload(model.params().ptr(i), model.params().dtype(), f.weight(ptab[i].name, ptab[i]), ptab[i].numel);
     if (opt) {
         opt->sync_master_from_params();
         // The file holds the FP32 master values: give them to the master copy unrounded, so a bf16/fp16 run
@@ -421,8 +429,8 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     const bool bf16_working = be.has_master() && model.params().dtype() == DType::bf16;
     for (size_t i = 0; i < n; i++)
         if (bf16_working && model.grad_index()[i] >= 0 && f.has("working/" + ptab[i].name))
-            be.upload(model.params().ptr(i), model.params().dtype(),
-                      f.find("working/" + ptab[i].name, ptab[i].numel), ptab[i].numel);
+            be.upload(model.params().ptr(i), model.params().dtype(), f.weight("working/" + ptab[i].name, ptab[i]),
+                      ptab[i].numel);
     const Table& gtab = model.grads().table();
     for (size_t g = 0; g < gtab.size(); g++) {
         opt->set_state_tensor(AdamW::State::m, g, f.find("m/" + gtab[g].name, gtab[g].numel));
@@ -501,14 +509,14 @@ void load_adapter(const std::string& path, GPT2& model, std::vector<std::string>
     Backend& be = model.backend();
     const Table& ptab = model.params().table();
     for (size_t i = model.num_base_tensors(); i < ptab.size(); i++)
-        be.upload(model.params().ptr(i), model.params().dtype(), f.find(ptab[i].name, ptab[i].numel), ptab[i].numel);
+        be.upload(model.params().ptr(i), model.params().dtype(), f.weight(ptab[i].name, ptab[i]), ptab[i].numel);
     if (f.header.contains("base_tensors")) {  // base tensors that trained beside the adapter replace the base's
         if (!f.header["base_tensors"].is_array()) f.fail("header field 'base_tensors' is not an array");
         for (const json& n : f.header["base_tensors"]) {
             const int i = n.is_string() ? ptab.find(n.get<std::string>()) : -1;
             if (i < 0 || (size_t)i >= model.num_base_tensors())
                 f.fail("header field 'base_tensors' names " + n.dump() + ", not a base tensor of this model");
-            be.upload(model.params().ptr(i), model.params().dtype(), f.find(ptab[i].name, ptab[i].numel), ptab[i].numel);
+            be.upload(model.params().ptr(i), model.params().dtype(), f.weight(ptab[i].name, ptab[i]), ptab[i].numel);
             if (base_tensors) base_tensors->push_back(ptab[i].name);
         }
     }
