@@ -183,8 +183,14 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
     }
     if (opts.grad_slots > 0) {
         // TEACH: ZeRO-2 on one rank's memory: the blocks' gradients never exist all at once. Block l's are
-        // written into a slot, reduced to their owners while block l-1 computes, and the slot is reused.
-        grad_mem_bytes_ = (rest_elems_ + (size_t)opts.grad_slots * slot_elems_) * dtype_size(dt);
+        // written into a slot, reduced to their owners while the block below computes, and the slot is reused.
+        // Consecutive trainable blocks take consecutive slots, so no more are held than blocks train.
+        bucket_slot_.assign(buckets_.size(), -1);
+        int blocks = 0;
+        for (size_t b = 0; b < buckets_.size(); b++)
+            if (buckets_[b].layer >= 0) bucket_slot_[b] = blocks++ % opts.grad_slots;
+        slots_held_ = std::min(blocks, opts.grad_slots);
+        grad_mem_bytes_ = (rest_elems_ + (size_t)slots_held_ * slot_elems_) * dtype_size(dt);
         if (grad_mem_bytes_) {
             grad_mem_ = be.alloc(grad_mem_bytes_);
             be.zero(grad_mem_, grad_mem_bytes_);
@@ -293,9 +299,13 @@ void* GPT2::pgrad(int param_idx) const {
     return g < 0 ? nullptr : grad_ptr(g);
 }
 
+int GPT2::grad_slot(int layer) const {
+    const int b = layer_bucket_.at(layer);
+    return b < 0 || !opts_.grad_slots ? -1 : bucket_slot_[b];
+}
+
 void* GPT2::bucket_memory(size_t b) const {
-    const int layer = buckets_[b].layer;
-    const size_t at = layer < 0 ? 0 : rest_elems_ + (size_t)(layer % opts_.grad_slots) * slot_elems_;
+    const size_t at = bucket_slot_[b] < 0 ? 0 : rest_elems_ + (size_t)bucket_slot_[b] * slot_elems_;
     return static_cast<char*>(grad_mem_) + at * dtype_size(grads_.dtype());
 }
 

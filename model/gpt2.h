@@ -93,10 +93,11 @@ struct ModelOptions {
     size_t head_chunk = 0;  // rows of logits kept at once; 0: every row
     // ZeRO-2's gradient slots (train/data_parallel.h). 0: every gradient lives in one arena for the whole step.
     // K > 0: only the rest bucket (embeddings, ln_f, virtual tokens: those receive gradient at both ends of
-    // backward) has memory of its own; the blocks share K block-sized slots, block l taking slot l % K, zeroed
-    // as its backward starts. Whoever owns the slots must empty slot l % K (reduce it, keep its share) in the
-    // layer-start hook, before block l overwrites what block l + K left there. grads() then describes the layout
-    // and holds no memory; grad_ptr() and grad_range() say where a gradient is.
+    // backward) has memory of its own; the blocks that train share min(K, their number) block-sized slots, taken
+    // in turn (grad_slot(l)) and zeroed as each block's backward starts. Whoever owns the slots must empty block
+    // l's slot (reduce it, keep its share) in the layer-start hook, before block l overwrites what an earlier
+    // block left there. grads() then describes the layout and holds no memory; grad_ptr() and grad_range() say
+    // where a gradient is.
     int grad_slots = 0;
 };
 
@@ -181,7 +182,9 @@ class GPT2 {
     // Gradient memory. The buckets of the gradient table (one per block that trains, one for the rest) and where
     // range k of bucket b lies: at its table offset in grads() normally; with slots, the ranges of a bucket lie
     // back to back (each on a 64-element boundary) in the rest's memory or in its layer's slot.
-    int grad_slots() const { return opts_.grad_slots; }
+    int grad_slots() const { return opts_.grad_slots; }  // as asked (ModelOptions); 0: one whole arena
+    int grad_slots_held() const { return slots_held_; }   // as allocated: no more than the blocks that train
+    int grad_slot(int layer) const;                       // the slot block `layer` takes; -1: none (nothing trains)
     const std::vector<GradBucket>& grad_bucket_list() const { return buckets_; }
     void* grad_range(size_t b, size_t k) const;
     void* grad_ptr(size_t g) const;  // gradient tensor g (an index into grads().table())
@@ -288,6 +291,8 @@ class GPT2 {
     std::vector<std::vector<size_t>> range_slot_offset_;  // (buckets, ranges) offset of each range in it
     void* grad_mem_ = nullptr;  // slots: the rest's memory (rest_elems_), then the K slots (slot_elems_ each)
     size_t grad_mem_bytes_ = 0, rest_elems_ = 0, slot_elems_ = 0;
+    int slots_held_ = 0;
+    std::vector<int> bucket_slot_;  // (buckets) the slot of each block bucket (their order modulo the slots), -1: rest
     void* bucket_memory(size_t b) const;
     void zero_slot(int layer);
     // Backward scratch indices

@@ -46,7 +46,7 @@ std::string DataParallel::describe() const {
     if (zero_ == 1) s += " (optimizer state: this rank's 1/" + std::to_string(world()) + ")";
     if (zero_ == 2)
         s += " (optimizer state and reduced gradients: this rank's 1/" + std::to_string(world()) + "; " +
-             std::to_string(model_.grad_slots()) + " gradient slots for the blocks)";
+             std::to_string(model_.grad_slots_held()) + " gradient slots for the blocks)";
     s += ", " + std::to_string(buckets_.size()) + " gradient buckets";
     return s;
 }
@@ -63,7 +63,7 @@ void DataParallel::on_layer_done(int layer) {
         for (size_t b = 0; b < buckets_.size(); b++) {
             if (buckets_[b].layer != layer || layer < 0) continue;
             reduce(b);
-            const int slot = layer % model_.grad_slots();
+            const int slot = model_.grad_slot(layer);
             if (!overlap_) {
                 comm_.join();
                 settle(b);
@@ -79,10 +79,11 @@ void DataParallel::on_layer_done(int layer) {
         if (buckets_[b].layer == layer && layer >= 0 && !reduced_[b]) reduce(b);
 }
 
-// ZeRO-2: layer l is about to take its slot: what an earlier layer left there must be reduced and kept first.
+// ZeRO-2: layer l is about to take its slot: what an earlier layer (of this micro-batch or the one before) left
+// there must be reduced and kept first.
 void DataParallel::on_layer_start(int layer) {
-    const int slot = layer % model_.grad_slots();
-    if (slot_bucket_[slot] < 0) return;
+    const int slot = model_.grad_slot(layer);
+    if (slot < 0 || slot_bucket_[slot] < 0) return;
     comm_.wait(slot_mark_[slot]);
     settle((size_t)slot_bucket_[slot]);
     slot_bucket_[slot] = -1;
@@ -101,20 +102,6 @@ void DataParallel::settle(size_t b) {
     }
 }
 
-void DataParallel::backward_done() {
-    if (zero_ != 2) return;
-    for (size_t b = 0; b < buckets_.size(); b++)
-        if (buckets_[b].layer < 0) reduce(b);
-    comm_.join();
-    for (int& b : slot_bucket_) {
-        if (b >= 0) settle((size_t)b);
-        b = -1;
-    }
-    for (size_t b = 0; b < buckets_.size(); b++)
-        if (buckets_[b].layer < 0) settle(b);
-    model_.zero_grads();  // the rest's memory, for the next micro-batch (the slots are zeroed as they are taken)
-}
-
 void DataParallel::reduce(size_t b) {
     const DType dt = model_.grads().dtype();
     const std::string what = zero_ >= 1 ? "gradient reduce-scatter, bucket " : "gradient all-reduce, bucket ";
@@ -131,10 +118,22 @@ void DataParallel::reduce(size_t b) {
 }
 
 void DataParallel::finish_gradients() {
-    if (zero_ != 2)
+    if (zero_ != 2) {
         for (size_t b = buckets_.size(); b-- > 0;)
             if (!reduced_[b]) reduce(b);
+    } else {  // the rest accumulated over the micro-batches in its own memory, like every gradient under ZeRO-1
+        for (size_t b = 0; b < buckets_.size(); b++)
+            if (buckets_[b].layer < 0) reduce(b);
+    }
     comm_.join();
+    if (zero_ == 2) {
+        for (int& b : slot_bucket_) {
+            if (b >= 0) settle((size_t)b);
+            b = -1;
+        }
+        for (size_t b = 0; b < buckets_.size(); b++)
+            if (buckets_[b].layer < 0) settle(b);
+    }
     armed_ = false;
     reduced_.assign(buckets_.size(), false);
 }

@@ -19,11 +19,12 @@
 //
 // ZeRO-2 also shards the gradients. The model keeps no whole gradient arena (ModelOptions::grad_slots): block
 // l's gradients are written into a slot, and every backward (not only the step's last) reduce-scatters each
-// bucket as it ends; before the slot is taken again (block l-2 with two slots), the bucket's reduced piece
-// is added into this rank's piece of the step's gradients (acc_), which is all the optimizer and the norm
-// read. With one micro-batch per step that is 0 + the ZeRO-1 sum: the same bits. With K micro-batches the
-// sums are taken in another order (over ranks, then micro-batches), so they agree to rounding. Cost: the
-// reduce-scatter runs K times per step instead of once.
+// block's bucket as it ends; before the slot is taken again (two blocks further down, or in the next
+// micro-batch), the bucket's reduced piece is added into this rank's piece of the step's gradients (acc_),
+// which is all the optimizer and the norm read. The rest bucket keeps its memory and accumulates over the
+// micro-batches, reduced once, after the last. With one micro-batch per step that is 0 + the ZeRO-1 sum: the
+// same bits. With K micro-batches the blocks' sums are taken in another order (over ranks, then micro-
+// batches), so they agree to rounding. Cost: the blocks' reduce-scatter runs K times per step instead of once.
 //
 // For whoever adds to the step: a term added to the gradients outside backward (an L2-SP/EWC penalty) must
 // come after finish_gradients(), computed the same way on every rank, or it is counted once per rank; under
@@ -69,11 +70,9 @@ class DataParallel {
     // The next backward is the step's last: reduce each layer's bucket as backward finishes it (ZeRO-0 and 1;
     // ZeRO-2 reduces every backward's buckets, as it must).
     void arm() { armed_ = true; }
-    // After each backward. ZeRO-2: the rest bucket is reduced too, every bucket's share of this rank's piece is
-    // added to it, and the model's gradient memory is free for the next micro-batch. Otherwise nothing.
-    void backward_done();
-    // Reduces the buckets still pending and waits: afterwards the gradients of this rank's piece (all of them
-    // under ZeRO-0) hold the sums over ranks.
+    // After the step's last backward: reduces the buckets still pending (ZeRO-2: the rest bucket, and keeps this
+    // rank's share of every bucket still in a slot) and waits: afterwards the gradients of this rank's piece (all
+    // of them under ZeRO-0) hold the sums over ranks.
     void finish_gradients();
     // Zeroes the reduced gradient of one gradient tensor (this rank's part of it, under ZeRO-2).
     void zero_grad_tensor(size_t g);

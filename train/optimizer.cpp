@@ -157,12 +157,13 @@ void AdamW::step(float lr, float grad_scale) {
         return;
     }
     // The own range, as if the arenas started there: grads shifted by lo_, the state arenas hold just it.
-    char* grads = shard_.grads ? static_cast<char*>(shard_.grads)
-                               : static_cast<char*>(model_.grads().base()) + lo_ * dtype_size(model_.grads().dtype());
     const std::vector<OptSegment> own = clip_segments(segs, lo_, hi_);
-    if (!own.empty())  // a range of alignment padding only has nothing to update
+    if (!own.empty()) {  // a range of alignment padding only has nothing to update
+        char* grads = shard_.grads ? static_cast<char*>(shard_.grads)
+                                   : static_cast<char*>(model_.grads().base()) + lo_ * dtype_size(model_.grads().dtype());
         model_.backend().adamw_update(model_.params().base(), master_.bytes() ? master_.base() : nullptr, grads,
                                       m_.base(), v_.base(), own, s);
+    }
     all_gather_params();
 }
 

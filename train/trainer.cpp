@@ -531,7 +531,6 @@ StepStats Trainer::step(float lr) {
         // DIST: reduce each layer's bucket as backward ends it (unarmed, finish_gradients reduces them all)
         if (dp_ && k + 1 == batches.size() && args_.comm_overlap) dp_->arm();
         model_->backward();
-        if (dp_) dp_->backward_done();  // ZeRO-2: this micro-batch's gradients reduced into the rank's piece
     }
     model_->set_training(false);
     if (dp_) {  // DIST: gradients and losses summed over ranks
@@ -739,9 +738,10 @@ void Trainer::print_memory_detail() const {
     if (model_->grad_slots()) {  // ZeRO-2: the table above has no memory of its own
         const Arena& gr = model_->grads();
         std::printf("gradients (ZeRO-2): %s, laid out as %.2f MiB of trainable tensors; held: the embeddings' "
-                    "and final LayerNorm's (all of backward) and %d block slots, %s, plus this rank's reduced "
+                    "and final LayerNorm's (all of backward) and %d block slot%s, %s, plus this rank's reduced "
                     "piece, %s\n",
-                    dtype_name(gr.dtype()), gr.elems() * dtype_size(gr.dtype()) / 1048576.0, model_->grad_slots(),
+                    dtype_name(gr.dtype()), gr.elems() * dtype_size(gr.dtype()) / 1048576.0, model_->grad_slots_held(),
+                    model_->grad_slots_held() == 1 ? "" : "s",
                     mib(model_->grad_bytes()).c_str(), mib(dp_ ? dp_->grad_shard_bytes() : 0).c_str());
     }
     if (opt_->state_bytes())
