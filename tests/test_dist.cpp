@@ -15,6 +15,8 @@
 #include <sstream>
 #include <thread>
 
+#include <cuda_runtime.h>
+
 #include "data/shard.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "tests/model_util.h"
@@ -178,6 +180,124 @@ TEST(CudaZero2, SlotsHoldTheWholeArenasGradients_Bf16_L3TwoSlotsLora) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU";
     auto be = make_cuda_backend(DType::bf16);
     expect_zero2_slots_hold_the_arenas_gradients(*be, 1e-2);
+}
+
+// A one-rank communicator for the cuda backend whose reduce-scatter is slow and not the identity: on a stream of
+// its own, after the compute stream's work and a 20 ms host-side pause, it doubles the buffer (as if a second
+// rank held the same gradients), through pinned host memory. Marks and joins are events, as NCCL's are. A slot
+// kept before its collective finished, or taken again (zeroed, overwritten) while it still runs, then shows as
+// a wrong sum: the ordering that only a GPU's streams can get wrong.
+class SlowDoublingComm final : public Comm {
+   public:
+    explicit SlowDoublingComm(Backend& be) : compute_(static_cast<cudaStream_t>(cuda_stream_of(be))) {
+        EXPECT_EQ(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), cudaSuccess);
+        for (cudaEvent_t* e : {&ready_, &done_}) EXPECT_EQ(cudaEventCreateWithFlags(e, cudaEventDisableTiming), cudaSuccess);
+    }
+    ~SlowDoublingComm() override {
+        cudaStreamSynchronize(stream_);
+        for (Job* j : jobs_) {
+            cudaFreeHost(j->host);
+            delete j;
+        }
+        for (cudaEvent_t e : marks_) cudaEventDestroy(e);
+        cudaEventDestroy(ready_);
+        cudaEventDestroy(done_);
+        cudaStreamDestroy(stream_);
+    }
+    int rank() const override { return 0; }
+    int world() const override { return 1; }
+    std::string kind() const override { return "test"; }
+    void bind(Backend&) override {}
+    void allreduce_sum(void*, DType, size_t, const char*) override { ADD_FAILURE() << "ZeRO-2 does not all-reduce"; }
+    void reduce_scatter_sum(void* buf, DType dt, const std::vector<size_t>& counts, const char*) override {
+        Job* j = new Job{dt, counts.at(0), nullptr};
+        jobs_.push_back(j);
+        const size_t bytes = j->n * dtype_size(dt);
+        if (!bytes) return;
+        EXPECT_EQ(cudaMallocHost(&j->host, bytes), cudaSuccess);
+        cudaEventRecord(ready_, compute_);
+        cudaStreamWaitEvent(stream_, ready_, 0);
+        cudaLaunchHostFunc(stream_, pause, nullptr);
+        cudaMemcpyAsync(j->host, buf, bytes, cudaMemcpyDeviceToHost, stream_);
+        cudaLaunchHostFunc(stream_, twice, j);
+        cudaMemcpyAsync(buf, j->host, bytes, cudaMemcpyHostToDevice, stream_);
+    }
+    void all_gather(void*, DType, const std::vector<size_t>&, const char*) override {}  // one rank: in place
+    void broadcast(void*, DType, size_t, int, const char*) override {}
+    void join() override {
+        cudaEventRecord(done_, stream_);
+        cudaStreamWaitEvent(compute_, done_, 0);
+    }
+    uint64_t mark() override {
+        cudaEvent_t e;
+        EXPECT_EQ(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), cudaSuccess);
+        cudaEventRecord(e, stream_);
+        marks_.push_back(e);
+        return marks_.size() - 1;
+    }
+    void wait(uint64_t mark) override { cudaStreamWaitEvent(compute_, marks_.at(mark), 0); }
+    void all_gather_host(void*, size_t, const char*) override {}
+    void gather_host(void*, const std::vector<size_t>&, int, const char*) override {}
+    [[noreturn]] void abort(const std::string& why) override {
+        std::fprintf(stderr, "%s\n", why.c_str());
+        std::abort();
+    }
+
+   private:
+    struct Job {
+        DType dt;
+        size_t n;
+        void* host;
+    };
+    static void CUDART_CB pause(void*) { std::this_thread::sleep_for(std::chrono::milliseconds(20)); }
+    static void CUDART_CB twice(void* p) {  // exact in every type: the exponent goes up by one
+        const Job& j = *static_cast<Job*>(p);
+        if (j.dt == DType::f32) {
+            float* v = static_cast<float*>(j.host);
+            for (size_t i = 0; i < j.n; i++) v[i] *= 2.0f;
+        } else {  // bf16: widen, double, narrow (exactly)
+            uint16_t* v = static_cast<uint16_t*>(j.host);
+            for (size_t i = 0; i < j.n; i++) {
+                uint32_t bits = (uint32_t)v[i] << 16;
+                float x;
+                std::memcpy(&x, &bits, 4);
+                x *= 2.0f;
+                std::memcpy(&bits, &x, 4);
+                v[i] = (uint16_t)(bits >> 16);
+            }
+        }
+    }
+    cudaStream_t compute_ = nullptr, stream_ = nullptr;
+    cudaEvent_t ready_ = nullptr, done_ = nullptr;
+    std::vector<cudaEvent_t> marks_;
+    std::vector<Job*> jobs_;
+};
+
+TEST(CudaZero2, WaitsForASlowCollectiveBeforeKeepingOrReusingASlot_Bf16_L5) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU";
+    auto be = make_cuda_backend(DType::bf16);
+    const ModelConfig cfg = small_config(37, 5, 3, 24, 16);
+    ModelOptions slots;
+    slots.grad_slots = 2;
+    GPT2 a(cfg, *be, 2, 11), b(cfg, *be, 2, 11, nullptr, slots);
+    a.init_random(5);
+    for (size_t i = 0; i < a.params().table().size(); i++) set_tensor(b, b.params(), i, get_tensor(a, a.params(), i));
+    SlowDoublingComm comm(*be);
+    DataParallel dp(comm, b, 2);
+    const Data d = random_data(2, 11, 37, 100, true);
+    a.zero_grads();
+    dp.zero_gradients();
+    for (GPT2* m : {&a, &b}) {
+        m->forward(d.x.data(), d.B, d.T, d.w.data());
+        m->loss(d.y.data(), d.w.data(), 1.0f / (float)counted(d.w), true);
+        m->backward();
+    }
+    dp.finish_gradients();
+    std::vector<double> want(a.grads().elems()), got(want.size(), NAN);
+    be->download(want.data(), a.grads().base(), a.grads().dtype(), want.size());
+    be->download(got.data(), dp.optimizer_shard().grads, a.grads().dtype(), got.size());
+    for (double& w : want) w *= 2;
+    EXPECT_EQ(got, want);
 }
 
 // Sets environment variables for its lifetime, restoring what was there.
