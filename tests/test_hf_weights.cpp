@@ -797,6 +797,27 @@ TEST(ExportTool, MissingOutputDirectoryIsNamed) {
                     dir.file("file/x.bin") + ": cannot write: " + dir.file("file") + " is not a directory");
 }
 
+// An export that fails part way (here a 4 KiB file-size limit, as a full disk would) takes back the directory it
+// made, so no half export is left for transformers to trip over; a directory that was there stays, with what
+// it held.
+TEST(ExportTool, AFailedExportLeavesNoDirectoryItMade) {
+    if (!fs::exists("bin/export")) GTEST_SKIP() << "bin/export not built (make bin/export, or make test)";
+    TempDir dir;
+    auto limited = [&](const std::string& out_dir) {
+        return run_cmd("bash -c 'ulimit -f 4; trap \"\" XFSZ; exec bin/export " + kFixture + " --hf " + out_dir + "'");
+    };
+    CmdResult r = limited(dir.file("new/hf"));
+    EXPECT_EQ(r.rc, 1) << r.out;
+    EXPECT_MENTIONS(r.out, dir.file("new/hf") + "/model.safetensors");
+    EXPECT_FALSE(fs::exists(dir.file("new"))) << r.out;
+    fs::create_directories(dir.file("old"));
+    spit(dir.file("old/keep.txt"), "mine");
+    r = limited(dir.file("old"));
+    EXPECT_EQ(r.rc, 1) << r.out;
+    EXPECT_EQ(slurp(dir.file("old/keep.txt")), "mine");
+    EXPECT_FALSE(fs::exists(dir.file("old/model.safetensors")));
+}
+
 // ---- scripts/download_gpt2.sh, with a stand-in curl (no network) ----
 
 // A curl that fails like a machine without internet (FAKE_CURL=offline), fails after part of
