@@ -187,8 +187,8 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
         // Consecutive trainable blocks take consecutive slots, so no more are held than blocks train.
         bucket_slot_.assign(buckets_.size(), -1);
         int blocks = 0;
-        for (size_t b = 0; b < buckets_.size(); b++)
-            if (buckets_[b].layer >= 0) bucket_slot_[b] = blocks++ % opts.grad_slots;
+        for (int l = L - 1; l >= 0; l--)  // in backward's order (LoRA-only blocks' buckets come last in the table)
+            if (layer_bucket_[l] >= 0) bucket_slot_[layer_bucket_[l]] = blocks++ % opts.grad_slots;
         slots_held_ = std::min(blocks, opts.grad_slots);
         grad_mem_bytes_ = (rest_elems_ + (size_t)slots_held_ * slot_elems_) * dtype_size(dt);
         if (grad_mem_bytes_) {
