@@ -610,6 +610,26 @@ TEST_F(DistFixture, FineTuningMethodsUnderTwoRanksEqualOneRank_LoraL2spDistillRe
     EXPECT_EQ(slurp(dir + "/lz0/resume.ckpt"), slurp(dir + "/lz1/resume.ckpt"));
 }
 
+// L2-SP and EWC under ZeRO-1 and 2: each rank adds the penalty's gradient to its own piece of the gradients
+// (beside its piece of the master weights) and the penalties are summed over the pieces: the same bytes as
+// ZeRO-0, where every rank adds all of it. ZeRO-2 cannot estimate a Fisher (no whole gradient) and says so.
+TEST_F(DistFixture, L2spAndEwcUnderZero1And2AreByteIdenticalToZero0) {
+    const std::string fisher = dir + "/fisher.safetensors";
+    const std::string common = "--steps 4 --val-every 0 --batch 2 --l2sp 0.5 --ewc 20 --fisher " + fisher;
+    CmdResult r = run_cmd(mpirun(2) + train(common + " --fisher-data " + dir + "/val.bin --zero 2", "refused"));
+    EXPECT_NE(r.rc, 0);
+    EXPECT_THAT(r.out, HasSubstr("--zero 2 keeps no whole gradient to estimate the Fisher from")) << r.out;
+    RUN_OK(mpirun(3) + train(common + " --fisher-data " + dir + "/val.bin --fisher-batches 2 --zero 0", "z0"));
+    RUN_OK(mpirun(3) + train(common + " --zero 1", "z1"));
+    RUN_OK(mpirun(3) + train(common + " --zero 2", "z2"));
+    ASSERT_GT(series("z0", "penalty").back(), 0.0);
+    for (const char* run : {"z1", "z2"}) {
+        EXPECT_EQ(slurp(dir + "/z0/model.ckpt"), slurp(dir + "/" + run + "/model.ckpt")) << run;
+        EXPECT_TRUE(near_rel(series(run, "penalty"), series("z0", "penalty"), 1e-12)) << run;
+        EXPECT_EQ(series(run, "loss"), series("z0", "loss")) << run;
+    }
+}
+
 TEST_F(DistFixture, ThreeRanksZero1IsByteIdenticalToZero0AndEqualsOneRank) {
     const std::string common = "--steps 5 --val-every 0";
     RUN_OK("OMP_NUM_THREADS=1 " + train(common + " --batch 6", "one"));

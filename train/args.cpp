@@ -263,9 +263,6 @@ void validate_train_args(const TrainArgs& a) {
                          std::to_string(a.lr_find_hi));
     if (!a.model.empty() && a.model != d.model && !a.init.empty() && a.resume.empty())
         throw UsageError("--model " + a.model + " has no effect with --init: the weights carry their config");
-    if (a.zero > 0 && (a.l2sp > 0 || a.ewc > 0))
-        throw UsageError("--zero " + std::to_string(a.zero) +
-                         " with --l2sp/--ewc: the penalty needs every master weight on every rank; use --zero 0");
     if (a.distill > 0 && a.teacher.empty() && a.init.empty() && a.resume.empty())
         throw UsageError("--distill needs a teacher: --teacher WEIGHTS, or --init (the starting model is the default)");
     if (a.unfreeze_every > 0 && (a.peft.any() || !a.adapter.empty()))

@@ -29,7 +29,7 @@
 // For whoever adds to the step: a term added to the gradients outside backward (an L2-SP/EWC penalty) must
 // come after finish_gradients(), computed the same way on every rank, or it is counted once per rank; under
 // ZeRO-1 and 2 only the rank's own piece of the gradients is read, and AdamW's master weights hold only that
-// piece. Any other data source (replay) must be sliced by rank like the training Loader, and random draws
+// piece, so there such a term goes into that piece alone (AdamW::own_range, own_gradients). Any other data source (replay) must be sliced by rank like the training Loader, and random draws
 // (dropout) seeded per rank.
 #pragma once
 

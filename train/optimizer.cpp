@@ -140,6 +140,11 @@ void AdamW::set_state_tensor(State which, size_t g, const float* values) {
                   hi - lo);
 }
 
+void* AdamW::own_gradients() const {
+    if (shard_.grads) return shard_.grads;
+    return static_cast<char*>(model_.grads().base()) + lo_ * dtype_size(model_.grads().dtype());
+}
+
 void AdamW::step(float lr, float grad_scale) {
     t_++;
     AdamWStep s;
@@ -158,12 +163,9 @@ void AdamW::step(float lr, float grad_scale) {
     }
     // The own range, as if the arenas started there: grads shifted by lo_, the state arenas hold just it.
     const std::vector<OptSegment> own = clip_segments(segs, lo_, hi_);
-    if (!own.empty()) {  // a range of alignment padding only has nothing to update
-        char* grads = shard_.grads ? static_cast<char*>(shard_.grads)
-                                   : static_cast<char*>(model_.grads().base()) + lo_ * dtype_size(model_.grads().dtype());
-        model_.backend().adamw_update(model_.params().base(), master_.bytes() ? master_.base() : nullptr, grads,
-                                      m_.base(), v_.base(), own, s);
-    }
+    if (!own.empty())  // a range of alignment padding only has nothing to update
+        model_.backend().adamw_update(model_.params().base(), master_.bytes() ? master_.base() : nullptr,
+                                      own_gradients(), m_.base(), v_.base(), own, s);
     all_gather_params();
 }
 

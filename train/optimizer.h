@@ -8,6 +8,7 @@
 // reduced gradients there, then all-gathers the parameters so every replica holds them all.
 #pragma once
 
+#include <utility>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -56,6 +57,9 @@ class AdamW {
     Arena& v() { return v_; }
     Arena& master() { return master_; }  // empty unless the backend keeps master weights
     bool sharded() const { return shard_.comm != nullptr; }
+    // The range of the gradient layout this rank updates (everything when unsharded), and where its gradients are.
+    std::pair<size_t, size_t> own_range() const { return {lo_, hi_}; }
+    void* own_gradients() const;
     // State tensors one gradient-table tensor at a time, as float, for checkpoints. Sharded, state_tensor is a
     // collective (every rank calls it in the same order) and only rank 0 receives the whole tensor;
     // set_state_tensor takes the whole tensor and keeps the own range.

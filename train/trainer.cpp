@@ -374,6 +374,8 @@ std::vector<int32_t> Trainer::virtual_init_tokens() const {
     return ids;
 }
 
+// theta_0: the weights as the run starts, just after the master copy was made from them (so either reads the
+// same values; the parameters are whole on every rank, the master copy under ZeRO only a piece).
 void Trainer::capture_anchor() {
     const Table& ptab = model_->params().table();
     const std::vector<int>& gidx = model_->grad_index();
@@ -381,10 +383,7 @@ void Trainer::capture_anchor() {
     for (size_t i = 0; i < ptab.size(); i++) {
         if (gidx[i] < 0) continue;
         host.resize(ptab[i].numel);
-        if (opt_->master().bytes())
-            be_->download(host.data(), opt_->master().ptr(gidx[i]), opt_->master().dtype(), host.size());
-        else
-            be_->download(host.data(), model_->params().ptr(i), model_->params().dtype(), host.size());
+        be_->download(host.data(), model_->params().ptr(i), model_->params().dtype(), host.size());
         be_->upload(anchor_.ptr(gidx[i]), anchor_.dtype(), host.data(), host.size());
     }
 }
@@ -410,6 +409,9 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
         return;
     }
     if (data.empty()) throw UsageError("--fisher " + path + " does not exist and no --fisher-data was given to estimate it");
+    if (!model_->grads().holds_memory())
+        throw UsageError("--fisher " + path + ": --zero 2 keeps no whole gradient to estimate the Fisher from; "
+                         "estimate it once with --zero 0 or 1 (or in one process), then give that --fisher file");
     Loader base(data, model_->config().vocab_size, args_.batch, args_.seq, true, args_.seed + 2);
     if (writer_) {
         base.note_short_shards();
@@ -554,18 +556,26 @@ StepStats Trainer::step(float lr) {
     st.kl = st.counted ? kl_sum / (double)st.counted : 0.0;
     // L2-SP / EWC: lambda/2 sum F (theta - theta_0)^2, its gradient added (times the loss scale, like every
     // gradient here) before the norm is taken, so clipping sees the whole objective. After the reduction over
-    // ranks, identically on each (ZeRO-1, whose ranks hold only a piece of the master weights, is refused).
+    // ranks: identically on each (ZeRO-0), or under ZeRO-1/2 by each rank on its own piece, where its master
+    // weights and reduced gradients are, the penalty then summed over the pieces.
     if (anchor_.bytes()) {
-        const std::vector<OptSegment> segs = opt_->active_segments();
+        const auto [lo, hi] = opt_->own_range();
+        const std::vector<OptSegment> segs = clip_segments(opt_->active_segments(), lo, hi);
+        const size_t es = dtype_size(anchor_.dtype());
+        void* grads = opt_->own_gradients();
         void* master = opt_->master().bytes() ? opt_->master().base() : nullptr;
+        const char* anchor = static_cast<const char*>(anchor_.base()) + lo * es;
+        const char* fisher = fisher_.bytes() ? static_cast<const char*>(fisher_.base()) + lo * es : nullptr;
+        double penalty = 0;
         if (args_.l2sp > 0)
-            st.penalty += 0.5 * args_.l2sp *
-                          be_->anchor_penalty(model_->grads().base(), model_->params().base(), master, anchor_.base(),
-                                              nullptr, segs, args_.l2sp, (float)scale);
+            penalty += 0.5 * args_.l2sp *
+                       be_->anchor_penalty(grads, model_->params().base(), master, anchor, nullptr, segs, args_.l2sp,
+                                           (float)scale);
         if (args_.ewc > 0)
-            st.penalty += 0.5 * args_.ewc *
-                          be_->anchor_penalty(model_->grads().base(), model_->params().base(), master, anchor_.base(),
-                                              fisher_.base(), segs, args_.ewc, (float)scale);
+            penalty += 0.5 * args_.ewc *
+                       be_->anchor_penalty(grads, model_->params().base(), master, anchor, fisher, segs, args_.ewc,
+                                           (float)scale);
+        st.penalty = opt_->sharded() ? dp_->sum(penalty, "L2-SP/EWC penalty") : penalty;
     }
     const double raw_norm = std::sqrt(dp_ ? dp_->grad_sum_squares()
                                           : be_->sum_squares(model_->grads().base(), model_->grads().elems()));
