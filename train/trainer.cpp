@@ -254,7 +254,9 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     state_.loss_scale = dynamic_loss_scale_ ? args.loss_scale : 1.0;  // a resume checkpoint overrides it
     state_.working_copy = args.stochastic_rounding;
     flops_per_token_ = 6.0 * (double)num_parameters(cfg) + 12.0 * cfg.n_layer * cfg.n_embd * (double)args.seq;
-    if (be_->name() == "cuda") peak_flops_ = cuda_peak_flops(be_->act_dtype());
+    // MFU against the dense bf16 tensor-core peak in every precision (PaLM's convention): what the chip could do,
+    // so an fp32 run shows what it leaves on the table.
+    if (be_->name() == "cuda") peak_flops_ = cuda_peak_flops(DType::bf16);
     const bool anchored = args.l2sp > 0 || args.ewc > 0;
     if (anchored) anchor_.allocate(*be_, model_->grads().table(), be_->master_dtype());
     if (!args.resume.empty()) {
