@@ -408,6 +408,28 @@ TEST(TrainArgsParse, InvalidValuesAreUsageErrorsNamingTheFlag) {
     EXPECT_EQ(parse_error({"--lr=1e-3", "--batch", "8", "--steps", "5"}), "");
 }
 
+TrainArgs parsed(std::vector<std::string> argv) {
+    argv.insert(argv.begin(), "train");
+    std::vector<char*> p;
+    for (auto& s : argv) p.push_back(s.data());
+    TrainArgs a;
+    EXPECT_TRUE(parse_train_args((int)p.size(), p.data(), a));
+    return a;
+}
+
+// --lr-find sweeps a few hundred steps unless told otherwise; --lr-layer-factor ulmfit is Howard and Ruder's 1/2.6.
+TEST(TrainArgsParse, LrFindDefaultsTo300StepsAndUlmfitFactorIsOneOver2_6) {
+    EXPECT_EQ(parsed({}).steps, 100);
+    EXPECT_EQ(parsed({"--lr-find"}).steps, 300);
+    EXPECT_EQ(parsed({"--lr-find", "--steps", "50"}).steps, 50);
+    EXPECT_EQ(parsed({"--steps", "50", "--lr-find"}).steps, 50);
+    EXPECT_FLOAT_EQ(parsed({"--lr-layer-factor", "ulmfit"}).lr_layer_factor, 1.0f / 2.6f);
+    EXPECT_FLOAT_EQ(parsed({"--lr-layer-factor", "0.5"}).lr_layer_factor, 0.5f);
+    EXPECT_THAT(parse_error({"--lr-layer-factor", "ulm"}), HasSubstr("--lr-layer-factor"));
+    EXPECT_THAT(parse_error({"--lr-layer-factor", "2"}), HasSubstr("--lr-layer-factor"));
+    EXPECT_THAT(train_help(), HasSubstr("[100; 300 with --lr-find]"));
+}
+
 TEST(TrainArgsParse, HelpListsEveryOptionWithItsDefault) {
     const std::string h = train_help();
     for (const char* flag : {"--device", "--lr", "--batch", "--seq", "--grad-accum", "--steps", "--resume", "--init",

@@ -73,8 +73,10 @@ Cli train_cli(TrainArgs& a) {
              1 << 20);
     c.option("--train-only", "PATTERNS", "train only parameters matching these comma-separated patterns "
              "(e.g. 'h.11.*,ln_f.*')", &a.train_only);
-    c.option("--lr-layer-factor", "F", "discriminative rates: block l at lr * F^(L-1-l), e.g. 0.385 = 1/2.6 (0: off)",
-             &a.lr_layer_factor, 0, 1);
+    c.custom("--lr-layer-factor", "F|ulmfit", "discriminative rates: block l at lr * F^(L-1-l); ulmfit: F = 1/2.6 "
+             "(Howard and Ruder's)", "0 (off)", [&a](const std::string& v) {
+                 a.lr_layer_factor = v == "ulmfit" ? (float)(1.0 / 2.6) : (float)parse_double("--lr-layer-factor", v, 0, 1);
+             });
     c.option("--unfreeze-every", "N", "gradual unfreezing (ULMFiT): train the top block (and ln_f) first, one more block "
              "every N steps, the embeddings last (0: off)", &a.unfreeze_every, 0, INT_MAX);
     c.option("--lora-rank", "R", "LoRA rank r: trains low-rank updates of the --lora-targets layers, base frozen (0: off)",
@@ -124,7 +126,11 @@ Cli train_cli(TrainArgs& a) {
     c.option("--batch", "B", "sequences per micro-batch", &a.batch, 1, 1 << 20);
     c.option("--seq", "T", "tokens per sequence (at most the model's block size)", &a.seq, 1, 1 << 20);
     c.option("--grad-accum", "K", "micro-batches per optimizer step", &a.grad_accum, 1, 1 << 20);
-    c.option("--steps", "N", "optimizer steps in the whole run", &a.steps, 1, INT_MAX);
+    c.custom("--steps", "N", "optimizer steps in the whole run (with --lr-find: of the sweep)", "100; 300 with --lr-find",
+             [&a](const std::string& v) {
+                 a.steps = parse_int("--steps", v, 1, INT_MAX);
+                 a.steps_given = true;
+             });
     c.option("--halt-at", "STEP", "stop once STEP steps are done, writing a resume checkpoint (0: run to the end)",
              &a.halt_at, 0, INT_MAX);
     c.option("--lr", "LR", "peak learning rate", &a.sched.lr, 1e-12, 10);
@@ -185,7 +191,11 @@ Cli train_cli(TrainArgs& a) {
 
 }  // namespace
 
-bool parse_train_args(int argc, char** argv, TrainArgs& a) { return train_cli(a).parse(argc, argv); }
+bool parse_train_args(int argc, char** argv, TrainArgs& a) {
+    if (!train_cli(a).parse(argc, argv)) return false;
+    if (a.lr_find && !a.steps_given) a.steps = 300;  // a range test wants a few hundred
+    return true;
+}
 
 std::string train_help() {
     TrainArgs defaults;

@@ -55,7 +55,8 @@ struct TrainArgs {
     int batch = 4;  // B
     int seq = 64;   // T
     int grad_accum = 1;
-    int steps = 100;
+    int steps = 100;           // 300 for --lr-find when not given (parse_train_args)
+    bool steps_given = false;  // --steps was on the command line
     int halt_at = 0;  // stop (with a resume checkpoint) once this many steps are done; 0 = run to the end
     // optimizer
     ScheduleConfig sched;
