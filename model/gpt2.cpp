@@ -449,7 +449,8 @@ void GPT2::lora_backward(int l, int s, void* dx, const void* dy, const void* x, 
     // y += u B^T:  du = dy B, dB += dy^T u;  u = s x A^T:  dA += s du^T x, dx += s du A.
     be_.matmul_backward(du, pgrad(lr.b), nullptr, dy, act(lr.act_u), params_.ptr(lr.b), N, r, OC);
     be_.scale(du, du, opts_.peft.lora_scale(), N * r);
-    be_.matmul_backward(dxl, pgrad(lr.a), nullptr, du, xin, params_.ptr(lr.a), N, IC, r);
+    be_.matmul_backward(dx ? dxl : nullptr, pgrad(lr.a), nullptr, du, xin, params_.ptr(lr.a), N, IC, r);
+    if (!dx) return;  // nothing below reads it
     if (xin != x)  // through the dropout: the same mask and scale again
         be_.dropout(dxl, dxl, opts_.peft.lora_dropout, dropout_key(l, s), N * IC);
     be_.residual_forward(dx, dx, dxl, N * IC);
@@ -736,7 +737,7 @@ std::pair<double, double> GPT2::head_loss(float dloss, bool backward_prep, GPT2*
             teacher ? sum_of(be_, scratch_.ptr(s_kl_losses_), acts_.dtype(), n) : 0.0};
 }
 
-void GPT2::block_backward(int l, const void* x_in, int B, int Tt) {
+void GPT2::block_backward(int l, const void* x_in, int B, int Tt, bool need_dx) {
     const size_t N = (size_t)B * Tt;
     const int C = cfg_.n_embd, NH = cfg_.n_head;
     BlockPtrs p = block(params_, nullptr, l);
@@ -785,9 +786,13 @@ void GPT2::block_backward(int l, const void* x_in, int B, int Tt) {
         if (dsrc) dsrc = static_cast<char*>(dsrc) + (size_t)l * 2 * C * dtype_size(acts_.dtype());
         be_.prefix_rows_backward(dsrc, d3C, 2 * C * cfg_.n_layer, B, Tt, P_, 3 * C, C, 2 * C);
     }
-    be_.matmul_backward(dC, g.qkvw, g.qkvb, d3C, a(kLn1), p.qkvw, N, C, 3 * C);
-    lora_backward(l, kLoraQkv, dC, d3C, a(kLn1), N, C, 3 * C);
-    be_.layernorm_backward(dres, g.ln1w, g.ln1b, dC, x_in, p.ln1w, a(kLn1Mean), a(kLn1Rstd), N, C);
+    // TEACH: the lowest block backward runs has no reader for d x_in, and unless its ln_1 trains none for
+    // d ln_1(x_in) either: then the QKV input gradient (a GEMM as large as the weight gradient) and ln_1's
+    // backward are skipped, as frozen weights skip their weight-gradient GEMMs.
+    const bool need_dln1 = need_dx || g.ln1w || g.ln1b;
+    be_.matmul_backward(need_dln1 ? dC : nullptr, g.qkvw, g.qkvb, d3C, a(kLn1), p.qkvw, N, C, 3 * C);
+    lora_backward(l, kLoraQkv, need_dln1 ? dC : nullptr, d3C, a(kLn1), N, C, 3 * C);
+    if (need_dln1) be_.layernorm_backward(dres, g.ln1w, g.ln1b, dC, x_in, p.ln1w, a(kLn1Mean), a(kLn1Rstd), N, C);
 }
 
 void GPT2::backward() {
@@ -832,7 +837,7 @@ void GPT2::backward() {
             if (layer_start_hook_) layer_start_hook_(l);
             zero_slot(l);
         }
-        block_backward(l, l == 0 ? act(a_encoded_) : A(l - 1, kRes3), B, Tt);
+        block_backward(l, l == 0 ? act(a_encoded_) : A(l - 1, kRes3), B, Tt, l > stop);
         be_.range_pop();
         if (layer_grads_hook_) layer_grads_hook_(l);  // DIST
     }

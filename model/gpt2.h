@@ -226,8 +226,10 @@ class GPT2 {
     // after the first finds its ln_1 done; recomputation (chain = false) runs one block on its own.
     void block_forward(int l, int l_act, const void* x_in, int B, int Tt, int pos0, bool chain = false,
                        int l_act_next = 0);
-    void block_backward(int l, const void* x_in, int B, int Tt);
-    // y(N,OC) += LoRA branch of site s of block l on x(N,IC); and its backward (dx(N,IC) accumulates).
+    // need_dx: something below reads d x_in (another block, the embeddings, the prompt); else it is not computed.
+    void block_backward(int l, const void* x_in, int B, int Tt, bool need_dx);
+    // y(N,OC) += LoRA branch of site s of block l on x(N,IC); and its backward (dx(N,IC) accumulates; null: not
+    // computed).
     void lora_forward(int l, int s, void* y, const void* x, size_t N, int IC, int OC, int l_act);
     void lora_backward(int l, int s, void* dx, const void* dy, const void* x, size_t N, int IC, int OC);
     uint64_t dropout_key(int l, int s) const;

@@ -85,6 +85,177 @@ TEST(Select, FrozenParametersAreByteIdenticalAfterTraining) {
     }
 }
 
+// A backend that does what the cpu backend does and writes down the backward work asked of it: the layer ranges
+// opened, and per matmul_backward whether it computed the input gradient and the weight gradient.
+class RecordingBackend final : public Backend {
+   public:
+    struct Gemm {
+        std::string range;  // the innermost layer range open
+        int IC, OC;
+        bool dinp, dweight;
+    };
+    std::vector<std::string> ranges;
+    std::vector<Gemm> gemms;
+    int ln_backwards = 0;
+
+    std::string name() const override { return be_->name(); }
+    DType act_dtype() const override { return be_->act_dtype(); }
+    DType master_dtype() const override { return be_->master_dtype(); }
+    void* alloc(size_t bytes) override { return be_->alloc(bytes); }
+    void free(void* p) override { be_->free(p); }
+    void zero(void* p, size_t bytes) override { be_->zero(p, bytes); }
+    void upload(void* d, DType t, const float* s, size_t n) override { be_->upload(d, t, s, n); }
+    void upload(void* d, DType t, const double* s, size_t n) override { be_->upload(d, t, s, n); }
+    void download(float* d, const void* s, DType t, size_t n) override { be_->download(d, s, t, n); }
+    void download(double* d, const void* s, DType t, size_t n) override { be_->download(d, s, t, n); }
+    void upload_i32(int32_t* d, const int32_t* s, size_t n) override { be_->upload_i32(d, s, n); }
+    void upload_f32(float* d, const float* s, size_t n) override { be_->upload_f32(d, s, n); }
+    void synchronize() override { be_->synchronize(); }
+    void range_push(const char* name) override {
+        open_.push_back(name);
+        if (std::string(name).find("backward") != std::string::npos && open_.size() == 1) ranges.push_back(name);
+    }
+    void range_pop() override { open_.pop_back(); }
+    void encoder_forward(void* o, const int32_t* t, const void* e, const void* p, int B, int T, int C) override {
+        be_->encoder_forward(o, t, e, p, B, T, C);
+    }
+    void encoder_backward(void* de, void* dp, const void* d, const int32_t* t, int B, int T, int C) override {
+        be_->encoder_backward(de, dp, d, t, B, T, C);
+    }
+    void layernorm_forward(void* o, void* m, void* r, const void* i, const void* w, const void* b, size_t N,
+                           int C) override {
+        be_->layernorm_forward(o, m, r, i, w, b, N, C);
+    }
+    void layernorm_backward(void* di, void* dw, void* db, const void* d, const void* i, const void* w, const void* m,
+                            const void* r, size_t N, int C) override {
+        ln_backwards++;
+        be_->layernorm_backward(di, dw, db, d, i, w, m, r, N, C);
+    }
+    void matmul_forward(void* o, const void* i, const void* w, const void* b, size_t N, int IC, int OC) override {
+        be_->matmul_forward(o, i, w, b, N, IC, OC);
+    }
+    void matmul_backward(void* di, void* dw, void* db, const void* d, const void* i, const void* w, size_t N, int IC,
+                         int OC) override {
+        gemms.push_back({open_.empty() ? "" : open_.front(), IC, OC, di != nullptr, dw != nullptr});
+        be_->matmul_backward(di, dw, db, d, i, w, N, IC, OC);
+    }
+    size_t attention_saved_elems(int B, int T, int C, int NH) const override {
+        return be_->attention_saved_elems(B, T, C, NH);
+    }
+    void attention_forward(void* o, void* s, const void* q, int B, int T, int C, int NH) override {
+        be_->attention_forward(o, s, q, B, T, C, NH);
+    }
+    void attention_backward(void* dq, const void* d, const void* q, const void* o, const void* s, int B, int T, int C,
+                            int NH) override {
+        be_->attention_backward(dq, d, q, o, s, B, T, C, NH);
+    }
+    void attention_forward_cached(void* o, void* k, void* v, const void* q, int B, int n, int p, int mT, int C,
+                                  int NH) override {
+        be_->attention_forward_cached(o, k, v, q, B, n, p, mT, C, NH);
+    }
+    void gelu_forward(void* o, const void* i, size_t n) override { be_->gelu_forward(o, i, n); }
+    void gelu_backward(void* di, const void* d, const void* i, size_t n) override { be_->gelu_backward(di, d, i, n); }
+    void residual_forward(void* o, const void* a, const void* b, size_t n) override { be_->residual_forward(o, a, b, n); }
+    void gather_rows(void* o, const void* i, const int32_t* r, size_t n, int C) override { be_->gather_rows(o, i, r, n, C); }
+    void scatter_rows(void* o, const void* i, const int32_t* r, size_t n, size_t N, int C) override {
+        be_->scatter_rows(o, i, r, n, N, C);
+    }
+    void crossentropy_forward_backward(void* l, void* dl, const void* lg, const int32_t* t, const float* w, float dloss,
+                                       size_t N, int V, int Vp) override {
+        be_->crossentropy_forward_backward(l, dl, lg, t, w, dloss, N, V, Vp);
+    }
+    void scale(void* o, const void* i, float s, size_t n) override { be_->scale(o, i, s, n); }
+    void dropout(void* o, const void* i, float p, uint64_t seed, size_t n) override { be_->dropout(o, i, p, seed, n); }
+    void prefix_rows_forward(void* x, const void* s, int ld, int B, int T, int P, int W, int c0, int w) override {
+        be_->prefix_rows_forward(x, s, ld, B, T, P, W, c0, w);
+    }
+    void prefix_rows_backward(void* ds, void* dx, int ld, int B, int T, int P, int W, int c0, int w) override {
+        be_->prefix_rows_backward(ds, dx, ld, B, T, P, W, c0, w);
+    }
+    void distill_forward_backward(void* l, void* dl, const void* lg, const void* tl, const float* w, float tau,
+                                  float dloss, size_t N, int V, int Vp) override {
+        be_->distill_forward_backward(l, dl, lg, tl, w, tau, dloss, N, V, Vp);
+    }
+    double anchor_penalty(void* g, const void* p, const void* m, const void* a, const void* f,
+                          const std::vector<OptSegment>& s, float lambda, float mult) override {
+        return be_->anchor_penalty(g, p, m, a, f, s, lambda, mult);
+    }
+    void accumulate_squares(void* o, const void* x, float s, size_t n) override { be_->accumulate_squares(o, x, s, n); }
+    double sum_squares(const void* x, size_t n) override { return be_->sum_squares(x, n); }
+    void adamw_update(void* p, void* m, const void* g, void* mm, void* v, const std::vector<OptSegment>& s,
+                      const AdamWStep& st) override {
+        be_->adamw_update(p, m, g, mm, v, s, st);
+    }
+
+   private:
+    std::unique_ptr<Backend> be_ = make_cpu_backend(DType::f32);
+    std::vector<std::string> open_;
+};
+
+// What frozen parameters save in backward, counted: backward stops below the lowest block that trains, a frozen
+// weight's gradient GEMM is skipped, and the lowest block computes no input gradient nobody reads. The gradients
+// of what trains are those of a model that trains everything (bit for bit: the same ops on the same values).
+TEST(Select, BackwardSkipsFrozenWorkAndStopsBelowTheLowestTrainableBlock_L3) {
+    const ModelConfig c = small_config(37, 3, 3, 24, 16);
+    const Data d = random_data(2, 7, 37, 5, true);
+    auto run = [&](RecordingBackend& be, const Trainable* t) {
+        auto m = std::make_unique<GPT2>(c, be, 2, 7, t);
+        m->init_random(9);
+        be.ranges.clear(), be.gemms.clear(), be.ln_backwards = 0;
+        mean_loss(*m, d, true);
+        return m;
+    };
+    RecordingBackend all_be, top_be, mid_be, ln_be;
+    auto all = run(all_be, nullptr);
+    EXPECT_EQ(all_be.ranges, (std::vector<std::string>{"layer 2 / backward", "layer 1 / backward", "layer 0 / backward"}));
+    // --train-top 1 (block 2 and ln_f): only block 2's backward runs, and the LM head computes no gradient for
+    // the frozen (tied) wte.
+    const Trainable top = select_trainable(c, 1, "");
+    auto t = run(top_be, &top);
+    EXPECT_EQ(top_be.ranges, (std::vector<std::string>{"layer 2 / backward"}));
+    for (const auto& g : top_be.gemms) {
+        if (g.range.empty()) {
+            EXPECT_FALSE(g.dweight) << "the LM head's (tied wte) weight gradient, wte frozen";
+        }
+    }
+    // h.1's matrices only: blocks 2 and 1 run; block 2's GEMMs compute no weight gradient; block 1, the lowest,
+    // with ln_1 frozen, computes no QKV input gradient and no ln_1 backward.
+    const Trainable mid = select_trainable(c, 0, "h.1.attn.*,h.1.mlp.*");
+    auto m = run(mid_be, &mid);
+    EXPECT_EQ(mid_be.ranges, (std::vector<std::string>{"layer 2 / backward", "layer 1 / backward"}));
+    int block1_gemms = 0;
+    for (const auto& g : mid_be.gemms) {
+        if (g.range == "layer 2 / backward") {
+            EXPECT_FALSE(g.dweight) << g.IC << "x" << g.OC;
+        }
+        if (g.range != "layer 1 / backward") continue;
+        block1_gemms++;
+        EXPECT_TRUE(g.dweight) << g.IC << "x" << g.OC;
+        if (g.OC == 3 * c.n_embd) {
+            EXPECT_FALSE(g.dinp) << "QKV input gradient of the lowest block";
+        }
+    }
+    EXPECT_EQ(block1_gemms, 4);
+    EXPECT_EQ(mid_be.ln_backwards, 1 /* ln_f */ + 2 /* block 2 */ + 1 /* block 1's ln_2 */);
+    // ... unless ln_1 trains: then its backward needs d ln_1, and the QKV input gradient is computed.
+    const Trainable ln = select_trainable(c, 0, "h.1.*");
+    auto l = run(ln_be, &ln);
+    for (const auto& g : ln_be.gemms) {
+        if (g.range == "layer 1 / backward" && g.OC == 3 * c.n_embd) {
+            EXPECT_TRUE(g.dinp);
+        }
+    }
+    EXPECT_EQ(ln_be.ln_backwards, 1 + 2 + 2);
+    // The gradients that exist are the full model's.
+    for (GPT2* part : {m.get(), l.get()})
+        for (size_t i = 0; i < part->params().table().size(); i++) {
+            const int g = part->grad_index()[i];
+            if (g < 0) continue;
+            EXPECT_EQ(get_tensor(*part, part->grads(), g), get_tensor(*all, all->grads(), all->grad_index()[i]))
+                << part->params().table()[i].name;
+        }
+}
+
 TEST(Select, DiscriminativeRatesFallByTheFactorPerBlock) {
     auto be = make_cpu_backend(DType::f32);
     const ModelConfig c = small_config(37, 3);
