@@ -38,6 +38,22 @@ TEST_F(CudaTrainer, MemoryNoteNamesTheWorkspacesAfterAStep_Bf16) {
     EXPECT_EQ(make_cpu_backend(DType::f32)->memory_note(), "") << "the CPU has nothing to add";
 }
 
+// FP16 with a loss scale far too large: every gradient overflows, each step is skipped with the scale halved
+// (GradScaler's backoff), and those skips are the scale's fault, not the model's: they do not count towards
+// --max-bad-steps, so the run goes on.
+TEST_F(CudaTrainer, Fp16OverflowHalvesTheScaleSkipsTheStepAndDoesNotStopTheRun) {
+    TrainArgs a = gpu_args("fp16", "overflow");
+    a.loss_scale = 1e30;
+    a.max_bad_steps = 1;
+    a.steps = 4;
+    Trainer t(a);
+    ASSERT_EQ(t.run(), 0);
+    const std::string run = dir + "/fp16_overflow";
+    EXPECT_EQ(metric(run, "loss_scale"), (std::vector<double>{1e30, 5e29, 2.5e29, 1.25e29}));
+    EXPECT_EQ(metric(run, "skipped_total"), (std::vector<double>{1, 2, 3, 4}));
+    EXPECT_EQ(t.state().skipped_steps, 4u);
+}
+
 TEST_F(CudaTrainer, ResumeIsBitExact_Fp32Bf16Fp16_8Steps_vs_4PlusResume4) {
     for (const std::string p : {"fp32", "bf16", "fp16"}) {
         SCOPED_TRACE(p);

@@ -725,6 +725,13 @@ TEST_F(DistFixture, ResumeIsBitExactWithTheSameRanksAndContinuesWithOthers) {
     EXPECT_TRUE(near_rel(grown, series("one", "loss"), kLossTol));
     EXPECT_TRUE(near_rel(weights("grow"), weights("one"), kWeightTol));
     expect_ranks_agree("grow", 3);
+    // And shrinking: the 2-rank ZeRO-1 checkpoint continued by one process with the combined batch of 4 is the
+    // 2-rank run going on (the optimizer shards gathered, the data position kept).
+    RUN_OK("OMP_NUM_THREADS=1 " + train("--steps 6 --val-every 0 --batch 4 --resume " + dir + "/step3.ckpt", "shrink"));
+    std::vector<double> tail = series("full", "loss");
+    tail.erase(tail.begin(), tail.begin() + 3);
+    EXPECT_TRUE(near_rel(series("shrink", "loss"), tail, kLossTol));
+    EXPECT_TRUE(near_rel(weights("shrink"), weights("full"), kWeightTol));
     // The same checkpoint continued under ZeRO-2 (one micro-batch per step): the ZeRO-1 run's bytes.
     RUN_OK(mpirun(3) + train("--steps 6 --val-every 0 --zero 2 --batch 2 --resume " + dir + "/step3.ckpt", "grow2"));
     EXPECT_EQ(slurp(dir + "/grow/model.ckpt"), slurp(dir + "/grow2/model.ckpt"));

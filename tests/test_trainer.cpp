@@ -252,6 +252,43 @@ TEST_F(TrainerFixture, NonFiniteStepsAreSkippedThenTheRunStops) {
     EXPECT_LT(t.state().step, 20u);
 }
 
+// A skipped step touches nothing: weights, Adam's moments and its step count are byte-identical afterwards. When
+// the run gives up it says why and leaves those last good weights in resume.ckpt.
+TEST_F(TrainerFixture, ASkippedStepLeavesWeightsAndAdamStateUntouchedAndTheStopKeepsThem) {
+    TrainArgs a = args("nan_state");
+    a.sched.lr = 1e30f;
+    a.sched.warmup = 0;
+    a.grad_clip = 0;
+    a.max_bad_steps = 2;
+    a.steps = 20;
+    a.quiet = true;
+    Trainer t(a);
+    auto arena = [&](const Arena& ar) {
+        std::vector<double> v(ar.elems());
+        t.backend().download(v.data(), ar.base(), ar.dtype(), v.size());
+        return v;
+    };
+    ASSERT_FALSE(t.step().skipped);  // the update that blows the weights up
+    const std::vector<double> p = arena(t.model().params()), m = arena(t.optimizer().m()), v = arena(t.optimizer().v());
+    const int adam_t = t.optimizer().t();
+    ASSERT_TRUE(t.step().skipped);
+    EXPECT_EQ(arena(t.model().params()), p);
+    EXPECT_EQ(arena(t.optimizer().m()), m);
+    EXPECT_EQ(arena(t.optimizer().v()), v);
+    EXPECT_EQ(t.optimizer().t(), adam_t);
+    testing::internal::CaptureStderr();
+    EXPECT_EQ(t.run(), 1);  // one more skipped step makes two in a row
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_THAT(err, HasSubstr("2 steps in a row had a non-finite loss or gradient; stopping"));
+    EXPECT_THAT(err, HasSubstr(a.out_dir + "/resume.ckpt"));
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 saved(t.model().config(), *be, 1, 1);
+    load_checkpoint(a.out_dir + "/resume.ckpt", saved, nullptr, nullptr);
+    std::vector<double> got(saved.params().elems());
+    be->download(got.data(), saved.params().base(), saved.params().dtype(), got.size());
+    EXPECT_EQ(got, p);
+}
+
 TEST_F(TrainerFixture, PowerOfTwoLossScalingIsExactInF32) {
     TrainArgs plain = args("plain");
     ASSERT_EQ(Trainer(plain).run(), 0);
