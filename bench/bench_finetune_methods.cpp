@@ -75,8 +75,17 @@ std::vector<Method> methods(int steps, int L, const std::string& fisher, const D
     return {
         {"full", "Full fine-tuning", "lr 5e-3", [](TrainArgs&) {}},
         {"top1", "Frozen except the top block", "--train-top 1", [](TrainArgs& a) { a.train_top = 1; }},
+        {"mlp", "Only the MLPs and ln_f, by name", "--train-only 'h.*.mlp.*,ln_f.*'",
+         [](TrainArgs& a) { a.train_only = "h.*.mlp.*,ln_f.*"; }},
+        {"disc", "Discriminative LR alone", "--lr-layer-factor ulmfit", [](TrainArgs& a) { a.lr_layer_factor = 1 / 2.6f; }},
+        {"cyclic", "Full, cyclical LR (triangular2)",
+         "--schedule triangular2 --half-cycle " + std::to_string(std::max(1, steps / 4)),
+         [steps](TrainArgs& a) {
+             a.sched.kind = "triangular2";
+             a.sched.half_cycle = std::max(1, steps / 4);
+         }},
         {"ulmfit", "Gradual unfreezing + discriminative LR",
-         "--unfreeze-every " + std::to_string(period) + " --lr-layer-factor 0.385 --schedule stlr",
+         "--unfreeze-every " + std::to_string(period) + " --lr-layer-factor ulmfit --schedule stlr",
          [period](TrainArgs& a) {
              a.unfreeze_every = period;
              a.lr_layer_factor = 1 / 2.6f;
@@ -192,8 +201,8 @@ int main(int argc, char** argv) {
         cli.option("--steps", "N", "fine-tuning steps per method", &steps, 1, 1 << 30);
         cli.option("--seeds", "N", "fine-tuning runs per method, seeds 1..N (the table shows mean and range)", &seeds, 1,
                    100);
-        cli.option("--only", "KEYS", "comma-separated subset: full,top1,ulmfit,lora,prompt,ptune,prefix,l2sp,ewc,"
-                   "distill,replay", &only);
+        cli.option("--only", "KEYS", "comma-separated subset: full,top1,mlp,disc,cyclic,ulmfit,lora,prompt,ptune,prefix,"
+                   "l2sp,ewc,distill,replay", &only);
         cli.option("--doc", "FILE", "markdown file whose methods table is replaced ('' : none)", &doc);
         cli.option("--out", "DIR", "run directories and results.json", &out);
         cli.option("--machine", "TEXT", "machine description for the table", &machine);
