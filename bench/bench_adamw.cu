@@ -11,15 +11,6 @@
 namespace tune::bench {
 namespace {
 
-std::vector<OptSegment> gpt2_segments(size_t* total) {
-    const Table t = gpt2_param_table(preset_config("gpt2"));
-    std::vector<OptSegment> segs;
-    for (size_t i = 0; i < t.size(); i++)
-        segs.push_back(OptSegment{t[i].offset, t[i].offset, t[i].numel, 1.0f, t[i].shape.size() == 2 ? 0.1f : 0.0f});
-    *total = t.total();
-    return segs;
-}
-
 template <class T>
 void BM_AdamW(benchmark::State& state) {
     Context* ctx = context(state);

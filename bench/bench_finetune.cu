@@ -64,14 +64,6 @@ void BM_PrefixRowsBackward(benchmark::State& state) {
               [&] { cuda::prefix_rows_backward(dsrc.p, dx.p, w, kB, kT, kP, W, kC, w, ctx->stream); });
 }
 
-std::vector<OptSegment> gpt2_segments(size_t* total) {
-    const Table t = gpt2_param_table(preset_config("gpt2"));
-    std::vector<OptSegment> segs;
-    for (size_t i = 0; i < t.size(); i++) segs.push_back(OptSegment{t[i].offset, t[i].offset, t[i].numel, 1.0f, 0.0f});
-    *total = t.total();
-    return segs;
-}
-
 template <class T>
 void BM_AnchorPenalty(benchmark::State& state) {
     Context* ctx = context(state);

@@ -20,6 +20,8 @@
 #include "kernels/cuda/cublaslt.h"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/scratch.h"
+#include "model/config.h"
+#include "model/gpt2.h"
 
 namespace tune::bench {
 
@@ -133,6 +135,16 @@ void run_timed(benchmark::State& state, Context& ctx, double bytes, double flops
         state.counters["TFLOP/s"] = flops * per_s / 1e12;
         state.counters["%peak"] = 100.0 * flops * per_s / flops_peak;
     }
+}
+
+// GPT-2 124M's optimizer segments, one per tensor (weight decay on the matmul weights); *total: arena elements.
+inline std::vector<OptSegment> gpt2_segments(size_t* total) {
+    const Table t = gpt2_param_table(preset_config("gpt2"));
+    std::vector<OptSegment> segs;
+    for (size_t i = 0; i < t.size(); i++)
+        segs.push_back(OptSegment{t[i].offset, t[i].offset, t[i].numel, 1.0f, t[i].shape.size() == 2 ? 0.1f : 0.0f});
+    *total = t.total();
+    return segs;
 }
 
 template <class T>

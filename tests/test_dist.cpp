@@ -113,6 +113,28 @@ TEST(DistZero, ClippedSegmentsTileTheRangeAndKeepParameterOffsetsInStep) {
     EXPECT_TRUE(clip_segments(segs, 100, 128).empty());
 }
 
+// `micro` micro-batches of the same random data (B = 2, T = 11, V = 37) through `whole`, which keeps one gradient
+// arena, and `sharded`, whose gradients `dp` reduces: the whole arena's gradients and dp's rank piece.
+std::pair<std::vector<double>, std::vector<double>> gradients_both_ways(GPT2& whole, GPT2& sharded, DataParallel& dp,
+                                                                        int micro) {
+    whole.zero_grads();
+    dp.zero_gradients();
+    for (int k = 0; k < micro; k++) {
+        const Data d = random_data(2, 11, 37, 100 + k, true);
+        for (GPT2* m : {&whole, &sharded}) {
+            m->forward(d.x.data(), d.B, d.T, d.w.data());
+            m->loss(d.y.data(), d.w.data(), 1.0f / (float)counted(d.w), true);
+            m->backward();
+        }
+    }
+    dp.finish_gradients();
+    const Arena& g = whole.grads();
+    std::vector<double> arena(g.elems()), piece(g.elems(), NAN);
+    whole.backend().download(arena.data(), g.base(), g.dtype(), arena.size());
+    whole.backend().download(piece.data(), dp.optimizer_shard().grads, g.dtype(), piece.size());
+    return {arena, piece};
+}
+
 // ZeRO-2's gradient slots in one process. With one rank every reduction is the identity, so what is tested is
 // the slots: three blocks share two (block 0 takes block 2's, which must be kept first), LoRA puts a second
 // range into each block's bucket, and the rank's piece must end up holding the whole arena's gradients: bit for
@@ -135,20 +157,7 @@ void expect_zero2_slots_hold_the_arenas_gradients(Backend& be, double tol_two_mi
     EXPECT_EQ(b.grads().bytes(), 0u) << "no whole gradient arena";
     EXPECT_LT(b.grad_bytes(), a.grad_bytes());
     for (int micro : {1, 2}) {
-        a.zero_grads();
-        dp.zero_gradients();
-        for (int k = 0; k < micro; k++) {
-            const Data d = random_data(2, 11, 37, 100 + k, true);
-            for (GPT2* m : {&a, &b}) {
-                m->forward(d.x.data(), d.B, d.T, d.w.data());
-                m->loss(d.y.data(), d.w.data(), 1.0f / (float)counted(d.w), true);
-                m->backward();
-            }
-        }
-        dp.finish_gradients();
-        std::vector<double> want(a.grads().elems()), got(want.size(), NAN);
-        be.download(want.data(), a.grads().base(), a.grads().dtype(), want.size());
-        be.download(got.data(), dp.optimizer_shard().grads, a.grads().dtype(), got.size());
+        const auto [want, got] = gradients_both_ways(a, b, dp, micro);
         if (micro == 1) {
             EXPECT_EQ(got, want);
             EXPECT_EQ(dp.grad_sum_squares(), be.sum_squares(a.grads().base(), want.size()));
@@ -301,20 +310,7 @@ void expect_slow_collectives_waited_for(int micro) {
     for (size_t i = 0; i < a.params().table().size(); i++) set_tensor(b, b.params(), i, get_tensor(a, a.params(), i));
     SlowDoublingComm comm(*be, (size_t)(micro + 1) * (a.grads().elems() + 4096) * 4);
     DataParallel dp(comm, b, 2);
-    a.zero_grads();
-    dp.zero_gradients();
-    for (int k = 0; k < micro; k++) {
-        const Data d = random_data(2, 11, 37, 100 + k, true);
-        for (GPT2* m : {&a, &b}) {
-            m->forward(d.x.data(), d.B, d.T, d.w.data());
-            m->loss(d.y.data(), d.w.data(), 1.0f / (float)counted(d.w), true);
-            m->backward();
-        }
-    }
-    dp.finish_gradients();
-    std::vector<double> want(a.grads().elems()), got(want.size(), NAN);
-    be->download(want.data(), a.grads().base(), a.grads().dtype(), want.size());
-    be->download(got.data(), dp.optimizer_shard().grads, a.grads().dtype(), got.size());
+    auto [want, got] = gradients_both_ways(a, b, dp, micro);
     for (double& w : want) w *= 2;
     if (micro == 1)
         EXPECT_EQ(got, want);
