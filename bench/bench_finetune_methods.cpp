@@ -22,6 +22,7 @@
 #include "data/fileio.h"
 #include "train/cli.h"
 #include "train/default_job.h"
+#include "train/select.h"
 #include "train/trainer.h"
 
 using namespace tune;
@@ -77,7 +78,7 @@ std::vector<Method> methods(int steps, int L, const std::string& fisher, const D
         {"top1", "Frozen except the top block", "--train-top 1", [](TrainArgs& a) { a.train_top = 1; }},
         {"mlp", "Only the MLPs and ln_f, by name", "--train-only 'h.*.mlp.*,ln_f.*'",
          [](TrainArgs& a) { a.train_only = "h.*.mlp.*,ln_f.*"; }},
-        {"disc", "Discriminative LR alone", "--lr-layer-factor ulmfit", [](TrainArgs& a) { a.lr_layer_factor = 1 / 2.6f; }},
+        {"disc", "Discriminative LR alone", "--lr-layer-factor ulmfit", [](TrainArgs& a) { a.lr_layer_factor = kUlmfitLayerFactor; }},
         {"cyclic", "Full, cyclical LR (triangular2)",
          "--schedule triangular2 --half-cycle " + std::to_string(std::max(1, steps / 4)),
          [steps](TrainArgs& a) {
@@ -88,7 +89,7 @@ std::vector<Method> methods(int steps, int L, const std::string& fisher, const D
          "--unfreeze-every " + std::to_string(period) + " --lr-layer-factor ulmfit --schedule stlr",
          [period](TrainArgs& a) {
              a.unfreeze_every = period;
-             a.lr_layer_factor = 1 / 2.6f;
+             a.lr_layer_factor = kUlmfitLayerFactor;
              a.sched.kind = "stlr";
          }},
         {"lora", "LoRA r=8 (all four sites)", "--lora-rank 8 --lora-alpha 16 --lr " + num(k.lora_lr),

@@ -115,7 +115,6 @@ std::vector<GradBucket> grad_buckets(const Table& t) {
     return out;
 }
 
-
 GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* trainable, const ModelOptions& opts)
     : cfg_(cfg), be_(be), opts_(opts), B_(B), T_(T) {
     validate_config(cfg, "model");
@@ -283,13 +282,9 @@ GPT2::~GPT2() {
     be_.free(rows_dev_);
 }
 
-BlockPtrs GPT2::block(const Arena& a, const std::vector<int>* index, int l) const {
+BlockPtrs GPT2::block(int l, bool grads) const {
     void* p[kTensorsPerBlock];
-    for (int k = 0; k < kTensorsPerBlock; k++) {
-        int i = block_param(l, k);
-        if (index) i = (*index)[i];
-        p[k] = i < 0 ? nullptr : a.ptr(i);
-    }
+    for (int k = 0; k < kTensorsPerBlock; k++) p[k] = grads ? pgrad(block_param(l, k)) : params_.ptr(block_param(l, k));
     return BlockPtrs{p[kLn1w], p[kLn1b], p[kQkvw], p[kQkvb], p[kAttProjw], p[kAttProjb],
                      p[kLn2w], p[kLn2b], p[kFcw],  p[kFcb],  p[kFcProjw],  p[kFcProjb]};
 }
@@ -494,7 +489,7 @@ void GPT2::block_forward(int l, int l_act, const void* x_in, int B, int Tt, int 
     const size_t N = (size_t)B * Tt;
     const int C = cfg_.n_embd, NH = cfg_.n_head;
     const bool cached = pos0 >= 0;
-    BlockPtrs p = block(params_, nullptr, l);
+    BlockPtrs p = block(l, false);
     auto a = [&](int k) { return A(l_act, k); };
     void* tmp = scratch_.ptr(s_proj_);
     if (!chain || l == 0) be_.layernorm_forward(a(kLn1), a(kLn1Mean), a(kLn1Rstd), x_in, p.ln1w, p.ln1b, N, C);
@@ -528,7 +523,7 @@ void GPT2::block_forward(int l, int l_act, const void* x_in, int B, int Tt, int 
     if (!chain) {
         be_.residual_forward(a(kRes3), a(kRes2), tmp, N * C);
     } else if (l + 1 < cfg_.n_layer) {  // the next block's ln_1 (its activations are not written yet)
-        const BlockPtrs q = block(params_, nullptr, l + 1);
+        const BlockPtrs q = block(l + 1, false);
         be_.residual_layernorm_forward(a(kRes3), A(l_act_next, kLn1), A(l_act_next, kLn1Mean),
                                        A(l_act_next, kLn1Rstd), a(kRes2), tmp, q.ln1w, q.ln1b, N, C);
     } else {
@@ -740,14 +735,8 @@ std::pair<double, double> GPT2::head_loss(float dloss, bool backward_prep, GPT2*
 void GPT2::block_backward(int l, const void* x_in, int B, int Tt, bool need_dx) {
     const size_t N = (size_t)B * Tt;
     const int C = cfg_.n_embd, NH = cfg_.n_head;
-    BlockPtrs p = block(params_, nullptr, l);
-    BlockPtrs g;
-    {
-        void* q[kTensorsPerBlock];
-        for (int k = 0; k < kTensorsPerBlock; k++) q[k] = pgrad(block_param(l, k));
-        g = BlockPtrs{q[kLn1w], q[kLn1b], q[kQkvw], q[kQkvb], q[kAttProjw], q[kAttProjb],
-                      q[kLn2w], q[kLn2b], q[kFcw],  q[kFcb],  q[kFcProjw],  q[kFcProjb]};
-    }
+    BlockPtrs p = block(l, false);
+    BlockPtrs g = block(l, true);
     auto a = [&](int k) { return A(l, k); };
     // Recomputation: the same ops on the same inputs give the same bits as the forward did.
     if (opts_.recompute == Recompute::full) {

@@ -24,8 +24,8 @@
 
 namespace tune {
 
-// Per-block parameter (or gradient) pointers; computed in one place that forward and backward share.
-// In a gradient view a frozen tensor's pointer is null.
+// Per-block parameter (or gradient) pointers; computed in one place that forward and backward share (GPT2::block).
+// In a gradient view a frozen tensor's pointer is null, and under ZeRO-2 the pointers are into the block's slot.
 struct BlockPtrs {
     void* ln1w;      // (C)
     void* ln1b;      // (C)
@@ -170,7 +170,8 @@ class GPT2 {
     // cache (allocated on first use for block_size positions), so each new token costs one position's work.
     // Afterwards logits_row(b, i) gives the logits of new position i. Needs n <= max_T().
     void forward_cached(const int32_t* tokens, int B, int n, int pos0);
-    // Backward pass of the last forward; parameter gradients accumulate into grads().
+    // Backward pass of the last forward; parameter gradients accumulate into grads() (with slots: into the rest's
+    // memory and each block's slot, which the layer-start hook empties; see ModelOptions::grad_slots).
     void backward();
     void zero_grads();
     // DIST: backward calls hook(l) as soon as layer l's parameter gradients are complete for this pass, so
@@ -216,7 +217,7 @@ class GPT2 {
         int a = -1, b = -1;
         size_t act_u = 0;  // activation index of its (N, r) bottleneck (scaled by alpha/r)
     };
-    BlockPtrs block(const Arena& a, const std::vector<int>* index, int l) const;
+    BlockPtrs block(int l, bool grads) const;  // block l's parameters, or its gradients (null: frozen)
     // Embeddings, every block and the final LayerNorm over the uploaded tokens(B,Tt). pos0 < 0: training,
     // full causal attention saving what backward needs; pos0 >= 0: generation against the KV cache.
     void trunk_forward(int B, int Tt, int pos0);

@@ -299,31 +299,6 @@ void load_hf_gpt2(const std::string& path, GPT2& model) {
     }
 }
 
-static void write_hf_files(const GPT2& model, const std::string& dir);
-
-void export_hf(const GPT2& model, const std::string& dir) {
-    if (model.virtual_tokens() > 0)  // before the directory is made: a refusal leaves nothing behind
-        throw Error(dir + ": this model has " + std::string(virtual_name(model.peft().virt)) +
-                    " virtual tokens, which a Hugging Face GPT-2 cannot hold; export the base model and keep the "
-                    "adapter checkpoint beside it");
-    std::error_code ec;
-    fs::path made;  // the outermost directory this call creates, if any
-    for (fs::path p = fs::absolute(dir, ec); !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
-        made = p;
-        if (p == p.parent_path()) break;
-    }
-    fs::create_directories(dir, ec);
-    if (ec) throw Error(dir + ": cannot create the directory (" + ec.message() + ")");
-    // Each file is written atomically; a failure part way (a full disk) also takes back a directory made here,
-    // so what is left is either the whole export or nothing new.
-    try {
-        write_hf_files(model, dir);
-    } catch (...) {
-        if (!made.empty()) fs::remove_all(made, ec);
-        throw;
-    }
-}
-
 // The two files of export_hf, into an existing directory.
 static void write_hf_files(const GPT2& model, const std::string& dir) {
     const ModelConfig& c = model.config();
@@ -381,6 +356,30 @@ static void write_hf_files(const GPT2& model, const std::string& dir) {
     cfg["eos_token_id"] = eot;
     const std::string text = cfg.dump(2) + "\n";
     write_file_atomic((fs::path(dir) / "config.json").string(), text.data(), text.size());
+}
+
+void export_hf(const GPT2& model, const std::string& dir) {
+    if (model.virtual_tokens() > 0)  // before the directory is made: a refusal leaves nothing behind
+        throw Error(dir + ": this model has " + std::string(virtual_name(model.peft().virt)) +
+                    " virtual tokens, which a Hugging Face GPT-2 cannot hold; export the base model and keep the "
+                    "adapter checkpoint beside it");
+    std::error_code ec;
+    fs::path made;  // the outermost directory this call creates, if any
+    for (fs::path p = fs::absolute(dir, ec); !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
+        made = p;
+        if (p == p.parent_path()) break;
+    }
+    fs::create_directories(dir, ec);
+    if (ec) throw Error(dir + ": cannot create the directory (" + ec.message() + ")");
+    // Each file is replaced whole or not at all (an atomic rename); a failure part way (a full disk) also takes
+    // back the directories made here. In a directory that was there, a failure after model.safetensors can leave
+    // the new weights beside the old config.json: the error says so by naming the file that failed.
+    try {
+        write_hf_files(model, dir);
+    } catch (...) {
+        if (!made.empty()) fs::remove_all(made, ec);
+        throw;
+    }
 }
 
 }  // namespace tune

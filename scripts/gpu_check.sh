@@ -164,7 +164,7 @@ export TUNE_CUDNN_LOG=1
 # TUNE_REQUIRE_CUDNN: here a cuDNN that cannot run fails its tests instead of skipping them.
 stage tests 240 "TUNE_REQUIRE_CUDNN=1 ./build/tests/tune_tests --gtest_filter='${GPU_CHECK_TESTS:-Cuda*:*/Cuda*:Cudnn*:DistNccl*}' \
   --gtest_output=xml:$SD/tests.xml"
-# Data parallelism on one GPU: every NCCL collective with one rank, and one-rank NCCL training (ZeRO-0 and 1)
+# Data parallelism on one GPU: every NCCL collective with one rank, and one-rank NCCL training (ZeRO-0, 1, 2)
 # byte-identical to the plain run (also inside `tests`; here on its own line of the summary). Several GPUs:
 # scripts/multi_gpu_check.sh.
 stage nccl_one_rank 60 "./build/tests/tune_tests --gtest_filter='DistNccl.*' >$WORK/nccl.txt 2>&1; rc=\$?; \

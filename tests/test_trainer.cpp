@@ -460,7 +460,7 @@ TEST(TrainArgsParse, LrFindDefaultsTo300StepsAndUlmfitFactorIsOneOver2_6) {
     EXPECT_EQ(parsed({"--lr-find"}).steps, 300);
     EXPECT_EQ(parsed({"--lr-find", "--steps", "50"}).steps, 50);
     EXPECT_EQ(parsed({"--steps", "50", "--lr-find"}).steps, 50);
-    EXPECT_FLOAT_EQ(parsed({"--lr-layer-factor", "ulmfit"}).lr_layer_factor, 1.0f / 2.6f);
+    EXPECT_FLOAT_EQ(parsed({"--lr-layer-factor", "ulmfit"}).lr_layer_factor, 0.384615391f);  // 1/2.6
     EXPECT_FLOAT_EQ(parsed({"--lr-layer-factor", "0.5"}).lr_layer_factor, 0.5f);
     EXPECT_THAT(parse_error({"--lr-layer-factor", "ulm"}), HasSubstr("--lr-layer-factor"));
     EXPECT_THAT(parse_error({"--lr-layer-factor", "2"}), HasSubstr("--lr-layer-factor"));

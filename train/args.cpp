@@ -7,6 +7,7 @@
 #include "kernels/common.h"
 #include "model/config.h"
 #include "train/cli.h"
+#include "train/select.h"
 
 namespace tune {
 namespace {
@@ -75,7 +76,7 @@ Cli train_cli(TrainArgs& a) {
              "(e.g. 'h.11.*,ln_f.*')", &a.train_only);
     c.custom("--lr-layer-factor", "F|ulmfit", "discriminative rates: block l at lr * F^(L-1-l); ulmfit: F = 1/2.6 "
              "(Howard and Ruder's)", "0 (off)", [&a](const std::string& v) {
-                 a.lr_layer_factor = v == "ulmfit" ? (float)(1.0 / 2.6) : (float)parse_double("--lr-layer-factor", v, 0, 1);
+                 a.lr_layer_factor = v == "ulmfit" ? kUlmfitLayerFactor : (float)parse_double("--lr-layer-factor", v, 0, 1);
              });
     c.option("--unfreeze-every", "N", "gradual unfreezing (ULMFiT): train the top block (and ln_f) first, one more block "
              "every N steps, the embeddings last (0: off)", &a.unfreeze_every, 0, INT_MAX);
@@ -169,8 +170,8 @@ Cli train_cli(TrainArgs& a) {
              &a.out_dir);
     c.flag("--memory-map", "print where every byte goes (each tensor of each arena: offset, bytes, shape, name) "
            "and exit without training", &a.memory_map);
-    c.flag("--lr-find", "learning-rate range test over --steps steps (exponential from --lr-find-lo to --lr-find-hi): "
-           "writes lr_find.svg and prints a suggested --lr", &a.lr_find);
+    c.flag("--lr-find", "learning-rate range test over --steps steps (300 unless given; exponential from --lr-find-lo "
+           "to --lr-find-hi): writes lr_find.svg and prints a suggested --lr", &a.lr_find);
     c.option("--lr-find-lo", "LR", "lr-find: lowest rate", &a.lr_find_lo, 1e-12, 10);
     c.option("--lr-find-hi", "LR", "lr-find: highest rate", &a.lr_find_hi, 1e-12, 100);
     c.option("--log-every", "N", "a progress line every N steps", &a.log_every, 1, INT_MAX);

@@ -78,7 +78,7 @@ struct TrainArgs {
     float lr_find_lo = 1e-7f, lr_find_hi = 1.0f;
     bool quiet = false;
     // DIST: data parallelism (train/dist.h, train/data_parallel.h)
-    int zero = 0;                // 1: shard the optimizer state across ranks
+    int zero = 0;                // 1: shard the optimizer state across ranks; 2: the gradients too
     float comm_timeout = 600;    // seconds a collective may wait before the job stops
     bool comm_overlap = true;    // reduce each layer's gradients while backward continues (off: all at the end)
 };

@@ -1,8 +1,6 @@
 #include "train/data_parallel.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 namespace tune {
 
@@ -96,7 +94,7 @@ void DataParallel::settle(size_t b) {
         const auto [begin, end] = buckets_[b].ranges[k];
         const size_t a = std::max(begin, lo), e = std::min(end, hi);
         if (a >= e) continue;
-        char* own = static_cast<char*>(acc_) + (a - lo) * es;
+        char* own = piece_gradients(rank()) + (a - lo) * es;
         const char* reduced = static_cast<const char*>(model_.grad_range(b, k)) + (a - begin) * es;
         model_.backend().residual_forward(own, own, reduced, e - a);
     }
@@ -141,25 +139,25 @@ void DataParallel::finish_gradients() {
 void DataParallel::zero_grad_tensor(size_t g) {
     const TensorInfo& t = model_.grads().table()[g];
     const size_t es = dtype_size(model_.grads().dtype());
-    if (zero_ != 2) {
-        model_.backend().zero(model_.grads().ptr(g), t.numel * es);
+    if (zero_ == 0) {  // every rank reads every piece
+        model_.backend().zero(model_.grad_ptr(g), t.numel * es);
         return;
     }
     const size_t lo = bounds_[rank()], hi = bounds_[rank() + 1];
     const size_t a = std::max(t.offset, lo), e = std::min(t.offset + t.numel, hi);
-    if (a < e) model_.backend().zero(static_cast<char*>(acc_) + (a - lo) * es, (e - a) * es);
+    if (a < e) model_.backend().zero(piece_gradients(rank()) + (a - lo) * es, (e - a) * es);
+}
+
+char* DataParallel::piece_gradients(int r) const {
+    if (zero_ == 2) return static_cast<char*>(acc_);  // only this rank's exists
+    return static_cast<char*>(model_.grads().base()) + bounds_[r] * dtype_size(model_.grads().dtype());
 }
 
 double DataParallel::grad_sum_squares() {
-    Arena& g = model_.grads();
     Backend& be = model_.backend();
-    if (zero_ == 2) return comm_.sum(acc_ ? be.sum_squares(acc_, bounds_[rank() + 1] - bounds_[rank()]) : 0.0,
-                                     "gradient norm");
-    const size_t es = dtype_size(g.dtype());
-    const char* base = static_cast<const char*>(g.base());
     auto piece = [&](int r) {
         const size_t n = bounds_[r + 1] - bounds_[r];
-        return n ? be.sum_squares(base + bounds_[r] * es, n) : 0.0;
+        return n ? be.sum_squares(piece_gradients(r), n) : 0.0;
     };
     if (zero_ >= 1) return comm_.sum(piece(rank()), "gradient norm");
     // Every rank holds every piece: add them in the same order the ZeRO-1 sum uses.

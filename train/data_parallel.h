@@ -43,7 +43,6 @@
 
 namespace tune {
 
-
 class DataParallel {
    public:
     // zero: 0 (replicated optimizer state), 1 (sharded, see OptimizerShard) or 2 (gradients sharded too: the
@@ -67,9 +66,9 @@ class DataParallel {
     void start_step(int step);  // TUNE_TEST_FAIL injection (train/dist.h)
     // The step's gradients start from zero (the model's, and under ZeRO-2 this rank's piece).
     void zero_gradients();
-    // The next backward is the step's last: reduce each layer's bucket as backward finishes it (ZeRO-0 and 1;
-    // ZeRO-2 reduces every backward's buckets, as it must).
-    void arm() { armed_ = true; }
+    // The next backward is the step's last: reduce each layer's bucket as backward finishes it (ZeRO-0 and 1, with
+    // overlap; ZeRO-2 reduces every backward's buckets, as it must).
+    void arm() { armed_ = overlap_; }
     // After the step's last backward: reduces the buckets still pending (ZeRO-2: the rest bucket, and keeps this
     // rank's share of every bucket still in a slot) and waits: afterwards the gradients of this rank's piece (all
     // of them under ZeRO-0) hold the sums over ranks.
@@ -89,6 +88,8 @@ class DataParallel {
     void on_layer_done(int layer);
     void on_layer_start(int layer);
     void settle(size_t bucket);  // ZeRO-2: add the reduced bucket's own part into acc_
+    // Where rank r's piece of the reduced gradients starts: in the model's arena, or (ZeRO-2, r = rank) acc_.
+    char* piece_gradients(int r) const;
 
     Comm& comm_;
     GPT2& model_;

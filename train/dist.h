@@ -57,7 +57,7 @@ class Comm {
     // ---- backend buffers, n elements of dtype ----
     // They are ordered after the backend work queued before them. They may run asynchronously to the
     // backend (NCCL: on the comm stream, overlapping later compute); join() orders every later backend op
-    // after all of them. Whoever reads a result must join() first.
+    // after all of them. Whoever reads a result must join() first (or wait() for a mark() taken after it).
     virtual void allreduce_sum(void* buf, DType dtype, size_t n, const char* what) = 0;
     // buf holds the pieces of every rank back to back, counts[r] elements for rank r. Afterwards rank r's
     // piece holds the sum over ranks of that piece; the other pieces hold unspecified values.

@@ -25,5 +25,7 @@ int param_layer(const std::string& name, int n_layer);
 
 // Sets each trainable tensor's learning-rate multiplier to factor^(L-1-layer).
 void apply_discriminative_lr(const GPT2& model, AdamW& opt, float factor);
+// ULMFiT's factor (Howard and Ruder 2018), `--lr-layer-factor ulmfit`.
+constexpr float kUlmfitLayerFactor = 1 / 2.6f;
 
 }  // namespace tune

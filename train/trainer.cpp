@@ -256,7 +256,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     flops_per_token_ = 6.0 * (double)num_parameters(cfg) + 12.0 * cfg.n_layer * cfg.n_embd * (double)args.seq;
     // MFU against the dense bf16 tensor-core peak in every precision (PaLM's convention): what the chip could do,
     // so an fp32 run shows what it leaves on the table.
-    if (be_->name() == "cuda") peak_flops_ = cuda_peak_flops(DType::bf16);
+    if (be_->name() == "cuda") peak_flops_ = cuda_peak_bf16_flops();
     const bool anchored = args.l2sp > 0 || args.ewc > 0;
     if (anchored) anchor_.allocate(*be_, model_->grads().table(), be_->master_dtype());
     if (!args.resume.empty()) {
@@ -533,7 +533,7 @@ StepStats Trainer::step(float lr) {
             loss_sum += model_->loss(b.targets.data(), b.weights.data(), dloss, true);
         }
         // DIST: reduce each layer's bucket as backward ends it (unarmed, finish_gradients reduces them all)
-        if (dp_ && k + 1 == batches.size() && args_.comm_overlap) dp_->arm();
+        if (dp_ && k + 1 == batches.size()) dp_->arm();
         model_->backward();
     }
     model_->set_training(false);
@@ -551,7 +551,7 @@ StepStats Trainer::step(float lr) {
             if (dp_)
                 dp_->zero_grad_tensor(i);
             else
-                be_->zero(model_->grads().ptr(i), g[i].numel * dtype_size(model_->grads().dtype()));
+                be_->zero(model_->grad_ptr(i), g[i].numel * dtype_size(model_->grads().dtype()));
         }
     }
     st.loss = st.counted ? loss_sum / (double)st.counted : 0.0;
@@ -730,9 +730,10 @@ void Trainer::print_memory_map() const {
 // One arena as a table: each tensor's offset and size (the gap after a tensor, up to the next 64-element
 // boundary, counted in the arena's total but not in the tensor's bytes).
 static void print_arena(const char* title, const Arena& a) {
-    if (!a.bytes()) return;
+    if (!a.elems()) return;
     const size_t esize = dtype_size(a.dtype());
-    std::printf("%s: %s, %zu tensors, %s\n", title, dtype_name(a.dtype()), a.table().size(), mib(a.bytes()).c_str());
+    std::printf("%s: %s, %zu tensors, %s\n", title, dtype_name(a.dtype()), a.table().size(),
+                a.holds_memory() ? mib(a.bytes()).c_str() : "the layout only (ZeRO-2: below)");
     std::printf("  %12s %12s  %-18s %s\n", "offset MiB", "bytes", "shape", "name");
     for (const TensorInfo& t : a.table().tensors()) {
         std::string shape = "(";
@@ -747,7 +748,7 @@ void Trainer::print_memory_detail() const {
     print_memory_map();
     print_arena("parameters", model_->params());
     print_arena("gradients (trainable tensors only)", model_->grads());
-    if (model_->grad_slots()) {  // ZeRO-2: the table above has no memory of its own
+    if (model_->grad_slots()) {  // ZeRO-2: the layout above has no memory of its own
         const Arena& gr = model_->grads();
         std::printf("gradients (ZeRO-2): %s, laid out as %.2f MiB of trainable tensors; held: the embeddings' "
                     "and final LayerNorm's (all of backward) and %d block slot%s, %s, plus this rank's reduced "

@@ -114,7 +114,7 @@ class Trainer {
     int resume_written_ = 0;
     bool dynamic_loss_scale_ = false;  // see update_loss_scale
     double flops_per_token_ = 0;  // 6N + 12 L C T (the PaLM convention), for MFU
-    double peak_flops_ = 0;       // the GPU's peak in the compute precision; 0 on the CPU (no MFU)
+    double peak_flops_ = 0;       // the GPU's dense bf16 peak, whatever the precision; 0 on the CPU (no MFU)
     volatile std::sig_atomic_t stop_requested_ = 0;
     bool stopped_ = false;  // stop_now() said yes
     bool stop_now();  // DIST: a stop reaches ranks at different moments; they stop together when any asks

@@ -499,7 +499,7 @@ void* cuda_stream_of(Backend& be) {
     return cb->stream();
 }
 
-double cuda_peak_flops(DType dtype) {
+double cuda_peak_bf16_flops() {
     if (cuda_device_count() == 0) return 0.0;
     int dev = 0, major = 0, minor = 0, sms = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -509,9 +509,8 @@ double cuda_peak_flops(DType dtype) {
         cudaGetLastError();
         return 0.0;
     }
-    const bool tensor = dtype == DType::bf16 || dtype == DType::f16;
-    if (major == 9 && minor == 0) return (tensor ? 989.4e12 : 67e12) * sms / 132.0;
-    if (major == 8 && minor == 0) return (tensor ? 312e12 : 19.5e12) * sms / 108.0;
+    if (major == 9 && minor == 0) return 989.4e12 * sms / 132.0;  // H100/H200 SXM: 132 SMs
+    if (major == 8 && minor == 0) return 312e12 * sms / 108.0;    // A100: 108 SMs
     return 0.0;
 }
 

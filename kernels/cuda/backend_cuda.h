@@ -33,9 +33,9 @@ std::unique_ptr<Backend> make_cuda_backend(DType dtype, const CudaOptions& optio
 // it (train/dist_nccl.cpp). Throws for another backend.
 void* cuda_stream_of(Backend& be);
 
-// Dense peak FLOP/s of the current GPU for matmuls in `dtype` (bf16/f16 on tensor cores; f32 without TF32 on
-// the CUDA cores), from the spec sheets scaled by SM count: sm_90 (H100/H200) 989.4 TFLOP/s bf16 and 67 f32
-// at 132 SMs; sm_80 (A100) 312 and 19.5 at 108 SMs. 0 when unknown (other GPUs, no GPU): for an MFU figure.
-double cuda_peak_flops(DType dtype);
+// Dense bf16 tensor-core peak FLOP/s of the current GPU, from the spec sheets scaled by SM count: sm_90
+// (H100/H200) 989.4 TFLOP/s at 132 SMs, sm_80 (A100) 312 at 108. 0 when unknown (other GPUs, no GPU). MFU is
+// measured against it in every precision.
+double cuda_peak_bf16_flops();
 
 }  // namespace tune
