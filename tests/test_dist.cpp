@@ -661,12 +661,14 @@ void save_init(const std::string& path, int layers) {
 // ZeRO-2 with one micro-batch per step takes the ZeRO-1 sums (plus a zero): the same bytes. Five blocks on two
 // slots; three ranks cut the buckets unevenly; frozen tensors and LoRA give buckets of two ranges and make the
 // parameter all-gather go through the gradient memory bucket by bucket; prefix tuning writes the rest bucket
-// from every block; gradual unfreezing zeroes a frozen tensor's piece.
+// from every block; full recomputation reruns each block's forward after it took its slot, and a chunked head
+// writes the wte gradient before backward; gradual unfreezing zeroes a frozen tensor's piece.
 TEST_F(DistFixture, Zero2IsByteIdenticalToZero1WithOneMicroBatch_ThreeRanksL5FrozenLoraPrefixUnfreezing) {
     save_init(dir + "/init5.ckpt", 5);
     const std::string common = "--steps 4 --val-every 0 --batch 2";
     for (const std::string& extra : {std::string(""), std::string(" --train-top 3 --lora-rank 2"),
                                      std::string(" --virtual prefix --virtual-tokens 2 --virtual-hidden 8"),
+                                     std::string(" --recompute full --head-chunk 5 --lora-rank 2 --lora-dropout 0.1"),
                                      std::string(" --unfreeze-every 1 --grad-clip 0.5")}) {
         SCOPED_TRACE(extra);
         RUN_OK(mpirun(3) + train(common + extra + " --zero 1", "z1", "init5.ckpt"));
