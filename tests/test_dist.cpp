@@ -606,24 +606,43 @@ TEST_F(DistFixture, FineTuningMethodsUnderTwoRanksEqualOneRank_LoraL2spDistillRe
     EXPECT_EQ(slurp(dir + "/lz0/resume.ckpt"), slurp(dir + "/lz1/resume.ckpt"));
 }
 
-// L2-SP and EWC under ZeRO-1 and 2: each rank adds the penalty's gradient to its own piece of the gradients
-// (beside its piece of the master weights) and the penalties are summed over the pieces: the same bytes as
-// ZeRO-0, where every rank adds all of it. ZeRO-2 cannot estimate a Fisher (no whole gradient) and says so.
+// A checkpoint's tensor data: what follows its 16-byte preamble and the JSON header.
+std::string tensor_bytes(const std::string& path) {
+    const std::string b = slurp(path);
+    return b.size() < 16 ? "" : b.substr(16 + load_u32(reinterpret_cast<const uint8_t*>(b.data()) + 12));
+}
+
+// L2-SP and EWC under ZeRO-1 and 2: each rank keeps its piece of the anchor and the Fisher (beside its piece
+// of the master weights), adds the penalty's gradient to its piece of the gradients, and the penalties are
+// summed over the pieces: the same bytes as ZeRO-0, where every rank holds and adds all of it. The anchor is
+// gathered into resume checkpoints (the same file) and scattered from them; a Fisher estimated under ZeRO-1 is
+// gathered into the same file. ZeRO-2 cannot estimate a Fisher (no whole gradient) and says so.
 TEST_F(DistFixture, L2spAndEwcUnderZero1And2AreByteIdenticalToZero0) {
-    const std::string fisher = dir + "/fisher.safetensors";
-    const std::string common = "--steps 4 --val-every 0 --batch 2 --l2sp 0.5 --ewc 20 --fisher " + fisher;
-    CmdResult r = run_cmd(mpirun(2) + train(common + " --fisher-data " + dir + "/val.bin --zero 2", "refused"));
+    const std::string fisher = dir + "/fisher.safetensors", fisher1 = dir + "/fisher1.safetensors";
+    const std::string common = "--steps 4 --val-every 0 --batch 2 --l2sp 0.5 --ewc 20 --fisher-batches 2";
+    const std::string estimate = " --fisher-data " + dir + "/val.bin";
+    CmdResult r = run_cmd(mpirun(2) + train(common + " --fisher " + fisher + estimate + " --zero 2", "refused"));
     EXPECT_NE(r.rc, 0);
     EXPECT_THAT(r.out, HasSubstr("--zero 2 keeps no whole gradient to estimate the Fisher from")) << r.out;
-    RUN_OK(mpirun(3) + train(common + " --fisher-data " + dir + "/val.bin --fisher-batches 2 --zero 0", "z0"));
-    RUN_OK(mpirun(3) + train(common + " --zero 1", "z1"));
-    RUN_OK(mpirun(3) + train(common + " --zero 2", "z2"));
+    RUN_OK(mpirun(3) + train(common + " --fisher " + fisher + estimate + " --zero 0", "z0"));
+    RUN_OK(mpirun(3) + train(common + " --fisher " + fisher1 + estimate + " --zero 1", "z1"));
+    EXPECT_EQ(slurp(fisher), slurp(fisher1));
+    RUN_OK(mpirun(3) + train(common + " --fisher " + fisher + " --zero 2", "z2"));
     ASSERT_GT(series("z0", "penalty").back(), 0.0);
     for (const char* run : {"z1", "z2"}) {
         EXPECT_EQ(slurp(dir + "/z0/model.ckpt"), slurp(dir + "/" + run + "/model.ckpt")) << run;
+        // The tensors (weights, moments, anchor) byte for byte; the headers differ in the options recorded.
+        EXPECT_TRUE(tensor_bytes(dir + "/z0/resume.ckpt") == tensor_bytes(dir + "/" + run + "/resume.ckpt")) << run;
         EXPECT_TRUE(near_rel(series(run, "penalty"), series("z0", "penalty"), 1e-12)) << run;
         EXPECT_EQ(series(run, "loss"), series("z0", "loss")) << run;
     }
+    // Halted and resumed under ZeRO-2 on 2 ranks (the anchor scattered from the checkpoint): the same bytes as
+    // running through on 2 ranks.
+    RUN_OK(mpirun(2) + train(common + " --fisher " + fisher + " --zero 2", "full2"));
+    RUN_OK(mpirun(2) + train(common + " --fisher " + fisher + " --zero 2 --halt-at 2", "half2"));
+    std::filesystem::copy_file(dir + "/half2/resume.ckpt", dir + "/step2.ckpt");
+    RUN_OK(mpirun(2) + train(common + " --fisher " + fisher + " --zero 2 --resume " + dir + "/step2.ckpt", "half2"));
+    EXPECT_EQ(slurp(dir + "/full2/model.ckpt"), slurp(dir + "/half2/model.ckpt"));
 }
 
 TEST_F(DistFixture, ThreeRanksZero1IsByteIdenticalToZero0AndEqualsOneRank) {

@@ -285,8 +285,11 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
             w.add("m/" + gtab[g].name, gtab[g].shape, mg);
             w.add("v/" + gtab[g].name, gtab[g].shape, vg);
         }
-        if (anchor && write)
-            for (size_t g = 0; g < gtab.size(); g++) w.add("anchor/" + gtab[g].name, gtab[g].shape, fetch(be, *anchor, g));
+        if (anchor)  // laid out like the optimizer's state: gathered like it
+            for (size_t g = 0; g < gtab.size(); g++) {
+                std::vector<float> a = opt->gather(*anchor, g);
+                if (write) w.add("anchor/" + gtab[g].name, gtab[g].shape, a);
+            }
         std::vector<bool> active;
         for (size_t g = 0; g < gtab.size(); g++) active.push_back(opt->active(g));
         header["state"] = {{"step", state->step},
@@ -435,8 +438,7 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     for (size_t g = 0; g < gtab.size(); g++) {
         opt->set_state_tensor(AdamW::State::m, g, f.find("m/" + gtab[g].name, gtab[g].numel));
         opt->set_state_tensor(AdamW::State::v, g, f.find("v/" + gtab[g].name, gtab[g].numel));
-        if (anchor)
-            be.upload(anchor->ptr(g), anchor->dtype(), f.find("anchor/" + gtab[g].name, gtab[g].numel), gtab[g].numel);
+        if (anchor) opt->scatter(*anchor, g, f.find("anchor/" + gtab[g].name, gtab[g].numel));
     }
     if (!f.header.contains("state") || !f.header["state"].is_object()) f.fail("resume checkpoint without 'state'");
     const json& s = f.header["state"];

@@ -37,16 +37,10 @@ AdamW::AdamW(GPT2& model, const AdamWConfig& cfg, const OptimizerShard& shard)
             throw Error("ZeRO: the partition does not cover the gradient arena");
         lo_ = shard.bounds[r];
         hi_ = shard.bounds[r + 1];
-        Table own;
-        own.add("shard", {hi_ - lo_});
-        m_.allocate(be, own, be.master_dtype());
-        v_.allocate(be, own, be.master_dtype());
-        if (be.has_master()) master_.allocate(be, own, be.master_dtype());
-    } else {
-        m_.allocate(be, gtab, be.master_dtype());
-        v_.allocate(be, gtab, be.master_dtype());
-        if (be.has_master()) master_.allocate(be, gtab, be.master_dtype());
     }
+    allocate_like_state(m_);
+    allocate_like_state(v_);
+    if (be.has_master()) allocate_like_state(master_);
     const Table& ptab = model.params().table();
     const std::vector<int>& gidx = model.grad_index();
     for (size_t i = 0; i < ptab.size(); i++) {
@@ -106,9 +100,20 @@ void AdamW::restore_activity(const std::vector<bool>& active, const std::vector<
 
 Arena& AdamW::state_arena(State which) { return which == State::m ? m_ : which == State::v ? v_ : master_; }
 
-std::vector<float> AdamW::state_tensor(State which, size_t g) {
+std::vector<float> AdamW::state_tensor(State which, size_t g) { return gather(state_arena(which), g); }
+
+void AdamW::set_state_tensor(State which, size_t g, const float* values) { scatter(state_arena(which), g, values); }
+
+void AdamW::allocate_like_state(Arena& a) const {
     Backend& be = model_.backend();
-    const Arena& a = state_arena(which);
+    if (!sharded()) return a.allocate(be, model_.grads().table(), be.master_dtype());
+    Table own;
+    own.add("shard", {hi_ - lo_});
+    a.allocate(be, std::move(own), be.master_dtype());
+}
+
+std::vector<float> AdamW::gather(const Arena& a, size_t g) {
+    Backend& be = model_.backend();
     const TensorInfo& t = model_.grads().table()[g];
     std::vector<float> out(t.numel);
     if (!sharded()) {
@@ -126,9 +131,8 @@ std::vector<float> AdamW::state_tensor(State which, size_t g) {
     return out;
 }
 
-void AdamW::set_state_tensor(State which, size_t g, const float* values) {
+void AdamW::scatter(Arena& a, size_t g, const float* values) {
     Backend& be = model_.backend();
-    Arena& a = state_arena(which);
     const TensorInfo& t = model_.grads().table()[g];
     if (!sharded()) {
         be.upload(a.ptr(g), a.dtype(), values, t.numel);

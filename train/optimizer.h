@@ -66,6 +66,11 @@ class AdamW {
     enum class State { m, v, master };
     std::vector<float> state_tensor(State which, size_t grad_tensor);
     void set_state_tensor(State which, size_t grad_tensor, const float* values);
+    // The same for any per-parameter state laid out like m and v (L2-SP's anchor, EWC's Fisher): allocate it
+    // (master_dtype(); the own range when sharded), gather a tensor of it (a collective when sharded), scatter one.
+    void allocate_like_state(Arena& a) const;
+    std::vector<float> gather(const Arena& a, size_t grad_tensor);
+    void scatter(Arena& a, size_t grad_tensor, const float* values);
     const std::vector<OptSegment>& segments() const { return segments_; }
     void set_lr_scale(size_t grad_tensor, float scale);  // per-tensor multiplier (discriminative rates)
     // Gradual unfreezing: an inactive tensor is not updated. A tensor made active starts its own Adam bias

@@ -258,7 +258,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     // so an fp32 run shows what it leaves on the table.
     if (be_->name() == "cuda") peak_flops_ = cuda_peak_bf16_flops();
     const bool anchored = args.l2sp > 0 || args.ewc > 0;
-    if (anchored) anchor_.allocate(*be_, model_->grads().table(), be_->master_dtype());
+    if (anchored) opt_->allocate_like_state(anchor_);  // under ZeRO, this rank's piece only
     if (!args.resume.empty()) {
         load_checkpoint(args.resume, *model_, opt_.get(), &state_, anchored ? &anchor_ : nullptr);
         if (!args.init.empty() && !same_file(args.init, state_.init))
@@ -381,18 +381,18 @@ std::vector<int32_t> Trainer::virtual_init_tokens() const {
 void Trainer::capture_anchor() {
     const Table& ptab = model_->params().table();
     const std::vector<int>& gidx = model_->grad_index();
-    std::vector<double> host;
+    std::vector<float> host;
     for (size_t i = 0; i < ptab.size(); i++) {
         if (gidx[i] < 0) continue;
         host.resize(ptab[i].numel);
         be_->download(host.data(), model_->params().ptr(i), model_->params().dtype(), host.size());
-        be_->upload(anchor_.ptr(gidx[i]), anchor_.dtype(), host.data(), host.size());
+        opt_->scatter(anchor_, gidx[i], host.data());
     }
 }
 
 void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector<std::string>& data, int batches) {
     const Table& g = model_->grads().table();
-    fisher_.allocate(*be_, g, be_->master_dtype());
+    opt_->allocate_like_state(fisher_);  // under ZeRO, this rank's piece only
     std::error_code ec;
     if (std::filesystem::exists(path, ec)) {
         SafetensorsFile f(path);
@@ -405,7 +405,7 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
                 throw Error(path + ": tensor '" + g[i].name + "' holds " + std::to_string(t->numel()) +
                             " values, the model's has " + std::to_string(g[i].numel));
             const std::vector<float> v = f.read_f32(g[i].name);
-            be_->upload(fisher_.ptr(i), fisher_.dtype(), v.data(), v.size());
+            opt_->scatter(fisher_, i, v.data());
         }
         if (!args_.quiet) std::printf("ewc: Fisher read from %s\n", path.c_str());
         return;
@@ -423,7 +423,7 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
                          "so the estimate sees windows more than once (fewer --fisher-batches, or more data)\n",
                          base.num_windows(), args_.seq, batches, args_.batch, wanted);
     }
-    const size_t n = model_->grads().elems();
+    const auto [lo, hi] = opt_->own_range();  // every rank estimates the same values; each keeps its piece
     // Each squared gradient is weighted 1/batches; the loss scale keeps fp16 gradients from underflowing and
     // is divided back out of the square.
     const double scale = dynamic_loss_scale_ ? args_.loss_scale : 1.0;
@@ -437,7 +437,7 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
         model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
         model_->loss(b.targets.data(), b.weights.data(), (float)(scale / (double)counted), true);
         model_->backward();
-        be_->accumulate_squares(fisher_.base(), model_->grads().base(), (float)(1.0 / (batches * scale * scale)), n);
+        be_->accumulate_squares(fisher_.base(), opt_->own_gradients(), (float)(1.0 / (batches * scale * scale)), hi - lo);
         // On a terminal the count rewrites itself; into a log, a line every tenth of the way (and the last).
         if (!args_.quiet && tty) {  // (below: a line every tenth of the batches)
             std::printf("\rewc: estimating the Fisher on %s: batch %d/%d", data[0].c_str(), k + 1, batches);
@@ -453,8 +453,7 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
     double total = 0, maxv = 0;
     size_t count = 0;
     for (size_t i = 0; i < g.size(); i++) {
-        host[i].resize(g[i].numel);
-        be_->download(host[i].data(), fisher_.ptr(i), fisher_.dtype(), host[i].size());
+        host[i] = opt_->gather(fisher_, i);  // DIST: a collective under ZeRO; rank 0, the writer, gets it whole
         for (float v : host[i]) total += v, maxv = std::max(maxv, (double)v), count++;
         std::vector<uint64_t> shape(g[i].shape.begin(), g[i].shape.end());
         w.add(g[i].name, SafetensorsDtype::F32, shape, host[i].data(), host[i].size() * sizeof(float));
@@ -562,12 +561,12 @@ StepStats Trainer::step(float lr) {
     // weights and reduced gradients are, the penalty then summed over the pieces.
     if (anchor_.bytes()) {
         const auto [lo, hi] = opt_->own_range();
+        // Laid out like the optimizer's state: from the own range's start (the whole layout when unsharded).
         const std::vector<OptSegment> segs = clip_segments(opt_->active_segments(), lo, hi);
-        const size_t es = dtype_size(anchor_.dtype());
         void* grads = opt_->own_gradients();
         void* master = opt_->master().bytes() ? opt_->master().base() : nullptr;
-        const char* anchor = static_cast<const char*>(anchor_.base()) + lo * es;
-        const char* fisher = fisher_.bytes() ? static_cast<const char*>(fisher_.base()) + lo * es : nullptr;
+        const void* anchor = anchor_.base();
+        const void* fisher = fisher_.bytes() ? fisher_.base() : nullptr;
         double penalty = 0;
         if (args_.l2sp > 0)
             penalty += 0.5 * args_.l2sp *
