@@ -57,9 +57,9 @@ struct TrainState {
 };
 
 // Writes model weights as they are (LoRA unmerged, virtual tokens unfolded); with opt and state, a resume
-// checkpoint (with `anchor`, the L2-SP/EWC reference weights laid out like `opt`'s state, when non-null: gathered like it). With a
-// sharded (ZeRO) optimizer every rank calls it (the state is gathered to rank 0) and only rank 0 passes
-// write = true. The file is the same whatever the number of ranks, so a run can resume with another.
+// checkpoint (with `anchor`, the L2-SP/EWC reference weights laid out like `opt`'s state, when non-null: gathered
+// like it). With a sharded (ZeRO) optimizer every rank calls it (the state is gathered to rank 0) and only
+// rank 0 passes write = true. The file is the same whatever the number of ranks, so a run can resume with another.
 void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state,
                      const Arena* anchor = nullptr, bool write = true);
 // Writes the model for use anywhere: LoRA merged into the base weights, virtual tokens folded (a plain GPT-2

@@ -127,7 +127,7 @@ std::vector<float> AdamW::gather(const Arena& a, size_t g) {
     // The tensor's pieces lie back to back in rank order, as gather_host wants them.
     std::vector<size_t> bytes = piece_counts(shard_.bounds, t.offset, t.offset + t.numel);
     for (size_t& b : bytes) b *= sizeof(float);
-    shard_.comm->gather_host(out.data(), bytes, 0, "checkpoint: gather of the sharded optimizer state");
+    shard_.comm->gather_host(out.data(), bytes, 0, "gather of sharded per-parameter state (checkpoint, Fisher file)");
     return out;
 }
 
