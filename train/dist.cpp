@@ -1,12 +1,6 @@
 #include "train/dist.h"
 
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -20,6 +14,7 @@
 
 #include "data/fileio.h"
 #include "train/cli.h"
+#include "train/socket.h"
 
 namespace tune {
 
@@ -79,10 +74,6 @@ int env_int(const char* name, int lo, int hi) {
     const char* v = std::getenv(name);
     if (!v) throw UsageError(std::string("environment: ") + name + " is not set");
     return parse_int(std::string("environment variable ") + name, v, lo, hi);
-}
-
-double now_s() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 }  // namespace
@@ -207,118 +198,59 @@ std::string rendezvous_file(const LaunchInfo& li, const std::string& payload, do
         write_file_atomic(path, payload.data(), payload.size());
         return payload;
     }
-    const double deadline = now_s() + timeout_s;
+    const double deadline = steady_now_s() + timeout_s;
     for (;;) {
         std::error_code ec;
         if (fs::exists(path, ec) && fs::file_size(path, ec) == payload.size() && !ec) {
             std::vector<uint8_t> b = read_file_bytes(path);
             return std::string(b.begin(), b.end());
         }
-        if (now_s() > deadline)
+        if (steady_now_s() > deadline)
             throw Error("rank " + std::to_string(li.rank) + ": rank 0 did not write TUNE_RENDEZVOUS_FILE " + path +
                         " within " + std::to_string((int)timeout_s) + " s (is it on a file system every node shares?)");
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
 }
 
-struct Fd {
-    int fd = -1;
-    explicit Fd(int f = -1) : fd(f) {}
-    ~Fd() {
-        if (fd >= 0) ::close(fd);
-    }
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-};
-
-void send_all(int fd, const char* p, size_t n) {
-    while (n) {
-        ssize_t k = ::send(fd, p, n, MSG_NOSIGNAL);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) throw Error(std::string("rendezvous: send failed: ") + std::strerror(errno));
-        p += k, n -= (size_t)k;
-    }
-}
-
-// Waits up to the deadline for fd to be readable (or writable when `out`).
-bool wait_fd(int fd, bool out, double deadline) {
-    for (;;) {
-        const double left = deadline - now_s();
-        if (left <= 0) return false;
-        pollfd pfd{fd, (short)(out ? POLLOUT : POLLIN), 0};
-        int k = ::poll(&pfd, 1, (int)std::min(left * 1000.0 + 1, 1000.0));
-        if (k > 0) return true;
-        if (k < 0 && errno != EINTR) return false;
-    }
-}
-
 std::string rendezvous_tcp(const LaunchInfo& li, const std::string& payload, double timeout_s) {
-    const double deadline = now_s() + timeout_s;
+    const double deadline = steady_now_s() + timeout_s;
     const std::string where = li.master_addr + ":" + std::to_string(li.master_port);
     if (li.rank == 0) {
-        Fd srv(::socket(AF_INET6, SOCK_STREAM, 0));
-        bool v6 = srv.fd >= 0;
-        if (!v6) srv.fd = ::socket(AF_INET, SOCK_STREAM, 0);
-        if (srv.fd < 0) throw Error(std::string("rendezvous: socket: ") + std::strerror(errno));
-        int one = 1, zero = 0;
-        ::setsockopt(srv.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        int rc;
-        if (v6) {
-            ::setsockopt(srv.fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);  // also IPv4 clients
-            sockaddr_in6 a{};
-            a.sin6_family = AF_INET6;
-            a.sin6_addr = in6addr_any;
-            a.sin6_port = htons((uint16_t)li.master_port);
-            rc = ::bind(srv.fd, (sockaddr*)&a, sizeof a);
-        } else {
-            sockaddr_in a{};
-            a.sin_family = AF_INET;
-            a.sin_addr.s_addr = htonl(INADDR_ANY);
-            a.sin_port = htons((uint16_t)li.master_port);
-            rc = ::bind(srv.fd, (sockaddr*)&a, sizeof a);
+        int bound = 0;
+        Fd srv;
+        try {
+            srv = listen_tcp(li.master_port, &bound);
+        } catch (const Error& e) {
+            throw Error(std::string("rendezvous: rank 0 ") + e.what());
         }
-        if (rc != 0 || ::listen(srv.fd, 128) != 0)
-            throw Error("rendezvous: rank 0 cannot listen on port " + std::to_string(li.master_port) + ": " +
-                        std::strerror(errno));
         for (int served = 1; served < li.world;) {
             if (!wait_fd(srv.fd, false, deadline))
                 throw Error("rendezvous: only " + std::to_string(served - 1) + " of " + std::to_string(li.world - 1) +
                             " ranks connected to rank 0 on port " + std::to_string(li.master_port) + " within " +
                             std::to_string((int)timeout_s) + " s");
             Fd c(::accept(srv.fd, nullptr, nullptr));
-            if (c.fd < 0) continue;
-            send_all(c.fd, payload.data(), payload.size());
-            served++;
+            if (!c.ok()) continue;
+            if (send_all(c.fd, payload.data(), payload.size())) served++;  // else it went away: it will retry
         }
         return payload;
     }
-    addrinfo hints{}, *res = nullptr;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    const std::string port = std::to_string(li.master_port);
+    std::string why;
     for (;;) {
-        if (::getaddrinfo(li.master_addr.c_str(), port.c_str(), &hints, &res) == 0) {
-            for (addrinfo* ai = res; ai; ai = ai->ai_next) {
-                Fd s(::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol));
-                if (s.fd < 0 || ::connect(s.fd, ai->ai_addr, ai->ai_addrlen) != 0) continue;
-                std::string got(payload.size(), '\0');
-                size_t have = 0;
-                while (have < got.size() && wait_fd(s.fd, false, deadline)) {
-                    ssize_t k = ::recv(s.fd, &got[have], got.size() - have, 0);
-                    if (k <= 0) break;
-                    have += (size_t)k;
-                }
-                if (have == got.size()) {
-                    ::freeaddrinfo(res);
-                    return got;
-                }
+        Fd s = connect_tcp(li.master_addr, li.master_port, std::clamp(deadline - steady_now_s(), 0.1, 5.0), &why);
+        if (s.ok()) {
+            std::string got(payload.size(), '\0');
+            size_t have = 0;
+            while (have < got.size() && wait_fd(s.fd, false, deadline)) {
+                ssize_t k = ::recv(s.fd, &got[have], got.size() - have, 0);
+                if (k <= 0) break;
+                have += (size_t)k;
             }
-            ::freeaddrinfo(res);
-            res = nullptr;
+            if (have == got.size()) return got;
         }
-        if (now_s() > deadline)
+        if (steady_now_s() > deadline)
             throw Error("rank " + std::to_string(li.rank) + ": no rendezvous with rank 0 at " + where + " within " +
-                        std::to_string((int)timeout_s) + " s (MASTER_ADDR/MASTER_PORT reachable? rank 0 started?)");
+                        std::to_string((int)timeout_s) + " s (" + why +
+                        "; MASTER_ADDR/MASTER_PORT reachable? rank 0 started?)");
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
 }

@@ -9,7 +9,9 @@
 // Failures: a watchdog thread checks every pending collective (an event after it on the comm stream) and
 // ncclCommGetAsyncError. A collective pending longer than the timeout, or an asynchronous NCCL error, prints
 // "rank R: ..." naming the collective, aborts the communicator (so no kernel waits forever) and exits; under
-// mpirun, mpirun then stops the other ranks and names this one. NCCL cannot say which peer failed to arrive.
+// mpirun, mpirun then stops the other ranks. NCCL cannot say which peer failed to arrive, so with several
+// ranks the roll call (train/roll_call.h) does: the message names the rank that never entered the
+// collective, and a rank that dies stops every other within about a second, named.
 //
 // Built only when the Makefile found nccl.h (TUNE_HAVE_NCCL).
 #include <cuda_runtime.h>
@@ -23,6 +25,7 @@
 #include "kernels/cuda/backend_cuda.h"
 #include "kernels/cuda/check.h"
 #include "train/dist.h"
+#include "train/roll_call.h"
 
 namespace tune {
 
@@ -80,30 +83,46 @@ class NcclComm final : public Comm {
         CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, hi));  // collectives first
         CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
         CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
-        watchdog_ = std::thread([this] { watch(); });
 
+        // Rank 0's NCCL id and the address of its roll call travel together, at a fixed size.
         ncclUniqueId id;
         std::memset(&id, 0, sizeof id);
-        if (rank_ == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-        std::string bytes(reinterpret_cast<const char*>(&id), sizeof id);
+        const bool roll = world_ > 1 && RollCall::enabled();
+        if (rank_ == 0) {
+            check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+            if (roll) roll_ = std::make_unique<RollCall>(0, world_, "");
+        }
+        std::string bytes(sizeof id + kAddressBytes, '\0');
+        std::memcpy(&bytes[0], &id, sizeof id);
+        if (roll_) bytes.replace(sizeof id, roll_->address().size(), roll_->address().substr(0, kAddressBytes - 1));
         if (li.kind == LaunchInfo::Kind::mpi)
             mpi_broadcast_bytes(bytes, 0);
         else if (li.kind == LaunchInfo::Kind::env)
             bytes = rendezvous(li, bytes, timeout_s);
         std::memcpy(&id, bytes.data(), sizeof id);
-        {
-            // Connections made here, under the watchdog, and not lazily inside the first collectives (which
-            // would stall the host in step 1's overlapped backward). A value the user set is kept.
-            setenv("NCCL_RUNTIME_CONNECT", "0", 0);
-            HostWait w(*this, "NCCL initialisation (every rank must join)");
-            ncclComm_t c = nullptr;
-            check(ncclCommInitRank(&c, world_, id, rank_), "ncclCommInitRank");
-            comm_ = c;
-        }
-        // Every rank has joined, so every rank has read the id: the file has done its job.
-        if (li.kind == LaunchInfo::Kind::env && rank_ == 0 && !li.rendezvous_file.empty()) {
-            std::error_code ec;
-            std::filesystem::remove(li.rendezvous_file, ec);
+        const std::string address(bytes.c_str() + sizeof id);
+        if (rank_ != 0 && roll && !address.empty()) roll_ = std::make_unique<RollCall>(rank_, world_, address);
+        watchdog_ = std::thread([this] { watch(); });  // after roll_ is set: it reads it
+        try {
+            {
+                // Connections made here, under the watchdog, and not lazily inside the first collectives (which
+                // would stall the host in step 1's overlapped backward). A value the user set is kept.
+                setenv("NCCL_RUNTIME_CONNECT", "0", 0);
+                HostWait w(*this, enter("NCCL initialisation (every rank must join)"));
+                ncclComm_t c = nullptr;
+                check(ncclCommInitRank(&c, world_, id, rank_), "ncclCommInitRank");
+                comm_ = c;
+            }
+            // Every rank has joined, so every rank has read the id: the file has done its job.
+            if (li.kind == LaunchInfo::Kind::env && rank_ == 0 && !li.rendezvous_file.empty()) {
+                std::error_code ec;
+                std::filesystem::remove(li.rendezvous_file, ec);
+            }
+        } catch (...) {
+            stop_ = true;
+            watchdog_.join();            // a thread still running at destruction would terminate the program
+            if (roll_) roll_->fail();   // and the others should not wait for this rank
+            throw;
         }
         bind(be);
     }
@@ -111,6 +130,7 @@ class NcclComm final : public Comm {
     ~NcclComm() override {
         stop_ = true;
         if (watchdog_.joinable()) watchdog_.join();
+        roll_.reset();  // goodbye: this rank's closed connection is not a death
         if (comm_) {
             cudaStreamSynchronize(stream_);
             ncclCommDestroy(comm_);
@@ -131,14 +151,14 @@ class NcclComm final : public Comm {
     void bind(Backend& be) override { compute_ = static_cast<cudaStream_t>(cuda_stream_of(be)); }
 
     void allreduce_sum(void* buf, DType dt, size_t n, const char* what) override {
-        HostWait enqueue(*this, what);  // an NCCL call may block the host until its peers answer
+        HostWait enqueue(*this, enter(what));  // an NCCL call may block the host until its peers answer
         after_compute();
         check(ncclAllReduce(buf, buf, n, nccl_type(dt), ncclSum, comm_, stream_), what);
-        pending(what);
+        pending(enqueue.e);
     }
 
     void reduce_scatter_sum(void* buf, DType dt, const std::vector<size_t>& counts, const char* what) override {
-        HostWait enqueue(*this, what);  // an NCCL call may block the host until its peers answer
+        HostWait enqueue(*this, enter(what));  // an NCCL call may block the host until its peers answer
         char* b = static_cast<char*>(buf);
         const size_t es = dtype_size(dt);
         after_compute();
@@ -154,11 +174,11 @@ class NcclComm final : public Comm {
                           what);
             check(ncclGroupEnd(), what);
         }
-        pending(what);
+        pending(enqueue.e);
     }
 
     void all_gather(void* buf, DType dt, const std::vector<size_t>& counts, const char* what) override {
-        HostWait enqueue(*this, what);  // an NCCL call may block the host until its peers answer
+        HostWait enqueue(*this, enter(what));  // an NCCL call may block the host until its peers answer
         char* b = static_cast<char*>(buf);
         const size_t es = dtype_size(dt);
         after_compute();
@@ -172,14 +192,14 @@ class NcclComm final : public Comm {
                     check(ncclBroadcast(b + off * es, b + off * es, counts[r], nccl_type(dt), r, comm_, stream_), what);
             check(ncclGroupEnd(), what);
         }
-        pending(what);
+        pending(enqueue.e);
     }
 
     void broadcast(void* buf, DType dt, size_t n, int root, const char* what) override {
-        HostWait enqueue(*this, what);  // an NCCL call may block the host until its peers answer
+        HostWait enqueue(*this, enter(what));  // an NCCL call may block the host until its peers answer
         after_compute();
         check(ncclBroadcast(buf, buf, n, nccl_type(dt), root, comm_, stream_), what);
-        pending(what);
+        pending(enqueue.e);
     }
 
     void join() override {
@@ -203,17 +223,17 @@ class NcclComm final : public Comm {
     }
 
     void all_gather_host(void* buf, size_t bytes, const char* what) override {
-        HostWait enqueue(*this, what);  // an NCCL call may block the host until its peers answer
+        HostWait enqueue(*this, enter(what));  // an NCCL call may block the host until its peers answer
         char* d = stage((size_t)world_ * bytes);
         char* h = static_cast<char*>(buf);
         CUDA_CHECK(cudaMemcpyAsync(d + rank_ * bytes, h + rank_ * bytes, bytes, cudaMemcpyHostToDevice, stream_));
         check(ncclAllGather(d + rank_ * bytes, d, bytes, ncclUint8, comm_, stream_), what);
         CUDA_CHECK(cudaMemcpyAsync(h, d, (size_t)world_ * bytes, cudaMemcpyDeviceToHost, stream_));
-        wait_stream(what);
+        wait_stream(enqueue.e);
     }
 
     void gather_host(void* buf, const std::vector<size_t>& bytes, int root, const char* what) override {
-        HostWait enqueue(*this, what);  // an NCCL call may block the host until its peers answer
+        HostWait enqueue(*this, enter(what));  // an NCCL call may block the host until its peers answer
         std::vector<size_t> off(world_ + 1, 0);
         for (int r = 0; r < world_; r++) off[r + 1] = off[r] + bytes[r];
         char* d = stage(off[world_]);
@@ -232,7 +252,7 @@ class NcclComm final : public Comm {
             for (int q = 0; q < world_; q++)
                 if (q != root && bytes[q])
                     CUDA_CHECK(cudaMemcpyAsync(h + off[q], d + off[q], bytes[q], cudaMemcpyDeviceToHost, stream_));
-        wait_stream(what);
+        wait_stream(enqueue.e);
     }
 
     [[noreturn]] void abort(const std::string& why) override {
@@ -243,8 +263,17 @@ class NcclComm final : public Comm {
     }
 
    private:
-    struct Pending {
+    // A collective this rank has entered: its name and number (the same on every rank).
+    struct Entered {
         std::string what;
+        uint64_t seq;
+    };
+    Entered enter(const std::string& what) {
+        return {what, roll_ ? roll_->enter(what) : ++seq_};
+    }
+
+    struct Pending {
+        Entered e;
         double t0;
         cudaEvent_t ev;  // done when it completes; null: a host thread is blocked until it is removed
         uint64_t id;
@@ -253,8 +282,9 @@ class NcclComm final : public Comm {
     // Registers a blocking host wait with the watchdog for its lifetime.
     struct HostWait {
         NcclComm& c;
+        Entered e;
         uint64_t id;
-        HostWait(NcclComm& comm, const std::string& what) : c(comm), id(comm.add_pending(what, nullptr)) {}
+        HostWait(NcclComm& comm, Entered entered) : c(comm), e(std::move(entered)), id(comm.add_pending(e, nullptr)) {}
         ~HostWait() { c.remove_pending(id); }
     };
 
@@ -277,15 +307,15 @@ class NcclComm final : public Comm {
         CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
     }
 
-    void pending(const char* what) {
+    void pending(const Entered& e) {
         cudaEvent_t ev = nullptr;
         CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
         CUDA_CHECK(cudaEventRecord(ev, stream_));
-        add_pending(what, ev);
+        add_pending(e, ev);
     }
 
-    void wait_stream(const char* what) {
-        HostWait w(*this, what);
+    void wait_stream(const Entered& e) {
+        HostWait w(*this, e);
         CUDA_CHECK(cudaStreamSynchronize(stream_));
     }
 
@@ -300,9 +330,9 @@ class NcclComm final : public Comm {
         return static_cast<char*>(stage_);
     }
 
-    uint64_t add_pending(const std::string& what, cudaEvent_t ev) {
+    uint64_t add_pending(const Entered& e, cudaEvent_t ev) {
         std::lock_guard<std::mutex> lock(mu_);
-        pending_.push_back({what, now_s(), ev, ++next_id_});
+        pending_.push_back({e, now_s(), ev, ++next_id_});
         return next_id_;
     }
     void remove_pending(uint64_t id) {
@@ -314,7 +344,9 @@ class NcclComm final : public Comm {
         cudaSetDevice(device_);
         while (!stop_) {
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
-            std::string late, failed;
+            std::string failed;
+            const Entered* late = nullptr;
+            Entered late_copy;
             double age = 0;
             {
                 std::lock_guard<std::mutex> lock(mu_);
@@ -327,20 +359,24 @@ class NcclComm final : public Comm {
                     }
                     // A CUDA error (a fault in any kernel: it is sticky) will never let the event complete.
                     if (q != cudaErrorNotReady && failed.empty())
-                        failed = "CUDA error while collective '" + it->what + "' was pending: " + cudaGetErrorString(q);
-                    if (late.empty() && now_s() - it->t0 > timeout_s_.load()) late = it->what, age = now_s() - it->t0;
+                        failed = "CUDA error while collective '" + it->e.what + "' was pending: " + cudaGetErrorString(q);
+                    if (!late && now_s() - it->t0 > timeout_s_.load()) late_copy = it->e, late = &late_copy, age = now_s() - it->t0;
                     ++it;
                 }
             }
-            if (!late.empty()) {
-                char msg[512];
-                std::snprintf(msg, sizeof msg,
-                              "collective '%s' has not finished after %.0f s (--comm-timeout %g): another rank died "
-                              "or hangs; aborting NCCL and stopping",
-                              late.c_str(), age, timeout_s_.load());
-                abort(msg);
+            if (late) {
+                const std::string who = roll_ ? roll_->blame(late->seq) : "";
+                char msg[256];
+                std::snprintf(msg, sizeof msg, "collective #%llu '%s' has not finished after %.0f s (--comm-timeout %g): ",
+                              (unsigned long long)late->seq, late->what.c_str(), age, timeout_s_.load());
+                abort(msg + (who.empty() ? std::string("another rank died or hangs") : who) +
+                      "; aborting NCCL and stopping");
             }
             if (!failed.empty()) abort(failed);
+            if (roll_) {
+                const std::string death = roll_->death();
+                if (!death.empty()) abort(death + "; aborting NCCL and stopping");
+            }
             ncclResult_t async = ncclSuccess;
             if (comm_ && ncclCommGetAsyncError(comm_, &async) == ncclSuccess && async != ncclSuccess &&
                 async != ncclInProgress)
@@ -364,6 +400,9 @@ class NcclComm final : public Comm {
     uint64_t next_id_ = 0;
     std::atomic<bool> stop_{false};
     std::thread watchdog_;
+    static constexpr size_t kAddressBytes = 256;  // the roll call's "host:port", sent beside the NCCL id
+    std::unique_ptr<RollCall> roll_;                // world > 1 (and TUNE_ROLL_CALL not off)
+    uint64_t seq_ = 0;                              // collectives entered, without a roll call
 };
 
 }  // namespace

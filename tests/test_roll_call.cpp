@@ -1,0 +1,216 @@
+// The roll call (train/roll_call.h): how an NCCL job names the rank that hangs or dies. No NCCL here: the
+// ranks are RollCall objects in one process, talking over loopback TCP as they would across nodes, and a
+// dead rank is a raw socket that says hello, reports a position, and closes without a goodbye, which is all
+// rank 0 sees of a process that was killed.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+
+#include "train/roll_call.h"
+#include "train/socket.h"
+
+namespace tune::test {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// Polls `done` for up to `seconds`.
+bool eventually(const std::function<bool()>& done, double seconds = 5) {
+    const double deadline = steady_now_s() + seconds;
+    while (steady_now_s() < deadline) {
+        if (done()) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return done();
+}
+
+// Rank 0 advertises loopback, whatever this host's name resolves to.
+class RollCallTest : public ::testing::Test {
+   protected:
+    void SetUp() override { setenv("TUNE_ROLL_CALL_ADDR", "127.0.0.1", 1); }
+    void TearDown() override { unsetenv("TUNE_ROLL_CALL_ADDR"); }
+
+    // A raw client that plays rank `rank`: says hello and where it is, then stays until closed.
+    static Fd fake_rank(const std::string& address, int rank, uint64_t seq, const std::string& what) {
+        const size_t colon = address.rfind(':');
+        std::string why;
+        Fd fd = connect_tcp(address.substr(0, colon), std::atoi(address.c_str() + colon + 1), 2, &why);
+        EXPECT_TRUE(fd.ok()) << why;
+        const std::string hello = "hello " + std::to_string(rank) + "\nat " + std::to_string(seq) + " " + what + "\n";
+        EXPECT_TRUE(send_all(fd.fd, hello.data(), hello.size()));
+        return fd;
+    }
+
+    // Waits for every rank's report to reach rank 0 (a heartbeat and a bit).
+    static void settle() { std::this_thread::sleep_for(std::chrono::duration<double>(RollCall::kHeartbeat + 0.3)); }
+};
+
+TEST_F(RollCallTest, AHangingRankIsNamedWithItsLastCollective_ThreeRanks) {
+    RollCall r0(0, 3, "");
+    EXPECT_THAT(r0.address(), HasSubstr("127.0.0.1:"));
+    RollCall r1(1, 3, r0.address()), r2(2, 3, r0.address());
+    ASSERT_TRUE(eventually([&] { return r1.connected() && r2.connected(); }));
+    for (RollCall* r : {&r0, &r1, &r2}) EXPECT_EQ(r->enter("NCCL initialisation"), 1u);
+    for (RollCall* r : {&r0, &r1}) EXPECT_EQ(r->enter("layer 3 gradients"), 2u);
+    settle();
+    // Ranks 0 and 1 wait in collective #2; rank 2 never came.
+    const std::string want = "rank 2 never entered it: it hangs after entering collective #1 'NCCL initialisation'";
+    EXPECT_EQ(r0.blame(2), want);
+    EXPECT_EQ(r1.blame(2), want);  // asked of rank 0 over the connection
+    EXPECT_EQ(r1.death(), "");
+    // Once it is there, nobody is behind: the stall is NCCL's or the network's.
+    EXPECT_EQ(r2.enter("layer 3 gradients"), 2u);
+    settle();
+    EXPECT_THAT(r1.blame(2), HasSubstr("every rank has entered it"));
+    // Rank 0 behind is named too, by itself and by the others.
+    for (RollCall* r : {&r1, &r2}) r->enter("loss sum");
+    settle();
+    EXPECT_EQ(r0.blame(3), "rank 0 never entered it: it hangs after entering collective #2 'layer 3 gradients'");
+    EXPECT_EQ(r2.blame(3), r0.blame(3));
+}
+
+TEST_F(RollCallTest, ADeadRankIsNamedOnEveryRankAtOnce) {
+    RollCall r0(0, 3, "");
+    RollCall r1(1, 3, r0.address());
+    ASSERT_TRUE(eventually([&] { return r1.connected(); }));
+    {
+        Fd dead = fake_rank(r0.address(), 2, 41, "layer 7 gradients");
+        settle();
+        EXPECT_EQ(r0.death(), "");
+    }  // closed without a goodbye: killed
+    const double t0 = steady_now_s();
+    ASSERT_TRUE(eventually([&] { return !r1.death().empty() && !r0.death().empty(); }));
+    EXPECT_LT(steady_now_s() - t0, 1.0) << "noticed at once, not at a timeout";
+    for (RollCall* r : {&r0, &r1})
+        EXPECT_THAT(r->death(), HasSubstr("rank 2 died after entering collective #41 'layer 7 gradients': its "
+                                          "roll-call connection closed without a goodbye"));
+    EXPECT_THAT(r0.blame(42), HasSubstr("rank 2 died after entering collective #41"));
+}
+
+TEST_F(RollCallTest, AGoodbyeIsNotADeath) {
+    RollCall r0(0, 3, "");
+    RollCall r1(1, 3, r0.address());
+    {
+        RollCall r2(2, 3, r0.address());
+        ASSERT_TRUE(eventually([&] { return r1.connected() && r2.connected(); }));
+        r2.enter("loss sum");
+        settle();
+    }
+    settle();
+    EXPECT_EQ(r0.death(), "");
+    EXPECT_EQ(r1.death(), "");
+    // A collective after it left: the finished rank is the one missing.
+    EXPECT_THAT(r1.blame(2), HasSubstr("rank 2 had already finished, after entering collective #1 'loss sum'"));
+}
+
+TEST_F(RollCallTest, AFailingRankLeavesWithoutAGoodbye) {
+    RollCall r0(0, 3, "");
+    RollCall r1(1, 3, r0.address()), r2(2, 3, r0.address());
+    ASSERT_TRUE(eventually([&] { return r1.connected() && r2.connected(); }));
+    r2.enter("NCCL initialisation");
+    settle();
+    r2.fail();  // ncclCommInitRank threw on rank 2
+    ASSERT_TRUE(eventually([&] { return !r1.death().empty(); }, 2));
+    EXPECT_THAT(r1.death(), HasSubstr("rank 2 died after entering collective #1 'NCCL initialisation'"));
+}
+
+TEST_F(RollCallTest, RankZeroGoneOrFinishedAsSeenByAnotherRank) {
+    int port = 0;
+    for (bool says_bye : {false, true}) {
+        Fd srv = listen_tcp(0, &port);
+        RollCall r1(1, 2, "127.0.0.1:" + std::to_string(port));
+        ASSERT_TRUE(eventually([&] { return r1.connected(); }));
+        {
+            Fd rank0(::accept(srv.fd, nullptr, nullptr));
+            ASSERT_TRUE(rank0.ok());
+            if (says_bye) {
+                ASSERT_TRUE(send_all(rank0.fd, "bye\n", 4));
+            }
+        }
+        ASSERT_TRUE(eventually([&] { return !r1.connected(); }));
+        if (says_bye)
+            EXPECT_EQ(r1.death(), "");
+        else
+            EXPECT_THAT(r1.death(), HasSubstr("rank 0 died: its roll-call connection closed without a goodbye"));
+        EXPECT_EQ(r1.blame(1, 0.2), "") << "no connection, no answer";
+    }
+}
+
+TEST_F(RollCallTest, UnreachableRankZeroWarnsAndGoesWithout) {
+    int port = 0;
+    { Fd gone = listen_tcp(0, &port); }  // a port nobody listens on now
+    testing::internal::CaptureStderr();
+    {
+        RollCall r1(1, 2, "127.0.0.1:" + std::to_string(port), 0.3);
+        std::this_thread::sleep_for(std::chrono::milliseconds(600));
+        EXPECT_FALSE(r1.connected());
+        EXPECT_EQ(r1.enter("x"), 1u);  // entering still counts
+        EXPECT_EQ(r1.blame(1, 0.1), "");
+        EXPECT_EQ(r1.death(), "");
+    }
+    EXPECT_THAT(testing::internal::GetCapturedStderr(),
+                HasSubstr("rank 1: warning: cannot reach rank 0's roll call at 127.0.0.1:" + std::to_string(port)));
+}
+
+TEST_F(RollCallTest, AStrangerIsHungUpOnAndChangesNothing) {
+    RollCall r0(0, 2, "");
+    for (const char* hello : {"hello 5\n", "GET / HTTP/1.0\n"}) {  // rank 5 of 2; not a rank at all
+        std::string why;
+        const size_t colon = r0.address().rfind(':');
+        Fd stranger = connect_tcp("127.0.0.1", std::atoi(r0.address().c_str() + colon + 1), 2, &why);
+        ASSERT_TRUE(stranger.ok()) << why;
+        ASSERT_TRUE(send_all(stranger.fd, hello, std::strlen(hello)));
+        char c;
+        ASSERT_TRUE(wait_fd(stranger.fd, false, steady_now_s() + 2));
+        EXPECT_EQ(::recv(stranger.fd, &c, 1, 0), 0) << "rank 0 hung up on it";
+    }
+    EXPECT_EQ(r0.death(), "");
+    RollCall r1(1, 2, r0.address());
+    ASSERT_TRUE(eventually([&] { return r1.connected(); }));
+    r0.enter("a"), r0.enter("b");
+    r1.enter("a");
+    settle();
+    EXPECT_EQ(r0.blame(2), "rank 1 never entered it: it hangs after entering collective #1 'a'");
+}
+
+TEST(RollCallBlame, NamesAbsentSilentGoneBehindAndStopsAtEight) {
+    using S = RollEntry::State;
+    const double now = 100;
+    std::vector<RollEntry> t(4);
+    t[0] = {S::alive, 9, "wte grads", now};
+    t[1] = {S::absent, 0, "", 0};
+    t[2] = {S::alive, 8, "layer 0 grads", now - 30};  // silent beats behind
+    t[3] = {S::gone, 3, "loss sum", now - 50};
+    EXPECT_EQ(roll_call_blame(t, 9, now, 5),
+              "rank 1 never joined the roll call; rank 2 has not been heard from for 30 s (its host is down or "
+              "stalled), after entering collective #8 'layer 0 grads'; rank 3 died after entering collective #3 "
+              "'loss sum'");
+    t[1] = t[2] = t[3] = t[0];
+    EXPECT_EQ(roll_call_blame(t, 9, now, 5), "");
+    EXPECT_EQ(roll_call_blame(t, 10, now, 5).find("rank 0 never entered it"), 0u);
+    std::vector<RollEntry> many(20, RollEntry{S::alive, 1, "a", now});
+    many[0].seq = 2;
+    const std::string s = roll_call_blame(many, 2, now, 5);
+    EXPECT_THAT(s, HasSubstr("rank 8 never entered it"));
+    EXPECT_THAT(s, Not(HasSubstr("rank 9 ")));
+    EXPECT_THAT(s, HasSubstr("; and 11 more ranks"));
+}
+
+TEST(RollCallSwitch, OffByEnvironment) {
+    EXPECT_TRUE(RollCall::enabled());
+    setenv("TUNE_ROLL_CALL", "off", 1);
+    EXPECT_FALSE(RollCall::enabled());
+    unsetenv("TUNE_ROLL_CALL");
+}
+
+}  // namespace
+}  // namespace tune::test

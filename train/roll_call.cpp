@@ -1,0 +1,348 @@
+#include "train/roll_call.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+#include "kernels/common.h"
+
+namespace tune {
+
+namespace {
+
+// Names travel on one line: no line breaks inside, and not unbounded.
+std::string one_line(const std::string& s) {
+    std::string o = s.substr(0, 200);
+    for (char& c : o)
+        if (c == '\n' || c == '\r') c = ' ';
+    return o;
+}
+
+std::string position(uint64_t seq, const std::string& what) {
+    return seq == 0 ? std::string("before its first collective")
+                    : "after entering collective #" + std::to_string(seq) + " '" + what + "'";
+}
+
+// "host:port" -> host, port; a bare host keeps `port`.
+void split_address(const std::string& a, std::string* host, int* port) {
+    const size_t colon = a.rfind(':');
+    if (colon == std::string::npos || a.find(':') != colon) {  // no port, or an IPv6 literal without one
+        *host = a;
+        return;
+    }
+    *host = a.substr(0, colon);
+    *port = std::atoi(a.c_str() + colon + 1);
+}
+
+// Splits complete lines off the front of buf.
+std::vector<std::string> take_lines(std::string& buf) {
+    std::vector<std::string> lines;
+    size_t nl;
+    while ((nl = buf.find('\n')) != std::string::npos) {
+        lines.push_back(buf.substr(0, nl));
+        buf.erase(0, nl + 1);
+    }
+    return lines;
+}
+
+// Reads what is there into buf; false when the peer closed (or the read failed).
+bool read_some(int fd, std::string& buf) {
+    char tmp[4096];
+    const ssize_t k = ::recv(fd, tmp, sizeof tmp, 0);
+    if (k <= 0) return false;
+    buf.append(tmp, (size_t)k);
+    return true;
+}
+
+bool send_line(const Fd& fd, const std::string& line) {
+    const std::string l = line + "\n";
+    return fd.ok() && send_all(fd.fd, l.data(), l.size());
+}
+
+}  // namespace
+
+std::string roll_call_blame(const std::vector<RollEntry>& table, uint64_t seq, double now, double silent_s) {
+    std::vector<std::string> why;
+    for (size_t r = 0; r < table.size(); r++) {
+        const RollEntry& e = table[r];
+        const std::string rank = "rank " + std::to_string(r);
+        char secs[32];
+        std::snprintf(secs, sizeof secs, "%.0f", now - e.heard);
+        switch (e.state) {
+            case RollEntry::State::absent: why.push_back(rank + " never joined the roll call"); break;
+            case RollEntry::State::gone: why.push_back(rank + " died " + position(e.seq, e.what)); break;
+            case RollEntry::State::finished:
+                if (e.seq < seq) why.push_back(rank + " had already finished, " + position(e.seq, e.what));
+                break;
+            case RollEntry::State::alive:
+                if (now - e.heard > silent_s)
+                    why.push_back(rank + " has not been heard from for " + secs + " s (its host is down or stalled), " +
+                                  position(e.seq, e.what));
+                else if (e.seq < seq)
+                    why.push_back(rank + " never entered it: it hangs " + position(e.seq, e.what));
+                break;
+        }
+    }
+    constexpr size_t kNamed = 8;
+    std::string out;
+    for (size_t i = 0; i < why.size() && i < kNamed; i++) out += (i ? "; " : "") + why[i];
+    if (why.size() > kNamed) out += "; and " + std::to_string(why.size() - kNamed) + " more ranks";
+    return out;
+}
+
+bool RollCall::enabled() {
+    const char* v = std::getenv("TUNE_ROLL_CALL");
+    return !(v && (std::strcmp(v, "off") == 0 || std::strcmp(v, "0") == 0));
+}
+
+RollCall::RollCall(int rank, int world, const std::string& rank0_address, double connect_s)
+    : rank_(rank), world_(world), address_(rank0_address), connect_s_(connect_s), table_(world) {
+    if (rank_ == 0) {
+        std::string host;
+        int port = 0;
+        if (const char* a = std::getenv("TUNE_ROLL_CALL_ADDR")) {
+            split_address(a, &host, &port);
+        } else if (const char* m = std::getenv("MASTER_ADDR")) {
+            host = m;
+        } else {
+            char name[256] = "";
+            ::gethostname(name, sizeof name - 1);
+            host = name;
+        }
+        int bound = 0;
+        try {
+            listen_ = listen_tcp(port, &bound);
+        } catch (const Error& e) {
+            throw Error(std::string("roll call: rank 0 ") + e.what() + " (TUNE_ROLL_CALL_ADDR sets the port; "
+                        "TUNE_ROLL_CALL=off goes without)");
+        }
+        address_ = host + ":" + std::to_string(bound);
+        table_[0].state = RollEntry::State::alive;
+        connected_ = true;
+        thread_ = std::thread([this] { serve(); });
+    } else {
+        thread_ = std::thread([this] { report(); });
+    }
+}
+
+RollCall::~RollCall() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+}
+
+void RollCall::fail() {
+    failed_ = true;
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+}
+
+uint64_t RollCall::enter(const std::string& what) {
+    std::lock_guard<std::mutex> lock(mu_);
+    what_ = one_line(what);
+    return ++seq_;
+}
+
+std::string RollCall::death() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return death_;
+}
+
+std::string RollCall::position_line() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return "at " + std::to_string(seq_.load()) + " " + what_;
+}
+
+void RollCall::mark_gone(int r) {
+    // Under mu_. The sentence every rank prints names the rank that went, and where it was.
+    RollEntry& e = table_[r];
+    e.state = RollEntry::State::gone;
+    const bool known = rank_ == 0 || r != 0;  // only rank 0 knows where rank 0 was
+    if (death_.empty())
+        death_ = "rank " + std::to_string(r) + " died" + (known ? " " + position(e.seq, e.what) : "") +
+                 ": its roll-call connection closed without a goodbye (killed, crashed, or stopped on an error of "
+                 "its own, which its output names)";
+}
+
+std::string RollCall::blame(uint64_t seq, double wait_s) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (rank_ == 0) {
+        table_[0].seq = seq_;
+        table_[0].what = what_;
+        table_[0].heard = steady_now_s();
+        const std::string who = roll_call_blame(table_, seq, steady_now_s(), kSilent);
+        return who.empty() ? "every rank has entered it, so no rank is behind (NCCL or the network is stuck)" : who;
+    }
+    if (!connected_) return "";
+    asked_ = seq;
+    answered_ = false;
+    answered_cv_.wait_for(lock, std::chrono::duration<double>(wait_s), [this] { return answered_ || !connected_; });
+    return answered_ ? answer_ : "";
+}
+
+// ---- rank 0 ----
+
+bool RollCall::handle_line(int from, const std::string& line) {
+    // Under mu_. Returns false for a line that makes no sense (the connection is then dropped).
+    std::istringstream in(line);
+    std::string verb;
+    in >> verb;
+    RollEntry& e = table_[from];
+    e.heard = steady_now_s();
+    if (verb == "at") {
+        in >> e.seq;
+        in.get();
+        std::getline(in, e.what);
+        return !in.bad();
+    }
+    if (verb == "bye") {
+        e.state = RollEntry::State::finished;
+        return true;
+    }
+    return false;  // "ask" is answered by serve(), outside the table
+}
+
+void RollCall::serve() {
+    struct Client {
+        Fd fd;
+        int rank = -1;  // until its hello
+        std::string buf;
+    };
+    std::vector<Client> clients;
+    auto tell_all = [&](const std::string& line) {
+        for (Client& c : clients)
+            if (c.rank > 0) send_line(c.fd, line);
+    };
+    while (!stop_) {
+        std::vector<pollfd> pfds{{listen_.fd, POLLIN, 0}};
+        for (Client& c : clients) pfds.push_back({c.fd.fd, POLLIN, 0});
+        if (::poll(pfds.data(), pfds.size(), 50) <= 0) continue;
+        if (pfds[0].revents & POLLIN) {
+            Fd c(::accept(listen_.fd, nullptr, nullptr));
+            if (c.ok()) clients.push_back({std::move(c), -1, ""});
+        }
+        for (size_t i = 0; i < clients.size(); i++) {
+            if (!(pfds.size() > i + 1 && pfds[i + 1].revents)) continue;
+            Client& c = clients[i];
+            bool open = read_some(c.fd.fd, c.buf);
+            for (const std::string& line : take_lines(c.buf)) {
+                if (c.rank < 0) {
+                    int r = -1;
+                    if (std::sscanf(line.c_str(), "hello %d", &r) != 1 || r <= 0 || r >= world_) {
+                        open = false;
+                        break;
+                    }
+                    std::lock_guard<std::mutex> lock(mu_);
+                    c.rank = r;
+                    table_[r].state = RollEntry::State::alive;
+                    table_[r].heard = steady_now_s();
+                    continue;
+                }
+                unsigned long long q = 0;
+                if (std::sscanf(line.c_str(), "ask %llu", &q) == 1) {
+                    send_line(c.fd, "answer " + one_line(blame(q)));
+                    continue;
+                }
+                std::lock_guard<std::mutex> lock(mu_);
+                if (!handle_line(c.rank, line)) open = false;
+            }
+            if (open) continue;
+            // Closed: a goodbye said, or a rank gone. Every rank hears of it before anyone acts on it.
+            if (c.rank > 0) {
+                std::string gone;
+                {
+                    std::lock_guard<std::mutex> lock(mu_);
+                    const RollEntry& e = table_[c.rank];
+                    if (e.state != RollEntry::State::finished)
+                        gone = "gone " + std::to_string(c.rank) + " " + std::to_string(e.seq) + " " + e.what;
+                }
+                c.fd.reset();
+                if (!gone.empty()) {
+                    tell_all(gone);
+                    std::lock_guard<std::mutex> lock(mu_);
+                    mark_gone(c.rank);
+                }
+            }
+            clients.erase(clients.begin() + (long)i);
+            pfds.erase(pfds.begin() + (long)i + 1);
+            i--;
+        }
+    }
+    if (!failed_) tell_all("bye");
+    listen_.reset();
+}
+
+// ---- the other ranks ----
+
+void RollCall::report() {
+    std::string host, why = "no attempt";
+    int port = 0;
+    split_address(address_, &host, &port);
+    const double deadline = steady_now_s() + connect_s_;
+    while (!stop_ && steady_now_s() < deadline) {
+        up_ = connect_tcp(host, port, 1.0, &why);
+        if (up_.ok()) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (!up_.ok() || !send_line(up_, "hello " + std::to_string(rank_))) {
+        if (!stop_)
+            std::fprintf(stderr,
+                         "rank %d: warning: cannot reach rank 0's roll call at %s (%s): a rank that hangs or dies "
+                         "will stop the job at --comm-timeout, without being named\n",
+                         rank_, address_.c_str(), why.c_str());
+        return;
+    }
+    connected_ = true;
+    std::string buf, sent;
+    double last = 0;
+    bool bye = false;
+    while (!stop_) {
+        const std::string now_at = position_line();
+        const double now = steady_now_s();
+        uint64_t ask = 0;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            std::swap(ask, asked_);
+        }
+        if ((now_at != sent && now - last >= kReportEvery) || now - last >= kHeartbeat) {
+            send_line(up_, now_at);
+            sent = now_at, last = now;
+        }
+        if (ask) send_line(up_, "ask " + std::to_string(ask));
+        if (!wait_fd(up_.fd, false, steady_now_s() + 0.05)) continue;
+        const bool open = read_some(up_.fd, buf);
+        for (const std::string& line : take_lines(buf)) {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (line == "bye") {
+                bye = true;
+            } else if (line.rfind("answer ", 0) == 0) {
+                answer_ = line.substr(7);
+                answered_ = true;
+                answered_cv_.notify_all();
+            } else if (line.rfind("gone ", 0) == 0) {
+                int r = -1, used = 0;
+                unsigned long long s = 0;
+                if (std::sscanf(line.c_str(), "gone %d %llu %n", &r, &s, &used) >= 2 && r > 0 && r < world_) {
+                    table_[r].seq = s;
+                    table_[r].what = line.substr((size_t)used);
+                    mark_gone(r);
+                }
+            }
+        }
+        if (open) continue;
+        std::lock_guard<std::mutex> lock(mu_);
+        connected_ = false;
+        if (!bye) mark_gone(0);
+        answered_cv_.notify_all();
+        return;
+    }
+    if (!failed_) send_line(up_, "bye");
+    up_.reset();  // now, not at destruction: a failing rank's silence must reach rank 0 at once
+}
+
+}  // namespace tune

@@ -1,0 +1,109 @@
+// The roll call: which rank is where, for naming the rank that hangs or dies in an NCCL job.
+//
+// NCCL cannot say which peer failed to arrive: every rank of a stuck collective just waits. So beside NCCL
+// each rank keeps one TCP connection to rank 0, served by a thread of its own, and reports there, a few
+// times a second, how many collectives it has entered and the name of the last. Rank 0 keeps the table.
+//   - A rank whose connection closes without a goodbye has died (or stopped on an error of its own). Rank 0
+//     tells every rank at once, so the job stops in about a second instead of at the timeout, and every rank
+//     names the one that went.
+//   - When a collective times out, the rank that waited asks rank 0 who never entered it: a rank that still
+//     reports but is behind hangs (in or after its last collective); one not heard from for a while is on a
+//     host that is down or stalled.
+// The thread never touches NCCL or CUDA, so it answers while the main thread is stuck.
+//
+// Best effort: when the connection cannot be made (a firewall between nodes), the job runs without it and
+// says so once; --comm-timeout still stops a stuck job, only without a name. TUNE_ROLL_CALL=off turns it off;
+// TUNE_ROLL_CALL_ADDR (host or host:port) sets where rank 0 listens, which is by default a free port on
+// MASTER_ADDR, or on this host's name.
+//
+// Protocol, text lines: rank -> 0 "hello R", "at SEQ WHAT", "ask SEQ", "bye"; 0 -> rank "gone R SEQ WHAT",
+// "answer TEXT", "bye".
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "train/socket.h"
+
+namespace tune {
+
+// One rank as rank 0 last heard of it.
+struct RollEntry {
+    enum class State { absent, alive, finished, gone };
+    State state = State::absent;  // absent: never connected; finished: said goodbye; gone: closed without one
+    uint64_t seq = 0;             // collectives entered
+    std::string what;             // the name of the last
+    double heard = 0;             // steady_now_s() of its last report
+};
+
+// Who keeps collective number `seq` (1-based) from finishing, by the table at time `now`: every rank behind it,
+// gone, silent for longer than `silent_s`, or absent; "" when every rank has entered it.
+std::string roll_call_blame(const std::vector<RollEntry>& table, uint64_t seq, double now, double silent_s);
+
+class RollCall {
+   public:
+    static constexpr double kReportEvery = 0.2;  // seconds between reports of a changed position
+    static constexpr double kHeartbeat = 1.0;    // seconds between reports when nothing changed
+    static constexpr double kSilent = 5.0;       // no report for this long: the host is down or stalled
+
+    // Whether the environment turned it off (TUNE_ROLL_CALL=off).
+    static bool enabled();
+
+    // Rank 0 listens at once (throws tune::Error when it cannot) and serves from a thread; address() is what
+    // the other ranks need. Other ranks connect from their thread, for at most connect_s seconds.
+    RollCall(int rank, int world, const std::string& rank0_address, double connect_s = 10);
+    ~RollCall();  // says goodbye, unless fail() came first
+    // This rank is failing: leave without a goodbye, so that the others stop now instead of at their timeout.
+    void fail();
+    RollCall(const RollCall&) = delete;
+    RollCall& operator=(const RollCall&) = delete;
+
+    // Rank 0: "host:port" for the others (where TUNE_ROLL_CALL_ADDR, MASTER_ADDR or the host name says).
+    const std::string& address() const { return address_; }
+
+    // Main thread: this rank enters its next collective. Returns its number (1-based).
+    uint64_t enter(const std::string& what);
+
+    // A rank gone without a goodbye (the first one, if several), as a sentence; "" while none is.
+    std::string death() const;
+
+    // Why collective `seq` has not finished, from rank 0's table (roll_call_blame, or that every rank has
+    // entered it); rank 0 answers others' questions within `wait_s` seconds. "" when it cannot tell (no
+    // connection, no answer).
+    std::string blame(uint64_t seq, double wait_s = 2);
+
+    // Whether this rank is connected (rank 0: listening). For tests and the one warning.
+    bool connected() const { return connected_; }
+
+   private:
+    void serve();   // rank 0's thread
+    void report();  // every other rank's thread
+    void mark_gone(int r);
+    bool handle_line(int from, const std::string& line);  // rank 0
+    std::string position_line() const;
+
+    const int rank_, world_;
+    std::string address_;
+    const double connect_s_;
+    Fd listen_, up_;  // rank 0: the listening socket; others: the connection to rank 0
+    std::thread thread_;
+    std::atomic<bool> stop_{false}, connected_{false}, failed_{false};
+
+    std::atomic<uint64_t> seq_{0};
+    mutable std::mutex mu_;
+    std::string what_;                 // guarded by mu_
+    std::vector<RollEntry> table_;     // rank 0's table, guarded by mu_
+    std::string death_;                // guarded by mu_
+    uint64_t asked_ = 0;               // non-zero ranks: the question in flight, and its answer
+    std::string answer_;
+    bool answered_ = false;
+    std::condition_variable answered_cv_;
+};
+
+}  // namespace tune
