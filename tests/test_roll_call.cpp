@@ -118,9 +118,28 @@ TEST_F(RollCallTest, AFailingRankLeavesWithoutAGoodbye) {
     ASSERT_TRUE(eventually([&] { return r1.connected() && r2.connected(); }));
     r2.enter("NCCL initialisation");
     settle();
-    r2.fail();  // ncclCommInitRank threw on rank 2
+    r2.fail("ncclCommInitRank: unhandled system error");
     ASSERT_TRUE(eventually([&] { return !r1.death().empty(); }, 2));
-    EXPECT_THAT(r1.death(), HasSubstr("rank 2 died after entering collective #1 'NCCL initialisation'"));
+    EXPECT_EQ(r1.death(), "rank 2 stopped after entering collective #1 'NCCL initialisation': ncclCommInitRank: "
+                          "unhandled system error");
+    EXPECT_EQ(r0.death(), r1.death());
+}
+
+TEST_F(RollCallTest, RankZerosVerdictReachesEveryRankAsItStops) {
+    auto r0 = std::make_unique<RollCall>(0, 3, "");
+    RollCall r1(1, 3, r0->address()), r2(2, 3, r0->address());
+    ASSERT_TRUE(eventually([&] { return r1.connected() && r2.connected(); }));
+    for (RollCall* r : {r0.get(), &r1, &r2}) r->enter("a");
+    for (RollCall* r : {r0.get(), &r1}) r->enter("b");
+    settle();
+    // Rank 0's watchdog times out first, blames rank 2 and stops; rank 1's, a moment later, can no longer ask.
+    const std::string v = r0->blame(2);
+    EXPECT_EQ(v, "rank 2 never entered it: it hangs after entering collective #1 'a'");
+    r0->fail("collective #2 'b' has not finished: " + v);
+    ASSERT_TRUE(eventually([&] { return !r1.connected() && !r2.connected(); }));
+    EXPECT_EQ(r1.blame(2, 0.2), v);
+    EXPECT_EQ(r1.death(), "rank 0 stopped: collective #2 'b' has not finished: " + v);
+    EXPECT_EQ(r2.death(), r1.death());
 }
 
 TEST_F(RollCallTest, RankZeroGoneOrFinishedAsSeenByAnotherRank) {
@@ -186,18 +205,21 @@ TEST(RollCallBlame, NamesAbsentSilentGoneBehindAndStopsAtEight) {
     using S = RollEntry::State;
     const double now = 100;
     std::vector<RollEntry> t(4);
-    t[0] = {S::alive, 9, "wte grads", now};
-    t[1] = {S::absent, 0, "", 0};
-    t[2] = {S::alive, 8, "layer 0 grads", now - 30};  // silent beats behind
-    t[3] = {S::gone, 3, "loss sum", now - 50};
+    t[0] = {S::alive, 9, "wte grads", now, ""};
+    t[1] = {S::absent, 0, "", 0, ""};
+    t[2] = {S::alive, 8, "layer 0 grads", now - 30, ""};  // silent beats behind
+    t[3] = {S::gone, 3, "loss sum", now - 50, ""};
     EXPECT_EQ(roll_call_blame(t, 9, now, 5),
               "rank 1 never joined the roll call; rank 2 has not been heard from for 30 s (its host is down or "
               "stalled), after entering collective #8 'layer 0 grads'; rank 3 died after entering collective #3 "
               "'loss sum'");
+    t[3].why = "out of memory";  // it said why before it went
+    EXPECT_THAT(roll_call_blame(t, 9, now, 5),
+                HasSubstr("; rank 3 stopped after entering collective #3 'loss sum' (out of memory)"));
     t[1] = t[2] = t[3] = t[0];
     EXPECT_EQ(roll_call_blame(t, 9, now, 5), "");
     EXPECT_EQ(roll_call_blame(t, 10, now, 5).find("rank 0 never entered it"), 0u);
-    std::vector<RollEntry> many(20, RollEntry{S::alive, 1, "a", now});
+    std::vector<RollEntry> many(20, RollEntry{S::alive, 1, "a", now, ""});
     many[0].seq = 2;
     const std::string s = roll_call_blame(many, 2, now, 5);
     EXPECT_THAT(s, HasSubstr("rank 8 never entered it"));

@@ -121,7 +121,7 @@ class NcclComm final : public Comm {
         } catch (...) {
             stop_ = true;
             watchdog_.join();            // a thread still running at destruction would terminate the program
-            if (roll_) roll_->fail();   // and the others should not wait for this rank
+            if (roll_) roll_->fail("NCCL initialisation failed on this rank");  // the others stop now
             throw;
         }
         bind(be);
@@ -256,8 +256,15 @@ class NcclComm final : public Comm {
     }
 
     [[noreturn]] void abort(const std::string& why) override {
+        if (aborting_.exchange(true))  // the watchdog and the main thread at once: the first one speaks
+            for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
         std::fprintf(stderr, "rank %d: %s\n", rank_, why.c_str());
         std::fflush(stderr);
+        if (roll_) {  // the others stop now, repeating why
+            const std::string suffix = "; aborting NCCL and stopping";
+            const bool ends = why.size() > suffix.size() && why.compare(why.size() - suffix.size(), suffix.size(), suffix) == 0;
+            roll_->fail(ends ? why.substr(0, why.size() - suffix.size()) : why);
+        }
         if (comm_) ncclCommAbort(comm_);  // releases every kernel still waiting for a peer
         std::_Exit(1);                     // under mpirun, mpirun stops the others
     }
@@ -398,7 +405,7 @@ class NcclComm final : public Comm {
     std::mutex mu_;
     std::list<Pending> pending_;
     uint64_t next_id_ = 0;
-    std::atomic<bool> stop_{false};
+    std::atomic<bool> stop_{false}, aborting_{false};
     std::thread watchdog_;
     static constexpr size_t kAddressBytes = 256;  // the roll call's "host:port", sent beside the NCCL id
     std::unique_ptr<RollCall> roll_;                // world > 1 (and TUNE_ROLL_CALL not off)

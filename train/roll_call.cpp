@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,8 +18,8 @@ namespace tune {
 namespace {
 
 // Names travel on one line: no line breaks inside, and not unbounded.
-std::string one_line(const std::string& s) {
-    std::string o = s.substr(0, 200);
+std::string one_line(const std::string& s, size_t max = 200) {
+    std::string o = s.substr(0, max);
     for (char& c : o)
         if (c == '\n' || c == '\r') c = ' ';
     return o;
@@ -65,6 +66,15 @@ bool send_line(const Fd& fd, const std::string& line) {
     return fd.ok() && send_all(fd.fd, l.data(), l.size());
 }
 
+// A peer that stops reading (its host stalled) must not stall this thread, which serves everyone: a send
+// that cannot go within a second fails, and the line is lost.
+void limit_send_wait(const Fd& fd) {
+    timeval tv{1, 0};
+    ::setsockopt(fd.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+const char* kEveryRankEntered = "every rank has entered it, so no rank is behind (NCCL or the network is stuck)";
+
 }  // namespace
 
 std::string roll_call_blame(const std::vector<RollEntry>& table, uint64_t seq, double now, double silent_s) {
@@ -76,7 +86,10 @@ std::string roll_call_blame(const std::vector<RollEntry>& table, uint64_t seq, d
         std::snprintf(secs, sizeof secs, "%.0f", now - e.heard);
         switch (e.state) {
             case RollEntry::State::absent: why.push_back(rank + " never joined the roll call"); break;
-            case RollEntry::State::gone: why.push_back(rank + " died " + position(e.seq, e.what)); break;
+            case RollEntry::State::gone:
+                why.push_back(e.why.empty() ? rank + " died " + position(e.seq, e.what)
+                                            : rank + " stopped " + position(e.seq, e.what) + " (" + e.why + ")");
+                break;
             case RollEntry::State::finished:
                 if (e.seq < seq) why.push_back(rank + " had already finished, " + position(e.seq, e.what));
                 break;
@@ -102,7 +115,7 @@ bool RollCall::enabled() {
 }
 
 RollCall::RollCall(int rank, int world, const std::string& rank0_address, double connect_s)
-    : rank_(rank), world_(world), address_(rank0_address), connect_s_(connect_s), table_(world) {
+    : rank_(rank), world_(world), address_(rank0_address), connect_s_(connect_s), table_(world), why_(world) {
     if (rank_ == 0) {
         std::string host;
         int port = 0;
@@ -136,7 +149,11 @@ RollCall::~RollCall() {
     if (thread_.joinable()) thread_.join();
 }
 
-void RollCall::fail() {
+void RollCall::fail(const std::string& why) {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        fail_why_ = one_line(why, 600);
+    }
     failed_ = true;
     stop_ = true;
     if (thread_.joinable()) thread_.join();
@@ -159,36 +176,54 @@ std::string RollCall::position_line() const {
 }
 
 void RollCall::mark_gone(int r) {
-    // Under mu_. The sentence every rank prints names the rank that went, and where it was.
+    // The sentence every rank prints names the rank that went, where it was, and why, if it said.
     RollEntry& e = table_[r];
     e.state = RollEntry::State::gone;
+    if (rank_ != 0 && !why_[r].empty()) e.why = why_[r];
+    if (!death_.empty()) return;
     const bool known = rank_ == 0 || r != 0;  // only rank 0 knows where rank 0 was
-    if (death_.empty())
-        death_ = "rank " + std::to_string(r) + " died" + (known ? " " + position(e.seq, e.what) : "") +
-                 ": its roll-call connection closed without a goodbye (killed, crashed, or stopped on an error of "
-                 "its own, which its output names)";
+    const std::string where = known ? " " + position(e.seq, e.what) : "";
+    death_ = e.why.empty() ? "rank " + std::to_string(r) + " died" + where +
+                                 ": its roll-call connection closed without a goodbye (killed or crashed)"
+                           : "rank " + std::to_string(r) + " stopped" + where + ": " + e.why;
 }
 
 std::string RollCall::blame(uint64_t seq, double wait_s) {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (rank_ == 0) {
-        table_[0].seq = seq_;
-        table_[0].what = what_;
-        table_[0].heard = steady_now_s();
-        const std::string who = roll_call_blame(table_, seq, steady_now_s(), kSilent);
-        return who.empty() ? "every rank has entered it, so no rank is behind (NCCL or the network is stuck)" : who;
+    if (rank_ == 0) {  // and every other rank hears it too, before rank 0 stops on it
+        const std::string v = verdict(seq);
+        std::lock_guard<std::mutex> lock(mu_);
+        outbox_.push_back("verdict " + std::to_string(seq) + " " + one_line(v, 2000));
+        return v;
     }
-    if (!connected_) return "";
-    asked_ = seq;
-    answered_ = false;
-    answered_cv_.wait_for(lock, std::chrono::duration<double>(wait_s), [this] { return answered_ || !connected_; });
-    return answered_ ? answer_ : "";
+    // A fresh verdict: asked now. One that came before the question (rank 0 told everyone as it stopped) is the
+    // answer only once rank 0 is gone.
+    std::unique_lock<std::mutex> lock(mu_);
+    const double asked_at = steady_now_s();
+    if (connected_) {
+        asked_ = seq;
+        verdict_cv_.wait_for(lock, std::chrono::duration<double>(wait_s), [&] {
+            auto it = verdicts_.find(seq);
+            return (it != verdicts_.end() && it->second.at >= asked_at) || !connected_;
+        });
+    }
+    auto it = verdicts_.find(seq);
+    if (it == verdicts_.end() || (connected_ && it->second.at < asked_at)) return "";
+    return it->second.text;
 }
 
 // ---- rank 0 ----
 
+std::string RollCall::verdict(uint64_t seq) {
+    std::lock_guard<std::mutex> lock(mu_);
+    table_[0].seq = seq_;
+    table_[0].what = what_;
+    table_[0].heard = steady_now_s();
+    const std::string who = roll_call_blame(table_, seq, steady_now_s(), kSilent);
+    return who.empty() ? kEveryRankEntered : who;
+}
+
 bool RollCall::handle_line(int from, const std::string& line) {
-    // Under mu_. Returns false for a line that makes no sense (the connection is then dropped).
+    // Returns false for a line that makes no sense (the connection is then dropped).
     std::istringstream in(line);
     std::string verb;
     in >> verb;
@@ -199,6 +234,10 @@ bool RollCall::handle_line(int from, const std::string& line) {
         in.get();
         std::getline(in, e.what);
         return !in.bad();
+    }
+    if (verb == "stop") {
+        e.why = line.size() > 5 ? line.substr(5) : "";
+        return true;
     }
     if (verb == "bye") {
         e.state = RollEntry::State::finished;
@@ -218,13 +257,25 @@ void RollCall::serve() {
         for (Client& c : clients)
             if (c.rank > 0) send_line(c.fd, line);
     };
+    auto send_outbox = [&] {
+        std::vector<std::string> out;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            out.swap(outbox_);
+        }
+        for (const std::string& line : out) tell_all(line);
+    };
     while (!stop_) {
+        send_outbox();
         std::vector<pollfd> pfds{{listen_.fd, POLLIN, 0}};
         for (Client& c : clients) pfds.push_back({c.fd.fd, POLLIN, 0});
         if (::poll(pfds.data(), pfds.size(), 50) <= 0) continue;
         if (pfds[0].revents & POLLIN) {
             Fd c(::accept(listen_.fd, nullptr, nullptr));
-            if (c.ok()) clients.push_back({std::move(c), -1, ""});
+            if (c.ok()) {
+                limit_send_wait(c);
+                clients.push_back({std::move(c), -1, ""});
+            }
         }
         for (size_t i = 0; i < clients.size(); i++) {
             if (!(pfds.size() > i + 1 && pfds[i + 1].revents)) continue;
@@ -245,24 +296,27 @@ void RollCall::serve() {
                 }
                 unsigned long long q = 0;
                 if (std::sscanf(line.c_str(), "ask %llu", &q) == 1) {
-                    send_line(c.fd, "answer " + one_line(blame(q)));
+                    tell_all("verdict " + std::to_string(q) + " " + one_line(verdict(q), 2000));
                     continue;
                 }
                 std::lock_guard<std::mutex> lock(mu_);
                 if (!handle_line(c.rank, line)) open = false;
             }
             if (open) continue;
-            // Closed: a goodbye said, or a rank gone. Every rank hears of it before anyone acts on it.
+            // Closed: a goodbye said, or a rank gone. Every rank hears of it before rank 0 acts on it.
             if (c.rank > 0) {
-                std::string gone;
+                std::string why, gone;
                 {
                     std::lock_guard<std::mutex> lock(mu_);
                     const RollEntry& e = table_[c.rank];
-                    if (e.state != RollEntry::State::finished)
+                    if (e.state != RollEntry::State::finished) {
+                        why = e.why;
                         gone = "gone " + std::to_string(c.rank) + " " + std::to_string(e.seq) + " " + e.what;
+                    }
                 }
                 c.fd.reset();
                 if (!gone.empty()) {
+                    if (!why.empty()) tell_all("stop " + std::to_string(c.rank) + " " + why);
                     tell_all(gone);
                     std::lock_guard<std::mutex> lock(mu_);
                     mark_gone(c.rank);
@@ -273,11 +327,37 @@ void RollCall::serve() {
             i--;
         }
     }
-    if (!failed_) tell_all("bye");
+    send_outbox();
+    if (failed_) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!fail_why_.empty()) tell_all("stop 0 " + fail_why_);
+    } else {
+        tell_all("bye");
+    }
+    clients.clear();
     listen_.reset();
 }
 
 // ---- the other ranks ----
+
+void RollCall::take_line(const std::string& line, bool* bye) {
+    int r = -1, used = 0;
+    unsigned long long s = 0;
+    if (line == "bye") {
+        *bye = true;
+    } else if (std::sscanf(line.c_str(), "verdict %llu %n", &s, &used) >= 1 && used > 0) {
+        verdicts_[s] = {line.substr((size_t)used), steady_now_s()};
+        if (verdicts_.size() > 16) verdicts_.erase(verdicts_.begin());
+        verdict_cv_.notify_all();
+    } else if (std::sscanf(line.c_str(), "stop %d %n", &r, &used) >= 1 && used > 0 && r >= 0 && r < world_) {
+        why_[r] = line.substr((size_t)used);
+    } else if (std::sscanf(line.c_str(), "gone %d %llu %n", &r, &s, &used) >= 2 && used > 0 && r > 0 &&
+               r < world_) {
+        table_[r].seq = s;
+        table_[r].what = line.substr((size_t)used);
+        mark_gone(r);
+    }
+}
 
 void RollCall::report() {
     std::string host, why = "no attempt";
@@ -289,12 +369,14 @@ void RollCall::report() {
         if (up_.ok()) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
+    if (up_.ok()) limit_send_wait(up_);
     if (!up_.ok() || !send_line(up_, "hello " + std::to_string(rank_))) {
         if (!stop_)
             std::fprintf(stderr,
                          "rank %d: warning: cannot reach rank 0's roll call at %s (%s): a rank that hangs or dies "
                          "will stop the job at --comm-timeout, without being named\n",
                          rank_, address_.c_str(), why.c_str());
+        up_.reset();
         return;
     }
     connected_ = true;
@@ -316,32 +398,21 @@ void RollCall::report() {
         if (ask) send_line(up_, "ask " + std::to_string(ask));
         if (!wait_fd(up_.fd, false, steady_now_s() + 0.05)) continue;
         const bool open = read_some(up_.fd, buf);
-        for (const std::string& line : take_lines(buf)) {
-            std::lock_guard<std::mutex> lock(mu_);
-            if (line == "bye") {
-                bye = true;
-            } else if (line.rfind("answer ", 0) == 0) {
-                answer_ = line.substr(7);
-                answered_ = true;
-                answered_cv_.notify_all();
-            } else if (line.rfind("gone ", 0) == 0) {
-                int r = -1, used = 0;
-                unsigned long long s = 0;
-                if (std::sscanf(line.c_str(), "gone %d %llu %n", &r, &s, &used) >= 2 && r > 0 && r < world_) {
-                    table_[r].seq = s;
-                    table_[r].what = line.substr((size_t)used);
-                    mark_gone(r);
-                }
-            }
-        }
-        if (open) continue;
         std::lock_guard<std::mutex> lock(mu_);
+        for (const std::string& line : take_lines(buf)) take_line(line, &bye);
+        if (open) continue;
         connected_ = false;
         if (!bye) mark_gone(0);
-        answered_cv_.notify_all();
+        verdict_cv_.notify_all();
+        up_.reset();
         return;
     }
-    if (!failed_) send_line(up_, "bye");
+    if (failed_) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!fail_why_.empty()) send_line(up_, "stop " + fail_why_);
+    } else {
+        send_line(up_, "bye");
+    }
     up_.reset();  // now, not at destruction: a failing rank's silence must reach rank 0 at once
 }
 

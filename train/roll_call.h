@@ -3,12 +3,12 @@
 // NCCL cannot say which peer failed to arrive: every rank of a stuck collective just waits. So beside NCCL
 // each rank keeps one TCP connection to rank 0, served by a thread of its own, and reports there, a few
 // times a second, how many collectives it has entered and the name of the last. Rank 0 keeps the table.
-//   - A rank whose connection closes without a goodbye has died (or stopped on an error of its own). Rank 0
-//     tells every rank at once, so the job stops in about a second instead of at the timeout, and every rank
-//     names the one that went.
+//   - A rank whose connection closes without a goodbye has died. Rank 0 tells every rank at once, so the job
+//     stops in about a second instead of at the timeout, and every rank names the one that went. A rank that
+//     stops on an error of its own says why first, and the others repeat it.
 //   - When a collective times out, the rank that waited asks rank 0 who never entered it: a rank that still
 //     reports but is behind hangs (in or after its last collective); one not heard from for a while is on a
-//     host that is down or stalled.
+//     host that is down or stalled. Rank 0 sends its verdict to every rank, so all of them print it.
 // The thread never touches NCCL or CUDA, so it answers while the main thread is stuck.
 //
 // Best effort: when the connection cannot be made (a firewall between nodes), the job runs without it and
@@ -16,14 +16,15 @@
 // TUNE_ROLL_CALL_ADDR (host or host:port) sets where rank 0 listens, which is by default a free port on
 // MASTER_ADDR, or on this host's name.
 //
-// Protocol, text lines: rank -> 0 "hello R", "at SEQ WHAT", "ask SEQ", "bye"; 0 -> rank "gone R SEQ WHAT",
-// "answer TEXT", "bye".
+// Protocol, text lines: rank -> 0 "hello R", "at SEQ WHAT", "ask SEQ", "stop WHY", "bye"; 0 -> rank
+// "stop R WHY", "gone R SEQ WHAT", "verdict SEQ TEXT", "bye".
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -40,6 +41,7 @@ struct RollEntry {
     uint64_t seq = 0;             // collectives entered
     std::string what;             // the name of the last
     double heard = 0;             // steady_now_s() of its last report
+    std::string why;              // why it stopped, when it said
 };
 
 // Who keeps collective number `seq` (1-based) from finishing, by the table at time `now`: every rank behind it,
@@ -59,8 +61,9 @@ class RollCall {
     // the other ranks need. Other ranks connect from their thread, for at most connect_s seconds.
     RollCall(int rank, int world, const std::string& rank0_address, double connect_s = 10);
     ~RollCall();  // says goodbye, unless fail() came first
-    // This rank is failing: leave without a goodbye, so that the others stop now instead of at their timeout.
-    void fail();
+    // This rank is stopping on an error: tell the others why and leave without a goodbye, so that they stop now
+    // instead of at their timeout.
+    void fail(const std::string& why);
     RollCall(const RollCall&) = delete;
     RollCall& operator=(const RollCall&) = delete;
 
@@ -70,7 +73,8 @@ class RollCall {
     // Main thread: this rank enters its next collective. Returns its number (1-based).
     uint64_t enter(const std::string& what);
 
-    // A rank gone without a goodbye (the first one, if several), as a sentence; "" while none is.
+    // A rank gone without a goodbye (the first one, if several), as a sentence naming it and why it went
+    // (its own words when it said); "" while none is.
     std::string death() const;
 
     // Why collective `seq` has not finished, from rank 0's table (roll_call_blame, or that every rank has
@@ -84,8 +88,10 @@ class RollCall {
    private:
     void serve();   // rank 0's thread
     void report();  // every other rank's thread
-    void mark_gone(int r);
-    bool handle_line(int from, const std::string& line);  // rank 0
+    void mark_gone(int r);                                 // under mu_
+    bool handle_line(int from, const std::string& line);  // rank 0, under mu_
+    void take_line(const std::string& line, bool* bye);    // the others, under mu_
+    std::string verdict(uint64_t seq);                     // rank 0
     std::string position_line() const;
 
     const int rank_, world_;
@@ -100,10 +106,16 @@ class RollCall {
     std::string what_;                 // guarded by mu_
     std::vector<RollEntry> table_;     // rank 0's table, guarded by mu_
     std::string death_;                // guarded by mu_
-    uint64_t asked_ = 0;               // non-zero ranks: the question in flight, and its answer
-    std::string answer_;
-    bool answered_ = false;
-    std::condition_variable answered_cv_;
+    std::string fail_why_;             // fail()'s words, for the thread to send
+    std::vector<std::string> outbox_;  // rank 0: lines for the thread to send to every rank
+    std::vector<std::string> why_;     // the others: the reasons rank 0 relayed, by rank
+    uint64_t asked_ = 0;               // the others: a question for the thread to send
+    struct Verdict {
+        std::string text;
+        double at;  // steady_now_s() when it came
+    };
+    std::map<uint64_t, Verdict> verdicts_;  // the others: rank 0's latest verdict on each collective
+    std::condition_variable verdict_cv_;
 };
 
 }  // namespace tune
