@@ -207,5 +207,7 @@ std::unique_ptr<Backend> make_cpu_backend(DType dtype = DType::f32);
 std::unique_ptr<Backend> make_cuda_backend(DType dtype);
 // Number of usable CUDA devices; 0 when there is no GPU or no driver (never throws).
 int cuda_device_count();
+// Whether "CUDA" is the CPU emulator of `make test-emu` (tests/emu/), where several ranks share the one device.
+bool cuda_is_emulator();
 
 }  // namespace tune

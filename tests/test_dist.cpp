@@ -472,10 +472,9 @@ std::string mpirun(int n) {
            std::to_string(n) + " ";
 }
 
-struct DistFixture : ::testing::Test {
-    void SetUp() override {
-        if (!built_with_mpi()) GTEST_SKIP() << "built without MPI (apt-get install openmpi-bin libopenmpi-dev)";
-        if (run_cmd("command -v mpirun").rc != 0) GTEST_SKIP() << "mpirun not found (apt-get install openmpi-bin)";
+// The data and starting weights every multi-process test trains from, and readers of what the runs wrote.
+struct DistRuns : ::testing::Test {
+    void write_data() {
         dir = tmp.path();
         // Learnable runs with a loss mask over about half the tokens in spans, so ranks count different numbers
         // of tokens: the normalisation must use the global count for the equivalence to hold.
@@ -496,9 +495,10 @@ struct DistFixture : ::testing::Test {
         save_checkpoint(dir + "/init.ckpt", m, nullptr, nullptr);
     }
     // bin/train with the test's data (from init.ckpt unless resuming); `extra` sets batch, steps, ...
-    std::string train(const std::string& extra, const std::string& out, const std::string& from = "init.ckpt") const {
+    std::string train(const std::string& extra, const std::string& out, const std::string& from = "init.ckpt",
+                      const std::string& program = "bin/train --device cpu") const {
         const std::string init = extra.find("--resume") == std::string::npos ? " --init " + dir + "/" + from : "";
-        return "bin/train --device cpu" + init + " --train-data " + dir + "/train.bin --val-data " +
+        return program + init + " --train-data " + dir + "/train.bin --val-data " +
                dir + "/val.bin --seq 13 --lr 3e-3 --warmup 2 --val-batches 2 --quiet " + extra + " --out " + dir +
                "/" + out;
     }
@@ -538,6 +538,14 @@ struct DistFixture : ::testing::Test {
     }
     TempDir tmp{"dist"};
     std::string dir;
+};
+
+struct DistFixture : DistRuns {
+    void SetUp() override {
+        if (!built_with_mpi()) GTEST_SKIP() << "built without MPI (apt-get install openmpi-bin libopenmpi-dev)";
+        if (run_cmd("command -v mpirun").rc != 0) GTEST_SKIP() << "mpirun not found (apt-get install openmpi-bin)";
+        write_data();
+    }
 };
 
 #define RUN_OK(cmd) ASSERT_NO_FATAL_FAILURE(run_ok(cmd))
@@ -852,6 +860,76 @@ TEST(DistNccl, OneRankNcclTrainingEqualsThePlainRun) {
         EXPECT_EQ(slurp(d + "/plain/resume.ckpt"), slurp(d + "/nccl/resume.ckpt")) << variant;
         EXPECT_THAT(slurp(d + "/nccl/metrics.jsonl"), HasSubstr("\"ranks_agree\":true")) << variant;
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// NCCL, several ranks: on a machine with two GPUs or more, and on the CUDA emulator, whose NCCL runs a world of
+// processes that meet in shared memory (tests/emu/nccl_emu.cpp). Started as a scheduler would, through
+// RANK/WORLD_SIZE/LOCAL_RANK and a rendezvous file, with nobody to kill the other ranks when one fails: what
+// stops them is this program's own watchdog and roll call.
+
+struct DistNcclRanks : DistRuns {
+    void SetUp() override {
+        if (!built_with_nccl()) GTEST_SKIP() << "built without NCCL (nccl.h not found)";
+        if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU";
+        if (!cuda_is_emulator() && cuda_device_count() < 3)
+            GTEST_SKIP() << "needs 3 GPUs (one per rank; NCCL refuses two ranks on one GPU), or the CUDA emulator";
+        write_data();
+    }
+    // The command that starts `world` ranks of bin/train (the CUDA build under test) with `extra`, each rank's
+    // environment prefixed by `env`, and fails when any rank fails. The rendezvous file is new each time.
+    std::string ranks(int world, const std::string& extra, const std::string& out, const std::string& env = "") {
+        const std::string rdv = dir + "/rdv" + std::to_string(++launches);
+        return "timeout 300 bash -c 'pids=(); for r in $(seq 0 " + std::to_string(world - 1) + "); do " + env +
+               " TUNE_RENDEZVOUS_FILE=" + rdv + " RANK=$r LOCAL_RANK=$r WORLD_SIZE=" + std::to_string(world) + " " +
+               train(extra, out, "init.ckpt", cuda_tool("train") + " --device cuda") +
+               " & pids+=($!); done; rc=0; for p in ${pids[@]}; do wait $p || rc=1; done; exit $rc'";
+    }
+    int launches = 0;
+};
+
+TEST_F(DistNcclRanks, TwoAndThreeRanksTrainAsOneWithTheCombinedBatch_ZeroOneAndTwo) {
+    const std::string common = "--steps 4 --val-every 2";
+    RUN_OK(train(common + " --batch 6", "one", "init.ckpt", cuda_tool("train") + " --device cuda"));
+    RUN_OK(ranks(2, common + " --batch 3", "two"));
+    RUN_OK(ranks(3, common + " --batch 2 --zero 1", "three_z1"));
+    RUN_OK(ranks(3, common + " --batch 2 --zero 2", "three_z2"));
+    const auto one = series("one", "loss");
+    ASSERT_EQ(one.size(), 4u);
+    for (const char* run : {"two", "three_z1", "three_z2"}) {
+        EXPECT_TRUE(near_rel(series(run, "loss"), one, kLossTol)) << run;
+        EXPECT_EQ(series(run, "counted_tokens"), series("one", "counted_tokens")) << run;
+        EXPECT_TRUE(near_rel(series(run, "val_loss"), series("one", "val_loss"), kLossTol)) << run;
+        EXPECT_TRUE(near_rel(weights(run), weights("one"), kWeightTol)) << run;
+    }
+    expect_ranks_agree("two", 2);
+    expect_ranks_agree("three_z2", 3);
+    // ZeRO-2 reduces the same pieces as ZeRO-1 (one micro-batch per step): the same bytes. 3 ranks cut the
+    // buckets unevenly, so this goes through the grouped ncclReduce/ncclBroadcast path.
+    EXPECT_EQ(slurp(dir + "/three_z1/model.ckpt"), slurp(dir + "/three_z2/model.ckpt"));
+    EXPECT_EQ(slurp(dir + "/three_z1/resume.ckpt"), slurp(dir + "/three_z2/resume.ckpt"));
+}
+
+TEST_F(DistNcclRanks, AHungRankIsNamedAndEveryRankStops) {
+    const auto t0 = std::chrono::steady_clock::now();
+    CmdResult r = run_cmd(ranks(3, "--steps 20 --batch 2 --val-every 0 --comm-timeout 3", "hung", "TUNE_TEST_FAIL=1:3:hang"));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(r.rc, 0) << r.out;
+    EXPECT_LT(secs, 60) << "the hung rank itself must stop too (rank 0 gone), not wait for the test's timeout\n" << r.out;
+    // Ranks 0 and 2 waited in the step's first collective, which rank 1 never entered.
+    EXPECT_THAT(r.out, HasSubstr("has not finished after 3 s (--comm-timeout 3): rank 1 never entered it: it hangs "
+                                 "after entering collective #"))
+        << r.out;
+}
+
+TEST_F(DistNcclRanks, ADeadRankStopsEveryOtherWithinSecondsNamed) {
+    const auto t0 = std::chrono::steady_clock::now();
+    CmdResult r = run_cmd(ranks(3, "--steps 20 --batch 2 --val-every 0", "dead", "TUNE_TEST_FAIL=2:3:die"));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(r.rc, 0) << r.out;
+    EXPECT_LT(secs, 60) << "at the default --comm-timeout of 600 s, only the roll call stops them\n" << r.out;
+    EXPECT_THAT(r.out, HasSubstr("rank 0: rank 2 died after entering collective #")) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("rank 1: rank 2 died after entering collective #")) << r.out;
 }
 
 }  // namespace

@@ -14,4 +14,12 @@ int cuda_device_count() {
     return n;
 }
 
+bool cuda_is_emulator() {
+#ifdef TUNE_CUDA_EMULATOR
+    return true;
+#else
+    return false;
+#endif
+}
+
 }  // namespace tune

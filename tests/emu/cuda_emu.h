@@ -19,6 +19,8 @@
 // only at barriers), memory-model and timing effects, real cuBLAS algorithms, speed.
 #pragma once
 
+#define TUNE_CUDA_EMULATOR 1  // kernels/cuda/device.cu: cuda_is_emulator()
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
