@@ -878,12 +878,15 @@ struct DistNcclRanks : DistRuns {
     }
     // The command that starts `world` ranks of bin/train (the CUDA build under test) with `extra`, each rank's
     // environment prefixed by `env`, and fails when any rank fails. The rendezvous file is new each time.
-    std::string ranks(int world, const std::string& extra, const std::string& out, const std::string& env = "") {
+    std::string ranks(int world, const std::string& extra, const std::string& out, const std::string& env = "",
+                      const std::string& from = "init.ckpt") {
         const std::string rdv = dir + "/rdv" + std::to_string(++launches);
-        return "timeout 300 bash -c 'pids=(); for r in $(seq 0 " + std::to_string(world - 1) + "); do " + env +
+        // Should the test fail to stop a rank, the timeout kills them all (a rank left behind would hold the
+        // output pipe open, and the test would wait for it forever).
+        return "timeout 120 bash -c 'pids=(); trap \"kill -9 \\${pids[@]} 2>/dev/null; exit 124\" TERM; "
+               "for r in $(seq 0 " + std::to_string(world - 1) + "); do " + env +
                " TUNE_RENDEZVOUS_FILE=" + rdv + " RANK=$r LOCAL_RANK=$r WORLD_SIZE=" + std::to_string(world) + " " +
-               train(extra, out, "init.ckpt", cuda_tool("train") + " --device cuda") +
-               " & pids+=($!); done; rc=0; for p in ${pids[@]}; do wait $p || rc=1; done; exit $rc'";
+               train(extra, out, from, cuda_tool("train") + " --device cuda") + " & pids+=($!); done; rc=0; for p in ${pids[@]}; do wait $p || rc=1; done; exit $rc'";
     }
     int launches = 0;
 };
@@ -930,6 +933,33 @@ TEST_F(DistNcclRanks, ADeadRankStopsEveryOtherWithinSecondsNamed) {
     EXPECT_LT(secs, 60) << "at the default --comm-timeout of 600 s, only the roll call stops them\n" << r.out;
     EXPECT_THAT(r.out, HasSubstr("rank 0: rank 2 died after entering collective #")) << r.out;
     EXPECT_THAT(r.out, HasSubstr("rank 1: rank 2 died after entering collective #")) << r.out;
+}
+
+// Every rank sees the same non-finite steps (a first MLP layer of weights near FLT_MAX overflows) and stops
+// together; rank 0
+// then writes the last good weights while the others have already gone. Their going (a stop, not a death)
+// must not cut rank 0's write short.
+TEST_F(DistNcclRanks, ANonFiniteStopLeavesRankZerosCheckpointWhole) {
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+    load_checkpoint(dir + "/init.ckpt", m, nullptr, nullptr);
+    std::vector<double> w(m.params().elems());
+    be->download(w.data(), m.params().base(), m.params().dtype(), w.size());
+    const TensorInfo& fc = m.params().table()[(size_t)m.params().table().find("h.0.mlp.c_fc.weight")];
+    for (size_t i = 0; i < fc.numel; i++) w[fc.offset + i] = (float)(i % 2 ? -3e38 : 3e38);
+    be->upload(m.params().base(), m.params().dtype(), w.data(), w.size());
+    save_checkpoint(dir + "/huge.ckpt", m, nullptr, nullptr);
+
+    CmdResult r = run_cmd(ranks(3, "--steps 20 --batch 2 --val-every 0 --zero 1 --max-bad-steps 2", "nonfinite", "",
+                                "huge.ckpt"));
+    EXPECT_NE(r.rc, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("steps in a row had a non-finite loss or gradient")) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("rank 0: exiting with status 1")) << "rank 0 stops on its own account\n" << r.out;
+    EXPECT_THAT(r.out, Not(HasSubstr("rank 0: rank "))) << "rank 0 must not stop on the others' going\n" << r.out;
+    std::vector<double> back(w.size());
+    ASSERT_NO_THROW(load_checkpoint(dir + "/nonfinite/resume.ckpt", m, nullptr, nullptr));
+    be->download(back.data(), m.params().base(), m.params().dtype(), back.size());
+    EXPECT_EQ(back, w) << "no step was good, so the last good weights are those it started from";
 }
 
 }  // namespace

@@ -349,12 +349,14 @@ class NcclComm final : public Comm {
 
     void watch() {
         cudaSetDevice(device_);
+        double gone_at = -1;  // when the roll call first said a rank was gone
         while (!stop_) {
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
             std::string failed;
             const Entered* late = nullptr;
             Entered late_copy;
             double age = 0;
+            bool waiting = false;
             {
                 std::lock_guard<std::mutex> lock(mu_);
                 for (auto it = pending_.begin(); it != pending_.end();) {
@@ -370,6 +372,7 @@ class NcclComm final : public Comm {
                     if (!late && now_s() - it->t0 > timeout_s_.load()) late_copy = it->e, late = &late_copy, age = now_s() - it->t0;
                     ++it;
                 }
+                waiting = !pending_.empty();
             }
             if (late) {
                 const std::string who = roll_ ? roll_->blame(late->seq) : "";
@@ -380,9 +383,15 @@ class NcclComm final : public Comm {
                       "; aborting NCCL and stopping");
             }
             if (!failed.empty()) abort(failed);
+            // A rank gone stops this one as soon as it waits on a collective (its next one, at the latest). Work of
+            // its own goes on for up to kGoneGrace s (or --comm-timeout, if shorter): rank 0 may be writing the
+            // checkpoint every rank agreed on before the others stopped. Past that, a rank hung outside any
+            // collective stops too.
             if (roll_) {
                 const std::string death = roll_->death();
-                if (!death.empty()) abort(death + "; aborting NCCL and stopping");
+                if (!death.empty() && gone_at < 0) gone_at = now_s();
+                if (!death.empty() && (waiting || now_s() - gone_at > std::min(kGoneGrace, timeout_s_.load())))
+                    abort(death + "; aborting NCCL and stopping");
             }
             ncclResult_t async = ncclSuccess;
             if (comm_ && ncclCommGetAsyncError(comm_, &async) == ncclSuccess && async != ncclSuccess &&
@@ -391,6 +400,8 @@ class NcclComm final : public Comm {
                       " (a peer rank died or the network failed)");
         }
     }
+
+    static constexpr double kGoneGrace = 60;  // seconds
 
     int rank_, world_, device_ = 0;
     bool grouped_only_ = false;
