@@ -182,15 +182,17 @@ TEST_F(RollCallTest, UnreachableRankZeroWarnsAndGoesWithout) {
 
 TEST_F(RollCallTest, AStrangerIsHungUpOnAndChangesNothing) {
     RollCall r0(0, 2, "");
-    for (const char* hello : {"hello 5\n", "GET / HTTP/1.0\n"}) {  // rank 5 of 2; not a rank at all
+    // Rank 5 of 2; not a rank at all; a line that never ends (rank 0 must not hold it all in memory).
+    for (const std::string& hello : {std::string("hello 5\n"), std::string("GET / HTTP/1.0\n"),
+                                     std::string(70 * 1024, 'x')}) {
         std::string why;
         const size_t colon = r0.address().rfind(':');
         Fd stranger = connect_tcp("127.0.0.1", std::atoi(r0.address().c_str() + colon + 1), 2, &why);
         ASSERT_TRUE(stranger.ok()) << why;
-        ASSERT_TRUE(send_all(stranger.fd, hello, std::strlen(hello)));
+        ASSERT_TRUE(send_all(stranger.fd, hello.data(), hello.size()));
         char c;
-        ASSERT_TRUE(wait_fd(stranger.fd, false, steady_now_s() + 2));
-        EXPECT_EQ(::recv(stranger.fd, &c, 1, 0), 0) << "rank 0 hung up on it";
+        ASSERT_TRUE(wait_fd(stranger.fd, false, steady_now_s() + 2)) << hello.substr(0, 20);
+        EXPECT_LE(::recv(stranger.fd, &c, 1, 0), 0) << "rank 0 hung up on " << hello.substr(0, 20);
     }
     EXPECT_EQ(r0.death(), "");
     RollCall r1(1, 2, r0.address());
@@ -201,6 +203,21 @@ TEST_F(RollCallTest, AStrangerIsHungUpOnAndChangesNothing) {
     EXPECT_EQ(r0.blame(2), "rank 1 never entered it: it hangs after entering collective #1 'a'");
 }
 
+// An IPv6 address goes in brackets, so the ranks do not read its last group as the port.
+TEST(RollCallAddress, IPv6LoopbackInBracketsIsJoined) {
+    setenv("TUNE_ROLL_CALL_ADDR", "[::1]", 1);
+    RollCall r0(0, 2, "");
+    unsetenv("TUNE_ROLL_CALL_ADDR");
+    ASSERT_THAT(r0.address(), ::testing::StartsWith("[::1]:"));
+    EXPECT_GT(std::atoi(r0.address().c_str() + 6), 0) << r0.address();
+    RollCall r1(1, 2, r0.address());
+    ASSERT_TRUE(eventually([&] { return r1.connected(); })) << r0.address();
+    r0.enter("a"), r0.enter("b");
+    r1.enter("a");
+    std::this_thread::sleep_for(std::chrono::duration<double>(RollCall::kHeartbeat + 0.3));
+    EXPECT_EQ(r1.blame(2), "rank 1 never entered it: it hangs after entering collective #1 'a'");
+}
+
 TEST(RollCallBlame, NamesAbsentSilentGoneBehindAndStopsAtEight) {
     using S = RollEntry::State;
     const double now = 100;
@@ -209,10 +226,11 @@ TEST(RollCallBlame, NamesAbsentSilentGoneBehindAndStopsAtEight) {
     t[1] = {S::absent, 0, "", 0, ""};
     t[2] = {S::alive, 8, "layer 0 grads", now - 30, ""};  // silent beats behind
     t[3] = {S::gone, 3, "loss sum", now - 50, ""};
+    // The ranks known to be at fault first; those it cannot tell about last.
     EXPECT_EQ(roll_call_blame(t, 9, now, 5),
-              "rank 1 never joined the roll call; rank 2 has not been heard from for 30 s (its host is down or "
-              "stalled), after entering collective #8 'layer 0 grads'; rank 3 died after entering collective #3 "
-              "'loss sum'");
+              "rank 2 has not been heard from for 30 s (its host is down or stalled), after entering collective #8 "
+              "'layer 0 grads'; rank 3 died after entering collective #3 'loss sum'; rank 1 never joined the roll "
+              "call, so whether it entered it is unknown");
     t[3].why = "out of memory";  // it said why before it went
     EXPECT_THAT(roll_call_blame(t, 9, now, 5),
                 HasSubstr("; rank 3 stopped after entering collective #3 'loss sum' (out of memory)"));
@@ -225,13 +243,28 @@ TEST(RollCallBlame, NamesAbsentSilentGoneBehindAndStopsAtEight) {
     EXPECT_THAT(s, HasSubstr("rank 8 never entered it"));
     EXPECT_THAT(s, Not(HasSubstr("rank 9 ")));
     EXPECT_THAT(s, HasSubstr("; and 11 more ranks"));
+    for (RollEntry& e : many) e.state = S::absent;
+    many[0].state = S::alive;
+    EXPECT_EQ(roll_call_blame(many, 1, now, 5),
+              "ranks 1, 2, 3, 4, 5, 6, 7, 8 and 11 more never joined the roll call, so whether they entered it is "
+              "unknown");
 }
 
 TEST(RollCallSwitch, OffByEnvironment) {
+    const char* was = std::getenv("TUNE_ROLL_CALL");
+    const std::string saved = was ? was : "";
+    unsetenv("TUNE_ROLL_CALL");
     EXPECT_TRUE(RollCall::enabled());
     setenv("TUNE_ROLL_CALL", "off", 1);
     EXPECT_FALSE(RollCall::enabled());
-    unsetenv("TUNE_ROLL_CALL");
+    setenv("TUNE_ROLL_CALL", "0", 1);
+    EXPECT_FALSE(RollCall::enabled());
+    setenv("TUNE_ROLL_CALL", "on", 1);
+    EXPECT_TRUE(RollCall::enabled());
+    if (was)
+        setenv("TUNE_ROLL_CALL", saved.c_str(), 1);
+    else
+        unsetenv("TUNE_ROLL_CALL");
 }
 
 }  // namespace

@@ -94,7 +94,12 @@ class NcclComm final : public Comm {
         }
         std::string bytes(sizeof id + kAddressBytes, '\0');
         std::memcpy(&bytes[0], &id, sizeof id);
-        if (roll_) bytes.replace(sizeof id, roll_->address().size(), roll_->address().substr(0, kAddressBytes - 1));
+        if (roll_ && roll_->address().size() >= kAddressBytes) {  // a cut address would send the ranks astray
+            std::fprintf(stderr, "rank 0: the roll call's address '%s' is longer than %zu bytes; going without it\n",
+                         roll_->address().c_str(), kAddressBytes - 1);
+            roll_.reset();
+        }
+        if (roll_) bytes.replace(sizeof id, roll_->address().size(), roll_->address());
         if (li.kind == LaunchInfo::Kind::mpi)
             mpi_broadcast_bytes(bytes, 0);
         else if (li.kind == LaunchInfo::Kind::env)

@@ -17,6 +17,9 @@ namespace tune {
 
 namespace {
 
+constexpr size_t kLongestLine = 64 * 1024;  // rank 0 drops a peer whose line runs longer (not one of ours)
+constexpr int kBatchFromWorld = 64;         // above this many ranks, rank 0 reads the lines in batches
+
 // Names travel on one line: no line breaks inside, and not unbounded.
 std::string one_line(const std::string& s, size_t max = 200) {
     std::string o = s.substr(0, max);
@@ -30,15 +33,27 @@ std::string position(uint64_t seq, const std::string& what) {
                     : "after entering collective #" + std::to_string(seq) + " '" + what + "'";
 }
 
-// "host:port" -> host, port; a bare host keeps `port`.
+// "host:port", "[v6]:port" -> host, port; a bare host ("name", "10.0.0.1", "[v6]", "fe80::1") keeps `port`.
 void split_address(const std::string& a, std::string* host, int* port) {
+    if (!a.empty() && a[0] == '[') {
+        const size_t close = a.find(']');
+        *host = a.substr(1, close == std::string::npos ? std::string::npos : close - 1);
+        if (close != std::string::npos && a.compare(close + 1, 1, ":") == 0) *port = std::atoi(a.c_str() + close + 2);
+        return;
+    }
     const size_t colon = a.rfind(':');
-    if (colon == std::string::npos || a.find(':') != colon) {  // no port, or an IPv6 literal without one
+    if (colon == std::string::npos || a.find(':') != colon) {  // no port, or an IPv6 literal without brackets
         *host = a;
         return;
     }
     *host = a.substr(0, colon);
     *port = std::atoi(a.c_str() + colon + 1);
+}
+
+// The other way: an IPv6 literal goes in brackets, so its colons are not read as the port's.
+std::string join_address(const std::string& host, int port) {
+    const bool v6 = host.find(':') != std::string::npos;
+    return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
 // Splits complete lines off the front of buf.
@@ -79,13 +94,14 @@ const char* kEveryRankEntered = "every rank has entered it, so no rank is behind
 
 std::string roll_call_blame(const std::vector<RollEntry>& table, uint64_t seq, double now, double silent_s) {
     std::vector<std::string> why;
+    std::vector<int> absent;  // never connected (a firewall, or slow to start): unknown, so named after the others
     for (size_t r = 0; r < table.size(); r++) {
         const RollEntry& e = table[r];
         const std::string rank = "rank " + std::to_string(r);
         char secs[32];
         std::snprintf(secs, sizeof secs, "%.0f", now - e.heard);
         switch (e.state) {
-            case RollEntry::State::absent: why.push_back(rank + " never joined the roll call"); break;
+            case RollEntry::State::absent: absent.push_back((int)r); break;
             case RollEntry::State::gone:
                 why.push_back(e.why.empty() ? rank + " died " + position(e.seq, e.what)
                                             : rank + " stopped " + position(e.seq, e.what) + " (" + e.why + ")");
@@ -106,6 +122,14 @@ std::string roll_call_blame(const std::vector<RollEntry>& table, uint64_t seq, d
     std::string out;
     for (size_t i = 0; i < why.size() && i < kNamed; i++) out += (i ? "; " : "") + why[i];
     if (why.size() > kNamed) out += "; and " + std::to_string(why.size() - kNamed) + " more ranks";
+    if (!absent.empty()) {
+        out += out.empty() ? "" : "; ";
+        out += absent.size() == 1 ? "rank " : "ranks ";
+        for (size_t i = 0; i < absent.size() && i < kNamed; i++) out += (i ? ", " : "") + std::to_string(absent[i]);
+        if (absent.size() > kNamed) out += " and " + std::to_string(absent.size() - kNamed) + " more";
+        out += std::string(" never joined the roll call, so whether ") + (absent.size() == 1 ? "it" : "they") +
+               " entered it is unknown";
+    }
     return out;
 }
 
@@ -135,7 +159,7 @@ RollCall::RollCall(int rank, int world, const std::string& rank0_address, double
             throw Error(std::string("roll call: rank 0 ") + e.what() + " (TUNE_ROLL_CALL_ADDR sets the port; "
                         "TUNE_ROLL_CALL=off goes without)");
         }
-        address_ = host + ":" + std::to_string(bound);
+        address_ = join_address(host, bound);
         table_[0].state = RollEntry::State::alive;
         connected_ = true;
         thread_ = std::thread([this] { serve(); });
@@ -270,12 +294,15 @@ void RollCall::serve() {
         std::vector<pollfd> pfds{{listen_.fd, POLLIN, 0}};
         for (Client& c : clients) pfds.push_back({c.fd.fd, POLLIN, 0});
         if (::poll(pfds.data(), pfds.size(), 50) <= 0) continue;
-        if (pfds[0].revents & POLLIN) {
+        // Everyone knocking at once (a thousand ranks at start-up) is let in by one pass, not one per poll.
+        for (bool knock = (pfds[0].revents & POLLIN) != 0; knock;) {
             Fd c(::accept(listen_.fd, nullptr, nullptr));
             if (c.ok()) {
                 limit_send_wait(c);
                 clients.push_back({std::move(c), -1, ""});
             }
+            pollfd again{listen_.fd, POLLIN, 0};
+            knock = c.ok() && ::poll(&again, 1, 0) > 0 && (again.revents & POLLIN);
         }
         for (size_t i = 0; i < clients.size(); i++) {
             if (!(pfds.size() > i + 1 && pfds[i + 1].revents)) continue;
@@ -302,6 +329,8 @@ void RollCall::serve() {
                 std::lock_guard<std::mutex> lock(mu_);
                 if (!handle_line(c.rank, line)) open = false;
             }
+            // Our lines are short; a peer that sends 64 KB without a newline is not a rank, and is dropped.
+            if (c.buf.size() > kLongestLine) open = false;
             if (open) continue;
             // Closed: a goodbye said, or a rank gone. Every rank hears of it before rank 0 acts on it.
             if (c.rank > 0) {
@@ -326,6 +355,10 @@ void RollCall::serve() {
             pfds.erase(pfds.begin() + (long)i + 1);
             i--;
         }
+        // TEACH: in a large world every collective brings a line from every rank; waking once per line would
+        // keep this thread (and a core) busy. Pausing briefly lets the lines pile up and be read in one pass;
+        // the verdict waits for --comm-timeout anyway, so 20 ms of delay costs nothing.
+        if (world_ > kBatchFromWorld) std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     send_outbox();
     if (failed_) {

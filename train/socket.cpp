@@ -78,7 +78,7 @@ Fd listen_tcp(int port, int* bound_port) {
         a.sin_port = htons((uint16_t)port);
         rc = ::bind(srv.fd, (sockaddr*)&a, sizeof a);
     }
-    if (rc != 0 || ::listen(srv.fd, 128) != 0)
+    if (rc != 0 || ::listen(srv.fd, SOMAXCONN) != 0)  // a thousand ranks may knock at once
         throw Error("cannot listen on port " + std::to_string(port) + ": " + std::strerror(errno));
     sockaddr_storage got{};
     socklen_t len = sizeof got;
@@ -104,17 +104,17 @@ Fd connect_tcp(const std::string& host, int port, double seconds, std::string* w
         const int flags = ::fcntl(s.fd, F_GETFL, 0);
         ::fcntl(s.fd, F_SETFL, flags | O_NONBLOCK);
         int rc = ::connect(s.fd, ai->ai_addr, ai->ai_addrlen);
-        if (rc != 0 && errno == EINPROGRESS && wait_fd(s.fd, true, steady_now_s() + seconds)) {
-            int err = 0;
-            socklen_t len = sizeof err;
-            ::getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len);
-            rc = err == 0 ? 0 : -1;
-            errno = err;
-        } else if (rc != 0 && errno == EINPROGRESS) {
-            errno = ETIMEDOUT;
+        int err = rc == 0 ? 0 : errno;  // saved before anything else can change errno
+        if (err == EINPROGRESS) {
+            if (wait_fd(s.fd, true, steady_now_s() + seconds)) {
+                socklen_t len = sizeof err;
+                ::getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            } else {
+                err = ETIMEDOUT;
+            }
         }
-        if (rc != 0) {
-            *why = std::string("connect: ") + std::strerror(errno);
+        if (err != 0) {
+            *why = std::string("connect: ") + std::strerror(err);
             continue;
         }
         ::fcntl(s.fd, F_SETFL, flags);
