@@ -627,6 +627,20 @@ std::string SafetensorsWriter::header_for(const std::vector<const Entry*>& order
     return h;
 }
 
+void SafetensorsWriter::write(AtomicFile& f) const {
+    const std::vector<const Entry*> order = layout_order();
+    const std::string h = header_for(order);
+    if (h.size() > SafetensorsFile::kMaxHeaderBytes)
+        fail(f.path(), "header would be " + std::to_string(h.size()) + " bytes, over the " +
+                           std::to_string(SafetensorsFile::kMaxHeaderBytes) + "-byte limit readers enforce");
+    uint8_t len_le[8];
+    store_u64(len_le, h.size());
+    f.write(len_le, 8);
+    f.write(h.data(), h.size());
+    for (const Entry* e : order) f.write(e->data, e->nbytes);
+    f.sync();
+}
+
 void SafetensorsWriter::write(const std::string& path) const {
     const std::vector<const Entry*> order = layout_order();
     const std::string h = header_for(order);

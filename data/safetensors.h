@@ -35,6 +35,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "data/fileio.h"
 #include "kernels/common.h"
 
 namespace tune {
@@ -143,6 +144,9 @@ public:
     // The header JSON the file will carry, with its padding (its size is N).
     std::string header() const;
     void write(const std::string& path) const;
+    // The same bytes into `f`, synced but not renamed: the caller commits several files together, so a
+    // failure in any leaves every final name as it was (export_hf's weights and config.json).
+    void write(AtomicFile& f) const;
 
 private:
     struct Entry {

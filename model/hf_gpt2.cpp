@@ -299,7 +299,7 @@ void load_hf_gpt2(const std::string& path, GPT2& model) {
     }
 }
 
-// The two files of export_hf, into an existing directory.
+// The two files of export_hf, into an existing directory: both are written whole before either takes its name.
 static void write_hf_files(const GPT2& model, const std::string& dir) {
     const ModelConfig& c = model.config();
     const Table& t = model.params().table();
@@ -322,7 +322,8 @@ static void write_hf_files(const GPT2& model, const std::string& dir) {
               v.size() * sizeof(float));
     }
     w.set_metadata("format", "pt");  // transformers refuses safetensors files without it
-    w.write((fs::path(dir) / "model.safetensors").string());
+    AtomicFile weights((fs::path(dir) / "model.safetensors").string());
+    w.write(weights);
 
     json cfg = {
         {"architectures", {"GPT2LMHeadModel"}},
@@ -355,7 +356,15 @@ static void write_hf_files(const GPT2& model, const std::string& dir) {
     cfg["bos_token_id"] = eot;
     cfg["eos_token_id"] = eot;
     const std::string text = cfg.dump(2) + "\n";
-    write_file_atomic((fs::path(dir) / "config.json").string(), text.data(), text.size());
+    AtomicFile config((fs::path(dir) / "config.json").string());
+    config.write(text.data(), text.size());
+    config.sync();
+    // TEACH: the slow part (hundreds of MB, a disk that may fill) is done and on disk under temporary names;
+    // only two renames remain. The config goes first: if it cannot take its name, the weights do not either,
+    // and the directory still holds the old pair. (Only a crash in the microseconds between the two renames
+    // could still mix them.)
+    config.commit();
+    weights.commit();
 }
 
 void export_hf(const GPT2& model, const std::string& dir) {
@@ -371,9 +380,8 @@ void export_hf(const GPT2& model, const std::string& dir) {
     }
     fs::create_directories(dir, ec);
     if (ec) throw Error(dir + ": cannot create the directory (" + ec.message() + ")");
-    // Each file is replaced whole or not at all (an atomic rename); a failure part way (a full disk) also takes
-    // back the directories made here. In a directory that was there, a failure after model.safetensors can leave
-    // the new weights beside the old config.json: the error says so by naming the file that failed.
+    // Both files are replaced whole or not at all; a failure part way (a full disk) also takes back the
+    // directories made here.
     try {
         write_hf_files(model, dir);
     } catch (...) {

@@ -556,6 +556,26 @@ TEST(ExportHf, VirtualTokensAreRefusedLeavingNoDirectory_P4) {
     EXPECT_FALSE(std::filesystem::exists(dir.file("out")));
 }
 
+// Into a directory that holds an export already: when config.json cannot be replaced (here it is a
+// directory, so the rename fails), the new weights must not be left beside the old config either.
+TEST(ExportHf, AConfigThatCannotBeReplacedKeepsTheOldWeights_L2_NH3_C12_V37) {
+    TempDir dir;
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(), *be, 1, 1);
+    randomize(m, 11);
+    export_hf(m, dir.path());
+    const std::vector<uint8_t> old_weights = read_file_bytes(dir.file("model.safetensors"));
+    std::filesystem::remove(dir.file("config.json"));
+    std::filesystem::create_directory(dir.file("config.json"));
+    randomize(m, 12);
+    EXPECT_NE(error_of([&] { export_hf(m, dir.path()); }).find(dir.file("config.json")), std::string::npos);
+    EXPECT_TRUE(read_file_bytes(dir.file("model.safetensors")) == old_weights) << "new weights beside the old config";
+    for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+        const std::string name = e.path().filename().string();
+        EXPECT_TRUE(name == "model.safetensors" || name == "config.json") << name << ": a temporary left behind";
+    }
+}
+
 TEST(ExportHf, FixtureReexportsToSameValues) {
     TempDir dir;
     auto be = make_cpu_backend(DType::f32);
