@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <chrono>
@@ -14,6 +15,7 @@
 #include <memory>
 #include <thread>
 
+#include "kernels/common.h"
 #include "train/roll_call.h"
 #include "train/socket.h"
 
@@ -203,11 +205,66 @@ TEST_F(RollCallTest, AStrangerIsHungUpOnAndChangesNothing) {
     EXPECT_EQ(r0.blame(2), "rank 1 never entered it: it hangs after entering collective #1 'a'");
 }
 
+// Above 64 ranks rank 0 reads in batches; every rank is still let in and heard.
+TEST_F(RollCallTest, AHundredRanksAreLetInAndHeard_World100) {
+    RollCall r0(0, 100, "");
+    std::vector<Fd> ranks;
+    for (int r = 1; r < 100; r++) ranks.push_back(fake_rank(r0.address(), r, 1, "a"));
+    r0.enter("a"), r0.enter("b");
+    settle();
+    const std::string v = r0.blame(2);
+    EXPECT_THAT(v, ::testing::StartsWith("rank 1 never entered it: it hangs after entering collective #1 'a'; "
+                                         "rank 2 never entered it"));
+    EXPECT_THAT(v, ::testing::EndsWith("; and 91 more ranks"));
+    EXPECT_THAT(v, Not(HasSubstr("never joined")));
+}
+
+// TUNE_ROLL_CALL_ADDR set for the test's length, then as it was.
+class ScopedRollCallAddr {
+   public:
+    explicit ScopedRollCallAddr(const char* value) {
+        const char* was = std::getenv("TUNE_ROLL_CALL_ADDR");
+        had_ = was != nullptr;
+        if (was) was_ = was;
+        setenv("TUNE_ROLL_CALL_ADDR", value, 1);
+    }
+    ~ScopedRollCallAddr() {
+        if (had_)
+            setenv("TUNE_ROLL_CALL_ADDR", was_.c_str(), 1);
+        else
+            unsetenv("TUNE_ROLL_CALL_ADDR");
+    }
+
+   private:
+    bool had_ = false;
+    std::string was_;
+};
+
+TEST(RollCallAddress, AMalformedAddressIsRefusedNamingTheVariable) {
+    for (const char* bad : {"[::1", "[::1]x", "[::1]:", "node7:http", "node7:70000", ":29500", "[]:29500"}) {
+        ScopedRollCallAddr addr(bad);
+        std::string error;
+        try {
+            RollCall r0(0, 2, "");
+        } catch (const Error& e) {
+            error = e.what();
+        }
+        EXPECT_THAT(error, HasSubstr(std::string("TUNE_ROLL_CALL_ADDR='") + bad + "' is not host, host:port"));
+    }
+}
+
 // An IPv6 address goes in brackets, so the ranks do not read its last group as the port.
 TEST(RollCallAddress, IPv6LoopbackInBracketsIsJoined) {
-    setenv("TUNE_ROLL_CALL_ADDR", "[::1]", 1);
+    {
+        Fd probe(::socket(AF_INET6, SOCK_STREAM, 0));
+        sockaddr_in6 a{};
+        a.sin6_family = AF_INET6;
+        a.sin6_addr = in6addr_loopback;
+        if (!probe.ok() || ::bind(probe.fd, (sockaddr*)&a, sizeof a) != 0)
+            GTEST_SKIP() << "this host has no IPv6 loopback (::1)";
+    }
+    ScopedRollCallAddr addr("[::1]");
     RollCall r0(0, 2, "");
-    unsetenv("TUNE_ROLL_CALL_ADDR");
     ASSERT_THAT(r0.address(), ::testing::StartsWith("[::1]:"));
     EXPECT_GT(std::atoi(r0.address().c_str() + 6), 0) << r0.address();
     RollCall r1(1, 2, r0.address());
@@ -243,6 +300,10 @@ TEST(RollCallBlame, NamesAbsentSilentGoneBehindAndStopsAtEight) {
     EXPECT_THAT(s, HasSubstr("rank 8 never entered it"));
     EXPECT_THAT(s, Not(HasSubstr("rank 9 ")));
     EXPECT_THAT(s, HasSubstr("; and 11 more ranks"));
+    std::vector<RollEntry> three(3, {S::absent, 0, "", 0, ""});
+    three[0] = {S::alive, 1, "a", now, ""};
+    EXPECT_EQ(roll_call_blame(three, 1, now, 5),
+              "ranks 1 and 2 never joined the roll call, so whether they entered it is unknown");
     for (RollEntry& e : many) e.state = S::absent;
     many[0].state = S::alive;
     EXPECT_EQ(roll_call_blame(many, 1, now, 5),

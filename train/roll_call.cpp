@@ -1,14 +1,18 @@
 #include "train/roll_call.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 #include <sstream>
 
 #include "kernels/common.h"
@@ -34,20 +38,40 @@ std::string position(uint64_t seq, const std::string& what) {
 }
 
 // "host:port", "[v6]:port" -> host, port; a bare host ("name", "10.0.0.1", "[v6]", "fe80::1") keeps `port`.
-void split_address(const std::string& a, std::string* host, int* port) {
+// False for anything else ("[v6", "[v6]x", "host:", "host:http", a port past 65535, no host).
+bool split_address(const std::string& a, std::string* host, int* port) {
+    std::string rest;  // what follows the host: "" or ":port"
     if (!a.empty() && a[0] == '[') {
         const size_t close = a.find(']');
-        *host = a.substr(1, close == std::string::npos ? std::string::npos : close - 1);
-        if (close != std::string::npos && a.compare(close + 1, 1, ":") == 0) *port = std::atoi(a.c_str() + close + 2);
-        return;
+        if (close == std::string::npos) return false;
+        *host = a.substr(1, close - 1);
+        rest = a.substr(close + 1);
+    } else {
+        const size_t colon = a.rfind(':');
+        const bool bare = colon == std::string::npos || a.find(':') != colon;  // IPv6 without brackets has several
+        *host = bare ? a : a.substr(0, colon);
+        rest = bare ? "" : a.substr(colon);
     }
-    const size_t colon = a.rfind(':');
-    if (colon == std::string::npos || a.find(':') != colon) {  // no port, or an IPv6 literal without brackets
-        *host = a;
-        return;
-    }
-    *host = a.substr(0, colon);
-    *port = std::atoi(a.c_str() + colon + 1);
+    if (host->empty()) return false;
+    if (rest.empty()) return true;
+    if (rest[0] != ':' || rest.size() < 2 || rest.size() > 6 ||
+        rest.find_first_not_of("0123456789", 1) != std::string::npos)
+        return false;
+    const int p = std::atoi(rest.c_str() + 1);
+    if (p > 65535) return false;
+    *port = p;
+    return true;
+}
+
+// Rank 0 holds a socket per rank: with a thousand ranks the usual soft limit of 1024 descriptors (which NCCL's
+// own sockets share) is not enough. The soft limit may be raised up to the hard one without privileges.
+void raise_descriptor_limit(int world) {
+    rlimit l{};
+    if (::getrlimit(RLIMIT_NOFILE, &l) != 0) return;
+    const rlim_t want = (rlim_t)world + 1024;
+    if (l.rlim_cur == RLIM_INFINITY || l.rlim_cur >= want) return;
+    l.rlim_cur = l.rlim_max == RLIM_INFINITY ? want : std::min(want, l.rlim_max);
+    ::setrlimit(RLIMIT_NOFILE, &l);
 }
 
 // The other way: an IPv6 literal goes in brackets, so its colons are not read as the port's.
@@ -125,7 +149,9 @@ std::string roll_call_blame(const std::vector<RollEntry>& table, uint64_t seq, d
     if (!absent.empty()) {
         out += out.empty() ? "" : "; ";
         out += absent.size() == 1 ? "rank " : "ranks ";
-        for (size_t i = 0; i < absent.size() && i < kNamed; i++) out += (i ? ", " : "") + std::to_string(absent[i]);
+        const size_t named = std::min(absent.size(), kNamed);
+        for (size_t i = 0; i < named; i++)
+            out += (i == 0 ? "" : i + 1 == named && named == absent.size() ? " and " : ", ") + std::to_string(absent[i]);
         if (absent.size() > kNamed) out += " and " + std::to_string(absent.size() - kNamed) + " more";
         out += std::string(" never joined the roll call, so whether ") + (absent.size() == 1 ? "it" : "they") +
                " entered it is unknown";
@@ -144,9 +170,12 @@ RollCall::RollCall(int rank, int world, const std::string& rank0_address, double
         std::string host;
         int port = 0;
         if (const char* a = std::getenv("TUNE_ROLL_CALL_ADDR")) {
-            split_address(a, &host, &port);
+            if (!split_address(a, &host, &port))
+                throw Error(std::string("roll call: TUNE_ROLL_CALL_ADDR='") + a + "' is not host, host:port, [IPv6] "
+                            "or [IPv6]:port (a port from 0, any free one, to 65535)");
         } else if (const char* m = std::getenv("MASTER_ADDR")) {
-            host = m;
+            host = m;  // a host without a port; an IPv6 one may come in brackets, which join_address adds back
+            if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
         } else {
             char name[256] = "";
             ::gethostname(name, sizeof name - 1);
@@ -159,6 +188,8 @@ RollCall::RollCall(int rank, int world, const std::string& rank0_address, double
             throw Error(std::string("roll call: rank 0 ") + e.what() + " (TUNE_ROLL_CALL_ADDR sets the port; "
                         "TUNE_ROLL_CALL=off goes without)");
         }
+        ::fcntl(listen_.fd, F_SETFL, ::fcntl(listen_.fd, F_GETFL, 0) | O_NONBLOCK);  // serve() accepts until EAGAIN
+        raise_descriptor_limit(world_);
         address_ = join_address(host, bound);
         table_[0].state = RollEntry::State::alive;
         connected_ = true;
@@ -289,20 +320,31 @@ void RollCall::serve() {
         }
         for (const std::string& line : out) tell_all(line);
     };
+    std::set<uint64_t> told;       // the collectives whose verdict every rank has had
+    double accept_again = 0;       // out of descriptors: the listening socket rests until then
+    bool warned_descriptors = false;
     while (!stop_) {
         send_outbox();
-        std::vector<pollfd> pfds{{listen_.fd, POLLIN, 0}};
+        const bool resting = steady_now_s() < accept_again;
+        std::vector<pollfd> pfds{{resting ? -1 : listen_.fd, POLLIN, 0}};  // poll skips a negative descriptor
         for (Client& c : clients) pfds.push_back({c.fd.fd, POLLIN, 0});
         if (::poll(pfds.data(), pfds.size(), 50) <= 0) continue;
-        // Everyone knocking at once (a thousand ranks at start-up) is let in by one pass, not one per poll.
-        for (bool knock = (pfds[0].revents & POLLIN) != 0; knock;) {
+        // Everyone knocking at once (a thousand ranks at start-up) is let in by one pass, not one per poll: the
+        // listening socket does not block, so accept() says EAGAIN when nobody is left.
+        while (pfds[0].revents & POLLIN) {
             Fd c(::accept(listen_.fd, nullptr, nullptr));
-            if (c.ok()) {
-                limit_send_wait(c);
-                clients.push_back({std::move(c), -1, ""});
+            if (!c.ok()) {
+                if (errno == EMFILE || errno == ENFILE) {  // else it would wake this loop at once, for ever
+                    accept_again = steady_now_s() + 1;
+                    if (!warned_descriptors)
+                        std::fprintf(stderr, "rank 0: warning: the roll call is out of file descriptors (%s) with %zu "
+                                     "ranks connected; raise `ulimit -n`\n", std::strerror(errno), clients.size());
+                    warned_descriptors = true;
+                }
+                break;
             }
-            pollfd again{listen_.fd, POLLIN, 0};
-            knock = c.ok() && ::poll(&again, 1, 0) > 0 && (again.revents & POLLIN);
+            limit_send_wait(c);  // Linux: an accepted socket does not inherit O_NONBLOCK, so it blocks as before
+            clients.push_back({std::move(c), -1, ""});
         }
         for (size_t i = 0; i < clients.size(); i++) {
             if (!(pfds.size() > i + 1 && pfds[i + 1].revents)) continue;
@@ -323,7 +365,14 @@ void RollCall::serve() {
                 }
                 unsigned long long q = 0;
                 if (std::sscanf(line.c_str(), "ask %llu", &q) == 1) {
-                    tell_all("verdict " + std::to_string(q) + " " + one_line(verdict(q), 2000));
+                    // Every rank hears the first verdict on a collective (they may be unable to ask later, when
+                    // rank 0 has stopped); later questions on it, from the others timing out, are answered to
+                    // the asker alone, or a hang in a world of N would cost N^2 messages.
+                    const std::string v = "verdict " + std::to_string(q) + " " + one_line(verdict(q), 2000);
+                    if (told.insert(q).second)
+                        tell_all(v);
+                    else
+                        send_line(c.fd, v);
                     continue;
                 }
                 std::lock_guard<std::mutex> lock(mu_);
@@ -395,9 +444,10 @@ void RollCall::take_line(const std::string& line, bool* bye) {
 void RollCall::report() {
     std::string host, why = "no attempt";
     int port = 0;
-    split_address(address_, &host, &port);
+    const bool parsed = split_address(address_, &host, &port) && port > 0;
+    if (!parsed) why = "not an address with a port";
     const double deadline = steady_now_s() + connect_s_;
-    while (!stop_ && steady_now_s() < deadline) {
+    while (parsed && !stop_ && steady_now_s() < deadline) {
         up_ = connect_tcp(host, port, 1.0, &why);
         if (up_.ok()) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
