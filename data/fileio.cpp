@@ -221,7 +221,7 @@ bool LineReader::next(std::string& line) {
 
 AtomicFile::AtomicFile(const std::string& path) : path_(path) {
     // Two AtomicFiles for one path in a process, or a reused pid, must not share (and truncate) one temporary.
-    fd_ = open_unique(path + ".tmp", O_WRONLY, 0644, &tmp_);
+    fd_ = open_unique(path + ".tmp", O_WRONLY, 0666, &tmp_);  // less the umask, as any new file
     if (fd_ >= 0) return;
     // Name the file asked for, not the temporary one the user never chose; the usual cause is the directory.
     const int err = errno;
@@ -286,6 +286,13 @@ void AtomicFile::commit() {
         const std::string err = std::strerror(errno);
         ::unlink(tmp.c_str());
         throw Error(path_ + ": rename from temporary file failed (" + err + ")");
+    }
+    // The rename itself reaches the disk with the directory. Some file systems cannot fsync a directory; the
+    // file is whole under its final name either way, so that is not an error.
+    const int d = ::open(directory_of(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (d >= 0) {
+        (void)::fsync(d);
+        ::close(d);
     }
 }
 

@@ -78,7 +78,7 @@ std::string dead_temporary_note(const std::string& path);
 std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for_path);
 
 // A file written piece by piece, atomically: the pieces go into a temporary file beside `path`, and commit()
-// fsyncs it and renames it into place. Destroyed without commit() (an error on the way), it removes the
+// fsyncs it, renames it into place and fsyncs the directory. Destroyed without commit() (an error on the way), it removes the
 // temporary file, so the final name only ever holds a whole file. Errors name `path`, not the temporary.
 class AtomicFile {
    public:

@@ -235,23 +235,6 @@ SafetensorsTensorInfo parse_entry(const std::string& path, const std::string& na
     return t;
 }
 
-// Full write of n bytes; false with errno set on failure.
-bool write_all(int fd, const void* data, size_t n) {
-    const char* p = static_cast<const char*>(data);
-    while (n > 0) {
-        // Linux transfers at most about 2 GiB per call.
-        size_t chunk = std::min<size_t>(n, size_t(1) << 30);
-        ssize_t w = ::write(fd, p, chunk);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return false;
-        }
-        p += w;
-        n -= static_cast<size_t>(w);
-    }
-    return true;
-}
-
 // nlohmann's dump() throws on invalid UTF-8; both the writer and the reader need valid JSON strings.
 bool json_string(const std::string& s, std::string* out) {
     try {
@@ -642,44 +625,9 @@ void SafetensorsWriter::write(AtomicFile& f) const {
 }
 
 void SafetensorsWriter::write(const std::string& path) const {
-    const std::vector<const Entry*> order = layout_order();
-    const std::string h = header_for(order);
-    if (h.size() > SafetensorsFile::kMaxHeaderBytes)
-        fail(path, "header would be " + std::to_string(h.size()) + " bytes, over the " +
-                       std::to_string(SafetensorsFile::kMaxHeaderBytes) + "-byte limit readers enforce");
-
-    // A name no other writer (thread or process) uses at the same time.
-    std::string tmp;
-    int fd = open_unique(path + ".tmp", O_WRONLY, 0666, &tmp);
-    if (fd < 0 && errno == EEXIST) fail(path, "cannot create a temporary file beside it: every name tried exists");
-    if (fd < 0) fail(path, "cannot create temporary file " + tmp + ": " + sys_error(errno));
-
-    auto abandon = [&](const std::string& what) {
-        int err = errno;
-        if (fd >= 0) ::close(fd);
-        ::unlink(tmp.c_str());
-        fail(path, what + ": " + sys_error(err));
-    };
-    uint8_t len_le[8];
-    for (int i = 0; i < 8; ++i) len_le[i] = static_cast<uint8_t>(static_cast<uint64_t>(h.size()) >> (8 * i));
-    if (!write_all(fd, len_le, 8) || !write_all(fd, h.data(), h.size())) abandon("write error in " + tmp);
-    for (const Entry* e : order)
-        if (!write_all(fd, e->data, e->nbytes)) abandon("write error in " + tmp + " (tensor '" + e->name + "')");
-    // TEACH: fsync before rename. Without it the rename can reach the disk before the data does, and
-    // a power cut leaves the final name pointing at an empty or partial file.
-    if (::fsync(fd) != 0) abandon("fsync error on " + tmp);
-    int rc = ::close(fd);
-    fd = -1;
-    if (rc != 0) abandon("close error on " + tmp);
-    if (::rename(tmp.c_str(), path.c_str()) != 0) abandon("cannot rename " + tmp + " to it");
-
-    // Make the rename itself durable. Some filesystems cannot fsync a directory; the file is complete
-    // under its final name either way, so that is not an error.
-    int dir = ::open(directory_of(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir >= 0) {
-        (void)::fsync(dir);
-        ::close(dir);
-    }
+    AtomicFile f(path);  // a temporary beside `path`, fsync'ed, renamed over it, the directory fsync'ed
+    write(f);
+    f.commit();
 }
 
 }  // namespace tune

@@ -356,15 +356,32 @@ static void write_hf_files(const GPT2& model, const std::string& dir) {
     cfg["bos_token_id"] = eot;
     cfg["eos_token_id"] = eot;
     const std::string text = cfg.dump(2) + "\n";
-    AtomicFile config((fs::path(dir) / "config.json").string());
+    const std::string config_path = (fs::path(dir) / "config.json").string();
+    AtomicFile config(config_path);
     config.write(text.data(), text.size());
     config.sync();
     // TEACH: the slow part (hundreds of MB, a disk that may fill) is done and on disk under temporary names;
-    // only two renames remain. The config goes first: if it cannot take its name, the weights do not either,
-    // and the directory still holds the old pair. (Only a crash in the microseconds between the two renames
-    // could still mix them.)
+    // only two renames remain. The config goes first: if it cannot take its name, the weights do not either.
+    // If the weights then cannot take theirs, the old config is put back. Either way the directory keeps a
+    // matching pair; only a crash in the microseconds between the two renames could mix them.
+    std::error_code ec;
+    const bool had_config = fs::is_regular_file(config_path, ec);
+    const std::vector<uint8_t> old_config = had_config ? read_file_bytes(config_path) : std::vector<uint8_t>{};
     config.commit();
-    weights.commit();
+    try {
+        weights.commit();
+    } catch (const Error& e) {
+        try {
+            if (had_config)
+                write_file_atomic(config_path, old_config.data(), old_config.size());
+            else
+                fs::remove(config_path);
+        } catch (const std::exception& restore) {
+            throw Error(std::string(e.what()) + "; and the old config.json could not be put back (" +
+                        restore.what() + "): " + config_path + " now describes weights that are not there");
+        }
+        throw;
+    }
 }
 
 void export_hf(const GPT2& model, const std::string& dir) {
@@ -380,8 +397,8 @@ void export_hf(const GPT2& model, const std::string& dir) {
     }
     fs::create_directories(dir, ec);
     if (ec) throw Error(dir + ": cannot create the directory (" + ec.message() + ")");
-    // Both files are replaced whole or not at all; a failure part way (a full disk) also takes back the
-    // directories made here.
+    // Both files are replaced, or neither (write_hf_files); a failure part way (a full disk) also takes back
+    // the directories made here.
     try {
         write_hf_files(model, dir);
     } catch (...) {

@@ -576,6 +576,29 @@ TEST(ExportHf, AConfigThatCannotBeReplacedKeepsTheOldWeights_L2_NH3_C12_V37) {
     }
 }
 
+// The mirror case: the weights cannot take their name (a directory there), after the new config took its
+// own. The old config is put back, so it still describes the weights beside it.
+TEST(ExportHf, WeightsThatCannotBeReplacedPutTheOldConfigBack_L2_NH3_C12_V37) {
+    TempDir dir;
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(), *be, 1, 1);
+    randomize(m, 11);
+    export_hf(m, dir.path());
+    const std::vector<uint8_t> old_config = read_file_bytes(dir.file("config.json"));
+    std::filesystem::remove(dir.file("model.safetensors"));
+    std::filesystem::create_directory(dir.file("model.safetensors"));
+    ModelConfig other = small_config();
+    other.vocab_size += 4;  // another config.json
+    GPT2 m2(other, *be, 1, 1);
+    randomize(m2, 12);
+    EXPECT_NE(error_of([&] { export_hf(m2, dir.path()); }).find(dir.file("model.safetensors")), std::string::npos);
+    EXPECT_TRUE(read_file_bytes(dir.file("config.json")) == old_config) << "a new config beside the old weights";
+    for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+        const std::string name = e.path().filename().string();
+        EXPECT_TRUE(name == "model.safetensors" || name == "config.json") << name << ": a temporary left behind";
+    }
+}
+
 TEST(ExportHf, FixtureReexportsToSameValues) {
     TempDir dir;
     auto be = make_cpu_backend(DType::f32);
