@@ -556,6 +556,14 @@ TEST(ExportHf, VirtualTokensAreRefusedLeavingNoDirectory_P4) {
     EXPECT_FALSE(std::filesystem::exists(dir.file("out")));
 }
 
+// A failed export leaves no temporary file beside model.safetensors and config.json.
+void expect_only_the_pair(const std::string& dir) {
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+        const std::string name = e.path().filename().string();
+        EXPECT_TRUE(name == "model.safetensors" || name == "config.json") << name << ": a temporary left behind";
+    }
+}
+
 // Into a directory that holds an export already: when config.json cannot be replaced (here it is a
 // directory, so the rename fails), the new weights must not be left beside the old config either.
 TEST(ExportHf, AConfigThatCannotBeReplacedKeepsTheOldWeights_L2_NH3_C12_V37) {
@@ -570,10 +578,7 @@ TEST(ExportHf, AConfigThatCannotBeReplacedKeepsTheOldWeights_L2_NH3_C12_V37) {
     randomize(m, 12);
     EXPECT_NE(error_of([&] { export_hf(m, dir.path()); }).find(dir.file("config.json")), std::string::npos);
     EXPECT_TRUE(read_file_bytes(dir.file("model.safetensors")) == old_weights) << "new weights beside the old config";
-    for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
-        const std::string name = e.path().filename().string();
-        EXPECT_TRUE(name == "model.safetensors" || name == "config.json") << name << ": a temporary left behind";
-    }
+    expect_only_the_pair(dir.path());
 }
 
 // The mirror case: the weights cannot take their name (a directory there), after the new config took its
@@ -593,10 +598,7 @@ TEST(ExportHf, WeightsThatCannotBeReplacedPutTheOldConfigBack_L2_NH3_C12_V37) {
     randomize(m2, 12);
     EXPECT_NE(error_of([&] { export_hf(m2, dir.path()); }).find(dir.file("model.safetensors")), std::string::npos);
     EXPECT_TRUE(read_file_bytes(dir.file("config.json")) == old_config) << "a new config beside the old weights";
-    for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
-        const std::string name = e.path().filename().string();
-        EXPECT_TRUE(name == "model.safetensors" || name == "config.json") << name << ": a temporary left behind";
-    }
+    expect_only_the_pair(dir.path());
 }
 
 TEST(ExportHf, FixtureReexportsToSameValues) {
