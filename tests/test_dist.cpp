@@ -335,32 +335,6 @@ TEST(CudaZero2, WaitsForASlowCollectiveFromThePreviousMicroBatch_Bf16_L5) {
     expect_slow_collectives_waited_for(2);
 }
 
-// Sets environment variables for its lifetime, restoring what was there.
-class EnvVars {
-   public:
-    explicit EnvVars(std::vector<std::pair<std::string, const char*>> vars) {
-        for (auto& [k, v] : vars) {
-            const char* old = std::getenv(k.c_str());
-            saved_.push_back({k, old ? std::optional<std::string>(old) : std::nullopt});
-            if (v)
-                setenv(k.c_str(), v, 1);
-            else
-                unsetenv(k.c_str());
-        }
-    }
-    ~EnvVars() {
-        for (auto& [k, v] : saved_) {
-            if (v)
-                setenv(k.c_str(), v->c_str(), 1);
-            else
-                unsetenv(k.c_str());
-        }
-    }
-
-   private:
-    std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
-};
-
 TEST(DistLaunch, EnvironmentVariablesGiveRankWorldAndRendezvous) {
     {
         EnvVars e({{"OMPI_COMM_WORLD_SIZE", nullptr}, {"WORLD_SIZE", nullptr}});

@@ -15,9 +15,9 @@
 #include <memory>
 #include <thread>
 
-#include "kernels/common.h"
 #include "train/roll_call.h"
 #include "train/socket.h"
+#include "tests/test_util.h"
 
 namespace tune::test {
 namespace {
@@ -38,8 +38,7 @@ bool eventually(const std::function<bool()>& done, double seconds = 5) {
 // Rank 0 advertises loopback, whatever this host's name resolves to.
 class RollCallTest : public ::testing::Test {
    protected:
-    void SetUp() override { setenv("TUNE_ROLL_CALL_ADDR", "127.0.0.1", 1); }
-    void TearDown() override { unsetenv("TUNE_ROLL_CALL_ADDR"); }
+    EnvVars addr_{"TUNE_ROLL_CALL_ADDR", "127.0.0.1"};
 
     // A raw client that plays rank `rank`: says hello and where it is, then stays until closed.
     static Fd fake_rank(const std::string& address, int rank, uint64_t seq, const std::string& what) {
@@ -219,37 +218,10 @@ TEST_F(RollCallTest, AHundredRanksAreLetInAndHeard_World100) {
     EXPECT_THAT(v, Not(HasSubstr("never joined")));
 }
 
-// TUNE_ROLL_CALL_ADDR set for the test's length, then as it was.
-class ScopedRollCallAddr {
-   public:
-    explicit ScopedRollCallAddr(const char* value) {
-        const char* was = std::getenv("TUNE_ROLL_CALL_ADDR");
-        had_ = was != nullptr;
-        if (was) was_ = was;
-        setenv("TUNE_ROLL_CALL_ADDR", value, 1);
-    }
-    ~ScopedRollCallAddr() {
-        if (had_)
-            setenv("TUNE_ROLL_CALL_ADDR", was_.c_str(), 1);
-        else
-            unsetenv("TUNE_ROLL_CALL_ADDR");
-    }
-
-   private:
-    bool had_ = false;
-    std::string was_;
-};
-
 TEST(RollCallAddress, AMalformedAddressIsRefusedNamingTheVariable) {
     for (const char* bad : {"[::1", "[::1]x", "[::1]:", "node7:http", "node7:70000", ":29500", "[]:29500"}) {
-        ScopedRollCallAddr addr(bad);
-        std::string error;
-        try {
-            RollCall r0(0, 2, "");
-        } catch (const Error& e) {
-            error = e.what();
-        }
-        EXPECT_THAT(error, HasSubstr(std::string("TUNE_ROLL_CALL_ADDR='") + bad + "' is not host, host:port"));
+        EnvVars addr("TUNE_ROLL_CALL_ADDR", bad);
+        EXPECT_THAT(error_of([] { RollCall r0(0, 2, ""); }), HasSubstr(std::string("TUNE_ROLL_CALL_ADDR='") + bad + "' is not host, host:port"));
     }
 }
 
@@ -263,7 +235,7 @@ TEST(RollCallAddress, IPv6LoopbackInBracketsIsJoined) {
         if (!probe.ok() || ::bind(probe.fd, (sockaddr*)&a, sizeof a) != 0)
             GTEST_SKIP() << "this host has no IPv6 loopback (::1)";
     }
-    ScopedRollCallAddr addr("[::1]");
+    EnvVars addr("TUNE_ROLL_CALL_ADDR", "[::1]");
     RollCall r0(0, 2, "");
     ASSERT_THAT(r0.address(), ::testing::StartsWith("[::1]:"));
     EXPECT_GT(std::atoi(r0.address().c_str() + 6), 0) << r0.address();
@@ -312,20 +284,12 @@ TEST(RollCallBlame, NamesAbsentSilentGoneBehindAndStopsAtEight) {
 }
 
 TEST(RollCallSwitch, OffByEnvironment) {
-    const char* was = std::getenv("TUNE_ROLL_CALL");
-    const std::string saved = was ? was : "";
-    unsetenv("TUNE_ROLL_CALL");
+    EnvVars unset("TUNE_ROLL_CALL", nullptr);
     EXPECT_TRUE(RollCall::enabled());
-    setenv("TUNE_ROLL_CALL", "off", 1);
-    EXPECT_FALSE(RollCall::enabled());
-    setenv("TUNE_ROLL_CALL", "0", 1);
-    EXPECT_FALSE(RollCall::enabled());
-    setenv("TUNE_ROLL_CALL", "on", 1);
-    EXPECT_TRUE(RollCall::enabled());
-    if (was)
-        setenv("TUNE_ROLL_CALL", saved.c_str(), 1);
-    else
-        unsetenv("TUNE_ROLL_CALL");
+    for (const char* v : {"off", "0", "on"}) {
+        EnvVars set("TUNE_ROLL_CALL", v);
+        EXPECT_EQ(RollCall::enabled(), std::string(v) == "on") << v;
+    }
 }
 
 }  // namespace

@@ -13,7 +13,9 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/rng.h"
@@ -117,6 +119,36 @@ class TempDir {
 
    private:
     std::string path_;
+};
+
+// Sets environment variables for its lifetime, restoring what was there.
+class EnvVars {
+   public:
+    explicit EnvVars(std::vector<std::pair<std::string, const char*>> vars) {
+        for (auto& [k, v] : vars) {
+            const char* old = std::getenv(k.c_str());
+            saved_.push_back({k, old ? std::optional<std::string>(old) : std::nullopt});
+            if (v)
+                setenv(k.c_str(), v, 1);
+            else
+                unsetenv(k.c_str());
+        }
+    }
+    EnvVars(const std::string& name, const char* value)  // one variable; a null value unsets it
+        : EnvVars(std::vector<std::pair<std::string, const char*>>{{name, value}}) {}
+    EnvVars(const EnvVars&) = delete;
+    EnvVars& operator=(const EnvVars&) = delete;
+    ~EnvVars() {
+        for (auto& [k, v] : saved_) {
+            if (v)
+                setenv(k.c_str(), v->c_str(), 1);
+            else
+                unsetenv(k.c_str());
+        }
+    }
+
+   private:
+    std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
 };
 
 inline std::string slurp(const std::string& path) {
