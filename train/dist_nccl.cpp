@@ -171,13 +171,15 @@ class NcclComm final : public Comm {
             check(ncclReduceScatter(b, b + rank_ * counts[0] * es, counts[0], nccl_type(dt), ncclSum, comm_, stream_),
                   what);
         } else {
-            check(ncclGroupStart(), what);
-            size_t off = 0;
-            for (int r = 0; r < world_; off += counts[r], r++)
-                if (counts[r])
-                    check(ncclReduce(b + off * es, b + off * es, counts[r], nccl_type(dt), ncclSum, r, comm_, stream_),
-                          what);
-            check(ncclGroupEnd(), what);
+            grouped(what, [&] {
+                ncclResult_t r0 = ncclSuccess;
+                size_t off = 0;
+                for (int r = 0; r < world_ && r0 == ncclSuccess; off += counts[r], r++)
+                    if (counts[r])
+                        r0 = ncclReduce(b + off * es, b + off * es, counts[r], nccl_type(dt), ncclSum, r, comm_,
+                                        stream_);
+                return r0;
+            });
         }
         pending(enqueue.e);
     }
@@ -190,12 +192,14 @@ class NcclComm final : public Comm {
         if (equal(counts)) {
             check(ncclAllGather(b + rank_ * counts[0] * es, b, counts[0], nccl_type(dt), comm_, stream_), what);
         } else {
-            check(ncclGroupStart(), what);
-            size_t off = 0;
-            for (int r = 0; r < world_; off += counts[r], r++)
-                if (counts[r])
-                    check(ncclBroadcast(b + off * es, b + off * es, counts[r], nccl_type(dt), r, comm_, stream_), what);
-            check(ncclGroupEnd(), what);
+            grouped(what, [&] {
+                ncclResult_t r0 = ncclSuccess;
+                size_t off = 0;
+                for (int r = 0; r < world_ && r0 == ncclSuccess; off += counts[r], r++)
+                    if (counts[r])
+                        r0 = ncclBroadcast(b + off * es, b + off * es, counts[r], nccl_type(dt), r, comm_, stream_);
+                return r0;
+            });
         }
         pending(enqueue.e);
     }
@@ -245,14 +249,16 @@ class NcclComm final : public Comm {
         char* h = static_cast<char*>(buf);
         if (rank_ != root && bytes[rank_])
             CUDA_CHECK(cudaMemcpyAsync(d + off[rank_], h + off[rank_], bytes[rank_], cudaMemcpyHostToDevice, stream_));
-        check(ncclGroupStart(), what);
-        if (rank_ == root) {
-            for (int q = 0; q < world_; q++)
-                if (q != root && bytes[q]) check(ncclRecv(d + off[q], bytes[q], ncclUint8, q, comm_, stream_), what);
-        } else if (bytes[rank_]) {
-            check(ncclSend(d + off[rank_], bytes[rank_], ncclUint8, root, comm_, stream_), what);
-        }
-        check(ncclGroupEnd(), what);
+        grouped(what, [&] {
+            ncclResult_t r0 = ncclSuccess;
+            if (rank_ == root) {
+                for (int q = 0; q < world_ && r0 == ncclSuccess; q++)
+                    if (q != root && bytes[q]) r0 = ncclRecv(d + off[q], bytes[q], ncclUint8, q, comm_, stream_);
+            } else if (bytes[rank_]) {
+                r0 = ncclSend(d + off[rank_], bytes[rank_], ncclUint8, root, comm_, stream_);
+            }
+            return r0;
+        });
         if (rank_ == root)
             for (int q = 0; q < world_; q++)
                 if (q != root && bytes[q])
@@ -312,6 +318,18 @@ class NcclComm final : public Comm {
         const char* last = comm_ ? ncclGetLastError(comm_) : nullptr;
         throw Error("rank " + std::to_string(rank_) + ": NCCL " + what + ": " + ncclGetErrorString(r) +
                     (last && *last ? std::string(" (") + last + ")" : std::string()));
+    }
+
+    // Calls inside ncclGroupStart/End: the group is closed even when one of them fails (a group left open
+    // would swallow every later NCCL call, the communicator's destruction included), then the first error
+    // is reported.
+    template <class Calls>
+    void grouped(const std::string& what, Calls calls) {
+        check(ncclGroupStart(), what);
+        const ncclResult_t r = calls();
+        const ncclResult_t end = ncclGroupEnd();
+        check(r, what);
+        check(end, what);
     }
 
     void after_compute() {

@@ -169,7 +169,10 @@ std::shared_ptr<fe::graph::Graph> build_graph(cudnnHandle_t handle, const Shape&
     std::string err;
     if ((err = check_status(g->validate(), "validate")).empty() &&
         (err = check_status(g->build_operation_graph(handle), "build_operation_graph")).empty() &&
-        (err = check_status(g->create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans")).empty() &&
+        // A: the heuristics' choices; FALLBACK: engines that run on any GPU, for a cuDNN whose heuristics offer none.
+        (err = check_status(g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}),
+                            "create_execution_plans"))
+            .empty() &&
         (err = check_status(g->check_support(), "check_support")).empty() &&
         (err = check_status(g->build_plans(), "build_plans")).empty() &&
         (err = check_status(g->get_workspace_size(*workspace), "get_workspace_size")).empty())
