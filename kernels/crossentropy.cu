@@ -25,15 +25,7 @@ __global__ void crossentropy_forward_backward_block_per_row(T* losses, T* dlogit
         const float zy = y_ok ? to_f32(z[y]) : 0.0f;  // read before any thread overwrites the row
 
         float m = -INFINITY, s = 0.0f;
-        for (int v = threadIdx.x; v < V; v += blockDim.x) {
-            const float x = to_f32(z[v]);
-            if (x > m) {
-                s = s * expf(m - x) + 1.0f;  // expf(-inf) = 0 on the first element
-                m = x;
-            } else {
-                s += expf(x - m);
-            }
-        }
+        for (int v = threadIdx.x; v < V; v += blockDim.x) online_add(m, s, to_f32(z[v]));
         block_online_merge(m, s, shared_m, shared_s);  // the same (max, sum) in every thread
         const float lse = m + logf(s);  // log-sum-exp; every thread holds the same value
 

@@ -103,15 +103,6 @@ __global__ void prefix_rows_sum_over_batch(T* dsrc, T* dx, int src_ld, int B, in
 }
 
 // ---------------------------------------------------------------- distillation
-__device__ __forceinline__ void online_add(float& m, float& s, float x) {
-    if (x > m) {
-        s = s * expf(m - x) + 1.0f;  // expf(-inf) = 0 on the first element
-        m = x;
-    } else {
-        s += expf(x - m);
-    }
-}
-
 // Pass 1: the log-sum-exp of both rows (online softmax, fixed merge order). Pass 2: KL and the gradient.
 // Each thread reads and writes only the columns v = threadIdx.x + k * blockDim.x, in both passes, so with
 // dlogits aliasing the teacher row a column's two values are read by the thread that then overwrites it.

@@ -475,6 +475,40 @@ TEST_P(CudaOps, CrossEntropySeparateInPlaceAndEval_N23_V75_Vp128_and_N5_V50257_V
     }
 }
 
+// Logits of -inf (a banned token) add nothing to the softmax, also where they are the first values a thread
+// sees (row 1: the first 700 columns, more than one per thread); a counted token whose target is outside
+// [0, V) has loss NaN (its step is then skipped), a masked one 0, and neither touches memory outside the row.
+TEST_P(CudaOps, CrossEntropyNegInfLogitsAndInvalidTargets_N6_V1000_Vp1024) {
+    const size_t N = 6;
+    const int V = 1000, Vp = 1024;
+    const std::vector<int32_t> targets = {3, 900, 5, -1, V, -1};
+    const std::vector<float> w = {1, 1, 0.5f, 1, 1, 0};
+    I32Twin y(gpu(), ref(), targets);
+    F32Twin wt(gpu(), ref(), w);
+    auto zv = randn(N * Vp, 4, 2.0);
+    for (int v = 0; v < 700; v++) zv[1 * Vp + v] = -INFINITY;
+    for (int v = 0; v < V; v += 2) zv[2 * Vp + v] = -INFINITY;
+    Twin z(gpu(), ref(), N * Vp), dz(gpu(), ref(), N * Vp), loss(gpu(), ref(), N);
+    z.set(zv);
+    dz.poison();
+    loss.poison();
+    gpu().crossentropy_forward_backward(loss.g(), dz.g(), z.g(), y.g, wt.g, 0.5f, N, V, Vp);
+    ref().crossentropy_forward_backward(loss.r(), dz.r(), z.r(), y.r, wt.r, 0.5f, N, V, Vp);
+    const auto gl = loss.gpu.get(), rl = loss.ref.get(), gd = dz.gpu.get(), rd = dz.ref.get();
+    for (size_t i = 0; i < N; i++) {
+        const bool invalid = (targets[i] < 0 || targets[i] >= V) && w[i] != 0.0f;
+        EXPECT_EQ(std::isnan(rl[i]), invalid) << "reference loss of row " << i << ": " << rl[i];
+        EXPECT_EQ(std::isnan(gl[i]), invalid) << "loss of row " << i << ": " << gl[i];
+        if (!invalid) {
+            EXPECT_NEAR(gl[i], rl[i], op_tol(dt()) * std::fabs(rl[i])) << "loss of row " << i;
+        }
+        const std::vector<double> g(gd.begin() + i * Vp, gd.begin() + (i + 1) * Vp),
+            r(rd.begin() + i * Vp, rd.begin() + (i + 1) * Vp);
+        EXPECT_TRUE(near_rel(g, r, op_tol(dt()))) << "dlogits of row " << i;
+    }
+    for (int v = 0; v < 700; v++) ASSERT_EQ(gd[1 * Vp + v], 0.0) << "a -inf logit got a gradient, column " << v;
+}
+
 // ---------------------------------------------------------------- sum of squares
 TEST_P(CudaOps, SumSquaresMatchesDoubleAndIsDeterministic_n100003_n5M_Misaligned) {
     for (EwShape s : {EwShape{100003, 0}, EwShape{5000000, 0}, EwShape{100003, 3}}) {

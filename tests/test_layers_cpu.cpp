@@ -256,6 +256,30 @@ TEST(CrossEntropyCpu, PaddingColumnsTakeNoPartInTheSoftmaxF64) {
     }
 }
 
+TEST(CrossEntropyCpu, NegInfLogitsAddNothingAndInvalidTargetsGiveNaNF64) {
+    const size_t N = 4;
+    const int V = 6, Vp = 8;
+    auto z = randn(N * Vp, 5);
+    z[0 * Vp + 0] = z[0 * Vp + 4] = -INFINITY;  // row 0: two banned tokens
+    std::vector<int32_t> y = {2, -1, V, 7};
+    std::vector<float> w = {1, 1, 0, 1};  // rows 1 and 3 count with invalid targets; row 2 is masked
+    std::vector<double> losses(N), dz(N * Vp);
+    cpu::crossentropy_forward_backward(losses.data(), dz.data(), z.data(), y.data(), w.data(), 1.0f, N, V, Vp);
+    double s = 0;
+    for (int v : {1, 2, 3, 5}) s += std::exp(z[v]);
+    EXPECT_NEAR(losses[0], std::log(s) - z[2], 1e-12) << "the softmax over the four finite logits";
+    EXPECT_EQ(dz[0], 0.0);
+    EXPECT_EQ(dz[4], 0.0);
+    EXPECT_TRUE(std::isnan(losses[1])) << losses[1];
+    EXPECT_EQ(losses[2], 0.0);
+    EXPECT_TRUE(std::isnan(losses[3])) << losses[3];
+    for (size_t i = 1; i < N; i++) {  // no -1 term anywhere: each row's gradient is its softmax, scaled
+        double sum = 0;
+        for (int v = 0; v < V; v++) sum += dz[i * Vp + v];
+        EXPECT_NEAR(sum, w[i], 1e-12) << "row " << i;
+    }
+}
+
 TEST(CrossEntropyCpu, InPlaceMatchesSeparateOutputF32) {
     const size_t N = 4;
     const int V = 7, Vp = 8;

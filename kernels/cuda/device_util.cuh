@@ -97,6 +97,17 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
 }
 
 // ---- online softmax statistics ----
+// Add one value x to a (max, sum of exp(x - max)) pair. A -inf adds exp(-inf) = 0: skipped, so that a pair
+// still empty (max -inf) does not compute exp(-inf - -inf) = NaN.
+__device__ __forceinline__ void online_add(float& m, float& s, float x) {
+    if (x > m) {
+        s = s * expf(m - x) + 1.0f;  // expf(-inf) = 0 on the first element
+        m = x;
+    } else if (x != -INFINITY) {
+        s += expf(x - m);
+    }
+}
+
 // Merge two (max, sum of exp(x - max)) pairs. An empty side has max = -inf and sum = 0.
 __device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2) {
     if (m2 == -INFINITY) return;
