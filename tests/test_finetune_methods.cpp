@@ -255,6 +255,28 @@ TEST(UnfreezeOptimizer, ANewlyActiveSegmentStartsItsOwnBiasCorrection) {
     }
 }
 
+TEST(UnfreezeOptimizer, RestoredStartStepsMustLieWithinTheStepsTaken) {
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 1, 3);
+    AdamW opt(m, AdamWConfig{});
+    const size_t n = m.grads().table().size();
+    opt.set_t(4);
+    std::vector<int> offsets(n, 0);
+    offsets[2] = 4;
+    opt.restore_activity(std::vector<bool>(n, true), offsets);
+    EXPECT_EQ(opt.t_offsets(), offsets);
+    for (int bad : {5, -1}) {
+        offsets[2] = bad;
+        try {
+            opt.restore_activity(std::vector<bool>(n, true), offsets);
+            ADD_FAILURE() << "start step " << bad << " after 4 steps was accepted";
+        } catch (const Error& e) {
+            EXPECT_THAT(e.what(), HasSubstr("trainable tensor 2 started at step " + std::to_string(bad) +
+                                                       ", outside the 4 steps taken"));
+        }
+    }
+}
+
 TEST_F(Methods, L2spPenaltyMatchesItsFormulaAndPullsTowardsTheStart) {
     TrainArgs a = args("l2sp");
     a.l2sp = 0.5f;

@@ -94,6 +94,12 @@ void AdamW::restore_activity(const std::vector<bool>& active, const std::vector<
     if (active.size() != segments_.size() || t_offsets.size() != segments_.size())
         throw Error("optimizer state: " + std::to_string(active.size()) + " activity flags for " +
                     std::to_string(segments_.size()) + " trainable tensors");
+    // A segment's own step count is t - t_offset, and its bias correction divides by 1 - beta^(t - t_offset):
+    // an offset past t would make the next update infinite.
+    for (size_t g = 0; g < segments_.size(); g++)
+        if (t_offsets[g] < 0 || t_offsets[g] > t_)
+            throw Error("optimizer state: trainable tensor " + std::to_string(g) + " started at step " +
+                        std::to_string(t_offsets[g]) + ", outside the " + std::to_string(t_) + " steps taken");
     active_ = active;
     for (size_t g = 0; g < segments_.size(); g++) segments_[g].t_offset = t_offsets[g];
 }
