@@ -555,6 +555,11 @@ TEST_F(DistFixture, ShortValidationSplitOnTwoRanksEqualsOneRank) {
     const auto a = series("one", "val_loss"), b = series("two", "val_loss");
     ASSERT_EQ(a.size(), 3u);  // before step 1, after it, at the end
     EXPECT_TRUE(near_rel(b, a, kLossTol));
+    // Resuming the finished run (to write model.ckpt again): rank 0's log has the last validation, the other
+    // rank does not read the log, and both must skip it alike.
+    RUN_OK(mpirun(2) + train(common + " --batch 2 --resume " + dir + "/two/resume.ckpt", "two"));
+    EXPECT_EQ(series("two", "val_loss"), b) << "the resume validated again";
+    expect_ranks_agree("two", 2);
 }
 
 // The fine-tuning methods that touch the step (LoRA, an L2-SP penalty added after the reduction, a teacher,

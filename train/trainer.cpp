@@ -790,8 +790,10 @@ int Trainer::run() {
     double val = NAN;
     auto validate = [&](int step) {
         // A resumed run has the validations of its checkpoint's step in the log already (a resume of a finished
-        // run, to write model.ckpt again; one stopped before its first step).
-        if (log.has_val(step)) return;
+        // run, to write model.ckpt again; one stopped before its first step). Only rank 0 reads the log, and every
+        // rank must make the same choice: evaluate() holds collectives.
+        const bool logged = log.has_val(step);
+        if (dp_ ? dp_->any(logged, "whether this validation is in the log") : logged) return;
         val = evaluate();
         if (std::isnan(val)) return;
         log.val_point(step, val);
