@@ -300,6 +300,35 @@ TEST_F(TrainerFixture, PowerOfTwoLossScalingIsExactInF32) {
     EXPECT_EQ(slurp(plain.out_dir + "/model.ckpt"), slurp(scaled.out_dir + "/model.ckpt"));
 }
 
+// The dynamic loss scale goes on from the checkpoint (value and clean-step count) only when the resumed run
+// scales dynamically too, from the same --loss-scale; otherwise it starts afresh: 1 without dynamic scaling,
+// --loss-scale when scaling starts now or --loss-scale changed.
+TEST_F(TrainerFixture, ResumeKeepsTheLossScaleOnlyWhereBothRunsScaleDynamically) {
+    TrainArgs scaled = args("scaled");
+    scaled.loss_scaling = "on";
+    scaled.loss_scale = 1024;
+    scaled.halt_at = 2;
+    ASSERT_EQ(Trainer(scaled).run(), 0);
+    TrainArgs plain = args("plain");
+    plain.halt_at = 2;
+    ASSERT_EQ(Trainer(plain).run(), 0);
+    auto resumed = [&](const std::string& run, const std::string& scaling, float scale) {
+        TrainArgs r = args(run);
+        r.init.clear();
+        r.resume = r.out_dir + "/resume.ckpt";
+        r.loss_scaling = scaling;
+        r.loss_scale = scale;
+        Trainer t(r);
+        return std::make_pair(t.state().loss_scale, t.state().loss_scale_clean);
+    };
+    using Scale = std::pair<double, uint64_t>;
+    EXPECT_EQ(resumed("scaled", "on", 1024), Scale(1024, 2));
+    EXPECT_EQ(resumed("scaled", "off", 1024), Scale(1, 0));
+    EXPECT_EQ(resumed("scaled", "on", 4096), Scale(4096, 0));
+    EXPECT_EQ(resumed("plain", "on", 65536), Scale(65536, 0));
+    EXPECT_EQ(resumed("plain", "auto", 65536), Scale(1, 0));
+}
+
 TEST_F(TrainerFixture, LrFindSweepsExponentiallyAndSuggestsARateInsideTheRange) {
     TrainArgs a = args("lrfind");
     a.sched.warmup = 0;

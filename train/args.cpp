@@ -156,7 +156,7 @@ Cli train_cli(TrainArgs& a) {
     c.option("--grad-clip", "NORM", "clip the global gradient norm to NORM (0: off)", &a.grad_clip, 0, 1e9);
     c.custom("--loss-scaling", "auto|on|off", "dynamic loss scaling (auto: on for fp16)", a.loss_scaling,
              one_of("--loss-scaling", {"auto", "on", "off"}, &a.loss_scaling));
-    c.option("--loss-scale", "S", "initial dynamic loss scale", &a.loss_scale, 1, 3e38);
+    c.option("--loss-scale", "S", "initial dynamic loss scale (a resume goes on with the checkpoint's scale unless this or the scaling changed)", &a.loss_scale, 1, 3e38);
     c.option("--max-bad-steps", "N", "stop after N consecutive steps with a NaN/Inf loss or gradient (each is skipped)",
              &a.max_bad_steps, 1, INT_MAX);
     c.option("--seed", "S", "seed for initialisation and data order", &a.seed);

@@ -306,6 +306,7 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
                            {"init", state->init},
                            {"loss_scale", state->loss_scale},
                            {"loss_scale_clean", state->loss_scale_clean},
+                           {"loss_scaling", state->loss_scaling},
                            {"skipped_steps", state->skipped_steps},
                            {"options", state->options},
                            {"base_fingerprint", state->base_fingerprint},
@@ -461,6 +462,10 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     opt->set_t((int)u64("opt_t"));
     if (!s.contains("loss_scale") || !s["loss_scale"].is_number()) f.fail("state field 'loss_scale' is missing");
     state->loss_scale = s["loss_scale"].get<double>();
+    if (s.contains("loss_scaling") && !s["loss_scaling"].is_boolean()) f.fail("state field 'loss_scaling' is not a boolean");
+    // Older checkpoints: a run without dynamic scaling kept the scale at 1 with no clean steps counted.
+    state->loss_scaling = s.contains("loss_scaling") ? s["loss_scaling"].get<bool>()
+                                                     : state->loss_scale != 1.0 || state->loss_scale_clean != 0;
     if (s.contains("init") && !s["init"].is_string()) f.fail("state field 'init' is not a string");
     state->init = s.value("init", std::string());
     state->base_fingerprint = u64_or("base_fingerprint", 0);

@@ -38,6 +38,7 @@ struct TrainState {
     LoaderState loader;     // training data position
     double loss_scale = 1;           // dynamic loss scale (FP16; 1 otherwise)
     uint64_t loss_scale_clean = 0;   // clean steps since the scale last changed
+    bool loss_scaling = false;       // whether the scale was dynamic (fp16 or --loss-scaling on)
     uint64_t skipped_steps = 0;
     LoaderState replay_loader;       // replay data position
     // The windows of the training and replay data when saved (0: unknown, or no replay): a resume onto data

@@ -71,6 +71,7 @@ static std::map<std::string, std::string> trajectory_options(const TrainArgs& a)
             {"--precision", a.precision},
             {"--stochastic-rounding", on(a.stochastic_rounding)},
             {"--loss-scaling", a.loss_scaling},
+            {"--loss-scale", float_text(a.loss_scale)},
             {"--steps", std::to_string(a.steps)},
             {"--schedule", a.sched.kind},
             {"--lr", float_text(a.sched.lr)},
@@ -251,7 +252,8 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     const std::map<std::string, std::string> options = trajectory_options(args);
     state_.options = options;
     dynamic_loss_scale_ = args.loss_scaling == "on" || (args.loss_scaling == "auto" && be_->act_dtype() == DType::f16);
-    state_.loss_scale = dynamic_loss_scale_ ? args.loss_scale : 1.0;  // a resume checkpoint overrides it
+    state_.loss_scale = dynamic_loss_scale_ ? args.loss_scale : 1.0;  // a resume checkpoint may override it
+    state_.loss_scaling = dynamic_loss_scale_;
     state_.working_copy = args.stochastic_rounding;
     flops_per_token_ = 6.0 * (double)num_parameters(cfg) + 12.0 * cfg.n_layer * cfg.n_embd * (double)args.seq;
     // MFU against the dense bf16 tensor-core peak in every precision (PaLM's convention): what the chip could do,
@@ -269,6 +271,15 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
             throw UsageError("--steps " + std::to_string(args.steps) + ": " + args.resume + " is at step " +
                              std::to_string(state_.step) + " already; give --steps above it to train on");
         note_changed_options(args.resume, state_.options, options);  // state_.options: the checkpoint's
+        // The scale goes on where the checkpoint left it only when both runs scale dynamically, from the same
+        // --loss-scale; otherwise it starts afresh (1 without dynamic scaling).
+        const auto was = state_.options.find("--loss-scale");
+        const bool new_start = was != state_.options.end() && !same_setting(was->second, options.at("--loss-scale"));
+        if (!dynamic_loss_scale_ || !state_.loss_scaling || new_start) {
+            state_.loss_scale = dynamic_loss_scale_ ? args.loss_scale : 1.0;
+            state_.loss_scale_clean = 0;
+        }
+        state_.loss_scaling = dynamic_loss_scale_;
         state_.options = options;
     } else {
         if (!args.init.empty()) load_weights(args.init, *model_);
