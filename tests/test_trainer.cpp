@@ -289,6 +289,51 @@ TEST_F(TrainerFixture, ASkippedStepLeavesWeightsAndAdamStateUntouchedAndTheStopK
     EXPECT_EQ(got, p);
 }
 
+// Windows that are all prompt (every target masked) give a step with nothing to learn from: no update (Adam
+// would still decay the weights, apply its momentum and count the step), not a bad step, and no loss (null).
+TEST_F(TrainerFixture, AStepWithNoCountedTokenMakesNoUpdate) {
+    std::vector<int32_t> tokens = pattern_tokens(4000, 1);
+    std::vector<uint8_t> mask(tokens.size(), 1);
+    for (size_t i = 0; i < 60; i++) mask[i] = 0;
+    write_shard(dir + "/masked.bin", tokens, &mask, 37);
+    TrainArgs a = args("empty");
+    a.train_data = {dir + "/masked.bin"};
+    a.batch = 1;
+    a.grad_accum = 1;
+    a.shuffle = false;
+    a.steps = 6;
+    Trainer t(a);
+    auto params = [&] {
+        std::vector<double> v(t.model().params().elems());
+        t.backend().download(v.data(), t.model().params().base(), t.model().params().dtype(), v.size());
+        return v;
+    };
+    const std::vector<double> before = params();
+    const StepStats first = t.step();
+    ASSERT_EQ(first.counted, 0u);
+    EXPECT_TRUE(first.empty);
+    EXPECT_FALSE(first.skipped);
+    EXPECT_TRUE(std::isnan(first.loss)) << first.loss;
+    EXPECT_EQ(params(), before);
+    EXPECT_EQ(t.optimizer().t(), 0);
+    EXPECT_EQ(t.state().step, 1u);  // the schedule goes on
+    StepStats st = first;
+    while (st.counted == 0 && t.state().step < 6) st = t.step();
+    ASSERT_GT(st.counted, 0u);
+    EXPECT_FALSE(st.empty);
+    EXPECT_EQ(t.optimizer().t(), 1);  // the first counted step is Adam's first
+    EXPECT_NE(params(), before);
+    TrainArgs b = a;  // the same from the command line's loop: logged
+    b.out_dir = dir + "/empty_run";
+    ASSERT_EQ(Trainer(b).run(), 0);
+    const std::vector<double> logged = losses(b.out_dir), counted = metric(b.out_dir, "counted_tokens");
+    ASSERT_EQ(logged.size(), 6u);
+    EXPECT_EQ(counted[0], 0.0);
+    EXPECT_TRUE(std::isnan(logged[0])) << "the empty step's loss is logged as null";
+    EXPECT_TRUE(std::isfinite(logged.back()));
+    EXPECT_EQ(metric(b.out_dir, "skipped_total").back(), 0.0);
+}
+
 TEST_F(TrainerFixture, PowerOfTwoLossScalingIsExactInF32) {
     TrainArgs plain = args("plain");
     ASSERT_EQ(Trainer(plain).run(), 0);

@@ -564,7 +564,7 @@ StepStats Trainer::step(float lr) {
                 be_->zero(model_->grad_ptr(i), g[i].numel * dtype_size(model_->grads().dtype()));
         }
     }
-    st.loss = st.counted ? loss_sum / (double)st.counted : 0.0;
+    st.loss = st.counted ? loss_sum / (double)st.counted : NAN;  // no counted token: no loss (null in the metrics)
     st.kl = st.counted ? kl_sum / (double)st.counted : 0.0;
     // L2-SP / EWC: lambda/2 sum F (theta - theta_0)^2, its gradient added (times the loss scale, like every
     // gradient here) before the norm is taken, so clipping sees the whole objective. After the reduction over
@@ -595,12 +595,17 @@ StepStats Trainer::step(float lr) {
     st.lr = lr >= 0 ? lr : lr_at(args_.sched, (int)state_.step);
     // TEACH: a single NaN would poison every weight through Adam's moments. Skip the update instead and
     // leave weights and optimizer state untouched.
-    st.skipped = !std::isfinite(st.loss) || !std::isfinite(raw_norm);
+    st.skipped = (st.counted && !std::isfinite(st.loss)) || !std::isfinite(raw_norm);
+    // A step whose windows are all prompt (every token masked) has a zero gradient: Adam would still decay the
+    // weights, move them by its momentum and count a step in its bias correction. It makes no update instead.
+    st.empty = st.counted == 0 && !anchor_.bytes();
     // With FP16, an overflowing gradient is the loss scale's fault rather than the model's: lower the
     // scale and do not count it towards --max-bad-steps until the scale is down to 1.
     const bool scale_overflow = dynamic_loss_scale_ && scale > 1 && std::isfinite(st.loss) && !std::isfinite(raw_norm);
     if (dynamic_loss_scale_) update_loss_scale(state_, std::isfinite(raw_norm));
-    if (!st.skipped) {
+    if (st.empty) {
+        // neither an update nor a bad step
+    } else if (!st.skipped) {
         double clip = 1.0;
         if (args_.grad_clip > 0 && st.grad_norm > args_.grad_clip) clip = args_.grad_clip / st.grad_norm;
         opt_->step(st.lr, (float)(clip / scale));
@@ -669,6 +674,7 @@ double Trainer::lr_find(int steps, double lo, double hi) {
         }
         const double lr = lo * std::pow(hi / lo, steps > 1 ? (double)i / (steps - 1) : 0.0);
         StepStats st = step((float)lr);
+        if (st.counted == 0) continue;  // no counted token: no loss to learn the rate from
         if (!std::isfinite(st.loss)) break;
         avg = beta * avg + (1 - beta) * st.loss;
         const double sm = avg / (1 - std::pow(beta, i + 1));
@@ -845,11 +851,11 @@ int Trainer::run() {
                       jnum("%.6g", st.penalty).c_str(), jnum("%.6g", st.kl).c_str(), st.replay_batches,
                       st.frozen_below);
         log.append(line);
-        if (!args_.quiet && (st.step % args_.log_every == 0 || st.step == last || st.skipped))
+        if (!args_.quiet && (st.step % args_.log_every == 0 || st.step == last || st.skipped || st.empty))
             std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %7.3f | %8.0f tok/s%s | ETA %s%s\n", st.step,
                         args_.steps, st.loss, st.lr, st.grad_norm, tok_s, mfu_text,
                         format_duration(per_step * (last - (int)state_.step)).c_str(),
-                        st.skipped ? " | SKIPPED (non-finite)" : "");
+                        st.skipped ? " | SKIPPED (non-finite)" : st.empty ? " | no counted tokens: no update" : "");
         if (!args_.quiet && state_.step == first + 1) {
             // What the backend holds beside the arenas above (its scratch grows to its size in the first step).
             const std::string note = be_->memory_note();

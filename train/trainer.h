@@ -26,6 +26,7 @@ struct StepStats {
     size_t counted = 0;      // tokens with non-zero loss weight
     double seconds = 0;
     bool skipped = false;    // non-finite loss or gradient: no update
+    bool empty = false;      // no counted token on any rank (and no L2-SP/EWC term): nothing to learn, no update
     double loss_scale = 1;   // FP16 dynamic loss scale this step used (1 otherwise)
     double penalty = 0;      // L2-SP + EWC terms added to the loss (already in the gradients)
     double kl = 0;           // distillation term per counted token (tau^2 KL), when distilling
