@@ -157,6 +157,12 @@ TEST_F(Methods, LoraWithTrainedBaseBlockKeepsItInTheAdapterAndRefusesOtherBases)
     TrainArgs wrong = c;
     wrong.peft.lora_rank = 4;
     EXPECT_THAT(error_of([&] { Trainer t(wrong); }), HasSubstr("but the flags ask for LoRA r=4"));
+    // Gradual unfreezing does not combine with LoRA, also where the LoRA comes with the resumed checkpoint.
+    TrainArgs unfreezing = resumed;
+    unfreezing.adapter.clear();
+    unfreezing.unfreeze_every = 100;
+    EXPECT_THAT(error_of([&] { Trainer t(unfreezing); }),
+                HasSubstr("--unfreeze-every works on the model's own blocks; " + resumed.resume + " continues a run with LoRA"));
 }
 
 TEST_F(Methods, PromptTuningChangesOnlyThePromptAndGeneratesFromTheAdapter) {

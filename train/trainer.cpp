@@ -235,6 +235,9 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
                              std::to_string(mo.peft.virtual_tokens()) + " virtual ones exceed the model's block size " +
                              std::to_string(cfg.block_size));
     }
+    if (args.unfreeze_every > 0 && mo.peft.any())  // args.cpp checks the flags; a resumed run brings its own
+        throw UsageError("--unfreeze-every works on the model's own blocks; " + args.resume + " continues a run with " +
+                         mo.peft.describe() + ", which it does not combine with");
     mo.recompute = args.recompute;
     mo.head_chunk = (size_t)args.head_chunk;
     if (args.zero == 2 && comm.kind() != "single") mo.grad_slots = 2;  // ZeRO-2 (train/data_parallel.h)
