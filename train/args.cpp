@@ -160,7 +160,7 @@ Cli train_cli(TrainArgs& a) {
     c.option("--max-bad-steps", "N", "stop after N consecutive steps with a NaN/Inf loss or gradient (each is skipped)",
              &a.max_bad_steps, 1, INT_MAX);
     c.option("--seed", "S", "seed for initialisation and data order", &a.seed);
-    c.option("--val-every", "N", "validation loss every N steps (0: only at the end)", &a.val_every, 0, INT_MAX);
+    c.option("--val-every", "N", "validation loss every N steps (0: only before the first step and at the end)", &a.val_every, 0, INT_MAX);
     c.option("--val-batches", "M", "micro-batches per validation (at most one pass over --val-data: no window twice)", &a.val_batches, 1, INT_MAX);
     c.option("--ckpt-minutes", "M", "also write the resume checkpoint whenever M minutes have passed since the last "
              "one, so a kill -9 or an out-of-memory kill loses at most that much (0: off)", &a.ckpt_minutes, 0, 1e9);
@@ -260,11 +260,20 @@ void validate_train_args(const TrainArgs& a) {
     const TrainArgs d;  // the defaults: a value other than its default was given
     needs(a.peft.lora_alpha != d.peft.lora_alpha, a.peft.lora_rank > 0, "--lora-alpha", "--lora-rank");
     needs(a.distill_temp != d.distill_temp, a.distill > 0, "--distill-temp", "--distill");
+    needs(a.replay_weight != d.replay_weight, a.replay_frac > 0, "--replay-weight", "--replay-frac");
+    needs(a.fisher_batches != d.fisher_batches, a.ewc > 0, "--fisher-batches", "--ewc");
+    needs(a.virtual_init != d.virtual_init, a.peft.virt != Virtual::none, "--virtual-init", "--virtual");
+    needs(a.vocab != d.vocab, a.virtual_init.rfind("text:", 0) == 0, "--vocab", "--virtual-init text:WORDS");
+    needs(a.loss_scale != d.loss_scale,
+          a.loss_scaling == "on" || (a.loss_scaling == "auto" && a.precision == "fp16"), "--loss-scale",
+          "dynamic loss scaling (--precision fp16, or --loss-scaling on)");
     const std::string& k = a.sched.kind;
     const bool cyclical = k == "triangular" || k == "triangular2" || k == "exp_range";
     needs(a.sched.half_cycle != d.sched.half_cycle, cyclical, "--half-cycle",
           "a cyclical --schedule (triangular, triangular2, exp_range)");
     needs(a.sched.gamma != d.sched.gamma, k == "exp_range", "--gamma", "--schedule exp_range");
+    needs(a.sched.min_frac != d.sched.min_frac, k != "constant" && k != "stlr", "--min-lr-frac",
+          "a --schedule that decays or cycles (cosine, linear, triangular, triangular2, exp_range)");
     needs(a.sched.cut_frac != d.sched.cut_frac || a.sched.ratio != d.sched.ratio, k == "stlr", "--cut-frac/--ratio",
           "--schedule stlr");
     needs(a.lr_find_lo != d.lr_find_lo || a.lr_find_hi != d.lr_find_hi, a.lr_find, "--lr-find-lo/--lr-find-hi",
