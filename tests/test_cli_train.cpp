@@ -129,7 +129,7 @@ TEST(TrainCli, ResumeNamesChangedOptionsByTheirFlags) {
     CmdResult changed = run_cmd("bin/train --device cpu --quiet --init " + d + "/init.ckpt --train-data " + d +
                                 "/train.bin --batch 2 --seq 15 --steps 6 --lr 0.005 --seed 1234567891 --out " + d +
                                 "/run --sequential "
-                                "--min-lr-frac 0.5 --beta2 0.5 --eps 1e-3" + resume);
+                                "--min-lr-frac 0.5 --beta2 0.5 --eps 1e-3 --resume " + d + "/run/resume.ckpt --halt-at 5");
     ASSERT_EQ(changed.rc, 0) << changed.out;
     for (const char* part : {"--lr 0.005 (was 0.001)", "--sequential on (was off)", "--min-lr-frac 0.5 (was 0.1)",
                              "--beta2 0.5 (was 0.95)", "--eps 0.001 (was 1e-08)",

@@ -49,7 +49,12 @@ TEST_F(TrainerFixture, InterruptedRunSaysSoKeepsNoModelAndResumesExactly) {
     TrainArgs first = args("stopped");
     first.halt_at = 3;
     ASSERT_EQ(Trainer(first).run(), 0);
-    std::filesystem::remove(first.out_dir + "/model.ckpt");
+    EXPECT_FALSE(std::filesystem::exists(first.out_dir + "/model.ckpt")) << "--halt-at leaves an unfinished run";
+    EXPECT_TRUE(std::filesystem::exists(first.out_dir + "/resume.ckpt"));
+    TrainArgs behind = args("stopped");  // a halt at a step the checkpoint has passed would train nothing
+    behind.resume = behind.out_dir + "/resume.ckpt";
+    behind.halt_at = 3;
+    EXPECT_THAT(error_of([&] { Trainer t(behind); }), HasSubstr("--halt-at 3: " + behind.resume + " is at step 3"));
     TrainArgs again = args("stopped");  // the same command with --resume, as the run's last line says
     again.resume = again.out_dir + "/resume.ckpt";
     {
@@ -368,7 +373,7 @@ TEST_F(TrainerFixture, ResumeKeepsTheLossScaleOnlyWhereBothRunsScaleDynamically)
     };
     using Scale = std::pair<double, uint64_t>;
     EXPECT_EQ(resumed("scaled", "on", 1024), Scale(1024, 2));
-    EXPECT_EQ(resumed("scaled", "off", 1024), Scale(1, 0));
+    EXPECT_EQ(resumed("scaled", "off", 65536), Scale(1, 0));  // (--loss-scale without scaling is refused)
     EXPECT_EQ(resumed("scaled", "on", 4096), Scale(4096, 0));
     EXPECT_EQ(resumed("plain", "on", 65536), Scale(65536, 0));
     EXPECT_EQ(resumed("plain", "auto", 65536), Scale(1, 0));

@@ -273,6 +273,9 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         if ((int)state_.step > args.steps)
             throw UsageError("--steps " + std::to_string(args.steps) + ": " + args.resume + " is at step " +
                              std::to_string(state_.step) + " already; give --steps above it to train on");
+        if (args.halt_at > 0 && args.halt_at <= (int)state_.step)
+            throw UsageError("--halt-at " + std::to_string(args.halt_at) + ": " + args.resume + " is at step " +
+                             std::to_string(state_.step) + " already; give a later step, or leave --halt-at out");
         note_changed_options(args.resume, state_.options, options);  // state_.options: the checkpoint's
         // The scale goes on where the checkpoint left it only when both runs scale dynamically, from the same
         // --loss-scale; otherwise it starts afresh (1 without dynamic scaling).
@@ -898,15 +901,16 @@ int Trainer::run() {
                                       (unsigned long long)hash);
     }
     log.write_plot();
-    if (interrupted) {
-        // Not a finished run: no model.ckpt (a finished run's name), and a status scripts can see.
+    if (interrupted || (int)state_.step < args_.steps) {
+        // Not a finished run (stopped, or --halt-at): no model.ckpt (a finished run's name); a stop also gets a
+        // status scripts can see.
         if (!args_.out_dir.empty()) save(args_.out_dir + "/resume.ckpt", true);
-        if (writer_)
-            std::fprintf(stderr, "train: interrupted after step %llu of %d%s%s%s\n",
-                         (unsigned long long)state_.step, args_.steps,
-                         args_.out_dir.empty() ? "" : "; to continue, run the same command with --resume ",
+        if (writer_ && (interrupted || !args_.quiet))
+            std::fprintf(interrupted ? stderr : stdout, "train: %s after step %llu of %d%s%s%s\n",
+                         interrupted ? "interrupted" : "halted (--halt-at)", (unsigned long long)state_.step,
+                         args_.steps, args_.out_dir.empty() ? "" : "; to continue, run the same command with --resume ",
                          args_.out_dir.c_str(), args_.out_dir.empty() ? "" : "/resume.ckpt");
-        return kInterrupted;
+        return interrupted ? kInterrupted : 0;
     }
     if (!args_.out_dir.empty()) {
         save(args_.out_dir + "/resume.ckpt", true);

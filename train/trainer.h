@@ -70,8 +70,9 @@ class Trainer {
     // fastest. The model's weights are changed by the test; start the real run afresh.
     double lr_find(int steps, double lo, double hi);
     double evaluate();               // mean validation loss (NaN without validation data)
-    // The whole job: steps, progress, metrics, plot, checkpoints. Returns 0 when every step ran, or
-    // kInterrupted when a stop was requested: resume.ckpt is then written and model.ckpt is not.
+    // The whole job: steps, progress, metrics, plot, checkpoints. Returns 0 when every step ran (model.ckpt
+    // and resume.ckpt written) or it halted at --halt-at (resume.ckpt only), or kInterrupted when a stop was
+    // requested (resume.ckpt only).
     int run();
     static constexpr int kInterrupted = 130;  // the shell's status for Ctrl-C (128 + SIGINT)
     void save(const std::string& path, bool resume);
