@@ -462,6 +462,19 @@ TEST_F(Methods, ResumeIsBitExactWithLoraL2spDistillReplayAndRecompute) {
     EXPECT_EQ(slurp(whole.out_dir + "/adapter.ckpt"), slurp(second.out_dir + "/adapter.ckpt"));
 }
 
+TEST_F(Methods, L2spCannotBeAddedOnResumeAndSaysSo) {
+    TrainArgs a = args("no_anchor");
+    a.halt_at = 2;
+    ASSERT_EQ(Trainer(a).run(), 0);
+    TrainArgs b = args("no_anchor");
+    b.init.clear();
+    b.resume = b.out_dir + "/resume.ckpt";
+    b.l2sp = 0.5f;
+    EXPECT_THAT(error_of([&] { Trainer t(b); }),
+                HasSubstr(b.resume + ": holds no L2-SP/EWC anchor (the starting weights): the run was checkpointed "
+                                     "without --l2sp or --ewc"));
+}
+
 TEST(MethodsCli, FlagsAreValidatedWithClearMessages) {
     struct Case {
         const char* args;

@@ -436,6 +436,9 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
             be.upload(model.params().ptr(i), model.params().dtype(), f.weight("working/" + ptab[i].name, ptab[i]),
                       ptab[i].numel);
     const Table& gtab = model.grads().table();
+    if (anchor && gtab.size() > 0 && !f.has("anchor/" + gtab[0].name))
+        f.fail("holds no L2-SP/EWC anchor (the starting weights): the run was checkpointed without --l2sp or --ewc, "
+               "and resuming cannot add them; start a new run from it with --init instead");
     for (size_t g = 0; g < gtab.size(); g++) {
         opt->set_state_tensor(AdamW::State::m, g, f.find("m/" + gtab[g].name, gtab[g].numel));
         opt->set_state_tensor(AdamW::State::v, g, f.find("v/" + gtab[g].name, gtab[g].numel));
