@@ -207,6 +207,27 @@ TEST_F(TrainerFixture, StopDuringValidationResumeOfAFinishedRunAndAFullDisk) {
     }
     EXPECT_TRUE(metric(a.out_dir, "val_loss").empty()) << "a validation cut short was logged";
     EXPECT_FALSE(slurp(a.out_dir + "/resume.ckpt").empty());
+    // Cut short at a later step: the resumed run makes that validation up before its first step.
+    TrainArgs whole = args("whole");
+    whole.val_every = 2;
+    ASSERT_EQ(Trainer(whole).run(), 0);
+    TrainArgs cut = args("cut");
+    cut.val_every = 2;
+    cut.halt_at = 4;
+    ASSERT_EQ(Trainer(cut).run(), 0);
+    {  // the log as a stop during step 4's validation leaves it
+        std::istringstream in(slurp(cut.out_dir + "/metrics.jsonl"));
+        std::string kept;
+        for (std::string line; std::getline(in, line);)
+            if (line.find("{\"step\":4,\"val_loss\"") != 0) kept += line + "\n";
+        std::ofstream(cut.out_dir + "/metrics.jsonl") << kept;
+    }
+    ASSERT_EQ(metric(cut.out_dir, "val_loss").size(), 2u);
+    cut.halt_at = 0;
+    cut.init.clear();
+    cut.resume = cut.out_dir + "/resume.ckpt";
+    ASSERT_EQ(Trainer(cut).run(), 0);
+    EXPECT_EQ(metric(cut.out_dir, "val_loss"), metric(whole.out_dir, "val_loss"));
 
     TrainArgs done = args("finished");
     ASSERT_EQ(Trainer(done).run(), 0);

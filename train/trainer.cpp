@@ -826,7 +826,10 @@ int Trainer::run() {
         if (!args_.quiet) std::printf("step %d: validation loss %.4f\n", step, val);
         log.write_plot();
     };
-    if (state_.step == 0) validate(0);
+    // A resumed run first makes up a validation that was due at its checkpoint's step but is not in the log (a
+    // stop that cut it short).
+    const bool due_now = args_.val_every > 0 && state_.step % args_.val_every == 0 && (int)state_.step != args_.steps;
+    if (state_.step == 0 || due_now) validate((int)state_.step);
     bool interrupted = false;
     while ((int)state_.step < last) {
         if (stop_now()) {
