@@ -371,6 +371,40 @@ TEST_F(TrainerFixture, PowerOfTwoLossScalingIsExactInF32) {
     EXPECT_EQ(slurp(plain.out_dir + "/model.ckpt"), slurp(scaled.out_dir + "/model.ckpt"));
 }
 
+// --max-bad-steps counts bad steps in a row across a resume: a run halted after one bad step stops after two
+// more with a limit of 3, as the uninterrupted run does.
+TEST_F(TrainerFixture, BadStepsInARowAreCountedAcrossAResume) {
+    auto blowing_up = [&](const std::string& out) {
+        TrainArgs a = args(out);
+        a.sched.lr = 1e30f;  // step 1 blows the weights up; every later step is non-finite and skipped
+        a.sched.warmup = 0;
+        a.grad_clip = 0;
+        a.max_bad_steps = 3;
+        a.steps = 20;
+        return a;
+    };
+    TrainArgs whole = blowing_up("bad_whole");
+    {
+        Trainer t(whole);
+        testing::internal::CaptureStderr();
+        const int rc = t.run();
+        testing::internal::GetCapturedStderr();
+        ASSERT_EQ(rc, 1);
+        EXPECT_EQ(t.state().step, 4u);
+    }
+    TrainArgs first = blowing_up("bad_split");
+    first.halt_at = 2;
+    ASSERT_EQ(Trainer(first).run(), 0);
+    TrainArgs second = blowing_up("bad_split");
+    second.init.clear();
+    second.resume = second.out_dir + "/resume.ckpt";
+    Trainer t(second);
+    testing::internal::CaptureStderr();
+    EXPECT_EQ(t.run(), 1);
+    EXPECT_THAT(testing::internal::GetCapturedStderr(), HasSubstr("3 steps in a row"));
+    EXPECT_EQ(t.state().step, 4u);
+}
+
 // The dynamic loss scale goes on from the checkpoint (value and clean-step count) only when the resumed run
 // scales dynamically too, from the same --loss-scale; otherwise it starts afresh: 1 without dynamic scaling,
 // --loss-scale when scaling starts now or --loss-scale changed.

@@ -308,6 +308,7 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
                            {"loss_scale_clean", state->loss_scale_clean},
                            {"loss_scaling", state->loss_scaling},
                            {"skipped_steps", state->skipped_steps},
+                           {"bad_in_a_row", state->bad_in_a_row},
                            {"options", state->options},
                            {"base_fingerprint", state->base_fingerprint},
                            {"trained_base", state->trained_base}};
@@ -461,6 +462,7 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     state->loader_windows = u64_or("loader_windows", 0);
     state->replay_windows = u64_or("replay_windows", 0);
     state->skipped_steps = u64("skipped_steps");
+    state->bad_in_a_row = u64_or("bad_in_a_row", 0);
     state->loss_scale_clean = u64("loss_scale_clean");
     opt->set_t((int)u64("opt_t"));
     if (!s.contains("loss_scale") || !s["loss_scale"].is_number()) f.fail("state field 'loss_scale' is missing");

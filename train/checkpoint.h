@@ -40,6 +40,7 @@ struct TrainState {
     uint64_t loss_scale_clean = 0;   // clean steps since the scale last changed
     bool loss_scaling = false;       // whether the scale was dynamic (fp16 or --loss-scaling on)
     uint64_t skipped_steps = 0;
+    uint64_t bad_in_a_row = 0;       // the latest steps skipped for a non-finite loss or gradient (--max-bad-steps)
     LoaderState replay_loader;       // replay data position
     // The windows of the training and replay data when saved (0: unknown, or no replay): a resume onto data
     // cut into other windows keeps its position in the epoch but not its order, and says so.

@@ -615,10 +615,10 @@ StepStats Trainer::step(float lr) {
         double clip = 1.0;
         if (args_.grad_clip > 0 && st.grad_norm > args_.grad_clip) clip = args_.grad_clip / st.grad_norm;
         opt_->step(st.lr, (float)(clip / scale));
-        bad_in_a_row_ = 0;
+        state_.bad_in_a_row = 0;
     } else {
         state_.skipped_steps++;
-        if (!scale_overflow) bad_in_a_row_++;
+        if (!scale_overflow) state_.bad_in_a_row++;
     }
     state_.step++;
     state_.loader = train_->state();
@@ -871,11 +871,11 @@ int Trainer::run() {
             if (!note.empty()) std::printf("memory after the first step: %s\n", note.c_str());
         }
         std::fflush(stdout);
-        if (bad_in_a_row_ >= args_.max_bad_steps) {
+        if (state_.bad_in_a_row >= (uint64_t)args_.max_bad_steps) {
             std::fprintf(stderr,
                          "error: %d steps in a row had a non-finite loss or gradient; stopping. The weights are "
                          "those of the last good step: %s/resume.ckpt\n",
-                         bad_in_a_row_, args_.out_dir.c_str());
+                         (int)state_.bad_in_a_row, args_.out_dir.c_str());
             if (!args_.out_dir.empty()) save(args_.out_dir + "/resume.ckpt", true);
             return 1;
         }

@@ -112,7 +112,6 @@ class Trainer {
     std::unique_ptr<GPT2> teacher_;  // knowledge distillation
     Arena anchor_, fisher_;           // L2-SP / EWC: theta_0 and F, gradient-arena layout, master dtype
     TrainState state_;
-    int bad_in_a_row_ = 0;
     int resume_written_ = 0;
     bool dynamic_loss_scale_ = false;  // see update_loss_scale
     double flops_per_token_ = 0;  // 6N + 12 L C T (the PaLM convention), for MFU
