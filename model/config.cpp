@@ -1,5 +1,8 @@
 #include "model/config.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <sstream>
 
 #include "kernels/common.h"
@@ -18,7 +21,12 @@ std::string ModelConfig::describe() const {
     return s.str();
 }
 
-int pad_vocab(int vocab_size) { return (vocab_size + 127) / 128 * 128; }
+// In 64 bits: a vocab_size near INT_MAX (a corrupt file) must reach validate_config, not overflow here.
+int pad_vocab(int vocab_size) {
+    return (int)std::min<int64_t>(((int64_t)vocab_size + 127) / 128 * 128, std::numeric_limits<int>::max());
+}
+
+constexpr int kMaxBlockSize = 1 << 20, kMaxVocab = 1 << 24, kMaxLayers = 1024, kMaxEmbd = 1 << 16;
 
 void validate_config(const ModelConfig& c, const std::string& where) {
     auto need = [&](bool ok, const char* field, int value, const char* expected) {
@@ -26,12 +34,17 @@ void validate_config(const ModelConfig& c, const std::string& where) {
             throw Error(where + ": model config field '" + field + "' is " + std::to_string(value) + ", expected " +
                         expected);
     };
-    need(c.block_size > 0, "block_size", c.block_size, "> 0");
-    need(c.vocab_size > 0, "vocab_size", c.vocab_size, "> 0");
-    need(c.padded_vocab_size >= c.vocab_size, "padded_vocab_size", c.padded_vocab_size, ">= vocab_size");
-    need(c.n_layer > 0, "n_layer", c.n_layer, "> 0");
+    // The upper bounds are far above any GPT-2-class model (GPT-2 XL: 48 layers, 1600 channels, 1024
+    // positions, 50257 tokens); a value past them is a corrupt file, which must not make the program build
+    // tables or allocate memory for it.
+    need(c.block_size > 0 && c.block_size <= kMaxBlockSize, "block_size", c.block_size, "in [1, 1048576]");
+    need(c.vocab_size > 0 && c.vocab_size <= kMaxVocab, "vocab_size", c.vocab_size, "in [1, 16777216]");
+    need(c.padded_vocab_size >= c.vocab_size && c.padded_vocab_size - c.vocab_size < 65536, "padded_vocab_size",
+         c.padded_vocab_size, "vocab_size plus less than 65536");
+    need(c.n_layer > 0 && c.n_layer <= kMaxLayers, "n_layer", c.n_layer, "in [1, 1024]");
     need(c.n_head > 0, "n_head", c.n_head, "> 0");
-    need(c.n_embd > 0 && c.n_embd % c.n_head == 0, "n_embd", c.n_embd, "> 0 and divisible by n_head");
+    need(c.n_embd > 0 && c.n_embd <= kMaxEmbd && c.n_embd % c.n_head == 0, "n_embd", c.n_embd,
+         "in [1, 65536] and divisible by n_head");
 }
 
 static ModelConfig make(int L, int NH, int C, int V, int maxT) {

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "data/fileio.h"
@@ -154,6 +155,7 @@ struct HfCheckpoint {
             } else if (fs::exists(index, ec)) {
                 index_path = index.string();
                 const json j = read_json(index_path);
+                std::set<std::string> listed;
                 if (!j.contains("weight_map") || !j["weight_map"].is_object())
                     throw Error(index_path + ": field 'weight_map' is missing or not an object");
                 for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
@@ -162,8 +164,7 @@ struct HfCheckpoint {
                                     "' is not a file name in this directory");
                     weight_map[it.key()] = it.value().get<std::string>();
                     const std::string f = (dir / it.value().get<std::string>()).string();
-                    if (std::find(weight_files.begin(), weight_files.end(), f) == weight_files.end())
-                        weight_files.push_back(f);
+                    if (listed.insert(f).second) weight_files.push_back(f);  // in the order first named
                 }
             } else if (fs::exists(dir / "pytorch_model.bin", ec)) {
                 throw Error(path +

@@ -1,5 +1,6 @@
 #include "model/peft.h"
 
+#include <cmath>
 #include <sstream>
 
 #include "kernels/common.h"
@@ -77,18 +78,21 @@ std::string PeftConfig::describe() const {
 
 void validate_peft(const PeftConfig& p, const ModelConfig& cfg, const std::string& where) {
     auto fail = [&](const std::string& what) { throw Error(where + ": " + what); };
-    if (p.lora_rank < 0) fail("lora rank " + std::to_string(p.lora_rank) + " is negative");
+    if (p.lora_rank < 0 || p.lora_rank > 4 * cfg.n_embd)
+        fail("lora rank " + std::to_string(p.lora_rank) + " is outside [0, 4 * n_embd = " +
+             std::to_string(4 * cfg.n_embd) + "]");
     if (p.lora_rank > 0 && !p.lora_targets) fail("lora rank given but no LoRA targets");
     if (p.lora_targets & ~kLoraAll) fail("lora targets hold unknown bits");
-    if (p.lora() && !(p.lora_alpha > 0)) fail("lora alpha must be positive");
+    if (p.lora() && !(p.lora_alpha > 0 && std::isfinite(p.lora_alpha))) fail("lora alpha must be positive and finite");
     if (p.lora_dropout < 0 || p.lora_dropout >= 1) fail("lora dropout must be in [0, 1)");
     if (p.virt != Virtual::none) {
         if (p.n_virtual < 1) fail("virtual tokens: the count must be at least 1");
         if (p.n_virtual >= cfg.block_size)
             fail("virtual tokens: " + std::to_string(p.n_virtual) + " leave no room in the block size " +
                  std::to_string(cfg.block_size));
-        if ((p.virt == Virtual::ptune || p.virt == Virtual::prefix) && p.hidden < 1)
-            fail(std::string(virtual_name(p.virt)) + ": the network's hidden width must be at least 1");
+        if ((p.virt == Virtual::ptune || p.virt == Virtual::prefix) && (p.hidden < 1 || p.hidden > (1 << 20)))
+            fail(std::string(virtual_name(p.virt)) + ": the network's hidden width " + std::to_string(p.hidden) +
+                 " is outside [1, 1048576]");
     }
 }
 

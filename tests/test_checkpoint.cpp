@@ -91,7 +91,9 @@ TEST_F(CheckpointTest, ResumeRoundTripKeepsOptimizerAndState) {
     st.rng = 0xDEADBEEFCAFEull;
     st.loader = {3, 17};
     st.loss_scale = 4096;
+    st.loss_scaling = true;
     st.skipped_steps = 1;
+    st.bad_in_a_row = 1;
     save_checkpoint(dir + "/r.ckpt", *model, &opt, &st);
 
     GPT2 m2(small_config(), *be, 2, 5);
@@ -103,10 +105,45 @@ TEST_F(CheckpointTest, ResumeRoundTripKeepsOptimizerAndState) {
     EXPECT_EQ(st2.loader.epoch, 3u);
     EXPECT_EQ(st2.loader.cursor, 17u);
     EXPECT_EQ(st2.loss_scale, 4096);
+    EXPECT_TRUE(st2.loss_scaling);
     EXPECT_EQ(st2.skipped_steps, 1u);
+    EXPECT_EQ(st2.bad_in_a_row, 1u);
     EXPECT_EQ(opt2.t(), 2);
     save_checkpoint(dir + "/r2.ckpt", m2, &opt2, &st2);
     EXPECT_EQ(slurp(dir + "/r2.ckpt"), slurp(dir + "/r.ckpt"));
+}
+
+// Resume state edited by hand (no checksum): numbers an int cannot hold are named, not narrowed (a float
+// converted to int past its range is undefined behaviour; a 64-bit step count would wrap).
+TEST_F(CheckpointTest, ResumeStateNumbersOutOfRangeAreNamed) {
+    AdamW opt(*model, AdamWConfig{});
+    opt.set_t(2);
+    TrainState st;
+    st.step = 2;
+    save_checkpoint(dir + "/r.ckpt", *model, &opt, &st);
+    const std::string good = without_checksum(slurp(dir + "/r.ckpt"));
+    auto edited = [&](const std::string& key, const std::string& value) {
+        std::string b = good;
+        const size_t at = b.find("\"" + key + "\":");
+        EXPECT_NE(at, std::string::npos) << key;
+        const size_t v = at + key.size() + 3;
+        const size_t end = b[v] == '[' ? b.find(']', v) + 1 : b.find_first_of(",}", v);
+        const uint32_t len = load_u32(reinterpret_cast<const uint8_t*>(b.data()) + 12);
+        b.replace(v, end - v, value);
+        store_u32(reinterpret_cast<uint8_t*>(&b[12]), (uint32_t)(len + value.size() - (end - v)));
+        spit(dir + "/bad.ckpt", b);
+        GPT2 m(small_config(), *be, 2, 5);
+        AdamW o(m, AdamWConfig{});
+        TrainState s;
+        return error_of([&] { load_checkpoint(dir + "/bad.ckpt", m, &o, &s); });
+    };
+    const size_t n = model->grads().table().size();
+    std::string offsets = "[1e300";
+    for (size_t i = 1; i < n; i++) offsets += ",0";
+    offsets += "]";
+    EXPECT_THAT(edited("opt_t_offsets", offsets), HasSubstr("state field 'opt_t_offsets' holds 1e+300, expected step numbers"));
+    EXPECT_THAT(edited("opt_t", "4294967298"), HasSubstr("state field 'opt_t' is 4294967298, more steps than an int counts"));
+    EXPECT_THAT(edited("n_layer", "4294967298"), HasSubstr("config field 'n_layer' is 4294967298, outside the range of an int"));
 }
 
 TEST_F(CheckpointTest, WeightsOnlyCheckpointCannotResume) {

@@ -367,6 +367,8 @@ TEST(HfWeights, ConfigWrongValuesAreNamed) {
         {[](json& c) { c["layer_norm_epsilon"] = 1e-6; }, "'layer_norm_epsilon'"},
         {[](json& c) { c["n_inner"] = 50; }, "'n_inner' is 50, expected null or 4 * n_embd = 96"},
         {[](json& c) { c["scale_attn_by_inverse_layer_idx"] = true; }, "'scale_attn_by_inverse_layer_idx' is true"},
+        {[](json& c) { c["n_layer"] = 2147483647; }, "'n_layer' is 2147483647, expected in [1, 1024]"},
+        {[](json& c) { c["vocab_size"] = 2147483647; }, "'vocab_size' is 2147483647, expected in [1, 16777216]"},
     };
     for (const auto& [edit, want] : cases) {
         TempDir dir;
@@ -768,12 +770,18 @@ TEST_F(LlmcFile, BadHeaderFieldsAreNamed) {
         set_header(b, field, value);
         EXPECT_MENTIONS(error_of([&] { weights_config(write(b)); }), want);
     }
-    // Shapes that overflow 64-bit sizes are refused, not wrapped around.
+    // Sizes no GPT-2-class model has (a corrupt header) are refused before anything is built or allocated for
+    // them, and a vocabulary near INT_MAX does not overflow its padding on the way.
     std::vector<uint8_t> b = good_;
     set_header(b, 6, 2147483640);
     set_header(b, 5, 8);
     set_header(b, 4, 2147483647);
-    EXPECT_MENTIONS(error_of([&] { weights_config(write(b)); }), "overflow");
+    EXPECT_MENTIONS(error_of([&] { weights_config(write(b)); }), "field 'n_layer' is 2147483647, expected in [1, 1024]");
+    b = good_;
+    set_header(b, 3, 2147483647);
+    set_header(b, 7, 2147483647);
+    EXPECT_MENTIONS(error_of([&] { weights_config(write(b)); }),
+                    "field 'vocab_size' is 2147483647, expected in [1, 16777216]");
 }
 
 TEST_F(LlmcFile, NonFiniteWeightIsNamedWithItsElement) {

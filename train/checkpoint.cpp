@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "data/fileio.h"
@@ -82,7 +83,10 @@ struct CkptFile {
     int get_int(const json& obj, const char* field, const std::string& where) const {
         if (!obj.contains(field) || !obj[field].is_number_integer())
             fail(where + " field '" + field + "' is missing or not an integer");
-        return obj[field].get<int>();
+        const int64_t v = obj[field].get<int64_t>();
+        if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
+            fail(where + " field '" + field + "' is " + std::to_string(v) + ", outside the range of an int");
+        return (int)v;
     }
 
     // `verify`: check the checksum (a load); the readers of header fields alone skip it.
@@ -137,10 +141,15 @@ struct CkptFile {
             if (p.contains("lora_rank")) {
                 peft.lora_rank = get_int(p, "lora_rank", "peft");
                 if (!p.contains("lora_alpha") || !p["lora_alpha"].is_number()) fail("peft field 'lora_alpha' is missing");
-                peft.lora_alpha = p["lora_alpha"].get<float>();
+                // Read as double and checked before narrowing (a double past float's range converts undefined).
+                const double alpha = p["lora_alpha"].get<double>();
+                if (!(alpha > 0 && alpha < 1e30)) fail("peft field 'lora_alpha' is " + p["lora_alpha"].dump() + ", expected a positive number");
+                peft.lora_alpha = (float)alpha;
                 if (p.contains("lora_dropout")) {
-                    if (!p["lora_dropout"].is_number()) fail("peft field 'lora_dropout' is not a number");
-                    peft.lora_dropout = p["lora_dropout"].get<float>();
+                    const json& d = p["lora_dropout"];
+                    if (!d.is_number() || !(d.get<double>() >= 0 && d.get<double>() < 1))
+                        fail("peft field 'lora_dropout' is " + d.dump() + ", expected a number in [0, 1)");
+                    peft.lora_dropout = d.get<float>();
                 }
                 if (!p.contains("lora_targets") || !p["lora_targets"].is_string())
                     fail("peft field 'lora_targets' is missing");
@@ -464,7 +473,10 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     state->skipped_steps = u64("skipped_steps");
     state->bad_in_a_row = u64_or("bad_in_a_row", 0);
     state->loss_scale_clean = u64("loss_scale_clean");
-    opt->set_t((int)u64("opt_t"));
+    const uint64_t opt_t = u64("opt_t");
+    if (opt_t > (uint64_t)std::numeric_limits<int>::max())
+        f.fail("state field 'opt_t' is " + std::to_string(opt_t) + ", more steps than an int counts");
+    opt->set_t((int)opt_t);
     if (!s.contains("loss_scale") || !s["loss_scale"].is_number()) f.fail("state field 'loss_scale' is missing");
     state->loss_scale = s["loss_scale"].get<double>();
     if (s.contains("loss_scaling") && !s["loss_scaling"].is_boolean()) f.fail("state field 'loss_scaling' is not a boolean");
@@ -494,8 +506,14 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
         if (!s.contains("opt_active") || !s["opt_active"].is_array() || !s.contains("opt_t_offsets") ||
             !s["opt_t_offsets"].is_array())
             f.fail("state fields 'opt_active' and 'opt_t_offsets' must both be arrays");
+        std::vector<int> offsets;
+        for (const json& o : s["opt_t_offsets"]) {
+            if (!o.is_number_integer() || o.get<int64_t>() < 0 || o.get<int64_t>() > std::numeric_limits<int>::max())
+                f.fail("state field 'opt_t_offsets' holds " + o.dump() + ", expected step numbers");
+            offsets.push_back((int)o.get<int64_t>());
+        }
         try {
-            opt->restore_activity(s["opt_active"].get<std::vector<bool>>(), s["opt_t_offsets"].get<std::vector<int>>());
+            opt->restore_activity(s["opt_active"].get<std::vector<bool>>(), offsets);
         } catch (const std::exception& e) {
             f.fail(std::string("state fields 'opt_active'/'opt_t_offsets': ") + e.what());
         }
