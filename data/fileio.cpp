@@ -184,6 +184,11 @@ std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for
     return f;
 }
 
+bool same_file(const std::string& a, const std::string& b) {
+    std::error_code ec;
+    return a == b || std::filesystem::equivalent(a, b, ec);
+}
+
 size_t file_size_or_zero(const std::string& path) {
     struct stat st;
     return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) ? (size_t)st.st_size : 0;

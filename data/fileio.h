@@ -55,6 +55,9 @@ class MappedFile {
     std::vector<uint8_t> copy_;
 };
 
+// Whether two paths name the same file (as given, or through links and relative paths); false when either is
+// missing.
+bool same_file(const std::string& a, const std::string& b);
 // The size of a regular file, or 0 for anything else (a pipe, a missing file: its reader reports that).
 size_t file_size_or_zero(const std::string& path);
 // Throws what a reader would (missing, unreadable, a directory) without opening the file, so a pipe is not

@@ -3,6 +3,7 @@
 #include <memory>
 #include <string>
 
+#include "data/fileio.h"
 #include "train/cli.h"
 #include "kernels/backend.h"
 #include "model/hf_gpt2.h"
@@ -13,7 +14,7 @@
 namespace {
 
 const char* kHelp =
-    "usage: export WEIGHTS [--adapter FILE] [--hf DIR] [--llmc FILE]\n"
+    "usage: bin/export WEIGHTS [--adapter FILE] [--hf DIR] [--llmc FILE]\n"
     "Reads GPT-2 weights and writes them in other formats (at least one of --hf, --llmc).\n"
     "\n"
     "WEIGHTS is anything bin/train --init reads, recognised by its content:\n"
@@ -64,6 +65,17 @@ bool parse(int argc, char** argv, ExportArgs& a) {
     if (a.input.empty()) throw tune::UsageError("no input weights given (see --help)");
     if (a.hf_dir.empty() && a.llmc_file.empty())
         throw tune::UsageError("nothing to write: give --hf DIR and/or --llmc FILE");
+    // An output over the input would replace the weights being read with another format (or half of them).
+    if (!a.llmc_file.empty() && tune::same_file(a.input, a.llmc_file))
+        throw tune::UsageError("--llmc " + a.llmc_file + " is the input itself: write the export elsewhere");
+    if (!a.hf_dir.empty())
+        for (const std::string& f : {a.hf_dir, a.hf_dir + "/model.safetensors", a.hf_dir + "/config.json"})
+            if (tune::same_file(a.input, f))
+                throw tune::UsageError("--hf " + a.hf_dir + " holds the input " + a.input +
+                                       ": write the export to another directory");
+    if (!a.adapter.empty() && (tune::same_file(a.adapter, a.llmc_file) ||
+                               (!a.hf_dir.empty() && tune::same_file(a.adapter, a.hf_dir + "/model.safetensors"))))
+        throw tune::UsageError("the export would overwrite --adapter " + a.adapter);
     return true;
 }
 

@@ -81,7 +81,13 @@ TEST(MultipleChoice, FileErrorsNameTheLine) {
     spit(d + "/a.jsonl", "{\"context\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":0}\n{\"context\":\"x\"}\n");
     EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/a.jsonl"); }), HasSubstr("a.jsonl:2"));
     spit(d + "/b.jsonl", "{\"context\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":2}\n");
-    EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/b.jsonl"); }), HasSubstr("\"label\" 2"));
+    EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/b.jsonl"); }), HasSubstr("\"label\" 2 is not the index of an ending (0 to 1)"));
+    spit(d + "/big.jsonl", "{\"context\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":4294967296}\n");
+    EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/big.jsonl"); }), HasSubstr("\"label\" 4294967296 is not the index"));
+    spit(d + "/ctx.jsonl", "{\"context\":5,\"endings\":[\"sat\",\"flew\"],\"label\":0}\n");
+    EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/ctx.jsonl"); }), HasSubstr("ctx.jsonl:1: \"context\" is 5, expected a string"));
+    spit(d + "/end.jsonl", "{\"context\":\"A cat\",\"endings\":[\"sat\",\"\"],\"label\":0}\n");
+    EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/end.jsonl"); }), HasSubstr("ending 1 is \"\", expected a non-empty string"));
     spit(d + "/c.jsonl", "{\"context\":\"A cat\",\"endings\":[\"sat\",\" flew\"],\"label\":1}\n");
     auto ex = read_choice_file(tok, d + "/c.jsonl");
     EXPECT_EQ(ex[0].endings[0], tok.encode(" sat"));  // joined with a space

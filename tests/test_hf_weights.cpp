@@ -830,6 +830,13 @@ TEST(ExportTool, ExitCodesAndConversion) {
     EXPECT_EQ(run_tool(kFixture + " --hf '" + dir.file("hf") + "' --llmc '" + dir.file("m.bin") + "'", &out), 0) << out;
     EXPECT_TRUE(bit_identical(load_params(dir.file("hf")), load_params(kFixture)));
     EXPECT_TRUE(bit_identical(load_params(dir.file("m.bin")), load_params(kFixture)));
+    // Never over its own input: the llm.c file onto itself, the HF export into the directory it reads.
+    const std::string before = slurp(dir.file("m.bin"));
+    EXPECT_EQ(run_tool("'" + dir.file("m.bin") + "' --llmc '" + dir.file("./m.bin") + "'", &out), 2) << out;
+    EXPECT_MENTIONS(out, "--llmc " + dir.file("./m.bin") + " is the input itself");
+    EXPECT_EQ(slurp(dir.file("m.bin")), before);
+    EXPECT_EQ(run_tool("'" + dir.file("hf/model.safetensors") + "' --hf '" + dir.file("hf") + "'", &out), 2) << out;
+    EXPECT_MENTIONS(out, "--hf " + dir.file("hf") + " holds the input");
 }
 
 // A write into a directory that does not exist names the file asked for and the directory, not the

@@ -44,8 +44,9 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
         if (j.is_discarded() || !j.is_object()) throw Error(where + ": not a JSON object");
         // HellaSwag's own files call the context "ctx": read them as they come.
         const char* ctx_key = j.contains("context") || !j.contains("ctx") ? "context" : "ctx";
-        if (!j.contains(ctx_key) || !j[ctx_key].is_string())
-            throw Error(where + ": missing string \"context\" (or HellaSwag's \"ctx\")");
+        if (!j.contains(ctx_key)) throw Error(where + ": missing string \"context\" (or HellaSwag's \"ctx\")");
+        if (!j[ctx_key].is_string())
+            throw Error(where + ": \"" + ctx_key + "\" is " + j[ctx_key].dump() + ", expected a string");
         if (!j.contains("endings") || !j["endings"].is_array() || j["endings"].size() < 2)
             throw Error(where + ": \"endings\" must be an array of at least two strings");
         // An integer, or a string holding one (HellaSwag's files on the Hugging Face hub have "label": "3").
@@ -53,8 +54,9 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
         const nlohmann::json& lj = j["label"];
         int label = -1;
         bool label_ok = lj.is_number_integer();
-        if (label_ok) {
-            label = lj.get<int>();
+        if (label_ok) {  // one past int's range is no ending's index either (and must not wrap into one)
+            const int64_t l = lj.is_number_unsigned() && lj.get<uint64_t>() > (uint64_t)INT_MAX ? -1 : lj.get<int64_t>();
+            label = l >= INT_MIN && l <= INT_MAX ? (int)l : -1;
         } else if (lj.is_string()) {
             const std::string v = lj.get<std::string>();
             char* end = nullptr;
@@ -68,7 +70,9 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
         const std::string ctx = j[ctx_key].get<std::string>();
         ex.context = tok.encode(ctx);
         for (const auto& e : j["endings"]) {
-            if (!e.is_string() || e.get<std::string>().empty()) throw Error(where + ": an ending is not a non-empty string");
+            if (!e.is_string() || e.get<std::string>().empty())
+                throw Error(where + ": ending " + std::to_string(ex.endings.size()) + " is " + e.dump() +
+                            ", expected a non-empty string");
             std::string end = e.get<std::string>();
             // The ending continues the context: join with a space unless one side already has it.
             if (!ctx.empty() && !std::isspace((unsigned char)ctx.back()) && !std::isspace((unsigned char)end[0]))
@@ -77,7 +81,8 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
         }
         ex.label = label;
         if (ex.label < 0 || ex.label >= (int)ex.endings.size())
-            throw Error(where + ": \"label\" " + std::to_string(ex.label) + " is not the index of an ending");
+            throw Error(where + ": \"label\" " + lj.dump() + " is not the index of an ending (0 to " +
+                        std::to_string(ex.endings.size() - 1) + ")");
         if (ex.context.empty()) throw Error(where + ": \"context\" is empty");
         out.push_back(std::move(ex));
     }

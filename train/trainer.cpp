@@ -35,12 +35,6 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
     return make_cuda_backend(dt, cuda);
 }
 
-// Whether two paths name the same file (as given, or through links and relative paths).
-static bool same_file(const std::string& a, const std::string& b) {
-    std::error_code ec;
-    return a == b || std::filesystem::equivalent(a, b, ec);
-}
-
 // A float option as its shortest decimal that reads back as the same float: "0.005", not "0.00499999989".
 static std::string float_text(double v) {
     char b[32];
