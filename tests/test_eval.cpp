@@ -287,6 +287,11 @@ TEST(GenerateEvaluateCli, RunOnASavedModel) {
     EXPECT_EQ(e.rc, 0) << e.out;
     EXPECT_THAT(e.out, HasSubstr("multiple choice: 1 examples | acc"));
     EXPECT_EQ(run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt").rc, 2);
+    for (const char* tool : {"bin/evaluate --choices", "bin/generate --prompt-file"}) {  // not taken for cuda
+        CmdResult bad = run_cmd(std::string(tool) + " " + d + "/mc.jsonl --device CPU --model " + d + "/m.ckpt");
+        EXPECT_EQ(bad.rc, 2) << tool << ": " << bad.out;
+        EXPECT_THAT(bad.out, HasSubstr("--device: expected one of cpu, cuda, auto, got 'CPU'")) << tool;
+    }
     // A context longer than the model's (256 positions) loses its start, and the tool says so; an ending that
     // leaves no room is named with its line.
     std::string words;

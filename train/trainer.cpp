@@ -21,6 +21,11 @@ namespace tune {
 
 std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision, bool quiet,
                                       const CudaOptions& cuda) {
+    // Every tool comes here (bin/train checks its flags earlier): a device other than these would have meant cuda.
+    if (device != "cpu" && device != "cuda" && device != "auto")
+        throw UsageError("--device: expected one of cpu, cuda, auto, got '" + device + "'");
+    if (precision != "fp32" && precision != "bf16" && precision != "fp16")
+        throw UsageError("--precision: expected one of fp32, bf16, fp16, got '" + precision + "'");
     std::string dev = device;
     if (dev == "auto") {
         dev = cuda_device_count() > 0 ? "cuda" : "cpu";
