@@ -507,6 +507,7 @@ TEST(MethodsCli, FlagsAreValidatedWithClearMessages) {
         {"--precision fp16 --loss-scaling off --loss-scale 1024", "--loss-scale has no effect without dynamic"},
         {"--schedule constant --min-lr-frac 0.5", "--min-lr-frac has no effect without a --schedule that decays"},
         {"--schedule stlr --min-lr-frac 0.5", "--min-lr-frac has no effect without a --schedule that decays"},
+        {"--lr-find --halt-at 5", "--halt-at has no effect with --lr-find"},
         {"--lr-find --lr-find-lo 1 --lr-find-hi 0.1", "--lr-find-lo 1.000000 must be below --lr-find-hi 0.100000"},
         {"--init /dev/null --model gpt2", "--model gpt2 has no effect with --init"},
     };

@@ -448,6 +448,10 @@ TEST_F(TrainerFixture, LrFindSweepsExponentiallyAndSuggestsARateInsideTheRange) 
     EXPECT_NEAR(rates[0], 1e-5, 1e-12);
     EXPECT_NEAR(rates[1] / rates[0], std::pow(1e5, 1.0 / 59), 1e-6);  // a constant ratio: exponential
     EXPECT_THAT(slurp(a.out_dir + "/lr_find.svg"), HasSubstr("log scale"));
+    // Two points have no slope between them: no suggestion (NaN), rather than the first rate tried.
+    TrainArgs b = args("lrfind2");
+    b.sched.warmup = 0;
+    EXPECT_TRUE(std::isnan(Trainer(b).lr_find(2, 1e-5, 1.0)));
 }
 
 TEST(LossScale, HalvesOnOverflowAndDoublesAfterTheWindowOfCleanSteps) {

@@ -278,6 +278,7 @@ void validate_train_args(const TrainArgs& a) {
           "--schedule stlr");
     needs(a.lr_find_lo != d.lr_find_lo || a.lr_find_hi != d.lr_find_hi, a.lr_find, "--lr-find-lo/--lr-find-hi",
           "--lr-find");
+    if (a.lr_find && a.halt_at > 0) throw UsageError("--halt-at has no effect with --lr-find (the sweep is not a run to resume)");
     if (a.lr_find && !(a.lr_find_lo < a.lr_find_hi))
         throw UsageError("--lr-find-lo " + std::to_string(a.lr_find_lo) + " must be below --lr-find-hi " +
                          std::to_string(a.lr_find_hi));

@@ -1,4 +1,5 @@
 // bin/train: fine-tune or train GPT-2. See bin/train --help and README.md.
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 
@@ -40,9 +41,15 @@ int main(int argc, char** argv) {
         if (args.lr_find) {
             const double lr = trainer.lr_find(args.steps, args.lr_find_lo, args.lr_find_hi);
             if (trainer.stop_requested()) return tune::Trainer::kInterrupted;  // a partial sweep suggests nothing
-            if (tune::launch_info().rank == 0)
-                std::printf("suggested learning rate: %.3g (steepest descent of the smoothed loss); plot: %s/lr_find.svg\n",
-                            lr, args.out_dir.c_str());
+            if (tune::launch_info().rank != 0) return 0;
+            const std::string plot = args.out_dir.empty() ? "" : "; plot: " + args.out_dir + "/lr_find.svg";
+            if (std::isnan(lr)) {
+                std::printf("no suggested learning rate: the sweep ended with too few points (fewer than 3) to find "
+                            "a slope; give more --steps, or a --lr-find-lo further from where the loss diverges%s\n",
+                            plot.c_str());
+                return 1;
+            }
+            std::printf("suggested learning rate: %.3g (steepest descent of the smoothed loss)%s\n", lr, plot.c_str());
             return 0;
         }
         return trainer.run();

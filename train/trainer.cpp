@@ -696,7 +696,7 @@ double Trainer::lr_find(int steps, double lo, double hi) {
         if (i > 10 && sm > 4 * best) break;  // diverged: the rest of the range is useless
     }
     // Steepest descent of the smoothed loss per unit of log(lr), ignoring the noisy first tenth.
-    double suggestion = lrs.empty() ? NAN : lrs[0];
+    double suggestion = NAN;  // a slope needs a point on each side: none from fewer than 3
     double steepest = INFINITY;
     for (size_t i = std::max<size_t>(1, lrs.size() / 10); i + 1 < lrs.size(); i++) {
         const double slope = (smooth[i + 1] - smooth[i - 1]) / std::log(lrs[i + 1] / lrs[i - 1]);
