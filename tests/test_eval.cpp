@@ -10,6 +10,7 @@
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
 #include "train/eval.h"
+#include "train/metrics.h"
 
 namespace tune::test {
 namespace {
@@ -39,6 +40,29 @@ std::pair<int, int> reference_choice(GPT2& m, const ChoiceExample& ex) {
         if (s / ex.endings[e].size() < best_mean) best_mean = s / ex.endings[e].size(), b = (int)e;
     }
     return {a, b};
+}
+
+// Progress of a long evaluation: nothing for quick work, then done/total with an ETA, and the time it took.
+TEST(ProgressLine, SilentWhenQuickThenCountsWithAnEta) {
+    testing::internal::CaptureStderr();
+    {
+        ProgressLine quick("work", 3);
+        quick.update(1);
+        quick.update(3);
+        ProgressLine none(nullptr, 4, 0, 0);
+        none.update(4);
+    }
+    EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+    testing::internal::CaptureStderr();
+    {
+        ProgressLine slow("work", 4, 0, 0);
+        slow.update(1);
+        slow.update(4);
+    }
+    const std::string out = testing::internal::GetCapturedStderr();
+    EXPECT_THAT(out, HasSubstr("work 1/4 (25%), ETA "));
+    EXPECT_THAT(out, HasSubstr("work 4/4 (100%), took "));
+    EXPECT_EQ(out.back(), '\n');
 }
 
 TEST(MultipleChoice, MatchesAnIndependentScorer) {
@@ -287,6 +311,14 @@ TEST(GenerateEvaluateCli, RunOnASavedModel) {
     EXPECT_EQ(e.rc, 0) << e.out;
     EXPECT_THAT(e.out, HasSubstr("multiple choice: 1 examples | acc"));
     EXPECT_EQ(run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt").rc, 2);
+    // A bad --choices file stops the tool before the (possibly long) loss pass over --data.
+    write_shard(d + "/v.bin", std::vector<int32_t>(600, 11), nullptr, 50257);
+    spit(d + "/bad.jsonl", "{broken\n");
+    CmdResult early = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --data " + d + "/v.bin --choices " +
+                              d + "/bad.jsonl");
+    EXPECT_EQ(early.rc, 1) << early.out;
+    EXPECT_THAT(early.out, HasSubstr("bad.jsonl:1: not valid JSON"));
+    EXPECT_THAT(early.out, Not(HasSubstr("perplexity")));
     for (const char* tool : {"bin/evaluate --choices", "bin/generate --prompt-file"}) {  // not taken for cuda
         CmdResult bad = run_cmd(std::string(tool) + " " + d + "/mc.jsonl --device CPU --model " + d + "/m.ckpt");
         EXPECT_EQ(bad.rc, 2) << tool << ": " << bad.out;

@@ -10,10 +10,11 @@
 #include "data/fileio.h"
 #include "kernels/common.h"
 #include "model/sampling.h"
+#include "train/metrics.h"
 
 namespace tune {
 
-LossResult eval_loss(GPT2& model, Loader& loader, int batches) {
+LossResult eval_loss(GPT2& model, Loader& loader, int batches, const char* progress) {
     LossResult r;
     const size_t B = (size_t)loader.B();
     r.pass_batches = (loader.windows_per_epoch() + B - 1) / B;
@@ -21,11 +22,12 @@ LossResult eval_loss(GPT2& model, Loader& loader, int batches) {
     loader.set_state(LoaderState{});
     double sum = 0;
     Batch b;
+    ProgressLine line(progress, want);
     while (r.batches < want && loader.next_in_epoch(b)) {
         model.forward(b.inputs.data(), b.B, b.T, b.weights.data());
         sum += model.loss(b.targets.data(), b.weights.data(), 0.0f, false);
         for (float w : b.weights) r.tokens += w != 0.0f;
-        r.batches++;
+        line.update(++r.batches);
     }
     r.loss = r.tokens ? sum / (double)r.tokens : NAN;
     r.perplexity = std::exp(r.loss);
@@ -41,7 +43,8 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         const std::string where = path + ":" + std::to_string(n);
         nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-        if (j.is_discarded() || !j.is_object()) throw Error(where + ": not a JSON object");
+        if (j.is_discarded()) throw Error(where + ": not valid JSON");
+        if (!j.is_object()) throw Error(where + ": " + j.dump() + " is not a JSON object");
         // HellaSwag's own files call the context "ctx": read them as they come.
         const char* ctx_key = j.contains("context") || !j.contains("ctx") ? "context" : "ctx";
         if (!j.contains(ctx_key)) throw Error(where + ": missing string \"context\" (or HellaSwag's \"ctx\")");
@@ -90,8 +93,9 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
     return out;
 }
 
-ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>& examples) {
+ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>& examples, const char* progress) {
     ChoiceResult r;
+    ProgressLine line(progress, examples.size());
     const int maxT = model.max_T();
     const int V = model.config().vocab_size;
     for (const ChoiceExample& ex : examples) {
@@ -139,6 +143,7 @@ ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>&
         r.examples++;
         r.correct += best == ex.label;
         r.correct_norm += best_norm == ex.label;
+        line.update(r.examples);
     }
     return r;
 }

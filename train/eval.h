@@ -25,7 +25,8 @@ struct LossResult {
 // its first epoch; batches <= 0, or more than one pass holds, means the whole pass. It never wraps
 // around: a window counted twice would weigh its tokens double. The last batch of a pass may be
 // smaller than the loader's B, so every window counts.
-LossResult eval_loss(GPT2& model, Loader& loader, int batches);
+// `progress`: a label for a progress line on stderr when it takes long (null: none).
+LossResult eval_loss(GPT2& model, Loader& loader, int batches, const char* progress = nullptr);
 
 struct ChoiceResult {
     size_t examples = 0, correct = 0, correct_norm = 0;
@@ -46,6 +47,7 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
 
 // Scores every example; the model needs max_B() >= the most endings of an example. Contexts longer than
 // max_T() minus an ending are cut from the left.
-ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>& examples);
+ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>& examples,
+                                  const char* progress = nullptr);
 
 }  // namespace tune

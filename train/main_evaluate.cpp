@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
         }
         if (weights.empty()) throw UsageError("--model: which weights? (see --help)");
         if (data.empty() && choices.empty()) throw UsageError("nothing to evaluate: give --data and/or --choices");
+        // Read before the loss pass (which may take an hour), so a bad line stops the run at once.
+        std::vector<ChoiceExample> ex;
+        if (!choices.empty()) ex = read_choice_file(Tokenizer::load(vocab), choices);
         if (!data.empty()) {
             std::vector<std::string> paths;
             std::stringstream ss(data);
@@ -56,7 +59,7 @@ int main(int argc, char** argv) {
             }
             Loader loader(paths, m.model->config().vocab_size, batch, seq, false, 0);
             loader.note_short_shards();
-            LossResult r = eval_loss(*m.model, loader, batches);
+            LossResult r = eval_loss(*m.model, loader, batches, "evaluate: loss, batch");
             std::string scope;
             if (batches > 0 && (size_t)batches > r.pass_batches)
                 scope = "one pass: " + std::to_string(r.batches) + " batches, fewer than the " + std::to_string(batches) +
@@ -69,12 +72,10 @@ int main(int argc, char** argv) {
                         scope.c_str());
         }
         if (!choices.empty()) {
-            Tokenizer tok = Tokenizer::load(vocab);
-            std::vector<ChoiceExample> ex = read_choice_file(tok, choices);
             size_t most = 0;
             for (const auto& e : ex) most = std::max(most, e.endings.size());
             LoadedModel m = load_model(weights, device, "fp32", (int)most, 0, adapter);
-            ChoiceResult r = eval_multiple_choice(*m.model, ex);
+            ChoiceResult r = eval_multiple_choice(*m.model, ex, "evaluate: multiple choice, example");
             std::printf("multiple choice: %zu examples | acc %.4f | acc_norm %.4f\n", r.examples, r.acc(),
                         r.acc_norm());
             if (r.contexts_cut)

@@ -1,8 +1,11 @@
 #include "train/metrics.h"
 
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -156,6 +159,34 @@ void write_line_chart_svg(const std::string& path, const std::string& title, con
     s << "</svg>\n";
     const std::string out = s.str();
     write_file_atomic(path, out.data(), out.size());
+}
+
+static double seconds_now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+ProgressLine::ProgressLine(const char* what, size_t total, double quiet_s, double every_s)
+    : what_(what), total_(total), quiet_s_(quiet_s), every_s_(every_s), t0_(seconds_now()), tty_(isatty(2)) {}
+
+ProgressLine::~ProgressLine() {
+    if (open_) std::fputc('\n', stderr);
+}
+
+void ProgressLine::update(size_t done) {
+    if (!what_ || total_ == 0) return;
+    const double t = seconds_now(), elapsed = t - t0_;
+    const bool last = done >= total_;
+    if (elapsed < quiet_s_ || (!last && t - last_ < every_s_)) {
+        if (last && open_) std::fputc('\n', stderr), open_ = false;
+        return;
+    }
+    last_ = t;
+    const double eta = done ? elapsed / (double)done * (double)(total_ - std::min(done, total_)) : NAN;
+    std::fprintf(stderr, "%s%s %zu/%zu (%.0f%%), %s %s%s", tty_ ? "\r" : "", what_, done, total_,
+                 100.0 * (double)done / (double)total_, last ? "took" : "ETA",
+                 format_duration(last ? elapsed : eta).c_str(), tty_ && !last ? "" : "\n");
+    std::fflush(stderr);
+    open_ = tty_ && !last;
 }
 
 std::string format_duration(double sec) {

@@ -48,4 +48,21 @@ class RunLog {
 // "1h02m", "3m05s", "12s"
 std::string format_duration(double seconds);
 
+// A progress line on stderr for work of `total` units that may take long: silent for the first few seconds
+// (quick jobs print nothing), then "what 1200/8530 (14%), ETA 3m05s" every few seconds, rewritten in place on
+// a terminal; the last update ends the line. A null `what` prints nothing.
+class ProgressLine {
+   public:
+    // quiet_s: seconds before the first line; every_s: seconds between lines.
+    ProgressLine(const char* what, size_t total, double quiet_s = 5, double every_s = 5);
+    ~ProgressLine();  // ends a line left open (stopped by an error), so a message gets its own
+    void update(size_t done);
+
+   private:
+    const char* what_;
+    size_t total_;
+    double quiet_s_, every_s_, t0_, last_ = 0;
+    bool tty_, open_ = false;
+};
+
 }  // namespace tune
