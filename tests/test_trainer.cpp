@@ -51,6 +51,28 @@ TEST_F(TrainerFixture, InterruptedRunSaysSoKeepsNoModelAndResumesExactly) {
     ASSERT_EQ(Trainer(first).run(), 0);
     EXPECT_FALSE(std::filesystem::exists(first.out_dir + "/model.ckpt")) << "--halt-at leaves an unfinished run";
     EXPECT_TRUE(std::filesystem::exists(first.out_dir + "/resume.ckpt"));
+    {  // ... also in a directory a finished run used before: its model.ckpt and adapter.ckpt go at the start
+        TrainArgs reused = args("full");
+        reused.halt_at = 2;
+        spit(reused.out_dir + "/adapter.ckpt", "an earlier run's");
+        testing::internal::CaptureStderr();
+        ASSERT_EQ(Trainer(reused).run(), 0);
+        const std::string err = testing::internal::GetCapturedStderr();
+        EXPECT_FALSE(std::filesystem::exists(reused.out_dir + "/model.ckpt"));
+        EXPECT_FALSE(std::filesystem::exists(reused.out_dir + "/adapter.ckpt"));
+        EXPECT_THAT(err, HasSubstr("note: removed " + reused.out_dir + "/model.ckpt of an earlier run"));
+        // ...but not the weights this run starts from.
+        TrainArgs from_own = args("own");
+        std::filesystem::create_directories(from_own.out_dir);
+        std::filesystem::copy_file(dir + "/init.ckpt", from_own.out_dir + "/model.ckpt");
+        from_own.init = from_own.out_dir + "/model.ckpt";
+        from_own.out_dir = dir + "/own/";  // another spelling of the same directory
+        from_own.halt_at = 1;
+        ASSERT_EQ(Trainer(from_own).run(), 0);
+        EXPECT_EQ(slurp(from_own.init), slurp(dir + "/init.ckpt"));
+    }
+    TrainArgs full_again = args("full");  // the finished run, for the comparison below
+    ASSERT_EQ(Trainer(full_again).run(), 0);
     TrainArgs behind = args("stopped");  // a halt at a step the checkpoint has passed would train nothing
     behind.resume = behind.out_dir + "/resume.ckpt";
     behind.halt_at = 3;

@@ -798,6 +798,19 @@ int Trainer::run() {
     if (writer_ && !args_.out_dir.empty())
         for (const std::string& path : remove_dead_temporaries(args_.out_dir))
             std::fprintf(stderr, "note: %s\n", dead_temporary_note(path).c_str());
+    // A new run in a directory an earlier run used: that run's finished weights must not pass for this run's
+    // if it halts, is stopped or dies (the directory describes one run). Not a file this run reads.
+    if (writer_ && !args_.out_dir.empty() && args_.resume.empty())
+        for (const char* name : {"model.ckpt", "adapter.ckpt"}) {
+            const std::string path = args_.out_dir + "/" + name;
+            std::error_code ec;
+            if (!std::filesystem::exists(path, ec) || same_file(path, args_.init) || same_file(path, args_.teacher) ||
+                same_file(path, args_.adapter))
+                continue;
+            if (std::filesystem::remove(path, ec))
+                std::fprintf(stderr, "note: removed %s of an earlier run (this run writes its own when it finishes)\n",
+                             path.c_str());
+        }
     RunLog log(writer_ ? args_.out_dir : "", args_.resume.empty() ? -1 : (long long)state_.step);
     if (!args_.quiet) {
         print_memory_map();
