@@ -1,4 +1,5 @@
 // bin/prepare: text and JSONL files -> train.bin / val.bin token shards with loss masks.
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -54,8 +55,11 @@ int main(int argc, char** argv) {
             } else if (a == "--seed") {
                 std::string v = value();
                 char* end = nullptr;
+                errno = 0;
                 opt.seed = std::strtoull(v.c_str(), &end, 10);
-                if (v.empty() || *end) throw UsageError("--seed: expected an integer, got '" + v + "'");
+                // strtoull takes "-5" as 2^64 - 5: digits only, within 64 bits.
+                if (v.empty() || *end || v.find_first_not_of("0123456789") != std::string::npos || errno == ERANGE)
+                    throw UsageError("--seed: expected an integer in [0, 2^64), got '" + v + "'");
             } else if (a == "--template") {
                 if (template_from_file) throw UsageError("--template and --template-file: give one, not both");
                 template_given = true;

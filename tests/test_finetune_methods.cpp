@@ -508,7 +508,7 @@ TEST(MethodsCli, FlagsAreValidatedWithClearMessages) {
         {"--schedule constant --min-lr-frac 0.5", "--min-lr-frac has no effect without a --schedule that decays"},
         {"--schedule stlr --min-lr-frac 0.5", "--min-lr-frac has no effect without a --schedule that decays"},
         {"--lr-find --halt-at 5", "--halt-at has no effect with --lr-find"},
-        {"--lr-find --lr-find-lo 1 --lr-find-hi 0.1", "--lr-find-lo 1.000000 must be below --lr-find-hi 0.100000"},
+        {"--lr-find --lr-find-lo 1 --lr-find-hi 0.1", "--lr-find-lo 1 must be below --lr-find-hi 0.1"},
         {"--init /dev/null --model gpt2", "--model gpt2 has no effect with --init"},
     };
     TempDir tmp("mcli");

@@ -331,6 +331,11 @@ TEST(PrepareCli, ReportsAndExitCodes) {
     EXPECT_THAT(ok.out, HasSubstr("prepared 1 documents"));
     EXPECT_EQ(run_cmd("bin/prepare --bogus x").rc, 2);
     EXPECT_EQ(run_cmd("bin/prepare --help").rc, 0);
+    for (const char* seed : {"-5", "18446744073709551616", "1e3"}) {
+        CmdResult bad = run_cmd(std::string("bin/prepare --seed ") + seed + " " + d + "/x.jsonl");
+        EXPECT_EQ(bad.rc, 2) << seed << ": " << bad.out;
+        EXPECT_THAT(bad.out, HasSubstr(std::string("--seed: expected an integer in [0, 2^64), got '") + seed + "'"));
+    }
     CmdResult missing = run_cmd("bin/prepare --quiet /nonexistent.txt");
     EXPECT_EQ(missing.rc, 1);
     EXPECT_THAT(missing.out, HasSubstr("/nonexistent.txt"));

@@ -279,9 +279,14 @@ void validate_train_args(const TrainArgs& a) {
     needs(a.lr_find_lo != d.lr_find_lo || a.lr_find_hi != d.lr_find_hi, a.lr_find, "--lr-find-lo/--lr-find-hi",
           "--lr-find");
     if (a.lr_find && a.halt_at > 0) throw UsageError("--halt-at has no effect with --lr-find (the sweep is not a run to resume)");
+    auto float_str = [](double v) {
+        char b[32];
+        std::snprintf(b, sizeof b, "%g", v);
+        return std::string(b);
+    };
     if (a.lr_find && !(a.lr_find_lo < a.lr_find_hi))
-        throw UsageError("--lr-find-lo " + std::to_string(a.lr_find_lo) + " must be below --lr-find-hi " +
-                         std::to_string(a.lr_find_hi));
+        throw UsageError("--lr-find-lo " + float_str(a.lr_find_lo) + " must be below --lr-find-hi " +
+                         float_str(a.lr_find_hi));
     if (!a.model.empty() && a.model != d.model && !a.init.empty() && a.resume.empty())
         throw UsageError("--model " + a.model + " has no effect with --init: the weights carry their config");
     if (a.distill > 0 && a.teacher.empty() && a.init.empty() && a.resume.empty())
