@@ -320,6 +320,9 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
                     state_.trained_base.push_back(pt[i].name);
         }
         if (mo.peft.any() && !has_peft) model_->init_peft(args.seed, virtual_init_tokens());
+        if (mo.peft.any() && args.init.empty() && !args.quiet && launch_info().rank == 0)
+            std::fprintf(stderr, "note: %s on random weights (no --init): the base is saved nowhere, so adapter.ckpt "
+                         "goes on no other model; model.ckpt holds the two merged\n", mo.peft.describe().c_str());
         opt_->sync_master_from_params();
         // Absolute, so a resume from another directory (same --init, or the default --distill teacher) finds it.
         state_.init = args.init.empty() ? std::string() : std::filesystem::absolute(args.init).string();
