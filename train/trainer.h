@@ -37,7 +37,8 @@ struct StepStats {
 // FP16 dynamic loss scaling, with PyTorch GradScaler's semantics: dloss is multiplied by the scale so
 // small gradients survive fp16's range, and the optimizer divides it back out. The scale starts at 2^16,
 // halves (and the step is skipped) when a gradient overflows, and doubles after kLossScaleWindow clean
-// steps in a row. Its state lives in TrainState, so resume continues it exactly.
+// steps in a row. Its state lives in TrainState, so resume continues it exactly (when the resumed run also
+// scales dynamically, from the same --loss-scale; otherwise it starts afresh).
 constexpr uint64_t kLossScaleWindow = 2000;
 void update_loss_scale(TrainState& state, bool gradients_finite);
 
