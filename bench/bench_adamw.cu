@@ -23,8 +23,9 @@ void BM_AdamW(benchmark::State& state) {
     AdamWStep step;
     step.lr = 1e-4f;
     step.t = 10;
-    // grads + params in T; master, m, v read and written in fp32.
-    const double bytes = (double)n * (2 * sizeof(T) + 6 * sizeof(float));
+    // grads read and params written in T; m and v read and written in fp32; the fp32 master read and written
+    // in the mixed precisions, where fp32 reads and writes the params themselves instead.
+    const double bytes = (double)n * (sizeof(T) == 4 ? 3 * sizeof(T) + 4 * sizeof(float) : 2 * sizeof(T) + 6 * sizeof(float));
     run_timed(state, *ctx, bytes, 0, 0, [&] {
         cuda::adamw_update(params.p, sizeof(T) == 4 ? nullptr : master.p, grads.p, m.p, v.p, segs, step, false, 0,
                            table, ctx->stream);

@@ -104,27 +104,34 @@ struct Tokens {
 // reports TB/s and TFLOP/s (per iteration: `bytes` moved, `flops` done) against the roofline.
 template <class F>
 void run_timed(benchmark::State& state, Context& ctx, double bytes, double flops, double flops_peak, F&& fn) {
-    cudaEvent_t start, stop;
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
-    fn();  // warm-up: cuBLASLt heuristics, scratch growth
-    CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+    cudaEvent_t start = nullptr, stop = nullptr;
     double total_s = 0;
     int64_t iters = 0;
-    for (auto _ : state) {
-        CUDA_CHECK(cudaMemsetAsync(ctx.flush, iters & 0xff, ctx.flush_bytes, ctx.stream));
-        CUDA_CHECK(cudaEventRecord(start, ctx.stream));
-        fn();
-        CUDA_CHECK(cudaEventRecord(stop, ctx.stream));
-        CUDA_CHECK(cudaEventSynchronize(stop));
-        float ms = 0;
-        CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-        state.SetIterationTime(ms / 1e3);
-        total_s += ms / 1e3;
-        iters++;
+    // An error (a launch that fails, a cuDNN graph refused) marks this case and goes on to the next one, so the
+    // program still writes its JSON with every other case in it.
+    try {
+        CUDA_CHECK(cudaEventCreate(&start));
+        CUDA_CHECK(cudaEventCreate(&stop));
+        fn();  // warm-up: cuBLASLt heuristics, scratch growth
+        CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+        for (auto _ : state) {
+            CUDA_CHECK(cudaMemsetAsync(ctx.flush, iters & 0xff, ctx.flush_bytes, ctx.stream));
+            CUDA_CHECK(cudaEventRecord(start, ctx.stream));
+            fn();
+            CUDA_CHECK(cudaEventRecord(stop, ctx.stream));
+            CUDA_CHECK(cudaEventSynchronize(stop));
+            float ms = 0;
+            CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+            state.SetIterationTime(ms / 1e3);
+            total_s += ms / 1e3;
+            iters++;
+        }
+    } catch (const std::exception& e) {
+        state.SkipWithError(e.what());
+        iters = 0;
     }
-    CUDA_CHECK(cudaEventDestroy(start));
-    CUDA_CHECK(cudaEventDestroy(stop));
+    if (start) cudaEventDestroy(start);
+    if (stop) cudaEventDestroy(stop);
     if (iters == 0 || total_s <= 0) return;
     const double per_s = iters / total_s;
     if (bytes > 0) {
