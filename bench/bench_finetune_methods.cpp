@@ -248,6 +248,22 @@ int main(int argc, char** argv) {
                     elapsed());
 
         std::vector<Result> results;
+        auto write_results = [&] {
+            nlohmann::json j = nlohmann::json::array();
+            for (const Result& r : results)
+                j.push_back({{"method", r.key},
+                             {"trainable", r.trainable},
+                             {"grad_opt_bytes", r.grad_opt_bytes},
+                             {"base_loss_before", r.base_before},
+                             {"per_seed", {{"ms_per_step", r.ms_per_step},
+                                           {"accuracy", r.accuracy},
+                                           {"base_loss_after", r.base_after},
+                                           {"task_loss_after", r.task_after}}}});
+            const std::string js = nlohmann::json{{"model", model},   {"steps", steps},
+                                                  {"seeds", seeds},   {"device", device},
+                                                  {"base_accuracy", acc_base}, {"results", j}}.dump(2) + "\n";
+            write_file_atomic(out + "/results.json", js.data(), js.size());
+        };
         const int L = preset_config(model).n_layer;
         for (const Method& meth : methods(steps, L, out + "/fisher.safetensors", d, knobs)) {
             if (!only.empty() && ("," + only + ",").find("," + meth.key + ",") == std::string::npos) continue;
@@ -290,21 +306,8 @@ int main(int argc, char** argv) {
                 std::fflush(stdout);
             }
             results.push_back(r);
+            write_results();  // after every method: a run cut short (a time limit) keeps what it measured
         }
-        nlohmann::json j = nlohmann::json::array();
-        for (const Result& r : results)
-            j.push_back({{"method", r.key},
-                         {"trainable", r.trainable},
-                         {"grad_opt_bytes", r.grad_opt_bytes},
-                         {"base_loss_before", r.base_before},
-                         {"per_seed", {{"ms_per_step", r.ms_per_step},
-                                       {"accuracy", r.accuracy},
-                                       {"base_loss_after", r.base_after},
-                                       {"task_loss_after", r.task_after}}}});
-        const std::string js = nlohmann::json{{"model", model},       {"steps", steps},   {"seeds", seeds},
-                                              {"device", device},     {"base_accuracy", acc_base},
-                                              {"results", j}}.dump(2) + "\n";
-        write_file_atomic(out + "/results.json", js.data(), js.size());
         const std::string t = table(results, machine, acc_base, seeds);
         std::fputs(t.c_str(), stdout);
         if (!doc.empty()) {
