@@ -36,11 +36,24 @@ int main(int argc, char** argv) {
         bool template_given = false, template_from_file = false;
         for (int i = 1; i < argc; i++) {
             std::string a = argv[i];
+            // --flag=value, as bin/train takes it, or --flag value.
+            std::string given;
+            bool has_given = false;
+            if (size_t eq = a.find('='); a.rfind("--", 0) == 0 && eq != std::string::npos) {
+                given = a.substr(eq + 1);
+                a.resize(eq);
+                has_given = true;
+            }
             auto value = [&]() -> std::string {
+                if (has_given) {
+                    has_given = false;
+                    return given;
+                }
                 if (i + 1 >= argc) throw UsageError(a + ": missing value");
                 return argv[++i];
             };
             if (a == "--help" || a == "-h") {
+                if (has_given) throw UsageError("--help takes no value");
                 std::fputs(kHelp, stdout);
                 return 0;
             } else if (a == "--out") {
@@ -83,6 +96,7 @@ int main(int argc, char** argv) {
             } else {
                 opt.inputs.push_back(a);
             }
+            if (has_given) throw UsageError(a + " takes no value, got '" + a + "=" + given + "'");
         }
         if (opt.inputs.empty()) throw UsageError("no input files (see bin/prepare --help)");
         Tokenizer tok = Tokenizer::load(vocab);

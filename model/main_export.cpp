@@ -42,12 +42,27 @@ struct ExportArgs {
 // False when --help was asked for.
 bool parse(int argc, char** argv, ExportArgs& a) {
     for (int i = 1; i < argc; i++) {
-        const std::string arg = argv[i];
+        std::string arg = argv[i];
+        // --flag=value, as bin/train takes it, or --flag value.
+        std::string given;
+        bool has_given = false;
+        if (size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+            given = arg.substr(eq + 1);
+            arg.resize(eq);
+            has_given = true;
+        }
         auto value = [&]() -> std::string {
+            if (has_given) {
+                has_given = false;
+                return given;
+            }
             if (i + 1 >= argc) throw tune::UsageError(arg + ": expects a value");
             return argv[++i];
         };
-        if (arg == "--help" || arg == "-h") return false;
+        if (arg == "--help" || arg == "-h") {
+            if (has_given) throw tune::UsageError("--help takes no value");
+            return false;
+        }
         if (arg == "--hf") {
             a.hf_dir = value();
         } else if (arg == "--llmc") {
@@ -61,6 +76,7 @@ bool parse(int argc, char** argv, ExportArgs& a) {
         } else {
             throw tune::UsageError("one input only: got '" + a.input + "' and '" + arg + "'");
         }
+        if (has_given) throw tune::UsageError(arg + " takes no value, got '" + arg + "=" + given + "'");
     }
     if (a.input.empty()) throw tune::UsageError("no input weights given (see --help)");
     if (a.hf_dir.empty() && a.llmc_file.empty())

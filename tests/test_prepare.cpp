@@ -326,11 +326,14 @@ TEST(PrepareCli, ReportsAndExitCodes) {
     TempDir tmp("prepcli");
     const std::string d = tmp.path();
     spit(d + "/x.jsonl", "{\"prompt\":\"a\",\"completion\":\" b\"}\n");
-    CmdResult ok = run_cmd("bin/prepare --quiet --val-frac 0 --out " + d + "/o " + d + "/x.jsonl");
+    CmdResult ok = run_cmd("bin/prepare --quiet --val-frac=0 --out " + d + "/o " + d + "/x.jsonl");
     EXPECT_EQ(ok.rc, 0) << ok.out;
     EXPECT_THAT(ok.out, HasSubstr("prepared 1 documents"));
     EXPECT_EQ(run_cmd("bin/prepare --bogus x").rc, 2);
     EXPECT_EQ(run_cmd("bin/prepare --help").rc, 0);
+    CmdResult valued = run_cmd("bin/prepare --quiet=yes " + d + "/x.jsonl");
+    EXPECT_EQ(valued.rc, 2) << valued.out;
+    EXPECT_THAT(valued.out, HasSubstr("--quiet takes no value, got '--quiet=yes'"));
     for (const char* seed : {"-5", "18446744073709551616", "1e3"}) {
         CmdResult bad = run_cmd(std::string("bin/prepare --seed ") + seed + " " + d + "/x.jsonl");
         EXPECT_EQ(bad.rc, 2) << seed << ": " << bad.out;
