@@ -112,6 +112,18 @@ void write_cycle_data(const std::string& d) {
     save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
 }
 
+// Data named twice, or validation data that is also training data, is allowed but noted.
+TEST(TrainCli, RepeatedOrOverlappingDataIsNoted) {
+    TempDir tmp("clioverlap");
+    const std::string d = tmp.path();
+    write_cycle_data(d);
+    CmdResult r = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --seq 15 --steps 1 --out '' --train-data " +
+                          d + "/train.bin," + d + "/./train.bin --val-data " + d + "/train.bin");
+    ASSERT_EQ(r.rc, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("note: --train-data names " + d + "/./train.bin twice"));
+    EXPECT_THAT(r.out, HasSubstr("note: --val-data " + d + "/train.bin is also training data"));
+}
+
 // A resume names every option that changes the run's trajectory, by its flag, with values as they were typed
 // (0.005, not 0.00499999989); an unchanged resume names none.
 TEST(TrainCli, ResumeNamesChangedOptionsByTheirFlags) {

@@ -349,6 +349,18 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     // DIST: rank r reads windows r, r+N, r+2N, ... of the shared order (data/shard.h), so N ranks x B windows
     // are the windows one rank would read as a batch of N*B.
     const int rank = dp_ ? dp_->rank() : 0, world = dp_ ? dp_->world() : 1;
+    if (!args.quiet && rank == 0) {  // allowed, but rarely what was meant
+        for (size_t i = 0; i < args.train_data.size(); i++)
+            for (size_t j = 0; j < i; j++)
+                if (same_file(args.train_data[i], args.train_data[j]))
+                    std::fprintf(stderr, "note: --train-data names %s twice: its windows are read twice an epoch\n",
+                                 args.train_data[i].c_str());
+        for (const std::string& v : args.val_data)
+            if (std::any_of(args.train_data.begin(), args.train_data.end(),
+                            [&](const std::string& t) { return same_file(v, t); }))
+                std::fprintf(stderr, "note: --val-data %s is also training data: the validation loss measures what "
+                             "the model memorised, not how it generalises\n", v.c_str());
+    }
     train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle, args.seed,
                                       rank, world);
     train_->set_state(state_.loader);
