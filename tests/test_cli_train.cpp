@@ -213,6 +213,12 @@ TEST(TrainCli, MemoryMapListsEveryTensorAndDoesNotTrain) {
     ASSERT_EQ(lora.rc, 0) << lora.out;
     EXPECT_THAT(lora.out, HasSubstr("gradients (trainable tensors only): f32, 16 tensors"));  // A and B, 4 sites, 2 blocks
     EXPECT_THAT(lora.out, ::testing::ContainsRegex(" 192 +\\(2, 24\\) +h\\.0\\.attn\\.c_attn\\.lora_A"));
+    // No data needed: the same map from the model and the options alone.
+    CmdResult dataless = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --batch 2 --seq 15 --memory-map "
+                                 "--out ''");
+    ASSERT_EQ(dataless.rc, 0) << dataless.out;
+    EXPECT_THAT(dataless.out, ::testing::ContainsRegex(" 9216 +\\(96, 24\\) +h\\.1\\.mlp\\.c_fc\\.weight"));
+    EXPECT_EQ(run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --batch 2 --seq 15 --steps 1").rc, 2);
 }
 
 }  // namespace

@@ -188,7 +188,9 @@ static double now_seconds() {
 
 Trainer::Trainer(const TrainArgs& args) : args_(args) {
     validate_train_args(args);
-    if (args.train_data.empty()) throw UsageError("--train-data: no training shards given (make them with bin/prepare)");
+    // --memory-map alone needs no data: where the bytes go depends only on the model, the batch and the options.
+    if (args.train_data.empty() && !args.memory_map)
+        throw UsageError("--train-data: no training shards given (make them with bin/prepare)");
     args_.sched.total_steps = args.steps;
     // DIST: a multi-rank GPU run picks its GPU before the backend exists; rank 0 alone prints and writes.
     const LaunchInfo launch = launch_info();
@@ -361,9 +363,11 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
                 std::fprintf(stderr, "note: --val-data %s is also training data: the validation loss measures what "
                              "the model memorised, not how it generalises\n", v.c_str());
     }
-    train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle, args.seed,
-                                      rank, world);
-    train_->set_state(state_.loader);
+    if (!args.train_data.empty()) {
+        train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle,
+                                          args.seed, rank, world);
+        train_->set_state(state_.loader);
+    }
     if (!args.val_data.empty())
         val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0, rank, world);
     if (!args.replay_data.empty() && args.replay_frac > 0) {
@@ -381,7 +385,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (rank == 0)
         for (const Loader* l : {train_.get(), val_.get(), replay_.get()})
             if (l) l->note_short_shards();
-    note_changed_windows(args.resume, "training", state_.loader_windows, train_->num_windows(), args.seq);
+    if (train_) note_changed_windows(args.resume, "training", state_.loader_windows, train_->num_windows(), args.seq);
     if (replay_) note_changed_windows(args.resume, "replay", state_.replay_windows, replay_->num_windows(), args.seq);
 }
 
@@ -511,6 +515,7 @@ void Trainer::update_unfreezing(StepStats& st) {
 }
 
 StepStats Trainer::step(float lr) {
+    if (!train_) throw UsageError("--train-data: no training shards given (--memory-map alone needs none)");
     const double t0 = now_seconds();
     StepStats st;
     st.step = (int)state_.step + 1;
