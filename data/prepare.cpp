@@ -138,7 +138,8 @@ Document document_from_json_line(const Tokenizer& tok, const std::string& line, 
     nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded()) throw Error(where + ": not valid JSON");
     if (!j.is_object()) throw Error(where + ": expected a JSON object");
-    if (j.contains("text")) return plain(tok, get_string(j, "text", where, false));
+    // The structured fields first: a record may carry a "text" beside them (Hugging Face's Alpaca export holds
+    // the prompt and answer already formatted there), and it must not put the loss on the prompt.
     if (j.contains("prompt") || j.contains("completion"))
         return prompt_completion(tok, get_string(j, "prompt", where, true), get_string(j, "completion", where, false));
     if (j.contains("instruction") || j.contains("output")) {
@@ -153,6 +154,7 @@ Document document_from_json_line(const Tokenizer& tok, const std::string& line, 
                                                      : std::string(kDefaultTemplate);
         return prompt_completion(tok, fill_template(t, ins, inp), out);
     }
+    if (j.contains("text")) return plain(tok, get_string(j, "text", where, false));
     throw Error(where + ": expected fields \"text\", or \"prompt\"+\"completion\", or "
                         "\"instruction\"+\"input\"+\"output\"");
 }

@@ -80,6 +80,15 @@ TEST(Prepare, AlpacaUsesTheTemplateAndMasksIt) {
                     document_from_json_line(tok(), R"({"instruction":"Add","input":"2 3","output":" 5"})", "x:4", no_input);
                 }),
                 HasSubstr("x:4: has an \"input\", but the template has no {input} placeholder"));
+    // Hugging Face's Alpaca export also holds the formatted example as "text": the fields still decide, so the
+    // loss stays on the output (and a prompt/completion record with a "text" alike).
+    Document both = document_from_json_line(
+        tok(), R"({"instruction":"Add","input":"2 3","output":" 5","text":"I: Add In: 2 3 Out: 5"})", "x:5", t);
+    EXPECT_EQ(both.tokens, doc.tokens);
+    EXPECT_EQ(both.mask, doc.mask);
+    Document pc = document_from_json_line(tok(), R"({"text":"x","prompt":"p:","completion":" c"})", "x:6", "");
+    EXPECT_EQ(pc.tokens, concat(concat(tok().encode("p:"), tok().encode(" c")), {50256}));
+    EXPECT_EQ(pc.mask[0], 0);
 }
 
 TEST(Prepare, MalformedLinesNameFileAndLine) {
