@@ -14,6 +14,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
 #include "data/fileio.h"
 #include "data/shard.h"
 #include "kernels/common.h"
@@ -102,9 +105,36 @@ class Progress {
 
 }  // namespace
 
+namespace {
+
+// Whether a line starts with a printable character beyond ASCII: a letter, digit, punctuation mark or symbol
+// in valid UTF-8 (never whitespace, as the tokenizer's \s counts it, nor an invisible format character), so
+// Cyrillic, Greek or CJK text is cut like English.
+bool starts_printable_unicode(const std::string& line) {
+    static pcre2_code* const re = [] {
+        int err = 0;
+        PCRE2_SIZE at = 0;
+        const char* pattern = "^[\\p{L}\\p{N}\\p{P}\\p{S}]";
+        pcre2_code* c = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern), PCRE2_ZERO_TERMINATED,
+                                      PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &at, nullptr);
+        if (!c) throw std::logic_error("prepare: PCRE2 rejected the line-start pattern");
+        return c;
+    }();
+    pcre2_match_data* md = pcre2_match_data_create_from_pattern(re, nullptr);
+    // The first character is at most 4 bytes; a second one cut short does not matter to an anchored match.
+    const int rc = pcre2_match(re, reinterpret_cast<PCRE2_SPTR>(line.data()), std::min<size_t>(line.size(), 8), 0,
+                               PCRE2_ANCHORED, md, nullptr);
+    pcre2_match_data_free(md);
+    return rc > 0;
+}
+
+}  // namespace
+
 size_t plain_text_cut(const std::string& text, const std::string& next_line) {
     const size_t n = text.size();
-    if (next_line.empty() || !graphic_ascii(next_line[0]) || n < 2 || text[n - 1] != '\n') return std::string::npos;
+    if (next_line.empty() || n < 2 || text[n - 1] != '\n') return std::string::npos;
+    const bool ascii = (unsigned char)next_line[0] < 0x80;
+    if (ascii ? !graphic_ascii(next_line[0]) : !starts_printable_unicode(next_line)) return std::string::npos;
     return n - 1;  // "...x" | "\ny..."
 }
 

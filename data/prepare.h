@@ -68,7 +68,7 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt);
 
 // TEACH: a long text is tokenised in pieces, which gives the same tokens as the whole only where no
 // pre-tokenisation piece (see data/tokenizer.h) crosses the cut and none would end differently at the end of
-// a text. Just before a line break that a printable ASCII character follows is such a place. In the whole text
+// a text. Just before a line break that a printable character follows (ASCII or not) is such a place. In the whole text
 // that '\n' is a piece of its own: '\n' never joins a word (only a space does), and \s+(?!\S) stops short of
 // the last whitespace before a non-space, leaving it to \s+ alone. Whatever whitespace comes before it is one
 // piece either way (at a text's end \s+(?!\S) takes the whole run, which is where it stopped in the whole).

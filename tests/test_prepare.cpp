@@ -198,6 +198,13 @@ TEST(Prepare, PlainTextCutsKeepTheTokensOfTheWholeText) {
     EXPECT_TRUE(split_equals_whole("one\n", "\ntwo"));
     EXPECT_EQ(plain_text_cut("one \n", "two"), 4u);
     EXPECT_EQ(plain_text_cut("\xc3\xa9\n", "two"), 2u);
+    // Lines of other scripts are cut alike (Cyrillic, CJK, a dash); not before Unicode whitespace, a byte-order
+    // mark or invalid UTF-8.
+    EXPECT_EQ(plain_text_cut("one\n", "\xd0\xbf\xd1\x80\xd0\xb8"), 3u);
+    EXPECT_EQ(plain_text_cut("one\n", "\xe6\x97\xa5\xe6\x9c\xac"), 3u);
+    EXPECT_EQ(plain_text_cut("one\n", "\xe2\x80\x94 x"), 3u);
+    for (const char* no : {"\xe3\x80\x80x", "\xc2\xa0x", "\xc2\x85x", "\xef\xbb\xbfx", "\xff", "\xc3"})
+        EXPECT_EQ(plain_text_cut("one\n", no), std::string::npos) << no;
     // Whitespace after the line break: "one \n  two" is "one" " \n " " two" whole, but " " then "\n " cut (the
     // same tokens in GPT-2's vocabulary, which has no such merges; the rule follows the pattern).
     EXPECT_EQ(plain_text_cut("one \n", " two"), std::string::npos);
@@ -206,7 +213,9 @@ TEST(Prepare, PlainTextCutsKeepTheTokensOfTheWholeText) {
 
     const std::vector<std::string> parts = {"\n", "\n", "\r\n", " ", "  ", "\t", "word", "Word", "'s", "12", "!?",
                                             "\xc3\xa9t\xc3\xa9", "\xe3\x80\x80", "\xff", "\xc3", ".", "x", "\v", "\f",
-                                            "\r", "\xc2\x85", "\xe2\x80\xa8", "\xef\xbb\xbf", "<|endoftext|>"};
+                                            "\r", "\xc2\x85", "\xe2\x80\xa8", "\xef\xbb\xbf", "<|endoftext|>",
+                                            "\xd0\xbf\xd1\x80\xd0\xb8", "\xe6\x97\xa5\xe6\x9c\xac", "\xe2\x80\x94",
+                                            "\xc2\xab", "\xce\xb1\xce\xb2", "\xcc\x81", "\xe2\x80\x8b"};
     Rng rng(7);
     TempDir tmp("prep");
     const std::string d = tmp.path();
