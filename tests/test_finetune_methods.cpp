@@ -154,6 +154,10 @@ TEST_F(Methods, LoraWithTrainedBaseBlockKeepsItInTheAdapterAndRefusesOtherBases)
     ASSERT_EQ(rc, 0) << err;
     EXPECT_THAT(err, Not(HasSubstr("changed options")));
     EXPECT_EQ(tensors_of(resumed.out_dir + "/resume.ckpt"), trained) << "the resumed run is not the uninterrupted one";
+    TrainArgs drop = c;  // the adapter's shape with a dropout of this run's: the flag is kept, not the adapter's 0
+    drop.peft = checkpoint_peft(c.adapter);
+    drop.peft.lora_dropout = 0.3f;
+    EXPECT_EQ(Trainer(drop).model().peft().lora_dropout, 0.3f);
     TrainArgs wrong = c;
     wrong.peft.lora_rank = 4;
     EXPECT_THAT(error_of([&] { Trainer t(wrong); }), HasSubstr("but the flags ask for LoRA r=4"));
@@ -460,6 +464,47 @@ TEST_F(Methods, ResumeIsBitExactWithLoraL2spDistillReplayAndRecompute) {
     ASSERT_EQ(Trainer(second).run(), 0);  // the teacher comes from the checkpoint's record of --init
     EXPECT_EQ(losses(whole.out_dir), losses(second.out_dir));
     EXPECT_EQ(slurp(whole.out_dir + "/adapter.ckpt"), slurp(second.out_dir + "/adapter.ckpt"));
+}
+
+TEST_F(Methods, ResumeNamesAChangedLoraDropout) {
+    TrainArgs a = args("lora_drop");
+    a.peft.lora_rank = 2;
+    a.peft.lora_dropout = 0.2f;
+    a.halt_at = 2;
+    ASSERT_EQ(Trainer(a).run(), 0);
+    TrainArgs b = a;
+    b.halt_at = 0;
+    b.init.clear();
+    b.resume = a.out_dir + "/resume.ckpt";
+    b.quiet = false;
+    auto noted = [&](const TrainArgs& r) {
+        testing::internal::CaptureStderr();
+        testing::internal::CaptureStdout();
+        { Trainer t(r); }
+        testing::internal::GetCapturedStdout();
+        return testing::internal::GetCapturedStderr();
+    };
+    EXPECT_THAT(noted(b), Not(HasSubstr("changed options")));
+    b.peft.lora_dropout = 0;
+    EXPECT_THAT(noted(b), HasSubstr("--lora-dropout 0 (was 0.2)"));
+    b.peft = TrainArgs().peft;  // no LoRA flags: the checkpoint's settings, its dropout too
+    EXPECT_THAT(noted(b), Not(HasSubstr("changed options")));
+}
+
+TEST(Optimizer, WeightDecaySparesEmbeddingTablesUnlessAsked) {
+    auto info = [](const std::string& name, std::vector<size_t> shape) {
+        TensorInfo t;
+        t.name = name;
+        t.shape = std::move(shape);
+        return t;
+    };
+    for (const char* table : {"wte", "wpe", "prompt.embedding", "prefix.kv", "ptune.input", "prefix.input"}) {
+        EXPECT_FALSE(decays(info(table, {4, 8}), false)) << table;
+        EXPECT_TRUE(decays(info(table, {4, 8}), true)) << table;
+    }
+    EXPECT_TRUE(decays(info("ptune.fc.weight", {16, 8}), false));
+    EXPECT_TRUE(decays(info("h.0.attn.c_attn.lora_A", {2, 8}), false));
+    EXPECT_FALSE(decays(info("h.0.ln_1.weight", {8}), false));
 }
 
 TEST_F(Methods, L2spCannotBeAddedOnResumeAndSaysSo) {

@@ -152,7 +152,8 @@ Cli train_cli(TrainArgs& a) {
     c.option("--beta2", "B2", "Adam beta2", &a.adam.beta2, 0, 0.999999999);
     c.option("--eps", "EPS", "Adam epsilon", &a.adam.eps, 1e-30, 1);
     c.option("--weight-decay", "WD", "decoupled weight decay on 2-D matmul weights", &a.adam.weight_decay, 0, 10);
-    c.flag("--decay-embeddings", "also apply weight decay to wte and wpe", &a.adam.decay_embeddings);
+    c.flag("--decay-embeddings", "also apply weight decay to the embedding tables: wte, wpe and the virtual tokens' "
+           "(prompt, P-tuning and prefix inputs)", &a.adam.decay_embeddings);
     c.option("--grad-clip", "NORM", "clip the global gradient norm to NORM (0: off)", &a.grad_clip, 0, 1e9);
     c.custom("--loss-scaling", "auto|on|off", "dynamic loss scaling (auto: on for fp16)", a.loss_scaling,
              one_of("--loss-scaling", {"auto", "on", "off"}, &a.loss_scaling));

@@ -7,7 +7,10 @@
 namespace tune {
 
 bool decays(const TensorInfo& t, bool decay_embeddings) {
-    if (t.name == "wte" || t.name == "wpe") return decay_embeddings;
+    // Embedding tables, the model's and the virtual tokens' (vectors looked up, not matmul weights).
+    static const char* const kTables[] = {"wte", "wpe", "prompt.embedding", "prefix.kv", "ptune.input", "prefix.input"};
+    for (const char* name : kTables)
+        if (t.name == name) return decay_embeddings;
     return t.shape.size() == 2;
 }
 

@@ -38,7 +38,7 @@ struct AdamWConfig {
 };
 
 // Whether a parameter tensor gets weight decay: 2-D matmul weights yes; biases, LayerNorm and (unless
-// asked) embeddings no.
+// asked) embedding tables no: wte, wpe and the virtual tokens' tables (prompt, P-tuning and prefix inputs).
 bool decays(const TensorInfo& t, bool decay_embeddings);
 
 class AdamW {

@@ -230,7 +230,9 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         if (mo.peft.any() && !(mo.peft == held))
             throw UsageError("--adapter " + args.adapter + " holds " + held.describe() + ", but the flags ask for " +
                              mo.peft.describe() + ": leave the LoRA and --virtual flags out (they come with it)");
+        const float dropout = mo.peft.lora_dropout;  // a training setting, not the adapter's shape: a flag wins
         mo.peft = held;
+        if (dropout > 0) mo.peft.lora_dropout = dropout;
         if (args.seq + mo.peft.virtual_tokens() > cfg.block_size)
             throw UsageError("--seq: " + std::to_string(args.seq) + " real tokens after the adapter's " +
                              std::to_string(mo.peft.virtual_tokens()) + " virtual ones exceed the model's block size " +
@@ -253,7 +255,9 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     opt_ = std::make_unique<AdamW>(*model_, args.adam, dp_ ? dp_->optimizer_shard() : OptimizerShard{});
     if (args.lr_layer_factor > 0) apply_discriminative_lr(*model_, *opt_, args.lr_layer_factor);
     state_.rng = args.seed;
-    const std::map<std::string, std::string> options = trajectory_options(args);
+    std::map<std::string, std::string> options = trajectory_options(args);
+    // LoRA's dropout as this run applies it (flags, an --adapter's or a resumed checkpoint's setting).
+    if (mo.peft.lora()) options["--lora-dropout"] = float_text(mo.peft.lora_dropout);
     state_.options = options;
     dynamic_loss_scale_ = args.loss_scaling == "on" || (args.loss_scaling == "auto" && be_->act_dtype() == DType::f16);
     state_.loss_scale = dynamic_loss_scale_ ? args.loss_scale : 1.0;  // a resume checkpoint may override it
