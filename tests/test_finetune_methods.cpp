@@ -466,6 +466,28 @@ TEST_F(Methods, ResumeIsBitExactWithLoraL2spDistillReplayAndRecompute) {
     EXPECT_EQ(slurp(whole.out_dir + "/adapter.ckpt"), slurp(second.out_dir + "/adapter.ckpt"));
 }
 
+// Real and virtual tokens must fit the block size (16 here), whether the virtual ones come from the flags or
+// with a resumed checkpoint: a usage error naming --seq either way.
+TEST_F(Methods, VirtualTokensAndSeqMustFitTheBlockFromFlagsOrCheckpoint) {
+    TrainArgs a = args("fit");
+    a.peft.virt = Virtual::prompt;
+    a.peft.n_virtual = 4;
+    const std::string want = "--seq: 13 real tokens after 4 virtual ones exceed the model's block size 16";
+    EXPECT_THAT(error_of([&] { Trainer t(a); }), HasSubstr(want));
+    a.seq = 12;
+    a.halt_at = 1;
+    ASSERT_EQ(Trainer(a).run(), 0);
+    TrainArgs b = args("fit");  // no PEFT flags: the checkpoint brings the 4 virtual tokens
+    b.init.clear();
+    b.resume = a.out_dir + "/resume.ckpt";
+    try {
+        Trainer t(b);
+        ADD_FAILURE() << "a --seq too long for the resumed virtual tokens was accepted";
+    } catch (const UsageError& e) {
+        EXPECT_THAT(e.what(), HasSubstr(want));
+    }
+}
+
 TEST_F(Methods, ResumeNamesAChangedLoraDropout) {
     TrainArgs a = args("lora_drop");
     a.peft.lora_rank = 2;

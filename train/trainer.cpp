@@ -215,10 +215,6 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (args.seq > cfg.block_size)
         throw UsageError("--seq: " + std::to_string(args.seq) + " is above the model's block size " +
                          std::to_string(cfg.block_size));
-    const int P = args.peft.virtual_tokens();
-    if (args.seq + P > cfg.block_size)
-        throw UsageError("--seq: " + std::to_string(args.seq) + " real tokens after " + std::to_string(P) +
-                         " virtual ones exceed the model's block size " + std::to_string(cfg.block_size));
     ModelOptions mo;
     mo.peft = args.peft;
     if (mo.peft.lora_rank == 0) mo.peft.lora_targets = 0;
@@ -233,11 +229,12 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         const float dropout = mo.peft.lora_dropout;  // a training setting, not the adapter's shape: a flag wins
         mo.peft = held;
         if (dropout > 0) mo.peft.lora_dropout = dropout;
-        if (args.seq + mo.peft.virtual_tokens() > cfg.block_size)
-            throw UsageError("--seq: " + std::to_string(args.seq) + " real tokens after the adapter's " +
-                             std::to_string(mo.peft.virtual_tokens()) + " virtual ones exceed the model's block size " +
-                             std::to_string(cfg.block_size));
     }
+    // The virtual tokens of the flags, of the adapter or of the resumed checkpoint.
+    if (const int P = mo.peft.virtual_tokens(); args.seq + P > cfg.block_size)
+        throw UsageError("--seq: " + std::to_string(args.seq) + " real tokens after " +
+                         (args.adapter.empty() ? "" : "the adapter's ") + std::to_string(P) +
+                         " virtual ones exceed the model's block size " + std::to_string(cfg.block_size));
     if (args.unfreeze_every > 0 && mo.peft.any())  // args.cpp checks the flags; a resumed run brings its own
         throw UsageError("--unfreeze-every works on the model's own blocks; " + args.resume + " continues a run with " +
                          mo.peft.describe() + ", which it does not combine with");
