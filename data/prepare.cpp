@@ -309,6 +309,12 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
             size_t consumed = 0;
             for (std::string line; in.next(line);) {
                 const bool newline = in.bytes_read() - consumed > line.size();  // the last line may lack one
+                // A UTF-8 byte-order mark says how the file is encoded; it is not text to learn (JSONL lines
+                // lose it in the JSON parser alike).
+                if (consumed == 0 && line.rfind("\xEF\xBB\xBF", 0) == 0) {
+                    line.erase(0, 3);
+                    if (opt.note) opt.note(path + ": starts with a UTF-8 byte-order mark; left out of the text");
+                }
                 consumed = in.bytes_read();
                 done_bytes = rep.input_bytes + consumed;
                 const size_t cut = piece.size() >= piece_bytes ? plain_text_cut(piece, line) : std::string::npos;

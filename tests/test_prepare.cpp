@@ -304,6 +304,18 @@ TEST(Prepare, NotesWhatItNoticesAndRefusesAnEmptyTextFile) {
     EXPECT_FALSE(std::filesystem::exists(dead));
     EXPECT_TRUE(std::filesystem::exists(live));
     EXPECT_TRUE(std::filesystem::exists(elsewhere));
+
+    // A byte-order mark is left out (with a note), so the text's tokens are those without it.
+    spit(d + "/bom.txt", "\xEF\xBB\xBFSome text.");
+    notes.clear();
+    o.inputs = {d + "/bom.txt"};
+    o.out_dir = d + "/bom";
+    const PrepareReport b = prepare_dataset(tok(), o);
+    o.inputs = {d + "/a.txt"};
+    o.out_dir = d + "/plain";
+    const PrepareReport p = prepare_dataset(tok(), o);
+    EXPECT_EQ(slurp(b.train_path), slurp(p.train_path));
+    EXPECT_THAT(::testing::PrintToString(notes), HasSubstr("bom.txt: starts with a UTF-8 byte-order mark"));
 }
 
 // What a long run meets: a missing input is named before any work (not after hours on the first files, and
