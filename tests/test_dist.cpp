@@ -741,6 +741,17 @@ TEST_F(DistFixture, ResumeIsBitExactWithTheSameRanksAndContinuesWithOthers) {
     EXPECT_EQ(slurp(dir + "/grow/model.ckpt"), slurp(dir + "/grow2/model.ckpt"));
 }
 
+// Rank 0 writing a checkpoint for longer than --comm-timeout (here a test hook makes each write take 2 s) is not
+// a dead rank: the others wait for the write, not in the next collective, and the run finishes.
+TEST_F(DistFixture, ACheckpointWriteLongerThanTheCommTimeoutIsWaitedFor) {
+    std::string launch = mpirun(2);
+    launch.replace(launch.find("-np"), 3, "-x TUNE_TEST_SLOW_CHECKPOINT=2 -np");
+    CmdResult r = run_cmd(launch + train("--steps 2 --val-every 0 --batch 2 --ckpt-every 1 --comm-timeout 1", "slow"));
+    ASSERT_EQ(r.rc, 0) << r.out;
+    EXPECT_FALSE(slurp(dir + "/slow/model.ckpt").empty());
+    expect_ranks_agree("slow", 2);
+}
+
 TEST_F(DistFixture, ADeadRankEndsTheJobQuicklyNamingIt) {
     const auto t0 = std::chrono::steady_clock::now();
     CmdResult r = run_cmd("TUNE_TEST_FAIL=1:3:die " + mpirun(2) + "-x TUNE_TEST_FAIL " +

@@ -33,6 +33,7 @@
 // (dropout) seeded per rank.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
@@ -80,6 +81,15 @@ class DataParallel {
     uint64_t sum(uint64_t x, const char* what) { return comm_.sum(x, what); }
     double sum(double x, const char* what) { return comm_.sum(x, what); }
     bool any(bool x, const char* what) { return comm_.any(x, what); }
+    // Every rank waits here for rank 0 to finish writing a checkpoint, for up to `at_least_s` seconds however
+    // short --comm-timeout is: a long write (a big model, slow storage) is not a dead rank, and ranks that stop
+    // right after a checkpoint must not end the job while rank 0 still writes it.
+    void wait_for_writer(double at_least_s) {
+        const double t = comm_.timeout();
+        comm_.set_timeout(std::max(t, at_least_s));
+        comm_.any(false, "checkpoint written by rank 0");
+        comm_.set_timeout(t);
+    }
     // Hash of this replica's parameters, and whether every rank's equals it (a collective).
     bool replicas_agree(uint64_t* hash);
 

@@ -207,17 +207,25 @@ class MpiComm final : public Comm {
         if (reqs_.empty()) return;
         const double t0 = now_s();
         std::vector<int> done_idx(reqs_.size());
+        std::vector<MPI_Status> statuses(reqs_.size());
         size_t left = reqs_.size();
         int idle = 0;
         while (left > 0) {
             int outcount = 0;
-            const int rc = MPI_Testsome((int)reqs_.size(), reqs_.data(), &outcount, done_idx.data(), MPI_STATUSES_IGNORE);
+            const int rc = MPI_Testsome((int)reqs_.size(), reqs_.data(), &outcount, done_idx.data(), statuses.data());
             if (rc != MPI_SUCCESS) {
-                int peer = -1;
-                for (size_t i = 0; i < reqs_.size(); i++)
-                    if (reqs_[i] != MPI_REQUEST_NULL) peer = peers_[i];
+                // MPI_ERR_IN_STATUS: the completed requests' statuses say which failed and why (a message of
+                // another size: the ranks are in different collectives).
+                int peer = -1, err = rc;
+                for (int k = 0; k < outcount && outcount != MPI_UNDEFINED; k++)
+                    if (statuses[k].MPI_ERROR != MPI_SUCCESS) {
+                        peer = peers_[done_idx[k]];
+                        err = statuses[k].MPI_ERROR;
+                        break;
+                    }
                 abort(std::string("collective '") + what + "' failed (MPI error talking to rank " +
-                      std::to_string(peer) + "): " + mpi_error_string(rc));
+                      (peer >= 0 ? std::to_string(peer) : std::string("?")) + "): " + mpi_error_string(err) +
+                      (err == MPI_ERR_TRUNCATE ? " (the ranks disagree on which collective this is)" : ""));
             }
             if (outcount == MPI_UNDEFINED) break;
             if (outcount > 0) {

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <sstream>
+#include <thread>
 
 #include "data/safetensors.h"
 #include "data/tokenizer.h"
@@ -731,8 +732,12 @@ double Trainer::lr_find(int steps, double lo, double hi) {
 
 void Trainer::save(const std::string& path, bool resume) {
     resume_written_ += resume;
+    if (writer_ && dp_)  // test hook: a write slower than --comm-timeout
+        if (const char* s = std::getenv("TUNE_TEST_SLOW_CHECKPOINT"))
+            std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(s)));
     save_checkpoint(path, *model_, opt_.get(), resume ? &state_ : nullptr, anchor_.bytes() ? &anchor_ : nullptr,
                     writer_);
+    if (dp_) dp_->wait_for_writer(kCheckpointWriteTimeout);  // DIST
 }
 
 static std::string mib(size_t bytes) {
@@ -905,10 +910,11 @@ int Trainer::run() {
         }
         std::fflush(stdout);
         if (state_.bad_in_a_row >= (uint64_t)args_.max_bad_steps) {
-            std::fprintf(stderr,
-                         "error: %d steps in a row had a non-finite loss or gradient; stopping. The weights are "
-                         "those of the last good step: %s/resume.ckpt\n",
-                         (int)state_.bad_in_a_row, args_.out_dir.c_str());
+            if (writer_)
+                std::fprintf(stderr,
+                             "error: %d steps in a row had a non-finite loss or gradient; stopping. The weights are "
+                             "those of the last good step: %s/resume.ckpt\n",
+                             (int)state_.bad_in_a_row, args_.out_dir.c_str());
             if (!args_.out_dir.empty()) save(args_.out_dir + "/resume.ckpt", true);
             return 1;
         }

@@ -76,6 +76,7 @@ class Trainer {
     // requested (resume.ckpt only).
     int run();
     static constexpr int kInterrupted = 130;  // the shell's status for Ctrl-C (128 + SIGINT)
+    static constexpr double kCheckpointWriteTimeout = 1800;  // seconds the other ranks wait for rank 0's write
     void save(const std::string& path, bool resume);
     int resume_checkpoints_written() const { return resume_written_; }  // by run(), this process
     // Finish the current step, write a resume checkpoint, return (run) or stop the sweep (lr_find).
