@@ -615,6 +615,14 @@ TEST_F(DistFixture, L2spAndEwcUnderZero1And2AreByteIdenticalToZero0) {
     RUN_OK(mpirun(3) + train(common + " --fisher " + fisher1 + estimate + " --zero 1", "z1"));
     EXPECT_EQ(slurp(fisher), slurp(fisher1));
     RUN_OK(mpirun(3) + train(common + " --fisher " + fisher + " --zero 2", "z2"));
+    // A Fisher file that one rank sees and the other does not (file systems the ranks do not share; here two
+    // paths through mpirun's one-command-per-rank form): refused on both, not read on one and estimated on the other.
+    std::string split = mpirun(2);
+    split.replace(split.find("-np 2"), 5, "-np 1 " + train(common + " --fisher " + fisher + estimate, "split") +
+                                              " : -np 1");
+    CmdResult mixed = run_cmd(split + " " + train(common + " --fisher " + dir + "/absent.safetensors" + estimate, "split"));
+    EXPECT_NE(mixed.rc, 0);
+    EXPECT_THAT(mixed.out, HasSubstr("the file exists for some ranks and not for others")) << mixed.out;
     ASSERT_GT(series("z0", "penalty").back(), 0.0);
     for (const char* run : {"z1", "z2"}) {
         EXPECT_EQ(slurp(dir + "/z0/model.ckpt"), slurp(dir + "/" + run + "/model.ckpt")) << run;

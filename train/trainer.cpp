@@ -431,7 +431,14 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
     const Table& g = model_->grads().table();
     opt_->allocate_like_state(fisher_);  // under ZeRO, this rank's piece only
     std::error_code ec;
-    if (std::filesystem::exists(path, ec)) {
+    // DIST: read or estimate is one choice for every rank (the estimate holds collectives).
+    const bool here = std::filesystem::exists(path, ec);
+    const bool somewhere = dp_ ? dp_->any(here, "whether the Fisher file exists") : here;
+    const bool everywhere = dp_ ? !dp_->any(!here, "whether the Fisher file is missing") : here;
+    if (somewhere && !everywhere)
+        throw Error("--fisher " + path + ": the file exists for some ranks and not for others (a file system the "
+                    "ranks do not share?); give every rank the same file, or none to estimate it");
+    if (here) {
         SafetensorsFile f(path);
         for (size_t i = 0; i < g.size(); i++) {
             const SafetensorsTensorInfo* t = f.find(g[i].name);
