@@ -728,7 +728,9 @@ TEST_F(DistFixture, ResumeIsBitExactWithTheSameRanksAndContinuesWithOthers) {
     EXPECT_EQ(slurp(dir + "/full/model.ckpt"), slurp(dir + "/split/model.ckpt"));
     // 2 ranks for 3 steps, then 3 ranks: the optimizer shards are re-partitioned and the data continues where
     // it stopped, exactly as one process that changes its batch from 4 to 6 windows at step 3.
-    RUN_OK(mpirun(3) + train(common + " --batch 2 --resume " + dir + "/step3.ckpt", "grow"));
+    CmdResult grow = run_cmd(mpirun(3) + train(common + " --batch 2 --resume " + dir + "/step3.ckpt", "grow"));
+    ASSERT_EQ(grow.rc, 0) << grow.out;
+    EXPECT_THAT(grow.out, HasSubstr("--batch x ranks 6 (was 4)"));  // the optimizer's batch grew: said so
     RUN_OK("OMP_NUM_THREADS=1 " + train(common + " --batch 4 --halt-at 3", "one"));
     RUN_OK("OMP_NUM_THREADS=1 " + train(common + " --batch 6 --resume " + dir + "/one/resume.ckpt", "one"));
     std::vector<double> grown = series("split", "loss");
@@ -739,7 +741,10 @@ TEST_F(DistFixture, ResumeIsBitExactWithTheSameRanksAndContinuesWithOthers) {
     expect_ranks_agree("grow", 3);
     // And shrinking: the 2-rank ZeRO-1 checkpoint continued by one process with the combined batch of 4 is the
     // 2-rank run going on (the optimizer shards gathered, the data position kept).
-    RUN_OK("OMP_NUM_THREADS=1 " + train("--steps 6 --val-every 0 --batch 4 --resume " + dir + "/step3.ckpt", "shrink"));
+    CmdResult shrink =
+        run_cmd("OMP_NUM_THREADS=1 " + train("--steps 6 --val-every 0 --batch 4 --resume " + dir + "/step3.ckpt", "shrink"));
+    ASSERT_EQ(shrink.rc, 0) << shrink.out;
+    EXPECT_THAT(shrink.out, Not(HasSubstr("changed options"))) << "2 ranks x 2 resumed as 1 x 4 is the same run";
     std::vector<double> tail = series("full", "loss");
     tail.erase(tail.begin(), tail.begin() + 3);
     EXPECT_TRUE(near_rel(series("shrink", "loss"), tail, kLossTol));

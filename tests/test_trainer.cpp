@@ -156,7 +156,7 @@ TEST_F(TrainerFixture, ResumeWithChangedOptionsNamesThemAndRefusesStepsAlreadyDo
     testing::internal::CaptureStderr();
     { Trainer t(changed); }
     const std::string err = testing::internal::GetCapturedStderr();
-    EXPECT_THAT(err, HasSubstr("--batch 2 (was 3)"));
+    EXPECT_THAT(err, HasSubstr("--batch x ranks 2 (was 3)"));
     EXPECT_THAT(err, HasSubstr("--lr 0.01 (was 0.003)"));
     EXPECT_THAT(err, Not(HasSubstr("windows"))) << "the data did not change";
     TrainArgs shorter = same;

@@ -254,6 +254,10 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (args.lr_layer_factor > 0) apply_discriminative_lr(*model_, *opt_, args.lr_layer_factor);
     state_.rng = args.seed;
     std::map<std::string, std::string> options = trajectory_options(args);
+    // The batch the optimizer sees is --batch on every rank together: 2 ranks x 3 resumed as 3 x 2 (or as one
+    // process with 6) is the same run, and 2 x 3 as 3 x 3 is not.
+    options.erase("--batch");
+    options["--batch x ranks"] = std::to_string((long long)args.batch * (dp_ ? dp_->world() : 1));
     // LoRA's dropout as this run applies it (flags, an --adapter's or a resumed checkpoint's setting).
     if (mo.peft.lora()) options["--lora-dropout"] = float_text(mo.peft.lora_dropout);
     state_.options = options;
