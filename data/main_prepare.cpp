@@ -36,14 +36,8 @@ int main(int argc, char** argv) {
         bool template_given = false, template_from_file = false;
         for (int i = 1; i < argc; i++) {
             std::string a = argv[i];
-            // --flag=value, as bin/train takes it, or --flag value.
-            std::string given;
-            bool has_given = false;
-            if (size_t eq = a.find('='); a.rfind("--", 0) == 0 && eq != std::string::npos) {
-                given = a.substr(eq + 1);
-                a.resize(eq);
-                has_given = true;
-            }
+            std::string given;  // --flag=value, as bin/train takes it, or --flag value
+            bool has_given = split_inline_value(&a, &given);
             auto value = [&]() -> std::string {
                 if (has_given) {
                     has_given = false;

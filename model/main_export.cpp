@@ -43,14 +43,8 @@ struct ExportArgs {
 bool parse(int argc, char** argv, ExportArgs& a) {
     for (int i = 1; i < argc; i++) {
         std::string arg = argv[i];
-        // --flag=value, as bin/train takes it, or --flag value.
-        std::string given;
-        bool has_given = false;
-        if (size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-            given = arg.substr(eq + 1);
-            arg.resize(eq);
-            has_given = true;
-        }
+        std::string given;  // --flag=value, as bin/train takes it, or --flag value
+        bool has_given = tune::split_inline_value(&arg, &given);
         auto value = [&]() -> std::string {
             if (has_given) {
                 has_given = false;

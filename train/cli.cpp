@@ -10,6 +10,14 @@
 
 namespace tune {
 
+bool split_inline_value(std::string* arg, std::string* value) {
+    const size_t eq = arg->find('=');
+    if (arg->rfind("--", 0) != 0 || eq == std::string::npos) return false;
+    *value = arg->substr(eq + 1);
+    arg->resize(eq);
+    return true;
+}
+
 int parse_int(const std::string& flag, const std::string& v, long lo, long hi) {
     errno = 0;
     char* end = nullptr;
@@ -100,12 +108,7 @@ bool Cli::parse(int argc, char** argv, std::vector<std::string>* positional) con
             positional->push_back(arg);
             continue;
         }
-        bool has_inline = false;
-        if (size_t eq = arg.find('='); eq != std::string::npos) {
-            value = arg.substr(eq + 1);
-            arg = arg.substr(0, eq);
-            has_inline = true;
-        }
+        const bool has_inline = split_inline_value(&arg, &value);
         const Opt* opt = nullptr;
         for (const Opt& o : opts_)
             if (o.name == arg) opt = &o;

@@ -12,6 +12,9 @@ namespace tune {
 
 int parse_int(const std::string& flag, const std::string& v, long lo, long hi);
 
+// "--flag=value": leaves "--flag" in *arg, sets *value and returns true. Any other argument: false, unchanged.
+bool split_inline_value(std::string* arg, std::string* value);
+
 // Runs a tool's main body with the exit-code contract every tool shares: a tune::UsageError prints
 // "NAME: message" and exits 2; any other error prints "NAME: error: message" and exits 1.
 int run_tool(const char* name, const std::function<int()>& body);
