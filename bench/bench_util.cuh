@@ -101,7 +101,9 @@ struct Tokens {
 };
 
 // Times `fn` (which enqueues work on ctx.stream) with CUDA events, L2 flushed before each iteration, and
-// reports TB/s and TFLOP/s (per iteration: `bytes` moved, `flops` done) against the roofline.
+// reports TB/s and TFLOP/s (per iteration: `bytes` moved, `flops` done) against the roofline. Every benchmark
+// counts the least DRAM traffic its operation needs (each input read once, each output written once), not what
+// its kernel happens to move, so %HBM says how close the kernel comes to that floor.
 template <class F>
 void run_timed(benchmark::State& state, Context& ctx, double bytes, double flops, double flops_peak, F&& fn) {
     cudaEvent_t start = nullptr, stop = nullptr;
