@@ -61,9 +61,7 @@ TEST_F(CudaTrainer, ResumeIsBitExact_Fp32Bf16Fp16_8Steps_vs_4PlusResume4) {
         TrainArgs first = gpu_args(p, "split");
         first.halt_at = 4;
         ASSERT_EQ(Trainer(first).run(), 0);
-        TrainArgs second = gpu_args(p, "split");
-        second.init.clear();
-        second.resume = second.out_dir + "/resume.ckpt";
+        TrainArgs second = resuming(gpu_args(p, "split"));
         ASSERT_EQ(Trainer(second).run(), 0);
 
         const std::string full = dir + "/" + p + "_full", split = dir + "/" + p + "_split";
@@ -84,10 +82,7 @@ TEST_F(CudaTrainer, ResumeIsBitExactWithStochasticRounding_Bf16_8Steps_vs_4PlusR
     first.stochastic_rounding = true;
     first.halt_at = 4;
     ASSERT_EQ(Trainer(first).run(), 0);
-    TrainArgs second = first;
-    second.halt_at = 0;
-    second.init.clear();
-    second.resume = second.out_dir + "/resume.ckpt";
+    TrainArgs second = resuming(first);
     ASSERT_EQ(Trainer(second).run(), 0);
     const std::string a = dir + "/bf16_sr_full", b = dir + "/bf16_sr_split";
     EXPECT_EQ(losses(a), losses(b));

@@ -457,9 +457,7 @@ TEST_F(Methods, ResumeIsBitExactWithLoraL2spDistillReplayAndRecompute) {
     TrainArgs first = setup("split");
     first.halt_at = 4;
     ASSERT_EQ(Trainer(first).run(), 0);
-    TrainArgs second = setup("split");
-    second.init.clear();
-    second.resume = second.out_dir + "/resume.ckpt";
+    TrainArgs second = resuming(setup("split"));
     second.peft = TrainArgs().peft;  // LoRA's rank, alpha and dropout come from the checkpoint
     ASSERT_EQ(Trainer(second).run(), 0);  // the teacher comes from the checkpoint's record of --init
     EXPECT_EQ(losses(whole.out_dir), losses(second.out_dir));
@@ -477,9 +475,7 @@ TEST_F(Methods, VirtualTokensAndSeqMustFitTheBlockFromFlagsOrCheckpoint) {
     a.seq = 12;
     a.halt_at = 1;
     ASSERT_EQ(Trainer(a).run(), 0);
-    TrainArgs b = args("fit");  // no PEFT flags: the checkpoint brings the 4 virtual tokens
-    b.init.clear();
-    b.resume = a.out_dir + "/resume.ckpt";
+    TrainArgs b = resuming(args("fit"));  // no PEFT flags: the checkpoint brings the 4 virtual tokens
     try {
         Trainer t(b);
         ADD_FAILURE() << "a --seq too long for the resumed virtual tokens was accepted";
@@ -494,10 +490,7 @@ TEST_F(Methods, ResumeNamesAChangedLoraDropout) {
     a.peft.lora_dropout = 0.2f;
     a.halt_at = 2;
     ASSERT_EQ(Trainer(a).run(), 0);
-    TrainArgs b = a;
-    b.halt_at = 0;
-    b.init.clear();
-    b.resume = a.out_dir + "/resume.ckpt";
+    TrainArgs b = resuming(a);
     b.quiet = false;
     auto noted = [&](const TrainArgs& r) {
         testing::internal::CaptureStderr();
@@ -533,9 +526,7 @@ TEST_F(Methods, L2spCannotBeAddedOnResumeAndSaysSo) {
     TrainArgs a = args("no_anchor");
     a.halt_at = 2;
     ASSERT_EQ(Trainer(a).run(), 0);
-    TrainArgs b = args("no_anchor");
-    b.init.clear();
-    b.resume = b.out_dir + "/resume.ckpt";
+    TrainArgs b = resuming(args("no_anchor"));
     b.l2sp = 0.5f;
     EXPECT_THAT(error_of([&] { Trainer t(b); }),
                 HasSubstr(b.resume + ": holds no L2-SP/EWC anchor (the starting weights): the run was checkpointed "

@@ -29,9 +29,7 @@ TEST_F(TrainerFixture, ResumeIsBitExact_8Steps_vs_4PlusResume4) {
     TrainArgs first = args("split");
     first.halt_at = 4;
     ASSERT_EQ(Trainer(first).run(), 0);
-    TrainArgs second = args("split");
-    second.init.clear();
-    second.resume = second.out_dir + "/resume.ckpt";
+    TrainArgs second = resuming(args("split"));
     ASSERT_EQ(Trainer(second).run(), 0);
 
     auto a = losses(dir + "/full"), b = losses(dir + "/split");
@@ -116,10 +114,8 @@ TEST_F(TrainerFixture, ResumeAfterACrashKeepsEachStepOnceInMetricsAndPlot) {
         std::ofstream m(first.out_dir + "/metrics.jsonl", std::ios::app);
         m << "{\"step\":5,\"loss\":9.5}\n{\"step\":6,\"loss\":9.25}\n{\"step\":6,\"val_loss\":9.0}\n{\"step\":7,\"lo";
     }
-    TrainArgs second = args("crashed");
+    TrainArgs second = resuming(args("crashed"));
     second.val_every = 2;
-    second.init.clear();
-    second.resume = second.out_dir + "/resume.ckpt";
     ASSERT_EQ(Trainer(second).run(), 0);
     EXPECT_EQ(losses(second.out_dir), losses(full.out_dir));
     EXPECT_EQ(metric(second.out_dir, "val_loss"), metric(full.out_dir, "val_loss"));
@@ -144,9 +140,7 @@ TEST_F(TrainerFixture, ResumeWithChangedOptionsNamesThemAndRefusesStepsAlreadyDo
     TrainArgs first = args("changed");
     first.halt_at = 4;
     ASSERT_EQ(Trainer(first).run(), 0);
-    TrainArgs same = args("changed");
-    same.init.clear();
-    same.resume = same.out_dir + "/resume.ckpt";
+    TrainArgs same = resuming(args("changed"));
     testing::internal::CaptureStderr();
     { Trainer t(same); }
     EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
@@ -245,10 +239,7 @@ TEST_F(TrainerFixture, StopDuringValidationResumeOfAFinishedRunAndAFullDisk) {
         std::ofstream(cut.out_dir + "/metrics.jsonl") << kept;
     }
     ASSERT_EQ(metric(cut.out_dir, "val_loss").size(), 2u);
-    cut.halt_at = 0;
-    cut.init.clear();
-    cut.resume = cut.out_dir + "/resume.ckpt";
-    ASSERT_EQ(Trainer(cut).run(), 0);
+    ASSERT_EQ(Trainer(resuming(cut)).run(), 0);
     EXPECT_EQ(metric(cut.out_dir, "val_loss"), metric(whole.out_dir, "val_loss"));
 
     TrainArgs done = args("finished");
@@ -417,10 +408,7 @@ TEST_F(TrainerFixture, BadStepsInARowAreCountedAcrossAResume) {
     TrainArgs first = blowing_up("bad_split");
     first.halt_at = 2;
     ASSERT_EQ(Trainer(first).run(), 0);
-    TrainArgs second = blowing_up("bad_split");
-    second.init.clear();
-    second.resume = second.out_dir + "/resume.ckpt";
-    Trainer t(second);
+    Trainer t(resuming(blowing_up("bad_split")));
     testing::internal::CaptureStderr();
     EXPECT_EQ(t.run(), 1);
     EXPECT_THAT(testing::internal::GetCapturedStderr(), HasSubstr("3 steps in a row"));
@@ -440,9 +428,7 @@ TEST_F(TrainerFixture, ResumeKeepsTheLossScaleOnlyWhereBothRunsScaleDynamically)
     plain.halt_at = 2;
     ASSERT_EQ(Trainer(plain).run(), 0);
     auto resumed = [&](const std::string& run, const std::string& scaling, float scale) {
-        TrainArgs r = args(run);
-        r.init.clear();
-        r.resume = r.out_dir + "/resume.ckpt";
+        TrainArgs r = resuming(args(run));
         r.loss_scaling = scaling;
         r.loss_scale = scale;
         Trainer t(r);

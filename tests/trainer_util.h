@@ -28,6 +28,15 @@ inline std::vector<int32_t> pattern_tokens(size_t n, uint64_t seed) {
     return t;
 }
 
+// The same run continued from its own resume.ckpt, as `bin/train ... --resume OUT/resume.ckpt` (no --init: the
+// checkpoint knows it; no --halt-at: to the end).
+inline TrainArgs resuming(TrainArgs a) {
+    a.init.clear();
+    a.halt_at = 0;
+    a.resume = a.out_dir + "/resume.ckpt";
+    return a;
+}
+
 struct TrainerFixture : ::testing::Test {
     void SetUp() override {
         dir = tmp.path();
