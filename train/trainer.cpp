@@ -443,9 +443,8 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
     std::error_code ec;
     // DIST: read or estimate is one choice for every rank (the estimate holds collectives).
     const bool here = std::filesystem::exists(path, ec);
-    const bool somewhere = dp_ ? dp_->any(here, "whether the Fisher file exists") : here;
-    const bool everywhere = dp_ ? !dp_->any(!here, "whether the Fisher file is missing") : here;
-    if (somewhere && !everywhere)
+    const uint64_t seen = dp_ ? dp_->sum((uint64_t)here, "ranks that see the Fisher file") : here;
+    if (seen > 0 && seen < (uint64_t)(dp_ ? dp_->world() : 1))
         throw Error("--fisher " + path + ": the file exists for some ranks and not for others (a file system the "
                     "ranks do not share?); give every rank the same file, or none to estimate it");
     if (here) {
