@@ -55,6 +55,13 @@ TUNE_HOST_DEVICE inline uint32_t dropout_hash(uint64_t seed, uint64_t i) {
     return (uint32_t)(z >> 32);
 }
 
+// FNV-1a over bytes: for comparing replicas across ranks and for fingerprints of weights (not cryptographic).
+inline uint64_t hash_bytes(const void* p, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
 // Thrown for input from outside (files, command line, config): the message names the file, the
 // field and what was expected. Tools catch it at the top, print the message and exit non-zero.
 struct Error : std::runtime_error {

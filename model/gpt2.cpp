@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "model/rng.h"
 
@@ -130,6 +131,7 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
 
     Table ptab = gpt2_param_table(cfg, pf);
     n_base_ = tune::num_base_tensors(cfg);
+    base_prints_.assign(n_base_, 0);
     lora_.assign((size_t)L * kLoraSites, Lora{});
     for (int l = 0; l < L; l++)
         for (int s = 0; s < kLoraSites; s++) {
@@ -324,6 +326,38 @@ void GPT2::zero_slot(int layer) {
     be_.zero(bucket_memory(b), n * dtype_size(grads_.dtype()));
 }
 
+void GPT2::set_param(size_t i, const float* host) {
+    const TensorInfo& ti = params_.table()[i];
+    be_.upload(params_.ptr(i), params_.dtype(), host, ti.numel);
+    if (i >= n_base_) return;
+    // TEACH: hash what the host gave, rounded to bf16 (nearest even, as a bf16 upload rounds): in fp32 and bf16
+    // that is the hash of the weights on the device; an fp16 run, whose copy rounds otherwise, gets the same.
+    // FNV-1a over 8-byte words (four bf16 values): each step is a bijection of the state, so two tensors that
+    // differ in one word always hash apart, at a few GB/s.
+    uint64_t h = 0xcbf29ce484222325ull, word = 0;
+    for (size_t k = 0; k < ti.numel; k++) {
+        uint32_t u;
+        std::memcpy(&u, &host[k], 4);
+        word = word << 16 | ((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+        if (k % 4 == 3 || k + 1 == ti.numel) {
+            h = (h ^ word) * 0x100000001b3ull;
+            word = 0;
+        }
+    }
+    base_prints_[i] = h ? h : 1;
+}
+
+uint64_t GPT2::base_fingerprint() const {
+    const Table& t = params_.table();
+    uint64_t h = hash_bytes(nullptr, 0);
+    for (size_t i = 0; i < n_base_; i++) {
+        if (base_prints_[i] == 0) return 0;
+        h = hash_bytes(t[i].name.data(), t[i].name.size(), h);
+        h = hash_bytes(&base_prints_[i], sizeof(uint64_t), h);
+    }
+    return h ? h : 1;
+}
+
 void GPT2::init_random(uint64_t seed) {
     Rng rng(seed);
     const Table& t = params_.table();
@@ -345,7 +379,7 @@ void GPT2::init_random(uint64_t seed) {
             if ((int)i == kWte) rows = cfg_.vocab_size;  // padded rows stay zero
             for (size_t j = 0; j < rows * ti.shape[1]; j++) host[j] = (float)(rng.normal() * std);
         }
-        be_.upload(params_.ptr(i), params_.dtype(), host.data(), ti.numel);
+        set_param(i, host.data());
     }
 }
 
@@ -362,9 +396,9 @@ void GPT2::init_peft(uint64_t seed, const std::vector<int32_t>& init_tokens) {
         const double bound = 1.0 / std::sqrt((double)a.shape[1]);
         host.resize(a.numel);
         for (float& v : host) v = (float)((2.0 * rng.uniform() - 1.0) * bound);
-        be_.upload(params_.ptr(lr.a), params_.dtype(), host.data(), host.size());
+        set_param(lr.a, host.data());
         host.assign(t[lr.b].numel, 0.0f);
-        be_.upload(params_.ptr(lr.b), params_.dtype(), host.data(), host.size());
+        set_param(lr.b, host.data());
     }
     const Virtual kind = opts_.peft.virt;
     if (kind == Virtual::none) return;
@@ -386,7 +420,7 @@ void GPT2::init_peft(uint64_t seed, const std::vector<int32_t>& init_tokens) {
         const double mean = sum / wte.size(), sigma = std::sqrt(std::max(0.0, sq / wte.size() - mean * mean));
         for (float& v : rows) v = (float)(rng.normal() * sigma);
     }
-    auto put = [&](int idx, const std::vector<float>& v) { be_.upload(params_.ptr(idx), params_.dtype(), v.data(), v.size()); };
+    auto put = [&](int idx, const std::vector<float>& v) { set_param(idx, v.data()); };
     auto normal = [&](int idx, double std) {
         std::vector<float> v(t[idx].numel);
         for (float& x : v) x = (float)(rng.normal() * std);

@@ -132,6 +132,15 @@ class GPT2 {
     // grad_index()[i] is the gradient-table index of parameter tensor i, or -1 when it is frozen.
     const std::vector<int>& grad_index() const { return grad_index_; }
 
+    // Writes parameter tensor i from host floats (its numel of them), rounded to the arena's dtype. For a base
+    // tensor it also keeps a print of the values given for base_fingerprint().
+    void set_param(size_t i, const float* host);
+    // A fingerprint of the base tensors (everything but PEFT) as set_param last wrote them: a hash of their
+    // names and of their values rounded to bf16, so the same weights give the same fingerprint in every
+    // precision (a hash of an fp16 copy would not: fp16 rounds them differently). 0 when a base tensor was
+    // never written by set_param. What training makes of the weights does not change it.
+    uint64_t base_fingerprint() const;
+
     // GPT-2 initialisation: N(0, 0.02) for weights and embeddings, N(0, 0.02/sqrt(2L)) for the two
     // projections that write into the residual stream, zero biases, unit LayerNorm gains. Deterministic
     // in the seed. Padded vocabulary rows stay zero.
@@ -256,6 +265,7 @@ class GPT2 {
     size_t n_base_ = 0;
     Arena params_, grads_, acts_, scratch_, kv_;
     std::vector<int> grad_index_;
+    std::vector<uint64_t> base_prints_;  // (n_base_): hash of each base tensor's values as set_param got them; 0: none
     std::vector<size_t> act_index_;  // (L, kActsPerLayerMax): activation-table index of each block's buffers
     std::vector<Lora> lora_;         // (L, kLoraSites)
     int virt_first_ = -1;            // first virtual-token parameter index

@@ -270,7 +270,6 @@ void load_hf_gpt2(const std::string& path, GPT2& model) {
                     model.config().describe());
     const ModelConfig& c = model.config();
     const Table& t = model.params().table();
-    Backend& be = model.backend();
     const int wte = t.find("wte");
     if (ck.has_lm_head) {
         // Checked before anything is uploaded, so a refused file leaves the model as it was.
@@ -296,7 +295,7 @@ void load_hf_gpt2(const std::string& path, GPT2& model) {
         } else {
             std::copy(v.begin(), v.end(), host.begin());
         }
-        be.upload(model.params().ptr(i), model.params().dtype(), host.data(), host.size());
+        model.set_param(i, host.data());
     }
 }
 

@@ -156,7 +156,6 @@ void load_llmc(const std::string& path, GPT2& model) {
         f.fail("config " + f.config.describe() + " does not match the model's " + model.config().describe());
     const ModelConfig& c = model.config();
     const Table& t = model.params().table();
-    Backend& be = model.backend();
     std::vector<float> host;
     size_t elem = 0;  // position in the file's data region, in elements
     for (const Slab& s : llmc_layout((size_t)f.Vp_file, (size_t)c.block_size, (size_t)c.n_embd)) {
@@ -170,7 +169,7 @@ void load_llmc(const std::string& path, GPT2& model) {
             f.read_f32(elem, host.data(), n);
             const std::string bad = non_finite_weight(table_name(s, l), t[i].shape, host.data(), n);
             if (!bad.empty()) f.fail(bad);
-            be.upload(model.params().ptr(i), model.params().dtype(), host.data(), host.size());
+            model.set_param(i, host.data());
         }
     }
 }

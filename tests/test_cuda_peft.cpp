@@ -1,11 +1,13 @@
 // The fine-tuning methods on the CUDA backend against the CPU reference (f64), in fp32, bf16 and fp16: LoRA
 // (with dropout), every kind of virtual token, distillation, and bit-identical gradients under every
 // recomputation mode; then whole training runs with the retention methods against the CPU backend.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 
+#include "model/weights.h"
 #include "tests/model_util.h"
 #include "tests/test_cuda_util.h"
 #include "tests/trainer_util.h"
@@ -162,6 +164,41 @@ TEST_P(CudaPeft, RecomputeModesGiveBitIdenticalGradients_LoraAndPrefix_HS4_HS8) 
                 EXPECT_EQ(std::memcmp(grads[i].data(), first[i].data(), grads[i].size() * sizeof(float)), 0)
                     << recompute_name(rc) << " " << g.grads().table()[i].name;
         }
+    }
+}
+
+// An adapter records a fingerprint of the base it was trained on and refuses other bases. The fingerprint is
+// of the weights as loaded, so it is the same in every precision: here the token embeddings are of order 1e-6,
+// which fp16 keeps only as multiples of 2^-24 (subnormals), so a hash of the fp16 copy would differ.
+TEST_P(CudaPeft, AdapterBaseFingerprintIsTheSameInEveryPrecision_TinyWeights) {
+    const ModelConfig c = small_config();
+    TempDir dir("fingerprint");
+    auto cpu = make_cpu_backend(DType::f32);
+    for (uint64_t seed : {3, 4}) {
+        GPT2 m(c, *cpu, 1, 1);
+        m.init_random(seed);
+        const std::vector<double> tiny = randn(m.params().table()[0].numel, seed, 1e-6);
+        m.set_param(0, std::vector<float>(tiny.begin(), tiny.end()).data());
+        save_checkpoint(dir.file("base" + std::to_string(seed) + ".ckpt"), m, nullptr, nullptr);
+    }
+    ModelOptions o;
+    o.peft.lora_rank = 2;
+    o.peft.lora_targets = kLoraAll;
+    const Trainable fr = frozen_base(c);
+    GPT2 trained(c, *cpu, 1, 1, &fr, o);
+    load_weights(dir.file("base3.ckpt"), trained);
+    trained.init_peft(5, {});
+    save_adapter(dir.file("adapter.ckpt"), trained, trained.base_fingerprint());
+    ASSERT_NE(trained.base_fingerprint(), 0u);
+
+    const std::string precision = dt() == DType::f32 ? "fp32" : dt() == DType::bf16 ? "bf16" : "fp16";
+    LoadedModel here = load_model(dir.file("base3.ckpt"), "cuda", precision, 1, 4, dir.file("adapter.ckpt"));
+    EXPECT_EQ(here.model->base_fingerprint(), trained.base_fingerprint());
+    try {
+        load_model(dir.file("base4.ckpt"), "cuda", precision, 1, 4, dir.file("adapter.ckpt"));
+        FAIL() << "the adapter went onto another base in " << precision;
+    } catch (const Error& e) {
+        EXPECT_THAT(e.what(), ::testing::HasSubstr("was trained on other base weights"));
     }
 }
 

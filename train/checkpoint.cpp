@@ -319,7 +319,7 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
                            {"skipped_steps", state->skipped_steps},
                            {"bad_in_a_row", state->bad_in_a_row},
                            {"options", state->options},
-                           {"base_fingerprint", state->base_fingerprint},
+                           {"base_hash", state->base_fingerprint},
                            {"trained_base", state->trained_base}};
     }
     if (write) write_checkpoint(path, header, w);
@@ -343,25 +343,6 @@ static std::string hex64(uint64_t v) {
     char b[20];
     std::snprintf(b, sizeof b, "%016llx", (unsigned long long)v);
     return b;
-}
-
-uint64_t base_fingerprint(GPT2& model) {
-    if (model.params().dtype() == DType::f16) return 0;
-    const Table& ptab = model.params().table();
-    uint64_t h = hash_bytes(nullptr, 0);
-    std::vector<uint16_t> bf;
-    for (size_t i = 0; i < model.num_base_tensors(); i++) {
-        const std::vector<float> v = fetch(model.backend(), model.params(), i);
-        bf.resize(v.size());
-        for (size_t k = 0; k < v.size(); k++) {  // round to nearest even, as the bf16 conversion does
-            uint32_t u;
-            std::memcpy(&u, &v[k], 4);
-            bf[k] = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-        }
-        h = hash_bytes(ptab[i].name.data(), ptab[i].name.size(), h);
-        h = hash_bytes(bf.data(), bf.size() * sizeof(uint16_t), h);
-    }
-    return h ? h : 1;
 }
 
 void save_adapter(const std::string& path, GPT2& model, uint64_t base_fp, const std::vector<std::string>& also) {
@@ -389,7 +370,7 @@ void save_adapter(const std::string& path, GPT2& model, uint64_t base_fp, const 
     }
     json header{{"kind", "adapter"}, {"config", config_json(model.config())}, {"peft", peft_json(out)}};
     if (!trained_base.empty()) header["base_tensors"] = trained_base;
-    if (base_fp) header["base_fingerprint"] = hex64(base_fp);
+    if (base_fp) header["base_hash"] = hex64(base_fp);
     write_checkpoint(path, header, w);
 }
 
@@ -401,12 +382,12 @@ bool checkpoint_base_lineage(const std::string& path, uint64_t* base_fp, std::ve
     const CkptFile f(path, false);
     if (!f.header.contains("state") || !f.header["state"].is_object()) return false;
     const json& s = f.header["state"];
-    if (!s.contains("base_fingerprint") || !s["base_fingerprint"].is_number_unsigned() ||
-        s["base_fingerprint"].get<uint64_t>() == 0 || !s.contains("trained_base") || !s["trained_base"].is_array())
+    if (!s.contains("base_hash") || !s["base_hash"].is_number_unsigned() || s["base_hash"].get<uint64_t>() == 0 ||
+        !s.contains("trained_base") || !s["trained_base"].is_array())
         return false;
     for (const json& n : s["trained_base"])
         if (!n.is_string()) f.fail("state field 'trained_base' holds a non-string");
-    *base_fp = s["base_fingerprint"].get<uint64_t>();
+    *base_fp = s["base_hash"].get<uint64_t>();
     *trained_base = s["trained_base"].get<std::vector<std::string>>();
     return true;
 }
@@ -425,7 +406,7 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     const Table& ptab = model.params().table();
     const size_t n = base_only ? model.num_base_tensors() : ptab.size();
     for (size_t i = 0; i < n; i++)
-        be.upload(model.params().ptr(i), model.params().dtype(), f.weight(ptab[i].name, ptab[i]), ptab[i].numel);
+        model.set_param(i, f.weight(ptab[i].name, ptab[i]));
     if (opt) {
         opt->sync_master_from_params();
         // The file holds the FP32 master values: give them to the master copy unrounded, so a bf16/fp16 run
@@ -443,8 +424,7 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     const bool bf16_working = be.has_master() && model.params().dtype() == DType::bf16;
     for (size_t i = 0; i < n; i++)
         if (bf16_working && model.grad_index()[i] >= 0 && f.has("working/" + ptab[i].name))
-            be.upload(model.params().ptr(i), model.params().dtype(), f.weight("working/" + ptab[i].name, ptab[i]),
-                      ptab[i].numel);
+            model.set_param(i, f.weight("working/" + ptab[i].name, ptab[i]));
     const Table& gtab = model.grads().table();
     if (anchor && gtab.size() > 0 && !f.has("anchor/" + gtab[0].name))
         f.fail("holds no L2-SP/EWC anchor (the starting weights): the run was checkpointed without --l2sp or --ewc, "
@@ -485,7 +465,7 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
                                                      : state->loss_scale != 1.0 || state->loss_scale_clean != 0;
     if (s.contains("init") && !s["init"].is_string()) f.fail("state field 'init' is not a string");
     state->init = s.value("init", std::string());
-    state->base_fingerprint = u64_or("base_fingerprint", 0);
+    state->base_fingerprint = u64_or("base_hash", 0);
     state->trained_base.clear();
     if (s.contains("trained_base")) {
         if (!s["trained_base"].is_array()) f.fail("state field 'trained_base' is not an array");
@@ -528,25 +508,25 @@ void load_adapter(const std::string& path, GPT2& model, std::vector<std::string>
                model.config().describe());
     if (!(f.peft == model.peft()))
         f.fail("holds " + f.peft.describe() + ", but the model was built with " + model.peft().describe());
-    if (f.header.contains("base_fingerprint")) {
-        if (!f.header["base_fingerprint"].is_string()) f.fail("header field 'base_fingerprint' is not a string");
-        const std::string want = f.header["base_fingerprint"].get<std::string>();
-        const uint64_t have = base_fingerprint(model);
+    // Files written before 2026-12-02 hold 'base_fingerprint', a hash of another form: their adapters load unchecked.
+    if (f.header.contains("base_hash")) {
+        if (!f.header["base_hash"].is_string()) f.fail("header field 'base_hash' is not a string");
+        const std::string want = f.header["base_hash"].get<std::string>();
+        const uint64_t have = model.base_fingerprint();
         if (have && hex64(have) != want)
             f.fail("was trained on other base weights (fingerprint " + want + ") than these (" + hex64(have) +
                    "); a merged model.ckpt holds its adapter already: give the base weights the run started from");
     }
-    Backend& be = model.backend();
     const Table& ptab = model.params().table();
     for (size_t i = model.num_base_tensors(); i < ptab.size(); i++)
-        be.upload(model.params().ptr(i), model.params().dtype(), f.weight(ptab[i].name, ptab[i]), ptab[i].numel);
+        model.set_param(i, f.weight(ptab[i].name, ptab[i]));
     if (f.header.contains("base_tensors")) {  // base tensors that trained beside the adapter replace the base's
         if (!f.header["base_tensors"].is_array()) f.fail("header field 'base_tensors' is not an array");
         for (const json& n : f.header["base_tensors"]) {
             const int i = n.is_string() ? ptab.find(n.get<std::string>()) : -1;
             if (i < 0 || (size_t)i >= model.num_base_tensors())
                 f.fail("header field 'base_tensors' names " + n.dump() + ", not a base tensor of this model");
-            be.upload(model.params().ptr(i), model.params().dtype(), f.weight(ptab[i].name, ptab[i]), ptab[i].numel);
+            model.set_param(i, f.weight(ptab[i].name, ptab[i]));
             if (base_tensors) base_tensors->push_back(ptab[i].name);
         }
     }

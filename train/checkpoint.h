@@ -70,13 +70,9 @@ void save_merged(const std::string& path, GPT2& model);
 // Writes only the PEFT tensors (LoRA A and B unmerged, virtual tokens folded), and the base tensors that
 // trained beside them (--train-top/--train-only with LoRA: what PEFT libraries call modules to save) or in
 // the runs this one started from (`trained_base`, by name), with the fingerprint of the base weights the
-// first of those runs started from (base_fingerprint; 0: unknown). Needs PEFT.
+// first of those runs started from (GPT2::base_fingerprint(); 0: unknown). Needs PEFT.
 void save_adapter(const std::string& path, GPT2& model, uint64_t base_fingerprint,
                   const std::vector<std::string>& trained_base = {});
-// A fingerprint of the model's base tensors (everything but PEFT) as they are now: a hash of their values
-// rounded to bf16, so an fp32 and a bf16 load of the same weights agree. 0 (unknown) for fp16 models, whose
-// rounding of small values differs. Reads every base tensor back to the host: seconds for gpt2-xl.
-uint64_t base_fingerprint(GPT2& model);
 // What a resume checkpoint's PEFT run recorded of its base (TrainState::base_fingerprint and trained_base):
 // false, leaving both alone, for other files and for checkpoints written before it was recorded.
 bool checkpoint_base_lineage(const std::string& path, uint64_t* base_fingerprint, std::vector<std::string>* trained_base);

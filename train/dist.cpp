@@ -164,12 +164,6 @@ std::vector<size_t> piece_counts(const std::vector<size_t>& bounds, size_t begin
     return c;
 }
 
-uint64_t hash_bytes(const void* p, size_t n, uint64_t h) {
-    const uint8_t* b = static_cast<const uint8_t*>(p);
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
-
 void maybe_inject_failure(int rank, int step) {
     const char* spec = std::getenv("TUNE_TEST_FAIL");
     if (!spec) return;

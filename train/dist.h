@@ -122,9 +122,6 @@ std::string rendezvous(const LaunchInfo& li, const std::string& payload, double 
 // killed (SIGKILL) or stops answering (sleeps). The tests check that the others end with a message.
 void maybe_inject_failure(int rank, int step);
 
-// FNV-1a over bytes, for comparing replicas across ranks.
-uint64_t hash_bytes(const void* p, size_t n, uint64_t h = 0xcbf29ce484222325ull);
-
 // Implementations, in train/dist_mpi.cpp and train/dist_nccl.cpp.
 std::unique_ptr<Comm> make_mpi_comm(const LaunchInfo& li);      // MPI_Init first
 std::unique_ptr<Comm> make_nccl_comm(const LaunchInfo& li, Backend& be, double timeout_s);

@@ -301,7 +301,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         uint64_t adapter_base = 0;  // the base as loaded, before the adapter replaces any of its tensors
         std::vector<std::string> adapter_trained_base;
         if (!args.adapter.empty()) {
-            adapter_base = base_fingerprint(*model_);
+            adapter_base = model_->base_fingerprint();
             load_adapter(args.adapter, *model_, &adapter_trained_base);
         }
         const bool has_peft = !args.adapter.empty() || (!args.init.empty() &&
@@ -318,7 +318,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
                 state_.trained_base = adapter_trained_base;
             } else if (!has_peft ||
                        !checkpoint_base_lineage(args.init, &state_.base_fingerprint, &state_.trained_base)) {
-                state_.base_fingerprint = base_fingerprint(*model_);
+                state_.base_fingerprint = model_->base_fingerprint();
             }
             const Table& pt = model_->params().table();
             for (size_t i = 0; i < model_->num_base_tensors(); i++)
