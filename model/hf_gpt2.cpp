@@ -57,13 +57,18 @@ bool is_mask_buffer(const std::string& name) {
 
 json read_json(const std::string& path) {
     const std::vector<uint8_t> bytes = read_file_bytes(path);
-    json j = json::parse(bytes.begin(), bytes.end(), nullptr, false);
-    if (j.is_discarded()) throw Error(path + ": not valid JSON");
+    json j;
+    try {
+        j = json::parse(bytes.begin(), bytes.end());
+    } catch (const json::parse_error& e) {  // its message says where: "parse error at line 3, column 5: ..."
+        throw Error(path + ": not valid JSON: " + e.what());
+    }
     if (!j.is_object()) throw Error(path + ": expected a JSON object");
     return j;
 }
 
-ModelConfig parse_config(const std::string& path) {
+// *tied: whether the LM head is the token embedding (tie_word_embeddings, true unless the file says false).
+ModelConfig parse_config(const std::string& path, bool* tied) {
     const json j = read_json(path);
     auto fail = [&](const std::string& what) -> void { throw Error(path + ": " + what); };
     auto need_int = [&](const char* field) {
@@ -109,6 +114,12 @@ ModelConfig parse_config(const std::string& path) {
             fail(std::string("field '") + field + "' is " + j[field].dump() + ", expected " +
                  (expected ? "true" : "false") + " (tune.cu's GPT-2 supports only that)");
     };
+    *tied = true;
+    if (j.contains("tie_word_embeddings")) {
+        if (!j["tie_word_embeddings"].is_boolean())
+            fail("field 'tie_word_embeddings' is " + j["tie_word_embeddings"].dump() + ", expected true or false");
+        *tied = j["tie_word_embeddings"].get<bool>();
+    }
     need_bool("scale_attn_weights", true);
     need_bool("scale_attn_by_inverse_layer_idx", false);
     need_bool("add_cross_attention", false);
@@ -182,7 +193,8 @@ struct HfCheckpoint {
                             " does not exist)");
             weight_files.push_back(path);
         }
-        config = parse_config(config_path);
+        bool tied = true;
+        config = parse_config(config_path, &tied);
 
         for (const std::string& f : weight_files) files.emplace_back(f);
         for (size_t fi = 0; fi < files.size(); fi++)
@@ -209,6 +221,15 @@ struct HfCheckpoint {
         for (size_t i = 0; i < table.size(); i++) {
             HfTensor h = hf_tensor_of(config, table[i]);
             auto it = tensors.find(h.name);
+            // A file whose tied embedding was saved once, as the LM head (safetensors' save_model keeps the
+            // first of the shared names, lm_head.weight): that tensor is wte.
+            if (it == tensors.end() && h.name == "wte.weight" && tied) {
+                it = tensors.find("lm_head.weight");
+                if (it != tensors.end()) {
+                    check(it->second, h.shape, " (the LM head, tied to wte and stored in its place)");
+                    used["lm_head.weight"] = true;
+                }
+            }
             if (it == tensors.end())
                 throw Error(where + ": tensor '" + h.name + "' (or '" + kPrefix + h.name +
                             "') is missing; expected shape " + shape_str(h.shape));
@@ -217,12 +238,16 @@ struct HfCheckpoint {
             hf.push_back(h);
             used[h.name] = true;
         }
-        if (auto it = tensors.find("lm_head.weight"); it != tensors.end()) {
+        if (auto it = tensors.find("lm_head.weight"); it != tensors.end() && !used.count("lm_head.weight")) {
             check(it->second, {(size_t)config.vocab_size, (size_t)config.n_embd}, " (the LM head, tied to wte)");
             has_lm_head = true;
             lm_head = it->second;
             used["lm_head.weight"] = true;
         }
+        if (!tied && !has_lm_head)
+            throw Error(config_path + ": field 'tie_word_embeddings' is false, but " + where +
+                        " holds no lm_head.weight: transformers would start that head from random values, and "
+                        "tune.cu's GPT-2 ties it to wte; set the field to true if the head is wte");
         std::vector<std::string> extra;
         for (const auto& [name, loc] : tensors)
             if (!used.count(name) && !is_mask_buffer(name)) extra.push_back(loc.info->name);

@@ -15,10 +15,15 @@
 //                 wte (V, C) fills our first V rows; rows V..Vp-1 are zero.
 //                 lm_head.weight, if present, must equal wte bit for bit: our LM head is tied to wte, and
 //                 an untied head cannot be represented, so a different one is an error, not a silent loss.
+//                 A file holding lm_head.weight but no wte.weight (the tied tensor saved once, under the
+//                 head's name, as safetensors' save_model does) loads it as wte. config.json's
+//                 tie_word_embeddings false with no lm_head.weight is refused (transformers would draw the
+//                 head at random).
 //                 The causal-mask buffers old checkpoints carry (h.<l>.attn.bias, h.<l>.attn.masked_bias)
 //                 are not parameters and are skipped. Any other tensor, a missing one, or a wrong shape
 //                 is a tune::Error naming the file, the tensor and both shapes.
-// Everything is validated before the first value is read, so an error never leaves a half-loaded model.
+// Names, shapes, dtypes and the LM head's tie are validated before the first value is uploaded, so such an
+// error leaves the model as it was; a non-finite value is found as its tensor loads (the tools then exit).
 //
 // Writing (export_hf): DIR/model.safetensors (F32, GPT2Model names without a prefix, Conv1D layout,
 // wte unpadded to V rows, metadata format=pt) and DIR/config.json, which

@@ -362,6 +362,27 @@ TEST_F(Methods, EwcEstimatesWritesAndRereadsTheFisherAndWeighsThePenaltyByIt) {
                             "/train.bin --seq 13 --ewc 1 --fisher " + a.fisher + " --lora-rank 2 --out ''");
     EXPECT_EQ(bad.rc, 1) << bad.out;
     EXPECT_THAT(bad.out, HasSubstr("no Fisher values for trainable tensor 'h.0.attn.c_attn.lora_A'"));
+    // A negative or non-finite value (a file from elsewhere, or damaged) is refused where it is read.
+    std::vector<std::vector<float>> values;
+    for (const SafetensorsTensorInfo& ti : f.tensors()) values.push_back(f.read_f32(ti.name));
+    for (float poison : {-1.0f, std::nanf("")}) {
+        values[2][5] = poison;
+        SafetensorsWriter w;
+        for (size_t i = 0; i < values.size(); i++)
+            w.add(f.tensors()[i].name, SafetensorsDtype::F32, f.tensors()[i].shape, values[i].data(),
+                  values[i].size() * sizeof(float));
+        w.write(dir + "/bad_fisher.safetensors");
+        TrainArgs c = args("ewc3");
+        c.ewc = 2.0f;
+        c.fisher = dir + "/bad_fisher.safetensors";
+        try {
+            Trainer t3(c);
+            ADD_FAILURE() << "a Fisher file holding " << poison << " was accepted";
+        } catch (const Error& e) {
+            EXPECT_THAT(e.what(), HasSubstr("bad_fisher.safetensors: tensor '" + f.tensors()[2].name + "' holds "));
+            EXPECT_THAT(e.what(), HasSubstr("at element 5; Fisher values are finite and not negative"));
+        }
+    }
 }
 
 TEST_F(Methods, DistillationWithAlphaZeroIsPlainTrainingAndWithAlphaReportsKl) {

@@ -306,6 +306,37 @@ TEST(HfWeights, UnprefixedNamesTiedLmHeadAndMaskBuffersLoad) {
     EXPECT_TRUE(bit_identical(load_params(dir.path()), load_params(kFixture)));
 }
 
+// safetensors' save_model writes a tied tensor once, under the first of its names in sorted order:
+// lm_head.weight, with no transformer.wte.weight. That tensor is the embedding.
+TEST(HfWeights, TiedEmbeddingStoredOnlyAsLmHeadLoadsAsWte) {
+    TempDir dir;
+    copy_fixture(dir, nullptr, [](std::vector<RawTensor>& ts) {
+        for (RawTensor& t : ts)
+            if (t.name == "transformer.wte.weight") t.name = "lm_head.weight";
+    });
+    EXPECT_TRUE(bit_identical(load_params(dir.path()), load_params(kFixture)));
+}
+
+// An untied head the file does not hold: transformers would draw it at random; we refuse rather than tie it.
+TEST(HfWeights, UntiedConfigWithoutLmHeadIsRefused) {
+    TempDir dir;
+    copy_fixture(dir, [](json& c) { c["tie_word_embeddings"] = false; });
+    const std::string msg = error_of([&] { weights_config(dir.path()); });
+    EXPECT_MENTIONS(msg, "config.json: field 'tie_word_embeddings' is false");
+    EXPECT_MENTIONS(msg, "no lm_head.weight");
+    // With the head there (and equal to wte), it loads; without the field, the head is tied.
+    TempDir with_head;
+    copy_fixture(with_head, [](json& c) { c["tie_word_embeddings"] = false; }, [](std::vector<RawTensor>& ts) {
+        RawTensor head = *find_raw(ts, "transformer.wte.weight");
+        head.name = "lm_head.weight";
+        ts.push_back(head);
+    });
+    EXPECT_TRUE(bit_identical(load_params(with_head.path()), load_params(kFixture)));
+    TempDir bad;
+    copy_fixture(bad, [](json& c) { c["tie_word_embeddings"] = "yes"; });
+    EXPECT_MENTIONS(error_of([&] { weights_config(bad.path()); }), "field 'tie_word_embeddings' is \"yes\"");
+}
+
 TEST(HfWeights, Bf16TensorsWidenExactly_L2_C24_V97) {
     TempDir dir;
     copy_fixture(dir, nullptr, [](std::vector<RawTensor>& ts) {
@@ -388,7 +419,9 @@ TEST(HfWeights, ConfigNotJsonOrAbsentIsNamed) {
     TempDir dir;
     copy_fixture(dir);
     std::ofstream(dir.file("config.json")) << "{\"n_layer\": 2,";
-    EXPECT_MENTIONS(error_of([&] { weights_config(dir.path()); }), dir.file("config.json") + ": not valid JSON");
+    const std::string msg = error_of([&] { weights_config(dir.path()); });
+    EXPECT_MENTIONS(msg, dir.file("config.json") + ": not valid JSON");
+    EXPECT_MENTIONS(msg, "line 1, column 15");  // where the parser stopped
     fs::remove(dir.file("config.json"));
     EXPECT_MENTIONS(error_of([&] { weights_config(dir.path()); }), "directory without config.json");
     // The message says how to get the weights, since an empty model directory usually means a failed download.

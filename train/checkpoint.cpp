@@ -168,7 +168,8 @@ struct CkptFile {
         for (const json& t : header["tensors"]) {
             if (!t.is_object() || !t.contains("name") || !t["name"].is_string() || !t.contains("offset") ||
                 !t["offset"].is_number_unsigned() || !t.contains("bytes") || !t["bytes"].is_number_unsigned())
-                fail("a tensor entry lacks name, offset or bytes");
+                fail("header field 'tensors' entry " + std::to_string(&t - &header["tensors"][0]) + " (" +
+                     t.dump().substr(0, 200) + ") lacks a string 'name' or an unsigned 'offset' or 'bytes'");
             const size_t off = t["offset"].get<size_t>(), n = t["bytes"].get<size_t>();
             const std::string name = t["name"].get<std::string>();
             if (off != expect_offset || n % 4 != 0)

@@ -458,6 +458,11 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
                 throw Error(path + ": tensor '" + g[i].name + "' holds " + std::to_string(t->numel()) +
                             " values, the model's has " + std::to_string(g[i].numel));
             const std::vector<float> v = f.read_f32(g[i].name);
+            // A Fisher diagonal is a mean of squared gradients: a negative value would reward moving away.
+            for (size_t k = 0; k < v.size(); k++)
+                if (!std::isfinite(v[k]) || v[k] < 0)
+                    throw Error(path + ": tensor '" + g[i].name + "' holds " + std::to_string(v[k]) + " at element " +
+                                std::to_string(k) + "; Fisher values are finite and not negative (squared gradients)");
             opt_->scatter(fisher_, i, v.data());
         }
         if (!args_.quiet) std::printf("ewc: Fisher read from %s\n", path.c_str());
