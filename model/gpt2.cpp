@@ -251,7 +251,11 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
     s_dres_ = stab.add("d_residual", {N, C});
     s_dC_ = stab.add("d_C", {N, C});
     s_d3C_ = stab.add("d_3C", {N, 3 * C});
-    s_d4C_a_ = stab.add("d_4C_a", {N, 4 * C});
+    // The MLP's d(gelu output) apart from d(fc output) only where LoRA on mlp_down adds into the first before
+    // the GELU's backward (else the GELU rides on the GEMM's epilogue): N x 4C, the largest buffer here.
+    bool lora_mlp_down = false;
+    for (int l = 0; l < L; l++) lora_mlp_down = lora_mlp_down || lora_[l * kLoraSites + kLoraMlpDown].a >= 0;
+    if (lora_mlp_down) s_d4C_a_ = stab.add("d_4C_a", {N, 4 * C});
     s_d4C_b_ = stab.add("d_4C_b", {N, 4 * C});
     s_lnf_rows_ = stab.add("lnf_counted_rows", {(size_t)B * T, C});
     s_dlnf_rows_ = stab.add("d_lnf_counted_rows", {(size_t)B * T, C});
@@ -786,12 +790,12 @@ void GPT2::block_backward(int l, const void* x_in, int B, int Tt, bool need_dx) 
     void* dres = scratch_.ptr(s_dres_);  // d x_out on entry, d x_in on exit
     void* dC = scratch_.ptr(s_dC_);
     void* d3C = scratch_.ptr(s_d3C_);
-    void* d4Ca = scratch_.ptr(s_d4C_a_);
     void* d4Cb = scratch_.ptr(s_d4C_b_);
     // MLP: x_out = x2 + fcproj(gelu(fc(ln2(x2)))); dres holds d x_out.
     if (lora_[l * kLoraSites + kLoraMlpDown].a < 0) {  // the GELU's backward rides on the dinp GEMM
         be_.matmul_backward_gelu(d4Cb, g.fcprojw, g.fcprojb, dres, a(kFchGelu), p.fcprojw, a(kFch), N, 4 * C, C);
     } else {  // LoRA's share of d(gelu output) must be in before the GELU's backward
+        void* d4Ca = scratch_.ptr(s_d4C_a_);
         be_.matmul_backward(d4Ca, g.fcprojw, g.fcprojb, dres, a(kFchGelu), p.fcprojw, N, 4 * C, C);
         lora_backward(l, kLoraMlpDown, d4Ca, dres, a(kFchGelu), N, 4 * C, C);
         be_.gelu_backward(d4Cb, d4Ca, a(kFch), N * 4 * C);

@@ -153,6 +153,20 @@ TEST(PeftModel, LoraGradientsMatchFiniteDifferencesF64_EachSiteAndDropout) {
     }
 }
 
+// The MLP's separate d(gelu output) buffer (N x 4C, the largest scratch) exists only for LoRA on mlp_down,
+// whose gradient adds into it; every other configuration does without (the gradient checks above cover both).
+TEST(PeftModel, SeparateMlpGradientBufferOnlyWithLoraOnMlpDown) {
+    auto be = make_cpu_backend(DType::f32);
+    const ModelConfig c = small_config();
+    for (unsigned targets : {0u, 1u << kLoraQkv, (unsigned)kLoraAll & ~(1u << kLoraMlpDown), 1u << kLoraMlpDown}) {
+        ModelOptions o;
+        if (targets) o.peft = lora_cfg(targets);
+        GPT2 m(c, *be, 2, 7, nullptr, o);
+        EXPECT_EQ(m.scratch().table().find("d_4C_a") >= 0, targets == (1u << kLoraMlpDown))
+            << "targets " << lora_targets_string(targets);
+    }
+}
+
 TEST(PeftModel, DropoutChangesTheLossOnlyInTraining) {
     auto be = make_cpu_backend(DType::f64);
     const ModelConfig c = small_config();
