@@ -333,6 +333,7 @@ void GPT2::zero_slot(int layer) {
 void GPT2::set_param(size_t i, const float* host) {
     const TensorInfo& ti = params_.table()[i];
     be_.upload(params_.ptr(i), params_.dtype(), host, ti.numel);
+    if (param_listener_) param_listener_(i, host);
     if (i >= n_base_) return;
     // TEACH: hash what the host gave, rounded to bf16 (nearest even, as a bf16 upload rounds): in fp32 and bf16
     // that is the hash of the weights on the device; an fp16 run, whose copy rounds otherwise, gets the same.

@@ -135,6 +135,9 @@ class GPT2 {
     // Writes parameter tensor i from host floats (its numel of them), rounded to the arena's dtype. For a base
     // tensor it also keeps a print of the values given for base_fingerprint().
     void set_param(size_t i, const float* host);
+    // Called with (i, host) after each set_param (an empty function: none): the trainer gives the same host
+    // values to the FP32 master copy, which the working copy's rounding would otherwise lose.
+    void set_param_listener(std::function<void(size_t, const float*)> f) { param_listener_ = std::move(f); }
     // A fingerprint of the base tensors (everything but PEFT) as set_param last wrote them: a hash of their
     // names and of their values rounded to bf16, so the same weights give the same fingerprint in every
     // precision (a hash of an fp16 copy would not: fp16 rounds them differently). 0 when a base tensor was
@@ -265,6 +268,7 @@ class GPT2 {
     size_t n_base_ = 0;
     Arena params_, grads_, acts_, scratch_, kv_;
     std::vector<int> grad_index_;
+    std::function<void(size_t, const float*)> param_listener_;
     std::vector<uint64_t> base_prints_;  // (n_base_): hash of each base tensor's values as set_param got them; 0: none
     std::vector<size_t> act_index_;  // (L, kActsPerLayerMax): activation-table index of each block's buffers
     std::vector<Lora> lora_;         // (L, kLoraSites)

@@ -54,6 +54,31 @@ TEST_F(CudaTrainer, Fp16OverflowHalvesTheScaleSkipsTheStepAndDoesNotStopTheRun) 
     EXPECT_EQ(t.state().skipped_steps, 4u);
 }
 
+// A bf16/fp16 run's FP32 master copy, and L2-SP's anchor, start from the --init values exactly (fp32 weights
+// here, N(0, 0.02)), not from their rounding in the working copy.
+TEST_F(CudaTrainer, MasterWeightsAndAnchorStartFromTheInitValuesExactly_Bf16Fp16) {
+    const auto init = tensors_of(dir + "/init.ckpt");
+    for (const std::string p : {"bf16", "fp16"}) {
+        SCOPED_TRACE(p);
+        TrainArgs a = gpu_args(p, "exact");
+        a.l2sp = 0.1f;
+        Trainer t(a);
+        const Table& gt = t.model().grads().table();
+        ASSERT_EQ(gt.size(), t.model().params().table().size()) << "every tensor trains";
+        for (size_t g = 0; g < gt.size(); g++) {
+            const std::vector<float>& want = init.at(gt[g].name);
+            EXPECT_EQ(t.optimizer().state_tensor(AdamW::State::master, g), want) << gt[g].name;
+            std::vector<float> anchor(gt[g].numel), working(gt[g].numel);
+            t.backend().download(anchor.data(), t.anchor().ptr(g), t.anchor().dtype(), anchor.size());
+            EXPECT_EQ(anchor, want) << gt[g].name;
+            t.backend().download(working.data(), t.model().params().ptr(g), t.model().params().dtype(), working.size());
+            if (gt[g].shape.size() == 2) {  // random matrices (biases are 0, gains 1): the rounding differs
+                EXPECT_NE(working, want) << gt[g].name << ": not rounded, so this tests nothing";
+            }
+        }
+    }
+}
+
 TEST_F(CudaTrainer, ResumeIsBitExact_Fp32Bf16Fp16_8Steps_vs_4PlusResume4) {
     for (const std::string p : {"fp32", "bf16", "fp16"}) {
         SCOPED_TRACE(p);

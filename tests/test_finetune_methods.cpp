@@ -20,23 +20,6 @@ using ::testing::Not;
 
 using Methods = TrainerFixture;
 
-// Every parameter tensor of a trained model, by name (master values: the checkpoint's).
-std::map<std::string, std::vector<float>> tensors_of(const std::string& ckpt) {
-    const ModelConfig c = checkpoint_config(ckpt);
-    auto be = make_cpu_backend(DType::f32);
-    ModelOptions o;
-    o.peft = checkpoint_peft(ckpt);
-    GPT2 m(c, *be, 1, 1, nullptr, o);
-    load_checkpoint(ckpt, m, nullptr, nullptr);
-    std::map<std::string, std::vector<float>> out;
-    for (size_t i = 0; i < m.params().table().size(); i++) {
-        std::vector<float> v(m.params().table()[i].numel);
-        be->download(v.data(), m.params().ptr(i), DType::f32, v.size());
-        out[m.params().table()[i].name] = v;
-    }
-    return out;
-}
-
 // Logits of every position of one fixed batch.
 std::vector<float> logits_of(GPT2& m) {
     const Data d = random_data(2, 10, 37, 99, false);

@@ -59,14 +59,14 @@ AdamW::AdamW(GPT2& model, const AdamWConfig& cfg, const OptimizerShard& shard)
     sync_master_from_params();
 }
 
-void AdamW::sync_master_from_params() {
+void AdamW::sync_master_from_params(const std::vector<bool>* skip) {
     if (!master_.bytes()) return;
     Backend& be = model_.backend();
     const Table& ptab = model_.params().table();
     const std::vector<int>& gidx = model_.grad_index();
     std::vector<float> host;
     for (size_t i = 0; i < ptab.size(); i++) {
-        if (gidx[i] < 0) continue;
+        if (gidx[i] < 0 || (skip && (*skip)[gidx[i]])) continue;
         host.resize(ptab[i].numel);
         be.download(host.data(), model_.params().ptr(i), model_.params().dtype(), host.size());
         set_state_tensor(State::master, gidx[i], host.data());

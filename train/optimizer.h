@@ -82,8 +82,9 @@ class AdamW {
     std::vector<int> t_offsets() const;
     void restore_activity(const std::vector<bool>& active, const std::vector<int>& t_offsets);
     size_t state_bytes() const { return m_.bytes() + v_.bytes() + master_.bytes(); }
-    // After the parameters were overwritten (checkpoint load), refresh the master copy from them.
-    void sync_master_from_params();
+    // After the parameters were overwritten (checkpoint load), refresh the master copy from them; `skip`
+    // (by gradient index), when given, marks tensors whose master was already set from exact values.
+    void sync_master_from_params(const std::vector<bool>* skip = nullptr);
 
    private:
     Arena& state_arena(State which);

@@ -295,6 +295,18 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         state_.loss_scaling = dynamic_loss_scale_;
         state_.options = options;
     } else {
+        // TEACH: a bf16/fp16 run keeps FP32 master weights; they start from the values as loaded (a pretrained
+        // fp32 checkpoint), not from their rounding in the working copy, which is off by up to 2^-9 of each
+        // weight: as much as several Adam steps at a fine-tuning learning rate. So does L2-SP/EWC's anchor.
+        std::vector<bool> exact(model_->grads().table().size(), false);  // by gradient index
+        if (be_->has_master())
+            model_->set_param_listener([&](size_t i, const float* host) {
+                const int g = model_->grad_index()[i];
+                if (g < 0) return;
+                opt_->set_state_tensor(AdamW::State::master, g, host);
+                if (anchored) opt_->scatter(anchor_, g, host);
+                exact[g] = true;
+            });
         if (!args.init.empty()) load_weights(args.init, *model_);
         // A starting checkpoint with these PEFT tensors already holds them (load_checkpoint loaded them); so does
         // an adapter trained further (load_adapter checks that it belongs on this base).
@@ -331,10 +343,11 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         if (mo.peft.any() && args.init.empty() && !args.quiet && launch_info().rank == 0)
             std::fprintf(stderr, "note: %s on random weights (no --init): the base is saved nowhere, so adapter.ckpt "
                          "goes on no other model; model.ckpt holds the two merged\n", mo.peft.describe().c_str());
-        opt_->sync_master_from_params();
+        model_->set_param_listener(nullptr);
+        opt_->sync_master_from_params(&exact);
         // Absolute, so a resume from another directory (same --init, or the default --distill teacher) finds it.
         state_.init = args.init.empty() ? std::string() : std::filesystem::absolute(args.init).string();
-        if (anchored) capture_anchor();
+        if (anchored) capture_anchor(exact);
     }
     if (args.ewc > 0) load_or_estimate_fisher(args.fisher, args.fisher_data, args.fisher_batches);
     if (args.distill > 0) {
@@ -424,13 +437,14 @@ std::vector<int32_t> Trainer::virtual_init_tokens() const {
 }
 
 // theta_0: the weights as the run starts, just after the master copy was made from them (so either reads the
-// same values; the parameters are whole on every rank, the master copy under ZeRO only a piece).
-void Trainer::capture_anchor() {
+// same values; the parameters are whole on every rank, the master copy under ZeRO only a piece). Tensors
+// marked in `done` (by gradient index) got theta_0 from the host values as they loaded.
+void Trainer::capture_anchor(const std::vector<bool>& done) {
     const Table& ptab = model_->params().table();
     const std::vector<int>& gidx = model_->grad_index();
     std::vector<float> host;
     for (size_t i = 0; i < ptab.size(); i++) {
-        if (gidx[i] < 0) continue;
+        if (gidx[i] < 0 || done[gidx[i]]) continue;
         host.resize(ptab[i].numel);
         be_->download(host.data(), model_->params().ptr(i), model_->params().dtype(), host.size());
         opt_->scatter(anchor_, gidx[i], host.data());
