@@ -36,6 +36,14 @@ TEST(TrainCli, UsageErrorsExitTwoWithOneLine) {
     }
 }
 
+// A beta2 that rounds to 1 in single precision would zero Adam's bias correction (every weight 0/0): the
+// bound is the largest float below 1, and the message shows it as it is.
+TEST(TrainCli, Beta2ThatRoundsToOneIsRefused) {
+    CmdResult r = run_cmd("bin/train --beta2 0.99999999");
+    EXPECT_EQ(r.rc, 2) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("--beta2: 0.99999999 is out of range [0, 0.99999994]"));
+}
+
 TEST(TrainCli, MissingFileIsAUsageErrorNamingIt) {
     for (const char* flag : {"--train-data", "--init", "--resume"}) {
         CmdResult r = run_cmd(std::string("bin/train --device cpu ") + flag + " /nonexistent/x.bin --out ''");

@@ -149,7 +149,9 @@ Cli train_cli(TrainArgs& a) {
     c.option("--cut-frac", "F", "stlr: fraction of steps spent rising", &a.sched.cut_frac, 1e-6, 0.999999);
     c.option("--ratio", "R", "stlr: peak / lowest learning rate", &a.sched.ratio, 1, 1e9);
     c.option("--beta1", "B1", "Adam beta1", &a.adam.beta1, 0, 0.999999);
-    c.option("--beta2", "B2", "Adam beta2", &a.adam.beta2, 0, 0.999999999);
+    // At most the largest float below 1: a beta2 that rounds to 1 in single precision zeroes Adam's bias
+    // correction, and every weight becomes 0/0.
+    c.option("--beta2", "B2", "Adam beta2", &a.adam.beta2, 0, 0.99999994);
     c.option("--eps", "EPS", "Adam epsilon", &a.adam.eps, 1e-30, 1);
     c.option("--weight-decay", "WD", "decoupled weight decay on 2-D matmul weights", &a.adam.weight_decay, 0, 10);
     c.flag("--decay-embeddings", "also apply weight decay to the embedding tables: wte, wpe and the virtual tokens' "

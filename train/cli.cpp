@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <iomanip>
 #include <sstream>
 
 #include "kernels/common.h"
@@ -35,7 +36,7 @@ double parse_double(const std::string& flag, const std::string& v, double lo, do
     if (v.empty() || *end || errno || !std::isfinite(x)) throw UsageError(flag + ": expected a number, got '" + v + "'");
     if (x < lo || x > hi) {
         std::ostringstream s;
-        s << flag << ": " << v << " is out of range [" << lo << ", " << hi << "]";
+        s << std::setprecision(9) << flag << ": " << v << " is out of range [" << lo << ", " << hi << "]";
         throw UsageError(s.str());
     }
     return x;
