@@ -506,6 +506,22 @@ TEST(Schedule, LinearDecaysToTheFloor) {
     EXPECT_FLOAT_EQ(lr_at(s, 10), 0.5f);
 }
 
+// One step after warmup is both the first and the last: it runs at the peak, not at the floor.
+TEST(Schedule, SingleDecayStepRunsAtThePeak) {
+    for (const char* kind : {"cosine", "linear"}) {
+        ScheduleConfig s;
+        s.kind = kind;
+        s.lr = 2.0f;
+        s.min_frac = 0.25f;
+        s.total_steps = 1;
+        EXPECT_FLOAT_EQ(lr_at(s, 0), 2.0f) << kind;
+        s.warmup = 2;
+        s.total_steps = 3;
+        EXPECT_FLOAT_EQ(lr_at(s, 1), 2.0f) << kind;  // the end of warmup
+        EXPECT_FLOAT_EQ(lr_at(s, 2), 2.0f) << kind;
+    }
+}
+
 TEST(Schedule, CyclicalTriangularFamilyMatchesSmith2017) {
     ScheduleConfig s;
     s.lr = 1.0f;        // max_lr

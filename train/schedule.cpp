@@ -12,7 +12,9 @@ float lr_at(const ScheduleConfig& s, int step) {
     const double lr = s.lr, lr_min = lr * s.min_frac;
     const int t = step - s.warmup;                  // steps after warmup
     const int n = std::max(1, s.total_steps - s.warmup);  // steps the schedule proper spans
-    const double p = n <= 1 ? 1.0 : std::min(1.0, (double)t / (double)(n - 1));
+    // Progress 0 at the first step after warmup, 1 at the last; a single such step is a first step (the peak),
+    // so `--steps 1` trains at --lr.
+    const double p = n <= 1 ? 0.0 : std::min(1.0, (double)t / (double)(n - 1));
     if (s.kind == "constant") return s.lr;
     if (s.kind == "cosine") return (float)(lr_min + 0.5 * (lr - lr_min) * (1.0 + std::cos(M_PI * p)));
     if (s.kind == "linear") return (float)(lr + (lr_min - lr) * p);
