@@ -53,15 +53,23 @@ int main(int argc, char** argv) {
         if (ids.empty()) ids.push_back(tok.eot_token());  // an empty prompt starts a fresh document
         LoadedModel m = load_model(weights, device, "fp32", 1, 0, adapter);
         check_prompt(*m.model, ids);  // before the prompt is printed: no partial output on an error
+        // A model with tokens the tokenizer lacks (a fine-tune that added a pad token): those have no text.
+        sc.vocab = tok.vocab_size();
+        if (m.model->config().vocab_size > tok.vocab_size())
+            std::fprintf(stderr, "note: the model has %d tokens, the tokenizer (--vocab %s) %d: ids from %d on have no "
+                         "text and are never sampled\n", m.model->config().vocab_size, vocab.c_str(), tok.vocab_size(),
+                         tok.vocab_size());
+        // Bytes as they are (fwrite, not fputs): a NUL in the prompt or a token is output too.
+        auto out = [](const std::string& bytes) { std::fwrite(bytes.data(), 1, bytes.size(), stdout); };
         Rng rng(seed);
         for (int s = 0; s < samples; s++) {
             if (samples > 1) std::printf("--- sample %d ---\n", s + 1);
-            std::fputs(prompt.c_str(), stdout);
+            out(prompt);
             GenerateStop why = GenerateStop::max_new;
             const std::vector<int32_t> got = generate(
                 *m.model, ids, max_new, sc, rng, tok.eot_token(),
                 [&](int32_t t) {
-                    std::fputs(tok.decode(&t, 1).c_str(), stdout);
+                    out(tok.decode(&t, 1));
                     std::fflush(stdout);
                 },
                 &why);

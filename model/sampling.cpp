@@ -77,8 +77,9 @@ std::vector<int32_t> generate(GPT2& model, const std::vector<int32_t>& prompt, i
     model.forward_cached(prompt.data(), 1, (int)prompt.size(), 0);  // prefill: the whole prompt at once
     int pos = (int)prompt.size();
     std::vector<float> logits = model.logits_row(0, pos - 1);
+    const int V = cfg.vocab > 0 ? std::min(cfg.vocab, model.config().vocab_size) : model.config().vocab_size;
     while ((int)out.size() < max_new) {
-        int32_t next = sample_token(logits, model.config().vocab_size, cfg, rng);
+        int32_t next = sample_token(logits, V, cfg, rng);
         if (next == stop_token) {
             why = GenerateStop::stop_token;
             break;

@@ -17,6 +17,7 @@ struct SamplingConfig {
     float temperature = 1.0f;
     int top_k = 0;
     float top_p = 1.0f;
+    int vocab = 0;  // generate() samples only ids below this (the tokenizer's, say); 0: the model's whole vocabulary
 };
 
 // Picks a token id in [0, V) from logits (only the first V entries are read).

@@ -109,6 +109,24 @@ TEST(Generate, StopsAtTheStopTokenAndIsDeterministicInTheSeed) {
     EXPECT_EQ(stopped, std::vector<int32_t>(g.begin(), g.begin() + 2));
 }
 
+// SamplingConfig::vocab keeps the choice below it (a tokenizer smaller than the model's vocabulary).
+TEST(Generate, SamplesOnlyBelowTheConfiguredVocabulary_V37_vocab5) {
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(), *be, 1, 9);
+    m.init_random(5);
+    SamplingConfig c;
+    c.temperature = 3;  // nearly uniform: without the limit, ids from 5 on come up
+    Rng r(2);
+    int32_t most = 0, most_limited = 0;
+    for (int k = 0; k < 20; k++)
+        for (int32_t t : generate(m, {1, 2}, 6, c, r)) most = std::max(most, t);
+    c.vocab = 5;
+    for (int k = 0; k < 20; k++)
+        for (int32_t t : generate(m, {1, 2}, 6, c, r)) most_limited = std::max(most_limited, t);
+    EXPECT_GE(most, 5);
+    EXPECT_LT(most_limited, 5);
+}
+
 // generate() says why it stopped, so the tool can tell a full context from a finished --max-new.
 TEST(Generate, ReportsWhyItStopped_block9_prompt3) {
     auto be = make_cpu_backend(DType::f32);
@@ -181,6 +199,22 @@ TEST(GenerateCli, NotesTheContextLimitAndRefusesTwoPrompts) {
     CmdResult ids = run_cmd("bin/generate --device cpu --model " + d + "/small.ckpt --prompt 'hello' --max-new 3");
     EXPECT_EQ(ids.rc, 1) << ids.out;
     EXPECT_THAT(ids.out, HasSubstr("prompt token 0 has id 31373, not below the model's vocabulary size 97"));
+    // A larger one (a fine-tune that added a token): generation goes on, never choosing the extra ids.
+    cfg.vocab_size = 50260;
+    cfg.padded_vocab_size = pad_vocab(cfg.vocab_size);
+    GPT2 large(cfg, *be, 1, 1);
+    large.init_random(1);
+    save_checkpoint(d + "/large.ckpt", large, nullptr, nullptr);
+    CmdResult more = run_cmd("bin/generate --device cpu --model " + d + "/large.ckpt --prompt 'hello' --max-new 8 "
+                             "--temperature 5");
+    EXPECT_EQ(more.rc, 0) << more.out;
+    EXPECT_THAT(more.out, HasSubstr("note: the model has 50260 tokens, the tokenizer (--vocab data/gpt2) 50257: ids "
+                                    "from 50257 on have no text and are never sampled"));
+    // Output is bytes as they are: a NUL in the prompt comes out too.
+    spit(d + "/nul.txt", std::string("a\0b", 3));
+    CmdResult nul = run_cmd(gen + "--prompt-file " + d + "/nul.txt --max-new 1");
+    EXPECT_EQ(nul.rc, 0) << nul.out;
+    EXPECT_THAT(nul.out, HasSubstr(std::string("a\0b", 3)));
     CmdResult dir = run_cmd(gen + "--prompt-file " + d);
     EXPECT_EQ(dir.rc, 1) << dir.out;
     EXPECT_THAT(dir.out, HasSubstr(d + ": is a directory, not a file"));
