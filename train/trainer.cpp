@@ -497,18 +497,26 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
     }
     const auto [lo, hi] = opt_->own_range();  // every rank estimates the same values; each keeps its piece
     // Each squared gradient is weighted 1/batches; the loss scale keeps fp16 gradients from underflowing and
-    // is divided back out of the square.
-    const double scale = dynamic_loss_scale_ ? args_.loss_scale : 1.0;
+    // is divided back out of the square. A batch whose gradient overflows runs again at half the scale (as a
+    // training step would be skipped), down to 1.
+    double scale = dynamic_loss_scale_ ? args_.loss_scale : 1.0;
     const bool tty = isatty(fileno(stdout));
     for (int k = 0; k < batches; k++) {
         Batch b = base.next();
         size_t counted = 0;
         for (float w : b.weights) counted += w != 0.0f;
         if (!counted) throw Error(data[0] + ": a Fisher batch without a single counted token (all masked)");
-        model_->zero_grads();
-        model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
-        model_->loss(b.targets.data(), b.weights.data(), (float)(scale / (double)counted), true);
-        model_->backward();
+        for (;;) {  // DIST: every rank sees the same batch and weights, so each decides the same
+            model_->zero_grads();
+            model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
+            model_->loss(b.targets.data(), b.weights.data(), (float)(scale / (double)counted), true);
+            model_->backward();
+            if (std::isfinite(be_->sum_squares(model_->grads().base(), model_->grads().elems()))) break;
+            if (scale <= 1)
+                throw Error(data[0] + ": the gradient of Fisher batch " + std::to_string(k + 1) +
+                            " is not finite even without loss scaling (the model's loss overflows on it)");
+            scale = std::max(1.0, scale / 2);
+        }
         be_->accumulate_squares(fisher_.base(), opt_->own_gradients(), (float)(1.0 / (batches * scale * scale)), hi - lo);
         // On a terminal the count rewrites itself; into a log, a line every tenth of the way (and the last).
         if (!args_.quiet && tty) {  // (below: a line every tenth of the batches)
