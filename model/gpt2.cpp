@@ -615,6 +615,7 @@ void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {
     assert(B <= B_ && T <= T_);
     cur_B_ = B;
     cur_T_ = T;
+    last_only_ = false;
     const int Tt = T + P_;
     const size_t N = (size_t)B * T;
     tokens_host_.assign((size_t)B * Tt, 0);  // virtual slots hold token 0; their rows are overwritten
@@ -653,7 +654,7 @@ void* GPT2::logits_buffer() const {
     return act(a_logits_);
 }
 
-void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
+void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0, bool last_only) {
     const int C = cfg_.n_embd, maxT = cfg_.block_size;
     assert(B <= B_ && n <= T_ && pos0 >= 0 && pos0 + n + P_ <= maxT);
     if (!kv_.bytes()) {
@@ -666,7 +667,8 @@ void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
     }
     cur_B_ = B;
     cur_T_ = n;
-    const size_t N = (size_t)B * n;
+    last_only_ = last_only && n > 1;
+    const size_t N = last_only_ ? (size_t)B : (size_t)B * n;  // rows the head runs on
     if (N > head_rows_)
         throw Error("model: generation of " + std::to_string(N) + " positions at once needs that many rows of logits; " +
                     "this model keeps " + std::to_string(head_rows_) + " (ModelOptions::head_chunk)");
@@ -675,17 +677,19 @@ void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0) {
     for (size_t i = 0; i < N; i++) rows_[i] = (int32_t)i;
     compact_ = false;
     // The prefill (pos0 = 0) runs the virtual tokens first; later calls sit P_ positions further on.
-    gathered_ = P_ > 0 && pos0 == 0;
-    const int Tt = gathered_ ? n + P_ : n;
+    const bool with_virtual = P_ > 0 && pos0 == 0;
+    gathered_ = with_virtual || last_only_;
+    const int Tt = with_virtual ? n + P_ : n;
     tokens_host_.assign((size_t)B * Tt, 0);
     for (int b = 0; b < B; b++)
         std::copy(tokens + (size_t)b * n, tokens + (size_t)(b + 1) * n, tokens_host_.begin() + (size_t)b * Tt + (Tt - n));
     be_.upload_i32(tokens_, tokens_host_.data(), tokens_host_.size());
     trunk_forward(B, Tt, pos0 == 0 ? 0 : pos0 + P_);
     const void* head_in = act(a_lnf_);
-    if (gathered_) {
+    if (gathered_) {  // head rows: (b, t) of the real tokens, or (b, n - 1) only
         std::vector<int32_t> inner(N);
-        for (size_t k = 0; k < N; k++) inner[k] = (int32_t)((k / n) * Tt + P_ + k % n);
+        for (size_t k = 0; k < N; k++)
+            inner[k] = last_only_ ? (int32_t)(k * Tt + Tt - 1) : (int32_t)((k / n) * Tt + (Tt - n) + k % n);
         be_.upload_i32(rows_dev_, inner.data(), N);
         be_.gather_rows(scratch_.ptr(s_lnf_rows_), act(a_lnf_), rows_dev_, N, C);
         head_in = scratch_.ptr(s_lnf_rows_);
@@ -894,10 +898,12 @@ std::vector<float> GPT2::token_losses() const {
 
 std::vector<float> GPT2::logits_row(int b, int t) const {
     assert(!compact_ && "logits_row needs a forward without loss weights");
+    assert((!last_only_ || t == cur_T_ - 1) && "forward_cached(last_only) kept the last position's logits only");
     const size_t Vp = cfg_.padded_vocab_size;
+    const size_t row = last_only_ ? (size_t)b : (size_t)b * cur_T_ + t;
     std::vector<float> out(Vp);
     const char* base = static_cast<const char*>(logits_buffer());
-    be_.download(out.data(), base + ((size_t)b * cur_T_ + t) * Vp * dtype_size(acts_.dtype()), acts_.dtype(), Vp);
+    be_.download(out.data(), base + row * Vp * dtype_size(acts_.dtype()), acts_.dtype(), Vp);
     return out;
 }
 

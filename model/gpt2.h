@@ -180,8 +180,10 @@ class GPT2 {
     double loss(const int32_t* targets, const float* weights, float dloss, bool backward_prep);
     // Generation: forward of n new tokens(B,n) at positions pos0..pos0+n-1, reading and extending the KV
     // cache (allocated on first use for block_size positions), so each new token costs one position's work.
-    // Afterwards logits_row(b, i) gives the logits of new position i. Needs n <= max_T().
-    void forward_cached(const int32_t* tokens, int B, int n, int pos0);
+    // Afterwards logits_row(b, i) gives the logits of new position i. Needs n <= max_T(). With `last_only` the
+    // LM head runs on each sequence's last position only (all that sampling reads: a prefill of 1024 tokens on
+    // gpt2 then skips 79 GFLOP), and logits_row(b, n - 1) is the one row there is.
+    void forward_cached(const int32_t* tokens, int B, int n, int pos0, bool last_only = false);
     // Backward pass of the last forward; parameter gradients accumulate into grads() (with slots: into the rest's
     // memory and each block's slot, which the layer-start hook empties; see ModelOptions::grad_slots).
     void backward();
@@ -285,6 +287,7 @@ class GPT2 {
     int32_t* tokens_ = nullptr;   // (B, T) on the backend
     int32_t* targets_ = nullptr;  // (B, T)
     float* weights_ = nullptr;    // (B, T)
+    bool last_only_ = false;  // the last forward_cached ran the head on each sequence's last position only
     int cur_B_ = 0, cur_T_ = 0;  // real tokens of the last forward; its buffers hold cur_T_ + P_ positions
     // Rows the LM head ran on in the last forward, as indices into the caller's (B, T); `compact_` when that
     // is a strict subset. `gathered_` when the head's input was gathered (compact, or virtual tokens present).

@@ -74,7 +74,7 @@ std::vector<int32_t> generate(GPT2& model, const std::vector<int32_t>& prompt, i
     check_prompt(model, prompt);
     std::vector<int32_t> out;
     GenerateStop why = GenerateStop::max_new;
-    model.forward_cached(prompt.data(), 1, (int)prompt.size(), 0);  // prefill: the whole prompt at once
+    model.forward_cached(prompt.data(), 1, (int)prompt.size(), 0, true);  // prefill: the whole prompt at once
     int pos = (int)prompt.size();
     std::vector<float> logits = model.logits_row(0, pos - 1);
     const int V = cfg.vocab > 0 ? std::min(cfg.vocab, model.config().vocab_size) : model.config().vocab_size;

@@ -40,6 +40,18 @@ TEST(KvCache, CachedLogitsEqualFullForwardF32_B2) {
     cached.forward_cached(tok.data(), 2, 7, 0);
     for (int b = 0; b < 2; b++)
         for (int t = 0; t < 7; t++) EXPECT_TRUE(near_rel(cached.logits_row(b, t), full.logits_row(b, t), 1e-5));
+    // The head on each sequence's last position only (what sampling reads): the same rows, and it fits a model
+    // that keeps 2 rows of logits (ModelOptions::head_chunk), where all 14 would not.
+    ModelOptions o;
+    o.head_chunk = 2;
+    GPT2 last(small_config(), *be, 2, 7, nullptr, o);
+    last.init_random(9);
+    last.forward_cached(tok.data(), 2, 7, 0, true);
+    for (int b = 0; b < 2; b++) EXPECT_TRUE(near_rel(last.logits_row(b, 6), full.logits_row(b, 6), 1e-5)) << b;
+    EXPECT_EQ(last.logits_rows(), 2u);
+    last.forward_cached(&tok[6], 2, 1, 7 - 1);  // one more position each: back to every row
+    EXPECT_EQ(last.logits_rows(), 2u);
+    EXPECT_THROW(last.forward_cached(tok.data(), 2, 7, 0), Error);
 }
 
 TEST(Sampling, ZeroTemperatureIsArgmax) {

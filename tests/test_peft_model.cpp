@@ -237,6 +237,11 @@ TEST(PeftModel, CachedGenerationWithVirtualTokensEqualsFullForwardF64) {
         randomise_peft(m, 100);
         const Data d = random_data(1, 7, 37, 12, false);
         const auto full = all_logits(m, d);
+        // The head on the last position only: the prompt's last row.
+        m.forward_cached(d.x.data(), 1, 4, 0, true);
+        const auto last = m.logits_row(0, 3);
+        EXPECT_TRUE(near_rel(std::vector<double>(last.begin(), last.begin() + 37),
+                             std::vector<double>(full.begin() + 3 * 37, full.begin() + 4 * 37), 1e-10));
         // Prefill 4, then 3 single tokens.
         std::vector<double> got;
         m.forward_cached(d.x.data(), 1, 4, 0);
