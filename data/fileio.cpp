@@ -102,6 +102,33 @@ std::vector<uint8_t> read_file_bytes(const std::string& path) {
     return read_rest(fd, st, path);
 }
 
+std::vector<uint8_t> read_file_head(const std::string& path, size_t n, size_t* total) {
+    struct stat st;
+    const int fd = open_for_read(path, st);
+    if (!S_ISREG(st.st_mode)) {  // a pipe: no size to ask for, so all of it
+        std::vector<uint8_t> all = read_rest(fd, st, path);
+        *total = all.size();
+        if (all.size() > n) all.resize(n);
+        return all;
+    }
+    std::vector<uint8_t> head(std::min(n, (size_t)st.st_size));
+    size_t have = 0;
+    try {
+        while (have < head.size()) {
+            const size_t got = read_some(fd, head.data() + have, head.size() - have, path);
+            if (got == 0) break;  // shrank since the stat
+            have += got;
+        }
+    } catch (...) {
+        ::close(fd);
+        throw;
+    }
+    ::close(fd);
+    head.resize(have);
+    *total = (size_t)st.st_size;
+    return head;
+}
+
 MappedFile::MappedFile(const std::string& path) {
     struct stat st;
     const int fd = open_for_read(path, st);

@@ -13,6 +13,9 @@
 namespace tune {
 
 std::vector<uint8_t> read_file_bytes(const std::string& path);  // throws tune::Error naming the file
+// The first n bytes of a file (fewer when it is shorter), and in *total its whole size: a header without the
+// gigabytes behind it. Errors as read_file_bytes.
+std::vector<uint8_t> read_file_head(const std::string& path, size_t n, size_t* total);
 void make_dirs(const std::string& dir);                          // mkdir -p; throws tune::Error
 std::string directory_of(const std::string& path);               // "a/b/c" -> "a/b", "c" -> ".", "/c" -> "/"
 void write_file_atomic(const std::string& path, const void* data, size_t bytes);

@@ -128,6 +128,19 @@ TEST(FileIo, DirectoryIsNamedAndPipesAreReadWhole) {
     const std::vector<uint8_t> piped = read_file_bytes(d + "/pipe");
     writer.join();
     EXPECT_EQ(std::string(piped.begin(), piped.end()), std::string(70000, 'p'));
+    // The head of a file: its first n bytes (all of a shorter one) and its whole size; a pipe's too.
+    size_t total = 0;
+    std::vector<uint8_t> h = read_file_head(d + "/f", 5, &total);
+    EXPECT_EQ(std::string(h.begin(), h.end()), "xxxxx");
+    EXPECT_EQ(total, 100003u);
+    h = read_file_head(d + "/f", 1 << 20, &total);
+    EXPECT_EQ(h.size(), 100003u);
+    EXPECT_EQ(error_of([&] { read_file_head(d, 16, &total); }), d + ": is a directory, not a file");
+    std::thread again([&] { spit(d + "/pipe", std::string(70000, 'q')); });
+    h = read_file_head(d + "/pipe", 3, &total);
+    again.join();
+    EXPECT_EQ(std::string(h.begin(), h.end()), "qqq");
+    EXPECT_EQ(total, 70000u);
 }
 
 // The line reader of bin/prepare: lines across its 1 MiB buffer, a last line without '\n', CRLF kept as

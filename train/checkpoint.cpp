@@ -37,8 +37,9 @@ json config_json(const ModelConfig& c) {
 constexpr const char kChecksumField[] = "\"checksum\":\"";
 constexpr size_t kChecksumDigits = 16;
 
-uint64_t checksum64(const uint8_t* p, size_t n) {
-    uint64_t h = 0x9E3779B97F4A7C15ull ^ n;
+// The running state over p[0, n): whole words, then any tail byte by byte. A file hashed in parts gives the
+// same as in one when every part but the last is a whole number of words.
+uint64_t checksum64_mix(uint64_t h, const uint8_t* p, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
@@ -47,8 +48,12 @@ uint64_t checksum64(const uint8_t* p, size_t n) {
         h ^= h >> 31;
     }
     for (; i < n; i++) h = (h ^ p[i]) * 0x94D049BB133111EBull;
-    return h ^ (h >> 29);
+    return h;
 }
+uint64_t checksum64_start(size_t total) { return 0x9E3779B97F4A7C15ull ^ total; }
+uint64_t checksum64_end(uint64_t h) { return h ^ (h >> 29); }
+
+uint64_t checksum64(const uint8_t* p, size_t n) { return checksum64_end(checksum64_mix(checksum64_start(n), p, n)); }
 
 // Where the checksum's digits sit in the header bytes [16, 16 + hlen), or 0 when the header has none.
 size_t checksum_position(const std::vector<uint8_t>& bytes, size_t header_end) {
@@ -69,10 +74,12 @@ uint64_t file_checksum(std::vector<uint8_t>& bytes, size_t pos) {
     return h;
 }
 
-// A parsed, validated checkpoint file held in memory.
+// A parsed, validated checkpoint file held in memory (with `verify`; without, its header only).
 struct CkptFile {
     std::string path;
-    std::vector<uint8_t> bytes;
+    std::vector<uint8_t> bytes;  // the whole file, or (header only) its first 16 + header-length bytes
+    size_t size = 0;             // of the whole file
+    bool has_data;
     json header;
     size_t data_start = 0;
     ModelConfig config;
@@ -89,34 +96,42 @@ struct CkptFile {
         return (int)v;
     }
 
-    // `verify`: check the checksum (a load); the readers of header fields alone skip it.
-    explicit CkptFile(const std::string& p, bool verify = true) : path(p), bytes(read_file_bytes(p)) {
+    // `verify`: read it all and check the checksum (a load). The readers of header fields alone read the
+    // header only: a gpt2-xl resume checkpoint is 20 GB, and a resume asks its header several questions.
+    explicit CkptFile(const std::string& p, bool verify = true) : path(p), has_data(verify) {
+        if (verify) {
+            bytes = read_file_bytes(p);
+            size = bytes.size();
+        } else {
+            bytes = read_file_head(p, 16, &size);
+            if (bytes.size() == 16) bytes = read_file_head(p, 16 + (size_t)load_u32(&bytes[12]), &size);
+        }
         // The magic first: a short file that does not start like a checkpoint is some other file, not a
         // truncated checkpoint.
-        if (bytes.empty()) fail("empty file (0 bytes), not a tune.cu checkpoint");
+        if (size == 0) fail("empty file (0 bytes), not a tune.cu checkpoint");
         const size_t head = std::min(bytes.size(), sizeof kCkptMagic);
         if (std::memcmp(bytes.data(), kCkptMagic, head) != 0)
             fail("not a tune.cu checkpoint: it starts with " + shown_bytes(bytes, sizeof kCkptMagic) + " (" +
-                 std::to_string(bytes.size()) + " bytes in all), where a checkpoint starts with \"TUNECKPT\"");
-        if (bytes.size() < 16)
-            fail("truncated: " + std::to_string(bytes.size()) + " bytes, shorter than the 16-byte header");
+                 std::to_string(size) + " bytes in all), where a checkpoint starts with \"TUNECKPT\"");
+        if (size < 16) fail("truncated: " + std::to_string(size) + " bytes, shorter than the 16-byte header");
         const uint32_t version = load_u32(&bytes[8]);
         if (version != kCkptVersion)
             fail("checkpoint version " + std::to_string(version) + ", this build reads version " +
                  std::to_string(kCkptVersion));
         const uint32_t hlen = load_u32(&bytes[12]);
-        if (hlen > bytes.size() - 16)
+        if (hlen > size - 16 || 16 + (size_t)hlen > bytes.size())
             fail("truncated: header length " + std::to_string(hlen) + " runs past the end of the file (" +
-                 std::to_string(bytes.size()) + " bytes)");
+                 std::to_string(size) + " bytes)");
         data_start = 16 + (size_t)hlen;
         header = json::parse(bytes.begin() + 16, bytes.begin() + data_start, nullptr, false);
         // Checked last (below), after the structure: a truncated file is named as truncated.
         const bool has_checksum = verify && !header.is_discarded() && header.is_object() && header.contains("checksum");
         const uint64_t checksum = has_checksum ? file_checksum_at(data_start) : 0;
-        if (data_start % alignof(float) != 0) {  // written before headers were padded: align the float data
+        if (has_data && data_start % alignof(float) != 0) {  // written before headers were padded: align the data
             const size_t pad = alignof(float) - data_start % alignof(float);
             bytes.insert(bytes.begin() + (std::ptrdiff_t)data_start, pad, uint8_t(0));
             data_start += pad;
+            size += pad;
         }
         if (header.is_discarded() || !header.is_object()) fail("header is not a JSON object");
         if (!header.contains("kind") || !header["kind"].is_string() ||
@@ -163,7 +178,7 @@ struct CkptFile {
         }
         if (!header.contains("tensors") || !header["tensors"].is_array()) fail("header field 'tensors' is missing");
         // Every tensor must lie inside the data region, and together they must fill it exactly.
-        const size_t data_bytes = bytes.size() - data_start;
+        const size_t data_bytes = size - data_start;
         size_t expect_offset = 0;
         for (const json& t : header["tensors"]) {
             if (!t.is_object() || !t.contains("name") || !t["name"].is_string() || !t.contains("offset") ||
@@ -206,6 +221,7 @@ struct CkptFile {
     }
     // The named tensor (float32 in the file), after checking its size; a missing one is an error.
     const float* find(const std::string& name, size_t numel) const {
+        if (!has_data) throw std::logic_error("CkptFile::find on a header-only read of " + path);
         for (const json& t : header["tensors"]) {
             if (t["name"] != name) continue;
             if (t["bytes"].get<size_t>() != numel * 4)
@@ -248,17 +264,23 @@ void write_checkpoint(const std::string& path, const json& header_in, const Writ
     // Spaces after the JSON (still valid JSON) so the float data starts 64-byte aligned in the file, and so
     // in the reader's buffer: the tensors are read in place as floats.
     h.append((64 - (16 + h.size()) % 64) % 64, ' ');
-    std::vector<uint8_t> out(16 + h.size() + w.data.size());
-    std::memcpy(out.data(), kCkptMagic, 8);
-    store_u32(&out[8], kCkptVersion);
-    store_u32(&out[12], (uint32_t)h.size());
-    std::memcpy(&out[16], h.data(), h.size());
-    if (!w.data.empty()) std::memcpy(&out[16 + h.size()], w.data.data(), w.data.size());
-    const size_t pos = checksum_position(out, 16 + h.size());
+    std::vector<uint8_t> head(16 + h.size());
+    std::memcpy(head.data(), kCkptMagic, 8);
+    store_u32(&head[8], kCkptVersion);
+    store_u32(&head[12], (uint32_t)h.size());
+    std::memcpy(&head[16], h.data(), h.size());
+    // Hashed in two parts (the head is a whole number of words), so the data is never copied: a gpt2-xl
+    // resume checkpoint holds 20 GB of it.
+    const size_t pos = checksum_position(head, head.size());
+    uint64_t sum = checksum64_mix(checksum64_start(head.size() + w.data.size()), head.data(), head.size());
+    sum = checksum64_end(checksum64_mix(sum, w.data.data(), w.data.size()));
     char digits[kChecksumDigits + 1];
-    std::snprintf(digits, sizeof digits, "%016llx", (unsigned long long)file_checksum(out, pos));
-    std::memcpy(&out[pos], digits, kChecksumDigits);
-    write_file_atomic(path, out.data(), out.size());
+    std::snprintf(digits, sizeof digits, "%016llx", (unsigned long long)sum);
+    std::memcpy(&head[pos], digits, kChecksumDigits);
+    AtomicFile f(path);
+    f.write(head.data(), head.size());
+    f.write(w.data.data(), w.data.size());
+    f.commit();
 }
 
 }  // namespace
