@@ -174,7 +174,7 @@ void load_llmc(const std::string& path, GPT2& model) {
     }
 }
 
-void export_llmc(const GPT2& model, const std::string& path) {
+void export_llmc(const GPT2& model, const std::string& path, bool bf16) {
     const ModelConfig& c = model.config();
     const Table& t = model.params().table();
     if (model.virtual_tokens() > 0)
@@ -183,9 +183,10 @@ void export_llmc(const GPT2& model, const std::string& path) {
     size_t total = 0;
     const auto layout = llmc_layout((size_t)c.padded_vocab_size, (size_t)c.block_size, (size_t)c.n_embd);
     for (const Slab& s : layout) total += s.numel * (s.per_layer ? (size_t)c.n_layer : 1);
-    std::vector<uint8_t> out(kLlmcHeaderInts * 4 + total * 4, 0);
-    const int32_t header[8] = {kLlmcMagic, kLlmcVersionF32, c.block_size, c.vocab_size,
-                               c.n_layer,  c.n_head,        c.n_embd,     c.padded_vocab_size};
+    const size_t width = bf16 ? 2 : 4;
+    std::vector<uint8_t> out(kLlmcHeaderInts * 4 + total * width, 0);
+    const int32_t header[8] = {kLlmcMagic, bf16 ? kLlmcVersionBF16 : kLlmcVersionF32,
+                               c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_embd, c.padded_vocab_size};
     for (int i = 0; i < 8; i++) store_u32(&out[4 * i], (uint32_t)header[i]);
     std::vector<float> host;
     size_t pos = kLlmcHeaderInts * 4;
@@ -199,8 +200,14 @@ void export_llmc(const GPT2& model, const std::string& path) {
             for (float v : host) {
                 uint32_t bits;
                 std::memcpy(&bits, &v, 4);
-                store_u32(&out[pos], bits);
-                pos += 4;
+                if (bf16) {  // round to nearest even (the weights are finite: every loader checks)
+                    const uint16_t h = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+                    out[pos] = (uint8_t)h;
+                    out[pos + 1] = (uint8_t)(h >> 8);
+                } else {
+                    store_u32(&out[pos], bits);
+                }
+                pos += width;
             }
         }
     }

@@ -33,7 +33,9 @@ ModelConfig llmc_config(const std::string& path);
 // Loads the file's parameters into `model`, whose config must equal llmc_config(path).
 void load_llmc(const std::string& path, GPT2& model);
 
-// Writes the model as an llm.c model file, version 3 (fp32), with Vp = the model's padded vocabulary.
-void export_llmc(const GPT2& model, const std::string& path);
+// Writes the model as an llm.c model file with Vp = the model's padded vocabulary: version 3 (fp32, what
+// llm.c's CPU train_gpt2.c reads), or with `bf16` version 5 (each value rounded to nearest even: what its
+// CUDA train_gpt2.cu reads in its default bf16 build).
+void export_llmc(const GPT2& model, const std::string& path, bool bf16 = false);
 
 }  // namespace tune

@@ -14,7 +14,7 @@
 namespace {
 
 const char* kHelp =
-    "usage: bin/export WEIGHTS [--adapter FILE] [--hf DIR] [--llmc FILE]\n"
+    "usage: bin/export WEIGHTS [--adapter FILE] [--hf DIR] [--llmc FILE [--llmc-bf16]]\n"
     "Reads GPT-2 weights and writes them in other formats (at least one of --hf, --llmc).\n"
     "\n"
     "WEIGHTS is anything bin/train --init reads, recognised by its content:\n"
@@ -27,7 +27,9 @@ const char* kHelp =
     "                transformers.GPT2LMHeadModel.from_pretrained(DIR) loads it. DIR is created if needed and\n"
     "                those two files are replaced; nothing else in DIR is touched (copy the tokenizer files\n"
     "                of the original model there yourself if you need them)\n"
-    "  --llmc FILE   write an llm.c model file, version 3 (float32), which llm.c's train_gpt2 loads\n"
+    "  --llmc FILE   write an llm.c model file, version 3 (float32), which llm.c's CPU train_gpt2 loads\n"
+    "  --llmc-bf16   write it as version 5 (bfloat16, rounded to nearest even) instead, which llm.c's CUDA\n"
+    "                train_gpt2cu loads in its default bf16 build\n"
     "  --adapter F   a LoRA adapter checkpoint (bin/train's adapter.ckpt) to merge into WEIGHTS first\n"
     "                (W + alpha/r B A); models with virtual tokens cannot be exported to either format\n"
     "  --help        this text\n"
@@ -37,6 +39,7 @@ const char* kHelp =
 
 struct ExportArgs {
     std::string input, hf_dir, llmc_file, adapter;
+    bool llmc_bf16 = false;
 };
 
 // False when --help was asked for.
@@ -61,6 +64,8 @@ bool parse(int argc, char** argv, ExportArgs& a) {
             a.hf_dir = value();
         } else if (arg == "--llmc") {
             a.llmc_file = value();
+        } else if (arg == "--llmc-bf16") {
+            a.llmc_bf16 = true;
         } else if (arg == "--adapter") {
             a.adapter = value();
         } else if (arg.size() > 1 && arg[0] == '-') {
@@ -75,6 +80,7 @@ bool parse(int argc, char** argv, ExportArgs& a) {
     if (a.input.empty()) throw tune::UsageError("no input weights given (see --help)");
     if (a.hf_dir.empty() && a.llmc_file.empty())
         throw tune::UsageError("nothing to write: give --hf DIR and/or --llmc FILE");
+    if (a.llmc_bf16 && a.llmc_file.empty()) throw tune::UsageError("--llmc-bf16 says how to write --llmc FILE: give it");
     // An output over the input would replace the weights being read with another format (or half of them).
     if (!a.llmc_file.empty() && tune::same_file(a.input, a.llmc_file))
         throw tune::UsageError("--llmc " + a.llmc_file + " is the input itself: write the export elsewhere");
@@ -111,8 +117,9 @@ int main(int argc, char** argv) {
                         args.hf_dir.c_str());
         }
         if (!args.llmc_file.empty()) {
-            tune::export_llmc(model, args.llmc_file);
-            std::printf("export: wrote %s (llm.c version 3, float32)\n", args.llmc_file.c_str());
+            tune::export_llmc(model, args.llmc_file, args.llmc_bf16);
+            std::printf("export: wrote %s (llm.c version %s)\n", args.llmc_file.c_str(),
+                        args.llmc_bf16 ? "5, bfloat16" : "3, float32");
         }
         return 0;
     });

@@ -668,6 +668,25 @@ TEST(ExportLlmc, RoundTripIsBitIdentical_L2_NH3_C12_V37) {
     EXPECT_EQ(fs::file_size(dir.file("m.bin")), 1024 + 4 * (num_parameters(small_config())));
 }
 
+// Version 5 (bf16), what llm.c's CUDA build loads: each value rounded to nearest even, read back widened.
+TEST(ExportLlmc, Bf16RoundTripIsTheRoundingOfEachValue_L2_NH3_C12_V37) {
+    TempDir dir;
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(), *be, 1, 1);
+    randomize(m, 12);
+    export_llmc(m, dir.file("m.bin"), true);
+    EXPECT_EQ(load_u32(read_file_bytes(dir.file("m.bin")).data() + 4), 5u);  // header[1], the version
+    EXPECT_EQ(fs::file_size(dir.file("m.bin")), 1024 + 2 * (num_parameters(small_config())));
+    const std::vector<float> want = params_of(m), got = load_params(dir.file("m.bin"));
+    ASSERT_EQ(got.size(), want.size());
+    size_t changed = 0;
+    for (size_t i = 0; i < want.size(); i++) {
+        ASSERT_EQ(got[i], bf16_bits_to_f32(f32_to_bf16_bits(want[i]))) << i;
+        changed += got[i] != want[i];
+    }
+    EXPECT_GT(changed, want.size() / 2) << "random weights, so most must round";
+}
+
 TEST(ExportLlmc, FileSizeOfGpt2_124MMatchesLlmcRelease) {
     // llm.c's published gpt2_124M.bin is 497,904,640 bytes: header + Vp=50304-row fp32 parameters.
     const ModelConfig c = preset_config("gpt2");
@@ -852,6 +871,9 @@ TEST(ExportTool, ExitCodesAndConversion) {
     EXPECT_EQ(run_tool("--help", &out), 0);
     EXPECT_MENTIONS(out, "--hf DIR");
     EXPECT_MENTIONS(out, "--llmc FILE");
+    EXPECT_MENTIONS(out, "--llmc-bf16");
+    EXPECT_EQ(run_tool(kFixture + " --hf x --llmc-bf16", &out), 2) << out;
+    EXPECT_MENTIONS(out, "--llmc-bf16 says how to write --llmc FILE");
     EXPECT_EQ(run_tool("", &out), 2) << out;
     EXPECT_EQ(run_tool(kFixture, &out), 2) << out;
     EXPECT_MENTIONS(out, "nothing to write");
