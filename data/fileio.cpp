@@ -102,30 +102,38 @@ std::vector<uint8_t> read_file_bytes(const std::string& path) {
     return read_rest(fd, st, path);
 }
 
-std::vector<uint8_t> read_file_head(const std::string& path, size_t n, size_t* total) {
+std::vector<uint8_t> read_file_head(const std::string& path, size_t probe,
+                                    const std::function<size_t(const std::vector<uint8_t>&)>& length, size_t* total) {
     struct stat st;
     const int fd = open_for_read(path, st);
     if (!S_ISREG(st.st_mode)) {  // a pipe: no size to ask for, so all of it
         std::vector<uint8_t> all = read_rest(fd, st, path);
         *total = all.size();
-        if (all.size() > n) all.resize(n);
-        return all;
+        std::vector<uint8_t> head(all.begin(), all.begin() + (std::ptrdiff_t)std::min(probe, all.size()));
+        if (head.size() == probe) head.assign(all.begin(), all.begin() + (std::ptrdiff_t)std::min(length(head), all.size()));
+        return head;
     }
-    std::vector<uint8_t> head(std::min(n, (size_t)st.st_size));
-    size_t have = 0;
+    const size_t size = (size_t)st.st_size;
+    std::vector<uint8_t> head;
     try {
-        while (have < head.size()) {
-            const size_t got = read_some(fd, head.data() + have, head.size() - have, path);
-            if (got == 0) break;  // shrank since the stat
-            have += got;
-        }
+        auto fill = [&](size_t n) {  // head grows to n bytes, fewer at the end of the file
+            size_t have = head.size();
+            head.resize(std::max(have, std::min(n, size)));
+            while (have < head.size()) {
+                const size_t got = read_some(fd, head.data() + have, head.size() - have, path);
+                if (got == 0) break;  // shrank since the stat
+                have += got;
+            }
+            head.resize(have);
+        };
+        fill(probe);
+        if (head.size() == probe) fill(length(head));
     } catch (...) {
         ::close(fd);
         throw;
     }
     ::close(fd);
-    head.resize(have);
-    *total = (size_t)st.st_size;
+    *total = size;
     return head;
 }
 

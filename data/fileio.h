@@ -7,15 +7,18 @@
 #include <sys/types.h>
 
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
 namespace tune {
 
 std::vector<uint8_t> read_file_bytes(const std::string& path);  // throws tune::Error naming the file
-// The first n bytes of a file (fewer when it is shorter), and in *total its whole size: a header without the
-// gigabytes behind it. Errors as read_file_bytes.
-std::vector<uint8_t> read_file_head(const std::string& path, size_t n, size_t* total);
+// A file's header without the gigabytes behind it: its first `probe` bytes, then (through the same open file,
+// so a file renamed over it meanwhile cannot mix two) up to length(those bytes) bytes in all; fewer when the
+// file is shorter. *total: the whole file's size. Errors as read_file_bytes.
+std::vector<uint8_t> read_file_head(const std::string& path, size_t probe,
+                                    const std::function<size_t(const std::vector<uint8_t>&)>& length, size_t* total);
 void make_dirs(const std::string& dir);                          // mkdir -p; throws tune::Error
 std::string directory_of(const std::string& path);               // "a/b/c" -> "a/b", "c" -> ".", "/c" -> "/"
 void write_file_atomic(const std::string& path, const void* data, size_t bytes);

@@ -49,9 +49,16 @@ TEST(KvCache, CachedLogitsEqualFullForwardF32_B2) {
     last.forward_cached(tok.data(), 2, 7, 0, true);
     for (int b = 0; b < 2; b++) EXPECT_TRUE(near_rel(last.logits_row(b, 6), full.logits_row(b, 6), 1e-5)) << b;
     EXPECT_EQ(last.logits_rows(), 2u);
-    last.forward_cached(&tok[6], 2, 1, 7 - 1);  // one more position each: back to every row
-    EXPECT_EQ(last.logits_rows(), 2u);
+    // Without last_only, a row per new position again: two more tokens for each sequence, 4 rows, more than
+    // this model keeps; and the whole prompt's 14.
+    const int32_t more[4] = {3, 4, 5, 6};
+    EXPECT_THROW(last.forward_cached(more, 2, 2, 7), Error);
     EXPECT_THROW(last.forward_cached(tok.data(), 2, 7, 0), Error);
+    GPT2 wide(small_config(), *be, 2, 7);
+    wide.init_random(9);
+    wide.forward_cached(tok.data(), 2, 7, 0, true);
+    wide.forward_cached(more, 2, 2, 7);
+    EXPECT_EQ(wide.logits_rows(), 4u);
 }
 
 TEST(Sampling, ZeroTemperatureIsArgmax) {

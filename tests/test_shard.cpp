@@ -128,19 +128,26 @@ TEST(FileIo, DirectoryIsNamedAndPipesAreReadWhole) {
     const std::vector<uint8_t> piped = read_file_bytes(d + "/pipe");
     writer.join();
     EXPECT_EQ(std::string(piped.begin(), piped.end()), std::string(70000, 'p'));
-    // The head of a file: its first n bytes (all of a shorter one) and its whole size; a pipe's too.
+    // The head of a file: a probe, then as many bytes in all as the probe says (fewer at the end of the file),
+    // and the whole size; a pipe's too.
     size_t total = 0;
-    std::vector<uint8_t> h = read_file_head(d + "/f", 5, &total);
-    EXPECT_EQ(std::string(h.begin(), h.end()), "xxxxx");
-    EXPECT_EQ(total, 100003u);
-    h = read_file_head(d + "/f", 1 << 20, &total);
-    EXPECT_EQ(h.size(), 100003u);
-    EXPECT_EQ(error_of([&] { read_file_head(d, 16, &total); }), d + ": is a directory, not a file");
-    std::thread again([&] { spit(d + "/pipe", std::string(70000, 'q')); });
-    h = read_file_head(d + "/pipe", 3, &total);
+    spit(d + "/h", "7abcdefghij");
+    auto by_digit = [](const std::vector<uint8_t>& b) { return (size_t)(b[0] - '0'); };
+    std::vector<uint8_t> h = read_file_head(d + "/h", 1, by_digit, &total);
+    EXPECT_EQ(std::string(h.begin(), h.end()), "7abcdef");
+    EXPECT_EQ(total, 11u);
+    spit(d + "/short", "9ab");
+    h = read_file_head(d + "/short", 1, by_digit, &total);
+    EXPECT_EQ(std::string(h.begin(), h.end()), "9ab");
+    h = read_file_head(d + "/empty", 1, by_digit, &total);
+    EXPECT_TRUE(h.empty());
+    EXPECT_EQ(total, 0u);
+    EXPECT_EQ(error_of([&] { read_file_head(d, 1, by_digit, &total); }), d + ": is a directory, not a file");
+    std::thread again([&] { spit(d + "/pipe", "3" + std::string(70000, 'q')); });
+    h = read_file_head(d + "/pipe", 1, by_digit, &total);
     again.join();
-    EXPECT_EQ(std::string(h.begin(), h.end()), "qqq");
-    EXPECT_EQ(total, 70000u);
+    EXPECT_EQ(std::string(h.begin(), h.end()), "3qq");
+    EXPECT_EQ(total, 70001u);
 }
 
 // The line reader of bin/prepare: lines across its 1 MiB buffer, a last line without '\n', CRLF kept as

@@ -1,6 +1,7 @@
 #include "train/checkpoint.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -103,8 +104,8 @@ struct CkptFile {
             bytes = read_file_bytes(p);
             size = bytes.size();
         } else {
-            bytes = read_file_head(p, 16, &size);
-            if (bytes.size() == 16) bytes = read_file_head(p, 16 + (size_t)load_u32(&bytes[12]), &size);
+            bytes = read_file_head(p, 16, [](const std::vector<uint8_t>& b) { return 16 + (size_t)load_u32(&b[12]); },
+                                   &size);
         }
         // The magic first: a short file that does not start like a checkpoint is some other file, not a
         // truncated checkpoint.
@@ -489,6 +490,10 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     if (s.contains("init") && !s["init"].is_string()) f.fail("state field 'init' is not a string");
     state->init = s.value("init", std::string());
     state->base_fingerprint = u64_or("base_hash", 0);
+    if (!s.contains("base_hash") && s.contains("base_fingerprint") && model.peft().any() && launch_info().rank == 0)
+        std::fprintf(stderr, "note: %s was written before 2026-12-02, with its base recorded in a form this build "
+                     "does not check: the adapter.ckpt this run writes will load on any base of its shape\n",
+                     path.c_str());
     state->trained_base.clear();
     if (s.contains("trained_base")) {
         if (!s["trained_base"].is_array()) f.fail("state field 'trained_base' is not an array");

@@ -506,12 +506,15 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
         size_t counted = 0;
         for (float w : b.weights) counted += w != 0.0f;
         if (!counted) throw Error(data[0] + ": a Fisher batch without a single counted token (all masked)");
-        for (;;) {  // DIST: every rank sees the same batch and weights, so each decides the same
+        for (;;) {
             model_->zero_grads();
             model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
             model_->loss(b.targets.data(), b.weights.data(), (float)(scale / (double)counted), true);
             model_->backward();
-            if (std::isfinite(be_->sum_squares(model_->grads().base(), model_->grads().elems()))) break;
+            // DIST: every rank runs the same batch on the same weights; one sum makes the retry one decision
+            // even if their bits differ.
+            const bool bad = !std::isfinite(be_->sum_squares(model_->grads().base(), model_->grads().elems()));
+            if ((dp_ ? dp_->sum((uint64_t)bad, "Fisher batches that overflowed") : (uint64_t)bad) == 0) break;
             if (scale <= 1)
                 throw Error(data[0] + ": the gradient of Fisher batch " + std::to_string(k + 1) +
                             " is not finite even without loss scaling (the model's loss overflows on it)");
