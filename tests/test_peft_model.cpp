@@ -280,9 +280,17 @@ TEST(PeftModel, FoldedVirtualTokensGiveTheSameLogitsF64_PtuneToPrompt_PrefixToKv
     }
 }
 
-// Gradients (every tensor's) after one forward/backward, as raw bytes.
-std::vector<std::vector<double>> grads_of(GPT2& m, const Data& d) {
-    mean_loss(m, d, true);
+// Gradients (every tensor's) after one forward/backward, as raw bytes. `weighted`: the forward gets the loss
+// weights, so the LM head runs on the counted rows only (gathered, and chunked when the model says so).
+std::vector<std::vector<double>> grads_of(GPT2& m, const Data& d, bool weighted = false) {
+    if (weighted) {
+        m.zero_grads();
+        m.forward(d.x.data(), d.B, d.T, d.w.data());
+        m.loss(d.y.data(), d.w.data(), 1.0f / (float)counted(d.w), true);
+        m.backward();
+    } else {
+        mean_loss(m, d, true);
+    }
     std::vector<std::vector<double>> g;
     for (size_t i = 0; i < m.grads().table().size(); i++) g.push_back(get_tensor(m, m.grads(), i));
     return g;
@@ -291,7 +299,9 @@ std::vector<std::vector<double>> grads_of(GPT2& m, const Data& d) {
 TEST(PeftModel, RecomputeModesGiveBitIdenticalGradientsAndUseLessMemoryF32) {
     auto be = make_cpu_backend(DType::f32);
     const ModelConfig c = small_config(37, 3, 3, 12, 12);
-    for (int variant = 0; variant < 3; variant++) {  // full fine-tuning, LoRA with dropout, prefix tuning
+    // Full fine-tuning, LoRA with dropout, prefix tuning, then a prompt on a frozen base (the lowest block's
+    // input gradient skipped), and full fine-tuning with the head on the counted rows, 4 at a time.
+    for (int variant = 0; variant < 5; variant++) {
         SCOPED_TRACE("variant " + std::to_string(variant));
         std::vector<std::vector<std::vector<double>>> grads;
         std::vector<size_t> bytes;
@@ -300,11 +310,14 @@ TEST(PeftModel, RecomputeModesGiveBitIdenticalGradientsAndUseLessMemoryF32) {
             o.recompute = r;
             if (variant == 1) o.peft = lora_cfg(kLoraAll, 2, 0.2f);
             if (variant == 2) o.peft = virtual_cfg(Virtual::prefix, 2, 4);
-            GPT2 m(c, *be, 3, 7, nullptr, o);
+            if (variant == 3) o.peft = virtual_cfg(Virtual::prompt, 2, 4);
+            if (variant == 4) o.head_chunk = 4;
+            const Trainable fr = frozen_base(c);
+            GPT2 m(c, *be, 3, 7, variant == 3 ? &fr : nullptr, o);
             m.init_random(12);
-            if (variant) randomise_peft(m, 120);
+            if (o.peft.any()) randomise_peft(m, 120);
             m.set_training(true, 77);
-            grads.push_back(grads_of(m, random_data(3, 7, 37, 14, true)));
+            grads.push_back(grads_of(m, random_data(3, 7, 37, 14, true), variant == 4));
             bytes.push_back(m.act_bytes());
         }
         for (size_t k = 1; k < grads.size(); k++) {
