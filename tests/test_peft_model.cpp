@@ -422,18 +422,27 @@ TEST(PeftModel, BackwardFloorLeavesLowerBlocksWithoutGradient) {
     const ModelConfig c = small_config(37, 3, 3, 12, 9);
     GPT2 m(c, *be, 2, 7);
     m.init_random(30);
+    GPT2 whole(c, *be, 2, 7);  // the same model without a floor
+    whole.init_random(30);
     m.set_backward_floor(2);
     const Data d = random_data(2, 7, 37, 16, false);
     mean_loss(m, d, true);
+    mean_loss(whole, d, true);
     const Table& g = m.grads().table();
     for (size_t i = 0; i < g.size(); i++) {
+        const std::vector<double> got = get_tensor(m, m.grads(), i);
         double norm = 0;
-        for (double v : get_tensor(m, m.grads(), i)) norm += v * v;
-        const bool above = g[i].name.rfind("h.2.", 0) == 0 || g[i].name.rfind("ln_f", 0) == 0 || g[i].name == "wte";
-        if (above)
+        for (double v : got) norm += v * v;
+        const bool above = g[i].name.rfind("h.2.", 0) == 0 || g[i].name.rfind("ln_f", 0) == 0;
+        if (above) {  // the blocks above the floor get exactly the gradients they get without one
             EXPECT_GT(norm, 0.0) << g[i].name;
-        else
+            EXPECT_EQ(got, get_tensor(whole, whole.grads(), i)) << g[i].name;
+        } else if (g[i].name == "wte") {  // the head's share only: no embedding gradient from below the floor
+            EXPECT_GT(norm, 0.0) << g[i].name;
+            EXPECT_NE(got, get_tensor(whole, whole.grads(), i)) << g[i].name;
+        } else {
             EXPECT_EQ(norm, 0.0) << g[i].name;
+        }
     }
 }
 
