@@ -12,6 +12,20 @@ namespace tune::test {
 namespace {
 
 // Mean loss over counted tokens, and (optionally) the gradients it leaves in the model.
+// More than the machine holds is refused with the numbers, where Linux would hand out the address space and
+// kill the process, silently, once the pages were written.
+TEST(ModelCpu, AllocationBeyondTheMachinesMemoryIsRefusedWithTheNumbers) {
+    auto be = make_cpu_backend(DType::f32);
+    void* small = be->alloc(1 << 20);
+    const std::string msg = error_of([&] { be->alloc(size_t(1) << 50); });
+    EXPECT_NE(msg.find("cpu backend: 1048576.0 GiB more would make 1048576.0 GiB, more than this machine's memory ("),
+              std::string::npos) << msg;
+    EXPECT_NE(msg.find("--device cuda"), std::string::npos) << msg;
+    be->free(small);
+    ModelConfig c = small_config();  // ordinary sizes still allocate
+    GPT2 m(c, *be, 2, 7);
+}
+
 TEST(ModelCpu, ParameterGradientsMatchFiniteDifferencesF64_L2_C12_V37_B2_T7) {
     auto be = make_cpu_backend(DType::f64);
     GPT2 m(small_config(), *be, 2, 7);

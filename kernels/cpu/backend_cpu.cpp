@@ -1,7 +1,12 @@
 // The CPU backend: the reference layers of kernels/cpu/ behind the Backend interface, in float
 // (a usable training backend) or double (for finite-difference gradient checks).
+#include <sys/sysinfo.h>
+
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <map>
 
 #include "kernels/backend.h"
 #include "kernels/cpu/adamw.h"
@@ -44,6 +49,22 @@ void convert_from(Dst* dst, const void* src, DType dtype, size_t n) {
         throw Error(std::string("cpu backend: no buffers of type ") + dtype_name(dtype));
 }
 
+// What this process may hold: RAM and swap, or less under a cgroup's memory.max; 0 when unknown.
+size_t memory_limit() {
+    struct sysinfo si;
+    size_t limit = sysinfo(&si) == 0 ? ((size_t)si.totalram + (size_t)si.totalswap) * si.mem_unit : 0;
+    std::ifstream f("/sys/fs/cgroup/memory.max");
+    unsigned long long cg = 0;
+    if (f >> cg && cg > 0 && (limit == 0 || cg < limit)) limit = (size_t)cg;  // "max" (no limit) does not parse
+    return limit;
+}
+
+std::string gib(size_t bytes) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.1f GiB", bytes / 1073741824.0);
+    return b;
+}
+
 template <class T>
 class CpuBackend final : public Backend {
    public:
@@ -52,11 +73,27 @@ class CpuBackend final : public Backend {
     DType master_dtype() const override { return dtype_of<T>(); }
 
     void* alloc(size_t bytes) override {
-        void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+        const size_t n = (bytes + 63) / 64 * 64;
+        // Linux hands out address space and finds the pages when they are first written: past the machine's
+        // memory it kills the process then, without a word. Refused here instead, with the numbers.
+        if (limit_ && held_ + n > limit_)
+            throw Error("cpu backend: " + gib(n) + " more would make " + gib(held_ + n) +
+                        ", more than this machine's memory (" + gib(limit_) +
+                        ", RAM and swap or the cgroup's limit): a smaller --batch or --seq, --recompute, --train-top, "
+                        "LoRA, or a GPU (--device cuda)");
+        void* p = std::aligned_alloc(64, n);
         if (!p) throw Error("cpu backend: out of memory allocating " + std::to_string(bytes) + " bytes");
+        sizes_[p] = n;
+        held_ += n;
         return p;
     }
-    void free(void* p) override { std::free(p); }
+    void free(void* p) override {
+        if (auto it = sizes_.find(p); it != sizes_.end()) {
+            held_ -= it->second;
+            sizes_.erase(it);
+        }
+        std::free(p);
+    }
     void zero(void* p, size_t bytes) override { std::memset(p, 0, bytes); }
     void upload(void* dst, DType dtype, const float* src, size_t n) override { convert_to(dst, dtype, src, n); }
     void upload(void* dst, DType dtype, const double* src, size_t n) override { convert_to(dst, dtype, src, n); }
@@ -155,6 +192,10 @@ class CpuBackend final : public Backend {
    private:
     static T* t(void* p) { return static_cast<T*>(p); }
     static const T* t(const void* p) { return static_cast<const T*>(p); }
+
+    const size_t limit_ = memory_limit();
+    size_t held_ = 0;                  // bytes this backend has allocated and not freed
+    std::map<const void*, size_t> sizes_;  // of each allocation (a few arenas; not per tensor)
 };
 
 }  // namespace
