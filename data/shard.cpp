@@ -1,5 +1,7 @@
 #include "data/shard.h"
 
+#include <cstdint>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -168,6 +170,9 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
         const uint64_t counted_to = start;  // targets 1 .. start are in the windows so far
         if (counted_to < n - 1) windows_.push_back({shard, (uint32_t)(counted_to - (n - T - 1)), n - T - 1});
     }
+    if (windows_.size() > UINT32_MAX)  // the epoch orders hold 32-bit window numbers
+        throw Error("the training data has " + std::to_string(windows_.size()) + " windows of T+1 tokens, more than " +
+                    "the 2^32 one loader counts: give a longer --seq or fewer shards");
     start_epoch();
 }
 
@@ -183,17 +188,27 @@ size_t Loader::num_tokens() const {
     return n;
 }
 
-void Loader::start_epoch() {
-    order_.resize(windows_.size());
-    std::iota(order_.begin(), order_.end(), 0u);
-    if (!shuffle_) return;
+std::vector<uint32_t> Loader::epoch_order(uint64_t epoch) const {
+    std::vector<uint32_t> order(windows_.size());
+    std::iota(order.begin(), order.end(), 0u);
+    if (!shuffle_) return order;
     // Fisher-Yates with our own generator: the order depends only on (seed, epoch).
-    Rng rng(seed_ ^ (0x5851F42D4C957F2Dull * (state_.epoch + 1)));
-    for (size_t i = order_.size() - 1; i > 0; i--) std::swap(order_[i], order_[rng.below(i + 1)]);
+    Rng rng(seed_ ^ (0x5851F42D4C957F2Dull * (epoch + 1)));
+    for (size_t i = order.size() - 1; i > 0; i--) std::swap(order[i], order[rng.below(i + 1)]);
+    return order;
+}
+
+void Loader::start_epoch() {
+    order_ = epoch_order(state_.epoch);
+    next_order_.clear();
 }
 
 void Loader::set_state(const LoaderState& s) {
     state_ = s;
+    if (!windows_.empty()) {  // an epoch's end, as next() leaves it: the next epoch's start
+        state_.epoch += state_.cursor / windows_.size();
+        state_.cursor %= windows_.size();
+    }
     start_epoch();
 }
 
@@ -223,19 +238,25 @@ Batch Loader::next() {
     b.inputs.resize((size_t)B_ * T_);
     b.targets.resize(b.inputs.size());
     b.weights.resize(b.inputs.size());
-    // Each rank takes every world_-th window; an epoch ends when a full round no longer fits.
-    const uint64_t per_round = (uint64_t)world_;
-    if (order_.size() < per_round)
-        throw Error("the training data has " + std::to_string(order_.size()) + " windows of T+1 tokens, fewer than "
-                    "the " + std::to_string(world_) + " ranks: every rank needs one a step");
+    // TEACH: the epochs' orders, joined end to end, are one stream, and each round of world_ windows takes the
+    // next world_ of it, rank r the r-th: a round at an epoch's end runs on into the next epoch's order. So which
+    // windows a step reads depends on the global batch only, not on how many ranks share it (a run resumed on
+    // another number of ranks reads what it would have), and no epoch drops its last windows.
+    const uint64_t per_round = (uint64_t)world_, n = order_.size();
+    if (n < per_round)
+        throw Error("the training data has " + std::to_string(n) + " windows of T+1 tokens, fewer than the " +
+                    std::to_string(world_) + " ranks: every rank needs one a step");
     for (int row = 0; row < B_; row++) {
-        if (state_.cursor + per_round > order_.size()) {
-            state_.epoch++;
-            state_.cursor = 0;
-            start_epoch();
-        }
-        fill_row(b, row, windows_[order_[state_.cursor + rank_]]);
+        const uint64_t pos = state_.cursor + rank_;
+        if (pos >= n && next_order_.empty()) next_order_ = epoch_order(state_.epoch + 1);
+        fill_row(b, row, windows_[pos < n ? order_[pos] : next_order_[pos - n]]);
         state_.cursor += per_round;
+        if (state_.cursor >= n) {
+            state_.epoch++;
+            state_.cursor -= n;
+            order_ = next_order_.empty() ? epoch_order(state_.epoch) : std::move(next_order_);
+            next_order_.clear();
+        }
     }
     return b;
 }

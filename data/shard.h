@@ -95,13 +95,15 @@ struct Batch {
 // Loader position: everything needed to continue exactly where a run stopped.
 struct LoaderState {
     uint64_t epoch = 0;
-    uint64_t cursor = 0;  // windows consumed by all ranks in this epoch
+    uint64_t cursor = 0;  // windows consumed by all ranks in this epoch (< its windows)
 };
 
 // Serves B x T windows from one or more shards. Windows start every T tokens inside each shard (they
 // never cross shards); a shard shorter than T+1 tokens is one window, padded with weight 0. Shuffled: each epoch visits the windows in a permutation drawn from (seed, epoch);
 // sequential: in file order. With world_size ranks, rank r takes windows r, r+W, r+2W, ... of the
-// epoch's order, so ranks see disjoint data.
+// epochs' orders joined end to end (a round at an epoch's end runs on into the next epoch), so ranks see
+// disjoint data, every epoch reads every window once, and the windows a step reads depend only on the
+// global batch, not on how many ranks share it.
 class Loader {
    public:
     Loader(const std::vector<std::string>& paths, int vocab_size, int B, int T, bool shuffle, uint64_t seed,
@@ -138,12 +140,14 @@ class Loader {
         uint32_t skip;
         uint64_t start;
     };
+    std::vector<uint32_t> epoch_order(uint64_t epoch) const;
     void start_epoch();
     void fill_row(Batch& b, int row, const Window& w) const;
 
     std::vector<Shard> shards_;
     std::vector<Window> windows_;
-    std::vector<uint32_t> order_;  // this epoch's visiting order
+    std::vector<uint32_t> order_;       // this epoch's visiting order
+    std::vector<uint32_t> next_order_;  // the next epoch's, once a round reaches into it (else empty)
     std::vector<std::string> short_shards_;
     int B_, T_;
     bool shuffle_;

@@ -754,18 +754,6 @@ TEST_F(DistFixture, ResumeIsBitExactWithTheSameRanksAndContinuesWithOthers) {
     EXPECT_EQ(slurp(dir + "/grow/model.ckpt"), slurp(dir + "/grow2/model.ckpt"));
 }
 
-// In file order with 2 ranks and an odd number of windows, the last window is never read: said at the start.
-TEST_F(DistFixture, SequentialReadingNotesTheWindowsNoRankReads) {
-    int seq = 13;
-    while (Loader({dir + "/train.bin"}, 37, 2, seq, false, 0).num_windows() % 2 == 0) seq--;
-    const size_t windows = Loader({dir + "/train.bin"}, 37, 2, seq, false, 0).num_windows();
-    CmdResult r = run_cmd(mpirun(2) + train("--steps 2 --val-every 0 --batch 2 --sequential --seq " + std::to_string(seq),
-                                            "seq"));
-    ASSERT_EQ(r.rc, 0) << r.out;
-    EXPECT_THAT(r.out, HasSubstr("note: --sequential on 2 ranks: the last 1 of the " + std::to_string(windows) +
-                                 " training windows are never read"));
-}
-
 // Rank 0 writing a checkpoint for longer than --comm-timeout (here a test hook makes each write take 2 s) is not
 // a dead rank: the others wait for the write, not in the next collective, and the run finishes.
 TEST_F(DistFixture, ACheckpointWriteLongerThanTheCommTimeoutIsWaitedFor) {

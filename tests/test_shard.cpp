@@ -382,6 +382,41 @@ TEST(Loader, RanksSeeDisjointWindows) {
     EXPECT_EQ(seen.size(), 30u);
 }
 
+// The epochs' orders are one stream that rounds of W windows run through, across epoch ends: 2 ranks x 2
+// read, step by step, what 1 rank x 4 reads (7 windows, so rounds straddle epochs), a state saved on 2 ranks
+// continues on 1 as the 1-rank run goes on, and every epoch reads each window once.
+TEST(Loader, WindowsDependOnTheGlobalBatchNotTheRanks_7windows_2x2_vs_1x4) {
+    TempDir tmp("loader");
+    const std::string d = tmp.path();
+    write_shard(d + "/a.bin", iota_tokens(4 * 7 + 1, 1000), nullptr, 1000);  // 7 windows of T=4
+    for (bool shuffle : {false, true}) {
+        SCOPED_TRACE(shuffle ? "shuffled" : "in file order");
+        Loader one({d + "/a.bin"}, 1000, 4, 4, shuffle, 5);
+        Loader r0({d + "/a.bin"}, 1000, 2, 4, shuffle, 5, 0, 2), r1({d + "/a.bin"}, 1000, 2, 4, shuffle, 5, 1, 2);
+        ASSERT_EQ(one.num_windows(), 7u);
+        std::vector<int> reads(7, 0);
+        LoaderState at2;
+        for (int step = 0; step < 7; step++) {  // 28 windows: 4 epochs, each read every window once
+            const Batch a = one.next(), b0 = r0.next(), b1 = r1.next();
+            // Global round j: rank 0 row j, rank 1 row j = one's rows 2j, 2j + 1.
+            for (int j = 0; j < 2; j++) {
+                EXPECT_EQ(b0.inputs[j * 4], a.inputs[(2 * j) * 4]) << "step " << step;
+                EXPECT_EQ(b1.inputs[j * 4], a.inputs[(2 * j + 1) * 4]) << "step " << step;
+            }
+            for (int r = 0; r < 4; r++) reads[a.inputs[r * 4] / 4]++;
+            EXPECT_EQ(r0.state().epoch, one.state().epoch);
+            EXPECT_EQ(r0.state().cursor, one.state().cursor);
+            if (step == 1) at2 = r0.state();  // 8 windows in: epoch 1, cursor 1
+        }
+        EXPECT_EQ(reads, std::vector<int>(7, 4));
+        Loader fresh({d + "/a.bin"}, 1000, 4, 4, shuffle, 5), resumed({d + "/a.bin"}, 1000, 4, 4, shuffle, 5);
+        fresh.next();
+        fresh.next();
+        resumed.set_state(at2);
+        for (int step = 2; step < 7; step++) EXPECT_EQ(resumed.next().inputs, fresh.next().inputs) << "step " << step;
+    }
+}
+
 // Evaluation over ranks: one pass of next_in_epoch on every rank counts every window once, the last round
 // partial (10 windows on 3 ranks: 4, 3 and 3), even with fewer windows than ranks (a short validation split).
 TEST(Loader, OnePassOverRanksCountsEveryWindowOnce_10windows_3ranks_and_1window_2ranks) {

@@ -404,12 +404,6 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (rank == 0)
         for (const Loader* l : {train_.get(), val_.get(), replay_.get()})
             if (l) l->note_short_shards();
-    // Ranks take windows in turns, so an epoch ends at a multiple of the world size: in file order the same tail
-    // is never read (shuffled, another tail each epoch).
-    if (train_ && !args.shuffle && world > 1 && train_->num_windows() % world != 0 && rank == 0)
-        std::fprintf(stderr, "note: --sequential on %d ranks: the last %zu of the %zu training windows are never read "
-                     "(a multiple of %d windows, or shuffling, reads them all)\n", world, train_->num_windows() % world,
-                     train_->num_windows(), world);
     if (train_) note_changed_windows(args.resume, "training", state_.loader_windows, train_->num_windows(), args.seq);
     if (replay_) note_changed_windows(args.resume, "replay", state_.replay_windows, replay_->num_windows(), args.seq);
 }
