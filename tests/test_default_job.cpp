@@ -3,12 +3,14 @@
 // written. And the synthetic task keeps its promises.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "data/synthetic.h"
 #include "tests/test_util.h"
 #include "train/default_job.h"
+#include "train/trainer.h"
 
 namespace tune::test {
 namespace {
@@ -29,6 +31,28 @@ TEST(DefaultJob, ShortRunWritesDataCheckpointsAndReport) {
     EXPECT_LT(r["task_loss_after"].get<double>(), r["task_loss_before"].get<double>());
     for (const char* f : {"/base/model.ckpt", "/finetune/model.ckpt", "/finetune/loss.svg", "/data/task/train.bin"})
         EXPECT_FALSE(slurp(o.out_dir + f).empty()) << f;
+}
+
+// bin/train's Ctrl-C handler reaches the job's running Trainer through on_trainer: a stop asked of the first
+// stage ends the job there, with the interrupted status and a resume checkpoint, and nothing after it runs.
+TEST(DefaultJob, AStopAskedOfTheRunningStageEndsTheJob) {
+    DefaultJobOptions o;
+    TempDir tmp("defjob_stop");
+    o.out_dir = tmp.path();
+    o.device = "cpu";
+    o.base_steps = 3;
+    o.finetune_steps = 3;
+    o.quiet = true;
+    std::vector<bool> told;  // true: a trainer, false: nullptr
+    o.on_trainer = [&](Trainer* t) {
+        told.push_back(t != nullptr);
+        if (t) t->request_stop();
+    };
+    EXPECT_EQ(run_default_job(o), Trainer::kInterrupted);
+    EXPECT_EQ(told, (std::vector<bool>{true, false}));
+    EXPECT_FALSE(slurp(o.out_dir + "/base/resume.ckpt").empty());
+    EXPECT_FALSE(std::filesystem::exists(o.out_dir + "/finetune")) << "the job went on after the stop";
+    EXPECT_FALSE(std::filesystem::exists(o.out_dir + "/report.json"));
 }
 
 TEST(SyntheticTask, HeldOutPromptsNeverAppearInTrainingAndAnswersAreTheAnimal) {

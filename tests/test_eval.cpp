@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include "data/shard.h"
 #include "tests/model_util.h"
@@ -63,6 +64,22 @@ TEST(ProgressLine, SilentWhenQuickThenCountsWithAnEta) {
     EXPECT_THAT(out, HasSubstr("work 1/4 (25%), ETA "));
     EXPECT_THAT(out, HasSubstr("work 4/4 (100%), took "));
     EXPECT_EQ(out.back(), '\n');
+}
+
+// A chart whose curves hold non-finite values (an infinite validation loss) is still a valid SVG: they are
+// left out, and a curve with one drawable point gets a dot.
+TEST(LineChart, NonFinitePointsAreLeftOutAndALonePointIsADot) {
+    TempDir tmp("chart");
+    const double inf = std::numeric_limits<double>::infinity();
+    write_line_chart_svg(tmp.file("c.svg"), "t", "step", "loss",
+                         {{"a", "#000", {{1, inf}, {2, 3.0}}}, {"b", "#111", {{1, inf}}}, {"c", "#222", {{1, 2.0}, {2, 2.5}}}});
+    const std::string svg = slurp(tmp.file("c.svg"));
+    EXPECT_EQ(svg.find("inf"), std::string::npos) << svg;
+    EXPECT_EQ(svg.find("nan"), std::string::npos) << svg;
+    size_t dots = 0;
+    for (size_t at = svg.find("<circle"); at != std::string::npos; at = svg.find("<circle", at + 1)) dots++;
+    EXPECT_EQ(dots, 1u) << "one for curve a, none for b (nothing to draw) or c (a line)";
+    EXPECT_NE(svg.find("fill=\"#000\""), std::string::npos);
 }
 
 TEST(MultipleChoice, MatchesAnIndependentScorer) {

@@ -87,6 +87,24 @@ DefaultData prepare_default_data(const Tokenizer& tok, const std::string& data) 
     return d;
 }
 
+// One of the job's training runs, announced to opt.on_trainer while it runs.
+static int run_stage(const DefaultJobOptions& opt, const TrainArgs& args) {
+    Trainer t(args);
+    struct Announce {
+        const DefaultJobOptions& opt;
+        explicit Announce(const DefaultJobOptions& o, Trainer* t) : opt(o) {
+            if (opt.on_trainer) opt.on_trainer(t);
+        }
+        ~Announce() {
+            if (opt.on_trainer) opt.on_trainer(nullptr);
+        }
+    } announce(opt, &t);
+    const int rc = t.run();
+    if (rc == Trainer::kInterrupted)
+        std::printf("default job interrupted; `bin/train` with no arguments starts it again (about half a minute)\n");
+    return rc;
+}
+
 int run_default_job(const DefaultJobOptions& opt) {
     const auto t0 = std::chrono::steady_clock::now();
     auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
@@ -100,7 +118,8 @@ int run_default_job(const DefaultJobOptions& opt) {
     Tokenizer tok = Tokenizer::load("data/gpt2");
     const DefaultData d = prepare_default_data(tok, data);
     const std::vector<TaskExample>& test_ex = d.test;
-    std::printf("data: base corpus %zu tokens, task %zu examples (%zu tokens, %zu with loss), %zu held out\n\n",
+    std::printf("data: base corpus %zu tokens, task %zu examples split into train and validation (%zu training "
+                "tokens, %zu with loss), %zu held out\n\n",
                 d.base_tokens, d.train.size(), d.task_tokens, d.task_counted, test_ex.size());
 
     // 2. Pretrain.
@@ -120,7 +139,7 @@ int run_default_job(const DefaultJobOptions& opt) {
     base.out_dir = opt.out_dir + "/base";
     base.quiet = opt.quiet;
     std::printf("== 1/2 pretraining on the base corpus (at %.0f s)\n", elapsed());
-    if (int rc = Trainer(base).run()) return rc;
+    if (int rc = run_stage(opt, base)) return rc;
 
     // 3. Fine-tune.
     TrainArgs ft = base;
@@ -144,7 +163,7 @@ int run_default_job(const DefaultJobOptions& opt) {
         acc_before = task_accuracy(*m.model, tok, test_ex, &samples_before);
     }
     std::printf("\n== 2/2 fine-tuning on the task, loss on the answers only (at %.0f s)\n", elapsed());
-    if (int rc = Trainer(ft).run()) return rc;
+    if (int rc = run_stage(opt, ft)) return rc;
 
     // 4. Report.
     std::printf("\n== measuring (at %.0f s)\n", elapsed());

@@ -8,6 +8,7 @@
 //      task examples (greedy decoding), and a few generated samples.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -38,12 +39,15 @@ struct TaskAndBaseLoss {
 TaskAndBaseLoss measure_losses(const std::string& weights, const std::string& device, const DefaultData& d,
                                const std::string& adapter = "");
 
+class Trainer;
 struct DefaultJobOptions {
     std::string out_dir = "runs/default";
     std::string device = "auto";
     int base_steps = 150;
     int finetune_steps = 700;
     bool quiet = false;
+    // Told of each Trainer while it runs, then of nullptr: bin/train's Ctrl-C handler stops it at a step's end.
+    std::function<void(Trainer*)> on_trainer;
 };
 
 // Returns the process exit code.

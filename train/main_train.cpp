@@ -13,8 +13,19 @@ static tune::Trainer* g_trainer = nullptr;
 // Ctrl-C (or SIGTERM, which schedulers send before killing a job, or SIGHUP, a closed terminal) finishes the
 // current step (cutting a validation short) and writes a resume checkpoint instead of losing the run; the exit
 // status is then 130.
-static void on_interrupt(int) {
-    if (g_trainer) g_trainer->request_stop();
+static void on_interrupt(int sig) {
+    if (g_trainer) {
+        g_trainer->request_stop();
+        return;
+    }
+    std::signal(sig, SIG_DFL);  // no run to stop (the default job between its runs): the signal's usual end
+    std::raise(sig);
+}
+
+static void handle_interrupts() {
+    std::signal(SIGINT, on_interrupt);
+    std::signal(SIGTERM, on_interrupt);
+    std::signal(SIGHUP, on_interrupt);  // the terminal or ssh session went away: same as Ctrl-C
 }
 
 int main(int argc, char** argv) {
@@ -22,7 +33,10 @@ int main(int argc, char** argv) {
         if (argc == 1) {
             if (tune::launch_info().world > 1)
                 throw tune::UsageError("the default job runs in one process; give options to train data-parallel");
-            return tune::run_default_job(tune::DefaultJobOptions{});  // the embedded demo
+            tune::DefaultJobOptions job;  // the embedded demo
+            job.on_trainer = [](tune::Trainer* t) { g_trainer = t; };
+            handle_interrupts();
+            return tune::run_default_job(job);
         }
         tune::TrainArgs args;
         if (!tune::parse_train_args(argc, argv, args)) {
@@ -31,9 +45,7 @@ int main(int argc, char** argv) {
         }
         tune::Trainer trainer(args);
         g_trainer = &trainer;
-        std::signal(SIGINT, on_interrupt);
-        std::signal(SIGTERM, on_interrupt);
-        std::signal(SIGHUP, on_interrupt);  // the terminal or ssh session went away: same as Ctrl-C
+        handle_interrupts();
         if (args.memory_map) {
             if (tune::launch_info().rank == 0) trainer.print_memory_detail();  // rank 0 speaks for all
             return 0;

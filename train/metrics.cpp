@@ -148,9 +148,13 @@ void write_line_chart_svg(const std::string& path, const std::string& title, con
         for (auto [x, y] : c.points)
             if (std::isfinite(x) && std::isfinite(y) && (!log_x || x > 0)) s << px(x) << "," << py(y) << " ";
         s << "\"/>\n";
-        if (c.points.size() == 1)
-            s << "<circle cx=\"" << px(c.points[0].first) << "\" cy=\"" << py(c.points[0].second) << "\" r=\"3\" fill=\""
-              << c.color << "\"/>\n";
+        // A lone drawable point makes no line: a dot (and none for a point that is not a number).
+        std::vector<std::pair<double, double>> drawable;
+        for (auto [x, y] : c.points)
+            if (std::isfinite(x) && std::isfinite(y) && (!log_x || x > 0)) drawable.push_back({x, y});
+        if (drawable.size() == 1)
+            s << "<circle cx=\"" << px(drawable[0].first) << "\" cy=\"" << py(drawable[0].second)
+              << "\" r=\"3\" fill=\"" << c.color << "\"/>\n";
         double ly = top + 16 + 18 * legend++;
         s << "<line x1=\"" << W - right - 120 << "\" x2=\"" << W - right - 96 << "\" y1=\"" << ly << "\" y2=\"" << ly
           << "\" stroke=\"" << c.color << "\" stroke-width=\"2\"/>\n";
@@ -182,9 +186,10 @@ void ProgressLine::update(size_t done) {
     }
     last_ = t;
     const double eta = done ? elapsed / (double)done * (double)(total_ - std::min(done, total_)) : NAN;
-    std::fprintf(stderr, "%s%s %zu/%zu (%.0f%%), %s %s%s", tty_ ? "\r" : "", what_, done, total_,
+    // On a terminal the line rewrites itself: \033[K clears what a longer earlier text left after it.
+    std::fprintf(stderr, "%s%s %zu/%zu (%.0f%%), %s %s%s%s", tty_ ? "\r" : "", what_, done, total_,
                  100.0 * (double)done / (double)total_, last ? "took" : "ETA",
-                 format_duration(last ? elapsed : eta).c_str(), tty_ && !last ? "" : "\n");
+                 format_duration(last ? elapsed : eta).c_str(), tty_ ? "\033[K" : "", tty_ && !last ? "" : "\n");
     std::fflush(stderr);
     open_ = tty_ && !last;
 }

@@ -918,7 +918,9 @@ int Trainer::run() {
         const double elapsed = now_seconds() - t_start;
         const double per_step = elapsed / (double)(state_.step - first);
         const double tok_s = tokens_per_step / st.seconds;
-        const double mfu = peak_flops_ > 0 ? 100.0 * tok_s * flops_per_token_ / peak_flops_ : 0.0;
+        // Every rank's tokens against every rank's GPU: tok_s counts the world's, peak_flops_ is one GPU's.
+        const double mfu =
+            peak_flops_ > 0 ? 100.0 * tok_s * flops_per_token_ / (peak_flops_ * (dp_ ? dp_->world() : 1)) : 0.0;
         char mfu_text[48] = "";
         if (peak_flops_ > 0) std::snprintf(mfu_text, sizeof mfu_text, " | MFU %4.1f%%", mfu);
         if (dynamic_loss_scale_)
