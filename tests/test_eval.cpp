@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <limits>
 
 #include "data/shard.h"
@@ -80,6 +81,18 @@ TEST(LineChart, NonFinitePointsAreLeftOutAndALonePointIsADot) {
     for (size_t at = svg.find("<circle"); at != std::string::npos; at = svg.find("<circle", at + 1)) dots++;
     EXPECT_EQ(dots, 1u) << "one for curve a, none for b (nothing to draw) or c (a line)";
     EXPECT_NE(svg.find("fill=\"#000\""), std::string::npos);
+}
+
+// A new run's log replaces an earlier run's plot along with its metrics; a resumed one (or lr_find's log)
+// leaves it.
+TEST(RunLog, ANewRunRemovesTheEarlierRunsPlot) {
+    TempDir tmp("runlog");
+    spit(tmp.file("loss.svg"), "earlier");
+    { RunLog resumed(tmp.path(), 5); }
+    { RunLog sweep(tmp.path(), -1, "lr_find.jsonl"); }
+    EXPECT_EQ(slurp(tmp.file("loss.svg")), "earlier");
+    { RunLog fresh(tmp.path()); }
+    EXPECT_FALSE(std::filesystem::exists(tmp.file("loss.svg")));
 }
 
 TEST(MultipleChoice, MatchesAnIndependentScorer) {

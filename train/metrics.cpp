@@ -41,6 +41,12 @@ RunLog::RunLog(const std::string& dir, long long resume_step, const std::string&
         }
         write_file_atomic(path, kept.data(), kept.size());
     }
+    // A new run's log starts empty, and so does its plot: an earlier run's loss.svg would otherwise pass for
+    // this run's until the first validation (or for good, after a kill).
+    if (resume_step < 0 && file == "metrics.jsonl") {
+        std::error_code ec;
+        std::filesystem::remove(dir + "/loss.svg", ec);
+    }
     f_ = std::fopen(path.c_str(), resume_step >= 0 ? "a" : "w");
     if (!f_)
         throw Error(path + ": cannot open for " + (resume_step >= 0 ? "appending" : "writing") + " (" +
