@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -53,6 +54,14 @@ TUNE_HOST_DEVICE inline uint32_t dropout_hash(uint64_t seed, uint64_t i) {
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     z ^= z >> 31;
     return (uint32_t)(z >> 32);
+}
+
+// The bf16 nearest a float, ties to even (as the bf16 uploads round): its upper 16 bits after rounding. For
+// finite values (every weight loader checks).
+inline uint16_t f32_to_bf16_rne(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
 // FNV-1a over bytes: for comparing replicas across ranks and for fingerprints of weights (not cryptographic).

@@ -341,9 +341,7 @@ void GPT2::set_param(size_t i, const float* host) {
     // differ in one word always hash apart, at a few GB/s.
     uint64_t h = 0xcbf29ce484222325ull, word = 0;
     for (size_t k = 0; k < ti.numel; k++) {
-        uint32_t u;
-        std::memcpy(&u, &host[k], 4);
-        word = word << 16 | ((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+        word = word << 16 | f32_to_bf16_rne(host[k]);
         if (k % 4 == 3 || k + 1 == ti.numel) {
             h = (h ^ word) * 0x100000001b3ull;
             word = 0;

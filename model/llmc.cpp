@@ -198,13 +198,13 @@ void export_llmc(const GPT2& model, const std::string& path, bool bf16) {
                 throw std::logic_error("llm.c layout disagrees with the parameter table at " + table_name(s, l));
             host = model.merged_base_tensor(i);  // LoRA, if any, merged in
             for (float v : host) {
-                uint32_t bits;
-                std::memcpy(&bits, &v, 4);
-                if (bf16) {  // round to nearest even (the weights are finite: every loader checks)
-                    const uint16_t h = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+                if (bf16) {
+                    const uint16_t h = f32_to_bf16_rne(v);
                     out[pos] = (uint8_t)h;
                     out[pos + 1] = (uint8_t)(h >> 8);
                 } else {
+                    uint32_t bits;
+                    std::memcpy(&bits, &v, 4);
                     store_u32(&out[pos], bits);
                 }
                 pos += width;

@@ -15,14 +15,20 @@
 namespace tune::test {
 namespace {
 
-TEST(DefaultJob, ShortRunWritesDataCheckpointsAndReport) {
+// The job cut to 3 steps a stage, on the CPU, into `dir`.
+DefaultJobOptions short_job(const std::string& dir) {
     DefaultJobOptions o;
-    TempDir tmp("defjob");
-    o.out_dir = tmp.path();
+    o.out_dir = dir;
     o.device = "cpu";
     o.base_steps = 3;
     o.finetune_steps = 3;
     o.quiet = true;
+    return o;
+}
+
+TEST(DefaultJob, ShortRunWritesDataCheckpointsAndReport) {
+    TempDir tmp("defjob");
+    DefaultJobOptions o = short_job(tmp.path());
     ASSERT_EQ(run_default_job(o), 0);
     auto r = nlohmann::json::parse(slurp(o.out_dir + "/report.json"));
     for (const char* k : {"task_loss_before", "task_loss_after", "base_loss_before", "base_loss_after",
@@ -36,13 +42,8 @@ TEST(DefaultJob, ShortRunWritesDataCheckpointsAndReport) {
 // bin/train's Ctrl-C handler reaches the job's running Trainer through on_trainer: a stop asked of the first
 // stage ends the job there, with the interrupted status and a resume checkpoint, and nothing after it runs.
 TEST(DefaultJob, AStopAskedOfTheRunningStageEndsTheJob) {
-    DefaultJobOptions o;
     TempDir tmp("defjob_stop");
-    o.out_dir = tmp.path();
-    o.device = "cpu";
-    o.base_steps = 3;
-    o.finetune_steps = 3;
-    o.quiet = true;
+    DefaultJobOptions o = short_job(tmp.path());
     std::vector<bool> told;  // true: a trainer, false: nullptr
     o.on_trainer = [&](Trainer* t) {
         told.push_back(t != nullptr);
