@@ -110,7 +110,8 @@ std::vector<uint8_t> read_file_head(const std::string& path, size_t probe,
         std::vector<uint8_t> all = read_rest(fd, st, path);
         *total = all.size();
         std::vector<uint8_t> head(all.begin(), all.begin() + (std::ptrdiff_t)std::min(probe, all.size()));
-        if (head.size() == probe) head.assign(all.begin(), all.begin() + (std::ptrdiff_t)std::min(length(head), all.size()));
+        if (head.size() == probe)
+            head.assign(all.begin(), all.begin() + (std::ptrdiff_t)std::min(length(head), all.size()));
         return head;
     }
     const size_t size = (size_t)st.st_size;
