@@ -121,6 +121,10 @@ const AdamWTable::Entry* AdamWTable::prepare(const std::vector<OptSegment>& segm
     if (entries.size() > capacity_) {
         // Stream-ordered, like every buffer the launchers touch: an update already queued that reads the old
         // table finishes before it is released.
+        // What this object holds is forgotten first: if the allocation throws, no later call takes the `same`
+        // path to a table that is gone.
+        host_.clear();
+        capacity_ = 0;
         if (device_) CUDA_CHECK(cudaFreeAsync(device_, stream));
         device_ = nullptr;
         CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&device_), entries.size() * sizeof(Entry), stream));

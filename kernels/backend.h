@@ -57,7 +57,7 @@ class Backend {
 
     // ---- memory ----
     virtual void* alloc(size_t bytes) = 0;
-    virtual void free(void* p) = 0;
+    virtual void free(void* p) = 0;  // never throws (destructors call it, also while an exception unwinds)
     virtual void zero(void* p, size_t bytes) = 0;
     // Host <-> backend copies converting between the host type and `dtype` (the buffer's element type).
     virtual void upload(void* dst, DType dtype, const float* src, size_t n) = 0;
@@ -207,6 +207,9 @@ std::unique_ptr<Backend> make_cpu_backend(DType dtype = DType::f32);
 std::unique_ptr<Backend> make_cuda_backend(DType dtype);
 // Number of usable CUDA devices; 0 when there is no GPU or no driver (never throws).
 int cuda_device_count();
+// Empty when cuda_device_count() > 0; else why not, in words: "no CUDA GPU found", or the runtime's error (no
+// driver, a driver older than the CUDA toolkit this program was built with).
+std::string cuda_device_problem();
 // Whether "CUDA" is the CPU emulator of `make test-emu` (tests/emu/), where several ranks share the one device.
 bool cuda_is_emulator();
 

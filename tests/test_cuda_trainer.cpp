@@ -28,6 +28,43 @@ class CudaTrainer : public TrainerFixture {
     }
 };
 
+// A driver older than the toolkit is a GPU the runtime refuses: the messages name that, not "no GPU" alone.
+TEST(CudaDevice, ADriverOlderThanTheToolkitIsNamedNotCalledNoGpu) {
+    if (!cuda_is_emulator()) GTEST_SKIP() << "the CUDA emulator plays the old driver (CUDA_EMU_DRIVER=old)";
+    EnvVars old_driver("CUDA_EMU_DRIVER", "old");
+    EXPECT_EQ(cuda_device_count(), 0);
+    EXPECT_THAT(cuda_device_problem(), ::testing::HasSubstr("driver version is insufficient"));
+    EXPECT_THAT(error_of([] { make_backend("cuda", "fp32", true, CudaOptions{}); }),
+                ::testing::HasSubstr("cudaErrorInsufficientDriver"));
+    ::testing::internal::CaptureStdout();
+    const std::unique_ptr<Backend> fallback = make_backend("auto", "fp32", false, CudaOptions{});
+    const std::string out = ::testing::internal::GetCapturedStdout();
+    EXPECT_EQ(fallback->name(), "cpu");
+    EXPECT_THAT(out, ::testing::HasSubstr("cudaErrorInsufficientDriver"));
+    EXPECT_THAT(out, ::testing::HasSubstr("training on the CPU backend"));
+}
+
+TEST(CudaDevice, NoDeviceAlwaysSaysWhy) {
+    if (cuda_device_count() > 0)
+        EXPECT_EQ(cuda_device_problem(), "");
+    else
+        EXPECT_THAT(cuda_device_problem(), ::testing::StartsWith("no "));
+}
+
+// Destructors free device memory, also while an error unwinds: a failing free says so and throws nothing.
+TEST(CudaDevice, BackendFreeNeverThrowsAndSaysWhatFailed) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << kNoGpu;
+    const std::unique_ptr<Backend> be = make_cuda_backend(DType::f32);
+    int not_device_memory = 0;
+    ::testing::internal::CaptureStderr();
+    EXPECT_NO_THROW(be->free(&not_device_memory));
+    EXPECT_THAT(::testing::internal::GetCapturedStderr(), ::testing::HasSubstr("warning: cuda backend: cudaFree("));
+    void* p = be->alloc(256);  // and the backend goes on working
+    be->zero(p, 256);
+    be->free(p);
+    EXPECT_NO_THROW(be->synchronize());
+}
+
 // The memory map's line after the first step: the backend's own workspaces, which grew during the step.
 TEST_F(CudaTrainer, MemoryNoteNamesTheWorkspacesAfterAStep_Bf16) {
     TrainArgs a = gpu_args("bf16", "note");

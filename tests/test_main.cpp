@@ -3,9 +3,19 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "kernels/backend.h"
 
 int main(int argc, char** argv) {
     ::testing::InitGoogleTest(&argc, argv);
+    // TUNE_REQUIRE_GPU=1 (scripts/gpu_check.sh): on the GPU machine a GPU the runtime cannot see must fail the
+    // run, not turn every CUDA test into a skip and the run into a pass.
+    if (std::getenv("TUNE_REQUIRE_GPU") && tune::cuda_device_count() == 0) {
+        std::fprintf(stderr, "TUNE_REQUIRE_GPU is set and %s\n", tune::cuda_device_problem().c_str());
+        return 1;
+    }
     int rc = RUN_ALL_TESTS();
     const ::testing::UnitTest& u = *::testing::UnitTest::GetInstance();
     std::printf("tests: %d passed, %d failed, %d skipped\n", u.successful_test_count(),

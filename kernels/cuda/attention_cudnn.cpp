@@ -349,8 +349,12 @@ CudnnAttention::~CudnnAttention() {
 std::string CudnnAttention::unsupported(DType dtype, int B, int T, int C, int NH) {
     // T = 1 runs without cuDNN (below); whether cuDNN runs is asked of the smallest shape it builds.
     const int T2 = std::max(T, 2);
+    // Backward runs in calls of backward_batch() sequences, the last one shorter when they do not divide B: both
+    // graphs are built here, so a refusal falls back to the cuBLAS path now, not in the first backward.
+    const int per_call = backward_batch(B, T2, NH);
     std::string why = impl_->check(Shape{dtype, B, T2, C, NH}, false);
-    if (why.empty()) why = impl_->check(Shape{dtype, backward_batch(B, T2, NH), T2, C, NH}, true);
+    if (why.empty()) why = impl_->check(Shape{dtype, per_call, T2, C, NH}, true);
+    if (why.empty() && per_call && B % per_call) why = impl_->check(Shape{dtype, B % per_call, T2, C, NH}, true);
     return why;
 }
 
@@ -359,10 +363,17 @@ size_t CudnnAttention::workspace_bytes() const { return (size_t)impl_->largest_w
 std::string CudnnAttention::validate_for(int sm, DType dtype, int B, int T, int C, int NH) {
     if (std::string why = shape_unsupported(dtype, C, NH); !why.empty()) return why;
     if (std::string why = load_cudnn(); !why.empty()) return "cuDNN attention: " + why;
-    for (bool backward : {false, true}) {
+    struct Pass {
+        bool backward;
+        int batch;
+    };
+    const int per_call = backward_batch(B, T, NH), last_call = per_call ? B % per_call : 0;
+    for (const Pass& pass : {Pass{false, B}, Pass{true, per_call}, Pass{true, last_call}}) {
+        if (pass.batch == 0) continue;
+        const bool backward = pass.backward;
         std::string err;
         try {
-            auto g = describe_graph(Shape{dtype, backward ? backward_batch(B, T, NH) : B, T, C, NH}, backward, sm);
+            auto g = describe_graph(Shape{dtype, pass.batch, T, C, NH}, backward, sm);
             err = check_status(g->validate(), "validate");
         } catch (const std::exception& e) {
             err = e.what();

@@ -34,7 +34,8 @@ class CudnnAttention {
     CudnnAttention& operator=(const CudnnAttention&) = delete;
 
     // Empty when cuDNN runs forward and backward of this shape and element type; otherwise why not (the
-    // message cuDNN gave, or what is missing). Builds and caches both graphs. Other shapes build theirs on
+    // message cuDNN gave, or what is missing). Builds and caches both graphs (backward's for each call size
+    // backward_batch() gives, the last call's too when it is shorter). Other shapes build theirs on
     // first use, each pass on its own (evaluation never builds a backward).
     std::string unsupported(DType dtype, int B, int T, int C, int NH);
     // The largest workspace any graph this backend ran or checked asks for (from the backend's Scratch). The

@@ -91,7 +91,8 @@ class CudaBackend final : public Backend {
     CudaBackend(DType dtype, const CudaOptions& options) : dtype_(dtype), options_(options) {
         if (dtype != DType::f32 && dtype != DType::bf16 && dtype != DType::f16)
             throw UsageError(std::string("the cuda backend computes in f32, bf16 or f16, not ") + dtype_name(dtype));
-        if (cuda_device_count() == 0) throw Error("cuda backend: no CUDA GPU found (use --device cpu)");
+        const std::string no_gpu = cuda_device_problem();
+        if (!no_gpu.empty()) throw Error("cuda backend: " + no_gpu + " (use --device cpu)");
         CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         gemm_ = std::make_unique<cuda::Gemm>(stream_);
         scratch_ = std::make_unique<cuda::Scratch>(stream_);
@@ -114,6 +115,7 @@ class CudaBackend final : public Backend {
         cudaFreeHost(h_sum_);
         cudaStreamSynchronize(stream_);
         cudaStreamDestroy(stream_);
+        cudaGetLastError();  // an error ignored here must not be blamed on the next backend's first launch
     }
 
     std::string name() const override { return "cuda"; }
@@ -126,6 +128,10 @@ class CudaBackend final : public Backend {
         const cudaError_t err = cudaMalloc(&p, bytes ? bytes : 1);
         if (err != cudaSuccess) {
             cudaGetLastError();
+            // Only a refused allocation is "out of memory"; an earlier kernel's fault (sticky) fails here too.
+            if (err != cudaErrorMemoryAllocation)
+                throw Error("cuda backend: allocating " + std::to_string(bytes) + " bytes failed: " +
+                            cudaGetErrorString(err) + " (" + cudaGetErrorName(err) + ")");
             size_t free_b = 0, total_b = 0;
             cudaMemGetInfo(&free_b, &total_b);
             throw Error("cuda backend: out of memory allocating " + std::to_string(bytes) + " bytes (" +
@@ -137,8 +143,16 @@ class CudaBackend final : public Backend {
         if (!p) return;
         // Kernels still queued may read it, on this stream or on a data-parallel collective's (an error can
         // unwind between a bucket's reduction and the join that would have waited for it).
-        CUDA_CHECK(cudaDeviceSynchronize());
-        CUDA_CHECK(cudaFree(p));
+        // Never throws: destructors call it, also while an exception unwinds, and a second throw there would
+        // end the program before the first error is printed. A kernel's fault is sticky: the next launch or
+        // synchronize() reports it; what else fails here is said on stderr.
+        const cudaError_t synced = cudaDeviceSynchronize();
+        const cudaError_t freed = cudaFree(p);
+        if (freed != cudaSuccess && synced == cudaSuccess) {
+            cudaGetLastError();
+            std::fprintf(stderr, "warning: cuda backend: cudaFree(%p): %s (%s)\n", p, cudaGetErrorString(freed),
+                         cudaGetErrorName(freed));
+        }
     }
     void zero(void* p, size_t bytes) override {
         if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));

@@ -63,6 +63,9 @@ std::string describe(const GemmArgs& g) {
     return "m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) +
            " ta=" + std::to_string(g.trans_a) + " tb=" + std::to_string(g.trans_b) + " lda=" + std::to_string(g.lda) +
            " ldb=" + std::to_string(g.ldb) + " ldd=" + std::to_string(g.ldd) + " batch=" + std::to_string(g.batch) +
+           (g.batch > 1 ? " strides=" + std::to_string(g.stride_a) + "," + std::to_string(g.stride_b) + "," +
+                              std::to_string(g.stride_d)
+                        : std::string()) +
            " ab_type=" + std::to_string((int)g.ab_type) + " d_type=" + std::to_string((int)g.d_type) +
            (g.bias ? " +bias" : "") + (g.dgelu ? " +dgelu" : "");
 }
@@ -161,10 +164,17 @@ bool Gemm::run_classic(const GemmArgs& g) {
     if (g.m > kIntMax || g.n > kIntMax || g.k > kIntMax || g.lda > kIntMax || g.ldb > kIntMax || g.ldd > kIntMax)
         return false;
     if (!classic_) {
-        CUBLAS_CHECK(cublasCreate(&classic_));
-        CUBLAS_CHECK(cublasSetStream(classic_, stream_));
+        // Kept only once set up: a handle left on the legacy default stream would race with ours.
+        cublasHandle_t h = nullptr;
+        CUBLAS_CHECK(cublasCreate(&h));
+        cublasStatus_t st = cublasSetStream(h, stream_);
         // Default math mode: fp32 products stay fp32 (TF32 would need CUBLAS_TF32_TENSOR_OP_MATH).
-        CUBLAS_CHECK(cublasSetMathMode(classic_, CUBLAS_DEFAULT_MATH));
+        if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetMathMode(h, CUBLAS_DEFAULT_MATH);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            cublasDestroy(h);
+            CUBLAS_CHECK(st);
+        }
+        classic_ = h;
     }
     const cublasOperation_t ta = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasStatus_t st = cublasGemmStridedBatchedEx(
@@ -172,7 +182,7 @@ bool Gemm::run_classic(const GemmArgs& g) {
         g.ab_type, (int)g.ldb, g.stride_b, &g.beta, g.D, g.d_type, (int)g.ldd, g.stride_d, g.batch,
         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
-        last_status_ = st;
+        classic_status_ = st;
         return false;
     }
     CUBLAS_CHECK(st);
@@ -188,9 +198,14 @@ bool Gemm::try_run(const GemmArgs& g) {
 }
 
 void Gemm::run(const GemmArgs& g) {
+    classic_status_ = CUBLAS_STATUS_SUCCESS;
     if (!try_run(g))
         throw Error(std::string("cublaslt: no algorithm for the product ") + describe(g) + " (heuristic: " +
-                    cublasLtGetStatusName(last_status_) + ")");
+                    cublasLtGetStatusName(last_status_) +
+                    (classic_status_ != CUBLAS_STATUS_SUCCESS
+                         ? std::string("; classic cuBLAS: ") + cublasLtGetStatusName(classic_status_)
+                         : std::string(g.bias || g.dgelu ? "; classic cuBLAS has no epilogue" : "")) +
+                    ")");
 }
 
 }  // namespace tune::cuda

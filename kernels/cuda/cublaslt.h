@@ -77,7 +77,8 @@ class Gemm {
     cublasHandle_t classic_ = nullptr;  // made on first use
     void* workspace_ = nullptr;
     std::map<Key, Entry> cache_;
-    cublasStatus_t last_status_ = CUBLAS_STATUS_SUCCESS;
+    cublasStatus_t last_status_ = CUBLAS_STATUS_SUCCESS;     // the cuBLASLt heuristic's, for the error message
+    cublasStatus_t classic_status_ = CUBLAS_STATUS_SUCCESS;  // classic cuBLAS's refusal, when it was tried
 };
 
 }  // namespace tune::cuda

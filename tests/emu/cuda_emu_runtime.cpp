@@ -461,6 +461,8 @@ constexpr ErrorText kErrors[] = {
     {cudaErrorInvalidConfiguration, "cudaErrorInvalidConfiguration", "invalid configuration argument (cuda-emu)"},
     {cudaErrorInvalidResourceHandle, "cudaErrorInvalidResourceHandle", "invalid resource handle (cuda-emu)"},
     {cudaErrorInvalidDevice, "cudaErrorInvalidDevice", "invalid device ordinal (cuda-emu)"},
+    {cudaErrorInsufficientDriver, "cudaErrorInsufficientDriver",
+     "CUDA driver version is insufficient for CUDA runtime version (cuda-emu)"},
 };
 const ErrorText& error_text(cudaError_t e) {
     static constexpr ErrorText unknown{cudaErrorUnknown, "cudaErrorUnknown", "unknown error (cuda-emu)"};
@@ -475,8 +477,11 @@ extern "C" {
 const char* cudaGetErrorString(cudaError_t e) { return error_text(e).text; }
 const char* cudaGetErrorName(cudaError_t e) { return error_text(e).name; }
 
+// CUDA_EMU_DRIVER=old: what a machine whose driver is older than the toolkit answers (tests of that message).
 cudaError_t cudaGetDeviceCount(int* count) {
-    *count = 1;
+    const char* driver = std::getenv("CUDA_EMU_DRIVER");
+    *count = driver && std::string(driver) == "old" ? 0 : 1;
+    if (!*count) return set_error(cudaErrorInsufficientDriver);
     return cudaSuccess;
 }
 cudaError_t cudaGetDevice(int* device) {
