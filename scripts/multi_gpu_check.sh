@@ -83,11 +83,14 @@ else
     par() {
         [ "$1" = -x ] && shift 2
         local f="$WORK/rdv.$RANDOM$RANDOM"
-        # One ( ) group, so that `A && $(par ...) && B` chains on the ranks' result; SIGKILL, because bin/train
-        # takes SIGTERM as "finish this step", which a hung rank never does.
+        # One ( ) group, so that `A && $(par ...) && B` chains on the ranks' result. After the first failure the
+        # others get 10 s to stop on their own and say why (what dead_rank checks), then SIGKILL, because
+        # bin/train takes SIGTERM as "finish this step", which a hung rank never does.
         echo "( rm -f $f; pids=(); for r in \$(seq 0 $((N - 1))); do TUNE_RENDEZVOUS_FILE=$f RANK=\$r LOCAL_RANK=\$r \
           WORLD_SIZE=$N bin/train $* & pids+=(\$!); done; fail=0; for p in \${pids[@]}; do \
-          wait -n || { fail=1; kill -KILL \${pids[@]} 2>/dev/null; }; done; [ \$fail = 0 ] )"
+          wait -n || { [ \$fail = 1 ] && continue; fail=1; for i in \$(seq 50); do \
+          [ -n \"\$(jobs -rp)\" ] || break; sleep 0.2; done; kill -KILL \${pids[@]} 2>/dev/null; }; \
+          done; [ \$fail = 0 ] )"
     }
 fi
 

@@ -33,6 +33,7 @@
 namespace tune::test {
 namespace {
 
+using ::testing::AnyOf;
 using ::testing::HasSubstr;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -640,6 +641,35 @@ TEST_F(DistFixture, L2spAndEwcUnderZero1And2AreByteIdenticalToZero0) {
     EXPECT_EQ(slurp(dir + "/full2/model.ckpt"), slurp(dir + "/half2/model.ckpt"));
 }
 
+// Only the final LayerNorm trains: two vectors of 24, each padded to 64 elements, cut over three ranks at
+// [0, 64, 64, 128], so rank 1's ZeRO piece is empty. It still takes part in every L2-SP collective (the penalty's
+// sum, the anchor's gathers into checkpoints): the same bytes as ZeRO-0, not ranks out of step.
+TEST_F(DistFixture, L2spWithAnEmptyZeroPieceOnOneRankEqualsZero0) {
+    const std::string common = "--steps 3 --val-every 0 --batch 2 --train-only 'ln_f.*' --l2sp 0.5 --comm-timeout 30";
+    RUN_OK(mpirun(3) + train(common + " --zero 0", "z0"));
+    RUN_OK(mpirun(3) + train(common + " --zero 1", "z1"));
+    ASSERT_GT(series("z0", "penalty").back(), 0.0);
+    EXPECT_TRUE(near_rel(series("z1", "penalty"), series("z0", "penalty"), 1e-12));
+    EXPECT_EQ(slurp(dir + "/z0/model.ckpt"), slurp(dir + "/z1/model.ckpt"));
+    EXPECT_TRUE(tensor_bytes(dir + "/z0/resume.ckpt") == tensor_bytes(dir + "/z1/resume.ckpt"));
+    expect_ranks_agree("z1", 3);
+}
+
+// Each rank reads --init itself: one that reads other weights (a node-local path holding another file; here
+// mpirun's one-command-per-rank form) is refused at the start, naming the rank, not trained for a whole run.
+TEST_F(DistFixture, RanksStartingFromDifferentWeightsAreRefusedAtTheStart) {
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 other(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+    other.init_random(4);
+    save_checkpoint(dir + "/other.ckpt", other, nullptr, nullptr);
+    const std::string common = "--steps 2 --val-every 0 --batch 2";
+    std::string split = mpirun(2);
+    split.replace(split.find("-np 2"), 5, "-np 1 " + train(common, "split") + " : -np 1");
+    CmdResult r = run_cmd(split + " " + train(common, "split", "other.ckpt"));
+    EXPECT_NE(r.rc, 0);
+    EXPECT_THAT(r.out, HasSubstr("rank 1 starts from other weights than rank 0: every rank reads --init ")) << r.out;
+}
+
 TEST_F(DistFixture, ThreeRanksZero1IsByteIdenticalToZero0AndEqualsOneRank) {
     const std::string common = "--steps 5 --val-every 0";
     RUN_OK("OMP_NUM_THREADS=1 " + train(common + " --batch 6", "one"));
@@ -759,10 +789,25 @@ TEST_F(DistFixture, ResumeIsBitExactWithTheSameRanksAndContinuesWithOthers) {
 TEST_F(DistFixture, ACheckpointWriteLongerThanTheCommTimeoutIsWaitedFor) {
     std::string launch = mpirun(2);
     launch.replace(launch.find("-np"), 3, "-x TUNE_TEST_SLOW_CHECKPOINT=2 -np");
-    CmdResult r = run_cmd(launch + train("--steps 2 --val-every 0 --batch 2 --ckpt-every 1 --comm-timeout 1", "slow"));
+    // ZeRO-1: the other rank first takes part in gathering the optimizer's state, then waits for the write.
+    CmdResult r = run_cmd(launch + train("--steps 2 --val-every 0 --batch 2 --ckpt-every 1 --comm-timeout 1 --zero 1",
+                                         "slow"));
     ASSERT_EQ(r.rc, 0) << r.out;
     EXPECT_FALSE(slurp(dir + "/slow/model.ckpt").empty());
     expect_ranks_agree("slow", 2);
+}
+
+// A rank that makes one host collective the others do not (TUNE_TEST_FAIL skew) would pair its sums with theirs,
+// one off, without a complaint from the transport: the hash of what each rank sums stops the job at once.
+TEST_F(DistFixture, RanksOutOfStepAreStoppedAtTheFirstMismatchedSum) {
+    std::string launch = mpirun(2);
+    launch.replace(launch.find("-np"), 3, "-x TUNE_TEST_FAIL=1:2:skew -np");
+    CmdResult r = run_cmd(launch + train("--steps 4 --val-every 0 --batch 2 --comm-timeout 30", "skew"));
+    EXPECT_NE(r.rc, 0);
+    EXPECT_THAT(r.out, AnyOf(HasSubstr("rank 1 is in another collective than 'counted tokens': the ranks are out of "
+                                       "step"),
+                             HasSubstr("rank 0 is in another collective than 'TUNE_TEST_FAIL skew'")))
+        << r.out;
 }
 
 TEST_F(DistFixture, ADeadRankEndsTheJobQuicklyNamingIt) {

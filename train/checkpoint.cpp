@@ -1,9 +1,12 @@
 #include "train/checkpoint.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "data/fileio.h"
@@ -346,7 +349,12 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
                            {"base_hash", state->base_fingerprint},
                            {"trained_base", state->trained_base}};
     }
-    if (write) write_checkpoint(path, header, w);
+    if (write) {
+        // Test hook: a write slower than --comm-timeout (after the gathers, which every rank takes part in).
+        if (const char* s = std::getenv("TUNE_TEST_SLOW_CHECKPOINT"))
+            std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(s)));
+        write_checkpoint(path, header, w);
+    }
 }
 
 void save_merged(const std::string& path, GPT2& model) {

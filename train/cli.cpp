@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <iomanip>
@@ -54,6 +55,17 @@ int run_tool(const char* name, const std::function<int()>& body) {
     } catch (const std::exception& e) {
         std::fprintf(stderr, "%s: error: %s\n", name, e.what());
         return 1;
+    }
+}
+
+void catch_stop_signals(void (*handler)(int)) {
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+        struct sigaction now {};
+        if (sigaction(sig, nullptr, &now) == 0 && now.sa_handler == SIG_IGN) continue;
+        struct sigaction act {};
+        act.sa_handler = handler;
+        sigemptyset(&act.sa_mask);
+        sigaction(sig, &act, nullptr);
     }
 }
 

@@ -18,6 +18,10 @@ bool split_inline_value(std::string* arg, std::string* value);
 // Runs a tool's main body with the exit-code contract every tool shares: a tune::UsageError prints
 // "NAME: message" and exits 2; any other error prints "NAME: error: message" and exits 1.
 int run_tool(const char* name, const std::function<int()>& body);
+
+// SIGINT, SIGTERM and SIGHUP go to `handler`, except a signal the process was started ignoring (nohup, a
+// script's background job): what the user asked to ignore stays ignored.
+void catch_stop_signals(void (*handler)(int));
 double parse_double(const std::string& flag, const std::string& v, double lo, double hi);
 
 class Cli {

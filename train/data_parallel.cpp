@@ -184,4 +184,13 @@ bool DataParallel::replicas_agree(uint64_t* hash) {
     return true;
 }
 
+int DataParallel::first_rank_differing(uint64_t value, const char* what) {
+    std::vector<uint64_t> all(world());
+    all[rank()] = value;
+    comm_.all_gather_host(all.data(), sizeof(uint64_t), what);
+    for (int r = 1; r < world(); r++)
+        if (all[r] != all[0]) return r;
+    return -1;
+}
+
 }  // namespace tune

@@ -85,13 +85,14 @@ class DataParallel {
     // short --comm-timeout is: a long write (a big model, slow storage) is not a dead rank, and ranks that stop
     // right after a checkpoint must not end the job while rank 0 still writes it.
     void wait_for_writer(double at_least_s) {
-        const double t = comm_.timeout();
-        comm_.set_timeout(std::max(t, at_least_s));
+        comm_.raise_timeout_for_writer(at_least_s);
         comm_.any(false, "checkpoint written by rank 0");
-        comm_.set_timeout(t);
+        comm_.end_raised_timeout();
     }
     // Hash of this replica's parameters, and whether every rank's equals it (a collective).
     bool replicas_agree(uint64_t* hash);
+    // The lowest rank whose `value` differs from rank 0's, or -1 when every rank's is the same (a collective).
+    int first_rank_differing(uint64_t value, const char* what);
 
    private:
     void reduce(size_t bucket);

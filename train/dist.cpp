@@ -21,30 +21,59 @@ namespace tune {
 // ---------------------------------------------------------------------------------------------------------
 // Derived collectives: every rank gathers every rank's value and adds them up in rank order.
 
+// TEACH: the transports match messages by order (a sequence number), not by meaning. A rank that skipped one
+// collective would pair its next one with the others' current one, and two 8-byte sums pair without a
+// complaint. So each value travels with a hash of what its rank thinks it is summing; a mismatch stops the job.
+std::vector<uint64_t> Comm::gather_words(uint64_t x, const char* what) {
+    struct Tagged {
+        uint64_t value, what;
+    };
+    const uint64_t mine = hash_bytes(what, std::strlen(what));
+    std::vector<Tagged> all(world());
+    all[rank()] = Tagged{x, mine};
+    all_gather_host(all.data(), sizeof(Tagged), what);
+    std::vector<uint64_t> out(world());
+    for (int r = 0; r < world(); r++) {
+        if (all[r].what != mine)
+            abort("rank " + std::to_string(r) + " is in another collective than '" + what +
+                  "': the ranks are out of step (a collective some ranks skipped: a bug in tune.cu; please report it)");
+        out[r] = all[r].value;
+    }
+    return out;
+}
+
 double Comm::sum(double x, const char* what) {
-    std::vector<double> all(world());
-    all[rank()] = x;
-    all_gather_host(all.data(), sizeof(double), what);
+    uint64_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
     double s = 0;
-    for (double v : all) s += v;
+    for (uint64_t w : gather_words(bits, what)) {
+        double v;
+        std::memcpy(&v, &w, sizeof v);
+        s += v;
+    }
     return s;
 }
 
 uint64_t Comm::sum(uint64_t x, const char* what) {
-    std::vector<uint64_t> all(world());
-    all[rank()] = x;
-    all_gather_host(all.data(), sizeof(uint64_t), what);
     uint64_t s = 0;
-    for (uint64_t v : all) s += v;
+    for (uint64_t v : gather_words(x, what)) s += v;
     return s;
+}
+
+std::string Comm::timeout_words() const {
+    char b[128];
+    const double user = user_timeout_s_.load();
+    if (user > 0)
+        std::snprintf(b, sizeof b, "--comm-timeout %g, raised to %g s while rank 0 writes a checkpoint", user,
+                      timeout_s_.load());
+    else
+        std::snprintf(b, sizeof b, "--comm-timeout %g", timeout_s_.load());
+    return b;
 }
 
 bool Comm::any(bool x, const char* what) { return sum((uint64_t)x, what) > 0; }
 
-void Comm::barrier(const char* what) {
-    std::vector<uint8_t> all(world());
-    all_gather_host(all.data(), 1, what);
-}
+void Comm::barrier(const char* what) { gather_words(0, what); }
 
 namespace {
 
@@ -172,6 +201,10 @@ void maybe_inject_failure(int rank, int step) {
     if (std::sscanf(spec, "%d:%d:%7s", &r, &s, mode) != 3 || r != rank || s != step) return;
     std::fprintf(stderr, "rank %d: TUNE_TEST_FAIL: %s at step %d\n", rank, mode, step);
     std::fflush(stderr);
+    if (std::strcmp(mode, "skew") == 0) {  // one collective the other ranks do not make
+        if (g_comm) g_comm->sum((uint64_t)0, "TUNE_TEST_FAIL skew");
+        return;
+    }
     if (std::strcmp(mode, "die") == 0) std::raise(SIGKILL);
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));  // hang: alive, but never answers again
 }

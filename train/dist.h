@@ -19,6 +19,7 @@
 // naming this rank, the collective and, where it can tell, the rank that did not answer.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -53,6 +54,17 @@ class Comm {
     virtual void bind(Backend& be) = 0;
     void set_timeout(double seconds) { timeout_s_ = seconds; }
     double timeout() const { return timeout_s_.load(); }
+    // Raised to at least `seconds` while rank 0 writes a checkpoint, then back to --comm-timeout.
+    void raise_timeout_for_writer(double seconds) {
+        user_timeout_s_ = timeout_s_.load();
+        timeout_s_ = std::max(timeout_s_.load(), seconds);
+    }
+    void end_raised_timeout() {
+        timeout_s_ = user_timeout_s_.load();
+        user_timeout_s_ = 0;
+    }
+    // The timeout for a message: "--comm-timeout 20", or while raised, also what to and why.
+    std::string timeout_words() const;
 
     // ---- backend buffers, n elements of dtype ----
     // They are ordered after the backend work queued before them. They may run asynchronously to the
@@ -85,9 +97,12 @@ class Comm {
     uint64_t sum(uint64_t x, const char* what);
     bool any(bool x, const char* what);
     void barrier(const char* what);
+    // Every rank's x, checked to be from the same collective (`what`) on every rank: the job stops otherwise.
+    std::vector<uint64_t> gather_words(uint64_t x, const char* what);
 
    protected:
-    std::atomic<double> timeout_s_{600};  // read by the NCCL watchdog thread
+    std::atomic<double> timeout_s_{600};     // read by the NCCL watchdog thread
+    std::atomic<double> user_timeout_s_{0};  // --comm-timeout while raise_timeout_for_writer holds; else 0
 };
 
 // The process's communicator for `be`, made on first use (MPI_Init, the rendezvous, ncclCommInitRank) and
@@ -118,8 +133,9 @@ std::vector<size_t> piece_counts(const std::vector<size_t>& bounds, size_t begin
 // atomically, the others wait for it) or TCP (rank 0 listens on master_port and sends it to each).
 std::string rendezvous(const LaunchInfo& li, const std::string& payload, double timeout_s);
 
-// Test-only failure injection, TUNE_TEST_FAIL="RANK:STEP:die|hang": at the start of that step, that rank is
-// killed (SIGKILL) or stops answering (sleeps). The tests check that the others end with a message.
+// Test-only failure injection, TUNE_TEST_FAIL="RANK:STEP:die|hang|skew": at the start of that step, that rank is
+// killed (SIGKILL), stops answering (sleeps) or makes one host collective the others do not (out of step). The
+// tests check that the others end with a message.
 void maybe_inject_failure(int rank, int step);
 
 // Implementations, in train/dist_mpi.cpp and train/dist_nccl.cpp.

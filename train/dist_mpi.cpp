@@ -168,8 +168,9 @@ class MpiComm final : public Comm {
         }
     }
 
-    // Every collective gets its own tag (a sequence number), so messages of different collectives can never
-    // be confused: a rank that ran ahead into the wrong collective shows up as a timeout, never as garbage.
+    // Every collective gets its own tag (a sequence number), so messages of two collectives in flight at once
+    // are never confused. A rank that skipped one pairs its next with the others' current one: the host sums
+    // catch that (Comm::gather_words); buffers of other sizes show as a truncation error or a timeout.
     void begin(const char*) {
         tag_ = (int)(seq_++ % (uint64_t)tag_ub_);
         reqs_.clear();
@@ -244,8 +245,9 @@ class MpiComm final : public Comm {
                 for (int p : missing) who += (who.empty() ? "" : ", ") + std::to_string(p);
                 char secs[32];
                 std::snprintf(secs, sizeof secs, "%g", timeout_s_.load());
-                abort(std::string("collective '") + what + "' timed out after " + secs + " s: no answer from rank " +
-                      who + " (it died or hangs); stopping every rank");
+                const std::string raised = user_timeout_s_.load() > 0 ? " (" + timeout_words() + ")" : "";
+                abort(std::string("collective '") + what + "' timed out after " + secs + " s" + raised +
+                      ": no answer from rank " + who + " (it died or hangs); stopping every rank");
             }
             // Back off while waiting: with more ranks than cores, spinning would take the core from the rank
             // being waited for.

@@ -124,6 +124,11 @@ class NcclComm final : public Comm {
                 std::filesystem::remove(li.rendezvous_file, ec);
             }
         } catch (...) {
+            // Nor is it left for the next run's ranks to read a dead id from.
+            if (li.kind == LaunchInfo::Kind::env && rank_ == 0 && !li.rendezvous_file.empty()) {
+                std::error_code ec;
+                std::filesystem::remove(li.rendezvous_file, ec);
+            }
             stop_ = true;
             watchdog_.join();            // a thread still running at destruction would terminate the program
             if (roll_) roll_->fail("NCCL initialisation failed on this rank");  // the others stop now
@@ -400,8 +405,8 @@ class NcclComm final : public Comm {
             if (late) {
                 const std::string who = roll_ ? roll_->blame(late->seq) : "";
                 char msg[256];
-                std::snprintf(msg, sizeof msg, "collective #%llu '%s' has not finished after %.0f s (--comm-timeout %g): ",
-                              (unsigned long long)late->seq, late->what.c_str(), age, timeout_s_.load());
+                std::snprintf(msg, sizeof msg, "collective #%llu '%s' has not finished after %.0f s (%s): ",
+                              (unsigned long long)late->seq, late->what.c_str(), age, timeout_words().c_str());
                 abort(msg + (who.empty() ? std::string("another rank died or hangs") : who) +
                       "; aborting NCCL and stopping");
             }

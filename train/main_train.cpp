@@ -22,11 +22,7 @@ static void on_interrupt(int sig) {
     std::raise(sig);
 }
 
-static void handle_interrupts() {
-    std::signal(SIGINT, on_interrupt);
-    std::signal(SIGTERM, on_interrupt);
-    std::signal(SIGHUP, on_interrupt);  // the terminal or ssh session went away: same as Ctrl-C
-}
+static void handle_interrupts() { tune::catch_stop_signals(on_interrupt); }  // SIGHUP: the session went away
 
 int main(int argc, char** argv) {
     const int rc = tune::run_tool("train", [&]() -> int {

@@ -29,8 +29,9 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
         throw UsageError("--precision: expected one of fp32, bf16, fp16, got '" + precision + "'");
     std::string dev = device;
     if (dev == "auto") {
-        dev = cuda_device_count() > 0 ? "cuda" : "cpu";
-        if (dev == "cpu" && !quiet) std::printf("notice: no CUDA GPU found, training on the CPU backend\n");
+        const std::string no_gpu = cuda_device_problem();
+        dev = no_gpu.empty() ? "cuda" : "cpu";
+        if (dev == "cpu" && !quiet) std::printf("notice: %s, training on the CPU backend\n", no_gpu.c_str());
     }
     if (dev == "cpu") {
         if (precision != "fp32")
@@ -269,10 +270,9 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     // MFU against the dense bf16 tensor-core peak in every precision (PaLM's convention): what the chip could do,
     // so an fp32 run shows what it leaves on the table.
     if (be_->name() == "cuda") peak_flops_ = cuda_peak_bf16_flops();
-    const bool anchored = args.l2sp > 0 || args.ewc > 0;
-    if (anchored) opt_->allocate_like_state(anchor_);  // under ZeRO, this rank's piece only
+    if (anchored()) opt_->allocate_like_state(anchor_);  // under ZeRO, this rank's piece only
     if (!args.resume.empty()) {
-        load_checkpoint(args.resume, *model_, opt_.get(), &state_, anchored ? &anchor_ : nullptr);
+        load_checkpoint(args.resume, *model_, opt_.get(), &state_, anchored() ? &anchor_ : nullptr);
         if (!args.init.empty() && !same_file(args.init, state_.init))
             throw UsageError("--init " + args.init + ": " + args.resume + " continues a run that started from " +
                              (state_.init.empty() ? std::string("random weights") : state_.init) +
@@ -304,7 +304,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
                 const int g = model_->grad_index()[i];
                 if (g < 0) return;
                 opt_->set_state_tensor(AdamW::State::master, g, host);
-                if (anchored) opt_->scatter(anchor_, g, host);
+                if (anchored()) opt_->scatter(anchor_, g, host);
                 exact[g] = true;
             });
         if (!args.init.empty()) load_weights(args.init, *model_);
@@ -347,7 +347,16 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
         opt_->sync_master_from_params(&exact);
         // Absolute, so a resume from another directory (same --init, or the default --distill teacher) finds it.
         state_.init = args.init.empty() ? std::string() : std::filesystem::absolute(args.init).string();
-        if (anchored) capture_anchor(exact);
+        if (anchored()) capture_anchor(exact);
+    }
+    // DIST: every rank reads its starting weights itself. A path that holds another file on another node (not a
+    // shared file system) would train diverging replicas, found out only by the check at the end of the run.
+    if (dp_) {
+        const int r = dp_->first_rank_differing(model_->base_fingerprint(), "starting weights' fingerprint");
+        if (r >= 0)
+            throw Error("rank " + std::to_string(r) + " starts from other weights than rank 0: every rank reads " +
+                        (args.resume.empty() ? "--init " + args.init : "--resume " + args.resume) +
+                        " itself; is it the same file on every node?");
     }
     if (args.ewc > 0) load_or_estimate_fisher(args.fisher, args.fisher_data, args.fisher_batches);
     if (args.distill > 0) {
@@ -637,7 +646,7 @@ StepStats Trainer::step(float lr) {
     // gradient here) before the norm is taken, so clipping sees the whole objective. After the reduction over
     // ranks: identically on each (ZeRO-0), or under ZeRO-1/2 by each rank on its own piece, where its master
     // weights and reduced gradients are, the penalty then summed over the pieces.
-    if (anchor_.bytes()) {
+    if (anchored()) {
         const auto [lo, hi] = opt_->own_range();
         // Laid out like the optimizer's state: from the own range's start (the whole layout when unsharded).
         const std::vector<OptSegment> segs = clip_segments(opt_->active_segments(), lo, hi);
@@ -665,7 +674,7 @@ StepStats Trainer::step(float lr) {
     st.skipped = (st.counted && !std::isfinite(st.loss)) || !std::isfinite(raw_norm);
     // A step whose windows are all prompt (every token masked) has a zero gradient: Adam would still decay the
     // weights, move them by its momentum and count a step in its bias correction. It makes no update instead.
-    st.empty = st.counted == 0 && !anchor_.bytes();
+    st.empty = st.counted == 0 && !anchored();
     // With FP16, an overflowing gradient is the loss scale's fault rather than the model's: lower the
     // scale and do not count it towards --max-bad-steps until the scale is down to 1.
     const bool scale_overflow = dynamic_loss_scale_ && scale > 1 && std::isfinite(st.loss) && !std::isfinite(raw_norm);
@@ -772,10 +781,7 @@ double Trainer::lr_find(int steps, double lo, double hi) {
 
 void Trainer::save(const std::string& path, bool resume) {
     resume_written_ += resume;
-    if (writer_ && dp_)  // test hook: a write slower than --comm-timeout
-        if (const char* s = std::getenv("TUNE_TEST_SLOW_CHECKPOINT"))
-            std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(s)));
-    save_checkpoint(path, *model_, opt_.get(), resume ? &state_ : nullptr, anchor_.bytes() ? &anchor_ : nullptr,
+    save_checkpoint(path, *model_, opt_.get(), resume ? &state_ : nullptr, anchored() ? &anchor_ : nullptr,
                     writer_);
     if (dp_) dp_->wait_for_writer(kCheckpointWriteTimeout);  // DIST
 }

@@ -113,6 +113,9 @@ class Trainer {
     std::unique_ptr<Loader> train_, val_, replay_;
     std::unique_ptr<GPT2> teacher_;  // knowledge distillation
     Arena anchor_, fisher_;           // L2-SP / EWC: theta_0 and F, gradient-arena layout, master dtype
+    // Whether L2-SP or EWC is on. DIST: decides their collectives, never anchor_.bytes(): under ZeRO that is this
+    // rank's piece, which can be empty on one rank and not on the others.
+    bool anchored() const { return args_.l2sp > 0 || args_.ewc > 0; }
     TrainState state_;
     int resume_written_ = 0;
     bool dynamic_loss_scale_ = false;  // see update_loss_scale
