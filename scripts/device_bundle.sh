@@ -52,7 +52,7 @@ ldd "${PROGRAMS[@]}" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}'
     while read -r name path; do
         case $name in
             libc.so* | libm.so* | libdl.so* | librt.so* | libpthread.so* | libstdc++.so* | libgcc_s.so* | libz.so* | \
-                libudev.so* | libcud* | libcublas* | libnccl* | libnvrtc* | libnvToolsExt*) continue ;;
+                libcud* | libcublas* | libnccl* | libnvrtc* | libnvToolsExt*) continue ;;
         esac
         cp -L "$path" "$STAGE/build/bundle_lib/$name"
     done

@@ -84,6 +84,7 @@ PY
         export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$links:$CUDA_HOME/lib64"
     fi
     say "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
-    ldd bin/train build/tests/tune_tests 2>/dev/null | grep "not found" | sort -u | tee -a "$LOG"
+    # "not found": a library; "version ... not found": a glibc or libstdc++ older than this machine's build's.
+    ldd bin/train build/tests/tune_tests 2>&1 | grep "not found" | sort -u | tee -a "$LOG"
     return 0
 }

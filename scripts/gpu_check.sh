@@ -26,7 +26,8 @@
 #                                       bench_*); a second call finishes what the budget cut from a first
 #   GPU_CHECK_SKIP=racecheck,initcheck  every stage but these
 # Whole log: LOG_DIR/gpu_check.log; per-stage logs and JSON results in LOG_DIR/stages/. When LOG_DIR is the
-# device tool's $OUT (which brings back at most 8 files), stages/ is packed into LOG_DIR/stages.tar.gz.
+# device tool's $OUT (which brings back at most 8 files), the stage files live outside it and are packed into
+# LOG_DIR/stages.tar.gz after every stage, so a call cut short still brings back what ran.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
@@ -35,10 +36,20 @@ mkdir -p "$LOG_DIR"
 LOG_DIR=$(cd "$LOG_DIR" && pwd)
 LOG="$LOG_DIR/gpu_check.log"
 : >"$LOG"
-SD="$LOG_DIR/stages"
-rm -rf "$SD" "$LOG_DIR/stages.tar.gz"  # no stale results from a previous run
-mkdir -p "$SD"
 WORK=$(mktemp -d /tmp/tune_gpu_check.XXXXXX)  # shards and run directories: large, not worth copying back
+PACK=""  # set: the stage files are packed into LOG_DIR/stages.tar.gz after every stage
+if [ -n "${OUT:-}" ] && [ "$LOG_DIR" = "$(cd "$OUT" 2>/dev/null && pwd)" ]; then
+    SD="$WORK/stages"
+    PACK="$LOG_DIR/stages.tar.gz"
+else
+    SD="$LOG_DIR/stages"
+fi
+rm -rf "$LOG_DIR/stages" "$LOG_DIR/stages.tar.gz"  # no stale results from a previous run
+mkdir -p "$SD"
+pack() {
+    [ -n "$PACK" ] || return 0
+    tar -C "$(dirname "$SD")" -czf "$PACK.tmp" stages 2>/dev/null && mv -f "$PACK.tmp" "$PACK"
+}
 T_START=$(date +%s)
 
 say() { echo "$*" | tee -a "$LOG"; }
@@ -61,7 +72,12 @@ selected() {
     for p in "${only[@]}"; do [[ $1 == $p ]] && return 0; done
     return 1
 }
-record() { NAMES+=("$1"); RESULTS+=("$2"); TIMES+=("$3"); }
+record() {
+    NAMES+=("$1")
+    RESULTS+=("$2")
+    TIMES+=("$3")
+    pack
+}
 result_of() {
     case $1 in
         0) echo pass ;;
@@ -76,6 +92,10 @@ limit_for() {
     local left
     if ! selected "$1"; then
         record "$1" "skip(sel)" 0
+        return 1
+    fi
+    if [ -n "${HALT:-}" ]; then
+        record "$1" "skip(halt)" 0
         return 1
     fi
     left=$((BUDGET - ($(date +%s) - T_START)))
@@ -136,6 +156,7 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH="$CUDA_HOME/bin:$PATH"
 NPROC=$(nproc)
 stage env 30 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nvcc --version | tail -2; \
+  grep -h PRETTY_NAME /etc/os-release; ldd --version | head -1; \
   python3 -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version())' 2>/dev/null || echo 'no torch'; \
   python3 -m pip list 2>/dev/null | grep -iE '^nvidia-(cudnn|nccl)' || echo 'no pip cuDNN/NCCL wheels'"
 
@@ -156,6 +177,17 @@ HAVE_NCCL=$(grep -q TUNE_HAVE_NCCL build/dist-config.stamp 2>/dev/null && echo 1
 
 ORIG_LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}  # PyTorch runs with what it was given, not with our libraries
 set_library_path
+
+# Preflight: the programs start (every shared library found, this glibc new enough) and see the GPU. If not,
+# every later stage would fail in seconds or, worse, skip its CUDA tests and pass: stop here and say why.
+# TUNE_REQUIRE_GPU: from here on, a test binary that sees no GPU fails instead of skipping every CUDA test.
+export TUNE_REQUIRE_GPU=1
+stage preflight 60 "bin/train --help >/dev/null && ./build/tests/tune_tests --gtest_list_tests >/dev/null && \
+  ./build/tests/tune_tests --gtest_filter='CudaDevice.NoDeviceAlwaysSaysWhy'"
+if [ "${RESULTS[${#RESULTS[@]} - 1]}" != pass ] && [ "${RESULTS[${#RESULTS[@]} - 1]}" != "skip(sel)" ]; then
+    say "preflight failed: the programs cannot start or see no GPU (its log above says which); the rest is skipped"
+    HALT=1
+fi
 # The cuDNN version our programs load, and each attention graph's build time (in the stage logs and summary).
 export TUNE_CUDNN_LOG=1
 
@@ -167,19 +199,24 @@ stage tests 240 "TUNE_REQUIRE_CUDNN=1 ./build/tests/tune_tests --gtest_filter='$
   --gtest_output=xml:$SD/tests.xml"
 # Data parallelism on one GPU: every NCCL collective with one rank, and one-rank NCCL training (ZeRO-0, 1, 2)
 # byte-identical to the plain run (its own stage, so not in `tests` too). Several GPUs: scripts/multi_gpu_check.sh.
-stage nccl_one_rank 60 "./build/tests/tune_tests --gtest_filter='DistNccl.*' >$WORK/nccl.txt 2>&1; rc=\$?; \
-  cat $WORK/nccl.txt; [ \$rc -ne 0 ] && exit \$rc; grep -q 'SKIPPED \\]' $WORK/nccl.txt && exit 77; exit 0"
+stage nccl_one_rank 60 "./build/tests/tune_tests --gtest_filter='DistNccl.*' 2>&1 | tee $WORK/nccl.txt; \
+  rc=\${PIPESTATUS[0]}; [ \$rc -ne 0 ] && exit \$rc; grep -q 'SKIPPED \\]' $WORK/nccl.txt && exit 77; exit 0"
 
 # A synthetic shard for the training stages.
-python3 - "$WORK/synthetic.bin" <<'PY' || say "could not write the synthetic shard"
+timeout 60 python3 - "$WORK/synthetic.bin" <<'PY' || say "could not write the synthetic shard"
 # A TUNETOK1 shard (data/shard.h) of 4M random GPT-2 token ids, 16-bit, no mask.
-import random, struct, sys, array
+import struct, sys
 n, V = 1 << 22, 50257
-rng = random.Random(0)
-toks = array.array("H", (rng.randrange(V) for _ in range(n)))
+try:
+    import numpy as np
+    toks = np.random.default_rng(0).integers(0, V, size=n, dtype=np.uint16).tobytes()
+except ImportError:
+    import array, random
+    rng = random.Random(0)
+    toks = array.array("H", (rng.randrange(V) for _ in range(n))).tobytes()
 with open(sys.argv[1], "wb") as f:
     f.write(b"TUNETOK1" + struct.pack("<IIQII", 1, 2, n, 0, V))
-    f.write(toks.tobytes())
+    f.write(toks)
 PY
 
 # ---- 3. compute-sanitizer (correctness first: before the measurements, so a short budget cuts those) ----
@@ -190,9 +227,10 @@ SAN_ARGS="--error-exitcode 1 --print-limit 20 --report-api-errors no"
 # The kernel tests, small shapes, fp32 and bf16; memcheck also over cuDNN's attention (not the gpt2-sized split
 # backward check, whose cuBLAS reference would take minutes under memcheck). The other checkers look
 # at our own kernels only (TUNE_CUDA_ATTENTION=matmul: no cuDNN kernels, whose internals they may misread), and
-# racecheck (slow on cuBLAS's shared-memory kernels) only at the layers with shared memory or shuffles of their own.
+# racecheck (slow on cuBLAS's shared-memory kernels) only at the layers with shared memory or shuffles of their own
+# (the matmul backward's for its bias-gradient partials).
 KERNEL_TESTS='Dtypes/CudaOps.*/f32:Dtypes/CudaOps.*/bf16:Dtypes/CudaFinetune.*/f32:Dtypes/CudaFinetune.*/bf16'
-SMEM_TESTS='Dtypes/CudaOps.LayerNorm*/bf16:Dtypes/CudaOps.Encoder*/bf16:Dtypes/CudaOps.CrossEntropy*/bf16:Dtypes/CudaOps.SumSquares*/bf16:Dtypes/CudaOps.Attention*/bf16:Dtypes/CudaFinetune.*/bf16'
+SMEM_TESTS='Dtypes/CudaOps.MatmulBackwardWrites*/bf16:Dtypes/CudaOps.LayerNorm*/bf16:Dtypes/CudaOps.Encoder*/bf16:Dtypes/CudaOps.CrossEntropy*/bf16:Dtypes/CudaOps.SumSquares*/bf16:Dtypes/CudaOps.Attention*/bf16:Dtypes/CudaFinetune.*/bf16'
 OWN=TUNE_CUDA_ATTENTION=matmul
 if [ -n "$SAN" ]; then
     # All five at once (each its own process; compute-sanitizer is bound by the host), then collected.
@@ -222,10 +260,11 @@ sampled() {
 # train_gpt2 NAME [OPTIONS]: the GPT-2 124M run.
 train_gpt2() {
     sampled "$1" 150 "bin/train --device cuda --precision bf16 --model gpt2 --batch 32 --seq 1024 --steps 12 \
-      --train-data $WORK/synthetic.bin --lr 1e-4 --warmup 0 --val-every 0 ${2:-} --out $WORK/run_$1"
+      --train-data $WORK/synthetic.bin --lr 1e-4 --warmup 0 --val-every 0 ${2:-} --out ''"
 }
 train_gpt2 train_gpt2
 # Exit 77 (skip) when PyTorch or its GPU is missing; a crash keeps its own status.
+export PYTHONUNBUFFERED=1  # a stage cut short keeps what Python printed
 sampled pytorch_gpt2 150 "LD_LIBRARY_PATH='$ORIG_LD_LIBRARY_PATH' python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json $SD/pytorch.json \
   || exit \$?; test -s $SD/pytorch.json || exit 77"
 
@@ -240,7 +279,7 @@ for ov in on off; do
     stage "overlap_$ov" 60 "[ -n '$HAVE_NCCL' ] || { echo 'built without NCCL (no nccl.h): skipped'; exit 77; }
       TUNE_NCCL_ONE_RANK=1 bin/train --device cuda --precision bf16 --model gpt2 --batch 16 \
       --seq 1024 --steps 10 --train-data $WORK/synthetic.bin --lr 1e-4 --warmup 0 --val-every 0 --comm-overlap $ov \
-      --out $WORK/run_overlap_$ov"
+      --out ''"
 done
 for b in build/bench/bench_*; do
     [ -x "$b" ] || continue
@@ -253,8 +292,10 @@ done
 # (the default above is cuDNN's fused attention where it runs: its log says which ran).
 train_gpt2 train_gpt2_matmul "--attention matmul"
 # Every fine-tuning method on the GPU, small model (the CPU table in docs/finetuning.md uses the tiny one).
+# results.json is rewritten after every method: what finished comes back even when the stage is cut.
 stage methods 90 "build/bench/bench_finetune_methods --device cuda --model small --steps 300 --seeds 1 --doc '' \
-  --out $WORK/methods --machine 'one H200' && cp $WORK/methods/results.json $SD/methods.json"
+  --out $WORK/methods --machine 'one H200'; rc=\$?; cp $WORK/methods/results.json $SD/methods.json 2>/dev/null; \
+  exit \$rc"
 
 # ---- summary ----
 tok_s() {  # median tokens/s of ./train's progress lines after the first two (warm-up) steps
@@ -287,6 +328,13 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$SD/tests.log" "$SD/nccl_one_rank
         if (/: built in /) n++; else f++}
         END {if (n + f) printf "cuDNN graph builds: %d built, %d refused, %.1f s in all, the slowest %d ms\n", n, f, t / 1000, m}'
     [ -n "$FAILED_TESTS" ] && echo "failed tests:" && echo "$FAILED_TESTS" | sed 's/^/  /'
+    for t in memcheck racecheck initcheck synccheck memcheck_train_step; do
+        [ -s "$SD/$t.log" ] && echo "$t: $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$SD/$t.log" | tail -1)"
+    done
+    cut=()
+    for i in "${!NAMES[@]}"; do [ "${RESULTS[$i]}" = "skip(time)" ] && cut+=("${NAMES[$i]}"); done
+    [ ${#cut[@]} -gt 0 ] && echo "cut by the budget; to run them: GPU_CHECK_STAGES=build,$(IFS=,; echo "${cut[*]}")" \
+        "scripts/gpu_check.sh"
     echo "GPT-2 124M, B=32 T=1024, bf16:"
     printf '  %-28s %12s tok/s   peak %s GiB (nvidia-smi, whole process; %s)\n' "tune.cu bin/train" "$TUNE_TOKS" \
         "$TUNE_MEM" "${TUNE_ATT:-attention n/a}"
@@ -341,11 +389,8 @@ PY
     done
 } | tee -a "$LOG"
 
+pack
 rm -rf "$WORK"
-# The device tool brings back at most 8 files from $OUT: there, the per-stage files travel as one archive.
-if [ -n "${OUT:-}" ] && [ "$LOG_DIR" = "$(cd "$OUT" 2>/dev/null && pwd)" ]; then
-    tar -C "$LOG_DIR" -czf "$LOG_DIR/stages.tar.gz" stages && rm -rf "$SD"
-fi
 for r in "${RESULTS[@]}"; do
     case $r in pass | skip | carried | "skip(time)" | "skip(sel)") ;; *) exit 1 ;; esac
 done
