@@ -11,8 +11,10 @@
 #include "kernels/common.h"
 
 static const char* kHelp =
-    "usage: bin/prepare [options] FILE...\n"
+    "usage: bin/prepare [options] FILE...   (FILE - reads standard input)\n"
     "Tokenises text and JSONL files with GPT-2's tokenizer into token shards for bin/train.\n"
+    "A name ending in .jsonl or .json means JSON records (a line each, or one JSON array of them); any other\n"
+    "name, plain text. A pipe is read by its first line (--format sets it for every input).\n"
     "  plain text files          each file is one document\n"
     "  JSONL {\"text\"}            each line is one document\n"
     "  JSONL {\"prompt\",\"completion\"}          loss only on the completion (and its closing EOT)\n"
@@ -22,7 +24,8 @@ static const char* kHelp =
     "  --val-frac F         fraction of documents for validation, drawn by seed [0.05]\n"
     "  --seed S             seed of the train/validation split [1]\n"
     "  --template STR       prompt template with {instruction} and {input} [Alpaca's]\n"
-    "  --template-file F    read the template from a file\n"
+    "  --template-file F    read the template from a file (every byte: a last line break is part of the prompt)\n"
+    "  --format F           auto, jsonl or text: how every input is read [auto: by its name]\n"
     "  --skip-bad           skip malformed lines and report how many, instead of stopping\n"
     "  --vocab DIR          GPT-2 vocabulary (encoder.json, vocab.bpe) [data/gpt2]\n"
     "  --quiet              no progress bar\n"
@@ -79,6 +82,17 @@ int main(int argc, char** argv) {
                 std::vector<uint8_t> b = read_file_bytes(path);
                 opt.template_str.assign(b.begin(), b.end());
                 check_template(opt.template_str, "--template-file " + path);
+                // An editor ends a file with a line break, which then ends every prompt: told, not dropped (the
+                // default template ends in one too, on purpose).
+                if (!opt.template_str.empty() && opt.template_str.back() == '\n')
+                    std::fprintf(stderr,
+                                 "note: --template-file %s ends in a line break, which ends every prompt: the "
+                                 "completion starts on a new line, and a prompt for bin/generate must end in one too\n",
+                                 path.c_str());
+            } else if (a == "--format") {
+                opt.format = value();
+                if (opt.format != "auto" && opt.format != "jsonl" && opt.format != "text")
+                    throw UsageError("--format: expected auto, jsonl or text, got '" + opt.format + "'");
             } else if (a == "--skip-bad") {
                 opt.skip_bad = true;
             } else if (a == "--vocab") {
@@ -88,7 +102,7 @@ int main(int argc, char** argv) {
             } else if (a.rfind("--", 0) == 0) {
                 throw UsageError("unknown option '" + a + "' (see bin/prepare --help)");
             } else {
-                opt.inputs.push_back(a);
+                opt.inputs.push_back(a == "-" ? "/dev/stdin" : a);
             }
             if (has_given) throw UsageError(a + " takes no value, got '" + a + "=" + given + "'");
         }
@@ -96,9 +110,7 @@ int main(int argc, char** argv) {
         Tokenizer tok = Tokenizer::load(vocab);
         // Ctrl-C or a scheduler's SIGTERM: stop at the next chunk and remove the partial shards.
         static volatile std::sig_atomic_t stop = 0;
-        std::signal(SIGINT, [](int) { stop = 1; });
-        std::signal(SIGTERM, [](int) { stop = 1; });
-        std::signal(SIGHUP, [](int) { stop = 1; });
+        catch_stop_signals([](int) { stop = 1; });
         opt.stop = &stop;
         opt.note = [](const std::string& what) { std::fprintf(stderr, "note: %s\n", what.c_str()); };
         PrepareReport r;
@@ -126,6 +138,11 @@ int main(int argc, char** argv) {
             std::printf("  removed %s of an earlier run, which did not hold this data\n", r.removed_stale_val.c_str());
         std::printf("  tokens with loss: %zu of %zu\n", r.counted_tokens, r.train_tokens + r.val_tokens);
         if (r.skipped) std::printf("  skipped %zu malformed lines (--skip-bad)\n", r.skipped);
+        if (r.literal_eot)
+            std::fprintf(stderr, "note: the text holds %s %zu time%s; it was tokenised as text (7 tokens), not as the "
+                         "end-of-text token: documents are what the inputs say (a file, a JSONL line), so split such "
+                         "text into documents before preparing it\n",
+                         kEotText, r.literal_eot, r.literal_eot == 1 ? "" : "s");
         return 0;
     });
 }

@@ -10,6 +10,7 @@
 
 #include "data/tokenizer.h"
 #include "kernels/common.h"
+#include "train/cli.h"
 
 namespace {
 
@@ -133,7 +134,7 @@ int main(int argc, char** argv) {
             return 0;
         }
     }
-    try {
+    return tune::run_tool("tokenize", [&] {
         Args args = parse_args(argc, argv);
         std::string input = read_input(args.input);
         tune::Tokenizer tok = tune::Tokenizer::load(args.vocab);
@@ -143,12 +144,6 @@ int main(int argc, char** argv) {
         } else {
             write_all(format_ids(tok.encode(input)));
         }
-    } catch (const tune::UsageError& e) {
-        std::fprintf(stderr, "tokenize: %s\n", e.what());
-        return 2;
-    } catch (const tune::Error& e) {
-        std::fprintf(stderr, "tokenize: %s\n", e.what());
-        return 1;
-    }
-    return 0;
+        return 0;
+    });
 }

@@ -72,6 +72,30 @@ Document plain(const Tokenizer& tok, const std::string& text, bool last = true) 
 
 bool graphic_ascii(char c) { return c > ' ' && c < 0x7f; }
 
+// The parser's reason without its "[json.exception.parse_error.101] " prefix: where and what ("parse error at
+// line 1, column 5: syntax error ... invalid literal", "ill-formed UTF-8 byte").
+std::string json_reason(const nlohmann::json::exception& e) {
+    const std::string w = e.what();
+    const size_t at = w.find("] ");
+    return at == std::string::npos ? w : w.substr(at + 2);
+}
+
+// Why a file that starts with `head` is no text to tokenise ("" when it may be): a compressed file or an
+// archive would become one document of its bytes, and UTF-16 a document with a NUL between letters.
+std::string not_text(const std::string& head) {
+    auto starts = [&](const char* magic, size_t n) { return head.size() >= n && head.compare(0, n, magic, n) == 0; };
+    if (starts("\x1f\x8b", 2)) return "is gzip-compressed: decompress it first (zcat FILE > FILE.txt)";
+    if (starts("\x28\xb5\x2f\xfd", 4)) return "is zstd-compressed: decompress it first (zstdcat FILE > FILE.txt)";
+    if (starts("\xfd" "7zXZ", 5)) return "is xz-compressed: decompress it first (xzcat FILE > FILE.txt)";
+    if (starts("BZh", 3) && head.size() >= 10 && head.compare(4, 6, "1AY&SY") == 0)
+        return "is bzip2-compressed: decompress it first (bzcat FILE > FILE.txt)";
+    if (starts("PK\x03\x04", 4)) return "is a zip archive: unpack it first";
+    if (starts("\xff\xfe", 2) || starts("\xfe\xff", 2))
+        return "is UTF-16 text (it starts with a UTF-16 byte-order mark): convert it to UTF-8 first (iconv -f UTF-16 "
+               "-t UTF-8 FILE > FILE.txt)";
+    return "";
+}
+
 class Progress {
    public:
     Progress(size_t total, bool on) : total_(total), on_(on && total > (1 << 20)), tty_(isatty(2)), t0_(now()) {}
@@ -165,8 +189,12 @@ std::string fill_template(const std::string& tmpl, const std::string& instructio
 
 Document document_from_json_line(const Tokenizer& tok, const std::string& line, const std::string& where,
                                  const std::string& template_str) {
-    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded()) throw Error(where + ": not valid JSON");
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+        throw Error(where + ": not valid JSON: " + json_reason(e));
+    }
     if (!j.is_object()) throw Error(where + ": expected a JSON object");
     // The structured fields first: a record may carry a "text" beside them (Hugging Face's Alpaca export holds
     // the prompt and answer already formatted there), and it must not put the loss on the prompt.
@@ -191,6 +219,28 @@ Document document_from_json_line(const Tokenizer& tok, const std::string& line, 
 
 namespace {
 
+enum class Format { text, jsonl, json_array };
+
+// How an input is read. A name ending in .jsonl or .json (or --format jsonl) means JSON records: a line each,
+// or one JSON array of them when the first character is '['. Any other name means one plain document, as the
+// name says (a first line that is a JSONL record is noted before the work starts). A pipe has no name of its own
+// (/dev/stdin, /dev/fd/63): under --format auto its first line decides.
+Format input_format(const std::string& path, const std::string& first_line, const PrepareOptions& opt) {
+    const size_t start = first_line.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0;  // past a UTF-8 byte-order mark
+    const size_t at = first_line.find_first_not_of(" \t\r", start);
+    const bool array = at != std::string::npos && first_line[at] == '[';
+    if (opt.format == "jsonl" || (opt.format == "auto" && is_jsonl(path)))
+        return array ? Format::json_array : Format::jsonl;
+    if (opt.format == "text" || std::filesystem::is_regular_file(path)) return Format::text;
+    const nlohmann::json j = nlohmann::json::parse(first_line, nullptr, false);
+    if (!(j.is_object() && (j.contains("text") || j.contains("prompt") || j.contains("instruction"))))
+        return Format::text;
+    if (opt.note)
+        opt.note(path + ": not a file but a pipe, whose first line is a JSONL record: read as JSONL, a document per "
+                 "line (--format text reads it as one plain document)");
+    return Format::jsonl;
+}
+
 // The first line of a file, at most 64 KiB of it ("" for a pipe: it is not read twice).
 std::string first_line(const std::string& path) {
     if (!std::filesystem::is_regular_file(path)) return "";
@@ -205,6 +255,8 @@ std::string first_line(const std::string& path) {
 
 PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     if (opt.inputs.empty()) throw UsageError("no input files given");
+    if (opt.format != "auto" && opt.format != "jsonl" && opt.format != "text")
+        throw UsageError("--format: expected auto, jsonl or text, got '" + opt.format + "'");
     if (!(opt.val_frac >= 0 && opt.val_frac < 1)) throw UsageError("--val-frac: must be in [0, 1)");
     if (!opt.template_str.empty()) check_template(opt.template_str, "--template");
     PrepareReport rep;
@@ -231,12 +283,12 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
                 std::find(canon.begin(), canon.end(), canon[i]) == canon.begin() + i)
                 opt.note(opt.inputs[i] + ": given " + std::to_string(times) + " times, so its documents are in the "
                          "shards " + std::to_string(times) + " times");
-            if (is_jsonl(opt.inputs[i])) continue;
+            if (opt.format != "auto" || is_jsonl(opt.inputs[i])) continue;
             const nlohmann::json j = nlohmann::json::parse(first_line(opt.inputs[i]), nullptr, false);
             if (j.is_object() && (j.contains("text") || j.contains("prompt") || j.contains("instruction")))
                 opt.note(opt.inputs[i] + ": read as plain text (one document, every token with loss), as its name "
-                         "does not end in .jsonl, but its first line is a JSONL record: name it .jsonl to read a "
-                         "document per line");
+                         "does not end in .jsonl, but its first line is a JSONL record: name it .jsonl, or give "
+                         "--format jsonl, to read a document per line");
         }
     }
 
@@ -266,15 +318,20 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
             throw Error("interrupted: no shard written (" + std::to_string(index) + " documents were done)");
         std::vector<Document> docs(items.size());
         std::vector<std::string> errors(items.size());
-#pragma omp parallel for schedule(dynamic, 16)
+        size_t literal_eot = 0;
+#pragma omp parallel for schedule(dynamic, 16) reduction(+ : literal_eot)
         for (size_t i = 0; i < items.size(); i++) {
+            for (size_t at = items[i].text.find(kEotText); at != std::string::npos;
+                 at = items[i].text.find(kEotText, at + 1))
+                literal_eot++;
             try {
                 docs[i] = items[i].json ? document_from_json_line(tok, items[i].text, items[i].where, opt.template_str)
                                         : plain(tok, items[i].text, items[i].last);
-            } catch (const Error& e) {
+            } catch (const std::exception& e) {  // nothing may leave an OpenMP region: it would end the program
                 errors[i] = e.what();
             }
         }
+        rep.literal_eot += literal_eot;
         for (size_t i = 0; i < items.size(); i++) {
             const size_t doc = index;
             if (items[i].last) index++;
@@ -302,12 +359,17 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     // that it streams and its pieces are tokenised in parallel like the lines of a JSONL file.
     const size_t piece_bytes = std::max<size_t>(opt.chunk_bytes / kPiecesPerChunk, 1);
     for (const std::string& path : opt.inputs) {
-        if (!is_jsonl(path)) {
-            LineReader in(path);
+        LineReader in(path);
+        std::string line;
+        bool have = in.next(line);  // the first line decides a pipe's format and shows a binary file
+        if (const std::string why = not_text(line); !why.empty()) throw Error(path + ": " + why);
+        const Format format = input_format(path, line, opt);
+        if (format == Format::text) {
             std::string piece;
             bool first = true;
-            size_t consumed = 0;
-            for (std::string line; in.next(line);) {
+            size_t consumed = 0, line_no = 0;
+            for (; have; have = in.next(line)) {
+                line_no++;
                 const bool newline = in.bytes_read() - consumed > line.size();  // the last line may lack one
                 // A UTF-8 byte-order mark says how the file is encoded; it is not text to learn (JSONL lines
                 // lose it in the JSON parser alike).
@@ -315,6 +377,9 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
                     line.erase(0, 3);
                     if (opt.note) opt.note(path + ": starts with a UTF-8 byte-order mark; left out of the text");
                 }
+                if (line.find('\0') != std::string::npos)
+                    throw Error(path + ":" + std::to_string(line_no) + ": a NUL byte: this is no UTF-8 text (UTF-16 "
+                                "without its byte-order mark, or a binary file?)");
                 consumed = in.bytes_read();
                 done_bytes = rep.input_bytes + consumed;
                 const size_t cut = piece.size() >= piece_bytes ? plain_text_cut(piece, line) : std::string::npos;
@@ -340,9 +405,26 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
             add(std::move(piece), path, false, first, true);
             continue;
         }
-        LineReader in(path);
+        if (format == Format::json_array) {
+            // TEACH: an array is one JSON value, so it is parsed whole (not streamed like JSONL's lines).
+            std::string all;
+            for (; have; have = in.next(line)) all += line + '\n';
+            rep.input_bytes += in.bytes_read();
+            done_bytes = rep.input_bytes;
+            nlohmann::json records;
+            try {
+                records = nlohmann::json::parse(all);
+            } catch (const nlohmann::json::parse_error& e) {
+                throw Error(path + ": not valid JSON: " + json_reason(e));
+            }
+            all.clear();
+            if (!records.is_array()) throw Error(path + ": expected a JSON array of records, or JSONL");
+            for (size_t i = 0; i < records.size(); i++)
+                add(records[i].dump(), path + ": record " + std::to_string(i + 1), true);
+            continue;
+        }
         size_t line_no = 0;
-        for (std::string line; in.next(line);) {
+        for (; have; have = in.next(line)) {
             line_no++;
             done_bytes = rep.input_bytes + in.bytes_read();
             if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines are fine

@@ -2,7 +2,8 @@
 //
 // Inputs, recognised per file and per line:
 //   - a plain text file (not .jsonl/.json) is one document (streamed in pieces: plain_text_cut);
-//   - JSONL {"text": ...}: each line a document;
+//   - JSONL {"text": ...}: each line a document (a .json file holding one JSON array of such records, like
+//     Stanford's alpaca_data.json, is read as its records);
 //   - JSONL {"prompt": ..., "completion": ...}: the loss covers only the completion and its closing EOT;
 //   - JSONL {"instruction": ..., "input": ..., "output": ...} (Alpaca): instruction and input are
 //     written into a prompt template (placeholders {instruction} and {input}); the loss covers only the
@@ -21,6 +22,9 @@
 
 namespace tune {
 
+// The end-of-text token's name, which in a text is just text (data/tokenizer.h): never the token itself.
+constexpr const char* kEotText = "<|endoftext|>";
+
 // Alpaca's own template, with and without an input section.
 extern const char* const kDefaultTemplate;
 extern const char* const kDefaultTemplateNoInput;
@@ -31,6 +35,9 @@ struct PrepareOptions {
     double val_frac = 0.05;
     uint64_t seed = 1;
     std::string template_str;  // empty: kDefaultTemplate / kDefaultTemplateNoInput
+    // "auto": JSON records when the name ends in .jsonl or .json, else plain text (a pipe: by its first line);
+    // "jsonl": every input holds JSON records (a line each, or one JSON array); "text": every input is plain text.
+    std::string format = "auto";
     bool skip_bad = false;     // skip malformed lines (and count them) instead of stopping
     bool progress = true;      // progress bar on stderr
     size_t chunk_bytes = size_t(32) << 20;  // text tokenised at a time: bounds memory, not the result
@@ -47,6 +54,7 @@ struct PrepareReport {
     size_t input_bytes = 0;
     std::string train_path, val_path;  // val_path empty: no document was drawn for validation
     std::string removed_stale_val;     // a val.bin of an earlier run that this one removed
+    size_t literal_eot = 0;            // "<|endoftext|>" written out in the inputs' text (tokenised as text)
 };
 
 // One tokenised document: ids and per-token loss mask (1 = predicted with loss).

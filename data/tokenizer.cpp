@@ -437,6 +437,7 @@ std::string locate_vocab_dir(const std::string& dir) {
 }  // namespace
 
 Tokenizer Tokenizer::load(const std::string& given) {
+    if (given.empty()) throw UsageError("--vocab: empty (an unset variable?); give the folder with encoder.json");
     const std::string dir = locate_vocab_dir(given);
     auto impl = std::make_unique<Impl>();
     std::unordered_map<std::string, int32_t> bytes_to_id;

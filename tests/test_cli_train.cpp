@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <filesystem>
 
 #include "data/fileio.h"
@@ -12,12 +13,35 @@
 #include "tests/model_util.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
+#include "train/cli.h"
 
 namespace tune::test {
 namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
+
+void on_stop_signal(int) {}
+
+// bin/train and bin/prepare stop cleanly on SIGINT, SIGTERM and SIGHUP, but one started ignoring a signal
+// (nohup, a script's background job) must not start taking it: `nohup bin/prepare ...` outlives the session.
+TEST(ToolSignals, AnIgnoredSignalStaysIgnoredTheOthersAreCaught) {
+    struct sigaction saved[3];
+    const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) sigaction(sigs[i], nullptr, &saved[i]);
+    std::signal(SIGHUP, SIG_IGN);
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+    catch_stop_signals(on_stop_signal);
+    struct sigaction now {};
+    sigaction(SIGHUP, nullptr, &now);
+    EXPECT_EQ(now.sa_handler, SIG_IGN);
+    sigaction(SIGINT, nullptr, &now);
+    EXPECT_EQ(now.sa_handler, &on_stop_signal);
+    sigaction(SIGTERM, nullptr, &now);
+    EXPECT_EQ(now.sa_handler, &on_stop_signal);
+    for (int i = 0; i < 3; i++) sigaction(sigs[i], &saved[i], nullptr);
+}
 
 TEST(TrainCli, HelpExitsZeroAndListsOptions) {
     CmdResult r = run_cmd("bin/train --help");

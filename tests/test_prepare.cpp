@@ -352,6 +352,101 @@ TEST(Prepare, MissingInputsFirstPipesWithProgressAndAStopLeaveNothing) {
     EXPECT_TRUE(std::filesystem::is_empty(d + "/stopped"));
 }
 
+// JSON records arriving through a pipe (no .jsonl name): the first line decides, with a note; --format sets it.
+// A .json file holding one JSON array (Stanford's alpaca_data.json) is read as its records.
+TEST(Prepare, PipesAreReadByTheirFirstLineAndJsonArraysByTheirRecords) {
+    TempDir tmp("prep");
+    const std::string d = tmp.path();
+    const std::string jsonl = "{\"prompt\":\"Q: 2+2?\\nA:\",\"completion\":\" 4\"}\n{\"text\":\"plain words\"}\n";
+    auto p = tok().encode("Q: 2+2?\nA:");
+    const auto want =
+        concat(concat(concat(p, tok().encode(" 4")), {50256}), concat(tok().encode("plain words"), {50256}));
+    std::vector<uint8_t> want_mask(p.size(), 0);
+    want_mask.resize(want.size(), 1);
+    std::vector<std::string> notes;
+    PrepareOptions o;
+    o.val_frac = 0;
+    o.progress = false;
+    o.note = [&](const std::string& n) { notes.push_back(n); };
+    auto through_pipe = [&](const std::string& bytes, const std::string& out) {
+        const std::string fifo = d + "/" + out + ".fifo";
+        EXPECT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+        std::thread writer([&] { spit(fifo, bytes); });
+        o.inputs = {fifo};
+        o.out_dir = d + "/" + out;
+        std::string err = error_of([&] { prepare_dataset(tok(), o); });
+        writer.join();
+        EXPECT_EQ(err, "");
+        return read_shard(d + "/" + out + "/train.bin", 50257);
+    };
+    Shard piped = through_pipe(jsonl, "auto");
+    EXPECT_EQ(piped.tokens(), want);
+    EXPECT_EQ(piped.mask_vector(), want_mask);
+    ASSERT_EQ(notes.size(), 1u);
+    EXPECT_THAT(notes[0], HasSubstr("a pipe, whose first line is a JSONL record: read as JSONL"));
+    o.format = "text";
+    Shard as_text = through_pipe(jsonl, "text");
+    EXPECT_EQ(as_text.tokens(), concat(tok().encode(jsonl), {50256}));
+    o.format = "auto";
+    Shard prose = through_pipe("Just prose.\n", "prose");
+    EXPECT_EQ(prose.tokens(), concat(tok().encode("Just prose.\n"), {50256}));
+    // The same records as one pretty-printed JSON array.
+    spit(d + "/alpaca_data.json", "[\n  {\"prompt\": \"Q: 2+2?\\nA:\", \"completion\": \" 4\"},\n"
+                                  "  {\"text\": \"plain words\"}\n]\n");
+    o.inputs = {d + "/alpaca_data.json"};
+    o.out_dir = d + "/array";
+    prepare_dataset(tok(), o);
+    Shard array = read_shard(d + "/array/train.bin", 50257);
+    EXPECT_EQ(array.tokens(), want);
+    EXPECT_EQ(array.mask_vector(), want_mask);
+    spit(d + "/bad.json", "[\n  {\"text\": \"a\"},\n  {\"output\": \"b\"}\n]\n");
+    o.inputs = {d + "/bad.json"};
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("bad.json: record 2: missing field"));
+    o.format = "yaml";
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("--format: expected auto, jsonl or text"));
+}
+
+// What is no text is refused by name, not tokenised into a document of its bytes; a JSON error says why.
+TEST(Prepare, CompressedUtf16AndBinaryInputsAreRefusedAndJsonErrorsSayWhy) {
+    TempDir tmp("prep");
+    const std::string d = tmp.path();
+    PrepareOptions o;
+    o.val_frac = 0;
+    o.progress = false;
+    o.out_dir = d + "/out";
+    auto refused = [&](const std::string& name, const std::string& bytes) {
+        spit(d + "/" + name, bytes);
+        o.inputs = {d + "/" + name};
+        return error_of([&] { prepare_dataset(tok(), o); });
+    };
+    EXPECT_THAT(refused("data.jsonl.gz", std::string("\x1f\x8b\x08\x00\x00\x00", 6)), HasSubstr("is gzip-compressed"));
+    EXPECT_THAT(refused("notes.txt.zst", "\x28\xb5\x2f\xfd rest"), HasSubstr("is zstd-compressed"));
+    EXPECT_THAT(refused("utf16.txt", std::string("\xff\xfeh\0i\0", 6)), HasSubstr("is UTF-16 text"));
+    EXPECT_THAT(refused("nul.txt", std::string("line one\nline\0two\n", 18)),
+                HasSubstr("nul.txt:2: a NUL byte: this is no UTF-8 text"));
+    EXPECT_THAT(refused("latin1.jsonl", "{\"text\": \"caf\xe9\"}\n"), HasSubstr("latin1.jsonl:1: not valid JSON: "));
+    EXPECT_THAT(refused("latin1.jsonl", "{\"text\": \"caf\xe9\"}\n"), HasSubstr("UTF-8"));
+    EXPECT_TRUE(std::filesystem::is_empty(d + "/out"));
+}
+
+// "<|endoftext|>" written out in the text is text (7 tokens): counted, so bin/prepare can say so.
+TEST(Prepare, TheEndOfTextNameInTheTextIsCounted) {
+    TempDir tmp("prep");
+    const std::string d = tmp.path();
+    spit(d + "/a.txt", "doc one<|endoftext|>doc two<|endoftext|>");
+    spit(d + "/b.jsonl", "{\"text\":\"x<|endoftext|>y\"}\n{\"text\":\"none\"}\n");
+    PrepareOptions o;
+    o.inputs = {d + "/a.txt", d + "/b.jsonl"};
+    o.out_dir = d + "/out";
+    o.val_frac = 0;
+    o.progress = false;
+    const PrepareReport r = prepare_dataset(tok(), o);
+    EXPECT_EQ(r.literal_eot, 3u);
+    EXPECT_EQ(read_shard(r.train_path, 50257).tokens().size(),
+              tok().encode("doc one<|endoftext|>doc two<|endoftext|>").size() + tok().encode("x<|endoftext|>y").size() +
+                  tok().encode("none").size() + 3);
+}
+
 TEST(PrepareCli, ReportsAndExitCodes) {
     TempDir tmp("prepcli");
     const std::string d = tmp.path();
@@ -372,6 +467,25 @@ TEST(PrepareCli, ReportsAndExitCodes) {
     CmdResult missing = run_cmd("bin/prepare --quiet /nonexistent.txt");
     EXPECT_EQ(missing.rc, 1);
     EXPECT_THAT(missing.out, HasSubstr("/nonexistent.txt"));
+}
+
+// "-" is standard input (a pipe: read by its first line); the notes a user needs reach stderr.
+TEST(PrepareCli, StandardInputAndTheNotesOnTheEndOfTextNameAndATemplateFilesLineBreak) {
+    TempDir tmp("prepcli");
+    const std::string d = tmp.path();
+    CmdResult piped =
+        run_cmd("printf '{\"text\":\"a<|endoftext|>b\"}\\n' | bin/prepare --quiet --val-frac 0 --out " + d + "/o -");
+    EXPECT_EQ(piped.rc, 0) << piped.out;
+    EXPECT_THAT(piped.out, HasSubstr("prepared 1 documents"));
+    EXPECT_THAT(piped.out, HasSubstr("read as JSONL"));
+    EXPECT_THAT(piped.out, HasSubstr("the text holds <|endoftext|> 1 time; it was tokenised as text"));
+    spit(d + "/t.txt", "Q: {instruction}\nA:\n");
+    spit(d + "/x.jsonl", "{\"instruction\":\"2+2?\",\"output\":\" 4\"}\n");
+    CmdResult t = run_cmd("bin/prepare --quiet --val-frac 0 --template-file " + d + "/t.txt --out " + d + "/o2 " + d +
+                          "/x.jsonl");
+    EXPECT_EQ(t.rc, 0) << t.out;
+    EXPECT_THAT(t.out, HasSubstr("t.txt ends in a line break, which ends every prompt"));
+    EXPECT_THAT(t.out, ::testing::Not(HasSubstr("<|endoftext|>")));
 }
 
 // A directory given where a file belongs is named as such, not reported as std::bad_alloc.
