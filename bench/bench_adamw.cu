@@ -18,7 +18,7 @@ void BM_AdamW(benchmark::State& state) {
     size_t n = 0;
     const auto segs = gpt2_segments(&n);
     DeviceArray<T> params(*ctx, n, 1, 0.05f), grads(*ctx, n, 2, 0.01f);
-    DeviceArray<float> master(*ctx, n, 3, 0.05f), m(*ctx, n, 4, 0.001f), v(*ctx, n, 5, 0.0001f);
+    DeviceArray<float> master(*ctx, n, 3, 0.05f), m(*ctx, n, 4, 0.001f), v(*ctx, n, 5, 0.0001f, true);
     cuda::AdamWTable table;
     AdamWStep step;
     step.lr = 1e-4f;

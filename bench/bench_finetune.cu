@@ -71,7 +71,7 @@ void BM_AnchorPenalty(benchmark::State& state) {
     size_t n = 0;
     const auto segs = gpt2_segments(&n);
     DeviceArray<T> grads(*ctx, n, 1, 0.01f), params(*ctx, n, 2, 0.05f);
-    DeviceArray<float> master(*ctx, n, 3, 0.05f), anchor(*ctx, n, 4, 0.05f), fisher(*ctx, n, 5, 1.0f);
+    DeviceArray<float> master(*ctx, n, 3, 0.05f), anchor(*ctx, n, 4, 0.05f), fisher(*ctx, n, 5, 1.0f, true);
     DeviceArray<double> result(*ctx, 1, 6);
     cuda::AdamWTable table;
     run_timed(state, *ctx, (double)n * (3 * sizeof(float) + 2 * sizeof(T)), 0, 0, [&] {

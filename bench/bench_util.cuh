@@ -1,8 +1,8 @@
 // Shared harness of the kernel benchmarks (bench/bench_<layer>.cu): one stream, cuBLASLt handle and scratch,
 // device buffers filled with small pseudo-random values, L2 flushed before every timed iteration, the time
 // taken from CUDA events (UseManualTime), and counters next to the H200's roofline:
-//   HBM3e 4.8 TB/s; dense bf16 tensor cores ~989 TFLOP/s by the spec sheet (~790 reached in practice);
-//   fp32 (no TF32) ~67 TFLOP/s.
+//   HBM3e 4.8 TB/s; dense bf16 tensor cores ~989 TFLOP/s by the spec sheet (%peak, as bin/train's MFU; about
+//   790 is reached in practice); fp32 (no TF32) ~67 TFLOP/s.
 // Without a GPU every benchmark reports "no CUDA GPU" through SkipWithError and the program exits 0.
 #pragma once
 
@@ -27,7 +27,6 @@ namespace tune::bench {
 
 constexpr double kHbmBytesPerS = 4.8e12;
 constexpr double kBf16FlopsSpec = 989e12;
-constexpr double kBf16FlopsMeasured = 790e12;
 constexpr double kFp32Flops = 67e12;
 constexpr int kFillThreads = 256;
 
@@ -35,8 +34,9 @@ struct Context {
     cudaStream_t stream = nullptr;
     std::unique_ptr<cuda::Gemm> gemm;
     std::unique_ptr<cuda::Scratch> scratch;
-    void* flush = nullptr;  // larger than L2: writing it evicts every benchmark buffer
+    void* flush = nullptr;  // larger than L2: reading it evicts every benchmark buffer
     size_t flush_bytes = 0;
+    int* flush_sink = nullptr;
 
     Context() {
         CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -46,6 +46,8 @@ struct Context {
         CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
         flush_bytes = 2 * (size_t)l2 + (1 << 20);
         CUDA_CHECK(cudaMalloc(&flush, flush_bytes));
+        CUDA_CHECK(cudaMemset(flush, 0, flush_bytes));
+        CUDA_CHECK(cudaMalloc(&flush_sink, sizeof(int)));
     }
 };
 
@@ -59,11 +61,23 @@ inline Context* context(benchmark::State& state) {
     return &ctx;
 }
 
+// Reads the whole flush buffer (its sum goes nowhere unless impossible): what L2 held is evicted, and the dirty
+// lines of the last timed kernel are written back here, before the next start event, not inside its time.
+__global__ void flush_l2_by_reading(const int4* p, size_t n, int* sink) {
+    int acc = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const int4 v = p[i];
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x7fffffff) *sink = acc;  // never true (the buffer is zeros); keeps the loads
+}
+
+// Uniform values in [lo, lo + 2 * scale): lo = -scale for values around zero, lo = 0 for non-negative ones.
 template <class T>
-__global__ void fill_uniform(T* p, size_t n, uint64_t seed, float scale) {
+__global__ void fill_uniform(T* p, size_t n, uint64_t seed, float scale, float lo) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const float u = (float)(tune::cuda::mix_bits(seed * 0x9E3779B97F4A7C15ull + i) >> 8) * (1.0f / 16777216.0f);
-        p[i] = (T)((2.0f * u - 1.0f) * scale);
+        p[i] = (T)(lo + 2.0f * u * scale);
     }
 }
 
@@ -73,14 +87,17 @@ __global__ void fill_tokens(I* p, size_t n, uint64_t seed, int below) {
         p[i] = (I)(tune::cuda::mix_bits(seed * 0x9E3779B97F4A7C15ull + i) % (uint32_t)below);
 }
 
-// A device array of n elements of T, filled with uniform values in [-scale, scale].
+// A device array of n elements of T, filled with uniform values in [-scale, scale], or in [0, scale] when
+// `non_negative` (Adam's second moment, a Fisher diagonal: a negative one would make NaNs).
 template <class T>
 struct DeviceArray {
     T* p = nullptr;
     size_t n = 0;
-    DeviceArray(Context& ctx, size_t count, uint64_t seed, float scale = 1.0f) : n(count) {
+    DeviceArray(Context& ctx, size_t count, uint64_t seed, float scale = 1.0f, bool non_negative = false)
+        : n(count) {
         CUDA_CHECK(cudaMalloc(&p, n * sizeof(T) + 16));
-        fill_uniform<T><<<1024, kFillThreads, 0, ctx.stream>>>(p, n, seed, scale);
+        const float half = non_negative ? 0.5f * scale : scale, lo = non_negative ? 0.0f : -scale;
+        fill_uniform<T><<<1024, kFillThreads, 0, ctx.stream>>>(p, n, seed, half, lo);
         CUDA_CHECK_LAUNCH();
     }
     ~DeviceArray() { cudaFree(p); }
@@ -117,7 +134,9 @@ void run_timed(benchmark::State& state, Context& ctx, double bytes, double flops
         fn();  // warm-up: cuBLASLt heuristics, scratch growth
         CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
         for (auto _ : state) {
-            CUDA_CHECK(cudaMemsetAsync(ctx.flush, iters & 0xff, ctx.flush_bytes, ctx.stream));
+            flush_l2_by_reading<<<1024, kFillThreads, 0, ctx.stream>>>(static_cast<const int4*>(ctx.flush),
+                                                                      ctx.flush_bytes / sizeof(int4), ctx.flush_sink);
+            CUDA_CHECK_LAUNCH();
             CUDA_CHECK(cudaEventRecord(start, ctx.stream));
             fn();
             CUDA_CHECK(cudaEventRecord(stop, ctx.stream));
@@ -165,8 +184,8 @@ inline const char* type_name<__nv_bfloat16>() { return "bf16"; }
 template <>
 inline const char* type_name<__half>() { return "f16"; }
 
-// The tensor-core peak for T (fp32 without TF32 runs on the CUDA cores).
+// The peak for T: the tensor cores' by the spec sheet (fp32 without TF32 runs on the CUDA cores).
 template <class T>
-double flops_peak() { return sizeof(T) == 4 ? kFp32Flops : kBf16FlopsMeasured; }
+double flops_peak() { return sizeof(T) == 4 ? kFp32Flops : kBf16FlopsSpec; }
 
 }  // namespace tune::bench

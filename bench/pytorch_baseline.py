@@ -3,7 +3,9 @@
 
 bf16 autocast over fp32 parameters, fused AdamW, torch.compile, scaled_dot_product_attention (flash), tied
 LM head over the padded vocabulary (50304, like tune.cu's Vp), gradient clipping at 1.0, synthetic tokens.
-Prints one JSON line: tokens/s (median step after warm-up), step time, peak memory.
+Prints one JSON line: tokens/s (median step after warm-up), step time, peak memory. --json FILE is rewritten
+after every timed step (steps_timed says how many), so a run cut short by a timeout still leaves its numbers;
+a torch.compile that fails falls back to eager mode (compile: false in the result).
 
   python3 bench/pytorch_baseline.py --batch 32 --seq 1024 --steps 12 --json out.json
 
@@ -13,6 +15,7 @@ without a GPU (its numbers mean nothing).
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -106,42 +109,59 @@ def main():
         opt.zero_grad(set_to_none=True)
         return loss
 
+    compiled = not args.no_compile
     t0 = time.perf_counter()
-    for _ in range(args.warmup):
-        step()
+    for i in range(args.warmup):
+        try:
+            step()
+        except Exception as e:  # a compiler that fails here must not cost the measurement: eager instead
+            if not compiled or i > 0:
+                raise
+            print(f"torch.compile failed ({type(e).__name__}: {e}); measuring eager mode", file=sys.stderr)
+            compiled, step_model = False, model
+            step()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
     warmup_s = time.perf_counter() - t0
+    print(f"warm-up ({args.warmup} steps{', compilation' if compiled else ''}): {warmup_s:.1f} s", flush=True)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+
+    def report(times, loss):
+        """The result so far; written after every timed step, so a run cut by a timeout leaves its numbers."""
+        med = statistics.median(times)
+        result = {
+            "framework": f"pytorch {torch.__version__}",
+            "gpu": torch.cuda.get_device_name() if cuda else "none (cpu dry run)",
+            "layers": L,
+            "batch": args.batch,
+            "seq": args.seq,
+            "compile": compiled,
+            "warmup_s": round(warmup_s, 1),
+            "steps_timed": len(times),
+            "step_ms": round(med * 1e3, 2),
+            "tokens_per_s": round(args.batch * args.seq / med, 1),
+            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            # the caching allocator's pool
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
+            "final_loss": round(float(loss.detach()), 4),
+        }
+        line = json.dumps(result)
+        if args.json:
+            with open(args.json + ".tmp", "w") as f:
+                f.write(line + "\n")
+            os.replace(args.json + ".tmp", args.json)
+        return line
+
     times = []
-    loss = None
+    line = None
     for _ in range(args.steps):
         t = time.perf_counter()
         loss = step()
         sync()
         times.append(time.perf_counter() - t)
-    med = statistics.median(times)
-    result = {
-        "framework": f"pytorch {torch.__version__}",
-        "gpu": torch.cuda.get_device_name() if cuda else "none (cpu dry run)",
-        "layers": L,
-        "batch": args.batch,
-        "seq": args.seq,
-        "compile": not args.no_compile,
-        "warmup_s": round(warmup_s, 1),
-        "step_ms": round(med * 1e3, 2),
-        "tokens_per_s": round(args.batch * args.seq / med, 1),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-        # the caching allocator's pool
-        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
-        "final_loss": round(float(loss.detach()), 4),
-    }
-    line = json.dumps(result)
+        line = report(times, loss)
     print(line)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(line + "\n")
     return 0
 
 

@@ -5,7 +5,8 @@
 //             dw += sum_rows(dout*n), db += sum_rows(dout)
 // Forward saves mean and rstd per row, in the activation type. So that backward differentiates exactly the
 // function forward computed, forward rounds mean and rstd to that type first and normalises with the
-// rounded values (a no-op in fp32; in bf16 it moves the output by far less than its own rounding).
+// rounded values (a no-op in fp32; in bf16 rstd's rounding scales a whole row by up to 2^-9, about as much
+// as rounding each output moves it, though the same way across the row).
 // dinp is ACCUMULATED (+=): LayerNorm reads the residual stream, whose gradient buffer already holds the
 // skip connection's share. dweight/dbias accumulate; null = frozen.
 //

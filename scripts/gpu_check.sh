@@ -293,7 +293,8 @@ done
 train_gpt2 train_gpt2_matmul "--attention matmul"
 # Every fine-tuning method on the GPU, small model (the CPU table in docs/finetuning.md uses the tiny one).
 # results.json is rewritten after every method: what finished comes back even when the stage is cut.
-stage methods 90 "build/bench/bench_finetune_methods --device cuda --model small --steps 300 --seeds 1 --doc '' \
+stage methods 90 "build/bench/bench_finetune_methods --device cuda --precision bf16 --model small --steps 300 \
+  --seeds 1 --doc '' \
   --out $WORK/methods --machine 'one H200'; rc=\$?; cp $WORK/methods/results.json $SD/methods.json 2>/dev/null; \
   exit \$rc"
 
@@ -355,7 +356,7 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$SD/tests.log" "$SD/nccl_one_rank
         python3 -c "import json; print(json.load(open('$SD/recompute.json'))['table'])" 2>/dev/null | sed 's/^/  /'
     fi
     if [ -s "$SD/methods.json" ]; then
-        echo "fine-tuning methods (small model, 300 steps): method acc base-loss-after ms/step"
+        echo "fine-tuning methods (small model, bf16, 300 steps): method acc base-loss-after ms/step"
         python3 -c "
 import json
 for r in json.load(open('$SD/methods.json'))['results']:
