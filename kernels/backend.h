@@ -70,6 +70,8 @@ class Backend {
     // The memory the backend holds itself, beside what was allocated through alloc() (its workspaces), and
     // the device's total use, in one line for the memory map; "" where there is nothing to add (the CPU).
     virtual std::string memory_note() const { return ""; }
+    // Whether this backend only plans (kernels/plan_backend.h): its buffers hold no memory and it computes nothing.
+    virtual bool plans_only() const { return false; }
     // Profiler ranges around groups of ops ("layer 7 / backward"): NVTX on CUDA, nothing on the CPU.
     virtual void range_push(const char* /*name*/) {}
     virtual void range_pop() {}

@@ -251,6 +251,18 @@ TEST(TrainCli, MemoryMapListsEveryTensorAndDoesNotTrain) {
     ASSERT_EQ(dataless.rc, 0) << dataless.out;
     EXPECT_THAT(dataless.out, ::testing::ContainsRegex(" 9216 +\\(96, 24\\) +h\\.1\\.mlp\\.c_fc\\.weight"));
     EXPECT_EQ(run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --batch 2 --seq 15 --steps 1").rc, 2);
+    // Planned, not allocated: a GPU run's map on a machine without one, and a run far past this machine's memory
+    // (gpt2-xl at B=256 wants about 1.4 TB on the CPU: the real backend would refuse the first arena past RAM).
+    CmdResult gpu = run_cmd("bin/train --device cuda --precision bf16 --model gpt2 --batch 4 --seq 64 --memory-map "
+                            "--out ''");
+    ASSERT_EQ(gpu.rc, 0) << gpu.out;
+    EXPECT_THAT(gpu.out, HasSubstr("backend cuda (planned, nothing allocated)"));
+    EXPECT_THAT(gpu.out, HasSubstr("parameters: bf16, "));
+    EXPECT_THAT(gpu.out, HasSubstr("not in the plan: cuBLASLt's 32 MiB workspace"));
+    CmdResult huge = run_cmd("bin/train --device cpu --model gpt2-xl --batch 256 --seq 1024 --memory-map --out ''");
+    ASSERT_EQ(huge.rc, 0) << huge.out;
+    EXPECT_THAT(huge.out, HasSubstr("backend cpu (planned, nothing allocated)"));
+    EXPECT_THAT(huge.out, ::testing::ContainsRegex("total +[0-9]{7}\\.[0-9]{2} MiB"));  // over a million MiB
 }
 
 }  // namespace

@@ -172,7 +172,8 @@ Cli train_cli(TrainArgs& a) {
     c.option("--out", "DIR", "run directory: metrics.jsonl, loss.svg, model.ckpt, resume.ckpt ('': write nothing)",
              &a.out_dir);
     c.flag("--memory-map", "print where every byte goes (each tensor of each arena: offset, bytes, shape, name) "
-           "and exit without training (no --train-data needed)", &a.memory_map);
+           "and exit without training (no --train-data needed); planned, nothing allocated, so also for a run too "
+           "big for this machine or --device cuda without a GPU", &a.memory_map);
     c.flag("--lr-find", "learning-rate range test over --steps steps (300 unless given; exponential from --lr-find-lo "
            "to --lr-find-hi): writes lr_find.svg and prints a suggested --lr", &a.lr_find);
     c.option("--lr-find-lo", "LR", "lr-find: lowest rate", &a.lr_find_lo, 1e-12, 10);

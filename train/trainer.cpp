@@ -14,11 +14,16 @@
 #include "data/safetensors.h"
 #include "data/tokenizer.h"
 #include "kernels/cuda/backend_cuda.h"
+#include "kernels/plan_backend.h"
 #include "model/rng.h"
 #include "model/weights.h"
 #include "train/select.h"
 
 namespace tune {
+
+DType dtype_of_precision(const std::string& precision) {
+    return precision == "bf16" ? DType::bf16 : precision == "fp16" ? DType::f16 : DType::f32;
+}
 
 std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision, bool quiet,
                                       const CudaOptions& cuda) {
@@ -38,8 +43,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
             throw UsageError("--precision " + precision + ": the cpu backend computes in fp32 only");
         return make_cpu_backend(DType::f32);
     }
-    const DType dt = precision == "bf16" ? DType::bf16 : precision == "fp16" ? DType::f16 : DType::f32;
-    return make_cuda_backend(dt, cuda);
+    return make_cuda_backend(dtype_of_precision(precision), cuda);
 }
 
 // A float option as its shortest decimal that reads back as the same float: "0.005", not "0.00499999989".
@@ -201,7 +205,17 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     cuda.attention = parse_attention_impl(args.attention);
     cuda.stochastic_rounding = args.stochastic_rounding;
     cuda.seed = args.seed;
-    be_ = make_backend(args.device, args.precision, args.quiet || launch.rank != 0, cuda);
+    // --memory-map in one process plans (kernels/plan_backend.h): the map of what this run would allocate, printed
+    // without allocating it, so also for a run too big for this machine or --device cuda without a GPU.
+    if (args.memory_map && launch.world <= 1) {
+        const std::string dev =
+            args.device == "auto" ? (cuda_device_count() > 0 ? "cuda" : "cpu") : args.device;
+        if (dev == "cpu" && args.precision != "fp32")
+            throw UsageError("--precision " + args.precision + ": the cpu backend computes in fp32 only");
+        be_ = make_plan_backend(dev, dtype_of_precision(args.precision), cuda);
+    } else {
+        be_ = make_backend(args.device, args.precision, args.quiet || launch.rank != 0, cuda);
+    }
     Comm& comm = process_comm(*be_, args.comm_timeout);
     writer_ = comm.rank() == 0;
     if (!writer_) args_.quiet = true;
@@ -248,7 +262,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (mo.peft.any() && args.train_top == 0 && args.train_only.empty())
         trainable.tensor.assign(num_base_tensors(cfg), false);
     model_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &trainable, mo);
-    if (ckpt.empty()) model_->init_random(args.seed);
+    if (ckpt.empty() && !be_->plans_only()) model_->init_random(args.seed);
     if (comm.kind() != "single")  // DIST
         dp_ = std::make_unique<DataParallel>(comm, *model_, args.zero, args.comm_overlap);
     opt_ = std::make_unique<AdamW>(*model_, args.adam, dp_ ? dp_->optimizer_shard() : OptimizerShard{});
@@ -358,7 +372,12 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
                         (args.resume.empty() ? "--init " + args.init : "--resume " + args.resume) +
                         " itself; is it the same file on every node?");
     }
-    if (args.ewc > 0) load_or_estimate_fisher(args.fisher, args.fisher_data, args.fisher_batches);
+    if (args.ewc > 0) {
+        if (be_->plans_only())
+            opt_->allocate_like_state(fisher_);  // its place in the map; neither read nor estimated
+        else
+            load_or_estimate_fisher(args.fisher, args.fisher_data, args.fisher_batches);
+    }
     if (args.distill > 0) {
         const std::string teacher = !args.teacher.empty() ? args.teacher : state_.init;
         if (teacher.empty())
@@ -798,8 +817,9 @@ void Trainer::print_memory_map() const {
     size_t trainable = 0;
     for (const TensorInfo& t : model_->grads().table().tensors()) trainable += t.numel;
     const ModelConfig& cfg = model_->config();
-    std::printf("model: %s, %zu parameters (%zu trainable), backend %s, attention %s\n", cfg.describe().c_str(),
+    std::printf("model: %s, %zu parameters (%zu trainable), backend %s%s, attention %s\n", cfg.describe().c_str(),
                 num_parameters(cfg), trainable, be_->name().c_str(),
+                be_->plans_only() ? " (planned, nothing allocated)" : "",
                 be_->attention_path(cfg.n_embd, cfg.n_head).c_str());
     const size_t r = anchor_.bytes() + fisher_.bytes() +
                      (teacher_ ? teacher_->param_bytes() + teacher_->act_bytes() : 0);
@@ -861,7 +881,9 @@ void Trainer::print_memory_detail() const {
         std::printf("distillation teacher: parameters %s, activations %s\n", mib(teacher_->param_bytes()).c_str(),
                     mib(teacher_->act_bytes()).c_str());
     const std::string note = be_->memory_note();
-    if (!note.empty()) std::printf("the backend's own, before a step (its scratch grows in the first): %s\n", note.c_str());
+    if (!note.empty())
+        std::printf("the backend's own%s: %s\n",
+                    be_->plans_only() ? "" : ", before a step (its scratch grows in the first)", note.c_str());
 }
 
 int Trainer::run() {

@@ -42,6 +42,8 @@ struct StepStats {
 constexpr uint64_t kLossScaleWindow = 2000;
 void update_loss_scale(TrainState& state, bool gradients_finite);
 
+// The element type of --precision fp32|bf16|fp16.
+DType dtype_of_precision(const std::string& precision);
 // Picks the backend from --device/--precision; prints a one-line notice when auto falls back to cpu.
 std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision, bool quiet,
                                       const CudaOptions& cuda = {});

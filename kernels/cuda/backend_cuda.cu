@@ -135,7 +135,9 @@ class CudaBackend final : public Backend {
             size_t free_b = 0, total_b = 0;
             cudaMemGetInfo(&free_b, &total_b);
             throw Error("cuda backend: out of memory allocating " + std::to_string(bytes) + " bytes (" +
-                        std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) + " MiB)");
+                        std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) +
+                        " MiB): bin/train --memory-map says what takes it; a smaller --batch (--grad-accum keeps the "
+                        "step), --recompute selective or full, --train-top or LoRA need less");
         }
         return p;
     }
