@@ -221,24 +221,32 @@ namespace {
 
 enum class Format { text, jsonl, json_array };
 
+// Standard input and a shell's <(...) have no name of their own to go by, even when they are a file (< x.jsonl).
+bool nameless(const std::string& path) {
+    return path == "/dev/stdin" || path.rfind("/dev/fd/", 0) == 0 || path.rfind("/proc/self/fd/", 0) == 0 ||
+           !std::filesystem::is_regular_file(path);
+}
+
 // How an input is read. A name ending in .jsonl or .json (or --format jsonl) means JSON records: a line each,
 // or one JSON array of them when the first character is '['. Any other name means one plain document, as the
-// name says (a first line that is a JSONL record is noted before the work starts). A pipe has no name of its own
-// (/dev/stdin, /dev/fd/63): under --format auto its first line decides.
+// name says (a first line that is a JSONL record is noted before the work starts). Standard input or a pipe
+// (/dev/stdin, /dev/fd/63) has no name: under --format auto its first line decides.
 Format input_format(const std::string& path, const std::string& first_line, const PrepareOptions& opt) {
     const size_t start = first_line.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0;  // past a UTF-8 byte-order mark
     const size_t at = first_line.find_first_not_of(" \t\r", start);
     const bool array = at != std::string::npos && first_line[at] == '[';
     if (opt.format == "jsonl" || (opt.format == "auto" && is_jsonl(path)))
         return array ? Format::json_array : Format::jsonl;
-    if (opt.format == "text" || std::filesystem::is_regular_file(path)) return Format::text;
+    if (opt.format == "text" || !nameless(path)) return Format::text;
     const nlohmann::json j = nlohmann::json::parse(first_line, nullptr, false);
-    if (!(j.is_object() && (j.contains("text") || j.contains("prompt") || j.contains("instruction"))))
-        return Format::text;
+    const bool record = j.is_object() && (j.contains("text") || j.contains("prompt") || j.contains("instruction"));
+    if (!record && !array) return Format::text;
     if (opt.note)
-        opt.note(path + ": not a file but a pipe, whose first line is a JSONL record: read as JSONL, a document per "
-                 "line (--format text reads it as one plain document)");
-    return Format::jsonl;
+        opt.note(path + ": standard input or a pipe, whose first line " +
+                 (array ? std::string("opens a JSON array: read as its records") :
+                          std::string("is a JSONL record: read as JSONL, a document per line")) +
+                 " (--format text reads it as one plain document)");
+    return array ? Format::json_array : Format::jsonl;
 }
 
 // The first line of a file, at most 64 KiB of it ("" for a pipe: it is not read twice).
@@ -265,6 +273,8 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     bool sizes_known = true;
     for (const std::string& path : opt.inputs) {
         check_readable(path);
+        // A compressed or UTF-16 file is refused now, not after hours of work on the inputs before it.
+        if (const std::string why = not_text(first_line(path)); !why.empty()) throw Error(path + ": " + why);
         const size_t size = file_size_or_zero(path);
         total_bytes += size;
         sizes_known = sizes_known && (size > 0 || std::filesystem::is_regular_file(path));
@@ -318,6 +328,7 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
             throw Error("interrupted: no shard written (" + std::to_string(index) + " documents were done)");
         std::vector<Document> docs(items.size());
         std::vector<std::string> errors(items.size());
+        std::vector<char> fatal(items.size(), 0);  // not the input's fault (out of memory): stops even --skip-bad
         size_t literal_eot = 0;
 #pragma omp parallel for schedule(dynamic, 16) reduction(+ : literal_eot)
         for (size_t i = 0; i < items.size(); i++) {
@@ -327,14 +338,18 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
             try {
                 docs[i] = items[i].json ? document_from_json_line(tok, items[i].text, items[i].where, opt.template_str)
                                         : plain(tok, items[i].text, items[i].last);
-            } catch (const std::exception& e) {  // nothing may leave an OpenMP region: it would end the program
+            } catch (const Error& e) {
                 errors[i] = e.what();
+            } catch (const std::exception& e) {  // nothing may leave an OpenMP region: it would end the program
+                errors[i] = items[i].where + ": " + e.what();
+                fatal[i] = 1;
             }
         }
         rep.literal_eot += literal_eot;
         for (size_t i = 0; i < items.size(); i++) {
             const size_t doc = index;
             if (items[i].last) index++;
+            if (fatal[i]) throw Error(errors[i]);
             if (!errors[i].empty()) {
                 if (!opt.skip_bad) throw Error(errors[i] + " (--skip-bad skips such lines)");
                 rep.skipped++;
@@ -415,10 +430,14 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
             try {
                 records = nlohmann::json::parse(all);
             } catch (const nlohmann::json::parse_error& e) {
-                throw Error(path + ": not valid JSON: " + json_reason(e));
+                // One value: a mistake anywhere spoils the whole file, which --skip-bad then skips.
+                if (!opt.skip_bad) throw Error(path + ": not valid JSON: " + json_reason(e) + " (--skip-bad skips it)");
+                rep.skipped++;
+                continue;
             }
             all.clear();
             if (!records.is_array()) throw Error(path + ": expected a JSON array of records, or JSONL");
+            if (records.empty() && opt.note) opt.note(path + ": an empty JSON array: no documents in it");
             for (size_t i = 0; i < records.size(); i++)
                 add(records[i].dump(), path + ": record " + std::to_string(i + 1), true);
             continue;

@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <utility>
@@ -32,7 +33,8 @@ class PlanBackend final : public Backend {
     void* alloc(size_t bytes) override {
         const size_t n = bytes ? bytes : 1;
         void* p = mmap(nullptr, n, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p == MAP_FAILED) throw Error("plan backend: cannot reserve " + std::to_string(bytes) + " bytes of addresses");
+        if (p == MAP_FAILED)
+            throw Error("plan backend: cannot reserve " + std::to_string(bytes) + " bytes of addresses");
         reserved_[p] = n;
         return p;
     }
@@ -59,14 +61,16 @@ class PlanBackend final : public Backend {
     // ---- what the layout depends on ----
     size_t attention_saved_elems(int B, int T, int C, int NH) const override {
         if (device_ == "cpu") return cpu::attention_saved_elems(B, T, NH);
-        if (!fused(C, NH)) return cuda::attention_saved_elems(B, T, NH);
+        if (!fused(B, T, C, NH)) return cuda::attention_saved_elems(B, T, NH);
         const size_t es = dtype_size(act_);
         return (cuda::cudnn_attention_saved_floats(B, T, NH) * sizeof(float) + es - 1) / es;
     }
     std::string attention_path(int C, int NH) const override {
-        if (fused(C, NH)) return "cudnn (fused), as planned";
-        auto it = why_not_.find({C, NH});
-        return Backend::attention_path(C, NH) + (it == why_not_.end() || it->second.empty() ? "" : "; " + it->second);
+        auto it = decided_.find({C, NH});
+        if (it == decided_.end()) return Backend::attention_path(C, NH);
+        const Decision& d = it->second;
+        if (d.fused) return "cudnn (fused), " + (d.why.empty() ? std::string("as planned") : "assumed: " + d.why);
+        return Backend::attention_path(C, NH) + (d.why.empty() ? "" : "; " + d.why);
     }
 
     // ---- ops: none ----
@@ -107,28 +111,39 @@ class PlanBackend final : public Backend {
                       const AdamWStep&) override {}
 
    private:
+    struct Decision {
+        bool fused = false;
+        std::string why;  // why not cuDNN; or, when fused, why that is assumed rather than asked
+    };
+
     // The CUDA backend's rule (kernels/cuda/backend_cuda.cu, fused_attention): cuDNN for bf16 and fp16 under
     // --attention auto, for any type under --attention cudnn, where it takes the shape; asked here of the cuDNN
-    // frontend's validation for Hopper, which needs no GPU. Per (C, NH), like the backend.
-    bool fused(int C, int NH) const {
+    // frontend's validation for Hopper, which needs no GPU, at the first shape seen for each (C, NH), like the
+    // backend. Where this machine has no libcudnn to ask, the shape is assumed to run fused (and the map says so).
+    bool fused(int B, int T, int C, int NH) const {
         if (device_ != "cuda" || cuda_.attention == AttentionImpl::matmul) return false;
         if (act_ == DType::f32 && cuda_.attention == AttentionImpl::automatic) return false;
         const std::pair<int, int> key{C, NH};
-        auto it = why_not_.find(key);
-        if (it == why_not_.end()) {
-            // A shape the real run uses: the map is of gpt2-sized training, B=1 T=64 has the same rules.
-            std::string why = cuda::CudnnAttention::validate_for(90, act_, 1, 64, C, NH);
-            if (!why.empty() && cuda_.attention == AttentionImpl::cudnn) throw UsageError("--attention cudnn: " + why);
-            it = why_not_.emplace(key, std::move(why)).first;
+        auto it = decided_.find(key);
+        if (it == decided_.end()) {
+            Decision d;
+            d.why = cuda::CudnnAttention::validate_for(90, act_, B, std::max(T, 2), C, NH);
+            // Not a refusal of the shape: this machine has no libcudnn to ask, which a GPU machine running this
+            // build may have. (A build without the frontend, or the CUDA emulator, runs the cuBLAS path anywhere.)
+            const bool unasked = d.why.find("cannot load") != std::string::npos;
+            if (!d.why.empty() && !unasked && cuda_.attention == AttentionImpl::cudnn)
+                throw UsageError("--attention cudnn: " + d.why);
+            d.fused = d.why.empty() || unasked;
+            it = decided_.emplace(key, std::move(d)).first;
         }
-        return it->second.empty();
+        return it->second.fused;
     }
 
     std::string device_;
     DType act_, master_;
     CudaOptions cuda_;
     std::map<void*, size_t> reserved_;
-    mutable std::map<std::pair<int, int>, std::string> why_not_;  // (C, NH) -> why not cuDNN ("" : cuDNN)
+    mutable std::map<std::pair<int, int>, Decision> decided_;  // (C, NH) -> attention's path
 };
 
 }  // namespace

@@ -195,7 +195,9 @@ export TUNE_CUDNN_LOG=1
 # The tests that need the GPU (the CPU-only ones pass in CI and would only spend device time here): every
 # CUDA suite and the cuDNN graph check (NCCL with one rank is the next stage). GPU_CHECK_TESTS='*' runs them all.
 # TUNE_REQUIRE_CUDNN: here a cuDNN that cannot run fails its tests instead of skipping them.
-stage tests 240 "TUNE_REQUIRE_CUDNN=1 ./build/tests/tune_tests --gtest_filter='${GPU_CHECK_TESTS:-Cuda*:*/Cuda*:Cudnn*}' \
+# PlanBackend*: the planned memory map against the real run's arenas, cuDNN's fused attention included.
+stage tests 240 "TUNE_REQUIRE_CUDNN=1 ./build/tests/tune_tests \
+  --gtest_filter='${GPU_CHECK_TESTS:-Cuda*:*/Cuda*:Cudnn*:PlanBackend*}' \
   --gtest_output=xml:$SD/tests.xml"
 # Data parallelism on one GPU: every NCCL collective with one rank, and one-rank NCCL training (ZeRO-0, 1, 2)
 # byte-identical to the plain run (its own stage, so not in `tests` too). Several GPUs: scripts/multi_gpu_check.sh.
@@ -292,10 +294,11 @@ done
 # (the default above is cuDNN's fused attention where it runs: its log says which ran).
 train_gpt2 train_gpt2_matmul "--attention matmul"
 # Every fine-tuning method on the GPU, small model (the CPU table in docs/finetuning.md uses the tiny one).
-# results.json is rewritten after every method: what finished comes back even when the stage is cut.
-stage methods 90 "build/bench/bench_finetune_methods --device cuda --precision bf16 --model small --steps 300 \
-  --seeds 1 --doc '' \
-  --out $WORK/methods --machine 'one H200'; rc=\$?; cp $WORK/methods/results.json $SD/methods.json 2>/dev/null; \
+# results.json is rewritten after every method: what finished comes back even when the stage is cut (timeout's
+# SIGTERM reaches this shell too, whose trap copies it).
+KEEP_METHODS="cp $WORK/methods/results.json $SD/methods.json 2>/dev/null"
+stage methods 90 "trap '$KEEP_METHODS; exit 124' TERM; build/bench/bench_finetune_methods --device cuda --precision bf16 \
+  --model small --steps 300 --seeds 1 --doc '' --out $WORK/methods --machine 'one H200'; rc=\$?; $KEEP_METHODS; \
   exit \$rc"
 
 # ---- summary ----
@@ -334,7 +337,7 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$SD/tests.log" "$SD/nccl_one_rank
     done
     cut=()
     for i in "${!NAMES[@]}"; do [ "${RESULTS[$i]}" = "skip(time)" ] && cut+=("${NAMES[$i]}"); done
-    [ ${#cut[@]} -gt 0 ] && echo "cut by the budget; to run them: GPU_CHECK_STAGES=build,$(IFS=,; echo "${cut[*]}")" \
+    [ ${#cut[@]} -gt 0 ] && echo "cut by the budget; to run them: GPU_CHECK_STAGES=build,preflight,$(IFS=,; echo "${cut[*]}")" \
         "scripts/gpu_check.sh"
     echo "GPT-2 124M, B=32 T=1024, bf16:"
     printf '  %-28s %12s tok/s   peak %s GiB (nvidia-smi, whole process; %s)\n' "tune.cu bin/train" "$TUNE_TOKS" \

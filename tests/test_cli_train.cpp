@@ -38,6 +38,7 @@ TEST(ToolSignals, AnIgnoredSignalStaysIgnoredTheOthersAreCaught) {
     EXPECT_EQ(now.sa_handler, SIG_IGN);
     sigaction(SIGINT, nullptr, &now);
     EXPECT_EQ(now.sa_handler, &on_stop_signal);
+    EXPECT_TRUE(now.sa_flags & SA_RESTART) << "a read or write the signal interrupts must go on";
     sigaction(SIGTERM, nullptr, &now);
     EXPECT_EQ(now.sa_handler, &on_stop_signal);
     for (int i = 0; i < 3; i++) sigaction(sigs[i], &saved[i], nullptr);

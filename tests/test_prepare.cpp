@@ -390,6 +390,10 @@ TEST(Prepare, PipesAreReadByTheirFirstLineAndJsonArraysByTheirRecords) {
     o.format = "auto";
     Shard prose = through_pipe("Just prose.\n", "prose");
     EXPECT_EQ(prose.tokens(), concat(tok().encode("Just prose.\n"), {50256}));
+    Shard piped_array = through_pipe("[\n  {\"prompt\": \"Q: 2+2?\\nA:\", \"completion\": \" 4\"},\n"
+                                     "  {\"text\": \"plain words\"}\n]\n", "piped_array");
+    EXPECT_EQ(piped_array.tokens(), want);
+    EXPECT_THAT(notes.back(), HasSubstr("opens a JSON array: read as its records"));
     // The same records as one pretty-printed JSON array.
     spit(d + "/alpaca_data.json", "[\n  {\"prompt\": \"Q: 2+2?\\nA:\", \"completion\": \" 4\"},\n"
                                   "  {\"text\": \"plain words\"}\n]\n");
@@ -402,6 +406,16 @@ TEST(Prepare, PipesAreReadByTheirFirstLineAndJsonArraysByTheirRecords) {
     spit(d + "/bad.json", "[\n  {\"text\": \"a\"},\n  {\"output\": \"b\"}\n]\n");
     o.inputs = {d + "/bad.json"};
     EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("bad.json: record 2: missing field"));
+    // An array that does not parse is one bad value: --skip-bad skips the file.
+    spit(d + "/broken.json", "[\n  {\"text\": \"a\"},\n");
+    o.inputs = {d + "/broken.json", d + "/alpaca_data.json"};
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("broken.json: not valid JSON: "));
+    o.skip_bad = true;
+    o.out_dir = d + "/skipped";
+    const PrepareReport skipped = prepare_dataset(tok(), o);
+    EXPECT_EQ(skipped.skipped, 1u);
+    EXPECT_EQ(skipped.documents, 2u);
+    o.skip_bad = false;
     o.format = "yaml";
     EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("--format: expected auto, jsonl or text"));
 }
@@ -426,6 +440,10 @@ TEST(Prepare, CompressedUtf16AndBinaryInputsAreRefusedAndJsonErrorsSayWhy) {
                 HasSubstr("nul.txt:2: a NUL byte: this is no UTF-8 text"));
     EXPECT_THAT(refused("latin1.jsonl", "{\"text\": \"caf\xe9\"}\n"), HasSubstr("latin1.jsonl:1: not valid JSON: "));
     EXPECT_THAT(refused("latin1.jsonl", "{\"text\": \"caf\xe9\"}\n"), HasSubstr("UTF-8"));
+    // Refused before any work: a compressed last input is named before a bad line in the first.
+    spit(d + "/first.jsonl", "not json\n");
+    o.inputs = {d + "/first.jsonl", d + "/data.jsonl.gz"};
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("data.jsonl.gz: is gzip-compressed"));
     EXPECT_TRUE(std::filesystem::is_empty(d + "/out"));
 }
 
@@ -485,6 +503,10 @@ TEST(PrepareCli, StandardInputAndTheNotesOnTheEndOfTextNameAndATemplateFilesLine
                           "/x.jsonl");
     EXPECT_EQ(t.rc, 0) << t.out;
     EXPECT_THAT(t.out, HasSubstr("t.txt ends in a line break, which ends every prompt"));
+    // Standard input redirected from a file is a file, but not by a name that says its format: its first line does.
+    CmdResult redirected = run_cmd("bin/prepare --quiet --val-frac 0 --out " + d + "/o3 - < " + d + "/x.jsonl");
+    EXPECT_EQ(redirected.rc, 0) << redirected.out;
+    EXPECT_THAT(redirected.out, HasSubstr("read as JSONL"));
     EXPECT_THAT(t.out, ::testing::Not(HasSubstr("<|endoftext|>")));
 }
 

@@ -64,6 +64,7 @@ void catch_stop_signals(void (*handler)(int)) {
         if (sigaction(sig, nullptr, &now) == 0 && now.sa_handler == SIG_IGN) continue;
         struct sigaction act {};
         act.sa_handler = handler;
+        act.sa_flags = SA_RESTART;  // as std::signal sets it: a read or write the signal interrupts goes on
         sigemptyset(&act.sa_mask);
         sigaction(sig, &act, nullptr);
     }

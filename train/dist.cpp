@@ -63,7 +63,7 @@ uint64_t Comm::sum(uint64_t x, const char* what) {
 std::string Comm::timeout_words() const {
     char b[128];
     const double user = user_timeout_s_.load();
-    if (user > 0)
+    if (user > 0 && timeout_s_.load() > user)
         std::snprintf(b, sizeof b, "--comm-timeout %g, raised to %g s while rank 0 writes a checkpoint", user,
                       timeout_s_.load());
     else

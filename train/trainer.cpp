@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <sstream>
@@ -207,7 +208,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     cuda.seed = args.seed;
     // --memory-map in one process plans (kernels/plan_backend.h): the map of what this run would allocate, printed
     // without allocating it, so also for a run too big for this machine or --device cuda without a GPU.
-    if (args.memory_map && launch.world <= 1) {
+    if (args.memory_map && launch.world <= 1 && !std::getenv("TUNE_NCCL_ONE_RANK")) {
         const std::string dev =
             args.device == "auto" ? (cuda_device_count() > 0 ? "cuda" : "cpu") : args.device;
         if (dev == "cpu" && args.precision != "fp32")
@@ -368,9 +369,11 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (dp_) {
         const int r = dp_->first_rank_differing(model_->base_fingerprint(), "starting weights' fingerprint");
         if (r >= 0)
-            throw Error("rank " + std::to_string(r) + " starts from other weights than rank 0: every rank reads " +
-                        (args.resume.empty() ? "--init " + args.init : "--resume " + args.resume) +
-                        " itself; is it the same file on every node?");
+            throw Error("rank " + std::to_string(r) + " starts from other weights than rank 0: " +
+                        (ckpt.empty() ? std::string("every rank initialises them from --seed; was it the same?")
+                                      : "every rank reads " +
+                                            (args.resume.empty() ? "--init " + args.init : "--resume " + args.resume) +
+                                            " itself; is it the same file on every node?"));
     }
     if (args.ewc > 0) {
         if (be_->plans_only())
