@@ -37,7 +37,8 @@ struct Variant {
 class PlanBackendRuns : public TrainerFixture {
    protected:
     // Each variant built twice, for real and planned: every arena the memory map prints is the same.
-    void expect_plans_match(const std::string& device, const std::string& precision) {
+    void expect_plans_match(const std::string& device, const std::string& precision,
+                            const std::string& init = "init.ckpt") {
         const std::vector<Variant> variants = {
             {"full", [](TrainArgs&) {}},
             {"lora", [](TrainArgs& a) { a.peft.lora_rank = 2, a.peft.lora_targets = 0xF; }},
@@ -55,6 +56,7 @@ class PlanBackendRuns : public TrainerFixture {
         };
         for (const Variant& v : variants) {
             TrainArgs real = args(std::string("real_") + v.name);
+            real.init = dir + "/" + init;
             real.device = device;
             real.precision = precision;
             v.apply(real);
@@ -65,6 +67,11 @@ class PlanBackendRuns : public TrainerFixture {
             ASSERT_FALSE(r.backend().plans_only());
             EXPECT_EQ(p.backend().name(), r.backend().name());
             const std::string what = device + " " + precision + " " + v.name;
+            const ModelConfig& cfg = r.model().config();
+            const std::string planned = p.backend().attention_path(cfg.n_embd, cfg.n_head),
+                              ran = r.backend().attention_path(cfg.n_embd, cfg.n_head);
+            EXPECT_EQ(planned.substr(0, planned.find(' ')), ran.substr(0, ran.find(' ')))
+                << what << ": planned " << planned << ", the run took " << ran;
             expect_same_layout(p.model().params(), r.model().params(), what + ": parameters");
             expect_same_layout(p.model().grads(), r.model().grads(), what + ": gradients");
             expect_same_layout(p.model().acts(), r.model().acts(), what + ": activations");
@@ -80,10 +87,16 @@ class PlanBackendRuns : public TrainerFixture {
 TEST_F(PlanBackendRuns, PlannedArenasAreTheRealRunsTensorByTensor_CpuF32) { expect_plans_match("cpu", "fp32"); }
 
 // The CUDA backend's own layout (FP32 master weights, bf16 arenas, attention's saved state): on a GPU, or under
-// the CUDA emulator of `make test-emu` (where attention takes the cuBLAS path, as cuDNN is absent there).
+// the CUDA emulator of `make test-emu` (where attention takes the cuBLAS path, as cuDNN is absent there). Head
+// size 16 (C=48, NH=3), a shape cuDNN's fused attention runs (tests/test_cuda_attention.cpp), so that on a GPU
+// the fused layout is the one compared.
 TEST_F(PlanBackendRuns, PlannedArenasAreTheRealRunsTensorByTensor_CudaBf16) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU (the emulator's build runs it)";
-    expect_plans_match("cuda", "bf16");
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(37, 2, 3, 48, 16), *be, 1, 1);
+    m.init_random(5);
+    save_checkpoint(dir + "/init48.ckpt", m, nullptr, nullptr);
+    expect_plans_match("cuda", "bf16", "init48.ckpt");
 }
 
 // Nothing to compute, nothing to read: a download gives zeros, norms are 0, and the addresses hold no memory.
