@@ -503,6 +503,28 @@ struct DistRuns : ::testing::Test {
         be->download(w.data(), m.params().base(), m.params().dtype(), w.size());
         return w;
     }
+    // init.ckpt with a first MLP layer of weights near FLT_MAX, which overflows every step; returns its values.
+    std::vector<double> save_overflowing(const std::string& path) const {
+        auto be = make_cpu_backend(DType::f32);
+        GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+        load_checkpoint(dir + "/init.ckpt", m, nullptr, nullptr);
+        std::vector<double> w(m.params().elems());
+        be->download(w.data(), m.params().base(), m.params().dtype(), w.size());
+        const TensorInfo& fc = m.params().table()[(size_t)m.params().table().find("h.0.mlp.c_fc.weight")];
+        for (size_t i = 0; i < fc.numel; i++) w[fc.offset + i] = (float)(i % 2 ? -3e38 : 3e38);
+        be->upload(m.params().base(), m.params().dtype(), w.data(), w.size());
+        save_checkpoint(path, m, nullptr, nullptr);
+        return w;
+    }
+    // The parameters of a resume checkpoint.
+    std::vector<double> resume_weights(const std::string& path) const {
+        auto be = make_cpu_backend(DType::f32);
+        GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+        load_checkpoint(path, m, nullptr, nullptr);
+        std::vector<double> w(m.params().elems());
+        be->download(w.data(), m.params().base(), m.params().dtype(), w.size());
+        return w;
+    }
     void expect_ranks_agree(const std::string& run, int world) const {
         const auto m = metrics(run);
         ASSERT_FALSE(m.empty());
@@ -810,6 +832,21 @@ TEST_F(DistFixture, RanksOutOfStepAreStoppedAtTheFirstMismatchedSum) {
         << r.out;
 }
 
+// Over MPI too: every rank exits with status 1 through MPI_Finalize, and mpirun reports that status; nothing is
+// aborted (no MPI_ABORT banner, no "stopping every rank"), and rank 0's checkpoint holds the last good weights.
+TEST_F(DistFixture, AnAgreedStopEndsEveryRankInOrderWithItsStatus) {
+    const std::vector<double> w = save_overflowing(dir + "/huge.ckpt");
+    CmdResult r = run_cmd(mpirun(2) + train("--steps 20 --batch 2 --val-every 0 --max-bad-steps 2", "nonfinite",
+                                            "huge.ckpt"));
+    EXPECT_NE(r.rc, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("steps in a row had a non-finite loss or gradient")) << r.out;
+    EXPECT_THAT(r.out, Not(HasSubstr("stopping every rank"))) << r.out;
+    EXPECT_THAT(r.out, Not(HasSubstr("MPI_ABORT"))) << r.out;
+    std::vector<double> back;
+    ASSERT_NO_THROW(back = resume_weights(dir + "/nonfinite/resume.ckpt"));
+    EXPECT_EQ(back, w);
+}
+
 TEST_F(DistFixture, ADeadRankEndsTheJobQuicklyNamingIt) {
     const auto t0 = std::chrono::steady_clock::now();
     CmdResult r = run_cmd("TUNE_TEST_FAIL=1:3:die " + mpirun(2) + "-x TUNE_TEST_FAIL " +
@@ -987,26 +1024,18 @@ TEST_F(DistNcclRanks, ADeadRankStopsEveryOtherWithinSecondsNamed) {
 // together; rank 0
 // then writes the last good weights while the others have already gone. Their going (a stop, not a death)
 // must not cut rank 0's write short.
+// The ranks agree on the stop (every step's decisions are made from shared values), so they end together with
+// status 1, each shutting down in order: no rank is stopped by another, none aborts the job.
 TEST_F(DistNcclRanks, ANonFiniteStopLeavesRankZerosCheckpointWhole) {
-    auto be = make_cpu_backend(DType::f32);
-    GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
-    load_checkpoint(dir + "/init.ckpt", m, nullptr, nullptr);
-    std::vector<double> w(m.params().elems());
-    be->download(w.data(), m.params().base(), m.params().dtype(), w.size());
-    const TensorInfo& fc = m.params().table()[(size_t)m.params().table().find("h.0.mlp.c_fc.weight")];
-    for (size_t i = 0; i < fc.numel; i++) w[fc.offset + i] = (float)(i % 2 ? -3e38 : 3e38);
-    be->upload(m.params().base(), m.params().dtype(), w.data(), w.size());
-    save_checkpoint(dir + "/huge.ckpt", m, nullptr, nullptr);
-
+    const std::vector<double> w = save_overflowing(dir + "/huge.ckpt");
     CmdResult r = run_cmd(ranks(3, "--steps 20 --batch 2 --val-every 0 --zero 1 --max-bad-steps 2", "nonfinite", "",
                                 "huge.ckpt"));
     EXPECT_NE(r.rc, 0) << r.out;
     EXPECT_THAT(r.out, HasSubstr("steps in a row had a non-finite loss or gradient")) << r.out;
-    EXPECT_THAT(r.out, HasSubstr("rank 0: exiting with status 1")) << "rank 0 stops on its own account\n" << r.out;
+    EXPECT_THAT(r.out, Not(HasSubstr("stopping every rank"))) << "an agreed stop aborts nothing\n" << r.out;
     EXPECT_THAT(r.out, Not(HasSubstr("rank 0: rank "))) << "rank 0 must not stop on the others' going\n" << r.out;
-    std::vector<double> back(w.size());
-    ASSERT_NO_THROW(load_checkpoint(dir + "/nonfinite/resume.ckpt", m, nullptr, nullptr));
-    be->download(back.data(), m.params().base(), m.params().dtype(), back.size());
+    std::vector<double> back;
+    ASSERT_NO_THROW(back = resume_weights(dir + "/nonfinite/resume.ckpt"));
     EXPECT_EQ(back, w) << "no step was good, so the last good weights are those it started from";
 }
 

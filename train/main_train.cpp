@@ -25,6 +25,9 @@ static void on_interrupt(int sig) {
 static void handle_interrupts() { tune::catch_stop_signals(on_interrupt); }  // SIGHUP: the session went away
 
 int main(int argc, char** argv) {
+    // DIST: an exit status every rank came to together (the run's own end, --max-bad-steps, an lr-find without a
+    // suggestion), as opposed to one rank's error, which must stop the others.
+    bool agreed = false;
     const int rc = tune::run_tool("train", [&]() -> int {
         if (argc == 1) {
             if (tune::launch_info().world > 1)
@@ -49,23 +52,29 @@ int main(int argc, char** argv) {
         if (args.lr_find) {
             const double lr = trainer.lr_find(args.steps, args.lr_find_lo, args.lr_find_hi);
             if (trainer.stop_requested()) return tune::Trainer::kInterrupted;  // a partial sweep suggests nothing
-            if (tune::launch_info().rank != 0) return 0;
+            agreed = true;  // every rank sees the same losses, so the same suggestion or none
+            const bool speaks = tune::launch_info().rank == 0;
             const std::string plot = args.out_dir.empty() ? "" : "; plot: " + args.out_dir + "/lr_find.svg";
             if (std::isnan(lr)) {
-                std::printf("no suggested learning rate: the sweep ended with too few points (fewer than 3) to find "
-                            "a slope; give more --steps, or a --lr-find-lo further from where the loss diverges%s\n",
-                            plot.c_str());
+                if (speaks)
+                    std::printf("no suggested learning rate: the sweep ended with too few points (fewer than 3) to "
+                                "find a slope; give more --steps, or a --lr-find-lo further from where the loss "
+                                "diverges%s\n", plot.c_str());
                 return 1;
             }
-            std::printf("suggested learning rate: %.3g (steepest descent of the smoothed loss)%s\n", lr, plot.c_str());
+            if (speaks)
+                std::printf("suggested learning rate: %.3g (steepest descent of the smoothed loss)%s\n", lr,
+                            plot.c_str());
             return 0;
         }
-        return trainer.run();
+        const int status = trainer.run();
+        agreed = true;  // its every exit is decided from values all ranks share
+        return status;
     });
-    // Data parallel: shut MPI/NCCL down, or on failure stop the other ranks instead of leaving them waiting
-    // (an interrupted run stopped every rank together, in order).
+    // Data parallel: shut MPI/NCCL down, or on one rank's failure stop the other ranks instead of leaving them
+    // waiting (an interrupted run stopped every rank together, in order; an agreed status needs no stopping).
     tune::run_tool("train", [&] {
-        tune::finish_distributed(rc == tune::Trainer::kInterrupted ? 0 : rc);
+        tune::finish_distributed(rc == tune::Trainer::kInterrupted || agreed ? 0 : rc);
         return 0;
     });
     return rc;
