@@ -174,7 +174,7 @@ EMU_CXXFLAGS := $(CXXFLAGS) -fno-strict-aliasing -Wno-unknown-pragmas \
                 -Wno-sign-compare -Wno-uninitialized -Wno-maybe-uninitialized -Itests/emu/include $(EMU_SAN)
 EMU_LDLIBS := $(EMU_SAN) -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lpcre2-8 -fopenmp -lpthread $(MPI_LIBS)
 # What runs under the emulator: every test that needs a GPU (the rest already ran in `make test`).
-EMU_FILTER ?= Cuda*:*/Cuda*:DistNccl*
+EMU_FILTER ?= Cuda*:*/Cuda*:DistNccl*:PlanBackendRuns.*Cuda*
 
 .PRECIOUS: $(EMU)/%.cpp
 $(EMU)/%.cpp: %.cu scripts/cuda_emu_translate.py

@@ -335,13 +335,21 @@ TEST_P(CudaOps, AttentionIsCausal_FutureTokensDoNotChangeThePast_T9) {
         saved(gpu(), dt(), gpu().attention_saved_elems(B, T, C, NH));
     auto v = randn(qkv.n(), 3);
     qkv.set(v);
+    out.poison();
     gpu().attention_forward(out.p(), saved.p(), qkv.p(), B, T, C, NH);
     const auto out1 = out.get();
     for (int c = 0; c < 3 * C; c++) v[(size_t)(T - 1) * 3 * C + c] += 10.0;
     qkv.set(v);
+    out.poison();
     gpu().attention_forward(out.p(), saved.p(), qkv.p(), B, T, C, NH);
     const auto out2 = out.get();
-    for (size_t i = 0; i < (size_t)(T - 1) * C; i++) EXPECT_EQ(out1[i], out2[i]) << "position " << i / C;
+    for (size_t i = 0; i < (size_t)(T - 1) * C; i++) {
+        ASSERT_FALSE(std::isnan(out1[i])) << "position " << i / C << " not written";
+        EXPECT_EQ(out1[i], out2[i]) << "position " << i / C;
+    }
+    bool last_changed = false;  // the changed position itself sees its own new value
+    for (size_t i = (size_t)(T - 1) * C; i < (size_t)T * C; i++) last_changed = last_changed || out1[i] != out2[i];
+    EXPECT_TRUE(last_changed);
 }
 
 // Prefill of 5 positions then decode steps of 1 and a chunk of 3, B=2, HS=12 and HS=64: the cache holds exactly
@@ -378,6 +386,8 @@ TEST_P(CudaOps, AttentionForwardCachedEqualsFullForward_B2_T13_C36) {
         cached(gpu(), dt(), (size_t)B * T * C), kc(gpu(), dt(), (size_t)B * T * C), vc(gpu(), dt(), (size_t)B * T * C),
         saved(gpu(), dt(), gpu().attention_saved_elems(B, T, C, NH));
     qkv.set(randn(qkv.n(), 5, 1.5));
+    full.poison();
+    cached.poison();
     gpu().attention_forward(full.p(), saved.p(), qkv.p(), B, T, C, NH);
     gpu().attention_forward_cached(cached.p(), kc.p(), vc.p(), qkv.p(), B, T, 0, T, C, NH);
     EXPECT_TRUE(near_rel(cached.get(), full.get(), op_tol(dt())));

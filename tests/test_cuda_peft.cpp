@@ -51,7 +51,7 @@ TEST_P(CudaPeft, LoraWithDropoutMatchesCpu_AllSites_L2_C12_B2_T7) {
     o.peft.lora_rank = 3;
     o.peft.lora_alpha = 6;
     o.peft.lora_targets = kLoraAll;
-    o.peft.lora_dropout = 0.25f;
+    o.peft.lora_dropout = 0.5f;  // a lost 1/(1-p) rescale halves both LoRA gradients: a 50% error
     const Trainable fr = frozen_base(c);
     GPT2 g(c, gpu(), 2, 7, &fr, o), r(c, ref(), 2, 7, &fr, o);
     g.init_random(1);
@@ -240,7 +240,8 @@ TEST_F(CudaMethods, RetentionAndUnfreezingRunsFollowTheCpu_Fp32) {
             ASSERT_EQ(Trainer(a).run(), 0);
             l[k] = losses(a.out_dir);
         }
-        ASSERT_EQ(l[0].size(), l[1].size());
+        ASSERT_EQ(l[0].size(), (size_t)args("x").steps);  // compared because written, not because both empty
+        ASSERT_EQ(l[1].size(), l[0].size());
         for (size_t i = 0; i < l[0].size(); i++) EXPECT_NEAR(l[1][i], l[0][i], 1e-4 * std::fabs(l[0][i])) << "step " << i;
     }
 }

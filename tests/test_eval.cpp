@@ -98,8 +98,13 @@ TEST(RunLog, ANewRunRemovesTheEarlierRunsPlot) {
 TEST(MultipleChoice, MatchesAnIndependentScorer) {
     auto be = make_cpu_backend(DType::f64);
     GPT2 m(small_config(), *be, 3, 9), ref(small_config(), *be, 1, 9);
-    m.init_random(3);
-    ref.init_random(3);
+    // Weights of order 0.5, not GPT-2's 0.02: near-uniform predictions would make every token cost about log V,
+    // and the sum would pick the shortest ending whatever the scorer read.
+    Rng w(5);
+    std::vector<double> weights(m.params().elems());
+    for (double& x : weights) x = w.uniform() - 0.5;
+    be->upload(m.params().base(), m.params().dtype(), weights.data(), weights.size());
+    be->upload(ref.params().base(), ref.params().dtype(), weights.data(), weights.size());
     Rng r(4);
     std::vector<ChoiceExample> exs;
     for (int i = 0; i < 12; i++) {
@@ -123,9 +128,18 @@ TEST(MultipleChoice, MatchesAnIndependentScorer) {
     EXPECT_EQ(res.examples, 12u);
     EXPECT_EQ(res.correct, correct);
     EXPECT_EQ(res.correct_norm, correct_norm);
-    // And with the labels set to the reference's picks, accuracy is exactly 1.
+    // And with the labels set to the reference's picks, accuracy is exactly 1; by the length-normalised score
+    // too, which picks otherwise than the sum on some examples (else it would test nothing of its own).
+    size_t differ = 0;
+    for (const auto& ex : exs) {
+        const auto [by_sum, by_mean] = reference_choice(ref, ex);
+        differ += by_sum != by_mean;
+    }
+    EXPECT_GT(differ, 0u);
     for (auto& ex : exs) ex.label = reference_choice(ref, ex).first;
     EXPECT_EQ(eval_multiple_choice(m, exs).acc(), 1.0);
+    for (auto& ex : exs) ex.label = reference_choice(ref, ex).second;
+    EXPECT_EQ(eval_multiple_choice(m, exs).acc_norm(), 1.0);
 }
 
 TEST(MultipleChoice, FileErrorsNameTheLine) {

@@ -308,21 +308,43 @@ TEST_F(Methods, L2spPenaltyMatchesItsFormulaAndPullsTowardsTheStart) {
 
 TEST_F(Methods, EwcEstimatesWritesAndRereadsTheFisherAndWeighsThePenaltyByIt) {
     TrainArgs a = args("ewc");
-    a.ewc = 2.0f;
+    a.ewc = 0.7f;  // lambda/2 = 0.35: a penalty that lost its 1/2 or its lambda shows
     a.fisher = dir + "/fisher.safetensors";
     a.fisher_data = {dir + "/val.bin"};
     a.fisher_batches = 3;
     Trainer t(a);
-    // The file holds one non-negative, not all-zero tensor per trainable parameter.
+    // The file holds, per trainable tensor, the mean over the batches of the squared gradient of each batch's
+    // mean loss: recomputed here in double from the same batches (the loader's order, seed + 2) on a model of
+    // its own.
     SafetensorsFile f(a.fisher);
     EXPECT_EQ(f.tensors().size(), t.model().grads().table().size());
-    std::vector<float> fc = f.read_f32("h.1.mlp.c_fc.weight");
-    double sum = 0;
-    for (float v : fc) {
-        ASSERT_GE(v, 0.0f);
-        sum += v;
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 ref(checkpoint_config(a.init), *be, a.batch, a.seq);
+    load_checkpoint(a.init, ref, nullptr, nullptr);
+    Loader base(a.fisher_data, ref.config().vocab_size, a.batch, a.seq, true, a.seed + 2);
+    std::vector<double> want_fisher(ref.grads().elems(), 0.0), g(ref.grads().elems());
+    for (int k = 0; k < a.fisher_batches; k++) {
+        Batch b = base.next();
+        size_t counted = 0;
+        for (float w : b.weights) counted += w != 0.0f;
+        ref.zero_grads();
+        ref.forward(b.inputs.data(), b.B, b.T, b.weights.data());
+        ref.loss(b.targets.data(), b.weights.data(), 1.0f / (float)counted, true);
+        ref.backward();
+        be->download(g.data(), ref.grads().base(), ref.grads().dtype(), g.size());
+        for (size_t i = 0; i < g.size(); i++) want_fisher[i] += g[i] * g[i] / a.fisher_batches;
     }
-    EXPECT_GT(sum, 0.0);
+    const Table& gt = ref.grads().table();
+    for (size_t i = 0; i < gt.size(); i++) {
+        const std::vector<float> got = f.read_f32(gt[i].name);
+        std::vector<double> got_d(got.begin(), got.end());
+        std::vector<double> want(want_fisher.begin() + (long)gt[i].offset,
+                                 want_fisher.begin() + (long)(gt[i].offset + gt[i].numel));
+        double sum = 0;
+        for (double v : want) sum += v;
+        ASSERT_GT(sum, 0.0) << gt[i].name << ": a Fisher of zeros would test nothing";
+        EXPECT_TRUE(near_rel(got_d, want, 1e-5)) << gt[i].name;
+    }
     // The penalty after some steps: lambda/2 sum F (theta - theta_0)^2, computed here.
     for (int i = 0; i < 3; i++) t.step();
     const auto init = tensors_of(dir + "/init.ckpt");
@@ -333,12 +355,14 @@ TEST_F(Methods, EwcEstimatesWritesAndRereadsTheFisherAndWeighsThePenaltyByIt) {
         std::vector<float> v(m.params().table()[i].numel);
         m.backend().download(v.data(), m.params().ptr(i), DType::f32, v.size());
         const std::vector<float> F = f.read_f32(name);
-        for (size_t k = 0; k < v.size(); k++) want += F[k] * ((double)v[k] - init.at(name)[k]) * ((double)v[k] - init.at(name)[k]);
+        for (size_t k = 0; k < v.size(); k++)
+            want += 0.35 * F[k] * ((double)v[k] - init.at(name)[k]) * ((double)v[k] - init.at(name)[k]);
     }
-    EXPECT_NEAR(t.step().penalty, want, 1e-5 * want + 1e-15);
+    ASSERT_GT(want, 0.0);
+    EXPECT_NEAR(t.step().penalty, want, 1e-5 * want);
     // A second run reads the file instead of estimating (no --fisher-data needed).
     TrainArgs b = args("ewc2");
-    b.ewc = 2.0f;
+    b.ewc = 0.7f;
     b.fisher = a.fisher;
     Trainer again(b);
     CmdResult bad = run_cmd("bin/train --device cpu --init " + dir + "/init.ckpt --train-data " + dir +
@@ -413,6 +437,8 @@ TEST_F(Methods, RecomputationGivesBitIdenticalTraining) {
     sel.recompute = Recompute::selective;
     full.recompute = Recompute::full;
     for (TrainArgs* a : {&none, &sel, &full}) ASSERT_EQ(Trainer(*a).run(), 0);
+    ASSERT_EQ(losses(none.out_dir).size(), (size_t)none.steps);  // equal because written, not because empty
+    ASSERT_FALSE(slurp(none.out_dir + "/model.ckpt").empty());
     EXPECT_EQ(losses(sel.out_dir), losses(none.out_dir));
     EXPECT_EQ(losses(full.out_dir), losses(none.out_dir));
     EXPECT_EQ(slurp(full.out_dir + "/model.ckpt"), slurp(none.out_dir + "/model.ckpt"));
@@ -464,6 +490,8 @@ TEST_F(Methods, ResumeIsBitExactWithLoraL2spDistillReplayAndRecompute) {
     TrainArgs second = resuming(setup("split"));
     second.peft = TrainArgs().peft;  // LoRA's rank, alpha and dropout come from the checkpoint
     ASSERT_EQ(Trainer(second).run(), 0);  // the teacher comes from the checkpoint's record of --init
+    ASSERT_EQ(losses(whole.out_dir).size(), (size_t)whole.steps);
+    ASSERT_FALSE(slurp(whole.out_dir + "/adapter.ckpt").empty());
     EXPECT_EQ(losses(whole.out_dir), losses(second.out_dir));
     EXPECT_EQ(slurp(whole.out_dir + "/adapter.ckpt"), slurp(second.out_dir + "/adapter.ckpt"));
 }

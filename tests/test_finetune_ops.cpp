@@ -374,5 +374,42 @@ TEST_F(FinetuneCpu, AdamWSegmentWithTOffsetMatchesFreshSegmentF64_n29) {
     EXPECT_FALSE(near_rel(c, a, 1e-6)) << "ignoring t_offset should change the update";
 }
 
+// Three steps of the published algorithm (Loshchilov & Hutter; bias correction as in Kingma & Ba), written
+// out here in double: distinct betas, a gradient scale, two segments with their own learning-rate factor,
+// weight decay and t_offset, new gradients each step. A mistake in any of them (a swapped beta, a bias
+// correction by the wrong power, decay scaled without lr) moves the result far past 1e-12.
+TEST_F(FinetuneCpu, AdamWFollowsThePublishedAlgorithmForThreeStepsF64_n13) {
+    const size_t n = 13;
+    const double b1 = 0.8, b2 = 0.9, eps = 1e-8, lr = 3e-2, gs = 0.5;
+    const std::vector<OptSegment> segs = {{0, 0, 6, 1.0f, 0.1f, 0}, {6, 6, 7, 0.25f, 0.0f, 1}};
+    std::vector<double> params = randn(n, 1), grads(n), m(n, 0.0), v(n, 0.0);
+    std::vector<double> want = params, wm(n, 0.0), wv(n, 0.0);
+    for (int t = 2; t <= 4; t++) {  // the second segment's own steps are t - 1 = 1..3
+        grads = randn(n, 20 + t, 0.7);
+        AdamWStep st;
+        st.lr = (float)lr;
+        st.beta1 = (float)b1;
+        st.beta2 = (float)b2;
+        st.eps = (float)eps;
+        st.t = t;
+        st.grad_scale = (float)gs;
+        be->adamw_update(params.data(), nullptr, grads.data(), m.data(), v.data(), segs, st);
+        for (size_t i = 0; i < n; i++) {
+            const bool first = i < 6;
+            const double B1 = (float)b1, B2 = (float)b2, E = (float)eps, LR = (float)lr;  // as the step carries them
+            const double seg_lr = LR * (first ? 1.0 : 0.25), wd = first ? (double)0.1f : 0.0;
+            const int tt = first ? t : t - 1;
+            const double g = grads[i] * gs;
+            wm[i] = B1 * wm[i] + (1 - B1) * g;
+            wv[i] = B2 * wv[i] + (1 - B2) * g * g;
+            const double mhat = wm[i] / (1 - std::pow(B1, tt)), vhat = wv[i] / (1 - std::pow(B2, tt));
+            want[i] -= seg_lr * (mhat / (std::sqrt(vhat) + E) + wd * want[i]);
+        }
+    }
+    EXPECT_TRUE(near_rel(params, want, 1e-12));
+    EXPECT_TRUE(near_rel(m, wm, 1e-12));
+    EXPECT_TRUE(near_rel(v, wv, 1e-12));
+}
+
 }  // namespace
 }  // namespace tune::test

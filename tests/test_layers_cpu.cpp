@@ -264,6 +264,8 @@ TEST(CrossEntropyCpu, NegInfLogitsAddNothingAndInvalidTargetsGiveNaNF64) {
     std::vector<int32_t> y = {2, -1, V, 7};
     std::vector<float> w = {1, 1, 0, 1};  // rows 1 and 3 count with invalid targets; row 2 is masked
     std::vector<double> losses(N), dz(N * Vp);
+    poison(losses);  // the zeros checked below must be written, not left over
+    poison(dz);
     cpu::crossentropy_forward_backward(losses.data(), dz.data(), z.data(), y.data(), w.data(), 1.0f, N, V, Vp);
     double s = 0;
     for (int v : {1, 2, 3, 5}) s += std::exp(z[v]);
