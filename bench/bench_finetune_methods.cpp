@@ -206,7 +206,8 @@ int main(int argc, char** argv) {
                    100);
         cli.option("--only", "KEYS", "comma-separated subset: full,top1,mlp,disc,cyclic,ulmfit,lora,prompt,ptune,prefix,"
                    "l2sp,ewc,distill,replay", &only);
-        cli.option("--doc", "FILE", "markdown file whose methods table is replaced ('' : none)", &doc);
+        cli.option("--doc", "FILE", "markdown file whose methods table is replaced ('' : none; with --only, none unless "
+                   "given)", &doc);
         cli.option("--out", "DIR", "run directories and results.json", &out);
         cli.option("--machine", "TEXT", "machine description for the table", &machine);
         cli.option("--l2sp", "LAMBDA", "L2-SP strength", &knobs.l2sp, 0, 1e12);
@@ -219,6 +220,10 @@ int main(int argc, char** argv) {
             std::fputs(cli.help().c_str(), stdout);
             return 0;
         }
+        // A subset would replace the whole table with its few rows: only when asked for by name.
+        bool doc_given = false;
+        for (int i = 1; i < argc; i++) doc_given = doc_given || std::string(argv[i]).rfind("--doc", 0) == 0;
+        if (!only.empty() && !doc_given) doc.clear();
         if (device == "cpu" && precision != "fp32")  // before the pretraining, not after it
             throw UsageError("--precision " + precision + ": the cpu backend computes in fp32 only");
         const auto t0 = std::chrono::steady_clock::now();

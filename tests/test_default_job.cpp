@@ -1,6 +1,7 @@
 // The embedded default job end to end, shortened to a few steps (the full job's accuracy is a result
 // written in bench/README.md, not a unit test): data is generated, both stages train, the report is
 // written. And the synthetic task keeps its promises.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -49,7 +50,14 @@ TEST(DefaultJob, AStopAskedOfTheRunningStageEndsTheJob) {
         told.push_back(t != nullptr);
         if (t) t->request_stop();
     };
+    ::testing::internal::CaptureStderr();
+    ::testing::internal::CaptureStdout();
     EXPECT_EQ(run_default_job(o), Trainer::kInterrupted);
+    const std::string out = ::testing::internal::GetCapturedStdout(), err = ::testing::internal::GetCapturedStderr();
+    // One way to continue, the one that works: the job again, not a --resume of one of its stages.
+    EXPECT_THAT(out, ::testing::HasSubstr("`bin/train` with no arguments starts it again"));
+    EXPECT_THAT(err, ::testing::HasSubstr("train: interrupted after step"));
+    EXPECT_THAT(err, ::testing::Not(::testing::HasSubstr("--resume")));
     EXPECT_EQ(told, (std::vector<bool>{true, false}));
     EXPECT_FALSE(slurp(o.out_dir + "/base/resume.ckpt").empty());
     EXPECT_FALSE(std::filesystem::exists(o.out_dir + "/finetune")) << "the job went on after the stop";

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
         return 1;
     }
     int rc = RUN_ALL_TESTS();
+    if (GTEST_FLAG_GET(list_tests)) return rc;  // nothing ran: no line that would count the listed as passed
     const ::testing::UnitTest& u = *::testing::UnitTest::GetInstance();
     std::printf("tests: %d passed, %d failed, %d skipped\n", u.successful_test_count(),
                 u.failed_test_count(), u.skipped_test_count());

@@ -77,6 +77,9 @@ struct TrainArgs {
     bool memory_map = false;  // print every tensor of every arena, then exit without training
     float lr_find_lo = 1e-7f, lr_find_hi = 1.0f;
     bool quiet = false;
+    // An interrupted run says how to continue (--resume ...); off where the caller says it its own way (the
+    // default job: `bin/train` with no arguments).
+    bool resume_hint = true;
     // DIST: data parallelism (train/dist.h, train/data_parallel.h)
     int zero = 0;                // 1: shard the optimizer state across ranks; 2: the gradients too
     float comm_timeout = 600;    // seconds a collective may wait before the job stops

@@ -138,6 +138,7 @@ int run_default_job(const DefaultJobOptions& opt) {
     base.log_every = 25;
     base.out_dir = opt.out_dir + "/base";
     base.quiet = opt.quiet;
+    base.resume_hint = false;  // run_stage says how the default job continues
     std::printf("== 1/2 pretraining on the base corpus (at %.0f s)\n", elapsed());
     if (int rc = run_stage(opt, base)) return rc;
 

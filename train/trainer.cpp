@@ -1020,11 +1020,13 @@ int Trainer::run() {
         // Not a finished run (stopped, or --halt-at): no model.ckpt (a finished run's name); a stop also gets a
         // status scripts can see.
         if (!args_.out_dir.empty()) save(args_.out_dir + "/resume.ckpt", true);
-        if (writer_ && (interrupted || !args_.quiet))
+        if (writer_ && (interrupted || !args_.quiet)) {
+            const bool hint = args_.resume_hint && !args_.out_dir.empty();
             std::fprintf(interrupted ? stderr : stdout, "train: %s after step %llu of %d%s%s%s\n",
                          interrupted ? "interrupted" : "halted (--halt-at)", (unsigned long long)state_.step,
-                         args_.steps, args_.out_dir.empty() ? "" : "; to continue, run the same command with --resume ",
-                         args_.out_dir.c_str(), args_.out_dir.empty() ? "" : "/resume.ckpt");
+                         args_.steps, hint ? "; to continue, run the same command with --resume " : "",
+                         hint ? args_.out_dir.c_str() : "", hint ? "/resume.ckpt" : "");
+        }
         return interrupted ? kInterrupted : 0;
     }
     if (!args_.out_dir.empty()) {
