@@ -5,8 +5,9 @@
 #      packages lacks; it is used when its sources hash matches the sources here (else the script builds, and
 #      falls back to the bundle when that fails). Building needs the packages of README.md; the cuDNN frontend's
 #      headers come from pip or from build/cudnn_frontend, which `make cudnn-frontend-copy` fills,
-#   2. every GPU test (the CUDA suites against the CPU reference, the cuDNN graph check; the CPU-only suites
-#      run in CI), and the one-rank NCCL path of data parallelism (every collective),
+#   2. every GPU test (the CUDA suites against the CPU reference, the cuDNN graph check, the planned memory map
+#      against the real one; the CPU-only suites run in CI), the one-rank NCCL path of data parallelism (every
+#      collective), and Hugging Face transformers loading our export (PyTorch is there, not in CI),
 #   3. compute-sanitizer memcheck, racecheck, initcheck and synccheck over the kernel tests (a filtered gtest
 #      run) and memcheck over one training step,
 #   4. GPT-2 124M training throughput: bin/train --device cuda --precision bf16 --batch 32 --seq 1024 on a
@@ -203,6 +204,12 @@ stage tests 240 "TUNE_REQUIRE_CUDNN=1 ./build/tests/tune_tests \
 # byte-identical to the plain run (its own stage, so not in `tests` too). Several GPUs: scripts/multi_gpu_check.sh.
 stage nccl_one_rank 60 "./build/tests/tune_tests --gtest_filter='DistNccl.*' 2>&1 | tee $WORK/nccl.txt; \
   rc=\${PIPESTATUS[0]}; [ \$rc -ne 0 ] && exit \$rc; grep -q 'SKIPPED \\]' $WORK/nccl.txt && exit 77; exit 0"
+
+# Hugging Face transformers loads our export and gives our logits (PyTorch is here, not in CI): run with the
+# Python PyTorch came with, not our libraries' path.
+stage hf_export 60 "TUNE_TEST_PYTHON=\"env LD_LIBRARY_PATH='$ORIG_LD_LIBRARY_PATH' python3\" ./build/tests/tune_tests \
+  --gtest_filter='ExportHfPython*' 2>&1 | tee $WORK/hf.txt; rc=\${PIPESTATUS[0]}; [ \$rc -ne 0 ] && exit \$rc; \
+  grep -q 'SKIPPED \\]' $WORK/hf.txt && exit 77; exit 0"
 
 # A synthetic shard for the training stages.
 timeout 60 python3 - "$WORK/synthetic.bin" <<'PY' || say "could not write the synthetic shard"

@@ -992,8 +992,13 @@ TEST(DownloadScript, FailedDownloadRemovesWhatItCreatedAndNothingElse) {
 
 // ---- transformers loads our export (optional: needs torch and transformers) ----
 
+// TUNE_TEST_PYTHON: the Python to run (scripts/gpu_check.sh gives one without the bundle's libraries on its
+// library path, where PyTorch lives).
 TEST(ExportHfPython, TransformersLoadsExportAndMatchesLogits_L2_C12_V37_B2_T5) {
-    static const int have = std::system("python3 -c 'import torch, transformers, safetensors, numpy' >/dev/null 2>&1");
+    const char* given = std::getenv("TUNE_TEST_PYTHON");
+    const std::string python = given && *given ? given : "python3";
+    static const int have =
+        std::system((python + " -c 'import torch, transformers, safetensors, numpy' >/dev/null 2>&1").c_str());
     if (have != 0) GTEST_SKIP() << "python3 with torch, transformers, safetensors and numpy is not available";
     TempDir dir;
     auto be = make_cpu_backend(DType::f32);
@@ -1015,7 +1020,8 @@ TEST(ExportHfPython, TransformersLoadsExportAndMatchesLogits_L2_C12_V37_B2_T5) {
     w.add("tokens", SafetensorsDtype::I32, {(uint64_t)B, (uint64_t)T}, tokens.data(), tokens.size() * 4);
     w.add("logits", SafetensorsDtype::F32, {(uint64_t)B, (uint64_t)T, 37}, logits.data(), logits.size() * 4);
     w.write(dir.file("expected.safetensors"));
-    const std::string cmd = "python3 scripts/check_hf_export.py '" + dir.path() + "' >'" + dir.file("log") + "' 2>&1";
+    const std::string cmd =
+        python + " scripts/check_hf_export.py '" + dir.path() + "' >'" + dir.file("log") + "' 2>&1";
     const int rc = std::system(cmd.c_str());
     std::ifstream f(dir.file("log"));
     std::stringstream ss;
