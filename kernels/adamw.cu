@@ -91,7 +91,9 @@ __global__ void sum_squares_partials(double* partial, const T* x, size_t n, bool
     if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
-__global__ void sum_squares_final(double* result, const double* partial, int count) {
+// One block of kSumSqFinalThreads: __launch_bounds__ holds ptxas to the registers that allows (64 a thread at 1024).
+__global__ void __launch_bounds__(kSumSqFinalThreads)
+    sum_squares_final(double* result, const double* partial, int count) {
     __shared__ double shared[32];
     double acc = threadIdx.x < count ? partial[threadIdx.x] : 0.0;
     acc = block_sum(acc, shared);

@@ -173,7 +173,9 @@ __global__ void anchor_penalty_segments(double* partial, T* grads, const T* para
 }
 
 // *result = the sum of count partials: each thread adds a fixed strided subset in order, then a fixed tree.
-__global__ void sum_partials_in_order(double* result, const double* partial, size_t count) {
+// One block of kAnchorFinalThreads (__launch_bounds__: ptxas keeps to the registers that allows).
+__global__ void __launch_bounds__(kAnchorFinalThreads)
+    sum_partials_in_order(double* result, const double* partial, size_t count) {
     __shared__ double shared[32];
     double acc = 0.0;
     for (size_t k = threadIdx.x; k < count; k += blockDim.x) acc += partial[k];

@@ -10,7 +10,9 @@
 // How a launch runs: blocks one after another; within a block every CUDA thread is a fiber (ucontext) on
 // the launching thread, run in thread order until it finishes or reaches a barrier. __syncthreads()
 // releases when every live thread of the block has reached it; a warp shuffle is a rendezvous of the
-// warp's lanes. `__shared__` variables become per-block storage that starts as NaN bytes in every block.
+// warp's lanes. `__shared__` variables become per-block storage that starts as NaN bytes in every block (in
+// reverse order, CUDA_EMU_ORDER=reverse, as 0x7F bytes: about 3.4e38, which fmaxf and comparisons do not skip;
+// and the blocks of a launch run last to first).
 //
 // What it checks that a GPU run would also check: indexing, reductions and their order, the bf16/fp16
 // rounding (cuda_bf16.h's own host conversions), cuBLAS(Lt) argument validity and layouts. It reports a

@@ -114,6 +114,10 @@ bool& reverse_flag() {
     return r;
 }
 
+// What unwritten shared memory holds: NaN bytes (0xFF), which arithmetic carries into any result; in reverse mode
+// 0x7F bytes (about 3.4e38 as a float or bf16), which a max or a comparison does not skip as it skips NaN.
+unsigned char unwritten_byte() { return reverse_flag() ? 0x7F : 0xFF; }
+
 // Runs `f` until it finishes or waits. Its own function, so no caller's locals live across the _setjmp.
 __attribute__((noinline)) void resume(Launch& l, Fiber& f) {
     l.current = &f;
@@ -288,7 +292,7 @@ void* block_shared_bytes(const void* key, size_t bytes, size_t align) {
     }
     if (r.bytes != bytes) fail("one __shared__ declaration seen with two sizes");
     if (r.block != l.block_serial) {
-        std::memset(r.data, 0xFF, bytes);
+        std::memset(r.data, unwritten_byte(), bytes);
         r.block = l.block_serial;
     }
     return r.data;
@@ -324,15 +328,17 @@ void run_grid(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t, const char
     l.nthreads = (int)nthreads;
     if (l.fibers.size() < (size_t)kMaxThreads) l.fibers.resize(kMaxThreads);
     l.exchange.assign((size_t)kMaxThreads * 16, 0xFF);
-    for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                l.block_idx = uint3{x, y, z};
-                ++l.block_serial;
-                // NaN in every block; operator new's storage is 16-byte aligned (checked on use)
-                l.dynamic_shared.assign(smem_bytes, 0xFF);
-                run_block(l);
-            }
+    // Blocks one after another; in reverse mode last to first too, so a block that reads what another block of
+    // the same launch writes (no order a GPU keeps) reads it unwritten in one of the two orders.
+    const uint64_t blocks = (uint64_t)grid.x * grid.y * grid.z;
+    for (uint64_t k = 0; k < blocks; ++k) {
+        const uint64_t b = reverse_flag() ? blocks - 1 - k : k;
+        l.block_idx = uint3{(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y)};
+        ++l.block_serial;
+        // Unwritten in every block; operator new's storage is 16-byte aligned (checked on use)
+        l.dynamic_shared.assign(smem_bytes, unwritten_byte());
+        run_block(l);
+    }
     l.name = nullptr;
 }
 
