@@ -206,8 +206,8 @@ int main(int argc, char** argv) {
                    100);
         cli.option("--only", "KEYS", "comma-separated subset: full,top1,mlp,disc,cyclic,ulmfit,lora,prompt,ptune,prefix,"
                    "l2sp,ewc,distill,replay", &only);
-        cli.option("--doc", "FILE", "markdown file whose methods table is replaced ('' : none; with --only, none unless "
-                   "given)", &doc);
+        cli.option("--doc", "FILE",
+                   "markdown file whose methods table is replaced ('' : none; with --only, none unless given)", &doc);
         cli.option("--out", "DIR", "run directories and results.json", &out);
         cli.option("--machine", "TEXT", "machine description for the table", &machine);
         cli.option("--l2sp", "LAMBDA", "L2-SP strength", &knobs.l2sp, 0, 1e12);

@@ -304,9 +304,9 @@ train_gpt2 train_gpt2_matmul "--attention matmul"
 # results.json is rewritten after every method: what finished comes back even when the stage is cut (timeout's
 # SIGTERM reaches this shell too, whose trap copies it).
 KEEP_METHODS="cp $WORK/methods/results.json $SD/methods.json 2>/dev/null"
-stage methods 90 "trap '$KEEP_METHODS; exit 124' TERM; build/bench/bench_finetune_methods --device cuda --precision bf16 \
-  --model small --steps 300 --seeds 1 --doc '' --out $WORK/methods --machine 'one H200'; rc=\$?; $KEEP_METHODS; \
-  exit \$rc"
+stage methods 90 "trap '$KEEP_METHODS; exit 124' TERM; build/bench/bench_finetune_methods --device cuda \
+  --precision bf16 --model small --steps 300 --seeds 1 --doc '' --out $WORK/methods --machine 'one H200'; rc=\$?; \
+  $KEEP_METHODS; exit \$rc"
 
 # ---- summary ----
 tok_s() {  # median tokens/s of ./train's progress lines after the first two (warm-up) steps
@@ -344,8 +344,9 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$SD/tests.log" "$SD/nccl_one_rank
     done
     cut=()
     for i in "${!NAMES[@]}"; do [ "${RESULTS[$i]}" = "skip(time)" ] && cut+=("${NAMES[$i]}"); done
-    [ ${#cut[@]} -gt 0 ] && echo "cut by the budget; to run them: GPU_CHECK_STAGES=build,preflight,$(IFS=,; echo "${cut[*]}")" \
-        "scripts/gpu_check.sh"
+    [ ${#cut[@]} -gt 0 ] &&
+        echo "cut by the budget; to run them: GPU_CHECK_STAGES=build,preflight,$(IFS=,; echo "${cut[*]}")" \
+            "scripts/gpu_check.sh"
     echo "GPT-2 124M, B=32 T=1024, bf16:"
     printf '  %-28s %12s tok/s   peak %s GiB (nvidia-smi, whole process; %s)\n' "tune.cu bin/train" "$TUNE_TOKS" \
         "$TUNE_MEM" "${TUNE_ATT:-attention n/a}"

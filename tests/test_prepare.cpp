@@ -503,11 +503,11 @@ TEST(PrepareCli, StandardInputAndTheNotesOnTheEndOfTextNameAndATemplateFilesLine
                           "/x.jsonl");
     EXPECT_EQ(t.rc, 0) << t.out;
     EXPECT_THAT(t.out, HasSubstr("t.txt ends in a line break, which ends every prompt"));
+    EXPECT_THAT(t.out, ::testing::Not(HasSubstr("<|endoftext|>")));
     // Standard input redirected from a file is a file, but not by a name that says its format: its first line does.
     CmdResult redirected = run_cmd("bin/prepare --quiet --val-frac 0 --out " + d + "/o3 - < " + d + "/x.jsonl");
     EXPECT_EQ(redirected.rc, 0) << redirected.out;
     EXPECT_THAT(redirected.out, HasSubstr("read as JSONL"));
-    EXPECT_THAT(t.out, ::testing::Not(HasSubstr("<|endoftext|>")));
 }
 
 // A directory given where a file belongs is named as such, not reported as std::bad_alloc.
