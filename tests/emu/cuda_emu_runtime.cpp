@@ -429,7 +429,14 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) 
                      src_dev ? "device" : "host", dst_dev ? "device" : "host");
         return set_error(cudaErrorInvalidValue);
     }
-    std::memmove(dst, src, bytes);
+    // cudaMemcpy between overlapping ranges is undefined on a GPU (its copy engines go in no promised order):
+    // refused here, where a memmove would make it look right.
+    const uintptr_t d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
+    if (d < s + bytes && s < d + bytes) {
+        std::fprintf(stderr, "cuda-emu: cudaMemcpy of %zu bytes between overlapping ranges\n", bytes);
+        return set_error(cudaErrorInvalidValue);
+    }
+    std::memcpy(dst, src, bytes);
     return cudaSuccess;
 }
 

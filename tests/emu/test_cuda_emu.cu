@@ -126,6 +126,15 @@ TEST(CudaEmuChecks, ImpossibleLaunchFailsThroughGetLastError) {
     cudaFree(out);
 }
 
+// Undefined on a GPU, so refused here rather than done right by a memmove; ranges that only touch are fine.
+TEST(CudaEmuChecks, CopyBetweenOverlappingRangesFails) {
+    float* p = device_array<float>(8);
+    EXPECT_EQ(cudaMemcpy(p + 2, p, 4 * sizeof(float), cudaMemcpyDeviceToDevice), cudaErrorInvalidValue);
+    cudaGetLastError();
+    EXPECT_EQ(cudaMemcpy(p + 4, p, 4 * sizeof(float), cudaMemcpyDeviceToDevice), cudaSuccess);
+    cudaFree(p);
+}
+
 TEST(CudaEmuChecks, CopyIntoHostMemoryAsIfDeviceFails) {
     std::vector<float> a(4, 1.0f), b(4);
     EXPECT_EQ(cudaMemcpy(b.data(), a.data(), sizeof(float) * 4, cudaMemcpyHostToDevice), cudaErrorInvalidValue);
