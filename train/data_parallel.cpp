@@ -175,19 +175,12 @@ bool DataParallel::replicas_agree(uint64_t* hash) {
         model_.backend().download(host.data(), p.ptr(i), p.dtype(), host.size());
         mine = hash_bytes(host.data(), host.size() * sizeof(float), mine);
     }
-    std::vector<uint64_t> all(world());
-    all[rank()] = mine;
-    comm_.all_gather_host(all.data(), sizeof(uint64_t), "replica check");
     if (hash) *hash = mine;
-    for (uint64_t h : all)
-        if (h != all[0]) return false;
-    return true;
+    return first_rank_differing(mine, "replica check") < 0;
 }
 
 int DataParallel::first_rank_differing(uint64_t value, const char* what) {
-    std::vector<uint64_t> all(world());
-    all[rank()] = value;
-    comm_.all_gather_host(all.data(), sizeof(uint64_t), what);
+    const std::vector<uint64_t> all = comm_.gather_words(value, what);
     for (int r = 1; r < world(); r++)
         if (all[r] != all[0]) return r;
     return -1;
