@@ -3,7 +3,8 @@
 
 Three constructs change; everything else, line numbers included, stays as written, so compiler messages
 and debuggers point at the real source:
-  kernel<<<grid, block[, smem[, stream]]>>>(args)  ->  kernel ^ ::emu::Config(grid, block, ...)(args)
+  kernel<<<grid, block[, smem[, stream]]>>>(args)  ->  kernel ^ ::emu::Config(site, grid, block, ...)(args)
+                                                       (site: the launch's file and line, for messages)
   extern __shared__ [__align__(n)] T name[];       ->  T* name = ::emu::dynamic_smem<T>();
   __shared__ T a[N], b[M][K];                      ->  a and b become references to per-block storage that
                                                        holds NaN bytes when the block starts, as unwritten
@@ -48,7 +49,8 @@ def shared_decl(m: "re.Match") -> str:
 
 
 def translate(text: str) -> str:
-    text = LAUNCH.sub(lambda m: " ^ ::emu::Config(" + m.group(1) + ")" + m.group(2) + "(", text)
+    site = '::emu::launch_site(__FILE__, __LINE__), '
+    text = LAUNCH.sub(lambda m: " ^ ::emu::Config(" + site + m.group(1) + ")" + m.group(2) + "(", text)
     text = EXTERN_SHARED.sub(lambda m: f"{m.group(1)}* {m.group(2)} = ::emu::dynamic_smem<{m.group(1)}>();", text)
     return SHARED.sub(shared_decl, text)
 

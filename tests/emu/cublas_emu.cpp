@@ -22,6 +22,9 @@
 //     kMinAlignmentBytes): otherwise NOT_SUPPORTED, so the caller's classic-cuBLAS fallback runs.
 //   - cublasLtMatmul with one of those algorithms checks the pointers it is actually given against that 16
 //     bytes: on a GPU a misaligned vectorized load faults, here the call returns INVALID_VALUE.
+//   - Every operand must lie wholly inside one cudaMalloc'd (or pinned host) allocation, and the output must not
+//     overlap an input (C == D with D's layout excepted): CUBLAS_STATUS_EXECUTION_FAILED and a message naming
+//     the operand, where a GPU would fault or silently compute from memory the caller does not own.
 //   - Only what the project needs is emulated (epilogues DEFAULT, BIAS and DGELU with the tanh GELU,
 //     COMPUTE_32F with fp32 scale, column order, strided batches); anything else answers NOT_SUPPORTED rather
 //     than computing something else. DGELU keeps cuBLASLt's documented rules: an aux leading dimension
@@ -35,6 +38,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -42,6 +46,10 @@
 // The handle types are pointers to structs the headers leave incomplete; completing them here keeps the
 // handles typed without casts. The descriptors' opaque types are complete (fixed-size arrays for stack
 // allocation), so those are heap objects of our own, cast to the opaque pointer.
+namespace emu {
+bool in_allocation(const void* p, size_t bytes);  // tests/emu/cuda_emu_runtime.cpp
+}
+
 struct cublasLtContext {
     int unused = 0;
 };
@@ -174,6 +182,56 @@ struct Problem {
     const void* aux = nullptr;  // (m, n) of d_type, leading dimension aux_ld: see MatmulDesc
     int64_t aux_ld = 0;
 };
+
+// The bytes [lo, hi) a strided batch of column-major matrices spans, (0, 0) when it is empty.
+struct Span {
+    uintptr_t lo = 0, hi = 0;
+};
+Span span_of(const void* p, int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t stride, size_t es) {
+    if (!p || rows <= 0 || cols <= 0 || batch <= 0) return {};
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(p);
+    return {lo, lo + (uintptr_t)(((batch - 1) * stride + (cols - 1) * ld + rows) * (int64_t)es)};
+}
+bool overlap(Span a, Span b) { return a.lo < a.hi && b.lo < b.hi && a.lo < b.hi && b.lo < a.hi; }
+
+// What a GPU would fault on or compute garbage from, refused with a message instead of reading or writing host
+// memory that the operands do not own: an operand not wholly inside one cudaMalloc (or pinned host) allocation,
+// and an output that overlaps an input (cuBLAS promises nothing then), except C == D with D's layout.
+bool memory_ok(const Problem& p, const char* api) {
+    const size_t de = elem_size(p.d_type);
+    const bool product = p.alpha != 0.0 && p.k > 0;
+    struct Named {
+        const char* name;
+        Span span;
+    };
+    std::vector<Named> inputs;
+    if (product) {
+        inputs.push_back({"A", span_of(p.A.p, p.trans_a ? p.k : p.m, p.trans_a ? p.m : p.k, p.A.ld, p.batch,
+                                       p.A.stride, elem_size(p.A.type))});
+        inputs.push_back({"B", span_of(p.B.p, p.trans_b ? p.n : p.k, p.trans_b ? p.k : p.n, p.B.ld, p.batch,
+                                       p.B.stride, elem_size(p.B.type))});
+    }
+    const bool in_place = p.C.p == p.D && p.C.ld == p.ldd && p.C.stride == p.stride_d && p.C.type == p.d_type;
+    if (p.beta != 0.0)
+        inputs.push_back({"C", span_of(p.C.p, p.m, p.n, p.C.ld, p.batch, p.C.stride, elem_size(p.C.type))});
+    if (p.bias) inputs.push_back({"bias", span_of(p.bias, p.m, 1, p.m, p.batch, p.bias_stride, de)});
+    if (p.aux) inputs.push_back({"aux", span_of(p.aux, p.m, p.n, p.aux_ld, 1, 0, de)});
+    const Span d = span_of(p.D, p.m, p.n, p.ldd, p.batch, p.stride_d, de);
+    auto refuse = [&](const char* what, const char* name) {
+        std::fprintf(stderr, "cuda-emu: %s (m %lld, n %lld, k %lld, batch %lld): %s %s\n", api, (long long)p.m,
+                     (long long)p.n, (long long)p.k, (long long)p.batch, name, what);
+        return false;
+    };
+    if (!emu::in_allocation(reinterpret_cast<const void*>(d.lo), d.hi - d.lo))
+        return refuse("is not inside one device allocation", "D");
+    for (const Named& in : inputs) {
+        if (!emu::in_allocation(reinterpret_cast<const void*>(in.span.lo), in.span.hi - in.span.lo))
+            return refuse("is not inside one device allocation", in.name);
+        if (overlap(in.span, d) && !(in_place && std::strcmp(in.name, "C") == 0))
+            return refuse("overlaps the output D", in.name);
+    }
+    return true;
+}
 
 // Runs body(lo, hi) over [0, n) split across threads when the work is large enough to pay for them. Each
 // output element is computed by one thread in a fixed order, so the result does not depend on the split.
@@ -570,6 +628,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     p.D = d;
     p.bias = bias ? op->bias : nullptr;
     p.aux = has_aux(op->epilogue) ? op->aux : nullptr;
+    if (!memory_ok(p, "cublasLtMatmul")) return CUBLAS_STATUS_EXECUTION_FAILED;
     compute(p);
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -648,6 +707,7 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
     p.d_type = Ctype;
     p.ldd = ldc;
     p.stride_d = strideC;
+    if (!memory_ok(p, "cublasGemmStridedBatchedEx")) return CUBLAS_STATUS_EXECUTION_FAILED;
     compute(p);
     return CUBLAS_STATUS_SUCCESS;
 }

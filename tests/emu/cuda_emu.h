@@ -15,10 +15,11 @@
 // and the blocks of a launch run last to first).
 //
 // What it checks that a GPU run would also check: indexing, reductions and their order, the bf16/fp16
-// rounding (cuda_bf16.h's own host conversions), cuBLAS(Lt) argument validity and layouts. It reports a
-// __syncthreads() that some live threads never reach (deadlock), and a shuffle that reads from a lane that
-// does not exist, has exited or is not in its mask. What it cannot check: data races (a block's fibers interleave
-// only at barriers), memory-model and timing effects, real cuBLAS algorithms, speed.
+// rounding (cuda_bf16.h's own host conversions), cuBLAS(Lt) argument validity and layouts, kernel pointer
+// arguments outside cudaMalloc/cudaMallocHost memory, cuBLAS and NCCL operands that run past their allocation.
+// It reports a __syncthreads() that some live threads never reach (deadlock), and a shuffle that reads from a
+// lane that does not exist, has exited or is not in its mask. What it cannot check: data races (a block's
+// fibers interleave only at barriers), memory-model and timing effects, real cuBLAS algorithms, speed.
 #pragma once
 
 #define TUNE_CUDA_EMULATOR 1  // kernels/cuda/device.cu: cuda_is_emulator()
@@ -72,8 +73,8 @@ void* dynamic_shared(size_t align);  // the launch's dynamic shared memory (exte
 // environment variable CUDA_EMU_ORDER=reverse sets it at start.
 bool set_reverse_order(bool reverse);
 
-// One launch: runs `body` for every thread of every block, as described above. `name` names the kernel in
-// error messages.
+// One launch: runs `body` for every thread of every block, as described above. `name` (the launch's file and
+// line) names it in error messages.
 void run_grid(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream, const char* name, void (*body)(void*),
               void* ctx);
 
@@ -106,10 +107,15 @@ T shfl_xor(unsigned mask, T v, int lane_mask, int width) {
     return r;
 }
 
-// `k<<<cfg>>>(args)` is translated to `k ^ ::emu::Config(cfg)(args)`: the call binds first and holds the
+// `k<<<cfg>>>(args)` is translated to `k ^ ::emu::Config(site, cfg)(args)`: the call binds first and holds the
 // arguments; ^ then launches the kernel with them, converted to its parameter types as a real launch does.
+// "file:line", kept for the life of the program (the translator passes __FILE__ and __LINE__ of each launch).
+const char* launch_site(const char* file, int line);
+
+// `site` is the launch's file and line ("kernels/layernorm.cu:120"), which error messages name.
 template <class... A>
 struct BoundLaunch {
+    const char* site;
     dim3 grid, block;
     size_t smem;
     cudaStream_t stream;
@@ -117,15 +123,43 @@ struct BoundLaunch {
 };
 
 struct Config {
+    const char* site;
     dim3 grid, block;
     size_t smem;
     cudaStream_t stream;
-    Config(dim3 g, dim3 b, size_t s = 0, cudaStream_t st = nullptr) : grid(g), block(b), smem(s), stream(st) {}
+    Config(const char* where, dim3 g, dim3 b, size_t s = 0, cudaStream_t st = nullptr)
+        : site(where), grid(g), block(b), smem(s), stream(st) {}
     template <class... A>
     BoundLaunch<A...> operator()(A&&... a) const {
-        return BoundLaunch<A...>{grid, block, smem, stream, std::tuple<std::decay_t<A>...>(std::forward<A>(a)...)};
+        return BoundLaunch<A...>{site, grid, block, smem, stream,
+                                 std::tuple<std::decay_t<A>...>(std::forward<A>(a)...)};
     }
 };
+
+// Whether a kernel may dereference `p`: null, or inside (or one past the end of) memory from cudaMalloc or
+// cudaMallocHost. A GPU faults on a pointer into pageable host memory (a std::vector, a stack array) or into a
+// freed allocation, with cudaErrorIllegalAddress at the next synchronisation, far from the launch that caused it.
+bool kernel_may_access(const void* p);
+// Whether [p, p + bytes) lies inside one cudaMalloc or cudaMallocHost allocation (the cuBLAS and NCCL stand-ins
+// check their operands with it).
+bool in_allocation(const void* p, size_t bytes);
+// Refuses a launch: prints the kernel, the argument's position and its address, and sets the launch error.
+void refuse_launch(const char* kernel, size_t arg, const void* p);
+
+template <class Tuple, size_t... I>
+bool pointer_args_valid(const Tuple& args, const char* kernel, std::index_sequence<I...>) {
+    bool ok = true;
+    auto check = [&](size_t i, const auto& a) {
+        if constexpr (std::is_pointer<std::decay_t<decltype(a)>>::value) {
+            if (ok && !kernel_may_access(static_cast<const void*>(a))) {
+                refuse_launch(kernel, i, static_cast<const void*>(a));
+                ok = false;
+            }
+        }
+    };
+    (check(I, std::get<I>(args)), ...);
+    return ok;
+}
 
 template <class... P, class... A>
 void operator^(void (*kernel)(P...), BoundLaunch<A...>&& launch) {
@@ -135,13 +169,14 @@ void operator^(void (*kernel)(P...), BoundLaunch<A...>&& launch) {
         std::tuple<std::decay_t<P>...> params;
     };
     Ctx ctx{kernel, std::make_from_tuple<std::tuple<std::decay_t<P>...>>(std::move(launch.args))};
+    if (!pointer_args_valid(ctx.params, launch.site, std::index_sequence_for<P...>{})) return;
     // Each thread gets its own copy of the parameters, as on the GPU (a kernel may modify them).
     auto body = [](void* p) {
         Ctx& c = *static_cast<Ctx*>(p);
         std::tuple<std::decay_t<P>...> mine = c.params;
         std::apply(c.kernel, std::move(mine));
     };
-    run_grid(launch.grid, launch.block, launch.smem, launch.stream, __PRETTY_FUNCTION__, body, &ctx);
+    run_grid(launch.grid, launch.block, launch.smem, launch.stream, launch.site, body, &ctx);
 }
 
 }  // namespace emu

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -398,6 +399,45 @@ bool on_device(const void* p, size_t bytes) {
     --it;
     return it->second.device && a + bytes <= it->first + it->second.bytes;
 }
+
+}  // namespace
+
+bool emu::kernel_may_access(const void* p) {
+    if (!p) return true;
+    std::lock_guard<std::mutex> lock(alloc_mutex());
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    auto it = allocations().upper_bound(a);
+    if (it == allocations().begin()) return false;
+    --it;
+    return a <= it->first + it->second.bytes;  // one past the end: the start of an empty slice
+}
+
+const char* emu::launch_site(const char* file, int line) {
+    static std::mutex m;
+    static std::set<std::string> sites;  // nodes never move: the pointers stay valid
+    std::lock_guard<std::mutex> lock(m);
+    return sites.insert(std::string(file) + ":" + std::to_string(line)).first->c_str();
+}
+
+bool emu::in_allocation(const void* p, size_t bytes) {
+    if (bytes == 0) return true;
+    std::lock_guard<std::mutex> lock(alloc_mutex());
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    auto it = allocations().upper_bound(a);
+    if (it == allocations().begin()) return false;
+    --it;
+    return a + bytes <= it->first + it->second.bytes;
+}
+
+void emu::refuse_launch(const char* kernel, size_t arg, const void* p) {
+    std::fprintf(stderr,
+                 "cuda-emu: kernel argument %zu is %p, which is not in memory from cudaMalloc or cudaMallocHost "
+                 "(a GPU faults on it: cudaErrorIllegalAddress)\n  in %s\n",
+                 arg + 1, p, kernel);
+    g_last_error = cudaErrorIllegalAddress;
+}
+
+namespace {
 
 cudaError_t set_error(cudaError_t e) {
     if (e != cudaSuccess) emu::g_last_error = e;

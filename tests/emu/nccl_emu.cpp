@@ -38,7 +38,12 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
+
+namespace emu {
+bool in_allocation(const void* p, size_t bytes);  // tests/emu/cuda_emu_runtime.cpp
+}
 
 namespace {
 
@@ -137,9 +142,31 @@ ncclResult_t check_op(const char* what, ncclRedOp_t op) {
     return ncclSuccess;
 }
 
-ncclResult_t check_buffers(const char* what, const void* send, const void* recv, size_t count) {
-    if (count > 0 && (!send || !recv))
-        return fail(ncclInvalidArgument, std::string(what) + ": NULL buffer with count " + std::to_string(count));
+// Null buffers with a count, and (as NCCL's own pointer check does) buffers that are not device memory: each
+// buffer of send_bytes / recv_bytes must lie inside one cudaMalloc'd (or pinned host) allocation. A buffer of 0
+// bytes is one this rank does not use (a broadcast's send buffer off the root, ncclSend's receive buffer).
+ncclResult_t check_buffers(const char* what, const void* send, size_t send_bytes, const void* recv,
+                           size_t recv_bytes) {
+    for (auto [p, bytes, name] : {std::tuple<const void*, size_t, const char*>{send, send_bytes, "send"},
+                                  std::tuple<const void*, size_t, const char*>{recv, recv_bytes, "receive"}}) {
+        if (bytes == 0) continue;
+        if (!p) return fail(ncclInvalidArgument, std::string(what) + ": NULL " + name + " buffer for " +
+                                                     std::to_string(bytes) + " bytes");
+        if (!emu::in_allocation(p, bytes))
+            return fail(ncclInvalidArgument, std::string(what) + ": the " + name + " buffer's " +
+                                                 std::to_string(bytes) + " bytes are not inside one device allocation");
+    }
+    return ncclSuccess;
+}
+
+// Send and receive buffers either the same bytes laid out as the call's in-place form, or disjoint.
+ncclResult_t check_in_place(const char* what, const void* send, size_t send_bytes, const void* recv,
+                            size_t recv_bytes, const void* in_place_send) {
+    const uintptr_t s = reinterpret_cast<uintptr_t>(send), r = reinterpret_cast<uintptr_t>(recv);
+    if (send == in_place_send || send_bytes == 0 || recv_bytes == 0) return ncclSuccess;
+    if (s < r + recv_bytes && r < s + send_bytes)
+        return fail(ncclInvalidArgument, std::string(what) + ": send and receive buffers overlap without being its "
+                                                             "in-place form");
     return ncclSuccess;
 }
 
@@ -469,7 +496,10 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
     if ((r = check_common("ncclAllReduce", comm, datatype)) != ncclSuccess ||
         (r = check_op("ncclAllReduce", op)) != ncclSuccess ||
         (r = check_sum("ncclAllReduce", comm, op)) != ncclSuccess ||
-        (r = check_buffers("ncclAllReduce", sendbuff, recvbuff, count)) != ncclSuccess)
+        (r = check_buffers("ncclAllReduce", sendbuff, count * type_size(datatype), recvbuff,
+                           count * type_size(datatype))) != ncclSuccess ||
+        (r = check_in_place("ncclAllReduce", sendbuff, count * type_size(datatype), recvbuff,
+                            count * type_size(datatype), recvbuff)) != ncclSuccess)
         return r;
     if (comm->nranks == 1) return copy_op(sendbuff, recvbuff, count * type_size(datatype));
     const size_t es = type_size(datatype);
@@ -488,7 +518,12 @@ ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recv
     if ((r = check_common("ncclReduceScatter", comm, datatype)) != ncclSuccess ||
         (r = check_op("ncclReduceScatter", op)) != ncclSuccess ||
         (r = check_sum("ncclReduceScatter", comm, op)) != ncclSuccess ||
-        (r = check_buffers("ncclReduceScatter", sendbuff, recvbuff, recvcount)) != ncclSuccess)
+        (r = check_buffers("ncclReduceScatter", sendbuff, recvcount * comm->nranks * type_size(datatype), recvbuff,
+                           recvcount * type_size(datatype))) != ncclSuccess ||
+        (r = check_in_place("ncclReduceScatter", sendbuff, recvcount * comm->nranks * type_size(datatype), recvbuff,
+                            recvcount * type_size(datatype),
+                            static_cast<const char*>(recvbuff) - (size_t)comm->rank * recvcount * type_size(datatype))) !=
+            ncclSuccess)
         return r;
     // Rank r receives piece r of the send buffer; in place means recvbuff == sendbuff + r * recvcount.
     const size_t es = type_size(datatype);
@@ -513,7 +548,12 @@ ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcoun
     (void)stream;
     ncclResult_t r;
     if ((r = check_common("ncclAllGather", comm, datatype)) != ncclSuccess ||
-        (r = check_buffers("ncclAllGather", sendbuff, recvbuff, sendcount)) != ncclSuccess)
+        (r = check_buffers("ncclAllGather", sendbuff, sendcount * type_size(datatype), recvbuff,
+                           sendcount * comm->nranks * type_size(datatype))) != ncclSuccess ||
+        (r = check_in_place("ncclAllGather", sendbuff, sendcount * type_size(datatype), recvbuff,
+                            sendcount * comm->nranks * type_size(datatype),
+                            static_cast<const char*>(recvbuff) + (size_t)comm->rank * sendcount * type_size(datatype))) !=
+            ncclSuccess)
         return r;
     // Rank r's contribution lands at piece r; in place means sendbuff == recvbuff + r * sendcount.
     const size_t es = type_size(datatype);
@@ -536,7 +576,8 @@ ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, n
     ncclResult_t r;
     if ((r = check_common("ncclBroadcast", comm, datatype)) != ncclSuccess ||
         (r = check_rank("ncclBroadcast", "root", root, comm)) != ncclSuccess ||
-        (r = check_buffers("ncclBroadcast", sendbuff, recvbuff, count)) != ncclSuccess)
+        (r = check_buffers("ncclBroadcast", sendbuff, comm->rank == root ? count * type_size(datatype) : 0, recvbuff,
+                           count * type_size(datatype))) != ncclSuccess)
         return r;
     if (comm->nranks == 1) return copy_op(sendbuff, recvbuff, count * type_size(datatype));
     const size_t es = type_size(datatype);
@@ -559,7 +600,8 @@ ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, nccl
         (r = check_op("ncclReduce", op)) != ncclSuccess ||
         (r = check_rank("ncclReduce", "root", root, comm)) != ncclSuccess ||
         (r = check_sum("ncclReduce", comm, op)) != ncclSuccess ||
-        (r = check_buffers("ncclReduce", sendbuff, recvbuff, count)) != ncclSuccess)
+        (r = check_buffers("ncclReduce", sendbuff, count * type_size(datatype), recvbuff,
+                           comm->rank == root ? count * type_size(datatype) : 0)) != ncclSuccess)
         return r;
     if (comm->nranks == 1) return copy_op(sendbuff, recvbuff, count * type_size(datatype));
     const size_t es = type_size(datatype);
@@ -579,7 +621,7 @@ ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType_t datatyp
     ncclResult_t r;
     if ((r = check_common("ncclSend", comm, datatype)) != ncclSuccess ||
         (r = check_rank("ncclSend", "peer", peer, comm)) != ncclSuccess ||
-        (r = check_buffers("ncclSend", sendbuff, sendbuff, count)) != ncclSuccess)
+        (r = check_buffers("ncclSend", sendbuff, count * type_size(datatype), nullptr, 0)) != ncclSuccess)
         return r;
     if (group_depth == 0 && peer == comm->rank)
         return fail(ncclInvalidUsage, "ncclSend to self outside a group: no ncclRecv can match it (a GPU would hang)");
@@ -597,7 +639,7 @@ ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, int
     ncclResult_t r;
     if ((r = check_common("ncclRecv", comm, datatype)) != ncclSuccess ||
         (r = check_rank("ncclRecv", "peer", peer, comm)) != ncclSuccess ||
-        (r = check_buffers("ncclRecv", recvbuff, recvbuff, count)) != ncclSuccess)
+        (r = check_buffers("ncclRecv", nullptr, 0, recvbuff, count * type_size(datatype))) != ncclSuccess)
         return r;
     if (group_depth == 0 && peer == comm->rank)
         return fail(ncclInvalidUsage,

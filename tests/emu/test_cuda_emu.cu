@@ -1,8 +1,10 @@
 // The CUDA emulator's own tests (built only into build/emu/tune_tests_emu): that it runs CUDA's execution
 // model faithfully enough for the parity tests to mean something, and that it catches the mistakes it
 // claims to catch (tests/emu/cuda_emu.h).
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
+#include <nccl.h>
 
 #include <cmath>
 #include <numeric>
@@ -44,6 +46,10 @@ __global__ void shuffle_full_mask(float* out, int lane_mask) {
 }
 
 __global__ void write_index(int* out) { out[blockIdx.x * blockDim.x + threadIdx.x] = (int)(blockIdx.x * 1000 + threadIdx.x); }
+
+__global__ void write_first_n(int* out, int n) {
+    if ((int)threadIdx.x < n) out[threadIdx.x] = 1;
+}
 
 template <class T>
 T* device_array(size_t n) {
@@ -142,6 +148,81 @@ TEST(CudaEmuChecks, CopyIntoHostMemoryAsIfDeviceFails) {
     float x = 0;
     EXPECT_EQ(cudaFree(&x), cudaErrorInvalidValue);
     cudaGetLastError();
+}
+
+// A GPU faults on a kernel argument into pageable host memory or into freed memory; the emulator refuses the
+// launch (the kernel does not run) and says which argument. Pinned host memory, null and the end of an
+// allocation (an empty slice) are fine.
+TEST(CudaEmuChecks, KernelPointerOutsideDeviceMemoryIsRefused) {
+    std::vector<int> host(4, -1);
+    write_index<<<1, 4>>>(host.data());
+    EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress);
+    for (int v : host) EXPECT_EQ(v, -1);  // not run
+
+    int* freed = device_array<int>(4);
+    cudaFree(freed);
+    write_index<<<1, 4>>>(freed);
+    EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress);
+
+    int* pinned = nullptr;
+    ASSERT_EQ(cudaMallocHost(&pinned, 4 * sizeof(int)), cudaSuccess);
+    write_index<<<1, 4>>>(pinned);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    EXPECT_EQ(pinned[3], 3);
+    cudaFreeHost(pinned);
+
+    int* dev = device_array<int>(4);
+    write_first_n<<<1, 4>>>(dev + 4, 0);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    write_first_n<<<1, 4>>>(nullptr, 0);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    write_first_n<<<1, 4>>>(dev + 5, 0);
+    EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress);
+    cudaFree(dev);
+}
+
+// cuBLAS reads and writes whole operands: one that runs past its allocation, or an output that overlaps an
+// input (other than C == D in place), is refused rather than computed from memory nobody owns.
+TEST(CudaEmuChecks, GemmOperandPastItsAllocationOrOverlappingTheOutputIsRefused) {
+    cublasHandle_t h = nullptr;
+    ASSERT_EQ(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
+    const int m = 3, n = 2, k = 5;
+    float* a = device_array<float>(m * k);
+    float* b = device_array<float>(k * n);
+    float* d = device_array<float>(m * n);
+    const float one = 1.0f, zero = 0.0f;
+    auto gemm = [&](const float* A, const float* B, float* D, int ldb) {
+        return cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, A, CUDA_R_32F, m, 0, B,
+                                          CUDA_R_32F, ldb, 0, &zero, D, CUDA_R_32F, m, 0, 1, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT);
+    };
+    EXPECT_EQ(gemm(a, b, d, k), CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(gemm(a, b, d, k + 1), CUBLAS_STATUS_EXECUTION_FAILED);  // B's second column ends past its end
+    EXPECT_EQ(gemm(a, b, a + 1, k), CUBLAS_STATUS_EXECUTION_FAILED);  // D inside A
+    std::vector<float> host(k * n, 1.0f);
+    EXPECT_EQ(gemm(a, host.data(), d, k), CUBLAS_STATUS_EXECUTION_FAILED);
+    cudaFree(a);
+    cudaFree(b);
+    cudaFree(d);
+    cublasDestroy(h);
+}
+
+// NCCL checks its buffers are device memory; overlapping send and receive buffers are allowed only in the
+// call's in-place form.
+TEST(CudaEmuChecks, CollectiveOnHostOrOverlappingBuffersIsRefused) {
+    ncclUniqueId id;
+    ASSERT_EQ(ncclGetUniqueId(&id), ncclSuccess);
+    ncclComm_t comm = nullptr;
+    ASSERT_EQ(ncclCommInitRank(&comm, 1, id, 0), ncclSuccess);
+    float* p = device_array<float>(8);
+    std::vector<float> host(8, 1.0f);
+    EXPECT_EQ(ncclAllReduce(p, p, 8, ncclFloat, ncclSum, comm, nullptr), ncclSuccess);  // in place
+    EXPECT_EQ(ncclAllReduce(p, p + 4, 4, ncclFloat, ncclSum, comm, nullptr), ncclSuccess);  // disjoint
+    EXPECT_EQ(ncclAllReduce(p, p + 2, 4, ncclFloat, ncclSum, comm, nullptr), ncclInvalidArgument);
+    EXPECT_EQ(ncclAllReduce(host.data(), p, 8, ncclFloat, ncclSum, comm, nullptr), ncclInvalidArgument);
+    EXPECT_EQ(ncclAllReduce(p, p, 9, ncclFloat, ncclSum, comm, nullptr), ncclInvalidArgument);  // past the end
+    ncclCommDestroy(comm);
+    cudaFree(p);
 }
 
 TEST(CudaEmuDeathTest, BarrierNotEveryThreadReachesAborts) {
