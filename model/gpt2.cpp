@@ -449,9 +449,9 @@ uint64_t GPT2::dropout_key(int l, int s) const {
     return r.next_u64();
 }
 
-void GPT2::lora_forward(int l, int s, void* y, const void* x, size_t N, int IC, int OC, int l_act) {
+void* GPT2::lora_down(int l, int s, const void* x, size_t N, int IC, int l_act) {
     const Lora& lr = lora_[l * kLoraSites + s];
-    if (lr.a < 0) return;
+    if (lr.a < 0) return nullptr;
     const int r = opts_.peft.lora_rank;
     const void* xin = x;
     if (training_ && opts_.peft.lora_dropout > 0) {
@@ -460,10 +460,16 @@ void GPT2::lora_forward(int l, int s, void* y, const void* x, size_t N, int IC, 
     }
     // u = (alpha/r) x A^T is kept (N, r): backward needs it for dB, and it is tiny.
     void* u = act(lora_[l_act * kLoraSites + s].act_u);
-    void* branch = scratch_.ptr(s_lora_tmp_);
     be_.matmul_forward(u, xin, params_.ptr(lr.a), nullptr, N, IC, r);
     be_.scale(u, u, opts_.peft.lora_scale(), N * r);
-    be_.matmul_forward(branch, u, params_.ptr(lr.b), nullptr, N, r, OC);
+    return u;
+}
+
+void GPT2::lora_forward(int l, int s, void* y, const void* x, size_t N, int IC, int OC, int l_act) {
+    const void* u = lora_down(l, s, x, N, IC, l_act);
+    if (!u) return;
+    void* branch = scratch_.ptr(s_lora_tmp_);
+    be_.matmul_forward(branch, u, params_.ptr(lora_[l * kLoraSites + s].b), nullptr, N, opts_.peft.lora_rank, OC);
     be_.residual_forward(y, y, branch, N * OC);
 }
 
@@ -555,11 +561,16 @@ void GPT2::block_forward(int l, int l_act, const void* x_in, int B, int Tt, int 
     be_.matmul_forward(a(kFch), a(kLn2), p.fcw, p.fcb, N, C, 4 * C);
     lora_forward(l, kLoraMlpUp, a(kFch), a(kLn2), N, C, 4 * C, l_act);
     be_.gelu_forward(a(kFchGelu), a(kFch), N * 4 * C);
+    if (!chain) {
+        // TEACH: recomputation for backward stops here. Backward reads neither the MLP's output nor the block's
+        // (kept from the forward), so the last GEMM (a third of the block's) would be work thrown away; only the
+        // LoRA branch's u, which its dB needs, is rebuilt.
+        lora_down(l, kLoraMlpDown, a(kFchGelu), N, 4 * C, l_act);
+        return;
+    }
     be_.matmul_forward(tmp, a(kFchGelu), p.fcprojw, p.fcprojb, N, 4 * C, C);
     lora_forward(l, kLoraMlpDown, tmp, a(kFchGelu), N, 4 * C, C, l_act);
-    if (!chain) {
-        be_.residual_forward(a(kRes3), a(kRes2), tmp, N * C);
-    } else if (l + 1 < cfg_.n_layer) {  // the next block's ln_1 (its activations are not written yet)
+    if (l + 1 < cfg_.n_layer) {  // the next block's ln_1 (its activations are not written yet)
         const BlockPtrs q = block(l + 1, false);
         be_.residual_layernorm_forward(a(kRes3), A(l_act_next, kLn1), A(l_act_next, kLn1Mean),
                                        A(l_act_next, kLn1Rstd), a(kRes2), tmp, q.ln1w, q.ln1b, N, C);

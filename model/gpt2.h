@@ -238,7 +238,8 @@ class GPT2 {
     // One block's forward from x_in (B*Tt rows); `l_act` picks the activation set it writes (generation
     // reuses layer 0's). In the forward pass (chain = true) each block's last residual add is fused with the
     // LayerNorm that reads it, the next block's ln_1 (into activation set l_act_next) or ln_f, and each block
-    // after the first finds its ln_1 done; recomputation (chain = false) runs one block on its own.
+    // after the first finds its ln_1 done; recomputation (chain = false) runs one block on its own, as far as
+    // backward reads: up to the GELU output (and mlp_down's LoRA u), not the last GEMM or the block's output.
     void block_forward(int l, int l_act, const void* x_in, int B, int Tt, int pos0, bool chain = false,
                        int l_act_next = 0);
     // need_dx: something below reads d x_in (another block, the embeddings, the prompt); else it is not computed.
@@ -246,6 +247,8 @@ class GPT2 {
     // y(N,OC) += LoRA branch of site s of block l on x(N,IC); and its backward (dx(N,IC) accumulates; null: not
     // computed).
     void lora_forward(int l, int s, void* y, const void* x, size_t N, int IC, int OC, int l_act);
+    // The branch's first half: u(N,r) = (alpha/r) dropout(x) A^T into activation set l_act; null without LoRA at s.
+    void* lora_down(int l, int s, const void* x, size_t N, int IC, int l_act);
     void lora_backward(int l, int s, void* dx, const void* dy, const void* x, size_t N, int IC, int OC);
     uint64_t dropout_key(int l, int s) const;
     void upload_targets(const int32_t* targets, const float* weights);  // of the rows_ the head ran on
