@@ -219,6 +219,28 @@ TEST_F(Methods, GradualUnfreezingTrainsTheTopBlockFirstThenOneMorePerPeriod) {
     EXPECT_EQ(metric(b.out_dir, "frozen_below").back(), 0.0);
 }
 
+// A run resumed with --unfreeze-every 0 trains every tensor from its first step on: the checkpoint's frozen
+// blocks do not stay frozen for good (the note says "--unfreeze-every 0 (was 3)").
+TEST_F(Methods, ResumingWithoutUnfreezingTrainsTheBlocksTheCheckpointHadFrozen) {
+    TrainArgs a = args("unfreeze_off");
+    a.unfreeze_every = 3;
+    a.steps = 2;
+    a.val_every = 0;
+    ASSERT_EQ(Trainer(a).run(), 0);
+    const auto init = tensors_of(dir + "/init.ckpt");
+    ASSERT_EQ(tensors_of(a.out_dir + "/resume.ckpt").at("wte"), init.at("wte"));
+    TrainArgs b = a;
+    b.unfreeze_every = 0;
+    b.steps = 3;
+    b.init.clear();
+    b.resume = a.out_dir + "/resume.ckpt";
+    ASSERT_EQ(Trainer(b).run(), 0);
+    const auto later = tensors_of(b.out_dir + "/resume.ckpt");
+    EXPECT_NE(later.at("h.0.mlp.c_fc.weight"), init.at("h.0.mlp.c_fc.weight"));
+    EXPECT_NE(later.at("wte"), init.at("wte"));
+    EXPECT_EQ(metric(b.out_dir, "frozen_below").back(), -1.0);
+}
+
 TEST(UnfreezeOptimizer, ANewlyActiveSegmentStartsItsOwnBiasCorrection) {
     // A segment activated after k updates moves exactly like a fresh one: the same first step size.
     auto be = make_cpu_backend(DType::f64);
@@ -390,6 +412,29 @@ TEST_F(Methods, EwcEstimatesWritesAndRereadsTheFisherAndWeighsThePenaltyByIt) {
             EXPECT_THAT(e.what(), HasSubstr("at element 5; Fisher values are finite and not negative"));
         }
     }
+}
+
+// The Fisher belongs to the starting weights: a resumed run whose Fisher file is gone (job-local scratch, or a
+// relative path from another directory) is refused rather than estimating it again at the trained weights.
+TEST_F(Methods, ResumeWithoutItsFisherFileIsRefusedNotEstimatedAgain) {
+    TrainArgs a = args("ewc_resume");
+    a.ewc = 0.7f;
+    a.fisher = dir + "/fisher_resume.safetensors";
+    a.fisher_data = {dir + "/val.bin"};
+    a.halt_at = 2;
+    ASSERT_EQ(Trainer(a).run(), 0);
+    TrainArgs b = a;
+    b.init.clear();
+    b.resume = a.out_dir + "/resume.ckpt";
+    b.halt_at = 0;
+    ASSERT_TRUE(std::filesystem::remove(a.fisher));
+    try {
+        Trainer t(b);
+        ADD_FAILURE() << "the Fisher was estimated again at the resumed weights";
+    } catch (const UsageError& e) {
+        EXPECT_THAT(e.what(), HasSubstr("--fisher " + a.fisher + " does not exist: a resumed run reads the Fisher"));
+    }
+    EXPECT_FALSE(std::filesystem::exists(a.fisher));
 }
 
 TEST_F(Methods, DistillationWithAlphaZeroIsPlainTrainingAndWithAlphaReportsKl) {

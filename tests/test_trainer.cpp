@@ -39,6 +39,24 @@ TEST_F(TrainerFixture, ResumeIsBitExact_8Steps_vs_4PlusResume4) {
     EXPECT_EQ(slurp(dir + "/full/model.ckpt"), slurp(dir + "/split/model.ckpt"));
 }
 
+// A stop (here --halt-at, which takes the same path) right after a step whose checkpoint was written does not
+// write it again: for gpt2-xl that is 20 GB inside a scheduler's grace period.
+TEST_F(TrainerFixture, StopRightAfterACheckpointDoesNotWriteItTwice) {
+    TrainArgs a = args("due");
+    a.halt_at = 3;
+    a.ckpt_every = 3;
+    Trainer t(a);
+    ASSERT_EQ(t.run(), 0);
+    EXPECT_EQ(t.resume_checkpoints_written(), 1);
+    TrainArgs b = args("not_due");
+    b.halt_at = 3;
+    b.ckpt_every = 2;
+    Trainer u(b);
+    ASSERT_EQ(u.run(), 0);
+    EXPECT_EQ(u.resume_checkpoints_written(), 2);  // step 2's, then the stop's at step 3
+    EXPECT_EQ(tensors_of(a.out_dir + "/resume.ckpt"), tensors_of(b.out_dir + "/resume.ckpt"));
+}
+
 // A stop request (Ctrl-C, SIGTERM) ends the run unfinished: status 130, resume.ckpt but no model.ckpt
 // (the name of a finished run's weights), and resuming it gives the run that was never stopped.
 TEST_F(TrainerFixture, InterruptedRunSaysSoKeepsNoModelAndResumesExactly) {
@@ -53,12 +71,19 @@ TEST_F(TrainerFixture, InterruptedRunSaysSoKeepsNoModelAndResumesExactly) {
         TrainArgs reused = args("full");
         reused.halt_at = 2;
         spit(reused.out_dir + "/adapter.ckpt", "an earlier run's");
+        const std::string earlier = slurp(reused.out_dir + "/resume.ckpt");
+        ASSERT_FALSE(earlier.empty());
         testing::internal::CaptureStderr();
         ASSERT_EQ(Trainer(reused).run(), 0);
         const std::string err = testing::internal::GetCapturedStderr();
         EXPECT_FALSE(std::filesystem::exists(reused.out_dir + "/model.ckpt"));
         EXPECT_FALSE(std::filesystem::exists(reused.out_dir + "/adapter.ckpt"));
         EXPECT_THAT(err, HasSubstr("note: removed " + reused.out_dir + "/model.ckpt of an earlier run"));
+        // The earlier run's resume.ckpt (the same command given again without --resume?) is kept aside.
+        EXPECT_THAT(err, HasSubstr("note: kept an earlier run's checkpoint as " + reused.out_dir +
+                                   "/resume.ckpt.earlier"));
+        EXPECT_EQ(slurp(reused.out_dir + "/resume.ckpt.earlier"), earlier);
+        EXPECT_NE(slurp(reused.out_dir + "/resume.ckpt"), earlier);
         // ...but not the weights this run starts from.
         TrainArgs from_own = args("own");
         std::filesystem::create_directories(from_own.out_dir);

@@ -1,4 +1,7 @@
 // bin/train: fine-tune or train GPT-2. See bin/train --help and README.md.
+#include <unistd.h>
+
+#include <atomic>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -8,15 +11,27 @@
 #include "train/dist.h"
 #include "train/trainer.h"
 
-static tune::Trainer* g_trainer = nullptr;
+// The run a stop signal stops; null whenever no Trainer is alive (a handler must not reach a destroyed one).
+static std::atomic<tune::Trainer*> g_trainer{nullptr};
 
 // Ctrl-C (or SIGTERM, which schedulers send before killing a job, or SIGHUP, a closed terminal) finishes the
 // current step (cutting a validation short) and writes a resume checkpoint instead of losing the run; the exit
 // status is then 130.
+// A second signal (Ctrl-C again while the checkpoint is written) ends the process at once: a checkpoint is
+// written to a temporary and renamed, so the previous resume.ckpt stays whole.
+static volatile std::sig_atomic_t g_stops = 0;
+
 static void on_interrupt(int sig) {
-    if (g_trainer) {
-        g_trainer->request_stop();
+    tune::Trainer* t = g_trainer.load();
+    if (t && g_stops == 0) {
+        g_stops = 1;
+        t->request_stop();
         return;
+    }
+    if (t) {
+        static const char msg[] = "\ntrain: stopped at once (a second stop signal); resume.ckpt is the last one "
+                                  "written in full\n";
+        if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {}  // nothing to do if stderr is gone
     }
     std::signal(sig, SIG_DFL);  // no run to stop (the default job between its runs): the signal's usual end
     std::raise(sig);
@@ -44,6 +59,9 @@ int main(int argc, char** argv) {
         }
         tune::Trainer trainer(args);
         g_trainer = &trainer;
+        struct Forget {  // before the trainer's destructor runs, on every way out of this scope
+            ~Forget() { g_trainer = nullptr; }
+        } forget;
         handle_interrupts();
         if (args.memory_map) {
             if (tune::launch_info().rank == 0) trainer.print_memory_detail();  // rank 0 speaks for all

@@ -508,6 +508,10 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
         return;
     }
     if (data.empty()) throw UsageError("--fisher " + path + " does not exist and no --fisher-data was given to estimate it");
+    if (!args_.resume.empty())  // the run it continues read or estimated it at its starting weights
+        throw UsageError("--fisher " + path + " does not exist: a resumed run reads the Fisher its run used, which "
+                         "was estimated at the starting weights (an estimate now would measure the trained ones); "
+                         "give that file, or start the run again");
     if (!model_->grads().holds_memory())
         throw UsageError("--fisher " + path + ": --zero 2 keeps no whole gradient to estimate the Fisher from; "
                          "estimate it once with --zero 0 or 1 (or in one process), then give that --fisher file");
@@ -575,7 +579,12 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
 }
 
 void Trainer::update_unfreezing(StepStats& st) {
-    if (args_.unfreeze_every <= 0) return;
+    if (args_.unfreeze_every <= 0) {
+        // Every tensor trains: also one a resumed checkpoint had frozen (its run unfroze gradually; this one
+        // does not), each starting its own bias correction as a block that joins does. A no-op otherwise.
+        for (size_t i = 0; i < model_->grads().table().size(); i++) opt_->set_active(i, true);
+        return;
+    }
     // ULMFiT: the top block (with ln_f) trains first; every N steps one more block below joins; once every
     // block trains, the embeddings (wte is also the tied LM head) join last.
     const int L = model_->config().n_layer;
@@ -908,6 +917,19 @@ int Trainer::run() {
                 std::fprintf(stderr, "note: removed %s of an earlier run (this run writes its own when it finishes)\n",
                              path.c_str());
         }
+    // An earlier run's resume.ckpt (the same command given again without --resume?) would be replaced by this
+    // run's first checkpoint, or by a stop right now: it is kept aside under another name instead.
+    if (writer_ && !args_.out_dir.empty() && args_.resume.empty()) {
+        const std::string path = args_.out_dir + "/resume.ckpt", aside = path + ".earlier";
+        std::error_code ec;
+        if (std::filesystem::exists(path, ec) && !same_file(path, args_.init) && !same_file(path, args_.teacher)) {
+            std::filesystem::rename(path, aside, ec);
+            if (!ec)
+                std::fprintf(stderr, "note: kept an earlier run's checkpoint as %s (this run writes its own "
+                             "resume.ckpt; to continue that run, stop and give --resume %s)\n", aside.c_str(),
+                             aside.c_str());
+        }
+    }
     RunLog log(writer_ ? args_.out_dir : "", args_.resume.empty() ? -1 : (long long)state_.step);
     if (!args_.quiet) {
         print_memory_map();
@@ -918,6 +940,7 @@ int Trainer::run() {
     const size_t tokens_per_step = (size_t)args_.batch * args_.seq * args_.grad_accum * (dp_ ? dp_->world() : 1);
     const double t_start = now_seconds();
     double last_checkpoint = t_start;  // --ckpt-minutes counts from here
+    uint64_t saved_step = ~uint64_t(0);  // the step resume.ckpt holds, once this run has written it
     const uint64_t first = state_.step;
     double val = NAN;
     auto validate = [&](int step) {
@@ -1001,6 +1024,7 @@ int Trainer::run() {
         if (due && !args_.out_dir.empty()) {
             save(args_.out_dir + "/resume.ckpt", true);
             last_checkpoint = now_seconds();
+            saved_step = state_.step;
         }
     }
     if ((int)state_.step == args_.steps) validate((int)state_.step);
@@ -1018,8 +1042,9 @@ int Trainer::run() {
     log.write_plot();
     if (interrupted || (int)state_.step < args_.steps) {
         // Not a finished run (stopped, or --halt-at): no model.ckpt (a finished run's name); a stop also gets a
-        // status scripts can see.
-        if (!args_.out_dir.empty()) save(args_.out_dir + "/resume.ckpt", true);
+        // status scripts can see. A stop in a step whose checkpoint was just written does not write it again (for
+        // gpt2-xl, 20 GB inside a scheduler's grace period).
+        if (!args_.out_dir.empty() && saved_step != state_.step) save(args_.out_dir + "/resume.ckpt", true);
         if (writer_ && (interrupted || !args_.quiet)) {
             const bool hint = args_.resume_hint && !args_.out_dir.empty();
             std::fprintf(interrupted ? stderr : stdout, "train: %s after step %llu of %d%s%s%s\n",
