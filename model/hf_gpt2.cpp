@@ -156,10 +156,16 @@ struct HfCheckpoint {
         if (fs::is_directory(path, ec)) {
             const fs::path dir(path);
             config_path = (dir / "config.json").string();
-            if (!fs::exists(config_path, ec))
+            if (!fs::exists(config_path, ec)) {
+                for (const char* name : {"model.ckpt", "resume.ckpt"})  // bin/train's --out
+                    if (fs::exists(dir / name, ec))
+                        throw Error(path + ": a bin/train run directory, not a Hugging Face model directory; give "
+                                    "its weights file: " + (dir / name).string() +
+                                    (std::string(name) == "model.ckpt" ? "" : " (the run has not finished)"));
                 throw Error(path + ": directory without config.json, so not a Hugging Face model directory "
                                    "(to get GPT-2's weights there: scripts/download_gpt2.sh gpt2 " + path +
                             ", or gpt2-medium, gpt2-large, gpt2-xl)");
+            }
             const fs::path single = dir / "model.safetensors", index = dir / "model.safetensors.index.json";
             if (fs::exists(single, ec)) {
                 weight_files.push_back(single.string());

@@ -109,8 +109,9 @@ int main(int argc, char** argv) {
         // Export needs only the parameters: a one-token model on the CPU, with no gradient buffers.
         tune::LoadedModel m = tune::load_model(args.input, "cpu", "fp32", 1, 1, args.adapter);
         tune::GPT2& model = *m.model;
-        std::printf("export: read %s (%s, %s)\n", args.input.c_str(), tune::weights_format_name(format),
-                    cfg.describe().c_str());
+        std::printf("export: read %s (%s, %s)%s%s%s\n", args.input.c_str(), tune::weights_format_name(format),
+                    cfg.describe().c_str(), args.adapter.empty() ? "" : " and merged the adapter ",
+                    args.adapter.c_str(), args.adapter.empty() ? "" : " into it");
         if (!args.hf_dir.empty()) {
             tune::export_hf(model, args.hf_dir);
             std::printf("export: wrote %s/model.safetensors and %s/config.json\n", args.hf_dir.c_str(),

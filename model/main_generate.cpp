@@ -16,15 +16,18 @@ int main(int argc, char** argv) {
         SamplingConfig sc;
         Cli cli("usage: bin/generate --model WEIGHTS [--prompt TEXT | --prompt-file F] [options]\n"
                 "Continues the prompt with the model (KV cache: each new token costs one position), stopping at\n"
-                "<|endoftext|>, after --max-new tokens, or when the model's context (its block_size positions,\n"
-                "prompt included) is full, which it notes on stderr.");
+                "<|endoftext|>, after --max-new tokens, or when the model's context (its block_size positions less\n"
+                "any virtual tokens of a prompt-tuned model, prompt included) is full, which it notes on stderr.\n"
+                "No prompt (or an empty one) starts a fresh document: <|endoftext|>. The text '<|endoftext|>' typed\n"
+                "in a prompt is plain text, not that token.");
         cli.option("--model", "WEIGHTS", "weights: tune.cu checkpoint, Hugging Face GPT-2 directory, or llm.c .bin", &weights);
         bool have_prompt = false;  // --prompt '' is a prompt too, so emptiness cannot tell
         cli.custom("--prompt", "TEXT", "the prompt", "(none)", [&](const std::string& v) {
             prompt = v;
             have_prompt = true;
         });
-        cli.option("--prompt-file", "F", "read the prompt from a file", &prompt_file);
+        cli.option("--prompt-file", "F", "read the prompt from a file ('-': standard input), every byte of it: a "
+                   "final line break too", &prompt_file);
         cli.option("--max-new", "N", "most new tokens per sample", &max_new, 1, 1 << 20);
         cli.option("--temperature", "T", "softmax temperature (0: greedy)", &sc.temperature, 0, 100);
         cli.option("--top-k", "K", "sample among the K most likely tokens (0: all)", &sc.top_k, 0, 1 << 20);
@@ -45,13 +48,17 @@ int main(int argc, char** argv) {
             throw UsageError("--prompt and --prompt-file: give one, not both (the prompt is '" + prompt + "', the file " +
                              prompt_file + ")");
         if (!prompt_file.empty()) {
-            std::vector<uint8_t> b = read_file_bytes(prompt_file);
+            std::vector<uint8_t> b = read_file_bytes(prompt_file == "-" ? "/dev/stdin" : prompt_file);
             prompt.assign(b.begin(), b.end());
         }
         Tokenizer tok = Tokenizer::load(vocab);
         std::vector<int32_t> ids = tok.encode(prompt);
         if (ids.empty()) ids.push_back(tok.eot_token());  // an empty prompt starts a fresh document
         LoadedModel m = load_model(weights, device, "fp32", 1, 0, adapter);
+        if (prompt.empty() && tok.eot_token() >= m.model->config().vocab_size)
+            throw UsageError("no prompt, and the model's " + std::to_string(m.model->config().vocab_size) +
+                             " tokens hold no <|endoftext|> (id " + std::to_string(tok.eot_token()) +
+                             ") to start a fresh document from: give --prompt");
         check_prompt(*m.model, ids);  // before the prompt is printed: no partial output on an error
         // A model with tokens the tokenizer lacks (a fine-tune that added a pad token): those have no text.
         sc.vocab = tok.vocab_size();

@@ -4,19 +4,42 @@
 #include <cassert>
 #include <cmath>
 #include <numeric>
+#include <string>
 
 #include "kernels/common.h"
 
 namespace tune {
 
 int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConfig& cfg, Rng& rng) {
-    if (cfg.temperature <= 0) return (int32_t)(std::max_element(logits.begin(), logits.begin() + V) - logits.begin());
+    // A NaN has no place in any order (max_element and the sort below would pick arbitrarily): refused.
+    int32_t best = 0;
+    for (int32_t i = 0; i < V; i++) {
+        if (std::isnan(logits[i]))
+            throw Error("the logits hold NaN at token id " + std::to_string(i) +
+                        " (an overflow in fp16? try --precision bf16 or fp32)");
+        if (logits[i] > logits[best]) best = i;
+    }
+    if (cfg.temperature <= 0) return best;
+    const int k = cfg.top_k > 0 ? std::min(cfg.top_k, V) : V;
+    if (k == V && cfg.top_p >= 1.0f) {  // every token a candidate: one pass in id order, nothing to sort
+        std::vector<double> p(V);
+        double sum = 0;
+        for (int i = 0; i < V; i++) sum += p[i] = std::exp((logits[i] - logits[best]) / cfg.temperature);
+        double r = rng.uniform() * sum;
+        for (int i = 0; i < V; i++) {
+            r -= p[i];
+            if (r < 0) return i;
+        }
+        return best;  // rounding left r at 0 or above: the most likely token
+    }
     // Candidates sorted by logit, most likely first (partial sort when top_k limits them).
     std::vector<int32_t> idx(V);
     std::iota(idx.begin(), idx.end(), 0);
-    const int k = cfg.top_k > 0 ? std::min(cfg.top_k, V) : V;
     auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), by_logit);
+    if (k == V)
+        std::sort(idx.begin(), idx.end(), by_logit);  // introsort: several times faster than a full partial_sort
+    else
+        std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), by_logit);
     idx.resize(k);
     std::vector<double> p(k);
     const double maxv = logits[idx[0]];

@@ -20,7 +20,8 @@ struct SamplingConfig {
     int vocab = 0;  // generate() samples only ids below this (the tokenizer's, say); 0: the model's whole vocabulary
 };
 
-// Picks a token id in [0, V) from logits (only the first V entries are read).
+// Picks a token id in [0, V) from logits (only the first V entries are read); a NaN among them throws
+// tune::Error.
 int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConfig& cfg, Rng& rng);
 
 // Throws tune::Error naming `what` ("prompt", "x.jsonl:3: ending 2") and the first id outside [0, V): the

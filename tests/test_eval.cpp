@@ -160,6 +160,15 @@ TEST(MultipleChoice, FileErrorsNameTheLine) {
     auto ex = read_choice_file(tok, d + "/c.jsonl");
     EXPECT_EQ(ex[0].endings[0], tok.encode(" sat"));  // joined with a space
     EXPECT_EQ(ex[0].endings[1], tok.encode(" flew"));
+    // A context ending in whitespace gives it to the endings: " mat" is GPT-2's one token for the word, and the
+    // context and ending together are the tokens of the whole sentence, not "the", " ", "mat".
+    spit(d + "/ws.jsonl", "{\"context\":\"The cat sat on the \",\"endings\":[\"mat\",\"floor\"],\"label\":0}\n");
+    ex = read_choice_file(tok, d + "/ws.jsonl");
+    EXPECT_EQ(ex[0].context, tok.encode("The cat sat on the"));
+    EXPECT_EQ(ex[0].endings[0], tok.encode(" mat"));
+    std::vector<int32_t> whole = ex[0].context;
+    whole.insert(whole.end(), ex[0].endings[1].begin(), ex[0].endings[1].end());
+    EXPECT_EQ(whole, tok.encode("The cat sat on the floor"));
     // HellaSwag's own lines (context in "ctx", other fields beside) read as they come.
     spit(d + "/hs.jsonl", "{\"ind\": 24, \"ctx_a\": \"A man\", \"ctx\": \"A man is sitting\", \"endings\": [\"on a roof.\", "
                           "\"in a tree.\", \"on a horse.\", \"down.\"], \"label\": 3}\n");
@@ -174,6 +183,10 @@ TEST(MultipleChoice, FileErrorsNameTheLine) {
     spit(d + "/s2.jsonl", "{\"ctx\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":\"one\"}\n");
     EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/s2.jsonl"); }),
                 HasSubstr("s2.jsonl:1: \"label\" is \"one\", not an integer"));
+    for (const char* loose : {"\" 0\"", "\"+1\""}) {  // strtol would take these; a label is digits
+        spit(d + "/s3.jsonl", std::string("{\"ctx\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":") + loose + "}\n");
+        EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/s3.jsonl"); }), HasSubstr("not an integer")) << loose;
+    }
     spit(d + "/none.jsonl", "{\"endings\":[\"sat\",\"flew\"],\"label\":0}\n");
     EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/none.jsonl"); }),
                 HasSubstr("none.jsonl:1: missing string \"context\" (or HellaSwag's \"ctx\")"));

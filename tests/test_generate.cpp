@@ -97,6 +97,39 @@ TEST(Sampling, TopPKeepsTheSmallestNucleus) {
     EXPECT_NEAR(frac0, std::exp(2.0) / (std::exp(2.0) + std::exp(1.0)), 0.04);
 }
 
+// Every token a candidate (no top-k, no top-p: drawn in id order, unsorted) and nearly every one (top-p 0.9999:
+// drawn from the sorted list): both give each token its softmax share, on logits in no particular order.
+TEST(Sampling, EveryTokenGetsItsSoftmaxShareWithAndWithoutSorting_V5) {
+    const std::vector<float> z = {0.5f, -1.0f, 1.5f, 0.0f, 1.0f, 42.0f};  // entry 5 is beyond V
+    double sum = 0;
+    for (int i = 0; i < 5; i++) sum += std::exp((double)z[i]);
+    for (float top_p : {1.0f, 0.9999f}) {
+        Rng r(5);
+        SamplingConfig c;
+        c.top_p = top_p;
+        std::vector<int> seen(6, 0);
+        const int n = 20000;
+        for (int i = 0; i < n; i++) seen[sample_token(z, 5, c, r)]++;
+        EXPECT_EQ(seen[5], 0);
+        for (int i = 0; i < 5; i++) EXPECT_NEAR(seen[i] / (double)n, std::exp((double)z[i]) / sum, 0.012) << i;
+    }
+}
+
+TEST(Sampling, NanLogitIsAnErrorNotAnArbitraryPick) {
+    Rng r(6);
+    const std::vector<float> z = {0.5f, std::nanf(""), 1.0f};
+    SamplingConfig c;
+    for (float t : {0.0f, 1.0f}) {
+        c.temperature = t;
+        EXPECT_THROW(
+            try { sample_token(z, 3, c, r); } catch (const Error& e) {
+                EXPECT_THAT(e.what(), HasSubstr("the logits hold NaN at token id 1"));
+                throw;
+            },
+            Error);
+    }
+}
+
 TEST(Sampling, TemperatureMatchesSoftmaxFrequencies) {
     Rng r(4);
     std::vector<float> z = {0.0f, std::log(3.0f)};  // probabilities 1/4 and 3/4 at temperature 1

@@ -428,6 +428,15 @@ TEST(HfWeights, ConfigNotJsonOrAbsentIsNamed) {
     EXPECT_MENTIONS(error_of([&] { weights_config(dir.path()); }), "scripts/download_gpt2.sh gpt2 " + dir.path());
     EXPECT_MENTIONS(error_of([&] { weights_config(dir.file("model.safetensors")); }),
                     "needs its config.json beside it");
+    // bin/train's --out given where the weights go: the message names the file in it, not a download.
+    std::ofstream(dir.file("resume.ckpt")) << "x";
+    EXPECT_MENTIONS(error_of([&] { weights_config(dir.path()); }),
+                    "a bin/train run directory, not a Hugging Face model directory; give its weights file: " +
+                        dir.file("resume.ckpt") + " (the run has not finished)");
+    std::ofstream(dir.file("model.ckpt")) << "x";
+    const std::string run = error_of([&] { weights_config(dir.path()); });
+    EXPECT_MENTIONS(run, "give its weights file: " + dir.file("model.ckpt"));
+    EXPECT_EQ(run.find("download_gpt2"), std::string::npos) << run;
 }
 
 TEST(HfWeights, MissingTensorIsNamed) {

@@ -430,7 +430,7 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
         f.fail("config " + f.config.describe() + " does not match the model's " + model.config().describe());
     if (f.header["kind"] == "adapter")
         f.fail("is an adapter checkpoint (PEFT tensors only): give it with --adapter, with the base weights it was "
-               "trained on as --init (bin/train) or --model (bin/generate, bin/evaluate, bin/export)");
+               "trained on as --init (bin/train), --model (bin/generate, bin/evaluate) or WEIGHTS (bin/export)");
     const bool base_only = !f.peft.any();
     if (!base_only && !(f.peft == model.peft()))
         f.fail("holds a model with " + f.peft.describe() + ", but this model was built with " + model.peft().describe());

@@ -64,19 +64,27 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
             const std::string v = lj.get<std::string>();
             char* end = nullptr;
             const long l = std::strtol(v.c_str(), &end, 10);
-            label_ok = !v.empty() && *end == 0 && l >= INT_MIN && l <= INT_MAX;
+            const size_t digits = v.find_first_not_of('-') == 1 ? 1 : 0;  // one optional minus, then digits only
+            label_ok = v.size() > digits && v.find_first_not_of("0123456789", digits) == std::string::npos &&
+                       *end == 0 && l >= INT_MIN && l <= INT_MAX;
             label = (int)l;
         }
         if (!label_ok) throw Error(where + ": \"label\" is " + lj.dump() + ", not an integer (the index of the right ending)");
         ChoiceExample ex;
         ex.where = where;
-        const std::string ctx = j[ctx_key].get<std::string>();
+        std::string ctx = j[ctx_key].get<std::string>();
+        // TEACH: GPT-2's tokenizer puts a space in front of the word after it (" mat" is one token). A context that
+        // ends in whitespace ("... on the ") would be scored as a lone " " token and then "mat": a split the model
+        // never saw in training. The whitespace moves to the front of each ending instead.
+        const size_t last = ctx.find_last_not_of(" \t\n\r\f\v");
+        const std::string trailing = last == std::string::npos ? "" : ctx.substr(last + 1);
+        ctx.resize(ctx.size() - trailing.size());
         ex.context = tok.encode(ctx);
         for (const auto& e : j["endings"]) {
             if (!e.is_string() || e.get<std::string>().empty())
                 throw Error(where + ": ending " + std::to_string(ex.endings.size()) + " is " + e.dump() +
                             ", expected a non-empty string");
-            std::string end = e.get<std::string>();
+            std::string end = trailing + e.get<std::string>();
             // The ending continues the context: join with a space unless one side already has it.
             if (!ctx.empty() && !std::isspace((unsigned char)ctx.back()) && !std::isspace((unsigned char)end[0]))
                 end = " " + end;
