@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <thread>
 #include <nlohmann/json.hpp>
 
@@ -57,32 +58,36 @@ uint64_t checksum64_mix(uint64_t h, const uint8_t* p, size_t n) {
 uint64_t checksum64_start(size_t total) { return 0x9E3779B97F4A7C15ull ^ total; }
 uint64_t checksum64_end(uint64_t h) { return h ^ (h >> 29); }
 
-uint64_t checksum64(const uint8_t* p, size_t n) { return checksum64_end(checksum64_mix(checksum64_start(n), p, n)); }
-
 // Where the checksum's digits sit in the header bytes [16, 16 + hlen), or 0 when the header has none.
-size_t checksum_position(const std::vector<uint8_t>& bytes, size_t header_end) {
+size_t checksum_position(const uint8_t* bytes, size_t header_end) {
     const size_t flen = sizeof kChecksumField - 1;
-    const auto begin = bytes.begin() + 16, end = bytes.begin() + (std::ptrdiff_t)header_end;
-    const auto it = std::search(begin, end, kChecksumField, kChecksumField + flen);
+    const uint8_t *begin = bytes + 16, *end = bytes + header_end;
+    const uint8_t* it = std::search(begin, end, kChecksumField, kChecksumField + flen);
     if (it == end || (size_t)(end - it) < flen + kChecksumDigits) return 0;
-    return (size_t)(it - bytes.begin()) + flen;
+    return (size_t)(it - bytes) + flen;
 }
 
-// The checksum of `bytes` with the digits at `pos` counted as '0's.
-uint64_t file_checksum(std::vector<uint8_t>& bytes, size_t pos) {
-    char saved[kChecksumDigits];
-    std::memcpy(saved, &bytes[pos], kChecksumDigits);
-    std::memset(&bytes[pos], '0', kChecksumDigits);
-    const uint64_t h = checksum64(bytes.data(), bytes.size());
-    std::memcpy(&bytes[pos], saved, kChecksumDigits);
-    return h;
+// The checksum of bytes[0, n) with the digits at `pos` counted as '0's, without writing to them (the file is
+// mapped read-only): the words around the digits are hashed from a copy, the rest in place.
+uint64_t file_checksum(const uint8_t* bytes, size_t n, size_t pos) {
+    const size_t lo = pos / 8 * 8, hi = std::min(n, (pos + kChecksumDigits + 7) / 8 * 8);
+    std::vector<uint8_t> around(bytes + lo, bytes + hi);
+    std::memset(&around[pos - lo], '0', kChecksumDigits);
+    uint64_t h = checksum64_mix(checksum64_start(n), bytes, lo);
+    h = checksum64_mix(h, around.data(), around.size());
+    return checksum64_end(checksum64_mix(h, bytes + hi, n - hi));
 }
 
-// A parsed, validated checkpoint file held in memory (with `verify`; without, its header only).
+// A parsed, validated checkpoint file (with `verify`, all of it, memory-mapped; without, its header only).
 struct CkptFile {
     std::string path;
-    std::vector<uint8_t> bytes;  // the whole file, or (header only) its first 16 + header-length bytes
-    size_t size = 0;             // of the whole file
+    // The whole file mapped: its pages are the kernel's page cache, shared by every rank of a node that loads
+    // it, rather than a copy of (for gpt2-xl) 20 GB in each process.
+    std::unique_ptr<MappedFile> map;
+    std::vector<uint8_t> copy;  // the header only, or a whole file that needs realigning (written before 2026-12)
+    const uint8_t* bytes = nullptr;  // the file's bytes as read: map's, or copy's
+    size_t avail = 0;                // how many of them there are
+    size_t size = 0;                 // of the whole file
     bool has_data;
     json header;
     size_t data_start = 0;
@@ -104,18 +109,22 @@ struct CkptFile {
     // header only: a gpt2-xl resume checkpoint is 20 GB, and a resume asks its header several questions.
     explicit CkptFile(const std::string& p, bool verify = true) : path(p), has_data(verify) {
         if (verify) {
-            bytes = read_file_bytes(p);
-            size = bytes.size();
+            map = std::make_unique<MappedFile>(p);
+            bytes = map->data();
+            size = avail = map->size();
         } else {
-            bytes = read_file_head(p, 16, [](const std::vector<uint8_t>& b) { return 16 + (size_t)load_u32(&b[12]); },
-                                   &size);
+            copy = read_file_head(p, 16, [](const std::vector<uint8_t>& b) { return 16 + (size_t)load_u32(&b[12]); },
+                                  &size);
+            bytes = copy.data();
+            avail = copy.size();
         }
         // The magic first: a short file that does not start like a checkpoint is some other file, not a
         // truncated checkpoint.
         if (size == 0) fail("empty file (0 bytes), not a tune.cu checkpoint");
-        const size_t head = std::min(bytes.size(), sizeof kCkptMagic);
-        if (std::memcmp(bytes.data(), kCkptMagic, head) != 0)
-            fail("not a tune.cu checkpoint: it starts with " + shown_bytes(bytes, sizeof kCkptMagic) + " (" +
+        const size_t head = std::min(avail, sizeof kCkptMagic);
+        if (std::memcmp(bytes, kCkptMagic, head) != 0)
+            fail("not a tune.cu checkpoint: it starts with " +
+                 shown_bytes(std::vector<uint8_t>(bytes, bytes + head), sizeof kCkptMagic) + " (" +
                  std::to_string(size) + " bytes in all), where a checkpoint starts with \"TUNECKPT\"");
         if (size < 16) fail("truncated: " + std::to_string(size) + " bytes, shorter than the 16-byte header");
         const uint32_t version = load_u32(&bytes[8]);
@@ -123,17 +132,22 @@ struct CkptFile {
             fail("checkpoint version " + std::to_string(version) + ", this build reads version " +
                  std::to_string(kCkptVersion));
         const uint32_t hlen = load_u32(&bytes[12]);
-        if (hlen > size - 16 || 16 + (size_t)hlen > bytes.size())
+        if (hlen > size - 16 || 16 + (size_t)hlen > avail)
             fail("truncated: header length " + std::to_string(hlen) + " runs past the end of the file (" +
                  std::to_string(size) + " bytes)");
         data_start = 16 + (size_t)hlen;
-        header = json::parse(bytes.begin() + 16, bytes.begin() + data_start, nullptr, false);
+        header = json::parse(bytes + 16, bytes + data_start, nullptr, false);
         // Checked last (below), after the structure: a truncated file is named as truncated.
         const bool has_checksum = verify && !header.is_discarded() && header.is_object() && header.contains("checksum");
         const uint64_t checksum = has_checksum ? file_checksum_at(data_start) : 0;
         if (has_data && data_start % alignof(float) != 0) {  // written before headers were padded: align the data
             const size_t pad = alignof(float) - data_start % alignof(float);
-            bytes.insert(bytes.begin() + (std::ptrdiff_t)data_start, pad, uint8_t(0));
+            copy.assign(bytes, bytes + data_start);
+            copy.insert(copy.end(), pad, uint8_t(0));
+            copy.insert(copy.end(), bytes + data_start, bytes + avail);
+            map.reset();
+            bytes = copy.data();
+            avail = copy.size();
             data_start += pad;
             size += pad;
         }
@@ -214,7 +228,7 @@ struct CkptFile {
     // The checksum of the file as read (before any realignment), 0 when the header has no checksum digits.
     uint64_t file_checksum_at(size_t header_end) {
         const size_t pos = checksum_position(bytes, header_end);
-        return pos ? file_checksum(bytes, pos) : 0;
+        return pos ? file_checksum(bytes, avail, pos) : 0;
     }
 
     // Whether the file holds a tensor of this name.
@@ -231,7 +245,7 @@ struct CkptFile {
             if (t["bytes"].get<size_t>() != numel * 4)
                 fail("tensor '" + name + "' holds " + std::to_string(t["bytes"].get<size_t>() / 4) +
                      " values, the model expects " + std::to_string(numel));
-            return reinterpret_cast<const float*>(bytes.data() + data_start + t["offset"].get<size_t>());
+            return reinterpret_cast<const float*>(bytes + data_start + t["offset"].get<size_t>());
         }
         fail("tensor '" + name + "' is missing");
     }
@@ -275,7 +289,7 @@ void write_checkpoint(const std::string& path, const json& header_in, const Writ
     std::memcpy(&head[16], h.data(), h.size());
     // Hashed in two parts (the head is a whole number of words), so the data is never copied: a gpt2-xl
     // resume checkpoint holds 20 GB of it.
-    const size_t pos = checksum_position(head, head.size());
+    const size_t pos = checksum_position(head.data(), head.size());
     uint64_t sum = checksum64_mix(checksum64_start(head.size() + w.data.size()), head.data(), head.size());
     sum = checksum64_end(checksum64_mix(sum, w.data.data(), w.data.size()));
     char digits[kChecksumDigits + 1];
@@ -422,6 +436,21 @@ bool checkpoint_base_lineage(const std::string& path, uint64_t* base_fp, std::ve
     *base_fp = s["base_hash"].get<uint64_t>();
     *trained_base = s["trained_base"].get<std::vector<std::string>>();
     return true;
+}
+
+std::map<std::string, std::string> checkpoint_options(const std::string& path) {
+    std::map<std::string, std::string> out;
+    try {
+        const CkptFile f(path, false);
+        if (!f.header.contains("state") || !f.header["state"].is_object()) return out;
+        const json& s = f.header["state"];
+        if (!s.contains("options") || !s["options"].is_object()) return out;
+        for (const auto& [k, v] : s["options"].items())
+            if (v.is_string()) out[k] = v.get<std::string>();
+    } catch (const Error&) {
+        out.clear();
+    }
+    return out;
 }
 
 void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainState* state, Arena* anchor) {
