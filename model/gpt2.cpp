@@ -641,7 +641,7 @@ void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {
     compact_ = rows_.size() < N;
     gathered_ = compact_ || P_ > 0;
     head_deferred_ = rows_.size() > head_rows_;
-    head_backward_done_ = false;
+    dlogits_ready_ = false;
     if (rows_.empty()) return;
     if (gathered_) {
         std::vector<int32_t> inner(rows_.size());
@@ -681,7 +681,7 @@ void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0, bool la
     if (N > head_rows_)
         throw Error("model: generation of " + std::to_string(N) + " positions at once needs that many rows of logits; " +
                     "this model keeps " + std::to_string(head_rows_) + " (ModelOptions::head_chunk)");
-    head_deferred_ = head_backward_done_ = false;
+    head_deferred_ = dlogits_ready_ = false;
     rows_.resize(N);
     for (size_t i = 0; i < N; i++) rows_[i] = (int32_t)i;
     compact_ = false;
@@ -744,6 +744,8 @@ std::pair<double, double> GPT2::loss_distill(const int32_t* targets, const float
 std::pair<double, double> GPT2::head_loss(float dloss, bool backward_prep, GPT2* teacher, float alpha, float tau) {
     const size_t n = rows_.size(), es = dtype_size(acts_.dtype());
     const int C = cfg_.n_embd, V = cfg_.vocab_size, Vp = cfg_.padded_vocab_size;
+    if (dlogits_ready_)  // the logits (or, deferred, d head input and d wte) hold the first call's gradient
+        throw Error("model: loss() again after loss(..., backward_prep): run forward() first");
     const bool t_deferred = teacher && teacher->head_deferred_;
     const size_t most = std::min({n, head_deferred_ ? head_rows_ : n, t_deferred ? teacher->head_rows_ : n});
     const size_t chunks = (n + most - 1) / most;
@@ -779,7 +781,7 @@ std::pair<double, double> GPT2::head_loss(float dloss, bool backward_prep, GPT2*
             be_.matmul_backward(din + r0 * C * es, pgrad(kWte), nullptr, z, in + r0 * C * es, params_.ptr(kWte), rows,
                                 C, Vp);
     }
-    head_backward_done_ = head_deferred_ && backward_prep;
+    dlogits_ready_ = backward_prep;
     return {sum_of(be_, act(a_losses_), acts_.dtype(), n),
             teacher ? sum_of(be_, scratch_.ptr(s_kl_losses_), acts_.dtype(), n) : 0.0};
 }
@@ -850,9 +852,9 @@ void GPT2::backward() {
 
     // LM head and final LayerNorm. The logits buffer now holds dlogits of the rows the head ran on.
     const size_t n = rows_.size();
-    if (head_deferred_ && !head_backward_done_)
-        throw Error("model: backward() after a forward whose LM head was deferred needs loss(..., backward_prep) "
-                    "first (ModelOptions::head_chunk)");
+    if (n > 0 && !dlogits_ready_)  // the logits buffer would be read as their gradient
+        throw Error("model: backward() needs loss(..., backward_prep) after the forward, to turn the logits into "
+                    "their gradient");
     if (n == 0) {
         be_.zero(dC, N * C * dtype_size(acts_.dtype()));
     } else if (gathered_) {

@@ -299,7 +299,7 @@ class GPT2 {
     bool compact_ = false, gathered_ = false;
     size_t head_rows_ = 0;        // rows the logits buffer holds (ModelOptions::head_chunk, or B*T)
     bool head_deferred_ = false;  // the last forward left the head to loss() (more counted rows than head_rows_)
-    bool head_backward_done_ = false;  // ... and loss(backward_prep) ran its backward
+    bool dlogits_ready_ = false;  // loss(backward_prep) ran since the last forward (deferred: the head's backward too)
     // Activation table indices
     size_t a_encoded_ = 0, a_lnf_ = 0, a_lnf_mean_ = 0, a_lnf_rstd_ = 0, a_logits_ = 0, a_losses_ = 0;
     bool recompute_attention_ = false;  // selective, and attention saves more than C per token

@@ -227,6 +227,24 @@ TEST(ModelCpu, ChunkedLmHeadRefusesWhatNeedsEveryLogit) {
     EXPECT_NO_THROW(m.logits_buffer());
 }
 
+// backward() reads the logits buffer as d(logits): only loss(..., backward_prep) makes it so, once per forward.
+// Without it the raw logits would be backpropagated; after it a second loss would be taken of the gradient.
+TEST(ModelCpu, BackwardNeedsOneLossWithBackwardPrepAfterEachForward) {
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 2, 7);
+    m.init_random(19);
+    const Data d = random_data(2, 7, 37, 20, false);
+    m.forward(d.x.data(), 2, 7);
+    EXPECT_THROW(m.backward(), Error);
+    m.loss(d.y.data(), d.w.data(), 1.0f, false);
+    EXPECT_THROW(m.backward(), Error);
+    m.loss(d.y.data(), d.w.data(), 1.0f, true);
+    EXPECT_THROW(m.loss(d.y.data(), d.w.data(), 1.0f, true), Error);
+    EXPECT_NO_THROW(m.backward());
+    m.forward(d.x.data(), 2, 7);  // a new forward starts over
+    EXPECT_THROW(m.backward(), Error);
+}
+
 TEST(ModelCpu, MicroBatchWithNoCountedTokenAddsNothingF64) {
     auto be = make_cpu_backend(DType::f64);
     GPT2 m(small_config(), *be, 2, 7);
