@@ -414,6 +414,26 @@ TEST_F(Methods, EwcEstimatesWritesAndRereadsTheFisherAndWeighsThePenaltyByIt) {
     }
 }
 
+// Resuming with another trainable set finds other optimizer state in the checkpoint: the error names the option
+// that changed, not only the tensor it cannot find.
+TEST_F(Methods, ResumeWithAnotherTrainableSetNamesTheChangedOption) {
+    TrainArgs a = args("top_resume");
+    a.train_top = 1;
+    a.halt_at = 2;
+    ASSERT_EQ(Trainer(a).run(), 0);
+    TrainArgs b = a;
+    b.init.clear();
+    b.resume = a.out_dir + "/resume.ckpt";
+    b.halt_at = 0;
+    b.train_top = 0;
+    try {
+        Trainer t(b);
+        ADD_FAILURE() << "resumed with another trainable set";
+    } catch (const Error& e) {
+        EXPECT_THAT(e.what(), HasSubstr("this resume changes options: --train-top 0 (was 1)"));
+    }
+}
+
 // The Fisher belongs to the starting weights: a resumed run whose Fisher file is gone (job-local scratch, or a
 // relative path from another directory) is refused rather than estimating it again at the trained weights.
 TEST_F(Methods, ResumeWithoutItsFisherFileIsRefusedNotEstimatedAgain) {

@@ -57,6 +57,31 @@ TEST_F(TrainerFixture, StopRightAfterACheckpointDoesNotWriteItTwice) {
     EXPECT_EQ(tensors_of(a.out_dir + "/resume.ckpt"), tensors_of(b.out_dir + "/resume.ckpt"));
 }
 
+// A stop that comes after the last step cuts the final validation short: the run is finished (status 0,
+// model.ckpt), and a note says the validation was not logged and how to log it. (Here: a resume of a finished
+// run whose log lacks that validation, stopped before it starts.)
+TEST_F(TrainerFixture, StopDuringTheFinalValidationSaysItWasNotLogged) {
+    TrainArgs a = args("final");
+    ASSERT_EQ(Trainer(a).run(), 0);
+    std::istringstream in(slurp(a.out_dir + "/metrics.jsonl"));
+    std::string kept;
+    for (std::string line; std::getline(in, line);)
+        if (line.find("\"step\":8,\"val_loss\"") == std::string::npos) kept += line + "\n";
+    spit(a.out_dir + "/metrics.jsonl", kept);
+    TrainArgs b = a;
+    b.init.clear();
+    b.resume = a.out_dir + "/resume.ckpt";
+    Trainer t(b);
+    t.request_stop();
+    testing::internal::CaptureStderr();
+    EXPECT_EQ(t.run(), 0);
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_THAT(err, HasSubstr("note: the stop cut the final validation short (not logged); the run itself is "
+                               "finished: to log it, run the same command with --resume " + a.out_dir + "/resume.ckpt"));
+    EXPECT_FALSE(slurp(a.out_dir + "/model.ckpt").empty());
+    EXPECT_EQ(metric(a.out_dir, "val_loss").size(), 2u);  // steps 0 and 4: not a partial one for step 8
+}
+
 // A stop request (Ctrl-C, SIGTERM) ends the run unfinished: status 130, resume.ckpt but no model.ckpt
 // (the name of a finished run's weights), and resuming it gives the run that was never stopped.
 TEST_F(TrainerFixture, InterruptedRunSaysSoKeepsNoModelAndResumesExactly) {

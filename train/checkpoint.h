@@ -76,6 +76,9 @@ void save_adapter(const std::string& path, GPT2& model, uint64_t base_fingerprin
 // What a resume checkpoint's PEFT run recorded of its base (TrainState::base_fingerprint and trained_base):
 // false, leaving both alone, for other files and for checkpoints written before it was recorded.
 bool checkpoint_base_lineage(const std::string& path, uint64_t* base_fingerprint, std::vector<std::string>* trained_base);
+// A resume checkpoint's TrainState::options from its header alone; empty when it has none (or is no resume
+// checkpoint, or is damaged: load_checkpoint says what is wrong).
+std::map<std::string, std::string> checkpoint_options(const std::string& path);
 
 // The config and PEFT config stored in a checkpoint (to build the model before loading it). Validates the header.
 ModelConfig checkpoint_config(const std::string& path);

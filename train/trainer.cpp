@@ -123,9 +123,9 @@ static bool same_setting(const std::string& a, const std::string& b) {
 
 // A resume with other options still runs, but is no longer the run that was checkpointed: say what changed.
 // Options the checkpoint did not record (it was written by an older version) are not compared.
-static void note_changed_options(const std::string& ckpt, const std::map<std::string, std::string>& was,
-                                 const std::map<std::string, std::string>& now) {
-    if (was.empty()) return;  // written before checkpoints recorded them
+// "--flag now (was then), ...": empty when nothing changed or the checkpoint recorded no options.
+static std::string changed_options(const std::map<std::string, std::string>& was,
+                                   const std::map<std::string, std::string>& now) {
     std::string changed;
     for (const auto& [flag, value] : now) {
         auto it = was.find(flag);
@@ -133,6 +133,12 @@ static void note_changed_options(const std::string& ckpt, const std::map<std::st
             changed += std::string(changed.empty() ? "" : ", ") + flag + " " + (value.empty() ? "(none)" : value) +
                        " (was " + (it->second.empty() ? "(none)" : it->second) + ")";
     }
+    return changed;
+}
+
+static void note_changed_options(const std::string& ckpt, const std::map<std::string, std::string>& was,
+                                 const std::map<std::string, std::string>& now) {
+    const std::string changed = changed_options(was, now);
     if (!changed.empty() && launch_info().rank == 0)
         std::fprintf(stderr, "note: resuming %s with changed options: %s; the run goes on, but not as it would have "
                      "with the options it was checkpointed with\n", ckpt.c_str(), changed.c_str());
@@ -287,7 +293,16 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (be_->name() == "cuda") peak_flops_ = cuda_peak_bf16_flops();
     if (anchored()) opt_->allocate_like_state(anchor_);  // under ZeRO, this rank's piece only
     if (!args.resume.empty()) {
-        load_checkpoint(args.resume, *model_, opt_.get(), &state_, anchored() ? &anchor_ : nullptr);
+        try {
+            load_checkpoint(args.resume, *model_, opt_.get(), &state_, anchored() ? &anchor_ : nullptr);
+        } catch (const Error& e) {
+            // A checkpoint that does not fit this model (another --train-top leaves other tensors trainable, so
+            // other optimizer state) is most often a changed option: name it beside the mismatch.
+            const std::string changed = changed_options(checkpoint_options(args.resume), options);
+            if (changed.empty()) throw;
+            throw Error(std::string(e.what()) + " (this resume changes options: " + changed +
+                        "; resume with the options the run was checkpointed with)");
+        }
         if (!args.init.empty() && !same_file(args.init, state_.init))
             throw UsageError("--init " + args.init + ": " + args.resume + " continues a run that started from " +
                              (state_.init.empty() ? std::string("random weights") : state_.init) +
@@ -1027,7 +1042,14 @@ int Trainer::run() {
             saved_step = state_.step;
         }
     }
-    if ((int)state_.step == args_.steps) validate((int)state_.step);
+    if ((int)state_.step == args_.steps) {
+        validate((int)state_.step);
+        // The run is finished (model.ckpt is written), but a stop that came now cut its last validation short.
+        if (val_ && std::isnan(val) && stop_requested() && writer_ && !log.has_val((int)state_.step))
+            std::fprintf(stderr, "note: the stop cut the final validation short (not logged); the run itself is "
+                         "finished%s%s%s\n", args_.out_dir.empty() ? "" : ": to log it, run the same command with "
+                         "--resume ", args_.out_dir.c_str(), args_.out_dir.empty() ? "" : "/resume.ckpt");
+    }
     if (dp_) {  // DIST: every replica must hold the same weights
         uint64_t hash = 0;
         const bool agree = dp_->replicas_agree(&hash);
