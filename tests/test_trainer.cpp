@@ -39,6 +39,32 @@ TEST_F(TrainerFixture, ResumeIsBitExact_8Steps_vs_4PlusResume4) {
     EXPECT_EQ(slurp(dir + "/full/model.ckpt"), slurp(dir + "/split/model.ckpt"));
 }
 
+// The seed shapes data order (and dropout, stochastic rounding): a resume without --seed goes on with the
+// run's own, from the checkpoint; one given on the command line wins (and is noted as a change).
+TEST_F(TrainerFixture, ResumeWithoutSeedGoesOnWithTheCheckpointsSeed) {
+    TrainArgs full = args("seeded_full");
+    full.seed = 7;
+    ASSERT_EQ(Trainer(full).run(), 0);
+    TrainArgs first = args("seeded");
+    first.seed = 7;
+    first.halt_at = 4;
+    ASSERT_EQ(Trainer(first).run(), 0);
+    TrainArgs second = resuming(args("seeded"));  // the fixture's default seed, not given
+    ASSERT_NE(second.seed, 7u);
+    ASSERT_EQ(Trainer(second).run(), 0);
+    EXPECT_EQ(slurp(full.out_dir + "/model.ckpt"), slurp(second.out_dir + "/model.ckpt"));
+    TrainArgs other = args("seeded_other");
+    other.seed = 7;
+    other.halt_at = 4;
+    ASSERT_EQ(Trainer(other).run(), 0);
+    TrainArgs given = resuming(args("seeded_other"));
+    given.seed_given = true;
+    testing::internal::CaptureStderr();
+    ASSERT_EQ(Trainer(given).run(), 0);
+    EXPECT_THAT(testing::internal::GetCapturedStderr(), HasSubstr("--seed " + std::to_string(given.seed) + " (was 7)"));
+    EXPECT_NE(slurp(full.out_dir + "/model.ckpt"), slurp(given.out_dir + "/model.ckpt"));
+}
+
 // A stop (here --halt-at, which takes the same path) right after a step whose checkpoint was written does not
 // write it again: for gpt2-xl that is 20 GB inside a scheduler's grace period.
 TEST_F(TrainerFixture, StopRightAfterACheckpointDoesNotWriteItTwice) {

@@ -162,7 +162,11 @@ Cli train_cli(TrainArgs& a) {
     c.option("--loss-scale", "S", "initial dynamic loss scale (a resume goes on with the checkpoint's scale unless this or the scaling changed)", &a.loss_scale, 1, 3e38);
     c.option("--max-bad-steps", "N", "stop after N consecutive steps with a NaN/Inf loss or gradient (each is skipped)",
              &a.max_bad_steps, 1, INT_MAX);
-    c.option("--seed", "S", "seed for initialisation and data order", &a.seed);
+    c.custom("--seed", "S", "seed for initialisation, data order, dropout and stochastic rounding (--resume: the "
+             "checkpoint's when not given)", std::to_string(a.seed), [&a](const std::string& v) {
+                 a.seed = parse_u64("--seed", v);
+                 a.seed_given = true;
+             });
     c.option("--val-every", "N", "validation loss every N steps (0: only before the first step and at the end)", &a.val_every, 0, INT_MAX);
     c.option("--val-batches", "M", "micro-batches per validation (at most one pass over --val-data: no window twice)", &a.val_batches, 1, INT_MAX);
     c.option("--ckpt-minutes", "M", "also write the resume checkpoint whenever M minutes have passed since the last "

@@ -66,6 +66,7 @@ struct TrainArgs {
     float loss_scale = 65536.0f;        // initial dynamic loss scale
     int max_bad_steps = 10;  // consecutive non-finite steps before giving up
     uint64_t seed = 1337;
+    bool seed_given = false;  // --seed was on the command line (a resume without it goes on with the checkpoint's)
     // evaluation, logging, checkpoints
     int val_every = 50;
     int val_batches = 8;

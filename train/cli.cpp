@@ -97,15 +97,18 @@ void Cli::option(const std::string& name, const std::string& metavar, const std:
                      [=](const std::string& v) { *target = (float)parse_double(name, v, lo, hi); }});
 }
 
+uint64_t parse_u64(const std::string& flag, const std::string& v) {
+    errno = 0;
+    char* end = nullptr;
+    const unsigned long long x = std::strtoull(v.c_str(), &end, 10);
+    if (v.empty() || *end || errno || v[0] == '-')
+        throw UsageError(flag + ": expected a non-negative integer, got '" + v + "'");
+    return x;
+}
+
 void Cli::option(const std::string& name, const std::string& metavar, const std::string& help, uint64_t* target) {
-    opts_.push_back({name, metavar, help, std::to_string(*target), [=](const std::string& v) {
-                         errno = 0;
-                         char* end = nullptr;
-                         unsigned long long x = std::strtoull(v.c_str(), &end, 10);
-                         if (v.empty() || *end || errno || v[0] == '-')
-                             throw UsageError(name + ": expected a non-negative integer, got '" + v + "'");
-                         *target = x;
-                     }});
+    opts_.push_back({name, metavar, help, std::to_string(*target),
+                     [=](const std::string& v) { *target = parse_u64(name, v); }});
 }
 
 void Cli::custom(const std::string& name, const std::string& metavar, const std::string& help,

@@ -23,6 +23,8 @@ int run_tool(const char* name, const std::function<int()>& body);
 // script's background job): what the user asked to ignore stays ignored.
 void catch_stop_signals(void (*handler)(int));
 double parse_double(const std::string& flag, const std::string& v, double lo, double hi);
+// A non-negative decimal integer that fits 64 bits; else a UsageError naming the flag and the value.
+uint64_t parse_u64(const std::string& flag, const std::string& v);
 
 class Cli {
    public:

@@ -18,6 +18,7 @@
 #include "kernels/plan_backend.h"
 #include "model/rng.h"
 #include "model/weights.h"
+#include "train/cli.h"
 #include "train/select.h"
 
 namespace tune {
@@ -199,7 +200,19 @@ static double now_seconds() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-Trainer::Trainer(const TrainArgs& args) : args_(args) {
+// A resume without --seed goes on with the seed its run was started with (the checkpoint records it among its
+// options): data order, dropout masks and stochastic rounding follow from it.
+static TrainArgs with_resumed_seed(const TrainArgs& given) {
+    TrainArgs a = given;
+    if (a.resume.empty() || a.seed_given) return a;
+    const std::map<std::string, std::string> was = checkpoint_options(a.resume);
+    const auto it = was.find("--seed");
+    if (it != was.end()) a.seed = parse_u64("--seed (in " + a.resume + ")", it->second);
+    return a;
+}
+
+Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
+    const TrainArgs& args = args_;  // the seed as resumed; sched.total_steps below is the only other change
     validate_train_args(args);
     // --memory-map alone needs no data: where the bytes go depends only on the model, the batch and the options.
     if (args.train_data.empty() && !args.memory_map)
