@@ -3,7 +3,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <map>
+#include <numeric>
 
 #include "model/sampling.h"
 #include "tests/model_util.h"
@@ -115,19 +119,83 @@ TEST(Sampling, EveryTokenGetsItsSoftmaxShareWithAndWithoutSorting_V5) {
     }
 }
 
-TEST(Sampling, NanLogitIsAnErrorNotAnArbitraryPick) {
-    Rng r(6);
-    const std::vector<float> z = {0.5f, std::nanf(""), 1.0f};
-    SamplingConfig c;
-    for (float t : {0.0f, 1.0f}) {
-        c.temperature = t;
-        EXPECT_THROW(
-            try { sample_token(z, 3, c, r); } catch (const Error& e) {
-                EXPECT_THAT(e.what(), HasSubstr("the logits hold NaN at token id 1"));
-                throw;
-            },
-            Error);
+// Top-p sorts only the tokens above a weight threshold, lowered until they hold the nucleus: the tokens it draws
+// are the ones a full sort of the vocabulary gives (here written out plainly), for a nucleus of a few tokens
+// (peaked logits), of nearly all (flat), and one that reaches past the first threshold into a long tail (a spike
+// of weight 1 over 2999 tokens of weight e^-10, 0.12 of the mass together).
+TEST(Sampling, TopPDrawsWhatAFullSortDraws_V3000) {
+    const int V = 3000;
+    std::vector<std::vector<float>> cases;
+    for (double spread : {8.0, 0.05}) {
+        Rng g(11);
+        std::vector<float> z(V);
+        for (float& x : z) x = (float)(spread * g.normal());
+        cases.push_back(z);
     }
+    std::vector<float> spike(V, 0.0f);
+    spike[1234] = 10.0f;
+    cases.push_back(spike);
+    for (size_t ci = 0; ci < cases.size(); ci++) {
+        const std::vector<float>& z = cases[ci];
+        for (float top_p : {0.3f, 0.95f}) {
+            std::vector<int32_t> order(V);
+            std::iota(order.begin(), order.end(), 0);
+            std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
+            std::vector<double> p(V);
+            double sum = 0;
+            for (int i = 0; i < V; i++) sum += p[i] = std::exp((double)z[order[i]] - z[order[0]]);
+            int keep = V;
+            double mass = 0;
+            for (int i = 0; i < V; i++) {
+                if ((mass += p[i] / sum) >= top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            if (ci == 2 && top_p > 0.9f) {
+                ASSERT_GT(keep, 1) << "the nucleus must reach into the tail";
+            }
+            double kept = 0;
+            for (int i = 0; i < keep; i++) kept += p[i];
+            SamplingConfig c;
+            c.top_p = top_p;
+            Rng r1(12), r2(12);
+            for (int draw = 0; draw < 300; draw++) {
+                double u = r2.uniform() * kept;
+                int32_t want = order[keep - 1];
+                for (int i = 0; i < keep; i++) {
+                    if ((u -= p[i]) < 0) {
+                        want = order[i];
+                        break;
+                    }
+                }
+                ASSERT_EQ(sample_token(z, V, c, r1), want) << "case " << ci << ", top_p " << top_p;
+            }
+        }
+    }
+}
+
+// NaN has no place in the order, and +inf's weight exp(inf - inf) is NaN: both are errors, not an arbitrary or
+// argmax pick. -inf (a token ruled out) is fine.
+TEST(Sampling, NanOrInfiniteLogitIsAnErrorNotAnArbitraryPick) {
+    Rng r(6);
+    SamplingConfig c;
+    for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity()}) {
+        const std::vector<float> z = {0.5f, bad, 1.0f};
+        for (float t : {0.0f, 1.0f}) {
+            c.temperature = t;
+            EXPECT_THROW(
+                try { sample_token(z, 3, c, r); } catch (const Error& e) {
+                    EXPECT_THAT(e.what(), HasSubstr(std::string("the logits hold ") + (std::isnan(bad) ? "NaN" : "+inf") +
+                                                    " at token id 1"));
+                    throw;
+                },
+                Error);
+        }
+    }
+    const std::vector<float> ruled_out = {0.5f, -std::numeric_limits<float>::infinity(), 1.0f};
+    c.temperature = 1.0f;
+    for (int i = 0; i < 50; i++) EXPECT_NE(sample_token(ruled_out, 3, c, r), 1);
 }
 
 TEST(Sampling, TemperatureMatchesSoftmaxFrequencies) {
