@@ -99,7 +99,9 @@ static int run_stage(const DefaultJobOptions& opt, const TrainArgs& args) {
             if (opt.on_trainer) opt.on_trainer(nullptr);
         }
     } announce(opt, &t);
-    const int rc = t.run();
+    int rc = t.run();
+    // A stop that came during the stage's last validation finished the stage; the job stops all the same.
+    if (rc == 0 && t.stop_requested()) rc = Trainer::kInterrupted;
     if (rc == Trainer::kInterrupted)
         std::printf("default job interrupted; `bin/train` with no arguments starts it again (about half a minute)\n");
     return rc;

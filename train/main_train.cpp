@@ -5,6 +5,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <ctime>
 
 #include "train/cli.h"
 #include "train/default_job.h"
@@ -16,21 +17,34 @@ static std::atomic<tune::Trainer*> g_trainer{nullptr};
 
 // Ctrl-C (or SIGTERM, which schedulers send before killing a job, or SIGHUP, a closed terminal) finishes the
 // current step (cutting a validation short) and writes a resume checkpoint instead of losing the run; the exit
-// status is then 130.
-// A second signal (Ctrl-C again while the checkpoint is written) ends the process at once: a checkpoint is
-// written to a temporary and renamed, so the previous resume.ckpt stays whole.
-static volatile std::sig_atomic_t g_stops = 0;
+// status is then 130. A second Ctrl-C or SIGTERM, 2 s or more after the first (impatience while a big checkpoint
+// is written), ends the process at once: a checkpoint is written to a temporary and renamed, so the previous
+// resume.ckpt stays whole. Closer repeats are the same stop (a terminal's hangup reaches the process twice;
+// `pkill -f bin/train` under mpirun signals the ranks and mpirun, which passes it on), and so is any SIGHUP.
+static std::atomic<int64_t> g_first_stop_ns{0};  // when the current run's stop came (0: none yet)
+static_assert(std::atomic<int64_t>::is_always_lock_free, "read and written in a signal handler");
+
+static int64_t monotonic_ns() {  // clock_gettime is async-signal-safe
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void watch(tune::Trainer* t) {  // a new run: its first signal is a stop again
+    g_first_stop_ns = 0;
+    g_trainer = t;
+}
 
 static void on_interrupt(int sig) {
-    tune::Trainer* t = g_trainer.load();
-    if (t && g_stops == 0) {
-        g_stops = 1;
-        t->request_stop();
-        return;
-    }
-    if (t) {
-        static const char msg[] = "\ntrain: stopped at once (a second stop signal); resume.ckpt is the last one "
-                                  "written in full\n";
+    if (tune::Trainer* t = g_trainer.load()) {
+        const int64_t now = monotonic_ns(), first = g_first_stop_ns.load();
+        if (first == 0 || sig == SIGHUP || now - first < 2000000000) {
+            if (first == 0) g_first_stop_ns = now;
+            t->request_stop();
+            return;
+        }
+        static const char msg[] = "\ntrain: stopped at once (a second stop signal); the run goes on from the last "
+                                  "resume.ckpt written, if any\n";
         if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {}  // nothing to do if stderr is gone
     }
     std::signal(sig, SIG_DFL);  // no run to stop (the default job between its runs): the signal's usual end
@@ -48,7 +62,7 @@ int main(int argc, char** argv) {
             if (tune::launch_info().world > 1)
                 throw tune::UsageError("the default job runs in one process; give options to train data-parallel");
             tune::DefaultJobOptions job;  // the embedded demo
-            job.on_trainer = [](tune::Trainer* t) { g_trainer = t; };
+            job.on_trainer = [](tune::Trainer* t) { watch(t); };
             handle_interrupts();
             return tune::run_default_job(job);
         }
@@ -58,7 +72,7 @@ int main(int argc, char** argv) {
             return 0;
         }
         tune::Trainer trainer(args);
-        g_trainer = &trainer;
+        watch(&trainer);
         struct Forget {  // before the trainer's destructor runs, on every way out of this scope
             ~Forget() { g_trainer = nullptr; }
         } forget;
