@@ -150,10 +150,13 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
     for (const std::string& p : paths) {
         shards_.push_back(read_shard(p, vocab_size));
         const Shard& s = shards_.back();
-        // A mask with no 1 would train on nothing and report a loss of 0: a broken preparation, not data.
-        if (s.has_mask() && std::all_of(s.mask_bytes, s.mask_bytes + s.n, [](uint8_t m) { return m == 0; }))
+        // A mask with no 1 would train on nothing and report a loss of 0: a broken preparation, not data. The
+        // first token is never a target (nothing comes before it), so its weight counts for nothing either.
+        if (s.has_mask() && s.n > 0 &&
+            std::all_of(s.mask_bytes + 1, s.mask_bytes + s.n, [](uint8_t m) { return m == 0; }))
             throw Error(p + ": the loss mask is 0 at every one of its " + std::to_string(s.n) +
-                        " tokens: no token would count (were the answers left out when it was prepared?)");
+                        " tokens that are predicted (all but the first): no token would count (were the answers "
+                        "left out when it was prepared?)");
         if (s.size() < 2)
             throw Error(p + ": " + std::to_string(s.size()) + " token" + (s.size() == 1 ? "" : "s") +
                         ", so nothing to predict (a shard needs at least 2)");

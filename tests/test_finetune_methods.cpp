@@ -414,6 +414,24 @@ TEST_F(Methods, EwcEstimatesWritesAndRereadsTheFisherAndWeighsThePenaltyByIt) {
     }
 }
 
+// A Fisher micro-batch that is all prompt has no gradient: it is passed over (and noted), not an error, while the
+// data holds windows that count; data that is all prompt is refused by name.
+TEST_F(Methods, FisherPassesOverAllPromptBatches) {
+    std::vector<uint8_t> mask(800, 0);
+    for (size_t i = 760; i < mask.size(); i++) mask[i] = 1;  // 3 of the 61 windows count
+    write_shard(dir + "/sft.bin", pattern_tokens(800, 2), &mask, 37);
+    TrainArgs a = args("fisher_sft");
+    a.ewc = 1.0f;
+    a.fisher = dir + "/fisher_sft.safetensors";
+    a.fisher_data = {dir + "/sft.bin"};
+    a.fisher_batches = 3;
+    testing::internal::CaptureStderr();
+    Trainer t(a);
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_THAT(err, HasSubstr("micro-batches were all prompt (loss weight 0) and were passed over"));
+    EXPECT_EQ(SafetensorsFile(a.fisher).tensors().size(), t.model().grads().table().size());
+}
+
 // Resuming with another trainable set finds other optimizer state in the checkpoint: the error names the option
 // that changed, not only the tensor it cannot find.
 TEST_F(Methods, ResumeWithAnotherTrainableSetNamesTheChangedOption) {
@@ -430,7 +448,7 @@ TEST_F(Methods, ResumeWithAnotherTrainableSetNamesTheChangedOption) {
         Trainer t(b);
         ADD_FAILURE() << "resumed with another trainable set";
     } catch (const Error& e) {
-        EXPECT_THAT(e.what(), HasSubstr("this resume changes options: --train-top 0 (was 1)"));
+        EXPECT_THAT(e.what(), HasSubstr("this resume trains other tensors: --train-top 0 (was 1)"));
     }
 }
 

@@ -279,7 +279,12 @@ TEST(Loader, ShardWhoseMaskCountsNothingIsNamed) {
     const std::vector<uint8_t> none(40, 0);
     write_shard(tmp.file("none.bin"), std::vector<int32_t>(40, 3), &none, 37);
     EXPECT_THAT(error_of([&] { Loader l({tmp.file("none.bin")}, 37, 2, 8, false, 0); }),
-                HasSubstr("none.bin: the loss mask is 0 at every one of its 40 tokens"));
+                HasSubstr("none.bin: the loss mask is 0 at every one of its 40 tokens that are predicted"));
+    std::vector<uint8_t> first = none;  // token 0 is only ever an input: its weight counts nothing
+    first[0] = 1;
+    write_shard(tmp.file("first.bin"), std::vector<int32_t>(40, 3), &first, 37);
+    EXPECT_THAT(error_of([&] { Loader l({tmp.file("first.bin")}, 37, 2, 8, false, 0); }),
+                HasSubstr("first.bin: the loss mask is 0 at every one of its 40 tokens that are predicted"));
     std::vector<uint8_t> one = none;
     one[17] = 1;
     write_shard(tmp.file("one.bin"), std::vector<int32_t>(40, 3), &one, 37);

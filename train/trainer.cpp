@@ -309,11 +309,13 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
         try {
             load_checkpoint(args.resume, *model_, opt_.get(), &state_, anchored() ? &anchor_ : nullptr);
         } catch (const Error& e) {
-            // A checkpoint that does not fit this model (another --train-top leaves other tensors trainable, so
-            // other optimizer state) is most often a changed option: name it beside the mismatch.
-            const std::string changed = changed_options(checkpoint_options(args.resume), options);
+            // Another --train-top or --train-only makes other tensors trainable, so the checkpoint's optimizer
+            // state does not fit: name the changed option beside the tensor the load could not find.
+            std::map<std::string, std::string> trainable_set;
+            for (const char* flag : {"--train-top", "--train-only"}) trainable_set[flag] = options.at(flag);
+            const std::string changed = changed_options(checkpoint_options(args.resume), trainable_set);
             if (changed.empty()) throw;
-            throw Error(std::string(e.what()) + " (this resume changes options: " + changed +
+            throw Error(std::string(e.what()) + " (this resume trains other tensors: " + changed +
                         "; resume with the options the run was checkpointed with)");
         }
         if (!args.init.empty() && !same_file(args.init, state_.init))
@@ -558,11 +560,23 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
     // training step would be skipped), down to 1.
     double scale = dynamic_loss_scale_ ? args_.loss_scale : 1.0;
     const bool tty = isatty(fileno(stdout));
+    // A batch that is all prompt (loss weight 0) has no gradient to square: the next one is taken instead, up to
+    // a whole pass of them in a row.
+    size_t passed_over = 0, in_a_row = 0;
+    const size_t give_up = base.num_windows() / (size_t)args_.batch + 1;
     for (int k = 0; k < batches; k++) {
         Batch b = base.next();
         size_t counted = 0;
         for (float w : b.weights) counted += w != 0.0f;
-        if (!counted) throw Error(data[0] + ": a Fisher batch without a single counted token (all masked)");
+        if (!counted) {
+            passed_over++;
+            if (++in_a_row > give_up)
+                throw Error(data[0] + ": no Fisher batch counts a token: every window of --fisher-data is all prompt "
+                            "(loss weight 0); give data with text the model is scored on");
+            k--;
+            continue;
+        }
+        in_a_row = 0;
         for (;;) {
             model_->zero_grads();
             model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
@@ -601,6 +615,9 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
     w.set_metadata("format", "tune.cu ewc fisher");
     w.set_metadata("batches", std::to_string(batches));
     if (writer_) w.write(path);  // every rank estimated the same values from the same batches
+    if (writer_ && passed_over)
+        std::fprintf(stderr, "note: --fisher-data: %zu micro-batches were all prompt (loss weight 0) and were passed "
+                     "over\n", passed_over);
     if (!args_.quiet)
         std::printf("%sewc: Fisher estimated on %d batches (mean %.3g, max %.3g), written to %s\n", tty ? "\r" : "", batches,
                     count ? total / count : 0.0, maxv, path.c_str());
@@ -778,6 +795,13 @@ double Trainer::evaluate() {
         counted = dp_->sum((uint64_t)counted, "validation tokens");
         stopped = dp_->any(stopped, "validation stopped");
     }
+    if (stopped) stopped_ = true;  // every rank knows the run was asked to stop, whichever rank was signalled
+    if (!stopped && counted == 0 && writer_ && !noted_empty_val_) {
+        std::fprintf(stderr, "note: the validation counted no token: the first %d micro-batches of --val-data are "
+                     "all prompt (loss weight 0), so no validation loss is logged; more --val-batches, or another "
+                     "--val-data\n", args_.val_batches);
+        noted_empty_val_ = true;
+    }
     return counted && !stopped ? sum / (double)counted : NAN;
 }
 
@@ -945,19 +969,6 @@ int Trainer::run() {
                 std::fprintf(stderr, "note: removed %s of an earlier run (this run writes its own when it finishes)\n",
                              path.c_str());
         }
-    // An earlier run's resume.ckpt (the same command given again without --resume?) would be replaced by this
-    // run's first checkpoint, or by a stop right now: it is kept aside under another name instead.
-    if (writer_ && !args_.out_dir.empty() && args_.resume.empty()) {
-        const std::string path = args_.out_dir + "/resume.ckpt", aside = path + ".earlier";
-        std::error_code ec;
-        if (std::filesystem::exists(path, ec) && !same_file(path, args_.init) && !same_file(path, args_.teacher)) {
-            std::filesystem::rename(path, aside, ec);
-            if (!ec)
-                std::fprintf(stderr, "note: kept an earlier run's checkpoint as %s (this run writes its own "
-                             "resume.ckpt; to continue that run, stop and give --resume %s)\n", aside.c_str(),
-                             aside.c_str());
-        }
-    }
     RunLog log(writer_ ? args_.out_dir : "", args_.resume.empty() ? -1 : (long long)state_.step);
     if (!args_.quiet) {
         print_memory_map();
@@ -1090,7 +1101,7 @@ int Trainer::run() {
         return interrupted ? kInterrupted : 0;
     }
     if (!args_.out_dir.empty()) {
-        save(args_.out_dir + "/resume.ckpt", true);
+        if (saved_step != state_.step) save(args_.out_dir + "/resume.ckpt", true);  // unless the last step's save
         if (model_->peft().any()) {
             // The adapter alone (small, goes on the base with --adapter), and a model usable anywhere:
             // LoRA merged into the base weights, virtual tokens folded.

@@ -120,6 +120,7 @@ class Trainer {
     bool anchored() const { return args_.l2sp > 0 || args_.ewc > 0; }
     TrainState state_;
     int resume_written_ = 0;
+    bool noted_empty_val_ = false;  // said once that a validation counted no token
     bool dynamic_loss_scale_ = false;  // see update_loss_scale
     double flops_per_token_ = 0;  // 6N + 12 L C T (the PaLM convention), for MFU
     double peak_flops_ = 0;       // the GPU's dense bf16 peak, whatever the precision; 0 on the CPU (no MFU)
