@@ -145,7 +145,7 @@ void write_cycle_data(const std::string& d) {
     save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
 }
 
-// Data named twice, or validation data that is also training data, is allowed but noted.
+// Data named twice, or validation data that is also training (or replayed) data, is allowed but noted.
 TEST(TrainCli, RepeatedOrOverlappingDataIsNoted) {
     TempDir tmp("clioverlap");
     const std::string d = tmp.path();
@@ -154,7 +154,15 @@ TEST(TrainCli, RepeatedOrOverlappingDataIsNoted) {
                           d + "/train.bin," + d + "/./train.bin --val-data " + d + "/train.bin");
     ASSERT_EQ(r.rc, 0) << r.out;
     EXPECT_THAT(r.out, HasSubstr("note: --train-data names " + d + "/./train.bin twice"));
-    EXPECT_THAT(r.out, HasSubstr("note: --val-data " + d + "/train.bin is also training data"));
+    EXPECT_THAT(r.out, HasSubstr("note: --val-data " + d + "/train.bin is also --train-data"));
+    // Replayed data is trained on too.
+    spit(d + "/other.bin", slurp(d + "/train.bin"));
+    CmdResult replay = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --seq 15 --steps 1 --out '' "
+                               "--train-data " + d + "/other.bin --val-data " + d + "/train.bin --replay-data " + d +
+                               "/train.bin --replay-frac 0.5");
+    ASSERT_EQ(replay.rc, 0) << replay.out;
+    EXPECT_THAT(replay.out, HasSubstr("note: --val-data " + d + "/train.bin is also --replay-data"));
+    EXPECT_THAT(replay.out, Not(HasSubstr("is also --train-data")));
 }
 
 // A resume names every option that changes the run's trajectory, by its flag, with values as they were typed

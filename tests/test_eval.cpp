@@ -184,7 +184,8 @@ TEST(MultipleChoice, FileErrorsNameTheLine) {
     EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/s2.jsonl"); }),
                 HasSubstr("s2.jsonl:1: \"label\" is \"one\", not an integer"));
     for (const char* loose : {"\" 0\"", "\"+1\""}) {  // strtol would take these; a label is digits
-        spit(d + "/s3.jsonl", std::string("{\"ctx\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":") + loose + "}\n");
+        spit(d + "/s3.jsonl",
+             std::string("{\"ctx\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":") + loose + "}\n");
         EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/s3.jsonl"); }), HasSubstr("not an integer")) << loose;
     }
     spit(d + "/none.jsonl", "{\"endings\":[\"sat\",\"flew\"],\"label\":0}\n");

@@ -140,7 +140,8 @@ TEST(Sampling, TopPDrawsWhatAFullSortDraws_V3000) {
         for (float top_p : {0.3f, 0.95f}) {
             std::vector<int32_t> order(V);
             std::iota(order.begin(), order.end(), 0);
-            std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
+            std::sort(order.begin(), order.end(),
+                      [&](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
             std::vector<double> p(V);
             double sum = 0;
             for (int i = 0; i < V; i++) sum += p[i] = std::exp((double)z[order[i]] - z[order[0]]);
@@ -186,8 +187,8 @@ TEST(Sampling, NanOrInfiniteLogitIsAnErrorNotAnArbitraryPick) {
             c.temperature = t;
             EXPECT_THROW(
                 try { sample_token(z, 3, c, r); } catch (const Error& e) {
-                    EXPECT_THAT(e.what(), HasSubstr(std::string("the logits hold ") + (std::isnan(bad) ? "NaN" : "+inf") +
-                                                    " at token id 1"));
+                    const std::string what = std::isnan(bad) ? "NaN" : "+inf";
+                    EXPECT_THAT(e.what(), HasSubstr("the logits hold " + what + " at token id 1"));
                     throw;
                 },
                 Error);

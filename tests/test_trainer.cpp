@@ -121,7 +121,8 @@ TEST_F(TrainerFixture, StopDuringTheFinalValidationSaysItWasNotLogged) {
     EXPECT_EQ(t.run(), 0);
     const std::string err = testing::internal::GetCapturedStderr();
     EXPECT_THAT(err, HasSubstr("note: the stop cut the final validation short (not logged); the run itself is "
-                               "finished: to log it, run the same command with --resume " + a.out_dir + "/resume.ckpt"));
+                               "finished: to log it, run the same command with --resume " +
+                               a.out_dir + "/resume.ckpt"));
     EXPECT_FALSE(slurp(a.out_dir + "/model.ckpt").empty());
     EXPECT_EQ(metric(a.out_dir, "val_loss").size(), 2u);  // steps 0 and 4: not a partial one for step 8
 }

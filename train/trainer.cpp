@@ -437,11 +437,17 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
                 if (same_file(args.train_data[i], args.train_data[j]))
                     std::fprintf(stderr, "note: --train-data names %s twice: its windows are read twice an epoch\n",
                                  args.train_data[i].c_str());
+        // Replayed data trains too; the Fisher's gradients are taken on it, which EWC then holds the weights to.
+        const bool replayed = args.replay_frac > 0;
         for (const std::string& v : args.val_data)
-            if (std::any_of(args.train_data.begin(), args.train_data.end(),
-                            [&](const std::string& t) { return same_file(v, t); }))
-                std::fprintf(stderr, "note: --val-data %s is also training data: the validation loss measures what "
-                             "the model memorised, not how it generalises\n", v.c_str());
+            for (const auto& [files, flag] :
+                 {std::pair<const std::vector<std::string>*, const char*>{&args.train_data, "--train-data"},
+                  {replayed ? &args.replay_data : nullptr, "--replay-data"},
+                  {args.ewc > 0 ? &args.fisher_data : nullptr, "--fisher-data"}})
+                if (files &&
+                    std::any_of(files->begin(), files->end(), [&](const std::string& t) { return same_file(v, t); }))
+                    std::fprintf(stderr, "note: --val-data %s is also %s: the validation loss measures what the "
+                                 "model was fitted to, not how it generalises\n", v.c_str(), flag);
     }
     if (!args.train_data.empty()) {
         train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle,

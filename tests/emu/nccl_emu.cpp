@@ -522,8 +522,8 @@ ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recv
                            recvcount * type_size(datatype))) != ncclSuccess ||
         (r = check_in_place("ncclReduceScatter", sendbuff, recvcount * comm->nranks * type_size(datatype), recvbuff,
                             recvcount * type_size(datatype),
-                            static_cast<const char*>(recvbuff) - (size_t)comm->rank * recvcount * type_size(datatype))) !=
-            ncclSuccess)
+                            static_cast<const char*>(recvbuff) -
+                                (size_t)comm->rank * recvcount * type_size(datatype))) != ncclSuccess)
         return r;
     // Rank r receives piece r of the send buffer; in place means recvbuff == sendbuff + r * recvcount.
     const size_t es = type_size(datatype);
@@ -552,8 +552,8 @@ ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcoun
                            sendcount * comm->nranks * type_size(datatype))) != ncclSuccess ||
         (r = check_in_place("ncclAllGather", sendbuff, sendcount * type_size(datatype), recvbuff,
                             sendcount * comm->nranks * type_size(datatype),
-                            static_cast<const char*>(recvbuff) + (size_t)comm->rank * sendcount * type_size(datatype))) !=
-            ncclSuccess)
+                            static_cast<const char*>(recvbuff) +
+                                (size_t)comm->rank * sendcount * type_size(datatype))) != ncclSuccess)
         return r;
     // Rank r's contribution lands at piece r; in place means sendbuff == recvbuff + r * sendcount.
     const size_t es = type_size(datatype);
