@@ -1,6 +1,7 @@
 #include "data/fileio.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <signal.h>
@@ -218,6 +219,48 @@ std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for
         throw Error(for_path + ": cannot open a scratch file in " + dir + " (" + std::strerror(errno) + ")");
     }
     return f;
+}
+
+DirLock::DirLock(const std::string& dir, const std::string& tool) : path_(dir + "/.lock") {
+    make_dirs(dir);
+    for (;;) {
+        const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) throw Error(path_ + ": cannot create this directory's lock: " + std::strerror(errno));
+        if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            const int err = errno;
+            if (err != EWOULDBLOCK) {  // ENOLCK, ENOSYS, EOPNOTSUPP: this file system has no locks to take
+                ::close(fd);
+                return;
+            }
+            char holder[128] = {0};
+            const ssize_t n = ::pread(fd, holder, sizeof holder - 1, 0);
+            ::close(fd);
+            std::string who = n > 0 ? std::string(holder, (size_t)n) : "";
+            while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
+            throw Error(dir + ": in use by " + (who.empty() ? "another process" : who) +
+                        "; two writers in one directory would overwrite each other's files: give another "
+                        "directory, or wait for that one to end");
+        }
+        // The holder we waited on may have removed the file after we opened it: a lock on a file no longer under
+        // the name locks nothing.
+        struct stat held {}, named {};
+        if (::fstat(fd, &held) == 0 && ::stat(path_.c_str(), &named) == 0 && held.st_dev == named.st_dev &&
+            held.st_ino == named.st_ino) {
+            fd_ = fd;
+            break;
+        }
+        ::close(fd);
+    }
+    const std::string me = tool + ", pid " + std::to_string((long)getpid()) + " on host " + host_name() + "\n";
+    // Should this fail, only the message another run gets lacks the holder.
+    const bool told = ::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, me.data(), me.size(), 0) == (ssize_t)me.size();
+    (void)told;
+}
+
+DirLock::~DirLock() {
+    if (fd_ < 0) return;
+    ::unlink(path_.c_str());  // before the release, so a waiter that opened this file sees it is gone
+    ::close(fd_);
 }
 
 bool same_file(const std::string& a, const std::string& b) {

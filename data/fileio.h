@@ -86,6 +86,23 @@ std::string dead_temporary_note(const std::string& path);
 // when the process dies. Read and write; errors name `for_path`.
 std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for_path);
 
+// One writer at a time in a directory: an exclusive flock(2) on DIR/.lock, which holds "TOOL, pid P on host H"
+// for the message another one gets. Taken (DIR made first if missing), the constructor returns; held by another
+// process, it throws tune::Error naming the directory and the holder. The destructor removes the file and
+// releases the lock; a process that dies releases it too (the kernel does), so a crash leaves at most a file the
+// next writer takes over. On a file system without locks (some network ones), no lock.
+class DirLock {
+   public:
+    DirLock(const std::string& dir, const std::string& tool);
+    ~DirLock();
+    DirLock(const DirLock&) = delete;
+    DirLock& operator=(const DirLock&) = delete;
+
+   private:
+    std::string path_;
+    int fd_ = -1;
+};
+
 // A file written piece by piece, atomically: the pieces go into a temporary file beside `path`, and commit()
 // fsyncs it, renames it into place and fsyncs the directory. Destroyed without commit() (an error on the way), it removes the
 // temporary file, so the final name only ever holds a whole file. Errors name `path`, not the temporary.

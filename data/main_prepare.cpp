@@ -113,6 +113,7 @@ int main(int argc, char** argv) {
         catch_stop_signals([](int) { stop = 1; });
         opt.stop = &stop;
         opt.note = [](const std::string& what) { std::fprintf(stderr, "note: %s\n", what.c_str()); };
+        const DirLock lock(opt.out_dir, "bin/prepare");
         PrepareReport r;
         try {
             r = prepare_dataset(tok, opt);

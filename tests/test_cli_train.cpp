@@ -145,6 +145,46 @@ void write_cycle_data(const std::string& d) {
     save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
 }
 
+// A directory another run (or bin/prepare) is writing is refused, naming the holder, before anything is read or
+// written there; once the holder ends, a run may use it. A new run where an earlier one did not finish says that
+// it replaces that run's resume.ckpt (while a Ctrl-C still keeps it); after a finished run it says nothing.
+TEST(TrainCli, ARunDirectoryInUseIsRefusedAndAnUnfinishedRunNoted) {
+    TempDir tmp("clibusy");
+    const std::string d = tmp.path();
+    write_cycle_data(d);
+    spit(d + "/x.txt", "some text\n");
+    const std::string train = "bin/train --device cpu --quiet --init " + d + "/init.ckpt --seq 15 --batch 2 "
+                              "--steps 2 --train-data " + d + "/train.bin --out " + d + "/run";
+    const std::string prepare = "bin/prepare --quiet --out " + d + "/run " + d + "/x.txt";
+    {
+        const DirLock held(d + "/run", "a test");
+        const std::string holder = d + "/run: in use by a test, pid " + std::to_string(getpid()) + " on host ";
+        for (const std::string& cmd : {train, prepare}) {
+            CmdResult r = run_cmd(cmd);
+            EXPECT_EQ(r.rc, 1) << cmd << ": " << r.out;
+            EXPECT_THAT(r.out, HasSubstr(holder)) << cmd;
+        }
+        EXPECT_FALSE(std::filesystem::exists(d + "/run/metrics.jsonl"));
+    }
+    EXPECT_FALSE(std::filesystem::exists(d + "/run/.lock")) << "the holder's end removes its lock";
+    CmdResult halted = run_cmd(train + " --halt-at 1");
+    ASSERT_EQ(halted.rc, 0) << halted.out;
+    EXPECT_FALSE(std::filesystem::exists(d + "/run/.lock"));
+    const std::string note = "note: " + d + "/run/resume.ckpt holds a run that did not finish (at step 1 of 2); this "
+                             "run replaces it at its first checkpoint: to go on with that run instead, stop this one "
+                             "now (Ctrl-C) and give --resume " + d + "/run/resume.ckpt";
+    CmdResult fresh = run_cmd(train + " --halt-at 1");
+    ASSERT_EQ(fresh.rc, 0) << fresh.out;
+    EXPECT_THAT(fresh.out, HasSubstr(note));
+    CmdResult resumed = run_cmd(train + " --resume " + d + "/run/resume.ckpt");  // its own: nothing to say
+    ASSERT_EQ(resumed.rc, 0) << resumed.out;
+    EXPECT_THAT(resumed.out, Not(HasSubstr("did not finish")));
+    EXPECT_TRUE(std::filesystem::exists(d + "/run/model.ckpt"));
+    CmdResult again = run_cmd(train);
+    ASSERT_EQ(again.rc, 0) << again.out;
+    EXPECT_THAT(again.out, Not(HasSubstr("did not finish")));
+}
+
 // Data named twice, or validation data that is also training (or replayed) data, is allowed but noted.
 TEST(TrainCli, RepeatedOrOverlappingDataIsNoted) {
     TempDir tmp("clioverlap");

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -245,6 +246,27 @@ TEST(FileIo, TwoAtomicFilesForOnePathDoNotShareATemporary) {
     }
     EXPECT_EQ(slurp(p), "CCC");
     EXPECT_EQ(std::distance(std::filesystem::directory_iterator(tmp.path()), {}), 1) << "a temporary was left";
+}
+
+// One writer at a time in a directory: a second lock (even in the same process) is refused with the holder's
+// name; the holder's end frees the directory and removes the file; a file a killed holder left is taken over.
+TEST(FileIo, ADirectoryLockRefusesASecondWriterUntilTheFirstEnds) {
+    TempDir tmp("dirlock");
+    const std::string d = tmp.file("run");
+    {
+        const DirLock first(d, "bin/train");
+        EXPECT_THAT(error_of([&] { DirLock second(d, "bin/prepare"); }),
+                    HasSubstr(d + ": in use by bin/train, pid " + std::to_string(getpid()) + " on host " +
+                              host_name() + "; two writers in one directory"));
+        EXPECT_THAT(slurp(d + "/.lock"), HasSubstr("bin/train, pid "));
+    }
+    EXPECT_FALSE(std::filesystem::exists(d + "/.lock"));
+    spit(d + "/.lock", "bin/train, pid 1 on host gone\n");  // a killed run's: nobody holds its lock
+    {
+        const DirLock again(d, "bin/prepare");
+        EXPECT_EQ(slurp(d + "/.lock"), "bin/prepare, pid " + std::to_string(getpid()) + " on host " + host_name() + "\n");
+    }
+    EXPECT_FALSE(std::filesystem::exists(d + "/.lock"));
 }
 
 // A shard shorter than one window (a small validation split) is one window, padded: token 0 in and out with

@@ -453,6 +453,19 @@ std::map<std::string, std::string> checkpoint_options(const std::string& path) {
     return out;
 }
 
+bool checkpoint_step(const std::string& path, uint64_t* step) {
+    try {
+        const CkptFile f(path, false);
+        if (!f.header.contains("state") || !f.header["state"].is_object()) return false;
+        const json& s = f.header["state"];
+        if (!s.contains("step") || !s["step"].is_number_unsigned()) return false;
+        *step = s["step"].get<uint64_t>();
+        return true;
+    } catch (const Error&) {
+        return false;
+    }
+}
+
 void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainState* state, Arena* anchor) {
     CkptFile f(path);
     if (f.config != model.config())

@@ -79,6 +79,9 @@ bool checkpoint_base_lineage(const std::string& path, uint64_t* base_fingerprint
 // A resume checkpoint's TrainState::options from its header alone; empty when it has none (or is no resume
 // checkpoint, or is damaged: load_checkpoint says what is wrong).
 std::map<std::string, std::string> checkpoint_options(const std::string& path);
+// A resume checkpoint's step from its header alone: false, leaving *step alone, for anything else (a missing,
+// damaged or plain weights file).
+bool checkpoint_step(const std::string& path, uint64_t* step);
 
 // The config and PEFT config stored in a checkpoint (to build the model before loading it). Validates the header.
 ModelConfig checkpoint_config(const std::string& path);

@@ -110,6 +110,7 @@ static int run_stage(const DefaultJobOptions& opt, const TrainArgs& args) {
 int run_default_job(const DefaultJobOptions& opt) {
     const auto t0 = std::chrono::steady_clock::now();
     auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+    const DirLock lock(opt.out_dir, "bin/train (the default job)");
     const std::string data = opt.out_dir + "/data";
     make_dirs(data);
     std::printf("tune.cu default job: pretrain a tiny GPT-2 on a synthetic corpus, then fine-tune it to answer\n"

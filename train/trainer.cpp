@@ -238,6 +238,8 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
     }
     Comm& comm = process_comm(*be_, args.comm_timeout);
     writer_ = comm.rank() == 0;
+    if (writer_ && !args.memory_map && !args.out_dir.empty())
+        out_lock_ = std::make_unique<DirLock>(args.out_dir, "bin/train");
     if (!writer_) args_.quiet = true;
 
     const std::string& ckpt = !args.resume.empty() ? args.resume : args.init;
@@ -962,6 +964,24 @@ int Trainer::run() {
     if (writer_ && !args_.out_dir.empty())
         for (const std::string& path : remove_dead_temporaries(args_.out_dir))
             std::fprintf(stderr, "note: %s\n", dead_temporary_note(path).c_str());
+    // A new run where an earlier one stopped before it finished (Ctrl-C, --halt-at, a crash): this run's first
+    // checkpoint replaces that run's resume.ckpt. Said while a Ctrl-C still keeps it.
+    if (writer_ && !args_.out_dir.empty() && args_.resume.empty() && args_.resume_hint) {
+        const std::string earlier = args_.out_dir + "/resume.ckpt";
+        std::error_code ec;
+        uint64_t step = 0;
+        if (!std::filesystem::exists(args_.out_dir + "/model.ckpt", ec) && !same_file(earlier, args_.init) &&
+            checkpoint_step(earlier, &step)) {
+            const auto was = checkpoint_options(earlier);
+            const auto steps = was.find("--steps");
+            if (steps == was.end() || step < std::strtoull(steps->second.c_str(), nullptr, 10))  // not a finished run's
+                std::fprintf(stderr, "note: %s holds a run that did not finish (at step %llu%s%s); this run replaces "
+                             "it at its first checkpoint: to go on with that run instead, stop this one now (Ctrl-C) "
+                             "and give --resume %s\n", earlier.c_str(), (unsigned long long)step,
+                             steps == was.end() ? "" : " of ", steps == was.end() ? "" : steps->second.c_str(),
+                             earlier.c_str());
+        }
+    }
     // A new run in a directory an earlier run used: that run's finished weights must not pass for this run's
     // if it halts, is stopped or dies (the directory describes one run). Not a file this run reads.
     if (writer_ && !args_.out_dir.empty() && args_.resume.empty())

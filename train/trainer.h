@@ -6,6 +6,7 @@
 #include <csignal>
 #include <memory>
 
+#include "data/fileio.h"
 #include "data/shard.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/backend_cuda.h"
@@ -107,6 +108,9 @@ class Trainer {
     std::vector<int32_t> virtual_init_tokens() const;
 
     TrainArgs args_;
+    // --out held for this run alone (rank 0's): two runs in one directory would overwrite each other's files.
+    // Released last, after everything the run writes.
+    std::unique_ptr<DirLock> out_lock_;
     std::unique_ptr<Backend> be_;
     std::unique_ptr<GPT2> model_;
     std::unique_ptr<DataParallel> dp_;  // DIST: null in a single process; see train/data_parallel.h
