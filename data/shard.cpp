@@ -144,7 +144,7 @@ Shard read_shard(const std::string& path, int vocab_size) {
 }
 
 Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int T, bool shuffle, uint64_t seed,
-               int rank, int world_size)
+               int rank, int world_size, int32_t doc_end)
     : B_(B), T_(T), shuffle_(shuffle), seed_(seed), rank_(rank), world_(world_size) {
     if (paths.empty()) throw Error("no data shards given");
     for (const std::string& p : paths) {
@@ -162,16 +162,35 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
                         ", so nothing to predict (a shard needs at least 2)");
         const uint32_t shard = (uint32_t)(shards_.size() - 1);
         const uint64_t n = s.size();
+        if (doc_end >= 0) {
+            // TEACH: document windows. Each window starts at the end of a document (its <|endoftext|>, the token
+            // GPT-2 was trained to begin text after) or at the shard's start, and takes as many whole documents
+            // after it as fit in its T targets; the rest of the row is padding that counts nothing. A fine-tuning
+            // example then never loses its prompt to the window before, at the price of the padding. A document
+            // longer than a window is cut into windows of T (those after the first start mid-document, as fixed
+            // windows do). Every target is in exactly one window.
+            const uint64_t last = n - 1;  // the last target
+            for (uint64_t w = 0; w < last;) {
+                uint64_t end = 0;  // the furthest document end (or the shard's) within T targets; 0: none
+                for (uint64_t i = w + 1; i <= std::min(w + (uint64_t)T, last); i++)
+                    if (s.token(i) == doc_end || i == last) end = i;
+                const uint64_t to = end ? end : w + T;
+                windows_.push_back({shard, 0, (uint32_t)(to - w), w});
+                w = to;
+            }
+            continue;
+        }
         if (n < (uint64_t)T + 1) {  // one window, padded past the shard's end (fill_row)
-            windows_.push_back({shard, 0, 0});
+            windows_.push_back({shard, 0, (uint32_t)(n - 1), 0});
             short_shards_.push_back(p + ": " + std::to_string(n) + " tokens, shorter than one window of T+1 = " +
                                     std::to_string(T + 1) + ": one window, padded (the padding counts nothing)");
             continue;
         }
         uint64_t start = 0;
-        for (; start + T + 1 <= n; start += T) windows_.push_back({shard, 0, start});
+        for (; start + T + 1 <= n; start += T) windows_.push_back({shard, 0, (uint32_t)T, start});
         const uint64_t counted_to = start;  // targets 1 .. start are in the windows so far
-        if (counted_to < n - 1) windows_.push_back({shard, (uint32_t)(counted_to - (n - T - 1)), n - T - 1});
+        if (counted_to < n - 1)
+            windows_.push_back({shard, (uint32_t)(counted_to - (n - T - 1)), (uint32_t)T, n - T - 1});
     }
     if (windows_.size() > UINT32_MAX)  // the epoch orders hold 32-bit window numbers
         throw Error("the training data has " + std::to_string(windows_.size()) + " windows of T+1 tokens, more than " +
@@ -183,6 +202,12 @@ void Loader::note_short_shards() const {
     static std::set<std::string> said;
     for (const std::string& line : short_shards_)
         if (said.insert(line).second) std::fprintf(stderr, "note: %s\n", line.c_str());
+}
+
+double Loader::filled() const {
+    uint64_t targets = 0;
+    for (const Window& w : windows_) targets += w.len - w.skip;
+    return windows_.empty() ? 0.0 : (double)targets / ((double)windows_.size() * T_);
 }
 
 size_t Loader::num_tokens() const {
@@ -219,11 +244,11 @@ void Loader::fill_row(Batch& b, int row, const Window& w) const {
     const Shard& s = shards_[w.shard];
     for (int t = 0; t < T_; t++) {
         size_t i = (size_t)row * T_ + t;
-        if (w.start + t + 1 >= s.size()) {
-            // TEACH: a shard shorter than a window is padded: token 0 in and out with weight 0. Attention is
-            // causal, so positions after the real ones change nothing before them, and weight 0 keeps them out
-            // of the loss and every gradient.
-            b.inputs[i] = w.start + t < s.size() ? s.token(w.start + t) : 0;
+        if (t >= (int)w.len) {
+            // TEACH: a window with fewer than T targets (a shard shorter than a window, a document window) is
+            // padded: token 0 in and out with weight 0. Attention is causal, so positions after the real ones
+            // change nothing before them, and weight 0 keeps them out of the loss and every gradient.
+            b.inputs[i] = t == (int)w.len ? s.token(w.start + t) : 0;
             b.targets[i] = 0;
             b.weights[i] = 0.0f;
             continue;

@@ -99,15 +99,18 @@ struct LoaderState {
 };
 
 // Serves B x T windows from one or more shards. Windows start every T tokens inside each shard (they
-// never cross shards); a shard shorter than T+1 tokens is one window, padded with weight 0. Shuffled: each epoch visits the windows in a permutation drawn from (seed, epoch);
-// sequential: in file order. With world_size ranks, rank r takes windows r, r+W, r+2W, ... of the
-// epochs' orders joined end to end (a round at an epoch's end runs on into the next epoch), so ranks see
-// disjoint data, every epoch reads every window once, and the windows a step reads depend only on the
-// global batch, not on how many ranks share it.
+// never cross shards); a shard shorter than T+1 tokens is one window, padded with weight 0. Document windows
+// (doc_end, `bin/train --windows documents`) start where a document does instead and hold whole documents,
+// padded; a document longer than T targets is cut into windows of T. Shuffled: each epoch visits the windows in
+// a permutation drawn from (seed, epoch); sequential: in file order. With world_size ranks, rank r takes
+// windows r, r+W, r+2W, ... of the epochs' orders joined end to end (a round at an epoch's end runs on into the
+// next epoch), so ranks see disjoint data, every epoch reads every window once, and the windows a step reads
+// depend only on the global batch, not on how many ranks share it.
 class Loader {
    public:
+    // doc_end >= 0: document windows, documents ending with that token; -1: fixed windows.
     Loader(const std::vector<std::string>& paths, int vocab_size, int B, int T, bool shuffle, uint64_t seed,
-           int rank = 0, int world_size = 1);
+           int rank = 0, int world_size = 1, int32_t doc_end = -1);
 
     Batch next();
     // Like next(), but never starts a new epoch: the next min(B, windows left) windows of this rank's
@@ -116,6 +119,9 @@ class Loader {
     // partial, and a rank may have fewer windows than another, or none (next() needs at least one per rank).
     bool next_in_epoch(Batch& b);
     size_t num_windows() const { return windows_.size(); }
+    // The share of the windows' positions that hold a target of their own rather than padding (or a target the
+    // window before holds): near 1 for fixed windows over long shards, lower for document windows.
+    double filled() const;
     // This rank's windows in one pass of next_in_epoch (the last round may be partial).
     size_t windows_per_epoch() const {
         return windows_.size() > (size_t)rank_ ? (windows_.size() - rank_ + world_ - 1) / world_ : 0;
@@ -135,9 +141,11 @@ class Loader {
     // when the last of them stops short of the shard's end one more window ends exactly there; it overlaps
     // the one before, so its first `skip` targets, already counted there, get weight 0. Every target of a
     // shard is then counted exactly once an epoch: with a small fine-tuning set, the tail is not noise.
+    // A document window holds whole documents, `len` targets (<= T), and the row is padded after them.
     struct Window {
         uint32_t shard;
         uint32_t skip;
+        uint32_t len;  // targets in the window: T, but fewer in a short shard's or a document window
         uint64_t start;
     };
     std::vector<uint32_t> epoch_order(uint64_t epoch) const;

@@ -185,6 +185,42 @@ TEST(TrainCli, ARunDirectoryInUseIsRefusedAndAnUnfinishedRunNoted) {
     EXPECT_THAT(again.out, Not(HasSubstr("did not finish")));
 }
 
+// --windows documents from the command line: prepared prompt/completion examples train and evaluate in document
+// windows (the progress says what their padding costs), a model without <|endoftext|> is refused, and a resume
+// that changes the windows is named like any changed option.
+TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
+    TempDir tmp("clidocs");
+    const std::string d = tmp.path();
+    std::string jsonl;
+    for (int i = 0; i < 12; i++)
+        jsonl += "{\"prompt\": \"Question " + std::to_string(i) + ": which word is an animal, cat or red?\\n\", "
+                 "\"completion\": \"cat\"}\n";
+    spit(d + "/x.jsonl", jsonl);
+    CmdResult prep = run_cmd("bin/prepare --quiet --val-frac 0 --out " + d + "/p " + d + "/x.jsonl");
+    ASSERT_EQ(prep.rc, 0) << prep.out;
+    const std::string train = "bin/train --device cpu --model tiny --train-data " + d + "/p/train.bin --seq 32 "
+                              "--batch 2 --steps 2 --windows documents --out " + d + "/run";
+    CmdResult r = run_cmd(train + " --halt-at 1");
+    ASSERT_EQ(r.rc, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("document windows of 32 ("));
+    EXPECT_THAT(r.out, HasSubstr("% of their positions hold a target, the rest is padding)"));
+    CmdResult changed = run_cmd("bin/train --device cpu --model tiny --train-data " + d + "/p/train.bin --seq 32 "
+                                "--batch 2 --steps 2 --out " + d + "/run --resume " + d + "/run/resume.ckpt");
+    ASSERT_EQ(changed.rc, 0) << changed.out;
+    EXPECT_THAT(changed.out, HasSubstr("--windows fixed (was documents)"));
+    CmdResult ev = run_cmd("bin/evaluate --device cpu --model " + d + "/run/model.ckpt --data " + d +
+                           "/p/train.bin --seq 32 --windows documents");
+    ASSERT_EQ(ev.rc, 0) << ev.out;
+    EXPECT_THAT(ev.out, HasSubstr("loss "));
+    write_cycle_data(d);  // a model of 37 tokens
+    CmdResult small = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
+                              "/train.bin --seq 15 --steps 1 --out '' --windows documents");
+    EXPECT_EQ(small.rc, 2) << small.out;
+    EXPECT_THAT(small.out, HasSubstr("--windows documents: the model's vocabulary of 37 tokens has no "
+                                     "<|endoftext|> (id 50256) to find documents by"));
+    EXPECT_EQ(run_cmd("bin/train --windows pages").rc, 2);
+}
+
 // Data named twice, or validation data that is also training (or replayed) data, is allowed but noted.
 TEST(TrainCli, RepeatedOrOverlappingDataIsNoted) {
     TempDir tmp("clioverlap");

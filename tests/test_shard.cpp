@@ -296,6 +296,54 @@ TEST(Loader, ShardShorterThanOneWindowIsOnePaddedWindow_n8_T10) {
                 HasSubstr("one.bin: 1 token, so nothing to predict"));
 }
 
+// Document windows over four documents ending in token 99: A (4 tokens), B (6), C (22: longer than a window of
+// T = 8) and D (3). Each window starts at a document's end token (or the shard's start) and takes the whole
+// documents that fit in 8 targets; C is cut into windows of 8 and the one its end needs. Worked out by hand:
+// (start, targets) = (0, 3) A | (3, 6) B | (9, 8) (17, 8) (25, 6) C | (31, 3) D: every target 1..34 once.
+TEST(Loader, DocumentWindowsHoldWholeDocumentsPaddedAndCutLongOnes_T8) {
+    TempDir tmp("loader");
+    std::vector<int32_t> tok = {1, 2, 3, 99, 4, 5, 6, 7, 8, 99};  // A, B
+    for (int i = 10; i <= 30; i++) tok.push_back(i);              // C
+    tok.push_back(99);
+    for (int32_t t : {40, 41, 99}) tok.push_back(t);  // D
+    ASSERT_EQ(tok.size(), 35u);
+    std::vector<uint8_t> mask(tok.size(), 1);
+    for (size_t i : {1, 4, 5, 32}) mask[i] = 0;  // prompts
+    write_shard(tmp.file("docs.bin"), tok, &mask, 100);
+    const int T = 8;
+    Loader l({tmp.file("docs.bin")}, 100, 1, T, false, 0, 0, 1, 99);
+    const std::vector<std::pair<int, int>> expect = {{0, 3}, {3, 6}, {9, 8}, {17, 8}, {25, 6}, {31, 3}};
+    ASSERT_EQ(l.num_windows(), expect.size());
+    EXPECT_DOUBLE_EQ(l.filled(), 34.0 / (6 * T));
+    Batch b;
+    for (const auto& [start, len] : expect) {
+        ASSERT_TRUE(l.next_in_epoch(b));
+        for (int t = 0; t < T; t++) {
+            SCOPED_TRACE("window at " + std::to_string(start) + ", position " + std::to_string(t));
+            EXPECT_EQ(b.inputs[t], t <= len ? tok[start + t] : 0);
+            EXPECT_EQ(b.targets[t], t < len ? tok[start + t + 1] : 0);
+            EXPECT_EQ(b.weights[t], t < len ? (float)mask[start + t + 1] : 0.0f);
+        }
+    }
+    EXPECT_FALSE(l.next_in_epoch(b));
+    // A shard whose last document has no end token (a cut file) ends its last window at the shard's end.
+    write_shard(tmp.file("tail.bin"), {99, 5, 6, 7}, nullptr, 100);
+    Loader tail({tmp.file("tail.bin")}, 100, 1, T, false, 0, 0, 1, 99);
+    ASSERT_EQ(tail.num_windows(), 1u);
+    ASSERT_TRUE(tail.next_in_epoch(b));
+    EXPECT_EQ(std::vector<int32_t>(b.targets.begin(), b.targets.begin() + 4), (std::vector<int32_t>{5, 6, 7, 0}));
+    EXPECT_EQ(b.inputs[3], 7);
+    EXPECT_EQ(std::vector<float>(b.weights.begin(), b.weights.end()), (std::vector<float>{1, 1, 1, 0, 0, 0, 0, 0}));
+    // Fixed windows over the same shard cut B: its end is the second window's first target, its prompt (4, 5)
+    // left in the first window.
+    Loader fixed({tmp.file("docs.bin")}, 100, 1, T, false, 0);
+    ASSERT_TRUE(fixed.next_in_epoch(b));
+    ASSERT_TRUE(fixed.next_in_epoch(b));
+    EXPECT_EQ(b.inputs[0], 8);
+    EXPECT_EQ(b.targets[0], 99);
+    EXPECT_DOUBLE_EQ(fixed.filled(), 34.0 / (5 * T));  // the tail window overlaps the one before: 2 of its 8 count
+}
+
 TEST(Loader, ShardWhoseMaskCountsNothingIsNamed) {
     TempDir tmp("shard");
     const std::vector<uint8_t> none(40, 0);

@@ -70,6 +70,10 @@ Cli train_cli(TrainArgs& a) {
              [&a](const std::string& v) { a.val_data = split_list(v); });
     c.custom("--sequential", "", "read training windows in file order instead of shuffling", "off",
              [&a](const std::string&) { a.shuffle = false; });
+    c.custom("--windows", "fixed|documents", "how --train-data and --val-data are cut into windows of --seq: fixed "
+             "(every --seq tokens; an example may start in one window and end in the next, without its prompt) or "
+             "documents (each window starts after an <|endoftext|> and holds whole documents, padded; longer ones "
+             "are cut)", "fixed", [&a](const std::string& v) { a.document_windows = parse_document_windows(v); });
     c.option("--train-top", "K", "train only the top K blocks and the final LayerNorm (0: everything)", &a.train_top, 0,
              1 << 20);
     c.option("--train-only", "PATTERNS", "train only parameters matching these comma-separated patterns "
@@ -100,7 +104,8 @@ Cli train_cli(TrainArgs& a) {
     c.option("--virtual-hidden", "H", "hidden width of the ptune/prefix network", &a.peft.hidden, 1, 1 << 20);
     c.option("--virtual-init", "HOW", "virtual-token start: random, vocab (embeddings of random common tokens), or "
              "text:WORDS (the embeddings of WORDS' tokens)", &a.virtual_init);
-    c.option("--vocab", "DIR", "GPT-2 vocabulary (encoder.json, vocab.bpe) for --virtual-init text:", &a.vocab);
+    c.option("--vocab", "DIR", "GPT-2 vocabulary (encoder.json, vocab.bpe) for --virtual-init text: and --windows "
+             "documents", &a.vocab);
     c.custom("--recompute", "MODE", "activation checkpointing: none, selective (LayerNorm and GELU outputs, and the attention "
              "probabilities where attention keeps them: fp32, the cpu backend, --attention matmul), full (each block's "
              "forward up to its GELU output; only its output is kept)",
@@ -272,7 +277,8 @@ void validate_train_args(const TrainArgs& a) {
     needs(a.replay_weight != d.replay_weight, a.replay_frac > 0, "--replay-weight", "--replay-frac");
     needs(a.fisher_batches != d.fisher_batches, a.ewc > 0, "--fisher-batches", "--ewc");
     needs(a.virtual_init != d.virtual_init, a.peft.virt != Virtual::none, "--virtual-init", "--virtual");
-    needs(a.vocab != d.vocab, a.virtual_init.rfind("text:", 0) == 0, "--vocab", "--virtual-init text:WORDS");
+    needs(a.vocab != d.vocab, a.virtual_init.rfind("text:", 0) == 0 || a.document_windows, "--vocab",
+          "--virtual-init text:WORDS or --windows documents");
     needs(a.loss_scale != d.loss_scale,
           a.loss_scaling == "on" || (a.loss_scaling == "auto" && a.precision == "fp16"), "--loss-scale",
           "dynamic loss scaling (--precision fp16, or --loss-scaling on)");

@@ -29,6 +29,10 @@ int main(int argc, char** argv) {
         cli.option("--adapter", "FILE", "an adapter checkpoint (LoRA, virtual tokens: bin/train's adapter.ckpt) on top "
                    "of --model", &adapter);
         cli.option("--device", "cpu|cuda|auto", "backend", &device);
+        bool documents = false;
+        cli.custom("--windows", "fixed|documents", "how --data is cut into windows, as in bin/train: every --seq "
+                   "tokens, or whole documents from an <|endoftext|>, padded (compare a run's validation loss with "
+                   "its own)", "fixed", [&](const std::string& v) { documents = parse_document_windows(v); });
         cli.option("--vocab", "DIR", "GPT-2 vocabulary", &vocab);
         if (!cli.parse(argc, argv)) {
             std::fputs(cli.help().c_str(), stdout);
@@ -57,7 +61,8 @@ int main(int argc, char** argv) {
                 std::fprintf(stderr, "note: --seq %d, %s\n", room, context.c_str());
                 seq = room;
             }
-            Loader loader(paths, m.model->config().vocab_size, batch, seq, false, 0);
+            const int V = m.model->config().vocab_size;
+            Loader loader(paths, V, batch, seq, false, 0, 0, 1, document_end_token(documents, vocab, V));
             loader.note_short_shards();
             LossResult r = eval_loss(*m.model, loader, batches, "evaluate: loss, batch");
             std::string scope;

@@ -75,6 +75,7 @@ static std::map<std::string, std::string> trajectory_options(const TrainArgs& a)
             {"--grad-accum", std::to_string(a.grad_accum)},
             {"--seed", std::to_string(a.seed)},
             {"--sequential", on(!a.shuffle)},
+            {"--windows", a.document_windows ? "documents" : "fixed"},
             {"--precision", a.precision},
             {"--stochastic-rounding", on(a.stochastic_rounding)},
             {"--loss-scaling", a.loss_scaling},
@@ -154,6 +155,15 @@ static void note_changed_windows(const std::string& ckpt, const char* which, uin
                  "data changed (or --seq, or how the loader cuts shards); the run keeps its place in the epoch, not "
                  "the order an uninterrupted run would have read\n",
                  ckpt.c_str(), which, now, T, (unsigned long long)was);
+}
+
+int32_t document_end_token(bool document_windows, const std::string& vocab_dir, int vocab_size) {
+    if (!document_windows) return -1;
+    const int32_t eot = Tokenizer::load(vocab_dir).eot_token();
+    if (eot >= vocab_size)
+        throw UsageError("--windows documents: the model's vocabulary of " + std::to_string(vocab_size) +
+                         " tokens has no <|endoftext|> (id " + std::to_string(eot) + ") to find documents by");
+    return eot;
 }
 
 LoadedModel load_model(const std::string& weights, const std::string& device, const std::string& precision, int B,
@@ -451,13 +461,15 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
                     std::fprintf(stderr, "note: --val-data %s is also %s: the validation loss measures what the "
                                  "model was fitted to, not how it generalises\n", v.c_str(), flag);
     }
+    const int32_t doc_end = document_end_token(args.document_windows, args.vocab, cfg.vocab_size);
     if (!args.train_data.empty()) {
         train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle,
-                                          args.seed, rank, world);
+                                          args.seed, rank, world, doc_end);
         train_->set_state(state_.loader);
     }
     if (!args.val_data.empty())
-        val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0, rank, world);
+        val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0, rank, world,
+                                        doc_end);
     if (!args.replay_data.empty() && args.replay_frac > 0) {
         replay_ = std::make_unique<Loader>(args.replay_data, cfg.vocab_size, args.batch, args.seq, args.shuffle,
                                            args.seed + 1, rank, world);  // sliced by rank like the training data
@@ -998,8 +1010,11 @@ int Trainer::run() {
     RunLog log(writer_ ? args_.out_dir : "", args_.resume.empty() ? -1 : (long long)state_.step);
     if (!args_.quiet) {
         print_memory_map();
-        std::printf("data: %zu training tokens in %zu windows of %d; run directory %s\n", train_->num_tokens(),
-                    train_->num_windows(), args_.seq, args_.out_dir.c_str());
+        std::printf("data: %zu training tokens in %zu %swindows of %d", train_->num_tokens(), train_->num_windows(),
+                    args_.document_windows ? "document " : "", args_.seq);
+        if (args_.document_windows)  // what whole documents cost
+            std::printf(" (%.1f%% of their positions hold a target, the rest is padding)", 100.0 * train_->filled());
+        std::printf("; run directory %s\n", args_.out_dir.c_str());
     }
     const int last = args_.halt_at > 0 ? args_.halt_at : args_.steps;
     const size_t tokens_per_step = (size_t)args_.batch * args_.seq * args_.grad_accum * (dp_ ? dp_->world() : 1);

@@ -58,6 +58,9 @@ struct LoadedModel {
 // top of `weights` (LoRA, virtual tokens).
 LoadedModel load_model(const std::string& weights, const std::string& device, const std::string& precision, int B,
                        int T, const std::string& adapter = "");
+// The token documents end with for --windows documents (bin/train, bin/evaluate): the <|endoftext|> of the
+// vocabulary in vocab_dir, which the model's vocabulary must hold (else a UsageError); -1 for fixed windows.
+int32_t document_end_token(bool document_windows, const std::string& vocab_dir, int vocab_size);
 
 // Whether micro-batch number mb (counting from 0 over the whole run) is drawn from the replay data: exactly
 // a fraction `frac` of them, evenly spread and deterministic (nothing to save for resume).
