@@ -221,7 +221,9 @@ std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for
     return f;
 }
 
-DirLock::DirLock(const std::string& dir, const std::string& tool) : path_(dir + "/.lock") {
+DirLock::DirLock(const std::string& dir, const std::string& tool) : dir_(dir), path_(dir + "/.lock") {
+    struct stat st {};
+    made_ = ::stat(dir.c_str(), &st) != 0;
     make_dirs(dir);
     for (;;) {
         const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -230,6 +232,9 @@ DirLock::DirLock(const std::string& dir, const std::string& tool) : path_(dir + 
             const int err = errno;
             if (err != EWOULDBLOCK) {  // ENOLCK, ENOSYS, EOPNOTSUPP: this file system has no locks to take
                 ::close(fd);
+                ::unlink(path_.c_str());
+                std::fprintf(stderr, "note: %s: its file system takes no lock (%s): nothing stops another run from "
+                             "writing there at the same time\n", dir.c_str(), std::strerror(err));
                 return;
             }
             char holder[128] = {0};
@@ -261,6 +266,7 @@ DirLock::~DirLock() {
     if (fd_ < 0) return;
     ::unlink(path_.c_str());  // before the release, so a waiter that opened this file sees it is gone
     ::close(fd_);
+    if (made_) ::rmdir(dir_.c_str());  // a run refused before it wrote anything leaves no empty directory
 }
 
 bool same_file(const std::string& a, const std::string& b) {

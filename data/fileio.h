@@ -89,8 +89,9 @@ std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for
 // One writer at a time in a directory: an exclusive flock(2) on DIR/.lock, which holds "TOOL, pid P on host H"
 // for the message another one gets. Taken (DIR made first if missing), the constructor returns; held by another
 // process, it throws tune::Error naming the directory and the holder. The destructor removes the file and
-// releases the lock; a process that dies releases it too (the kernel does), so a crash leaves at most a file the
-// next writer takes over. On a file system without locks (some network ones), no lock.
+// releases the lock (and DIR, if it made DIR and DIR is empty); a process that dies releases it too (the kernel
+// does), so a crash leaves at most a file the next writer takes over. On a file system without locks (some
+// network ones), no lock, and a note on stderr says so.
 class DirLock {
    public:
     DirLock(const std::string& dir, const std::string& tool);
@@ -99,8 +100,9 @@ class DirLock {
     DirLock& operator=(const DirLock&) = delete;
 
    private:
-    std::string path_;
+    std::string dir_, path_;
     int fd_ = -1;
+    bool made_ = false;  // the constructor made dir: removed again if still empty at the end
 };
 
 // A file written piece by piece, atomically: the pieces go into a temporary file beside `path`, and commit()

@@ -171,10 +171,12 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
             // windows do). Every target is in exactly one window.
             const uint64_t last = n - 1;  // the last target
             for (uint64_t w = 0; w < last;) {
-                uint64_t end = 0;  // the furthest document end (or the shard's) within T targets; 0: none
-                for (uint64_t i = w + 1; i <= std::min(w + (uint64_t)T, last); i++)
-                    if (s.token(i) == doc_end || i == last) end = i;
-                const uint64_t to = end ? end : w + T;
+                const uint64_t reach = std::min(w + (uint64_t)T, last);  // the furthest target this window can hold
+                uint64_t to = reach;  // the furthest document end within it, or the shard's end
+                if (reach != last) {
+                    while (to > w && s.token(to) != doc_end) to--;
+                    if (to == w) to = reach;  // no end within reach: a long document, cut
+                }
                 windows_.push_back({shard, 0, (uint32_t)(to - w), w});
                 w = to;
             }

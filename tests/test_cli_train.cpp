@@ -122,7 +122,7 @@ TEST(TrainCli, ShortRunPrintsProgressAndMemoryMapAndLearns) {
     spit(d + "/run/adapter.ckpt", "an earlier LoRA run's");  // would pass for this run's
     CmdResult r = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
                           "/train.bin --val-data " + d + "/train.bin --batch 2 --seq 15 --steps 30 --lr 1e-2 --out " +
-                          d + "/run");
+                          d + "/run --overwrite");
     ASSERT_EQ(r.rc, 0) << r.out;
     EXPECT_THAT(r.out, HasSubstr("note: removed " + d + "/run/adapter.ckpt of an earlier run"));
     EXPECT_FALSE(std::filesystem::exists(d + "/run/adapter.ckpt"));
@@ -146,9 +146,10 @@ void write_cycle_data(const std::string& d) {
 }
 
 // A directory another run (or bin/prepare) is writing is refused, naming the holder, before anything is read or
-// written there; once the holder ends, a run may use it. A new run where an earlier one did not finish says that
-// it replaces that run's resume.ckpt (while a Ctrl-C still keeps it); after a finished run it says nothing.
-TEST(TrainCli, ARunDirectoryInUseIsRefusedAndAnUnfinishedRunNoted) {
+// written there; once the holder ends, a run may use it. A new run where an earlier one left checkpoints is
+// refused, saying what is there, and leaves them as they were; --resume goes on with that run, --overwrite
+// starts over.
+TEST(TrainCli, ARunDirectoryInUseOrHoldingAnotherRunIsRefused) {
     TempDir tmp("clibusy");
     const std::string d = tmp.path();
     write_cycle_data(d);
@@ -170,19 +171,25 @@ TEST(TrainCli, ARunDirectoryInUseIsRefusedAndAnUnfinishedRunNoted) {
     CmdResult halted = run_cmd(train + " --halt-at 1");
     ASSERT_EQ(halted.rc, 0) << halted.out;
     EXPECT_FALSE(std::filesystem::exists(d + "/run/.lock"));
-    const std::string note = "note: " + d + "/run/resume.ckpt holds a run that did not finish (at step 1 of 2); this "
-                             "run replaces it at its first checkpoint: to go on with that run instead, stop this one "
-                             "now (Ctrl-C) and give --resume " + d + "/run/resume.ckpt";
-    CmdResult fresh = run_cmd(train + " --halt-at 1");
-    ASSERT_EQ(fresh.rc, 0) << fresh.out;
-    EXPECT_THAT(fresh.out, HasSubstr(note));
-    CmdResult resumed = run_cmd(train + " --resume " + d + "/run/resume.ckpt");  // its own: nothing to say
+    const std::string ckpt = slurp(d + "/run/resume.ckpt"), log = slurp(d + "/run/metrics.jsonl");
+    CmdResult fresh = run_cmd(train);
+    EXPECT_EQ(fresh.rc, 2) << fresh.out;
+    EXPECT_THAT(fresh.out, HasSubstr("--out " + d + "/run holds an earlier run's checkpoints (resume.ckpt at step 1 "
+                                     "of 2): go on with it with --resume " + d + "/run/resume.ckpt, give --overwrite "
+                                     "to start over there"));
+    EXPECT_EQ(slurp(d + "/run/resume.ckpt"), ckpt) << "the refused run changed the earlier run's checkpoint";
+    EXPECT_EQ(slurp(d + "/run/metrics.jsonl"), log);
+    CmdResult resumed = run_cmd(train + " --resume " + d + "/run/resume.ckpt");
     ASSERT_EQ(resumed.rc, 0) << resumed.out;
-    EXPECT_THAT(resumed.out, Not(HasSubstr("did not finish")));
     EXPECT_TRUE(std::filesystem::exists(d + "/run/model.ckpt"));
     CmdResult again = run_cmd(train);
-    ASSERT_EQ(again.rc, 0) << again.out;
-    EXPECT_THAT(again.out, Not(HasSubstr("did not finish")));
+    EXPECT_EQ(again.rc, 2) << again.out;
+    EXPECT_THAT(again.out, HasSubstr("holds an earlier run's checkpoints (resume.ckpt at step 2 of 2, model.ckpt: "
+                                     "finished): give --overwrite"));
+    CmdResult over = run_cmd(train + " --overwrite --halt-at 1");
+    ASSERT_EQ(over.rc, 0) << over.out;
+    EXPECT_THAT(over.out, HasSubstr("note: removed " + d + "/run/model.ckpt of an earlier run"));
+    EXPECT_FALSE(std::filesystem::exists(d + "/run/model.ckpt"));
 }
 
 // --windows documents from the command line: prepared prompt/completion examples train and evaluate in document

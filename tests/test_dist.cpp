@@ -737,8 +737,8 @@ TEST_F(DistFixture, Zero2IsByteIdenticalToZero1WithOneMicroBatch_ThreeRanksL5Fro
                                      std::string(" --recompute full --head-chunk 5 --lora-rank 2 --lora-dropout 0.1"),
                                      std::string(" --unfreeze-every 1 --grad-clip 0.5")}) {
         SCOPED_TRACE(extra);
-        RUN_OK(mpirun(3) + train(common + extra + " --zero 1", "z1", "init5.ckpt"));
-        RUN_OK(mpirun(3) + train(common + extra + " --zero 2", "z2", "init5.ckpt"));
+        RUN_OK(mpirun(3) + train(common + extra + " --zero 1 --overwrite", "z1", "init5.ckpt"));
+        RUN_OK(mpirun(3) + train(common + extra + " --zero 2 --overwrite", "z2", "init5.ckpt"));
         EXPECT_EQ(series("z1", "loss"), series("z2", "loss"));
         EXPECT_EQ(series("z1", "grad_norm"), series("z2", "grad_norm"));
         EXPECT_EQ(slurp(dir + "/z1/model.ckpt"), slurp(dir + "/z2/model.ckpt"));
@@ -939,7 +939,8 @@ TEST(DistNccl, OneRankNcclTrainingEqualsThePlainRun) {
     for (const char* variant : {"--zero 0", "--zero 1", "--zero 1 (grouped)", "--zero 2", "--zero 2 (grouped)"}) {
         const std::string v = variant;
         const std::string env = v.find("grouped") != std::string::npos ? "TUNE_NCCL_GROUPED=1 " : "";
-        CmdResult nccl = run_cmd(env + "TUNE_NCCL_ONE_RANK=1 " + cuda_tool("train") + " " + v.substr(0, 8) + args + "/nccl");
+        CmdResult nccl = run_cmd(env + "TUNE_NCCL_ONE_RANK=1 " + cuda_tool("train") + " " + v.substr(0, 8) + args +
+                                 "/nccl --overwrite");
         ASSERT_EQ(nccl.rc, 0) << nccl.out;
         EXPECT_EQ(slurp(d + "/plain/model.ckpt"), slurp(d + "/nccl/model.ckpt")) << variant;
         EXPECT_EQ(slurp(d + "/plain/resume.ckpt"), slurp(d + "/nccl/resume.ckpt")) << variant;

@@ -715,7 +715,7 @@ TEST(MethodsCli, GenerateRunsWithEveryMethodsAdapterAndModel) {
                                "--virtual ptune --virtual-tokens 3 --virtual-hidden 8",
                                "--virtual prefix --virtual-tokens 3 --virtual-hidden 8"}) {
         SCOPED_TRACE(method);
-        r = run_cmd(base + " --init " + d + "/base/model.ckpt " + method + " --out " + d + "/m");
+        r = run_cmd(base + " --init " + d + "/base/model.ckpt " + method + " --out " + d + "/m --overwrite");
         ASSERT_EQ(r.rc, 0) << r.out;
         for (const std::string& weights : {"--model " + d + "/base/model.ckpt --adapter " + d + "/m/adapter.ckpt",
                                            "--model " + d + "/m/model.ckpt"}) {

@@ -249,7 +249,8 @@ TEST(FileIo, TwoAtomicFilesForOnePathDoNotShareATemporary) {
 }
 
 // One writer at a time in a directory: a second lock (even in the same process) is refused with the holder's
-// name; the holder's end frees the directory and removes the file; a file a killed holder left is taken over.
+// name; the holder's end frees the directory and removes the file (and the directory, if it made it and it is
+// empty); a file a killed holder left is taken over.
 TEST(FileIo, ADirectoryLockRefusesASecondWriterUntilTheFirstEnds) {
     TempDir tmp("dirlock");
     const std::string d = tmp.file("run");
@@ -260,13 +261,15 @@ TEST(FileIo, ADirectoryLockRefusesASecondWriterUntilTheFirstEnds) {
                               host_name() + "; two writers in one directory"));
         EXPECT_THAT(slurp(d + "/.lock"), HasSubstr("bin/train, pid "));
     }
-    EXPECT_FALSE(std::filesystem::exists(d + "/.lock"));
+    EXPECT_FALSE(std::filesystem::exists(d)) << "made for the lock and left empty: removed with it";
+    std::filesystem::create_directories(d);
     spit(d + "/.lock", "bin/train, pid 1 on host gone\n");  // a killed run's: nobody holds its lock
     {
         const DirLock again(d, "bin/prepare");
         EXPECT_EQ(slurp(d + "/.lock"), "bin/prepare, pid " + std::to_string(getpid()) + " on host " + host_name() + "\n");
     }
     EXPECT_FALSE(std::filesystem::exists(d + "/.lock"));
+    EXPECT_TRUE(std::filesystem::exists(d)) << "a directory the lock did not make stays";
 }
 
 // A shard shorter than one window (a small validation split) is one window, padded: token 0 in and out with

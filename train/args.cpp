@@ -72,8 +72,9 @@ Cli train_cli(TrainArgs& a) {
              [&a](const std::string&) { a.shuffle = false; });
     c.custom("--windows", "fixed|documents", "how --train-data and --val-data are cut into windows of --seq: fixed "
              "(every --seq tokens; an example may start in one window and end in the next, without its prompt) or "
-             "documents (each window starts after an <|endoftext|> and holds whole documents, padded; longer ones "
-             "are cut)", "fixed", [&a](const std::string& v) { a.document_windows = parse_document_windows(v); });
+             "documents (each window starts at an <|endoftext|> and holds whole documents, padded; longer ones "
+             "are cut; replay and Fisher data stay fixed)",
+             "fixed", [&a](const std::string& v) { a.document_windows = parse_document_windows(v); });
     c.option("--train-top", "K", "train only the top K blocks and the final LayerNorm (0: everything)", &a.train_top, 0,
              1 << 20);
     c.option("--train-only", "PATTERNS", "train only parameters matching these comma-separated patterns "
@@ -181,6 +182,8 @@ Cli train_cli(TrainArgs& a) {
              INT_MAX);
     c.option("--out", "DIR", "run directory: metrics.jsonl, loss.svg, model.ckpt, resume.ckpt ('': write nothing)",
              &a.out_dir);
+    c.flag("--overwrite", "start a new run in an --out that holds an earlier run's checkpoints (refused without it): "
+           "they, its metrics and its plot are replaced", &a.overwrite);
     c.flag("--memory-map", "print where every byte goes (each tensor of each arena: offset, bytes, shape, name) "
            "and exit without training (no --train-data needed); planned, nothing allocated, so also for a run too "
            "big for this machine or --device cuda without a GPU", &a.memory_map);

@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
         }
         if (weights.empty()) throw UsageError("--model: which weights? (see --help)");
         if (data.empty() && choices.empty()) throw UsageError("nothing to evaluate: give --data and/or --choices");
+        if (documents && data.empty())
+            throw UsageError("--windows has no effect without --data (multiple choice scores each example alone)");
         // Read before the loss pass (which may take an hour), so a bad line stops the run at once.
         std::vector<ChoiceExample> ex;
         if (!choices.empty()) ex = read_choice_file(Tokenizer::load(vocab), choices);

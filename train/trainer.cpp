@@ -221,6 +221,31 @@ static TrainArgs with_resumed_seed(const TrainArgs& given) {
     return a;
 }
 
+void refuse_earlier_run(const TrainArgs& args) {
+    const std::string& dir = args.out_dir;
+    if (dir.empty() || !args.resume.empty() || args.overwrite || args.memory_map || args.lr_find) return;
+    std::string held;
+    std::error_code ec;
+    uint64_t step = 0;
+    const bool resumable = checkpoint_step(dir + "/resume.ckpt", &step);
+    if (resumable) {
+        const auto was = checkpoint_options(dir + "/resume.ckpt");
+        const auto steps = was.find("--steps");
+        held = "resume.ckpt at step " + std::to_string(step) + (steps == was.end() ? "" : " of " + steps->second);
+    }
+    bool finished = false;  // what only a finished run writes
+    for (const char* name : {"model.ckpt", "adapter.ckpt"})
+        if (std::filesystem::exists(dir + "/" + name, ec)) {
+            held += (held.empty() ? "" : ", ") + std::string(name);
+            finished = true;
+        }
+    if (held.empty()) return;
+    throw UsageError("--out " + dir + " holds an earlier run's checkpoints (" + held + (finished ? ": finished" : "") +
+                     "): " + (finished || !resumable ? "" : "go on with it with --resume " + dir + "/resume.ckpt, ") +
+                     "give --overwrite to start over there (its checkpoints, metrics and plot are replaced), or "
+                     "give another --out");
+}
+
 Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
     const TrainArgs& args = args_;  // the seed as resumed; sched.total_steps below is the only other change
     validate_train_args(args);
@@ -976,26 +1001,8 @@ int Trainer::run() {
     if (writer_ && !args_.out_dir.empty())
         for (const std::string& path : remove_dead_temporaries(args_.out_dir))
             std::fprintf(stderr, "note: %s\n", dead_temporary_note(path).c_str());
-    // A new run where an earlier one stopped before it finished (Ctrl-C, --halt-at, a crash): this run's first
-    // checkpoint replaces that run's resume.ckpt. Said while a Ctrl-C still keeps it.
-    if (writer_ && !args_.out_dir.empty() && args_.resume.empty() && args_.resume_hint) {
-        const std::string earlier = args_.out_dir + "/resume.ckpt";
-        std::error_code ec;
-        uint64_t step = 0;
-        if (!std::filesystem::exists(args_.out_dir + "/model.ckpt", ec) && !same_file(earlier, args_.init) &&
-            checkpoint_step(earlier, &step)) {
-            const auto was = checkpoint_options(earlier);
-            const auto steps = was.find("--steps");
-            if (steps == was.end() || step < std::strtoull(steps->second.c_str(), nullptr, 10))  // not a finished run's
-                std::fprintf(stderr, "note: %s holds a run that did not finish (at step %llu%s%s); this run replaces "
-                             "it at its first checkpoint: to go on with that run instead, stop this one now (Ctrl-C) "
-                             "and give --resume %s\n", earlier.c_str(), (unsigned long long)step,
-                             steps == was.end() ? "" : " of ", steps == was.end() ? "" : steps->second.c_str(),
-                             earlier.c_str());
-        }
-    }
-    // A new run in a directory an earlier run used: that run's finished weights must not pass for this run's
-    // if it halts, is stopped or dies (the directory describes one run). Not a file this run reads.
+    // A new run in a directory an earlier run used (--overwrite): that run's finished weights must not pass for
+    // this run's if it halts, is stopped or dies (the directory describes one run). Not a file this run reads.
     if (writer_ && !args_.out_dir.empty() && args_.resume.empty())
         for (const char* name : {"model.ckpt", "adapter.ckpt"}) {
             const std::string path = args_.out_dir + "/" + name;
