@@ -1001,8 +1001,9 @@ int Trainer::run() {
     if (writer_ && !args_.out_dir.empty())
         for (const std::string& path : remove_dead_temporaries(args_.out_dir))
             std::fprintf(stderr, "note: %s\n", dead_temporary_note(path).c_str());
-    // A new run in a directory an earlier run used (--overwrite): that run's finished weights must not pass for
-    // this run's if it halts, is stopped or dies (the directory describes one run). Not a file this run reads.
+    // A new run in a directory an earlier run used (bin/train --overwrite, the default job started again): that
+    // run's finished weights must not pass for this run's if it halts, is stopped or dies (the directory
+    // describes one run). Not a file this run reads.
     if (writer_ && !args_.out_dir.empty() && args_.resume.empty())
         for (const char* name : {"model.ckpt", "adapter.ckpt"}) {
             const std::string path = args_.out_dir + "/" + name;
