@@ -175,7 +175,10 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
                 uint64_t to = reach;  // the furthest document end within it, or the shard's end
                 if (reach != last) {
                     while (to > w && s.token(to) != doc_end) to--;
-                    if (to == w) to = reach;  // no end within reach: a long document, cut
+                    if (to == w) {  // no end within reach: a long document, cut
+                        to = reach;
+                        if (w == 0 || s.token(w) == doc_end) long_documents_++;  // counted at its first window
+                    }
                 }
                 windows_.push_back({shard, 0, (uint32_t)(to - w), w});
                 w = to;

@@ -122,6 +122,9 @@ class Loader {
     // The share of the windows' positions that hold a target of their own rather than padding (or a target the
     // window before holds): near 1 for fixed windows over long shards, lower for document windows.
     double filled() const;
+    // Document windows: the documents longer than a window, each cut into windows of T (those after its first
+    // start without its beginning, a fine-tuning example's prompt). 0 for fixed windows.
+    uint64_t long_documents() const { return long_documents_; }
     // This rank's windows in one pass of next_in_epoch (the last round may be partial).
     size_t windows_per_epoch() const {
         return windows_.size() > (size_t)rank_ ? (windows_.size() - rank_ + world_ - 1) / world_ : 0;
@@ -158,6 +161,7 @@ class Loader {
     std::vector<uint32_t> next_order_;  // the next epoch's, once a round reaches into it (else empty)
     std::vector<std::string> short_shards_;
     int B_, T_;
+    uint64_t long_documents_ = 0;
     bool shuffle_;
     uint64_t seed_;
     int rank_, world_;

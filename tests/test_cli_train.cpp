@@ -202,6 +202,9 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
     for (int i = 0; i < 12; i++)
         jsonl += "{\"prompt\": \"Question " + std::to_string(i) + ": which word is an animal, cat or red?\\n\", "
                  "\"completion\": \"cat\"}\n";
+    std::string words;
+    for (int i = 0; i < 40; i++) words += " dog";
+    jsonl += "{\"prompt\": \"Which word?" + words + "\", \"completion\": \" dog\"}\n";  // 40+ tokens: over a window
     spit(d + "/x.jsonl", jsonl);
     CmdResult prep = run_cmd("bin/prepare --quiet --val-frac 0 --out " + d + "/p " + d + "/x.jsonl");
     ASSERT_EQ(prep.rc, 0) << prep.out;
@@ -211,6 +214,8 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
     ASSERT_EQ(r.rc, 0) << r.out;
     EXPECT_THAT(r.out, HasSubstr("document windows of 32 ("));
     EXPECT_THAT(r.out, HasSubstr("% of their positions hold a target, the rest is padding)"));
+    EXPECT_THAT(r.out, HasSubstr("note: --windows documents: 1 document of --train-data is longer than a window of "
+                                 "--seq 32: each is cut into windows"));
     CmdResult changed = run_cmd("bin/train --device cpu --model tiny --train-data " + d + "/p/train.bin --seq 32 "
                                 "--batch 2 --steps 2 --out " + d + "/run --resume " + d + "/run/resume.ckpt");
     ASSERT_EQ(changed.rc, 0) << changed.out;

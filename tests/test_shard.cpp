@@ -318,6 +318,7 @@ TEST(Loader, DocumentWindowsHoldWholeDocumentsPaddedAndCutLongOnes_T8) {
     const std::vector<std::pair<int, int>> expect = {{0, 3}, {3, 6}, {9, 8}, {17, 8}, {25, 6}, {31, 3}};
     ASSERT_EQ(l.num_windows(), expect.size());
     EXPECT_DOUBLE_EQ(l.filled(), 34.0 / (6 * T));
+    EXPECT_EQ(l.long_documents(), 1u) << "C, once";
     Batch b;
     for (const auto& [start, len] : expect) {
         ASSERT_TRUE(l.next_in_epoch(b));
@@ -333,6 +334,7 @@ TEST(Loader, DocumentWindowsHoldWholeDocumentsPaddedAndCutLongOnes_T8) {
     write_shard(tmp.file("tail.bin"), {99, 5, 6, 7}, nullptr, 100);
     Loader tail({tmp.file("tail.bin")}, 100, 1, T, false, 0, 0, 1, 99);
     ASSERT_EQ(tail.num_windows(), 1u);
+    EXPECT_EQ(tail.long_documents(), 0u);
     ASSERT_TRUE(tail.next_in_epoch(b));
     EXPECT_EQ(std::vector<int32_t>(b.targets.begin(), b.targets.begin() + 4), (std::vector<int32_t>{5, 6, 7, 0}));
     EXPECT_EQ(b.inputs[3], 7);

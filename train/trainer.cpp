@@ -510,6 +510,14 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
     if (rank == 0)
         for (const Loader* l : {train_.get(), val_.get(), replay_.get()})
             if (l) l->note_short_shards();
+    for (const auto& [l, flag] : {std::pair<const Loader*, const char*>{train_.get(), "--train-data"},
+                                  {val_.get(), "--val-data"}})
+        if (rank == 0 && l && l->long_documents())
+            std::fprintf(stderr, "note: --windows documents: %llu document%s of %s %s longer than a window of "
+                         "--seq %d: each is cut into windows, and those after its first start without its "
+                         "beginning (an example's prompt)\n", (unsigned long long)l->long_documents(),
+                         l->long_documents() == 1 ? "" : "s", flag, l->long_documents() == 1 ? "is" : "are",
+                         args.seq);
     if (train_) note_changed_windows(args.resume, "training", state_.loader_windows, train_->num_windows(), args.seq);
     if (replay_) note_changed_windows(args.resume, "replay", state_.replay_windows, replay_->num_windows(), args.seq);
 }
