@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -315,6 +316,8 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     std::vector<Item> items;
     size_t chunk_bytes = 0, index = 0, done_bytes = 0;
     bool doc_to_val = false;  // the split of the document being written (a plain one spans chunks)
+    size_t doc_tokens = 0;    // of the document being written
+    std::vector<uint64_t> docs_of_length(size_t(1) << 20 | 1);  // documents by tokens, the last: that many or more
     make_dirs(opt.out_dir);
     for (const std::string& path : remove_dead_temporaries(opt.out_dir))
         if (opt.note) opt.note(dead_temporary_note(path));
@@ -358,7 +361,13 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
             if (items[i].first) doc_to_val = Rng(opt.seed ^ (0x9E3779B97F4A7C15ull * (doc + 1))).uniform() < opt.val_frac;
             if (doc_to_val && !val) val = std::make_unique<ShardWriter>(val_path, (uint32_t)tok.vocab_size());
             (doc_to_val ? *val : train).append(docs[i].tokens, docs[i].mask);
-            if (items[i].last) (doc_to_val ? rep.val_docs : rep.train_docs)++;
+            doc_tokens += docs[i].tokens.size();
+            if (items[i].last) {
+                (doc_to_val ? rep.val_docs : rep.train_docs)++;
+                docs_of_length[std::min(doc_tokens, docs_of_length.size() - 1)]++;
+                rep.doc_tokens_max = std::max(rep.doc_tokens_max, doc_tokens);
+                doc_tokens = 0;
+            }
             for (uint8_t x : docs[i].mask) rep.counted_tokens += x;
         }
         items.clear();
@@ -456,6 +465,16 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     flush();
     progress.update(done_bytes, true);
     rep.documents = rep.train_docs + rep.val_docs;
+    // The smallest length that at least q of the documents stay within.
+    auto quantile = [&](double q) {
+        const uint64_t want = (uint64_t)std::ceil(q * (double)rep.documents);
+        uint64_t seen = 0;
+        for (size_t len = 0; len < docs_of_length.size(); len++)
+            if ((seen += docs_of_length[len]) >= want && want > 0) return len;
+        return docs_of_length.size() - 1;
+    };
+    rep.doc_tokens_median = quantile(0.5);
+    rep.doc_tokens_p95 = quantile(0.95);
     rep.train_tokens = train.tokens();
     rep.val_tokens = val ? val->tokens() : 0;
     if (!rep.train_tokens) throw Error("no training documents were produced (all skipped or all in validation)");

@@ -49,6 +49,18 @@ TEST(Prepare, TextFileIsOneDocumentEndingInEotAllCounted) {
     EXPECT_EQ(s.mask_vector(), std::vector<uint8_t>(want.size(), 1));
     EXPECT_EQ(r.documents, 2u);
     EXPECT_TRUE(r.val_path.empty());
+    // Tokens per document, the closing EOT included: the shorter is the median of two, the longer the rest.
+    const size_t a = tok().encode("Hello world.\nSecond line.").size() + 1, b = tok().encode("Another document").size() + 1;
+    ASSERT_NE(a, b);
+    EXPECT_EQ(r.doc_tokens_median, std::min(a, b));
+    EXPECT_EQ(r.doc_tokens_p95, std::max(a, b));
+    EXPECT_EQ(r.doc_tokens_max, std::max(a, b));
+    o.chunk_bytes = 1;  // the first file in two pieces (cut at its line break): still one document of a tokens
+    o.out_dir = d + "/pieces";
+    const PrepareReport pieces = prepare_dataset(tok(), o);
+    EXPECT_EQ(pieces.documents, 2u);
+    EXPECT_EQ(pieces.doc_tokens_max, r.doc_tokens_max);
+    EXPECT_EQ(pieces.doc_tokens_median, r.doc_tokens_median);
 }
 
 TEST(Prepare, PromptCompletionMasksThePrompt) {
@@ -169,6 +181,9 @@ TEST(Prepare, ChunkSizeDoesNotChangeTheShardsAndAFailureLeavesNothing) {
         EXPECT_EQ(slurp(r.val_path), slurp(whole.val_path)) << "chunk " << chunk;
         EXPECT_EQ(r.counted_tokens, whole.counted_tokens);
         EXPECT_EQ(r.input_bytes, whole.input_bytes);
+        // The text file, in pieces, is still one document of its whole length.
+        EXPECT_EQ(r.doc_tokens_max, whole.doc_tokens_max) << "chunk " << chunk;
+        EXPECT_EQ(r.doc_tokens_median, whole.doc_tokens_median) << "chunk " << chunk;
     }
     EXPECT_EQ(whole.documents, 301u);
     EXPECT_EQ(whole.input_bytes, lines.size() + 28);
