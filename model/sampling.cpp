@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -10,6 +11,30 @@
 #include "kernels/common.h"
 
 namespace tune {
+
+// idx[0..n) in the order (logit descending, id ascending), as std::sort with that comparison would leave them, by
+// an LSD radix sort of 64-bit keys: the logit's bits mapped so that a larger logit is a smaller number, then the
+// id. A high-entropy nucleus holds tens of thousands of tokens, which a comparison sort through the index took
+// milliseconds to order, longer than a GPU forward. No NaN may be among them.
+static void sort_by_logit(std::vector<int32_t>& idx, int n, const std::vector<float>& logits) {
+    std::vector<uint64_t> key(n), tmp(n);
+    for (int i = 0; i < n; i++) {
+        const float v = logits[idx[i]] + 0.0f;  // -0 becomes +0: the two compare equal
+        uint32_t bits;
+        std::memcpy(&bits, &v, sizeof bits);
+        const uint32_t ascending = bits & 0x80000000u ? ~bits : bits | 0x80000000u;  // float order as unsigned
+        key[i] = (uint64_t)~ascending << 32 | (uint32_t)idx[i];
+    }
+    for (int shift = 0; shift < 64; shift += 8) {
+        size_t count[257] = {0};
+        for (int i = 0; i < n; i++) count[(key[i] >> shift & 0xff) + 1]++;
+        if (count[(key[0] >> shift & 0xff) + 1] == (size_t)n) continue;  // one digit for all: nothing moves
+        for (int d = 0; d < 256; d++) count[d + 1] += count[d];
+        for (int i = 0; i < n; i++) tmp[count[key[i] >> shift & 0xff]++] = key[i];
+        key.swap(tmp);
+    }
+    for (int i = 0; i < n; i++) idx[i] = (int32_t)(uint32_t)key[i];
+}
 
 int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConfig& cfg, Rng& rng) {
     // A NaN, or +inf (whose weight exp(inf - inf) is NaN): either has no place in the order.
@@ -56,18 +81,21 @@ int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConf
         w.resize(V);
         for (int32_t i = 0; i < V; i++) sum += w[i] = std::exp((logits[i] - maxv) / cfg.temperature);
         // Weight is monotonic in the logit, so the tokens at or above a threshold are the head of the sorted order.
-        // Each lower threshold moves more of the rest to the front. What stays behind weighs less than V t, so
-        // the loop ends by t < (1 - top_p) / V (a dozen rounds at most); t = 0 takes everything, whatever rounding.
-        n = 0;
-        double mass = 0;
-        for (double t = 0.1;; t = t > 1e-200 ? t * 0.1 : 0) {
-            const int m = (int)(std::partition(idx.begin() + n, idx.end(), [&](int32_t i) { return w[i] >= t; }) -
-                                idx.begin());
-            for (int i = n; i < m; i++) mass += w[idx[i]];
-            n = m;
-            if (mass >= cfg.top_p * sum || t == 0) break;
+        // The threshold: the highest power of two whose tokens hold the nucleus, from one pass that sums the
+        // weights by their binary exponent (w in (0, 1]: bucket b holds [2^-b, 2^(1-b)); the last, the rest down to
+        // 0). The margin keeps the nucleus inside whatever the order of the sums; past 1, everything is taken.
+        std::vector<double> by_exponent(1024, 0.0);
+        for (int32_t i = 0; i < V; i++) {
+            uint64_t bits;
+            std::memcpy(&bits, &w[i], sizeof bits);
+            by_exponent[1023 - std::min<uint64_t>(bits >> 52, 1023)] += w[i];
         }
-        std::sort(idx.begin(), idx.begin() + n, by_logit);
+        const double need = cfg.top_p * sum * (1 + 1e-6);
+        int b = 0;
+        for (double mass = 0; b < 1023 && (mass += by_exponent[b]) < need;) b++;
+        const double t = b < 1023 ? std::ldexp(1.0, -b) : 0.0;
+        n = (int)(std::partition(idx.begin(), idx.end(), [&](int32_t i) { return w[i] >= t; }) - idx.begin());
+        sort_by_logit(idx, n, logits);
     }
     idx.resize(n);
     std::vector<double> p(n);
