@@ -11,6 +11,7 @@
 //
 //   build/bench/bench_finetune_methods [--device cpu|cuda] [--model tiny] [--base-steps 150] [--steps 700]
 //                                      [--only full,lora,...] [--doc docs/finetuning.md] [--out runs/methods]
+//                                      [--windows fixed|documents]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -210,6 +211,9 @@ int main(int argc, char** argv) {
                    "markdown file whose methods table is replaced ('' : none; with --only, none unless given)", &doc);
         cli.option("--out", "DIR", "run directories and results.json", &out);
         cli.option("--machine", "TEXT", "machine description for the table", &machine);
+        bool documents = false;
+        cli.custom("--windows", "fixed|documents", "how the task data is cut into windows (bin/train --windows)",
+                   "fixed", [&](const std::string& v) { documents = parse_document_windows(v); });
         cli.option("--l2sp", "LAMBDA", "L2-SP strength", &knobs.l2sp, 0, 1e12);
         cli.option("--ewc", "LAMBDA", "EWC strength", &knobs.ewc, 0, 1e12);
         cli.option("--lora-lr", "LR", "LoRA learning rate", &knobs.lora_lr, 1e-9, 10);
@@ -243,6 +247,7 @@ int main(int argc, char** argv) {
         base.sched.warmup = std::min(10, base_steps);
         base.val_every = 0;
         base.out_dir = out + "/base";
+        base.overwrite = true;  // each time, every run from the beginning (the methods' runs copy this)
         base.quiet = true;
         std::printf("pretraining the base model (%s, %d steps)...\n", model.c_str(), base_steps);
         if (int rc = Trainer(base).run()) return rc;
@@ -270,6 +275,7 @@ int main(int argc, char** argv) {
                                            {"task_loss_after", r.task_after}}}});
             const std::string js = nlohmann::json{{"model", model},   {"steps", steps},
                                                   {"seeds", seeds},   {"device", device}, {"precision", precision},
+                                                  {"windows", documents ? "documents" : "fixed"},
                                                   {"base_accuracy", acc_base}, {"results", j}}.dump(2) + "\n";
             write_file_atomic(out + "/results.json", js.data(), js.size());
         };
@@ -294,6 +300,7 @@ int main(int argc, char** argv) {
                 ft.sched.lr = 5e-3f;
                 ft.sched.warmup = std::min(10, steps);
                 ft.precision = precision;
+                ft.document_windows = documents;
                 ft.out_dir = out + "/" + meth.key + (seeds > 1 ? "/seed" + std::to_string(seed) : "");
                 meth.apply(ft);
                 {

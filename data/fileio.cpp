@@ -222,11 +222,17 @@ std::FILE* anonymous_scratch_file(const std::string& dir, const std::string& for
 }
 
 DirLock::DirLock(const std::string& dir, const std::string& tool) : dir_(dir), path_(dir + "/.lock") {
-    struct stat st {};
-    made_ = ::stat(dir.c_str(), &st) != 0;
-    make_dirs(dir);
-    for (;;) {
+    while (dir_.size() > 1 && dir_.back() == '/') dir_.pop_back();
+    make_dirs(directory_of(dir_));
+    for (int tries = 0;; tries++) {
+        // Made here, or there already. A holder that made it may remove it, empty, at its end: then again.
+        if (::mkdir(dir_.c_str(), 0755) == 0)
+            made_ = true;
+        else if (errno != EEXIST)
+            throw Error(dir_ + ": cannot create directory (" + std::strerror(errno) + ")");
+        make_dirs(dir_);  // a file of that name: said so
         const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0 && errno == ENOENT && tries < 100) continue;  // removed between the two
         if (fd < 0) throw Error(path_ + ": cannot create this directory's lock: " + std::strerror(errno));
         if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
             const int err = errno;

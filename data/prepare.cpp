@@ -317,7 +317,7 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     size_t chunk_bytes = 0, index = 0, done_bytes = 0;
     bool doc_to_val = false;  // the split of the document being written (a plain one spans chunks)
     size_t doc_tokens = 0;    // of the document being written
-    std::vector<uint64_t> docs_of_length(size_t(1) << 20 | 1);  // documents by tokens, the last: that many or more
+    std::vector<uint64_t> docs_of_length(kDocTokensExact + 1);  // documents by tokens, the last: that many or more
     make_dirs(opt.out_dir);
     for (const std::string& path : remove_dead_temporaries(opt.out_dir))
         if (opt.note) opt.note(dead_temporary_note(path));

@@ -56,10 +56,11 @@ struct PrepareReport {
     std::string removed_stale_val;     // a val.bin of an earlier run that this one removed
     size_t literal_eot = 0;            // "<|endoftext|>" written out in the inputs' text (tokenised as text)
     // Tokens per document (its closing EOT included), for choosing bin/train's --seq: the median, the length
-    // 95% of the documents stay within, and the longest. The two quantiles are exact below 2^20 tokens; above,
-    // they say 2^20.
+    // 95% of the documents stay within, and the longest. The two quantiles are exact below kDocTokensExact;
+    // above, they say kDocTokensExact.
     size_t doc_tokens_median = 0, doc_tokens_p95 = 0, doc_tokens_max = 0;
 };
+constexpr size_t kDocTokensExact = size_t(1) << 20;
 
 // One tokenised document: ids and per-token loss mask (1 = predicted with loss).
 struct Document {

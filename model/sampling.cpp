@@ -52,6 +52,8 @@ int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConf
         throw Error("the logits hold " + std::string(std::isnan(*at) ? "NaN" : "+inf") + " at token id " +
                     std::to_string(at - logits.begin()) + " (an overflow in fp16? try --precision bf16 or fp32)");
     }
+    if (top == -std::numeric_limits<float>::infinity())  // every weight exp(-inf - -inf) would be NaN
+        throw Error("every logit is -inf: no token can be drawn");
     if (cfg.temperature <= 0) return best;
     const int k = cfg.top_k > 0 ? std::min(cfg.top_k, V) : V;
     if (k == V && cfg.top_p >= 1.0f) {  // every token a candidate: one pass in id order, nothing to sort

@@ -186,6 +186,24 @@ TEST(TrainCli, ARunDirectoryInUseOrHoldingAnotherRunIsRefused) {
     EXPECT_EQ(again.rc, 2) << again.out;
     EXPECT_THAT(again.out, HasSubstr("holds an earlier run's checkpoints (resume.ckpt at step 2 of 2, model.ckpt: "
                                      "finished): give --overwrite"));
+    // A finished run's resume.ckpt whose model.ckpt was moved away: still finished, nothing to go on with.
+    const std::string in_moved = "bin/train --device cpu --quiet --seq 15 --batch 2 --steps 2 --train-data " + d +
+                                 "/train.bin --out " + d + "/moved";
+    std::filesystem::create_directories(d + "/moved");
+    std::filesystem::copy_file(d + "/run/resume.ckpt", d + "/moved/resume.ckpt");
+    CmdResult moved = run_cmd(in_moved + " --init " + d + "/init.ckpt");
+    EXPECT_EQ(moved.rc, 2) << moved.out;
+    EXPECT_THAT(moved.out, HasSubstr("(resume.ckpt at step 2 of 2: finished): give --overwrite"));
+    // A --resume names the run to continue: its own resume.ckpt, or a copy kept from it.
+    spit(d + "/kept.ckpt", slurp(d + "/moved/resume.ckpt"));
+    EXPECT_EQ(run_cmd(in_moved + " --resume " + d + "/kept.ckpt").rc, 0);
+    EXPECT_EQ(run_cmd(in_moved + " --resume " + d + "/moved/resume.ckpt").rc, 0);
+    // A file this run reads is not an earlier run's to replace: --init from its own --out.
+    std::filesystem::create_directories(d + "/own");
+    std::filesystem::copy_file(d + "/init.ckpt", d + "/own/model.ckpt");
+    CmdResult own = run_cmd("bin/train --device cpu --quiet --seq 15 --batch 2 --steps 1 --train-data " + d +
+                            "/train.bin --init " + d + "/own/model.ckpt --out " + d + "/own");
+    EXPECT_EQ(own.rc, 0) << own.out;
     CmdResult over = run_cmd(train + " --overwrite --halt-at 1");
     ASSERT_EQ(over.rc, 0) << over.out;
     EXPECT_THAT(over.out, HasSubstr("note: removed " + d + "/run/model.ckpt of an earlier run"));

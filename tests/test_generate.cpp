@@ -198,6 +198,13 @@ TEST(Sampling, NanOrInfiniteLogitIsAnErrorNotAnArbitraryPick) {
     const std::vector<float> ruled_out = {0.5f, -std::numeric_limits<float>::infinity(), 1.0f};
     c.temperature = 1.0f;
     for (int i = 0; i < 50; i++) EXPECT_NE(sample_token(ruled_out, 3, c, r), 1);
+    const std::vector<float> none(3, -std::numeric_limits<float>::infinity());  // every token ruled out
+    for (float top_p : {1.0f, 0.9f})
+        for (float t : {0.0f, 1.0f}) {
+            c.top_p = top_p;
+            c.temperature = t;
+            EXPECT_THAT(error_of([&] { sample_token(none, 3, c, r); }), HasSubstr("every logit is -inf"));
+        }
 }
 
 TEST(Sampling, TemperatureMatchesSoftmaxFrequencies) {

@@ -80,6 +80,7 @@ struct TrainerFixture : ::testing::Test {
         a.val_every = 4;
         a.val_batches = 2;
         a.out_dir = dir + "/" + out;
+        a.overwrite = true;  // tests run again in their directories; the refusal has its own (TrainCli)
         a.quiet = true;
         return a;
     }

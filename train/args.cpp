@@ -183,7 +183,8 @@ Cli train_cli(TrainArgs& a) {
     c.option("--out", "DIR", "run directory: metrics.jsonl, loss.svg, model.ckpt, resume.ckpt ('': write nothing)",
              &a.out_dir);
     c.flag("--overwrite", "start a new run in an --out that holds an earlier run's checkpoints (refused without it): "
-           "they, its metrics and its plot are replaced", &a.overwrite);
+           "they, its metrics and its plot are replaced (not files this run reads: --init, --teacher, --adapter)",
+           &a.overwrite);
     c.flag("--memory-map", "print where every byte goes (each tensor of each arena: offset, bytes, shape, name) "
            "and exit without training (no --train-data needed); planned, nothing allocated, so also for a run too "
            "big for this machine or --device cuda without a GPU", &a.memory_map);

@@ -74,7 +74,7 @@ struct TrainArgs {
     int ckpt_every = 0;  // resume checkpoint every N steps (0: only at the end)
     float ckpt_minutes = 30;  // ... and whenever this long has passed since the last one (0: off)
     std::string out_dir = "runs/train";
-    bool overwrite = false;  // bin/train: a new run may replace the checkpoints an earlier run left in out_dir
+    bool overwrite = false;  // a new run may replace the checkpoints an earlier run left in out_dir (else refused)
     int log_every = 1;  // a progress line every N steps
     bool lr_find = false;  // run a learning-rate range test instead of training
     bool memory_map = false;  // print every tensor of every arena, then exit without training

@@ -142,6 +142,7 @@ int run_default_job(const DefaultJobOptions& opt) {
     base.out_dir = opt.out_dir + "/base";
     base.quiet = opt.quiet;
     base.resume_hint = false;  // run_stage says how the default job continues
+    base.overwrite = true;     // and it starts again from the beginning
     std::printf("== 1/2 pretraining on the base corpus (at %.0f s)\n", elapsed());
     if (int rc = run_stage(opt, base)) return rc;
 

@@ -71,7 +71,6 @@ int main(int argc, char** argv) {
             std::fputs(tune::train_help().c_str(), stdout);
             return 0;
         }
-        if (tune::launch_info().rank == 0) tune::refuse_earlier_run(args);  // rank 0 writes for all
         tune::Trainer trainer(args);
         watch(&trainer);
         struct Forget {  // before the trainer's destructor runs, on every way out of this scope

@@ -221,27 +221,42 @@ static TrainArgs with_resumed_seed(const TrainArgs& given) {
     return a;
 }
 
-void refuse_earlier_run(const TrainArgs& args) {
+// Whether `args` continues the run whose directory is its --out (its own resume.ckpt), rather than starting one
+// there.
+static bool resumes_own_run(const TrainArgs& args) {
+    return !args.resume.empty() && same_file(args.resume, args.out_dir + "/resume.ckpt");
+}
+
+// A new run in a directory that holds an earlier run's checkpoints would replace them (a finished run's weights,
+// or hours of one that was stopped): refused, saying what is there, unless --overwrite. A --resume continues a
+// run the user named (its own resume.ckpt, or a copy kept from it). Files this run reads (--init, --teacher,
+// --adapter in --out) are kept, so they do not count.
+static void refuse_earlier_run(const TrainArgs& args) {
     const std::string& dir = args.out_dir;
     if (dir.empty() || !args.resume.empty() || args.overwrite || args.memory_map || args.lr_find) return;
+    auto read_here = [&](const std::string& path) {
+        return same_file(path, args.init) || same_file(path, args.teacher) || same_file(path, args.adapter);
+    };
     std::string held;
     std::error_code ec;
     uint64_t step = 0;
-    const bool resumable = checkpoint_step(dir + "/resume.ckpt", &step);
+    bool finished = false;  // model.ckpt and adapter.ckpt are written by a finished run only
+    const std::string resume = dir + "/resume.ckpt";
+    const bool resumable = !read_here(resume) && checkpoint_step(resume, &step);
     if (resumable) {
-        const auto was = checkpoint_options(dir + "/resume.ckpt");
+        const auto was = checkpoint_options(resume);
         const auto steps = was.find("--steps");
         held = "resume.ckpt at step " + std::to_string(step) + (steps == was.end() ? "" : " of " + steps->second);
+        finished = steps != was.end() && step >= std::strtoull(steps->second.c_str(), nullptr, 10);
     }
-    bool finished = false;  // what only a finished run writes
     for (const char* name : {"model.ckpt", "adapter.ckpt"})
-        if (std::filesystem::exists(dir + "/" + name, ec)) {
+        if (std::filesystem::exists(dir + "/" + name, ec) && !read_here(dir + "/" + name)) {
             held += (held.empty() ? "" : ", ") + std::string(name);
             finished = true;
         }
     if (held.empty()) return;
     throw UsageError("--out " + dir + " holds an earlier run's checkpoints (" + held + (finished ? ": finished" : "") +
-                     "): " + (finished || !resumable ? "" : "go on with it with --resume " + dir + "/resume.ckpt, ") +
+                     "): " + (finished || !resumable ? "" : "go on with it with --resume " + resume + ", ") +
                      "give --overwrite to start over there (its checkpoints, metrics and plot are replaced), or "
                      "give another --out");
 }
@@ -273,8 +288,10 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
     }
     Comm& comm = process_comm(*be_, args.comm_timeout);
     writer_ = comm.rank() == 0;
-    if (writer_ && !args.memory_map && !args.out_dir.empty())
+    if (writer_ && !args.memory_map && !args.out_dir.empty()) {  // DIST: a refusal here stops every rank
         out_lock_ = std::make_unique<DirLock>(args.out_dir, "bin/train");
+        refuse_earlier_run(args);
+    }
     if (!writer_) args_.quiet = true;
 
     const std::string& ckpt = !args.resume.empty() ? args.resume : args.init;
@@ -1012,7 +1029,7 @@ int Trainer::run() {
     // A new run in a directory an earlier run used (bin/train --overwrite, the default job started again): that
     // run's finished weights must not pass for this run's if it halts, is stopped or dies (the directory
     // describes one run). Not a file this run reads.
-    if (writer_ && !args_.out_dir.empty() && args_.resume.empty())
+    if (writer_ && !args_.out_dir.empty() && !resumes_own_run(args_))
         for (const char* name : {"model.ckpt", "adapter.ckpt"}) {
             const std::string path = args_.out_dir + "/" + name;
             std::error_code ec;

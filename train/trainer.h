@@ -58,11 +58,6 @@ struct LoadedModel {
 // top of `weights` (LoRA, virtual tokens).
 LoadedModel load_model(const std::string& weights, const std::string& device, const std::string& precision, int B,
                        int T, const std::string& adapter = "");
-// bin/train's rule for its --out: a new run (no --resume, --overwrite, --memory-map or --lr-find) in a directory
-// that holds an earlier run's checkpoints would replace them (a finished run's weights, or hours of one that was
-// stopped), so it is refused with a UsageError saying what is there. (A Trainer itself replaces them: the
-// default job and the benchmarks start their runs over.)
-void refuse_earlier_run(const TrainArgs& args);
 // The token documents end with for --windows documents (bin/train, bin/evaluate): the <|endoftext|> of the
 // vocabulary in vocab_dir, which the model's vocabulary must hold (else a UsageError); -1 for fixed windows.
 int32_t document_end_token(bool document_windows, const std::string& vocab_dir, int vocab_size);
