@@ -28,6 +28,9 @@ int main(int argc, char** argv) {
         });
         cli.option("--prompt-file", "F", "read the prompt from a file ('-': standard input), every byte of it: a "
                    "final line break too", &prompt_file);
+        bool eot_first = false;
+        cli.flag("--eot-first", "put <|endoftext|> before the prompt, as a model fine-tuned with --windows documents "
+                 "saw every example (and GPT-2 every document after the first)", &eot_first);
         cli.option("--max-new", "N", "most new tokens per sample", &max_new, 1, 1 << 20);
         cli.option("--temperature", "T", "softmax temperature (0: greedy)", &sc.temperature, 0, 100);
         cli.option("--top-k", "K", "sample among the K most likely tokens (0: all)", &sc.top_k, 0, 1 << 20);
@@ -53,12 +56,13 @@ int main(int argc, char** argv) {
         }
         Tokenizer tok = Tokenizer::load(vocab);
         std::vector<int32_t> ids = tok.encode(prompt);
-        if (ids.empty()) ids.push_back(tok.eot_token());  // an empty prompt starts a fresh document
+        if (ids.empty() || eot_first) ids.insert(ids.begin(), tok.eot_token());  // a fresh document starts here
         LoadedModel m = load_model(weights, device, "fp32", 1, 0, adapter);
-        if (prompt.empty() && tok.eot_token() >= m.model->config().vocab_size)
-            throw UsageError("no prompt, and the model's " + std::to_string(m.model->config().vocab_size) +
-                             " tokens hold no <|endoftext|> (id " + std::to_string(tok.eot_token()) +
-                             ") to start a fresh document from: give --prompt");
+        if ((prompt.empty() || eot_first) && tok.eot_token() >= m.model->config().vocab_size)
+            throw UsageError(std::string(eot_first ? "--eot-first" : "no prompt") + ", and the model's " +
+                             std::to_string(m.model->config().vocab_size) + " tokens hold no <|endoftext|> (id " +
+                             std::to_string(tok.eot_token()) + ") to start a fresh document from" +
+                             (eot_first ? "" : ": give --prompt"));
         check_prompt(*m.model, ids);  // before the prompt is printed: no partial output on an error
         // A model with tokens the tokenizer lacks (a fine-tune that added a pad token): those have no text.
         sc.vocab = tok.vocab_size();

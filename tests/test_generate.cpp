@@ -300,6 +300,11 @@ TEST(GenerateCli, NotesTheContextLimitAndRefusesTwoPrompts) {
     EXPECT_EQ(full.rc, 0) << full.out;
     EXPECT_THAT(full.out, HasSubstr("note: stopped at the model's context of 16 tokens after 13 new tokens, fewer "
                                     "than --max-new 400"));
+    // --eot-first: the context starts with <|endoftext|>, one position more (not printed).
+    CmdResult eot = run_cmd(gen + "--prompt 'Once upon a time' --max-new 400 --temperature 0 --eot-first");
+    EXPECT_EQ(eot.rc, 0) << eot.out;
+    EXPECT_THAT(eot.out, HasSubstr("note: stopped at the model's context of 16 tokens after 12 new tokens"));
+    EXPECT_EQ(eot.out.rfind("Once upon a time", 0), 0u) << eot.out;
     CmdResult some = run_cmd(gen + "--prompt 'Once upon a time' --max-new 5 --temperature 0 --top-k 1");
     EXPECT_EQ(some.rc, 0) << some.out;
     EXPECT_THAT(some.out, ::testing::Not(HasSubstr("note: stopped")));
@@ -328,6 +333,9 @@ TEST(GenerateCli, NotesTheContextLimitAndRefusesTwoPrompts) {
     CmdResult ids = run_cmd("bin/generate --device cpu --model " + d + "/small.ckpt --prompt 'hello' --max-new 3");
     EXPECT_EQ(ids.rc, 1) << ids.out;
     EXPECT_THAT(ids.out, HasSubstr("prompt token 0 has id 31373, not below the model's vocabulary size 97"));
+    CmdResult no_eot = run_cmd("bin/generate --device cpu --model " + d + "/small.ckpt --prompt 'hello' --eot-first");
+    EXPECT_EQ(no_eot.rc, 2) << no_eot.out;
+    EXPECT_THAT(no_eot.out, HasSubstr("--eot-first, and the model's 97 tokens hold no <|endoftext|> (id 50256)"));
     // A larger one (a fine-tune that added a token): generation goes on, never choosing the extra ids.
     cfg.vocab_size = 50260;
     cfg.padded_vocab_size = pad_vocab(cfg.vocab_size);
