@@ -47,6 +47,7 @@ struct Result {
     size_t trainable = 0, grad_opt_bytes = 0;
     double base_before = 0;
     std::vector<double> ms_per_step, accuracy, base_after, task_after;  // one per seed
+    std::vector<double> accuracy_eot;  // the prompts after an <|endoftext|>: results.json and the log, not the table
 };
 
 double mean(const std::vector<double>& v) {
@@ -271,6 +272,7 @@ int main(int argc, char** argv) {
                              {"base_loss_before", r.base_before},
                              {"per_seed", {{"ms_per_step", r.ms_per_step},
                                            {"accuracy", r.accuracy},
+                                           {"accuracy_after_eot", r.accuracy_eot},
                                            {"base_loss_after", r.base_after},
                                            {"task_loss_after", r.task_after}}}});
             const std::string js = nlohmann::json{{"model", model},   {"steps", steps},
@@ -316,10 +318,11 @@ int main(int argc, char** argv) {
                 r.task_after.push_back(after.task);
                 LoadedModel m = load_model(ft.out_dir + "/model.ckpt", device, "fp32", 1, 32);
                 r.accuracy.push_back(task_accuracy(*m.model, tok, d.test));
-                std::printf("%-42s seed %d  acc %5.1f%%  base loss %.3f -> %.3f  %8zu trainable  %7.1f ms/step  "
-                            "(%.0f s)\n",
-                            meth.name.c_str(), seed, 100 * r.accuracy.back(), r.base_before, r.base_after.back(),
-                            r.trainable, r.ms_per_step.back(), elapsed());
+                r.accuracy_eot.push_back(task_accuracy(*m.model, tok, d.test, nullptr, true));
+                std::printf("%-42s seed %d  acc %5.1f%% (after <|endoftext|> %5.1f%%)  base loss %.3f -> %.3f  %8zu "
+                            "trainable  %7.1f ms/step  (%.0f s)\n",
+                            meth.name.c_str(), seed, 100 * r.accuracy.back(), 100 * r.accuracy_eot.back(),
+                            r.base_before, r.base_after.back(), r.trainable, r.ms_per_step.back(), elapsed());
                 std::fflush(stdout);
             }
             results.push_back(r);

@@ -28,15 +28,16 @@ std::string jsonl(const std::vector<TaskExample>& ex) {
 }  // namespace
 
 double task_accuracy(GPT2& m, const Tokenizer& tok, const std::vector<TaskExample>& ex,
-                     std::vector<std::string>* samples) {
+                     std::vector<std::string>* samples, bool eot_first) {
     SamplingConfig greedy;
     greedy.temperature = 0;
     Rng rng(0);
     size_t hits = 0;
     for (size_t i = 0; i < ex.size(); i++) {
         const std::vector<int32_t> want = tok.encode(ex[i].completion);
-        std::vector<int32_t> got = generate(m, tok.encode(ex[i].prompt), (int)want.size() + 1, greedy, rng,
-                                            tok.eot_token());
+        std::vector<int32_t> prompt = tok.encode(ex[i].prompt);
+        if (eot_first) prompt.insert(prompt.begin(), tok.eot_token());
+        std::vector<int32_t> got = generate(m, prompt, (int)want.size() + 1, greedy, rng, tok.eot_token());
         const std::string text = tok.decode(got);
         hits += text == ex[i].completion;
         if (samples && samples->size() < 4)

@@ -28,8 +28,9 @@ struct DefaultData {
 DefaultData prepare_default_data(const Tokenizer& tok, const std::string& dir);
 
 // Exact match of greedy continuations against the expected answers; `samples` (optional) gets a few.
+// `eot_first`: each prompt after an <|endoftext|> (bin/generate --eot-first), as document windows train them.
 double task_accuracy(GPT2& m, const Tokenizer& tok, const std::vector<TaskExample>& ex,
-                     std::vector<std::string>* samples = nullptr);
+                     std::vector<std::string>* samples = nullptr, bool eot_first = false);
 
 // Mean loss over 4 validation batches of the task (answers only) and of the base corpus. `adapter`: an
 // adapter checkpoint on top of `weights`.
