@@ -50,7 +50,8 @@ TEST(Prepare, TextFileIsOneDocumentEndingInEotAllCounted) {
     EXPECT_EQ(r.documents, 2u);
     EXPECT_TRUE(r.val_path.empty());
     // Tokens per document, the closing EOT included: the shorter is the median of two, the longer the rest.
-    const size_t a = tok().encode("Hello world.\nSecond line.").size() + 1, b = tok().encode("Another document").size() + 1;
+    const size_t a = tok().encode("Hello world.\nSecond line.").size() + 1;
+    const size_t b = tok().encode("Another document").size() + 1;
     ASSERT_NE(a, b);
     EXPECT_EQ(r.doc_tokens_median, std::min(a, b));
     EXPECT_EQ(r.doc_tokens_p95, std::max(a, b));

@@ -266,7 +266,8 @@ TEST(FileIo, ADirectoryLockRefusesASecondWriterUntilTheFirstEnds) {
     spit(d + "/.lock", "bin/train, pid 1 on host gone\n");  // a killed run's: nobody holds its lock
     {
         const DirLock again(d, "bin/prepare");
-        EXPECT_EQ(slurp(d + "/.lock"), "bin/prepare, pid " + std::to_string(getpid()) + " on host " + host_name() + "\n");
+        EXPECT_EQ(slurp(d + "/.lock"),
+                  "bin/prepare, pid " + std::to_string(getpid()) + " on host " + host_name() + "\n");
     }
     EXPECT_FALSE(std::filesystem::exists(d + "/.lock"));
     EXPECT_TRUE(std::filesystem::exists(d)) << "a directory the lock did not make stays";
