@@ -3,7 +3,8 @@
 // for the same number of steps, and is measured for what it costs and what it keeps:
 //   trainable parameters, gradient + optimizer memory, time per step, held-out task accuracy (greedy exact
 //   match on prompts never trained on), and the base-corpus loss before -> after (how much it forgot).
-// Writes runs/methods/results.json and the table in docs/finetuning.md (between its markers).
+// Writes runs/methods/results.json and the table in docs/finetuning.md (between its markers; --windows documents
+// has a table of its own).
 //
 // Not a Google Benchmark: each "iteration" is a whole training run and the result is a table of outcomes,
 // not a timing distribution. On the CPU machine (tiny model) it takes about 15 minutes; on a GPU run it
@@ -47,7 +48,7 @@ struct Result {
     size_t trainable = 0, grad_opt_bytes = 0;
     double base_before = 0;
     std::vector<double> ms_per_step, accuracy, base_after, task_after;  // one per seed
-    std::vector<double> accuracy_eot;  // the prompts after an <|endoftext|>: results.json and the log, not the table
+    std::vector<double> accuracy_eot;  // the prompts after an <|endoftext|> (the document-window table's first column)
 };
 
 double mean(const std::vector<double>& v) {
@@ -156,34 +157,47 @@ double median_ms_per_step(const std::string& run_dir, size_t tokens_per_step) {
     return ms.empty() ? 0 : median(ms);
 }
 
-std::string table(const std::vector<Result>& rs, const std::string& machine, double acc_base, int seeds) {
+std::string range(const std::vector<double>& v, int seeds) {
+    char b[64];
+    if (seeds > 1)
+        std::snprintf(b, sizeof b, "%.0f%% (%.0f-%.0f)", 100 * mean(v), 100 * lowest(v), 100 * highest(v));
+    else
+        std::snprintf(b, sizeof b, "%.0f%%", 100 * mean(v));
+    return b;
+}
+
+// With document windows, a model saw every example right after an <|endoftext|>: it is scored both ways, asked
+// as it was trained first.
+std::string table(const std::vector<Result>& rs, const std::string& machine, double acc_base, double acc_base_eot,
+                  int seeds, bool documents) {
     std::ostringstream os;
-    os << "| Method | Settings | Trainable params | Grad + optimizer memory | ms / step | Task accuracy | "
-          "Base-corpus loss before → after |\n|---|---|---:|---:|---:|---:|---|\n";
+    os << "| Method | Settings | Trainable params | Grad + optimizer memory | ms / step | "
+       << (documents ? "Task accuracy after `<|endoftext|>` | prompt alone | " : "Task accuracy | ")
+       << "Base-corpus loss before → after |\n|---|---|---:|---:|---:|---:|" << (documents ? "---:|" : "")
+       << "---|\n";
     char buf[512];
     for (const Result& r : rs) {
         // mean (lowest-highest over the seeds); one seed prints its value alone
-        char acc[64], after[64];
-        if (seeds > 1) {
-            std::snprintf(acc, sizeof acc, "%.0f%% (%.0f-%.0f)", 100 * mean(r.accuracy), 100 * lowest(r.accuracy),
-                          100 * highest(r.accuracy));
+        char after[64];
+        if (seeds > 1)
             std::snprintf(after, sizeof after, "%.2f (%.2f-%.2f)", mean(r.base_after), lowest(r.base_after),
                           highest(r.base_after));
-        } else {
-            std::snprintf(acc, sizeof acc, "%.0f%%", 100 * mean(r.accuracy));
+        else
             std::snprintf(after, sizeof after, "%.3f", mean(r.base_after));
-        }
+        const std::string acc = documents ? range(r.accuracy_eot, seeds) + " | " + range(r.accuracy, seeds)
+                                          : range(r.accuracy, seeds);
         std::snprintf(buf, sizeof buf, "| %s | `%s` | %zu | %.1f KiB | %.1f | %s | %.3f → %s |\n", r.name.c_str(),
-                      r.settings.c_str(), r.trainable, r.grad_opt_bytes / 1024.0, median(r.ms_per_step), acc,
+                      r.settings.c_str(), r.trainable, r.grad_opt_bytes / 1024.0, median(r.ms_per_step), acc.c_str(),
                       r.base_before, after);
         os << buf;
     }
     std::snprintf(buf, sizeof buf,
-                  "\nBase model before fine-tuning: task accuracy %.0f%%. Each method fine-tuned with %d seed%s "
-                  "(data order and initialisation)%s; ms / step is the median step, over seeds the median. Measured on "
-                  "%s.\n",
-                  100 * acc_base, seeds, seeds > 1 ? "s" : "", seeds > 1 ? ": mean (lowest-highest)" : "",
-                  machine.c_str());
+                  "\nBase model before fine-tuning: task accuracy %.0f%%%s. Each method fine-tuned with %d seed%s "
+                  "(data order and initialisation)%s%s; ms / step is the median step, over seeds the median. Measured "
+                  "on %s.\n",
+                  100 * acc_base, documents ? (" (" + range({acc_base_eot}, 1) + " after `<|endoftext|>`)").c_str() : "",
+                  seeds, seeds > 1 ? "s" : "", seeds > 1 ? ": mean (lowest-highest)" : "",
+                  documents ? ", on document windows (`--windows documents`)" : "", machine.c_str());
     os << buf;
     return os.str();
 }
@@ -254,10 +268,11 @@ int main(int argc, char** argv) {
         if (int rc = Trainer(base).run()) return rc;
         const std::string base_ckpt = base.out_dir + "/model.ckpt";
         const TaskAndBaseLoss before = measure_losses(base_ckpt, device, d);
-        double acc_base;
+        double acc_base, acc_base_eot;
         {
             LoadedModel m = load_model(base_ckpt, device, "fp32", 1, 32);
             acc_base = task_accuracy(*m.model, tok, d.test);
+            acc_base_eot = task_accuracy(*m.model, tok, d.test, nullptr, true);
         }
         std::printf("base: task accuracy %.0f%%, base-corpus loss %.3f (%.0f s)\n", 100 * acc_base, before.base,
                     elapsed());
@@ -278,7 +293,8 @@ int main(int argc, char** argv) {
             const std::string js = nlohmann::json{{"model", model},   {"steps", steps},
                                                   {"seeds", seeds},   {"device", device}, {"precision", precision},
                                                   {"windows", documents ? "documents" : "fixed"},
-                                                  {"base_accuracy", acc_base}, {"results", j}}.dump(2) + "\n";
+                                                  {"base_accuracy", acc_base},
+                                                  {"base_accuracy_after_eot", acc_base_eot}, {"results", j}}.dump(2) + "\n";
             write_file_atomic(out + "/results.json", js.data(), js.size());
         };
         const int L = preset_config(model).n_layer;
@@ -328,10 +344,12 @@ int main(int argc, char** argv) {
             results.push_back(r);
             write_results();  // after every method: a run cut short (a time limit) keeps what it measured
         }
-        const std::string t = table(results, machine, acc_base, seeds);
+        const std::string t = table(results, machine, acc_base, acc_base_eot, seeds, documents);
         std::fputs(t.c_str(), stdout);
         if (!doc.empty()) {
-            const std::string begin = "<!-- methods-table:begin -->", end = "<!-- methods-table:end -->";
+            // each kind of window has its own table
+            const std::string marker = documents ? "methods-table-documents" : "methods-table";
+            const std::string begin = "<!-- " + marker + ":begin -->", end = "<!-- " + marker + ":end -->";
             std::string text = slurp_text(doc);
             const size_t a = text.find(begin), b = text.find(end);
             if (a == std::string::npos || b == std::string::npos || b < a)
