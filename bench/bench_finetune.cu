@@ -41,6 +41,7 @@ void BM_Distill(benchmark::State& state) {
     });
 }
 
+// One process; and rank 1 of 8, whose counters take a 64-bit division per element.
 template <class T>
 void BM_Dropout(benchmark::State& state) {
     Context* ctx = context(state);
@@ -48,8 +49,10 @@ void BM_Dropout(benchmark::State& state) {
     const size_t n = kN * kC;
     DeviceArray<T> inp(*ctx, n, 1), out(*ctx, n, 2);
     uint64_t seed = 7;
+    const DropoutLayout layout = state.range(0) ? DropoutLayout{(uint64_t)kT * kC, 8, 1} : DropoutLayout{};
+    state.SetLabel(state.range(0) ? "rank 1 of 8" : "one process");
     run_timed(state, *ctx, 2.0 * n * sizeof(T), 0, 0,
-              [&] { cuda::dropout(out.p, inp.p, 0.1f, seed++, n, ctx->stream); });
+              [&] { cuda::dropout(out.p, inp.p, 0.1f, seed++, layout, n, ctx->stream); });
 }
 
 template <class T>
@@ -93,7 +96,7 @@ void BM_AccumulateSquares(benchmark::State& state) {
 }
 
 BENCHMARK(BM_Distill<__nv_bfloat16>)->Name("distill_fwd_bwd/bf16/N8192_Vp50304")->UseManualTime()->MinTime(0.2);
-BENCHMARK(BM_Dropout<__nv_bfloat16>)->Name("dropout/bf16/n25M")->UseManualTime()->MinTime(0.2);
+BENCHMARK(BM_Dropout<__nv_bfloat16>)->Name("dropout/bf16/n25M")->Arg(0)->Arg(1)->UseManualTime()->MinTime(0.2);
 BENCHMARK(BM_PrefixRowsBackward<__nv_bfloat16>)->Name("prefix_rows_backward/bf16/B32_T1024_P16")->UseManualTime()->MinTime(0.2);
 BENCHMARK(BM_AnchorPenalty<__nv_bfloat16>)->Name("anchor_penalty/bf16/gpt2")->UseManualTime()->MinTime(0.2);
 BENCHMARK(BM_AccumulateSquares<__nv_bfloat16>)->Name("accumulate_squares/bf16/gpt2")->UseManualTime()->MinTime(0.2);

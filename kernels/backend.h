@@ -159,11 +159,13 @@ class Backend {
     // ---- fine-tuning pieces (kernels/finetune.h, reference kernels/cpu/finetune.h) ----
     // out = s * inp, n elements; out may alias inp.
     virtual void scale(void* out, const void* inp, float s, size_t n) = 0;
-    // Inverted dropout with a counter-based mask: out[i] = inp[i] / (1 - p) where keep(seed, i), else 0.
-    // keep(seed, i) = (dropout_hash(seed, i) >= p * 2^32), dropout_hash from kernels/common.h, so the CPU and
+    // Inverted dropout with a counter-based mask: out[i] = inp[i] / (1 - p) where keep(seed, c), else 0, with
+    // c = dropout_counter(layout, i) (element i's place in the whole batch across ranks; DropoutLayout{}: c = i).
+    // keep(seed, c) = (dropout_hash(seed, c) >= p * 2^32), dropout_hash from kernels/common.h, so the CPU and
     // CUDA masks are identical. Calling it again on dout with the same seed is the backward (the mask is
     // regenerated, never stored). out may alias inp. p = 0 copies.
-    virtual void dropout(void* out, const void* inp, float p, uint64_t seed, size_t n) = 0;
+    virtual void dropout(void* out, const void* inp, float p, uint64_t seed, const DropoutLayout& layout,
+                         size_t n) = 0;
     // Virtual-token rows (soft prompts, prefix tuning): for every sequence b and j < P,
     //   x[b, j, col0 : col0+w] = src[j * src_ld : j * src_ld + w]          x (B, T, W), src (P, src_ld)
     virtual void prefix_rows_forward(void* x, const void* src, int src_ld, int B, int T, int P, int W, int col0,

@@ -56,6 +56,19 @@ TUNE_HOST_DEVICE inline uint32_t dropout_hash(uint64_t seed, uint64_t i) {
     return (uint32_t)(z >> 32);
 }
 
+// Where a process's mask sits in the whole batch's. A (B, rows, cols) tensor holds B sequences of seq_elems =
+// rows * cols elements; under data parallelism this process's sequence b is sequence b * stride + offset of the
+// global batch (stride: the world size, offset: the rank; data/shard.h deals windows out that way), and element
+// i draws the counter it has there, so the masks do not depend on how many ranks share the batch. The default,
+// stride 1 and offset 0, is the identity.
+struct DropoutLayout {
+    uint64_t seq_elems = 1, stride = 1, offset = 0;
+};
+TUNE_HOST_DEVICE inline uint64_t dropout_counter(const DropoutLayout& m, uint64_t i) {
+    if (m.stride == 1 && m.offset == 0) return i;
+    return (i / m.seq_elems * m.stride + m.offset) * m.seq_elems + i % m.seq_elems;
+}
+
 // The bf16 nearest a float, ties to even (as the bf16 uploads round): its upper 16 bits after rounding. For
 // finite values (every weight loader checks).
 inline uint16_t f32_to_bf16_rne(float x) {

@@ -27,10 +27,11 @@ struct ScaleOp {
 
 struct DropoutOp {
     uint64_t seed;
+    DropoutLayout layout;
     uint64_t threshold;  // keep when the 32-bit hash is >= p * 2^32 (up to 2^32: keep nothing)
     float keep_scale;    // 1 / (1 - p), rounded to fp32 as the CPU reference rounds it
     __device__ __forceinline__ float operator()(float x, size_t i) const {
-        return (uint64_t)dropout_hash(seed, i) >= threshold ? x * keep_scale : 0.0f;
+        return (uint64_t)dropout_hash(seed, dropout_counter(layout, i)) >= threshold ? x * keep_scale : 0.0f;
     }
 };
 
@@ -202,7 +203,8 @@ void scale(T* out, const T* inp, float s, size_t n, cudaStream_t stream) {
 }
 
 template <class T>
-void dropout(T* out, const T* inp, float p, uint64_t seed, size_t n, cudaStream_t stream) {
+void dropout(T* out, const T* inp, float p, uint64_t seed, const DropoutLayout& layout, size_t n,
+             cudaStream_t stream) {
     NvtxRange range("dropout");
     if (n == 0) return;
     if (p == 0.0f) {  // keeps everything at scale 1: a copy
@@ -210,7 +212,7 @@ void dropout(T* out, const T* inp, float p, uint64_t seed, size_t n, cudaStream_
         return;
     }
     // The threshold and the scale exactly as the CPU reference computes them, so the masks are identical.
-    const DropoutOp op{seed, (uint64_t)((double)p * 4294967296.0), (float)(1.0 / (1.0 - (double)p))};
+    const DropoutOp op{seed, layout, (uint64_t)((double)p * 4294967296.0), (float)(1.0 / (1.0 - (double)p))};
     map_elements(out, inp, n, op, stream);
 }
 
@@ -277,7 +279,7 @@ void accumulate_squares(float* out, const T* x, float s, size_t n, cudaStream_t 
 
 #define TUNE_INSTANTIATE(T)                                                                                      \
     template void scale<T>(T*, const T*, float, size_t, cudaStream_t);                                           \
-    template void dropout<T>(T*, const T*, float, uint64_t, size_t, cudaStream_t);                               \
+    template void dropout<T>(T*, const T*, float, uint64_t, const DropoutLayout&, size_t, cudaStream_t);         \
     template void prefix_rows_forward<T>(T*, const T*, int, int, int, int, int, int, int, cudaStream_t);         \
     template void prefix_rows_backward<T>(T*, T*, int, int, int, int, int, int, int, cudaStream_t);              \
     template void distill_forward_backward<T>(T*, T*, const T*, const T*, const float*, float, float, size_t, int, \

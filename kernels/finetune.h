@@ -2,10 +2,10 @@
 // T is float, __nv_bfloat16 or __half; arithmetic is fp32 (reductions of the returned penalty in double),
 // results rounded to nearest once. Nothing is saved for a backward: each op's backward is below it.
 //   scale:        out = s * inp
-//   dropout:      out[i] = keep(seed, i) ? inp[i] * (1 / (1 - p)) : 0,
-//                 keep(seed, i) = dropout_hash(seed, i) >= (uint64_t)(p * 2^32)   (kernels/common.h)
-//                 The mask is a pure function of (seed, i), the same bits as the CPU's, so the backward is
-//                 the same call on dout and nothing is stored.
+//   dropout:      out[i] = keep(seed, c) ? inp[i] * (1 / (1 - p)) : 0,  c = dropout_counter(layout, i),
+//                 keep(seed, c) = dropout_hash(seed, c) >= (uint64_t)(p * 2^32)   (kernels/common.h)
+//                 The mask is a pure function of (seed, layout, i), the same bits as the CPU's, so the backward
+//                 is the same call on dout and nothing is stored.
 //   prefix rows:  x[b, j, col0:col0+w] = src[j, 0:w]  for every b and j < P   (soft prompts, prefix tuning)
 //                 backward: dsrc[j, 0:w] += sum over b of dx[b, j, col0:col0+w], b in order (one thread per
 //                 dsrc element: deterministic, no atomics); then those dx entries are set to zero.
@@ -37,11 +37,12 @@ void scale(T* out,        // (n); may alias inp
            const T* inp,  // (n)
            float s, size_t n, cudaStream_t stream);
 
-// Element i of the mask is keep(seed, i) counted from `inp`, whatever the pointers' alignment.
+// Element i of the mask is keep(seed, dropout_counter(layout, i)), i counted from `inp`, whatever the pointers'
+// alignment.
 template <class T>
 void dropout(T* out,        // (n); may alias inp
              const T* inp,  // (n)
-             float p, uint64_t seed, size_t n, cudaStream_t stream);
+             float p, uint64_t seed, const DropoutLayout& layout, size_t n, cudaStream_t stream);
 
 template <class T>
 void prefix_rows_forward(T* x,          // (B, T, W): rows j < P, columns col0..col0+w-1 written

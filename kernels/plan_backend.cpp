@@ -96,7 +96,7 @@ class PlanBackend final : public Backend {
     void crossentropy_forward_backward(void*, void*, const void*, const int32_t*, const float*, float, size_t, int,
                                        int) override {}
     void scale(void*, const void*, float, size_t) override {}
-    void dropout(void*, const void*, float, uint64_t, size_t) override {}
+    void dropout(void*, const void*, float, uint64_t, const DropoutLayout&, size_t) override {}
     void prefix_rows_forward(void*, const void*, int, int, int, int, int, int, int) override {}
     void prefix_rows_backward(void*, void*, int, int, int, int, int, int, int) override {}
     void distill_forward_backward(void*, void*, const void*, const void*, const float*, float, float, size_t, int,

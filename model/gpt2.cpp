@@ -449,13 +449,19 @@ uint64_t GPT2::dropout_key(int l, int s) const {
     return r.next_u64();
 }
 
+void GPT2::lora_dropout(void* out, const void* inp, int l, int s, size_t N, int IC) {
+    assert(cur_B_ > 0 && N % (size_t)cur_B_ == 0);
+    const DropoutLayout layout{N / (size_t)cur_B_ * (size_t)IC, dropout_stride_, dropout_offset_};
+    be_.dropout(out, inp, opts_.peft.lora_dropout, dropout_key(l, s), layout, N * IC);
+}
+
 void* GPT2::lora_down(int l, int s, const void* x, size_t N, int IC, int l_act) {
     const Lora& lr = lora_[l * kLoraSites + s];
     if (lr.a < 0) return nullptr;
     const int r = opts_.peft.lora_rank;
     const void* xin = x;
     if (training_ && opts_.peft.lora_dropout > 0) {
-        be_.dropout(scratch_.ptr(s_lora_drop_), x, opts_.peft.lora_dropout, dropout_key(l, s), N * IC);
+        lora_dropout(scratch_.ptr(s_lora_drop_), x, l, s, N, IC);
         xin = scratch_.ptr(s_lora_drop_);
     }
     // u = (alpha/r) x A^T is kept (N, r): backward needs it for dB, and it is tiny.
@@ -479,7 +485,7 @@ void GPT2::lora_backward(int l, int s, void* dx, const void* dy, const void* x, 
     const int r = opts_.peft.lora_rank;
     const void* xin = x;
     if (training_ && opts_.peft.lora_dropout > 0) {  // the same mask as the forward: same key
-        be_.dropout(scratch_.ptr(s_lora_drop_), x, opts_.peft.lora_dropout, dropout_key(l, s), N * IC);
+        lora_dropout(scratch_.ptr(s_lora_drop_), x, l, s, N, IC);
         xin = scratch_.ptr(s_lora_drop_);
     }
     void* du = scratch_.ptr(s_lora_du_);
@@ -490,7 +496,7 @@ void GPT2::lora_backward(int l, int s, void* dx, const void* dy, const void* x, 
     be_.matmul_backward(dx ? dxl : nullptr, pgrad(lr.a), nullptr, du, xin, params_.ptr(lr.a), N, IC, r);
     if (!dx) return;  // nothing below reads it
     if (xin != x)  // through the dropout: the same mask and scale again
-        be_.dropout(dxl, dxl, opts_.peft.lora_dropout, dropout_key(l, s), N * IC);
+        lora_dropout(dxl, dxl, l, s, N, IC);
     be_.residual_forward(dx, dx, dxl, N * IC);
 }
 

@@ -153,10 +153,14 @@ class GPT2 {
     // N(0, sigma) with sigma the standard deviation of the token embeddings; network weights N(0, 0.02),
     // biases zero. Call after the base weights are in place. Deterministic in the seed.
     void init_peft(uint64_t seed, const std::vector<int32_t>& init_tokens);
-    // Dropout (LoRA's) is on only in training forwards: `seed` keys this forward's masks.
-    void set_training(bool on, uint64_t seed = 0) {
+    // Dropout (LoRA's) is on only in training forwards: `seed` keys this forward's masks. Under data parallelism
+    // this process's sequence b is sequence b * seq_stride + seq_offset of the global batch (world size, rank):
+    // each sequence then draws the mask it would draw in one process holding the whole batch.
+    void set_training(bool on, uint64_t seed = 0, int seq_stride = 1, int seq_offset = 0) {
         training_ = on;
         dropout_seed_ = seed;
+        dropout_stride_ = (uint64_t)seq_stride;
+        dropout_offset_ = (uint64_t)seq_offset;
     }
     // Backward stops below this block and updates nothing beneath it (gradual unfreezing); -1: no limit.
     void set_backward_floor(int layer) { backward_floor_ = layer; }
@@ -251,6 +255,8 @@ class GPT2 {
     void* lora_down(int l, int s, const void* x, size_t N, int IC, int l_act);
     void lora_backward(int l, int s, void* dx, const void* dy, const void* x, size_t N, int IC, int OC);
     uint64_t dropout_key(int l, int s) const;
+    // out = dropout(inp) with the mask of adapted layer (l, s); inp (N, IC) an activation of the last forward.
+    void lora_dropout(void* out, const void* inp, int l, int s, size_t N, int IC);
     void upload_targets(const int32_t* targets, const float* weights);  // of the rows_ the head ran on
     const void* head_input() const;  // (rows_, C): the LM head's input rows
     // loss() and loss_distill() after their checks: see the definition. Returns (CE, KL) sums.
@@ -279,7 +285,7 @@ class GPT2 {
     std::vector<Lora> lora_;         // (L, kLoraSites)
     int virt_first_ = -1;            // first virtual-token parameter index
     bool training_ = false;
-    uint64_t dropout_seed_ = 0;
+    uint64_t dropout_seed_ = 0, dropout_stride_ = 1, dropout_offset_ = 0;
     int backward_floor_ = -1;
     bool embed_grads_ = false;  // wte or wpe trains
     size_t a_virt_h_ = 0, a_virt_hg_ = 0, a_virt_out_ = 0, s_virt_dout_ = 0, s_virt_dh_ = 0, s_virt_dh2_ = 0,

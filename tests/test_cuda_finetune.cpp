@@ -42,18 +42,20 @@ TEST_P(CudaFinetune, ScaleSeparateAndInPlace_n1001_n4096_Misaligned) {
 
 // ---------------------------------------------------------------- dropout
 // Same mask as the reference (the zeros fall in the same places), kept values scaled alike, in place equal to
-// separate, and the backward (the same call on dout) drops the same positions.
-TEST_P(CudaFinetune, DropoutMatchesReferenceMaskAndValues_n1001_n4096_Misaligned) {
+// separate, and the backward (the same call on dout) drops the same positions. Also with a data-parallel layout
+// (rank 2 of 3, sequences of 37 elements: packs straddle sequences).
+TEST_P(CudaFinetune, DropoutMatchesReferenceMaskAndValues_n1001_n4096_Misaligned_Rank2of3) {
     for (EwShape s : kEwShapes) {
-        for (float p : {0.1f, 0.5f}) {
+        for (auto [p, layout] : {std::pair<float, DropoutLayout>{0.1f, {}}, {0.5f, {}}, {0.3f, {37, 3, 2}}}) {
             const uint64_t seed = 0x1234567890abcdefull + s.n;
             Twin x(gpu(), ref(), s.n, s.offset), out(gpu(), ref(), s.n, s.offset);
             const auto xv = x.set(randn(s.n, 1));
             out.poison();
-            gpu().dropout(out.g(), x.g(), p, seed, s.n);
-            ref().dropout(out.r(), x.r(), p, seed, s.n);
+            gpu().dropout(out.g(), x.g(), p, seed, layout, s.n);
+            ref().dropout(out.r(), x.r(), p, seed, layout, s.n);
             const auto g = out.gpu.get(), r = out.ref.get();
-            const std::string where = ew_where(s) + " p=" + std::to_string(p);
+            const std::string where = ew_where(s) + " p=" + std::to_string(p) + " rank " +
+                                      std::to_string(layout.offset) + " of " + std::to_string(layout.stride);
             EXPECT_TRUE(near_rel(g, r, op_tol(dt()))) << where;
             size_t dropped = 0;
             for (size_t i = 0; i < s.n; i++) {
@@ -62,7 +64,7 @@ TEST_P(CudaFinetune, DropoutMatchesReferenceMaskAndValues_n1001_n4096_Misaligned
                 dropped += g[i] == 0.0;
             }
             EXPECT_GT(dropped, 0u) << where;
-            gpu().dropout(x.g(), x.g(), p, seed, s.n);
+            gpu().dropout(x.g(), x.g(), p, seed, layout, s.n);
             EXPECT_TRUE(same_bits(x.gpu.get(), g)) << "in place " << where;
         }
     }
@@ -73,9 +75,9 @@ TEST_P(CudaFinetune, DropoutWithPZeroCopies_n1001_Misaligned) {
         Twin x(gpu(), ref(), 1001, offset), out(gpu(), ref(), 1001, offset);
         const auto xv = x.set(randn(1001, 1));
         out.poison();
-        gpu().dropout(out.g(), x.g(), 0.0f, 5, 1001);
+        gpu().dropout(out.g(), x.g(), 0.0f, 5, {}, 1001);
         EXPECT_TRUE(same_bits(out.gpu.get(), xv)) << "offset " << offset;
-        gpu().dropout(x.g(), x.g(), 0.0f, 5, 1001);
+        gpu().dropout(x.g(), x.g(), 0.0f, 5, {}, 1001);
         EXPECT_TRUE(same_bits(x.gpu.get(), xv)) << "in place, offset " << offset;
     }
 }
@@ -96,8 +98,9 @@ TEST_P(CudaFinetune, DropoutEqualsCpuF32BitForBit_n100003_n4096_Misaligned) {
             cpu_x.set(xv);
             out.poison();
             cpu_out.poison();
-            gpu().dropout(out.p(), x.p(), p, seed, s.n);
-            cpu->dropout(cpu_out.p(), cpu_x.p(), p, seed, s.n);
+            const DropoutLayout layout{1000, 4, 3};  // rank 3 of 4, sequences of 1000 elements
+            gpu().dropout(out.p(), x.p(), p, seed, layout, s.n);
+            cpu->dropout(cpu_out.p(), cpu_x.p(), p, seed, layout, s.n);
             EXPECT_TRUE(same_bits(out.get(), cpu_out.get())) << ew_where(s) << " p=" << p;
         }
     }

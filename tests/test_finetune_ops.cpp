@@ -56,7 +56,7 @@ TEST_F(FinetuneCpu, DropoutKeepsOneMinusPAndScalesExactlyF64_n100003) {
     for (float p : {0.1f, 0.5f, 0.9f}) {
         std::vector<double> out(n);
         poison(out);
-        be->dropout(out.data(), x.data(), p, 42, n);
+        be->dropout(out.data(), x.data(), p, 42, {}, n);
         const double scale = 1.0 / (1.0 - (double)p);
         size_t kept = 0;
         for (size_t i = 0; i < n; i++) {
@@ -74,9 +74,9 @@ TEST_F(FinetuneCpu, DropoutMaskIsAFunctionOfSeedAndIndexF64_n100003) {
     const float p = 0.3f;
     const auto x = randn(n, 1);
     std::vector<double> a(n), b(n), c(n), head(1001);
-    be->dropout(a.data(), x.data(), p, 7, n);
-    be->dropout(b.data(), x.data(), p, 7, n);
-    be->dropout(c.data(), x.data(), p, 8, n);
+    be->dropout(a.data(), x.data(), p, 7, {}, n);
+    be->dropout(b.data(), x.data(), p, 7, {}, n);
+    be->dropout(c.data(), x.data(), p, 8, {}, n);
     EXPECT_TRUE(same_bits(a, b)) << "same seed, different output";
     // Different seeds: independent masks, so both keep an element with probability (1-p)^2.
     size_t both = 0, differ = 0;
@@ -88,7 +88,7 @@ TEST_F(FinetuneCpu, DropoutMaskIsAFunctionOfSeedAndIndexF64_n100003) {
     const double q = (1.0 - p) * (1.0 - p);
     EXPECT_NEAR((double)both, n * q, 5 * std::sqrt(n * q * (1 - q)));
     // The first 1001 elements alone get the same mask: it depends on the index, not on n.
-    be->dropout(head.data(), x.data(), p, 7, head.size());
+    be->dropout(head.data(), x.data(), p, 7, {}, head.size());
     EXPECT_TRUE(same_bits(head, std::vector<double>(a.begin(), a.begin() + head.size())));
     // The mask is the documented hash.
     const uint64_t threshold = (uint64_t)((double)p * 4294967296.0);
@@ -105,12 +105,12 @@ TEST_F(FinetuneCpu, DropoutBackwardIsTheSameCallF64_n97) {
     const auto R = randn(n, 2);
     auto f = [&] {
         std::vector<double> out(n);
-        be->dropout(out.data(), x.data(), p, seed, n);
+        be->dropout(out.data(), x.data(), p, seed, {}, n);
         return dot(out, R);
     };
     std::vector<double> dx(n);
     poison(dx);
-    be->dropout(dx.data(), R.data(), p, seed, n);
+    be->dropout(dx.data(), R.data(), p, seed, {}, n);
     EXPECT_TRUE(near_rel(dx, numeric_grad(x, f), kGradTol));
     size_t dropped = 0;
     for (double v : dx) dropped += v == 0.0;
@@ -118,11 +118,39 @@ TEST_F(FinetuneCpu, DropoutBackwardIsTheSameCallF64_n97) {
     EXPECT_LT(dropped, n);
 }
 
+// Under data parallelism rank r holds sequences r, r+W, r+2W, ... of the global batch. Given that layout, each
+// rank's mask is its rows of the mask one process draws over the whole batch: W=3 ranks of B=2 sequences of
+// 5 x 7 elements against one process with 6 sequences.
+TEST_F(FinetuneCpu, DropoutLayoutGivesEachRankItsRowsOfTheGlobalMaskF64_W3B2T5C7) {
+    const int W = 3, B = 2;
+    const size_t seq = 5 * 7;
+    const float p = 0.45f;
+    const auto global_x = randn(W * B * seq, 1);
+    std::vector<double> global(global_x.size());
+    be->dropout(global.data(), global_x.data(), p, 11, {}, global.size());
+    for (int r = 0; r < W; r++) {
+        std::vector<double> x, want, got(B * seq);
+        for (int b = 0; b < B; b++) {  // local sequence b is global sequence b * W + r
+            const size_t g = ((size_t)b * W + r) * seq;
+            x.insert(x.end(), global_x.begin() + g, global_x.begin() + g + seq);
+            want.insert(want.end(), global.begin() + g, global.begin() + g + seq);
+        }
+        poison(got);
+        be->dropout(got.data(), x.data(), p, 11, DropoutLayout{seq, (uint64_t)W, (uint64_t)r}, got.size());
+        EXPECT_TRUE(same_bits(got, want)) << "rank " << r;
+    }
+    // and the layout matters: rank 1 with the identity layout draws other masks
+    std::vector<double> x1(global_x.begin(), global_x.begin() + B * seq), plain(B * seq), laid(B * seq);
+    be->dropout(plain.data(), x1.data(), p, 11, {}, plain.size());
+    be->dropout(laid.data(), x1.data(), p, 11, DropoutLayout{seq, (uint64_t)W, 1}, laid.size());
+    EXPECT_FALSE(same_bits(plain, laid));
+}
+
 TEST_F(FinetuneCpu, DropoutWithPZeroCopiesF64_n37) {
     const auto x = randn(37, 1);
     std::vector<double> out(37);
     poison(out);
-    be->dropout(out.data(), x.data(), 0.0f, 99, x.size());
+    be->dropout(out.data(), x.data(), 0.0f, 99, {}, x.size());
     EXPECT_TRUE(same_bits(out, x));
 }
 

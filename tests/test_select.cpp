@@ -165,7 +165,9 @@ class RecordingBackend final : public Backend {
         be_->crossentropy_forward_backward(l, dl, lg, t, w, dloss, N, V, Vp);
     }
     void scale(void* o, const void* i, float s, size_t n) override { be_->scale(o, i, s, n); }
-    void dropout(void* o, const void* i, float p, uint64_t seed, size_t n) override { be_->dropout(o, i, p, seed, n); }
+    void dropout(void* o, const void* i, float p, uint64_t seed, const DropoutLayout& m, size_t n) override {
+        be_->dropout(o, i, p, seed, m, n);
+    }
     void prefix_rows_forward(void* x, const void* s, int ld, int B, int T, int P, int W, int c0, int w) override {
         be_->prefix_rows_forward(x, s, ld, B, T, P, W, c0, w);
     }

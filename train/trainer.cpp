@@ -744,14 +744,14 @@ StepStats Trainer::step(float lr) {
     else
         model_->zero_grads();
     double loss_sum = 0, kl_sum = 0;
-    const uint64_t rank = dp_ ? (uint64_t)dp_->rank() : 0;
+    const int rank = dp_ ? dp_->rank() : 0, world = dp_ ? dp_->world() : 1;
     for (size_t k = 0; k < batches.size(); k++) {
         const Batch& b = batches[k];
-        // Dropout masks: a function of (seed, micro-batch, rank), so a resumed run draws the same ones and
-        // every rank its own.
-        Rng key(args_.seed ^ ((state_.step * (uint64_t)args_.grad_accum + k) * 0x9E3779B97F4A7C15ull) ^
-                (rank << 48));
-        model_->set_training(true, key.next_u64());
+        // Dropout masks: a function of (seed, micro-batch) and of each sequence's place in the global batch
+        // (rank r's row b is row b * world + r, as the loader deals windows), so a resumed run draws the same
+        // ones and N ranks x B draw those of one rank x N*B.
+        Rng key(args_.seed ^ ((state_.step * (uint64_t)args_.grad_accum + k) * 0x9E3779B97F4A7C15ull));
+        model_->set_training(true, key.next_u64(), world, rank);
         if (teacher_) {
             teacher_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
             model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());

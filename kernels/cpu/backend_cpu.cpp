@@ -159,8 +159,9 @@ class CpuBackend final : public Backend {
         cpu::crossentropy_forward_backward(t(losses), t(dlogits), t(logits), targets, weights, dloss, N, V, Vp);
     }
     void scale(void* out, const void* inp, float s, size_t n) override { cpu::scale(t(out), t(inp), s, n); }
-    void dropout(void* out, const void* inp, float p, uint64_t seed, size_t n) override {
-        cpu::dropout(t(out), t(inp), p, seed, n);
+    void dropout(void* out, const void* inp, float p, uint64_t seed, const DropoutLayout& layout,
+                 size_t n) override {
+        cpu::dropout(t(out), t(inp), p, seed, layout, n);
     }
     void prefix_rows_forward(void* x, const void* src, int src_ld, int B, int T_, int P, int W, int col0,
                              int w) override {

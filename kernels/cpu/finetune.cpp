@@ -14,11 +14,12 @@ void scale(T* out, const T* inp, float s, size_t n) {
 }
 
 template <class T>
-void dropout(T* out, const T* inp, float p, uint64_t seed, size_t n) {
+void dropout(T* out, const T* inp, float p, uint64_t seed, const DropoutLayout& layout, size_t n) {
     // keep when the 32-bit hash is at or above p * 2^32: probability 1 - p, up to 2^-32.
     const uint64_t threshold = (uint64_t)((double)p * 4294967296.0);
     const T keep_scale = (T)(1.0 / (1.0 - (double)p));
-    for (size_t i = 0; i < n; i++) out[i] = dropout_hash(seed, i) >= threshold ? inp[i] * keep_scale : T(0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = dropout_hash(seed, dropout_counter(layout, i)) >= threshold ? inp[i] * keep_scale : T(0);
 }
 
 template <class T>
@@ -105,7 +106,7 @@ void accumulate_squares(T* out, const T* x, float s, size_t n) {
 
 #define INSTANTIATE(T)                                                                                       \
     template void scale<T>(T*, const T*, float, size_t);                                                    \
-    template void dropout<T>(T*, const T*, float, uint64_t, size_t);                                        \
+    template void dropout<T>(T*, const T*, float, uint64_t, const DropoutLayout&, size_t);                  \
     template void prefix_rows_forward<T>(T*, const T*, int, int, int, int, int, int, int);                  \
     template void prefix_rows_backward<T>(T*, T*, int, int, int, int, int, int, int);                       \
     template void distill_forward_backward<T>(T*, T*, const T*, const T*, const float*, float, float, size_t, \

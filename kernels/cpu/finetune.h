@@ -1,7 +1,8 @@
 // Pieces the fine-tuning methods add to the model, CPU reference (CUDA: kernels/finetune.h).
 //   scale:     out = s * inp
-//   dropout:   out[i] = keep(seed, i) ? inp[i] / (1 - p) : 0; keep from dropout_hash (kernels/common.h), so
-//              the mask is a pure function of (seed, i): the backward is the same call on dout.
+//   dropout:   out[i] = keep(seed, c) ? inp[i] / (1 - p) : 0, c = dropout_counter(layout, i); keep from
+//              dropout_hash (kernels/common.h), so the mask is a pure function of (seed, layout, i): the backward
+//              is the same call on dout.
 //   prefix rows (soft prompts, prefix tuning): x[b, j, col0:col0+w] = src[j, 0:w] for j < P;
 //              backward: dsrc[j] += sum_b dx[b, j, col0:col0+w], then those dx entries are zeroed.
 //   distillation: losses_i = w_i tau^2 KL(q || p), dlogits_i = w_i dloss tau (p - q),
@@ -22,7 +23,7 @@ template <class T>
 void scale(T* out, const T* inp, float s, size_t n);
 
 template <class T>
-void dropout(T* out, const T* inp, float p, uint64_t seed, size_t n);
+void dropout(T* out, const T* inp, float p, uint64_t seed, const DropoutLayout& layout, size_t n);
 
 template <class T>
 void prefix_rows_forward(T* x,          // (B, T, W)

@@ -331,10 +331,11 @@ class CudaBackend final : public Backend {
             cuda::scale(t<E>(out), t<E>(inp), s, n, stream_);
         });
     }
-    void dropout(void* out, const void* inp, float p, uint64_t seed, size_t n) override {
+    void dropout(void* out, const void* inp, float p, uint64_t seed, const DropoutLayout& layout,
+                 size_t n) override {
         dispatch([&](auto tag) {
             using E = decltype(tag);
-            cuda::dropout(t<E>(out), t<E>(inp), p, seed, n, stream_);
+            cuda::dropout(t<E>(out), t<E>(inp), p, seed, layout, n, stream_);
         });
     }
     void prefix_rows_forward(void* x, const void* src, int src_ld, int B, int T, int P, int W, int col0,
