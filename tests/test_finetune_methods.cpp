@@ -141,6 +141,11 @@ TEST_F(Methods, LoraWithTrainedBaseBlockKeepsItInTheAdapterAndRefusesOtherBases)
     drop.peft = checkpoint_peft(c.adapter);
     drop.peft.lora_dropout = 0.3f;
     EXPECT_EQ(Trainer(drop).model().peft().lora_dropout, 0.3f);
+    // From the command line, --lora-dropout alone goes with --adapter, which brings the rank.
+    const CmdResult cli = run_cmd("bin/train --device cpu --quiet --overwrite --init " + c.init + " --adapter " +
+                                  c.adapter + " --lora-dropout 0.3 --train-data " + c.train_data[0] +
+                                  " --batch 3 --seq 13 --steps 1 --val-every 0 --out " + dir + "/lora_adapter_cli");
+    EXPECT_EQ(cli.rc, 0) << cli.out;
     TrainArgs wrong = c;
     wrong.peft.lora_rank = 4;
     EXPECT_THAT(error_of([&] { Trainer t(wrong); }), HasSubstr("but the flags ask for LoRA r=4"));
@@ -188,6 +193,13 @@ TEST_F(Methods, PromptTuningChangesOnlyThePromptAndGeneratesFromTheAdapter) {
         Rng rng(1);
         auto out = generate(*with.model, {1, 2, 3}, 4, SamplingConfig{0.0f, 0, 1.0f}, rng);
         EXPECT_EQ(out.size(), 4u);
+        // Trained further, the adapter has no LoRA for a dropout to act on.
+        TrainArgs further = args(std::string("virt_further_") + virtual_name(v));
+        further.adapter = a.out_dir + "/adapter.ckpt";
+        further.peft.lora_dropout = 0.2f;
+        EXPECT_THAT(error_of([&] { Trainer t(further); }),
+                    HasSubstr("--lora-dropout: --adapter " + further.adapter + " holds " + folded.describe() +
+                              ", no LoRA to drop out from"));
     }
 }
 
@@ -666,6 +678,8 @@ TEST(MethodsCli, FlagsAreValidatedWithClearMessages) {
         {"--virtual-tokens 4", "--virtual-tokens/--virtual-hidden has no effect without --virtual"},
         {"--teacher /dev/null", "--teacher has no effect without --distill"},
         {"--lora-alpha 8", "--lora-alpha has no effect without --lora-rank"},
+        {"--lora-dropout 0.1", "--lora-dropout has no effect without --lora-rank or --adapter"},
+        {"--lora-targets qkv", "--lora-targets has no effect without --lora-rank"},
         {"--distill-temp 5", "--distill-temp has no effect without --distill"},
         {"--gamma 0.5", "--gamma has no effect without --schedule exp_range"},
         {"--schedule triangular --gamma 0.5", "--gamma has no effect without --schedule exp_range"},

@@ -40,7 +40,8 @@ Cli train_cli(TrainArgs& a) {
     };
     c.custom("--device", "cpu|cuda|auto", "backend; auto picks cuda when a GPU is present, else cpu", a.device,
              one_of("--device", {"cpu", "cuda", "auto"}, &a.device));
-    c.custom("--precision", "fp32|bf16|fp16", "compute precision (the cpu backend computes in fp32)", a.precision,
+    c.custom("--precision", "fp32|bf16|fp16", "compute precision (bf16 and fp16 on cuda only: the cpu backend "
+             "refuses them)", a.precision,
              one_of("--precision", {"fp32", "bf16", "fp16"}, &a.precision));
     c.custom("--attention", "auto|cudnn|matmul", "cuda attention: cudnn = cuDNN's fused flash attention (bf16/fp16; "
              "saves NH floats per token, not NH*T), matmul = cuBLAS products with the T x T probabilities kept, "
@@ -101,8 +102,10 @@ Cli train_cli(TrainArgs& a) {
                      throw UsageError("--virtual: expected one of none, prompt, ptune, prefix, got '" + v + "'");
                  a.peft.virt = parse_virtual(v, "--virtual");
              });
-    c.option("--virtual-tokens", "P", "number of virtual tokens", &a.peft.n_virtual, 1, 1 << 16);
-    c.option("--virtual-hidden", "H", "hidden width of the ptune/prefix network", &a.peft.hidden, 1, 1 << 20);
+    c.custom("--virtual-tokens", "P", "number of virtual tokens (1 to 65536; needed with --virtual)", "(none)",
+             [&a](const std::string& v) { a.peft.n_virtual = parse_int("--virtual-tokens", v, 1, 1 << 16); });
+    c.custom("--virtual-hidden", "H", "hidden width of the ptune/prefix network (needed with those)", "(none)",
+             [&a](const std::string& v) { a.peft.hidden = parse_int("--virtual-hidden", v, 1, 1 << 20); });
     c.option("--virtual-init", "HOW", "virtual-token start: random, vocab (embeddings of random common tokens), or "
              "text:WORDS (the embeddings of WORDS' tokens)", &a.virtual_init);
     c.option("--vocab", "DIR", "GPT-2 vocabulary (encoder.json, vocab.bpe) for --virtual-init text: and --windows "
@@ -132,7 +135,8 @@ Cli train_cli(TrainArgs& a) {
     c.option("--replay-frac", "F", "fraction of micro-batches drawn from --replay-data", &a.replay_frac, 0, 1);
     c.option("--replay-weight", "W", "loss weight of replayed tokens", &a.replay_weight, 0, 1e6);
     c.option("--batch", "B", "sequences per micro-batch", &a.batch, 1, 1 << 20);
-    c.option("--seq", "T", "tokens per sequence (at most the model's block size)", &a.seq, 1, 1 << 20);
+    c.option("--seq", "T", "tokens per sequence (at most the model's block size, less any virtual tokens)", &a.seq, 1,
+             1 << 20);
     c.option("--grad-accum", "K", "micro-batches per optimizer step", &a.grad_accum, 1, 1 << 20);
     c.custom("--steps", "N", "optimizer steps in the whole run (with --lr-find: of the sweep)", "100; 300 with --lr-find",
              [&a](const std::string& v) {
@@ -270,8 +274,10 @@ void validate_train_args(const TrainArgs& a) {
     };
     needs(a.peft.n_virtual != 0 || a.peft.hidden != 0, a.peft.virt != Virtual::none, "--virtual-tokens/--virtual-hidden",
           "--virtual");
-    needs(a.peft.lora_dropout > 0 || a.peft.lora_targets != kLoraAll, a.peft.lora_rank > 0,
-          "--lora-dropout/--lora-targets", "--lora-rank");
+    needs(a.peft.lora_targets != kLoraAll, a.peft.lora_rank > 0, "--lora-targets", "--lora-rank");
+    // A LoRA adapter trained further brings its rank; the dropout is this run's to choose.
+    needs(a.peft.lora_dropout > 0, a.peft.lora_rank > 0 || !a.adapter.empty(), "--lora-dropout",
+          "--lora-rank or --adapter");
     needs(!a.teacher.empty(), a.distill > 0, "--teacher", "--distill");
     needs(!a.replay_data.empty(), a.replay_frac > 0, "--replay-data", "--replay-frac");
     needs(!a.fisher.empty() || !a.fisher_data.empty(), a.ewc > 0, "--fisher/--fisher-data", "--ewc");

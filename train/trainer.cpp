@@ -317,6 +317,9 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
             throw UsageError("--adapter " + args.adapter + " holds " + held.describe() + ", but the flags ask for " +
                              mo.peft.describe() + ": leave the LoRA and --virtual flags out (they come with it)");
         const float dropout = mo.peft.lora_dropout;  // a training setting, not the adapter's shape: a flag wins
+        if (dropout > 0 && held.lora_rank == 0)
+            throw UsageError("--lora-dropout: --adapter " + args.adapter + " holds " + held.describe() +
+                             ", no LoRA to drop out from");
         mo.peft = held;
         if (dropout > 0) mo.peft.lora_dropout = dropout;
     }
