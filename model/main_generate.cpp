@@ -28,9 +28,11 @@ int main(int argc, char** argv) {
         });
         cli.option("--prompt-file", "F", "read the prompt from a file ('-': standard input), every byte of it: a "
                    "final line break too", &prompt_file);
-        bool eot_first = false;
+        bool eot_first = false, no_eot_first = false;
         cli.flag("--eot-first", "put <|endoftext|> before the prompt, as a model fine-tuned with --windows documents "
-                 "saw every example (and GPT-2 every document after the first)", &eot_first);
+                 "saw every example (and GPT-2 every document after the first); the default for a model (or "
+                 "adapter) whose checkpoint says it was trained so", &eot_first);
+        cli.flag("--no-eot-first", "the prompt alone, also for a model trained on document windows", &no_eot_first);
         cli.option("--max-new", "N", "most new tokens per sample", &max_new, 1, 1 << 20);
         cli.option("--temperature", "T", "softmax temperature (0: greedy)", &sc.temperature, 0, 100);
         cli.option("--top-k", "K", "sample among the K most likely tokens (0: all)", &sc.top_k, 0, 1 << 20);
@@ -47,6 +49,7 @@ int main(int argc, char** argv) {
             return 0;
         }
         if (weights.empty()) throw UsageError("--model: which weights? (see --help)");
+        if (eot_first && no_eot_first) throw UsageError("--eot-first and --no-eot-first: give one, not both");
         if (have_prompt && !prompt_file.empty())
             throw UsageError("--prompt and --prompt-file: give one, not both (the prompt is '" + prompt + "', the file " +
                              prompt_file + ")");
@@ -56,8 +59,13 @@ int main(int argc, char** argv) {
         }
         Tokenizer tok = Tokenizer::load(vocab);
         std::vector<int32_t> ids = tok.encode(prompt);
-        if (ids.empty() || eot_first) ids.insert(ids.begin(), tok.eot_token());  // a fresh document starts here
         LoadedModel m = load_model(weights, device, "fp32", 1, 0, adapter);
+        if (m.trained_on.document_windows && !eot_first && !no_eot_first && !ids.empty()) {
+            eot_first = true;  // asked as it was trained: a plain prompt scored 63% against 96% (docs/finetuning.md)
+            std::fprintf(stderr, "note: %s was trained on document windows: the prompt goes after <|endoftext|>, as "
+                         "its examples did (--no-eot-first: the prompt alone)\n", m.trained_on_file.c_str());
+        }
+        if (ids.empty() || eot_first) ids.insert(ids.begin(), tok.eot_token());  // a fresh document starts here
         if ((prompt.empty() || eot_first) && tok.eot_token() >= m.model->config().vocab_size)
             throw UsageError(std::string(eot_first ? "--eot-first" : "no prompt") + ", and the model's " +
                              std::to_string(m.model->config().vocab_size) + " tokens hold no <|endoftext|> (id " +

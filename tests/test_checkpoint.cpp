@@ -214,6 +214,29 @@ TEST_F(CheckpointTest, EachConfigFieldCorruptedIsNamed) {
     }
 }
 
+// A run on document windows says so in its checkpoints (bin/generate asks such a model after an <|endoftext|>);
+// nothing recorded means fixed windows, and a value that is neither is named.
+TEST_F(CheckpointTest, DocumentWindowsAreRecordedAndTheFieldChecked) {
+    EXPECT_FALSE(checkpoint_trained_on(path).document_windows);
+    EXPECT_EQ(bytes.find("\"windows\""), std::string::npos) << "written for a fixed-window run";
+    save_checkpoint(dir + "/d.ckpt", *model, nullptr, nullptr, nullptr, true, TrainedOn{true});
+    EXPECT_TRUE(checkpoint_trained_on(dir + "/d.ckpt").document_windows);
+    save_merged(dir + "/m.ckpt", *model, TrainedOn{true});
+    EXPECT_TRUE(checkpoint_trained_on(dir + "/m.ckpt").document_windows);
+    save_merged(dir + "/m0.ckpt", *model);
+    EXPECT_FALSE(checkpoint_trained_on(dir + "/m0.ckpt").document_windows);
+    GPT2 other(small_config(), *be, 2, 5);
+    load_checkpoint(dir + "/d.ckpt", other, nullptr, nullptr);  // the weights load as from any checkpoint
+    EXPECT_EQ(get_tensor(other, other.params(), 0), get_tensor(*model, model->params(), 0));
+    std::string b = without_checksum(slurp(dir + "/d.ckpt"));
+    const size_t at = b.find("\"documents\"");
+    ASSERT_NE(at, std::string::npos);
+    b.replace(at, 11, "7          ");  // the same length: the header stays valid JSON
+    spit(dir + "/bad.ckpt", b);
+    EXPECT_THAT(error_of([&] { checkpoint_trained_on(dir + "/bad.ckpt"); }),
+                HasSubstr(dir + "/bad.ckpt: header field 'windows' is 7, expected \"documents\" or \"fixed\""));
+}
+
 TEST_F(CheckpointTest, ConfigMismatchNamesBothConfigs) {
     GPT2 bigger(small_config(37, 3), *be, 2, 5);
     std::string err = error_of([&] { load_checkpoint(path, bigger, nullptr, nullptr); });

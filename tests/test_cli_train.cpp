@@ -242,6 +242,38 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
                            "/p/train.bin --seq 32 --windows documents");
     ASSERT_EQ(ev.rc, 0) << ev.out;
     EXPECT_THAT(ev.out, HasSubstr("loss "));
+    EXPECT_FALSE(checkpoint_trained_on(d + "/run/model.ckpt").document_windows) << "its last run had fixed windows";
+    // A run on document windows records them in every checkpoint it writes (an adapter's too). bin/generate
+    // then asks the model as it trained, after an <|endoftext|>, and says so; bin/evaluate notes it.
+    CmdResult docs = run_cmd("bin/train --device cpu --init " + d + "/run/model.ckpt --train-data " + d +
+                             "/p/train.bin --seq 32 --batch 2 --steps 1 --windows documents --lora-rank 2 --out " + d +
+                             "/docs");
+    ASSERT_EQ(docs.rc, 0) << docs.out;
+    for (const char* f : {"model.ckpt", "adapter.ckpt", "resume.ckpt"})
+        EXPECT_TRUE(checkpoint_trained_on(d + "/docs/" + f).document_windows) << f;
+    const std::string gen = "bin/generate --device cpu --model " + d + "/docs/model.ckpt --prompt 'Question 3:' "
+                            "--max-new 6 --temperature 0";
+    CmdResult asked = run_cmd(gen), forced = run_cmd(gen + " --eot-first"), plain = run_cmd(gen + " --no-eot-first");
+    ASSERT_EQ(asked.rc, 0) << asked.out;
+    const std::string note = "note: " + d + "/docs/model.ckpt was trained on document windows: the prompt goes "
+                             "after <|endoftext|>, as its examples did (--no-eot-first: the prompt alone)\n";
+    ASSERT_THAT(asked.out, HasSubstr(note));
+    EXPECT_EQ(asked.out.substr(0, asked.out.find(note)) + asked.out.substr(asked.out.find(note) + note.size()),
+              forced.out);
+    EXPECT_THAT(plain.out, Not(HasSubstr("note:")));
+    // The adapter is the latest training: its windows count, not its base's.
+    CmdResult on_base = run_cmd("bin/generate --device cpu --model " + d + "/run/model.ckpt --adapter " + d +
+                                "/docs/adapter.ckpt --prompt 'Question 3:' --max-new 2");
+    EXPECT_EQ(on_base.rc, 0) << on_base.out;
+    EXPECT_THAT(on_base.out, HasSubstr("note: " + d + "/docs/adapter.ckpt was trained on document windows"));
+    CmdResult both = run_cmd(gen + " --eot-first --no-eot-first");
+    EXPECT_EQ(both.rc, 2) << both.out;
+    EXPECT_THAT(both.out, HasSubstr("--eot-first and --no-eot-first: give one, not both"));
+    CmdResult ev_docs = run_cmd("bin/evaluate --device cpu --model " + d + "/docs/model.ckpt --data " + d +
+                                "/p/train.bin --seq 32");
+    ASSERT_EQ(ev_docs.rc, 0) << ev_docs.out;
+    EXPECT_THAT(ev_docs.out, HasSubstr("note: " + d + "/docs/model.ckpt was trained on document windows; --windows "
+                                       "documents measures it on windows like those"));
     write_cycle_data(d);  // a model of 37 tokens
     CmdResult small = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
                               "/train.bin --seq 15 --steps 1 --out '' --windows documents");

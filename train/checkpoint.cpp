@@ -303,8 +303,13 @@ void write_checkpoint(const std::string& path, const json& header_in, const Writ
 
 }  // namespace
 
+// The header fields of TrainedOn, written only where they differ from the default.
+static void add_trained_on(json& header, const TrainedOn& t) {
+    if (t.document_windows) header["windows"] = "documents";
+}
+
 void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state,
-                     const Arena* anchor, bool write) {
+                     const Arena* anchor, bool write, const TrainedOn& trained_on) {
     GPT2& m = const_cast<GPT2&>(model);
     Backend& be = m.backend();
     Writer w;
@@ -323,6 +328,7 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
     }
     json header{{"kind", "weights"}, {"config", config_json(model.config())}};
     if (model.peft().any()) header["peft"] = peft_json(model.peft());
+    add_trained_on(header, trained_on);
     if (opt && state) {
         header["kind"] = "resume";
         if (state->working_copy && be.has_master() && write)
@@ -371,7 +377,7 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
     }
 }
 
-void save_merged(const std::string& path, GPT2& model) {
+void save_merged(const std::string& path, GPT2& model, const TrainedOn& trained_on) {
     Writer w;
     const Table& ptab = model.params().table();
     for (size_t i = 0; i < model.num_base_tensors(); i++) w.add(ptab[i].name, ptab[i].shape, model.merged_base_tensor(i));
@@ -382,6 +388,7 @@ void save_merged(const std::string& path, GPT2& model) {
         w.add(t[t.size() - 1].name, t[t.size() - 1].shape, model.folded_virtual_tensor());
         header["peft"] = peft_json(f);
     }
+    add_trained_on(header, trained_on);
     write_checkpoint(path, header, w);
 }
 
@@ -391,7 +398,8 @@ static std::string hex64(uint64_t v) {
     return b;
 }
 
-void save_adapter(const std::string& path, GPT2& model, uint64_t base_fp, const std::vector<std::string>& also) {
+void save_adapter(const std::string& path, GPT2& model, uint64_t base_fp, const std::vector<std::string>& also,
+                  const TrainedOn& trained_on) {
     if (!model.peft().any()) throw Error(path + ": the model has no LoRA or virtual tokens to save as an adapter");
     Writer w;
     const Table& ptab = model.params().table();
@@ -417,12 +425,25 @@ void save_adapter(const std::string& path, GPT2& model, uint64_t base_fp, const 
     json header{{"kind", "adapter"}, {"config", config_json(model.config())}, {"peft", peft_json(out)}};
     if (!trained_base.empty()) header["base_tensors"] = trained_base;
     if (base_fp) header["base_hash"] = hex64(base_fp);
+    add_trained_on(header, trained_on);
     write_checkpoint(path, header, w);
 }
 
 ModelConfig checkpoint_config(const std::string& path) { return CkptFile(path, false).config; }
 PeftConfig checkpoint_peft(const std::string& path) { return CkptFile(path, false).peft; }
 bool is_adapter_checkpoint(const std::string& path) { return CkptFile(path, false).header["kind"] == "adapter"; }
+
+TrainedOn checkpoint_trained_on(const std::string& path) {
+    const CkptFile f(path, false);
+    TrainedOn t;
+    if (f.header.contains("windows")) {
+        const json& w = f.header["windows"];
+        if (!w.is_string() || (w != "documents" && w != "fixed"))
+            f.fail("header field 'windows' is " + w.dump() + ", expected \"documents\" or \"fixed\"");
+        t.document_windows = w == "documents";
+    }
+    return t;
+}
 
 bool checkpoint_base_lineage(const std::string& path, uint64_t* base_fp, std::vector<std::string>* trained_base) {
     const CkptFile f(path, false);

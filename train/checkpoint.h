@@ -5,8 +5,9 @@
 //           8  u32      version (1)
 //          12  u32      header length H (bytes of JSON)
 //          16  JSON     {"kind": "weights"|"resume"|"adapter", "config": {...}, "peft": {...}, "tensors":
-//                       [{"name", "shape", "offset", "bytes"}...], "state": {...}}   (state only in resume
-//                       checkpoints; peft only when the model has LoRA or virtual tokens)
+//                       [{"name", "shape", "offset", "bytes"}...], "state": {...}, "windows": "documents"}
+//                       (state only in resume checkpoints; peft only when the model has LoRA or virtual
+//                       tokens; windows only when the run trained on document windows)
 //        16+H  data     every tensor as float32, at its offset from here; the file ends exactly at the last
 // A weights checkpoint holds the parameters (the FP32 master values where the backend keeps them). A resume
 // checkpoint adds Adam's moments (m/<name>, v/<name>) for trainable tensors, the L2-SP/EWC anchor
@@ -58,21 +59,27 @@ struct TrainState {
     std::vector<std::string> trained_base;
 };
 
+// How the run that writes a checkpoint cut its data, which says how to ask the model: one trained on document
+// windows saw every example after an <|endoftext|> (bin/generate then puts one before the prompt).
+struct TrainedOn {
+    bool document_windows = false;
+};
+
 // Writes model weights as they are (LoRA unmerged, virtual tokens unfolded); with opt and state, a resume
 // checkpoint (with `anchor`, the L2-SP/EWC reference weights laid out like `opt`'s state, when non-null: gathered
 // like it). With a sharded (ZeRO) optimizer every rank calls it (the state is gathered to rank 0) and only
 // rank 0 passes write = true. The file is the same whatever the number of ranks, so a run can resume with another.
 void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state,
-                     const Arena* anchor = nullptr, bool write = true);
+                     const Arena* anchor = nullptr, bool write = true, const TrainedOn& trained_on = {});
 // Writes the model for use anywhere: LoRA merged into the base weights, virtual tokens folded (a plain GPT-2
 // when there are none).
-void save_merged(const std::string& path, GPT2& model);
+void save_merged(const std::string& path, GPT2& model, const TrainedOn& trained_on = {});
 // Writes only the PEFT tensors (LoRA A and B unmerged, virtual tokens folded), and the base tensors that
 // trained beside them (--train-top/--train-only with LoRA: what PEFT libraries call modules to save) or in
 // the runs this one started from (`trained_base`, by name), with the fingerprint of the base weights the
 // first of those runs started from (GPT2::base_fingerprint(); 0: unknown). Needs PEFT.
 void save_adapter(const std::string& path, GPT2& model, uint64_t base_fingerprint,
-                  const std::vector<std::string>& trained_base = {});
+                  const std::vector<std::string>& trained_base = {}, const TrainedOn& trained_on = {});
 // What a resume checkpoint's PEFT run recorded of its base (TrainState::base_fingerprint and trained_base):
 // false, leaving both alone, for other files and for checkpoints written before it was recorded.
 bool checkpoint_base_lineage(const std::string& path, uint64_t* base_fingerprint, std::vector<std::string>* trained_base);
@@ -87,6 +94,8 @@ bool checkpoint_step(const std::string& path, uint64_t* step);
 ModelConfig checkpoint_config(const std::string& path);
 PeftConfig checkpoint_peft(const std::string& path);
 bool is_adapter_checkpoint(const std::string& path);
+// What the checkpoint records of its run's data (TrainedOn; nothing recorded: fixed windows).
+TrainedOn checkpoint_trained_on(const std::string& path);
 
 // Loads weights into the model (config must match); with opt and state also the optimizer state and
 // training state, which requires a resume checkpoint. A checkpoint without PEFT tensors loads into a model

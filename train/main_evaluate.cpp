@@ -29,10 +29,13 @@ int main(int argc, char** argv) {
         cli.option("--adapter", "FILE", "an adapter checkpoint (LoRA, virtual tokens: bin/train's adapter.ckpt) on top "
                    "of --model", &adapter);
         cli.option("--device", "cpu|cuda|auto", "backend", &device);
-        bool documents = false;
+        bool documents = false, windows_given = false;
         cli.custom("--windows", "fixed|documents", "how --data is cut into windows, as in bin/train: every --seq "
                    "tokens, or whole documents from an <|endoftext|>, padded (compare a run's validation loss with "
-                   "its own)", "fixed", [&](const std::string& v) { documents = parse_document_windows(v); });
+                   "its own)", "fixed", [&](const std::string& v) {
+                       documents = parse_document_windows(v);
+                       windows_given = true;
+                   });
         cli.option("--vocab", "DIR", "GPT-2 vocabulary", &vocab);
         if (!cli.parse(argc, argv)) {
             std::fputs(cli.help().c_str(), stdout);
@@ -51,6 +54,11 @@ int main(int argc, char** argv) {
             for (std::string p; std::getline(ss, p, ',');)
                 if (!p.empty()) paths.push_back(p);
             LoadedModel m = load_model(weights, device, "fp32", batch, seq, adapter);
+            // Not switched by the file: two models compared on the same --data must see the same windows.
+            if (m.trained_on.document_windows && !windows_given)
+                std::fprintf(stderr, "note: %s was trained on document windows; --windows documents measures it on "
+                             "windows like those (this pass cuts --data every --seq tokens)\n",
+                             m.trained_on_file.c_str());
             const int room = m.model->max_positions();
             if (seq > room) {
                 const int P = m.model->virtual_tokens();

@@ -188,6 +188,11 @@ LoadedModel load_model(const std::string& weights, const std::string& device, co
     m.model = std::make_unique<GPT2>(cfg, *m.be, B, T > 0 ? std::min(T, room) : room, &none, o);
     load_weights(weights, *m.model);
     if (!adapter.empty()) load_adapter(adapter, *m.model);
+    // The adapter is the latest training; a plain model's own run, where its file records one.
+    m.trained_on_file = !adapter.empty() ? adapter
+                        : weights_format(weights) == WeightsFormat::tune_checkpoint ? weights
+                                                                                    : "";
+    if (!m.trained_on_file.empty()) m.trained_on = checkpoint_trained_on(m.trained_on_file);
     return m;
 }
 
@@ -938,7 +943,7 @@ double Trainer::lr_find(int steps, double lo, double hi) {
 void Trainer::save(const std::string& path, bool resume) {
     resume_written_ += resume;
     save_checkpoint(path, *model_, opt_.get(), resume ? &state_ : nullptr, anchored() ? &anchor_ : nullptr,
-                    writer_);
+                    writer_, trained_on());
     if (dp_) dp_->wait_for_writer(kCheckpointWriteTimeout);  // DIST
 }
 
@@ -1183,8 +1188,9 @@ int Trainer::run() {
             // The adapter alone (small, goes on the base with --adapter), and a model usable anywhere:
             // LoRA merged into the base weights, virtual tokens folded.
             if (writer_)
-                save_adapter(args_.out_dir + "/adapter.ckpt", *model_, state_.base_fingerprint, state_.trained_base);
-            if (writer_) save_merged(args_.out_dir + "/model.ckpt", *model_);
+                save_adapter(args_.out_dir + "/adapter.ckpt", *model_, state_.base_fingerprint, state_.trained_base,
+                             trained_on());
+            if (writer_) save_merged(args_.out_dir + "/model.ckpt", *model_, trained_on());
         } else {
             save(args_.out_dir + "/model.ckpt", false);
             // An earlier PEFT run's adapter beside this run's model would pass for this run's: the directory

@@ -53,6 +53,10 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
 struct LoadedModel {
     std::unique_ptr<Backend> be;
     std::unique_ptr<GPT2> model;
+    // What the run that wrote the adapter (when there is one) or the weights recorded (tune.cu checkpoints;
+    // other formats record nothing), and which of the two files said it.
+    TrainedOn trained_on;
+    std::string trained_on_file;
 };
 // T = 0 means the model's block size (less any virtual tokens). `adapter`: an adapter checkpoint to put on
 // top of `weights` (LoRA, virtual tokens).
@@ -84,6 +88,7 @@ class Trainer {
     static constexpr int kInterrupted = 130;  // the shell's status for Ctrl-C (128 + SIGINT)
     static constexpr double kCheckpointWriteTimeout = 1800;  // seconds the other ranks wait for rank 0's write
     void save(const std::string& path, bool resume);
+    TrainedOn trained_on() const { return {args_.document_windows}; }  // recorded in every checkpoint written
     int resume_checkpoints_written() const { return resume_written_; }  // by run(), this process
     // Finish the current step, write a resume checkpoint, return (run) or stop the sweep (lr_find).
     // Async-signal-safe: called from the SIGINT/SIGTERM handler.
