@@ -300,12 +300,14 @@ done
 # The GPT-2 run with the cuBLAS attention, which writes the T x T scores out and keeps the probabilities
 # (the default above is cuDNN's fused attention where it runs: its log says which ran).
 train_gpt2 train_gpt2_matmul "--attention matmul"
-# Every fine-tuning method on the GPU, small model (the CPU table in docs/finetuning.md uses the tiny one).
+# Every fine-tuning method on the GPU, small model (the CPU tables in docs/finetuning.md use the tiny one), on
+# document windows, where the CPU table found the methods apart from the seeds' noise.
 # results.json is rewritten after every method: what finished comes back even when the stage is cut (timeout's
 # SIGTERM reaches this shell too, whose trap copies it).
 KEEP_METHODS="cp $WORK/methods/results.json $SD/methods.json 2>/dev/null"
 stage methods 90 "trap '$KEEP_METHODS; exit 124' TERM; build/bench/bench_finetune_methods --device cuda \
-  --precision bf16 --model small --steps 300 --seeds 1 --doc '' --out $WORK/methods --machine 'one H200'; rc=\$?; \
+  --precision bf16 --model small --steps 300 --seeds 1 --windows documents --doc '' --out $WORK/methods \
+  --machine 'one H200'; rc=\$?; \
   $KEEP_METHODS; exit \$rc"
 
 # ---- summary ----
@@ -367,12 +369,14 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$SD/tests.log" "$SD/nccl_one_rank
         python3 -c "import json; print(json.load(open('$SD/recompute.json'))['table'])" 2>/dev/null | sed 's/^/  /'
     fi
     if [ -s "$SD/methods.json" ]; then
-        echo "fine-tuning methods (small model, bf16, 300 steps): method acc base-loss-after ms/step"
+        echo "fine-tuning methods (small model, bf16, 300 steps, document windows): method" \
+             "acc-after-<|endoftext|> acc-prompt-alone base-loss-after ms/step"
         python3 -c "
 import json
 for r in json.load(open('$SD/methods.json'))['results']:
     s = r['per_seed']
-    print(f\"  {r['method']:8s} {100 * s['accuracy'][0]:5.0f}% {s['base_loss_after'][0]:7.3f} {s['ms_per_step'][0]:8.1f}\")" 2>/dev/null
+    print(f\"  {r['method']:8s} {100 * s['accuracy_after_eot'][0]:5.0f}% {100 * s['accuracy'][0]:5.0f}%\"
+          f\" {s['base_loss_after'][0]:7.3f} {s['ms_per_step'][0]:8.1f}\")" 2>/dev/null
     fi
     echo "kernel benchmarks (TB/s, %HBM, TFLOP/s, %peak):"
     for j in "$SD"/bench_*.json; do
