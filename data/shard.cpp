@@ -209,6 +209,34 @@ void Loader::note_short_shards() const {
         if (said.insert(line).second) std::fprintf(stderr, "note: %s\n", line.c_str());
 }
 
+Loader::Cuts Loader::cuts(int32_t doc_end, uint64_t max_targets) const {
+    Cuts c;
+    uint64_t seen = 0;
+    for (const Window& w : windows_) {
+        if (seen >= max_targets) {
+            c.all = false;
+            break;
+        }
+        const Shard& s = shards_[w.shard];
+        // The window's inputs are tokens start .. start+len-1. Its first target's document began before them
+        // unless the window starts the shard or follows a document end; a document end among the inputs
+        // starts a whole document.
+        bool cut = w.start > 0 && s.token(w.start - 1) != doc_end;
+        for (uint64_t j = w.start + 1; j <= w.start + w.len; j++) {
+            if (s.token(j - 1) == doc_end) cut = false;
+            if (j <= w.start + w.skip) continue;  // the window before holds this target
+            seen++;
+            if (s.mask(j) == 0) {
+                c.masked = true;
+                continue;
+            }
+            c.counted++;
+            c.cut += cut;
+        }
+    }
+    return c;
+}
+
 double Loader::filled() const {
     uint64_t targets = 0;
     for (const Window& w : windows_) targets += w.len - w.skip;

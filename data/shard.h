@@ -125,6 +125,16 @@ class Loader {
     // Document windows: the documents longer than a window, each cut into windows of T (those after its first
     // start without its beginning, a fine-tuning example's prompt). 0 for fixed windows.
     uint64_t long_documents() const { return long_documents_; }
+    // How the windows cut the documents (ending with doc_end) of prompt/completion data: the counted targets
+    // that sit in a window starting after their document's first token, so that the words before them that
+    // the window leaves out (an example's prompt, or its beginning) cannot be attended to. Looks at the
+    // windows in file order until it has seen max_targets targets. Document windows cut only long documents.
+    struct Cuts {
+        uint64_t counted = 0, cut = 0;  // counted targets looked at; those of them cut from their beginning
+        bool masked = false;            // some target looked at has weight 0: prompt/completion data
+        bool all = true;                // every window was looked at
+    };
+    Cuts cuts(int32_t doc_end, uint64_t max_targets) const;
     // This rank's windows in one pass of next_in_epoch (the last round may be partial).
     size_t windows_per_epoch() const {
         return windows_.size() > (size_t)rank_ ? (windows_.size() - rank_ + world_ - 1) / world_ : 0;

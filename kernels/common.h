@@ -66,7 +66,16 @@ struct DropoutLayout {
 };
 TUNE_HOST_DEVICE inline uint64_t dropout_counter(const DropoutLayout& m, uint64_t i) {
     if (m.stride == 1 && m.offset == 0) return i;
-    return (i / m.seq_elems * m.stride + m.offset) * m.seq_elems + i % m.seq_elems;
+    uint64_t seq, at;
+    if (((i | m.seq_elems) >> 32) == 0) {  // 32-bit division where it fits: several times cheaper on a GPU
+        const uint32_t q = (uint32_t)i / (uint32_t)m.seq_elems;
+        seq = q;
+        at = (uint32_t)i - q * (uint32_t)m.seq_elems;
+    } else {
+        seq = i / m.seq_elems;
+        at = i % m.seq_elems;
+    }
+    return (seq * m.stride + m.offset) * m.seq_elems + at;
 }
 
 // The bf16 nearest a float, ties to even (as the bf16 uploads round): its upper 16 bits after rounding. For

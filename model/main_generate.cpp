@@ -60,17 +60,20 @@ int main(int argc, char** argv) {
         Tokenizer tok = Tokenizer::load(vocab);
         std::vector<int32_t> ids = tok.encode(prompt);
         LoadedModel m = load_model(weights, device, "fp32", 1, 0, adapter);
-        if (m.trained_on.document_windows && !eot_first && !no_eot_first && !ids.empty()) {
-            eot_first = true;  // asked as it was trained: a plain prompt scored 63% against 96% (docs/finetuning.md)
-            std::fprintf(stderr, "note: %s was trained on document windows: the prompt goes after <|endoftext|>, as "
-                         "its examples did (--no-eot-first: the prompt alone)\n", m.trained_on_file.c_str());
-        }
+        // Asked as it was trained: a plain prompt scored 63% against 96% there (docs/finetuning.md).
+        const bool eot_auto = m.trained_on.document_windows && !eot_first && !no_eot_first && !ids.empty();
+        const std::string eot_why = eot_first ? "--eot-first"
+                                    : eot_auto ? m.trained_on_file + " was trained on document windows"
+                                               : "no prompt";
+        eot_first = eot_first || eot_auto;
         if (ids.empty() || eot_first) ids.insert(ids.begin(), tok.eot_token());  // a fresh document starts here
         if ((prompt.empty() || eot_first) && tok.eot_token() >= m.model->config().vocab_size)
-            throw UsageError(std::string(eot_first ? "--eot-first" : "no prompt") + ", and the model's " +
-                             std::to_string(m.model->config().vocab_size) + " tokens hold no <|endoftext|> (id " +
-                             std::to_string(tok.eot_token()) + ") to start a fresh document from" +
-                             (eot_first ? "" : ": give --prompt"));
+            throw UsageError(eot_why + ", and the model's " + std::to_string(m.model->config().vocab_size) +
+                             " tokens hold no <|endoftext|> (id " + std::to_string(tok.eot_token()) +
+                             ") to start a fresh document from" + (eot_first ? "" : ": give --prompt"));
+        if (eot_auto)
+            std::fprintf(stderr, "note: %s: the prompt goes after <|endoftext|>, as its examples did (--no-eot-first: "
+                         "the prompt alone)\n", eot_why.c_str());
         check_prompt(*m.model, ids);  // before the prompt is printed: no partial output on an error
         // A model with tokens the tokenizer lacks (a fine-tune that added a pad token): those have no text.
         sc.vocab = tok.vocab_size();

@@ -89,7 +89,8 @@ TEST_P(CudaFinetune, DropoutEqualsCpuF32BitForBit_n100003_n4096_Misaligned) {
     }
     auto cpu = make_cpu_backend(DType::f32);
     for (EwShape s : {EwShape{100003, 0}, EwShape{4096, 0}, EwShape{4096, 1}}) {
-        for (float p : {0.1f, 0.3f, 0.9f}) {
+        for (auto [p, layout] : {std::pair<float, DropoutLayout>{0.1f, {}}, {0.3f, {}}, {0.9f, {}},
+                                 {0.3f, {1000, 4, 3}}}) {  // the last: rank 3 of 4, sequences of 1000 elements
             const uint64_t seed = 77 + s.offset;
             Buffer x(gpu(), DType::f32, s.n, s.offset), out(gpu(), DType::f32, s.n, s.offset);
             Buffer cpu_x(*cpu, DType::f32, s.n), cpu_out(*cpu, DType::f32, s.n);
@@ -98,10 +99,10 @@ TEST_P(CudaFinetune, DropoutEqualsCpuF32BitForBit_n100003_n4096_Misaligned) {
             cpu_x.set(xv);
             out.poison();
             cpu_out.poison();
-            const DropoutLayout layout{1000, 4, 3};  // rank 3 of 4, sequences of 1000 elements
             gpu().dropout(out.p(), x.p(), p, seed, layout, s.n);
             cpu->dropout(cpu_out.p(), cpu_x.p(), p, seed, layout, s.n);
-            EXPECT_TRUE(same_bits(out.get(), cpu_out.get())) << ew_where(s) << " p=" << p;
+            EXPECT_TRUE(same_bits(out.get(), cpu_out.get())) << ew_where(s) << " p=" << p << " stride "
+                                                             << layout.stride;
         }
     }
 }

@@ -597,6 +597,10 @@ TEST_F(DistFixture, FineTuningMethodsUnderTwoRanksEqualOneRank_LoraDropoutL2spDi
     ASSERT_GT(series("one", "penalty").back(), 0.0);
     EXPECT_TRUE(near_rel(series("two", "loss"), series("one", "loss"), kLossTol));
     EXPECT_TRUE(near_rel(series("two", "grad_norm"), series("one", "grad_norm"), 1e-4));
+    std::string no_dropout = common;
+    no_dropout.erase(no_dropout.find(" --lora-dropout 0.3"), 19);
+    RUN_OK("OMP_NUM_THREADS=1 " + train(no_dropout + " --batch 4", "one_nodrop"));
+    EXPECT_FALSE(near_rel(series("one_nodrop", "grad_norm"), series("one", "grad_norm"), 1e-3)) << "dropout was off";
     EXPECT_TRUE(near_rel(series("two", "penalty"), series("one", "penalty"), 1e-4));
     EXPECT_TRUE(near_rel(series("two", "distill_kl"), series("one", "distill_kl"), 1e-4));
     EXPECT_EQ(series("two", "replay_batches"), series("one", "replay_batches"));

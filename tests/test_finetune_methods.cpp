@@ -145,7 +145,8 @@ TEST_F(Methods, LoraWithTrainedBaseBlockKeepsItInTheAdapterAndRefusesOtherBases)
     const CmdResult cli = run_cmd("bin/train --device cpu --quiet --overwrite --init " + c.init + " --adapter " +
                                   c.adapter + " --lora-dropout 0.3 --train-data " + c.train_data[0] +
                                   " --batch 3 --seq 13 --steps 1 --val-every 0 --out " + dir + "/lora_adapter_cli");
-    EXPECT_EQ(cli.rc, 0) << cli.out;
+    ASSERT_EQ(cli.rc, 0) << cli.out;
+    EXPECT_EQ(checkpoint_options(dir + "/lora_adapter_cli/resume.ckpt").at("--lora-dropout"), "0.3");
     TrainArgs wrong = c;
     wrong.peft.lora_rank = 4;
     EXPECT_THAT(error_of([&] { Trainer t(wrong); }), HasSubstr("but the flags ask for LoRA r=4"));
@@ -631,6 +632,18 @@ TEST_F(Methods, ResumeNamesAChangedLoraDropout) {
     EXPECT_THAT(noted(b), HasSubstr("--lora-dropout 0 (was 0.2)"));
     b.peft = TrainArgs().peft;  // no LoRA flags: the checkpoint's settings, its dropout too
     EXPECT_THAT(noted(b), Not(HasSubstr("changed options")));
+    b.peft.lora_dropout = 0.35f;  // the dropout alone: the checkpoint's LoRA with this run's dropout
+    EXPECT_THAT(noted(b), HasSubstr("--lora-dropout 0.35 (was 0.2)"));
+    EXPECT_EQ(Trainer(b).model().peft().lora_dropout, 0.35f);
+    EXPECT_EQ(Trainer(b).model().peft().lora_rank, 2);
+    // A resumed run without LoRA has nothing for it to act on.
+    TrainArgs plain = args("no_lora_drop");
+    plain.halt_at = 2;
+    ASSERT_EQ(Trainer(plain).run(), 0);
+    TrainArgs r = resuming(plain);
+    r.peft.lora_dropout = 0.1f;
+    EXPECT_THAT(error_of([&] { Trainer t(r); }),
+                HasSubstr("--lora-dropout: --resume " + r.resume + " continues a run with none, no LoRA to drop out"));
 }
 
 TEST(Optimizer, WeightDecaySparesEmbeddingTablesUnlessAsked) {
@@ -678,7 +691,7 @@ TEST(MethodsCli, FlagsAreValidatedWithClearMessages) {
         {"--virtual-tokens 4", "--virtual-tokens/--virtual-hidden has no effect without --virtual"},
         {"--teacher /dev/null", "--teacher has no effect without --distill"},
         {"--lora-alpha 8", "--lora-alpha has no effect without --lora-rank"},
-        {"--lora-dropout 0.1", "--lora-dropout has no effect without --lora-rank or --adapter"},
+        {"--lora-dropout 0.1", "--lora-dropout has no effect without --lora-rank, --adapter or --resume"},
         {"--lora-targets qkv", "--lora-targets has no effect without --lora-rank"},
         {"--distill-temp 5", "--distill-temp has no effect without --distill"},
         {"--gamma 0.5", "--gamma has no effect without --schedule exp_range"},

@@ -146,6 +146,19 @@ TEST_F(FinetuneCpu, DropoutLayoutGivesEachRankItsRowsOfTheGlobalMaskF64_W3B2T5C7
     EXPECT_FALSE(same_bits(plain, laid));
 }
 
+// The counter takes 32-bit division below 2^32 and 64-bit above: both are the layout's formula.
+TEST(DropoutCounter, ThirtyTwoAndSixtyFourBitPathsAgreeWithTheFormula) {
+    const DropoutLayout m{1000, 4, 3};
+    for (uint64_t i : {uint64_t(0), uint64_t(999), uint64_t(1000), uint64_t(123456789), (uint64_t(1) << 32) - 1,
+                       uint64_t(1) << 32, (uint64_t(1) << 33) + 17}) {
+        const uint64_t seq = i / 1000, at = i % 1000;
+        EXPECT_EQ(dropout_counter(m, i), (seq * 4 + 3) * 1000 + at) << i;
+    }
+    const DropoutLayout wide{(uint64_t(1) << 32) + 5, 2, 1};  // sequences longer than 2^32 elements
+    EXPECT_EQ(dropout_counter(wide, 7), wide.seq_elems + 7);
+    EXPECT_EQ(dropout_counter(DropoutLayout{}, 12345), 12345u);
+}
+
 TEST_F(FinetuneCpu, DropoutWithPZeroCopiesF64_n37) {
     const auto x = randn(37, 1);
     std::vector<double> out(37);

@@ -348,6 +348,36 @@ TEST(Loader, DocumentWindowsHoldWholeDocumentsPaddedAndCutLongOnes_T8) {
     EXPECT_EQ(b.inputs[0], 8);
     EXPECT_EQ(b.targets[0], 99);
     EXPECT_DOUBLE_EQ(fixed.filled(), 34.0 / (5 * T));  // the tail window overlaps the one before: 2 of its 8 count
+    // How the fixed windows cut the documents, against a plain reference: target j is cut when its document
+    // (from the token after the last 99 before j, else the shard's start) begins before its window's inputs.
+    // Fixed windows of 8 start at 0, 8, 16, 24, and the tail window at 26 holds targets 33 and 34.
+    auto window_of = [](size_t j) -> size_t { return j >= 33 ? 26 : (j - 1) / 8 * 8; };
+    uint64_t counted = 0, cut = 0;
+    for (size_t j = 1; j < tok.size(); j++) {
+        size_t doc = 0;
+        for (size_t i = 0; i < j; i++)
+            if (tok[i] == 99) doc = i + 1;
+        if (!mask[j]) continue;
+        counted++;
+        cut += doc < window_of(j);
+    }
+    EXPECT_EQ(counted, 30u);
+    EXPECT_EQ(cut, 16u) << "B's end (target 9), and C's targets 17..31";
+    const Loader::Cuts c = fixed.cuts(99, 1000);
+    EXPECT_EQ(c.counted, counted);
+    EXPECT_EQ(c.cut, cut);
+    EXPECT_TRUE(c.masked);
+    EXPECT_TRUE(c.all);
+    // Document windows cut only the long document C: its second and third windows (targets 18..31).
+    const Loader::Cuts dc = l.cuts(99, 1000);
+    EXPECT_EQ(dc.counted, 30u);
+    EXPECT_EQ(dc.cut, 14u);
+    // A bounded look: the first window's 8 targets (3 of them prompt), none cut.
+    const Loader::Cuts first = fixed.cuts(99, 8);
+    EXPECT_FALSE(first.all);
+    EXPECT_EQ(first.counted, 5u);
+    EXPECT_EQ(first.cut, 0u);
+    EXPECT_FALSE(tail.cuts(99, 1000).masked) << "no mask: plain text";
 }
 
 TEST(Loader, ShardWhoseMaskCountsNothingIsNamed) {

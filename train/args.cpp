@@ -275,9 +275,9 @@ void validate_train_args(const TrainArgs& a) {
     needs(a.peft.n_virtual != 0 || a.peft.hidden != 0, a.peft.virt != Virtual::none, "--virtual-tokens/--virtual-hidden",
           "--virtual");
     needs(a.peft.lora_targets != kLoraAll, a.peft.lora_rank > 0, "--lora-targets", "--lora-rank");
-    // A LoRA adapter trained further brings its rank; the dropout is this run's to choose.
-    needs(a.peft.lora_dropout > 0, a.peft.lora_rank > 0 || !a.adapter.empty(), "--lora-dropout",
-          "--lora-rank or --adapter");
+    // A LoRA adapter trained further, or a resumed LoRA run, brings its rank; the dropout is this run's to choose.
+    needs(a.peft.lora_dropout > 0, a.peft.lora_rank > 0 || !a.adapter.empty() || !a.resume.empty(), "--lora-dropout",
+          "--lora-rank, --adapter or --resume");
     needs(!a.teacher.empty(), a.distill > 0, "--teacher", "--distill");
     needs(!a.replay_data.empty(), a.replay_frac > 0, "--replay-data", "--replay-frac");
     needs(!a.fisher.empty() || !a.fisher_data.empty(), a.ewc > 0, "--fisher/--fisher-data", "--ewc");

@@ -266,6 +266,26 @@ static void refuse_earlier_run(const TrainArgs& args) {
                      "give another --out");
 }
 
+// Prompt/completion data on fixed windows: how many answers are trained without their example's beginning,
+// which document windows would keep (docs/finetuning.md measures what that costs on a task).
+static void note_cut_examples(const Loader& train, const TrainArgs& args, int vocab_size) {
+    constexpr uint64_t kLookAt = 1u << 24;  // targets: a bounded look at a large corpus
+    if (!train.cuts(-1, kLookAt).masked) return;  // plain text: documents run on across windows by design
+    int32_t eot;
+    try {
+        eot = Tokenizer::load(args.vocab).eot_token();
+    } catch (const Error&) {
+        return;  // no vocabulary to find the documents by: nothing to say
+    }
+    if (eot >= vocab_size) return;
+    const Loader::Cuts c = train.cuts(eot, kLookAt);
+    if (c.cut == 0) return;
+    std::fprintf(stderr, "note: --train-data: %llu of %s%llu counted tokens (%.0f%%) are trained in a window of --seq %d "
+                 "that starts inside their example, without its beginning; --windows documents keeps every example "
+                 "whole\n", (unsigned long long)c.cut, c.all ? "its " : "the first ", (unsigned long long)c.counted,
+                 100.0 * (double)c.cut / (double)c.counted, args.seq);
+}
+
 Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
     const TrainArgs& args = args_;  // the seed as resumed; sched.total_steps below is the only other change
     validate_train_args(args);
@@ -315,18 +335,22 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
     if (mo.peft.lora_rank == 0) mo.peft.lora_targets = 0;
     // A resumed PEFT run needs no repeated PEFT flags: the checkpoint says what it was built with; nor does an
     // adapter trained further, but flags that say otherwise are a mistake.
+    const float flag_dropout = mo.peft.lora_dropout;  // a training setting, not the model's shape: a flag wins
     if (!args.resume.empty() && !mo.peft.any()) mo.peft = checkpoint_peft(args.resume);
     if (!args.adapter.empty()) {
         const PeftConfig held = checkpoint_peft(args.adapter);
         if (mo.peft.any() && !(mo.peft == held))
             throw UsageError("--adapter " + args.adapter + " holds " + held.describe() + ", but the flags ask for " +
                              mo.peft.describe() + ": leave the LoRA and --virtual flags out (they come with it)");
-        const float dropout = mo.peft.lora_dropout;  // a training setting, not the adapter's shape: a flag wins
-        if (dropout > 0 && held.lora_rank == 0)
-            throw UsageError("--lora-dropout: --adapter " + args.adapter + " holds " + held.describe() +
-                             ", no LoRA to drop out from");
         mo.peft = held;
-        if (dropout > 0) mo.peft.lora_dropout = dropout;
+    }
+    if (flag_dropout > 0) {
+        if (!mo.peft.lora())
+            throw UsageError("--lora-dropout: " +
+                             (!args.adapter.empty() ? "--adapter " + args.adapter + " holds "
+                                                    : "--resume " + args.resume + " continues a run with ") +
+                             mo.peft.describe() + ", no LoRA to drop out from");
+        mo.peft.lora_dropout = flag_dropout;  // a resume names it when it changed
     }
     // The virtual tokens of the flags, of the adapter or of the resumed checkpoint.
     if (const int P = mo.peft.virtual_tokens(); args.seq + P > cfg.block_size)
@@ -543,6 +567,7 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
                          "beginning (an example's prompt)\n", (unsigned long long)l->long_documents(),
                          l->long_documents() == 1 ? "" : "s", flag, l->long_documents() == 1 ? "is" : "are",
                          args.seq);
+    if (rank == 0 && train_ && !args.document_windows) note_cut_examples(*train_, args, cfg.vocab_size);
     if (train_) note_changed_windows(args.resume, "training", state_.loader_windows, train_->num_windows(), args.seq);
     if (replay_) note_changed_windows(args.resume, "replay", state_.replay_windows, replay_->num_windows(), args.seq);
 }
