@@ -89,8 +89,8 @@ Cli train_cli(TrainArgs& a) {
     c.option("--lora-rank", "R", "LoRA rank r: trains low-rank updates of the --lora-targets layers, base frozen (0: off)",
              &a.peft.lora_rank, 0, 1 << 16);
     c.option("--lora-alpha", "A", "LoRA scale: the update is multiplied by A / r", &a.peft.lora_alpha, 1e-6, 1e6);
-    c.option("--lora-dropout", "P", "dropout on the LoRA branch's input during training", &a.peft.lora_dropout, 0,
-             0.99);
+    c.option("--lora-dropout", "P", "dropout on the LoRA branch's input during training (alone with --adapter or "
+             "--resume: this run's, over the one they hold)", &a.peft.lora_dropout, 0, 0.99);
     c.custom("--lora-targets", "LIST", "layers LoRA adapts: all, or some of qkv, attn_proj, mlp_up, mlp_down", "all",
              [&a](const std::string& v) { a.peft.lora_targets = parse_lora_targets(v, "--lora-targets"); });
     c.custom("--virtual", "KIND",
