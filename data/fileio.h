@@ -46,6 +46,9 @@ class LineReader {
 // are read when first touched, and are shared by every process that maps the same file (the ranks of a
 // data-parallel job on one node hold one copy). Anything else (a pipe) is read into memory. Errors as
 // read_file_bytes.
+// A mapped file cut short while mapped (truncated in place: `cp other.bin` over it, `> file`) makes the next
+// read of a page past its new end a SIGBUS; the process then ends with exit status 1 and
+// "error: FILE was truncated or rewritten in place while it was being read (...)" instead of "Bus error".
 class MappedFile {
    public:
     explicit MappedFile(const std::string& path);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <filesystem>
 
 #include <map>
@@ -113,6 +114,32 @@ TEST(Shard, EachMalformedFieldHasItsError) {
 
 // Every reader goes through read_file_bytes: a directory is named as one (it used to throw
 // std::bad_alloc from tellg()), and a pipe, whose size is unknown, is read to its end.
+// A mapped file cut short in place (as `cp other.bin` over it does) faults on its next read past the new end:
+// the process ends with status 1 naming the file, not with "Bus error". A file replaced by rename, as every
+// writer here does, is not cut: the mapping keeps the old file.
+TEST(FileIoDeathTest, AMappedFileTruncatedWhileReadIsNamed) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    TempDir tmp("sigbus");
+    const std::string p = tmp.file("shard.bin");
+    const std::vector<uint8_t> bytes(1 << 20, 7);
+    write_file_atomic(p, bytes.data(), bytes.size());
+    EXPECT_EXIT(
+        {
+            MappedFile m(p);
+            if (::truncate(p.c_str(), 0) != 0) std::_Exit(3);
+            volatile uint8_t last = m.data()[bytes.size() - 1];
+            (void)last;
+            std::_Exit(4);  // not reached: the read faults
+        },
+        ::testing::ExitedWithCode(1), "error: .*shard\\.bin was truncated or rewritten in place while it was being read");
+    MappedFile kept(p);
+    const std::vector<uint8_t> other(100, 9);
+    write_file_atomic(p, other.data(), other.size());
+    EXPECT_EQ(kept.data()[bytes.size() - 1], 7) << "the mapping holds the file it opened";
+    // SIGBUS outside any mapping of ours still takes the default action (a signal, not exit status 1).
+    EXPECT_EXIT(::raise(SIGBUS), ::testing::KilledBySignal(SIGBUS), "");
+}
+
 TEST(FileIo, DirectoryIsNamedAndPipesAreReadWhole) {
     TempDir tmp("fileio");
     const std::string d = tmp.path();
