@@ -164,16 +164,25 @@ void write_all(const char* s) {
 }
 
 void on_sigbus(int sig, siginfo_t* info, void* context) {
+    // A page of a file mapping that has no file behind it (BUS_ADRERR): the file is shorter than when it was
+    // mapped, or its file system could not read the page. A sent SIGBUS (kill, raise) has no address.
     const uint8_t* at = static_cast<const uint8_t*>(info->si_addr);
-    for (MappedSlot& m : g_mapped)
-        if (m.state.load(std::memory_order_acquire) == 2 && at >= m.begin && at < m.begin + m.size) {
-            write_all("error: ");  // async-signal-safe: write(2) and _exit only
-            write_all(m.path);
-            write_all(" was truncated or rewritten in place while it was being read (a file in use must stay as "
-                      "it is: write a new one and rename it over the old, as bin/prepare and bin/train do)\n");
-            ::_exit(1);
-        }
-    // Not one of ours: whatever handled SIGBUS before (the default: end with a core) takes it.
+    if (info->si_code == BUS_ADRERR)
+        for (MappedSlot& m : g_mapped)
+            if (m.state.load(std::memory_order_acquire) == 2 && at >= m.begin && at < m.begin + m.size) {
+                struct stat st;  // async-signal-safe: stat, write and _exit only
+                const bool shorter = ::stat(m.path, &st) != 0 || (size_t)st.st_size < m.size;
+                write_all("error: ");
+                write_all(m.path);
+                write_all(shorter ? " was cut short (truncated, or rewritten in place) while it was being read: a "
+                                    "file in use must stay as it is (write a new one and rename it over the old, as "
+                                    "bin/prepare and bin/train do)\n"
+                                  : " could not be read at a page of its memory mapping (an I/O error of its file "
+                                    "system, or it was rewritten in place while read)\n");
+                ::_exit(1);
+            }
+    // Not one of ours: whatever handled SIGBUS before (the default: end with a core) takes it, as it asked to.
+    if (g_previous_sigbus.sa_flags & SA_RESETHAND) ::signal(SIGBUS, SIG_DFL);
     if (g_previous_sigbus.sa_flags & SA_SIGINFO) {
         if (g_previous_sigbus.sa_sigaction) return g_previous_sigbus.sa_sigaction(sig, info, context);
     } else if (g_previous_sigbus.sa_handler != SIG_IGN && g_previous_sigbus.sa_handler != SIG_DFL) {

@@ -46,9 +46,11 @@ class LineReader {
 // are read when first touched, and are shared by every process that maps the same file (the ranks of a
 // data-parallel job on one node hold one copy). Anything else (a pipe) is read into memory. Errors as
 // read_file_bytes.
-// A mapped file cut short while mapped (truncated in place: `cp other.bin` over it, `> file`) makes the next
-// read of a page past its new end a SIGBUS; the process then ends with exit status 1 and
-// "error: FILE was truncated or rewritten in place while it was being read (...)" instead of "Bus error".
+// A mapped file cut short while mapped (truncated in place: `> file`, or `cp other.bin` over it while the copy
+// is shorter) makes the next read of a page past its new end a SIGBUS; the process then ends with exit
+// status 1 and "error: FILE was cut short (...) while it was being read" instead of "Bus error" (a page its
+// file system could not read: "could not be read"). A file rewritten in place at its old length or longer is
+// not noticed: replace files by renaming new ones over them.
 class MappedFile {
    public:
     explicit MappedFile(const std::string& path);

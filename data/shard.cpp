@@ -220,8 +220,19 @@ Loader::Cuts Loader::cuts(int32_t doc_end, uint64_t max_targets) const {
         const Shard& s = shards_[w.shard];
         // The window's inputs are tokens start .. start+len-1. Its first target's document began before them
         // unless the window starts the shard or follows a document end; a document end among the inputs
-        // starts a whole document.
+        // starts a whole document. Only a document that one window could hold counts: document windows cut
+        // the longer ones too.
         bool cut = w.start > 0 && s.token(w.start - 1) != doc_end;
+        if (cut) {
+            const uint64_t T = (uint64_t)T_, last = s.size() - 1;
+            uint64_t from = w.start - 1;  // back to the end before the document (or the shard's start)
+            while (from > 0 && s.token(from) != doc_end && w.start - from <= T) from--;
+            uint64_t end = w.start;  // on to the document's own end (or the shard's)
+            while (end < last && s.token(end) != doc_end && end - from <= T) end++;
+            // A document window from `from` would hold targets from+1 .. end.
+            cut = (from == 0 || s.token(from) == doc_end) && (end == last || s.token(end) == doc_end) &&
+                  end - from <= T;
+        }
         for (uint64_t j = w.start + 1; j <= w.start + w.len; j++) {
             if (s.token(j - 1) == doc_end) cut = false;
             if (j <= w.start + w.skip) continue;  // the window before holds this target

@@ -127,8 +127,9 @@ class Loader {
     uint64_t long_documents() const { return long_documents_; }
     // How the windows cut the documents (ending with doc_end) of prompt/completion data: the counted targets
     // that sit in a window starting after their document's first token, so that the words before them that
-    // the window leaves out (an example's prompt, or its beginning) cannot be attended to. Looks at the
-    // windows in file order until it has seen max_targets targets. Document windows cut only long documents.
+    // the window leaves out (an example's prompt, or its beginning) cannot be attended to, in documents that
+    // one window could hold whole (document windows keep those whole; they cut only longer ones). Looks at
+    // the windows in file order until it has seen max_targets targets.
     struct Cuts {
         uint64_t counted = 0, cut = 0;  // counted targets looked at; those of them cut from their beginning
         bool masked = false;            // some target looked at has weight 0: prompt/completion data

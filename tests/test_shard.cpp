@@ -112,11 +112,10 @@ TEST(Shard, EachMalformedFieldHasItsError) {
     EXPECT_THAT(err(m), HasSubstr("the loss mask of token 42 is 7, expected 0 or 1"));
 }
 
-// Every reader goes through read_file_bytes: a directory is named as one (it used to throw
-// std::bad_alloc from tellg()), and a pipe, whose size is unknown, is read to its end.
-// A mapped file cut short in place (as `cp other.bin` over it does) faults on its next read past the new end:
-// the process ends with status 1 naming the file, not with "Bus error". A file replaced by rename, as every
-// writer here does, is not cut: the mapping keeps the old file.
+// A mapped file cut short in place (as `> file` does) faults on its next read past the new end: the process
+// ends with status 1 naming the file, not with "Bus error". A file replaced by rename, as every writer here
+// does, is not cut: the mapping keeps the old file. (Each death test's child runs the test from its start and
+// exits without destructors: it removes its own directory.)
 TEST(FileIoDeathTest, AMappedFileTruncatedWhileReadIsNamed) {
     GTEST_FLAG_SET(death_test_style, "threadsafe");
     TempDir tmp("sigbus");
@@ -127,19 +126,28 @@ TEST(FileIoDeathTest, AMappedFileTruncatedWhileReadIsNamed) {
         {
             MappedFile m(p);
             if (::truncate(p.c_str(), 0) != 0) std::_Exit(3);
+            std::filesystem::remove_all(tmp.path());  // the mapping keeps the (now empty) file
             volatile uint8_t last = m.data()[bytes.size() - 1];
             (void)last;
             std::_Exit(4);  // not reached: the read faults
         },
-        ::testing::ExitedWithCode(1), "error: .*shard\\.bin was truncated or rewritten in place while it was being read");
+        ::testing::ExitedWithCode(1), "error: .*shard\\.bin was cut short \\(truncated, or rewritten in place\\) "
+                                      "while it was being read");
     MappedFile kept(p);
     const std::vector<uint8_t> other(100, 9);
     write_file_atomic(p, other.data(), other.size());
     EXPECT_EQ(kept.data()[bytes.size() - 1], 7) << "the mapping holds the file it opened";
-    // SIGBUS outside any mapping of ours still takes the default action (a signal, not exit status 1).
-    EXPECT_EXIT(::raise(SIGBUS), ::testing::KilledBySignal(SIGBUS), "");
+    // A sent SIGBUS (no fault address) still takes the default action (a signal, not exit status 1).
+    EXPECT_EXIT(
+        {
+            std::filesystem::remove_all(tmp.path());
+            ::raise(SIGBUS);
+        },
+        ::testing::KilledBySignal(SIGBUS), "");
 }
 
+// Every reader goes through read_file_bytes: a directory is named as one (it used to throw
+// std::bad_alloc from tellg()), and a pipe, whose size is unknown, is read to its end.
 TEST(FileIo, DirectoryIsNamedAndPipesAreReadWhole) {
     TempDir tmp("fileio");
     const std::string d = tmp.path();
@@ -375,36 +383,66 @@ TEST(Loader, DocumentWindowsHoldWholeDocumentsPaddedAndCutLongOnes_T8) {
     EXPECT_EQ(b.inputs[0], 8);
     EXPECT_EQ(b.targets[0], 99);
     EXPECT_DOUBLE_EQ(fixed.filled(), 34.0 / (5 * T));  // the tail window overlaps the one before: 2 of its 8 count
-    // How the fixed windows cut the documents, against a plain reference: target j is cut when its document
-    // (from the token after the last 99 before j, else the shard's start) begins before its window's inputs.
-    // Fixed windows of 8 start at 0, 8, 16, 24, and the tail window at 26 holds targets 33 and 34.
-    auto window_of = [](size_t j) -> size_t { return j >= 33 ? 26 : (j - 1) / 8 * 8; };
-    uint64_t counted = 0, cut = 0;
-    for (size_t j = 1; j < tok.size(); j++) {
-        size_t doc = 0;
-        for (size_t i = 0; i < j; i++)
-            if (tok[i] == 99) doc = i + 1;
-        if (!mask[j]) continue;
-        counted++;
-        cut += doc < window_of(j);
-    }
-    EXPECT_EQ(counted, 30u);
-    EXPECT_EQ(cut, 16u) << "B's end (target 9), and C's targets 17..31";
+    // How the fixed windows cut the documents: B's end (target 9) is trained without B's beginning; C, longer
+    // than a window, is cut by document windows too, so its targets do not count.
     const Loader::Cuts c = fixed.cuts(99, 1000);
-    EXPECT_EQ(c.counted, counted);
-    EXPECT_EQ(c.cut, cut);
+    EXPECT_EQ(c.counted, 30u);  // 34 targets, 4 of them prompt
+    EXPECT_EQ(c.cut, 1u);
     EXPECT_TRUE(c.masked);
     EXPECT_TRUE(c.all);
-    // Document windows cut only the long document C: its second and third windows (targets 18..31).
-    const Loader::Cuts dc = l.cuts(99, 1000);
-    EXPECT_EQ(dc.counted, 30u);
-    EXPECT_EQ(dc.cut, 14u);
-    // A bounded look: the first window's 8 targets (3 of them prompt), none cut.
+    EXPECT_EQ(l.cuts(99, 1000).cut, 0u) << "document windows keep every document that fits whole";
+    // A bounded look: the first window's 8 targets (3 of them prompt).
     const Loader::Cuts first = fixed.cuts(99, 8);
     EXPECT_FALSE(first.all);
     EXPECT_EQ(first.counted, 5u);
-    EXPECT_EQ(first.cut, 0u);
     EXPECT_FALSE(tail.cuts(99, 1000).masked) << "no mask: plain text";
+}
+
+// Loader::cuts against a plain reference over 300 documents of 2 to 12 tokens (some longer than T = 8),
+// random prompt masks, fixed windows of 8: target j counts as cut when its document (from the token after the
+// last end before j, or the shard's start) begins before the window's inputs and fits in one document window.
+TEST(Loader, CutsMatchAPlainReference_300Documents_T8) {
+    TempDir tmp("cuts");
+    std::vector<int32_t> tok;
+    std::vector<uint8_t> mask;
+    uint64_t r = 12345;
+    auto next = [&r](uint64_t n) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        return (r >> 33) % n;
+    };
+    for (int d = 0; d < 300; d++) {
+        const size_t len = 2 + next(11), prompt = next(len);
+        for (size_t i = 0; i + 1 < len; i++) {
+            tok.push_back(1 + (int32_t)next(90));
+            mask.push_back(i >= prompt);
+        }
+        tok.push_back(99);
+        mask.push_back(1);
+    }
+    write_shard(tmp.file("c.bin"), tok, &mask, 100);
+    const int T = 8;
+    Loader fixed({tmp.file("c.bin")}, 100, 1, T, false, 0);
+    const size_t n = tok.size();
+    const size_t tail = n - T - 1, whole = (n - 1) / T * T;  // fixed windows start at 0, T, ...; then the tail
+    uint64_t counted = 0, cut = 0;
+    for (size_t j = 1; j < n; j++) {
+        const size_t window = j > whole ? tail : (j - 1) / T * T;
+        size_t from = 0, end = n - 1;  // the end before j's document (or 0), and its own end
+        for (size_t i = 0; i < j; i++)
+            if (tok[i] == 99) from = i;
+        for (size_t i = n - 1; i + 1 > j; i--)
+            if (tok[i] == 99) end = i;
+        const size_t begins = from == 0 && tok[0] != 99 ? 0 : from + 1;
+        if (!mask[j]) continue;
+        counted++;
+        cut += begins < window && end - from <= (size_t)T;
+    }
+    const Loader::Cuts c = fixed.cuts(99, 1u << 20);
+    EXPECT_EQ(c.counted, counted);
+    EXPECT_EQ(c.cut, cut);
+    EXPECT_GT(cut, counted / 10) << "a test where little is cut tells little";
+    Loader docs({tmp.file("c.bin")}, 100, 1, T, false, 0, 0, 1, 99);
+    EXPECT_EQ(docs.cuts(99, 1u << 20).cut, 0u);
 }
 
 TEST(Loader, ShardWhoseMaskCountsNothingIsNamed) {

@@ -281,8 +281,8 @@ static void note_cut_examples(const Loader& train, const TrainArgs& args, int vo
     const Loader::Cuts c = train.cuts(eot, kLookAt);
     if (c.cut == 0) return;
     std::fprintf(stderr, "note: --train-data: %llu of %s%llu counted tokens (%.0f%%) are trained in a window of --seq %d "
-                 "that starts inside their example, without its beginning; --windows documents keeps every example "
-                 "whole\n", (unsigned long long)c.cut, c.all ? "its " : "the first ", (unsigned long long)c.counted,
+                 "that starts inside their example, without its beginning; --windows documents would keep those "
+                 "examples whole\n", (unsigned long long)c.cut, c.all ? "its " : "the first ", (unsigned long long)c.counted,
                  100.0 * (double)c.cut / (double)c.counted, args.seq);
 }
 
