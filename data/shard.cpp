@@ -145,7 +145,7 @@ Shard read_shard(const std::string& path, int vocab_size) {
 
 Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int T, bool shuffle, uint64_t seed,
                int rank, int world_size, int32_t doc_end)
-    : B_(B), T_(T), shuffle_(shuffle), seed_(seed), rank_(rank), world_(world_size) {
+    : B_(B), T_(T), vocab_(vocab_size), shuffle_(shuffle), seed_(seed), rank_(rank), world_(world_size) {
     if (paths.empty()) throw Error("no data shards given");
     for (const std::string& p : paths) {
         shards_.push_back(read_shard(p, vocab_size));
@@ -300,6 +300,19 @@ void Loader::fill_row(Batch& b, int row, const Window& w) const {
         b.inputs[i] = s.token(w.start + t);
         b.targets[i] = s.token(w.start + t + 1);
         b.weights[i] = t < (int)w.skip ? 0.0f : (float)s.mask(w.start + t + 1);
+    }
+    // read_shard checked every id and mask value, but a file rewritten in place since then (same length or
+    // longer: shorter ends in read_file's SIGBUS message) would index past the embedding table.
+    for (int t = 0; t <= std::min(T_, (int)w.len); t++) {
+        const uint64_t at = w.start + t;
+        if (vocab_ > 0 && (uint32_t)s.token(at) >= (uint32_t)vocab_)
+            throw Error(s.path + ": token " + std::to_string(at) + " is now " + std::to_string(s.token(at)) +
+                        ", not below the vocabulary size " + std::to_string(vocab_) +
+                        ": the file was rewritten in place while it was being read (replace shards by renaming new "
+                        "ones over them)");
+        if (t > 0 && s.mask(at) > 1)
+            throw Error(s.path + ": the loss mask of token " + std::to_string(at) + " is now " +
+                        std::to_string(s.mask(at)) + ": the file was rewritten in place while it was being read");
     }
 }
 

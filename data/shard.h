@@ -172,6 +172,7 @@ class Loader {
     std::vector<uint32_t> next_order_;  // the next epoch's, once a round reaches into it (else empty)
     std::vector<std::string> short_shards_;
     int B_, T_;
+    int vocab_;  // token ids must stay below it (0: unchecked), also in a file changed since it was read
     uint64_t long_documents_ = 0;
     bool shuffle_;
     uint64_t seed_;

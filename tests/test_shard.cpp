@@ -445,6 +445,26 @@ TEST(Loader, CutsMatchAPlainReference_300Documents_T8) {
     EXPECT_EQ(docs.cuts(99, 1u << 20).cut, 0u);
 }
 
+// A shard rewritten in place at its length after it was read (bytes changed under the mapping) is checked again
+// as windows are read: an id past the vocabulary would index past the embedding table.
+TEST(Loader, AShardRewrittenInPlaceIsCheckedAsItIsRead_n100_T10) {
+    TempDir tmp("rewrite");
+    const std::string p = tmp.file("a.bin");
+    write_shard(p, iota_tokens(100, 50), nullptr, 50);
+    Loader l({p}, 50, 1, 10, false, 0);
+    Batch b;
+    ASSERT_TRUE(l.next_in_epoch(b));  // window 0, as read
+    std::FILE* f = std::fopen(p.c_str(), "r+b");
+    ASSERT_NE(f, nullptr);
+    const uint8_t id[2] = {60, 0};  // token 13 (16-bit, after the 32-byte header) becomes 60
+    std::fseek(f, 32 + 2 * 13, SEEK_SET);
+    std::fwrite(id, 1, 2, f);
+    std::fclose(f);
+    EXPECT_EQ(error_of([&] { l.next_in_epoch(b); }),
+              p + ": token 13 is now 60, not below the vocabulary size 50: the file was rewritten in place while it "
+                  "was being read (replace shards by renaming new ones over them)");
+}
+
 TEST(Loader, ShardWhoseMaskCountsNothingIsNamed) {
     TempDir tmp("shard");
     const std::vector<uint8_t> none(40, 0);
