@@ -319,6 +319,7 @@ int main(int argc, char** argv) {
                 ft.sched.warmup = std::min(10, steps);
                 ft.precision = precision;
                 ft.document_windows = documents;
+                ft.window_advice = false;  // the comparison of the two is this program's subject
                 ft.out_dir = out + "/" + meth.key + (seeds > 1 ? "/seed" + std::to_string(seed) : "");
                 meth.apply(ft);
                 {

@@ -230,6 +230,7 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
                               "--batch 2 --steps 2 --windows documents --out " + d + "/run";
     CmdResult r = run_cmd(train + " --halt-at 1");
     ASSERT_EQ(r.rc, 0) << r.out;
+    EXPECT_THAT(r.out, Not(HasSubstr("would keep those examples whole")));
     EXPECT_THAT(r.out, HasSubstr("document windows of 32 ("));
     EXPECT_THAT(r.out, HasSubstr("% of their positions hold a target, the rest is padding)"));
     EXPECT_THAT(r.out, HasSubstr("note: --windows documents: 1 document of --train-data is longer than a window of "
@@ -238,6 +239,15 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
                                 "--batch 2 --steps 2 --out " + d + "/run --resume " + d + "/run/resume.ckpt");
     ASSERT_EQ(changed.rc, 0) << changed.out;
     EXPECT_THAT(changed.out, HasSubstr("--windows fixed (was documents)"));
+    // The short examples are 16 tokens (the long one comes last): fixed windows of 32 hold two whole ones each,
+    // and bin/train has nothing to say; fixed windows of 20 cut them, and it says how many of their tokens.
+    EXPECT_THAT(changed.out, Not(HasSubstr("note: --train-data: ")));
+    CmdResult cut = run_cmd("bin/train --device cpu --model tiny --train-data " + d + "/p/train.bin --seq 20 "
+                            "--batch 2 --steps 1 --out ''");
+    ASSERT_EQ(cut.rc, 0) << cut.out;
+    EXPECT_THAT(cut.out, HasSubstr(" counted tokens ("));
+    EXPECT_THAT(cut.out, HasSubstr("%) are trained in a window of --seq 20 that starts inside their example, without "
+                                   "its beginning; --windows documents would keep those examples whole"));
     CmdResult ev = run_cmd("bin/evaluate --device cpu --model " + d + "/run/model.ckpt --data " + d +
                            "/p/train.bin --seq 32 --windows documents");
     ASSERT_EQ(ev.rc, 0) << ev.out;

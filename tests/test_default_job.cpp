@@ -30,7 +30,12 @@ DefaultJobOptions short_job(const std::string& dir) {
 TEST(DefaultJob, ShortRunWritesDataCheckpointsAndReport) {
     TempDir tmp("defjob");
     DefaultJobOptions o = short_job(tmp.path());
-    ASSERT_EQ(run_default_job(o), 0);
+    testing::internal::CaptureStderr();
+    const int rc = run_default_job(o);
+    const std::string err = testing::internal::GetCapturedStderr();
+    ASSERT_EQ(rc, 0) << err;
+    // Its fixed windows are chosen on purpose, and it takes no --windows: no advice to give one.
+    EXPECT_THAT(err, ::testing::Not(::testing::HasSubstr("--windows documents would keep")));
     auto r = nlohmann::json::parse(slurp(o.out_dir + "/report.json"));
     for (const char* k : {"task_loss_before", "task_loss_after", "base_loss_before", "base_loss_after",
                           "accuracy_before", "accuracy_after"})

@@ -83,6 +83,9 @@ struct TrainArgs {
     // An interrupted run says how to continue (--resume ...); off where the caller says it its own way (the
     // default job: `bin/train` with no arguments).
     bool resume_hint = true;
+    // Whether to note prompt/completion examples that fixed windows cut (the default job's fine-tuning keeps
+    // fixed windows on purpose, and has no --windows flag to give).
+    bool window_advice = true;
     // DIST: data parallelism (train/dist.h, train/data_parallel.h)
     int zero = 0;                // 1: shard the optimizer state across ranks; 2: the gradients too
     float comm_timeout = 600;    // seconds a collective may wait before the job stops

@@ -161,6 +161,7 @@ int run_default_job(const DefaultJobOptions& opt) {
     ft.val_every = 100;
     ft.log_every = 50;
     ft.out_dir = opt.out_dir + "/finetune";
+    ft.window_advice = false;  // fixed windows, comparable with earlier runs; docs/finetuning.md measures both
     const TaskAndBaseLoss before = measure_losses(ft.init, opt.device, d);
     std::vector<std::string> samples_before;
     double acc_before;

@@ -567,7 +567,8 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
                          "beginning (an example's prompt)\n", (unsigned long long)l->long_documents(),
                          l->long_documents() == 1 ? "" : "s", flag, l->long_documents() == 1 ? "is" : "are",
                          args.seq);
-    if (rank == 0 && train_ && !args.document_windows) note_cut_examples(*train_, args, cfg.vocab_size);
+    if (rank == 0 && train_ && !args.document_windows && args.window_advice)
+        note_cut_examples(*train_, args, cfg.vocab_size);
     if (train_) note_changed_windows(args.resume, "training", state_.loader_windows, train_->num_windows(), args.seq);
     if (replay_) note_changed_windows(args.resume, "replay", state_.replay_windows, replay_->num_windows(), args.seq);
 }
