@@ -195,7 +195,8 @@ std::string table(const std::vector<Result>& rs, const std::string& machine, dou
                   "\nBase model before fine-tuning: task accuracy %.0f%%%s. Each method fine-tuned with %d seed%s "
                   "(data order and initialisation)%s%s; ms / step is the median step, over seeds the median. Measured "
                   "on %s.\n",
-                  100 * acc_base, documents ? (" (" + range({acc_base_eot}, 1) + " after `<|endoftext|>`)").c_str() : "",
+                  100 * acc_base,
+                  documents ? (" (" + range({acc_base_eot}, 1) + " after `<|endoftext|>`)").c_str() : "",
                   seeds, seeds > 1 ? "s" : "", seeds > 1 ? ": mean (lowest-highest)" : "",
                   documents ? ", on document windows (`--windows documents`)" : "", machine.c_str());
     os << buf;
@@ -294,7 +295,9 @@ int main(int argc, char** argv) {
                                                   {"seeds", seeds},   {"device", device}, {"precision", precision},
                                                   {"windows", documents ? "documents" : "fixed"},
                                                   {"base_accuracy", acc_base},
-                                                  {"base_accuracy_after_eot", acc_base_eot}, {"results", j}}.dump(2) + "\n";
+                                                  {"base_accuracy_after_eot", acc_base_eot},
+                                                  {"results", j}}.dump(2) +
+                                   "\n";
             write_file_atomic(out + "/results.json", js.data(), js.size());
         };
         const int L = preset_config(model).n_layer;

@@ -280,10 +280,10 @@ static void note_cut_examples(const Loader& train, const TrainArgs& args, int vo
     if (eot >= vocab_size) return;
     const Loader::Cuts c = train.cuts(eot, kLookAt);
     if (c.cut == 0) return;
-    std::fprintf(stderr, "note: --train-data: %llu of %s%llu counted tokens (%.0f%%) are trained in a window of --seq %d "
-                 "that starts inside their example, without its beginning; --windows documents would keep those "
-                 "examples whole\n", (unsigned long long)c.cut, c.all ? "its " : "the first ", (unsigned long long)c.counted,
-                 100.0 * (double)c.cut / (double)c.counted, args.seq);
+    std::fprintf(stderr, "note: --train-data: %llu of %s%llu counted tokens (%.0f%%) are trained in a window of "
+                 "--seq %d that starts inside their example, without its beginning; --windows documents would keep "
+                 "those examples whole\n", (unsigned long long)c.cut, c.all ? "its " : "the first ",
+                 (unsigned long long)c.counted, 100.0 * (double)c.cut / (double)c.counted, args.seq);
 }
 
 Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
