@@ -136,10 +136,12 @@ Shard read_shard(const std::string& path, int vocab_size) {
                 throw Error(path + ": token " + std::to_string(i) + " has id " + std::to_string((uint32_t)s.token(i)) +
                             ", not below the vocabulary size " + std::to_string(vocab_size));
     if (s.mask_bytes)  // a weight of 7 would count a token seven times
-        for (uint64_t i = 0; i < n; i++)
+        for (uint64_t i = 0; i < n; i++) {
             if (s.mask_bytes[i] > 1)
                 throw Error(path + ": the loss mask of token " + std::to_string(i) + " is " +
                             std::to_string(s.mask_bytes[i]) + ", expected 0 or 1");
+            s.masked_targets += i > 0 && s.mask_bytes[i] == 0;
+        }
     return s;
 }
 
@@ -152,8 +154,7 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
         const Shard& s = shards_.back();
         // A mask with no 1 would train on nothing and report a loss of 0: a broken preparation, not data. The
         // first token is never a target (nothing comes before it), so its weight counts for nothing either.
-        if (s.has_mask() && s.n > 0 &&
-            std::all_of(s.mask_bytes + 1, s.mask_bytes + s.n, [](uint8_t m) { return m == 0; }))
+        if (s.has_mask() && s.n > 0 && s.masked_targets == s.n - 1)
             throw Error(p + ": the loss mask is 0 at every one of its " + std::to_string(s.n) +
                         " tokens that are predicted (all but the first): no token would count (were the answers "
                         "left out when it was prepared?)");
@@ -237,15 +238,16 @@ Loader::Cuts Loader::cuts(int32_t doc_end, uint64_t max_targets) const {
             if (s.token(j - 1) == doc_end) cut = false;
             if (j <= w.start + w.skip) continue;  // the window before holds this target
             seen++;
-            if (s.mask(j) == 0) {
-                c.masked = true;
-                continue;
-            }
+            if (s.mask(j) == 0) continue;
             c.counted++;
             c.cut += cut;
         }
     }
     return c;
+}
+
+bool Loader::masked() const {
+    return std::any_of(shards_.begin(), shards_.end(), [](const Shard& s) { return s.masked_targets > 0; });
 }
 
 double Loader::filled() const {

@@ -37,6 +37,7 @@ struct Shard {
     const uint8_t* mask_bytes = nullptr;   // n, or null when the file has no mask
     uint64_t n = 0;
     uint32_t width = 2;
+    uint64_t masked_targets = 0;  // tokens 1..n-1 (the targets) whose loss weight is 0, counted as read
 
     size_t size() const { return n; }
     int32_t token(size_t i) const {
@@ -132,10 +133,11 @@ class Loader {
     // the windows in file order until it has seen max_targets targets.
     struct Cuts {
         uint64_t counted = 0, cut = 0;  // counted targets looked at; those of them cut from their beginning
-        bool masked = false;            // some target looked at has weight 0: prompt/completion data
         bool all = true;                // every window was looked at
     };
     Cuts cuts(int32_t doc_end, uint64_t max_targets) const;
+    // Whether some target has loss weight 0: prompt/completion data, not plain text.
+    bool masked() const;
     // This rank's windows in one pass of next_in_epoch (the last round may be partial).
     size_t windows_per_epoch() const {
         return windows_.size() > (size_t)rank_ ? (windows_.size() - rank_ + world_ - 1) / world_ : 0;

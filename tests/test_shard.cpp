@@ -388,14 +388,14 @@ TEST(Loader, DocumentWindowsHoldWholeDocumentsPaddedAndCutLongOnes_T8) {
     const Loader::Cuts c = fixed.cuts(99, 1000);
     EXPECT_EQ(c.counted, 30u);  // 34 targets, 4 of them prompt
     EXPECT_EQ(c.cut, 1u);
-    EXPECT_TRUE(c.masked);
+    EXPECT_TRUE(fixed.masked());
     EXPECT_TRUE(c.all);
     EXPECT_EQ(l.cuts(99, 1000).cut, 0u) << "document windows keep every document that fits whole";
     // A bounded look: the first window's 8 targets (3 of them prompt).
     const Loader::Cuts first = fixed.cuts(99, 8);
     EXPECT_FALSE(first.all);
     EXPECT_EQ(first.counted, 5u);
-    EXPECT_FALSE(tail.cuts(99, 1000).masked) << "no mask: plain text";
+    EXPECT_FALSE(tail.masked()) << "no mask: plain text";
 }
 
 // Loader::cuts against a plain reference over 300 documents of 2 to 12 tokens (some longer than T = 8),

@@ -270,7 +270,7 @@ static void refuse_earlier_run(const TrainArgs& args) {
 // which document windows would keep (docs/finetuning.md measures what that costs on a task).
 static void note_cut_examples(const Loader& train, const TrainArgs& args, int vocab_size) {
     constexpr uint64_t kLookAt = 1u << 24;  // targets: a bounded look at a large corpus
-    if (!train.cuts(-1, kLookAt).masked) return;  // plain text: documents run on across windows by design
+    if (!train.masked()) return;  // plain text: documents run on across windows by design
     int32_t eot;
     try {
         eot = Tokenizer::load(args.vocab).eot_token();
