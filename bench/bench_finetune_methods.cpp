@@ -4,7 +4,7 @@
 //   trainable parameters, gradient + optimizer memory, time per step, held-out task accuracy (greedy exact
 //   match on prompts never trained on), and the base-corpus loss before -> after (how much it forgot).
 // Writes runs/methods/results.json and the table in docs/finetuning.md (between its markers; --windows documents
-// has a table of its own).
+// and --windows single have a table each).
 //
 // Not a Google Benchmark: each "iteration" is a whole training run and the result is a table of outcomes,
 // not a timing distribution. On the CPU machine (tiny model) it takes about 15 minutes; on a GPU run it
@@ -12,7 +12,7 @@
 //
 //   build/bench/bench_finetune_methods [--device cpu|cuda] [--model tiny] [--base-steps 150] [--steps 700]
 //                                      [--only full,lora,...] [--doc docs/finetuning.md] [--out runs/methods]
-//                                      [--windows fixed|documents]
+//                                      [--windows fixed|documents|single]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -169,7 +169,8 @@ std::string range(const std::vector<double>& v, int seeds) {
 // With document windows, a model saw every example right after an <|endoftext|>: it is scored both ways, asked
 // as it was trained first.
 std::string table(const std::vector<Result>& rs, const std::string& machine, double acc_base, double acc_base_eot,
-                  int seeds, bool documents) {
+                  int seeds, Windows windows) {
+    const bool documents = windows != Windows::fixed;
     std::ostringstream os;
     os << "| Method | Settings | Trainable params | Grad + optimizer memory | ms / step | "
        << (documents ? "Task accuracy after `<|endoftext|>` | prompt alone | " : "Task accuracy | ")
@@ -198,7 +199,9 @@ std::string table(const std::vector<Result>& rs, const std::string& machine, dou
                   100 * acc_base,
                   documents ? (" (" + range({acc_base_eot}, 1) + " after `<|endoftext|>`)").c_str() : "",
                   seeds, seeds > 1 ? "s" : "", seeds > 1 ? ": mean (lowest-highest)" : "",
-                  documents ? ", on document windows (`--windows documents`)" : "", machine.c_str());
+                  documents ? (std::string(", on document windows (`--windows ") + windows_name(windows) + "`)").c_str()
+                            : "",
+                  machine.c_str());
     os << buf;
     return os.str();
 }
@@ -227,9 +230,9 @@ int main(int argc, char** argv) {
                    "markdown file whose methods table is replaced ('' : none; with --only, none unless given)", &doc);
         cli.option("--out", "DIR", "run directories and results.json", &out);
         cli.option("--machine", "TEXT", "machine description for the table", &machine);
-        bool documents = false;
-        cli.custom("--windows", "fixed|documents", "how the task data is cut into windows (bin/train --windows)",
-                   "fixed", [&](const std::string& v) { documents = parse_document_windows(v); });
+        Windows windows = Windows::fixed;
+        cli.custom("--windows", "fixed|documents|single", "how the task data is cut into windows (bin/train "
+                   "--windows)", "fixed", [&](const std::string& v) { windows = parse_windows(v); });
         cli.option("--l2sp", "LAMBDA", "L2-SP strength", &knobs.l2sp, 0, 1e12);
         cli.option("--ewc", "LAMBDA", "EWC strength", &knobs.ewc, 0, 1e12);
         cli.option("--lora-lr", "LR", "LoRA learning rate", &knobs.lora_lr, 1e-9, 10);
@@ -293,7 +296,7 @@ int main(int argc, char** argv) {
                                            {"task_loss_after", r.task_after}}}});
             const std::string js = nlohmann::json{{"model", model},   {"steps", steps},
                                                   {"seeds", seeds},   {"device", device}, {"precision", precision},
-                                                  {"windows", documents ? "documents" : "fixed"},
+                                                  {"windows", windows_name(windows)},
                                                   {"base_accuracy", acc_base},
                                                   {"base_accuracy_after_eot", acc_base_eot},
                                                   {"results", j}}.dump(2) +
@@ -321,7 +324,7 @@ int main(int argc, char** argv) {
                 ft.sched.lr = 5e-3f;
                 ft.sched.warmup = std::min(10, steps);
                 ft.precision = precision;
-                ft.document_windows = documents;
+                ft.windows = windows;
                 ft.window_advice = false;  // the comparison of the two is this program's subject
                 ft.out_dir = out + "/" + meth.key + (seeds > 1 ? "/seed" + std::to_string(seed) : "");
                 meth.apply(ft);
@@ -348,11 +351,12 @@ int main(int argc, char** argv) {
             results.push_back(r);
             write_results();  // after every method: a run cut short (a time limit) keeps what it measured
         }
-        const std::string t = table(results, machine, acc_base, acc_base_eot, seeds, documents);
+        const std::string t = table(results, machine, acc_base, acc_base_eot, seeds, windows);
         std::fputs(t.c_str(), stdout);
         if (!doc.empty()) {
             // each kind of window has its own table
-            const std::string marker = documents ? "methods-table-documents" : "methods-table";
+            const std::string marker =
+                windows == Windows::fixed ? "methods-table" : std::string("methods-table-") + windows_name(windows);
             const std::string begin = "<!-- " + marker + ":begin -->", end = "<!-- " + marker + ":end -->";
             std::string text = slurp_text(doc);
             const size_t a = text.find(begin), b = text.find(end);

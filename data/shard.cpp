@@ -14,6 +14,16 @@
 
 namespace tune {
 
+const char* windows_name(Windows w) {
+    return w == Windows::fixed ? "fixed" : w == Windows::documents ? "documents" : "single";
+}
+
+Windows parse_windows(const std::string& v) {
+    for (Windows w : {Windows::fixed, Windows::documents, Windows::single})
+        if (v == windows_name(w)) return w;
+    throw UsageError("--windows: expected fixed, documents or single, got '" + v + "'");
+}
+
 constexpr size_t kShardHeader = 32;
 
 // The 32-byte header of data/shard.h's layout, in one place for both writers.
@@ -146,7 +156,7 @@ Shard read_shard(const std::string& path, int vocab_size) {
 }
 
 Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int T, bool shuffle, uint64_t seed,
-               int rank, int world_size, int32_t doc_end)
+               int rank, int world_size, int32_t doc_end, bool one_document)
     : B_(B), T_(T), vocab_(vocab_size), shuffle_(shuffle), seed_(seed), rank_(rank), world_(world_size) {
     if (paths.empty()) throw Error("no data shards given");
     for (const std::string& p : paths) {
@@ -169,17 +179,24 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
             // after it as fit in its T targets; the rest of the row is padding that counts nothing. A fine-tuning
             // example then never loses its prompt to the window before, at the price of the padding. A document
             // longer than a window is cut into windows of T (those after the first start mid-document, as fixed
-            // windows do). Every target is in exactly one window.
+            // windows do). Every target is in exactly one window. With one_document (--windows single) a window
+            // ends at its first document end instead of its last: the attention of every position then holds
+            // its own document only, as it will when the model is asked one prompt at a time.
             const uint64_t last = n - 1;  // the last target
             for (uint64_t w = 0; w < last;) {
                 const uint64_t reach = std::min(w + (uint64_t)T, last);  // the furthest target this window can hold
-                uint64_t to = reach;  // the furthest document end within it, or the shard's end
-                if (reach != last) {
-                    while (to > w && s.token(to) != doc_end) to--;
-                    if (to == w) {  // no end within reach: a long document, cut
-                        to = reach;
-                        if (w == 0 || s.token(w) == doc_end) long_documents_++;  // counted at its first window
-                    }
+                uint64_t to = 0;  // the window's last target: the end of its last (or first) whole document
+                if (one_document) {
+                    for (uint64_t j = w + 1; j <= reach && !to; j++)
+                        if (s.token(j) == doc_end) to = j;
+                } else if (reach != last) {
+                    for (uint64_t j = reach; j > w && !to; j--)
+                        if (s.token(j) == doc_end) to = j;
+                }
+                if (!to) {
+                    to = reach;  // the shard's end, or no document end within reach: a long document, cut
+                    if (reach != last && (w == 0 || s.token(w) == doc_end))
+                        long_documents_++;  // counted at its first window
                 }
                 windows_.push_back({shard, 0, (uint32_t)(to - w), w});
                 w = to;

@@ -93,6 +93,14 @@ struct Batch {
     std::vector<float> weights;    // (B, T) loss weight per target
 };
 
+// How a loader cuts shards into windows (`bin/train --windows`): every T tokens; whole documents packed
+// together from an <|endoftext|>; or one whole document a window, so that nothing from another document is
+// in its attention (at the price of more padding).
+enum class Windows { fixed, documents, single };
+const char* windows_name(Windows w);  // "fixed", "documents", "single"
+// --windows (bin/train, bin/evaluate): one of those names, else a UsageError naming the flag and the value.
+Windows parse_windows(const std::string& v);
+
 // Loader position: everything needed to continue exactly where a run stopped.
 struct LoaderState {
     uint64_t epoch = 0;
@@ -102,16 +110,18 @@ struct LoaderState {
 // Serves B x T windows from one or more shards. Windows start every T tokens inside each shard (they
 // never cross shards); a shard shorter than T+1 tokens is one window, padded with weight 0. Document windows
 // (doc_end, `bin/train --windows documents`) start where a document does instead and hold whole documents,
-// padded; a document longer than T targets is cut into windows of T. Shuffled: each epoch visits the windows in
+// padded; with one_document (`--windows single`) only one each. A document longer than T targets is cut into
+// windows of T. Shuffled: each epoch visits the windows in
 // a permutation drawn from (seed, epoch); sequential: in file order. With world_size ranks, rank r takes
 // windows r, r+W, r+2W, ... of the epochs' orders joined end to end (a round at an epoch's end runs on into the
 // next epoch), so ranks see disjoint data, every epoch reads every window once, and the windows a step reads
 // depend only on the global batch, not on how many ranks share it.
 class Loader {
    public:
-    // doc_end >= 0: document windows, documents ending with that token; -1: fixed windows.
+    // doc_end >= 0: document windows, documents ending with that token (one_document: one a window); -1: fixed
+    // windows.
     Loader(const std::vector<std::string>& paths, int vocab_size, int B, int T, bool shuffle, uint64_t seed,
-           int rank = 0, int world_size = 1, int32_t doc_end = -1);
+           int rank = 0, int world_size = 1, int32_t doc_end = -1, bool one_document = false);
 
     Batch next();
     // Like next(), but never starts a new epoch: the next min(B, windows left) windows of this rank's

@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
         std::vector<int32_t> ids = tok.encode(prompt);
         LoadedModel m = load_model(weights, device, "fp32", 1, 0, adapter);
         // Asked as it was trained: a plain prompt scored 63% against 96% there (docs/finetuning.md).
-        const bool eot_auto = m.trained_on.document_windows && !eot_first && !no_eot_first && !ids.empty();
+        const bool eot_auto = m.trained_on.document_windows() && !eot_first && !no_eot_first && !ids.empty();
         const std::string eot_why = eot_first ? "--eot-first"
                                     : eot_auto ? m.trained_on_file + " was trained on document windows"
                                                : "no prompt";

@@ -217,14 +217,15 @@ TEST_F(CheckpointTest, EachConfigFieldCorruptedIsNamed) {
 // A run on document windows says so in its checkpoints (bin/generate asks such a model after an <|endoftext|>);
 // nothing recorded means fixed windows, and a value that is neither is named.
 TEST_F(CheckpointTest, DocumentWindowsAreRecordedAndTheFieldChecked) {
-    EXPECT_FALSE(checkpoint_trained_on(path).document_windows);
+    EXPECT_EQ(checkpoint_trained_on(path).windows, Windows::fixed);
     EXPECT_EQ(bytes.find("\"windows\""), std::string::npos) << "written for a fixed-window run";
-    save_checkpoint(dir + "/d.ckpt", *model, nullptr, nullptr, nullptr, true, TrainedOn{true});
-    EXPECT_TRUE(checkpoint_trained_on(dir + "/d.ckpt").document_windows);
-    save_merged(dir + "/m.ckpt", *model, TrainedOn{true});
-    EXPECT_TRUE(checkpoint_trained_on(dir + "/m.ckpt").document_windows);
+    save_checkpoint(dir + "/d.ckpt", *model, nullptr, nullptr, nullptr, true, TrainedOn{Windows::documents});
+    EXPECT_EQ(checkpoint_trained_on(dir + "/d.ckpt").windows, Windows::documents);
+    save_merged(dir + "/m.ckpt", *model, TrainedOn{Windows::single});
+    EXPECT_EQ(checkpoint_trained_on(dir + "/m.ckpt").windows, Windows::single);
+    EXPECT_TRUE(checkpoint_trained_on(dir + "/m.ckpt").document_windows());
     save_merged(dir + "/m0.ckpt", *model);
-    EXPECT_FALSE(checkpoint_trained_on(dir + "/m0.ckpt").document_windows);
+    EXPECT_FALSE(checkpoint_trained_on(dir + "/m0.ckpt").document_windows());
     GPT2 other(small_config(), *be, 2, 5);
     load_checkpoint(dir + "/d.ckpt", other, nullptr, nullptr);  // the weights load as from any checkpoint
     EXPECT_EQ(get_tensor(other, other.params(), 0), get_tensor(*model, model->params(), 0));
@@ -234,7 +235,7 @@ TEST_F(CheckpointTest, DocumentWindowsAreRecordedAndTheFieldChecked) {
     b.replace(at, 11, "7          ");  // the same length: the header stays valid JSON
     spit(dir + "/bad.ckpt", b);
     EXPECT_THAT(error_of([&] { checkpoint_trained_on(dir + "/bad.ckpt"); }),
-                HasSubstr(dir + "/bad.ckpt: header field 'windows' is 7, expected \"documents\" or \"fixed\""));
+                HasSubstr(dir + "/bad.ckpt: header field 'windows' is 7, expected \"fixed\", \"documents\" or \"single\""));
 }
 
 TEST_F(CheckpointTest, ConfigMismatchNamesBothConfigs) {

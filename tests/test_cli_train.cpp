@@ -252,15 +252,18 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
                            "/p/train.bin --seq 32 --windows documents");
     ASSERT_EQ(ev.rc, 0) << ev.out;
     EXPECT_THAT(ev.out, HasSubstr("loss "));
-    EXPECT_FALSE(checkpoint_trained_on(d + "/run/model.ckpt").document_windows) << "its last run had fixed windows";
-    // A run on document windows records them in every checkpoint it writes (an adapter's too). bin/generate
-    // then asks the model as it trained, after an <|endoftext|>, and says so; bin/evaluate notes it.
+    EXPECT_EQ(checkpoint_trained_on(d + "/run/model.ckpt").windows, Windows::fixed) << "its last run's windows";
+    // A run on document windows (here one document a window) records them in every checkpoint it writes (an
+    // adapter's too). bin/generate then asks the model as it trained, after an <|endoftext|>, and says so;
+    // bin/evaluate notes it.
     CmdResult docs = run_cmd("bin/train --device cpu --init " + d + "/run/model.ckpt --train-data " + d +
-                             "/p/train.bin --seq 32 --batch 2 --steps 1 --windows documents --lora-rank 2 --out " + d +
+                             "/p/train.bin --seq 32 --batch 2 --steps 1 --windows single --lora-rank 2 --out " + d +
                              "/docs");
     ASSERT_EQ(docs.rc, 0) << docs.out;
+    EXPECT_THAT(docs.out, HasSubstr("training tokens in 14 document windows of 32 ("))
+        << "12 short examples one a window, the long one in two";
     for (const char* f : {"model.ckpt", "adapter.ckpt", "resume.ckpt"})
-        EXPECT_TRUE(checkpoint_trained_on(d + "/docs/" + f).document_windows) << f;
+        EXPECT_EQ(checkpoint_trained_on(d + "/docs/" + f).windows, Windows::single) << f;
     const std::string gen = "bin/generate --device cpu --model " + d + "/docs/model.ckpt --prompt 'Question 3:' "
                             "--max-new 6 --temperature 0";
     CmdResult asked = run_cmd(gen), forced = run_cmd(gen + " --eot-first"), plain = run_cmd(gen + " --no-eot-first");
@@ -283,7 +286,7 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
                                 "/p/train.bin --seq 32");
     ASSERT_EQ(ev_docs.rc, 0) << ev_docs.out;
     EXPECT_THAT(ev_docs.out, HasSubstr("note: " + d + "/docs/model.ckpt was trained on document windows; --windows "
-                                       "documents measures it on windows like those"));
+                                       "single measures it on windows like those"));
     write_cycle_data(d);  // a model of 37 tokens
     CmdResult small = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
                               "/train.bin --seq 15 --steps 1 --out '' --windows documents");

@@ -398,6 +398,45 @@ TEST(Loader, DocumentWindowsHoldWholeDocumentsPaddedAndCutLongOnes_T8) {
     EXPECT_FALSE(tail.masked()) << "no mask: plain text";
 }
 
+// Packed document windows against one document a window (--windows single), over A = (1, 2, end), B = (3, end),
+// C = (4, 5, 6, end), D (11 tokens and its end: longer than T = 8) and E = (7), cut off without an end. Worked
+// out by hand, (start, targets): packed (0, 8) A B C | (8, 8) (16, 5) D and E; single (0, 2) A | (2, 2) B |
+// (4, 4) C | (8, 8) (16, 4) D | (20, 1) E. Either way every target 1..21 once, and D is the one long document.
+TEST(Loader, SingleDocumentWindowsHoldOneDocumentEach_T8) {
+    TempDir tmp("single");
+    std::vector<int32_t> tok = {1, 2, 99, 3, 99, 4, 5, 6, 99};
+    for (int i = 10; i <= 20; i++) tok.push_back(i);
+    tok.push_back(99);
+    tok.push_back(7);
+    ASSERT_EQ(tok.size(), 22u);
+    write_shard(tmp.file("d.bin"), tok, nullptr, 100);
+    const int T = 8;
+    auto windows = [&](bool one_document) {
+        Loader l({tmp.file("d.bin")}, 100, 1, T, false, 0, 0, 1, 99, one_document);
+        EXPECT_EQ(l.long_documents(), 1u) << "D, once";
+        std::vector<std::pair<int, int>> got;  // (start, targets), read back from the rows
+        for (Batch b; l.next_in_epoch(b);) {
+            int len = 0;
+            while (len < T && b.weights[len] > 0) len++;
+            size_t start = 0;
+            while (start < tok.size() && !(tok[start] == b.inputs[0] && tok[start + 1] == b.targets[0])) start++;
+            got.push_back({(int)start, len});
+            for (int t = 0; t < T; t++) {
+                SCOPED_TRACE("window at " + std::to_string(start) + ", position " + std::to_string(t));
+                EXPECT_EQ(b.inputs[t], t <= len ? tok[start + t] : 0);
+                EXPECT_EQ(b.targets[t], t < len ? tok[start + t + 1] : 0);
+            }
+        }
+        return got;
+    };
+    EXPECT_EQ(windows(false), (std::vector<std::pair<int, int>>{{0, 8}, {8, 8}, {16, 5}}));
+    EXPECT_EQ(windows(true), (std::vector<std::pair<int, int>>{{0, 2}, {2, 2}, {4, 4}, {8, 8}, {16, 4}, {20, 1}}));
+    EXPECT_EQ(parse_windows("single"), Windows::single);
+    EXPECT_EQ(windows_name(parse_windows("documents")), std::string("documents"));
+    EXPECT_THAT(error_of([] { parse_windows("document"); }),
+                HasSubstr("--windows: expected fixed, documents or single, got 'document'"));
+}
+
 // Loader::cuts against a plain reference over 300 documents of 2 to 12 tokens (some longer than T = 8),
 // random prompt masks, fixed windows of 8: target j counts as cut when its document (from the token after the
 // last end before j, or the shard's start) begins before the window's inputs and fits in one document window.
@@ -443,6 +482,19 @@ TEST(Loader, CutsMatchAPlainReference_300Documents_T8) {
     EXPECT_GT(cut, counted / 10) << "a test where little is cut tells little";
     Loader docs({tmp.file("c.bin")}, 100, 1, T, false, 0, 0, 1, 99);
     EXPECT_EQ(docs.cuts(99, 1u << 20).cut, 0u);
+    // One document a window: no end token among a window's inputs after its first (nothing of another document
+    // to attend to), every target once, and more windows than packed.
+    Loader single({tmp.file("c.bin")}, 100, 1, T, false, 0, 0, 1, 99, true);
+    EXPECT_GT(single.num_windows(), docs.num_windows());
+    uint64_t targets = 0;
+    for (Batch b; single.next_in_epoch(b);)
+        for (int t = 0; t < T && b.targets[t] != 0; t++) {
+            targets++;
+            if (t > 0) {
+                EXPECT_NE(b.inputs[t], 99) << "a second document in window " << targets;
+            }
+        }
+    EXPECT_EQ(targets, n - 1);
 }
 
 // A shard rewritten in place at its length after it was read (bytes changed under the mapping) is checked again

@@ -71,11 +71,12 @@ Cli train_cli(TrainArgs& a) {
              [&a](const std::string& v) { a.val_data = split_list(v); });
     c.custom("--sequential", "", "read training windows in file order instead of shuffling", "off",
              [&a](const std::string&) { a.shuffle = false; });
-    c.custom("--windows", "fixed|documents", "how --train-data and --val-data are cut into windows of --seq: fixed "
-             "(every --seq tokens; an example may start in one window and end in the next, without its prompt) or "
-             "documents (each window starts at an <|endoftext|> and holds whole documents, padded; longer ones "
-             "are cut; replay and Fisher data stay fixed)",
-             "fixed", [&a](const std::string& v) { a.document_windows = parse_document_windows(v); });
+    c.custom("--windows", "fixed|documents|single", "how --train-data and --val-data are cut into windows of --seq: "
+             "fixed (every --seq tokens; an example may start in one window and end in the next, without its "
+             "prompt), documents (each window starts at an <|endoftext|> and holds whole documents, padded; longer "
+             "ones are cut) or single (the same, one document a window: none attends to another, more padding); "
+             "replay and Fisher data stay fixed",
+             "fixed", [&a](const std::string& v) { a.windows = parse_windows(v); });
     c.option("--train-top", "K", "train only the top K blocks and the final LayerNorm (0: everything)", &a.train_top, 0,
              1 << 20);
     c.option("--train-only", "PATTERNS", "train only parameters matching these comma-separated patterns "
@@ -287,7 +288,7 @@ void validate_train_args(const TrainArgs& a) {
     needs(a.replay_weight != d.replay_weight, a.replay_frac > 0, "--replay-weight", "--replay-frac");
     needs(a.fisher_batches != d.fisher_batches, a.ewc > 0, "--fisher-batches", "--ewc");
     needs(a.virtual_init != d.virtual_init, a.peft.virt != Virtual::none, "--virtual-init", "--virtual");
-    needs(a.vocab != d.vocab, a.virtual_init.rfind("text:", 0) == 0 || a.document_windows, "--vocab",
+    needs(a.vocab != d.vocab, a.virtual_init.rfind("text:", 0) == 0 || a.windows != Windows::fixed, "--vocab",
           "--virtual-init text:WORDS or --windows documents");
     needs(a.loss_scale != d.loss_scale,
           a.loss_scaling == "on" || (a.loss_scaling == "auto" && a.precision == "fp16"), "--loss-scale",

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "data/shard.h"
 #include "model/gpt2.h"
 #include "model/peft.h"
 #include "train/optimizer.h"
@@ -28,7 +29,7 @@ struct TrainArgs {
     // data
     std::vector<std::string> train_data, val_data;
     bool shuffle = true;
-    bool document_windows = false;  // --windows documents: windows hold whole documents (data/shard.h)
+    Windows windows = Windows::fixed;  // --windows: how the data is cut into windows (data/shard.h)
     // which parameters train (train/select.h)
     int train_top = 0;            // only the top k blocks + ln_f (0: all)
     std::string train_only;       // comma-separated name patterns
@@ -37,7 +38,7 @@ struct TrainArgs {
     // parameter-efficient methods (model/peft.h); the base model is frozen when any is on
     PeftConfig peft;
     std::string virtual_init = "vocab";  // random | vocab | text:SOME TEXT
-    std::string vocab = "data/gpt2";     // GPT-2 vocabulary, for --virtual-init text:... and --windows documents
+    std::string vocab = "data/gpt2";     // GPT-2 vocabulary, for --virtual-init text:... and document --windows
     Recompute recompute = Recompute::none;
     int head_chunk = 8192;  // rows of LM-head logits kept at once (ModelOptions::head_chunk; 0: all)
     // keeping what the model knew

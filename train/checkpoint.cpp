@@ -305,7 +305,7 @@ void write_checkpoint(const std::string& path, const json& header_in, const Writ
 
 // The header fields of TrainedOn, written only where they differ from the default.
 static void add_trained_on(json& header, const TrainedOn& t) {
-    if (t.document_windows) header["windows"] = "documents";
+    if (t.windows != Windows::fixed) header["windows"] = windows_name(t.windows);
 }
 
 void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state,
@@ -438,9 +438,14 @@ TrainedOn checkpoint_trained_on(const std::string& path) {
     TrainedOn t;
     if (f.header.contains("windows")) {
         const json& w = f.header["windows"];
-        if (!w.is_string() || (w != "documents" && w != "fixed"))
-            f.fail("header field 'windows' is " + w.dump() + ", expected \"documents\" or \"fixed\"");
-        t.document_windows = w == "documents";
+        bool known = false;
+        for (Windows k : {Windows::fixed, Windows::documents, Windows::single})
+            if (w.is_string() && w == windows_name(k)) {
+                t.windows = k;
+                known = true;
+            }
+        if (!known)
+            f.fail("header field 'windows' is " + w.dump() + ", expected \"fixed\", \"documents\" or \"single\"");
     }
     return t;
 }

@@ -60,9 +60,11 @@ struct TrainState {
 };
 
 // How the run that writes a checkpoint cut its data, which says how to ask the model: one trained on document
-// windows saw every example after an <|endoftext|> (bin/generate then puts one before the prompt).
+// windows (documents or single) saw every example after an <|endoftext|> (bin/generate then puts one before the
+// prompt).
 struct TrainedOn {
-    bool document_windows = false;
+    Windows windows = Windows::fixed;
+    bool document_windows() const { return windows != Windows::fixed; }
 };
 
 // Writes model weights as they are (LoRA unmerged, virtual tokens unfolded); with opt and state, a resume

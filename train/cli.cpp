@@ -106,11 +106,6 @@ uint64_t parse_u64(const std::string& flag, const std::string& v) {
     return x;
 }
 
-bool parse_document_windows(const std::string& v) {
-    if (v != "fixed" && v != "documents") throw UsageError("--windows: expected fixed or documents, got '" + v + "'");
-    return v == "documents";
-}
-
 void Cli::option(const std::string& name, const std::string& metavar, const std::string& help, uint64_t* target) {
     opts_.push_back({name, metavar, help, std::to_string(*target),
                      [=](const std::string& v) { *target = parse_u64(name, v); }});

@@ -25,8 +25,6 @@ void catch_stop_signals(void (*handler)(int));
 double parse_double(const std::string& flag, const std::string& v, double lo, double hi);
 // A non-negative decimal integer that fits 64 bits; else a UsageError naming the flag and the value.
 uint64_t parse_u64(const std::string& flag, const std::string& v);
-// --windows (bin/train, bin/evaluate): true for documents, false for fixed; else a UsageError.
-bool parse_document_windows(const std::string& v);
 
 class Cli {
    public:

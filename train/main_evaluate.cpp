@@ -29,11 +29,12 @@ int main(int argc, char** argv) {
         cli.option("--adapter", "FILE", "an adapter checkpoint (LoRA, virtual tokens: bin/train's adapter.ckpt) on top "
                    "of --model", &adapter);
         cli.option("--device", "cpu|cuda|auto", "backend", &device);
-        bool documents = false, windows_given = false;
-        cli.custom("--windows", "fixed|documents", "how --data is cut into windows, as in bin/train: every --seq "
-                   "tokens, or whole documents from an <|endoftext|>, padded (compare a run's validation loss with "
-                   "its own)", "fixed", [&](const std::string& v) {
-                       documents = parse_document_windows(v);
+        Windows windows = Windows::fixed;
+        bool windows_given = false;
+        cli.custom("--windows", "fixed|documents|single", "how --data is cut into windows, as in bin/train: every "
+                   "--seq tokens, whole documents from an <|endoftext|>, padded, or one document a window (compare a "
+                   "run's validation loss with its own)", "fixed", [&](const std::string& v) {
+                       windows = parse_windows(v);
                        windows_given = true;
                    });
         cli.option("--vocab", "DIR", "GPT-2 vocabulary", &vocab);
@@ -43,7 +44,7 @@ int main(int argc, char** argv) {
         }
         if (weights.empty()) throw UsageError("--model: which weights? (see --help)");
         if (data.empty() && choices.empty()) throw UsageError("nothing to evaluate: give --data and/or --choices");
-        if (documents && data.empty())
+        if (windows != Windows::fixed && data.empty())
             throw UsageError("--windows has no effect without --data (multiple choice scores each example alone)");
         // Read before the loss pass (which may take an hour), so a bad line stops the run at once.
         std::vector<ChoiceExample> ex;
@@ -55,10 +56,10 @@ int main(int argc, char** argv) {
                 if (!p.empty()) paths.push_back(p);
             LoadedModel m = load_model(weights, device, "fp32", batch, seq, adapter);
             // Not switched by the file: two models compared on the same --data must see the same windows.
-            if (m.trained_on.document_windows && !windows_given)
-                std::fprintf(stderr, "note: %s was trained on document windows; --windows documents measures it on "
+            if (m.trained_on.document_windows() && !windows_given)
+                std::fprintf(stderr, "note: %s was trained on document windows; --windows %s measures it on "
                              "windows like those (this pass cuts --data every --seq tokens)\n",
-                             m.trained_on_file.c_str());
+                             m.trained_on_file.c_str(), windows_name(m.trained_on.windows));
             const int room = m.model->max_positions();
             if (seq > room) {
                 const int P = m.model->virtual_tokens();
@@ -72,7 +73,8 @@ int main(int argc, char** argv) {
                 seq = room;
             }
             const int V = m.model->config().vocab_size;
-            Loader loader(paths, V, batch, seq, false, 0, 0, 1, document_end_token(documents, vocab, V));
+            Loader loader(paths, V, batch, seq, false, 0, 0, 1, document_end_token(windows, vocab, V),
+                          windows == Windows::single);
             loader.note_short_shards();
             LossResult r = eval_loss(*m.model, loader, batches, "evaluate: loss, batch");
             std::string scope;

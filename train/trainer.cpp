@@ -75,7 +75,7 @@ static std::map<std::string, std::string> trajectory_options(const TrainArgs& a)
             {"--grad-accum", std::to_string(a.grad_accum)},
             {"--seed", std::to_string(a.seed)},
             {"--sequential", on(!a.shuffle)},
-            {"--windows", a.document_windows ? "documents" : "fixed"},
+            {"--windows", windows_name(a.windows)},
             {"--precision", a.precision},
             {"--stochastic-rounding", on(a.stochastic_rounding)},
             {"--loss-scaling", a.loss_scaling},
@@ -157,11 +157,11 @@ static void note_changed_windows(const std::string& ckpt, const char* which, uin
                  ckpt.c_str(), which, now, T, (unsigned long long)was);
 }
 
-int32_t document_end_token(bool document_windows, const std::string& vocab_dir, int vocab_size) {
-    if (!document_windows) return -1;
+int32_t document_end_token(Windows windows, const std::string& vocab_dir, int vocab_size) {
+    if (windows == Windows::fixed) return -1;
     const int32_t eot = Tokenizer::load(vocab_dir).eot_token();
     if (eot >= vocab_size)
-        throw UsageError("--windows documents: the model's vocabulary of " + std::to_string(vocab_size) +
+        throw UsageError(std::string("--windows ") + windows_name(windows) + ": the model's vocabulary of " + std::to_string(vocab_size) +
                          " tokens has no <|endoftext|> (id " + std::to_string(eot) + ") to find documents by");
     return eot;
 }
@@ -535,15 +535,16 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
                     std::fprintf(stderr, "note: --val-data %s is also %s: the validation loss measures what the "
                                  "model was fitted to, not how it generalises\n", v.c_str(), flag);
     }
-    const int32_t doc_end = document_end_token(args.document_windows, args.vocab, cfg.vocab_size);
+    const int32_t doc_end = document_end_token(args.windows, args.vocab, cfg.vocab_size);
+    const bool one_document = args.windows == Windows::single;
     if (!args.train_data.empty()) {
         train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle,
-                                          args.seed, rank, world, doc_end);
+                                          args.seed, rank, world, doc_end, one_document);
         train_->set_state(state_.loader);
     }
     if (!args.val_data.empty())
         val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0, rank, world,
-                                        doc_end);
+                                        doc_end, one_document);
     if (!args.replay_data.empty() && args.replay_frac > 0) {
         replay_ = std::make_unique<Loader>(args.replay_data, cfg.vocab_size, args.batch, args.seq, args.shuffle,
                                            args.seed + 1, rank, world);  // sliced by rank like the training data
@@ -562,12 +563,13 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
     for (const auto& [l, flag] : {std::pair<const Loader*, const char*>{train_.get(), "--train-data"},
                                   {val_.get(), "--val-data"}})
         if (rank == 0 && l && l->long_documents())
-            std::fprintf(stderr, "note: --windows documents: %llu document%s of %s %s longer than a window of "
+            std::fprintf(stderr, "note: --windows %s: %llu document%s of %s %s longer than a window of "
                          "--seq %d: each is cut into windows, and those after its first start without its "
-                         "beginning (an example's prompt)\n", (unsigned long long)l->long_documents(),
+                         "beginning (an example's prompt)\n", windows_name(args.windows),
+                         (unsigned long long)l->long_documents(),
                          l->long_documents() == 1 ? "" : "s", flag, l->long_documents() == 1 ? "is" : "are",
                          args.seq);
-    if (rank == 0 && train_ && !args.document_windows && args.window_advice)
+    if (rank == 0 && train_ && args.windows == Windows::fixed && args.window_advice)
         note_cut_examples(*train_, args, cfg.vocab_size);
     if (train_) note_changed_windows(args.resume, "training", state_.loader_windows, train_->num_windows(), args.seq);
     if (replay_) note_changed_windows(args.resume, "replay", state_.replay_windows, replay_->num_windows(), args.seq);
@@ -1078,8 +1080,8 @@ int Trainer::run() {
     if (!args_.quiet) {
         print_memory_map();
         std::printf("data: %zu training tokens in %zu %swindows of %d", train_->num_tokens(), train_->num_windows(),
-                    args_.document_windows ? "document " : "", args_.seq);
-        if (args_.document_windows)  // what whole documents cost
+                    args_.windows != Windows::fixed ? "document " : "", args_.seq);
+        if (args_.windows != Windows::fixed)  // what whole documents cost
             std::printf(" (%.1f%% of their positions hold a target, the rest is padding)", 100.0 * train_->filled());
         std::printf("; run directory %s\n", args_.out_dir.c_str());
     }

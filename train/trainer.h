@@ -62,9 +62,9 @@ struct LoadedModel {
 // top of `weights` (LoRA, virtual tokens).
 LoadedModel load_model(const std::string& weights, const std::string& device, const std::string& precision, int B,
                        int T, const std::string& adapter = "");
-// The token documents end with for --windows documents (bin/train, bin/evaluate): the <|endoftext|> of the
-// vocabulary in vocab_dir, which the model's vocabulary must hold (else a UsageError); -1 for fixed windows.
-int32_t document_end_token(bool document_windows, const std::string& vocab_dir, int vocab_size);
+// The token documents end with for --windows documents or single (bin/train, bin/evaluate): the <|endoftext|> of
+// the vocabulary in vocab_dir, which the model's vocabulary must hold (else a UsageError); -1 for fixed windows.
+int32_t document_end_token(Windows windows, const std::string& vocab_dir, int vocab_size);
 
 // Whether micro-batch number mb (counting from 0 over the whole run) is drawn from the replay data: exactly
 // a fraction `frac` of them, evenly spread and deterministic (nothing to save for resume).
@@ -88,7 +88,7 @@ class Trainer {
     static constexpr int kInterrupted = 130;  // the shell's status for Ctrl-C (128 + SIGINT)
     static constexpr double kCheckpointWriteTimeout = 1800;  // seconds the other ranks wait for rank 0's write
     void save(const std::string& path, bool resume);
-    TrainedOn trained_on() const { return {args_.document_windows}; }  // recorded in every checkpoint written
+    TrainedOn trained_on() const { return {args_.windows}; }  // recorded in every checkpoint written
     int resume_checkpoints_written() const { return resume_written_; }  // by run(), this process
     // Finish the current step, write a resume checkpoint, return (run) or stop the sweep (lr_find).
     // Async-signal-safe: called from the SIGINT/SIGTERM handler.
