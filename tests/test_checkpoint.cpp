@@ -235,7 +235,8 @@ TEST_F(CheckpointTest, DocumentWindowsAreRecordedAndTheFieldChecked) {
     b.replace(at, 11, "7          ");  // the same length: the header stays valid JSON
     spit(dir + "/bad.ckpt", b);
     EXPECT_THAT(error_of([&] { checkpoint_trained_on(dir + "/bad.ckpt"); }),
-                HasSubstr(dir + "/bad.ckpt: header field 'windows' is 7, expected \"fixed\", \"documents\" or \"single\""));
+                HasSubstr(dir + "/bad.ckpt: header field 'windows' is 7, expected \"fixed\", \"documents\" or "
+                          "\"single\""));
 }
 
 TEST_F(CheckpointTest, ConfigMismatchNamesBothConfigs) {

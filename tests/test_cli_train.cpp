@@ -287,6 +287,27 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
     ASSERT_EQ(ev_docs.rc, 0) << ev_docs.out;
     EXPECT_THAT(ev_docs.out, HasSubstr("note: " + d + "/docs/model.ckpt was trained on document windows; --windows "
                                        "single measures it on windows like those"));
+    // Multiple choice asks it the same way: after an <|endoftext|>, with a note, as --eot-first does.
+    spit(d + "/choices.jsonl", "{\"context\": \"Question 3: which word is an animal, cat or red?\\n\", "
+                               "\"endings\": [\"cat\", \"red\"], \"label\": 0}\n");
+    const std::string mc =
+        "bin/evaluate --device cpu --model " + d + "/docs/model.ckpt --choices " + d + "/choices.jsonl";
+    CmdResult mc_auto = run_cmd(mc), mc_forced = run_cmd(mc + " --eot-first");
+    CmdResult mc_plain = run_cmd(mc + " --no-eot-first");
+    ASSERT_EQ(mc_auto.rc, 0) << mc_auto.out;
+    const std::string mc_note = "note: " + d + "/docs/model.ckpt was trained on document windows: every context goes "
+                                "after <|endoftext|>, as its examples did (--no-eot-first: the contexts alone)\n";
+    ASSERT_THAT(mc_auto.out, HasSubstr(mc_note));
+    EXPECT_EQ(mc_auto.out.substr(0, mc_auto.out.find(mc_note)) +
+                  mc_auto.out.substr(mc_auto.out.find(mc_note) + mc_note.size()),
+              mc_forced.out);
+    EXPECT_THAT(mc_forced.out, HasSubstr("multiple choice: 1 examples"));
+    EXPECT_EQ(mc_plain.rc, 0) << mc_plain.out;
+    EXPECT_THAT(mc_plain.out, Not(HasSubstr("note:")));
+    CmdResult mc_data = run_cmd("bin/evaluate --device cpu --model " + d + "/docs/model.ckpt --data " + d +
+                                "/p/train.bin --eot-first");
+    EXPECT_EQ(mc_data.rc, 2) << mc_data.out;
+    EXPECT_THAT(mc_data.out, HasSubstr("--eot-first has no effect without --choices"));
     write_cycle_data(d);  // a model of 37 tokens
     CmdResult small = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
                               "/train.bin --seq 15 --steps 1 --out '' --windows documents");

@@ -142,6 +142,50 @@ TEST(MultipleChoice, MatchesAnIndependentScorer) {
     EXPECT_EQ(eval_multiple_choice(m, exs).acc_norm(), 1.0);
 }
 
+// A first token (the <|endoftext|> before every context, for a model trained on document windows) scores as if
+// each context began with it, and stays first when a context is cut to fit: here one of 12 tokens, in a model of
+// 9 positions.
+TEST(MultipleChoice, FirstTokenGoesBeforeEveryContextAndSurvivesTheCut_maxT9) {
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 3, 9), ref(small_config(), *be, 1, 9);
+    Rng w(7);
+    std::vector<double> weights(m.params().elems());
+    for (double& x : weights) x = w.uniform() - 0.5;
+    be->upload(m.params().base(), m.params().dtype(), weights.data(), weights.size());
+    be->upload(ref.params().base(), ref.params().dtype(), weights.data(), weights.size());
+    const int32_t first = 36;
+    Rng r(8);
+    std::vector<ChoiceExample> exs, led;  // led: the contexts as the scorer should see them
+    for (int i = 0; i < 16; i++) {
+        ChoiceExample ex;
+        const int n = i == 0 ? 12 : 2 + (int)r.below(3);
+        for (int k = 0; k < n; k++) ex.context.push_back((int32_t)r.below(36));
+        size_t longest = 0;
+        for (int e = 0; e < 3; e++) {
+            std::vector<int32_t> end;
+            for (int k = 0; k < 1 + (int)r.below(4); k++) end.push_back((int32_t)r.below(36));
+            longest = std::max(longest, end.size());
+            ex.endings.push_back(end);
+        }
+        ChoiceExample l = ex;
+        const size_t keep = std::min(ex.context.size(), 9 + 1 - longest - 1);
+        l.context.assign(ex.context.end() - keep, ex.context.end());
+        l.context.insert(l.context.begin(), first);
+        exs.push_back(ex);
+        led.push_back(l);
+    }
+    size_t differ = 0;  // picks that the first token changes (the long context aside: it fits only cut)
+    for (size_t i = 0; i < exs.size(); i++) {
+        exs[i].label = reference_choice(ref, led[i]).first;
+        if (i > 0) differ += exs[i].label != reference_choice(ref, exs[i]).first;
+    }
+    EXPECT_GT(differ, 0u) << "the first token changes no pick: this tests nothing";
+    const ChoiceResult with = eval_multiple_choice(m, exs, nullptr, first);
+    EXPECT_EQ(with.acc(), 1.0);
+    EXPECT_EQ(with.contexts_cut, 1u);
+    EXPECT_LT(eval_multiple_choice(m, exs).acc(), 1.0);
+}
+
 TEST(MultipleChoice, FileErrorsNameTheLine) {
     TempDir tmp("mc");
     const std::string d = tmp.path();

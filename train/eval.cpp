@@ -101,7 +101,8 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
     return out;
 }
 
-ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>& examples, const char* progress) {
+ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>& examples, const char* progress,
+                                  int32_t first_token) {
     ChoiceResult r;
     ProgressLine line(progress, examples.size());
     const int maxT = model.max_T();
@@ -119,10 +120,13 @@ ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>&
         check_token_ids(ex.context, V, ex.where + ": context");
         for (size_t e = 0; e < ex.endings.size(); e++)
             check_token_ids(ex.endings[e], V, ex.where + ": ending " + std::to_string(e));
-        // Row b: context (cut from the left to fit) + ending b, padded; weights mark the ending's targets.
-        const size_t keep = std::min(ex.context.size(), (size_t)maxT + 1 - longest);
+        // Row b: [first_token] + context (cut from the left to fit) + ending b, padded; weights mark the ending's
+        // targets.
+        const size_t lead = first_token >= 0 ? 1 : 0;
+        const size_t keep = std::min(ex.context.size(), (size_t)maxT + 1 - longest - lead);
         r.contexts_cut += keep < ex.context.size();
-        const std::vector<int32_t> ctx(ex.context.end() - keep, ex.context.end());
+        std::vector<int32_t> ctx(lead, first_token);
+        ctx.insert(ctx.end(), ex.context.end() - keep, ex.context.end());
         int T = 0;
         for (const auto& e : ex.endings) T = std::max(T, (int)(ctx.size() + e.size()) - 1);
         std::vector<int32_t> x((size_t)B * T, 0), y((size_t)B * T, 0);

@@ -46,8 +46,9 @@ struct ChoiceExample {
 std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::string& path);
 
 // Scores every example; the model needs max_B() >= the most endings of an example. Contexts longer than
-// max_T() minus an ending are cut from the left.
+// max_T() minus an ending are cut from the left. first_token >= 0 goes before every context (an <|endoftext|>,
+// for a model trained on document windows) and stays there when a context is cut.
 ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>& examples,
-                                  const char* progress = nullptr);
+                                  const char* progress = nullptr, int32_t first_token = -1);
 
 }  // namespace tune

@@ -37,6 +37,12 @@ int main(int argc, char** argv) {
                        windows = parse_windows(v);
                        windows_given = true;
                    });
+        bool eot_first = false, no_eot_first = false;
+        cli.flag("--eot-first", "--choices: put <|endoftext|> before every context, as a model fine-tuned on "
+                 "document windows saw its examples; the default for a model (or adapter) whose checkpoint says it "
+                 "was trained so", &eot_first);
+        cli.flag("--no-eot-first", "--choices: every context alone, also for a model trained on document windows",
+                 &no_eot_first);
         cli.option("--vocab", "DIR", "GPT-2 vocabulary", &vocab);
         if (!cli.parse(argc, argv)) {
             std::fputs(cli.help().c_str(), stdout);
@@ -44,6 +50,10 @@ int main(int argc, char** argv) {
         }
         if (weights.empty()) throw UsageError("--model: which weights? (see --help)");
         if (data.empty() && choices.empty()) throw UsageError("nothing to evaluate: give --data and/or --choices");
+        if (eot_first && no_eot_first) throw UsageError("--eot-first and --no-eot-first: give one, not both");
+        if ((eot_first || no_eot_first) && choices.empty())
+            throw UsageError(std::string(eot_first ? "--eot-first" : "--no-eot-first") + " has no effect without "
+                             "--choices (--data is scored in windows of the shards as they are)");
         if (windows != Windows::fixed && data.empty())
             throw UsageError("--windows has no effect without --data (multiple choice scores each example alone)");
         // Read before the loss pass (which may take an hour), so a bad line stops the run at once.
@@ -92,7 +102,22 @@ int main(int argc, char** argv) {
             size_t most = 0;
             for (const auto& e : ex) most = std::max(most, e.endings.size());
             LoadedModel m = load_model(weights, device, "fp32", (int)most, 0, adapter);
-            ChoiceResult r = eval_multiple_choice(*m.model, ex, "evaluate: multiple choice, example");
+            // Asked as it was trained, like bin/generate asks it.
+            const bool eot_auto = m.trained_on.document_windows() && !eot_first && !no_eot_first;
+            int32_t first = -1;
+            if (eot_first || eot_auto) {
+                first = Tokenizer::load(vocab).eot_token();
+                if (first >= m.model->config().vocab_size)
+                    throw UsageError(std::string(eot_first ? "--eot-first" : m.trained_on_file + " was trained on "
+                                     "document windows") + ", and the model's " +
+                                     std::to_string(m.model->config().vocab_size) + " tokens hold no <|endoftext|> "
+                                     "(id " + std::to_string(first) + ") to put before the contexts");
+            }
+            if (eot_auto)
+                std::fprintf(stderr, "note: %s was trained on document windows: every context goes after "
+                             "<|endoftext|>, as its examples did (--no-eot-first: the contexts alone)\n",
+                             m.trained_on_file.c_str());
+            ChoiceResult r = eval_multiple_choice(*m.model, ex, "evaluate: multiple choice, example", first);
             std::printf("multiple choice: %zu examples | acc %.4f | acc_norm %.4f\n", r.examples, r.acc(),
                         r.acc_norm());
             if (r.contexts_cut)

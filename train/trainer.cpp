@@ -161,8 +161,8 @@ int32_t document_end_token(Windows windows, const std::string& vocab_dir, int vo
     if (windows == Windows::fixed) return -1;
     const int32_t eot = Tokenizer::load(vocab_dir).eot_token();
     if (eot >= vocab_size)
-        throw UsageError(std::string("--windows ") + windows_name(windows) + ": the model's vocabulary of " + std::to_string(vocab_size) +
-                         " tokens has no <|endoftext|> (id " + std::to_string(eot) + ") to find documents by");
+        throw UsageError(std::string("--windows ") + windows_name(windows) + ": the model's vocabulary of " +
+                         std::to_string(vocab_size) + " tokens has no <|endoftext|> (id " + std::to_string(eot) + ") to find documents by");
     return eot;
 }
 
