@@ -143,8 +143,10 @@ TEST(MultipleChoice, MatchesAnIndependentScorer) {
 }
 
 // A first token (the <|endoftext|> before every context, for a model trained on document windows) scores as if
-// each context began with it, and stays first when a context is cut to fit: here one of 12 tokens, in a model of
-// 9 positions.
+// each context began with it, and stays first when a context is cut to fit (12 tokens, in a model of 9
+// positions). Only examples whose pick the token changes can tell: for the short contexts, against the context
+// alone; for the cut ones, against the cut that would drop it for one more context token (the token at
+// position 0 sways a pick less than a shift of every position does, so those are searched for).
 TEST(MultipleChoice, FirstTokenGoesBeforeEveryContextAndSurvivesTheCut_maxT9) {
     auto be = make_cpu_backend(DType::f64);
     GPT2 m(small_config(), *be, 3, 9), ref(small_config(), *be, 1, 9);
@@ -155,10 +157,8 @@ TEST(MultipleChoice, FirstTokenGoesBeforeEveryContextAndSurvivesTheCut_maxT9) {
     be->upload(ref.params().base(), ref.params().dtype(), weights.data(), weights.size());
     const int32_t first = 36;
     Rng r(8);
-    std::vector<ChoiceExample> exs, led;  // led: the contexts as the scorer should see them
-    for (int i = 0; i < 16; i++) {
+    auto example = [&](int n, ChoiceExample* led) {  // led: the example as the scorer should see it
         ChoiceExample ex;
-        const int n = i == 0 ? 12 : 2 + (int)r.below(3);
         for (int k = 0; k < n; k++) ex.context.push_back((int32_t)r.below(36));
         size_t longest = 0;
         for (int e = 0; e < 3; e++) {
@@ -167,22 +167,34 @@ TEST(MultipleChoice, FirstTokenGoesBeforeEveryContextAndSurvivesTheCut_maxT9) {
             longest = std::max(longest, end.size());
             ex.endings.push_back(end);
         }
-        ChoiceExample l = ex;
+        *led = ex;
         const size_t keep = std::min(ex.context.size(), 9 + 1 - longest - 1);
-        l.context.assign(ex.context.end() - keep, ex.context.end());
-        l.context.insert(l.context.begin(), first);
+        led->context.assign(ex.context.end() - keep, ex.context.end());
+        led->context.insert(led->context.begin(), first);
+        ex.label = led->label = reference_choice(ref, *led).first;
+        return ex;
+    };
+    std::vector<ChoiceExample> exs;
+    size_t differ = 0, cut = 0;
+    for (int i = 0; i < 80; i++) {
+        ChoiceExample led;
+        exs.push_back(example(2 + (int)r.below(3), &led));
+        differ += exs.back().label != reference_choice(ref, exs.back()).first;
+    }
+    for (int tries = 0; tries < 3000 && cut < 4; tries++) {
+        ChoiceExample led;
+        ChoiceExample ex = example(12, &led);
+        ChoiceExample dropped = led;
+        dropped.context.front() = ex.context[ex.context.size() - dropped.context.size()];
+        if (reference_choice(ref, dropped).first == ex.label) continue;
         exs.push_back(ex);
-        led.push_back(l);
+        cut++;
     }
-    size_t differ = 0;  // picks that the first token changes (the long context aside: it fits only cut)
-    for (size_t i = 0; i < exs.size(); i++) {
-        exs[i].label = reference_choice(ref, led[i]).first;
-        if (i > 0) differ += exs[i].label != reference_choice(ref, exs[i]).first;
-    }
-    EXPECT_GT(differ, 0u) << "the first token changes no pick: this tests nothing";
+    EXPECT_GT(differ, 0u) << "the first token changes no pick of a short context: this tests nothing";
+    ASSERT_GT(cut, 0u) << "no cut context whose pick the first token changes: this tests nothing";
     const ChoiceResult with = eval_multiple_choice(m, exs, nullptr, first);
     EXPECT_EQ(with.acc(), 1.0);
-    EXPECT_EQ(with.contexts_cut, 1u);
+    EXPECT_EQ(with.contexts_cut, cut);
     EXPECT_LT(eval_multiple_choice(m, exs).acc(), 1.0);
 }
 

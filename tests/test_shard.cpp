@@ -483,17 +483,24 @@ TEST(Loader, CutsMatchAPlainReference_300Documents_T8) {
     Loader docs({tmp.file("c.bin")}, 100, 1, T, false, 0, 0, 1, 99);
     EXPECT_EQ(docs.cuts(99, 1u << 20).cut, 0u);
     // One document a window: no end token among a window's inputs after its first (nothing of another document
-    // to attend to), every target once, and more windows than packed.
+    // to attend to); a window ends at its document's end unless it is full or the shard's last (no document
+    // split that would fit); every target once; more windows than packed.
     Loader single({tmp.file("c.bin")}, 100, 1, T, false, 0, 0, 1, 99, true);
     EXPECT_GT(single.num_windows(), docs.num_windows());
     uint64_t targets = 0;
-    for (Batch b; single.next_in_epoch(b);)
-        for (int t = 0; t < T && b.targets[t] != 0; t++) {
+    for (Batch b; single.next_in_epoch(b);) {
+        int len = 0;
+        for (; len < T && b.targets[len] != 0; len++) {
             targets++;
-            if (t > 0) {
-                EXPECT_NE(b.inputs[t], 99) << "a second document in window " << targets;
+            if (len > 0) {
+                EXPECT_NE(b.inputs[len], 99) << "a second document in the window ending at target " << targets;
             }
         }
+        ASSERT_GT(len, 0);
+        if (len < T && targets < n - 1) {
+            EXPECT_EQ(b.targets[len - 1], 99) << "a window ended inside a document, at target " << targets;
+        }
+    }
     EXPECT_EQ(targets, n - 1);
 }
 

@@ -110,7 +110,7 @@ Cli train_cli(TrainArgs& a) {
     c.option("--virtual-init", "HOW", "virtual-token start: random, vocab (embeddings of random common tokens), or "
              "text:WORDS (the embeddings of WORDS' tokens)", &a.virtual_init);
     c.option("--vocab", "DIR", "GPT-2 vocabulary (encoder.json, vocab.bpe) for --virtual-init text: and --windows "
-             "documents", &a.vocab);
+             "documents or single", &a.vocab);
     c.custom("--recompute", "MODE", "activation checkpointing: none, selective (LayerNorm and GELU outputs, and the attention "
              "probabilities where attention keeps them: fp32, the cpu backend, --attention matmul), full (each block's "
              "forward up to its GELU output; only its output is kept)",
@@ -289,7 +289,7 @@ void validate_train_args(const TrainArgs& a) {
     needs(a.fisher_batches != d.fisher_batches, a.ewc > 0, "--fisher-batches", "--ewc");
     needs(a.virtual_init != d.virtual_init, a.peft.virt != Virtual::none, "--virtual-init", "--virtual");
     needs(a.vocab != d.vocab, a.virtual_init.rfind("text:", 0) == 0 || a.windows != Windows::fixed, "--vocab",
-          "--virtual-init text:WORDS or --windows documents");
+          "--virtual-init text:WORDS or --windows documents|single");
     needs(a.loss_scale != d.loss_scale,
           a.loss_scaling == "on" || (a.loss_scaling == "auto" && a.precision == "fp16"), "--loss-scale",
           "dynamic loss scaling (--precision fp16, or --loss-scaling on)");

@@ -122,8 +122,8 @@ int main(int argc, char** argv) {
                         r.acc_norm());
             if (r.contexts_cut)
                 std::fprintf(stderr, "note: %zu of %zu contexts were longer than the model's context of %d positions "
-                             "(with their ending): their first tokens were left out\n", r.contexts_cut, r.examples,
-                             m.model->max_T());
+                             "(with their ending%s): their first tokens were left out\n", r.contexts_cut, r.examples,
+                             m.model->max_T(), first >= 0 ? " and the <|endoftext|> before them" : "");
         }
         return 0;
     });
