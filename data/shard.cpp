@@ -155,13 +155,12 @@ Shard read_shard(const std::string& path, int vocab_size) {
     return s;
 }
 
-Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int T, bool shuffle, uint64_t seed,
-               int rank, int world_size, int32_t doc_end, bool one_document)
-    : B_(B), T_(T), vocab_(vocab_size), shuffle_(shuffle), seed_(seed), rank_(rank), world_(world_size) {
+std::vector<Shard> read_shards(const std::vector<std::string>& paths, int vocab_size) {
     if (paths.empty()) throw Error("no data shards given");
+    std::vector<Shard> shards;
     for (const std::string& p : paths) {
-        shards_.push_back(read_shard(p, vocab_size));
-        const Shard& s = shards_.back();
+        shards.push_back(read_shard(p, vocab_size));
+        const Shard& s = shards.back();
         // A mask with no 1 would train on nothing and report a loss of 0: a broken preparation, not data. The
         // first token is never a target (nothing comes before it), so its weight counts for nothing either.
         if (s.has_mask() && s.n > 0 && s.masked_targets == s.n - 1)
@@ -171,7 +170,22 @@ Loader::Loader(const std::vector<std::string>& paths, int vocab_size, int B, int
         if (s.size() < 2)
             throw Error(p + ": " + std::to_string(s.size()) + " token" + (s.size() == 1 ? "" : "s") +
                         ", so nothing to predict (a shard needs at least 2)");
-        const uint32_t shard = (uint32_t)(shards_.size() - 1);
+    }
+    return shards;
+}
+
+bool any_masked(const std::vector<Shard>& shards) {
+    return std::any_of(shards.begin(), shards.end(), [](const Shard& s) { return s.masked_targets > 0; });
+}
+
+Loader::Loader(std::vector<Shard> shards, int vocab_size, int B, int T, bool shuffle, uint64_t seed, int rank,
+               int world_size, int32_t doc_end, bool one_document)
+    : shards_(std::move(shards)), B_(B), T_(T), vocab_(vocab_size), shuffle_(shuffle), seed_(seed), rank_(rank),
+      world_(world_size) {
+    if (shards_.empty()) throw Error("no data shards given");
+    for (uint32_t shard = 0; shard < (uint32_t)shards_.size(); shard++) {
+        const Shard& s = shards_[shard];
+        const std::string& p = s.path;
         const uint64_t n = s.size();
         if (doc_end >= 0) {
             // TEACH: document windows. Each window starts at the end of a document (its <|endoftext|>, the token
@@ -263,9 +277,7 @@ Loader::Cuts Loader::cuts(int32_t doc_end, uint64_t max_targets) const {
     return c;
 }
 
-bool Loader::masked() const {
-    return std::any_of(shards_.begin(), shards_.end(), [](const Shard& s) { return s.masked_targets > 0; });
-}
+bool Loader::masked() const { return any_masked(shards_); }
 
 double Loader::filled() const {
     uint64_t targets = 0;

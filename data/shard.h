@@ -84,6 +84,11 @@ class ShardWriter {
 // Reads and validates: magic, version, width, sizes against the file size, every id < vocab_size
 // (when vocab_size > 0). Throws tune::Error naming the file and the field.
 Shard read_shard(const std::string& path, int vocab_size);
+// read_shard of each, refusing a shard with nothing to predict or none of its targets counted (a broken
+// preparation), as a Loader needs them.
+std::vector<Shard> read_shards(const std::vector<std::string>& paths, int vocab_size);
+// Whether some target of the shards has loss weight 0: prompt/completion data, not plain text.
+bool any_masked(const std::vector<Shard>& shards);
 
 // One micro-batch: B rows of T positions, in host memory.
 struct Batch {
@@ -121,7 +126,12 @@ class Loader {
     // doc_end >= 0: document windows, documents ending with that token (one_document: one a window); -1: fixed
     // windows.
     Loader(const std::vector<std::string>& paths, int vocab_size, int B, int T, bool shuffle, uint64_t seed,
-           int rank = 0, int world_size = 1, int32_t doc_end = -1, bool one_document = false);
+           int rank = 0, int world_size = 1, int32_t doc_end = -1, bool one_document = false)
+        : Loader(read_shards(paths, vocab_size), vocab_size, B, T, shuffle, seed, rank, world_size, doc_end,
+                 one_document) {}
+    // Over shards already read (read_shards), for a caller that looked at them first.
+    Loader(std::vector<Shard> shards, int vocab_size, int B, int T, bool shuffle, uint64_t seed, int rank = 0,
+           int world_size = 1, int32_t doc_end = -1, bool one_document = false);
 
     Batch next();
     // Like next(), but never starts a new epoch: the next min(B, windows left) windows of this rank's

@@ -235,15 +235,25 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
     EXPECT_THAT(r.out, HasSubstr("% of their positions hold a target, the rest is padding)"));
     EXPECT_THAT(r.out, HasSubstr("note: --windows documents: 1 document of --train-data is longer than a window of "
                                  "--seq 32: each is cut into windows"));
+    // Resumed without --windows, a run goes on with its own windows (auto would choose them for this data too;
+    // --windows fixed below would not).
+    std::filesystem::copy_file(d + "/run/resume.ckpt", d + "/kept.ckpt");
+    CmdResult same = run_cmd("bin/train --device cpu --model tiny --train-data " + d + "/p/train.bin --seq 32 "
+                             "--batch 2 --steps 2 --out " + d + "/same --resume " + d + "/kept.ckpt");
+    ASSERT_EQ(same.rc, 0) << same.out;
+    EXPECT_THAT(same.out, Not(HasSubstr("(was ")));
+    EXPECT_THAT(same.out, HasSubstr("document windows of 32 ("));
+    EXPECT_THAT(same.out, Not(HasSubstr("--windows auto"))) << "the run's own choice, not auto's";
     CmdResult changed = run_cmd("bin/train --device cpu --model tiny --train-data " + d + "/p/train.bin --seq 32 "
-                                "--batch 2 --steps 2 --out " + d + "/run --resume " + d + "/run/resume.ckpt");
+                                "--batch 2 --steps 2 --out " + d + "/run --resume " + d + "/run/resume.ckpt "
+                                "--windows fixed");
     ASSERT_EQ(changed.rc, 0) << changed.out;
     EXPECT_THAT(changed.out, HasSubstr("--windows fixed (was documents)"));
     // The short examples are 16 tokens (the long one comes last): fixed windows of 32 hold two whole ones each,
     // and bin/train has nothing to say; fixed windows of 20 cut them, and it says how many of their tokens.
     EXPECT_THAT(changed.out, Not(HasSubstr("note: --train-data: ")));
     CmdResult cut = run_cmd("bin/train --device cpu --model tiny --train-data " + d + "/p/train.bin --seq 20 "
-                            "--batch 2 --steps 1 --out ''");
+                            "--batch 2 --steps 1 --out '' --windows fixed");
     ASSERT_EQ(cut.rc, 0) << cut.out;
     EXPECT_THAT(cut.out, HasSubstr(" counted tokens ("));
     EXPECT_THAT(cut.out, HasSubstr("%) are trained in a window of --seq 20 that starts inside their example, without "
@@ -314,7 +324,40 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
     EXPECT_EQ(small.rc, 2) << small.out;
     EXPECT_THAT(small.out, HasSubstr("--windows documents: the model's vocabulary of 37 tokens has no "
                                      "<|endoftext|> (id 50256) to find documents by"));
-    EXPECT_EQ(run_cmd("bin/train --windows pages").rc, 2);
+    CmdResult pages = run_cmd("bin/train --windows pages");
+    EXPECT_EQ(pages.rc, 2);
+    EXPECT_THAT(pages.out, HasSubstr("--windows: expected auto, fixed, documents or single, got 'pages'"));
+}
+
+// --windows auto, bin/train's default: prompt/completion data (a target with loss weight 0) trains on document
+// windows, said on the start line and recorded in the checkpoints; plain text keeps fixed windows; a model whose
+// vocabulary has no <|endoftext|> keeps fixed windows on any data.
+TEST(TrainCli, AutoWindowsAreDocumentsForPromptCompletionDataOnly) {
+    TempDir tmp("cliauto");
+    const std::string d = tmp.path();
+    std::string jsonl, text;
+    for (int i = 0; i < 12; i++) {
+        jsonl += "{\"prompt\": \"Question " + std::to_string(i) + ": which word is an animal, cat or red?\\n\", "
+                 "\"completion\": \"cat\"}\n";
+        text += "Line " + std::to_string(i) + " of some plain text, which every token of trains on.\n";
+    }
+    spit(d + "/x.jsonl", jsonl);
+    spit(d + "/x.txt", text);
+    ASSERT_EQ(run_cmd("bin/prepare --quiet --val-frac 0 --out " + d + "/p " + d + "/x.jsonl").rc, 0);
+    ASSERT_EQ(run_cmd("bin/prepare --quiet --val-frac 0 --out " + d + "/t " + d + "/x.txt").rc, 0);
+    const std::string train = "bin/train --device cpu --model tiny --seq 32 --batch 2 --steps 1 --train-data ";
+    CmdResult pc = run_cmd(train + d + "/p/train.bin --out " + d + "/pc");
+    ASSERT_EQ(pc.rc, 0) << pc.out;
+    EXPECT_THAT(pc.out, HasSubstr("document windows of 32 (--windows auto, as the data is prompt/completion; "));
+    EXPECT_EQ(checkpoint_trained_on(d + "/pc/model.ckpt").windows, Windows::documents);
+    CmdResult plain = run_cmd(train + d + "/t/train.bin --out " + d + "/plain");
+    ASSERT_EQ(plain.rc, 0) << plain.out;
+    EXPECT_THAT(plain.out, HasSubstr(" windows of 32; run directory"));
+    EXPECT_THAT(plain.out, Not(HasSubstr("document windows")));
+    EXPECT_EQ(checkpoint_trained_on(d + "/plain/model.ckpt").windows, Windows::fixed);
+    CmdResult fixed = run_cmd(train + d + "/p/train.bin --out '' --windows fixed");
+    ASSERT_EQ(fixed.rc, 0) << fixed.out;
+    EXPECT_THAT(fixed.out, Not(HasSubstr("document windows")));
 }
 
 // Data named twice, or validation data that is also training (or replayed) data, is allowed but noted.

@@ -717,6 +717,19 @@ TEST(TrainArgsParse, LrFindDefaultsTo300StepsAndUlmfitFactorIsOneOver2_6) {
     EXPECT_THAT(train_help(), HasSubstr("[100; 300 with --lr-find]"));
 }
 
+// bin/train's --windows is auto unless given; a program that fills TrainArgs itself gets what it sets (fixed).
+TEST(TrainArgsParse, WindowsAreAutoOnTheCommandLine) {
+    EXPECT_TRUE(parsed({}).windows_auto);
+    EXPECT_FALSE(TrainArgs().windows_auto);
+    const TrainArgs fixed = parsed({"--windows", "fixed"});
+    EXPECT_FALSE(fixed.windows_auto);
+    EXPECT_EQ(fixed.windows, Windows::fixed);
+    EXPECT_EQ(parsed({"--windows", "single"}).windows, Windows::single);
+    EXPECT_TRUE(parsed({"--windows", "single", "--windows", "auto"}).windows_auto);
+    EXPECT_THAT(parse_error({"--windows", "page"}), HasSubstr("expected auto, fixed, documents or single"));
+    EXPECT_THAT(train_help(), HasSubstr("--windows auto|fixed|documents|single"));
+}
+
 TEST(TrainArgsParse, HelpListsEveryOptionWithItsDefault) {
     const std::string h = train_help();
     for (const char* flag : {"--device", "--lr", "--batch", "--seq", "--grad-accum", "--steps", "--resume", "--init",

@@ -71,12 +71,18 @@ Cli train_cli(TrainArgs& a) {
              [&a](const std::string& v) { a.val_data = split_list(v); });
     c.custom("--sequential", "", "read training windows in file order instead of shuffling", "off",
              [&a](const std::string&) { a.shuffle = false; });
-    c.custom("--windows", "fixed|documents|single", "how --train-data and --val-data are cut into windows of --seq: "
-             "fixed (every --seq tokens; an example may start in one window and end in the next, without its "
+    c.custom("--windows", "auto|fixed|documents|single", "how --train-data and --val-data are cut into windows of "
+             "--seq: fixed (every --seq tokens; an example may start in one window and end in the next, without its "
              "prompt), documents (each window starts at an <|endoftext|> and holds whole documents, padded; longer "
-             "ones are cut) or single (the same, one document a window: none attends to another, more padding); "
-             "replay and Fisher data stay fixed",
-             "fixed", [&a](const std::string& v) { a.windows = parse_windows(v); });
+             "ones are cut), single (the same, one document a window: none attends to another, more padding), or "
+             "auto: documents for prompt/completion data (some target's loss weight is 0), else fixed; a --resume "
+             "goes on with the run's own. Replay and Fisher data stay fixed",
+             "auto", [&a](const std::string& v) {
+                 a.windows_auto = v == "auto";
+                 if (v != "auto" && v != "fixed" && v != "documents" && v != "single")
+                     throw UsageError("--windows: expected auto, fixed, documents or single, got '" + v + "'");
+                 if (!a.windows_auto) a.windows = parse_windows(v);
+             });
     c.option("--train-top", "K", "train only the top K blocks and the final LayerNorm (0: everything)", &a.train_top, 0,
              1 << 20);
     c.option("--train-only", "PATTERNS", "train only parameters matching these comma-separated patterns "
@@ -216,6 +222,7 @@ Cli train_cli(TrainArgs& a) {
 }  // namespace
 
 bool parse_train_args(int argc, char** argv, TrainArgs& a) {
+    a.windows_auto = true;  // the command line's default; a program that fills TrainArgs itself says what it wants
     if (!train_cli(a).parse(argc, argv)) return false;
     if (a.lr_find && !a.steps_given) a.steps = 300;  // a range test wants a few hundred
     return true;
@@ -288,8 +295,9 @@ void validate_train_args(const TrainArgs& a) {
     needs(a.replay_weight != d.replay_weight, a.replay_frac > 0, "--replay-weight", "--replay-frac");
     needs(a.fisher_batches != d.fisher_batches, a.ewc > 0, "--fisher-batches", "--ewc");
     needs(a.virtual_init != d.virtual_init, a.peft.virt != Virtual::none, "--virtual-init", "--virtual");
-    needs(a.vocab != d.vocab, a.virtual_init.rfind("text:", 0) == 0 || a.windows != Windows::fixed, "--vocab",
-          "--virtual-init text:WORDS or --windows documents|single");
+    needs(a.vocab != d.vocab,
+          a.virtual_init.rfind("text:", 0) == 0 || a.windows != Windows::fixed || a.windows_auto, "--vocab",
+          "--virtual-init text:WORDS or --windows auto|documents|single");
     needs(a.loss_scale != d.loss_scale,
           a.loss_scaling == "on" || (a.loss_scaling == "auto" && a.precision == "fp16"), "--loss-scale",
           "dynamic loss scaling (--precision fp16, or --loss-scaling on)");

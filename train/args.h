@@ -30,6 +30,10 @@ struct TrainArgs {
     std::vector<std::string> train_data, val_data;
     bool shuffle = true;
     Windows windows = Windows::fixed;  // --windows: how the data is cut into windows (data/shard.h)
+    // --windows auto (bin/train's default): documents for prompt/completion data (a training shard with a target
+    // whose loss weight is 0) where the vocabulary has an <|endoftext|>, else fixed; a --resume goes on with the
+    // run's own. The Trainer decides, and sets `windows`.
+    bool windows_auto = false;
     // which parameters train (train/select.h)
     int train_top = 0;            // only the top k blocks + ln_f (0: all)
     std::string train_only;       // comma-separated name patterns

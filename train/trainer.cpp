@@ -157,6 +157,23 @@ static void note_changed_windows(const std::string& ckpt, const char* which, uin
                  ckpt.c_str(), which, now, T, (unsigned long long)was);
 }
 
+// --windows auto: document windows for prompt/completion data, where the vocabulary can say where documents end.
+static Windows auto_windows(const std::vector<Shard>& train, const std::string& vocab_dir, int vocab_size,
+                            bool quiet) {
+    if (!any_masked(train)) return Windows::fixed;  // plain text: documents run on across windows by design
+    int32_t eot = -1;
+    try {
+        eot = Tokenizer::load(vocab_dir).eot_token();
+    } catch (const Error& e) {
+        if (vocab_dir != TrainArgs().vocab) throw;  // given, so meant: named
+        if (!quiet)
+            std::fprintf(stderr, "note: --windows auto: fixed windows, as the vocabulary that says where documents "
+                         "end could not be read (%s); give --vocab DIR, or --windows fixed\n", e.what());
+        return Windows::fixed;
+    }
+    return eot < vocab_size ? Windows::documents : Windows::fixed;
+}
+
 int32_t document_end_token(Windows windows, const std::string& vocab_dir, int vocab_size) {
     if (windows == Windows::fixed) return -1;
     const int32_t eot = Tokenizer::load(vocab_dir).eot_token();
@@ -216,13 +233,24 @@ static double now_seconds() {
 }
 
 // A resume without --seed goes on with the seed its run was started with (the checkpoint records it among its
-// options): data order, dropout masks and stochastic rounding follow from it.
-static TrainArgs with_resumed_seed(const TrainArgs& given) {
+// options): data order, dropout masks and stochastic rounding follow from it. Without --windows (auto), it goes on
+// with the run's windows.
+static TrainArgs with_resumed_defaults(const TrainArgs& given) {
     TrainArgs a = given;
-    if (a.resume.empty() || a.seed_given) return a;
+    if (a.resume.empty() || (a.seed_given && !a.windows_auto)) return a;
     const std::map<std::string, std::string> was = checkpoint_options(a.resume);
     const auto it = was.find("--seed");
-    if (it != was.end()) a.seed = parse_u64("--seed (in " + a.resume + ")", it->second);
+    if (!a.seed_given && it != was.end()) a.seed = parse_u64("--seed (in " + a.resume + ")", it->second);
+    // --windows auto goes on with the run's windows too, whatever auto would choose for the data now.
+    const auto w = was.find("--windows");
+    if (a.windows_auto && w != was.end()) {
+        try {
+            a.windows = parse_windows(w->second);
+        } catch (const UsageError&) {
+            throw Error(a.resume + ": its options hold --windows '" + w->second + "', which this build does not know");
+        }
+        a.windows_auto = false;
+    }
     return a;
 }
 
@@ -286,8 +314,8 @@ static void note_cut_examples(const Loader& train, const TrainArgs& args, int vo
                  (unsigned long long)c.counted, 100.0 * (double)c.cut / (double)c.counted, args.seq);
 }
 
-Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
-    const TrainArgs& args = args_;  // the seed as resumed; sched.total_steps below is the only other change
+Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
+    const TrainArgs& args = args_;  // seed and windows as resumed; sched.total_steps and windows (auto) change below
     validate_train_args(args);
     // --memory-map alone needs no data: where the bytes go depends only on the model, the batch and the options.
     if (args.train_data.empty() && !args.memory_map)
@@ -330,6 +358,11 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
     if (args.seq > cfg.block_size)
         throw UsageError("--seq: " + std::to_string(args.seq) + " is above the model's block size " +
                          std::to_string(cfg.block_size));
+    // The training shards, read once: --windows auto looks at them, then their loader cuts them (below).
+    std::vector<Shard> train_shards;
+    if (!args.train_data.empty()) train_shards = read_shards(args.train_data, cfg.vocab_size);
+    if (args.windows_auto)
+        args_.windows = auto_windows(train_shards, args.vocab, cfg.vocab_size, args.quiet || launch.rank != 0);
     ModelOptions mo;
     mo.peft = args.peft;
     if (mo.peft.lora_rank == 0) mo.peft.lora_targets = 0;
@@ -538,8 +571,8 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_seed(given)) {
     const int32_t doc_end = document_end_token(args.windows, args.vocab, cfg.vocab_size);
     const bool one_document = args.windows == Windows::single;
     if (!args.train_data.empty()) {
-        train_ = std::make_unique<Loader>(args.train_data, cfg.vocab_size, args.batch, args.seq, args.shuffle,
-                                          args.seed, rank, world, doc_end, one_document);
+        train_ = std::make_unique<Loader>(std::move(train_shards), cfg.vocab_size, args.batch, args.seq,
+                                          args.shuffle, args.seed, rank, world, doc_end, one_document);
         train_->set_state(state_.loader);
     }
     if (!args.val_data.empty())
@@ -1082,7 +1115,9 @@ int Trainer::run() {
         std::printf("data: %zu training tokens in %zu %swindows of %d", train_->num_tokens(), train_->num_windows(),
                     args_.windows != Windows::fixed ? "document " : "", args_.seq);
         if (args_.windows != Windows::fixed)  // what whole documents cost
-            std::printf(" (%.1f%% of their positions hold a target, the rest is padding)", 100.0 * train_->filled());
+            std::printf(" (%s%.1f%% of their positions hold a target, the rest is padding)",
+                        args_.windows_auto ? "--windows auto, as the data is prompt/completion; " : "",
+                        100.0 * train_->filled());
         std::printf("; run directory %s\n", args_.out_dir.c_str());
     }
     const int last = args_.halt_at > 0 ? args_.halt_at : args_.steps;
