@@ -24,6 +24,16 @@ Windows parse_windows(const std::string& v) {
     throw UsageError("--windows: expected fixed, documents or single, got '" + v + "'");
 }
 
+bool parse_windows_flag(const std::string& v, Windows* w) {
+    if (v == "auto") return true;
+    for (Windows k : {Windows::fixed, Windows::documents, Windows::single})
+        if (v == windows_name(k)) {
+            *w = k;
+            return false;
+        }
+    throw UsageError("--windows: expected auto, fixed, documents or single, got '" + v + "'");
+}
+
 constexpr size_t kShardHeader = 32;
 
 // The 32-byte header of data/shard.h's layout, in one place for both writers.

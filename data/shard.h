@@ -103,8 +103,11 @@ struct Batch {
 // in its attention (at the price of more padding).
 enum class Windows { fixed, documents, single };
 const char* windows_name(Windows w);  // "fixed", "documents", "single"
-// --windows (bin/train, bin/evaluate): one of those names, else a UsageError naming the flag and the value.
+// One of those names, else a UsageError naming --windows and the value.
 Windows parse_windows(const std::string& v);
+// --windows of bin/train and bin/evaluate, which also take "auto" (the tool decides by the data): true for auto,
+// else false with *w set; a UsageError names any other value.
+bool parse_windows_flag(const std::string& v, Windows* w);
 
 // Loader position: everything needed to continue exactly where a run stopped.
 struct LoaderState {

@@ -295,8 +295,8 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
     CmdResult ev_docs = run_cmd("bin/evaluate --device cpu --model " + d + "/docs/model.ckpt --data " + d +
                                 "/p/train.bin --seq 32");
     ASSERT_EQ(ev_docs.rc, 0) << ev_docs.out;
-    EXPECT_THAT(ev_docs.out, HasSubstr("note: " + d + "/docs/model.ckpt was trained on document windows; --windows "
-                                       "single measures it on windows like those"));
+    EXPECT_THAT(ev_docs.out, HasSubstr("; document windows: --windows auto, as the data is prompt/completion)"));
+    EXPECT_THAT(ev_docs.out, Not(HasSubstr("note:")));
     // Multiple choice asks it the same way: after an <|endoftext|>, with a note, as --eot-first does.
     spit(d + "/choices.jsonl", "{\"context\": \"Question 3: which word is an animal, cat or red?\\n\", "
                                "\"endings\": [\"cat\", \"red\"], \"label\": 0}\n");
@@ -358,6 +358,15 @@ TEST(TrainCli, AutoWindowsAreDocumentsForPromptCompletionDataOnly) {
     CmdResult fixed = run_cmd(train + d + "/p/train.bin --out '' --windows fixed");
     ASSERT_EQ(fixed.rc, 0) << fixed.out;
     EXPECT_THAT(fixed.out, Not(HasSubstr("document windows")));
+    // bin/evaluate decides the same way; on plain text it notes a model trained on document windows.
+    const std::string ev = "bin/evaluate --device cpu --seq 32 --model " + d + "/pc/model.ckpt --data ";
+    CmdResult ev_pc = run_cmd(ev + d + "/p/train.bin"), ev_plain = run_cmd(ev + d + "/t/train.bin");
+    ASSERT_EQ(ev_pc.rc, 0) << ev_pc.out;
+    EXPECT_THAT(ev_pc.out, HasSubstr("; document windows: --windows auto, as the data is prompt/completion)"));
+    ASSERT_EQ(ev_plain.rc, 0) << ev_plain.out;
+    EXPECT_THAT(ev_plain.out, HasSubstr("note: " + d + "/pc/model.ckpt was trained on document windows; --windows "
+                                        "documents measures it on windows like those"));
+    EXPECT_THAT(ev_plain.out, Not(HasSubstr("document windows: --windows auto")));
 }
 
 // Data named twice, or validation data that is also training (or replayed) data, is allowed but noted.

@@ -77,12 +77,7 @@ Cli train_cli(TrainArgs& a) {
              "ones are cut), single (the same, one document a window: none attends to another, more padding), or "
              "auto: documents for prompt/completion data (some target's loss weight is 0), else fixed; a --resume "
              "goes on with the run's own. Replay and Fisher data stay fixed",
-             "auto", [&a](const std::string& v) {
-                 a.windows_auto = v == "auto";
-                 if (v != "auto" && v != "fixed" && v != "documents" && v != "single")
-                     throw UsageError("--windows: expected auto, fixed, documents or single, got '" + v + "'");
-                 if (!a.windows_auto) a.windows = parse_windows(v);
-             });
+             "auto", [&a](const std::string& v) { a.windows_auto = parse_windows_flag(v, &a.windows); });
     c.option("--train-top", "K", "train only the top K blocks and the final LayerNorm (0: everything)", &a.train_top, 0,
              1 << 20);
     c.option("--train-only", "PATTERNS", "train only parameters matching these comma-separated patterns "
@@ -116,7 +111,7 @@ Cli train_cli(TrainArgs& a) {
     c.option("--virtual-init", "HOW", "virtual-token start: random, vocab (embeddings of random common tokens), or "
              "text:WORDS (the embeddings of WORDS' tokens)", &a.virtual_init);
     c.option("--vocab", "DIR", "GPT-2 vocabulary (encoder.json, vocab.bpe) for --virtual-init text: and --windows "
-             "documents or single", &a.vocab);
+             "auto, documents or single (which token ends a document)", &a.vocab);
     c.custom("--recompute", "MODE", "activation checkpointing: none, selective (LayerNorm and GELU outputs, and the attention "
              "probabilities where attention keeps them: fp32, the cpu backend, --attention matmul), full (each block's "
              "forward up to its GELU output; only its output is kept)",

@@ -30,13 +30,12 @@ int main(int argc, char** argv) {
                    "of --model", &adapter);
         cli.option("--device", "cpu|cuda|auto", "backend", &device);
         Windows windows = Windows::fixed;
-        bool windows_given = false;
-        cli.custom("--windows", "fixed|documents|single", "how --data is cut into windows, as in bin/train: every "
-                   "--seq tokens, whole documents from an <|endoftext|>, padded, or one document a window (compare a "
-                   "run's validation loss with its own)", "fixed", [&](const std::string& v) {
-                       windows = parse_windows(v);
-                       windows_given = true;
-                   });
+        bool windows_auto = true;
+        cli.custom("--windows", "auto|fixed|documents|single", "how --data is cut into windows, as in bin/train: "
+                   "every --seq tokens, whole documents from an <|endoftext|>, padded, or one document a window; auto: "
+                   "documents for prompt/completion data, else fixed, as bin/train decides (compare a run's "
+                   "validation loss with its own)", "auto",
+                   [&](const std::string& v) { windows_auto = parse_windows_flag(v, &windows); });
         bool eot_first = false, no_eot_first = false;
         cli.flag("--eot-first", "--choices: put <|endoftext|> before every context, as a model fine-tuned on "
                  "document windows saw its examples; the default for a model (or adapter) whose checkpoint says it "
@@ -54,7 +53,7 @@ int main(int argc, char** argv) {
         if ((eot_first || no_eot_first) && choices.empty())
             throw UsageError(std::string(eot_first ? "--eot-first" : "--no-eot-first") + " has no effect without "
                              "--choices (--data is scored in windows of the shards as they are)");
-        if (windows != Windows::fixed && data.empty())
+        if (!windows_auto && data.empty())
             throw UsageError("--windows has no effect without --data (multiple choice scores each example alone)");
         // Read before the loss pass (which may take an hour), so a bad line stops the run at once.
         std::vector<ChoiceExample> ex;
@@ -65,8 +64,11 @@ int main(int argc, char** argv) {
             for (std::string p; std::getline(ss, p, ',');)
                 if (!p.empty()) paths.push_back(p);
             LoadedModel m = load_model(weights, device, "fp32", batch, seq, adapter);
+            const int V = m.model->config().vocab_size;
+            std::vector<Shard> shards = read_shards(paths, V);
+            if (windows_auto) windows = auto_windows(shards, vocab, V, false);
             // Not switched by the file: two models compared on the same --data must see the same windows.
-            if (m.trained_on.document_windows() && !windows_given)
+            if (m.trained_on.document_windows() && windows_auto && windows == Windows::fixed)
                 std::fprintf(stderr, "note: %s was trained on document windows; --windows %s measures it on "
                              "windows like those (this pass cuts --data every --seq tokens)\n",
                              m.trained_on_file.c_str(), windows_name(m.trained_on.windows));
@@ -82,8 +84,7 @@ int main(int argc, char** argv) {
                 std::fprintf(stderr, "note: --seq %d, %s\n", room, context.c_str());
                 seq = room;
             }
-            const int V = m.model->config().vocab_size;
-            Loader loader(paths, V, batch, seq, false, 0, 0, 1, document_end_token(windows, vocab, V),
+            Loader loader(std::move(shards), V, batch, seq, false, 0, 0, 1, document_end_token(windows, vocab, V),
                           windows == Windows::single);
             loader.note_short_shards();
             LossResult r = eval_loss(*m.model, loader, batches, "evaluate: loss, batch");
@@ -95,6 +96,8 @@ int main(int argc, char** argv) {
                 scope = "one pass: " + std::to_string(r.batches) + " batches";
             else
                 scope = std::to_string(r.batches) + " of the " + std::to_string(r.pass_batches) + " batches of a pass";
+            if (windows_auto && windows != Windows::fixed)
+                scope += "; document windows: --windows auto, as the data is prompt/completion";
             std::printf("loss %.4f | perplexity %.3f | %zu tokens (%s)\n", r.loss, r.perplexity, r.tokens,
                         scope.c_str());
         }

@@ -157,9 +157,7 @@ static void note_changed_windows(const std::string& ckpt, const char* which, uin
                  ckpt.c_str(), which, now, T, (unsigned long long)was);
 }
 
-// --windows auto: document windows for prompt/completion data, where the vocabulary can say where documents end.
-static Windows auto_windows(const std::vector<Shard>& train, const std::string& vocab_dir, int vocab_size,
-                            bool quiet) {
+Windows auto_windows(const std::vector<Shard>& train, const std::string& vocab_dir, int vocab_size, bool quiet) {
     if (!any_masked(train)) return Windows::fixed;  // plain text: documents run on across windows by design
     int32_t eot = -1;
     try {
