@@ -139,9 +139,13 @@ int main(int argc, char** argv) {
             std::printf("  removed %s of an earlier run, which did not hold this data\n", r.removed_stale_val.c_str());
         std::printf("  tokens with loss: %zu of %zu\n", r.counted_tokens, r.train_tokens + r.val_tokens);
         auto at_least = [&](size_t n) { return std::to_string(n) + (n >= kDocTokensExact ? " or more" : ""); };
-        std::printf("  tokens per document: median %s, 95%% within %s, longest %zu (bin/train --windows documents "
-                    "keeps a document whole where --seq is at least its length)\n",
-                    at_least(r.doc_tokens_median).c_str(), at_least(r.doc_tokens_p95).c_str(), r.doc_tokens_max);
+        // bin/train's --windows auto cuts data with a loss mask that leaves tokens out into document windows.
+        const bool prompts = r.counted_tokens < r.train_tokens + r.val_tokens;
+        std::printf("  tokens per document: median %s, 95%% within %s, longest %zu (%s keep a document whole where "
+                    "--seq is at least its length)\n",
+                    at_least(r.doc_tokens_median).c_str(), at_least(r.doc_tokens_p95).c_str(), r.doc_tokens_max,
+                    prompts ? "bin/train's document windows, its default for this prompt/completion data,"
+                            : "bin/train --windows documents would");
         if (r.skipped) std::printf("  skipped %zu malformed lines (--skip-bad)\n", r.skipped);
         if (r.literal_eot)
             std::fprintf(stderr, "note: the text holds %s %zu time%s; it was tokenised as text (7 tokens), not as the "
