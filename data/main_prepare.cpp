@@ -144,7 +144,7 @@ int main(int argc, char** argv) {
         std::printf("  tokens per document: median %s, 95%% within %s, longest %zu (%s keep a document whole where "
                     "--seq is at least its length)\n",
                     at_least(r.doc_tokens_median).c_str(), at_least(r.doc_tokens_p95).c_str(), r.doc_tokens_max,
-                    prompts ? "bin/train's document windows, its default for this prompt/completion data,"
+                    prompts ? "bin/train's document windows, its default for prompt/completion training data,"
                             : "bin/train --windows documents would");
         if (r.skipped) std::printf("  skipped %zu malformed lines (--skip-bad)\n", r.skipped);
         if (r.literal_eot)

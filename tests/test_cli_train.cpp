@@ -296,7 +296,8 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
                                 "/p/train.bin --seq 32");
     ASSERT_EQ(ev_docs.rc, 0) << ev_docs.out;
     EXPECT_THAT(ev_docs.out, HasSubstr("; document windows: --windows auto, as the data is prompt/completion)"));
-    EXPECT_THAT(ev_docs.out, Not(HasSubstr("note:")));
+    EXPECT_THAT(ev_docs.out, HasSubstr("note: " + d + "/docs/model.ckpt was trained on document windows; --windows "
+                                       "single measures it on windows like those (this pass: --windows documents)"));
     // Multiple choice asks it the same way: after an <|endoftext|>, with a note, as --eot-first does.
     spit(d + "/choices.jsonl", "{\"context\": \"Question 3: which word is an animal, cat or red?\\n\", "
                                "\"endings\": [\"cat\", \"red\"], \"label\": 0}\n");
@@ -331,7 +332,8 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
 
 // --windows auto, bin/train's default: prompt/completion data (a target with loss weight 0) trains on document
 // windows, said on the start line and recorded in the checkpoints; plain text keeps fixed windows; a model whose
-// vocabulary has no <|endoftext|> keeps fixed windows on any data.
+// vocabulary has no <|endoftext|> keeps fixed windows on any data. A resume goes on with its run's windows, also
+// a fixed-window run on prompt/completion data, and a --vocab that served auto may be repeated.
 TEST(TrainCli, AutoWindowsAreDocumentsForPromptCompletionDataOnly) {
     TempDir tmp("cliauto");
     const std::string d = tmp.path();
@@ -355,9 +357,34 @@ TEST(TrainCli, AutoWindowsAreDocumentsForPromptCompletionDataOnly) {
     EXPECT_THAT(plain.out, HasSubstr(" windows of 32; run directory"));
     EXPECT_THAT(plain.out, Not(HasSubstr("document windows")));
     EXPECT_EQ(checkpoint_trained_on(d + "/plain/model.ckpt").windows, Windows::fixed);
-    CmdResult fixed = run_cmd(train + d + "/p/train.bin --out '' --windows fixed");
+    const std::string fx = "bin/train --device cpu --model tiny --seq 32 --batch 2 --steps 2 --train-data " + d +
+                           "/p/train.bin --out " + d + "/fx";
+    CmdResult fixed = run_cmd(fx + " --windows fixed --halt-at 1");
     ASSERT_EQ(fixed.rc, 0) << fixed.out;
     EXPECT_THAT(fixed.out, Not(HasSubstr("document windows")));
+    CmdResult fixed_on = run_cmd(fx + " --resume " + d + "/fx/resume.ckpt");
+    ASSERT_EQ(fixed_on.rc, 0) << fixed_on.out;
+    EXPECT_THAT(fixed_on.out, Not(HasSubstr("document windows")));
+    EXPECT_THAT(fixed_on.out, Not(HasSubstr("(was ")));
+    EXPECT_EQ(checkpoint_trained_on(d + "/fx/model.ckpt").windows, Windows::fixed);
+    const std::string vocab = "bin/train --device cpu --model tiny --seq 32 --batch 2 --steps 2 --vocab ./data/gpt2 "
+                              "--train-data " + d + "/t/train.bin --out " + d + "/v";
+    CmdResult v1 = run_cmd(vocab + " --halt-at 1"), v2 = run_cmd(vocab + " --resume " + d + "/v/resume.ckpt");
+    ASSERT_EQ(v1.rc, 0) << v1.out;
+    EXPECT_EQ(v2.rc, 0) << v2.out;
+    write_cycle_data(d);  // a model of 37 tokens, whose vocabulary holds no <|endoftext|>
+    std::vector<int32_t> t;
+    std::vector<uint8_t> mask;
+    for (int i = 0; i < 300; i++) {
+        t.push_back((i * 5) % 37);
+        mask.push_back(i % 3 != 0);
+    }
+    write_shard(d + "/m37.bin", t, &mask, 37);
+    CmdResult small = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d + "/m37.bin "
+                              "--seq 15 --batch 2 --steps 1 --out ''");
+    ASSERT_EQ(small.rc, 0) << small.out;
+    EXPECT_THAT(small.out, HasSubstr(" windows of 15;"));
+    EXPECT_THAT(small.out, Not(HasSubstr("document windows")));
     // bin/evaluate decides the same way; on plain text it notes a model trained on document windows.
     const std::string ev = "bin/evaluate --device cpu --seq 32 --model " + d + "/pc/model.ckpt --data ";
     CmdResult ev_pc = run_cmd(ev + d + "/p/train.bin"), ev_plain = run_cmd(ev + d + "/t/train.bin");
@@ -365,7 +392,8 @@ TEST(TrainCli, AutoWindowsAreDocumentsForPromptCompletionDataOnly) {
     EXPECT_THAT(ev_pc.out, HasSubstr("; document windows: --windows auto, as the data is prompt/completion)"));
     ASSERT_EQ(ev_plain.rc, 0) << ev_plain.out;
     EXPECT_THAT(ev_plain.out, HasSubstr("note: " + d + "/pc/model.ckpt was trained on document windows; --windows "
-                                        "documents measures it on windows like those"));
+                                        "documents measures it on windows like those (this pass: --windows fixed)"));
+    EXPECT_THAT(ev_pc.out, Not(HasSubstr("note:"))) << "measured on the windows it trained on";
     EXPECT_THAT(ev_plain.out, Not(HasSubstr("document windows: --windows auto")));
 }
 

@@ -488,8 +488,8 @@ TEST(PrepareCli, ReportsAndExitCodes) {
     CmdResult ok = run_cmd("bin/prepare --quiet --val-frac=0 --out " + d + "/o " + d + "/x.jsonl");
     EXPECT_EQ(ok.rc, 0) << ok.out;
     EXPECT_THAT(ok.out, HasSubstr("prepared 1 documents"));
-    EXPECT_THAT(ok.out, HasSubstr("(bin/train's document windows, its default for this prompt/completion data, keep "
-                                  "a document whole where --seq is at least its length)"));
+    EXPECT_THAT(ok.out, HasSubstr("(bin/train's document windows, its default for prompt/completion training data, "
+                                  "keep a document whole where --seq is at least its length)"));
     EXPECT_EQ(run_cmd("bin/prepare --bogus x").rc, 2);
     EXPECT_EQ(run_cmd("bin/prepare --help").rc, 0);
     CmdResult valued = run_cmd("bin/prepare --quiet=yes " + d + "/x.jsonl");

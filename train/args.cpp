@@ -75,8 +75,9 @@ Cli train_cli(TrainArgs& a) {
              "--seq: fixed (every --seq tokens; an example may start in one window and end in the next, without its "
              "prompt), documents (each window starts at an <|endoftext|> and holds whole documents, padded; longer "
              "ones are cut), single (the same, one document a window: none attends to another, more padding), or "
-             "auto: documents for prompt/completion data (some target's loss weight is 0), else fixed; a --resume "
-             "goes on with the run's own. Replay and Fisher data stay fixed",
+             "auto: documents when --train-data is prompt/completion data (some target's loss weight is 0) and "
+             "--vocab's <|endoftext|> is in the model's vocabulary, else fixed; --val-data follows, a --resume goes "
+             "on with the run's own. Replay and Fisher data stay fixed",
              "auto", [&a](const std::string& v) { a.windows_auto = parse_windows_flag(v, &a.windows); });
     c.option("--train-top", "K", "train only the top K blocks and the final LayerNorm (0: everything)", &a.train_top, 0,
              1 << 20);

@@ -68,10 +68,10 @@ int main(int argc, char** argv) {
             std::vector<Shard> shards = read_shards(paths, V);
             if (windows_auto) windows = auto_windows(shards, vocab, V, false);
             // Not switched by the file: two models compared on the same --data must see the same windows.
-            if (m.trained_on.document_windows() && windows_auto && windows == Windows::fixed)
+            if (m.trained_on.document_windows() && windows_auto && windows != m.trained_on.windows)
                 std::fprintf(stderr, "note: %s was trained on document windows; --windows %s measures it on "
-                             "windows like those (this pass cuts --data every --seq tokens)\n",
-                             m.trained_on_file.c_str(), windows_name(m.trained_on.windows));
+                             "windows like those (this pass: --windows %s)\n", m.trained_on_file.c_str(),
+                             windows_name(m.trained_on.windows), windows_name(windows));
             const int room = m.model->max_positions();
             if (seq > room) {
                 const int P = m.model->virtual_tokens();

@@ -239,13 +239,18 @@ static TrainArgs with_resumed_defaults(const TrainArgs& given) {
     const std::map<std::string, std::string> was = checkpoint_options(a.resume);
     const auto it = was.find("--seed");
     if (!a.seed_given && it != was.end()) a.seed = parse_u64("--seed (in " + a.resume + ")", it->second);
-    // --windows auto goes on with the run's windows too, whatever auto would choose for the data now.
+    // --windows auto goes on with the run's windows too, whatever auto would choose for the data now; a
+    // checkpoint that records none predates document windows, so its run had fixed ones.
     const auto w = was.find("--windows");
-    if (a.windows_auto && w != was.end()) {
-        try {
-            a.windows = parse_windows(w->second);
-        } catch (const UsageError&) {
-            throw Error(a.resume + ": its options hold --windows '" + w->second + "', which this build does not know");
+    if (a.windows_auto) {
+        a.windows = Windows::fixed;
+        if (w != was.end()) {
+            try {
+                a.windows = parse_windows(w->second);
+            } catch (const UsageError&) {
+                throw Error(a.resume + ": its options hold --windows '" + w->second + "', which this build does "
+                            "not know");
+            }
         }
         a.windows_auto = false;
     }
@@ -314,7 +319,7 @@ static void note_cut_examples(const Loader& train, const TrainArgs& args, int vo
 
 Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
     const TrainArgs& args = args_;  // seed and windows as resumed; sched.total_steps and windows (auto) change below
-    validate_train_args(args);
+    validate_train_args(given);     // as given: a --vocab that served auto stays allowed when a resume decides
     // --memory-map alone needs no data: where the bytes go depends only on the model, the batch and the options.
     if (args.train_data.empty() && !args.memory_map)
         throw UsageError("--train-data: no training shards given (make them with bin/prepare)");
@@ -521,6 +526,15 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
                                       : "every rank reads " +
                                             (args.resume.empty() ? "--init " + args.init : "--resume " + args.resume) +
                                             " itself; is it the same file on every node?"));
+    }
+    // --windows auto decided on every rank: by the same shards, but a vocabulary missing on one node would cut its
+    // data otherwise, unseen.
+    if (dp_ && given.windows_auto && args.resume.empty()) {
+        const int r = dp_->first_rank_differing((uint64_t)args.windows, "--windows auto's choice");
+        if (r >= 0)
+            throw Error("rank " + std::to_string(r) + " chose other windows than rank 0's --windows " +
+                        windows_name(args.windows) + " (is --vocab " + args.vocab + " readable on every node?): give "
+                        "--windows");
     }
     if (args.ewc > 0) {
         if (be_->plans_only())
