@@ -18,20 +18,26 @@ const char* windows_name(Windows w) {
     return w == Windows::fixed ? "fixed" : w == Windows::documents ? "documents" : "single";
 }
 
+bool windows_from_name(const std::string& v, Windows* w) {
+    for (Windows k : {Windows::fixed, Windows::documents, Windows::single})
+        if (v == windows_name(k)) {
+            *w = k;
+            return true;
+        }
+    return false;
+}
+
 Windows parse_windows(const std::string& v) {
-    for (Windows w : {Windows::fixed, Windows::documents, Windows::single})
-        if (v == windows_name(w)) return w;
-    throw UsageError("--windows: expected fixed, documents or single, got '" + v + "'");
+    Windows w;
+    if (!windows_from_name(v, &w)) throw UsageError("--windows: expected fixed, documents or single, got '" + v + "'");
+    return w;
 }
 
 bool parse_windows_flag(const std::string& v, Windows* w) {
     if (v == "auto") return true;
-    for (Windows k : {Windows::fixed, Windows::documents, Windows::single})
-        if (v == windows_name(k)) {
-            *w = k;
-            return false;
-        }
-    throw UsageError("--windows: expected auto, fixed, documents or single, got '" + v + "'");
+    if (!windows_from_name(v, w))
+        throw UsageError("--windows: expected auto, fixed, documents or single, got '" + v + "'");
+    return false;
 }
 
 constexpr size_t kShardHeader = 32;

@@ -103,6 +103,8 @@ struct Batch {
 // in its attention (at the price of more padding).
 enum class Windows { fixed, documents, single };
 const char* windows_name(Windows w);  // "fixed", "documents", "single"
+// The Windows that name stands for, into *w; false (*w untouched) for any other text.
+bool windows_from_name(const std::string& v, Windows* w);
 // One of those names, else a UsageError naming --windows and the value.
 Windows parse_windows(const std::string& v);
 // --windows of bin/train and bin/evaluate, which also take "auto" (the tool decides by the data): true for auto,

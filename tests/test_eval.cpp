@@ -95,16 +95,21 @@ TEST(RunLog, ANewRunRemovesTheEarlierRunsPlot) {
     EXPECT_FALSE(std::filesystem::exists(tmp.file("loss.svg")));
 }
 
+// The same random weights, of order 0.5 rather than GPT-2's 0.02, in the model under test and the reference:
+// near-uniform predictions would make every token cost about log V, and the sum would pick the shortest ending
+// whatever the scorer read.
+void upload_same_random_weights(Backend& be, GPT2& m, GPT2& ref, uint64_t seed) {
+    Rng w(seed);
+    std::vector<double> weights(m.params().elems());
+    for (double& x : weights) x = w.uniform() - 0.5;
+    be.upload(m.params().base(), m.params().dtype(), weights.data(), weights.size());
+    be.upload(ref.params().base(), ref.params().dtype(), weights.data(), weights.size());
+}
+
 TEST(MultipleChoice, MatchesAnIndependentScorer) {
     auto be = make_cpu_backend(DType::f64);
     GPT2 m(small_config(), *be, 3, 9), ref(small_config(), *be, 1, 9);
-    // Weights of order 0.5, not GPT-2's 0.02: near-uniform predictions would make every token cost about log V,
-    // and the sum would pick the shortest ending whatever the scorer read.
-    Rng w(5);
-    std::vector<double> weights(m.params().elems());
-    for (double& x : weights) x = w.uniform() - 0.5;
-    be->upload(m.params().base(), m.params().dtype(), weights.data(), weights.size());
-    be->upload(ref.params().base(), ref.params().dtype(), weights.data(), weights.size());
+    upload_same_random_weights(*be, m, ref, 5);
     Rng r(4);
     std::vector<ChoiceExample> exs;
     for (int i = 0; i < 12; i++) {
@@ -150,11 +155,7 @@ TEST(MultipleChoice, MatchesAnIndependentScorer) {
 TEST(MultipleChoice, FirstTokenGoesBeforeEveryContextAndSurvivesTheCut_maxT9) {
     auto be = make_cpu_backend(DType::f64);
     GPT2 m(small_config(), *be, 3, 9), ref(small_config(), *be, 1, 9);
-    Rng w(7);
-    std::vector<double> weights(m.params().elems());
-    for (double& x : weights) x = w.uniform() - 0.5;
-    be->upload(m.params().base(), m.params().dtype(), weights.data(), weights.size());
-    be->upload(ref.params().base(), ref.params().dtype(), weights.data(), weights.size());
+    upload_same_random_weights(*be, m, ref, 7);
     const int32_t first = 36;
     Rng r(8);
     auto example = [&](int n, ChoiceExample* led) {  // led: the example as the scorer should see it

@@ -438,13 +438,7 @@ TrainedOn checkpoint_trained_on(const std::string& path) {
     TrainedOn t;
     if (f.header.contains("windows")) {
         const json& w = f.header["windows"];
-        bool known = false;
-        for (Windows k : {Windows::fixed, Windows::documents, Windows::single})
-            if (w.is_string() && w == windows_name(k)) {
-                t.windows = k;
-                known = true;
-            }
-        if (!known)
+        if (!w.is_string() || !windows_from_name(w.get<std::string>(), &t.windows))
             f.fail("header field 'windows' is " + w.dump() + ", expected \"fixed\", \"documents\" or \"single\"");
     }
     return t;

@@ -1,5 +1,6 @@
 // bin/evaluate: validation loss and perplexity on token shards, and multiple-choice accuracy.
 #include <cstdio>
+#include <optional>
 #include <sstream>
 
 #include "train/cli.h"
@@ -57,7 +58,11 @@ int main(int argc, char** argv) {
             throw UsageError("--windows has no effect without --data (multiple choice scores each example alone)");
         // Read before the loss pass (which may take an hour), so a bad line stops the run at once.
         std::vector<ChoiceExample> ex;
-        if (!choices.empty()) ex = read_choice_file(Tokenizer::load(vocab), choices);
+        std::optional<Tokenizer> tok;  // for --choices, read once
+        if (!choices.empty()) {
+            tok = Tokenizer::load(vocab);
+            ex = read_choice_file(*tok, choices);
+        }
         if (!data.empty()) {
             std::vector<std::string> paths;
             std::stringstream ss(data);
@@ -66,7 +71,13 @@ int main(int argc, char** argv) {
             LoadedModel m = load_model(weights, device, "fp32", batch, seq, adapter);
             const int V = m.model->config().vocab_size;
             std::vector<Shard> shards = read_shards(paths, V);
-            if (windows_auto) windows = auto_windows(shards, vocab, V, false);
+            int32_t doc_end;  // -1: fixed windows
+            if (windows_auto) {
+                doc_end = auto_document_end(shards, vocab, V, false);
+                windows = doc_end >= 0 ? Windows::documents : Windows::fixed;
+            } else {
+                doc_end = document_end_token(windows, vocab, V);
+            }
             // Not switched by the file: two models compared on the same --data must see the same windows.
             if (m.trained_on.document_windows() && windows_auto && windows != m.trained_on.windows)
                 std::fprintf(stderr, "note: %s was trained on document windows; --windows %s measures it on "
@@ -84,8 +95,7 @@ int main(int argc, char** argv) {
                 std::fprintf(stderr, "note: --seq %d, %s\n", room, context.c_str());
                 seq = room;
             }
-            Loader loader(std::move(shards), V, batch, seq, false, 0, 0, 1, document_end_token(windows, vocab, V),
-                          windows == Windows::single);
+            Loader loader(std::move(shards), V, batch, seq, false, 0, 0, 1, doc_end, windows == Windows::single);
             loader.note_short_shards();
             LossResult r = eval_loss(*m.model, loader, batches, "evaluate: loss, batch");
             std::string scope;
@@ -109,7 +119,7 @@ int main(int argc, char** argv) {
             const bool eot_auto = m.trained_on.document_windows() && !eot_first && !no_eot_first;
             int32_t first = -1;
             if (eot_first || eot_auto) {
-                first = Tokenizer::load(vocab).eot_token();
+                first = tok->eot_token();
                 if (first >= m.model->config().vocab_size)
                     throw UsageError(std::string(eot_first ? "--eot-first" : m.trained_on_file + " was trained on "
                                      "document windows") + ", and the model's " +

@@ -157,8 +157,9 @@ static void note_changed_windows(const std::string& ckpt, const char* which, uin
                  ckpt.c_str(), which, now, T, (unsigned long long)was);
 }
 
-Windows auto_windows(const std::vector<Shard>& train, const std::string& vocab_dir, int vocab_size, bool quiet) {
-    if (!any_masked(train)) return Windows::fixed;  // plain text: documents run on across windows by design
+int32_t auto_document_end(const std::vector<Shard>& shards, const std::string& vocab_dir, int vocab_size,
+                          bool quiet) {
+    if (!any_masked(shards)) return -1;  // plain text: documents run on across windows by design
     int32_t eot = -1;
     try {
         eot = Tokenizer::load(vocab_dir).eot_token();
@@ -167,9 +168,9 @@ Windows auto_windows(const std::vector<Shard>& train, const std::string& vocab_d
         if (!quiet)
             std::fprintf(stderr, "note: --windows auto: fixed windows, as the vocabulary that says where documents "
                          "end could not be read (%s); give --vocab DIR, or --windows fixed\n", e.what());
-        return Windows::fixed;
+        return -1;
     }
-    return eot < vocab_size ? Windows::documents : Windows::fixed;
+    return eot < vocab_size ? eot : -1;
 }
 
 int32_t document_end_token(Windows windows, const std::string& vocab_dir, int vocab_size) {
@@ -177,7 +178,8 @@ int32_t document_end_token(Windows windows, const std::string& vocab_dir, int vo
     const int32_t eot = Tokenizer::load(vocab_dir).eot_token();
     if (eot >= vocab_size)
         throw UsageError(std::string("--windows ") + windows_name(windows) + ": the model's vocabulary of " +
-                         std::to_string(vocab_size) + " tokens has no <|endoftext|> (id " + std::to_string(eot) + ") to find documents by");
+                         std::to_string(vocab_size) + " tokens has no <|endoftext|> (id " + std::to_string(eot) +
+                         ") to find documents by");
     return eot;
 }
 
@@ -244,14 +246,8 @@ static TrainArgs with_resumed_defaults(const TrainArgs& given) {
     const auto w = was.find("--windows");
     if (a.windows_auto) {
         a.windows = Windows::fixed;
-        if (w != was.end()) {
-            try {
-                a.windows = parse_windows(w->second);
-            } catch (const UsageError&) {
-                throw Error(a.resume + ": its options hold --windows '" + w->second + "', which this build does "
-                            "not know");
-            }
-        }
+        if (w != was.end() && !windows_from_name(w->second, &a.windows))
+            throw Error(a.resume + ": its options hold --windows '" + w->second + "', which this build does not know");
         a.windows_auto = false;
     }
     return a;
@@ -364,8 +360,14 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
     // The training shards, read once: --windows auto looks at them, then their loader cuts them (below).
     std::vector<Shard> train_shards;
     if (!args.train_data.empty()) train_shards = read_shards(args.train_data, cfg.vocab_size);
-    if (args.windows_auto)
-        args_.windows = auto_windows(train_shards, args.vocab, cfg.vocab_size, args.quiet || launch.rank != 0);
+    // Where documents end, for the training and validation loaders (-1: fixed windows); the vocabulary is read once.
+    int32_t doc_end;
+    if (args.windows_auto) {
+        doc_end = auto_document_end(train_shards, args.vocab, cfg.vocab_size, args.quiet || launch.rank != 0);
+        args_.windows = doc_end >= 0 ? Windows::documents : Windows::fixed;
+    } else {
+        doc_end = document_end_token(args.windows, args.vocab, cfg.vocab_size);
+    }
     ModelOptions mo;
     mo.peft = args.peft;
     if (mo.peft.lora_rank == 0) mo.peft.lora_targets = 0;
@@ -580,7 +582,6 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
                     std::fprintf(stderr, "note: --val-data %s is also %s: the validation loss measures what the "
                                  "model was fitted to, not how it generalises\n", v.c_str(), flag);
     }
-    const int32_t doc_end = document_end_token(args.windows, args.vocab, cfg.vocab_size);
     const bool one_document = args.windows == Windows::single;
     if (!args.train_data.empty()) {
         train_ = std::make_unique<Loader>(std::move(train_shards), cfg.vocab_size, args.batch, args.seq,

@@ -65,10 +65,11 @@ LoadedModel load_model(const std::string& weights, const std::string& device, co
 // The token documents end with for --windows documents or single (bin/train, bin/evaluate): the <|endoftext|> of
 // the vocabulary in vocab_dir, which the model's vocabulary must hold (else a UsageError); -1 for fixed windows.
 int32_t document_end_token(Windows windows, const std::string& vocab_dir, int vocab_size);
-// --windows auto (bin/train, bin/evaluate): documents for prompt/completion data (some target of `shards` has loss
-// weight 0) where the vocabulary in vocab_dir has an <|endoftext|> below vocab_size, else fixed. A vocabulary that
-// cannot be read is an error when vocab_dir was given (not the default), else fixed windows with a note.
-Windows auto_windows(const std::vector<Shard>& shards, const std::string& vocab_dir, int vocab_size, bool quiet);
+// --windows auto (bin/train, bin/evaluate): document windows for prompt/completion data (some target of `shards` has
+// loss weight 0) where the vocabulary in vocab_dir has an <|endoftext|> below vocab_size, whose id it returns; else
+// -1, fixed windows. A vocabulary that cannot be read is an error when vocab_dir was given (not the default), else
+// fixed windows with a note.
+int32_t auto_document_end(const std::vector<Shard>& shards, const std::string& vocab_dir, int vocab_size, bool quiet);
 
 // Whether micro-batch number mb (counting from 0 over the whole run) is drawn from the replay data: exactly
 // a fraction `frac` of them, evenly spread and deterministic (nothing to save for resume).
