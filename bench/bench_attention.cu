@@ -24,7 +24,7 @@ void BM_AttentionForward(benchmark::State& state) {
     DeviceArray<T> qkv(*ctx, (size_t)kB * kT * 3 * kC, 1), out(*ctx, (size_t)kB * kT * kC, 2),
         probs(*ctx, cuda::attention_saved_elems(kB, kT, kNH), 3);
     run_timed(state, *ctx, 0, 2 * causal_gemm_flops(), flops_peak<T>(), [&] {
-        cuda::attention_forward(out.p, probs.p, qkv.p, kB, kT, kC, kNH, *ctx->gemm, *ctx->scratch);
+        cuda::attention_forward(out.p, probs.p, qkv.p, nullptr, kB, kT, kC, kNH, *ctx->gemm, *ctx->scratch);
     });
 }
 
@@ -35,9 +35,9 @@ void BM_AttentionBackward(benchmark::State& state) {
     DeviceArray<T> qkv(*ctx, (size_t)kB * kT * 3 * kC, 1), out(*ctx, (size_t)kB * kT * kC, 2),
         dout(*ctx, (size_t)kB * kT * kC, 3), dqkv(*ctx, (size_t)kB * kT * 3 * kC, 4),
         probs(*ctx, cuda::attention_saved_elems(kB, kT, kNH), 5);
-    cuda::attention_forward(out.p, probs.p, qkv.p, kB, kT, kC, kNH, *ctx->gemm, *ctx->scratch);  // real probs
+    cuda::attention_forward(out.p, probs.p, qkv.p, nullptr, kB, kT, kC, kNH, *ctx->gemm, *ctx->scratch);  // real probs
     run_timed(state, *ctx, 0, 4 * causal_gemm_flops(), flops_peak<T>(), [&] {
-        cuda::attention_backward(dqkv.p, dout.p, qkv.p, probs.p, kB, kT, kC, kNH, *ctx->gemm, *ctx->scratch);
+        cuda::attention_backward(dqkv.p, dout.p, qkv.p, probs.p, nullptr, kB, kT, kC, kNH, *ctx->gemm, *ctx->scratch);
     });
 }
 

@@ -25,7 +25,7 @@ void BM_EncoderForward(benchmark::State& state) {
     // out written; the touched wte rows, wpe and the token ids read.
     const double bytes = (kNC + distinct_rows(kV) * kC + (double)kT * kC) * sizeof(T) + (double)kB * kT * 4;
     run_timed(state, *ctx, bytes, 0, 0,
-              [&] { cuda::encoder_forward(out.p, tokens.p, wte.p, wpe.p, kB, kT, kC, ctx->stream); });
+              [&] { cuda::encoder_forward(out.p, tokens.p, nullptr, wte.p, wpe.p, kB, kT, kC, ctx->stream); });
 }
 
 template <class T>
@@ -39,7 +39,7 @@ void BM_EncoderBackward(benchmark::State& state) {
     // twice, for the wpe and the wte sums, and the token sort's own traffic is left out).
     const double bytes = (1.0 * kNC + 2.0 * kT * kC + 2.0 * distinct_rows(vocab) * kC) * sizeof(T);
     run_timed(state, *ctx, bytes, 0, 0, [&] {
-        cuda::encoder_backward(dwte.p, dwpe.p, dout.p, tokens.p, kB, kT, kC, *ctx->scratch, ctx->stream);
+        cuda::encoder_backward(dwte.p, dwpe.p, dout.p, tokens.p, nullptr, kB, kT, kC, *ctx->scratch, ctx->stream);
     });
 }
 

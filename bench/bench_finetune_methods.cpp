@@ -12,7 +12,7 @@
 //
 //   build/bench/bench_finetune_methods [--device cpu|cuda] [--model tiny] [--base-steps 150] [--steps 700]
 //                                      [--only full,lora,...] [--doc docs/finetuning.md] [--out runs/methods]
-//                                      [--windows fixed|documents|single]
+//                                      [--windows fixed|documents|single|isolated]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -231,7 +231,7 @@ int main(int argc, char** argv) {
         cli.option("--out", "DIR", "run directories and results.json", &out);
         cli.option("--machine", "TEXT", "machine description for the table", &machine);
         Windows windows = Windows::fixed;
-        cli.custom("--windows", "fixed|documents|single", "how the task data is cut into windows (bin/train "
+        cli.custom("--windows", "fixed|documents|single|isolated", "how the task data is cut into windows (bin/train "
                    "--windows)", "fixed", [&](const std::string& v) { windows = parse_windows(v); });
         cli.option("--l2sp", "LAMBDA", "L2-SP strength", &knobs.l2sp, 0, 1e12);
         cli.option("--ewc", "LAMBDA", "EWC strength", &knobs.ewc, 0, 1e12);
@@ -328,6 +328,12 @@ int main(int argc, char** argv) {
                 ft.window_advice = false;  // the comparison of the two is this program's subject
                 ft.out_dir = out + "/" + meth.key + (seeds > 1 ? "/seed" + std::to_string(seed) : "");
                 meth.apply(ft);
+                // Virtual tokens sit at a row's start, which only its first packed document would see: those
+                // methods take one document a row, which isolated windows reproduce for the others.
+                if (windows == Windows::isolated && ft.peft.virt != Virtual::none) {
+                    ft.windows = Windows::single;
+                    if (seed == 1) r.settings += (r.settings.empty() ? "" : ", ") + std::string("--windows single");
+                }
                 {
                     Trainer t(ft);
                     r.trainable = 0;

@@ -15,11 +15,14 @@
 namespace tune {
 
 const char* windows_name(Windows w) {
-    return w == Windows::fixed ? "fixed" : w == Windows::documents ? "documents" : "single";
+    return w == Windows::fixed       ? "fixed"
+           : w == Windows::documents ? "documents"
+           : w == Windows::single    ? "single"
+                                     : "isolated";
 }
 
 bool windows_from_name(const std::string& v, Windows* w) {
-    for (Windows k : {Windows::fixed, Windows::documents, Windows::single})
+    for (Windows k : {Windows::fixed, Windows::documents, Windows::single, Windows::isolated})
         if (v == windows_name(k)) {
             *w = k;
             return true;
@@ -29,14 +32,15 @@ bool windows_from_name(const std::string& v, Windows* w) {
 
 Windows parse_windows(const std::string& v) {
     Windows w;
-    if (!windows_from_name(v, &w)) throw UsageError("--windows: expected fixed, documents or single, got '" + v + "'");
+    if (!windows_from_name(v, &w))
+        throw UsageError("--windows: expected fixed, documents, single or isolated, got '" + v + "'");
     return w;
 }
 
 bool parse_windows_flag(const std::string& v, Windows* w) {
     if (v == "auto") return true;
     if (!windows_from_name(v, w))
-        throw UsageError("--windows: expected auto, fixed, documents or single, got '" + v + "'");
+        throw UsageError("--windows: expected auto, fixed, documents, single or isolated, got '" + v + "'");
     return false;
 }
 
@@ -195,10 +199,11 @@ bool any_masked(const std::vector<Shard>& shards) {
 }
 
 Loader::Loader(std::vector<Shard> shards, int vocab_size, int B, int T, bool shuffle, uint64_t seed, int rank,
-               int world_size, int32_t doc_end, bool one_document)
-    : shards_(std::move(shards)), B_(B), T_(T), vocab_(vocab_size), shuffle_(shuffle), seed_(seed), rank_(rank),
-      world_(world_size) {
+               int world_size, int32_t doc_end, bool one_document, bool isolate)
+    : shards_(std::move(shards)), B_(B), T_(T), vocab_(vocab_size), doc_end_(doc_end), isolate_(isolate),
+      shuffle_(shuffle), seed_(seed), rank_(rank), world_(world_size) {
     if (shards_.empty()) throw Error("no data shards given");
+    if (isolate && doc_end < 0) throw Error("Loader: isolated documents need the token that ends a document");
     for (uint32_t shard = 0; shard < (uint32_t)shards_.size(); shard++) {
         const Shard& s = shards_[shard];
         const std::string& p = s.path;
@@ -348,6 +353,16 @@ void Loader::fill_row(Batch& b, int row, const Window& w) const {
         b.targets[i] = s.token(w.start + t + 1);
         b.weights[i] = t < (int)w.skip ? 0.0f : (float)s.mask(w.start + t + 1);
     }
+    if (isolate_) {
+        // TEACH: isolated documents. A document begins at the <|endoftext|> before it (the token it is asked
+        // after, as in a window of its own) or at the row's start; positions count from there, and the model
+        // lets each token attend to its own document only (GPT2::forward's positions). The padding counts on.
+        int32_t* pos = b.positions.data() + (size_t)row * T_;
+        for (int t = 0; t < T_; t++) {
+            const int32_t in = b.inputs[(size_t)row * T_ + t];
+            pos[t] = t == 0 || (t <= (int)w.len && in == doc_end_) ? 0 : pos[t - 1] + 1;
+        }
+    }
     // read_shard checked every id and mask value, but a file rewritten in place since then (same length or
     // longer: shorter ends in read_file's SIGBUS message) would index past the embedding table.
     for (int t = 0; t <= std::min(T_, (int)w.len); t++) {
@@ -370,6 +385,7 @@ Batch Loader::next() {
     b.inputs.resize((size_t)B_ * T_);
     b.targets.resize(b.inputs.size());
     b.weights.resize(b.inputs.size());
+    b.positions.resize(isolate_ ? b.inputs.size() : 0);
     // TEACH: the epochs' orders, joined end to end, are one stream, and each round of world_ windows takes the
     // next world_ of it, rank r the r-th: a round at an epoch's end runs on into the next epoch's order. So which
     // windows a step reads depends on the global batch only, not on how many ranks share it (a run resumed on
@@ -409,6 +425,7 @@ bool Loader::next_in_epoch(Batch& b) {
     b.inputs.resize((size_t)rows * T_);
     b.targets.resize(b.inputs.size());
     b.weights.resize(b.inputs.size());
+    b.positions.resize(isolate_ ? b.inputs.size() : 0);
     for (int row = 0; row < rows; row++) fill_row(b, row, windows_[order_[mine[row]]]);
     return true;
 }

@@ -96,13 +96,16 @@ struct Batch {
     std::vector<int32_t> inputs;   // (B, T)
     std::vector<int32_t> targets;  // (B, T)
     std::vector<float> weights;    // (B, T) loss weight per target
+    std::vector<int32_t> positions;  // (B, T) each token's position in its document (isolated windows), else empty
+    const int32_t* positions_or_null() const { return positions.empty() ? nullptr : positions.data(); }
 };
 
 // How a loader cuts shards into windows (`bin/train --windows`): every T tokens; whole documents packed
-// together from an <|endoftext|>; or one whole document a window, so that nothing from another document is
-// in its attention (at the price of more padding).
-enum class Windows { fixed, documents, single };
-const char* windows_name(Windows w);  // "fixed", "documents", "single"
+// together from an <|endoftext|>; one whole document a window, so that nothing from another document is in its
+// attention (at the price of more padding); or packed as `documents` but isolated, each document attending to
+// itself only, at positions from 0 (Batch::positions): `single`'s view at `documents`' padding.
+enum class Windows { fixed, documents, single, isolated };
+const char* windows_name(Windows w);  // "fixed", "documents", "single", "isolated"
 // The Windows that name stands for, into *w; false (*w untouched) for any other text.
 bool windows_from_name(const std::string& v, Windows* w);
 // One of those names, else a UsageError naming --windows and the value.
@@ -128,15 +131,15 @@ struct LoaderState {
 // depend only on the global batch, not on how many ranks share it.
 class Loader {
    public:
-    // doc_end >= 0: document windows, documents ending with that token (one_document: one a window); -1: fixed
-    // windows.
+    // doc_end >= 0: document windows, documents ending with that token (one_document: one a window; isolate:
+    // batches carry each token's position in its document); -1: fixed windows.
     Loader(const std::vector<std::string>& paths, int vocab_size, int B, int T, bool shuffle, uint64_t seed,
-           int rank = 0, int world_size = 1, int32_t doc_end = -1, bool one_document = false)
+           int rank = 0, int world_size = 1, int32_t doc_end = -1, bool one_document = false, bool isolate = false)
         : Loader(read_shards(paths, vocab_size), vocab_size, B, T, shuffle, seed, rank, world_size, doc_end,
-                 one_document) {}
+                 one_document, isolate) {}
     // Over shards already read (read_shards), for a caller that looked at them first.
     Loader(std::vector<Shard> shards, int vocab_size, int B, int T, bool shuffle, uint64_t seed, int rank = 0,
-           int world_size = 1, int32_t doc_end = -1, bool one_document = false);
+           int world_size = 1, int32_t doc_end = -1, bool one_document = false, bool isolate = false);
 
     Batch next();
     // Like next(), but never starts a new epoch: the next min(B, windows left) windows of this rank's
@@ -200,6 +203,8 @@ class Loader {
     std::vector<std::string> short_shards_;
     int B_, T_;
     int vocab_;  // token ids must stay below it (0: unchecked), also in a file changed since it was read
+    int32_t doc_end_;
+    bool isolate_;
     uint64_t long_documents_ = 0;
     bool shuffle_;
     uint64_t seed_;

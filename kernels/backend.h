@@ -77,12 +77,13 @@ class Backend {
     virtual void range_pop() {}
 
     // ---- layers ----
-    // out(B,T,C) = wte[tokens] + wpe[t]
-    virtual void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,
-                                 int C) = 0;
-    // dwte(Vp,C) += scatter of dout by token, dwpe(maxT,C) += dout summed over B. Either may be null.
-    virtual void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, int B, int T,
-                                  int C) = 0;
+    // out(B,T,C) = wte[tokens] + wpe[p], p = pos[b,t] (B,T) when given (positions restarting in each packed
+    // document: `--windows isolated`), else t.
+    virtual void encoder_forward(void* out, const int32_t* tokens, const int32_t* pos, const void* wte, const void* wpe,
+                                 int B, int T, int C) = 0;
+    // dwte(Vp,C) += scatter of dout by token, dwpe(maxT,C) += scatter of dout by position. Either may be null.
+    virtual void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, const int32_t* pos,
+                                  int B, int T, int C) = 0;
 
     // out(N,C) = (inp - mean) * rstd * weight + bias; saves mean(N), rstd(N).
     virtual void layernorm_forward(void* out, void* mean, void* rstd, const void* inp, const void* weight,
@@ -120,16 +121,20 @@ class Backend {
     // `saved` is what backward needs beyond qkv and out; its size in elements is attention_saved_elems(): the
     // probabilities (B,NH,T,T) where attention is materialised, the softmax statistics (B,NH,T) where it is fused
     // (CUDA bf16/fp16 through cuDNN). Every shape with the same C and NH takes the same path in one backend.
+    // pos(B,T), when given, masks attention to each token's own document: query t sees keys t - pos[b,t] .. t
+    // (kernels/cpu/attention.h). Only the materialised path takes it; the fused one throws (CUDA makes a backend
+    // for `--windows isolated` with matmul attention).
     virtual size_t attention_saved_elems(int B, int T, int C, int NH) const = 0;
-    virtual void attention_forward(void* out, void* saved, const void* qkv, int B, int T, int C, int NH) = 0;
+    virtual void attention_forward(void* out, void* saved, const void* qkv, const int32_t* pos, int B, int T, int C,
+                                   int NH) = 0;
     // Which attention runs for this C and NH, for the logs: "cudnn (fused)" or "matmul (T x T probabilities)".
     virtual std::string attention_path(int C, int NH) const {
         (void)C, (void)NH;
         return "matmul (T x T probabilities)";
     }
-    // dqkv(B,T,3C) written; out is the forward's output.
+    // dqkv(B,T,3C) written; out is the forward's output, pos the forward's.
     virtual void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const void* saved,
-                                    int B, int T, int C, int NH) = 0;
+                                    const int32_t* pos, int B, int T, int C, int NH) = 0;
 
     // Generation with a KV cache: n new positions pos0..pos0+n-1 per row. Stores their keys and values
     // in kcache/vcache (B, maxT, C) and writes out(B,n,C), each attending over cache positions 0..its own.

@@ -18,14 +18,14 @@ constexpr int kWteSegment = 128;     // sorted rows per block of the first run-s
 
 // One 16-byte pack per thread: C % kPack == 0 and every pointer 16-byte aligned.
 template <class T>
-__global__ void encoder_forward_packed(T* out, const int32_t* tokens, const T* wte, const T* wpe, size_t N, int T_,
-                                       int C) {
+__global__ void encoder_forward_packed(T* out, const int32_t* tokens, const int32_t* pos, const T* wte, const T* wpe,
+                                       size_t N, int T_, int C) {
     const int packs_per_row = C / kPack<T>;
     const size_t total = N * packs_per_row;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         const size_t row = i / packs_per_row;
         const int c = (int)(i % packs_per_row) * kPack<T>;
-        const int t = (int)(row % T_);
+        const int t = pos ? pos[row] : (int)(row % T_);
         const Pack<T> we = load_pack(wte + (size_t)tokens[row] * C + c);
         const Pack<T> pe = load_pack(wpe + (size_t)t * C + c);
         Pack<T> o;
@@ -36,13 +36,13 @@ __global__ void encoder_forward_packed(T* out, const int32_t* tokens, const T* w
 }
 
 template <class T>
-__global__ void encoder_forward_scalar(T* out, const int32_t* tokens, const T* wte, const T* wpe, size_t N, int T_,
-                                       int C) {
+__global__ void encoder_forward_scalar(T* out, const int32_t* tokens, const int32_t* pos, const T* wte, const T* wpe,
+                                       size_t N, int T_, int C) {
     const size_t total = N * C;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         const size_t row = i / C;
         const int c = (int)(i % C);
-        const int t = (int)(row % T_);
+        const int t = pos ? pos[row] : (int)(row % T_);
         out[i] = from_f32<T>(to_f32(wte[(size_t)tokens[row] * C + c]) + to_f32(wpe[(size_t)t * C + c]));
     }
 }
@@ -113,39 +113,13 @@ __global__ void encoder_backward_wte_join(T* dwte, const float* head, const floa
     *g = from_f32<T>(to_f32(*g) + s);
 }
 
-}  // namespace
-
+// table[ids[i], :] += dout[i, :] for the N rows of dout, deterministically: the run sums described above, over
+// the rows sorted by id (a stable sort, so each id's rows stay in order).
 template <class T>
-void encoder_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int T_, int C,
-                     cudaStream_t stream) {
-    NvtxRange range("encoder_forward");
-    const size_t N = (size_t)B * T_;
-    if (N == 0 || C == 0) return;
-    if (C % kPack<T> == 0 && aligned16(out) && aligned16(wte) && aligned16(wpe)) {
-        const size_t packs = N * (C / kPack<T>);
-        encoder_forward_packed<T>
-            <<<grid_1d(packs, kEncoderThreads), kEncoderThreads, 0, stream>>>(out, tokens, wte, wpe, N, T_, C);
-    } else {
-        encoder_forward_scalar<T>
-            <<<grid_1d(N * C, kEncoderThreads), kEncoderThreads, 0, stream>>>(out, tokens, wte, wpe, N, T_, C);
-    }
-    CUDA_CHECK_LAUNCH();
-}
-
-template <class T>
-void encoder_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int T_, int C, Scratch& scratch,
-                      cudaStream_t stream) {
-    NvtxRange range("encoder_backward");
-    const int N = B * T_;
-    if (N == 0 || C == 0) return;
-    if (dwpe) {
-        encoder_backward_wpe<T><<<grid_1d((size_t)T_ * C, kWpeThreads), kWpeThreads, 0, stream>>>(dwpe, dout, B, T_, C);
-        CUDA_CHECK_LAUNCH();
-    }
-    if (!dwte) return;
-
-    // Sort (token, position) by token. Tokens are non-negative, so their bits sort as unsigned.
-    const unsigned* keys_in = reinterpret_cast<const unsigned*>(tokens);
+void scatter_add_by_id(T* table, const T* dout, const int32_t* ids, int N, int C, Scratch& scratch,
+                       cudaStream_t stream) {
+    // Sort (id, row) by id. Ids are non-negative, so their bits sort as unsigned.
+    const unsigned* keys_in = reinterpret_cast<const unsigned*>(ids);
     size_t cub_bytes = 0;
     CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, cub_bytes, keys_in, (unsigned*)nullptr, (const int32_t*)nullptr,
                                                (int32_t*)nullptr, N, 0, 32, stream));
@@ -159,29 +133,65 @@ void encoder_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, in
     sizes.take<float>((size_t)segments * C);
     Carve c(scratch.get(sizes.bytes()));
     unsigned* keys_out = c.take<unsigned>(N);
-    int32_t* pos_in = c.take<int32_t>(N);
-    int32_t* pos_out = c.take<int32_t>(N);
+    int32_t* rows_in = c.take<int32_t>(N);
+    int32_t* rows_out = c.take<int32_t>(N);
     void* cub_tmp = c.take<char>(cub_bytes);
     float* head = c.take<float>((size_t)segments * C);  // (segments, C) partial sums of runs crossing segments
     float* tail = c.take<float>((size_t)segments * C);
 
-    iota_i32<<<grid_1d(N, kEncoderThreads), kEncoderThreads, 0, stream>>>(pos_in, N);
+    iota_i32<<<grid_1d(N, kEncoderThreads), kEncoderThreads, 0, stream>>>(rows_in, N);
     CUDA_CHECK_LAUNCH();
     CUDA_CHECK(
-        cub::DeviceRadixSort::SortPairs(cub_tmp, cub_bytes, keys_in, keys_out, pos_in, pos_out, N, 0, 32, stream));
+        cub::DeviceRadixSort::SortPairs(cub_tmp, cub_bytes, keys_in, keys_out, rows_in, rows_out, N, 0, 32, stream));
     CUDA_CHECK_LAUNCH();
-    const int32_t* sorted_tokens = reinterpret_cast<const int32_t*>(keys_out);
+    const int32_t* sorted_ids = reinterpret_cast<const int32_t*>(keys_out);
     const dim3 grid((unsigned)segments, (unsigned)((C + kWteRunThreads - 1) / kWteRunThreads));
     encoder_backward_wte_segments<T>
-        <<<grid, kWteRunThreads, 0, stream>>>(dwte, head, tail, dout, sorted_tokens, pos_out, N, C);
+        <<<grid, kWteRunThreads, 0, stream>>>(table, head, tail, dout, sorted_ids, rows_out, N, C);
     CUDA_CHECK_LAUNCH();
-    encoder_backward_wte_join<T><<<grid, kWteRunThreads, 0, stream>>>(dwte, head, tail, sorted_tokens, N, C);
+    encoder_backward_wte_join<T><<<grid, kWteRunThreads, 0, stream>>>(table, head, tail, sorted_ids, N, C);
     CUDA_CHECK_LAUNCH();
 }
 
+}  // namespace
+
+template <class T>
+void encoder_forward(T* out, const int32_t* tokens, const int32_t* pos, const T* wte, const T* wpe, int B, int T_,
+                     int C, cudaStream_t stream) {
+    NvtxRange range("encoder_forward");
+    const size_t N = (size_t)B * T_;
+    if (N == 0 || C == 0) return;
+    if (C % kPack<T> == 0 && aligned16(out) && aligned16(wte) && aligned16(wpe)) {
+        const size_t packs = N * (C / kPack<T>);
+        encoder_forward_packed<T>
+            <<<grid_1d(packs, kEncoderThreads), kEncoderThreads, 0, stream>>>(out, tokens, pos, wte, wpe, N, T_, C);
+    } else {
+        encoder_forward_scalar<T>
+            <<<grid_1d(N * C, kEncoderThreads), kEncoderThreads, 0, stream>>>(out, tokens, pos, wte, wpe, N, T_, C);
+    }
+    CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void encoder_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, const int32_t* pos, int B, int T_, int C,
+                      Scratch& scratch, cudaStream_t stream) {
+    NvtxRange range("encoder_backward");
+    const int N = B * T_;
+    if (N == 0 || C == 0) return;
+    if (dwpe && !pos) {
+        encoder_backward_wpe<T><<<grid_1d((size_t)T_ * C, kWpeThreads), kWpeThreads, 0, stream>>>(dwpe, dout, B, T_, C);
+        CUDA_CHECK_LAUNCH();
+    } else if (dwpe) {
+        scatter_add_by_id(dwpe, dout, pos, N, C, scratch, stream);  // positions repeat across packed documents
+    }
+    if (dwte) scatter_add_by_id(dwte, dout, tokens, N, C, scratch, stream);
+}
+
 #define TUNE_INSTANTIATE(T)                                                                                \
-    template void encoder_forward<T>(T*, const int32_t*, const T*, const T*, int, int, int, cudaStream_t); \
-    template void encoder_backward<T>(T*, T*, const T*, const int32_t*, int, int, int, Scratch&, cudaStream_t);
+    template void encoder_forward<T>(T*, const int32_t*, const int32_t*, const T*, const T*, int, int, int,         \
+                                     cudaStream_t);                                                                \
+    template void encoder_backward<T>(T*, T*, const T*, const int32_t*, const int32_t*, int, int, int, Scratch&, \
+                                      cudaStream_t);
 TUNE_INSTANTIATE(float)
 TUNE_INSTANTIATE(__nv_bfloat16)
 TUNE_INSTANTIATE(__half)

@@ -74,8 +74,8 @@ class PlanBackend final : public Backend {
     }
 
     // ---- ops: none ----
-    void encoder_forward(void*, const int32_t*, const void*, const void*, int, int, int) override {}
-    void encoder_backward(void*, void*, const void*, const int32_t*, int, int, int) override {}
+    void encoder_forward(void*, const int32_t*, const int32_t*, const void*, const void*, int, int, int) override {}
+    void encoder_backward(void*, void*, const void*, const int32_t*, const int32_t*, int, int, int) override {}
     void layernorm_forward(void*, void*, void*, const void*, const void*, const void*, size_t, int) override {}
     void residual_layernorm_forward(void*, void*, void*, void*, const void*, const void*, const void*, const void*,
                                     size_t, int) override {}
@@ -85,8 +85,9 @@ class PlanBackend final : public Backend {
     void matmul_backward(void*, void*, void*, const void*, const void*, const void*, size_t, int, int) override {}
     void matmul_backward_gelu(void*, void*, void*, const void*, const void*, const void*, const void*, size_t, int,
                               int) override {}
-    void attention_forward(void*, void*, const void*, int, int, int, int) override {}
-    void attention_backward(void*, const void*, const void*, const void*, const void*, int, int, int, int) override {}
+    void attention_forward(void*, void*, const void*, const int32_t*, int, int, int, int) override {}
+    void attention_backward(void*, const void*, const void*, const void*, const void*, const int32_t*, int, int, int,
+                            int) override {}
     void attention_forward_cached(void*, void*, void*, const void*, int, int, int, int, int, int) override {}
     void gelu_forward(void*, const void*, size_t) override {}
     void gelu_backward(void*, const void*, const void*, size_t) override {}

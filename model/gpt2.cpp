@@ -278,6 +278,7 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
     targets_ = static_cast<int32_t*>(be.alloc((size_t)B * T * sizeof(int32_t)));
     weights_ = static_cast<float*>(be.alloc((size_t)B * T * sizeof(float)));
     rows_dev_ = static_cast<int32_t*>(be.alloc((size_t)B * T * sizeof(int32_t)));
+    positions_ = static_cast<int32_t*>(be.alloc((size_t)B * T * sizeof(int32_t)));
 }
 
 GPT2::~GPT2() {
@@ -286,6 +287,7 @@ GPT2::~GPT2() {
     be_.free(targets_);
     be_.free(weights_);
     be_.free(rows_dev_);
+    be_.free(positions_);
 }
 
 BlockPtrs GPT2::block(int l, bool grads) const {
@@ -555,7 +557,7 @@ void GPT2::block_forward(int l, int l_act, const void* x_in, int B, int Tt, int 
         be_.attention_forward_cached(a(kAtty), kv_.ptr(2 * l), kv_.ptr(2 * l + 1), a(kQkv), B, Tt, pos0,
                                      cfg_.block_size, C, NH);
     else
-        be_.attention_forward(a(kAtty), a(kAttSaved), a(kQkv), B, Tt, C, NH);
+        be_.attention_forward(a(kAtty), a(kAttSaved), a(kQkv), doc_positions(), B, Tt, C, NH);
     be_.matmul_forward(tmp, a(kAtty), p.attprojw, p.attprojb, N, C, C);
     lora_forward(l, kLoraAttnProj, tmp, a(kAtty), N, C, C, l_act);
     // Each residual sum and the LayerNorm that reads it, in one pass on the GPU.
@@ -594,7 +596,8 @@ void GPT2::trunk_forward(int B, int Tt, int pos0) {
     // Position embeddings start at row pos0 when generating (0 otherwise).
     const void* wpe =
         static_cast<const char*>(params_.ptr(kWpe)) + (size_t)std::max(pos0, 0) * C * dtype_size(params_.dtype());
-    be_.encoder_forward(act(a_encoded_), tokens_, params_.ptr(kWte), wpe, B, Tt, C);
+    be_.encoder_forward(act(a_encoded_), tokens_, cached ? nullptr : doc_positions(), params_.ptr(kWte), wpe, B, Tt,
+                        C);
     // The buffers start with the virtual positions in training (pos0 < 0) and in generation's prefill (0).
     if (P_ > 0 && pos0 <= 0) {
         virt_src_ = virtual_source();
@@ -626,13 +629,27 @@ static double sum_of(Backend& be, const void* x, DType dt, size_t n) {
     return sum;
 }
 
-void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights) {
+void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights, const int32_t* positions) {
     assert(B <= B_ && T <= T_);
     cur_B_ = B;
     cur_T_ = T;
     last_only_ = false;
     const int Tt = T + P_;
     const size_t N = (size_t)B * T;
+    positioned_ = positions != nullptr;
+    if (positions) {
+        if (P_ > 0)
+            throw Error("model: packed documents with their own positions (--windows isolated) cannot share the " +
+                        std::to_string(P_) + " virtual tokens at the start of a row; use --windows single");
+        for (size_t i = 0; i < N; i++) {
+            const int t = (int)(i % T), p = positions[i];
+            if (p < 0 || p > t || (p != 0 && p != positions[i - 1] + 1))
+                throw Error("model: position " + std::to_string(p) + " at row " + std::to_string(i / T) +
+                            ", column " + std::to_string(t) +
+                            ": a document's positions count 0, 1, 2, ... from its first token");
+        }
+        be_.upload_i32(positions_, positions, N);
+    }
     tokens_host_.assign((size_t)B * Tt, 0);  // virtual slots hold token 0; their rows are overwritten
     for (int b = 0; b < B; b++)
         std::copy(tokens + (size_t)b * T, tokens + (size_t)(b + 1) * T, tokens_host_.begin() + (size_t)b * Tt + P_);
@@ -682,6 +699,7 @@ void GPT2::forward_cached(const int32_t* tokens, int B, int n, int pos0, bool la
     }
     cur_B_ = B;
     cur_T_ = n;
+    positioned_ = false;  // one document a row, at positions pos0..
     last_only_ = last_only && n > 1;
     const size_t N = last_only_ ? (size_t)B : (size_t)B * n;  // rows the head runs on
     if (N > head_rows_)
@@ -807,7 +825,8 @@ void GPT2::block_backward(int l, const void* x_in, int B, int Tt, bool need_dx) 
         be_.gelu_forward(a(kFchGelu), a(kFch), N * 4 * C);
         // TEACH: the attention probabilities (NH·T per token, as much as the rest of the block together)
         // come back from the kept QKV; the output this also recomputes is kept already, so it goes to scratch.
-        if (recompute_attention_) be_.attention_forward(scratch_.ptr(s_proj_), a(kAttSaved), a(kQkv), B, Tt, C, NH);
+        if (recompute_attention_)
+            be_.attention_forward(scratch_.ptr(s_proj_), a(kAttSaved), a(kQkv), doc_positions(), B, Tt, C, NH);
     }
     void* dres = scratch_.ptr(s_dres_);  // d x_out on entry, d x_in on exit
     void* dC = scratch_.ptr(s_dC_);
@@ -828,7 +847,7 @@ void GPT2::block_backward(int l, const void* x_in, int B, int Tt, bool need_dx) 
     // Attention: x2 = x_in + attproj(attention(qkv(ln1(x_in)))); dres now holds d x2.
     be_.matmul_backward(dC, g.attprojw, g.attprojb, dres, a(kAtty), p.attprojw, N, C, C);
     lora_backward(l, kLoraAttnProj, dC, dres, a(kAtty), N, C, C);
-    be_.attention_backward(d3C, dC, a(kQkv), a(kAtty), a(kAttSaved), B, Tt, C, NH);
+    be_.attention_backward(d3C, dC, a(kQkv), a(kAtty), a(kAttSaved), doc_positions(), B, Tt, C, NH);
     const Virtual kind = opts_.peft.virt;
     if (kind == Virtual::prefix || kind == Virtual::prefix_kv) {
         void* dsrc = kind == Virtual::prefix ? scratch_.ptr(s_virt_dout_) : pgrad(virt_first_);
@@ -898,7 +917,7 @@ void GPT2::backward() {
         be_.prefix_rows_backward(dsrc, dres, C, B, Tt, P_, C, 0, C);
         virtual_backward(scratch_.ptr(s_virt_dout_));
     }
-    if (embed_grads_) be_.encoder_backward(pgrad(kWte), pgrad(kWpe), dres, tokens_, B, Tt, C);
+    if (embed_grads_) be_.encoder_backward(pgrad(kWte), pgrad(kWpe), dres, tokens_, doc_positions(), B, Tt, C);
 }
 
 void GPT2::zero_grads() {

@@ -176,7 +176,12 @@ class GPT2 {
     // gradient): in supervised fine-tuning the prompt tokens then cost no LM-head work. logits_row() needs
     // a forward without weights. With more counted rows than ModelOptions::head_chunk the head waits for
     // loss().
-    void forward(const int32_t* tokens, int B, int T, const float* weights = nullptr);
+    // TEACH: positions(B,T), when given, packs several documents into a row without letting them meet (`--windows
+    // isolated`): each token's position counts from its document's first token (0, 1, 2, ..., then 0 again), it
+    // takes that row of wpe, and attention lets it see only the tokens of its own document (t - position .. t).
+    // Every document then gets the logits and gradients it would get alone at the start of a row of its own.
+    void forward(const int32_t* tokens, int B, int T, const float* weights = nullptr,
+                 const int32_t* positions = nullptr);
     // Cross-entropy on the last forward (pass the same weights it got): returns sum_i weights[i] * loss_i
     // (host, double). With `backward_prep` the logits are replaced by d(loss)/d(logits) scaled by dloss,
     // ready for backward(); a chunked head (see ModelOptions::head_chunk) also runs its backward here, so
@@ -296,6 +301,9 @@ class GPT2 {
     int32_t* tokens_ = nullptr;   // (B, T) on the backend
     int32_t* targets_ = nullptr;  // (B, T)
     float* weights_ = nullptr;    // (B, T)
+    int32_t* positions_ = nullptr;  // (B, T) the last forward's positions in their documents, when positioned_
+    bool positioned_ = false;
+    const int32_t* doc_positions() const { return positioned_ ? positions_ : nullptr; }
     bool last_only_ = false;  // the last forward_cached ran the head on each sequence's last position only
     int cur_B_ = 0, cur_T_ = 0;  // real tokens of the last forward; its buffers hold cur_T_ + P_ positions
     // Rows the LM head ran on in the last forward, as indices into the caller's (B, T); `compact_` when that

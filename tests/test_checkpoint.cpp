@@ -224,6 +224,9 @@ TEST_F(CheckpointTest, DocumentWindowsAreRecordedAndTheFieldChecked) {
     save_merged(dir + "/m.ckpt", *model, TrainedOn{Windows::single});
     EXPECT_EQ(checkpoint_trained_on(dir + "/m.ckpt").windows, Windows::single);
     EXPECT_TRUE(checkpoint_trained_on(dir + "/m.ckpt").document_windows());
+    save_merged(dir + "/i.ckpt", *model, TrainedOn{Windows::isolated});
+    EXPECT_EQ(checkpoint_trained_on(dir + "/i.ckpt").windows, Windows::isolated);
+    EXPECT_TRUE(checkpoint_trained_on(dir + "/i.ckpt").document_windows());
     save_merged(dir + "/m0.ckpt", *model);
     EXPECT_FALSE(checkpoint_trained_on(dir + "/m0.ckpt").document_windows());
     GPT2 other(small_config(), *be, 2, 5);
@@ -235,8 +238,8 @@ TEST_F(CheckpointTest, DocumentWindowsAreRecordedAndTheFieldChecked) {
     b.replace(at, 11, "7          ");  // the same length: the header stays valid JSON
     spit(dir + "/bad.ckpt", b);
     EXPECT_THAT(error_of([&] { checkpoint_trained_on(dir + "/bad.ckpt"); }),
-                HasSubstr(dir + "/bad.ckpt: header field 'windows' is 7, expected \"fixed\", \"documents\" or "
-                          "\"single\""));
+                HasSubstr(dir + "/bad.ckpt: header field 'windows' is 7, expected \"fixed\", \"documents\", "
+                          "\"single\" or \"isolated\""));
 }
 
 TEST_F(CheckpointTest, ConfigMismatchNamesBothConfigs) {

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <csignal>
 #include <filesystem>
 
@@ -298,6 +299,29 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
     EXPECT_THAT(ev_docs.out, HasSubstr("; document windows: --windows auto, as the data is prompt/completion)"));
     EXPECT_THAT(ev_docs.out, HasSubstr("note: " + d + "/docs/model.ckpt was trained on document windows; --windows "
                                        "single measures it on windows like those (this pass: --windows documents)"));
+    // Isolated windows pack the documents as `documents` does, but each sees only itself at positions from 0: the
+    // loss of every document is then the one it has alone in a window (`single`), and so is the mean.
+    auto loss_of = [](const std::string& out) {
+        const size_t at = out.find("loss ");
+        return at == std::string::npos ? NAN : std::stod(out.substr(at + 5));
+    };
+    const std::string ev_model = "bin/evaluate --device cpu --model " + d + "/docs/model.ckpt --data " + d +
+                                 "/p/train.bin --seq 32 --windows ";
+    CmdResult ev_single = run_cmd(ev_model + "single"), ev_isolated = run_cmd(ev_model + "isolated"),
+              ev_packed = run_cmd(ev_model + "documents");
+    ASSERT_EQ(ev_isolated.rc, 0) << ev_isolated.out;
+    EXPECT_NEAR(loss_of(ev_isolated.out), loss_of(ev_single.out), 2e-4) << ev_isolated.out << ev_single.out;
+    EXPECT_NE(loss_of(ev_isolated.out), loss_of(ev_packed.out)) << "packed documents that see each other differ";
+    CmdResult iso = run_cmd("bin/train --device cpu --init " + d + "/run/model.ckpt --train-data " + d +
+                            "/p/train.bin --seq 32 --batch 2 --steps 1 --windows isolated --out " + d + "/iso");
+    ASSERT_EQ(iso.rc, 0) << iso.out;
+    EXPECT_THAT(iso.out, HasSubstr("isolated document windows of 32 ("));
+    EXPECT_EQ(checkpoint_trained_on(d + "/iso/model.ckpt").windows, Windows::isolated);
+    CmdResult iso_virtual = run_cmd("bin/train --device cpu --init " + d + "/run/model.ckpt --train-data " + d +
+                                    "/p/train.bin --seq 32 --steps 1 --windows isolated --virtual prompt "
+                                    "--virtual-tokens 2 --out ''");
+    EXPECT_EQ(iso_virtual.rc, 2) << iso_virtual.out;
+    EXPECT_THAT(iso_virtual.out, HasSubstr("use --windows single or documents"));
     // Multiple choice asks it the same way: after an <|endoftext|>, with a note, as --eot-first does.
     spit(d + "/choices.jsonl", "{\"context\": \"Question 3: which word is an animal, cat or red?\\n\", "
                                "\"endings\": [\"cat\", \"red\"], \"label\": 0}\n");
@@ -327,7 +351,7 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
                                      "<|endoftext|> (id 50256) to find documents by"));
     CmdResult pages = run_cmd("bin/train --windows pages");
     EXPECT_EQ(pages.rc, 2);
-    EXPECT_THAT(pages.out, HasSubstr("--windows: expected auto, fixed, documents or single, got 'pages'"));
+    EXPECT_THAT(pages.out, HasSubstr("--windows: expected auto, fixed, documents, single or isolated, got 'pages'"));
 }
 
 // --windows auto, bin/train's default: prompt/completion data (a target with loss weight 0) trains on document

@@ -71,13 +71,13 @@ TEST_P(CudaAttentionPath, ForwardAndBackwardMatchReference_HS64_T67_HS16_T37_HS6
         qkv.set(randn(n_qkv, 7, 1.5));  // scores of a few units: a softmax far from uniform
         out.poison();
         saved_g.poison();
-        gpu_->attention_forward(out.g(), saved_g.p(), qkv.g(), s.B, s.T, s.C, s.NH);
-        ref_->attention_forward(out.r(), saved_r.p(), qkv.r(), s.B, s.T, s.C, s.NH);
+        gpu_->attention_forward(out.g(), saved_g.p(), qkv.g(), nullptr, s.B, s.T, s.C, s.NH);
+        ref_->attention_forward(out.r(), saved_r.p(), qkv.r(), nullptr, s.B, s.T, s.C, s.NH);
         EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out " << where(s);
         dout.set(randn(n_out, 8));
         dqkv.poison();
-        gpu_->attention_backward(dqkv.g(), dout.g(), qkv.g(), out.g(), saved_g.p(), s.B, s.T, s.C, s.NH);
-        ref_->attention_backward(dqkv.r(), dout.r(), qkv.r(), out.r(), saved_r.p(), s.B, s.T, s.C, s.NH);
+        gpu_->attention_backward(dqkv.g(), dout.g(), qkv.g(), out.g(), saved_g.p(), nullptr, s.B, s.T, s.C, s.NH);
+        ref_->attention_backward(dqkv.r(), dout.r(), qkv.r(), out.r(), saved_r.p(), nullptr, s.B, s.T, s.C, s.NH);
         EXPECT_TRUE(near_rel(dqkv.gpu.get(), dqkv.ref.get(), op_tol(dt()))) << "dqkv " << where(s);
     }
 }
@@ -97,8 +97,8 @@ TEST_P(CudaAttentionPath, TwoRunsAreBitIdentical_B4_T200_C128_NH2) {
     for (int run = 0; run < 2; run++) {
         out.poison();
         dqkv.poison();
-        gpu_->attention_forward(out.p(), saved.p(), qkv.p(), s.B, s.T, s.C, s.NH);
-        gpu_->attention_backward(dqkv.p(), dout.p(), qkv.p(), out.p(), saved.p(), s.B, s.T, s.C, s.NH);
+        gpu_->attention_forward(out.p(), saved.p(), qkv.p(), nullptr, s.B, s.T, s.C, s.NH);
+        gpu_->attention_backward(dqkv.p(), dout.p(), qkv.p(), out.p(), saved.p(), nullptr, s.B, s.T, s.C, s.NH);
         if (run == 0) {
             first[0] = out.get();
             first[1] = dqkv.get();
@@ -106,6 +106,23 @@ TEST_P(CudaAttentionPath, TwoRunsAreBitIdentical_B4_T200_C128_NH2) {
             EXPECT_TRUE(same_bits(out.get(), first[0])) << "out";
             EXPECT_TRUE(same_bits(dqkv.get(), first[1])) << "dqkv";
         }
+    }
+}
+
+// cuDNN's fused attention has no document mask: positions given to it are refused, not ignored.
+TEST_P(CudaAttentionPath, CudnnRefusesDocumentPositions) {
+    if (!cudnn()) GTEST_SKIP() << "the matmul path takes positions (CudaOps.AttentionDocumentMask*)";
+    const AttShape s{1, 8, 64, 1};
+    size_t n_saved = 0;
+    std::string why;
+    if (!saved_elems(s, &n_saved, &why)) SKIP_WITHOUT_CUDNN(why);
+    Buffer qkv(*gpu_, dt(), (size_t)s.T * 3 * s.C), out(*gpu_, dt(), (size_t)s.T * s.C), saved(*gpu_, dt(), n_saved);
+    I32Twin pos(*gpu_, *ref_, {0, 1, 2, 0, 1, 0, 1, 2});
+    try {
+        gpu_->attention_forward(out.p(), saved.p(), qkv.p(), pos.g, s.B, s.T, s.C, s.NH);
+        ADD_FAILURE() << "positions accepted by the fused path";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("--attention matmul"), std::string::npos) << e.what();
     }
 }
 
@@ -143,8 +160,8 @@ TEST_P(CudaAttentionPath, BackwardInSeveralCallsMatchesTheCublasPath_Gpt2Heads_B
         qkv.set(qkv_v);
         dout.set(dout_v);
         dqkv.poison();
-        be.attention_forward(out.p(), saved.p(), qkv.p(), s.B, s.T, s.C, s.NH);
-        be.attention_backward(dqkv.p(), dout.p(), qkv.p(), out.p(), saved.p(), s.B, s.T, s.C, s.NH);
+        be.attention_forward(out.p(), saved.p(), qkv.p(), nullptr, s.B, s.T, s.C, s.NH);
+        be.attention_backward(dqkv.p(), dout.p(), qkv.p(), out.p(), saved.p(), nullptr, s.B, s.T, s.C, s.NH);
         result[k] = dqkv.get();
     }
     const size_t per_seq = (size_t)s.T * 3 * s.C;

@@ -26,6 +26,19 @@ std::vector<int32_t> random_ints(size_t n, int below, uint64_t seed) {
     return v;
 }
 
+// Positions of packed documents of random lengths 1..max_len in each row of B x T (data/shard.h's isolated windows).
+std::vector<int32_t> random_doc_positions(int B, int T, int max_len, uint64_t seed) {
+    Rng r(seed);
+    std::vector<int32_t> pos((size_t)B * T);
+    for (int b = 0; b < B; b++)
+        for (int t = 0, left = 0; t < T; t++, left--) {
+            const bool starts = left == 0;  // a new document
+            if (starts) left = 1 + (int)r.below(max_len);
+            pos[(size_t)b * T + t] = starts ? 0 : pos[(size_t)b * T + t - 1] + 1;
+        }
+    return pos;
+}
+
 // ---------------------------------------------------------------- encoder
 TEST_P(CudaOps, EncoderForward_B3_T7_C37and64_V11) {
     for (int C : {37, 64}) {  // 37: scalar path; 64: 16-byte packs
@@ -35,8 +48,8 @@ TEST_P(CudaOps, EncoderForward_B3_T7_C37and64_V11) {
         wpe.set(randn(wpe.gpu.n(), 2));
         out.poison();
         I32Twin tok(gpu(), ref(), random_ints((size_t)B * T, V, 3));
-        gpu().encoder_forward(out.g(), tok.g, wte.g(), wpe.g(), B, T, C);
-        ref().encoder_forward(out.r(), tok.r, wte.r(), wpe.r(), B, T, C);
+        gpu().encoder_forward(out.g(), tok.g, nullptr, wte.g(), wpe.g(), B, T, C);
+        ref().encoder_forward(out.r(), tok.r, nullptr, wte.r(), wpe.r(), B, T, C);
         EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "C=" << C;
     }
 }
@@ -67,14 +80,14 @@ TEST_P(CudaOps, EncoderBackwardAccumulatesAndIsDeterministic_RepeatedTokens) {
             for (size_t i = toks.size() - 1; i > 0; i--) std::swap(toks[i], toks[r.below(i + 1)]);
         }
         I32Twin tok(gpu(), ref(), toks);
-        gpu().encoder_backward(dwte.g(), dwpe.g(), dout.g(), tok.g, s.B, s.T, s.C);
-        ref().encoder_backward(dwte.r(), dwpe.r(), dout.r(), tok.r, s.B, s.T, s.C);
+        gpu().encoder_backward(dwte.g(), dwpe.g(), dout.g(), tok.g, nullptr, s.B, s.T, s.C);
+        ref().encoder_backward(dwte.r(), dwpe.r(), dout.r(), tok.r, nullptr, s.B, s.T, s.C);
         const auto g1 = dwte.gpu.get();
         EXPECT_TRUE(near_rel(g1, dwte.ref.get(), op_tol(dt()))) << "dwte B=" << s.B << " T=" << s.T;
         EXPECT_TRUE(near_rel(dwpe.gpu.get(), dwpe.ref.get(), op_tol(dt()))) << "dwpe B=" << s.B << " T=" << s.T;
         // Same inputs again: bit-identical.
         dwte.gpu.set(dwte0);
-        gpu().encoder_backward(dwte.g(), nullptr, dout.g(), tok.g, s.B, s.T, s.C);
+        gpu().encoder_backward(dwte.g(), nullptr, dout.g(), tok.g, nullptr, s.B, s.T, s.C);
         EXPECT_TRUE(same_bits(dwte.gpu.get(), g1)) << "dwte differs between two identical runs";
     }
 }
@@ -86,13 +99,48 @@ TEST_P(CudaOps, EncoderBackwardFrozenTables_B2_T9_C21) {
     dwpe.set(randn(dwpe.gpu.n(), 2));
     dout.set(randn(dout.gpu.n(), 3));
     I32Twin tok(gpu(), ref(), random_ints((size_t)B * T, V, 4));
-    gpu().encoder_backward(nullptr, dwpe.g(), dout.g(), tok.g, B, T, C);  // wte frozen
-    ref().encoder_backward(nullptr, dwpe.r(), dout.r(), tok.r, B, T, C);
+    gpu().encoder_backward(nullptr, dwpe.g(), dout.g(), tok.g, nullptr, B, T, C);  // wte frozen
+    ref().encoder_backward(nullptr, dwpe.r(), dout.r(), tok.r, nullptr, B, T, C);
     EXPECT_TRUE(near_rel(dwpe.gpu.get(), dwpe.ref.get(), op_tol(dt())));
     EXPECT_TRUE(same_bits(dwte.gpu.get(), w0)) << "a null dwte must leave the buffer alone";
-    gpu().encoder_backward(dwte.g(), nullptr, dout.g(), tok.g, B, T, C);  // wpe frozen
-    ref().encoder_backward(dwte.r(), nullptr, dout.r(), tok.r, B, T, C);
+    gpu().encoder_backward(dwte.g(), nullptr, dout.g(), tok.g, nullptr, B, T, C);  // wpe frozen
+    ref().encoder_backward(dwte.r(), nullptr, dout.r(), tok.r, nullptr, B, T, C);
     EXPECT_TRUE(near_rel(dwte.gpu.get(), dwte.ref.get(), op_tol(dt())));
+}
+
+// Positions restarting in packed documents: wpe read by position, dwpe summed by position (long runs of position
+// 0 cross the 128-row segments of the sorted order at B*T = 1200), deterministically.
+TEST_P(CudaOps, EncoderWithDocumentPositions_B4_T300_C70_and_B2_T7_C64) {
+    struct Shape {
+        int B, T, C, max_len;
+    };
+    for (const Shape& s : {Shape{4, 300, 70, 5}, Shape{2, 7, 64, 3}}) {
+        const int V = 11, maxT = s.T + 1;
+        const size_t N = (size_t)s.B * s.T;
+        Twin out(gpu(), ref(), N * s.C), wte(gpu(), ref(), (size_t)V * s.C), wpe(gpu(), ref(), (size_t)maxT * s.C),
+            dwte(gpu(), ref(), (size_t)V * s.C), dwpe(gpu(), ref(), (size_t)maxT * s.C), dout(gpu(), ref(), N * s.C);
+        wte.set(randn(wte.gpu.n(), 21));
+        wpe.set(randn(wpe.gpu.n(), 22));
+        const auto dwpe0 = randn(dwpe.gpu.n(), 24);
+        dwte.set(randn(dwte.gpu.n(), 23));
+        dwpe.set(dwpe0);
+        dout.set(randn(dout.gpu.n(), 25));
+        I32Twin tok(gpu(), ref(), random_ints(N, V, 26)),
+            pos(gpu(), ref(), random_doc_positions(s.B, s.T, s.max_len, 27));
+        out.poison();
+        gpu().encoder_forward(out.g(), tok.g, pos.g, wte.g(), wpe.g(), s.B, s.T, s.C);
+        ref().encoder_forward(out.r(), tok.r, pos.r, wte.r(), wpe.r(), s.B, s.T, s.C);
+        const std::string where = "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T);
+        EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out " << where;
+        gpu().encoder_backward(dwte.g(), dwpe.g(), dout.g(), tok.g, pos.g, s.B, s.T, s.C);
+        ref().encoder_backward(dwte.r(), dwpe.r(), dout.r(), tok.r, pos.r, s.B, s.T, s.C);
+        EXPECT_TRUE(near_rel(dwte.gpu.get(), dwte.ref.get(), op_tol(dt()))) << "dwte " << where;
+        const auto g1 = dwpe.gpu.get();
+        EXPECT_TRUE(near_rel(g1, dwpe.ref.get(), op_tol(dt()))) << "dwpe " << where;
+        dwpe.gpu.set(dwpe0);
+        gpu().encoder_backward(nullptr, dwpe.g(), dout.g(), tok.g, pos.g, s.B, s.T, s.C);
+        EXPECT_TRUE(same_bits(dwpe.gpu.get(), g1)) << "dwpe differs between two identical runs, " << where;
+    }
 }
 
 // ---------------------------------------------------------------- layernorm
@@ -316,15 +364,42 @@ TEST_P(CudaOps, AttentionForwardAndBackward_HS12_T13_and_HS64_T67_and_T1) {
         qkv.set(randn(n_qkv, 1, 1.5));  // scores of a few units: a softmax far from uniform
         out.poison();
         saved_g.poison();
-        gpu().attention_forward(out.g(), saved_g.p(), qkv.g(), s.B, s.T, s.C, s.NH);
-        ref().attention_forward(out.r(), saved_r.p(), qkv.r(), s.B, s.T, s.C, s.NH);
+        gpu().attention_forward(out.g(), saved_g.p(), qkv.g(), nullptr, s.B, s.T, s.C, s.NH);
+        ref().attention_forward(out.r(), saved_r.p(), qkv.r(), nullptr, s.B, s.T, s.C, s.NH);
         const std::string where = "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) +
                                   " C=" + std::to_string(s.C) + " NH=" + std::to_string(s.NH);
         EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out " << where;
         dout.set(randn(n_out, 2));
         dqkv.poison();
-        gpu().attention_backward(dqkv.g(), dout.g(), qkv.g(), out.g(), saved_g.p(), s.B, s.T, s.C, s.NH);
-        ref().attention_backward(dqkv.r(), dout.r(), qkv.r(), out.r(), saved_r.p(), s.B, s.T, s.C, s.NH);
+        gpu().attention_backward(dqkv.g(), dout.g(), qkv.g(), out.g(), saved_g.p(), nullptr, s.B, s.T, s.C, s.NH);
+        ref().attention_backward(dqkv.r(), dout.r(), qkv.r(), out.r(), saved_r.p(), nullptr, s.B, s.T, s.C, s.NH);
+        EXPECT_TRUE(near_rel(dqkv.gpu.get(), dqkv.ref.get(), op_tol(dt()))) << "dqkv " << where;
+    }
+}
+
+// Document-masked attention (`--windows isolated`) on the matmul path, which every dtype takes for it.
+TEST_P(CudaOps, AttentionDocumentMaskMatchesReference_HS12_T13_and_HS64_T67) {
+    CudaOptions o;
+    o.attention = AttentionImpl::matmul;
+    auto mm = make_cuda_backend(dt(), o);
+    for (AttShape s : {AttShape{2, 13, 36, 3}, AttShape{3, 67, 128, 2}}) {
+        const size_t n_qkv = (size_t)s.B * s.T * 3 * s.C, n_out = (size_t)s.B * s.T * s.C;
+        Twin qkv(*mm, ref(), n_qkv), out(*mm, ref(), n_out), dout(*mm, ref(), n_out), dqkv(*mm, ref(), n_qkv);
+        Buffer saved_g(*mm, dt(), mm->attention_saved_elems(s.B, s.T, s.C, s.NH));
+        Buffer saved_r(ref(), DType::f64, ref().attention_saved_elems(s.B, s.T, s.C, s.NH));
+        I32Twin pos(*mm, ref(), random_doc_positions(s.B, s.T, s.T / 3, 17));
+        qkv.set(randn(n_qkv, 18, 1.5));
+        out.poison();
+        saved_g.poison();
+        mm->attention_forward(out.g(), saved_g.p(), qkv.g(), pos.g, s.B, s.T, s.C, s.NH);
+        ref().attention_forward(out.r(), saved_r.p(), qkv.r(), pos.r, s.B, s.T, s.C, s.NH);
+        const std::string where = "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T);
+        EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out " << where;
+        EXPECT_TRUE(near_rel(saved_g.get(), saved_r.get(), op_tol(dt()))) << "probabilities " << where;
+        dout.set(randn(n_out, 19));
+        dqkv.poison();
+        mm->attention_backward(dqkv.g(), dout.g(), qkv.g(), out.g(), saved_g.p(), pos.g, s.B, s.T, s.C, s.NH);
+        ref().attention_backward(dqkv.r(), dout.r(), qkv.r(), out.r(), saved_r.p(), pos.r, s.B, s.T, s.C, s.NH);
         EXPECT_TRUE(near_rel(dqkv.gpu.get(), dqkv.ref.get(), op_tol(dt()))) << "dqkv " << where;
     }
 }
@@ -336,12 +411,12 @@ TEST_P(CudaOps, AttentionIsCausal_FutureTokensDoNotChangeThePast_T9) {
     auto v = randn(qkv.n(), 3);
     qkv.set(v);
     out.poison();
-    gpu().attention_forward(out.p(), saved.p(), qkv.p(), B, T, C, NH);
+    gpu().attention_forward(out.p(), saved.p(), qkv.p(), nullptr, B, T, C, NH);
     const auto out1 = out.get();
     for (int c = 0; c < 3 * C; c++) v[(size_t)(T - 1) * 3 * C + c] += 10.0;
     qkv.set(v);
     out.poison();
-    gpu().attention_forward(out.p(), saved.p(), qkv.p(), B, T, C, NH);
+    gpu().attention_forward(out.p(), saved.p(), qkv.p(), nullptr, B, T, C, NH);
     const auto out2 = out.get();
     for (size_t i = 0; i < (size_t)(T - 1) * C; i++) {
         ASSERT_FALSE(std::isnan(out1[i])) << "position " << i / C << " not written";
@@ -388,7 +463,7 @@ TEST_P(CudaOps, AttentionForwardCachedEqualsFullForward_B2_T13_C36) {
     qkv.set(randn(qkv.n(), 5, 1.5));
     full.poison();
     cached.poison();
-    gpu().attention_forward(full.p(), saved.p(), qkv.p(), B, T, C, NH);
+    gpu().attention_forward(full.p(), saved.p(), qkv.p(), nullptr, B, T, C, NH);
     gpu().attention_forward_cached(cached.p(), kc.p(), vc.p(), qkv.p(), B, T, 0, T, C, NH);
     EXPECT_TRUE(near_rel(cached.get(), full.get(), op_tol(dt())));
 }

@@ -64,6 +64,41 @@ TEST_P(CudaModel, ForwardBackwardMatchesCpu_L2_NH3_C12_V37_B2_T7) {
     expect_same_forward_backward(g, r, random_data(2, 7, 37, 7, true), tol);
 }
 
+// Isolated document windows: packed documents with positions of their own (the encoder's wpe rows and the
+// attention's document mask, matmul path: HS = 4), with and without full recomputation, against the CPU.
+TEST_P(CudaModel, PackedDocumentPositionsMatchCpu_L2_NH3_C12_B2_T11_RecomputeNoneAndFull) {
+    const ModelConfig cfg = small_config(37, 2, 3, 12, 16);
+    const int B = 2, T = 11;
+    const std::vector<int32_t> pos = {0, 1, 2, 0, 1, 2, 3, 0, 1, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1};
+    const Data d = random_data(B, T, 37, 9, true);
+    const Tolerances tol = dt() == DType::f32 ? Tolerances{1e-5, 1e-6, 1e-4} : Tolerances{3e-2, 1e-2, 5e-2};
+    for (Recompute rc : {Recompute::none, Recompute::full}) {
+        ModelOptions o;
+        o.recompute = rc;
+        GPT2 g(cfg, gpu(), B, T, nullptr, o), r(cfg, ref(), B, T);
+        g.init_random(43);
+        randomize_vectors(g, 200);
+        copy_params(g, r);
+        const float dloss = 1.0f / (float)counted(d.w);
+        for (GPT2* m : {&g, &r}) {
+            m->zero_grads();
+            m->forward(d.x.data(), B, T, d.w.data(), pos.data());
+        }
+        const double lg = g.loss(d.y.data(), d.w.data(), dloss, true), lr = r.loss(d.y.data(), d.w.data(), dloss, true);
+        EXPECT_NEAR(lg, lr, tol.loss * std::fabs(lr)) << recompute_name(rc);
+        g.backward();
+        r.backward();
+        for (size_t i = 0; i < g.grads().table().size(); i++)
+            EXPECT_TRUE(near_rel(get_tensor(g, g.grads(), i), get_tensor(r, r.grads(), i), tol.grads))
+                << recompute_name(rc) << " " << g.grads().table()[i].name;
+        g.forward(d.x.data(), B, T, nullptr, pos.data());
+        r.forward(d.x.data(), B, T, nullptr, pos.data());
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++)
+                ASSERT_TRUE(near_rel(g.logits_row(b, t), r.logits_row(b, t), tol.logits)) << "logits at " << b << "," << t;
+    }
+}
+
 // GPT-2 124M's shapes (L=12, NH=12, C=768, V=50257, Vp=50304) at B=2, T=32.
 TEST_P(CudaModel, ForwardBackwardMatchesCpu_Gpt2_124M_B2_T32) {
     const ModelConfig cfg = preset_config("gpt2");

@@ -96,15 +96,69 @@ TEST(AttentionCpu, GradientsMatchFiniteDifferencesF64_B2_T7_C12_NH3) {
     auto qkv = randn((size_t)B * T * 3 * C, 1), R = randn((size_t)B * T * C, 2);
     auto f = [&] {
         std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH));
-        cpu::attention_forward(out.data(), p.data(), qkv.data(), B, T, C, NH);
+        cpu::attention_forward(out.data(), p.data(), qkv.data(), nullptr, B, T, C, NH);
         return dot(out, R);
     };
     std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH)), dqkv(qkv.size());
     poison(out);
     poison(p);
     poison(dqkv);
-    cpu::attention_forward(out.data(), p.data(), qkv.data(), B, T, C, NH);
-    cpu::attention_backward(dqkv.data(), R.data(), qkv.data(), p.data(), B, T, C, NH);
+    cpu::attention_forward(out.data(), p.data(), qkv.data(), nullptr, B, T, C, NH);
+    cpu::attention_backward(dqkv.data(), R.data(), qkv.data(), p.data(), nullptr, B, T, C, NH);
+    EXPECT_TRUE(near_rel(dqkv, numeric_grad(qkv, f), kGradTol));
+}
+
+// Packed documents (`--windows isolated`): row 0 holds documents of 3, 5 and 4 tokens, row 1 one of 12. Each
+// document's output and its rows of dqkv must be those of the document alone in a row of its own.
+TEST(AttentionCpu, DocumentMaskEqualsEachDocumentAloneF64_B2_T12_C12_NH3) {
+    const int B = 2, T = 12, C = 12, NH = 3;
+    const size_t C3 = 3 * (size_t)C;
+    const std::vector<int32_t> pos = {0, 1, 2, 0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+    struct Doc {
+        int b, t0, len;
+    };
+    const std::vector<Doc> docs = {{0, 0, 3}, {0, 3, 5}, {0, 8, 4}, {1, 0, 12}};
+    auto qkv = randn((size_t)B * T * C3, 31), R = randn((size_t)B * T * C, 32);
+    std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH)), dqkv(qkv.size());
+    poison(out);
+    poison(p);
+    poison(dqkv);
+    cpu::attention_forward(out.data(), p.data(), qkv.data(), pos.data(), B, T, C, NH);
+    cpu::attention_backward(dqkv.data(), R.data(), qkv.data(), p.data(), pos.data(), B, T, C, NH);
+    for (const Doc& d : docs) {
+        const size_t first = (size_t)d.b * T + d.t0;
+        std::vector<double> q1(qkv.begin() + first * C3, qkv.begin() + (first + d.len) * C3),
+            r1(R.begin() + first * C, R.begin() + (first + d.len) * C), o1((size_t)d.len * C),
+            p1(cpu::attention_saved_elems(1, d.len, NH)), dq1(q1.size());
+        cpu::attention_forward(o1.data(), p1.data(), q1.data(), nullptr, 1, d.len, C, NH);
+        cpu::attention_backward(dq1.data(), r1.data(), q1.data(), p1.data(), nullptr, 1, d.len, C, NH);
+        const std::vector<double> o_packed(out.begin() + first * C, out.begin() + (first + d.len) * C),
+            dq_packed(dqkv.begin() + first * C3, dqkv.begin() + (first + d.len) * C3);
+        EXPECT_TRUE(near_rel(o_packed, o1, 1e-12)) << "document at row " << d.b << ", column " << d.t0;
+        EXPECT_TRUE(near_rel(dq_packed, dq1, 1e-12)) << "document at row " << d.b << ", column " << d.t0;
+    }
+    // No weight on another document: the probabilities of row 0's second document are zero outside it.
+    for (int h = 0; h < NH; h++)
+        for (int t = 3; t < 8; t++)
+            for (int u = 0; u < T; u++)
+                if (u < 3 || u > t) {
+                    EXPECT_EQ(p[((size_t)h * T + t) * T + u], 0.0) << "head " << h << ", query " << t << ", key " << u;
+                }
+}
+
+TEST(AttentionCpu, DocumentMaskGradientsMatchFiniteDifferencesF64_B2_T7_C12_NH3) {
+    const int B = 2, T = 7, C = 12, NH = 3;
+    const std::vector<int32_t> pos = {0, 1, 0, 1, 2, 3, 0, 0, 1, 2, 3, 4, 5, 6};
+    auto qkv = randn((size_t)B * T * 3 * C, 33), R = randn((size_t)B * T * C, 34);
+    auto f = [&] {
+        std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH));
+        cpu::attention_forward(out.data(), p.data(), qkv.data(), pos.data(), B, T, C, NH);
+        return dot(out, R);
+    };
+    std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH)), dqkv(qkv.size());
+    poison(dqkv);
+    cpu::attention_forward(out.data(), p.data(), qkv.data(), pos.data(), B, T, C, NH);
+    cpu::attention_backward(dqkv.data(), R.data(), qkv.data(), p.data(), pos.data(), B, T, C, NH);
     EXPECT_TRUE(near_rel(dqkv, numeric_grad(qkv, f), kGradTol));
 }
 
@@ -112,9 +166,9 @@ TEST(AttentionCpu, IsCausal_FutureTokensDoNotChangeThePastF64) {
     const int B = 1, T = 9, C = 8, NH = 2;
     auto qkv = randn((size_t)B * T * 3 * C, 3);
     std::vector<double> out1((size_t)T * C), out2((size_t)T * C), p(cpu::attention_saved_elems(B, T, NH));
-    cpu::attention_forward(out1.data(), p.data(), qkv.data(), B, T, C, NH);
+    cpu::attention_forward(out1.data(), p.data(), qkv.data(), nullptr, B, T, C, NH);
     for (int c = 0; c < 3 * C; c++) qkv[(size_t)(T - 1) * 3 * C + c] += 10.0;  // change the last position only
-    cpu::attention_forward(out2.data(), p.data(), qkv.data(), B, T, C, NH);
+    cpu::attention_forward(out2.data(), p.data(), qkv.data(), nullptr, B, T, C, NH);
     for (size_t i = 0; i < (size_t)(T - 1) * C; i++) EXPECT_EQ(out1[i], out2[i]) << "position " << i / C;
     bool last_changed = false;
     for (int c = 0; c < C; c++) last_changed |= out1[(size_t)(T - 1) * C + c] != out2[(size_t)(T - 1) * C + c];
@@ -126,7 +180,7 @@ TEST(AttentionCpu, SingleHeadMatchesDirectFormulaF64_T5_C4) {
     const int T = 5, C = 4;
     auto qkv = randn((size_t)T * 3 * C, 21);
     std::vector<double> out((size_t)T * C), p((size_t)T * T);
-    cpu::attention_forward(out.data(), p.data(), qkv.data(), 1, T, C, 1);
+    cpu::attention_forward(out.data(), p.data(), qkv.data(), nullptr, 1, T, C, 1);
     for (int t = 0; t < T; t++) {
         std::vector<double> s(t + 1);
         double mx = -1e300, z = 0;
@@ -174,12 +228,36 @@ TEST(EncoderCpu, GradientsMatchFiniteDifferencesF64_B2_T5_C6_V9) {
     auto wte = randn((size_t)V * C, 1), wpe = randn((size_t)maxT * C, 2), R = randn((size_t)B * T * C, 3);
     auto f = [&] {
         std::vector<double> out((size_t)B * T * C);
-        cpu::encoder_forward(out.data(), tok.data(), wte.data(), wpe.data(), B, T, C);
+        cpu::encoder_forward(out.data(), tok.data(), nullptr, wte.data(), wpe.data(), B, T, C);
         return dot(out, R);
     };
     auto dwte0 = randn(wte.size(), 4), dwpe0 = randn(wpe.size(), 5);
     auto dwte = dwte0, dwpe = dwpe0;
-    cpu::encoder_backward(dwte.data(), dwpe.data(), R.data(), tok.data(), B, T, C);
+    cpu::encoder_backward(dwte.data(), dwpe.data(), R.data(), tok.data(), nullptr, B, T, C);
+    EXPECT_TRUE(near_rel(sub(dwte, dwte0), numeric_grad(wte, f), kGradTol));
+    EXPECT_TRUE(near_rel(sub(dwpe, dwpe0), numeric_grad(wpe, f), kGradTol));
+}
+
+// Positions restarting in packed documents: forward reads wpe[pos], and repeated positions accumulate in dwpe.
+TEST(EncoderCpu, PositionsGradientsMatchFiniteDifferencesF64_B2_T5_C6_V9) {
+    const int B = 2, T = 5, C = 6, V = 9, maxT = 8;
+    std::vector<int32_t> tok = {3, 1, 3, 8, 0, 2, 3, 3, 7, 1};
+    const std::vector<int32_t> pos = {0, 1, 0, 1, 2, 0, 0, 1, 2, 3};
+    auto wte = randn((size_t)V * C, 11), wpe = randn((size_t)maxT * C, 12), R = randn((size_t)B * T * C, 13);
+    std::vector<double> out((size_t)B * T * C);
+    poison(out);
+    cpu::encoder_forward(out.data(), tok.data(), pos.data(), wte.data(), wpe.data(), B, T, C);
+    for (size_t i = 0; i < (size_t)B * T; i++)
+        for (int c = 0; c < C; c++)
+            EXPECT_EQ(out[i * C + c], wte[(size_t)tok[i] * C + c] + wpe[(size_t)pos[i] * C + c]) << "row " << i;
+    auto f = [&] {
+        std::vector<double> o((size_t)B * T * C);
+        cpu::encoder_forward(o.data(), tok.data(), pos.data(), wte.data(), wpe.data(), B, T, C);
+        return dot(o, R);
+    };
+    auto dwte0 = randn(wte.size(), 14), dwpe0 = randn(wpe.size(), 15);
+    auto dwte = dwte0, dwpe = dwpe0;
+    cpu::encoder_backward(dwte.data(), dwpe.data(), R.data(), tok.data(), pos.data(), B, T, C);
     EXPECT_TRUE(near_rel(sub(dwte, dwte0), numeric_grad(wte, f), kGradTol));
     EXPECT_TRUE(near_rel(sub(dwpe, dwpe0), numeric_grad(wpe, f), kGradTol));
 }

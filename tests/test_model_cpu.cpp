@@ -125,6 +125,77 @@ TEST(ModelCpu, MicroBatchesAddUpToOneBigBatchF64_3x2_vs_6) {
             << big.grads().table()[i].name;
 }
 
+// Isolated document windows: three documents packed into one row with their own positions give the token losses
+// and the gradients of the three alone at the start of three rows (padded, weight 0), also when the packed model
+// recomputes its blocks (full) or its attention (selective).
+TEST(ModelCpu, PackedDocumentsWithPositionsEqualEachDocumentAloneF64_Lens4_5_3_T12) {
+    const int T = 12, V = 37;
+    const ModelConfig cfg = small_config(V, 2, 3, 12, 16);
+    const int lens[] = {4, 5, 3};
+    Data packed = random_data(1, T, V, 41, true), alone{3, T, {}, {}, {}};
+    std::vector<int32_t> pos;
+    for (int k = 0, t0 = 0; k < 3; t0 += lens[k], k++) {
+        for (int i = 0; i < T; i++) {
+            const bool in = i < lens[k];
+            alone.x.push_back(in ? packed.x[t0 + i] : 0);
+            alone.y.push_back(in ? packed.y[t0 + i] : 0);
+            alone.w.push_back(in ? packed.w[t0 + i] : 0.0f);
+        }
+        for (int i = 0; i < lens[k]; i++) pos.push_back(i);
+    }
+    ASSERT_EQ(counted(alone.w), counted(packed.w));
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 single(cfg, *be, 3, T);
+    single.init_random(7);
+    const float dloss = 1.0f / (float)counted(packed.w);
+    single.zero_grads();
+    single.forward(alone.x.data(), 3, T, alone.w.data());
+    const double want = single.loss(alone.y.data(), alone.w.data(), dloss, true);
+    single.backward();
+    const std::vector<float> want_losses = single.token_losses();
+    for (Recompute rc : {Recompute::none, Recompute::selective, Recompute::full}) {
+        ModelOptions o;
+        o.recompute = rc;
+        GPT2 m(cfg, *be, 1, T, nullptr, o);
+        m.init_random(7);
+        m.zero_grads();
+        m.forward(packed.x.data(), 1, T, packed.w.data(), pos.data());
+        EXPECT_NEAR(m.loss(packed.y.data(), packed.w.data(), dloss, true), want, 1e-12 * std::fabs(want))
+            << recompute_name(rc);
+        m.backward();
+        const std::vector<float> got_losses = m.token_losses();
+        for (int k = 0, t0 = 0; k < 3; t0 += lens[k], k++)
+            for (int i = 0; i < lens[k]; i++)
+                EXPECT_NEAR(got_losses[t0 + i], want_losses[(size_t)k * T + i], 1e-6) << "document " << k << ", token " << i;
+        for (size_t i = 0; i < m.grads().table().size(); i++)
+            EXPECT_TRUE(near_rel(get_tensor(m, m.grads(), i), get_tensor(single, single.grads(), i), 1e-10))
+                << recompute_name(rc) << " " << m.grads().table()[i].name;
+    }
+    // Without positions the packed documents see each other: the losses differ (the test can tell).
+    GPT2 m(cfg, *be, 1, T);
+    m.init_random(7);
+    m.forward(packed.x.data(), 1, T, packed.w.data());
+    EXPECT_GT(std::fabs(m.loss(packed.y.data(), packed.w.data(), dloss, false) - want), 1e-6 * std::fabs(want));
+}
+
+TEST(ModelCpu, PositionsThatDoNotCountFromADocumentStartAreRefused) {
+    auto be = make_cpu_backend(DType::f64);
+    GPT2 m(small_config(), *be, 1, 5);
+    m.init_random(1);
+    const std::vector<int32_t> x = {1, 2, 3, 4, 5};
+    for (const std::vector<int32_t>& pos : {std::vector<int32_t>{1, 2, 3, 4, 5}, std::vector<int32_t>{0, 1, 3, 4, 5},
+                                            std::vector<int32_t>{0, 1, -1, 0, 1}}) {
+        try {
+            m.forward(x.data(), 1, 5, nullptr, pos.data());
+            ADD_FAILURE() << "positions " << pos[0] << pos[1] << pos[2] << " accepted";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("count 0, 1, 2"), std::string::npos) << e.what();
+        }
+    }
+    const std::vector<int32_t> ok = {0, 1, 0, 1, 2};
+    EXPECT_NO_THROW(m.forward(x.data(), 1, 5, nullptr, ok.data()));
+}
+
 TEST(ModelCpu, LmHeadOnCountedRowsOnlyGivesTheSameLossAndGradientsF64) {
     auto be = make_cpu_backend(DType::f64);
     GPT2 m(small_config(), *be, 2, 7);

@@ -90,6 +90,24 @@ void check_peft_gradients(GPT2& m, const Data& d) {
     for (size_t i = 0; i < m.num_base_tensors(); i++) EXPECT_EQ(m.grad_index()[i], -1) << t[i].name;
 }
 
+// Virtual tokens sit at the start of a row: packed documents with positions of their own cannot share them.
+TEST(PeftModel, VirtualTokensRefusePackedDocumentPositions) {
+    auto be = make_cpu_backend(DType::f64);
+    const ModelConfig c = small_config(37, 2, 3, 12, 16);
+    ModelOptions o;
+    o.peft = virtual_cfg(Virtual::prompt);
+    GPT2 m(c, *be, 1, 6, nullptr, o);
+    m.init_random(1);
+    m.init_peft(2, {});
+    const std::vector<int32_t> x = {1, 2, 3, 4, 5, 6}, pos = {0, 1, 2, 0, 1, 2};
+    try {
+        m.forward(x.data(), 1, 6, nullptr, pos.data());
+        ADD_FAILURE() << "positions accepted with virtual tokens";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("--windows single"), std::string::npos) << e.what();
+    }
+}
+
 TEST(PeftModel, LoraWithZeroBLeavesLogitsBitIdentical_AllSites) {
     auto be = make_cpu_backend(DType::f32);
     const ModelConfig c = small_config();

@@ -116,11 +116,13 @@ class RecordingBackend final : public Backend {
         if (std::string(name).find("backward") != std::string::npos && open_.size() == 1) ranges.push_back(name);
     }
     void range_pop() override { open_.pop_back(); }
-    void encoder_forward(void* o, const int32_t* t, const void* e, const void* p, int B, int T, int C) override {
-        be_->encoder_forward(o, t, e, p, B, T, C);
+    void encoder_forward(void* o, const int32_t* t, const int32_t* ps, const void* e, const void* p, int B, int T,
+                         int C) override {
+        be_->encoder_forward(o, t, ps, e, p, B, T, C);
     }
-    void encoder_backward(void* de, void* dp, const void* d, const int32_t* t, int B, int T, int C) override {
-        be_->encoder_backward(de, dp, d, t, B, T, C);
+    void encoder_backward(void* de, void* dp, const void* d, const int32_t* t, const int32_t* ps, int B, int T,
+                          int C) override {
+        be_->encoder_backward(de, dp, d, t, ps, B, T, C);
     }
     void layernorm_forward(void* o, void* m, void* r, const void* i, const void* w, const void* b, size_t N,
                            int C) override {
@@ -142,12 +144,12 @@ class RecordingBackend final : public Backend {
     size_t attention_saved_elems(int B, int T, int C, int NH) const override {
         return be_->attention_saved_elems(B, T, C, NH);
     }
-    void attention_forward(void* o, void* s, const void* q, int B, int T, int C, int NH) override {
-        be_->attention_forward(o, s, q, B, T, C, NH);
+    void attention_forward(void* o, void* s, const void* q, const int32_t* ps, int B, int T, int C, int NH) override {
+        be_->attention_forward(o, s, q, ps, B, T, C, NH);
     }
-    void attention_backward(void* dq, const void* d, const void* q, const void* o, const void* s, int B, int T, int C,
-                            int NH) override {
-        be_->attention_backward(dq, d, q, o, s, B, T, C, NH);
+    void attention_backward(void* dq, const void* d, const void* q, const void* o, const void* s, const int32_t* ps,
+                            int B, int T, int C, int NH) override {
+        be_->attention_backward(dq, d, q, o, s, ps, B, T, C, NH);
     }
     void attention_forward_cached(void* o, void* k, void* v, const void* q, int B, int n, int p, int mT, int C,
                                   int NH) override {

@@ -434,7 +434,44 @@ TEST(Loader, SingleDocumentWindowsHoldOneDocumentEach_T8) {
     EXPECT_EQ(parse_windows("single"), Windows::single);
     EXPECT_EQ(windows_name(parse_windows("documents")), std::string("documents"));
     EXPECT_THAT(error_of([] { parse_windows("document"); }),
-                HasSubstr("--windows: expected fixed, documents or single, got 'document'"));
+                HasSubstr("--windows: expected fixed, documents, single or isolated, got 'document'"));
+}
+
+// Isolated windows are the packed document windows of the test above, with each token's position in its document:
+// a document starts at the <|endoftext|> before it or at the row's start. Worked out by hand from the three
+// windows' inputs (1 2 99 3 99 4 5 6 | 99 10 .. 16 | 17 18 19 20 99, then the padding 7 0 0).
+TEST(Loader, IsolatedWindowsArePackedDocumentsWithTheirPositions_T8) {
+    TempDir tmp("isolated");
+    std::vector<int32_t> tok = {1, 2, 99, 3, 99, 4, 5, 6, 99};
+    for (int i = 10; i <= 20; i++) tok.push_back(i);
+    tok.push_back(99);
+    tok.push_back(7);
+    write_shard(tmp.file("d.bin"), tok, nullptr, 100);
+    const int T = 8;
+    Loader packed({tmp.file("d.bin")}, 100, 1, T, false, 0, 0, 1, 99),
+        isolated({tmp.file("d.bin")}, 100, 1, T, false, 0, 0, 1, 99, false, true);
+    const std::vector<std::vector<int32_t>> want = {
+        {0, 1, 0, 1, 0, 1, 2, 3}, {0, 1, 2, 3, 4, 5, 6, 7}, {0, 1, 2, 3, 0, 1, 2, 3}};
+    Batch a, b;
+    for (const auto& w : want) {
+        ASSERT_TRUE(packed.next_in_epoch(a));
+        ASSERT_TRUE(isolated.next_in_epoch(b));
+        EXPECT_EQ(b.inputs, a.inputs);
+        EXPECT_EQ(b.targets, a.targets);
+        EXPECT_EQ(b.weights, a.weights);
+        EXPECT_EQ(b.positions, w);
+        EXPECT_TRUE(a.positions.empty()) << "documents windows carry no positions";
+        EXPECT_EQ(a.positions_or_null(), nullptr);
+    }
+    EXPECT_FALSE(isolated.next_in_epoch(b));
+    // next() (training) fills them too, for every row.
+    Loader two({tmp.file("d.bin")}, 100, 2, T, false, 0, 0, 1, 99, false, true);
+    const Batch n = two.next();
+    ASSERT_EQ(n.positions.size(), 2u * T);
+    EXPECT_EQ(std::vector<int32_t>(n.positions.begin() + T, n.positions.end()), want[1]);
+    EXPECT_EQ(parse_windows("isolated"), Windows::isolated);
+    EXPECT_THAT(error_of([&] { Loader({tmp.file("d.bin")}, 100, 1, T, false, 0, 0, 1, -1, false, true); }),
+                HasSubstr("isolated documents need the token that ends a document"));
 }
 
 // Loader::cuts against a plain reference over 300 documents of 2 to 12 tokens (some longer than T = 8),

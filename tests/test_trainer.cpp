@@ -725,9 +725,22 @@ TEST(TrainArgsParse, WindowsAreAutoOnTheCommandLine) {
     EXPECT_FALSE(fixed.windows_auto);
     EXPECT_EQ(fixed.windows, Windows::fixed);
     EXPECT_EQ(parsed({"--windows", "single"}).windows, Windows::single);
+    EXPECT_EQ(parsed({"--windows", "isolated"}).windows, Windows::isolated);
     EXPECT_TRUE(parsed({"--windows", "single", "--windows", "auto"}).windows_auto);
-    EXPECT_THAT(parse_error({"--windows", "page"}), HasSubstr("expected auto, fixed, documents or single"));
-    EXPECT_THAT(train_help(), HasSubstr("--windows auto|fixed|documents|single"));
+    EXPECT_THAT(parse_error({"--windows", "page"}), HasSubstr("expected auto, fixed, documents, single or isolated"));
+    EXPECT_THAT(train_help(), HasSubstr("--windows auto|fixed|documents|single|isolated"));
+}
+
+// Isolated windows mask attention by document: cuDNN's fused attention cannot, and virtual tokens at a row's start
+// would be seen by its first document only.
+TEST(TrainArgsParse, IsolatedWindowsRefuseCudnnAttentionAndVirtualTokens) {
+    EXPECT_THAT(parse_error({"--windows", "isolated", "--device", "cuda", "--precision", "bf16", "--attention",
+                             "cudnn"}),
+                HasSubstr("--windows isolated masks attention by document"));
+    EXPECT_THAT(parse_error({"--windows", "isolated", "--virtual", "prompt", "--virtual-tokens", "4"}),
+                HasSubstr("use --windows single or documents"));
+    EXPECT_EQ(parse_error({"--windows", "isolated", "--lora-rank", "4"}), "");
+    EXPECT_EQ(parse_error({"--windows", "single", "--virtual", "prompt", "--virtual-tokens", "4"}), "");
 }
 
 TEST(TrainArgsParse, HelpListsEveryOptionWithItsDefault) {

@@ -71,11 +71,12 @@ Cli train_cli(TrainArgs& a) {
              [&a](const std::string& v) { a.val_data = split_list(v); });
     c.custom("--sequential", "", "read training windows in file order instead of shuffling", "off",
              [&a](const std::string&) { a.shuffle = false; });
-    c.custom("--windows", "auto|fixed|documents|single", "how --train-data and --val-data are cut into windows of "
-             "--seq: fixed (every --seq tokens; an example may start in one window and end in the next, without its "
-             "prompt), documents (each window starts at an <|endoftext|> and holds whole documents, padded; longer "
-             "ones are cut), single (the same, one document a window: none attends to another, more padding), or "
-             "auto: documents when --train-data is prompt/completion data (some target's loss weight is 0) and "
+    c.custom("--windows", "auto|fixed|documents|single|isolated", "how --train-data and --val-data are cut into "
+             "windows of --seq: fixed (every --seq tokens; an example may start in one window and end in the next, "
+             "without its prompt), documents (each window starts at an <|endoftext|> and holds whole documents, padded; "
+             "longer ones are cut), single (the same, one document a window: none attends to another, more padding), "
+             "isolated (packed as documents, but each attends only to itself at positions from 0, as in single; on "
+             "cuda it takes --attention matmul), or auto: documents when --train-data is prompt/completion data (some target's loss weight is 0) and "
              "--vocab's <|endoftext|> is in the model's vocabulary, else fixed; --val-data follows, a --resume goes "
              "on with the run's own. Replay and Fisher data stay fixed",
              "auto", [&a](const std::string& v) { a.windows_auto = parse_windows_flag(v, &a.windows); });
@@ -112,7 +113,7 @@ Cli train_cli(TrainArgs& a) {
     c.option("--virtual-init", "HOW", "virtual-token start: random, vocab (embeddings of random common tokens), or "
              "text:WORDS (the embeddings of WORDS' tokens)", &a.virtual_init);
     c.option("--vocab", "DIR", "GPT-2 vocabulary (encoder.json, vocab.bpe) for --virtual-init text: and --windows "
-             "auto, documents or single (which token ends a document)", &a.vocab);
+             "auto, documents, single or isolated (which token ends a document)", &a.vocab);
     c.custom("--recompute", "MODE", "activation checkpointing: none, selective (LayerNorm and GELU outputs, and the attention "
              "probabilities where attention keeps them: fp32, the cpu backend, --attention matmul), full (each block's "
              "forward up to its GELU output; only its output is kept)",
@@ -241,6 +242,15 @@ void validate_train_args(const TrainArgs& a) {
     if (a.attention == "cudnn" && (a.device == "cpu" || a.precision == "fp32"))
         throw UsageError("--attention cudnn: cuDNN attention runs on --device cuda in bf16 or fp16, not " + a.device +
                          " " + a.precision);
+    if (a.windows == Windows::isolated && !a.windows_auto) {
+        if (a.attention == "cudnn")
+            throw UsageError("--attention cudnn: --windows isolated masks attention by document, which the matmul path "
+                             "does and cuDNN's fused one here does not (--attention matmul or auto)");
+        if (a.peft.virt != Virtual::none)
+            throw UsageError("--windows isolated: the virtual tokens of --virtual " +
+                             std::string(virtual_name(a.peft.virt)) + " sit at the start of a row, where only its first "
+                             "document would see them; use --windows single or documents");
+    }
     // Files named on the command line must exist: a typo is a usage error (exit 2), while a file that
     // exists but is malformed is reported by its reader (exit 1).
     auto must_exist = [](const char* flag, const std::string& path) {
@@ -293,7 +303,7 @@ void validate_train_args(const TrainArgs& a) {
     needs(a.virtual_init != d.virtual_init, a.peft.virt != Virtual::none, "--virtual-init", "--virtual");
     needs(a.vocab != d.vocab,
           a.virtual_init.rfind("text:", 0) == 0 || a.windows != Windows::fixed || a.windows_auto, "--vocab",
-          "--virtual-init text:WORDS or --windows auto|documents|single");
+          "--virtual-init text:WORDS or --windows auto|documents|single|isolated");
     needs(a.loss_scale != d.loss_scale,
           a.loss_scaling == "on" || (a.loss_scaling == "auto" && a.precision == "fp16"), "--loss-scale",
           "dynamic loss scaling (--precision fp16, or --loss-scaling on)");

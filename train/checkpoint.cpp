@@ -439,7 +439,8 @@ TrainedOn checkpoint_trained_on(const std::string& path) {
     if (f.header.contains("windows")) {
         const json& w = f.header["windows"];
         if (!w.is_string() || !windows_from_name(w.get<std::string>(), &t.windows))
-            f.fail("header field 'windows' is " + w.dump() + ", expected \"fixed\", \"documents\" or \"single\"");
+            f.fail("header field 'windows' is " + w.dump() + ", expected \"fixed\", \"documents\", \"single\" or "
+                   "\"isolated\"");
     }
     return t;
 }

@@ -60,8 +60,8 @@ struct TrainState {
 };
 
 // How the run that writes a checkpoint cut its data, which says how to ask the model: one trained on document
-// windows (documents or single) saw every example after an <|endoftext|> (bin/generate then puts one before the
-// prompt).
+// windows (documents, single or isolated) saw every example after an <|endoftext|> (bin/generate then puts one
+// before the prompt).
 struct TrainedOn {
     Windows windows = Windows::fixed;
     bool document_windows() const { return windows != Windows::fixed; }

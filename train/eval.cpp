@@ -24,7 +24,7 @@ LossResult eval_loss(GPT2& model, Loader& loader, int batches, const char* progr
     Batch b;
     ProgressLine line(progress, want);
     while (r.batches < want && loader.next_in_epoch(b)) {
-        model.forward(b.inputs.data(), b.B, b.T, b.weights.data());
+        model.forward(b.inputs.data(), b.B, b.T, b.weights.data(), b.positions_or_null());
         sum += model.loss(b.targets.data(), b.weights.data(), 0.0f, false);
         for (float w : b.weights) r.tokens += w != 0.0f;
         line.update(++r.batches);

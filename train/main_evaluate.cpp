@@ -32,8 +32,9 @@ int main(int argc, char** argv) {
         cli.option("--device", "cpu|cuda|auto", "backend", &device);
         Windows windows = Windows::fixed;
         bool windows_auto = true;
-        cli.custom("--windows", "auto|fixed|documents|single", "how --data is cut into windows, as in bin/train: "
-                   "every --seq tokens, whole documents from an <|endoftext|>, padded, or one document a window; auto: "
+        cli.custom("--windows", "auto|fixed|documents|single|isolated", "how --data is cut into windows, as in "
+                   "bin/train: every --seq tokens, whole documents from an <|endoftext|>, padded, one document a "
+                   "window, or packed documents that each see only themselves; auto: "
                    "documents for prompt/completion data, else fixed, as bin/train decides (compare a run's "
                    "validation loss with its own)", "auto",
                    [&](const std::string& v) { windows_auto = parse_windows_flag(v, &windows); });
@@ -95,7 +96,8 @@ int main(int argc, char** argv) {
                 std::fprintf(stderr, "note: --seq %d, %s\n", room, context.c_str());
                 seq = room;
             }
-            Loader loader(std::move(shards), V, batch, seq, false, 0, 0, 1, doc_end, windows == Windows::single);
+            Loader loader(std::move(shards), V, batch, seq, false, 0, 0, 1, doc_end, windows == Windows::single,
+                          windows == Windows::isolated);
             loader.note_short_shards();
             LossResult r = eval_loss(*m.model, loader, batches, "evaluate: loss, batch");
             std::string scope;

@@ -325,6 +325,9 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
     select_local_device(launch, args.device);
     CudaOptions cuda;
     cuda.attention = parse_attention_impl(args.attention);
+    // Isolated documents mask attention per token, which only the matmul path does (validate_train_args refuses
+    // --attention cudnn with them).
+    if (args.windows == Windows::isolated) cuda.attention = AttentionImpl::matmul;
     cuda.stochastic_rounding = args.stochastic_rounding;
     cuda.seed = args.seed;
     // --memory-map in one process plans (kernels/plan_backend.h): the map of what this run would allocate, printed
@@ -582,15 +585,15 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
                     std::fprintf(stderr, "note: --val-data %s is also %s: the validation loss measures what the "
                                  "model was fitted to, not how it generalises\n", v.c_str(), flag);
     }
-    const bool one_document = args.windows == Windows::single;
+    const bool one_document = args.windows == Windows::single, isolate = args.windows == Windows::isolated;
     if (!args.train_data.empty()) {
         train_ = std::make_unique<Loader>(std::move(train_shards), cfg.vocab_size, args.batch, args.seq,
-                                          args.shuffle, args.seed, rank, world, doc_end, one_document);
+                                          args.shuffle, args.seed, rank, world, doc_end, one_document, isolate);
         train_->set_state(state_.loader);
     }
     if (!args.val_data.empty())
         val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0, rank, world,
-                                        doc_end, one_document);
+                                        doc_end, one_document, isolate);
     if (!args.replay_data.empty() && args.replay_frac > 0) {
         replay_ = std::make_unique<Loader>(args.replay_data, cfg.vocab_size, args.batch, args.seq, args.shuffle,
                                            args.seed + 1, rank, world);  // sliced by rank like the training data
@@ -835,15 +838,15 @@ StepStats Trainer::step(float lr) {
         Rng key(args_.seed ^ ((state_.step * (uint64_t)args_.grad_accum + k) * 0x9E3779B97F4A7C15ull));
         model_->set_training(true, key.next_u64(), world, rank);
         if (teacher_) {
-            teacher_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
-            model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
+            teacher_->forward(b.inputs.data(), b.B, b.T, b.weights.data(), b.positions_or_null());
+            model_->forward(b.inputs.data(), b.B, b.T, b.weights.data(), b.positions_or_null());
             const float a = args_.distill;
             auto [ce, kl] =
                 model_->loss_distill(b.targets.data(), b.weights.data(), dloss, *teacher_, a, args_.distill_temp);
             loss_sum += (1.0 - a) * ce + a * kl;
             kl_sum += kl;
         } else {
-            model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
+            model_->forward(b.inputs.data(), b.B, b.T, b.weights.data(), b.positions_or_null());
             loss_sum += model_->loss(b.targets.data(), b.weights.data(), dloss, true);
         }
         // DIST: reduce each layer's bucket as backward ends it (unarmed, finish_gradients reduces them all)
@@ -938,7 +941,7 @@ double Trainer::evaluate() {
     for (int i = 0; i < args_.val_batches && val_->next_in_epoch(b); i++) {  // one pass at most: no window twice
         // A stop request (SIGTERM: a scheduler's grace period is short) ends validation at once, unlogged.
         if ((stopped = stop_requested_ != 0)) break;
-        model_->forward(b.inputs.data(), b.B, b.T, b.weights.data());
+        model_->forward(b.inputs.data(), b.B, b.T, b.weights.data(), b.positions_or_null());
         sum += model_->loss(b.targets.data(), b.weights.data(), 0.0f, false);
         for (float w : b.weights) counted += w != 0.0f;
     }
@@ -1126,7 +1129,10 @@ int Trainer::run() {
     if (!args_.quiet) {
         print_memory_map();
         std::printf("data: %zu training tokens in %zu %swindows of %d", train_->num_tokens(), train_->num_windows(),
-                    args_.windows != Windows::fixed ? "document " : "", args_.seq);
+                    args_.windows == Windows::isolated ? "isolated document "
+                    : args_.windows != Windows::fixed  ? "document "
+                                                       : "",
+                    args_.seq);
         if (args_.windows != Windows::fixed)  // what whole documents cost
             std::printf(" (%s%.1f%% of their positions hold a target, the rest is padding)",
                         args_.windows_auto ? "--windows auto, as the data is prompt/completion; " : "",

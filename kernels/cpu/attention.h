@@ -6,17 +6,22 @@
 //             dq[t] = sum_u ds[t,u] k[u] / sqrt(HS);  dk[u] += ds[t,u] q[t] / sqrt(HS)
 // Forward saves the probabilities p (B,NH,T,T) (entries above the diagonal are zero). The GPU's fused
 // kernel saves less; that is why `saved` is the backend's business. dqkv is written (=).
+// Document masking (packed documents that must not see each other, `--windows isolated`): with pos(B,T), the
+// position of each token in its document, query t attends to u in [t - pos[t], t] only, the tokens of its own
+// document; every sum above then runs over that range and p is 0 outside it. pos null: u in [0, t].
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace tune::cpu {
 
 inline size_t attention_saved_elems(int B, int T, int NH) { return (size_t)B * NH * T * T; }
 
 template <class T>
-void attention_forward(T* out,        // (B, T, C)
-                       T* probs,      // (B, NH, T, T)
-                       const T* qkv,  // (B, T, 3C)
+void attention_forward(T* out,            // (B, T, C)
+                       T* probs,          // (B, NH, T, T)
+                       const T* qkv,      // (B, T, 3C)
+                       const int32_t* pos,  // (B, T) positions in the document, or null
                        int B, int T_, int C, int NH);
 
 template <class T>
@@ -24,6 +29,7 @@ void attention_backward(T* dqkv,         // (B, T, 3C) written
                         const T* dout,   // (B, T, C)
                         const T* qkv,    // (B, T, 3C)
                         const T* probs,  // (B, NH, T, T)
+                        const int32_t* pos,  // (B, T) as in forward, or null
                         int B, int T_, int C, int NH);
 
 // Incremental attention for generation with a KV cache: n new positions pos0..pos0+n-1 of each row.

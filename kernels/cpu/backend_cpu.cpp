@@ -103,13 +103,13 @@ class CpuBackend final : public Backend {
     void upload_f32(float* dst, const float* src, size_t n) override { std::memcpy(dst, src, n * 4); }
     void synchronize() override {}
 
-    void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T_,
-                         int C) override {
-        cpu::encoder_forward(t(out), tokens, t(wte), t(wpe), B, T_, C);
+    void encoder_forward(void* out, const int32_t* tokens, const int32_t* pos, const void* wte, const void* wpe, int B,
+                         int T_, int C) override {
+        cpu::encoder_forward(t(out), tokens, pos, t(wte), t(wpe), B, T_, C);
     }
-    void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, int B, int T_,
-                          int C) override {
-        cpu::encoder_backward(t(dwte), t(dwpe), t(dout), tokens, B, T_, C);
+    void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, const int32_t* pos, int B,
+                          int T_, int C) override {
+        cpu::encoder_backward(t(dwte), t(dwpe), t(dout), tokens, pos, B, T_, C);
     }
     void layernorm_forward(void* out, void* mean, void* rstd, const void* inp, const void* w, const void* b, size_t N,
                            int C) override {
@@ -130,12 +130,13 @@ class CpuBackend final : public Backend {
     size_t attention_saved_elems(int B, int T_, int, int NH) const override {
         return cpu::attention_saved_elems(B, T_, NH);
     }
-    void attention_forward(void* out, void* saved, const void* qkv, int B, int T_, int C, int NH) override {
-        cpu::attention_forward(t(out), t(saved), t(qkv), B, T_, C, NH);
+    void attention_forward(void* out, void* saved, const void* qkv, const int32_t* pos, int B, int T_, int C,
+                           int NH) override {
+        cpu::attention_forward(t(out), t(saved), t(qkv), pos, B, T_, C, NH);
     }
-    void attention_backward(void* dqkv, const void* dout, const void* qkv, const void*, const void* saved, int B,
-                            int T_, int C, int NH) override {
-        cpu::attention_backward(t(dqkv), t(dout), t(qkv), t(saved), B, T_, C, NH);
+    void attention_backward(void* dqkv, const void* dout, const void* qkv, const void*, const void* saved,
+                            const int32_t* pos, int B, int T_, int C, int NH) override {
+        cpu::attention_backward(t(dqkv), t(dout), t(qkv), t(saved), pos, B, T_, C, NH);
     }
     void attention_forward_cached(void* out, void* kcache, void* vcache, const void* qkv, int B, int n, int pos0,
                                   int maxT, int C, int NH) override {

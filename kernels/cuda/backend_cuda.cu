@@ -186,18 +186,18 @@ class CudaBackend final : public Backend {
     void range_pop() override { nvtxRangePop(); }
 
     // ---- layers ----
-    void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,
-                         int C) override {
+    void encoder_forward(void* out, const int32_t* tokens, const int32_t* pos, const void* wte, const void* wpe, int B,
+                         int T, int C) override {
         dispatch([&](auto tag) {
             using E = decltype(tag);
-            cuda::encoder_forward(t<E>(out), tokens, t<E>(wte), t<E>(wpe), B, T, C, stream_);
+            cuda::encoder_forward(t<E>(out), tokens, pos, t<E>(wte), t<E>(wpe), B, T, C, stream_);
         });
     }
-    void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, int B, int T,
-                          int C) override {
+    void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, const int32_t* pos, int B,
+                          int T, int C) override {
         dispatch([&](auto tag) {
             using E = decltype(tag);
-            cuda::encoder_backward(t<E>(dwte), t<E>(dwpe), t<E>(dout), tokens, B, T, C, *scratch_, stream_);
+            cuda::encoder_backward(t<E>(dwte), t<E>(dwpe), t<E>(dout), tokens, pos, B, T, C, *scratch_, stream_);
         });
     }
     void layernorm_forward(void* out, void* mean, void* rstd, const void* inp, const void* w, const void* b, size_t N,
@@ -259,23 +259,35 @@ class CudaBackend final : public Backend {
         if (it == fused_.end() || !it->second) return Backend::attention_path(C, NH);
         return "cudnn (fused; workspace " + std::to_string(cudnn_->workspace_bytes() >> 20) + " MiB)";
     }
-    void attention_forward(void* out, void* saved, const void* qkv, int B, int T, int C, int NH) override {
-        if (fused_attention(B, T, C, NH))
+    void attention_forward(void* out, void* saved, const void* qkv, const int32_t* pos, int B, int T, int C,
+                           int NH) override {
+        if (fused_attention(B, T, C, NH)) {
+            refuse_document_mask(pos);
             return cudnn_->forward(out, static_cast<float*>(saved), qkv, dtype_, B, T, C, NH, *scratch_);
+        }
         dispatch([&](auto tag) {
             using E = decltype(tag);
-            cuda::attention_forward(t<E>(out), t<E>(saved), t<E>(qkv), B, T, C, NH, *gemm_, *scratch_);
+            cuda::attention_forward(t<E>(out), t<E>(saved), t<E>(qkv), pos, B, T, C, NH, *gemm_, *scratch_);
         });
     }
-    void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const void* saved, int B,
-                            int T, int C, int NH) override {
-        if (fused_attention(B, T, C, NH))
+    void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const void* saved,
+                            const int32_t* pos, int B, int T, int C, int NH) override {
+        if (fused_attention(B, T, C, NH)) {
+            refuse_document_mask(pos);
             return cudnn_->backward(dqkv, dout, qkv, out, static_cast<const float*>(saved), dtype_, B, T, C, NH,
                                     *scratch_);
+        }
         dispatch([&](auto tag) {
             using E = decltype(tag);
-            cuda::attention_backward(t<E>(dqkv), t<E>(dout), t<E>(qkv), t<E>(saved), B, T, C, NH, *gemm_, *scratch_);
+            cuda::attention_backward(t<E>(dqkv), t<E>(dout), t<E>(qkv), t<E>(saved), pos, B, T, C, NH, *gemm_,
+                                     *scratch_);
         });
+    }
+    // The fused path has no document mask (cuDNN's would need the packed documents as ragged sequences).
+    static void refuse_document_mask(const int32_t* pos) {
+        if (pos)
+            throw Error("cuda: document-masked attention (--windows isolated) runs on the matmul path, and this "
+                        "backend was made with cuDNN's fused attention (--attention matmul)");
     }
     void attention_forward_cached(void* out, void* kcache, void* vcache, const void* qkv, int B, int n, int pos0,
                                   int maxT, int C, int NH) override {
