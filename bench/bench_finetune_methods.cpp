@@ -3,8 +3,8 @@
 // for the same number of steps, and is measured for what it costs and what it keeps:
 //   trainable parameters, gradient + optimizer memory, time per step, held-out task accuracy (greedy exact
 //   match on prompts never trained on), and the base-corpus loss before -> after (how much it forgot).
-// Writes runs/methods/results.json and the table in docs/finetuning.md (between its markers; --windows documents
-// and --windows single have a table each).
+// Writes runs/methods/results.json and the table in docs/finetuning.md (between its markers; --windows documents,
+// single and isolated have a table each).
 //
 // Not a Google Benchmark: each "iteration" is a whole training run and the result is a table of outcomes,
 // not a timing distribution. On the CPU machine (tiny model) it takes about 15 minutes; on a GPU run it

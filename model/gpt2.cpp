@@ -636,7 +636,7 @@ void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights, co
     last_only_ = false;
     const int Tt = T + P_;
     const size_t N = (size_t)B * T;
-    positioned_ = positions != nullptr;
+    positioned_ = false;  // until the positions below are checked and uploaded
     if (positions) {
         if (P_ > 0)
             throw Error("model: packed documents with their own positions (--windows isolated) cannot share the " +
@@ -649,6 +649,7 @@ void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights, co
                             ": a document's positions count 0, 1, 2, ... from its first token");
         }
         be_.upload_i32(positions_, positions, N);
+        positioned_ = true;
     }
     tokens_host_.assign((size_t)B * Tt, 0);  // virtual slots hold token 0; their rows are overwritten
     for (int b = 0; b < B; b++)

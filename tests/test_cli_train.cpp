@@ -8,6 +8,8 @@
 #include <cmath>
 #include <csignal>
 #include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "data/fileio.h"
 #include "data/shard.h"
@@ -312,16 +314,51 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
     ASSERT_EQ(ev_isolated.rc, 0) << ev_isolated.out;
     EXPECT_NEAR(loss_of(ev_isolated.out), loss_of(ev_single.out), 2e-4) << ev_isolated.out << ev_single.out;
     EXPECT_NE(loss_of(ev_isolated.out), loss_of(ev_packed.out)) << "packed documents that see each other differ";
+    // Training on them: the distillation teacher (the starting model) sees the student's positions, so their KL
+    // at the first step is 0; validation sees them too, so its loss is bin/evaluate's on isolated windows.
     CmdResult iso = run_cmd("bin/train --device cpu --init " + d + "/run/model.ckpt --train-data " + d +
-                            "/p/train.bin --seq 32 --batch 2 --steps 1 --windows isolated --out " + d + "/iso");
+                            "/p/train.bin --val-data " + d + "/p/train.bin --val-every 1 --val-batches 1000 --seq 32 "
+                            "--batch 2 --steps 1 --distill 0.5 --windows isolated --out " + d + "/iso");
     ASSERT_EQ(iso.rc, 0) << iso.out;
     EXPECT_THAT(iso.out, HasSubstr("isolated document windows of 32 ("));
     EXPECT_EQ(checkpoint_trained_on(d + "/iso/model.ckpt").windows, Windows::isolated);
+    double kl = NAN, val = NAN;
+    std::istringstream lines(slurp(d + "/iso/metrics.jsonl"));
+    for (std::string line; std::getline(lines, line);) {
+        const nlohmann::json j = nlohmann::json::parse(line);
+        if (j.contains("distill_kl")) kl = j["distill_kl"].get<double>();
+        if (j.contains("val_loss")) val = j["val_loss"].get<double>();
+    }
+    EXPECT_NEAR(kl, 0.0, 1e-6) << "the teacher saw other positions than the student";
+    CmdResult ev_iso = run_cmd("bin/evaluate --device cpu --model " + d + "/iso/model.ckpt --data " + d +
+                               "/p/train.bin --seq 32 --windows isolated");
+    ASSERT_EQ(ev_iso.rc, 0) << ev_iso.out;
+    EXPECT_NEAR(val, loss_of(ev_iso.out), 2e-4) << ev_iso.out;
     CmdResult iso_virtual = run_cmd("bin/train --device cpu --init " + d + "/run/model.ckpt --train-data " + d +
                                     "/p/train.bin --seq 32 --steps 1 --windows isolated --virtual prompt "
                                     "--virtual-tokens 2 --out ''");
     EXPECT_EQ(iso_virtual.rc, 2) << iso_virtual.out;
     EXPECT_THAT(iso_virtual.out, HasSubstr("use --windows single or documents"));
+    // Virtual tokens that come with an adapter are refused as well, before training (exit 2), by bin/evaluate too;
+    // and a resume of an isolated run cannot take cuDNN's attention.
+    CmdResult prompt = run_cmd("bin/train --device cpu --init " + d + "/run/model.ckpt --train-data " + d +
+                               "/p/train.bin --seq 32 --batch 2 --steps 1 --windows single --virtual prompt "
+                               "--virtual-tokens 2 --out " + d + "/prompt");
+    ASSERT_EQ(prompt.rc, 0) << prompt.out;
+    CmdResult adapter_iso = run_cmd("bin/train --device cpu --init " + d + "/run/model.ckpt --adapter " + d +
+                                    "/prompt/adapter.ckpt --train-data " + d + "/p/train.bin --seq 32 --steps 1 "
+                                    "--windows isolated --out ''");
+    EXPECT_EQ(adapter_iso.rc, 2) << adapter_iso.out;
+    EXPECT_THAT(adapter_iso.out, HasSubstr("virtual tokens of --adapter " + d + "/prompt/adapter.ckpt sit at the"));
+    CmdResult ev_adapter = run_cmd("bin/evaluate --device cpu --model " + d + "/run/model.ckpt --adapter " + d +
+                                   "/prompt/adapter.ckpt --data " + d + "/p/train.bin --seq 32 --windows isolated");
+    EXPECT_EQ(ev_adapter.rc, 2) << ev_adapter.out;
+    EXPECT_THAT(ev_adapter.out, HasSubstr("use --windows single"));
+    CmdResult resumed_cudnn = run_cmd("bin/train --device cuda --precision bf16 --attention cudnn --train-data " + d +
+                                      "/p/train.bin --seq 32 --batch 2 --steps 2 --resume " + d +
+                                      "/iso/resume.ckpt --out ''");
+    EXPECT_EQ(resumed_cudnn.rc, 2) << resumed_cudnn.out;
+    EXPECT_THAT(resumed_cudnn.out, HasSubstr("continues a run on --windows isolated"));
     // Multiple choice asks it the same way: after an <|endoftext|>, with a note, as --eot-first does.
     spit(d + "/choices.jsonl", "{\"context\": \"Question 3: which word is an animal, cat or red?\\n\", "
                                "\"endings\": [\"cat\", \"red\"], \"label\": 0}\n");
@@ -569,6 +606,12 @@ TEST(TrainCli, MemoryMapListsEveryTensorAndDoesNotTrain) {
     CmdResult gpu = run_cmd("bin/train --device cuda --precision bf16 --model gpt2 --batch 4 --seq 64 --memory-map "
                             "--out ''");
     ASSERT_EQ(gpu.rc, 0) << gpu.out;
+    // Isolated windows mask attention by document, which cuDNN's fused path here does not: the matmul path plans.
+    CmdResult isolated = run_cmd("bin/train --device cuda --precision bf16 --model gpt2 --batch 4 --seq 64 "
+                                 "--memory-map --windows isolated --out ''");
+    ASSERT_EQ(isolated.rc, 0) << isolated.out;
+    EXPECT_THAT(gpu.out, HasSubstr("attention cudnn"));
+    EXPECT_THAT(isolated.out, HasSubstr("attention matmul"));
     EXPECT_THAT(gpu.out, HasSubstr("backend cuda (planned, nothing allocated)"));
     EXPECT_THAT(gpu.out, HasSubstr("parameters: bf16, "));
     EXPECT_THAT(gpu.out, HasSubstr("not in the plan: cuBLASLt's 32 MiB workspace"));

@@ -115,8 +115,8 @@ Cli train_cli(TrainArgs& a) {
     c.option("--vocab", "DIR", "GPT-2 vocabulary (encoder.json, vocab.bpe) for --virtual-init text: and --windows "
              "auto, documents, single or isolated (which token ends a document)", &a.vocab);
     c.custom("--recompute", "MODE", "activation checkpointing: none, selective (LayerNorm and GELU outputs, and the attention "
-             "probabilities where attention keeps them: fp32, the cpu backend, --attention matmul), full (each block's "
-             "forward up to its GELU output; only its output is kept)",
+             "probabilities where attention keeps them: fp32, the cpu backend, --attention matmul, --windows "
+             "isolated), full (each block's forward up to its GELU output; only its output is kept)",
              "none", [&a](const std::string& v) { a.recompute = parse_recompute(v); });
     c.option("--head-chunk", "ROWS", "rows of LM-head logits kept at once; a micro-batch with more counted tokens "
              "runs the head in chunks inside the loss, saving Vp values per token (98 KiB in bf16) for one "

@@ -326,8 +326,14 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
     CudaOptions cuda;
     cuda.attention = parse_attention_impl(args.attention);
     // Isolated documents mask attention per token, which only the matmul path does (validate_train_args refuses
-    // --attention cudnn with them).
-    if (args.windows == Windows::isolated) cuda.attention = AttentionImpl::matmul;
+    // --attention cudnn with them given; here with them resumed).
+    if (args.windows == Windows::isolated) {
+        if (args.attention == "cudnn")
+            throw UsageError("--attention cudnn: --resume " + args.resume + " continues a run on --windows isolated, "
+                             "which masks attention by document, as the matmul path does and cuDNN's fused one here "
+                             "does not (--attention matmul or auto, or --windows to change the windows)");
+        cuda.attention = AttentionImpl::matmul;
+    }
     cuda.stochastic_rounding = args.stochastic_rounding;
     cuda.seed = args.seed;
     // --memory-map in one process plans (kernels/plan_backend.h): the map of what this run would allocate, printed
@@ -394,6 +400,13 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
         mo.peft.lora_dropout = flag_dropout;  // a resume names it when it changed
     }
     // The virtual tokens of the flags, of the adapter or of the resumed checkpoint.
+    if (args.windows == Windows::isolated && mo.peft.virtual_tokens() > 0)
+        throw UsageError("--windows isolated: the " + std::to_string(mo.peft.virtual_tokens()) + " virtual tokens " +
+                         (!args.adapter.empty()  ? "of --adapter " + args.adapter
+                          : !args.resume.empty() ? "of the run --resume " + args.resume + " continues"
+                                                 : std::string("of --virtual")) +
+                         " sit at the start of a row, where only its first document would see them; use --windows "
+                         "single or documents");
     if (const int P = mo.peft.virtual_tokens(); args.seq + P > cfg.block_size)
         throw UsageError("--seq: " + std::to_string(args.seq) + " real tokens after " +
                          (args.adapter.empty() ? "" : "the adapter's ") + std::to_string(P) +
