@@ -622,6 +622,37 @@ TEST_F(DistFixture, FineTuningMethodsUnderTwoRanksEqualOneRank_LoraDropoutL2spDi
     EXPECT_EQ(slurp(dir + "/lz0/resume.ckpt"), slurp(dir + "/lz1/resume.ckpt"));
 }
 
+// Isolated document windows (packed documents, each with its positions and its own attention) under two ranks:
+// every rank cuts the same windows and takes its rows of them, positions and all, so the run equals one rank
+// with the combined batch, validation included. Prompt/completion documents of 3 to 12 tokens, GPT-2's
+// <|endoftext|> between them (the tiny model has GPT-2's vocabulary).
+TEST_F(DistFixture, IsolatedDocumentWindowsUnderTwoRanksEqualOneRank) {
+    Rng r(11);
+    std::vector<int32_t> t;
+    std::vector<uint8_t> mask;
+    while (t.size() < 3000) {
+        const int len = 3 + (int)r.below(10), prompt = 1 + (int)r.below(len - 1);
+        for (int k = 0; k < len; k++) t.push_back((int32_t)r.below(300)), mask.push_back(k < prompt ? 0 : 1);
+        t.push_back(50256), mask.push_back(1);
+    }
+    write_shard(dir + "/docs.bin", t, &mask, 50257);
+    auto run = [&](const std::string& batch, const std::string& out) {
+        return "bin/train --device cpu --model tiny --train-data " + dir + "/docs.bin --val-data " + dir +
+               "/docs.bin --seq 24 --lr 3e-3 --warmup 2 --steps 4 --grad-accum 2 --val-every 2 --val-batches 3 "
+               "--windows isolated --quiet --batch " + batch + " --out " + dir + "/" + out;
+    };
+    RUN_OK("OMP_NUM_THREADS=1 " + run("4", "iso1"));
+    RUN_OK(mpirun(2) + run("2", "iso2"));
+    const auto a = series("iso1", "loss");
+    ASSERT_EQ(a.size(), 4u);
+    EXPECT_TRUE(near_rel(series("iso2", "loss"), a, kLossTol));
+    EXPECT_EQ(series("iso2", "counted_tokens"), series("iso1", "counted_tokens"));
+    EXPECT_TRUE(near_rel(series("iso2", "val_loss"), series("iso1", "val_loss"), kLossTol));
+    EXPECT_TRUE(near_rel(series("iso2", "grad_norm"), series("iso1", "grad_norm"), 1e-4));
+    expect_ranks_agree("iso2", 2);
+    EXPECT_EQ(checkpoint_trained_on(dir + "/iso2/model.ckpt").windows, Windows::isolated);
+}
+
 // A checkpoint's tensor data: what follows its 16-byte preamble and the JSON header.
 std::string tensor_bytes(const std::string& path) {
     const std::string b = slurp(path);
