@@ -612,6 +612,8 @@ TEST(TrainCli, MemoryMapListsEveryTensorAndDoesNotTrain) {
     ASSERT_EQ(isolated.rc, 0) << isolated.out;
     EXPECT_THAT(gpu.out, HasSubstr("attention cudnn"));
     EXPECT_THAT(isolated.out, HasSubstr("attention matmul"));
+    EXPECT_THAT(isolated.out, HasSubstr("note: --windows isolated: attention takes the matmul path"));
+    EXPECT_THAT(gpu.out, Not(HasSubstr("note: --windows isolated")));
     EXPECT_THAT(gpu.out, HasSubstr("backend cuda (planned, nothing allocated)"));
     EXPECT_THAT(gpu.out, HasSubstr("parameters: bf16, "));
     EXPECT_THAT(gpu.out, HasSubstr("not in the plan: cuBLASLt's 32 MiB workspace"));

@@ -347,6 +347,11 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
     } else {
         be_ = make_backend(args.device, args.precision, args.quiet || launch.rank != 0, cuda);
     }
+    if (args.windows == Windows::isolated && be_->name() == "cuda" && args.precision != "fp32" && !args.quiet &&
+        launch.rank == 0)
+        std::fprintf(stderr, "note: --windows isolated: attention takes the matmul path (cuDNN's fused one has no "
+                     "document mask), which keeps NH x T probabilities a token in every layer; --recompute "
+                     "selective recomputes them (docs/finetuning.md)\n");
     Comm& comm = process_comm(*be_, args.comm_timeout);
     writer_ = comm.rank() == 0;
     if (writer_ && !args.memory_map && !args.out_dir.empty()) {  // DIST: a refusal here stops every rank
