@@ -6,8 +6,9 @@
 //
 // Determinism: no float atomics. dwpe without pos: one thread per (t, c) sums over b in order; with pos as dwte,
 // by position instead of token. dwte: the (token, row) pairs are radix-sorted by token on the device (a stable
-// sort, so rows stay ascending inside each token's run); the sorted rows are summed in fp32 in segments of 128 (one block each), a run
-// that crosses segments by partial sums added in segment order, and each run's total is added to dwte once.
+// sort, so rows stay ascending inside each token's run); the sorted rows are summed in fp32 in segments of 128
+// (one block each), a run that crosses segments by partial sums added in segment order, and each run's total is
+// added to dwte once.
 // The same tokens give the same bits every run, however often a token repeats; a frequent token costs
 // run/128 serial steps, not run.
 #pragma once

@@ -30,8 +30,8 @@ int main(int argc, char** argv) {
                    "final line break too", &prompt_file);
         bool eot_first = false, no_eot_first = false;
         cli.flag("--eot-first", "put <|endoftext|> before the prompt, as a model fine-tuned with --windows documents, "
-                 "single or isolated saw every example (and GPT-2 every document after the first); the default for a model (or "
-                 "adapter) whose checkpoint says it was trained so", &eot_first);
+                 "single or isolated saw every example (and GPT-2 every document after the first); the default for a "
+                 "model (or adapter) whose checkpoint says it was trained so", &eot_first);
         cli.flag("--no-eot-first", "the prompt alone, also for a model trained on document windows", &no_eot_first);
         cli.option("--max-new", "N", "most new tokens per sample", &max_new, 1, 1 << 20);
         cli.option("--temperature", "T", "softmax temperature (0: greedy)", &sc.temperature, 0, 100);

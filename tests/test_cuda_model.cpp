@@ -95,7 +95,8 @@ TEST_P(CudaModel, PackedDocumentPositionsMatchCpu_L2_NH3_C12_B2_T11_RecomputeNon
         r.forward(d.x.data(), B, T, nullptr, pos.data());
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++)
-                ASSERT_TRUE(near_rel(g.logits_row(b, t), r.logits_row(b, t), tol.logits)) << "logits at " << b << "," << t;
+                ASSERT_TRUE(near_rel(g.logits_row(b, t), r.logits_row(b, t), tol.logits))
+                    << "logits at " << b << "," << t;
     }
 }
 

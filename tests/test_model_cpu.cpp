@@ -166,7 +166,8 @@ TEST(ModelCpu, PackedDocumentsWithPositionsEqualEachDocumentAloneF64_Lens4_5_3_T
         const std::vector<float> got_losses = m.token_losses();
         for (int k = 0, t0 = 0; k < 3; t0 += lens[k], k++)
             for (int i = 0; i < lens[k]; i++)
-                EXPECT_NEAR(got_losses[t0 + i], want_losses[(size_t)k * T + i], 1e-6) << "document " << k << ", token " << i;
+                EXPECT_NEAR(got_losses[t0 + i], want_losses[(size_t)k * T + i], 1e-6)
+                    << "document " << k << ", token " << i;
         for (size_t i = 0; i < m.grads().table().size(); i++)
             EXPECT_TRUE(near_rel(get_tensor(m, m.grads(), i), get_tensor(single, single.grads(), i), 1e-10))
                 << recompute_name(rc) << " " << m.grads().table()[i].name;

@@ -73,12 +73,13 @@ Cli train_cli(TrainArgs& a) {
              [&a](const std::string&) { a.shuffle = false; });
     c.custom("--windows", "auto|fixed|documents|single|isolated", "how --train-data and --val-data are cut into "
              "windows of --seq: fixed (every --seq tokens; an example may start in one window and end in the next, "
-             "without its prompt), documents (each window starts at an <|endoftext|> and holds whole documents, padded; "
-             "longer ones are cut), single (the same, one document a window: none attends to another, more padding), "
-             "isolated (packed as documents, but each attends only to itself at positions from 0, as in single; on "
-             "cuda it takes --attention matmul), or auto: documents when --train-data is prompt/completion data (some target's loss weight is 0) and "
-             "--vocab's <|endoftext|> is in the model's vocabulary, else fixed; --val-data follows, a --resume goes "
-             "on with the run's own. Replay and Fisher data stay fixed",
+             "without its prompt), documents (each window starts at an <|endoftext|> and holds whole documents, "
+             "padded; longer ones are cut), single (the same, one document a window: none attends to another, more "
+             "padding), isolated (packed as documents, but each attends only to itself at positions from 0, as in "
+             "single; on cuda it takes --attention matmul), or auto: documents when --train-data is "
+             "prompt/completion data (some target's loss weight is 0) and --vocab's <|endoftext|> is in the model's "
+             "vocabulary, else fixed; --val-data follows, a --resume goes on with the run's own. Replay and Fisher "
+             "data stay fixed",
              "auto", [&a](const std::string& v) { a.windows_auto = parse_windows_flag(v, &a.windows); });
     c.option("--train-top", "K", "train only the top K blocks and the final LayerNorm (0: everything)", &a.train_top, 0,
              1 << 20);
@@ -248,8 +249,8 @@ void validate_train_args(const TrainArgs& a) {
                              "does and cuDNN's fused one here does not (--attention matmul or auto)");
         if (a.peft.virt != Virtual::none)
             throw UsageError("--windows isolated: the virtual tokens of --virtual " +
-                             std::string(virtual_name(a.peft.virt)) + " sit at the start of a row, where only its first "
-                             "document would see them; use --windows single or documents");
+                             std::string(virtual_name(a.peft.virt)) + " sit at the start of a row, where only its "
+                             "first document would see them; use --windows single or documents");
     }
     // Files named on the command line must exist: a typo is a usage error (exit 2), while a file that
     // exists but is malformed is reported by its reader (exit 1).

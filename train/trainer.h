@@ -62,8 +62,9 @@ struct LoadedModel {
 // top of `weights` (LoRA, virtual tokens).
 LoadedModel load_model(const std::string& weights, const std::string& device, const std::string& precision, int B,
                        int T, const std::string& adapter = "");
-// The token documents end with for --windows documents, single or isolated (bin/train, bin/evaluate): the <|endoftext|> of
-// the vocabulary in vocab_dir, which the model's vocabulary must hold (else a UsageError); -1 for fixed windows.
+// The token documents end with for --windows documents, single or isolated (bin/train, bin/evaluate): the
+// <|endoftext|> of the vocabulary in vocab_dir, which the model's vocabulary must hold (else a UsageError); -1 for
+// fixed windows.
 int32_t document_end_token(Windows windows, const std::string& vocab_dir, int vocab_size);
 // --windows auto (bin/train, bin/evaluate): document windows for prompt/completion data (some target of `shards` has
 // loss weight 0) where the vocabulary in vocab_dir has an <|endoftext|> below vocab_size, whose id it returns; else
