@@ -328,12 +328,6 @@ int main(int argc, char** argv) {
                 ft.window_advice = false;  // the comparison of the two is this program's subject
                 ft.out_dir = out + "/" + meth.key + (seeds > 1 ? "/seed" + std::to_string(seed) : "");
                 meth.apply(ft);
-                // Virtual tokens sit at a row's start, which only its first packed document would see: those
-                // methods take one document a row, which isolated windows reproduce for the others.
-                if (windows == Windows::isolated && ft.peft.virt != Virtual::none) {
-                    ft.windows = Windows::single;
-                    if (seed == 1) r.settings += (r.settings.empty() ? "" : ", ") + std::string("--windows single");
-                }
                 {
                     Trainer t(ft);
                     r.trainable = 0;

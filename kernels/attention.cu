@@ -55,51 +55,49 @@ __global__ void attention_merge_heads(T* out, const T* in, int B, int T_, int NH
     }
 }
 
-// The first key of query t in row `row` = (b*NH + h)*T + t: the start of its document, t - pos[b, t], when
-// documents are masked (pos non-null), else 0.
-__device__ inline int attention_first_key(const int32_t* pos, size_t row, int t, int T_, int NH) {
-    return pos ? t - pos[(row / ((size_t)NH * T_)) * T_ + t] : 0;
-}
-
-// probs[row, u] = softmax over u0 <= u <= t of scores[row, u]; 0 elsewhere (u0: attention_first_key).
+// probs[row, u] = softmax over the keys u query t sees (doc_sees: u <= t, within its document or the mask's
+// virtual prefix) of scores[row, u]; 0 elsewhere. Row = (b*NH + h)*T + t.
 // S is the scores' type: float, or T where cuBLASLt cannot write fp32 from T inputs.
 template <class T, class S>
-__global__ void attention_softmax_causal(T* probs, const S* scores, const int32_t* pos, size_t rows, int T_, int NH) {
+__global__ void attention_softmax_causal(T* probs, const S* scores, DocMask mask, size_t rows, int T_, int NH) {
     const int lane = threadIdx.x % 32;
     for (size_t row = (size_t)blockIdx.x * kSoftmaxRowsPerBlock + threadIdx.x / 32; row < rows;
          row += (size_t)gridDim.x * kSoftmaxRowsPerBlock) {
         const int t = (int)(row % T_);
-        const int u0 = attention_first_key(pos, row, t, T_, NH);
+        const int u0 = doc_first_key(mask, row / ((size_t)NH * T_), t, T_);
         const S* s = scores + row * T_;
         T* p = probs + row * T_;
         float m = -INFINITY;
-        for (int u = u0 + lane; u <= t; u += 32) m = fmaxf(m, to_f32(s[u]));
+        for (int u = lane; u <= t; u += 32)
+            if (doc_sees(mask, u0, u, t)) m = fmaxf(m, to_f32(s[u]));
         m = warp_max(m);
         float sum = 0.0f;
-        for (int u = u0 + lane; u <= t; u += 32) sum += expf(to_f32(s[u]) - m);
+        for (int u = lane; u <= t; u += 32)
+            if (doc_sees(mask, u0, u, t)) sum += expf(to_f32(s[u]) - m);
         sum = warp_sum(sum);
         for (int u = lane; u < T_; u += 32)
-            p[u] = from_f32<T>(u >= u0 && u <= t ? expf(to_f32(s[u]) - m) / sum : 0.0f);
+            p[u] = from_f32<T>(doc_sees(mask, u0, u, t) ? expf(to_f32(s[u]) - m) / sum : 0.0f);
     }
 }
 
-// dscores[row, u] = P (dP - sum_u' P dP) * scale for u0 <= u <= t; 0 elsewhere.
+// dscores[row, u] = P (dP - sum_u' P dP) * scale for the keys query t sees; 0 elsewhere.
 template <class T, class S>
-__global__ void attention_softmax_backward_causal(T* dscores, const S* dprobs, const T* probs, const int32_t* pos,
+__global__ void attention_softmax_backward_causal(T* dscores, const S* dprobs, const T* probs, DocMask mask,
                                                   size_t rows, int T_, int NH, float scale) {
     const int lane = threadIdx.x % 32;
     for (size_t row = (size_t)blockIdx.x * kSoftmaxRowsPerBlock + threadIdx.x / 32; row < rows;
          row += (size_t)gridDim.x * kSoftmaxRowsPerBlock) {
         const int t = (int)(row % T_);
-        const int u0 = attention_first_key(pos, row, t, T_, NH);
+        const int u0 = doc_first_key(mask, row / ((size_t)NH * T_), t, T_);
         const S* dp = dprobs + row * T_;
         const T* p = probs + row * T_;
         T* ds = dscores + row * T_;
         float dot = 0.0f;
-        for (int u = u0 + lane; u <= t; u += 32) dot += to_f32(p[u]) * to_f32(dp[u]);
+        for (int u = lane; u <= t; u += 32)
+            if (doc_sees(mask, u0, u, t)) dot += to_f32(p[u]) * to_f32(dp[u]);
         dot = warp_sum(dot);
         for (int u = lane; u < T_; u += 32)
-            ds[u] = from_f32<T>(u >= u0 && u <= t ? to_f32(p[u]) * (to_f32(dp[u]) - dot) * scale : 0.0f);
+            ds[u] = from_f32<T>(doc_sees(mask, u0, u, t) ? to_f32(p[u]) * (to_f32(dp[u]) - dot) * scale : 0.0f);
     }
 }
 
@@ -224,7 +222,7 @@ void merge_heads(T* out, const T* in, int B, int T_, int NH, int HS, int parts, 
 }  // namespace
 
 template <class T>
-void attention_forward(T* out, T* probs, const T* qkv, const int32_t* pos, int B, int T_, int C, int NH, Gemm& gemm,
+void attention_forward(T* out, T* probs, const T* qkv, DocMask mask, int B, int T_, int C, int NH, Gemm& gemm,
                        Scratch& scratch) {
     NvtxRange range("attention_forward");
     if (B == 0 || T_ == 0 || C == 0) return;
@@ -245,10 +243,10 @@ void attention_forward(T* out, T* probs, const T* qkv, const int32_t* pos, int B
     split_heads(q, qkv, B, T_, NH, HS, 3, stream);
     const unsigned grid = grid_1d(rows, kSoftmaxRowsPerBlock, kMaxGridX);
     if (gemm_x_yt(gemm, scores, q, k, BH, T_, HS, (float)(1.0 / std::sqrt((double)HS)))) {
-        attention_softmax_causal<T, float><<<grid, kSoftmaxThreads, 0, stream>>>(probs, scores, pos, rows, T_, NH);
+        attention_softmax_causal<T, float><<<grid, kSoftmaxThreads, 0, stream>>>(probs, scores, mask, rows, T_, NH);
     } else {
         attention_softmax_causal<T, T>
-            <<<grid, kSoftmaxThreads, 0, stream>>>(probs, reinterpret_cast<const T*>(scores), pos, rows, T_, NH);
+            <<<grid, kSoftmaxThreads, 0, stream>>>(probs, reinterpret_cast<const T*>(scores), mask, rows, T_, NH);
     }
     CUDA_CHECK_LAUNCH();
     gemm_p_y(gemm, o, probs, v, BH, T_, HS, false);
@@ -256,7 +254,7 @@ void attention_forward(T* out, T* probs, const T* qkv, const int32_t* pos, int B
 }
 
 template <class T>
-void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, const int32_t* pos, int B, int T_, int C,
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, DocMask mask, int B, int T_, int C,
                         int NH, Gemm& gemm, Scratch& scratch) {
     NvtxRange range("attention_backward");
     if (B == 0 || T_ == 0 || C == 0) return;
@@ -288,10 +286,10 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, co
     const unsigned grid = grid_1d(rows, kSoftmaxRowsPerBlock, kMaxGridX);
     if (f32_dprobs) {
         attention_softmax_backward_causal<T, float>
-            <<<grid, kSoftmaxThreads, 0, stream>>>(dscores, dprobs, probs, pos, rows, T_, NH, scale);
+            <<<grid, kSoftmaxThreads, 0, stream>>>(dscores, dprobs, probs, mask, rows, T_, NH, scale);
     } else {
         attention_softmax_backward_causal<T, T><<<grid, kSoftmaxThreads, 0, stream>>>(
-            dscores, reinterpret_cast<const T*>(dprobs), probs, pos, rows, T_, NH, scale);
+            dscores, reinterpret_cast<const T*>(dprobs), probs, mask, rows, T_, NH, scale);
     }
     CUDA_CHECK_LAUNCH();
     gemm_p_y(gemm, dq, dscores, k, BH, T_, HS, false);  // dq = dS k
@@ -320,9 +318,9 @@ void attention_forward_cached(T* out, T* kcache, T* vcache, const T* qkv, int B,
 }
 
 #define TUNE_INSTANTIATE(T)                                                                                      \
-    template void attention_forward<T>(T*, T*, const T*, const int32_t*, int, int, int, int, Gemm&, Scratch&);   \
+    template void attention_forward<T>(T*, T*, const T*, DocMask, int, int, int, int, Gemm&, Scratch&);          \
     template void attention_forward_cached<T>(T*, T*, T*, const T*, int, int, int, int, int, int, cudaStream_t); \
-    template void attention_backward<T>(T*, const T*, const T*, const T*, const int32_t*, int, int, int, int, Gemm&, \
+    template void attention_backward<T>(T*, const T*, const T*, const T*, DocMask, int, int, int, int, Gemm&,     \
                                         Scratch&);
 TUNE_INSTANTIATE(float)
 TUNE_INSTANTIATE(__nv_bfloat16)

@@ -5,8 +5,9 @@
 //             dS = P * (dP - rowsum(P * dP)) / sqrt(HS)
 //             dq = dS k;  dk = dS^T q
 // Forward saves P (B,NH,T,T) in the activation type (zeros above the diagonal): attention_saved_elems.
-// dqkv is written (=). With pos(B,T) (packed documents, `--windows isolated`) query t sees only keys
-// t - pos[b,t] .. t, its own document's, as in the reference; the softmax kernels apply it, the GEMMs are unchanged.
+// dqkv is written (=). With a DocMask (packed documents, `--windows isolated`: kernels/common.h) query t sees only
+// the keys of its own document and the mask's virtual prefix, as in the reference; the softmax kernels apply it,
+// the GEMMs are unchanged.
 //
 // This is the fp32 path and the fallback; bf16/fp16 go to cuDNN's fused flash attention where it runs
 // (kernels/cuda/attention_cudnn.h, chosen by CudaOptions::attention).
@@ -24,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/common.h"
 #include "kernels/cuda/cublaslt.h"
 #include "kernels/cuda/scratch.h"
 
@@ -35,7 +37,7 @@ template <class T>
 void attention_forward(T* out,        // (B, T, C)
                        T* probs,      // (B, NH, T, T) saved
                        const T* qkv,  // (B, T, 3C)
-                       const int32_t* pos,  // (B, T) position in the document, or null
+                       DocMask mask,  // positions in the documents, or none
                        int B, int T_, int C, int NH, Gemm& gemm, Scratch& scratch);
 
 // Incremental attention for generation with a KV cache: n new positions pos0..pos0+n-1 of each row. Copies
@@ -55,7 +57,7 @@ void attention_backward(T* dqkv,         // (B, T, 3C) written
                         const T* dout,   // (B, T, C)
                         const T* qkv,    // (B, T, 3C)
                         const T* probs,  // (B, NH, T, T) from forward
-                        const int32_t* pos,  // (B, T) as in forward, or null
+                        DocMask mask,    // as in forward
                         int B, int T_, int C, int NH, Gemm& gemm, Scratch& scratch);
 
 }  // namespace tune::cuda

@@ -121,20 +121,20 @@ class Backend {
     // `saved` is what backward needs beyond qkv and out; its size in elements is attention_saved_elems(): the
     // probabilities (B,NH,T,T) where attention is materialised, the softmax statistics (B,NH,T) where it is fused
     // (CUDA bf16/fp16 through cuDNN). Every shape with the same C and NH takes the same path in one backend.
-    // pos(B,T), when given, masks attention to each token's own document: query t sees keys t - pos[b,t] .. t
-    // (kernels/cpu/attention.h). Only the materialised path takes it; the fused one throws (CUDA makes a backend
-    // for `--windows isolated` with matmul attention).
+    // A DocMask with positions (B,T) masks attention to each token's own document and the virtual tokens before
+    // them (kernels/common.h). Only the materialised path takes one; the fused one throws (CUDA makes a backend for
+    // `--windows isolated` with matmul attention).
     virtual size_t attention_saved_elems(int B, int T, int C, int NH) const = 0;
-    virtual void attention_forward(void* out, void* saved, const void* qkv, const int32_t* pos, int B, int T, int C,
+    virtual void attention_forward(void* out, void* saved, const void* qkv, DocMask mask, int B, int T, int C,
                                    int NH) = 0;
     // Which attention runs for this C and NH, for the logs: "cudnn (fused)" or "matmul (T x T probabilities)".
     virtual std::string attention_path(int C, int NH) const {
         (void)C, (void)NH;
         return "matmul (T x T probabilities)";
     }
-    // dqkv(B,T,3C) written; out is the forward's output, pos the forward's.
+    // dqkv(B,T,3C) written; out is the forward's output, mask the forward's.
     virtual void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const void* saved,
-                                    const int32_t* pos, int B, int T, int C, int NH) = 0;
+                                    DocMask mask, int B, int T, int C, int NH) = 0;
 
     // Generation with a KV cache: n new positions pos0..pos0+n-1 per row. Stores their keys and values
     // in kcache/vcache (B, maxT, C) and writes out(B,n,C), each attending over cache positions 0..its own.

@@ -61,6 +61,24 @@ TUNE_HOST_DEVICE inline uint32_t dropout_hash(uint64_t seed, uint64_t i) {
 // global batch (stride: the world size, offset: the rank; data/shard.h deals windows out that way), and element
 // i draws the counter it has there, so the masks do not depend on how many ranks share the batch. The default,
 // stride 1 and offset 0, is the identity.
+// Attention within documents (packed rows, `bin/train --windows isolated`): query t of row b sees key u <= t when
+// u >= t - pos[b, t] (its own document: pos counts from the document's first token) or u < prefix (virtual tokens
+// at the row's start, which every document of the row shares). pos null: every u <= t (plain causal attention).
+struct DocMask {
+    const int32_t* pos = nullptr;  // (B, T), on the backend
+    int prefix = 0;
+    DocMask() = default;
+    DocMask(const int32_t* positions, int virtual_prefix = 0) : pos(positions), prefix(virtual_prefix) {}  // implicit
+};
+// The first key of query t's own document (row b of T).
+TUNE_HOST_DEVICE inline int doc_first_key(const DocMask& m, size_t b, int t, int T) {
+    return m.pos ? t - m.pos[b * T + t] : 0;
+}
+// Whether query t, whose document starts at key u0, sees key u.
+TUNE_HOST_DEVICE inline bool doc_sees(const DocMask& m, int u0, int u, int t) {
+    return u <= t && (u >= u0 || u < m.prefix);
+}
+
 struct DropoutLayout {
     uint64_t seq_elems = 1, stride = 1, offset = 0;
 };

@@ -85,8 +85,8 @@ class PlanBackend final : public Backend {
     void matmul_backward(void*, void*, void*, const void*, const void*, const void*, size_t, int, int) override {}
     void matmul_backward_gelu(void*, void*, void*, const void*, const void*, const void*, const void*, size_t, int,
                               int) override {}
-    void attention_forward(void*, void*, const void*, const int32_t*, int, int, int, int) override {}
-    void attention_backward(void*, const void*, const void*, const void*, const void*, const int32_t*, int, int, int,
+    void attention_forward(void*, void*, const void*, DocMask, int, int, int, int) override {}
+    void attention_backward(void*, const void*, const void*, const void*, const void*, DocMask, int, int, int,
                             int) override {}
     void attention_forward_cached(void*, void*, void*, const void*, int, int, int, int, int, int) override {}
     void gelu_forward(void*, const void*, size_t) override {}

@@ -278,7 +278,8 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
     targets_ = static_cast<int32_t*>(be.alloc((size_t)B * T * sizeof(int32_t)));
     weights_ = static_cast<float*>(be.alloc((size_t)B * T * sizeof(float)));
     rows_dev_ = static_cast<int32_t*>(be.alloc((size_t)B * T * sizeof(int32_t)));
-    positions_ = static_cast<int32_t*>(be.alloc((size_t)B * T * sizeof(int32_t)));
+    positions_ = static_cast<int32_t*>(be.alloc(N * sizeof(int32_t)));
+    if (P_ > 0) wpe_rows_ = static_cast<int32_t*>(be.alloc(N * sizeof(int32_t)));
 }
 
 GPT2::~GPT2() {
@@ -288,6 +289,7 @@ GPT2::~GPT2() {
     be_.free(weights_);
     be_.free(rows_dev_);
     be_.free(positions_);
+    if (wpe_rows_) be_.free(wpe_rows_);
 }
 
 BlockPtrs GPT2::block(int l, bool grads) const {
@@ -557,7 +559,7 @@ void GPT2::block_forward(int l, int l_act, const void* x_in, int B, int Tt, int 
         be_.attention_forward_cached(a(kAtty), kv_.ptr(2 * l), kv_.ptr(2 * l + 1), a(kQkv), B, Tt, pos0,
                                      cfg_.block_size, C, NH);
     else
-        be_.attention_forward(a(kAtty), a(kAttSaved), a(kQkv), doc_positions(), B, Tt, C, NH);
+        be_.attention_forward(a(kAtty), a(kAttSaved), a(kQkv), doc_mask(), B, Tt, C, NH);
     be_.matmul_forward(tmp, a(kAtty), p.attprojw, p.attprojb, N, C, C);
     lora_forward(l, kLoraAttnProj, tmp, a(kAtty), N, C, C, l_act);
     // Each residual sum and the LayerNorm that reads it, in one pass on the GPU.
@@ -596,7 +598,7 @@ void GPT2::trunk_forward(int B, int Tt, int pos0) {
     // Position embeddings start at row pos0 when generating (0 otherwise).
     const void* wpe =
         static_cast<const char*>(params_.ptr(kWpe)) + (size_t)std::max(pos0, 0) * C * dtype_size(params_.dtype());
-    be_.encoder_forward(act(a_encoded_), tokens_, cached ? nullptr : doc_positions(), params_.ptr(kWte), wpe, B, Tt,
+    be_.encoder_forward(act(a_encoded_), tokens_, cached ? nullptr : wpe_positions(), params_.ptr(kWte), wpe, B, Tt,
                         C);
     // The buffers start with the virtual positions in training (pos0 < 0) and in generation's prefill (0).
     if (P_ > 0 && pos0 <= 0) {
@@ -638,9 +640,6 @@ void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights, co
     const size_t N = (size_t)B * T;
     positioned_ = false;  // until the positions below are checked and uploaded
     if (positions) {
-        if (P_ > 0)
-            throw Error("model: packed documents with their own positions (--windows isolated) cannot share the " +
-                        std::to_string(P_) + " virtual tokens at the start of a row; use --windows single");
         for (size_t i = 0; i < N; i++) {
             const int t = (int)(i % T), p = positions[i];
             if (p < 0 || p > t || (p != 0 && p != positions[i - 1] + 1))
@@ -648,7 +647,18 @@ void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights, co
                             ", column " + std::to_string(t) +
                             ": a document's positions count 0, 1, 2, ... from its first token");
         }
-        be_.upload_i32(positions_, positions, N);
+        // TEACH: virtual tokens (P_ > 0) fill the first P_ positions of every row, and every packed document
+        // sees them, as it would alone: attention takes P_ as the mask's prefix, each virtual row counts as a
+        // document of its own from the row's start, and a real token's wpe row is P_ + its position.
+        std::vector<int32_t> att((size_t)B * Tt), wpe(P_ > 0 ? (size_t)B * Tt : 0);
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < Tt; t++) {
+                const int32_t p = t < P_ ? t : positions[(size_t)b * T + t - P_];
+                att[(size_t)b * Tt + t] = p;
+                if (P_ > 0) wpe[(size_t)b * Tt + t] = t < P_ ? t : P_ + p;
+            }
+        be_.upload_i32(positions_, att.data(), att.size());
+        if (P_ > 0) be_.upload_i32(wpe_rows_, wpe.data(), wpe.size());
         positioned_ = true;
     }
     tokens_host_.assign((size_t)B * Tt, 0);  // virtual slots hold token 0; their rows are overwritten
@@ -827,7 +837,7 @@ void GPT2::block_backward(int l, const void* x_in, int B, int Tt, bool need_dx) 
         // TEACH: the attention probabilities (NH·T per token, as much as the rest of the block together)
         // come back from the kept QKV; the output this also recomputes is kept already, so it goes to scratch.
         if (recompute_attention_)
-            be_.attention_forward(scratch_.ptr(s_proj_), a(kAttSaved), a(kQkv), doc_positions(), B, Tt, C, NH);
+            be_.attention_forward(scratch_.ptr(s_proj_), a(kAttSaved), a(kQkv), doc_mask(), B, Tt, C, NH);
     }
     void* dres = scratch_.ptr(s_dres_);  // d x_out on entry, d x_in on exit
     void* dC = scratch_.ptr(s_dC_);
@@ -848,7 +858,7 @@ void GPT2::block_backward(int l, const void* x_in, int B, int Tt, bool need_dx) 
     // Attention: x2 = x_in + attproj(attention(qkv(ln1(x_in)))); dres now holds d x2.
     be_.matmul_backward(dC, g.attprojw, g.attprojb, dres, a(kAtty), p.attprojw, N, C, C);
     lora_backward(l, kLoraAttnProj, dC, dres, a(kAtty), N, C, C);
-    be_.attention_backward(d3C, dC, a(kQkv), a(kAtty), a(kAttSaved), doc_positions(), B, Tt, C, NH);
+    be_.attention_backward(d3C, dC, a(kQkv), a(kAtty), a(kAttSaved), doc_mask(), B, Tt, C, NH);
     const Virtual kind = opts_.peft.virt;
     if (kind == Virtual::prefix || kind == Virtual::prefix_kv) {
         void* dsrc = kind == Virtual::prefix ? scratch_.ptr(s_virt_dout_) : pgrad(virt_first_);
@@ -918,7 +928,7 @@ void GPT2::backward() {
         be_.prefix_rows_backward(dsrc, dres, C, B, Tt, P_, C, 0, C);
         virtual_backward(scratch_.ptr(s_virt_dout_));
     }
-    if (embed_grads_) be_.encoder_backward(pgrad(kWte), pgrad(kWpe), dres, tokens_, doc_positions(), B, Tt, C);
+    if (embed_grads_) be_.encoder_backward(pgrad(kWte), pgrad(kWpe), dres, tokens_, wpe_positions(), B, Tt, C);
 }
 
 void GPT2::zero_grads() {

@@ -178,8 +178,9 @@ class GPT2 {
     // loss().
     // TEACH: positions(B,T), when given, packs several documents into a row without letting them meet (`--windows
     // isolated`): each token's position counts from its document's first token (0, 1, 2, ..., then 0 again), it
-    // takes that row of wpe, and attention lets it see only the tokens of its own document (t - position .. t).
-    // Every document then gets the logits and gradients it would get alone at the start of a row of its own.
+    // takes that row of wpe, and attention lets it see only the tokens of its own document (t - position .. t) and
+    // the virtual tokens, if any. Every document then gets the logits and gradients it would get alone at the start
+    // of a row of its own.
     void forward(const int32_t* tokens, int B, int T, const float* weights = nullptr,
                  const int32_t* positions = nullptr);
     // Cross-entropy on the last forward (pass the same weights it got): returns sum_i weights[i] * loss_i
@@ -301,9 +302,13 @@ class GPT2 {
     int32_t* tokens_ = nullptr;   // (B, T) on the backend
     int32_t* targets_ = nullptr;  // (B, T)
     float* weights_ = nullptr;    // (B, T)
-    int32_t* positions_ = nullptr;  // (B, T) the last forward's positions in their documents, when positioned_
+    // The last forward's positions in their documents, when positioned_ (forward's positions): (B, T + P) for
+    // attention (the virtual rows count 0..P-1) and, with virtual tokens, the wpe rows (P + the position).
+    int32_t* positions_ = nullptr;
+    int32_t* wpe_rows_ = nullptr;
     bool positioned_ = false;
-    const int32_t* doc_positions() const { return positioned_ ? positions_ : nullptr; }
+    DocMask doc_mask() const { return positioned_ ? DocMask(positions_, P_) : DocMask(); }
+    const int32_t* wpe_positions() const { return !positioned_ ? nullptr : P_ > 0 ? wpe_rows_ : positions_; }
     bool last_only_ = false;  // the last forward_cached ran the head on each sequence's last position only
     int cur_B_ = 0, cur_T_ = 0;  // real tokens of the last forward; its buffers hold cur_T_ + P_ positions
     // Rows the LM head ran on in the last forward, as indices into the caller's (B, T); `compact_` when that

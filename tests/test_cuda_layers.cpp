@@ -377,31 +377,35 @@ TEST_P(CudaOps, AttentionForwardAndBackward_HS12_T13_and_HS64_T67_and_T1) {
     }
 }
 
-// Document-masked attention (`--windows isolated`) on the matmul path, which every dtype takes for it.
-TEST_P(CudaOps, AttentionDocumentMaskMatchesReference_HS12_T13_and_HS64_T67) {
+// Document-masked attention (`--windows isolated`) on the matmul path, which every dtype takes for it, without
+// and with a prefix of virtual tokens that every document sees.
+TEST_P(CudaOps, AttentionDocumentMaskMatchesReference_HS12_T13_and_HS64_T67_Prefix0and4) {
     CudaOptions o;
     o.attention = AttentionImpl::matmul;
     auto mm = make_cuda_backend(dt(), o);
-    for (AttShape s : {AttShape{2, 13, 36, 3}, AttShape{3, 67, 128, 2}}) {
-        const size_t n_qkv = (size_t)s.B * s.T * 3 * s.C, n_out = (size_t)s.B * s.T * s.C;
-        Twin qkv(*mm, ref(), n_qkv), out(*mm, ref(), n_out), dout(*mm, ref(), n_out), dqkv(*mm, ref(), n_qkv);
-        Buffer saved_g(*mm, dt(), mm->attention_saved_elems(s.B, s.T, s.C, s.NH));
-        Buffer saved_r(ref(), DType::f64, ref().attention_saved_elems(s.B, s.T, s.C, s.NH));
-        I32Twin pos(*mm, ref(), random_doc_positions(s.B, s.T, s.T / 3, 17));
-        qkv.set(randn(n_qkv, 18, 1.5));
-        out.poison();
-        saved_g.poison();
-        mm->attention_forward(out.g(), saved_g.p(), qkv.g(), pos.g, s.B, s.T, s.C, s.NH);
-        ref().attention_forward(out.r(), saved_r.p(), qkv.r(), pos.r, s.B, s.T, s.C, s.NH);
-        const std::string where = "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T);
-        EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out " << where;
-        EXPECT_TRUE(near_rel(saved_g.get(), saved_r.get(), op_tol(dt()))) << "probabilities " << where;
-        dout.set(randn(n_out, 19));
-        dqkv.poison();
-        mm->attention_backward(dqkv.g(), dout.g(), qkv.g(), out.g(), saved_g.p(), pos.g, s.B, s.T, s.C, s.NH);
-        ref().attention_backward(dqkv.r(), dout.r(), qkv.r(), out.r(), saved_r.p(), pos.r, s.B, s.T, s.C, s.NH);
-        EXPECT_TRUE(near_rel(dqkv.gpu.get(), dqkv.ref.get(), op_tol(dt()))) << "dqkv " << where;
-    }
+    for (AttShape s : {AttShape{2, 13, 36, 3}, AttShape{3, 67, 128, 2}})
+        for (int prefix : {0, 4}) {
+            const size_t n_qkv = (size_t)s.B * s.T * 3 * s.C, n_out = (size_t)s.B * s.T * s.C;
+            Twin qkv(*mm, ref(), n_qkv), out(*mm, ref(), n_out), dout(*mm, ref(), n_out), dqkv(*mm, ref(), n_qkv);
+            Buffer saved_g(*mm, dt(), mm->attention_saved_elems(s.B, s.T, s.C, s.NH));
+            Buffer saved_r(ref(), DType::f64, ref().attention_saved_elems(s.B, s.T, s.C, s.NH));
+            I32Twin pos(*mm, ref(), random_doc_positions(s.B, s.T, s.T / 3, 17));
+            const DocMask mg(pos.g, prefix), mr(pos.r, prefix);
+            qkv.set(randn(n_qkv, 18, 1.5));
+            out.poison();
+            saved_g.poison();
+            mm->attention_forward(out.g(), saved_g.p(), qkv.g(), mg, s.B, s.T, s.C, s.NH);
+            ref().attention_forward(out.r(), saved_r.p(), qkv.r(), mr, s.B, s.T, s.C, s.NH);
+            const std::string where =
+                "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " prefix=" + std::to_string(prefix);
+            EXPECT_TRUE(near_rel(out.gpu.get(), out.ref.get(), op_tol(dt()))) << "out " << where;
+            EXPECT_TRUE(near_rel(saved_g.get(), saved_r.get(), op_tol(dt()))) << "probabilities " << where;
+            dout.set(randn(n_out, 19));
+            dqkv.poison();
+            mm->attention_backward(dqkv.g(), dout.g(), qkv.g(), out.g(), saved_g.p(), mg, s.B, s.T, s.C, s.NH);
+            ref().attention_backward(dqkv.r(), dout.r(), qkv.r(), out.r(), saved_r.p(), mr, s.B, s.T, s.C, s.NH);
+            EXPECT_TRUE(near_rel(dqkv.gpu.get(), dqkv.ref.get(), op_tol(dt()))) << "dqkv " << where;
+        }
 }
 
 TEST_P(CudaOps, AttentionIsCausal_FutureTokensDoNotChangeThePast_T9) {

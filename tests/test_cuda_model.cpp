@@ -65,19 +65,27 @@ TEST_P(CudaModel, ForwardBackwardMatchesCpu_L2_NH3_C12_V37_B2_T7) {
 }
 
 // Isolated document windows: packed documents with positions of their own (the encoder's wpe rows and the
-// attention's document mask, matmul path: HS = 4), with and without full recomputation, against the CPU.
-TEST_P(CudaModel, PackedDocumentPositionsMatchCpu_L2_NH3_C12_B2_T11_RecomputeNoneAndFull) {
+// attention's document mask, matmul path: HS = 4), with and without full recomputation, and with prefix-tuning's
+// virtual tokens, which every document sees, against the CPU.
+TEST_P(CudaModel, PackedDocumentPositionsMatchCpu_L2_NH3_C12_B2_T11_RecomputeNoneAndFull_Prefix3) {
     const ModelConfig cfg = small_config(37, 2, 3, 12, 16);
     const int B = 2, T = 11;
     const std::vector<int32_t> pos = {0, 1, 2, 0, 1, 2, 3, 0, 1, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1};
     const Data d = random_data(B, T, 37, 9, true);
     const Tolerances tol = dt() == DType::f32 ? Tolerances{1e-5, 1e-6, 1e-4} : Tolerances{3e-2, 1e-2, 5e-2};
-    for (Recompute rc : {Recompute::none, Recompute::full}) {
+    for (int k = 0; k < 3; k++) {
+        const Recompute rc = k == 1 ? Recompute::full : Recompute::none;
         ModelOptions o;
         o.recompute = rc;
-        GPT2 g(cfg, gpu(), B, T, nullptr, o), r(cfg, ref(), B, T);
+        if (k == 2) {
+            o.peft.virt = Virtual::prefix;
+            o.peft.n_virtual = 3;
+            o.peft.hidden = 5;
+        }
+        GPT2 g(cfg, gpu(), B, T, nullptr, o), r(cfg, ref(), B, T, nullptr, ModelOptions{o.peft});
         g.init_random(43);
         randomize_vectors(g, 200);
+        if (k == 2) randomise_peft(g, 300);
         copy_params(g, r);
         const float dloss = 1.0f / (float)counted(d.w);
         for (GPT2* m : {&g, &r}) {
@@ -85,7 +93,7 @@ TEST_P(CudaModel, PackedDocumentPositionsMatchCpu_L2_NH3_C12_B2_T11_RecomputeNon
             m->forward(d.x.data(), B, T, d.w.data(), pos.data());
         }
         const double lg = g.loss(d.y.data(), d.w.data(), dloss, true), lr = r.loss(d.y.data(), d.w.data(), dloss, true);
-        EXPECT_NEAR(lg, lr, tol.loss * std::fabs(lr)) << recompute_name(rc);
+        EXPECT_NEAR(lg, lr, tol.loss * std::fabs(lr)) << "case " << k << ", " << recompute_name(rc);
         g.backward();
         r.backward();
         for (size_t i = 0; i < g.grads().table().size(); i++)

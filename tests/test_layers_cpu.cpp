@@ -146,20 +146,29 @@ TEST(AttentionCpu, DocumentMaskEqualsEachDocumentAloneF64_B2_T12_C12_NH3) {
                 }
 }
 
-TEST(AttentionCpu, DocumentMaskGradientsMatchFiniteDifferencesF64_B2_T7_C12_NH3) {
-    const int B = 2, T = 7, C = 12, NH = 3;
-    const std::vector<int32_t> pos = {0, 1, 0, 1, 2, 3, 0, 0, 1, 2, 3, 4, 5, 6};
-    auto qkv = randn((size_t)B * T * 3 * C, 33), R = randn((size_t)B * T * C, 34);
-    auto f = [&] {
-        std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH));
-        cpu::attention_forward(out.data(), p.data(), qkv.data(), pos.data(), B, T, C, NH);
-        return dot(out, R);
-    };
-    std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH)), dqkv(qkv.size());
-    poison(dqkv);
-    cpu::attention_forward(out.data(), p.data(), qkv.data(), pos.data(), B, T, C, NH);
-    cpu::attention_backward(dqkv.data(), R.data(), qkv.data(), p.data(), pos.data(), B, T, C, NH);
-    EXPECT_TRUE(near_rel(dqkv, numeric_grad(qkv, f), kGradTol));
+// With a virtual prefix of 2 (positions 0, 1 of each row, seen by every document) and without.
+TEST(AttentionCpu, DocumentMaskGradientsMatchFiniteDifferencesF64_B2_T9_C12_NH3_Prefix0and2) {
+    const int B = 2, T = 9, C = 12, NH = 3;
+    const std::vector<int32_t> pos = {0, 1, 0, 1, 0, 1, 2, 3, 0, 0, 1, 0, 1, 2, 0, 1, 2, 3};
+    for (int prefix : {0, 2}) {
+        auto qkv = randn((size_t)B * T * 3 * C, 33), R = randn((size_t)B * T * C, 34);
+        const DocMask mask(pos.data(), prefix);
+        auto f = [&] {
+            std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH));
+            cpu::attention_forward(out.data(), p.data(), qkv.data(), mask, B, T, C, NH);
+            return dot(out, R);
+        };
+        std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH)), dqkv(qkv.size());
+        poison(dqkv);
+        cpu::attention_forward(out.data(), p.data(), qkv.data(), mask, B, T, C, NH);
+        cpu::attention_backward(dqkv.data(), R.data(), qkv.data(), p.data(), mask, B, T, C, NH);
+        EXPECT_TRUE(near_rel(dqkv, numeric_grad(qkv, f), kGradTol)) << "prefix " << prefix;
+        // Row 1's last document (columns 5..8) sees the prefix and itself, nothing in between.
+        for (int u = 0; u < T; u++) {
+            const bool seen = u >= 5 || u < prefix;
+            EXPECT_EQ(p[((size_t)(1 * NH) * T + 8) * T + u] != 0.0, seen) << "prefix " << prefix << ", key " << u;
+        }
+    }
 }
 
 TEST(AttentionCpu, IsCausal_FutureTokensDoNotChangeThePastF64) {

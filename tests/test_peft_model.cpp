@@ -90,21 +90,44 @@ void check_peft_gradients(GPT2& m, const Data& d) {
     for (size_t i = 0; i < m.num_base_tensors(); i++) EXPECT_EQ(m.grad_index()[i], -1) << t[i].name;
 }
 
-// Virtual tokens sit at the start of a row: packed documents with positions of their own cannot share them.
-TEST(PeftModel, VirtualTokensRefusePackedDocumentPositions) {
+// Isolated windows with virtual tokens: the P virtual positions start the row, and every packed document sees
+// them, at its own positions after them. Three documents packed in one row give the token losses and every
+// gradient (base and virtual tensors) of the three alone in rows of their own, for each kind of virtual token.
+TEST(PeftModel, PackedDocumentsSeeTheVirtualTokensAsEachAloneF64_Prompt_Ptune_Prefix) {
+    const int T = 12, V = 37, lens[] = {4, 5, 3};
+    const ModelConfig c = small_config(V, 2, 3, 12, 16);
+    Data packed = random_data(1, T, V, 51, true), alone{3, T, {}, {}, {}};
+    std::vector<int32_t> pos;
+    for (int k = 0, t0 = 0; k < 3; t0 += lens[k], k++) {
+        for (int i = 0; i < T; i++) {
+            const bool in = i < lens[k];
+            alone.x.push_back(in ? packed.x[t0 + i] : 0);
+            alone.y.push_back(in ? packed.y[t0 + i] : 0);
+            alone.w.push_back(in ? packed.w[t0 + i] : 0.0f);
+        }
+        for (int i = 0; i < lens[k]; i++) pos.push_back(i);
+    }
     auto be = make_cpu_backend(DType::f64);
-    const ModelConfig c = small_config(37, 2, 3, 12, 16);
-    ModelOptions o;
-    o.peft = virtual_cfg(Virtual::prompt);
-    GPT2 m(c, *be, 1, 6, nullptr, o);
-    m.init_random(1);
-    m.init_peft(2, {});
-    const std::vector<int32_t> x = {1, 2, 3, 4, 5, 6}, pos = {0, 1, 2, 0, 1, 2};
-    try {
-        m.forward(x.data(), 1, 6, nullptr, pos.data());
-        ADD_FAILURE() << "positions accepted with virtual tokens";
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find("--windows single"), std::string::npos) << e.what();
+    const float dloss = 1.0f / (float)counted(packed.w);
+    for (Virtual v : {Virtual::prompt, Virtual::ptune, Virtual::prefix}) {
+        ModelOptions o;
+        o.peft = virtual_cfg(v, 3, 5);
+        GPT2 single(c, *be, 3, T, nullptr, o), m(c, *be, 1, T, nullptr, o);
+        for (GPT2* g : {&single, &m}) {
+            g->init_random(7);
+            randomise_peft(*g, 8);
+            g->zero_grads();
+        }
+        single.forward(alone.x.data(), 3, T, alone.w.data());
+        const double want = single.loss(alone.y.data(), alone.w.data(), dloss, true);
+        single.backward();
+        m.forward(packed.x.data(), 1, T, packed.w.data(), pos.data());
+        EXPECT_NEAR(m.loss(packed.y.data(), packed.w.data(), dloss, true), want, 1e-12 * std::fabs(want))
+            << virtual_name(v);
+        m.backward();
+        for (size_t i = 0; i < m.grads().table().size(); i++)
+            EXPECT_TRUE(near_rel(get_tensor(m, m.grads(), i), get_tensor(single, single.grads(), i), 1e-10))
+                << virtual_name(v) << " " << m.grads().table()[i].name;
     }
 }
 

@@ -144,12 +144,12 @@ class RecordingBackend final : public Backend {
     size_t attention_saved_elems(int B, int T, int C, int NH) const override {
         return be_->attention_saved_elems(B, T, C, NH);
     }
-    void attention_forward(void* o, void* s, const void* q, const int32_t* ps, int B, int T, int C, int NH) override {
-        be_->attention_forward(o, s, q, ps, B, T, C, NH);
+    void attention_forward(void* o, void* s, const void* q, DocMask m, int B, int T, int C, int NH) override {
+        be_->attention_forward(o, s, q, m, B, T, C, NH);
     }
-    void attention_backward(void* dq, const void* d, const void* q, const void* o, const void* s, const int32_t* ps,
-                            int B, int T, int C, int NH) override {
-        be_->attention_backward(dq, d, q, o, s, ps, B, T, C, NH);
+    void attention_backward(void* dq, const void* d, const void* q, const void* o, const void* s, DocMask m, int B,
+                            int T, int C, int NH) override {
+        be_->attention_backward(dq, d, q, o, s, m, B, T, C, NH);
     }
     void attention_forward_cached(void* o, void* k, void* v, const void* q, int B, int n, int p, int mT, int C,
                                   int NH) override {

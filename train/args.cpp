@@ -75,11 +75,11 @@ Cli train_cli(TrainArgs& a) {
              "windows of --seq: fixed (every --seq tokens; an example may start in one window and end in the next, "
              "without its prompt), documents (each window starts at an <|endoftext|> and holds whole documents, "
              "padded; longer ones are cut), single (the same, one document a window: none attends to another, more "
-             "padding), isolated (packed as documents, but each attends only to itself at positions from 0, as in "
-             "single; on cuda it takes --attention matmul), or auto: documents when --train-data is "
-             "prompt/completion data (some target's loss weight is 0) and --vocab's <|endoftext|> is in the model's "
-             "vocabulary, else fixed; --val-data follows, a --resume goes on with the run's own. Replay and Fisher "
-             "data stay fixed",
+             "padding), isolated (packed as documents, but each attends only to itself and the virtual tokens, at "
+             "positions from 0, as in single; on cuda it takes --attention matmul), or auto: documents when "
+             "--train-data is prompt/completion data (some target's loss weight is 0) and --vocab's <|endoftext|> is "
+             "in the model's vocabulary, else fixed; --val-data follows, a --resume goes on with the run's own. Replay "
+             "and Fisher data stay fixed",
              "auto", [&a](const std::string& v) { a.windows_auto = parse_windows_flag(v, &a.windows); });
     c.option("--train-top", "K", "train only the top K blocks and the final LayerNorm (0: everything)", &a.train_top, 0,
              1 << 20);
@@ -243,15 +243,9 @@ void validate_train_args(const TrainArgs& a) {
     if (a.attention == "cudnn" && (a.device == "cpu" || a.precision == "fp32"))
         throw UsageError("--attention cudnn: cuDNN attention runs on --device cuda in bf16 or fp16, not " + a.device +
                          " " + a.precision);
-    if (a.windows == Windows::isolated && !a.windows_auto) {
-        if (a.attention == "cudnn")
-            throw UsageError("--attention cudnn: --windows isolated masks attention by document, which the matmul path "
-                             "does and cuDNN's fused one here does not (--attention matmul or auto)");
-        if (a.peft.virt != Virtual::none)
-            throw UsageError("--windows isolated: the virtual tokens of --virtual " +
-                             std::string(virtual_name(a.peft.virt)) + " sit at the start of a row, where only its "
-                             "first document would see them; use --windows single or documents");
-    }
+    if (a.windows == Windows::isolated && !a.windows_auto && a.attention == "cudnn")
+        throw UsageError("--attention cudnn: --windows isolated masks attention by document, which the matmul path "
+                         "does and cuDNN's fused one here does not (--attention matmul or auto)");
     // Files named on the command line must exist: a typo is a usage error (exit 2), while a file that
     // exists but is malformed is reported by its reader (exit 1).
     auto must_exist = [](const char* flag, const std::string& path) {

@@ -79,10 +79,6 @@ int main(int argc, char** argv) {
             } else {
                 doc_end = document_end_token(windows, vocab, V);
             }
-            if (windows == Windows::isolated && m.model->virtual_tokens() > 0)
-                throw UsageError("--windows isolated: the " + std::to_string(m.model->virtual_tokens()) +
-                                 " virtual tokens of " + (adapter.empty() ? weights : adapter) + " sit at the start "
-                                 "of a row, where only its first document would see them; use --windows single");
             // Not switched by the file: two models compared on the same --data must see the same windows.
             if (m.trained_on.document_windows() && windows_auto && windows != m.trained_on.windows)
                 std::fprintf(stderr, "note: %s was trained on document windows; --windows %s measures it on "

@@ -405,13 +405,6 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
         mo.peft.lora_dropout = flag_dropout;  // a resume names it when it changed
     }
     // The virtual tokens of the flags, of the adapter or of the resumed checkpoint.
-    if (args.windows == Windows::isolated && mo.peft.virtual_tokens() > 0)
-        throw UsageError("--windows isolated: the " + std::to_string(mo.peft.virtual_tokens()) + " virtual tokens " +
-                         (!args.adapter.empty()  ? "of --adapter " + args.adapter
-                          : !args.resume.empty() ? "of the run --resume " + args.resume + " continues"
-                                                 : std::string("of --virtual")) +
-                         " sit at the start of a row, where only its first document would see them; use --windows "
-                         "single or documents");
     if (const int P = mo.peft.virtual_tokens(); args.seq + P > cfg.block_size)
         throw UsageError("--seq: " + std::to_string(args.seq) + " real tokens after " +
                          (args.adapter.empty() ? "" : "the adapter's ") + std::to_string(P) +

@@ -6,11 +6,8 @@
 
 namespace tune::cpu {
 
-// The first key position query t of row b attends to: the start of its document, t - pos[b, t] (0 without pos).
-static int first_key(const int32_t* pos, int b, int t, int T_) { return pos ? t - pos[(size_t)b * T_ + t] : 0; }
-
 template <class T>
-void attention_forward(T* out, T* probs, const T* qkv, const int32_t* pos, int B, int T_, int C, int NH) {
+void attention_forward(T* out, T* probs, const T* qkv, DocMask mask, int B, int T_, int C, int NH) {
     const int HS = C / NH;
     const size_t C3 = 3 * (size_t)C;
     const T scale = (T)(1.0 / std::sqrt((double)HS));
@@ -18,12 +15,12 @@ void attention_forward(T* out, T* probs, const T* qkv, const int32_t* pos, int B
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T_; t++) {
-                const int u0 = first_key(pos, b, t, T_);
+                const int u0 = doc_first_key(mask, b, t, T_);
                 const T* q = qkv + ((size_t)b * T_ + t) * C3 + (size_t)h * HS;
                 T* p = probs + (((size_t)b * NH + h) * T_ + t) * T_;
                 T maxv = -INFINITY;
-                for (int u = 0; u < u0; u++) p[u] = 0;  // earlier documents get no weight
-                for (int u = u0; u <= t; u++) {
+                for (int u = 0; u <= t; u++) {
+                    if (!doc_sees(mask, u0, u, t)) continue;
                     const T* k = qkv + ((size_t)b * T_ + u) * C3 + C + (size_t)h * HS;
                     T s = 0;
                     for (int i = 0; i < HS; i++) s += q[i] * k[i];
@@ -31,15 +28,16 @@ void attention_forward(T* out, T* probs, const T* qkv, const int32_t* pos, int B
                     if (p[u] > maxv) maxv = p[u];
                 }
                 T sum = 0;
-                for (int u = u0; u <= t; u++) {
-                    p[u] = std::exp(p[u] - maxv);  // subtracting the max keeps exp from overflowing
+                for (int u = 0; u <= t; u++) {
+                    // the mask: the future, and other documents, get no weight
+                    p[u] = doc_sees(mask, u0, u, t) ? std::exp(p[u] - maxv) : 0;  // minus the max: no overflow
                     sum += p[u];
                 }
-                for (int u = u0; u <= t; u++) p[u] /= sum;
-                for (int u = t + 1; u < T_; u++) p[u] = 0;  // the causal mask: the future gets no weight
+                for (int u = 0; u <= t; u++) p[u] /= sum;
+                for (int u = t + 1; u < T_; u++) p[u] = 0;
                 T* o = out + ((size_t)b * T_ + t) * C + (size_t)h * HS;
                 for (int i = 0; i < HS; i++) o[i] = 0;
-                for (int u = u0; u <= t; u++) {
+                for (int u = 0; u <= t; u++) {
                     const T* v = qkv + ((size_t)b * T_ + u) * C3 + 2 * (size_t)C + (size_t)h * HS;
                     for (int i = 0; i < HS; i++) o[i] += p[u] * v[i];
                 }
@@ -47,7 +45,7 @@ void attention_forward(T* out, T* probs, const T* qkv, const int32_t* pos, int B
 }
 
 template <class T>
-void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, const int32_t* pos, int B, int T_, int C,
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, DocMask mask, int B, int T_, int C,
                         int NH) {
     const int HS = C / NH;
     const size_t C3 = 3 * (size_t)C;
@@ -63,11 +61,12 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, co
                 }
             std::vector<T> dp(T_);
             for (int t = 0; t < T_; t++) {
-                const int u0 = first_key(pos, b, t, T_);
+                const int u0 = doc_first_key(mask, b, t, T_);
                 const T* p = probs + (((size_t)b * NH + h) * T_ + t) * T_;
                 const T* d_o = dout + ((size_t)b * T_ + t) * C + (size_t)h * HS;
                 T dot = 0;  // sum_u p[u] dp[u], the softmax backward's correction term
-                for (int u = u0; u <= t; u++) {
+                for (int u = 0; u <= t; u++) {
+                    if (!doc_sees(mask, u0, u, t)) continue;
                     const T* v = qkv + ((size_t)b * T_ + u) * C3 + 2 * (size_t)C + (size_t)h * HS;
                     T* dv = dqkv + ((size_t)b * T_ + u) * C3 + 2 * (size_t)C + (size_t)h * HS;
                     T s = 0;
@@ -80,7 +79,8 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, co
                 }
                 const T* q = qkv + ((size_t)b * T_ + t) * C3 + (size_t)h * HS;
                 T* dq = dqkv + ((size_t)b * T_ + t) * C3 + (size_t)h * HS;
-                for (int u = u0; u <= t; u++) {
+                for (int u = 0; u <= t; u++) {
+                    if (!doc_sees(mask, u0, u, t)) continue;
                     T ds = p[u] * (dp[u] - dot) * scale;
                     const T* k = qkv + ((size_t)b * T_ + u) * C3 + C + (size_t)h * HS;
                     T* dk = dqkv + ((size_t)b * T_ + u) * C3 + C + (size_t)h * HS;
@@ -141,11 +141,10 @@ void attention_forward_cached(T* out, T* kcache, T* vcache, const T* qkv, int B,
 template void attention_forward_cached<float>(float*, float*, float*, const float*, int, int, int, int, int, int);
 template void attention_forward_cached<double>(double*, double*, double*, const double*, int, int, int, int, int,
                                                int);
-template void attention_forward<float>(float*, float*, const float*, const int32_t*, int, int, int, int);
-template void attention_forward<double>(double*, double*, const double*, const int32_t*, int, int, int, int);
-template void attention_backward<float>(float*, const float*, const float*, const float*, const int32_t*, int, int, int,
-                                        int);
-template void attention_backward<double>(double*, const double*, const double*, const double*, const int32_t*, int, int,
-                                         int, int);
+template void attention_forward<float>(float*, float*, const float*, DocMask, int, int, int, int);
+template void attention_forward<double>(double*, double*, const double*, DocMask, int, int, int, int);
+template void attention_backward<float>(float*, const float*, const float*, const float*, DocMask, int, int, int, int);
+template void attention_backward<double>(double*, const double*, const double*, const double*, DocMask, int, int, int,
+                                         int);
 
 }  // namespace tune::cpu

@@ -6,12 +6,15 @@
 //             dq[t] = sum_u ds[t,u] k[u] / sqrt(HS);  dk[u] += ds[t,u] q[t] / sqrt(HS)
 // Forward saves the probabilities p (B,NH,T,T) (entries above the diagonal are zero). The GPU's fused
 // kernel saves less; that is why `saved` is the backend's business. dqkv is written (=).
-// Document masking (packed documents that must not see each other, `--windows isolated`): with pos(B,T), the
-// position of each token in its document, query t attends to u in [t - pos[t], t] only, the tokens of its own
-// document; every sum above then runs over that range and p is 0 outside it. pos null: u in [0, t].
+// Document masking (packed documents that must not see each other, `--windows isolated`; kernels/common.h's
+// DocMask): with mask.pos(B,T), the position of each token in its document, query t attends to u in
+// [t - pos[t], t] only, the tokens of its own document, and to the mask.prefix virtual tokens every document
+// shares; every sum above then runs over those u and p is 0 elsewhere. mask.pos null: u in [0, t].
 #pragma once
 #include <cstddef>
 #include <cstdint>
+
+#include "kernels/common.h"
 
 namespace tune::cpu {
 
@@ -21,7 +24,7 @@ template <class T>
 void attention_forward(T* out,            // (B, T, C)
                        T* probs,          // (B, NH, T, T)
                        const T* qkv,      // (B, T, 3C)
-                       const int32_t* pos,  // (B, T) positions in the document, or null
+                       DocMask mask,      // positions in the documents, or none
                        int B, int T_, int C, int NH);
 
 template <class T>
@@ -29,7 +32,7 @@ void attention_backward(T* dqkv,         // (B, T, 3C) written
                         const T* dout,   // (B, T, C)
                         const T* qkv,    // (B, T, 3C)
                         const T* probs,  // (B, NH, T, T)
-                        const int32_t* pos,  // (B, T) as in forward, or null
+                        DocMask mask,    // as in forward
                         int B, int T_, int C, int NH);
 
 // Incremental attention for generation with a KV cache: n new positions pos0..pos0+n-1 of each row.

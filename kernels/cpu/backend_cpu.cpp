@@ -130,13 +130,13 @@ class CpuBackend final : public Backend {
     size_t attention_saved_elems(int B, int T_, int, int NH) const override {
         return cpu::attention_saved_elems(B, T_, NH);
     }
-    void attention_forward(void* out, void* saved, const void* qkv, const int32_t* pos, int B, int T_, int C,
+    void attention_forward(void* out, void* saved, const void* qkv, DocMask mask, int B, int T_, int C,
                            int NH) override {
-        cpu::attention_forward(t(out), t(saved), t(qkv), pos, B, T_, C, NH);
+        cpu::attention_forward(t(out), t(saved), t(qkv), mask, B, T_, C, NH);
     }
     void attention_backward(void* dqkv, const void* dout, const void* qkv, const void*, const void* saved,
-                            const int32_t* pos, int B, int T_, int C, int NH) override {
-        cpu::attention_backward(t(dqkv), t(dout), t(qkv), t(saved), pos, B, T_, C, NH);
+                            DocMask mask, int B, int T_, int C, int NH) override {
+        cpu::attention_backward(t(dqkv), t(dout), t(qkv), t(saved), mask, B, T_, C, NH);
     }
     void attention_forward_cached(void* out, void* kcache, void* vcache, const void* qkv, int B, int n, int pos0,
                                   int maxT, int C, int NH) override {

@@ -259,33 +259,33 @@ class CudaBackend final : public Backend {
         if (it == fused_.end() || !it->second) return Backend::attention_path(C, NH);
         return "cudnn (fused; workspace " + std::to_string(cudnn_->workspace_bytes() >> 20) + " MiB)";
     }
-    void attention_forward(void* out, void* saved, const void* qkv, const int32_t* pos, int B, int T, int C,
+    void attention_forward(void* out, void* saved, const void* qkv, DocMask mask, int B, int T, int C,
                            int NH) override {
         if (fused_attention(B, T, C, NH)) {
-            refuse_document_mask(pos);
+            refuse_document_mask(mask);
             return cudnn_->forward(out, static_cast<float*>(saved), qkv, dtype_, B, T, C, NH, *scratch_);
         }
         dispatch([&](auto tag) {
             using E = decltype(tag);
-            cuda::attention_forward(t<E>(out), t<E>(saved), t<E>(qkv), pos, B, T, C, NH, *gemm_, *scratch_);
+            cuda::attention_forward(t<E>(out), t<E>(saved), t<E>(qkv), mask, B, T, C, NH, *gemm_, *scratch_);
         });
     }
     void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const void* saved,
-                            const int32_t* pos, int B, int T, int C, int NH) override {
+                            DocMask mask, int B, int T, int C, int NH) override {
         if (fused_attention(B, T, C, NH)) {
-            refuse_document_mask(pos);
+            refuse_document_mask(mask);
             return cudnn_->backward(dqkv, dout, qkv, out, static_cast<const float*>(saved), dtype_, B, T, C, NH,
                                     *scratch_);
         }
         dispatch([&](auto tag) {
             using E = decltype(tag);
-            cuda::attention_backward(t<E>(dqkv), t<E>(dout), t<E>(qkv), t<E>(saved), pos, B, T, C, NH, *gemm_,
+            cuda::attention_backward(t<E>(dqkv), t<E>(dout), t<E>(qkv), t<E>(saved), mask, B, T, C, NH, *gemm_,
                                      *scratch_);
         });
     }
     // The fused path has no document mask (cuDNN's would need the packed documents as ragged sequences).
-    static void refuse_document_mask(const int32_t* pos) {
-        if (pos)
+    static void refuse_document_mask(const DocMask& mask) {
+        if (mask.pos)
             throw Error("cuda: document-masked attention (--windows isolated) runs on the matmul path, and this "
                         "backend was made with cuDNN's fused attention (--attention matmul)");
     }
