@@ -9,7 +9,7 @@
 #      against the real one; the CPU-only suites run in CI), the one-rank NCCL path of data parallelism (every
 #      collective), and Hugging Face transformers loading our export (PyTorch is there, not in CI),
 #   3. compute-sanitizer memcheck, racecheck, initcheck and synccheck over the kernel tests (a filtered gtest
-#      run) and memcheck over one training step,
+#      run) and memcheck over one training step (and one on --windows isolated),
 #   4. GPT-2 124M training throughput: bin/train --device cuda --precision bf16 --batch 32 --seq 1024 on a
 #      synthetic shard, against bench/pytorch_baseline.py (PyTorch, bf16 autocast, fused AdamW, compile, SDPA),
 #   5. activation recomputation's memory and time for GPT-2 124M and XL (bench_recompute), the one-rank NCCL
@@ -249,6 +249,10 @@ if [ -n "$SAN" ]; then
     stage_bg synccheck 90 "$OWN $SAN --tool synccheck $SAN_ARGS ./build/tests/tune_tests --gtest_filter='$KERNEL_TESTS'"
     stage_bg memcheck_train_step 90 "$SAN --tool memcheck $SAN_ARGS bin/train --device cuda --precision bf16 --model tiny \
       --batch 2 --seq 64 --steps 1 --train-data $WORK/synthetic.bin --val-every 0 --out $WORK/run_sanitized"
+    # The same step on isolated windows: positions, the document mask (matmul attention) and dwpe by position.
+    stage_bg memcheck_isolated_step 90 "$SAN --tool memcheck $SAN_ARGS bin/train --device cuda --precision bf16 \
+      --model tiny --batch 2 --seq 64 --steps 1 --train-data $WORK/synthetic.bin --windows isolated --val-every 0 \
+      --out $WORK/run_sanitized_isolated"
     stage_wait
 else
     stage sanitizers 5 "echo 'compute-sanitizer not found (looked on PATH and under $CUDA_HOME)'; exit 77"
@@ -341,7 +345,7 @@ FAILED_TESTS=$(grep -h '^\[  FAILED  \] .*\.' "$SD/tests.log" "$SD/nccl_one_rank
         if (/: built in /) n++; else f++}
         END {if (n + f) printf "cuDNN graph builds: %d built, %d refused, %.1f s in all, the slowest %d ms\n", n, f, t / 1000, m}'
     [ -n "$FAILED_TESTS" ] && echo "failed tests:" && echo "$FAILED_TESTS" | sed 's/^/  /'
-    for t in memcheck racecheck initcheck synccheck memcheck_train_step; do
+    for t in memcheck racecheck initcheck synccheck memcheck_train_step memcheck_isolated_step; do
         [ -s "$SD/$t.log" ] && echo "$t: $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$SD/$t.log" | tail -1)"
     done
     cut=()
