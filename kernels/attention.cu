@@ -67,13 +67,14 @@ __global__ void attention_softmax_causal(T* probs, const S* scores, DocMask mask
         const int u0 = doc_first_key(mask, row / ((size_t)NH * T_), t, T_);
         const S* s = scores + row * T_;
         T* p = probs + row * T_;
+        const int pre = min(mask.prefix, u0);  // the keys seen: [0, pre) and [u0, t]
         float m = -INFINITY;
-        for (int u = lane; u <= t; u += 32)
-            if (doc_sees(mask, u0, u, t)) m = fmaxf(m, to_f32(s[u]));
+        for (int u = lane; u < pre; u += 32) m = fmaxf(m, to_f32(s[u]));
+        for (int u = u0 + lane; u <= t; u += 32) m = fmaxf(m, to_f32(s[u]));
         m = warp_max(m);
         float sum = 0.0f;
-        for (int u = lane; u <= t; u += 32)
-            if (doc_sees(mask, u0, u, t)) sum += expf(to_f32(s[u]) - m);
+        for (int u = lane; u < pre; u += 32) sum += expf(to_f32(s[u]) - m);
+        for (int u = u0 + lane; u <= t; u += 32) sum += expf(to_f32(s[u]) - m);
         sum = warp_sum(sum);
         for (int u = lane; u < T_; u += 32)
             p[u] = from_f32<T>(doc_sees(mask, u0, u, t) ? expf(to_f32(s[u]) - m) / sum : 0.0f);
@@ -92,9 +93,10 @@ __global__ void attention_softmax_backward_causal(T* dscores, const S* dprobs, c
         const S* dp = dprobs + row * T_;
         const T* p = probs + row * T_;
         T* ds = dscores + row * T_;
+        const int pre = min(mask.prefix, u0);  // the keys seen: [0, pre) and [u0, t]
         float dot = 0.0f;
-        for (int u = lane; u <= t; u += 32)
-            if (doc_sees(mask, u0, u, t)) dot += to_f32(p[u]) * to_f32(dp[u]);
+        for (int u = lane; u < pre; u += 32) dot += to_f32(p[u]) * to_f32(dp[u]);
+        for (int u = u0 + lane; u <= t; u += 32) dot += to_f32(p[u]) * to_f32(dp[u]);
         dot = warp_sum(dot);
         for (int u = lane; u < T_; u += 32)
             ds[u] = from_f32<T>(doc_sees(mask, u0, u, t) ? to_f32(p[u]) * (to_f32(dp[u]) - dot) * scale : 0.0f);

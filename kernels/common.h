@@ -56,11 +56,6 @@ TUNE_HOST_DEVICE inline uint32_t dropout_hash(uint64_t seed, uint64_t i) {
     return (uint32_t)(z >> 32);
 }
 
-// Where a process's mask sits in the whole batch's. A (B, rows, cols) tensor holds B sequences of seq_elems =
-// rows * cols elements; under data parallelism this process's sequence b is sequence b * stride + offset of the
-// global batch (stride: the world size, offset: the rank; data/shard.h deals windows out that way), and element
-// i draws the counter it has there, so the masks do not depend on how many ranks share the batch. The default,
-// stride 1 and offset 0, is the identity.
 // Attention within documents (packed rows, `bin/train --windows isolated`): query t of row b sees key u <= t when
 // u >= t - pos[b, t] (its own document: pos counts from the document's first token) or u < prefix (virtual tokens
 // at the row's start, which every document of the row shares). pos null: every u <= t (plain causal attention).
@@ -79,6 +74,11 @@ TUNE_HOST_DEVICE inline bool doc_sees(const DocMask& m, int u0, int u, int t) {
     return u <= t && (u >= u0 || u < m.prefix);
 }
 
+// Where a process's mask sits in the whole batch's. A (B, rows, cols) tensor holds B sequences of seq_elems =
+// rows * cols elements; under data parallelism this process's sequence b is sequence b * stride + offset of the
+// global batch (stride: the world size, offset: the rank; data/shard.h deals windows out that way), and element
+// i draws the counter it has there, so the masks do not depend on how many ranks share the batch. The default,
+// stride 1 and offset 0, is the identity.
 struct DropoutLayout {
     uint64_t seq_elems = 1, stride = 1, offset = 0;
 };

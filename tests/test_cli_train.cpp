@@ -345,6 +345,7 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
                                   "/prompt/adapter.ckpt --data " + d + "/p/train.bin --seq 32 --windows ";
     CmdResult ev_prompt_iso = run_cmd(ev_prompt + "isolated"), ev_prompt_single = run_cmd(ev_prompt + "single");
     ASSERT_EQ(ev_prompt_iso.rc, 0) << ev_prompt_iso.out;
+    ASSERT_EQ(ev_prompt_single.rc, 0) << ev_prompt_single.out;
     EXPECT_NEAR(loss_of(ev_prompt_iso.out), loss_of(ev_prompt_single.out), 2e-4)
         << ev_prompt_iso.out << ev_prompt_single.out;
     CmdResult resumed_cudnn = run_cmd("bin/train --device cuda --precision bf16 --attention cudnn --train-data " + d +

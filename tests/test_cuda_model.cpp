@@ -73,11 +73,11 @@ TEST_P(CudaModel, PackedDocumentPositionsMatchCpu_L2_NH3_C12_B2_T11_RecomputeNon
     const std::vector<int32_t> pos = {0, 1, 2, 0, 1, 2, 3, 0, 1, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1};
     const Data d = random_data(B, T, 37, 9, true);
     const Tolerances tol = dt() == DType::f32 ? Tolerances{1e-5, 1e-6, 1e-4} : Tolerances{3e-2, 1e-2, 5e-2};
-    for (int k = 0; k < 3; k++) {
-        const Recompute rc = k == 1 ? Recompute::full : Recompute::none;
+    for (int k = 0; k < 4; k++) {  // none, full; prefix tuning with none, full
+        const Recompute rc = k % 2 ? Recompute::full : Recompute::none;
         ModelOptions o;
         o.recompute = rc;
-        if (k == 2) {
+        if (k >= 2) {
             o.peft.virt = Virtual::prefix;
             o.peft.n_virtual = 3;
             o.peft.hidden = 5;
@@ -85,7 +85,7 @@ TEST_P(CudaModel, PackedDocumentPositionsMatchCpu_L2_NH3_C12_B2_T11_RecomputeNon
         GPT2 g(cfg, gpu(), B, T, nullptr, o), r(cfg, ref(), B, T, nullptr, ModelOptions{o.peft});
         g.init_random(43);
         randomize_vectors(g, 200);
-        if (k == 2) randomise_peft(g, 300);
+        if (k >= 2) randomise_peft(g, 300);
         copy_params(g, r);
         const float dloss = 1.0f / (float)counted(d.w);
         for (GPT2* m : {&g, &r}) {

@@ -109,7 +109,7 @@ TEST(PeftModel, PackedDocumentsSeeTheVirtualTokensAsEachAloneF64_Prompt_Ptune_Pr
     }
     auto be = make_cpu_backend(DType::f64);
     const float dloss = 1.0f / (float)counted(packed.w);
-    for (Virtual v : {Virtual::prompt, Virtual::ptune, Virtual::prefix}) {
+    for (Virtual v : {Virtual::prompt, Virtual::ptune, Virtual::prefix, Virtual::prefix_kv}) {
         ModelOptions o;
         o.peft = virtual_cfg(v, 3, 5);
         GPT2 single(c, *be, 3, T, nullptr, o), m(c, *be, 1, T, nullptr, o);

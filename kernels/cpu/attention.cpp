@@ -38,6 +38,7 @@ void attention_forward(T* out, T* probs, const T* qkv, DocMask mask, int B, int 
                 T* o = out + ((size_t)b * T_ + t) * C + (size_t)h * HS;
                 for (int i = 0; i < HS; i++) o[i] = 0;
                 for (int u = 0; u <= t; u++) {
+                    if (!doc_sees(mask, u0, u, t)) continue;
                     const T* v = qkv + ((size_t)b * T_ + u) * C3 + 2 * (size_t)C + (size_t)h * HS;
                     for (int i = 0; i < HS; i++) o[i] += p[u] * v[i];
                 }
