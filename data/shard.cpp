@@ -199,11 +199,12 @@ bool any_masked(const std::vector<Shard>& shards) {
 }
 
 Loader::Loader(std::vector<Shard> shards, int vocab_size, int B, int T, bool shuffle, uint64_t seed, int rank,
-               int world_size, int32_t doc_end, bool one_document, bool isolate)
-    : shards_(std::move(shards)), B_(B), T_(T), vocab_(vocab_size), doc_end_(doc_end), isolate_(isolate),
-      shuffle_(shuffle), seed_(seed), rank_(rank), world_(world_size) {
+               int world_size, int32_t doc_end, Windows windows)
+    : shards_(std::move(shards)), B_(B), T_(T), vocab_(vocab_size), doc_end_(doc_end),
+      isolate_(windows == Windows::isolated), shuffle_(shuffle), seed_(seed), rank_(rank), world_(world_size) {
     if (shards_.empty()) throw Error("no data shards given");
-    if (isolate && doc_end < 0) throw Error("Loader: isolated documents need the token that ends a document");
+    if (isolate_ && doc_end < 0) throw Error("Loader: isolated documents need the token that ends a document");
+    const bool one_document = windows == Windows::single;
     for (uint32_t shard = 0; shard < (uint32_t)shards_.size(); shard++) {
         const Shard& s = shards_[shard];
         const std::string& p = s.path;
@@ -214,7 +215,7 @@ Loader::Loader(std::vector<Shard> shards, int vocab_size, int B, int T, bool shu
             // after it as fit in its T targets; the rest of the row is padding that counts nothing. A fine-tuning
             // example then never loses its prompt to the window before, at the price of the padding. A document
             // longer than a window is cut into windows of T (those after the first start mid-document, as fixed
-            // windows do). Every target is in exactly one window. With one_document (--windows single) a window
+            // windows do). Every target is in exactly one window. With --windows single a window
             // ends at its first document end instead of its last: the attention of every position then holds
             // its own document only, as it will when the model is asked one prompt at a time.
             const uint64_t last = n - 1;  // the last target

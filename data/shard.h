@@ -123,7 +123,7 @@ struct LoaderState {
 // Serves B x T windows from one or more shards. Windows start every T tokens inside each shard (they
 // never cross shards); a shard shorter than T+1 tokens is one window, padded with weight 0. Document windows
 // (doc_end, `bin/train --windows documents`) start where a document does instead and hold whole documents,
-// padded; with one_document (`--windows single`) only one each. A document longer than T targets is cut into
+// padded; `--windows single` only one each. A document longer than T targets is cut into
 // windows of T. Shuffled: each epoch visits the windows in
 // a permutation drawn from (seed, epoch); sequential: in file order. With world_size ranks, rank r takes
 // windows r, r+W, r+2W, ... of the epochs' orders joined end to end (a round at an epoch's end runs on into the
@@ -131,15 +131,15 @@ struct LoaderState {
 // depend only on the global batch, not on how many ranks share it.
 class Loader {
    public:
-    // doc_end >= 0: document windows, documents ending with that token (one_document: one a window; isolate:
-    // batches carry each token's position in its document); -1: fixed windows.
+    // doc_end >= 0: document windows, documents ending with that token, cut as `windows` says (documents, single:
+    // one a window, isolated: batches carry each token's position in its document); -1: fixed windows.
     Loader(const std::vector<std::string>& paths, int vocab_size, int B, int T, bool shuffle, uint64_t seed,
-           int rank = 0, int world_size = 1, int32_t doc_end = -1, bool one_document = false, bool isolate = false)
+           int rank = 0, int world_size = 1, int32_t doc_end = -1, Windows windows = Windows::documents)
         : Loader(read_shards(paths, vocab_size), vocab_size, B, T, shuffle, seed, rank, world_size, doc_end,
-                 one_document, isolate) {}
+                 windows) {}
     // Over shards already read (read_shards), for a caller that looked at them first.
     Loader(std::vector<Shard> shards, int vocab_size, int B, int T, bool shuffle, uint64_t seed, int rank = 0,
-           int world_size = 1, int32_t doc_end = -1, bool one_document = false, bool isolate = false);
+           int world_size = 1, int32_t doc_end = -1, Windows windows = Windows::documents);
 
     Batch next();
     // Like next(), but never starts a new epoch: the next min(B, windows left) windows of this rank's
@@ -204,7 +204,7 @@ class Loader {
     int B_, T_;
     int vocab_;  // token ids must stay below it (0: unchecked), also in a file changed since it was read
     int32_t doc_end_;
-    bool isolate_;
+    bool isolate_;  // windows == Windows::isolated: batches carry positions
     uint64_t long_documents_ = 0;
     bool shuffle_;
     uint64_t seed_;

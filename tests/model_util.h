@@ -42,6 +42,29 @@ inline Data random_data(int B, int T, int V, uint64_t seed, bool with_mask) {
     return d;
 }
 
+// Documents of the given lengths packed into one random row of T (isolated windows), and the same documents each
+// alone at the start of a row of its own, padded with weight 0; pos holds the packed tokens' positions in their
+// documents.
+struct PackedDocuments {
+    Data packed, alone;
+    std::vector<int32_t> pos;
+};
+inline PackedDocuments packed_documents(const std::vector<int>& lens, int T, int V, uint64_t seed) {
+    PackedDocuments d{random_data(1, T, V, seed, true), {(int)lens.size(), T, {}, {}, {}}, {}};
+    int t0 = 0;
+    for (int len : lens) {
+        for (int i = 0; i < T; i++) {
+            const bool in = i < len;
+            d.alone.x.push_back(in ? d.packed.x[t0 + i] : 0);
+            d.alone.y.push_back(in ? d.packed.y[t0 + i] : 0);
+            d.alone.w.push_back(in ? d.packed.w[t0 + i] : 0.0f);
+        }
+        for (int i = 0; i < len; i++) d.pos.push_back(i);
+        t0 += len;
+    }
+    return d;
+}
+
 inline size_t counted(const std::vector<float>& w) {
     size_t n = 0;
     for (float v : w) n += v != 0.0f;

@@ -132,17 +132,9 @@ TEST(ModelCpu, PackedDocumentsWithPositionsEqualEachDocumentAloneF64_Lens4_5_3_T
     const int T = 12, V = 37;
     const ModelConfig cfg = small_config(V, 2, 3, 12, 16);
     const int lens[] = {4, 5, 3};
-    Data packed = random_data(1, T, V, 41, true), alone{3, T, {}, {}, {}};
-    std::vector<int32_t> pos;
-    for (int k = 0, t0 = 0; k < 3; t0 += lens[k], k++) {
-        for (int i = 0; i < T; i++) {
-            const bool in = i < lens[k];
-            alone.x.push_back(in ? packed.x[t0 + i] : 0);
-            alone.y.push_back(in ? packed.y[t0 + i] : 0);
-            alone.w.push_back(in ? packed.w[t0 + i] : 0.0f);
-        }
-        for (int i = 0; i < lens[k]; i++) pos.push_back(i);
-    }
+    const PackedDocuments docs = packed_documents({4, 5, 3}, T, V, 41);
+    const Data &packed = docs.packed, &alone = docs.alone;
+    const std::vector<int32_t>& pos = docs.pos;
     ASSERT_EQ(counted(alone.w), counted(packed.w));
     auto be = make_cpu_backend(DType::f64);
     GPT2 single(cfg, *be, 3, T);

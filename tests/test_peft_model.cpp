@@ -94,19 +94,11 @@ void check_peft_gradients(GPT2& m, const Data& d) {
 // them, at its own positions after them. Three documents packed in one row give the token losses and every
 // gradient (base and virtual tensors) of the three alone in rows of their own, for each kind of virtual token.
 TEST(PeftModel, PackedDocumentsSeeTheVirtualTokensAsEachAloneF64_Prompt_Ptune_Prefix) {
-    const int T = 12, V = 37, lens[] = {4, 5, 3};
+    const int T = 12, V = 37;
     const ModelConfig c = small_config(V, 2, 3, 12, 16);
-    Data packed = random_data(1, T, V, 51, true), alone{3, T, {}, {}, {}};
-    std::vector<int32_t> pos;
-    for (int k = 0, t0 = 0; k < 3; t0 += lens[k], k++) {
-        for (int i = 0; i < T; i++) {
-            const bool in = i < lens[k];
-            alone.x.push_back(in ? packed.x[t0 + i] : 0);
-            alone.y.push_back(in ? packed.y[t0 + i] : 0);
-            alone.w.push_back(in ? packed.w[t0 + i] : 0.0f);
-        }
-        for (int i = 0; i < lens[k]; i++) pos.push_back(i);
-    }
+    const PackedDocuments docs = packed_documents({4, 5, 3}, T, V, 51);
+    const Data &packed = docs.packed, &alone = docs.alone;
+    const std::vector<int32_t>& pos = docs.pos;
     auto be = make_cpu_backend(DType::f64);
     const float dloss = 1.0f / (float)counted(packed.w);
     for (Virtual v : {Virtual::prompt, Virtual::ptune, Virtual::prefix, Virtual::prefix_kv}) {

@@ -402,17 +402,22 @@ TEST(Loader, DocumentWindowsHoldWholeDocumentsPaddedAndCutLongOnes_T8) {
 // C = (4, 5, 6, end), D (11 tokens and its end: longer than T = 8) and E = (7), cut off without an end. Worked
 // out by hand, (start, targets): packed (0, 8) A B C | (8, 8) (16, 5) D and E; single (0, 2) A | (2, 2) B |
 // (4, 4) C | (8, 8) (16, 4) D | (20, 1) E. Either way every target 1..21 once, and D is the one long document.
-TEST(Loader, SingleDocumentWindowsHoldOneDocumentEach_T8) {
-    TempDir tmp("single");
+std::vector<int32_t> five_documents() {  // A B C D E of the comment above, ending with 99
     std::vector<int32_t> tok = {1, 2, 99, 3, 99, 4, 5, 6, 99};
     for (int i = 10; i <= 20; i++) tok.push_back(i);
     tok.push_back(99);
     tok.push_back(7);
+    return tok;
+}
+
+TEST(Loader, SingleDocumentWindowsHoldOneDocumentEach_T8) {
+    TempDir tmp("single");
+    const std::vector<int32_t> tok = five_documents();
     ASSERT_EQ(tok.size(), 22u);
     write_shard(tmp.file("d.bin"), tok, nullptr, 100);
     const int T = 8;
-    auto windows = [&](bool one_document) {
-        Loader l({tmp.file("d.bin")}, 100, 1, T, false, 0, 0, 1, 99, one_document);
+    auto windows = [&](Windows w) {
+        Loader l({tmp.file("d.bin")}, 100, 1, T, false, 0, 0, 1, 99, w);
         EXPECT_EQ(l.long_documents(), 1u) << "D, once";
         std::vector<std::pair<int, int>> got;  // (start, targets), read back from the rows
         for (Batch b; l.next_in_epoch(b);) {
@@ -429,8 +434,8 @@ TEST(Loader, SingleDocumentWindowsHoldOneDocumentEach_T8) {
         }
         return got;
     };
-    EXPECT_EQ(windows(false), (std::vector<std::pair<int, int>>{{0, 8}, {8, 8}, {16, 5}}));
-    EXPECT_EQ(windows(true), (std::vector<std::pair<int, int>>{{0, 2}, {2, 2}, {4, 4}, {8, 8}, {16, 4}, {20, 1}}));
+    EXPECT_EQ(windows(Windows::documents), (std::vector<std::pair<int, int>>{{0, 8}, {8, 8}, {16, 5}}));
+    EXPECT_EQ(windows(Windows::single), (std::vector<std::pair<int, int>>{{0, 2}, {2, 2}, {4, 4}, {8, 8}, {16, 4}, {20, 1}}));
     EXPECT_EQ(parse_windows("single"), Windows::single);
     EXPECT_EQ(windows_name(parse_windows("documents")), std::string("documents"));
     EXPECT_THAT(error_of([] { parse_windows("document"); }),
@@ -442,14 +447,11 @@ TEST(Loader, SingleDocumentWindowsHoldOneDocumentEach_T8) {
 // windows' inputs (1 2 99 3 99 4 5 6 | 99 10 .. 16 | 17 18 19 20 99, then the padding 7 0 0).
 TEST(Loader, IsolatedWindowsArePackedDocumentsWithTheirPositions_T8) {
     TempDir tmp("isolated");
-    std::vector<int32_t> tok = {1, 2, 99, 3, 99, 4, 5, 6, 99};
-    for (int i = 10; i <= 20; i++) tok.push_back(i);
-    tok.push_back(99);
-    tok.push_back(7);
+    const std::vector<int32_t> tok = five_documents();
     write_shard(tmp.file("d.bin"), tok, nullptr, 100);
     const int T = 8;
     Loader packed({tmp.file("d.bin")}, 100, 1, T, false, 0, 0, 1, 99),
-        isolated({tmp.file("d.bin")}, 100, 1, T, false, 0, 0, 1, 99, false, true);
+        isolated({tmp.file("d.bin")}, 100, 1, T, false, 0, 0, 1, 99, Windows::isolated);
     const std::vector<std::vector<int32_t>> want = {
         {0, 1, 0, 1, 0, 1, 2, 3}, {0, 1, 2, 3, 4, 5, 6, 7}, {0, 1, 2, 3, 0, 1, 2, 3}};
     Batch a, b;
@@ -465,12 +467,12 @@ TEST(Loader, IsolatedWindowsArePackedDocumentsWithTheirPositions_T8) {
     }
     EXPECT_FALSE(isolated.next_in_epoch(b));
     // next() (training) fills them too, for every row.
-    Loader two({tmp.file("d.bin")}, 100, 2, T, false, 0, 0, 1, 99, false, true);
+    Loader two({tmp.file("d.bin")}, 100, 2, T, false, 0, 0, 1, 99, Windows::isolated);
     const Batch n = two.next();
     ASSERT_EQ(n.positions.size(), 2u * T);
     EXPECT_EQ(std::vector<int32_t>(n.positions.begin() + T, n.positions.end()), want[1]);
     EXPECT_EQ(parse_windows("isolated"), Windows::isolated);
-    EXPECT_THAT(error_of([&] { Loader({tmp.file("d.bin")}, 100, 1, T, false, 0, 0, 1, -1, false, true); }),
+    EXPECT_THAT(error_of([&] { Loader({tmp.file("d.bin")}, 100, 1, T, false, 0, 0, 1, -1, Windows::isolated); }),
                 HasSubstr("isolated documents need the token that ends a document"));
 }
 
@@ -522,7 +524,7 @@ TEST(Loader, CutsMatchAPlainReference_300Documents_T8) {
     // One document a window: no end token among a window's inputs after its first (nothing of another document
     // to attend to); a window ends at its document's end unless it is full or the shard's last (no document
     // split that would fit); every target once; more windows than packed.
-    Loader single({tmp.file("c.bin")}, 100, 1, T, false, 0, 0, 1, 99, true);
+    Loader single({tmp.file("c.bin")}, 100, 1, T, false, 0, 0, 1, 99, Windows::single);
     EXPECT_GT(single.num_windows(), docs.num_windows());
     uint64_t targets = 0;
     for (Batch b; single.next_in_epoch(b);) {

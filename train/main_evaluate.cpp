@@ -96,8 +96,7 @@ int main(int argc, char** argv) {
                 std::fprintf(stderr, "note: --seq %d, %s\n", room, context.c_str());
                 seq = room;
             }
-            Loader loader(std::move(shards), V, batch, seq, false, 0, 0, 1, doc_end, windows == Windows::single,
-                          windows == Windows::isolated);
+            Loader loader(std::move(shards), V, batch, seq, false, 0, 0, 1, doc_end, windows);
             loader.note_short_shards();
             LossResult r = eval_loss(*m.model, loader, batches, "evaluate: loss, batch");
             std::string scope;

@@ -596,15 +596,14 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
                     std::fprintf(stderr, "note: --val-data %s is also %s: the validation loss measures what the "
                                  "model was fitted to, not how it generalises\n", v.c_str(), flag);
     }
-    const bool one_document = args.windows == Windows::single, isolate = args.windows == Windows::isolated;
     if (!args.train_data.empty()) {
         train_ = std::make_unique<Loader>(std::move(train_shards), cfg.vocab_size, args.batch, args.seq,
-                                          args.shuffle, args.seed, rank, world, doc_end, one_document, isolate);
+                                          args.shuffle, args.seed, rank, world, doc_end, args.windows);
         train_->set_state(state_.loader);
     }
     if (!args.val_data.empty())
         val_ = std::make_unique<Loader>(args.val_data, cfg.vocab_size, args.batch, args.seq, false, 0, rank, world,
-                                        doc_end, one_document, isolate);
+                                        doc_end, args.windows);
     if (!args.replay_data.empty() && args.replay_frac > 0) {
         replay_ = std::make_unique<Loader>(args.replay_data, cfg.vocab_size, args.batch, args.seq, args.shuffle,
                                            args.seed + 1, rank, world);  // sliced by rank like the training data
