@@ -212,7 +212,8 @@ endef
 $(foreach t,$(TOOLS),$(eval $(call emu_tool_rule,$(t))))
 
 # Twice: threads in order, then each block's threads last to first (CUDA_EMU_ORDER, see the runtime), which
-# turns a missing barrier into a wrong answer one way or the other; the second pass leaves out the
+# turns a missing barrier into a wrong answer one way or the other, and the same for streams (the higher-priority
+# one first, then the lower: a missing event between them reads unwritten memory); the second pass leaves out the
 # gpt2-124M-sized tests, whose kernels are the same as the small ones'.
 .PHONY: test-emu
 test-emu: $(EMU)/tune_tests_emu $(TOOLS) $(EMU_TOOLS)

@@ -537,6 +537,15 @@ struct DistRuns : ::testing::Test {
     std::string dir;
 };
 
+// A model of `layers` blocks for the ZeRO-2 runs: with more blocks than slots, a slot is taken again within one
+// backward, after its collective (that wait and keep is the point of the slots).
+void save_init(const std::string& path, int layers) {
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(37, layers, 3, 24, 16), *be, 1, 1);
+    m.init_random(3);
+    save_checkpoint(path, m, nullptr, nullptr);
+}
+
 struct DistFixture : DistRuns {
     void SetUp() override {
         if (!built_with_mpi()) GTEST_SKIP() << "built without MPI (apt-get install openmpi-bin libopenmpi-dev)";
@@ -752,14 +761,6 @@ TEST_F(DistFixture, Zero1WithFrozenLayersEqualsZero0) {
     expect_ranks_agree("z1", 2);
 }
 
-// A model of `layers` blocks for the ZeRO-2 runs: with more blocks than slots, a slot is taken again within one
-// backward, after its collective (that wait and keep is the point of the slots).
-void save_init(const std::string& path, int layers) {
-    auto be = make_cpu_backend(DType::f32);
-    GPT2 m(small_config(37, layers, 3, 24, 16), *be, 1, 1);
-    m.init_random(3);
-    save_checkpoint(path, m, nullptr, nullptr);
-}
 
 // ZeRO-2 with one micro-batch per step takes the ZeRO-1 sums (plus a zero): the same bytes. Five blocks on two
 // slots; three ranks cut the buckets unevenly; frozen tensors and LoRA give buckets of two ranges and make the
@@ -1034,6 +1035,21 @@ TEST_F(DistNcclRanks, TwoAndThreeRanksTrainAsOneWithTheCombinedBatch_ZeroOneAndT
     // buckets unevenly, so this goes through the grouped ncclReduce/ncclBroadcast path.
     EXPECT_EQ(slurp(dir + "/three_z1/model.ckpt"), slurp(dir + "/three_z2/model.ckpt"));
     EXPECT_EQ(slurp(dir + "/three_z1/resume.ckpt"), slurp(dir + "/three_z2/resume.ckpt"));
+}
+
+// ZeRO-2 over NCCL with more blocks than slots and several micro-batches: each slot is taken again while its
+// reduce-scatter may still be queued on the communicator's stream. The compute stream waits for that collective's
+// event (Comm::wait) before it keeps its piece and overwrites the slot; without the wait the emulator, which runs
+// each stream's work only when another waits for it, reads the slot unreduced or overwritten.
+TEST_F(DistNcclRanks, Zero2TakesEachSlotAgainOnlyAfterItsCollective_L3GradAccum) {
+    save_init(dir + "/init3.ckpt", 3);
+    const std::string common = "--steps 3 --val-every 0 --grad-accum 2";
+    RUN_OK(train(common + " --batch 4", "one", "init3.ckpt", cuda_tool("train") + " --device cuda"));
+    RUN_OK(ranks(2, common + " --batch 2 --zero 2", "z2", "", "init3.ckpt"));
+    ASSERT_EQ(series("z2", "loss").size(), 3u);
+    EXPECT_TRUE(near_rel(series("z2", "loss"), series("one", "loss"), kLossTol));
+    EXPECT_TRUE(near_rel(weights("z2", 3), weights("one", 3), kWeightTol));
+    expect_ranks_agree("z2", 2);
 }
 
 TEST_F(DistNcclRanks, AHungRankIsNamedAndEveryRankStops) {

@@ -1,7 +1,8 @@
 // Host stand-in for libcublasLt and libcublas in the CPU emulator build: the functions that
 // kernels/cuda/cublaslt.cu calls, defined against NVIDIA's own headers so every name, macro (cublasCreate is
-// cublasCreate_v2) and type is the one the project compiles against. "Device" memory is host memory and every
-// stream is synchronous, so each call computes its result before it returns.
+// cublasCreate_v2) and type is the one the project compiles against. "Device" memory is host memory. A call
+// checks its arguments at once and queues the product on its stream, as the real library does (the emulator's
+// streams: tests/emu/cuda_emu.h); alpha and beta are read at the call (host pointer mode).
 //
 // Semantics follow NVIDIA's documentation, column-major as cuBLAS thinks:
 //   D(m,n) = alpha * op(A)(m,k) @ op(B)(k,n) + beta * C(m,n)  [+ bias(m) broadcast over the n columns]
@@ -40,6 +41,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -47,7 +49,8 @@
 // handles typed without casts. The descriptors' opaque types are complete (fixed-size arrays for stack
 // allocation), so those are heap objects of our own, cast to the opaque pointer.
 namespace emu {
-bool in_allocation(const void* p, size_t bytes);  // tests/emu/cuda_emu_runtime.cpp
+bool in_allocation(const void* p, size_t bytes);                  // tests/emu/cuda_emu_runtime.cpp
+void enqueue(cudaStream_t stream, std::function<void()> work);  // tests/emu/cuda_emu_runtime.cpp
 }
 
 struct cublasLtContext {
@@ -600,7 +603,6 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                               size_t workspace_bytes, cudaStream_t stream) {
     (void)workspace;
     (void)workspace_bytes;  // our kernel needs none
-    (void)stream;           // streams are synchronous: the result is ready on return
     if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
     const MatmulDesc* op = desc_of(desc);
     const Layout *A = layout_of(adesc), *B = layout_of(bdesc), *C = layout_of(cdesc), *D = layout_of(ddesc);
@@ -629,7 +631,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     p.bias = bias ? op->bias : nullptr;
     p.aux = has_aux(op->epilogue) ? op->aux : nullptr;
     if (!memory_ok(p, "cublasLtMatmul")) return CUBLAS_STATUS_EXECUTION_FAILED;
-    compute(p);
+    emu::enqueue(stream, [p] { compute(p); });
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -708,7 +710,7 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
     p.ldd = ldc;
     p.stride_d = strideC;
     if (!memory_ok(p, "cublasGemmStridedBatchedEx")) return CUBLAS_STATUS_EXECUTION_FAILED;
-    compute(p);
+    emu::enqueue(handle->stream, [p] { compute(p); });
     return CUBLAS_STATUS_SUCCESS;
 }
 

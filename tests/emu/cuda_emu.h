@@ -14,6 +14,13 @@
 // reverse order, CUDA_EMU_ORDER=reverse, as 0x7F bytes: about 3.4e38, which fmaxf and comparisons do not skip;
 // and the blocks of a launch run last to first).
 //
+// Streams are queues, as on a GPU: a kernel, copy, GEMM or collective runs when the host waits for it
+// (cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize, a blocking copy, cudaFree), and then
+// only what that wait needs, in an order a GPU could take: work on another stream runs before or after as its
+// events allow, the higher-priority stream first (CUDA_EMU_ORDER=reverse: the lower first). So a missing
+// cudaStreamWaitEvent, or a host read without a wait, reads memory not yet written in one order or the other.
+// CUDA_EMU_STREAMS=sync runs each piece of work when it is enqueued (the old behaviour).
+//
 // What it checks that a GPU run would also check: indexing, reductions and their order, the bf16/fp16
 // rounding (cuda_bf16.h's own host conversions), cuBLAS(Lt) argument validity and layouts, kernel pointer
 // arguments outside cudaMalloc/cudaMallocHost memory, cuBLAS and NCCL operands that run past their allocation.
@@ -31,6 +38,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -73,10 +82,15 @@ void* dynamic_shared(size_t align);  // the launch's dynamic shared memory (exte
 // environment variable CUDA_EMU_ORDER=reverse sets it at start.
 bool set_reverse_order(bool reverse);
 
-// One launch: runs `body` for every thread of every block, as described above. `name` (the launch's file and
-// line) names it in error messages.
+// One launch: checks the configuration now (an impossible one sets the launch error), then queues on `stream`
+// a run of `body(ctx)` for every thread of every block, as described above. `name` (the launch's file and line)
+// names it in error messages.
 void run_grid(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream, const char* name, void (*body)(void*),
-              void* ctx);
+              std::shared_ptr<void> ctx);
+
+// Queues `work` on `stream` (null: the legacy default stream); it runs when the host waits for it (see above).
+// cuBLAS and NCCL stand-ins queue their computation this way.
+void enqueue(cudaStream_t stream, std::function<void()> work);
 
 // The block's instance of one `__shared__` variable (the translator rewrites each declaration to this; `key`
 // is a static unique to the declaration and its template instance). Filled with 0xFF bytes (NaN) when a
@@ -168,15 +182,15 @@ void operator^(void (*kernel)(P...), BoundLaunch<A...>&& launch) {
         void (*kernel)(P...);
         std::tuple<std::decay_t<P>...> params;
     };
-    Ctx ctx{kernel, std::make_from_tuple<std::tuple<std::decay_t<P>...>>(std::move(launch.args))};
-    if (!pointer_args_valid(ctx.params, launch.site, std::index_sequence_for<P...>{})) return;
+    auto ctx = std::make_shared<Ctx>(Ctx{kernel, std::make_from_tuple<std::tuple<std::decay_t<P>...>>(std::move(launch.args))});
+    if (!pointer_args_valid(ctx->params, launch.site, std::index_sequence_for<P...>{})) return;
     // Each thread gets its own copy of the parameters, as on the GPU (a kernel may modify them).
     auto body = [](void* p) {
         Ctx& c = *static_cast<Ctx*>(p);
         std::tuple<std::decay_t<P>...> mine = c.params;
         std::apply(c.kernel, std::move(mine));
     };
-    run_grid(launch.grid, launch.block, launch.smem, launch.stream, launch.site, body, &ctx);
+    run_grid(launch.grid, launch.block, launch.smem, launch.stream, launch.site, body, std::move(ctx));
 }
 
 }  // namespace emu

@@ -4,7 +4,7 @@
 // Device memory is host memory from an aligned allocation, filled with 0xFF bytes (a NaN in every float
 // type) so a read of memory nobody wrote shows up in a parity test, as compute-sanitizer's initcheck would.
 // Every allocation is recorded, so copies check that their device side really is device memory, and
-// cudaFree of anything else fails. Streams and events are synchronous: work is done when it is enqueued.
+// cudaFree of anything else fails. Streams are queues that run when the host waits (see "Streams" below).
 // A launch with an impossible configuration (more than 1024 threads, a grid past the hardware limits,
 // more than 48 KiB of dynamic shared memory) fails with the error a GPU gives, through cudaGetLastError.
 // _longjmp between stacks is what the fibers do; the fortified longjmp would call that an error.
@@ -16,8 +16,11 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <set>
@@ -308,17 +311,9 @@ void* dynamic_shared(size_t align) {
     return p;
 }
 
-void run_grid(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t, const char* name, void (*body)(void*), void* ctx) {
+namespace {
+void run_grid_now(dim3 grid, dim3 block, size_t smem_bytes, const char* name, void (*body)(void*), void* ctx) {
     const uint64_t nthreads = (uint64_t)block.x * block.y * block.z;
-    if (nthreads == 0 || nthreads > (uint64_t)kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 ||
-        grid.z == 0 || grid.x > 2147483647u || grid.y > 65535u || grid.z > 65535u) {
-        g_last_error = cudaErrorInvalidConfiguration;
-        return;
-    }
-    if (smem_bytes > kMaxDynamicShared) {
-        g_last_error = cudaErrorInvalidValue;
-        return;
-    }
     std::lock_guard<std::mutex> lock(launch_mutex());
     Launch& l = launch();
     l.name = name;
@@ -341,6 +336,22 @@ void run_grid(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t, const char
         run_block(l);
     }
     l.name = nullptr;
+}
+}  // namespace
+
+void run_grid(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream, const char* name, void (*body)(void*),
+              std::shared_ptr<void> ctx) {
+    const uint64_t nthreads = (uint64_t)block.x * block.y * block.z;
+    if (nthreads == 0 || nthreads > (uint64_t)kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 ||
+        grid.z == 0 || grid.x > 2147483647u || grid.y > 65535u || grid.z > 65535u) {
+        g_last_error = cudaErrorInvalidConfiguration;
+        return;
+    }
+    if (smem_bytes > kMaxDynamicShared) {
+        g_last_error = cudaErrorInvalidValue;
+        return;
+    }
+    enqueue(stream, [=] { run_grid_now(grid, block, smem_bytes, name, body, ctx.get()); });
 }
 
 }  // namespace emu
@@ -444,7 +455,8 @@ cudaError_t set_error(cudaError_t e) {
     return e;
 }
 
-cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+// Whether a copy is legal (its kinds, no overlap); the copy itself runs on a stream.
+cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
     if (bytes == 0) return cudaSuccess;
     const bool dst_dev = on_device(dst, bytes), src_dev = on_device(src, bytes);
     bool ok = true;
@@ -476,18 +488,203 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) 
         std::fprintf(stderr, "cuda-emu: cudaMemcpy of %zu bytes between overlapping ranges\n", bytes);
         return set_error(cudaErrorInvalidValue);
     }
-    std::memcpy(dst, src, bytes);
     return cudaSuccess;
 }
 
+// ---- Streams -------------------------------------------------------------------------------------------------
+// Each stream is a queue of operations: work (a kernel, copy, GEMM, collective, host function), the record of an
+// event, or a wait for one. Nothing runs when it is queued. A host call that waits (for a stream, an event, the
+// device, a blocking copy) runs what it needs, and only that: the waited-for stream's operations up to now, plus
+// every operation on other streams that those wait for through events, transitively. Among the streams whose
+// next operation may run, the one with the higher priority goes first (reverse order: the lower; ties: the
+// stream made first, reverse: last). So work on two streams without an event between them runs in whichever
+// order exposes the missing wait, in one of the two test passes. One thread runs work at a time, with the lock
+// released, so other host threads may queue and query meanwhile (a watchdog polling cudaEventQuery).
+// The legacy default stream (null) is synchronised with every blocking stream (cudaStreamCreate's, not
+// cudaStreamNonBlocking's) both ways, as CUDA's is.
+struct EventState;
+struct Op {
+    enum class Kind { work, record, wait } kind = Kind::work;
+    std::function<void()> work;
+    std::shared_ptr<EventState> event;
+    uint64_t gen = 0;  // record: the generation it completes; wait: the one it waits for
+};
 struct Stream {
     int priority = 0;
+    bool blocking = true;  // synchronised with the legacy default stream
+    uint64_t serial = 0;   // creation order
+    std::deque<Op> q;
+    uint64_t done = 0;    // operations taken off the queue (the absolute index of q.front())
+    uint64_t queued = 0;  // operations ever queued
+};
+struct EventState {
+    uint64_t latest = 0;                                        // the last generation recorded (0: never)
+    std::map<uint64_t, std::pair<Stream*, uint64_t>> pending;   // generation -> (stream, index) not yet run
 };
 struct Event {
     unsigned flags = 0;
+    std::shared_ptr<EventState> st = std::make_shared<EventState>();
 };
 
+struct StreamTable {
+    std::mutex mu;  // guards every stream and event state
+    std::condition_variable cv;
+    bool running = false;  // a thread is running queued work
+    uint64_t serial = 0;
+    Stream legacy;                 // the legacy default stream (null)
+    std::vector<Stream*> all{&legacy};  // every live stream
+};
+// Never destroyed: a static destructor elsewhere may still free device memory at exit.
+StreamTable& tab() {
+    static StreamTable* t = new StreamTable;
+    return *t;
+}
+
+bool deferred_streams() {
+    static const bool d = [] {
+        const char* e = std::getenv("CUDA_EMU_STREAMS");
+        return !(e && std::string(e) == "sync");
+    }();
+    return d;
+}
+
+Stream* stream_of(cudaStream_t s) { return s ? reinterpret_cast<Stream*>(s) : &tab().legacy; }
+
+// Under tab().mu.
+void push(Stream* s, Op op) {
+    if (op.kind == Op::Kind::record) op.event->pending[op.gen] = {s, s->queued};
+    s->q.push_back(std::move(op));
+    s->queued++;
+}
+// s waits for everything queued on t so far (an internal event). Under tab().mu.
+void order_after(Stream* s, Stream* t) {
+    if (t->done == t->queued) return;
+    auto ev = std::make_shared<EventState>();
+    ev->latest = 1;
+    push(t, Op{Op::Kind::record, {}, ev, 1});
+    push(s, Op{Op::Kind::wait, {}, ev, 1});
+}
+// Under tab().mu: op on s, after the legacy stream's implicit ordering.
+void queue_op(Stream* s, Op op) {
+    if (s == &tab().legacy) {
+        for (Stream* t : tab().all)
+            if (t != s && t->blocking) order_after(s, t);
+    } else if (s->blocking) {
+        order_after(s, &tab().legacy);
+    }
+    push(s, std::move(op));
+}
+
+bool runnable(const Op& op) { return op.kind != Op::Kind::wait || !op.event->pending.count(op.gen); }
+
+// Runs queued operations until stream s has taken `need[s]` off its queue for every s in `need` (a wait adds what
+// it waits for). Takes the lock.
+void run_until(std::map<Stream*, uint64_t> need) {
+    std::unique_lock<std::mutex> lock(tab().mu);
+    tab().cv.wait(lock, [] { return !tab().running; });
+    tab().running = true;
+    const bool rev = emu::reverse_flag();
+    // Close `need` over the waits it includes (they were all queued before this call, so once is enough).
+    for (bool grew = true; grew;) {
+            grew = false;
+            for (auto& [s, upto] : need)
+                for (uint64_t i = s->done; i < upto && i < s->queued; i++) {
+                    const Op& op = s->q[i - s->done];
+                    if (op.kind != Op::Kind::wait) continue;
+                    auto it = op.event->pending.find(op.gen);
+                    if (it == op.event->pending.end()) continue;
+                    uint64_t& n = need[it->second.first];
+                    if (n < it->second.second + 1) {
+                        n = it->second.second + 1;
+                        grew = true;
+                    }
+                }
+    }
+    for (;;) {
+        Stream* pick = nullptr;
+        bool left = false;
+        for (auto& [s, upto] : need) {
+            if (s->done >= upto || s->done >= s->queued) continue;
+            left = true;
+            if (!runnable(s->q.front())) continue;
+            if (!pick) {
+                pick = s;
+                continue;
+            }
+            const bool higher = rev ? s->priority > pick->priority : s->priority < pick->priority;
+            const bool tie = s->priority == pick->priority && (rev ? s->serial > pick->serial : s->serial < pick->serial);
+            if (higher || tie) pick = s;
+        }
+        if (!left) break;
+        if (!pick) {
+            std::fprintf(stderr, "cuda-emu: streams wait for each other's events in a cycle\n");
+            std::abort();
+        }
+        Op op = std::move(pick->q.front());
+        pick->q.pop_front();
+        pick->done++;
+        if (op.kind == Op::Kind::record) op.event->pending.erase(op.gen);
+        if (op.kind == Op::Kind::work) {
+            lock.unlock();
+            op.work();
+            op.work = nullptr;  // what it holds (a kernel's arguments) goes before the lock is taken again
+            lock.lock();
+        }
+    }
+    tab().running = false;
+    lock.unlock();
+    tab().cv.notify_all();
+}
+
+void run_stream(Stream* s) {
+    uint64_t upto;
+    {
+        std::lock_guard<std::mutex> lock(tab().mu);
+        upto = s->queued;
+    }
+    run_until({{s, upto}});
+}
+
+void run_everything() {
+    std::map<Stream*, uint64_t> need;
+    {
+        std::lock_guard<std::mutex> lock(tab().mu);
+        for (Stream* s : tab().all) need[s] = s->queued;
+    }
+    run_until(std::move(need));
+}
+
+void queue_work(cudaStream_t stream, std::function<void()> work) {
+    Stream* s = stream_of(stream);
+    {
+        std::lock_guard<std::mutex> lock(tab().mu);
+        queue_op(s, Op{Op::Kind::work, std::move(work), nullptr, 0});
+    }
+    if (!deferred_streams()) run_everything();
+}
+
+// Whether p is page-locked host memory (cudaMallocHost), which a queued copy reads or writes when it runs.
+bool pinned(const void* p, size_t bytes) { return emu::in_allocation(p, bytes) && !on_device(p, bytes); }
+
+cudaError_t queue_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream, bool wait) {
+    const cudaError_t e = check_copy(dst, src, bytes, kind);
+    if (e != cudaSuccess || bytes == 0) return e;
+    if (kind == cudaMemcpyHostToDevice && !pinned(src, bytes)) {
+        // Pageable source: the driver stages it before returning, so the caller may reuse it at once.
+        auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(src),
+                                                                    static_cast<const unsigned char*>(src) + bytes);
+        queue_work(stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
+    } else {
+        queue_work(stream, [dst, src, bytes] { std::memcpy(dst, src, bytes); });
+    }
+    // Into pageable memory the copy returns only once it is done (CUDA's "synchronous for pageable memory").
+    if (wait || (kind == cudaMemcpyDeviceToHost && !pinned(dst, bytes))) run_stream(stream_of(stream));
+    return cudaSuccess;
+}
+
 }  // namespace
+
+void emu::enqueue(cudaStream_t stream, std::function<void()> work) { queue_work(stream, std::move(work)); }
 
 extern "C" {
 
@@ -513,6 +710,8 @@ constexpr ErrorText kErrors[] = {
     {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory (cuda-emu)"},
     {cudaErrorInvalidConfiguration, "cudaErrorInvalidConfiguration", "invalid configuration argument (cuda-emu)"},
     {cudaErrorInvalidResourceHandle, "cudaErrorInvalidResourceHandle", "invalid resource handle (cuda-emu)"},
+    {cudaErrorNotReady, "cudaErrorNotReady", "device not ready (cuda-emu)"},
+    {cudaErrorIllegalAddress, "cudaErrorIllegalAddress", "an illegal memory access was encountered (cuda-emu)"},
     {cudaErrorInvalidDevice, "cudaErrorInvalidDevice", "invalid device ordinal (cuda-emu)"},
     {cudaErrorInsufficientDriver, "cudaErrorInsufficientDriver",
      "CUDA driver version is insufficient for CUDA runtime version (cuda-emu)"},
@@ -542,7 +741,10 @@ cudaError_t cudaGetDevice(int* device) {
     return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : set_error(cudaErrorInvalidDevice); }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+    run_everything();
+    return cudaSuccess;
+}
 
 cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
     if (device != 0) return set_error(cudaErrorInvalidDevice);
@@ -588,60 +790,126 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
     return *p ? cudaSuccess : set_error(cudaErrorMemoryAllocation);
 }
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
-cudaError_t cudaFree(void* p) { return set_error(release(p, true)); }
-cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
+cudaError_t cudaFree(void* p) {
+    run_everything();  // cudaFree synchronises the device: queued work may still use the memory
+    return set_error(release(p, true));
+}
+cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
+    run_stream(stream_of(s));
+    return set_error(release(p, true));
+}
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
     *p = allocate(bytes, false);
     return *p ? cudaSuccess : set_error(cudaErrorMemoryAllocation);
 }
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) { return cudaMallocHost(p, bytes); }
-cudaError_t cudaFreeHost(void* p) { return set_error(release(p, false)); }
+cudaError_t cudaFreeHost(void* p) {
+    run_everything();  // as cudaFree: a queued copy may still read or write it
+    return set_error(release(p, false));
+}
 
+// On the legacy default stream, and the host waits for it.
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, enum cudaMemcpyKind kind) {
-    return copy(dst, src, bytes, kind);
+    return queue_copy(dst, src, bytes, kind, nullptr, true);
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, enum cudaMemcpyKind kind, cudaStream_t) {
-    return copy(dst, src, bytes, kind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, enum cudaMemcpyKind kind, cudaStream_t s) {
+    return queue_copy(dst, src, bytes, kind, s, false);
 }
-cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+// Asynchronous for device memory, on the legacy default stream.
+cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsync(p, value, bytes, nullptr); }
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
     if (bytes && !on_device(p, bytes)) return set_error(cudaErrorInvalidValue);
-    std::memset(p, value, bytes);
+    if (bytes) queue_work(s, [p, value, bytes] { std::memset(p, value, bytes); });
     return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
 
-cudaError_t cudaStreamCreateWithPriority(cudaStream_t* s, unsigned int, int priority) {
-    *s = reinterpret_cast<cudaStream_t>(new Stream{priority});
+cudaError_t cudaStreamCreateWithPriority(cudaStream_t* s, unsigned int flags, int priority) {
+    auto* st = new Stream;
+    st->priority = priority;
+    st->blocking = !(flags & cudaStreamNonBlocking);
+    std::lock_guard<std::mutex> lock(tab().mu);
+    st->serial = ++tab().serial;
+    tab().all.push_back(st);
+    *s = reinterpret_cast<cudaStream_t>(st);
     return cudaSuccess;
 }
 cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithPriority(s, 0, 0); }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
     return cudaStreamCreateWithPriority(s, flags, 0);
 }
+// CUDA lets queued work finish after the call; here it finishes first.
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-    delete reinterpret_cast<Stream*>(s);
+    if (!s) return set_error(cudaErrorInvalidResourceHandle);
+    Stream* st = stream_of(s);
+    run_stream(st);
+    std::lock_guard<std::mutex> lock(tab().mu);
+    tab().all.erase(std::find(tab().all.begin(), tab().all.end(), st));
+    delete st;
     return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
-cudaError_t cudaLaunchHostFunc(cudaStream_t, cudaHostFn_t fn, void* data) {
-    fn(data);  // the stream is synchronous: its work so far is done
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    run_stream(stream_of(s));
+    return cudaSuccess;
+}
+cudaError_t cudaStreamQuery(cudaStream_t s) {
+    std::lock_guard<std::mutex> lock(tab().mu);
+    const Stream* st = stream_of(s);
+    return st->done == st->queued ? cudaSuccess : cudaErrorNotReady;
+}
+// Waits for the event's latest record at the time of the call; an event never recorded, or done, waits for nothing.
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int) {
+    if (!e) return set_error(cudaErrorInvalidResourceHandle);
+    const auto& ev = reinterpret_cast<Event*>(e)->st;
+    std::lock_guard<std::mutex> lock(tab().mu);
+    if (ev->pending.count(ev->latest)) queue_op(stream_of(s), Op{Op::Kind::wait, {}, ev, ev->latest});
+    return cudaSuccess;
+}
+cudaError_t cudaLaunchHostFunc(cudaStream_t s, cudaHostFn_t fn, void* data) {
+    queue_work(s, [fn, data] { fn(data); });
     return cudaSuccess;
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int flags) {
-    *e = reinterpret_cast<cudaEvent_t>(new Event{flags});
+    auto* ev = new Event;
+    ev->flags = flags;
+    *e = reinterpret_cast<cudaEvent_t>(ev);
     return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
+// Queued records and waits keep the event's state alive.
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
     delete reinterpret_cast<Event*>(e);
     return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    if (!e) return set_error(cudaErrorInvalidResourceHandle);
+    const auto& ev = reinterpret_cast<Event*>(e)->st;
+    {
+        std::lock_guard<std::mutex> lock(tab().mu);
+        queue_op(stream_of(s), Op{Op::Kind::record, {}, ev, ++ev->latest});
+    }
+    if (!deferred_streams()) run_everything();
+    return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+    if (!e) return set_error(cudaErrorInvalidResourceHandle);
+    const auto& ev = reinterpret_cast<Event*>(e)->st;
+    std::lock_guard<std::mutex> lock(tab().mu);
+    return ev->pending.count(ev->latest) ? cudaErrorNotReady : cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    if (!e) return set_error(cudaErrorInvalidResourceHandle);
+    const auto& ev = reinterpret_cast<Event*>(e)->st;
+    std::map<Stream*, uint64_t> need;
+    {
+        std::lock_guard<std::mutex> lock(tab().mu);
+        auto it = ev->pending.find(ev->latest);
+        if (it == ev->pending.end()) return cudaSuccess;
+        need[it->second.first] = it->second.second + 1;
+    }
+    run_until(std::move(need));
+    return cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
     *ms = 0.0f;
     return cudaSuccess;

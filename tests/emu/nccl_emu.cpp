@@ -1,6 +1,6 @@
 // Host stand-in for libnccl in the CPU emulator build: the functions train/dist_nccl.cpp calls, defined against
-// NVIDIA's nccl.h. Buffers are host memory and streams are synchronous, so a collective is finished when the
-// call returns.
+// NVIDIA's nccl.h. Buffers are host memory. A call checks its arguments at once and queues the collective on its
+// stream (the emulator's streams: tests/emu/cuda_emu.h), so it runs, and meets its peers, when the host waits.
 //
 // One rank (TUNE_NCCL_ONE_RANK) runs the NCCL code path of train/dist_nccl.cpp end to end, and NCCL's one-rank
 // results are exact: every reduction (sum, prod, max, min, avg) of one contribution is that contribution.
@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -42,7 +43,8 @@
 #include <vector>
 
 namespace emu {
-bool in_allocation(const void* p, size_t bytes);  // tests/emu/cuda_emu_runtime.cpp
+bool in_allocation(const void* p, size_t bytes);                  // tests/emu/cuda_emu_runtime.cpp
+void enqueue(cudaStream_t stream, std::function<void()> work);  // tests/emu/cuda_emu_runtime.cpp
 }
 
 namespace {
@@ -101,6 +103,7 @@ struct PointToPoint {
     ncclDataType_t type;
 };
 thread_local std::vector<PointToPoint> group_p2p;
+thread_local cudaStream_t group_stream = nullptr;
 
 ncclResult_t fail(ncclResult_t r, const std::string& why) {
     last_error = why;
@@ -177,19 +180,22 @@ ncclResult_t check_rank(const char* what, const char* role, int r, ncclComm_t co
     return ncclSuccess;
 }
 
-// Runs op now, or at the outermost ncclGroupEnd when inside a group.
-ncclResult_t enqueue(std::function<void()> op) {
-    if (group_depth > 0)
+// Queues op on its stream, or keeps it for the outermost ncclGroupEnd when inside a group (which queues the
+// group's calls as one piece of work on the first call's stream).
+ncclResult_t enqueue(cudaStream_t stream, std::function<void()> op) {
+    if (group_depth > 0) {
+        if (group_ops.empty() && group_p2p.empty()) group_stream = stream;
         group_ops.push_back(std::move(op));
-    else
-        op();
+    } else {
+        emu::enqueue(stream, std::move(op));
+    }
     return ncclSuccess;
 }
 
 // The one rank's contribution is the whole result: copy it unless the call is in place.
-ncclResult_t copy_op(const void* send, void* recv, size_t bytes) {
+ncclResult_t copy_op(cudaStream_t stream, const void* send, void* recv, size_t bytes) {
     if (send == recv || bytes == 0) return ncclSuccess;
-    return enqueue([send, recv, bytes] { std::memmove(recv, send, bytes); });
+    return enqueue(stream, [send, recv, bytes] { std::memmove(recv, send, bytes); });
 }
 
 // ---- several ranks ----
@@ -478,20 +484,29 @@ ncclResult_t ncclGroupEnd() {
             return ncclInvalidUsage;
         }
     }
-    for (auto& op : ops) op();
-    for (const PointToPoint* op : out)
-        send_to(op->comm, static_cast<const char*>(op->send), op->count * type_size(op->type), op->peer);
-    for (const PointToPoint* op : in)
-        recv_from(op->comm, static_cast<char*>(op->recv), op->count * type_size(op->type), op->peer);
-    for (size_t i = 0; i < sends.size(); i++)
-        if (sends[i]->count && sends[i]->send != recvs[i]->recv)
-            std::memmove(recvs[i]->recv, sends[i]->send, sends[i]->count * type_size(sends[i]->type));
+    if (ops.empty() && p2p.empty()) return ncclSuccess;
+    // The group's calls as one piece of work; the pointers into p2p stay valid in the shared copy.
+    auto held = std::make_shared<std::vector<PointToPoint>>(std::move(p2p));
+    std::vector<const PointToPoint*> kept_sends, kept_recvs, kept_out, kept_in;
+    for (const PointToPoint& op : *held)
+        (op.peer == op.comm->rank ? (op.is_send ? kept_sends : kept_recvs) : (op.is_send ? kept_out : kept_in))
+            .push_back(&op);
+    emu::enqueue(group_stream, [ops = std::move(ops), held, sends = std::move(kept_sends), recvs = std::move(kept_recvs),
+                                out = std::move(kept_out), in = std::move(kept_in)] {
+        for (auto& op : ops) op();
+        for (const PointToPoint* op : out)
+            send_to(op->comm, static_cast<const char*>(op->send), op->count * type_size(op->type), op->peer);
+        for (const PointToPoint* op : in)
+            recv_from(op->comm, static_cast<char*>(op->recv), op->count * type_size(op->type), op->peer);
+        for (size_t i = 0; i < sends.size(); i++)
+            if (sends[i]->count && sends[i]->send != recvs[i]->recv)
+                std::memmove(recvs[i]->recv, sends[i]->send, sends[i]->count * type_size(sends[i]->type));
+    });
     return ncclSuccess;
 }
 
 ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, ncclRedOp_t op,
                            ncclComm_t comm, cudaStream_t stream) {
-    (void)stream;
     ncclResult_t r;
     if ((r = check_common("ncclAllReduce", comm, datatype)) != ncclSuccess ||
         (r = check_op("ncclAllReduce", op)) != ncclSuccess ||
@@ -501,11 +516,11 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
         (r = check_in_place("ncclAllReduce", sendbuff, count * type_size(datatype), recvbuff,
                             count * type_size(datatype), recvbuff)) != ncclSuccess)
         return r;
-    if (comm->nranks == 1) return copy_op(sendbuff, recvbuff, count * type_size(datatype));
+    if (comm->nranks == 1) return copy_op(stream, sendbuff, recvbuff, count * type_size(datatype));
     const size_t es = type_size(datatype);
     const char* in = static_cast<const char*>(sendbuff);
     char* out = static_cast<char*>(recvbuff);
-    return enqueue([=] {
+    return enqueue(stream, [=] {
         rounds(comm, count, kSlot / es, [&](size_t off, size_t n) { std::memcpy(comm->slot(comm->rank), in + off * es, n * es); },
                [&](size_t off, size_t n) { sum_slots(comm, 0, out + off * es, n, datatype); });
     });
@@ -513,7 +528,6 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
 
 ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount, ncclDataType_t datatype,
                                ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
-    (void)stream;
     ncclResult_t r;
     if ((r = check_common("ncclReduceScatter", comm, datatype)) != ncclSuccess ||
         (r = check_op("ncclReduceScatter", op)) != ncclSuccess ||
@@ -528,12 +542,12 @@ ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recv
     // Rank r receives piece r of the send buffer; in place means recvbuff == sendbuff + r * recvcount.
     const size_t es = type_size(datatype);
     if (comm->nranks == 1)
-        return copy_op(static_cast<const char*>(sendbuff) + (size_t)comm->rank * recvcount * es, recvbuff,
+        return copy_op(stream, static_cast<const char*>(sendbuff) + (size_t)comm->rank * recvcount * es, recvbuff,
                        recvcount * es);
     const char* in = static_cast<const char*>(sendbuff);
     char* out = static_cast<char*>(recvbuff);
     const int W = comm->nranks;
-    return enqueue([=] {
+    return enqueue(stream, [=] {
         rounds(comm, recvcount, kSlot / (es * W),
                [&](size_t off, size_t n) {  // every piece's elements [off, off + n), piece after piece
                    for (int p = 0; p < W; p++)
@@ -545,7 +559,6 @@ ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recv
 
 ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount, ncclDataType_t datatype,
                            ncclComm_t comm, cudaStream_t stream) {
-    (void)stream;
     ncclResult_t r;
     if ((r = check_common("ncclAllGather", comm, datatype)) != ncclSuccess ||
         (r = check_buffers("ncclAllGather", sendbuff, sendcount * type_size(datatype), recvbuff,
@@ -558,10 +571,10 @@ ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcoun
     // Rank r's contribution lands at piece r; in place means sendbuff == recvbuff + r * sendcount.
     const size_t es = type_size(datatype);
     if (comm->nranks == 1)
-        return copy_op(sendbuff, static_cast<char*>(recvbuff) + (size_t)comm->rank * sendcount * es, sendcount * es);
+        return copy_op(stream, sendbuff, static_cast<char*>(recvbuff) + (size_t)comm->rank * sendcount * es, sendcount * es);
     const char* in = static_cast<const char*>(sendbuff);
     char* out = static_cast<char*>(recvbuff);
-    return enqueue([=] {
+    return enqueue(stream, [=] {
         rounds(comm, sendcount, kSlot / es, [&](size_t off, size_t n) { std::memcpy(comm->slot(comm->rank), in + off * es, n * es); },
                [&](size_t off, size_t n) {
                    for (int q = 0; q < comm->nranks; q++)
@@ -572,18 +585,17 @@ ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcoun
 
 ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, int root,
                            ncclComm_t comm, cudaStream_t stream) {
-    (void)stream;
     ncclResult_t r;
     if ((r = check_common("ncclBroadcast", comm, datatype)) != ncclSuccess ||
         (r = check_rank("ncclBroadcast", "root", root, comm)) != ncclSuccess ||
         (r = check_buffers("ncclBroadcast", sendbuff, comm->rank == root ? count * type_size(datatype) : 0, recvbuff,
                            count * type_size(datatype))) != ncclSuccess)
         return r;
-    if (comm->nranks == 1) return copy_op(sendbuff, recvbuff, count * type_size(datatype));
+    if (comm->nranks == 1) return copy_op(stream, sendbuff, recvbuff, count * type_size(datatype));
     const size_t es = type_size(datatype);
     const char* in = static_cast<const char*>(sendbuff);
     char* out = static_cast<char*>(recvbuff);
-    return enqueue([=] {
+    return enqueue(stream, [=] {
         rounds(comm, count, kSlot / es,
                [&](size_t off, size_t n) {
                    if (comm->rank == root) std::memcpy(comm->slot(root), in + off * es, n * es);
@@ -594,7 +606,6 @@ ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, n
 
 ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, ncclRedOp_t op,
                         int root, ncclComm_t comm, cudaStream_t stream) {
-    (void)stream;
     ncclResult_t r;
     if ((r = check_common("ncclReduce", comm, datatype)) != ncclSuccess ||
         (r = check_op("ncclReduce", op)) != ncclSuccess ||
@@ -603,11 +614,11 @@ ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, nccl
         (r = check_buffers("ncclReduce", sendbuff, count * type_size(datatype), recvbuff,
                            comm->rank == root ? count * type_size(datatype) : 0)) != ncclSuccess)
         return r;
-    if (comm->nranks == 1) return copy_op(sendbuff, recvbuff, count * type_size(datatype));
+    if (comm->nranks == 1) return copy_op(stream, sendbuff, recvbuff, count * type_size(datatype));
     const size_t es = type_size(datatype);
     const char* in = static_cast<const char*>(sendbuff);
     char* out = static_cast<char*>(recvbuff);
-    return enqueue([=] {
+    return enqueue(stream, [=] {
         rounds(comm, count, kSlot / es, [&](size_t off, size_t n) { std::memcpy(comm->slot(comm->rank), in + off * es, n * es); },
                [&](size_t off, size_t n) {
                    if (comm->rank == root) sum_slots(comm, 0, out + off * es, n, datatype);
@@ -617,7 +628,6 @@ ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, nccl
 
 ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
                       cudaStream_t stream) {
-    (void)stream;
     ncclResult_t r;
     if ((r = check_common("ncclSend", comm, datatype)) != ncclSuccess ||
         (r = check_rank("ncclSend", "peer", peer, comm)) != ncclSuccess ||
@@ -626,16 +636,17 @@ ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType_t datatyp
     if (group_depth == 0 && peer == comm->rank)
         return fail(ncclInvalidUsage, "ncclSend to self outside a group: no ncclRecv can match it (a GPU would hang)");
     if (group_depth == 0) {
-        send_to(comm, static_cast<const char*>(sendbuff), count * type_size(datatype), peer);
+        const size_t bytes = count * type_size(datatype);
+        emu::enqueue(stream, [=] { send_to(comm, static_cast<const char*>(sendbuff), bytes, peer); });
         return ncclSuccess;
     }
+    if (group_ops.empty() && group_p2p.empty()) group_stream = stream;
     group_p2p.push_back({comm, peer, true, sendbuff, nullptr, count, datatype});
     return ncclSuccess;
 }
 
 ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
                       cudaStream_t stream) {
-    (void)stream;
     ncclResult_t r;
     if ((r = check_common("ncclRecv", comm, datatype)) != ncclSuccess ||
         (r = check_rank("ncclRecv", "peer", peer, comm)) != ncclSuccess ||
@@ -645,9 +656,11 @@ ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, int
         return fail(ncclInvalidUsage,
                     "ncclRecv from self outside a group: no ncclSend can match it (a GPU would hang)");
     if (group_depth == 0) {
-        recv_from(comm, static_cast<char*>(recvbuff), count * type_size(datatype), peer);
+        const size_t bytes = count * type_size(datatype);
+        emu::enqueue(stream, [=] { recv_from(comm, static_cast<char*>(recvbuff), bytes, peer); });
         return ncclSuccess;
     }
+    if (group_ops.empty() && group_p2p.empty()) group_stream = stream;
     group_p2p.push_back({comm, peer, false, nullptr, recvbuff, count, datatype});
     return ncclSuccess;
 }

@@ -51,6 +51,9 @@ __global__ void write_first_n(int* out, int n) {
     if ((int)threadIdx.x < n) out[threadIdx.x] = 1;
 }
 
+__global__ void fill(float* out, float v) { out[threadIdx.x] = v; }
+__global__ void plus_one(float* out, const float* in) { out[threadIdx.x] = in[threadIdx.x] + 1.0f; }
+
 template <class T>
 T* device_array(size_t n) {
     T* p = nullptr;
@@ -115,6 +118,42 @@ TEST_P(CudaEmu, BlocksAndThreadsAreEnumeratedOnce_Grid5Block33) {
     cudaFree(out);
 }
 
+// Streams: a kernel on one stream that reads what a kernel on another wrote, with no event between them, runs
+// first in one of the two orders (the higher-priority stream first, reversed: the lower) and reads the NaN of
+// fresh memory; with cudaStreamWaitEvent it reads what was written in both.
+TEST_P(CudaEmu, ReadAcrossStreamsWithoutAnEventSeesUnwrittenMemoryInOneOrder_4Floats) {
+    cudaStream_t producer, consumer;
+    int lo = 0, hi = 0;
+    ASSERT_EQ(cudaDeviceGetStreamPriorityRange(&lo, &hi), cudaSuccess);
+    ASSERT_EQ(cudaStreamCreateWithPriority(&producer, cudaStreamNonBlocking, lo), cudaSuccess);
+    ASSERT_EQ(cudaStreamCreateWithPriority(&consumer, cudaStreamNonBlocking, hi), cudaSuccess);
+    cudaEvent_t written;
+    ASSERT_EQ(cudaEventCreateWithFlags(&written, cudaEventDisableTiming), cudaSuccess);
+    for (bool with_event : {false, true}) {
+        float* x = device_array<float>(4);
+        float* y = device_array<float>(4);
+        fill<<<1, 4, 0, producer>>>(x, 7.0f);
+        if (with_event) {
+            ASSERT_EQ(cudaEventRecord(written, producer), cudaSuccess);
+            ASSERT_EQ(cudaStreamWaitEvent(consumer, written, 0), cudaSuccess);
+        }
+        plus_one<<<1, 4, 0, consumer>>>(y, x);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const bool consumer_first = !with_event && !GetParam();  // in order: the higher priority runs first
+        for (float v : download(y, 4)) {
+            if (consumer_first)
+                EXPECT_TRUE(std::isnan(v)) << v;
+            else
+                EXPECT_EQ(v, 8.0f);
+        }
+        cudaFree(x);
+        cudaFree(y);
+    }
+    cudaEventDestroy(written);
+    cudaStreamDestroy(producer);
+    cudaStreamDestroy(consumer);
+}
+
 INSTANTIATE_TEST_SUITE_P(Order, CudaEmu, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "reversed" : "in_order"; });
 
@@ -168,6 +207,7 @@ TEST(CudaEmuChecks, KernelPointerOutsideDeviceMemoryIsRefused) {
     ASSERT_EQ(cudaMallocHost(&pinned, 4 * sizeof(int)), cudaSuccess);
     write_index<<<1, 4>>>(pinned);
     EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     EXPECT_EQ(pinned[3], 3);
     cudaFreeHost(pinned);
 
@@ -225,9 +265,43 @@ TEST(CudaEmuChecks, CollectiveOnHostOrOverlappingBuffersIsRefused) {
     cudaFree(p);
 }
 
+// Work runs when the host waits for it, so the statement that dies is the wait.
+TEST(CudaEmuChecks, WorkRunsWhenTheHostWaitsForIt) {
+    cudaStream_t s;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    float* x = device_array<float>(4);
+    float* pinned = nullptr;
+    ASSERT_EQ(cudaMallocHost(&pinned, 4 * sizeof(float)), cudaSuccess);
+    for (int i = 0; i < 4; i++) pinned[i] = -1.0f;
+    cudaEvent_t done;
+    ASSERT_EQ(cudaEventCreate(&done), cudaSuccess);
+    EXPECT_EQ(cudaEventQuery(done), cudaSuccess);  // never recorded
+    fill<<<1, 4, 0, s>>>(x, 3.0f);
+    ASSERT_EQ(cudaMemcpyAsync(pinned, x, 4 * sizeof(float), cudaMemcpyDeviceToHost, s), cudaSuccess);
+    ASSERT_EQ(cudaEventRecord(done, s), cudaSuccess);
+    EXPECT_EQ(cudaEventQuery(done), cudaErrorNotReady);
+    EXPECT_EQ(cudaStreamQuery(s), cudaErrorNotReady);
+    EXPECT_EQ(pinned[0], -1.0f);  // a host read without a wait: what a GPU may well show too
+    // The legacy default stream does not wait for a non-blocking stream: a blocking copy sees the fresh NaN.
+    for (float v : download(x, 4)) EXPECT_TRUE(std::isnan(v)) << v;
+    ASSERT_EQ(cudaEventSynchronize(done), cudaSuccess);
+    EXPECT_EQ(cudaEventQuery(done), cudaSuccess);
+    for (int i = 0; i < 4; i++) EXPECT_EQ(pinned[i], 3.0f);
+    // A blocking stream (cudaStreamCreate) is ordered with the legacy one both ways.
+    cudaStream_t b;
+    ASSERT_EQ(cudaStreamCreate(&b), cudaSuccess);
+    fill<<<1, 4, 0, b>>>(x, 5.0f);
+    for (float v : download(x, 4)) EXPECT_EQ(v, 5.0f);
+    cudaEventDestroy(done);
+    cudaFreeHost(pinned);
+    cudaFree(x);
+    cudaStreamDestroy(s);
+    cudaStreamDestroy(b);
+}
+
 TEST(CudaEmuDeathTest, BarrierNotEveryThreadReachesAborts) {
     float* out = device_array<float>(64);
-    EXPECT_DEATH(divergent_barrier<<<1, 64>>>(out), "deadlock");
+    EXPECT_DEATH((divergent_barrier<<<1, 64>>>(out), cudaDeviceSynchronize()), "deadlock");
     cudaFree(out);
 }
 
@@ -236,7 +310,8 @@ TEST(CudaEmuDeathTest, ShuffleFromAnAbsentLaneAborts) {
     shuffle_full_mask<<<1, 48>>>(out, 1);
     const std::vector<float> got = download(out, 48);
     for (int t = 0; t < 48; t++) ASSERT_EQ(got[t], (float)(t ^ 1)) << t;
-    EXPECT_DEATH(shuffle_full_mask<<<1, 48>>>(out, 16), "does not exist, has exited or is not in the mask");
+    EXPECT_DEATH((shuffle_full_mask<<<1, 48>>>(out, 16), cudaDeviceSynchronize()),
+                 "does not exist, has exited or is not in the mask");
     cudaFree(out);
 }
 
@@ -247,7 +322,7 @@ __global__ void write_past_end(int* out) { out[threadIdx.x] = 1; }
 
 TEST(CudaEmuDeathTest, OutOfBoundsDeviceWriteIsCaughtUnderAsan) {
     int* out = device_array<int>(33);
-    EXPECT_DEATH(write_past_end<<<1, 34>>>(out), "heap-buffer-overflow");
+    EXPECT_DEATH((write_past_end<<<1, 34>>>(out), cudaDeviceSynchronize()), "heap-buffer-overflow");
     cudaFree(out);
 }
 #endif
