@@ -48,6 +48,7 @@ void Arena::describe(Table table, DType dtype) {
 void Arena::release() {
     if (base_) be_->free(base_);
     base_ = nullptr;
+    table_ = Table();
 }
 
 void* Arena::ptr(size_t i) const {

@@ -49,7 +49,7 @@ class Arena {
     // The table alone, without memory (ZeRO-2's gradients live elsewhere: GPT2::grad_ptr): bytes() is 0, ptr() and
     // base() are not to be used, elems() and table() describe the layout.
     void describe(Table table, DType dtype);
-    void release();
+    void release();  // the memory and the table: empty again
     void* ptr(size_t i) const;  // start of tensor i
     void* base() const { return base_; }
     size_t bytes() const { return held_ ? table_.total() * dtype_size(dtype_) : 0; }

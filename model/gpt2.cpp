@@ -116,16 +116,19 @@ std::vector<GradBucket> grad_buckets(const Table& t) {
     return out;
 }
 
+static void check_shape(const ModelConfig& cfg, int B, int T, int P) {
+    if (B <= 0 || T <= 0 || T + P > cfg.block_size)
+        throw Error("model: " + std::to_string(B) + " sequences of " + std::to_string(T) + " tokens after " +
+                    std::to_string(P) + " virtual ones do not fit the block size " + std::to_string(cfg.block_size));
+}
+
 GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* trainable, const ModelOptions& opts)
     : cfg_(cfg), be_(be), opts_(opts), B_(B), T_(T) {
     validate_config(cfg, "model");
     validate_peft(opts.peft, cfg, "model");
     P_ = opts.peft.virtual_tokens();
-    if (B <= 0 || T <= 0 || T + P_ > cfg.block_size)
-        throw Error("model: " + std::to_string(B) + " sequences of " + std::to_string(T) + " tokens after " +
-                    std::to_string(P_) + " virtual ones do not fit the block size " + std::to_string(cfg.block_size));
+    check_shape(cfg, B, T, P_);
     const int L = cfg.n_layer;
-    const size_t Tt = (size_t)T + P_, N = (size_t)B * Tt, C = cfg.n_embd;
     const DType dt = be.act_dtype();
     const PeftConfig& pf = opts.peft;
 
@@ -201,6 +204,23 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
         grads_.allocate(be, std::move(gtab), dt);
     }
 
+    allocate_activations();
+}
+
+GPT2::~GPT2() {
+    if (grad_mem_) be_.free(grad_mem_);
+    release_activations();
+}
+
+// The activation and scratch arenas and the per-forward device buffers, for micro-batches of up to B_ x T_.
+void GPT2::allocate_activations() {
+    const int B = B_, T = T_, L = cfg_.n_layer;
+    const size_t Tt = (size_t)T + P_, N = (size_t)B * Tt, C = cfg_.n_embd;
+    const DType dt = be_.act_dtype();
+    const PeftConfig& pf = opts_.peft;
+    const ModelOptions& opts = opts_;
+    const ModelConfig& cfg = cfg_;
+    Backend& be = be_;
     // Activations. With recomputation some of each block's buffers are one buffer shared by all blocks.
     const size_t saved = be.attention_saved_elems(B, (int)Tt, cfg.n_embd, cfg.n_head);
     recompute_attention_ = opts.recompute == Recompute::selective && saved > N * C;
@@ -282,14 +302,27 @@ GPT2::GPT2(const ModelConfig& cfg, Backend& be, int B, int T, const Trainable* t
     if (P_ > 0) wpe_rows_ = static_cast<int32_t*>(be.alloc(N * sizeof(int32_t)));
 }
 
-GPT2::~GPT2() {
-    if (grad_mem_) be_.free(grad_mem_);
-    be_.free(tokens_);
-    be_.free(targets_);
-    be_.free(weights_);
-    be_.free(rows_dev_);
-    be_.free(positions_);
-    if (wpe_rows_) be_.free(wpe_rows_);
+void GPT2::release_activations() {
+    acts_.release();
+    scratch_.release();
+    kv_.release();
+    for (int32_t** p : {&tokens_, &targets_, &rows_dev_, &positions_, &wpe_rows_}) {
+        if (*p) be_.free(*p);
+        *p = nullptr;
+    }
+    if (weights_) be_.free(weights_);
+    weights_ = nullptr;
+}
+
+void GPT2::resize(int B, int T) {
+    check_shape(cfg_, B, T, P_);
+    release_activations();
+    B_ = B;
+    T_ = T;
+    cur_B_ = cur_T_ = 0;
+    rows_.clear();
+    compact_ = gathered_ = head_deferred_ = dlogits_ready_ = positioned_ = last_only_ = false;
+    allocate_activations();
 }
 
 BlockPtrs GPT2::block(int l, bool grads) const {

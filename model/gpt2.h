@@ -121,6 +121,11 @@ class GPT2 {
     Backend& backend() { return be_; }
     int max_B() const { return B_; }
     int max_T() const { return T_; }
+    // Sizes the activations anew for micro-batches of up to B sequences of up to T tokens, as the constructor
+    // does, keeping the parameters, the gradients and every option: one model serves jobs of different shapes
+    // (bin/evaluate: loss windows, then multiple-choice batches) without loading its weights twice. The last
+    // forward's results and the KV cache are gone.
+    void resize(int B, int T);
     size_t head_rows() const { return head_rows_; }  // rows of logits kept at once (ModelOptions::head_chunk)
 
     Arena& params() { return params_; }
@@ -277,6 +282,8 @@ class GPT2 {
     void* param(int idx) const { return idx < 0 ? nullptr : params_.ptr(idx); }
 
     static constexpr int kActsPerLayerMax = 13;
+    void allocate_activations();  // for B_ x T_: the constructor's and resize()'s
+    void release_activations();
     ModelConfig cfg_;
     Backend& be_;
     ModelOptions opts_;

@@ -448,6 +448,21 @@ TEST(GenerateEvaluateCli, RunOnASavedModel) {
     CmdResult cut = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d + "/long.jsonl");
     EXPECT_EQ(cut.rc, 0) << cut.out;
     EXPECT_THAT(cut.out, HasSubstr("note: 1 of 2 contexts were longer than the model's context of 256 positions"));
+    // --data and --choices together load the model once, sized for the loss windows (4 x 32), then re-sized for the
+    // choices (2 endings x 256 positions): each line is the one the flag gives alone.
+    const std::string ev = "bin/evaluate --device cpu --model " + d + "/m.ckpt ";
+    CmdResult data_alone = run_cmd(ev + "--data " + d + "/v.bin --seq 32");
+    CmdResult both = run_cmd(ev + "--data " + d + "/v.bin --seq 32 --choices " + d + "/long.jsonl");
+    EXPECT_EQ(both.rc, 0) << both.out;
+    const auto line = [](const std::string& output, const std::string& start) {  // the line that starts so
+        const std::string out = "\n" + output;
+        const size_t at = out.find("\n" + start);
+        return at == std::string::npos ? std::string("(none)") : out.substr(at + 1, out.find('\n', at + 1) - at - 1);
+    };
+    EXPECT_EQ(line(both.out, "loss "), line(data_alone.out, "loss ")) << both.out;
+    EXPECT_EQ(line(both.out, "multiple choice: "), line(cut.out, "multiple choice: ")) << both.out;
+    EXPECT_NE(line(both.out, "multiple choice: "), "(none)");
+    EXPECT_THAT(both.out, HasSubstr("note: 1 of 2 contexts were longer than the model's context of 256 positions"));
     spit(d + "/end.jsonl", "{\"context\":\"The sky is\",\"endings\":[\"blue\",\"" + words + "\"],\"label\":0}\n");
     CmdResult end = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d + "/end.jsonl");
     EXPECT_EQ(end.rc, 1) << end.out;

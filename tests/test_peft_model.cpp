@@ -479,5 +479,51 @@ TEST(PeftModel, BackwardFloorLeavesLowerBlocksWithoutGradient) {
     }
 }
 
+// GPT2::resize: a model re-sized to a new batch and length (larger, then smaller) computes the losses and gradients
+// of one built for that shape, with LoRA or virtual tokens and with recomputation, and generates through a KV cache
+// sized anew. The gradients it had are kept (a resize touches only activations).
+TEST(PeftModel, ResizedModelEqualsOneBuiltForTheNewShapeF64_B2T5_to_B3T11_to_B1T4) {
+    const int V = 37;
+    const ModelConfig c = small_config(V, 2, 3, 12, 16);
+    auto be = make_cpu_backend(DType::f64);
+    for (int kind = 0; kind < 3; kind++) {
+        ModelOptions o;
+        if (kind == 1) o.peft = lora_cfg(kLoraAll, 3, 0);
+        if (kind == 2) o.peft = virtual_cfg(Virtual::prefix, 3, 5);
+        o.recompute = kind == 1 ? Recompute::full : Recompute::selective;
+        GPT2 m(c, *be, 2, 5, nullptr, o);
+        m.init_random(7);
+        randomise_peft(m, 8);
+        const Data first = random_data(2, 5, V, 30, true);
+        mean_loss(m, first, true);
+        m.forward_cached(first.x.data(), 2, 5, 0);  // a KV cache for 2 sequences, too few for the next shape
+        for (const auto& [B, T] : {std::pair<int, int>{3, 11}, {1, 4}}) {
+            SCOPED_TRACE("kind " + std::to_string(kind) + ", B " + std::to_string(B) + ", T " + std::to_string(T));
+            const std::vector<double> kept = get_tensor(m, m.grads(), 0);
+            m.resize(B, T);
+            EXPECT_EQ(m.max_B(), B);
+            EXPECT_EQ(m.max_T(), T);
+            EXPECT_EQ(get_tensor(m, m.grads(), 0), kept);
+            GPT2 fresh(c, *be, B, T, nullptr, o);
+            fresh.init_random(7);
+            randomise_peft(fresh, 8);
+            const Data d = random_data(B, T, V, 31 + (uint64_t)T, true);
+            const double want = mean_loss(fresh, d, true);
+            m.zero_grads();
+            EXPECT_NEAR(mean_loss(m, d, true), want, 1e-13 * std::fabs(want));
+            for (size_t i = 0; i < m.grads().table().size(); i++)
+                EXPECT_EQ(get_tensor(m, m.grads(), i), get_tensor(fresh, fresh.grads(), i)) << m.grads().table()[i].name;
+            EXPECT_EQ(m.act_bytes(), fresh.act_bytes());
+            // Generation: a prefill of T tokens, then one more, through the cache.
+            for (GPT2* g : {&m, &fresh}) {
+                g->forward_cached(d.x.data(), B, T, 0);
+                g->forward_cached(d.x.data(), B, 1, T);
+            }
+            EXPECT_EQ(m.logits_row(B - 1, 0), fresh.logits_row(B - 1, 0));
+        }
+        EXPECT_THROW(m.resize(1, c.block_size + 1), Error);
+    }
+}
+
 }  // namespace
 }  // namespace tune::test

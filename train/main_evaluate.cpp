@@ -64,12 +64,15 @@ int main(int argc, char** argv) {
             tok = Tokenizer::load(vocab);
             ex = read_choice_file(*tok, choices);
         }
+        // Loaded once: for the loss windows, then re-sized for the multiple-choice batches.
+        std::optional<LoadedModel> loaded;
         if (!data.empty()) {
             std::vector<std::string> paths;
             std::stringstream ss(data);
             for (std::string p; std::getline(ss, p, ',');)
                 if (!p.empty()) paths.push_back(p);
-            LoadedModel m = load_model(weights, device, "fp32", batch, seq, adapter);
+            loaded = load_model(weights, device, "fp32", batch, seq, adapter);
+            LoadedModel& m = *loaded;
             const int V = m.model->config().vocab_size;
             std::vector<Shard> shards = read_shards(paths, V);
             int32_t doc_end;  // -1: fixed windows
@@ -115,7 +118,11 @@ int main(int argc, char** argv) {
         if (!choices.empty()) {
             size_t most = 0;
             for (const auto& e : ex) most = std::max(most, e.endings.size());
-            LoadedModel m = load_model(weights, device, "fp32", (int)most, 0, adapter);
+            if (loaded)
+                loaded->model->resize((int)most, loaded->model->max_positions());
+            else
+                loaded = load_model(weights, device, "fp32", (int)most, 0, adapter);
+            LoadedModel& m = *loaded;
             // Asked as it was trained, like bin/generate asks it.
             const bool eot_auto = m.trained_on.document_windows() && !eot_first && !no_eot_first;
             int32_t first = -1;
