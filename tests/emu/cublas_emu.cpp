@@ -315,8 +315,8 @@ cublasStatus_t check_lt(const MatmulDesc* op, const Layout* A, const Layout* B, 
                         Problem& p) {
     if (!op || !A || !B || !C || !D) return CUBLAS_STATUS_INVALID_VALUE;
     if (!supported_compute(op->compute) || op->scale != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (op->pointer_mode != CUBLASLT_POINTER_MODE_HOST && op->pointer_mode != CUBLASLT_POINTER_MODE_DEVICE)
-        return CUBLAS_STATUS_NOT_SUPPORTED;
+    // Device pointer mode would read alpha and beta when the queued product runs; only host mode is emulated.
+    if (op->pointer_mode != CUBLASLT_POINTER_MODE_HOST) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (!supported_types(A->type, B->type, C->type, D->type)) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (has_bias(op->epilogue) && op->bias_type != -1 && op->bias_type != (int32_t)D->type)
         return CUBLAS_STATUS_NOT_SUPPORTED;

@@ -15,11 +15,13 @@
 // and the blocks of a launch run last to first).
 //
 // Streams are queues, as on a GPU: a kernel, copy, GEMM or collective runs when the host waits for it
-// (cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize, a blocking copy, cudaFree), and then
-// only what that wait needs, in an order a GPU could take: work on another stream runs before or after as its
-// events allow, the higher-priority stream first (CUDA_EMU_ORDER=reverse: the lower first). So a missing
-// cudaStreamWaitEvent, or a host read without a wait, reads memory not yet written in one order or the other.
-// CUDA_EMU_STREAMS=sync runs each piece of work when it is enqueued (the old behaviour).
+// (cudaStreamSynchronize, cudaEventSynchronize, a blocking copy) and then only what that wait needs, in an order
+// a GPU could take: work on another stream runs before or after as its events allow, the higher-priority stream
+// first (CUDA_EMU_ORDER=reverse: the lower first). cudaDeviceSynchronize, cudaFree and cudaFreeHost run
+// everything queued. So a missing cudaStreamWaitEvent, or a host read without a wait, reads memory not yet
+// written in one order or the other. cudaEventQuery and cudaStreamQuery only look: a host that polls them
+// without ever waiting would wait for ever here. CUDA_EMU_STREAMS=sync runs each piece of work when it is
+// queued (the old behaviour).
 //
 // What it checks that a GPU run would also check: indexing, reductions and their order, the bf16/fp16
 // rounding (cuda_bf16.h's own host conversions), cuBLAS(Lt) argument validity and layouts, kernel pointer

@@ -512,6 +512,7 @@ struct Op {
 struct Stream {
     int priority = 0;
     bool blocking = true;  // synchronised with the legacy default stream
+    bool destroyed = false;  // cudaStreamDestroy'd with work queued: deleted once that has run
     uint64_t serial = 0;   // creation order
     std::deque<Op> q;
     uint64_t done = 0;    // operations taken off the queue (the absolute index of q.front())
@@ -548,7 +549,14 @@ bool deferred_streams() {
     return d;
 }
 
-Stream* stream_of(cudaStream_t s) { return s ? reinterpret_cast<Stream*>(s) : &tab().legacy; }
+Stream* stream_of(cudaStream_t s) {
+    if (!s || s == cudaStreamLegacy) return &tab().legacy;
+    if (s == cudaStreamPerThread) {
+        std::fprintf(stderr, "cuda-emu: cudaStreamPerThread is not emulated\n");
+        std::abort();
+    }
+    return reinterpret_cast<Stream*>(s);
+}
 
 // Under tab().mu.
 void push(Stream* s, Op op) {
@@ -584,7 +592,7 @@ void run_until(std::map<Stream*, uint64_t> need) {
     tab().cv.wait(lock, [] { return !tab().running; });
     tab().running = true;
     const bool rev = emu::reverse_flag();
-    // Close `need` over the waits it includes (they were all queued before this call, so once is enough).
+    // Close `need` over the waits it includes, to a fixed point (each wait names a record queued before it).
     for (bool grew = true; grew;) {
             grew = false;
             for (auto& [s, upto] : need)
@@ -622,13 +630,28 @@ void run_until(std::map<Stream*, uint64_t> need) {
         }
         Op op = std::move(pick->q.front());
         pick->q.pop_front();
-        pick->done++;
         if (op.kind == Op::Kind::record) op.event->pending.erase(op.gen);
         if (op.kind == Op::Kind::work) {
             lock.unlock();
-            op.work();
+            try {
+                op.work();
+            } catch (const std::exception& e) {  // nothing on a GPU throws: a stand-in's bug
+                std::fprintf(stderr, "cuda-emu: queued work threw: %s\n", e.what());
+                std::abort();
+            }
             op.work = nullptr;  // what it holds (a kernel's arguments) goes before the lock is taken again
             lock.lock();
+        }
+        pick->done++;  // after the work: cudaStreamQuery says not ready while it runs
+    }
+    // Streams destroyed with work queued go once it has run (CUDA lets cudaStreamDestroy return at once).
+    auto& all = tab().all;
+    for (auto it = all.begin(); it != all.end();) {
+        if ((*it)->destroyed && (*it)->done == (*it)->queued) {
+            delete *it;
+            it = all.erase(it);
+        } else {
+            ++it;
         }
     }
     tab().running = false;
@@ -666,7 +689,12 @@ void queue_work(cudaStream_t stream, std::function<void()> work) {
 // Whether p is page-locked host memory (cudaMallocHost), which a queued copy reads or writes when it runs.
 bool pinned(const void* p, size_t bytes) { return emu::in_allocation(p, bytes) && !on_device(p, bytes); }
 
-cudaError_t queue_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream, bool wait) {
+// `blocking`: cudaMemcpy, which returns once the copy is done, except from device to device.
+cudaError_t queue_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream,
+                       bool blocking) {
+    if (kind == cudaMemcpyDefault)  // unified addressing: the pointers say which way
+        kind = on_device(src, bytes) ? (on_device(dst, bytes) ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost)
+                                     : (on_device(dst, bytes) ? cudaMemcpyHostToDevice : cudaMemcpyHostToHost);
     const cudaError_t e = check_copy(dst, src, bytes, kind);
     if (e != cudaSuccess || bytes == 0) return e;
     if (kind == cudaMemcpyHostToDevice && !pinned(src, bytes)) {
@@ -678,7 +706,9 @@ cudaError_t queue_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
         queue_work(stream, [dst, src, bytes] { std::memcpy(dst, src, bytes); });
     }
     // Into pageable memory the copy returns only once it is done (CUDA's "synchronous for pageable memory").
-    if (wait || (kind == cudaMemcpyDeviceToHost && !pinned(dst, bytes))) run_stream(stream_of(stream));
+    const bool wait = blocking ? kind != cudaMemcpyDeviceToDevice
+                               : kind == cudaMemcpyHostToHost || (kind == cudaMemcpyDeviceToHost && !pinned(dst, bytes));
+    if (wait) run_stream(stream_of(stream));
     return cudaSuccess;
 }
 
@@ -794,9 +824,17 @@ cudaError_t cudaFree(void* p) {
     run_everything();  // cudaFree synchronises the device: queued work may still use the memory
     return set_error(release(p, true));
 }
+// Stream-ordered: the memory goes when the stream reaches the call, so work on another stream that still uses it
+// without an event between them reads freed memory (AddressSanitizer's build reports it).
 cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
-    run_stream(stream_of(s));
-    return set_error(release(p, true));
+    if (!p) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> lock(alloc_mutex());
+        auto it = allocations().find(reinterpret_cast<uintptr_t>(p));
+        if (it == allocations().end() || !it->second.device) return set_error(cudaErrorInvalidValue);
+    }
+    queue_work(s, [p] { release(p, true); });
+    return cudaSuccess;
 }
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
     *p = allocate(bytes, false);
@@ -837,12 +875,15 @@ cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithPrior
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
     return cudaStreamCreateWithPriority(s, flags, 0);
 }
-// CUDA lets queued work finish after the call; here it finishes first.
+// Returns at once; work still queued runs when a wait needs it, and the stream goes after that (run_until).
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-    if (!s) return set_error(cudaErrorInvalidResourceHandle);
+    if (!s || s == cudaStreamLegacy) return set_error(cudaErrorInvalidResourceHandle);
     Stream* st = stream_of(s);
-    run_stream(st);
     std::lock_guard<std::mutex> lock(tab().mu);
+    if (st->done < st->queued) {
+        st->destroyed = true;
+        return cudaSuccess;
+    }
     tab().all.erase(std::find(tab().all.begin(), tab().all.end(), st));
     delete st;
     return cudaSuccess;

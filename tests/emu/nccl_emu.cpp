@@ -10,12 +10,17 @@
 // each reads what it needs (sums in rank order, in double, so every rank gets the same bits), and all meet
 // again before the slots are reused. Point-to-point messages go through one mailbox per (sender, receiver);
 // within a group a rank's sends run before its receives (enough for gather_host: the root only receives).
-// Like NCCL, a rank that never arrives leaves the others waiting inside the call for ever: the watchdog of
-// train/dist_nccl.cpp and its roll call must end the job, as on GPUs. Only ncclSum reduces across ranks.
+// Like NCCL, a rank that never arrives leaves the others waiting for ever, here in the host's wait for the stream
+// (where the collective runs): the watchdog of train/dist_nccl.cpp and its roll call must end the job, as on GPUs.
+// A collective runs only when its rank's host waits for it, so host code that waits for another rank by some
+// other channel while a collective is still queued would hang here and not on GPUs (the project has none).
+// Only ncclSum reduces across ranks.
 //
 // Where a caller bug would hang or corrupt a real run, the mock fails instead:
-//   - group semantics: between ncclGroupStart and ncclGroupEnd nothing runs; the calls run at the outermost
-//     ncclGroupEnd, so code that reads a result before ending the group sees stale data, as it would on a GPU;
+//   - group semantics: between ncclGroupStart and ncclGroupEnd nothing is queued; the outermost ncclGroupEnd
+//     queues the calls as one piece of work, so code that reads a result before ending the group sees stale
+//     data, as it would on a GPU; the calls of one group must name one stream (ncclInvalidUsage otherwise: NCCL
+//     would order the group after every stream it names, which the emulator does not do);
 //   - send/receive: a rank may send to itself, but only inside a group where a matching ncclRecv (same count and
 //     type, in order) completes it; alone it would block forever on a GPU, here it is ncclInvalidUsage;
 //   - arguments are checked as NCCL does (null communicator, bad type or op, root or peer outside the world,
@@ -182,9 +187,17 @@ ncclResult_t check_rank(const char* what, const char* role, int r, ncclComm_t co
 
 // Queues op on its stream, or keeps it for the outermost ncclGroupEnd when inside a group (which queues the
 // group's calls as one piece of work on the first call's stream).
+ncclResult_t group_on(cudaStream_t stream) {
+    if (group_ops.empty() && group_p2p.empty())
+        group_stream = stream;
+    else if (stream != group_stream)
+        return fail(ncclInvalidUsage, "a group whose calls name two streams (not emulated)");
+    return ncclSuccess;
+}
+
 ncclResult_t enqueue(cudaStream_t stream, std::function<void()> op) {
     if (group_depth > 0) {
-        if (group_ops.empty() && group_p2p.empty()) group_stream = stream;
+        if (const ncclResult_t r = group_on(stream); r != ncclSuccess) return r;
         group_ops.push_back(std::move(op));
     } else {
         emu::enqueue(stream, std::move(op));
@@ -432,6 +445,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+    cudaDeviceSynchronize();  // as NCCL, queued collectives finish first: they hold the communicator
     leave_shared(comm);
     delete comm;  // NULL is allowed, as in NCCL
     return ncclSuccess;
@@ -640,7 +654,7 @@ ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType_t datatyp
         emu::enqueue(stream, [=] { send_to(comm, static_cast<const char*>(sendbuff), bytes, peer); });
         return ncclSuccess;
     }
-    if (group_ops.empty() && group_p2p.empty()) group_stream = stream;
+    if (const ncclResult_t g = group_on(stream); g != ncclSuccess) return g;
     group_p2p.push_back({comm, peer, true, sendbuff, nullptr, count, datatype});
     return ncclSuccess;
 }
@@ -660,7 +674,7 @@ ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, int
         emu::enqueue(stream, [=] { recv_from(comm, static_cast<char*>(recvbuff), bytes, peer); });
         return ncclSuccess;
     }
-    if (group_ops.empty() && group_p2p.empty()) group_stream = stream;
+    if (const ncclResult_t g = group_on(stream); g != ncclSuccess) return g;
     group_p2p.push_back({comm, peer, false, nullptr, recvbuff, count, datatype});
     return ncclSuccess;
 }

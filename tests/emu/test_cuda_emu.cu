@@ -292,6 +292,13 @@ TEST(CudaEmuChecks, WorkRunsWhenTheHostWaitsForIt) {
     ASSERT_EQ(cudaStreamCreate(&b), cudaSuccess);
     fill<<<1, 4, 0, b>>>(x, 5.0f);
     for (float v : download(x, 4)) EXPECT_EQ(v, 5.0f);
+    // A stream destroyed with work queued returns at once; the work still runs when a wait needs it.
+    cudaStream_t gone;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&gone, cudaStreamNonBlocking), cudaSuccess);
+    fill<<<1, 4, 0, gone>>>(x, 9.0f);
+    ASSERT_EQ(cudaStreamDestroy(gone), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    for (float v : download(x, 4)) EXPECT_EQ(v, 9.0f);
     cudaEventDestroy(done);
     cudaFreeHost(pinned);
     cudaFree(x);
