@@ -321,8 +321,15 @@ void GPT2::resize(int B, int T) {
     T_ = T;
     cur_B_ = cur_T_ = 0;
     rows_.clear();
+    virt_src_ = nullptr;
     compact_ = gathered_ = head_deferred_ = dlogits_ready_ = positioned_ = last_only_ = false;
-    allocate_activations();
+    try {
+        allocate_activations();
+    } catch (...) {  // out of memory part way: no half-allocated model for a caller that goes on
+        release_activations();
+        B_ = T_ = 0;
+        throw;
+    }
 }
 
 BlockPtrs GPT2::block(int l, bool grads) const {

@@ -124,7 +124,8 @@ class GPT2 {
     // Sizes the activations anew for micro-batches of up to B sequences of up to T tokens, as the constructor
     // does, keeping the parameters, the gradients and every option: one model serves jobs of different shapes
     // (bin/evaluate: loss windows, then multiple-choice batches) without loading its weights twice. The last
-    // forward's results and the KV cache are gone.
+    // forward's results and the KV cache are gone. When the new activations do not fit, it throws and the model
+    // holds none (max_B() is 0) until a resize that fits.
     void resize(int B, int T);
     size_t head_rows() const { return head_rows_; }  // rows of logits kept at once (ModelOptions::head_chunk)
 

@@ -453,6 +453,7 @@ TEST(GenerateEvaluateCli, RunOnASavedModel) {
     const std::string ev = "bin/evaluate --device cpu --model " + d + "/m.ckpt ";
     CmdResult data_alone = run_cmd(ev + "--data " + d + "/v.bin --seq 32");
     CmdResult both = run_cmd(ev + "--data " + d + "/v.bin --seq 32 --choices " + d + "/long.jsonl");
+    EXPECT_EQ(data_alone.rc, 0) << data_alone.out;
     EXPECT_EQ(both.rc, 0) << both.out;
     const auto line = [](const std::string& output, const std::string& start) {  // the line that starts so
         const std::string out = "\n" + output;
@@ -460,6 +461,7 @@ TEST(GenerateEvaluateCli, RunOnASavedModel) {
         return at == std::string::npos ? std::string("(none)") : out.substr(at + 1, out.find('\n', at + 1) - at - 1);
     };
     EXPECT_EQ(line(both.out, "loss "), line(data_alone.out, "loss ")) << both.out;
+    EXPECT_NE(line(both.out, "loss "), "(none)");
     EXPECT_EQ(line(both.out, "multiple choice: "), line(cut.out, "multiple choice: ")) << both.out;
     EXPECT_NE(line(both.out, "multiple choice: "), "(none)");
     EXPECT_THAT(both.out, HasSubstr("note: 1 of 2 contexts were longer than the model's context of 256 positions"));
