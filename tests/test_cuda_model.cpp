@@ -297,6 +297,28 @@ TEST_P(CudaModel, KvCachedGenerationMatchesFullForwardAndCpu_prefill4_then_1x5) 
     }
 }
 
+// GPT2::resize on the GPU (bin/evaluate does it between --data and --choices): a model re-sized up, then down, with
+// its activation memory freed and taken anew, computes the bits of a model built for the shape.
+TEST_P(CudaModel, ResizedModelGivesTheBitsOfOneBuiltForTheShape_B2T5_to_B3T11_to_B1T4) {
+    const ModelConfig cfg = small_config(37, 2, 3, 12, 16);
+    GPT2 m(cfg, gpu(), 2, 5);
+    m.init_random(8);
+    randomize_vectors(m, 9);
+    mean_loss(m, random_data(2, 5, 37, 3, true), true);
+    for (const auto& [B, T] : {std::pair<int, int>{3, 11}, {1, 4}}) {
+        SCOPED_TRACE("B " + std::to_string(B) + ", T " + std::to_string(T));
+        m.resize(B, T);
+        GPT2 fresh(cfg, gpu(), B, T);
+        copy_params(m, fresh);
+        const Data d = random_data(B, T, 37, 10 + (uint64_t)T, true);
+        const double a = mean_loss(m, d, true), b = mean_loss(fresh, d, true);
+        EXPECT_EQ(std::memcmp(&a, &b, sizeof a), 0) << a << " vs " << b;
+        for (size_t i = 0; i < m.grads().table().size(); i++)
+            EXPECT_TRUE(same_bits(get_tensor(m, m.grads(), i), get_tensor(fresh, fresh.grads(), i)))
+                << m.grads().table()[i].name;
+    }
+}
+
 // One run: fresh backend, model and optimizer; 5 steps. Returns the losses, then every parameter.
 std::vector<double> one_run(DType dt) {
     auto be = make_cuda_backend(dt);
