@@ -511,11 +511,11 @@ struct Op {
 };
 struct Stream {
     int priority = 0;
-    bool blocking = true;  // synchronised with the legacy default stream
+    bool blocking = true;    // synchronised with the legacy default stream
     bool destroyed = false;  // cudaStreamDestroy'd with work queued: deleted once that has run
-    uint64_t serial = 0;   // creation order
+    uint64_t serial = 0;     // creation order
     std::deque<Op> q;
-    uint64_t done = 0;    // operations taken off the queue (the absolute index of q.front())
+    uint64_t done = 0;    // operations run (between runs: the absolute index of q.front())
     uint64_t queued = 0;  // operations ever queued
 };
 struct EventState {
@@ -594,19 +594,19 @@ void run_until(std::map<Stream*, uint64_t> need) {
     const bool rev = emu::reverse_flag();
     // Close `need` over the waits it includes, to a fixed point (each wait names a record queued before it).
     for (bool grew = true; grew;) {
-            grew = false;
-            for (auto& [s, upto] : need)
-                for (uint64_t i = s->done; i < upto && i < s->queued; i++) {
-                    const Op& op = s->q[i - s->done];
-                    if (op.kind != Op::Kind::wait) continue;
-                    auto it = op.event->pending.find(op.gen);
-                    if (it == op.event->pending.end()) continue;
-                    uint64_t& n = need[it->second.first];
-                    if (n < it->second.second + 1) {
-                        n = it->second.second + 1;
-                        grew = true;
-                    }
+        grew = false;
+        for (auto& [s, upto] : need)
+            for (uint64_t i = s->done; i < upto && i < s->queued; i++) {
+                const Op& op = s->q[i - s->done];
+                if (op.kind != Op::Kind::wait) continue;
+                auto it = op.event->pending.find(op.gen);
+                if (it == op.event->pending.end()) continue;
+                uint64_t& n = need[it->second.first];
+                if (n < it->second.second + 1) {
+                    n = it->second.second + 1;
+                    grew = true;
                 }
+            }
     }
     for (;;) {
         Stream* pick = nullptr;
