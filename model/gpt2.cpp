@@ -218,17 +218,14 @@ void GPT2::allocate_activations() {
     const size_t Tt = (size_t)T + P_, N = (size_t)B * Tt, C = cfg_.n_embd;
     const DType dt = be_.act_dtype();
     const PeftConfig& pf = opts_.peft;
-    const ModelOptions& opts = opts_;
-    const ModelConfig& cfg = cfg_;
-    Backend& be = be_;
     // Activations. With recomputation some of each block's buffers are one buffer shared by all blocks.
-    const size_t saved = be.attention_saved_elems(B, (int)Tt, cfg.n_embd, cfg.n_head);
-    recompute_attention_ = opts.recompute == Recompute::selective && saved > N * C;
+    const size_t saved = be_.attention_saved_elems(B, (int)Tt, cfg_.n_embd, cfg_.n_head);
+    recompute_attention_ = opts_.recompute == Recompute::selective && saved > N * C;
     const std::vector<size_t> shapes[kActsPerLayer] = {{N, C}, {N}, {N}, {N, 3 * C}, {N, C},     {saved},   {N, C},
                                                        {N, C}, {N}, {N}, {N, 4 * C}, {N, 4 * C}, {N, C}};
     auto shared = [&](int k) {
-        if (opts.recompute == Recompute::full) return k != kRes3;
-        if (opts.recompute == Recompute::selective)
+        if (opts_.recompute == Recompute::full) return k != kRes3;
+        if (opts_.recompute == Recompute::selective)
             return k == kLn1 || k == kLn2 || k == kFchGelu || (k == kAttSaved && recompute_attention_);
         return false;
     };
@@ -244,9 +241,9 @@ void GPT2::allocate_activations() {
         for (int s = 0; s < kLoraSites; s++) {
             Lora& lr = lora_[l * kLoraSites + s];
             if (lr.a < 0) continue;
-            const bool sh = opts.recompute == Recompute::full && l > 0;
+            const bool sh = opts_.recompute == Recompute::full && l > 0;
             lr.act_u = sh ? lora_[s].act_u
-                          : atab.add((opts.recompute == Recompute::full ? std::string("shared.") : h) +
+                          : atab.add((opts_.recompute == Recompute::full ? std::string("shared.") : h) +
                                          lora_site_name(s) + ".lora_u",
                                      {N, (size_t)pf.lora_rank});
         }
@@ -254,17 +251,17 @@ void GPT2::allocate_activations() {
     a_lnf_ = atab.add("lnf", {N, C});
     a_lnf_mean_ = atab.add("lnf_mean", {N});
     a_lnf_rstd_ = atab.add("lnf_rstd", {N});
-    head_rows_ = opts.head_chunk ? std::min((size_t)B * T, opts.head_chunk) : (size_t)B * T;
-    a_logits_ = atab.add("logits", {head_rows_, (size_t)cfg.padded_vocab_size});
+    head_rows_ = opts_.head_chunk ? std::min((size_t)B * T, opts_.head_chunk) : (size_t)B * T;
+    a_logits_ = atab.add("logits", {head_rows_, (size_t)cfg_.padded_vocab_size});
     a_losses_ = atab.add("losses", {(size_t)B * T});
-    const size_t H = pf.hidden, W = pf.virtual_width(cfg);
+    const size_t H = pf.hidden, W = pf.virtual_width(cfg_);
     const bool net = pf.virt == Virtual::ptune || pf.virt == Virtual::prefix;
     if (net) {
         a_virt_h_ = atab.add("virtual.fc", {(size_t)P_, H});
         a_virt_hg_ = atab.add("virtual.fc_gelu", {(size_t)P_, H});
         a_virt_out_ = atab.add("virtual.out", {(size_t)P_, W});
     }
-    acts_.allocate(be, std::move(atab), dt);
+    acts_.allocate(be_, std::move(atab), dt);
 
     Table stab;  // forward scratch and backward's activation gradients: nothing here outlives a pass
     s_proj_ = stab.add("proj_out", {N, C});
@@ -292,26 +289,30 @@ void GPT2::allocate_activations() {
         s_virt_dh2_ = stab.add("virtual.d_fc", {(size_t)P_, H});
         s_virt_din_ = stab.add("virtual.d_input", {(size_t)P_, C});
     }
-    scratch_.allocate(be, std::move(stab), dt);
+    scratch_.allocate(be_, std::move(stab), dt);
 
-    tokens_ = static_cast<int32_t*>(be.alloc(N * sizeof(int32_t)));
-    targets_ = static_cast<int32_t*>(be.alloc((size_t)B * T * sizeof(int32_t)));
-    weights_ = static_cast<float*>(be.alloc((size_t)B * T * sizeof(float)));
-    rows_dev_ = static_cast<int32_t*>(be.alloc((size_t)B * T * sizeof(int32_t)));
-    positions_ = static_cast<int32_t*>(be.alloc(N * sizeof(int32_t)));
-    if (P_ > 0) wpe_rows_ = static_cast<int32_t*>(be.alloc(N * sizeof(int32_t)));
+    tokens_ = static_cast<int32_t*>(be_.alloc(N * sizeof(int32_t)));
+    targets_ = static_cast<int32_t*>(be_.alloc((size_t)B * T * sizeof(int32_t)));
+    weights_ = static_cast<float*>(be_.alloc((size_t)B * T * sizeof(float)));
+    rows_dev_ = static_cast<int32_t*>(be_.alloc((size_t)B * T * sizeof(int32_t)));
+    positions_ = static_cast<int32_t*>(be_.alloc(N * sizeof(int32_t)));
+    if (P_ > 0) wpe_rows_ = static_cast<int32_t*>(be_.alloc(N * sizeof(int32_t)));
 }
 
 void GPT2::release_activations() {
     acts_.release();
     scratch_.release();
     kv_.release();
-    for (int32_t** p : {&tokens_, &targets_, &rows_dev_, &positions_, &wpe_rows_}) {
-        if (*p) be_.free(*p);
-        *p = nullptr;
-    }
-    if (weights_) be_.free(weights_);
-    weights_ = nullptr;
+    auto drop = [this](auto*& p) {
+        if (p) be_.free(p);
+        p = nullptr;
+    };
+    drop(tokens_);
+    drop(targets_);
+    drop(weights_);
+    drop(rows_dev_);
+    drop(positions_);
+    drop(wpe_rows_);
 }
 
 void GPT2::resize(int B, int T) {

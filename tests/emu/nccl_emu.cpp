@@ -474,15 +474,16 @@ ncclResult_t ncclGroupEnd() {
     if (--group_depth > 0) return ncclSuccess;
     std::vector<std::function<void()>> ops;
     ops.swap(group_ops);
-    std::vector<PointToPoint> p2p;
-    p2p.swap(group_p2p);
+    // Held by the queued work, which keeps pointers into it.
+    auto p2p = std::make_shared<std::vector<PointToPoint>>();
+    p2p->swap(group_p2p);
     ncclResult_t err = group_error;
     group_error = ncclSuccess;
     if (err != ncclSuccess) return err;  // an argument error inside the group: NCCL runs none of it
     // Pair the k-th send to self with the k-th receive from self, as NCCL matches point-to-point operations
     // between a pair of ranks in the order they were issued. Messages to other ranks go through mailboxes.
     std::vector<const PointToPoint*> sends, recvs, out, in;
-    for (const PointToPoint& op : p2p)
+    for (const PointToPoint& op : *p2p)
         (op.peer == op.comm->rank ? (op.is_send ? sends : recvs) : (op.is_send ? out : in)).push_back(&op);
     if (sends.size() != recvs.size()) {
         last_error = "ncclGroupEnd: " + std::to_string(sends.size()) + " ncclSend and " + std::to_string(recvs.size()) +
@@ -498,15 +499,10 @@ ncclResult_t ncclGroupEnd() {
             return ncclInvalidUsage;
         }
     }
-    if (ops.empty() && p2p.empty()) return ncclSuccess;
-    // The group's calls as one piece of work; the pointers into p2p stay valid in the shared copy.
-    auto held = std::make_shared<std::vector<PointToPoint>>(std::move(p2p));
-    std::vector<const PointToPoint*> kept_sends, kept_recvs, kept_out, kept_in;
-    for (const PointToPoint& op : *held)
-        (op.peer == op.comm->rank ? (op.is_send ? kept_sends : kept_recvs) : (op.is_send ? kept_out : kept_in))
-            .push_back(&op);
-    emu::enqueue(group_stream, [ops = std::move(ops), held, sends = std::move(kept_sends), recvs = std::move(kept_recvs),
-                                out = std::move(kept_out), in = std::move(kept_in)] {
+    if (ops.empty() && p2p->empty()) return ncclSuccess;
+    // The group's calls as one piece of work.
+    emu::enqueue(group_stream, [ops = std::move(ops), p2p, sends = std::move(sends), recvs = std::move(recvs),
+                                out = std::move(out), in = std::move(in)] {
         for (auto& op : ops) op();
         for (const PointToPoint* op : out)
             send_to(op->comm, static_cast<const char*>(op->send), op->count * type_size(op->type), op->peer);
