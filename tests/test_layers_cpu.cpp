@@ -91,21 +91,28 @@ TEST(MatmulCpu, ForwardMatchesNaiveLoopF32_N5_IC3_OC4) {
     EXPECT_TRUE(near_rel(out, want, 1e-6));
 }
 
-TEST(AttentionCpu, GradientsMatchFiniteDifferencesF64_B2_T7_C12_NH3) {
-    const int B = 2, T = 7, C = 12, NH = 3;
-    auto qkv = randn((size_t)B * T * 3 * C, 1), R = randn((size_t)B * T * C, 2);
+// attention_backward's dqkv against finite differences of <attention_forward(qkv), R>, random qkv and R.
+// Returns the forward's probabilities.
+std::vector<double> expect_attention_gradients_match_fd(int B, int T, int C, int NH, DocMask mask, uint64_t seed,
+                                                        const std::string& what) {
+    auto qkv = randn((size_t)B * T * 3 * C, seed), R = randn((size_t)B * T * C, seed + 1);
     auto f = [&] {
         std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH));
-        cpu::attention_forward(out.data(), p.data(), qkv.data(), nullptr, B, T, C, NH);
+        cpu::attention_forward(out.data(), p.data(), qkv.data(), mask, B, T, C, NH);
         return dot(out, R);
     };
     std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH)), dqkv(qkv.size());
     poison(out);
     poison(p);
     poison(dqkv);
-    cpu::attention_forward(out.data(), p.data(), qkv.data(), nullptr, B, T, C, NH);
-    cpu::attention_backward(dqkv.data(), R.data(), qkv.data(), p.data(), nullptr, B, T, C, NH);
-    EXPECT_TRUE(near_rel(dqkv, numeric_grad(qkv, f), kGradTol));
+    cpu::attention_forward(out.data(), p.data(), qkv.data(), mask, B, T, C, NH);
+    cpu::attention_backward(dqkv.data(), R.data(), qkv.data(), p.data(), mask, B, T, C, NH);
+    EXPECT_TRUE(near_rel(dqkv, numeric_grad(qkv, f), kGradTol)) << what;
+    return p;
+}
+
+TEST(AttentionCpu, GradientsMatchFiniteDifferencesF64_B2_T7_C12_NH3) {
+    expect_attention_gradients_match_fd(2, 7, 12, 3, DocMask(), 1, "causal");
 }
 
 // Packed documents (`--windows isolated`): row 0 holds documents of 3, 5 and 4 tokens, row 1 one of 12. Each
@@ -151,18 +158,8 @@ TEST(AttentionCpu, DocumentMaskGradientsMatchFiniteDifferencesF64_B2_T9_C12_NH3_
     const int B = 2, T = 9, C = 12, NH = 3;
     const std::vector<int32_t> pos = {0, 1, 0, 1, 0, 1, 2, 3, 0, 0, 1, 0, 1, 2, 0, 1, 2, 3};
     for (int prefix : {0, 2}) {
-        auto qkv = randn((size_t)B * T * 3 * C, 33), R = randn((size_t)B * T * C, 34);
-        const DocMask mask(pos.data(), prefix);
-        auto f = [&] {
-            std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH));
-            cpu::attention_forward(out.data(), p.data(), qkv.data(), mask, B, T, C, NH);
-            return dot(out, R);
-        };
-        std::vector<double> out((size_t)B * T * C), p(cpu::attention_saved_elems(B, T, NH)), dqkv(qkv.size());
-        poison(dqkv);
-        cpu::attention_forward(out.data(), p.data(), qkv.data(), mask, B, T, C, NH);
-        cpu::attention_backward(dqkv.data(), R.data(), qkv.data(), p.data(), mask, B, T, C, NH);
-        EXPECT_TRUE(near_rel(dqkv, numeric_grad(qkv, f), kGradTol)) << "prefix " << prefix;
+        const std::vector<double> p = expect_attention_gradients_match_fd(B, T, C, NH, DocMask(pos.data(), prefix), 33,
+                                                                          "prefix " + std::to_string(prefix));
         // Row 1's last document (columns 5..8) sees the prefix and itself, nothing in between.
         for (int u = 0; u < T; u++) {
             const bool seen = u >= 5 || u < prefix;
