@@ -193,7 +193,7 @@ Document document_from_json_line(const Tokenizer& tok, const std::string& line, 
     nlohmann::json j;
     try {
         j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for a number beyond a double
         throw Error(where + ": not valid JSON: " + json_reason(e));
     }
     if (!j.is_object()) throw Error(where + ": expected a JSON object");
@@ -438,7 +438,7 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
             nlohmann::json records;
             try {
                 records = nlohmann::json::parse(all);
-            } catch (const nlohmann::json::parse_error& e) {
+            } catch (const nlohmann::json::exception& e) {
                 // One value: a mistake anywhere spoils the whole file, which --skip-bad then skips.
                 if (!opt.skip_bad) throw Error(path + ": not valid JSON: " + json_reason(e) + " (--skip-bad skips it)");
                 rep.skipped++;

@@ -60,7 +60,8 @@ json read_json(const std::string& path) {
     json j;
     try {
         j = json::parse(bytes.begin(), bytes.end());
-    } catch (const json::parse_error& e) {  // its message says where: "parse error at line 3, column 5: ..."
+    } catch (const json::exception& e) {  // says where: "parse error at line 3, column 5: ..."; or a number
+                                          // beyond a double ("number overflow parsing '1e999'")
         throw Error(path + ": not valid JSON: " + e.what());
     }
     if (!j.is_object()) throw Error(path + ": expected a JSON object");

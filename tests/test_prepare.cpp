@@ -114,6 +114,8 @@ TEST(Prepare, MalformedLinesNameFileAndLine) {
     EXPECT_THAT(err(R"({"prompt":"x","completion":""})"), HasSubstr("\"completion\" is empty"));
     EXPECT_THAT(err(R"({"text":5})"), HasSubstr("\"text\" is not a string"));
     EXPECT_THAT(err(R"({"foo":"bar"})"), HasSubstr("expected fields"));
+    // A number beyond a double is the JSON library's out_of_range, not its parse_error (found by `make fuzz`).
+    EXPECT_THAT(err(R"({"text": "a", "n": 1e999})"), HasSubstr("f.jsonl:7: not valid JSON: number overflow parsing '1e999'"));
 }
 
 TEST(Prepare, SkipBadCountsAndOtherwiseStops) {
@@ -426,6 +428,10 @@ TEST(Prepare, PipesAreReadByTheirFirstLineAndJsonArraysByTheirRecords) {
     spit(d + "/broken.json", "[\n  {\"text\": \"a\"},\n");
     o.inputs = {d + "/broken.json", d + "/alpaca_data.json"};
     EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("broken.json: not valid JSON: "));
+    spit(d + "/huge.json", "[{\"text\": \"a\", \"n\": -1e400}]\n");
+    o.inputs = {d + "/huge.json"};
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("huge.json: not valid JSON: number overflow"));
+    o.inputs = {d + "/broken.json", d + "/alpaca_data.json"};
     o.skip_bad = true;
     o.out_dir = d + "/skipped";
     const PrepareReport skipped = prepare_dataset(tok(), o);
