@@ -159,12 +159,16 @@ Shard read_shard(const std::string& path, int vocab_size) {
     s.token_bytes = b + kShardHeader;
     s.mask_bytes = has_mask ? s.token_bytes + n * width : nullptr;
     s.file = std::move(file);
-    // Every id is checked once here: the model indexes its embedding with them.
-    if (vocab_size > 0)
+    // Every id is checked once here: the model indexes its embedding with them. Without a vocabulary, a 4-byte
+    // id must still be an int32 (token() returns one): 2^31 and above would come out negative.
+    if (vocab_size > 0 || width == 4) {
+        const uint64_t limit = vocab_size > 0 ? (uint64_t)vocab_size : uint64_t(1) << 31;
         for (uint64_t i = 0; i < n; i++)
-            if ((uint32_t)s.token(i) >= (uint32_t)vocab_size)
+            if ((uint32_t)s.token(i) >= limit)
                 throw Error(path + ": token " + std::to_string(i) + " has id " + std::to_string((uint32_t)s.token(i)) +
-                            ", not below the vocabulary size " + std::to_string(vocab_size));
+                            (vocab_size > 0 ? ", not below the vocabulary size " + std::to_string(vocab_size)
+                                            : ", beyond any vocabulary (ids are below 2^31)"));
+    }
     if (s.mask_bytes)  // a weight of 7 would count a token seven times
         for (uint64_t i = 0; i < n; i++) {
             if (s.mask_bytes[i] > 1)

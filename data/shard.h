@@ -82,7 +82,7 @@ class ShardWriter {
 };
 
 // Reads and validates: magic, version, width, sizes against the file size, every id < vocab_size
-// (when vocab_size > 0). Throws tune::Error naming the file and the field.
+// (when vocab_size > 0; else < 2^31). Throws tune::Error naming the file and the field.
 Shard read_shard(const std::string& path, int vocab_size);
 // read_shard of each, refusing a shard with nothing to predict or none of its targets counted (a broken
 // preparation), as a Loader needs them.

@@ -76,6 +76,12 @@ TEST(Shard, WideTokensUse32Bits) {
     write_shard(d + "/a.bin", t, nullptr, 0);
     EXPECT_EQ(read_shard(d + "/a.bin", 0).tokens(), t);
     EXPECT_EQ(slurp(d + "/a.bin").size(), 32u + 12u);
+    // An id of 2^31 or more is no int32: refused even without a vocabulary to check against (found by fuzzing).
+    std::string b = slurp(d + "/a.bin");
+    b[32 + 4 + 3] = '\x80';  // the second id becomes 70000 + 2^31
+    spit(d + "/b.bin", b);
+    EXPECT_THAT(error_of([&] { read_shard(d + "/b.bin", 0); }),
+                HasSubstr("token 1 has id 2147553648, beyond any vocabulary (ids are below 2^31)"));
 }
 
 TEST(Shard, EachMalformedFieldHasItsError) {
