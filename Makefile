@@ -5,7 +5,8 @@
 #   - every .cpp/.cu under kernels/ model/ train/ data/ is library code, linked into every program,
 #     except files named main_<tool>.cpp, each of which becomes the program bin/<tool>
 #     (bin/, because the top-level folder train/ holds sources and a program cannot share its name);
-#   - every tests/*.cpp and tests/*.cu goes into one test binary, build/tests/tune_tests;
+#   - every tests/*.cpp and tests/*.cu goes into one test binary, build/tests/tune_tests, with the fuzz targets
+#     (tests/fuzz/targets.cpp), whose seeds and regressions the tests replay;
 #   - every bench/bench_<name>.cpp (or .cu) becomes build/bench/bench_<name>.
 
 CUDA_HOME ?= /usr/local/cuda
@@ -94,14 +95,14 @@ LIB_SRC   := $(filter-out $(wildcard */main_*.cpp),$(wildcard kernels/*.cpp kern
              $(wildcard kernels/*.cu kernels/*/*.cu model/*.cu train/*.cu)
 TOOL_SRC  := $(wildcard */main_*.cpp)
 TOOLS     := $(addprefix bin/,$(patsubst main_%,%,$(basename $(notdir $(TOOL_SRC)))))
-TEST_SRC  := $(wildcard tests/*.cpp tests/*.cu)
+TEST_SRC  := $(wildcard tests/*.cpp tests/*.cu) tests/fuzz/targets.cpp
 BENCH_SRC := $(wildcard bench/bench_*.cpp bench/bench_*.cu)
 BENCHES   := $(addprefix $(BUILD)/,$(basename $(BENCH_SRC)))
 
 obj = $(addprefix $(BUILD)/,$(addsuffix .o,$(basename $(1))))
 LIB_OBJ := $(call obj,$(LIB_SRC))
 
-.PHONY: all test bench clean cudnn-frontend-copy device-bundle
+.PHONY: all test bench clean cudnn-frontend-copy device-bundle fuzz
 all: $(TOOLS)
 
 $(BUILD)/%.o: %.cpp
@@ -219,6 +220,49 @@ $(foreach t,$(TOOLS),$(eval $(call emu_tool_rule,$(t))))
 test-emu: $(EMU)/tune_tests_emu $(TOOLS) $(EMU_TOOLS)
 	TUNE_TEST_BIN=$(EMU)/bin ./$(EMU)/tune_tests_emu --gtest_filter='$(EMU_FILTER)'
 	CUDA_EMU_ORDER=reverse TUNE_TEST_BIN=$(EMU)/bin ./$(EMU)/tune_tests_emu --gtest_filter='$(EMU_FILTER):-*Gpt2_124M*'
+
+# ---- Fuzzing (tests/fuzz/targets.h): every reader of input from outside, under libFuzzer, ASan and UBSan ----
+# `make fuzz` fuzzes each of FUZZ_TARGETS for FUZZ_SECONDS from its seeds (written by the program's own writers)
+# and tests/fuzz/regressions/<target>/, keeps what it finds in build/fuzz/corpus/<target>/ (a later run goes on
+# from there), and leaves an input that breaks a reader as build/fuzz/crash-<target>-*; it fails if there is one.
+# Copy such an input into tests/fuzz/regressions/<target>/ with the fix: `make test` replays them all.
+# Needs clang with libFuzzer (Debian: clang, libomp-dev). The library's C++ files are compiled again into
+# build/fuzz/ with coverage and the sanitizers; the CUDA objects (and the cuDNN frontend's glue) are those `make`
+# builds, which read no input.
+FUZZ         := $(BUILD)/fuzz
+FUZZ_CXX     ?= clang++
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= safetensors checkpoint weights hf_config shard tokenizer jsonl choices metrics
+FUZZ_SRC     := $(filter-out kernels/cuda/attention_cudnn.cpp,$(filter %.cpp,$(LIB_SRC)))
+FUZZ_LIB_OBJ := $(addprefix $(FUZZ)/,$(addsuffix .o,$(basename $(FUZZ_SRC)))) \
+                $(call obj,kernels/cuda/attention_cudnn.cpp $(filter %.cu,$(LIB_SRC)))
+$(FUZZ)/train/dist_mpi.o: FUZZ_DEFS := $(MPI_DEFS)
+$(FUZZ)/train/dist_nccl.o: FUZZ_DEFS := $(NCCL_DEFS)
+$(FUZZ)/train/dist_mpi.o $(FUZZ)/train/dist_nccl.o: $(DIST_STAMP)
+
+$(FUZZ)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) -std=c++17 -O1 -g -fopenmp $(FUZZ_SAN) -fsanitize=fuzzer-no-link $(FUZZ_DEFS) $(INCLUDES) -MMD -MP -c $< -o $@
+
+$(FUZZ)/libtune.a: $(FUZZ_LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ)/fuzz: $(FUZZ)/tests/fuzz/fuzz_main.o $(FUZZ)/tests/fuzz/targets.o $(FUZZ)/libtune.a
+	$(FUZZ_CXX) $(FUZZ_SAN) -fsanitize=fuzzer $^ -o $@ $(LDLIBS)
+
+fuzz: $(FUZZ)/fuzz
+	@failed=; for t in $(FUZZ_TARGETS); do \
+	    mkdir -p $(FUZZ)/corpus/$$t && FUZZ_TARGET=$$t FUZZ_SEEDS_TO=$(FUZZ)/corpus/$$t ./$(FUZZ)/fuzz || exit 1; \
+	    regressions=tests/fuzz/regressions/$$t; [ -d $$regressions ] || regressions=; \
+	    echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	    FUZZ_TARGET=$$t ./$(FUZZ)/fuzz $(FUZZ)/corpus/$$t $$regressions -max_total_time=$(FUZZ_SECONDS) -timeout=20 \
+	        -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix=$(FUZZ)/crash-$$t- 2>$(FUZZ)/$$t.log \
+	        || failed="$$failed $$t"; \
+	    grep -E '^(stat::number_of_executed_units|stat::new_units_added|SUMMARY)' $(FUZZ)/$$t.log; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: a reader broke in:$$failed (logs: $(FUZZ)/<target>.log)"; exit 1; fi
 
 clean:
 	rm -rf $(BUILD) bin

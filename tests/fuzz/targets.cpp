@@ -1,0 +1,453 @@
+#include "tests/fuzz/targets.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "data/fileio.h"
+#include "data/safetensors.h"
+#include "data/shard.h"
+#include "data/tokenizer.h"
+#include "kernels/backend.h"
+#include "kernels/common.h"
+#include "model/config.h"
+#include "model/gpt2.h"
+#include "model/hf_gpt2.h"
+#include "model/llmc.h"
+#include "model/rng.h"
+#include "model/weights.h"
+#include "train/checkpoint.h"
+#include "train/eval.h"
+#include "train/metrics.h"
+#include "train/optimizer.h"
+#include "data/prepare.h"
+
+namespace tune::fuzz {
+
+namespace {
+
+// A model read from the bytes is built only when it is this small: a header may declare a model of any size,
+// and building one is not what is under test (the file's sizes are checked against the config before that).
+constexpr size_t kMaxParams = size_t(1) << 20;
+// Tensors read in full only up to this size.
+constexpr uint64_t kMaxTensorBytes = uint64_t(1) << 24;
+
+// This process's scratch folder, removed at exit (left behind after a crash, with the input in it).
+struct Scratch {
+    std::string dir;
+    Scratch() {
+        const char* base = std::getenv("TMPDIR");
+        std::string templ = std::string(base && *base ? base : "/tmp") + "/tune_fuzz_XXXXXX";
+        if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed for " + templ);
+        dir = templ;
+    }
+    ~Scratch() {
+        std::error_code ec;
+        std::filesystem::remove_all(dir, ec);
+    }
+};
+const std::string& scratch() {
+    static Scratch s;
+    return s.dir;
+}
+
+// Writes the bytes to scratch()/name (a subfolder is created) and returns the path. Not write_file_atomic: its
+// fsync would cost more than the reader under test.
+std::string put(const std::string& name, const void* data, size_t n) {
+    const std::string path = scratch() + "/" + name;
+    make_dirs(directory_of(path));
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    f.write(static_cast<const char*>(data), (std::streamsize)n);
+    if (!f.flush()) throw std::runtime_error("cannot write " + path);
+    return path;
+}
+
+std::string slurp(const std::string& path) {
+    const std::vector<uint8_t> b = read_file_bytes(path);
+    return std::string(b.begin(), b.end());
+}
+
+thread_local std::string refusal;
+
+template <class F>
+Outcome refused_on_error(F&& f) {
+    try {
+        f();
+        return Outcome::accepted;
+    } catch (const Error& e) {
+        refusal = e.what();
+        return Outcome::refused;
+    }
+}
+
+void require(bool ok, const std::string& what) {
+    if (!ok) throw Violation(what);
+}
+
+const Tokenizer& tokenizer() {
+    static const Tokenizer tok = Tokenizer::load("data/gpt2");
+    return tok;
+}
+
+Backend& cpu() {
+    static const std::unique_ptr<Backend> be = make_cpu_backend(DType::f32);
+    return *be;
+}
+
+// L=1, NH=2, C=8, V=37, maxT=6: seeds of a few KB, which mutate fast.
+ModelConfig seed_config() {
+    ModelConfig c;
+    c.n_layer = 1;
+    c.n_head = 2;
+    c.n_embd = 8;
+    c.vocab_size = 37;
+    c.padded_vocab_size = pad_vocab(37);
+    c.block_size = 6;
+    return c;
+}
+
+PeftConfig seed_peft() {
+    PeftConfig p;
+    p.lora_rank = 2;
+    p.lora_targets = kLoraAll;
+    p.virt = Virtual::prompt;
+    p.n_virtual = 2;
+    return p;
+}
+
+Trainable frozen_base(const ModelConfig& c) {
+    Trainable t;
+    t.tensor.assign(num_base_tensors(c), false);
+    return t;
+}
+
+// A model whose config came out of a file: a block size too small for one real position after the virtual
+// tokens is the loader's to refuse, not the constructor's.
+bool small_enough(const ModelConfig& c, const PeftConfig& p) {
+    return num_parameters(c) <= kMaxParams && c.block_size > p.virtual_tokens() &&
+           (size_t)c.n_layer * c.n_embd * std::max(1, p.lora_rank) <= kMaxParams &&
+           (size_t)p.n_virtual * std::max(p.virtual_width(c), p.hidden) <= kMaxParams;
+}
+
+// One training step's gradients in the model, so a resume checkpoint's moments are not zeros.
+void one_backward(GPT2& m, uint64_t seed) {
+    Rng r(seed);
+    const int T = 4;
+    std::vector<int32_t> x(T), y(T);
+    const std::vector<float> w(T, 1.0f);
+    for (int i = 0; i < T; i++) x[i] = (int32_t)r.below(37), y[i] = (int32_t)r.below(37);
+    m.zero_grads();
+    m.forward(x.data(), 1, T, w.data());
+    m.loss(y.data(), w.data(), 1.0f / T, true);
+    m.backward();
+}
+
+// ---- safetensors: SafetensorsFile (Hugging Face weights, Fisher files, anything in the format) ----
+
+Outcome run_safetensors(const uint8_t* d, size_t n) {
+    const std::string p = put("st/x.safetensors", d, n);
+    return refused_on_error([&] {
+        SafetensorsFile f(p);
+        for (const SafetensorsTensorInfo& t : f.tensors()) {
+            require(f.find(t.name) == &f.at(t.name), "find and at disagree on '" + t.name + "'");
+            if (t.nbytes() > kMaxTensorBytes) continue;
+            require(f.read_bytes(t.name).size() == t.nbytes(), "read_bytes of '" + t.name + "' is not nbytes()");
+            const SafetensorsDtype k = t.dtype;
+            if (k == SafetensorsDtype::F32 || k == SafetensorsDtype::BF16 || k == SafetensorsDtype::F16 ||
+                k == SafetensorsDtype::F64)
+                require(f.read_f32(t.name).size() == t.numel(), "read_f32 of '" + t.name + "' is not numel()");
+        }
+    });
+}
+
+std::vector<std::string> seeds_safetensors() {
+    std::vector<std::string> out;
+    const std::vector<float> f32 = {1.5f, -2.0f, 0.25f, 3.0f, -0.0f, 7.0f};
+    const std::vector<uint16_t> half = {0x3c00, 0xc000, 0x7c00};
+    const std::vector<double> f64 = {0.1, -1e300};
+    const std::vector<uint8_t> u8 = {1, 2, 3, 4, 5};
+    SafetensorsWriter w;
+    w.add("a.weight", SafetensorsDtype::F32, {2, 3}, f32.data(), f32.size() * 4);
+    w.add("b", SafetensorsDtype::BF16, {3}, half.data(), half.size() * 2);
+    w.add("c", SafetensorsDtype::F16, {1, 3}, half.data(), half.size() * 2);
+    w.add("d", SafetensorsDtype::F64, {2}, f64.data(), f64.size() * 8);
+    w.add("e", SafetensorsDtype::U8, {5}, u8.data(), u8.size());
+    w.add("scalar", SafetensorsDtype::F32, {}, f32.data(), 4);
+    w.add("empty", SafetensorsDtype::F32, {0, 4}, f32.data(), 0);
+    w.set_metadata("format", "pt");
+    w.write(scratch() + "/seed.safetensors");
+    out.push_back(slurp(scratch() + "/seed.safetensors"));
+    SafetensorsWriter bare;
+    bare.write(scratch() + "/seed.safetensors");
+    out.push_back(slurp(scratch() + "/seed.safetensors"));
+    return out;
+}
+
+constexpr uint64_t kSeedBase = 3;
+
+// ---- checkpoint: tune.cu checkpoints (weights, resume, adapter) as bin/train --resume and --adapter read them ----
+
+Outcome run_checkpoint(const uint8_t* d, size_t n) {
+    const std::string p = put("ckpt/x.ckpt", d, n);
+    return refused_on_error([&] {
+        const ModelConfig c = checkpoint_config(p);
+        const PeftConfig pc = checkpoint_peft(p);
+        uint64_t step = 0, fingerprint = 0;
+        std::vector<std::string> trained_base;
+        checkpoint_options(p);
+        checkpoint_trained_on(p);
+        checkpoint_base_lineage(p, &fingerprint, &trained_base);
+        const bool resume = checkpoint_step(p, &step);
+        if (!small_enough(c, pc)) return;
+        ModelOptions o;
+        o.peft = pc;
+        if (is_adapter_checkpoint(p)) {
+            const Trainable fr = frozen_base(c);
+            GPT2 m(c, cpu(), 1, 1, &fr, o);
+            m.init_random(kSeedBase);  // the base the seed adapter records: any other is refused
+            load_adapter(p, m);
+            return;
+        }
+        GPT2 m(c, cpu(), 1, 1, nullptr, o);
+        if (!resume) return load_checkpoint(p, m, nullptr, nullptr);
+        AdamW opt(m, AdamWConfig{});
+        TrainState st;
+        load_checkpoint(p, m, &opt, &st);
+    });
+}
+
+std::vector<std::string> seeds_checkpoint() {
+    const ModelConfig c = seed_config();
+    const std::string p = scratch() + "/seed.ckpt";
+    std::vector<std::string> out;
+    GPT2 m(c, cpu(), 1, 4);
+    m.init_random(3);
+    save_checkpoint(p, m, nullptr, nullptr);
+    out.push_back(slurp(p));
+    one_backward(m, 4);
+    AdamW opt(m, AdamWConfig{});
+    opt.step(1e-3f, 1.0f);
+    TrainState st;
+    st.step = 1;
+    st.rng = 99;
+    st.options = {{"--batch", "1"}, {"--lr", "0.001"}};
+    save_checkpoint(p, m, &opt, &st, nullptr, true, TrainedOn{Windows::documents});
+    out.push_back(slurp(p));
+
+    ModelOptions o;
+    o.peft = seed_peft();
+    const Trainable fr = frozen_base(c);
+    GPT2 peft(c, cpu(), 1, 2, &fr, o);
+    peft.init_random(kSeedBase);
+    peft.init_peft(5, {});
+    save_checkpoint(p, peft, nullptr, nullptr);
+    out.push_back(slurp(p));
+    save_adapter(p, peft, peft.base_fingerprint());
+    out.push_back(slurp(p));
+    return out;
+}
+
+// ---- weights: --init's reader (model/weights.h), which tells tune.cu, llm.c and safetensors files apart ----
+
+Outcome run_weights(const uint8_t* d, size_t n) {
+    const std::string p = put("weights/x.bin", d, n);
+    return refused_on_error([&] {
+        weights_format(p);
+        const ModelConfig c = weights_config(p);
+        if (!small_enough(c, PeftConfig{})) return;
+        GPT2 m(c, cpu(), 1, 1);
+        load_weights(p, m);
+    });
+}
+
+std::vector<std::string> seeds_weights() {
+    GPT2 m(seed_config(), cpu(), 1, 1);
+    m.init_random(8);
+    const std::string p = scratch() + "/seed.weights";
+    std::vector<std::string> out;
+    save_checkpoint(p, m, nullptr, nullptr);
+    out.push_back(slurp(p));
+    export_llmc(m, p, false);
+    out.push_back(slurp(p));
+    export_llmc(m, p, true);
+    out.push_back(slurp(p));
+    return out;
+}
+
+// ---- hf_config: a Hugging Face checkpoint directory's config.json, beside a valid model.safetensors ----
+
+const std::string& hf_dir() {
+    static const std::string dir = [] {
+        GPT2 m(seed_config(), cpu(), 1, 1);
+        m.init_random(9);
+        const std::string d = scratch() + "/hf";
+        export_hf(m, d);
+        return d;
+    }();
+    return dir;
+}
+
+Outcome run_hf_config(const uint8_t* d, size_t n) {
+    const std::string dir = hf_dir();
+    put("hf/config.json", d, n);
+    return refused_on_error([&] {
+        const ModelConfig c = hf_gpt2_config(dir);
+        if (!small_enough(c, PeftConfig{})) return;
+        GPT2 m(c, cpu(), 1, 1);
+        load_hf_gpt2(dir, m);
+    });
+}
+
+std::vector<std::string> seeds_hf_config() { return {slurp(hf_dir() + "/config.json")}; }
+
+// ---- shard: token shards (bin/prepare's output, bin/train's input) ----
+
+Outcome run_shard(const uint8_t* d, size_t n) {
+    const std::string p = put("shard/x.bin", d, n);
+    auto check = [](const Shard& s, int vocab) {
+        const std::vector<int32_t> t = s.tokens();
+        require(t.size() == s.size(), "tokens() holds " + std::to_string(t.size()) + " of " + std::to_string(s.size()));
+        for (int32_t id : t) require(id >= 0 && (vocab == 0 || id < vocab), "token id " + std::to_string(id));
+        const std::vector<uint8_t> mask = s.mask_vector();
+        require(mask.size() == (s.has_mask() ? s.size() : 0), "mask of the wrong length");
+        uint64_t masked = 0;
+        for (size_t i = 1; i < mask.size(); i++) masked += mask[i] == 0;
+        require(masked == s.masked_targets,
+                "masked_targets " + std::to_string(s.masked_targets) + ", counted " + std::to_string(masked));
+    };
+    // Read without a vocabulary (every id the file's width holds), then against GPT-2's, which refuses more.
+    const Outcome any = refused_on_error([&] { check(read_shard(p, 0), 0); });
+    refused_on_error([&] { check(read_shard(p, 50257), 50257); });
+    return any;
+}
+
+std::vector<std::string> seeds_shard() {
+    const std::string p = scratch() + "/seed.bin";
+    std::vector<std::string> out;
+    const std::vector<int32_t> tokens = {50256, 15496, 11, 995, 0, 50256, 464};
+    const std::vector<uint8_t> mask = {0, 0, 1, 1, 1, 0, 1};
+    write_shard(p, tokens, nullptr, 50257);
+    out.push_back(slurp(p));
+    write_shard(p, tokens, &mask, 50257);
+    out.push_back(slurp(p));
+    write_shard(p, {70000, 3, 69999}, nullptr, 70001);  // 4-byte ids
+    out.push_back(slurp(p));
+    return out;
+}
+
+// ---- tokenizer: GPT-2 BPE on any bytes ----
+
+Outcome run_tokenizer(const uint8_t* d, size_t n) {
+    const Tokenizer& tok = tokenizer();
+    const std::string_view text(reinterpret_cast<const char*>(d), n);
+    const std::vector<int32_t> ids = tok.encode(text);
+    for (int32_t id : ids)
+        require(id >= 0 && id < tok.vocab_size() && id != tok.eot_token(), "encode gave id " + std::to_string(id));
+    require(tok.decode(ids) == text, "decode(encode(x)) != x");
+    require(ids.size() <= n, "more tokens than bytes");
+    return Outcome::accepted;
+}
+
+std::vector<std::string> seeds_tokenizer() {
+    return {"Hello world, it's 2026!", "  leading\n\n\ttabs   and trailing  ", "<|endoftext|> stays text",
+            "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e \xf0\x9f\x98\x80", "bad \xff\xfe utf-8 \xc3",
+            "I'll we've they're 123456789 3.14", std::string("nul\0byte", 8)};
+}
+
+// ---- jsonl: one line of bin/prepare's JSONL input ----
+// The first byte picks the template: none (Alpaca's), one with {input}, or one without it.
+
+Outcome run_jsonl(const uint8_t* d, size_t n) {
+    if (n == 0) return Outcome::refused;
+    static const char* const templates[] = {"", "### Q: {instruction}\n{input}\n### A: ", "Q: {instruction} A:"};
+    const std::string tmpl = templates[d[0] % 3];
+    const std::string line(reinterpret_cast<const char*>(d + 1), n - 1);
+    return refused_on_error([&] {
+        const Document doc = document_from_json_line(tokenizer(), line, "fuzz.jsonl:1", tmpl);
+        require(doc.tokens.size() == doc.mask.size(), "tokens and mask differ in length");
+        for (size_t i = 0; i < doc.tokens.size(); i++) {
+            require(doc.tokens[i] >= 0 && doc.tokens[i] < tokenizer().vocab_size(), "token id out of range");
+            require(doc.mask[i] <= 1, "mask value " + std::to_string(doc.mask[i]));
+        }
+    });
+}
+
+std::vector<std::string> seeds_jsonl() {
+    return {std::string("\0", 1) + R"({"text": "Once upon a time"})",
+            std::string("\1", 1) + R"({"instruction": "Add", "input": "2 and 3", "output": "5"})",
+            std::string("\0", 1) + R"({"instruction": "Name a colour.", "output": "Blue", "text": "x"})",
+            std::string("\2", 1) + R"({"prompt": "Q: 1+1?", "completion": " 2"})",
+            std::string("\0", 1) + R"({"text": "caf\u00e9 \ud83d\ude00 \n"})"};
+}
+
+// ---- choices: bin/evaluate --choices (HellaSwag-style JSONL) ----
+
+Outcome run_choices(const uint8_t* d, size_t n) {
+    const std::string p = put("choices/x.jsonl", d, n);
+    return refused_on_error([&] {
+        for (const ChoiceExample& e : read_choice_file(tokenizer(), p)) {
+            require(!e.endings.empty(), e.where + ": no endings");
+            require(e.label >= 0 && (size_t)e.label < e.endings.size(), e.where + ": label out of range");
+        }
+    });
+}
+
+std::vector<std::string> seeds_choices() {
+    return {R"({"context": "The cat", "endings": [" sat.", " flew to the moon."], "label": 0})"
+            "\n"
+            R"({"context": "2 + 2 =", "endings": [" 5", " 4", " 22"], "label": 1})"
+            "\n"};
+}
+
+// ---- metrics: metrics.jsonl as a resumed run reads it back (drops lines after the checkpoint's step) ----
+
+Outcome run_metrics(const uint8_t* d, size_t n) {
+    put("metrics/metrics.jsonl", d, n);
+    return refused_on_error([&] {
+        RunLog log(scratch() + "/metrics", 5);
+        log.write_plot();
+    });
+}
+
+std::vector<std::string> seeds_metrics() {
+    return {R"({"step": 1, "loss": 3.5, "lr": 0.001})"
+            "\n"
+            R"({"step": 5, "loss": 3.1, "val_loss": 3.3})"
+            "\n"
+            R"({"step": 7, "loss": 2.9})"
+            "\n"
+            R"({"note": "not a step"})"
+            "\n"
+            R"({"step": 8, "lo)"};
+}
+
+}  // namespace
+
+const std::vector<Target>& targets() {
+    static const std::vector<Target> all = {
+        {"safetensors", "SafetensorsFile (data/safetensors.h)", run_safetensors, seeds_safetensors},
+        {"checkpoint", "tune.cu checkpoints: load_checkpoint, load_adapter (train/checkpoint.h)", run_checkpoint,
+         seeds_checkpoint},
+        {"weights", "--init weights of any format: load_weights (model/weights.h)", run_weights, seeds_weights},
+        {"hf_config", "a Hugging Face checkpoint's config.json (model/hf_gpt2.h)", run_hf_config, seeds_hf_config},
+        {"shard", "token shards: read_shard (data/shard.h)", run_shard, seeds_shard},
+        {"tokenizer", "GPT-2 BPE: decode(encode(x)) == x (data/tokenizer.h)", run_tokenizer, seeds_tokenizer},
+        {"jsonl", "a bin/prepare JSONL line: document_from_json_line (data/prepare.h)", run_jsonl, seeds_jsonl},
+        {"choices", "bin/evaluate --choices: read_choice_file (train/eval.h)", run_choices, seeds_choices},
+        {"metrics", "metrics.jsonl read back on resume: RunLog (train/metrics.h)", run_metrics, seeds_metrics},
+    };
+    return all;
+}
+
+const std::string& last_refusal() { return refusal; }
+
+const Target* find_target(const std::string& name) {
+    for (const Target& t : targets())
+        if (name == t.name) return &t;
+    return nullptr;
+}
+
+}  // namespace tune::fuzz
