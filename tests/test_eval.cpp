@@ -95,6 +95,19 @@ TEST(RunLog, ANewRunRemovesTheEarlierRunsPlot) {
     EXPECT_FALSE(std::filesystem::exists(tmp.file("loss.svg")));
 }
 
+// A resumed run keeps its log's lines up to the checkpoint's step. A step beyond any integer (1e30) or with a
+// fraction is compared as the number it is, never converted to an integer (undefined behaviour: found by fuzzing),
+// and only an int step goes into the plot.
+TEST(RunLog, ResumeComparesStepsOfAnySizeAsNumbers) {
+    TempDir tmp("runlog");
+    spit(tmp.file("metrics.jsonl"), "{\"step\": 1e30, \"loss\": 1}\n{\"step\": 4.5, \"loss\": 2}\n"
+                                    "{\"step\": 18446744073709551615, \"loss\": 3}\n{\"step\": -3, \"loss\": 4}\n"
+                                    "{\"step\": 5, \"loss\": 5}\n{\"step\": 5.5, \"loss\": 6}\n{\"step\": \"x\"}\n");
+    { RunLog resumed(tmp.path(), 5); }
+    EXPECT_EQ(slurp(tmp.file("metrics.jsonl")),
+              "{\"step\": 4.5, \"loss\": 2}\n{\"step\": -3, \"loss\": 4}\n{\"step\": 5, \"loss\": 5}\n{\"step\": \"x\"}\n");
+}
+
 // The same random weights, of order 0.5 rather than GPT-2's 0.02, in the model under test and the reference:
 // near-uniform predictions would make every token cost about log V, and the sum would pick the shortest ending
 // whatever the scorer read.

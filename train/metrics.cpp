@@ -6,16 +6,36 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "data/fileio.h"
 #include "kernels/common.h"
 
 namespace tune {
+
+namespace {
+
+// The "step" of a line read back, as a double (a step beyond any integer type, or a fraction, compares as itself),
+// and whether it is one a plot can take: an int. Converting the JSON number straight to an integer type would be
+// undefined behaviour for 1e30 (found by fuzzing).
+struct LineStep {
+    double value;
+    bool plottable;
+};
+std::optional<LineStep> step_of(const nlohmann::json& j) {
+    const auto it = j.find("step");
+    if (it == j.end() || !it->is_number()) return std::nullopt;
+    const double v = it->get<double>();
+    return LineStep{v, it->is_number_integer() && v >= 0 && v <= INT_MAX};
+}
+
+}  // namespace
 
 RunLog::RunLog(const std::string& dir, long long resume_step, const std::string& file) : dir_(dir) {
     if (dir.empty()) return;
@@ -32,12 +52,13 @@ RunLog::RunLog(const std::string& dir, long long resume_step, const std::string&
                 kept += line + "\n";          // something else's line: not ours to drop
                 continue;
             }
-            if (j.contains("step") && j["step"].is_number() && j["step"].get<long long>() > resume_step) continue;
+            const std::optional<LineStep> step = step_of(j);
+            if (step && step->value > (double)resume_step) continue;
             kept += line + "\n";
-            if (j.contains("step") && j.contains("loss") && j["loss"].is_number())
-                train_point(j["step"].get<int>(), j["loss"].get<double>());
-            if (j.contains("step") && j.contains("val_loss") && j["val_loss"].is_number())
-                val_point(j["step"].get<int>(), j["val_loss"].get<double>());
+            if (!step || !step->plottable) continue;
+            if (j.contains("loss") && j["loss"].is_number()) train_point((int)step->value, j["loss"].get<double>());
+            if (j.contains("val_loss") && j["val_loss"].is_number())
+                val_point((int)step->value, j["val_loss"].get<double>());
         }
         write_file_atomic(path, kept.data(), kept.size());
     }
