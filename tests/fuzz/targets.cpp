@@ -22,6 +22,7 @@
 #include "train/checkpoint.h"
 #include "train/eval.h"
 #include "train/metrics.h"
+#include "train/args.h"
 #include "train/optimizer.h"
 #include "data/prepare.h"
 
@@ -383,6 +384,71 @@ std::vector<std::string> seeds_jsonl() {
             std::string("\0", 1) + R"({"text": "caf\u00e9 \ud83d\ude00 \n"})"};
 }
 
+// ---- prepare: bin/prepare on a whole input file ----
+// The first byte picks how it is read (by its name: .jsonl, .json or .txt) and whether --skip-bad is on.
+
+Outcome run_prepare(const uint8_t* d, size_t n) {
+    if (n == 0) return Outcome::refused;
+    static const char* const names[] = {"in.jsonl", "in.json", "in.txt"};
+    PrepareOptions o;
+    o.inputs = {put(std::string("prepare/") + names[d[0] % 3], d + 1, n - 1)};
+    o.out_dir = scratch() + "/prepare/out";
+    o.skip_bad = d[0] & 4;
+    o.progress = false;
+    o.note = [](const std::string&) {};  // the notes' paths run too
+    o.val_frac = 0.3;
+    o.chunk_bytes = 64;  // many chunks from a small input: the cuts between them are under test too
+    return refused_on_error([&] {
+        const PrepareReport r = prepare_dataset(tokenizer(), o);
+        const Shard train = read_shard(r.train_path, tokenizer().vocab_size());
+        require(train.size() == r.train_tokens, "train.bin holds " + std::to_string(train.size()) + " tokens, the "
+                                                    "report says " + std::to_string(r.train_tokens));
+        const size_t val = r.val_path.empty() ? 0 : read_shard(r.val_path, tokenizer().vocab_size()).size();
+        require(val == r.val_tokens, "val.bin holds " + std::to_string(val) + " tokens, the report says " +
+                                         std::to_string(r.val_tokens));
+        require(r.train_docs + r.val_docs == r.documents, "documents do not add up");
+    });
+}
+
+std::vector<std::string> seeds_prepare() {
+    return {std::string("\0", 1) + R"({"text": "One document."})" "\n" R"({"text": "Another, longer document."})" "\n"
+            R"({"instruction": "Add", "input": "2 and 3", "output": "5"})" "\n",
+            std::string("\1", 1) + R"([{"prompt": "Q: 1+1?", "completion": " 2"}, {"text": "x"}])",
+            std::string("\2", 1) + "A plain text,\nof a few lines,\n\nand a paragraph   with spaces.\r\nThe end.\n",
+            std::string("\4", 1) + R"({"text": "kept"})" "\n" "{broken\n" R"({"text": "kept too"})" "\n"};
+}
+
+// ---- train_args: bin/train's command line (NUL-separated arguments) ----
+
+Outcome run_train_args(const uint8_t* d, size_t n) {
+    std::vector<std::string> args = {"train"};
+    std::string cur;
+    for (size_t i = 0; i < n && args.size() < 64; i++)
+        if (d[i] == 0) args.push_back(cur), cur.clear();
+        else cur += (char)d[i];
+    if (!cur.empty()) args.push_back(cur);
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    return refused_on_error([&] {
+        TrainArgs a;
+        if (parse_train_args((int)args.size(), argv.data(), a)) validate_train_args(a);
+    });
+}
+
+std::vector<std::string> seeds_train_args() {
+    auto line = [](std::initializer_list<const char*> a) {
+        std::string s;
+        for (const char* x : a) s += std::string(x) + '\0';
+        return s;
+    };
+    return {line({}),
+            line({"--batch", "4", "--seq", "64", "--lr", "3e-4", "--steps", "20", "--precision", "bf16"}),
+            line({"--lora-rank=8", "--lora-targets", "qkv,mlp_up", "--schedule", "triangular2", "--recompute", "full"}),
+            line({"--train-top", "2", "--unfreeze-every", "10", "--zero", "1", "--weight-decay", "0.01"}),
+            line({"--help"})};
+}
+
 // ---- choices: bin/evaluate --choices (HellaSwag-style JSONL) ----
 
 Outcome run_choices(const uint8_t* d, size_t n) {
@@ -436,6 +502,9 @@ const std::vector<Target>& targets() {
         {"shard", "token shards: read_shard (data/shard.h)", run_shard, seeds_shard},
         {"tokenizer", "GPT-2 BPE: decode(encode(x)) == x (data/tokenizer.h)", run_tokenizer, seeds_tokenizer},
         {"jsonl", "a bin/prepare JSONL line: document_from_json_line (data/prepare.h)", run_jsonl, seeds_jsonl},
+        {"prepare", "bin/prepare on a whole file: prepare_dataset (data/prepare.h)", run_prepare, seeds_prepare},
+        {"train_args", "bin/train's command line: parse_train_args, validate_train_args (train/args.h)",
+         run_train_args, seeds_train_args},
         {"choices", "bin/evaluate --choices: read_choice_file (train/eval.h)", run_choices, seeds_choices},
         {"metrics", "metrics.jsonl read back on resume: RunLog (train/metrics.h)", run_metrics, seeds_metrics},
     };
