@@ -226,14 +226,14 @@ test-emu: $(EMU)/tune_tests_emu $(TOOLS) $(EMU_TOOLS)
 # and tests/fuzz/regressions/<target>/, keeps what it finds in build/fuzz/corpus/<target>/ (a later run goes on
 # from there), and leaves an input that breaks a reader as build/fuzz/crash-<target>-*; it fails if there is one.
 # Copy such an input into tests/fuzz/regressions/<target>/ with the fix: `make test` replays them all.
-# Needs clang with libFuzzer (Debian: clang, libomp-dev). The library's C++ files are compiled again into
+# Needs clang with its libFuzzer runtime and OpenMP (Debian 12: clang libclang-rt-14-dev libomp-dev). The library's C++ files are compiled again into
 # build/fuzz/ with coverage and the sanitizers; the CUDA objects (and the cuDNN frontend's glue) are those `make`
 # builds, which read no input.
 FUZZ         := $(BUILD)/fuzz
 FUZZ_CXX     ?= clang++
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= safetensors checkpoint weights hf_config shard tokenizer jsonl prepare train_args choices metrics
+FUZZ_TARGETS ?= safetensors checkpoint weights hf_config hf_index shard tokenizer jsonl prepare train_args choices metrics
 FUZZ_SRC     := $(filter-out kernels/cuda/attention_cudnn.cpp,$(filter %.cpp,$(LIB_SRC)))
 FUZZ_LIB_OBJ := $(addprefix $(FUZZ)/,$(addsuffix .o,$(basename $(FUZZ_SRC)))) \
                 $(call obj,kernels/cuda/attention_cudnn.cpp $(filter %.cu,$(LIB_SRC)))
@@ -241,7 +241,11 @@ $(FUZZ)/train/dist_mpi.o: FUZZ_DEFS := $(MPI_DEFS)
 $(FUZZ)/train/dist_nccl.o: FUZZ_DEFS := $(NCCL_DEFS)
 $(FUZZ)/train/dist_mpi.o $(FUZZ)/train/dist_nccl.o: $(DIST_STAMP)
 
-$(FUZZ)/%.o: %.cpp
+.PHONY: fuzz-needs-clang
+fuzz-needs-clang:
+	@command -v $(FUZZ_CXX) >/dev/null || { echo "make fuzz: no $(FUZZ_CXX); install clang (Debian 12: clang libclang-rt-14-dev libomp-dev) or set FUZZ_CXX"; exit 1; }
+
+$(FUZZ)/%.o: %.cpp | fuzz-needs-clang
 	@mkdir -p $(dir $@)
 	$(FUZZ_CXX) -std=c++17 -O1 -g -fopenmp $(FUZZ_SAN) -fsanitize=fuzzer-no-link $(FUZZ_DEFS) $(INCLUDES) -MMD -MP -c $< -o $@
 

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "data/fileio.h"
 #include "data/safetensors.h"
@@ -304,6 +305,54 @@ Outcome run_hf_config(const uint8_t* d, size_t n) {
 
 std::vector<std::string> seeds_hf_config() { return {slurp(hf_dir() + "/config.json")}; }
 
+// ---- hf_index: a sharded Hugging Face checkpoint's model.safetensors.index.json, beside two valid shards ----
+
+const char* const kShardFiles[2] = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"};
+
+const std::string& hf_index_dir() {
+    static const std::string dir = [] {
+        const std::string d = scratch() + "/hf_index";
+        make_dirs(d);
+        const SafetensorsFile whole(hf_dir() + "/model.safetensors");
+        std::vector<std::vector<uint8_t>> bytes;
+        bytes.reserve(whole.tensors().size());
+        SafetensorsWriter shard[2];
+        for (size_t i = 0; i < whole.tensors().size(); i++) {
+            const SafetensorsTensorInfo& t = whole.tensors()[i];
+            bytes.push_back(whole.read_bytes(t.name));
+            shard[i % 2].add(t.name, t.dtype, t.shape, bytes.back().data(), bytes.back().size());
+        }
+        for (int k = 0; k < 2; k++) {
+            for (const auto& [key, value] : whole.metadata()) shard[k].set_metadata(key, value);
+            shard[k].write(d + "/" + kShardFiles[k]);
+        }
+        const std::string config = slurp(hf_dir() + "/config.json");
+        put("hf_index/config.json", config.data(), config.size());
+        return d;
+    }();
+    return dir;
+}
+
+Outcome run_hf_index(const uint8_t* d, size_t n) {
+    const std::string dir = hf_index_dir();
+    put("hf_index/model.safetensors.index.json", d, n);
+    return refused_on_error([&] {
+        const ModelConfig c = hf_gpt2_config(dir);
+        if (!small_enough(c, PeftConfig{})) return;
+        GPT2 m(c, cpu(), 1, 1);
+        load_hf_gpt2(dir, m);
+    });
+}
+
+std::vector<std::string> seeds_hf_index() {
+    const SafetensorsFile whole(hf_dir() + "/model.safetensors");
+    nlohmann::json j;
+    j["metadata"]["total_size"] = whole.data_bytes();
+    for (size_t i = 0; i < whole.tensors().size(); i++) j["weight_map"][whole.tensors()[i].name] = kShardFiles[i % 2];
+    hf_index_dir();
+    return {j.dump(2)};
+}
+
 // ---- shard: token shards (bin/prepare's output, bin/train's input) ----
 
 Outcome run_shard(const uint8_t* d, size_t n) {
@@ -499,6 +548,8 @@ const std::vector<Target>& targets() {
          seeds_checkpoint},
         {"weights", "--init weights of any format: load_weights (model/weights.h)", run_weights, seeds_weights},
         {"hf_config", "a Hugging Face checkpoint's config.json (model/hf_gpt2.h)", run_hf_config, seeds_hf_config},
+        {"hf_index", "a sharded Hugging Face checkpoint's model.safetensors.index.json (model/hf_gpt2.h)", run_hf_index,
+         seeds_hf_index},
         {"shard", "token shards: read_shard (data/shard.h)", run_shard, seeds_shard},
         {"tokenizer", "GPT-2 BPE: decode(encode(x)) == x (data/tokenizer.h)", run_tokenizer, seeds_tokenizer},
         {"jsonl", "a bin/prepare JSONL line: document_from_json_line (data/prepare.h)", run_jsonl, seeds_jsonl},
