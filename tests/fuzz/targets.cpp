@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -407,6 +409,39 @@ std::vector<std::string> seeds_tokenizer() {
             "I'll we've they're 123456789 3.14", std::string("nul\0byte", 8)};
 }
 
+// ---- vocab: a --vocab DIR's encoder.json and vocab.bpe (the input holds both, a NUL between them) ----
+
+Outcome run_vocab(const uint8_t* d, size_t n) {
+    const uint8_t* nul = static_cast<const uint8_t*>(std::memchr(d, 0, n));
+    const size_t split = nul ? (size_t)(nul - d) : n;
+    put("vocab/encoder.json", d, split);
+    put("vocab/vocab.bpe", d + std::min(n, split + 1), n - std::min(n, split + 1));
+    return refused_on_error([&] {
+        const Tokenizer tok = Tokenizer::load(scratch() + "/vocab");
+        for (const std::string text : {"Hello world, the theory of  everything 123\n", "in the\xff\xc3 at <|endoftext|>"}) {
+            const std::vector<int32_t> ids = tok.encode(text);
+            for (int32_t id : ids)
+                require(id >= 0 && id < tok.vocab_size() && id != tok.eot_token(), "encode gave id " + std::to_string(id));
+            require(tok.decode(ids) == text, "decode(encode(x)) != x");
+        }
+    });
+}
+
+// GPT-2's own vocabulary cut to its 256 byte tokens and first 40 merges (whose tokens are ids 256..295 in its
+// encoder.json), then <|endoftext|>.
+std::vector<std::string> seeds_vocab() {
+    const int merges = 40;
+    const nlohmann::json full = nlohmann::json::parse(slurp("data/gpt2/encoder.json"));
+    nlohmann::json enc = nlohmann::json::object();
+    for (auto it = full.begin(); it != full.end(); ++it)
+        if (it.value().get<int>() < 256 + merges) enc[it.key()] = it.value();
+    enc["<|endoftext|>"] = 256 + merges;
+    const std::string bpe = slurp("data/gpt2/vocab.bpe");
+    size_t end = 0;
+    for (int line = 0; line < 1 + merges; line++) end = bpe.find('\n', end) + 1;
+    return {enc.dump() + std::string(1, '\0') + bpe.substr(0, end)};
+}
+
 // ---- jsonl: one line of bin/prepare's JSONL input ----
 // The first byte picks the template: none (Alpaca's), one with {input}, or one without it.
 
@@ -552,6 +587,7 @@ const std::vector<Target>& targets() {
          seeds_hf_index},
         {"shard", "token shards: read_shard (data/shard.h)", run_shard, seeds_shard},
         {"tokenizer", "GPT-2 BPE: decode(encode(x)) == x (data/tokenizer.h)", run_tokenizer, seeds_tokenizer},
+        {"vocab", "--vocab DIR: encoder.json and vocab.bpe, Tokenizer::load (data/tokenizer.h)", run_vocab, seeds_vocab},
         {"jsonl", "a bin/prepare JSONL line: document_from_json_line (data/prepare.h)", run_jsonl, seeds_jsonl},
         {"prepare", "bin/prepare on a whole file: prepare_dataset (data/prepare.h)", run_prepare, seeds_prepare},
         {"train_args", "bin/train's command line: parse_train_args, validate_train_args (train/args.h)",
