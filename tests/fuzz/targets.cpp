@@ -390,6 +390,101 @@ std::vector<std::string> seeds_shard() {
     return out;
 }
 
+// ---- loader: the windows bin/train cuts token shards into ----
+// Byte 0: the windows (fixed, documents, single, isolated), shuffled or not, 1 to 3 ranks; byte 1: T (1..16); byte 2:
+// B (1..4); then a token a byte (id: low nibble mod 11, 10 ending a document; loss mask 0 when the top bit is set),
+// 0x7f starting another shard. Checked: one epoch over every rank counts each target of the shards with mask 1
+// exactly once, as the target after its own input; positions of isolated documents count from 0 at each start.
+
+constexpr int kLoaderVocab = 11;
+constexpr int32_t kLoaderEnd = 10;
+
+// A shard's bytes as data/shard.h lays them out (2-byte ids, with a mask), without write_shard's fsync.
+std::string shard_bytes(const std::vector<int32_t>& tokens, const std::vector<uint8_t>& mask) {
+    std::string b(kShardMagic, 8);
+    uint8_t h[24];
+    store_u32(h, kShardVersion);
+    store_u32(h + 4, 2);
+    store_u64(h + 8, tokens.size());
+    store_u32(h + 16, 1);
+    store_u32(h + 20, kLoaderVocab);
+    b.append(reinterpret_cast<const char*>(h), sizeof h);
+    for (int32_t t : tokens) b += (char)(t & 0xff), b += (char)(t >> 8);
+    b.append(mask.begin(), mask.end());
+    return b;
+}
+
+Outcome run_loader(const uint8_t* d, size_t n) {
+    if (n < 3) return Outcome::refused;
+    static const Windows modes[] = {Windows::fixed, Windows::documents, Windows::single, Windows::isolated};
+    const Windows windows = modes[d[0] & 3];
+    const bool shuffle = d[0] & 4;
+    const int world = 1 + (d[0] >> 3) % 3, T = 1 + d[1] % 16, B = 1 + d[2] % 4;
+    std::vector<std::vector<int32_t>> tokens(1);
+    std::vector<std::vector<uint8_t>> masks(1);
+    for (size_t i = 3; i < n; i++) {
+        if (d[i] == 0x7f) {
+            if (tokens.size() == 8) break;
+            tokens.emplace_back(), masks.emplace_back();
+            continue;
+        }
+        tokens.back().push_back((d[i] & 0x0f) % kLoaderVocab);
+        masks.back().push_back(d[i] >> 7 ? 0 : 1);
+    }
+    std::vector<std::string> paths;
+    std::vector<int32_t> want;  // the counted targets
+    for (size_t k = 0; k < tokens.size(); k++) {
+        const std::string b = shard_bytes(tokens[k], masks[k]);
+        paths.push_back(put("loader/" + std::to_string(k) + ".bin", b.data(), b.size()));
+        for (size_t j = 1; j < tokens[k].size(); j++)
+            if (masks[k][j]) want.push_back(tokens[k][j]);
+    }
+    return refused_on_error([&] {
+        std::vector<int32_t> got;
+        for (int rank = 0; rank < world; rank++) {
+            Loader loader(paths, kLoaderVocab, B, T, shuffle, 7, rank, world,
+                          windows == Windows::fixed ? -1 : kLoaderEnd, windows);
+            Batch b;
+            while (loader.next_in_epoch(b)) {
+                require(b.T == T && b.B >= 1 && b.B <= B && b.inputs.size() == (size_t)b.B * T, "batch shape");
+                for (int row = 0; row < b.B; row++)
+                    for (int t = 0; t < T; t++) {
+                        const size_t i = (size_t)row * T + t;
+                        require(b.inputs[i] >= 0 && b.inputs[i] < kLoaderVocab && b.targets[i] >= 0 &&
+                                    b.targets[i] < kLoaderVocab, "token id out of range");
+                        require(b.weights[i] == 0.0f || b.weights[i] == 1.0f, "loss weight not 0 or 1");
+                        if (b.weights[i] == 1.0f) {
+                            got.push_back(b.targets[i]);
+                            require(t == 0 || b.inputs[i] == b.targets[i - 1], "a counted target's input is not "
+                                                                                "the target before it");
+                        }
+                        if (windows == Windows::isolated) {
+                            const int32_t p = b.positions[i];
+                            require(p >= 0 && p <= t && (t == 0 || p == 0 || p == b.positions[i - 1] + 1),
+                                    "position " + std::to_string(p) + " at " + std::to_string(t));
+                        }
+                    }
+            }
+            require(loader.filled() >= 0 && loader.filled() <= 1, "filled() outside [0, 1]");
+            loader.cuts(kLoaderEnd, 1000);
+            loader.set_state({d[1], d[2]});  // a position as a checkpoint may hold it
+            for (int k = 0; k < 3; k++) loader.next();
+        }
+        std::sort(got.begin(), got.end());
+        std::sort(want.begin(), want.end());
+        require(got == want, "one epoch counted " + std::to_string(got.size()) + " targets, the shards hold " +
+                                 std::to_string(want.size()) + " (or other ones)");
+    });
+}
+
+std::vector<std::string> seeds_loader() {
+    const std::string docs = "\x81\x82\x83\x0a\x84\x85\x06\x0a\x86\x87\x08\x09\x01\x02\x0a\x83\x04";
+    return {std::string("\x00\x04\x01", 3) + docs,                       // fixed, T=5, B=2
+            std::string("\x01\x04\x01", 3) + docs + "\x7f" + docs,      // documents, two shards
+            std::string("\x0e\x02\x00", 3) + docs,                       // single, shuffled, 2 ranks
+            std::string("\x13\x06\x02", 3) + docs + "\x7f\x01\x02"};  // isolated, 3 ranks, a short shard
+}
+
 // ---- tokenizer: GPT-2 BPE on any bytes ----
 
 Outcome run_tokenizer(const uint8_t* d, size_t n) {
@@ -586,6 +681,7 @@ const std::vector<Target>& targets() {
         {"hf_index", "a sharded Hugging Face checkpoint's model.safetensors.index.json (model/hf_gpt2.h)", run_hf_index,
          seeds_hf_index},
         {"shard", "token shards: read_shard (data/shard.h)", run_shard, seeds_shard},
+        {"loader", "the windows of token shards: Loader (data/shard.h)", run_loader, seeds_loader},
         {"tokenizer", "GPT-2 BPE: decode(encode(x)) == x (data/tokenizer.h)", run_tokenizer, seeds_tokenizer},
         {"vocab", "--vocab DIR: encoder.json and vocab.bpe, Tokenizer::load (data/tokenizer.h)", run_vocab, seeds_vocab},
         {"jsonl", "a bin/prepare JSONL line: document_from_json_line (data/prepare.h)", run_jsonl, seeds_jsonl},
