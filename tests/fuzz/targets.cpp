@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/fileio.h"
+#include "data/prepare.h"
 #include "data/safetensors.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
@@ -23,11 +24,10 @@
 #include "model/rng.h"
 #include "model/weights.h"
 #include "train/checkpoint.h"
+#include "train/args.h"
 #include "train/eval.h"
 #include "train/metrics.h"
-#include "train/args.h"
 #include "train/optimizer.h"
-#include "data/prepare.h"
 
 namespace tune::fuzz {
 
@@ -128,11 +128,9 @@ Trainable frozen_base(const ModelConfig& c) {
     return t;
 }
 
-// A model whose config came out of a file: a block size too small for one real position after the virtual
-// tokens is the loader's to refuse, not the constructor's.
+// Whether to build the model a file's header declares (see kMaxParams), LoRA and virtual tokens included.
 bool small_enough(const ModelConfig& c, const PeftConfig& p) {
-    return num_parameters(c) <= kMaxParams && c.block_size > p.virtual_tokens() &&
-           (size_t)c.n_layer * c.n_embd * std::max(1, p.lora_rank) <= kMaxParams &&
+    return num_parameters(c) <= kMaxParams && (size_t)c.n_layer * c.n_embd * std::max(1, p.lora_rank) <= kMaxParams &&
            (size_t)p.n_virtual * std::max(p.virtual_width(c), p.hidden) <= kMaxParams;
 }
 
