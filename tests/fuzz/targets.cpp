@@ -188,9 +188,9 @@ std::vector<std::string> seeds_safetensors() {
     return out;
 }
 
-constexpr uint64_t kSeedBase = 3;
-
 // ---- checkpoint: tune.cu checkpoints (weights, resume, adapter) as bin/train --resume and --adapter read them ----
+
+constexpr uint64_t kSeedBase = 3;  // init_random seed of the base weights under the PEFT seeds
 
 Outcome run_checkpoint(const uint8_t* d, size_t n) {
     const std::string p = put("ckpt/x.ckpt", d, n);
