@@ -213,7 +213,9 @@ Outcome run_checkpoint(const uint8_t* d, size_t n) {
             load_adapter(p, m);
             return;
         }
-        GPT2 m(c, cpu(), 1, 1, nullptr, o);
+        // A PEFT run's optimizer holds state for the PEFT tensors only, as bin/train --lora-rank builds it.
+        const Trainable fr = frozen_base(c);
+        GPT2 m(c, cpu(), 1, 1, pc.any() ? &fr : nullptr, o);
         if (!resume) return load_checkpoint(p, m, nullptr, nullptr);
         AdamW opt(m, AdamWConfig{});
         TrainState st;
@@ -242,12 +244,18 @@ std::vector<std::string> seeds_checkpoint() {
     ModelOptions o;
     o.peft = seed_peft();
     const Trainable fr = frozen_base(c);
-    GPT2 peft(c, cpu(), 1, 2, &fr, o);
+    GPT2 peft(c, cpu(), 1, 4, &fr, o);
     peft.init_random(kSeedBase);
     peft.init_peft(5, {});
     save_checkpoint(p, peft, nullptr, nullptr);
     out.push_back(slurp(p));
     save_adapter(p, peft, peft.base_fingerprint());
+    out.push_back(slurp(p));
+    one_backward(peft, 6);
+    AdamW peft_opt(peft, AdamWConfig{});
+    peft_opt.step(1e-3f, 1.0f);
+    st.base_fingerprint = peft.base_fingerprint();
+    save_checkpoint(p, peft, &peft_opt, &st);
     out.push_back(slurp(p));
     return out;
 }
