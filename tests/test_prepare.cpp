@@ -121,7 +121,9 @@ TEST(Prepare, MalformedLinesNameFileAndLine) {
 TEST(Prepare, SkipBadCountsAndOtherwiseStops) {
     TempDir tmp("prep");
     const std::string d = tmp.path();
-    spit(d + "/x.jsonl", "{\"text\":\"good one\"}\n\nnot json\n{\"text\":\"good two\"}\n{\"prompt\":\"p\"}\n");
+    // The last line's number is beyond a double: bad input like the others, not a failure that stops --skip-bad.
+    spit(d + "/x.jsonl", "{\"text\":\"good one\"}\n\nnot json\n{\"text\":\"good two\"}\n{\"prompt\":\"p\"}\n"
+                         "{\"text\":\"x\",\"n\":1e999}\n");
     PrepareOptions o;
     o.inputs = {d + "/x.jsonl"};
     o.out_dir = d + "/out";
@@ -130,7 +132,7 @@ TEST(Prepare, SkipBadCountsAndOtherwiseStops) {
     EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }), HasSubstr("x.jsonl:3: not valid JSON"));
     o.skip_bad = true;
     PrepareReport r = prepare_dataset(tok(), o);
-    EXPECT_EQ(r.skipped, 2u);
+    EXPECT_EQ(r.skipped, 3u);
     EXPECT_EQ(r.documents, 2u);
 }
 
