@@ -19,6 +19,7 @@
 #include <pcre2.h>
 
 #include "data/fileio.h"
+#include "data/json_depth.h"
 #include "data/shard.h"
 #include "kernels/common.h"
 #include "model/rng.h"
@@ -190,6 +191,7 @@ std::string fill_template(const std::string& tmpl, const std::string& instructio
 
 Document document_from_json_line(const Tokenizer& tok, const std::string& line, const std::string& where,
                                  const std::string& template_str) {
+    check_json_depth(line, where);
     nlohmann::json j;
     try {
         j = nlohmann::json::parse(line);
@@ -224,8 +226,9 @@ enum class Format { text, jsonl, json_array };
 
 // Standard input and a shell's <(...) have no name of their own to go by, even when they are a file (< x.jsonl).
 bool nameless(const std::string& path) {
+    std::error_code ec;  // a name the system refuses (too long, say) is no regular file; opening it says why
     return path == "/dev/stdin" || path.rfind("/dev/fd/", 0) == 0 || path.rfind("/proc/self/fd/", 0) == 0 ||
-           !std::filesystem::is_regular_file(path);
+           !std::filesystem::is_regular_file(path, ec);
 }
 
 // How an input is read. A name ending in .jsonl or .json (or --format jsonl) means JSON records: a line each,
@@ -252,7 +255,8 @@ Format input_format(const std::string& path, const std::string& first_line, cons
 
 // The first line of a file, at most 64 KiB of it ("" for a pipe: it is not read twice).
 std::string first_line(const std::string& path) {
-    if (!std::filesystem::is_regular_file(path)) return "";
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) return "";
     std::ifstream in(path, std::ios::binary);
     std::string line(65536, '\0');
     in.read(&line[0], (std::streamsize)line.size());
@@ -278,7 +282,8 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
         if (const std::string why = not_text(first_line(path)); !why.empty()) throw Error(path + ": " + why);
         const size_t size = file_size_or_zero(path);
         total_bytes += size;
-        sizes_known = sizes_known && (size > 0 || std::filesystem::is_regular_file(path));
+        std::error_code ec;
+        sizes_known = sizes_known && (size > 0 || std::filesystem::is_regular_file(path, ec));
     }
     if (opt.note) {
         std::vector<std::string> canon;  // "./a.txt" and "a.txt" are one file; a pipe is never read twice anyway
@@ -436,11 +441,18 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
             rep.input_bytes += in.bytes_read();
             done_bytes = rep.input_bytes;
             nlohmann::json records;
+            std::string bad;
             try {
-                records = nlohmann::json::parse(all);
+                if (json_depth(all) > kMaxJsonDepth)
+                    bad = "nested deeper than " + std::to_string(kMaxJsonDepth) + " levels";
+                else
+                    records = nlohmann::json::parse(all);
             } catch (const nlohmann::json::exception& e) {
+                bad = json_reason(e);
+            }
+            if (!bad.empty()) {
                 // One value: a mistake anywhere spoils the whole file, which --skip-bad then skips.
-                if (!opt.skip_bad) throw Error(path + ": not valid JSON: " + json_reason(e) + " (--skip-bad skips it)");
+                if (!opt.skip_bad) throw Error(path + ": not valid JSON: " + bad + " (--skip-bad skips it)");
                 rep.skipped++;
                 continue;
             }
@@ -485,10 +497,9 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     if (val) {
         rep.val_path = val_path;
         val->commit();
-    } else if (std::filesystem::exists(val_path)) {
+    } else if (std::error_code ec; std::filesystem::exists(val_path, ec)) {
         // A val.bin from an earlier run would pass for this data's validation split (--val-data) while
         // holding other documents: the directory must describe one run.
-        std::error_code ec;
         if (!std::filesystem::remove(val_path, ec) || ec)
             throw Error(val_path + ": left by an earlier run and cannot be removed (" + ec.message() +
                         "); this run has no validation split, so remove it or choose another --out");

@@ -28,6 +28,7 @@
 #include <utility>
 
 #include "data/fileio.h"
+#include "data/json_depth.h"
 #include "kernels/common.h"
 
 namespace tune {
@@ -225,6 +226,7 @@ struct Tokenizer::Impl {
 
 void Tokenizer::Impl::load_encoder(const std::string& path, std::unordered_map<std::string, int32_t>& bytes_to_id) {
     std::string text = read_whole_file(path);
+    check_json_depth(text, path);
     nlohmann::json j;
     try {
         j = nlohmann::json::parse(text);

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/fileio.h"
+#include "data/json_depth.h"
 #include "data/safetensors.h"
 #include "model/weights.h"
 
@@ -57,6 +58,7 @@ bool is_mask_buffer(const std::string& name) {
 
 json read_json(const std::string& path) {
     const std::vector<uint8_t> bytes = read_file_bytes(path);
+    check_json_depth(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), path);
     json j;
     try {
         j = json::parse(bytes.begin(), bytes.end());

@@ -9,8 +9,10 @@
 #include <set>
 
 #include "data/fileio.h"
+#include "data/json_depth.h"
 #include "kernels/common.h"
 #include "tests/fuzz/targets.h"
+#include "train/checkpoint.h"
 
 namespace tune::fuzz {
 namespace {
@@ -78,6 +80,41 @@ std::vector<std::string> target_names() {
 
 INSTANTIATE_TEST_SUITE_P(Readers, FuzzTarget, ::testing::ValuesIn(target_names()),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+
+TEST(JsonDepth, CountsArraysAndObjectsOutsideStrings) {
+    EXPECT_EQ(json_depth("{}"), 1);
+    EXPECT_EQ(json_depth(R"({"a": [1, {"b": [[]]}], "c": {}})"), 5);
+    EXPECT_EQ(json_depth(R"({"a": "[[[{{{", "b": "\"[[["})"), 1);  // brackets in strings, an escaped quote
+    EXPECT_EQ(json_depth(R"("\\" [[]])"), 2);                          // an escaped backslash ends no string
+    EXPECT_EQ(json_depth(std::string(1000, '[')), kMaxJsonDepth + 1);   // stops counting past the limit
+    EXPECT_EQ(json_depth("no json at all"), 0);
+}
+
+// Nesting 200,000 deep: parsed without recursion, but shown in an error message by a dump() that recurses once a
+// level, it overflowed the stack (found by a review of the fuzz targets: libFuzzer's inputs of 4 KB nest 2,000
+// deep at most). Every reader that shows JSON values now refuses nesting past kMaxJsonDepth first.
+TEST(JsonDepth, EveryJsonReaderRefusesDeepNestingByName) {
+    const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+    std::string ckpt(kCkptMagic, 8);
+    ckpt.append(8, '\0');
+    store_u32(reinterpret_cast<uint8_t*>(ckpt.data()) + 8, kCkptVersion);
+    store_u32(reinterpret_cast<uint8_t*>(ckpt.data()) + 12, (uint32_t)deep.size());
+    const std::vector<std::pair<std::string, std::string>> inputs = {
+        {"jsonl", std::string(1, '\0') + deep},
+        {"prepare", std::string(1, '\1') + deep},  // a .json file: one array, parsed whole
+        {"choices", deep + "\n"},
+        {"hf_config", deep},
+        {"hf_index", deep},
+        {"checkpoint", ckpt + deep},
+        {"vocab", deep + std::string(1, '\0') + "#version: 0.2\n"},
+    };
+    for (const auto& [name, input] : inputs) {
+        const Target* t = find_target(name);
+        ASSERT_NE(t, nullptr) << name;
+        EXPECT_EQ(t->run(reinterpret_cast<const uint8_t*>(input.data()), input.size()), Outcome::refused) << name;
+        EXPECT_NE(last_refusal().find("nested deeper than 64 levels"), std::string::npos) << name << ": " << last_refusal();
+    }
+}
 
 // tests/fuzz/regressions/<target>/*: each input that once broke its reader (`make fuzz` found it), met now.
 TEST(FuzzRegressions, EveryInputFuzzingFoundIsMetByItsReader) {

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/fileio.h"
+#include "data/json_depth.h"
 #include "model/weights.h"
 #include "train/dist.h"
 
@@ -136,6 +137,8 @@ struct CkptFile {
             fail("truncated: header length " + std::to_string(hlen) + " runs past the end of the file (" +
                  std::to_string(size) + " bytes)");
         data_start = 16 + (size_t)hlen;
+        if (json_depth(std::string_view(reinterpret_cast<const char*>(bytes + 16), hlen)) > kMaxJsonDepth)
+            fail("header JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
         header = json::parse(bytes + 16, bytes + data_start, nullptr, false);
         // Checked last (below), after the structure: a truncated file is named as truncated.
         const bool has_checksum = verify && !header.is_discarded() && header.is_object() && header.contains("checksum");

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "data/fileio.h"
+#include "data/json_depth.h"
 #include "kernels/common.h"
 #include "model/sampling.h"
 #include "train/metrics.h"
@@ -42,6 +43,7 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
     for (size_t n = 1; std::getline(in, line); n++) {
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         const std::string where = path + ":" + std::to_string(n);
+        check_json_depth(line, where);
         nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
         if (j.is_discarded()) throw Error(where + ": not valid JSON");
         if (!j.is_object()) throw Error(where + ": " + j.dump() + " is not a JSON object");

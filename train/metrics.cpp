@@ -41,7 +41,7 @@ RunLog::RunLog(const std::string& dir, long long resume_step, const std::string&
     if (dir.empty()) return;
     make_dirs(dir);
     const std::string path = dir + "/" + file;
-    if (resume_step >= 0 && std::filesystem::exists(path)) {
+    if (std::error_code ec; resume_step >= 0 && std::filesystem::exists(path, ec)) {
         const std::vector<uint8_t> bytes = read_file_bytes(path);
         std::istringstream in(std::string(bytes.begin(), bytes.end()));
         std::string kept;

@@ -1,0 +1,22 @@
+// A bound on the nesting of JSON read from outside the program.
+//
+// nlohmann::json parses and destroys nested values without recursion, but dump() recurses once a level, and
+// every error message that shows a value calls it: a file of 200,000 '[' would overflow the stack in the
+// message that refuses it. No file this program reads nests more than a few levels (a safetensors header
+// three, a checkpoint header four), so every reader refuses deeper nesting before it parses.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace tune {
+
+constexpr int kMaxJsonDepth = 64;
+
+// The deepest nesting of arrays and objects in `text`, counted outside strings; stops at limit + 1.
+int json_depth(std::string_view text, int limit = kMaxJsonDepth);
+
+// Throws tune::Error "WHERE: JSON nested deeper than 64 levels" when `text` is.
+void check_json_depth(std::string_view text, const std::string& where);
+
+}  // namespace tune
