@@ -143,6 +143,10 @@ TEST_F(CheckpointTest, ResumeStateNumbersOutOfRangeAreNamed) {
     offsets += "]";
     EXPECT_THAT(edited("opt_t_offsets", offsets), HasSubstr("state field 'opt_t_offsets' holds 1e+300, expected step numbers"));
     EXPECT_THAT(edited("opt_t", "4294967298"), HasSubstr("state field 'opt_t' is 4294967298, more steps than an int counts"));
+    // A step of 2^32 + 2 passed bin/train's (int) comparisons as 2 (found by a review of the fuzz targets).
+    EXPECT_THAT(edited("step", "4294967298"), HasSubstr("state field 'step' is 4294967298, more steps than an int counts"));
+    EXPECT_THAT(edited("loss_scale", "0.5"), HasSubstr("state field 'loss_scale' is 0.5, expected a number from 1 to 3.4e38"));
+    EXPECT_THAT(edited("loss_scale", "1e300"), HasSubstr("state field 'loss_scale' is 1e+300, expected"));
     EXPECT_THAT(edited("n_layer", "4294967298"), HasSubstr("config field 'n_layer' is 4294967298, outside the range of an int"));
 }
 

@@ -539,6 +539,8 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
         return s[k].get<uint64_t>();
     };
     state->step = u64("step");
+    if (state->step > (uint64_t)std::numeric_limits<int>::max())  // bin/train counts steps in an int
+        f.fail("state field 'step' is " + std::to_string(state->step) + ", more steps than an int counts");
     state->rng = u64("rng");
     state->loader.epoch = u64("loader_epoch");
     state->loader.cursor = u64("loader_cursor");
@@ -557,6 +559,9 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     opt->set_t((int)opt_t);
     if (!s.contains("loss_scale") || !s["loss_scale"].is_number()) f.fail("state field 'loss_scale' is missing");
     state->loss_scale = s["loss_scale"].get<double>();
+    // As --loss-scale takes it, and the scale never halves below 1; dloss is a float of it.
+    if (!(state->loss_scale >= 1 && state->loss_scale <= std::numeric_limits<float>::max()))
+        f.fail("state field 'loss_scale' is " + s["loss_scale"].dump() + ", expected a number from 1 to 3.4e38");
     if (s.contains("loss_scaling") && !s["loss_scaling"].is_boolean()) f.fail("state field 'loss_scaling' is not a boolean");
     // Older checkpoints: a run without dynamic scaling kept the scale at 1 with no clean steps counted.
     state->loss_scaling = s.contains("loss_scaling") ? s["loss_scaling"].get<bool>()
