@@ -128,6 +128,8 @@ TEST(FuzzRegressions, EveryInputFuzzingFoundIsMetByItsReader) {
                 t->run(b.data(), b.size());
             } catch (const std::exception& ex) {
                 ADD_FAILURE() << e.path() << ": " << ex.what();
+            } catch (...) {
+                ADD_FAILURE() << e.path() << ": an exception that is not a std::exception";
             }
             n++;
         }

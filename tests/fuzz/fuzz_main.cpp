@@ -24,7 +24,11 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
         const auto seeds = target->seeds();
         for (size_t i = 0; i < seeds.size(); i++) {
             const std::string path = std::string(dir) + "/seed_" + std::to_string(i);
-            std::ofstream(path, std::ios::binary) << seeds[i];
+            std::ofstream f(path, std::ios::binary);
+            if (!(f << seeds[i]).flush()) {
+                std::fprintf(stderr, "cannot write %s\n", path.c_str());
+                std::exit(1);
+            }
         }
         std::fprintf(stderr, "%s: %zu seeds written to %s\n", target->name, seeds.size(), dir);
         std::exit(0);

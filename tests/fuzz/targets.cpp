@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -33,8 +34,8 @@ namespace tune::fuzz {
 
 namespace {
 
-// A model read from the bytes is built only when it is this small: a header may declare a model of any size,
-// and building one is not what is under test (the file's sizes are checked against the config before that).
+// A model read from the bytes is built only when it is this small: a header may declare a model of any size, and
+// allocating it is not what is under test (a tune.cu checkpoint's tensors are checked against it only as they load).
 constexpr size_t kMaxParams = size_t(1) << 20;
 // Tensors read in full only up to this size.
 constexpr uint64_t kMaxTensorBytes = uint64_t(1) << 24;
@@ -87,6 +88,11 @@ Outcome refused_on_error(F&& f) {
     }
 }
 
+Outcome refused_because(const std::string& why) {
+    refusal = why;
+    return Outcome::refused;
+}
+
 void require(bool ok, const std::string& what) {
     if (!ok) throw Violation(what);
 }
@@ -130,8 +136,17 @@ Trainable frozen_base(const ModelConfig& c) {
 
 // Whether to build the model a file's header declares (see kMaxParams), LoRA and virtual tokens included.
 bool small_enough(const ModelConfig& c, const PeftConfig& p) {
-    return num_parameters(c) <= kMaxParams && (size_t)c.n_layer * c.n_embd * std::max(1, p.lora_rank) <= kMaxParams &&
-           (size_t)p.n_virtual * std::max(p.virtual_width(c), p.hidden) <= kMaxParams;
+    return num_parameters(c) <= kMaxParams && gpt2_param_table(c, p).total() <= kMaxParams;
+}
+
+// What every loader promises of weights it accepted: each is a finite number (model/weights.h).
+void require_finite_params(GPT2& m) {
+    const Arena& a = m.params();
+    for (size_t i = 0; i < a.table().size(); i++) {
+        std::vector<float> v(a.table()[i].numel);
+        m.backend().download(v.data(), a.ptr(i), a.dtype(), v.size());
+        for (float x : v) require(std::isfinite(x), "parameter '" + a.table()[i].name + "' holds " + std::to_string(x));
+    }
 }
 
 // One training step's gradients in the model, so a resume checkpoint's moments are not zeros.
@@ -190,6 +205,15 @@ std::vector<std::string> seeds_safetensors() {
 
 // ---- checkpoint: tune.cu checkpoints (weights, resume, adapter) as bin/train --resume and --adapter read them ----
 
+// A checkpoint as files written before checksums (or edited by hand) are: the field blanked with spaces. A byte
+// changed in it then reaches the loader's checks instead of the checksum's refusal.
+std::string without_checksum(std::string b) {
+    const size_t at = b.find("\"checksum\":\"");  // "checksum":"<16 hex digits>",
+    if (at == std::string::npos) throw Violation("a checkpoint written without a checksum");
+    b.replace(at, 30, std::string(30, ' '));
+    return b;
+}
+
 constexpr uint64_t kSeedBase = 3;  // init_random seed of the base weights under the PEFT seeds
 
 Outcome run_checkpoint(const uint8_t* d, size_t n) {
@@ -211,15 +235,19 @@ Outcome run_checkpoint(const uint8_t* d, size_t n) {
             GPT2 m(c, cpu(), 1, 1, &fr, o);
             m.init_random(kSeedBase);  // the base the seed adapter records: any other is refused
             load_adapter(p, m);
-            return;
+            return require_finite_params(m);
         }
         // A PEFT run's optimizer holds state for the PEFT tensors only, as bin/train --lora-rank builds it.
         const Trainable fr = frozen_base(c);
         GPT2 m(c, cpu(), 1, 1, pc.any() ? &fr : nullptr, o);
-        if (!resume) return load_checkpoint(p, m, nullptr, nullptr);
-        AdamW opt(m, AdamWConfig{});
-        TrainState st;
-        load_checkpoint(p, m, &opt, &st);
+        if (resume) {
+            AdamW opt(m, AdamWConfig{});
+            TrainState st;
+            load_checkpoint(p, m, &opt, &st);
+        } else {
+            load_checkpoint(p, m, nullptr, nullptr);
+        }
+        require_finite_params(m);
     });
 }
 
@@ -257,12 +285,33 @@ std::vector<std::string> seeds_checkpoint() {
     st.base_fingerprint = peft.base_fingerprint();
     save_checkpoint(p, peft, &peft_opt, &st);
     out.push_back(slurp(p));
+    for (size_t i = 0, n = out.size(); i < n; i++) out.push_back(without_checksum(out[i]));
     return out;
+}
+
+// A model of seed_config() as export_hf writes it, in a folder no input is written to; the targets copy its files.
+const std::string& hf_export() {
+    static const std::string dir = [] {
+        GPT2 m(seed_config(), cpu(), 1, 1);
+        m.init_random(9);
+        const std::string d = scratch() + "/hf_export";
+        export_hf(m, d);
+        return d;
+    }();
+    return dir;
+}
+
+// Copies a file of hf_export() to scratch()/to.
+void copy_export(const std::string& name, const std::string& to) {
+    const std::string b = slurp(hf_export() + "/" + name);
+    put(to, b.data(), b.size());
 }
 
 // ---- weights: --init's reader (model/weights.h), which tells tune.cu, llm.c and safetensors files apart ----
 
 Outcome run_weights(const uint8_t* d, size_t n) {
+    static const bool config_beside = (copy_export("config.json", "weights/config.json"), true);  // for safetensors
+    (void)config_beside;
     const std::string p = put("weights/x.bin", d, n);
     return refused_on_error([&] {
         weights_format(p);
@@ -270,6 +319,7 @@ Outcome run_weights(const uint8_t* d, size_t n) {
         if (!small_enough(c, PeftConfig{})) return;
         GPT2 m(c, cpu(), 1, 1);
         load_weights(p, m);
+        require_finite_params(m);
     });
 }
 
@@ -280,10 +330,12 @@ std::vector<std::string> seeds_weights() {
     std::vector<std::string> out;
     save_checkpoint(p, m, nullptr, nullptr);
     out.push_back(slurp(p));
+    out.push_back(without_checksum(out.back()));
     export_llmc(m, p, false);
     out.push_back(slurp(p));
     export_llmc(m, p, true);
     out.push_back(slurp(p));
+    out.push_back(slurp(hf_export() + "/model.safetensors"));
     return out;
 }
 
@@ -291,11 +343,8 @@ std::vector<std::string> seeds_weights() {
 
 const std::string& hf_dir() {
     static const std::string dir = [] {
-        GPT2 m(seed_config(), cpu(), 1, 1);
-        m.init_random(9);
-        const std::string d = scratch() + "/hf";
-        export_hf(m, d);
-        return d;
+        copy_export("model.safetensors", "hf/model.safetensors");
+        return scratch() + "/hf";
     }();
     return dir;
 }
@@ -308,10 +357,11 @@ Outcome run_hf_config(const uint8_t* d, size_t n) {
         if (!small_enough(c, PeftConfig{})) return;
         GPT2 m(c, cpu(), 1, 1);
         load_hf_gpt2(dir, m);
+        require_finite_params(m);
     });
 }
 
-std::vector<std::string> seeds_hf_config() { return {slurp(hf_dir() + "/config.json")}; }
+std::vector<std::string> seeds_hf_config() { return {slurp(hf_export() + "/config.json")}; }
 
 // ---- hf_index: a sharded Hugging Face checkpoint's model.safetensors.index.json, beside two valid shards ----
 
@@ -321,7 +371,7 @@ const std::string& hf_index_dir() {
     static const std::string dir = [] {
         const std::string d = scratch() + "/hf_index";
         make_dirs(d);
-        const SafetensorsFile whole(hf_dir() + "/model.safetensors");
+        const SafetensorsFile whole(hf_export() + "/model.safetensors");
         std::vector<std::vector<uint8_t>> bytes;
         bytes.reserve(whole.tensors().size());
         SafetensorsWriter shard[2];
@@ -334,8 +384,7 @@ const std::string& hf_index_dir() {
             for (const auto& [key, value] : whole.metadata()) shard[k].set_metadata(key, value);
             shard[k].write(d + "/" + kShardFiles[k]);
         }
-        const std::string config = slurp(hf_dir() + "/config.json");
-        put("hf_index/config.json", config.data(), config.size());
+        copy_export("config.json", "hf_index/config.json");
         return d;
     }();
     return dir;
@@ -349,11 +398,12 @@ Outcome run_hf_index(const uint8_t* d, size_t n) {
         if (!small_enough(c, PeftConfig{})) return;
         GPT2 m(c, cpu(), 1, 1);
         load_hf_gpt2(dir, m);
+        require_finite_params(m);
     });
 }
 
 std::vector<std::string> seeds_hf_index() {
-    const SafetensorsFile whole(hf_dir() + "/model.safetensors");
+    const SafetensorsFile whole(hf_export() + "/model.safetensors");
     nlohmann::json j;
     j["metadata"]["total_size"] = whole.data_bytes();
     for (size_t i = 0; i < whole.tensors().size(); i++) j["weight_map"][whole.tensors()[i].name] = kShardFiles[i % 2];
@@ -400,7 +450,7 @@ std::vector<std::string> seeds_shard() {
 // Byte 0: the windows (fixed, documents, single, isolated), shuffled or not, 1 to 3 ranks; byte 1: T (1..16); byte 2:
 // B (1..4); then a token a byte (id: low nibble mod 11, 10 ending a document; loss mask 0 when the top bit is set),
 // 0x7f starting another shard. Checked: one epoch over every rank counts each target of the shards with mask 1
-// exactly once, as the target after its own input; positions of isolated documents count from 0 at each start.
+// exactly once, with its own input before it; positions of isolated documents count from 0 at each start.
 
 constexpr int kLoaderVocab = 11;
 constexpr int32_t kLoaderEnd = 10;
@@ -421,7 +471,7 @@ std::string shard_bytes(const std::vector<int32_t>& tokens, const std::vector<ui
 }
 
 Outcome run_loader(const uint8_t* d, size_t n) {
-    if (n < 3) return Outcome::refused;
+    if (n < 3) return refused_because("fewer than the 3 bytes that pick windows, T and B");
     static const Windows modes[] = {Windows::fixed, Windows::documents, Windows::single, Windows::isolated};
     const Windows windows = modes[d[0] & 3];
     const bool shuffle = d[0] & 4;
@@ -438,15 +488,15 @@ Outcome run_loader(const uint8_t* d, size_t n) {
         masks.back().push_back(d[i] >> 7 ? 0 : 1);
     }
     std::vector<std::string> paths;
-    std::vector<int32_t> want;  // the counted targets
+    std::vector<std::pair<int32_t, int32_t>> want;  // (input, target) of each counted target
     for (size_t k = 0; k < tokens.size(); k++) {
         const std::string b = shard_bytes(tokens[k], masks[k]);
         paths.push_back(put("loader/" + std::to_string(k) + ".bin", b.data(), b.size()));
         for (size_t j = 1; j < tokens[k].size(); j++)
-            if (masks[k][j]) want.push_back(tokens[k][j]);
+            if (masks[k][j]) want.emplace_back(tokens[k][j - 1], tokens[k][j]);
     }
     return refused_on_error([&] {
-        std::vector<int32_t> got;
+        std::vector<std::pair<int32_t, int32_t>> got;
         for (int rank = 0; rank < world; rank++) {
             Loader loader(paths, kLoaderVocab, B, T, shuffle, 7, rank, world,
                           windows == Windows::fixed ? -1 : kLoaderEnd, windows);
@@ -459,27 +509,31 @@ Outcome run_loader(const uint8_t* d, size_t n) {
                         require(b.inputs[i] >= 0 && b.inputs[i] < kLoaderVocab && b.targets[i] >= 0 &&
                                     b.targets[i] < kLoaderVocab, "token id out of range");
                         require(b.weights[i] == 0.0f || b.weights[i] == 1.0f, "loss weight not 0 or 1");
-                        if (b.weights[i] == 1.0f) {
-                            got.push_back(b.targets[i]);
-                            require(t == 0 || b.inputs[i] == b.targets[i - 1], "a counted target's input is not "
-                                                                                "the target before it");
-                        }
+                        if (b.weights[i] == 1.0f) got.emplace_back(b.inputs[i], b.targets[i]);
                         if (windows == Windows::isolated) {
+                            // A document starts at 0 at the row's start and after each document end it holds,
+                            // and nowhere else; padding counts on.
                             const int32_t p = b.positions[i];
-                            require(p >= 0 && p <= t && (t == 0 || p == 0 || p == b.positions[i - 1] + 1),
-                                    "position " + std::to_string(p) + " at " + std::to_string(t));
+                            const std::string at = "position " + std::to_string(p) + " at t = " + std::to_string(t);
+                            require(p >= 0 && p <= t && (t > 0 || p == 0), at);
+                            if (t > 0 && p == 0) require(b.inputs[i] == kLoaderEnd, at + ", after no document end");
+                            if (t > 0 && p != 0) require(p == b.positions[i - 1] + 1, at + ", not one on");
+                            if (t > 0 && b.weights[i] == 1.0f && b.inputs[i] == kLoaderEnd)
+                                require(p == 0, at + ", at a document end");
                         }
                     }
             }
             require(loader.filled() >= 0 && loader.filled() <= 1, "filled() outside [0, 1]");
             loader.cuts(kLoaderEnd, 1000);
-            loader.set_state({d[1], d[2]});  // a position as a checkpoint may hold it
-            for (int k = 0; k < 3; k++) loader.next();
+            // Any position a checkpoint may hold: next() goes on from it (with one window a rank at least).
+            loader.set_state({(uint64_t)d[1] << 56 | d[2], (uint64_t)d[2] * 0x9E3779B97F4A7C15ull});
+            if (loader.num_windows() >= (size_t)world)
+                for (int k = 0; k < 3; k++) loader.next();
         }
         std::sort(got.begin(), got.end());
         std::sort(want.begin(), want.end());
-        require(got == want, "one epoch counted " + std::to_string(got.size()) + " targets, the shards hold " +
-                                 std::to_string(want.size()) + " (or other ones)");
+        require(got == want, "one epoch counted " + std::to_string(got.size()) + " (input, target) pairs, the "
+                                 "shards hold " + std::to_string(want.size()) + " (or other ones)");
     });
 }
 
@@ -547,7 +601,7 @@ std::vector<std::string> seeds_vocab() {
 // The first byte picks the template: none (Alpaca's), one with {input}, or one without it.
 
 Outcome run_jsonl(const uint8_t* d, size_t n) {
-    if (n == 0) return Outcome::refused;
+    if (n == 0) return refused_because("no byte to pick the template");
     static const char* const templates[] = {"", "### Q: {instruction}\n{input}\n### A: ", "Q: {instruction} A:"};
     const std::string tmpl = templates[d[0] % 3];
     const std::string line(reinterpret_cast<const char*>(d + 1), n - 1);
@@ -573,11 +627,12 @@ std::vector<std::string> seeds_jsonl() {
 // The first byte picks how it is read (by its name: .jsonl, .json or .txt) and whether --skip-bad is on.
 
 Outcome run_prepare(const uint8_t* d, size_t n) {
-    if (n == 0) return Outcome::refused;
+    if (n == 0) return refused_because("no byte to pick the input's name");
     static const char* const names[] = {"in.jsonl", "in.json", "in.txt"};
     PrepareOptions o;
-    o.inputs = {put(std::string("prepare/") + names[d[0] % 3], d + 1, n - 1)};
     o.out_dir = scratch() + "/prepare/out";
+    std::filesystem::remove_all(o.out_dir);  // an earlier input's val.bin would change what this one does
+    o.inputs = {put(std::string("prepare/") + names[d[0] % 3], d + 1, n - 1)};
     o.skip_bad = d[0] & 4;
     o.progress = false;
     o.note = [](const std::string&) {};  // the notes' paths run too
