@@ -224,7 +224,8 @@ test-emu: $(EMU)/tune_tests_emu $(TOOLS) $(EMU_TOOLS)
 # ---- Fuzzing (tests/fuzz/targets.h): every reader of input from outside, under libFuzzer, ASan and UBSan ----
 # `make fuzz` fuzzes each of FUZZ_TARGETS for FUZZ_SECONDS from its seeds (written by the program's own writers)
 # and tests/fuzz/regressions/<target>/, keeps what it finds in build/fuzz/corpus/<target>/ (a later run goes on
-# from there), and leaves an input that breaks a reader as build/fuzz/crash-<target>-*; it fails if there is one.
+# from there), and leaves an input that breaks a reader as build/fuzz/crash-<target>-*; it fails when one broke in
+# this run.
 # Copy such an input into tests/fuzz/regressions/<target>/ with the fix: `make test` replays them all.
 # Needs clang with its libFuzzer runtime and OpenMP (Debian 12: clang libclang-rt-14-dev libomp-dev). The library's C++ files are compiled again into
 # build/fuzz/ with coverage and the sanitizers; the CUDA objects (and the cuDNN frontend's glue) are those `make`
