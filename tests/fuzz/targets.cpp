@@ -149,6 +149,16 @@ void require_finite_params(GPT2& m) {
     }
 }
 
+// Reads the config the weights at `path` declare (any format model/weights.h reads: a Hugging Face directory too)
+// and, when small enough, builds that model and loads them.
+void load_declared_weights(const std::string& path) {
+    const ModelConfig c = weights_config(path);
+    if (!small_enough(c, PeftConfig{})) return;
+    GPT2 m(c, cpu(), 1, 1);
+    load_weights(path, m);
+    require_finite_params(m);
+}
+
 // One training step's gradients in the model, so a resume checkpoint's moments are not zeros.
 void one_backward(GPT2& m, uint64_t seed) {
     Rng r(seed);
@@ -315,11 +325,7 @@ Outcome run_weights(const uint8_t* d, size_t n) {
     const std::string p = put("weights/x.bin", d, n);
     return refused_on_error([&] {
         weights_format(p);
-        const ModelConfig c = weights_config(p);
-        if (!small_enough(c, PeftConfig{})) return;
-        GPT2 m(c, cpu(), 1, 1);
-        load_weights(p, m);
-        require_finite_params(m);
+        load_declared_weights(p);
     });
 }
 
@@ -352,13 +358,7 @@ const std::string& hf_dir() {
 Outcome run_hf_config(const uint8_t* d, size_t n) {
     const std::string dir = hf_dir();
     put("hf/config.json", d, n);
-    return refused_on_error([&] {
-        const ModelConfig c = hf_gpt2_config(dir);
-        if (!small_enough(c, PeftConfig{})) return;
-        GPT2 m(c, cpu(), 1, 1);
-        load_hf_gpt2(dir, m);
-        require_finite_params(m);
-    });
+    return refused_on_error([&] { load_declared_weights(dir); });
 }
 
 std::vector<std::string> seeds_hf_config() { return {slurp(hf_export() + "/config.json")}; }
@@ -393,13 +393,7 @@ const std::string& hf_index_dir() {
 Outcome run_hf_index(const uint8_t* d, size_t n) {
     const std::string dir = hf_index_dir();
     put("hf_index/model.safetensors.index.json", d, n);
-    return refused_on_error([&] {
-        const ModelConfig c = hf_gpt2_config(dir);
-        if (!small_enough(c, PeftConfig{})) return;
-        GPT2 m(c, cpu(), 1, 1);
-        load_hf_gpt2(dir, m);
-        require_finite_params(m);
-    });
+    return refused_on_error([&] { load_declared_weights(dir); });
 }
 
 std::vector<std::string> seeds_hf_index() {
