@@ -227,9 +227,9 @@ test-emu: $(EMU)/tune_tests_emu $(TOOLS) $(EMU_TOOLS)
 # from there), and leaves an input that breaks a reader as build/fuzz/crash-<target>-*; it fails when one broke in
 # this run.
 # Copy such an input into tests/fuzz/regressions/<target>/ with the fix: `make test` replays them all.
-# Needs clang with its libFuzzer runtime and OpenMP (Debian 12: clang libclang-rt-14-dev libomp-dev). The library's C++ files are compiled again into
-# build/fuzz/ with coverage and the sanitizers; the CUDA objects (and the cuDNN frontend's glue) are those `make`
-# builds, which read no input.
+# Needs clang with its libFuzzer runtime and OpenMP (Debian 12: clang libclang-rt-14-dev libomp-dev). The library's
+# C++ files are compiled again into build/fuzz/ with coverage and the sanitizers; the CUDA objects (and the cuDNN
+# frontend's glue) are those `make` builds, which read no input.
 FUZZ         := $(BUILD)/fuzz
 FUZZ_CXX     ?= clang++
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer

@@ -3,7 +3,8 @@
 // nlohmann::json parses and destroys nested values without recursion, but dump() recurses once a level, and
 // every error message that shows a value calls it: a file of 200,000 '[' would overflow the stack in the
 // message that refuses it. No file this program reads nests more than a few levels (a safetensors header
-// three, a checkpoint header four), so every reader refuses deeper nesting before it parses.
+// three, a checkpoint header four), so every reader refuses deeper nesting before it parses (the safetensors
+// reader counts it in its parser callback, which also refuses duplicate keys).
 #pragma once
 
 #include <string>

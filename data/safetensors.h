@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "data/fileio.h"
+#include "data/json_depth.h"
 #include "kernels/common.h"
 
 namespace tune {
@@ -79,7 +80,7 @@ struct SafetensorsTensorInfo {
 class SafetensorsFile {
 public:
     static constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's limit
-    static constexpr int kMaxJsonDepth = 64;  // a valid header nests 3 deep; this bounds a hostile one
+    static constexpr int kMaxJsonDepth = tune::kMaxJsonDepth;  // a valid header nests 3 deep; this bounds a hostile one
 
     // Opens `path` and validates the header as described at the top of this file; throws tune::Error.
     explicit SafetensorsFile(const std::string& path);
