@@ -244,9 +244,11 @@ void Tokenizer::Impl::load_encoder(const std::string& path, std::unordered_map<s
         const std::string where = path + ": entry \"" + it.key() + "\"";
         if (!it.value().is_number_integer())
             throw Error(where + ": id must be an integer, got " + it.value().dump());
-        int64_t id = it.value().get<int64_t>();
+        // Above INT64_MAX the parser keeps an integer unsigned; get<int64_t> would wrap it to a negative one.
+        const bool huge = it.value().is_number_unsigned() && it.value().get<uint64_t>() >= n;
+        const int64_t id = huge ? -1 : it.value().get<int64_t>();
         if (id < 0 || static_cast<uint64_t>(id) >= n)
-            throw Error(where + ": id " + std::to_string(id) + " is outside 0.." + std::to_string(n - 1) +
+            throw Error(where + ": id " + it.value().dump() + " is outside 0.." + std::to_string(n - 1) +
                         " (the ids of " + std::to_string(n) + " entries must be 0..N-1, each once)");
         if (seen[id]) throw Error(where + ": id " + std::to_string(id) + " is used by another entry too");
         if (it.key().empty()) throw Error(path + ": empty token string for id " + std::to_string(id));

@@ -77,9 +77,12 @@ ModelConfig parse_config(const std::string& path, bool* tied) {
     auto need_int = [&](const char* field) {
         if (!j.contains(field) || !j[field].is_number_integer())
             fail(std::string("field '") + field + "' is missing or not an integer");
-        const int64_t v = j[field].get<int64_t>();
-        if (v <= 0 || v > INT_MAX)
-            fail(std::string("field '") + field + "' is " + std::to_string(v) + ", expected a positive integer");
+        const json& x = j[field];
+        // Above INT64_MAX the parser keeps an integer unsigned; get<int64_t> would wrap it to a negative one.
+        const bool huge = x.is_number_unsigned() && x.get<uint64_t>() > (uint64_t)INT_MAX;
+        const int64_t v = huge ? 0 : x.get<int64_t>();
+        if (huge || v <= 0 || v > INT_MAX)
+            fail(std::string("field '") + field + "' is " + x.dump() + ", expected a positive integer");
         return (int)v;
     };
     ModelConfig c;

@@ -148,6 +148,9 @@ TEST_F(CheckpointTest, ResumeStateNumbersOutOfRangeAreNamed) {
     EXPECT_THAT(edited("loss_scale", "0.5"), HasSubstr("state field 'loss_scale' is 0.5, expected a number from 1 to 3.4e38"));
     EXPECT_THAT(edited("loss_scale", "1e300"), HasSubstr("state field 'loss_scale' is 1e+300, expected"));
     EXPECT_THAT(edited("n_layer", "4294967298"), HasSubstr("config field 'n_layer' is 4294967298, outside the range of an int"));
+    // Above INT64_MAX an integer parses unsigned; read as int64 it was -1 and passed the range check.
+    EXPECT_THAT(edited("n_layer", "18446744073709551615"),
+                HasSubstr("config field 'n_layer' is 18446744073709551615, outside the range of an int"));
 }
 
 TEST_F(CheckpointTest, WeightsOnlyCheckpointCannotResume) {

@@ -392,6 +392,8 @@ TEST(HfWeights, ConfigWrongValuesAreNamed) {
     const std::vector<std::pair<std::function<void(json&)>, std::string>> cases = {
         {[](json& c) { c["n_head"] = 5; }, "'n_embd' is 24, expected a multiple of n_head (5)"},
         {[](json& c) { c["vocab_size"] = -3; }, "'vocab_size' is -3, expected a positive integer"},
+        {[](json& c) { c["vocab_size"] = 18446744073709551615ull; },
+         "'vocab_size' is 18446744073709551615, expected a positive integer"},
         {[](json& c) { c["n_layer"] = "2"; }, "'n_layer' is missing or not an integer"},
         {[](json& c) { c["model_type"] = "llama"; }, "'model_type' is \"llama\", expected \"gpt2\""},
         {[](json& c) { c["activation_function"] = "relu"; }, "'activation_function' is \"relu\""},

@@ -100,9 +100,13 @@ struct CkptFile {
     int get_int(const json& obj, const char* field, const std::string& where) const {
         if (!obj.contains(field) || !obj[field].is_number_integer())
             fail(where + " field '" + field + "' is missing or not an integer");
-        const int64_t v = obj[field].get<int64_t>();
-        if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
-            fail(where + " field '" + field + "' is " + std::to_string(v) + ", outside the range of an int");
+        const json& x = obj[field];
+        // Above INT64_MAX the parser keeps an integer unsigned, which get<int64_t> would wrap to a negative one
+        // (18446744073709551615 read as -1).
+        const bool huge = x.is_number_unsigned() && x.get<uint64_t>() > (uint64_t)std::numeric_limits<int>::max();
+        const int64_t v = huge ? 0 : x.get<int64_t>();
+        if (huge || v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
+            fail(where + " field '" + field + "' is " + x.dump() + ", outside the range of an int");
         return (int)v;
     }
 
