@@ -10,6 +10,7 @@
 #include "data/safetensors.h"
 #include "model/sampling.h"
 #include "tests/trainer_util.h"
+#include "train/fisher.h"
 #include "train/select.h"
 
 namespace tune::test {
@@ -761,6 +762,46 @@ TEST(MethodsCli, GenerateRunsWithEveryMethodsAdapterAndModel) {
     r = run_cmd("bin/generate --device cpu --model " + d + "/m/model.ckpt --adapter " + d + "/m/adapter.ckpt --prompt x");
     EXPECT_EQ(r.rc, 1) << r.out;
     EXPECT_THAT(r.out, HasSubstr("already carry"));
+}
+
+// The Fisher file on its own: what write_fisher writes, read_fisher hands back value for value, in the table's
+// order; a tensor of another shape is refused by name even when its count matches (a transposed (3, 5) read into
+// (5, 3) would put every value at another parameter's place), and so is a tensor the file lacks.
+TEST(FisherFile, RoundTripsAndRefusesAnotherShape) {
+    TempDir tmp("fisher");
+    const std::string path = tmp.path() + "/f.safetensors";
+    Table g;
+    g.add("h.0.attn.c_attn.weight", {3, 5});
+    g.add("ln_f.bias", {5});
+    std::vector<std::vector<float>> values = {cast<float>(randn(15, 3)), cast<float>(randn(5, 4))};
+    for (auto& v : values)
+        for (float& x : v) x = x * x;
+    write_fisher(path, g, values, 7);
+    std::vector<std::vector<float>> got(g.size());
+    std::vector<size_t> order;
+    read_fisher(path, g, [&](size_t i, const std::vector<float>& v) { order.push_back(i), got[i] = v; });
+    EXPECT_EQ(order, (std::vector<size_t>{0, 1}));
+    EXPECT_EQ(got, values);
+    EXPECT_EQ(SafetensorsFile(path).metadata().at("batches"), "7");
+
+    Table transposed;
+    transposed.add("h.0.attn.c_attn.weight", {5, 3});
+    transposed.add("ln_f.bias", {5});
+    try {
+        read_fisher(path, transposed, [](size_t, const std::vector<float>&) {});
+        ADD_FAILURE() << "a (3, 5) Fisher was read into a (5, 3) tensor";
+    } catch (const Error& e) {
+        EXPECT_THAT(e.what(), HasSubstr("f.safetensors: tensor 'h.0.attn.c_attn.weight' has shape (3, 5), the "
+                                        "model's has (5, 3)"));
+    }
+    Table more = g;
+    more.add("ln_f.weight", {5});
+    try {
+        read_fisher(path, more, [](size_t, const std::vector<float>&) {});
+        ADD_FAILURE() << "a Fisher without 'ln_f.weight' was accepted";
+    } catch (const Error& e) {
+        EXPECT_THAT(e.what(), HasSubstr("no Fisher values for trainable tensor 'ln_f.weight'"));
+    }
 }
 
 }  // namespace

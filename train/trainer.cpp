@@ -12,13 +12,13 @@
 #include <sstream>
 #include <thread>
 
-#include "data/safetensors.h"
 #include "data/tokenizer.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "kernels/plan_backend.h"
 #include "model/rng.h"
 #include "model/weights.h"
 #include "train/cli.h"
+#include "train/fisher.h"
 #include "train/select.h"
 
 namespace tune {
@@ -682,23 +682,7 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
         throw Error("--fisher " + path + ": the file exists for some ranks and not for others (a file system the "
                     "ranks do not share?); give every rank the same file, or none to estimate it");
     if (here) {
-        SafetensorsFile f(path);
-        for (size_t i = 0; i < g.size(); i++) {
-            const SafetensorsTensorInfo* t = f.find(g[i].name);
-            if (!t)
-                throw Error(path + ": no Fisher values for trainable tensor '" + g[i].name +
-                            "' (estimated for other parameters? delete the file to estimate it again)");
-            if (t->numel() != g[i].numel)
-                throw Error(path + ": tensor '" + g[i].name + "' holds " + std::to_string(t->numel()) +
-                            " values, the model's has " + std::to_string(g[i].numel));
-            const std::vector<float> v = f.read_f32(g[i].name);
-            // A Fisher diagonal is a mean of squared gradients: a negative value would reward moving away.
-            for (size_t k = 0; k < v.size(); k++)
-                if (!std::isfinite(v[k]) || v[k] < 0)
-                    throw Error(path + ": tensor '" + g[i].name + "' holds " + std::to_string(v[k]) + " at element " +
-                                std::to_string(k) + "; Fisher values are finite and not negative (squared gradients)");
-            opt_->scatter(fisher_, i, v.data());
-        }
+        read_fisher(path, g, [&](size_t i, const std::vector<float>& v) { opt_->scatter(fisher_, i, v.data()); });
         if (!args_.quiet) std::printf("ewc: Fisher read from %s\n", path.c_str());
         return;
     }
@@ -766,20 +750,14 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
         }
     }
     model_->zero_grads();
-    // Written as safetensors (F32, gradient-table names): readable by anything that reads safetensors.
     std::vector<std::vector<float>> host(g.size());
-    SafetensorsWriter w;
     double total = 0, maxv = 0;
     size_t count = 0;
     for (size_t i = 0; i < g.size(); i++) {
         host[i] = opt_->gather(fisher_, i);  // DIST: a collective under ZeRO; rank 0, the writer, gets it whole
         for (float v : host[i]) total += v, maxv = std::max(maxv, (double)v), count++;
-        std::vector<uint64_t> shape(g[i].shape.begin(), g[i].shape.end());
-        w.add(g[i].name, SafetensorsDtype::F32, shape, host[i].data(), host[i].size() * sizeof(float));
     }
-    w.set_metadata("format", "tune.cu ewc fisher");
-    w.set_metadata("batches", std::to_string(batches));
-    if (writer_) w.write(path);  // every rank estimated the same values from the same batches
+    if (writer_) write_fisher(path, g, host, batches);  // every rank estimated the same values from the same batches
     if (writer_ && passed_over)
         std::fprintf(stderr, "note: --fisher-data: %zu micro-batches were all prompt (loss weight 0) and were passed "
                      "over\n", passed_over);

@@ -27,6 +27,7 @@
 #include "train/checkpoint.h"
 #include "train/args.h"
 #include "train/eval.h"
+#include "train/fisher.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
 
@@ -724,6 +725,60 @@ std::vector<std::string> seeds_metrics() {
             R"({"step": 8, "lo)"};
 }
 
+// ---- fisher: an EWC Fisher file (--fisher) as a run reads it back for three trainable tensors ----
+// Checked: the tensors are handed over in the table's order, each once, with its whole count of values, every
+// value finite and not negative.
+
+const Table& fisher_table() {
+    static const Table g = [] {
+        Table t;
+        t.add("h.1.attn.c_attn.weight", {3, 5});
+        t.add("h.1.ln_1.bias", {5});
+        t.add("ln_f.weight", {5});
+        return t;
+    }();
+    return g;
+}
+
+Outcome run_fisher(const uint8_t* d, size_t n) {
+    const std::string p = put("fisher/f.safetensors", d, n);
+    const Table& g = fisher_table();
+    return refused_on_error([&] {
+        size_t next = 0;
+        read_fisher(p, g, [&](size_t i, const std::vector<float>& v) {
+            require(i == next, "tensor " + std::to_string(i) + " handed over where " + std::to_string(next) + " was due");
+            require(v.size() == g[i].numel, "'" + g[i].name + "': " + std::to_string(v.size()) + " values, not " +
+                                                std::to_string(g[i].numel));
+            for (float x : v) require(std::isfinite(x) && x >= 0, "'" + g[i].name + "' holds " + std::to_string(x));
+            next++;
+        });
+        require(next == g.size(), std::to_string(next) + " of " + std::to_string(g.size()) + " tensors handed over");
+    });
+}
+
+std::vector<std::string> seeds_fisher() {
+    const Table& g = fisher_table();
+    std::vector<std::vector<float>> values(g.size());
+    for (size_t i = 0; i < g.size(); i++)
+        for (size_t k = 0; k < g[i].numel; k++) values[i].push_back(0.125f * float(k + i));
+    const std::string p = scratch() + "/seed.safetensors";
+    std::vector<std::string> out;
+    write_fisher(p, g, values, 32);
+    out.push_back(slurp(p));
+    // A Fisher of more parameters (an untrained tensor too), in the other dtypes a safetensors file may hold.
+    const std::vector<uint16_t> half(15, 0x3c00);
+    const std::vector<double> f64(5, 0.5);
+    SafetensorsWriter w;
+    w.add("wte.weight", SafetensorsDtype::F32, {2, 5}, values[0].data(), 10 * sizeof(float));
+    w.add("h.1.attn.c_attn.weight", SafetensorsDtype::BF16, {3, 5}, half.data(), 15 * 2);
+    w.add("h.1.ln_1.bias", SafetensorsDtype::F16, {5}, half.data(), 5 * 2);
+    w.add("ln_f.weight", SafetensorsDtype::F64, {5}, f64.data(), 5 * 8);
+    w.set_metadata("format", "tune.cu ewc fisher");
+    w.write(p);
+    out.push_back(slurp(p));
+    return out;
+}
+
 }  // namespace
 
 const std::vector<Target>& targets() {
@@ -745,6 +800,7 @@ const std::vector<Target>& targets() {
          run_train_args, seeds_train_args},
         {"choices", "bin/evaluate --choices: read_choice_file (train/eval.h)", run_choices, seeds_choices},
         {"metrics", "metrics.jsonl read back on resume: RunLog (train/metrics.h)", run_metrics, seeds_metrics},
+        {"fisher", "an EWC Fisher file (--fisher): read_fisher (train/fisher.h)", run_fisher, seeds_fisher},
     };
     return all;
 }
