@@ -235,7 +235,7 @@ FUZZ_CXX     ?= clang++
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= safetensors checkpoint weights hf_config hf_index shard loader tokenizer vocab jsonl prepare \
-                train_args choices metrics fisher
+                train_args choices metrics fisher roll_call
 FUZZ_SRC     := $(filter-out kernels/cuda/attention_cudnn.cpp,$(filter %.cpp,$(LIB_SRC)))
 FUZZ_LIB_OBJ := $(addprefix $(FUZZ)/,$(addsuffix .o,$(basename $(FUZZ_SRC)))) \
                 $(call obj,kernels/cuda/attention_cudnn.cpp $(filter %.cu,$(LIB_SRC)))

@@ -183,9 +183,7 @@ TEST_F(RollCallTest, UnreachableRankZeroWarnsAndGoesWithout) {
 
 TEST_F(RollCallTest, AStrangerIsHungUpOnAndChangesNothing) {
     RollCall r0(0, 2, "");
-    // Rank 5 of 2; not a rank at all; a line that never ends (rank 0 must not hold it all in memory).
-    for (const std::string& hello : {std::string("hello 5\n"), std::string("GET / HTTP/1.0\n"),
-                                     std::string(70 * 1024, 'x')}) {
+    auto hung_up_on = [&](const std::string& hello) {
         std::string why;
         const size_t colon = r0.address().rfind(':');
         Fd stranger = connect_tcp("127.0.0.1", std::atoi(r0.address().c_str() + colon + 1), 2, &why);
@@ -194,14 +192,81 @@ TEST_F(RollCallTest, AStrangerIsHungUpOnAndChangesNothing) {
         char c;
         ASSERT_TRUE(wait_fd(stranger.fd, false, steady_now_s() + 2)) << hello.substr(0, 20);
         EXPECT_LE(::recv(stranger.fd, &c, 1, 0), 0) << "rank 0 hung up on " << hello.substr(0, 20);
-    }
+    };
+    // Rank 5 of 2; 2^32 + 1, which sscanf's %d took for rank 1; not a rank at all; a line that never ends (rank 0
+    // must not hold it all in memory).
+    for (const std::string& hello : {std::string("hello 5\n"), std::string("hello 4294967297\n"),
+                                     std::string("GET / HTTP/1.0\n"), std::string(70 * 1024, 'x')})
+        hung_up_on(hello);
     EXPECT_EQ(r0.death(), "");
     RollCall r1(1, 2, r0.address());
     ASSERT_TRUE(eventually([&] { return r1.connected(); }));
+    // A second connection as rank 1 is hung up on; its leaving is not rank 1's death.
+    hung_up_on("hello 1\nat 9 stranger\n");
+    EXPECT_EQ(r0.death(), "");
     r0.enter("a"), r0.enter("b");
     r1.enter("a");
     settle();
     EXPECT_EQ(r0.blame(2), "rank 1 never entered it: it hangs after entering collective #1 'a'");
+}
+
+// Each line read strictly, both ways: a number is digits that fit, a rank is the world's, nothing trails where
+// nothing may; what is accepted is written back as a line that reads the same.
+TEST(RollCallLines, ReadStrictlyAndWrittenBackTheSame) {
+    using K = RollLine::Kind;
+    struct Case {
+        const char* line;
+        bool to_rank0;
+        RollLine want;  // kind none: refused
+    };
+    const Case cases[] = {
+        {"hello 3", true, {K::hello, 3}},
+        {"hello 4", true, {}},  // world 4
+        {"hello 0", true, {}},  // rank 0 does not call itself
+        {"hello 4294967297", true, {}},  // 2^32 + 1: sscanf's %d gave 1
+        {"hello +1", true, {}},
+        {"hello 1 ", true, {}},
+        {"hello 1x", true, {}},
+        {"at 12 allreduce grads", true, {K::at, -1, 12, "allreduce grads"}},
+        {"at 0 ", true, {K::at, -1, 0, ""}},
+        {"at 0", true, {K::at, -1, 0, ""}},
+        {"at 18446744073709551615 x", true, {K::at, -1, 18446744073709551615ull, "x"}},
+        {"at 18446744073709551616 x", true, {}},  // 2^64
+        {"at -5 x", true, {}},
+        {"at x", true, {}},
+        {"ask 7", true, {K::ask, -1, 7}},
+        {"ask -1", true, {}},  // %llu gave 2^64 - 1
+        {"ask 7 ", true, {}},
+        {"stop", true, {K::stop, -1, 0, ""}},
+        {"stop CUDA error: out of memory", true, {K::stop, -1, 0, "CUDA error: out of memory"}},
+        {"stopped", true, {}},
+        {"bye", true, {K::bye}},
+        {"bye ", true, {}},
+        {"", true, {}},
+        {"verdict 1 x", true, {}},  // rank 0's line, not a rank's
+        {"stop 0 rank 0 ran out of memory", false, {K::stop, 0, 0, "rank 0 ran out of memory"}},
+        {"stop 3", false, {K::stop, 3, 0, ""}},
+        {"stop 4 why", false, {}},
+        {"stop why", false, {}},
+        {"gone 1 7 allreduce grads", false, {K::gone, 1, 7, "allreduce grads"}},
+        {"gone 2 0 ", false, {K::gone, 2, 0, ""}},
+        {"gone 0 7 x", false, {}},  // rank 0 does not report itself gone
+        {"gone 1 x", false, {}},
+        {"gone 1", false, {}},
+        {"verdict 7 rank 1 never entered it", false, {K::verdict, -1, 7, "rank 1 never entered it"}},
+        {"verdict -7 x", false, {}},
+        {"bye", false, {K::bye}},
+        {"hello 1", false, {}},
+    };
+    for (const Case& c : cases) {
+        const RollLine got = c.to_rank0 ? parse_line_to_rank0(c.line, 4) : parse_line_from_rank0(c.line, 4);
+        EXPECT_TRUE(got == c.want) << "'" << c.line << "': kind " << (int)got.kind << ", rank " << got.rank << ", seq "
+                                   << got.seq << ", text '" << got.text << "'";
+        if (got.kind == K::none) continue;
+        const std::string text = roll_line_text(got);
+        const RollLine again = c.to_rank0 ? parse_line_to_rank0(text, 4) : parse_line_from_rank0(text, 4);
+        EXPECT_TRUE(again == got) << "'" << c.line << "' written back as '" << text << "'";
+    }
 }
 
 // Above 64 ranks rank 0 reads in batches; every rank is still let in and heard.

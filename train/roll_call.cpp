@@ -8,12 +8,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <set>
-#include <sstream>
 
 #include "kernels/common.h"
 
@@ -114,7 +114,104 @@ void limit_send_wait(const Fd& fd) {
 
 const char* kEveryRankEntered = "every rank has entered it, so no rank is behind (NCCL or the network is stuck)";
 
+// A decimal number at line[*pos] (digits only, at most 20, and within uint64); *pos moves past it.
+bool take_number(const std::string& line, size_t* pos, uint64_t* v) {
+    const char* first = line.data() + *pos;
+    const char* last = line.data() + line.size();
+    if (first == last || *first < '0' || *first > '9') return false;  // from_chars would not take a sign, but be plain
+    const std::from_chars_result r = std::from_chars(first, last, *v);
+    if (r.ec != std::errc()) return false;  // more than uint64 holds
+    *pos = (size_t)(r.ptr - line.data());
+    return true;
+}
+
+// A rank of the world at line[*pos], from `lowest`.
+bool take_rank(const std::string& line, size_t* pos, int world, int lowest, int* rank) {
+    uint64_t r = 0;
+    if (!take_number(line, pos, &r) || r < (uint64_t)lowest || r >= (uint64_t)world) return false;
+    *rank = (int)r;
+    return true;
+}
+
+// What follows at line[pos]: nothing, or a space and the text (which may be empty).
+bool take_text(const std::string& line, size_t pos, std::string* text) {
+    if (pos == line.size()) return text->clear(), true;
+    if (line[pos] != ' ') return false;
+    *text = line.substr(pos + 1);
+    return true;
+}
+
+bool starts(const std::string& line, const char* word) {
+    return line.compare(0, std::strlen(word), word) == 0;
+}
+
 }  // namespace
+
+RollLine parse_line_to_rank0(const std::string& line, int world) {
+    using K = RollLine::Kind;
+    RollLine l;
+    size_t pos = 0;
+    bool ok = false;
+    if (line == "bye") {
+        l.kind = K::bye, ok = true;
+    } else if (starts(line, "hello ")) {
+        pos = 6;
+        ok = take_rank(line, &pos, world, 1, &l.rank) && pos == line.size();
+        l.kind = K::hello;
+    } else if (starts(line, "at ")) {
+        pos = 3;
+        ok = take_number(line, &pos, &l.seq) && take_text(line, pos, &l.text);
+        l.kind = K::at;
+    } else if (starts(line, "ask ")) {
+        pos = 4;
+        ok = take_number(line, &pos, &l.seq) && pos == line.size();
+        l.kind = K::ask;
+    } else if (starts(line, "stop")) {
+        ok = take_text(line, 4, &l.text);
+        l.kind = K::stop;
+    }
+    return ok ? l : RollLine{};
+}
+
+RollLine parse_line_from_rank0(const std::string& line, int world) {
+    using K = RollLine::Kind;
+    RollLine l;
+    size_t pos = 0;
+    bool ok = false;
+    if (line == "bye") {
+        l.kind = K::bye, ok = true;
+    } else if (starts(line, "stop ")) {
+        pos = 5;
+        ok = take_rank(line, &pos, world, 0, &l.rank) && take_text(line, pos, &l.text);
+        l.kind = K::stop;
+    } else if (starts(line, "gone ")) {
+        pos = 5;
+        ok = take_rank(line, &pos, world, 1, &l.rank) && pos < line.size() && line[pos++] == ' ' &&
+             take_number(line, &pos, &l.seq) && take_text(line, pos, &l.text);
+        l.kind = K::gone;
+    } else if (starts(line, "verdict ")) {
+        pos = 8;
+        ok = take_number(line, &pos, &l.seq) && take_text(line, pos, &l.text);
+        l.kind = K::verdict;
+    }
+    return ok ? l : RollLine{};
+}
+
+std::string roll_line_text(const RollLine& l) {
+    using K = RollLine::Kind;
+    const std::string seq = std::to_string(l.seq), rank = std::to_string(l.rank);
+    switch (l.kind) {
+        case K::hello: return "hello " + rank;
+        case K::at: return "at " + seq + " " + l.text;
+        case K::ask: return "ask " + seq;
+        case K::stop: return l.rank < 0 ? "stop " + l.text : "stop " + rank + " " + l.text;
+        case K::bye: return "bye";
+        case K::gone: return "gone " + rank + " " + seq + " " + l.text;
+        case K::verdict: return "verdict " + seq + " " + l.text;
+        case K::none: break;
+    }
+    return "";
+}
 
 std::string roll_call_blame(const std::vector<RollEntry>& table, uint64_t seq, double now, double silent_s) {
     std::vector<std::string> why;
@@ -227,7 +324,7 @@ std::string RollCall::death() const {
 
 std::string RollCall::position_line() const {
     std::lock_guard<std::mutex> lock(mu_);
-    return "at " + std::to_string(seq_.load()) + " " + what_;
+    return roll_line_text({RollLine::Kind::at, -1, seq_.load(), what_});
 }
 
 void RollCall::mark_gone(int r) {
@@ -247,7 +344,7 @@ std::string RollCall::blame(uint64_t seq, double wait_s) {
     if (rank_ == 0) {  // and every other rank hears it too, before rank 0 stops on it
         const std::string v = verdict(seq);
         std::lock_guard<std::mutex> lock(mu_);
-        outbox_.push_back("verdict " + std::to_string(seq) + " " + one_line(v, 2000));
+        outbox_.push_back(roll_line_text({RollLine::Kind::verdict, -1, seq, one_line(v, 2000)}));
         return v;
     }
     // A fresh verdict: asked now. One that came before the question (rank 0 told everyone as it stopped) is the
@@ -277,28 +374,16 @@ std::string RollCall::verdict(uint64_t seq) {
     return who.empty() ? kEveryRankEntered : who;
 }
 
-bool RollCall::handle_line(int from, const std::string& line) {
+bool RollCall::handle_line(int from, const RollLine& l) {
     // Returns false for a line that makes no sense (the connection is then dropped).
-    std::istringstream in(line);
-    std::string verb;
-    in >> verb;
     RollEntry& e = table_[from];
     e.heard = steady_now_s();
-    if (verb == "at") {
-        in >> e.seq;
-        in.get();
-        std::getline(in, e.what);
-        return !in.bad();
+    switch (l.kind) {
+        case RollLine::Kind::at: e.seq = l.seq, e.what = l.text; return true;
+        case RollLine::Kind::stop: e.why = l.text; return true;
+        case RollLine::Kind::bye: e.state = RollEntry::State::finished; return true;
+        default: return false;  // "ask" is answered by serve(), outside the table; a second hello is no report
     }
-    if (verb == "stop") {
-        e.why = line.size() > 5 ? line.substr(5) : "";
-        return true;
-    }
-    if (verb == "bye") {
-        e.state = RollEntry::State::finished;
-        return true;
-    }
-    return false;  // "ask" is answered by serve(), outside the table
 }
 
 void RollCall::serve() {
@@ -351,32 +436,34 @@ void RollCall::serve() {
             Client& c = clients[i];
             bool open = read_some(c.fd.fd, c.buf);
             for (const std::string& line : take_lines(c.buf)) {
+                const RollLine l = parse_line_to_rank0(line, world_);
                 if (c.rank < 0) {
-                    int r = -1;
-                    if (std::sscanf(line.c_str(), "hello %d", &r) != 1 || r <= 0 || r >= world_) {
+                    // The first line says which rank this is. A rank connects once: a second connection that
+                    // claims it (whoever it is) is hung up on, and the first keeps its place.
+                    std::lock_guard<std::mutex> lock(mu_);
+                    if (l.kind != RollLine::Kind::hello || table_[l.rank].state != RollEntry::State::absent) {
                         open = false;
                         break;
                     }
-                    std::lock_guard<std::mutex> lock(mu_);
-                    c.rank = r;
-                    table_[r].state = RollEntry::State::alive;
-                    table_[r].heard = steady_now_s();
+                    c.rank = l.rank;
+                    table_[l.rank].state = RollEntry::State::alive;
+                    table_[l.rank].heard = steady_now_s();
                     continue;
                 }
-                unsigned long long q = 0;
-                if (std::sscanf(line.c_str(), "ask %llu", &q) == 1) {
+                if (l.kind == RollLine::Kind::ask) {
                     // Every rank hears the first verdict on a collective (they may be unable to ask later, when
                     // rank 0 has stopped); later questions on it, from the others timing out, are answered to
                     // the asker alone, or a hang in a world of N would cost N^2 messages.
-                    const std::string v = "verdict " + std::to_string(q) + " " + one_line(verdict(q), 2000);
-                    if (told.insert(q).second)
+                    const std::string v =
+                        roll_line_text({RollLine::Kind::verdict, -1, l.seq, one_line(verdict(l.seq), 2000)});
+                    if (told.insert(l.seq).second)
                         tell_all(v);
                     else
                         send_line(c.fd, v);
                     continue;
                 }
                 std::lock_guard<std::mutex> lock(mu_);
-                if (!handle_line(c.rank, line)) open = false;
+                if (!handle_line(c.rank, l)) open = false;
             }
             // Our lines are short; a peer that sends 64 KB without a newline is not a rank, and is dropped.
             if (c.buf.size() > kLongestLine) open = false;
@@ -389,12 +476,12 @@ void RollCall::serve() {
                     const RollEntry& e = table_[c.rank];
                     if (e.state != RollEntry::State::finished) {
                         why = e.why;
-                        gone = "gone " + std::to_string(c.rank) + " " + std::to_string(e.seq) + " " + e.what;
+                        gone = roll_line_text({RollLine::Kind::gone, c.rank, e.seq, e.what});
                     }
                 }
                 c.fd.reset();
                 if (!gone.empty()) {
-                    if (!why.empty()) tell_all("stop " + std::to_string(c.rank) + " " + why);
+                    if (!why.empty()) tell_all(roll_line_text({RollLine::Kind::stop, c.rank, 0, why}));
                     tell_all(gone);
                     std::lock_guard<std::mutex> lock(mu_);
                     mark_gone(c.rank);
@@ -412,9 +499,9 @@ void RollCall::serve() {
     send_outbox();
     if (failed_) {
         std::lock_guard<std::mutex> lock(mu_);
-        if (!fail_why_.empty()) tell_all("stop 0 " + fail_why_);
+        if (!fail_why_.empty()) tell_all(roll_line_text({RollLine::Kind::stop, 0, 0, fail_why_}));
     } else {
-        tell_all("bye");
+        tell_all(roll_line_text({RollLine::Kind::bye}));
     }
     clients.clear();
     listen_.reset();
@@ -423,21 +510,21 @@ void RollCall::serve() {
 // ---- the other ranks ----
 
 void RollCall::take_line(const std::string& line, bool* bye) {
-    int r = -1, used = 0;
-    unsigned long long s = 0;
-    if (line == "bye") {
-        *bye = true;
-    } else if (std::sscanf(line.c_str(), "verdict %llu %n", &s, &used) >= 1 && used > 0) {
-        verdicts_[s] = {line.substr((size_t)used), steady_now_s()};
-        if (verdicts_.size() > 16) verdicts_.erase(verdicts_.begin());
-        verdict_cv_.notify_all();
-    } else if (std::sscanf(line.c_str(), "stop %d %n", &r, &used) >= 1 && used > 0 && r >= 0 && r < world_) {
-        why_[r] = line.substr((size_t)used);
-    } else if (std::sscanf(line.c_str(), "gone %d %llu %n", &r, &s, &used) >= 2 && used > 0 && r > 0 &&
-               r < world_) {
-        table_[r].seq = s;
-        table_[r].what = line.substr((size_t)used);
-        mark_gone(r);
+    const RollLine l = parse_line_from_rank0(line, world_);
+    switch (l.kind) {
+        case RollLine::Kind::bye: *bye = true; break;
+        case RollLine::Kind::verdict:
+            verdicts_[l.seq] = {l.text, steady_now_s()};
+            if (verdicts_.size() > 16) verdicts_.erase(verdicts_.begin());
+            verdict_cv_.notify_all();
+            break;
+        case RollLine::Kind::stop: why_[l.rank] = l.text; break;
+        case RollLine::Kind::gone:
+            table_[l.rank].seq = l.seq;
+            table_[l.rank].what = l.text;
+            mark_gone(l.rank);
+            break;
+        default: break;  // not a line of rank 0's: passed over (a later version's, perhaps)
     }
 }
 
@@ -453,7 +540,7 @@ void RollCall::report() {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     if (up_.ok()) limit_send_wait(up_);
-    if (!up_.ok() || !send_line(up_, "hello " + std::to_string(rank_))) {
+    if (!up_.ok() || !send_line(up_, roll_line_text({RollLine::Kind::hello, rank_}))) {
         if (!stop_)
             std::fprintf(stderr,
                          "rank %d: warning: cannot reach rank 0's roll call at %s (%s): a rank that hangs or dies "
@@ -478,7 +565,7 @@ void RollCall::report() {
             send_line(up_, now_at);
             sent = now_at, last = now;
         }
-        if (ask) send_line(up_, "ask " + std::to_string(ask));
+        if (ask) send_line(up_, roll_line_text({RollLine::Kind::ask, -1, ask}));
         if (!wait_fd(up_.fd, false, steady_now_s() + 0.05)) continue;
         const bool open = read_some(up_.fd, buf);
         std::lock_guard<std::mutex> lock(mu_);
@@ -492,9 +579,9 @@ void RollCall::report() {
     }
     if (failed_) {
         std::lock_guard<std::mutex> lock(mu_);
-        if (!fail_why_.empty()) send_line(up_, "stop " + fail_why_);
+        if (!fail_why_.empty()) send_line(up_, roll_line_text({RollLine::Kind::stop, -1, 0, fail_why_}));
     } else {
-        send_line(up_, "bye");
+        send_line(up_, roll_line_text({RollLine::Kind::bye}));
     }
     up_.reset();  // now, not at destruction: a failing rank's silence must reach rank 0 at once
 }

@@ -28,6 +28,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "train/socket.h"
@@ -43,6 +44,28 @@ struct RollEntry {
     double heard = 0;             // steady_now_s() of its last report
     std::string why;              // why it stopped, when it said
 };
+
+// One line of the protocol, read strictly: a number is decimal digits that fit (no sign, no "4294967297" that
+// sscanf's %d took for rank 1), a rank is one of the world's, and nothing else follows where nothing may. Kind none:
+// not a line of the protocol in that direction, and rank 0 hangs up on whoever sent it.
+struct RollLine {
+    enum class Kind { none, hello, at, ask, stop, bye, gone, verdict };
+    Kind kind = Kind::none;
+    int rank = -1;     // hello; stop and gone from rank 0 (-1: stop to rank 0, which knows who sent it)
+    uint64_t seq = 0;  // at, ask, gone, verdict
+    std::string text;  // at and gone: the last collective's name; stop: why; verdict: rank 0's answer
+    RollLine() = default;
+    RollLine(Kind k, int r = -1, uint64_t s = 0, std::string t = "") : kind(k), rank(r), seq(s), text(std::move(t)) {}
+    bool operator==(const RollLine& o) const {
+        return kind == o.kind && rank == o.rank && seq == o.seq && text == o.text;
+    }
+};
+// Rank -> 0: "hello R" (R from 1), "at SEQ WHAT", "ask SEQ", "stop WHY", "bye".
+RollLine parse_line_to_rank0(const std::string& line, int world);
+// 0 -> rank: "stop R WHY", "gone R SEQ WHAT" (R from 1), "verdict SEQ TEXT", "bye".
+RollLine parse_line_from_rank0(const std::string& line, int world);
+// The line as it travels (without its newline); parsing it in its direction gives `l` back.
+std::string roll_line_text(const RollLine& l);
 
 // Who keeps collective number `seq` (1-based) from finishing, by the table at time `now`: every rank behind it,
 // gone, silent for longer than `silent_s`, or absent; "" when every rank has entered it.
@@ -89,7 +112,7 @@ class RollCall {
     void serve();   // rank 0's thread
     void report();  // every other rank's thread
     void mark_gone(int r);                                 // under mu_
-    bool handle_line(int from, const std::string& line);  // rank 0, under mu_
+    bool handle_line(int from, const RollLine& l);        // rank 0, under mu_
     void take_line(const std::string& line, bool* bye);    // the others, under mu_
     std::string verdict(uint64_t seq);                     // rank 0
     std::string position_line() const;

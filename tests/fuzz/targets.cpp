@@ -30,6 +30,7 @@
 #include "train/fisher.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
+#include "train/roll_call.h"
 
 namespace tune::fuzz {
 
@@ -779,6 +780,45 @@ std::vector<std::string> seeds_fisher() {
     return out;
 }
 
+// ---- roll_call: the lines an NCCL job's ranks and rank 0 exchange beside NCCL (train/roll_call.h) ----
+// Byte 0: the world (1 to 8 ranks, low bits) and the direction (top bit: from rank 0); then lines. Checked: a line
+// accepted names ranks of the world only, and is written back as a line that reads the same.
+
+Outcome run_roll_call(const uint8_t* d, size_t n) {
+    if (n < 1) return refused_because("no byte that picks the world and the direction");
+    const int world = 1 + (d[0] & 7);
+    const bool from_rank0 = d[0] & 0x80;
+    std::string buf(reinterpret_cast<const char*>(d + 1), n - 1);
+    buf += '\n';
+    size_t accepted = 0;
+    for (size_t start = 0, nl; (nl = buf.find('\n', start)) != std::string::npos; start = nl + 1) {
+        const std::string line = buf.substr(start, nl - start);
+        auto parse = [&](const std::string& l) {
+            return from_rank0 ? parse_line_from_rank0(l, world) : parse_line_to_rank0(l, world);
+        };
+        const RollLine l = parse(line);
+        if (l.kind == RollLine::Kind::none) continue;
+        accepted++;
+        using K = RollLine::Kind;
+        const bool names_rank = l.kind == K::hello || l.kind == K::gone || (l.kind == K::stop && from_rank0);
+        const std::string what = "'" + line.substr(0, 40) + "'";
+        if (names_rank)
+            require(l.rank >= (l.kind == K::stop ? 0 : 1) && l.rank < world,
+                    what + " names rank " + std::to_string(l.rank) + " of " + std::to_string(world));
+        else
+            require(l.rank == -1, what + " names a rank");
+        const std::string text = roll_line_text(l);
+        require(parse(text) == l, what + " is written back as '" + text.substr(0, 40) + "', which reads otherwise");
+    }
+    return accepted ? Outcome::accepted : refused_because("no line of the roll call's protocol");
+}
+
+std::vector<std::string> seeds_roll_call() {
+    return {std::string("\x03") + "hello 2\nat 0 \nat 3 allreduce grads\nask 3\nstop CUDA error: out of memory\nbye",
+            std::string("\x83") + "stop 0 rank 0 stopped\ngone 2 7 allreduce grads\n"
+                                  "verdict 7 rank 1 never entered it\nbye"};
+}
+
 }  // namespace
 
 const std::vector<Target>& targets() {
@@ -801,6 +841,8 @@ const std::vector<Target>& targets() {
         {"choices", "bin/evaluate --choices: read_choice_file (train/eval.h)", run_choices, seeds_choices},
         {"metrics", "metrics.jsonl read back on resume: RunLog (train/metrics.h)", run_metrics, seeds_metrics},
         {"fisher", "an EWC Fisher file (--fisher): read_fisher (train/fisher.h)", run_fisher, seeds_fisher},
+        {"roll_call", "the roll call's lines between ranks and rank 0 (train/roll_call.h)", run_roll_call,
+         seeds_roll_call},
     };
     return all;
 }
