@@ -244,7 +244,7 @@ void Tokenizer::Impl::load_encoder(const std::string& path, std::unordered_map<s
         const std::string where = path + ": entry \"" + it.key() + "\"";
         if (!it.value().is_number_integer())
             throw Error(where + ": id must be an integer, got " + it.value().dump());
-        // Above INT64_MAX the parser keeps an integer unsigned; get<int64_t> would wrap it to a negative one.
+        // The parser keeps a non-negative integer unsigned; get<int64_t> would wrap one above INT64_MAX negative.
         const bool huge = it.value().is_number_unsigned() && it.value().get<uint64_t>() >= n;
         const int64_t id = huge ? -1 : it.value().get<int64_t>();
         if (id < 0 || static_cast<uint64_t>(id) >= n)

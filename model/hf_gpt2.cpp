@@ -78,7 +78,7 @@ ModelConfig parse_config(const std::string& path, bool* tied) {
         if (!j.contains(field) || !j[field].is_number_integer())
             fail(std::string("field '") + field + "' is missing or not an integer");
         const json& x = j[field];
-        // Above INT64_MAX the parser keeps an integer unsigned; get<int64_t> would wrap it to a negative one.
+        // The parser keeps a non-negative integer unsigned; get<int64_t> would wrap one above INT64_MAX negative.
         const bool huge = x.is_number_unsigned() && x.get<uint64_t>() > (uint64_t)INT_MAX;
         const int64_t v = huge ? 0 : x.get<int64_t>();
         if (huge || v <= 0 || v > INT_MAX)

@@ -197,14 +197,16 @@ TEST_F(RollCallTest, AStrangerIsHungUpOnAndChangesNothing) {
     // must not hold it all in memory).
     for (const std::string& hello : {std::string("hello 5\n"), std::string("hello 4294967297\n"),
                                      std::string("GET / HTTP/1.0\n"), std::string(70 * 1024, 'x')})
-        hung_up_on(hello);
+        ASSERT_NO_FATAL_FAILURE(hung_up_on(hello));
     EXPECT_EQ(r0.death(), "");
     RollCall r1(1, 2, r0.address());
     ASSERT_TRUE(eventually([&] { return r1.connected(); }));
-    // A second connection as rank 1 is hung up on; its leaving is not rank 1's death.
-    hung_up_on("hello 1\nat 9 stranger\n");
+    // A second connection as rank 1 is hung up on: its report is not rank 1's, and its leaving not rank 1's death.
+    ASSERT_NO_FATAL_FAILURE(hung_up_on("hello 1\nat 9 stranger\n"));
     EXPECT_EQ(r0.death(), "");
-    r0.enter("a"), r0.enter("b");
+    r0.enter("a");
+    EXPECT_EQ(r0.blame(1), "rank 1 never entered it: it hangs before its first collective");
+    r0.enter("b");
     r1.enter("a");
     settle();
     EXPECT_EQ(r0.blame(2), "rank 1 never entered it: it hangs after entering collective #1 'a'");

@@ -566,7 +566,8 @@ TEST(Tokenizer, BadVocabularyFilesAreReportedWithFileAndProblem) {
         {"encoder.json", replaced(encoder, "\"<|endoftext|>\": 50256", "\"<|endoftext|>\": 50257"), false,
          {"encoder.json", "50257", "outside"}},
         // Above INT64_MAX an id parses unsigned: named as written, not wrapped to -1.
-        {"encoder.json", replaced(encoder, "\"<|endoftext|>\": 50256", "\"<|endoftext|>\": 18446744073709551615"), false,
+        {"encoder.json",
+         replaced(encoder, "\"<|endoftext|>\": 50256", "\"<|endoftext|>\": 18446744073709551615"), false,
          {"encoder.json", "id 18446744073709551615 is outside"}},
         {"encoder.json", replaced(encoder, "\"!\": 0", "\"\\u4e2d\": 0"), false, {"encoder.json", "stand-in"}},
         {"vocab.bpe", "", false, {"vocab.bpe", "empty"}},

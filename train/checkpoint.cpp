@@ -101,8 +101,8 @@ struct CkptFile {
         if (!obj.contains(field) || !obj[field].is_number_integer())
             fail(where + " field '" + field + "' is missing or not an integer");
         const json& x = obj[field];
-        // Above INT64_MAX the parser keeps an integer unsigned, which get<int64_t> would wrap to a negative one
-        // (18446744073709551615 read as -1).
+        // The parser keeps a non-negative integer unsigned: get<int64_t> would wrap one above INT64_MAX to a
+        // negative one (18446744073709551615 read as -1).
         const bool huge = x.is_number_unsigned() && x.get<uint64_t>() > (uint64_t)std::numeric_limits<int>::max();
         const int64_t v = huge ? 0 : x.get<int64_t>();
         if (huge || v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())

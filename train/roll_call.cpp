@@ -114,7 +114,7 @@ void limit_send_wait(const Fd& fd) {
 
 const char* kEveryRankEntered = "every rank has entered it, so no rank is behind (NCCL or the network is stuck)";
 
-// A decimal number at line[*pos] (digits only, at most 20, and within uint64); *pos moves past it.
+// A decimal number at line[*pos] (digits only, within uint64); *pos moves past it.
 bool take_number(const std::string& line, size_t* pos, uint64_t* v) {
     const char* first = line.data() + *pos;
     const char* last = line.data() + line.size();

@@ -747,7 +747,8 @@ Outcome run_fisher(const uint8_t* d, size_t n) {
     return refused_on_error([&] {
         size_t next = 0;
         read_fisher(p, g, [&](size_t i, const std::vector<float>& v) {
-            require(i == next, "tensor " + std::to_string(i) + " handed over where " + std::to_string(next) + " was due");
+            require(i == next,
+                    "tensor " + std::to_string(i) + " handed over where " + std::to_string(next) + " was due");
             require(v.size() == g[i].numel, "'" + g[i].name + "': " + std::to_string(v.size()) + " values, not " +
                                                 std::to_string(g[i].numel));
             for (float x : v) require(std::isfinite(x) && x >= 0, "'" + g[i].name + "' holds " + std::to_string(x));
