@@ -1,7 +1,9 @@
 // bin/export: converts GPT-2 weights between formats. See bin/export --help.
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "data/fileio.h"
 #include "train/cli.h"
@@ -42,6 +44,31 @@ struct ExportArgs {
     bool llmc_bf16 = false;
 };
 
+// The files reading WEIGHTS opens: the file itself (and, for a Hugging Face model.safetensors, the config.json
+// beside it), or a Hugging Face directory's config.json, shard index and safetensors files.
+std::vector<std::string> files_read(const std::string& input) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (!fs::is_directory(input, ec)) {
+        std::vector<std::string> out = {input};
+        if (fs::path(input).extension() == ".safetensors") out.push_back(tune::directory_of(input) + "/config.json");
+        return out;
+    }
+    std::vector<std::string> out = {input + "/config.json", input + "/model.safetensors",
+                                    input + "/model.safetensors.index.json"};
+    for (fs::directory_iterator it(input, ec), end; !ec && it != end; it.increment(ec))
+        if (it->path().extension() == ".safetensors") out.push_back(it->path().string());
+    return out;
+}
+
+// Whether two paths name one file, whether it exists yet or not ("d//x" and "d/x" are one place to write).
+bool same_place(const std::string& a, const std::string& b) {
+    std::error_code ea, eb;
+    if (tune::same_file(a, b)) return true;
+    const auto ca = std::filesystem::weakly_canonical(a, ea), cb = std::filesystem::weakly_canonical(b, eb);
+    return !ea && !eb && ca == cb;
+}
+
 // False when --help was asked for.
 bool parse(int argc, char** argv, ExportArgs& a) {
     for (int i = 1; i < argc; i++) {
@@ -81,16 +108,29 @@ bool parse(int argc, char** argv, ExportArgs& a) {
     if (a.hf_dir.empty() && a.llmc_file.empty())
         throw tune::UsageError("nothing to write: give --hf DIR and/or --llmc FILE");
     if (a.llmc_bf16 && a.llmc_file.empty()) throw tune::UsageError("--llmc-bf16 says how to write --llmc FILE: give it");
-    // An output over the input would replace the weights being read with another format (or half of them).
-    if (!a.llmc_file.empty() && tune::same_file(a.input, a.llmc_file))
-        throw tune::UsageError("--llmc " + a.llmc_file + " is the input itself: write the export elsewhere");
+    // An output over the input would replace the weights being read with another format (or half of them), and
+    // two outputs on one file would leave only the second.
+    const std::vector<std::string> read = files_read(a.input);
+    if (!a.llmc_file.empty()) {
+        if (same_place(a.input, a.llmc_file))
+            throw tune::UsageError("--llmc " + a.llmc_file + " is the input itself: write the export elsewhere");
+        for (const std::string& f : read)
+            if (same_place(f, a.llmc_file))
+                throw tune::UsageError("--llmc " + a.llmc_file + " would replace " + f + ", which the input " +
+                                       a.input + " is read from: write the export elsewhere");
+    }
     if (!a.hf_dir.empty())
-        for (const std::string& f : {a.hf_dir, a.hf_dir + "/model.safetensors", a.hf_dir + "/config.json"})
-            if (tune::same_file(a.input, f))
-                throw tune::UsageError("--hf " + a.hf_dir + " holds the input " + a.input +
-                                       ": write the export to another directory");
-    if (!a.adapter.empty() && (tune::same_file(a.adapter, a.llmc_file) ||
-                               (!a.hf_dir.empty() && tune::same_file(a.adapter, a.hf_dir + "/model.safetensors"))))
+        for (const std::string& f : {a.hf_dir, a.hf_dir + "/model.safetensors", a.hf_dir + "/config.json"}) {
+            for (const std::string& r : read)
+                if (same_place(r, f) || same_place(a.input, f))
+                    throw tune::UsageError("--hf " + a.hf_dir + " holds the input " + a.input +
+                                           ": write the export to another directory");
+            if (!a.llmc_file.empty() && same_place(f, a.llmc_file))
+                throw tune::UsageError("--llmc " + a.llmc_file + " is a file of the --hf " + a.hf_dir +
+                                       " export: give each export its own place");
+        }
+    if (!a.adapter.empty() && (same_place(a.adapter, a.llmc_file) ||
+                               (!a.hf_dir.empty() && same_place(a.adapter, a.hf_dir + "/model.safetensors"))))
         throw tune::UsageError("the export would overwrite --adapter " + a.adapter);
     return true;
 }

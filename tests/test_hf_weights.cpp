@@ -907,6 +907,20 @@ TEST(ExportTool, ExitCodesAndConversion) {
     EXPECT_EQ(slurp(dir.file("m.bin")), before);
     EXPECT_EQ(run_tool("'" + dir.file("hf/model.safetensors") + "' --hf '" + dir.file("hf") + "'", &out), 2) << out;
     EXPECT_MENTIONS(out, "--hf " + dir.file("hf") + " holds the input");
+    // Nor over a file a Hugging Face input is read from, nor one export over the other.
+    const std::string weights = slurp(dir.file("hf/model.safetensors")), config = slurp(dir.file("hf/config.json"));
+    for (const char* name : {"model.safetensors", "config.json"}) {
+        const std::string target = dir.file("hf") + "/" + name;
+        EXPECT_EQ(run_tool("'" + dir.file("hf") + "' --llmc '" + target + "'", &out), 2) << out;
+        EXPECT_MENTIONS(out, "--llmc " + target + " would replace " + target + ", which the input " + dir.file("hf") +
+                                 " is read from");
+    }
+    EXPECT_EQ(slurp(dir.file("hf/model.safetensors")), weights);
+    EXPECT_EQ(slurp(dir.file("hf/config.json")), config);
+    const std::string both = " --hf '" + dir.file("both") + "' --llmc '" + dir.file("both//model.safetensors") + "'";
+    EXPECT_EQ(run_tool(kFixture + both, &out), 2) << out;
+    EXPECT_MENTIONS(out, "is a file of the --hf " + dir.file("both") + " export");
+    EXPECT_FALSE(fs::exists(dir.file("both")));
 }
 
 // A write into a directory that does not exist names the file asked for and the directory, not the
