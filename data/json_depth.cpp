@@ -4,6 +4,12 @@
 
 namespace tune {
 
+std::string json_reason(const std::exception& e) {
+    const std::string w = e.what();
+    const size_t at = w.find("] ");
+    return at == std::string::npos ? w : w.substr(at + 2);
+}
+
 int json_depth(std::string_view text, int limit) {
     int depth = 0, deepest = 0;
     bool in_string = false;

@@ -1,4 +1,4 @@
-// A bound on the nesting of JSON read from outside the program.
+// JSON read from outside the program: a bound on its nesting, and the parser's reason for refusing it.
 //
 // nlohmann::json parses and destroys nested values without recursion, but dump() recurses once a level, and
 // every error message that shows a value calls it: a file of 200,000 '[' would overflow the stack in the
@@ -7,6 +7,7 @@
 // reader counts it in its parser callback, which also refuses duplicate keys).
 #pragma once
 
+#include <exception>
 #include <string>
 #include <string_view>
 
@@ -19,5 +20,9 @@ int json_depth(std::string_view text, int limit = kMaxJsonDepth);
 
 // Throws tune::Error "WHERE: JSON nested deeper than 64 levels" when `text` is.
 void check_json_depth(std::string_view text, const std::string& where);
+
+// A nlohmann::json exception's reason without its "[json.exception.parse_error.101] " prefix: where and what
+// ("parse error at line 1, column 5: syntax error ... invalid literal", "number overflow parsing '1e999'").
+std::string json_reason(const std::exception& e);
 
 }  // namespace tune

@@ -74,14 +74,6 @@ Document plain(const Tokenizer& tok, const std::string& text, bool last = true) 
 
 bool graphic_ascii(char c) { return c > ' ' && c < 0x7f; }
 
-// The parser's reason without its "[json.exception.parse_error.101] " prefix: where and what ("parse error at
-// line 1, column 5: syntax error ... invalid literal", "ill-formed UTF-8 byte").
-std::string json_reason(const nlohmann::json::exception& e) {
-    const std::string w = e.what();
-    const size_t at = w.find("] ");
-    return at == std::string::npos ? w : w.substr(at + 2);
-}
-
 // Why a file that starts with `head` is no text to tokenise ("" when it may be): a compressed file or an
 // archive would become one document of its bytes, and UTF-16 a document with a NUL between letters.
 std::string not_text(const std::string& head) {

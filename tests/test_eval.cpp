@@ -261,6 +261,23 @@ TEST(MultipleChoice, FileErrorsNameTheLine) {
     spit(d + "/none.jsonl", "{\"endings\":[\"sat\",\"flew\"],\"label\":0}\n");
     EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/none.jsonl"); }),
                 HasSubstr("none.jsonl:1: missing string \"context\" (or HellaSwag's \"ctx\")"));
+    // The parser's reason, as bin/prepare gives it.
+    spit(d + "/num.jsonl", "{\"ctx\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":1e999}\n");
+    EXPECT_THAT(error_of([&] { read_choice_file(tok, d + "/num.jsonl"); }),
+                HasSubstr("num.jsonl:1: not valid JSON: number overflow parsing '1e999'"));
+    // A JSON array of examples (bin/prepare reads those) is named as one, not shown whole in the message; a long
+    // value that is shown is cut short.
+    std::string array = "\n[";
+    for (int i = 0; i < 2000; i++) array += "{\"ctx\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":1},";
+    spit(d + "/arr.json", array + "{}]\n");
+    const std::string arr = error_of([&] { read_choice_file(tok, d + "/arr.json"); });
+    EXPECT_THAT(arr, HasSubstr("arr.json: opens a JSON array, and --choices reads JSONL, one object a line"));
+    EXPECT_LT(arr.size(), 400u) << arr.substr(0, 400);
+    spit(d + "/long.jsonl",
+         "{\"ctx\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":\"" + std::string(5000, '7') + "x\"}\n");
+    const std::string longer = error_of([&] { read_choice_file(tok, d + "/long.jsonl"); });
+    EXPECT_THAT(longer, HasSubstr("... (5003 characters), not an integer"));
+    EXPECT_LT(longer.size(), 400u);
 }
 
 TEST(EvalLoss, EqualsTheMeanTokenLossAndItsExp) {
@@ -370,6 +387,15 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
     CmdResult choices = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d);
     EXPECT_EQ(choices.rc, 1) << choices.out;
     EXPECT_THAT(choices.out, HasSubstr(d + ": is a directory, not a file"));
+    CmdResult twice = run_cmd(ev + "--data " + d + "/v.bin");
+    EXPECT_EQ(twice.rc, 2) << twice.out;
+    EXPECT_THAT(twice.out, HasSubstr("--data given twice: give all its shards in one comma-separated list"));
+    // Scores that cannot be written (a full disk) are a failure, not a silent success.
+    if (std::filesystem::exists("/dev/full")) {
+        CmdResult full = run_cmd("{ " + ev + ">/dev/full; }");
+        EXPECT_EQ(full.rc, 1) << full.out;
+        EXPECT_THAT(full.out, HasSubstr("evaluate: error: cannot write standard output: No space left on device"));
+    }
 }
 
 // Virtual tokens take positions of the model's context: the default --seq shrinks to what is left (saying so),

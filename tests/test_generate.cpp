@@ -324,6 +324,12 @@ TEST(GenerateCli, NotesTheContextLimitAndRefusesTwoPrompts) {
     EXPECT_THAT(long_prompt.out, HasSubstr("generate: error: the prompt has 30 tokens, more than the model's "
                                            "context of 16 positions: shorten the prompt"));
     EXPECT_THAT(long_prompt.out, ::testing::Not(HasSubstr("word word"))) << "the prompt was printed before the error";
+    // Text that cannot be written (a full disk) is a failure, not a silent success.
+    if (std::filesystem::exists("/dev/full")) {
+        CmdResult lost = run_cmd("{ " + gen + "--prompt hi --max-new 2 >/dev/full; }");
+        EXPECT_EQ(lost.rc, 1) << lost.out;
+        EXPECT_THAT(lost.out, HasSubstr("generate: error: cannot write standard output: No space left on device"));
+    }
     // A model with a smaller vocabulary than the tokenizer's: ids it has no row for are refused, not read.
     cfg.vocab_size = 97;
     cfg.padded_vocab_size = 128;

@@ -696,6 +696,11 @@ TEST(TrainArgsParse, InvalidValuesAreUsageErrorsNamingTheFlag) {
     // A name the system refuses (a component past 255 bytes) is a file that does not exist, not a
     // std::filesystem error escaping the check (found by a review of the fuzz targets).
     EXPECT_THAT(parse_error({"--ewc", "1", "--fisher", std::string(300, 'f')}), HasSubstr("does not exist yet"));
+    // A list of files given twice would lose the first list without a word: refused (a single value repeated is
+    // overridden, as --lr above).
+    for (const char* flag : {"--train-data", "--val-data", "--fisher-data", "--replay-data"})
+        EXPECT_THAT(parse_error({flag, "a.bin", flag, "b.bin"}),
+                    HasSubstr(std::string(flag) + " given twice: give all its files in one comma-separated list"));
 }
 
 TrainArgs parsed(std::vector<std::string> argv) {

@@ -2,6 +2,7 @@
 
 #include <climits>
 #include <filesystem>
+#include <functional>
 #include <sstream>
 
 #include "kernels/common.h"
@@ -19,6 +20,17 @@ std::vector<std::string> split_list(const std::string& v) {
     while (std::getline(ss, item, ','))
         if (!item.empty()) out.push_back(item);
     return out;
+}
+
+// A list of shards is given once: a second --train-data would otherwise replace the first list without a word
+// (where a user may have meant both), as a repeated single value does (a later --lr overrides an earlier one).
+std::function<void(const std::string&)> list_once(const char* flag, std::vector<std::string>* target) {
+    return [=](const std::string& v) {
+        if (!target->empty())
+            throw UsageError(std::string(flag) + " given twice: give all its files in one comma-separated list (" +
+                             flag + " A,B)");
+        *target = split_list(v);
+    };
 }
 
 // Declares every option of bin/train against `a`; --help shows a's current values as defaults.
@@ -66,9 +78,9 @@ Cli train_cli(TrainArgs& a) {
              "may stay: the resume checkpoint holds the adapter; --distill's default teacher is the base without it)",
              &a.adapter);
     c.custom("--train-data", "FILES", "comma-separated token shards to train on (made by bin/prepare)", "(none)",
-             [&a](const std::string& v) { a.train_data = split_list(v); });
+             list_once("--train-data", &a.train_data));
     c.custom("--val-data", "FILES", "comma-separated token shards for validation loss", "(none)",
-             [&a](const std::string& v) { a.val_data = split_list(v); });
+             list_once("--val-data", &a.val_data));
     c.custom("--sequential", "", "read training windows in file order instead of shuffling", "off",
              [&a](const std::string&) { a.shuffle = false; });
     c.custom("--windows", "auto|fixed|documents|single|isolated", "how --train-data and --val-data are cut into "
@@ -129,14 +141,14 @@ Cli train_cli(TrainArgs& a) {
     c.option("--fisher", "FILE", "EWC's Fisher (safetensors): read when it exists, else estimated on --fisher-data "
              "and written there", &a.fisher);
     c.custom("--fisher-data", "FILES", "comma-separated base-data shards for the Fisher estimate", "(none)",
-             [&a](const std::string& v) { a.fisher_data = split_list(v); });
+             list_once("--fisher-data", &a.fisher_data));
     c.option("--fisher-batches", "N", "micro-batches of the Fisher estimate", &a.fisher_batches, 1, INT_MAX);
     c.option("--distill", "ALPHA", "knowledge distillation: loss = (1-ALPHA) CE + ALPHA T^2 KL(teacher || student) "
              "(0: off)", &a.distill, 0, 1);
     c.option("--distill-temp", "T", "distillation temperature", &a.distill_temp, 1e-3, 1e3);
     c.option("--teacher", "WEIGHTS", "distillation teacher (default: the --init weights)", &a.teacher);
     c.custom("--replay-data", "FILES", "comma-separated base-data shards mixed into training (replay)", "(none)",
-             [&a](const std::string& v) { a.replay_data = split_list(v); });
+             list_once("--replay-data", &a.replay_data));
     c.option("--replay-frac", "F", "fraction of micro-batches drawn from --replay-data", &a.replay_frac, 0, 1);
     c.option("--replay-weight", "W", "loss weight of replayed tokens", &a.replay_weight, 0, 1e6);
     c.option("--batch", "B", "sequences per micro-batch", &a.batch, 1, 1 << 20);

@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iomanip>
 #include <sstream>
 
@@ -48,7 +49,12 @@ int run_tool(const char* name, const std::function<int()>& body) {
     // they happened (an error after the lines that led to it).
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
     try {
-        return body();
+        const int rc = body();
+        // What a tool prints is its output (generated text, scores): lost to a full disk or a closed descriptor,
+        // the run failed, even though every printf before returned.
+        if (std::fflush(stdout) != 0 || std::ferror(stdout))
+            throw Error(std::string("cannot write standard output: ") + std::strerror(errno ? errno : EIO));
+        return rc;
     } catch (const UsageError& e) {
         std::fprintf(stderr, "%s: %s\n", name, e.what());
         return 2;

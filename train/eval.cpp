@@ -6,6 +6,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <utility>
 
 #include "data/fileio.h"
 #include "data/json_depth.h"
@@ -35,23 +36,37 @@ LossResult eval_loss(GPT2& model, Loader& loader, int batches, const char* progr
     return r;
 }
 
+// A value shown in a message, cut short: a line may be as long as a whole file.
+static std::string clipped(const std::string& s, size_t max = 200) {
+    return s.size() <= max ? s : s.substr(0, max) + "... (" + std::to_string(s.size()) + " characters)";
+}
+
 std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::string& path) {
     std::vector<uint8_t> bytes = read_file_bytes(path);
     std::istringstream in(std::string(bytes.begin(), bytes.end()));
     std::vector<ChoiceExample> out;
     std::string line;
+    bool first = true;  // the first line that is not blank
     for (size_t n = 1; std::getline(in, line); n++) {
-        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        const size_t start = line.find_first_not_of(" \t\r");
+        if (start == std::string::npos) continue;
         const std::string where = path + ":" + std::to_string(n);
         check_json_depth(line, where);
-        nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-        if (j.is_discarded()) throw Error(where + ": not valid JSON");
-        if (!j.is_object()) throw Error(where + ": " + j.dump() + " is not a JSON object");
+        if (std::exchange(first, false) && line[start] == '[')
+            throw Error(path + ": opens a JSON array, and --choices reads JSONL, one object a line (an array of them "
+                        "becomes that with: jq -c '.[]' " + path + ")");
+        nlohmann::json j;
+        try {
+            j = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for a number beyond a double
+            throw Error(where + ": not valid JSON: " + json_reason(e));
+        }
+        if (!j.is_object()) throw Error(where + ": " + clipped(j.dump()) + " is not a JSON object");
         // HellaSwag's own files call the context "ctx": read them as they come.
         const char* ctx_key = j.contains("context") || !j.contains("ctx") ? "context" : "ctx";
         if (!j.contains(ctx_key)) throw Error(where + ": missing string \"context\" (or HellaSwag's \"ctx\")");
         if (!j[ctx_key].is_string())
-            throw Error(where + ": \"" + ctx_key + "\" is " + j[ctx_key].dump() + ", expected a string");
+            throw Error(where + ": \"" + ctx_key + "\" is " + clipped(j[ctx_key].dump()) + ", expected a string");
         if (!j.contains("endings") || !j["endings"].is_array() || j["endings"].size() < 2)
             throw Error(where + ": \"endings\" must be an array of at least two strings");
         // An integer, or a string holding one (HellaSwag's files on the Hugging Face hub have "label": "3").
@@ -71,7 +86,9 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
                        *end == 0 && l >= INT_MIN && l <= INT_MAX;
             label = (int)l;
         }
-        if (!label_ok) throw Error(where + ": \"label\" is " + lj.dump() + ", not an integer (the index of the right ending)");
+        if (!label_ok)
+            throw Error(where + ": \"label\" is " + clipped(lj.dump()) +
+                        ", not an integer (the index of the right ending)");
         ChoiceExample ex;
         ex.where = where;
         std::string ctx = j[ctx_key].get<std::string>();
@@ -84,7 +101,7 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
         ex.context = tok.encode(ctx);
         for (const auto& e : j["endings"]) {
             if (!e.is_string() || e.get<std::string>().empty())
-                throw Error(where + ": ending " + std::to_string(ex.endings.size()) + " is " + e.dump() +
+                throw Error(where + ": ending " + std::to_string(ex.endings.size()) + " is " + clipped(e.dump()) +
                             ", expected a non-empty string");
             std::string end = trailing + e.get<std::string>();
             // The ending continues the context: join with a space unless one side already has it.

@@ -17,7 +17,13 @@ int main(int argc, char** argv) {
                 "Loss and perplexity on token shards (counted tokens only), and multiple-choice accuracy on a JSONL\n"
                 "of {\"context\", \"endings\": [...], \"label\"}: acc by total ending loss, acc_norm by mean loss.");
         cli.option("--model", "WEIGHTS", "weights: tune.cu checkpoint, Hugging Face GPT-2 directory, or llm.c .bin", &weights);
-        cli.option("--data", "SHARDS", "comma-separated token shards for loss and perplexity", &data);
+        cli.custom("--data", "SHARDS", "comma-separated token shards for loss and perplexity", "(none)",
+                   [&](const std::string& v) {
+                       if (!data.empty())  // else the second list would replace the first without a word
+                           throw UsageError("--data given twice: give all its shards in one comma-separated list "
+                                            "(--data A,B)");
+                       data = v;
+                   });
         cli.option("--choices", "FILE", "multiple-choice JSONL", &choices);
         cli.option("--batch", "B", "sequences per batch (loss)", &batch, 1, 1 << 16);
         cli.custom("--seq", "T", "tokens per sequence (loss; at most the model's context: its block size less any "
