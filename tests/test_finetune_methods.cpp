@@ -802,6 +802,13 @@ TEST(FisherFile, RoundTripsAndRefusesAnotherShape) {
     } catch (const Error& e) {
         EXPECT_THAT(e.what(), HasSubstr("no Fisher values for trainable tensor 'ln_f.weight'"));
     }
+    // The project's other files, given as --fisher by mistake, are named for what they are.
+    write_shard(tmp.path() + "/t.bin", {1, 2, 3}, nullptr, 37);
+    EXPECT_THAT(error_of([&] { read_fisher(tmp.path() + "/t.bin", g, [](size_t, const std::vector<float>&) {}); }),
+                HasSubstr("t.bin: is a token shard, not a Fisher file (safetensors)"));
+    spit(tmp.path() + "/c.ckpt", std::string("TUNECKPT") + std::string(64, '\1'));
+    EXPECT_THAT(error_of([&] { read_fisher(tmp.path() + "/c.ckpt", g, [](size_t, const std::vector<float>&) {}); }),
+                HasSubstr("c.ckpt: is a tune.cu checkpoint, not a Fisher file"));
 }
 
 }  // namespace

@@ -1,9 +1,13 @@
 #include "train/fisher.h"
 
 #include <cmath>
+#include <cstring>
+#include <fstream>
 
 #include "data/safetensors.h"
+#include "data/shard.h"
 #include "kernels/common.h"
+#include "train/checkpoint.h"
 
 namespace tune {
 
@@ -24,8 +28,24 @@ void write_fisher(const std::string& path, const Table& g, const std::vector<std
     w.write(path);
 }
 
+// The project's other files, given as --fisher by mistake, named for what they are rather than as a safetensors
+// header of an absurd length.
+static void refuse_other_kinds(const std::string& path) {
+    char head[8] = {};
+    std::ifstream in(path, std::ios::binary);
+    in.read(head, sizeof head);
+    if (in.gcount() != (std::streamsize)sizeof head) return;  // the safetensors reader says what is wrong
+    if (std::memcmp(head, kShardMagic, sizeof head) == 0)
+        throw Error(path + ": is a token shard, not a Fisher file (safetensors): give the shards to estimate it on "
+                    "as --fisher-data, and as --fisher the file to write the estimate to");
+    if (std::memcmp(head, kCkptMagic, sizeof head) == 0)
+        throw Error(path + ": is a tune.cu checkpoint, not a Fisher file (safetensors, which an --ewc run with "
+                    "--fisher-data writes to --fisher)");
+}
+
 void read_fisher(const std::string& path, const Table& g,
                  const std::function<void(size_t i, const std::vector<float>& values)>& take) {
+    refuse_other_kinds(path);
     SafetensorsFile f(path);
     for (size_t i = 0; i < g.size(); i++) {
         const SafetensorsTensorInfo* t = f.find(g[i].name);
