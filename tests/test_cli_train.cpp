@@ -558,6 +558,8 @@ TEST(TrainCli, ASecondStopSignalEndsTheRunAtOnceAQuickRepeatDoesNot) {
     CmdResult q = script(d + "/quick", 2, "0.2");
     EXPECT_THAT(q.out, Not(HasSubstr("stopped at once"))) << q.out;
     EXPECT_THAT(q.out, HasSubstr("interrupted after step")) << q.out;
+    // The first signal is answered at once, even under --quiet: a long step is otherwise silence.
+    EXPECT_THAT(q.out, HasSubstr("train: stop signal: the run stops after this step")) << q.out;
     EXPECT_THAT(q.out, HasSubstr("status 130")) << q.out;
     EXPECT_FALSE(slurp(d + "/quick/resume.ckpt").empty());
 }

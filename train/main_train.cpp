@@ -30,8 +30,11 @@ static int64_t monotonic_ns() {  // clock_gettime is async-signal-safe
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+static std::atomic<bool> g_speaks{true};  // whether this process acknowledges a stop (rank 0 speaks for all)
+
 static void watch(tune::Trainer* t) {  // a new run: its first signal is a stop again
     g_first_stop_ns = 0;
+    g_speaks = tune::launch_info().rank == 0;
     g_trainer = t;
 }
 
@@ -39,7 +42,14 @@ static void on_interrupt(int sig) {
     if (tune::Trainer* t = g_trainer.load()) {
         const int64_t now = monotonic_ns(), first = g_first_stop_ns.load();
         if (first == 0 || sig == SIGHUP || now - first < 2000000000) {
-            if (first == 0) g_first_stop_ns = now;
+            if (first == 0) {
+                g_first_stop_ns = now;
+                // Said at once: the step may be long (--grad-accum), and silence reads as a signal lost.
+                static const char ack[] = "\ntrain: stop signal: the run stops after this step and writes its "
+                                          "resume checkpoint (where --out is set); a second signal, 2 s or more "
+                                          "later, ends it at once\n";
+                if (g_speaks && write(STDERR_FILENO, ack, sizeof ack - 1) < 0) {}
+            }
             t->request_stop();
             return;
         }
