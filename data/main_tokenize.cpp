@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "data/fileio.h"
 #include "data/tokenizer.h"
 #include "kernels/common.h"
 #include "train/cli.h"
@@ -83,9 +84,12 @@ void write_all(const std::string& s) {
         throw tune::Error(std::string("cannot write standard output: ") + std::strerror(errno));
 }
 
+// An item as a message shows it: its first 32 bytes, quoted with escapes ("7\x00\x01"), so that a binary file
+// given to --decode is named by what it holds, not cut at its first NUL.
 std::string show(std::string_view s) {
     constexpr size_t kMax = 32;
-    return s.size() <= kMax ? std::string(s) : std::string(s.substr(0, kMax)) + "...";
+    const std::vector<uint8_t> bytes(s.begin(), s.end());
+    return tune::shown_bytes(bytes, kMax) + (s.size() > kMax ? "..." : "");
 }
 
 // Ids separated by ASCII whitespace; each must be a decimal integer in [0, V).
@@ -102,7 +106,7 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& name,
         std::string_view item(p, q - p);
         long long v = 0;
         auto [stop, ec] = std::from_chars(p, q, v);
-        const std::string where = name + ": id #" + std::to_string(ids.size() + 1) + " '" + show(item) + "'";
+        const std::string where = name + ": id #" + std::to_string(ids.size() + 1) + " " + show(item);
         if (ec == std::errc::result_out_of_range || (ec == std::errc() && stop == q && (v < 0 || v >= vocab_size)))
             throw tune::Error(where + " is out of range: ids are 0.." + std::to_string(vocab_size - 1));
         if (ec != std::errc() || stop != q) throw tune::Error(where + " is not an integer token id");

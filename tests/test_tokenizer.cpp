@@ -615,8 +615,11 @@ TEST(Tokenizer, TokenizeToolEncodesDecodesAndReportsBadInput) {
         {"bin/tokenize /nonexistent/file.txt", 2, "/nonexistent/file.txt"},
         {"bin/tokenize a b", 2, "one input file"},
         {"bin/tokenize --vocab", 2, "--vocab"},
-        {"echo '15496 hello' | bin/tokenize --decode", 1, "'hello' is not an integer"},
-        {"echo '15496 50257' | bin/tokenize --decode", 1, "'50257' is out of range"},
+        {"echo '15496 hello' | bin/tokenize --decode", 1, "id #2 \"hello\" is not an integer"},
+        {"echo '15496 50257' | bin/tokenize --decode", 1, "\"50257\" is out of range"},
+        // A binary file (a shard) is shown escaped, not cut at its first NUL.
+        {"printf 'TUNETOK1\\001\\000\\000' | bin/tokenize --decode", 1,
+         "id #1 \"TUNETOK1\\x01\\x00\\x00\" is not an integer"},
         {"echo '-3' | bin/tokenize --decode", 1, "out of range"},
         {"echo hi | bin/tokenize --vocab /nonexistent", 1, "/nonexistent/encoder.json"},
     };
