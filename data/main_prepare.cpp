@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "train/cli.h"
 #include "data/fileio.h"
@@ -11,7 +12,7 @@
 #include "kernels/common.h"
 
 static const char* kHelp =
-    "usage: bin/prepare [options] FILE...   (FILE - reads standard input)\n"
+    "usage: bin/prepare [options] [--] FILE...   (FILE - reads standard input; after --, every argument is a FILE)\n"
     "Tokenises text and JSONL files with GPT-2's tokenizer into token shards for bin/train.\n"
     "A name ending in .jsonl or .json means JSON records (a line each, or one JSON array of them); any other\n"
     "name, plain text. A pipe is read by its first line (--format sets it for every input).\n"
@@ -36,9 +37,18 @@ int main(int argc, char** argv) {
     return tune::run_tool("prepare", [&]() -> int {
         PrepareOptions opt;
         std::string vocab = "data/gpt2";
-        bool template_given = false, template_from_file = false;
+        bool template_given = false, template_from_file = false, files_only = false, stdin_given = false;
+        auto add_input = [&](const std::string& f) {
+            if (f == "-" && std::exchange(stdin_given, true))
+                throw UsageError("- (standard input) given twice: it can be read once");
+            opt.inputs.push_back(f == "-" ? "/dev/stdin" : f);
+        };
         for (int i = 1; i < argc; i++) {
             std::string a = argv[i];
+            if (files_only || a == "--") {  // after --, every argument is a file, also one named -x or --out
+                if (std::exchange(files_only, true)) add_input(a);
+                continue;
+            }
             std::string given;  // --flag=value, as bin/train takes it, or --flag value
             bool has_given = split_inline_value(&a, &given);
             auto value = [&]() -> std::string {
@@ -101,8 +111,10 @@ int main(int argc, char** argv) {
                 opt.progress = false;
             } else if (a.rfind("--", 0) == 0) {
                 throw UsageError("unknown option '" + a + "' (see bin/prepare --help)");
+            } else if (a.size() > 1 && a[0] == '-') {
+                throw UsageError("unknown option '" + a + "' (a file of that name: ./" + a + ", or after --)");
             } else {
-                opt.inputs.push_back(a == "-" ? "/dev/stdin" : a);
+                add_input(a);
             }
             if (has_given) throw UsageError(a + " takes no value, got '" + a + "=" + given + "'");
         }

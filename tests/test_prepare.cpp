@@ -511,6 +511,19 @@ TEST(PrepareCli, ReportsAndExitCodes) {
     CmdResult missing = run_cmd("bin/prepare --quiet /nonexistent.txt");
     EXPECT_EQ(missing.rc, 1);
     EXPECT_THAT(missing.out, HasSubstr("/nonexistent.txt"));
+    // A single-dash option is no file name; after --, every argument is one; standard input is read once.
+    CmdResult dash = run_cmd("bin/prepare --quiet -x " + d + "/x.jsonl");
+    EXPECT_EQ(dash.rc, 2) << dash.out;
+    EXPECT_THAT(dash.out, HasSubstr("unknown option '-x' (a file of that name: ./-x, or after --)"));
+    spit(d + "/-x.jsonl", "{\"text\":\"a file named like an option\"}\n");
+    CmdResult after = run_cmd("cd " + d + " && " + std::filesystem::current_path().string() +
+                              "/bin/prepare --quiet --val-frac 0 --vocab " + std::filesystem::current_path().string() +
+                              "/data/gpt2 --out o4 -- -x.jsonl");
+    EXPECT_EQ(after.rc, 0) << after.out;
+    EXPECT_THAT(after.out, HasSubstr("prepared 1 documents"));
+    CmdResult twice = run_cmd("echo hi | bin/prepare --quiet --out " + d + "/o5 - -");
+    EXPECT_EQ(twice.rc, 2) << twice.out;
+    EXPECT_THAT(twice.out, HasSubstr("- (standard input) given twice: it can be read once"));
 }
 
 // "-" is standard input (a pipe: read by its first line); the notes a user needs reach stderr.
