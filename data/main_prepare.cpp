@@ -89,6 +89,7 @@ int main(int argc, char** argv) {
                 if (template_given) throw UsageError("--template and --template-file: give one, not both");
                 template_from_file = true;
                 std::string path = value();
+                require_file("--template-file", path, "a text file");
                 std::vector<uint8_t> b = read_file_bytes(path);
                 opt.template_str.assign(b.begin(), b.end());
                 check_template(opt.template_str, "--template-file " + path);
@@ -119,6 +120,8 @@ int main(int argc, char** argv) {
             if (has_given) throw UsageError(a + " takes no value, got '" + a + "=" + given + "'");
         }
         if (opt.inputs.empty()) throw UsageError("no input files (see bin/prepare --help)");
+        for (const std::string& f : opt.inputs)
+            if (f != "/dev/stdin") require_file("input", f, "a text or JSONL file");
         Tokenizer tok = Tokenizer::load(vocab);
         // Ctrl-C or a scheduler's SIGTERM: stop at the next chunk and remove the partial shards.
         static volatile std::sig_atomic_t stop = 0;

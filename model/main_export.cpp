@@ -37,7 +37,8 @@ const char* kHelp =
     "  --help        this text\n"
     "\n"
     "The conversion is exact for float32 input (float16/bfloat16 input is widened exactly to float32).\n"
-    "Exit status: 0 done, 1 a file could not be read or written, 2 bad command line.\n";
+    "Exit status: 0 done, 1 a file could not be read or written, 2 bad command line (a file named there that does\n"
+    "not exist included).\n";
 
 struct ExportArgs {
     std::string input, hf_dir, llmc_file, adapter;
@@ -105,6 +106,8 @@ bool parse(int argc, char** argv, ExportArgs& a) {
         if (has_given) throw tune::UsageError(arg + " takes no value, got '" + arg + "=" + given + "'");
     }
     if (a.input.empty()) throw tune::UsageError("no input weights given (see --help)");
+    tune::require_path("input weights", a.input);
+    tune::require_file("--adapter", a.adapter, "an adapter.ckpt written by bin/train");
     if (a.hf_dir.empty() && a.llmc_file.empty())
         throw tune::UsageError("nothing to write: give --hf DIR and/or --llmc FILE");
     if (a.llmc_bf16 && a.llmc_file.empty()) throw tune::UsageError("--llmc-bf16 says how to write --llmc FILE: give it");

@@ -53,6 +53,9 @@ int main(int argc, char** argv) {
         if (have_prompt && !prompt_file.empty())
             throw UsageError("--prompt and --prompt-file: give one, not both (the prompt is '" + prompt + "', the file " +
                              prompt_file + ")");
+        require_path("--model", weights);
+        require_file("--adapter", adapter, "an adapter.ckpt written by bin/train");
+        if (prompt_file != "-") require_file("--prompt-file", prompt_file, "a text file");
         if (!prompt_file.empty()) {
             std::vector<uint8_t> b = read_file_bytes(prompt_file == "-" ? "/dev/stdin" : prompt_file);
             prompt.assign(b.begin(), b.end());

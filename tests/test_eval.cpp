@@ -381,15 +381,23 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
     EXPECT_THAT(pass1.out, HasSubstr("| 473 tokens (one pass: 15 batches)"));
     CmdResult two = run_cmd(ev + "--batch 4 --batches 2");
     EXPECT_THAT(two.out, HasSubstr("| 256 tokens (2 of the 4 batches of a pass)"));
+    // Paths named on the command line that are not there, or not files, are usage errors (2), as in every tool.
     CmdResult dir = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --data " + d);
-    EXPECT_EQ(dir.rc, 1) << dir.out;
-    EXPECT_THAT(dir.out, HasSubstr(d + ": is a directory, not a file"));
+    EXPECT_EQ(dir.rc, 2) << dir.out;
+    EXPECT_THAT(dir.out, HasSubstr("--data: " + d + ": is a directory, not a file"));
     CmdResult choices = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d);
-    EXPECT_EQ(choices.rc, 1) << choices.out;
-    EXPECT_THAT(choices.out, HasSubstr(d + ": is a directory, not a file"));
+    EXPECT_EQ(choices.rc, 2) << choices.out;
+    EXPECT_THAT(choices.out, HasSubstr("--choices: " + d + ": is a directory, not a file"));
+    CmdResult none =
+        run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --data " + d + "/v.bin," + d + "/w.bin");
+    EXPECT_EQ(none.rc, 2) << none.out;
+    EXPECT_THAT(none.out, HasSubstr("--data: no such file or directory: " + d + "/w.bin"));
+    CmdResult comma = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --data ,");
+    EXPECT_EQ(comma.rc, 2) << comma.out;
+    EXPECT_THAT(comma.out, HasSubstr("--data ',' names no shard"));
     CmdResult twice = run_cmd(ev + "--data " + d + "/v.bin");
-    EXPECT_EQ(twice.rc, 2) << twice.out;
-    EXPECT_THAT(twice.out, HasSubstr("--data given twice: give all its shards in one comma-separated list"));
+    EXPECT_EQ(twice.rc, 0) << twice.out;
+    EXPECT_THAT(twice.out, HasSubstr("note: --data given twice: the later list replaces the earlier"));
     // Scores that cannot be written (a full disk) are a failure, not a silent success.
     if (std::filesystem::exists("/dev/full")) {
         CmdResult full = run_cmd("{ " + ev + ">/dev/full; }");

@@ -764,6 +764,16 @@ TEST(MethodsCli, GenerateRunsWithEveryMethodsAdapterAndModel) {
     EXPECT_THAT(r.out, HasSubstr("already carry"));
 }
 
+// L2-SP without --init anchors to the random initialisation: allowed (the run is well defined) but said.
+TEST(MethodsCli, AnAnchorWithoutInitIsNoted) {
+    TempDir tmp("anchor");
+    write_shard(tmp.file("t.bin"), pattern_tokens(500, 1), nullptr, 37);
+    CmdResult r = run_cmd("bin/train --device cpu --model tiny --train-data " + tmp.file("t.bin") +
+                          " --seq 16 --batch 2 --steps 1 --l2sp 0.1 --out ''");
+    EXPECT_EQ(r.rc, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("note: --l2sp without --init holds the weights to random ones"));
+}
+
 // The Fisher file on its own: what write_fisher writes, read_fisher hands back value for value, in the table's
 // order; a tensor of another shape is refused by name even when its count matches (a transposed (3, 5) read into
 // (5, 3) would put every value at another parameter's place), and so is a tensor the file lacks.

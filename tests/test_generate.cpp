@@ -358,9 +358,13 @@ TEST(GenerateCli, NotesTheContextLimitAndRefusesTwoPrompts) {
     CmdResult nul = run_cmd(gen + "--prompt-file " + d + "/nul.txt --max-new 1");
     EXPECT_EQ(nul.rc, 0) << nul.out;
     EXPECT_THAT(nul.out, HasSubstr(std::string("a\0b", 3)));
+    // Paths named on the command line that are not there, or not files, are usage errors (2), as in every tool.
     CmdResult dir = run_cmd(gen + "--prompt-file " + d);
-    EXPECT_EQ(dir.rc, 1) << dir.out;
-    EXPECT_THAT(dir.out, HasSubstr(d + ": is a directory, not a file"));
+    EXPECT_EQ(dir.rc, 2) << dir.out;
+    EXPECT_THAT(dir.out, HasSubstr("--prompt-file: " + d + ": is a directory, not a file"));
+    CmdResult none = run_cmd("bin/generate --device cpu --model " + d + "/absent.ckpt --prompt hi");
+    EXPECT_EQ(none.rc, 2) << none.out;
+    EXPECT_THAT(none.out, HasSubstr("--model: no such file or directory: " + d + "/absent.ckpt"));
 }
 
 }  // namespace

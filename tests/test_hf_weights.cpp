@@ -895,8 +895,8 @@ TEST(ExportTool, ExitCodesAndConversion) {
     EXPECT_EQ(run_tool(kFixture + " --help=yes", &out), 2) << out;
     EXPECT_MENTIONS(out, "--help takes no value");
     TempDir dir;
-    EXPECT_EQ(run_tool("tests/fixtures/no_such_model --hf '" + dir.file("x") + "'", &out), 1) << out;
-    EXPECT_MENTIONS(out, "no such file or directory");
+    EXPECT_EQ(run_tool("tests/fixtures/no_such_model --hf '" + dir.file("x") + "'", &out), 2) << out;
+    EXPECT_MENTIONS(out, "input weights: no such file or directory: tests/fixtures/no_such_model");
     EXPECT_EQ(run_tool(kFixture + " --hf='" + dir.file("hf") + "' --llmc '" + dir.file("m.bin") + "'", &out), 0) << out;
     EXPECT_TRUE(bit_identical(load_params(dir.file("hf")), load_params(kFixture)));
     EXPECT_TRUE(bit_identical(load_params(dir.file("m.bin")), load_params(kFixture)));

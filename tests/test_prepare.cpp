@@ -509,8 +509,8 @@ TEST(PrepareCli, ReportsAndExitCodes) {
         EXPECT_THAT(bad.out, HasSubstr(std::string("--seed: expected an integer in [0, 2^64), got '") + seed + "'"));
     }
     CmdResult missing = run_cmd("bin/prepare --quiet /nonexistent.txt");
-    EXPECT_EQ(missing.rc, 1);
-    EXPECT_THAT(missing.out, HasSubstr("/nonexistent.txt"));
+    EXPECT_EQ(missing.rc, 2) << missing.out;  // a path that is not there is a usage error, as in every tool
+    EXPECT_THAT(missing.out, HasSubstr("input: no such file or directory: /nonexistent.txt"));
     // A single-dash option is no file name; after --, every argument is one; standard input is read once.
     CmdResult dash = run_cmd("bin/prepare --quiet -x " + d + "/x.jsonl");
     EXPECT_EQ(dash.rc, 2) << dash.out;
@@ -556,11 +556,11 @@ TEST(PrepareCli, DirectoryGivenAsAFileIsNamed) {
     std::filesystem::create_directory(d + "/notes");
     spit(d + "/x.jsonl", "{\"text\":\"a\"}\n");
     CmdResult in = run_cmd("bin/prepare --quiet --out " + d + "/o " + d + "/notes");
-    EXPECT_EQ(in.rc, 1) << in.out;
+    EXPECT_EQ(in.rc, 2) << in.out;
     EXPECT_THAT(in.out, HasSubstr(d + "/notes: is a directory, not a file"));
     EXPECT_THAT(in.out, ::testing::Not(HasSubstr("bad_alloc")));
     CmdResult t = run_cmd("bin/prepare --quiet --template-file " + d + "/notes --out " + d + "/o " + d + "/x.jsonl");
-    EXPECT_EQ(t.rc, 1) << t.out;
+    EXPECT_EQ(t.rc, 2) << t.out;
     EXPECT_THAT(t.out, HasSubstr(d + "/notes: is a directory, not a file"));
 }
 

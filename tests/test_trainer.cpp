@@ -686,7 +686,9 @@ TEST(TrainArgsParse, InvalidValuesAreUsageErrorsNamingTheFlag) {
     EXPECT_THAT(parse_error({"--lr", "-1"}), HasSubstr("--lr"));
     EXPECT_THAT(parse_error({"--batch", "0"}), HasSubstr("--batch"));
     EXPECT_THAT(parse_error({"--batch", "two"}), HasSubstr("expected an integer"));
-    EXPECT_THAT(parse_error({"--bogus"}), HasSubstr("unknown option '--bogus'"));
+    EXPECT_THAT(parse_error({"--bogus"}), HasSubstr("unknown option '--bogus' (see --help)"));
+    EXPECT_THAT(parse_error({"--train_data", "x"}), HasSubstr("unknown option '--train_data' (did you mean --train-data?"));
+    EXPECT_THAT(parse_error({"--setps", "3"}), HasSubstr("(did you mean --steps?"));
     EXPECT_THAT(parse_error({"--steps"}), HasSubstr("missing value"));
     EXPECT_THAT(parse_error({"--device", "tpu"}), HasSubstr("--device"));
     EXPECT_THAT(parse_error({"--model", "gpt5"}), HasSubstr("unknown model preset 'gpt5'"));
@@ -696,11 +698,17 @@ TEST(TrainArgsParse, InvalidValuesAreUsageErrorsNamingTheFlag) {
     // A name the system refuses (a component past 255 bytes) is a file that does not exist, not a
     // std::filesystem error escaping the check (found by a review of the fuzz targets).
     EXPECT_THAT(parse_error({"--ewc", "1", "--fisher", std::string(300, 'f')}), HasSubstr("does not exist yet"));
-    // A list of files given twice would lose the first list without a word: refused (a single value repeated is
-    // overridden, as --lr above).
-    for (const char* flag : {"--train-data", "--val-data", "--fisher-data", "--replay-data"})
-        EXPECT_THAT(parse_error({flag, "a.bin", flag, "b.bin"}),
-                    HasSubstr(std::string(flag) + " given twice: give all its files in one comma-separated list"));
+    // A list of files given again replaces the earlier one, as a single value does, and parsing says so.
+    for (const char* flag : {"--train-data", "--val-data", "--fisher-data", "--replay-data"}) {
+        std::vector<std::string> argv = {"train", flag, "a.bin,c.bin", flag, "b.bin"};
+        std::vector<char*> p;
+        for (auto& s : argv) p.push_back(s.data());
+        TrainArgs a;
+        ASSERT_TRUE(parse_train_args((int)p.size(), p.data(), a));
+        ASSERT_EQ(a.parse_notes.size(), 1u) << flag;
+        EXPECT_THAT(a.parse_notes[0], HasSubstr(std::string(flag) + " given twice: the later list replaces the "
+                                                "earlier (2 files)"));
+    }
 }
 
 TrainArgs parsed(std::vector<std::string> argv) {

@@ -22,13 +22,14 @@ std::vector<std::string> split_list(const std::string& v) {
     return out;
 }
 
-// A list of shards is given once: a second --train-data would otherwise replace the first list without a word
-// (where a user may have meant both), as a repeated single value does (a later --lr overrides an earlier one).
-std::function<void(const std::string&)> list_once(const char* flag, std::vector<std::string>* target) {
+// A list of files given again replaces the earlier one, as a repeated single value does (a script's common options
+// and then its own); said, since a user may have meant both.
+std::function<void(const std::string&)> file_list(const char* flag, std::vector<std::string>* target,
+                                                  std::vector<std::string>* notes) {
     return [=](const std::string& v) {
         if (!target->empty())
-            throw UsageError(std::string(flag) + " given twice: give all its files in one comma-separated list (" +
-                             flag + " A,B)");
+            notes->push_back(std::string(flag) + " given twice: the later list replaces the earlier (" +
+                             std::to_string(target->size()) + " files); give one comma-separated list for both");
         *target = split_list(v);
     };
 }
@@ -78,9 +79,9 @@ Cli train_cli(TrainArgs& a) {
              "may stay: the resume checkpoint holds the adapter; --distill's default teacher is the base without it)",
              &a.adapter);
     c.custom("--train-data", "FILES", "comma-separated token shards to train on (made by bin/prepare)", "(none)",
-             list_once("--train-data", &a.train_data));
+             file_list("--train-data", &a.train_data, &a.parse_notes));
     c.custom("--val-data", "FILES", "comma-separated token shards for validation loss", "(none)",
-             list_once("--val-data", &a.val_data));
+             file_list("--val-data", &a.val_data, &a.parse_notes));
     c.custom("--sequential", "", "read training windows in file order instead of shuffling", "off",
              [&a](const std::string&) { a.shuffle = false; });
     c.custom("--windows", "auto|fixed|documents|single|isolated", "how --train-data and --val-data are cut into "
@@ -141,14 +142,14 @@ Cli train_cli(TrainArgs& a) {
     c.option("--fisher", "FILE", "EWC's Fisher (safetensors): read when it exists, else estimated on --fisher-data "
              "and written there", &a.fisher);
     c.custom("--fisher-data", "FILES", "comma-separated base-data shards for the Fisher estimate", "(none)",
-             list_once("--fisher-data", &a.fisher_data));
+             file_list("--fisher-data", &a.fisher_data, &a.parse_notes));
     c.option("--fisher-batches", "N", "micro-batches of the Fisher estimate", &a.fisher_batches, 1, INT_MAX);
     c.option("--distill", "ALPHA", "knowledge distillation: loss = (1-ALPHA) CE + ALPHA T^2 KL(teacher || student) "
              "(0: off)", &a.distill, 0, 1);
     c.option("--distill-temp", "T", "distillation temperature", &a.distill_temp, 1e-3, 1e3);
     c.option("--teacher", "WEIGHTS", "distillation teacher (default: the --init weights)", &a.teacher);
     c.custom("--replay-data", "FILES", "comma-separated base-data shards mixed into training (replay)", "(none)",
-             list_once("--replay-data", &a.replay_data));
+             file_list("--replay-data", &a.replay_data, &a.parse_notes));
     c.option("--replay-frac", "F", "fraction of micro-batches drawn from --replay-data", &a.replay_frac, 0, 1);
     c.option("--replay-weight", "W", "loss weight of replayed tokens", &a.replay_weight, 0, 1e6);
     c.option("--batch", "B", "sequences per micro-batch", &a.batch, 1, 1 << 20);
@@ -258,27 +259,15 @@ void validate_train_args(const TrainArgs& a) {
     if (a.windows == Windows::isolated && !a.windows_auto && a.attention == "cudnn")
         throw UsageError("--attention cudnn: --windows isolated masks attention by document, which the matmul path "
                          "does and cuDNN's fused one here does not (--attention matmul or auto)");
-    // Files named on the command line must exist: a typo is a usage error (exit 2), while a file that
-    // exists but is malformed is reported by its reader (exit 1).
-    auto must_exist = [](const char* flag, const std::string& path) {
-        std::error_code ec;
-        if (!path.empty() && !std::filesystem::exists(path, ec))
-            throw UsageError(std::string(flag) + ": no such file or directory: " + path);
-    };
-    // Shards and checkpoints are single files; weights (--init, --teacher) may be a Hugging Face directory.
-    auto must_be_file = [&](const char* flag, const std::string& path, const char* what) {
-        must_exist(flag, path);
-        std::error_code ec;
-        if (!path.empty() && std::filesystem::is_directory(path, ec))
-            throw UsageError(std::string(flag) + ": " + path + ": is a directory, not a file (expected " + what + ")");
-    };
+    // Files named on the command line must exist (train/cli.h). Shards and checkpoints are single files; weights
+    // (--init, --teacher) may be a Hugging Face directory.
     const char* shard = "a token shard made by bin/prepare";
-    for (const auto& p : a.train_data) must_be_file("--train-data", p, shard);
-    for (const auto& p : a.val_data) must_be_file("--val-data", p, shard);
-    must_exist("--init", a.init);
-    must_exist("--teacher", a.teacher);
-    for (const auto& p : a.fisher_data) must_be_file("--fisher-data", p, shard);
-    for (const auto& p : a.replay_data) must_be_file("--replay-data", p, shard);
+    for (const auto& p : a.train_data) require_file("--train-data", p, shard);
+    for (const auto& p : a.val_data) require_file("--val-data", p, shard);
+    require_path("--init", a.init);
+    require_path("--teacher", a.teacher);
+    for (const auto& p : a.fisher_data) require_file("--fisher-data", p, shard);
+    for (const auto& p : a.replay_data) require_file("--replay-data", p, shard);
     if (a.peft.virt != Virtual::none && a.peft.n_virtual < 1)
         throw UsageError("--virtual " + std::string(virtual_name(a.peft.virt)) + " needs --virtual-tokens P");
     if ((a.peft.virt == Virtual::ptune || a.peft.virt == Virtual::prefix) && a.peft.hidden < 1)
@@ -342,8 +331,8 @@ void validate_train_args(const TrainArgs& a) {
     if (a.unfreeze_every > 0 && (a.peft.any() || !a.adapter.empty()))
         throw UsageError("--unfreeze-every works on the model's own blocks; it does not combine with LoRA or virtual "
                          "tokens" + std::string(a.adapter.empty() ? "" : " (--adapter brings them)"));
-    must_be_file("--resume", a.resume, "a resume.ckpt written by bin/train");
-    must_be_file("--adapter", a.adapter, "an adapter.ckpt written by bin/train");
+    require_file("--resume", a.resume, "a resume.ckpt written by bin/train");
+    require_file("--adapter", a.adapter, "an adapter.ckpt written by bin/train");
     std::error_code ec;
     if (!a.out_dir.empty() && std::filesystem::exists(a.out_dir, ec) && !std::filesystem::is_directory(a.out_dir, ec))
         throw UsageError("--out " + a.out_dir + ": is a file, not a directory");

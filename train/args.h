@@ -73,6 +73,7 @@ struct TrainArgs {
     int max_bad_steps = 10;  // consecutive non-finite steps before giving up
     uint64_t seed = 1337;
     bool seed_given = false;  // --seed was on the command line (a resume without it goes on with the checkpoint's)
+    std::vector<std::string> parse_notes;  // what parsing noticed for bin/train to say ("--val-data given twice ...")
     // evaluation, logging, checkpoints
     int val_every = 50;
     int val_batches = 8;

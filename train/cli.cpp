@@ -1,11 +1,13 @@
 #include "train/cli.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <iomanip>
 #include <sstream>
 
@@ -62,6 +64,19 @@ int run_tool(const char* name, const std::function<int()>& body) {
         std::fprintf(stderr, "%s: error: %s\n", name, e.what());
         return 1;
     }
+}
+
+void require_path(const std::string& flag, const std::string& path) {
+    std::error_code ec;  // a name the system refuses (a component past 255 bytes) does not exist either
+    if (!path.empty() && !std::filesystem::exists(path, ec))
+        throw UsageError(flag + ": no such file or directory: " + path);
+}
+
+void require_file(const std::string& flag, const std::string& path, const char* what) {
+    require_path(flag, path);
+    std::error_code ec;
+    if (!path.empty() && std::filesystem::is_directory(path, ec))
+        throw UsageError(flag + ": " + path + ": is a directory, not a file (expected " + what + ")");
 }
 
 void catch_stop_signals(void (*handler)(int)) {
@@ -122,6 +137,32 @@ void Cli::custom(const std::string& name, const std::string& metavar, const std:
     opts_.push_back({name, metavar, help, shown, std::move(set)});
 }
 
+// Edits (insert, delete, replace one character) from a to b: how far a typed flag is from a real one.
+static size_t edit_distance(const std::string& a, const std::string& b) {
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); j++) row[j] = j;
+    for (size_t i = 1; i <= a.size(); i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= b.size(); j++) {
+            const size_t up = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            diag = up;
+        }
+    }
+    return row[b.size()];
+}
+
+std::string Cli::closest(const std::string& arg) const {
+    std::string best;
+    size_t best_d = 3;  // more edits than 2 is another word, not a typo
+    for (const Opt& o : opts_) {
+        const size_t d = edit_distance(arg, o.name);
+        if (d < best_d) best = o.name, best_d = d;
+    }
+    return best;
+}
+
 bool Cli::parse(int argc, char** argv, std::vector<std::string>* positional) const {
     for (int i = 1; i < argc; i++) {
         std::string arg = argv[i], value;
@@ -135,7 +176,11 @@ bool Cli::parse(int argc, char** argv, std::vector<std::string>* positional) con
         const Opt* opt = nullptr;
         for (const Opt& o : opts_)
             if (o.name == arg) opt = &o;
-        if (!opt) throw UsageError("unknown option '" + arg + "' (see --help)");
+        if (!opt) {
+            const std::string near = closest(arg);
+            throw UsageError("unknown option '" + arg + "' (" + (near.empty() ? "" : "did you mean " + near + "? ") +
+                             "see --help)");
+        }
         if (opt->metavar.empty() && has_inline) throw UsageError(arg + ": takes no value");
         if (!opt->metavar.empty() && !has_inline) {
             if (i + 1 >= argc) throw UsageError(arg + ": missing value " + opt->metavar);

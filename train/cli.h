@@ -19,6 +19,13 @@ bool split_inline_value(std::string* arg, std::string* value);
 // "NAME: message" and exits 2; any other error prints "NAME: error: message" and exits 1.
 int run_tool(const char* name, const std::function<int()>& body);
 
+// A path named on the command line must exist: a typo is a usage error (exit 2), while a file that exists but
+// is malformed is its reader's to report (exit 1). Every tool keeps to this. "" (not given) passes.
+//   require_path("--init", p)                 "--init: no such file or directory: P"
+//   require_file("--data", p, "a token shard") also "--data: P: is a directory, not a file (expected a token shard)"
+void require_path(const std::string& flag, const std::string& path);
+void require_file(const std::string& flag, const std::string& path, const char* what);
+
 // SIGINT, SIGTERM and SIGHUP go to `handler`, except a signal the process was started ignoring (nohup, a
 // script's background job): what the user asked to ignore stays ignored.
 void catch_stop_signals(void (*handler)(int));
@@ -48,6 +55,7 @@ class Cli {
     std::string help() const;
 
    private:
+    std::string closest(const std::string& arg) const;  // the option within 2 edits of `arg`, or ""
     struct Opt {
         std::string name, metavar, help, shown;
         std::function<void(const std::string&)> set;

@@ -19,9 +19,9 @@ int main(int argc, char** argv) {
         cli.option("--model", "WEIGHTS", "weights: tune.cu checkpoint, Hugging Face GPT-2 directory, or llm.c .bin", &weights);
         cli.custom("--data", "SHARDS", "comma-separated token shards for loss and perplexity", "(none)",
                    [&](const std::string& v) {
-                       if (!data.empty())  // else the second list would replace the first without a word
-                           throw UsageError("--data given twice: give all its shards in one comma-separated list "
-                                            "(--data A,B)");
+                       if (!data.empty())  // a script's common options and then its own; a user may mean both
+                           std::fprintf(stderr, "note: --data given twice: the later list replaces the earlier (%s); "
+                                        "give one comma-separated list for both\n", data.c_str());
                        data = v;
                    });
         cli.option("--choices", "FILE", "multiple-choice JSONL", &choices);
@@ -63,6 +63,15 @@ int main(int argc, char** argv) {
                              "--choices (--data is scored in windows of the shards as they are)");
         if (!windows_auto && data.empty())
             throw UsageError("--windows has no effect without --data (multiple choice scores each example alone)");
+        require_path("--model", weights);
+        require_file("--adapter", adapter, "an adapter.ckpt written by bin/train");
+        std::vector<std::string> paths;
+        std::stringstream ss(data);
+        for (std::string p; std::getline(ss, p, ',');)
+            if (!p.empty()) paths.push_back(p);
+        if (!data.empty() && paths.empty()) throw UsageError("--data '" + data + "' names no shard");
+        for (const std::string& p : paths) require_file("--data", p, "a token shard made by bin/prepare");
+        require_file("--choices", choices, "a JSONL file of examples");
         // Read before the loss pass (which may take an hour), so a bad line stops the run at once.
         std::vector<ChoiceExample> ex;
         std::optional<Tokenizer> tok;  // for --choices, read once
@@ -73,10 +82,6 @@ int main(int argc, char** argv) {
         // Loaded once: for the loss windows, then re-sized for the multiple-choice batches.
         std::optional<LoadedModel> loaded;
         if (!data.empty()) {
-            std::vector<std::string> paths;
-            std::stringstream ss(data);
-            for (std::string p; std::getline(ss, p, ',');)
-                if (!p.empty()) paths.push_back(p);
             loaded = load_model(weights, device, "fp32", batch, seq, adapter);
             LoadedModel& m = *loaded;
             const int V = m.model->config().vocab_size;

@@ -81,6 +81,8 @@ int main(int argc, char** argv) {
             std::fputs(tune::train_help().c_str(), stdout);
             return 0;
         }
+        if (tune::launch_info().rank == 0)
+            for (const std::string& note : args.parse_notes) std::fprintf(stderr, "note: %s\n", note.c_str());
         tune::Trainer trainer(args);
         watch(&trainer);
         struct Forget {  // before the trainer's destructor runs, on every way out of this scope

@@ -595,6 +595,10 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
                     std::any_of(files->begin(), files->end(), [&](const std::string& t) { return same_file(v, t); }))
                     std::fprintf(stderr, "note: --val-data %s is also %s: the validation loss measures what the "
                                  "model was fitted to, not how it generalises\n", v.c_str(), flag);
+        // L2-SP and EWC hold the weights to where the run starts: from random weights, that keeps no knowledge.
+        if ((args.l2sp > 0 || args.ewc > 0) && args.init.empty() && args.resume.empty())
+            std::fprintf(stderr, "note: %s without --init holds the weights to random ones, which know nothing to "
+                         "keep; give --init the pretrained model\n", args.l2sp > 0 ? "--l2sp" : "--ewc");
     }
     if (!args.train_data.empty()) {
         train_ = std::make_unique<Loader>(std::move(train_shards), cfg.vocab_size, args.batch, args.seq,
