@@ -272,12 +272,12 @@ TEST(MultipleChoice, FileErrorsNameTheLine) {
     spit(d + "/arr.json", array + "{}]\n");
     const std::string arr = error_of([&] { read_choice_file(tok, d + "/arr.json"); });
     EXPECT_THAT(arr, HasSubstr("arr.json: opens a JSON array, and --choices reads JSONL, one object a line"));
-    EXPECT_LT(arr.size(), 400u) << arr.substr(0, 400);
+    EXPECT_LT(arr.size(), 400u + 2 * d.size()) << arr.substr(0, 400);
     spit(d + "/long.jsonl",
          "{\"ctx\":\"A cat\",\"endings\":[\"sat\",\"flew\"],\"label\":\"" + std::string(5000, '7') + "x\"}\n");
     const std::string longer = error_of([&] { read_choice_file(tok, d + "/long.jsonl"); });
-    EXPECT_THAT(longer, HasSubstr("... (5003 characters), not an integer"));
-    EXPECT_LT(longer.size(), 400u);
+    EXPECT_THAT(longer, HasSubstr("... (5003 bytes), not an integer"));
+    EXPECT_LT(longer.size(), 400u + 2 * d.size());
 }
 
 TEST(EvalLoss, EqualsTheMeanTokenLossAndItsExp) {
@@ -402,7 +402,7 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
     if (std::filesystem::exists("/dev/full")) {
         CmdResult full = run_cmd("{ " + ev + ">/dev/full; }");
         EXPECT_EQ(full.rc, 1) << full.out;
-        EXPECT_THAT(full.out, HasSubstr("evaluate: error: cannot write standard output: No space left on device"));
+        EXPECT_THAT(full.out, HasSubstr("evaluate: error: cannot write standard output"));
     }
 }
 

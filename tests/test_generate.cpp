@@ -328,7 +328,7 @@ TEST(GenerateCli, NotesTheContextLimitAndRefusesTwoPrompts) {
     if (std::filesystem::exists("/dev/full")) {
         CmdResult lost = run_cmd("{ " + gen + "--prompt hi --max-new 2 >/dev/full; }");
         EXPECT_EQ(lost.rc, 1) << lost.out;
-        EXPECT_THAT(lost.out, HasSubstr("generate: error: cannot write standard output: No space left on device"));
+        EXPECT_THAT(lost.out, HasSubstr("generate: error: cannot write standard output"));
     }
     // A model with a smaller vocabulary than the tokenizer's: ids it has no row for are refused, not read.
     cfg.vocab_size = 97;

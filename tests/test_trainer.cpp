@@ -687,7 +687,8 @@ TEST(TrainArgsParse, InvalidValuesAreUsageErrorsNamingTheFlag) {
     EXPECT_THAT(parse_error({"--batch", "0"}), HasSubstr("--batch"));
     EXPECT_THAT(parse_error({"--batch", "two"}), HasSubstr("expected an integer"));
     EXPECT_THAT(parse_error({"--bogus"}), HasSubstr("unknown option '--bogus' (see --help)"));
-    EXPECT_THAT(parse_error({"--train_data", "x"}), HasSubstr("unknown option '--train_data' (did you mean --train-data?"));
+    EXPECT_THAT(parse_error({"--train_data", "x"}),
+                HasSubstr("unknown option '--train_data' (did you mean --train-data?"));
     EXPECT_THAT(parse_error({"--setps", "3"}), HasSubstr("(did you mean --steps?"));
     EXPECT_THAT(parse_error({"--steps"}), HasSubstr("missing value"));
     EXPECT_THAT(parse_error({"--device", "tpu"}), HasSubstr("--device"));

@@ -275,6 +275,8 @@ void validate_train_args(const TrainArgs& a) {
     if (a.virtual_init != "random" && a.virtual_init != "vocab" && a.virtual_init.rfind("text:", 0) != 0)
         throw UsageError("--virtual-init: expected random, vocab or text:WORDS, got '" + a.virtual_init + "'");
     if (a.ewc > 0 && a.fisher.empty()) throw UsageError("--ewc needs --fisher FILE (read, or written by the estimate)");
+    if (std::error_code ec; std::filesystem::exists(a.fisher, ec))
+        require_file("--fisher", a.fisher, "a Fisher file (safetensors), or the name of one to write");
     if (std::error_code ec;  // a name the system refuses (too long, say) does not exist either
         a.ewc > 0 && a.fisher_data.empty() && !std::filesystem::exists(a.fisher, ec))
         throw UsageError("--ewc: --fisher " + a.fisher + " does not exist yet; give --fisher-data to estimate it");

@@ -46,16 +46,20 @@ double parse_double(const std::string& flag, const std::string& v, double lo, do
     return x;
 }
 
-int run_tool(const char* name, const std::function<int()>& body) {
+int run_tool(const char* name, const std::function<int()>& body, bool output_is_product) {
     // Line-buffered even into a pipe or file, so a log holds stdout's lines and stderr's messages in the order
     // they happened (an error after the lines that led to it).
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
     try {
         const int rc = body();
-        // What a tool prints is its output (generated text, scores): lost to a full disk or a closed descriptor,
-        // the run failed, even though every printf before returned.
-        if (std::fflush(stdout) != 0 || std::ferror(stdout))
-            throw Error(std::string("cannot write standard output: ") + std::strerror(errno ? errno : EIO));
+        // Output lost to a full disk or a closed descriptor: the run failed, though every printf returned. The
+        // reason is known only when this last flush fails (a failed write earlier leaves just the error flag).
+        errno = 0;
+        const bool flushed = std::fflush(stdout) == 0;
+        if (output_is_product && rc == 0 && (!flushed || std::ferror(stdout)))
+            throw Error(std::string("cannot write standard output") +
+                        (flushed ? " (a write to it failed: a full disk, or a closed descriptor?)"
+                                 : std::string(": ") + std::strerror(errno)));
         return rc;
     } catch (const UsageError& e) {
         std::fprintf(stderr, "%s: %s\n", name, e.what());

@@ -16,8 +16,10 @@ int parse_int(const std::string& flag, const std::string& v, long lo, long hi);
 bool split_inline_value(std::string* arg, std::string* value);
 
 // Runs a tool's main body with the exit-code contract every tool shares: a tune::UsageError prints
-// "NAME: message" and exits 2; any other error prints "NAME: error: message" and exits 1.
-int run_tool(const char* name, const std::function<int()>& body);
+// "NAME: message" and exits 2; any other error prints "NAME: error: message" and exits 1. When standard output is
+// the tool's product (generated text, scores, ids) and a write to it failed (a full disk), a body that returned 0
+// exits 1 instead; bin/train, whose standard output is a progress log beside the files it writes, says false.
+int run_tool(const char* name, const std::function<int()>& body, bool output_is_product = true);
 
 // A path named on the command line must exist: a typo is a usage error (exit 2), while a file that exists but
 // is malformed is its reader's to report (exit 1). Every tool keeps to this. "" (not given) passes.

@@ -38,7 +38,7 @@ LossResult eval_loss(GPT2& model, Loader& loader, int batches, const char* progr
 
 // A value shown in a message, cut short: a line may be as long as a whole file.
 static std::string clipped(const std::string& s, size_t max = 200) {
-    return s.size() <= max ? s : s.substr(0, max) + "... (" + std::to_string(s.size()) + " characters)";
+    return s.size() <= max ? s : s.substr(0, max) + "... (" + std::to_string(s.size()) + " bytes)";
 }
 
 std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::string& path) {
@@ -59,7 +59,7 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
         try {
             j = nlohmann::json::parse(line);
         } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for a number beyond a double
-            throw Error(where + ": not valid JSON: " + json_reason(e));
+            throw Error(where + ": not valid JSON: " + clipped(json_reason(e)));
         }
         if (!j.is_object()) throw Error(where + ": " + clipped(j.dump()) + " is not a JSON object");
         // HellaSwag's own files call the context "ctx": read them as they come.

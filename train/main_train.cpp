@@ -42,11 +42,11 @@ static void on_interrupt(int sig) {
     if (tune::Trainer* t = g_trainer.load()) {
         const int64_t now = monotonic_ns(), first = g_first_stop_ns.load();
         if (first == 0 || sig == SIGHUP || now - first < 2000000000) {
-            if (first == 0) {
-                g_first_stop_ns = now;
+            int64_t none = 0;
+            if (first == 0 && g_first_stop_ns.compare_exchange_strong(none, now)) {  // once, if two come together
                 // Said at once: the step may be long (--grad-accum), and silence reads as a signal lost.
-                static const char ack[] = "\ntrain: stop signal: the run stops after this step and writes its "
-                                          "resume checkpoint (where --out is set); a second signal, 2 s or more "
+                static const char ack[] = "\ntrain: stop signal: the run stops after this step, saving its resume "
+                                          "checkpoint if it writes one; a second Ctrl-C or SIGTERM, 2 s or more "
                                           "later, ends it at once\n";
                 if (g_speaks && write(STDERR_FILENO, ack, sizeof ack - 1) < 0) {}
             }
@@ -114,12 +114,12 @@ int main(int argc, char** argv) {
         const int status = trainer.run();
         agreed = true;  // its every exit is decided from values all ranks share
         return status;
-    });
+    }, false);  // standard output is a progress log; the run's product is its files
     // Data parallel: shut MPI/NCCL down, or on one rank's failure stop the other ranks instead of leaving them
     // waiting (an interrupted run stopped every rank together, in order; an agreed status needs no stopping).
     tune::run_tool("train", [&] {
         tune::finish_distributed(rc == tune::Trainer::kInterrupted || agreed ? 0 : rc);
         return 0;
-    });
+    }, false);
     return rc;
 }
