@@ -120,6 +120,7 @@ int main(int argc, char** argv) {
             if (has_given) throw UsageError(a + " takes no value, got '" + a + "=" + given + "'");
         }
         if (opt.inputs.empty()) throw UsageError("no input files (see bin/prepare --help)");
+        require_output_dir("--out", opt.out_dir);
         for (const std::string& f : opt.inputs)
             if (f != "/dev/stdin") require_file("input", f, "a text or JSONL file");
         Tokenizer tok = Tokenizer::load(vocab);

@@ -107,6 +107,8 @@ bool parse(int argc, char** argv, ExportArgs& a) {
     }
     if (a.input.empty()) throw tune::UsageError("no input weights given (see --help)");
     tune::require_path("input weights", a.input);
+    tune::require_output_dir("--hf", a.hf_dir);
+    tune::require_output_file("--llmc", a.llmc_file);
     tune::require_file("--adapter", a.adapter, "an adapter.ckpt written by bin/train");
     if (a.hf_dir.empty() && a.llmc_file.empty())
         throw tune::UsageError("nothing to write: give --hf DIR and/or --llmc FILE");

@@ -921,6 +921,12 @@ TEST(ExportTool, ExitCodesAndConversion) {
     EXPECT_EQ(run_tool(kFixture + both, &out), 2) << out;
     EXPECT_MENTIONS(out, "is a file of the --hf " + dir.file("both") + " export");
     EXPECT_FALSE(fs::exists(dir.file("both")));
+    // Outputs of the wrong kind are usage errors, as bin/train's --out: a directory --hf that is a file, an --llmc
+    // file that is a directory.
+    EXPECT_EQ(run_tool(kFixture + " --hf '" + dir.file("m.bin") + "'", &out), 2) << out;
+    EXPECT_MENTIONS(out, "--hf " + dir.file("m.bin") + ": is a file, not a directory");
+    EXPECT_EQ(run_tool(kFixture + " --llmc '" + dir.file("hf") + "'", &out), 2) << out;
+    EXPECT_MENTIONS(out, "--llmc " + dir.file("hf") + ": is a directory, not a file");
 }
 
 // A write into a directory that does not exist names the file asked for and the directory, not the

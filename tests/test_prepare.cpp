@@ -521,6 +521,10 @@ TEST(PrepareCli, ReportsAndExitCodes) {
                               "/data/gpt2 --out o4 -- -x.jsonl");
     EXPECT_EQ(after.rc, 0) << after.out;
     EXPECT_THAT(after.out, HasSubstr("prepared 1 documents"));
+    // An output directory that is a file is a usage error, as in bin/train.
+    CmdResult out_file = run_cmd("bin/prepare --quiet --out " + d + "/x.jsonl " + d + "/x.jsonl");
+    EXPECT_EQ(out_file.rc, 2) << out_file.out;
+    EXPECT_THAT(out_file.out, HasSubstr("--out " + d + "/x.jsonl: is a file, not a directory"));
     CmdResult twice = run_cmd("echo hi | bin/prepare --quiet --out " + d + "/o5 - -");
     EXPECT_EQ(twice.rc, 2) << twice.out;
     EXPECT_THAT(twice.out, HasSubstr("- (standard input) given twice: it can be read once"));

@@ -335,9 +335,7 @@ void validate_train_args(const TrainArgs& a) {
                          "tokens" + std::string(a.adapter.empty() ? "" : " (--adapter brings them)"));
     require_file("--resume", a.resume, "a resume.ckpt written by bin/train");
     require_file("--adapter", a.adapter, "an adapter.ckpt written by bin/train");
-    std::error_code ec;
-    if (!a.out_dir.empty() && std::filesystem::exists(a.out_dir, ec) && !std::filesystem::is_directory(a.out_dir, ec))
-        throw UsageError("--out " + a.out_dir + ": is a file, not a directory");
+    require_output_dir("--out", a.out_dir);
     if (!a.adapter.empty() && a.init.empty())
         throw UsageError("--adapter " + a.adapter + " needs --init: the base weights it was trained on");
 }

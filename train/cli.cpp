@@ -83,6 +83,18 @@ void require_file(const std::string& flag, const std::string& path, const char* 
         throw UsageError(flag + ": " + path + ": is a directory, not a file (expected " + what + ")");
 }
 
+void require_output_dir(const std::string& flag, const std::string& path) {
+    std::error_code ec;
+    if (!path.empty() && std::filesystem::exists(path, ec) && !std::filesystem::is_directory(path, ec))
+        throw UsageError(flag + " " + path + ": is a file, not a directory");
+}
+
+void require_output_file(const std::string& flag, const std::string& path) {
+    std::error_code ec;
+    if (!path.empty() && std::filesystem::is_directory(path, ec))
+        throw UsageError(flag + " " + path + ": is a directory, not a file");
+}
+
 void catch_stop_signals(void (*handler)(int)) {
     for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
         struct sigaction now {};

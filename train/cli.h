@@ -27,6 +27,10 @@ int run_tool(const char* name, const std::function<int()>& body, bool output_is_
 //   require_file("--data", p, "a token shard") also "--data: P: is a directory, not a file (expected a token shard)"
 void require_path(const std::string& flag, const std::string& path);
 void require_file(const std::string& flag, const std::string& path, const char* what);
+// An output the same way: a directory to write into must not be a file, a file to write not a directory (it may
+// not exist yet).
+void require_output_dir(const std::string& flag, const std::string& path);
+void require_output_file(const std::string& flag, const std::string& path);
 
 // SIGINT, SIGTERM and SIGHUP go to `handler`, except a signal the process was started ignoring (nohup, a
 // script's background job): what the user asked to ignore stays ignored.
