@@ -141,61 +141,55 @@ bool take_text(const std::string& line, size_t pos, std::string* text) {
     return true;
 }
 
-bool starts(const std::string& line, const char* word) {
-    return line.compare(0, std::strlen(word), word) == 0;
+// Whether the line starts with `word`; *pos then points past it.
+bool starts(const std::string& line, const char* word, size_t* pos) {
+    const size_t n = std::strlen(word);
+    if (line.compare(0, n, word) != 0) return false;
+    *pos = n;
+    return true;
+}
+
+// Both directions: the lines a rank sends, or (from_rank0) those rank 0 sends. "bye" goes both ways.
+RollLine parse_line(const std::string& line, int world, bool from_rank0) {
+    using K = RollLine::Kind;
+    RollLine l;
+    size_t pos = 0;
+    bool ok = false;
+    if (line == "bye") {
+        l.kind = K::bye, ok = true;
+    } else if (!from_rank0) {
+        if (starts(line, "hello ", &pos)) {
+            l.kind = K::hello;
+            ok = take_rank(line, &pos, world, 1, &l.rank) && pos == line.size();
+        } else if (starts(line, "at ", &pos)) {
+            l.kind = K::at;
+            ok = take_number(line, &pos, &l.seq) && take_text(line, pos, &l.text);
+        } else if (starts(line, "ask ", &pos)) {
+            l.kind = K::ask;
+            ok = take_number(line, &pos, &l.seq) && pos == line.size();
+        } else if (starts(line, "stop", &pos)) {
+            l.kind = K::stop;
+            ok = take_text(line, pos, &l.text);
+        }
+    } else if (starts(line, "stop ", &pos)) {
+        l.kind = K::stop;
+        ok = take_rank(line, &pos, world, 0, &l.rank) && take_text(line, pos, &l.text);
+    } else if (starts(line, "gone ", &pos)) {
+        l.kind = K::gone;
+        ok = take_rank(line, &pos, world, 1, &l.rank) && pos < line.size() && line[pos++] == ' ' &&
+             take_number(line, &pos, &l.seq) && take_text(line, pos, &l.text);
+    } else if (starts(line, "verdict ", &pos)) {
+        l.kind = K::verdict;
+        ok = take_number(line, &pos, &l.seq) && take_text(line, pos, &l.text);
+    }
+    return ok ? l : RollLine{};
 }
 
 }  // namespace
 
-RollLine parse_line_to_rank0(const std::string& line, int world) {
-    using K = RollLine::Kind;
-    RollLine l;
-    size_t pos = 0;
-    bool ok = false;
-    if (line == "bye") {
-        l.kind = K::bye, ok = true;
-    } else if (starts(line, "hello ")) {
-        pos = 6;
-        ok = take_rank(line, &pos, world, 1, &l.rank) && pos == line.size();
-        l.kind = K::hello;
-    } else if (starts(line, "at ")) {
-        pos = 3;
-        ok = take_number(line, &pos, &l.seq) && take_text(line, pos, &l.text);
-        l.kind = K::at;
-    } else if (starts(line, "ask ")) {
-        pos = 4;
-        ok = take_number(line, &pos, &l.seq) && pos == line.size();
-        l.kind = K::ask;
-    } else if (starts(line, "stop")) {
-        ok = take_text(line, 4, &l.text);
-        l.kind = K::stop;
-    }
-    return ok ? l : RollLine{};
-}
+RollLine parse_line_to_rank0(const std::string& line, int world) { return parse_line(line, world, false); }
 
-RollLine parse_line_from_rank0(const std::string& line, int world) {
-    using K = RollLine::Kind;
-    RollLine l;
-    size_t pos = 0;
-    bool ok = false;
-    if (line == "bye") {
-        l.kind = K::bye, ok = true;
-    } else if (starts(line, "stop ")) {
-        pos = 5;
-        ok = take_rank(line, &pos, world, 0, &l.rank) && take_text(line, pos, &l.text);
-        l.kind = K::stop;
-    } else if (starts(line, "gone ")) {
-        pos = 5;
-        ok = take_rank(line, &pos, world, 1, &l.rank) && pos < line.size() && line[pos++] == ' ' &&
-             take_number(line, &pos, &l.seq) && take_text(line, pos, &l.text);
-        l.kind = K::gone;
-    } else if (starts(line, "verdict ")) {
-        pos = 8;
-        ok = take_number(line, &pos, &l.seq) && take_text(line, pos, &l.text);
-        l.kind = K::verdict;
-    }
-    return ok ? l : RollLine{};
-}
+RollLine parse_line_from_rank0(const std::string& line, int world) { return parse_line(line, world, true); }
 
 std::string roll_line_text(const RollLine& l) {
     using K = RollLine::Kind;
