@@ -3,7 +3,6 @@
 #include <climits>
 #include <filesystem>
 #include <functional>
-#include <sstream>
 
 #include "kernels/common.h"
 #include "model/config.h"
@@ -12,15 +11,6 @@
 
 namespace tune {
 namespace {
-
-std::vector<std::string> split_list(const std::string& v) {
-    std::vector<std::string> out;
-    std::stringstream ss(v);
-    std::string item;
-    while (std::getline(ss, item, ','))
-        if (!item.empty()) out.push_back(item);
-    return out;
-}
 
 // A list of files given again replaces the earlier one, as a repeated single value does (a script's common options
 // and then its own); said, since a user may have meant both.
@@ -275,10 +265,10 @@ void validate_train_args(const TrainArgs& a) {
     if (a.virtual_init != "random" && a.virtual_init != "vocab" && a.virtual_init.rfind("text:", 0) != 0)
         throw UsageError("--virtual-init: expected random, vocab or text:WORDS, got '" + a.virtual_init + "'");
     if (a.ewc > 0 && a.fisher.empty()) throw UsageError("--ewc needs --fisher FILE (read, or written by the estimate)");
-    if (std::error_code ec; std::filesystem::exists(a.fisher, ec))
-        require_file("--fisher", a.fisher, "a Fisher file (safetensors), or the name of one to write");
-    if (std::error_code ec;  // a name the system refuses (too long, say) does not exist either
-        a.ewc > 0 && a.fisher_data.empty() && !std::filesystem::exists(a.fisher, ec))
+    std::error_code ec;  // a name the system refuses (too long, say) does not exist either
+    const bool fisher_there = !a.fisher.empty() && std::filesystem::exists(a.fisher, ec);
+    if (fisher_there) require_file("--fisher", a.fisher, "a Fisher file (safetensors), or the name of one to write");
+    if (a.ewc > 0 && a.fisher_data.empty() && !fisher_there)
         throw UsageError("--ewc: --fisher " + a.fisher + " does not exist yet; give --fisher-data to estimate it");
     if (a.replay_frac > 0 && a.replay_data.empty()) throw UsageError("--replay-frac needs --replay-data");
     // Settings of a method that is not switched on are a mistake, not something to ignore.

@@ -70,6 +70,14 @@ int run_tool(const char* name, const std::function<int()>& body, bool output_is_
     }
 }
 
+std::vector<std::string> split_list(const std::string& v) {
+    std::vector<std::string> out;
+    std::stringstream ss(v);
+    for (std::string item; std::getline(ss, item, ',');)
+        if (!item.empty()) out.push_back(item);
+    return out;
+}
+
 void require_path(const std::string& flag, const std::string& path) {
     std::error_code ec;  // a name the system refuses (a component past 255 bytes) does not exist either
     if (!path.empty() && !std::filesystem::exists(path, ec))

@@ -36,6 +36,8 @@ void require_output_file(const std::string& flag, const std::string& path);
 // script's background job): what the user asked to ignore stays ignored.
 void catch_stop_signals(void (*handler)(int));
 double parse_double(const std::string& flag, const std::string& v, double lo, double hi);
+// "a,b,,c" -> {"a", "b", "c"}: a comma-separated list of a flag, empty items dropped.
+std::vector<std::string> split_list(const std::string& v);
 // A non-negative decimal integer that fits 64 bits; else a UsageError naming the flag and the value.
 uint64_t parse_u64(const std::string& flag, const std::string& v);
 

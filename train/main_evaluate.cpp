@@ -1,7 +1,6 @@
 // bin/evaluate: validation loss and perplexity on token shards, and multiple-choice accuracy.
 #include <cstdio>
 #include <optional>
-#include <sstream>
 
 #include "train/cli.h"
 #include "train/eval.h"
@@ -65,10 +64,7 @@ int main(int argc, char** argv) {
             throw UsageError("--windows has no effect without --data (multiple choice scores each example alone)");
         require_path("--model", weights);
         require_file("--adapter", adapter, "an adapter.ckpt written by bin/train");
-        std::vector<std::string> paths;
-        std::stringstream ss(data);
-        for (std::string p; std::getline(ss, p, ',');)
-            if (!p.empty()) paths.push_back(p);
+        const std::vector<std::string> paths = split_list(data);
         if (!data.empty() && paths.empty()) throw UsageError("--data '" + data + "' names no shard");
         for (const std::string& p : paths) require_file("--data", p, "a token shard made by bin/prepare");
         require_file("--choices", choices, "a JSONL file of examples");

@@ -3,9 +3,9 @@
 #include <fnmatch.h>
 
 #include <cmath>
-#include <sstream>
 
 #include "kernels/common.h"
+#include "train/cli.h"
 
 namespace tune {
 
@@ -28,10 +28,7 @@ Trainable select_trainable(const ModelConfig& cfg, int top_k, const std::string&
     if (top_k > 0)
         for (size_t i = 0; i < t.size(); i++) tr.tensor[i] = param_layer(t[i].name, cfg.n_layer) >= cfg.n_layer - top_k;
     if (!patterns.empty()) {
-        std::vector<std::string> pats;
-        std::stringstream ss(patterns);
-        for (std::string p; std::getline(ss, p, ',');)
-            if (!p.empty()) pats.push_back(p);
+        const std::vector<std::string> pats = split_list(patterns);
         for (size_t i = 0; i < t.size(); i++) {
             tr.tensor[i] = false;
             for (const auto& p : pats) tr.tensor[i] = tr.tensor[i] || fnmatch(p.c_str(), t[i].name.c_str(), 0) == 0;
