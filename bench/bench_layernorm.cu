@@ -47,8 +47,9 @@ void BM_LayerNormBackward(benchmark::State& state) {
     if (!ctx) return;
     DeviceArray<T> inp(*ctx, kN * kC, 1), dout(*ctx, kN * kC, 2), dinp(*ctx, kN * kC, 3), w(*ctx, kC, 4),
         dw(*ctx, kC, 5), db(*ctx, kC, 6), mean(*ctx, kN, 7, 0.1f), rstd(*ctx, kN, 8, 2.0f);
-    // The least traffic: read dout, inp and dinp (accumulated into), write dinp. The kernel's parameter pass
-    // reads dout and inp a second time, which %HBM then shows as distance from this floor.
+    // The least traffic: read dout, inp and dinp (accumulated into), write dinp; the kernel reads them once
+    // (the column sums for dweight/dbias come from the same pass). 2026-12-04 on the H200, before that fusion,
+    // the bf16 kernel took 984 us (4.3% of this floor) and the f32 one 221 us.
     const double bytes = 4.0 * kN * kC * sizeof(T);
     run_timed(state, *ctx, bytes, 0, 0, [&] {
         cuda::layernorm_backward(dinp.p, dw.p, db.p, dout.p, inp.p, w.p, mean.p, rstd.p, kN, kC, *ctx->scratch,

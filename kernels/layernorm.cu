@@ -71,33 +71,119 @@ __global__ void residual_layernorm_forward_warp_per_row(T* res, T* out, T* mean,
     }
 }
 
-template <class T>
-__global__ void layernorm_backward_dinp_warp_per_row(T* dinp, const T* dout, const T* inp, const T* weight,
-                                                     const T* mean, const T* rstd, size_t N, int C) {
-    const int lane = threadIdx.x % 32;
-    for (size_t row = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32; row < N;
-         row += (size_t)gridDim.x * kRowsPerBlock) {
-        const T* x = inp + row * C;
-        const T* d = dout + row * C;
-        const float m = to_f32(mean[row]), r = to_f32(rstd[row]);
-        float sum_dn = 0.0f, sum_dn_n = 0.0f;
-        for (int c = lane; c < C; c += 32) {
-            const float n = (to_f32(x[c]) - m) * r;
-            const float dn = to_f32(d[c]) * to_f32(weight[c]);
-            sum_dn += dn;
-            sum_dn_n += dn * n;
-        }
-        const float avg_dn = warp_sum(sum_dn) / (float)C, avg_dn_n = warp_sum(sum_dn_n) / (float)C;
-        T* dx = dinp + row * C;
-        for (int c = lane; c < C; c += 32) {
-            const float n = (to_f32(x[c]) - m) * r;
-            const float dn = to_f32(d[c]) * to_f32(weight[c]);
-            dx[c] = from_f32<T>(to_f32(dx[c]) + r * (dn - avg_dn - n * avg_dn_n));
-        }
+// ---- backward ----
+// TEACH: one pass over dout and inp serves both gradients. Each warp takes whole rows (dinp needs the row's two
+// averages), and while it reads a row for those averages it also adds dout*n and dout into its own fp32
+// accumulators for dweight and dbias, in shared memory. Reading the rows a second time for the column sums (as a
+// separate kernel would) costs as much memory traffic as dinp itself.
+constexpr int kBwdMaxWarps = 4;                        // warps per block (fewer when C is large: shared memory)
+constexpr size_t kBwdSharedBytes = size_t(48) << 10;   // the default dynamic shared memory limit
+// Enough warps in flight to cover HBM latency (one 16-byte load per lane and tensor at a time), few enough blocks
+// that their fp32 partials, (blocks, C) twice, stay a few percent of the rows' traffic.
+constexpr size_t kBwdMinRowsPerBlock = 32;
+constexpr size_t kBwdMaxBlocks = 1024;
+constexpr int kSumRowLanes = 32;  // the partials' column sum: 32 channels x 32 row lanes per block
+
+// V elements of one row as fp32: a 16-byte pack when V > 1 (p 16-byte aligned), one element when V == 1.
+template <int V, class T>
+__device__ __forceinline__ void load_f32(float (&out)[V], const T* p) {
+    if constexpr (V == 1) {
+        out[0] = to_f32(*p);
+    } else {
+        static_assert(V == kPack<T>, "a pack is 16 bytes");
+        const Pack<T> k = load_pack(p);
+#pragma unroll
+        for (int j = 0; j < V; j++) out[j] = to_f32(k.v[j]);
+    }
+}
+template <int V, class T>
+__device__ __forceinline__ void store_f32(T* p, const float (&in)[V]) {
+    if constexpr (V == 1) {
+        *p = from_f32<T>(in[0]);
+    } else {
+        Pack<T> k;
+#pragma unroll
+        for (int j = 0; j < V; j++) k.v[j] = from_f32<T>(in[j]);
+        store_pack(p, k);
     }
 }
 
-// partial_w/partial_b (slices, C): sums over this slice's rows of dout*n and dout, for 32 channels.
+// Rows [blockIdx.x * rows_per_block, +rows_per_block), warp w of the block taking rows w, w + warps, ... in order;
+// lane `lane` takes groups g = lane, lane + 32, ... of V elements (c = g*V + j). dinp must not alias the inputs.
+// kParams: each warp accumulates sum(dout*n) and sum(dout) per channel in its own shared-memory region (element c
+// at j*G + g, G = C/V groups, so a warp's 32 lanes touch 32 consecutive words: no bank conflicts), then the block
+// adds its warps in order into partial_w/partial_b (blocks, C): fixed grid, fixed order, the same bits every run.
+template <class T, int V, bool kParams>
+__global__ void layernorm_backward_warp_per_row(float* partial_w, float* partial_b, T* __restrict__ dinp,
+                                                const T* __restrict__ dout, const T* __restrict__ inp,
+                                                const T* __restrict__ weight, const T* __restrict__ mean,
+                                                const T* __restrict__ rstd, size_t N, int C, size_t rows_per_block) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    const int G = C / V;
+    float *acc = nullptr, *aw = nullptr, *ab = nullptr;
+    if constexpr (kParams) {
+        extern __shared__ float shared_acc[];  // (warps, 2, C)
+        acc = shared_acc;
+        aw = acc + (size_t)warp * 2 * C;
+        ab = aw + C;
+        for (int i = lane; i < 2 * C; i += 32) aw[i] = 0.0f;
+        __syncwarp();
+    }
+    const size_t r0 = blockIdx.x * rows_per_block, r1 = min(N, r0 + rows_per_block);
+    // The loop condition is uniform across a warp, so the shuffles below always run with all 32 lanes.
+    for (size_t row = r0 + warp; row < r1; row += warps) {
+        const T* x = inp + row * C;
+        const T* d = dout + row * C;
+        T* dx = dinp + row * C;
+        const float m = to_f32(mean[row]), r = to_f32(rstd[row]);
+        float sum_dn = 0.0f, sum_dn_n = 0.0f;
+        for (int g = lane; g < G; g += 32) {
+            float xv[V], dv[V], wv[V];
+            load_f32<V>(xv, x + (size_t)g * V);
+            load_f32<V>(dv, d + (size_t)g * V);
+            load_f32<V>(wv, weight + (size_t)g * V);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                const float n = (xv[j] - m) * r, dn = dv[j] * wv[j];
+                sum_dn += dn;
+                sum_dn_n += dn * n;
+                if constexpr (kParams) {
+                    aw[j * G + g] += dv[j] * n;
+                    ab[j * G + g] += dv[j];
+                }
+            }
+        }
+        const float avg_dn = warp_sum(sum_dn) / (float)C, avg_dn_n = warp_sum(sum_dn_n) / (float)C;
+        for (int g = lane; g < G; g += 32) {  // the row again, from L1: this warp read it a moment ago
+            float xv[V], dv[V], wv[V], gv[V];
+            load_f32<V>(xv, x + (size_t)g * V);
+            load_f32<V>(dv, d + (size_t)g * V);
+            load_f32<V>(wv, weight + (size_t)g * V);
+            load_f32<V>(gv, dx + (size_t)g * V);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                const float n = (xv[j] - m) * r, dn = dv[j] * wv[j];
+                gv[j] += r * (dn - avg_dn - n * avg_dn_n);
+            }
+            store_f32<V>(dx + (size_t)g * V, gv);
+        }
+    }
+    if constexpr (!kParams) return;
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        const int at = (c % V) * G + c / V;
+        float w = 0.0f, b = 0.0f;
+        for (int k = 0; k < warps; k++) {  // fixed order
+            w += acc[(size_t)k * 2 * C + at];
+            b += acc[(size_t)k * 2 * C + C + at];
+        }
+        partial_w[(size_t)blockIdx.x * C + c] = w;
+        partial_b[(size_t)blockIdx.x * C + c] = b;
+    }
+}
+
+// Fallback for a C whose per-warp accumulators do not fit in shared memory: partial_w/partial_b (slices, C) are
+// sums over each slice's rows of dout*n and dout, for 32 channels per block, read in a second pass.
 template <class T>
 __global__ void layernorm_backward_param_partials(float* partial_w, float* partial_b, const T* dout, const T* inp,
                                                   const T* mean, const T* rstd, size_t N, int C,
@@ -131,18 +217,44 @@ __global__ void layernorm_backward_param_partials(float* partial_w, float* parti
     }
 }
 
+// dweight += sum over slices of partial_w, dbias likewise: 32 channels per block, kSumRowLanes lanes each taking
+// every kSumRowLanes-th slice in order, then the lanes added in order.
 template <class T>
 __global__ void layernorm_backward_param_finalize(T* dweight, T* dbias, const float* partial_w, const float* partial_b,
                                                   int C, int slices) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
+    __shared__ float sw[kSumRowLanes][kColChannels];
+    __shared__ float sb[kSumRowLanes][kColChannels];
+    const int tx = threadIdx.x % kColChannels, ty = threadIdx.x / kColChannels;
+    const int c = blockIdx.x * kColChannels + tx;
     float w = 0.0f, b = 0.0f;
-    for (int s = 0; s < slices; s++) {
-        w += partial_w[(size_t)s * C + c];
-        b += partial_b[(size_t)s * C + c];
+    if (c < C) {
+        for (int s = ty; s < slices; s += kSumRowLanes) {
+            w += partial_w[(size_t)s * C + c];
+            b += partial_b[(size_t)s * C + c];
+        }
+    }
+    sw[ty][tx] = w;
+    sb[ty][tx] = b;
+    __syncthreads();
+    if (ty != 0 || c >= C) return;
+    w = 0.0f;
+    b = 0.0f;
+    for (int k = 0; k < kSumRowLanes; k++) {
+        w += sw[k][tx];
+        b += sb[k][tx];
     }
     if (dweight) dweight[c] = from_f32<T>(to_f32(dweight[c]) + w);
     if (dbias) dbias[c] = from_f32<T>(to_f32(dbias[c]) + b);
+}
+
+template <class T, int V, bool kParams>
+void launch_backward(unsigned blocks, int warps, float* partial_w, float* partial_b, T* dinp, const T* dout,
+                     const T* inp, const T* weight, const T* mean, const T* rstd, size_t N, int C,
+                     size_t rows_per_block, cudaStream_t stream) {
+    const size_t smem = kParams ? (size_t)warps * 2 * C * sizeof(float) : 0;
+    layernorm_backward_warp_per_row<T, V, kParams><<<blocks, 32 * warps, smem, stream>>>(
+        partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C, rows_per_block);
+    CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -172,24 +284,50 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
                         const T* rstd, size_t N, int C, Scratch& scratch, cudaStream_t stream) {
     NvtxRange range("layernorm_backward");
     if (N == 0 || C == 0) return;
-    layernorm_backward_dinp_warp_per_row<T>
-        <<<grid_1d(N, kRowsPerBlock, kMaxGridX), kRowThreads, 0, stream>>>(dinp, dout, inp, weight, mean, rstd, N, C);
-    CUDA_CHECK_LAUNCH();
-    if (!dweight && !dbias) return;
+    const bool params = dweight || dbias;
+    // Per-warp accumulators take 8*C bytes: as many warps as fit the default limit (C <= 6144 fits one).
+    const int warps = (int)std::min<size_t>(kBwdMaxWarps, kBwdSharedBytes / (2 * sizeof(float) * (size_t)C));
+    const bool fused = params && warps >= 1;
+    const size_t rows_per_block = std::max(kBwdMinRowsPerBlock, (N + kBwdMaxBlocks - 1) / kBwdMaxBlocks);
+    const unsigned blocks = (unsigned)((N + rows_per_block - 1) / rows_per_block);
+    const auto [rows_per_slice, col_slices] = column_slices(N);
+    const int slices = fused ? (int)blocks : params ? col_slices : 0;
 
-    const auto [rows_per_slice, slices] = column_slices(N);
-    Carve sizes(nullptr);
-    sizes.take<float>((size_t)slices * C);
-    sizes.take<float>((size_t)slices * C);
-    Carve carve(scratch.get(sizes.bytes()));
-    float* partial_w = carve.take<float>((size_t)slices * C);
-    float* partial_b = carve.take<float>((size_t)slices * C);
-    const dim3 grid((unsigned)((C + kColChannels - 1) / kColChannels), (unsigned)slices);
-    layernorm_backward_param_partials<T><<<grid, kColChannels * kColRowLanes, 0, stream>>>(
-        partial_w, partial_b, dout, inp, mean, rstd, N, C, rows_per_slice);
-    CUDA_CHECK_LAUNCH();
-    layernorm_backward_param_finalize<T><<<grid_1d(C, kFinalizeThreads), kFinalizeThreads, 0, stream>>>(
-        dweight, dbias, partial_w, partial_b, C, slices);
+    float *partial_w = nullptr, *partial_b = nullptr;
+    if (params) {
+        Carve sizes(nullptr);
+        sizes.take<float>((size_t)slices * C);
+        sizes.take<float>((size_t)slices * C);
+        Carve carve(scratch.get(sizes.bytes()));
+        partial_w = carve.take<float>((size_t)slices * C);
+        partial_b = carve.take<float>((size_t)slices * C);
+    }
+    // 16-byte packs when every row starts 16-byte aligned; single elements otherwise (any C, any offset).
+    constexpr int P = kPack<T>;
+    const bool vec = C % P == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(weight);
+    const int w = fused ? warps : kBwdMaxWarps;
+    if (fused && vec)
+        launch_backward<T, P, true>(blocks, w, partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C,
+                                    rows_per_block, stream);
+    else if (fused)
+        launch_backward<T, 1, true>(blocks, w, partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C,
+                                    rows_per_block, stream);
+    else if (vec)
+        launch_backward<T, P, false>(blocks, w, nullptr, nullptr, dinp, dout, inp, weight, mean, rstd, N, C,
+                                     rows_per_block, stream);
+    else
+        launch_backward<T, 1, false>(blocks, w, nullptr, nullptr, dinp, dout, inp, weight, mean, rstd, N, C,
+                                     rows_per_block, stream);
+    if (!params) return;
+    if (!fused) {
+        const dim3 grid((unsigned)((C + kColChannels - 1) / kColChannels), (unsigned)slices);
+        layernorm_backward_param_partials<T><<<grid, kColChannels * kColRowLanes, 0, stream>>>(
+            partial_w, partial_b, dout, inp, mean, rstd, N, C, rows_per_slice);
+        CUDA_CHECK_LAUNCH();
+    }
+    layernorm_backward_param_finalize<T>
+        <<<(unsigned)((C + kColChannels - 1) / kColChannels), kColChannels * kSumRowLanes, 0, stream>>>(
+            dweight, dbias, partial_w, partial_b, C, slices);
     CUDA_CHECK_LAUNCH();
 }
 

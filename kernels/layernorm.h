@@ -13,9 +13,13 @@
 // The residual add before a LayerNorm is fused into it (residual_layernorm_forward: the sum is written and
 // normalised in one pass): in the model, every LayerNorm but block 0's ln_1, which reads the embeddings. In
 // backward the skip connection's gradient is fused by accumulating dinp.
-// Algorithms: forward and the dinp part of backward are one warp per row (two-pass statistics in fp32,
-// row re-read from L1/L2). dweight/dbias are column sums over N rows: a fixed grid of row slices writes
-// fp32 partial sums, and a second kernel adds the slices in order: deterministic, no atomics.
+// Algorithms: forward is one warp per row (two-pass statistics in fp32, row re-read from L1/L2). Backward is one
+// warp per row too, reading dout and inp once for both gradients: while a warp reads a row for dinp's two
+// averages it adds dout*n and dout into its own fp32 column accumulators in shared memory; each block of a fixed
+// grid (it depends on N only) writes its warps' sums, in order, as one row of fp32 partials, and a second kernel
+// adds the blocks in order: deterministic, no atomics. 16-byte loads where C is a multiple of 16 bytes' worth of
+// elements and the rows are aligned. A C too large for the accumulators (over 6144) reads the rows a second time
+// for the column sums instead. dinp must not alias dout or inp.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -200,9 +200,11 @@ TEST_P(CudaOps, ResidualLayerNormForwardEqualsTheTwoOps_N37_C71_and_N19_C768) {
     }
 }
 
-// dinp accumulates; dweight/dbias accumulate over N = 700 rows (three row slices) or stay untouched when null.
-TEST_P(CudaOps, LayerNormBackwardAccumulates_N700_C71_and_N37_C768) {
-    for (LnShape s : {LnShape{700, 71}, LnShape{37, 768}}) {
+// dinp accumulates; dweight/dbias accumulate over N = 700 rows (22 blocks of 32 rows, the last one short) or stay
+// untouched when null. C = 71: one element at a time; 768: 16-byte packs; 6151: too wide for the shared-memory
+// column accumulators, so the column sums read the rows a second time.
+TEST_P(CudaOps, LayerNormBackwardAccumulates_N700_C71_and_N37_C768_and_N45_C6151) {
+    for (LnShape s : {LnShape{700, 71}, LnShape{37, 768}, LnShape{45, 6151}}) {
         for (int frozen = 0; frozen < 3; frozen++) {  // 0: both train; 1: dweight null; 2: both null
             Twin x(gpu(), ref(), s.N * s.C), w(gpu(), ref(), s.C), b(gpu(), ref(), s.C), out(gpu(), ref(), s.N * s.C),
                 mean(gpu(), ref(), s.N), rstd(gpu(), ref(), s.N), dout(gpu(), ref(), s.N * s.C),
