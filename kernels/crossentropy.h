@@ -7,9 +7,10 @@
 // skipped when null (evaluation). A target outside [0, V) on a counted row gives a NaN loss, so the
 // trainer's non-finite check catches bad data instead of reading out of bounds.
 //
-// Algorithm: one block per row. One pass keeps a running (max, sum of exp) per thread (online softmax),
-// combined across the block in a fixed order; a second pass writes the gradient. 2 reads + 1 write of the
-// row, deterministic.
+// Algorithm: one block of 1024 threads per row. One pass keeps a running (max, sum of exp) per thread (online
+// softmax, rescaled once per 16-byte pack at most), combined across the block in a fixed order; a second pass
+// writes the gradient. 2 reads (the second one mostly from L2) + 1 write of the row, deterministic. 16-byte
+// loads and stores where Vp is a multiple of 16 bytes' worth of elements and the rows are aligned.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -84,30 +84,6 @@ constexpr size_t kBwdMinRowsPerBlock = 32;
 constexpr size_t kBwdMaxBlocks = 1024;
 constexpr int kSumRowLanes = 32;  // the partials' column sum: 32 channels x 32 row lanes per block
 
-// V elements of one row as fp32: a 16-byte pack when V > 1 (p 16-byte aligned), one element when V == 1.
-template <int V, class T>
-__device__ __forceinline__ void load_f32(float (&out)[V], const T* p) {
-    if constexpr (V == 1) {
-        out[0] = to_f32(*p);
-    } else {
-        static_assert(V == kPack<T>, "a pack is 16 bytes");
-        const Pack<T> k = load_pack(p);
-#pragma unroll
-        for (int j = 0; j < V; j++) out[j] = to_f32(k.v[j]);
-    }
-}
-template <int V, class T>
-__device__ __forceinline__ void store_f32(T* p, const float (&in)[V]) {
-    if constexpr (V == 1) {
-        *p = from_f32<T>(in[0]);
-    } else {
-        Pack<T> k;
-#pragma unroll
-        for (int j = 0; j < V; j++) k.v[j] = from_f32<T>(in[j]);
-        store_pack(p, k);
-    }
-}
-
 // Rows [blockIdx.x * rows_per_block, +rows_per_block), warp w of the block taking rows w, w + warps, ... in order;
 // lane `lane` takes groups g = lane, lane + 32, ... of V elements (c = g*V + j). dinp must not alias the inputs.
 // kParams: each warp accumulates sum(dout*n) and sum(dout) per channel in its own shared-memory region (element c

@@ -528,8 +528,10 @@ TEST_P(CudaOps, ResidualForward_n1001_n4096_Misaligned) {
 }
 
 // ---------------------------------------------------------------- cross-entropy
-TEST_P(CudaOps, CrossEntropySeparateInPlaceAndEval_N23_V75_Vp128_and_N5_V50257_Vp50304) {
-    for (LogitRows s : {LogitRows{23, 75, 128}, LogitRows{5, 50257, 50304}}) {
+// Vp = 128 and 50304: 16-byte packs, the last one holding columns < V and padding; Vp = 77: rows not 16-byte
+// aligned, one column at a time.
+TEST_P(CudaOps, CrossEntropySeparateInPlaceAndEval_N23_V75_Vp128_and_N5_V50257_Vp50304_and_N7_V75_Vp77) {
+    for (LogitRows s : {LogitRows{23, 75, 128}, LogitRows{5, 50257, 50304}, LogitRows{7, 75, 77}}) {
         const float dloss = 1.0f / 17.0f;
         const auto w = row_weights(s.N);
         I32Twin y(gpu(), ref(), random_ints(s.N, s.V, 2));

@@ -56,6 +56,31 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T>& r) {  // p must 
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// P consecutive elements as fp32, for kernels written once for both widths: one 16-byte pack when P == kPack<T>
+// (p 16-byte aligned), a single element when P == 1 (any address).
+template <int P, class T>
+__device__ __forceinline__ void load_f32(float (&out)[P], const T* p) {
+    if constexpr (P == 1) {
+        out[0] = to_f32(*p);
+    } else {
+        static_assert(P == kPack<T>, "a pack is 16 bytes");
+        const Pack<T> k = load_pack(p);
+#pragma unroll
+        for (int j = 0; j < P; j++) out[j] = to_f32(k.v[j]);
+    }
+}
+template <int P, class T>
+__device__ __forceinline__ void store_f32(T* p, const float (&in)[P]) {
+    if constexpr (P == 1) {
+        *p = from_f32<T>(in[0]);
+    } else {
+        Pack<T> k;
+#pragma unroll
+        for (int j = 0; j < P; j++) k.v[j] = from_f32<T>(in[j]);
+        store_pack(p, k);
+    }
+}
+
 // ---- reductions ----
 // TEACH: the xor butterfly leaves the identical sum in every lane (each step adds a pair of values that
 // both partners hold, and float addition is commutative), and its order never changes between runs.
