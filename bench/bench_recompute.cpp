@@ -9,8 +9,9 @@
 // memory (each try builds a model and steps it, seconds for gpt2-xl: it must be a few tries, not a dozen).
 // Exits 77 (skipped) without a GPU.
 //
-//   build/bench/bench_recompute [--models gpt2,gpt2-xl] [--seq 1024] [--attention auto|cudnn|matmul]
-//                               [--head-chunk 8192] [--json FILE] [--max-batch 256]
+//   build/bench/bench_recompute [--models gpt2,gpt2-xl] [--modes none,selective,full] [--seq 1024]
+//                               [--attention auto|cudnn|matmul] [--head-chunk 8192] [--json FILE]
+//                               [--max-batch 1024] [--batch-slack 2]
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -50,36 +51,45 @@ struct Probe {
     double step_ms = 0;
 };
 
-// The largest B <= max_batch that trains, searched outwards from `guess` in doubling steps and then bisected.
-// Every answer is an experiment: B trained and B + 1 did not (or B = max_batch; 0: not even one sequence).
+// The largest B <= max_batch that trains, searched outwards from `guess` in doubling steps and then bisected,
+// to within `slack` sequences: the answer is [lo, hi), lo trained (or is 0: not even one sequence) and hi did
+// not (or is max_batch + 1), hi - lo <= max(1, slack). Every try is an experiment that builds the model and
+// steps it: a gpt2-xl step at B = 480 takes about 15 s on an H200, so the last few sequences of an exact answer
+// would cost minutes for a digit nobody plans with.
+struct BatchRange {
+    int lo, hi;
+};
 template <class Fits>
-int largest_batch(int guess, int max_batch, Fits fits) {
+BatchRange largest_batch(int guess, int max_batch, int slack, Fits fits) {
     guess = std::min(std::max(guess, 1), max_batch);
+    const int first = std::max(1, slack);
     int lo = 0, hi = max_batch + 1;  // lo trained (or is 0), hi did not (or is past max_batch)
     if (fits(guess)) {
         lo = guess;
-        for (int step = 1; lo + step <= max_batch; step *= 2) {
-            if (!fits(lo + step)) {
-                hi = lo + step;
+        for (int step = first; lo < max_batch; step *= 2) {
+            const int b = std::min(lo + step, max_batch);
+            if (!fits(b)) {
+                hi = b;
                 break;
             }
-            lo += step;
+            lo = b;
         }
     } else {
         hi = guess;
-        for (int step = 1; hi - step >= 1; step *= 2) {
-            if (fits(hi - step)) {
-                lo = hi - step;
+        for (int step = first; hi > 1; step *= 2) {
+            const int b = std::max(hi - step, 1);
+            if (fits(b)) {
+                lo = b;
                 break;
             }
-            hi -= step;
+            hi = b;
         }
     }
-    while (hi - lo > 1) {
+    while (hi - lo > std::max(1, slack)) {
         const int mid = lo + (hi - lo) / 2;
         (fits(mid) ? lo : hi) = mid;
     }
-    return lo;
+    return {lo, hi};
 }
 
 // Builds the model and optimizer for B sequences and runs `steps` timed training steps after one warm-up.
@@ -136,12 +146,15 @@ Probe try_batch(const ModelConfig& cfg, Recompute mode, int B, int T, int steps,
 int main(int argc, char** argv) {
     return run_tool("bench_recompute", [&]() -> int {
         std::string models = "gpt2,gpt2-xl", json_path = "recompute.json", attention_name = "auto";
-        int T = 1024, max_batch = 1024, timed_B = 8, head_chunk = 8192;
+        std::string modes = "none,selective,full";
+        int T = 1024, max_batch = 1024, timed_B = 8, head_chunk = 8192, slack_pct = 2;
         Cli cli("usage: build/bench/bench_recompute [options]\nMemory and time of each --recompute mode on the GPU.");
         cli.option("--models", "LIST", "comma-separated presets", &models);
         cli.option("--seq", "T", "sequence length", &T, 1, 1 << 20);
         cli.option("--max-batch", "B", "largest batch to try", &max_batch, 1, 1 << 20);
         cli.option("--timed-batch", "B", "batch of the timed steps", &timed_B, 1, 1 << 20);
+        cli.option("--modes", "LIST", "comma-separated --recompute modes", &modes);
+        cli.option("--batch-slack", "PCT", "largest batch to within this percentage (0: exact)", &slack_pct, 0, 100);
         cli.option("--attention", "KIND", "auto, cudnn or matmul (bin/train --attention)", &attention_name);
         cli.option("--head-chunk", "ROWS", "rows of logits kept at once, 0: all (bin/train --head-chunk)", &head_chunk, 0,
                    1 << 30);
@@ -151,6 +164,9 @@ int main(int argc, char** argv) {
             return 0;
         }
         const AttentionImpl attention = parse_attention_impl(attention_name);
+        std::vector<Recompute> mode_list;
+        for (const std::string& m : split_list(modes)) mode_list.push_back(parse_recompute(m));
+        if (mode_list.empty()) throw UsageError("--modes: no mode given");
         if (cuda_device_count() == 0) {
             std::printf("no CUDA GPU: skipped\n");
             return 77;
@@ -177,7 +193,7 @@ int main(int argc, char** argv) {
         for (std::string name; std::getline(ss, name, ',');) {
             const ModelConfig cfg = preset_config(name);
             double none_ms = 0;
-            for (Recompute mode : {Recompute::none, Recompute::selective, Recompute::full}) {
+            for (Recompute mode : mode_list) {
                 const Probe timed = try_batch(cfg, mode, timed_B, T, 3, attention, (size_t)head_chunk);
                 // Largest batch: first guessed from the timed run (activations grow with B, the rest does not,
                 // roughly), then found by trying batches around the guess: a few tries instead of a dozen.
@@ -191,23 +207,29 @@ int main(int argc, char** argv) {
                                          (head_chunk ? (double)head_chunk * logits_row : 0.0);
                     guess = (int)std::min<double>(max_batch, std::max(1.0, ((double)timed.avail - fixed) / per_seq));
                 }
-                const int lo = largest_batch(guess, max_batch, [&](int b) {
+                const int slack = guess * slack_pct / 100;
+                const BatchRange range = largest_batch(guess, max_batch, slack, [&](int b) {
                     return try_batch(cfg, mode, b, T, 0, attention, (size_t)head_chunk).fits;
                 });
+                const int lo = range.lo;
                 if (mode == Recompute::none) none_ms = timed.step_ms;
                 const double per_token = timed.fits ? ((double)timed.act_bytes - (double)timed.logits_bytes) /
                                                           ((double)timed_B * T)
                                                     : 0;
                 const bool capped = lo == max_batch;  // fits at the largest batch tried: more may
-                char row[256];
-                std::snprintf(row, sizeof row, "| %s | %s | %.1f KiB | %.2f GiB | %s%d | %.1f ms | %.2fx |\n",
-                              name.c_str(), recompute_name(mode), per_token / 1024, timed.used / 1073741824.0,
-                              capped ? "≥ " : "", lo, timed.step_ms, none_ms > 0 ? timed.step_ms / none_ms : 0.0);
+                std::string largest = (capped ? "≥ " : "") + std::to_string(lo);
+                if (!capped && range.hi > lo + 1) largest += " (" + std::to_string(range.hi) + " did not)";
+                char vs[32] = "n/a";  // "vs none" needs the none row, which --modes may leave out
+                if (none_ms > 0) std::snprintf(vs, sizeof vs, "%.2fx", timed.step_ms / none_ms);
+                char row[320];
+                std::snprintf(row, sizeof row, "| %s | %s | %.1f KiB | %.2f GiB | %s | %.1f ms | %s |\n", name.c_str(),
+                              recompute_name(mode), per_token / 1024, timed.used / 1073741824.0, largest.c_str(),
+                              timed.step_ms, vs);
                 md << row;
                 std::fputs(row, stdout);
                 std::fflush(stdout);
                 out.push_back({{"model", name}, {"recompute", recompute_name(mode)}, {"act_bytes_per_token", per_token},
-                               {"used_bytes", timed.used}, {"fits", timed.fits}, {"max_batch", lo}, {"capped", capped},
+                               {"used_bytes", timed.used}, {"fits", timed.fits}, {"max_batch", lo}, {"failed_batch", range.hi}, {"capped", capped},
                                {"step_ms", timed.step_ms}, {"batch", timed_B}, {"seq", T}});
                 // Written after every row: a run cut short by a time limit keeps what it measured.
                 const std::string j = nlohmann::json{{"results", out}, {"table", md.str()}}.dump(2) + "\n";
