@@ -22,8 +22,10 @@ void BM_LayerNormForward(benchmark::State& state) {
     });
 }
 
-// A residual add and the LayerNorm after it (every LayerNorm of the model but the first): fused (one kernel: read a and b, write the sum and the output)
-// against the two launchers (the second reads the sum back), counted with the fused kernel's bytes.
+// A residual add and the LayerNorm after it (every LayerNorm of the model but the first): fused (one kernel: read a
+// and b, write the sum and the output) against the two launchers (the second reads the sum back), counted with the
+// fused kernel's bytes. 2026-12-04 on the H200, when the kernels read one element per lane at a time, the fused one
+// lost: 109.1 us against 83.2.
 template <class T, bool kFused>
 void BM_ResidualLayerNorm(benchmark::State& state) {
     Context* ctx = context(state);

@@ -14,61 +14,83 @@ constexpr int kRowsPerBlock = 8;  // warps per block in the warp-per-row kernels
 constexpr int kRowThreads = 32 * kRowsPerBlock;
 // Parameter gradients use the deterministic column-sum plan of kernels/cuda/device_util.cuh.
 
-// One row's LayerNorm by one warp, given this lane's sum s of x[lane], x[lane + 32], ... (its first pass).
-// The fused residual kernel gets s while it writes x, so both kernels compute the same bits.
-template <class T>
-__device__ __forceinline__ void layernorm_row(T* out, T* mean, T* rstd, const T* x, float s, const T* weight,
-                                              const T* bias, size_t row, int C, int lane) {
-    const float m = warp_sum(s) / (float)C;
-    float v = 0.0f;
-    for (int c = lane; c < C; c += 32) {
-        const float d = to_f32(x[c]) - m;
-        v += d * d;
-    }
-    const float var = warp_sum(v) / (float)C;
-    const T m_saved = from_f32<T>(m), r_saved = from_f32<T>(1.0f / sqrtf(var + kEps));
-    const float mr = to_f32(m_saved), rr = to_f32(r_saved);
-    T* o = out + row * C;
-    for (int c = lane; c < C; c += 32)
-        o[c] = from_f32<T>((to_f32(x[c]) - mr) * rr * to_f32(weight[c]) + to_f32(bias[c]));
-    if (lane == 0) {
-        mean[row] = m_saved;
-        rstd[row] = r_saved;
-    }
-}
+// Rows are read in groups of kPack<T> elements (device_util.cuh): one 16-byte access each where every row is
+// 16-byte aligned, element by element otherwise, in the same order either way. Lane `lane` takes groups
+// g = lane, lane + 32, ... of the row.
 
-template <class T>
-__global__ void layernorm_forward_warp_per_row(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias,
-                                               size_t N, int C) {
-    const int lane = threadIdx.x % 32;
+// TEACH: with the residual add fused, the sum is written and normalised in one pass over the row. Unfused,
+// LayerNorm would read back from memory the row the residual kernel had just written; here each lane re-reads
+// only its own groups, which it wrote a moment ago (still in L1), so the warp needs no barrier between the two.
+// kResidual: res = a + b (rounded to T, as residual_forward rounds it), then LayerNorm(res); else LayerNorm(a).
+// The two compute the same bits from the same row, so recomputation (LayerNorm alone on the kept sum) agrees.
+template <class T, bool kVec, bool kResidual>
+__global__ void layernorm_forward_warp_per_row(T* __restrict__ res, T* __restrict__ out, T* __restrict__ mean,
+                                               T* __restrict__ rstd, const T* __restrict__ a,
+                                               const T* __restrict__ b, const T* __restrict__ weight,
+                                               const T* __restrict__ bias, size_t N, int C) {
+    constexpr int P = kPack<T>;
+    const int lane = threadIdx.x % 32, G = (C + P - 1) / P;
     // The loop condition is uniform across a warp, so the shuffles below always run with all 32 lanes.
     for (size_t row = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32; row < N;
          row += (size_t)gridDim.x * kRowsPerBlock) {
-        const T* x = inp + row * C;
+        const T* x = kResidual ? res + row * C : a + row * C;
         float s = 0.0f;
-        for (int c = lane; c < C; c += 32) s += to_f32(x[c]);
-        layernorm_row(out, mean, rstd, x, s, weight, bias, row, C, lane);
+        for (int g = lane; g < G; g += 32) {
+            float xv[P];
+            load_group<kVec>(xv, a + row * C, g, C);
+            if constexpr (kResidual) {
+                float bv[P];
+                load_group<kVec>(bv, b + row * C, g, C);
+#pragma unroll
+                for (int j = 0; j < P; j++) xv[j] = to_f32(from_f32<T>(xv[j] + bv[j]));  // as residual_forward
+                store_group<kVec>(res + row * C, g, C, xv);
+            }
+#pragma unroll
+            for (int j = 0; j < P; j++) s += xv[j];  // elements past C are 0
+        }
+        const float m = warp_sum(s) / (float)C;
+        float v = 0.0f;
+        for (int g = lane; g < G; g += 32) {
+            float xv[P];
+            load_group<kVec>(xv, x, g, C);
+#pragma unroll
+            for (int j = 0; j < P; j++) {
+                const float d = g * P + j < C ? xv[j] - m : 0.0f;
+                v += d * d;
+            }
+        }
+        const float var = warp_sum(v) / (float)C;
+        const T m_saved = from_f32<T>(m), r_saved = from_f32<T>(1.0f / sqrtf(var + kEps));
+        const float mr = to_f32(m_saved), rr = to_f32(r_saved);
+        for (int g = lane; g < G; g += 32) {
+            float xv[P], wv[P], bv[P];
+            load_group<kVec>(xv, x, g, C);
+            load_group<kVec>(wv, weight, g, C);
+            load_group<kVec>(bv, bias, g, C);
+#pragma unroll
+            for (int j = 0; j < P; j++) xv[j] = (xv[j] - mr) * rr * wv[j] + bv[j];
+            store_group<kVec>(out + row * C, g, C, xv);
+        }
+        if (lane == 0) {
+            mean[row] = m_saved;
+            rstd[row] = r_saved;
+        }
     }
 }
 
-// TEACH: the residual sum is written and normalised in one pass over the row. Unfused, LayerNorm would read
-// back from memory the row the residual kernel had just written; here each lane re-reads only its own
-// elements, which it wrote a moment ago (still in L1), so the warp needs no barrier between the two.
-template <class T>
-__global__ void residual_layernorm_forward_warp_per_row(T* res, T* out, T* mean, T* rstd, const T* a, const T* b,
-                                                        const T* weight, const T* bias, size_t N, int C) {
-    const int lane = threadIdx.x % 32;
-    for (size_t row = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32; row < N;
-         row += (size_t)gridDim.x * kRowsPerBlock) {
-        T* x = res + row * C;
-        float s = 0.0f;
-        for (int c = lane; c < C; c += 32) {
-            const T v = from_f32<T>(to_f32(a[row * C + c]) + to_f32(b[row * C + c]));  // as residual_forward
-            x[c] = v;
-            s += to_f32(v);
-        }
-        layernorm_row(out, mean, rstd, x, s, weight, bias, row, C, lane);
-    }
+template <class T, bool kResidual>
+void launch_forward(T* res, T* out, T* mean, T* rstd, const T* a, const T* b, const T* weight, const T* bias,
+                    size_t N, int C, cudaStream_t stream) {
+    const bool vec = C % kPack<T> == 0 && aligned16(out) && aligned16(a) && aligned16(weight) && aligned16(bias) &&
+                     (!kResidual || (aligned16(res) && aligned16(b)));
+    const unsigned grid = grid_1d(N, kRowsPerBlock, kMaxGridX);
+    if (vec)
+        layernorm_forward_warp_per_row<T, true, kResidual>
+            <<<grid, kRowThreads, 0, stream>>>(res, out, mean, rstd, a, b, weight, bias, N, C);
+    else
+        layernorm_forward_warp_per_row<T, false, kResidual>
+            <<<grid, kRowThreads, 0, stream>>>(res, out, mean, rstd, a, b, weight, bias, N, C);
+    CUDA_CHECK_LAUNCH();
 }
 
 // ---- backward ----
@@ -85,24 +107,26 @@ constexpr size_t kBwdMaxBlocks = 1024;
 constexpr int kSumRowLanes = 32;  // the partials' column sum: 32 channels x 32 row lanes per block
 
 // Rows [blockIdx.x * rows_per_block, +rows_per_block), warp w of the block taking rows w, w + warps, ... in order;
-// lane `lane` takes groups g = lane, lane + 32, ... of V elements (c = g*V + j). dinp must not alias the inputs.
+// lane `lane` takes groups g = lane, lane + 32, ... (element c = g*P + j). dinp must not alias the inputs.
 // kParams: each warp accumulates sum(dout*n) and sum(dout) per channel in its own shared-memory region (element c
-// at j*G + g, G = C/V groups, so a warp's 32 lanes touch 32 consecutive words: no bank conflicts), then the block
-// adds its warps in order into partial_w/partial_b (blocks, C): fixed grid, fixed order, the same bits every run.
-template <class T, int V, bool kParams>
+// at j*G + g, G = ceil(C/P) groups, so a warp's 32 lanes touch 32 consecutive words: no bank conflicts), then the
+// block adds its warps in order into partial_w/partial_b (blocks, C): fixed grid, fixed order, the same bits
+// every run.
+template <class T, bool kVec, bool kParams>
 __global__ void layernorm_backward_warp_per_row(float* partial_w, float* partial_b, T* __restrict__ dinp,
                                                 const T* __restrict__ dout, const T* __restrict__ inp,
                                                 const T* __restrict__ weight, const T* __restrict__ mean,
                                                 const T* __restrict__ rstd, size_t N, int C, size_t rows_per_block) {
+    constexpr int P = kPack<T>;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    const int G = C / V;
+    const int G = (C + P - 1) / P, span = G * P;  // span: one accumulator's words, C rounded up to groups
     float *acc = nullptr, *aw = nullptr, *ab = nullptr;
     if constexpr (kParams) {
-        extern __shared__ float shared_acc[];  // (warps, 2, C)
+        extern __shared__ float shared_acc[];  // (warps, 2, span)
         acc = shared_acc;
-        aw = acc + (size_t)warp * 2 * C;
-        ab = aw + C;
-        for (int i = lane; i < 2 * C; i += 32) aw[i] = 0.0f;
+        aw = acc + (size_t)warp * 2 * span;
+        ab = aw + span;
+        for (int i = lane; i < 2 * span; i += 32) aw[i] = 0.0f;
         __syncwarp();
     }
     const size_t r0 = blockIdx.x * rows_per_block, r1 = min(N, r0 + rows_per_block);
@@ -114,12 +138,12 @@ __global__ void layernorm_backward_warp_per_row(float* partial_w, float* partial
         const float m = to_f32(mean[row]), r = to_f32(rstd[row]);
         float sum_dn = 0.0f, sum_dn_n = 0.0f;
         for (int g = lane; g < G; g += 32) {
-            float xv[V], dv[V], wv[V];
-            load_f32<V>(xv, x + (size_t)g * V);
-            load_f32<V>(dv, d + (size_t)g * V);
-            load_f32<V>(wv, weight + (size_t)g * V);
+            float xv[P], dv[P], wv[P];
+            load_group<kVec>(xv, x, g, C);
+            load_group<kVec>(dv, d, g, C);  // 0 past C: adds nothing below
+            load_group<kVec>(wv, weight, g, C);
 #pragma unroll
-            for (int j = 0; j < V; j++) {
+            for (int j = 0; j < P; j++) {
                 const float n = (xv[j] - m) * r, dn = dv[j] * wv[j];
                 sum_dn += dn;
                 sum_dn_n += dn * n;
@@ -131,27 +155,27 @@ __global__ void layernorm_backward_warp_per_row(float* partial_w, float* partial
         }
         const float avg_dn = warp_sum(sum_dn) / (float)C, avg_dn_n = warp_sum(sum_dn_n) / (float)C;
         for (int g = lane; g < G; g += 32) {  // the row again, from L1: this warp read it a moment ago
-            float xv[V], dv[V], wv[V], gv[V];
-            load_f32<V>(xv, x + (size_t)g * V);
-            load_f32<V>(dv, d + (size_t)g * V);
-            load_f32<V>(wv, weight + (size_t)g * V);
-            load_f32<V>(gv, dx + (size_t)g * V);
+            float xv[P], dv[P], wv[P], gv[P];
+            load_group<kVec>(xv, x, g, C);
+            load_group<kVec>(dv, d, g, C);
+            load_group<kVec>(wv, weight, g, C);
+            load_group<kVec>(gv, dx, g, C);
 #pragma unroll
-            for (int j = 0; j < V; j++) {
+            for (int j = 0; j < P; j++) {
                 const float n = (xv[j] - m) * r, dn = dv[j] * wv[j];
                 gv[j] += r * (dn - avg_dn - n * avg_dn_n);
             }
-            store_f32<V>(dx + (size_t)g * V, gv);
+            store_group<kVec>(dx, g, C, gv);
         }
     }
     if constexpr (!kParams) return;
     __syncthreads();
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        const int at = (c % V) * G + c / V;
+        const int at = (c % P) * G + c / P;
         float w = 0.0f, b = 0.0f;
         for (int k = 0; k < warps; k++) {  // fixed order
-            w += acc[(size_t)k * 2 * C + at];
-            b += acc[(size_t)k * 2 * C + C + at];
+            w += acc[(size_t)k * 2 * span + at];
+            b += acc[(size_t)k * 2 * span + span + at];
         }
         partial_w[(size_t)blockIdx.x * C + c] = w;
         partial_b[(size_t)blockIdx.x * C + c] = b;
@@ -223,12 +247,17 @@ __global__ void layernorm_backward_param_finalize(T* dweight, T* dbias, const fl
     if (dbias) dbias[c] = from_f32<T>(to_f32(dbias[c]) + b);
 }
 
-template <class T, int V, bool kParams>
+// Shared memory for `warps` warps' accumulators (kParams), each 2 x C rounded up to whole groups.
+inline size_t backward_shared_bytes(int warps, int C, int P) {
+    return (size_t)warps * 2 * ((size_t)(C + P - 1) / P * P) * sizeof(float);
+}
+
+template <class T, bool kVec, bool kParams>
 void launch_backward(unsigned blocks, int warps, float* partial_w, float* partial_b, T* dinp, const T* dout,
                      const T* inp, const T* weight, const T* mean, const T* rstd, size_t N, int C,
                      size_t rows_per_block, cudaStream_t stream) {
-    const size_t smem = kParams ? (size_t)warps * 2 * C * sizeof(float) : 0;
-    layernorm_backward_warp_per_row<T, V, kParams><<<blocks, 32 * warps, smem, stream>>>(
+    const size_t smem = kParams ? backward_shared_bytes(warps, C, kPack<T>) : 0;
+    layernorm_backward_warp_per_row<T, kVec, kParams><<<blocks, 32 * warps, smem, stream>>>(
         partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C, rows_per_block);
     CUDA_CHECK_LAUNCH();
 }
@@ -240,9 +269,7 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
                        cudaStream_t stream) {
     NvtxRange range("layernorm_forward");
     if (N == 0 || C == 0) return;
-    layernorm_forward_warp_per_row<T>
-        <<<grid_1d(N, kRowsPerBlock, kMaxGridX), kRowThreads, 0, stream>>>(out, mean, rstd, inp, weight, bias, N, C);
-    CUDA_CHECK_LAUNCH();
+    launch_forward<T, false>(nullptr, out, mean, rstd, inp, nullptr, weight, bias, N, C, stream);
 }
 
 template <class T>
@@ -250,9 +277,7 @@ void residual_layernorm_forward(T* res, T* out, T* mean, T* rstd, const T* a, co
                                 const T* bias, size_t N, int C, cudaStream_t stream) {
     NvtxRange range("residual_layernorm_forward");
     if (N == 0 || C == 0) return;
-    residual_layernorm_forward_warp_per_row<T><<<grid_1d(N, kRowsPerBlock, kMaxGridX), kRowThreads, 0, stream>>>(
-        res, out, mean, rstd, a, b, weight, bias, N, C);
-    CUDA_CHECK_LAUNCH();
+    launch_forward<T, true>(res, out, mean, rstd, a, b, weight, bias, N, C, stream);
 }
 
 template <class T>
@@ -261,8 +286,8 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
     NvtxRange range("layernorm_backward");
     if (N == 0 || C == 0) return;
     const bool params = dweight || dbias;
-    // Per-warp accumulators take 8*C bytes: as many warps as fit the default limit (C <= 6144 fits one).
-    const int warps = (int)std::min<size_t>(kBwdMaxWarps, kBwdSharedBytes / (2 * sizeof(float) * (size_t)C));
+    // Per-warp accumulators take about 8*C bytes: as many warps as fit the default limit (C <= 6144 fits one).
+    const int warps = (int)std::min<size_t>(kBwdMaxWarps, kBwdSharedBytes / backward_shared_bytes(1, C, kPack<T>));
     const bool fused = params && warps >= 1;
     const size_t rows_per_block = std::max(kBwdMinRowsPerBlock, (N + kBwdMaxBlocks - 1) / kBwdMaxBlocks);
     const unsigned blocks = (unsigned)((N + rows_per_block - 1) / rows_per_block);
@@ -278,22 +303,22 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
         partial_w = carve.take<float>((size_t)slices * C);
         partial_b = carve.take<float>((size_t)slices * C);
     }
-    // 16-byte packs when every row starts 16-byte aligned; single elements otherwise (any C, any offset).
-    constexpr int P = kPack<T>;
-    const bool vec = C % P == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(weight);
+    // 16-byte accesses when every row starts 16-byte aligned; element by element otherwise (any C, any offset).
+    const bool vec =
+        C % kPack<T> == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(weight);
     const int w = fused ? warps : kBwdMaxWarps;
     if (fused && vec)
-        launch_backward<T, P, true>(blocks, w, partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C,
-                                    rows_per_block, stream);
+        launch_backward<T, true, true>(blocks, w, partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C,
+                                       rows_per_block, stream);
     else if (fused)
-        launch_backward<T, 1, true>(blocks, w, partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C,
-                                    rows_per_block, stream);
+        launch_backward<T, false, true>(blocks, w, partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C,
+                                        rows_per_block, stream);
     else if (vec)
-        launch_backward<T, P, false>(blocks, w, nullptr, nullptr, dinp, dout, inp, weight, mean, rstd, N, C,
-                                     rows_per_block, stream);
+        launch_backward<T, true, false>(blocks, w, nullptr, nullptr, dinp, dout, inp, weight, mean, rstd, N, C,
+                                        rows_per_block, stream);
     else
-        launch_backward<T, 1, false>(blocks, w, nullptr, nullptr, dinp, dout, inp, weight, mean, rstd, N, C,
-                                     rows_per_block, stream);
+        launch_backward<T, false, false>(blocks, w, nullptr, nullptr, dinp, dout, inp, weight, mean, rstd, N, C,
+                                         rows_per_block, stream);
     if (!params) return;
     if (!fused) {
         const dim3 grid((unsigned)((C + kColChannels - 1) / kColChannels), (unsigned)slices);

@@ -17,9 +17,10 @@
 // warp per row too, reading dout and inp once for both gradients: while a warp reads a row for dinp's two
 // averages it adds dout*n and dout into its own fp32 column accumulators in shared memory; each block of a fixed
 // grid (it depends on N only) writes its warps' sums, in order, as one row of fp32 partials, and a second kernel
-// adds the blocks in order: deterministic, no atomics. 16-byte loads where C is a multiple of 16 bytes' worth of
-// elements and the rows are aligned. A C too large for the accumulators (over 6144) reads the rows a second time
-// for the column sums instead. dinp must not alias dout or inp.
+// adds the blocks in order: deterministic, no atomics. A C too large for the accumulators (over 6144) reads the
+// rows a second time for the column sums instead. Every kernel reads a row in groups of 16 bytes' worth of
+// elements: one 16-byte access where C is a multiple of the group and the rows are aligned, element by element
+// otherwise, in the same order, so both give the same bits. Outputs must not alias inputs (dinp: dout or inp).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -270,6 +270,43 @@ TEST_P(CudaOps, LayerNormBackwardIsDeterministic_N1000_C768) {
     }
 }
 
+// Aligned rows take 16-byte accesses, misaligned ones (every buffer one element off) element by element: the same
+// elements added in the same order, so the same bits, forward (fused with the residual add too) and backward.
+TEST_P(CudaOps, LayerNormSameBitsAlignedAndMisaligned_N37_C768) {
+    const size_t N = 37;
+    const int C = 768;
+    const auto xv = randn(N * C, 21), bv = randn(N * C, 22), wv = randn(C, 23), biasv = randn(C, 24),
+               doutv = randn(N * C, 25), dinpv = randn(N * C, 26);
+    std::vector<double> bits[2][8];
+    for (size_t off : {size_t(0), size_t(1)}) {
+        Buffer a(gpu(), dt(), N * C, off), b(gpu(), dt(), N * C, off), w(gpu(), dt(), C, off),
+            bias(gpu(), dt(), C, off), res(gpu(), dt(), N * C, off), out(gpu(), dt(), N * C, off),
+            mean(gpu(), dt(), N, off), rstd(gpu(), dt(), N, off), dout(gpu(), dt(), N * C, off),
+            dinp(gpu(), dt(), N * C, off), dw(gpu(), dt(), C, off), db(gpu(), dt(), C, off);
+        a.set(xv);
+        b.set(bv);
+        w.set(wv);
+        bias.set(biasv);
+        dout.set(doutv);
+        dinp.set(dinpv);
+        dw.set(std::vector<double>(C, 0.0));
+        db.set(std::vector<double>(C, 0.0));
+        gpu().layernorm_forward(out.p(), mean.p(), rstd.p(), a.p(), w.p(), bias.p(), N, C);
+        bits[off][0] = out.get();
+        bits[off][1] = rstd.get();
+        gpu().residual_layernorm_forward(res.p(), out.p(), mean.p(), rstd.p(), a.p(), b.p(), w.p(), bias.p(), N, C);
+        bits[off][2] = out.get();
+        bits[off][3] = mean.get();
+        bits[off][4] = rstd.get();
+        gpu().layernorm_backward(dinp.p(), dw.p(), db.p(), dout.p(), res.p(), w.p(), mean.p(), rstd.p(), N, C);
+        bits[off][5] = dinp.get();
+        bits[off][6] = dw.get();
+        bits[off][7] = db.get();
+    }
+    const char* what[8] = {"out", "rstd", "fused out", "fused mean", "fused rstd", "dinp", "dweight", "dbias"};
+    for (int k = 0; k < 8; k++) EXPECT_TRUE(same_bits(bits[0][k], bits[1][k])) << what[k];
+}
+
 // ---------------------------------------------------------------- matmul
 struct MmShape {
     size_t N;

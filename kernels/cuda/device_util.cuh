@@ -81,6 +81,32 @@ __device__ __forceinline__ void store_f32(T* p, const float (&in)[P]) {
     }
 }
 
+// Group g of a row of C elements: the kPack<T> elements from g*kPack<T>, as fp32. kVec: one 16-byte access (the
+// row 16-byte aligned, C a multiple of kPack<T>); else element by element, those past C read as 0 and not written.
+// A kernel written with groups adds its elements in the same order on both paths, so an aligned and a misaligned
+// call give the same bits.
+template <bool kVec, class T>
+__device__ __forceinline__ void load_group(float (&out)[kPack<T>], const T* row, int g, int C) {
+    constexpr int P = kPack<T>;
+    if constexpr (kVec) {
+        load_f32<P>(out, row + (size_t)g * P);
+    } else {
+#pragma unroll
+        for (int j = 0; j < P; j++) out[j] = g * P + j < C ? to_f32(row[(size_t)g * P + j]) : 0.0f;
+    }
+}
+template <bool kVec, class T>
+__device__ __forceinline__ void store_group(T* row, int g, int C, const float (&in)[kPack<T>]) {
+    constexpr int P = kPack<T>;
+    if constexpr (kVec) {
+        store_f32<P>(row + (size_t)g * P, in);
+    } else {
+#pragma unroll
+        for (int j = 0; j < P; j++)
+            if (g * P + j < C) row[(size_t)g * P + j] = from_f32<T>(in[j]);
+    }
+}
+
 // ---- reductions ----
 // TEACH: the xor butterfly leaves the identical sum in every lane (each step adds a pair of values that
 // both partners hold, and float addition is commutative), and its order never changes between runs.
