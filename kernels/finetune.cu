@@ -11,7 +11,10 @@ namespace tune::cuda {
 namespace {
 
 constexpr int kElementwiseThreads = 256;
-constexpr int kDistillThreads = 512;
+// Distillation: two rows a block (student and teacher, 200 KB at GPT-2 in bf16), 1024 threads so that the rows in
+// flight stay in L2 for the second pass; the column-by-column fallback needs the registers of 512.
+template <bool kVec>
+constexpr int kDistillThreads = kVec ? 1024 : 512;
 constexpr size_t kMaxRowBlocks = 65535u * 16u;  // rows beyond this are taken by a grid-stride loop
 constexpr int kAnchorThreads = 256;
 constexpr int kAnchorElemsPerThread = 4;
@@ -104,22 +107,33 @@ __global__ void prefix_rows_sum_over_batch(T* dsrc, T* dx, int src_ld, int B, in
 }
 
 // ---------------------------------------------------------------- distillation
-// Pass 1: the log-sum-exp of both rows (online softmax, fixed merge order). Pass 2: KL and the gradient.
-// Each thread reads and writes only the columns v = threadIdx.x + k * blockDim.x, in both passes, so with
-// dlogits aliasing the teacher row a column's two values are read by the thread that then overwrites it.
-template <class T>
-__global__ void distill_forward_backward_block_per_row(T* losses, T* dlogits, const T* logits, const T* teacher,
-                                                       const float* weights, float tau, float dloss, size_t N, int V,
-                                                       int Vp) {
+// Pass 1: the log-sum-exp of both rows (online softmax a pack at a time, fixed merge order). Pass 2: KL and the
+// gradient. Thread t takes groups g = t, t + blockDim.x, ... of kPack<T> columns (one 16-byte access each when
+// kVec, column by column otherwise, in the same order) in both passes, so with dlogits aliasing the teacher row a
+// column's two values are read by the thread that then overwrites it.
+template <class T, bool kVec>
+__global__ void __launch_bounds__(kDistillThreads<kVec>)
+    distill_forward_backward_block_per_row(T* losses, T* dlogits, const T* logits, const T* teacher,
+                                           const float* weights, float tau, float dloss, size_t N, int V, int Vp) {
+    constexpr int P = kPack<T>;
     __shared__ float shared_m[32], shared_s[32], shared_mt[32], shared_st[32], shared_kl[32];
     const float inv_tau = 1.0f / tau;
+    const int groups_v = (V + P - 1) / P, groups_vp = (Vp + P - 1) / P;  // groups holding a column < V; all
     for (size_t row = blockIdx.x; row < N; row += gridDim.x) {
         const T* z = logits + row * Vp;
         const T* zt = teacher + row * Vp;
         float m = -INFINITY, s = 0.0f, mt = -INFINITY, st = 0.0f;
-        for (int v = threadIdx.x; v < V; v += blockDim.x) {
-            online_add(m, s, to_f32(z[v]) * inv_tau);
-            online_add(mt, st, to_f32(zt[v]) * inv_tau);
+        for (int g = threadIdx.x; g < groups_v; g += blockDim.x) {
+            float x[P], xt[P];
+            load_group<kVec>(x, z, g, Vp);
+            load_group<kVec>(xt, zt, g, Vp);
+#pragma unroll
+            for (int j = 0; j < P; j++) {
+                x[j] *= inv_tau;
+                xt[j] *= inv_tau;
+            }
+            online_add_pack(m, s, x, g * P, V);
+            online_add_pack(mt, st, xt, g * P, V);
         }
         block_online_merge(m, s, shared_m, shared_s);
         block_online_merge(mt, st, shared_mt, shared_st);
@@ -130,18 +144,26 @@ __global__ void distill_forward_backward_block_per_row(T* losses, T* dlogits, co
         const float gscale = w * dloss * tau;
         T* d = dlogits ? dlogits + row * Vp : nullptr;
         float kl = 0.0f;
-        for (int v = threadIdx.x; v < V; v += blockDim.x) {
-            const float x = to_f32(z[v]) * inv_tau, xt = to_f32(zt[v]) * inv_tau;
-            const float q = expf(xt - lse_t);
-            // TEACH: log q - log p as (xt - x) - (lse_t - lse): differences of like quantities first, so a
-            // student close to its teacher gives a small KL without cancellation between large log-probs
-            // (and exactly 0 when they are equal).
-            kl += q * ((xt - x) - dlse);
-            // gscale == 0 (a masked row) writes +0 exactly, so masked rows add nothing.
-            if (d) d[v] = from_f32<T>(gscale == 0.0f ? 0.0f : gscale * (expf(x - lse) - q));
+        for (int g = threadIdx.x; g < groups_vp; g += blockDim.x) {
+            float x[P], xt[P], gv[P];
+            if (g < groups_v) {
+                load_group<kVec>(x, z, g, Vp);
+                load_group<kVec>(xt, zt, g, Vp);
+            }
+#pragma unroll
+            for (int j = 0; j < P; j++) {
+                gv[j] = 0.0f;  // the padding, and a masked row (gscale == 0): +0 exactly, so they add nothing
+                if (g * P + j >= V) continue;
+                const float xs = x[j] * inv_tau, xts = xt[j] * inv_tau;
+                const float q = expf(xts - lse_t);
+                // TEACH: log q - log p as (xt - x) - (lse_t - lse): differences of like quantities first, so a
+                // student close to its teacher gives a small KL without cancellation between large log-probs
+                // (and exactly 0 when they are equal).
+                kl += q * ((xts - xs) - dlse);
+                if (gscale != 0.0f) gv[j] = gscale * (expf(xs - lse) - q);
+            }
+            if (d) store_group<kVec>(d, g, Vp, gv);
         }
-        if (d)
-            for (int v = V + threadIdx.x; v < Vp; v += blockDim.x) d[v] = from_f32<T>(0.0f);
         kl = block_sum(kl, shared_kl);
         if (threadIdx.x == 0) losses[row] = from_f32<T>(w == 0.0f ? 0.0f : w * tau * tau * kl);
     }
@@ -243,8 +265,14 @@ void distill_forward_backward(T* losses, T* dlogits, const T* logits, const T* t
                               float tau, float dloss, size_t N, int V, int Vp, cudaStream_t stream) {
     NvtxRange range("distill_forward_backward");
     if (N == 0) return;
-    distill_forward_backward_block_per_row<T><<<grid_1d(N, 1, kMaxRowBlocks), kDistillThreads, 0, stream>>>(
-        losses, dlogits, logits, teacher_logits, weights, tau, dloss, N, V, Vp);
+    const unsigned grid = grid_1d(N, 1, kMaxRowBlocks);
+    // 16-byte accesses when every row starts 16-byte aligned; column by column otherwise.
+    if (Vp % kPack<T> == 0 && aligned16(logits) && aligned16(teacher_logits) && (!dlogits || aligned16(dlogits)))
+        distill_forward_backward_block_per_row<T, true><<<grid, kDistillThreads<true>, 0, stream>>>(
+            losses, dlogits, logits, teacher_logits, weights, tau, dloss, N, V, Vp);
+    else
+        distill_forward_backward_block_per_row<T, false><<<grid, kDistillThreads<false>, 0, stream>>>(
+            losses, dlogits, logits, teacher_logits, weights, tau, dloss, N, V, Vp);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -56,29 +56,19 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T>& r) {  // p must 
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// P consecutive elements as fp32, for kernels written once for both widths: one 16-byte pack when P == kPack<T>
-// (p 16-byte aligned), a single element when P == 1 (any address).
-template <int P, class T>
-__device__ __forceinline__ void load_f32(float (&out)[P], const T* p) {
-    if constexpr (P == 1) {
-        out[0] = to_f32(*p);
-    } else {
-        static_assert(P == kPack<T>, "a pack is 16 bytes");
-        const Pack<T> k = load_pack(p);
+// One 16-byte pack as fp32 values (p 16-byte aligned), and back, rounded.
+template <class T>
+__device__ __forceinline__ void load_pack_f32(float (&out)[kPack<T>], const T* p) {
+    const Pack<T> k = load_pack(p);
 #pragma unroll
-        for (int j = 0; j < P; j++) out[j] = to_f32(k.v[j]);
-    }
+    for (int j = 0; j < kPack<T>; j++) out[j] = to_f32(k.v[j]);
 }
-template <int P, class T>
-__device__ __forceinline__ void store_f32(T* p, const float (&in)[P]) {
-    if constexpr (P == 1) {
-        *p = from_f32<T>(in[0]);
-    } else {
-        Pack<T> k;
+template <class T>
+__device__ __forceinline__ void store_pack_f32(T* p, const float (&in)[kPack<T>]) {
+    Pack<T> k;
 #pragma unroll
-        for (int j = 0; j < P; j++) k.v[j] = from_f32<T>(in[j]);
-        store_pack(p, k);
-    }
+    for (int j = 0; j < kPack<T>; j++) k.v[j] = from_f32<T>(in[j]);
+    store_pack(p, k);
 }
 
 // Group g of a row of C elements: the kPack<T> elements from g*kPack<T>, as fp32. kVec: one 16-byte access (the
@@ -89,7 +79,7 @@ template <bool kVec, class T>
 __device__ __forceinline__ void load_group(float (&out)[kPack<T>], const T* row, int g, int C) {
     constexpr int P = kPack<T>;
     if constexpr (kVec) {
-        load_f32<P>(out, row + (size_t)g * P);
+        load_pack_f32(out, row + (size_t)g * P);
     } else {
 #pragma unroll
         for (int j = 0; j < P; j++) out[j] = g * P + j < C ? to_f32(row[(size_t)g * P + j]) : 0.0f;
@@ -99,7 +89,7 @@ template <bool kVec, class T>
 __device__ __forceinline__ void store_group(T* row, int g, int C, const float (&in)[kPack<T>]) {
     constexpr int P = kPack<T>;
     if constexpr (kVec) {
-        store_f32<P>(row + (size_t)g * P, in);
+        store_pack_f32(row + (size_t)g * P, in);
     } else {
 #pragma unroll
         for (int j = 0; j < P; j++)
@@ -157,6 +147,25 @@ __device__ __forceinline__ void online_add(float& m, float& s, float x) {
     } else if (x != -INFINITY) {
         s += expf(x - m);
     }
+}
+
+// TEACH: online softmax a pack at a time. Add the values x[j] whose column first + j is below `limit` to a (max,
+// sum of exp(x - max)) pair: the pack's own maximum first, so the sum is rescaled at most once per pack instead of tested per value.
+// A -inf adds exp(-inf) = 0: skipped (it may meet max = -inf). A NaN never becomes the max (fmaxf drops it, and
+// `>` is false for it) but its exp makes the sum NaN, as it should.
+template <int P>
+__device__ __forceinline__ void online_add_pack(float& m, float& s, const float (&x)[P], int first, int limit) {
+    float pm = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < P; j++)
+        if (first + j < limit) pm = fmaxf(pm, x[j]);
+    if (pm > m) {
+        s *= expf(m - pm);  // expf(-inf) = 0 while the sum is still empty
+        m = pm;
+    }
+#pragma unroll
+    for (int j = 0; j < P; j++)
+        if (first + j < limit && x[j] != -INFINITY) s += expf(x[j] - m);
 }
 
 // Merge two (max, sum of exp(x - max)) pairs. An empty side has max = -inf and sum = 0.
