@@ -104,7 +104,6 @@ constexpr size_t kBwdSharedBytes = size_t(48) << 10;   // the default dynamic sh
 // that their fp32 partials, (blocks, C) twice, stay a few percent of the rows' traffic.
 constexpr size_t kBwdMinRowsPerBlock = 32;
 constexpr size_t kBwdMaxBlocks = 1024;
-constexpr int kSumRowLanes = 32;  // the partials' column sum: 32 channels x 32 row lanes per block
 
 // Rows [blockIdx.x * rows_per_block, +rows_per_block), warp w of the block taking rows w, w + warps, ... in order;
 // lane `lane` takes groups g = lane, lane + 32, ... (element c = g*P + j). dinp must not alias the inputs.

@@ -23,31 +23,54 @@ __global__ void add_bias_rows(T* out, const T* bias, size_t N, int OC) {
         out[i] = from_f32<T>(to_f32(out[i]) + to_f32(bias[i % OC]));
 }
 
-template <class T>
+// partial (slices, OC): each slice's sum of dout over its rows. A block covers kColChannels groups of kPack<T>
+// channels (device_util.cuh's groups: one 16-byte load each where the rows are aligned) with kColRowLanes row
+// lanes, each lane taking every kColRowLanes-th row of the slice in order; the lanes are then added in order.
+template <class T, bool kVec>
 __global__ void bias_grad_partials(float* partial, const T* dout, size_t N, int OC, size_t rows_per_slice) {
-    __shared__ float s[kColRowLanes][kColChannels];
+    constexpr int P = kPack<T>;
+    __shared__ float s[kColRowLanes][kColChannels * P];
     const int tx = threadIdx.x % kColChannels, ty = threadIdx.x / kColChannels;
-    const int o = blockIdx.x * kColChannels + tx;
+    const int g = blockIdx.x * kColChannels + tx, G = (OC + P - 1) / P;
     const size_t slice = blockIdx.y;
     const size_t r0 = slice * rows_per_slice, r1 = min(N, r0 + rows_per_slice);
-    float acc = 0.0f;
-    if (o < OC)
-        for (size_t r = r0 + ty; r < r1; r += kColRowLanes) acc += to_f32(dout[r * OC + o]);
-    s[ty][tx] = acc;
+    float acc[P];
+#pragma unroll
+    for (int j = 0; j < P; j++) acc[j] = 0.0f;
+    if (g < G)
+        for (size_t r = r0 + ty; r < r1; r += kColRowLanes) {
+            float v[P];
+            load_group<kVec>(v, dout + r * OC, g, OC);
+#pragma unroll
+            for (int j = 0; j < P; j++) acc[j] += v[j];
+        }
+#pragma unroll
+    for (int j = 0; j < P; j++) s[ty][tx * P + j] = acc[j];
     __syncthreads();
-    if (ty == 0 && o < OC) {
+    for (int i = threadIdx.x; i < kColChannels * P; i += blockDim.x) {
+        const int o = blockIdx.x * kColChannels * P + i;
+        if (o >= OC) continue;
         float sum = 0.0f;
-        for (int k = 0; k < kColRowLanes; k++) sum += s[k][tx];
+        for (int k = 0; k < kColRowLanes; k++) sum += s[k][i];  // fixed order
         partial[slice * OC + o] = sum;
     }
 }
 
+// dbias += the slices' partials: 32 channels per block, kSumRowLanes lanes each adding every kSumRowLanes-th slice
+// in order, then the lanes added in order.
 template <class T>
 __global__ void bias_grad_finalize(T* dbias, const float* partial, int OC, int slices) {
-    const int o = blockIdx.x * blockDim.x + threadIdx.x;
-    if (o >= OC) return;
+    __shared__ float s[kSumRowLanes][kColChannels];
+    const int tx = threadIdx.x % kColChannels, ty = threadIdx.x / kColChannels;
+    const int o = blockIdx.x * kColChannels + tx;
     float sum = 0.0f;
-    for (int s = 0; s < slices; s++) sum += partial[(size_t)s * OC + o];
+    if (o < OC)
+        for (int k = ty; k < slices; k += kSumRowLanes) sum += partial[(size_t)k * OC + o];
+    s[ty][tx] = sum;
+    __syncthreads();
+    if (ty != 0 || o >= OC) return;
+    sum = 0.0f;
+    for (int k = 0; k < kSumRowLanes; k++) sum += s[k][tx];
     dbias[o] = from_f32<T>(to_f32(dbias[o]) + sum);
 }
 
@@ -138,12 +161,17 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
     if (dbias && OC > 0) {
         const auto [rows_per_slice, slices] = column_slices(N);
         float* partial = static_cast<float*>(scratch.get((size_t)slices * OC * sizeof(float)));
-        const dim3 grid((unsigned)((OC + kColChannels - 1) / kColChannels), (unsigned)slices);
-        bias_grad_partials<T>
-            <<<grid, kColChannels * kColRowLanes, 0, gemm.stream()>>>(partial, dout, N, OC, rows_per_slice);
+        const int groups = (OC + kPack<T> - 1) / kPack<T>;
+        const dim3 grid((unsigned)((groups + kColChannels - 1) / kColChannels), (unsigned)slices);
+        if (OC % kPack<T> == 0 && aligned16(dout))
+            bias_grad_partials<T, true>
+                <<<grid, kColChannels * kColRowLanes, 0, gemm.stream()>>>(partial, dout, N, OC, rows_per_slice);
+        else
+            bias_grad_partials<T, false>
+                <<<grid, kColChannels * kColRowLanes, 0, gemm.stream()>>>(partial, dout, N, OC, rows_per_slice);
         CUDA_CHECK_LAUNCH();
-        bias_grad_finalize<T>
-            <<<grid_1d(OC, kFinalizeThreads), kFinalizeThreads, 0, gemm.stream()>>>(dbias, partial, OC, slices);
+        bias_grad_finalize<T><<<(unsigned)((OC + kColChannels - 1) / kColChannels), kColChannels * kSumRowLanes, 0,
+                                gemm.stream()>>>(dbias, partial, OC, slices);
         CUDA_CHECK_LAUNCH();
     }
 }

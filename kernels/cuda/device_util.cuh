@@ -217,7 +217,7 @@ constexpr int kColChannels = 32;
 constexpr int kColRowLanes = 8;
 constexpr size_t kMinRowsPerSlice = 256;
 constexpr size_t kMaxSlices = 1024;
-constexpr int kFinalizeThreads = 256;
+constexpr int kSumRowLanes = 32;  // the second kernel: 32 channels x 32 lanes over the slices per block
 
 struct ColumnSlices {
     size_t rows_per_slice;
