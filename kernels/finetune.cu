@@ -11,10 +11,9 @@ namespace tune::cuda {
 namespace {
 
 constexpr int kElementwiseThreads = 256;
-// Distillation: two rows a block (student and teacher, 200 KB at GPT-2 in bf16), 1024 threads so that the rows in
-// flight stay in L2 for the second pass; the column-by-column fallback needs the registers of 512.
-template <bool kVec>
-constexpr int kDistillThreads = kVec ? 1024 : 512;
+// Distillation: two rows a block (student and teacher, 200 KB at GPT-2 in bf16), 1024 threads, one block per SM
+// (the registers allow no second), so that the rows in flight stay in L2 for the second pass.
+constexpr int kDistillThreads = 1024;
 constexpr size_t kMaxRowBlocks = 65535u * 16u;  // rows beyond this are taken by a grid-stride loop
 constexpr int kAnchorThreads = 256;
 constexpr int kAnchorElemsPerThread = 4;
@@ -112,7 +111,7 @@ __global__ void prefix_rows_sum_over_batch(T* dsrc, T* dx, int src_ld, int B, in
 // kVec, column by column otherwise, in the same order) in both passes, so with dlogits aliasing the teacher row a
 // column's two values are read by the thread that then overwrites it.
 template <class T, bool kVec>
-__global__ void __launch_bounds__(kDistillThreads<kVec>)
+__global__ void __launch_bounds__(kDistillThreads)
     distill_forward_backward_block_per_row(T* losses, T* dlogits, const T* logits, const T* teacher,
                                            const float* weights, float tau, float dloss, size_t N, int V, int Vp) {
     constexpr int P = kPack<T>;
@@ -268,10 +267,10 @@ void distill_forward_backward(T* losses, T* dlogits, const T* logits, const T* t
     const unsigned grid = grid_1d(N, 1, kMaxRowBlocks);
     // 16-byte accesses when every row starts 16-byte aligned; column by column otherwise.
     if (Vp % kPack<T> == 0 && aligned16(logits) && aligned16(teacher_logits) && (!dlogits || aligned16(dlogits)))
-        distill_forward_backward_block_per_row<T, true><<<grid, kDistillThreads<true>, 0, stream>>>(
+        distill_forward_backward_block_per_row<T, true><<<grid, kDistillThreads, 0, stream>>>(
             losses, dlogits, logits, teacher_logits, weights, tau, dloss, N, V, Vp);
     else
-        distill_forward_backward_block_per_row<T, false><<<grid, kDistillThreads<false>, 0, stream>>>(
+        distill_forward_backward_block_per_row<T, false><<<grid, kDistillThreads, 0, stream>>>(
             losses, dlogits, logits, teacher_logits, weights, tau, dloss, N, V, Vp);
     CUDA_CHECK_LAUNCH();
 }

@@ -102,7 +102,7 @@ constexpr int kBwdMaxWarps = 4;                        // warps per block (fewer
 constexpr size_t kBwdSharedBytes = size_t(48) << 10;   // the default dynamic shared memory limit
 // Enough warps in flight to cover HBM latency (one 16-byte load per lane and tensor at a time), few enough blocks
 // that their fp32 partials, (blocks, C) twice, stay a few percent of the rows' traffic.
-constexpr size_t kBwdMinRowsPerBlock = 32;
+constexpr size_t kBwdMinRowsPerBlock = 8;
 constexpr size_t kBwdMaxBlocks = 1024;
 
 // Rows [blockIdx.x * rows_per_block, +rows_per_block), warp w of the block taking rows w, w + warps, ... in order;

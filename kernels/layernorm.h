@@ -16,8 +16,8 @@
 // Algorithms: forward is one warp per row (two-pass statistics in fp32, row re-read from L1/L2). Backward is one
 // warp per row too, reading dout and inp once for both gradients: while a warp reads a row for dinp's two
 // averages it adds dout*n and dout into its own fp32 column accumulators in shared memory; each block of a fixed
-// grid (it depends on N only) writes its warps' sums, in order, as one row of fp32 partials, and a second kernel
-// adds the blocks in order: deterministic, no atomics. A C too large for the accumulators (over 6144) reads the
+// grid (its rows depend on N, its warps on C and the type) writes its warps' sums, in order, as one row of fp32
+// partials, and a second kernel adds the blocks in order: deterministic, no atomics. A C too large for the accumulators (over 6144) reads the
 // rows a second time for the column sums instead. Every kernel reads a row in groups of 16 bytes' worth of
 // elements: one 16-byte access where C is a multiple of the group and the rows are aligned, element by element
 // otherwise, in the same order, so both give the same bits. Outputs must not alias inputs (dinp: dout or inp).

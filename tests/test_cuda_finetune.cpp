@@ -147,10 +147,11 @@ TEST_P(CudaFinetune, PrefixRowsForwardBackward_Awkward_and_Wide) {
 }
 
 // ---------------------------------------------------------------- distillation
-// Vp = 128 and 50304: 16-byte accesses, the last group holding columns < V and padding; Vp = 77: rows not 16-byte
-// aligned, column by column.
-TEST_P(CudaFinetune, DistillSeparateInPlaceAndEval_N23_V75_Vp128_and_N5_V50257_Vp50304_and_N7_V75_Vp77) {
-    for (LogitRows s : {LogitRows{23, 75, 128}, LogitRows{5, 50257, 50304}, LogitRows{7, 75, 77}}) {
+// Vp = 128 and 50304: 16-byte accesses, the last group holding columns < V and padding; Vp = 77 and 50257: rows
+// not 16-byte aligned, column by column (50257: several groups a thread).
+TEST_P(CudaFinetune, DistillSeparateInPlaceAndEval_V75_Vp128_V50257_Vp50304_V75_Vp77_V50257_Vp50257) {
+    for (LogitRows s : {LogitRows{23, 75, 128}, LogitRows{5, 50257, 50304}, LogitRows{7, 75, 77},
+                        LogitRows{3, 50257, 50257}}) {
         const float tau = 2.0f, dloss = 1.0f / 17.0f;
         const auto w = row_weights(s.N);
         F32Twin wt(gpu(), ref(), w);

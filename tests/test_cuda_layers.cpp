@@ -200,11 +200,12 @@ TEST_P(CudaOps, ResidualLayerNormForwardEqualsTheTwoOps_N37_C71_and_N19_C768) {
     }
 }
 
-// dinp accumulates; dweight/dbias accumulate over N = 700 rows (22 blocks of 32 rows, the last one short) or stay
-// untouched when null. C = 71: one element at a time; 768: 16-byte packs; 6151: too wide for the shared-memory
-// column accumulators, so the column sums read the rows a second time.
-TEST_P(CudaOps, LayerNormBackwardAccumulates_N700_C71_and_N37_C768_and_N45_C6151) {
-    for (LnShape s : {LnShape{700, 71}, LnShape{37, 768}, LnShape{45, 6151}}) {
+// dinp accumulates; dweight/dbias accumulate over N = 700 rows (88 blocks of 8 rows, the last one short) or stay
+// untouched when null. C = 71: one element at a time; 768: 16-byte packs, 4 warps a block; 1600 (gpt2-xl): 3
+// warps' accumulators fit; 6144: 1 warp's, exactly the 48 KB; 6151: none, so the column sums read the rows a
+// second time.
+TEST_P(CudaOps, LayerNormBackwardAccumulates_N700_C71_N37_C768_N40_C1600_N33_C6144_N45_C6151) {
+    for (LnShape s : {LnShape{700, 71}, LnShape{37, 768}, LnShape{40, 1600}, LnShape{33, 6144}, LnShape{45, 6151}}) {
         for (int frozen = 0; frozen < 3; frozen++) {  // 0: both train; 1: dweight null; 2: both null
             Twin x(gpu(), ref(), s.N * s.C), w(gpu(), ref(), s.C), b(gpu(), ref(), s.C), out(gpu(), ref(), s.N * s.C),
                 mean(gpu(), ref(), s.N), rstd(gpu(), ref(), s.N), dout(gpu(), ref(), s.N * s.C),
@@ -565,10 +566,11 @@ TEST_P(CudaOps, ResidualForward_n1001_n4096_Misaligned) {
 }
 
 // ---------------------------------------------------------------- cross-entropy
-// Vp = 128 and 50304: 16-byte packs, the last one holding columns < V and padding; Vp = 77: rows not 16-byte
-// aligned, one column at a time.
-TEST_P(CudaOps, CrossEntropySeparateInPlaceAndEval_N23_V75_Vp128_and_N5_V50257_Vp50304_and_N7_V75_Vp77) {
-    for (LogitRows s : {LogitRows{23, 75, 128}, LogitRows{5, 50257, 50304}, LogitRows{7, 75, 77}}) {
+// Vp = 128 and 50304: 16-byte packs, the last one holding columns < V and padding; Vp = 77 and 50257: rows not
+// 16-byte aligned, one column at a time (50257: several groups a thread).
+TEST_P(CudaOps, CrossEntropySeparateInPlaceAndEval_V75_Vp128_V50257_Vp50304_V75_Vp77_V50257_Vp50257) {
+    for (LogitRows s : {LogitRows{23, 75, 128}, LogitRows{5, 50257, 50304}, LogitRows{7, 75, 77},
+                        LogitRows{3, 50257, 50257}}) {
         const float dloss = 1.0f / 17.0f;
         const auto w = row_weights(s.N);
         I32Twin y(gpu(), ref(), random_ints(s.N, s.V, 2));
@@ -606,17 +608,18 @@ TEST_P(CudaOps, CrossEntropySeparateInPlaceAndEval_N23_V75_Vp128_and_N5_V50257_V
 }
 
 // Logits of -inf (a banned token) add nothing to the softmax, also where they are the first values a thread
-// sees (row 1: the first 700 columns, more than one per thread); a counted token whose target is outside
-// [0, V) has loss NaN (its step is then skipped), a masked one 0, and neither touches memory outside the row.
-TEST_P(CudaOps, CrossEntropyNegInfLogitsAndInvalidTargets_N6_V1000_Vp1024) {
+// sees and finite ones come in its later groups (row 1: the first 9000 of 10000 columns; a thread's groups are
+// 1024 groups apart); a counted token whose target is outside [0, V) has loss NaN (its step is then skipped), a
+// masked one 0, and neither touches memory outside the row.
+TEST_P(CudaOps, CrossEntropyNegInfLogitsAndInvalidTargets_N6_V10000_Vp10048) {
     const size_t N = 6;
-    const int V = 1000, Vp = 1024;
-    const std::vector<int32_t> targets = {3, 900, 5, -1, V, -1};
+    const int V = 10000, Vp = 10048;
+    const std::vector<int32_t> targets = {3, 9900, 5, -1, V, -1};
     const std::vector<float> w = {1, 1, 0.5f, 1, 1, 0};
     I32Twin y(gpu(), ref(), targets);
     F32Twin wt(gpu(), ref(), w);
     auto zv = randn(N * Vp, 4, 2.0);
-    for (int v = 0; v < 700; v++) zv[1 * Vp + v] = -INFINITY;
+    for (int v = 0; v < 9000; v++) zv[1 * Vp + v] = -INFINITY;
     for (int v = 0; v < V; v += 2) zv[2 * Vp + v] = -INFINITY;
     Twin z(gpu(), ref(), N * Vp), dz(gpu(), ref(), N * Vp), loss(gpu(), ref(), N);
     z.set(zv);
@@ -636,7 +639,35 @@ TEST_P(CudaOps, CrossEntropyNegInfLogitsAndInvalidTargets_N6_V1000_Vp1024) {
             r(rd.begin() + i * Vp, rd.begin() + (i + 1) * Vp);
         EXPECT_TRUE(near_rel(g, r, op_tol(dt()))) << "dlogits of row " << i;
     }
-    for (int v = 0; v < 700; v++) ASSERT_EQ(gd[1 * Vp + v], 0.0) << "a -inf logit got a gradient, column " << v;
+    for (int v = 0; v < 9000; v++) ASSERT_EQ(gd[1 * Vp + v], 0.0) << "a -inf logit got a gradient, column " << v;
+}
+
+// One NaN logit makes a counted row's loss NaN (so the trainer skips the step), wherever it falls: the only
+// column of a thread (row 0: V = 73, the NaN in column 72, alone in the last group, which one thread takes), or
+// among finite values (row 1). A masked row (row 2) stays exactly 0. Vp = 80: 16-byte accesses; Vp = 73: column
+// by column.
+TEST_P(CudaOps, CrossEntropyNanLogitMakesTheLossNan_V73_Vp80_and_Vp73) {
+    const size_t N = 3;
+    const int V = 73;
+    for (int Vp : {80, 73}) {
+        I32Twin y(gpu(), ref(), {3, 3, 3});
+        F32Twin wt(gpu(), ref(), {1.0f, 1.0f, 0.0f});
+        auto zv = randn(N * Vp, 5, 2.0);
+        zv[0 * Vp + 72] = NAN;
+        zv[1 * Vp + 40] = NAN;
+        zv[2 * Vp + 40] = NAN;
+        Twin z(gpu(), ref(), N * Vp), loss(gpu(), ref(), N);
+        z.set(zv);
+        loss.poison();
+        gpu().crossentropy_forward_backward(loss.g(), nullptr, z.g(), y.g, wt.g, 1.0f, N, V, Vp);
+        ref().crossentropy_forward_backward(loss.r(), nullptr, z.r(), y.r, wt.r, 1.0f, N, V, Vp);
+        const auto gl = loss.gpu.get(), rl = loss.ref.get();
+        for (size_t i = 0; i < 2; i++) {
+            EXPECT_TRUE(std::isnan(rl[i])) << "reference, row " << i << ", Vp " << Vp;
+            EXPECT_TRUE(std::isnan(gl[i])) << "row " << i << ", Vp " << Vp << ": loss " << gl[i];
+        }
+        EXPECT_EQ(gl[2], 0.0) << "masked row, Vp " << Vp;
+    }
 }
 
 // ---------------------------------------------------------------- sum of squares

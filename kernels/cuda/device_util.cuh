@@ -138,21 +138,11 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
 }
 
 // ---- online softmax statistics ----
-// Add one value x to a (max, sum of exp(x - max)) pair. A -inf adds exp(-inf) = 0: skipped, so that a pair
-// still empty (max -inf) does not compute exp(-inf - -inf) = NaN.
-__device__ __forceinline__ void online_add(float& m, float& s, float x) {
-    if (x > m) {
-        s = s * expf(m - x) + 1.0f;  // expf(-inf) = 0 on the first element
-        m = x;
-    } else if (x != -INFINITY) {
-        s += expf(x - m);
-    }
-}
-
 // TEACH: online softmax a pack at a time. Add the values x[j] whose column first + j is below `limit` to a (max,
-// sum of exp(x - max)) pair: the pack's own maximum first, so the sum is rescaled at most once per pack instead of tested per value.
-// A -inf adds exp(-inf) = 0: skipped (it may meet max = -inf). A NaN never becomes the max (fmaxf drops it, and
-// `>` is false for it) but its exp makes the sum NaN, as it should.
+// sum of exp(x - max)) pair: the pack's own maximum first, so the sum is rescaled at most once per pack instead
+// of tested at every value. A -inf adds exp(-inf) = 0: skipped (it may meet max = -inf). A NaN never becomes the
+// max (fmaxf drops it, and `>` is false for it) but its exp makes the sum NaN, and so does a +inf (exp(inf - inf)):
+// the loss is then NaN, as the CPU reference's.
 template <int P>
 __device__ __forceinline__ void online_add_pack(float& m, float& s, const float (&x)[P], int first, int limit) {
     float pm = -INFINITY;
@@ -168,12 +158,16 @@ __device__ __forceinline__ void online_add_pack(float& m, float& s, const float 
         if (first + j < limit && x[j] != -INFINITY) s += expf(x[j] - m);
 }
 
-// Merge two (max, sum of exp(x - max)) pairs. An empty side has max = -inf and sum = 0.
+// Merge two (max, sum of exp(x - max)) pairs. A side with max = -inf holds no finite value: its sum is 0, or NaN
+// when it saw a NaN, which the merged sum must keep (adding the sum keeps it, and adds nothing otherwise).
 __device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2) {
-    if (m2 == -INFINITY) return;
+    if (m2 == -INFINITY) {
+        s += s2;
+        return;
+    }
     if (m == -INFINITY) {
         m = m2;
-        s = s2;
+        s = s2 + s;
         return;
     }
     const float mm = fmaxf(m, m2);
