@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/column_sums.h"
 #include "kernels/cuda/device_util.cuh"
 
 namespace tune::cuda {
@@ -216,48 +217,24 @@ __global__ void layernorm_backward_param_partials(float* partial_w, float* parti
     }
 }
 
-// dweight += sum over slices of partial_w, dbias likewise: 32 channels per block, kSumRowLanes lanes each taking
-// every kSumRowLanes-th slice in order, then the lanes added in order.
-template <class T>
-__global__ void layernorm_backward_param_finalize(T* dweight, T* dbias, const float* partial_w, const float* partial_b,
-                                                  int C, int slices) {
-    __shared__ float sw[kSumRowLanes][kColChannels];
-    __shared__ float sb[kSumRowLanes][kColChannels];
-    const int tx = threadIdx.x % kColChannels, ty = threadIdx.x / kColChannels;
-    const int c = blockIdx.x * kColChannels + tx;
-    float w = 0.0f, b = 0.0f;
-    if (c < C) {
-        for (int s = ty; s < slices; s += kSumRowLanes) {
-            w += partial_w[(size_t)s * C + c];
-            b += partial_b[(size_t)s * C + c];
-        }
-    }
-    sw[ty][tx] = w;
-    sb[ty][tx] = b;
-    __syncthreads();
-    if (ty != 0 || c >= C) return;
-    w = 0.0f;
-    b = 0.0f;
-    for (int k = 0; k < kSumRowLanes; k++) {
-        w += sw[k][tx];
-        b += sb[k][tx];
-    }
-    if (dweight) dweight[c] = from_f32<T>(to_f32(dweight[c]) + w);
-    if (dbias) dbias[c] = from_f32<T>(to_f32(dbias[c]) + b);
-}
-
 // Shared memory for `warps` warps' accumulators (kParams), each 2 x C rounded up to whole groups.
 inline size_t backward_shared_bytes(int warps, int C, int P) {
     return (size_t)warps * 2 * ((size_t)(C + P - 1) / P * P) * sizeof(float);
 }
 
-template <class T, bool kVec, bool kParams>
+// 16-byte accesses when every row starts 16-byte aligned; element by element otherwise (any C, any offset).
+template <class T, bool kParams>
 void launch_backward(unsigned blocks, int warps, float* partial_w, float* partial_b, T* dinp, const T* dout,
                      const T* inp, const T* weight, const T* mean, const T* rstd, size_t N, int C,
                      size_t rows_per_block, cudaStream_t stream) {
     const size_t smem = kParams ? backward_shared_bytes(warps, C, kPack<T>) : 0;
-    layernorm_backward_warp_per_row<T, kVec, kParams><<<blocks, 32 * warps, smem, stream>>>(
-        partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C, rows_per_block);
+    const bool vec = C % kPack<T> == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(weight);
+    if (vec)
+        layernorm_backward_warp_per_row<T, true, kParams><<<blocks, 32 * warps, smem, stream>>>(
+            partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C, rows_per_block);
+    else
+        layernorm_backward_warp_per_row<T, false, kParams><<<blocks, 32 * warps, smem, stream>>>(
+            partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C, rows_per_block);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -302,22 +279,12 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
         partial_w = carve.take<float>((size_t)slices * C);
         partial_b = carve.take<float>((size_t)slices * C);
     }
-    // 16-byte accesses when every row starts 16-byte aligned; element by element otherwise (any C, any offset).
-    const bool vec =
-        C % kPack<T> == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(weight);
-    const int w = fused ? warps : kBwdMaxWarps;
-    if (fused && vec)
-        launch_backward<T, true, true>(blocks, w, partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C,
-                                       rows_per_block, stream);
-    else if (fused)
-        launch_backward<T, false, true>(blocks, w, partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C,
-                                        rows_per_block, stream);
-    else if (vec)
-        launch_backward<T, true, false>(blocks, w, nullptr, nullptr, dinp, dout, inp, weight, mean, rstd, N, C,
-                                        rows_per_block, stream);
+    if (fused)
+        launch_backward<T, true>(blocks, warps, partial_w, partial_b, dinp, dout, inp, weight, mean, rstd, N, C,
+                                 rows_per_block, stream);
     else
-        launch_backward<T, false, false>(blocks, w, nullptr, nullptr, dinp, dout, inp, weight, mean, rstd, N, C,
-                                         rows_per_block, stream);
+        launch_backward<T, false>(blocks, kBwdMaxWarps, nullptr, nullptr, dinp, dout, inp, weight, mean, rstd, N, C,
+                                  rows_per_block, stream);
     if (!params) return;
     if (!fused) {
         const dim3 grid((unsigned)((C + kColChannels - 1) / kColChannels), (unsigned)slices);
@@ -325,10 +292,7 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
             partial_w, partial_b, dout, inp, mean, rstd, N, C, rows_per_slice);
         CUDA_CHECK_LAUNCH();
     }
-    layernorm_backward_param_finalize<T>
-        <<<(unsigned)((C + kColChannels - 1) / kColChannels), kColChannels * kSumRowLanes, 0, stream>>>(
-            dweight, dbias, partial_w, partial_b, C, slices);
-    CUDA_CHECK_LAUNCH();
+    add_column_slices(dweight, dbias, partial_w, partial_b, C, slices, stream);
 }
 
 #define TUNE_INSTANTIATE(T)                                                                                        \

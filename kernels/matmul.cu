@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/column_sums.h"
 #include "kernels/cuda/device_util.cuh"
 
 namespace tune::cuda {
@@ -54,24 +55,6 @@ __global__ void bias_grad_partials(float* partial, const T* dout, size_t N, int 
         for (int k = 0; k < kColRowLanes; k++) sum += s[k][i];  // fixed order
         partial[slice * OC + o] = sum;
     }
-}
-
-// dbias += the slices' partials: 32 channels per block, kSumRowLanes lanes each adding every kSumRowLanes-th slice
-// in order, then the lanes added in order.
-template <class T>
-__global__ void bias_grad_finalize(T* dbias, const float* partial, int OC, int slices) {
-    __shared__ float s[kSumRowLanes][kColChannels];
-    const int tx = threadIdx.x % kColChannels, ty = threadIdx.x / kColChannels;
-    const int o = blockIdx.x * kColChannels + tx;
-    float sum = 0.0f;
-    if (o < OC)
-        for (int k = ty; k < slices; k += kSumRowLanes) sum += partial[(size_t)k * OC + o];
-    s[ty][tx] = sum;
-    __syncthreads();
-    if (ty != 0 || o >= OC) return;
-    sum = 0.0f;
-    for (int k = 0; k < kSumRowLanes; k++) sum += s[k][tx];
-    dbias[o] = from_f32<T>(to_f32(dbias[o]) + sum);
 }
 
 }  // namespace
@@ -170,9 +153,7 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
             bias_grad_partials<T, false>
                 <<<grid, kColChannels * kColRowLanes, 0, gemm.stream()>>>(partial, dout, N, OC, rows_per_slice);
         CUDA_CHECK_LAUNCH();
-        bias_grad_finalize<T><<<(unsigned)((OC + kColChannels - 1) / kColChannels), kColChannels * kSumRowLanes, 0,
-                                gemm.stream()>>>(dbias, partial, OC, slices);
-        CUDA_CHECK_LAUNCH();
+        add_column_slices<T>(dbias, nullptr, partial, nullptr, OC, slices, gemm.stream());
     }
 }
 
