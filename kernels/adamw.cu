@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch_range.h"
 
 namespace tune::cuda {
 namespace {
@@ -144,7 +145,7 @@ template <class T>
 void adamw_update(T* params, float* master, const T* grads, float* m, float* v, const std::vector<OptSegment>& segments,
                   const AdamWStep& step, bool stochastic_rounding, uint64_t seed, AdamWTable& table,
                   cudaStream_t stream) {
-    NvtxRange range("adamw_update");
+    LaunchRange range("adamw_update", stream);
     unsigned blocks = 0;
     int count = 0;
     const AdamWTable::Entry* dev = table.prepare(segments, kAdamElemsPerBlock, stream, &blocks, &count);
@@ -158,7 +159,7 @@ void adamw_update(T* params, float* master, const T* grads, float* m, float* v, 
 
 template <class T>
 void sum_squares(double* result, const T* x, size_t n, Scratch& scratch, cudaStream_t stream) {
-    NvtxRange range("sum_squares");
+    LaunchRange range("sum_squares", stream);
     const unsigned blocks = grid_1d(n, kSumSqThreads * kSumSqElemsPerThread, kSumSqMaxBlocks);
     double* partial = static_cast<double*>(scratch.get(blocks * sizeof(double)));
     sum_squares_partials<T><<<blocks, kSumSqThreads, 0, stream>>>(partial, x, n, aligned16(x));

@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch_range.h"
 #include "kernels/matmul.h"
 
 namespace tune::cuda {
@@ -226,7 +227,7 @@ void merge_heads(T* out, const T* in, int B, int T_, int NH, int HS, int parts, 
 template <class T>
 void attention_forward(T* out, T* probs, const T* qkv, DocMask mask, int B, int T_, int C, int NH, Gemm& gemm,
                        Scratch& scratch) {
-    NvtxRange range("attention_forward");
+    LaunchRange range("attention_forward", gemm.stream());
     if (B == 0 || T_ == 0 || C == 0) return;
     const int HS = C / NH, BH = B * NH;
     const size_t head_elems = (size_t)B * T_ * C, rows = (size_t)BH * T_;
@@ -258,7 +259,7 @@ void attention_forward(T* out, T* probs, const T* qkv, DocMask mask, int B, int 
 template <class T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, DocMask mask, int B, int T_, int C,
                         int NH, Gemm& gemm, Scratch& scratch) {
-    NvtxRange range("attention_backward");
+    LaunchRange range("attention_backward", gemm.stream());
     if (B == 0 || T_ == 0 || C == 0) return;
     const int HS = C / NH, BH = B * NH;
     const size_t head_elems = (size_t)B * T_ * C, rows = (size_t)BH * T_;
@@ -302,7 +303,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, Do
 template <class T>
 void attention_forward_cached(T* out, T* kcache, T* vcache, const T* qkv, int B, int n, int pos0, int maxT, int C,
                               int NH, cudaStream_t stream) {
-    NvtxRange range("attention_forward_cached");
+    LaunchRange range("attention_forward_cached", stream);
     if (B == 0 || n == 0 || C == 0) return;
     if (pos0 < 0 || pos0 + n > maxT) throw Error("attention_forward_cached: positions beyond the cache");
     const int HS = C / NH;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "kernels/common.h"
+#include "kernels/op_profile.h"
 
 namespace tune {
 
@@ -72,9 +73,16 @@ class Backend {
     virtual std::string memory_note() const { return ""; }
     // Whether this backend only plans (kernels/plan_backend.h): its buffers hold no memory and it computes nothing.
     virtual bool plans_only() const { return false; }
-    // Profiler ranges around groups of ops ("layer 7 / backward"): NVTX on CUDA, nothing on the CPU.
+    // Profiler ranges around groups of ops ("layer 7 / backward"): NVTX on CUDA; on both, where the op profile
+    // files the ops run inside them.
     virtual void range_push(const char* /*name*/) {}
     virtual void range_pop() {}
+    // The op profile (kernels/op_profile.h; bin/train --profile-step): every op from profile_begin() on is timed,
+    // and profile_end() waits for them, returns their times per (ranges, op) and stops. A backend without one
+    // (the planner) returns none. profile_clock() says what the times are.
+    virtual void profile_begin() {}
+    virtual std::vector<OpTime> profile_end() { return {}; }
+    virtual std::string profile_clock() const { return "no clock"; }
 
     // ---- layers ----
     // out(B,T,C) = wte[tokens] + wpe[p], p = pos[b,t] (B,T) when given (positions restarting in each packed
@@ -207,6 +215,18 @@ class Backend {
     // !has_master()); grads: act_dtype(). Decoupled weight decay: p -= lr*lr_scale*(mhat/(sqrt(vhat)+eps) + wd*p).
     virtual void adamw_update(void* params, void* master, const void* grads, void* m, void* v,
                               const std::vector<OptSegment>& segments, const AdamWStep& step) = 0;
+};
+
+// A Backend range for one scope: range_push now, range_pop at its end.
+class BackendRange {
+   public:
+    BackendRange(Backend& be, const char* name) : be_(be) { be_.range_push(name); }
+    ~BackendRange() { be_.range_pop(); }
+    BackendRange(const BackendRange&) = delete;
+    BackendRange& operator=(const BackendRange&) = delete;
+
+   private:
+    Backend& be_;
 };
 
 // The CPU reference backend in float (training) or double (gradient checks).

@@ -5,6 +5,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch_range.h"
 
 namespace tune::cuda {
 namespace {
@@ -81,7 +82,7 @@ __global__ void __launch_bounds__(kCrossEntropyThreads)
 template <class T>
 void crossentropy_forward_backward(T* losses, T* dlogits, const T* logits, const int32_t* targets, const float* weights,
                                    float dloss, size_t N, int V, int Vp, cudaStream_t stream) {
-    NvtxRange range("crossentropy_forward_backward");
+    LaunchRange range("crossentropy_forward_backward", stream);
     if (N == 0) return;
     // 16-byte accesses when every row starts 16-byte aligned; column by column otherwise.
     const unsigned grid = grid_1d(N, 1, kMaxRowBlocks);

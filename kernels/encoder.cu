@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch_range.h"
 
 namespace tune::cuda {
 namespace {
@@ -158,7 +159,7 @@ void scatter_add_by_id(T* table, const T* dout, const int32_t* ids, int N, int C
 template <class T>
 void encoder_forward(T* out, const int32_t* tokens, const int32_t* pos, const T* wte, const T* wpe, int B, int T_,
                      int C, cudaStream_t stream) {
-    NvtxRange range("encoder_forward");
+    LaunchRange range("encoder_forward", stream);
     const size_t N = (size_t)B * T_;
     if (N == 0 || C == 0) return;
     if (C % kPack<T> == 0 && aligned16(out) && aligned16(wte) && aligned16(wpe)) {
@@ -175,7 +176,7 @@ void encoder_forward(T* out, const int32_t* tokens, const int32_t* pos, const T*
 template <class T>
 void encoder_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, const int32_t* pos, int B, int T_, int C,
                       Scratch& scratch, cudaStream_t stream) {
-    NvtxRange range("encoder_backward");
+    LaunchRange range("encoder_backward", stream);
     const int N = B * T_;
     if (N == 0 || C == 0) return;
     if (dwpe && !pos) {

@@ -6,6 +6,7 @@
 #include "kernels/common.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch_range.h"
 
 namespace tune::cuda {
 namespace {
@@ -218,7 +219,7 @@ __global__ void accumulate_squares_elementwise(float* out, const T* x, float s, 
 
 template <class T>
 void scale(T* out, const T* inp, float s, size_t n, cudaStream_t stream) {
-    NvtxRange range("scale");
+    LaunchRange range("scale", stream);
     if (n == 0) return;
     map_elements(out, inp, n, ScaleOp{s}, stream);
 }
@@ -226,7 +227,7 @@ void scale(T* out, const T* inp, float s, size_t n, cudaStream_t stream) {
 template <class T>
 void dropout(T* out, const T* inp, float p, uint64_t seed, const DropoutLayout& layout, size_t n,
              cudaStream_t stream) {
-    NvtxRange range("dropout");
+    LaunchRange range("dropout", stream);
     if (n == 0) return;
     if (p == 0.0f) {  // keeps everything at scale 1: a copy
         if (out != inp) CUDA_CHECK(cudaMemcpyAsync(out, inp, n * sizeof(T), cudaMemcpyDeviceToDevice, stream));
@@ -240,7 +241,7 @@ void dropout(T* out, const T* inp, float p, uint64_t seed, const DropoutLayout& 
 template <class T>
 void prefix_rows_forward(T* x, const T* src, int src_ld, int B, int T_, int P, int W, int col0, int w,
                          cudaStream_t stream) {
-    NvtxRange range("prefix_rows_forward");
+    LaunchRange range("prefix_rows_forward", stream);
     const size_t total = (size_t)B * P * w;
     if (total == 0) return;
     prefix_rows_copy<T><<<grid_1d(total, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(
@@ -251,7 +252,7 @@ void prefix_rows_forward(T* x, const T* src, int src_ld, int B, int T_, int P, i
 template <class T>
 void prefix_rows_backward(T* dsrc, T* dx, int src_ld, int B, int T_, int P, int W, int col0, int w,
                           cudaStream_t stream) {
-    NvtxRange range("prefix_rows_backward");
+    LaunchRange range("prefix_rows_backward", stream);
     const size_t total = (size_t)P * w;
     if (total == 0 || B == 0) return;
     prefix_rows_sum_over_batch<T><<<grid_1d(total, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(
@@ -262,7 +263,7 @@ void prefix_rows_backward(T* dsrc, T* dx, int src_ld, int B, int T_, int P, int 
 template <class T>
 void distill_forward_backward(T* losses, T* dlogits, const T* logits, const T* teacher_logits, const float* weights,
                               float tau, float dloss, size_t N, int V, int Vp, cudaStream_t stream) {
-    NvtxRange range("distill_forward_backward");
+    LaunchRange range("distill_forward_backward", stream);
     if (N == 0) return;
     const unsigned grid = grid_1d(N, 1, kMaxRowBlocks);
     // 16-byte accesses when every row starts 16-byte aligned; column by column otherwise.
@@ -279,7 +280,7 @@ template <class T>
 void anchor_penalty(double* result, T* grads, const T* params, const float* master, const float* anchor,
                     const float* fisher, const std::vector<OptSegment>& segments, float lambda, float grad_mult,
                     AdamWTable& table, Scratch& scratch, cudaStream_t stream) {
-    NvtxRange range("anchor_penalty");
+    LaunchRange range("anchor_penalty", stream);
     unsigned blocks = 0;
     int count = 0;
     const AdamWTable::Entry* dev = table.prepare(segments, kAnchorElemsPerBlock, stream, &blocks, &count);
@@ -297,7 +298,7 @@ void anchor_penalty(double* result, T* grads, const T* params, const float* mast
 
 template <class T>
 void accumulate_squares(float* out, const T* x, float s, size_t n, cudaStream_t stream) {
-    NvtxRange range("accumulate_squares");
+    LaunchRange range("accumulate_squares", stream);
     if (n == 0) return;
     accumulate_squares_elementwise<T>
         <<<grid_1d(n, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(out, x, s, n);

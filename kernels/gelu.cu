@@ -5,6 +5,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch_range.h"
 
 namespace tune::cuda {
 namespace {
@@ -62,7 +63,7 @@ __global__ void gelu_backward_scalar(T* dinp, const T* dout, const T* inp, size_
 
 template <class T>
 void gelu_forward(T* out, const T* inp, size_t n, cudaStream_t stream) {
-    NvtxRange range("gelu_forward");
+    LaunchRange range("gelu_forward", stream);
     if (n == 0) return;
     size_t done = 0;
     if (aligned16(out) && aligned16(inp)) {
@@ -82,7 +83,7 @@ void gelu_forward(T* out, const T* inp, size_t n, cudaStream_t stream) {
 
 template <class T>
 void gelu_backward(T* dinp, const T* dout, const T* inp, size_t n, cudaStream_t stream) {
-    NvtxRange range("gelu_backward");
+    LaunchRange range("gelu_backward", stream);
     if (n == 0) return;
     size_t done = 0;
     if (aligned16(dinp) && aligned16(dout) && aligned16(inp)) {

@@ -6,6 +6,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/column_sums.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch_range.h"
 
 namespace tune::cuda {
 namespace {
@@ -243,7 +244,7 @@ void launch_backward(unsigned blocks, int warps, float* partial_w, float* partia
 template <class T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, size_t N, int C,
                        cudaStream_t stream) {
-    NvtxRange range("layernorm_forward");
+    LaunchRange range("layernorm_forward", stream);
     if (N == 0 || C == 0) return;
     launch_forward<T, false>(nullptr, out, mean, rstd, inp, nullptr, weight, bias, N, C, stream);
 }
@@ -251,7 +252,7 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
 template <class T>
 void residual_layernorm_forward(T* res, T* out, T* mean, T* rstd, const T* a, const T* b, const T* weight,
                                 const T* bias, size_t N, int C, cudaStream_t stream) {
-    NvtxRange range("residual_layernorm_forward");
+    LaunchRange range("residual_layernorm_forward", stream);
     if (N == 0 || C == 0) return;
     launch_forward<T, true>(res, out, mean, rstd, a, b, weight, bias, N, C, stream);
 }
@@ -259,7 +260,7 @@ void residual_layernorm_forward(T* res, T* out, T* mean, T* rstd, const T* a, co
 template <class T>
 void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, const T* mean,
                         const T* rstd, size_t N, int C, Scratch& scratch, cudaStream_t stream) {
-    NvtxRange range("layernorm_backward");
+    LaunchRange range("layernorm_backward", stream);
     if (N == 0 || C == 0) return;
     const bool params = dweight || dbias;
     // Per-warp accumulators take about 8*C bytes: as many warps as fit the default limit (C <= 6144 fits one).

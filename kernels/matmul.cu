@@ -9,6 +9,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/column_sums.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch_range.h"
 
 namespace tune::cuda {
 namespace {
@@ -74,7 +75,7 @@ cudaDataType_t cuda_type<__half>() {
 
 template <class T>
 void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, size_t N, int IC, int OC, Gemm& gemm) {
-    NvtxRange range("matmul_forward");
+    LaunchRange range("matmul_forward", gemm.stream());
     if (N == 0 || OC == 0) return;
     GemmArgs g;
     g.trans_a = true;
@@ -122,7 +123,7 @@ GemmArgs dinp_product(T* dinp, const T* dout, const T* weight, size_t N, int IC,
 template <class T>
 void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, size_t N, int IC,
                      int OC, Gemm& gemm, Scratch& scratch) {
-    NvtxRange range("matmul_backward");
+    LaunchRange range("matmul_backward", gemm.stream());
     if (N == 0) return;
     if (dinp) gemm.run(dinp_product(dinp, dout, weight, N, IC, OC));
     if (dweight) {
@@ -160,7 +161,7 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
 template <class T>
 bool matmul_backward_gelu(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, const T* pre,
                           size_t N, int IC, int OC, Gemm& gemm, Scratch& scratch) {
-    NvtxRange range("matmul_backward_gelu");
+    LaunchRange range("matmul_backward_gelu", gemm.stream());
     // fp32 keeps the separate GELU backward: cuBLASLt's epilogue may approximate gelu' more loosely than the
     // 1e-5 fp32 parity the CPU reference is held to, and fp32 runs are for checking, not for speed.
     if (std::is_same<T, float>::value) return false;

@@ -5,6 +5,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch_range.h"
 
 namespace tune::cuda {
 namespace {
@@ -45,7 +46,7 @@ __global__ void copy_rows(T* out, const T* inp, const int32_t* rows, size_t n, i
 
 template <class T>
 void gather_rows(T* out, const T* inp, const int32_t* rows, size_t n, int C, cudaStream_t stream) {
-    NvtxRange range("gather_rows");
+    LaunchRange range("gather_rows", stream);
     if (n == 0 || C == 0) return;
     copy_rows<T, true><<<grid_1d(n * C, kResidualThreads), kResidualThreads, 0, stream>>>(out, inp, rows, n, C);
     CUDA_CHECK_LAUNCH();
@@ -53,7 +54,7 @@ void gather_rows(T* out, const T* inp, const int32_t* rows, size_t n, int C, cud
 
 template <class T>
 void scatter_rows(T* out, const T* inp, const int32_t* rows, size_t n, size_t N, int C, cudaStream_t stream) {
-    NvtxRange range("scatter_rows");
+    LaunchRange range("scatter_rows", stream);
     if (N == 0 || C == 0) return;
     CUDA_CHECK(cudaMemsetAsync(out, 0, N * C * sizeof(T), stream));  // all-zero bits are +0 in every type
     if (n == 0) return;
@@ -63,7 +64,7 @@ void scatter_rows(T* out, const T* inp, const int32_t* rows, size_t n, size_t N,
 
 template <class T>
 void residual_forward(T* out, const T* a, const T* b, size_t n, cudaStream_t stream) {
-    NvtxRange range("residual_forward");
+    LaunchRange range("residual_forward", stream);
     if (n == 0) return;
     size_t done = 0;
     if (aligned16(out) && aligned16(a) && aligned16(b)) {

@@ -639,6 +639,7 @@ void GPT2::trunk_forward(int B, int Tt, int pos0) {
     // Position embeddings start at row pos0 when generating (0 otherwise).
     const void* wpe =
         static_cast<const char*>(params_.ptr(kWpe)) + (size_t)std::max(pos0, 0) * C * dtype_size(params_.dtype());
+    be_.range_push("embeddings / forward");
     be_.encoder_forward(act(a_encoded_), tokens_, cached ? nullptr : wpe_positions(), params_.ptr(kWte), wpe, B, Tt,
                         C);
     // The buffers start with the virtual positions in training (pos0 < 0) and in generation's prefill (0).
@@ -647,6 +648,7 @@ void GPT2::trunk_forward(int B, int Tt, int pos0) {
         if (opts_.peft.virt == Virtual::prompt || opts_.peft.virt == Virtual::ptune)
             be_.prefix_rows_forward(act(a_encoded_), virt_src_, C, B, Tt, P_, C, 0, C);
     }
+    be_.range_pop();
     const void* x = act(a_encoded_);  // the residual stream entering the block
     char range[48];
     for (int l = 0; l < cfg_.n_layer; l++) {
@@ -718,6 +720,7 @@ void GPT2::forward(const int32_t* tokens, int B, int T, const float* weights, co
     head_deferred_ = rows_.size() > head_rows_;
     dlogits_ready_ = false;
     if (rows_.empty()) return;
+    const BackendRange range(be_, "head / forward");
     if (gathered_) {
         std::vector<int32_t> inner(rows_.size());
         for (size_t k = 0; k < rows_.size(); k++) inner[k] = (int32_t)((rows_[k] / T) * Tt + P_ + rows_[k] % T);
@@ -822,6 +825,8 @@ std::pair<double, double> GPT2::head_loss(float dloss, bool backward_prep, GPT2*
     const int C = cfg_.n_embd, V = cfg_.vocab_size, Vp = cfg_.padded_vocab_size;
     if (dlogits_ready_)  // the logits (or, deferred, d head input and d wte) hold the first call's gradient
         throw Error("model: loss() again after loss(..., backward_prep): run forward() first");
+    // With a deferred head (more rows than --head-chunk), the head's matmuls forward and backward run here too.
+    const BackendRange range(be_, "head / loss");
     const bool t_deferred = teacher && teacher->head_deferred_;
     const size_t most = std::min({n, head_deferred_ ? head_rows_ : n, t_deferred ? teacher->head_rows_ : n});
     const size_t chunks = (n + most - 1) / most;
@@ -928,6 +933,7 @@ void GPT2::backward() {
         be_.zero(scratch_.ptr(s_virt_dout_), scratch_.table()[s_virt_dout_].numel * dtype_size(scratch_.dtype()));
 
     // LM head and final LayerNorm. The logits buffer now holds dlogits of the rows the head ran on.
+    be_.range_push("head / backward");
     const size_t n = rows_.size();
     if (n > 0 && !dlogits_ready_)  // the logits buffer would be read as their gradient
         throw Error("model: backward() needs loss(..., backward_prep) after the forward, to turn the logits into "
@@ -947,6 +953,7 @@ void GPT2::backward() {
     const int lnf = lnf_w(cfg_);
     be_.layernorm_backward(dres, pgrad(lnf), pgrad(lnf + 1), dC, x_last, params_.ptr(lnf), act(a_lnf_mean_),
                            act(a_lnf_rstd_), N, C);
+    be_.range_pop();
 
     const int stop = std::max(lowest_layer_, backward_floor_);
     char range[48];
@@ -961,8 +968,12 @@ void GPT2::backward() {
         be_.range_pop();
         if (layer_grads_hook_) layer_grads_hook_(l);  // DIST
     }
-    if (kind == Virtual::prefix && stop <= 0) virtual_backward(scratch_.ptr(s_virt_dout_));  // every layer's share is in
+    if (kind == Virtual::prefix && stop <= 0) {  // every layer's share is in
+        const BackendRange virt(be_, "virtual tokens / backward");
+        virtual_backward(scratch_.ptr(s_virt_dout_));
+    }
     if (stop >= 0) return;
+    const BackendRange embeddings(be_, "embeddings / backward");
     if (kind == Virtual::prompt || kind == Virtual::ptune) {
         // dres = d(encoded): the virtual rows' share goes to the prompt (and is zeroed before the embeddings).
         void* dsrc = kind == Virtual::ptune ? scratch_.ptr(s_virt_dout_) : pgrad(virt_first_);

@@ -1,7 +1,12 @@
 // Building small GPT-2 models for tests and moving their tensors to and from host vectors.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -95,6 +100,49 @@ inline void set_tensor(GPT2& m, Arena& a, size_t i, const std::vector<double>& v
 inline void randomise_peft(GPT2& m, uint64_t seed) {
     const Table& t = m.params().table();
     for (size_t i = m.num_base_tensors(); i < t.size(); i++) set_tensor(m, m.params(), i, randn(t[i].numel, seed + i, 0.3));
+}
+
+// One forward, loss and backward of `m` under its backend's op profile (kernels/op_profile.h): the rows keyed
+// "where · op", and the host's wall time around it all, profile_end() (which waits for the device) included.
+struct ProfiledStep {
+    std::map<std::string, OpTime> rows;
+    double wall_ms = 0;
+    int calls(const std::string& key) const {
+        auto it = rows.find(key);
+        return it == rows.end() ? 0 : it->second.calls;
+    }
+};
+inline ProfiledStep profiled_step(GPT2& m, const Data& d) {
+    ProfiledStep p;
+    const auto t0 = std::chrono::steady_clock::now();
+    m.backend().profile_begin();
+    mean_loss(m, d, true);
+    for (const OpTime& t : m.backend().profile_end()) p.rows[t.where + " · " + t.op] = t;
+    p.wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return p;
+}
+
+// What every backend's profile of one unmasked step of an L-block model with an undeferred head must show: every op
+// under a model range, each block op once per block (the matmuls four times), the head and embeddings once, and
+// times that are not negative and add up to no more than the wall time around them (one stream: no overlap).
+inline void expect_model_step_profile(const ProfiledStep& p, int L) {
+    double sum = 0;
+    for (const auto& [key, t] : p.rows) {
+        EXPECT_FALSE(t.where.empty()) << key << ": an op outside every model range";
+        EXPECT_GE(t.ms, 0.0) << key;
+        sum += t.ms;
+    }
+    EXPECT_GT(sum, 0.0);
+    EXPECT_LE(sum, p.wall_ms);
+    EXPECT_EQ(p.calls("layers / forward · matmul_forward"), 4 * L);
+    EXPECT_EQ(p.calls("layers / forward · gelu_forward"), L);
+    EXPECT_EQ(p.calls("embeddings / forward · encoder_forward"), 1);
+    EXPECT_EQ(p.calls("head / forward · matmul_forward"), 1);
+    EXPECT_EQ(p.calls("head / loss · crossentropy_forward_backward"), 1);
+    EXPECT_EQ(p.calls("head / backward · matmul_backward"), 1);
+    EXPECT_EQ(p.calls("head / backward · layernorm_backward"), 1);
+    EXPECT_EQ(p.calls("embeddings / backward · encoder_backward"), 1);
+    EXPECT_EQ(p.calls("layers / backward · layernorm_backward"), 2 * L);
 }
 
 }  // namespace tune::test

@@ -148,6 +148,50 @@ void write_cycle_data(const std::string& d) {
     save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
 }
 
+// --profile-step N prints where step N's time went and writes profile.json: on the CPU, each op's wall time,
+// under the model's ranges, adding up to no more than the step. With two micro-batches each model op runs twice.
+TEST(TrainCli, ProfileStepSaysWhereTheStepsTimeWent) {
+    TempDir tmp("cli");
+    const std::string d = tmp.path();
+    write_cycle_data(d);
+    CmdResult r = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
+                          "/train.bin --batch 2 --seq 15 --grad-accum 2 --steps 3 --val-every 0 --profile-step 2 --out " +
+                          d + "/run");
+    ASSERT_EQ(r.rc, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("profile of step 2 (wall time of each op on the CPU): the step took"));
+    EXPECT_THAT(r.out, HasSubstr("· adamw_update\n"));
+    const nlohmann::json j = nlohmann::json::parse(slurp(d + "/run/profile.json"));
+    EXPECT_EQ(j.at("step"), 2);
+    const double step_ms = j.at("step_ms").get<double>();
+    std::map<std::string, int> calls;
+    double sum = 0;
+    for (const auto& op : j.at("ops")) {
+        calls[op.at("where").get<std::string>() + " · " + op.at("op").get<std::string>()] = op.at("calls").get<int>();
+        EXPECT_GE(op.at("ms").get<double>(), 0.0) << op.dump();
+        sum += op.at("ms").get<double>();
+    }
+    EXPECT_GT(sum, 0.0);
+    EXPECT_LE(sum, step_ms);
+    const int L = 2, accum = 2;
+    EXPECT_EQ(calls["layers / forward · matmul_forward"], 4 * L * accum);
+    EXPECT_EQ(calls["layers / backward · matmul_backward"], 4 * L * accum);
+    EXPECT_EQ(calls["head / loss · crossentropy_forward_backward"], accum);
+    EXPECT_EQ(calls["embeddings / backward · encoder_backward"], accum);
+    EXPECT_EQ(calls["optimizer · sum_squares"], 1);
+    EXPECT_EQ(calls["optimizer · adamw_update"], 1);
+    // Only step 2 was profiled: one table.
+    EXPECT_EQ(r.out.find("profile of step"), r.out.rfind("profile of step"));
+
+    r = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
+                "/train.bin --steps 2 --profile-step 3 --out ''");
+    EXPECT_EQ(r.rc, 2) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("--profile-step: 3 is beyond --steps 2"));
+    r = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
+                "/train.bin --lr-find --profile-step 1 --out ''");
+    EXPECT_EQ(r.rc, 2) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("--profile-step profiles a training step, and --lr-find trains none"));
+}
+
 // A directory another run (or bin/prepare) is writing is refused, naming the holder, before anything is read or
 // written there; once the holder ends, a run may use it. A new run where an earlier one left checkpoints is
 // refused, saying what is there, and leaves them as they were; --resume goes on with that run, --overwrite

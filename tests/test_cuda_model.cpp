@@ -359,6 +359,33 @@ TEST_P(CudaModel, TwoIdenticalRunsAreBitIdentical_5Steps) {
                                     << b[first_diff];
 }
 
+// The op profile on the GPU: every launcher of a model step timed by CUDA events under the model's ranges, the
+// times adding up to no more than the wall time around them; nothing recorded outside a profile.
+TEST_P(CudaModel, OpProfileTimesEveryLauncherOfAStepUnderItsRange_L3_C12_B2_T7) {
+    const int L = 3;
+    GPT2 g(small_config(37, L), gpu(), 2, 7);
+    g.init_random(5);
+    const Data d = random_data(2, 7, 37, 9, false);
+    mean_loss(g, d, true);  // not profiled
+    gpu().profile_begin();
+    EXPECT_TRUE(gpu().profile_end().empty());
+    const ProfiledStep p = profiled_step(g, d);
+    expect_model_step_profile(p, L);
+    EXPECT_EQ(p.calls("layers / forward · attention_forward") + p.calls("layers / forward · attention_forward_cudnn"),
+              L);
+    // LayerNorm: the first alone, every other fused with the residual add before it (the last is ln_f).
+    EXPECT_EQ(p.calls("layers / forward · layernorm_forward"), 1);
+    EXPECT_EQ(p.calls("layers / forward · residual_layernorm_forward"), 2 * L);
+    // GELU's backward in the projection's matmul where cuBLASLt fuses it; else (a launcher that declined, timed
+    // on its own) a matmul and a GELU backward of their own.
+    EXPECT_EQ(p.calls("layers / backward · matmul_backward_gelu"), L);
+    const bool declined = p.calls("layers / backward · gelu_backward") > 0;
+    EXPECT_EQ(p.calls("layers / backward · matmul_backward"), declined ? 4 * L : 3 * L);
+    EXPECT_EQ(p.calls("layers / backward · gelu_backward"), declined ? L : 0);
+    const ProfiledStep again = profiled_step(g, d);
+    EXPECT_EQ(again.calls("layers / forward · matmul_forward"), 4 * L);
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaModel, ::testing::Values(DType::f32, DType::bf16, DType::f16), dtype_param_name);
 
 }  // namespace

@@ -205,6 +205,9 @@ Cli train_cli(TrainArgs& a) {
     c.option("--lr-find-lo", "LR", "lr-find: lowest rate", &a.lr_find_lo, 1e-12, 10);
     c.option("--lr-find-hi", "LR", "lr-find: highest rate", &a.lr_find_hi, 1e-12, 100);
     c.option("--log-every", "N", "a progress line every N steps", &a.log_every, 1, INT_MAX);
+    c.option("--profile-step", "STEP", "time every op of step STEP (CUDA: each launcher's GPU time, by CUDA events; "
+             "CPU: each op's wall time) and print where the step's time went, by model part and op; --out gets "
+             "profile.json (0: off)", &a.profile_step, 0, INT_MAX);
     c.flag("--quiet", "no progress lines", &a.quiet);
     // DIST
     c.option("--zero", "0|1|2", "data parallel: 1 shards the optimizer state (Adam moments, FP32 master weights) "
@@ -238,6 +241,9 @@ void validate_train_args(const TrainArgs& a) {
     validate_schedule(a.sched);
     if (a.halt_at > a.steps)
         throw UsageError("--halt-at: " + std::to_string(a.halt_at) + " is beyond --steps " + std::to_string(a.steps));
+    if (a.profile_step > a.steps)
+        throw UsageError("--profile-step: " + std::to_string(a.profile_step) + " is beyond --steps " +
+                         std::to_string(a.steps));
     if (a.sched.warmup > a.steps)
         throw UsageError("--warmup: " + std::to_string(a.sched.warmup) + " is more than --steps " +
                          std::to_string(a.steps));
@@ -307,6 +313,8 @@ void validate_train_args(const TrainArgs& a) {
           "--schedule stlr");
     needs(a.lr_find_lo != d.lr_find_lo || a.lr_find_hi != d.lr_find_hi, a.lr_find, "--lr-find-lo/--lr-find-hi",
           "--lr-find");
+    if (a.lr_find && a.profile_step > 0)
+        throw UsageError("--profile-step profiles a training step, and --lr-find trains none");
     if (a.lr_find && a.halt_at > 0) throw UsageError("--halt-at has no effect with --lr-find (the sweep is not a run to resume)");
     auto float_str = [](double v) {
         char b[32];

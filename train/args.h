@@ -82,6 +82,7 @@ struct TrainArgs {
     std::string out_dir = "runs/train";
     bool overwrite = false;  // a new run may replace the checkpoints an earlier run left in out_dir (else refused)
     int log_every = 1;  // a progress line every N steps
+    int profile_step = 0;  // time every op of this step and print where its time went (0: off)
     bool lr_find = false;  // run a learning-rate range test instead of training
     bool memory_map = false;  // print every tensor of every arena, then exit without training
     float lr_find_lo = 1e-7f, lr_find_hi = 1.0f;

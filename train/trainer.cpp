@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "data/fileio.h"
 #include "data/tokenizer.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "kernels/plan_backend.h"
@@ -830,7 +831,9 @@ StepStats Trainer::step(float lr) {
         Rng key(args_.seed ^ ((state_.step * (uint64_t)args_.grad_accum + k) * 0x9E3779B97F4A7C15ull));
         model_->set_training(true, key.next_u64(), world, rank);
         if (teacher_) {
+            be_->range_push("teacher");  // its layers share the backend: the profile and Nsight tell them apart
             teacher_->forward(b.inputs.data(), b.B, b.T, b.weights.data(), b.positions_or_null());
+            be_->range_pop();
             model_->forward(b.inputs.data(), b.B, b.T, b.weights.data(), b.positions_or_null());
             const float a = args_.distill;
             auto [ce, kl] =
@@ -864,6 +867,7 @@ StepStats Trainer::step(float lr) {
         }
     }
     st.loss = st.counted ? loss_sum / (double)st.counted : NAN;  // no counted token: no loss (null in the metrics)
+    const BackendRange range(*be_, "optimizer");  // the penalty, the gradient norm and the update
     st.kl = st.counted ? kl_sum / (double)st.counted : 0.0;
     // L2-SP / EWC: lambda/2 sum F (theta - theta_0)^2, its gradient added (times the loss scale, like every
     // gradient here) before the norm is taken, so clipping sees the whole objective. After the reduction over
@@ -1007,6 +1011,18 @@ double Trainer::lr_find(int steps, double lo, double hi) {
         write_line_chart_svg(args_.out_dir + "/lr_find.svg", "learning-rate range test", "learning rate", "loss",
                              {curve}, true);
     return suggestion;
+}
+
+// --profile-step: the step's op times, as a table on stdout and as profile.json in the run directory.
+void Trainer::report_profile(const StepStats& st) {
+    const std::vector<OpTime> times = be_->profile_end();
+    if (!writer_) return;  // every rank profiles its own step; rank 0 speaks for them
+    const double step_ms = st.seconds * 1e3;
+    if (!args_.quiet)
+        std::printf("%s", format_profile(times, st.step, step_ms, be_->profile_clock(), 25).c_str());
+    if (args_.out_dir.empty()) return;
+    const std::string json = profile_json(times, st.step, step_ms, be_->profile_clock());
+    write_file_atomic(args_.out_dir + "/profile.json", json.data(), json.size());
 }
 
 void Trainer::save(const std::string& path, bool resume) {
@@ -1163,7 +1179,10 @@ int Trainer::run() {
             interrupted = true;
             break;
         }
+        const bool profiled = args_.profile_step == (int)state_.step + 1;
+        if (profiled) be_->profile_begin();
         StepStats st = step();
+        if (profiled) report_profile(st);
         const double elapsed = now_seconds() - t_start;
         const double per_step = elapsed / (double)(state_.step - first);
         const double tok_s = tokens_per_step / st.seconds;

@@ -117,6 +117,7 @@ class Trainer {
 
    private:
     void print_memory_map() const;
+    void report_profile(const StepStats& st);
     void update_unfreezing(StepStats& st);
     void capture_anchor(const std::vector<bool>& done);  // theta_0 := the current trainable weights, but `done`
     std::vector<int32_t> virtual_init_tokens() const;

@@ -2,6 +2,7 @@
 // (a usable training backend) or double (for finite-difference gradient checks).
 #include <sys/sysinfo.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -102,29 +103,48 @@ class CpuBackend final : public Backend {
     void upload_i32(int32_t* dst, const int32_t* src, size_t n) override { std::memcpy(dst, src, n * 4); }
     void upload_f32(float* dst, const float* src, size_t n) override { std::memcpy(dst, src, n * 4); }
     void synchronize() override {}
+    void range_push(const char* name) override { profile_.push(name); }
+    void range_pop() override { profile_.pop(); }
+    void profile_begin() override {
+        profile_.clear_times();
+        profiling_ = true;
+    }
+    std::vector<OpTime> profile_end() override {
+        profiling_ = false;
+        std::vector<OpTime> times = profile_.table();
+        profile_.clear_times();
+        return times;
+    }
+    std::string profile_clock() const override { return "wall time of each op on the CPU"; }
 
     void encoder_forward(void* out, const int32_t* tokens, const int32_t* pos, const void* wte, const void* wpe, int B,
                          int T_, int C) override {
+        const auto c = clock("encoder_forward");
         cpu::encoder_forward(t(out), tokens, pos, t(wte), t(wpe), B, T_, C);
     }
     void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, const int32_t* pos, int B,
                           int T_, int C) override {
+        const auto c = clock("encoder_backward");
         cpu::encoder_backward(t(dwte), t(dwpe), t(dout), tokens, pos, B, T_, C);
     }
     void layernorm_forward(void* out, void* mean, void* rstd, const void* inp, const void* w, const void* b, size_t N,
                            int C) override {
+        const auto c = clock("layernorm_forward");
         cpu::layernorm_forward(t(out), t(mean), t(rstd), t(inp), t(w), t(b), N, C);
     }
     void layernorm_backward(void* dinp, void* dw, void* db, const void* dout, const void* inp, const void* w,
                             const void* mean, const void* rstd, size_t N, int C) override {
+        const auto c = clock("layernorm_backward");
         cpu::layernorm_backward(t(dinp), t(dw), t(db), t(dout), t(inp), t(w), t(mean), t(rstd), N, C);
     }
     void matmul_forward(void* out, const void* inp, const void* w, const void* b, size_t N, int IC,
                         int OC) override {
+        const auto c = clock("matmul_forward");
         cpu::matmul_forward(t(out), t(inp), t(w), t(b), N, IC, OC);
     }
     void matmul_backward(void* dinp, void* dw, void* db, const void* dout, const void* inp, const void* w, size_t N,
                          int IC, int OC) override {
+        const auto c = clock("matmul_backward");
         cpu::matmul_backward(t(dinp), t(dw), t(db), t(dout), t(inp), t(w), N, IC, OC);
     }
     size_t attention_saved_elems(int B, int T_, int, int NH) const override {
@@ -132,72 +152,118 @@ class CpuBackend final : public Backend {
     }
     void attention_forward(void* out, void* saved, const void* qkv, DocMask mask, int B, int T_, int C,
                            int NH) override {
+        const auto c = clock("attention_forward");
         cpu::attention_forward(t(out), t(saved), t(qkv), mask, B, T_, C, NH);
     }
     void attention_backward(void* dqkv, const void* dout, const void* qkv, const void*, const void* saved,
                             DocMask mask, int B, int T_, int C, int NH) override {
+        const auto c = clock("attention_backward");
         cpu::attention_backward(t(dqkv), t(dout), t(qkv), t(saved), mask, B, T_, C, NH);
     }
     void attention_forward_cached(void* out, void* kcache, void* vcache, const void* qkv, int B, int n, int pos0,
                                   int maxT, int C, int NH) override {
+        const auto c = clock("attention_forward_cached");
         cpu::attention_forward_cached(t(out), t(kcache), t(vcache), t(qkv), B, n, pos0, maxT, C, NH);
     }
-    void gelu_forward(void* out, const void* inp, size_t n) override { cpu::gelu_forward(t(out), t(inp), n); }
+    void gelu_forward(void* out, const void* inp, size_t n) override {
+        const auto c = clock("gelu_forward");
+        cpu::gelu_forward(t(out), t(inp), n);
+    }
     void gelu_backward(void* dinp, const void* dout, const void* inp, size_t n) override {
+        const auto c = clock("gelu_backward");
         cpu::gelu_backward(t(dinp), t(dout), t(inp), n);
     }
     void residual_forward(void* out, const void* a, const void* b, size_t n) override {
+        const auto c = clock("residual_forward");
         cpu::residual_forward(t(out), t(a), t(b), n);
     }
     void gather_rows(void* out, const void* inp, const int32_t* rows, size_t n, int C) override {
+        const auto c = clock("gather_rows");
         cpu::gather_rows(t(out), t(inp), rows, n, C);
     }
     void scatter_rows(void* out, const void* inp, const int32_t* rows, size_t n, size_t N, int C) override {
+        const auto c = clock("scatter_rows");
         cpu::scatter_rows(t(out), t(inp), rows, n, N, C);
     }
     void crossentropy_forward_backward(void* losses, void* dlogits, const void* logits, const int32_t* targets,
                                        const float* weights, float dloss, size_t N, int V, int Vp) override {
+        const auto c = clock("crossentropy_forward_backward");
         cpu::crossentropy_forward_backward(t(losses), t(dlogits), t(logits), targets, weights, dloss, N, V, Vp);
     }
-    void scale(void* out, const void* inp, float s, size_t n) override { cpu::scale(t(out), t(inp), s, n); }
+    void scale(void* out, const void* inp, float s, size_t n) override {
+        const auto c = clock("scale");
+        cpu::scale(t(out), t(inp), s, n);
+    }
     void dropout(void* out, const void* inp, float p, uint64_t seed, const DropoutLayout& layout,
                  size_t n) override {
+        const auto c = clock("dropout");
         cpu::dropout(t(out), t(inp), p, seed, layout, n);
     }
     void prefix_rows_forward(void* x, const void* src, int src_ld, int B, int T_, int P, int W, int col0,
                              int w) override {
+        const auto c = clock("prefix_rows_forward");
         cpu::prefix_rows_forward(t(x), t(src), src_ld, B, T_, P, W, col0, w);
     }
     void prefix_rows_backward(void* dsrc, void* dx, int src_ld, int B, int T_, int P, int W, int col0,
                               int w) override {
+        const auto c = clock("prefix_rows_backward");
         cpu::prefix_rows_backward(t(dsrc), t(dx), src_ld, B, T_, P, W, col0, w);
     }
     void distill_forward_backward(void* losses, void* dlogits, const void* logits, const void* teacher,
                                   const float* weights, float tau, float dloss, size_t N, int V, int Vp) override {
+        const auto c = clock("distill_forward_backward");
         cpu::distill_forward_backward(t(losses), t(dlogits), t(logits), t(teacher), weights, tau, dloss, N, V, Vp);
     }
     double anchor_penalty(void* grads, const void* params, const void* master, const void* anchor,
                           const void* fisher, const std::vector<OptSegment>& segments, float lambda,
                           float grad_mult) override {
+        const auto c = clock("anchor_penalty");
         return cpu::anchor_penalty(t(grads), t(params), t(master), t(anchor), t(fisher), segments, lambda,
                                    grad_mult);
     }
     void accumulate_squares(void* out, const void* x, float s, size_t n) override {
+        const auto c = clock("accumulate_squares");
         cpu::accumulate_squares(t(out), t(x), s, n);
     }
-    double sum_squares(const void* x, size_t n) override { return cpu::sum_squares(t(x), n); }
+    double sum_squares(const void* x, size_t n) override {
+        const auto c = clock("sum_squares");
+        return cpu::sum_squares(t(x), n);
+    }
     void adamw_update(void* params, void*, const void* grads, void* m, void* v,
                       const std::vector<OptSegment>& segments, const AdamWStep& step) override {
+        const auto c = clock("adamw_update");
         cpu::adamw_update(t(params), t(grads), t(m), t(v), segments, step);
     }
 
    private:
+    // Times one op while the profile is on: its wall time, as every op here runs to its end before returning.
+    class OpClock {
+       public:
+        OpClock(CpuBackend& be, const char* op)
+            : be_(be.profiling_ ? &be : nullptr), op_(op), t0_(std::chrono::steady_clock::now()) {}
+        ~OpClock() {
+            if (!be_) return;
+            const std::chrono::duration<double, std::milli> ms = std::chrono::steady_clock::now() - t0_;
+            be_->profile_.add(be_->profile_.where(), op_, ms.count());
+        }
+        OpClock(const OpClock&) = delete;
+        OpClock& operator=(const OpClock&) = delete;
+
+       private:
+        CpuBackend* be_;
+        const char* op_;
+        std::chrono::steady_clock::time_point t0_;
+    };
+    OpClock clock(const char* op) { return OpClock(*this, op); }
+
     static T* t(void* p) { return static_cast<T*>(p); }
     static const T* t(const void* p) { return static_cast<const T*>(p); }
 
     const size_t limit_ = memory_limit();
     size_t held_ = 0;                  // bytes this backend has allocated and not freed
     std::map<const void*, size_t> sizes_;  // of each allocation (a few arenas; not per tensor)
+    OpProfile profile_;      // the open ranges always; op times while profiling_
+    bool profiling_ = false;
 };
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/launch_range.h"
 
 #ifdef TUNE_HAVE_CUDNN_FE
 #include <cudnn_frontend.h>
@@ -388,7 +389,7 @@ std::string CudnnAttention::validate_for(int sm, DType dtype, int B, int T, int 
 // strided copies stand in for it; the statistics are not needed and are zeroed.
 void CudnnAttention::forward(void* out, float* stats, const void* qkv, DType dtype, int B, int T, int C, int NH,
                              Scratch& scratch) {
-    NvtxRange range("attention forward (cuDNN)");
+    LaunchRange range("attention_forward_cudnn", impl_->stream);
     const size_t es = dtype_size(dtype);
     char* base = const_cast<char*>(static_cast<const char*>(qkv));
     if (T == 1) {
@@ -404,7 +405,7 @@ void CudnnAttention::forward(void* out, float* stats, const void* qkv, DType dty
 
 void CudnnAttention::backward(void* dqkv, const void* dout, const void* qkv, const void* out, const float* stats,
                               DType dtype, int B, int T, int C, int NH, Scratch& scratch) {
-    NvtxRange range("attention backward (cuDNN)");
+    LaunchRange range("attention_backward_cudnn", impl_->stream);
     const size_t es = dtype_size(dtype);
     char* base = const_cast<char*>(static_cast<const char*>(qkv));
     char* dbase = static_cast<char*>(dqkv);

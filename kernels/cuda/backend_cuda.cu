@@ -19,10 +19,11 @@
 
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
-#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/crossentropy.h"
+#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cublaslt.h"
+#include "kernels/cuda/launch_range.h"
 #include "kernels/cuda/scratch.h"
 #include "kernels/encoder.h"
 #include "kernels/finetune.h"
@@ -182,8 +183,17 @@ class CudaBackend final : public Backend {
     }
     void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
     cudaStream_t stream() const { return stream_; }
-    void range_push(const char* name) override { nvtxRangePushA(name); }
-    void range_pop() override { nvtxRangePop(); }
+    void range_push(const char* name) override {
+        nvtxRangePushA(name);
+        cuda::profile_push(name);
+    }
+    void range_pop() override {
+        cuda::profile_pop();
+        nvtxRangePop();
+    }
+    void profile_begin() override { cuda::profile_begin(); }
+    std::vector<OpTime> profile_end() override { return cuda::profile_end(); }
+    std::string profile_clock() const override { return "GPU time of each launcher, by CUDA events"; }
 
     // ---- layers ----
     void encoder_forward(void* out, const int32_t* tokens, const int32_t* pos, const void* wte, const void* wpe, int B,

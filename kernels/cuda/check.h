@@ -5,7 +5,8 @@
 //                        -DTUNE_CUDA_SYNC_CHECK it also synchronizes, so an asynchronous fault is reported by
 //                        the launch that caused it (a debugging build; the normal build never hides a sync).
 // A failure throws tune::Error naming the call, the file and the line: the tools print it and exit.
-// NvtxRange is an RAII range for Nsight Systems (nvtx3 is header-only; ranges cost nothing without a profiler).
+// NvtxRange is an RAII range for Nsight Systems (nvtx3 is header-only; ranges cost nothing without a profiler), for
+// host work; a launcher opens a LaunchRange (launch_range.h) instead, which the op profile can also time.
 #pragma once
 
 #include <cublasLt.h>

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -521,6 +522,8 @@ struct Stream {
 struct EventState {
     uint64_t latest = 0;                                        // the last generation recorded (0: never)
     std::map<uint64_t, std::pair<Stream*, uint64_t>> pending;   // generation -> (stream, index) not yet run
+    uint64_t done = 0;                                          // the last generation that ran (0: none)
+    std::chrono::steady_clock::time_point at;                   // when it ran: cudaEventElapsedTime's clock
 };
 struct Event {
     unsigned flags = 0;
@@ -630,7 +633,11 @@ void run_until(std::map<Stream*, uint64_t> need) {
         }
         Op op = std::move(pick->q.front());
         pick->q.pop_front();
-        if (op.kind == Op::Kind::record) op.event->pending.erase(op.gen);
+        if (op.kind == Op::Kind::record) {
+            op.event->pending.erase(op.gen);
+            op.event->done = op.gen;
+            op.event->at = std::chrono::steady_clock::now();
+        }
         if (op.kind == Op::Kind::work) {
             lock.unlock();
             try {
@@ -951,8 +958,18 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e) {
     run_until(std::move(need));
     return cudaSuccess;
 }
-cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
-    *ms = 0.0f;
+// The host time between the two records' runs (the emulator's kernels run on the host), with CUDA's errors: an
+// event never recorded, or created without timing, is an invalid handle; one whose latest record has not run yet
+// is not ready.
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
+    if (!start || !stop) return set_error(cudaErrorInvalidResourceHandle);
+    const Event* a = reinterpret_cast<Event*>(start);
+    const Event* b = reinterpret_cast<Event*>(stop);
+    if ((a->flags | b->flags) & cudaEventDisableTiming) return set_error(cudaErrorInvalidResourceHandle);
+    std::lock_guard<std::mutex> lock(tab().mu);
+    if (a->st->latest == 0 || b->st->latest == 0) return set_error(cudaErrorInvalidResourceHandle);
+    if (a->st->done != a->st->latest || b->st->done != b->st->latest) return cudaErrorNotReady;  // as cudaEventQuery
+    *ms = std::chrono::duration<float, std::milli>(b->st->at - a->st->at).count();
     return cudaSuccess;
 }
 

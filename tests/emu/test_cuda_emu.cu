@@ -6,8 +6,10 @@
 #include <gtest/gtest.h>
 #include <nccl.h>
 
+#include <chrono>
 #include <cmath>
 #include <numeric>
+#include <thread>
 #include <vector>
 
 #include "kernels/cuda/device_util.cuh"
@@ -263,6 +265,36 @@ TEST(CudaEmuChecks, CollectiveOnHostOrOverlappingBuffersIsRefused) {
     EXPECT_EQ(ncclAllReduce(p, p, 9, ncclFloat, ncclSum, comm, nullptr), ncclInvalidArgument);  // past the end
     ncclCommDestroy(comm);
     cudaFree(p);
+}
+
+void sleep_20ms(void*) { std::this_thread::sleep_for(std::chrono::milliseconds(20)); }
+
+// cudaEventElapsedTime is the host time between the two records' runs (the op profile's clock on the emulator),
+// with CUDA's errors: not ready before the stop has run, an invalid handle for an event never recorded or made
+// without timing.
+TEST(CudaEmuChecks, ElapsedTimeIsTheTimeBetweenTheRecordsRuns) {
+    cudaStream_t s;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    cudaEvent_t a, b, never, untimed;
+    for (cudaEvent_t* e : {&a, &b, &never}) ASSERT_EQ(cudaEventCreate(e), cudaSuccess);
+    ASSERT_EQ(cudaEventCreateWithFlags(&untimed, cudaEventDisableTiming), cudaSuccess);
+    ASSERT_EQ(cudaEventRecord(a, s), cudaSuccess);
+    ASSERT_EQ(cudaLaunchHostFunc(s, sleep_20ms, nullptr), cudaSuccess);
+    ASSERT_EQ(cudaEventRecord(b, s), cudaSuccess);
+    ASSERT_EQ(cudaEventRecord(untimed, s), cudaSuccess);
+    float ms = -1.0f;
+    if (cudaEventQuery(b) == cudaErrorNotReady) {
+        EXPECT_EQ(cudaEventElapsedTime(&ms, a, b), cudaErrorNotReady);
+    }
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    ASSERT_EQ(cudaEventElapsedTime(&ms, a, b), cudaSuccess);
+    EXPECT_GE(ms, 19.0f);
+    EXPECT_LT(ms, 5000.0f);
+    EXPECT_EQ(cudaEventElapsedTime(&ms, a, never), cudaErrorInvalidResourceHandle);
+    EXPECT_EQ(cudaEventElapsedTime(&ms, a, untimed), cudaErrorInvalidResourceHandle);
+    cudaGetLastError();
+    for (cudaEvent_t e : {a, b, never, untimed}) cudaEventDestroy(e);
+    cudaStreamDestroy(s);
 }
 
 // Work runs when the host waits for it, so the statement that dies is the wait.
