@@ -155,8 +155,8 @@ TEST(TrainCli, ProfileStepSaysWhereTheStepsTimeWent) {
     const std::string d = tmp.path();
     write_cycle_data(d);
     CmdResult r = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
-                          "/train.bin --batch 2 --seq 15 --grad-accum 2 --steps 3 --val-every 0 --profile-step 2 --out " +
-                          d + "/run");
+                          "/train.bin --batch 2 --seq 15 --grad-accum 2 --steps 3 --val-every 0 --profile-step 2 " +
+                          "--out " + d + "/run");
     ASSERT_EQ(r.rc, 0) << r.out;
     EXPECT_THAT(r.out, HasSubstr("profile of step 2 (wall time of each op on the CPU): the step took"));
     EXPECT_THAT(r.out, HasSubstr("· adamw_update\n"));
