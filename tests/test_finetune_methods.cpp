@@ -233,6 +233,24 @@ TEST_F(Methods, GradualUnfreezingTrainsTheTopBlockFirstThenOneMorePerPeriod) {
     EXPECT_EQ(metric(b.out_dir, "frozen_below").back(), 0.0);
 }
 
+// With --train-top, unfreezing reaches only the trainable set (what --help says): four periods later block 0 and
+// the embeddings, which --unfreeze-every alone would have let in by then, are still the initial weights.
+TEST_F(Methods, GradualUnfreezingStaysWithinTheTrainTopSet) {
+    TrainArgs a = args("unfreeze_top");
+    a.unfreeze_every = 1;
+    a.train_top = 1;
+    a.steps = 4;
+    a.val_every = 0;
+    ASSERT_EQ(Trainer(a).run(), 0);
+    const auto init = tensors_of(dir + "/init.ckpt"), after = tensors_of(a.out_dir + "/resume.ckpt");
+    for (const auto& [name, v] : init) {
+        if (param_layer(name, 2) >= 1)
+            EXPECT_NE(after.at(name), v) << name << " is in the top block: it should train";
+        else
+            EXPECT_EQ(after.at(name), v) << name << " is outside --train-top 1: it should never train";
+    }
+}
+
 // A run resumed with --unfreeze-every 0 trains every tensor from its first step on: the checkpoint's frozen
 // blocks do not stay frozen for good (the note says "--unfreeze-every 0 (was 3)").
 TEST_F(Methods, ResumingWithoutUnfreezingTrainsTheBlocksTheCheckpointHadFrozen) {

@@ -93,7 +93,8 @@ Cli train_cli(TrainArgs& a) {
                  a.lr_layer_factor = v == "ulmfit" ? kUlmfitLayerFactor : (float)parse_double("--lr-layer-factor", v, 0, 1);
              });
     c.option("--unfreeze-every", "N", "gradual unfreezing (ULMFiT): train the top block (and ln_f) first, one more block "
-             "every N steps, the embeddings last (0: off)", &a.unfreeze_every, 0, INT_MAX);
+             "every N steps, the embeddings last (0: off); with --train-top or --train-only, only blocks in that set "
+             "ever join", &a.unfreeze_every, 0, INT_MAX);
     c.option("--lora-rank", "R", "LoRA rank r: trains low-rank updates of the --lora-targets layers, base frozen (0: off)",
              &a.peft.lora_rank, 0, 1 << 16);
     c.option("--lora-alpha", "A", "LoRA scale: the update is multiplied by A / r", &a.peft.lora_alpha, 1e-6, 1e6);
