@@ -1,10 +1,13 @@
 // bin/prepare: text and JSONL files -> train.bin / val.bin token shards with loss masks.
+#include <sys/stat.h>
+
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "train/cli.h"
 #include "data/fileio.h"
@@ -32,16 +35,37 @@ static const char* kHelp =
     "  --quiet              no progress bar\n"
     "  --help               this text\n";
 
+namespace {
+
+// A stream (a pipe, a terminal, a socket) can be read once: named twice under two names (- and /dev/stdin, or
+// /dev/fd/0), the second read would find it empty and prepare would go on with one input fewer than asked. The same
+// regular file twice is read twice, as asked.
+void refuse_stream_twice(const std::vector<std::string>& paths, const std::vector<std::string>& given) {
+    std::vector<struct stat> seen(paths.size());
+    std::vector<bool> stream(paths.size(), false);
+    for (size_t i = 0; i < paths.size(); i++) {
+        stream[i] = stat(paths[i].c_str(), &seen[i]) == 0 && !S_ISREG(seen[i].st_mode);
+        for (size_t j = 0; stream[i] && j < i; j++)
+            if (stream[j] && seen[j].st_dev == seen[i].st_dev && seen[j].st_ino == seen[i].st_ino)
+                throw tune::UsageError(given[j] + " and " + given[i] + " are the same stream (a pipe or terminal): it "
+                                       "can be read once");
+    }
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
     using namespace tune;
     return tune::run_tool("prepare", [&]() -> int {
         PrepareOptions opt;
         std::string vocab = "data/gpt2";
         bool template_given = false, template_from_file = false, files_only = false, stdin_given = false;
+        std::vector<std::string> given_inputs;  // as written: "-" stays "-"
         auto add_input = [&](const std::string& f) {
             if (f == "-" && std::exchange(stdin_given, true))
                 throw UsageError("- (standard input) given twice: it can be read once");
             opt.inputs.push_back(f == "-" ? "/dev/stdin" : f);
+            given_inputs.push_back(f);
         };
         for (int i = 1; i < argc; i++) {
             std::string a = argv[i];
@@ -123,6 +147,7 @@ int main(int argc, char** argv) {
         require_output_dir("--out", opt.out_dir);
         for (const std::string& f : opt.inputs)
             if (f != "/dev/stdin") require_file("input", f, "a text or JSONL file");
+        refuse_stream_twice(opt.inputs, given_inputs);
         Tokenizer tok = Tokenizer::load(vocab);
         // Ctrl-C or a scheduler's SIGTERM: stop at the next chunk and remove the partial shards.
         static volatile std::sig_atomic_t stop = 0;

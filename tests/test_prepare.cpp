@@ -528,6 +528,16 @@ TEST(PrepareCli, ReportsAndExitCodes) {
     CmdResult twice = run_cmd("echo hi | bin/prepare --quiet --out " + d + "/o5 - -");
     EXPECT_EQ(twice.rc, 2) << twice.out;
     EXPECT_THAT(twice.out, HasSubstr("- (standard input) given twice: it can be read once"));
+    // The same pipe under two names; a regular file on standard input may be named twice (it is opened anew).
+    CmdResult aliased = run_cmd("echo hi | bin/prepare --quiet --out " + d + "/o6 - /dev/stdin");
+    EXPECT_EQ(aliased.rc, 2) << aliased.out;
+    EXPECT_THAT(aliased.out, HasSubstr("- and /dev/stdin are the same stream (a pipe or terminal): it can be read once"));
+    CmdResult pipes = run_cmd("echo hi | bin/prepare --quiet --out " + d + "/o7 /dev/fd/0 /dev/stdin");
+    EXPECT_EQ(pipes.rc, 2) << pipes.out;
+    EXPECT_THAT(pipes.out, HasSubstr("/dev/fd/0 and /dev/stdin are the same stream"));
+    CmdResult file = run_cmd("bin/prepare --quiet --val-frac 0 --out " + d + "/o8 - /dev/stdin < " + d + "/x.jsonl");
+    EXPECT_EQ(file.rc, 0) << file.out;
+    EXPECT_THAT(file.out, HasSubstr("prepared 2 documents"));
 }
 
 // "-" is standard input (a pipe: read by its first line); the notes a user needs reach stderr.
