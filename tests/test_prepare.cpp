@@ -531,7 +531,8 @@ TEST(PrepareCli, ReportsAndExitCodes) {
     // The same pipe under two names; a regular file on standard input may be named twice (it is opened anew).
     CmdResult aliased = run_cmd("echo hi | bin/prepare --quiet --out " + d + "/o6 - /dev/stdin");
     EXPECT_EQ(aliased.rc, 2) << aliased.out;
-    EXPECT_THAT(aliased.out, HasSubstr("- and /dev/stdin are the same stream (a pipe or terminal): it can be read once"));
+    EXPECT_THAT(aliased.out,
+                HasSubstr("- and /dev/stdin are the same stream (a pipe or terminal): it can be read once"));
     CmdResult pipes = run_cmd("echo hi | bin/prepare --quiet --out " + d + "/o7 /dev/fd/0 /dev/stdin");
     EXPECT_EQ(pipes.rc, 2) << pipes.out;
     EXPECT_THAT(pipes.out, HasSubstr("/dev/fd/0 and /dev/stdin are the same stream"));
