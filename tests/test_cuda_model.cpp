@@ -15,6 +15,10 @@
 #include "tests/test_util.h"
 #include "train/optimizer.h"
 
+// The CUDA emulator's count of live events (tests/emu/cuda_emu_runtime.cpp); null on a GPU, where the check
+// that uses it is left out.
+extern "C" long cuda_emu_live_events() __attribute__((weak));
+
 namespace tune::test {
 namespace {
 
@@ -360,13 +364,15 @@ TEST_P(CudaModel, TwoIdenticalRunsAreBitIdentical_5Steps) {
 }
 
 // The op profile on the GPU: every launcher of a model step timed by CUDA events under the model's ranges, the
-// times adding up to no more than the wall time around them; nothing recorded outside a profile.
+// times adding up to no more than the wall time around them; nothing recorded outside a profile, and no event
+// left behind by one (the emulator counts them).
 TEST_P(CudaModel, OpProfileTimesEveryLauncherOfAStepUnderItsRange_L3_C12_B2_T7) {
     const int L = 3;
     GPT2 g(small_config(37, L), gpu(), 2, 7);
     g.init_random(5);
     const Data d = random_data(2, 7, 37, 9, false);
     mean_loss(g, d, true);  // not profiled
+    const long events = cuda_emu_live_events ? cuda_emu_live_events() : 0;
     gpu().profile_begin();
     EXPECT_TRUE(gpu().profile_end().empty());
     const ProfiledStep p = profiled_step(g, d);
@@ -384,6 +390,9 @@ TEST_P(CudaModel, OpProfileTimesEveryLauncherOfAStepUnderItsRange_L3_C12_B2_T7) 
     EXPECT_EQ(p.calls("layers / backward · gelu_backward"), declined ? L : 0);
     const ProfiledStep again = profiled_step(g, d);
     EXPECT_EQ(again.calls("layers / forward · matmul_forward"), 4 * L);
+    if (cuda_emu_live_events) {
+        EXPECT_EQ(cuda_emu_live_events(), events) << "events outlive the profiles that made them";
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaModel, ::testing::Values(DType::f32, DType::bf16, DType::f16), dtype_param_name);

@@ -23,7 +23,7 @@ struct State {
     uint64_t generation = 0;           // one per profile_begin: a range opened before it does not touch its records
     OpProfile profile;                 // the open ranges, always; the times, in profile_end
     std::vector<Record> records;       // this profile's timed launches, in launch order
-    std::vector<cudaEvent_t> events;   // 2 per record (start, stop); kept for the next profile
+    std::vector<cudaEvent_t> events;   // 2 per record (start, stop); destroyed when the profile ends
     cudaError_t error = cudaSuccess;   // the first event call that failed, reported by profile_end
     std::string failed;
 };
@@ -39,6 +39,14 @@ bool ok(State& s, cudaError_t err, const char* call) {
     if (err == cudaSuccess) return true;
     if (s.error == cudaSuccess) s.error = err, s.failed = call;
     return false;
+}
+
+// A profile is one step, so its events go with it: none is left for the process's exit (where the CUDA runtime
+// may already be gone) nor held between profiles. Called under s.mu, once the device has finished with them.
+void release_events(State& s) {
+    for (cudaEvent_t e : s.events) cudaEventDestroy(e);
+    s.events.clear();
+    s.records.clear();
 }
 
 }  // namespace
@@ -104,15 +112,19 @@ std::vector<OpTime> profile_end() {
     s.generation++;  // a range still open (none should be) records nothing now
     if (s.error != cudaSuccess) {
         const std::string what = s.failed + ": " + cudaGetErrorString(s.error);
-        s.records.clear();
+        release_events(s);
         throw Error("op profile: " + what);
     }
     for (size_t i = 0; i < s.records.size(); i++) {
         float ms = 0;
-        CUDA_CHECK(cudaEventElapsedTime(&ms, s.events[2 * i], s.events[2 * i + 1]));
+        const cudaError_t err = cudaEventElapsedTime(&ms, s.events[2 * i], s.events[2 * i + 1]);
+        if (err != cudaSuccess) {
+            release_events(s);
+            throw Error(std::string("op profile: cudaEventElapsedTime: ") + cudaGetErrorString(err));
+        }
         s.profile.add(s.records[i].where, s.records[i].op, ms);
     }
-    s.records.clear();
+    release_events(s);
     std::vector<OpTime> times = s.profile.table();
     s.profile.clear_times();
     return times;

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -917,15 +918,23 @@ cudaError_t cudaLaunchHostFunc(cudaStream_t s, cudaHostFn_t fn, void* data) {
     return cudaSuccess;
 }
 
+namespace {
+std::atomic<long> live_events{0};  // created and not destroyed: cuda_emu_live_events()
+}
+// For tests that check a piece of code leaves no event behind (declared weak there: no such symbol on a GPU).
+extern "C" long cuda_emu_live_events() { return live_events.load(); }
+
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int flags) {
     auto* ev = new Event;
     ev->flags = flags;
     *e = reinterpret_cast<cudaEvent_t>(ev);
+    live_events++;
     return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
 // Queued records and waits keep the event's state alive.
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    if (e) live_events--;
     delete reinterpret_cast<Event*>(e);
     return cudaSuccess;
 }
