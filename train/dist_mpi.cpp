@@ -84,7 +84,7 @@ class MpiComm final : public Comm {
             recv_into(recv.data() + q * mine, mine, q);
         }
         wait_all(what);
-        std::memcpy(recv.data() + rank_ * mine, b + off[rank_] * es, mine);
+        if (mine) std::memcpy(recv.data() + rank_ * mine, b + off[rank_] * es, mine);  // an empty piece: recv is empty
         if (dt == DType::f32)
             sum_pieces<float>(b + off[rank_] * es, recv.data(), counts[rank_]);
         else if (dt == DType::f64)
