@@ -38,6 +38,7 @@ struct Args {
     bool decode = false;
     std::string vocab = "data/gpt2";
     std::string input = "-";
+    bool help = false;  // --help or -h: print the usage and stop there, as the other tools do
 };
 
 Args parse_args(int argc, char** argv) {
@@ -45,7 +46,10 @@ Args parse_args(int argc, char** argv) {
     bool have_input = false;
     for (int i = 1; i < argc; ++i) {
         std::string_view arg = argv[i];
-        if (arg == "--decode") {
+        if (arg == "--help" || arg == "-h") {  // read in order: an unknown option before it is still refused
+            a.help = true;
+            return a;
+        } else if (arg == "--decode") {
             a.decode = true;
         } else if (arg == "--vocab") {
             if (i + 1 >= argc) throw tune::UsageError("--vocab needs a directory (e.g. --vocab data/gpt2)");
@@ -132,14 +136,12 @@ std::string format_ids(const std::vector<int32_t>& ids) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    for (int i = 1; i < argc; ++i) {
-        if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+    return tune::run_tool("tokenize", [&] {
+        Args args = parse_args(argc, argv);
+        if (args.help) {
             std::fputs(kUsage, stdout);
             return 0;
         }
-    }
-    return tune::run_tool("tokenize", [&] {
-        Args args = parse_args(argc, argv);
         std::string input = read_input(args.input);
         tune::Tokenizer tok = tune::Tokenizer::load(args.vocab);
         if (args.decode) {

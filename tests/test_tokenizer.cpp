@@ -615,6 +615,8 @@ TEST(Tokenizer, TokenizeToolEncodesDecodesAndReportsBadInput) {
         {"bin/tokenize /nonexistent/file.txt", 2, "/nonexistent/file.txt"},
         {"bin/tokenize a b", 2, "one input file"},
         {"bin/tokenize --vocab", 2, "--vocab"},
+        // Options are read in order, as by the other tools: one they do not know, before --help, is refused.
+        {"bin/tokenize --bogus --help", 2, "unknown option '--bogus'"},
         {"echo '15496 hello' | bin/tokenize --decode", 1, "id #2 \"hello\" is not an integer"},
         {"echo '15496 50257' | bin/tokenize --decode", 1, "\"50257\" is out of range"},
         // A binary file (a shard) is shown escaped, not cut at its first NUL.
@@ -629,6 +631,8 @@ TEST(Tokenizer, TokenizeToolEncodesDecodesAndReportsBadInput) {
         EXPECT_NE(msg.find(b.message), std::string::npos) << b.cmd << " said: " << msg;
         EXPECT_EQ(std::count(msg.begin(), msg.end(), '\n'), 1) << b.cmd << " said: " << msg;
     }
-    ASSERT_EQ(run("bin/tokenize --help", &out), 0);
-    EXPECT_NE(out.find("--decode"), std::string::npos);
+    for (const char* help : {"bin/tokenize --help", "bin/tokenize -h", "bin/tokenize --decode --help --bogus"}) {
+        ASSERT_EQ(run(std::string(help), &out), 0) << help;
+        EXPECT_NE(out.find("--decode"), std::string::npos) << help;
+    }
 }
