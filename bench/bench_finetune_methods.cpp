@@ -227,7 +227,8 @@ int main(int argc, char** argv) {
         cli.option("--only", "KEYS", "comma-separated subset: full,top1,mlp,disc,cyclic,ulmfit,lora,prompt,ptune,prefix,"
                    "l2sp,ewc,distill,replay", &only);
         cli.option("--doc", "FILE",
-                   "markdown file whose methods table is replaced ('' : none; with --only, none unless given)", &doc);
+                   "markdown file whose methods table is replaced ('' : none; with --only, none unless given)", &doc,
+                   /*empty_ok=*/true);
         cli.option("--out", "DIR", "run directories and results.json", &out);
         cli.option("--machine", "TEXT", "machine description for the table", &machine);
         Windows windows = Windows::fixed;

@@ -84,18 +84,24 @@ bool parse(int argc, char** argv, ExportArgs& a) {
             if (i + 1 >= argc) throw tune::UsageError(arg + ": expects a value");
             return argv[++i];
         };
+        // '' (an unset variable) would read as not given: nothing merged, or one export fewer, with exit 0.
+        auto nonempty = [&](const char* metavar) {
+            std::string v = value();
+            if (v.empty()) throw tune::UsageError(arg + ": empty (an unset variable?); give " + metavar);
+            return v;
+        };
         if (arg == "--help" || arg == "-h") {
             if (has_given) throw tune::UsageError("--help takes no value");
             return false;
         }
         if (arg == "--hf") {
-            a.hf_dir = value();
+            a.hf_dir = nonempty("DIR");
         } else if (arg == "--llmc") {
-            a.llmc_file = value();
+            a.llmc_file = nonempty("FILE");
         } else if (arg == "--llmc-bf16") {
             a.llmc_bf16 = true;
         } else if (arg == "--adapter") {
-            a.adapter = value();
+            a.adapter = nonempty("FILE");
         } else if (arg.size() > 1 && arg[0] == '-') {
             throw tune::UsageError("unknown option '" + arg + "' (see --help)");
         } else if (a.input.empty()) {
@@ -108,7 +114,15 @@ bool parse(int argc, char** argv, ExportArgs& a) {
     if (a.input.empty()) throw tune::UsageError("no input weights given (see --help)");
     tune::require_path("input weights", a.input);
     tune::require_output_dir("--hf", a.hf_dir);
-    tune::require_output_file("--llmc", a.llmc_file);
+    // An --llmc file in the --hf directory is written after that directory is made.
+    const auto folder = [](const std::string& p) {
+        std::error_code ec;
+        auto f = std::filesystem::weakly_canonical(p.empty() ? "." : p, ec).lexically_normal();
+        return f.has_filename() ? f : f.parent_path();  // "d/" names the folder "d"
+    };
+    tune::require_output_file("--llmc", a.llmc_file,
+                              !a.hf_dir.empty() && !a.llmc_file.empty() &&
+                                  folder(std::filesystem::path(a.llmc_file).parent_path().string()) == folder(a.hf_dir));
     tune::require_file("--adapter", a.adapter, "an adapter.ckpt written by bin/train");
     if (a.hf_dir.empty() && a.llmc_file.empty())
         throw tune::UsageError("nothing to write: give --hf DIR and/or --llmc FILE");

@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
         cli.custom("--prompt", "TEXT", "the prompt", "(none)", [&](const std::string& v) {
             prompt = v;
             have_prompt = true;
-        });
+        }, /*empty_ok=*/true);
         cli.option("--prompt-file", "F", "read the prompt from a file ('-': standard input), every byte of it: a "
                    "final line break too", &prompt_file);
         bool eot_first = false, no_eot_first = false;

@@ -64,6 +64,27 @@ TEST(TrainCli, UsageErrorsExitTwoWithOneLine) {
     }
 }
 
+// An empty value, as --init "$BASE" gives with BASE unset, is refused naming the flag: read as "not given" it
+// trained from random weights, evaluated without the adapter, exported nothing merged, all with exit 0.
+TEST(TrainCli, EmptyValueIsRefusedNamingTheFlag) {
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"bin/train --init ''", "--init"},           {"bin/train --val-data ''", "--val-data"},
+        {"bin/train --teacher=", "--teacher"},       {"bin/train --steps ''", "--steps"},
+        {"bin/generate --model x --adapter ''", "--adapter"},
+        {"bin/generate --model x --prompt-file ''", "--prompt-file"},
+        {"bin/evaluate --model x --choices ''", "--choices"}, {"bin/evaluate --model '' --data x", "--model"}};
+    for (const auto& [cmd, flag] : cases) {
+        CmdResult r = run_cmd(cmd);
+        EXPECT_EQ(r.rc, 2) << cmd << ": " << r.out;
+        EXPECT_THAT(r.out, HasSubstr(flag + ": empty (an unset variable?); give ")) << cmd;
+        EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << cmd << ": " << r.out;
+    }
+    // Where '' means something of its own it is still taken: --out '' writes nothing, --prompt '' is no prompt.
+    EXPECT_EQ(run_cmd("bin/train --out '' --help").rc, 0);
+    CmdResult no_prompt = run_cmd("bin/generate --model /nonexistent --prompt ''");
+    EXPECT_THAT(no_prompt.out, HasSubstr("--model: no such file or directory")) << no_prompt.out;
+}
+
 // A beta2 that rounds to 1 in single precision would zero Adam's bias correction (every weight 0/0): the
 // bound is the largest float below 1, and the message shows it as it is.
 TEST(TrainCli, Beta2ThatRoundsToOneIsRefused) {

@@ -194,7 +194,7 @@ Cli train_cli(TrainArgs& a) {
     c.option("--ckpt-every", "N", "write a resume checkpoint every N steps (0: only at the end)", &a.ckpt_every, 0,
              INT_MAX);
     c.option("--out", "DIR", "run directory: metrics.jsonl, loss.svg, model.ckpt, resume.ckpt ('': write nothing)",
-             &a.out_dir);
+             &a.out_dir, /*empty_ok=*/true);
     c.flag("--overwrite", "start a new run in an --out that holds an earlier run's checkpoints (refused without it): "
            "they, its metrics and its plot are replaced (not files this run reads: --init, --teacher, --adapter)",
            &a.overwrite);

@@ -91,16 +91,39 @@ void require_file(const std::string& flag, const std::string& path, const char* 
         throw UsageError(flag + ": " + path + ": is a directory, not a file (expected " + what + ")");
 }
 
-void require_output_dir(const std::string& flag, const std::string& path) {
+// The nearest of `path` and the folders above it that exists ("" when none does: a relative path's start, ".",
+// always does).
+static std::filesystem::path nearest_existing(const std::filesystem::path& path) {
     std::error_code ec;
-    if (!path.empty() && std::filesystem::exists(path, ec) && !std::filesystem::is_directory(path, ec))
-        throw UsageError(flag + " " + path + ": is a file, not a directory");
+    for (std::filesystem::path p = path; !p.empty(); p = p.parent_path()) {
+        if (std::filesystem::exists(p, ec)) return p;
+        if (p == p.parent_path()) break;  // "/"
+    }
+    return ".";
 }
 
-void require_output_file(const std::string& flag, const std::string& path) {
+void require_output_dir(const std::string& flag, const std::string& path) {
+    if (path.empty()) return;
     std::error_code ec;
-    if (!path.empty() && std::filesystem::is_directory(path, ec))
-        throw UsageError(flag + " " + path + ": is a directory, not a file");
+    // Made with the folders above it, which cannot be made below a file: said now, not after the weights are read.
+    const std::filesystem::path there = nearest_existing(path);
+    if (!std::filesystem::is_directory(there, ec))
+        throw UsageError(flag + " " + path + ": " + (there == path ? std::string("is") : there.string() + " is") +
+                         " a file, not a directory");
+}
+
+void require_output_file(const std::string& flag, const std::string& path, bool folder_made_first) {
+    if (path.empty()) return;
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) throw UsageError(flag + " " + path + ": is a directory, not a file");
+    if (folder_made_first) return require_output_dir(flag, path);  // nothing above it may be a file
+    // Written into a folder that must be there already: a typo in it is said now, not after the weights are read.
+    std::filesystem::path dir = std::filesystem::path(path).parent_path();
+    if (dir.empty()) dir = ".";
+    if (!std::filesystem::exists(dir, ec))
+        throw UsageError(flag + " " + path + ": the directory " + dir.string() + " does not exist");
+    if (!std::filesystem::is_directory(dir, ec))
+        throw UsageError(flag + " " + path + ": " + dir.string() + " is a file, not a directory");
 }
 
 void catch_stop_signals(void (*handler)(int)) {
@@ -125,9 +148,10 @@ void Cli::flag(const std::string& name, const std::string& help, bool* target) {
     opts_.push_back({name, "", help, *target ? "on" : "off", [target](const std::string&) { *target = true; }});
 }
 
-void Cli::option(const std::string& name, const std::string& metavar, const std::string& help, std::string* target) {
+void Cli::option(const std::string& name, const std::string& metavar, const std::string& help, std::string* target,
+                 bool empty_ok) {
     opts_.push_back({name, metavar, help, target->empty() ? "(none)" : *target,
-                     [target](const std::string& v) { *target = v; }});
+                     [target](const std::string& v) { *target = v; }, empty_ok});
 }
 
 void Cli::option(const std::string& name, const std::string& metavar, const std::string& help, int* target, long lo,
@@ -157,8 +181,8 @@ void Cli::option(const std::string& name, const std::string& metavar, const std:
 }
 
 void Cli::custom(const std::string& name, const std::string& metavar, const std::string& help,
-                 const std::string& shown, std::function<void(const std::string&)> set) {
-    opts_.push_back({name, metavar, help, shown, std::move(set)});
+                 const std::string& shown, std::function<void(const std::string&)> set, bool empty_ok) {
+    opts_.push_back({name, metavar, help, shown, std::move(set), empty_ok});
 }
 
 // Edits (insert, delete, replace one character) from a to b: how far a typed flag is from a real one.
@@ -210,6 +234,8 @@ bool Cli::parse(int argc, char** argv, std::vector<std::string>* positional) con
             if (i + 1 >= argc) throw UsageError(arg + ": missing value " + opt->metavar);
             value = argv[++i];
         }
+        if (!opt->metavar.empty() && value.empty() && !opt->empty_ok)
+            throw UsageError(arg + ": empty (an unset variable?); give " + opt->metavar);
         opt->set(value);
     }
     return true;

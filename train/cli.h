@@ -27,10 +27,13 @@ int run_tool(const char* name, const std::function<int()>& body, bool output_is_
 //   require_file("--data", p, "a token shard") also "--data: P: is a directory, not a file (expected a token shard)"
 void require_path(const std::string& flag, const std::string& path);
 void require_file(const std::string& flag, const std::string& path, const char* what);
-// An output the same way: a directory to write into must not be a file, a file to write not a directory (it may
-// not exist yet).
+// An output the same way: a directory to write into must not be a file, nor lie below one (it and the folders
+// above it are made when missing); a file to write must not be a directory, and its folder must exist (the file
+// itself may not exist yet).
 void require_output_dir(const std::string& flag, const std::string& path);
-void require_output_file(const std::string& flag, const std::string& path);
+// `folder_made_first`: the file's folder is one the tool makes before it writes the file (bin/export's --llmc in
+// its --hf directory), so it need not exist yet.
+void require_output_file(const std::string& flag, const std::string& path, bool folder_made_first = false);
 
 // SIGINT, SIGTERM and SIGHUP go to `handler`, except a signal the process was started ignoring (nohup, a
 // script's background job): what the user asked to ignore stays ignored.
@@ -46,8 +49,12 @@ class Cli {
     // `usage`: the first lines of --help ("usage: bin/x [options] FILE...\nWhat it does.").
     explicit Cli(std::string usage) : usage_(std::move(usage)) {}
 
+    // An option that takes a value refuses an empty one: "--init ''", or --init "$BASE" with BASE unset, would
+    // read as not given and quietly change the run (random weights, no adapter, no validation). `empty_ok` where
+    // '' means something of its own (bin/train --out '': write nothing; bin/generate --prompt '').
     void flag(const std::string& name, const std::string& help, bool* target);
-    void option(const std::string& name, const std::string& metavar, const std::string& help, std::string* target);
+    void option(const std::string& name, const std::string& metavar, const std::string& help, std::string* target,
+                bool empty_ok = false);
     void option(const std::string& name, const std::string& metavar, const std::string& help, int* target, long lo,
                 long hi);
     void option(const std::string& name, const std::string& metavar, const std::string& help, float* target,
@@ -55,7 +62,7 @@ class Cli {
     void option(const std::string& name, const std::string& metavar, const std::string& help, uint64_t* target);
     // Anything else: `shown` is the default printed by --help; `set` parses and stores (and may throw).
     void custom(const std::string& name, const std::string& metavar, const std::string& help, const std::string& shown,
-                std::function<void(const std::string&)> set);
+                std::function<void(const std::string&)> set, bool empty_ok = false);
 
     // Parses argv. Returns false when --help was asked for. Non-option arguments go to `positional`
     // (an error when null). Accepts "--flag value" and "--flag=value".
@@ -67,6 +74,7 @@ class Cli {
     struct Opt {
         std::string name, metavar, help, shown;
         std::function<void(const std::string&)> set;
+        bool empty_ok = false;
     };
     std::string usage_;
     std::vector<Opt> opts_;
