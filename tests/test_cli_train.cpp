@@ -54,6 +54,16 @@ TEST(TrainCli, HelpExitsZeroAndListsOptions) {
     EXPECT_THAT(r.out, HasSubstr("--train-data"));
 }
 
+// --help's text is what the call is for, so a write of it that fails (a full disk; /dev/full here) is an error in
+// every tool: bin/train and bin/tokenize exited 0.
+TEST(TrainCli, EveryToolsHelpThatCannotBeWrittenExitsOne) {
+    for (const char* tool : {"train", "prepare", "tokenize", "generate", "evaluate", "export"}) {
+        CmdResult r = run_cmd(std::string("(bin/") + tool + " --help >/dev/full)");
+        EXPECT_EQ(r.rc, 1) << tool << ": " << r.out;
+        EXPECT_THAT(r.out, HasSubstr("standard output")) << tool;
+    }
+}
+
 TEST(TrainCli, UsageErrorsExitTwoWithOneLine) {
     for (const char* args : {"--bogus", "--lr -1", "--batch 0", "--seq 100000 --device cpu", "--steps",
                              "--attention flash", "--attention cudnn --device cpu", "--attention cudnn --precision fp32",

@@ -27,7 +27,9 @@ std::function<void(const std::string&)> file_list(const char* flag, std::vector<
 // Declares every option of bin/train against `a`; --help shows a's current values as defaults.
 Cli train_cli(TrainArgs& a) {
     Cli c("usage: bin/train [options]\n"
-          "Trains or fine-tunes a GPT-2 model on token shards (see bin/prepare) and writes a run directory.");
+          "Trains or fine-tunes a GPT-2 model on token shards (see bin/prepare) and writes a run directory.\n"
+          "bin/train alone, with no options at all, runs the default job instead: a synthetic corpus and task, a\n"
+          "tiny GPT-2 pretrained and then fine-tuned on it, into runs/default/ (README.md, \"The two commands\").");
     auto one_of = [](const std::string& flag, std::vector<std::string> allowed, std::string* target) {
         return [=](const std::string& v) {
             std::string list;

@@ -3,8 +3,10 @@
 
 #include <atomic>
 #include <cmath>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 
 #include "train/cli.h"
@@ -78,7 +80,10 @@ int main(int argc, char** argv) {
         }
         tune::TrainArgs args;
         if (!tune::parse_train_args(argc, argv, args)) {
+            // The help is this call's product, unlike a run's progress log: a write that failed is an error.
             std::fputs(tune::train_help().c_str(), stdout);
+            if (std::fflush(stdout) != 0 || std::ferror(stdout))
+                throw tune::Error(std::string("cannot write the help to standard output: ") + std::strerror(errno));
             return 0;
         }
         if (tune::launch_info().rank == 0)

@@ -319,7 +319,8 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
     validate_train_args(given);     // as given: a --vocab that served auto stays allowed when a resume decides
     // --memory-map alone needs no data: where the bytes go depends only on the model, the batch and the options.
     if (args.train_data.empty() && !args.memory_map)
-        throw UsageError("--train-data: no training shards given (make them with bin/prepare)");
+        throw UsageError("--train-data: no training shards given (make them with bin/prepare; bin/train with no "
+                         "options at all runs the default job on data of its own)");
     args_.sched.total_steps = args.steps;
     // DIST: a multi-rank GPU run picks its GPU before the backend exists; rank 0 alone prints and writes.
     const LaunchInfo launch = launch_info();
