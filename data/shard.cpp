@@ -185,15 +185,15 @@ std::vector<Shard> read_shards(const std::vector<std::string>& paths, int vocab_
     for (const std::string& p : paths) {
         shards.push_back(read_shard(p, vocab_size));
         const Shard& s = shards.back();
-        // A mask with no 1 would train on nothing and report a loss of 0: a broken preparation, not data. The
-        // first token is never a target (nothing comes before it), so its weight counts for nothing either.
-        if (s.has_mask() && s.n > 0 && s.masked_targets == s.n - 1)
-            throw Error(p + ": the loss mask is 0 at every one of its " + std::to_string(s.n) +
-                        " tokens that are predicted (all but the first): no token would count (were the answers "
-                        "left out when it was prepared?)");
         if (s.size() < 2)
             throw Error(p + ": " + std::to_string(s.size()) + " token" + (s.size() == 1 ? "" : "s") +
                         ", so nothing to predict (a shard needs at least 2)");
+        // A mask with no 1 would train on nothing and report a loss of 0: a broken preparation, not data. The
+        // first token is never a target (nothing comes before it), so its weight counts for nothing either.
+        if (s.has_mask() && s.masked_targets == s.n - 1)
+            throw Error(p + ": the loss mask is 0 at every one of the " + std::to_string(s.n - 1) +
+                        " tokens that are predicted (all but the first of its " + std::to_string(s.n) +
+                        "): no token would count (were the answers left out when it was prepared?)");
     }
     return shards;
 }

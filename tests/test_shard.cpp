@@ -339,6 +339,11 @@ TEST(Loader, ShardShorterThanOneWindowIsOnePaddedWindow_n8_T10) {
     write_shard(d + "/one.bin", iota_tokens(1, 50), nullptr, 50);
     EXPECT_THAT(error_of([&] { Loader one({d + "/one.bin"}, 50, 1, 8, false, 0); }),
                 HasSubstr("one.bin: 1 token, so nothing to predict"));
+    // With a mask too: one token is too short, whatever its mask says (it was "the loss mask is 0 at every one").
+    const std::vector<uint8_t> one_mask(1, 1);
+    write_shard(d + "/one_masked.bin", iota_tokens(1, 50), &one_mask, 50);
+    EXPECT_THAT(error_of([&] { Loader one({d + "/one_masked.bin"}, 50, 1, 8, false, 0); }),
+                HasSubstr("one_masked.bin: 1 token, so nothing to predict"));
 }
 
 // Document windows over four documents ending in token 99: A (4 tokens), B (6), C (22: longer than a window of
@@ -574,12 +579,13 @@ TEST(Loader, ShardWhoseMaskCountsNothingIsNamed) {
     const std::vector<uint8_t> none(40, 0);
     write_shard(tmp.file("none.bin"), std::vector<int32_t>(40, 3), &none, 37);
     EXPECT_THAT(error_of([&] { Loader l({tmp.file("none.bin")}, 37, 2, 8, false, 0); }),
-                HasSubstr("none.bin: the loss mask is 0 at every one of its 40 tokens that are predicted"));
+                HasSubstr("none.bin: the loss mask is 0 at every one of the 39 tokens that are predicted (all but "
+                          "the first of its 40)"));
     std::vector<uint8_t> first = none;  // token 0 is only ever an input: its weight counts nothing
     first[0] = 1;
     write_shard(tmp.file("first.bin"), std::vector<int32_t>(40, 3), &first, 37);
     EXPECT_THAT(error_of([&] { Loader l({tmp.file("first.bin")}, 37, 2, 8, false, 0); }),
-                HasSubstr("first.bin: the loss mask is 0 at every one of its 40 tokens that are predicted"));
+                HasSubstr("first.bin: the loss mask is 0 at every one of the 39 tokens"));
     std::vector<uint8_t> one = none;
     one[17] = 1;
     write_shard(tmp.file("one.bin"), std::vector<int32_t>(40, 3), &one, 37);
