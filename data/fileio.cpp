@@ -252,6 +252,14 @@ void check_readable(const std::string& path) {
     if (S_ISDIR(st.st_mode)) throw Error(path + ": is a directory, not a file");
 }
 
+void require_rereadable(const std::string& path, const char* what) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0 || S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return;
+    const char* kind = S_ISFIFO(st.st_mode) ? "a pipe" : S_ISCHR(st.st_mode) ? "a character device" : "not a file";
+    throw Error(path + ": " + kind + ", where " + what + " must be a regular file (it is read more than once): " +
+                "save it to a file first");
+}
+
 std::string host_name() {
     static const std::string host = [] {
         char buf[256] = {0};

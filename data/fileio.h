@@ -74,6 +74,10 @@ size_t file_size_or_zero(const std::string& path);
 // Throws what a reader would (missing, unreadable, a directory) without opening the file, so a pipe is not
 // consumed: for checking every input before hours of work on the first ones.
 void check_readable(const std::string& path);
+// For a file read more than once (weights: its format, then its config, then its tensors): a pipe (a shell's
+// <(...)), a terminal or another stream would be consumed by the first read and seem to hold garbage after it,
+// so it is refused by name. A regular file, a directory or a missing path passes (their readers say the rest).
+void require_rereadable(const std::string& path, const char* what);
 // Creates and opens a file named `prefix` + ".HOST.PID.N" that no other writer (thread or process, on any host
 // sharing the directory) is using: O_EXCL, with N counting up past names that exist. Sets *name; returns the
 // descriptor, or -1 with errno set (after 100 names that all exist: EEXIST).

@@ -25,6 +25,7 @@ WeightsFormat weights_format(const std::string& path) {
     std::error_code ec;
     if (!std::filesystem::exists(path, ec)) throw Error(path + ": no such file or directory");
     if (std::filesystem::is_directory(path, ec)) return WeightsFormat::hf_gpt2;
+    require_rereadable(path, "weights");
     uint8_t head[8] = {};
     std::ifstream f(path, std::ios::binary);
     if (!f) throw Error(path + ": cannot open");

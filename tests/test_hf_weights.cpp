@@ -9,6 +9,7 @@
 // Comparisons with transformers use the relative L2 error per tensor, ||ours - ref||_2 / ||ref||_2.
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <cmath>
@@ -28,6 +29,7 @@
 #include "model/hf_gpt2.h"
 #include "model/llmc.h"
 #include "model/weights.h"
+#include "train/checkpoint.h"
 #include "tests/model_util.h"
 #include "tests/test_util.h"
 
@@ -558,6 +560,19 @@ TEST(HfWeights, UnknownFileIsRefused) {
     std::ofstream(dir.file("x.bin")) << "hello, world";
     EXPECT_MENTIONS(error_of([&] { weights_config(dir.file("x.bin")); }), "not a weights file tune.cu reads");
     EXPECT_MENTIONS(error_of([&] { weights_config(dir.file("absent")); }), "no such file or directory");
+}
+
+// Weights through a pipe (bin/generate --model <(...)) are read more than once: the format's sniffing consumed the
+// pipe's start and the checkpoint reader then said it did not start with "TUNECKPT". A pipe is named as such,
+// without being opened (a FIFO with no writer would block the open forever); so is a checkpoint's.
+TEST(HfWeights, APipeIsRefusedAsWeightsWithoutOpeningIt) {
+    TempDir dir;
+    const std::string fifo = dir.file("weights.fifo");
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+    EXPECT_MENTIONS(error_of([&] { weights_config(fifo); }),
+                    fifo + ": a pipe, where weights must be a regular file (it is read more than once)");
+    EXPECT_MENTIONS(error_of([&] { checkpoint_config(fifo); }), fifo + ": a pipe, where a checkpoint must be");
+    EXPECT_MENTIONS(error_of([&] { weights_config("/dev/zero"); }), "/dev/zero: a character device");
 }
 
 // ---- export -> import ----

@@ -113,6 +113,7 @@ struct CkptFile {
     // `verify`: read it all and check the checksum (a load). The readers of header fields alone read the
     // header only: a gpt2-xl resume checkpoint is 20 GB, and a resume asks its header several questions.
     explicit CkptFile(const std::string& p, bool verify = true) : path(p), has_data(verify) {
+        require_rereadable(p, "a checkpoint");
         if (verify) {
             map = std::make_unique<MappedFile>(p);
             bytes = map->data();
