@@ -126,6 +126,23 @@ bool parse(int argc, char** argv, ExportArgs& a) {
     tune::require_file("--adapter", a.adapter, "an adapter.ckpt written by bin/train");
     if (a.hf_dir.empty() && a.llmc_file.empty())
         throw tune::UsageError("nothing to write: give --hf DIR and/or --llmc FILE");
+    // Virtual tokens have no place in either format: said before the weights are read (and merged), naming the
+    // file that brings them.
+    if (!a.adapter.empty()) {
+        const tune::PeftConfig p = tune::checkpoint_peft(a.adapter);
+        if (p.virtual_tokens() > 0)
+            throw tune::UsageError("--adapter " + a.adapter + ": " + tune::virtual_name(p.virt) + " virtual tokens (P=" +
+                                   std::to_string(p.n_virtual) + "), which cannot be merged into weights (only LoRA "
+                                   "can) nor held by a Hugging Face GPT-2 or an llm.c file: export the base alone "
+                                   "and keep the adapter beside it");
+    } else if (tune::weights_format(a.input) == tune::WeightsFormat::tune_checkpoint) {
+        const tune::PeftConfig p = tune::checkpoint_peft(a.input);
+        if (p.virtual_tokens() > 0)
+            throw tune::UsageError(a.input + ": holds " + tune::virtual_name(p.virt) + " virtual tokens (P=" +
+                                   std::to_string(p.n_virtual) + "), which neither a Hugging Face GPT-2 nor an llm.c "
+                                   "file can hold: export the base weights the run started from (its --init), and "
+                                   "keep the run's adapter.ckpt beside them");
+    }
     if (a.llmc_bf16 && a.llmc_file.empty()) throw tune::UsageError("--llmc-bf16 says how to write --llmc FILE: give it");
     // An output over the input would replace the weights being read with another format (or half of them), and
     // two outputs on one file would leave only the second.

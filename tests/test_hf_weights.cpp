@@ -619,6 +619,35 @@ TEST(ExportHf, VirtualTokensAreRefusedLeavingNoDirectory_P4) {
     EXPECT_FALSE(std::filesystem::exists(dir.file("out")));
 }
 
+// bin/export refuses virtual tokens before it reads anything, naming the file they come from: an --adapter of
+// that kind (it said it had merged the adapter, then blamed the output directory), or a checkpoint holding them.
+TEST(ExportTool, VirtualTokensAreRefusedUpFrontNamingTheirFile) {
+    if (!std::filesystem::exists("bin/export")) GTEST_SKIP() << "bin/export not built (make bin/export, or make test)";
+    TempDir dir;
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 base(small_config(), *be, 1, 1);
+    randomize(base, 3);
+    save_checkpoint(dir.file("base.ckpt"), base, nullptr, nullptr);
+    ModelOptions o;
+    o.peft.virt = Virtual::prompt;
+    o.peft.n_virtual = 4;
+    GPT2 m(small_config(), *be, 1, 1, nullptr, o);
+    randomize(m, 11);
+    save_checkpoint(dir.file("vp.ckpt"), m, nullptr, nullptr);
+    save_adapter(dir.file("adapter.ckpt"), m, 0);
+    CmdResult r = run_cmd("bin/export " + dir.file("base.ckpt") + " --adapter " + dir.file("adapter.ckpt") +
+                          " --hf " + dir.file("out"));
+    EXPECT_EQ(r.rc, 2) << r.out;
+    EXPECT_MENTIONS(r.out, "--adapter " + dir.file("adapter.ckpt") + ": prompt virtual tokens (P=4), which cannot be "
+                           "merged into weights (only LoRA can)");
+    EXPECT_EQ(r.out.find("export: read"), std::string::npos) << r.out;
+    r = run_cmd("bin/export " + dir.file("vp.ckpt") + " --llmc " + dir.file("out.bin"));
+    EXPECT_EQ(r.rc, 2) << r.out;
+    EXPECT_MENTIONS(r.out, dir.file("vp.ckpt") + ": holds prompt virtual tokens (P=4)");
+    EXPECT_FALSE(std::filesystem::exists(dir.file("out")));
+    EXPECT_FALSE(std::filesystem::exists(dir.file("out.bin")));
+}
+
 // A failed export leaves no temporary file beside model.safetensors and config.json.
 void expect_only_the_pair(const std::string& dir) {
     for (const auto& e : std::filesystem::directory_iterator(dir)) {
