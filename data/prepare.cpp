@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -481,7 +482,26 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
     rep.doc_tokens_p95 = quantile(0.95);
     rep.train_tokens = train.tokens();
     rep.val_tokens = val ? val->tokens() : 0;
-    if (!rep.train_tokens) throw Error("no training documents were produced (all skipped or all in validation)");
+    if (!rep.train_tokens) {
+        // Which of the three ways it came to nothing, with the inputs named.
+        std::string named;
+        for (size_t i = 0; i < opt.inputs.size() && i < 3; i++) named += (i ? ", " : "") + opt.inputs[i];
+        if (opt.inputs.size() > 3) named += " and " + std::to_string(opt.inputs.size() - 3) + " more";
+        if (rep.documents == 0 && rep.skipped == 0)
+            throw Error("no documents in " + named + ": " + (opt.inputs.size() == 1 ? "it is empty or holds" : "they are empty or hold") +
+                        " only blank lines");
+        if (rep.documents == 0)
+            throw Error("no documents left in " + named + ": all " + std::to_string(rep.skipped) +
+                        " were malformed and skipped (--skip-bad)");
+        if (rep.train_docs == 0) {
+            std::ostringstream frac;
+            frac << opt.val_frac;
+            throw Error("no training documents: all " + std::to_string(rep.documents) + " of " + named +
+                        " went to validation (--val-frac " + frac.str() +
+                        "); give more documents or a smaller --val-frac");
+        }
+        throw Error("no training tokens were produced from " + named);
+    }
     // Both complete on disk before either takes its name: a failure leaves no new train.bin beside an old val.bin.
     train.seal();
     if (val) val->seal();

@@ -298,7 +298,20 @@ TEST(Prepare, NotesWhatItNoticesAndRefusesAnEmptyTextFile) {
                 HasSubstr("empty.txt: empty: a plain text file is one document, and this one has no text"));
     o.skip_bad = true;
     EXPECT_EQ(prepare_dataset(tok(), o).skipped, 1u);
+    // Nothing to train on says which way it came to that (it was "all skipped or all in validation" for all three).
+    o.inputs = {d + "/empty.txt"};
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }),
+                HasSubstr("no documents left in " + d + "/empty.txt: all 1 were malformed and skipped (--skip-bad)"));
     o.skip_bad = false;
+    spit(d + "/blank.jsonl", "\n\n  \n");
+    o.inputs = {d + "/blank.jsonl"};
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }),
+                HasSubstr("no documents in " + d + "/blank.jsonl: it is empty or holds only blank lines"));
+    o.inputs = {d + "/a.txt"};
+    o.val_frac = 0.999999;
+    EXPECT_THAT(error_of([&] { prepare_dataset(tok(), o); }),
+                HasSubstr("no training documents: all 1 of " + d + "/a.txt went to validation (--val-frac 0.999999)"));
+    o.val_frac = 0;
 
     const pid_t child = fork();
     if (child == 0) _exit(0);
