@@ -77,6 +77,11 @@ int main(int argc, char** argv) {
         if (eot_auto)
             std::fprintf(stderr, "note: %s: the prompt goes after <|endoftext|>, as its examples did (--no-eot-first: "
                          "the prompt alone)\n", eot_why.c_str());
+        if (eot_first && !prompt.empty() && (int)ids.size() > m.model->max_T())  // the count check_prompt would give
+            throw Error("the prompt has " + std::to_string(ids.size() - 1) + " tokens, and the <|endoftext|> put "
+                        "before it (" + eot_why + ") makes " + std::to_string(ids.size()) + ", more than the "
+                        "model's context of " + std::to_string(m.model->max_T()) + " positions: shorten the prompt" +
+                        (eot_auto ? " or give --no-eot-first" : ""));
         check_prompt(*m.model, ids);  // before the prompt is printed: no partial output on an error
         // A model with tokens the tokenizer lacks (a fine-tune that added a pad token): those have no text.
         sc.vocab = tok.vocab_size();

@@ -323,6 +323,12 @@ TEST(GenerateCli, NotesTheContextLimitAndRefusesTwoPrompts) {
     EXPECT_EQ(long_prompt.rc, 1) << long_prompt.out;
     EXPECT_THAT(long_prompt.out, HasSubstr("generate: error: the prompt has 30 tokens, more than the model's "
                                            "context of 16 positions: shorten the prompt"));
+    // A prompt that fills the context alone, --eot-first's token making it one too many: counted apart (it said
+    // "the prompt has 17 tokens" of a 16-token prompt).
+    CmdResult eot_over = run_cmd(gen + "--prompt '" + words.substr(0, 16 * 5) + "' --eot-first");
+    EXPECT_EQ(eot_over.rc, 1) << eot_over.out;
+    EXPECT_THAT(eot_over.out, HasSubstr("generate: error: the prompt has 16 tokens, and the <|endoftext|> put before "
+                                        "it (--eot-first) makes 17, more than the model's context of 16 positions"));
     EXPECT_THAT(long_prompt.out, ::testing::Not(HasSubstr("word word"))) << "the prompt was printed before the error";
     // Text that cannot be written (a full disk) is a failure, not a silent success.
     if (std::filesystem::exists("/dev/full")) {
