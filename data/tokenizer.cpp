@@ -25,6 +25,7 @@
 #include <queue>
 #include <stdexcept>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "data/fileio.h"
@@ -287,6 +288,7 @@ void Tokenizer::Impl::load_merges(const std::string& path,
 
     merges.reserve(lines.size());
     int32_t rank = 0;
+    std::unordered_set<int32_t> made;  // the tokens the merges make
     for (size_t i = 0; i < lines.size(); ++i) {
         std::string_view line = lines[i];
         const std::string where = path + ": line " + std::to_string(i + 1);
@@ -308,8 +310,23 @@ void Tokenizer::Impl::load_merges(const std::string& path,
         int32_t merged = find(left + right, std::string(line.substr(0, sp)) + std::string(line.substr(sp + 1)));
         if (!merges.insert(a, b, Merge{rank, merged}))
             throw Error(where + ": merge \"" + std::string(line) + "\" repeats an earlier line");
+        made.insert(merged);
         ++rank;
     }
+    // A file cut at a line's end reads as a shorter, valid list, and would encode every text differently from
+    // GPT-2 (999 merges of 50,000: "Hello" became four tokens): every token of more than one byte, but the
+    // end-of-text one, must be made by some merge.
+    size_t unmade = 0;
+    int32_t first = -1;
+    std::string first_bytes;
+    for (const auto& [bytes, id] : bytes_to_id)
+        if (bytes.size() > 1 && bytes != kEndOfText && !made.count(id) && (++unmade, first < 0 || id < first))
+            first = id, first_bytes = bytes;
+    if (unmade)
+        throw Error(path + ": " + std::to_string(unmade) + " of encoder.json's tokens are made by no merge here (the " +
+                    "first, id " + std::to_string(first) + ": " +
+                    shown_bytes(std::vector<uint8_t>(first_bytes.begin(), first_bytes.end()), 32) + "); it has " +
+                    std::to_string(rank) + " merges: is it cut short, or from another vocabulary?");
 }
 
 void Tokenizer::Impl::compile_pattern() {

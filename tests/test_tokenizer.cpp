@@ -539,6 +539,16 @@ std::string load_error(const std::string& file, const std::string& contents, boo
     return "(no error)";
 }
 
+// The offset just past the n-th '\n' of s (s.size() when it has fewer).
+size_t nth_line_end(const std::string& s, size_t n) {
+    size_t at = 0;
+    for (size_t i = 0; i < n && at < s.size(); i++) {
+        const size_t nl = s.find('\n', at);
+        at = nl == std::string::npos ? s.size() : nl + 1;
+    }
+    return at;
+}
+
 std::string replaced(std::string s, const std::string& from, const std::string& to) {
     size_t at = s.find(from);
     EXPECT_NE(at, std::string::npos) << "fixture text \"" << from << "\" not found";
@@ -575,6 +585,12 @@ TEST(Tokenizer, BadVocabularyFilesAreReportedWithFileAndProblem) {
         {"vocab.bpe", replaced(merges, "\u0120 a\n", "\u0120 zzqqxx\n"), false,
          {"vocab.bpe", "line 3", "\"zzqqxx\" is not in encoder.json"}},
         {"vocab.bpe", replaced(merges, "\u0120 a\n", "\u0120 t\n"), false, {"vocab.bpe", "line 3", "repeats"}},
+        // Cut at a line's end: every line is valid, but tokens of encoder.json are made by none of them (it
+        // loaded, and "Hello world" came out as 4 tokens instead of 2). The version line is not a merge.
+        {"vocab.bpe", merges.substr(0, nth_line_end(merges, 1000)), false,
+         {"vocab.bpe", "49001 of encoder.json's tokens are made by no merge here", "it has 999 merges", "cut short"}},
+        {"vocab.bpe", merges.substr(0, nth_line_end(merges, 50000)), false,
+         {"vocab.bpe", "1 of encoder.json's tokens are made by no merge here (the first, id 50255:"}},
     };
     for (const Case& c : cases) {
         std::string msg = load_error(c.file, c.contents, c.remove);
