@@ -398,6 +398,19 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
     CmdResult twice = run_cmd(ev + "--data " + d + "/v.bin");
     EXPECT_EQ(twice.rc, 0) << twice.out;
     EXPECT_THAT(twice.out, HasSubstr("note: --data given twice: the later list replaces the earlier"));
+    // An example whose endings cannot be scored at once (one sequence each, at the model's 256 positions: some
+    // TiB here) is named by its line, without the backend's advice to shrink --batch, which plays no part.
+    {
+        std::string endings;
+        for (int i = 0; i < 70000; i++) endings += (i ? ",\"x" : "\"x") + std::to_string(i) + "\"";
+        spit(d + "/wide.jsonl", "{\"context\": \"a\", \"endings\": [\"p\", \"q\"], \"label\": 0}\n"
+                                "{\"context\": \"a\", \"endings\": [" + endings + "], \"label\": 1}\n");
+        CmdResult wide = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d + "/wide.jsonl");
+        EXPECT_EQ(wide.rc, 1) << wide.out;
+        EXPECT_THAT(wide.out, HasSubstr(d + "/wide.jsonl:2: 70000 endings, scored at once as 70000 sequences, more "
+                                        "than fit (cpu backend: "));
+        EXPECT_THAT(wide.out, ::testing::Not(HasSubstr("--batch")));
+    }
     // Scores that cannot be written (a full disk) are a failure, not a silent success.
     if (std::filesystem::exists("/dev/full")) {
         CmdResult full = run_cmd("{ " + ev + ">/dev/full; }");

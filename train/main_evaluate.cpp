@@ -124,11 +124,22 @@ int main(int argc, char** argv) {
         }
         if (!choices.empty()) {
             size_t most = 0;
-            for (const auto& e : ex) most = std::max(most, e.endings.size());
-            if (loaded)
-                loaded->model->resize((int)most, loaded->model->max_positions());
-            else
-                loaded = load_model(weights, device, "fp32", (int)most, 0, adapter);
+            const ChoiceExample* widest = nullptr;
+            for (const auto& e : ex)
+                if (e.endings.size() > most) most = e.endings.size(), widest = &e;
+            try {
+                if (loaded)
+                    loaded->model->resize((int)most, loaded->model->max_positions());
+                else
+                    loaded = load_model(weights, device, "fp32", (int)most, 0, adapter);
+            } catch (const Error& e) {
+                // Not --batch's doing: every ending of an example is scored at once, one sequence each.
+                std::string why = e.what();
+                if (!widest || why.find("more than this machine's memory") == std::string::npos) throw;
+                why = why.substr(0, why.find(": fewer sequences"));  // the backend's advice is about --batch
+                throw Error(widest->where + ": " + std::to_string(most) + " endings, scored at once as " +
+                            std::to_string(most) + " sequences, more than fit (" + why + ")");
+            }
             LoadedModel& m = *loaded;
             // Asked as it was trained, like bin/generate asks it.
             const bool eot_auto = m.trained_on.document_windows() && !eot_first && !no_eot_first;

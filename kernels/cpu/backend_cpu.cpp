@@ -80,8 +80,8 @@ class CpuBackend final : public Backend {
         if (limit_ && held_ + n > limit_)
             throw Error("cpu backend: " + gib(n) + " more would make " + gib(held_ + n) +
                         ", more than this machine's memory (" + gib(limit_) +
-                        ", RAM and swap or the cgroup's limit): a smaller --batch or --seq, --recompute, --train-top, "
-                        "LoRA, or a GPU (--device cuda)");
+                        ", RAM and swap or the cgroup's limit): fewer sequences or positions at once (--batch, "
+                        "--seq; in training also --recompute, --train-top or LoRA), or a GPU (--device cuda)");
         void* p = std::aligned_alloc(64, n);
         if (!p) throw Error("cpu backend: out of memory allocating " + std::to_string(bytes) + " bytes");
         sizes_[p] = n;
