@@ -109,6 +109,17 @@ TEST(TrainCli, MissingFileIsAUsageErrorNamingIt) {
         EXPECT_EQ(r.rc, 2) << r.out;
         EXPECT_THAT(r.out, HasSubstr(std::string(flag) + ": no such file or directory: /nonexistent/x.bin"));
     }
+    // A path through a file is named for what is wrong with it (the system says "not a directory").
+    TempDir tmp("clipath");
+    spit(tmp.file("afile"), "x");
+    CmdResult r = run_cmd("bin/train --device cpu --init " + tmp.file("afile/x.ckpt") + " --out ''");
+    EXPECT_EQ(r.rc, 2) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("--init: " + tmp.file("afile/x.ckpt") + ": " + tmp.file("afile") +
+                                 " is a file, not a directory"));
+    // A number past 64 bits is out of range, not "not a non-negative integer".
+    r = run_cmd("bin/train --seed 18446744073709551616");
+    EXPECT_EQ(r.rc, 2) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("--seed: 18446744073709551616 is out of range [0, 18446744073709551615]"));
 }
 
 // A directory where a shard or checkpoint belongs is a usage error naming the flag and the path (the

@@ -78,19 +78,6 @@ std::vector<std::string> split_list(const std::string& v) {
     return out;
 }
 
-void require_path(const std::string& flag, const std::string& path) {
-    std::error_code ec;  // a name the system refuses (a component past 255 bytes) does not exist either
-    if (!path.empty() && !std::filesystem::exists(path, ec))
-        throw UsageError(flag + ": no such file or directory: " + path);
-}
-
-void require_file(const std::string& flag, const std::string& path, const char* what) {
-    require_path(flag, path);
-    std::error_code ec;
-    if (!path.empty() && std::filesystem::is_directory(path, ec))
-        throw UsageError(flag + ": " + path + ": is a directory, not a file (expected " + what + ")");
-}
-
 // The nearest of `path` and the folders above it that exists ("" when none does: a relative path's start, ".",
 // always does).
 static std::filesystem::path nearest_existing(const std::filesystem::path& path) {
@@ -100,6 +87,23 @@ static std::filesystem::path nearest_existing(const std::filesystem::path& path)
         if (p == p.parent_path()) break;  // "/"
     }
     return ".";
+}
+
+void require_path(const std::string& flag, const std::string& path) {
+    std::error_code ec;  // a name the system refuses (a component past 255 bytes) does not exist either
+    if (path.empty() || std::filesystem::exists(path, ec)) return;
+    // "a.txt/x" where a.txt is a file: that is what to fix, not a missing name.
+    const std::filesystem::path there = nearest_existing(path);
+    if (there != "." && !std::filesystem::is_directory(there, ec))
+        throw UsageError(flag + ": " + path + ": " + there.string() + " is a file, not a directory");
+    throw UsageError(flag + ": no such file or directory: " + path);
+}
+
+void require_file(const std::string& flag, const std::string& path, const char* what) {
+    require_path(flag, path);
+    std::error_code ec;
+    if (!path.empty() && std::filesystem::is_directory(path, ec))
+        throw UsageError(flag + ": " + path + ": is a directory, not a file (expected " + what + ")");
 }
 
 void require_output_dir(const std::string& flag, const std::string& path) {
@@ -170,8 +174,9 @@ uint64_t parse_u64(const std::string& flag, const std::string& v) {
     errno = 0;
     char* end = nullptr;
     const unsigned long long x = std::strtoull(v.c_str(), &end, 10);
-    if (v.empty() || *end || errno || v[0] == '-')
+    if (v.empty() || *end || v[0] == '-' || (errno && errno != ERANGE))
         throw UsageError(flag + ": expected a non-negative integer, got '" + v + "'");
+    if (errno == ERANGE) throw UsageError(flag + ": " + v + " is out of range [0, 18446744073709551615]");
     return x;
 }
 
