@@ -381,6 +381,12 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
     EXPECT_THAT(pass1.out, HasSubstr("| 473 tokens (one pass: 15 batches)"));
     CmdResult two = run_cmd(ev + "--batch 4 --batches 2");
     EXPECT_THAT(two.out, HasSubstr("| 256 tokens (2 of the 4 batches of a pass)"));
+    // The rows are the windows there are, at most: --batch 65536 over 15 windows is one batch of 15, not the
+    // memory of 65536 rows (hundreds of GiB: it failed).
+    CmdResult wide = run_cmd(ev + "--batch 65536");
+    EXPECT_EQ(wide.rc, 0) << wide.out;
+    EXPECT_THAT(wide.out, HasSubstr("| 473 tokens (one pass: 1 batches)"));
+    EXPECT_EQ(wide.out.substr(0, 12), pass1.out.substr(0, 12)) << "the same loss:\n" << wide.out << pass1.out;
     // Paths named on the command line that are not there, or not files, are usage errors (2), as in every tool.
     CmdResult dir = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --data " + d);
     EXPECT_EQ(dir.rc, 2) << dir.out;

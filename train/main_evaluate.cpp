@@ -78,7 +78,9 @@ int main(int argc, char** argv) {
         // Loaded once: for the loss windows, then re-sized for the multiple-choice batches.
         std::optional<LoadedModel> loaded;
         if (!data.empty()) {
-            loaded = load_model(weights, device, "fp32", batch, seq, adapter);
+            // One row until the windows are counted: --batch 4096 over a shard of one window needs one row, not
+            // the memory of 4096.
+            loaded = load_model(weights, device, "fp32", 1, seq, adapter);
             LoadedModel& m = *loaded;
             const int V = m.model->config().vocab_size;
             std::vector<Shard> shards = read_shards(paths, V);
@@ -108,6 +110,7 @@ int main(int argc, char** argv) {
             }
             Loader loader(std::move(shards), V, batch, seq, false, 0, 0, 1, doc_end, windows);
             loader.note_short_shards();
+            m.model->resize((int)std::min<size_t>((size_t)batch, std::max<size_t>(1, loader.windows_per_epoch())), seq);
             LossResult r = eval_loss(*m.model, loader, batches, "evaluate: loss, batch");
             std::string scope;
             if (batches > 0 && (size_t)batches > r.pass_batches)
