@@ -236,8 +236,8 @@ TEST(TrainCli, ProfileStepSaysWhereTheStepsTimeWent) {
 
 // A directory another run (or bin/prepare) is writing is refused, naming the holder, before anything is read or
 // written there; once the holder ends, a run may use it. A new run where an earlier one left checkpoints is
-// refused, saying what is there, and leaves them as they were; --resume goes on with that run, --overwrite
-// starts over.
+// refused, saying what is there, and leaves them as they were; --resume goes on with that run (not with
+// another's), --overwrite starts over.
 TEST(TrainCli, ARunDirectoryInUseOrHoldingAnotherRunIsRefused) {
     TempDir tmp("clibusy");
     const std::string d = tmp.path();
@@ -287,6 +287,23 @@ TEST(TrainCli, ARunDirectoryInUseOrHoldingAnotherRunIsRefused) {
     spit(d + "/kept.ckpt", slurp(d + "/moved/resume.ckpt"));
     EXPECT_EQ(run_cmd(in_moved + " --resume " + d + "/kept.ckpt").rc, 0);
     EXPECT_EQ(run_cmd(in_moved + " --resume " + d + "/moved/resume.ckpt").rc, 0);
+    // Another run's checkpoint is no way in: refused, leaving the finished run there as it was (it removed its
+    // model.ckpt and mixed the two runs' metrics). --overwrite lets it, and the log starts afresh.
+    CmdResult other = run_cmd("bin/train --device cpu --quiet --init " + d + "/init.ckpt --seq 15 --batch 2 --steps 3 "
+                              "--lr 1e-3 --train-data " + d + "/train.bin --out " + d + "/other --halt-at 1");
+    ASSERT_EQ(other.rc, 0) << other.out;
+    const std::string finished = slurp(d + "/run/model.ckpt"), finished_log = slurp(d + "/run/metrics.jsonl");
+    CmdResult into = run_cmd(train + " --resume " + d + "/other/resume.ckpt");
+    EXPECT_EQ(into.rc, 2) << into.out;
+    EXPECT_THAT(into.out, HasSubstr("--out " + d + "/run holds another run's checkpoints (resume.ckpt at step 2 of 2, "
+                                    "model.ckpt: finished; its options differ from those --resume " + d +
+                                    "/other/resume.ckpt records)"));
+    EXPECT_EQ(slurp(d + "/run/model.ckpt"), finished);
+    EXPECT_EQ(slurp(d + "/run/metrics.jsonl"), finished_log);
+    CmdResult replaced = run_cmd(train + " --resume " + d + "/other/resume.ckpt --overwrite");
+    ASSERT_EQ(replaced.rc, 0) << replaced.out;
+    EXPECT_EQ(slurp(d + "/run/metrics.jsonl").find("\"step\":1,"), std::string::npos)
+        << "the replaced run's step 1 is still in the log:\n" << slurp(d + "/run/metrics.jsonl");
     // A file this run reads is not an earlier run's to replace: --init from its own --out.
     std::filesystem::create_directories(d + "/own");
     std::filesystem::copy_file(d + "/init.ckpt", d + "/own/model.ckpt");

@@ -260,13 +260,24 @@ static bool resumes_own_run(const TrainArgs& args) {
     return !args.resume.empty() && same_file(args.resume, args.out_dir + "/resume.ckpt");
 }
 
+// Whether `args` resumes the run whose checkpoints its --out holds: from its own resume.ckpt, or from a copy kept
+// of that run (a checkpoint recording the same trajectory options as the directory's resume.ckpt), rather than
+// from another run's checkpoint.
+static bool resumes_run_of_out(const TrainArgs& args) {
+    if (resumes_own_run(args)) return true;
+    if (args.resume.empty() || args.out_dir.empty()) return false;
+    const auto here = checkpoint_options(args.out_dir + "/resume.ckpt");
+    return !here.empty() && checkpoint_options(args.resume) == here;
+}
+
 // A new run in a directory that holds an earlier run's checkpoints would replace them (a finished run's weights,
-// or hours of one that was stopped): refused, saying what is there, unless --overwrite. A --resume continues a
-// run the user named (its own resume.ckpt, or a copy kept from it). Files this run reads (--init, --teacher,
-// --adapter in --out) are kept, so they do not count.
+// or hours of one that was stopped): refused, saying what is there, unless --overwrite. So is a --resume of
+// another run's checkpoint, which would replace them just the same; a --resume of that run (its own resume.ckpt,
+// or a copy kept from it) goes on with it. Files this run reads (--init, --teacher, --adapter in --out) are kept,
+// so they do not count.
 static void refuse_earlier_run(const TrainArgs& args) {
     const std::string& dir = args.out_dir;
-    if (dir.empty() || !args.resume.empty() || args.overwrite || args.memory_map || args.lr_find) return;
+    if (dir.empty() || resumes_run_of_out(args) || args.overwrite || args.memory_map || args.lr_find) return;
     auto read_here = [&](const std::string& path) {
         return same_file(path, args.init) || same_file(path, args.teacher) || same_file(path, args.adapter);
     };
@@ -288,6 +299,11 @@ static void refuse_earlier_run(const TrainArgs& args) {
             finished = true;
         }
     if (held.empty()) return;
+    if (!args.resume.empty())
+        throw UsageError("--out " + dir + " holds another run's checkpoints (" + held + (finished ? ": finished" : "") +
+                         "; its options differ from those --resume " + args.resume + " records): give another --out "
+                         "to go on there (a new directory is fine), or --overwrite to replace that run's checkpoints, "
+                         "metrics and plot with this one's");
     throw UsageError("--out " + dir + " holds an earlier run's checkpoints (" + held + (finished ? ": finished" : "") +
                      "): " + (finished || !resumable ? "" : "go on with it with --resume " + resume + ", ") +
                      "give --overwrite to start over there (its checkpoints, metrics and plot are replaced), or "
@@ -1134,7 +1150,10 @@ int Trainer::run() {
                 std::fprintf(stderr, "note: removed %s of an earlier run (this run writes its own when it finishes)\n",
                              path.c_str());
         }
-    RunLog log(writer_ ? args_.out_dir : "", args_.resume.empty() ? -1 : (long long)state_.step);
+    // A resume keeps its run's lines up to its step; one let replace another run's (--overwrite) starts the log
+    // afresh, not on that run's lines.
+    const bool keep_log = !args_.resume.empty() && (!args_.overwrite || resumes_run_of_out(args_));
+    RunLog log(writer_ ? args_.out_dir : "", keep_log ? (long long)state_.step : -1);
     if (!args_.quiet) {
         print_memory_map();
         std::printf("data: %zu training tokens in %zu %swindows of %d", train_->num_tokens(), train_->num_windows(),
