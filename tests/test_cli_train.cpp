@@ -95,6 +95,26 @@ TEST(TrainCli, EmptyValueIsRefusedNamingTheFlag) {
     EXPECT_THAT(no_prompt.out, HasSubstr("--model: no such file or directory")) << no_prompt.out;
 }
 
+// --warmup rises to --lr; a schedule that starts from its low point then drops at once, which a note says.
+TEST(TrainCli, WarmupBeforeAScheduleThatStartsLowIsNoted) {
+    TempDir tmp("cliwarm");
+    std::vector<int32_t> t(400);
+    for (size_t i = 0; i < t.size(); i++) t[i] = (int32_t)(i * 7 % 50);
+    write_shard(tmp.file("train.bin"), t, nullptr, 50257);
+    const std::string run = "bin/train --device cpu --seq 8 --batch 1 --steps 2 --warmup 1 --train-data " +
+                            tmp.file("train.bin") + " --out '' --schedule ";
+    CmdResult stlr = run_cmd(run + "stlr");
+    EXPECT_EQ(stlr.rc, 0) << stlr.out;
+    EXPECT_THAT(stlr.out, HasSubstr("note: --warmup 1 with --schedule stlr: warmup rises to --lr, then stlr starts "
+                                    "again from --lr/--ratio"));
+    CmdResult tri = run_cmd(run + "triangular2");
+    EXPECT_THAT(tri.out, HasSubstr("note: --warmup 1 with --schedule triangular2: warmup rises to --lr, then the "
+                                   "cycles start from their base"));
+    CmdResult cosine = run_cmd(run + "cosine");
+    EXPECT_EQ(cosine.rc, 0) << cosine.out;
+    EXPECT_THAT(cosine.out, ::testing::Not(HasSubstr("note: --warmup")));
+}
+
 // A beta2 that rounds to 1 in single precision would zero Adam's bias correction (every weight 0/0): the
 // bound is the largest float below 1, and the message shows it as it is.
 TEST(TrainCli, Beta2ThatRoundsToOneIsRefused) {

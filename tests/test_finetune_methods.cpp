@@ -423,6 +423,13 @@ TEST_F(Methods, EwcEstimatesWritesAndRereadsTheFisherAndWeighsThePenaltyByIt) {
                             "/train.bin --seq 13 --ewc 1 --fisher " + a.fisher + " --lora-rank 2 --out ''");
     EXPECT_EQ(bad.rc, 1) << bad.out;
     EXPECT_THAT(bad.out, HasSubstr("no Fisher values for trainable tensor 'h.0.attn.c_attn.lora_A'"));
+    // What would estimate it is named as unused when the file is read (it was silently ignored).
+    CmdResult reread = run_cmd("bin/train --device cpu --init " + dir + "/init.ckpt --train-data " + dir +
+                               "/train.bin --seq 13 --steps 1 --ewc 1 --fisher " + a.fisher + " --fisher-data " + dir +
+                               "/train.bin --out ''");
+    EXPECT_EQ(reread.rc, 0) << reread.out;
+    EXPECT_THAT(reread.out, HasSubstr("note: --fisher " + a.fisher + " exists and is read as it is: "
+                                      "--fisher-data/--fisher-batches estimate a missing file only"));
     // A negative or non-finite value (a file from elsewhere, or damaged) is refused where it is read.
     std::vector<std::vector<float>> values;
     for (const SafetensorsTensorInfo& ti : f.tensors()) values.push_back(f.read_f32(ti.name));

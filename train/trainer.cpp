@@ -613,6 +613,22 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
                     std::any_of(files->begin(), files->end(), [&](const std::string& t) { return same_file(v, t); }))
                     std::fprintf(stderr, "note: --val-data %s is also %s: the validation loss measures what the "
                                  "model was fitted to, not how it generalises\n", v.c_str(), flag);
+        // Warmup rises to --lr, and a schedule that starts from its low point then falls from there at once.
+        const std::string& kind = args.sched.kind;
+        if (args.sched.warmup > 0 && kind == "stlr")
+            std::fprintf(stderr, "note: --warmup %d with --schedule stlr: warmup rises to --lr, then stlr starts again "
+                         "from --lr/--ratio and rises on its own (--cut-frac); --warmup 0 lets stlr rise alone\n",
+                         args.sched.warmup);
+        else if (args.sched.warmup > 0 && (kind == "triangular" || kind == "triangular2" || kind == "exp_range"))
+            std::fprintf(stderr, "note: --warmup %d with --schedule %s: warmup rises to --lr, then the cycles start "
+                         "from their base, --lr x --min-lr-frac, a drop at once after warmup\n", args.sched.warmup,
+                         kind.c_str());
+        // An existing --fisher is read as it is: what would estimate it plays no part.
+        std::error_code fe;
+        if (args.ewc > 0 && (!args.fisher_data.empty() || args.fisher_batches != TrainArgs{}.fisher_batches) &&
+            std::filesystem::exists(args.fisher, fe))
+            std::fprintf(stderr, "note: --fisher %s exists and is read as it is: --fisher-data/--fisher-batches "
+                         "estimate a missing file only (remove it to estimate it again)\n", args.fisher.c_str());
         // L2-SP and EWC hold the weights to where the run starts: from random weights, that keeps no knowledge.
         if ((args.l2sp > 0 || args.ewc > 0) && args.init.empty() && args.resume.empty())
             std::fprintf(stderr, "note: %s without --init holds the weights to random ones, which know nothing to "
