@@ -336,6 +336,37 @@ TEST(TrainCli, ARunDirectoryInUseOrHoldingAnotherRunIsRefused) {
     EXPECT_FALSE(std::filesystem::exists(d + "/run/model.ckpt"));
 }
 
+// Settings that could not do what they ask are refused before the run: --halt-at with --out '' (the steps were
+// trained and then lost), a --profile-step past --halt-at or at a step a resume has done already (no profile, no
+// word), and a new run over a resume.ckpt that does not read as one (cut short: taken for "nothing there" and
+// replaced, though it may be a run's only copy).
+TEST(TrainCli, SettingsThatCouldNotWorkAreRefusedBeforeTheRun) {
+    TempDir tmp("clinever");
+    const std::string d = tmp.path();
+    write_cycle_data(d);
+    const std::string train = "bin/train --device cpu --quiet --init " + d + "/init.ckpt --seq 15 --batch 2 "
+                              "--steps 4 --train-data " + d + "/train.bin ";
+    CmdResult lost = run_cmd(train + "--halt-at 2 --out ''");
+    EXPECT_EQ(lost.rc, 2) << lost.out;
+    EXPECT_THAT(lost.out, HasSubstr("--halt-at stops the run to write its resume checkpoint, and --out '' writes "
+                                    "nothing"));
+    CmdResult past = run_cmd(train + "--halt-at 2 --profile-step 3 --out " + d + "/run");
+    EXPECT_EQ(past.rc, 2) << past.out;
+    EXPECT_THAT(past.out, HasSubstr("--profile-step: 3 is beyond --halt-at 2: it would never run"));
+    ASSERT_EQ(run_cmd(train + "--halt-at 2 --out " + d + "/run").rc, 0);
+    CmdResult done = run_cmd(train + "--profile-step 2 --resume " + d + "/run/resume.ckpt --out " + d + "/run");
+    EXPECT_EQ(done.rc, 2) << done.out;
+    EXPECT_THAT(done.out, HasSubstr("--profile-step 2: " + d + "/run/resume.ckpt is at step 2 already, so it would "
+                                    "never run"));
+    const std::string whole = slurp(d + "/run/resume.ckpt");
+    spit(d + "/run/resume.ckpt", whole.substr(0, 10));  // an interrupted copy
+    CmdResult fresh = run_cmd(train + "--out " + d + "/run");
+    EXPECT_EQ(fresh.rc, 2) << fresh.out;
+    EXPECT_THAT(fresh.out, HasSubstr("--out " + d + "/run holds an earlier run's checkpoints (resume.ckpt, which does "
+                                     "not read as one: cut short or damaged"));
+    EXPECT_EQ(slurp(d + "/run/resume.ckpt"), whole.substr(0, 10));
+}
+
 // --windows documents from the command line: prepared prompt/completion examples train and evaluate in document
 // windows (the progress says what their padding costs), a model without <|endoftext|> is refused, and a resume
 // that changes the windows is named like any changed option.

@@ -247,6 +247,12 @@ void validate_train_args(const TrainArgs& a) {
     if (a.profile_step > a.steps)
         throw UsageError("--profile-step: " + std::to_string(a.profile_step) + " is beyond --steps " +
                          std::to_string(a.steps));
+    if (a.halt_at > 0 && a.profile_step > a.halt_at)
+        throw UsageError("--profile-step: " + std::to_string(a.profile_step) + " is beyond --halt-at " +
+                         std::to_string(a.halt_at) + ": it would never run");
+    if (a.halt_at > 0 && a.out_dir.empty() && !a.lr_find)
+        throw UsageError("--halt-at stops the run to write its resume checkpoint, and --out '' writes nothing: the "
+                         "steps would be lost (give --out DIR)");
     if (a.sched.warmup > a.steps)
         throw UsageError("--warmup: " + std::to_string(a.sched.warmup) + " is more than --steps " +
                          std::to_string(a.steps));

@@ -292,6 +292,8 @@ static void refuse_earlier_run(const TrainArgs& args) {
         const auto steps = was.find("--steps");
         held = "resume.ckpt at step " + std::to_string(step) + (steps == was.end() ? "" : " of " + steps->second);
         finished = steps != was.end() && step >= std::strtoull(steps->second.c_str(), nullptr, 10);
+    } else if (std::filesystem::exists(resume, ec) && !read_here(resume)) {
+        held = "resume.ckpt, which does not read as one: cut short or damaged, perhaps the only copy of a run";
     }
     for (const char* name : {"model.ckpt", "adapter.ckpt"})
         if (std::filesystem::exists(dir + "/" + name, ec) && !read_here(dir + "/" + name)) {
@@ -484,6 +486,10 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
         if (args.halt_at > 0 && args.halt_at <= (int)state_.step)
             throw UsageError("--halt-at " + std::to_string(args.halt_at) + ": " + args.resume + " is at step " +
                              std::to_string(state_.step) + " already; give a later step, or leave --halt-at out");
+        if (args.profile_step > 0 && args.profile_step <= (int)state_.step && !args.lr_find)
+            throw UsageError("--profile-step " + std::to_string(args.profile_step) + ": " + args.resume +
+                             " is at step " + std::to_string(state_.step) + " already, so it would never run; give a "
+                             "later step");
         note_changed_options(args.resume, state_.options, options);  // state_.options: the checkpoint's
         // The scale goes on where the checkpoint left it only when both runs scale dynamically, from the same
         // --loss-scale; otherwise it starts afresh (1 without dynamic scaling).
