@@ -111,6 +111,19 @@ inline uint64_t hash_bytes(const void* p, size_t n, uint64_t h = 0xcbf29ce484222
     return h;
 }
 
+// The same over 8-byte words (the tail byte by byte): a hash of another form, eight times as fast, for fingerprints
+// of whole tensors (a gpt2-xl Fisher is 6 GB).
+inline uint64_t hash_words(const void* p, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, b + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+    }
+    return hash_bytes(b + i, n - i, h);
+}
+
 // Thrown for input from outside (files, command line, config): the message names the file, the
 // field and what was expected. Tools catch it at the top, print the message and exit non-zero.
 struct Error : std::runtime_error {

@@ -375,7 +375,9 @@ void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, con
                            {"bad_in_a_row", state->bad_in_a_row},
                            {"options", state->options},
                            {"base_hash", state->base_fingerprint},
-                           {"trained_base", state->trained_base}};
+                           {"trained_base", state->trained_base},
+                           {"teacher_hash", state->teacher_hash},
+                           {"fisher_hash", state->fisher_hash}};
     }
     if (write) {
         // Test hook: a write slower than --comm-timeout (after the gathers, which every rank takes part in).
@@ -574,6 +576,8 @@ void load_checkpoint(const std::string& path, GPT2& model, AdamW* opt, TrainStat
     if (s.contains("init") && !s["init"].is_string()) f.fail("state field 'init' is not a string");
     state->init = s.value("init", std::string());
     state->base_fingerprint = u64_or("base_hash", 0);
+    state->teacher_hash = u64_or("teacher_hash", 0);
+    state->fisher_hash = u64_or("fisher_hash", 0);
     if (!s.contains("base_hash") && s.contains("base_fingerprint") && model.peft().any() && launch_info().rank == 0)
         std::fprintf(stderr, "note: %s was written before 2026-12-02, with its base recorded in a form this build "
                      "does not check: the adapter.ckpt this run writes will load on any base of its shape\n",

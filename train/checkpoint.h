@@ -57,6 +57,10 @@ struct TrainState {
     // PEFT runs: the base tensors that trained in this run or in the PEFT runs it started from (--init of
     // their checkpoint): an adapter must carry them all to rebuild the model on the original base.
     std::vector<std::string> trained_base;
+    // Fingerprints of what a resume reads again from files rather than from the checkpoint (0: none, or written
+    // before 2026-12-05): --distill's teacher (GPT2::base_fingerprint()) and --ewc's Fisher (fisher_fingerprint()).
+    // A resume whose file now holds other values says so.
+    uint64_t teacher_hash = 0, fisher_hash = 0;
 };
 
 // How the run that writes a checkpoint cut its data, which says how to ask the model: one trained on document

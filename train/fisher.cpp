@@ -67,4 +67,11 @@ void read_fisher(const std::string& path, const Table& g,
     }
 }
 
+uint64_t fisher_fingerprint(uint64_t h, const std::string& name, const std::vector<float>& values) {
+    if (h == 0) h = hash_bytes(nullptr, 0);
+    h = hash_words(name.data(), name.size(), h);
+    h = hash_words(values.data(), values.size() * sizeof(float), h);
+    return h ? h : 1;
+}
+
 }  // namespace tune

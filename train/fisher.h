@@ -26,4 +26,8 @@ void write_fisher(const std::string& path, const Table& g, const std::vector<std
 void read_fisher(const std::string& path, const Table& g,
                  const std::function<void(size_t i, const std::vector<float>& values)>& take);
 
+// A fingerprint of Fisher values, built a tensor at a time in `g`'s order from h = 0 (the name and the values of
+// each): what a resume compares with the one its checkpoint recorded. Never 0 once a tensor went in.
+uint64_t fisher_fingerprint(uint64_t h, const std::string& name, const std::vector<float>& values);
+
 }  // namespace tune

@@ -147,6 +147,16 @@ static void note_changed_options(const std::string& ckpt, const std::map<std::st
                      "with the options it was checkpointed with\n", ckpt.c_str(), changed.c_str());
 }
 
+// A resume reads --distill's teacher and --ewc's Fisher again from their files: one that holds other values than
+// the run had (a file replaced since, or another under the same name) changes the run as a changed option would.
+// `was`: the checkpoint's fingerprint (0 for a new run, or a checkpoint written before they were recorded).
+void Trainer::note_other_values(const std::string& what, const char* values, uint64_t was, uint64_t now) const {
+    if (args_.resume.empty() || was == 0 || was == now || launch_info().rank != 0) return;
+    std::fprintf(stderr, "note: resuming %s: %s holds other %s than the run was checkpointed with (fingerprint "
+                 "%016llx, was %016llx); the run goes on with these, but not as it would have\n", args_.resume.c_str(),
+                 what.c_str(), values, (unsigned long long)now, (unsigned long long)was);
+}
+
 // The loader's position is an index into the epoch's order of windows: over data cut into another number of
 // windows (other files, another --seq, a loader that counts shard tails) it points somewhere else.
 static void note_changed_windows(const std::string& ckpt, const char* which, uint64_t was, size_t now, int T) {
@@ -597,6 +607,8 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
         to.head_chunk = (size_t)args.head_chunk;
         teacher_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &none, to);
         load_weights(teacher, *teacher_);
+        note_other_values("--distill's teacher " + teacher, "weights", state_.teacher_hash, teacher_->base_fingerprint());
+        state_.teacher_hash = teacher_->base_fingerprint();
     }
 
     // DIST: rank r reads windows r, r+N, r+2N, ... of the shared order (data/shard.h), so N ranks x B windows
@@ -726,7 +738,13 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
         throw Error("--fisher " + path + ": the file exists for some ranks and not for others (a file system the "
                     "ranks do not share?); give every rank the same file, or none to estimate it");
     if (here) {
-        read_fisher(path, g, [&](size_t i, const std::vector<float>& v) { opt_->scatter(fisher_, i, v.data()); });
+        uint64_t print = 0;
+        read_fisher(path, g, [&](size_t i, const std::vector<float>& v) {
+            opt_->scatter(fisher_, i, v.data());
+            print = fisher_fingerprint(print, g[i].name, v);
+        });
+        note_other_values("--fisher " + path, "Fisher values", state_.fisher_hash, print);
+        state_.fisher_hash = print;
         if (!args_.quiet) std::printf("ewc: Fisher read from %s\n", path.c_str());
         return;
     }
@@ -802,6 +820,9 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
         for (float v : host[i]) total += v, maxv = std::max(maxv, (double)v), count++;
     }
     if (writer_) write_fisher(path, g, host, batches);  // every rank estimated the same values from the same batches
+    state_.fisher_hash = 0;  // the writer's counts: it writes the checkpoints
+    if (writer_)
+        for (size_t i = 0; i < g.size(); i++) state_.fisher_hash = fisher_fingerprint(state_.fisher_hash, g[i].name, host[i]);
     if (writer_ && passed_over)
         std::fprintf(stderr, "note: --fisher-data: %zu micro-batches were all prompt (loss weight 0) and were passed "
                      "over\n", passed_over);
