@@ -672,6 +672,47 @@ TEST_F(Methods, ResumeNamesAChangedLoraDropout) {
                 HasSubstr("--lora-dropout: --resume " + r.resume + " continues a run with none, no LoRA to drop out"));
 }
 
+// A resume reads the teacher and the Fisher again from their files: one replaced since the checkpoint (same
+// name, other values) is named, as a changed option is; the same files say nothing.
+TEST_F(Methods, ResumeNamesATeacherOrFisherFileThatNowHoldsOtherValues) {
+    TrainArgs a = args("refile");
+    a.distill = 0.3f;
+    a.teacher = dir + "/refile_teacher.ckpt";
+    std::filesystem::copy_file(a.init, a.teacher, std::filesystem::copy_options::overwrite_existing);
+    a.ewc = 0.7f;
+    a.fisher = dir + "/refile_fisher.safetensors";
+    a.fisher_data = {dir + "/val.bin"};
+    a.halt_at = 2;
+    ASSERT_EQ(Trainer(a).run(), 0);
+    TrainArgs b = resuming(a);
+    b.quiet = false;
+    auto noted = [&](const TrainArgs& r) {
+        testing::internal::CaptureStderr();
+        testing::internal::CaptureStdout();
+        { Trainer t(r); }
+        testing::internal::GetCapturedStdout();
+        return testing::internal::GetCapturedStderr();
+    };
+    EXPECT_THAT(noted(b), Not(HasSubstr("holds other")));
+    // Another teacher of the same shape under the same name.
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 other(checkpoint_config(a.init), *be, 1, 1);
+    other.init_random(99);
+    save_checkpoint(a.teacher, other, nullptr, nullptr);
+    EXPECT_THAT(noted(b), HasSubstr("note: resuming " + b.resume + ": --distill's teacher " + a.teacher +
+                                    " holds other weights than the run was checkpointed with"));
+    std::filesystem::copy_file(a.init, a.teacher, std::filesystem::copy_options::overwrite_existing);
+    EXPECT_THAT(noted(b), Not(HasSubstr("holds other")));
+    // The Fisher with one value changed (still finite and not negative).
+    const Table g = Trainer(b).model().grads().table();
+    std::vector<std::vector<float>> values(g.size());
+    read_fisher(a.fisher, g, [&](size_t i, const std::vector<float>& v) { values[i] = v; });
+    values.back().back() += 0.5f;
+    write_fisher(a.fisher, g, values, a.fisher_batches);
+    EXPECT_THAT(noted(b), HasSubstr("note: resuming " + b.resume + ": --fisher " + a.fisher +
+                                    " holds other Fisher values than the run was checkpointed with"));
+}
+
 TEST(Optimizer, WeightDecaySparesEmbeddingTablesUnlessAsked) {
     auto info = [](const std::string& name, std::vector<size_t> shape) {
         TensorInfo t;
@@ -735,6 +776,11 @@ TEST(MethodsCli, FlagsAreValidatedWithClearMessages) {
         {"--schedule constant --min-lr-frac 0.5", "--min-lr-frac has no effect without a --schedule that decays"},
         {"--schedule stlr --min-lr-frac 0.5", "--min-lr-frac has no effect without a --schedule that decays"},
         {"--lr-find --halt-at 5", "--halt-at has no effect with --lr-find"},
+        {"--lr-find --lr 1e-3", "--lr has no effect with --lr-find: the sweep sets the rate itself"},
+        {"--lr-find --schedule stlr --cut-frac 0.2 --ckpt-every 5",
+         "--schedule, --cut-frac, --ckpt-every have no effect with --lr-find"},
+        {"--lr-find --warmup 3 --val-every 7 --val-batches 2 --ckpt-minutes 1",
+         "--warmup, --val-every, --val-batches, --ckpt-minutes have no effect with --lr-find"},
         {"--lr-find --lr-find-lo 1 --lr-find-hi 0.1", "--lr-find-lo 1 must be below --lr-find-hi 0.1"},
         {"--init /dev/null --model gpt2", "--model gpt2 has no effect with --init"},
     };

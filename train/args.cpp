@@ -204,7 +204,8 @@ Cli train_cli(TrainArgs& a) {
            "and exit without training (no --train-data needed); planned, nothing allocated, so also for a run too "
            "big for this machine or --device cuda without a GPU", &a.memory_map);
     c.flag("--lr-find", "learning-rate range test over --steps steps (300 unless given; exponential from --lr-find-lo "
-           "to --lr-find-hi): writes lr_find.svg and prints a suggested --lr", &a.lr_find);
+           "to --lr-find-hi): writes lr_find.svg and prints a suggested --lr; the schedule, validation and checkpoint "
+           "flags have no part in it (refused)", &a.lr_find);
     c.option("--lr-find-lo", "LR", "lr-find: lowest rate", &a.lr_find_lo, 1e-12, 10);
     c.option("--lr-find-hi", "LR", "lr-find: highest rate", &a.lr_find_hi, 1e-12, 100);
     c.option("--log-every", "N", "a progress line every N steps", &a.log_every, 1, INT_MAX);
@@ -325,6 +326,32 @@ void validate_train_args(const TrainArgs& a) {
     if (a.lr_find && a.profile_step > 0)
         throw UsageError("--profile-step profiles a training step, and --lr-find trains none");
     if (a.lr_find && a.halt_at > 0) throw UsageError("--halt-at has no effect with --lr-find (the sweep is not a run to resume)");
+    if (a.lr_find) {  // the sweep replaces the run: named all at once, so one edit of the command does
+        std::string idle;
+        int n = 0;
+        auto unused = [&](bool given, const char* flag) {
+            if (!given) return;
+            idle += (n++ ? ", " : "") + std::string(flag);
+        };
+        unused(a.sched.lr != d.sched.lr, "--lr");
+        unused(a.sched.kind != d.sched.kind, "--schedule");
+        unused(a.sched.warmup != d.sched.warmup, "--warmup");
+        unused(a.sched.min_frac != d.sched.min_frac, "--min-lr-frac");
+        unused(a.sched.half_cycle != d.sched.half_cycle, "--half-cycle");
+        unused(a.sched.gamma != d.sched.gamma, "--gamma");
+        unused(a.sched.cut_frac != d.sched.cut_frac, "--cut-frac");
+        unused(a.sched.ratio != d.sched.ratio, "--ratio");
+        unused(!a.val_data.empty(), "--val-data");
+        unused(a.val_every != d.val_every, "--val-every");
+        unused(a.val_batches != d.val_batches, "--val-batches");
+        unused(a.ckpt_every != d.ckpt_every, "--ckpt-every");
+        unused(a.ckpt_minutes != d.ckpt_minutes, "--ckpt-minutes");
+        if (n)
+            throw UsageError(idle + (n > 1 ? " have" : " has") + " no effect with --lr-find: the sweep sets the rate "
+                             "itself (from --lr-find-lo to --lr-find-hi, exponentially), validates nothing and writes "
+                             "no checkpoint (leave " + (n > 1 ? "them" : "it") + " out for the sweep, and give " +
+                             (n > 1 ? "them" : "it") + " to the run after it)");
+    }
     auto float_str = [](double v) {
         char b[32];
         std::snprintf(b, sizeof b, "%g", v);
