@@ -646,6 +646,16 @@ TEST(Schedule, SlantedTriangularMatchesUlmfit) {
     // after the cut: p = 1 - (t - cut) / (cut * (1/cut_frac - 1)) = 1 - 450/900 = 0.5 at t = 550
     EXPECT_FLOAT_EQ(lr_at(s, 550), 0.01f * (1 + 0.5f * 31) / 32);
     EXPECT_NEAR(lr_at(s, 999), 0.01 * (1 + (1 - 899.0 / 900) * 31) / 32, 1e-9);
+    // The decay spans the steps after the cut whatever the run's length: a run shorter than 1/cut_frac steps
+    // (cut = 1) goes down to 1/4 of the way above the floor at its 5th step, not 6/9; at 105 steps (cut = 10)
+    // the last step is 1/95 above it, not at the floor since step 100.
+    s.total_steps = 5;
+    EXPECT_FLOAT_EQ(lr_at(s, 1), 0.01f);
+    EXPECT_NEAR(lr_at(s, 4), 0.01 * (1 + 0.25 * 31) / 32, 1e-9);
+    s.total_steps = 105;
+    EXPECT_FLOAT_EQ(lr_at(s, 10), 0.01f);
+    EXPECT_NEAR(lr_at(s, 104), 0.01 * (1 + (1 - 94.0 / 95) * 31) / 32, 1e-9);
+    EXPECT_GT(lr_at(s, 103), lr_at(s, 104));
 }
 
 TEST(Schedule, UnknownKindsAndBadNumbersAreUsageErrors) {

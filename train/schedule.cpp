@@ -19,8 +19,11 @@ float lr_at(const ScheduleConfig& s, int step) {
     if (s.kind == "cosine") return (float)(lr_min + 0.5 * (lr - lr_min) * (1.0 + std::cos(M_PI * p)));
     if (s.kind == "linear") return (float)(lr + (lr_min - lr) * p);
     if (s.kind == "stlr") {
+        // Howard and Ruder decay over cut * (1/cut_frac - 1) steps: the n - cut steps after the cut when n *
+        // cut_frac is whole. Over n - cut the decay spans the run for any n; over their span a short run (n <
+        // 1/cut_frac: cut is 1) ended high, and one with a fraction of a step cut off ended early at the floor.
         const double cut = std::max(1.0, std::floor(n * (double)s.cut_frac));
-        const double q = t < cut ? t / cut : 1.0 - (t - cut) / (cut * (1.0 / s.cut_frac - 1.0));
+        const double q = t < cut ? t / cut : 1.0 - (t - cut) / std::max(1.0, n - cut);
         return (float)(lr * (1.0 + std::max(0.0, q) * (s.ratio - 1.0)) / s.ratio);
     }
     // cyclical
