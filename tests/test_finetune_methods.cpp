@@ -165,7 +165,7 @@ TEST_F(Methods, PromptTuningChangesOnlyThePromptAndGeneratesFromTheAdapter) {
         TrainArgs a = args(std::string("virt_") + virtual_name(v));
         a.peft.virt = v;
         a.peft.n_virtual = 3;
-        a.peft.hidden = 8;
+        a.peft.hidden = v == Virtual::prompt ? 0 : 8;  // prompt tuning has no network
         a.virtual_init = v == Virtual::prefix ? "random" : "vocab";
         a.sched.lr = 1e-2f;
         ASSERT_EQ(Trainer(a).run(), 0);
@@ -756,6 +756,7 @@ TEST(MethodsCli, FlagsAreValidatedWithClearMessages) {
         {"--unfreeze-every 5 --lora-rank 2", "does not combine with LoRA or virtual tokens"},
         {"--unfreeze-every 5 --adapter x.ckpt", "does not combine with LoRA or virtual tokens (--adapter brings them)"},
         {"--virtual-tokens 4", "--virtual-tokens/--virtual-hidden has no effect without --virtual"},
+        {"--virtual prompt --virtual-tokens 4 --virtual-hidden 8", "--virtual-hidden has no effect without --virtual ptune or prefix"},
         {"--teacher /dev/null", "--teacher has no effect without --distill"},
         {"--lora-alpha 8", "--lora-alpha has no effect without --lora-rank"},
         {"--lora-dropout 0.1", "--lora-dropout has no effect without --lora-rank, --adapter or --resume"},

@@ -293,6 +293,8 @@ void validate_train_args(const TrainArgs& a) {
     };
     needs(a.peft.n_virtual != 0 || a.peft.hidden != 0, a.peft.virt != Virtual::none, "--virtual-tokens/--virtual-hidden",
           "--virtual");
+    needs(a.peft.hidden != 0 && a.peft.virt == Virtual::prompt, false, "--virtual-hidden",
+          "--virtual ptune or prefix (prompt tuning trains the virtual tokens' embeddings directly, through no network)");
     needs(a.peft.lora_targets != kLoraAll, a.peft.lora_rank > 0, "--lora-targets", "--lora-rank");
     // A LoRA adapter trained further, or a resumed LoRA run, brings its rank; the dropout is this run's to choose.
     needs(a.peft.lora_dropout > 0, a.peft.lora_rank > 0 || !a.adapter.empty() || !a.resume.empty(), "--lora-dropout",
