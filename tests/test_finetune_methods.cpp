@@ -618,6 +618,49 @@ TEST_F(Methods, ResumeIsBitExactWithLoraL2spDistillReplayAndRecompute) {
     EXPECT_EQ(slurp(whole.out_dir + "/adapter.ckpt"), slurp(second.out_dir + "/adapter.ckpt"));
 }
 
+// --virtual-init text:WORDS starts virtual token j from the embedding of WORDS' token j (plus position j's):
+// repeated in turn when WORDS has fewer tokens than P, the first P when more, with a note either way. GPT-2
+// encodes '$%' as 3 4 and '%$&' as 4 3 5, inside the fixture's 37-token vocabulary.
+TEST_F(Methods, VirtualInitFromTextTakesItsTokensEmbeddingsAndSaysWhenItRepeatsOrCuts) {
+    const auto init = tensors_of(dir + "/init.ckpt");
+    const size_t C = (size_t)checkpoint_config(dir + "/init.ckpt").n_embd;
+    struct Case {
+        const char* words;
+        std::vector<int> want;  // the token of each virtual position
+        const char* note;
+    } cases[] = {
+        {"$%", {3, 4, 3, 4}, "'$%' is 2 tokens for 4 virtual tokens: they repeat in turn to fill them"},
+        {"%$&", {4, 3}, "'%$&' is 3 tokens for 2 virtual tokens: the first 2 start them, the rest go unused"},
+        {"%$&", {4, 3, 5}, nullptr},
+    };
+    for (const Case& c : cases) {
+        SCOPED_TRACE(c.words);
+        TrainArgs a = args("vtext");
+        a.peft.virt = Virtual::prompt;
+        a.peft.n_virtual = (int)c.want.size();
+        a.virtual_init = std::string("text:") + c.words;
+        a.seq = 10;  // 4 virtual tokens + 10 real ones + the target fit the block of 16
+        testing::internal::CaptureStderr();
+        Trainer t(a);
+        const std::string err = testing::internal::GetCapturedStderr();
+        if (c.note)
+            EXPECT_THAT(err, HasSubstr(std::string("note: --virtual-init text: ") + c.note));
+        else
+            EXPECT_THAT(err, Not(HasSubstr("--virtual-init")));
+        const Table& pt = t.model().params().table();
+        size_t i = 0;
+        while (i < pt.size() && pt[i].name != "prompt.embedding") i++;
+        ASSERT_LT(i, pt.size());
+        std::vector<float> got(pt[i].numel);
+        t.backend().download(got.data(), t.model().params().ptr(i), t.model().params().dtype(), got.size());
+        ASSERT_EQ(got.size(), c.want.size() * C);
+        for (size_t j = 0; j < c.want.size(); j++)
+            for (size_t k = 0; k < C; k++)
+                ASSERT_EQ(got[j * C + k], init.at("wte")[c.want[j] * C + k] + init.at("wpe")[j * C + k])
+                    << "virtual token " << j << ", channel " << k;
+    }
+}
+
 // Real and virtual tokens must fit the block size (16 here), whether the virtual ones come from the flags or
 // with a resumed checkpoint: a usage error naming --seq either way.
 TEST_F(Methods, VirtualTokensAndSeqMustFitTheBlockFromFlagsOrCheckpoint) {

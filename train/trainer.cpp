@@ -701,6 +701,12 @@ std::vector<int32_t> Trainer::virtual_init_tokens() const {
             if (id >= model_->config().vocab_size)
                 throw UsageError("--virtual-init: token " + std::to_string(id) + " of the text is outside the model's "
                                  "vocabulary of " + std::to_string(model_->config().vocab_size));
+        const size_t P = (size_t)model_->virtual_tokens();
+        if (ids.size() != P && launch_info().rank == 0)
+            std::fprintf(stderr, "note: --virtual-init text: '%s' is %zu token%s for %zu virtual tokens: %s\n", text.c_str(),
+                         ids.size(), ids.size() == 1 ? "" : "s", P,
+                         ids.size() < P ? "they repeat in turn to fill them"
+                                        : ("the first " + std::to_string(P) + " start them, the rest go unused").c_str());
         return ids;
     }
     // TEACH: Lester et al. found initialising from real token embeddings beats random vectors; GPT-2's ids are
