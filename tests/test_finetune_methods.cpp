@@ -531,6 +531,19 @@ TEST_F(Methods, DistillationWithAlphaZeroIsPlainTrainingAndWithAlphaReportsKl) {
     ASSERT_FALSE(kl.empty());
     EXPECT_EQ(kl.front(), 0.0);  // step 1: student == teacher
     EXPECT_GT(kl.back(), 0.0);
+    // At alpha 1 the KL is all the loss: from the teacher's own weights (the default teacher, or a copy of it
+    // under --teacher) nothing would train, and the run is refused; another teacher, or a resume, trains.
+    TrainArgs all = args("d1");
+    all.distill = 1.0f;
+    EXPECT_THAT(error_of([&] { Trainer t(all); }),
+                HasSubstr("--distill 1 trains on the KL to the teacher alone, and the teacher " + all.init +
+                          " holds the weights the run starts from"));
+    all.teacher = dir + "/d1_teacher.ckpt";
+    std::filesystem::copy_file(all.init, all.teacher, std::filesystem::copy_options::overwrite_existing);
+    EXPECT_THAT(error_of([&] { Trainer t(all); }), HasSubstr("--distill 1 trains on the KL to the teacher alone"));
+    all.teacher = d5.out_dir + "/model.ckpt";
+    ASSERT_EQ(Trainer(all).run(), 0);
+    EXPECT_GT(metric(all.out_dir, "distill_kl").front(), 0.0);
 }
 
 TEST(Replay, ExactlyTheFractionOfMicroBatchesEvenlySpread) {

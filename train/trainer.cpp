@@ -607,6 +607,13 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
         to.head_chunk = (size_t)args.head_chunk;
         teacher_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &none, to);
         load_weights(teacher, *teacher_);
+        // TEACH: at ALPHA 1 the loss is the KL to the teacher alone; a student that starts as the teacher starts
+        // at its minimum, where the KL and every gradient are 0: nothing would train (weight decay aside).
+        if (args.distill == 1 && args.resume.empty() && !model_->peft().any() &&
+            teacher_->base_fingerprint() == model_->base_fingerprint())
+            throw UsageError("--distill 1 trains on the KL to the teacher alone, and the teacher " + teacher +
+                             " holds the weights the run starts from: the loss and every gradient would stay 0 "
+                             "(give --distill below 1 to add the data's loss, or another --teacher)");
         note_other_values("--distill's teacher " + teacher, "weights", state_.teacher_hash, teacher_->base_fingerprint());
         state_.teacher_hash = teacher_->base_fingerprint();
     }
