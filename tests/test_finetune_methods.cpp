@@ -251,6 +251,36 @@ TEST_F(Methods, GradualUnfreezingStaysWithinTheTrainTopSet) {
     }
 }
 
+// Unfreezing starts at the model's top block whatever the set: a --train-only set lower down waits its turn,
+// training nothing until then (a note gives the step), and a set whose turn comes after the run is refused.
+TEST_F(Methods, GradualUnfreezingOfALowSetSaysWhenItStartsAndRefusesOneThatNeverWould) {
+    TrainArgs a = args("unfreeze_low");
+    a.unfreeze_every = 3;
+    a.train_only = "h.0.*";
+    a.val_every = 0;
+    a.halt_at = 3;
+    testing::internal::CaptureStderr();
+    const int rc = Trainer(a).run();
+    const std::string err = testing::internal::GetCapturedStderr();
+    ASSERT_EQ(rc, 0) << err;
+    EXPECT_THAT(err, HasSubstr("note: --unfreeze-every 3 with --train-only h.0.*: unfreezing starts at the model's top "
+                               "block, and the set's top tensor h.0.ln_1.weight joins after step 3; the steps before "
+                               "train nothing"));
+    const auto init = tensors_of(dir + "/init.ckpt");
+    EXPECT_EQ(tensors_of(a.out_dir + "/resume.ckpt"), init) << "the first 3 steps trained something";
+    TrainArgs b = resuming(a);
+    b.halt_at = 4;
+    ASSERT_EQ(Trainer(b).run(), 0);
+    EXPECT_NE(tensors_of(b.out_dir + "/resume.ckpt").at("h.0.mlp.c_fc.weight"), init.at("h.0.mlp.c_fc.weight"))
+        << "step 4 should train block 0";
+    TrainArgs never = args("unfreeze_never");
+    never.unfreeze_every = 4;  // block 0 would join after step 4, the embeddings after 8: the run's last
+    never.train_only = "wte";
+    EXPECT_THAT(error_of([&] { Trainer t(never); }),
+                HasSubstr("--unfreeze-every 4 with --train-only wte: its top tensor wte would join after step 8, and "
+                          "the run has 8 --steps: nothing would train"));
+}
+
 // A run resumed with --unfreeze-every 0 trains every tensor from its first step on: the checkpoint's frozen
 // blocks do not stay frozen for good (the note says "--unfreeze-every 0 (was 3)").
 TEST_F(Methods, ResumingWithoutUnfreezingTrainsTheBlocksTheCheckpointHadFrozen) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -449,6 +450,30 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
     // PEFT trains only its own tensors, unless the base selection was asked for explicitly.
     if (mo.peft.any() && args.train_top == 0 && args.train_only.empty())
         trainable.tensor.assign(num_base_tensors(cfg), false);
+    // Gradual unfreezing with a set of its own: only its blocks join, each at its turn (block l after L-1-l
+    // periods, the embeddings after L), so a set low in the model trains nothing for its first periods.
+    if (args.unfreeze_every > 0) {
+        const Table t = gpt2_param_table(cfg);
+        long long first = LLONG_MAX;  // steps done before the set's first tensor joins
+        std::string first_name;
+        for (size_t i = 0; i < t.size(); i++) {
+            if (!trainable.tensor[i]) continue;
+            const int layer = param_layer(t[i].name, cfg.n_layer);
+            const long long join = (long long)std::max(0, cfg.n_layer - 1 - layer) * args.unfreeze_every;
+            if (join < first) first = join, first_name = t[i].name;
+        }
+        const std::string set = args.train_top > 0 ? "--train-top " + std::to_string(args.train_top)
+                                                    : "--train-only " + args.train_only;
+        if (first >= args.steps)
+            throw UsageError("--unfreeze-every " + std::to_string(args.unfreeze_every) + " with " + set + ": its top "
+                             "tensor " + first_name + " would join after step " + std::to_string(first) + ", and the "
+                             "run has " + std::to_string(args.steps) + " --steps: nothing would train (unfreezing "
+                             "starts at the model's top block; a smaller --unfreeze-every, or a set that holds it)");
+        if (first > 0 && args.resume.empty() && launch_info().rank == 0)
+            std::fprintf(stderr, "note: --unfreeze-every %d with %s: unfreezing starts at the model's top block, and "
+                         "the set's top tensor %s joins after step %lld; the steps before train nothing\n",
+                         args.unfreeze_every, set.c_str(), first_name.c_str(), first);
+    }
     model_ = std::make_unique<GPT2>(cfg, *be_, args.batch, args.seq, &trainable, mo);
     if (ckpt.empty() && !be_->plans_only()) model_->init_random(args.seed);
     if (comm.kind() != "single")  // DIST
