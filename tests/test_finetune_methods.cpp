@@ -561,6 +561,10 @@ TEST_F(Methods, DistillationWithAlphaZeroIsPlainTrainingAndWithAlphaReportsKl) {
     ASSERT_FALSE(kl.empty());
     EXPECT_EQ(kl.front(), 0.0);  // step 1: student == teacher
     EXPECT_GT(kl.back(), 0.0);
+    // The plot says its training curve is the objective, not the cross-entropy the validation curve measures.
+    EXPECT_THAT(slurp(d5.out_dir + "/loss.svg"), HasSubstr(">loss (train: (1-\u03b1) CE + \u03b1 T\u00b2 KL, \u03b1 = 0.5, "
+                                                           "T = " + std::to_string((int)d5.distill_temp) + "; validation: CE)</text>"));
+    EXPECT_THAT(slurp(plain.out_dir + "/loss.svg"), HasSubstr(">loss</text>"));
     // At alpha 1 the KL is all the loss: from the teacher's own weights (the default teacher, or a copy of it
     // under --teacher) nothing would train, and the run is refused; another teacher, or a resume, trains.
     TrainArgs all = args("d1");

@@ -96,7 +96,7 @@ void RunLog::val_point(int step, double loss) { val_.points.push_back({(double)s
 
 void RunLog::write_plot() const {
     if (dir_.empty()) return;
-    write_line_chart_svg(dir_ + "/loss.svg", "loss", "step", "loss", {train_, val_});
+    write_line_chart_svg(dir_ + "/loss.svg", title_, "step", "loss", {train_, val_});
 }
 
 // Tick values 1, 2, 5 x 10^k covering [lo, hi] with about `want` ticks.

@@ -36,11 +36,13 @@ class RunLog {
     void train_point(int step, double loss);
     void val_point(int step, double loss);
     void write_plot() const;  // dir/loss.svg
+    // The plot's title ("loss"): where the training curve is not the loss the validation measures, it says so.
+    void set_title(const std::string& title) { title_ = title; }
     const std::string& dir() const { return dir_; }
     bool has_val(int step) const;  // a validation loss of this step is in the log (kept from before a resume)
 
    private:
-    std::string dir_, path_;
+    std::string dir_, path_, title_ = "loss";
     FILE* f_ = nullptr;
     Curve train_{"train", "#1f77b4", {}}, val_{"validation", "#d62728", {}};
 };

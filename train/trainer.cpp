@@ -1235,6 +1235,9 @@ int Trainer::run() {
     // afresh, not on that run's lines.
     const bool keep_log = !args_.resume.empty() && (!args_.overwrite || resumes_run_of_out(args_));
     RunLog log(writer_ ? args_.out_dir : "", keep_log ? (long long)state_.step : -1);
+    if (teacher_)  // the training curve is the distillation objective; validation measures cross-entropy alone
+        log.set_title("loss (train: (1-\u03b1) CE + \u03b1 T\u00b2 KL, \u03b1 = " + float_text(args_.distill) +
+                      ", T = " + float_text(args_.distill_temp) + "; validation: CE)");
     if (!args_.quiet) {
         print_memory_map();
         std::printf("data: %zu training tokens in %zu %swindows of %d", train_->num_tokens(), train_->num_windows(),
