@@ -516,7 +516,7 @@ TEST_F(Methods, ResumeWithAnotherTrainableSetNamesTheChangedOption) {
     try {
         Trainer t(b);
         ADD_FAILURE() << "resumed with another trainable set";
-    } catch (const Error& e) {
+    } catch (const UsageError& e) {  // the command line's mistake: exit 2
         EXPECT_THAT(e.what(), HasSubstr("this resume trains other tensors: --train-top 0 (was 1)"));
     }
 }

@@ -508,8 +508,8 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
             for (const char* flag : {"--train-top", "--train-only"}) trainable_set[flag] = options.at(flag);
             const std::string changed = changed_options(checkpoint_options(args.resume), trainable_set);
             if (changed.empty()) throw;
-            throw Error(std::string(e.what()) + " (this resume trains other tensors: " + changed +
-                        "; resume with the options the run was checkpointed with)");
+            throw UsageError(std::string(e.what()) + " (this resume trains other tensors: " + changed +
+                             "; resume with the options the run was checkpointed with)");
         }
         if (!args.init.empty() && !same_file(args.init, state_.init))
             throw UsageError("--init " + args.init + ": " + args.resume + " continues a run that started from " +
