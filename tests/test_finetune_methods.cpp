@@ -34,6 +34,15 @@ std::vector<float> logits_of(GPT2& m) {
     return out;
 }
 
+// What setting up a run (a Trainer constructed, nothing trained) says on stderr: its notes.
+std::string notes_of(const TrainArgs& r) {
+    testing::internal::CaptureStderr();
+    testing::internal::CaptureStdout();
+    { Trainer t(r); }
+    testing::internal::GetCapturedStdout();
+    return testing::internal::GetCapturedStderr();
+}
+
 TEST_F(Methods, LoraFreezesTheBaseWritesASmallAdapterAndMergesExactly) {
     TrainArgs a = args("lora");
     a.peft.lora_rank = 4;
@@ -736,20 +745,13 @@ TEST_F(Methods, ResumeNamesAChangedLoraDropout) {
     ASSERT_EQ(Trainer(a).run(), 0);
     TrainArgs b = resuming(a);
     b.quiet = false;
-    auto noted = [&](const TrainArgs& r) {
-        testing::internal::CaptureStderr();
-        testing::internal::CaptureStdout();
-        { Trainer t(r); }
-        testing::internal::GetCapturedStdout();
-        return testing::internal::GetCapturedStderr();
-    };
-    EXPECT_THAT(noted(b), Not(HasSubstr("changed options")));
+    EXPECT_THAT(notes_of(b), Not(HasSubstr("changed options")));
     b.peft.lora_dropout = 0;
-    EXPECT_THAT(noted(b), HasSubstr("--lora-dropout 0 (was 0.2)"));
+    EXPECT_THAT(notes_of(b), HasSubstr("--lora-dropout 0 (was 0.2)"));
     b.peft = TrainArgs().peft;  // no LoRA flags: the checkpoint's settings, its dropout too
-    EXPECT_THAT(noted(b), Not(HasSubstr("changed options")));
+    EXPECT_THAT(notes_of(b), Not(HasSubstr("changed options")));
     b.peft.lora_dropout = 0.35f;  // the dropout alone: the checkpoint's LoRA with this run's dropout
-    EXPECT_THAT(noted(b), HasSubstr("--lora-dropout 0.35 (was 0.2)"));
+    EXPECT_THAT(notes_of(b), HasSubstr("--lora-dropout 0.35 (was 0.2)"));
     EXPECT_EQ(Trainer(b).model().peft().lora_dropout, 0.35f);
     EXPECT_EQ(Trainer(b).model().peft().lora_rank, 2);
     // A resumed run without LoRA has nothing for it to act on.
@@ -776,30 +778,23 @@ TEST_F(Methods, ResumeNamesATeacherOrFisherFileThatNowHoldsOtherValues) {
     ASSERT_EQ(Trainer(a).run(), 0);
     TrainArgs b = resuming(a);
     b.quiet = false;
-    auto noted = [&](const TrainArgs& r) {
-        testing::internal::CaptureStderr();
-        testing::internal::CaptureStdout();
-        { Trainer t(r); }
-        testing::internal::GetCapturedStdout();
-        return testing::internal::GetCapturedStderr();
-    };
-    EXPECT_THAT(noted(b), Not(HasSubstr("holds other")));
+    EXPECT_THAT(notes_of(b), Not(HasSubstr("holds other")));
     // Another teacher of the same shape under the same name.
     auto be = make_cpu_backend(DType::f32);
     GPT2 other(checkpoint_config(a.init), *be, 1, 1);
     other.init_random(99);
     save_checkpoint(a.teacher, other, nullptr, nullptr);
-    EXPECT_THAT(noted(b), HasSubstr("note: resuming " + b.resume + ": --distill's teacher " + a.teacher +
+    EXPECT_THAT(notes_of(b), HasSubstr("note: resuming " + b.resume + ": --distill's teacher " + a.teacher +
                                     " holds other weights than the run was checkpointed with"));
     std::filesystem::copy_file(a.init, a.teacher, std::filesystem::copy_options::overwrite_existing);
-    EXPECT_THAT(noted(b), Not(HasSubstr("holds other")));
+    EXPECT_THAT(notes_of(b), Not(HasSubstr("holds other")));
     // The Fisher with one value changed (still finite and not negative).
     const Table g = Trainer(b).model().grads().table();
     std::vector<std::vector<float>> values(g.size());
     read_fisher(a.fisher, g, [&](size_t i, const std::vector<float>& v) { values[i] = v; });
     values.back().back() += 0.5f;
     write_fisher(a.fisher, g, values, a.fisher_batches);
-    EXPECT_THAT(noted(b), HasSubstr("note: resuming " + b.resume + ": --fisher " + a.fisher +
+    EXPECT_THAT(notes_of(b), HasSubstr("note: resuming " + b.resume + ": --fisher " + a.fisher +
                                     " holds other Fisher values than the run was checkpointed with"));
 }
 
