@@ -469,6 +469,14 @@ TEST_F(Methods, EwcEstimatesWritesAndRereadsTheFisherAndWeighsThePenaltyByIt) {
     EXPECT_EQ(reread.rc, 0) << reread.out;
     EXPECT_THAT(reread.out, HasSubstr("note: --fisher " + a.fisher + " exists and is read as it is: "
                                       "--fisher-data/--fisher-batches estimate a missing file only"));
+    // A run that estimates the file (it did not exist) does not then call it read as it was.
+    CmdResult estimated = run_cmd("bin/train --device cpu --init " + dir + "/init.ckpt --train-data " + dir +
+                                  "/train.bin --seq 13 --steps 1 --ewc 1 --fisher " + dir + "/fisher_new.safetensors" +
+                                  " --fisher-data " + dir + "/train.bin --fisher-batches 2 --out ''");
+    EXPECT_EQ(estimated.rc, 0) << estimated.out;
+    EXPECT_THAT(estimated.out, HasSubstr("Fisher estimated on 2 batches"));
+    EXPECT_THAT(estimated.out, Not(HasSubstr("exists and is read as it is")));
+    std::filesystem::remove(dir + "/fisher_new.safetensors");
     // A negative or non-finite value (a file from elsewhere, or damaged) is refused where it is read.
     std::vector<std::vector<float>> values;
     for (const SafetensorsTensorInfo& ti : f.tensors()) values.push_back(f.read_f32(ti.name));

@@ -674,9 +674,7 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
                          "from their base, --lr x --min-lr-frac, a drop at once after warmup\n", args.sched.warmup,
                          kind.c_str());
         // An existing --fisher is read as it is: what would estimate it plays no part.
-        std::error_code fe;
-        if (args.ewc > 0 && (!args.fisher_data.empty() || args.fisher_batches != TrainArgs{}.fisher_batches) &&
-            std::filesystem::exists(args.fisher, fe))
+        if (fisher_read_ && (!args.fisher_data.empty() || args.fisher_batches != TrainArgs{}.fisher_batches))
             std::fprintf(stderr, "note: --fisher %s exists and is read as it is: --fisher-data/--fisher-batches "
                          "estimate a missing file only (remove it to estimate it again)\n", args.fisher.c_str());
         // L2-SP and EWC hold the weights to where the run starts: from random weights, that keeps no knowledge.
@@ -781,6 +779,7 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
             opt_->scatter(fisher_, i, v.data());
             print = fisher_fingerprint(print, g[i].name, v);
         });
+        fisher_read_ = true;
         note_other_values("--fisher " + path, "Fisher values", state_.fisher_hash, print);
         state_.fisher_hash = print;
         if (!args_.quiet) std::printf("ewc: Fisher read from %s\n", path.c_str());

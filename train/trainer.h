@@ -110,6 +110,7 @@ class Trainer {
     // and written there. F_i = mean over batches of (d mean-loss / d theta_i)^2, the empirical Fisher of
     // mini-batch gradients (see docs/finetuning.md).
     void load_or_estimate_fisher(const std::string& path, const std::vector<std::string>& data, int batches);
+    bool fisher_read_ = false;  // --fisher was read from its file (not estimated by this run)
     void note_other_values(const std::string& what, const char* values, uint64_t was, uint64_t now) const;
     const Arena& fisher() const { return fisher_; }
     const Arena& anchor() const { return anchor_; }
