@@ -271,13 +271,15 @@ std::string host_name() {
     return host;
 }
 
-std::vector<std::string> remove_dead_temporaries(const std::string& dir) {
+std::vector<std::string> remove_dead_temporaries(const std::string& dir, const std::string& name) {
     std::vector<std::string> removed;
     const std::string mark = ".tmp." + host_name() + ".";
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
         const std::string file = e.path().filename().string();
-        const size_t at = file.find(mark);
+        const size_t at = name.empty() ? file.find(mark) : file.compare(0, name.size() + mark.size(), name + mark) == 0
+                                                               ? name.size()
+                                                               : std::string::npos;
         if (at == std::string::npos || at == 0) continue;
         char* end = nullptr;
         const long pid = std::strtol(file.c_str() + at + mark.size(), &end, 10);
@@ -410,6 +412,9 @@ bool LineReader::next(std::string& line) {
 }
 
 AtomicFile::AtomicFile(const std::string& path) : path_(path) {
+    if (const std::string name = path.substr(path.rfind('/') + 1); !name.empty())
+        for (const std::string& dead : remove_dead_temporaries(directory_of(path), name))
+            std::fprintf(stderr, "note: %s\n", dead_temporary_note(dead).c_str());
     // Two AtomicFiles for one path in a process, or a reused pid, must not share (and truncate) one temporary.
     fd_ = open_unique(path + ".tmp", O_WRONLY, 0666, &tmp_);  // less the umask, as any new file
     if (fd_ >= 0) return;

@@ -87,8 +87,8 @@ int open_unique(const std::string& prefix, int flags, mode_t mode, std::string* 
 std::string host_name();
 // Removes the temporaries AtomicFile left in `dir` (NAME.tmp.HOST.PID.N) on this host by a process that is
 // gone (a killed run's), and returns their paths. Another host's are left alone: its process ids mean nothing
-// here. A missing directory has none.
-std::vector<std::string> remove_dead_temporaries(const std::string& dir);
+// here. A missing directory has none. With `name`, only the temporaries of DIR/NAME.
+std::vector<std::string> remove_dead_temporaries(const std::string& dir, const std::string& name = "");
 // What the tools say about each: "PATH: left by a run that was killed (...): removed".
 std::string dead_temporary_note(const std::string& path);
 // A scratch file in `dir` (the same file system as what is written there) with no name: gone when closed, or
@@ -115,8 +115,10 @@ class DirLock {
 };
 
 // A file written piece by piece, atomically: the pieces go into a temporary file beside `path`, and commit()
-// fsyncs it, renames it into place and fsyncs the directory. Destroyed without commit() (an error on the way), it removes the
-// temporary file, so the final name only ever holds a whole file. Errors name `path`, not the temporary.
+// fsyncs it, renames it into place and fsyncs the directory. Destroyed without commit() (an error on the way), it
+// removes the temporary file, so the final name only ever holds a whole file. Errors name `path`, not the
+// temporary. A killed process leaves its temporary (perhaps gigabytes): the next AtomicFile of the same path on
+// this host removes it, with a note on stderr.
 class AtomicFile {
    public:
     explicit AtomicFile(const std::string& path);

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -287,6 +288,33 @@ TEST(FileIo, TwoAtomicFilesForOnePathDoNotShareATemporary) {
     }
     EXPECT_EQ(slurp(p), "CCC");
     EXPECT_EQ(std::distance(std::filesystem::directory_iterator(tmp.path()), {}), 1) << "a temporary was left";
+}
+
+// A killed writer's temporary (bin/export's model.safetensors, a Fisher estimate: gigabytes) is removed by the
+// next atomic write of the same file on this host, with a note; a live process's, another host's and another
+// file's are left alone.
+TEST(FileIo, AnAtomicFileRemovesTheTemporaryAKilledWriterOfItsPathLeft) {
+    TempDir tmp("fileio");
+    const pid_t child = fork();
+    if (child == 0) _exit(0);
+    ASSERT_GT(child, 0);
+    waitpid(child, nullptr, 0);  // a process id that is gone
+    const std::string p = tmp.file("w.bin"), host = host_name(), gone = std::to_string(child);
+    const std::string dead = p + ".tmp." + host + "." + gone + ".0";
+    const std::vector<std::string> kept = {p + ".tmp." + host + "." + std::to_string(getppid()) + ".0",
+                                           p + ".tmp.another-host." + gone + ".0",
+                                           tmp.file("v.bin.tmp." + host + "." + gone + ".0"),
+                                           tmp.file("xw.bin.tmp." + host + "." + gone + ".0")};
+    spit(dead, "half a file");
+    for (const std::string& k : kept) spit(k, "someone's");
+    testing::internal::CaptureStderr();
+    write_file_atomic(p, "new", 3);
+    EXPECT_THAT(testing::internal::GetCapturedStderr(),
+                HasSubstr("note: " + dead + ": left by a run that was killed (its process on this host is gone): "
+                          "removed"));
+    EXPECT_FALSE(std::filesystem::exists(dead));
+    for (const std::string& k : kept) EXPECT_TRUE(std::filesystem::exists(k)) << k;
+    EXPECT_EQ(slurp(p), "new");
 }
 
 // One writer at a time in a directory: a second lock (even in the same process) is refused with the holder's
