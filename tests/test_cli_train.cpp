@@ -2,6 +2,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -243,6 +244,11 @@ TEST(TrainCli, ProfileStepSaysWhereTheStepsTimeWent) {
     EXPECT_EQ(calls["optimizer · adamw_update"], 1);
     // Only step 2 was profiled: one table.
     EXPECT_EQ(r.out.find("profile of step"), r.out.rfind("profile of step"));
+    // --quiet silences progress, not what was asked for: with --out '' the table is all a profile leaves.
+    CmdResult quiet = run_cmd("bin/train --device cpu --quiet --init " + d + "/init.ckpt --train-data " + d +
+                              "/train.bin --batch 2 --seq 15 --steps 2 --val-every 0 --profile-step 2 --out ''");
+    ASSERT_EQ(quiet.rc, 0) << quiet.out;
+    EXPECT_THAT(quiet.out, HasSubstr("profile of step 2 (wall time of each op on the CPU): the step took"));
 
     r = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
                 "/train.bin --steps 2 --profile-step 3 --out ''");
@@ -334,6 +340,48 @@ TEST(TrainCli, ARunDirectoryInUseOrHoldingAnotherRunIsRefused) {
     ASSERT_EQ(over.rc, 0) << over.out;
     EXPECT_THAT(over.out, HasSubstr("note: removed " + d + "/run/model.ckpt of an earlier run"));
     EXPECT_FALSE(std::filesystem::exists(d + "/run/model.ckpt"));
+}
+
+// A run let replace an earlier one (--overwrite) and killed before its first checkpoint leaves no resume.ckpt of
+// that run beside its own log: a --resume of it would have gone on with the earlier run, its log mixed into this
+// one's. The directory reads as empty of checkpoints, so the command is simply run again.
+TEST(TrainCli, AnOverwritingRunKilledBeforeItsFirstCheckpointLeavesNoEarlierResumeCheckpoint) {
+    TempDir tmp("clikilled");
+    const std::string d = tmp.path();
+    write_cycle_data(d);
+    const std::string train = "bin/train --device cpu --quiet --init " + d + "/init.ckpt --seq 15 --batch 2 "
+                              "--train-data " + d + "/train.bin --out " + d + "/run ";
+    ASSERT_EQ(run_cmd(train + "--steps 2").rc, 0);
+    ASSERT_TRUE(std::filesystem::exists(d + "/run/resume.ckpt"));
+    // (So that the wait below sees the new run's step 1, not the earlier run's.)
+    std::filesystem::remove(d + "/run/metrics.jsonl");
+    spit(d + "/kill.sh", train + "--steps 100000 --overwrite 2> " + d + "/err & pid=$!\n"
+         "for i in $(seq 300); do grep -qs '\"step\":1,' " + d + "/run/metrics.jsonl && break; sleep 0.1; done\n"
+         "kill -KILL $pid; wait $pid; echo \"status $?\"\n");
+    CmdResult killed = run_cmd("timeout 120 bash " + d + "/kill.sh");
+    EXPECT_THAT(killed.out, HasSubstr("status 137"));
+    EXPECT_THAT(slurp(d + "/err"), HasSubstr("note: removed " + d + "/run/resume.ckpt of an earlier run (this run "
+                                             "writes its own at its first checkpoint)"));
+    EXPECT_FALSE(std::filesystem::exists(d + "/run/resume.ckpt"));
+    EXPECT_FALSE(std::filesystem::exists(d + "/run/model.ckpt"));
+    CmdResult again = run_cmd(train + "--steps 2");
+    EXPECT_EQ(again.rc, 0) << again.out;
+}
+
+// A stop signal while the run sets up (here: a Fisher estimate of ten million batches; in earnest, gpt2-xl's
+// weights or a real estimate) ends it by the signal, saying that nothing had been trained.
+TEST(TrainCli, AStopWhileSettingUpEndsTheRunAndSaysNothingWasTrained) {
+    TempDir tmp("clisetup");
+    const std::string d = tmp.path();
+    write_cycle_data(d);
+    spit(d + "/stop.sh", "bin/train --device cpu --quiet --init " + d + "/init.ckpt --seq 15 --batch 2 --steps 2 "
+         "--train-data " + d + "/train.bin --ewc 1 --fisher " + d + "/fisher.safetensors --fisher-data " + d +
+         "/train.bin --fisher-batches 10000000 --out " + d + "/run & pid=$!\n"
+         "for i in $(seq 300); do [ -e " + d + "/run/.lock ] && break; sleep 0.1; done\n"
+         "sleep 0.5; kill -TERM $pid; wait $pid; echo \"status $?\"\n");
+    CmdResult r = run_cmd("timeout 120 bash " + d + "/stop.sh");
+    EXPECT_THAT(r.out, HasSubstr("train: stopped before a run began training (nothing of it to save)"));
+    EXPECT_THAT(r.out, HasSubstr("status 143"));
 }
 
 // Settings that could not do what they ask are refused before the run: --halt-at with --out '' (the steps were

@@ -160,6 +160,17 @@ TEST_F(Methods, LoraWithTrainedBaseBlockKeepsItInTheAdapterAndRefusesOtherBases)
     TrainArgs wrong = c;
     wrong.peft.lora_rank = 4;
     EXPECT_THAT(error_of([&] { Trainer t(wrong); }), HasSubstr("but the flags ask for LoRA r=4"));
+    // So for a resume, with the same status as every other refusal of the command line (2).
+    TrainArgs other_rank = resumed;
+    other_rank.peft = checkpoint_peft(resumed.resume);
+    other_rank.peft.lora_rank = 4;
+    EXPECT_THAT(usage_error_of([&] { Trainer t(other_rank); }),
+                HasSubstr("--resume " + resumed.resume + " continues a run with LoRA r=" +
+                          std::to_string(checkpoint_peft(resumed.resume).lora_rank)));
+    EXPECT_THAT(usage_error_of([&] { Trainer t(other_rank); }), HasSubstr("but the flags ask for LoRA r=4"));
+    other_rank.peft.lora_rank = checkpoint_peft(resumed.resume).lora_rank;
+    other_rank.peft.lora_dropout = 0.2f;  // a training setting: not a change of the model
+    EXPECT_EQ(usage_error_of([&] { Trainer t(other_rank); }), "");
     // Gradual unfreezing does not combine with LoRA, also where the LoRA comes with the resumed checkpoint.
     TrainArgs unfreezing = resumed;
     unfreezing.adapter.clear();

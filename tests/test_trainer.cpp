@@ -222,6 +222,38 @@ TEST_F(TrainerFixture, ResumeAfterACrashKeepsEachStepOnceInMetricsAndPlot) {
     EXPECT_EQ(got, want);
 }
 
+// A log that stops short of its checkpoint's step (its last lines never reached the disk before the machine went
+// down) is resumed with a note naming the steps whose lines are lost; a whole log, without one.
+TEST_F(TrainerFixture, ResumeNotesALogThatStopsShortOfTheCheckpoint) {
+    TrainArgs first = args("short");
+    first.halt_at = 4;
+    ASSERT_EQ(Trainer(first).run(), 0);
+    testing::internal::CaptureStderr();
+    TrainArgs whole = resuming(args("short"));
+    whole.halt_at = 6;
+    ASSERT_EQ(Trainer(whole).run(), 0);
+    EXPECT_THAT(testing::internal::GetCapturedStderr(), Not(HasSubstr("metrics.jsonl")));
+    {  // the lines of steps 5 and 6 lost
+        std::istringstream in(slurp(first.out_dir + "/metrics.jsonl"));
+        std::string kept;
+        for (std::string line; std::getline(in, line);)
+            if (line.find("{\"step\":5,") != 0 && line.find("{\"step\":6,") != 0) kept += line + "\n";
+        spit(first.out_dir + "/metrics.jsonl", kept);
+    }
+    testing::internal::CaptureStderr();
+    ASSERT_EQ(Trainer(resuming(args("short"))).run(), 0);
+    EXPECT_THAT(testing::internal::GetCapturedStderr(),
+                HasSubstr("note: " + first.out_dir + "/metrics.jsonl ends at step 4, but " + first.out_dir +
+                          "/resume.ckpt is at step 6: the lines of the steps between are lost (the log goes on from "
+                          "step 7)"));
+    EXPECT_EQ(metric(first.out_dir, "loss").size(), 8u - 2u);
+    spit(first.out_dir + "/metrics.jsonl", "");
+    std::filesystem::remove(first.out_dir + "/model.ckpt");
+    testing::internal::CaptureStderr();
+    Trainer(resuming(args("short"))).run();
+    EXPECT_THAT(testing::internal::GetCapturedStderr(), HasSubstr("metrics.jsonl holds no training step, but"));
+}
+
 // Resuming with options that change the run says which, and what they were; --steps at or below the
 // checkpoint's step is refused.
 TEST_F(TrainerFixture, ResumeWithChangedOptionsNamesThemAndRefusesStepsAlreadyDone) {

@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/common.h"
 #include "model/rng.h"
 
 namespace tune::test {
@@ -168,6 +169,20 @@ std::string error_of(F&& fn) {
         fn();
     } catch (const std::exception& e) {
         return e.what();
+    }
+    return "";
+}
+
+// The same for a refusal of the command line (tune::UsageError: exit status 2); another error is returned as
+// "not a usage error: MESSAGE", so a check of the message fails.
+template <class F>
+std::string usage_error_of(F&& fn) {
+    try {
+        fn();
+    } catch (const UsageError& e) {
+        return e.what();
+    } catch (const std::exception& e) {
+        return std::string("not a usage error: ") + e.what();
     }
     return "";
 }

@@ -58,8 +58,11 @@ static void on_interrupt(int sig) {
         static const char msg[] = "\ntrain: stopped at once (a second stop signal); the run goes on from the last "
                                   "resume.ckpt written, if any\n";
         if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {}  // nothing to do if stderr is gone
+    } else {  // setting up (reading the weights, estimating a Fisher), or between the default job's runs
+        static const char msg[] = "\ntrain: stopped before a run began training (nothing of it to save)\n";
+        if (g_speaks && write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {}
     }
-    std::signal(sig, SIG_DFL);  // no run to stop (the default job between its runs): the signal's usual end
+    std::signal(sig, SIG_DFL);  // no run to stop: the signal's usual end
     std::raise(sig);
 }
 
@@ -88,12 +91,14 @@ int main(int argc, char** argv) {
         }
         if (tune::launch_info().rank == 0)
             for (const std::string& note : args.parse_notes) std::fprintf(stderr, "note: %s\n", note.c_str());
+        // A stop while the run sets up (minutes, for gpt2-xl's weights or a Fisher estimate) ends it, saying so.
+        g_speaks = tune::launch_info().rank == 0;
+        handle_interrupts();
         tune::Trainer trainer(args);
         watch(&trainer);
         struct Forget {  // before the trainer's destructor runs, on every way out of this scope
             ~Forget() { g_trainer = nullptr; }
         } forget;
-        handle_interrupts();
         if (args.memory_map) {
             if (tune::launch_info().rank == 0) trainer.print_memory_detail();  // rank 0 speaks for all
             return 0;

@@ -43,6 +43,7 @@ RunLog::RunLog(const std::string& dir, long long resume_step, const std::string&
     const std::string path = dir + "/" + file;
     if (std::error_code ec; resume_step >= 0 && std::filesystem::exists(path, ec)) {
         const std::vector<uint8_t> bytes = read_file_bytes(path);
+        read_back_ = true;
         std::istringstream in(std::string(bytes.begin(), bytes.end()));
         std::string kept;
         for (std::string line; std::getline(in, line);) {
@@ -56,7 +57,10 @@ RunLog::RunLog(const std::string& dir, long long resume_step, const std::string&
             if (step && step->value > (double)resume_step) continue;
             kept += line + "\n";
             if (!step || !step->plottable) continue;
-            if (j.contains("loss") && j["loss"].is_number()) train_point((int)step->value, j["loss"].get<double>());
+            if (j.contains("loss") && j["loss"].is_number()) {
+                train_point((int)step->value, j["loss"].get<double>());
+                last_train_step_ = std::max(last_train_step_, (long long)step->value);
+            }
             if (j.contains("val_loss") && j["val_loss"].is_number())
                 val_point((int)step->value, j["val_loss"].get<double>());
         }
@@ -82,6 +86,12 @@ RunLog::~RunLog() {
 void RunLog::append(const std::string& line) {
     if (!f_) return;
     if (std::fputs(line.c_str(), f_) < 0 || std::fputc('\n', f_) == EOF || std::fflush(f_) != 0)
+        throw Error(path_ + ": write failed (" + std::strerror(errno) + ")");
+}
+
+void RunLog::sync() {
+    if (!f_) return;
+    if (std::fflush(f_) != 0 || ::fsync(fileno(f_)) != 0)
         throw Error(path_ + ": write failed (" + std::strerror(errno) + ")");
 }
 

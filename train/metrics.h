@@ -33,6 +33,14 @@ class RunLog {
     // Appends one JSON object (already serialised) as a line and flushes it; a failed write (a full disk) throws,
     // naming the file, instead of leaving a log with steps missing.
     void append(const std::string& json_line);
+    // Puts the lines appended so far on the disk (fsync): done before a checkpoint is written, so a machine that
+    // goes down cannot leave a checkpoint of a later step than its log's last line.
+    void sync();
+    // For a resumed log: the last step with a training loss among the lines kept (-1: none), and whether the
+    // file was there to read. A log that ends before the checkpoint's step lost lines (written by another
+    // program, or kept from a machine's crash by an older build).
+    long long last_train_step() const { return last_train_step_; }
+    bool read_back() const { return read_back_; }
     void train_point(int step, double loss);
     void val_point(int step, double loss);
     void write_plot() const;  // dir/loss.svg
@@ -44,6 +52,8 @@ class RunLog {
    private:
     std::string dir_, path_, title_ = "loss";
     FILE* f_ = nullptr;
+    long long last_train_step_ = -1;
+    bool read_back_ = false;
     Curve train_{"train", "#1f77b4", {}}, val_{"validation", "#d62728", {}};
 };
 

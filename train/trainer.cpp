@@ -419,7 +419,15 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
     // A resumed PEFT run needs no repeated PEFT flags: the checkpoint says what it was built with; nor does an
     // adapter trained further, but flags that say otherwise are a mistake.
     const float flag_dropout = mo.peft.lora_dropout;  // a training setting, not the model's shape: a flag wins
-    if (!args.resume.empty() && !mo.peft.any()) mo.peft = checkpoint_peft(args.resume);
+    if (!args.resume.empty()) {
+        const PeftConfig held = checkpoint_peft(args.resume);
+        if (mo.peft.any() && !(mo.peft == held))
+            throw UsageError("--resume " + args.resume + " continues a run with " +
+                             (held.any() ? held.describe() : std::string("no LoRA or virtual tokens")) +
+                             ", but the flags ask for " + mo.peft.describe() + ": leave the LoRA and --virtual flags "
+                             "out (they come with it), or start a new run");
+        if (!mo.peft.any()) mo.peft = held;
+    }
     if (!args.adapter.empty()) {
         const PeftConfig held = checkpoint_peft(args.adapter);
         if (mo.peft.any() && !(mo.peft == held))
@@ -1115,8 +1123,8 @@ void Trainer::report_profile(const StepStats& st) {
     const std::vector<OpTime> times = be_->profile_end();
     if (!writer_) return;  // every rank profiles its own step; rank 0 speaks for them
     const double step_ms = st.seconds * 1e3;
-    if (!args_.quiet)
-        std::printf("%s", format_profile(times, st.step, step_ms, be_->profile_clock(), 25).c_str());
+    // Printed under --quiet too: it is what was asked for, not progress (and with --out '', all a profile leaves).
+    std::printf("%s", format_profile(times, st.step, step_ms, be_->profile_clock(), 25).c_str());
     if (args_.out_dir.empty()) return;
     const std::string json = profile_json(times, st.step, step_ms, be_->profile_clock());
     write_file_atomic(args_.out_dir + "/profile.json", json.data(), json.size());
@@ -1218,22 +1226,38 @@ int Trainer::run() {
             std::fprintf(stderr, "note: %s\n", dead_temporary_note(path).c_str());
     // A new run in a directory an earlier run used (bin/train --overwrite, the default job started again): that
     // run's finished weights must not pass for this run's if it halts, is stopped or dies (the directory
-    // describes one run). Not a file this run reads.
+    // describes one run), nor its resume.ckpt, which a --resume would continue beside this run's log if this run
+    // died before its first checkpoint. A resume of that run (from a copy kept of it) keeps its resume.ckpt. Not
+    // a file this run reads.
     if (writer_ && !args_.out_dir.empty() && !resumes_own_run(args_))
-        for (const char* name : {"model.ckpt", "adapter.ckpt"}) {
+        for (const char* name : {"model.ckpt", "adapter.ckpt", "resume.ckpt"}) {
             const std::string path = args_.out_dir + "/" + name;
             std::error_code ec;
             if (!std::filesystem::exists(path, ec) || same_file(path, args_.init) || same_file(path, args_.teacher) ||
-                same_file(path, args_.adapter))
+                same_file(path, args_.adapter) || same_file(path, args_.resume))
                 continue;
+            const bool resume = std::strcmp(name, "resume.ckpt") == 0;
+            if (resume && resumes_run_of_out(args_)) continue;
             if (std::filesystem::remove(path, ec))
-                std::fprintf(stderr, "note: removed %s of an earlier run (this run writes its own when it finishes)\n",
-                             path.c_str());
+                std::fprintf(stderr, "note: removed %s of an earlier run (this run writes its own %s)\n", path.c_str(),
+                             resume ? "at its first checkpoint" : "when it finishes");
         }
     // A resume keeps its run's lines up to its step; one let replace another run's (--overwrite) starts the log
     // afresh, not on that run's lines.
     const bool keep_log = !args_.resume.empty() && (!args_.overwrite || resumes_run_of_out(args_));
     RunLog log(writer_ ? args_.out_dir : "", keep_log ? (long long)state_.step : -1);
+    if (keep_log && state_.step > 0 && log.read_back() && log.last_train_step() < (long long)state_.step)
+        std::fprintf(stderr, "note: %s/metrics.jsonl %s, but %s is at step %llu: the lines of the steps between "
+                     "are lost (the log goes on from step %llu)\n", args_.out_dir.c_str(),
+                     log.last_train_step() < 0 ? "holds no training step"
+                                               : ("ends at step " + std::to_string(log.last_train_step())).c_str(),
+                     args_.resume.c_str(), (unsigned long long)state_.step, (unsigned long long)state_.step + 1);
+    // The log's lines reach the disk before the checkpoint of their step does (a machine that goes down could
+    // otherwise keep a checkpoint beside a log that stops short of it).
+    auto checkpoint = [&] {
+        log.sync();
+        save(args_.out_dir + "/resume.ckpt", true);
+    };
     if (teacher_)  // the training curve is the distillation objective; validation measures cross-entropy alone
         log.set_title("loss (train: (1-\u03b1) CE + \u03b1 T\u00b2 KL, \u03b1 = " + float_text(args_.distill) +
                       ", T = " + float_text(args_.distill_temp) + "; validation: CE)");
@@ -1328,7 +1352,7 @@ int Trainer::run() {
                              "error: %d steps in a row had a non-finite loss or gradient; stopping. The weights are "
                              "those of the last good step: %s/resume.ckpt\n",
                              (int)state_.bad_in_a_row, args_.out_dir.c_str());
-            if (!args_.out_dir.empty()) save(args_.out_dir + "/resume.ckpt", true);
+            if (!args_.out_dir.empty()) checkpoint();
             return 1;
         }
         if (args_.val_every > 0 && st.step % args_.val_every == 0 && st.step != args_.steps) validate(st.step);
@@ -1339,7 +1363,7 @@ int Trainer::run() {
             due = (dp_ ? dp_->any(late, "checkpoint clock") : late) || due;
         }
         if (due && !args_.out_dir.empty()) {
-            save(args_.out_dir + "/resume.ckpt", true);
+            checkpoint();
             last_checkpoint = now_seconds();
             saved_step = state_.step;
         }
@@ -1368,7 +1392,7 @@ int Trainer::run() {
         // Not a finished run (stopped, or --halt-at): no model.ckpt (a finished run's name); a stop also gets a
         // status scripts can see. A stop in a step whose checkpoint was just written does not write it again (for
         // gpt2-xl, 20 GB inside a scheduler's grace period).
-        if (!args_.out_dir.empty() && saved_step != state_.step) save(args_.out_dir + "/resume.ckpt", true);
+        if (!args_.out_dir.empty() && saved_step != state_.step) checkpoint();
         if (writer_ && (interrupted || !args_.quiet)) {
             const bool hint = args_.resume_hint && !args_.out_dir.empty();
             std::fprintf(interrupted ? stderr : stdout, "train: %s after step %llu of %d%s%s%s\n",
@@ -1379,7 +1403,7 @@ int Trainer::run() {
         return interrupted ? kInterrupted : 0;
     }
     if (!args_.out_dir.empty()) {
-        if (saved_step != state_.step) save(args_.out_dir + "/resume.ckpt", true);  // unless the last step's save
+        if (saved_step != state_.step) checkpoint();  // unless the last step's save
         if (model_->peft().any()) {
             // The adapter alone (small, goes on the base with --adapter), and a model usable anywhere:
             // LoRA merged into the base weights, virtual tokens folded.
