@@ -292,7 +292,8 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
                 std::find(canon.begin(), canon.end(), canon[i]) == canon.begin() + i)
                 opt.note(opt.inputs[i] + ": given " + std::to_string(times) + " times, so its documents are in the "
                          "shards " + std::to_string(times) + " times");
-            if (opt.format != "auto" || is_jsonl(opt.inputs[i])) continue;
+            // Standard input (even < a file) goes by its first line instead: said when it is read.
+            if (opt.format != "auto" || is_jsonl(opt.inputs[i]) || nameless(opt.inputs[i])) continue;
             const nlohmann::json j = nlohmann::json::parse(first_line(opt.inputs[i]), nullptr, false);
             if (j.is_object() && (j.contains("text") || j.contains("prompt") || j.contains("instruction")))
                 opt.note(opt.inputs[i] + ": read as plain text (one document, every token with loss), as its name "
@@ -503,19 +504,22 @@ PrepareReport prepare_dataset(const Tokenizer& tok, const PrepareOptions& opt) {
         throw Error("no training tokens were produced from " + named);
     }
     // Both complete on disk before either takes its name: a failure leaves no new train.bin beside an old val.bin.
+    // An earlier run's val.bin goes before the new train.bin takes its name, so a kill between the renames leaves
+    // a missing val.bin (an error naming it), never an earlier run's beside this run's train.bin.
     train.seal();
     if (val) val->seal();
+    if (std::error_code ec; std::filesystem::exists(val_path, ec)) {
+        // Without a validation split, a val.bin from an earlier run would pass for this data's (--val-data) while
+        // holding other documents: the directory must describe one run.
+        if (!std::filesystem::remove(val_path, ec) || ec)
+            throw Error(val_path + ": left by an earlier run and cannot be removed (" + ec.message() + "); " +
+                        (val ? "" : "this run has no validation split, so ") + "remove it or choose another --out");
+        if (!val) rep.removed_stale_val = val_path;
+    }
     train.commit();
     if (val) {
         rep.val_path = val_path;
         val->commit();
-    } else if (std::error_code ec; std::filesystem::exists(val_path, ec)) {
-        // A val.bin from an earlier run would pass for this data's validation split (--val-data) while
-        // holding other documents: the directory must describe one run.
-        if (!std::filesystem::remove(val_path, ec) || ec)
-            throw Error(val_path + ": left by an earlier run and cannot be removed (" + ec.message() +
-                        "); this run has no validation split, so remove it or choose another --out");
-        rep.removed_stale_val = val_path;
     }
     return rep;
 }

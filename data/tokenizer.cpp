@@ -460,6 +460,12 @@ std::string locate_vocab_dir(const std::string& dir) {
 Tokenizer Tokenizer::load(const std::string& given) {
     if (given.empty()) throw UsageError("--vocab: empty (an unset variable?); give the folder with encoder.json");
     const std::string dir = locate_vocab_dir(given);
+    // A folder that is not there is the command line's mistake (exit 2), like any path named there that does not
+    // exist; a folder whose files are missing or malformed is bad data (exit 1), said by the readers below.
+    if (std::error_code ec; !std::filesystem::exists(dir, ec))
+        throw UsageError("--vocab: no such directory: " + given +
+                         (given[0] == '/' ? "" : " (looked for here and above the program's folder)") +
+                         "; give the folder with GPT-2's encoder.json and vocab.bpe (data/gpt2 in the repository)");
     auto impl = std::make_unique<Impl>();
     std::unordered_map<std::string, int32_t> bytes_to_id;
     impl->load_encoder(dir + "/encoder.json", bytes_to_id);

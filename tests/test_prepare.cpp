@@ -575,6 +575,7 @@ TEST(PrepareCli, StandardInputAndTheNotesOnTheEndOfTextNameAndATemplateFilesLine
     CmdResult redirected = run_cmd("bin/prepare --quiet --val-frac 0 --out " + d + "/o3 - < " + d + "/x.jsonl");
     EXPECT_EQ(redirected.rc, 0) << redirected.out;
     EXPECT_THAT(redirected.out, HasSubstr("read as JSONL"));
+    EXPECT_THAT(redirected.out, ::testing::Not(HasSubstr("read as plain text"))) << "two notes that contradict";
 }
 
 // A directory given where a file belongs is named as such, not reported as std::bad_alloc.
@@ -675,8 +676,13 @@ TEST(PrepareCli, FindsTheShippedVocabularyFromAnotherDirectory) {
     CmdResult ok = run_cmd("cd " + d + " && " + root + "/bin/prepare --quiet --val-frac 0 --out o x.jsonl");
     EXPECT_EQ(ok.rc, 0) << ok.out;
     CmdResult bad = run_cmd("cd " + d + " && " + root + "/bin/prepare --quiet --vocab nowhere --out o x.jsonl");
-    EXPECT_EQ(bad.rc, 1) << bad.out;
-    EXPECT_THAT(bad.out, HasSubstr("nowhere/encoder.json"));
+    EXPECT_EQ(bad.rc, 2) << bad.out;  // a folder named on the command line that is not there
+    EXPECT_THAT(bad.out, HasSubstr("--vocab: no such directory: nowhere (looked for here and above the program's "
+                                   "folder)"));
+    std::filesystem::create_directory(d + "/empty");  // there, but without the vocabulary: bad data
+    CmdResult empty = run_cmd("cd " + d + " && " + root + "/bin/prepare --quiet --vocab empty --out o x.jsonl");
+    EXPECT_EQ(empty.rc, 1) << empty.out;
+    EXPECT_THAT(empty.out, HasSubstr("empty/encoder.json: cannot open"));
 }
 
 }  // namespace

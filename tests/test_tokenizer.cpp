@@ -639,7 +639,7 @@ TEST(Tokenizer, TokenizeToolEncodesDecodesAndReportsBadInput) {
         {"printf 'TUNETOK1\\001\\000\\000' | bin/tokenize --decode", 1,
          "id #1 \"TUNETOK1\\x01\\x00\\x00\" is not an integer"},
         {"echo '-3' | bin/tokenize --decode", 1, "out of range"},
-        {"echo hi | bin/tokenize --vocab /nonexistent", 1, "/nonexistent/encoder.json"},
+        {"echo hi | bin/tokenize --vocab /nonexistent", 2, "--vocab: no such directory: /nonexistent"},
     };
     for (const Bad& b : bad) {
         EXPECT_EQ(run(b.cmd + " >/dev/null" + q_err), b.status) << b.cmd;
