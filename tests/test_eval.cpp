@@ -400,7 +400,18 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
     EXPECT_THAT(none.out, HasSubstr("--data: no such file or directory: " + d + "/w.bin"));
     CmdResult comma = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --data ,");
     EXPECT_EQ(comma.rc, 2) << comma.out;
-    EXPECT_THAT(comma.out, HasSubstr("--data ',' names no shard"));
+    EXPECT_THAT(comma.out, HasSubstr("--data ',': file 1 of the list is empty (an unset variable?"));
+    CmdResult trailing = run_cmd(ev + "--data " + d + "/v.bin,");  // "$A,$B" with B unset: not one file fewer
+    EXPECT_EQ(trailing.rc, 2) << trailing.out;
+    EXPECT_THAT(trailing.out, HasSubstr("file 2 of the list is empty"));
+    // Options of the loss pass without --data would do nothing: refused, as --windows is.
+    spit(d + "/ch.jsonl", "{\"context\": \"a\", \"endings\": [\"p\", \"q\"], \"label\": 0}\n");
+    for (const char* flag : {"--seq 64", "--batch 2", "--batches 3"}) {
+        CmdResult idle = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d + "/ch.jsonl " + flag);
+        EXPECT_EQ(idle.rc, 2) << idle.out;
+        EXPECT_THAT(idle.out, HasSubstr(std::string(flag).substr(0, std::string(flag).find(' ')) +
+                                        " has no effect without --data"));
+    }
     CmdResult twice = run_cmd(ev + "--data " + d + "/v.bin");
     EXPECT_EQ(twice.rc, 0) << twice.out;
     EXPECT_THAT(twice.out, HasSubstr("note: --data given twice: the later list replaces the earlier"));
@@ -423,6 +434,45 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
         EXPECT_EQ(full.rc, 1) << full.out;
         EXPECT_THAT(full.out, HasSubstr("evaluate: error: cannot write standard output"));
     }
+}
+
+// What only the model can check of --choices (ids below its vocabulary) is checked before the loss pass, which
+// may take an hour, not after it; and a model whose forward pass overflows gives an error, not "loss nan" or an
+// accuracy made of comparisons with NaN (exit 0).
+TEST(EvaluateCli, ChoicesAreCheckedBeforeTheLossPassAndANonFiniteLossIsAnError) {
+    TempDir tmp("evcheck");
+    const std::string d = tmp.path();
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);  // V=37: GPT-2's ids of the choices are beyond it
+    m.init_random(1);
+    save_checkpoint(d + "/m.ckpt", m, nullptr, nullptr);
+    std::vector<int32_t> t;
+    for (int i = 0; i < 200; i++) t.push_back((i * 7) % 37);
+    write_shard(d + "/v.bin", t, nullptr, 37);
+    spit(d + "/ch.jsonl", "{\"context\": \"the cat\", \"endings\": [\"sat\", \"ran\"], \"label\": 0}\n");
+    const std::string ev = "bin/evaluate --device cpu --model " + d + "/m.ckpt --seq 16 ";
+    CmdResult both = run_cmd(ev + "--data " + d + "/v.bin --choices " + d + "/ch.jsonl");
+    EXPECT_EQ(both.rc, 1) << both.out;
+    EXPECT_THAT(both.out, HasSubstr(d + "/ch.jsonl:1: context token 0 has id"));
+    EXPECT_THAT(both.out, Not(HasSubstr("loss "))) << "the loss pass ran before the check";
+    // ln_f's gain at 3e38: the logits overflow to Inf, their softmax to NaN.
+    const Table& tab = m.params().table();
+    for (size_t i = 0; i < tab.size(); i++)
+        if (tab[i].name == "ln_f.weight") {
+            std::vector<float> huge(tab[i].numel, 3e38f);
+            be->upload(m.params().ptr(i), DType::f32, huge.data(), huge.size());
+        }
+    save_checkpoint(d + "/inf.ckpt", m, nullptr, nullptr);
+    CmdResult loss = run_cmd("bin/evaluate --device cpu --model " + d + "/inf.ckpt --seq 16 --data " + d + "/v.bin");
+    EXPECT_EQ(loss.rc, 1) << loss.out;
+    EXPECT_THAT(loss.out, HasSubstr("the loss over --data is not finite"));
+    EXPECT_THAT(loss.out, Not(HasSubstr("perplexity")));
+    const std::vector<int32_t> ctx = {3, 4, 5};
+    ChoiceExample ex{ctx, {{6}, {7, 8}}, 1, "x.jsonl:1"};
+    GPT2 two(small_config(37, 2, 3, 24, 16), *be, 2, 16);
+    load_checkpoint(d + "/inf.ckpt", two, nullptr, nullptr);
+    EXPECT_THAT(error_of([&] { eval_multiple_choice(two, {ex}); }),
+                HasSubstr("x.jsonl:1: the loss of ending 0 is not finite"));
 }
 
 // Virtual tokens take positions of the model's context: the default --seq shrinks to what is left (saying so),

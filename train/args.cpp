@@ -20,7 +20,7 @@ std::function<void(const std::string&)> file_list(const char* flag, std::vector<
         if (!target->empty())
             notes->push_back(std::string(flag) + " given twice: the later list replaces the earlier (" +
                              std::to_string(target->size()) + " files); give one comma-separated list for both");
-        *target = split_list(v);
+        *target = split_file_list(flag, v);
     };
 }
 

@@ -78,6 +78,20 @@ std::vector<std::string> split_list(const std::string& v) {
     return out;
 }
 
+std::vector<std::string> split_file_list(const std::string& flag, const std::string& v) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    for (size_t comma = v.find(','); ; comma = v.find(',', start)) {
+        const std::string item = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        if (item.empty())
+            throw UsageError(flag + " '" + v + "': file " + std::to_string(out.size() + 1) + " of the list is empty (an "
+                             "unset variable? a comma too many?); give the files separated by single commas");
+        out.push_back(item);
+        if (comma == std::string::npos) return out;
+        start = comma + 1;
+    }
+}
+
 // The nearest of `path` and the folders above it that exists ("" when none does: a relative path's start, ".",
 // always does).
 static std::filesystem::path nearest_existing(const std::filesystem::path& path) {

@@ -120,12 +120,25 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
     return out;
 }
 
+void check_choice_examples(const std::vector<ChoiceExample>& examples, int vocab_size, int positions) {
+    for (const ChoiceExample& ex : examples) {
+        size_t longest = 0;
+        for (const auto& e : ex.endings) longest = std::max(longest, e.size());
+        if (longest >= (size_t)positions)
+            throw Error(ex.where + ": an ending of " + std::to_string(longest) + " tokens leaves no room for the "
+                        "context in the model's " + std::to_string(positions) + " positions");
+        check_token_ids(ex.context, vocab_size, ex.where + ": context");
+        for (size_t e = 0; e < ex.endings.size(); e++)
+            check_token_ids(ex.endings[e], vocab_size, ex.where + ": ending " + std::to_string(e));
+    }
+}
+
 ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>& examples, const char* progress,
                                   int32_t first_token) {
     ChoiceResult r;
-    ProgressLine line(progress, examples.size());
     const int maxT = model.max_T();
-    const int V = model.config().vocab_size;
+    check_choice_examples(examples, model.config().vocab_size, maxT);
+    ProgressLine line(progress, examples.size());
     for (const ChoiceExample& ex : examples) {
         const int B = (int)ex.endings.size();
         if (B > model.max_B())
@@ -133,12 +146,6 @@ ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>&
                         std::to_string(model.max_B()));
         size_t longest = 0;
         for (const auto& e : ex.endings) longest = std::max(longest, e.size());
-        if ((int)longest >= maxT)
-            throw Error(ex.where + ": an ending of " + std::to_string(longest) + " tokens leaves no room for the "
-                        "context in the model's " + std::to_string(maxT) + " positions");
-        check_token_ids(ex.context, V, ex.where + ": context");
-        for (size_t e = 0; e < ex.endings.size(); e++)
-            check_token_ids(ex.endings[e], V, ex.where + ": ending " + std::to_string(e));
         // Row b: [first_token] + context (cut from the left to fit) + ending b, padded; weights mark the ending's
         // targets.
         const size_t lead = first_token >= 0 ? 1 : 0;
@@ -167,6 +174,11 @@ ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>&
         for (int b = 0; b < B; b++) {
             double s = 0;
             for (int t = 0; t < T; t++) s += losses[(size_t)b * T + t];
+            // A non-finite loss compares false both ways: every such example would go to ending 0, unsaid.
+            if (!std::isfinite(s))
+                throw Error(ex.where + ": the loss of ending " + std::to_string(b) + " is not finite (" +
+                            std::to_string(s) + "): the model overflows or holds non-finite values in its forward "
+                            "pass");
             const double mean = s / (double)ex.endings[b].size();
             if (s < best_sum) best_sum = s, best = b;
             if (mean < best_mean) best_mean = mean, best_norm = b;

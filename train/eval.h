@@ -42,10 +42,15 @@ struct ChoiceExample {
     std::string where;  // file:line, for messages
 };
 
-// Parses and tokenises the JSONL file; errors name file:line and the field.
+// Parses and tokenises the JSONL file; errors name file:line and the field. An ending is joined to its context
+// with one space unless either side has whitespace there (a context's trailing whitespace moves to the endings).
 std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::string& path);
 
-// Scores every example; the model needs max_B() >= the most endings of an example. Contexts longer than
+// What only the model can say of the examples: every token id below vocab_size, every ending shorter than the
+// model's positions (room for context). Errors name file:line and the field.
+void check_choice_examples(const std::vector<ChoiceExample>& examples, int vocab_size, int positions);
+
+// Scores every example (a non-finite loss is an error); the model needs max_B() >= the most endings of an example. Contexts longer than
 // max_T() minus an ending are cut from the left. first_token >= 0 goes before every context (an <|endoftext|>,
 // for a model trained on document windows) and stays there when a context is cut.
 ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>& examples,

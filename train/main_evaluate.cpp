@@ -1,5 +1,7 @@
 // bin/evaluate: validation loss and perplexity on token shards, and multiple-choice accuracy.
+#include <cmath>
 #include <cstdio>
+#include <utility>
 #include <optional>
 
 #include "train/cli.h"
@@ -11,10 +13,12 @@ int main(int argc, char** argv) {
     return tune::run_tool("evaluate", [&]() -> int {
         std::string weights, adapter, data, choices, device = "auto", vocab = "data/gpt2";
         int batch = 4, seq = 256, batches = 0;
-        bool seq_given = false;
+        bool seq_given = false, batch_given = false;
         Cli cli("usage: bin/evaluate --model WEIGHTS [--data SHARDS] [--choices FILE.jsonl] [options]\n"
                 "Loss and perplexity on token shards (counted tokens only), and multiple-choice accuracy on a JSONL\n"
-                "of {\"context\", \"endings\": [...], \"label\"}: acc by total ending loss, acc_norm by mean loss.");
+                "of {\"context\", \"endings\": [...], \"label\"}: acc by total ending loss, acc_norm by mean loss.\n"
+                "An ending is joined to its context with one space unless either side already has whitespace there\n"
+                "(as lm-evaluation-harness joins HellaSwag's): \"the cat\" + \"sat\" is scored as \" sat\".");
         cli.option("--model", "WEIGHTS", "weights: tune.cu checkpoint, Hugging Face GPT-2 directory, or llm.c .bin", &weights);
         cli.custom("--data", "SHARDS", "comma-separated token shards for loss and perplexity", "(none)",
                    [&](const std::string& v) {
@@ -24,7 +28,10 @@ int main(int argc, char** argv) {
                        data = v;
                    });
         cli.option("--choices", "FILE", "multiple-choice JSONL", &choices);
-        cli.option("--batch", "B", "sequences per batch (loss)", &batch, 1, 1 << 16);
+        cli.custom("--batch", "B", "sequences per batch (loss)", "4", [&](const std::string& v) {
+            batch = parse_int("--batch", v, 1, 1 << 16);
+            batch_given = true;
+        });
         cli.custom("--seq", "T", "tokens per sequence (loss; at most the model's context: its block size less any "
                    "virtual tokens, which also caps the default)", "256", [&](const std::string& v) {
                        seq = parse_int("--seq", v, 1, 1 << 20);
@@ -60,12 +67,16 @@ int main(int argc, char** argv) {
         if ((eot_first || no_eot_first) && choices.empty())
             throw UsageError(std::string(eot_first ? "--eot-first" : "--no-eot-first") + " has no effect without "
                              "--choices (--data is scored in windows of the shards as they are)");
-        if (!windows_auto && data.empty())
-            throw UsageError("--windows has no effect without --data (multiple choice scores each example alone)");
+        // Multiple choice scores each example alone, all its endings at once, in the model's whole context.
+        if (data.empty())
+            for (const auto& [given, flag] : {std::pair{!windows_auto, "--windows"}, {seq_given, "--seq"},
+                                              {batch_given, "--batch"}, {batches > 0, "--batches"}})
+                if (given)
+                    throw UsageError(std::string(flag) + " has no effect without --data (multiple choice scores each "
+                                     "example alone, its endings as one batch, in the model's whole context)");
         require_path("--model", weights);
         require_file("--adapter", adapter, "an adapter.ckpt written by bin/train");
-        const std::vector<std::string> paths = split_list(data);
-        if (!data.empty() && paths.empty()) throw UsageError("--data '" + data + "' names no shard");
+        const std::vector<std::string> paths = data.empty() ? std::vector<std::string>{} : split_file_list("--data", data);
         for (const std::string& p : paths) require_file("--data", p, "a token shard made by bin/prepare");
         require_file("--choices", choices, "a JSONL file of examples");
         // Read before the loss pass (which may take an hour), so a bad line stops the run at once.
@@ -83,6 +94,8 @@ int main(int argc, char** argv) {
             loaded = load_model(weights, device, "fp32", 1, seq, adapter);
             LoadedModel& m = *loaded;
             const int V = m.model->config().vocab_size;
+            // What only the model can check of --choices (token ids, endings that fit), before the loss pass.
+            check_choice_examples(ex, V, m.model->max_positions());
             std::vector<Shard> shards = read_shards(paths, V);
             int32_t doc_end;  // -1: fixed windows
             if (windows_auto) {
@@ -112,6 +125,9 @@ int main(int argc, char** argv) {
             loader.note_short_shards();
             m.model->resize((int)std::min<size_t>((size_t)batch, std::max<size_t>(1, loader.windows_per_epoch())), seq);
             LossResult r = eval_loss(*m.model, loader, batches, "evaluate: loss, batch");
+            if (r.tokens > 0 && !std::isfinite(r.loss))
+                throw Error("the loss over --data is not finite (" + std::to_string(r.loss) + "): the model " +
+                            weights + " overflows or holds non-finite values in its forward pass");
             std::string scope;
             if (batches > 0 && (size_t)batches > r.pass_batches)
                 scope = "one pass: " + std::to_string(r.batches) + " batches, fewer than the " + std::to_string(batches) +
