@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "data/fileio.h"
+#include "data/json_depth.h"
 
 namespace tune {
 
@@ -159,7 +160,7 @@ json parse_header_json(const std::string& path, const std::string& text) {
     } catch (const HeaderAbort& e) {
         fail(path, e.what);
     } catch (const json::exception& e) {
-        fail(path, std::string("header is not valid JSON: ") + e.what());
+        fail(path, "header is not valid JSON: " + json_reason(e));
     }
 }
 

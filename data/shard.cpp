@@ -141,7 +141,8 @@ Shard read_shard(const std::string& path, int vocab_size) {
         throw Error(path + ": not a token shard (" + std::to_string(size) + " bytes, the header alone is 32)");
     if (std::memcmp(b, kShardMagic, 8) != 0)
         throw Error(path + ": not a token shard (magic is not TUNETOK1; make shards with bin/prepare)");
-    const uint32_t version = load_u32(&b[8]), width = load_u32(&b[12]), has_mask = load_u32(&b[24]);
+    const uint32_t version = load_u32(&b[8]), width = load_u32(&b[12]), has_mask = load_u32(&b[24]),
+                   made_for = load_u32(&b[28]);
     const uint64_t n = load_u64(&b[16]);
     if (version != kShardVersion)
         throw Error(path + ": shard version " + std::to_string(version) + ", this build reads version " +
@@ -156,6 +157,7 @@ Shard read_shard(const std::string& path, int vocab_size) {
     s.path = path;
     s.n = n;
     s.width = width;
+    s.vocab = made_for;
     s.token_bytes = b + kShardHeader;
     s.mask_bytes = has_mask ? s.token_bytes + n * width : nullptr;
     s.file = std::move(file);
@@ -167,7 +169,10 @@ Shard read_shard(const std::string& path, int vocab_size) {
             if ((uint32_t)s.token(i) >= limit)
                 throw Error(path + ": token " + std::to_string(i) + " has id " + std::to_string((uint32_t)s.token(i)) +
                             (vocab_size > 0 ? ", not below the vocabulary size " + std::to_string(vocab_size)
-                                            : ", beyond any vocabulary (ids are below 2^31)"));
+                                            : ", beyond any vocabulary (ids are below 2^31)") +
+                            (vocab_size > 0 && made_for > 0 && made_for != (uint32_t)vocab_size
+                                 ? " (the shard was made for a vocabulary of " + std::to_string(made_for) + ")"
+                                 : ""));
     }
     if (s.mask_bytes)  // a weight of 7 would count a token seven times
         for (uint64_t i = 0; i < n; i++) {
@@ -213,6 +218,11 @@ Loader::Loader(std::vector<Shard> shards, int vocab_size, int B, int T, bool shu
         const Shard& s = shards_[shard];
         const std::string& p = s.path;
         const uint64_t n = s.size();
+        // Ids below the model's vocabulary, but made for another one: other tokens, perhaps.
+        if (s.vocab > 0 && vocab_size > 0 && s.vocab != (uint32_t)vocab_size)
+            shard_notes_.push_back(p + ": made for a vocabulary of " + std::to_string(s.vocab) + " tokens, and the "
+                                   "model has " + std::to_string(vocab_size) + ": the same ids mean other tokens if "
+                                   "its tokenizer is not the model's (bin/prepare writes GPT-2's 50257)");
         if (doc_end >= 0) {
             // TEACH: document windows. Each window starts at the end of a document (its <|endoftext|>, the token
             // GPT-2 was trained to begin text after) or at the shard's start, and takes as many whole documents
@@ -245,7 +255,7 @@ Loader::Loader(std::vector<Shard> shards, int vocab_size, int B, int T, bool shu
         }
         if (n < (uint64_t)T + 1) {  // one window, padded past the shard's end (fill_row)
             windows_.push_back({shard, 0, (uint32_t)(n - 1), 0});
-            short_shards_.push_back(p + ": " + std::to_string(n) + " tokens, shorter than one window of T+1 = " +
+            shard_notes_.push_back(p + ": " + std::to_string(n) + " tokens, shorter than one window of T+1 = " +
                                     std::to_string(T + 1) + ": one window, padded (the padding counts nothing)");
             continue;
         }
@@ -261,9 +271,9 @@ Loader::Loader(std::vector<Shard> shards, int vocab_size, int B, int T, bool shu
     start_epoch();
 }
 
-void Loader::note_short_shards() const {
+void Loader::note_shards() const {
     static std::set<std::string> said;
-    for (const std::string& line : short_shards_)
+    for (const std::string& line : shard_notes_)
         if (said.insert(line).second) std::fprintf(stderr, "note: %s\n", line.c_str());
 }
 

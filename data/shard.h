@@ -37,6 +37,7 @@ struct Shard {
     const uint8_t* mask_bytes = nullptr;   // n, or null when the file has no mask
     uint64_t n = 0;
     uint32_t width = 2;
+    uint32_t vocab = 0;           // the vocabulary size its writer checked the ids against (0: unknown)
     uint64_t masked_targets = 0;  // tokens 1..n-1 (the targets) whose loss weight is 0, counted as read
 
     size_t size() const { return n; }
@@ -172,11 +173,11 @@ class Loader {
     }
     int B() const { return B_; }
     size_t num_tokens() const;
-    // Shards shorter than one window of T+1 tokens, each served as one padded window: a line per shard saying
-    // so, for the tools to print.
-    const std::vector<std::string>& short_shards() const { return short_shards_; }
+    // What a user should hear about the shards, a line each, for the tools to print: one shorter than one window
+    // of T+1 tokens (served as one padded window), one made for another vocabulary than the model's.
+    const std::vector<std::string>& shard_notes() const { return shard_notes_; }
     // Prints them on stderr as notes, each once per process (the same file may feed several loaders).
-    void note_short_shards() const;
+    void note_shards() const;
     LoaderState state() const { return state_; }
     void set_state(const LoaderState& s);
 
@@ -200,7 +201,7 @@ class Loader {
     std::vector<Window> windows_;
     std::vector<uint32_t> order_;       // this epoch's visiting order
     std::vector<uint32_t> next_order_;  // the next epoch's, once a round reaches into it (else empty)
-    std::vector<std::string> short_shards_;
+    std::vector<std::string> shard_notes_;
     int B_, T_;
     int vocab_;  // token ids must stay below it (0: unchecked), also in a file changed since it was read
     int32_t doc_end_;

@@ -232,7 +232,7 @@ void Tokenizer::Impl::load_encoder(const std::string& path, std::unordered_map<s
     try {
         j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
-        throw Error(path + ": not valid JSON: " + e.what());
+        throw Error(path + ": not valid JSON: " + json_reason(e));
     }
     if (!j.is_object() || j.empty())
         throw Error(path + ": expected a non-empty JSON object mapping token strings to ids, got " +
@@ -466,6 +466,9 @@ Tokenizer Tokenizer::load(const std::string& given) {
         throw UsageError("--vocab: no such directory: " + given +
                          (given[0] == '/' ? "" : " (looked for here and above the program's folder)") +
                          "; give the folder with GPT-2's encoder.json and vocab.bpe (data/gpt2 in the repository)");
+    if (std::error_code ec; !std::filesystem::is_directory(dir, ec))
+        throw UsageError("--vocab: " + given + ": is a file, not a directory; give the folder with GPT-2's "
+                         "encoder.json and vocab.bpe");
     auto impl = std::make_unique<Impl>();
     std::unordered_map<std::string, int32_t> bytes_to_id;
     impl->load_encoder(dir + "/encoder.json", bytes_to_id);

@@ -64,7 +64,7 @@ json read_json(const std::string& path) {
         j = json::parse(bytes.begin(), bytes.end());
     } catch (const json::exception& e) {  // says where: "parse error at line 3, column 5: ..."; or a number
                                           // beyond a double ("number overflow parsing '1e999'")
-        throw Error(path + ": not valid JSON: " + e.what());
+        throw Error(path + ": not valid JSON: " + json_reason(e));
     }
     if (!j.is_object()) throw Error(path + ": expected a JSON object");
     return j;

@@ -96,13 +96,20 @@ int main(int argc, char** argv) {
             if (samples > 1) std::printf("--- sample %d ---\n", s + 1);
             out(prompt);
             GenerateStop why = GenerateStop::max_new;
-            const std::vector<int32_t> got = generate(
-                *m.model, ids, max_new, sc, rng, tok.eot_token(),
-                [&](int32_t t) {
-                    out(tok.decode(&t, 1));
-                    std::fflush(stdout);
-                },
-                &why);
+            std::vector<int32_t> got;
+            try {
+                got = generate(
+                    *m.model, ids, max_new, sc, rng, tok.eot_token(),
+                    [&](int32_t t) {
+                        out(tok.decode(&t, 1));
+                        std::fflush(stdout);
+                    },
+                    &why);
+            } catch (const std::exception&) {
+                std::printf("\n");  // the text streamed so far ends its line; the error (stderr) says why it stopped
+                std::fflush(stdout);
+                throw;
+            }
             std::printf("\n");
             std::fflush(stdout);
             if (why == GenerateStop::context_full)

@@ -50,7 +50,8 @@ int32_t sample_token(const std::vector<float>& logits, int V, const SamplingConf
         const auto at = std::find_if(logits.begin(), logits.begin() + V,
                                      [](float x) { return !(x < std::numeric_limits<float>::infinity()); });
         throw Error("the logits hold " + std::string(std::isnan(*at) ? "NaN" : "+inf") + " at token id " +
-                    std::to_string(at - logits.begin()) + " (an overflow in fp16? try --precision bf16 or fp32)");
+                    std::to_string(at - logits.begin()) + ": the model's forward pass overflowed (weights too "
+                    "large for float arithmetic, or damaged)");
     }
     if (top == -std::numeric_limits<float>::infinity())  // every weight exp(-inf - -inf) would be NaN
         throw Error("every logit is -inf: no token can be drawn");

@@ -473,6 +473,20 @@ TEST(EvaluateCli, ChoicesAreCheckedBeforeTheLossPassAndANonFiniteLossIsAnError) 
     load_checkpoint(d + "/inf.ckpt", two, nullptr, nullptr);
     EXPECT_THAT(error_of([&] { eval_multiple_choice(two, {ex}); }),
                 HasSubstr("x.jsonl:1: the loss of ending 0 is not finite"));
+    // bin/generate on such a model: an error, and the text streamed before it ends its line.
+    GPT2 tiny(preset_config("tiny"), *be, 1, 1);
+    tiny.init_random(1);
+    for (size_t i = 0; i < tiny.params().table().size(); i++)
+        if (tiny.params().table()[i].name == "ln_f.weight") {
+            std::vector<float> huge(tiny.params().table()[i].numel, 3e38f);
+            be->upload(tiny.params().ptr(i), DType::f32, huge.data(), huge.size());
+        }
+    save_checkpoint(d + "/tiny_inf.ckpt", tiny, nullptr, nullptr);
+    CmdResult gen = run_cmd("bin/generate --device cpu --model " + d + "/tiny_inf.ckpt --prompt 'Once' --max-new 3 "
+                            "--no-eot-first");
+    EXPECT_EQ(gen.rc, 1) << gen.out;
+    EXPECT_EQ(gen.out.rfind("Once\ngenerate: error: the logits hold", 0), 0u) << gen.out;
+    EXPECT_THAT(gen.out, HasSubstr("the model's forward pass overflowed"));
 }
 
 // Virtual tokens take positions of the model's context: the default --seq shrinks to what is left (saying so),

@@ -189,7 +189,8 @@ TEST(Sampling, NanOrInfiniteLogitIsAnErrorNotAnArbitraryPick) {
             EXPECT_THROW(
                 try { sample_token(z, 3, c, r); } catch (const Error& e) {
                     const std::string what = std::isnan(bad) ? "NaN" : "+inf";
-                    EXPECT_THAT(e.what(), HasSubstr("the logits hold " + what + " at token id 1"));
+                    EXPECT_THAT(e.what(), HasSubstr("the logits hold " + what + " at token id 1: the model's "
+                                                    "forward pass overflowed"));
                     throw;
                 },
                 Error);

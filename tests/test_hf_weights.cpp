@@ -426,6 +426,7 @@ TEST(HfWeights, ConfigNotJsonOrAbsentIsNamed) {
     const std::string msg = error_of([&] { weights_config(dir.path()); });
     EXPECT_MENTIONS(msg, dir.file("config.json") + ": not valid JSON");
     EXPECT_MENTIONS(msg, "line 1, column 15");  // where the parser stopped
+    EXPECT_EQ(msg.find("[json.exception"), std::string::npos) << "the JSON library's name in: " << msg;
     std::ofstream(dir.file("config.json")) << "{\"n_layer\": 2e999}";  // a number beyond a double
     EXPECT_MENTIONS(error_of([&] { weights_config(dir.path()); }), dir.file("config.json") + ": not valid JSON");
     fs::remove(dir.file("config.json"));

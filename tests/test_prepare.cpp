@@ -683,6 +683,9 @@ TEST(PrepareCli, FindsTheShippedVocabularyFromAnotherDirectory) {
     CmdResult empty = run_cmd("cd " + d + " && " + root + "/bin/prepare --quiet --vocab empty --out o x.jsonl");
     EXPECT_EQ(empty.rc, 1) << empty.out;
     EXPECT_THAT(empty.out, HasSubstr("empty/encoder.json: cannot open"));
+    CmdResult file = run_cmd("cd " + d + " && " + root + "/bin/prepare --quiet --vocab x.jsonl --out o x.jsonl");
+    EXPECT_EQ(file.rc, 2) << file.out;
+    EXPECT_THAT(file.out, HasSubstr("--vocab: x.jsonl: is a file, not a directory"));
 }
 
 }  // namespace

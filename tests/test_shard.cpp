@@ -342,6 +342,26 @@ TEST(FileIo, ADirectoryLockRefusesASecondWriterUntilTheFirstEnds) {
     EXPECT_TRUE(std::filesystem::exists(d)) << "a directory the lock did not make stays";
 }
 
+// A shard made for another vocabulary than the model's (its header says which) is noted, though its ids fit,
+// and named in the error when they do not; one made for the model's vocabulary is not noted.
+TEST(Loader, AShardMadeForAnotherVocabularyIsNoted_V1000_V50257) {
+    TempDir tmp("loader");
+    const std::string d = tmp.path();
+    write_shard(d + "/v1000.bin", iota_tokens(40, 1000), nullptr, 1000);
+    Loader other({d + "/v1000.bin"}, 50257, 2, 10, false, 0);
+    ASSERT_EQ(other.shard_notes().size(), 1u);
+    EXPECT_THAT(other.shard_notes()[0], HasSubstr("v1000.bin: made for a vocabulary of 1000 tokens, and the model "
+                                                  "has 50257: the same ids mean other tokens"));
+    Loader same({d + "/v1000.bin"}, 1000, 2, 10, false, 0);
+    EXPECT_TRUE(same.shard_notes().empty());
+    std::vector<int32_t> wide = iota_tokens(40, 1000);
+    wide[5] = 60000;
+    write_shard(d + "/v60k.bin", wide, nullptr, 60000);
+    EXPECT_THAT(error_of([&] { read_shard(d + "/v60k.bin", 50257); }),
+                HasSubstr("v60k.bin: token 5 has id 60000, not below the vocabulary size 50257 (the shard was made "
+                          "for a vocabulary of 60000)"));
+}
+
 // A shard shorter than one window (a small validation split) is one window, padded: token 0 in and out with
 // weight 0 past its end, the mask kept before it; a shard with nothing to predict is named.
 TEST(Loader, ShardShorterThanOneWindowIsOnePaddedWindow_n8_T10) {
@@ -351,8 +371,8 @@ TEST(Loader, ShardShorterThanOneWindowIsOnePaddedWindow_n8_T10) {
     write_shard(d + "/short.bin", iota_tokens(8, 50), &mask, 50);
     Loader l({d + "/short.bin"}, 50, 2, 10, false, 0);
     ASSERT_EQ(l.num_windows(), 1u);
-    ASSERT_EQ(l.short_shards().size(), 1u);
-    EXPECT_THAT(l.short_shards()[0], HasSubstr("short.bin: 8 tokens, shorter than one window of T+1 = 11: one "
+    ASSERT_EQ(l.shard_notes().size(), 1u);
+    EXPECT_THAT(l.shard_notes()[0], HasSubstr("short.bin: 8 tokens, shorter than one window of T+1 = 11: one "
                                                "window, padded"));
     Batch b;
     ASSERT_TRUE(l.next_in_epoch(b));

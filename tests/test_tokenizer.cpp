@@ -596,6 +596,7 @@ TEST(Tokenizer, BadVocabularyFilesAreReportedWithFileAndProblem) {
         std::string msg = load_error(c.file, c.contents, c.remove);
         for (const std::string& part : c.expect)
             EXPECT_NE(msg.find(part), std::string::npos) << "message \"" << msg << "\" lacks \"" << part << "\"";
+        EXPECT_EQ(msg.find("[json.exception"), std::string::npos) << "the JSON library's name in: " << msg;
     }
 }
 

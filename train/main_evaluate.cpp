@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
                 seq = room;
             }
             Loader loader(std::move(shards), V, batch, seq, false, 0, 0, 1, doc_end, windows);
-            loader.note_short_shards();
+            loader.note_shards();
             m.model->resize((int)std::min<size_t>((size_t)batch, std::max<size_t>(1, loader.windows_per_epoch())), seq);
             LossResult r = eval_loss(*m.model, loader, batches, "evaluate: loss, batch");
             if (r.tokens > 0 && !std::isfinite(r.loss))

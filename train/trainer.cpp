@@ -712,7 +712,7 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
                         " ranks: every rank needs one a step");
     if (rank == 0)
         for (const Loader* l : {train_.get(), val_.get(), replay_.get()})
-            if (l) l->note_short_shards();
+            if (l) l->note_shards();
     for (const auto& [l, flag] : {std::pair<const Loader*, const char*>{train_.get(), "--train-data"},
                                   {val_.get(), "--val-data"}})
         if (rank == 0 && l && l->long_documents())
@@ -803,7 +803,7 @@ void Trainer::load_or_estimate_fisher(const std::string& path, const std::vector
                          "estimate it once with --zero 0 or 1 (or in one process), then give that --fisher file");
     Loader base(data, model_->config().vocab_size, args_.batch, args_.seq, true, args_.seed + 2);
     if (writer_) {
-        base.note_short_shards();
+        base.note_shards();
         const size_t wanted = (size_t)batches * (size_t)args_.batch;
         if (base.num_windows() < wanted)
             std::fprintf(stderr, "note: --fisher-data has %zu windows of --seq %d+1 tokens; %d batches of %d take %zu, "
