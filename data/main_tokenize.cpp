@@ -16,15 +16,15 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: bin/tokenize [--vocab DIR] [FILE]\n"
-    "       bin/tokenize --decode [--vocab DIR] [FILE]\n"
+    "usage: bin/tokenize [--vocab DIR] [--] [FILE]\n"
+    "       bin/tokenize --decode [--vocab DIR] [--] [FILE]\n"
     "\n"
     "Encode (default): reads FILE (any bytes; UTF-8 text normally) and prints its GPT-2 token ids on\n"
     "one line, separated by single spaces. The text \"<|endoftext|>\" is encoded as ordinary text;\n"
     "bytes that are not valid UTF-8 each become their one-byte token.\n"
     "Decode (--decode): reads token ids separated by spaces, tabs or newlines, and writes the bytes\n"
     "they stand for, with nothing added.\n"
-    "FILE '-' or no FILE reads standard input.\n"
+    "FILE '-' or no FILE reads standard input; after --, FILE is a file even if it starts with '-'.\n"
     "\n"
     "options:\n"
     "  --decode     ids -> text instead of text -> ids\n"
@@ -43,22 +43,28 @@ struct Args {
 
 Args parse_args(int argc, char** argv) {
     Args a;
-    bool have_input = false;
+    bool have_input = false, options_done = false;  // after "--" every argument is the input, "-h" included
     for (int i = 1; i < argc; ++i) {
         std::string_view arg = argv[i];
-        if (arg == "--help" || arg == "-h") {  // read in order: an unknown option before it is still refused
+        const bool option = !options_done && arg.size() > 1 && arg[0] == '-';
+        if (option && arg == "--") {
+            options_done = true;
+        } else if (option && (arg == "--help" || arg == "-h")) {  // in order: an unknown option before it is refused
             a.help = true;
             return a;
-        } else if (arg == "--decode") {
+        } else if (option && arg == "--decode") {
             a.decode = true;
-        } else if (arg == "--vocab") {
+        } else if (option && arg == "--vocab") {
             if (i + 1 >= argc) throw tune::UsageError("--vocab needs a directory (e.g. --vocab data/gpt2)");
             a.vocab = argv[++i];
-        } else if (arg.substr(0, 8) == "--vocab=") {
+        } else if (option && arg.substr(0, 8) == "--vocab=") {
             a.vocab = std::string(arg.substr(8));
-        } else if (arg.size() > 1 && arg[0] == '-') {
+        } else if (option) {
             throw tune::UsageError("unknown option '" + std::string(arg) + "' (see bin/tokenize --help)");
         } else {
+            if (arg.empty())
+                throw tune::UsageError("the input file is '' (an unset variable?); give a file, or - for standard "
+                                       "input");
             if (have_input)
                 throw tune::UsageError("one input file at most, got '" + a.input + "' and '" + std::string(arg) + "'");
             a.input = std::string(arg);

@@ -569,7 +569,7 @@ TEST(TrainCli, DocumentWindowsTrainEvaluateAndResume) {
     EXPECT_EQ(mc_auto.out.substr(0, mc_auto.out.find(mc_note)) +
                   mc_auto.out.substr(mc_auto.out.find(mc_note) + mc_note.size()),
               mc_forced.out);
-    EXPECT_THAT(mc_forced.out, HasSubstr("multiple choice: 1 examples"));
+    EXPECT_THAT(mc_forced.out, HasSubstr("multiple choice: 1 example |"));
     EXPECT_EQ(mc_plain.rc, 0) << mc_plain.out;
     EXPECT_THAT(mc_plain.out, Not(HasSubstr("note:")));
     CmdResult mc_data = run_cmd("bin/evaluate --device cpu --model " + d + "/docs/model.ckpt --data " + d +

@@ -385,7 +385,7 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
     // memory of 65536 rows (hundreds of GiB: it failed).
     CmdResult wide = run_cmd(ev + "--batch 65536");
     EXPECT_EQ(wide.rc, 0) << wide.out;
-    EXPECT_THAT(wide.out, HasSubstr("| 473 tokens (one pass: 1 batches)"));
+    EXPECT_THAT(wide.out, HasSubstr("| 473 tokens (one pass: 1 batch)"));
     EXPECT_EQ(wide.out.substr(0, 12), pass1.out.substr(0, 12)) << "the same loss:\n" << wide.out << pass1.out;
     // Paths named on the command line that are not there, or not files, are usage errors (2), as in every tool.
     CmdResult dir = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --data " + d);
@@ -554,7 +554,7 @@ TEST(GenerateEvaluateCli, RunOnASavedModel) {
     spit(d + "/mc.jsonl", "{\"context\":\"The sky is\",\"endings\":[\"blue\",\"a fish\",\"loud\"],\"label\":0}\n");
     CmdResult e = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d + "/mc.jsonl");
     EXPECT_EQ(e.rc, 0) << e.out;
-    EXPECT_THAT(e.out, HasSubstr("multiple choice: 1 examples | acc"));
+    EXPECT_THAT(e.out, HasSubstr("multiple choice: 1 example | acc"));
     EXPECT_EQ(run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt").rc, 2);
     // A bad --choices file stops the tool before the (possibly long) loss pass over --data.
     write_shard(d + "/v.bin", std::vector<int32_t>(600, 11), nullptr, 50257);

@@ -318,6 +318,16 @@ TEST(GenerateCli, NotesTheContextLimitAndRefusesTwoPrompts) {
     CmdResult file = run_cmd(gen + "--prompt-file " + d + "/a.txt --max-new 2");
     EXPECT_EQ(file.rc, 0) << file.out;
     EXPECT_THAT(file.out, HasSubstr("from the file"));
+    // Standard input that cannot be a prompt is the command line's mistake, as a --prompt-file of that kind is.
+    CmdResult closed = run_cmd(gen + "--prompt-file - <&-");
+    EXPECT_EQ(closed.rc, 2) << closed.out;
+    EXPECT_THAT(closed.out, HasSubstr("--prompt-file -: standard input is closed"));
+    CmdResult folder = run_cmd(gen + "--prompt-file - < " + d);
+    EXPECT_EQ(folder.rc, 2) << folder.out;
+    EXPECT_THAT(folder.out, HasSubstr("--prompt-file -: standard input is a directory"));
+    CmdResult piped = run_cmd("printf 'from a pipe' | " + gen + "--prompt-file - --max-new 2");
+    EXPECT_EQ(piped.rc, 0) << piped.out;
+    EXPECT_THAT(piped.out, HasSubstr("from a pipe"));
     std::string words;
     for (int i = 0; i < 30; i++) words += " word";
     CmdResult long_prompt = run_cmd(gen + "--prompt '" + words + "'");

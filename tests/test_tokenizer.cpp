@@ -621,6 +621,8 @@ TEST(Tokenizer, TokenizeToolEncodesDecodesAndReportsBadInput) {
     EXPECT_EQ(out, text);
     ASSERT_EQ(run("printf '15496\\n995' | bin/tokenize --decode --vocab data/gpt2", &out), 0);
     EXPECT_EQ(out, "Hello world");
+    ASSERT_EQ(run("printf '15496\\n995' | bin/tokenize --decode -- -", &out), 0);
+    EXPECT_EQ(out, "Hello world");
 
     struct Bad {
         std::string cmd;
@@ -641,6 +643,8 @@ TEST(Tokenizer, TokenizeToolEncodesDecodesAndReportsBadInput) {
          "id #1 \"TUNETOK1\\x01\\x00\\x00\" is not an integer"},
         {"echo '-3' | bin/tokenize --decode", 1, "out of range"},
         {"echo hi | bin/tokenize --vocab /nonexistent", 2, "--vocab: no such directory: /nonexistent"},
+        {"bin/tokenize ''", 2, "the input file is '' (an unset variable?)"},
+        {"bin/tokenize -- -h", 2, "cannot open input file '-h'"},  // after --, a file of that name
     };
     for (const Bad& b : bad) {
         EXPECT_EQ(run(b.cmd + " >/dev/null" + q_err), b.status) << b.cmd;

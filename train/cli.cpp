@@ -78,6 +78,10 @@ std::vector<std::string> split_list(const std::string& v) {
     return out;
 }
 
+std::string counted(size_t n, const char* one, const char* many) {
+    return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
 std::vector<std::string> split_file_list(const std::string& flag, const std::string& v) {
     std::vector<std::string> out;
     size_t start = 0;

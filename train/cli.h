@@ -41,6 +41,8 @@ void catch_stop_signals(void (*handler)(int));
 double parse_double(const std::string& flag, const std::string& v, double lo, double hi);
 // "a,b,,c" -> {"a", "b", "c"}: a comma-separated list of a flag, empty items dropped.
 std::vector<std::string> split_list(const std::string& v);
+// "1 batch", "15 batches": a count with its noun in the right number.
+std::string counted(size_t n, const char* one, const char* many);
 // A comma-separated list of files: "a,b" -> {"a", "b"}. An empty item ("$A,$B" with B unset, "a,") would drop a
 // file without a word: a UsageError naming the flag and the list.
 std::vector<std::string> split_file_list(const std::string& flag, const std::string& v);
