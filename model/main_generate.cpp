@@ -99,6 +99,9 @@ int main(int argc, char** argv) {
                          tok.vocab_size());
         // Bytes as they are (fwrite, not fputs): a NUL in the prompt or a token is output too.
         auto out = [](const std::string& bytes) { std::fwrite(bytes.data(), 1, bytes.size(), stdout); };
+        if (samples > 1 && sc.temperature <= 0)
+            std::fprintf(stderr, "note: --temperature 0 always picks the likeliest token: the %d samples are the same "
+                         "text (give a temperature above 0 for different ones)\n", samples);
         Rng rng(seed);
         for (int s = 0; s < samples; s++) {
             if (samples > 1) std::printf("--- sample %d ---\n", s + 1);

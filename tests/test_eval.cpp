@@ -406,6 +406,9 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
     EXPECT_THAT(trailing.out, HasSubstr("file 2 of the list is empty"));
     // Options of the loss pass without --data would do nothing: refused, as --windows is.
     spit(d + "/ch.jsonl", "{\"context\": \"a\", \"endings\": [\"p\", \"q\"], \"label\": 0}\n");
+    CmdResult piped = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices - < " + d + "/ch.jsonl");
+    EXPECT_EQ(piped.rc, 0) << piped.out;
+    EXPECT_THAT(piped.out, HasSubstr("multiple choice: 1 example |"));
     for (const char* flag : {"--seq 64", "--batch 2", "--batches 3"}) {
         CmdResult idle = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d + "/ch.jsonl " + flag);
         EXPECT_EQ(idle.rc, 2) << idle.out;

@@ -309,6 +309,11 @@ TEST(GenerateCli, NotesTheContextLimitAndRefusesTwoPrompts) {
     CmdResult some = run_cmd(gen + "--prompt 'Once upon a time' --max-new 5 --temperature 0 --top-k 1");
     EXPECT_EQ(some.rc, 0) << some.out;
     EXPECT_THAT(some.out, ::testing::Not(HasSubstr("note: stopped")));
+    EXPECT_THAT(some.out, ::testing::Not(HasSubstr("samples are the same")));
+    CmdResult same = run_cmd(gen + "--prompt 'Once upon a time' --max-new 5 --temperature 0 --samples 3");
+    EXPECT_EQ(same.rc, 0) << same.out;
+    EXPECT_THAT(same.out, HasSubstr("note: --temperature 0 always picks the likeliest token: the 3 samples are the "
+                                    "same text"));
     spit(d + "/a.txt", "from the file");
     CmdResult both = run_cmd(gen + "--prompt hi --prompt-file " + d + "/a.txt");
     EXPECT_EQ(both.rc, 2) << both.out;

@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
                                         "give one comma-separated list for both\n", data.c_str());
                        data = v;
                    });
-        cli.option("--choices", "FILE", "multiple-choice JSONL", &choices);
+        cli.option("--choices", "FILE", "multiple-choice JSONL (-: standard input)", &choices);
         cli.custom("--batch", "B", "sequences per batch (loss)", "4", [&](const std::string& v) {
             batch = parse_int("--batch", v, 1, 1 << 16);
             batch_given = true;
@@ -78,13 +78,13 @@ int main(int argc, char** argv) {
         require_file("--adapter", adapter, "an adapter.ckpt written by bin/train");
         const std::vector<std::string> paths = data.empty() ? std::vector<std::string>{} : split_file_list("--data", data);
         for (const std::string& p : paths) require_file("--data", p, "a token shard made by bin/prepare");
-        require_file("--choices", choices, "a JSONL file of examples");
+        if (choices != "-") require_file("--choices", choices, "a JSONL file of examples");
         // Read before the loss pass (which may take an hour), so a bad line stops the run at once.
         std::vector<ChoiceExample> ex;
         std::optional<Tokenizer> tok;  // for --choices, read once
         if (!choices.empty()) {
             tok = Tokenizer::load(vocab);
-            ex = read_choice_file(*tok, choices);
+            ex = read_choice_file(*tok, choices == "-" ? "/dev/stdin" : choices);
         }
         // Loaded once: for the loss windows, then re-sized for the multiple-choice batches.
         std::optional<LoadedModel> loaded;
