@@ -285,6 +285,13 @@ std::vector<std::string> remove_dead_temporaries(const std::string& dir, const s
         const long pid = std::strtol(file.c_str() + at + mark.size(), &end, 10);
         if (pid <= 0 || *end != '.' || pid == (long)getpid() || !(::kill((pid_t)pid, 0) != 0 && errno == ESRCH))
             continue;
+        // A pid is only this pid namespace's: a writer in another container with the same host name looks gone.
+        // Its AtomicFile holds an flock on the temporary until the rename, which any process on this kernel sees.
+        const int fd = ::open(e.path().c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) continue;
+        const bool in_use = ::flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+        ::close(fd);
+        if (in_use) continue;
         if (std::filesystem::remove(e.path(), ec)) removed.push_back(e.path().string());
     }
     return removed;
@@ -417,7 +424,12 @@ AtomicFile::AtomicFile(const std::string& path) : path_(path) {
             std::fprintf(stderr, "note: %s\n", dead_temporary_note(dead).c_str());
     // Two AtomicFiles for one path in a process, or a reused pid, must not share (and truncate) one temporary.
     fd_ = open_unique(path + ".tmp", O_WRONLY, 0666, &tmp_);  // less the umask, as any new file
-    if (fd_ >= 0) return;
+    if (fd_ >= 0) {
+        // Held until the rename (sync() closes fd_, not this duplicate): remove_dead_temporaries leaves it alone.
+        lock_fd_ = ::dup(fd_);
+        if (lock_fd_ >= 0) (void)::flock(lock_fd_, LOCK_EX | LOCK_NB);  // a file system without locks: no lock
+        return;
+    }
     // Name the file asked for, not the temporary one the user never chose; the usual cause is the directory.
     const int err = errno;
     const std::string dir = directory_of(path);
@@ -434,6 +446,7 @@ AtomicFile::AtomicFile(const std::string& path) : path_(path) {
 AtomicFile::~AtomicFile() {
     if (fd_ >= 0) ::close(fd_);
     if (!tmp_.empty()) ::unlink(tmp_.c_str());  // never committed
+    if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
 void AtomicFile::write(const void* data, size_t bytes) {
@@ -482,6 +495,8 @@ void AtomicFile::commit() {
         ::unlink(tmp.c_str());
         throw Error(path_ + ": rename from temporary file failed (" + err + ")");
     }
+    ::close(lock_fd_);  // the temporary is the file now
+    lock_fd_ = -1;
     // The rename itself reaches the disk with the directory. Some file systems cannot fsync a directory; the
     // file is whole under its final name either way, so that is not an error.
     const int d = ::open(directory_of(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

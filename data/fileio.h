@@ -86,7 +86,7 @@ int open_unique(const std::string& prefix, int flags, mode_t mode, std::string* 
 // checked on the host that made it and no other.
 std::string host_name();
 // Removes the temporaries AtomicFile left in `dir` (NAME.tmp.HOST.PID.N) on this host by a process that is
-// gone (a killed run's), and returns their paths. Another host's are left alone: its process ids mean nothing
+// gone (a killed run's: no such pid here, and no flock on the file), and returns their paths. Another host's are left alone: its process ids mean nothing
 // here. A missing directory has none. With `name`, only the temporaries of DIR/NAME.
 std::vector<std::string> remove_dead_temporaries(const std::string& dir, const std::string& name = "");
 // What the tools say about each: "PATH: left by a run that was killed (...): removed".
@@ -134,6 +134,7 @@ class AtomicFile {
    private:
     std::string path_, tmp_;  // tmp_ empty: nothing to remove
     int fd_ = -1;
+    int lock_fd_ = -1;  // holds an flock on the temporary until it is renamed or removed
     uint64_t end_ = 0;  // where write() appends
     bool synced_ = false;
 };

@@ -218,11 +218,14 @@ Loader::Loader(std::vector<Shard> shards, int vocab_size, int B, int T, bool shu
         const Shard& s = shards_[shard];
         const std::string& p = s.path;
         const uint64_t n = s.size();
-        // Ids below the model's vocabulary, but made for another one: other tokens, perhaps.
-        if (s.vocab > 0 && vocab_size > 0 && s.vocab != (uint32_t)vocab_size)
+        // Ids below the model's vocabulary, but made for another one: other tokens, perhaps. (GPT-2's tokens on a
+        // model that added some after them, a pad token, say, are the model's own.)
+        constexpr uint32_t kGpt2Vocab = 50257;
+        if (s.vocab > 0 && vocab_size > 0 && s.vocab != (uint32_t)vocab_size &&
+            !(s.vocab == kGpt2Vocab && (uint32_t)vocab_size > kGpt2Vocab))
             shard_notes_.push_back(p + ": made for a vocabulary of " + std::to_string(s.vocab) + " tokens, and the "
                                    "model has " + std::to_string(vocab_size) + ": the same ids mean other tokens if "
-                                   "its tokenizer is not the model's (bin/prepare writes GPT-2's 50257)");
+                                   "its tokenizer is not the model's (bin/prepare with GPT-2's writes 50257)");
         if (doc_end >= 0) {
             // TEACH: document windows. Each window starts at the end of a document (its <|endoftext|>, the token
             // GPT-2 was trained to begin text after) or at the shard's start, and takes as many whole documents

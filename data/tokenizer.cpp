@@ -462,11 +462,14 @@ Tokenizer Tokenizer::load(const std::string& given) {
     const std::string dir = locate_vocab_dir(given);
     // A folder that is not there is the command line's mistake (exit 2), like any path named there that does not
     // exist; a folder whose files are missing or malformed is bad data (exit 1), said by the readers below.
-    if (std::error_code ec; !std::filesystem::exists(dir, ec))
+    // (A folder that cannot be reached, EACCES, is left to the readers: they say why.)
+    std::error_code ec;
+    const auto type = std::filesystem::status(dir, ec).type();
+    if (type == std::filesystem::file_type::not_found)
         throw UsageError("--vocab: no such directory: " + given +
-                         (given[0] == '/' ? "" : " (looked for here and above the program's folder)") +
+                         (given[0] == '/' ? "" : " (here, nor one holding encoder.json above the program's folder)") +
                          "; give the folder with GPT-2's encoder.json and vocab.bpe (data/gpt2 in the repository)");
-    if (std::error_code ec; !std::filesystem::is_directory(dir, ec))
+    if (!ec && type != std::filesystem::file_type::directory)
         throw UsageError("--vocab: " + given + ": is a file, not a directory; give the folder with GPT-2's "
                          "encoder.json and vocab.bpe");
     auto impl = std::make_unique<Impl>();

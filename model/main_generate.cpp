@@ -1,7 +1,4 @@
 // bin/generate: continue a prompt with a trained model, streaming tokens as they are chosen.
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cstdio>
 
 #include "data/fileio.h"
@@ -59,11 +56,7 @@ int main(int argc, char** argv) {
         require_path("--model", weights);
         require_file("--adapter", adapter, "an adapter.ckpt written by bin/train");
         if (prompt_file != "-") require_file("--prompt-file", prompt_file, "a text file");
-        struct stat in {};
-        if (prompt_file == "-" && ::fstat(STDIN_FILENO, &in) != 0)
-            throw UsageError("--prompt-file -: standard input is closed; give the prompt on it, or a file");
-        if (prompt_file == "-" && S_ISDIR(in.st_mode))
-            throw UsageError("--prompt-file -: standard input is a directory, not a file (expected a text file)");
+        if (prompt_file == "-") require_stdin("--prompt-file");
         if (!prompt_file.empty()) {
             std::vector<uint8_t> b = read_file_bytes(prompt_file == "-" ? "/dev/stdin" : prompt_file);
             prompt.assign(b.begin(), b.end());

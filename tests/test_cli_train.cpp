@@ -380,7 +380,7 @@ TEST(TrainCli, AStopWhileSettingUpEndsTheRunAndSaysNothingWasTrained) {
          "for i in $(seq 300); do [ -e " + d + "/run/.lock ] && break; sleep 0.1; done\n"
          "sleep 0.5; kill -TERM $pid; wait $pid; echo \"status $?\"\n");
     CmdResult r = run_cmd("timeout 120 bash " + d + "/stop.sh");
-    EXPECT_THAT(r.out, HasSubstr("train: stopped before a run began training (nothing of it to save)"));
+    EXPECT_THAT(r.out, HasSubstr("train: stopped before the run began training (nothing of it to save)"));
     EXPECT_THAT(r.out, HasSubstr("status 143"));
 }
 

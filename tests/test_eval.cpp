@@ -409,6 +409,9 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
     CmdResult piped = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices - < " + d + "/ch.jsonl");
     EXPECT_EQ(piped.rc, 0) << piped.out;
     EXPECT_THAT(piped.out, HasSubstr("multiple choice: 1 example |"));
+    CmdResult closed = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices - <&-");
+    EXPECT_EQ(closed.rc, 2) << closed.out;
+    EXPECT_THAT(closed.out, HasSubstr("--choices -: standard input is closed"));
     for (const char* flag : {"--seq 64", "--batch 2", "--batches 3"}) {
         CmdResult idle = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d + "/ch.jsonl " + flag);
         EXPECT_EQ(idle.rc, 2) << idle.out;

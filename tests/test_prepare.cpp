@@ -677,8 +677,8 @@ TEST(PrepareCli, FindsTheShippedVocabularyFromAnotherDirectory) {
     EXPECT_EQ(ok.rc, 0) << ok.out;
     CmdResult bad = run_cmd("cd " + d + " && " + root + "/bin/prepare --quiet --vocab nowhere --out o x.jsonl");
     EXPECT_EQ(bad.rc, 2) << bad.out;  // a folder named on the command line that is not there
-    EXPECT_THAT(bad.out, HasSubstr("--vocab: no such directory: nowhere (looked for here and above the program's "
-                                   "folder)"));
+    EXPECT_THAT(bad.out, HasSubstr("--vocab: no such directory: nowhere (here, nor one holding encoder.json above "
+                                   "the program's folder)"));
     std::filesystem::create_directory(d + "/empty");  // there, but without the vocabulary: bad data
     CmdResult empty = run_cmd("cd " + d + " && " + root + "/bin/prepare --quiet --vocab empty --out o x.jsonl");
     EXPECT_EQ(empty.rc, 1) << empty.out;

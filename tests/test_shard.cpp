@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -304,9 +306,16 @@ TEST(FileIo, AnAtomicFileRemovesTheTemporaryAKilledWriterOfItsPathLeft) {
     const std::vector<std::string> kept = {p + ".tmp." + host + "." + std::to_string(getppid()) + ".0",
                                            p + ".tmp.another-host." + gone + ".0",
                                            tmp.file("v.bin.tmp." + host + "." + gone + ".0"),
-                                           tmp.file("xw.bin.tmp." + host + "." + gone + ".0")};
+                                           tmp.file("xw.bin.tmp." + host + "." + gone + ".0"),
+                                           tmp.file("w.bin2.tmp." + host + "." + gone + ".0"),
+                                           p + ".tmp." + host + "." + gone + ".1"};  // locked: below
     spit(dead, "half a file");
     for (const std::string& k : kept) spit(k, "someone's");
+    // A writer in another pid namespace (a container with this host name): its pid looks gone here, but it holds
+    // the flock every AtomicFile takes on its temporary.
+    const int held = ::open(kept.back().c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(held, 0);
+    ASSERT_EQ(::flock(held, LOCK_EX), 0);
     testing::internal::CaptureStderr();
     write_file_atomic(p, "new", 3);
     EXPECT_THAT(testing::internal::GetCapturedStderr(),
@@ -315,6 +324,20 @@ TEST(FileIo, AnAtomicFileRemovesTheTemporaryAKilledWriterOfItsPathLeft) {
     EXPECT_FALSE(std::filesystem::exists(dead));
     for (const std::string& k : kept) EXPECT_TRUE(std::filesystem::exists(k)) << k;
     EXPECT_EQ(slurp(p), "new");
+    ::close(held);
+    {  // ... and every AtomicFile holds one while it writes, also after sync() closed its descriptor
+        AtomicFile writing(tmp.file("u.bin"));
+        writing.write("x", 1);
+        writing.sync();
+        std::string temporary;
+        for (const auto& e : std::filesystem::directory_iterator(tmp.path()))
+            if (e.path().filename().string().rfind("u.bin.tmp.", 0) == 0) temporary = e.path().string();
+        ASSERT_FALSE(temporary.empty());
+        const int probe = ::open(temporary.c_str(), O_RDONLY | O_CLOEXEC);
+        ASSERT_GE(probe, 0);
+        EXPECT_NE(::flock(probe, LOCK_EX | LOCK_NB), 0) << "the writer holds no lock on " << temporary;
+        ::close(probe);
+    }
 }
 
 // One writer at a time in a directory: a second lock (even in the same process) is refused with the holder's
@@ -354,6 +377,9 @@ TEST(Loader, AShardMadeForAnotherVocabularyIsNoted_V1000_V50257) {
                                                   "has 50257: the same ids mean other tokens"));
     Loader same({d + "/v1000.bin"}, 1000, 2, 10, false, 0);
     EXPECT_TRUE(same.shard_notes().empty());
+    write_shard(d + "/gpt2.bin", iota_tokens(40, 1000), nullptr, 50257);  // GPT-2's ids on a model that adds a token
+    Loader added({d + "/gpt2.bin"}, 50258, 2, 10, false, 0);
+    EXPECT_TRUE(added.shard_notes().empty());
     std::vector<int32_t> wide = iota_tokens(40, 1000);
     wide[5] = 60000;
     write_shard(d + "/v60k.bin", wide, nullptr, 60000);

@@ -1,5 +1,8 @@
 #include "train/cli.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -115,6 +118,13 @@ void require_path(const std::string& flag, const std::string& path) {
     if (there != "." && !std::filesystem::is_directory(there, ec))
         throw UsageError(flag + ": " + path + ": " + there.string() + " is a file, not a directory");
     throw UsageError(flag + ": no such file or directory: " + path);
+}
+
+void require_stdin(const std::string& flag) {
+    struct stat in {};
+    if (::fstat(STDIN_FILENO, &in) != 0)
+        throw UsageError(flag + " -: standard input is closed; give the input on it, or a file");
+    if (S_ISDIR(in.st_mode)) throw UsageError(flag + " -: standard input is a directory, not a file");
 }
 
 void require_file(const std::string& flag, const std::string& path, const char* what) {

@@ -26,6 +26,8 @@ int run_tool(const char* name, const std::function<int()>& body, bool output_is_
 //   require_path("--init", p)                 "--init: no such file or directory: P"
 //   require_file("--data", p, "a token shard") also "--data: P: is a directory, not a file (expected a token shard)"
 void require_path(const std::string& flag, const std::string& path);
+// `flag -` reads standard input: closed, or a directory (`< dir`), it is a usage error as a FILE would be.
+void require_stdin(const std::string& flag);
 void require_file(const std::string& flag, const std::string& path, const char* what);
 // An output the same way: a directory to write into must not be a file, nor lie below one (it and the folders
 // above it are made when missing); a file to write must not be a directory, and its folder must exist (the file

@@ -78,7 +78,10 @@ int main(int argc, char** argv) {
         require_file("--adapter", adapter, "an adapter.ckpt written by bin/train");
         const std::vector<std::string> paths = data.empty() ? std::vector<std::string>{} : split_file_list("--data", data);
         for (const std::string& p : paths) require_file("--data", p, "a token shard made by bin/prepare");
-        if (choices != "-") require_file("--choices", choices, "a JSONL file of examples");
+        if (choices == "-")
+            require_stdin("--choices");
+        else
+            require_file("--choices", choices, "a JSONL file of examples");
         // Read before the loss pass (which may take an hour), so a bad line stops the run at once.
         std::vector<ChoiceExample> ex;
         std::optional<Tokenizer> tok;  // for --choices, read once

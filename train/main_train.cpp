@@ -34,6 +34,9 @@ static int64_t monotonic_ns() {  // clock_gettime is async-signal-safe
 
 static std::atomic<bool> g_speaks{true};  // whether this process acknowledges a stop (rank 0 speaks for all)
 
+// bin/train with options, between parsing them and the Trainer being whole (reading weights, estimating a Fisher).
+static std::atomic<bool> g_setting_up{false};
+
 static void watch(tune::Trainer* t) {  // a new run: its first signal is a stop again
     g_first_stop_ns = 0;
     g_speaks = tune::launch_info().rank == 0;
@@ -58,8 +61,8 @@ static void on_interrupt(int sig) {
         static const char msg[] = "\ntrain: stopped at once (a second stop signal); the run goes on from the last "
                                   "resume.ckpt written, if any\n";
         if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {}  // nothing to do if stderr is gone
-    } else {  // setting up (reading the weights, estimating a Fisher), or between the default job's runs
-        static const char msg[] = "\ntrain: stopped before a run began training (nothing of it to save)\n";
+    } else if (g_setting_up.load()) {
+        static const char msg[] = "\ntrain: stopped before the run began training (nothing of it to save)\n";
         if (g_speaks && write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {}
     }
     std::signal(sig, SIG_DFL);  // no run to stop: the signal's usual end
@@ -93,9 +96,11 @@ int main(int argc, char** argv) {
             for (const std::string& note : args.parse_notes) std::fprintf(stderr, "note: %s\n", note.c_str());
         // A stop while the run sets up (minutes, for gpt2-xl's weights or a Fisher estimate) ends it, saying so.
         g_speaks = tune::launch_info().rank == 0;
+        g_setting_up = true;
         handle_interrupts();
         tune::Trainer trainer(args);
         watch(&trainer);
+        g_setting_up = false;
         struct Forget {  // before the trainer's destructor runs, on every way out of this scope
             ~Forget() { g_trainer = nullptr; }
         } forget;

@@ -57,9 +57,9 @@ RunLog::RunLog(const std::string& dir, long long resume_step, const std::string&
             if (step && step->value > (double)resume_step) continue;
             kept += line + "\n";
             if (!step || !step->plottable) continue;
-            if (j.contains("loss") && j["loss"].is_number()) {
-                train_point((int)step->value, j["loss"].get<double>());
+            if (j.contains("loss")) {  // null: a skipped or empty step, logged all the same
                 last_train_step_ = std::max(last_train_step_, (long long)step->value);
+                if (j["loss"].is_number()) train_point((int)step->value, j["loss"].get<double>());
             }
             if (j.contains("val_loss") && j["val_loss"].is_number())
                 val_point((int)step->value, j["val_loss"].get<double>());

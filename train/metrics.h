@@ -36,7 +36,8 @@ class RunLog {
     // Puts the lines appended so far on the disk (fsync): done before a checkpoint is written, so a machine that
     // goes down cannot leave a checkpoint of a later step than its log's last line.
     void sync();
-    // For a resumed log: the last step with a training loss among the lines kept (-1: none), and whether the
+    // For a resumed log: the last step with a training line among those kept (its loss null for a skipped or
+    // empty step; -1: none), and whether the
     // file was there to read. A log that ends before the checkpoint's step lost lines (written by another
     // program, or kept from a machine's crash by an older build).
     long long last_train_step() const { return last_train_step_; }
