@@ -418,12 +418,44 @@ bool LineReader::next(std::string& line) {
     }
 }
 
-AtomicFile::AtomicFile(const std::string& path) : path_(path) {
-    if (const std::string name = path.substr(path.rfind('/') + 1); !name.empty())
-        for (const std::string& dead : remove_dead_temporaries(directory_of(path), name))
+namespace {
+
+// The file a path names through its symbolic links (40 at most, as the kernel follows), the path itself when it
+// is none: a link to a checkpoint stays a link, and its target gets the new file. A dangling link's target is
+// created.
+std::string through_links(std::string path) {
+    for (int hops = 0; hops < 40; hops++) {
+        std::error_code ec;
+        if (!std::filesystem::is_symlink(path, ec)) break;
+        const std::filesystem::path target = std::filesystem::read_symlink(path, ec);
+        if (ec) break;
+        path = target.is_absolute() ? target.string() : (std::filesystem::path(directory_of(path)) / target).string();
+    }
+    return path;
+}
+
+}  // namespace
+
+std::string not_a_file_to_replace(const std::string& path) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) return "";
+    const char* kind = S_ISCHR(st.st_mode)    ? "a character device"
+                       : S_ISBLK(st.st_mode)  ? "a block device"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                                              : nullptr;
+    return kind ? std::string(kind) + ", not a file (written whole beside it and renamed into place, it would be "
+                                      "replaced by one): give a file's path"
+                : "";
+}
+
+AtomicFile::AtomicFile(const std::string& path) : path_(through_links(path)) {
+    if (const std::string why = not_a_file_to_replace(path_); !why.empty()) throw Error(path + ": is " + why);
+    if (const std::string name = path_.substr(path_.rfind('/') + 1); !name.empty())
+        for (const std::string& dead : remove_dead_temporaries(directory_of(path_), name))
             std::fprintf(stderr, "note: %s\n", dead_temporary_note(dead).c_str());
     // Two AtomicFiles for one path in a process, or a reused pid, must not share (and truncate) one temporary.
-    fd_ = open_unique(path + ".tmp", O_WRONLY, 0666, &tmp_);  // less the umask, as any new file
+    fd_ = open_unique(path_ + ".tmp", O_WRONLY, 0666, &tmp_);  // less the umask, as any new file
     if (fd_ >= 0) {
         // Held until the rename (sync() closes fd_, not this duplicate): remove_dead_temporaries leaves it alone.
         lock_fd_ = ::dup(fd_);
@@ -432,7 +464,7 @@ AtomicFile::AtomicFile(const std::string& path) : path_(path) {
     }
     // Name the file asked for, not the temporary one the user never chose; the usual cause is the directory.
     const int err = errno;
-    const std::string dir = directory_of(path);
+    const std::string dir = directory_of(path_);
     struct stat st;
     if (::stat(dir.c_str(), &st) != 0) {
         if (errno == ENOENT) throw Error(path + ": cannot write: the directory " + dir + " does not exist");

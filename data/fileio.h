@@ -114,11 +114,17 @@ class DirLock {
     bool made_ = false;  // the constructor made dir: removed again if still empty at the end
 };
 
+// Why `path` (through its links) is no file a new one may replace: "a character device, not a file (...)",
+// also a block device, FIFO or socket (/dev/null, a named pipe); "" for a regular file, a directory (its own
+// errors) or nothing there.
+std::string not_a_file_to_replace(const std::string& path);
+
 // A file written piece by piece, atomically: the pieces go into a temporary file beside `path`, and commit()
 // fsyncs it, renames it into place and fsyncs the directory. Destroyed without commit() (an error on the way), it
 // removes the temporary file, so the final name only ever holds a whole file. Errors name `path`, not the
 // temporary. A killed process leaves its temporary (perhaps gigabytes): the next AtomicFile of the same path on
-// this host removes it, with a note on stderr.
+// this host removes it, with a note on stderr. A symbolic link is followed (the link stays, its target is
+// written); a device, FIFO or socket is refused (renamed over, it would become a plain file: /dev/null).
 class AtomicFile {
    public:
     explicit AtomicFile(const std::string& path);

@@ -972,6 +972,18 @@ TEST(ExportTool, ExitCodesAndConversion) {
     EXPECT_MENTIONS(out, "--hf " + dir.file("m.bin") + ": is a file, not a directory");
     EXPECT_EQ(run_tool(kFixture + " --llmc '" + dir.file("hf") + "'", &out), 2) << out;
     EXPECT_MENTIONS(out, "--llmc " + dir.file("hf") + ": is a directory, not a file");
+    // A device or a FIFO would be renamed over, becoming a plain file (root's /dev/null): refused.
+    ASSERT_EQ(::mkfifo(dir.file("pipe").c_str(), 0644), 0);
+    EXPECT_EQ(run_tool(kFixture + " --llmc '" + dir.file("pipe") + "'", &out), 2) << out;
+    EXPECT_MENTIONS(out, "--llmc " + dir.file("pipe") + ": is a FIFO, not a file");
+    EXPECT_TRUE(fs::is_fifo(dir.file("pipe")));
+    EXPECT_EQ(run_tool(kFixture + " --llmc /dev/null", &out), 2) << out;
+    EXPECT_MENTIONS(out, "--llmc /dev/null: is a character device, not a file");
+    // A symbolic link stays one: its target is written.
+    fs::create_symlink("m.bin", dir.file("latest.bin"));
+    EXPECT_EQ(run_tool(kFixture + " --llmc '" + dir.file("latest.bin") + "' --llmc-bf16", &out), 0) << out;
+    EXPECT_TRUE(fs::is_symlink(dir.file("latest.bin")));
+    EXPECT_NE(slurp(dir.file("m.bin")), before) << "the link's target was not written";
 }
 
 // A write into a directory that does not exist names the file asked for and the directory, not the

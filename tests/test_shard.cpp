@@ -340,6 +340,27 @@ TEST(FileIo, AnAtomicFileRemovesTheTemporaryAKilledWriterOfItsPathLeft) {
     }
 }
 
+// An atomic write follows a symbolic link (the link stays, its target is replaced; a dangling one's target is
+// made) and refuses a FIFO or device, which the rename would turn into a plain file.
+TEST(FileIo, AnAtomicFileWritesThroughLinksAndRefusesWhatIsNoFile) {
+    TempDir tmp("fileio");
+    spit(tmp.file("target.bin"), "old");
+    std::filesystem::create_symlink("target.bin", tmp.file("link.bin"));
+    write_file_atomic(tmp.file("link.bin"), "new", 3);
+    EXPECT_TRUE(std::filesystem::is_symlink(tmp.file("link.bin")));
+    EXPECT_EQ(slurp(tmp.file("target.bin")), "new");
+    std::filesystem::create_symlink("later.bin", tmp.file("dangling.bin"));
+    write_file_atomic(tmp.file("dangling.bin"), "made", 4);
+    EXPECT_TRUE(std::filesystem::is_symlink(tmp.file("dangling.bin")));
+    EXPECT_EQ(slurp(tmp.file("later.bin")), "made");
+    ASSERT_EQ(::mkfifo(tmp.file("pipe").c_str(), 0644), 0);
+    EXPECT_THAT(error_of([&] { write_file_atomic(tmp.file("pipe"), "x", 1); }),
+                HasSubstr(tmp.file("pipe") + ": is a FIFO, not a file"));
+    EXPECT_TRUE(std::filesystem::is_fifo(tmp.file("pipe")));
+    EXPECT_THAT(error_of([&] { write_file_atomic("/dev/null", "x", 1); }),
+                HasSubstr("/dev/null: is a character device, not a file"));
+}
+
 // One writer at a time in a directory: a second lock (even in the same process) is refused with the holder's
 // name; the holder's end frees the directory and removes the file (and the directory, if it made it and it is
 // empty); a file a killed holder left is taken over.

@@ -14,6 +14,7 @@
 #include <iomanip>
 #include <sstream>
 
+#include "data/fileio.h"
 #include "kernels/common.h"
 
 namespace tune {
@@ -148,6 +149,8 @@ void require_output_file(const std::string& flag, const std::string& path, bool 
     if (path.empty()) return;
     std::error_code ec;
     if (std::filesystem::is_directory(path, ec)) throw UsageError(flag + " " + path + ": is a directory, not a file");
+    if (const std::string why = not_a_file_to_replace(path); !why.empty())
+        throw UsageError(flag + " " + path + ": is " + why);
     if (folder_made_first) return require_output_dir(flag, path);  // nothing above it may be a file
     // Written into a folder that must be there already: a typo in it is said now, not after the weights are read.
     std::filesystem::path dir = std::filesystem::path(path).parent_path();
