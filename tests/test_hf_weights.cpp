@@ -1003,6 +1003,9 @@ TEST(ExportTool, MissingOutputDirectoryIsNamed) {
     EXPECT_MENTIONS(out, "--llmc " + dir.file("file/x.bin") + ": " + dir.file("file") + " is a file, not a directory");
     EXPECT_EQ(run_tool(kFixture + " --hf '" + dir.file("file/a/b") + "'", &out), 2) << out;
     EXPECT_MENTIONS(out, "--hf " + dir.file("file/a/b") + ": " + dir.file("file") + " is a file, not a directory");
+    fs::create_symlink("gone", dir.file("dangling"));
+    EXPECT_EQ(run_tool(kFixture + " --hf '" + dir.file("dangling") + "'", &out), 2) << out;
+    EXPECT_MENTIONS(out, "--hf " + dir.file("dangling") + ": is a symbolic link to gone, which does not exist");
     // An empty value (an unset variable) is refused, not read as "not given": that merged nothing, with exit 0.
     for (const char* flag : {"--adapter", "--llmc", "--hf"}) {
         EXPECT_EQ(run_tool(kFixture + " --hf '" + dir.file("e") + "' " + flag + " ''", &out), 2) << flag << out;

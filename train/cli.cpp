@@ -138,6 +138,10 @@ void require_file(const std::string& flag, const std::string& path, const char* 
 void require_output_dir(const std::string& flag, const std::string& path) {
     if (path.empty()) return;
     std::error_code ec;
+    if (std::filesystem::is_symlink(path, ec) && !std::filesystem::exists(path, ec))  // mkdir says "File exists"
+        throw UsageError(flag + " " + path + ": is a symbolic link to " +
+                         std::filesystem::read_symlink(path, ec).string() + ", which does not exist: make that "
+                         "directory first, or give another");
     // Made with the folders above it, which cannot be made below a file: said now, not after the weights are read.
     const std::filesystem::path there = nearest_existing(path);
     if (!std::filesystem::is_directory(there, ec))
