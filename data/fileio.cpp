@@ -277,9 +277,8 @@ std::vector<std::string> remove_dead_temporaries(const std::string& dir, const s
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
         const std::string file = e.path().filename().string();
-        const size_t at = name.empty() ? file.find(mark) : file.compare(0, name.size() + mark.size(), name + mark) == 0
-                                                               ? name.size()
-                                                               : std::string::npos;
+        if (!name.empty() && file.rfind(name + mark, 0) != 0) continue;
+        const size_t at = name.empty() ? file.find(mark) : name.size();
         if (at == std::string::npos || at == 0) continue;
         char* end = nullptr;
         const long pid = std::strtol(file.c_str() + at + mark.size(), &end, 10);

@@ -86,8 +86,9 @@ int open_unique(const std::string& prefix, int flags, mode_t mode, std::string* 
 // checked on the host that made it and no other.
 std::string host_name();
 // Removes the temporaries AtomicFile left in `dir` (NAME.tmp.HOST.PID.N) on this host by a process that is
-// gone (a killed run's: no such pid here, and no flock on the file), and returns their paths. Another host's are left alone: its process ids mean nothing
-// here. A missing directory has none. With `name`, only the temporaries of DIR/NAME.
+// gone (a killed run's: no such pid here, and no flock on the file), and returns their paths. Another host's
+// are left alone: its process ids mean nothing here. A missing directory has none. With `name`, only the
+// temporaries of DIR/NAME.
 std::vector<std::string> remove_dead_temporaries(const std::string& dir, const std::string& name = "");
 // What the tools say about each: "PATH: left by a run that was killed (...): removed".
 std::string dead_temporary_note(const std::string& path);

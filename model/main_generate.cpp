@@ -55,8 +55,10 @@ int main(int argc, char** argv) {
                              prompt_file + ")");
         require_path("--model", weights);
         require_file("--adapter", adapter, "an adapter.ckpt written by bin/train");
-        if (prompt_file != "-") require_file("--prompt-file", prompt_file, "a text file");
-        if (prompt_file == "-") require_stdin("--prompt-file");
+        if (prompt_file == "-")
+            require_stdin("--prompt-file");
+        else
+            require_file("--prompt-file", prompt_file, "a text file");
         if (!prompt_file.empty()) {
             std::vector<uint8_t> b = read_file_bytes(prompt_file == "-" ? "/dev/stdin" : prompt_file);
             prompt.assign(b.begin(), b.end());

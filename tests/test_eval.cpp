@@ -413,7 +413,8 @@ TEST(EvaluateCli, BatchesStopAtOnePassAndSaySo) {
     EXPECT_EQ(closed.rc, 2) << closed.out;
     EXPECT_THAT(closed.out, HasSubstr("--choices -: standard input is closed"));
     for (const char* flag : {"--seq 64", "--batch 2", "--batches 3"}) {
-        CmdResult idle = run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d + "/ch.jsonl " + flag);
+        CmdResult idle =
+            run_cmd("bin/evaluate --device cpu --model " + d + "/m.ckpt --choices " + d + "/ch.jsonl " + flag);
         EXPECT_EQ(idle.rc, 2) << idle.out;
         EXPECT_THAT(idle.out, HasSubstr(std::string(flag).substr(0, std::string(flag).find(' ')) +
                                         " has no effect without --data"));

@@ -92,8 +92,8 @@ std::vector<std::string> split_file_list(const std::string& flag, const std::str
     for (size_t comma = v.find(','); ; comma = v.find(',', start)) {
         const std::string item = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
         if (item.empty())
-            throw UsageError(flag + " '" + v + "': file " + std::to_string(out.size() + 1) + " of the list is empty (an "
-                             "unset variable? a comma too many?); give the files separated by single commas");
+            throw UsageError(flag + " '" + v + "': file " + std::to_string(out.size() + 1) + " of the list is empty " +
+                             "(an unset variable? a comma too many?); give the files separated by single commas");
         out.push_back(item);
         if (comma == std::string::npos) return out;
         start = comma + 1;

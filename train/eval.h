@@ -50,9 +50,9 @@ std::vector<ChoiceExample> read_choice_file(const Tokenizer& tok, const std::str
 // model's positions (room for context). Errors name file:line and the field.
 void check_choice_examples(const std::vector<ChoiceExample>& examples, int vocab_size, int positions);
 
-// Scores every example (a non-finite loss is an error); the model needs max_B() >= the most endings of an example. Contexts longer than
-// max_T() minus an ending are cut from the left. first_token >= 0 goes before every context (an <|endoftext|>,
-// for a model trained on document windows) and stays there when a context is cut.
+// Scores every example (a non-finite loss is an error); the model needs max_B() >= the most endings of an
+// example. Contexts longer than max_T() minus an ending are cut from the left. first_token >= 0 goes before
+// every context (an <|endoftext|>, for a model trained on document windows) and stays there when a context is cut.
 ChoiceResult eval_multiple_choice(GPT2& model, const std::vector<ChoiceExample>& examples,
                                   const char* progress = nullptr, int32_t first_token = -1);
 

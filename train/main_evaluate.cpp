@@ -76,7 +76,8 @@ int main(int argc, char** argv) {
                                      "example alone, its endings as one batch, in the model's whole context)");
         require_path("--model", weights);
         require_file("--adapter", adapter, "an adapter.ckpt written by bin/train");
-        const std::vector<std::string> paths = data.empty() ? std::vector<std::string>{} : split_file_list("--data", data);
+        const std::vector<std::string> paths =
+            data.empty() ? std::vector<std::string>{} : split_file_list("--data", data);
         for (const std::string& p : paths) require_file("--data", p, "a token shard made by bin/prepare");
         if (choices == "-")
             require_stdin("--choices");
@@ -133,12 +134,13 @@ int main(int argc, char** argv) {
                             weights + " overflows or holds non-finite values in its forward pass");
             std::string scope;
             if (batches > 0 && (size_t)batches > r.pass_batches)
-                scope = "one pass: " + counted(r.batches, "batch", "batches") + ", fewer than the " + std::to_string(batches) +
-                        " asked";
+                scope = "one pass: " + counted(r.batches, "batch", "batches") + ", fewer than the " +
+                        std::to_string(batches) + " asked";
             else if (r.batches == r.pass_batches)
                 scope = "one pass: " + counted(r.batches, "batch", "batches");
             else
-                scope = std::to_string(r.batches) + " of the " + counted(r.pass_batches, "batch", "batches") + " of a pass";
+                scope = std::to_string(r.batches) + " of the " + counted(r.pass_batches, "batch", "batches") +
+                        " of a pass";
             if (windows_auto && windows != Windows::fixed)
                 scope += "; document windows: --windows auto, as the data is prompt/completion";
             std::printf("loss %.4f | perplexity %.3f | %zu tokens (%s)\n", r.loss, r.perplexity, r.tokens,
@@ -179,8 +181,8 @@ int main(int argc, char** argv) {
                              "<|endoftext|>, as its examples did (--no-eot-first: the contexts alone)\n",
                              m.trained_on_file.c_str());
             ChoiceResult r = eval_multiple_choice(*m.model, ex, "evaluate: multiple choice, example", first);
-            std::printf("multiple choice: %s | acc %.4f | acc_norm %.4f\n", counted(r.examples, "example", "examples").c_str(), r.acc(),
-                        r.acc_norm());
+            std::printf("multiple choice: %s | acc %.4f | acc_norm %.4f\n",
+                        counted(r.examples, "example", "examples").c_str(), r.acc(), r.acc_norm());
             if (r.contexts_cut)
                 std::fprintf(stderr, "note: %zu of %zu contexts were longer than the model's context of %d positions "
                              "(with their ending%s): their first tokens were left out\n", r.contexts_cut, r.examples,

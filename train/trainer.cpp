@@ -419,22 +419,21 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
     // A resumed PEFT run needs no repeated PEFT flags: the checkpoint says what it was built with; nor does an
     // adapter trained further, but flags that say otherwise are a mistake.
     const float flag_dropout = mo.peft.lora_dropout;  // a training setting, not the model's shape: a flag wins
-    if (!args.resume.empty()) {
-        const PeftConfig held = checkpoint_peft(args.resume);
+    // A checkpoint's PEFT; flags that say otherwise are refused.
+    auto checked_peft = [&](const std::string& file, const std::string& holds, const char* or_else) {
+        const PeftConfig held = checkpoint_peft(file);
         if (mo.peft.any() && !(mo.peft == held))
-            throw UsageError("--resume " + args.resume + " continues a run with " +
-                             (held.any() ? held.describe() : std::string("no LoRA or virtual tokens")) +
+            throw UsageError(holds + (held.any() ? held.describe() : std::string("no LoRA or virtual tokens")) +
                              ", but the flags ask for " + mo.peft.describe() + ": leave the LoRA and --virtual flags "
-                             "out (they come with it), or start a new run");
+                             "out (they come with it)" + or_else);
+        return held;
+    };
+    if (!args.resume.empty()) {
+        const PeftConfig held =
+            checked_peft(args.resume, "--resume " + args.resume + " continues a run with ", ", or start a new run");
         if (!mo.peft.any()) mo.peft = held;
     }
-    if (!args.adapter.empty()) {
-        const PeftConfig held = checkpoint_peft(args.adapter);
-        if (mo.peft.any() && !(mo.peft == held))
-            throw UsageError("--adapter " + args.adapter + " holds " + held.describe() + ", but the flags ask for " +
-                             mo.peft.describe() + ": leave the LoRA and --virtual flags out (they come with it)");
-        mo.peft = held;
-    }
+    if (!args.adapter.empty()) mo.peft = checked_peft(args.adapter, "--adapter " + args.adapter + " holds ", "");
     if (flag_dropout > 0) {
         if (!mo.peft.lora())
             throw UsageError("--lora-dropout: " +
