@@ -9,6 +9,10 @@
 #     (tests/fuzz/targets.cpp), whose seeds and regressions the tests replay;
 #   - every bench/bench_<name>.cpp (or .cu) becomes build/bench/bench_<name>.
 
+# `make` alone builds the tools: the rules further down that only add prerequisites (the stamp below) would
+# otherwise become the default goal, the first target make reads.
+.DEFAULT_GOAL := all
+
 CUDA_HOME ?= /usr/local/cuda
 comma := ,
 GPU_ARCH  ?= 90

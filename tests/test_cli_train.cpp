@@ -48,6 +48,16 @@ TEST(ToolSignals, AnIgnoredSignalStaysIgnoredTheOthersAreCaught) {
     for (int i = 0; i < 3; i++) sigaction(sigs[i], &saved[i], nullptr);
 }
 
+// README's first command is `make && bin/train`, so `make` alone must build the tools. A rule that only added
+// prerequisites, read before `all`, was the default goal for a while: a fresh clone's `make` built one object.
+TEST(Makefile, PlainMakeBuildsTheTools) {
+    // -p prints make's database (the default goal among it), -q runs nothing; the parent make's flags stay out.
+    CmdResult r = run_cmd("env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -pq");
+    if (r.out.find("# GNU Make") == std::string::npos)
+        GTEST_SKIP() << "make cannot read the Makefile here: " << r.out.substr(0, 300);
+    EXPECT_THAT(r.out, HasSubstr("\n.DEFAULT_GOAL := all\n"));
+}
+
 TEST(TrainCli, HelpExitsZeroAndListsOptions) {
     CmdResult r = run_cmd("bin/train --help");
     EXPECT_EQ(r.rc, 0);
