@@ -8,6 +8,7 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -101,8 +102,15 @@ bool RunLog::has_val(int step) const {
     return false;
 }
 
-void RunLog::train_point(int step, double loss) { train_.points.push_back({(double)step, loss}); }
-void RunLog::val_point(int step, double loss) { val_.points.push_back({(double)step, loss}); }
+double as_logged_loss(double v) {
+    if (!std::isfinite(v)) return v;
+    char b[64];
+    std::snprintf(b, sizeof b, "%.*f", kLossDecimals, v);
+    return std::strtod(b, nullptr);
+}
+
+void RunLog::train_point(int step, double loss) { train_.points.push_back({(double)step, as_logged_loss(loss)}); }
+void RunLog::val_point(int step, double loss) { val_.points.push_back({(double)step, as_logged_loss(loss)}); }
 
 void RunLog::write_plot() const {
     if (dir_.empty()) return;

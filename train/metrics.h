@@ -20,6 +20,11 @@ struct Curve {
 void write_line_chart_svg(const std::string& path, const std::string& title, const std::string& xlabel,
                           const std::string& ylabel, const std::vector<Curve>& curves, bool log_x = false);
 
+// Decimals of a loss in metrics.jsonl ("%.6f"): the trainer writes them, the plot draws them.
+constexpr int kLossDecimals = 6;
+// v as metrics.jsonl holds it: rounded to kLossDecimals (non-finite values unchanged).
+double as_logged_loss(double v);
+
 class RunLog {
    public:
     // Opens (creating the directory) dir/metrics.jsonl afresh, or for a run resumed after `resume_step`
@@ -42,6 +47,8 @@ class RunLog {
     // program, or kept from a machine's crash by an older build).
     long long last_train_step() const { return last_train_step_; }
     bool read_back() const { return read_back_; }
+    // A point of the plot, rounded as metrics.jsonl writes a loss (kLossDecimals), so a resumed run, whose
+    // earlier points come back from the log, draws the same loss.svg as one that ran without a stop.
     void train_point(int step, double loss);
     void val_point(int step, double loss);
     void write_plot() const;  // dir/loss.svg

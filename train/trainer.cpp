@@ -1075,6 +1075,12 @@ static std::string jnum(const char* fmt, double v) {
     return b;
 }
 
+// A loss for metrics.jsonl, with the decimals the plot rounds its points to (kLossDecimals).
+static std::string jloss(double v) {
+    static const std::string fmt = "%." + std::to_string(kLossDecimals) + "f";
+    return jnum(fmt.c_str(), v);
+}
+
 double Trainer::lr_find(int steps, double lo, double hi) {
     RunLog log(writer_ ? args_.out_dir : "", -1, "lr_find.jsonl");
     Curve curve{"smoothed loss", "#1f77b4", {}};
@@ -1097,7 +1103,7 @@ double Trainer::lr_find(int steps, double lo, double hi) {
         curve.points.push_back({lr, sm});
         char line[160];
         std::snprintf(line, sizeof line, "{\"lr\":%.9g,\"loss\":%s,\"smoothed\":%s}", lr,
-                      jnum("%.6f", st.loss).c_str(), jnum("%.6f", sm).c_str());
+                      jloss(st.loss).c_str(), jloss(sm).c_str());
         log.append(line);
         if (!args_.quiet && (i % args_.log_every == 0))
             std::printf("lr-find %4d/%d | lr %.3e | loss %.4f | smoothed %.4f\n", i + 1, steps, lr, st.loss, sm);
@@ -1290,7 +1296,7 @@ int Trainer::run() {
         if (std::isnan(val)) return;
         log.val_point(step, val);
         char line[128];
-        std::snprintf(line, sizeof line, "{\"step\":%d,\"val_loss\":%s}", step, jnum("%.6f", val).c_str());
+        std::snprintf(line, sizeof line, "{\"step\":%d,\"val_loss\":%s}", step, jloss(val).c_str());
         log.append(line);
         if (!args_.quiet) std::printf("step %d: validation loss %.4f\n", step, val);
         log.write_plot();
@@ -1327,7 +1333,7 @@ int Trainer::run() {
                       "\"counted_tokens\":%zu,\"skipped\":%s,\"skipped_total\":%llu,\"loss_scale\":%g,"
                       "\"mfu_percent\":%s,\"penalty\":%s,\"distill_kl\":%s,\"replay_batches\":%d,"
                       "\"frozen_below\":%d}",
-                      st.step, jnum("%.6f", st.loss).c_str(), st.lr, jnum("%.6g", st.grad_norm).c_str(),
+                      st.step, jloss(st.loss).c_str(), st.lr, jnum("%.6g", st.grad_norm).c_str(),
                       jnum("%.1f", tok_s).c_str(), st.counted, st.skipped ? "true" : "false",
                       (unsigned long long)state_.skipped_steps, st.loss_scale,
                       peak_flops_ > 0 ? jnum("%.2f", mfu).c_str() : "null",  // no peak rate known: no MFU
