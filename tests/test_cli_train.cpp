@@ -795,6 +795,11 @@ TEST(TrainCli, MemoryMapListsEveryTensorAndDoesNotTrain) {
     EXPECT_THAT(full.out, HasSubstr("memory: parameters"));
     EXPECT_THAT(full.out, HasSubstr("parameters: f32, 28 tensors"));  // wte, wpe, 12 per block, ln_f
     EXPECT_THAT(full.out, ::testing::ContainsRegex(" 9216 +\\(96, 24\\) +h\\.1\\.mlp\\.c_fc\\.weight"));
+    // Offsets in bytes: wpe starts where wte (Vp = 128 rows of C = 24 floats) ends; ln_1's bias 24 floats, rounded up
+    // to the arena's 64-element alignment, after its weight.
+    EXPECT_THAT(full.out, ::testing::ContainsRegex("\n +12288 +1536 +\\(16, 24\\) +wpe\n"));
+    EXPECT_THAT(full.out, ::testing::ContainsRegex("\n +13824 +96 +\\(24\\) +h\\.0\\.ln_1\\.weight\n"
+                                                   " +14080 +96 +\\(24\\) +h\\.0\\.ln_1\\.bias\n"));
     EXPECT_THAT(full.out, ::testing::ContainsRegex("gradients \\(trainable tensors only\\): f32, 28 tensors"));
     EXPECT_THAT(full.out, ::testing::ContainsRegex(" 2880 +\\(30, 24\\) +h\\.0\\.ln1[^_]"));  // B*T rows of C
     EXPECT_THAT(full.out, Not(HasSubstr("step ")));

@@ -1177,20 +1177,19 @@ void Trainer::print_memory_map() const {
     if (dp_) std::printf("data parallel: %s (memory above is per rank)\n", dp_->describe().c_str());
 }
 
-// One arena as a table: each tensor's offset and size (the gap after a tensor, up to the next 64-element
+// One arena as a table: each tensor's offset and size in bytes (the gap after a tensor, up to the next 64-element
 // boundary, counted in the arena's total but not in the tensor's bytes).
 static void print_arena(const char* title, const Arena& a) {
     if (!a.elems()) return;
     const size_t esize = dtype_size(a.dtype());
     std::printf("%s: %s, %zu tensors, %s\n", title, dtype_name(a.dtype()), a.table().size(),
                 a.holds_memory() ? mib(a.bytes()).c_str() : "the layout only (ZeRO-2: below)");
-    std::printf("  %12s %12s  %-18s %s\n", "offset MiB", "bytes", "shape", "name");
+    std::printf("  %14s %14s  %-18s %s\n", "offset", "bytes", "shape", "name");
     for (const TensorInfo& t : a.table().tensors()) {
         std::string shape = "(";
         for (size_t i = 0; i < t.shape.size(); i++) shape += (i ? ", " : "") + std::to_string(t.shape[i]);
         shape += ")";
-        std::printf("  %12.3f %12zu  %-18s %s\n", t.offset * esize / 1048576.0, t.numel * esize, shape.c_str(),
-                    t.name.c_str());
+        std::printf("  %14zu %14zu  %-18s %s\n", t.offset * esize, t.numel * esize, shape.c_str(), t.name.c_str());
     }
 }
 
