@@ -51,8 +51,10 @@ TEST(ToolSignals, AnIgnoredSignalStaysIgnoredTheOthersAreCaught) {
 // README's first command is `make && bin/train`, so `make` alone must build the tools. A rule that only added
 // prerequisites, read before `all`, was the default goal for a while: a fresh clone's `make` built one object.
 TEST(Makefile, PlainMakeBuildsTheTools) {
-    // -p prints make's database (the default goal among it), -q runs nothing; the parent make's flags stay out.
-    CmdResult r = run_cmd("env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -pq");
+    // -p prints make's database (the default goal among it), -q runs nothing; the parent make's flags stay out, and
+    // the stamp the Makefile writes as it is read goes to a folder of the test's own, not build/.
+    TempDir tmp("make");
+    CmdResult r = run_cmd("env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -pq BUILD=" + tmp.path());
     if (r.out.find("# GNU Make") == std::string::npos)
         GTEST_SKIP() << "make cannot read the Makefile here: " << r.out.substr(0, 300);
     EXPECT_THAT(r.out, HasSubstr("\n.DEFAULT_GOAL := all\n"));
