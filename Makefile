@@ -134,7 +134,9 @@ $(BUILD)/tests/tune_tests: $(call obj,$(TEST_SRC)) $(BUILD)/libtune.a
 
 # The tests run from the repository root (they read data/ and tests/fixtures/) and may call the tools.
 # Then the CUDA tests once more on the CUDA emulator (below), so they run on every machine, GPU or not.
-test: $(BUILD)/tests/tune_tests $(TOOLS)
+# The benchmarks are built too (not run: their numbers are for bench/README.md), so a change that breaks one
+# fails here and not on the GPU machine, whose time is short.
+test: $(BUILD)/tests/tune_tests $(TOOLS) $(BENCHES)
 	./$(BUILD)/tests/tune_tests
 	$(MAKE) --no-print-directory test-emu
 
