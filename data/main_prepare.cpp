@@ -11,6 +11,7 @@
 
 #include "train/cli.h"
 #include "data/fileio.h"
+#include "data/tokenizer.h"
 #include "data/prepare.h"
 #include "kernels/common.h"
 
@@ -58,7 +59,7 @@ int main(int argc, char** argv) {
     using namespace tune;
     return tune::run_tool("prepare", [&]() -> int {
         PrepareOptions opt;
-        std::string vocab = "data/gpt2";
+        std::string vocab = kDefaultVocab;
         bool template_given = false, template_from_file = false, files_only = false, stdin_given = false;
         std::vector<std::string> given_inputs;  // as written: "-" stays "-"
         auto add_input = [&](const std::string& f) {

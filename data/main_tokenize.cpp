@@ -36,7 +36,7 @@ constexpr const char* kUsage =
 
 struct Args {
     bool decode = false;
-    std::string vocab = "data/gpt2";
+    std::string vocab = tune::kDefaultVocab;
     std::string input = "-";
     bool help = false;  // --help or -h: print the usage and stop there, as the other tools do
 };

@@ -31,13 +31,16 @@
 
 namespace tune {
 
+// The shipped GPT-2 vocabulary (data/gpt2/, MIT license): every tool's --vocab default.
+inline constexpr const char* kDefaultVocab = "data/gpt2";
+
 class Tokenizer {
 public:
     // Reads DIR/encoder.json (token string -> id) and DIR/vocab.bpe (merges in rank order). A relative DIR
     // that is not under the working directory is looked for above the program too (bin/../DIR), so the
     // tools find the shipped vocabulary when they are run from anywhere.
     // Throws tune::Error naming the file, the line or entry, and what is wrong.
-    static Tokenizer load(const std::string& dir = "data/gpt2");
+    static Tokenizer load(const std::string& dir = kDefaultVocab);
 
     Tokenizer(Tokenizer&&) noexcept;
     Tokenizer& operator=(Tokenizer&&) noexcept;

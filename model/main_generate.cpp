@@ -10,7 +10,7 @@
 int main(int argc, char** argv) {
     using namespace tune;
     return tune::run_tool("generate", [&]() -> int {
-        std::string weights, adapter, prompt, prompt_file, device = "auto", vocab = "data/gpt2";
+        std::string weights, adapter, prompt, prompt_file, device = "auto", vocab = kDefaultVocab;
         int max_new = 100, samples = 1;
         uint64_t seed = 1;
         SamplingConfig sc;

@@ -778,6 +778,41 @@ TEST(TrainCli, ASecondStopSignalEndsTheRunAtOnceAQuickRepeatDoesNot) {
     EXPECT_FALSE(slurp(d + "/quick/resume.ckpt").empty());
 }
 
+// A --vocab given is read even where the data never asks for it (plain text: --windows auto needs no vocabulary),
+// and --fisher's folder is checked before the estimate it is written after: both passed unseen, the Fisher's after
+// the whole estimate, with exit 1.
+TEST(TrainCli, AGivenVocabAndTheFishersFolderAreCheckedBeforeTheRun) {
+    TempDir tmp("cli");
+    const std::string d = tmp.path();
+    std::vector<int32_t> t;
+    for (int i = 0; i < 300; i++) t.push_back((i * 5) % 37);
+    write_shard(d + "/train.bin", t, nullptr, 37);
+    auto be = make_cpu_backend(DType::f32);
+    GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
+    m.init_random(1);
+    save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
+    std::filesystem::create_directory(d + "/empty");
+    const std::string train = "bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
+                              "/train.bin --batch 2 --seq 15 --steps 1 --out ''";
+    CmdResult plain = run_cmd(train);
+    ASSERT_EQ(plain.rc, 0) << plain.out;
+    CmdResult novocab = run_cmd(train + " --vocab " + d + "/novocab");
+    EXPECT_EQ(novocab.rc, 2) << novocab.out;
+    EXPECT_THAT(novocab.out, HasSubstr("--vocab: no such directory: " + d + "/novocab"));
+    CmdResult empty = run_cmd(train + " --vocab " + d + "/empty");
+    EXPECT_EQ(empty.rc, 1) << empty.out;
+    EXPECT_THAT(empty.out, HasSubstr(d + "/empty/encoder.json"));
+    CmdResult fisher = run_cmd(train + " --ewc 1 --fisher-data " + d + "/train.bin --fisher " + d + "/nodir/f.st");
+    EXPECT_EQ(fisher.rc, 2) << fisher.out;
+    EXPECT_THAT(fisher.out, HasSubstr("--fisher " + d + "/nodir/f.st: the directory " + d + "/nodir does not exist"));
+    EXPECT_THAT(fisher.out, Not(HasSubstr("estimating")));
+    const std::string eval = "bin/evaluate --device cpu --model " + d + "/init.ckpt --data " + d + "/train.bin --seq 15";
+    ASSERT_EQ(run_cmd(eval).rc, 0);
+    CmdResult eval_novocab = run_cmd(eval + " --vocab " + d + "/novocab");
+    EXPECT_EQ(eval_novocab.rc, 2) << eval_novocab.out;
+    EXPECT_THAT(eval_novocab.out, HasSubstr("--vocab: no such directory"));
+}
+
 // --memory-map: every tensor with its bytes, and no training. Sizes computed here from the config: a frozen
 // model (LoRA) has no gradient rows for its base tensors, and an f32 (4C, C) = (96, 24) weight is 9216 bytes.
 TEST(TrainCli, MemoryMapListsEveryTensorAndDoesNotTrain) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "data/shard.h"
+#include "data/tokenizer.h"
 #include "model/gpt2.h"
 #include "model/peft.h"
 #include "train/optimizer.h"
@@ -42,7 +43,7 @@ struct TrainArgs {
     // parameter-efficient methods (model/peft.h); the base model is frozen when any is on
     PeftConfig peft;
     std::string virtual_init = "vocab";  // random | vocab | text:SOME TEXT
-    std::string vocab = "data/gpt2";     // GPT-2 vocabulary, for --virtual-init text:... and document --windows
+    std::string vocab = kDefaultVocab;     // GPT-2 vocabulary, for --virtual-init text:... and document --windows
     Recompute recompute = Recompute::none;
     int head_chunk = 8192;  // rows of LM-head logits kept at once (ModelOptions::head_chunk; 0: all)
     // keeping what the model knew

@@ -9,6 +9,7 @@
 #include "data/fileio.h"
 #include "data/prepare.h"
 #include "data/synthetic.h"
+#include "data/tokenizer.h"
 #include "model/sampling.h"
 #include "train/eval.h"
 #include "train/trainer.h"
@@ -119,7 +120,7 @@ int run_default_job(const DefaultJobOptions& opt) {
                 opt.out_dir.c_str());
 
     // 1. Data.
-    Tokenizer tok = Tokenizer::load("data/gpt2");
+    Tokenizer tok = Tokenizer::load(kDefaultVocab);
     const DefaultData d = prepare_default_data(tok, data);
     const std::vector<TaskExample>& test_ex = d.test;
     std::printf("data: base corpus %zu tokens, task %zu examples split into train and validation (%zu training "

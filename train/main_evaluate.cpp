@@ -4,6 +4,7 @@
 #include <utility>
 #include <optional>
 
+#include "data/tokenizer.h"
 #include "train/cli.h"
 #include "train/eval.h"
 #include "train/trainer.h"
@@ -11,7 +12,7 @@
 int main(int argc, char** argv) {
     using namespace tune;
     return tune::run_tool("evaluate", [&]() -> int {
-        std::string weights, adapter, data, choices, device = "auto", vocab = "data/gpt2";
+        std::string weights, adapter, data, choices, device = "auto", vocab = kDefaultVocab;
         int batch = 4, seq = 256, batches = 0;
         bool seq_given = false, batch_given = false;
         Cli cli("usage: bin/evaluate --model WEIGHTS [--data SHARDS] [--choices FILE.jsonl] [options]\n"
@@ -85,9 +86,9 @@ int main(int argc, char** argv) {
             require_file("--choices", choices, "a JSONL file of examples");
         // Read before the loss pass (which may take an hour), so a bad line stops the run at once.
         std::vector<ChoiceExample> ex;
-        std::optional<Tokenizer> tok;  // for --choices, read once
+        std::optional<Tokenizer> tok;  // for --choices, read once; a --vocab given is read whether used or not
+        if (!choices.empty() || vocab != kDefaultVocab) tok = Tokenizer::load(vocab);
         if (!choices.empty()) {
-            tok = Tokenizer::load(vocab);
             ex = read_choice_file(*tok, choices == "-" ? "/dev/stdin" : choices);
         }
         // Loaded once: for the loss windows, then re-sized for the multiple-choice batches.
