@@ -113,7 +113,12 @@ $(BUILD)/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cu
+# nvcc's command line, kept in a stamp that changes only when it does: `make GPU_ARCH=80` after a build for sm_90
+# compiles the kernels again instead of finding them up to date.
+NVCC_STAMP := $(BUILD)/nvcc-flags.stamp
+$(shell mkdir -p $(BUILD) && (echo '$(NVCC) $(NVCCFLAGS)' | cmp -s - $(NVCC_STAMP) || echo '$(NVCC) $(NVCCFLAGS)' >$(NVCC_STAMP)))
+
+$(BUILD)/%.o: %.cu $(NVCC_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 

@@ -60,6 +60,23 @@ TEST(Makefile, PlainMakeBuildsTheTools) {
     EXPECT_THAT(r.out, HasSubstr("\n.DEFAULT_GOAL := all\n"));
 }
 
+// README: `make GPU_ARCH=80` for an A100. After a build for sm_90 it found the kernels up to date and kept them;
+// the flags nvcc was given are a stamp the kernels' objects depend on. In a build folder of the test's own: a
+// kernel's object newer than its source and than the stamp is up to date for the same flags, not for another arch.
+TEST(Makefile, AnotherGpuArchCompilesTheKernelsAgain) {
+    TempDir tmp("make");
+    const std::string make = "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory BUILD=" + tmp.path();
+    CmdResult read = run_cmd(make + " -pq");  // writes the stamp for the default arch
+    if (read.out.find("# GNU Make") == std::string::npos)
+        GTEST_SKIP() << "make cannot read the Makefile here: " << read.out.substr(0, 300);
+    std::filesystem::create_directories(tmp.path() + "/kernels");
+    const std::string obj = tmp.path() + "/kernels/gelu.o";
+    ASSERT_EQ(run_cmd("touch -d '-1 hour' " + tmp.path() + "/nvcc-flags.stamp && touch " + obj).rc, 0);
+    EXPECT_EQ(run_cmd(make + " -q " + obj).rc, 0) << "the same flags: up to date";
+    EXPECT_EQ(run_cmd(make + " -q GPU_ARCH=80 " + obj).rc, 1) << "another arch: out of date";
+    EXPECT_THAT(slurp(tmp.path() + "/nvcc-flags.stamp"), HasSubstr("-arch=sm_80"));
+}
+
 TEST(TrainCli, HelpExitsZeroAndListsOptions) {
     CmdResult r = run_cmd("bin/train --help");
     EXPECT_EQ(r.rc, 0);
