@@ -252,6 +252,7 @@ TEST(TrainCli, ProfileStepSaysWhereTheStepsTimeWent) {
     ASSERT_EQ(r.rc, 0) << r.out;
     EXPECT_THAT(r.out, HasSubstr("profile of step 2 (wall time of each op on the CPU): the step took"));
     EXPECT_THAT(r.out, HasSubstr("· adamw_update\n"));
+    EXPECT_THAT(r.out, HasSubstr("/run/{model.ckpt,resume.ckpt,metrics.jsonl,loss.svg,profile.json}\n"));
     const nlohmann::json j = nlohmann::json::parse(slurp(d + "/run/profile.json"));
     EXPECT_EQ(j.at("step"), 2);
     const double step_ms = j.at("step_ms").get<double>();
@@ -278,6 +279,12 @@ TEST(TrainCli, ProfileStepSaysWhereTheStepsTimeWent) {
                               "/train.bin --batch 2 --seq 15 --steps 2 --val-every 0 --profile-step 2 --out ''");
     ASSERT_EQ(quiet.rc, 0) << quiet.out;
     EXPECT_THAT(quiet.out, HasSubstr("profile of step 2 (wall time of each op on the CPU): the step took"));
+    EXPECT_THAT(quiet.out, Not(HasSubstr("step     1/2 |")));
+    // Not quiet, and no run directory: said so, not left blank.
+    CmdResult nowhere = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
+                                "/train.bin --batch 2 --seq 15 --steps 1 --out ''");
+    ASSERT_EQ(nowhere.rc, 0) << nowhere.out;
+    EXPECT_THAT(nowhere.out, HasSubstr("; no run directory (--out '')\n"));
 
     r = run_cmd("bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
                 "/train.bin --steps 2 --profile-step 3 --out ''");

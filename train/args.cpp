@@ -205,7 +205,7 @@ Cli train_cli(TrainArgs& a) {
            "and exit without training (no --train-data needed); planned, nothing allocated, so also for a run too "
            "big for this machine or --device cuda without a GPU", &a.memory_map);
     c.flag("--lr-find", "learning-rate range test over --steps steps (300 unless given; exponential from --lr-find-lo "
-           "to --lr-find-hi): writes lr_find.svg and prints a suggested --lr; the schedule, validation and checkpoint "
+           "to --lr-find-hi): writes lr_find.svg and lr_find.jsonl and prints a suggested --lr; the schedule, validation and checkpoint "
            "flags have no part in it (refused)", &a.lr_find);
     c.option("--lr-find-lo", "LR", "lr-find: lowest rate", &a.lr_find_lo, 1e-12, 10);
     c.option("--lr-find-hi", "LR", "lr-find: highest rate", &a.lr_find_hi, 1e-12, 100);
@@ -213,7 +213,9 @@ Cli train_cli(TrainArgs& a) {
     c.option("--profile-step", "STEP", "time every op of step STEP (CUDA: each launcher's GPU time, by CUDA events; "
              "CPU: each op's wall time) and print where the step's time went, by model part and op; --out gets "
              "profile.json (0: off)", &a.profile_step, 0, INT_MAX);
-    c.flag("--quiet", "no progress lines", &a.quiet);
+    c.flag("--quiet", "nothing on standard output but what a flag asks for (--profile-step's table): no model and "
+           "memory lines, progress, validation losses or closing line; notes and errors still go to standard error",
+           &a.quiet);
     // DIST
     c.option("--zero", "0|1|2", "data parallel: 1 shards the optimizer state (Adam moments, FP32 master weights) "
              "across ranks (ZeRO-1); 2 shards the reduced gradients too, and the blocks' gradients share two slots "

@@ -1276,7 +1276,8 @@ int Trainer::run() {
             std::printf(" (%s%.1f%% of their positions hold a target, the rest is padding)",
                         args_.windows_auto ? "--windows auto, as the data is prompt/completion; " : "",
                         100.0 * train_->filled());
-        std::printf("; run directory %s\n", args_.out_dir.c_str());
+        std::printf("; %s%s\n", args_.out_dir.empty() ? "no run directory (--out '')" : "run directory ",
+                    args_.out_dir.c_str());
     }
     const int last = args_.halt_at > 0 ? args_.halt_at : args_.steps;
     const size_t tokens_per_step = (size_t)args_.batch * args_.seq * args_.grad_accum * (dp_ ? dp_->world() : 1);
@@ -1425,9 +1426,9 @@ int Trainer::run() {
                 std::fprintf(stderr, "note: removed %s of an earlier run (this run trains no adapter)\n", stale.c_str());
         }
         if (!args_.quiet)
-            std::printf("done: %llu steps; wrote %s/{model.ckpt,%sresume.ckpt,metrics.jsonl,loss.svg}\n",
+            std::printf("done: %llu steps; wrote %s/{model.ckpt,%sresume.ckpt,metrics.jsonl,loss.svg%s}\n",
                         (unsigned long long)state_.step, args_.out_dir.c_str(),
-                        model_->peft().any() ? "adapter.ckpt," : "");
+                        model_->peft().any() ? "adapter.ckpt," : "", args_.profile_step > 0 ? ",profile.json" : "");
     }
     return 0;
 }
