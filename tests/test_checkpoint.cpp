@@ -249,6 +249,21 @@ TEST_F(CheckpointTest, DocumentWindowsAreRecordedAndTheFieldChecked) {
                           "\"single\" or \"isolated\""));
 }
 
+// The longest training window: recorded where known, read back, 0 (unknown) where absent, a bad value named.
+TEST_F(CheckpointTest, TrainedPositionsAreRecordedAndTheFieldChecked) {
+    EXPECT_EQ(checkpoint_trained_on(path).positions, 0);
+    EXPECT_EQ(bytes.find("trained_positions"), std::string::npos) << "written where unknown";
+    save_merged(dir + "/p.ckpt", *model, TrainedOn{Windows::fixed, 37});
+    EXPECT_EQ(checkpoint_trained_on(dir + "/p.ckpt").positions, 37);
+    std::string b = without_checksum(slurp(dir + "/p.ckpt"));
+    const size_t at = b.find("\"trained_positions\":37");
+    ASSERT_NE(at, std::string::npos);
+    b.replace(at + 20, 2, "-1");  // the same length: the header stays valid JSON
+    spit(dir + "/bad.ckpt", b);
+    EXPECT_THAT(error_of([&] { checkpoint_trained_on(dir + "/bad.ckpt"); }),
+                HasSubstr(dir + "/bad.ckpt: header field 'trained_positions' is -1, expected a positive integer"));
+}
+
 TEST_F(CheckpointTest, ConfigMismatchNamesBothConfigs) {
     GPT2 bigger(small_config(37, 3), *be, 2, 5);
     std::string err = error_of([&] { load_checkpoint(path, bigger, nullptr, nullptr); });

@@ -240,6 +240,47 @@ void write_cycle_data(const std::string& d) {
     save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
 }
 
+// Checkpoints record the longest --seq their weights trained at (TrainedOn::positions), over the runs they come
+// from; bin/evaluate and bin/generate say when they use positions past it. Weights from a file that does not record
+// it (made elsewhere, or before the record) make it unknown: no note.
+TEST(TrainCli, TheLongestTrainingWindowIsRecordedAndAskedAbout) {
+    TempDir tmp("cli");
+    const std::string d = tmp.path();
+    write_cycle_data(d);
+    const std::string train = "bin/train --device cpu --quiet --train-data " + d + "/train.bin --batch 2 --steps 1 ";
+    ASSERT_EQ(run_cmd(train + "--model tiny --seq 12 --out " + d + "/a").rc, 0);
+    EXPECT_EQ(checkpoint_trained_on(d + "/a/model.ckpt").positions, 12);
+    CmdResult b = run_cmd(train + "--init " + d + "/a/model.ckpt --seq 8 --lora-rank 2 --out " + d + "/b");
+    ASSERT_EQ(b.rc, 0) << b.out;
+    for (const char* f : {"model.ckpt", "adapter.ckpt", "resume.ckpt"})
+        EXPECT_EQ(checkpoint_trained_on(d + "/b/" + f).positions, 12) << f << ": the longer of the two runs'";
+    ASSERT_EQ(run_cmd(train + "--init " + d + "/init.ckpt --seq 8 --out " + d + "/c").rc, 0);
+    EXPECT_EQ(checkpoint_trained_on(d + "/c/model.ckpt").positions, 0) << "init.ckpt records none: unknown";
+
+    const std::string eval = "bin/evaluate --device cpu --data " + d + "/train.bin --batches 1 --model ";
+    const std::string note = "was trained on windows of up to 12 tokens; --seq 16 also scores the positions past "
+                             "those, which never trained (--seq 12 measures it as it was trained)";
+    CmdResult longer = run_cmd(eval + d + "/b/model.ckpt --seq 16");
+    ASSERT_EQ(longer.rc, 0) << longer.out;
+    EXPECT_THAT(longer.out, HasSubstr(d + "/b/model.ckpt " + note));
+    CmdResult same = run_cmd(eval + d + "/b/model.ckpt --seq 12");
+    ASSERT_EQ(same.rc, 0) << same.out;
+    EXPECT_THAT(same.out, Not(HasSubstr("was trained on windows")));
+    CmdResult unknown = run_cmd(eval + d + "/c/model.ckpt --seq 16");
+    ASSERT_EQ(unknown.rc, 0) << unknown.out;
+    EXPECT_THAT(unknown.out, Not(HasSubstr("was trained on windows")));
+
+    const std::string gen = "bin/generate --device cpu --model " + d + "/a/model.ckpt --prompt ' one two' --max-new ";
+    CmdResult far = run_cmd(gen + "20 --temperature 0");
+    ASSERT_EQ(far.rc, 0) << far.out;
+    EXPECT_THAT(far.out, HasSubstr("/a/model.ckpt was trained on windows of up to 12 tokens; the prompt (2 tokens) and "
+                                   "--max-new 20 reach 21 positions, and past 12 the text comes from positions that "
+                                   "never trained"));
+    CmdResult near = run_cmd(gen + "11 --temperature 0");
+    ASSERT_EQ(near.rc, 0) << near.out;
+    EXPECT_THAT(near.out, Not(HasSubstr("was trained on windows")));
+}
+
 // --profile-step N prints where step N's time went and writes profile.json: on the CPU, each op's wall time,
 // under the model's ranges, adding up to no more than the step. With two micro-batches each model op runs twice.
 TEST(TrainCli, ProfileStepSaysWhereTheStepsTimeWent) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -314,6 +315,7 @@ void write_checkpoint(const std::string& path, const json& header_in, const Writ
 // The header fields of TrainedOn, written only where they differ from the default.
 static void add_trained_on(json& header, const TrainedOn& t) {
     if (t.windows != Windows::fixed) header["windows"] = windows_name(t.windows);
+    if (t.positions > 0) header["trained_positions"] = t.positions;
 }
 
 void save_checkpoint(const std::string& path, const GPT2& model, AdamW* opt, const TrainState* state,
@@ -451,6 +453,12 @@ TrainedOn checkpoint_trained_on(const std::string& path) {
         if (!w.is_string() || !windows_from_name(w.get<std::string>(), &t.windows))
             f.fail("header field 'windows' is " + w.dump() + ", expected \"fixed\", \"documents\", \"single\" or "
                    "\"isolated\"");
+    }
+    if (f.header.contains("trained_positions")) {
+        const json& p = f.header["trained_positions"];
+        if (!p.is_number_integer() || p.get<int64_t>() < 1 || p.get<int64_t>() > INT_MAX)
+            f.fail("header field 'trained_positions' is " + p.dump() + ", expected a positive integer");
+        t.positions = (int)p.get<int64_t>();
     }
     return t;
 }

@@ -126,6 +126,10 @@ int main(int argc, char** argv) {
                 std::fprintf(stderr, "note: --seq %d, %s\n", room, context.c_str());
                 seq = room;
             }
+            if (m.trained_on.positions > 0 && seq > m.trained_on.positions)
+                std::fprintf(stderr, "note: %s was trained on windows of up to %d tokens; --seq %d also scores the "
+                             "positions past those, which never trained (--seq %d measures it as it was trained)\n",
+                             m.trained_on_file.c_str(), m.trained_on.positions, seq, m.trained_on.positions);
             Loader loader(std::move(shards), V, batch, seq, false, 0, 0, 1, doc_end, windows);
             loader.note_shards();
             m.model->resize((int)std::min<size_t>((size_t)batch, std::max<size_t>(1, loader.windows_per_epoch())), seq);

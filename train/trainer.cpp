@@ -265,6 +265,21 @@ static TrainArgs with_resumed_defaults(const TrainArgs& given) {
     return a;
 }
 
+// TrainedOn::positions of the weights this run writes: the longest --seq of the runs behind its starting weights
+// (their checkpoints record it) and its own; unknown (0) where they were trained elsewhere (a Hugging Face or llm.c
+// file, or a checkpoint from before the record).
+static int trained_positions(const TrainArgs& args) {
+    int most = args.seq;
+    for (const std::string& from : {args.resume.empty() ? args.init : args.resume, args.adapter}) {
+        if (from.empty()) continue;
+        if (weights_format(from) != WeightsFormat::tune_checkpoint) return 0;
+        const int was = checkpoint_trained_on(from).positions;
+        if (was == 0) return 0;
+        most = std::max(most, was);
+    }
+    return most;
+}
+
 // Whether `args` continues the run whose directory is its --out (its own resume.ckpt), rather than starting one
 // there.
 static bool resumes_own_run(const TrainArgs& args) {
@@ -390,6 +405,7 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
         refuse_earlier_run(args);
     }
     if (!writer_) args_.quiet = true;
+    trained_positions_ = trained_positions(args);
 
     const std::string& ckpt = !args.resume.empty() ? args.resume : args.init;
     ModelConfig cfg = !args.resume.empty() ? checkpoint_config(args.resume)

@@ -94,7 +94,7 @@ class Trainer {
     static constexpr int kInterrupted = 130;  // the shell's status for Ctrl-C (128 + SIGINT)
     static constexpr double kCheckpointWriteTimeout = 1800;  // seconds the other ranks wait for rank 0's write
     void save(const std::string& path, bool resume);
-    TrainedOn trained_on() const { return {args_.windows}; }  // recorded in every checkpoint written
+    TrainedOn trained_on() const { return {args_.windows, trained_positions_}; }  // in every checkpoint written
     int resume_checkpoints_written() const { return resume_written_; }  // by run(), this process
     // Finish the current step, write a resume checkpoint, return (run) or stop the sweep (lr_find).
     // Async-signal-safe: called from the SIGINT/SIGTERM handler.
@@ -141,6 +141,7 @@ class Trainer {
     bool anchored() const { return args_.l2sp > 0 || args_.ewc > 0; }
     TrainState state_;
     int resume_written_ = 0;
+    int trained_positions_ = 0;  // TrainedOn::positions of what this run writes
     bool noted_empty_val_ = false;  // said once that a validation counted no token
     bool dynamic_loss_scale_ = false;  // see update_loss_scale
     double flops_per_token_ = 0;  // 6N + 12 L C T (the PaLM convention), for MFU
