@@ -164,8 +164,8 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "prepare: %s\n", e.what());  // like bin/train: a stop is not a failure
             return 130;
         }
-        std::printf("prepared %zu documents (%zu train, %zu validation) from %.1f MB\n", r.documents, r.train_docs,
-                    r.val_docs, r.input_bytes / 1e6);
+        std::printf("prepared %s (%zu train, %zu validation) from %.1f MB\n",
+                    counted(r.documents, "document", "documents").c_str(), r.train_docs, r.val_docs, r.input_bytes / 1e6);
         std::printf("  %s: %zu tokens\n", r.train_path.c_str(), r.train_tokens);
         if (!r.val_path.empty()) {
             std::printf("  %s: %zu tokens\n", r.val_path.c_str(), r.val_tokens);
@@ -188,7 +188,9 @@ int main(int argc, char** argv) {
                     at_least(r.doc_tokens_median).c_str(), at_least(r.doc_tokens_p95).c_str(), r.doc_tokens_max,
                     prompts ? "bin/train's document windows, its default for prompt/completion training data,"
                             : "bin/train --windows documents would");
-        if (r.skipped) std::printf("  skipped %zu malformed lines (--skip-bad)\n", r.skipped);
+        if (r.skipped)  // a JSONL line, or a whole file: an empty text file, a JSON array that does not parse
+            std::printf("  skipped %s (--skip-bad)\n",
+                        counted(r.skipped, "malformed line or file", "malformed lines or files").c_str());
         if (r.literal_eot)
             std::fprintf(stderr, "note: the text holds %s %zu time%s; it was tokenised as text (7 tokens), not as the "
                          "end-of-text token: documents are what the inputs say (a file, a JSONL line), so split such "

@@ -210,7 +210,7 @@ Document document_from_json_line(const Tokenizer& tok, const std::string& line, 
     }
     if (j.contains("text")) return plain(tok, get_string(j, "text", where, false));
     throw Error(where + ": expected fields \"text\", or \"prompt\"+\"completion\", or "
-                        "\"instruction\"+\"input\"+\"output\"");
+                        "\"instruction\"+\"output\" (with an optional \"input\")");
 }
 
 namespace {

@@ -74,6 +74,10 @@ TEST_F(CudaTrainer, MemoryNoteNamesTheWorkspacesAfterAStep_Bf16) {
     const std::string note = t.backend().memory_note();
     EXPECT_THAT(note, ::testing::HasSubstr("backend workspaces "));
     EXPECT_THAT(note, ::testing::HasSubstr("cuBLASLt 32 MiB"));
+    // cuDNN's workspace is named where the run attends through cuDNN (not on the emulator, which has none).
+    const ModelConfig& c = t.model().config();
+    const bool fused = t.backend().attention_path(c.n_embd, c.n_head).rfind("cudnn", 0) == 0;
+    EXPECT_EQ(note.find(", with cuDNN's") != std::string::npos, fused) << note;
     EXPECT_THAT(note, ::testing::HasSubstr(" in use (every process"));
     EXPECT_EQ(make_cpu_backend(DType::f32)->memory_note(), "") << "the CPU has nothing to add";
 }

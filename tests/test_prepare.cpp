@@ -113,7 +113,8 @@ TEST(Prepare, MalformedLinesNameFileAndLine) {
     EXPECT_THAT(err(R"({"prompt":"x"})"), HasSubstr("missing field \"completion\""));
     EXPECT_THAT(err(R"({"prompt":"x","completion":""})"), HasSubstr("\"completion\" is empty"));
     EXPECT_THAT(err(R"({"text":5})"), HasSubstr("\"text\" is not a string"));
-    EXPECT_THAT(err(R"({"foo":"bar"})"), HasSubstr("expected fields"));
+    EXPECT_THAT(err(R"({"foo":"bar"})"), HasSubstr("expected fields \"text\", or \"prompt\"+\"completion\", or "
+                                                   "\"instruction\"+\"output\" (with an optional \"input\")"));
     // A number beyond a double is the JSON library's out_of_range, not its parse_error (found by `make fuzz`).
     EXPECT_THAT(err(R"({"text": "a", "n": 1e999})"), HasSubstr("f.jsonl:7: not valid JSON: number overflow parsing '1e999'"));
 }
@@ -508,7 +509,12 @@ TEST(PrepareCli, ReportsAndExitCodes) {
     spit(d + "/x.jsonl", "{\"prompt\":\"a\",\"completion\":\" b\"}\n");
     CmdResult ok = run_cmd("bin/prepare --quiet --val-frac=0 --out " + d + "/o " + d + "/x.jsonl");
     EXPECT_EQ(ok.rc, 0) << ok.out;
-    EXPECT_THAT(ok.out, HasSubstr("prepared 1 documents"));
+    EXPECT_THAT(ok.out, HasSubstr("prepared 1 document ("));
+    spit(d + "/empty.txt", "");
+    CmdResult skipped = run_cmd("bin/prepare --quiet --val-frac=0 --skip-bad --out " + d + "/s " + d + "/x.jsonl " + d +
+                                "/empty.txt");
+    EXPECT_EQ(skipped.rc, 0) << skipped.out;
+    EXPECT_THAT(skipped.out, HasSubstr("  skipped 1 malformed line or file (--skip-bad)\n"));
     EXPECT_THAT(ok.out, HasSubstr("(bin/train's document windows, its default for prompt/completion training data, "
                                   "keep a document whole where --seq is at least its length)"));
     EXPECT_EQ(run_cmd("bin/prepare --bogus x").rc, 2);
@@ -533,7 +539,7 @@ TEST(PrepareCli, ReportsAndExitCodes) {
                               "/bin/prepare --quiet --val-frac 0 --vocab " + std::filesystem::current_path().string() +
                               "/data/gpt2 --out o4 -- -x.jsonl");
     EXPECT_EQ(after.rc, 0) << after.out;
-    EXPECT_THAT(after.out, HasSubstr("prepared 1 documents"));
+    EXPECT_THAT(after.out, HasSubstr("prepared 1 document ("));
     // An output directory that is a file is a usage error, as in bin/train.
     CmdResult out_file = run_cmd("bin/prepare --quiet --out " + d + "/x.jsonl " + d + "/x.jsonl");
     EXPECT_EQ(out_file.rc, 2) << out_file.out;
@@ -561,7 +567,7 @@ TEST(PrepareCli, StandardInputAndTheNotesOnTheEndOfTextNameAndATemplateFilesLine
     CmdResult piped =
         run_cmd("printf '{\"text\":\"a<|endoftext|>b\"}\\n' | bin/prepare --quiet --val-frac 0 --out " + d + "/o -");
     EXPECT_EQ(piped.rc, 0) << piped.out;
-    EXPECT_THAT(piped.out, HasSubstr("prepared 1 documents"));
+    EXPECT_THAT(piped.out, HasSubstr("prepared 1 document ("));
     EXPECT_THAT(piped.out, HasSubstr("read as JSONL"));
     EXPECT_THAT(piped.out, HasSubstr("the text holds <|endoftext|> 1 time; it was tokenised as text"));
     spit(d + "/t.txt", "Q: {instruction}\nA:\n");

@@ -405,7 +405,6 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
         refuse_earlier_run(args);
     }
     if (!writer_) args_.quiet = true;
-    trained_positions_ = trained_positions(args);
 
     const std::string& ckpt = !args.resume.empty() ? args.resume : args.init;
     ModelConfig cfg = !args.resume.empty() ? checkpoint_config(args.resume)
@@ -614,6 +613,7 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
         state_.init = args.init.empty() ? std::string() : std::filesystem::absolute(args.init).string();
         if (anchored()) capture_anchor(exact);
     }
+    trained_positions_ = trained_positions(args);  // the files it reads were read above, each refused by name if bad
     // DIST: every rank reads its starting weights itself. A path that holds another file on another node (not a
     // shared file system) would train diverging replicas, found out only by the check at the end of the run.
     if (dp_) {

@@ -163,8 +163,10 @@ class CudaBackend final : public Backend {
     std::string memory_note() const override {
         auto mib = [](size_t b) { return std::to_string((b + (1 << 19)) >> 20) + " MiB"; };
         const size_t scratch = scratch_->capacity(), gemm = cuda::Gemm::kWorkspaceBytes;
+        bool cudnn_used = false;  // its workspace comes from the scratch
+        for (const auto& [shape, fused] : fused_) cudnn_used = cudnn_used || fused;
         std::string note = "backend workspaces " + mib(scratch + gemm) + " (scratch " + mib(scratch) +
-                           ", with cuDNN's; cuBLASLt " + mib(gemm) + ")";
+                           (cudnn_used ? ", with cuDNN's" : "") + "; cuBLASLt " + mib(gemm) + ")";
         size_t free_b = 0, total_b = 0;
         if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
             note += "; the device has " + mib(total_b - free_b) + " of " + mib(total_b) +
