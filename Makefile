@@ -83,9 +83,19 @@ CUDNN_H_INC ?= $(firstword $(foreach d,$(CUDA_HOME)/include $(CUDNN_H_PIP) $(CUD
 ifneq ($(and $(wildcard $(CUDNN_FE_INC)/cudnn_frontend.h),$(CUDNN_H_INC)),)
 CUDNN_DEFS := -DTUNE_HAVE_CUDNN_FE -DNV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING -isystem $(CUDNN_H_INC) -isystem $(CUDNN_FE_INC)
 endif
+# A stamp holds the flags some objects were built with and is rewritten (so newer than those objects) only when
+# they change. $(call update_stamp,FILE,VARIABLE) compares and writes with make's own file functions, not the
+# shell, so a flag with quotes in it is written as it is; the rule below makes a stamp that is missing.
+$(shell mkdir -p $(BUILD))
+define update_stamp
+ifneq ($$(file <$(1)),$$($(2)))
+$$(file >$(1),$$($(2)))
+endif
+endef
 # Only the files that use them see these flags; a stamp rebuilds them when what was found changes.
 DIST_STAMP := $(BUILD)/dist-config.stamp
-$(shell mkdir -p $(BUILD) && (echo '$(MPI_DEFS) $(NCCL_DEFS) $(CUDNN_DEFS)' | cmp -s - $(DIST_STAMP) || echo '$(MPI_DEFS) $(NCCL_DEFS) $(CUDNN_DEFS)' >$(DIST_STAMP)))
+DIST_FLAGS := $(strip $(MPI_DEFS) $(NCCL_DEFS) $(CUDNN_DEFS))
+$(eval $(call update_stamp,$(DIST_STAMP),DIST_FLAGS))
 $(BUILD)/train/dist_mpi.o: CXXFLAGS += $(MPI_DEFS)
 $(BUILD)/train/dist_nccl.o: CXXFLAGS += $(NCCL_DEFS)
 # -O1 -g0: host glue whose speed does not matter; the frontend's templates would add 60 MB of debug info and
@@ -116,7 +126,10 @@ $(BUILD)/%.o: %.cpp
 # nvcc's command line, kept in a stamp that changes only when it does: `make GPU_ARCH=80` after a build for sm_90
 # compiles the kernels again instead of finding them up to date.
 NVCC_STAMP := $(BUILD)/nvcc-flags.stamp
-$(shell mkdir -p $(BUILD) && (echo '$(NVCC) $(NVCCFLAGS)' | cmp -s - $(NVCC_STAMP) || echo '$(NVCC) $(NVCCFLAGS)' >$(NVCC_STAMP)))
+NVCC_LINE  := $(strip $(NVCC) $(NVCCFLAGS))
+$(eval $(call update_stamp,$(NVCC_STAMP),NVCC_LINE))
+$(DIST_STAMP) $(NVCC_STAMP):
+	@mkdir -p $(dir $@) && touch $@
 
 $(BUILD)/%.o: %.cu $(NVCC_STAMP)
 	@mkdir -p $(dir $@)

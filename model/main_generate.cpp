@@ -87,13 +87,16 @@ int main(int argc, char** argv) {
                         "model's context of " + std::to_string(m.model->max_T()) + " positions: shorten the prompt" +
                         (eot_auto ? " or give --no-eot-first" : ""));
         check_prompt(*m.model, ids);  // before the prompt is printed: no partial output on an error
-        // The last token written is predicted from this many positions; those past the training windows never trained.
-        const int reach = (int)std::min<size_t>(ids.size() + (size_t)max_new - 1, (size_t)m.model->max_T());
-        if (m.trained_on.positions > 0 && reach > m.trained_on.positions)
-            std::fprintf(stderr, "note: %s was trained on windows of up to %d tokens; the prompt (%s) and --max-new %d "
-                         "reach %d positions, and past %d the text comes from positions that never trained\n",
-                         m.trained_on_file.c_str(), m.trained_on.positions,
-                         counted(ids.size(), "token", "tokens").c_str(), max_new, reach, m.trained_on.positions);
+        // The last token written is predicted from this many positions (virtual tokens first); those past the ones
+        // that trained never did.
+        const int P = m.model->virtual_tokens(), trained = m.trained_on.positions;
+        const int reach = P + (int)std::min<size_t>(ids.size() + (size_t)max_new - 1, (size_t)m.model->max_T());
+        if (trained > 0 && reach > trained)
+            std::fprintf(stderr, "note: %s trained %d positions; %sthe prompt (%s%s) and --max-new %d reach %d, and "
+                         "past %d the text comes from positions that never trained\n", m.trained_on_file.c_str(),
+                         trained, P ? (std::to_string(P) + " virtual tokens, ").c_str() : "",
+                         counted(ids.size(), "token", "tokens").c_str(), eot_first || prompt.empty() ?
+                         " with <|endoftext|>" : "", max_new, reach, trained);
         // A model with tokens the tokenizer lacks (a fine-tune that added a pad token): those have no text.
         sc.vocab = tok.vocab_size();
         if (m.model->config().vocab_size > tok.vocab_size())

@@ -258,27 +258,39 @@ TEST(TrainCli, TheLongestTrainingWindowIsRecordedAndAskedAbout) {
     EXPECT_EQ(checkpoint_trained_on(d + "/c/model.ckpt").positions, 0) << "init.ckpt records none: unknown";
 
     const std::string eval = "bin/evaluate --device cpu --data " + d + "/train.bin --batches 1 --model ";
-    const std::string note = "was trained on windows of up to 12 tokens; --seq 16 also scores the positions past "
-                             "those, which never trained (--seq 12 measures it as it was trained)";
+    const std::string note = "trained 12 positions (its longest --seq); --seq 16 also scores positions past those, "
+                             "which never trained (--seq 12 stays within them)";
     CmdResult longer = run_cmd(eval + d + "/b/model.ckpt --seq 16");
     ASSERT_EQ(longer.rc, 0) << longer.out;
     EXPECT_THAT(longer.out, HasSubstr(d + "/b/model.ckpt " + note));
     CmdResult same = run_cmd(eval + d + "/b/model.ckpt --seq 12");
     ASSERT_EQ(same.rc, 0) << same.out;
-    EXPECT_THAT(same.out, Not(HasSubstr("was trained on windows")));
+    EXPECT_THAT(same.out, Not(HasSubstr("positions past")));
     CmdResult unknown = run_cmd(eval + d + "/c/model.ckpt --seq 16");
     ASSERT_EQ(unknown.rc, 0) << unknown.out;
-    EXPECT_THAT(unknown.out, Not(HasSubstr("was trained on windows")));
+    EXPECT_THAT(unknown.out, Not(HasSubstr("positions past")));
 
     const std::string gen = "bin/generate --device cpu --model " + d + "/a/model.ckpt --prompt ' one two' --max-new ";
     CmdResult far = run_cmd(gen + "20 --temperature 0");
     ASSERT_EQ(far.rc, 0) << far.out;
-    EXPECT_THAT(far.out, HasSubstr("/a/model.ckpt was trained on windows of up to 12 tokens; the prompt (2 tokens) and "
-                                   "--max-new 20 reach 21 positions, and past 12 the text comes from positions that "
-                                   "never trained"));
+    EXPECT_THAT(far.out, HasSubstr("/a/model.ckpt trained 12 positions; the prompt (2 tokens) and --max-new 20 reach "
+                                   "21, and past 12 the text comes from positions that never trained"));
+
+    // Virtual tokens take the first positions: 6 of them and --seq 8 train 14, more than a's 12.
+    CmdResult v = run_cmd(train + "--init " + d + "/a/model.ckpt --seq 8 --virtual prompt --virtual-tokens 6 --out " + d +
+                          "/v");
+    ASSERT_EQ(v.rc, 0) << v.out;
+    EXPECT_EQ(checkpoint_trained_on(d + "/v/model.ckpt").positions, 14);
+    CmdResult within = run_cmd(eval + d + "/v/model.ckpt --seq 8");
+    ASSERT_EQ(within.rc, 0) << within.out;
+    EXPECT_THAT(within.out, Not(HasSubstr("positions past")));
+    CmdResult past = run_cmd(eval + d + "/v/model.ckpt --seq 9");
+    ASSERT_EQ(past.rc, 0) << past.out;
+    EXPECT_THAT(past.out, HasSubstr("trained 14 positions (6 virtual tokens and its longest --seq); --seq 9 also scores "
+                                    "positions past those, which never trained (--seq 8 stays within them)"));
     CmdResult near = run_cmd(gen + "11 --temperature 0");
     ASSERT_EQ(near.rc, 0) << near.out;
-    EXPECT_THAT(near.out, Not(HasSubstr("was trained on windows")));
+    EXPECT_THAT(near.out, Not(HasSubstr("never trained")));
 }
 
 // --profile-step N prints where step N's time went and writes profile.json: on the CPU, each op's wall time,
@@ -844,8 +856,8 @@ TEST(TrainCli, ASecondStopSignalEndsTheRunAtOnceAQuickRepeatDoesNot) {
 }
 
 // A --vocab given is read even where the data never asks for it (plain text: --windows auto needs no vocabulary),
-// and --fisher's folder is checked before the estimate it is written after: both passed unseen, the Fisher's after
-// the whole estimate, with exit 1.
+// and a file in the way of --fisher's folder is found before the estimate it is written after: both passed unseen,
+// the Fisher's after the whole estimate, with exit 1. A folder not there yet is made.
 TEST(TrainCli, AGivenVocabAndTheFishersFolderAreCheckedBeforeTheRun) {
     TempDir tmp("cli");
     const std::string d = tmp.path();
@@ -867,10 +879,16 @@ TEST(TrainCli, AGivenVocabAndTheFishersFolderAreCheckedBeforeTheRun) {
     CmdResult empty = run_cmd(train + " --vocab " + d + "/empty");
     EXPECT_EQ(empty.rc, 1) << empty.out;
     EXPECT_THAT(empty.out, HasSubstr(d + "/empty/encoder.json"));
-    CmdResult fisher = run_cmd(train + " --ewc 1 --fisher-data " + d + "/train.bin --fisher " + d + "/nodir/f.st");
+    spit(d + "/afile", "x");
+    const std::string ewc = train + " --ewc 1 --fisher-batches 2 --fisher-data " + d + "/train.bin --fisher ";
+    CmdResult fisher = run_cmd(ewc + d + "/afile/f.st");
     EXPECT_EQ(fisher.rc, 2) << fisher.out;
-    EXPECT_THAT(fisher.out, HasSubstr("--fisher " + d + "/nodir/f.st: the directory " + d + "/nodir does not exist"));
+    EXPECT_THAT(fisher.out, HasSubstr("--fisher " + d + "/afile/f.st: " + d + "/afile is a file, not a directory"));
     EXPECT_THAT(fisher.out, Not(HasSubstr("estimating")));
+    // A folder that is not there yet is made, as --out's are (README's example writes runs/fisher.safetensors).
+    CmdResult made = run_cmd(ewc + d + "/new/dir/f.st");
+    EXPECT_EQ(made.rc, 0) << made.out;
+    EXPECT_TRUE(std::filesystem::exists(d + "/new/dir/f.st"));
     const std::string eval = "bin/evaluate --device cpu --model " + d + "/init.ckpt --data " + d + "/train.bin --seq 15";
     ASSERT_EQ(run_cmd(eval).rc, 0);
     CmdResult eval_novocab = run_cmd(eval + " --vocab " + d + "/novocab");

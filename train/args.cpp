@@ -4,7 +4,6 @@
 #include <filesystem>
 #include <functional>
 
-#include "data/tokenizer.h"
 #include "kernels/common.h"
 #include "model/config.h"
 #include "train/cli.h"
@@ -287,8 +286,6 @@ void validate_train_args(const TrainArgs& a) {
     std::error_code ec;  // a name the system refuses (too long, say) does not exist either
     const bool fisher_there = !a.fisher.empty() && std::filesystem::exists(a.fisher, ec);
     if (fisher_there) require_file("--fisher", a.fisher, "a Fisher file (safetensors), or the name of one to write");
-    // To be written after the estimate, into a folder that must be there: a typo in it is said now, not after it.
-    else if (!a.fisher.empty() && !a.fisher_data.empty()) require_output_file("--fisher", a.fisher, false);
     if (a.ewc > 0 && a.fisher_data.empty() && !fisher_there)
         throw UsageError("--ewc: --fisher " + a.fisher + " does not exist yet; give --fisher-data to estimate it");
     if (a.replay_frac > 0 && a.replay_data.empty()) throw UsageError("--replay-frac needs --replay-data");
@@ -316,9 +313,8 @@ void validate_train_args(const TrainArgs& a) {
     needs(a.vocab != d.vocab,
           a.virtual_init.rfind("text:", 0) == 0 || a.windows != Windows::fixed || a.windows_auto, "--vocab",
           "--virtual-init text:WORDS or --windows auto|documents|single|isolated");
-    // Given, so meant: read now (a tenth of a second), also where the data turns out not to need it (--windows auto
-    // over plain text), so a mistyped folder is never passed over in silence.
-    if (a.vocab != d.vocab) Tokenizer::load(a.vocab);
+    // Written after the estimate, its folders made then: a file in their way is said now, not after the estimate.
+    if (a.ewc > 0 && !fisher_there && !a.fisher_data.empty()) require_output_file("--fisher", a.fisher, true);
     needs(a.loss_scale != d.loss_scale,
           a.loss_scaling == "on" || (a.loss_scaling == "auto" && a.precision == "fp16"), "--loss-scale",
           "dynamic loss scaling (--precision fp16, or --loss-scaling on)");

@@ -66,8 +66,9 @@ struct TrainState {
 // How the run that writes a checkpoint cut its data, which says how to ask the model: one trained on document
 // windows (documents, single or isolated) saw every example after an <|endoftext|> (bin/generate then puts one
 // before the prompt).
-// And how long its windows were: the longest --seq of the runs that trained it, from its start on (0: unknown, for
-// weights trained elsewhere or written before 2026-12-06), past which its positions never trained.
+// And how many positions trained: the most of the runs that trained it, from its start on, each its virtual tokens
+// and --seq (0: unknown, for weights trained elsewhere or written before 2026-12-06); the rows of wpe past those
+// are as the model's first run initialised them.
 struct TrainedOn {
     Windows windows = Windows::fixed;
     int positions = 0;

@@ -2,8 +2,10 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
+#include "data/fileio.h"
 #include "data/safetensors.h"
 #include "data/shard.h"
 #include "kernels/common.h"
@@ -25,6 +27,9 @@ void write_fisher(const std::string& path, const Table& g, const std::vector<std
     }
     w.set_metadata("format", "tune.cu ewc fisher");
     w.set_metadata("batches", std::to_string(batches));
+    // Its folder may be one --out makes, or one of its own (bin/train checked that no file stands in the way).
+    const std::string dir = std::filesystem::path(path).parent_path().string();
+    if (!dir.empty()) make_dirs(dir);
     w.write(path);
 }
 

@@ -126,10 +126,13 @@ int main(int argc, char** argv) {
                 std::fprintf(stderr, "note: --seq %d, %s\n", room, context.c_str());
                 seq = room;
             }
-            if (m.trained_on.positions > 0 && seq > m.trained_on.positions)
-                std::fprintf(stderr, "note: %s was trained on windows of up to %d tokens; --seq %d also scores the "
-                             "positions past those, which never trained (--seq %d measures it as it was trained)\n",
-                             m.trained_on_file.c_str(), m.trained_on.positions, seq, m.trained_on.positions);
+            const int P = m.model->virtual_tokens(), trained = m.trained_on.positions;
+            if (trained > 0 && P + seq > trained)
+                std::fprintf(stderr, "note: %s trained %d positions (%s); --seq %d also scores positions past those, "
+                             "which never trained (--seq %d stays within them)\n", m.trained_on_file.c_str(), trained,
+                             P ? (std::to_string(P) + " virtual tokens and its longest --seq").c_str()
+                               : "its longest --seq",
+                             seq, std::max(1, trained - P));
             Loader loader(std::move(shards), V, batch, seq, false, 0, 0, 1, doc_end, windows);
             loader.note_shards();
             m.model->resize((int)std::min<size_t>((size_t)batch, std::max<size_t>(1, loader.windows_per_epoch())), seq);

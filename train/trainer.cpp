@@ -265,12 +265,14 @@ static TrainArgs with_resumed_defaults(const TrainArgs& given) {
     return a;
 }
 
-// TrainedOn::positions of the weights this run writes: the longest --seq of the runs behind its starting weights
-// (their checkpoints record it) and its own; unknown (0) where they were trained elsewhere (a Hugging Face or llm.c
-// file, or a checkpoint from before the record).
-static int trained_positions(const TrainArgs& args) {
-    int most = args.seq;
-    for (const std::string& from : {args.resume.empty() ? args.init : args.resume, args.adapter}) {
+// TrainedOn::positions of the weights this run writes: the most positions (virtual tokens and --seq) of the runs
+// behind its starting weights (their checkpoints record it) and of its own, `own`; unknown (0) where they were
+// trained elsewhere (a Hugging Face or llm.c file, or a checkpoint from before the record). A resume's checkpoint
+// holds its adapter's already.
+static int trained_positions(const TrainArgs& args, int own) {
+    int most = own;
+    for (const std::string& from : {args.resume.empty() ? args.init : args.resume,
+                                    args.resume.empty() ? args.adapter : std::string()}) {
         if (from.empty()) continue;
         if (weights_format(from) != WeightsFormat::tune_checkpoint) return 0;
         const int was = checkpoint_trained_on(from).positions;
@@ -361,6 +363,9 @@ static void note_cut_examples(const Loader& train, const TrainArgs& args, int vo
 Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
     const TrainArgs& args = args_;  // seed and windows as resumed; sched.total_steps and windows (auto) change below
     validate_train_args(given);     // as given: a --vocab that served auto stays allowed when a resume decides
+    // A --vocab given is meant: read now (a tenth of a second), also where the data turns out not to need it
+    // (--windows auto over plain text), so a mistyped folder is never passed over in silence.
+    if (given.vocab != TrainArgs().vocab) Tokenizer::load(given.vocab);
     // --memory-map alone needs no data: where the bytes go depends only on the model, the batch and the options.
     if (args.train_data.empty() && !args.memory_map)
         throw UsageError("--train-data: no training shards given (make them with bin/prepare; bin/train with no "
@@ -613,7 +618,8 @@ Trainer::Trainer(const TrainArgs& given) : args_(with_resumed_defaults(given)) {
         state_.init = args.init.empty() ? std::string() : std::filesystem::absolute(args.init).string();
         if (anchored()) capture_anchor(exact);
     }
-    trained_positions_ = trained_positions(args);  // the files it reads were read above, each refused by name if bad
+    // The files it reads were read above, each refused by name if bad.
+    trained_positions_ = trained_positions(args, model_->virtual_tokens() + args.seq);
     // DIST: every rank reads its starting weights itself. A path that holds another file on another node (not a
     // shared file system) would train diverging replicas, found out only by the check at the end of the run.
     if (dp_) {
@@ -1116,7 +1122,7 @@ double Trainer::lr_find(int steps, double lo, double hi) {
         const double sm = avg / (1 - std::pow(beta, i + 1));
         lrs.push_back(lr);
         smooth.push_back(sm);
-        curve.points.push_back({lr, sm});
+        curve.points.push_back({lr, as_logged_loss(sm)});  // as lr_find.jsonl holds it
         char line[160];
         std::snprintf(line, sizeof line, "{\"lr\":%.9g,\"loss\":%s,\"smoothed\":%s}", lr,
                       jloss(st.loss).c_str(), jloss(sm).c_str());
