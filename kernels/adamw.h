@@ -69,6 +69,8 @@ void adamw_update(T* params,       // param arena, act type: written at [param_o
 
 // *result (device, one double) = sum of x[i]^2 over n elements.
 template <class T>
-void sum_squares(double* result, const T* x, size_t n, Scratch& scratch, cudaStream_t stream);
+void sum_squares(double* result,  // (1) on the device
+                 const T* x,      // (n)
+                 size_t n, Scratch& scratch, cudaStream_t stream);
 
 }  // namespace tune::cuda

@@ -1,5 +1,6 @@
 // The op interface: every layer's forward and backward, the optimizer update, and memory, behind one
-// abstract class with two implementations, the CPU reference (kernels/cpu/) and CUDA (kernels/cuda/).
+// abstract class with two implementations, the CPU reference (kernels/cpu/) and CUDA (the layers in kernels/<layer>.cu,
+// wired up in kernels/cuda/backend_cuda.cu), and a third that only plans memory (kernels/plan_backend.h).
 // The model (model/gpt2.cpp) calls these and nothing else; it never branches on the backend.
 //
 // Buffers are untyped `void*` here because their element type is the backend's choice, fixed when the

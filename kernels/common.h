@@ -6,6 +6,10 @@
 //   HS  head size (C / NH)                          V   vocabulary size (real tokens)
 //   Vp  padded vocabulary size (V rounded up; rows V..Vp-1 are zero and take no part in the loss)
 //   L   layers (Transformer blocks)                 N   rows of a flattened (B, T) = B*T
+//   IC  a linear layer's input channels             OC  its output channels
+//   P   virtual tokens (PEFT), the first P positions of every row; inside a kernel that reads 16-byte packs,
+//       the elements of a pack (kPack<T>, kernels/cuda/device_util.cuh)
+//   maxT  positions the position table holds (the block size)   r  LoRA rank   n  elements of a flat buffer
 // Index arithmetic uses size_t: B*NH*T*T overflows int for realistic shapes.
 #pragma once
 

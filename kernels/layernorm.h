@@ -41,7 +41,8 @@ void layernorm_forward(T* out,           // (N, C)
                        size_t N, int C, cudaStream_t stream);
 
 // res = a + b (the residual connection, rounded as residual_forward rounds it), then out = LayerNorm(res):
-// the same bits as residual_forward followed by layernorm_forward, with one pass over memory fewer.
+// the same bits as residual_forward followed by layernorm_forward, with one pass over memory fewer. Its reference
+// is that composition: Backend::residual_layernorm_forward's default in kernels/backend.h.
 template <class T>
 void residual_layernorm_forward(T* res,           // (N, C)
                                 T* out,           // (N, C)

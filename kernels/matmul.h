@@ -45,7 +45,7 @@ void matmul_backward(T* dinp,          // (N, IC) written, or null
 // (cuBLASLt's DGELU): dinp = (dout @ W) * gelu'(pre), one pass instead of writing dout @ W and reading it
 // back. Returns false (having done nothing) for fp32 (held to the reference's exact gelu') and where cuBLASLt
 // has no such kernel (IC not a multiple of 8, an unaligned pre); the caller then runs matmul_backward and
-// gelu_backward.
+// gelu_backward, which is also its reference (Backend::matmul_backward_gelu's default in kernels/backend.h).
 template <class T>
 bool matmul_backward_gelu(T* dinp,          // (N, IC) written
                           T* dweight,       // (OC, IC) accumulated, or null

@@ -232,7 +232,7 @@ void GPT2::allocate_activations() {
     Table atab;
     a_encoded_ = atab.add("encoded", {N, C});
     act_index_.assign((size_t)L * kActsPerLayerMax, 0);
-    static_assert(kActsPerLayer <= 13, "kActsPerLayerMax in gpt2.h");
+    static_assert(kActsPerLayer <= kActsPerLayerMax, "raise kActsPerLayerMax in gpt2.h");
     for (int l = 0; l < L; l++) {
         const std::string h = "h." + std::to_string(l) + ".";
         for (int k = 0; k < kActsPerLayer; k++)

@@ -276,7 +276,9 @@ class GPT2 {
     // The virtual-token source: prompt embeddings (P, C) or prefix keys/values (P, L*2C), computed by the
     // reparameterising network when there is one.
     const void* virtual_source();
-    void virtual_backward(void* dsrc);  // backpropagates d source into the network's parameters
+    // Backpropagates the gradient of the virtual-token source, (P, W) with W = peft().virtual_width(): C or 2LC, into
+    // the parameters it came from.
+    void virtual_backward(void* dout);
     void* act(size_t idx) const { return acts_.ptr(idx); }
     void* A(int l, int k) const { return acts_.ptr(act_index_[(size_t)l * kActsPerLayerMax + k]); }
     void* pgrad(int param_idx) const;  // gradient of a parameter tensor, null when frozen
@@ -307,9 +309,10 @@ class GPT2 {
     const void* virt_src_ = nullptr;  // this forward's virtual-token source (see virtual_source)
     size_t s_lora_tmp_ = 0, s_lora_drop_ = 0, s_lora_dx_ = 0, s_lora_du_ = 0;
     std::vector<int32_t> tokens_host_;  // (B, Tt): real tokens after P_ placeholder slots
-    int32_t* tokens_ = nullptr;   // (B, T) on the backend
-    int32_t* targets_ = nullptr;  // (B, T)
-    float* weights_ = nullptr;    // (B, T)
+    int32_t* tokens_ = nullptr;   // (B, T + P) on the backend: tokens_host_ uploaded
+    // The counted rows' targets and loss weights, compacted (upload_targets: rows_.size() of them; room for B*T).
+    int32_t* targets_ = nullptr;
+    float* weights_ = nullptr;
     // The last forward's positions in their documents, when positioned_ (forward's positions): (B, T + P) for
     // attention (the virtual rows count 0..P-1) and, with virtual tokens, the wpe rows (P + the position).
     int32_t* positions_ = nullptr;

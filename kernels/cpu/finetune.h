@@ -20,10 +20,14 @@
 namespace tune::cpu {
 
 template <class T>
-void scale(T* out, const T* inp, float s, size_t n);
+void scale(T* out,        // (n); may alias inp
+           const T* inp,  // (n)
+           float s, size_t n);
 
 template <class T>
-void dropout(T* out, const T* inp, float p, uint64_t seed, const DropoutLayout& layout, size_t n);
+void dropout(T* out,        // (n); may alias inp
+             const T* inp,  // (n)
+             float p, uint64_t seed, const DropoutLayout& layout, size_t n);
 
 template <class T>
 void prefix_rows_forward(T* x,          // (B, T, W)
@@ -44,10 +48,16 @@ void distill_forward_backward(T* losses,                // (N)
 
 // params are used (at param_offset) only when master is null.
 template <class T>
-double anchor_penalty(T* grads, const T* params, const T* master, const T* anchor, const T* fisher,
+double anchor_penalty(T* grads,          // (grad arena) accumulated
+                      const T* params,   // (param arena)
+                      const T* master,   // (grad arena) or null
+                      const T* anchor,   // (grad arena)
+                      const T* fisher,   // (grad arena) or null (L2-SP)
                       const std::vector<OptSegment>& segments, float lambda, float grad_mult);
 
 template <class T>
-void accumulate_squares(T* out, const T* x, float s, size_t n);
+void accumulate_squares(T* out,      // (n) accumulated: out += s * x^2
+                        const T* x,  // (n)
+                        float s, size_t n);
 
 }  // namespace tune::cpu

@@ -8,9 +8,14 @@
 namespace tune::cpu {
 
 template <class T>
-void gelu_forward(T* out, const T* inp, size_t n);
+void gelu_forward(T* out,        // (n)
+                  const T* inp,  // (n) the pre-activation
+                  size_t n);
 
 template <class T>
-void gelu_backward(T* dinp, const T* dout, const T* inp, size_t n);
+void gelu_backward(T* dinp,        // (n) written
+                   const T* dout,  // (n)
+                   const T* inp,   // (n) the forward's pre-activation
+                   size_t n);
 
 }  // namespace tune::cpu

@@ -1,7 +1,7 @@
 // LayerNorm over the channel dimension, CPU reference (eps = 1e-5 as in GPT-2).
 //   forward:  mean = avg(x), rstd = 1/sqrt(var(x) + eps), n = (x - mean)*rstd, out = n*w + b
 //   backward: dn = dout*w
-//             dx = rstd * (dn - avg(dn) - n*avg(dn*n))
+//             dx += rstd * (dn - avg(dn) - n*avg(dn*n))
 //             dw += sum_rows(dout*n), db += sum_rows(dout)
 // Forward saves mean and rstd per row. dinp is ACCUMULATED (+=): LayerNorm reads the residual stream,
 // whose gradient buffer already holds the skip connection's share. dweight/dbias accumulate; null = frozen.

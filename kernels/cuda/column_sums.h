@@ -1,6 +1,7 @@
 // The second half of the deterministic column sums (kernels/cuda/device_util.cuh): a first kernel writes fp32
 // partial sums per slice of rows, (slices, C); this one adds the slices in a fixed order into the parameter
-// gradients. Used by LayerNorm's dweight/dbias and matmul's dbias.
+// gradients. Used by LayerNorm's dweight/dbias and matmul's dbias, inside their launchers: it opens no LaunchRange
+// of its own (its time counts as theirs), unlike every launcher a model calls.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -196,9 +196,12 @@ __device__ __forceinline__ void block_online_merge(float& m, float& s, float* sh
 
 // ---- grid sizing ----
 constexpr size_t kMaxGridX = 2147483647u;  // gridDim.x limit
+// The default cap of grid_1d: some two million blocks, every SM of any GPU many times over; past it a launch gains
+// nothing but scheduling work, and the grid-stride loop of the kernel covers the rest.
+constexpr size_t kGridStrideCap = 65535u * 32u;
 // Blocks to cover `work` items at `per_block` each, at least 1, at most `cap` (kernels use grid-stride
 // loops wherever the cap can bind).
-inline unsigned grid_1d(size_t work, size_t per_block, size_t cap = 65535u * 32u) {
+inline unsigned grid_1d(size_t work, size_t per_block, size_t cap = kGridStrideCap) {
     size_t g = (work + per_block - 1) / per_block;
     return (unsigned)std::max<size_t>(1, std::min(g, cap));
 }
