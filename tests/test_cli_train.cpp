@@ -861,13 +861,7 @@ TEST(TrainCli, ASecondStopSignalEndsTheRunAtOnceAQuickRepeatDoesNot) {
 TEST(TrainCli, AGivenVocabAndTheFishersFolderAreCheckedBeforeTheRun) {
     TempDir tmp("cli");
     const std::string d = tmp.path();
-    std::vector<int32_t> t;
-    for (int i = 0; i < 300; i++) t.push_back((i * 5) % 37);
-    write_shard(d + "/train.bin", t, nullptr, 37);
-    auto be = make_cpu_backend(DType::f32);
-    GPT2 m(small_config(37, 2, 3, 24, 16), *be, 1, 1);
-    m.init_random(1);
-    save_checkpoint(d + "/init.ckpt", m, nullptr, nullptr);
+    write_cycle_data(d);
     std::filesystem::create_directory(d + "/empty");
     const std::string train = "bin/train --device cpu --init " + d + "/init.ckpt --train-data " + d +
                               "/train.bin --batch 2 --seq 15 --steps 1 --out ''";

@@ -278,7 +278,7 @@ std::vector<std::string> seeds_checkpoint() {
     st.step = 1;
     st.rng = 99;
     st.options = {{"--batch", "1"}, {"--lr", "0.001"}};
-    save_checkpoint(p, m, &opt, &st, nullptr, true, TrainedOn{Windows::documents});
+    save_checkpoint(p, m, &opt, &st, nullptr, true, TrainedOn{Windows::documents, 4});
     out.push_back(slurp(p));
 
     ModelOptions o;
