@@ -95,8 +95,8 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "note: %s trained %d positions; %sthe prompt (%s%s) and --max-new %d reach %d, and "
                          "past %d the text comes from positions that never trained\n", m.trained_on_file.c_str(),
                          trained, P ? (std::to_string(P) + " virtual tokens, ").c_str() : "",
-                         counted(ids.size(), "token", "tokens").c_str(), eot_first || prompt.empty() ?
-                         " with <|endoftext|>" : "", max_new, reach, trained);
+                         counted(ids.size(), "token", "tokens").c_str(),
+                         eot_first || prompt.empty() ? " with <|endoftext|>" : "", max_new, reach, trained);
         // A model with tokens the tokenizer lacks (a fine-tune that added a pad token): those have no text.
         sc.vocab = tok.vocab_size();
         if (m.model->config().vocab_size > tok.vocab_size())

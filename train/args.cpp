@@ -204,8 +204,8 @@ Cli train_cli(TrainArgs& a) {
            "and exit without training (no --train-data needed); planned, nothing allocated, so also for a run too "
            "big for this machine or --device cuda without a GPU", &a.memory_map);
     c.flag("--lr-find", "learning-rate range test over --steps steps (300 unless given; exponential from --lr-find-lo "
-           "to --lr-find-hi): writes lr_find.svg and lr_find.jsonl and prints a suggested --lr; the schedule, validation and checkpoint "
-           "flags have no part in it (refused)", &a.lr_find);
+           "to --lr-find-hi): writes lr_find.svg and lr_find.jsonl and prints a suggested --lr; the schedule, "
+           "validation and checkpoint flags have no part in it (refused)", &a.lr_find);
     c.option("--lr-find-lo", "LR", "lr-find: lowest rate", &a.lr_find_lo, 1e-12, 10);
     c.option("--lr-find-hi", "LR", "lr-find: highest rate", &a.lr_find_hi, 1e-12, 100);
     c.option("--log-every", "N", "a progress line every N steps", &a.log_every, 1, INT_MAX);

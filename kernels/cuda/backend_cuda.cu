@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -163,8 +164,8 @@ class CudaBackend final : public Backend {
     std::string memory_note() const override {
         auto mib = [](size_t b) { return std::to_string((b + (1 << 19)) >> 20) + " MiB"; };
         const size_t scratch = scratch_->capacity(), gemm = cuda::Gemm::kWorkspaceBytes;
-        bool cudnn_used = false;  // its workspace comes from the scratch
-        for (const auto& [shape, fused] : fused_) cudnn_used = cudnn_used || fused;
+        const bool cudnn_used =  // its workspace comes from the scratch
+            std::any_of(fused_.begin(), fused_.end(), [](const auto& shape_fused) { return shape_fused.second; });
         std::string note = "backend workspaces " + mib(scratch + gemm) + " (scratch " + mib(scratch) +
                            (cudnn_used ? ", with cuDNN's" : "") + "; cuBLASLt " + mib(gemm) + ")";
         size_t free_b = 0, total_b = 0;
